@@ -1,0 +1,3 @@
+fn main() {
+    println!("i2i-stats {} ({})", env!("CARGO_PKG_VERSION"), env!("COMMIT_ID"));
+}
