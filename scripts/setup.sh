@@ -71,16 +71,21 @@ export ORT_DYLIB_PATH="$ROOT/.deps/lib/libonnxruntime.so"
 log "building the plugins and tools (cargo build --release)"
 cargo build --release --workspace --quiet
 
+# Link the plugins where gst-inspect-1.0 looks by default. I2I_SKIP_USER_PLUGINS=1 skips it
+# (for a second checkout on the same account, whose plugins must not shadow the first's).
 PLUGIN_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/gstreamer-1.0/plugins"
-mkdir -p "$PLUGIN_DIR"
-for lib in libgsti2i.so libgstzmqmsgpack.so; do
-  ln -sf "$ROOT/target/release/$lib" "$PLUGIN_DIR/$lib"
-done
+if [ "${I2I_SKIP_USER_PLUGINS:-0}" != 1 ]; then
+  mkdir -p "$PLUGIN_DIR"
+  for lib in libgsti2i.so libgstzmqmsgpack.so; do
+    ln -sf "$ROOT/target/release/$lib" "$PLUGIN_DIR/$lib"
+  done
+fi
 
 cat > .deps/env.sh <<ENV
 # Source this file: . .deps/env.sh
 export GST_PLUGIN_PATH="$ROOT/target/release\${GST_PLUGIN_PATH:+:\$GST_PLUGIN_PATH}"
 export ORT_DYLIB_PATH="$ROOT/.deps/lib/libonnxruntime.so"
+export GST_REGISTRY="$ROOT/.deps/gst-registry.bin"
 export PATH="$ROOT/target/release:$ROOT/.venv/bin:\$PATH"
 ENV
 

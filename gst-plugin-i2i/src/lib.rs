@@ -3,6 +3,8 @@
 
 use gst::glib;
 
+pub mod diffusion;
+
 fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Ok(())
 }
