@@ -4,6 +4,7 @@
 use gst::glib;
 
 pub mod diffusion;
+pub mod settings;
 
 fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Ok(())
