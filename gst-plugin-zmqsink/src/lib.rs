@@ -7,8 +7,19 @@
 use gst::glib;
 
 pub mod protocol;
+pub mod scaleout;
+mod zmqcollectsrc;
+mod zmqdispatchsink;
+mod zmqworkersrc;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+pub use zmqcollectsrc::ZmqCollectSrc;
+pub use zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
+pub use zmqworkersrc::ZmqWorkerSrc;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    zmqdispatchsink::register(plugin)?;
+    zmqworkersrc::register(plugin)?;
+    zmqcollectsrc::register(plugin)?;
     Ok(())
 }
 

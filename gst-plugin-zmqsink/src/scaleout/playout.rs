@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The collector's reorder buffer with a fixed playout delay, free of sockets and GStreamer.
+//!
+//! Frame `i`, which entered the primary at `timestamp_i`, is played at
+//! `timestamp_i + delay`: the output keeps the source's pacing, shifted by a constant. A
+//! frame that arrives after its play time is dropped and counted as late; a frame that
+//! has not arrived when a later one is played is skipped and counted as missing. Played
+//! indices strictly increase. A frame never waits longer than `delay` after its arrival,
+//! so a sender whose clock runs ahead cannot stall the output.
+//!
+//! Times are microseconds since the Unix epoch, passed in by the caller.
+
+use std::collections::BTreeMap;
+
+/// What became of an arriving frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Held until its play time.
+    Held,
+    /// Arrived after its play time, or after a later frame was played: dropped.
+    Late,
+    /// Already held: dropped.
+    Duplicate,
+    /// Its index is below what was played although it is newer than anything played: the
+    /// source restarted its count. Frames held from before were discarded; this one is held.
+    Restarted,
+}
+
+/// A frame leaving the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released<P> {
+    pub index: u64,
+    pub timestamp_ms: i64,
+    pub payload: P,
+    /// Indices skipped just before this one (never arrived in time).
+    pub skipped: u64,
+    /// When it was due (µs since the epoch).
+    pub due_us: i64,
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlayoutStats {
+    pub received: u64,
+    pub released: u64,
+    pub late: u64,
+    pub duplicates: u64,
+    pub missing: u64,
+    /// Frames played before their time because the buffer was full.
+    pub overflow: u64,
+    pub restarts: u64,
+    /// Frames discarded at a restart.
+    pub discarded: u64,
+}
+
+#[derive(Debug)]
+struct Held<P> {
+    timestamp_ms: i64,
+    arrival_us: i64,
+    payload: P,
+}
+
+#[derive(Debug)]
+pub struct Playout<P> {
+    delay_us: i64,
+    max_frames: usize,
+    frames: BTreeMap<u64, Held<P>>,
+    next: Option<u64>,
+    last_timestamp_ms: Option<i64>,
+    stats: PlayoutStats,
+}
+
+impl<P> Playout<P> {
+    pub fn new(delay_us: i64, max_frames: usize) -> Self {
+        Playout {
+            delay_us: delay_us.max(0),
+            max_frames: max_frames.max(1),
+            frames: BTreeMap::new(),
+            next: None,
+            last_timestamp_ms: None,
+            stats: PlayoutStats::default(),
+        }
+    }
+
+    pub fn set_delay(&mut self, delay_us: i64) {
+        self.delay_us = delay_us.max(0);
+    }
+
+    pub fn set_max_frames(&mut self, max_frames: usize) {
+        self.max_frames = max_frames.max(1);
+    }
+
+    pub fn stats(&self) -> &PlayoutStats {
+        &self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The next index to play (all below it were played or skipped), once anything was played.
+    pub fn next_index(&self) -> Option<u64> {
+        self.next
+    }
+
+    pub fn holds(&self, index: u64) -> bool {
+        self.frames.contains_key(&index)
+    }
+
+    fn due(&self, timestamp_ms: i64, arrival_us: i64) -> i64 {
+        timestamp_ms
+            .saturating_mul(1000)
+            .min(arrival_us)
+            .saturating_add(self.delay_us)
+    }
+
+    pub fn insert(&mut self, index: u64, timestamp_ms: i64, payload: P, now_us: i64) -> Arrival {
+        self.stats.received += 1;
+        let mut outcome = Arrival::Held;
+        if self.next.is_some_and(|next| index < next) {
+            if self.last_timestamp_ms.is_some_and(|last| timestamp_ms > last) {
+                self.stats.restarts += 1;
+                self.stats.discarded += self.frames.len() as u64;
+                self.frames.clear();
+                self.next = None;
+                self.last_timestamp_ms = None;
+                outcome = Arrival::Restarted;
+            } else {
+                self.stats.late += 1;
+                return Arrival::Late;
+            }
+        }
+        if now_us > timestamp_ms.saturating_mul(1000).saturating_add(self.delay_us) {
+            self.stats.late += 1;
+            return Arrival::Late;
+        }
+        if self.frames.contains_key(&index) {
+            self.stats.duplicates += 1;
+            return Arrival::Duplicate;
+        }
+        self.frames.insert(
+            index,
+            Held {
+                timestamp_ms,
+                arrival_us: now_us,
+                payload,
+            },
+        );
+        outcome
+    }
+
+    /// When the first held frame is due (µs), or now if the buffer is over its bound.
+    pub fn next_due(&self, now_us: i64) -> Option<i64> {
+        let (_, head) = self.frames.first_key_value()?;
+        if self.frames.len() > self.max_frames {
+            return Some(now_us);
+        }
+        Some(self.due(head.timestamp_ms, head.arrival_us))
+    }
+
+    /// The first held frame if it is due.
+    pub fn pop_due(&mut self, now_us: i64) -> Option<Released<P>> {
+        let due = self.next_due(now_us)?;
+        if now_us < due {
+            return None;
+        }
+        let forced = self.frames.len() > self.max_frames;
+        let (index, held) = self.frames.pop_first()?;
+        if forced {
+            self.stats.overflow += 1;
+        }
+        let skipped = self.next.map(|next| index - next).unwrap_or(0);
+        self.stats.missing += skipped;
+        self.stats.released += 1;
+        self.next = Some(index + 1);
+        self.last_timestamp_ms = Some(held.timestamp_ms);
+        Some(Released {
+            index,
+            timestamp_ms: held.timestamp_ms,
+            payload: held.payload,
+            skipped,
+            due_us: due,
+        })
+    }
+
+    /// Gives up on every index up to and including `last` that has not been played
+    /// (the input ended and they cannot come any more); returns how many were skipped.
+    pub fn skip_through(&mut self, last: u64) -> u64 {
+        let Some(next) = self.next else {
+            return 0;
+        };
+        if last < next {
+            return 0;
+        }
+        let skipped = last + 1 - next;
+        self.stats.missing += skipped;
+        self.next = Some(last + 1);
+        skipped
+    }
+
+    /// Forgets the held frames and the position (flush).
+    pub fn clear(&mut self) {
+        self.frames.clear();
+        self.next = None;
+        self.last_timestamp_ms = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: i64 = 500_000; // 500 ms
+
+    /// Frame i entered at 1000 s + i * 40 ms.
+    fn ts(i: u64) -> i64 {
+        1_000_000 + i as i64 * 40
+    }
+
+    fn us(ms: i64) -> i64 {
+        ms * 1000
+    }
+
+    #[test]
+    fn out_of_order_frames_play_in_order_at_their_time_plus_delay() {
+        let mut p = Playout::new(D, 64);
+        let now = us(ts(3)) + 100_000;
+        for i in [2u64, 0, 3, 1] {
+            assert_eq!(p.insert(i, ts(i), i, now), Arrival::Held);
+        }
+        assert_eq!(p.next_due(now), Some(us(ts(0)) + D));
+        assert_eq!(p.pop_due(us(ts(0)) + D - 1), None);
+        let mut played = Vec::new();
+        let mut t = now;
+        while !p.is_empty() {
+            t = p.next_due(t).unwrap();
+            let r = p.pop_due(t).unwrap();
+            assert_eq!(r.due_us, us(ts(r.index)) + D, "source pacing kept");
+            assert_eq!(r.skipped, 0);
+            played.push(r.index);
+        }
+        assert_eq!(played, vec![0, 1, 2, 3]);
+        assert_eq!(p.stats().released, 4);
+    }
+
+    #[test]
+    fn a_missing_frame_is_skipped_at_the_next_frames_time_and_late_ones_dropped() {
+        let mut p = Playout::new(D, 64);
+        p.insert(0, ts(0), 0, us(ts(0)));
+        p.insert(2, ts(2), 2, us(ts(2)));
+        assert_eq!(p.pop_due(us(ts(0)) + D).unwrap().index, 0);
+        // Frame 1 never comes: frame 2 plays at its own time, 1 counts as missing.
+        let r = p.pop_due(us(ts(2)) + D).unwrap();
+        assert_eq!((r.index, r.skipped), (2, 1));
+        assert_eq!(p.stats().missing, 1);
+        // It shows up afterwards: late, dropped.
+        assert_eq!(p.insert(1, ts(1), 1, us(ts(2)) + D + 1), Arrival::Late);
+        // A frame arriving after its own play time is late too, even if nothing passed it.
+        assert_eq!(p.insert(3, ts(3), 3, us(ts(3)) + D + 1), Arrival::Late);
+        assert_eq!(p.stats().late, 2);
+        assert_eq!(p.next_index(), Some(3));
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let mut p = Playout::new(D, 64);
+        assert_eq!(p.insert(5, ts(5), 'a', us(ts(5))), Arrival::Held);
+        assert_eq!(p.insert(5, ts(5), 'b', us(ts(5))), Arrival::Duplicate);
+        let r = p.pop_due(us(ts(5)) + D).unwrap();
+        assert_eq!(r.payload, 'a');
+        assert_eq!(p.insert(5, ts(5), 'c', us(ts(5)) + 10), Arrival::Late);
+        assert_eq!(p.stats().duplicates, 1);
+    }
+
+    #[test]
+    fn a_clock_ahead_cannot_hold_a_frame_longer_than_the_delay() {
+        let mut p = Playout::new(D, 64);
+        let now = 5_000_000_000;
+        // Stamped an hour in the future by a sender with a wrong clock.
+        p.insert(0, now / 1000 + 3_600_000, 0, now);
+        assert_eq!(p.next_due(now), Some(now + D));
+    }
+
+    #[test]
+    fn a_full_buffer_plays_early_instead_of_growing() {
+        let mut p = Playout::new(D, 4);
+        let now = us(ts(0));
+        for i in 0..6 {
+            p.insert(i, ts(i), i, now);
+        }
+        assert_eq!(p.pop_due(now).unwrap().index, 0);
+        assert_eq!(p.pop_due(now).unwrap().index, 1);
+        assert_eq!(p.pop_due(now), None, "back within bound: wait again");
+        assert_eq!(p.stats().overflow, 2);
+    }
+
+    #[test]
+    fn a_restarted_source_is_followed() {
+        let mut p = Playout::new(D, 64);
+        p.insert(100, ts(100), 100, us(ts(100)));
+        p.insert(101, ts(101), 101, us(ts(101)));
+        assert_eq!(p.pop_due(us(ts(100)) + D).unwrap().index, 100);
+        // The primary restarted: index 0 again, but stamped after what was played.
+        assert_eq!(p.insert(0, ts(200), 0, us(ts(200))), Arrival::Restarted);
+        assert_eq!(p.stats().discarded, 1);
+        assert_eq!(p.pop_due(us(ts(200)) + D).unwrap().index, 0);
+        assert_eq!(p.stats().restarts, 1);
+    }
+
+    #[test]
+    fn skipping_the_tail_after_the_input_ended() {
+        let mut p = Playout::new(D, 64);
+        assert_eq!(p.skip_through(10), 0, "nothing played yet: nothing to skip");
+        p.insert(0, ts(0), 0, us(ts(0)));
+        p.pop_due(us(ts(0)) + D).unwrap();
+        assert_eq!(p.skip_through(3), 3);
+        assert_eq!(p.stats().missing, 3);
+        assert_eq!(p.next_index(), Some(4));
+    }
+}

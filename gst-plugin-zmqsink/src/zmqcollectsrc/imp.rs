@@ -1,0 +1,778 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `zmqcollectsrc`: a live source that restores the order of the workers' results.
+//!
+//! A thread owns the PULL socket (bound, default tcp://*:5558) where the workers'
+//! `zmqmsgpacksink socket-type=push` connect, and puts each `[timestamp, index, jpg]` into
+//! a reorder buffer ([`crate::scaleout::playout`]). `create()` plays frame `i` at
+//! `timestamp_i + playout-delay`: indices strictly increase, the pacing is the source's,
+//! frames later than the delay are dropped (late) and frames that never came are skipped
+//! (missing), both counted in `stats` and reported on the bus at most once a second.
+//! Each buffer keeps the frame's original time as a `timestamp/x-unix` reference meta, so
+//! a `zmqmsgpacksink` after it publishes the true entry time and `i2i-stats` shows the
+//! end-to-end latency.
+//!
+//! The stream ends (EOS) when the `zmqdispatchsink` of the same `group` in this process
+//! has seen the end of its input and the last frame was played or given up, or after
+//! `idle-timeout` without results.
+
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::protocol::{self, Payload};
+use crate::scaleout::ledger::{self, Ledger};
+use crate::scaleout::playout::{Arrival, Playout, PlayoutStats};
+use crate::scaleout::{self, RateLimit, Waker};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "zmqcollectsrc",
+        gst::DebugColorFlags::empty(),
+        Some("Scale-out: results back in order at the source's pace"),
+    )
+});
+
+const DEFAULT_ENDPOINT: &str = "tcp://*:5558";
+const DEFAULT_BIND: bool = true;
+const DEFAULT_PLAYOUT_DELAY_MS: u32 = 1000;
+const DEFAULT_MAX_FRAMES: u32 = 256;
+const DEFAULT_IDLE_TIMEOUT_MS: u32 = 0;
+const DEFAULT_GROUP: &str = "i2i";
+const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
+const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
+
+/// After the input ended, how long past the last frame's play time to wait for it.
+const END_GRACE_US: i64 = 200_000;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    endpoint: String,
+    bind: bool,
+    playout_delay_ms: u32,
+    max_frames: u32,
+    idle_timeout_ms: u32,
+    group: String,
+    max_message_size: i64,
+    framerate: gst::Fraction,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            endpoint: DEFAULT_ENDPOINT.into(),
+            bind: DEFAULT_BIND,
+            playout_delay_ms: DEFAULT_PLAYOUT_DELAY_MS,
+            max_frames: DEFAULT_MAX_FRAMES,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            group: DEFAULT_GROUP.into(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            framerate: DEFAULT_FRAMERATE,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    playout: PlayoutStats,
+    malformed: u64,
+    not_jpeg: u64,
+    held: u64,
+}
+
+struct Core {
+    playout: Playout<Vec<u8>>,
+    flushing: bool,
+    shutdown: bool,
+    last_arrival: Instant,
+    malformed: u64,
+    not_jpeg: u64,
+    /// What was last reported on the bus: (late, missing).
+    reported: (u64, u64),
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    cond: Condvar,
+    waker: Waker,
+    ledger: Arc<Ledger>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct State {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    framerate: gst::Fraction,
+    loss_limit: RateLimit,
+}
+
+#[derive(Default)]
+pub struct ZmqCollectSrc {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    bound_endpoint: Mutex<Option<String>>,
+    last_stats: Mutex<Stats>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ZmqCollectSrc {
+    const NAME: &'static str = "GstZmqCollectSrc";
+    type Type = super::ZmqCollectSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+/// The thread that owns the PULL socket.
+struct Io {
+    element: glib::WeakRef<super::ZmqCollectSrc>,
+    shared: Arc<Shared>,
+    socket: zmq::Socket,
+    _context: zmq::Context,
+    drop_limit: RateLimit,
+}
+
+impl Io {
+    fn run(mut self) {
+        loop {
+            let mut items = [
+                self.socket.as_poll_item(zmq::POLLIN),
+                self.shared.waker.poll_item(),
+            ];
+            if let Err(e) = zmq::poll(&mut items, 200) {
+                gst::warning!(CAT, "poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.shared.waker.clear();
+            if self.shared.lock().shutdown {
+                break;
+            }
+            let mut reports = Vec::new();
+            loop {
+                let msg = match self.socket.recv_msg(zmq::DONTWAIT) {
+                    Ok(msg) => msg,
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => {
+                        gst::warning!(CAT, "receive failed: {e}");
+                        break;
+                    }
+                };
+                self.handle(&msg, &mut reports);
+            }
+            self.shared.cond.notify_all();
+            self.post(reports);
+        }
+        gst::debug!(CAT, "socket thread ends");
+    }
+
+    fn handle(&mut self, msg: &[u8], reports: &mut Vec<String>) {
+        let now_us = scaleout::unix_now_us();
+        let frames = match protocol::decode(msg) {
+            Ok(frames) => frames,
+            Err(e) => {
+                self.shared.lock().malformed += 1;
+                self.report(reports, format!("Dropped a malformed result message: {e}"));
+                return;
+            }
+        };
+        for f in frames {
+            let jpeg = match &f.jpeg {
+                Payload::Bytes(b) if protocol::looks_like_jpeg(b) => b.to_vec(),
+                Payload::Bytes(b) => {
+                    self.shared.lock().not_jpeg += 1;
+                    self.report(
+                        reports,
+                        format!("Dropped result frame {}: {} bytes that are not a JPEG", f.index, b.len()),
+                    );
+                    continue;
+                }
+                Payload::Path(p) => {
+                    self.shared.lock().malformed += 1;
+                    self.report(
+                        reports,
+                        format!("Dropped result frame {}: a file path ({p}) instead of JPEG bytes", f.index),
+                    );
+                    continue;
+                }
+            };
+            let mut core = self.shared.lock();
+            core.last_arrival = Instant::now();
+            match core.playout.insert(f.index, f.timestamp_ms, jpeg, now_us) {
+                Arrival::Held => self.shared.ledger.received(f.index),
+                Arrival::Restarted => {
+                    gst::info!(CAT, "index went back to {} with a newer timestamp: new stream", f.index);
+                    self.shared.ledger.reset_progress();
+                    self.shared.ledger.received(f.index);
+                }
+                Arrival::Late => gst::debug!(CAT, "frame {} late, dropped", f.index),
+                Arrival::Duplicate => gst::debug!(CAT, "frame {} again, dropped", f.index),
+            }
+        }
+    }
+
+    fn report(&mut self, reports: &mut Vec<String>, text: String) {
+        if let Some(held) = self.drop_limit.allow(Instant::now()) {
+            reports.push(if held > 0 {
+                format!("{text} ({held} more since the last report)")
+            } else {
+                text
+            });
+        }
+    }
+
+    fn post(&self, reports: Vec<String>) {
+        if reports.is_empty() {
+            return;
+        }
+        if let Some(element) = self.element.upgrade() {
+            for text in reports {
+                gst::element_warning!(element, gst::StreamError::Decode, ["{text}"]);
+            }
+        }
+    }
+}
+
+impl ZmqCollectSrc {
+    fn shared(&self) -> Option<Arc<Shared>> {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.shared.clone())
+    }
+
+    fn stats(&self) -> Stats {
+        match self.shared() {
+            Some(shared) => {
+                let core = shared.lock();
+                Stats {
+                    playout: core.playout.stats().clone(),
+                    malformed: core.malformed,
+                    not_jpeg: core.not_jpeg,
+                    held: core.playout.len() as u64,
+                }
+            }
+            None => self.last_stats.lock().unwrap().clone(),
+        }
+    }
+
+    fn running_time_now(&self) -> Option<gst::ClockTime> {
+        let obj = self.obj();
+        let clock = obj.clock()?;
+        let base = obj.base_time()?;
+        clock.time().checked_sub(base)
+    }
+
+    fn apply_live_settings(&self) {
+        let settings = self.settings.lock().unwrap().clone();
+        if let Some(shared) = self.shared() {
+            let mut core = shared.lock();
+            core.playout
+                .set_delay(i64::from(settings.playout_delay_ms) * 1000);
+            core.playout.set_max_frames(settings.max_frames as usize);
+            drop(core);
+            shared.cond.notify_all();
+        }
+    }
+
+    /// Reports frames lost since the last report, at most once a second.
+    fn report_losses(&self, late: u64, missing: u64, reported: (u64, u64)) -> Option<(u64, u64)> {
+        if (late, missing) == reported {
+            return None;
+        }
+        {
+            let mut guard = self.state.lock().unwrap();
+            guard.as_mut()?.loss_limit.allow(Instant::now())?;
+        }
+        let delay = self.settings.lock().unwrap().playout_delay_ms;
+        gst::element_imp_warning!(
+            self,
+            gst::StreamError::Failed,
+            [
+                "Frames lost: {} more missing (never arrived within playout-delay {delay} ms), {} more late; {missing} missing and {late} late in all",
+                missing - reported.1,
+                late - reported.0
+            ]
+        );
+        Some((late, missing))
+    }
+}
+
+impl ObjectImpl for ZmqCollectSrc {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(true);
+        obj.set_format(gst::Format::Time);
+        obj.set_do_timestamp(false);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("endpoint")
+                    .nick("Endpoint")
+                    .blurb("ZeroMQ endpoint of the PULL socket where workers push results (zmqmsgpacksink socket-type=push), e.g. tcp://*:5558")
+                    .default_value(Some(DEFAULT_ENDPOINT))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("bind")
+                    .nick("Bind")
+                    .blurb("Bind the endpoint (workers connect here) instead of connecting to it")
+                    .default_value(DEFAULT_BIND)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("bound-endpoint")
+                    .nick("Bound endpoint")
+                    .blurb("The endpoint actually bound or connected (with the port ZeroMQ picked for tcp://HOST:*)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecUInt::builder("playout-delay")
+                    .nick("Playout delay")
+                    .blurb("Each frame is output this long (ms) after it entered the primary; later frames are dropped and counted. Must cover the slowest worker's time per frame plus its queue")
+                    .maximum(600_000)
+                    .default_value(DEFAULT_PLAYOUT_DELAY_MS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-frames")
+                    .nick("Maximum frames")
+                    .blurb("Frames held for reordering, at most; beyond it the oldest is output early (counted as overflow)")
+                    .minimum(1)
+                    .maximum(100_000)
+                    .default_value(DEFAULT_MAX_FRAMES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("idle-timeout")
+                    .nick("Idle timeout")
+                    .blurb("End the stream after this long (ms) without results (0 = never; with a zmqdispatchsink of the same group in this process the stream also ends after the input's last frame)")
+                    .default_value(DEFAULT_IDLE_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("group")
+                    .nick("Group")
+                    .blurb("Name shared with the zmqdispatchsink in this process (see its group property)")
+                    .default_value(Some(DEFAULT_GROUP))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt64::builder("max-message-size")
+                    .nick("Maximum message size")
+                    .blurb("Largest result message accepted, in bytes (-1 = no limit; ZeroMQ closes a connection that sends a larger one)")
+                    .minimum(-1)
+                    .default_value(DEFAULT_MAX_MESSAGE_SIZE)
+                    .mutable_ready()
+                    .build(),
+                gst::ParamSpecFraction::builder("framerate")
+                    .nick("Frame rate")
+                    .blurb("Frame rate written in the output caps and buffer durations (0/1 = variable)")
+                    .minimum(gst::Fraction::from_integer(0))
+                    .maximum(gst::Fraction::new(i32::MAX, 1))
+                    .default_value(DEFAULT_FRAMERATE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("received, frames (output), late, duplicates, missing, overflow, restarts, discarded, malformed, not-jpeg, held")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "endpoint" => {
+                settings.endpoint = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
+            }
+            "bind" => settings.bind = value.get().expect("type checked upstream"),
+            "playout-delay" => {
+                settings.playout_delay_ms = value.get().expect("type checked upstream")
+            }
+            "max-frames" => settings.max_frames = value.get().expect("type checked upstream"),
+            "idle-timeout" => {
+                settings.idle_timeout_ms = value.get().expect("type checked upstream")
+            }
+            "group" => {
+                settings.group = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_GROUP.into())
+            }
+            "max-message-size" => {
+                settings.max_message_size = value.get().expect("type checked upstream")
+            }
+            "framerate" => settings.framerate = value.get().expect("type checked upstream"),
+            other => unreachable!("no writable property {other}"),
+        }
+        drop(settings);
+        if matches!(pspec.name(), "playout-delay" | "max-frames") {
+            self.apply_live_settings();
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "endpoint" => settings.endpoint.to_value(),
+            "bind" => settings.bind.to_value(),
+            "bound-endpoint" => self.bound_endpoint.lock().unwrap().to_value(),
+            "playout-delay" => settings.playout_delay_ms.to_value(),
+            "max-frames" => settings.max_frames.to_value(),
+            "idle-timeout" => settings.idle_timeout_ms.to_value(),
+            "group" => settings.group.to_value(),
+            "max-message-size" => settings.max_message_size.to_value(),
+            "framerate" => settings.framerate.to_value(),
+            "stats" => {
+                drop(settings);
+                let s = self.stats();
+                let p = &s.playout;
+                gst::Structure::builder("zmqcollectsrc-stats")
+                    .field("received", p.received)
+                    .field("frames", p.released)
+                    .field("late", p.late)
+                    .field("duplicates", p.duplicates)
+                    .field("missing", p.missing)
+                    .field("overflow", p.overflow)
+                    .field("restarts", p.restarts)
+                    .field("discarded", p.discarded)
+                    .field("malformed", s.malformed)
+                    .field("not-jpeg", s.not_jpeg)
+                    .field("held", s.held)
+                    .build()
+                    .to_value()
+            }
+            other => unreachable!("no property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for ZmqCollectSrc {}
+
+impl ElementImpl for ZmqCollectSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "ZeroMQ scale-out collector",
+                "Source/Network",
+                "Receives the workers' [timestamp, index, jpg] results (PULL), restores index \
+                 order with a fixed playout delay and outputs image/jpeg at the source's pace, \
+                 dropping and counting frames later than the delay; keeps each frame's original \
+                 timestamp as a timestamp/x-unix reference meta",
+                "i2i project",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_empty_simple("image/jpeg"),
+                )
+                .unwrap(),
+            ]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSrcImpl for ZmqCollectSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let endpoint = settings.endpoint.clone();
+        if endpoint.contains('\0') {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["Endpoint {endpoint:?} contains a NUL character"]
+            ));
+        }
+        let context = zmq::Context::new();
+        let socket_err = |what: &str, e: zmq::Error| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                ["Could not {what} the ZeroMQ PULL socket: {e}"]
+            )
+        };
+        let socket = context.socket(zmq::PULL).map_err(|e| socket_err("create", e))?;
+        socket
+            .set_maxmsgsize(settings.max_message_size)
+            .map_err(|e| socket_err("set max-message-size on", e))?;
+        socket
+            .set_linger(0)
+            .map_err(|e| socket_err("set linger on", e))?;
+        let result = if settings.bind {
+            socket.bind(&endpoint)
+        } else {
+            socket.connect(&endpoint)
+        };
+        result.map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                [
+                    "Could not {} {endpoint} for the workers' results: {e}{}",
+                    if settings.bind { "bind" } else { "connect to" },
+                    scaleout::endpoint_hint(e)
+                ]
+            )
+        })?;
+        let bound = socket
+            .get_last_endpoint()
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_else(|| endpoint.clone());
+        gst::info!(CAT, imp = self, "workers push results to {bound}");
+        *self.bound_endpoint.lock().unwrap() = Some(bound);
+        let waker = Waker::new().map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                ["Could not create the wake-up socket pair: {e}"]
+            )
+        })?;
+        let ledger = ledger::ledger(&settings.group);
+        ledger.attach_collector();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                playout: Playout::new(
+                    i64::from(settings.playout_delay_ms) * 1000,
+                    settings.max_frames as usize,
+                ),
+                flushing: false,
+                shutdown: false,
+                last_arrival: Instant::now(),
+                malformed: 0,
+                not_jpeg: 0,
+                reported: (0, 0),
+            }),
+            cond: Condvar::new(),
+            waker,
+            ledger,
+        });
+        let io = Io {
+            element: self.obj().downgrade(),
+            shared: shared.clone(),
+            socket,
+            _context: context,
+            drop_limit: RateLimit::new(Duration::from_secs(1)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("zmqcollect-io".into())
+            .spawn(move || io.run())
+            .map_err(|e| {
+                shared_detach(&settings.group);
+                gst::error_msg!(
+                    gst::CoreError::Thread,
+                    ["Could not start the socket thread: {e}"]
+                )
+            })?;
+        *self.state.lock().unwrap() = Some(State {
+            shared,
+            thread: Some(thread),
+            framerate: settings.framerate,
+            loss_limit: RateLimit::new(Duration::from_secs(1)),
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let stats = self.stats();
+        let state = self.state.lock().unwrap().take();
+        if let Some(mut state) = state {
+            {
+                let mut core = state.shared.lock();
+                core.shutdown = true;
+                core.flushing = true;
+            }
+            state.shared.cond.notify_all();
+            state.shared.waker.wake();
+            if let Some(t) = state.thread.take() {
+                let _ = t.join();
+            }
+            state.shared.ledger.detach_collector();
+            *self.last_stats.lock().unwrap() = stats;
+        }
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        let framerate = self
+            .state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.framerate)
+            .unwrap_or(DEFAULT_FRAMERATE);
+        let caps = gst::Caps::builder("image/jpeg")
+            .field("framerate", framerate)
+            .build();
+        self.obj()
+            .set_caps(&caps)
+            .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}"))
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        match query.view_mut() {
+            gst::QueryViewMut::Latency(q) => {
+                // Buffers are timestamped when they are pushed, at their play time.
+                q.set(true, gst::ClockTime::ZERO, gst::ClockTime::NONE);
+                true
+            }
+            _ => BaseSrcImplExt::parent_query(self, query),
+        }
+    }
+
+    fn event(&self, event: &gst::Event) -> bool {
+        if let gst::EventView::FlushStop(_) = event.view()
+            && let Some(shared) = self.shared()
+        {
+            shared.lock().playout.clear();
+            shared.ledger.reset_progress();
+        }
+        self.parent_event(event)
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(shared) = self.shared() {
+            shared.lock().flushing = true;
+            shared.cond.notify_all();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(shared) = self.shared() {
+            shared.lock().flushing = false;
+        }
+        Ok(())
+    }
+}
+
+fn shared_detach(group: &str) {
+    ledger::ledger(group).detach_collector();
+}
+
+impl PushSrcImpl for ZmqCollectSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        let (shared, framerate) = {
+            let state = self.state.lock().unwrap();
+            let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
+            (state.shared.clone(), state.framerate)
+        };
+        let (idle_timeout, delay_us) = {
+            let s = self.settings.lock().unwrap();
+            (
+                Duration::from_millis(s.idle_timeout_ms.into()),
+                i64::from(s.playout_delay_ms) * 1000,
+            )
+        };
+        let released = {
+            let mut core = shared.lock();
+            loop {
+                if core.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                let now_us = scaleout::unix_now_us();
+                if let Some(r) = core.playout.pop_due(now_us) {
+                    shared.ledger.advanced(r.index + 1);
+                    break r;
+                }
+                if let Some(end) = shared.ledger.end() {
+                    match end.last {
+                        None if core.playout.is_empty() => return Err(gst::FlowError::Eos),
+                        None => {}
+                        Some((last, timestamp_ms)) => {
+                            if core.playout.next_index().is_some_and(|n| n > last) {
+                                gst::info!(CAT, imp = self, "last frame {last} played: end of stream");
+                                return Err(gst::FlowError::Eos);
+                            }
+                            if core.playout.is_empty()
+                                && now_us > timestamp_ms * 1000 + delay_us + END_GRACE_US
+                            {
+                                let skipped = core.playout.skip_through(last);
+                                gst::info!(
+                                    CAT,
+                                    imp = self,
+                                    "input ended at frame {last}, {skipped} final frames missing: end of stream"
+                                );
+                                return Err(gst::FlowError::Eos);
+                            }
+                        }
+                    }
+                }
+                if !idle_timeout.is_zero()
+                    && core.playout.is_empty()
+                    && core.last_arrival.elapsed() > idle_timeout
+                {
+                    gst::info!(CAT, imp = self, "no results for {idle_timeout:?}: end of stream");
+                    return Err(gst::FlowError::Eos);
+                }
+                let wait_us = core
+                    .playout
+                    .next_due(now_us)
+                    .map(|due| (due - now_us).clamp(0, 100_000))
+                    .unwrap_or(100_000);
+                core = shared
+                    .cond
+                    .wait_timeout(core, Duration::from_micros(wait_us as u64))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        };
+        let (late, missing, reported) = {
+            let core = shared.lock();
+            let s = core.playout.stats();
+            (s.late, s.missing, core.reported)
+        };
+        if let Some(now_reported) = self.report_losses(late, missing, reported) {
+            shared.lock().reported = now_reported;
+        }
+        if released.skipped > 0 {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "skipped {} missing frames before {}",
+                released.skipped,
+                released.index
+            );
+        }
+
+        let mut buffer = gst::Buffer::from_mut_slice(released.payload);
+        {
+            let b = buffer.get_mut().expect("new buffer is writable");
+            b.set_offset(released.index);
+            b.set_offset_end(released.index + 1);
+            b.set_pts(self.running_time_now());
+            if framerate.numer() > 0 {
+                b.set_duration(gst::ClockTime::SECOND.mul_div_floor(
+                    framerate.denom() as u64,
+                    framerate.numer() as u64,
+                ));
+            }
+            scaleout::add_unix_meta(b, released.timestamp_ms);
+        }
+        Ok(CreateSuccess::NewBuffer(buffer))
+    }
+}

@@ -1,0 +1,868 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `zmqdispatchsink`: hands `image/jpeg` frames to workers over a ZeroMQ ROUTER socket.
+//!
+//! `render()` puts each frame into a bounded queue (policy: block or drop-oldest); a
+//! thread that owns the socket receives the workers' ready messages and sends each worker
+//! as many frames as it asked for, the worker that has waited longest first (see
+//! [`crate::scaleout::dispatch`]). The thread also sends heartbeats, which tell workers the
+//! session and, through ZMQ_ROUTER_MANDATORY, find a killed worker within one interval.
+//! A worker that is lost or leaves gives its untaken frames back to the queue; with a
+//! `zmqcollectsrc` of the same `group` in this process, also the frames it had taken and
+//! that did not arrive.
+//!
+//! Each frame carries its index (a count from 0, or the buffer offset with
+//! `index-from-offset`) and its entry time: the `timestamp/x-unix` reference meta when the
+//! buffer has one, else the time it reached this element.
+
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+
+use super::DispatchQueuePolicy;
+use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
+use crate::scaleout::ledger::{self, End, Ledger};
+use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
+use crate::scaleout::{self, RateLimit, Waker};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "zmqdispatchsink",
+        gst::DebugColorFlags::empty(),
+        Some("Scale-out: frames to the next free worker"),
+    )
+});
+
+const DEFAULT_ENDPOINT: &str = "tcp://*:5555";
+const DEFAULT_MAX_QUEUE: u32 = 16;
+const DEFAULT_QUEUE_POLICY: DispatchQueuePolicy = DispatchQueuePolicy::Block;
+const DEFAULT_WORKER_TIMEOUT_MS: u32 = 1500;
+const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 100;
+const DEFAULT_GROUP: &str = "i2i";
+const DEFAULT_INDEX_FROM_OFFSET: bool = false;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    endpoint: String,
+    max_queue: u32,
+    queue_policy: DispatchQueuePolicy,
+    worker_timeout_ms: u32,
+    heartbeat_interval_ms: u32,
+    group: String,
+    index_from_offset: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            endpoint: DEFAULT_ENDPOINT.into(),
+            max_queue: DEFAULT_MAX_QUEUE,
+            queue_policy: DEFAULT_QUEUE_POLICY,
+            worker_timeout_ms: DEFAULT_WORKER_TIMEOUT_MS,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            group: DEFAULT_GROUP.into(),
+            index_from_offset: DEFAULT_INDEX_FROM_OFFSET,
+        }
+    }
+}
+
+fn policy(p: DispatchQueuePolicy) -> QueuePolicy {
+    match p {
+        DispatchQueuePolicy::Block => QueuePolicy::Block,
+        DispatchQueuePolicy::DropOldest => QueuePolicy::DropOldest,
+    }
+}
+
+struct Core {
+    sched: Scheduler<gst::Buffer>,
+    flushing: bool,
+    shutdown: bool,
+    /// The input ended: tell the workers to finish their frames.
+    drain_requested: bool,
+    count: u64,
+    last: Option<(u64, i64)>,
+    /// When the queue last got shorter (for the wait at EOS).
+    last_progress: Instant,
+    malformed: u64,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    cond: Condvar,
+    waker: Waker,
+    ledger: Arc<Ledger>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct State {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+pub struct ZmqDispatchSink {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    bound_endpoint: Mutex<Option<String>>,
+    /// The stats of the last run, kept after stop.
+    last_stats: Mutex<Option<gst::Structure>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ZmqDispatchSink {
+    const NAME: &'static str = "GstZmqDispatchSink";
+    type Type = super::ZmqDispatchSink;
+    type ParentType = gst_base::BaseSink;
+}
+
+fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
+    let s = core.sched.stats();
+    let workers = core.sched.workers(now);
+    let list = gst::Array::new(workers.iter().map(|w| {
+        gst::Structure::builder("worker")
+            .field("name", &w.name)
+            .field("batch", w.batch)
+            .field("frames", w.frames)
+            .field("in-flight", w.in_flight)
+            .field("credit", w.credit)
+            .field("idle-ms", w.idle_ms)
+            .build()
+            .to_send_value()
+    }));
+    gst::Structure::builder("zmqdispatchsink-stats")
+        .field("queued", s.queued)
+        .field("dispatched", s.dispatched)
+        .field("jobs", s.jobs)
+        .field("dropped", s.dropped)
+        .field("redispatched", s.redispatched)
+        .field("unaccounted", s.unaccounted)
+        .field("queue-length", core.sched.queue_len() as u64)
+        .field("in-flight", core.sched.in_flight())
+        .field("workers", workers.len() as u64)
+        .field("workers-joined", s.workers_joined)
+        .field("workers-left", s.workers_left)
+        .field("workers-lost", s.workers_lost)
+        .field("malformed", core.malformed)
+        .field("worker-list", list)
+        .build()
+}
+
+/// What the socket thread reports on the bus.
+enum Report {
+    Joined(String),
+    Removed(Removed),
+    Malformed(String),
+}
+
+/// The thread that owns the ROUTER socket.
+struct Io {
+    element: glib::WeakRef<super::ZmqDispatchSink>,
+    shared: Arc<Shared>,
+    socket: zmq::Socket,
+    _context: zmq::Context,
+    heartbeat: Duration,
+    malformed_limit: RateLimit,
+}
+
+impl Io {
+    fn is_done_fn(&self) -> impl Fn(u64) -> bool + '_ {
+        let ledger = &self.shared.ledger;
+        let attached = ledger.has_collector();
+        move |i| attached && ledger.is_done(i)
+    }
+
+    fn run(mut self) {
+        let mut next_heartbeat = Instant::now();
+        loop {
+            let timeout = next_heartbeat
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i64;
+            let mut items = [
+                self.socket.as_poll_item(zmq::POLLIN),
+                self.shared.waker.poll_item(),
+            ];
+            if let Err(e) = zmq::poll(&mut items, timeout.max(1)) {
+                gst::warning!(CAT, "poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.shared.waker.clear();
+            if self.shared.lock().shutdown {
+                break;
+            }
+            let mut reports = Vec::new();
+            self.receive(&mut reports);
+            let now = Instant::now();
+            if now >= next_heartbeat {
+                next_heartbeat = now + self.heartbeat;
+                self.heartbeats(now, &mut reports);
+            }
+            self.dispatch(&mut reports);
+            self.shared.cond.notify_all();
+            self.post(reports);
+        }
+        gst::debug!(CAT, "socket thread ends");
+    }
+
+    fn receive(&mut self, reports: &mut Vec<Report>) {
+        loop {
+            let parts = match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(parts) => parts,
+                Err(zmq::Error::EAGAIN) => return,
+                Err(e) => {
+                    gst::warning!(CAT, "receive failed: {e}");
+                    return;
+                }
+            };
+            let Some((id, rest)) = parts.split_first() else {
+                continue;
+            };
+            let now = Instant::now();
+            match wire::decode_worker(rest) {
+                Ok(WorkerMsg::Ready(ready)) => {
+                    let is_done = self.is_done_fn();
+                    let mut core = self.shared.lock();
+                    let joined_before = core.sched.stats().workers_joined;
+                    let was_in = core.sched.worker_name(id).is_some_and(|(_, s)| s);
+                    let reply = core.sched.on_ready(id, &ready, now, &is_done);
+                    let is_in = core.sched.worker_name(id).is_some_and(|(_, s)| s);
+                    if is_in && !was_in {
+                        reports.push(Report::Joined(ready.name.clone()));
+                    }
+                    if core.sched.stats().workers_joined > joined_before + 1 {
+                        gst::debug!(CAT, "worker {} re-registered", ready.name);
+                    }
+                    drop(core);
+                    if reply == Reply::Heartbeat {
+                        let session = self.shared.lock().sched.session();
+                        self.send_control(id, &wire::encode_heartbeat(session), reports);
+                    }
+                }
+                Ok(WorkerMsg::Bye) => {
+                    let is_done = self.is_done_fn();
+                    if let Some(r) = self.shared.lock().sched.on_bye(id, &is_done) {
+                        reports.push(Report::Removed(r));
+                    }
+                }
+                Err(e) => {
+                    self.shared.lock().malformed += 1;
+                    if let Some(held) = self.malformed_limit.allow(now) {
+                        reports.push(Report::Malformed(format!(
+                            "{e} (from peer {}; {held} more since the last report)",
+                            String::from_utf8_lossy(id)
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a control message; a worker found unreachable is removed.
+    fn send_control(&self, id: &[u8], parts: &[Vec<u8>], reports: &mut Vec<Report>) {
+        let msg = [id.to_vec(), parts[0].clone()]
+            .into_iter()
+            .chain(parts[1..].iter().cloned());
+        match self.socket.send_multipart(msg, zmq::DONTWAIT) {
+            Ok(()) | Err(zmq::Error::EAGAIN) => {}
+            Err(zmq::Error::EHOSTUNREACH) => {
+                let is_done = self.is_done_fn();
+                if let Some(r) =
+                    self.shared
+                        .lock()
+                        .sched
+                        .remove(id, Departure::Unreachable, &is_done)
+                {
+                    reports.push(Report::Removed(r));
+                }
+            }
+            Err(e) => gst::warning!(CAT, "send to a worker failed: {e}"),
+        }
+    }
+
+    fn heartbeats(&self, now: Instant, reports: &mut Vec<Report>) {
+        let is_done = self.is_done_fn();
+        let (session, ids, drain) = {
+            let mut core = self.shared.lock();
+            core.sched.set_track_taken(self.shared.ledger.has_collector());
+            core.sched.prune(&is_done);
+            for r in core.sched.expire(now, &is_done) {
+                reports.push(Report::Removed(r));
+            }
+            let ids: Vec<Vec<u8>> = core.sched.worker_ids().map(|i| i.to_vec()).collect();
+            let drain = std::mem::take(&mut core.drain_requested);
+            (core.sched.session(), ids, drain)
+        };
+        let hb = wire::encode_heartbeat(session);
+        for id in &ids {
+            self.send_control(id, &hb, reports);
+        }
+        if drain {
+            let msg = wire::encode_drain(session);
+            for id in &ids {
+                self.send_control(id, &msg, reports);
+            }
+        }
+    }
+
+    fn dispatch(&self, reports: &mut Vec<Report>) {
+        loop {
+            let now = Instant::now();
+            let job = {
+                let mut core = self.shared.lock();
+                let len = core.sched.queue_len();
+                let job = core.sched.next_job(now);
+                if core.sched.queue_len() < len {
+                    core.last_progress = now;
+                }
+                job
+            };
+            let Some(job) = job else { return };
+            match self.send_job(&job) {
+                Ok(()) => {
+                    gst::trace!(
+                        CAT,
+                        "sent frames {:?} to {}",
+                        job.frames.iter().map(|f| f.index).collect::<Vec<_>>(),
+                        String::from_utf8_lossy(&job.worker)
+                    );
+                }
+                Err(e) => {
+                    let unreachable = e == zmq::Error::EHOSTUNREACH;
+                    if !unreachable && e != zmq::Error::EAGAIN {
+                        gst::warning!(CAT, "sending a job failed: {e}");
+                    }
+                    let is_done = self.is_done_fn();
+                    let removed =
+                        self.shared
+                            .lock()
+                            .sched
+                            .job_failed(job, unreachable, now, &is_done);
+                    if let Some(r) = removed {
+                        reports.push(Report::Removed(r));
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_job(&self, job: &Job<gst::Buffer>) -> Result<(), zmq::Error> {
+        let maps: Vec<_> = job
+            .frames
+            .iter()
+            .filter_map(|f| f.payload.map_readable().ok().map(|m| (f, m)))
+            .collect();
+        let frames: Vec<JobFrame<'_>> = maps
+            .iter()
+            .map(|(f, m)| JobFrame {
+                index: f.index,
+                timestamp_ms: f.timestamp_ms,
+                jpeg: m.as_slice(),
+            })
+            .collect();
+        let body = wire::encode_job(&frames);
+        self.socket.send_multipart(
+            [job.worker.clone(), wire::KIND_JOB.to_vec(), body],
+            zmq::DONTWAIT,
+        )
+    }
+
+    fn post(&self, reports: Vec<Report>) {
+        if reports.is_empty() {
+            return;
+        }
+        let Some(element) = self.element.upgrade() else {
+            return;
+        };
+        for r in reports {
+            let workers = self.shared.lock().sched.worker_count() as u64;
+            match r {
+                Report::Joined(name) => {
+                    gst::info!(CAT, obj = element, "worker {name} joined ({workers} now)");
+                    let s = gst::Structure::builder("zmqdispatchsink-worker")
+                        .field("event", "joined")
+                        .field("name", &name)
+                        .field("workers", workers)
+                        .build();
+                    let _ = element.post_message(gst::message::Element::builder(s).src(&element).build());
+                }
+                Report::Removed(r) => {
+                    let event = match r.why {
+                        Departure::Left => "left",
+                        Departure::TimedOut | Departure::Unreachable => "lost",
+                    };
+                    let s = gst::Structure::builder("zmqdispatchsink-worker")
+                        .field("event", event)
+                        .field("name", &r.name)
+                        .field("redispatched", r.redispatched)
+                        .field("unaccounted", r.unaccounted)
+                        .field("workers", workers)
+                        .build();
+                    let _ = element.post_message(gst::message::Element::builder(s).src(&element).build());
+                    match r.why {
+                        Departure::Left => gst::info!(
+                            CAT,
+                            obj = element,
+                            "worker {} left ({workers} now), {} untaken frames sent to others",
+                            r.name,
+                            r.redispatched
+                        ),
+                        Departure::TimedOut | Departure::Unreachable => {
+                            let how = if r.why == Departure::TimedOut {
+                                "silent for longer than worker-timeout"
+                            } else {
+                                "its connection closed"
+                            };
+                            gst::element_warning!(
+                                element,
+                                gst::ResourceError::Read,
+                                [
+                                    "Worker {} lost ({how}); {} of its frames sent to other workers, {} unaccounted; {workers} workers left",
+                                    r.name,
+                                    r.redispatched,
+                                    r.unaccounted
+                                ]
+                            );
+                        }
+                    }
+                }
+                Report::Malformed(text) => {
+                    gst::element_warning!(
+                        element,
+                        gst::StreamError::Decode,
+                        ["Dropped a malformed message on the worker socket: {text}"]
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ZmqDispatchSink {
+    fn shared(&self) -> Option<Arc<Shared>> {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.shared.clone())
+    }
+
+    fn apply_live_settings(&self) {
+        let settings = self.settings.lock().unwrap().clone();
+        if let Some(shared) = self.shared() {
+            let mut core = shared.lock();
+            core.sched
+                .set_policy(policy(settings.queue_policy), settings.max_queue as usize);
+            core.sched
+                .set_worker_timeout(Duration::from_millis(settings.worker_timeout_ms.into()));
+            drop(core);
+            shared.cond.notify_all();
+        }
+    }
+
+    /// At EOS: waits until every queued frame went to a worker, as long as workers take them.
+    fn wait_until_dispatched(&self, shared: &Shared) {
+        let timeout = Duration::from_millis(self.settings.lock().unwrap().worker_timeout_ms.into());
+        let mut core = shared.lock();
+        loop {
+            if core.flushing || core.sched.queue_len() == 0 {
+                break;
+            }
+            if core.last_progress.elapsed() > timeout.max(Duration::from_secs(2)) {
+                let left = core.sched.queue_len();
+                core.sched.clear_queue();
+                drop(core);
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    [
+                        "End of stream: {left} frames never reached a worker (no worker took any for {} ms); dropped",
+                        timeout.max(Duration::from_secs(2)).as_millis()
+                    ]
+                );
+                return;
+            }
+            core = shared
+                .cond
+                .wait_timeout(core, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl ObjectImpl for ZmqDispatchSink {
+    fn constructed(&self) {
+        self.parent_constructed();
+        // Files are paced by the clock (sync=true); set sync=false to dispatch as fast as
+        // the workers take frames.
+        self.obj().set_sync(true);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("endpoint")
+                    .nick("Endpoint")
+                    .blurb("ZeroMQ endpoint the ROUTER socket binds, where workers (zmqworkersrc) connect, e.g. tcp://*:5555 or tcp://127.0.0.1:* (port picked, see bound-endpoint)")
+                    .default_value(Some(DEFAULT_ENDPOINT))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("bound-endpoint")
+                    .nick("Bound endpoint")
+                    .blurb("The endpoint actually bound (with the port ZeroMQ picked for tcp://HOST:*)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-queue")
+                    .nick("Maximum queue")
+                    .blurb("Frames waiting for a free worker, at most; what happens beyond is queue-policy")
+                    .minimum(1)
+                    .maximum(100_000)
+                    .default_value(DEFAULT_MAX_QUEUE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("queue-policy", DEFAULT_QUEUE_POLICY)
+                    .nick("Queue policy")
+                    .blurb("When the queue is full: block (slow the source down; files) or drop-oldest (stay current; live cameras)")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("worker-timeout")
+                    .nick("Worker timeout")
+                    .blurb("A worker silent for this long (ms) is dropped and its frames go to other workers (a killed worker's closed connection is noticed sooner, at the next heartbeat)")
+                    .minimum(50)
+                    .maximum(600_000)
+                    .default_value(DEFAULT_WORKER_TIMEOUT_MS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("heartbeat-interval")
+                    .nick("Heartbeat interval")
+                    .blurb("How often (ms) the primary sends each worker a heartbeat; it carries the session and finds closed connections")
+                    .minimum(10)
+                    .maximum(60_000)
+                    .default_value(DEFAULT_HEARTBEAT_INTERVAL_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("group")
+                    .nick("Group")
+                    .blurb("Name shared with a zmqcollectsrc in the same process: with it, frames a dead worker had taken are sent again, and the collector ends its stream after the last frame")
+                    .default_value(Some(DEFAULT_GROUP))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("index-from-offset")
+                    .nick("Index from offset")
+                    .blurb("Use the buffer offset as the frame index (frames from zmqmsgpacksrc or videotestsrc); off: number frames from 0 (multifilesrc offsets are byte positions)")
+                    .default_value(DEFAULT_INDEX_FROM_OFFSET)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("queued, dispatched, jobs, dropped (drop-oldest), redispatched, unaccounted, queue-length, in-flight, workers, workers-joined/left/lost, malformed, worker-list (name, batch, frames, in-flight, credit, idle-ms)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "endpoint" => {
+                settings.endpoint = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
+            }
+            "max-queue" => settings.max_queue = value.get().expect("type checked upstream"),
+            "queue-policy" => settings.queue_policy = value.get().expect("type checked upstream"),
+            "worker-timeout" => {
+                settings.worker_timeout_ms = value.get().expect("type checked upstream")
+            }
+            "heartbeat-interval" => {
+                settings.heartbeat_interval_ms = value.get().expect("type checked upstream")
+            }
+            "group" => {
+                settings.group = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_GROUP.into())
+            }
+            "index-from-offset" => {
+                settings.index_from_offset = value.get().expect("type checked upstream")
+            }
+            other => unreachable!("no writable property {other}"),
+        }
+        drop(settings);
+        if matches!(pspec.name(), "max-queue" | "queue-policy" | "worker-timeout") {
+            self.apply_live_settings();
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "endpoint" => settings.endpoint.to_value(),
+            "bound-endpoint" => self.bound_endpoint.lock().unwrap().to_value(),
+            "max-queue" => settings.max_queue.to_value(),
+            "queue-policy" => settings.queue_policy.to_value(),
+            "worker-timeout" => settings.worker_timeout_ms.to_value(),
+            "heartbeat-interval" => settings.heartbeat_interval_ms.to_value(),
+            "group" => settings.group.to_value(),
+            "index-from-offset" => settings.index_from_offset.to_value(),
+            "stats" => {
+                drop(settings);
+                match self.shared() {
+                    Some(shared) => stats_structure(&shared.lock(), Instant::now()).to_value(),
+                    None => self
+                        .last_stats
+                        .lock()
+                        .unwrap()
+                        .clone()
+                        .unwrap_or_else(|| gst::Structure::new_empty("zmqdispatchsink-stats"))
+                        .to_value(),
+                }
+            }
+            other => unreachable!("no property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for ZmqDispatchSink {}
+
+impl ElementImpl for ZmqDispatchSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "ZeroMQ scale-out dispatcher",
+                "Sink/Network",
+                "Hands each image/jpeg frame (or batch of consecutive frames) to the next free \
+                 worker (zmqworkersrc) over a ZeroMQ ROUTER socket, following the workers' ready \
+                 requests; bounded queue, worker heartbeats, re-dispatch of a lost worker's frames",
+                "i2i project",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_empty_simple("image/jpeg"),
+                )
+                .unwrap(),
+            ]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSinkImpl for ZmqDispatchSink {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let endpoint = settings.endpoint.clone();
+        if endpoint.contains('\0') {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["Endpoint {endpoint:?} contains a NUL character"]
+            ));
+        }
+        let context = zmq::Context::new();
+        let socket_err = |what: &str, e: zmq::Error| {
+            gst::error_msg!(
+                gst::ResourceError::OpenWrite,
+                ["Could not {what} the ZeroMQ ROUTER socket: {e}"]
+            )
+        };
+        let socket = context
+            .socket(zmq::ROUTER)
+            .map_err(|e| socket_err("create", e))?;
+        socket
+            .set_router_mandatory(true)
+            .map_err(|e| socket_err("set ZMQ_ROUTER_MANDATORY on", e))?;
+        socket
+            .set_linger(0)
+            .map_err(|e| socket_err("set linger on", e))?;
+        socket.bind(&endpoint).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenWrite,
+                [
+                    "Could not bind {endpoint} for the workers: {e}{}",
+                    scaleout::endpoint_hint(e)
+                ]
+            )
+        })?;
+        let bound = socket
+            .get_last_endpoint()
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_else(|| endpoint.clone());
+        gst::info!(CAT, imp = self, "workers connect to {bound}");
+        *self.bound_endpoint.lock().unwrap() = Some(bound);
+
+        let waker = Waker::new().map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenWrite,
+                ["Could not create the wake-up socket pair: {e}"]
+            )
+        })?;
+        let ledger = ledger::ledger(&settings.group);
+        ledger.set_end(None);
+        let session = scaleout::new_session();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                sched: Scheduler::new(
+                    session,
+                    settings.max_queue as usize,
+                    policy(settings.queue_policy),
+                    Duration::from_millis(settings.worker_timeout_ms.into()),
+                    ledger.has_collector(),
+                ),
+                flushing: false,
+                shutdown: false,
+                drain_requested: false,
+                count: 0,
+                last: None,
+                last_progress: Instant::now(),
+                malformed: 0,
+            }),
+            cond: Condvar::new(),
+            waker,
+            ledger,
+        });
+        let io = Io {
+            element: self.obj().downgrade(),
+            shared: shared.clone(),
+            socket,
+            _context: context,
+            heartbeat: Duration::from_millis(settings.heartbeat_interval_ms.into()),
+            malformed_limit: RateLimit::new(Duration::from_secs(1)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("zmqdispatch-io".into())
+            .spawn(move || io.run())
+            .map_err(|e| {
+                gst::error_msg!(
+                    gst::CoreError::Thread,
+                    ["Could not start the socket thread: {e}"]
+                )
+            })?;
+        gst::debug!(CAT, imp = self, "session {session:#x}");
+        *self.state.lock().unwrap() = Some(State {
+            shared,
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let state = self.state.lock().unwrap().take();
+        if let Some(mut state) = state {
+            {
+                let mut core = state.shared.lock();
+                core.shutdown = true;
+                core.flushing = true;
+                *self.last_stats.lock().unwrap() = Some(stats_structure(&core, Instant::now()));
+            }
+            state.shared.cond.notify_all();
+            state.shared.waker.wake();
+            if let Some(t) = state.thread.take() {
+                let _ = t.join();
+            }
+        }
+        Ok(())
+    }
+
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Some(shared) = self.shared() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let from_offset = self.settings.lock().unwrap().index_from_offset;
+        let timestamp_ms =
+            scaleout::unix_ms_from_meta(buffer).unwrap_or_else(scaleout::unix_now_ms);
+        let mut core = shared.lock();
+        let index = if from_offset && buffer.offset() != u64::MAX {
+            buffer.offset()
+        } else {
+            core.count
+        };
+        core.count = index + 1;
+        let mut frame = Frame {
+            index,
+            timestamp_ms,
+            payload: buffer.clone(),
+        };
+        loop {
+            if core.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            match core.sched.push(frame) {
+                Ok(()) => break,
+                Err(back) => {
+                    frame = back;
+                    core = shared.cond.wait(core).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+        core.last = Some((index, timestamp_ms));
+        drop(core);
+        shared.waker.wake();
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn event(&self, event: gst::Event) -> bool {
+        match event.view() {
+            gst::EventView::Eos(_) => {
+                if let Some(shared) = self.shared() {
+                    self.wait_until_dispatched(&shared);
+                    let mut core = shared.lock();
+                    shared.ledger.set_end(Some(End { last: core.last }));
+                    core.drain_requested = true;
+                    drop(core);
+                    shared.waker.wake();
+                    gst::debug!(CAT, imp = self, "input ended; workers asked to drain");
+                }
+            }
+            gst::EventView::FlushStop(_) => {
+                if let Some(shared) = self.shared() {
+                    shared.lock().sched.clear_queue();
+                    shared.ledger.set_end(None);
+                    shared.cond.notify_all();
+                }
+            }
+            gst::EventView::StreamStart(_) => {
+                if let Some(shared) = self.shared() {
+                    shared.ledger.set_end(None);
+                }
+            }
+            _ => {}
+        }
+        self.parent_event(event)
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(shared) = self.shared() {
+            shared.lock().flushing = true;
+            shared.cond.notify_all();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(shared) = self.shared() {
+            shared.lock().flushing = false;
+        }
+        Ok(())
+    }
+}

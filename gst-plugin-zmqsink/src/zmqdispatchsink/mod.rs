@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `zmqdispatchsink`: the primary's side of the scale-out. Hands each frame (or each batch
+//! of consecutive frames) to the next free worker (`zmqworkersrc`) over a ZeroMQ ROUTER
+//! socket, following the workers' ready requests.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+
+glib::wrapper! {
+    pub struct ZmqDispatchSink(ObjectSubclass<imp::ZmqDispatchSink>)
+        @extends gst_base::BaseSink, gst::Element, gst::Object;
+}
+
+/// What the dispatcher does with a new frame when its queue is full.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstZmqDispatchQueuePolicy")]
+pub enum DispatchQueuePolicy {
+    /// Wait for room: backpressure to the source (files: nothing is lost).
+    #[enum_value(
+        name = "Block: wait for a free worker, slowing the source down (files)",
+        nick = "block"
+    )]
+    Block = 0,
+    /// Drop the oldest waiting frame: the output stays current (live cameras).
+    #[enum_value(
+        name = "Drop oldest: drop the oldest waiting frame and stay current (live sources)",
+        nick = "drop-oldest"
+    )]
+    DropOldest = 1,
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "zmqdispatchsink",
+        gst::Rank::NONE,
+        ZmqDispatchSink::static_type(),
+    )
+}

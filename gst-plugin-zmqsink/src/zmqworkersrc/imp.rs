@@ -1,0 +1,884 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `zmqworkersrc`: a live source of `image/jpeg` frames handed out by a `zmqdispatchsink`.
+//!
+//! A thread owns the DEALER socket. It tells the primary how many frames it may send
+//! (credit = frames taken downstream + `batch-size` x `prefetch`), so the worker asks for
+//! more exactly when its pipeline took a frame: a busy worker asks for nothing. The same
+//! ready message doubles as the heartbeat. The primary's heartbeats carry its session: a
+//! new session (the primary restarted) resets the counts, and the worker announces itself
+//! again; ZeroMQ reconnects the socket by itself. At the primary's drain request (its
+//! input ended) the source sends a drain query downstream, so elements that hold frames
+//! (the stream batch of i2itransform) can finish them.
+//!
+//! Each frame becomes one buffer: offset = index, PTS = running time when it is pushed,
+//! and the frame's original time as a `timestamp/x-unix` reference meta.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::protocol::{self, Payload};
+use crate::scaleout::wire::{self, PrimaryMsg, Ready};
+use crate::scaleout::{self, RateLimit, Waker};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "zmqworkersrc",
+        gst::DebugColorFlags::empty(),
+        Some("Scale-out: a worker's frame source"),
+    )
+});
+
+const DEFAULT_ENDPOINT: &str = "tcp://localhost:5555";
+const DEFAULT_BATCH_SIZE: u32 = 1;
+const DEFAULT_PREFETCH: u32 = 1;
+const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 250;
+const DEFAULT_PRIMARY_TIMEOUT_MS: u32 = 2000;
+const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
+const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
+
+#[derive(Debug, Clone)]
+struct Settings {
+    endpoint: String,
+    batch_size: u32,
+    prefetch: u32,
+    heartbeat_interval_ms: u32,
+    primary_timeout_ms: u32,
+    worker_name: Option<String>,
+    max_message_size: i64,
+    framerate: gst::Fraction,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            endpoint: DEFAULT_ENDPOINT.into(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            prefetch: DEFAULT_PREFETCH,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            primary_timeout_ms: DEFAULT_PRIMARY_TIMEOUT_MS,
+            worker_name: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            framerate: DEFAULT_FRAMERATE,
+        }
+    }
+}
+
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}:{}", std::process::id())
+}
+
+struct Item {
+    index: u64,
+    timestamp_ms: i64,
+    jpeg: Vec<u8>,
+    session: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    frames_in: u64,
+    frames_out: u64,
+    jobs: u64,
+    malformed: u64,
+    not_jpeg: u64,
+    missing_file: u64,
+    oversize: u64,
+    overflow: u64,
+    sessions: u64,
+    primary_lost: u64,
+    drains: u64,
+}
+
+struct Core {
+    queue: VecDeque<Item>,
+    /// The primary's session we count in; 0 before we heard from one.
+    session: u64,
+    /// Frames of this session pushed downstream (or dropped as bad).
+    taken: u64,
+    flushing: bool,
+    shutdown: bool,
+    drain_requested: bool,
+    stats: Stats,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    cond: Condvar,
+    waker: Waker,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct State {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    framerate: gst::Fraction,
+}
+
+#[derive(Default)]
+pub struct ZmqWorkerSrc {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    last_stats: Mutex<Stats>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ZmqWorkerSrc {
+    const NAME: &'static str = "GstZmqWorkerSrc";
+    type Type = super::ZmqWorkerSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+enum Report {
+    Dropped(gst::ResourceError, String),
+    Malformed(String),
+    Joined(u64),
+    PrimaryLost,
+}
+
+/// The thread that owns the DEALER socket.
+struct Io {
+    element: glib::WeakRef<super::ZmqWorkerSrc>,
+    shared: Arc<Shared>,
+    socket: zmq::Socket,
+    _context: zmq::Context,
+    name: String,
+    batch: u32,
+    room: u64,
+    heartbeat: Duration,
+    primary_timeout: Duration,
+    max_message_size: i64,
+    /// Most frames held before the oldest are dropped (a primary that ignores credits).
+    max_held: usize,
+    drop_limit: RateLimit,
+}
+
+impl Io {
+    fn run(mut self) {
+        let mut next_ready = Instant::now();
+        let mut sent_state: Option<(u64, u64)> = None;
+        let mut last_heard: Option<Instant> = None;
+        loop {
+            let timeout = next_ready
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i64;
+            let mut items = [
+                self.socket.as_poll_item(zmq::POLLIN),
+                self.shared.waker.poll_item(),
+            ];
+            if let Err(e) = zmq::poll(&mut items, timeout.max(1)) {
+                gst::warning!(CAT, "poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.shared.waker.clear();
+            if self.shared.lock().shutdown {
+                break;
+            }
+            let mut reports = Vec::new();
+            if self.receive(&mut reports) {
+                last_heard = Some(Instant::now());
+            }
+            let now = Instant::now();
+            let (session, taken) = {
+                let mut core = self.shared.lock();
+                if core.session != 0
+                    && last_heard.is_none_or(|t| now.saturating_duration_since(t) > self.primary_timeout)
+                {
+                    // Count from zero with whichever primary answers next.
+                    core.session = 0;
+                    core.taken = 0;
+                    core.stats.primary_lost += 1;
+                    reports.push(Report::PrimaryLost);
+                }
+                (core.session, core.taken)
+            };
+            if now >= next_ready || sent_state != Some((session, taken)) {
+                self.send_ready(session, taken);
+                sent_state = Some((session, taken));
+                next_ready = now + self.heartbeat;
+            }
+            self.shared.cond.notify_all();
+            self.post(reports);
+        }
+        // Tell the primary at once that this worker is gone, so that it does not wait for
+        // the timeout; what it still had queued here goes to other workers.
+        if self.shared.lock().session != 0 {
+            let _ = self
+                .socket
+                .send_multipart(wire::encode_bye(), zmq::DONTWAIT);
+        }
+        gst::debug!(CAT, "socket thread ends");
+    }
+
+    fn send_ready(&self, session: u64, taken: u64) {
+        let ready = Ready {
+            session,
+            credit: taken + self.room,
+            taken,
+            batch: self.batch,
+            name: self.name.clone(),
+        };
+        match self
+            .socket
+            .send_multipart(wire::encode_ready(&ready), zmq::DONTWAIT)
+        {
+            // Not connected (ZMQ_IMMEDIATE): the next heartbeat tries again.
+            Ok(()) | Err(zmq::Error::EAGAIN) => {}
+            Err(e) => gst::warning!(CAT, "sending ready failed: {e}"),
+        }
+    }
+
+    /// Receives what is waiting; true if anything came from the primary.
+    fn receive(&mut self, reports: &mut Vec<Report>) -> bool {
+        let mut heard = false;
+        loop {
+            let parts = match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(parts) => parts,
+                Err(zmq::Error::EAGAIN) => return heard,
+                Err(e) => {
+                    gst::warning!(CAT, "receive failed: {e}");
+                    return heard;
+                }
+            };
+            heard = true;
+            match wire::decode_primary(&parts) {
+                Ok(PrimaryMsg::Heartbeat { session }) => self.on_session(session, reports),
+                Ok(PrimaryMsg::Drain { session }) => {
+                    self.on_session(session, reports);
+                    let mut core = self.shared.lock();
+                    core.drain_requested = true;
+                    core.stats.drains += 1;
+                }
+                Ok(PrimaryMsg::Job(body)) => self.on_job(body, reports),
+                Err(e) => {
+                    self.shared.lock().stats.malformed += 1;
+                    self.report_drop(reports, None, format!("{e}"));
+                }
+            }
+        }
+    }
+
+    fn on_session(&self, session: u64, reports: &mut Vec<Report>) {
+        let mut core = self.shared.lock();
+        if core.session != session {
+            core.session = session;
+            core.taken = 0;
+            core.stats.sessions += 1;
+            reports.push(Report::Joined(session));
+        }
+    }
+
+    fn report_drop(&mut self, reports: &mut Vec<Report>, kind: Option<gst::ResourceError>, text: String) {
+        if let Some(held) = self.drop_limit.allow(Instant::now()) {
+            let text = if held > 0 {
+                format!("{text} ({held} more dropped since the last report)")
+            } else {
+                text
+            };
+            reports.push(match kind {
+                Some(k) => Report::Dropped(k, text),
+                None => Report::Malformed(text),
+            });
+        }
+    }
+
+    fn on_job(&mut self, body: &[u8], reports: &mut Vec<Report>) {
+        let frames = match protocol::decode(body) {
+            Ok(frames) => frames,
+            Err(e) => {
+                let mut core = self.shared.lock();
+                core.stats.malformed += 1;
+                // The frames of a message we cannot read are still owed credit.
+                core.taken += 1;
+                drop(core);
+                self.report_drop(reports, None, format!("job message: {e}"));
+                return;
+            }
+        };
+        let timestamps = wire::batch_timestamps(body).filter(|t| t.len() == frames.len());
+        let mut items = Vec::with_capacity(frames.len());
+        let mut bad = 0u64;
+        for (i, f) in frames.iter().enumerate() {
+            let jpeg = match &f.jpeg {
+                Payload::Bytes(b) => b.to_vec(),
+                Payload::Path(path) => match read_frame_file(path, self.max_message_size) {
+                    Ok(data) => data,
+                    Err((kind, text)) => {
+                        bad += 1;
+                        let mut core = self.shared.lock();
+                        if kind == gst::ResourceError::NotFound {
+                            core.stats.missing_file += 1;
+                        } else {
+                            core.stats.oversize += 1;
+                        }
+                        drop(core);
+                        self.report_drop(reports, Some(kind), format!("frame {}: {text}", f.index));
+                        continue;
+                    }
+                },
+            };
+            if !protocol::looks_like_jpeg(&jpeg) {
+                bad += 1;
+                self.shared.lock().stats.not_jpeg += 1;
+                self.report_drop(
+                    reports,
+                    None,
+                    format!("frame {}: {} bytes that are not a JPEG", f.index, jpeg.len()),
+                );
+                continue;
+            }
+            items.push((
+                f.index,
+                timestamps.as_ref().map(|t| t[i]).unwrap_or(f.timestamp_ms),
+                jpeg,
+            ));
+        }
+        let mut core = self.shared.lock();
+        core.stats.jobs += 1;
+        core.stats.frames_in += items.len() as u64;
+        // Dropped frames never go downstream: give their credit back now.
+        core.taken += bad;
+        let session = core.session;
+        for (index, timestamp_ms, jpeg) in items {
+            if core.queue.len() >= self.max_held {
+                core.queue.pop_front();
+                core.stats.overflow += 1;
+                core.taken += 1;
+            }
+            core.queue.push_back(Item {
+                index,
+                timestamp_ms,
+                jpeg,
+                session,
+            });
+        }
+    }
+
+    fn post(&self, reports: Vec<Report>) {
+        if reports.is_empty() {
+            return;
+        }
+        let Some(element) = self.element.upgrade() else {
+            return;
+        };
+        for r in reports {
+            match r {
+                Report::Joined(session) => {
+                    gst::info!(CAT, obj = element, "working for primary session {session:#x}");
+                    let s = gst::Structure::builder("zmqworkersrc-primary")
+                        .field("event", "joined")
+                        .field("session", session)
+                        .build();
+                    let _ = element.post_message(gst::message::Element::builder(s).src(&element).build());
+                }
+                Report::PrimaryLost => {
+                    gst::element_warning!(
+                        element,
+                        gst::ResourceError::Read,
+                        [
+                            "No word from the primary for {} ms: waiting for it to come back (reconnecting by itself)",
+                            self.primary_timeout.as_millis()
+                        ]
+                    );
+                }
+                Report::Dropped(kind, text) => {
+                    gst::element_warning!(element, kind, ["Dropped a frame: {text}"]);
+                }
+                Report::Malformed(text) => {
+                    gst::element_warning!(
+                        element,
+                        gst::StreamError::Decode,
+                        ["Dropped a message from the primary: {text}"]
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn read_frame_file(path: &str, limit: i64) -> Result<Vec<u8>, (gst::ResourceError, String)> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        (
+            gst::ResourceError::NotFound,
+            format!("cannot open JPEG file {path}: {e}"),
+        )
+    })?;
+    let mut data = Vec::new();
+    let cap = if limit < 0 { u64::MAX } else { limit as u64 };
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(|e| {
+            (
+                gst::ResourceError::NotFound,
+                format!("cannot read JPEG file {path}: {e}"),
+            )
+        })?;
+    if data.len() as u64 > cap {
+        return Err((
+            gst::ResourceError::NoSpaceLeft,
+            format!("JPEG file {path} is larger than max-message-size ({limit} bytes)"),
+        ));
+    }
+    Ok(data)
+}
+
+impl ZmqWorkerSrc {
+    fn shared(&self) -> Option<Arc<Shared>> {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.shared.clone())
+    }
+
+    fn stats(&self) -> Stats {
+        match self.shared() {
+            Some(shared) => shared.lock().stats,
+            None => *self.last_stats.lock().unwrap(),
+        }
+    }
+
+    fn running_time_now(&self) -> Option<gst::ClockTime> {
+        let obj = self.obj();
+        let clock = obj.clock()?;
+        let base = obj.base_time()?;
+        clock.time().checked_sub(base)
+    }
+
+    /// Asks downstream to finish the frames it holds (the input ended on the primary).
+    fn drain_downstream(&self) {
+        let mut q = gst::query::Drain::new();
+        let answered = self.obj().src_pad().peer_query(&mut q);
+        gst::debug!(CAT, imp = self, "drain query answered: {answered}");
+    }
+}
+
+impl ObjectImpl for ZmqWorkerSrc {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(true);
+        obj.set_format(gst::Format::Time);
+        obj.set_do_timestamp(false);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("endpoint")
+                    .nick("Endpoint")
+                    .blurb("The primary's zmqdispatchsink to connect to, e.g. tcp://10.0.0.1:5555")
+                    .default_value(Some(DEFAULT_ENDPOINT))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("batch-size")
+                    .nick("Batch size")
+                    .blurb("Consecutive frames asked for per job message; set it to the batch-size of the i2itransform in this pipeline")
+                    .minimum(1)
+                    .maximum(1024)
+                    .default_value(DEFAULT_BATCH_SIZE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("prefetch")
+                    .nick("Prefetch")
+                    .blurb("Batches asked for ahead of what the pipeline has taken, so the next frames are here when it is ready (1 hides the network round trip; more adds latency and frames a crash can lose)")
+                    .minimum(1)
+                    .maximum(64)
+                    .default_value(DEFAULT_PREFETCH)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("heartbeat-interval")
+                    .nick("Heartbeat interval")
+                    .blurb("How often (ms) the worker repeats its ready message as a heartbeat; keep it well under the primary's worker-timeout")
+                    .minimum(10)
+                    .maximum(60_000)
+                    .default_value(DEFAULT_HEARTBEAT_INTERVAL_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("primary-timeout")
+                    .nick("Primary timeout")
+                    .blurb("No word from the primary for this long (ms): consider it gone and announce this worker afresh to whichever primary answers")
+                    .minimum(100)
+                    .maximum(600_000)
+                    .default_value(DEFAULT_PRIMARY_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("worker-name")
+                    .nick("Worker name")
+                    .blurb("Name shown in the primary's stats and messages (default: HOSTNAME:PID)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt64::builder("max-message-size")
+                    .nick("Maximum message size")
+                    .blurb("Largest job message (and batch JPEG file) accepted, in bytes (-1 = no limit)")
+                    .minimum(-1)
+                    .default_value(DEFAULT_MAX_MESSAGE_SIZE)
+                    .mutable_ready()
+                    .build(),
+                gst::ParamSpecFraction::builder("framerate")
+                    .nick("Frame rate")
+                    .blurb("Frame rate written in the output caps and buffer durations (0/1 = variable)")
+                    .minimum(gst::Fraction::from_integer(0))
+                    .maximum(gst::Fraction::new(i32::MAX, 1))
+                    .default_value(DEFAULT_FRAMERATE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("frames-in, frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, overflow), sessions (primaries joined), primary-lost, drains, queued")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "endpoint" => {
+                settings.endpoint = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
+            }
+            "batch-size" => settings.batch_size = value.get().expect("type checked upstream"),
+            "prefetch" => settings.prefetch = value.get().expect("type checked upstream"),
+            "heartbeat-interval" => {
+                settings.heartbeat_interval_ms = value.get().expect("type checked upstream")
+            }
+            "primary-timeout" => {
+                settings.primary_timeout_ms = value.get().expect("type checked upstream")
+            }
+            "worker-name" => {
+                settings.worker_name = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|n| !n.is_empty())
+            }
+            "max-message-size" => {
+                settings.max_message_size = value.get().expect("type checked upstream")
+            }
+            "framerate" => settings.framerate = value.get().expect("type checked upstream"),
+            other => unreachable!("no writable property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "endpoint" => settings.endpoint.to_value(),
+            "batch-size" => settings.batch_size.to_value(),
+            "prefetch" => settings.prefetch.to_value(),
+            "heartbeat-interval" => settings.heartbeat_interval_ms.to_value(),
+            "primary-timeout" => settings.primary_timeout_ms.to_value(),
+            "worker-name" => settings
+                .worker_name
+                .clone()
+                .unwrap_or_else(default_worker_name)
+                .to_value(),
+            "max-message-size" => settings.max_message_size.to_value(),
+            "framerate" => settings.framerate.to_value(),
+            "stats" => {
+                drop(settings);
+                let queued = self.shared().map(|s| s.lock().queue.len()).unwrap_or(0);
+                let s = self.stats();
+                gst::Structure::builder("zmqworkersrc-stats")
+                    .field("frames-in", s.frames_in)
+                    .field("frames-out", s.frames_out)
+                    .field("jobs", s.jobs)
+                    .field(
+                        "dropped",
+                        s.malformed + s.not_jpeg + s.missing_file + s.oversize + s.overflow,
+                    )
+                    .field("malformed", s.malformed)
+                    .field("not-jpeg", s.not_jpeg)
+                    .field("missing-file", s.missing_file)
+                    .field("oversize", s.oversize)
+                    .field("overflow", s.overflow)
+                    .field("sessions", s.sessions)
+                    .field("primary-lost", s.primary_lost)
+                    .field("drains", s.drains)
+                    .field("queued", queued as u64)
+                    .build()
+                    .to_value()
+            }
+            other => unreachable!("no property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for ZmqWorkerSrc {}
+
+impl ElementImpl for ZmqWorkerSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "ZeroMQ scale-out worker source",
+                "Source/Network",
+                "Connects to a zmqdispatchsink, asks for frames when the pipeline has room and \
+                 outputs them as image/jpeg buffers (offset = index, original time as a \
+                 timestamp/x-unix reference meta); reconnects by itself when the primary restarts",
+                "i2i project",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_empty_simple("image/jpeg"),
+                )
+                .unwrap(),
+            ]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSrcImpl for ZmqWorkerSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let endpoint = settings.endpoint.clone();
+        if endpoint.contains('\0') {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["Endpoint {endpoint:?} contains a NUL character"]
+            ));
+        }
+        let name = settings.worker_name.clone().unwrap_or_else(default_worker_name);
+        let context = zmq::Context::new();
+        let socket_err = |what: &str, e: zmq::Error| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                ["Could not {what} the ZeroMQ DEALER socket: {e}"]
+            )
+        };
+        let socket = context
+            .socket(zmq::DEALER)
+            .map_err(|e| socket_err("create", e))?;
+        // A unique identity per run: a restarted worker is a new worker to the primary.
+        let identity = format!("{name}#{:x}", scaleout::new_session());
+        socket
+            .set_identity(identity.as_bytes())
+            .map_err(|e| socket_err("set the identity of", e))?;
+        // Only queue messages on a live connection: stale ready messages are useless.
+        socket
+            .set_immediate(true)
+            .map_err(|e| socket_err("set ZMQ_IMMEDIATE on", e))?;
+        socket
+            .set_maxmsgsize(settings.max_message_size)
+            .map_err(|e| socket_err("set max-message-size on", e))?;
+        socket
+            .set_linger(200)
+            .map_err(|e| socket_err("set linger on", e))?;
+        socket
+            .set_reconnect_ivl(100)
+            .map_err(|e| socket_err("set the reconnect interval on", e))?;
+        socket
+            .set_reconnect_ivl_max(1000)
+            .map_err(|e| socket_err("set the reconnect interval on", e))?;
+        socket.connect(&endpoint).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                [
+                    "Could not connect to the primary at {endpoint}: {e}{}",
+                    scaleout::endpoint_hint(e)
+                ]
+            )
+        })?;
+        gst::info!(CAT, imp = self, "worker {name} connecting to {endpoint}");
+        let waker = Waker::new().map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                ["Could not create the wake-up socket pair: {e}"]
+            )
+        })?;
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                queue: VecDeque::new(),
+                session: 0,
+                taken: 0,
+                flushing: false,
+                shutdown: false,
+                drain_requested: false,
+                stats: Stats::default(),
+            }),
+            cond: Condvar::new(),
+            waker,
+        });
+        let room = u64::from(settings.batch_size) * u64::from(settings.prefetch);
+        let io = Io {
+            element: self.obj().downgrade(),
+            shared: shared.clone(),
+            socket,
+            _context: context,
+            name,
+            batch: settings.batch_size,
+            room,
+            heartbeat: Duration::from_millis(settings.heartbeat_interval_ms.into()),
+            primary_timeout: Duration::from_millis(settings.primary_timeout_ms.into()),
+            max_message_size: settings.max_message_size,
+            max_held: (room as usize) * 4 + 64,
+            drop_limit: RateLimit::new(Duration::from_secs(1)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("zmqworker-io".into())
+            .spawn(move || io.run())
+            .map_err(|e| {
+                gst::error_msg!(
+                    gst::CoreError::Thread,
+                    ["Could not start the socket thread: {e}"]
+                )
+            })?;
+        *self.state.lock().unwrap() = Some(State {
+            shared,
+            thread: Some(thread),
+            framerate: settings.framerate,
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let state = self.state.lock().unwrap().take();
+        if let Some(mut state) = state {
+            {
+                let mut core = state.shared.lock();
+                core.shutdown = true;
+                core.flushing = true;
+                *self.last_stats.lock().unwrap() = core.stats;
+            }
+            state.shared.cond.notify_all();
+            state.shared.waker.wake();
+            if let Some(t) = state.thread.take() {
+                let _ = t.join();
+            }
+        }
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        let framerate = self
+            .state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.framerate)
+            .unwrap_or(DEFAULT_FRAMERATE);
+        let caps = gst::Caps::builder("image/jpeg")
+            .field("framerate", framerate)
+            .build();
+        self.obj()
+            .set_caps(&caps)
+            .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}"))
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        match query.view_mut() {
+            gst::QueryViewMut::Latency(q) => {
+                // Frames are timestamped when they are pushed.
+                q.set(true, gst::ClockTime::ZERO, gst::ClockTime::NONE);
+                true
+            }
+            _ => BaseSrcImplExt::parent_query(self, query),
+        }
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(shared) = self.shared() {
+            shared.lock().flushing = true;
+            shared.cond.notify_all();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(shared) = self.shared() {
+            shared.lock().flushing = false;
+        }
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for ZmqWorkerSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        let (shared, framerate) = {
+            let state = self.state.lock().unwrap();
+            let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
+            (state.shared.clone(), state.framerate)
+        };
+        let item = {
+            let mut core = shared.lock();
+            loop {
+                if core.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                if core.drain_requested {
+                    core.drain_requested = false;
+                    drop(core);
+                    self.drain_downstream();
+                    core = shared.lock();
+                    continue;
+                }
+                if let Some(item) = core.queue.pop_front() {
+                    if item.session == core.session {
+                        core.taken += 1;
+                    }
+                    core.stats.frames_out += 1;
+                    break item;
+                }
+                core = shared.cond.wait(core).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        // Ask for the next frame now, while this one goes through the pipeline.
+        shared.waker.wake();
+
+        let mut buffer = gst::Buffer::from_mut_slice(item.jpeg);
+        {
+            let b = buffer.get_mut().expect("new buffer is writable");
+            b.set_offset(item.index);
+            b.set_offset_end(item.index + 1);
+            b.set_pts(self.running_time_now());
+            if framerate.numer() > 0 {
+                b.set_duration(gst::ClockTime::SECOND.mul_div_floor(
+                    framerate.denom() as u64,
+                    framerate.numer() as u64,
+                ));
+            }
+            scaleout::add_unix_meta(b, item.timestamp_ms);
+        }
+        gst::trace!(CAT, imp = self, "frame {}", item.index);
+        Ok(CreateSuccess::NewBuffer(buffer))
+    }
+}
