@@ -6,9 +6,22 @@
 
 use gst::glib;
 
+pub mod interrupt;
+pub mod jpeg;
 pub mod protocol;
+mod zmqmsgpacksink;
+mod zmqmsgpacksrc;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+pub use zmqmsgpacksink::{SinkSocketType, ZmqMsgpackSink};
+pub use zmqmsgpacksrc::{SrcSocketType, ZmqMsgpackSrc};
+
+/// Caps name of the reference timestamp meta that carries a frame's original Unix time
+/// (ns since the epoch) between pipelines.
+pub const UNIX_TIMESTAMP_CAPS: &str = "timestamp/x-unix";
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    zmqmsgpacksink::register(plugin)?;
+    zmqmsgpacksrc::register(plugin)?;
     Ok(())
 }
 
