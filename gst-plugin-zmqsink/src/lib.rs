@@ -6,17 +6,29 @@
 
 use gst::glib;
 
+pub mod interrupt;
+pub mod jpeg;
 pub mod protocol;
 pub mod scaleout;
 mod zmqcollectsrc;
 mod zmqdispatchsink;
+mod zmqmsgpacksink;
+mod zmqmsgpacksrc;
 mod zmqworkersrc;
 
 pub use zmqcollectsrc::ZmqCollectSrc;
 pub use zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
+pub use zmqmsgpacksink::{SinkSocketType, ZmqMsgpackSink};
+pub use zmqmsgpacksrc::{SrcSocketType, ZmqMsgpackSrc};
 pub use zmqworkersrc::ZmqWorkerSrc;
 
+/// Caps name of the reference timestamp meta that carries a frame's original Unix time
+/// (ns since the epoch) between pipelines.
+pub const UNIX_TIMESTAMP_CAPS: &str = "timestamp/x-unix";
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    zmqmsgpacksink::register(plugin)?;
+    zmqmsgpacksrc::register(plugin)?;
     zmqdispatchsink::register(plugin)?;
     zmqworkersrc::register(plugin)?;
     zmqcollectsrc::register(plugin)?;

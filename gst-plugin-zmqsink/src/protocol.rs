@@ -122,9 +122,11 @@ fn as_timestamp(v: &rmpv::ValueRef<'_>, what: &str) -> Result<i64, ProtocolError
 
 fn as_index(v: &rmpv::ValueRef<'_>, what: &str) -> Result<u64, ProtocolError> {
     match v {
-        rmpv::ValueRef::Integer(i) => i
-            .as_u64()
-            .ok_or_else(|| err(format!("{what}: expected a non-negative integer, found {i}"))),
+        rmpv::ValueRef::Integer(i) => i.as_u64().ok_or_else(|| {
+            err(format!(
+                "{what}: expected a non-negative integer, found {i}"
+            ))
+        }),
         other => Err(err(format!(
             "{what}: expected a non-negative integer, found {}",
             type_name(other)
@@ -211,9 +213,9 @@ fn decode_batch<'a>(
             .enumerate()
             .map(|(i, v)| as_index(v, &format!("batch indices[{i}]")))
             .collect::<Result<_, _>>()?,
-        Some(rmpv::ValueRef::Nil) | None => (0..frames.len() as u64)
-            .map(|i| first_index + i)
-            .collect(),
+        Some(rmpv::ValueRef::Nil) | None => {
+            (0..frames.len() as u64).map(|i| first_index + i).collect()
+        }
         Some(other) => {
             return Err(err(format!(
                 "batch indices: expected an array, found {}",
@@ -260,6 +262,36 @@ fn decode_batch<'a>(
 /// True when `data` starts like a JPEG file (SOI marker followed by another marker).
 pub fn looks_like_jpeg(data: &[u8]) -> bool {
     data.len() >= 4 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF
+}
+
+/// Where `part` (a slice borrowed from `msg`, e.g. a [`Payload::Bytes`] from [`decode`])
+/// lies inside `msg`, so a receiver can share that byte range instead of copying it.
+pub fn range_in(msg: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(msg.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= msg.len()).then_some(start..end)
+}
+
+/// The Unix time (ns) at which a frame entered the pipeline, from clock readings taken
+/// together: `unix_now` and `clock_now` are "now" on the Unix clock and on the pipeline
+/// clock; `clock_time` is the frame's running time plus the pipeline's base time. A frame
+/// cannot have entered after now, so a later result (a non-live source running ahead
+/// of the clock) is clamped to `unix_now`.
+pub fn unix_time_of_clock_time(unix_now: u64, clock_now: u64, clock_time: u64) -> u64 {
+    let age = clock_now.saturating_sub(clock_time);
+    unix_now.saturating_sub(age)
+}
+
+/// Nanoseconds since the Unix epoch for a wire timestamp in milliseconds; `None` before
+/// the epoch or past what fits in 64 bits of nanoseconds.
+pub fn timestamp_ms_to_ns(timestamp_ms: i64) -> Option<u64> {
+    u64::try_from(timestamp_ms).ok()?.checked_mul(1_000_000)
+}
+
+/// Milliseconds since the Unix epoch for nanoseconds since it (truncated, as the
+/// original system's `int(time.time() * 1000)`).
+pub fn ns_to_timestamp_ms(unix_ns: u64) -> i64 {
+    (unix_ns / 1_000_000) as i64
 }
 
 #[cfg(test)]
@@ -338,9 +370,15 @@ mod tests {
             (vec![], "not a msgpack message"),
             (vec![0xdc], "not a msgpack message"),
             (vec![0x92, 0x01, 0x02], "array of 2"),
-            (vec![0x93, 0xa1, b'x', 0x01, 0xc4, 0x00], "timestamp (element 0)"),
+            (
+                vec![0x93, 0xa1, b'x', 0x01, 0xc4, 0x00],
+                "timestamp (element 0)",
+            ),
             (vec![0x93, 0x01, 0xff, 0xc4, 0x00], "index (element 1)"),
-            (vec![0x93, 0x01, 0x02, 0xa1, b'x'], "jpg (element 2): expected bin, found str"),
+            (
+                vec![0x93, 0x01, 0x02, 0xa1, b'x'],
+                "jpg (element 2): expected bin, found str",
+            ),
             (vec![0x05], "found int"),
             (vec![0x93, 0x01, 0x02, 0xc4, 0x00, 0x00], "trailing bytes"),
             (vec![0x80], "missing key 'timestamp'"),
@@ -367,5 +405,40 @@ mod tests {
         assert!(looks_like_jpeg(b"\xff\xd8\xff\xe0\x00\x10JFIF"));
         assert!(!looks_like_jpeg(b"\x89PNG\r\n"));
         assert!(!looks_like_jpeg(b"\xff\xd8"));
+    }
+
+    #[test]
+    fn range_of_a_decoded_payload() {
+        let msg = encode_frame(1_700_000_000_000, 300, &[0xab; 1000]);
+        let frames = decode(&msg).unwrap();
+        let r = range_in(&msg, bytes(&frames[0].jpeg)).unwrap();
+        assert_eq!(r.len(), 1000);
+        assert_eq!(r.end, msg.len());
+        assert!(msg[r].iter().all(|&b| b == 0xab));
+        let other = [0u8; 4];
+        assert_eq!(range_in(&msg, &other), None);
+    }
+
+    #[test]
+    fn clock_to_unix_time() {
+        // A frame that entered 30 ms ago on the pipeline clock entered 30 ms ago in Unix time.
+        assert_eq!(
+            unix_time_of_clock_time(10_000_000_000, 500_000_000, 470_000_000),
+            9_970_000_000
+        );
+        // Ahead of the clock (sync=false on a non-live source): clamped to now.
+        assert_eq!(
+            unix_time_of_clock_time(10_000_000_000, 500_000_000, 900_000_000),
+            10_000_000_000
+        );
+        assert_eq!(
+            timestamp_ms_to_ns(1_700_000_000_123),
+            Some(1_700_000_000_123_000_000)
+        );
+        assert_eq!(timestamp_ms_to_ns(-1), None);
+        assert_eq!(
+            ns_to_timestamp_ms(1_700_000_000_123_999_999),
+            1_700_000_000_123
+        );
     }
 }

@@ -11,9 +11,6 @@ pub mod wire;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Caps name of the reference timestamp meta carrying a frame's original Unix time (ns).
-pub const UNIX_TIMESTAMP_CAPS: &str = "timestamp/x-unix";
-
 /// Default ports of the scale-out, after the original system: frames to workers on 5555,
 /// settings on 5556, final stream on 5557, results from workers on 5558.
 pub const DISPATCH_PORT: u16 = 5555;
@@ -37,17 +34,26 @@ pub fn unix_ms_from_meta(buffer: &gst::BufferRef) -> Option<i64> {
         .find(|m| {
             m.reference()
                 .structure(0)
-                .is_some_and(|s| s.name() == UNIX_TIMESTAMP_CAPS)
+                .is_some_and(|s| s.name() == crate::UNIX_TIMESTAMP_CAPS)
         })
-        .map(|m| (m.timestamp().nseconds() / 1_000_000) as i64)
+        .map(|m| crate::protocol::ns_to_timestamp_ms(m.timestamp().nseconds()))
 }
 
 /// Attaches the frame's original Unix time (ms) as a `timestamp/x-unix` reference meta.
 pub fn add_unix_meta(buffer: &mut gst::BufferRef, timestamp_ms: i64) {
     static CAPS: std::sync::LazyLock<gst::Caps> =
-        std::sync::LazyLock::new(|| gst::Caps::new_empty_simple(UNIX_TIMESTAMP_CAPS));
-    let ns = u64::try_from(timestamp_ms).unwrap_or(0).saturating_mul(1_000_000);
+        std::sync::LazyLock::new(|| gst::Caps::new_empty_simple(crate::UNIX_TIMESTAMP_CAPS));
+    let ns = crate::protocol::timestamp_ms_to_ns(timestamp_ms).unwrap_or(0);
     gst::ReferenceTimestampMeta::add(buffer, &CAPS, gst::ClockTime::from_nseconds(ns), None);
+}
+
+/// `image/jpeg` caps for frames of `size` (when known) at `framerate`.
+pub fn jpeg_caps(size: Option<(usize, usize)>, framerate: gst::Fraction) -> gst::Caps {
+    let mut b = gst::Caps::builder("image/jpeg");
+    if let Some((w, h)) = size {
+        b = b.field("width", w as i32).field("height", h as i32);
+    }
+    b.field("framerate", framerate).build()
 }
 
 /// Wakes a thread waiting in `zmq::poll` from any other thread: the read end of a socket

@@ -26,6 +26,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::jpeg::jpeg_size;
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, Playout, PlayoutStats};
@@ -86,8 +87,11 @@ struct Stats {
     held: u64,
 }
 
+/// A held result: its JPEG and the frame size from its header.
+type Jpeg = (Vec<u8>, (usize, usize));
+
 struct Core {
-    playout: Playout<Vec<u8>>,
+    playout: Playout<Jpeg>,
     flushing: bool,
     shutdown: bool,
     last_arrival: Instant,
@@ -115,6 +119,8 @@ struct State {
     thread: Option<JoinHandle<()>>,
     framerate: gst::Fraction,
     loss_limit: RateLimit,
+    /// The frame size in the caps last set.
+    size: Option<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -139,6 +145,7 @@ struct Io {
     socket: zmq::Socket,
     _context: zmq::Context,
     drop_limit: RateLimit,
+    decompressor: turbojpeg::Decompressor,
 }
 
 impl Io {
@@ -186,15 +193,14 @@ impl Io {
         };
         for f in frames {
             let jpeg = match &f.jpeg {
-                Payload::Bytes(b) if protocol::looks_like_jpeg(b) => b.to_vec(),
-                Payload::Bytes(b) => {
-                    self.shared.lock().not_jpeg += 1;
-                    self.report(
-                        reports,
-                        format!("Dropped result frame {}: {} bytes that are not a JPEG", f.index, b.len()),
-                    );
-                    continue;
-                }
+                Payload::Bytes(b) => match jpeg_size(&mut self.decompressor, b) {
+                    Ok(size) => (b.to_vec(), size),
+                    Err(text) => {
+                        self.shared.lock().not_jpeg += 1;
+                        self.report(reports, format!("Dropped result frame {}: {text}", f.index));
+                        continue;
+                    }
+                },
                 Payload::Path(p) => {
                     self.shared.lock().malformed += 1;
                     self.report(
@@ -564,12 +570,19 @@ impl BaseSrcImpl for ZmqCollectSrc {
             waker,
             ledger,
         });
+        let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
+            gst::error_msg!(
+                gst::LibraryError::Init,
+                ["Could not create a TurboJPEG decompressor: {e}"]
+            )
+        })?;
         let io = Io {
             element: self.obj().downgrade(),
             shared: shared.clone(),
             socket,
             _context: context,
             drop_limit: RateLimit::new(Duration::from_secs(1)),
+            decompressor,
         };
         let thread = std::thread::Builder::new()
             .name("zmqcollect-io".into())
@@ -586,6 +599,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
             thread: Some(thread),
             framerate: settings.framerate,
             loss_limit: RateLimit::new(Duration::from_secs(1)),
+            size: None,
         });
         Ok(())
     }
@@ -615,19 +629,20 @@ impl BaseSrcImpl for ZmqCollectSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        let framerate = self
+        // The frame size is only known from the first result: caps are set in create().
+        let caps = self
             .state
             .lock()
             .unwrap()
             .as_ref()
-            .map(|s| s.framerate)
-            .unwrap_or(DEFAULT_FRAMERATE);
-        let caps = gst::Caps::builder("image/jpeg")
-            .field("framerate", framerate)
-            .build();
-        self.obj()
-            .set_caps(&caps)
-            .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}"))
+            .and_then(|s| s.size.map(|size| scaleout::jpeg_caps(Some(size), s.framerate)));
+        match caps {
+            Some(caps) => self
+                .obj()
+                .set_caps(&caps)
+                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
+            None => Ok(()),
+        }
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -676,10 +691,10 @@ impl PushSrcImpl for ZmqCollectSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let (shared, framerate) = {
+        let (shared, framerate, current_size) = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            (state.shared.clone(), state.framerate)
+            (state.shared.clone(), state.framerate, state.size)
         };
         let (idle_timeout, delay_us) = {
             let s = self.settings.lock().unwrap();
@@ -759,7 +774,23 @@ impl PushSrcImpl for ZmqCollectSrc {
             );
         }
 
-        let mut buffer = gst::Buffer::from_mut_slice(released.payload);
+        let (jpeg, size) = released.payload;
+        if current_size != Some(size) {
+            let caps = scaleout::jpeg_caps(Some(size), framerate);
+            gst::debug!(CAT, imp = self, "caps {caps}");
+            if let Some(state) = self.state.lock().unwrap().as_mut() {
+                state.size = Some(size);
+            }
+            if self.obj().set_caps(&caps).is_err() {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ["Downstream does not accept {caps}"]
+                );
+                return Err(gst::FlowError::NotNegotiated);
+            }
+        }
+        let mut buffer = gst::Buffer::from_mut_slice(jpeg);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
             b.set_offset(released.index);

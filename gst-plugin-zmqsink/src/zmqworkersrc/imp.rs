@@ -26,6 +26,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::jpeg::jpeg_size;
 use crate::protocol::{self, Payload};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
 use crate::scaleout::{self, RateLimit, Waker};
@@ -86,6 +87,7 @@ struct Item {
     index: u64,
     timestamp_ms: i64,
     jpeg: Vec<u8>,
+    size: (usize, usize),
     session: u64,
 }
 
@@ -132,6 +134,8 @@ struct State {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     framerate: gst::Fraction,
+    /// The frame size in the caps last set.
+    size: Option<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -170,6 +174,7 @@ struct Io {
     /// Most frames held before the oldest are dropped (a primary that ignores credits).
     max_held: usize,
     drop_limit: RateLimit,
+    decompressor: turbojpeg::Decompressor,
 }
 
 impl Io {
@@ -336,20 +341,20 @@ impl Io {
                     }
                 },
             };
-            if !protocol::looks_like_jpeg(&jpeg) {
-                bad += 1;
-                self.shared.lock().stats.not_jpeg += 1;
-                self.report_drop(
-                    reports,
-                    None,
-                    format!("frame {}: {} bytes that are not a JPEG", f.index, jpeg.len()),
-                );
-                continue;
-            }
+            let size = match jpeg_size(&mut self.decompressor, &jpeg) {
+                Ok(size) => size,
+                Err(text) => {
+                    bad += 1;
+                    self.shared.lock().stats.not_jpeg += 1;
+                    self.report_drop(reports, None, format!("frame {}: {text}", f.index));
+                    continue;
+                }
+            };
             items.push((
                 f.index,
                 timestamps.as_ref().map(|t| t[i]).unwrap_or(f.timestamp_ms),
                 jpeg,
+                size,
             ));
         }
         let mut core = self.shared.lock();
@@ -358,7 +363,7 @@ impl Io {
         // Dropped frames never go downstream: give their credit back now.
         core.taken += bad;
         let session = core.session;
-        for (index, timestamp_ms, jpeg) in items {
+        for (index, timestamp_ms, jpeg, size) in items {
             if core.queue.len() >= self.max_held {
                 core.queue.pop_front();
                 core.stats.overflow += 1;
@@ -368,6 +373,7 @@ impl Io {
                 index,
                 timestamp_ms,
                 jpeg,
+                size,
                 session,
             });
         }
@@ -731,6 +737,12 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             cond: Condvar::new(),
             waker,
         });
+        let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
+            gst::error_msg!(
+                gst::LibraryError::Init,
+                ["Could not create a TurboJPEG decompressor: {e}"]
+            )
+        })?;
         let room = u64::from(settings.batch_size) * u64::from(settings.prefetch);
         let io = Io {
             element: self.obj().downgrade(),
@@ -745,6 +757,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             max_message_size: settings.max_message_size,
             max_held: (room as usize) * 4 + 64,
             drop_limit: RateLimit::new(Duration::from_secs(1)),
+            decompressor,
         };
         let thread = std::thread::Builder::new()
             .name("zmqworker-io".into())
@@ -759,6 +772,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             shared,
             thread: Some(thread),
             framerate: settings.framerate,
+            size: None,
         });
         Ok(())
     }
@@ -786,19 +800,21 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        let framerate = self
+        // The frame size is only known from the first JPEG: caps are set in create(); a
+        // later renegotiation sends the current ones again.
+        let caps = self
             .state
             .lock()
             .unwrap()
             .as_ref()
-            .map(|s| s.framerate)
-            .unwrap_or(DEFAULT_FRAMERATE);
-        let caps = gst::Caps::builder("image/jpeg")
-            .field("framerate", framerate)
-            .build();
-        self.obj()
-            .set_caps(&caps)
-            .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}"))
+            .and_then(|s| s.size.map(|size| scaleout::jpeg_caps(Some(size), s.framerate)));
+        match caps {
+            Some(caps) => self
+                .obj()
+                .set_caps(&caps)
+                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
+            None => Ok(()),
+        }
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -833,10 +849,10 @@ impl PushSrcImpl for ZmqWorkerSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let (shared, framerate) = {
+        let (shared, framerate, current_size) = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            (state.shared.clone(), state.framerate)
+            (state.shared.clone(), state.framerate, state.size)
         };
         let item = {
             let mut core = shared.lock();
@@ -863,6 +879,22 @@ impl PushSrcImpl for ZmqWorkerSrc {
         };
         // Ask for the next frame now, while this one goes through the pipeline.
         shared.waker.wake();
+
+        if current_size != Some(item.size) {
+            let caps = scaleout::jpeg_caps(Some(item.size), framerate);
+            gst::debug!(CAT, imp = self, "caps {caps}");
+            if let Some(state) = self.state.lock().unwrap().as_mut() {
+                state.size = Some(item.size);
+            }
+            if self.obj().set_caps(&caps).is_err() {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ["Downstream does not accept {caps}"]
+                );
+                return Err(gst::FlowError::NotNegotiated);
+            }
+        }
 
         let mut buffer = gst::Buffer::from_mut_slice(item.jpeg);
         {

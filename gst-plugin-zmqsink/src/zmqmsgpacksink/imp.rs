@@ -1,0 +1,750 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `zmqmsgpacksink`: one ZeroMQ message `[timestamp_ms, index, jpg]` per frame.
+//!
+//! JPEG input is sent as it is; raw video is encoded with libjpeg-turbo ([`crate::jpeg`]).
+//!
+//! Sockets:
+//! - `pub`: an XPUB socket with `ZMQ_XPUB_NODROP`, sent to with `ZMQ_DONTWAIT`. A plain
+//!   PUB drops frames for a subscriber at its high-water mark without telling anyone;
+//!   with NODROP libzmq refuses the frame instead (EAGAIN), so the sink counts it as
+//!   dropped and the pipeline goes on. XPUB is PUB on the wire (SUB peers cannot tell)
+//!   and also reports subscriptions, so frames sent while nobody listens are counted too.
+//! - `push`: frames go round-robin to the pullers; when they are all behind the sink
+//!   waits (backpressure), and `unlock()` ends the wait on flush or state change.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+
+use super::SinkSocketType;
+use crate::interrupt::{Interrupt, Wait};
+use crate::jpeg::{Encoder, PackedFormat, Plane};
+use crate::protocol;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "zmqmsgpacksink",
+        gst::DebugColorFlags::empty(),
+        Some("ZeroMQ msgpack frame sink"),
+    )
+});
+
+const DEFAULT_PORT: u32 = 5557;
+const DEFAULT_BIND: bool = true;
+const DEFAULT_SOCKET_TYPE: SinkSocketType = SinkSocketType::Pub;
+const DEFAULT_QUALITY: i32 = 85;
+const DEFAULT_SEND_HWM: i32 = 10;
+const DEFAULT_LINGER_MS: i32 = 1000;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    port: u32,
+    endpoint: Option<String>,
+    bind: bool,
+    socket_type: SinkSocketType,
+    quality: i32,
+    send_hwm: i32,
+    linger_ms: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            port: DEFAULT_PORT,
+            endpoint: None,
+            bind: DEFAULT_BIND,
+            socket_type: DEFAULT_SOCKET_TYPE,
+            quality: DEFAULT_QUALITY,
+            send_hwm: DEFAULT_SEND_HWM,
+            linger_ms: DEFAULT_LINGER_MS,
+        }
+    }
+}
+
+impl Settings {
+    fn socket_type_nick(&self) -> &'static str {
+        match self.socket_type {
+            SinkSocketType::Pub => "pub",
+            SinkSocketType::Push => "push",
+        }
+    }
+
+    /// The endpoint to bind or connect: `endpoint` when set, else one made from `port`.
+    fn effective_endpoint(&self) -> String {
+        match &self.endpoint {
+            Some(e) if !e.is_empty() => e.clone(),
+            _ if self.bind => format!("tcp://*:{}", self.port),
+            _ => format!("tcp://localhost:{}", self.port),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    frames: u64,
+    bytes: u64,
+    dropped: u64,
+    no_subscriber: u64,
+}
+
+enum Input {
+    Jpeg,
+    Raw(gst_video::VideoInfo),
+}
+
+struct State {
+    // Field order is drop order: the socket closes before the context terminates, and
+    // the context's termination waits up to `linger` for queued frames to go out.
+    socket: zmq::Socket,
+    _context: zmq::Context,
+    socket_type: SinkSocketType,
+    input: Option<Input>,
+    encoder: Option<Encoder>,
+    /// The message being sent, reused from frame to frame.
+    msg: Vec<u8>,
+    /// Frames seen, the index of frames without an offset.
+    count: u64,
+    /// Topics subscribed to (XPUB only), to tell whether anyone receives a frame.
+    topics: HashSet<Vec<u8>>,
+}
+
+#[derive(Default)]
+pub struct ZmqMsgpackSink {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    stats: Mutex<Stats>,
+    last_endpoint: Mutex<Option<String>>,
+    interrupt: Mutex<Option<Arc<Interrupt>>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ZmqMsgpackSink {
+    const NAME: &'static str = "GstZmqMsgpackSink";
+    type Type = super::ZmqMsgpackSink;
+    type ParentType = gst_base::BaseSink;
+}
+
+fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
+    let one: std::os::raw::c_int = 1;
+    // SAFETY: a valid socket, an int option value of the right size.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            zmq_sys::ZMQ_XPUB_NODROP as std::os::raw::c_int,
+            &one as *const std::os::raw::c_int as *const std::os::raw::c_void,
+            std::mem::size_of::<std::os::raw::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: reads the thread's errno.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    }
+}
+
+fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn packed_format(format: gst_video::VideoFormat) -> Option<PackedFormat> {
+    use gst_video::VideoFormat as F;
+    Some(match format {
+        F::Rgb => PackedFormat::Rgb,
+        F::Bgr => PackedFormat::Bgr,
+        F::Rgbx => PackedFormat::Rgbx,
+        F::Bgrx => PackedFormat::Bgrx,
+        F::Rgba => PackedFormat::Rgba,
+        F::Bgra => PackedFormat::Bgra,
+        F::Gray8 => PackedFormat::Gray,
+        _ => return None,
+    })
+}
+
+impl ZmqMsgpackSink {
+    /// Unix time (ns) at which the buffer entered the pipeline: its `timestamp/x-unix`
+    /// reference meta when present, else its running time on the pipeline clock.
+    fn entry_unix_ns(&self, buffer: &gst::BufferRef) -> u64 {
+        let unix_now = unix_now_ns();
+        for meta in buffer.iter_meta::<gst::ReferenceTimestampMeta>() {
+            let is_unix = meta
+                .reference()
+                .structure(0)
+                .is_some_and(|s| s.name() == crate::UNIX_TIMESTAMP_CAPS);
+            // Read the raw field: the binding's accessor panics on an undefined timestamp.
+            // SAFETY: the pointer is the meta this reference borrows.
+            let ts = unsafe { (*meta.as_ptr()).timestamp };
+            if is_unix && ts != gst::ffi::GST_CLOCK_TIME_NONE {
+                return ts;
+            }
+        }
+        let obj = self.obj();
+        let (Some(clock), Some(base_time), Some(pts)) =
+            (obj.clock(), obj.base_time(), buffer.pts())
+        else {
+            return unix_now;
+        };
+        let segment = obj.segment();
+        let Some(segment) = segment.downcast_ref::<gst::ClockTime>() else {
+            return unix_now;
+        };
+        let Some(running_time) = segment.to_running_time(pts) else {
+            return unix_now;
+        };
+        let clock_now = clock.time();
+        protocol::unix_time_of_clock_time(
+            unix_now,
+            clock_now.nseconds(),
+            (base_time + running_time).nseconds(),
+        )
+    }
+
+    /// Reads subscription messages an XPUB socket has for us.
+    fn read_subscriptions(&self, state: &mut State) {
+        while let Ok(m) = state.socket.recv_bytes(zmq::DONTWAIT) {
+            match m.split_first() {
+                Some((1, topic)) => {
+                    gst::debug!(CAT, imp = self, "subscription to {:02x?}", topic);
+                    state.topics.insert(topic.to_vec());
+                }
+                Some((0, topic)) => {
+                    gst::debug!(CAT, imp = self, "unsubscription from {:02x?}", topic);
+                    state.topics.remove(topic);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Encodes the frame (when raw) and packs the message into `state.msg`.
+    fn pack(
+        &self,
+        state: &mut State,
+        buffer: &gst::Buffer,
+        timestamp_ms: i64,
+        index: u64,
+        quality: i32,
+    ) -> Result<(), gst::FlowError> {
+        let State {
+            input,
+            encoder,
+            msg,
+            ..
+        } = state;
+        match input {
+            None => {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ["Received a buffer before caps were set"]
+                );
+                Err(gst::FlowError::NotNegotiated)
+            }
+            Some(Input::Jpeg) => {
+                let map = buffer.map_readable().map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Read,
+                        ["Could not map the JPEG buffer"]
+                    );
+                    gst::FlowError::Error
+                })?;
+                protocol::encode_frame_into(msg, timestamp_ms, index, &map);
+                Ok(())
+            }
+            Some(Input::Raw(info)) => {
+                let encoder = match encoder {
+                    Some(e) => e,
+                    None => encoder.insert(Encoder::new(quality).map_err(|e| {
+                        gst::element_imp_error!(self, gst::LibraryError::Init, ["{e}"]);
+                        gst::FlowError::Error
+                    })?),
+                };
+                if encoder.quality() != quality {
+                    encoder.set_quality(quality);
+                }
+                let frame =
+                    gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), info)
+                        .map_err(|_| {
+                            gst::element_imp_error!(
+                                self,
+                                gst::StreamError::Format,
+                                [
+                                    "Buffer of {} bytes does not hold a {}x{} {} frame",
+                                    buffer.size(),
+                                    info.width(),
+                                    info.height(),
+                                    info.format().to_str()
+                                ]
+                            );
+                            gst::FlowError::Error
+                        })?;
+                let (w, h) = (frame.width() as usize, frame.height() as usize);
+                let strides = frame.plane_stride();
+                let plane = |i: usize| -> Result<Plane<'_>, gst::FlowError> {
+                    let data = frame
+                        .plane_data(i as u32)
+                        .map_err(|_| gst::FlowError::Error)?;
+                    let stride = usize::try_from(strides[i]).map_err(|_| gst::FlowError::Error)?;
+                    Ok(Plane { data, stride })
+                };
+                let format = frame.format();
+                let encoded = match format {
+                    gst_video::VideoFormat::I420 => {
+                        encoder.encode_i420(plane(0)?, plane(1)?, plane(2)?, w, h)
+                    }
+                    gst_video::VideoFormat::Nv12 => encoder.encode_nv12(plane(0)?, plane(1)?, w, h),
+                    other => match packed_format(other) {
+                        Some(f) => encoder.encode_packed(f, plane(0)?, w, h),
+                        None => {
+                            gst::element_imp_error!(
+                                self,
+                                gst::CoreError::Negotiation,
+                                ["Unsupported format {}", other.to_str()]
+                            );
+                            return Err(gst::FlowError::NotNegotiated);
+                        }
+                    },
+                };
+                match encoded {
+                    Ok(jpeg) => {
+                        protocol::encode_frame_into(msg, timestamp_ms, index, jpeg);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        gst::element_imp_error!(
+                            self,
+                            gst::StreamError::Encode,
+                            [
+                                "Could not encode frame {index} ({w}x{h} {}): {e}",
+                                format.to_str()
+                            ]
+                        );
+                        Err(gst::FlowError::Error)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends on PUSH, waiting while every puller is at its high-water mark. An unlock
+    /// (flush or state change) ends the wait; in PAUSED the frame waits for PLAYING and
+    /// goes on, when flushing it is given up.
+    fn push_send<'a>(
+        &'a self,
+        mut guard: std::sync::MutexGuard<'a, Option<State>>,
+        interrupt: &Interrupt,
+        index: u64,
+        len: u64,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        loop {
+            let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+            match state.socket.send(&state.msg[..], zmq::DONTWAIT) {
+                Ok(()) => {
+                    let mut stats = self.stats.lock().unwrap();
+                    stats.frames += 1;
+                    stats.bytes += len;
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+                Err(zmq::Error::EAGAIN) => {
+                    gst::trace!(CAT, imp = self, "frame {index}: waiting for a puller");
+                    match interrupt.wait(&state.socket, zmq::POLLOUT, &[], &mut [], None) {
+                        Ok(Wait::Ready) | Ok(Wait::TimedOut) => {}
+                        Ok(Wait::Interrupted) => {
+                            drop(guard);
+                            gst::debug!(
+                                CAT,
+                                imp = self,
+                                "unlocked while frame {index} waited for a puller"
+                            );
+                            self.obj().wait_preroll()?;
+                            guard = self.state.lock().unwrap();
+                        }
+                        Err(e) => return Err(self.send_error(e)),
+                    }
+                }
+                Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(self.send_error(e)),
+            }
+        }
+    }
+
+    fn send_error(&self, e: zmq::Error) -> gst::FlowError {
+        gst::element_imp_error!(
+            self,
+            gst::ResourceError::Write,
+            [
+                "Could not send a frame on {}: {e}",
+                self.last_endpoint
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_default()
+            ]
+        );
+        gst::FlowError::Error
+    }
+}
+
+impl ObjectImpl for ZmqMsgpackSink {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecUInt::builder("port")
+                    .nick("Port")
+                    .blurb("TCP port to bind (tcp://*:PORT) or, with bind=false, to connect to on localhost; ignored when endpoint is set")
+                    .maximum(65535)
+                    .default_value(DEFAULT_PORT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("endpoint")
+                    .nick("Endpoint")
+                    .blurb("Full ZeroMQ endpoint, e.g. tcp://*:5557, tcp://10.0.0.2:5557 or ipc:///tmp/frames; overrides port")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("bind")
+                    .nick("Bind")
+                    .blurb("Bind the endpoint (receivers connect to this sink); false connects to a receiver that binds")
+                    .default_value(DEFAULT_BIND)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("socket-type", DEFAULT_SOCKET_TYPE)
+                    .nick("Socket type")
+                    .blurb("pub: never waits, drops (and counts) frames a subscriber is too slow for; push: waits for pullers (backpressure)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("quality")
+                    .nick("JPEG quality")
+                    .blurb("JPEG quality (1-100) for raw video input; JPEG input is sent as it is")
+                    .minimum(1)
+                    .maximum(100)
+                    .default_value(DEFAULT_QUALITY)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecInt::builder("send-hwm")
+                    .nick("Send high-water mark")
+                    .blurb("Frames ZeroMQ queues per peer before pub drops or push waits (0 = no limit)")
+                    .minimum(0)
+                    .default_value(DEFAULT_SEND_HWM)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("linger")
+                    .nick("Linger")
+                    .blurb("Milliseconds that stopping waits for queued frames to go out (-1 = until sent, 0 = discard)")
+                    .minimum(-1)
+                    .default_value(DEFAULT_LINGER_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("last-endpoint")
+                    .nick("Last endpoint")
+                    .blurb("The endpoint actually bound or connected (with the port ZeroMQ picked for tcp://HOST:*)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("frames and bytes sent, dropped (pub: a subscriber was at its high-water mark), no-subscriber (pub: sent while nobody subscribed)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "port" => settings.port = value.get().expect("type checked upstream"),
+            "endpoint" => {
+                settings.endpoint = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|s| !s.is_empty())
+            }
+            "bind" => settings.bind = value.get().expect("type checked upstream"),
+            "socket-type" => settings.socket_type = value.get().expect("type checked upstream"),
+            "quality" => settings.quality = value.get().expect("type checked upstream"),
+            "send-hwm" => settings.send_hwm = value.get().expect("type checked upstream"),
+            "linger" => settings.linger_ms = value.get().expect("type checked upstream"),
+            other => unreachable!("no writable property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "port" => settings.port.to_value(),
+            "endpoint" => settings.endpoint.to_value(),
+            "bind" => settings.bind.to_value(),
+            "socket-type" => settings.socket_type.to_value(),
+            "quality" => settings.quality.to_value(),
+            "send-hwm" => settings.send_hwm.to_value(),
+            "linger" => settings.linger_ms.to_value(),
+            "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
+            "stats" => {
+                let s = *self.stats.lock().unwrap();
+                gst::Structure::builder("zmqmsgpacksink-stats")
+                    .field("frames", s.frames)
+                    .field("bytes", s.bytes)
+                    .field("dropped", s.dropped)
+                    .field("no-subscriber", s.no_subscriber)
+                    .build()
+                    .to_value()
+            }
+            other => unreachable!("no property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for ZmqMsgpackSink {}
+
+impl ElementImpl for ZmqMsgpackSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "ZeroMQ msgpack frame sink",
+                "Sink/Network",
+                "Sends each frame as one ZeroMQ message, a msgpack array [timestamp_ms, index, jpg]; \
+                 raw video is JPEG-encoded with libjpeg-turbo, JPEG input is sent as it is",
+                "i2i project",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let mut caps = gst::Caps::new_empty_simple("image/jpeg");
+            caps.get_mut().unwrap().append(
+                gst_video::VideoCapsBuilder::new()
+                    .format_list([
+                        gst_video::VideoFormat::Rgb,
+                        gst_video::VideoFormat::Rgbx,
+                        gst_video::VideoFormat::Rgba,
+                        gst_video::VideoFormat::Bgr,
+                        gst_video::VideoFormat::Bgrx,
+                        gst_video::VideoFormat::Bgra,
+                        gst_video::VideoFormat::I420,
+                        gst_video::VideoFormat::Nv12,
+                        gst_video::VideoFormat::Gray8,
+                    ])
+                    .build(),
+            );
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+            ]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSinkImpl for ZmqMsgpackSink {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let endpoint = settings.effective_endpoint();
+        if endpoint.contains('\0') {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["Endpoint {endpoint:?} contains a NUL character"]
+            ));
+        }
+
+        let interrupt = Interrupt::new().map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenWrite,
+                ["Could not create the wake-up socket pair: {e}"]
+            )
+        })?;
+        *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
+
+        let context = zmq::Context::new();
+        let kind = match settings.socket_type {
+            SinkSocketType::Pub => zmq::XPUB,
+            SinkSocketType::Push => zmq::PUSH,
+        };
+        let socket_err = |what: &str, e: zmq::Error| {
+            gst::error_msg!(
+                gst::ResourceError::OpenWrite,
+                [
+                    "Could not {what} the ZeroMQ {} socket: {e}",
+                    settings.socket_type_nick()
+                ]
+            )
+        };
+        let mut socket = context.socket(kind).map_err(|e| socket_err("create", e))?;
+        socket
+            .set_sndhwm(settings.send_hwm)
+            .map_err(|e| socket_err("set send-hwm on", e))?;
+        socket
+            .set_linger(settings.linger_ms)
+            .map_err(|e| socket_err("set linger on", e))?;
+        if settings.socket_type == SinkSocketType::Pub {
+            set_xpub_nodrop(&mut socket).map_err(|e| socket_err("set XPUB_NODROP on", e))?;
+        }
+        let result = if settings.bind {
+            socket.bind(&endpoint)
+        } else {
+            socket.connect(&endpoint)
+        };
+        result.map_err(|e| {
+            let hint = match e {
+                zmq::Error::EADDRINUSE => {
+                    " (another program already uses this address: pick another port or stop it)"
+                }
+                zmq::Error::EINVAL | zmq::Error::EPROTONOSUPPORT => {
+                    " (expected an endpoint like tcp://*:5557, tcp://HOST:PORT or ipc:///path)"
+                }
+                zmq::Error::EADDRNOTAVAIL | zmq::Error::ENODEV => {
+                    " (the address is not one of this machine's interfaces)"
+                }
+                _ => "",
+            };
+            gst::error_msg!(
+                gst::ResourceError::OpenWrite,
+                [
+                    "Could not {} {endpoint} ({} socket): {e}{hint}",
+                    if settings.bind { "bind" } else { "connect to" },
+                    settings.socket_type_nick()
+                ]
+            )
+        })?;
+        let last = socket
+            .get_last_endpoint()
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_else(|| endpoint.clone());
+        gst::info!(
+            CAT,
+            imp = self,
+            "{} {} socket on {last}",
+            if settings.bind { "bound" } else { "connected" },
+            settings.socket_type_nick()
+        );
+        *self.last_endpoint.lock().unwrap() = Some(last);
+        *self.stats.lock().unwrap() = Stats::default();
+        *self.state.lock().unwrap() = Some(State {
+            socket,
+            _context: context,
+            socket_type: settings.socket_type,
+            input: None,
+            encoder: None,
+            msg: Vec::new(),
+            count: 0,
+            topics: HashSet::new(),
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        // Dropping the state closes the socket and waits up to `linger` for queued frames.
+        let state = self.state.lock().unwrap().take();
+        drop(state);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "stopped, {:?}",
+            *self.stats.lock().unwrap()
+        );
+        Ok(())
+    }
+
+    fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let s = caps
+            .structure(0)
+            .ok_or_else(|| gst::loggable_error!(CAT, "Empty caps"))?;
+        let input = if s.name() == "image/jpeg" {
+            Input::Jpeg
+        } else {
+            let info = gst_video::VideoInfo::from_caps(caps)
+                .map_err(|_| gst::loggable_error!(CAT, "Invalid video caps {caps}"))?;
+            Input::Raw(info)
+        };
+        gst::debug!(CAT, imp = self, "caps {caps}");
+        if let Some(state) = self.state.lock().unwrap().as_mut() {
+            state.input = Some(input);
+        }
+        Ok(())
+    }
+
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let quality = self.settings.lock().unwrap().quality;
+        let interrupt = self
+            .interrupt
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or(gst::FlowError::Flushing)?;
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+
+        let index = match buffer.offset() {
+            gst::ffi::GST_BUFFER_OFFSET_NONE => state.count,
+            offset => offset,
+        };
+        state.count += 1;
+        let timestamp_ms = protocol::ns_to_timestamp_ms(self.entry_unix_ns(buffer));
+        self.pack(state, buffer, timestamp_ms, index, quality)?;
+        let len = state.msg.len() as u64;
+
+        match state.socket_type {
+            SinkSocketType::Pub => {
+                self.read_subscriptions(state);
+                let listened = state.topics.iter().any(|t| state.msg.starts_with(t));
+                match state.socket.send(&state.msg[..], zmq::DONTWAIT) {
+                    Ok(()) => {
+                        let mut stats = self.stats.lock().unwrap();
+                        stats.frames += 1;
+                        stats.bytes += len;
+                        if !listened {
+                            stats.no_subscriber += 1;
+                        }
+                    }
+                    Err(zmq::Error::EAGAIN) => {
+                        let dropped = {
+                            let mut stats = self.stats.lock().unwrap();
+                            stats.dropped += 1;
+                            stats.dropped
+                        };
+                        gst::debug!(
+                            CAT,
+                            imp = self,
+                            "frame {index} dropped: a subscriber is at the high-water mark ({dropped} dropped)"
+                        );
+                    }
+                    Err(e) => return Err(self.send_error(e)),
+                }
+            }
+            SinkSocketType::Push => return self.push_send(guard, &interrupt, index, len),
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(i) = self.interrupt.lock().unwrap().as_ref() {
+            i.interrupt();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(i) = self.interrupt.lock().unwrap().as_ref() {
+            i.clear();
+        }
+        Ok(())
+    }
+}

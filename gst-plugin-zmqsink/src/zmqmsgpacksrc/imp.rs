@@ -1,0 +1,893 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `zmqmsgpacksrc`: a live source of `image/jpeg` frames received over ZeroMQ.
+//!
+//! Each message is `[timestamp_ms, index, jpg]` or a batch map (see [`crate::protocol`]).
+//! A frame becomes one buffer: offset = index, PTS = running time at arrival, and the
+//! original timestamp as a `timestamp/x-unix` reference meta, so a `zmqmsgpacksink`
+//! further down sends the original capture time on. The JPEG bytes are not copied: the
+//! buffer shares the received ZeroMQ message.
+//!
+//! Bad input is dropped, counted in `stats` and reported as a warning on the bus; the
+//! stream goes on. A message longer than `max-message-size` never reaches the element:
+//! ZeroMQ (ZMQ_MAXMSGSIZE) refuses it by closing the connection, which the element sees
+//! through a socket monitor and reports as a disconnect.
+//!
+//! `unlock()` wakes the blocking wait through a socket pair polled with the data socket
+//! ([`crate::interrupt`]), so stopping never waits for the next message.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use super::SrcSocketType;
+use crate::interrupt::{Interrupt, Wait};
+use crate::jpeg::jpeg_size;
+use crate::protocol::{self, Payload};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "zmqmsgpacksrc",
+        gst::DebugColorFlags::empty(),
+        Some("ZeroMQ msgpack frame source"),
+    )
+});
+
+static UNIX_CAPS: LazyLock<gst::Caps> =
+    LazyLock::new(|| gst::Caps::new_empty_simple(crate::UNIX_TIMESTAMP_CAPS));
+
+const DEFAULT_ENDPOINT: &str = "tcp://localhost:5557";
+const DEFAULT_BIND: bool = false;
+const DEFAULT_SOCKET_TYPE: SrcSocketType = SrcSocketType::Sub;
+const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
+const DEFAULT_RCV_HWM: i32 = 10;
+const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
+
+#[derive(Debug, Clone)]
+struct Settings {
+    endpoint: String,
+    bind: bool,
+    socket_type: SrcSocketType,
+    max_message_size: i64,
+    framerate: gst::Fraction,
+    rcv_hwm: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            endpoint: DEFAULT_ENDPOINT.into(),
+            bind: DEFAULT_BIND,
+            socket_type: DEFAULT_SOCKET_TYPE,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            framerate: DEFAULT_FRAMERATE,
+            rcv_hwm: DEFAULT_RCV_HWM,
+        }
+    }
+}
+
+impl Settings {
+    fn socket_type_nick(&self) -> &'static str {
+        match self.socket_type {
+            SrcSocketType::Sub => "sub",
+            SrcSocketType::Pull => "pull",
+        }
+    }
+}
+
+/// Why a frame or message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropReason {
+    /// Not msgpack, or not the shape or types of a frame or batch message.
+    Malformed,
+    /// The bytes (or the file) are not a JPEG whose header decodes.
+    NotJpeg,
+    /// A batch path that cannot be read.
+    MissingFile,
+    /// A batch path to a file over max-message-size.
+    Oversize,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    frames: u64,
+    bytes: u64,
+    malformed: u64,
+    not_jpeg: u64,
+    missing_file: u64,
+    oversize: u64,
+    disconnects: u64,
+}
+
+impl Stats {
+    fn dropped(&self) -> u64 {
+        self.malformed + self.not_jpeg + self.missing_file + self.oversize
+    }
+
+    fn count(&mut self, why: DropReason) {
+        match why {
+            DropReason::Malformed => self.malformed += 1,
+            DropReason::NotJpeg => self.not_jpeg += 1,
+            DropReason::MissingFile => self.missing_file += 1,
+            DropReason::Oversize => self.oversize += 1,
+        }
+    }
+}
+
+/// A received message as the backing store of the buffers cut from it.
+struct MessageBytes(zmq::Message);
+
+impl AsRef<[u8]> for MessageBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+struct Pending {
+    buffer: gst::Buffer,
+    size: (usize, usize),
+}
+
+/// Where the JPEG of a checked frame is.
+enum Jpeg {
+    InMessage(Range<usize>),
+    File(Vec<u8>),
+}
+
+struct Checked {
+    timestamp_ms: i64,
+    index: u64,
+    jpeg: Jpeg,
+    size: (usize, usize),
+}
+
+/// Something to report once the state lock is released.
+enum Report {
+    Dropped(DropReason, String),
+    Disconnected(String),
+}
+
+struct State {
+    // Field order is drop order: sockets close before the context terminates.
+    monitor: Option<zmq::Socket>,
+    socket: zmq::Socket,
+    _context: zmq::Context,
+    decompressor: turbojpeg::Decompressor,
+    pending: VecDeque<Pending>,
+    current_size: Option<(usize, usize)>,
+    framerate: gst::Fraction,
+    max_message_size: i64,
+    last_pts: Option<gst::ClockTime>,
+    discont: bool,
+}
+
+#[derive(Default)]
+pub struct ZmqMsgpackSrc {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    stats: Mutex<Stats>,
+    last_endpoint: Mutex<Option<String>>,
+    current_caps: Mutex<Option<gst::Caps>>,
+    interrupt: Mutex<Option<Arc<Interrupt>>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ZmqMsgpackSrc {
+    const NAME: &'static str = "GstZmqMsgpackSrc";
+    type Type = super::ZmqMsgpackSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+fn frame_duration(framerate: gst::Fraction) -> Option<gst::ClockTime> {
+    let (num, den) = (framerate.numer(), framerate.denom());
+    if num <= 0 || den <= 0 {
+        return None;
+    }
+    gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64)
+}
+
+/// Reads a JPEG file named in a batch message, at most `limit` bytes.
+fn read_frame_file(path: &str, limit: u64) -> Result<Vec<u8>, (DropReason, String)> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        (
+            DropReason::MissingFile,
+            format!("cannot open {path:?}: {e}"),
+        )
+    })?;
+    let mut data = Vec::new();
+    // take() bounds the read even for files whose size the metadata does not tell.
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(|e| {
+            (
+                DropReason::MissingFile,
+                format!("cannot read {path:?}: {e}"),
+            )
+        })?;
+    if data.len() as u64 > limit {
+        return Err((
+            DropReason::Oversize,
+            format!("{path:?} is larger than max-message-size ({limit} bytes)"),
+        ));
+    }
+    Ok(data)
+}
+
+impl ZmqMsgpackSrc {
+    fn running_time_now(&self) -> Option<gst::ClockTime> {
+        let obj = self.obj();
+        let clock = obj.clock()?;
+        let base_time = obj.base_time()?;
+        Some(clock.time().saturating_sub(base_time))
+    }
+
+    /// Turns one received message into pending buffers; problems go to `reports`.
+    fn handle_message(&self, state: &mut State, msg: zmq::Message, reports: &mut Vec<Report>) {
+        let arrival = self.running_time_now();
+        let limit = u64::try_from(state.max_message_size).unwrap_or(u64::MAX);
+        let mut checked = Vec::new();
+        match protocol::decode(&msg) {
+            Err(e) => {
+                reports.push(Report::Dropped(
+                    DropReason::Malformed,
+                    format!("Dropped a message of {} bytes: {e}", msg.len()),
+                ));
+                return;
+            }
+            Ok(frames) => {
+                let batch = frames.len() > 1;
+                for f in frames {
+                    let what = if batch {
+                        format!("frame {} of a batch message", f.index)
+                    } else {
+                        format!("frame {}", f.index)
+                    };
+                    let (jpeg, size) = match &f.jpeg {
+                        Payload::Bytes(b) => match jpeg_size(&mut state.decompressor, b) {
+                            Ok(size) => match protocol::range_in(&msg, b) {
+                                Some(r) => (Jpeg::InMessage(r), size),
+                                None => (Jpeg::File(b.to_vec()), size),
+                            },
+                            Err(e) => {
+                                reports.push(Report::Dropped(
+                                    DropReason::NotJpeg,
+                                    format!("Dropped {what}: {e}"),
+                                ));
+                                continue;
+                            }
+                        },
+                        Payload::Path(p) => {
+                            let data = match read_frame_file(p, limit) {
+                                Ok(d) => d,
+                                Err((why, e)) => {
+                                    reports
+                                        .push(Report::Dropped(why, format!("Dropped {what}: {e}")));
+                                    continue;
+                                }
+                            };
+                            match jpeg_size(&mut state.decompressor, &data) {
+                                Ok(size) => (Jpeg::File(data), size),
+                                Err(e) => {
+                                    reports.push(Report::Dropped(
+                                        DropReason::NotJpeg,
+                                        format!("Dropped {what}: file {p:?}: {e}"),
+                                    ));
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    checked.push(Checked {
+                        timestamp_ms: f.timestamp_ms,
+                        index: f.index,
+                        jpeg,
+                        size,
+                    });
+                }
+            }
+        }
+        if checked.is_empty() {
+            return;
+        }
+
+        let shared = checked
+            .iter()
+            .any(|c| matches!(c.jpeg, Jpeg::InMessage(_)))
+            .then(|| gst::Memory::from_slice(MessageBytes(msg)));
+        let duration = frame_duration(state.framerate);
+        let mut bytes = 0u64;
+        let n = checked.len() as u64;
+        for (k, c) in checked.into_iter().enumerate() {
+            let mut buffer = match c.jpeg {
+                Jpeg::InMessage(r) => {
+                    let mut b = gst::Buffer::new();
+                    let mem = shared.as_ref().expect("made above").share(r);
+                    b.get_mut().unwrap().append_memory(mem);
+                    b
+                }
+                Jpeg::File(v) => gst::Buffer::from_mut_slice(v),
+            };
+            bytes += buffer.size() as u64;
+            {
+                let b = buffer.get_mut().unwrap();
+                // Frames of one batch arrive together: spread them by the frame duration.
+                let pts = arrival.map(|a| a + duration.unwrap_or(gst::ClockTime::ZERO) * k as u64);
+                let pts = match (pts, state.last_pts) {
+                    (Some(p), Some(last)) if p < last => Some(last),
+                    (p, _) => p,
+                };
+                if pts.is_some() {
+                    state.last_pts = pts;
+                }
+                b.set_pts(pts);
+                b.set_duration(duration);
+                b.set_offset(c.index);
+                b.set_offset_end(c.index.saturating_add(1));
+                if state.discont {
+                    b.set_flags(gst::BufferFlags::DISCONT);
+                    state.discont = false;
+                }
+                match protocol::timestamp_ms_to_ns(c.timestamp_ms) {
+                    Some(ns) => {
+                        gst::ReferenceTimestampMeta::add(
+                            b,
+                            &UNIX_CAPS,
+                            gst::ClockTime::from_nseconds(ns),
+                            gst::ClockTime::NONE,
+                        );
+                    }
+                    None => gst::debug!(
+                        CAT,
+                        imp = self,
+                        "frame {}: timestamp {} ms is before the Unix epoch, no meta",
+                        c.index,
+                        c.timestamp_ms
+                    ),
+                }
+            }
+            state.pending.push_back(Pending {
+                buffer,
+                size: c.size,
+            });
+        }
+        let mut stats = self.stats.lock().unwrap();
+        stats.frames += n;
+        stats.bytes += bytes;
+    }
+
+    /// Reads what the socket monitor has to say.
+    fn handle_monitor(&self, state: &mut State, reports: &mut Vec<Report>) {
+        let Some(monitor) = state.monitor.as_ref() else {
+            return;
+        };
+        while let Ok(head) = monitor.recv_msg(zmq::DONTWAIT) {
+            let address = if monitor.get_rcvmore().unwrap_or(false) {
+                monitor
+                    .recv_msg(zmq::DONTWAIT)
+                    .map(|m| String::from_utf8_lossy(&m).into_owned())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            if head.len() < 6 {
+                continue;
+            }
+            let event = u16::from_le_bytes([head[0], head[1]]);
+            match zmq::SocketEvent::from_raw(event) {
+                zmq::SocketEvent::DISCONNECTED => {
+                    self.stats.lock().unwrap().disconnects += 1;
+                    reports.push(Report::Disconnected(address));
+                }
+                other => gst::debug!(CAT, imp = self, "socket event {other:?} on {address}"),
+            }
+        }
+    }
+
+    fn post(&self, reports: Vec<Report>, max_message_size: i64) {
+        for r in reports {
+            match r {
+                Report::Dropped(why, text) => {
+                    self.stats.lock().unwrap().count(why);
+                    gst::warning!(CAT, imp = self, "{text}");
+                    match why {
+                        DropReason::MissingFile => {
+                            gst::element_imp_warning!(
+                                self,
+                                gst::ResourceError::NotFound,
+                                ["{text}"]
+                            )
+                        }
+                        DropReason::Oversize => {
+                            gst::element_imp_warning!(
+                                self,
+                                gst::ResourceError::NoSpaceLeft,
+                                ["{text}"]
+                            )
+                        }
+                        DropReason::Malformed | DropReason::NotJpeg => {
+                            gst::element_imp_warning!(self, gst::StreamError::Decode, ["{text}"])
+                        }
+                    }
+                }
+                Report::Disconnected(address) => {
+                    let text = format!(
+                        "A connection on {address} closed: the peer went away, or sent a message \
+                         over max-message-size ({max_message_size} bytes), which ZeroMQ refuses by \
+                         closing the connection"
+                    );
+                    gst::warning!(CAT, imp = self, "{text}");
+                    gst::element_imp_warning!(self, gst::ResourceError::Read, ["{text}"]);
+                }
+            }
+        }
+    }
+}
+
+static MONITOR_ID: AtomicU64 = AtomicU64::new(0);
+
+impl ObjectImpl for ZmqMsgpackSrc {
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(true);
+        obj.set_format(gst::Format::Time);
+        obj.set_do_timestamp(false);
+    }
+
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("endpoint")
+                    .nick("Endpoint")
+                    .blurb("ZeroMQ endpoint to connect to (or to bind, with bind=true), e.g. tcp://10.0.0.2:5557 or tcp://*:5557")
+                    .default_value(Some(DEFAULT_ENDPOINT))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("bind")
+                    .nick("Bind")
+                    .blurb("Bind the endpoint (senders connect to this source) instead of connecting to it")
+                    .default_value(DEFAULT_BIND)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("socket-type", DEFAULT_SOCKET_TYPE)
+                    .nick("Socket type")
+                    .blurb("sub: subscribe to a zmqmsgpacksink socket-type=pub; pull: pull from socket-type=push")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt64::builder("max-message-size")
+                    .nick("Maximum message size")
+                    .blurb("Largest message (and batch JPEG file) accepted, in bytes (-1 = no limit); set as ZMQ_MAXMSGSIZE, so ZeroMQ closes a connection that sends a larger one")
+                    .minimum(-1)
+                    .default_value(DEFAULT_MAX_MESSAGE_SIZE)
+                    .mutable_ready()
+                    .build(),
+                gst::ParamSpecFraction::builder("framerate")
+                    .nick("Frame rate")
+                    .blurb("Frame rate written in the output caps and buffer durations (0/1 = variable, unknown)")
+                    .minimum(gst::Fraction::from_integer(0))
+                    .maximum(gst::Fraction::new(i32::MAX, 1))
+                    .default_value(DEFAULT_FRAMERATE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("rcv-hwm")
+                    .nick("Receive high-water mark")
+                    .blurb("Messages ZeroMQ queues before the sender waits (push) or drops (pub) (0 = no limit)")
+                    .minimum(0)
+                    .default_value(DEFAULT_RCV_HWM)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("last-endpoint")
+                    .nick("Last endpoint")
+                    .blurb("The endpoint actually bound or connected (with the port ZeroMQ picked for tcp://HOST:*)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("frames and bytes received, dropped (sum of dropped-malformed, dropped-not-jpeg, dropped-missing-file, dropped-oversize) and disconnects")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "endpoint" => {
+                settings.endpoint = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
+            }
+            "bind" => settings.bind = value.get().expect("type checked upstream"),
+            "socket-type" => settings.socket_type = value.get().expect("type checked upstream"),
+            "max-message-size" => {
+                settings.max_message_size = value.get().expect("type checked upstream")
+            }
+            "framerate" => settings.framerate = value.get().expect("type checked upstream"),
+            "rcv-hwm" => settings.rcv_hwm = value.get().expect("type checked upstream"),
+            other => unreachable!("no writable property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "endpoint" => settings.endpoint.to_value(),
+            "bind" => settings.bind.to_value(),
+            "socket-type" => settings.socket_type.to_value(),
+            "max-message-size" => settings.max_message_size.to_value(),
+            "framerate" => settings.framerate.to_value(),
+            "rcv-hwm" => settings.rcv_hwm.to_value(),
+            "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
+            "stats" => {
+                let s = *self.stats.lock().unwrap();
+                gst::Structure::builder("zmqmsgpacksrc-stats")
+                    .field("frames", s.frames)
+                    .field("bytes", s.bytes)
+                    .field("dropped", s.dropped())
+                    .field("dropped-malformed", s.malformed)
+                    .field("dropped-not-jpeg", s.not_jpeg)
+                    .field("dropped-missing-file", s.missing_file)
+                    .field("dropped-oversize", s.oversize)
+                    .field("disconnects", s.disconnects)
+                    .build()
+                    .to_value()
+            }
+            other => unreachable!("no property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for ZmqMsgpackSrc {}
+
+impl ElementImpl for ZmqMsgpackSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "ZeroMQ msgpack frame source",
+                "Source/Network",
+                "Receives frames as ZeroMQ messages [timestamp_ms, index, jpg] (or batch maps with \
+                 timestamp, index, frames, indices) and outputs one image/jpeg buffer per frame, \
+                 the original timestamp kept as a timestamp/x-unix reference meta",
+                "i2i project",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_empty_simple("image/jpeg"),
+                )
+                .unwrap(),
+            ]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSrcImpl for ZmqMsgpackSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let endpoint = settings.endpoint.clone();
+        if endpoint.contains('\0') {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["Endpoint {endpoint:?} contains a NUL character"]
+            ));
+        }
+        let interrupt = Interrupt::new().map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                ["Could not create the wake-up socket pair: {e}"]
+            )
+        })?;
+        *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
+
+        let context = zmq::Context::new();
+        let socket_err = |what: &str, e: zmq::Error| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                [
+                    "Could not {what} the ZeroMQ {} socket: {e}",
+                    settings.socket_type_nick()
+                ]
+            )
+        };
+        let kind = match settings.socket_type {
+            SrcSocketType::Sub => zmq::SUB,
+            SrcSocketType::Pull => zmq::PULL,
+        };
+        let socket = context.socket(kind).map_err(|e| socket_err("create", e))?;
+        socket
+            .set_rcvhwm(settings.rcv_hwm)
+            .map_err(|e| socket_err("set rcv-hwm on", e))?;
+        socket
+            .set_maxmsgsize(settings.max_message_size)
+            .map_err(|e| socket_err("set max-message-size on", e))?;
+        socket
+            .set_linger(0)
+            .map_err(|e| socket_err("set linger on", e))?;
+        if settings.socket_type == SrcSocketType::Sub {
+            socket
+                .set_subscribe(b"")
+                .map_err(|e| socket_err("subscribe", e))?;
+        }
+
+        // The monitor tells about connections ZeroMQ closes (e.g. for an oversize message).
+        let monitor_endpoint = format!(
+            "inproc://zmqmsgpacksrc-monitor-{}",
+            MONITOR_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let monitor = socket
+            .monitor(
+                &monitor_endpoint,
+                (zmq::SocketEvent::DISCONNECTED as u16
+                    | zmq::SocketEvent::CONNECTED as u16
+                    | zmq::SocketEvent::ACCEPTED as u16) as i32,
+            )
+            .and_then(|()| {
+                let m = context.socket(zmq::PAIR)?;
+                m.set_linger(0)?;
+                m.connect(&monitor_endpoint)?;
+                Ok(m)
+            });
+        let monitor = match monitor {
+            Ok(m) => Some(m),
+            Err(e) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "no socket monitor, disconnects are not counted: {e}"
+                );
+                None
+            }
+        };
+
+        let result = if settings.bind {
+            socket.bind(&endpoint)
+        } else {
+            socket.connect(&endpoint)
+        };
+        result.map_err(|e| {
+            let hint = match e {
+                zmq::Error::EADDRINUSE => {
+                    " (another program already uses this address: pick another port or stop it)"
+                }
+                zmq::Error::EINVAL | zmq::Error::EPROTONOSUPPORT => {
+                    " (expected an endpoint like tcp://HOST:5557, tcp://*:5557 or ipc:///path)"
+                }
+                zmq::Error::EADDRNOTAVAIL | zmq::Error::ENODEV => {
+                    " (the address is not one of this machine's interfaces)"
+                }
+                _ => "",
+            };
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                [
+                    "Could not {} {endpoint} ({} socket): {e}{hint}",
+                    if settings.bind { "bind" } else { "connect to" },
+                    settings.socket_type_nick()
+                ]
+            )
+        })?;
+        let last = socket
+            .get_last_endpoint()
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_else(|| endpoint.clone());
+        gst::info!(
+            CAT,
+            imp = self,
+            "{} {} socket on {last}",
+            if settings.bind { "bound" } else { "connected" },
+            settings.socket_type_nick()
+        );
+        let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
+            gst::error_msg!(
+                gst::LibraryError::Init,
+                ["Could not create a TurboJPEG decompressor: {e}"]
+            )
+        })?;
+        *self.last_endpoint.lock().unwrap() = Some(last);
+        *self.stats.lock().unwrap() = Stats::default();
+        *self.current_caps.lock().unwrap() = None;
+        *self.state.lock().unwrap() = Some(State {
+            monitor,
+            socket,
+            _context: context,
+            decompressor,
+            pending: VecDeque::new(),
+            current_size: None,
+            framerate: settings.framerate,
+            max_message_size: settings.max_message_size,
+            last_pts: None,
+            discont: true,
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let state = self.state.lock().unwrap().take();
+        drop(state);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "stopped, {:?}",
+            *self.stats.lock().unwrap()
+        );
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        // Caps are only known from the first JPEG header: set them in create(). A later
+        // renegotiation (a reconfigure event) sends the current ones again.
+        let caps = self.current_caps.lock().unwrap().clone();
+        match caps {
+            Some(caps) => self
+                .obj()
+                .set_caps(&caps)
+                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
+            None => Ok(()),
+        }
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        match query.view_mut() {
+            gst::QueryViewMut::Latency(q) => {
+                // Buffers are timestamped when they arrive and pushed at once.
+                q.set(true, gst::ClockTime::ZERO, gst::ClockTime::NONE);
+                true
+            }
+            _ => BaseSrcImplExt::parent_query(self, query),
+        }
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(i) = self.interrupt.lock().unwrap().as_ref() {
+            i.interrupt();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(i) = self.interrupt.lock().unwrap().as_ref() {
+            i.clear();
+        }
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for ZmqMsgpackSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        let interrupt = self
+            .interrupt
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or(gst::FlowError::Flushing)?;
+        loop {
+            let mut reports = Vec::new();
+            let mut guard = self.state.lock().unwrap();
+            let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+            let max_message_size = state.max_message_size;
+
+            if let Some(p) = state.pending.pop_front() {
+                let size_changed = state.current_size != Some(p.size);
+                state.current_size = Some(p.size);
+                let framerate = state.framerate;
+                drop(guard);
+                if size_changed {
+                    let caps = gst::Caps::builder("image/jpeg")
+                        .field("width", p.size.0 as i32)
+                        .field("height", p.size.1 as i32)
+                        .field("framerate", framerate)
+                        .build();
+                    gst::debug!(CAT, imp = self, "caps {caps}");
+                    *self.current_caps.lock().unwrap() = Some(caps.clone());
+                    if self.obj().set_caps(&caps).is_err() {
+                        gst::element_imp_error!(
+                            self,
+                            gst::CoreError::Negotiation,
+                            ["Downstream does not accept {caps}"]
+                        );
+                        return Err(gst::FlowError::NotNegotiated);
+                    }
+                }
+                return Ok(CreateSuccess::NewBuffer(p.buffer));
+            }
+            if interrupt.is_interrupted() {
+                return Err(gst::FlowError::Flushing);
+            }
+
+            let mut msg = zmq::Message::new();
+            match state.socket.recv(&mut msg, zmq::DONTWAIT) {
+                Ok(()) => {
+                    if msg.get_more() {
+                        // Multipart messages are not frames: drain the rest and drop them.
+                        let mut parts = 1;
+                        let mut part = zmq::Message::new();
+                        while state.socket.get_rcvmore().unwrap_or(false)
+                            && state.socket.recv(&mut part, zmq::DONTWAIT).is_ok()
+                        {
+                            parts += 1;
+                        }
+                        reports.push(Report::Dropped(
+                            DropReason::Malformed,
+                            format!("Dropped a multipart message of {parts} parts: a frame is one msgpack message"),
+                        ));
+                    } else {
+                        self.handle_message(state, msg, &mut reports);
+                    }
+                }
+                Err(zmq::Error::EAGAIN) => {
+                    let monitor = state.monitor.as_ref();
+                    let extra: Vec<&zmq::Socket> = monitor.into_iter().collect();
+                    let mut extra_ready = [false];
+                    let n = extra.len();
+                    match interrupt.wait(
+                        &state.socket,
+                        zmq::POLLIN,
+                        &extra,
+                        &mut extra_ready[..n],
+                        None,
+                    ) {
+                        Ok(Wait::Interrupted) => return Err(gst::FlowError::Flushing),
+                        Ok(Wait::Ready) | Ok(Wait::TimedOut) => {
+                            if extra_ready[0] {
+                                self.handle_monitor(state, &mut reports);
+                            }
+                        }
+                        Err(e) => {
+                            gst::element_imp_error!(
+                                self,
+                                gst::ResourceError::Read,
+                                ["Waiting for messages failed: {e}"]
+                            );
+                            return Err(gst::FlowError::Error);
+                        }
+                    }
+                }
+                Err(zmq::Error::EINTR) => {}
+                Err(e) => {
+                    let endpoint = self
+                        .last_endpoint
+                        .lock()
+                        .unwrap()
+                        .clone()
+                        .unwrap_or_default();
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Read,
+                        ["Could not receive on {endpoint}: {e}"]
+                    );
+                    return Err(gst::FlowError::Error);
+                }
+            }
+            drop(guard);
+            self.post(reports, max_message_size);
+        }
+    }
+}

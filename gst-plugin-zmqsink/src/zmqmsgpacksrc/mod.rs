@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `zmqmsgpacksrc`: receives `[timestamp_ms, index, jpg]` messages (and batch maps) and
+//! pushes one `image/jpeg` buffer per frame.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+
+glib::wrapper! {
+    pub struct ZmqMsgpackSrc(ObjectSubclass<imp::ZmqMsgpackSrc>)
+        @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
+}
+
+/// The ZeroMQ pattern of the source.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstZmqMsgpackSrcSocketType")]
+pub enum SrcSocketType {
+    /// Subscribes to a publisher (zmqmsgpacksink socket-type=pub) and gets every frame.
+    #[enum_value(
+        name = "SUB: subscribe to a publisher (zmqmsgpacksink socket-type=pub)",
+        nick = "sub"
+    )]
+    Sub = 0,
+    /// Pulls from pushers (zmqmsgpacksink socket-type=push); several pullers share the frames.
+    #[enum_value(
+        name = "PULL: pull from pushers (zmqmsgpacksink socket-type=push); several pullers share the frames",
+        nick = "pull"
+    )]
+    Pull = 1,
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "zmqmsgpacksrc",
+        gst::Rank::NONE,
+        ZmqMsgpackSrc::static_type(),
+    )
+}
