@@ -6,6 +6,7 @@
 
 use gst::glib;
 
+pub mod frame_index;
 pub mod interrupt;
 pub mod jpeg;
 pub mod protocol;
@@ -27,6 +28,7 @@ pub use zmqworkersrc::ZmqWorkerSrc;
 pub const UNIX_TIMESTAMP_CAPS: &str = "timestamp/x-unix";
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    frame_index::register();
     zmqmsgpacksink::register(plugin)?;
     zmqmsgpacksrc::register(plugin)?;
     zmqdispatchsink::register(plugin)?;

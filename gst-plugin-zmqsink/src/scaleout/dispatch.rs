@@ -459,7 +459,11 @@ impl<P: Clone> Scheduler<P> {
                 back.push(s.frame);
             }
         }
-        let unaccounted = if why == Departure::Left { 0 } else { w.forgotten };
+        let unaccounted = if why == Departure::Left {
+            0
+        } else {
+            w.forgotten
+        };
         let redispatched = back.len() as u64;
         self.requeue(back);
         match why {
@@ -558,14 +562,23 @@ mod tests {
             s.push(frame(i)).unwrap();
         }
         let j = s.next_job(ms(t0, 2)).unwrap();
-        assert_eq!((j.worker.as_slice(), indices(&j)), (b"a".as_slice(), vec![0]));
+        assert_eq!(
+            (j.worker.as_slice(), indices(&j)),
+            (b"a".as_slice(), vec![0])
+        );
         let j = s.next_job(ms(t0, 2)).unwrap();
-        assert_eq!((j.worker.as_slice(), indices(&j)), (b"b".as_slice(), vec![1]));
+        assert_eq!(
+            (j.worker.as_slice(), indices(&j)),
+            (b"b".as_slice(), vec![1])
+        );
         assert_eq!(s.next_job(ms(t0, 2)), None, "no credit left");
         // b finishes first and asks again: it gets the next frame, not a.
         s.on_ready(b"b", &ready(2, 1, 1), ms(t0, 3), &never);
         let j = s.next_job(ms(t0, 3)).unwrap();
-        assert_eq!((j.worker.as_slice(), indices(&j)), (b"b".as_slice(), vec![2]));
+        assert_eq!(
+            (j.worker.as_slice(), indices(&j)),
+            (b"b".as_slice(), vec![2])
+        );
     }
 
     #[test]
@@ -582,7 +595,12 @@ mod tests {
                 *got.entry(j.worker.clone()).or_default() += j.frames.len() as u64;
                 if j.worker == b"fast" {
                     fast_credit += 1;
-                    s.on_ready(b"fast", &ready(fast_credit, fast_credit - 1, 1), ms(t0, i), &never);
+                    s.on_ready(
+                        b"fast",
+                        &ready(fast_credit, fast_credit - 1, 1),
+                        ms(t0, i),
+                        &never,
+                    );
                 }
             }
         }
@@ -689,7 +707,11 @@ mod tests {
         let job = s.next_job(t0).unwrap();
         assert!(s.job_failed(job, false, t0, &never).is_none());
         assert_eq!(s.queue_len(), 2);
-        assert_eq!(s.next_job(ms(t0, 5)), None, "worker marked busy for a moment");
+        assert_eq!(
+            s.next_job(ms(t0, 5)),
+            None,
+            "worker marked busy for a moment"
+        );
         let job = s.next_job(ms(t0, 25)).unwrap();
         assert_eq!(indices(&job), vec![0, 1]);
         assert_eq!(s.stats().dispatched, 2);

@@ -122,7 +122,10 @@ impl<P> Playout<P> {
         self.stats.received += 1;
         let mut outcome = Arrival::Held;
         if self.next.is_some_and(|next| index < next) {
-            if self.last_timestamp_ms.is_some_and(|last| timestamp_ms > last) {
+            if self
+                .last_timestamp_ms
+                .is_some_and(|last| timestamp_ms > last)
+            {
                 self.stats.restarts += 1;
                 self.stats.discarded += self.frames.len() as u64;
                 self.frames.clear();
@@ -134,7 +137,11 @@ impl<P> Playout<P> {
                 return Arrival::Late;
             }
         }
-        if now_us > timestamp_ms.saturating_mul(1000).saturating_add(self.delay_us) {
+        if now_us
+            > timestamp_ms
+                .saturating_mul(1000)
+                .saturating_add(self.delay_us)
+        {
             self.stats.late += 1;
             return Arrival::Late;
         }

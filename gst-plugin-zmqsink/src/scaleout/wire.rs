@@ -190,10 +190,17 @@ pub fn batch_timestamps(msg: &[u8]) -> Option<Vec<i64>> {
         .collect()
 }
 
-fn read_map<'a>(body: &'a [u8], what: &str) -> Result<Vec<(String, rmpv::ValueRef<'a>)>, WireError> {
+fn read_map<'a>(
+    body: &'a [u8],
+    what: &str,
+) -> Result<Vec<(String, rmpv::ValueRef<'a>)>, WireError> {
     let mut rd = body;
-    let value = rmpv::decode::read_value_ref(&mut rd)
-        .map_err(|e| err(format!("{what}: body is not msgpack ({} bytes): {e}", body.len())))?;
+    let value = rmpv::decode::read_value_ref(&mut rd).map_err(|e| {
+        err(format!(
+            "{what}: body is not msgpack ({} bytes): {e}",
+            body.len()
+        ))
+    })?;
     let rmpv::ValueRef::Map(entries) = value else {
         return Err(err(format!("{what}: body is not a msgpack map")));
     };
@@ -208,9 +215,11 @@ fn read_map<'a>(body: &'a [u8], what: &str) -> Result<Vec<(String, rmpv::ValueRe
 
 fn get_u64(map: &[(String, rmpv::ValueRef<'_>)], key: &str, what: &str) -> Result<u64, WireError> {
     match map.iter().find(|(k, _)| k == key).map(|(_, v)| v) {
-        Some(rmpv::ValueRef::Integer(i)) => i
-            .as_u64()
-            .ok_or_else(|| err(format!("{what}: '{key}' must be a non-negative integer, found {i}"))),
+        Some(rmpv::ValueRef::Integer(i)) => i.as_u64().ok_or_else(|| {
+            err(format!(
+                "{what}: '{key}' must be a non-negative integer, found {i}"
+            ))
+        }),
         Some(_) => Err(err(format!("{what}: '{key}' must be an integer"))),
         None => Err(err(format!("{what}: missing key '{key}'"))),
     }
@@ -230,7 +239,9 @@ pub fn decode_worker<T: AsRef<[u8]>>(parts: &[T]) -> Result<WorkerMsg, WireError
             let map = read_map(body, "ready message")?;
             let batch = get_u64(&map, "batch", "ready message")?;
             let name = match map.iter().find(|(k, _)| k == "name").map(|(_, v)| v) {
-                Some(rmpv::ValueRef::String(s)) => truncate_name(s.as_str().unwrap_or("")).to_owned(),
+                Some(rmpv::ValueRef::String(s)) => {
+                    truncate_name(s.as_str().unwrap_or("")).to_owned()
+                }
                 _ => String::new(),
             };
             Ok(WorkerMsg::Ready(Ready {
@@ -373,13 +384,19 @@ mod tests {
             (vec![b"hello".to_vec()], "unknown message kind 'hello'"),
             (vec![KIND_READY.to_vec()], "without a body"),
             (vec![KIND_READY.to_vec(), vec![0xdc]], "not msgpack"),
-            (vec![KIND_READY.to_vec(), vec![0x93, 1, 2, 3]], "not a msgpack map"),
+            (
+                vec![KIND_READY.to_vec(), vec![0x93, 1, 2, 3]],
+                "not a msgpack map",
+            ),
             (vec![KIND_READY.to_vec(), vec![0x80]], "missing key 'batch'"),
         ];
         assert!(decode_worker(&empty).unwrap_err().0.contains("empty"));
         for (parts, expected) in cases {
             let e = decode_worker(&parts).unwrap_err();
-            assert!(e.0.contains(expected), "{parts:?}: '{e}' lacks '{expected}'");
+            assert!(
+                e.0.contains(expected),
+                "{parts:?}: '{e}' lacks '{expected}'"
+            );
         }
         let e = decode_primary(&[KIND_HEARTBEAT.to_vec(), vec![0x81, 0xa7]]).unwrap_err();
         assert!(e.0.contains("heartbeat"), "{e}");

@@ -26,6 +26,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::frame_index;
 use crate::jpeg::jpeg_size;
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
@@ -205,7 +206,10 @@ impl Io {
                     self.shared.lock().malformed += 1;
                     self.report(
                         reports,
-                        format!("Dropped result frame {}: a file path ({p}) instead of JPEG bytes", f.index),
+                        format!(
+                            "Dropped result frame {}: a file path ({p}) instead of JPEG bytes",
+                            f.index
+                        ),
                     );
                     continue;
                 }
@@ -215,7 +219,11 @@ impl Io {
             match core.playout.insert(f.index, f.timestamp_ms, jpeg, now_us) {
                 Arrival::Held => self.shared.ledger.received(f.index),
                 Arrival::Restarted => {
-                    gst::info!(CAT, "index went back to {} with a newer timestamp: new stream", f.index);
+                    gst::info!(
+                        CAT,
+                        "index went back to {} with a newer timestamp: new stream",
+                        f.index
+                    );
                     self.shared.ledger.reset_progress();
                     self.shared.ledger.received(f.index);
                 }
@@ -516,7 +524,9 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 ["Could not {what} the ZeroMQ PULL socket: {e}"]
             )
         };
-        let socket = context.socket(zmq::PULL).map_err(|e| socket_err("create", e))?;
+        let socket = context
+            .socket(zmq::PULL)
+            .map_err(|e| socket_err("create", e))?;
         socket
             .set_maxmsgsize(settings.max_message_size)
             .map_err(|e| socket_err("set max-message-size on", e))?;
@@ -630,12 +640,10 @@ impl BaseSrcImpl for ZmqCollectSrc {
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
         // The frame size is only known from the first result: caps are set in create().
-        let caps = self
-            .state
-            .lock()
-            .unwrap()
-            .as_ref()
-            .and_then(|s| s.size.map(|size| scaleout::jpeg_caps(Some(size), s.framerate)));
+        let caps = self.state.lock().unwrap().as_ref().and_then(|s| {
+            s.size
+                .map(|size| scaleout::jpeg_caps(Some(size), s.framerate))
+        });
         match caps {
             Some(caps) => self
                 .obj()
@@ -720,7 +728,11 @@ impl PushSrcImpl for ZmqCollectSrc {
                         None => {}
                         Some((last, timestamp_ms)) => {
                             if core.playout.next_index().is_some_and(|n| n > last) {
-                                gst::info!(CAT, imp = self, "last frame {last} played: end of stream");
+                                gst::info!(
+                                    CAT,
+                                    imp = self,
+                                    "last frame {last} played: end of stream"
+                                );
                                 return Err(gst::FlowError::Eos);
                             }
                             if core.playout.is_empty()
@@ -741,7 +753,11 @@ impl PushSrcImpl for ZmqCollectSrc {
                     && core.playout.is_empty()
                     && core.last_arrival.elapsed() > idle_timeout
                 {
-                    gst::info!(CAT, imp = self, "no results for {idle_timeout:?}: end of stream");
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "no results for {idle_timeout:?}: end of stream"
+                    );
                     return Err(gst::FlowError::Eos);
                 }
                 let wait_us = core
@@ -793,14 +809,13 @@ impl PushSrcImpl for ZmqCollectSrc {
         let mut buffer = gst::Buffer::from_mut_slice(jpeg);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
-            b.set_offset(released.index);
-            b.set_offset_end(released.index + 1);
+            frame_index::set(b, released.index);
             b.set_pts(self.running_time_now());
             if framerate.numer() > 0 {
-                b.set_duration(gst::ClockTime::SECOND.mul_div_floor(
-                    framerate.denom() as u64,
-                    framerate.numer() as u64,
-                ));
+                b.set_duration(
+                    gst::ClockTime::SECOND
+                        .mul_div_floor(framerate.denom() as u64, framerate.numer() as u64),
+                );
             }
             scaleout::add_unix_meta(b, released.timestamp_ms);
         }

@@ -10,8 +10,8 @@
 //! `zmqcollectsrc` of the same `group` in this process, also the frames it had taken and
 //! that did not arrive.
 //!
-//! Each frame carries its index (a count from 0, or the buffer offset with
-//! `index-from-offset`) and its entry time: the `timestamp/x-unix` reference meta when the
+//! Each frame carries its index (a count from 0, or the index upstream set, with
+//! `keep-index`) and its entry time: the `timestamp/x-unix` reference meta when the
 //! buffer has one, else the time it reached this element.
 
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
@@ -25,6 +25,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::DispatchQueuePolicy;
+use crate::frame_index;
 use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
@@ -44,7 +45,7 @@ const DEFAULT_QUEUE_POLICY: DispatchQueuePolicy = DispatchQueuePolicy::Block;
 const DEFAULT_WORKER_TIMEOUT_MS: u32 = 1500;
 const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 100;
 const DEFAULT_GROUP: &str = "i2i";
-const DEFAULT_INDEX_FROM_OFFSET: bool = false;
+const DEFAULT_KEEP_INDEX: bool = false;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -54,7 +55,7 @@ struct Settings {
     worker_timeout_ms: u32,
     heartbeat_interval_ms: u32,
     group: String,
-    index_from_offset: bool,
+    keep_index: bool,
 }
 
 impl Default for Settings {
@@ -66,7 +67,7 @@ impl Default for Settings {
             worker_timeout_ms: DEFAULT_WORKER_TIMEOUT_MS,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             group: DEFAULT_GROUP.into(),
-            index_from_offset: DEFAULT_INDEX_FROM_OFFSET,
+            keep_index: DEFAULT_KEEP_INDEX,
         }
     }
 }
@@ -292,7 +293,8 @@ impl Io {
         let is_done = self.is_done_fn();
         let (session, ids, drain) = {
             let mut core = self.shared.lock();
-            core.sched.set_track_taken(self.shared.ledger.has_collector());
+            core.sched
+                .set_track_taken(self.shared.ledger.has_collector());
             core.sched.prune(&is_done);
             for r in core.sched.expire(now, &is_done) {
                 reports.push(Report::Removed(r));
@@ -392,7 +394,8 @@ impl Io {
                         .field("name", &name)
                         .field("workers", workers)
                         .build();
-                    let _ = element.post_message(gst::message::Element::builder(s).src(&element).build());
+                    let _ = element
+                        .post_message(gst::message::Element::builder(s).src(&element).build());
                 }
                 Report::Removed(r) => {
                     let event = match r.why {
@@ -406,7 +409,8 @@ impl Io {
                         .field("unaccounted", r.unaccounted)
                         .field("workers", workers)
                         .build();
-                    let _ = element.post_message(gst::message::Element::builder(s).src(&element).build());
+                    let _ = element
+                        .post_message(gst::message::Element::builder(s).src(&element).build());
                     match r.why {
                         Departure::Left => gst::info!(
                             CAT,
@@ -505,6 +509,9 @@ impl ObjectImpl for ZmqDispatchSink {
         // Files are paced by the clock (sync=true); set sync=false to dispatch as fast as
         // the workers take frames.
         self.obj().set_sync(true);
+        // The collector's branch of the same pipeline is live and produces nothing until
+        // frames were dispatched: prerolling here would wait for PLAYING forever.
+        self.obj().set_async(false);
     }
 
     fn properties() -> &'static [glib::ParamSpec] {
@@ -556,10 +563,10 @@ impl ObjectImpl for ZmqDispatchSink {
                     .default_value(Some(DEFAULT_GROUP))
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecBoolean::builder("index-from-offset")
-                    .nick("Index from offset")
-                    .blurb("Use the buffer offset as the frame index (frames from zmqmsgpacksrc or videotestsrc); off: number frames from 0 (multifilesrc offsets are byte positions)")
-                    .default_value(DEFAULT_INDEX_FROM_OFFSET)
+                glib::ParamSpecBoolean::builder("keep-index")
+                    .nick("Keep index")
+                    .blurb("Keep the frame index upstream set (frame index meta, else buffer offset: frames from zmqmsgpacksrc or videotestsrc); off: number frames from 0 (multifilesrc offsets are byte positions)")
+                    .default_value(DEFAULT_KEEP_INDEX)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
@@ -595,13 +602,14 @@ impl ObjectImpl for ZmqDispatchSink {
                     .expect("type checked upstream")
                     .unwrap_or_else(|| DEFAULT_GROUP.into())
             }
-            "index-from-offset" => {
-                settings.index_from_offset = value.get().expect("type checked upstream")
-            }
+            "keep-index" => settings.keep_index = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
         drop(settings);
-        if matches!(pspec.name(), "max-queue" | "queue-policy" | "worker-timeout") {
+        if matches!(
+            pspec.name(),
+            "max-queue" | "queue-policy" | "worker-timeout"
+        ) {
             self.apply_live_settings();
         }
     }
@@ -616,7 +624,7 @@ impl ObjectImpl for ZmqDispatchSink {
             "worker-timeout" => settings.worker_timeout_ms.to_value(),
             "heartbeat-interval" => settings.heartbeat_interval_ms.to_value(),
             "group" => settings.group.to_value(),
-            "index-from-offset" => settings.index_from_offset.to_value(),
+            "keep-index" => settings.keep_index.to_value(),
             "stats" => {
                 drop(settings);
                 match self.shared() {
@@ -788,12 +796,12 @@ impl BaseSinkImpl for ZmqDispatchSink {
         let Some(shared) = self.shared() else {
             return Err(gst::FlowError::Flushing);
         };
-        let from_offset = self.settings.lock().unwrap().index_from_offset;
+        let keep_index = self.settings.lock().unwrap().keep_index;
         let timestamp_ms =
             scaleout::unix_ms_from_meta(buffer).unwrap_or_else(scaleout::unix_now_ms);
         let mut core = shared.lock();
-        let index = if from_offset && buffer.offset() != u64::MAX {
-            buffer.offset()
+        let index = if keep_index {
+            frame_index::index_of(buffer).unwrap_or(core.count)
         } else {
             core.count
         };

@@ -692,10 +692,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
 
-        let index = match buffer.offset() {
-            gst::ffi::GST_BUFFER_OFFSET_NONE => state.count,
-            offset => offset,
-        };
+        let index = crate::frame_index::index_of(buffer).unwrap_or(state.count);
         state.count += 1;
         let timestamp_ms = protocol::ns_to_timestamp_ms(self.entry_unix_ns(buffer));
         self.pack(state, buffer, timestamp_ms, index, quality)?;

@@ -26,6 +26,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::frame_index;
 use crate::jpeg::jpeg_size;
 use crate::protocol::{self, Payload};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
@@ -206,7 +207,8 @@ impl Io {
             let (session, taken) = {
                 let mut core = self.shared.lock();
                 if core.session != 0
-                    && last_heard.is_none_or(|t| now.saturating_duration_since(t) > self.primary_timeout)
+                    && last_heard
+                        .is_none_or(|t| now.saturating_duration_since(t) > self.primary_timeout)
                 {
                     // Count from zero with whichever primary answers next.
                     core.session = 0;
@@ -292,7 +294,12 @@ impl Io {
         }
     }
 
-    fn report_drop(&mut self, reports: &mut Vec<Report>, kind: Option<gst::ResourceError>, text: String) {
+    fn report_drop(
+        &mut self,
+        reports: &mut Vec<Report>,
+        kind: Option<gst::ResourceError>,
+        text: String,
+    ) {
         if let Some(held) = self.drop_limit.allow(Instant::now()) {
             let text = if held > 0 {
                 format!("{text} ({held} more dropped since the last report)")
@@ -389,12 +396,17 @@ impl Io {
         for r in reports {
             match r {
                 Report::Joined(session) => {
-                    gst::info!(CAT, obj = element, "working for primary session {session:#x}");
+                    gst::info!(
+                        CAT,
+                        obj = element,
+                        "working for primary session {session:#x}"
+                    );
                     let s = gst::Structure::builder("zmqworkersrc-primary")
                         .field("event", "joined")
                         .field("session", session)
                         .build();
-                    let _ = element.post_message(gst::message::Element::builder(s).src(&element).build());
+                    let _ = element
+                        .post_message(gst::message::Element::builder(s).src(&element).build());
                 }
                 Report::PrimaryLost => {
                     gst::element_warning!(
@@ -676,7 +688,10 @@ impl BaseSrcImpl for ZmqWorkerSrc {
                 ["Endpoint {endpoint:?} contains a NUL character"]
             ));
         }
-        let name = settings.worker_name.clone().unwrap_or_else(default_worker_name);
+        let name = settings
+            .worker_name
+            .clone()
+            .unwrap_or_else(default_worker_name);
         let context = zmq::Context::new();
         let socket_err = |what: &str, e: zmq::Error| {
             gst::error_msg!(
@@ -802,12 +817,10 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
         // The frame size is only known from the first JPEG: caps are set in create(); a
         // later renegotiation sends the current ones again.
-        let caps = self
-            .state
-            .lock()
-            .unwrap()
-            .as_ref()
-            .and_then(|s| s.size.map(|size| scaleout::jpeg_caps(Some(size), s.framerate)));
+        let caps = self.state.lock().unwrap().as_ref().and_then(|s| {
+            s.size
+                .map(|size| scaleout::jpeg_caps(Some(size), s.framerate))
+        });
         match caps {
             Some(caps) => self
                 .obj()
@@ -899,14 +912,13 @@ impl PushSrcImpl for ZmqWorkerSrc {
         let mut buffer = gst::Buffer::from_mut_slice(item.jpeg);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
-            b.set_offset(item.index);
-            b.set_offset_end(item.index + 1);
+            frame_index::set(b, item.index);
             b.set_pts(self.running_time_now());
             if framerate.numer() > 0 {
-                b.set_duration(gst::ClockTime::SECOND.mul_div_floor(
-                    framerate.denom() as u64,
-                    framerate.numer() as u64,
-                ));
+                b.set_duration(
+                    gst::ClockTime::SECOND
+                        .mul_div_floor(framerate.denom() as u64, framerate.numer() as u64),
+                );
             }
             scaleout::add_unix_meta(b, item.timestamp_ms);
         }

@@ -1,0 +1,360 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Shared pieces of the scale-out tests: plugin registration, a primary pipeline
+//! (dispatcher + collector in one pipeline, as pipelines/primary.sh runs it) whose output
+//! is recorded, and worker pipelines, in this process or as gst-launch-1.0 processes.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gst::prelude::*;
+
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("GStreamer initialises");
+        gstzmqmsgpack::plugin_register_static().expect("plugin registers");
+    });
+}
+
+pub fn unix_now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// A name no other test in this process uses (the dispatcher/collector group).
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// One frame as it left the collector.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    pub index: u64,
+    pub timestamp_ms: Option<i64>,
+    pub arrived_us: i64,
+    pub size: usize,
+}
+
+fn unix_ms_of(buffer: &gst::BufferRef) -> Option<i64> {
+    buffer
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find(|m| {
+            m.reference()
+                .structure(0)
+                .is_some_and(|s| s.name() == "timestamp/x-unix")
+        })
+        .map(|m| (m.timestamp().nseconds() / 1_000_000) as i64)
+}
+
+/// Records every buffer reaching `appsink`.
+pub fn record(appsink: &gst_app::AppSink) -> Arc<Mutex<Vec<Out>>> {
+    let outs = Arc::new(Mutex::new(Vec::new()));
+    let o = outs.clone();
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                o.lock().unwrap().push(Out {
+                    index: buffer.offset(),
+                    timestamp_ms: unix_ms_of(buffer),
+                    arrived_us: unix_now_us(),
+                    size: buffer.size(),
+                });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    outs
+}
+
+/// Dispatcher and collector in one pipeline, fed by `source` (a launch fragment ending
+/// in image/jpeg), the collector's output recorded.
+pub struct Primary {
+    pub pipeline: gst::Pipeline,
+    pub dispatch: gst::Element,
+    pub collect: gst::Element,
+    pub outs: Arc<Mutex<Vec<Out>>>,
+    pub messages: Arc<Mutex<Vec<gst::Structure>>>,
+    pub warnings: Arc<Mutex<Vec<String>>>,
+    pub errors: Arc<Mutex<Vec<String>>>,
+    bus_watch: Option<std::thread::JoinHandle<()>>,
+    eos: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Primary {
+    /// Builds the primary and brings it to PAUSED: the sockets are bound, workers can
+    /// join, nothing is dispatched before [`Primary::play`].
+    pub fn new(source: &str, dispatch_props: &str, collect_props: &str) -> Primary {
+        let group = unique("group");
+        let desc = format!(
+            "{source} ! zmqdispatchsink name=d endpoint=tcp://127.0.0.1:* group={group} {dispatch_props} \
+             zmqcollectsrc name=c endpoint=tcp://127.0.0.1:* group={group} {collect_props} \
+             ! appsink name=out sync=false"
+        );
+        let pipeline = gst::parse::launch(&desc)
+            .unwrap_or_else(|e| panic!("pipeline {desc}: {e}"))
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        let dispatch = pipeline.by_name("d").unwrap();
+        let collect = pipeline.by_name("c").unwrap();
+        let appsink = pipeline
+            .by_name("out")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        let outs = record(&appsink);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let warnings = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let eos = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let bus = pipeline.bus().unwrap();
+        let (m, w, e, done) = (
+            messages.clone(),
+            warnings.clone(),
+            errors.clone(),
+            eos.clone(),
+        );
+        let bus_watch = std::thread::spawn(move || {
+            loop {
+                let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
+                    if *done.0.lock().unwrap() {
+                        return;
+                    }
+                    continue;
+                };
+                match msg.view() {
+                    gst::MessageView::Element(el) => {
+                        if let Some(s) = el.structure() {
+                            m.lock().unwrap().push(s.to_owned());
+                        }
+                    }
+                    gst::MessageView::Warning(x) => w.lock().unwrap().push(format!(
+                        "{}: {}",
+                        x.error(),
+                        x.debug().map(|d| d.to_string()).unwrap_or_default()
+                    )),
+                    gst::MessageView::Error(x) => {
+                        e.lock().unwrap().push(format!(
+                            "{}: {}",
+                            x.error(),
+                            x.debug().map(|d| d.to_string()).unwrap_or_default()
+                        ));
+                        *done.0.lock().unwrap() = true;
+                        done.1.notify_all();
+                        return;
+                    }
+                    gst::MessageView::Eos(_) => {
+                        *done.0.lock().unwrap() = true;
+                        done.1.notify_all();
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        pipeline
+            .set_state(gst::State::Paused)
+            .expect("primary pipeline pauses");
+        Primary {
+            pipeline,
+            dispatch,
+            collect,
+            outs,
+            messages,
+            warnings,
+            errors,
+            bus_watch: Some(bus_watch),
+            eos,
+        }
+    }
+
+    pub fn dispatch_endpoint(&self) -> String {
+        self.dispatch
+            .property::<Option<String>>("bound-endpoint")
+            .expect("dispatcher bound")
+    }
+
+    pub fn collect_endpoint(&self) -> String {
+        self.collect
+            .property::<Option<String>>("bound-endpoint")
+            .expect("collector bound")
+    }
+
+    pub fn play(&self) {
+        self.pipeline
+            .set_state(gst::State::Playing)
+            .expect("primary pipeline plays");
+    }
+
+    /// Waits for EOS (or an error); false on timeout.
+    pub fn wait_eos(&self, timeout: Duration) -> bool {
+        let (lock, cond) = &*self.eos;
+        let done = lock.lock().unwrap();
+        let (done, _) = cond.wait_timeout_while(done, timeout, |d| !*d).unwrap();
+        *done
+    }
+
+    pub fn dispatch_stats(&self) -> gst::Structure {
+        self.dispatch.property::<gst::Structure>("stats")
+    }
+
+    pub fn collect_stats(&self) -> gst::Structure {
+        self.collect.property::<gst::Structure>("stats")
+    }
+
+    /// Names of workers that joined (in order), from the dispatcher's bus messages.
+    pub fn worker_events(&self, event: &str) -> Vec<String> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.name() == "zmqdispatchsink-worker")
+            .filter(|s| s.get::<&str>("event").ok() == Some(event))
+            .filter_map(|s| s.get::<String>("name").ok())
+            .collect()
+    }
+
+    /// Waits until `n` workers are in the dispatcher's session.
+    pub fn wait_workers(&self, n: u64, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let have = self.dispatch_stats().get::<u64>("workers").unwrap();
+            if have >= n {
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "only {have} of {n} workers joined within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn output_count(&self) -> usize {
+        self.outs.lock().unwrap().len()
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+        {
+            let (lock, cond) = &*self.eos;
+            *lock.lock().unwrap() = true;
+            cond.notify_all();
+        }
+        if let Some(t) = self.bus_watch.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The checks every scale-out run must pass: strictly increasing indices (so no
+/// duplicates), each with its original timestamp.
+pub fn assert_in_order(outs: &[Out]) {
+    for pair in outs.windows(2) {
+        assert!(
+            pair[1].index > pair[0].index,
+            "index {} after {}: not strictly increasing",
+            pair[1].index,
+            pair[0].index
+        );
+    }
+    for o in outs {
+        assert!(
+            o.timestamp_ms.is_some(),
+            "frame {} lost its timestamp meta",
+            o.index
+        );
+    }
+}
+
+/// A worker pipeline in this process; `middle` is what runs between decoding and
+/// encoding (e.g. "videoflip method=horizontal-flip").
+pub fn worker_pipeline(dispatch: &str, collect: &str, name: &str, middle: &str) -> gst::Pipeline {
+    let desc = format!(
+        "zmqworkersrc endpoint={dispatch} worker-name={name} heartbeat-interval=100 \
+         ! jpegdec ! {middle} ! jpegenc \
+         ! zmqmsgpacksink endpoint={collect} bind=false socket-type=push sync=false"
+    );
+    gst::parse::launch(&desc)
+        .unwrap_or_else(|e| panic!("worker pipeline {desc}: {e}"))
+        .downcast::<gst::Pipeline>()
+        .unwrap()
+}
+
+/// The directory of the built plugin (target/release), for gst-launch-1.0 processes.
+pub fn plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in target/<profile>/deps")
+        .to_path_buf();
+    assert!(
+        dir.join("libgstzmqmsgpack.so").exists(),
+        "{} has no libgstzmqmsgpack.so: build the plugin (cargo build --release -p gst-plugin-zmqsink)",
+        dir.display()
+    );
+    dir
+}
+
+/// A worker as a gst-launch-1.0 process (so that it can be killed).
+pub struct WorkerProcess {
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl WorkerProcess {
+    pub fn spawn(dispatch: &str, collect: &str, name: &str, middle: &str) -> WorkerProcess {
+        let desc = format!(
+            "zmqworkersrc endpoint={dispatch} worker-name={name} heartbeat-interval=100 \
+             ! jpegdec ! {middle} ! jpegenc \
+             ! zmqmsgpacksink endpoint={collect} bind=false socket-type=push sync=false"
+        );
+        let registry = std::env::temp_dir().join(format!(
+            "i2i-scaleout-test-registry-{}.bin",
+            std::process::id()
+        ));
+        let child = Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(desc.split_whitespace())
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("GST_REGISTRY", registry)
+            .env("GST_DEBUG", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0 starts (gstreamer1.0-tools installed?)");
+        WorkerProcess {
+            name: name.into(),
+            child: Some(child),
+        }
+    }
+
+    /// SIGKILL: no goodbye, no draining.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
