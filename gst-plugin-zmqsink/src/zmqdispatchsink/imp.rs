@@ -472,7 +472,8 @@ impl ZmqDispatchSink {
         }
     }
 
-    /// At EOS: waits until every queued frame went to a worker, as long as workers take them.
+    /// At EOS: waits until every queued frame went to a worker, as long as workers take
+    /// them (progress within `worker-timeout`).
     fn wait_until_dispatched(&self, shared: &Shared) {
         let timeout = Duration::from_millis(self.settings.lock().unwrap().worker_timeout_ms.into());
         let mut core = shared.lock();
@@ -480,7 +481,7 @@ impl ZmqDispatchSink {
             if core.flushing || core.sched.queue_len() == 0 {
                 break;
             }
-            if core.last_progress.elapsed() > timeout.max(Duration::from_secs(2)) {
+            if core.last_progress.elapsed() > timeout {
                 let left = core.sched.queue_len();
                 core.sched.clear_queue();
                 drop(core);
@@ -488,8 +489,8 @@ impl ZmqDispatchSink {
                     self,
                     gst::ResourceError::Write,
                     [
-                        "End of stream: {left} frames never reached a worker (no worker took any for {} ms); dropped",
-                        timeout.max(Duration::from_secs(2)).as_millis()
+                        "End of stream: {left} frames never reached a worker (none taken for worker-timeout, {} ms); dropped",
+                        timeout.as_millis()
                     ]
                 );
                 return;

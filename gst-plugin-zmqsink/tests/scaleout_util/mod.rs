@@ -96,10 +96,27 @@ impl Primary {
     /// Builds the primary and brings it to PAUSED: the sockets are bound, workers can
     /// join, nothing is dispatched before [`Primary::play`].
     pub fn new(source: &str, dispatch_props: &str, collect_props: &str) -> Primary {
+        Primary::on(
+            "tcp://127.0.0.1:*",
+            "tcp://127.0.0.1:*",
+            source,
+            dispatch_props,
+            collect_props,
+        )
+    }
+
+    /// Like [`Primary::new`] on given endpoints (to restart a primary on the same ports).
+    pub fn on(
+        dispatch_endpoint: &str,
+        collect_endpoint: &str,
+        source: &str,
+        dispatch_props: &str,
+        collect_props: &str,
+    ) -> Primary {
         let group = unique("group");
         let desc = format!(
-            "{source} ! zmqdispatchsink name=d endpoint=tcp://127.0.0.1:* group={group} {dispatch_props} \
-             zmqcollectsrc name=c endpoint=tcp://127.0.0.1:* group={group} {collect_props} \
+            "{source} ! zmqdispatchsink name=d endpoint={dispatch_endpoint} group={group} {dispatch_props} \
+             zmqcollectsrc name=c endpoint={collect_endpoint} group={group} {collect_props} \
              ! appsink name=out sync=false"
         );
         let pipeline = gst::parse::launch(&desc)
@@ -284,7 +301,7 @@ pub fn assert_in_order(outs: &[Out]) {
 /// encoding (e.g. "videoflip method=horizontal-flip").
 pub fn worker_pipeline(dispatch: &str, collect: &str, name: &str, middle: &str) -> gst::Pipeline {
     let desc = format!(
-        "zmqworkersrc endpoint={dispatch} worker-name={name} heartbeat-interval=100 \
+        "zmqworkersrc name=src endpoint={dispatch} worker-name={name} heartbeat-interval=100 \
          ! jpegdec ! {middle} ! jpegenc \
          ! zmqmsgpacksink endpoint={collect} bind=false socket-type=push sync=false"
     );
@@ -319,7 +336,7 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     pub fn spawn(dispatch: &str, collect: &str, name: &str, middle: &str) -> WorkerProcess {
         let desc = format!(
-            "zmqworkersrc endpoint={dispatch} worker-name={name} heartbeat-interval=100 \
+            "zmqworkersrc name=src endpoint={dispatch} worker-name={name} heartbeat-interval=100 \
              ! jpegdec ! {middle} ! jpegenc \
              ! zmqmsgpacksink endpoint={collect} bind=false socket-type=push sync=false"
         );
@@ -356,5 +373,65 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `n` small JPEG frames (16x16, all different).
+pub fn jpegs(n: usize) -> Vec<Vec<u8>> {
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers={n} pattern=ball ! video/x-raw,width=16,height=16 \
+         ! jpegenc ! appsink name=out sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut out = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        out.push(sample.buffer().unwrap().map_readable().unwrap().to_vec());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(out.len(), n);
+    out
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `pipeline` to PLAYING and returns the buffers of appsink `out` as they come.
+pub fn play_recording(pipeline: &gst::Pipeline) -> Arc<Mutex<Vec<Out>>> {
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let outs = record(&sink);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    outs
+}
+
+/// Waits for EOS or an error on `pipeline`'s bus; the error text on error, panics on timeout.
+pub fn wait_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<(), String> {
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap_or_else(|| panic!("no EOS within {timeout:?}"));
+    match msg.view() {
+        gst::MessageView::Error(e) => Err(format!("{}: {:?}", e.error(), e.debug())),
+        _ => Ok(()),
     }
 }
