@@ -1,3 +1,7 @@
 fn main() {
-    println!("i2i-stats {} ({})", env!("CARGO_PKG_VERSION"), env!("COMMIT_ID"));
+    println!(
+        "i2i-stats {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("COMMIT_ID")
+    );
 }

@@ -122,9 +122,11 @@ fn as_timestamp(v: &rmpv::ValueRef<'_>, what: &str) -> Result<i64, ProtocolError
 
 fn as_index(v: &rmpv::ValueRef<'_>, what: &str) -> Result<u64, ProtocolError> {
     match v {
-        rmpv::ValueRef::Integer(i) => i
-            .as_u64()
-            .ok_or_else(|| err(format!("{what}: expected a non-negative integer, found {i}"))),
+        rmpv::ValueRef::Integer(i) => i.as_u64().ok_or_else(|| {
+            err(format!(
+                "{what}: expected a non-negative integer, found {i}"
+            ))
+        }),
         other => Err(err(format!(
             "{what}: expected a non-negative integer, found {}",
             type_name(other)
@@ -211,9 +213,9 @@ fn decode_batch<'a>(
             .enumerate()
             .map(|(i, v)| as_index(v, &format!("batch indices[{i}]")))
             .collect::<Result<_, _>>()?,
-        Some(rmpv::ValueRef::Nil) | None => (0..frames.len() as u64)
-            .map(|i| first_index + i)
-            .collect(),
+        Some(rmpv::ValueRef::Nil) | None => {
+            (0..frames.len() as u64).map(|i| first_index + i).collect()
+        }
         Some(other) => {
             return Err(err(format!(
                 "batch indices: expected an array, found {}",
@@ -338,9 +340,15 @@ mod tests {
             (vec![], "not a msgpack message"),
             (vec![0xdc], "not a msgpack message"),
             (vec![0x92, 0x01, 0x02], "array of 2"),
-            (vec![0x93, 0xa1, b'x', 0x01, 0xc4, 0x00], "timestamp (element 0)"),
+            (
+                vec![0x93, 0xa1, b'x', 0x01, 0xc4, 0x00],
+                "timestamp (element 0)",
+            ),
             (vec![0x93, 0x01, 0xff, 0xc4, 0x00], "index (element 1)"),
-            (vec![0x93, 0x01, 0x02, 0xa1, b'x'], "jpg (element 2): expected bin, found str"),
+            (
+                vec![0x93, 0x01, 0x02, 0xa1, b'x'],
+                "jpg (element 2): expected bin, found str",
+            ),
             (vec![0x05], "found int"),
             (vec![0x93, 0x01, 0x02, 0xc4, 0x00, 0x00], "trailing bytes"),
             (vec![0x80], "missing key 'timestamp'"),
