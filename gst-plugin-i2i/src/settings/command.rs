@@ -8,6 +8,8 @@ use super::{
 };
 
 /// What one chat line asks for.
+// One command is parsed at a time and moved once: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Change these settings.

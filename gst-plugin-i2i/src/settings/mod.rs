@@ -111,7 +111,7 @@ impl SettingsUpdate {
     }
 
     /// The keys of `self` whose value differs from `previous` (keys absent from `self`
-    /// are not changes: a state never unsets a key).
+    /// are not changes: a state never unsets a key; an absent and an empty blend are equal).
     pub fn changes_since(&self, previous: &SettingsUpdate) -> SettingsUpdate {
         let mut d = SettingsUpdate::default();
         macro_rules! diff {
@@ -127,10 +127,19 @@ impl SettingsUpdate {
             cfg_type,
             similarity_threshold,
             transition_frames,
-            prompt_blend,
-            seed_blend,
             blend_mode
         );
+        // No blend and an empty blend are the same: ending a blend that never began is
+        // no change.
+        fn blend<T: Clone + PartialEq>(
+            new: &Option<Vec<T>>,
+            old: &Option<Vec<T>>,
+        ) -> Option<Vec<T>> {
+            let (n, o) = (new.as_deref()?, old.as_deref().unwrap_or(&[]));
+            (n != o).then(|| n.to_vec())
+        }
+        d.prompt_blend = blend(&self.prompt_blend, &previous.prompt_blend);
+        d.seed_blend = blend(&self.seed_blend, &previous.seed_blend);
         d
     }
 
@@ -339,6 +348,77 @@ mod tests {
             r#"{"prompt":"a red fox","seed":123,"guidance-scale":1.5}"#
         );
         assert_eq!(SettingsUpdate::from_json(&j).unwrap(), u);
+    }
+
+    #[test]
+    fn merge_diff_and_blend_clears() {
+        let mut state = SettingsUpdate {
+            prompt: Some("fox".into()),
+            seed: Some(1),
+            ..Default::default()
+        };
+        let later = SettingsUpdate {
+            seed: Some(2),
+            prompt_blend: Some(vec![("a".into(), 1.0), ("b".into(), 1.0)]),
+            ..Default::default()
+        };
+        let before = state.clone();
+        state.merge(later.clone());
+        assert_eq!(state.prompt.as_deref(), Some("fox"));
+        assert_eq!(state.seed, Some(2));
+        assert_eq!(state.changes_since(&before), later);
+        assert!(state.changes_since(&state).is_empty());
+        // A plain prompt ends the blend explicitly; ending a blend that never began is no change.
+        let p = SettingsUpdate {
+            prompt: Some("fox".into()),
+            ..Default::default()
+        }
+        .with_explicit_blend_clears();
+        assert_eq!(p.prompt_blend, Some(vec![]));
+        assert_eq!(p.seed_blend, None);
+        assert_eq!(p.changes_since(&state).prompt_blend, Some(vec![]));
+        assert!(p.changes_since(&before).is_empty());
+        assert!(p.summary().contains("prompt-blend=off"));
+        assert_eq!(SettingsUpdate::default().summary(), "(nothing)");
+    }
+
+    #[test]
+    fn validation_names_key_and_range() {
+        let bad = |u: SettingsUpdate| u.validate().unwrap_err();
+        assert!(
+            bad(SettingsUpdate {
+                delta: Some(f64::NAN),
+                ..Default::default()
+            })
+            .contains("delta: NaN")
+        );
+        assert!(
+            bad(SettingsUpdate {
+                t_index_list: Some("1,,x".into()),
+                ..Default::default()
+            })
+            .contains("t-index-list")
+        );
+        assert!(
+            bad(SettingsUpdate {
+                seed_blend: Some(vec![(1, -1.0)]),
+                ..Default::default()
+            })
+            .contains("seed-blend: weight -1")
+        );
+        assert!(
+            bad(SettingsUpdate {
+                blend_mode: Some("cubic".into()),
+                ..Default::default()
+            })
+            .contains("blend-mode")
+        );
+        assert_eq!(parse_t_index_list(" 5, 10 ,45").unwrap(), vec![5, 10, 45]);
+        assert!(
+            parse_t_index_list(&"1,".repeat(51))
+                .unwrap_err()
+                .contains("too many")
+        );
     }
 
     #[test]
