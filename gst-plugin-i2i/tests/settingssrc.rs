@@ -612,3 +612,48 @@ fn bad_configuration_is_an_error_naming_the_problem() {
         pipeline.set_state(gst::State::Null).unwrap();
     }
 }
+
+#[test]
+fn push_programs_reach_a_pull_element() {
+    let mut rx = Receiver::start(&[
+        ("endpoint", "tcp://127.0.0.1:*"),
+        ("bind", "true"),
+        ("socket-type", "pull"),
+    ]);
+    let endpoint: String = rx.stat("local-endpoint");
+    let ctx = zmq::Context::new();
+    let push = ctx.socket(zmq::PUSH).unwrap();
+    push.set_linger(0).unwrap();
+    push.connect(&endpoint).unwrap();
+    // PUSH queues until connected: nothing is lost, in order.
+    for n in 1..=50u64 {
+        push.send(format!("/seed {n}").as_bytes(), 0).unwrap();
+    }
+    push.send(&b"/cfg full"[..], 0).unwrap();
+    assert!(
+        rx.pump_until(Duration::from_secs(3), |r| r.state.cfg_type.as_deref()
+            == Some("full"))
+    );
+    assert_eq!(rx.state.seed, Some(50));
+    assert_eq!(rx.stat::<u64>("commands"), 51);
+}
+
+#[test]
+fn stopping_while_waiting_for_settings_is_prompt() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rx = Receiver::start(&[("endpoint", &format!("tcp://127.0.0.1:{port}"))]);
+    // Nothing publishes: the streaming thread waits in create().
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    rx.pipeline.set_state(gst::State::Null).unwrap();
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(500), "stopping took {took:?}");
+    // And it starts again.
+    rx.pipeline.set_state(gst::State::Playing).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    rx.pipeline.set_state(gst::State::Null).unwrap();
+}

@@ -27,6 +27,8 @@ use crate::settings::message::{MAX_MESSAGE_BYTES, decode_message};
 use crate::settings::state::{APPLIED_TOPIC, STATE_TOPIC, Snapshot, SnapshotFollower};
 use crate::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
 
+use super::SocketType;
+
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "settingssrc",
@@ -43,10 +45,13 @@ const WARNINGS_PER_SECOND: u32 = 5;
 /// Messages handled per wake-up before the thread checks for stop again.
 const MAX_BATCH: usize = 1000;
 
+const DEFAULT_SOCKET_TYPE: SocketType = SocketType::Sub;
+
 #[derive(Debug, Clone)]
 struct Settings {
     endpoint: String,
     bind: bool,
+    socket_type: SocketType,
     min_push_interval_ms: u32,
     curve_key: Option<String>,
     curve_server_key: Option<String>,
@@ -58,6 +63,7 @@ impl Default for Settings {
         Settings {
             endpoint: DEFAULT_ENDPOINT.to_string(),
             bind: DEFAULT_BIND,
+            socket_type: DEFAULT_SOCKET_TYPE,
             min_push_interval_ms: DEFAULT_MIN_PUSH_INTERVAL_MS,
             curve_key: None,
             curve_server_key: None,
@@ -161,6 +167,11 @@ impl ObjectImpl for SettingsSrc {
                     .default_value(DEFAULT_BIND)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("socket-type", DEFAULT_SOCKET_TYPE)
+                    .nick("Socket type")
+                    .blurb("sub: subscribe to a publisher (i2i-prompt, or programs with PUB); pull: take messages from programs with PUSH")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("min-push-interval")
                     .nick("Minimum push interval")
                     .blurb("Milliseconds between two pushed updates; changes arriving faster are merged into one update (0 = push each change as soon as possible)")
@@ -204,6 +215,7 @@ impl ObjectImpl for SettingsSrc {
                     .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
             }
             "bind" => s.bind = value.get().unwrap_or(DEFAULT_BIND),
+            "socket-type" => s.socket_type = value.get().unwrap_or(DEFAULT_SOCKET_TYPE),
             "min-push-interval" => {
                 s.min_push_interval_ms = value.get().unwrap_or(DEFAULT_MIN_PUSH_INTERVAL_MS);
                 // A shorter interval may let a waiting update go now.
@@ -221,6 +233,7 @@ impl ObjectImpl for SettingsSrc {
         match pspec.name() {
             "endpoint" => s.endpoint.to_value(),
             "bind" => s.bind.to_value(),
+            "socket-type" => s.socket_type.to_value(),
             "min-push-interval" => s.min_push_interval_ms.to_value(),
             "curve-key" => s.curve_key.to_value(),
             "curve-server-key" => s.curve_server_key.to_value(),
@@ -525,13 +538,19 @@ impl SettingsSrc {
         let s = lock(&self.settings).clone();
         let fail = |text: String| gst::error_msg!(gst::ResourceError::OpenRead, ("{}", text));
         let ctx = zmq::Context::new();
+        let kind = match s.socket_type {
+            SocketType::Sub => zmq::SUB,
+            SocketType::Pull => zmq::PULL,
+        };
         let sock = ctx
-            .socket(zmq::SUB)
-            .map_err(|e| fail(format!("cannot create a ZeroMQ SUB socket: {e}")))?;
+            .socket(kind)
+            .map_err(|e| fail(format!("cannot create a ZeroMQ {kind:?} socket: {e}")))?;
         sock.set_linger(0).ok();
         sock.set_rcvhwm(100_000).ok();
-        sock.set_subscribe(b"")
-            .map_err(|e| fail(format!("cannot subscribe: {e}")))?;
+        if s.socket_type == SocketType::Sub {
+            sock.set_subscribe(b"")
+                .map_err(|e| fail(format!("cannot subscribe: {e}")))?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let element = self.obj().downgrade();
         let curve_on = s.curve_key.is_some() || s.curve_server_key.is_some();
