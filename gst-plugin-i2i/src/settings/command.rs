@@ -31,7 +31,7 @@ Commands (plain text without a leading / sets the prompt):
   /guidance X                   set the guidance scale (0..50)
   /delta X                      set the residual-CFG delta (0..10)
   /cfg none|full|self|initialize   set the guidance mode
-  /similarity X                 similarity filter threshold (0 = off .. 1)
+  /similarity X                 similarity filter threshold (0 = off .. 0.999)
   /blend \"a red fox\":0.7 \"oil painting\":0.3   weighted prompt blend (/blend off ends it)
   /seedblend 1:0.5 2:0.5        weighted seed (noise) blend (/seedblend off ends it)
   /blendmode linear|slerp       how blends and transitions combine
@@ -385,6 +385,8 @@ mod tests {
                 "/similarity 1.5",
                 "similarity-threshold: 1.5 is out of range",
             ),
+            ("/similarity 1", "similarity-threshold: 1 is out of range"),
+            ("/t 32,22", "increase strictly"),
             ("/cfg half", "\"half\" is not a guidance mode"),
             ("/cfg", "\"\" is not a guidance mode"),
             ("/transition -2", "\"-2\" is not a frame count"),

@@ -25,7 +25,8 @@ pub const DEFAULT_CONTROL_PORT: u16 = 5560;
 /// Accepted ranges, shared by every way a value can arrive (chat text, msgpack, JSON).
 pub const GUIDANCE_SCALE_RANGE: (f64, f64) = (0.0, 50.0);
 pub const DELTA_RANGE: (f64, f64) = (0.0, 10.0);
-pub const SIMILARITY_THRESHOLD_RANGE: (f64, f64) = (0.0, 1.0);
+/// 1 would make the similarity filter divide by zero.
+pub const SIMILARITY_THRESHOLD_RANGE: (f64, f64) = (0.0, 0.999);
 /// Largest transition length in frames (a minute at 60 frames/s).
 pub const MAX_TRANSITION_FRAMES: u32 = 3600;
 /// Largest t-index value (LCM schedules have at most 1000 timesteps).
@@ -270,7 +271,8 @@ impl SettingsUpdate {
 }
 
 /// Parses a t-index list written as "22,32,45" (spaces allowed): 1 to
-/// [`MAX_T_INDEX_ENTRIES`] whole numbers from 0 to [`MAX_T_INDEX`].
+/// [`MAX_T_INDEX_ENTRIES`] strictly increasing whole numbers from 0 to [`MAX_T_INDEX`]
+/// (the transform also checks them against its `num-inference-steps`).
 pub fn parse_t_index_list(text: &str) -> Result<Vec<u32>, String> {
     let mut out = Vec::new();
     for part in text.split([',', ' ']).filter(|p| !p.trim().is_empty()) {
@@ -281,6 +283,13 @@ pub fn parse_t_index_list(text: &str) -> Result<Vec<u32>, String> {
         if v > MAX_T_INDEX {
             return Err(format!(
                 "t-index {v} is out of range (accepted: 0 to {MAX_T_INDEX})"
+            ));
+        }
+        if let Some(&last) = out.last()
+            && v <= last
+        {
+            return Err(format!(
+                "t-indices must increase strictly ({last} is followed by {v})"
             ));
         }
         out.push(v);
@@ -414,10 +423,16 @@ mod tests {
             .contains("blend-mode")
         );
         assert_eq!(parse_t_index_list(" 5, 10 ,45").unwrap(), vec![5, 10, 45]);
+        let many: Vec<String> = (0..51).map(|i| i.to_string()).collect();
         assert!(
-            parse_t_index_list(&"1,".repeat(51))
+            parse_t_index_list(&many.join(","))
                 .unwrap_err()
                 .contains("too many")
+        );
+        assert!(
+            parse_t_index_list("45,32")
+                .unwrap_err()
+                .contains("increase strictly")
         );
     }
 
