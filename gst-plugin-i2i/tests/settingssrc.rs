@@ -657,3 +657,63 @@ fn stopping_while_waiting_for_settings_is_prompt() {
     std::thread::sleep(Duration::from_millis(100));
     rx.pipeline.set_state(gst::State::Null).unwrap();
 }
+
+#[test]
+fn applied_reports_travel_back_to_the_holder() {
+    let (hub, events) = hub(seed(3), None);
+    let mut rx = Receiver::start(&[("endpoint", &hub.info.state_endpoint)]);
+    assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(3)));
+    // What i2itransform sends upstream on its settings pad when it applies settings.
+    let applied = SettingsUpdate {
+        seed: Some(3),
+        ..Default::default()
+    };
+    let event = gst::event::CustomUpstream::new(
+        gst::Structure::builder(gsti2i::settings::state::APPLIED_EVENT)
+            .field("frame-index", 42u64)
+            .field("settings", String::from_utf8(applied.to_json()).unwrap())
+            .build(),
+    );
+    let pad = rx.sink.static_pad("sink").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let report = loop {
+        assert!(
+            pad.push_event(event.clone()),
+            "settingssrc did not take the event"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let found = events.lock().unwrap().iter().find_map(|e| match e {
+            HubEvent::Applied(r) => Some(r.clone()),
+            _ => None,
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no report reached the holder");
+    };
+    assert_eq!(report.frame, Some(42));
+    assert_eq!(report.settings, applied);
+    assert!(
+        report.source.starts_with(&format!("{}@", rx.src.name())),
+        "{}",
+        report.source
+    );
+    assert!(rx.stat::<u64>("reported") >= 1);
+    // A console subscribed to the holder's state socket sees the report too.
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_subscribe(gsti2i::settings::state::APPLIED_TOPIC)
+        .unwrap();
+    sub.connect(&hub.info.state_endpoint).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        pad.push_event(event.clone());
+        if sub.poll(zmq::POLLIN, 100).unwrap() > 0 {
+            let frames = sub.recv_multipart(0).unwrap();
+            let r = gsti2i::settings::state::AppliedReport::decode(&frames[1]).unwrap();
+            assert_eq!(r.frame, Some(42));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no report republished");
+    }
+}

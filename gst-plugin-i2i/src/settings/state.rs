@@ -23,6 +23,10 @@ use super::SettingsUpdate;
 pub const STATE_TOPIC: &[u8] = b"i2i-state";
 /// First frame of an applied-values report.
 pub const APPLIED_TOPIC: &[u8] = b"i2i-applied";
+/// Name of the custom upstream event i2itransform sends on its settings pad when it
+/// applies settings: fields `frame-index` (u64) and `settings` (the applied
+/// [`SettingsUpdate`] as JSON). settingssrc turns it into an [`AppliedReport`].
+pub const APPLIED_EVENT: &str = "i2i-settings-applied";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

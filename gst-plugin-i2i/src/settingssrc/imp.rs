@@ -23,8 +23,11 @@ use gst_base::subclass::prelude::*;
 
 use crate::settings::command::Command;
 use crate::settings::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
+use crate::settings::hub::ControlClient;
 use crate::settings::message::{MAX_MESSAGE_BYTES, decode_message};
-use crate::settings::state::{APPLIED_TOPIC, STATE_TOPIC, Snapshot, SnapshotFollower};
+use crate::settings::state::{
+    APPLIED_EVENT, APPLIED_TOPIC, AppliedReport, STATE_TOPIC, Snapshot, SnapshotFollower,
+};
 use crate::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
 
 use super::SocketType;
@@ -92,6 +95,8 @@ struct Stats {
     last_error: Option<String>,
     /// The endpoint as bound or connected (with the port chosen for `tcp://host:*`).
     local_endpoint: String,
+    /// Applied-settings reports sent to the state holder.
+    reported: u64,
 }
 
 /// Shared by the receive thread and the streaming thread.
@@ -103,14 +108,54 @@ struct Shared {
     stats: Stats,
     /// A fatal receive error, for create() to report.
     fatal: Option<String>,
+    /// The state holder's control socket, from its snapshots (connect mode only).
+    control_endpoint: Option<String>,
 }
 
 struct Receiver {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    reporter: Reporter,
     // Dropped after the thread (which owns the sockets) has ended.
     _zap: Option<ZapHandler>,
     _ctx: zmq::Context,
+}
+
+/// Sends the transform's applied-settings reports to the state holder's control socket
+/// (learnt from its snapshots), with the same CURVE keys as the subscription.
+struct Reporter {
+    ctx: zmq::Context,
+    curve: Option<(KeyPair, String)>,
+    client: Option<(String, ControlClient)>,
+    source: String,
+}
+
+impl Reporter {
+    /// Sends one report; false when there is nowhere to send it or the queue is full.
+    fn send(&mut self, endpoint: &str, report: &AppliedReport) -> Result<bool, String> {
+        if self.client.as_ref().map(|(e, _)| e.as_str()) != Some(endpoint) {
+            let curve = self.curve.as_ref().map(|(k, s)| (k, s.as_str()));
+            let client = ControlClient::connect_in(&self.ctx, endpoint, curve)?;
+            self.client = Some((endpoint.to_string(), client));
+        }
+        Ok(self.client.as_ref().is_some_and(|(_, c)| c.report(report)))
+    }
+}
+
+/// `tcp://host:5556` and port 5560 -> `tcp://host:5560`.
+fn control_endpoint(state_endpoint: &str, port: u16) -> Option<String> {
+    let rest = state_endpoint.strip_prefix("tcp://")?;
+    let (host, _) = rest.rsplit_once(':')?;
+    Some(format!("tcp://{host}:{port}"))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 impl Drop for Receiver {
@@ -196,7 +241,7 @@ impl ObjectImpl for SettingsSrc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, local-endpoint (as bound, with the chosen port)")
+                    .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, local-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt)")
                     .read_only()
                     .build(),
             ]
@@ -253,6 +298,7 @@ impl ObjectImpl for SettingsSrc {
                     .field("seq", st.seq)
                     .field("last-error", st.last_error.unwrap_or_default())
                     .field("local-endpoint", st.local_endpoint)
+                    .field("reported", st.reported)
                     .build()
                     .to_value()
             }
@@ -314,6 +360,7 @@ struct ReceiveContext {
     sock: zmq::Socket,
     monitor: Option<zmq::Socket>,
     endpoint: String,
+    bind: bool,
     element: glib::WeakRef<super::SettingsSrc>,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     stop: Arc<AtomicBool>,
@@ -458,6 +505,11 @@ impl ReceiveContext {
                         g.stats.epoch = epoch;
                         g.stats.seq = seq;
                     }
+                    if !self.bind {
+                        g.control_endpoint = snap
+                            .control_port
+                            .and_then(|p| control_endpoint(&self.endpoint, p));
+                    }
                     Ok(changes)
                 }
                 Err(e) => Err(e),
@@ -556,6 +608,7 @@ impl SettingsSrc {
         let curve_on = s.curve_key.is_some() || s.curve_server_key.is_some();
         let mut zap = None;
         let mut monitor = None;
+        let mut report_curve = None;
         if curve_on {
             curve::require_curve().map_err(fail)?;
         }
@@ -627,6 +680,7 @@ impl SettingsSrc {
                     None => KeyPair::generate().map_err(fail)?,
                 };
                 curve::make_client(&sock, &keys, &server).map_err(fail)?;
+                report_curve = Some((keys, server));
                 let ep = format!("inproc://settingssrc-monitor-{:p}", self);
                 if sock
                     .monitor(&ep, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
@@ -673,6 +727,7 @@ impl SettingsSrc {
             sock,
             monitor,
             endpoint: s.endpoint.clone(),
+            bind: s.bind,
             element,
             shared: self.shared.clone(),
             stop: stop.clone(),
@@ -683,12 +738,78 @@ impl SettingsSrc {
             .name("settingssrc-rx".into())
             .spawn(move || rx.run())
             .map_err(|e| fail(format!("cannot start the receive thread: {e}")))?;
+        let source = format!("{}@{}", self.obj().name(), host_name());
         Ok(Receiver {
             stop,
             thread: Some(thread),
+            reporter: Reporter {
+                ctx: ctx.clone(),
+                curve: report_curve,
+                client: None,
+                source,
+            },
             _zap: zap,
             _ctx: ctx,
         })
+    }
+}
+
+impl SettingsSrc {
+    /// Forwards what the transform applied to the state holder, for its consoles.
+    fn report(&self, s: &gst::StructureRef) {
+        let settings = match s
+            .get::<&str>("settings")
+            .map(|j| SettingsUpdate::from_json(j.as_bytes()))
+        {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                gst::warning!(CAT, imp = self, "applied report not understood: {e}");
+                return;
+            }
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "applied report without settings: {e}");
+                return;
+            }
+        };
+        let frame = s.get::<u64>("frame-index").ok();
+        let (endpoint, seq) = {
+            let g = lock(&self.shared.0);
+            (g.control_endpoint.clone(), g.stats.seq)
+        };
+        let Some(endpoint) = endpoint else {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "no state holder to report to (frame {frame:?}: {})",
+                settings.summary()
+            );
+            return;
+        };
+        let mut guard = lock(&self.receiver);
+        let Some(rx) = guard.as_mut() else { return };
+        let report = AppliedReport {
+            source: rx.reporter.source.clone(),
+            seq: Some(seq),
+            frame,
+            settings,
+        };
+        match rx.reporter.send(&endpoint, &report) {
+            Ok(true) => {
+                lock(&self.shared.0).stats.reported += 1;
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "reported to {endpoint}: {}",
+                    report.settings.summary()
+                );
+            }
+            Ok(false) => gst::debug!(
+                CAT,
+                imp = self,
+                "report to {endpoint} not sent (not connected yet)"
+            ),
+            Err(e) => gst::warning!(CAT, imp = self, "cannot report to {endpoint}: {e}"),
+        }
     }
 }
 
@@ -708,6 +829,17 @@ impl BaseSrcImpl for SettingsSrc {
 
     fn is_seekable(&self) -> bool {
         false
+    }
+
+    fn event(&self, event: &gst::Event) -> bool {
+        if let gst::EventView::CustomUpstream(e) = event.view()
+            && let Some(s) = e.structure()
+            && s.name() == APPLIED_EVENT
+        {
+            self.report(s);
+            return true;
+        }
+        self.parent_event(event)
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
