@@ -315,3 +315,80 @@ fn keygen_and_curve_from_the_command_line() {
     assert_eq!(snap.settings.seed, Some(42));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn remote_console_sends_commands_and_shows_applied_reports() {
+    let holder = Holder::start(&["serve"]);
+    let mut console = Command::new(BIN)
+        .args([
+            "--endpoint",
+            &holder.control,
+            "--state-endpoint",
+            &holder.state,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = console.stdin.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    for stream in [
+        Box::new(console.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(console.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    writeln!(stdin, "/seed 77").unwrap();
+    stdin.flush().unwrap();
+    wait_line(&rx, "ok seq=1 seed=77", Duration::from_secs(5));
+    // A transform reports what it applied (as settingssrc does), on the control socket.
+    let report = gsti2i::settings::state::AppliedReport {
+        source: "i2i0@stage-left".into(),
+        seq: Some(1),
+        frame: Some(120),
+        settings: gsti2i::settings::SettingsUpdate {
+            seed: Some(77),
+            ..Default::default()
+        },
+    };
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_linger(0).unwrap();
+    dealer.connect(&holder.control).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let mut frames = vec![Vec::new()];
+        frames.extend(report.encode());
+        dealer.send_multipart(frames, 0).unwrap();
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200))
+            && l.contains("applied by")
+        {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console never showed the report"
+        );
+    };
+    assert_eq!(
+        line,
+        "applied by i2i0@stage-left from frame 120 (seq 1): seed=77"
+    );
+    // The holder shows it too.
+    wait_line(
+        &holder.stderr,
+        "applied by i2i0@stage-left",
+        Duration::from_secs(2),
+    );
+    drop(stdin);
+    let status = console.wait().unwrap();
+    assert!(status.success());
+}
