@@ -717,3 +717,38 @@ fn applied_reports_travel_back_to_the_holder() {
         assert!(Instant::now() < deadline, "no report republished");
     }
 }
+
+#[test]
+fn a_restarted_holder_is_followed_with_its_new_state() {
+    let (first, _events) = hub(seed(5), None);
+    let state = first.info.state_endpoint.clone();
+    let control = first.info.control_endpoint.clone();
+    let mut rx = Receiver::start(&[("endpoint", &state)]);
+    assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(5)));
+    let epoch: u64 = rx.stat("epoch");
+    first.stop().unwrap();
+    // The same ports, a new process' state: the subscription reconnects by itself.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let config = HubConfig {
+        state_bind: state.clone(),
+        control_bind: control,
+        heartbeat: Duration::from_millis(300),
+        curve: None,
+        initial: SettingsUpdate {
+            seed: Some(5),
+            prompt: Some("after the restart".into()),
+            ..Default::default()
+        },
+    };
+    let second = Hub::bind(&config, Arc::new(move |e| ev.lock().unwrap().push(e)))
+        .unwrap()
+        .spawn()
+        .unwrap();
+    assert!(rx.pump_until(Duration::from_secs(5), |r| {
+        r.state.prompt.as_deref() == Some("after the restart")
+    }));
+    assert_ne!(rx.stat::<u64>("epoch"), epoch);
+    second.send(b"/seed 6").unwrap();
+    assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(6)));
+}
