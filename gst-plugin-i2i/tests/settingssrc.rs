@@ -56,7 +56,17 @@ impl Receiver {
         let sink = gst_app::AppSink::builder().sync(false).build();
         pipeline.add_many([&src, sink.upcast_ref()]).unwrap();
         src.link(&sink).unwrap();
-        pipeline.set_state(gst::State::Playing).unwrap();
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            let msg = pipeline
+                .bus()
+                .unwrap()
+                .timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error]);
+            let text = match msg.as_ref().map(|m| m.view()) {
+                Some(gst::MessageView::Error(e)) => e.error().to_string(),
+                _ => "no error message".to_string(),
+            };
+            panic!("settingssrc {props:?} did not start: {text}");
+        }
         Receiver {
             pipeline,
             src,

@@ -192,10 +192,13 @@ fn keys_in_text(text: &str) -> Result<Vec<String>, String> {
     }
     let mut keys = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
+        // `#` is a Z85 character too: only a word starting with it is a comment.
         let Some(first) = line.split_whitespace().next() else {
             continue;
         };
+        if first.starts_with('#') {
+            continue;
+        }
         check_z85(first).map_err(|e| format!("line {}: {e}", n + 1))?;
         keys.push(first.to_string());
     }
@@ -478,6 +481,16 @@ mod tests {
         .unwrap();
         let list = AllowList::load(&list_file).unwrap();
         assert_eq!(list.len(), 2);
+        // `#` is a Z85 character: a key containing it is still read whole.
+        let hash_key = zmq::z85_encode(&[0x5a; 32]).unwrap();
+        let hash_key = (0..=255u8)
+            .map(|b| zmq::z85_encode(&[b; 32]).unwrap())
+            .find(|k| k.contains('#'))
+            .unwrap_or(hash_key);
+        assert!(hash_key.contains('#'), "{hash_key}");
+        std::fs::write(&list_file, format!("{hash_key}\n")).unwrap();
+        let list = AllowList::load(&list_file).unwrap();
+        assert!(list.contains(&zmq::z85_decode(&hash_key).unwrap()));
         std::fs::write(&list_file, "not-a-key\n").unwrap();
         let e = AllowList::load(&list_file).unwrap_err();
         assert!(e.contains("line 1") && e.contains("not a CURVE key"), "{e}");
