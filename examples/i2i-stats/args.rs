@@ -100,7 +100,11 @@ fn seconds(value: OsString, flag: &str, allow_zero: bool) -> Result<f64, String>
     if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) {
         return Err(format!(
             "{flag}: expected a {} number of seconds, found '{s}'",
-            if allow_zero { "non-negative" } else { "positive" }
+            if allow_zero {
+                "non-negative"
+            } else {
+                "positive"
+            }
         ));
     }
     Ok(v)
@@ -174,12 +178,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             Short('n') | Long("frames") => {
                 let v = parser.value().map_err(e)?;
                 let s = v.to_string_lossy();
-                frames = Some(
-                    s.parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("--frames: expected a positive count, found '{s}'"))?,
-                );
+                frames =
+                    Some(s.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("--frames: expected a positive count, found '{s}'")
+                    })?);
             }
             Short('d') | Long("duration") => {
                 let s = seconds(parser.value().map_err(e)?, "--duration", false)?;
@@ -261,7 +263,10 @@ mod tests {
 
     #[test]
     fn port_shorthand_follows_bind_and_endpoint_wins() {
-        assert_eq!(run(&["-p", "6000"]).unwrap().endpoint, "tcp://localhost:6000");
+        assert_eq!(
+            run(&["-p", "6000"]).unwrap().endpoint,
+            "tcp://localhost:6000"
+        );
         assert_eq!(
             run(&["--port", "6000", "--bind"]).unwrap().endpoint,
             "tcp://*:6000"

@@ -154,6 +154,7 @@ fn socket_error(what: &str, endpoint: &str, e: zmq::Error) -> String {
 
 /// Receives until a stop condition, then reports. Returns the exit status.
 fn run(opts: Options) -> Result<u8, String> {
+    install_stop_handlers();
     let ctx = zmq::Context::new();
     let kind = match opts.socket_type {
         SocketType::Sub => zmq::SUB,
@@ -176,7 +177,6 @@ fn run(opts: Options) -> Result<u8, String> {
             .map_err(|e| socket_error("cannot connect to", &opts.endpoint, e))?;
     }
     let mut saver = opts.save.clone().map(Saver::new).transpose()?;
-    install_stop_handlers();
 
     let source = format!(
         "{} ({}, {})",
@@ -266,7 +266,9 @@ fn run(opts: Options) -> Result<u8, String> {
                                     msg.len()
                                 );
                                 if stats.malformed() == MALFORMED_WARNINGS {
-                                    eprintln!("i2i-stats: further malformed messages are only counted");
+                                    eprintln!(
+                                        "i2i-stats: further malformed messages are only counted"
+                                    );
                                 }
                             }
                         }
@@ -307,7 +309,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Version) => {
-            println!("i2i-stats {} ({})", env!("CARGO_PKG_VERSION"), env!("COMMIT_ID"));
+            println!(
+                "i2i-stats {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("COMMIT_ID")
+            );
             ExitCode::SUCCESS
         }
         Ok(Command::Run(opts)) => match run(opts) {

@@ -154,8 +154,8 @@ impl StreamStats {
             (Some(a), Some(b)) => b - a,
             _ => 0.0,
         };
-        let average_fps = (self.frames >= 2 && duration_s > 0.0)
-            .then(|| (self.frames - 1) as f64 / duration_s);
+        let average_fps =
+            (self.frames >= 2 && duration_s > 0.0).then(|| (self.frames - 1) as f64 / duration_s);
         let intervals_ms = IntervalSummary::of(&self.intervals_ms);
         let latency_ms = LatencySummary::of(&self.latencies_ms);
         let lost_ranges = self.lost_ranges();
@@ -196,7 +196,8 @@ impl StreamStats {
             latency_ms,
             bytes: self.wire_bytes,
             jpeg_bytes: self.jpeg_bytes,
-            average_frame_bytes: (self.frames > 0).then(|| self.jpeg_bytes as f64 / self.frames as f64),
+            average_frame_bytes: (self.frames > 0)
+                .then(|| self.jpeg_bytes as f64 / self.frames as f64),
             bandwidth_mbps,
             indices,
             realtime,
@@ -666,7 +667,10 @@ mod tests {
         assert_eq!(r.jpeg_bytes, 31_000);
         assert_eq!(r.bytes, 31 * 1010);
         assert!(close(r.average_frame_bytes.unwrap(), 1000.0));
-        assert!(close(r.bandwidth_mbps.unwrap(), 31.0 * 1010.0 * 8.0 / 1.2 / 1e6));
+        assert!(close(
+            r.bandwidth_mbps.unwrap(),
+            31.0 * 1010.0 * 8.0 / 1.2 / 1e6
+        ));
         assert!(r.realtime.ok, "{:?}", r.realtime);
 
         let strict = Thresholds {
