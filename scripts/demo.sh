@@ -89,7 +89,11 @@ fi
 OUT=$OUT_BASE/demo
 mkdir -p "$OUT"
 rm -f "$OUT"/[0-9]*.jpg "$OUT"/stats.txt "$OUT"/stats.json
+#    The verdict is judged against the input rate: does the pipeline keep up with it?
+MIN_FPS=$(awk -v f="$FPS" 'BEGIN { printf "%.2f", f * 0.9 }')
+MAX_INTERVAL_MS=$(awk -v f="$FPS" 'BEGIN { printf "%.1f", 1000 / (f * 0.9) }')
 i2i-stats --port "$PORT" --frames "$COUNT" --timeout 60 --no-progress --quiet \
+  --min-fps "$MIN_FPS" --max-interval-ms "$MAX_INTERVAL_MS" \
   --save "$OUT" >"$OUT/stats.txt" 2>"$OUT/stats.log" &
 STATS_PID=$!
 cleanup() { kill "$STATS_PID" 2>/dev/null || true; }

@@ -165,6 +165,10 @@ fn run(opts: Options) -> Result<u8, String> {
         .map_err(|e| format!("cannot create a ZeroMQ socket: {e}"))?;
     sock.set_linger(0)
         .map_err(|e| socket_error("cannot configure socket for", &opts.endpoint, e))?;
+    // Retry a refused connection quickly: a sender that binds after we start (the usual
+    // order in scripts) is then joined within a frame or two, not ZeroMQ's default 100 ms.
+    sock.set_reconnect_ivl(10)
+        .map_err(|e| socket_error("cannot configure socket for", &opts.endpoint, e))?;
     if opts.socket_type == SocketType::Sub {
         sock.set_subscribe(b"")
             .map_err(|e| socket_error("cannot subscribe to", &opts.endpoint, e))?;

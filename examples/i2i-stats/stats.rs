@@ -420,6 +420,15 @@ fn opt(v: Option<f64>, prec: usize, unit: &str) -> String {
     }
 }
 
+/// Milliseconds below a second, seconds above.
+fn ms_or_s(ms: f64) -> String {
+    if ms.abs() < 1000.0 {
+        format!("{ms:.1}ms")
+    } else {
+        format!("{:.2}s", ms / 1000.0)
+    }
+}
+
 const RULE: &str = "======================================================================";
 
 impl fmt::Display for Report {
@@ -525,11 +534,11 @@ impl fmt::Display for Report {
                     c.limit
                 ),
                 ("latency_p95_ms", Some(v)) => format!(
-                    "Latency {} (p95 {:.2}s {} {:.2}s)",
+                    "Latency {} (p95 {} {} {})",
                     if c.ok { "acceptable" } else { "too high" },
-                    v / 1000.0,
+                    ms_or_s(v),
                     if c.ok { "<=" } else { ">" },
-                    c.limit / 1000.0
+                    ms_or_s(c.limit)
                 ),
                 (name, _) => format!("{name}: not enough frames to measure"),
             };
@@ -684,7 +693,7 @@ mod tests {
         assert_eq!(failed[0].name, "fps");
         let text = r.to_string();
         assert!(text.contains("❌ Frame rate too low for real-time (25.0 < 30.0 FPS)"));
-        assert!(text.contains("✅ Latency acceptable (p95 0.12s <= 3.00s)"));
+        assert!(text.contains("✅ Latency acceptable (p95 120.0ms <= 3.00s)"));
         assert!(text.contains("Verdict: NOT REAL-TIME"));
     }
 
