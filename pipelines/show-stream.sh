@@ -26,6 +26,7 @@ EOF
 }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
 die() { echo "show-stream.sh: $*" >&2; exit 2; }
 
 OUT=""
@@ -46,11 +47,11 @@ while [ $# -gt 0 ]; do
     *) POSITIONAL+=("$1"); shift ;;
   esac
 done
-[ ${#POSITIONAL[@]} -ge 1 ] && [ ${#POSITIONAL[@]} -le 2 ] || { usage >&2; die "expected PORT [HOST]"; }
+if [ ${#POSITIONAL[@]} -lt 1 ] || [ ${#POSITIONAL[@]} -gt 2 ]; then usage >&2; die "expected PORT [HOST]"; fi
 PORT=${POSITIONAL[0]}
 HOST=${POSITIONAL[1]:-localhost}
-[[ "$PORT" =~ ^[0-9]+$ ]] && [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] \
-  || die "PORT: expected 1..65535, found '$PORT'"
+is_port "$PORT" || die "PORT: expected 1..65535, found '$PORT'"
+PORT=$((10#$PORT))
 [ -z "$FRAMES" ] || [[ "$FRAMES" =~ ^[1-9][0-9]*$ ]] \
   || die "--frames: expected a positive count, found '$FRAMES'"
 case "$SOCKET_TYPE" in ""|sub|pull) ;; *) die "--socket-type: expected sub or pull, found '$SOCKET_TYPE'" ;; esac

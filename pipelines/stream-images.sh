@@ -28,6 +28,7 @@ EOF
 }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
 die() { echo "stream-images.sh: $*" >&2; exit 2; }
 
 INPUT="$ROOT/out/frames"
@@ -53,8 +54,8 @@ done
 
 [[ "$FPS" =~ ^[1-9][0-9]*(/[1-9][0-9]*)?$ ]] || die "--fps: expected N or N/D, found '$FPS'"
 [[ "$FPS" == */* ]] || FPS="$FPS/1"
-[[ "$PORT" =~ ^[0-9]+$ ]] && [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] \
-  || die "--port: expected 1..65535, found '$PORT'"
+is_port "$PORT" || die "--port: expected 1..65535, found '$PORT'"
+PORT=$((10#$PORT))
 [ -z "$NUM_FRAMES" ] || [[ "$NUM_FRAMES" =~ ^[1-9][0-9]*$ ]] \
   || die "--num-frames: expected a positive count, found '$NUM_FRAMES'"
 case "$SOCKET_TYPE" in ""|pub|push) ;; *) die "--socket-type: expected pub or push, found '$SOCKET_TYPE'" ;; esac

@@ -30,6 +30,7 @@ EOF
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 log() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
+is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
 die() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; exit 1; }
 
 PORT=5557
@@ -50,7 +51,8 @@ while [ $# -gt 0 ]; do
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
 done
-[[ "$PORT" =~ ^[0-9]+$ ]] && [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || die "--port: expected 1..65535, found '$PORT'"
+is_port "$PORT" || die "--port: expected 1..65535, found '$PORT'"
+PORT=$((10#$PORT))
 [[ "$COUNT" =~ ^[1-9][0-9]*$ ]] || die "--frames: expected a positive count, found '$COUNT'"
 [[ "$FPS" =~ ^[1-9][0-9]*$ ]] || die "--fps: expected a positive whole number, found '$FPS'"
 
