@@ -23,10 +23,8 @@ fn script(rel: &str) -> PathBuf {
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "scripts-{name}-{}",
-        std::process::id()
-    ));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("scripts-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -142,7 +140,12 @@ impl Drop for Proc {
 fn make_jpegs(dir: &Path, count: u32) -> Vec<Vec<u8>> {
     std::fs::create_dir_all(dir).unwrap();
     let status = Command::new("gst-launch-1.0")
-        .args(["-q", "videotestsrc", "pattern=ball", &format!("num-buffers={count}")])
+        .args([
+            "-q",
+            "videotestsrc",
+            "pattern=ball",
+            &format!("num-buffers={count}"),
+        ])
         .args(["!", "video/x-raw,width=96,height=64", "!", "jpegenc", "!"])
         .args([
             "multifilesink",
@@ -195,7 +198,11 @@ fn scripts_explain_themselves_and_reject_bad_arguments() {
     }
     for (rel, args, needle) in [
         ("pipelines/stream-images.sh", &["--fps", "0"][..], "--fps"),
-        ("pipelines/stream-images.sh", &["--bogus"][..], "unknown argument"),
+        (
+            "pipelines/stream-images.sh",
+            &["--bogus"][..],
+            "unknown argument",
+        ),
         (
             "pipelines/stream-images.sh",
             &["--input-folder", "/nonexistent/frames"][..],
@@ -213,7 +220,10 @@ fn scripts_explain_themselves_and_reject_bad_arguments() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{rel} {args:?} succeeded");
-        assert!(stderr.contains(needle), "{rel} {args:?}: '{stderr}' lacks '{needle}'");
+        assert!(
+            stderr.contains(needle),
+            "{rel} {args:?}: '{stderr}' lacks '{needle}'"
+        );
     }
 }
 
@@ -248,7 +258,12 @@ fn stream_images_sends_the_file_bytes_at_the_frame_rate() {
     let status = stats.wait(Duration::from_secs(40));
     sender.kill();
     let stdout = stats.stdout();
-    assert!(status.success(), "i2i-stats: {}\n{}", stdout, stats.stderr());
+    assert!(
+        status.success(),
+        "i2i-stats: {}\n{}",
+        stdout,
+        stats.stderr()
+    );
     let r: Value = serde_json::from_str(stdout.trim()).unwrap();
     let sender_log = sender.stderr();
     assert_eq!(r["frames"], 30, "{r:#}\nsender:\n{sender_log}");
@@ -261,7 +276,10 @@ fn stream_images_sends_the_file_bytes_at_the_frame_rate() {
         "indices must count frames (consecutive), not bytes: {ix}"
     );
     let fps = r["average_fps"].as_f64().unwrap();
-    assert!((15.0..40.0).contains(&fps), "paced at 25 fps, measured {fps}");
+    assert!(
+        (15.0..40.0).contains(&fps),
+        "paced at 25 fps, measured {fps}"
+    );
     assert_eq!(all_identical_to_inputs(&dir.join("received"), &inputs), 30);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -339,7 +357,13 @@ fn demo_runs_headless() {
     // A subscriber may miss the very first frames while it joins; the rest must be there.
     let received = std::fs::read_dir(dir.join("demo"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "jpg"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jpg")
+        })
         .count();
     assert!((25..=30).contains(&received), "received {received} of 30");
     assert!(
