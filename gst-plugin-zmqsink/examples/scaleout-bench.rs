@@ -1,0 +1,428 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Scale-out benchmark: throughput of one primary with 1 and 2 workers, and with a third,
+//! artificially slow worker added, on 127.0.0.1.
+//!
+//! The primary (this process) dispatches pre-encoded JPEG frames as fast as the workers
+//! take them (queue-policy=block) and collects the results in order. Each worker is a
+//! gst-launch-1.0 process: `zmqworkersrc ! jpegdec ! i2itransform threads=1 ! zmqmsgpacksink`.
+//! Throughput is counted from the frames' entry times, once the first tenth (warm-up) has
+//! passed. Every run must deliver all frames in order.
+//!
+//!     cargo build --release -p gst-plugin-i2i -p gst-plugin-zmqsink
+//!     cargo run --release -p gst-plugin-zmqsink --example scaleout-bench -- --model models/demo
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+const USAGE: &str = "\
+Usage: scaleout-bench [OPTIONS]
+
+  --model DIR        model for i2itransform (default models/demo)
+  --frames N         frames per run (default 150)
+  --size N           frame width and height (default 512)
+  --threads N        ONNX Runtime threads per worker (default 1)
+  --batch-size N     i2itransform batch size and frames per job (default 1)
+  --slow-ms MS       extra time per frame of the slow worker (default 300)
+  --passthrough      workers only decode and encode (no i2itransform): measures the
+                     scale-out machinery itself
+  --runs LIST        which runs, comma-separated from 1,2,slow (default 1,2,slow)
+  --json             print the results as one JSON object as well
+";
+
+struct Options {
+    model: String,
+    frames: usize,
+    size: u32,
+    threads: u32,
+    batch: u32,
+    slow_ms: u32,
+    passthrough: bool,
+    runs: Vec<String>,
+    json: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        model: "models/demo".into(),
+        frames: 150,
+        size: 512,
+        threads: 1,
+        batch: 1,
+        slow_ms: 300,
+        passthrough: false,
+        runs: vec!["1".into(), "2".into(), "slow".into()],
+        json: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        let number = |name: &str, v: String| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(format!("{name}: expected a positive number, found '{v}'"))
+        };
+        match a.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--model" => o.model = value("--model")?,
+            "--frames" => o.frames = number("--frames", value("--frames")?)? as usize,
+            "--size" => o.size = number("--size", value("--size")?)? as u32,
+            "--threads" => o.threads = number("--threads", value("--threads")?)? as u32,
+            "--batch-size" => o.batch = number("--batch-size", value("--batch-size")?)? as u32,
+            "--slow-ms" => o.slow_ms = number("--slow-ms", value("--slow-ms")?)? as u32,
+            "--passthrough" => o.passthrough = true,
+            "--json" => o.json = true,
+            "--runs" => {
+                o.runs = value("--runs")?.split(',').map(|s| s.trim().to_owned()).collect();
+                if let Some(bad) = o.runs.iter().find(|r| !["1", "2", "slow"].contains(&r.as_str())) {
+                    return Err(format!("--runs: unknown run '{bad}' (use 1, 2, slow)"));
+                }
+            }
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+        }
+    }
+    if o.frames < 20 {
+        return Err("--frames: use at least 20".into());
+    }
+    Ok(o)
+}
+
+/// target/release, where the plugins are (this example runs from target/release/examples).
+fn plugin_dir(passthrough: bool) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .ok_or("cannot find the target directory")?
+        .to_path_buf();
+    let mut need = vec!["libgstzmqmsgpack.so"];
+    if !passthrough {
+        need.push("libgsti2i.so");
+    }
+    for lib in need {
+        if !dir.join(lib).exists() {
+            return Err(format!(
+                "{} not found in {}: build the plugins first (cargo build --release -p gst-plugin-i2i -p gst-plugin-zmqsink)",
+                lib,
+                dir.display()
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+fn jpegs(n: usize, size: u32) -> Result<Vec<gst::Buffer>, String> {
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers={n} pattern=ball ! video/x-raw,width={size},height={size} \
+         ! jpegenc quality=90 ! appsink name=out sync=false"
+    ))
+    .map_err(|e| e.to_string())?
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Ok(s) = sink.pull_sample() {
+        out.push(s.buffer_owned().unwrap());
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    Ok(out)
+}
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // SIGINT-like stop is not needed: the run is over; kill and reap.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(o: &Options, dir: &PathBuf, d: &str, c: &str, name: &str, slow: bool) -> Result<Worker, String> {
+    let mut desc = format!(
+        "zmqworkersrc endpoint={d} worker-name={name} batch-size={} ! jpegdec",
+        o.batch
+    );
+    if slow {
+        desc += &format!(" ! identity sleep-time={}", u64::from(o.slow_ms) * 1000);
+    }
+    if o.passthrough {
+        desc += " ! videoconvert";
+    } else {
+        desc += &format!(
+            " ! i2itransform model={} batch-size={} threads={} width={} height={}",
+            o.model, o.batch, o.threads, o.size, o.size
+        );
+    }
+    desc += &format!(" ! zmqmsgpacksink endpoint={c} bind=false socket-type=push sync=false");
+    let registry = std::env::temp_dir().join(format!("scaleout-bench-registry-{}.bin", std::process::id()));
+    let child = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(desc.split_whitespace())
+        .env("GST_PLUGIN_PATH", dir)
+        .env("GST_REGISTRY", registry)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start gst-launch-1.0: {e}"))?;
+    Ok(Worker(child))
+}
+
+struct RunResult {
+    name: String,
+    workers: usize,
+    fps: f64,
+    delivered: usize,
+    missing: u64,
+    late: u64,
+    per_worker: Vec<(String, u64)>,
+}
+
+fn run(o: &Options, dir: &PathBuf, frames: &[gst::Buffer], fast: usize, slow: bool) -> Result<RunResult, String> {
+    let group = format!("bench-{}-{fast}-{slow}", std::process::id());
+    let desc = format!(
+        "appsrc name=src is-live=false format=time block=true max-buffers=4 \
+           caps=image/jpeg,width={s},height={s},framerate=0/1 \
+         ! zmqdispatchsink name=d endpoint=tcp://127.0.0.1:* sync=false max-queue=8 group={group} \
+         zmqcollectsrc name=c endpoint=tcp://127.0.0.1:* playout-delay=3000 max-frames=100000 group={group} \
+         ! appsink name=out sync=false",
+        s = o.size
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| e.to_string())?
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let d = pipeline.by_name("d").unwrap();
+    let c = pipeline.by_name("c").unwrap();
+    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let sink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let outs: Arc<Mutex<Vec<(u64, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let o2 = outs.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let b = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let ts = b
+                    .iter_meta::<gst::ReferenceTimestampMeta>()
+                    .next()
+                    .map(|m| (m.timestamp().nseconds() / 1000) as i64)
+                    .unwrap_or(0);
+                o2.lock().unwrap().push((b.offset(), ts));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline
+        .set_state(gst::State::Paused)
+        .map_err(|e| format!("primary: {e}"))?;
+    let dep = d.property::<Option<String>>("bound-endpoint").unwrap();
+    let cep = c.property::<Option<String>>("bound-endpoint").unwrap();
+    let mut workers = Vec::new();
+    for i in 0..fast {
+        workers.push(spawn_worker(o, dir, &dep, &cep, &format!("fast{i}"), false)?);
+    }
+    if slow {
+        workers.push(spawn_worker(o, dir, &dep, &cep, "slow", true)?);
+    }
+    let t0 = Instant::now();
+    loop {
+        let n = d.property::<gst::Structure>("stats").get::<u64>("workers").unwrap();
+        if n as usize == workers.len() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(format!("only {n} of {} workers joined within 60 s", workers.len()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("primary: {e}"))?;
+    for i in 0..o.frames {
+        let mut b = frames[i % frames.len()].copy();
+        b.get_mut().unwrap().set_pts(gst::ClockTime::NONE);
+        src.push_buffer(b).map_err(|e| format!("push: {e:?}"))?;
+    }
+    let _ = src.end_of_stream();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(600),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => {}
+        Some(gst::MessageView::Error(e)) => return Err(format!("primary: {} ({:?})", e.error(), e.debug())),
+        _ => return Err("no end of stream within 600 s".into()),
+    }
+    let dstats = d.property::<gst::Structure>("stats");
+    let cstats = c.property::<gst::Structure>("stats");
+    let _ = pipeline.set_state(gst::State::Null);
+    drop(workers);
+
+    let outs = outs.lock().unwrap().clone();
+    if outs.windows(2).any(|p| p[1].0 <= p[0].0) {
+        return Err("output out of order".into());
+    }
+    let skip = o.frames / 10;
+    let steady: Vec<&(u64, i64)> = outs.iter().filter(|(i, _)| *i as usize >= skip).collect();
+    let fps = if steady.len() >= 2 {
+        let span_us = steady.last().unwrap().1 - steady[0].1;
+        (steady.len() - 1) as f64 / (span_us as f64 / 1e6)
+    } else {
+        0.0
+    };
+    let per_worker = dstats
+        .get::<gst::Array>("worker-list")
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.get::<gst::Structure>().ok())
+        .map(|s| (s.get::<String>("name").unwrap(), s.get::<u64>("frames").unwrap()))
+        .collect();
+    Ok(RunResult {
+        name: match (fast, slow) {
+            (n, false) => format!("{n} worker{}", if n == 1 { "" } else { "s" }),
+            (n, true) => format!("{n} workers + 1 slow (+{} ms/frame)", o.slow_ms),
+        },
+        workers: fast + usize::from(slow),
+        fps,
+        delivered: outs.len(),
+        missing: cstats.get::<u64>("missing").unwrap(),
+        late: cstats.get::<u64>("late").unwrap(),
+        per_worker,
+    })
+}
+
+fn main() {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("scaleout-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = gst::init() {
+        eprintln!("scaleout-bench: GStreamer does not initialise: {e}");
+        std::process::exit(1);
+    }
+    if let Err(e) = gstzmqmsgpack::plugin_register_static() {
+        eprintln!("scaleout-bench: cannot register the plugin: {e}");
+        std::process::exit(1);
+    }
+    let dir = match plugin_dir(o.passthrough) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("scaleout-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    if !o.passthrough && !std::path::Path::new(&o.model).is_dir() {
+        eprintln!("scaleout-bench: model directory '{}' not found (scripts/setup.sh makes models/demo)", o.model);
+        std::process::exit(1);
+    }
+    let frames = match jpegs(30, o.size) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("scaleout-bench: cannot make test frames: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "scale-out benchmark: {} frames of {}x{} per run, {}, {} ONNX Runtime thread(s) per worker, batch {}, on {} CPUs",
+        o.frames,
+        o.size,
+        o.size,
+        if o.passthrough { "passthrough workers".to_string() } else { format!("i2itransform {}", o.model) },
+        o.threads,
+        o.batch,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let mut results = Vec::new();
+    for r in &o.runs {
+        let (fast, slow) = match r.as_str() {
+            "1" => (1, false),
+            "2" => (2, false),
+            _ => (2, true),
+        };
+        match run(&o, &dir, &frames, fast, slow) {
+            Ok(res) => {
+                println!(
+                    "  {:<38} {:>6.2} frames/s  delivered {}/{} (missing {}, late {})  per worker: {}",
+                    res.name,
+                    res.fps,
+                    res.delivered,
+                    o.frames,
+                    res.missing,
+                    res.late,
+                    res.per_worker
+                        .iter()
+                        .map(|(n, f)| format!("{n} {f}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                results.push(res);
+            }
+            Err(e) => {
+                eprintln!("scaleout-bench: run '{r}' failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let fps_of = |n: &str| results.iter().find(|r| r.name == n).map(|r| r.fps);
+    let one = fps_of("1 worker");
+    let two = fps_of("2 workers");
+    let slow = results.iter().find(|r| r.name.contains("slow"));
+    let mut ok = results.iter().all(|r| r.delivered == o.frames);
+    if let (Some(one), Some(two)) = (one, two) {
+        let ratio = two / one;
+        let pass = ratio >= 1.7;
+        ok &= pass;
+        println!(
+            "2 workers / 1 worker: {ratio:.2}x (target >= 1.70): {}",
+            if pass { "PASS" } else { "FAIL" }
+        );
+    }
+    if let (Some(two), Some(s)) = (two, slow) {
+        // The fast workers' own throughput with the slow one beside them.
+        let fast_frames: u64 = s.per_worker.iter().filter(|(n, _)| n != "slow").map(|(_, f)| f).sum();
+        let share = fast_frames as f64 / o.frames as f64;
+        let fast_fps = s.fps * share;
+        let ratio = fast_fps / two;
+        let pass = ratio >= 0.9 && s.fps >= two * 0.95;
+        ok &= pass;
+        println!(
+            "with a slow worker: total {:.2} frames/s ({:.2}x of 2 workers), the 2 fast ones {fast_fps:.2} frames/s ({ratio:.2}x of their own; target >= 0.90): {}",
+            s.fps,
+            s.fps / two,
+            if pass { "PASS" } else { "FAIL" }
+        );
+    }
+    if o.json {
+        let runs: Vec<String> = results
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"run\":\"{}\",\"workers\":{},\"fps\":{:.3},\"delivered\":{},\"missing\":{},\"late\":{}}}",
+                    r.name, r.workers, r.fps, r.delivered, r.missing, r.late
+                )
+            })
+            .collect();
+        println!("{{\"frames\":{},\"runs\":[{}]}}", o.frames, runs.join(","));
+    }
+    std::process::exit(if ok { 0 } else { 1 });
+}
