@@ -30,6 +30,7 @@ Usage: scaleout-bench [OPTIONS]
   --passthrough      workers only decode and encode (no i2itransform): measures the
                      scale-out machinery itself
   --runs LIST        which runs, comma-separated from 1,2,slow (default 1,2,slow)
+  --plugin-path DIRS where the workers find the plugins (default: this build, target/release)
   --json             print the results as one JSON object as well
 ";
 
@@ -43,6 +44,7 @@ struct Options {
     passthrough: bool,
     runs: Vec<String>,
     json: bool,
+    plugin_path: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -56,6 +58,7 @@ fn parse_args() -> Result<Options, String> {
         passthrough: false,
         runs: vec!["1".into(), "2".into(), "slow".into()],
         json: false,
+        plugin_path: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -79,9 +82,17 @@ fn parse_args() -> Result<Options, String> {
             "--slow-ms" => o.slow_ms = number("--slow-ms", value("--slow-ms")?)? as u32,
             "--passthrough" => o.passthrough = true,
             "--json" => o.json = true,
+            "--plugin-path" => o.plugin_path = Some(value("--plugin-path")?),
             "--runs" => {
-                o.runs = value("--runs")?.split(',').map(|s| s.trim().to_owned()).collect();
-                if let Some(bad) = o.runs.iter().find(|r| !["1", "2", "slow"].contains(&r.as_str())) {
+                o.runs = value("--runs")?
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .collect();
+                if let Some(bad) = o
+                    .runs
+                    .iter()
+                    .find(|r| !["1", "2", "slow"].contains(&r.as_str()))
+                {
                     return Err(format!("--runs: unknown run '{bad}' (use 1, 2, slow)"));
                 }
             }
@@ -94,28 +105,32 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-/// target/release, where the plugins are (this example runs from target/release/examples).
-fn plugin_dir(passthrough: bool) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .ok_or("cannot find the target directory")?
-        .to_path_buf();
+/// The workers' plugin path: `--plugin-path`, else target/release, where this example's
+/// build put the plugins (it runs from target/release/examples).
+fn plugin_path(o: &Options) -> Result<String, String> {
+    let path = match &o.plugin_path {
+        Some(p) => p.clone(),
+        None => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            exe.parent()
+                .and_then(|p| p.parent())
+                .ok_or("cannot find the target directory")?
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
     let mut need = vec!["libgstzmqmsgpack.so"];
-    if !passthrough {
+    if !o.passthrough {
         need.push("libgsti2i.so");
     }
     for lib in need {
-        if !dir.join(lib).exists() {
+        if !path.split(':').any(|d| PathBuf::from(d).join(lib).exists()) {
             return Err(format!(
-                "{} not found in {}: build the plugins first (cargo build --release -p gst-plugin-i2i -p gst-plugin-zmqsink)",
-                lib,
-                dir.display()
+                "{lib} not found in {path}: build the plugins first (cargo build --release -p gst-plugin-i2i -p gst-plugin-zmqsink)"
             ));
         }
     }
-    Ok(dir)
+    Ok(path)
 }
 
 fn jpegs(n: usize, size: u32) -> Result<Vec<gst::Buffer>, String> {
@@ -152,7 +167,14 @@ impl Drop for Worker {
     }
 }
 
-fn spawn_worker(o: &Options, dir: &PathBuf, d: &str, c: &str, name: &str, slow: bool) -> Result<Worker, String> {
+fn spawn_worker(
+    o: &Options,
+    dir: &str,
+    d: &str,
+    c: &str,
+    name: &str,
+    slow: bool,
+) -> Result<Worker, String> {
     let mut desc = format!(
         "zmqworkersrc endpoint={d} worker-name={name} batch-size={} ! jpegdec",
         o.batch
@@ -169,7 +191,10 @@ fn spawn_worker(o: &Options, dir: &PathBuf, d: &str, c: &str, name: &str, slow: 
         );
     }
     desc += &format!(" ! zmqmsgpacksink endpoint={c} bind=false socket-type=push sync=false");
-    let registry = std::env::temp_dir().join(format!("scaleout-bench-registry-{}.bin", std::process::id()));
+    let registry = std::env::temp_dir().join(format!(
+        "scaleout-bench-registry-{}.bin",
+        std::process::id()
+    ));
     let child = Command::new("gst-launch-1.0")
         .arg("-q")
         .args(desc.split_whitespace())
@@ -193,7 +218,13 @@ struct RunResult {
     per_worker: Vec<(String, u64)>,
 }
 
-fn run(o: &Options, dir: &PathBuf, frames: &[gst::Buffer], fast: usize, slow: bool) -> Result<RunResult, String> {
+fn run(
+    o: &Options,
+    dir: &str,
+    frames: &[gst::Buffer],
+    fast: usize,
+    slow: bool,
+) -> Result<RunResult, String> {
     let group = format!("bench-{}-{fast}-{slow}", std::process::id());
     let desc = format!(
         "appsrc name=src is-live=false format=time block=true max-buffers=4 \
@@ -209,8 +240,16 @@ fn run(o: &Options, dir: &PathBuf, frames: &[gst::Buffer], fast: usize, slow: bo
         .unwrap();
     let d = pipeline.by_name("d").unwrap();
     let c = pipeline.by_name("c").unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let sink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
     let outs: Arc<Mutex<Vec<(u64, i64)>>> = Arc::new(Mutex::new(Vec::new()));
     let o2 = outs.clone();
     sink.set_callbacks(
@@ -235,19 +274,32 @@ fn run(o: &Options, dir: &PathBuf, frames: &[gst::Buffer], fast: usize, slow: bo
     let cep = c.property::<Option<String>>("bound-endpoint").unwrap();
     let mut workers = Vec::new();
     for i in 0..fast {
-        workers.push(spawn_worker(o, dir, &dep, &cep, &format!("fast{i}"), false)?);
+        workers.push(spawn_worker(
+            o,
+            dir,
+            &dep,
+            &cep,
+            &format!("fast{i}"),
+            false,
+        )?);
     }
     if slow {
         workers.push(spawn_worker(o, dir, &dep, &cep, "slow", true)?);
     }
     let t0 = Instant::now();
     loop {
-        let n = d.property::<gst::Structure>("stats").get::<u64>("workers").unwrap();
+        let n = d
+            .property::<gst::Structure>("stats")
+            .get::<u64>("workers")
+            .unwrap();
         if n as usize == workers.len() {
             break;
         }
         if t0.elapsed() > Duration::from_secs(60) {
-            return Err(format!("only {n} of {} workers joined within 60 s", workers.len()));
+            return Err(format!(
+                "only {n} of {} workers joined within 60 s",
+                workers.len()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -267,7 +319,9 @@ fn run(o: &Options, dir: &PathBuf, frames: &[gst::Buffer], fast: usize, slow: bo
     );
     match msg.as_ref().map(|m| m.view()) {
         Some(gst::MessageView::Eos(_)) => {}
-        Some(gst::MessageView::Error(e)) => return Err(format!("primary: {} ({:?})", e.error(), e.debug())),
+        Some(gst::MessageView::Error(e)) => {
+            return Err(format!("primary: {} ({:?})", e.error(), e.debug()));
+        }
         _ => return Err("no end of stream within 600 s".into()),
     }
     let dstats = d.property::<gst::Structure>("stats");
@@ -292,7 +346,12 @@ fn run(o: &Options, dir: &PathBuf, frames: &[gst::Buffer], fast: usize, slow: bo
         .unwrap()
         .iter()
         .filter_map(|v| v.get::<gst::Structure>().ok())
-        .map(|s| (s.get::<String>("name").unwrap(), s.get::<u64>("frames").unwrap()))
+        .map(|s| {
+            (
+                s.get::<String>("name").unwrap(),
+                s.get::<u64>("frames").unwrap(),
+            )
+        })
         .collect();
     Ok(RunResult {
         name: match (fast, slow) {
@@ -324,7 +383,7 @@ fn main() {
         eprintln!("scaleout-bench: cannot register the plugin: {e}");
         std::process::exit(1);
     }
-    let dir = match plugin_dir(o.passthrough) {
+    let dir = match plugin_path(&o) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("scaleout-bench: {e}");
@@ -332,7 +391,10 @@ fn main() {
         }
     };
     if !o.passthrough && !std::path::Path::new(&o.model).is_dir() {
-        eprintln!("scaleout-bench: model directory '{}' not found (scripts/setup.sh makes models/demo)", o.model);
+        eprintln!(
+            "scaleout-bench: model directory '{}' not found (scripts/setup.sh makes models/demo)",
+            o.model
+        );
         std::process::exit(1);
     }
     let frames = match jpegs(30, o.size) {
@@ -347,10 +409,16 @@ fn main() {
         o.frames,
         o.size,
         o.size,
-        if o.passthrough { "passthrough workers".to_string() } else { format!("i2itransform {}", o.model) },
+        if o.passthrough {
+            "passthrough workers".to_string()
+        } else {
+            format!("i2itransform {}", o.model)
+        },
         o.threads,
         o.batch,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     let mut results = Vec::new();
     for r in &o.runs {
@@ -399,7 +467,12 @@ fn main() {
     }
     if let (Some(two), Some(s)) = (two, slow) {
         // The fast workers' own throughput with the slow one beside them.
-        let fast_frames: u64 = s.per_worker.iter().filter(|(n, _)| n != "slow").map(|(_, f)| f).sum();
+        let fast_frames: u64 = s
+            .per_worker
+            .iter()
+            .filter(|(n, _)| n != "slow")
+            .map(|(_, f)| f)
+            .sum();
         let share = fast_frames as f64 / o.frames as f64;
         let fast_fps = s.fps * share;
         let ratio = fast_fps / two;

@@ -48,7 +48,6 @@ pub fn index_of(buffer: &gst::BufferRef) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gst::prelude::*;
 
     #[test]
     fn index_survives_a_copy_that_drops_the_offset() {

@@ -74,7 +74,8 @@ fn workers_follow_a_restarted_primary() {
     init();
     let dispatch = format!("tcp://127.0.0.1:{}", free_port());
     let collect = format!("tcp://127.0.0.1:{}", free_port());
-    let source = "videotestsrc num-buffers=40 ! video/x-raw,width=32,height=32,framerate=200/1 ! jpegenc";
+    let source =
+        "videotestsrc num-buffers=40 ! video/x-raw,width=32,height=32,framerate=200/1 ! jpegenc";
     let worker = worker_pipeline(&dispatch, &collect, "w", "videoflip method=clockwise");
     let src = worker.by_name("src").unwrap();
     src.set_property("primary-timeout", 500u32);
@@ -84,7 +85,10 @@ fn workers_follow_a_restarted_primary() {
         let primary = Primary::on(&dispatch, &collect, source, "", "playout-delay=500");
         primary.wait_workers(1, Duration::from_secs(5));
         primary.play();
-        assert!(primary.wait_eos(Duration::from_secs(10)), "run {run}: no EOS");
+        assert!(
+            primary.wait_eos(Duration::from_secs(10)),
+            "run {run}: no EOS"
+        );
         let outs = primary.outs.lock().unwrap().clone();
         assert_in_order(&outs);
         assert_eq!(outs.len(), 40, "run {run}: {}", primary.collect_stats());
@@ -227,7 +231,10 @@ impl FakePrimary {
     }
 
     fn recv(&mut self) -> WorkerMsg {
-        let parts = self.socket.recv_multipart(0).expect("a message from the worker");
+        let parts = self
+            .socket
+            .recv_multipart(0)
+            .expect("a message from the worker");
         self.worker = parts[0].clone();
         wire::decode_worker(&parts[1..]).unwrap()
     }
@@ -272,7 +279,10 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
 
     // Hello before any session, then the session handshake.
     let hello = primary.ready_where(|_| true);
-    assert_eq!((hello.session, hello.batch, hello.name.as_str()), (0, 2, "box"));
+    assert_eq!(
+        (hello.session, hello.batch, hello.name.as_str()),
+        (0, 2, "box")
+    );
     primary.send(&wire::encode_heartbeat(7));
     let r = primary.ready_where(|r| r.session == 7);
     assert_eq!((r.credit, r.taken), (2, 0), "room for one batch");
@@ -321,7 +331,12 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     // The input ended on the primary: the worker forwards a drain downstream.
     primary.send(&wire::encode_drain(7));
     let t0 = Instant::now();
-    while w.property::<gst::Structure>("stats").get::<u64>("drains").unwrap() == 0 {
+    while w
+        .property::<gst::Structure>("stats")
+        .get::<u64>("drains")
+        .unwrap()
+        == 0
+    {
         assert!(t0.elapsed() < Duration::from_secs(2), "drain not seen");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -418,8 +433,16 @@ fn dispatcher_sends_whole_batches_on_credit_only() {
     // Garbage from a peer is counted, not fatal.
     w.send_multipart([b"hello".to_vec()], 0).unwrap();
     let t0 = Instant::now();
-    while d.property::<gst::Structure>("stats").get::<u64>("malformed").unwrap() == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(2), "malformed not counted");
+    while d
+        .property::<gst::Structure>("stats")
+        .get::<u64>("malformed")
+        .unwrap()
+        == 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "malformed not counted"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let stats = d.property::<gst::Structure>("stats");
