@@ -235,6 +235,8 @@ fn push_waits_for_a_slow_puller_then_goes_on() {
                 h.push(jpeg_buffer(&frame, Some(i as u64), None)).unwrap();
                 pushed.fetch_add(1, Ordering::SeqCst);
             }
+            // Returned, not dropped: stopping with linger=0 would discard frames still queued.
+            h
         })
     };
     let _sink = rx.recv().unwrap();
@@ -260,7 +262,7 @@ fn push_waits_for_a_slow_puller_then_goes_on() {
         assert_eq!(index, i as u64);
         assert_eq!(jpeg.len(), frame.len());
     }
-    t.join().unwrap();
+    let _h = t.join().unwrap();
     assert_eq!(pushed.load(Ordering::SeqCst), N);
 }
 
@@ -390,4 +392,38 @@ fn an_endpoint_in_use_is_named_in_the_error() {
     };
     assert!(e.error().to_string().contains("nonsense"), "{}", e.error());
     sink.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn a_push_blocked_across_pause_and_resume_still_delivers() {
+    init();
+    let ctx = zmq::Context::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let (mut h, sink) = sink_harness(&[
+            ("socket-type", "push"),
+            ("endpoint", "tcp://127.0.0.1:*"),
+            ("linger", "0"),
+        ]);
+        tx.send(sink).unwrap();
+        h.set_src_caps_str("image/jpeg");
+        let r = h.push(jpeg_buffer(&make_jpeg(16, 16, 0), Some(3), None));
+        (r, h)
+    });
+    let sink = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // PLAYING -> PAUSED unlocks the blocked send; the frame waits in preroll, then goes
+    // on once PLAYING again and a puller is there.
+    sink.set_state(gst::State::Paused).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!t.is_finished());
+    sink.set_state(gst::State::Playing).unwrap();
+    let ep = sink.property::<Option<String>>("last-endpoint").unwrap();
+    let pull = ctx.socket(zmq::PULL).unwrap();
+    pull.set_linger(0).unwrap();
+    pull.connect(&ep).unwrap();
+    let msg = recv_timeout(&pull, Duration::from_secs(5)).expect("the frame after resume");
+    assert_eq!(decode_one(&msg).1, 3);
+    let (r, _h) = t.join().unwrap();
+    assert_eq!(r, Ok(gst::FlowSuccess::Ok));
 }

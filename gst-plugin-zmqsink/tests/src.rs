@@ -347,3 +347,18 @@ fn sub_receives_from_a_publisher() {
     assert!(b.offset() < i);
     assert_eq!(map(&b), jpeg);
 }
+
+#[test]
+fn pause_and_resume_keeps_receiving() {
+    let (mut h, src, _bus, ep) = bound_src(&[]);
+    let ctx = zmq::Context::new();
+    let push = pusher(&ctx, &ep);
+    let jpeg = make_jpeg(16, 16, 1);
+    push.send(protocol::encode_frame(1, 1, &jpeg), 0).unwrap();
+    assert_eq!(pull_timeout(&mut h, T).expect("first").offset(), 1);
+    src.set_state(gst::State::Paused).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    src.set_state(gst::State::Playing).unwrap();
+    push.send(protocol::encode_frame(1, 2, &jpeg), 0).unwrap();
+    assert_eq!(pull_timeout(&mut h, T).expect("after resume").offset(), 2);
+}
