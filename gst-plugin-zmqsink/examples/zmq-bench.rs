@@ -41,7 +41,7 @@ fn render_rgb(k: usize) -> Vec<u8> {
             let (fx, fy) = (x as f32 / 37.0, y as f32 / 29.0);
             let r = 128.0 + 90.0 * (fx + t).sin() * (fy * 0.7).cos();
             let g = 128.0 + 90.0 * ((fx + fy) * 0.5 - t).sin();
-            let b = if ((x / 64) + (y / 64) + k) % 2 == 0 {
+            let b = if ((x / 64) + (y / 64) + k).is_multiple_of(2) {
                 200.0
             } else {
                 60.0
@@ -66,7 +66,7 @@ fn rgb_to_i420(rgb: &[u8]) -> Vec<u8> {
             let p = &rgb[(y * w + x) * 3..];
             let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
             yp[y * w + x] = (16.0 + 0.257 * r + 0.504 * g + 0.098 * b).round() as u8;
-            if x % 2 == 0 && y % 2 == 0 {
+            if x.is_multiple_of(2) && y.is_multiple_of(2) {
                 let i = (y / 2) * (w / 2) + x / 2;
                 up[i] = (128.0 - 0.148 * r - 0.291 * g + 0.439 * b)
                     .round()
@@ -382,8 +382,7 @@ fn run_memory(frames: &[gst::Buffer], n: usize) -> Vec<(usize, u64, u64)> {
     }
     tx.set_state(gst::State::Null).unwrap();
     rx.set_state(gst::State::Null).unwrap();
-    let m = marks.lock().unwrap().clone();
-    m
+    marks.lock().unwrap().clone()
 }
 
 fn main() {
