@@ -450,19 +450,21 @@ fn error_string(handle: raw::tjhandle) -> String {
     }
 }
 
-/// Limited-range luma (16-235) to full range (0-255), rounded.
+/// Limited-range luma (16-235) to full range (0-255), within 0.72 of exact.
+/// 16-bit arithmetic, so the loops over a plane vectorise (8 or 16 lanes).
 #[inline]
 fn expand_luma(y: u8) -> u8 {
-    // 255 / 219 = 1.16438 ~ 19077 / 2^14
-    ((y.saturating_sub(16) as u32 * 19077 + 8192) >> 14).min(255) as u8
+    // 255 / 219 = 1.16438 ~ 1 + 42 / 256
+    let v = y.saturating_sub(16) as u16;
+    (v + ((v * 42 + 128) >> 8)).min(255) as u8
 }
 
-/// Limited-range chroma (16-240 around 128) to full range, rounded.
+/// Limited-range chroma (16-240 around 128) to full range, within 0.72 of exact.
 #[inline]
 fn expand_chroma(c: u8) -> u8 {
-    // 255 / 224 = 1.13839 ~ 18652 / 2^14
-    let d = (c as i32 - 128) * 18652;
-    (128 + ((d + 8192) >> 14)).clamp(0, 255) as u8
+    // 255 / 224 = 1.13839 ~ 1 + 36 / 256
+    let d = c as i16 - 128;
+    (128 + d + ((d * 36 + 128) >> 8)).clamp(0, 255) as u8
 }
 
 /// Copies a luma plane into `out` at even width and height, repeating the last column
@@ -667,6 +669,18 @@ mod tests {
             "full-range 16 decodes to {}",
             centre(&full)
         );
+    }
+
+    #[test]
+    fn range_expansion_is_close_to_exact() {
+        for y in 16..=235u8 {
+            let exact = (y as f64 - 16.0) * 255.0 / 219.0;
+            assert!((expand_luma(y) as f64 - exact).abs() < 0.75, "luma {y}");
+        }
+        for c in 16..=240u8 {
+            let exact = 128.0 + (c as f64 - 128.0) * 255.0 / 224.0;
+            assert!((expand_chroma(c) as f64 - exact).abs() < 0.75, "chroma {c}");
+        }
     }
 
     #[test]

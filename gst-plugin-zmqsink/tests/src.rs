@@ -312,6 +312,7 @@ fn going_to_null_while_blocked_in_receive_is_prompt() {
         "zmqmsgpacksrc endpoint=tcp://127.0.0.1:9 ! fakesink",
     ] {
         let took = time_to_null(launch);
+        eprintln!("{launch}: to NULL in {took:?}");
         assert!(took < Duration::from_millis(200), "{launch}: {took:?}");
     }
 }
