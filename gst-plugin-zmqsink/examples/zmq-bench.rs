@@ -8,13 +8,14 @@
 //!
 //!     cargo run --release -p gst-plugin-zmqsink --example zmq-bench [-- --frames N --rounds R]
 //!
-//! The sink sends with PUSH to a PULL socket that a reader thread in this process
-//! drains, so encoding, packing and sending are all in the measured work, and a frame
-//! counts only once it has been received.
+//! The sink sends with PUSH to a PULL socket that a reader process (this program with
+//! `--reader N`) drains, so encoding, packing and sending are all in the measured work, a
+//! frame counts only once it has been received, and the CPU time measured in this process
+//! is the sending pipeline's alone.
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,64 +123,52 @@ fn feed(src: &gst_app::AppSrc, frames: &[gst::Buffer], n: usize) {
     src.end_of_stream().expect("eos");
 }
 
-/// A PULL socket drained by a thread; returns the endpoint, the count and a stop flag.
+/// The consumer of the throughput runs: this program again (`--reader N`), in its own
+/// process, so that the CPU time measured here is the sending pipeline's alone. It binds a
+/// PULL socket, prints the endpoint, drains N messages and prints their total size.
 struct Reader {
     endpoint: String,
-    received: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl Reader {
-    fn start(ctx: &zmq::Context) -> Reader {
-        let sock = ctx.socket(zmq::PULL).unwrap();
-        sock.set_linger(0).unwrap();
-        sock.bind("tcp://127.0.0.1:*").unwrap();
-        let endpoint = sock.get_last_endpoint().unwrap().unwrap();
-        let received = Arc::new(AtomicU64::new(0));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (received, bytes, stop) = (received.clone(), bytes.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut msg = zmq::Message::new();
-                while !stop.load(Ordering::Relaxed) {
-                    if sock.poll(zmq::POLLIN, 50).unwrap_or(0) == 0 {
-                        continue;
-                    }
-                    while sock.recv(&mut msg, zmq::DONTWAIT).is_ok() {
-                        bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
-                        received.fetch_add(1, Ordering::Release);
-                    }
-                }
-            })
-        };
+    fn start(n: usize) -> Reader {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--reader", &n.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the reader process");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let endpoint = lines.next().expect("reader endpoint").unwrap();
         Reader {
             endpoint,
-            received,
-            bytes,
-            stop,
-            thread: Some(thread),
+            child,
+            lines,
         }
     }
 
-    fn wait_for(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while self.received.load(Ordering::Acquire) < n {
-            assert!(Instant::now() < deadline, "reader stuck");
-            std::thread::sleep(Duration::from_micros(200));
-        }
+    /// Waits until the reader has every message; returns their total size.
+    fn wait(mut self) -> u64 {
+        let line = self.lines.next().expect("reader result").unwrap();
+        let _ = self.child.wait();
+        line.trim_start_matches("done ").parse().unwrap()
     }
 }
 
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+fn reader_main(n: usize) {
+    let ctx = zmq::Context::new();
+    let sock = ctx.socket(zmq::PULL).unwrap();
+    sock.set_linger(0).unwrap();
+    sock.bind("tcp://127.0.0.1:*").unwrap();
+    println!("{}", sock.get_last_endpoint().unwrap().unwrap());
+    let mut msg = zmq::Message::new();
+    let mut bytes = 0u64;
+    for _ in 0..n {
+        sock.recv(&mut msg, 0).unwrap();
+        bytes += msg.len() as u64;
     }
+    println!("done {bytes}");
 }
 
 /// One throughput run: frames per second (wall clock), CPU ms per frame (whole process)
@@ -224,11 +213,9 @@ fn run_jpegenc(caps: &str, frames: &[gst::Buffer], n: usize) -> Run {
     }
 }
 
-/// `appsrc ! zmqmsgpacksink socket-type=push`, until the reader has every frame (its CPU
-/// time and ZeroMQ's I/O threads' count too).
+/// `appsrc ! zmqmsgpacksink socket-type=push`, until the reader process has every frame.
 fn run_sink(caps: &str, frames: &[gst::Buffer], n: usize) -> Run {
-    let ctx = zmq::Context::new();
-    let reader = Reader::start(&ctx);
+    let reader = Reader::start(n);
     let p = launch(&format!(
         "appsrc name=src is-live=false format=time block=true max-buffers=4 caps={caps} \
          ! zmqmsgpacksink socket-type=push bind=false endpoint={} quality={QUALITY} sync=false",
@@ -239,7 +226,7 @@ fn run_sink(caps: &str, frames: &[gst::Buffer], n: usize) -> Run {
     let cpu0 = process_cpu_secs();
     let start = Instant::now();
     feed(&src, frames, n);
-    reader.wait_for(n as u64);
+    let total = reader.wait();
     let secs = start.elapsed().as_secs_f64();
     let cpu = process_cpu_secs() - cpu0;
     wait_eos(&p);
@@ -247,7 +234,7 @@ fn run_sink(caps: &str, frames: &[gst::Buffer], n: usize) -> Run {
     Run {
         fps: n as f64 / secs,
         cpu_ms: cpu * 1000.0 / n as f64,
-        bytes: reader.bytes.load(Ordering::Relaxed) as f64 / n as f64,
+        bytes: total as f64 / n as f64,
     }
 }
 
@@ -427,6 +414,10 @@ fn main() {
                 .unwrap_or_else(|| panic!("{} needs a number", args[i]))
         };
         match args[i].as_str() {
+            "--reader" => {
+                reader_main(value());
+                return;
+            }
             "--frames" => frames_n = value(),
             "--rounds" => rounds = value(),
             "--memory-frames" => memory_n = value(),
@@ -448,6 +439,11 @@ fn main() {
     let i420_buffers = buffers(&i420);
     let rgb_caps = format!("video/x-raw,format=RGB,width={SIZE},height={SIZE},framerate=30/1");
     let i420_caps = format!("video/x-raw,format=I420,width={SIZE},height={SIZE},framerate=30/1");
+    // The same planes declared full range (as jpegdec outputs): the sink encodes them as
+    // they are, without the range expansion that limited-range video needs.
+    let i420_full_caps = format!(
+        "video/x-raw,format=I420,width={SIZE},height={SIZE},framerate=30/1,colorimetry=1:4:0:0"
+    );
     let mut enc = gstzmqmsgpack::jpeg::Encoder::new(QUALITY).unwrap();
     let jpeg_buffers: Vec<gst::Buffer> = rgb
         .iter()
@@ -498,8 +494,9 @@ fn main() {
     }
 
     // 2. Throughput, alternating the two each round. On a shared machine the wall-clock
-    // rate of the best round is the one least disturbed; CPU time per frame (the whole
-    // process) does not depend on what else runs, so both are shown.
+    // rate of the best round is the one least disturbed; CPU time per frame (of this
+    // process: the pipeline, without the reader) depends less on what else runs, so both
+    // are shown.
     println!("\n## Throughput, {frames_n} frames a round, best of {rounds} rounds");
     println!(
         "| input | jpegenc ! fakesink (fps) | zmqmsgpacksink push (fps) | ratio (fps) | \
@@ -508,7 +505,8 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, caps, frames) in [
         ("RGB", &rgb_caps, &rgb_buffers),
-        ("I420", &i420_caps, &i420_buffers),
+        ("I420 (limited range)", &i420_caps, &i420_buffers),
+        ("I420 (full range)", &i420_full_caps, &i420_buffers),
     ] {
         let (mut enc, mut sink) = (Run::default(), Run::default());
         let (mut enc_cpu, mut sink_cpu) = (f64::MAX, f64::MAX);
