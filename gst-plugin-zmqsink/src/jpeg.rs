@@ -61,6 +61,14 @@ impl PackedFormat {
     }
 }
 
+/// The value range of YUV input. JPEG (JFIF) stores full-range YCbCr; video is
+/// usually limited range (Y 16-235, chroma 16-240), which is expanded before encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YuvRange {
+    Full,
+    Limited,
+}
+
 /// One plane of an image: its bytes and the distance in bytes between rows.
 #[derive(Debug, Clone, Copy)]
 pub struct Plane<'a> {
@@ -231,6 +239,7 @@ impl Encoder {
     }
 
     /// Encodes an I420 frame (Y, U, V planes; chroma at half width and height, rounded up).
+    /// JPEG (JFIF) YCbCr is full range: limited-range input (Y 16-235) is expanded first.
     pub fn encode_i420(
         &mut self,
         y: Plane<'_>,
@@ -238,6 +247,7 @@ impl Encoder {
         v: Plane<'_>,
         width: usize,
         height: usize,
+        range: YuvRange,
     ) -> Result<&[u8], EncodeError> {
         Self::check_size(width, height)?;
         let cw = width.div_ceil(2);
@@ -245,31 +255,55 @@ impl Encoder {
         y.check("Y plane", width, height)?;
         u.check("U plane", cw, ch)?;
         v.check("V plane", cw, ch)?;
-        self.compress_planes([y, u, v], width, height)
+        let limited = range == YuvRange::Limited;
+        if !limited {
+            return self.compress_planes([y, u, v], width, height);
+        }
+        let mut u_plane = std::mem::take(&mut self.u_plane);
+        let mut v_plane = std::mem::take(&mut self.v_plane);
+        copy_chroma(u, cw, ch, &mut u_plane);
+        copy_chroma(v, cw, ch, &mut v_plane);
+        let result = self
+            .compress_planes_limited(y, &u_plane, &v_plane, width, height)
+            .map(|s| s.len());
+        self.u_plane = u_plane;
+        self.v_plane = v_plane;
+        result.map(|_| self.output())
     }
 
     /// Encodes an NV12 frame: the interleaved UV plane is split into U and V first
-    /// (into buffers kept between frames).
+    /// (into buffers kept between frames), expanded to full range when limited.
     pub fn encode_nv12(
         &mut self,
         y: Plane<'_>,
         uv: Plane<'_>,
         width: usize,
         height: usize,
+        range: YuvRange,
     ) -> Result<&[u8], EncodeError> {
         Self::check_size(width, height)?;
         let cw = width.div_ceil(2);
         let ch = height.div_ceil(2);
         y.check("Y plane", width, height)?;
         uv.check("UV plane", cw * 2, ch)?;
+        let limited = range == YuvRange::Limited;
         let mut u_plane = std::mem::take(&mut self.u_plane);
         let mut v_plane = std::mem::take(&mut self.v_plane);
         u_plane.resize(cw * ch, 0);
         v_plane.resize(cw * ch, 0);
-        deinterleave_uv(uv.data, uv.stride, cw, ch, &mut u_plane, &mut v_plane);
-        let result = self.compress_planes(
-            [
-                y,
+        deinterleave_uv(
+            uv.data,
+            uv.stride,
+            cw,
+            ch,
+            &mut u_plane,
+            &mut v_plane,
+            limited,
+        );
+        let result = if limited {
+            self.compress_planes_limited(y, &u_plane, &v_plane, width, height)
+        } else {
+            let (u, v) = (
                 Plane {
                     data: &u_plane,
                     stride: cw,
@@ -278,19 +312,54 @@ impl Encoder {
                     data: &v_plane,
                     stride: cw,
                 },
-            ],
-            width,
-            height,
-        );
-        let len = result.map(|s| s.len());
+            );
+            self.compress_planes([y, u, v], width, height)
+        }
+        .map(|s| s.len());
         self.u_plane = u_plane;
         self.v_plane = v_plane;
-        len.map(|_| self.output())
+        result.map(|_| self.output())
     }
 
-    /// Compresses 4:2:0 planes. TurboJPEG reads the luma plane at even width and height
-    /// (tjPlaneWidth / tjPlaneHeight), one column and row past an odd-sized frame, so
-    /// such a plane is first copied with its last column and row repeated.
+    /// Compresses limited-range luma (expanded here) with full-range chroma planes.
+    fn compress_planes_limited(
+        &mut self,
+        y: Plane<'_>,
+        u: &[u8],
+        v: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<&[u8], EncodeError> {
+        let cw = width.div_ceil(2);
+        let mut y_plane = std::mem::take(&mut self.y_plane);
+        let stride = copy_luma(y, width, height, &mut y_plane, true);
+        let result = self
+            .compress_planes_even(
+                [
+                    Plane {
+                        data: &y_plane,
+                        stride,
+                    },
+                    Plane {
+                        data: u,
+                        stride: cw,
+                    },
+                    Plane {
+                        data: v,
+                        stride: cw,
+                    },
+                ],
+                width,
+                height,
+            )
+            .map(|s| s.len());
+        self.y_plane = y_plane;
+        result.map(|_| self.output())
+    }
+
+    /// Compresses full-range 4:2:0 planes. TurboJPEG reads the luma plane at even width
+    /// and height (tjPlaneWidth / tjPlaneHeight), one column and row past an odd-sized
+    /// frame, so such a plane is first copied with its last column and row repeated.
     fn compress_planes(
         &mut self,
         planes: [Plane<'_>; 3],
@@ -299,13 +368,13 @@ impl Encoder {
     ) -> Result<&[u8], EncodeError> {
         if width % 2 == 1 || height % 2 == 1 {
             let mut y_plane = std::mem::take(&mut self.y_plane);
-            let padded_stride = pad_luma(planes[0], width, height, &mut y_plane);
+            let stride = copy_luma(planes[0], width, height, &mut y_plane, false);
             let result = self
                 .compress_planes_even(
                     [
                         Plane {
                             data: &y_plane,
-                            stride: padded_stride,
+                            stride,
                         },
                         planes[1],
                         planes[2],
@@ -381,32 +450,80 @@ fn error_string(handle: raw::tjhandle) -> String {
     }
 }
 
+/// Limited-range luma (16-235) to full range (0-255), within 0.72 of exact.
+/// 16-bit arithmetic, so the loops over a plane vectorise (8 or 16 lanes).
+#[inline]
+fn expand_luma(y: u8) -> u8 {
+    // 255 / 219 = 1.16438 ~ 1 + 42 / 256
+    let v = y.saturating_sub(16) as u16;
+    (v + ((v * 42 + 128) >> 8)).min(255) as u8
+}
+
+/// Limited-range chroma (16-240 around 128) to full range, within 0.72 of exact.
+#[inline]
+fn expand_chroma(c: u8) -> u8 {
+    // 255 / 224 = 1.13839 ~ 1 + 36 / 256
+    let d = c as i16 - 128;
+    (128 + d + ((d * 36 + 128) >> 8)).clamp(0, 255) as u8
+}
+
 /// Copies a luma plane into `out` at even width and height, repeating the last column
-/// and row; returns the stride of the copy.
-fn pad_luma(y: Plane<'_>, width: usize, height: usize, out: &mut Vec<u8>) -> usize {
+/// and row, expanded to full range when `limited`; returns the stride of the copy.
+fn copy_luma(y: Plane<'_>, width: usize, height: usize, out: &mut Vec<u8>, limited: bool) -> usize {
     let (pw, ph) = (width.next_multiple_of(2), height.next_multiple_of(2));
     out.resize(pw * ph, 0);
     for row in 0..ph {
         let src_row = row.min(height - 1);
         let src = &y.data[src_row * y.stride..src_row * y.stride + width];
         let dst = &mut out[row * pw..(row + 1) * pw];
-        dst[..width].copy_from_slice(src);
+        if limited {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = expand_luma(s);
+            }
+        } else {
+            dst[..width].copy_from_slice(src);
+        }
         if pw > width {
-            dst[width] = src[width - 1];
+            dst[width] = dst[width - 1];
         }
     }
     pw
 }
 
-/// Splits an interleaved UV plane (`cw` pairs a row, `ch` rows) into tight U and V planes.
-pub fn deinterleave_uv(uv: &[u8], stride: usize, cw: usize, ch: usize, u: &mut [u8], v: &mut [u8]) {
+/// Copies a limited-range chroma plane into a tight full-range one.
+fn copy_chroma(c: Plane<'_>, cw: usize, ch: usize, out: &mut Vec<u8>) {
+    out.resize(cw * ch, 0);
+    for row in 0..ch {
+        let src = &c.data[row * c.stride..row * c.stride + cw];
+        for (d, &s) in out[row * cw..(row + 1) * cw].iter_mut().zip(src) {
+            *d = expand_chroma(s);
+        }
+    }
+}
+
+/// Splits an interleaved UV plane (`cw` pairs a row, `ch` rows) into tight U and V planes,
+/// expanded to full range when `limited`.
+pub fn deinterleave_uv(
+    uv: &[u8],
+    stride: usize,
+    cw: usize,
+    ch: usize,
+    u: &mut [u8],
+    v: &mut [u8],
+    limited: bool,
+) {
     for row in 0..ch {
         let src = &uv[row * stride..row * stride + 2 * cw];
         let du = &mut u[row * cw..(row + 1) * cw];
         let dv = &mut v[row * cw..(row + 1) * cw];
         for ((pair, pu), pv) in src.chunks_exact(2).zip(du.iter_mut()).zip(dv.iter_mut()) {
-            *pu = pair[0];
-            *pv = pair[1];
+            if limited {
+                *pu = expand_chroma(pair[0]);
+                *pv = expand_chroma(pair[1]);
+            } else {
+                *pu = pair[0];
+                *pv = pair[1];
+            }
         }
     }
 }
@@ -489,38 +606,92 @@ mod tests {
     #[test]
     fn i420_is_encoded_without_rgb_and_keeps_colour() {
         let (w, h) = (64, 48);
-        // A flat colour: Y=81, U=90, V=240 is BT.601 red.
-        let y = vec![81u8; w * h];
+        // Limited-range BT.601: Y=81, U=90, V=240 is pure red; Y=16 is black, 235 white.
+        let mut y = vec![81u8; w * h];
+        for row in 0..h {
+            y[row * w] = 16;
+        }
         let u = vec![90u8; (w / 2) * (h / 2)];
         let v = vec![240u8; (w / 2) * (h / 2)];
-        let mut enc = Encoder::new(90).unwrap();
-        let jpeg = enc
-            .encode_i420(
+        fn planes<'a>(y: &'a [u8], u: &'a [u8], v: &'a [u8], w: usize) -> [Plane<'a>; 3] {
+            [
+                Plane { data: y, stride: w },
                 Plane {
-                    data: &y,
-                    stride: w,
-                },
-                Plane {
-                    data: &u,
+                    data: u,
                     stride: w / 2,
                 },
                 Plane {
-                    data: &v,
+                    data: v,
                     stride: w / 2,
                 },
-                w,
-                h,
-            )
+            ]
+        }
+        let mut enc = Encoder::new(95).unwrap();
+        let [py, pu, pv] = planes(&y, &u, &v, w);
+        let limited = enc
+            .encode_i420(py, pu, pv, w, h, YuvRange::Limited)
             .unwrap()
             .to_vec();
-        let header = turbojpeg::read_header(&jpeg).unwrap();
+        let header = turbojpeg::read_header(&limited).unwrap();
         assert_eq!(header.subsamp, turbojpeg::Subsamp::Sub2x2);
-        let out = decode_rgb(&jpeg);
+        let out = decode_rgb(&limited);
         let p = &out.pixels[(h / 2) * out.pitch + (w / 2) * 3..][..3];
         assert!(
-            p[0] > 200 && p[1] < 40 && p[2] < 40,
+            p[0] > 240 && p[1] < 20 && p[2] < 20,
             "expected red, got {p:?}"
         );
+
+        // Limited-range black (Y=16, neutral chroma) decodes to 0, not to the grey 16
+        // that the same planes give when taken as full range.
+        let y_black = vec![16u8; w * h];
+        let grey = vec![128u8; (w / 2) * (h / 2)];
+        let [py, pu, pv] = planes(&y_black, &grey, &grey, w);
+        let lim = enc
+            .encode_i420(py, pu, pv, w, h, YuvRange::Limited)
+            .unwrap()
+            .to_vec();
+        let [py, pu, pv] = planes(&y_black, &grey, &grey, w);
+        let full = enc
+            .encode_i420(py, pu, pv, w, h, YuvRange::Full)
+            .unwrap()
+            .to_vec();
+        let centre = |jpeg: &[u8]| {
+            let img = decode_rgb(jpeg);
+            img.pixels[(h / 2) * img.pitch + (w / 2) * 3] as i32
+        };
+        assert!(
+            centre(&lim) <= 2,
+            "limited black decodes to {}",
+            centre(&lim)
+        );
+        assert!(
+            (centre(&full) - 16).abs() <= 2,
+            "full-range 16 decodes to {}",
+            centre(&full)
+        );
+    }
+
+    #[test]
+    fn range_expansion_is_close_to_exact() {
+        for y in 16..=235u8 {
+            let exact = (y as f64 - 16.0) * 255.0 / 219.0;
+            assert!((expand_luma(y) as f64 - exact).abs() < 0.75, "luma {y}");
+        }
+        for c in 16..=240u8 {
+            let exact = 128.0 + (c as f64 - 128.0) * 255.0 / 224.0;
+            assert!((expand_chroma(c) as f64 - exact).abs() < 0.75, "chroma {c}");
+        }
+    }
+
+    #[test]
+    fn range_expansion_end_points() {
+        assert_eq!(expand_luma(16), 0);
+        assert_eq!(expand_luma(235), 255);
+        assert_eq!(expand_luma(0), 0);
+        assert_eq!(expand_luma(255), 255);
+        assert_eq!(expand_chroma(128), 128);
+        assert_eq!(expand_chroma(16), 0);
+        assert_eq!(expand_chroma(240), 255);
     }
 
     #[test]
@@ -555,6 +726,7 @@ mod tests {
                 },
                 w,
                 h,
+                YuvRange::Full,
             )
             .unwrap()
             .to_vec();
@@ -570,6 +742,7 @@ mod tests {
                 },
                 w,
                 h,
+                YuvRange::Full,
             )
             .unwrap()
             .to_vec();
@@ -589,6 +762,7 @@ mod tests {
                 },
                 w,
                 h,
+                YuvRange::Full,
             )
             .unwrap()
             .to_vec();

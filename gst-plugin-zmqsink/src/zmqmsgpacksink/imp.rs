@@ -25,7 +25,7 @@ use gst_video::prelude::*;
 
 use super::SinkSocketType;
 use crate::interrupt::{Interrupt, Wait};
-use crate::jpeg::{Encoder, PackedFormat, Plane};
+use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::protocol;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -246,7 +246,7 @@ impl ZmqMsgpackSink {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
-                    ["Received a buffer before caps were set"]
+                    ("Received a buffer before caps were set")
                 );
                 Err(gst::FlowError::NotNegotiated)
             }
@@ -255,7 +255,7 @@ impl ZmqMsgpackSink {
                     gst::element_imp_error!(
                         self,
                         gst::ResourceError::Read,
-                        ["Could not map the JPEG buffer"]
+                        ("Could not map the JPEG buffer")
                     );
                     gst::FlowError::Error
                 })?;
@@ -266,7 +266,7 @@ impl ZmqMsgpackSink {
                 let encoder = match encoder {
                     Some(e) => e,
                     None => encoder.insert(Encoder::new(quality).map_err(|e| {
-                        gst::element_imp_error!(self, gst::LibraryError::Init, ["{e}"]);
+                        gst::element_imp_error!(self, gst::LibraryError::Init, ("{e}"));
                         gst::FlowError::Error
                     })?),
                 };
@@ -279,13 +279,13 @@ impl ZmqMsgpackSink {
                             gst::element_imp_error!(
                                 self,
                                 gst::StreamError::Format,
-                                [
+                                (
                                     "Buffer of {} bytes does not hold a {}x{} {} frame",
                                     buffer.size(),
                                     info.width(),
                                     info.height(),
                                     info.format().to_str()
-                                ]
+                                )
                             );
                             gst::FlowError::Error
                         })?;
@@ -299,18 +299,27 @@ impl ZmqMsgpackSink {
                     Ok(Plane { data, stride })
                 };
                 let format = frame.format();
+                // JPEG stores full-range YCbCr; video caps say which range the planes use.
+                let range = if info.colorimetry().range() == gst_video::VideoColorRange::Range16_235
+                {
+                    YuvRange::Limited
+                } else {
+                    YuvRange::Full
+                };
                 let encoded = match format {
                     gst_video::VideoFormat::I420 => {
-                        encoder.encode_i420(plane(0)?, plane(1)?, plane(2)?, w, h)
+                        encoder.encode_i420(plane(0)?, plane(1)?, plane(2)?, w, h, range)
                     }
-                    gst_video::VideoFormat::Nv12 => encoder.encode_nv12(plane(0)?, plane(1)?, w, h),
+                    gst_video::VideoFormat::Nv12 => {
+                        encoder.encode_nv12(plane(0)?, plane(1)?, w, h, range)
+                    }
                     other => match packed_format(other) {
                         Some(f) => encoder.encode_packed(f, plane(0)?, w, h),
                         None => {
                             gst::element_imp_error!(
                                 self,
                                 gst::CoreError::Negotiation,
-                                ["Unsupported format {}", other.to_str()]
+                                ("Unsupported format {}", other.to_str())
                             );
                             return Err(gst::FlowError::NotNegotiated);
                         }
@@ -325,10 +334,10 @@ impl ZmqMsgpackSink {
                         gst::element_imp_error!(
                             self,
                             gst::StreamError::Encode,
-                            [
+                            (
                                 "Could not encode frame {index} ({w}x{h} {}): {e}",
                                 format.to_str()
-                            ]
+                            )
                         );
                         Err(gst::FlowError::Error)
                     }
@@ -383,14 +392,14 @@ impl ZmqMsgpackSink {
         gst::element_imp_error!(
             self,
             gst::ResourceError::Write,
-            [
+            (
                 "Could not send a frame on {}: {e}",
                 self.last_endpoint
                     .lock()
                     .unwrap()
                     .clone()
                     .unwrap_or_default()
-            ]
+            )
         );
         gst::FlowError::Error
     }
@@ -560,14 +569,14 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         if endpoint.contains('\0') {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["Endpoint {endpoint:?} contains a NUL character"]
+                ("Endpoint {endpoint:?} contains a NUL character")
             ));
         }
 
         let interrupt = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
-                ["Could not create the wake-up socket pair: {e}"]
+                ("Could not create the wake-up socket pair: {e}")
             )
         })?;
         *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
@@ -580,10 +589,10 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         let socket_err = |what: &str, e: zmq::Error| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
-                [
+                (
                     "Could not {what} the ZeroMQ {} socket: {e}",
                     settings.socket_type_nick()
-                ]
+                )
             )
         };
         let mut socket = context.socket(kind).map_err(|e| socket_err("create", e))?;
@@ -616,11 +625,11 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             };
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
-                [
+                (
                     "Could not {} {endpoint} ({} socket): {e}{hint}",
                     if settings.bind { "bind" } else { "connect to" },
                     settings.socket_type_nick()
-                ]
+                )
             )
         })?;
         let last = socket

@@ -402,18 +402,18 @@ impl ZmqMsgpackSrc {
                             gst::element_imp_warning!(
                                 self,
                                 gst::ResourceError::NotFound,
-                                ["{text}"]
+                                ("{text}")
                             )
                         }
                         DropReason::Oversize => {
                             gst::element_imp_warning!(
                                 self,
                                 gst::ResourceError::NoSpaceLeft,
-                                ["{text}"]
+                                ("{text}")
                             )
                         }
                         DropReason::Malformed | DropReason::NotJpeg => {
-                            gst::element_imp_warning!(self, gst::StreamError::Decode, ["{text}"])
+                            gst::element_imp_warning!(self, gst::StreamError::Decode, ("{text}"))
                         }
                     }
                 }
@@ -424,7 +424,7 @@ impl ZmqMsgpackSrc {
                          closing the connection"
                     );
                     gst::warning!(CAT, imp = self, "{text}");
-                    gst::element_imp_warning!(self, gst::ResourceError::Read, ["{text}"]);
+                    gst::element_imp_warning!(self, gst::ResourceError::Read, ("{text}"));
                 }
             }
         }
@@ -588,13 +588,13 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
         if endpoint.contains('\0') {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["Endpoint {endpoint:?} contains a NUL character"]
+                ("Endpoint {endpoint:?} contains a NUL character")
             ));
         }
         let interrupt = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                ["Could not create the wake-up socket pair: {e}"]
+                ("Could not create the wake-up socket pair: {e}")
             )
         })?;
         *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
@@ -603,10 +603,10 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
         let socket_err = |what: &str, e: zmq::Error| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                [
+                (
                     "Could not {what} the ZeroMQ {} socket: {e}",
                     settings.socket_type_nick()
-                ]
+                )
             )
         };
         let kind = match settings.socket_type {
@@ -679,11 +679,11 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             };
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                [
+                (
                     "Could not {} {endpoint} ({} socket): {e}{hint}",
                     if settings.bind { "bind" } else { "connect to" },
                     settings.socket_type_nick()
-                ]
+                )
             )
         })?;
         let last = socket
@@ -701,7 +701,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
         let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
             gst::error_msg!(
                 gst::LibraryError::Init,
-                ["Could not create a TurboJPEG decompressor: {e}"]
+                ("Could not create a TurboJPEG decompressor: {e}")
             )
         })?;
         *self.last_endpoint.lock().unwrap() = Some(last);
@@ -811,7 +811,7 @@ impl PushSrcImpl for ZmqMsgpackSrc {
                         gst::element_imp_error!(
                             self,
                             gst::CoreError::Negotiation,
-                            ["Downstream does not accept {caps}"]
+                            ("Downstream does not accept {caps}")
                         );
                         return Err(gst::FlowError::NotNegotiated);
                     }
@@ -864,7 +864,7 @@ impl PushSrcImpl for ZmqMsgpackSrc {
                             gst::element_imp_error!(
                                 self,
                                 gst::ResourceError::Read,
-                                ["Waiting for messages failed: {e}"]
+                                ("Waiting for messages failed: {e}")
                             );
                             return Err(gst::FlowError::Error);
                         }
@@ -881,7 +881,7 @@ impl PushSrcImpl for ZmqMsgpackSrc {
                     gst::element_imp_error!(
                         self,
                         gst::ResourceError::Read,
-                        ["Could not receive on {endpoint}: {e}"]
+                        ("Could not receive on {endpoint}: {e}")
                     );
                     return Err(gst::FlowError::Error);
                 }

@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Once;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gst::prelude::*;
+use gstzmqmsgpack::jpeg::{Encoder, PackedFormat, Plane};
+
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstzmqmsgpack::plugin_register_static().expect("register zmqmsgpack");
+    });
+}
+
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A smooth RGB test picture (a gradient with a diagonal), different for each `seed`.
+pub fn rgb_picture(w: usize, h: usize, seed: u32) -> Vec<u8> {
+    let mut v = vec![0u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            let p = &mut v[(y * w + x) * 3..(y * w + x) * 3 + 3];
+            p[0] = ((x * 255) / w.max(1)) as u8;
+            p[1] = ((y * 255) / h.max(1)) as u8;
+            p[2] = (((x + y) * 128 / (w + h)) as u32 + seed * 37 % 128) as u8;
+        }
+    }
+    v
+}
+
+/// A real JPEG of `w` x `h`, different for each `seed`.
+pub fn make_jpeg(w: usize, h: usize, seed: u32) -> Vec<u8> {
+    let img = rgb_picture(w, h, seed);
+    let mut enc = Encoder::new(80).unwrap();
+    enc.encode_packed(
+        PackedFormat::Rgb,
+        Plane {
+            data: &img,
+            stride: w * 3,
+        },
+        w,
+        h,
+    )
+    .unwrap()
+    .to_vec()
+}
+
+pub fn jpeg_buffer(data: &[u8], offset: Option<u64>, unix_ns: Option<u64>) -> gst::Buffer {
+    let mut buffer = gst::Buffer::from_slice(data.to_vec());
+    {
+        let b = buffer.get_mut().unwrap();
+        if let Some(o) = offset {
+            b.set_offset(o);
+        }
+        if let Some(ns) = unix_ns {
+            gst::ReferenceTimestampMeta::add(
+                b,
+                &gst::Caps::new_empty_simple("timestamp/x-unix"),
+                gst::ClockTime::from_nseconds(ns),
+                gst::ClockTime::NONE,
+            );
+        }
+    }
+    buffer
+}
+
+/// The `timestamp/x-unix` meta of a buffer, in ns.
+pub fn unix_meta_ns(buffer: &gst::BufferRef) -> Option<u64> {
+    buffer
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find(|m| {
+            m.reference()
+                .structure(0)
+                .is_some_and(|s| s.name() == "timestamp/x-unix")
+        })
+        .map(|m| m.timestamp().nseconds())
+}
+
+/// Pulls a buffer from a harness, waiting at most `timeout`.
+pub fn pull_timeout(h: &mut gst_check::Harness, timeout: Duration) -> Option<gst::Buffer> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(b) = h.try_pull() {
+            return Some(b);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Receives one message, waiting at most `timeout`.
+pub fn recv_timeout(socket: &zmq::Socket, timeout: Duration) -> Option<Vec<u8>> {
+    if socket.poll(zmq::POLLIN, timeout.as_millis() as i64).ok()? == 0 {
+        return None;
+    }
+    socket.recv_bytes(zmq::DONTWAIT).ok()
+}
+
+/// A PULL socket bound on an ephemeral loopback port, and its endpoint.
+pub fn bound_pull(ctx: &zmq::Context) -> (zmq::Socket, String) {
+    let s = ctx.socket(zmq::PULL).unwrap();
+    s.set_linger(0).unwrap();
+    s.bind("tcp://127.0.0.1:*").unwrap();
+    let ep = s.get_last_endpoint().unwrap().unwrap();
+    (s, ep)
+}
+
+/// Waits for a warning on `bus`; returns its text (message and debug).
+pub fn next_warning(bus: &gst::Bus, timeout: Duration) -> Option<String> {
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+        &[gst::MessageType::Warning],
+    )?;
+    match msg.view() {
+        gst::MessageView::Warning(w) => Some(format!(
+            "{} ({})",
+            w.error(),
+            w.debug().map(|d| d.to_string()).unwrap_or_default()
+        )),
+        _ => None,
+    }
+}
+
+pub fn stats_u64(element: &gst::Element, field: &str) -> u64 {
+    let s = element.property::<gst::Structure>("stats");
+    s.get::<u64>(field)
+        .unwrap_or_else(|e| panic!("stats field {field}: {e} in {s}"))
+}
