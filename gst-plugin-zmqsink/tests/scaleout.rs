@@ -266,15 +266,31 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     init();
     let frames = jpegs(4);
     let mut primary = FakePrimary::new();
+    // jpegdec resets buffer offsets: the index travels on in the frame-index meta.
     let pipeline = gst::parse::launch(&format!(
         "zmqworkersrc name=w endpoint={} batch-size=2 heartbeat-interval=50 worker-name=box \
-         ! appsink name=out sync=false",
+         ! jpegdec ! appsink name=out sync=false",
         primary.endpoint
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
     let w = pipeline.by_name("w").unwrap();
+    let drains_seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let d = drains_seen.clone();
+    pipeline
+        .by_name("out")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Query(q)) = &info.data
+                && matches!(q.view(), gst::QueryView::Drain(_))
+            {
+                d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            gst::PadProbeReturn::Ok
+        });
     let outs = play_recording(&pipeline);
 
     // Hello before any session, then the session handshake.
@@ -328,16 +344,15 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     let r = primary.ready_where(|r| r.taken == 6);
     assert_eq!(r.credit, 8);
 
-    // The input ended on the primary: the worker forwards a drain downstream.
+    // The input ended on the primary: the worker sends a drain query downstream, through
+    // the decoder, so elements holding frames can finish them.
     primary.send(&wire::encode_drain(7));
     let t0 = Instant::now();
-    while w
-        .property::<gst::Structure>("stats")
-        .get::<u64>("drains")
-        .unwrap()
-        == 0
-    {
-        assert!(t0.elapsed() < Duration::from_secs(2), "drain not seen");
+    while drains_seen.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "no drain query reached the sink"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let stats = w.property::<gst::Structure>("stats");
@@ -364,6 +379,7 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     assert_eq!(stats.get::<u64>("not-jpeg").unwrap(), 1, "{stats}");
     assert_eq!(stats.get::<u64>("missing-file").unwrap(), 1, "{stats}");
     assert_eq!(stats.get::<u64>("sessions").unwrap(), 1, "{stats}");
+    assert_eq!(stats.get::<u64>("drains").unwrap(), 1, "{stats}");
 }
 
 /// A hand-written worker: a DEALER socket speaking the wire protocol.

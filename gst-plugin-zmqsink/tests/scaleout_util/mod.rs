@@ -66,7 +66,7 @@ pub fn record(appsink: &gst_app::AppSink) -> Arc<Mutex<Vec<Out>>> {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
                 o.lock().unwrap().push(Out {
-                    index: buffer.offset(),
+                    index: gstzmqmsgpack::frame_index::index_of(buffer).unwrap_or(u64::MAX),
                     timestamp_ms: unix_ms_of(buffer),
                     arrived_us: unix_now_us(),
                     size: buffer.size(),
