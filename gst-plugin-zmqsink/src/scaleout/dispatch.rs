@@ -307,8 +307,11 @@ impl<P: Clone> Scheduler<P> {
         let w = &mut self.workers[pos];
         let before = w.available();
         if !w.in_session {
+            // Counting starts here: a new worker has taken nothing of this session; one we
+            // dropped (silent too long) but which kept counting has taken what it says, and
+            // whatever else we had sent it went back to the queue when it was dropped.
             w.in_session = true;
-            w.sent = 0;
+            w.sent = ready.taken;
             w.batch_fill = 0;
         }
         w.last_seen = now;
@@ -733,6 +736,35 @@ mod tests {
         assert_eq!(s.stats().workers_left, 1);
         assert_eq!(s.stats().workers_lost, 0);
         assert_eq!(s.queue_len(), 1);
+    }
+
+    #[test]
+    fn a_worker_dropped_while_alive_gets_only_its_room_back() {
+        let t0 = Instant::now();
+        let mut s = sched(false);
+        s.on_ready(b"a", &ready(2, 0, 1), t0, &never);
+        for i in 0..200 {
+            s.push(frame(i % 8)).unwrap_or(());
+            while let Some(j) = s.next_job(t0) {
+                let n = j.frames.len() as u64;
+                let taken = s.stats().dispatched;
+                s.on_ready(b"a", &ready(taken + 2, taken, 1), t0, &never);
+                assert_eq!(n, 1);
+            }
+        }
+        // Silent too long under load: dropped; then its heartbeat (still our session,
+        // credit = taken + room) comes in.
+        assert_eq!(s.expire(ms(t0, 600), &never).len(), 1);
+        let taken = s.stats().dispatched;
+        s.on_ready(b"a", &ready(taken + 2, taken, 1), ms(t0, 700), &never);
+        for i in 0..8 {
+            s.push(frame(1000 + i)).unwrap();
+        }
+        let mut got = 0;
+        while let Some(j) = s.next_job(ms(t0, 700)) {
+            got += j.frames.len();
+        }
+        assert_eq!(got, 2, "only the room it asked for, not its whole history");
     }
 
     #[test]
