@@ -43,14 +43,16 @@ class RefError(Exception):
 # ---------------------------------------------------------------- scheduler (diffusers LCMScheduler)
 
 def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
-    """torch.linspace(start, end, steps, dtype=float32) as ATen computes it on the CPU."""
+    """torch.linspace(start, end, steps, dtype=float32) as ATen computes it on the CPU: the step in float32,
+    then start + step * i for the first half and end - step * (steps - 1 - i) for the second, each a fused
+    multiply-add rounded once to float32 (emulated exactly in float64)."""
     s = np.float32(start)
     e = np.float32(end)
     step = np.float32((e - s) / np.float32(steps - 1))
-    idx = np.arange(steps)
+    idx = np.arange(steps, dtype=np.float64)
     half = steps // 2
-    out = np.where(idx < half, s + step * idx.astype(np.float32),
-                   e - step * (steps - idx - 1).astype(np.float32))
+    out = np.where(idx < half, np.float64(s) + np.float64(step) * idx,
+                   np.float64(e) - np.float64(step) * (steps - 1 - idx))
     return out.astype(np.float32)
 
 
