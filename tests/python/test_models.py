@@ -432,3 +432,28 @@ def test_demo_batches_and_sizes(models):
     assert y.shape == (3, 3, 72, 96) and np.isfinite(y).all()
     # Encode then decode keeps the picture roughly (a pooled, stylised copy).
     assert float(np.abs(np.clip(y, -1, 1) - x).mean()) < 0.7
+
+
+# ---------------------------------------------------------------- sd-turbo-shaped generator
+
+def test_sdturbo_shaped_builder_small(tmp_path):
+    """The sd-turbo-shaped graphs, built at small widths: right signatures, and they run end to end."""
+    from i2i_models import sdturbo
+
+    d = tmp_path / "sdt"
+    sdturbo.write(d, log=lambda m: None, dims=sdturbo.SMALL)
+    exp = {
+        "text_encoder": ([("input_ids", "tensor(int64)", 2)],
+                         [("last_hidden_state", "tensor(float)", 3), ("pooler_output", "tensor(float)", 2)]),
+        "unet": ([("sample", "tensor(float)", 4), ("timestep", "tensor(int64)", 1),
+                  ("encoder_hidden_states", "tensor(float)", 3)], [("out_sample", "tensor(float)", 4)]),
+        "vae_encoder": ([("sample", "tensor(float)", 4)], [("latent_sample", "tensor(float)", 4)]),
+        "vae_decoder": ([("latent_sample", "tensor(float)", 4)], [("sample", "tensor(float)", 4)]),
+    }
+    for comp, e in exp.items():
+        assert sig(session(d / comp / "model.onnx")) == e, comp
+    write_frames(tmp_path / "in", 1, 64, 64)
+    r = run_ref(d, tmp_path / "in", tmp_path / "out", "--prompt", "a red car", "--cfg-type", "none")
+    assert r.returncode == 0, r.stderr
+    out = read_out(tmp_path / "out", 0)
+    assert np.isfinite(out).all() and float(out.std()) > 1e-3
