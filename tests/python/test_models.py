@@ -343,6 +343,14 @@ def test_reference_determinism_and_sensitivity(models, tmp_path):
     assert float(np.abs(a - out("prompt", "--prompt", "a blue house", *base[2:])).max()) > 1e-3
     assert float(np.abs(a - out("strength", *base[:4], "--t-index-list", "20,45")).max()) > 1e-3
     assert float(np.abs(a - out("noadd", *base, "--add-noise", "0")).max()) > 1e-3
+    # The dumped intermediates are consistent with the formulas and the output.
+    d = out("dump", *base, "--dump", "--cfg-type", "self", "--guidance-scale", "1.5")
+    f, c = np.load(tmp_path / "dump" / "frame_000.npz"), np.load(tmp_path / "dump" / "common.npz")
+    np.testing.assert_allclose(f["X_0"], c["alpha"][0] * f["z"] + c["beta"][0] * c["noise"][0:1], atol=1e-6)
+    np.testing.assert_allclose(f["S_0"], c["noise"][0:1])
+    np.testing.assert_allclose(f["eps_0"], 1.5 * f["eps_c_0"] - 0.5 * f["S_0"], atol=1e-5)
+    np.testing.assert_allclose(f["X_1"], c["alpha"][1] * f["x0_0"] + c["beta"][1] * c["noise"][1:2], atol=1e-6)
+    np.testing.assert_allclose(d, np.clip(f["y"][0] / 2 + 0.5, 0, 1), atol=1e-7)
 
 
 def test_reference_errors_are_reported(models, tmp_path):
