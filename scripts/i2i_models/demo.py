@@ -4,8 +4,8 @@ This is a demonstration model, not a trained diffusion model. It is built so tha
 math runs on it unchanged and its output reacts visibly:
 
 - VAE (AutoencoderKL-style config, scaling_factor 0.5): the encoder pools each 8x8 block to a latent of
-  luma, two chroma channels and the block's luma contrast; the decoder upsamples (bilinear, in two stages) and renders it
-  with a soft posterised, cel-shaded look.
+  luma, two chroma channels and the block's luma contrast; the decoder upsamples (bilinear, in two stages)
+  and renders it with a soft posterised, cel-shaded look and ink on strong edges.
 - Text encoder (E = 768): each token has 16 handcrafted features (a three-stop palette in latent space,
   a weight); colour and mood words (red, blue, gold, neon, sunset, forest, ocean, ...) carry strong
   palettes, every other word a colour from a hash of its token id, stop words nothing.
@@ -208,10 +208,6 @@ def _blur(g: Graph, x, ch: int, sigma: float, radius: int):
 
 def _chan(g: Graph, x, start: int, end: int, axis: int = 1):
     return g.op("Slice", [x, g.i64([start]), g.i64([end]), g.i64([axis])])
-
-
-def _smoothstep(g: Graph, x):
-    return g.mul(g.mul(x, x), g.sub(g.const(3.0), g.mul(x, g.const(2.0))))
 
 
 def _bezier(g: Graph, p0, p1, p2, u):

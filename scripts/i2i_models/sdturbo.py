@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,6 @@ from onnx import TensorProto
 
 from . import clip_vocab, configs
 from .graph import Graph
-
-from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,8 @@ class Net:
         h = g.op("Reshape", [x, g.i64([0, groups, -1])])
         h = g.op("InstanceNormalization", [h, g.const(np.ones(groups)), g.const(np.zeros(groups))], epsilon=eps)
         h = g.op("Reshape", [h, shape])
-        return g.add(g.mul(h, g.init("gn_w", self.ones(c).reshape(c, 1, 1))), g.init("gn_b", self.zeros(c).reshape(c, 1, 1)))
+        scale = g.init("gn_w", self.ones(c).reshape(c, 1, 1))
+        return g.add(g.mul(h, scale), g.init("gn_b", self.zeros(c).reshape(c, 1, 1)))
 
     def layer_norm(self, x, c):
         g = self.g

@@ -263,8 +263,8 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--png", action="store_true", help="also write OUT/frame_%%03d.png")
     ap.add_argument("--dump", action="store_true",
-                    help="also write OUT/frame_%%03d.npz with the intermediate tensors (x, z, X_i, eps_i, x0_i, S_i, y) "
-                         "and OUT/common.npz with the noise, the schedule and the embeddings")
+                    help="also write OUT/frame_%%03d.npz with the intermediate tensors (x, z, X_i, eps_i, x0_i, "
+                         "S_i, y) and OUT/common.npz with the noise, the schedule and the embeddings")
     return ap.parse_args(argv)
 
 

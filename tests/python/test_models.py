@@ -148,8 +148,10 @@ def test_tiny_models_run_sane_and_use_all_inputs(models, name):
     te, un = session(d / "text_encoder" / "model.onnx"), session(d / "unet" / "model.onnx")
     enc, dec = session(d / "vae_encoder" / "model.onnx"), session(d / "vae_decoder" / "model.onnx")
     idt = np.int32 if name == "tiny-sdexport" else np.int64
-    ids_a = np.full((1, 77), 49407, idt); ids_a[0, :4] = [49406, 320, 736, 1615]  # "a red car"
-    ids_b = ids_a.copy(); ids_b[0, 2] = 1746  # "a blue car"
+    ids_a = np.full((1, 77), 49407, idt)
+    ids_a[0, :4] = [49406, 320, 736, 1615]  # "a red car"
+    ids_b = ids_a.copy()
+    ids_b[0, 2] = 1746  # "a blue car"
     emb_a = te.run(None, {"input_ids": ids_a})[0].astype(np.float32)
     emb_b = te.run(None, {"input_ids": ids_b})[0].astype(np.float32)
     assert emb_a.shape == (1, 77, 32) and np.isfinite(emb_a).all()
@@ -405,7 +407,9 @@ def test_demo_reacts_to_prompt_seed_and_strength(models, tmp_path):
 
     w, h = 160, 128  # any multiple of 8
     src = landscape(w, h).astype(np.float32).transpose(2, 0, 1) / 255.0
-    run = lambda tag, *a: _demo_run(models, tmp_path, tag, w, h, "--seed", "2", *a)  # noqa: E731
+    def run(tag, *a):
+        return _demo_run(models, tmp_path, tag, w, h, "--seed", "2", *a)
+
     red, blue = run("red", "--prompt", "a red car"), run("blue", "--prompt", "a blue house")
     assert float(red[0].mean() - red[2].mean()) > 0.15  # red dominates blue
     assert float(blue[2].mean() - blue[0].mean()) > 0.15
