@@ -119,6 +119,7 @@ pub struct Graph {
     scratch_f32: Vec<Vec<f32>>,
     scratch_i64: Vec<Vec<i64>>,
     scratch_i32: Vec<Vec<i32>>,
+    scratch_out: Vec<f32>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -172,6 +173,7 @@ impl Graph {
             scratch_f32: Vec::new(),
             scratch_i64: Vec::new(),
             scratch_i32: Vec::new(),
+            scratch_out: Vec::new(),
         })
     }
 
@@ -240,6 +242,21 @@ impl Graph {
         output: &str,
         out: &mut Vec<f32>,
     ) -> Result<Vec<i64>, EngineError> {
+        self.run_with(feeds, output, |shape, data| {
+            out.clear();
+            out.extend_from_slice(data);
+            shape.to_vec()
+        })
+    }
+
+    /// Like [`Graph::run`], but hands the output (shape, float32 data) to `f` without
+    /// copying it first (float16 outputs are converted into a reused buffer).
+    pub fn run_with<R>(
+        &mut self,
+        feeds: &[(&str, &[i64], Feed<'_>)],
+        output: &str,
+        f: impl FnOnce(&[i64], &[f32]) -> R,
+    ) -> Result<R, EngineError> {
         let Graph {
             file,
             session,
@@ -248,6 +265,7 @@ impl Graph {
             scratch_f32,
             scratch_i64,
             scratch_i32,
+            scratch_out,
             ..
         } = self;
         let n = feeds.len();
@@ -340,24 +358,21 @@ impl Graph {
         match ty {
             Some(TensorElementType::Float32) => {
                 let (_, d) = value.try_extract_tensor::<f32>().map_err(ort_err)?;
-                out.clear();
-                out.extend_from_slice(d);
+                Ok(f(&shape, d))
             }
             Some(TensorElementType::Float16) => {
                 let (_, d) = value.try_extract_tensor::<f16>().map_err(ort_err)?;
-                out.resize(d.len(), 0.0);
-                d.convert_to_f32_slice(out);
+                scratch_out.resize(d.len(), 0.0);
+                d.convert_to_f32_slice(scratch_out);
+                Ok(f(&shape, scratch_out))
             }
-            other => {
-                return Err(EngineError::tensor(
-                    file,
-                    output,
-                    "a float32 or float16 output",
-                    format!("{other:?}"),
-                ));
-            }
+            other => Err(EngineError::tensor(
+                file,
+                output,
+                "a float32 or float16 output",
+                format!("{other:?}"),
+            )),
         }
-        Ok(shape)
     }
 }
 
@@ -847,7 +862,6 @@ pub struct VaeDecoder {
     height: usize,
     width: usize,
     in_buf: Vec<f32>,
-    out_buf: Vec<f32>,
 }
 
 impl VaeDecoder {
@@ -880,7 +894,6 @@ impl VaeDecoder {
             height: h,
             width: w,
             in_buf: Vec::new(),
-            out_buf: Vec::new(),
         })
     }
 
@@ -915,19 +928,25 @@ impl VaeDecoder {
             };
             let shape = [b as i64, 4, lh as i64, lw as i64];
             let feeds = [("latent_sample", &shape[..], Feed::F32(data))];
-            let s = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
-            calls += 1;
             let want = [b as i64, 3, self.height as i64, self.width as i64];
-            if s != want {
+            // The decoded images go to `sink` straight from ONNX Runtime's output.
+            let ok = self.graph.run_with(&feeds, &self.output, |s, y| {
+                if s != want {
+                    return Err(shape_str(s));
+                }
+                for i in 0..n {
+                    sink(r0 + i, &y[i * img..(i + 1) * img]);
+                }
+                Ok(())
+            })?;
+            calls += 1;
+            if let Err(found) = ok {
                 return Err(EngineError::tensor(
                     &self.graph.file,
                     &self.output,
                     shape_str(&want),
-                    shape_str(&s),
+                    found,
                 ));
-            }
-            for i in 0..n {
-                sink(r0 + i, &self.out_buf[i * img..(i + 1) * img]);
             }
             r0 = r1;
         }
