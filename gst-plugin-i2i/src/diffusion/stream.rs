@@ -411,6 +411,13 @@ impl Stream {
     }
 }
 
+/// `clamp(y / 2 + 0.5, 0, 1)`, with NaN mapped to 0 so no NaN reaches the pixels.
+#[allow(clippy::manual_clamp)]
+#[inline]
+fn to_unit(v: f32) -> f32 {
+    (v / 2.0 + 0.5).max(0.0).min(1.0)
+}
+
 /// One LCM step of one frame, with guidance and the stock-noise update, in place.
 fn step_frame(f: &mut Flight, ec: &[f32], eu: Option<&[f32]>) {
     let p = &*f.p;
