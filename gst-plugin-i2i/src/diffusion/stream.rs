@@ -342,8 +342,7 @@ impl Stream {
                 if let Some(px) = Arc::get_mut(&mut buffers[k]) {
                     px.resize(y.len(), 0.0);
                     for (d, &v) in px.iter_mut().zip(y) {
-                        // clamp(y / 2 + 0.5, 0, 1); max/min vectorise (NaN becomes 0).
-                        *d = (v / 2.0 + 0.5).max(0.0).min(1.0);
+                        *d = to_unit(v);
                     }
                 }
                 post += tp.elapsed();
