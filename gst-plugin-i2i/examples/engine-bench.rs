@@ -195,6 +195,8 @@ impl Bare {
         if a.threads > 0 {
             b = b.with_intra_threads(a.threads).unwrap();
         }
+        // The engine's setting: idle threads sleep rather than spin.
+        b = b.with_intra_op_spinning(false).unwrap();
         let eps = providers(a, cache);
         if !eps.is_empty() {
             b = b.with_execution_providers(eps).unwrap();

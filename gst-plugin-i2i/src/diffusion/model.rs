@@ -485,7 +485,6 @@ pub struct Unet {
     sample_buf: Vec<f32>,
     hidden_buf: Vec<f32>,
     time_buf: Vec<f32>,
-    out_buf: Vec<f32>,
 }
 
 impl Unet {
@@ -564,7 +563,6 @@ impl Unet {
             sample_buf: Vec::new(),
             hidden_buf: Vec::new(),
             time_buf: Vec::new(),
-            out_buf: Vec::new(),
         })
     }
 
@@ -642,17 +640,23 @@ impl Unet {
                     ("timestep", t_shape, Feed::F32(t_data)),
                     ("encoder_hidden_states", &h_shape[..], Feed::F32(h_in)),
                 ];
-                let shape = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
+                let dst = &mut out[r0 * lat..r1 * lat];
+                let ok = self.graph.run_with(&feeds, &self.output, |shape, eps| {
+                    if shape != s_shape {
+                        return Err(shape_str(shape));
+                    }
+                    dst.copy_from_slice(&eps[..n * lat]);
+                    Ok(())
+                })?;
                 calls += 1;
-                if shape != s_shape {
+                if let Err(found) = ok {
                     return Err(EngineError::tensor(
                         &self.graph.file,
                         &self.output,
                         shape_str(&s_shape),
-                        shape_str(&shape),
+                        found,
                     ));
                 }
-                out[r0 * lat..r1 * lat].copy_from_slice(&self.out_buf[..n * lat]);
                 r0 = r1;
             }
         }
@@ -1092,6 +1096,11 @@ impl SessionFactory {
                         .with_intra_threads(self.intra_threads)
                         .map_err(|e| (false, e.into()))?;
                 }
+                // Idle ONNX Runtime threads sleep instead of spinning: the engine shares
+                // the CPU with the rest of the pipeline (decoding, conversion).
+                b = b
+                    .with_intra_op_spinning(false)
+                    .map_err(|e| (false, e.into()))?;
                 if !eps.is_empty() {
                     b = b
                         .with_execution_providers(eps)
