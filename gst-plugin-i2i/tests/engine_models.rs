@@ -492,3 +492,55 @@ fn wrong_signatures_and_fixed_batch() {
         "rows share calls with a dynamic batch"
     );
 }
+
+#[test]
+fn declared_inputs_read_from_the_file_match_onnx_runtime() {
+    use gsti2i::diffusion::onnx_proto::graph_inputs;
+    use ort::value::ValueType;
+    let env = gsti2i::diffusion::runtime::environment().unwrap();
+    let mut checked = 0;
+    for model in ["tiny-sd15", "tiny-turbo", "tiny-fp16", "tiny-sdexport"] {
+        for comp in ["text_encoder", "unet", "vae_encoder", "vae_decoder"] {
+            let file = root()
+                .join("models")
+                .join(model)
+                .join(comp)
+                .join("model.onnx");
+            let declared = graph_inputs(&file).unwrap();
+            let session = ort::session::Session::builder(&env)
+                .unwrap()
+                .commit_from_file(&file)
+                .unwrap();
+            let want: Vec<(String, Vec<Option<i64>>)> = session
+                .inputs()
+                .iter()
+                .map(|o| match o.dtype() {
+                    ValueType::Tensor { shape, .. } => (
+                        o.name().to_string(),
+                        shape.iter().map(|&d| (d >= 0).then_some(d)).collect(),
+                    ),
+                    other => panic!("{other}"),
+                })
+                .collect();
+            let got: Vec<(String, Vec<Option<i64>>)> = declared
+                .iter()
+                .map(|d| (d.name.clone(), d.dims.clone()))
+                .collect();
+            assert_eq!(got, want, "{model}/{comp}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 16);
+    // The scalar timestep of an optimum >= 1.24 export has no dimensions.
+    let turbo = graph_inputs(&root().join("models/tiny-turbo/unet/model.onnx")).unwrap();
+    let t = turbo.iter().find(|d| d.name == "timestep").unwrap();
+    assert!(t.dims.is_empty() && !t.is_dynamic() && t.elem_type == 1);
+    // A broken file is an error, not a panic.
+    let s = Scratch::new("proto");
+    let f = s.0.join("broken.onnx");
+    let bytes = std::fs::read(tiny().join("unet/model.onnx")).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let _ = graph_inputs(&f);
+    std::fs::write(&f, [0xffu8; 64]).unwrap();
+    assert!(graph_inputs(&f).is_err());
+}

@@ -1325,18 +1325,39 @@ impl Model {
         let (lh, lw) = (h / 8, w / 8);
         let bs = opts.batch_size;
         let trt = factory.provider == ExecutionProvider::TensorRt;
-        let profile = |parts: &[(&str, Vec<usize>, Vec<usize>, Vec<usize>)]| -> TrtProfile {
-            let join = |f: &dyn Fn(&(&str, Vec<usize>, Vec<usize>, Vec<usize>)) -> String| {
-                parts.iter().map(f).collect::<Vec<_>>().join(",")
+        // Profiles name the inputs the graph declares with a dynamic dimension, at the
+        // graph's rank (a scalar timestep is left out); read from the file, since the
+        // session does not exist yet.
+        type Part<'a> = (&'a str, Vec<usize>, Vec<usize>, Vec<usize>);
+        let profile = |file: &Path, parts: &[Part<'_>]| -> Result<TrtProfile, EngineError> {
+            if !trt {
+                return Ok(TrtProfile::default());
+            }
+            let declared = super::onnx_proto::graph_inputs(file).map_err(|e| {
+                EngineError::invalid(file, format!("cannot read the graph inputs: {e}"))
+            })?;
+            let kept: Vec<&Part<'_>> = parts
+                .iter()
+                .filter(|p| {
+                    declared
+                        .iter()
+                        .any(|d| d.name == p.0 && d.is_dynamic() && d.dims.len() == p.1.len())
+                })
+                .collect();
+            let join = |f: &dyn Fn(&Part<'_>) -> String| {
+                kept.iter().map(|p| f(p)).collect::<Vec<_>>().join(",")
             };
-            TrtProfile {
+            Ok(TrtProfile {
                 min: join(&|p| trt_dims(p.0, &p.1)),
                 opt: join(&|p| trt_dims(p.0, &p.2)),
                 max: join(&|p| trt_dims(p.0, &p.3)),
-            }
+            })
         };
         let seq = tokenizer.max_length();
-        let text_profile = profile(&[("input_ids", vec![1, seq], vec![1, seq], vec![1, seq])]);
+        let text_profile = profile(
+            &files[0],
+            &[("input_ids", vec![1, seq], vec![1, seq], vec![1, seq])],
+        )?;
         if trt {
             log(
                 LogLevel::Info,
@@ -1349,21 +1370,24 @@ impl Model {
         let shape = text.encode(prompt, &mut emb)?;
         let e = shape[2];
         let (typ, max) = unet_rows;
-        let unet_profile = profile(&[
-            (
-                "sample",
-                vec![1, 4, lh, lw],
-                vec![typ, 4, lh, lw],
-                vec![max, 4, lh, lw],
-            ),
-            ("timestep", vec![1], vec![typ], vec![max]),
-            (
-                "encoder_hidden_states",
-                vec![1, seq, e],
-                vec![typ, seq, e],
-                vec![max, seq, e],
-            ),
-        ]);
+        let unet_profile = profile(
+            &files[1],
+            &[
+                (
+                    "sample",
+                    vec![1, 4, lh, lw],
+                    vec![typ, 4, lh, lw],
+                    vec![max, 4, lh, lw],
+                ),
+                ("timestep", vec![1], vec![typ], vec![max]),
+                (
+                    "encoder_hidden_states",
+                    vec![1, seq, e],
+                    vec![typ, seq, e],
+                    vec![max, seq, e],
+                ),
+            ],
+        )?;
         let unet_graph = factory.open(&files[1], trt.then_some(&unet_profile))?;
         let unet = Unet::bind(unet_graph, lh, lw, opts)?;
         if let Some(he) = unet.hidden_size
@@ -1376,20 +1400,26 @@ impl Model {
                 format!("{he} (text encoder and UNet do not belong together)"),
             ));
         }
-        let enc_profile = profile(&[(
-            "sample",
-            vec![1, 3, h, w],
-            vec![bs, 3, h, w],
-            vec![bs, 3, h, w],
-        )]);
+        let enc_profile = profile(
+            &files[2],
+            &[(
+                "sample",
+                vec![1, 3, h, w],
+                vec![bs, 3, h, w],
+                vec![bs, 3, h, w],
+            )],
+        )?;
         let vae_encoder =
             VaeEncoder::bind(factory.open(&files[2], trt.then_some(&enc_profile))?, opts)?;
-        let dec_profile = profile(&[(
-            "latent_sample",
-            vec![1, 4, lh, lw],
-            vec![bs, 4, lh, lw],
-            vec![bs, 4, lh, lw],
-        )]);
+        let dec_profile = profile(
+            &files[3],
+            &[(
+                "latent_sample",
+                vec![1, 4, lh, lw],
+                vec![bs, 4, lh, lw],
+                vec![bs, 4, lh, lw],
+            )],
+        )?;
         let vae_decoder =
             VaeDecoder::bind(factory.open(&files[3], trt.then_some(&dec_profile))?, opts)?;
         Ok((text, unet, vae_encoder, vae_decoder, emb, shape))
