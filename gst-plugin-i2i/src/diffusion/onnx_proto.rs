@@ -73,8 +73,11 @@ fn skip<R: Read + Seek>(r: &mut R, wt: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Iterates the fields of an in-memory message: (field number, wire type, bytes or value).
-fn fields(mut buf: &[u8]) -> std::io::Result<Vec<(u64, u64, &[u8], u64)>> {
+/// One field of an in-memory message: (field number, wire type, bytes, varint value).
+type Field<'a> = (u64, u64, &'a [u8], u64);
+
+/// The fields of an in-memory message.
+fn fields(mut buf: &[u8]) -> std::io::Result<Vec<Field<'_>>> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let mut cur = std::io::Cursor::new(buf);
