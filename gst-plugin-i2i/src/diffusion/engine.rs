@@ -99,7 +99,8 @@ impl Engine {
                 n,
                 opts.batch_size.max(1),
             ),
-            max_unet_rows(n, opts.batch_size.max(1)),
+            // Room for live changes up to 4 steps (TensorRT profiles are fixed at load).
+            max_unet_rows(n.max(4), opts.batch_size.max(1)),
         );
         let t0 = Instant::now();
         let (model, cond_data, cond_shape) = Model::load(opts, rows, &params.prompt)?;
