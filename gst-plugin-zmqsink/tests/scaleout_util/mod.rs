@@ -43,6 +43,8 @@ pub struct Out {
     pub timestamp_ms: Option<i64>,
     pub arrived_us: i64,
     pub size: usize,
+    /// A hash of the frame's bytes (to compare pictures).
+    pub digest: u64,
 }
 
 fn unix_ms_of(buffer: &gst::BufferRef) -> Option<i64> {
@@ -70,6 +72,14 @@ pub fn record(appsink: &gst_app::AppSink) -> Arc<Mutex<Vec<Out>>> {
                     timestamp_ms: unix_ms_of(buffer),
                     arrived_us: unix_now_us(),
                     size: buffer.size(),
+                    digest: {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        if let Ok(map) = buffer.map_readable() {
+                            map.as_slice().hash(&mut h);
+                        }
+                        h.finish()
+                    },
                 });
                 Ok(gst::FlowSuccess::Ok)
             })
@@ -327,6 +337,16 @@ pub fn plugin_dir() -> PathBuf {
     dir
 }
 
+/// The workers' plugin path: this build's plugins, after the directories in
+/// `SCALEOUT_TEST_PLUGIN_PATH` if set (to try the workers with another build of a plugin).
+fn worker_plugin_path() -> String {
+    let own = plugin_dir().to_string_lossy().into_owned();
+    match std::env::var("SCALEOUT_TEST_PLUGIN_PATH") {
+        Ok(extra) if !extra.is_empty() => format!("{extra}:{own}"),
+        _ => own,
+    }
+}
+
 /// A worker as a gst-launch-1.0 process (so that it can be killed).
 pub struct WorkerProcess {
     pub name: String,
@@ -347,7 +367,7 @@ impl WorkerProcess {
         let child = Command::new("gst-launch-1.0")
             .arg("-q")
             .args(desc.split_whitespace())
-            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("GST_PLUGIN_PATH", worker_plugin_path())
             .env("GST_REGISTRY", registry)
             .env("GST_DEBUG", "0")
             .stdin(Stdio::null())
