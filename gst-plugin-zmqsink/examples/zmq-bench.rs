@@ -402,7 +402,7 @@ fn run_memory(frames: &[gst::Buffer], n: usize) -> Vec<(usize, u64, u64)> {
 
 fn main() {
     let mut frames_n = 600usize;
-    let mut rounds = 5usize;
+    let mut rounds = 9usize;
     let mut memory_n = 10_000usize;
     let mut latency_n = 300usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
