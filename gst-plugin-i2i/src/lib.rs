@@ -5,8 +5,10 @@ use gst::glib;
 
 pub mod diffusion;
 pub mod settings;
+mod settingssrc;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    settingssrc::register(plugin)?;
     Ok(())
 }
 

@@ -7,8 +7,38 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod blend;
+pub mod command;
+pub mod curve;
+pub mod hub;
+pub mod message;
+pub mod state;
+
 /// Caps name of the buffers on the settings pad.
 pub const SETTINGS_CAPS_NAME: &str = "application/x-i2i-settings";
+
+/// Default port of the settings state publisher (`i2i-prompt` PUB, `settingssrc` SUB).
+pub const DEFAULT_STATE_PORT: u16 = 5556;
+/// Default port of the command socket of `i2i-prompt` (ROUTER; one-shot commands, reports).
+pub const DEFAULT_CONTROL_PORT: u16 = 5560;
+
+/// Accepted ranges, shared by every way a value can arrive (chat text, msgpack, JSON).
+pub const GUIDANCE_SCALE_RANGE: (f64, f64) = (0.0, 50.0);
+pub const DELTA_RANGE: (f64, f64) = (0.0, 10.0);
+/// 1 would make the similarity filter divide by zero.
+pub const SIMILARITY_THRESHOLD_RANGE: (f64, f64) = (0.0, 0.999);
+/// Largest transition length in frames (a minute at 60 frames/s).
+pub const MAX_TRANSITION_FRAMES: u32 = 3600;
+/// Largest t-index value (LCM schedules have at most 1000 timesteps).
+pub const MAX_T_INDEX: u32 = 999;
+/// Most entries in a t-index list.
+pub const MAX_T_INDEX_ENTRIES: usize = 50;
+/// Most entries in a prompt or seed blend (each prompt costs one text-encoder run).
+pub const MAX_BLEND_ENTRIES: usize = 8;
+/// Valid `cfg-type` values.
+pub const CFG_TYPES: [&str; 4] = ["none", "full", "self", "initialize"];
+/// Valid `blend-mode` values.
+pub const BLEND_MODES: [&str; 2] = ["linear", "slerp"];
 
 /// A partial change of the transform's live settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +70,9 @@ pub struct SettingsUpdate {
     /// Weighted seed blend: `[[seed, weight], ...]`; replaces `seed` while set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed_blend: Option<Vec<(u64, f64)>>,
+    /// How blends and transitions combine: linear or slerp (see [`blend`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blend_mode: Option<String>,
 }
 
 impl SettingsUpdate {
@@ -55,6 +88,255 @@ impl SettingsUpdate {
     pub fn is_empty(&self) -> bool {
         *self == SettingsUpdate::default()
     }
+
+    /// Applies `later` on top of `self`: every key present in `later` wins. Used to
+    /// coalesce updates that arrive faster than they are pushed, and to keep a full state.
+    pub fn merge(&mut self, later: SettingsUpdate) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if later.$f.is_some() { self.$f = later.$f; } )* };
+        }
+        take!(
+            prompt,
+            negative_prompt,
+            seed,
+            t_index_list,
+            guidance_scale,
+            delta,
+            cfg_type,
+            similarity_threshold,
+            transition_frames,
+            prompt_blend,
+            seed_blend,
+            blend_mode
+        );
+    }
+
+    /// The keys of `self` whose value differs from `previous` (keys absent from `self`
+    /// are not changes: a state never unsets a key; an absent and an empty blend are equal).
+    pub fn changes_since(&self, previous: &SettingsUpdate) -> SettingsUpdate {
+        let mut d = SettingsUpdate::default();
+        macro_rules! diff {
+            ($($f:ident),*) => { $( if self.$f.is_some() && self.$f != previous.$f { d.$f = self.$f.clone(); } )* };
+        }
+        diff!(
+            prompt,
+            negative_prompt,
+            seed,
+            t_index_list,
+            guidance_scale,
+            delta,
+            cfg_type,
+            similarity_threshold,
+            transition_frames,
+            blend_mode
+        );
+        // No blend and an empty blend are the same: ending a blend that never began is
+        // no change.
+        fn blend<T: Clone + PartialEq>(
+            new: &Option<Vec<T>>,
+            old: &Option<Vec<T>>,
+        ) -> Option<Vec<T>> {
+            let (n, o) = (new.as_deref()?, old.as_deref().unwrap_or(&[]));
+            (n != o).then(|| n.to_vec())
+        }
+        d.prompt_blend = blend(&self.prompt_blend, &previous.prompt_blend);
+        d.seed_blend = blend(&self.seed_blend, &previous.seed_blend);
+        d
+    }
+
+    /// A plain prompt ends a prompt blend and a plain seed ends a seed blend: make that
+    /// explicit (an empty blend list clears the blend), so the receiver needs no memory
+    /// of how the message was written.
+    pub fn with_explicit_blend_clears(mut self) -> Self {
+        if self.prompt.is_some() && self.prompt_blend.is_none() {
+            self.prompt_blend = Some(Vec::new());
+        }
+        if self.seed.is_some() && self.seed_blend.is_none() {
+            self.seed_blend = Some(Vec::new());
+        }
+        self
+    }
+
+    /// Checks every present value against the accepted ranges; the error names the key,
+    /// the value and what is accepted.
+    pub fn validate(&self) -> Result<(), String> {
+        fn range(key: &str, v: f64, (lo, hi): (f64, f64)) -> Result<(), String> {
+            if v.is_finite() && v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{key}: {v} is out of range (accepted: {lo} to {hi})"
+                ))
+            }
+        }
+        if let Some(t) = &self.t_index_list {
+            parse_t_index_list(t).map_err(|e| format!("t-index-list: {e}"))?;
+        }
+        if let Some(v) = self.guidance_scale {
+            range("guidance-scale", v, GUIDANCE_SCALE_RANGE)?;
+        }
+        if let Some(v) = self.delta {
+            range("delta", v, DELTA_RANGE)?;
+        }
+        if let Some(v) = self.similarity_threshold {
+            range("similarity-threshold", v, SIMILARITY_THRESHOLD_RANGE)?;
+        }
+        if let Some(c) = &self.cfg_type
+            && !CFG_TYPES.contains(&c.as_str())
+        {
+            return Err(format!(
+                "cfg-type: \"{c}\" is not a guidance mode (accepted: {})",
+                CFG_TYPES.join(", ")
+            ));
+        }
+        if let Some(m) = &self.blend_mode
+            && !BLEND_MODES.contains(&m.as_str())
+        {
+            return Err(format!(
+                "blend-mode: \"{m}\" is not a blend mode (accepted: {})",
+                BLEND_MODES.join(", ")
+            ));
+        }
+        if let Some(n) = self.transition_frames
+            && n > MAX_TRANSITION_FRAMES
+        {
+            return Err(format!(
+                "transition-frames: {n} is too long (accepted: 0 to {MAX_TRANSITION_FRAMES})"
+            ));
+        }
+        if let Some(b) = &self.prompt_blend {
+            check_weights("prompt-blend", b.iter().map(|(_, w)| *w))?;
+        }
+        if let Some(b) = &self.seed_blend {
+            check_weights("seed-blend", b.iter().map(|(_, w)| *w))?;
+        }
+        Ok(())
+    }
+
+    /// One line for people: `seed=5 prompt="a red fox"`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = &self.prompt {
+            parts.push(format!("prompt={v:?}"));
+        }
+        if let Some(v) = &self.negative_prompt {
+            parts.push(format!("negative-prompt={v:?}"));
+        }
+        if let Some(v) = self.seed {
+            parts.push(format!("seed={v}"));
+        }
+        if let Some(v) = &self.t_index_list {
+            parts.push(format!("t-index-list={v}"));
+        }
+        if let Some(v) = self.guidance_scale {
+            parts.push(format!("guidance-scale={v}"));
+        }
+        if let Some(v) = self.delta {
+            parts.push(format!("delta={v}"));
+        }
+        if let Some(v) = &self.cfg_type {
+            parts.push(format!("cfg-type={v}"));
+        }
+        if let Some(v) = self.similarity_threshold {
+            parts.push(format!("similarity-threshold={v}"));
+        }
+        if let Some(v) = self.transition_frames {
+            parts.push(format!("transition-frames={v}"));
+        }
+        if let Some(b) = &self.prompt_blend {
+            if b.is_empty() {
+                parts.push("prompt-blend=off".to_string());
+            } else {
+                let items: Vec<String> = b.iter().map(|(t, w)| format!("{t:?}:{w}")).collect();
+                parts.push(format!("prompt-blend=[{}]", items.join(" ")));
+            }
+        }
+        if let Some(b) = &self.seed_blend {
+            if b.is_empty() {
+                parts.push("seed-blend=off".to_string());
+            } else {
+                let items: Vec<String> = b.iter().map(|(s, w)| format!("{s}:{w}")).collect();
+                parts.push(format!("seed-blend=[{}]", items.join(" ")));
+            }
+        }
+        if let Some(v) = &self.blend_mode {
+            parts.push(format!("blend-mode={v}"));
+        }
+        if parts.is_empty() {
+            "(nothing)".to_string()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// Parses a t-index list written as "22,32,45" (spaces allowed): 1 to
+/// [`MAX_T_INDEX_ENTRIES`] strictly increasing whole numbers from 0 to [`MAX_T_INDEX`]
+/// (the transform also checks them against its `num-inference-steps`).
+pub fn parse_t_index_list(text: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in text.split([',', ' ']).filter(|p| !p.trim().is_empty()) {
+        let part = part.trim();
+        let v: u32 = part.parse().map_err(|_| {
+            format!("\"{part}\" is not a t-index (expected whole numbers 0 to {MAX_T_INDEX} such as 22,32,45)")
+        })?;
+        if v > MAX_T_INDEX {
+            return Err(format!(
+                "t-index {v} is out of range (accepted: 0 to {MAX_T_INDEX})"
+            ));
+        }
+        if let Some(&last) = out.last()
+            && v <= last
+        {
+            return Err(format!(
+                "t-indices must increase strictly ({last} is followed by {v})"
+            ));
+        }
+        out.push(v);
+    }
+    if out.is_empty() {
+        return Err("empty t-index list (expected e.g. 22,32,45)".to_string());
+    }
+    if out.len() > MAX_T_INDEX_ENTRIES {
+        return Err(format!(
+            "{} t-indices is too many (at most {MAX_T_INDEX_ENTRIES})",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Formats a t-index list the way the `t-index-list` property writes it.
+pub fn format_t_index_list(list: &[u32]) -> String {
+    list.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn check_weights(key: &str, weights: impl Iterator<Item = f64>) -> Result<(), String> {
+    let mut n = 0;
+    let mut sum = 0.0;
+    for w in weights {
+        if !w.is_finite() || w < 0.0 {
+            return Err(format!(
+                "{key}: weight {w} is not accepted (weights are finite and >= 0)"
+            ));
+        }
+        sum += w;
+        n += 1;
+    }
+    if n > MAX_BLEND_ENTRIES {
+        return Err(format!(
+            "{key}: {n} entries is too many (at most {MAX_BLEND_ENTRIES})"
+        ));
+    }
+    if n > 0 && sum <= 0.0 {
+        return Err(format!(
+            "{key}: the weights add up to 0 (at least one must be > 0)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -75,6 +357,83 @@ mod tests {
             r#"{"prompt":"a red fox","seed":123,"guidance-scale":1.5}"#
         );
         assert_eq!(SettingsUpdate::from_json(&j).unwrap(), u);
+    }
+
+    #[test]
+    fn merge_diff_and_blend_clears() {
+        let mut state = SettingsUpdate {
+            prompt: Some("fox".into()),
+            seed: Some(1),
+            ..Default::default()
+        };
+        let later = SettingsUpdate {
+            seed: Some(2),
+            prompt_blend: Some(vec![("a".into(), 1.0), ("b".into(), 1.0)]),
+            ..Default::default()
+        };
+        let before = state.clone();
+        state.merge(later.clone());
+        assert_eq!(state.prompt.as_deref(), Some("fox"));
+        assert_eq!(state.seed, Some(2));
+        assert_eq!(state.changes_since(&before), later);
+        assert!(state.changes_since(&state).is_empty());
+        // A plain prompt ends the blend explicitly; ending a blend that never began is no change.
+        let p = SettingsUpdate {
+            prompt: Some("fox".into()),
+            ..Default::default()
+        }
+        .with_explicit_blend_clears();
+        assert_eq!(p.prompt_blend, Some(vec![]));
+        assert_eq!(p.seed_blend, None);
+        assert_eq!(p.changes_since(&state).prompt_blend, Some(vec![]));
+        assert!(p.changes_since(&before).is_empty());
+        assert!(p.summary().contains("prompt-blend=off"));
+        assert_eq!(SettingsUpdate::default().summary(), "(nothing)");
+    }
+
+    #[test]
+    fn validation_names_key_and_range() {
+        let bad = |u: SettingsUpdate| u.validate().unwrap_err();
+        assert!(
+            bad(SettingsUpdate {
+                delta: Some(f64::NAN),
+                ..Default::default()
+            })
+            .contains("delta: NaN")
+        );
+        assert!(
+            bad(SettingsUpdate {
+                t_index_list: Some("1,,x".into()),
+                ..Default::default()
+            })
+            .contains("t-index-list")
+        );
+        assert!(
+            bad(SettingsUpdate {
+                seed_blend: Some(vec![(1, -1.0)]),
+                ..Default::default()
+            })
+            .contains("seed-blend: weight -1")
+        );
+        assert!(
+            bad(SettingsUpdate {
+                blend_mode: Some("cubic".into()),
+                ..Default::default()
+            })
+            .contains("blend-mode")
+        );
+        assert_eq!(parse_t_index_list(" 5, 10 ,45").unwrap(), vec![5, 10, 45]);
+        let many: Vec<String> = (0..51).map(|i| i.to_string()).collect();
+        assert!(
+            parse_t_index_list(&many.join(","))
+                .unwrap_err()
+                .contains("too many")
+        );
+        assert!(
+            parse_t_index_list("45,32")
+                .unwrap_err()
+                .contains("increase strictly")
+        );
     }
 
     #[test]

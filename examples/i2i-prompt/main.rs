@@ -1,0 +1,431 @@
+// SPDX-License-Identifier: MPL-2.0
+//! i2i-prompt: the operator's console and the holder of the live settings.
+//!
+//! * `i2i-prompt` keeps the current settings, publishes them to every `settingssrc`
+//!   (PUB, port 5556: full state on each change and as a heartbeat, so late joiners
+//!   catch up), takes commands from other machines (ROUTER, port 5560) and reads commands
+//!   from stdin. `i2i-prompt serve` does the same without reading stdin.
+//! * `i2i-prompt --endpoint tcp://HOST:5560 "/seed 5"` sends one command and prints the
+//!   answer; without a command it is a console for the holder on HOST.
+//! * `i2i-prompt keygen DIR [NAME]` writes a CURVE key pair.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gsti2i::settings::command::{Command, HELP};
+use gsti2i::settings::curve::{self, AllowList, KeyPair};
+use gsti2i::settings::hub::{ControlClient, Hub, HubConfig, HubCurve, HubEvent};
+use gsti2i::settings::message::decode_message;
+use gsti2i::settings::state::{APPLIED_TOPIC, AppliedReport};
+use gsti2i::settings::{DEFAULT_CONTROL_PORT, DEFAULT_STATE_PORT, SettingsUpdate};
+
+const USAGE: &str = "\
+Usage:
+  i2i-prompt [HUB OPTIONS]                  hold the settings and read commands from stdin
+  i2i-prompt serve [HUB OPTIONS]            hold the settings, no console (primary machine)
+  i2i-prompt [CLIENT OPTIONS] COMMAND...    send one command to a holder, print the answer
+  i2i-prompt --endpoint tcp://HOST:5560     console for the holder on HOST
+  i2i-prompt keygen DIR [NAME]              write DIR/NAME.key (public) and DIR/NAME.key_secret
+
+Hub options:
+  --state-bind ENDPOINT      where settingssrc elements subscribe (default tcp://*:5556)
+  --control-bind ENDPOINT    where commands and reports arrive (default tcp://*:5560)
+  --heartbeat-ms N           republish the full state every N ms (default 300)
+  --init COMMAND             apply COMMAND before serving (repeatable), e.g. --init \"/seed 5\"
+  --key FILE                 the holder's secret certificate: turns CURVE on
+  --allow PATH               with --key: public keys that may change settings
+                             (a directory of NAME.key files, one certificate, or a key list)
+  --allow-subscribers PATH   with --key: public keys that may subscribe and report
+                             (default: any key may subscribe; traffic is still encrypted)
+Client options:
+  --endpoint ENDPOINT        the holder's command socket (default tcp://localhost:5560)
+  --state-endpoint ENDPOINT  console only: where applied reports are published
+                             (default: the --endpoint host, port 5556)
+  --key FILE                 your secret certificate (CURVE)
+  --server-key KEY|FILE      the holder's public key (CURVE)
+  --timeout-ms N             how long to wait for an answer (default 3000)
+Commands: type /help, or see below.
+";
+
+#[derive(Default)]
+struct Options {
+    mode: Mode,
+    state_bind: Option<String>,
+    control_bind: Option<String>,
+    heartbeat_ms: Option<u64>,
+    init: Vec<String>,
+    key: Option<PathBuf>,
+    allow: Option<PathBuf>,
+    allow_subscribers: Option<PathBuf>,
+    endpoint: Option<String>,
+    state_endpoint: Option<String>,
+    server_key: Option<String>,
+    timeout_ms: Option<u64>,
+    words: Vec<String>,
+}
+
+#[derive(Default, PartialEq)]
+enum Mode {
+    #[default]
+    Console,
+    Serve,
+    Keygen,
+    Help,
+}
+
+fn parse_args(args: Vec<String>) -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut it = args.into_iter().peekable();
+    let mut first = true;
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value (see --help)"))
+        };
+        match a.as_str() {
+            "serve" if first => o.mode = Mode::Serve,
+            "keygen" if first => o.mode = Mode::Keygen,
+            "-h" | "--help" => o.mode = Mode::Help,
+            "--state-bind" => o.state_bind = Some(value(&a)?),
+            "--control-bind" => o.control_bind = Some(value(&a)?),
+            "--heartbeat-ms" => {
+                let v = value(&a)?;
+                o.heartbeat_ms = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&n| (10..=60_000).contains(&n))
+                        .ok_or_else(|| format!("--heartbeat-ms: \"{v}\" is not 10..60000"))?,
+                )
+            }
+            "--init" => o.init.push(value(&a)?),
+            "--key" => o.key = Some(PathBuf::from(value(&a)?)),
+            "--allow" => o.allow = Some(PathBuf::from(value(&a)?)),
+            "--allow-subscribers" => o.allow_subscribers = Some(PathBuf::from(value(&a)?)),
+            "--endpoint" => o.endpoint = Some(value(&a)?),
+            "--state-endpoint" => o.state_endpoint = Some(value(&a)?),
+            "--server-key" => o.server_key = Some(value(&a)?),
+            "--timeout-ms" => {
+                let v = value(&a)?;
+                o.timeout_ms = Some(v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("--timeout-ms: \"{v}\" is not a number of milliseconds")
+                })?)
+            }
+            "--" => {
+                o.words.extend(it.by_ref());
+                break;
+            }
+            s if s.starts_with("--") => {
+                return Err(format!("unknown option {s} (see --help)"));
+            }
+            _ => o.words.push(a),
+        }
+        first = false;
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = match parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("i2i-prompt: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match o.mode {
+        Mode::Help => {
+            print!("{USAGE}\n{HELP}\n");
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Keygen => keygen(&o),
+        Mode::Serve => run_hub(&o, false),
+        Mode::Console if !o.words.is_empty() => one_shot(&o),
+        Mode::Console if o.endpoint.is_some() => remote_console(&o),
+        Mode::Console => run_hub(&o, true),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("i2i-prompt: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn keygen(o: &Options) -> Result<ExitCode, String> {
+    let (dir, name) = match o.words.as_slice() {
+        [dir] => (dir.as_str(), "i2i"),
+        [dir, name] => (dir.as_str(), name.as_str()),
+        _ => return Err("usage: i2i-prompt keygen DIR [NAME]".to_string()),
+    };
+    let pair = KeyPair::generate()?;
+    let (public, secret) = pair.write(std::path::Path::new(dir), name)?;
+    println!("public key  {}", pair.public);
+    println!(
+        "wrote {} (share it: allow-lists, curve-server-key)",
+        public.display()
+    );
+    println!(
+        "wrote {} (keep it secret: --key, curve-key)",
+        secret.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_event(e: HubEvent) {
+    let line = match e {
+        HubEvent::Changed { seq, from, changes } => {
+            format!("[seq {seq}] {} (from {from})", changes.summary())
+        }
+        HubEvent::Rejected { from, error } => format!("rejected a message from {from}: {error}"),
+        HubEvent::Refused {
+            domain,
+            address,
+            key,
+            reason,
+        } => format!("REFUSED {address} ({domain}, key {key}): {reason}"),
+        HubEvent::Applied(r) => applied_line(&r),
+    };
+    eprintln!("{line}");
+}
+
+fn applied_line(r: &AppliedReport) -> String {
+    let mut s = format!("applied by {}", r.source);
+    if let Some(f) = r.frame {
+        s.push_str(&format!(" from frame {f}"));
+    }
+    if let Some(q) = r.seq {
+        s.push_str(&format!(" (seq {q})"));
+    }
+    format!("{s}: {}", r.settings.summary())
+}
+
+fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
+    if o.endpoint.is_some() || o.server_key.is_some() || !o.words.is_empty() {
+        return Err(
+            "--endpoint, --server-key and commands are for clients; a holder takes --state-bind, --control-bind, --init"
+                .to_string(),
+        );
+    }
+    if o.key.is_none() && (o.allow.is_some() || o.allow_subscribers.is_some()) {
+        return Err(
+            "--allow and --allow-subscribers need --key (the holder's secret certificate)"
+                .to_string(),
+        );
+    }
+    let curve = match (&o.key, &o.allow) {
+        (Some(key), Some(allow)) => Some(HubCurve {
+            keys: KeyPair::load(key)?,
+            controllers: AllowList::load(allow)?,
+            subscribers: match &o.allow_subscribers {
+                Some(p) => Some(AllowList::load(p)?),
+                None => None,
+            },
+        }),
+        (Some(_), None) => {
+            return Err(
+                "--key needs --allow: the public keys that may change settings".to_string(),
+            );
+        }
+        (None, _) => None,
+    };
+    let mut initial = SettingsUpdate::default();
+    for c in &o.init {
+        match decode_message(c.as_bytes()) {
+            Ok(Command::Update(u)) => initial.merge(u),
+            Ok(_) => {
+                return Err(format!(
+                    "--init \"{c}\": only settings commands can be applied at start"
+                ));
+            }
+            Err(e) => return Err(format!("--init \"{c}\": {e}")),
+        }
+    }
+    let config = HubConfig {
+        state_bind: o
+            .state_bind
+            .clone()
+            .unwrap_or_else(|| format!("tcp://*:{DEFAULT_STATE_PORT}")),
+        control_bind: o
+            .control_bind
+            .clone()
+            .unwrap_or_else(|| format!("tcp://*:{DEFAULT_CONTROL_PORT}")),
+        heartbeat: Duration::from_millis(o.heartbeat_ms.unwrap_or(300)),
+        curve,
+        initial,
+    };
+    let secured = config.curve.is_some();
+    let hub = Hub::bind(&config, Arc::new(print_event))?;
+    eprintln!(
+        "i2i-prompt: publishing settings on {}, commands on {}{}",
+        hub.state_endpoint(),
+        hub.control_endpoint(),
+        if secured { " (CURVE)" } else { "" }
+    );
+    if !config.initial.is_empty() {
+        eprintln!("i2i-prompt: starting with {}", config.initial.summary());
+    }
+    let handle = hub.spawn()?;
+    if !console {
+        // Serve until killed; the holder thread does the work.
+        loop {
+            std::thread::park();
+        }
+    }
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        eprintln!("type a prompt or a /command (/help lists them, /quit or Ctrl-D ends)");
+    }
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "/quit" || line == "/exit" {
+            break;
+        }
+        if let Ok(Command::Help) = decode_message(line.as_bytes()) {
+            println!("{HELP}");
+            continue;
+        }
+        match handle.send(line.as_bytes()) {
+            Ok(answer) => println!("{answer}"),
+            Err(e) => eprintln!("{e}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    handle.stop()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn client_curve(o: &Options) -> Result<Option<(KeyPair, String)>, String> {
+    match (&o.key, &o.server_key) {
+        (Some(k), Some(s)) => Ok(Some((KeyPair::load(k)?, curve::load_public_key(s)?))),
+        (None, Some(s)) => Ok(Some((KeyPair::generate()?, curve::load_public_key(s)?))),
+        (Some(_), None) => Err("--key needs --server-key: the holder's public key".to_string()),
+        (None, None) => Ok(None),
+    }
+}
+
+fn control_endpoint(o: &Options) -> String {
+    o.endpoint
+        .clone()
+        .unwrap_or_else(|| format!("tcp://localhost:{DEFAULT_CONTROL_PORT}"))
+}
+
+fn one_shot(o: &Options) -> Result<ExitCode, String> {
+    let text = o.words.join(" ");
+    match decode_message(text.as_bytes()) {
+        Ok(Command::Help) => {
+            println!("{HELP}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("i2i-prompt: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let curve = client_curve(o)?;
+    let endpoint = control_endpoint(o);
+    let client = ControlClient::connect(&endpoint, curve.as_ref().map(|(k, s)| (k, s.as_str())))?;
+    let answer = client.request(
+        text.as_bytes(),
+        Duration::from_millis(o.timeout_ms.unwrap_or(3000)),
+    )?;
+    if answer.starts_with("error") {
+        eprintln!("{answer}");
+        Ok(ExitCode::from(1))
+    } else {
+        println!("{answer}");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `tcp://host:5560` -> `tcp://host:5556`.
+fn default_state_endpoint(control: &str) -> Option<String> {
+    let (base, _) = control.rsplit_once(':')?;
+    Some(format!("{base}:{DEFAULT_STATE_PORT}"))
+}
+
+fn remote_console(o: &Options) -> Result<ExitCode, String> {
+    let curve = client_curve(o)?;
+    let endpoint = control_endpoint(o);
+    let client = ControlClient::connect(&endpoint, curve.as_ref().map(|(k, s)| (k, s.as_str())))?;
+    let timeout = Duration::from_millis(o.timeout_ms.unwrap_or(3000));
+    // Applied reports come on the holder's state socket.
+    if let Some(state) = o
+        .state_endpoint
+        .clone()
+        .or_else(|| default_state_endpoint(&endpoint))
+    {
+        let curve = curve.clone();
+        std::thread::spawn(move || {
+            let ctx = zmq::Context::new();
+            let Ok(sub) = ctx.socket(zmq::SUB) else {
+                return;
+            };
+            if let Some((k, s)) = &curve
+                && curve::make_client(&sub, k, s).is_err()
+            {
+                return;
+            }
+            if sub.set_subscribe(APPLIED_TOPIC).is_err() || sub.connect(&state).is_err() {
+                eprintln!("cannot listen for applied reports on {state}");
+                return;
+            }
+            while let Ok(frames) = sub.recv_multipart(0) {
+                if let Some(r) = frames.get(1).and_then(|b| AppliedReport::decode(b).ok()) {
+                    eprintln!("{}", applied_line(&r));
+                }
+            }
+        });
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!(
+            "connected to {endpoint}: type a prompt or a /command (/help lists them, /quit or Ctrl-D ends)"
+        );
+    }
+    let mut failures = 0;
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "/quit" || line == "/exit" {
+            break;
+        }
+        match decode_message(line.as_bytes()) {
+            Ok(Command::Help) => {
+                println!("{HELP}");
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                continue;
+            }
+        }
+        match client.request(line.as_bytes(), timeout) {
+            Ok(answer) => println!("{answer}"),
+            Err(e) => {
+                failures += 1;
+                eprintln!("{e}");
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,510 @@
+// SPDX-License-Identifier: MPL-2.0
+//! ZeroMQ CURVE on the settings link: key files, allow-lists and the ZAP handler that
+//! lets only allowed public keys in.
+//!
+//! Key files are the ZeroMQ certificate files that pyzmq's `zmq.auth.create_certificates`
+//! and czmq write, so keys can be made with either tool:
+//!
+//! ```text
+//! NAME.key          public certificate:  curve / public-key = "<40 Z85 chars>"
+//! NAME.key_secret   secret certificate:  curve / public-key = "..." / secret-key = "..."
+//! ```
+//!
+//! An allow-list is a directory of public certificates (`*.key`), a single certificate, or
+//! a text file with one Z85 public key per line (`#` starts a comment; text after the key
+//! on a line is ignored).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+/// The well-known endpoint a ZAP handler binds in its ZeroMQ context.
+const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
+
+/// True when the linked libzmq supports CURVE.
+pub fn curve_available() -> bool {
+    zmq::has("curve").unwrap_or(false)
+}
+
+/// The error for a libzmq without CURVE.
+pub fn require_curve() -> Result<(), String> {
+    if curve_available() {
+        Ok(())
+    } else {
+        Err(
+            "the linked libzmq has no CURVE support: install a libzmq built with libsodium \
+             (Debian: libzmq5 from the distribution has it)"
+                .to_string(),
+        )
+    }
+}
+
+/// A CURVE key pair, Z85-encoded (40 characters each).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    pub public: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyPair {
+    pub fn generate() -> Result<KeyPair, String> {
+        require_curve()?;
+        let pair =
+            zmq::CurveKeyPair::new().map_err(|e| format!("CURVE key generation failed: {e}"))?;
+        Ok(KeyPair {
+            public: zmq::z85_encode(&pair.public_key).map_err(|e| e.to_string())?,
+            secret: zmq::z85_encode(&pair.secret_key).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Reads a secret certificate (`NAME.key_secret`).
+    pub fn load(path: &Path) -> Result<KeyPair, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read CURVE key file {}: {e}", path.display()))?;
+        let public = cert_field(&text, "public-key");
+        let secret = cert_field(&text, "secret-key");
+        match (public, secret) {
+            (Some(public), Some(secret)) => {
+                check_z85(&public).map_err(|e| format!("{}: public-key {e}", path.display()))?;
+                check_z85(&secret).map_err(|e| format!("{}: secret-key {e}", path.display()))?;
+                Ok(KeyPair { public, secret })
+            }
+            (_, None) => Err(format!(
+                "{} has no secret-key: give the secret certificate (NAME.key_secret written by `i2i-prompt keygen`)",
+                path.display()
+            )),
+            (None, _) => Err(format!("{} has no public-key", path.display())),
+        }
+    }
+
+    /// Writes `DIR/NAME.key` and `DIR/NAME.key_secret` (mode 0600), refusing to overwrite.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), String> {
+        if name.is_empty() || name.contains(['/', '\\']) {
+            return Err(format!("key name \"{name}\" must be a plain file name"));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create key directory {}: {e}", dir.display()))?;
+        let public_path = dir.join(format!("{name}.key"));
+        let secret_path = dir.join(format!("{name}.key_secret"));
+        for p in [&public_path, &secret_path] {
+            if p.exists() {
+                return Err(format!(
+                    "{} already exists: pick another name or directory (keys are never overwritten)",
+                    p.display()
+                ));
+            }
+        }
+        let header = "#   ZeroMQ CURVE certificate written by i2i-prompt keygen\n";
+        let public_text = format!(
+            "{header}#   Public certificate: give it to the hub's allow-list.\n\nmetadata\ncurve\n    public-key = \"{}\"\n",
+            self.public
+        );
+        let secret_text = format!(
+            "{header}#   Secret certificate: DO NOT share this file.\n\nmetadata\ncurve\n    public-key = \"{}\"\n    secret-key = \"{}\"\n",
+            self.public, self.secret
+        );
+        write_file(&public_path, &public_text, 0o644)?;
+        write_file(&secret_path, &secret_text, 0o600)?;
+        Ok((public_path, secret_path))
+    }
+
+    pub fn public_bytes(&self) -> Vec<u8> {
+        zmq::z85_decode(&self.public).unwrap_or_default()
+    }
+
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        zmq::z85_decode(&self.secret).unwrap_or_default()
+    }
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The value of `name = "..."` in a ZeroMQ certificate.
+fn cert_field(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+fn check_z85(key: &str) -> Result<Vec<u8>, String> {
+    if key.len() != 40 {
+        return Err(format!(
+            "\"{key}\" is not a CURVE key: expected 40 Z85 characters, found {}",
+            key.len()
+        ));
+    }
+    let b = zmq::z85_decode(key).map_err(|_| format!("\"{key}\" is not valid Z85"))?;
+    if b.len() != 32 {
+        return Err(format!("\"{key}\" does not decode to 32 bytes"));
+    }
+    Ok(b)
+}
+
+/// A public key given as the 40-character Z85 text itself, or as a path to a file holding
+/// it (a certificate or a file whose first key-like line is the key).
+pub fn load_public_key(key_or_path: &str) -> Result<String, String> {
+    let k = key_or_path.trim();
+    if k.len() == 40 && check_z85(k).is_ok() && !Path::new(k).exists() {
+        return Ok(k.to_string());
+    }
+    let path = Path::new(k);
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!("\"{k}\" is neither a 40-character Z85 public key nor a readable key file: {e}")
+    })?;
+    let keys = keys_in_text(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    keys.into_iter()
+        .next()
+        .ok_or_else(|| format!("{} holds no public key", path.display()))
+}
+
+/// Public keys in a certificate or a one-key-per-line list.
+fn keys_in_text(text: &str) -> Result<Vec<String>, String> {
+    if let Some(k) = cert_field(text, "public-key") {
+        check_z85(&k)?;
+        return Ok(vec![k]);
+    }
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        // `#` is a Z85 character too: only a word starting with it is a comment.
+        let Some(first) = line.split_whitespace().next() else {
+            continue;
+        };
+        if first.starts_with('#') {
+            continue;
+        }
+        check_z85(first).map_err(|e| format!("line {}: {e}", n + 1))?;
+        keys.push(first.to_string());
+    }
+    Ok(keys)
+}
+
+/// The public keys allowed in.
+#[derive(Clone, Debug, Default)]
+pub struct AllowList {
+    keys: HashSet<[u8; 32]>,
+    pub source: String,
+}
+
+impl AllowList {
+    /// From a directory of `*.key` certificates, one certificate, or a list file.
+    pub fn load(path: &Path) -> Result<AllowList, String> {
+        let mut texts = Vec::new();
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path)
+                .map_err(|e| format!("cannot read allow-list directory {}: {e}", path.display()))?;
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.extension().is_some_and(|x| x == "key") {
+                    let t = std::fs::read_to_string(&p)
+                        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                    texts.push((p, t));
+                }
+            }
+        } else {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read allow-list {}: {e}", path.display()))?;
+            texts.push((path.to_path_buf(), t));
+        }
+        let mut list = AllowList {
+            keys: HashSet::new(),
+            source: path.display().to_string(),
+        };
+        for (p, t) in texts {
+            for k in keys_in_text(&t).map_err(|e| format!("{}: {e}", p.display()))? {
+                list.add(&k)?;
+            }
+        }
+        if list.keys.is_empty() {
+            return Err(format!(
+                "allow-list {} holds no public keys (nobody could connect)",
+                path.display()
+            ));
+        }
+        Ok(list)
+    }
+
+    pub fn from_keys(keys: &[&str]) -> Result<AllowList, String> {
+        let mut list = AllowList::default();
+        for k in keys {
+            list.add(k)?;
+        }
+        Ok(list)
+    }
+
+    fn add(&mut self, z85: &str) -> Result<(), String> {
+        let b = check_z85(z85)?;
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&b);
+        self.keys.insert(k);
+        Ok(())
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key.len() == 32 && self.keys.iter().any(|k| k[..] == *key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// One authentication request, as the ZAP handler's policy sees it.
+#[derive(Clone, Debug)]
+pub struct ZapRequest {
+    /// The ZAP domain of the socket (set with `set_zap_domain`).
+    pub domain: String,
+    /// The peer's IP address.
+    pub address: String,
+    /// "CURVE", "NULL" or "PLAIN".
+    pub mechanism: String,
+    /// The client's 32-byte public key (CURVE only).
+    pub public_key: Vec<u8>,
+}
+
+impl ZapRequest {
+    pub fn public_key_z85(&self) -> String {
+        zmq::z85_encode(&self.public_key).unwrap_or_else(|_| "(no key)".to_string())
+    }
+}
+
+/// The policy's answer: `Ok(user_id)` lets the peer in (its messages carry `User-Id`),
+/// `Err(reason)` refuses it.
+pub type ZapDecision = Result<String, String>;
+
+/// Answers ZAP requests for every socket of one ZeroMQ context on its own thread, until
+/// dropped. Must be started before any CURVE server socket of the context binds.
+pub struct ZapHandler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ZapHandler {
+    pub fn start<F>(ctx: &zmq::Context, policy: F) -> Result<ZapHandler, String>
+    where
+        F: FnMut(&ZapRequest) -> ZapDecision + Send + 'static,
+    {
+        let sock = ctx
+            .socket(zmq::REP)
+            .map_err(|e| format!("ZAP socket: {e}"))?;
+        sock.set_linger(0).ok();
+        sock.bind(ZAP_ENDPOINT)
+            .map_err(|e| format!("cannot bind the ZAP handler at {ZAP_ENDPOINT}: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let mut policy = policy;
+        let thread = std::thread::Builder::new()
+            .name("i2i-zap".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    match sock.poll(zmq::POLLIN, 100) {
+                        Ok(n) if n > 0 => {}
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    }
+                    let Ok(frames) = sock.recv_multipart(0) else {
+                        break;
+                    };
+                    let reply = answer(&frames, &mut policy);
+                    if sock.send_multipart(reply, 0).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the ZAP thread: {e}"))?;
+        Ok(ZapHandler {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ZapHandler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// ZAP/1.0 (RFC 27): request frames are version, request id, domain, address, identity,
+/// mechanism, credentials...; the reply is version, request id, status code, status text,
+/// user id, metadata.
+fn answer<F>(frames: &[Vec<u8>], policy: &mut F) -> Vec<Vec<u8>>
+where
+    F: FnMut(&ZapRequest) -> ZapDecision,
+{
+    let text = |i: usize| {
+        frames
+            .get(i)
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .unwrap_or_default()
+    };
+    let request_id = frames.get(1).cloned().unwrap_or_default();
+    if frames.len() < 6 || frames[0] != b"1.0" {
+        return vec![
+            b"1.0".to_vec(),
+            request_id,
+            b"500".to_vec(),
+            b"malformed ZAP request".to_vec(),
+            Vec::new(),
+            Vec::new(),
+        ];
+    }
+    let req = ZapRequest {
+        domain: text(2),
+        address: text(3),
+        mechanism: text(5),
+        public_key: frames.get(6).cloned().unwrap_or_default(),
+    };
+    let decision = if req.mechanism == "CURVE" {
+        policy(&req)
+    } else {
+        Err(format!("mechanism {} is not accepted", req.mechanism))
+    };
+    match decision {
+        Ok(user) => vec![
+            b"1.0".to_vec(),
+            request_id,
+            b"200".to_vec(),
+            b"OK".to_vec(),
+            user.into_bytes(),
+            Vec::new(),
+        ],
+        Err(reason) => vec![
+            b"1.0".to_vec(),
+            request_id,
+            b"400".to_vec(),
+            reason.into_bytes(),
+            Vec::new(),
+            Vec::new(),
+        ],
+    }
+}
+
+/// Sets a socket up as a CURVE server with this key pair.
+pub fn make_server(sock: &zmq::Socket, keys: &KeyPair, domain: &str) -> Result<(), String> {
+    require_curve()?;
+    sock.set_zap_domain(domain)
+        .and_then(|_| sock.set_curve_server(true))
+        .and_then(|_| sock.set_curve_secretkey(&keys.secret_bytes()))
+        .map_err(|e| format!("cannot make the socket a CURVE server: {e}"))
+}
+
+/// Sets a socket up as a CURVE client of the server with public key `server` (Z85).
+pub fn make_client(sock: &zmq::Socket, keys: &KeyPair, server: &str) -> Result<(), String> {
+    require_curve()?;
+    let server = check_z85(server).map_err(|e| format!("server key: {e}"))?;
+    sock.set_curve_serverkey(&server)
+        .and_then(|_| sock.set_curve_publickey(&keys.public_bytes()))
+        .and_then(|_| sock.set_curve_secretkey(&keys.secret_bytes()))
+        .map_err(|e| format!("cannot make the socket a CURVE client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_round_trip_and_are_never_overwritten() {
+        if !curve_available() {
+            eprintln!("libzmq without CURVE: skipped");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("i2i-curve-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pair = KeyPair::generate().unwrap();
+        let (public, secret) = pair.write(&dir, "op").unwrap();
+        assert_eq!(KeyPair::load(&secret).unwrap(), pair);
+        assert!(
+            KeyPair::load(&public)
+                .unwrap_err()
+                .contains("no secret-key")
+        );
+        assert_eq!(
+            load_public_key(public.to_str().unwrap()).unwrap(),
+            pair.public
+        );
+        assert_eq!(load_public_key(&pair.public).unwrap(), pair.public);
+        assert!(
+            pair.write(&dir, "op")
+                .unwrap_err()
+                .contains("already exists")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A directory of certificates, or a list file, is an allow-list.
+        let other = KeyPair::generate().unwrap();
+        let list = AllowList::load(&dir).unwrap();
+        assert!(list.contains(&pair.public_bytes()));
+        assert!(!list.contains(&other.public_bytes()));
+        let list_file = dir.join("allowed.txt");
+        std::fs::write(
+            &list_file,
+            format!("# operators\n{} alice\n\n{}\n", pair.public, other.public),
+        )
+        .unwrap();
+        let list = AllowList::load(&list_file).unwrap();
+        assert_eq!(list.len(), 2);
+        // `#` is a Z85 character: a key containing it is still read whole.
+        let hash_key = zmq::z85_encode(&[0x5a; 32]).unwrap();
+        let hash_key = (0..=255u8)
+            .map(|b| zmq::z85_encode(&[b; 32]).unwrap())
+            .find(|k| k.contains('#'))
+            .unwrap_or(hash_key);
+        assert!(hash_key.contains('#'), "{hash_key}");
+        std::fs::write(&list_file, format!("{hash_key}\n")).unwrap();
+        let list = AllowList::load(&list_file).unwrap();
+        assert!(list.contains(&zmq::z85_decode(&hash_key).unwrap()));
+        std::fs::write(&list_file, "not-a-key\n").unwrap();
+        let e = AllowList::load(&list_file).unwrap_err();
+        assert!(e.contains("line 1") && e.contains("not a CURVE key"), "{e}");
+        std::fs::write(&list_file, "# nobody\n").unwrap();
+        assert!(
+            AllowList::load(&list_file)
+                .unwrap_err()
+                .contains("no public keys")
+        );
+        assert!(
+            load_public_key("/nonexistent/key")
+                .unwrap_err()
+                .contains("neither")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,621 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The settings state holder behind `i2i-prompt`: it keeps the full current settings,
+//! publishes them (see [`super::state`]) on a PUB socket on every change and as a
+//! heartbeat, and takes commands on a ROUTER socket, answering each with `ok ...` or
+//! `error: ...`.
+//!
+//! Control socket protocol (ROUTER; clients use DEALER with an empty delimiter frame, or REQ):
+//! * `[payload]`: one settings message (chat text, msgpack map or JSON object, as
+//!   [`super::message::decode_message`] reads them). Answer: `ok seq=N <changes>`,
+//!   `ok seq=N {state JSON}` for `/status`, the command table for `/help`, or
+//!   `error: <what was wrong>`.
+//! * `[i2i-applied, report JSON]`: a transform reports what it applied; no answer; the
+//!   report is republished on the PUB socket for every console.
+//!
+//! With CURVE both sockets are CURVE servers. The ZAP policy lets controller keys send
+//! commands, lets subscriber keys (transforms) subscribe and report, and refuses every
+//! other key. Without a subscriber allow-list any key may subscribe (reading stays
+//! encrypted, but changing settings still needs a controller key).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::SettingsUpdate;
+use super::command::{Command, HELP};
+use super::curve::{AllowList, KeyPair, ZapHandler, ZapRequest, make_client, make_server};
+use super::message::{MAX_MESSAGE_BYTES, decode_message};
+use super::state::{APPLIED_TOPIC, AppliedReport, Snapshot};
+
+/// Default heartbeat: a late joiner has the state within this (plus connection time).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(300);
+/// ZAP domains of the two sockets.
+pub const CONTROL_DOMAIN: &str = "i2i-control";
+pub const STATE_DOMAIN: &str = "i2i-state";
+/// `User-Id` the ZAP policy gives to each kind of allowed key.
+const CONTROLLER: &str = "controller";
+const SUBSCRIBER: &str = "subscriber";
+
+/// CURVE set-up of a state holder.
+#[derive(Clone, Debug)]
+pub struct HubCurve {
+    /// The holder's own key pair (clients need its public key).
+    pub keys: KeyPair,
+    /// Keys that may change settings.
+    pub controllers: AllowList,
+    /// Keys that may subscribe and report; `None` lets any CURVE client subscribe.
+    pub subscribers: Option<AllowList>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Where the state PUB socket binds (`tcp://*:5556`).
+    pub state_bind: String,
+    /// Where the command ROUTER socket binds (`tcp://*:5560`).
+    pub control_bind: String,
+    pub heartbeat: Duration,
+    pub curve: Option<HubCurve>,
+    /// Settings to start from.
+    pub initial: SettingsUpdate,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            state_bind: format!("tcp://*:{}", super::DEFAULT_STATE_PORT),
+            control_bind: format!("tcp://*:{}", super::DEFAULT_CONTROL_PORT),
+            heartbeat: DEFAULT_HEARTBEAT,
+            curve: None,
+            initial: SettingsUpdate::default(),
+        }
+    }
+}
+
+/// What happened, for the console.
+#[derive(Clone, Debug)]
+pub enum HubEvent {
+    /// A command changed the state.
+    Changed {
+        seq: u64,
+        from: String,
+        changes: SettingsUpdate,
+    },
+    /// A message was refused (malformed, unknown command, bad value).
+    Rejected { from: String, error: String },
+    /// A CURVE key was refused, or a subscriber key tried to change settings.
+    Refused {
+        domain: String,
+        address: String,
+        key: String,
+        reason: String,
+    },
+    /// A transform applied settings.
+    Applied(AppliedReport),
+}
+
+pub type EventSink = Arc<dyn Fn(HubEvent) + Send + Sync>;
+
+pub struct Hub {
+    ctx: zmq::Context,
+    publisher: zmq::Socket,
+    control: zmq::Socket,
+    local: zmq::Socket,
+    local_endpoint: String,
+    state_endpoint: String,
+    control_endpoint: String,
+    control_port: Option<u16>,
+    heartbeat: Duration,
+    curve: bool,
+    epoch: u64,
+    seq: u64,
+    state: SettingsUpdate,
+    events: EventSink,
+    stop: Arc<AtomicBool>,
+    _zap: Option<ZapHandler>,
+}
+
+fn port_of(endpoint: &str) -> Option<u16> {
+    endpoint.rsplit(':').next()?.parse().ok()
+}
+
+fn new_epoch() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 40)
+}
+
+impl Hub {
+    /// Binds both sockets (and the ZAP handler with CURVE). Errors name the endpoint.
+    pub fn bind(config: &HubConfig, events: EventSink) -> Result<Hub, String> {
+        config.initial.validate()?;
+        let ctx = zmq::Context::new();
+        let zap = match &config.curve {
+            Some(c) => {
+                let controllers = c.controllers.clone();
+                let subscribers = c.subscribers.clone();
+                let ev = events.clone();
+                Some(ZapHandler::start(&ctx, move |req: &ZapRequest| {
+                    let decision = policy(req, &controllers, subscribers.as_ref());
+                    if let Err(reason) = &decision {
+                        ev(HubEvent::Refused {
+                            domain: req.domain.clone(),
+                            address: req.address.clone(),
+                            key: req.public_key_z85(),
+                            reason: reason.clone(),
+                        });
+                    }
+                    decision
+                })?)
+            }
+            None => None,
+        };
+        let sock = |kind, what: &str| {
+            ctx.socket(kind)
+                .map_err(|e| format!("cannot create the {what} socket: {e}"))
+        };
+        let publisher = sock(zmq::PUB, "state")?;
+        let control = sock(zmq::ROUTER, "control")?;
+        let local = sock(zmq::ROUTER, "local control")?;
+        for s in [&publisher, &control, &local] {
+            s.set_linger(0).ok();
+        }
+        publisher.set_sndhwm(10_000).ok();
+        // A peer sending more than this is disconnected by libzmq; smaller oversize
+        // messages get a clear error from decode_message.
+        control.set_maxmsgsize(16 * MAX_MESSAGE_BYTES as i64).ok();
+        if let Some(c) = &config.curve {
+            make_server(&publisher, &c.keys, STATE_DOMAIN)?;
+            make_server(&control, &c.keys, CONTROL_DOMAIN)?;
+        }
+        let bind = |s: &zmq::Socket, ep: &str, what: &str| -> Result<String, String> {
+            s.bind(ep).map_err(|e| {
+                format!("cannot bind the {what} socket at {ep}: {e} (is another i2i-prompt running there? pick another port)")
+            })?;
+            Ok(s.get_last_endpoint()
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_else(|| ep.to_string()))
+        };
+        let state_endpoint = bind(&publisher, &config.state_bind, "state")?;
+        let control_endpoint = bind(&control, &config.control_bind, "control")?;
+        let epoch = new_epoch();
+        let local_endpoint = format!("inproc://i2i-hub-local-{epoch:x}");
+        bind(&local, &local_endpoint, "local control")?;
+        Ok(Hub {
+            ctx,
+            publisher,
+            control,
+            local,
+            local_endpoint,
+            control_port: port_of(&control_endpoint),
+            state_endpoint,
+            control_endpoint,
+            heartbeat: config.heartbeat,
+            curve: config.curve.is_some(),
+            epoch,
+            seq: 0,
+            state: config.initial.clone(),
+            events,
+            stop: Arc::new(AtomicBool::new(false)),
+            _zap: zap,
+        })
+    }
+
+    /// The state endpoint as bound (`tcp://0.0.0.0:5556`).
+    pub fn state_endpoint(&self) -> &str {
+        &self.state_endpoint
+    }
+
+    pub fn control_endpoint(&self) -> &str {
+        &self.control_endpoint
+    }
+
+    pub fn state(&self) -> &SettingsUpdate {
+        &self.state
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            epoch: self.epoch,
+            seq: self.seq,
+            control_port: self.control_port,
+            settings: self.state.clone(),
+        }
+    }
+
+    fn publish(&self) {
+        // PUB never blocks; a full queue drops, and the next heartbeat repairs it.
+        let _ = self
+            .publisher
+            .send_multipart(self.snapshot().encode(), zmq::DONTWAIT);
+    }
+
+    /// Applies one decoded message; the answer is what the sender gets back.
+    fn handle(&mut self, payload: &[u8], from: &str) -> String {
+        match decode_message(payload) {
+            Ok(Command::Update(u)) => {
+                let changes = u.changes_since(&self.state);
+                if changes.is_empty() {
+                    return format!("ok seq={} (no change)", self.seq);
+                }
+                self.state.merge(u);
+                self.seq += 1;
+                self.publish();
+                let answer = format!("ok seq={} {}", self.seq, changes.summary());
+                (self.events)(HubEvent::Changed {
+                    seq: self.seq,
+                    from: from.to_string(),
+                    changes,
+                });
+                answer
+            }
+            Ok(Command::Help) => HELP.to_string(),
+            Ok(Command::Status) => format!(
+                "ok seq={} {}",
+                self.seq,
+                String::from_utf8_lossy(&self.state.to_json())
+            ),
+            Err(error) => {
+                (self.events)(HubEvent::Rejected {
+                    from: from.to_string(),
+                    error: error.clone(),
+                });
+                format!("error: {error}")
+            }
+        }
+    }
+
+    /// Reads every waiting message of a ROUTER socket and answers it.
+    fn serve(&mut self, local: bool) {
+        loop {
+            let sock = if local { &self.local } else { &self.control };
+            let mut frames = Vec::new();
+            let mut user: Option<String> = None;
+            let mut address = if local {
+                "console".to_string()
+            } else {
+                String::new()
+            };
+            loop {
+                let mut m = match sock.recv_msg(zmq::DONTWAIT) {
+                    Ok(m) => m,
+                    Err(_) => return,
+                };
+                if user.is_none() {
+                    user = m.gets("User-Id").map(str::to_string);
+                }
+                if address.is_empty()
+                    && let Some(a) = m.gets("Peer-Address")
+                {
+                    address = a.to_string();
+                }
+                let more = m.get_more();
+                frames.push(m.to_vec());
+                if !more {
+                    break;
+                }
+            }
+            if frames.len() < 2 {
+                continue;
+            }
+            let identity = frames.remove(0);
+            let delimited = frames.first().is_some_and(|f| f.is_empty());
+            if delimited {
+                frames.remove(0);
+            }
+            if frames.len() == 2 && frames[0] == APPLIED_TOPIC {
+                match AppliedReport::decode(&frames[1]) {
+                    Ok(r) => {
+                        let _ = self.publisher.send_multipart(r.encode(), zmq::DONTWAIT);
+                        (self.events)(HubEvent::Applied(r));
+                    }
+                    Err(error) => (self.events)(HubEvent::Rejected {
+                        from: address.clone(),
+                        error,
+                    }),
+                }
+                continue;
+            }
+            let answer = if frames.len() != 1 {
+                let error = format!(
+                    "expected one message frame, found {} (send chat text, a msgpack map or a JSON object)",
+                    frames.len()
+                );
+                (self.events)(HubEvent::Rejected {
+                    from: address.clone(),
+                    error: error.clone(),
+                });
+                format!("error: {error}")
+            } else if !local && self.curve && user.as_deref() != Some(CONTROLLER) {
+                let reason =
+                    "this key may subscribe and report but not change settings".to_string();
+                (self.events)(HubEvent::Refused {
+                    domain: CONTROL_DOMAIN.to_string(),
+                    address: address.clone(),
+                    key: user.clone().unwrap_or_default(),
+                    reason: reason.clone(),
+                });
+                format!("error: {reason}")
+            } else {
+                self.handle(&frames[0], &address)
+            };
+            let mut reply = vec![identity];
+            if delimited {
+                reply.push(Vec::new());
+            }
+            reply.push(answer.into_bytes());
+            let sock = if local { &self.local } else { &self.control };
+            let _ = sock.send_multipart(reply, zmq::DONTWAIT);
+        }
+    }
+
+    /// Serves until [`Hub::stop_flag`] is set.
+    pub fn run(&mut self) -> Result<(), String> {
+        let mut next_beat = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next_beat {
+                self.publish();
+                next_beat = now + self.heartbeat;
+            }
+            let wait = (next_beat - now).min(Duration::from_millis(100));
+            let seq_before = self.seq;
+            let (control, local) = {
+                let mut items = [
+                    self.control.as_poll_item(zmq::POLLIN),
+                    self.local.as_poll_item(zmq::POLLIN),
+                ];
+                zmq::poll(&mut items, wait.as_millis() as i64)
+                    .map_err(|e| format!("polling the settings sockets failed: {e}"))?;
+                (items[0].is_readable(), items[1].is_readable())
+            };
+            if control {
+                self.serve(false);
+            }
+            if local {
+                self.serve(true);
+            }
+            if self.seq != seq_before {
+                next_beat = Instant::now() + self.heartbeat;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// A client for this holder in the same process (no network, no CURVE): the console.
+    pub fn local_client(&self) -> Result<ControlClient, String> {
+        ControlClient::connect_in(&self.ctx, &self.local_endpoint, None)
+    }
+
+    /// Runs the holder on its own thread.
+    pub fn spawn(mut self) -> Result<HubHandle, String> {
+        let stop = self.stop.clone();
+        let info = HubInfo {
+            state_endpoint: self.state_endpoint.clone(),
+            control_endpoint: self.control_endpoint.clone(),
+        };
+        let local = self.local_client()?;
+        let thread = std::thread::Builder::new()
+            .name("i2i-hub".into())
+            .spawn(move || self.run())
+            .map_err(|e| format!("cannot start the settings thread: {e}"))?;
+        Ok(HubHandle {
+            info,
+            local: Some(local),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn policy(
+    req: &ZapRequest,
+    controllers: &AllowList,
+    subscribers: Option<&AllowList>,
+) -> Result<String, String> {
+    let key = &req.public_key;
+    let is_controller = controllers.contains(key);
+    let is_subscriber = subscribers.is_some_and(|s| s.contains(key));
+    match req.domain.as_str() {
+        CONTROL_DOMAIN if is_controller => Ok(CONTROLLER.to_string()),
+        CONTROL_DOMAIN if is_subscriber => Ok(SUBSCRIBER.to_string()),
+        CONTROL_DOMAIN => Err(format!(
+            "key is not in the allow-list {}",
+            controllers.source
+        )),
+        STATE_DOMAIN if subscribers.is_none() || is_controller || is_subscriber => {
+            Ok(SUBSCRIBER.to_string())
+        }
+        STATE_DOMAIN => Err("key is not in the subscriber allow-list".to_string()),
+        other => Err(format!("unknown ZAP domain \"{other}\"")),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HubInfo {
+    pub state_endpoint: String,
+    pub control_endpoint: String,
+}
+
+/// A holder running on its own thread; stops when dropped.
+pub struct HubHandle {
+    pub info: HubInfo,
+    local: Option<ControlClient>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl HubHandle {
+    /// Sends a message as the local console would and returns the answer.
+    pub fn send(&self, payload: &[u8]) -> Result<String, String> {
+        match &self.local {
+            Some(c) => c.request(payload, Duration::from_secs(5)),
+            None => Err("settings holder stopped".to_string()),
+        }
+    }
+
+    /// Stops the holder and returns how it ended.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), String> {
+        self.local = None;
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err("settings thread panicked".to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HubHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// A client of a holder's control socket (DEALER): one-shot commands, the remote console,
+/// and transforms' reports.
+pub struct ControlClient {
+    sock: zmq::Socket,
+    monitor: Option<zmq::Socket>,
+    endpoint: String,
+}
+
+impl ControlClient {
+    /// Connects to `endpoint`; with `curve` = (own keys, server public key) over CURVE.
+    pub fn connect(
+        endpoint: &str,
+        curve: Option<(&KeyPair, &str)>,
+    ) -> Result<ControlClient, String> {
+        ControlClient::connect_in(&zmq::Context::new(), endpoint, curve)
+    }
+
+    pub fn connect_in(
+        ctx: &zmq::Context,
+        endpoint: &str,
+        curve: Option<(&KeyPair, &str)>,
+    ) -> Result<ControlClient, String> {
+        let sock = ctx
+            .socket(zmq::DEALER)
+            .map_err(|e| format!("cannot create the control socket: {e}"))?;
+        sock.set_linger(200).ok();
+        // Queue only for a completed connection, so a refused key shows up as no answer
+        // instead of a message waiting forever.
+        sock.set_immediate(true).ok();
+        let mut monitor = None;
+        if let Some((keys, server)) = curve {
+            make_client(&sock, keys, server)?;
+            // Watch the handshake, to tell a refused key from a holder that is not there.
+            let ep = format!("inproc://i2i-client-monitor-{:x}", new_epoch());
+            if sock
+                .monitor(&ep, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
+                .is_ok()
+                && let Ok(m) = ctx.socket(zmq::PAIR)
+                && m.connect(&ep).is_ok()
+            {
+                monitor = Some(m);
+            }
+        }
+        sock.connect(endpoint).map_err(|e| {
+            format!("cannot connect to {endpoint}: {e} (expected e.g. tcp://host:5560)")
+        })?;
+        Ok(ControlClient {
+            sock,
+            monitor,
+            endpoint: endpoint.to_string(),
+        })
+    }
+
+    fn refused(&self) -> bool {
+        self.monitor
+            .as_ref()
+            .is_some_and(|m| m.poll(zmq::POLLIN, 0).unwrap_or(0) > 0)
+    }
+
+    /// Sends one message and waits up to `timeout` for the answer.
+    pub fn request(&self, payload: &[u8], timeout: Duration) -> Result<String, String> {
+        // Drop answers to earlier requests that timed out.
+        while self.sock.recv_multipart(zmq::DONTWAIT).is_ok() {}
+        let deadline = Instant::now() + timeout;
+        let mut sent = false;
+        while !sent {
+            match self.sock.send_multipart([&b""[..], payload], zmq::DONTWAIT) {
+                Ok(()) => sent = true,
+                Err(zmq::Error::EAGAIN) => {
+                    if self.refused() {
+                        return Err(self.refused_error());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(self.no_answer(timeout));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("cannot send to {}: {e}", self.endpoint)),
+            }
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(if self.refused() {
+                    self.refused_error()
+                } else {
+                    self.no_answer(timeout)
+                });
+            }
+            if self
+                .sock
+                .poll(zmq::POLLIN, left.as_millis().min(50) as i64)
+                .unwrap_or(0)
+                > 0
+            {
+                let frames = self
+                    .sock
+                    .recv_multipart(0)
+                    .map_err(|e| format!("receiving from {} failed: {e}", self.endpoint))?;
+                let answer = frames.last().cloned().unwrap_or_default();
+                return Ok(String::from_utf8_lossy(&answer).into_owned());
+            }
+            if self.refused() {
+                return Err(self.refused_error());
+            }
+        }
+    }
+
+    /// Sends a report without waiting (transforms); false if it could not be queued.
+    pub fn report(&self, report: &AppliedReport) -> bool {
+        let mut frames = vec![Vec::new()];
+        frames.extend(report.encode());
+        self.sock.send_multipart(frames, zmq::DONTWAIT).is_ok()
+    }
+
+    fn refused_error(&self) -> String {
+        format!(
+            "{} refused this CURVE key: add its public key (NAME.key) to the holder's allow-list",
+            self.endpoint
+        )
+    }
+
+    fn no_answer(&self, timeout: Duration) -> String {
+        format!(
+            "no answer from {} within {:.1} s: is `i2i-prompt serve` running there and the port open? \
+             (with CURVE: are the server key and your key right?)",
+            self.endpoint,
+            timeout.as_secs_f64()
+        )
+    }
+}

@@ -1,0 +1,907 @@
+// SPDX-License-Identifier: MPL-2.0
+//! settingssrc: a live source of settings updates.
+//!
+//! A receive thread owns the SUB socket. State snapshots from `i2i-prompt` are turned
+//! into changes against the previous snapshot (so heartbeats apply nothing); single
+//! messages from programs (chat text, msgpack map, JSON object) are changes as they are.
+//! Changes are merged into one pending update, which `create()` pushes as one buffer,
+//! at most one per `min-push-interval`: a flood of commands costs the stream a few
+//! small buffers, never one per command. Malformed messages are counted and posted as
+//! warnings (at most a few per second), and the stream goes on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::settings::command::Command;
+use crate::settings::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
+use crate::settings::hub::ControlClient;
+use crate::settings::message::{MAX_MESSAGE_BYTES, decode_message};
+use crate::settings::state::{
+    APPLIED_EVENT, APPLIED_TOPIC, AppliedReport, STATE_TOPIC, Snapshot, SnapshotFollower,
+};
+use crate::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
+
+use super::SocketType;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "settingssrc",
+        gst::DebugColorFlags::empty(),
+        Some("i2i live settings source"),
+    )
+});
+
+const DEFAULT_ENDPOINT: &str = "tcp://localhost:5556";
+const DEFAULT_BIND: bool = false;
+const DEFAULT_MIN_PUSH_INTERVAL_MS: u32 = 20;
+/// Bus warnings per second before further ones are only counted.
+const WARNINGS_PER_SECOND: u32 = 5;
+/// Messages handled per wake-up before the thread checks for stop again.
+const MAX_BATCH: usize = 1000;
+
+const DEFAULT_SOCKET_TYPE: SocketType = SocketType::Sub;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    endpoint: String,
+    bind: bool,
+    socket_type: SocketType,
+    min_push_interval_ms: u32,
+    curve_key: Option<String>,
+    curve_server_key: Option<String>,
+    curve_allow: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            endpoint: DEFAULT_ENDPOINT.to_string(),
+            bind: DEFAULT_BIND,
+            socket_type: DEFAULT_SOCKET_TYPE,
+            min_push_interval_ms: DEFAULT_MIN_PUSH_INTERVAL_MS,
+            curve_key: None,
+            curve_server_key: None,
+            curve_allow: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    /// Messages received (snapshots, commands, malformed).
+    received: u64,
+    snapshots: u64,
+    commands: u64,
+    /// Messages refused (malformed, unknown command, bad value, wrong frame count).
+    rejected: u64,
+    /// CURVE peers refused (bind mode) or handshakes this element failed (connect mode).
+    refused: u64,
+    /// Buffers pushed downstream.
+    pushed: u64,
+    /// Changes merged into an update that was still waiting to be pushed.
+    coalesced: u64,
+    warnings_suppressed: u64,
+    epoch: u64,
+    seq: u64,
+    last_error: Option<String>,
+    /// The endpoint as bound or connected (with the port chosen for `tcp://host:*`).
+    local_endpoint: String,
+    /// Applied-settings reports sent to the state holder.
+    reported: u64,
+}
+
+/// Shared by the receive thread and the streaming thread.
+#[derive(Debug, Default)]
+struct Shared {
+    pending: SettingsUpdate,
+    flushing: bool,
+    last_push: Option<Instant>,
+    stats: Stats,
+    /// A fatal receive error, for create() to report.
+    fatal: Option<String>,
+    /// The state holder's control socket, from its snapshots (connect mode only).
+    control_endpoint: Option<String>,
+}
+
+struct Receiver {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    reporter: Reporter,
+    // Dropped after the thread (which owns the sockets) has ended.
+    _zap: Option<ZapHandler>,
+    _ctx: zmq::Context,
+}
+
+/// Sends the transform's applied-settings reports to the state holder's control socket
+/// (learnt from its snapshots), with the same CURVE keys as the subscription.
+struct Reporter {
+    ctx: zmq::Context,
+    curve: Option<(KeyPair, String)>,
+    client: Option<(String, ControlClient)>,
+    source: String,
+}
+
+impl Reporter {
+    /// Sends one report; false when there is nowhere to send it or the queue is full.
+    fn send(&mut self, endpoint: &str, report: &AppliedReport) -> Result<bool, String> {
+        if self.client.as_ref().map(|(e, _)| e.as_str()) != Some(endpoint) {
+            let curve = self.curve.as_ref().map(|(k, s)| (k, s.as_str()));
+            let client = ControlClient::connect_in(&self.ctx, endpoint, curve)?;
+            self.client = Some((endpoint.to_string(), client));
+        }
+        Ok(self.client.as_ref().is_some_and(|(_, c)| c.report(report)))
+    }
+}
+
+/// `tcp://host:5556` and port 5560 -> `tcp://host:5560`.
+fn control_endpoint(state_endpoint: &str, port: u16) -> Option<String> {
+    let rest = state_endpoint.strip_prefix("tcp://")?;
+    let (host, _) = rest.rsplit_once(':')?;
+    Some(format!("tcp://{host}:{port}"))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct SettingsSrc {
+    settings: Mutex<Settings>,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    receiver: Mutex<Option<Receiver>>,
+}
+
+impl Default for SettingsSrc {
+    fn default() -> Self {
+        SettingsSrc {
+            settings: Mutex::new(Settings::default()),
+            shared: Arc::new((Mutex::new(Shared::default()), Condvar::new())),
+            receiver: Mutex::new(None),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for SettingsSrc {
+    const NAME: &'static str = "GstI2iSettingsSrc";
+    type Type = super::SettingsSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+impl ObjectImpl for SettingsSrc {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("endpoint")
+                    .nick("Endpoint")
+                    .blurb(&format!(
+                        "ZeroMQ endpoint of the settings publisher (i2i-prompt publishes on port {DEFAULT_STATE_PORT}); with bind=true the address to listen on, e.g. tcp://*:{DEFAULT_STATE_PORT}"
+                    ))
+                    .default_value(Some(DEFAULT_ENDPOINT))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("bind")
+                    .nick("Bind")
+                    .blurb("Listen on the endpoint for programs that connect a PUB socket, instead of connecting to a publisher")
+                    .default_value(DEFAULT_BIND)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("socket-type", DEFAULT_SOCKET_TYPE)
+                    .nick("Socket type")
+                    .blurb("sub: subscribe to a publisher (i2i-prompt, or programs with PUB); pull: take messages from programs with PUSH")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("min-push-interval")
+                    .nick("Minimum push interval")
+                    .blurb("Milliseconds between two pushed updates; changes arriving faster are merged into one update (0 = push each change as soon as possible)")
+                    .maximum(10_000)
+                    .default_value(DEFAULT_MIN_PUSH_INTERVAL_MS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("curve-key")
+                    .nick("CURVE key")
+                    .blurb("Secret certificate of this element (NAME.key_secret from `i2i-prompt keygen`); turns CURVE on. Connecting: needs curve-server-key; binding: needs curve-allow")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("curve-server-key")
+                    .nick("CURVE server key")
+                    .blurb("Public key of the settings publisher (its NAME.key file, or the 40-character Z85 key); turns CURVE on when connecting (without curve-key a throw-away key pair is used)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("curve-allow")
+                    .nick("CURVE allow-list")
+                    .blurb("With bind=true and curve-key: publishers allowed to send settings (a directory of NAME.key files, one certificate, or a file with one Z85 public key per line)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, local-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = lock(&self.settings);
+        match pspec.name() {
+            "endpoint" => {
+                s.endpoint = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+            }
+            "bind" => s.bind = value.get().unwrap_or(DEFAULT_BIND),
+            "socket-type" => s.socket_type = value.get().unwrap_or(DEFAULT_SOCKET_TYPE),
+            "min-push-interval" => {
+                s.min_push_interval_ms = value.get().unwrap_or(DEFAULT_MIN_PUSH_INTERVAL_MS);
+                // A shorter interval may let a waiting update go now.
+                self.shared.1.notify_all();
+            }
+            "curve-key" => s.curve_key = non_empty(value),
+            "curve-server-key" => s.curve_server_key = non_empty(value),
+            "curve-allow" => s.curve_allow = non_empty(value),
+            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = lock(&self.settings);
+        match pspec.name() {
+            "endpoint" => s.endpoint.to_value(),
+            "bind" => s.bind.to_value(),
+            "socket-type" => s.socket_type.to_value(),
+            "min-push-interval" => s.min_push_interval_ms.to_value(),
+            "curve-key" => s.curve_key.to_value(),
+            "curve-server-key" => s.curve_server_key.to_value(),
+            "curve-allow" => s.curve_allow.to_value(),
+            "stats" => {
+                let st = lock(&self.shared.0).stats.clone();
+                gst::Structure::builder("application/x-settingssrc-stats")
+                    .field("received", st.received)
+                    .field("snapshots", st.snapshots)
+                    .field("commands", st.commands)
+                    .field("rejected", st.rejected)
+                    .field("refused", st.refused)
+                    .field("pushed", st.pushed)
+                    .field("coalesced", st.coalesced)
+                    .field("warnings-suppressed", st.warnings_suppressed)
+                    .field("epoch", st.epoch)
+                    .field("seq", st.seq)
+                    .field("last-error", st.last_error.unwrap_or_default())
+                    .field("local-endpoint", st.local_endpoint)
+                    .field("reported", st.reported)
+                    .build()
+                    .to_value()
+            }
+            _ => unimplemented!("property {}", pspec.name()),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(true);
+        obj.set_format(gst::Format::Time);
+        obj.set_do_timestamp(true);
+    }
+}
+
+fn non_empty(value: &glib::Value) -> Option<String> {
+    value
+        .get::<Option<String>>()
+        .ok()
+        .flatten()
+        .filter(|s| !s.trim().is_empty())
+}
+
+impl GstObjectImpl for SettingsSrc {}
+
+impl ElementImpl for SettingsSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "i2i settings source",
+                "Source/Network",
+                "Receives live i2itransform settings over ZeroMQ (i2i-prompt state snapshots, chat commands, msgpack or JSON maps) and pushes them for i2itransform's settings pad",
+                "i2i developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::new_empty_simple(SETTINGS_CAPS_NAME);
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("src pad template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+/// Everything the receive thread needs.
+struct ReceiveContext {
+    sock: zmq::Socket,
+    monitor: Option<zmq::Socket>,
+    endpoint: String,
+    bind: bool,
+    element: glib::WeakRef<super::SettingsSrc>,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    follower: SnapshotFollower,
+    warnings: WarningLimiter,
+}
+
+/// Keeps a flood of bad messages from flooding the bus too.
+#[derive(Clone)]
+struct WarningLimiter {
+    window_start: Instant,
+    in_window: u32,
+}
+
+impl WarningLimiter {
+    fn new() -> Self {
+        WarningLimiter {
+            window_start: Instant::now(),
+            in_window: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.in_window = 0;
+        }
+        self.in_window += 1;
+        self.in_window <= WARNINGS_PER_SECOND
+    }
+}
+
+/// Counts and posts a warning (rate-limited); shared by the receive and ZAP threads.
+fn warn(
+    element: &glib::WeakRef<super::SettingsSrc>,
+    shared: &(Mutex<Shared>, Condvar),
+    limiter: &mut WarningLimiter,
+    text: String,
+) {
+    let suppressed = {
+        let mut g = lock(&shared.0);
+        g.stats.last_error = Some(text.clone());
+        if !limiter.allow() {
+            g.stats.warnings_suppressed += 1;
+            None
+        } else {
+            Some(std::mem::take(&mut g.stats.warnings_suppressed))
+        }
+    };
+    let Some(element) = element.upgrade() else {
+        return;
+    };
+    gst::warning!(CAT, obj = element, "{text}");
+    if let Some(before) = suppressed {
+        let note = if before > 0 {
+            format!(" ({before} similar warnings were not posted)")
+        } else {
+            String::new()
+        };
+        gst::element_warning!(
+            element,
+            gst::StreamError::Decode,
+            ("Ignored a settings message: {}{}", text, note)
+        );
+    }
+}
+
+impl ReceiveContext {
+    fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let (readable, monitor_event) = {
+                let mut items = vec![self.sock.as_poll_item(zmq::POLLIN)];
+                if let Some(m) = &self.monitor {
+                    items.push(m.as_poll_item(zmq::POLLIN));
+                }
+                if let Err(e) = zmq::poll(&mut items, 100) {
+                    let text = format!("receiving settings from {} failed: {e}", self.endpoint);
+                    let mut g = lock(&self.shared.0);
+                    g.fatal = Some(text);
+                    self.shared.1.notify_all();
+                    return;
+                }
+                (
+                    items[0].is_readable(),
+                    items.get(1).is_some_and(|i| i.is_readable()),
+                )
+            };
+            if monitor_event {
+                self.on_monitor_event();
+            }
+            if !readable {
+                continue;
+            }
+            for _ in 0..MAX_BATCH {
+                match self.receive() {
+                    Some((frames, peer)) => self.handle(frames, &peer),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// One whole message and the peer's address, or None when nothing is waiting.
+    fn receive(&self) -> Option<(Vec<Vec<u8>>, String)> {
+        let mut frames = Vec::new();
+        let mut peer = String::new();
+        loop {
+            let mut m = match self.sock.recv_msg(zmq::DONTWAIT) {
+                Ok(m) => m,
+                Err(_) if frames.is_empty() => return None,
+                // The rest of a multipart message is always there once the first frame is.
+                Err(_) => break,
+            };
+            if peer.is_empty()
+                && let Some(a) = m.gets("Peer-Address")
+            {
+                peer = a.to_string();
+            }
+            let more = m.get_more();
+            frames.push(m.to_vec());
+            if !more {
+                break;
+            }
+        }
+        Some((frames, peer))
+    }
+
+    fn handle(&mut self, frames: Vec<Vec<u8>>, peer: &str) {
+        let from = if peer.is_empty() {
+            self.endpoint.clone()
+        } else {
+            peer.to_string()
+        };
+        lock(&self.shared.0).stats.received += 1;
+        let change = match frames.len() {
+            2 if frames[0] == STATE_TOPIC => match Snapshot::decode(&frames[1]) {
+                Ok(snap) => {
+                    let changes = self.follower.follow(&snap);
+                    let mut g = lock(&self.shared.0);
+                    g.stats.snapshots += 1;
+                    if let Some((epoch, seq)) = self.follower.position() {
+                        g.stats.epoch = epoch;
+                        g.stats.seq = seq;
+                    }
+                    if !self.bind {
+                        g.control_endpoint = snap
+                            .control_port
+                            .and_then(|p| control_endpoint(&self.endpoint, p));
+                    }
+                    Ok(changes)
+                }
+                Err(e) => Err(e),
+            },
+            // Reports of applied values, republished by i2i-prompt for its consoles.
+            2 if frames[0] == APPLIED_TOPIC => return,
+            1 => match decode_message(&frames[0]) {
+                Ok(Command::Update(u)) => {
+                    lock(&self.shared.0).stats.commands += 1;
+                    Ok(u)
+                }
+                Ok(Command::Help | Command::Status) => {
+                    gst::debug!(
+                        CAT,
+                        "ignored /help or /status from {from}: nothing to answer on a subscriber"
+                    );
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            n => {
+                let total: usize = frames.iter().map(Vec::len).sum();
+                Err(if total > MAX_MESSAGE_BYTES {
+                    format!(
+                        "message of {total} bytes is larger than the {MAX_MESSAGE_BYTES}-byte limit"
+                    )
+                } else {
+                    format!(
+                        "expected one frame (chat text, msgpack map or JSON object) or an i2i-state snapshot, found {n} frames"
+                    )
+                })
+            }
+        };
+        match change {
+            Ok(u) if u.is_empty() => {}
+            Ok(u) => {
+                gst::debug!(CAT, "change from {from}: {}", u.summary());
+                let mut g = lock(&self.shared.0);
+                if !g.pending.is_empty() {
+                    g.stats.coalesced += 1;
+                }
+                g.pending.merge(u);
+                self.shared.1.notify_all();
+            }
+            Err(e) => {
+                lock(&self.shared.0).stats.rejected += 1;
+                warn(
+                    &self.element,
+                    &self.shared,
+                    &mut self.warnings,
+                    format!("from {from}: {e}"),
+                );
+            }
+        }
+    }
+
+    fn on_monitor_event(&mut self) {
+        let Some(m) = &self.monitor else { return };
+        while let Ok(frames) = m.recv_multipart(zmq::DONTWAIT) {
+            let event = frames
+                .first()
+                .filter(|f| f.len() >= 2)
+                .map(|f| u16::from_le_bytes([f[0], f[1]]));
+            if event == Some(zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16) {
+                lock(&self.shared.0).stats.refused += 1;
+                let text = format!(
+                    "the settings publisher at {} refused this element's CURVE key: add its public key to the publisher's subscriber allow-list",
+                    self.endpoint
+                );
+                warn(&self.element, &self.shared, &mut self.warnings, text);
+            }
+        }
+    }
+}
+
+impl SettingsSrc {
+    fn open(&self) -> Result<Receiver, gst::ErrorMessage> {
+        let s = lock(&self.settings).clone();
+        let fail = |text: String| gst::error_msg!(gst::ResourceError::OpenRead, ("{}", text));
+        let ctx = zmq::Context::new();
+        let kind = match s.socket_type {
+            SocketType::Sub => zmq::SUB,
+            SocketType::Pull => zmq::PULL,
+        };
+        let sock = ctx
+            .socket(kind)
+            .map_err(|e| fail(format!("cannot create a ZeroMQ {kind:?} socket: {e}")))?;
+        sock.set_linger(0).ok();
+        sock.set_rcvhwm(100_000).ok();
+        if s.socket_type == SocketType::Sub {
+            sock.set_subscribe(b"")
+                .map_err(|e| fail(format!("cannot subscribe: {e}")))?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let element = self.obj().downgrade();
+        let curve_on = s.curve_key.is_some() || s.curve_server_key.is_some();
+        let mut zap = None;
+        let mut monitor = None;
+        let mut report_curve = None;
+        if curve_on {
+            curve::require_curve().map_err(fail)?;
+        }
+        let own_keys = match &s.curve_key {
+            Some(p) => Some(
+                KeyPair::load(std::path::Path::new(p))
+                    .map_err(|e| fail(format!("curve-key: {e}")))?,
+            ),
+            None => None,
+        };
+        if s.bind {
+            if let Some(keys) = &own_keys {
+                let Some(allow) = &s.curve_allow else {
+                    return Err(fail(
+                        "bind=true with curve-key needs curve-allow: the public keys of the programs allowed to send settings"
+                            .to_string(),
+                    ));
+                };
+                let allow = AllowList::load(std::path::Path::new(allow))
+                    .map_err(|e| fail(format!("curve-allow: {e}")))?;
+                let shared = self.shared.clone();
+                let element = element.clone();
+                let mut limiter = WarningLimiter::new();
+                zap = Some(
+                    ZapHandler::start(&ctx, move |req: &ZapRequest| {
+                        if allow.contains(&req.public_key) {
+                            return Ok("publisher".to_string());
+                        }
+                        lock(&shared.0).stats.refused += 1;
+                        let reason = format!("key not in the allow-list {}", allow.source);
+                        warn(
+                            &element,
+                            &shared,
+                            &mut limiter,
+                            format!(
+                                "refused a settings publisher from {} with CURVE key {}: {reason}",
+                                req.address,
+                                req.public_key_z85()
+                            ),
+                        );
+                        Err(reason)
+                    })
+                    .map_err(fail)?,
+                );
+                curve::make_server(&sock, keys, "i2i-settingssrc").map_err(fail)?;
+            } else if s.curve_server_key.is_some() {
+                return Err(fail(
+                    "with bind=true this element is the CURVE server: set curve-key (its own secret certificate) and curve-allow, not curve-server-key".to_string(),
+                ));
+            }
+            sock.set_maxmsgsize(16 * MAX_MESSAGE_BYTES as i64).ok();
+            sock.bind(&s.endpoint).map_err(|e| {
+                fail(format!(
+                    "cannot listen on {}: {e} (with bind=true use e.g. tcp://*:{DEFAULT_STATE_PORT}; is the port taken?)",
+                    s.endpoint
+                ))
+            })?;
+        } else {
+            if curve_on {
+                let Some(server) = &s.curve_server_key else {
+                    return Err(fail(
+                        "curve-key is set but curve-server-key is not: give the publisher's public key".to_string(),
+                    ));
+                };
+                let server = curve::load_public_key(server)
+                    .map_err(|e| fail(format!("curve-server-key: {e}")))?;
+                let keys = match own_keys {
+                    Some(k) => k,
+                    None => KeyPair::generate().map_err(fail)?,
+                };
+                curve::make_client(&sock, &keys, &server).map_err(fail)?;
+                report_curve = Some((keys, server));
+                let ep = format!("inproc://settingssrc-monitor-{:p}", self);
+                if sock
+                    .monitor(&ep, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
+                    .is_ok()
+                    && let Ok(m) = ctx.socket(zmq::PAIR)
+                    && m.connect(&ep).is_ok()
+                {
+                    monitor = Some(m);
+                }
+            }
+            sock.connect(&s.endpoint).map_err(|e| {
+                fail(format!(
+                    "cannot connect to {}: {e} (expected e.g. tcp://host:{DEFAULT_STATE_PORT})",
+                    s.endpoint
+                ))
+            })?;
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "{} {}{}",
+            if s.bind {
+                "listening on"
+            } else {
+                "subscribed to"
+            },
+            s.endpoint,
+            if curve_on { " with CURVE" } else { "" }
+        );
+        let local_endpoint = if s.bind {
+            sock.get_last_endpoint()
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_else(|| s.endpoint.clone())
+        } else {
+            s.endpoint.clone()
+        };
+        {
+            let mut g = lock(&self.shared.0);
+            *g = Shared::default();
+            g.stats.local_endpoint = local_endpoint;
+        }
+        let rx = ReceiveContext {
+            sock,
+            monitor,
+            endpoint: s.endpoint.clone(),
+            bind: s.bind,
+            element,
+            shared: self.shared.clone(),
+            stop: stop.clone(),
+            follower: SnapshotFollower::default(),
+            warnings: WarningLimiter::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("settingssrc-rx".into())
+            .spawn(move || rx.run())
+            .map_err(|e| fail(format!("cannot start the receive thread: {e}")))?;
+        let source = format!("{}@{}", self.obj().name(), host_name());
+        Ok(Receiver {
+            stop,
+            thread: Some(thread),
+            reporter: Reporter {
+                ctx: ctx.clone(),
+                curve: report_curve,
+                client: None,
+                source,
+            },
+            _zap: zap,
+            _ctx: ctx,
+        })
+    }
+}
+
+impl SettingsSrc {
+    /// Forwards what the transform applied to the state holder, for its consoles.
+    fn report(&self, s: &gst::StructureRef) {
+        let settings = match s
+            .get::<&str>("settings")
+            .map(|j| SettingsUpdate::from_json(j.as_bytes()))
+        {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                gst::warning!(CAT, imp = self, "applied report not understood: {e}");
+                return;
+            }
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "applied report without settings: {e}");
+                return;
+            }
+        };
+        let frame = s.get::<u64>("frame-index").ok();
+        let (endpoint, seq) = {
+            let g = lock(&self.shared.0);
+            (g.control_endpoint.clone(), g.stats.seq)
+        };
+        let Some(endpoint) = endpoint else {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "no state holder to report to (frame {frame:?}: {})",
+                settings.summary()
+            );
+            return;
+        };
+        let mut guard = lock(&self.receiver);
+        let Some(rx) = guard.as_mut() else { return };
+        let report = AppliedReport {
+            source: rx.reporter.source.clone(),
+            seq: Some(seq),
+            frame,
+            settings,
+        };
+        match rx.reporter.send(&endpoint, &report) {
+            Ok(true) => {
+                lock(&self.shared.0).stats.reported += 1;
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "reported to {endpoint}: {}",
+                    report.settings.summary()
+                );
+            }
+            Ok(false) => gst::debug!(
+                CAT,
+                imp = self,
+                "report to {endpoint} not sent (not connected yet)"
+            ),
+            Err(e) => gst::warning!(CAT, imp = self, "cannot report to {endpoint}: {e}"),
+        }
+    }
+}
+
+impl BaseSrcImpl for SettingsSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let receiver = self.open()?;
+        *lock(&self.receiver) = Some(receiver);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        // Joins the receive thread, closes the sockets, then the context.
+        let receiver = lock(&self.receiver).take();
+        drop(receiver);
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn event(&self, event: &gst::Event) -> bool {
+        if let gst::EventView::CustomUpstream(e) = event.view()
+            && let Some(s) = e.structure()
+            && s.name() == APPLIED_EVENT
+        {
+            self.report(s);
+            return true;
+        }
+        self.parent_event(event)
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        lock(&self.shared.0).flushing = true;
+        self.shared.1.notify_all();
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        lock(&self.shared.0).flushing = false;
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for SettingsSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        let (mutex, cond) = &*self.shared;
+        let mut g = lock(mutex);
+        let (update, index) = loop {
+            if g.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            if let Some(e) = g.fatal.take() {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ["{}", e]);
+                return Err(gst::FlowError::Error);
+            }
+            if !g.pending.is_empty() {
+                let interval =
+                    Duration::from_millis(u64::from(lock(&self.settings).min_push_interval_ms));
+                let ready_at = g.last_push.map(|t| t + interval);
+                let now = Instant::now();
+                match ready_at {
+                    Some(at) if at > now => {
+                        g = cond
+                            .wait_timeout(g, at - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                        continue;
+                    }
+                    _ => {
+                        g.last_push = Some(now);
+                        g.stats.pushed += 1;
+                        break (std::mem::take(&mut g.pending), g.stats.pushed);
+                    }
+                }
+            }
+            g = cond.wait(g).unwrap_or_else(|e| e.into_inner());
+        };
+        drop(g);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "pushing update {index}: {}",
+            update.summary()
+        );
+        let mut buffer = gst::Buffer::from_mut_slice(update.to_json());
+        if let Some(b) = buffer.get_mut() {
+            b.set_offset(index - 1);
+        }
+        Ok(CreateSuccess::NewBuffer(buffer))
+    }
+}
