@@ -6,8 +6,10 @@
 //!    `jpegenc ! fakesink` on the same frames at the same quality (ratio, target >= 0.95);
 //! 3. loopback latency sink to source at 30 fps (p50, p99; target p99 < 5 ms).
 //!
-//!     cargo run --release -p gst-plugin-zmqsink --example zmq-bench \
-//!         [-- --frames N --rounds R --memory-frames N --latency-frames N]   (0 skips a phase)
+//! ```text
+//! cargo run --release -p gst-plugin-zmqsink --example zmq-bench \
+//!     [-- --frames N --rounds R --memory-frames N --latency-frames N]   (0 skips a phase)
+//! ```
 //!
 //! The sink sends with PUSH to a PULL socket that a reader process (this program with
 //! `--reader N`) drains, so encoding, packing and sending are all in the measured work, a
