@@ -6,7 +6,10 @@
 //!    `jpegenc ! fakesink` on the same frames at the same quality (ratio, target >= 0.95);
 //! 3. loopback latency sink to source at 30 fps (p50, p99; target p99 < 5 ms).
 //!
-//!     cargo run --release -p gst-plugin-zmqsink --example zmq-bench [-- --frames N --rounds R]
+//! ```text
+//! cargo run --release -p gst-plugin-zmqsink --example zmq-bench \
+//!     [-- --frames N --rounds R --memory-frames N --latency-frames N]   (0 skips a phase)
+//! ```
 //!
 //! The sink sends with PUSH to a PULL socket that a reader process (this program with
 //! `--reader N`) drains, so encoding, packing and sending are all in the measured work, a
@@ -251,7 +254,7 @@ fn run_latency(caps: &str, frames: &[gst::Buffer], n: usize) -> Vec<f64> {
          ! appsink name=sink sync=false emit-signals=true",
     );
     let made: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<(u64, f64)>>> = Arc::default();
     {
         let (made, latencies) = (made.clone(), latencies.clone());
         let sink = rx
@@ -269,7 +272,7 @@ fn run_latency(caps: &str, frames: &[gst::Buffer], n: usize) -> Vec<f64> {
                         latencies
                             .lock()
                             .unwrap()
-                            .push(arrived.duration_since(t).as_secs_f64() * 1000.0);
+                            .push((offset, arrived.duration_since(t).as_secs_f64() * 1000.0));
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })
@@ -308,8 +311,17 @@ fn run_latency(caps: &str, frames: &[gst::Buffer], n: usize) -> Vec<f64> {
     }
     tx.set_state(gst::State::Null).unwrap();
     rx.set_state(gst::State::Null).unwrap();
-    let mut l = latencies.lock().unwrap().clone();
+    let l = latencies.lock().unwrap().clone();
     assert_eq!(l.len(), n, "frames lost in the latency run");
+    let slow: Vec<String> = l
+        .iter()
+        .filter(|(_, ms)| *ms > 5.0)
+        .map(|(i, ms)| format!("#{i}: {ms:.1} ms"))
+        .collect();
+    if !slow.is_empty() {
+        eprintln!("  {} frames over 5 ms: {}", slow.len(), slow.join(", "));
+    }
+    let mut l: Vec<f64> = l.into_iter().map(|(_, ms)| ms).collect();
     l.sort_by(|a, b| a.partial_cmp(b).unwrap());
     l
 }
@@ -402,7 +414,7 @@ fn run_memory(frames: &[gst::Buffer], n: usize) -> Vec<(usize, u64, u64)> {
 
 fn main() {
     let mut frames_n = 600usize;
-    let mut rounds = 5usize;
+    let mut rounds = 9usize;
     let mut memory_n = 10_000usize;
     let mut latency_n = 300usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -423,7 +435,7 @@ fn main() {
             "--memory-frames" => memory_n = value(),
             "--latency-frames" => latency_n = value(),
             other => panic!(
-                "unknown argument {other}; use --frames N --rounds R --memory-frames N --latency-frames N"
+                "unknown argument {other}; use --frames N --rounds R --memory-frames N --latency-frames N (0 skips a phase)"
             ),
         }
         i += 2;
@@ -469,78 +481,86 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    // A phase with a count of 0 is skipped.
     // 1. Memory first, so that VmHWM is this phase's peak.
-    eprintln!("memory: {memory_n} frames sink -> source ...");
-    let marks = run_memory(&i420_buffers, memory_n);
-    println!(
-        "\n## Peak memory, I420 {SIZE}x{SIZE} -> zmqmsgpacksink -> zmqmsgpacksrc -> appsink (one process)"
-    );
-    println!("| frames received | VmHWM (MiB) | VmRSS (MiB) |");
-    println!("|---:|---:|---:|");
-    for (c, hwm, rss) in &marks {
+    if memory_n > 0 {
+        eprintln!("memory: {memory_n} frames sink -> source ...");
+        let marks = run_memory(&i420_buffers, memory_n);
         println!(
-            "| {c} | {:.1} | {:.1} |",
-            *hwm as f64 / 1024.0,
-            *rss as f64 / 1024.0
+            "\n## Peak memory, I420 {SIZE}x{SIZE} -> zmqmsgpacksink -> zmqmsgpacksrc -> appsink (one process)"
         );
-    }
-    if let (Some(first), Some(last)) = (marks.first(), marks.last()) {
-        println!(
-            "VmHWM growth from frame {} to frame {}: {:+.1} MiB",
-            first.0,
-            last.0,
-            (last.1 as f64 - first.1 as f64) / 1024.0
-        );
+        println!("| frames received | VmHWM (MiB) | VmRSS (MiB) |");
+        println!("|---:|---:|---:|");
+        for (c, hwm, rss) in &marks {
+            println!(
+                "| {c} | {:.1} | {:.1} |",
+                *hwm as f64 / 1024.0,
+                *rss as f64 / 1024.0
+            );
+        }
+        if let (Some(first), Some(last)) = (marks.first(), marks.last()) {
+            println!(
+                "VmHWM growth from frame {} to frame {}: {:+.1} MiB",
+                first.0,
+                last.0,
+                (last.1 as f64 - first.1 as f64) / 1024.0
+            );
+        }
     }
 
     // 2. Throughput, alternating the two each round. On a shared machine the wall-clock
     // rate of the best round is the one least disturbed; CPU time per frame (of this
     // process: the pipeline, without the reader) depends less on what else runs, so both
     // are shown.
-    println!("\n## Throughput, {frames_n} frames a round, best of {rounds} rounds");
-    println!(
-        "| input | jpegenc ! fakesink (fps) | zmqmsgpacksink push (fps) | ratio (fps) | \
-         jpegenc CPU (ms/frame) | sink CPU (ms/frame) | ratio (CPU) | jpegenc JPEG (KiB) | sink message (KiB) |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, caps, frames) in [
-        ("RGB", &rgb_caps, &rgb_buffers),
-        ("I420 (limited range)", &i420_caps, &i420_buffers),
-        ("I420 (full range)", &i420_full_caps, &i420_buffers),
-    ] {
-        let (mut enc, mut sink) = (Run::default(), Run::default());
-        let (mut enc_cpu, mut sink_cpu) = (f64::MAX, f64::MAX);
-        for r in 0..rounds {
-            eprintln!("throughput {name}: round {} ...", r + 1);
-            let e = run_jpegenc(caps, frames, frames_n);
-            let s = run_sink(caps, frames, frames_n);
-            eprintln!(
-                "  jpegenc {:.1} fps {:.2} ms CPU, sink {:.1} fps {:.2} ms CPU",
-                e.fps, e.cpu_ms, s.fps, s.cpu_ms
-            );
-            if e.fps > enc.fps {
-                enc = e;
-            }
-            if s.fps > sink.fps {
-                sink = s;
-            }
-            enc_cpu = enc_cpu.min(e.cpu_ms);
-            sink_cpu = sink_cpu.min(s.cpu_ms);
-        }
+    if rounds > 0 && frames_n > 0 {
+        println!("\n## Throughput, {frames_n} frames a round, best of {rounds} rounds");
         println!(
-            "| {name} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
-            enc.fps,
-            sink.fps,
-            sink.fps / enc.fps,
-            enc_cpu,
-            sink_cpu,
-            enc_cpu / sink_cpu,
-            enc.bytes / 1024.0,
-            sink.bytes / 1024.0
+            "| input | jpegenc ! fakesink (fps) | zmqmsgpacksink push (fps) | ratio (fps) | \
+         jpegenc CPU (ms/frame) | sink CPU (ms/frame) | ratio (CPU) | jpegenc JPEG (KiB) | sink message (KiB) |"
         );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, caps, frames) in [
+            ("RGB", &rgb_caps, &rgb_buffers),
+            ("I420 (limited range)", &i420_caps, &i420_buffers),
+            ("I420 (full range)", &i420_full_caps, &i420_buffers),
+        ] {
+            let (mut enc, mut sink) = (Run::default(), Run::default());
+            let (mut enc_cpu, mut sink_cpu) = (f64::MAX, f64::MAX);
+            for r in 0..rounds {
+                eprintln!("throughput {name}: round {} ...", r + 1);
+                let e = run_jpegenc(caps, frames, frames_n);
+                let s = run_sink(caps, frames, frames_n);
+                eprintln!(
+                    "  jpegenc {:.1} fps {:.2} ms CPU, sink {:.1} fps {:.2} ms CPU",
+                    e.fps, e.cpu_ms, s.fps, s.cpu_ms
+                );
+                if e.fps > enc.fps {
+                    enc = e;
+                }
+                if s.fps > sink.fps {
+                    sink = s;
+                }
+                enc_cpu = enc_cpu.min(e.cpu_ms);
+                sink_cpu = sink_cpu.min(s.cpu_ms);
+            }
+            println!(
+                "| {name} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
+                enc.fps,
+                sink.fps,
+                sink.fps / enc.fps,
+                enc_cpu,
+                sink_cpu,
+                enc_cpu / sink_cpu,
+                enc.bytes / 1024.0,
+                sink.bytes / 1024.0
+            );
+        }
     }
 
     // 3. Latency at 30 fps.
+    if latency_n == 0 {
+        return;
+    }
     println!(
         "\n## Loopback latency at 30 fps, {latency_n} frames (buffer made -> appsink after zmqmsgpacksrc)"
     );

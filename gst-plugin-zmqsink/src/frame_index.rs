@@ -40,9 +40,15 @@ pub fn from_meta(buffer: &gst::BufferRef) -> Option<u64> {
         .and_then(|m| m.structure().get::<u64>("index").ok())
 }
 
-/// The frame index: from the meta, else the buffer offset when set.
+/// The frame index: from the meta, else the buffer offset when it numbers frames (not
+/// when it is a byte position, as from multifilesrc: offset_end - offset = the size).
 pub fn index_of(buffer: &gst::BufferRef) -> Option<u64> {
-    from_meta(buffer).or_else(|| Some(buffer.offset()).filter(|&o| o != u64::MAX))
+    from_meta(buffer).or_else(|| {
+        let (offset, end) = (buffer.offset(), buffer.offset_end());
+        let size = buffer.size() as u64;
+        let byte_positions = end != u64::MAX && size > 1 && end.checked_sub(offset) == Some(size);
+        (offset != u64::MAX && !byte_positions).then_some(offset)
+    })
 }
 
 #[cfg(test)]
@@ -65,5 +71,12 @@ mod tests {
         assert_eq!(from_meta(&copy), Some(42));
         let plain = gst::Buffer::with_size(1).unwrap();
         assert_eq!(index_of(&plain), None);
+        // A byte position (multifilesrc) is not a frame index.
+        let mut bytes = gst::Buffer::with_size(100).unwrap();
+        bytes.get_mut().unwrap().set_offset(5000);
+        bytes.get_mut().unwrap().set_offset_end(5100);
+        assert_eq!(index_of(&bytes), None);
+        bytes.get_mut().unwrap().set_offset_end(5001);
+        assert_eq!(index_of(&bytes), Some(5000));
     }
 }

@@ -53,13 +53,20 @@ fn jpeg_goes_out_as_is_with_index_and_timestamp() {
         .unwrap();
     h.push(jpeg_buffer(&b, None, None)).unwrap();
     h.push(jpeg_buffer(&c, Some(7), None)).unwrap();
+    // Byte positions (as multifilesrc sets them: offset_end - offset = size) are not frame
+    // numbers: the count is used (fourth frame: 3).
+    let mut d = jpeg_buffer(&a, Some(123_456), None);
+    d.get_mut()
+        .unwrap()
+        .set_offset_end(123_456 + a.len() as u64);
+    h.push(d).unwrap();
 
     let t = Duration::from_secs(5);
     let m1 = decode_one(&recv_timeout(&pull, t).expect("first frame"));
     let m2 = decode_one(&recv_timeout(&pull, t).expect("second frame"));
     let m3 = decode_one(&recv_timeout(&pull, t).expect("third frame"));
     // The meta's original time, in ms; the offset as index; the bytes untouched.
-    assert_eq!(m1, (1_700_000_000_123, 42, a));
+    assert_eq!(m1, (1_700_000_000_123, 42, a.clone()));
     // No offset: the count of frames seen (this is the second, so 1). No meta and no
     // timestamp: the time it entered, i.e. about now.
     assert_eq!((m2.1, &m2.2), (1, &b));
@@ -69,11 +76,13 @@ fn jpeg_goes_out_as_is_with_index_and_timestamp() {
         m2.0
     );
     assert_eq!((m3.1, &m3.2), (7, &c));
+    let m4 = decode_one(&recv_timeout(&pull, t).expect("fourth frame"));
+    assert_eq!((m4.1, &m4.2), (3, &a));
 
     let stats = sink.property::<gst::Structure>("stats");
-    assert_eq!(stats.get::<u64>("frames").unwrap(), 3);
+    assert_eq!(stats.get::<u64>("frames").unwrap(), 4);
     assert_eq!(stats.get::<u64>("dropped").unwrap(), 0);
-    let sent: u64 = [&m1.2, &m2.2, &m3.2]
+    let sent: u64 = [&m1.2, &m2.2, &m3.2, &m4.2]
         .iter()
         .map(|j| protocol::encode_frame(0, 0, j).len() as u64)
         .sum();
