@@ -321,20 +321,40 @@ pub fn worker_pipeline(dispatch: &str, collect: &str, name: &str, middle: &str) 
         .unwrap()
 }
 
-/// The directory of the built plugin (target/release), for gst-launch-1.0 processes.
+/// A directory with this build's plugins, for gst-launch-1.0 processes. `cargo test`
+/// builds the plugin library into target/<profile>/deps without refreshing the copy in
+/// target/<profile> (only `cargo build` does), so the newer of the two is copied into
+/// target/<profile>/scaleout-test-plugins, for each of this plugin and the i2i one.
 pub fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary in target/<profile>/deps")
-        .to_path_buf();
-    assert!(
-        dir.join("libgstzmqmsgpack.so").exists(),
-        "{} has no libgstzmqmsgpack.so: build the plugin (cargo build --release -p gst-plugin-zmqsink)",
-        dir.display()
-    );
-    dir
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let deps = exe.parent().expect("test binary in target/<profile>/deps");
+        let profile = deps.parent().expect("target/<profile>");
+        let dir = profile.join("scaleout-test-plugins");
+        std::fs::create_dir_all(&dir).unwrap();
+        for lib in ["libgstzmqmsgpack.so", "libgsti2i.so"] {
+            let newest = [deps.join(lib), profile.join(lib)]
+                .into_iter()
+                .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+                .max_by_key(|(t, _)| *t);
+            let Some((_, from)) = newest else {
+                continue;
+            };
+            // Copy and rename: a worker still running from an earlier copy keeps its file.
+            let tmp = dir.join(format!(".{lib}.{}", std::process::id()));
+            std::fs::copy(&from, &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join(lib)).unwrap();
+        }
+        assert!(
+            dir.join("libgstzmqmsgpack.so").exists(),
+            "no libgstzmqmsgpack.so in {} or {}: build the plugin (cargo build --release -p gst-plugin-zmqsink)",
+            deps.display(),
+            profile.display()
+        );
+        dir
+    })
+    .clone()
 }
 
 /// The workers' plugin path: this build's plugins, after the directories in
@@ -360,10 +380,8 @@ impl WorkerProcess {
              ! jpegdec ! {middle} ! jpegenc \
              ! zmqmsgpacksink endpoint={collect} bind=false socket-type=push sync=false"
         );
-        let registry = std::env::temp_dir().join(format!(
-            "i2i-scaleout-test-registry-{}.bin",
-            std::process::id()
-        ));
+        // GStreamer replaces the registry file atomically: workers may share it.
+        let registry = plugin_dir().join("registry.bin");
         let child = Command::new("gst-launch-1.0")
             .arg("-q")
             .args(desc.split_whitespace())
