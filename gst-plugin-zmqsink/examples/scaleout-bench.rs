@@ -132,10 +132,28 @@ fn plugin_path(o: &Options) -> Result<String, String> {
     if !o.passthrough {
         need.push("libgsti2i.so");
     }
+    let modified = |p: PathBuf| p.metadata().ok()?.modified().ok();
     for lib in need {
-        if !path.split(':').any(|d| PathBuf::from(d).join(lib).exists()) {
+        let Some(dir) = path
+            .split(':')
+            .map(PathBuf::from)
+            .find(|d| d.join(lib).exists())
+        else {
             return Err(format!(
                 "{lib} not found in {path}: build the plugins first (cargo build --release -p gst-plugin-i2i -p gst-plugin-zmqsink)"
+            ));
+        };
+        // `cargo run --example` rebuilds the library in deps/ only: the workers would run
+        // an older copy.
+        if let (Some(used), Some(built)) = (
+            modified(dir.join(lib)),
+            modified(dir.join("deps").join(lib)),
+        ) && built > used
+        {
+            return Err(format!(
+                "{} is older than {}: run cargo build --release -p gst-plugin-i2i -p gst-plugin-zmqsink",
+                dir.join(lib).display(),
+                dir.join("deps").join(lib).display()
             ));
         }
     }
