@@ -232,15 +232,11 @@ impl Io {
                 Ok(WorkerMsg::Ready(ready)) => {
                     let is_done = self.is_done_fn();
                     let mut core = self.shared.lock();
-                    let joined_before = core.sched.stats().workers_joined;
                     let was_in = core.sched.worker_name(id).is_some_and(|(_, s)| s);
                     let reply = core.sched.on_ready(id, &ready, now, &is_done);
                     let is_in = core.sched.worker_name(id).is_some_and(|(_, s)| s);
                     if is_in && !was_in {
                         reports.push(Report::Joined(ready.name.clone()));
-                    }
-                    if core.sched.stats().workers_joined > joined_before + 1 {
-                        gst::debug!(CAT, "worker {} re-registered", ready.name);
                     }
                     drop(core);
                     if reply == Reply::Heartbeat {
