@@ -4,9 +4,11 @@
 use gst::glib;
 
 pub mod diffusion;
+pub mod i2itransform;
 pub mod settings;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    i2itransform::register(plugin)?;
     Ok(())
 }
 
