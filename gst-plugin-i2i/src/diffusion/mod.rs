@@ -11,6 +11,20 @@
 //! remaining steps for the frames still in flight, so every input frame comes out.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+mod engine;
+mod error;
+pub mod model;
+pub mod noise;
+pub mod runtime;
+pub mod scheduler;
+pub mod stream;
+pub mod tokenizer;
+
+pub use engine::Engine;
+pub use error::EngineError;
+pub use runtime::{LogLevel, set_logger};
 
 /// How the negative (unconditional) side of classifier-free guidance is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -112,4 +126,125 @@ pub struct OutputFrame {
     /// True when the similarity filter skipped this frame and `pixels` repeat the
     /// previous output.
     pub skipped: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            model_dir: PathBuf::new(),
+            width: 512,
+            height: 512,
+            batch_size: 1,
+            execution_provider: ExecutionProvider::Auto,
+            device_id: 0,
+            fp16: true,
+            engine_cache_dir: None,
+            intra_threads: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for CfgType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CfgType::None => "none",
+            CfgType::Full => "full",
+            CfgType::SelfNegative => "self",
+            CfgType::Initialize => "initialize",
+        })
+    }
+}
+
+impl std::fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExecutionProvider::Auto => "auto",
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::TensorRt => "tensorrt",
+        })
+    }
+}
+
+/// Text-encoder output for one prompt: `shape = [1, 77, E]`, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding {
+    pub shape: [usize; 3],
+    pub data: Vec<f32>,
+}
+
+/// The fixed per-seed latent noise, `shape = [n, 4, h, w]` (one slot per denoising step).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Noise {
+    pub shape: [usize; 4],
+    pub data: Vec<f32>,
+}
+
+/// Cumulative wall time per stage since the engine was loaded, and call counts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// RGB8 to normalised NCHW floats (and the similarity filter).
+    pub preprocess: Duration,
+    /// Tokenizer and text encoder.
+    pub text: Duration,
+    pub vae_encode: Duration,
+    pub unet: Duration,
+    pub vae_decode: Duration,
+    /// Decoder output to `[0, 1]` planar pixels.
+    pub postprocess: Duration,
+    /// Frames given to [`Engine::process`].
+    pub frames_in: u64,
+    /// Frames returned (including re-emitted skipped frames).
+    pub frames_out: u64,
+    /// Frames the similarity filter skipped.
+    pub frames_skipped: u64,
+    pub text_calls: u64,
+    pub vae_encode_calls: u64,
+    pub unet_calls: u64,
+    /// UNet batch rows evaluated in total (`unet_rows / unet_calls` is the mean batch).
+    pub unet_rows: u64,
+    pub vae_decode_calls: u64,
+}
+
+impl Timings {
+    /// Sum of all stages.
+    pub fn total(&self) -> Duration {
+        self.preprocess + self.text + self.vae_encode + self.unet + self.vae_decode + self.postprocess
+    }
+}
+
+/// Planar `[3, height, width]` floats in `[0, 1]` to packed RGB8, rounding to nearest.
+/// `out` is resized to `width * height * 3`; values outside `[0, 1]` (or NaN) are clamped.
+pub fn to_rgb8(pixels: &[f32], width: u32, height: u32, out: &mut Vec<u8>) {
+    let plane = width as usize * height as usize;
+    out.resize(plane * 3, 0);
+    if pixels.len() < plane * 3 {
+        out.fill(0);
+        return;
+    }
+    let (r, rest) = pixels.split_at(plane);
+    let (g, b) = rest.split_at(plane);
+    let conv = |v: f32| -> u8 {
+        // `as u8` saturates and maps NaN to 0.
+        (v * 255.0 + 0.5) as u8
+    };
+    for (((px, &r), &g), &b) in out.chunks_exact_mut(3).zip(r).zip(g).zip(&b[..plane]) {
+        px[0] = conv(r);
+        px[1] = conv(g);
+        px[2] = conv(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rgb8_rounds_and_clamps() {
+        let pixels = [0.0, 1.0, 0.5, -1.0, 2.0, f32::NAN];
+        let mut out = Vec::new();
+        to_rgb8(&pixels, 2, 1, &mut out);
+        // planar R = [0, 1], G = [0.5, -1], B = [2, NaN]
+        assert_eq!(out, vec![0, 128, 255, 255, 0, 0]);
+    }
 }

@@ -1,0 +1,2 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The stream batch: frames in flight through the denoising steps.
