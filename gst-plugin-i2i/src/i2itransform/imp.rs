@@ -344,7 +344,7 @@ impl I2iTransform {
     /// Refuses a setting: the old value stays, the user learns why on the bus.
     fn refuse(&self, what: &str) {
         gst::warning!(CAT, imp = self, "{what}");
-        gst::element_imp_warning!(self, gst::LibraryError::Settings, ["{}", what]);
+        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
     }
 
     fn fps(&self) -> Option<gst::Fraction> {
@@ -1043,7 +1043,11 @@ impl I2iTransform {
                     gst::warning!(CAT, imp = self, "cannot copy metadata: {e}");
                 }
             }
-            self.srcpad.push(buffer)?;
+            if let Err(e) = self.srcpad.push(buffer) {
+                // Flushing or stopping: this frame is lost with the others in flight.
+                self.stats.lock().unwrap().frames_dropped += 1;
+                return Err(e);
+            }
             {
                 let mut s = self.stats.lock().unwrap();
                 s.frames_out += 1;

@@ -108,7 +108,22 @@ pub fn provider_name(p: diffusion::ExecutionProvider) -> &'static str {
     }
 }
 
+static ENGINE_CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "i2i-engine",
+        gst::DebugColorFlags::empty(),
+        Some("Diffusion engine (model loading, execution providers)"),
+    )
+});
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The engine's messages (provider chosen, TensorRT builds) go to the GStreamer log.
+    diffusion::set_logger(|level, msg| match level {
+        diffusion::LogLevel::Debug => gst::debug!(ENGINE_CAT, "{msg}"),
+        diffusion::LogLevel::Info => gst::info!(ENGINE_CAT, "{msg}"),
+        diffusion::LogLevel::Warning => gst::warning!(ENGINE_CAT, "{msg}"),
+        diffusion::LogLevel::Error => gst::error!(ENGINE_CAT, "{msg}"),
+    });
     CfgType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ExecutionProvider::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
