@@ -1,0 +1,708 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Frames per second of `i2itransform` inside a GStreamer pipeline against the bare ONNX
+//! Runtime time of the same graphs on the same frames, measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p gst-plugin-i2i --example i2i-bench -- [--model models/demo]
+//!     [--frames 40] [--warmup 5] [--width 512] [--height 512] [--t-index-list 32,45]
+//!     [--batch-size 1] [--threads 0]
+//! ```
+//!
+//! Four measurements on the same in-memory frames (a moving test picture at the model size):
+//! 1. bare ONNX Runtime: `Session::run` of vae_encoder, unet (the stream batch: n rows per
+//!    frame, 2n for cfg full) and vae_decoder, nothing else timed: the limit;
+//! 2. the engine alone (`Engine::process`: RGB8 in, planar float out);
+//! 3. the element: `appsrc (RGB) ! i2itransform ! fakesink`;
+//! 4. the element behind a JPEG decoder: `appsrc (JPEG) ! jpegdec ! i2itransform ! fakesink`.
+//!
+//! Then where the difference goes: the engine's own stages outside ONNX Runtime, the
+//! float-to-RGB8 step, the colour conversion / resize, and JPEG decoding, each timed alone.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gsti2i::diffusion::{self, CfgType, Engine, InputFrame, LoadOptions, StreamParams};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+
+#[derive(Clone, Debug)]
+struct Args {
+    model: PathBuf,
+    frames: usize,
+    warmup: usize,
+    width: u32,
+    height: u32,
+    t_index_list: String,
+    batch_size: usize,
+    threads: usize,
+    cfg_type: String,
+    prompt: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        model: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/demo")),
+        frames: 40,
+        warmup: 5,
+        width: 512,
+        height: 512,
+        t_index_list: "32,45".into(),
+        batch_size: 1,
+        threads: 0,
+        cfg_type: "self".into(),
+        prompt: "a watercolor painting of a city".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag.as_str() {
+            "--model" => a.model = val()?.into(),
+            "--frames" => a.frames = num(val()?)?,
+            "--warmup" => a.warmup = num(val()?)?,
+            "--width" => a.width = num(val()?)? as u32,
+            "--height" => a.height = num(val()?)? as u32,
+            "--t-index-list" => a.t_index_list = val()?,
+            "--batch-size" => a.batch_size = num(val()?)?,
+            "--threads" => a.threads = num(val()?)?,
+            "--cfg-type" => a.cfg_type = val()?,
+            "--prompt" => a.prompt = val()?,
+            "-h" | "--help" => {
+                println!(
+                    "i2i-bench [--model DIR] [--frames N] [--warmup N] [--width W] [--height H] \
+                     [--t-index-list L] [--batch-size B] [--threads T] [--cfg-type C] [--prompt P]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other} (see --help)")),
+        }
+    }
+    if a.frames < a.warmup + 2 * a.batch_size {
+        return Err("--frames must exceed --warmup by at least two batches".into());
+    }
+    if a.threads == 0 {
+        a.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    Ok(a)
+}
+
+/// A moving, colourful test picture: frames differ, so nothing can be cached or skipped.
+fn picture(index: usize, w: u32, h: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity((w * h * 3) as usize);
+    let (cx, cy) = (
+        (index * 7 % w as usize) as i64,
+        (h as usize / 2 + index * 3 % (h as usize / 4)) as i64,
+    );
+    for y in 0..h as i64 {
+        for x in 0..w as i64 {
+            let d = ((x - cx).pow(2) + (y - cy).pow(2)) < (w as i64 / 6).pow(2);
+            let r = (x * 255 / w as i64) as u8;
+            let g = (y * 255 / h as i64) as u8;
+            let b = ((x + y + index as i64 * 5) % 256) as u8;
+            if d {
+                v.extend_from_slice(&[255 - r, 200, b / 2]);
+            } else {
+                v.extend_from_slice(&[r, g, b]);
+            }
+        }
+    }
+    v
+}
+
+fn params(a: &Args) -> Result<StreamParams, String> {
+    let t_index_list = a
+        .t_index_list
+        .split(',')
+        .map(|s| s.trim().parse::<u32>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--t-index-list {}: {e}", a.t_index_list))?;
+    let cfg_type = match a.cfg_type.as_str() {
+        "none" => CfgType::None,
+        "full" => CfgType::Full,
+        "self" => CfgType::SelfNegative,
+        "initialize" => CfgType::Initialize,
+        o => return Err(format!("--cfg-type {o}: expected none, full, self or initialize")),
+    };
+    Ok(StreamParams {
+        prompt: a.prompt.clone(),
+        t_index_list,
+        cfg_type,
+        ..Default::default()
+    })
+}
+
+fn load_options(a: &Args) -> LoadOptions {
+    LoadOptions {
+        model_dir: a.model.clone(),
+        width: a.width,
+        height: a.height,
+        batch_size: a.batch_size,
+        execution_provider: diffusion::ExecutionProvider::Cpu,
+        intra_threads: a.threads,
+        ..Default::default()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ---- 1. bare ONNX Runtime ------------------------------------------------------------------
+
+struct Graph {
+    session: Session,
+    inputs: Vec<(String, TensorElementType, usize)>,
+    output: String,
+}
+
+impl Graph {
+    fn load(dir: &std::path::Path, name: &str, threads: usize) -> Result<Graph, String> {
+        let env = diffusion::runtime::environment().map_err(|e| e.to_string())?;
+        let path = dir.join(name).join("model.onnx");
+        let session = Session::builder(&env)
+            .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_file(&path))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| match o.dtype() {
+                ValueType::Tensor { ty, shape, .. } => Ok((o.name().to_string(), *ty, shape.len())),
+                other => Err(format!("{}: input {} is {other:?}", path.display(), o.name())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = session.outputs()[0].name().to_string();
+        Ok(Graph {
+            session,
+            inputs,
+            output,
+        })
+    }
+
+    fn input(&self, name: &str) -> Result<(TensorElementType, usize), String> {
+        self.inputs
+            .iter()
+            .find(|(n, ..)| n == name)
+            .map(|(_, t, r)| (*t, *r))
+            .ok_or(format!("no input {name} (inputs: {:?})", self.inputs))
+    }
+
+    /// Runs with float inputs cast to the declared types; returns the first output as
+    /// f32 with its shape, and the time `Session::run` took.
+    fn run(
+        &mut self,
+        inputs: Vec<(&str, Vec<i64>, Vec<f32>)>,
+    ) -> Result<(Vec<i64>, Vec<f32>, Duration), String> {
+        let mut values: Vec<(String, DynValue)> = Vec::new();
+        for (name, shape, data) in inputs {
+            let (ty, rank) = self.input(name)?;
+            let shape = if rank == 0 { vec![] } else { shape };
+            let v = match ty {
+                TensorElementType::Float32 => Tensor::from_array((shape, data)).map(|t| t.into_dyn()),
+                TensorElementType::Float16 => Tensor::from_array((
+                    shape,
+                    data.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>(),
+                ))
+                .map(|t| t.into_dyn()),
+                TensorElementType::Int64 => {
+                    Tensor::from_array((shape, data.iter().map(|&x| x as i64).collect::<Vec<_>>()))
+                        .map(|t| t.into_dyn())
+                }
+                TensorElementType::Int32 => {
+                    Tensor::from_array((shape, data.iter().map(|&x| x as i32).collect::<Vec<_>>()))
+                        .map(|t| t.into_dyn())
+                }
+                other => return Err(format!("input {name}: type {other:?} not handled")),
+            }
+            .map_err(|e| format!("input {name}: {e}"))?;
+            values.push((name.to_string(), v));
+        }
+        let start = Instant::now();
+        let out = self
+            .session
+            .run(values)
+            .map_err(|e| format!("run: {e}"))?;
+        let took = start.elapsed();
+        let v = &out[self.output.as_str()];
+        let (shape, data) = match v.try_extract_tensor::<f32>() {
+            Ok((s, d)) => (s.to_vec(), d.to_vec()),
+            Err(_) => {
+                let (s, d) = v
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(|e| format!("output {}: {e}", self.output))?;
+                (s.to_vec(), d.iter().map(|x| x.to_f32()).collect())
+            }
+        };
+        Ok((shape, data, took))
+    }
+}
+
+struct Bare {
+    per_frame: Duration,
+    encode: Duration,
+    unet: Duration,
+    decode: Duration,
+}
+
+fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, String> {
+    let dir = &a.model;
+    let mut text = Graph::load(dir, "text_encoder", a.threads)?;
+    let mut enc = Graph::load(dir, "vae_encoder", a.threads)?;
+    let mut unet = Graph::load(dir, "unet", a.threads)?;
+    let mut dec = Graph::load(dir, "vae_decoder", a.threads)?;
+
+    // The prompt is encoded once (the element does it only when the prompt changes);
+    // token values do not change the time, so a fixed sequence stands in.
+    let mut ids = vec![49407f32; 77];
+    ids[0] = 49406.0;
+    let (ehs_shape, ehs, _) = text.run(vec![(text.inputs[0].0.clone().leak(), vec![1, 77], ids)])?;
+    let e = *ehs_shape.last().ok_or("text encoder output has no shape")? as usize;
+
+    let (w, h) = (a.width as usize, a.height as usize);
+    let (lw, lh) = (w / 8, h / 8);
+    let b = a.batch_size;
+    let n = p.t_index_list.len();
+    let rows_per_frame = match p.cfg_type {
+        CfgType::Full => 2 * n,
+        CfgType::Initialize => n + 1,
+        _ => n,
+    };
+    let rows = rows_per_frame * b;
+    let unet_sample = unet.inputs[0].0.clone();
+    let (sample_name, ts_name, ehs_name) = (
+        unet.inputs.iter().find(|i| i.0 == "sample").map(|i| i.0.clone()).unwrap_or(unet_sample),
+        "timestep".to_string(),
+        "encoder_hidden_states".to_string(),
+    );
+    let ts_rank = unet.input(&ts_name)?.1;
+    let enc_in = enc.inputs[0].0.clone();
+    let dec_in = dec.inputs[0].0.clone();
+
+    let (mut t_enc, mut t_unet, mut t_dec) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut timed = 0;
+    for (k, chunk) in frames.chunks(b).enumerate() {
+        if chunk.len() < b {
+            break;
+        }
+        // Preprocess (not timed): RGB8 -> [-1, 1] NCHW.
+        let mut x = vec![0f32; b * 3 * h * w];
+        for (f, rgb) in chunk.iter().enumerate() {
+            for (i, px) in rgb.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    x[((f * 3) + c) * h * w + i] = px[c] as f32 / 127.5 - 1.0;
+                }
+            }
+        }
+        let (zs, z, te) = enc.run(vec![(&enc_in, vec![b as i64, 3, h as i64, w as i64], x)])?;
+        let per = 4 * lh * lw;
+        let chans = zs[1] as usize;
+        // The mean when the encoder returns mean and logvar; the stream batch repeats rows.
+        let mut sample = Vec::with_capacity(rows * per);
+        for r in 0..rows {
+            let f = r % b;
+            sample.extend_from_slice(&z[f * chans * lh * lw..f * chans * lh * lw + per]);
+        }
+        let mut tu = Duration::ZERO;
+        let mut out = Vec::new();
+        if ts_rank == 0 {
+            // A scalar timestep: one call per step.
+            for s in 0..rows_per_frame {
+                let rows_s = b;
+                let (_, o, t) = unet.run(vec![
+                    (&sample_name, vec![rows_s as i64, 4, lh as i64, lw as i64], sample[s * b * per..(s + 1) * b * per].to_vec()),
+                    (&ts_name, vec![], vec![999.0 - 20.0 * s as f32]),
+                    (&ehs_name, vec![rows_s as i64, 77, e as i64], ehs.repeat(rows_s)),
+                ])?;
+                tu += t;
+                out = o;
+            }
+        } else {
+            let ts: Vec<f32> = (0..rows).map(|r| 999.0 - 20.0 * (r % n) as f32).collect();
+            let (_, o, t) = unet.run(vec![
+                (&sample_name, vec![rows as i64, 4, lh as i64, lw as i64], sample),
+                (&ts_name, vec![rows as i64], ts),
+                (&ehs_name, vec![rows as i64, 77, e as i64], ehs.repeat(rows)),
+            ])?;
+            tu = t;
+            out = o;
+        }
+        let (_, _, td) = dec.run(vec![(&dec_in, vec![b as i64, 4, lh as i64, lw as i64], out[..b * per].to_vec())])?;
+        if k * b >= a.warmup {
+            t_enc += te;
+            t_unet += tu;
+            t_dec += td;
+            timed += b;
+        }
+    }
+    let per_frame = |d: Duration| d / timed.max(1) as u32;
+    Ok(Bare {
+        per_frame: per_frame(t_enc + t_unet + t_dec),
+        encode: per_frame(t_enc),
+        unet: per_frame(t_unet),
+        decode: per_frame(t_dec),
+    })
+}
+
+// ---- 2. the engine alone ---------------------------------------------------------------------
+
+struct EngineRun {
+    per_frame: Duration,
+    /// Engine stage time per frame outside ONNX Runtime's graphs (preprocess + postprocess).
+    outside: Duration,
+    timings: diffusion::Timings,
+    frames: u64,
+}
+
+fn engine_alone(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<EngineRun, String> {
+    let mut engine = Engine::load(&load_options(a), p).map_err(|e| e.to_string())?;
+    let mut before = None;
+    let mut start = Instant::now();
+    let mut out = 0;
+    for (k, chunk) in frames.chunks(a.batch_size).enumerate() {
+        if k * a.batch_size == a.warmup {
+            before = Some(engine.timings());
+            start = Instant::now();
+        }
+        let inputs = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, rgb)| InputFrame {
+                tag: (k * a.batch_size + i) as u64,
+                rgb: rgb.clone(),
+            })
+            .collect();
+        out += engine.process(inputs).map_err(|e| e.to_string())?.len();
+    }
+    out += engine.drain().map_err(|e| e.to_string())?.len();
+    let took = start.elapsed();
+    if out != frames.len() {
+        return Err(format!("engine returned {out} of {} frames", frames.len()));
+    }
+    let after = engine.timings();
+    let before = before.unwrap_or_default();
+    let timed = (frames.len() - a.warmup) as u32;
+    let t = diffusion::Timings {
+        preprocess: after.preprocess - before.preprocess,
+        text: after.text - before.text,
+        vae_encode: after.vae_encode - before.vae_encode,
+        unet: after.unet - before.unet,
+        vae_decode: after.vae_decode - before.vae_decode,
+        postprocess: after.postprocess - before.postprocess,
+        ..after.clone()
+    };
+    Ok(EngineRun {
+        per_frame: took / timed,
+        outside: (t.preprocess + t.postprocess) / timed,
+        timings: t,
+        frames: timed as u64,
+    })
+}
+
+// ---- 3./4. the element in a pipeline ---------------------------------------------------------
+
+struct ElementRun {
+    per_frame: Duration,
+    stats: gst::Structure,
+}
+
+fn element_run(a: &Args, source: &[gst::Buffer], caps: &gst::Caps, jpeg: bool) -> Result<ElementRun, String> {
+    let decode = if jpeg { "jpegdec ! " } else { "" };
+    let desc = format!(
+        "appsrc name=src format=time max-bytes=0 ! {decode}i2itransform name=i2i model=\"{}\" width={} height={} \
+         t-index-list={} batch-size={} threads={} cfg-type={} prompt=\"{}\" execution-provider=cpu \
+         ! fakesink name=sink sync=false",
+        a.model.display(),
+        a.width,
+        a.height,
+        a.t_index_list,
+        a.batch_size,
+        a.threads,
+        a.cfg_type,
+        a.prompt
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| e.to_string())?
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(caps));
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let arr = arrivals.clone();
+    pipeline
+        .by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            arr.lock().unwrap().push(Instant::now());
+            gst::PadProbeReturn::Ok
+        });
+    for b in source {
+        src.push_buffer(b.clone()).map_err(|e| format!("{e:?}"))?;
+    }
+    src.end_of_stream().map_err(|e| format!("{e:?}"))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| pipeline_error(&pipeline))?;
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(600), &[gst::MessageType::Eos, gst::MessageType::Error])
+        .ok_or("timed out")?;
+    let stats = pipeline.by_name("i2i").unwrap().property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    if let gst::MessageView::Error(e) = msg.view() {
+        return Err(format!("{} ({:?})", e.error(), e.debug()));
+    }
+    let t = arrivals.lock().unwrap().clone();
+    if t.len() != source.len() {
+        return Err(format!("{} frames out of {}", t.len(), source.len()));
+    }
+    let timed = t.len() - a.warmup;
+    Ok(ElementRun {
+        per_frame: (t[t.len() - 1] - t[a.warmup - 1]) / timed as u32,
+        stats,
+    })
+}
+
+fn pipeline_error(p: &gst::Pipeline) -> String {
+    let bus = p.bus().unwrap();
+    while let Some(m) = bus.pop() {
+        if let gst::MessageView::Error(e) = m.view() {
+            return format!("{} ({:?})", e.error(), e.debug());
+        }
+    }
+    "state change failed".into()
+}
+
+/// Encodes the frames as JPEG with jpegenc (quality 85).
+fn to_jpeg(a: &Args, frames: &[Vec<u8>], caps: &gst::Caps) -> Result<Vec<gst::Buffer>, String> {
+    let pipeline = gst::parse::launch("appsrc name=src format=time ! jpegenc quality=85 ! appsink name=out sync=false")
+        .map_err(|e| e.to_string())?
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let out = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    src.set_caps(Some(caps));
+    src.set_property("max-bytes", 0u64);
+    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    for (i, f) in frames.iter().enumerate() {
+        src.push_buffer(rgb_buffer(f, i)).map_err(|e| format!("{e:?}"))?;
+    }
+    src.end_of_stream().map_err(|e| format!("{e:?}"))?;
+    let mut jpegs = Vec::new();
+    while let Some(s) = out.try_pull_sample(gst::ClockTime::from_seconds(30)) {
+        jpegs.push(s.buffer_owned().unwrap());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    if jpegs.len() != frames.len() {
+        return Err(format!("jpegenc gave {} of {} frames ({a:?})", jpegs.len(), frames.len()));
+    }
+    Ok(jpegs)
+}
+
+fn rgb_buffer(f: &[u8], i: usize) -> gst::Buffer {
+    let mut b = gst::Buffer::from_slice(f.to_vec());
+    let r = b.get_mut().unwrap();
+    r.set_pts(gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / 15));
+    r.set_duration(gst::ClockTime::from_nseconds(1_000_000_000 / 15));
+    r.set_offset(i as u64);
+    b
+}
+
+// ---- side costs ----------------------------------------------------------------------------
+
+fn time_per<F: FnMut()>(reps: usize, mut f: F) -> Duration {
+    f();
+    let start = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    start.elapsed() / reps as u32
+}
+
+fn conversion_cost(from: gst_video::VideoFormat, fw: u32, fh: u32, w: u32, h: u32) -> Result<Duration, String> {
+    let in_info = gst_video::VideoInfo::builder(from, fw, fh)
+        .fps(gst::Fraction::new(15, 1))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
+        .fps(gst::Fraction::new(15, 1))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut config = gst_video::VideoConverterConfig::new();
+    // As the element: one thread on small machines.
+    config.set_threads((std::thread::available_parallelism().map_or(1, |n| n.get()) as u32 / 4).clamp(1, 4));
+    let conv = gst_video::VideoConverter::new(&in_info, &out_info, Some(config)).map_err(|e| e.to_string())?;
+    let src = gst::Buffer::with_size(in_info.size()).map_err(|e| e.to_string())?;
+    let mut dst = gst::Buffer::with_size(out_info.size()).map_err(|e| e.to_string())?;
+    Ok(time_per(20, || {
+        let s = gst_video::VideoFrameRef::from_buffer_ref_readable(src.as_ref(), &in_info).unwrap();
+        let mut d = gst_video::VideoFrameRef::from_buffer_ref_writable(dst.get_mut().unwrap(), &out_info).unwrap();
+        conv.frame_ref(&s, &mut d);
+    }))
+}
+
+fn jpeg_decode_cost(jpegs: &[gst::Buffer], caps: &gst::Caps) -> Result<Duration, String> {
+    let pipeline = gst::parse::launch("appsrc name=src format=time max-bytes=0 ! jpegdec ! fakesink sync=false")
+        .map_err(|e| e.to_string())?
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    src.set_caps(Some(caps));
+    for b in jpegs {
+        src.push_buffer(b.clone()).map_err(|e| format!("{e:?}"))?;
+    }
+    src.end_of_stream().map_err(|e| format!("{e:?}"))?;
+    let start = Instant::now();
+    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error])
+        .ok_or("jpegdec timed out")?;
+    let took = start.elapsed();
+    pipeline.set_state(gst::State::Null).unwrap();
+    Ok(took / jpegs.len() as u32)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("i2i-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let a = parse_args()?;
+    gst::init().map_err(|e| e.to_string())?;
+    gsti2i::plugin_register_static().map_err(|e| e.to_string())?;
+    let p = params(&a)?;
+    if !a.model.join("unet").join("model.onnx").exists() {
+        return Err(format!(
+            "{} has no unet/model.onnx: run scripts/setup.sh (it generates models/demo) or pass --model",
+            a.model.display()
+        ));
+    }
+    println!(
+        "i2i-bench: {} at {}x{}, t-index-list {} (n = {}), cfg {}, batch {}, {} ONNX Runtime threads, {} frames ({} warm-up), CPU, {} cores",
+        a.model.display(),
+        a.width,
+        a.height,
+        a.t_index_list,
+        p.t_index_list.len(),
+        a.cfg_type,
+        a.batch_size,
+        a.threads,
+        a.frames,
+        a.warmup,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    let frames: Vec<Vec<u8>> = (0..a.frames).map(|i| picture(i, a.width, a.height)).collect();
+    let rgb_caps = gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("width", a.width as i32)
+        .field("height", a.height as i32)
+        .field("framerate", gst::Fraction::new(15, 1))
+        .build();
+    let rgb_buffers: Vec<gst::Buffer> = frames.iter().enumerate().map(|(i, f)| rgb_buffer(f, i)).collect();
+    let jpeg_caps = gst::Caps::builder("image/jpeg")
+        .field("width", a.width as i32)
+        .field("height", a.height as i32)
+        .field("framerate", gst::Fraction::new(15, 1))
+        .build();
+    let jpegs = to_jpeg(&a, &frames, &rgb_caps)?;
+
+    let bare = bare_ort(&a, &p, &frames)?;
+    let engine = engine_alone(&a, &p, &frames)?;
+    let element = element_run(&a, &rgb_buffers, &rgb_caps, false)?;
+    let element_jpeg = element_run(&a, &jpegs, &jpeg_caps, true)?;
+
+    let limit = bare.per_frame;
+    let row = |name: &str, d: Duration| {
+        println!(
+            "  {name:<58} {:>8.2} ms/frame {:>7.2} fps   {:.3} of the limit",
+            ms(d),
+            1.0 / d.as_secs_f64(),
+            limit.as_secs_f64() / d.as_secs_f64()
+        )
+    };
+    println!();
+    println!(
+        "  {:<58} {:>8.2} ms/frame {:>7.2} fps   the limit (vae_encoder {:.2} + unet {:.2} + vae_decoder {:.2} ms)",
+        "bare ONNX Runtime, same graphs and frames",
+        ms(limit),
+        1.0 / limit.as_secs_f64(),
+        ms(bare.encode),
+        ms(bare.unet),
+        ms(bare.decode)
+    );
+    row("engine alone (Engine::process, RGB8 in)", engine.per_frame);
+    row("element: appsrc RGB ! i2itransform ! fakesink", element.per_frame);
+    row("element: appsrc JPEG ! jpegdec ! i2itransform ! fakesink", element_jpeg.per_frame);
+
+    let ratio = limit.as_secs_f64() / element.per_frame.as_secs_f64();
+    println!();
+    println!(
+        "element / bare ONNX Runtime = {ratio:.3} (target >= 0.9: {})",
+        if ratio >= 0.9 { "met" } else { "NOT met" }
+    );
+
+    // Where the rest goes.
+    let t = &engine.timings;
+    let per = |d: Duration| ms(d / engine.frames as u32);
+    let mut to_rgb8 = Vec::new();
+    let pixels = vec![0.5f32; 3 * (a.width * a.height) as usize];
+    let to_rgb8_cost = time_per(20, || diffusion::to_rgb8(&pixels, a.width, a.height, &mut to_rgb8));
+    let i420 = conversion_cost(gst_video::VideoFormat::I420, a.width, a.height, a.width, a.height)?;
+    let resize = conversion_cost(gst_video::VideoFormat::I420, 1280, 720, a.width, a.height)?;
+    let jpeg = jpeg_decode_cost(&jpegs, &jpeg_caps)?;
+    println!();
+    println!("where the time goes, per frame (each measured alone):");
+    println!(
+        "  engine stages: preprocess {:.2} ms, vae_encode {:.2}, unet {:.2}, vae_decode {:.2}, postprocess {:.2}, text {:.2}",
+        per(t.preprocess),
+        per(t.vae_encode),
+        per(t.unet),
+        per(t.vae_decode),
+        per(t.postprocess),
+        per(t.text)
+    );
+    println!(
+        "  engine outside ONNX Runtime (preprocess, tensor copies, postprocess): {:.2} ms; engine - bare: {:+.2} ms",
+        ms(engine.outside),
+        ms(engine.per_frame) - ms(limit)
+    );
+    println!("  to_rgb8 (planar float -> packed RGB8, element's task thread): {:.2} ms", ms(to_rgb8_cost));
+    println!(
+        "  colour conversion I420 {}x{} -> RGB (upstream thread): {:.2} ms; resize + convert I420 1280x720 -> RGB {}x{}: {:.2} ms",
+        a.width,
+        a.height,
+        ms(i420),
+        a.width,
+        a.height,
+        ms(resize)
+    );
+    println!("  JPEG decode {}x{} (jpegdec alone): {:.2} ms", a.width, a.height, ms(jpeg));
+    println!(
+        "  element - engine: {:+.2} ms (RGB input), JPEG pipeline - RGB pipeline: {:+.2} ms",
+        ms(element.per_frame) - ms(engine.per_frame),
+        ms(element_jpeg.per_frame) - ms(element.per_frame)
+    );
+    let mut sums: HashMap<&str, f64> = HashMap::new();
+    for (k, s) in [("rgb", &element.stats), ("jpeg", &element_jpeg.stats)] {
+        sums.insert(k, s.get::<f64>("avg-inference-ms").unwrap_or(0.0));
+    }
+    println!(
+        "  element's model call (avg-inference-ms from its stats): {:.2} ms (RGB run), {:.2} ms (JPEG run)",
+        sums["rgb"], sums["jpeg"]
+    );
+    Ok(())
+}
