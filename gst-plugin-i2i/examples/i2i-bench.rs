@@ -124,7 +124,11 @@ fn params(a: &Args) -> Result<StreamParams, String> {
         "full" => CfgType::Full,
         "self" => CfgType::SelfNegative,
         "initialize" => CfgType::Initialize,
-        o => return Err(format!("--cfg-type {o}: expected none, full, self or initialize")),
+        o => {
+            return Err(format!(
+                "--cfg-type {o}: expected none, full, self or initialize"
+            ));
+        }
     };
     Ok(StreamParams {
         prompt: a.prompt.clone(),
@@ -171,7 +175,11 @@ impl Graph {
             .iter()
             .map(|o| match o.dtype() {
                 ValueType::Tensor { ty, shape, .. } => Ok((o.name().to_string(), *ty, shape.len())),
-                other => Err(format!("{}: input {} is {other:?}", path.display(), o.name())),
+                other => Err(format!(
+                    "{}: input {} is {other:?}",
+                    path.display(),
+                    o.name()
+                )),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let output = session.outputs()[0].name().to_string();
@@ -201,10 +209,14 @@ impl Graph {
             let (ty, rank) = self.input(name)?;
             let shape = if rank == 0 { vec![] } else { shape };
             let v = match ty {
-                TensorElementType::Float32 => Tensor::from_array((shape, data)).map(|t| t.into_dyn()),
+                TensorElementType::Float32 => {
+                    Tensor::from_array((shape, data)).map(|t| t.into_dyn())
+                }
                 TensorElementType::Float16 => Tensor::from_array((
                     shape,
-                    data.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>(),
+                    data.iter()
+                        .map(|&x| half::f16::from_f32(x))
+                        .collect::<Vec<_>>(),
                 ))
                 .map(|t| t.into_dyn()),
                 TensorElementType::Int64 => {
@@ -221,10 +233,7 @@ impl Graph {
             values.push((name.to_string(), v));
         }
         let start = Instant::now();
-        let out = self
-            .session
-            .run(values)
-            .map_err(|e| format!("run: {e}"))?;
+        let out = self.session.run(values).map_err(|e| format!("run: {e}"))?;
         let took = start.elapsed();
         let v = &out[self.output.as_str()];
         let (shape, data) = match v.try_extract_tensor::<f32>() {
@@ -258,7 +267,8 @@ fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, Stri
     // token values do not change the time, so a fixed sequence stands in.
     let mut ids = vec![49407f32; 77];
     ids[0] = 49406.0;
-    let (ehs_shape, ehs, _) = text.run(vec![(text.inputs[0].0.clone().leak(), vec![1, 77], ids)])?;
+    let (ehs_shape, ehs, _) =
+        text.run(vec![(text.inputs[0].0.clone().leak(), vec![1, 77], ids)])?;
     let e = *ehs_shape.last().ok_or("text encoder output has no shape")? as usize;
 
     let (w, h) = (a.width as usize, a.height as usize);
@@ -273,7 +283,11 @@ fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, Stri
     let rows = rows_per_frame * b;
     let unet_sample = unet.inputs[0].0.clone();
     let (sample_name, ts_name, ehs_name) = (
-        unet.inputs.iter().find(|i| i.0 == "sample").map(|i| i.0.clone()).unwrap_or(unet_sample),
+        unet.inputs
+            .iter()
+            .find(|i| i.0 == "sample")
+            .map(|i| i.0.clone())
+            .unwrap_or(unet_sample),
         "timestep".to_string(),
         "encoder_hidden_states".to_string(),
     );
@@ -312,9 +326,17 @@ fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, Stri
             for s in 0..rows_per_frame {
                 let rows_s = b;
                 let (_, o, t) = unet.run(vec![
-                    (&sample_name, vec![rows_s as i64, 4, lh as i64, lw as i64], sample[s * b * per..(s + 1) * b * per].to_vec()),
+                    (
+                        &sample_name,
+                        vec![rows_s as i64, 4, lh as i64, lw as i64],
+                        sample[s * b * per..(s + 1) * b * per].to_vec(),
+                    ),
                     (&ts_name, vec![], vec![999.0 - 20.0 * s as f32]),
-                    (&ehs_name, vec![rows_s as i64, 77, e as i64], ehs.repeat(rows_s)),
+                    (
+                        &ehs_name,
+                        vec![rows_s as i64, 77, e as i64],
+                        ehs.repeat(rows_s),
+                    ),
                 ])?;
                 tu += t;
                 out = o;
@@ -322,14 +344,22 @@ fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, Stri
         } else {
             let ts: Vec<f32> = (0..rows).map(|r| 999.0 - 20.0 * (r % n) as f32).collect();
             let (_, o, t) = unet.run(vec![
-                (&sample_name, vec![rows as i64, 4, lh as i64, lw as i64], sample),
+                (
+                    &sample_name,
+                    vec![rows as i64, 4, lh as i64, lw as i64],
+                    sample,
+                ),
                 (&ts_name, vec![rows as i64], ts),
                 (&ehs_name, vec![rows as i64, 77, e as i64], ehs.repeat(rows)),
             ])?;
             tu = t;
             out = o;
         }
-        let (_, _, td) = dec.run(vec![(&dec_in, vec![b as i64, 4, lh as i64, lw as i64], out[..b * per].to_vec())])?;
+        let (_, _, td) = dec.run(vec![(
+            &dec_in,
+            vec![b as i64, 4, lh as i64, lw as i64],
+            out[..b * per].to_vec(),
+        )])?;
         if k * b >= a.warmup {
             t_enc += te;
             t_unet += tu;
@@ -408,7 +438,12 @@ struct ElementRun {
     stats: gst::Structure,
 }
 
-fn element_run(a: &Args, source: &[gst::Buffer], caps: &gst::Caps, jpeg: bool) -> Result<ElementRun, String> {
+fn element_run(
+    a: &Args,
+    source: &[gst::Buffer],
+    caps: &gst::Caps,
+    jpeg: bool,
+) -> Result<ElementRun, String> {
     let decode = if jpeg { "jpegdec ! " } else { "" };
     let desc = format!(
         "appsrc name=src format=time max-bytes=0 ! {decode}i2itransform name=i2i model=\"{}\" width={} height={} \
@@ -453,9 +488,15 @@ fn element_run(a: &Args, source: &[gst::Buffer], caps: &gst::Caps, jpeg: bool) -
         .map_err(|_| pipeline_error(&pipeline))?;
     let bus = pipeline.bus().unwrap();
     let msg = bus
-        .timed_pop_filtered(gst::ClockTime::from_seconds(600), &[gst::MessageType::Eos, gst::MessageType::Error])
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(600),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
         .ok_or("timed out")?;
-    let stats = pipeline.by_name("i2i").unwrap().property::<gst::Structure>("stats");
+    let stats = pipeline
+        .by_name("i2i")
+        .unwrap()
+        .property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null).unwrap();
     if let gst::MessageView::Error(e) = msg.view() {
         return Err(format!("{} ({:?})", e.error(), e.debug()));
@@ -483,17 +524,30 @@ fn pipeline_error(p: &gst::Pipeline) -> String {
 
 /// Encodes the frames as JPEG with jpegenc (quality 85).
 fn to_jpeg(a: &Args, frames: &[Vec<u8>], caps: &gst::Caps) -> Result<Vec<gst::Buffer>, String> {
-    let pipeline = gst::parse::launch("appsrc name=src format=time ! jpegenc quality=85 ! appsink name=out sync=false")
-        .map_err(|e| e.to_string())?
-        .downcast::<gst::Pipeline>()
+    let pipeline = gst::parse::launch(
+        "appsrc name=src format=time ! jpegenc quality=85 ! appsink name=out sync=false",
+    )
+    .map_err(|e| e.to_string())?
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
         .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-    let out = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let out = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
     src.set_caps(Some(caps));
     src.set_property("max-bytes", 0u64);
-    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
     for (i, f) in frames.iter().enumerate() {
-        src.push_buffer(rgb_buffer(f, i)).map_err(|e| format!("{e:?}"))?;
+        src.push_buffer(rgb_buffer(f, i))
+            .map_err(|e| format!("{e:?}"))?;
     }
     src.end_of_stream().map_err(|e| format!("{e:?}"))?;
     let mut jpegs = Vec::new();
@@ -502,7 +556,11 @@ fn to_jpeg(a: &Args, frames: &[Vec<u8>], caps: &gst::Caps) -> Result<Vec<gst::Bu
     }
     pipeline.set_state(gst::State::Null).unwrap();
     if jpegs.len() != frames.len() {
-        return Err(format!("jpegenc gave {} of {} frames ({a:?})", jpegs.len(), frames.len()));
+        return Err(format!(
+            "jpegenc gave {} of {} frames ({a:?})",
+            jpegs.len(),
+            frames.len()
+        ));
     }
     Ok(jpegs)
 }
@@ -527,7 +585,13 @@ fn time_per<F: FnMut()>(reps: usize, mut f: F) -> Duration {
     start.elapsed() / reps as u32
 }
 
-fn conversion_cost(from: gst_video::VideoFormat, fw: u32, fh: u32, w: u32, h: u32) -> Result<Duration, String> {
+fn conversion_cost(
+    from: gst_video::VideoFormat,
+    fw: u32,
+    fh: u32,
+    w: u32,
+    h: u32,
+) -> Result<Duration, String> {
     let in_info = gst_video::VideoInfo::builder(from, fw, fh)
         .fps(gst::Fraction::new(15, 1))
         .build()
@@ -538,34 +602,50 @@ fn conversion_cost(from: gst_video::VideoFormat, fw: u32, fh: u32, w: u32, h: u3
         .map_err(|e| e.to_string())?;
     let mut config = gst_video::VideoConverterConfig::new();
     // As the element: one thread on small machines.
-    config.set_threads((std::thread::available_parallelism().map_or(1, |n| n.get()) as u32 / 4).clamp(1, 4));
-    let conv = gst_video::VideoConverter::new(&in_info, &out_info, Some(config)).map_err(|e| e.to_string())?;
+    config.set_threads(
+        (std::thread::available_parallelism().map_or(1, |n| n.get()) as u32 / 4).clamp(1, 4),
+    );
+    let conv = gst_video::VideoConverter::new(&in_info, &out_info, Some(config))
+        .map_err(|e| e.to_string())?;
     let src = gst::Buffer::with_size(in_info.size()).map_err(|e| e.to_string())?;
     let mut dst = gst::Buffer::with_size(out_info.size()).map_err(|e| e.to_string())?;
     Ok(time_per(20, || {
         let s = gst_video::VideoFrameRef::from_buffer_ref_readable(src.as_ref(), &in_info).unwrap();
-        let mut d = gst_video::VideoFrameRef::from_buffer_ref_writable(dst.get_mut().unwrap(), &out_info).unwrap();
+        let mut d =
+            gst_video::VideoFrameRef::from_buffer_ref_writable(dst.get_mut().unwrap(), &out_info)
+                .unwrap();
         conv.frame_ref(&s, &mut d);
     }))
 }
 
 fn jpeg_decode_cost(jpegs: &[gst::Buffer], caps: &gst::Caps) -> Result<Duration, String> {
-    let pipeline = gst::parse::launch("appsrc name=src format=time max-bytes=0 ! jpegdec ! fakesink sync=false")
-        .map_err(|e| e.to_string())?
-        .downcast::<gst::Pipeline>()
+    let pipeline = gst::parse::launch(
+        "appsrc name=src format=time max-bytes=0 ! jpegdec ! fakesink sync=false",
+    )
+    .map_err(|e| e.to_string())?
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
         .unwrap();
-    let src = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
     src.set_caps(Some(caps));
     for b in jpegs {
         src.push_buffer(b.clone()).map_err(|e| format!("{e:?}"))?;
     }
     src.end_of_stream().map_err(|e| format!("{e:?}"))?;
     let start = Instant::now();
-    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
     pipeline
         .bus()
         .unwrap()
-        .timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error])
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
         .ok_or("jpegdec timed out")?;
     let took = start.elapsed();
     pipeline.set_state(gst::State::Null).unwrap();
@@ -605,14 +685,20 @@ fn run() -> Result<(), String> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    let frames: Vec<Vec<u8>> = (0..a.frames).map(|i| picture(i, a.width, a.height)).collect();
+    let frames: Vec<Vec<u8>> = (0..a.frames)
+        .map(|i| picture(i, a.width, a.height))
+        .collect();
     let rgb_caps = gst::Caps::builder("video/x-raw")
         .field("format", "RGB")
         .field("width", a.width as i32)
         .field("height", a.height as i32)
         .field("framerate", gst::Fraction::new(15, 1))
         .build();
-    let rgb_buffers: Vec<gst::Buffer> = frames.iter().enumerate().map(|(i, f)| rgb_buffer(f, i)).collect();
+    let rgb_buffers: Vec<gst::Buffer> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| rgb_buffer(f, i))
+        .collect();
     let jpeg_caps = gst::Caps::builder("image/jpeg")
         .field("width", a.width as i32)
         .field("height", a.height as i32)
@@ -645,8 +731,14 @@ fn run() -> Result<(), String> {
         ms(bare.decode)
     );
     row("engine alone (Engine::process, RGB8 in)", engine.per_frame);
-    row("element: appsrc RGB ! i2itransform ! fakesink", element.per_frame);
-    row("element: appsrc JPEG ! jpegdec ! i2itransform ! fakesink", element_jpeg.per_frame);
+    row(
+        "element: appsrc RGB ! i2itransform ! fakesink",
+        element.per_frame,
+    );
+    row(
+        "element: appsrc JPEG ! jpegdec ! i2itransform ! fakesink",
+        element_jpeg.per_frame,
+    );
 
     let ratio = limit.as_secs_f64() / element.per_frame.as_secs_f64();
     println!();
@@ -660,8 +752,16 @@ fn run() -> Result<(), String> {
     let per = |d: Duration| ms(d / engine.frames as u32);
     let mut to_rgb8 = Vec::new();
     let pixels = vec![0.5f32; 3 * (a.width * a.height) as usize];
-    let to_rgb8_cost = time_per(20, || diffusion::to_rgb8(&pixels, a.width, a.height, &mut to_rgb8));
-    let i420 = conversion_cost(gst_video::VideoFormat::I420, a.width, a.height, a.width, a.height)?;
+    let to_rgb8_cost = time_per(20, || {
+        diffusion::to_rgb8(&pixels, a.width, a.height, &mut to_rgb8)
+    });
+    let i420 = conversion_cost(
+        gst_video::VideoFormat::I420,
+        a.width,
+        a.height,
+        a.width,
+        a.height,
+    )?;
     let resize = conversion_cost(gst_video::VideoFormat::I420, 1280, 720, a.width, a.height)?;
     let jpeg = jpeg_decode_cost(&jpegs, &jpeg_caps)?;
     println!();
@@ -680,7 +780,10 @@ fn run() -> Result<(), String> {
         ms(engine.outside),
         ms(engine.per_frame) - ms(limit)
     );
-    println!("  to_rgb8 (planar float -> packed RGB8, element's task thread): {:.2} ms", ms(to_rgb8_cost));
+    println!(
+        "  to_rgb8 (planar float -> packed RGB8, element's task thread): {:.2} ms",
+        ms(to_rgb8_cost)
+    );
     println!(
         "  colour conversion I420 {}x{} -> RGB (upstream thread): {:.2} ms; resize + convert I420 1280x720 -> RGB {}x{}: {:.2} ms",
         a.width,
@@ -690,7 +793,12 @@ fn run() -> Result<(), String> {
         a.height,
         ms(resize)
     );
-    println!("  JPEG decode {}x{} (jpegdec alone): {:.2} ms", a.width, a.height, ms(jpeg));
+    println!(
+        "  JPEG decode {}x{} (jpegdec alone): {:.2} ms",
+        a.width,
+        a.height,
+        ms(jpeg)
+    );
     println!(
         "  element - engine: {:+.2} ms (RGB input), JPEG pipeline - RGB pipeline: {:+.2} ms",
         ms(element.per_frame) - ms(engine.per_frame),

@@ -128,8 +128,7 @@ fn wait_eos(pipeline: &gst::Pipeline, messages: &mut Vec<gst::Message>) -> Resul
         if left.is_zero() {
             return Err("timed out waiting for EOS".into());
         }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
-        else {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
             continue;
         };
         let done = match msg.view() {
@@ -166,12 +165,10 @@ fn run_launch(desc: &str) -> Result<Run, String> {
         messages.push(m);
     }
     pipeline.set_state(gst::State::Null).unwrap();
-    let err_text = messages
-        .iter()
-        .find_map(|m| match m.view() {
-            gst::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),
-            _ => None,
-        });
+    let err_text = messages.iter().find_map(|m| match m.view() {
+        gst::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),
+        _ => None,
+    });
     match (res, err_text) {
         (Ok(()), None) => Ok(Run {
             samples: std::mem::take(&mut samples.lock().unwrap()),
@@ -252,7 +249,10 @@ impl AppPipeline {
     fn wait_samples(&self, n: usize) {
         let deadline = Instant::now() + TIMEOUT;
         while self.samples.lock().unwrap().len() < n {
-            assert!(Instant::now() < deadline, "timed out waiting for {n} frames");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} frames"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -279,7 +279,12 @@ fn jpegdec_links_directly() {
     ))
     .unwrap();
     assert_eq!(run.samples.len(), 5);
-    let caps = run.samples[0].caps().unwrap().structure(0).unwrap().to_owned();
+    let caps = run.samples[0]
+        .caps()
+        .unwrap()
+        .structure(0)
+        .unwrap()
+        .to_owned();
     assert_eq!(caps.get::<&str>("format").unwrap(), "RGB");
     assert_eq!(caps.get::<i32>("width").unwrap(), W as i32);
     assert_eq!(caps.get::<i32>("height").unwrap(), H as i32);
@@ -386,11 +391,17 @@ fn timestamps_offsets_and_metas_stay_with_their_frame() {
             .collect();
         assert_eq!(
             metas,
-            vec![(unix.clone(), gst::ClockTime::from_mseconds(1_700_000_000_000 + i))],
+            vec![(
+                unix.clone(),
+                gst::ClockTime::from_mseconds(1_700_000_000_000 + i)
+            )],
             "frame {i}"
         );
         // The input's VideoMeta (if any) describes the input picture: it must not travel.
-        assert!(b.meta::<gst_video::VideoMeta>().is_none_or(|m| m.width() == W));
+        assert!(
+            b.meta::<gst_video::VideoMeta>()
+                .is_none_or(|m| m.width() == W)
+        );
     }
 }
 
@@ -422,7 +433,10 @@ fn every_frame_comes_out_once_in_order() {
 #[test]
 fn batch_size_does_not_change_the_pictures() {
     let run_with = |batch: u32| {
-        let p = AppPipeline::new(&format!("batch-size={batch} t-index-list=10,25,40 threads=1"), "");
+        let p = AppPipeline::new(
+            &format!("batch-size={batch} t-index-list=10,25,40 threads=1"),
+            "",
+        );
         p.pipeline.set_state(gst::State::Playing).unwrap();
         for i in 0..5 {
             p.push(i);
@@ -438,7 +452,10 @@ fn batch_size_does_not_change_the_pictures() {
 /// Output of the element == the engine's output for the same RGB frames.
 #[test]
 fn element_output_equals_engine_output() {
-    let p = AppPipeline::new("t-index-list=20,35 prompt=\"a red fox\" seed=7 threads=1", "");
+    let p = AppPipeline::new(
+        "t-index-list=20,35 prompt=\"a red fox\" seed=7 threads=1",
+        "",
+    );
     p.pipeline.set_state(gst::State::Playing).unwrap();
     for i in 0..4 {
         p.push(i);
@@ -517,7 +534,11 @@ fn check_change(run: &Run, name: &str) -> u64 {
     assert!((2..8).contains(&index), "{applied:?}");
     // Same input picture throughout: the first output (old settings) and the last
     // (new settings) differ.
-    assert_ne!(run.rgb(0), run.rgb(7), "the change did not change the picture");
+    assert_ne!(
+        run.rgb(0),
+        run.rgb(7),
+        "the change did not change the picture"
+    );
     index
 }
 
@@ -651,7 +672,10 @@ fn invalid_property_values_are_refused_and_the_old_value_stays() {
         i2i.set_property("t-index-list", bad);
         assert_eq!(i2i.property::<String>("t-index-list"), "32,45");
         let msg = bus
-            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Warning])
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(5),
+                &[gst::MessageType::Warning],
+            )
             .expect("a warning");
         let gst::MessageView::Warning(w) = msg.view() else {
             unreachable!()
@@ -692,7 +716,8 @@ fn bad_model_directory_is_an_element_error() {
     assert!(err.contains("model.onnx"), "{err}");
 
     // No model at all.
-    let err = run_launch("videotestsrc num-buffers=2 ! i2itransform ! appsink name=out").unwrap_err();
+    let err =
+        run_launch("videotestsrc num-buffers=2 ! i2itransform ! appsink name=out").unwrap_err();
     assert!(err.contains("model"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -784,7 +809,7 @@ fn state_changes_mid_stream_stop_cleanly() {
     init();
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc ! video/x-raw,width=64,height=64,framerate=10/1 \
-         ! i2itransform model=\"{}\" width={W} height={H} max-queue=2 ! appsink name=out",
+         ! i2itransform name=i2i model=\"{}\" width={W} height={H} max-queue=2 ! appsink name=out",
         tiny()
     ))
     .unwrap()
@@ -802,6 +827,12 @@ fn state_changes_mid_stream_stop_cleanly() {
             sink.try_pull_sample(gst::ClockTime::from_seconds(30))
                 .expect("frame");
         }
+        // Load-time settings are refused while running.
+        let i2i = pipeline.by_name("i2i").unwrap();
+        i2i.set_property("width", 128u32);
+        i2i.set_property("batch-size", 2u32);
+        assert_eq!(i2i.property::<u32>("width"), W);
+        assert_eq!(i2i.property::<u32>("batch-size"), 1);
         // Stop while upstream is blocked on the full queue.
         let t = Instant::now();
         pipeline.set_state(gst::State::Null).unwrap();
@@ -865,7 +896,11 @@ fn latency_query_adds_batching_stream_batch_and_inference() {
     pipeline.set_state(gst::State::Paused).unwrap();
     pipeline.state(gst::ClockTime::from_seconds(30)).0.unwrap();
     let mut q = gst::query::Latency::new();
-    let i2i = pipeline.downcast_ref::<gst::Bin>().unwrap().by_name("i2i").unwrap();
+    let i2i = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("i2i")
+        .unwrap();
     assert!(i2i.static_pad("src").unwrap().query(&mut q));
     assert!(!q.result().0);
     pipeline.set_state(gst::State::Null).unwrap();

@@ -148,8 +148,12 @@ impl OutputConverter {
             None
         } else {
             Some(
-                gst_video::VideoConverter::new(&rgb_info, out_info, Some(converter_config(threads)))
-                    .map_err(|e| format!("cannot convert RGB to {:?}: {e}", out_info.format()))?,
+                gst_video::VideoConverter::new(
+                    &rgb_info,
+                    out_info,
+                    Some(converter_config(threads)),
+                )
+                .map_err(|e| format!("cannot convert RGB to {:?}: {e}", out_info.format()))?,
             )
         };
         Ok(OutputConverter {
@@ -178,8 +182,9 @@ impl OutputConverter {
             return Ok(gst::Buffer::from_mut_slice(rgb));
         };
         let src_buf = gst::Buffer::from_mut_slice(rgb);
-        let src = gst_video::VideoFrameRef::from_buffer_ref_readable(src_buf.as_ref(), &self.rgb_info)
-            .map_err(|_| "cannot map the RGB picture".to_string())?;
+        let src =
+            gst_video::VideoFrameRef::from_buffer_ref_readable(src_buf.as_ref(), &self.rgb_info)
+                .map_err(|_| "cannot map the RGB picture".to_string())?;
         let mut out = gst::Buffer::with_size(self.out_info.size())
             .map_err(|e| format!("cannot allocate an output buffer: {e}"))?;
         {

@@ -9,6 +9,7 @@
 //! its order although the engine holds frames back (the stream batch).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -237,6 +238,8 @@ pub struct I2iTransform {
     queue_cond: Condvar,
     worker: Mutex<Option<Worker>>,
     stats: Mutex<Stats>,
+    /// True from start to stop: the load-time properties are fixed meanwhile.
+    running: AtomicBool,
 }
 
 #[glib::object_subclass]
@@ -284,23 +287,22 @@ impl ObjectSubclass for I2iTransform {
             })
             .build();
 
-        let settingspad =
-            gst::Pad::builder_from_template(&klass.pad_template("settings").unwrap())
-                .chain_function(|_pad, parent, buffer| {
-                    I2iTransform::catch_panic_pad_function(
-                        parent,
-                        || Err(gst::FlowError::Error),
-                        |imp| imp.settings_chain(buffer),
-                    )
-                })
-                // The settings stream's events (EOS included) stay here: they must not
-                // end or flush the video stream.
-                .event_function(|_pad, _parent, event| {
-                    gst::log!(CAT, "settings pad: dropping event {:?}", event.type_());
-                    true
-                })
-                .iterate_internal_links_function(|_pad, _parent| gst::Iterator::from_vec(vec![]))
-                .build();
+        let settingspad = gst::Pad::builder_from_template(&klass.pad_template("settings").unwrap())
+            .chain_function(|_pad, parent, buffer| {
+                I2iTransform::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.settings_chain(buffer),
+                )
+            })
+            // The settings stream's events (EOS included) stay here: they must not
+            // end or flush the video stream.
+            .event_function(|_pad, _parent, event| {
+                gst::log!(CAT, "settings pad: dropping event {:?}", event.type_());
+                true
+            })
+            .iterate_internal_links_function(|_pad, _parent| gst::Iterator::from_vec(vec![]))
+            .build();
 
         let srcpad = gst::Pad::builder_from_template(&klass.pad_template("src").unwrap())
             .query_function(|pad, parent, query| {
@@ -336,6 +338,7 @@ impl ObjectSubclass for I2iTransform {
             queue_cond: Condvar::new(),
             worker: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
+            running: AtomicBool::new(false),
         }
     }
 }
@@ -404,9 +407,16 @@ impl I2iTransform {
 
     // ---- sink pad -------------------------------------------------------------------
 
-    fn sink_activatemode(&self, mode: gst::PadMode, active: bool) -> Result<(), gst::LoggableError> {
+    fn sink_activatemode(
+        &self,
+        mode: gst::PadMode,
+        active: bool,
+    ) -> Result<(), gst::LoggableError> {
         if mode != gst::PadMode::Push {
-            return Err(gst::loggable_error!(CAT, "the sink pad works in push mode only"));
+            return Err(gst::loggable_error!(
+                CAT,
+                "the sink pad works in push mode only"
+            ));
         }
         let mut q = self.queue.lock().unwrap();
         q.flushing = !active;
@@ -447,7 +457,12 @@ impl I2iTransform {
                     gst::element_imp_warning!(
                         self,
                         gst::StreamError::Decode,
-                        ["Dropping input frame {:?} (pts {:?}): {}", buffer.offset(), buffer.pts(), e]
+                        [
+                            "Dropping input frame {:?} (pts {:?}): {}",
+                            buffer.offset(),
+                            buffer.pts(),
+                            e
+                        ]
                     );
                     self.stats.lock().unwrap().frames_invalid += 1;
                     return Ok(gst::FlowSuccess::Ok);
@@ -467,7 +482,9 @@ impl I2iTransform {
                     if m.tags().is_empty() {
                         std::ops::ControlFlow::Continue(gst::buffer::BufferMetaForeachAction::Keep)
                     } else {
-                        std::ops::ControlFlow::Continue(gst::buffer::BufferMetaForeachAction::Remove)
+                        std::ops::ControlFlow::Continue(
+                            gst::buffer::BufferMetaForeachAction::Remove,
+                        )
                     }
                 });
             }
@@ -547,7 +564,10 @@ impl I2iTransform {
                         gst::element_imp_error!(
                             self,
                             gst::StreamError::Format,
-                            ["Only time segments are supported, got {:?}", s.segment().format()]
+                            [
+                                "Only time segments are supported, got {:?}",
+                                s.segment().format()
+                            ]
                         );
                         return false;
                     }
@@ -693,7 +713,10 @@ impl I2iTransform {
 
     fn src_activatemode(&self, mode: gst::PadMode, active: bool) -> Result<(), gst::LoggableError> {
         if mode != gst::PadMode::Push {
-            return Err(gst::loggable_error!(CAT, "the src pad works in push mode only"));
+            return Err(gst::loggable_error!(
+                CAT,
+                "the src pad works in push mode only"
+            ));
         }
         if active {
             {
@@ -737,8 +760,7 @@ impl I2iTransform {
                     .fps()
                     .filter(|f| f.numer() > 0)
                     .and_then(|f| {
-                        gst::ClockTime::SECOND
-                            .mul_div_floor(f.denom() as u64, f.numer() as u64)
+                        gst::ClockTime::SECOND.mul_div_floor(f.denom() as u64, f.numer() as u64)
                     })
                     .unwrap_or(gst::ClockTime::ZERO);
                 let (ours, queue) = {
@@ -1036,10 +1058,7 @@ impl I2iTransform {
             })?;
             {
                 let buffer = buffer.get_mut().expect("new buffer is writable");
-                if let Err(e) = meta
-                    .meta
-                    .copy_into(buffer, METADATA_COPY, ..)
-                {
+                if let Err(e) = meta.meta.copy_into(buffer, METADATA_COPY, ..) {
                     gst::warning!(CAT, imp = self, "cannot copy metadata: {e}");
                 }
             }
@@ -1125,7 +1144,11 @@ impl I2iTransform {
         }
         if w.engine.in_flight() > 0 {
             let outs = w.engine.drain().map_err(|e| {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ["Inference failed: {}", e]);
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ["Inference failed: {}", e]
+                );
                 gst::FlowError::Error
             })?;
             self.push_outputs(w, outs)?;
@@ -1217,11 +1240,13 @@ impl I2iTransform {
             out: None,
             applied: s.live,
         });
+        self.running.store(true, Ordering::SeqCst);
         self.obj().notify("provider");
         Ok(())
     }
 
     fn stop(&self) {
+        self.running.store(false, Ordering::SeqCst);
         *self.worker.lock().unwrap() = None;
         *self.input.lock().unwrap() = InputState::default();
         let mut q = self.queue.lock().unwrap();
@@ -1422,11 +1447,21 @@ impl ObjectImpl for I2iTransform {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
+        if pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY)
+            && self.running.load(Ordering::SeqCst)
+        {
+            self.refuse(&format!(
+                "{name} refused while the stream runs: it is used when the model loads; set it in the NULL or READY state"
+            ));
+            return;
+        }
         let mut s = self.settings.lock().unwrap();
         gst::debug!(CAT, imp = self, "setting {name} to {value:?}");
         match name {
             "model" => s.model = value.get().expect("type checked upstream"),
-            "prompt" => s.live.params.prompt = value.get::<Option<String>>().unwrap().unwrap_or_default(),
+            "prompt" => {
+                s.live.params.prompt = value.get::<Option<String>>().unwrap().unwrap_or_default()
+            }
             "negative-prompt" => {
                 s.live.params.negative_prompt =
                     value.get::<Option<String>>().unwrap().unwrap_or_default()
@@ -1560,7 +1595,8 @@ impl ElementImpl for I2iTransform {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             let range = gst::IntRange::new(1, i32::MAX);
-            let fps = gst::FractionRange::new(gst::Fraction::new(0, 1), gst::Fraction::new(i32::MAX, 1));
+            let fps =
+                gst::FractionRange::new(gst::Fraction::new(0, 1), gst::Fraction::new(i32::MAX, 1));
             let sink_caps = gst::Caps::builder("video/x-raw")
                 .field("format", gst::List::new(SINK_FORMATS))
                 .field("width", range)
@@ -1574,8 +1610,13 @@ impl ElementImpl for I2iTransform {
                 .field("framerate", fps)
                 .build();
             vec![
-                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &sink_caps)
-                    .unwrap(),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &sink_caps,
+                )
+                .unwrap(),
                 gst::PadTemplate::new(
                     "settings",
                     gst::PadDirection::Sink,
@@ -1583,8 +1624,13 @@ impl ElementImpl for I2iTransform {
                     &gst::Caps::new_empty_simple(SETTINGS_CAPS_NAME),
                 )
                 .unwrap(),
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &src_caps)
-                    .unwrap(),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &src_caps,
+                )
+                .unwrap(),
             ]
         });
         TEMPLATES.as_ref()
@@ -1617,9 +1663,15 @@ mod tests {
         let frame = gst::ClockTime::from_mseconds(40);
         let call = gst::ClockTime::from_mseconds(70);
         // n = 2, batch 1: one frame behind, plus the call.
-        assert_eq!(added_latency(1, 1, frame, call), gst::ClockTime::from_mseconds(110));
+        assert_eq!(
+            added_latency(1, 1, frame, call),
+            gst::ClockTime::from_mseconds(110)
+        );
         // n = 3, batch 3: (n-1)*b = 6 frames in the stream batch, 2 waiting for the batch.
-        assert_eq!(added_latency(6, 3, frame, call), gst::ClockTime::from_mseconds(390));
+        assert_eq!(
+            added_latency(6, 3, frame, call),
+            gst::ClockTime::from_mseconds(390)
+        );
         assert_eq!(added_latency(0, 1, frame, call), call);
     }
 }

@@ -50,7 +50,9 @@ impl Default for LiveSettings {
 pub fn parse_t_index_list(text: &str, num_inference_steps: u32) -> Result<Vec<u32>, String> {
     let bad = |why: String| format!("t-index-list \"{text}\" refused: {why}");
     if text.trim().is_empty() {
-        return Err(bad("it is empty; give at least one index, e.g. \"32,45\"".into()));
+        return Err(bad(
+            "it is empty; give at least one index, e.g. \"32,45\"".into()
+        ));
     }
     let mut out = Vec::new();
     for piece in text.split(',') {
@@ -222,7 +224,10 @@ mod tests {
     #[test]
     fn t_index_list_parses_and_formats() {
         assert_eq!(parse_t_index_list("32,45", 50).unwrap(), vec![32, 45]);
-        assert_eq!(parse_t_index_list(" 0 , 10,49 ", 50).unwrap(), vec![0, 10, 49]);
+        assert_eq!(
+            parse_t_index_list(" 0 , 10,49 ", 50).unwrap(),
+            vec![0, 10, 49]
+        );
         assert_eq!(format_t_index_list(&[32, 45]), "32,45");
         assert_eq!(parse_t_index_list("3", 4).unwrap(), vec![3]);
     }
