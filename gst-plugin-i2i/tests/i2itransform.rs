@@ -936,3 +936,25 @@ fn gst_controller_source(el: &gst::Element) -> gst_controller::InterpolationCont
     el.add_control_binding(&binding).unwrap();
     cs
 }
+
+/// The demo model at its real size, straight after a JPEG decoder, with a prompt.
+#[test]
+fn demo_model_at_512() {
+    let demo = model("demo").display().to_string();
+    let launch = |prompt: &str| {
+        run_launch(&format!(
+            "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,width=640,height=480,framerate=15/1 \
+             ! jpegenc ! jpegdec ! i2itransform model=\"{demo}\" prompt=\"{prompt}\" ! appsink name=out"
+        ))
+        .unwrap()
+    };
+    let red = launch("red");
+    assert_eq!(red.samples.len(), 3);
+    assert_eq!(caps_of(&red.samples[0]), ("RGB".into(), 512, 512));
+    let pic = red.rgb(2);
+    assert_eq!(pic.len(), 512 * 512 * 3);
+    assert!(pic.iter().any(|&v| v != pic[0]), "a flat picture");
+    // The prompt shows in the picture.
+    let blue = launch("blue");
+    assert_ne!(blue.rgb(2), pic);
+}
