@@ -1502,7 +1502,7 @@ impl ObjectImpl for I2iTransform {
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
-                if v % 8 != 0 {
+                if !v.is_multiple_of(8) {
                     drop(s);
                     self.refuse(&format!(
                         "{name} {v} refused: the model needs a multiple of 8 (latents are 1/8 of the picture)"

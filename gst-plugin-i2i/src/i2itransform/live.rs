@@ -24,7 +24,7 @@ pub const STEPS_MAX: u32 = 1000;
 pub const MAX_T_INDICES: usize = 50;
 
 /// What the stream runs with and may change while it runs.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveSettings {
     pub params: StreamParams,
     /// Frames over which a change fades in; stored and reported, applied immediately for now.
@@ -32,17 +32,6 @@ pub struct LiveSettings {
     /// Stored for the live-control work; not applied yet.
     pub prompt_blend: Option<Vec<(String, f64)>>,
     pub seed_blend: Option<Vec<(u64, f64)>>,
-}
-
-impl Default for LiveSettings {
-    fn default() -> Self {
-        LiveSettings {
-            params: StreamParams::default(),
-            transition_frames: 0,
-            prompt_blend: None,
-            seed_blend: None,
-        }
-    }
 }
 
 /// `"32,45"` -> `[32, 45]`: strictly increasing indices into the `num_inference_steps`
