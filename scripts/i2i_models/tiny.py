@@ -201,13 +201,17 @@ def vae_decoder(v: Variant) -> Graph:
             h = g.op("Relu", [g.add(h, g.conv(r, _he(rng, (C, C, 3, 3), 0.5), np.zeros(C)))])
             h = g.op("Resize", [h, "", g.const([1, 1, 2, 2], np.float32)], mode="nearest")
             h = g.conv(h, _he(rng, (C, C, 3, 3), 0.8), None)
-        y = g.conv(h, _he(rng, (3, C, 3, 3), 0.15), np.zeros(3))
+        # Bounded around mid-grey so that tests compare unclipped pixels.
+        y = g.add(g.mul(g.op("Tanh", [g.conv(h, _he(rng, (3, C, 3, 3), 0.5), np.zeros(3))]), g.const(0.4)),
+                  g.const(0.5))
         y = g.sub(g.mul(y, g.const(2.0)), g.const(1.0))  # [0,1] -> [-1,1] as diffusers' DecoderTiny
     else:
-        h = g.silu(g.conv(z, _he(rng, (C, 4, 3, 3)), np.zeros(C)))
+        # Latents arrive unscaled (about 1 / scaling_factor in size).
+        h = g.silu(g.conv(z, _he(rng, (C, 4, 3, 3)) * v.scaling_factor, np.zeros(C)))
         for _ in range(3):
             h = g.op("Resize", [h, "", g.const([1, 1, 2, 2], np.float32)], mode="nearest")
             h = g.silu(g.conv(h, _he(rng, (C, C, 3, 3)), np.zeros(C)))
-        y = g.conv(h, _he(rng, (3, C, 3, 3), 0.5), np.zeros(3))
+        # Bounded so that tests compare unclipped pixels.
+        y = g.mul(g.op("Tanh", [g.conv(h, _he(rng, (3, C, 3, 3), 0.5), np.zeros(3))]), g.const(0.8))
     g.output(y, "sample", g.ft, ["batch_size", 3, "height", "width"])
     return g

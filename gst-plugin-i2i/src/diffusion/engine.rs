@@ -1,32 +1,131 @@
 // SPDX-License-Identifier: MPL-2.0
 //! [`Engine`]: the public face of the diffusion engine.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::model::{Model, max_unet_rows};
+use super::scheduler::StepConstants;
+use super::stream::{Emb, FrameParams, Stream, rows_per_call};
 use super::{
-    Embedding, EngineError, ExecutionProvider, InputFrame, LoadOptions, Noise, OutputFrame,
-    StreamParams, Timings, noise,
+    CfgType, Embedding, EngineError, ExecutionProvider, InputFrame, LoadOptions, Noise,
+    OutputFrame, StreamParams, Timings, noise,
 };
 
-/// A loaded model and the frames in flight. `Send`: create it anywhere, then use it from
-/// one thread (all methods that run graphs take `&mut self`).
+static NEXT_EMB_ID: AtomicU64 = AtomicU64::new(1);
+
+fn emb(shape: [usize; 3], data: Vec<f32>) -> Arc<Emb> {
+    Arc::new(Emb {
+        id: NEXT_EMB_ID.fetch_add(1, Ordering::Relaxed),
+        shape,
+        data,
+    })
+}
+
+/// Whether guidance is active and which negative it needs.
+fn effective_cfg(p: &StreamParams) -> CfgType {
+    if p.guidance_scale > 1.0 {
+        p.cfg_type
+    } else {
+        CfgType::None
+    }
+}
+
+fn needs_uncond(cfg: CfgType) -> bool {
+    matches!(cfg, CfgType::Full | CfgType::Initialize)
+}
+
+/// A loaded model and the frames in flight.
+///
+/// `Engine` is `Send` (not `Sync`): create it on any thread, then drive it from one thread
+/// at a time; every method that runs a graph takes `&mut self`.
 pub struct Engine {
     opts: LoadOptions,
     params: StreamParams,
-    provider: ExecutionProvider,
-    noise: Noise,
+    model: Model,
+    steps: Vec<StepConstants>,
+    noise: Arc<Noise>,
+    cond: Arc<Emb>,
+    uncond: Option<Arc<Emb>>,
+    frame_params: Arc<FrameParams>,
+    stream: Stream,
     timings: Timings,
+    images: Vec<f32>,
+    latents: Vec<f32>,
+    norm: [f32; 256],
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("opts", &self.opts)
+            .field("params", &self.params)
+            .field("provider", &self.model.provider)
+            .field("in_flight", &self.stream.pending())
+            .finish()
+    }
 }
 
 impl Engine {
     /// Loads the model directory `opts.model_dir` and prepares the stream for `params`.
     pub fn load(opts: &LoadOptions, params: &StreamParams) -> Result<Engine, EngineError> {
-        let _ = super::runtime::environment()?;
-        let _ = (opts, params);
-        Err(EngineError::argument("engine", "a complete implementation", "work in progress"))
+        let n = params.t_index_list.len().max(1);
+        let rows = (
+            rows_per_call(
+                params.cfg_type,
+                params.guidance_scale > 1.0,
+                n,
+                opts.batch_size.max(1),
+            ),
+            max_unet_rows(n, opts.batch_size.max(1)),
+        );
+        let t0 = Instant::now();
+        let (model, cond_data, cond_shape) = Model::load(opts, rows, &params.prompt)?;
+        let text_time = t0.elapsed();
+        let steps = model
+            .scheduler
+            .schedule(&params.t_index_list, params.num_inference_steps)?;
+        let (lh, lw) = (opts.height as usize / 8, opts.width as usize / 8);
+        let noise = Arc::new(noise::init_noise(params.seed, steps.len(), lh, lw));
+        let cond = emb(cond_shape, cond_data);
+        let mut norm = [0.0f32; 256];
+        for (v, o) in norm.iter_mut().enumerate() {
+            *o = (v as f32 / 255.0) * 2.0 - 1.0;
+        }
+        let mut engine = Engine {
+            opts: opts.clone(),
+            params: params.clone(),
+            frame_params: Arc::new(FrameParams {
+                steps: steps.clone(),
+                noise: noise.clone(),
+                cond: cond.clone(),
+                uncond: None,
+                cfg: CfgType::None,
+                guidance: 1.0,
+                delta: 1.0,
+                add_noise: true,
+            }),
+            model,
+            steps,
+            noise,
+            cond,
+            uncond: None,
+            stream: Stream::default(),
+            timings: Timings::default(),
+            images: Vec::new(),
+            latents: Vec::new(),
+            norm,
+        };
+        engine.timings.text += text_time;
+        engine.timings.text_calls += 1;
+        engine.rebuild_frame_params()?;
+        Ok(engine)
     }
 
     /// The execution provider actually running (never `Auto`).
     pub fn provider(&self) -> ExecutionProvider {
-        self.provider
+        self.model.provider
     }
 
     pub fn options(&self) -> &LoadOptions {
@@ -37,35 +136,221 @@ impl Engine {
         &self.params
     }
 
-    /// Applies new stream settings before the next call: the text encoder runs only when a
-    /// prompt changed, the noise is redrawn only when the seed changed.
+    /// The VAE scaling factor in use (from vae_decoder/config.json).
+    pub fn scaling_factor(&self) -> f32 {
+        self.model.scaling_factor
+    }
+
+    /// Applies new stream settings to the frames entering from the next call on (frames in
+    /// flight finish with the settings they entered with). The text encoder runs only when
+    /// a prompt changed, the noise is redrawn only when the seed or the number of steps
+    /// changed. On error nothing changes.
     pub fn set_params(&mut self, p: &StreamParams) -> Result<(), EngineError> {
+        if *p == self.params {
+            return Ok(());
+        }
+        let steps = if p.t_index_list != self.params.t_index_list
+            || p.num_inference_steps != self.params.num_inference_steps
+        {
+            self.model
+                .scheduler
+                .schedule(&p.t_index_list, p.num_inference_steps)?
+        } else {
+            self.steps.clone()
+        };
+        let cond = if p.prompt != self.params.prompt {
+            Some(self.encode(&p.prompt)?)
+        } else {
+            None
+        };
+        let negative_changed = p.negative_prompt != self.params.negative_prompt;
+        let uncond =
+            if needs_uncond(effective_cfg(p)) && (negative_changed || self.uncond.is_none()) {
+                Some(self.encode(&p.negative_prompt)?)
+            } else {
+                None
+            };
+        // Commit.
+        if let Some(c) = cond {
+            self.cond = c;
+        }
+        if uncond.is_some() || negative_changed {
+            // A stale negative is encoded again when a mode needs it.
+            self.uncond = uncond;
+        }
+        if p.seed != self.params.seed || steps.len() != self.steps.len() {
+            let (lh, lw) = (self.opts.height as usize / 8, self.opts.width as usize / 8);
+            self.noise = Arc::new(noise::init_noise(p.seed, steps.len(), lh, lw));
+        }
+        self.steps = steps;
         self.params = p.clone();
+        self.rebuild_frame_params()
+    }
+
+    fn encode(&mut self, text: &str) -> Result<Arc<Emb>, EngineError> {
+        let t0 = Instant::now();
+        let mut data = Vec::new();
+        let shape = self.model.text.encode(text, &mut data)?;
+        self.timings.text += t0.elapsed();
+        self.timings.text_calls += 1;
+        if shape != self.cond.shape {
+            return Err(EngineError::tensor(
+                &self.model.text.graph.file,
+                "last_hidden_state",
+                format!("{:?}", self.cond.shape),
+                format!("{shape:?}"),
+            ));
+        }
+        Ok(emb(shape, data))
+    }
+
+    fn rebuild_frame_params(&mut self) -> Result<(), EngineError> {
+        let cfg = effective_cfg(&self.params);
+        if needs_uncond(cfg) && self.uncond.is_none() {
+            let u = self.encode(&self.params.negative_prompt.clone())?;
+            self.uncond = Some(u);
+        }
+        self.frame_params = Arc::new(FrameParams {
+            steps: self.steps.clone(),
+            noise: self.noise.clone(),
+            cond: self.cond.clone(),
+            uncond: if needs_uncond(cfg) {
+                self.uncond.clone()
+            } else {
+                None
+            },
+            cfg,
+            guidance: self.params.guidance_scale,
+            delta: self.params.delta,
+            add_noise: self.params.add_noise,
+        });
         Ok(())
     }
 
-    /// Feeds 1..=batch_size frames; returns the frames that completed, in input order.
+    /// Feeds 1..=batch_size frames (packed RGB8 at the model size); returns the frames that
+    /// completed, in input order: none until the pipeline is warm (n - 1 calls), then the
+    /// frames that entered n - 1 calls ago.
     pub fn process(&mut self, frames: Vec<InputFrame>) -> Result<Vec<OutputFrame>, EngineError> {
-        let _ = frames;
-        Ok(Vec::new())
+        let mut out = Vec::new();
+        if frames.is_empty() {
+            return Ok(out);
+        }
+        let (w, h) = (self.opts.width as usize, self.opts.height as usize);
+        if frames.len() > self.opts.batch_size {
+            return Err(EngineError::argument(
+                "frames per process call",
+                format!("1 to batch-size ({})", self.opts.batch_size),
+                frames.len().to_string(),
+            ));
+        }
+        for f in &frames {
+            if f.rgb.len() != w * h * 3 {
+                return Err(EngineError::argument(
+                    "input frame",
+                    format!("{w}x{h} packed RGB8 ({} bytes)", w * h * 3),
+                    format!("{} bytes", f.rgb.len()),
+                ));
+            }
+        }
+        self.timings.frames_in += frames.len() as u64;
+
+        // Preprocess and filter.
+        let t0 = Instant::now();
+        let img = 3 * w * h;
+        let plane = w * h;
+        self.images.resize(frames.len() * img, 0.0);
+        let mut kept: Vec<(usize, u64)> = Vec::with_capacity(frames.len());
+        let mut order: Vec<Option<usize>> = Vec::with_capacity(frames.len());
+        let filter_on = self.params.similarity_threshold > 0.0;
+        for f in &frames {
+            let row = kept.len();
+            let dst = &mut self.images[row * img..(row + 1) * img];
+            let (r, rest) = dst.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            for (k, px) in f.rgb.chunks_exact(3).enumerate() {
+                r[k] = self.norm[px[0] as usize];
+                g[k] = self.norm[px[1] as usize];
+                b[k] = self.norm[px[2] as usize];
+            }
+            // The filter processes the first frame it sees (its reference), so a skipped
+            // frame always has a processed frame before it to repeat.
+            let skip = filter_on
+                && self.stream.filter.skip(
+                    &self.images[row * img..(row + 1) * img],
+                    self.params.similarity_threshold,
+                    self.params.max_skip_frames,
+                    self.params.seed,
+                );
+            if skip {
+                order.push(None);
+            } else {
+                order.push(Some(kept.len()));
+                kept.push((row, f.tag));
+            }
+        }
+        self.timings.preprocess += t0.elapsed();
+
+        // Encode the new frames in one call.
+        let lat = 4 * (h / 8) * (w / 8);
+        if !kept.is_empty() {
+            let t0 = Instant::now();
+            let calls = self.model.vae_encoder.encode(
+                &self.images[..kept.len() * img],
+                kept.len(),
+                &mut self.latents,
+            )?;
+            self.timings.vae_encode += t0.elapsed();
+            self.timings.vae_encode_calls += calls as u64;
+        }
+        let sf = self.model.scaling_factor;
+        for (f, o) in frames.iter().zip(&order) {
+            match o {
+                Some(k) => self.stream.push_frame(
+                    f.tag,
+                    &self.latents[k * lat..(k + 1) * lat],
+                    sf,
+                    self.frame_params.clone(),
+                ),
+                None => {
+                    self.timings.frames_skipped += 1;
+                    self.stream.push_skip(f.tag);
+                }
+            }
+        }
+        // Frames in flight move on even when every new frame was skipped, so skipped
+        // frames are not held behind a stalled pipeline.
+        self.stream.advance(&mut self.model, &mut self.timings)?;
+        self.stream.collect(&mut out);
+        self.timings.frames_out += out.len() as u64;
+        Ok(out)
     }
 
-    /// Runs the remaining steps of every frame in flight and returns them in order.
+    /// Runs the remaining steps of every frame in flight and returns all waiting frames in
+    /// order (every frame given to `process` comes out exactly once).
     pub fn drain(&mut self) -> Result<Vec<OutputFrame>, EngineError> {
-        Ok(Vec::new())
+        let mut out = Vec::new();
+        while self.stream.flights() > 0 {
+            self.stream.advance(&mut self.model, &mut self.timings)?;
+            self.stream.collect(&mut out);
+        }
+        self.stream.collect(&mut out);
+        self.timings.frames_out += out.len() as u64;
+        Ok(out)
     }
 
-    /// Forgets the frames in flight (flush).
-    pub fn reset(&mut self) {}
+    /// Forgets the frames in flight (flush) and the similarity filter's reference.
+    pub fn reset(&mut self) {
+        self.stream.reset();
+    }
 
     /// Frames given to `process` that have not come out yet.
     pub fn in_flight(&self) -> usize {
-        0
+        self.stream.pending()
     }
 
-    /// Number of denoising steps `n`.
+    /// Number of denoising steps `n` for new frames.
     pub fn steps(&self) -> usize {
-        self.params.t_index_list.len()
+        self.steps.len()
     }
 
     /// How many frames a frame waits behind before it comes out: `(n - 1) * batch_size`.
@@ -73,27 +358,45 @@ impl Engine {
         self.steps().saturating_sub(1) * self.opts.batch_size
     }
 
-    /// Runs the tokenizer and text encoder on `text`.
+    /// Runs the tokenizer and text encoder on `text`: `[1, 77, E]`.
     pub fn encode_prompt(&mut self, text: &str) -> Result<Embedding, EngineError> {
-        let _ = text;
-        Err(EngineError::argument("engine", "a complete implementation", "work in progress"))
+        let e = self.encode(text)?;
+        Ok(Embedding {
+            shape: e.shape,
+            data: e.data.clone(),
+        })
     }
 
-    /// Replaces the conditioning (and optionally the negative conditioning) directly, e.g.
-    /// for prompt blends; kept until the next prompt change in `set_params`.
+    /// Replaces the conditioning (and, if given, the negative conditioning) for new frames,
+    /// e.g. for prompt blends; kept until a prompt changes in `set_params`. An embedding of
+    /// the wrong shape is ignored (the current one stays).
     pub fn set_conditioning(&mut self, cond: Embedding, uncond: Option<Embedding>) {
-        let _ = (cond, uncond);
+        let shape = self.cond.shape;
+        if cond.shape == shape && cond.data.len() == shape.iter().product::<usize>() {
+            self.cond = emb(cond.shape, cond.data);
+        }
+        if let Some(u) = uncond
+            && u.shape == shape
+            && u.data.len() == shape.iter().product::<usize>()
+        {
+            self.uncond = Some(emb(u.shape, u.data));
+        }
+        let _ = self.rebuild_frame_params();
     }
 
-    /// The init noise for `seed` at this engine's shape.
+    /// The init noise for `seed` at this engine's shape `[n, 4, h, w]`.
     pub fn noise_for_seed(&self, seed: u64) -> Noise {
         let (h, w) = (self.opts.height as usize / 8, self.opts.width as usize / 8);
         noise::init_noise(seed, self.steps(), h, w)
     }
 
-    /// Replaces the init noise (e.g. a blend of two seeds); kept until the seed changes.
+    /// Replaces the init noise for new frames (e.g. a blend of two seeds); kept until the
+    /// seed or the number of steps changes. Noise of the wrong shape is ignored.
     pub fn set_noise(&mut self, noise: Noise) {
-        self.noise = noise;
+        if noise.shape == self.noise.shape && noise.data.len() == self.noise.data.len() {
+            self.noise = Arc::new(noise);
+            let _ = self.rebuild_frame_params();
+        }
     }
 
     /// Cumulative time per stage and call counts.

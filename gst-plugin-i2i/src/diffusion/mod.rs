@@ -209,7 +209,12 @@ pub struct Timings {
 impl Timings {
     /// Sum of all stages.
     pub fn total(&self) -> Duration {
-        self.preprocess + self.text + self.vae_encode + self.unet + self.vae_decode + self.postprocess
+        self.preprocess
+            + self.text
+            + self.vae_encode
+            + self.unet
+            + self.vae_decode
+            + self.postprocess
     }
 }
 

@@ -39,7 +39,7 @@ pub fn uniform(seed: u64, k: u64) -> f64 {
 /// The `j`-th standard normal value.
 pub fn normal(seed: u64, j: u64) -> f32 {
     let (c, s) = normal_pair(seed, j / 2);
-    if j % 2 == 0 { c } else { s }
+    if j.is_multiple_of(2) { c } else { s }
 }
 
 #[inline]

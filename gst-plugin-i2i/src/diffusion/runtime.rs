@@ -82,7 +82,11 @@ pub fn environment() -> Result<Environment, EngineError> {
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return Err(err(format!("{origin} does not name a file"))),
-        Err(e) => return Err(err(format!("{origin} names a file that cannot be read ({e})"))),
+        Err(e) => {
+            return Err(err(format!(
+                "{origin} names a file that cannot be read ({e})"
+            )));
+        }
     }
     let built = catch_unwind(AssertUnwindSafe(|| -> Result<Environment, String> {
         let builder = ort::init_from(&path).map_err(|e| e.to_string())?;

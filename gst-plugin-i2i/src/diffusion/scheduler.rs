@@ -75,7 +75,12 @@ impl SchedulerConfig {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::Number(n)) => Ok(n.as_f64()),
-                Some(other) => Err(EngineError::config(path, key, "a number", other.to_string())),
+                Some(other) => Err(EngineError::config(
+                    path,
+                    key,
+                    "a number",
+                    other.to_string(),
+                )),
             }
         };
         if let Some(n) = num("num_train_timesteps")? {
@@ -135,7 +140,12 @@ impl SchedulerConfig {
                 }
             }
             Some(other) => {
-                return Err(EngineError::config(path, "beta_schedule", "a string", other.to_string()));
+                return Err(EngineError::config(
+                    path,
+                    "beta_schedule",
+                    "a string",
+                    other.to_string(),
+                ));
             }
         }
         match obj.get("prediction_type") {
@@ -175,14 +185,20 @@ impl SchedulerConfig {
         let n = self.num_train_timesteps as usize;
         let betas: Vec<f32> = match self.beta_schedule {
             BetaSchedule::Linear => linspace_f32(self.beta_start as f32, self.beta_end as f32, n),
-            BetaSchedule::ScaledLinear => {
-                linspace_f32(self.beta_start.sqrt() as f32, self.beta_end.sqrt() as f32, n)
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
-            }
+            BetaSchedule::ScaledLinear => linspace_f32(
+                self.beta_start.sqrt() as f32,
+                self.beta_end.sqrt() as f32,
+                n,
+            )
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
             BetaSchedule::SquaredCosCapV2 => {
-                let abar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                let abar = |t: f64| {
+                    ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                        .cos()
+                        .powi(2)
+                };
                 (0..n)
                     .map(|i| {
                         let t1 = i as f64 / n as f64;
@@ -251,9 +267,7 @@ impl SchedulerConfig {
                 let t = *timesteps.get(idx as usize).ok_or_else(|| {
                     EngineError::argument(
                         "t-index-list",
-                        format!(
-                            "indices below num-inference-steps ({num_inference_steps})"
-                        ),
+                        format!("indices below num-inference-steps ({num_inference_steps})"),
                         idx.to_string(),
                     )
                 })?;

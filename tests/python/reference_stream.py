@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Independent reference of the i2i per-frame math (StreamDiffusion img2img), numpy + onnxruntime.
+
+Written from the reference notes and StreamDiffusion's pipeline.py (cumulo-autumn/StreamDiffusion b623251),
+not from the Rust engine. Each frame is computed on its own, step by step (no stream batch): with the
+fixed per-seed noise the stream batch of the engine must give the same result per frame.
+
+    python tests/python/reference_stream.py --model DIR --width W --height H --inputs DIR --prompt P \
+        --negative-prompt NP --seed S --t-index-list 32,45 --num-inference-steps 50 --guidance-scale G \
+        --delta D --cfg-type none|full|self|initialize --add-noise 0|1 --out DIR [--png]
+
+Reads INPUTS/frame_%03d.rgb (packed RGB8, H*W*3 bytes) from 000 on while they exist, writes
+OUT/frame_%03d.f32 (float32 little-endian, planar [3, H, W] in [0, 1]).
+
+Where this deliberately differs from upstream StreamDiffusion:
+- frames are independent: the stock noise of every frame starts at S_0 = N[0] (upstream, with one step,
+  carries the stock noise over from the previous frame and starts it at zero);
+- the VAE latent is the posterior mean (upstream samples the posterior with its generator);
+- the noise is i2i-noise-v1 from the seed (upstream ignores the seed in its wrapper and uses torch.randn);
+- no junk frames: a frame's result never depends on earlier frames or an empty buffer;
+- full / initialize keep the negative prompt embedding (upstream's update_prompt drops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import i2i_noise  # noqa: E402
+
+CFG_TYPES = ("none", "full", "self", "initialize")
+
+
+class RefError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- scheduler (diffusers LCMScheduler)
+
+def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+    """torch.linspace(start, end, steps, dtype=float32) as ATen computes it on the CPU: the step in float32,
+    then start + step * i for the first half and end - step * (steps - 1 - i) for the second, each a fused
+    multiply-add rounded once to float32 (emulated exactly in float64)."""
+    s = np.float32(start)
+    e = np.float32(end)
+    step = np.float32((e - s) / np.float32(steps - 1))
+    idx = np.arange(steps, dtype=np.float64)
+    half = steps // 2
+    out = np.where(idx < half, np.float64(s) + np.float64(step) * idx,
+                   np.float64(e) - np.float64(step) * (steps - 1 - idx))
+    return out.astype(np.float32)
+
+
+def alphas_cumprod(cfg: dict) -> np.ndarray:
+    n = int(cfg.get("num_train_timesteps", 1000))
+    b0 = float(cfg.get("beta_start", 0.00085))
+    b1 = float(cfg.get("beta_end", 0.012))
+    sched = cfg.get("beta_schedule", "scaled_linear")
+    if cfg.get("trained_betas"):
+        betas = np.asarray(cfg["trained_betas"], dtype=np.float32)
+    elif sched == "scaled_linear":
+        betas = torch_linspace_f32(b0 ** 0.5, b1 ** 0.5, n) ** 2
+    elif sched == "linear":
+        betas = torch_linspace_f32(b0, b1, n)
+    else:
+        raise RefError(f"scheduler_config.json: beta_schedule {sched!r} is not supported "
+                       "(expected scaled_linear or linear)")
+    alphas = (np.float32(1.0) - betas).astype(np.float32)
+    # torch.cumprod on the CPU accumulates in double and stores float32.
+    return np.cumprod(alphas.astype(np.float64)).astype(np.float32)
+
+
+def lcm_timesteps(num_train: int, original_steps: int, num_inference_steps: int) -> np.ndarray:
+    """LCMScheduler.set_timesteps(num_inference_steps) with strength 1."""
+    if original_steps > num_train:
+        raise RefError(f"original_inference_steps {original_steps} > num_train_timesteps {num_train}")
+    k = num_train // original_steps
+    origin = np.arange(1, original_steps + 1) * k - 1
+    skipping = len(origin) // num_inference_steps
+    if num_inference_steps < 1 or skipping < 1 or num_inference_steps > original_steps:
+        raise RefError(f"num_inference_steps {num_inference_steps} must be in 1..{original_steps}")
+    origin = origin[::-1].copy()
+    idx = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
+    return origin[idx].astype(np.int64)
+
+
+def schedule(cfg: dict, t_index_list: list[int], num_inference_steps: int) -> dict:
+    """Per step i: t, alpha = sqrt(abar), beta = sqrt(1 - abar), c_skip, c_out (float32)."""
+    abar = alphas_cumprod(cfg)
+    original = int(cfg.get("original_inference_steps", 50))
+    scaling = float(cfg.get("timestep_scaling", 10.0))
+    ts_all = lcm_timesteps(len(abar), original, num_inference_steps)
+    for i in t_index_list:
+        if not 0 <= i < len(ts_all):
+            raise RefError(f"t-index {i} is outside 0..{len(ts_all) - 1} for {num_inference_steps} steps")
+    ts = ts_all[t_index_list]
+    a = abar[ts].astype(np.float32)
+    s = (ts.astype(np.float32) * np.float32(scaling)).astype(np.float32)
+    sd2 = np.float32(0.25)
+    return {
+        "timesteps": ts,
+        "alphas_cumprod": a,
+        "alpha": np.sqrt(a).astype(np.float32),
+        "beta": np.sqrt(np.float32(1.0) - a).astype(np.float32),
+        "c_skip": (sd2 / (s * s + sd2)).astype(np.float32),
+        "c_out": (s / np.sqrt(s * s + sd2)).astype(np.float32),
+    }
+
+
+# ---------------------------------------------------------------- model
+
+ORT_TO_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32, "tensor(double)": np.float64}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RefError(f"{path}: missing")
+    except json.JSONDecodeError as e:
+        raise RefError(f"{path}: not valid JSON ({e})")
+
+
+class Model:
+    def __init__(self, root: Path, threads: int):
+        import onnxruntime as ort
+        from transformers import CLIPTokenizer
+
+        self.root = root
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self.sess = {}
+        for comp in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
+            p = root / comp / "model.onnx"
+            if not p.is_file():
+                raise RefError(f"{p}: missing")
+            self.sess[comp] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+        self.sched_cfg = _read_json(root / "scheduler" / "scheduler_config.json")
+        vae_cfg = _read_json(root / "vae_decoder" / "config.json")
+        self.sf = np.float32(vae_cfg.get("scaling_factor", 0.18215))
+
+    def _inputs(self, comp):
+        return {i.name: i for i in self.sess[comp].get_inputs()}
+
+    def _run(self, comp, feeds: dict, out_names) -> list[np.ndarray]:
+        ins = self._inputs(comp)
+        cast = {}
+        for name, arr in feeds.items():
+            if name not in ins:
+                raise RefError(f"{self.root / comp / 'model.onnx'}: no input named {name!r} "
+                               f"(has {sorted(ins)})")
+            dt = ORT_TO_NP.get(ins[name].type)
+            if dt is None:
+                raise RefError(f"{comp}: input {name} has unsupported type {ins[name].type}")
+            cast[name] = np.asarray(arr).astype(dt)
+        outs = self.sess[comp].run(out_names, cast)
+        return [np.asarray(o, dtype=np.float32) for o in outs]
+
+    def encode_prompt(self, text: str) -> np.ndarray:
+        ids = self.tokenizer(text, padding="max_length", max_length=77, truncation=True)["input_ids"]
+        ids = np.asarray([ids], dtype=np.int64)
+        outs = [o.name for o in self.sess["text_encoder"].get_outputs()]
+        name = "last_hidden_state" if "last_hidden_state" in outs else outs[0]
+        return self._run("text_encoder", {"input_ids": ids}, [name])[0]
+
+    def vae_encode(self, x: np.ndarray) -> np.ndarray:
+        outs = [o.name for o in self.sess["vae_encoder"].get_outputs()]
+        name = next((n for n in ("latent_sample", "latent_parameters") if n in outs), outs[0])
+        z = self._run("vae_encoder", {"sample": x}, [name])[0]
+        if z.shape[1] == 8:  # mean and logvar: use the mean
+            z = z[:, :4]
+        elif z.shape[1] != 4:
+            raise RefError(f"vae_encoder output {name} has {z.shape[1]} channels, expected 4 or 8")
+        return z
+
+    def vae_decode(self, z: np.ndarray) -> np.ndarray:
+        outs = [o.name for o in self.sess["vae_decoder"].get_outputs()]
+        name = "sample" if "sample" in outs else outs[0]
+        return self._run("vae_decoder", {"latent_sample": z}, [name])[0]
+
+    def unet(self, x: np.ndarray, t: int, emb: np.ndarray) -> np.ndarray:
+        ts = self._inputs("unet")["timestep"]
+        ts_val = np.asarray(t) if len(ts.shape) == 0 else np.full((x.shape[0],), t)
+        outs = [o.name for o in self.sess["unet"].get_outputs()]
+        name = next((n for n in ("out_sample", "latent") if n in outs), outs[0])
+        return self._run("unet", {"sample": x, "timestep": ts_val, "encoder_hidden_states": emb}, [name])[0]
+
+
+# ---------------------------------------------------------------- per-frame math
+
+def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarray, cond, uncond) -> np.ndarray:
+    """rgb: [H, W, 3] uint8 -> [3, H, W] float32 in [0, 1]."""
+    x = (rgb.astype(np.float32) / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0)
+    x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    z = m.vae_encode(x) * m.sf
+    n = len(sch["timesteps"])
+    alpha, beta, c_skip, c_out = sch["alpha"], sch["beta"], sch["c_skip"], sch["c_out"]
+    g = np.float32(p["guidance_scale"])
+    d = np.float32(p["delta"])
+    cfg = p["cfg_type"] if (p["cfg_type"] != "none" and g > 1.0) else "none"
+
+    X = alpha[0] * z + beta[0] * noise[0:1]
+    S = noise[0:1].copy()  # stock noise (self / initialize)
+    x0 = None
+    for i in range(n):
+        t = int(sch["timesteps"][i])
+        eps_c = m.unet(X, t, cond)
+        if cfg == "full":
+            eps_u = m.unet(X, t, uncond)
+            eps = eps_u + g * (eps_c - eps_u)
+        elif cfg in ("self", "initialize"):
+            if cfg == "initialize" and i == 0:
+                S = m.unet(X, t, uncond)
+            eps_u = d * S
+            eps = eps_u + g * (eps_c - eps_u)
+        else:
+            eps = eps_c
+        x0 = c_out[i] * (X - beta[i] * eps) / alpha[i] + c_skip[i] * X
+        if i + 1 < n:
+            if cfg in ("self", "initialize"):
+                D = c_out[i] * (beta[i] * S - beta[i] * eps) / alpha[i] + c_skip[i] * (beta[i] * S)
+                S = noise[i + 1:i + 2] + (alpha[i + 1] / beta[i + 1]) * D
+            X = alpha[i + 1] * x0
+            if p["add_noise"]:
+                X = X + beta[i + 1] * noise[i + 1:i + 2]
+    y = m.vae_decode((x0 / m.sf).astype(np.float32))
+    return np.clip(y[0] / np.float32(2.0) + np.float32(0.5), 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------- CLI
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="i2i per-frame reference (numpy + onnxruntime)")
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--height", type=int, default=512)
+    ap.add_argument("--inputs", type=Path, required=True)
+    ap.add_argument("--prompt", default="")
+    ap.add_argument("--negative-prompt", default="")
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--t-index-list", default="32,45")
+    ap.add_argument("--num-inference-steps", type=int, default=50)
+    ap.add_argument("--guidance-scale", type=float, default=1.2)
+    ap.add_argument("--delta", type=float, default=1.0)
+    ap.add_argument("--cfg-type", choices=CFG_TYPES, default="self")
+    ap.add_argument("--add-noise", type=int, choices=(0, 1), default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--png", action="store_true", help="also write OUT/frame_%%03d.png")
+    return ap.parse_args(argv)
+
+
+def run(args) -> int:
+    W, H = args.width, args.height
+    if W <= 0 or H <= 0 or W % 8 or H % 8:
+        raise RefError(f"width and height must be positive multiples of 8, got {W}x{H}")
+    try:
+        t_index = [int(s) for s in args.t_index_list.split(",") if s.strip() != ""]
+    except ValueError:
+        raise RefError(f"--t-index-list {args.t_index_list!r}: expected comma-separated integers")
+    if not t_index:
+        raise RefError("--t-index-list is empty")
+    if not args.model.is_dir():
+        raise RefError(f"{args.model}: not a directory")
+    m = Model(args.model, args.threads)
+    sch = schedule(m.sched_cfg, t_index, args.num_inference_steps)
+    noise = i2i_noise.init_noise(args.seed, len(t_index), H // 8, W // 8)
+    cond = m.encode_prompt(args.prompt)
+    uncond = m.encode_prompt(args.negative_prompt)
+    p = {"guidance_scale": args.guidance_scale, "delta": args.delta, "cfg_type": args.cfg_type,
+         "add_noise": bool(args.add_noise)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    k = 0
+    while True:
+        src = args.inputs / f"frame_{k:03d}.rgb"
+        if not src.exists():
+            break
+        raw = src.read_bytes()
+        if len(raw) != W * H * 3:
+            raise RefError(f"{src}: {len(raw)} bytes, expected {W}*{H}*3 = {W * H * 3}")
+        rgb = np.frombuffer(raw, dtype=np.uint8).reshape(H, W, 3)
+        out = process_frame(m, rgb, p, sch, noise, cond, uncond)
+        out.astype("<f4").tofile(args.out / f"frame_{k:03d}.f32")
+        if args.png:
+            from PIL import Image
+            img = np.round(out.transpose(1, 2, 0) * 255.0).astype(np.uint8)
+            Image.fromarray(img).save(args.out / f"frame_{k:03d}.png")
+        k += 1
+    if k == 0:
+        raise RefError(f"{args.inputs}: no frame_000.rgb")
+    return k
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        n = run(args)
+    except RefError as e:
+        print(f"reference_stream: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # onnxruntime / transformers failures
+        print(f"reference_stream: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(f"reference_stream: wrote {n} frame(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
