@@ -1203,8 +1203,8 @@ impl I2iTransform {
             gst::element_imp_error!(
                 self,
                 gst::LibraryError::Init,
-                ("Could not load the model in {}", model),
-                ["{}", e]
+                ("Could not load the model in {}: {}", model, e),
+                ["{:?}", e]
             );
             gst::StateChangeError
         })?;
