@@ -272,15 +272,16 @@ impl SchedulerConfig {
                     )
                 })?;
                 let ac = abar[t as usize];
-                let s = t as f64 * self.timestep_scaling;
-                let sigma2 = 0.25f64;
+                // float32 throughout, as torch computes them for StreamDiffusion.
+                let s = t as f32 * self.timestep_scaling as f32;
+                let sigma2 = 0.25f32;
                 Ok(StepConstants {
                     timestep: t,
                     alpha_cumprod: ac,
                     alpha: ac.sqrt(),
                     beta: (1.0f32 - ac).sqrt(),
-                    c_skip: (sigma2 / (s * s + sigma2)) as f32,
-                    c_out: (s / (s * s + sigma2).sqrt()) as f32,
+                    c_skip: sigma2 / (s * s + sigma2),
+                    c_out: s / (s * s + sigma2).sqrt(),
                 })
             })
             .collect()
@@ -299,8 +300,9 @@ pub struct StepConstants {
     pub c_out: f32,
 }
 
-/// torch.linspace in float32: the first half counts up from `start`, the second half down
-/// from `end`, with a float32 step.
+/// torch.linspace in float32 as ATen computes it on the CPU: a float32 step, then
+/// `start + step * i` for the first half and `end - step * (n - 1 - i)` for the second,
+/// each a fused multiply-add rounded once to float32 (the f32 product is exact in f64).
 fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     if n == 1 {
         return vec![start];
@@ -310,9 +312,9 @@ fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| {
             if i < half {
-                start + step * i as f32
+                (start as f64 + step as f64 * i as f64) as f32
             } else {
-                end - step * (n - 1 - i) as f32
+                (end as f64 - step as f64 * (n - 1 - i) as f64) as f32
             }
         })
         .collect()

@@ -418,14 +418,15 @@ fn step_frame(f: &mut Flight, ec: &[f32], eu: Option<&[f32]>) {
                 u + g * (ec[j] - u)
             }
         };
-        let x0 = c_out * ((x - beta * eps) / alpha) + c_skip * x;
+        let x0 = c_out * (x - beta * eps) / alpha + c_skip * x;
         match (next, noise_next) {
             (Some(nx), Some(nn)) => {
+                let ratio = nx.alpha / nx.beta;
                 if residual {
                     let s = f.stock[j];
                     let bs = beta * s;
-                    let dx = c_out * ((bs - beta * eps) / alpha) + c_skip * bs;
-                    f.stock[j] = nn[j] + (nx.alpha * dx) / nx.beta;
+                    let dx = c_out * (bs - beta * eps) / alpha + c_skip * bs;
+                    f.stock[j] = nn[j] + ratio * dx;
                 }
                 f.x[j] = if p.add_noise {
                     nx.alpha * x0 + nx.beta * nn[j]

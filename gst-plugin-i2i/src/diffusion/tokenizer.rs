@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
 //! CLIP byte-level BPE tokenizer, as transformers' `CLIPTokenizer` runs it:
 //!
-//! 1. the special tokens `<|startoftext|>` / `<|endoftext|>` written in the prompt are kept
-//!    as they are; the rest is normalised: NFC, every run of whitespace to one space,
+//! 1. added tokens (tokenizer.json `added_tokens`, tokenizer_config.json
+//!    `added_tokens_decoder`, the special tokens) are split off first: those marked
+//!    `normalized: false` on the raw text (e.g. sd-turbo's pad "!"), the others after
+//!    normalisation; the rest is normalised: NFC, every run of whitespace to one space,
 //!    lower case (per character);
 //! 2. pre-tokenization by the CLIP pattern
 //!    `<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`
@@ -39,6 +41,10 @@ pub struct ClipTokenizer {
     byte_chars: [char; 256],
     pattern: Regex,
     whitespace: Regex,
+    /// Added tokens matched on the raw text (`normalized: false`), then on the normalised
+    /// text (`normalized: true`), before pre-tokenization; leftmost-longest.
+    added_raw: Vec<(String, u32)>,
+    added_normalized: Vec<(String, u32)>,
     bos: u32,
     eos: u32,
     pad: u32,
@@ -102,14 +108,14 @@ impl ClipTokenizer {
         let tokenizer_json = dir.join("tokenizer.json");
         let vocab_json = dir.join("vocab.json");
         let merges_txt = dir.join("merges.txt");
-        let (vocab, merges, added) = if vocab_json.is_file() && merges_txt.is_file() {
+        let (vocab, merges, added) = if tokenizer_json.is_file() {
+            parse_tokenizer_json(&read_json(&tokenizer_json)?, &tokenizer_json)?
+        } else if vocab_json.is_file() && merges_txt.is_file() {
             let vocab = parse_vocab(&read_json(&vocab_json)?, &vocab_json)?;
             let text = std::fs::read_to_string(&merges_txt)
                 .map_err(|e| EngineError::invalid(&merges_txt, format!("cannot read: {e}")))?;
             let merges = parse_merges_txt(&text, &merges_txt)?;
-            (vocab, merges, HashMap::new())
-        } else if tokenizer_json.is_file() {
-            parse_tokenizer_json(&read_json(&tokenizer_json)?, &tokenizer_json)?
+            (vocab, merges, Vec::new())
         } else {
             return Err(EngineError::missing(
                 dir,
@@ -117,8 +123,29 @@ impl ClipTokenizer {
             ));
         };
         let mut vocab = vocab;
-        for (k, v) in added {
-            vocab.entry(k).or_insert(v);
+        // Added tokens: tokenizer.json, then tokenizer_config.json's added_tokens_decoder,
+        // then the special tokens (the first source naming a token wins).
+        let mut added: Vec<AddedToken> = added;
+        let config_path = dir.join("tokenizer_config.json");
+        if config_path.is_file()
+            && let Some(dec) = read_json(&config_path)?
+                .get("added_tokens_decoder")
+                .and_then(Value::as_object)
+        {
+            for (id, t) in dec {
+                if let (Ok(id), Some(content)) = (id.parse::<u32>(), token_content(t)) {
+                    added.push(AddedToken {
+                        content,
+                        id: Some(id),
+                        normalized: t.get("normalized").and_then(Value::as_bool).unwrap_or(true),
+                    });
+                }
+            }
+        }
+        for t in &added {
+            if let Some(id) = t.id {
+                vocab.entry(t.content.clone()).or_insert(id);
+            }
         }
 
         // Special tokens: special_tokens_map.json, then tokenizer_config.json, then CLIP's.
@@ -162,10 +189,37 @@ impl ClipTokenizer {
         let specials = dir.join("special_tokens_map.json");
         let bos_id = id_of(&bos, "bos_token", &specials)?;
         let eos_id = id_of(&eos, "eos_token", &specials)?;
-        let pad_id = match pad {
-            Some(p) => id_of(&p, "pad_token", &pad_source)?,
+        let pad_id = match &pad {
+            Some(p) => id_of(p, "pad_token", &pad_source)?,
             None => eos_id,
         };
+        for special in [Some(&bos), Some(&eos), pad.as_ref()].into_iter().flatten() {
+            added.push(AddedToken {
+                content: special.clone(),
+                id: None,
+                normalized: true,
+            });
+        }
+        let mut added_raw: Vec<(String, u32)> = Vec::new();
+        let mut added_normalized: Vec<(String, u32)> = Vec::new();
+        for t in added {
+            if t.content.is_empty()
+                || added_raw
+                    .iter()
+                    .chain(&added_normalized)
+                    .any(|(c, _)| *c == t.content)
+            {
+                continue;
+            }
+            let Some(&id) = vocab.get(&t.content) else {
+                continue;
+            };
+            if t.normalized {
+                added_normalized.push((t.content, id));
+            } else {
+                added_raw.push((t.content, id));
+            }
+        }
         Ok(ClipTokenizer {
             vocab,
             ranks: merges
@@ -176,6 +230,8 @@ impl ClipTokenizer {
             byte_chars: bytes_to_unicode(),
             pattern: Regex::new(PATTERN).map_err(|e| EngineError::invalid(dir, e.to_string()))?,
             whitespace: Regex::new(r"\s+").map_err(|e| EngineError::invalid(dir, e.to_string()))?,
+            added_raw,
+            added_normalized,
             bos: bos_id,
             eos: eos_id,
             pad: pad_id,
@@ -203,36 +259,36 @@ impl ClipTokenizer {
     /// Tokens of `text` without bos / eos / padding.
     pub fn tokenize(&mut self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
-        // Special tokens written literally are matched before normalisation.
-        let mut rest = text;
-        loop {
-            let next = [(BOS, self.bos), (EOS, self.eos)]
-                .into_iter()
-                .filter_map(|(s, id)| rest.find(s).map(|p| (p, s.len(), id)))
-                .min_by_key(|&(p, _, _)| p);
-            match next {
-                Some((p, len, id)) => {
-                    self.tokenize_normal(&rest[..p], &mut ids);
-                    ids.push(id);
-                    rest = &rest[p + len..];
-                }
-                None => {
-                    self.tokenize_normal(rest, &mut ids);
-                    break;
+        let raw = split_added(text, &self.added_raw);
+        for (seg, id) in raw {
+            if let Some(id) = id {
+                ids.push(id);
+                continue;
+            }
+            let normalized = self.normalize(seg);
+            let parts = split_added(&normalized, &self.added_normalized);
+            for (part, id) in parts {
+                match id {
+                    Some(id) => ids.push(id),
+                    None => self.pre_tokenize_and_bpe(part, &mut ids),
                 }
             }
         }
         ids
     }
 
-    fn tokenize_normal(&mut self, text: &str, ids: &mut Vec<u32>) {
+    /// NFC, every run of whitespace to one space, lower case (per character).
+    fn normalize(&self, text: &str) -> String {
+        let nfc: String = text.nfc().collect();
+        let spaced = self.whitespace.replace_all(&nfc, " ");
+        spaced.chars().flat_map(char::to_lowercase).collect()
+    }
+
+    fn pre_tokenize_and_bpe(&mut self, text: &str, ids: &mut Vec<u32>) {
         if text.is_empty() {
             return;
         }
-        let nfc: String = text.nfc().collect();
-        let spaced = self.whitespace.replace_all(&nfc, " ");
-        let lower: String = spaced.chars().flat_map(char::to_lowercase).collect();
-        let pieces: Vec<&str> = self.pattern.find_iter(&lower).map(|m| m.as_str()).collect();
+        let pieces: Vec<&str> = self.pattern.find_iter(text).map(|m| m.as_str()).collect();
         for piece in pieces {
             if let Some(cached) = self.cache.get(piece) {
                 ids.extend_from_slice(cached);
@@ -301,6 +357,40 @@ impl ClipTokenizer {
     }
 }
 
+#[derive(Clone, Debug)]
+struct AddedToken {
+    content: String,
+    id: Option<u32>,
+    normalized: bool,
+}
+
+/// Splits `text` at the added tokens (leftmost, then longest match): segments with the
+/// token's id, or plain text with `None`.
+fn split_added<'a>(text: &'a str, tokens: &[(String, u32)]) -> Vec<(&'a str, Option<u32>)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let next = tokens
+            .iter()
+            .filter_map(|(c, id)| rest.find(c.as_str()).map(|p| (p, c.len(), *id)))
+            .min_by_key(|&(p, len, _)| (p, std::cmp::Reverse(len)));
+        match next {
+            Some((p, len, id)) => {
+                if p > 0 {
+                    out.push((&rest[..p], None));
+                }
+                out.push((&rest[p..p + len], Some(id)));
+                rest = &rest[p + len..];
+            }
+            None => {
+                out.push((rest, None));
+                break;
+            }
+        }
+    }
+    out
+}
+
 fn parse_vocab(v: &Value, path: &Path) -> Result<HashMap<String, u32>, EngineError> {
     let obj = v.as_object().ok_or_else(|| {
         EngineError::invalid(path, "vocabulary: expected a JSON object token -> id")
@@ -346,11 +436,7 @@ fn parse_merges_txt(text: &str, path: &Path) -> Result<Vec<(String, String)>, En
     Ok(merges)
 }
 
-type Parsed = (
-    HashMap<String, u32>,
-    Vec<(String, String)>,
-    HashMap<String, u32>,
-);
+type Parsed = (HashMap<String, u32>, Vec<(String, String)>, Vec<AddedToken>);
 
 fn parse_tokenizer_json(v: &Value, path: &Path) -> Result<Parsed, EngineError> {
     let model = v
@@ -395,14 +481,18 @@ fn parse_tokenizer_json(v: &Value, path: &Path) -> Result<Parsed, EngineError> {
             )
         })?);
     }
-    let mut added = HashMap::new();
+    let mut added = Vec::new();
     if let Some(list) = v.get("added_tokens").and_then(Value::as_array) {
         for t in list {
             if let (Some(c), Some(id)) = (
                 t.get("content").and_then(Value::as_str),
                 t.get("id").and_then(Value::as_u64),
             ) {
-                added.insert(c.to_string(), id as u32);
+                added.push(AddedToken {
+                    content: c.to_string(),
+                    id: Some(id as u32),
+                    normalized: t.get("normalized").and_then(Value::as_bool).unwrap_or(true),
+                });
             }
         }
     }
