@@ -958,3 +958,29 @@ fn demo_model_at_512() {
     let blue = launch("blue");
     assert_ne!(blue.rgb(2), pic);
 }
+
+/// Upstream blocks while `max-queue` frames wait: the queue never grows past it.
+#[test]
+fn backpressure_bounds_the_queue() {
+    let p = AppPipeline::new("max-queue=2 t-index-list=10,25,40", "");
+    let i2i = p.i2i.clone();
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    // appsrc holds everything; its streaming thread then pushes as fast as we take.
+    for i in 0..40 {
+        p.push(i);
+    }
+    let mut max_seen = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let stats = i2i.property::<gst::Structure>("stats");
+        max_seen = max_seen.max(stats.get::<u32>("queued").unwrap());
+        if stats.get::<u64>("frames-in").unwrap() == 40 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 40);
+    assert!((1..=2).contains(&max_seen), "queue reached {max_seen}");
+}
