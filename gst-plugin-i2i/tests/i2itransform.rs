@@ -460,7 +460,17 @@ fn element_output_equals_engine_output() {
     for i in 0..4 {
         p.push(i);
     }
+    let i2i = p.i2i.clone();
     let run = p.finish();
+    assert_eq!(
+        i2i.property::<Option<String>>("provider").as_deref(),
+        Some("cpu")
+    );
+    let stats = i2i.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("frames-in").unwrap(), 4, "{stats}");
+    assert_eq!(stats.get::<u64>("frames-out").unwrap(), 4, "{stats}");
+    assert_eq!(stats.get::<&str>("provider").unwrap(), "cpu", "{stats}");
+    assert!(stats.get::<u64>("batches").unwrap() >= 4, "{stats}");
 
     let opts = LoadOptions {
         model_dir: model("tiny-sd15"),
@@ -983,4 +993,37 @@ fn backpressure_bounds_the_queue() {
     let run = p.finish();
     assert_eq!(run.samples.len(), 40);
     assert!((1..=2).contains(&max_seen), "queue reached {max_seen}");
+}
+
+/// Identical frames with the similarity filter on: skipped frames still come out (the
+/// previous picture again) and are counted.
+#[test]
+fn similarity_filter_skips_are_counted() {
+    let p = AppPipeline::new(
+        "t-index-list=20,35 similarity-threshold=0.95 max-skip-frames=3",
+        "",
+    );
+    let i2i = p.i2i.clone();
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..10u64 {
+        let mut buf = gst::Buffer::from_mut_slice(picture(0, W, H));
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(100 * i));
+        b.set_offset(i);
+        p.src.push_buffer(buf).unwrap();
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 10);
+    let offsets: Vec<u64> = run
+        .samples
+        .iter()
+        .map(|s| s.buffer().unwrap().offset())
+        .collect();
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    let skipped = i2i
+        .property::<gst::Structure>("stats")
+        .get::<u64>("frames-skipped")
+        .unwrap();
+    // Never more than 3 in a row: at most 7 of the 9 after the first.
+    assert!((1..=7).contains(&skipped), "skipped {skipped}");
 }
