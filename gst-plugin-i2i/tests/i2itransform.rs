@@ -1027,3 +1027,38 @@ fn similarity_filter_skips_are_counted() {
     // Never more than 3 in a row: at most 7 of the 9 after the first.
     assert!((1..=7).contains(&skipped), "skipped {skipped}");
 }
+
+/// A live change of the number of steps drains the frames in flight first: none is lost
+/// or repeated, and the latency is announced again.
+#[test]
+fn live_t_index_list_change_keeps_every_frame() {
+    for (from, to) in [("20,35", "10,25,40"), ("10,25,40", "30"), ("30", "20,35")] {
+        let p = AppPipeline::new(&format!("t-index-list={from} batch-size=2"), "");
+        let i2i = p.i2i.clone();
+        p.pipeline.set_state(gst::State::Playing).unwrap();
+        for i in 0..8 {
+            p.push(i);
+        }
+        p.wait_samples(2);
+        i2i.set_property("t-index-list", to);
+        for i in 8..13 {
+            p.push(i);
+        }
+        let run = p.finish();
+        let offsets: Vec<u64> = run
+            .samples
+            .iter()
+            .map(|s| s.buffer().unwrap().offset())
+            .collect();
+        assert_eq!(offsets, (0..13).collect::<Vec<_>>(), "{from} -> {to}");
+        let applied = run.applied();
+        assert_eq!(applied.len(), 1, "{applied:?}");
+        assert_eq!(applied[0].get::<&str>("t-index-list").unwrap(), to);
+        assert!(
+            run.messages
+                .iter()
+                .any(|m| m.type_() == gst::MessageType::Latency),
+            "no LATENCY message"
+        );
+    }
+}
