@@ -664,6 +664,13 @@ fn jpeg_decode_cost(jpegs: &[gst::Buffer], caps: &gst::Caps) -> Result<Duration,
     Ok(took / jpegs.len() as u32)
 }
 
+/// The machine's load average, to judge how much other processes disturbed the rounds.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("i2i-bench: {e}");
@@ -683,7 +690,7 @@ fn run() -> Result<(), String> {
         ));
     }
     println!(
-        "i2i-bench: {} at {}x{}, t-index-list {} (n = {}), cfg {}, batch {}, {} ONNX Runtime threads, {} frames ({} warm-up), CPU, {} cores",
+        "i2i-bench: {} at {}x{}, t-index-list {} (n = {}), cfg {}, batch {}, {} ONNX Runtime threads, {} frames ({} warm-up), CPU, {} cores, load average {}",
         a.model.display(),
         a.width,
         a.height,
@@ -694,7 +701,8 @@ fn run() -> Result<(), String> {
         a.threads,
         a.frames,
         a.warmup,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average()
     );
 
     let frames: Vec<Vec<u8>> = (0..a.frames)
@@ -746,6 +754,11 @@ fn run() -> Result<(), String> {
     jpeg_elements.sort_by_key(|e| e.per_frame);
     let (bare, engine, element, element_jpeg) =
         (&bares[0], &engines[0], &elements[0], &jpeg_elements[0]);
+
+    println!(
+        "  load average (1, 5, 15 min) after the rounds: {}",
+        load_average()
+    );
 
     let limit = bare.per_frame;
     let row = |name: &str, d: Duration| {
