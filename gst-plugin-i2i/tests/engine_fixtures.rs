@@ -126,7 +126,7 @@ fn scheduler_constants_equal_diffusers() {
                 c.beta,
                 col("beta")[i]
             );
-            let close = |a: f32, b: f64| ((a as f64 - b).abs() <= 1e-7 * b.abs().max(1e-30));
+            let close = |a: f32, b: f64| (a as f64 - b).abs() <= 1e-7 * b.abs().max(1e-30);
             assert!(
                 close(c.c_skip, col("c_skip")[i]),
                 "{ctx} c_skip {} vs {}",

@@ -509,3 +509,11 @@ fn live_changes_apply_to_new_frames() {
         assert!(max_abs(&o.pixels, &r.pixels) <= 1e-6, "frame {}", o.tag);
     }
 }
+
+#[test]
+fn engine_moves_between_threads_and_errors_are_shareable() {
+    fn send<T: Send>() {}
+    fn share<T: Send + Sync + Clone + std::error::Error>() {}
+    send::<Engine>();
+    share::<gsti2i::diffusion::EngineError>();
+}

@@ -6,11 +6,11 @@ math runs on it unchanged and its output reacts visibly:
 - VAE (AutoencoderKL-style config, scaling_factor 0.5): the encoder pools each 8x8 block to a latent of
   luma, two chroma channels and the block's luma contrast; the decoder upsamples (bilinear, in two stages) and renders it
   with a soft posterised, cel-shaded look.
-- Text encoder (E = 768): each token has 16 handcrafted features (a shadow and a highlight colour in latent
-  space, a weight); colour and mood words (red, blue, gold, neon, sunset, forest, ocean, ...) carry strong
+- Text encoder (E = 768): each token has 16 handcrafted features (a three-stop palette in latent space,
+  a weight); colour and mood words (red, blue, gold, neon, sunset, forest, ocean, ...) carry strong
   palettes, every other word a colour from a hash of its token id, stop words nothing.
 - UNet (sample, int64 timestep, encoder_hidden_states): estimates the clean latent from the noisy one
-  (denoising by a blur whose weight follows the noise level of the timestep), gradient-maps it to the
+  (edge-preserving denoising whose strength follows the noise level of the timestep), gradient-maps it to the
   prompt's palette with an amount that grows with the noise level (strength), and returns the implied
   noise eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t). The seed's noise survives as colour texture.
 """
@@ -31,68 +31,80 @@ NF = 16  # handcrafted feature dims at the start of each hidden state
 SCALING_FACTOR = 0.5
 # Scaled latents hold [3 Y, 3 Cb, 3 Cr, 3 D] (Y, Cb, Cr of x in [-1, 1]; D = luma contrast of the block).
 LAT_GAIN = 6.0
-F_W = 6  # weight feature
+F_W = 9  # weight feature
 INK_GAIN = 2.5
 SHARPEN = 0.5
 CONTRAST = 1.12
+TINT = 0.5  # largest share of the palette per step
+GUIDED_EPS = 0.5
+SATURATION = 1.15
+BANDS = 5
 
 # YCbCr (BT.601) of RGB in [-1, 1].
 RGB2YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 YCC2RGB = np.linalg.inv(RGB2YCC)
 
-# Shadow and highlight colours (sRGB 0..255) of colour and mood words.
+def _stops(mid, shadow=None, highlight=None):
+    """Shadow, mid and highlight colours (sRGB 0..255) of a three-stop gradient map."""
+    m = np.asarray(mid, dtype=np.float64)
+    sh = m * 0.22 if shadow is None else np.asarray(shadow, dtype=np.float64)
+    hl = m + (255.0 - m) * 0.72 if highlight is None else np.asarray(highlight, dtype=np.float64)
+    return sh, m, hl
+
+
+# Colour and mood words.
 PALETTES = {
-    "red": ((90, 0, 15), (255, 95, 75)),
-    "crimson": ((70, 0, 20), (240, 60, 80)),
-    "blue": ((0, 20, 85), (110, 175, 255)),
-    "green": ((0, 50, 15), (150, 235, 110)),
-    "gold": ((90, 50, 0), (255, 215, 95)),
-    "golden": ((90, 50, 0), (255, 215, 95)),
-    "yellow": ((100, 80, 0), (255, 245, 120)),
-    "orange": ((110, 30, 0), (255, 175, 60)),
-    "purple": ((40, 0, 75), (205, 135, 255)),
-    "violet": ((45, 0, 80), (215, 150, 255)),
-    "pink": ((110, 20, 65), (255, 175, 215)),
-    "magenta": ((90, 0, 80), (255, 110, 240)),
-    "cyan": ((0, 60, 80), (130, 250, 255)),
-    "teal": ((0, 55, 60), (110, 230, 210)),
-    "turquoise": ((0, 70, 80), (120, 240, 225)),
-    "brown": ((50, 25, 5), (210, 160, 110)),
-    "silver": ((60, 65, 75), (235, 240, 250)),
-    "neon": ((110, 0, 150), (20, 255, 235)),
-    "cyberpunk": ((90, 0, 130), (0, 235, 255)),
-    "vaporwave": ((80, 20, 140), (255, 150, 220)),
-    "synthwave": ((60, 0, 110), (255, 100, 200)),
-    "sunset": ((90, 15, 85), (255, 170, 65)),
-    "sunrise": ((110, 50, 90), (255, 210, 130)),
-    "forest": ((10, 45, 15), (175, 225, 120)),
-    "jungle": ((0, 50, 20), (160, 240, 90)),
-    "ocean": ((0, 30, 75), (95, 225, 235)),
-    "sea": ((0, 35, 80), (110, 215, 235)),
-    "underwater": ((0, 30, 60), (80, 230, 200)),
-    "fire": ((85, 0, 0), (255, 225, 90)),
-    "lava": ((60, 0, 0), (255, 140, 30)),
-    "ice": ((35, 65, 120), (235, 248, 255)),
-    "snow": ((70, 90, 130), (250, 252, 255)),
-    "winter": ((40, 60, 110), (230, 240, 255)),
-    "night": ((5, 5, 40), (110, 130, 210)),
-    "midnight": ((0, 0, 30), (80, 90, 180)),
-    "desert": ((110, 60, 20), (250, 220, 160)),
-    "autumn": ((80, 20, 0), (250, 185, 60)),
-    "spring": ((40, 95, 45), (255, 210, 230)),
-    "summer": ((30, 90, 120), (255, 235, 130)),
-    "sepia": ((60, 35, 15), (240, 220, 180)),
-    "vintage": ((70, 45, 30), (240, 225, 190)),
-    "pastel": ((150, 130, 175), (255, 238, 242)),
-    "monochrome": ((15, 15, 15), (240, 240, 240)),
-    "grayscale": ((15, 15, 15), (240, 240, 240)),
-    "noir": ((0, 0, 0), (215, 215, 215)),
-    "matrix": ((0, 15, 0), (120, 255, 120)),
-    "candy": ((150, 40, 110), (255, 200, 235)),
-    "toxic": ((30, 60, 0), (200, 255, 40)),
-    "dark": ((0, 0, 5), (100, 100, 115)),
-    "bright": ((110, 110, 120), (255, 255, 250)),
-    "rainbow": ((120, 0, 160), (255, 235, 60)),
+    "red": _stops((225, 30, 35)),
+    "crimson": _stops((190, 15, 50)),
+    "blue": _stops((35, 90, 230)),
+    "green": _stops((40, 180, 60)),
+    "gold": _stops((230, 170, 30), (70, 40, 0), (255, 245, 190)),
+    "golden": _stops((230, 170, 30), (70, 40, 0), (255, 245, 190)),
+    "yellow": _stops((240, 215, 30)),
+    "orange": _stops((245, 130, 20)),
+    "purple": _stops((140, 50, 200)),
+    "violet": _stops((150, 70, 220)),
+    "pink": _stops((245, 110, 170)),
+    "magenta": _stops((220, 30, 200)),
+    "cyan": _stops((20, 200, 230)),
+    "teal": _stops((0, 150, 140)),
+    "turquoise": _stops((40, 210, 200)),
+    "brown": _stops((140, 85, 40)),
+    "silver": _stops((165, 170, 180), (30, 32, 40), (250, 250, 255)),
+    "neon": _stops((230, 0, 210), (25, 0, 60), (0, 255, 235)),
+    "cyberpunk": _stops((200, 0, 220), (15, 0, 50), (0, 240, 255)),
+    "vaporwave": _stops((190, 90, 230), (40, 10, 90), (120, 250, 255)),
+    "synthwave": _stops((240, 40, 160), (30, 0, 70), (255, 200, 90)),
+    "sunset": _stops((235, 90, 60), (50, 10, 70), (255, 215, 120)),
+    "sunrise": _stops((245, 140, 110), (70, 40, 90), (255, 235, 170)),
+    "forest": _stops((60, 140, 50), (8, 30, 12), (215, 240, 160)),
+    "jungle": _stops((40, 160, 40), (0, 35, 15), (210, 255, 120)),
+    "ocean": _stops((20, 120, 190), (0, 20, 60), (170, 245, 245)),
+    "sea": _stops((30, 130, 190), (0, 25, 65), (180, 240, 250)),
+    "underwater": _stops((0, 140, 150), (0, 20, 45), (150, 255, 220)),
+    "fire": _stops((240, 90, 10), (60, 0, 0), (255, 240, 120)),
+    "lava": _stops((220, 50, 0), (30, 0, 0), (255, 200, 60)),
+    "ice": _stops((140, 190, 240), (20, 40, 90), (245, 250, 255)),
+    "snow": _stops((190, 205, 230), (50, 65, 100), (255, 255, 255)),
+    "winter": _stops((150, 175, 220), (25, 40, 80), (245, 250, 255)),
+    "night": _stops((40, 50, 130), (0, 0, 20), (160, 180, 240)),
+    "midnight": _stops((25, 30, 100), (0, 0, 10), (120, 140, 220)),
+    "desert": _stops((215, 150, 80), (80, 40, 15), (255, 240, 200)),
+    "autumn": _stops((210, 100, 20), (60, 15, 0), (255, 220, 120)),
+    "spring": _stops((150, 210, 120), (30, 70, 40), (255, 225, 240)),
+    "summer": _stops((80, 190, 220), (20, 60, 80), (255, 245, 160)),
+    "sepia": _stops((160, 110, 70), (40, 22, 10), (250, 235, 200)),
+    "vintage": _stops((170, 130, 100), (50, 35, 30), (245, 230, 200)),
+    "pastel": _stops((230, 180, 220), (120, 110, 150), (255, 245, 235)),
+    "monochrome": _stops((128, 128, 128), (10, 10, 10), (250, 250, 250)),
+    "grayscale": _stops((128, 128, 128), (10, 10, 10), (250, 250, 250)),
+    "noir": _stops((90, 90, 90), (0, 0, 0), (235, 235, 235)),
+    "matrix": _stops((20, 180, 40), (0, 10, 0), (170, 255, 170)),
+    "candy": _stops((250, 120, 190), (120, 30, 100), (255, 235, 245)),
+    "toxic": _stops((150, 230, 0), (20, 40, 0), (240, 255, 150)),
+    "dark": _stops((50, 50, 60), (0, 0, 0), (140, 140, 150)),
+    "bright": _stops((210, 210, 200), (110, 110, 120), (255, 255, 250)),
+    "rainbow": _stops((60, 200, 90), (110, 0, 170), (255, 230, 50)),
 }
 STRONG_WEIGHT = 4.0
 
@@ -117,31 +129,34 @@ def _hash01(i: int, salt: int) -> float:
     return (z >> 11) / float(1 << 53)
 
 
+def _palette_features(sh, mid, hl) -> np.ndarray:
+    """Latent-space control points of the quadratic curve through sh (luma 0), mid (0.5) and hl (1)."""
+    s, m, h = (_rgb_to_lat(c) for c in (sh, mid, hl))
+    return np.concatenate([s, 2.0 * m - 0.5 * (s + h), h])
+
+
 def token_features(vocab: list[str]) -> np.ndarray:
-    """[49408, 16]: shadow (3), highlight (3) in scaled latent YCbCr, weight, then hash features."""
+    """[49408, 16]: a three-stop palette (shadow, mid control, highlight) in scaled latent YCbCr, the
+    token's weight, then small hash values."""
     feats = np.zeros((len(vocab), NF), dtype=np.float64)
     for i, tok in enumerate(vocab):
         if i in (BOS_ID, EOS_ID):
             continue
         word = tok[:-4] if tok.endswith("</w>") else tok
-        for k in range(7, NF):  # free dims: hash values, small
+        for k in range(F_W + 1, NF):  # free dims: hash values, small
             feats[i, k] = (_hash01(i, k) - 0.5) * 0.2
         if not word.isalpha() or len(word) < 2 or not word.isascii():
             continue
         if word in STOP_WORDS:
             continue
         if tok.endswith("</w>") and word in PALETTES:
-            sh, hl = PALETTES[word]
-            feats[i, 0:3] = _rgb_to_lat(sh)
-            feats[i, 3:6] = _rgb_to_lat(hl)
+            feats[i, 0:9] = _palette_features(*PALETTES[word])
             feats[i, F_W] = STRONG_WEIGHT
             continue
         hue = _hash01(i, 1)
-        sat = 0.45 + 0.35 * _hash01(i, 2)
-        sh = colorsys.hls_to_rgb(hue, 0.16, sat)
-        hl = colorsys.hls_to_rgb((hue + 0.08 * (_hash01(i, 3) - 0.5)) % 1.0, 0.80, sat)
-        feats[i, 0:3] = _rgb_to_lat(np.array(sh) * 255)
-        feats[i, 3:6] = _rgb_to_lat(np.array(hl) * 255)
+        sat = 0.45 + 0.4 * _hash01(i, 2)
+        mid = np.array(colorsys.hls_to_rgb(hue, 0.5, sat)) * 255
+        feats[i, 0:9] = _palette_features(*_stops(mid))
         feats[i, F_W] = 1.0
     return feats.astype(np.float32)
 
@@ -191,6 +206,12 @@ def _smoothstep(g: Graph, x):
     return g.mul(g.mul(x, x), g.sub(g.const(3.0), g.mul(x, g.const(2.0))))
 
 
+def _bezier(g: Graph, p0, p1, p2, u):
+    """Quadratic Bezier (1-u)^2 p0 + 2u(1-u) p1 + u^2 p2."""
+    v = g.sub(g.const(1.0), u)
+    return g.add(g.add(g.mul(g.mul(v, v), p0), g.mul(g.mul(g.mul(u, v), g.const(2.0)), p1)), g.mul(g.mul(u, u), p2))
+
+
 def alphas_cumprod() -> np.ndarray:
     betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
     return np.cumprod(1.0 - betas)
@@ -208,14 +229,23 @@ def unet() -> Graph:
                          g.i64([-1, 1, 1, 1])])
     r = g.div(b, a)  # noise level of x / a
     y = g.div(x, a)
-    # Denoise by bands: a wide blur for chroma and the noisy regime, a narrow one for luma detail,
-    # the residual only when the noise is low. Weights follow the noise level r.
+    # Denoise: chroma (smooth in pictures) by a wide blur; luma and contrast by a guided filter of the
+    # slightly blurred latent by itself (edge-preserving, its eps follows the noise level), plus the
+    # residual detail only when the noise is low.
     lo = _blur(g, y, 4, 1.0, 2)
     wide = _blur(g, y, 4, 2.5, 5)
     r2 = g.mul(r, r)
-    w_mid = g.op("Reciprocal", [g.add(g.const(1.0), g.mul(r2, g.const(1 / 0.6 ** 2)))])
+
+    def box(v):
+        return g.op("AveragePool", [v], kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2], count_include_pad=0)
+
+    m = box(lo)
+    var = g.sub(box(g.mul(lo, lo)), g.mul(m, m))
+    ga = g.div(var, g.add(var, g.add(g.mul(r2, g.const(GUIDED_EPS)), g.const(1e-3))))
+    gb = g.sub(m, g.mul(ga, m))
+    base = g.add(g.mul(box(ga), lo), box(gb))
     w_hi = g.op("Reciprocal", [g.add(g.const(1.0), g.mul(r2, g.const(1 / 0.25 ** 2)))])
-    luma = g.add(wide, g.add(g.mul(w_mid, g.sub(lo, wide)), g.mul(w_hi, g.sub(y, lo))))
+    luma = g.add(base, g.mul(w_hi, g.sub(y, lo)))
     den = g.op("Concat", [_chan(g, luma, 0, 1), _chan(g, wide, 1, 3), _chan(g, luma, 3, 4)], axis=1)
     # Prompt palette: weighted mean of the token features.
     f = g.op("Slice", [ehs, g.i64([0]), g.i64([NF]), g.i64([2])])  # [B,S,16]
@@ -223,21 +253,21 @@ def unet() -> Graph:
     sw = g.op("ReduceSum", [w, g.i64([1])], keepdims=1)  # [B,1,1]
     pal = g.div(g.op("ReduceSum", [g.mul(f, w), g.i64([1])], keepdims=1), g.add(sw, g.const(1e-6)))
     presence = g.div(sw, g.add(sw, g.const(0.5)))  # 0 for an empty prompt
-    sh = g.op("Reshape", [g.op("Slice", [pal, g.i64([0]), g.i64([3]), g.i64([2])]), g.i64([-1, 3, 1, 1])])
-    hl = g.op("Reshape", [g.op("Slice", [pal, g.i64([3]), g.i64([6]), g.i64([2])]), g.i64([-1, 3, 1, 1])])
+    sh, mc, hl = (g.op("Reshape", [g.op("Slice", [pal, g.i64([k]), g.i64([k + 3]), g.i64([2])]),
+                                   g.i64([-1, 3, 1, 1])]) for k in (0, 3, 6))
     presence = g.op("Reshape", [presence, g.i64([-1, 1, 1, 1])])
     # Gradient map of the denoised luma onto the palette.
     den3 = _chan(g, den, 0, 3)
     yn = g.op("Clip", [g.add(g.mul(_chan(g, den, 0, 1), g.const(0.5 / LAT_GAIN)), g.const(0.5)), g.const(0.0),
                        g.const(1.0)])
-    mapped = g.add(sh, g.mul(g.sub(hl, sh), _smoothstep(g, yn)))
-    tau = g.mul(presence, g.mul(g.const(0.62), g.sub(g.const(1.0), g.op("Exp", [g.mul(r, g.const(-2.0))]))))
+    mapped = _bezier(g, sh, mc, hl, yn)
+    tau = g.mul(presence, g.mul(g.const(TINT), g.sub(g.const(1.0), g.op("Exp", [g.mul(r, g.const(-2.0))]))))
     styled = g.add(den3, g.mul(tau, g.sub(mapped, den3)))
     # Far from the data (large noise) the estimate leans on the prompt: the palette over a normalised
     # low-pass of the noisy latent.
     norm = g.op("Reciprocal", [g.add(g.const(1.0), g.mul(r, g.const(0.12)))])
     yg = g.sigmoid(g.mul(g.mul(_chan(g, wide, 0, 1), norm), g.const(2.4 / LAT_GAIN)))
-    gen_pal = g.add(sh, g.mul(g.sub(hl, sh), _smoothstep(g, yg)))
+    gen_pal = _bezier(g, sh, mc, hl, yg)
     gen_neutral = g.op("Concat", [g.mul(g.sub(g.mul(yg, g.const(2.0)), g.const(1.0)), g.const(0.7 * LAT_GAIN)),
                                   g.mul(_chan(g, wide, 1, 3), norm)], axis=1)
     gen = g.add(gen_neutral, g.mul(presence, g.sub(gen_pal, gen_neutral)))
@@ -278,22 +308,26 @@ def vae_decoder() -> Graph:
     gxy = g.conv(ypad, sobel / 8.0, None, pad=0, base="sobel")
     edge = g.op("Sqrt", [g.op("ReduceSum", [g.mul(gxy, gxy), g.i64([1])], keepdims=1)])
     ink = g.op("Clip", [g.mul(g.sub(edge, g.const(0.05)), g.const(INK_GAIN)), g.const(0.0), g.const(1.0)])
+    # The chroma's share of R, G, B, computed at latent resolution (YCbCr -> RGB is Y + M [Cb, Cr]).
+    crgb = g.conv(_chan(g, ycc, 1, 3), YCC2RGB[:, 1:3, None, None] * SATURATION, None, pad=0, base="c2rgb")
+    planes = g.op("Concat", [yl, ink, crgb], axis=1)
     # Two bilinear stages (x2 then x4): smoother than one x8 and far cheaper than cubic.
-    up = g.op("Resize", [g.op("Concat", [ycc, ink], axis=1), "", g.const([1, 1, 2, 2], np.float32)],
-              mode="linear", coordinate_transformation_mode="half_pixel")
+    up = g.op("Resize", [planes, "", g.const([1, 1, 2, 2], np.float32)], mode="linear",
+              coordinate_transformation_mode="half_pixel")
     up = g.op("Resize", [up, "", g.const([1, 1, 4, 4], np.float32)], mode="linear",
               coordinate_transformation_mode="half_pixel")
-    # Soft posterisation of the luma (5 bands), half blended with the smooth luma.
+    # Soft posterisation of the luma into 5 bands (a smooth staircase applied twice), blended with the
+    # smooth luma, then darkened towards black on the ink.
     yl = g.mul(_chan(g, up, 0, 1), g.const(CONTRAST))
-    yn = g.mul(g.add(yl, g.const(1.0)), g.const(0.5 * 5))
-    steps = g.op("Sigmoid", [g.mul(g.sub(yn, g.const(np.array([1, 2, 3, 4], np.float32)[None, :, None, None])),
-                                   g.const(10.0))])
-    q = g.op("ReduceSum", [steps, g.i64([1])], keepdims=1)  # 0..4
-    yq = g.sub(g.mul(q, g.const(2.0 / 4.0)), g.const(1.0))
+    u = g.mul(g.add(yl, g.const(1.0)), g.const(0.5 * BANDS))
+
+    def stair(v):
+        return g.sub(v, g.mul(g.op("Sin", [g.mul(v, g.const(2 * np.pi))]), g.const(1 / (2 * np.pi))))
+
+    yq = g.sub(g.mul(stair(stair(u)), g.const(2.0 / BANDS)), g.const(1.0))
     ymix = g.add(g.mul(yl, g.const(0.45)), g.mul(yq, g.const(0.55)))
-    ymix = g.sub(ymix, g.mul(_chan(g, up, 3, 4), g.add(ymix, g.const(1.0))))  # darken towards black on ink
-    chroma = g.mul(_chan(g, up, 1, 3), g.const(1.15))
-    rgb = g.conv(g.op("Concat", [ymix, chroma], axis=1), YCC2RGB[:, :, None, None], None, pad=0, base="ycc2rgb")
+    ymix = g.sub(ymix, g.mul(_chan(g, up, 1, 2), g.add(ymix, g.const(1.0))))
+    rgb = g.add(ymix, _chan(g, up, 2, 5))
     g.output(rgb, "sample", TensorProto.FLOAT, ["batch_size", 3, "height", "width"])
     return g
 

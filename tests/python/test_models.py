@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts"))  # make_models, i2i_models
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 
 import i2i_noise  # noqa: E402
@@ -355,3 +355,80 @@ def test_reference_errors_are_reported(models, tmp_path):
     assert r.returncode != 0 and "t-index" in r.stderr
     r = run_ref(models / "tiny-sd15", tmp_path / "empty", tmp_path / "o")
     assert r.returncode != 0 and "no frame_000.rgb" in r.stderr
+
+
+# ---------------------------------------------------------------- demo model
+
+def demo_signatures_ok(models):
+    d = models / "demo"
+    exp = {
+        "text_encoder": ([("input_ids", "tensor(int64)", 2)],
+                         [("last_hidden_state", "tensor(float)", 3), ("pooler_output", "tensor(float)", 2)]),
+        "unet": ([("sample", "tensor(float)", 4), ("timestep", "tensor(int64)", 1),
+                  ("encoder_hidden_states", "tensor(float)", 3)], [("out_sample", "tensor(float)", 4)]),
+        "vae_encoder": ([("sample", "tensor(float)", 4)], [("latent_sample", "tensor(float)", 4)]),
+        "vae_decoder": ([("latent_sample", "tensor(float)", 4)], [("sample", "tensor(float)", 4)]),
+    }
+    for comp, e in exp.items():
+        assert sig(session(d / comp / "model.onnx")) == e, comp
+    te = session(d / "text_encoder" / "model.onnx")
+    assert te.get_outputs()[0].shape[2] == 768
+    assert json.loads((d / "vae_decoder" / "config.json").read_text())["scaling_factor"] == 0.5
+
+
+def test_demo_signatures(models):
+    demo_signatures_ok(models)
+
+
+def _demo_run(models, tmp_path, tag, w, h, *args):
+    from i2i_models.testpicture import landscape
+
+    inp = tmp_path / "demo_in"
+    if not inp.exists():
+        inp.mkdir()
+        landscape(w, h).tofile(inp / "frame_000.rgb")
+    r = run_ref(models / "demo", inp, tmp_path / tag, *args, w=w, h=h)
+    assert r.returncode == 0, r.stderr
+    return read_out(tmp_path / tag, 0, w, h)
+
+
+def test_demo_reacts_to_prompt_seed_and_strength(models, tmp_path):
+    from i2i_models.testpicture import landscape
+
+    w, h = 160, 128  # any multiple of 8
+    src = landscape(w, h).astype(np.float32).transpose(2, 0, 1) / 255.0
+    run = lambda tag, *a: _demo_run(models, tmp_path, tag, w, h, "--seed", "2", *a)  # noqa: E731
+    red, blue = run("red", "--prompt", "a red car"), run("blue", "--prompt", "a blue house")
+    assert float(red[0].mean() - red[2].mean()) > 0.15  # red dominates blue
+    assert float(blue[2].mean() - blue[0].mean()) > 0.15
+    gold, empty = run("gold", "--prompt", "gold"), run("empty", "--prompt", "")
+    assert float(np.abs(gold - empty).mean()) > 0.05
+    other = run("other", "--prompt", "a castle")  # no colour word: a hash colour, still a change
+    assert float(np.abs(other - empty).mean()) > 0.01
+    seed3 = _demo_run(models, tmp_path, "seed3", w, h, "--seed", "3", "--prompt", "a red car")
+    assert 0.005 < float(np.abs(seed3 - red).mean()) < 0.2
+    weak = run("weak", "--prompt", "a red car", "--t-index-list", "45")
+    strong = run("strong", "--prompt", "a red car", "--t-index-list", "20,45")
+    dist = [float(np.abs(o - src).mean()) for o in (weak, red, strong)]
+    assert dist[0] < dist[1] < dist[2], dist  # more strength, further from the input
+    for o in (red, blue, gold, empty, weak, strong):
+        assert float(((o <= 0) | (o >= 1)).mean()) < 0.2  # saturated colours clip one channel at most
+
+
+def test_demo_batches_and_sizes(models):
+    d = models / "demo"
+    enc, un, dec = (session(d / c / "model.onnx") for c in ("vae_encoder", "unet", "vae_decoder"))
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 72, 96)).astype(np.float32)
+    z = enc.run(None, {"sample": x})[0]
+    assert z.shape == (3, 4, 9, 12)
+    ehs = np.zeros((3, 77, 768), np.float32)
+    eps = un.run(None, {"sample": z * 0.5, "timestep": np.array([999, 359, 99], np.int64),
+                        "encoder_hidden_states": ehs})[0]
+    assert eps.shape == z.shape and np.isfinite(eps).all()
+    one = un.run(None, {"sample": z[1:2] * 0.5, "timestep": np.array([359], np.int64),
+                        "encoder_hidden_states": ehs[:1]})[0]
+    np.testing.assert_allclose(eps[1:2], one, atol=1e-5)  # batch rows are independent
+    y = dec.run(None, {"latent_sample": z})[0]
+    assert y.shape == (3, 3, 72, 96) and np.isfinite(y).all()
+    # Encode then decode keeps the picture roughly (a pooled, stylised copy).
+    assert float(np.abs(np.clip(y, -1, 1) - x).mean()) < 0.7

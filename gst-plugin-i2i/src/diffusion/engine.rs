@@ -23,6 +23,28 @@ fn emb(shape: [usize; 3], data: Vec<f32>) -> Arc<Emb> {
     })
 }
 
+/// `v / 255 * 2 - 1` in float32 for every byte (the same bits as numpy's).
+const NORMALISE: [f32; 256] = {
+    let mut t = [0.0f32; 256];
+    let mut v = 0;
+    while v < 256 {
+        t[v] = (v as f32 / 255.0) * 2.0 - 1.0;
+        v += 1;
+    }
+    t
+};
+
+/// Packed RGB8 to planar normalised float32 (a table beats arithmetic here: the
+/// stride-3 loads do not vectorise).
+fn preprocess(rgb: &[u8], r: &mut [f32], g: &mut [f32], b: &mut [f32]) {
+    let t = &NORMALISE;
+    for (((px, r), g), b) in rgb.chunks_exact(3).zip(r).zip(g).zip(b) {
+        *r = t[px[0] as usize];
+        *g = t[px[1] as usize];
+        *b = t[px[2] as usize];
+    }
+}
+
 /// Whether guidance is active and which negative it needs.
 fn effective_cfg(p: &StreamParams) -> CfgType {
     if p.guidance_scale > 1.0 {
@@ -53,7 +75,6 @@ pub struct Engine {
     timings: Timings,
     images: Vec<f32>,
     latents: Vec<f32>,
-    norm: [f32; 256],
 }
 
 impl std::fmt::Debug for Engine {
@@ -78,7 +99,8 @@ impl Engine {
                 n,
                 opts.batch_size.max(1),
             ),
-            max_unet_rows(n, opts.batch_size.max(1)),
+            // Room for live changes up to 4 steps (TensorRT profiles are fixed at load).
+            max_unet_rows(n.max(4), opts.batch_size.max(1)),
         );
         let t0 = Instant::now();
         let (model, cond_data, cond_shape) = Model::load(opts, rows, &params.prompt)?;
@@ -89,10 +111,6 @@ impl Engine {
         let (lh, lw) = (opts.height as usize / 8, opts.width as usize / 8);
         let noise = Arc::new(noise::init_noise(params.seed, steps.len(), lh, lw));
         let cond = emb(cond_shape, cond_data);
-        let mut norm = [0.0f32; 256];
-        for (v, o) in norm.iter_mut().enumerate() {
-            *o = (v as f32 / 255.0) * 2.0 - 1.0;
-        }
         let mut engine = Engine {
             opts: opts.clone(),
             params: params.clone(),
@@ -115,7 +133,6 @@ impl Engine {
             timings: Timings::default(),
             images: Vec::new(),
             latents: Vec::new(),
-            norm,
         };
         engine.timings.text += text_time;
         engine.timings.text_calls += 1;
@@ -267,11 +284,7 @@ impl Engine {
             let dst = &mut self.images[row * img..(row + 1) * img];
             let (r, rest) = dst.split_at_mut(plane);
             let (g, b) = rest.split_at_mut(plane);
-            for (k, px) in f.rgb.chunks_exact(3).enumerate() {
-                r[k] = self.norm[px[0] as usize];
-                g[k] = self.norm[px[1] as usize];
-                b[k] = self.norm[px[2] as usize];
-            }
+            preprocess(&f.rgb, r, g, b);
             // The filter processes the first frame it sees (its reference), so a skipped
             // frame always has a processed frame before it to repeat.
             let skip = filter_on

@@ -17,6 +17,7 @@ mod engine;
 mod error;
 pub mod model;
 pub mod noise;
+pub mod onnx_proto;
 pub mod runtime;
 pub mod scheduler;
 pub mod stream;

@@ -119,6 +119,7 @@ pub struct Graph {
     scratch_f32: Vec<Vec<f32>>,
     scratch_i64: Vec<Vec<i64>>,
     scratch_i32: Vec<Vec<i32>>,
+    scratch_out: Vec<f32>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -172,6 +173,7 @@ impl Graph {
             scratch_f32: Vec::new(),
             scratch_i64: Vec::new(),
             scratch_i32: Vec::new(),
+            scratch_out: Vec::new(),
         })
     }
 
@@ -240,6 +242,21 @@ impl Graph {
         output: &str,
         out: &mut Vec<f32>,
     ) -> Result<Vec<i64>, EngineError> {
+        self.run_with(feeds, output, |shape, data| {
+            out.clear();
+            out.extend_from_slice(data);
+            shape.to_vec()
+        })
+    }
+
+    /// Like [`Graph::run`], but hands the output (shape, float32 data) to `f` without
+    /// copying it first (float16 outputs are converted into a reused buffer).
+    pub fn run_with<R>(
+        &mut self,
+        feeds: &[(&str, &[i64], Feed<'_>)],
+        output: &str,
+        f: impl FnOnce(&[i64], &[f32]) -> R,
+    ) -> Result<R, EngineError> {
         let Graph {
             file,
             session,
@@ -248,6 +265,7 @@ impl Graph {
             scratch_f32,
             scratch_i64,
             scratch_i32,
+            scratch_out,
             ..
         } = self;
         let n = feeds.len();
@@ -340,24 +358,21 @@ impl Graph {
         match ty {
             Some(TensorElementType::Float32) => {
                 let (_, d) = value.try_extract_tensor::<f32>().map_err(ort_err)?;
-                out.clear();
-                out.extend_from_slice(d);
+                Ok(f(&shape, d))
             }
             Some(TensorElementType::Float16) => {
                 let (_, d) = value.try_extract_tensor::<f16>().map_err(ort_err)?;
-                out.resize(d.len(), 0.0);
-                d.convert_to_f32_slice(out);
+                scratch_out.resize(d.len(), 0.0);
+                d.convert_to_f32_slice(scratch_out);
+                Ok(f(&shape, scratch_out))
             }
-            other => {
-                return Err(EngineError::tensor(
-                    file,
-                    output,
-                    "a float32 or float16 output",
-                    format!("{other:?}"),
-                ));
-            }
+            other => Err(EngineError::tensor(
+                file,
+                output,
+                "a float32 or float16 output",
+                format!("{other:?}"),
+            )),
         }
-        Ok(shape)
     }
 }
 
@@ -470,7 +485,6 @@ pub struct Unet {
     sample_buf: Vec<f32>,
     hidden_buf: Vec<f32>,
     time_buf: Vec<f32>,
-    out_buf: Vec<f32>,
 }
 
 impl Unet {
@@ -549,7 +563,6 @@ impl Unet {
             sample_buf: Vec::new(),
             hidden_buf: Vec::new(),
             time_buf: Vec::new(),
-            out_buf: Vec::new(),
         })
     }
 
@@ -627,17 +640,23 @@ impl Unet {
                     ("timestep", t_shape, Feed::F32(t_data)),
                     ("encoder_hidden_states", &h_shape[..], Feed::F32(h_in)),
                 ];
-                let shape = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
+                let dst = &mut out[r0 * lat..r1 * lat];
+                let ok = self.graph.run_with(&feeds, &self.output, |shape, eps| {
+                    if shape != s_shape {
+                        return Err(shape_str(shape));
+                    }
+                    dst.copy_from_slice(&eps[..n * lat]);
+                    Ok(())
+                })?;
                 calls += 1;
-                if shape != s_shape {
+                if let Err(found) = ok {
                     return Err(EngineError::tensor(
                         &self.graph.file,
                         &self.output,
                         shape_str(&s_shape),
-                        shape_str(&shape),
+                        found,
                     ));
                 }
-                out[r0 * lat..r1 * lat].copy_from_slice(&self.out_buf[..n * lat]);
                 r0 = r1;
             }
         }
@@ -847,7 +866,6 @@ pub struct VaeDecoder {
     height: usize,
     width: usize,
     in_buf: Vec<f32>,
-    out_buf: Vec<f32>,
 }
 
 impl VaeDecoder {
@@ -880,7 +898,6 @@ impl VaeDecoder {
             height: h,
             width: w,
             in_buf: Vec::new(),
-            out_buf: Vec::new(),
         })
     }
 
@@ -915,19 +932,25 @@ impl VaeDecoder {
             };
             let shape = [b as i64, 4, lh as i64, lw as i64];
             let feeds = [("latent_sample", &shape[..], Feed::F32(data))];
-            let s = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
-            calls += 1;
             let want = [b as i64, 3, self.height as i64, self.width as i64];
-            if s != want {
+            // The decoded images go to `sink` straight from ONNX Runtime's output.
+            let ok = self.graph.run_with(&feeds, &self.output, |s, y| {
+                if s != want {
+                    return Err(shape_str(s));
+                }
+                for i in 0..n {
+                    sink(r0 + i, &y[i * img..(i + 1) * img]);
+                }
+                Ok(())
+            })?;
+            calls += 1;
+            if let Err(found) = ok {
                 return Err(EngineError::tensor(
                     &self.graph.file,
                     &self.output,
                     shape_str(&want),
-                    shape_str(&s),
+                    found,
                 ));
-            }
-            for i in 0..n {
-                sink(r0 + i, &self.out_buf[i * img..(i + 1) * img]);
             }
             r0 = r1;
         }
@@ -1073,6 +1096,11 @@ impl SessionFactory {
                         .with_intra_threads(self.intra_threads)
                         .map_err(|e| (false, e.into()))?;
                 }
+                // Idle ONNX Runtime threads sleep instead of spinning: the engine shares
+                // the CPU with the rest of the pipeline (decoding, conversion).
+                b = b
+                    .with_intra_op_spinning(false)
+                    .map_err(|e| (false, e.into()))?;
                 if !eps.is_empty() {
                     b = b
                         .with_execution_providers(eps)
@@ -1297,18 +1325,39 @@ impl Model {
         let (lh, lw) = (h / 8, w / 8);
         let bs = opts.batch_size;
         let trt = factory.provider == ExecutionProvider::TensorRt;
-        let profile = |parts: &[(&str, Vec<usize>, Vec<usize>, Vec<usize>)]| -> TrtProfile {
-            let join = |f: &dyn Fn(&(&str, Vec<usize>, Vec<usize>, Vec<usize>)) -> String| {
-                parts.iter().map(f).collect::<Vec<_>>().join(",")
+        // Profiles name the inputs the graph declares with a dynamic dimension, at the
+        // graph's rank (a scalar timestep is left out); read from the file, since the
+        // session does not exist yet.
+        type Part<'a> = (&'a str, Vec<usize>, Vec<usize>, Vec<usize>);
+        let profile = |file: &Path, parts: &[Part<'_>]| -> Result<TrtProfile, EngineError> {
+            if !trt {
+                return Ok(TrtProfile::default());
+            }
+            let declared = super::onnx_proto::graph_inputs(file).map_err(|e| {
+                EngineError::invalid(file, format!("cannot read the graph inputs: {e}"))
+            })?;
+            let kept: Vec<&Part<'_>> = parts
+                .iter()
+                .filter(|p| {
+                    declared
+                        .iter()
+                        .any(|d| d.name == p.0 && d.is_dynamic() && d.dims.len() == p.1.len())
+                })
+                .collect();
+            let join = |f: &dyn Fn(&Part<'_>) -> String| {
+                kept.iter().map(|p| f(p)).collect::<Vec<_>>().join(",")
             };
-            TrtProfile {
+            Ok(TrtProfile {
                 min: join(&|p| trt_dims(p.0, &p.1)),
                 opt: join(&|p| trt_dims(p.0, &p.2)),
                 max: join(&|p| trt_dims(p.0, &p.3)),
-            }
+            })
         };
         let seq = tokenizer.max_length();
-        let text_profile = profile(&[("input_ids", vec![1, seq], vec![1, seq], vec![1, seq])]);
+        let text_profile = profile(
+            &files[0],
+            &[("input_ids", vec![1, seq], vec![1, seq], vec![1, seq])],
+        )?;
         if trt {
             log(
                 LogLevel::Info,
@@ -1321,21 +1370,24 @@ impl Model {
         let shape = text.encode(prompt, &mut emb)?;
         let e = shape[2];
         let (typ, max) = unet_rows;
-        let unet_profile = profile(&[
-            (
-                "sample",
-                vec![1, 4, lh, lw],
-                vec![typ, 4, lh, lw],
-                vec![max, 4, lh, lw],
-            ),
-            ("timestep", vec![1], vec![typ], vec![max]),
-            (
-                "encoder_hidden_states",
-                vec![1, seq, e],
-                vec![typ, seq, e],
-                vec![max, seq, e],
-            ),
-        ]);
+        let unet_profile = profile(
+            &files[1],
+            &[
+                (
+                    "sample",
+                    vec![1, 4, lh, lw],
+                    vec![typ, 4, lh, lw],
+                    vec![max, 4, lh, lw],
+                ),
+                ("timestep", vec![1], vec![typ], vec![max]),
+                (
+                    "encoder_hidden_states",
+                    vec![1, seq, e],
+                    vec![typ, seq, e],
+                    vec![max, seq, e],
+                ),
+            ],
+        )?;
         let unet_graph = factory.open(&files[1], trt.then_some(&unet_profile))?;
         let unet = Unet::bind(unet_graph, lh, lw, opts)?;
         if let Some(he) = unet.hidden_size
@@ -1348,20 +1400,26 @@ impl Model {
                 format!("{he} (text encoder and UNet do not belong together)"),
             ));
         }
-        let enc_profile = profile(&[(
-            "sample",
-            vec![1, 3, h, w],
-            vec![bs, 3, h, w],
-            vec![bs, 3, h, w],
-        )]);
+        let enc_profile = profile(
+            &files[2],
+            &[(
+                "sample",
+                vec![1, 3, h, w],
+                vec![bs, 3, h, w],
+                vec![bs, 3, h, w],
+            )],
+        )?;
         let vae_encoder =
             VaeEncoder::bind(factory.open(&files[2], trt.then_some(&enc_profile))?, opts)?;
-        let dec_profile = profile(&[(
-            "latent_sample",
-            vec![1, 4, lh, lw],
-            vec![bs, 4, lh, lw],
-            vec![bs, 4, lh, lw],
-        )]);
+        let dec_profile = profile(
+            &files[3],
+            &[(
+                "latent_sample",
+                vec![1, 4, lh, lw],
+                vec![bs, 4, lh, lw],
+                vec![bs, 4, lh, lw],
+            )],
+        )?;
         let vae_decoder =
             VaeDecoder::bind(factory.open(&files[3], trt.then_some(&dec_profile))?, opts)?;
         Ok((text, unet, vae_encoder, vae_decoder, emb, shape))

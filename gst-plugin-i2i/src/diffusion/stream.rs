@@ -167,7 +167,12 @@ pub struct Stream {
     hidden_key: Vec<u64>,
     eps: Vec<f32>,
     finals: Vec<f32>,
+    /// Outputs handed out lately: once the caller drops them, their buffers are reused.
+    recent: VecDeque<Arc<Vec<f32>>>,
 }
+
+/// How many handed-out outputs are watched for reuse.
+const RECENT_OUTPUTS: usize = 8;
 
 impl Stream {
     /// Forgets frames in flight, waiting outputs and the similarity filter's state.
@@ -326,17 +331,25 @@ impl Stream {
             }
         }
         let seqs: Vec<u64> = finished.iter().map(|&i| self.flights[i].seq).collect();
+        let mut buffers: Vec<Arc<Vec<f32>>> =
+            (0..finished.len()).map(|_| self.pixel_buffer()).collect();
         let t0 = Instant::now();
         let mut post = std::time::Duration::ZERO;
-        let done = &mut self.done;
         let calls = model
             .vae_decoder
             .decode(&self.finals, finished.len(), |k, y| {
                 let tp = Instant::now();
-                let pixels: Vec<f32> = y.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
-                done.insert(seqs[k], Arc::new(pixels));
+                if let Some(px) = Arc::get_mut(&mut buffers[k]) {
+                    px.resize(y.len(), 0.0);
+                    for (d, &v) in px.iter_mut().zip(y) {
+                        *d = to_unit(v);
+                    }
+                }
                 post += tp.elapsed();
             })?;
+        for (seq, px) in seqs.into_iter().zip(buffers) {
+            self.done.insert(seq, px);
+        }
         timings.vae_decode += t0.elapsed().saturating_sub(post);
         timings.postprocess += post;
         timings.vae_decode_calls += calls as u64;
@@ -353,6 +366,14 @@ impl Stream {
         Ok(())
     }
 
+    /// A pixel buffer nobody else holds: a recent output the caller has dropped, or new.
+    fn pixel_buffer(&mut self) -> Arc<Vec<f32>> {
+        if let Some(i) = self.recent.iter().position(|a| Arc::strong_count(a) == 1) {
+            return self.recent.remove(i).unwrap_or_default();
+        }
+        Arc::new(Vec::new())
+    }
+
     /// Outputs ready to leave, in input order.
     pub fn collect(&mut self, out: &mut Vec<OutputFrame>) {
         while let Some(front) = self.queue.front() {
@@ -362,6 +383,10 @@ impl Stream {
                         break;
                     };
                     self.last_output = Some(px.clone());
+                    self.recent.push_back(px.clone());
+                    if self.recent.len() > RECENT_OUTPUTS {
+                        self.recent.pop_front();
+                    }
                     out.push(OutputFrame {
                         tag,
                         pixels: px,
@@ -383,6 +408,13 @@ impl Stream {
             self.queue.pop_front();
         }
     }
+}
+
+/// `clamp(y / 2 + 0.5, 0, 1)`, with NaN mapped to 0 so no NaN reaches the pixels.
+#[allow(clippy::manual_clamp)]
+#[inline]
+fn to_unit(v: f32) -> f32 {
+    (v / 2.0 + 0.5).max(0.0).min(1.0)
 }
 
 /// One LCM step of one frame, with guidance and the stock-noise update, in place.
