@@ -194,9 +194,11 @@ impl Graph {
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(|e| -> ort::Error { e.into() })?;
             // Idle threads sleep instead of spinning, as in the engine.
-            let mut b = b
+            let b = b
                 .with_intra_threads(threads)
-                .and_then(|b| b.with_intra_op_spinning(false))
+                .map_err(|e| -> ort::Error { e.into() })?;
+            let mut b = b
+                .with_intra_op_spinning(false)
                 .map_err(|e| -> ort::Error { e.into() })?;
             b.commit_from_file(&path)
         };
