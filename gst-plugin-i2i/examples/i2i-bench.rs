@@ -89,9 +89,17 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other} (see --help)")),
         }
     }
-    if a.frames < a.warmup + 2 * a.batch_size {
-        return Err("--frames must exceed --warmup by at least two batches".into());
+    // Whole batches only, so that timing starts and ends at batch boundaries.
+    let b = a.batch_size.max(1);
+    a.batch_size = b;
+    a.warmup = a.warmup.div_ceil(b).max(1) * b;
+    if a.frames < a.warmup + 2 * b {
+        return Err(format!(
+            "--frames must exceed the warm-up ({} frames, whole batches) by at least two batches",
+            a.warmup
+        ));
     }
+    a.frames = a.warmup + (a.frames - a.warmup) / b * b;
     if a.threads == 0 {
         a.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     }
@@ -435,16 +443,21 @@ struct EngineRun {
 
 fn engine_alone(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<EngineRun, String> {
     let mut engine = Engine::load(&load_options(a), p).map_err(|e| e.to_string())?;
+    // Timed like the element: from the moment the last warm-up frame comes out to the
+    // moment the last frame comes out, so both count the same model calls.
     let mut before = None;
     let mut start = Instant::now();
     let mut cpu = process_cpu();
     let mut out = 0;
-    for (k, chunk) in frames.chunks(a.batch_size).enumerate() {
-        if k * a.batch_size == a.warmup {
+    let last_warm = a.warmup as u64 - 1;
+    let mut mark = |outs: &[diffusion::OutputFrame], engine: &Engine| {
+        if before.is_none() && outs.iter().any(|o| o.tag == last_warm) {
             before = Some(engine.timings());
             start = Instant::now();
             cpu = process_cpu();
         }
+    };
+    for (k, chunk) in frames.chunks(a.batch_size).enumerate() {
         let inputs = chunk
             .iter()
             .enumerate()
@@ -453,9 +466,13 @@ fn engine_alone(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Engine
                 rgb: rgb.clone(),
             })
             .collect();
-        out += engine.process(inputs).map_err(|e| e.to_string())?.len();
+        let outs = engine.process(inputs).map_err(|e| e.to_string())?;
+        mark(&outs, &engine);
+        out += outs.len();
     }
-    out += engine.drain().map_err(|e| e.to_string())?.len();
+    let outs = engine.drain().map_err(|e| e.to_string())?;
+    mark(&outs, &engine);
+    out += outs.len();
     let took = start.elapsed();
     let cpu = process_cpu() - cpu;
     if out != frames.len() {
