@@ -908,7 +908,7 @@ fn run() -> Result<(), String> {
         ms(engine_t.0) - ms(bare_t.0)
     );
     println!(
-        "  to_rgb8 (planar float -> packed RGB8, element's task thread): {:.2} ms",
+        "  to_rgb8 (planar float -> packed RGB8, on the output thread beside the next model call): {:.2} ms",
         ms(to_rgb8_cost)
     );
     println!(

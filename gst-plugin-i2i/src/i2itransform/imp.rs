@@ -3,10 +3,12 @@
 //!
 //! Threads: the upstream streaming thread runs the sink chain, which converts each frame
 //! to RGB8 at the model size and queues it (blocking while `max-queue` frames wait); the
-//! src pad's task takes frames off the queue, collects batches of `batch-size`, runs the
-//! engine and pushes the results. Serialized events travel through the same queue and
-//! leave after the output of the last frame that came before them, so the stream keeps
-//! its order although the engine holds frames back (the stream batch).
+//! src pad's task takes frames off the queue, collects batches of `batch-size` and runs the
+//! engine; an output thread turns the engine's pictures into buffers of the output format
+//! and pushes them, so that this work overlaps the next model call. Serialized events
+//! travel through the same queues and leave after the output of the last frame that came
+//! before them, so the stream keeps its order although the engine holds frames back (the
+//! stream batch).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,15 +163,12 @@ struct FrameMeta {
 /// Task side: the engine and everything in flight. Exists from start to stop.
 struct Worker {
     engine: Engine,
-    width: u32,
-    height: u32,
     batch_size: usize,
     batch: Vec<QueuedFrame>,
     /// Frames handed to the engine and not out yet, in input order.
     in_flight: VecDeque<FrameMeta>,
     /// Events waiting for the output of the frame (tag) that came before them.
     deferred: VecDeque<(u64, Deferred)>,
-    out: Option<OutputConverter>,
     /// The live settings the engine runs with.
     applied: LiveSettings,
 }
@@ -182,6 +181,48 @@ impl Worker {
             .map(|f| f.tag)
             .or_else(|| self.in_flight.back().map(|f| f.tag))
     }
+}
+
+/// What the task hands to the output thread, in stream order.
+enum OutItem {
+    /// An engine picture and the metadata of its input frame.
+    Frame(OutputFrame, gst::Buffer),
+    Event(Deferred),
+    Eos(gst::Event),
+}
+
+/// Between the task and the output thread.
+struct OutQueue {
+    items: VecDeque<OutItem>,
+    frames: usize,
+    max_frames: usize,
+    /// Items stay queued (for the flush to sort out) and nothing is pushed.
+    flushing: bool,
+    /// The output thread ends.
+    stop: bool,
+    /// The output thread is working on an item.
+    busy: bool,
+}
+
+impl Default for OutQueue {
+    fn default() -> Self {
+        OutQueue {
+            items: VecDeque::new(),
+            frames: 0,
+            max_frames: 2,
+            flushing: true,
+            stop: true,
+            busy: false,
+        }
+    }
+}
+
+/// Output thread side: the negotiated output format.
+#[derive(Default)]
+struct OutState {
+    conv: Option<OutputConverter>,
+    width: u32,
+    height: u32,
 }
 
 #[derive(Default)]
@@ -237,6 +278,10 @@ pub struct I2iTransform {
     queue: Mutex<Queue>,
     queue_cond: Condvar,
     worker: Mutex<Option<Worker>>,
+    out_queue: Mutex<OutQueue>,
+    out_cond: Condvar,
+    out_state: Mutex<OutState>,
+    out_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Mutex<Stats>,
     /// True from start to stop: the load-time properties are fixed meanwhile.
     running: AtomicBool,
@@ -337,6 +382,10 @@ impl ObjectSubclass for I2iTransform {
             queue: Mutex::new(Queue::default()),
             queue_cond: Condvar::new(),
             worker: Mutex::new(None),
+            out_queue: Mutex::new(OutQueue::default()),
+            out_cond: Condvar::new(),
+            out_state: Mutex::new(OutState::default()),
+            out_thread: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
             running: AtomicBool::new(false),
         }
@@ -533,16 +582,13 @@ impl I2iTransform {
         gst::log!(CAT, obj = pad, "event {event:?}");
         match event.view() {
             EventView::FlushStart(_) => {
-                {
-                    let mut q = self.queue.lock().unwrap();
-                    q.flushing = true;
-                    self.queue_cond.notify_all();
-                }
-                // Downstream first, so a task blocked in a push returns and can pause.
+                self.set_flushing(true);
+                // Downstream first, so that a push in progress returns.
                 let ret = self.srcpad.push_event(event);
                 if let Err(e) = self.srcpad.pause_task() {
                     gst::warning!(CAT, imp = self, "cannot pause the task: {e}");
                 }
+                self.wait_output_idle();
                 ret
             }
             EventView::FlushStop(_) => self.flush_stop(event),
@@ -598,30 +644,67 @@ impl I2iTransform {
         Ok(Deferred::Caps(gst::event::Caps::new(&out_caps), out_info))
     }
 
-    fn flush_stop(&self, event: gst::Event) -> bool {
-        let dropped_items: Vec<Item> = {
+    /// Stops (or lets) the task and the output thread take items and the chain queue them.
+    fn set_flushing(&self, flushing: bool) {
+        {
             let mut q = self.queue.lock().unwrap();
-            q.frames = 0;
-            q.flushing = false;
-            q.flow = Ok(gst::FlowSuccess::Ok);
-            q.items.drain(..).collect()
-        };
+            q.flushing = flushing;
+            if !flushing {
+                q.flow = Ok(gst::FlowSuccess::Ok);
+            }
+            self.queue_cond.notify_all();
+        }
+        let mut o = self.out_queue.lock().unwrap();
+        o.flushing = flushing;
+        self.out_cond.notify_all();
+    }
+
+    /// Waits until the output thread is done with the item it is pushing (if any).
+    fn wait_output_idle(&self) {
+        let mut o = self.out_queue.lock().unwrap();
+        while o.busy {
+            o = self.out_cond.wait(o).unwrap();
+        }
+    }
+
+    /// After FLUSH_START paused the task and the output thread: drops every frame queued
+    /// or in flight, resets the engine and lets the stream start again.
+    fn flush_stop(&self, event: gst::Event) -> bool {
+        // Oldest first: handed to the output thread, then waiting in the engine, then not
+        // taken from the input queue yet.
         let mut keep = Vec::new();
         let mut dropped = 0;
-        for item in dropped_items {
-            match item {
-                Item::Frame(_) => dropped += 1,
-                Item::Event(d) => keep.push(d),
-                Item::Eos(_) => (),
+        {
+            let mut o = self.out_queue.lock().unwrap();
+            o.frames = 0;
+            for item in o.items.drain(..) {
+                match item {
+                    OutItem::Frame(..) => dropped += 1,
+                    OutItem::Event(d) => keep.push(d),
+                    OutItem::Eos(_) => (),
+                }
             }
         }
-        let mut guard = self.worker.lock().unwrap();
-        if let Some(w) = guard.as_mut() {
-            dropped += w.batch.len() + w.in_flight.len();
-            w.batch.clear();
-            w.in_flight.clear();
-            w.engine.reset();
-            keep.splice(0..0, w.deferred.drain(..).map(|(_, d)| d));
+        {
+            let mut guard = self.worker.lock().unwrap();
+            if let Some(w) = guard.as_mut() {
+                dropped += w.batch.len() + w.in_flight.len();
+                w.batch.clear();
+                w.in_flight.clear();
+                w.engine.reset();
+                keep.extend(w.deferred.drain(..).map(|(_, d)| d));
+            }
+        }
+        {
+            let mut q = self.queue.lock().unwrap();
+            q.frames = 0;
+            for item in q.items.drain(..) {
+                match item {
+                    Item::Frame(_) => dropped += 1,
+                    Item::Event(d) => keep.push(d),
+                    Item::Eos(_) => (),
+                }
+            }
         }
         gst::debug!(CAT, imp = self, "flush: dropped {dropped} frames");
         self.stats.lock().unwrap().frames_dropped += dropped as u64;
@@ -633,11 +716,9 @@ impl I2iTransform {
             match d {
                 Deferred::Caps(ev, info) => {
                     let _ = self.srcpad.store_sticky_event(&ev);
-                    if let Some(w) = guard.as_mut() {
-                        match OutputConverter::new(&info, converter_threads()) {
-                            Ok(c) => w.out = Some(c),
-                            Err(e) => gst::warning!(CAT, imp = self, "{e}"),
-                        }
+                    match OutputConverter::new(&info, converter_threads()) {
+                        Ok(c) => self.out_state.lock().unwrap().conv = Some(c),
+                        Err(e) => gst::warning!(CAT, imp = self, "{e}"),
                     }
                 }
                 Deferred::Event(ev) => {
@@ -650,7 +731,7 @@ impl I2iTransform {
                 }
             }
         }
-        drop(guard);
+        self.set_flushing(false);
         if self.srcpad.mode() == gst::PadMode::Push
             && let Err(e) = self.start_task()
         {
@@ -720,6 +801,20 @@ impl I2iTransform {
         }
         if active {
             {
+                let mut o = self.out_queue.lock().unwrap();
+                o.items.clear();
+                o.frames = 0;
+                o.flushing = false;
+                o.stop = false;
+                o.busy = false;
+            }
+            let obj = self.obj().clone();
+            let thread = std::thread::Builder::new()
+                .name("i2i-output".into())
+                .spawn(move || obj.imp().output_loop())
+                .map_err(|e| gst::loggable_error!(CAT, "cannot start the output thread: {e}"))?;
+            *self.out_thread.lock().unwrap() = Some(thread);
+            {
                 let mut q = self.queue.lock().unwrap();
                 q.flushing = false;
                 q.flow = Ok(gst::FlowSuccess::Ok);
@@ -727,14 +822,18 @@ impl I2iTransform {
             self.start_task()
                 .map_err(|e| gst::loggable_error!(CAT, "cannot start the task: {e}"))
         } else {
+            self.set_flushing(true);
             {
-                let mut q = self.queue.lock().unwrap();
-                q.flushing = true;
-                self.queue_cond.notify_all();
+                let mut o = self.out_queue.lock().unwrap();
+                o.stop = true;
+                self.out_cond.notify_all();
             }
-            self.srcpad
-                .stop_task()
-                .map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))
+            let stopped = self.srcpad.stop_task();
+            if let Some(thread) = self.out_thread.lock().unwrap().take() {
+                let _ = thread.join();
+            }
+            self.out_queue.lock().unwrap().items.clear();
+            stopped.map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))
         }
     }
 
@@ -808,7 +907,7 @@ impl I2iTransform {
         let item = {
             let mut q = self.queue.lock().unwrap();
             loop {
-                if q.flushing {
+                if q.flushing || q.flow.is_err() {
                     drop(q);
                     let _ = self.srcpad.pause_task();
                     return;
@@ -844,7 +943,7 @@ impl I2iTransform {
                     w.deferred.push_back((tag, d));
                     Ok(())
                 }
-                None => self.push_deferred_item(w, d),
+                None => self.send_out(OutItem::Event(d)),
             },
             Item::Eos(ev) => self.finish_stream(w, ev),
         };
@@ -854,31 +953,40 @@ impl I2iTransform {
         }
     }
 
+    /// A flow error in the task (the engine, or the output side refusing items).
     fn on_flow_error(&self, err: gst::FlowError) {
-        {
-            let mut q = self.queue.lock().unwrap();
-            q.flow = Err(err);
-            self.queue_cond.notify_all();
-        }
-        match err {
-            gst::FlowError::Flushing | gst::FlowError::Eos => {
-                gst::debug!(CAT, imp = self, "task pausing: {err:?}");
-            }
-            gst::FlowError::NotLinked | gst::FlowError::NotNegotiated => {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ("Internal data stream error."),
-                    ["streaming stopped, reason {err:?}"]
-                );
-                self.srcpad.push_event(gst::event::Eos::new());
-            }
-            _ => {
-                // The engine's errors and downstream's are posted where they happen.
-                self.srcpad.push_event(gst::event::Eos::new());
+        if self.record_flow_error(err) {
+            match err {
+                gst::FlowError::Flushing | gst::FlowError::Eos => {
+                    gst::debug!(CAT, imp = self, "task pausing: {err:?}");
+                }
+                _ => {
+                    // The engine's errors are posted where they happen; downstream still
+                    // gets the frames already done, then EOS.
+                    let mut o = self.out_queue.lock().unwrap();
+                    o.items.push_back(OutItem::Eos(gst::event::Eos::new()));
+                    self.out_cond.notify_all();
+                }
             }
         }
         let _ = self.srcpad.pause_task();
+    }
+
+    /// Keeps the first flow error (returned to upstream by the chain function); false when
+    /// one was recorded already.
+    fn record_flow_error(&self, err: gst::FlowError) -> bool {
+        let first = {
+            let mut q = self.queue.lock().unwrap();
+            let first = q.flow.is_ok();
+            if first {
+                q.flow = Err(err);
+            }
+            self.queue_cond.notify_all();
+            first
+        };
+        let _o = self.out_queue.lock().unwrap();
+        self.out_cond.notify_all();
+        first
     }
 
     fn run_batch(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
@@ -1021,6 +1129,8 @@ impl I2iTransform {
         Ok(())
     }
 
+    /// Hands the engine's finished frames (and the events due after them) to the output
+    /// thread.
     fn push_outputs(&self, w: &mut Worker, outs: Vec<OutputFrame>) -> Result<(), gst::FlowError> {
         for out in outs {
             let meta = match w.in_flight.iter().position(|m| m.tag == out.tag) {
@@ -1040,98 +1150,51 @@ impl I2iTransform {
                     continue;
                 }
             };
-            let mut rgb = Vec::new();
-            diffusion::to_rgb8(&out.pixels, w.width, w.height, &mut rgb);
-
-            self.renegotiate_if_asked(w)?;
-            let Some(conv) = w.out.as_ref() else {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Negotiation,
-                    ["No output caps before the first frame"]
-                );
-                return Err(gst::FlowError::NotNegotiated);
-            };
-            let mut buffer = conv.convert(rgb).map_err(|e| {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
-                gst::FlowError::Error
-            })?;
-            {
-                let buffer = buffer.get_mut().expect("new buffer is writable");
-                if let Err(e) = meta.meta.copy_into(buffer, METADATA_COPY, ..) {
-                    gst::warning!(CAT, imp = self, "cannot copy metadata: {e}");
-                }
-            }
-            if let Err(e) = self.srcpad.push(buffer) {
-                // Flushing or stopping: this frame is lost with the others in flight.
-                self.stats.lock().unwrap().frames_dropped += 1;
-                return Err(e);
-            }
-            {
-                let mut s = self.stats.lock().unwrap();
-                s.frames_out += 1;
-                if out.skipped {
-                    s.frames_skipped += 1;
-                }
-            }
-            self.push_deferred(w, Some(out.tag))?;
+            let tag = out.tag;
+            self.send_out(OutItem::Frame(out, meta.meta))?;
+            self.push_deferred(w, Some(tag))?;
         }
         Ok(())
     }
 
-    fn renegotiate_if_asked(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
-        if !self.srcpad.check_reconfigure() {
-            return Ok(());
-        }
-        let Some(fps) = w.out.as_ref().map(|o| o.out_info().fps()) else {
-            return Ok(());
-        };
-        match self.negotiate_output(fps) {
-            Ok((caps, info)) => {
-                if self.srcpad.current_caps().as_ref() != Some(&caps) {
-                    self.push_deferred_item(w, Deferred::Caps(gst::event::Caps::new(&caps), info))?;
+    /// Queues an item for the output thread, waiting while it has enough frames to do.
+    fn send_out(&self, item: OutItem) -> Result<(), gst::FlowError> {
+        let frame = matches!(item, OutItem::Frame(..));
+        let mut o = self.out_queue.lock().unwrap();
+        loop {
+            let refused = if o.flushing {
+                Err(gst::FlowError::Flushing)
+            } else {
+                self.queue.lock().unwrap().flow
+            };
+            if let Err(e) = refused {
+                if frame {
+                    // Flushing or stopping: this frame is lost with the others in flight.
+                    self.stats.lock().unwrap().frames_dropped += 1;
                 }
-                Ok(())
+                return Err(e);
             }
-            Err(e) => {
-                self.srcpad.mark_reconfigure();
-                gst::warning!(CAT, imp = self, "renegotiation failed: {e}");
-                Err(gst::FlowError::NotNegotiated)
+            if !frame || o.frames < o.max_frames {
+                break;
             }
+            o = self.out_cond.wait(o).unwrap();
         }
+        if frame {
+            o.frames += 1;
+        }
+        o.items.push_back(item);
+        self.out_cond.notify_all();
+        Ok(())
     }
 
-    /// Pushes the deferred events due after frame `upto` (all of them for None).
+    /// Sends the deferred events due after frame `upto` (all of them for None).
     fn push_deferred(&self, w: &mut Worker, upto: Option<u64>) -> Result<(), gst::FlowError> {
         while let Some((after, _)) = w.deferred.front() {
             if upto.is_some_and(|t| *after > t) {
                 break;
             }
             let (_, d) = w.deferred.pop_front().expect("front exists");
-            self.push_deferred_item(w, d)?;
-        }
-        Ok(())
-    }
-
-    fn push_deferred_item(&self, w: &mut Worker, d: Deferred) -> Result<(), gst::FlowError> {
-        match d {
-            Deferred::Caps(ev, info) => {
-                let conv = OutputConverter::new(&info, converter_threads()).map_err(|e| {
-                    gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
-                    gst::FlowError::NotNegotiated
-                })?;
-                if !self.srcpad.push_event(ev) {
-                    gst::warning!(CAT, imp = self, "downstream refused caps {info:?}");
-                    return Err(gst::FlowError::NotNegotiated);
-                }
-                w.out = Some(conv);
-            }
-            Deferred::Event(ev) => {
-                let t = ev.type_();
-                if !self.srcpad.push_event(ev) {
-                    gst::debug!(CAT, imp = self, "downstream refused {t:?}");
-                }
-            }
+            self.send_out(OutItem::Event(d))?;
         }
         Ok(())
     }
@@ -1163,9 +1226,167 @@ impl I2iTransform {
             w.in_flight.clear();
         }
         self.push_deferred(w, None)?;
-        gst::debug!(CAT, imp = self, "all frames out, pushing EOS");
-        self.srcpad.push_event(eos);
+        gst::debug!(CAT, imp = self, "all frames out of the engine, EOS follows");
+        self.send_out(OutItem::Eos(eos))
+    }
+
+    // ---- the output thread --------------------------------------------------------------
+
+    fn output_loop(&self) {
+        gst::debug!(CAT, imp = self, "output thread running");
+        loop {
+            let item = {
+                let mut o = self.out_queue.lock().unwrap();
+                loop {
+                    if o.stop {
+                        gst::debug!(CAT, imp = self, "output thread ends");
+                        return;
+                    }
+                    if !o.flushing
+                        && let Some(item) = o.items.pop_front()
+                    {
+                        if matches!(item, OutItem::Frame(..)) {
+                            o.frames -= 1;
+                        }
+                        o.busy = true;
+                        self.out_cond.notify_all();
+                        break item;
+                    }
+                    o = self.out_cond.wait(o).unwrap();
+                }
+            };
+            if let Err(err) = self.output_item(item) {
+                self.on_output_error(err);
+            }
+            // Only now: a flush waiting for the output to be idle then sees the error
+            // recorded before it resets the flow.
+            let mut o = self.out_queue.lock().unwrap();
+            o.busy = false;
+            self.out_cond.notify_all();
+        }
+    }
+
+    fn on_output_error(&self, err: gst::FlowError) {
+        if !self.record_flow_error(err) {
+            return;
+        }
+        match err {
+            gst::FlowError::Flushing | gst::FlowError::Eos => {
+                gst::debug!(CAT, imp = self, "output stops: {err:?}");
+            }
+            gst::FlowError::NotLinked | gst::FlowError::NotNegotiated => {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("Internal data stream error."),
+                    ["streaming stopped, reason {err:?}"]
+                );
+                self.srcpad.push_event(gst::event::Eos::new());
+            }
+            _ => {
+                self.srcpad.push_event(gst::event::Eos::new());
+            }
+        }
+    }
+
+    /// Converts and pushes one frame, or pushes one event.
+    fn output_item(&self, item: OutItem) -> Result<(), gst::FlowError> {
+        let mut st = self.out_state.lock().unwrap();
+        match item {
+            OutItem::Frame(out, meta) => {
+                if self.queue.lock().unwrap().flow.is_err() {
+                    // After an error nothing more goes out.
+                    self.stats.lock().unwrap().frames_dropped += 1;
+                    return Ok(());
+                }
+                let mut rgb = Vec::new();
+                diffusion::to_rgb8(&out.pixels, st.width, st.height, &mut rgb);
+                self.renegotiate_if_asked(&mut st)?;
+                let Some(conv) = st.conv.as_ref() else {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Negotiation,
+                        ["No output caps before the first frame"]
+                    );
+                    return Err(gst::FlowError::NotNegotiated);
+                };
+                let mut buffer = conv.convert(rgb).map_err(|e| {
+                    gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
+                    gst::FlowError::Error
+                })?;
+                {
+                    let buffer = buffer.get_mut().expect("new buffer is writable");
+                    if let Err(e) = meta.copy_into(buffer, METADATA_COPY, ..) {
+                        gst::warning!(CAT, imp = self, "cannot copy metadata: {e}");
+                    }
+                }
+                drop(st);
+                if let Err(e) = self.srcpad.push(buffer) {
+                    // Flushing or stopping: this frame is lost with the others in flight.
+                    self.stats.lock().unwrap().frames_dropped += 1;
+                    return Err(e);
+                }
+                let mut s = self.stats.lock().unwrap();
+                s.frames_out += 1;
+                if out.skipped {
+                    s.frames_skipped += 1;
+                }
+                Ok(())
+            }
+            OutItem::Event(d) => self.push_event_item(&mut st, d),
+            OutItem::Eos(ev) => {
+                drop(st);
+                gst::debug!(CAT, imp = self, "pushing EOS");
+                self.srcpad.push_event(ev);
+                Ok(())
+            }
+        }
+    }
+
+    fn push_event_item(&self, st: &mut OutState, d: Deferred) -> Result<(), gst::FlowError> {
+        match d {
+            Deferred::Caps(ev, info) => {
+                let conv = OutputConverter::new(&info, converter_threads()).map_err(|e| {
+                    gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
+                    gst::FlowError::NotNegotiated
+                })?;
+                if !self.srcpad.push_event(ev) {
+                    gst::warning!(CAT, imp = self, "downstream refused caps {info:?}");
+                    return Err(gst::FlowError::NotNegotiated);
+                }
+                st.conv = Some(conv);
+            }
+            Deferred::Event(ev) => {
+                let t = ev.type_();
+                if !self.srcpad.push_event(ev) {
+                    gst::debug!(CAT, imp = self, "downstream refused {t:?}");
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Downstream asked (RECONFIGURE): pick the output format again before the next frame.
+    fn renegotiate_if_asked(&self, st: &mut OutState) -> Result<(), gst::FlowError> {
+        if !self.srcpad.check_reconfigure() {
+            return Ok(());
+        }
+        let Some(fps) = st.conv.as_ref().map(|o| o.out_info().fps()) else {
+            return Ok(());
+        };
+        match self.negotiate_output(fps) {
+            Ok((caps, info)) => {
+                if self.srcpad.current_caps().as_ref() != Some(&caps) {
+                    self.push_event_item(st, Deferred::Caps(gst::event::Caps::new(&caps), info))?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.srcpad.mark_reconfigure();
+                gst::warning!(CAT, imp = self, "renegotiation failed: {e}");
+                Err(gst::FlowError::NotNegotiated)
+            }
+        }
     }
 
     // ---- state --------------------------------------------------------------------------
@@ -1229,15 +1450,19 @@ impl I2iTransform {
             q.frames = 0;
             q.max_frames = s.max_queue as usize;
         }
-        *self.worker.lock().unwrap() = Some(Worker {
-            engine,
+        // The output thread may hold two batches: one being pushed, one ready.
+        self.out_queue.lock().unwrap().max_frames = 2 * s.batch_size as usize;
+        *self.out_state.lock().unwrap() = OutState {
+            conv: None,
             width: s.width,
             height: s.height,
+        };
+        *self.worker.lock().unwrap() = Some(Worker {
+            engine,
             batch_size: s.batch_size as usize,
             batch: Vec::new(),
             in_flight: VecDeque::new(),
             deferred: VecDeque::new(),
-            out: None,
             applied: s.live,
         });
         self.running.store(true, Ordering::SeqCst);
@@ -1248,6 +1473,7 @@ impl I2iTransform {
     fn stop(&self) {
         self.running.store(false, Ordering::SeqCst);
         *self.worker.lock().unwrap() = None;
+        *self.out_state.lock().unwrap() = OutState::default();
         *self.input.lock().unwrap() = InputState::default();
         let mut q = self.queue.lock().unwrap();
         q.items.clear();
