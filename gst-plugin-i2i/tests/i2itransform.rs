@@ -2,6 +2,7 @@
 //! i2itransform in real pipelines on the generated tiny models (64x64) and the demo model.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -1061,4 +1062,64 @@ fn live_t_index_list_change_keeps_every_frame() {
             "no LATENCY message"
         );
     }
+}
+
+/// Downstream changes its mind mid-stream (RECONFIGURE): the next frames come in the new
+/// format, none is lost.
+#[test]
+fn downstream_renegotiation_mid_stream() {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time ! i2itransform model=\"{}\" width={W} height={H} t-index-list=20,35 \
+         ! capsfilter name=cf caps=video/x-raw,format=RGB ! appsink name=out",
+        tiny()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&video_caps("RGB", W, H)));
+    let samples = collect_samples(&pipeline);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let push = |i: u64| {
+        let mut buf = gst::Buffer::from_mut_slice(picture(i, W, H));
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(100 * i));
+        b.set_offset(i);
+        src.push_buffer(buf).unwrap();
+    };
+    for i in 0..4 {
+        push(i);
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while samples.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "no frames");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pipeline.by_name("cf").unwrap().set_property(
+        "caps",
+        gst::Caps::from_str("video/x-raw,format=I420").unwrap(),
+    );
+    for i in 4..8 {
+        push(i);
+    }
+    src.end_of_stream().unwrap();
+    let mut messages = Vec::new();
+    wait_eos(&pipeline, &mut messages).unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let samples = samples.lock().unwrap();
+    assert_eq!(samples.len(), 8);
+    let offsets: Vec<u64> = samples
+        .iter()
+        .map(|s| s.buffer().unwrap().offset())
+        .collect();
+    assert_eq!(offsets, (0..8).collect::<Vec<_>>());
+    assert_eq!(caps_of(&samples[0]).0, "RGB");
+    let last = &samples[7];
+    assert_eq!(caps_of(last).0, "I420");
+    assert_eq!(last.buffer().unwrap().size(), (W * H * 3 / 2) as usize);
 }
