@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p gst-plugin-i2i --example i2i-bench -- [--model models/demo]
-//!     [--frames 30] [--warmup 5] [--width 512] [--height 512] [--t-index-list 32,45]
+//!     [--frames 100] [--warmup 10] [--width 512] [--height 512] [--t-index-list 32,45]
 //!     [--batch-size 1] [--threads 1] [--repeat 5]
 //! ```
 //!
@@ -52,8 +52,8 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         model: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/demo")),
-        frames: 30,
-        warmup: 5,
+        frames: 100,
+        warmup: 10,
         width: 512,
         height: 512,
         t_index_list: "32,45".into(),
