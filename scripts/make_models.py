@@ -23,7 +23,6 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-
 from i2i_models import clip_vocab, configs, tiny  # noqa: E402
 from i2i_models.graph import save  # noqa: E402
 

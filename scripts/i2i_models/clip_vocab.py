@@ -8,12 +8,12 @@ The merges come from bpe_simple_vocab_16e6.txt.gz inside the open_clip_torch whe
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
-import hashlib
 
 OPEN_CLIP_VERSION = "3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
@@ -180,7 +180,9 @@ def tokenizer_json(vocab: list[str], merges: list[str], pad: str) -> str:
 
 
 def special_tokens_map(pad: str) -> str:
-    tok = lambda s: {"content": s, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+    def tok(s):
+        return {"content": s, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+
     return _dump({"bos_token": tok(BOS), "eos_token": tok(EOS), "pad_token": tok(pad), "unk_token": tok(EOS)})
 
 

@@ -4,8 +4,8 @@ This is a demonstration model, not a trained diffusion model. It is built so tha
 math runs on it unchanged and its output reacts visibly:
 
 - VAE (AutoencoderKL-style config, scaling_factor 0.5): the encoder pools each 8x8 block to a latent of
-  luma, two chroma channels and the block's luma contrast; the decoder upsamples (bilinear, in two stages) and renders it
-  with a soft posterised, cel-shaded look.
+  luma, two chroma channels and the block's luma contrast; the decoder upsamples (bilinear, in two stages)
+  and renders it with a soft posterised, cel-shaded look and ink on strong edges.
 - Text encoder (E = 768): each token has 16 handcrafted features (a three-stop palette in latent space,
   a weight); colour and mood words (red, blue, gold, neon, sunset, forest, ocean, ...) carry strong
   palettes, every other word a colour from a hash of its token id, stop words nothing.
@@ -105,6 +105,14 @@ PALETTES = {
     "dark": _stops((50, 50, 60), (0, 0, 0), (140, 140, 150)),
     "bright": _stops((210, 210, 200), (110, 110, 120), (255, 255, 250)),
     "rainbow": _stops((60, 200, 90), (110, 0, 170), (255, 230, 50)),
+    "watercolor": _stops((120, 165, 195), (55, 65, 105), (250, 242, 222)),
+    "watercolour": _stops((120, 165, 195), (55, 65, 105), (250, 242, 222)),
+    "oil": _stops((170, 110, 50), (40, 25, 10), (250, 225, 170)),
+    "impressionism": _stops((120, 160, 110), (50, 60, 90), (250, 230, 170)),
+    "impressionist": _stops((120, 160, 110), (50, 60, 90), (250, 230, 170)),
+    "pencil": _stops((140, 135, 125), (35, 33, 30), (248, 245, 238)),
+    "sketch": _stops((140, 135, 125), (35, 33, 30), (248, 245, 238)),
+    "charcoal": _stops((95, 95, 95), (10, 10, 10), (235, 232, 225)),
 }
 STRONG_WEIGHT = 4.0
 
@@ -112,7 +120,7 @@ STOP_WORDS = set("""
 a an the of in on at with and or by to for from as into over under this that these those is are be it its
 photo photograph picture image style very high quality detailed highly best masterpiece render rendering
 art artwork digital trending hd hq uhd realistic photorealistic beautiful amazing award winning wallpaper
-8k 4k looking view scene shot
+8k 4k looking view scene shot painting painted drawing illustration
 """.split())
 
 
@@ -200,10 +208,6 @@ def _blur(g: Graph, x, ch: int, sigma: float, radius: int):
 
 def _chan(g: Graph, x, start: int, end: int, axis: int = 1):
     return g.op("Slice", [x, g.i64([start]), g.i64([end]), g.i64([axis])])
-
-
-def _smoothstep(g: Graph, x):
-    return g.mul(g.mul(x, x), g.sub(g.const(3.0), g.mul(x, g.const(2.0))))
 
 
 def _bezier(g: Graph, p0, p1, p2, u):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
-from .graph import Graph, NP_TO_ONNX
+from .graph import NP_TO_ONNX, Graph
 
 E_TINY = 32
 C_UNET = 16

@@ -7,7 +7,7 @@ fixed per-seed noise the stream batch of the engine must give the same result pe
 
     python tests/python/reference_stream.py --model DIR --width W --height H --inputs DIR --prompt P \
         --negative-prompt NP --seed S --t-index-list 32,45 --num-inference-steps 50 --guidance-scale G \
-        --delta D --cfg-type none|full|self|initialize --add-noise 0|1 --out DIR [--png]
+        --delta D --cfg-type none|full|self|initialize --add-noise 0|1 --out DIR [--png] [--dump]
 
 Reads INPUTS/frame_%03d.rgb (packed RGB8, H*W*3 bytes) from 000 on while they exist, writes
 OUT/frame_%03d.f32 (float32 little-endian, planar [3, H, W] in [0, 1]).
@@ -196,11 +196,14 @@ class Model:
 
 # ---------------------------------------------------------------- per-frame math
 
-def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarray, cond, uncond) -> np.ndarray:
-    """rgb: [H, W, 3] uint8 -> [3, H, W] float32 in [0, 1]."""
+def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarray, cond, uncond,
+                  dump: dict | None = None) -> np.ndarray:
+    """rgb: [H, W, 3] uint8 -> [3, H, W] float32 in [0, 1]. `dump` collects the intermediate tensors."""
+    dump = {} if dump is None else dump
     x = (rgb.astype(np.float32) / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0)
     x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
     z = m.vae_encode(x) * m.sf
+    dump["x"], dump["z"] = x, z
     n = len(sch["timesteps"])
     alpha, beta, c_skip, c_out = sch["alpha"], sch["beta"], sch["c_skip"], sch["c_out"]
     g = np.float32(p["guidance_scale"])
@@ -224,6 +227,9 @@ def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarr
         else:
             eps = eps_c
         x0 = c_out[i] * (X - beta[i] * eps) / alpha[i] + c_skip[i] * X
+        dump[f"X_{i}"], dump[f"eps_c_{i}"], dump[f"eps_{i}"], dump[f"x0_{i}"] = X, eps_c, eps, x0
+        if cfg in ("self", "initialize"):
+            dump[f"S_{i}"] = S
         if i + 1 < n:
             if cfg in ("self", "initialize"):
                 D = c_out[i] * (beta[i] * S - beta[i] * eps) / alpha[i] + c_skip[i] * (beta[i] * S)
@@ -232,6 +238,7 @@ def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarr
             if p["add_noise"]:
                 X = X + beta[i + 1] * noise[i + 1:i + 2]
     y = m.vae_decode((x0 / m.sf).astype(np.float32))
+    dump["y"] = y
     return np.clip(y[0] / np.float32(2.0) + np.float32(0.5), 0.0, 1.0).astype(np.float32)
 
 
@@ -255,6 +262,9 @@ def parse_args(argv):
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--png", action="store_true", help="also write OUT/frame_%%03d.png")
+    ap.add_argument("--dump", action="store_true",
+                    help="also write OUT/frame_%%03d.npz with the intermediate tensors (x, z, X_i, eps_i, x0_i, "
+                         "S_i, y) and OUT/common.npz with the noise, the schedule and the embeddings")
     return ap.parse_args(argv)
 
 
@@ -278,6 +288,9 @@ def run(args) -> int:
     p = {"guidance_scale": args.guidance_scale, "delta": args.delta, "cfg_type": args.cfg_type,
          "add_noise": bool(args.add_noise)}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.dump:
+        np.savez(args.out / "common.npz", noise=noise, cond=cond, uncond=uncond,
+                 **{k: np.asarray(v) for k, v in sch.items()})
     k = 0
     while True:
         src = args.inputs / f"frame_{k:03d}.rgb"
@@ -287,8 +300,11 @@ def run(args) -> int:
         if len(raw) != W * H * 3:
             raise RefError(f"{src}: {len(raw)} bytes, expected {W}*{H}*3 = {W * H * 3}")
         rgb = np.frombuffer(raw, dtype=np.uint8).reshape(H, W, 3)
-        out = process_frame(m, rgb, p, sch, noise, cond, uncond)
+        dump: dict = {}
+        out = process_frame(m, rgb, p, sch, noise, cond, uncond, dump)
         out.astype("<f4").tofile(args.out / f"frame_{k:03d}.f32")
+        if args.dump:
+            np.savez(args.out / f"frame_{k:03d}.npz", **dump)
         if args.png:
             from PIL import Image
             img = np.round(out.transpose(1, 2, 0) * 255.0).astype(np.uint8)

@@ -148,8 +148,10 @@ def test_tiny_models_run_sane_and_use_all_inputs(models, name):
     te, un = session(d / "text_encoder" / "model.onnx"), session(d / "unet" / "model.onnx")
     enc, dec = session(d / "vae_encoder" / "model.onnx"), session(d / "vae_decoder" / "model.onnx")
     idt = np.int32 if name == "tiny-sdexport" else np.int64
-    ids_a = np.full((1, 77), 49407, idt); ids_a[0, :4] = [49406, 320, 736, 1615]  # "a red car"
-    ids_b = ids_a.copy(); ids_b[0, 2] = 1746  # "a blue car"
+    ids_a = np.full((1, 77), 49407, idt)
+    ids_a[0, :4] = [49406, 320, 736, 1615]  # "a red car"
+    ids_b = ids_a.copy()
+    ids_b[0, 2] = 1746  # "a blue car"
     emb_a = te.run(None, {"input_ids": ids_a})[0].astype(np.float32)
     emb_b = te.run(None, {"input_ids": ids_b})[0].astype(np.float32)
     assert emb_a.shape == (1, 77, 32) and np.isfinite(emb_a).all()
@@ -343,6 +345,14 @@ def test_reference_determinism_and_sensitivity(models, tmp_path):
     assert float(np.abs(a - out("prompt", "--prompt", "a blue house", *base[2:])).max()) > 1e-3
     assert float(np.abs(a - out("strength", *base[:4], "--t-index-list", "20,45")).max()) > 1e-3
     assert float(np.abs(a - out("noadd", *base, "--add-noise", "0")).max()) > 1e-3
+    # The dumped intermediates are consistent with the formulas and the output.
+    d = out("dump", *base, "--dump", "--cfg-type", "self", "--guidance-scale", "1.5")
+    f, c = np.load(tmp_path / "dump" / "frame_000.npz"), np.load(tmp_path / "dump" / "common.npz")
+    np.testing.assert_allclose(f["X_0"], c["alpha"][0] * f["z"] + c["beta"][0] * c["noise"][0:1], atol=1e-6)
+    np.testing.assert_allclose(f["S_0"], c["noise"][0:1])
+    np.testing.assert_allclose(f["eps_0"], 1.5 * f["eps_c_0"] - 0.5 * f["S_0"], atol=1e-5)
+    np.testing.assert_allclose(f["X_1"], c["alpha"][1] * f["x0_0"] + c["beta"][1] * c["noise"][1:2], atol=1e-6)
+    np.testing.assert_allclose(d, np.clip(f["y"][0] / 2 + 0.5, 0, 1), atol=1e-7)
 
 
 def test_reference_errors_are_reported(models, tmp_path):
@@ -397,7 +407,9 @@ def test_demo_reacts_to_prompt_seed_and_strength(models, tmp_path):
 
     w, h = 160, 128  # any multiple of 8
     src = landscape(w, h).astype(np.float32).transpose(2, 0, 1) / 255.0
-    run = lambda tag, *a: _demo_run(models, tmp_path, tag, w, h, "--seed", "2", *a)  # noqa: E731
+    def run(tag, *a):
+        return _demo_run(models, tmp_path, tag, w, h, "--seed", "2", *a)
+
     red, blue = run("red", "--prompt", "a red car"), run("blue", "--prompt", "a blue house")
     assert float(red[0].mean() - red[2].mean()) > 0.15  # red dominates blue
     assert float(blue[2].mean() - blue[0].mean()) > 0.15
@@ -432,3 +444,28 @@ def test_demo_batches_and_sizes(models):
     assert y.shape == (3, 3, 72, 96) and np.isfinite(y).all()
     # Encode then decode keeps the picture roughly (a pooled, stylised copy).
     assert float(np.abs(np.clip(y, -1, 1) - x).mean()) < 0.7
+
+
+# ---------------------------------------------------------------- sd-turbo-shaped generator
+
+def test_sdturbo_shaped_builder_small(tmp_path):
+    """The sd-turbo-shaped graphs, built at small widths: right signatures, and they run end to end."""
+    from i2i_models import sdturbo
+
+    d = tmp_path / "sdt"
+    sdturbo.write(d, log=lambda m: None, dims=sdturbo.SMALL)
+    exp = {
+        "text_encoder": ([("input_ids", "tensor(int64)", 2)],
+                         [("last_hidden_state", "tensor(float)", 3), ("pooler_output", "tensor(float)", 2)]),
+        "unet": ([("sample", "tensor(float)", 4), ("timestep", "tensor(int64)", 1),
+                  ("encoder_hidden_states", "tensor(float)", 3)], [("out_sample", "tensor(float)", 4)]),
+        "vae_encoder": ([("sample", "tensor(float)", 4)], [("latent_sample", "tensor(float)", 4)]),
+        "vae_decoder": ([("latent_sample", "tensor(float)", 4)], [("sample", "tensor(float)", 4)]),
+    }
+    for comp, e in exp.items():
+        assert sig(session(d / comp / "model.onnx")) == e, comp
+    write_frames(tmp_path / "in", 1, 64, 64)
+    r = run_ref(d, tmp_path / "in", tmp_path / "out", "--prompt", "a red car", "--cfg-type", "none")
+    assert r.returncode == 0, r.stderr
+    out = read_out(tmp_path / "out", 0)
+    assert np.isfinite(out).all() and float(out.std()) > 1e-3
