@@ -11,7 +11,7 @@ Sets the project up (scripts/setup.sh), writes a few seconds of sample frames
 (out/frames/%04d.jpg, 512x512, made locally), runs the design card pipeline
 
   multifilesrc location=out/frames/%04d.jpg caps=image/jpeg,framerate=15/1 ! jpegdec
-    ! <TRANSFORM> ! zmqmsgpacksink port=PORT
+    ! i2itransform model=models/demo prompt="$PROMPT" ! zmqmsgpacksink port=PORT
 
 while i2i-stats receives the stream, saves what it receives to out/demo/ and prints its
 report at the end. Runs headless; nothing is downloaded.
@@ -56,10 +56,11 @@ PORT=$((10#$PORT))
 [[ "$COUNT" =~ ^[1-9][0-9]*$ ]] || die "--frames: expected a positive count, found '$COUNT'"
 [[ "$FPS" =~ ^[1-9][0-9]*$ ]] || die "--fps: expected a positive whole number, found '$FPS'"
 
-# The element between decoding and sending. This is the one line to change to run the
-# diffusion model on the frames instead, for example:
-#   TRANSFORM='i2itransform model=models/demo prompt="a watercolour landscape"'
-TRANSFORM='videoconvert ! videoscale ! video/x-raw,width=512,height=512'
+# The element between decoding and sending: the diffusion transform on the bundled
+# demonstration model (models/demo, made by scripts/make_models.py). To stream the frames
+# without the model, use TRANSFORM='videoconvert ! videoscale ! video/x-raw,width=512,height=512'.
+PROMPT=${PROMPT:-"a neon sunset over the ocean"}
+TRANSFORM="i2itransform model=models/demo prompt=\"$PROMPT\" seed=2 t-index-list=32,45"
 
 if $SETUP; then
   bash scripts/setup.sh
@@ -67,7 +68,7 @@ fi
 [ -f .deps/env.sh ] || die ".deps/env.sh missing: run 'bash scripts/setup.sh' first"
 # shellcheck disable=SC1091
 . .deps/env.sh
-for element in zmqmsgpacksink jpegdec multifilesrc; do
+for element in i2itransform zmqmsgpacksink jpegdec multifilesrc; do
   gst-inspect-1.0 "$element" >/dev/null 2>&1 \
     || die "GStreamer element '$element' not found (GST_PLUGIN_PATH=$GST_PLUGIN_PATH); run 'bash scripts/setup.sh'"
 done

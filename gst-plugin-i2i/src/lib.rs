@@ -4,10 +4,12 @@
 use gst::glib;
 
 pub mod diffusion;
+pub mod i2itransform;
 pub mod settings;
 mod settingssrc;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    i2itransform::register(plugin)?;
     settingssrc::register(plugin)?;
     Ok(())
 }

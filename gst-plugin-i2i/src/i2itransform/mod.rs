@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `i2itransform`: StreamDiffusion-style img2img on ONNX Runtime as a GStreamer element.
+//!
+//! ```text
+//! ... ! jpegdec ! i2itransform model=models/demo prompt="..." ! zmqmsgpacksink
+//! ```
+//!
+//! Sink: raw video (RGB, RGBx, RGBA, BGR, BGRx, BGRA, I420, NV12), any size, resized to
+//! `width` x `height`. Src: RGB (RGBA or I420 when downstream asks) at the model size,
+//! one output frame per input frame with its timestamps, offset and metas. Inference
+//! runs on the src pad's task behind a queue of `max-queue` frames. A second sink pad,
+//! `settings`, takes `application/x-i2i-settings` JSON updates applied at the next batch.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod convert;
+mod imp;
+pub mod live;
+
+use crate::diffusion;
+
+glib::wrapper! {
+    pub struct I2iTransform(ObjectSubclass<imp::I2iTransform>) @extends gst::Element, gst::Object;
+}
+
+/// The `cfg-type` property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstI2iCfgType")]
+pub enum CfgType {
+    #[enum_value(name = "None: no classifier-free guidance", nick = "none")]
+    None = 0,
+    #[enum_value(
+        name = "Full: the UNet also runs on the negative prompt (2n evaluations)",
+        nick = "full"
+    )]
+    Full = 1,
+    #[default]
+    #[enum_value(
+        name = "Self: residual CFG with the stock noise as negative (n evaluations)",
+        nick = "self"
+    )]
+    SelfNegative = 2,
+    #[enum_value(
+        name = "Initialize: residual CFG initialised from the negative prompt (n + 1 evaluations)",
+        nick = "initialize"
+    )]
+    Initialize = 3,
+}
+
+impl From<CfgType> for diffusion::CfgType {
+    fn from(c: CfgType) -> Self {
+        match c {
+            CfgType::None => diffusion::CfgType::None,
+            CfgType::Full => diffusion::CfgType::Full,
+            CfgType::SelfNegative => diffusion::CfgType::SelfNegative,
+            CfgType::Initialize => diffusion::CfgType::Initialize,
+        }
+    }
+}
+
+impl From<diffusion::CfgType> for CfgType {
+    fn from(c: diffusion::CfgType) -> Self {
+        match c {
+            diffusion::CfgType::None => CfgType::None,
+            diffusion::CfgType::Full => CfgType::Full,
+            diffusion::CfgType::SelfNegative => CfgType::SelfNegative,
+            diffusion::CfgType::Initialize => CfgType::Initialize,
+        }
+    }
+}
+
+/// The `execution-provider` property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstI2iExecutionProvider")]
+pub enum ExecutionProvider {
+    #[default]
+    #[enum_value(name = "Auto: TensorRT, else CUDA, else CPU", nick = "auto")]
+    Auto = 0,
+    #[enum_value(name = "CPU", nick = "cpu")]
+    Cpu = 1,
+    #[enum_value(name = "CUDA (an error when not available)", nick = "cuda")]
+    Cuda = 2,
+    #[enum_value(name = "TensorRT (an error when not available)", nick = "tensorrt")]
+    TensorRt = 3,
+}
+
+impl From<ExecutionProvider> for diffusion::ExecutionProvider {
+    fn from(p: ExecutionProvider) -> Self {
+        match p {
+            ExecutionProvider::Auto => diffusion::ExecutionProvider::Auto,
+            ExecutionProvider::Cpu => diffusion::ExecutionProvider::Cpu,
+            ExecutionProvider::Cuda => diffusion::ExecutionProvider::Cuda,
+            ExecutionProvider::TensorRt => diffusion::ExecutionProvider::TensorRt,
+        }
+    }
+}
+
+/// Name of an execution provider as the `provider` property and the stats report it.
+pub fn provider_name(p: diffusion::ExecutionProvider) -> &'static str {
+    match p {
+        diffusion::ExecutionProvider::Auto => "auto",
+        diffusion::ExecutionProvider::Cpu => "cpu",
+        diffusion::ExecutionProvider::Cuda => "cuda",
+        diffusion::ExecutionProvider::TensorRt => "tensorrt",
+    }
+}
+
+static ENGINE_CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "i2i-engine",
+        gst::DebugColorFlags::empty(),
+        Some("Diffusion engine (model loading, execution providers)"),
+    )
+});
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The engine's messages (provider chosen, TensorRT builds) go to the GStreamer log.
+    diffusion::set_logger(|level, msg| match level {
+        diffusion::LogLevel::Debug => gst::debug!(ENGINE_CAT, "{msg}"),
+        diffusion::LogLevel::Info => gst::info!(ENGINE_CAT, "{msg}"),
+        diffusion::LogLevel::Warning => gst::warning!(ENGINE_CAT, "{msg}"),
+        diffusion::LogLevel::Error => gst::error!(ENGINE_CAT, "{msg}"),
+    });
+    CfgType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    ExecutionProvider::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    gst::Element::register(
+        Some(plugin),
+        "i2itransform",
+        gst::Rank::NONE,
+        I2iTransform::static_type(),
+    )
+}

@@ -1,0 +1,1125 @@
+// SPDX-License-Identifier: MPL-2.0
+//! i2itransform in real pipelines on the generated tiny models (64x64) and the demo model.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gsti2i::diffusion::{self, Engine, InputFrame, LoadOptions, StreamParams};
+
+const W: u32 = 64;
+const H: u32 = 64;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gsti2i::plugin_register_static().unwrap();
+    });
+}
+
+fn model(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+        .join(name);
+    assert!(
+        dir.join("unet").join("model.onnx").exists(),
+        "{} is missing: run scripts/setup.sh (it generates the test models)",
+        dir.display()
+    );
+    dir
+}
+
+fn tiny() -> String {
+    model("tiny-sd15").display().to_string()
+}
+
+/// A distinct packed RGB test picture per frame index.
+fn picture(index: u64, w: u32, h: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3u64 {
+                v.push(((x as u64 * 4 + y as u64 * 2 + c * 70 + index * 23) % 256) as u8);
+            }
+        }
+    }
+    v
+}
+
+#[derive(Debug)]
+struct Run {
+    samples: Vec<gst::Sample>,
+    messages: Vec<gst::Message>,
+}
+
+impl Run {
+    fn warnings(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Warning(w) => Some(w.error().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn applied(&self) -> Vec<gst::Structure> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Element(e) => e
+                    .structure()
+                    .filter(|s| s.name() == "i2i-settings-applied")
+                    .map(|s| s.to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rgb(&self, i: usize) -> Vec<u8> {
+        self.samples[i]
+            .buffer()
+            .unwrap()
+            .map_readable()
+            .unwrap()
+            .to_vec()
+    }
+
+    fn pts(&self) -> Vec<Option<gst::ClockTime>> {
+        self.samples
+            .iter()
+            .map(|s| s.buffer().unwrap().pts())
+            .collect()
+    }
+}
+
+/// Collects everything the appsink named `out` receives.
+fn collect_samples(pipeline: &gst::Pipeline) -> Arc<Mutex<Vec<gst::Sample>>> {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_property("sync", false);
+    let s = samples.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                s.lock().unwrap().push(sample);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    samples
+}
+
+/// Waits for EOS (Ok) or an error (Err with the error text), keeping every message.
+fn wait_eos(pipeline: &gst::Pipeline, messages: &mut Vec<gst::Message>) -> Result<(), String> {
+    let bus = pipeline.bus().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out waiting for EOS".into());
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            continue;
+        };
+        let done = match msg.view() {
+            gst::MessageView::Eos(_) => Some(Ok(())),
+            gst::MessageView::Error(e) => Some(Err(format!(
+                "{}: {} ({:?})",
+                msg.src().map(|s| s.path_string()).unwrap_or_default(),
+                e.error(),
+                e.debug()
+            ))),
+            _ => None,
+        };
+        messages.push(msg);
+        if let Some(r) = done {
+            return r;
+        }
+    }
+}
+
+fn run_launch(desc: &str) -> Result<Run, String> {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let samples = collect_samples(&pipeline);
+    let mut messages = Vec::new();
+    let res = pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("{e}"))
+        .and_then(|_| wait_eos(&pipeline, &mut messages));
+    // Errors posted during a failed state change are on the bus too.
+    while let Some(m) = pipeline.bus().unwrap().pop() {
+        messages.push(m);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let err_text = messages.iter().find_map(|m| match m.view() {
+        gst::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),
+        _ => None,
+    });
+    match (res, err_text) {
+        (Ok(()), None) => Ok(Run {
+            samples: std::mem::take(&mut samples.lock().unwrap()),
+            messages,
+        }),
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => Err(e),
+    }
+}
+
+fn video_caps(format: &str, w: u32, h: u32) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", format)
+        .field("width", w as i32)
+        .field("height", h as i32)
+        .field("framerate", gst::Fraction::new(10, 1))
+        .build()
+}
+
+fn caps_of(sample: &gst::Sample) -> (String, i32, i32) {
+    let s = sample.caps().unwrap().structure(0).unwrap().to_owned();
+    (
+        s.get::<String>("format").unwrap(),
+        s.get::<i32>("width").unwrap(),
+        s.get::<i32>("height").unwrap(),
+    )
+}
+
+/// A pipeline `appsrc name=src ! i2itransform name=i2i <props> ! appsink name=out`
+/// fed with RGB pictures at 64x64.
+struct AppPipeline {
+    pipeline: gst::Pipeline,
+    src: gst_app::AppSrc,
+    i2i: gst::Element,
+    samples: Arc<Mutex<Vec<gst::Sample>>>,
+}
+
+impl AppPipeline {
+    fn new(props: &str, extra: &str) -> AppPipeline {
+        init();
+        let desc = format!(
+            "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} {props} ! appsink name=out {extra}",
+            tiny()
+        );
+        let pipeline = gst::parse::launch(&desc)
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        let src = pipeline
+            .by_name("src")
+            .unwrap()
+            .downcast::<gst_app::AppSrc>()
+            .unwrap();
+        src.set_caps(Some(&video_caps("RGB", W, H)));
+        let i2i = pipeline.by_name("i2i").unwrap();
+        let samples = collect_samples(&pipeline);
+        AppPipeline {
+            pipeline,
+            src,
+            i2i,
+            samples,
+        }
+    }
+
+    fn push(&self, index: u64) {
+        let mut buf = gst::Buffer::from_mut_slice(picture(index, W, H));
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(100 * index));
+            b.set_dts(gst::ClockTime::from_mseconds(100 * index));
+            b.set_duration(gst::ClockTime::from_mseconds(100));
+            b.set_offset(index);
+            b.set_offset_end(index + 1);
+        }
+        self.src.push_buffer(buf).unwrap();
+    }
+
+    fn wait_samples(&self, n: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.samples.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} frames"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn finish(self) -> Run {
+        self.src.end_of_stream().unwrap();
+        let mut messages = Vec::new();
+        let res = wait_eos(&self.pipeline, &mut messages);
+        self.pipeline.set_state(gst::State::Null).unwrap();
+        res.unwrap();
+        Run {
+            samples: std::mem::take(&mut self.samples.lock().unwrap()),
+            messages,
+        }
+    }
+}
+
+#[test]
+fn jpegdec_links_directly() {
+    let run = run_launch(&format!(
+        "videotestsrc num-buffers=5 ! video/x-raw,width=96,height=72,framerate=15/1 ! jpegenc ! jpegdec \
+         ! i2itransform model=\"{}\" width={W} height={H} ! appsink name=out",
+        tiny()
+    ))
+    .unwrap();
+    assert_eq!(run.samples.len(), 5);
+    let caps = run.samples[0]
+        .caps()
+        .unwrap()
+        .structure(0)
+        .unwrap()
+        .to_owned();
+    assert_eq!(caps.get::<&str>("format").unwrap(), "RGB");
+    assert_eq!(caps.get::<i32>("width").unwrap(), W as i32);
+    assert_eq!(caps.get::<i32>("height").unwrap(), H as i32);
+    assert_eq!(
+        caps.get::<gst::Fraction>("framerate").unwrap(),
+        gst::Fraction::new(15, 1)
+    );
+    assert_eq!(run.rgb(0).len(), (W * H * 3) as usize);
+}
+
+#[test]
+fn every_input_format_is_accepted() {
+    for format in ["RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12"] {
+        let run = run_launch(&format!(
+            "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,format={format},width=80,height=60,framerate=10/1 \
+             ! i2itransform model=\"{}\" width={W} height={H} ! appsink name=out",
+            tiny()
+        ))
+        .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(run.samples.len(), 3, "{format}");
+        assert_eq!(caps_of(&run.samples[0]), ("RGB".into(), W as i32, H as i32));
+    }
+}
+
+#[test]
+fn output_format_follows_downstream() {
+    for (filter, format, size) in [
+        ("video/x-raw,format=RGBA", "RGBA", W * H * 4),
+        ("video/x-raw,format=I420", "I420", W * H * 3 / 2),
+        ("video/x-raw,format=RGB", "RGB", W * H * 3),
+        // Downstream's order wins over ours.
+        ("video/x-raw,format={I420,RGB}", "I420", W * H * 3 / 2),
+    ] {
+        let run = run_launch(&format!(
+            "videotestsrc num-buffers=2 ! video/x-raw,width=64,height=48,framerate=10/1 \
+             ! i2itransform model=\"{}\" width={W} height={H} ! {filter} ! appsink name=out",
+            tiny()
+        ))
+        .unwrap_or_else(|e| panic!("{filter}: {e}"));
+        assert_eq!(run.samples.len(), 2);
+        assert_eq!(caps_of(&run.samples[0]).0, format, "{filter}");
+        assert_eq!(run.rgb(0).len(), size as usize, "{filter}");
+    }
+}
+
+#[test]
+fn rgba_and_i420_outputs_hold_the_same_picture_as_rgb() {
+    let rgb = run_launch(&format!(
+        "videotestsrc num-buffers=1 pattern=smpte ! video/x-raw,width=64,height=64,framerate=10/1 \
+         ! i2itransform model=\"{}\" width={W} height={H} ! video/x-raw,format=RGB ! appsink name=out",
+        tiny()
+    ))
+    .unwrap()
+    .rgb(0);
+    let rgba = run_launch(&format!(
+        "videotestsrc num-buffers=1 pattern=smpte ! video/x-raw,width=64,height=64,framerate=10/1 \
+         ! i2itransform model=\"{}\" width={W} height={H} ! video/x-raw,format=RGBA ! appsink name=out",
+        tiny()
+    ))
+    .unwrap()
+    .rgb(0);
+    for (i, px) in rgba.chunks_exact(4).enumerate() {
+        assert_eq!(&px[..3], &rgb[i * 3..i * 3 + 3], "pixel {i}");
+        assert_eq!(px[3], 255);
+    }
+}
+
+#[test]
+fn timestamps_offsets_and_metas_stay_with_their_frame() {
+    let p = AppPipeline::new("t-index-list=20,35", "");
+    let unix = gst::Caps::new_empty_simple("timestamp/x-unix");
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..6u64 {
+        let mut buf = gst::Buffer::from_mut_slice(picture(i, W, H));
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(1000 + 100 * i));
+            b.set_dts(gst::ClockTime::from_mseconds(990 + 100 * i));
+            b.set_duration(gst::ClockTime::from_mseconds(90 + i));
+            b.set_offset(100 + i);
+            b.set_offset_end(101 + i);
+            gst::ReferenceTimestampMeta::add(
+                b,
+                &unix,
+                gst::ClockTime::from_mseconds(1_700_000_000_000 + i),
+                gst::ClockTime::NONE,
+            );
+        }
+        p.src.push_buffer(buf).unwrap();
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 6);
+    for (i, s) in run.samples.iter().enumerate() {
+        let i = i as u64;
+        let b = s.buffer().unwrap();
+        assert_eq!(b.pts(), Some(gst::ClockTime::from_mseconds(1000 + 100 * i)));
+        assert_eq!(b.dts(), Some(gst::ClockTime::from_mseconds(990 + 100 * i)));
+        assert_eq!(b.duration(), Some(gst::ClockTime::from_mseconds(90 + i)));
+        assert_eq!(b.offset(), 100 + i);
+        assert_eq!(b.offset_end(), 101 + i);
+        let metas: Vec<_> = b
+            .iter_meta::<gst::ReferenceTimestampMeta>()
+            .map(|m| (m.reference().to_owned(), m.timestamp()))
+            .collect();
+        assert_eq!(
+            metas,
+            vec![(
+                unix.clone(),
+                gst::ClockTime::from_mseconds(1_700_000_000_000 + i)
+            )],
+            "frame {i}"
+        );
+        // The input's VideoMeta (if any) describes the input picture: it must not travel.
+        assert!(
+            b.meta::<gst_video::VideoMeta>()
+                .is_none_or(|m| m.width() == W)
+        );
+    }
+}
+
+#[test]
+fn every_frame_comes_out_once_in_order() {
+    // 7 frames: with batch-size 3 the last batch is partial at EOS.
+    for batch in [1u32, 3] {
+        for t in ["20", "20,35", "10,25,40"] {
+            let p = AppPipeline::new(&format!("batch-size={batch} t-index-list={t}"), "");
+            p.pipeline.set_state(gst::State::Playing).unwrap();
+            for i in 0..7 {
+                p.push(i);
+            }
+            let run = p.finish();
+            let offsets: Vec<u64> = run
+                .samples
+                .iter()
+                .map(|s| s.buffer().unwrap().offset())
+                .collect();
+            assert_eq!(offsets, (0..7).collect::<Vec<_>>(), "batch {batch}, t {t}");
+            let expect: Vec<_> = (0..7)
+                .map(|i| Some(gst::ClockTime::from_mseconds(100 * i)))
+                .collect();
+            assert_eq!(run.pts(), expect, "batch {batch}, t {t}");
+        }
+    }
+}
+
+#[test]
+fn batch_size_does_not_change_the_pictures() {
+    let run_with = |batch: u32| {
+        let p = AppPipeline::new(
+            &format!("batch-size={batch} t-index-list=10,25,40 threads=1"),
+            "",
+        );
+        p.pipeline.set_state(gst::State::Playing).unwrap();
+        for i in 0..5 {
+            p.push(i);
+        }
+        p.finish()
+    };
+    let (a, b) = (run_with(1), run_with(3));
+    for i in 0..5 {
+        assert_eq!(a.rgb(i), b.rgb(i), "frame {i}");
+    }
+}
+
+/// Output of the element == the engine's output for the same RGB frames.
+#[test]
+fn element_output_equals_engine_output() {
+    let p = AppPipeline::new(
+        "t-index-list=20,35 prompt=\"a red fox\" seed=7 threads=1",
+        "",
+    );
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..4 {
+        p.push(i);
+    }
+    let i2i = p.i2i.clone();
+    let run = p.finish();
+    assert_eq!(
+        i2i.property::<Option<String>>("provider").as_deref(),
+        Some("cpu")
+    );
+    let stats = i2i.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("frames-in").unwrap(), 4, "{stats}");
+    assert_eq!(stats.get::<u64>("frames-out").unwrap(), 4, "{stats}");
+    assert_eq!(stats.get::<&str>("provider").unwrap(), "cpu", "{stats}");
+    assert!(stats.get::<u64>("batches").unwrap() >= 4, "{stats}");
+
+    let opts = LoadOptions {
+        model_dir: model("tiny-sd15"),
+        width: W,
+        height: H,
+        batch_size: 1,
+        execution_provider: diffusion::ExecutionProvider::Cpu,
+        intra_threads: 1,
+        ..Default::default()
+    };
+    let params = StreamParams {
+        prompt: "a red fox".into(),
+        seed: 7,
+        t_index_list: vec![20, 35],
+        ..Default::default()
+    };
+    let mut engine = Engine::load(&opts, &params).unwrap();
+    let mut outs = Vec::new();
+    for i in 0..4u64 {
+        outs.extend(
+            engine
+                .process(vec![InputFrame {
+                    tag: i,
+                    rgb: picture(i, W, H),
+                }])
+                .unwrap(),
+        );
+    }
+    outs.extend(engine.drain().unwrap());
+    assert_eq!(outs.len(), 4);
+    for (i, o) in outs.iter().enumerate() {
+        let mut rgb = Vec::new();
+        diffusion::to_rgb8(&o.pixels, W, H, &mut rgb);
+        assert_eq!(run.rgb(i), rgb, "frame {i}");
+    }
+}
+
+/// Pushes 8 identical pictures and applies `change` once 2 frames are out.
+fn run_with_change(props: &str, change: impl FnOnce(&AppPipeline)) -> Run {
+    let p = AppPipeline::new(props, "");
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    let push_same = |i: u64| {
+        let mut buf = gst::Buffer::from_mut_slice(picture(0, W, H));
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(100 * i));
+        b.set_offset(i);
+        p.src.push_buffer(buf).unwrap();
+    };
+    for i in 0..4 {
+        push_same(i);
+    }
+    p.wait_samples(2);
+    change(&p);
+    for i in 4..8 {
+        push_same(i);
+    }
+    p.finish()
+}
+
+fn check_change(run: &Run, name: &str) -> u64 {
+    assert_eq!(run.samples.len(), 8);
+    let applied = run.applied();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    let changed = applied[0].get::<gst::Array>("changed").unwrap();
+    assert!(
+        changed.iter().any(|v| v.get::<&str>().unwrap() == name),
+        "{applied:?}"
+    );
+    let index = applied[0].get::<u64>("frame-index").unwrap();
+    // Frames 0 and 1 were out before the change; it holds from a later frame on.
+    assert!((2..8).contains(&index), "{applied:?}");
+    // Same input picture throughout: the first output (old settings) and the last
+    // (new settings) differ.
+    assert_ne!(
+        run.rgb(0),
+        run.rgb(7),
+        "the change did not change the picture"
+    );
+    index
+}
+
+#[test]
+fn live_prompt_change_changes_output_and_is_announced() {
+    let run = run_with_change("t-index-list=20,35", |p| {
+        p.i2i.set_property("prompt", "a blue ocean");
+    });
+    check_change(&run, "prompt");
+    assert_eq!(
+        run.applied()[0].get::<&str>("prompt").unwrap(),
+        "a blue ocean"
+    );
+    // The last frame equals a run that had the new prompt from the start.
+    let fresh = run_with_change("t-index-list=20,35 prompt=\"a blue ocean\"", |_| ());
+    assert_eq!(fresh.rgb(7), run.rgb(7));
+}
+
+#[test]
+fn live_seed_change_changes_output() {
+    let run = run_with_change("t-index-list=20", |p| {
+        p.i2i.set_property("seed", 12345u64);
+    });
+    check_change(&run, "seed");
+    assert_eq!(run.applied()[0].get::<u64>("seed").unwrap(), 12345);
+}
+
+fn settings_buffer(json: &str) -> gst::Buffer {
+    gst::Buffer::from_slice(json.as_bytes().to_vec())
+}
+
+/// Video from `src`, settings from `settings`.
+fn settings_pipeline(props: &str) -> (AppPipeline, gst_app::AppSrc) {
+    let p = AppPipeline::new(props, "");
+    let settings = gst_app::AppSrc::builder()
+        .name("settings")
+        .caps(&gst::Caps::new_empty_simple("application/x-i2i-settings"))
+        .build();
+    p.pipeline.add(&settings).unwrap();
+    settings
+        .static_pad("src")
+        .unwrap()
+        .link(&p.i2i.static_pad("settings").unwrap())
+        .unwrap();
+    (p, settings)
+}
+
+#[test]
+fn settings_pad_update_is_applied() {
+    let (p, settings) = settings_pipeline("t-index-list=20");
+    let i2i = p.i2i.clone();
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..4 {
+        p.push(i);
+    }
+    p.wait_samples(2);
+    settings
+        .push_buffer(settings_buffer(
+            r#"{"prompt":"a green forest","seed":99,"guidance-scale":1.5,"t-index-list":"15,30"}"#,
+        ))
+        .unwrap();
+    // The settings stream ends: the video goes on.
+    settings.end_of_stream().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while i2i.property::<u64>("seed") != 99 {
+        assert!(Instant::now() < deadline, "settings were not taken");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for i in 4..8 {
+        p.push(i);
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 8);
+    let applied = run.applied();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    let a = &applied[0];
+    assert_eq!(a.get::<&str>("prompt").unwrap(), "a green forest");
+    assert_eq!(a.get::<u64>("seed").unwrap(), 99);
+    assert_eq!(a.get::<&str>("t-index-list").unwrap(), "15,30");
+    assert!((a.get::<f64>("guidance-scale").unwrap() - 1.5).abs() < 1e-6);
+    assert_eq!(i2i.property::<String>("prompt"), "a green forest");
+    assert_eq!(i2i.property::<String>("t-index-list"), "15,30");
+}
+
+#[test]
+fn invalid_settings_are_warned_about_and_the_stream_continues() {
+    let (p, settings) = settings_pipeline("t-index-list=20");
+    let i2i = p.i2i.clone();
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    p.push(0);
+    for bad in [
+        "{not json",
+        r#"{"sed": 1}"#,
+        r#"{"t-index-list": "a,b"}"#,
+        r#"{"guidance-scale": 1000}"#,
+        r#"{"cfg-type": "half"}"#,
+    ] {
+        settings.push_buffer(settings_buffer(bad)).unwrap();
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while i2i
+        .property::<gst::Structure>("stats")
+        .get::<u64>("settings-rejected")
+        .unwrap()
+        < 5
+    {
+        assert!(Instant::now() < deadline, "settings were not all read");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for i in 1..4 {
+        p.push(i);
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 4);
+    assert!(run.applied().is_empty());
+    let warnings = run.warnings().join("\n");
+    for needle in ["\"a,b\"", "sed", "guidance-scale 1000", "\"half\""] {
+        assert!(warnings.contains(needle), "{needle} not in {warnings}");
+    }
+    assert_eq!(i2i.property::<String>("t-index-list"), "20");
+}
+
+#[test]
+fn invalid_property_values_are_refused_and_the_old_value_stays() {
+    init();
+    let pipeline = gst::Pipeline::new();
+    let i2i = gst::ElementFactory::make("i2itransform").build().unwrap();
+    pipeline.add(&i2i).unwrap();
+    let bus = pipeline.bus().unwrap();
+    for bad in ["a,b", "45,32", "50", ""] {
+        i2i.set_property("t-index-list", bad);
+        assert_eq!(i2i.property::<String>("t-index-list"), "32,45");
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(5),
+                &[gst::MessageType::Warning],
+            )
+            .expect("a warning");
+        let gst::MessageView::Warning(w) = msg.view() else {
+            unreachable!()
+        };
+        let text = w.error().to_string();
+        assert!(text.contains(&format!("\"{bad}\"")), "{text}");
+    }
+    // The default t-index-list "32,45" needs at least 46 steps.
+    i2i.set_property("num-inference-steps", 46u32);
+    assert_eq!(i2i.property::<u32>("num-inference-steps"), 46);
+    i2i.set_property("num-inference-steps", 45u32);
+    assert_eq!(i2i.property::<u32>("num-inference-steps"), 46);
+    i2i.set_property("width", 100u32);
+    assert_eq!(i2i.property::<u32>("width"), 512);
+    i2i.set_property("t-index-list", "0, 10 ,20");
+    assert_eq!(i2i.property::<String>("t-index-list"), "0,10,20");
+}
+
+#[test]
+fn bad_model_directory_is_an_element_error() {
+    let err = run_launch(
+        "videotestsrc num-buffers=2 ! i2itransform model=/nonexistent/model-dir width=64 height=64 ! appsink name=out",
+    )
+    .unwrap_err();
+    assert!(err.contains("/nonexistent/model-dir"), "{err}");
+
+    // A model directory with a missing graph names the missing file.
+    let dir = std::env::temp_dir().join(format!("i2i-bad-model-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&model("tiny-sd15"), &dir);
+    std::fs::remove_file(dir.join("vae_decoder").join("model.onnx")).unwrap();
+    let err = run_launch(&format!(
+        "videotestsrc num-buffers=2 ! i2itransform model=\"{}\" width=64 height=64 ! appsink name=out",
+        dir.display()
+    ))
+    .unwrap_err();
+    assert!(err.contains("vae_decoder"), "{err}");
+    assert!(err.contains("model.onnx"), "{err}");
+
+    // No model at all.
+    let err =
+        run_launch("videotestsrc num-buffers=2 ! i2itransform ! appsink name=out").unwrap_err();
+    assert!(err.contains("model"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn flushing_seek_mid_stream() {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc ! video/x-raw,width=64,height=64,framerate=10/1 \
+         ! i2itransform name=i2i model=\"{}\" width={W} height={H} t-index-list=10,25,40 batch-size=2 \
+         ! appsink name=out",
+        tiny()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_property("sync", false);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for _ in 0..5 {
+        sink.try_pull_sample(gst::ClockTime::from_seconds(30))
+            .expect("frame before the seek");
+    }
+    pipeline
+        .seek(
+            1.0,
+            gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+            gst::SeekType::Set,
+            gst::ClockTime::from_seconds(2),
+            gst::SeekType::Set,
+            gst::ClockTime::from_mseconds(3000),
+        )
+        .unwrap();
+    let mut pts = Vec::new();
+    let mut before = 0;
+    loop {
+        match sink.try_pull_sample(gst::ClockTime::from_seconds(30)) {
+            Some(s) => {
+                let p = s.buffer().unwrap().pts().unwrap();
+                if p < gst::ClockTime::from_seconds(2) {
+                    // Pulled before the flush reached the sink.
+                    assert!(pts.is_empty(), "old frame {p} after new ones {pts:?}");
+                    before += 1;
+                    continue;
+                }
+                pts.push(p);
+            }
+            None => {
+                assert!(sink.is_eos(), "no EOS after the seek");
+                break;
+            }
+        }
+    }
+    let expect: Vec<_> = (20..30)
+        .map(|i| gst::ClockTime::from_mseconds(100 * i))
+        .collect();
+    assert_eq!(pts, expect, "({before} old frames before the flush)");
+    let stats = pipeline
+        .by_name("i2i")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    assert_eq!(
+        stats.get::<u64>("frames-in").unwrap(),
+        stats.get::<u64>("frames-out").unwrap() + stats.get::<u64>("frames-dropped").unwrap(),
+        "{stats}"
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn state_changes_mid_stream_stop_cleanly() {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc ! video/x-raw,width=64,height=64,framerate=10/1 \
+         ! i2itransform name=i2i model=\"{}\" width={W} height={H} max-queue=2 ! appsink name=out",
+        tiny()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_property("sync", false);
+    for _ in 0..2 {
+        pipeline.set_state(gst::State::Playing).unwrap();
+        for _ in 0..3 {
+            sink.try_pull_sample(gst::ClockTime::from_seconds(30))
+                .expect("frame");
+        }
+        // Load-time settings are refused while running.
+        let i2i = pipeline.by_name("i2i").unwrap();
+        i2i.set_property("width", 128u32);
+        i2i.set_property("batch-size", 2u32);
+        assert_eq!(i2i.property::<u32>("width"), W);
+        assert_eq!(i2i.property::<u32>("batch-size"), 1);
+        // Stop while upstream is blocked on the full queue.
+        let t = Instant::now();
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn latency_query_adds_batching_stream_batch_and_inference() {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true name=src ! video/x-raw,width=64,height=64,framerate=10/1 \
+         ! i2itransform name=i2i model=\"{}\" width={W} height={H} t-index-list=20,35 batch-size=2 \
+         ! fakesink sync=true",
+        tiny()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let i2i = pipeline.by_name("i2i").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while i2i
+        .property::<gst::Structure>("stats")
+        .get::<u64>("frames-out")
+        .unwrap()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "no frames");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut upstream = gst::query::Latency::new();
+    assert!(i2i.static_pad("sink").unwrap().peer_query(&mut upstream));
+    let mut ours = gst::query::Latency::new();
+    assert!(i2i.static_pad("src").unwrap().query(&mut ours));
+    let stats = i2i.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    let (up_live, up_min, _) = upstream.result();
+    let (live, min, _) = ours.result();
+    assert!(up_live && live);
+    let added = min - up_min;
+    // n = 2, batch 2: (n-1)*2 + (2-1) = 3 frames of 100 ms, plus one model call.
+    let frames = gst::ClockTime::from_mseconds(300);
+    let call_ms = stats.get::<f64>("avg-inference-ms").unwrap();
+    assert!(call_ms > 0.0, "{stats}");
+    assert!(added > frames, "added {added}");
+    let extra_ms = (added - frames).nseconds() as f64 / 1e6;
+    assert!(
+        extra_ms >= call_ms * 0.5 && extra_ms <= call_ms * 2.0 + 1.0,
+        "added {added}, {stats}"
+    );
+
+    // Not live upstream: live stays false.
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc ! video/x-raw,width=64,height=64,framerate=10/1 \
+         ! i2itransform name=i2i model=\"{}\" width={W} height={H} ! fakesink",
+        tiny()
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    pipeline.state(gst::ClockTime::from_seconds(30)).0.unwrap();
+    let mut q = gst::query::Latency::new();
+    let i2i = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("i2i")
+        .unwrap();
+    assert!(i2i.static_pad("src").unwrap().query(&mut q));
+    assert!(!q.result().0);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn guidance_scale_is_controllable() {
+    let p = AppPipeline::new("t-index-list=20", "");
+    let cs = gst_controller_source(&p.i2i);
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..6 {
+        p.push(i);
+    }
+    let run = p.finish();
+    drop(cs);
+    let applied = run.applied();
+    // The interpolation reaches 3.0 by the last frames.
+    let last = applied.last().expect("controller changes are applied");
+    assert!(
+        last.get::<f64>("guidance-scale").unwrap() > 2.0,
+        "{applied:?}"
+    );
+}
+
+/// Drives `guidance-scale` from 1.2 at 0 s to 3.0 at 0.5 s.
+fn gst_controller_source(el: &gst::Element) -> gst_controller::InterpolationControlSource {
+    use gst_controller::prelude::*;
+    let cs = gst_controller::InterpolationControlSource::new();
+    cs.set_mode(gst_controller::InterpolationMode::Linear);
+    cs.set(gst::ClockTime::ZERO, 1.2);
+    cs.set(gst::ClockTime::from_mseconds(500), 3.0);
+    let binding = gst_controller::DirectControlBinding::new_absolute(el, "guidance-scale", &cs);
+    el.add_control_binding(&binding).unwrap();
+    cs
+}
+
+/// The demo model at its real size, straight after a JPEG decoder, with a prompt.
+#[test]
+fn demo_model_at_512() {
+    let demo = model("demo").display().to_string();
+    let launch = |prompt: &str| {
+        run_launch(&format!(
+            "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,width=640,height=480,framerate=15/1 \
+             ! jpegenc ! jpegdec ! i2itransform model=\"{demo}\" prompt=\"{prompt}\" ! appsink name=out"
+        ))
+        .unwrap()
+    };
+    let red = launch("red");
+    assert_eq!(red.samples.len(), 3);
+    assert_eq!(caps_of(&red.samples[0]), ("RGB".into(), 512, 512));
+    let pic = red.rgb(2);
+    assert_eq!(pic.len(), 512 * 512 * 3);
+    assert!(pic.iter().any(|&v| v != pic[0]), "a flat picture");
+    // The prompt shows in the picture.
+    let blue = launch("blue");
+    assert_ne!(blue.rgb(2), pic);
+}
+
+/// Upstream blocks while `max-queue` frames wait: the queue never grows past it.
+#[test]
+fn backpressure_bounds_the_queue() {
+    let p = AppPipeline::new("max-queue=2 t-index-list=10,25,40", "");
+    let i2i = p.i2i.clone();
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    // appsrc holds everything; its streaming thread then pushes as fast as we take.
+    for i in 0..40 {
+        p.push(i);
+    }
+    let mut max_seen = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let stats = i2i.property::<gst::Structure>("stats");
+        max_seen = max_seen.max(stats.get::<u32>("queued").unwrap());
+        if stats.get::<u64>("frames-in").unwrap() == 40 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 40);
+    assert!((1..=2).contains(&max_seen), "queue reached {max_seen}");
+}
+
+/// Identical frames with the similarity filter on: skipped frames still come out (the
+/// previous picture again) and are counted.
+#[test]
+fn similarity_filter_skips_are_counted() {
+    let p = AppPipeline::new(
+        "t-index-list=20,35 similarity-threshold=0.95 max-skip-frames=3",
+        "",
+    );
+    let i2i = p.i2i.clone();
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..10u64 {
+        let mut buf = gst::Buffer::from_mut_slice(picture(0, W, H));
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(100 * i));
+        b.set_offset(i);
+        p.src.push_buffer(buf).unwrap();
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 10);
+    let offsets: Vec<u64> = run
+        .samples
+        .iter()
+        .map(|s| s.buffer().unwrap().offset())
+        .collect();
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    let skipped = i2i
+        .property::<gst::Structure>("stats")
+        .get::<u64>("frames-skipped")
+        .unwrap();
+    // Never more than 3 in a row: at most 7 of the 9 after the first.
+    assert!((1..=7).contains(&skipped), "skipped {skipped}");
+}
+
+/// A live change of the number of steps drains the frames in flight first: none is lost
+/// or repeated, and the latency is announced again.
+#[test]
+fn live_t_index_list_change_keeps_every_frame() {
+    for (from, to) in [("20,35", "10,25,40"), ("10,25,40", "30"), ("30", "20,35")] {
+        let p = AppPipeline::new(&format!("t-index-list={from} batch-size=2"), "");
+        let i2i = p.i2i.clone();
+        p.pipeline.set_state(gst::State::Playing).unwrap();
+        for i in 0..8 {
+            p.push(i);
+        }
+        p.wait_samples(2);
+        i2i.set_property("t-index-list", to);
+        for i in 8..13 {
+            p.push(i);
+        }
+        let run = p.finish();
+        let offsets: Vec<u64> = run
+            .samples
+            .iter()
+            .map(|s| s.buffer().unwrap().offset())
+            .collect();
+        assert_eq!(offsets, (0..13).collect::<Vec<_>>(), "{from} -> {to}");
+        let applied = run.applied();
+        assert_eq!(applied.len(), 1, "{applied:?}");
+        assert_eq!(applied[0].get::<&str>("t-index-list").unwrap(), to);
+        assert!(
+            run.messages
+                .iter()
+                .any(|m| m.type_() == gst::MessageType::Latency),
+            "no LATENCY message"
+        );
+    }
+}
+
+/// Downstream changes its mind mid-stream (RECONFIGURE): the next frames come in the new
+/// format, none is lost.
+#[test]
+fn downstream_renegotiation_mid_stream() {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time ! i2itransform model=\"{}\" width={W} height={H} t-index-list=20,35 \
+         ! capsfilter name=cf caps=video/x-raw,format=RGB ! appsink name=out",
+        tiny()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&video_caps("RGB", W, H)));
+    let samples = collect_samples(&pipeline);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let push = |i: u64| {
+        let mut buf = gst::Buffer::from_mut_slice(picture(i, W, H));
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(100 * i));
+        b.set_offset(i);
+        src.push_buffer(buf).unwrap();
+    };
+    for i in 0..4 {
+        push(i);
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while samples.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "no frames");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pipeline.by_name("cf").unwrap().set_property(
+        "caps",
+        gst::Caps::from_str("video/x-raw,format=I420").unwrap(),
+    );
+    for i in 4..8 {
+        push(i);
+    }
+    src.end_of_stream().unwrap();
+    let mut messages = Vec::new();
+    wait_eos(&pipeline, &mut messages).unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let samples = samples.lock().unwrap();
+    assert_eq!(samples.len(), 8);
+    let offsets: Vec<u64> = samples
+        .iter()
+        .map(|s| s.buffer().unwrap().offset())
+        .collect();
+    assert_eq!(offsets, (0..8).collect::<Vec<_>>());
+    assert_eq!(caps_of(&samples[0]).0, "RGB");
+    let last = &samples[7];
+    assert_eq!(caps_of(last).0, "I420");
+    assert_eq!(last.buffer().unwrap().size(), (W * H * 3 / 2) as usize);
+}
