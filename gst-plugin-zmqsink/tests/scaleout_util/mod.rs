@@ -324,14 +324,20 @@ pub fn worker_pipeline(dispatch: &str, collect: &str, name: &str, middle: &str) 
 /// A directory with this build's plugins, for gst-launch-1.0 processes. `cargo test`
 /// builds the plugin library into target/<profile>/deps without refreshing the copy in
 /// target/<profile> (only `cargo build` does), so the newer of the two is copied into
-/// target/<profile>/scaleout-test-plugins, for each of this plugin and the i2i one.
+/// target/scaleout-test-plugins/<profile>, for each of this plugin and the i2i one. (Not
+/// under target/<profile>: GStreamer scans plugin directories recursively, and a copy there
+/// would shadow the build for anyone whose GST_PLUGIN_PATH is target/<profile>.)
 pub fn plugin_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
         let deps = exe.parent().expect("test binary in target/<profile>/deps");
         let profile = deps.parent().expect("target/<profile>");
-        let dir = profile.join("scaleout-test-plugins");
+        let dir = profile
+            .parent()
+            .expect("target directory")
+            .join("scaleout-test-plugins")
+            .join(profile.file_name().expect("profile directory"));
         std::fs::create_dir_all(&dir).unwrap();
         for lib in ["libgstzmqmsgpack.so", "libgsti2i.so"] {
             let newest = [deps.join(lib), profile.join(lib)]
