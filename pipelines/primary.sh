@@ -33,6 +33,8 @@ Options:
   --dispatch-port N    default 5555
   --collect-port N     default 5558
   --output-port N      default 5557
+  --settings-port N    the settings holder's state port (default 5556)
+  --control-port N     the settings holder's command port (default 5560)
   --settings-init CMD  initial setting for the holder (repeatable), e.g. "/prompt a fox"
   --no-settings        do not run the settings holder (one is running elsewhere)
   -h, --help           this text
@@ -58,6 +60,8 @@ DELAY=1000
 DISPATCH_PORT=5555
 COLLECT_PORT=5558
 OUTPUT_PORT=5557
+SETTINGS_PORT=5556
+CONTROL_PORT=5560
 SETTINGS=true
 INIT=()
 while [ $# -gt 0 ]; do
@@ -76,13 +80,15 @@ while [ $# -gt 0 ]; do
     --dispatch-port) DISPATCH_PORT=${2:?}; shift 2 ;;
     --collect-port) COLLECT_PORT=${2:?}; shift 2 ;;
     --output-port) OUTPUT_PORT=${2:?}; shift 2 ;;
+    --settings-port) SETTINGS_PORT=${2:?}; shift 2 ;;
+    --control-port) CONTROL_PORT=${2:?}; shift 2 ;;
     --settings-init) INIT+=(--init "${2:?--settings-init needs a command}"); shift 2 ;;
     --no-settings) SETTINGS=false; shift ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
 done
 
-for p in DISPATCH_PORT COLLECT_PORT OUTPUT_PORT; do
+for p in DISPATCH_PORT COLLECT_PORT OUTPUT_PORT SETTINGS_PORT CONTROL_PORT; do
   is_port "${!p}" || die "--${p%_PORT}-port: expected 1..65535, found '${!p}'"
 done
 [[ "$FPS" =~ ^[0-9]+(/[1-9][0-9]*)?$ ]] || die "--fps: expected N or N/D, found '$FPS'"
@@ -157,7 +163,7 @@ esac
 
 if $SETTINGS; then
   command -v i2i-prompt >/dev/null 2>&1 || die "i2i-prompt not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
-  i2i-prompt serve "${INIT[@]}" &
+  i2i-prompt serve --state-bind "tcp://*:$SETTINGS_PORT" --control-bind "tcp://*:$CONTROL_PORT" "${INIT[@]}" &
   SETTINGS_PID=$!
   CLEANUP+=("kill $SETTINGS_PID 2>/dev/null; wait $SETTINGS_PID 2>/dev/null")
 fi
