@@ -236,10 +236,8 @@ fn spawn_worker(
         );
     }
     desc += &format!(" ! zmqmsgpacksink endpoint={c} bind=false socket-type=push sync=false");
-    let registry = std::env::temp_dir().join(format!(
-        "scaleout-bench-registry-{}.bin",
-        std::process::id()
-    ));
+    // One registry for all runs (GStreamer replaces it atomically), not one file per run.
+    let registry = std::env::temp_dir().join("scaleout-bench-registry.bin");
     let mut cmd = if o.pin {
         let mut c = Command::new("taskset");
         c.arg("-c").arg(cpu.to_string()).arg("gst-launch-1.0");
