@@ -183,14 +183,21 @@ fn picture() -> Vec<u8> {
     v
 }
 
+/// An output frame: its index, its RGB bytes, when it came out.
+type Output = (u64, Vec<u8>, Instant);
+/// Frames/s and the longest time from a push to its output.
+type Rate = (f64, Duration);
+
 /// `settingssrc ! i2i.settings appsrc ! i2itransform name=i2i ! appsink`, frames pushed
 /// on demand with their index as offset.
 struct Transform {
     pipeline: gst::Pipeline,
     src: gst_app::AppSrc,
     i2i: gst::Element,
-    /// (frame index, RGB bytes), in the order they came out.
-    outputs: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    /// (frame index, RGB bytes, when it came out), in the order they came out.
+    outputs: Arc<Mutex<Vec<Output>>>,
+    /// When each frame was pushed.
+    push_times: Vec<Instant>,
     /// (frame index, values) of every `i2i-settings-applied` message.
     applied: Vec<(u64, gst::Structure)>,
     warnings: Vec<String>,
@@ -238,7 +245,9 @@ impl Transform {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                     let buf = sample.buffer().unwrap();
                     let bytes = buf.map_readable().unwrap().to_vec();
-                    o.lock().unwrap().push((buf.offset(), bytes));
+                    o.lock()
+                        .unwrap()
+                        .push((buf.offset(), bytes, Instant::now()));
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -249,6 +258,7 @@ impl Transform {
             src,
             i2i,
             outputs,
+            push_times: Vec::new(),
             applied: Vec::new(),
             warnings: Vec::new(),
             picture: gst::Buffer::from_mut_slice(picture()),
@@ -262,7 +272,9 @@ impl Transform {
 
     fn output(&self, index: u64) -> Option<Vec<u8>> {
         let o = self.outputs.lock().unwrap();
-        o.iter().find(|(i, _)| *i == index).map(|(_, b)| b.clone())
+        o.iter()
+            .find(|(i, ..)| *i == index)
+            .map(|(_, b, _)| b.clone())
     }
 
     fn poll_bus(&mut self) {
@@ -274,8 +286,7 @@ impl Transform {
                 }
                 gst::MessageView::Warning(w) => self.warnings.push(w.error().to_string()),
                 gst::MessageView::Element(e) => {
-                    if let Some(s) = e.structure().filter(|s| s.name() == "i2i-settings-applied")
-                    {
+                    if let Some(s) = e.structure().filter(|s| s.name() == "i2i-settings-applied") {
                         self.applied
                             .push((s.get::<u64>("frame-index").unwrap(), s.to_owned()));
                     }
@@ -301,6 +312,7 @@ impl Transform {
             b.set_duration(gst::ClockTime::from_mseconds(33));
             b.set_offset(i);
         }
+        self.push_times.push(Instant::now());
         self.src.push_buffer(buf).unwrap();
         self.pushed += 1;
         self.poll_bus();
@@ -338,6 +350,27 @@ impl Transform {
             // A frame waits behind the stream batch: later frames push it out.
             self.push(4);
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Pushes frames until the settings applied last match `want`; returns the frame
+    /// index they hold from.
+    fn until_current(&mut self, want: impl Fn(&gst::StructureRef) -> bool) -> u64 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            self.poll_bus();
+            if let Some((i, s)) = self.applied.last()
+                && want(s)
+            {
+                return *i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "settings not applied; the last applied: {:?}",
+                self.applied.last()
+            );
+            self.push(4);
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -396,7 +429,12 @@ fn prompt_and_seed_changes_change_the_output_and_going_back_gives_the_first_exac
 
     // Back to the first prompt and seed, from an operator console.
     let mut console = Command::new(i2i_prompt())
-        .args(["--endpoint", &holder.control, "--state-endpoint", &holder.state])
+        .args([
+            "--endpoint",
+            &holder.control,
+            "--state-endpoint",
+            &holder.state,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -410,7 +448,10 @@ fn prompt_and_seed_changes_change_the_output_and_going_back_gives_the_first_exac
     writeln!(stdin, "/seed 1").unwrap();
     writeln!(stdin, "{FOX}").unwrap();
     let (at, again) = t.settle(is(FOX, 1));
-    assert!(again == first, "the first settings did not give the first picture again");
+    assert!(
+        again == first,
+        "the first settings did not give the first picture again"
+    );
     // Frames later, still the same.
     assert!(t.frame(at + 3) == first);
 
@@ -424,11 +465,385 @@ fn prompt_and_seed_changes_change_the_output_and_going_back_gives_the_first_exac
     let console_line = wait_for_line(&console_err, |l| applied(l) && l.contains(FOX));
     assert!(console_line.contains("seed=1") || console_line.contains(FOX));
     assert!(
-        console_out.lock().unwrap().iter().any(|l| l.starts_with("ok")),
+        console_out
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("ok")),
         "{name}: console got no answer"
     );
     drop(stdin);
     let _ = console.wait();
     let warnings = t.finish();
     assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+fn transition(n: u32) -> impl Fn(&gst::StructureRef) -> bool {
+    move |s| s.get::<u32>("transition-frames") == Ok(n)
+}
+
+/// Frames `from .. from + n` differ from both ends and from each other; frame `from + n`
+/// and the next are exactly `to`; the frame before `from` is exactly `before`.
+fn check_fade(t: &mut Transform, from: u64, n: u64, before: &[u8], to: &[u8]) {
+    assert!(t.frame(from - 1) == before, "frame before the change");
+    let mids: Vec<Vec<u8>> = (from..from + n).map(|i| t.frame(i)).collect();
+    for (k, m) in mids.iter().enumerate() {
+        assert!(m != before, "transition frame {k} equals the old picture");
+        assert!(m != to, "transition frame {k} equals the new picture");
+    }
+    for (k, pair) in mids.windows(2).enumerate() {
+        assert!(
+            pair[0] != pair[1],
+            "transition frames {k} and {} are equal",
+            k + 1
+        );
+    }
+    // The fade moves towards the target: each frame is closer to it than the old picture.
+    let dist = |a: &[u8], b: &[u8]| -> u64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum()
+    };
+    let d: Vec<u64> = mids.iter().map(|m| dist(m, to)).collect();
+    assert!(
+        d.iter().all(|&x| x < dist(before, to)),
+        "distances to the target {d:?}, from the old picture {}",
+        dist(before, to)
+    );
+    assert!(
+        t.frame(from + n) == to,
+        "the transition did not end exactly at the new settings' picture"
+    );
+    assert!(t.frame(from + n + 1) == to);
+}
+
+#[test]
+fn transitions_fade_over_n_frames_and_end_exactly_at_the_new_settings() {
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut t = Transform::start(&holder, "");
+    let (_, fox1) = t.settle(is(FOX, 1));
+    // The ends, by jumps.
+    holder.send(LAKE);
+    let (_, lake1) = t.settle(is(LAKE, 1));
+    holder.send("/seed 2");
+    let (_, lake2) = t.settle(is(LAKE, 2));
+    holder.send(FOX);
+    holder.send("/seed 1");
+    let (_, back) = t.settle(is(FOX, 1));
+    assert!(back == fox1);
+
+    // A prompt change over 4 frames.
+    holder.send("/transition 4");
+    t.until_applied(transition(4));
+    holder.send(LAKE);
+    let from = t.until_applied(is(LAKE, 1));
+    check_fade(&mut t, from, 4, &fox1, &lake1);
+
+    // A seed change over 3 frames (the noise slerps).
+    holder.send("/transition 3");
+    t.until_applied(transition(3));
+    holder.send("/seed 2");
+    let from = t.until_applied(is(LAKE, 2));
+    check_fade(&mut t, from, 3, &lake1, &lake2);
+
+    // Slerp of the text embeddings: another path, the same end.
+    holder.send(FOX);
+    let from = t.until_applied(is(FOX, 2));
+    let (linear_mid, fox2) = (t.frame(from + 1), t.frame(from + 3));
+    holder.send(LAKE);
+    let from = t.until_applied(is(LAKE, 2));
+    assert!(t.frame(from + 3) == lake2);
+    holder.send("/blendmode slerp");
+    t.until_applied(|s| s.get::<&str>("blend-mode") == Ok("slerp"));
+    holder.send(FOX);
+    let from = t.until_applied(is(FOX, 2));
+    let slerp_mid = t.frame(from + 1);
+    assert!(
+        slerp_mid != linear_mid,
+        "slerp and linear fades are the same"
+    );
+    assert!(slerp_mid != lake2 && slerp_mid != fox2);
+    assert!(t.frame(from + 3) == fox2);
+    holder.send(LAKE);
+    let from = t.until_applied(is(LAKE, 2));
+    assert!(t.frame(from + 3) == lake2);
+
+    // One transition frame is a half-way picture; 0 jumps.
+    holder.send("/transition 1");
+    t.until_applied(transition(1));
+    holder.send("/seed 1");
+    let from = t.until_applied(is(LAKE, 1));
+    check_fade(&mut t, from, 1, &lake2, &lake1);
+    holder.send("/transition 0");
+    t.until_applied(transition(0));
+    holder.send(FOX);
+    let (at, jumped) = t.settle(is(FOX, 1));
+    assert!(
+        jumped == fox1,
+        "after transitions, the first settings give the first picture"
+    );
+    assert!(t.frame(at - 1) == lake1);
+    let warnings = t.finish();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn prompt_and_seed_blends() {
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut t = Transform::start(&holder, "");
+    let (_, fox1) = t.settle(is(FOX, 1));
+    holder.send(LAKE);
+    let (_, lake1) = t.settle(is(LAKE, 1));
+    holder.send("/seed 2");
+    let (_, lake2) = t.settle(is(LAKE, 2));
+    holder.send("/seed 1");
+    t.settle(is(LAKE, 1));
+
+    let blend =
+        |b: &'static str| move |s: &gst::StructureRef| s.get::<&str>("prompt-blend") == Ok(b);
+    holder.send(&format!("/blend \"{FOX}\":1 \"{LAKE}\":1"));
+    let (_, linear) = t.settle(blend(
+        "\"a red fox in the snow\":1 \"an oil painting of a quiet lake\":1",
+    ));
+    assert!(
+        linear != fox1 && linear != lake1,
+        "a prompt blend is neither prompt"
+    );
+    holder.send(&format!("/blend slerp \"{FOX}\":1 \"{LAKE}\":1"));
+    let (_, slerp) = t.settle(|s| s.get::<&str>("blend-mode") == Ok("slerp"));
+    assert!(slerp != linear && slerp != fox1 && slerp != lake1);
+    // One weight > 0 is exactly that prompt.
+    holder.send(&format!("/blend \"{FOX}\":0.5 \"{LAKE}\":0"));
+    let (_, only_fox) = t.settle(blend(
+        "\"a red fox in the snow\":0.5 \"an oil painting of a quiet lake\":0",
+    ));
+    assert!(
+        only_fox == fox1,
+        "a blend of one prompt is that prompt exactly"
+    );
+    // Ending the blend goes back to the prompt (still the lake).
+    holder.send("/blend off");
+    let (_, off) = t.settle(blend(""));
+    assert!(off == lake1);
+
+    holder.send("/seedblend 1:1 2:1");
+    let (_, seeds) = t.settle(|s| s.get::<&str>("seed-blend") == Ok("1:1 2:1"));
+    assert!(
+        seeds != lake1 && seeds != lake2,
+        "a seed blend is neither seed"
+    );
+    holder.send("/seedblend linear 1:0 2:3");
+    let (_, only2) = t.settle(|s| s.get::<&str>("seed-blend") == Ok("1:0 2:3"));
+    assert!(only2 == lake2, "a blend of one seed is that seed exactly");
+    // A plain seed ends the seed blend.
+    holder.send("/seed 1");
+    let (_, plain) =
+        t.settle(|s| s.get::<&str>("seed-blend") == Ok("") && s.get::<u64>("seed") == Ok(1));
+    assert!(plain == lake1);
+    holder.send(FOX);
+    let (_, first) = t.settle(is(FOX, 1));
+    assert!(
+        first == fox1,
+        "after blends, the first settings give the first picture"
+    );
+    // The blend properties show what the pad set.
+    holder.send("/seedblend 7:0.25 9:0.75");
+    t.settle(|s| s.get::<&str>("seed-blend") == Ok("7:0.25 9:0.75"));
+    assert_eq!(t.i2i.property::<String>("seed-blend"), "7:0.25 9:0.75");
+    let warnings = t.finish();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn two_transforms_follow_and_a_late_one_has_the_state_within_a_second() {
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut a = Transform::start(&holder, "");
+    let (_, fox1) = a.settle(is(FOX, 1));
+    holder.send(LAKE);
+    holder.send("/seed 3");
+    let (_, lake3) = a.settle(is(LAKE, 3));
+
+    // A transform that starts now gets the current state from the heartbeat.
+    let started = Instant::now();
+    let mut b = Transform::start(&holder, "");
+    let playing = Instant::now();
+    let from = b.until_applied(is(LAKE, 3));
+    let (with_load, after_playing) = (started.elapsed(), playing.elapsed());
+    println!(
+        "late join: settings applied {after_playing:?} after PLAYING ({with_load:?} with the model load)"
+    );
+    assert!(
+        after_playing < Duration::from_secs(1),
+        "the late transform got the state after {after_playing:?}"
+    );
+    assert!(b.frame(from) == lake3, "the two transforms disagree");
+
+    // Both follow every change, to the same pictures.
+    for (command, prompt, seed) in [("/seed 1", LAKE, 1), (FOX, FOX, 1), ("/seed 8", FOX, 8)] {
+        holder.send(command);
+        let (_, x) = a.settle(is(prompt, seed));
+        let (_, y) = b.settle(is(prompt, seed));
+        assert!(x == y, "{command}: the two transforms disagree");
+        if (prompt, seed) == (FOX, 1) {
+            assert!(x == fox1);
+        }
+    }
+    assert!(a.finish().is_empty());
+    assert!(b.finish().is_empty());
+}
+
+/// Frames out per second, and the longest time from a push to its output, while frames
+/// are pushed every `pace` (None: as fast as the transform takes them).
+fn video_rate(t: &mut Transform, how_long: Duration, pace: Option<Duration>) -> Rate {
+    let start = Instant::now();
+    let (first_out, first_in) = (t.out_count(), t.pushed);
+    let mut k = 0u32;
+    while start.elapsed() < how_long {
+        if let Some(p) = pace
+            && let Some(wait) = (start + p * k).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
+        }
+        t.push(4);
+        k += 1;
+    }
+    let fps = (t.out_count() - first_out) as f64 / start.elapsed().as_secs_f64();
+    let out = t.outputs.lock().unwrap();
+    let worst = out
+        .iter()
+        .filter(|(i, ..)| *i >= first_in)
+        .map(|(i, _, at)| at.duration_since(t.push_times[*i as usize]))
+        .max()
+        .unwrap_or_default();
+    (fps, worst)
+}
+
+/// A client sending 1000 commands a second (seeds, prompts, guidance) until stopped;
+/// returns how many it sent, for how long, and the last value of each kind.
+fn flood(control: String, stop: Arc<AtomicBool>) -> (u64, Duration, (u64, String, f64)) {
+    let client = ControlClient::connect(&control, None).unwrap();
+    let start = Instant::now();
+    let mut last = (0, String::new(), 0.0);
+    let mut k = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(wait) =
+            (start + Duration::from_millis(k)).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
+        }
+        let command = match k % 3 {
+            0 => {
+                last.0 = 1000 + k;
+                format!("/seed {}", last.0)
+            }
+            1 => {
+                last.1 = format!("a fox number {k}");
+                last.1.clone()
+            }
+            _ => {
+                last.2 = 1.0 + (k % 10) as f64 / 10.0;
+                format!("/guidance {}", last.2)
+            }
+        };
+        let answer = client
+            .request(command.as_bytes(), Duration::from_secs(5))
+            .unwrap();
+        assert!(answer.starts_with("ok"), "{command}: {answer}");
+        k += 1;
+    }
+    (k, start.elapsed(), last)
+}
+
+/// Rounds of video without and with a flood of 1000 commands/s, taking turns; returns
+/// (quiet, flooded) per round and the flood's last values.
+fn flood_rounds(
+    t: &mut Transform,
+    holder: &Holder,
+    rounds: usize,
+    window: Duration,
+    pace: Option<Duration>,
+) -> (Vec<(Rate, Rate)>, (u64, String, f64)) {
+    let mut rows = Vec::new();
+    let (mut sent, mut flood_time, mut last) = (0, Duration::ZERO, Default::default());
+    for _ in 0..rounds {
+        let quiet = video_rate(t, window, pace);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (control, st) = (holder.control.clone(), stop.clone());
+        let client = std::thread::spawn(move || flood(control, st));
+        let flooded = video_rate(t, window, pace);
+        stop.store(true, Ordering::Relaxed);
+        let (n, took, l) = client.join().unwrap();
+        (sent, flood_time, last) = (sent + n, flood_time + took, l);
+        println!(
+            "flood: video {}: {:.1} frames/s quiet (longest push to output {:?}), {:.1} flooded ({:?}): ratio {:.3}",
+            pace.map_or("unpaced".to_string(), |p| format!("every {p:?}")),
+            quiet.0,
+            quiet.1,
+            flooded.0,
+            flooded.1,
+            flooded.0 / quiet.0
+        );
+        rows.push((quiet, flooded));
+    }
+    let rate = sent as f64 / flood_time.as_secs_f64();
+    println!("flood: {sent} commands at {rate:.0}/s");
+    assert!(rate > 500.0, "the flood reached only {rate:.0} commands/s");
+    (rows, last)
+}
+
+/// The flood's last values are what the transform applied last, and it lost no frame.
+fn check_flood_end(mut t: Transform, (seed, prompt, guidance): (u64, String, f64)) {
+    let from = t.until_current(move |s| {
+        s.get::<u64>("seed") == Ok(seed)
+            && s.get::<&str>("prompt") == Ok(prompt.as_str())
+            && s.get::<f64>("guidance-scale")
+                .is_ok_and(|g| (g - guidance).abs() < 1e-6)
+    });
+    assert_eq!(t.i2i.property::<u64>("seed"), seed);
+    let stats = t.i2i.property::<gst::Structure>("stats");
+    let applied = stats.get::<u64>("settings-applied").unwrap();
+    println!("flood: {applied} updates applied; the last from frame {from}");
+    // Every frame came out (finish checks each index once, in order).
+    let warnings = t.finish();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn a_flood_of_commands_does_not_slow_the_video() {
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut t = Transform::start(&holder, "");
+    t.settle(is(FOX, 1));
+    // Live video at 100 frames/s (the rate of a fast real model; the tiny one could do
+    // far more): it keeps its rate while 1000 commands/s arrive.
+    let pace = Some(Duration::from_millis(10));
+    let (rows, last) = flood_rounds(&mut t, &holder, 2, Duration::from_millis(600), pace);
+    for (quiet, flooded) in rows {
+        let ratio = flooded.0 / quiet.0;
+        assert!(ratio > 0.9, "flooded video at {ratio:.3} of its rate");
+    }
+    check_flood_end(t, last);
+}
+
+/// Benchmark (run with `-- --ignored --nocapture flood_benchmark`): video as fast as the
+/// tiny model goes (thousands of frames/s), where the flood's own threads (holder,
+/// client, settingssrc's receiver) compete for the same CPU cores.
+#[test]
+#[ignore]
+fn flood_benchmark_unpaced() {
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut t = Transform::start(&holder, "");
+    t.settle(is(FOX, 1));
+    let (rows, last) = flood_rounds(&mut t, &holder, 5, Duration::from_secs(1), None);
+    let best = |f: fn(&(Rate, Rate)) -> f64| rows.iter().map(f).fold(0.0, f64::max);
+    let (quiet, flooded) = (best(|r| r.0.0), best(|r| r.1.0));
+    let mut ratios: Vec<f64> = rows.iter().map(|r| r.1.0 / r.0.0).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "flood benchmark: best of {} rounds: {quiet:.1} frames/s quiet, {flooded:.1} flooded: ratio {:.3} (median of the rounds' ratios {:.3})",
+        rows.len(),
+        flooded / quiet,
+        ratios[ratios.len() / 2]
+    );
+    check_flood_end(t, last);
 }

@@ -222,7 +222,10 @@ mod tests {
         assert_eq!(format_t_index_list(&[32, 45]), "32,45");
         assert_eq!(parse_t_index_list("3", 4).unwrap(), vec![3]);
         // The chat command's forms are accepted here too.
-        assert_eq!(parse_t_index_list("22 32, 45", 50).unwrap(), vec![22, 32, 45]);
+        assert_eq!(
+            parse_t_index_list("22 32, 45", 50).unwrap(),
+            vec![22, 32, 45]
+        );
     }
 
     #[test]
@@ -230,7 +233,10 @@ mod tests {
         for (text, needle) in [
             ("a,b", "\"a\" is not a t-index"),
             ("", "empty"),
-            ("50", "t-index 50 is out of range: num-inference-steps is 50"),
+            (
+                "50",
+                "t-index 50 is out of range: num-inference-steps is 50",
+            ),
             ("45,32", "must increase"),
             ("32,32", "must increase"),
             ("-1", "\"-1\""),
@@ -344,7 +350,10 @@ mod tests {
             .unwrap();
         assert_eq!(changed, vec!["prompt-blend", "seed-blend", "blend-mode"]);
         assert_eq!(s.blend_mode, BlendMode::Slerp);
-        assert_eq!(format_prompt_blend(&s.prompt_blend), "\"a fox\":0.7 \"oil\":0.3");
+        assert_eq!(
+            format_prompt_blend(&s.prompt_blend),
+            "\"a fox\":0.7 \"oil\":0.3"
+        );
         assert_eq!(format_seed_blend(&s.seed_blend), "1:1 2:1");
         // An empty list ends a blend; ending it again is no change.
         let off = SettingsUpdate {
@@ -352,7 +361,10 @@ mod tests {
             ..Default::default()
         }
         .with_explicit_blend_clears();
-        assert_eq!(s.apply_update(&off).unwrap(), vec!["prompt", "prompt-blend"]);
+        assert_eq!(
+            s.apply_update(&off).unwrap(),
+            vec!["prompt", "prompt-blend"]
+        );
         assert_eq!(s.prompt_blend, None);
         assert!(s.apply_update(&off).unwrap().is_empty());
         // Property text goes through the chat parser, and back.
@@ -362,8 +374,8 @@ mod tests {
             s.prompt_blend,
             Some(vec![("say \"hi\"".into(), 1.0), ("b".into(), 2.0)])
         );
-        let again = blend_property_update("prompt-blend", &format_prompt_blend(&s.prompt_blend))
-            .unwrap();
+        let again =
+            blend_property_update("prompt-blend", &format_prompt_blend(&s.prompt_blend)).unwrap();
         assert_eq!(again.prompt_blend, s.prompt_blend);
         let u = blend_property_update("seed-blend", "off").unwrap();
         s.apply_update(&u).unwrap();

@@ -181,9 +181,8 @@ impl Smoother {
                 }
                 let refs: Vec<(&[f32], f64)> =
                     encoded.iter().map(|(e, w)| (e.as_slice(), *w)).collect();
-                blend_embeddings(&refs, *mode, self.row_len()).map_err(|e| {
-                    EngineError::argument("prompt-blend", "weights with a sum > 0", e)
-                })
+                blend_embeddings(&refs, *mode, self.row_len())
+                    .map_err(|e| EngineError::argument("prompt-blend", "weights with a sum > 0", e))
             }
         }
     }
@@ -206,8 +205,10 @@ impl Smoother {
                     .map(|(s, w)| (engine.noise_for_seed(*s), *w))
                     .collect();
                 let shape = noise_shape(engine);
-                let refs: Vec<(&[f32], f64)> =
-                    noises.iter().map(|(n, w)| (n.data.as_slice(), *w)).collect();
+                let refs: Vec<(&[f32], f64)> = noises
+                    .iter()
+                    .map(|(n, w)| (n.data.as_slice(), *w))
+                    .collect();
                 let data = blend_noise(&refs, *mode).map_err(|e| {
                     EngineError::argument("seed-blend", "weights with a sum > 0", e)
                 })?;
