@@ -626,6 +626,24 @@ fn prompt_and_seed_blends() {
     holder.send("/blend off");
     let (_, off) = t.settle(blend(""));
     assert!(off == lake1);
+    // The element's properties do the same as the pad.
+    let text = format!("\"{FOX}\":1 \"{LAKE}\":1");
+    t.i2i.set_property("prompt-blend", &text);
+    let (_, by_property) = t.settle(blend(
+        "\"a red fox in the snow\":1 \"an oil painting of a quiet lake\":1",
+    ));
+    // (blend-mode is still slerp, from /blend slerp above)
+    assert!(by_property == slerp, "the prompt-blend property differs from /blend");
+    t.i2i.set_property("prompt-blend", "\"unclosed:1");
+    assert_eq!(t.i2i.property::<String>("prompt-blend"), text);
+    t.i2i.set_property("prompt-blend", "off");
+    let (_, off) = t.settle(blend(""));
+    assert!(off == lake1);
+    let refused = std::mem::take(&mut t.warnings);
+    assert!(
+        refused.len() == 1 && refused[0].contains("prompt-blend \"\"unclosed:1\" refused"),
+        "{refused:?}"
+    );
 
     holder.send("/seedblend 1:1 2:1");
     let (_, seeds) = t.settle(|s| s.get::<&str>("seed-blend") == Ok("1:1 2:1"));
