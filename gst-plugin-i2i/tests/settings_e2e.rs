@@ -633,7 +633,10 @@ fn prompt_and_seed_blends() {
         "\"a red fox in the snow\":1 \"an oil painting of a quiet lake\":1",
     ));
     // (blend-mode is still slerp, from /blend slerp above)
-    assert!(by_property == slerp, "the prompt-blend property differs from /blend");
+    assert!(
+        by_property == slerp,
+        "the prompt-blend property differs from /blend"
+    );
     t.i2i.set_property("prompt-blend", "\"unclosed:1");
     assert_eq!(t.i2i.property::<String>("prompt-blend"), text);
     t.i2i.set_property("prompt-blend", "off");
