@@ -666,7 +666,7 @@ fn invalid_settings_are_warned_about_and_the_stream_continues() {
     assert_eq!(run.samples.len(), 4);
     assert!(run.applied().is_empty());
     let warnings = run.warnings().join("\n");
-    for needle in ["\"a,b\"", "sed", "guidance-scale 1000", "\"half\""] {
+    for needle in ["\"a,b\"", "sed", "guidance-scale: 1000", "\"half\""] {
         assert!(warnings.contains(needle), "{needle} not in {warnings}");
     }
     assert_eq!(i2i.property::<String>("t-index-list"), "20");

@@ -21,9 +21,11 @@ use gst::subclass::prelude::*;
 
 use super::convert::{InputConverter, OutputConverter, converter_threads};
 use super::live::{self, LiveSettings};
-use super::{CfgType, ExecutionProvider, provider_name};
+use super::smooth::Smoother;
+use super::{BlendMode, CfgType, ExecutionProvider, provider_name};
 use crate::diffusion::{self, Engine, InputFrame, LoadOptions, OutputFrame};
-use crate::settings::{SETTINGS_CAPS_NAME, SettingsUpdate};
+use crate::settings::state::APPLIED_EVENT;
+use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -171,6 +173,8 @@ struct Worker {
     deferred: VecDeque<(u64, Deferred)>,
     /// The live settings the engine runs with.
     applied: LiveSettings,
+    /// Transitions and blends on top of the engine's own prompt and seed.
+    smoother: Smoother,
 }
 
 impl Worker {
@@ -1000,6 +1004,12 @@ impl I2iTransform {
         }
         let index = first.index;
         self.apply_live(w, index)?;
+        if let Err(e) = w
+            .smoother
+            .before_batch(&mut w.engine, &w.applied, frames.len() as u32)
+        {
+            self.refuse(&format!("transition or blend not applied: {e}"));
+        }
 
         let mut inputs = Vec::with_capacity(frames.len());
         for f in frames {
@@ -1072,6 +1082,7 @@ impl I2iTransform {
                 })?;
                 self.push_outputs(w, outs)?;
             }
+            let before = w.engine.params().clone();
             if let Err(e) = w.engine.set_params(&desired.params) {
                 self.refuse(&format!("settings not applied: {e}"));
                 let current = w.engine.params().clone();
@@ -1090,9 +1101,12 @@ impl I2iTransform {
                 if desired == w.applied {
                     return Ok(());
                 }
+            } else {
+                w.smoother.params_changed(&before, &desired.params);
             }
         }
         let changed = w.applied.changed(&desired);
+        let report = desired.to_update().changes_since(&w.applied.to_update());
         let latency_before = w.engine.latency_frames();
         w.applied = desired;
         {
@@ -1117,10 +1131,30 @@ impl I2iTransform {
             .field("similarity-threshold", p.similarity_threshold as f64)
             .field("max-skip-frames", p.max_skip_frames)
             .field("transition-frames", w.applied.transition_frames)
+            .field(
+                "prompt-blend",
+                live::format_prompt_blend(&w.applied.prompt_blend),
+            )
+            .field("seed-blend", live::format_seed_blend(&w.applied.seed_blend))
+            .field("blend-mode", w.applied.blend_mode.name())
             .build();
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+        // The same news upstream on the settings pad: settingssrc reports it to the
+        // settings holder, whose consoles show it. Not linked: nobody to tell.
+        if !report.is_empty() && self.settingspad.is_linked() {
+            let json = String::from_utf8(report.to_json()).expect("JSON is UTF-8");
+            let event = gst::event::CustomUpstream::new(
+                gst::Structure::builder(APPLIED_EVENT)
+                    .field("frame-index", index)
+                    .field("settings", json)
+                    .build(),
+            );
+            if !self.settingspad.push_event(event) {
+                gst::debug!(CAT, imp = self, "settings pad: applied report not taken");
+            }
+        }
         if latency_before != w.engine.latency_frames() {
             let _ = self
                 .obj()
@@ -1464,6 +1498,7 @@ impl I2iTransform {
             in_flight: VecDeque::new(),
             deferred: VecDeque::new(),
             applied: s.live,
+            smoother: Smoother::new(),
         });
         self.running.store(true, Ordering::SeqCst);
         self.obj().notify("provider");
@@ -1538,16 +1573,16 @@ impl ObjectImpl for I2iTransform {
                 glib::ParamSpecUInt::builder("num-inference-steps")
                     .nick("Inference steps")
                     .blurb("Length of the LCM timestep list that t-index-list indexes")
-                    .minimum(live::STEPS_MIN)
-                    .maximum(live::STEPS_MAX)
+                    .minimum(settings::NUM_INFERENCE_STEPS_RANGE.0)
+                    .maximum(settings::NUM_INFERENCE_STEPS_RANGE.1)
                     .default_value(p.num_inference_steps)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecDouble::builder("guidance-scale")
                     .nick("Guidance scale")
                     .blurb("Classifier-free guidance strength; 1 or less turns guidance off")
-                    .minimum(live::GUIDANCE_SCALE_MIN)
-                    .maximum(live::GUIDANCE_SCALE_MAX)
+                    .minimum(settings::GUIDANCE_SCALE_RANGE.0)
+                    .maximum(settings::GUIDANCE_SCALE_RANGE.1)
                     .default_value(p.guidance_scale as f64)
                     .mutable_playing()
                     .controllable()
@@ -1555,8 +1590,8 @@ impl ObjectImpl for I2iTransform {
                 glib::ParamSpecDouble::builder("delta")
                     .nick("Delta")
                     .blurb("Weight of the stock noise as the negative in residual CFG (self, initialize)")
-                    .minimum(live::DELTA_MIN)
-                    .maximum(live::DELTA_MAX)
+                    .minimum(settings::DELTA_RANGE.0)
+                    .maximum(settings::DELTA_RANGE.1)
                     .default_value(p.delta as f64)
                     .mutable_playing()
                     .controllable()
@@ -1575,8 +1610,8 @@ impl ObjectImpl for I2iTransform {
                 glib::ParamSpecDouble::builder("similarity-threshold")
                     .nick("Similarity threshold")
                     .blurb("Skip frames this similar to the last processed one (stochastic similarity filter); 0 turns it off, 0.98 is typical")
-                    .minimum(live::SIMILARITY_MIN)
-                    .maximum(live::SIMILARITY_MAX)
+                    .minimum(settings::SIMILARITY_THRESHOLD_RANGE.0)
+                    .maximum(settings::SIMILARITY_THRESHOLD_RANGE.1)
                     .default_value(p.similarity_threshold as f64)
                     .mutable_playing()
                     .controllable()
@@ -1589,8 +1624,26 @@ impl ObjectImpl for I2iTransform {
                     .build(),
                 glib::ParamSpecUInt::builder("transition-frames")
                     .nick("Transition frames")
-                    .blurb("Frames over which a prompt or seed change fades in (stored and reported; changes apply at once for now)")
+                    .blurb("Frames shown between the old and the new picture when the prompt, the seed or a blend changes: the text embeddings and the noise fade over them; 0 = jump")
+                    .maximum(settings::MAX_TRANSITION_FRAMES)
                     .default_value(DEFAULT_TRANSITION_FRAMES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("prompt-blend")
+                    .nick("Prompt blend")
+                    .blurb("Weighted blend of prompts replacing prompt while set: \"a red fox\":0.7 \"oil painting\":0.3 (up to 8); empty or off ends it")
+                    .default_value(Some(""))
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("seed-blend")
+                    .nick("Seed blend")
+                    .blurb("Weighted blend of seeds' noise replacing seed while set: 1:0.5 2:0.5 (up to 8); empty or off ends it")
+                    .default_value(Some(""))
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("blend-mode", BlendMode::Linear)
+                    .nick("Blend mode")
+                    .blurb("How prompt blends and prompt transitions combine the text embeddings, and how seed blends combine the noise (seed transitions always slerp)")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("batch-size")
@@ -1725,6 +1778,21 @@ impl ObjectImpl for I2iTransform {
             }
             "max-skip-frames" => s.live.params.max_skip_frames = value.get().unwrap(),
             "transition-frames" => s.live.transition_frames = value.get().unwrap(),
+            "prompt-blend" | "seed-blend" => {
+                let text = value.get::<Option<String>>().unwrap().unwrap_or_default();
+                let result =
+                    live::blend_property_update(name, &text).and_then(|u| s.live.apply_update(&u));
+                drop(s);
+                match result {
+                    Ok(changed) => {
+                        for other in changed.into_iter().filter(|n| *n != name) {
+                            self.obj().notify(other);
+                        }
+                    }
+                    Err(e) => self.refuse(&e),
+                }
+            }
+            "blend-mode" => s.live.blend_mode = value.get::<BlendMode>().unwrap().into(),
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
@@ -1773,6 +1841,9 @@ impl ObjectImpl for I2iTransform {
             "similarity-threshold" => (p.similarity_threshold as f64).to_value(),
             "max-skip-frames" => p.max_skip_frames.to_value(),
             "transition-frames" => s.live.transition_frames.to_value(),
+            "prompt-blend" => live::format_prompt_blend(&s.live.prompt_blend).to_value(),
+            "seed-blend" => live::format_seed_blend(&s.live.seed_blend).to_value(),
+            "blend-mode" => BlendMode::from(s.live.blend_mode).to_value(),
             "batch-size" => s.batch_size.to_value(),
             "width" => s.width.to_value(),
             "height" => s.height.to_value(),

@@ -1,123 +1,114 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The transform's live settings, free of GStreamer: validation shared by the properties
-//! and the `settings` pad, and the list of what changed between two snapshots.
+//! The transform's live settings, free of GStreamer: the snapshot the stream runs with,
+//! updates from the `settings` pad, and the list of what changed between two snapshots.
 //!
-//! Every check names the setting and the refused value, so that a bus warning tells the
-//! user what to fix; a refused change leaves the previous value in place.
+//! The accepted ranges and names are those of [`crate::settings`] (one place for chat
+//! commands, messages, the pad and the properties); this module only adds what depends on
+//! the transform itself (t-indices below its `num-inference-steps`). Every error names the
+//! setting and the refused value, so that a bus warning tells the user what to fix; a
+//! refused change leaves the previous value in place.
 
 use crate::diffusion::{CfgType, StreamParams};
-use crate::settings::SettingsUpdate;
+use crate::settings::blend::BlendMode;
+use crate::settings::command::{Command, parse_line};
+use crate::settings::{self, CFG_TYPES, SettingsUpdate};
 
-/// `guidance-scale` range (1 or less turns guidance off).
-pub const GUIDANCE_SCALE_MIN: f64 = 0.0;
-pub const GUIDANCE_SCALE_MAX: f64 = 50.0;
-/// `delta` range (the weight of the stock noise in residual CFG).
-pub const DELTA_MIN: f64 = 0.0;
-pub const DELTA_MAX: f64 = 10.0;
-/// `similarity-threshold` range: 0 turns the filter off; 1 would divide by zero.
-pub const SIMILARITY_MIN: f64 = 0.0;
-pub const SIMILARITY_MAX: f64 = 0.999;
-/// `num-inference-steps` range (LCM schedules use up to the 1000 training steps).
-pub const STEPS_MIN: u32 = 1;
-pub const STEPS_MAX: u32 = 1000;
-/// More denoising steps than this is not real-time on any hardware; refuse it early.
-pub const MAX_T_INDICES: usize = 50;
+pub use crate::settings::format_t_index_list;
 
 /// What the stream runs with and may change while it runs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveSettings {
     pub params: StreamParams,
-    /// Frames over which a change fades in; stored and reported, applied immediately for now.
+    /// Frames over which a prompt or seed change fades in (0 = jump).
     pub transition_frames: u32,
-    /// Stored for the live-control work; not applied yet.
+    /// Weighted prompt blend, replacing `prompt` while set (never an empty list).
     pub prompt_blend: Option<Vec<(String, f64)>>,
+    /// Weighted seed blend, replacing `seed` while set (never an empty list).
     pub seed_blend: Option<Vec<(u64, f64)>>,
+    /// How blends and prompt transitions combine.
+    pub blend_mode: BlendMode,
 }
 
-/// `"32,45"` -> `[32, 45]`: strictly increasing indices into the `num_inference_steps`
-/// LCM timesteps (higher index = less noise, so increasing means denoising forward).
+/// The engine's guidance types in the order of [`CFG_TYPES`].
+const CFG_BY_NAME: [CfgType; 4] = [
+    CfgType::None,
+    CfgType::Full,
+    CfgType::SelfNegative,
+    CfgType::Initialize,
+];
+
+/// `"32,45"` -> `[32, 45]`: [`settings::parse_t_index_list`], with every index below
+/// `num_inference_steps`; the error quotes the whole text.
 pub fn parse_t_index_list(text: &str, num_inference_steps: u32) -> Result<Vec<u32>, String> {
-    let bad = |why: String| format!("t-index-list \"{text}\" refused: {why}");
-    if text.trim().is_empty() {
-        return Err(bad(
-            "it is empty; give at least one index, e.g. \"32,45\"".into()
-        ));
-    }
-    let mut out = Vec::new();
-    for piece in text.split(',') {
-        let piece = piece.trim();
-        let v: u32 = piece.parse().map_err(|_| {
-            bad(format!(
-                "\"{piece}\" is not a whole number (expected comma-separated indices like \"32,45\")"
-            ))
-        })?;
-        if v >= num_inference_steps {
-            return Err(bad(format!(
-                "index {v} is out of range: num-inference-steps is {num_inference_steps}, so indices go from 0 to {}",
-                num_inference_steps - 1
-            )));
-        }
-        if let Some(&last) = out.last()
-            && v <= last
-        {
-            return Err(bad(format!(
-                "indices must increase strictly ({last} is followed by {v})"
-            )));
-        }
-        out.push(v);
-    }
-    if out.len() > MAX_T_INDICES {
-        return Err(bad(format!(
-            "{} steps is more than the {MAX_T_INDICES} allowed",
-            out.len()
-        )));
-    }
-    Ok(out)
-}
-
-pub fn format_t_index_list(list: &[u32]) -> String {
-    list.iter()
-        .map(|v| v.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    settings::parse_t_index_list_below(text, num_inference_steps)
+        .map_err(|e| format!("t-index-list \"{text}\" refused: {e}"))
 }
 
 pub fn cfg_type_nick(cfg: CfgType) -> &'static str {
-    match cfg {
-        CfgType::None => "none",
-        CfgType::Full => "full",
-        CfgType::SelfNegative => "self",
-        CfgType::Initialize => "initialize",
-    }
+    let i = CFG_BY_NAME
+        .iter()
+        .position(|c| *c == cfg)
+        .expect("every guidance type has a name");
+    CFG_TYPES[i]
 }
 
 pub fn parse_cfg_type(text: &str) -> Result<CfgType, String> {
-    match text.trim() {
-        "none" => Ok(CfgType::None),
-        "full" => Ok(CfgType::Full),
-        "self" => Ok(CfgType::SelfNegative),
-        "initialize" => Ok(CfgType::Initialize),
-        other => Err(format!(
-            "cfg-type \"{other}\" refused: expected none, full, self or initialize"
-        )),
+    let text = text.trim();
+    settings::check_cfg_type(text)?;
+    let i = CFG_TYPES
+        .iter()
+        .position(|n| *n == text)
+        .expect("checked above");
+    Ok(CFG_BY_NAME[i])
+}
+
+/// Reads a `prompt-blend` or `seed-blend` property value, written as after `/blend` and
+/// `/seedblend` (`"a red fox":0.7 "oil painting":0.3`, `1:0.5 2:0.5`; empty or `off` ends
+/// the blend; a leading `linear` or `slerp` sets `blend-mode` too), as an update.
+pub fn blend_property_update(name: &str, text: &str) -> Result<SettingsUpdate, String> {
+    let command = if name == "prompt-blend" {
+        "/blend"
+    } else {
+        "/seedblend"
+    };
+    match parse_line(&format!("{command} {text}")) {
+        Ok(Command::Update(u)) => Ok(u),
+        Ok(_) => Err(format!("{name} \"{text}\" refused: not a blend")),
+        Err(e) => Err(format!("{name} \"{text}\" refused: {e}")),
     }
 }
 
-/// Checks a numeric setting against its range; NaN and infinities are refused too.
-pub fn check_range(name: &str, value: f64, min: f64, max: f64) -> Result<(), String> {
-    if value.is_finite() && value >= min && value <= max {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name} {value} refused: expected a value from {min} to {max}"
-        ))
-    }
+/// The `prompt-blend` property's text: `"a red fox":0.7 "oil painting":0.3`.
+pub fn format_prompt_blend(b: &Option<Vec<(String, f64)>>) -> String {
+    let Some(b) = b else { return String::new() };
+    b.iter()
+        .map(|(t, w)| {
+            let quoted = t.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("\"{quoted}\":{w}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The `seed-blend` property's text: `1:0.5 2:0.5`.
+pub fn format_seed_blend(b: &Option<Vec<(u64, f64)>>) -> String {
+    let Some(b) = b else { return String::new() };
+    b.iter()
+        .map(|(s, w)| format!("{s}:{w}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A float32 setting as the float64 people wrote (1.2, not 1.2000000476837158).
+fn reported(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
 }
 
 impl LiveSettings {
     /// Applies an update from the settings pad, all or nothing: the first invalid field
     /// refuses the whole update. Returns the names of the settings that changed.
     pub fn apply_update(&mut self, u: &SettingsUpdate) -> Result<Vec<&'static str>, String> {
+        u.validate()?;
         let mut next = self.clone();
         if let Some(p) = &u.prompt {
             next.params.prompt = p.clone();
@@ -132,42 +123,52 @@ impl LiveSettings {
             next.params.t_index_list = parse_t_index_list(t, next.params.num_inference_steps)?;
         }
         if let Some(g) = u.guidance_scale {
-            check_range("guidance-scale", g, GUIDANCE_SCALE_MIN, GUIDANCE_SCALE_MAX)?;
             next.params.guidance_scale = g as f32;
         }
         if let Some(d) = u.delta {
-            check_range("delta", d, DELTA_MIN, DELTA_MAX)?;
             next.params.delta = d as f32;
         }
         if let Some(c) = &u.cfg_type {
             next.params.cfg_type = parse_cfg_type(c)?;
         }
         if let Some(s) = u.similarity_threshold {
-            check_range("similarity-threshold", s, SIMILARITY_MIN, SIMILARITY_MAX)?;
             next.params.similarity_threshold = s as f32;
         }
         if let Some(t) = u.transition_frames {
             next.transition_frames = t;
         }
         if let Some(b) = &u.prompt_blend {
-            if let Some((text, w)) = b.iter().find(|(_, w)| !w.is_finite() || *w < 0.0) {
-                return Err(format!(
-                    "prompt-blend weight {w} for \"{text}\" refused: weights must be finite and not negative"
-                ));
-            }
-            next.prompt_blend = Some(b.clone());
+            next.prompt_blend = (!b.is_empty()).then(|| b.clone());
         }
         if let Some(b) = &u.seed_blend {
-            if let Some((seed, w)) = b.iter().find(|(_, w)| !w.is_finite() || *w < 0.0) {
-                return Err(format!(
-                    "seed-blend weight {w} for seed {seed} refused: weights must be finite and not negative"
-                ));
-            }
-            next.seed_blend = Some(b.clone());
+            next.seed_blend = (!b.is_empty()).then(|| b.clone());
+        }
+        if let Some(m) = &u.blend_mode {
+            next.blend_mode = BlendMode::from_name(m)
+                .ok_or_else(|| format!("blend-mode: \"{m}\" is not a blend mode"))?;
         }
         let changed = self.changed(&next);
         *self = next;
         Ok(changed)
+    }
+
+    /// Every setting that travels on the settings link, as an update (for reports).
+    pub fn to_update(&self) -> SettingsUpdate {
+        let p = &self.params;
+        SettingsUpdate {
+            prompt: Some(p.prompt.clone()),
+            negative_prompt: Some(p.negative_prompt.clone()),
+            seed: Some(p.seed),
+            t_index_list: Some(format_t_index_list(&p.t_index_list)),
+            guidance_scale: Some(reported(p.guidance_scale)),
+            delta: Some(reported(p.delta)),
+            cfg_type: Some(cfg_type_nick(p.cfg_type).to_string()),
+            similarity_threshold: Some(reported(p.similarity_threshold)),
+            transition_frames: Some(self.transition_frames),
+            prompt_blend: Some(self.prompt_blend.clone().unwrap_or_default()),
+            seed_blend: Some(self.seed_blend.clone().unwrap_or_default()),
+            blend_mode: Some(self.blend_mode.name().to_string()),
+        }
     }
 
     /// Names (property names) of the settings that differ between `self` and `other`.
@@ -202,6 +203,7 @@ impl LiveSettings {
         );
         check(self.prompt_blend != other.prompt_blend, "prompt-blend");
         check(self.seed_blend != other.seed_blend, "seed-blend");
+        check(self.blend_mode != other.blend_mode, "blend-mode");
         out
     }
 }
@@ -219,18 +221,26 @@ mod tests {
         );
         assert_eq!(format_t_index_list(&[32, 45]), "32,45");
         assert_eq!(parse_t_index_list("3", 4).unwrap(), vec![3]);
+        // The chat command's forms are accepted here too.
+        assert_eq!(
+            parse_t_index_list("22 32, 45", 50).unwrap(),
+            vec![22, 32, 45]
+        );
     }
 
     #[test]
     fn bad_t_index_lists_name_the_value() {
         for (text, needle) in [
-            ("a,b", "\"a\" is not a whole number"),
+            ("a,b", "\"a\" is not a t-index"),
             ("", "empty"),
-            ("32,,45", "\"\" is not a whole number"),
-            ("50", "index 50 is out of range"),
+            (
+                "50",
+                "t-index 50 is out of range: num-inference-steps is 50",
+            ),
             ("45,32", "must increase"),
             ("32,32", "must increase"),
             ("-1", "\"-1\""),
+            ("1000", "t-index 1000 is out of range"),
         ] {
             let e = parse_t_index_list(text, 50).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");
@@ -263,13 +273,47 @@ mod tests {
         assert!(e.contains("a,b"), "{e}");
         assert_eq!(s, LiveSettings::default());
 
-        let e = s
-            .apply_update(&SettingsUpdate {
-                guidance_scale: Some(f64::NAN),
-                ..Default::default()
-            })
-            .unwrap_err();
-        assert!(e.contains("guidance-scale NaN"), "{e}");
+        for (u, needle) in [
+            (
+                SettingsUpdate {
+                    guidance_scale: Some(f64::NAN),
+                    ..Default::default()
+                },
+                "guidance-scale: NaN",
+            ),
+            (
+                SettingsUpdate {
+                    delta: Some(-0.5),
+                    ..Default::default()
+                },
+                "delta: -0.5 is out of range",
+            ),
+            (
+                SettingsUpdate {
+                    transition_frames: Some(100_000),
+                    ..Default::default()
+                },
+                "transition-frames: 100000",
+            ),
+            (
+                SettingsUpdate {
+                    prompt_blend: Some(vec![("a".into(), 0.0)]),
+                    ..Default::default()
+                },
+                "prompt-blend: the weights add up to 0",
+            ),
+            (
+                SettingsUpdate {
+                    blend_mode: Some("cubic".into()),
+                    ..Default::default()
+                },
+                "blend-mode",
+            ),
+        ] {
+            let e = s.apply_update(&u).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+            assert_eq!(s, LiveSettings::default());
+        }
 
         let changed = s
             .apply_update(&SettingsUpdate {
@@ -294,9 +338,62 @@ mod tests {
     }
 
     #[test]
-    fn ranges_refuse_out_of_range_and_non_finite() {
-        assert!(check_range("delta", 1.0, DELTA_MIN, DELTA_MAX).is_ok());
-        assert!(check_range("delta", -0.5, DELTA_MIN, DELTA_MAX).is_err());
-        assert!(check_range("delta", f64::INFINITY, DELTA_MIN, DELTA_MAX).is_err());
+    fn blends_are_kept_without_empty_lists() {
+        let mut s = LiveSettings::default();
+        let changed = s
+            .apply_update(&SettingsUpdate {
+                prompt_blend: Some(vec![("a fox".into(), 0.7), ("oil".into(), 0.3)]),
+                seed_blend: Some(vec![(1, 1.0), (2, 1.0)]),
+                blend_mode: Some("slerp".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(changed, vec!["prompt-blend", "seed-blend", "blend-mode"]);
+        assert_eq!(s.blend_mode, BlendMode::Slerp);
+        assert_eq!(
+            format_prompt_blend(&s.prompt_blend),
+            "\"a fox\":0.7 \"oil\":0.3"
+        );
+        assert_eq!(format_seed_blend(&s.seed_blend), "1:1 2:1");
+        // An empty list ends a blend; ending it again is no change.
+        let off = SettingsUpdate {
+            prompt: Some("fox".into()),
+            ..Default::default()
+        }
+        .with_explicit_blend_clears();
+        assert_eq!(
+            s.apply_update(&off).unwrap(),
+            vec!["prompt", "prompt-blend"]
+        );
+        assert_eq!(s.prompt_blend, None);
+        assert!(s.apply_update(&off).unwrap().is_empty());
+        // Property text goes through the chat parser, and back.
+        let u = blend_property_update("prompt-blend", r#""say \"hi\"":1 b:2"#).unwrap();
+        s.apply_update(&u).unwrap();
+        assert_eq!(
+            s.prompt_blend,
+            Some(vec![("say \"hi\"".into(), 1.0), ("b".into(), 2.0)])
+        );
+        let again =
+            blend_property_update("prompt-blend", &format_prompt_blend(&s.prompt_blend)).unwrap();
+        assert_eq!(again.prompt_blend, s.prompt_blend);
+        let u = blend_property_update("seed-blend", "off").unwrap();
+        s.apply_update(&u).unwrap();
+        assert_eq!(s.seed_blend, None);
+        let e = blend_property_update("seed-blend", "1:x").unwrap_err();
+        assert!(e.contains("seed-blend \"1:x\" refused"), "{e}");
+    }
+
+    #[test]
+    fn reports_carry_every_setting_as_written() {
+        let mut s = LiveSettings::default();
+        s.params.guidance_scale = 1.2;
+        let u = s.to_update();
+        assert_eq!(u.guidance_scale, Some(1.2));
+        assert_eq!(u.prompt_blend, Some(vec![]));
+        assert!(u.validate().is_ok());
+        let mut t = s.clone();
+        t.params.seed = 9;
+        assert_eq!(t.to_update().changes_since(&u).summary(), "seed=9");
     }
 }

@@ -17,8 +17,10 @@ use gst::prelude::*;
 mod convert;
 mod imp;
 pub mod live;
+mod smooth;
 
 use crate::diffusion;
+use crate::settings::blend;
 
 glib::wrapper! {
     pub struct I2iTransform(ObjectSubclass<imp::I2iTransform>) @extends gst::Element, gst::Object;
@@ -67,6 +69,39 @@ impl From<diffusion::CfgType> for CfgType {
             diffusion::CfgType::Full => CfgType::Full,
             diffusion::CfgType::SelfNegative => CfgType::SelfNegative,
             diffusion::CfgType::Initialize => CfgType::Initialize,
+        }
+    }
+}
+
+/// The `blend-mode` property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstI2iBlendMode")]
+pub enum BlendMode {
+    #[default]
+    #[enum_value(name = "Linear: weighted mean", nick = "linear")]
+    Linear = 0,
+    #[enum_value(
+        name = "Slerp: spherical interpolation, renormalised (per token row for prompts)",
+        nick = "slerp"
+    )]
+    Slerp = 1,
+}
+
+impl From<BlendMode> for blend::BlendMode {
+    fn from(m: BlendMode) -> Self {
+        match m {
+            BlendMode::Linear => blend::BlendMode::Linear,
+            BlendMode::Slerp => blend::BlendMode::Slerp,
+        }
+    }
+}
+
+impl From<blend::BlendMode> for BlendMode {
+    fn from(m: blend::BlendMode) -> Self {
+        match m {
+            blend::BlendMode::Linear => BlendMode::Linear,
+            blend::BlendMode::Slerp => BlendMode::Slerp,
         }
     }
 }
@@ -125,6 +160,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
         diffusion::LogLevel::Error => gst::error!(ENGINE_CAT, "{msg}"),
     });
     CfgType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    BlendMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ExecutionProvider::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),

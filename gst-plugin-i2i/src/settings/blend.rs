@@ -29,6 +29,14 @@ impl BlendMode {
             _ => None,
         }
     }
+
+    /// The `blend-mode` setting's name of this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlendMode::Linear => "linear",
+            BlendMode::Slerp => "slerp",
+        }
+    }
 }
 
 fn norm(a: &[f32]) -> f64 {

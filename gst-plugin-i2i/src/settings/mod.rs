@@ -22,16 +22,20 @@ pub const DEFAULT_STATE_PORT: u16 = 5556;
 /// Default port of the command socket of `i2i-prompt` (ROUTER; one-shot commands, reports).
 pub const DEFAULT_CONTROL_PORT: u16 = 5560;
 
-/// Accepted ranges, shared by every way a value can arrive (chat text, msgpack, JSON).
+/// Accepted ranges, in one place for every way a value can arrive: chat text, msgpack and
+/// JSON messages, the settings pad, and i2itransform's properties (their `GParamSpec`
+/// limits are these constants).
 pub const GUIDANCE_SCALE_RANGE: (f64, f64) = (0.0, 50.0);
 pub const DELTA_RANGE: (f64, f64) = (0.0, 10.0);
 /// 1 would make the similarity filter divide by zero.
 pub const SIMILARITY_THRESHOLD_RANGE: (f64, f64) = (0.0, 0.999);
 /// Largest transition length in frames (a minute at 60 frames/s).
 pub const MAX_TRANSITION_FRAMES: u32 = 3600;
-/// Largest t-index value (LCM schedules have at most 1000 timesteps).
-pub const MAX_T_INDEX: u32 = 999;
-/// Most entries in a t-index list.
+/// `num-inference-steps`: LCM schedules use up to the 1000 training steps.
+pub const NUM_INFERENCE_STEPS_RANGE: (u32, u32) = (1, 1000);
+/// Largest t-index value (an index into at most 1000 timesteps).
+pub const MAX_T_INDEX: u32 = NUM_INFERENCE_STEPS_RANGE.1 - 1;
+/// Most entries in a t-index list (more denoising steps is not real-time anywhere).
 pub const MAX_T_INDEX_ENTRIES: usize = 50;
 /// Most entries in a prompt or seed blend (each prompt costs one text-encoder run).
 pub const MAX_BLEND_ENTRIES: usize = 8;
@@ -160,34 +164,20 @@ impl SettingsUpdate {
     /// Checks every present value against the accepted ranges; the error names the key,
     /// the value and what is accepted.
     pub fn validate(&self) -> Result<(), String> {
-        fn range(key: &str, v: f64, (lo, hi): (f64, f64)) -> Result<(), String> {
-            if v.is_finite() && v >= lo && v <= hi {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{key}: {v} is out of range (accepted: {lo} to {hi})"
-                ))
-            }
-        }
         if let Some(t) = &self.t_index_list {
-            parse_t_index_list(t).map_err(|e| format!("t-index-list: {e}"))?;
+            parse_t_index_list(t).map_err(|e| format!("t-index-list \"{t}\": {e}"))?;
         }
         if let Some(v) = self.guidance_scale {
-            range("guidance-scale", v, GUIDANCE_SCALE_RANGE)?;
+            check_range("guidance-scale", v, GUIDANCE_SCALE_RANGE)?;
         }
         if let Some(v) = self.delta {
-            range("delta", v, DELTA_RANGE)?;
+            check_range("delta", v, DELTA_RANGE)?;
         }
         if let Some(v) = self.similarity_threshold {
-            range("similarity-threshold", v, SIMILARITY_THRESHOLD_RANGE)?;
+            check_range("similarity-threshold", v, SIMILARITY_THRESHOLD_RANGE)?;
         }
-        if let Some(c) = &self.cfg_type
-            && !CFG_TYPES.contains(&c.as_str())
-        {
-            return Err(format!(
-                "cfg-type: \"{c}\" is not a guidance mode (accepted: {})",
-                CFG_TYPES.join(", ")
-            ));
+        if let Some(c) = &self.cfg_type {
+            check_cfg_type(c)?;
         }
         if let Some(m) = &self.blend_mode
             && !BLEND_MODES.contains(&m.as_str())
@@ -304,6 +294,43 @@ pub fn parse_t_index_list(text: &str) -> Result<Vec<u32>, String> {
         ));
     }
     Ok(out)
+}
+
+/// [`parse_t_index_list`], and every index below `num_inference_steps` (the length of the
+/// timestep list the indices point into).
+pub fn parse_t_index_list_below(text: &str, num_inference_steps: u32) -> Result<Vec<u32>, String> {
+    let list = parse_t_index_list(text)?;
+    if let Some(&v) = list.iter().find(|&&v| v >= num_inference_steps) {
+        return Err(format!(
+            "t-index {v} is out of range: num-inference-steps is {num_inference_steps}, so indices go from 0 to {}",
+            num_inference_steps.saturating_sub(1)
+        ));
+    }
+    Ok(list)
+}
+
+/// Checks a numeric setting against its range; NaN and infinities are refused too. The
+/// error names the key, the value and the range.
+pub fn check_range(key: &str, v: f64, (lo, hi): (f64, f64)) -> Result<(), String> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: {v} is out of range (accepted: {lo} to {hi})"
+        ))
+    }
+}
+
+/// Checks a `cfg-type` name against [`CFG_TYPES`].
+pub fn check_cfg_type(name: &str) -> Result<(), String> {
+    if CFG_TYPES.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "cfg-type: \"{name}\" is not a guidance mode (accepted: {})",
+            CFG_TYPES.join(", ")
+        ))
+    }
 }
 
 /// Formats a t-index list the way the `t-index-list` property writes it.
