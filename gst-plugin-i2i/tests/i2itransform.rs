@@ -1123,3 +1123,50 @@ fn downstream_renegotiation_mid_stream() {
     assert_eq!(caps_of(last).0, "I420");
     assert_eq!(last.buffer().unwrap().size(), (W * H * 3 / 2) as usize);
 }
+
+/// A DRAIN query (a worker finishing its jobs, a decoder reconfiguring) returns only once
+/// every frame sent before it is out: the partial batch and the stream batch included.
+#[test]
+fn drain_query_brings_every_frame_out() {
+    let p = AppPipeline::new("batch-size=2 t-index-list=10,25,40", "");
+    let i2i = p.i2i.clone();
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..5 {
+        p.push(i);
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while i2i
+        .property::<gst::Structure>("stats")
+        .get::<u64>("frames-in")
+        .unwrap()
+        < 5
+    {
+        assert!(
+            Instant::now() < deadline,
+            "frames did not reach the element"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // n = 3 steps in batches of 2: at most the first batch can be out before the drain.
+    assert!(p.samples.lock().unwrap().len() < 5);
+    let sinkpad = i2i.static_pad("sink").unwrap();
+    let mut query = gst::query::Drain::new();
+    assert!(sinkpad.query(&mut query), "drain query refused");
+    let offsets: Vec<u64> = p
+        .samples
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.buffer().unwrap().offset())
+        .collect();
+    assert_eq!(
+        offsets,
+        vec![0, 1, 2, 3, 4],
+        "frames out when the query returned"
+    );
+    // The stream goes on after a drain.
+    p.push(5);
+    p.push(6);
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 7);
+}

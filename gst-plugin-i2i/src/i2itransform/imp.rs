@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, LazyLock, Mutex};
+use std::sync::{Condvar, LazyLock, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -116,6 +116,8 @@ enum Item {
     Frame(QueuedFrame),
     Event(Deferred),
     Eos(gst::Event),
+    /// A DRAIN query: every frame before it comes out, then the sender is told.
+    Drain(mpsc::Sender<()>),
 }
 
 struct Queue {
@@ -193,6 +195,8 @@ enum OutItem {
     Frame(OutputFrame, gst::Buffer),
     Event(Deferred),
     Eos(gst::Event),
+    /// Everything before it has been pushed: answers a DRAIN query.
+    Drained(mpsc::Sender<()>),
 }
 
 /// Between the task and the output thread.
@@ -685,7 +689,7 @@ impl I2iTransform {
                 match item {
                     OutItem::Frame(..) => dropped += 1,
                     OutItem::Event(d) => keep.push(d),
-                    OutItem::Eos(_) => (),
+                    OutItem::Eos(_) | OutItem::Drained(_) => (),
                 }
             }
         }
@@ -706,7 +710,7 @@ impl I2iTransform {
                 match item {
                     Item::Frame(_) => dropped += 1,
                     Item::Event(d) => keep.push(d),
-                    Item::Eos(_) => (),
+                    Item::Eos(_) | Item::Drain(_) => (),
                 }
             }
         }
@@ -757,6 +761,15 @@ impl I2iTransform {
                 q.set_result(&caps);
                 true
             }
+            QueryViewMut::Drain(_) => {
+                // Upstream wants every frame it sent out of the element before going on
+                // (a worker finishing its jobs, a decoder reconfiguring): the partial batch
+                // and the frames in the stream batch come out first.
+                if !self.drain_and_wait() {
+                    return false;
+                }
+                gst::Pad::query_default(pad, Some(&*self.obj()), query)
+            }
             QueryViewMut::Allocation(q) => {
                 // Frames are converted and released in the chain function: upstream's
                 // buffers are not held, and padded strides are fine (mapped by VideoMeta).
@@ -764,6 +777,27 @@ impl I2iTransform {
                 true
             }
             _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+        }
+    }
+
+    /// Queues a drain behind the frames already queued and waits until the output thread
+    /// has pushed all of them; false when a flush or a stop intervened.
+    fn drain_and_wait(&self) -> bool {
+        let (tx, rx) = mpsc::channel();
+        if !self.enqueue(Item::Drain(tx)) {
+            return false;
+        }
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => return true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let q = self.queue.lock().unwrap();
+                    if q.flushing || q.flow.is_err() {
+                        return false;
+                    }
+                }
+            }
         }
     }
 
@@ -950,6 +984,9 @@ impl I2iTransform {
                 None => self.send_out(OutItem::Event(d)),
             },
             Item::Eos(ev) => self.finish_stream(w, ev),
+            Item::Drain(done) => self
+                .drain_engine(w)
+                .and_then(|()| self.send_out(OutItem::Drained(done))),
         };
         drop(guard);
         if let Err(err) = res {
@@ -1236,6 +1273,14 @@ impl I2iTransform {
     /// EOS: the partial batch goes through, the engine gives back every frame in
     /// flight, then the remaining events and EOS leave.
     fn finish_stream(&self, w: &mut Worker, eos: gst::Event) -> Result<(), gst::FlowError> {
+        self.drain_engine(w)?;
+        gst::debug!(CAT, imp = self, "all frames out of the engine, EOS follows");
+        self.send_out(OutItem::Eos(eos))
+    }
+
+    /// The partial batch goes through and the engine gives back every frame in flight,
+    /// followed by the events that waited for them.
+    fn drain_engine(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
         if !w.batch.is_empty() {
             self.run_batch(w)?;
         }
@@ -1254,14 +1299,12 @@ impl I2iTransform {
             gst::error!(
                 CAT,
                 imp = self,
-                "{} frames did not come out of the engine at EOS",
+                "{} frames did not come out of the engine when draining",
                 w.in_flight.len()
             );
             w.in_flight.clear();
         }
-        self.push_deferred(w, None)?;
-        gst::debug!(CAT, imp = self, "all frames out of the engine, EOS follows");
-        self.send_out(OutItem::Eos(eos))
+        self.push_deferred(w, None)
     }
 
     // ---- the output thread --------------------------------------------------------------
@@ -1372,6 +1415,11 @@ impl I2iTransform {
                 drop(st);
                 gst::debug!(CAT, imp = self, "pushing EOS");
                 self.srcpad.push_event(ev);
+                Ok(())
+            }
+            OutItem::Drained(done) => {
+                // The query may have given up (flush): nobody to tell then.
+                let _ = done.send(());
                 Ok(())
             }
         }
