@@ -150,23 +150,6 @@ fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
     }
 }
 
-/// The frame index a buffer's offset gives, if it numbers frames. Offsets are
-/// media-specific: raw video and zmqmsgpacksrc number frames (offset_end = offset + 1),
-/// byte-stream sources (filesrc, multifilesrc) give byte positions (offset_end - offset =
-/// the buffer size); those, and unset offsets, give `None` and the sink counts instead.
-fn frame_index(buffer: &gst::BufferRef) -> Option<u64> {
-    let offset = buffer.offset();
-    if offset == gst::ffi::GST_BUFFER_OFFSET_NONE {
-        return None;
-    }
-    let end = buffer.offset_end();
-    let size = buffer.size() as u64;
-    let byte_positions = end != gst::ffi::GST_BUFFER_OFFSET_NONE
-        && size > 1
-        && end.checked_sub(offset) == Some(size);
-    (!byte_positions).then_some(offset)
-}
-
 fn unix_now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -718,9 +701,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
 
-        let index = crate::frame_index::from_meta(buffer)
-            .or_else(|| frame_index(buffer))
-            .unwrap_or(state.count);
+        let index = crate::frame_index::index_of(buffer).unwrap_or(state.count);
         state.count += 1;
         let timestamp_ms = protocol::ns_to_timestamp_ms(self.entry_unix_ns(buffer));
         self.pack(state, buffer, timestamp_ms, index, quality)?;

@@ -2,7 +2,8 @@
 //! `zmqmsgpacksrc`: a live source of `image/jpeg` frames received over ZeroMQ.
 //!
 //! Each message is `[timestamp_ms, index, jpg]` or a batch map (see [`crate::protocol`]).
-//! A frame becomes one buffer: offset = index, PTS = running time at arrival, and the
+//! A frame becomes one buffer: offset = index and the frame index meta
+//! ([`crate::frame_index`], which survives decoders), PTS = running time at arrival, and the
 //! original timestamp as a `timestamp/x-unix` reference meta, so a `zmqmsgpacksink`
 //! further down sends the original capture time on. The JPEG bytes are not copied: the
 //! buffer shares the received ZeroMQ message.
@@ -329,8 +330,7 @@ impl ZmqMsgpackSrc {
                 }
                 b.set_pts(pts);
                 b.set_duration(duration);
-                b.set_offset(c.index);
-                b.set_offset_end(c.index.saturating_add(1));
+                crate::frame_index::set(b, c.index);
                 if state.discont {
                     b.set_flags(gst::BufferFlags::DISCONT);
                     state.discont = false;
