@@ -27,6 +27,7 @@ use super::SinkSocketType;
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::protocol;
+use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -605,43 +606,23 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         if settings.socket_type == SinkSocketType::Pub {
             set_xpub_nodrop(&mut socket).map_err(|e| socket_err("set XPUB_NODROP on", e))?;
         }
-        let result = if settings.bind {
-            socket.bind(&endpoint)
-        } else {
-            socket.connect(&endpoint)
-        };
-        result.map_err(|e| {
-            let hint = match e {
-                zmq::Error::EADDRINUSE => {
-                    " (another program already uses this address: pick another port or stop it)"
-                }
-                zmq::Error::EINVAL | zmq::Error::EPROTONOSUPPORT => {
-                    " (expected an endpoint like tcp://*:5557, tcp://HOST:PORT or ipc:///path)"
-                }
-                zmq::Error::EADDRNOTAVAIL | zmq::Error::ENODEV => {
-                    " (the address is not one of this machine's interfaces)"
-                }
-                _ => "",
-            };
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                (
-                    "Could not {} {endpoint} ({} socket): {e}{hint}",
-                    if settings.bind { "bind" } else { "connect to" },
-                    settings.socket_type_nick()
+        let last =
+            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenWrite,
+                    (
+                        "Could not {} {endpoint} ({} socket): {e}{}",
+                        zmq_endpoint::verb(settings.bind),
+                        settings.socket_type_nick(),
+                        zmq_endpoint::hint(e, "tcp://*:5557, tcp://HOST:PORT or ipc:///path")
+                    )
                 )
-            )
-        })?;
-        let last = socket
-            .get_last_endpoint()
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_else(|| endpoint.clone());
+            })?;
         gst::info!(
             CAT,
             imp = self,
             "{} {} socket on {last}",
-            if settings.bind { "bound" } else { "connected" },
+            zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
         *self.last_endpoint.lock().unwrap() = Some(last);
