@@ -40,15 +40,26 @@ pub fn from_meta(buffer: &gst::BufferRef) -> Option<u64> {
         .and_then(|m| m.structure().get::<u64>("index").ok())
 }
 
-/// The frame index: from the meta, else the buffer offset when it numbers frames (not
-/// when it is a byte position, as from multifilesrc: offset_end - offset = the size).
+/// The frame index: from the meta, else from the buffer offset ([`from_offset`]).
 pub fn index_of(buffer: &gst::BufferRef) -> Option<u64> {
-    from_meta(buffer).or_else(|| {
-        let (offset, end) = (buffer.offset(), buffer.offset_end());
-        let size = buffer.size() as u64;
-        let byte_positions = end != u64::MAX && size > 1 && end.checked_sub(offset) == Some(size);
-        (offset != u64::MAX && !byte_positions).then_some(offset)
-    })
+    from_meta(buffer).or_else(|| from_offset(buffer))
+}
+
+/// The frame index a buffer's offset gives, if it numbers frames. Offsets are
+/// media-specific: raw video and this plugin's sources number frames (offset_end =
+/// offset + 1), byte-stream sources (filesrc, multifilesrc) give byte positions
+/// (offset_end - offset = the buffer size); those, and unset offsets, give `None`.
+pub fn from_offset(buffer: &gst::BufferRef) -> Option<u64> {
+    let offset = buffer.offset();
+    if offset == gst::ffi::GST_BUFFER_OFFSET_NONE {
+        return None;
+    }
+    let end = buffer.offset_end();
+    let size = buffer.size() as u64;
+    let byte_positions = end != gst::ffi::GST_BUFFER_OFFSET_NONE
+        && size > 1
+        && end.checked_sub(offset) == Some(size);
+    (!byte_positions).then_some(offset)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod interrupt;
 pub mod jpeg;
 pub mod protocol;
 pub mod scaleout;
+pub mod zmq_endpoint;
 mod zmqcollectsrc;
 mod zmqdispatchsink;
 mod zmqmsgpacksink;

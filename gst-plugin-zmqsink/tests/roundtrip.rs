@@ -118,3 +118,50 @@ fn the_original_timestamp_survives_a_relay() {
         protocol::Payload::Bytes(std::borrow::Cow::Borrowed(&jpeg[..]))
     );
 }
+
+#[test]
+fn the_index_survives_a_decoder_and_an_encoder() {
+    init();
+    let ctx = zmq::Context::new();
+    let (out, out_ep) = bound_pull(&ctx);
+    // jpegdec and jpegenc set their output offsets to "none": only the frame index meta
+    // that zmqmsgpacksrc attaches carries the index through them.
+    let relay = gst::parse::launch(&format!(
+        "zmqmsgpacksrc name=rx socket-type=pull bind=true endpoint=tcp://127.0.0.1:* \
+         ! jpegdec ! jpegenc \
+         ! zmqmsgpacksink socket-type=push bind=false endpoint={out_ep} sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    relay.set_state(gst::State::Playing).unwrap();
+    let in_ep = relay
+        .by_name("rx")
+        .unwrap()
+        .property::<Option<String>>("last-endpoint")
+        .unwrap();
+    let push = ctx.socket(zmq::PUSH).unwrap();
+    push.set_linger(0).unwrap();
+    push.connect(&in_ep).unwrap();
+    let jpeg = make_jpeg(32, 24, 5);
+    let captured_ms = unix_now_ms() - 500;
+    let indices = [1000u64, 1001, 1005];
+    for (k, &index) in indices.iter().enumerate() {
+        push.send(
+            protocol::encode_frame(captured_ms + k as i64, index, &jpeg),
+            0,
+        )
+        .unwrap();
+    }
+    let mut received = Vec::new();
+    for k in 0..indices.len() {
+        let msg = recv_timeout(&out, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("frame {k} did not come through the decoder"));
+        let frames = protocol::decode(&msg).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].timestamp_ms, captured_ms + k as i64, "frame {k}");
+        received.push(frames[0].index);
+    }
+    relay.set_state(gst::State::Null).unwrap();
+    assert_eq!(received, indices);
+}

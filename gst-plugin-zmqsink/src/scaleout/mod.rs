@@ -105,22 +105,6 @@ pub fn new_session() -> u64 {
     h.finish().max(1)
 }
 
-/// Adds a hint to common ZeroMQ bind/connect errors.
-pub fn endpoint_hint(e: zmq::Error) -> &'static str {
-    match e {
-        zmq::Error::EADDRINUSE => {
-            " (another program already uses this address: pick another port or stop it)"
-        }
-        zmq::Error::EINVAL | zmq::Error::EPROTONOSUPPORT => {
-            " (expected an endpoint like tcp://HOST:5555, tcp://*:5555 or ipc:///path)"
-        }
-        zmq::Error::EADDRNOTAVAIL | zmq::Error::ENODEV => {
-            " (the address is not one of this machine's interfaces)"
-        }
-        _ => "",
-    }
-}
-
 /// Lets through one report per interval, counting what it held back.
 #[derive(Debug)]
 pub struct RateLimit {

@@ -32,6 +32,7 @@ use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, Playout, PlayoutStats};
 use crate::scaleout::{self, RateLimit, Waker};
+use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -533,26 +534,17 @@ impl BaseSrcImpl for ZmqCollectSrc {
         socket
             .set_linger(0)
             .map_err(|e| socket_err("set linger on", e))?;
-        let result = if settings.bind {
-            socket.bind(&endpoint)
-        } else {
-            socket.connect(&endpoint)
-        };
-        result.map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                [
-                    "Could not {} {endpoint} for the workers' results: {e}{}",
-                    if settings.bind { "bind" } else { "connect to" },
-                    scaleout::endpoint_hint(e)
-                ]
-            )
-        })?;
-        let bound = socket
-            .get_last_endpoint()
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_else(|| endpoint.clone());
+        let bound =
+            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    [
+                        "Could not {} {endpoint} for the workers' results: {e}{}",
+                        zmq_endpoint::verb(settings.bind),
+                        zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
+                    ]
+                )
+            })?;
         gst::info!(CAT, imp = self, "workers push results to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
         let waker = Waker::new().map_err(|e| {

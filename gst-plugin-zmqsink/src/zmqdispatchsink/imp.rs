@@ -30,6 +30,7 @@ use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Rep
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
 use crate::scaleout::{self, RateLimit, Waker};
+use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -699,20 +700,15 @@ impl BaseSinkImpl for ZmqDispatchSink {
         socket
             .set_linger(0)
             .map_err(|e| socket_err("set linger on", e))?;
-        socket.bind(&endpoint).map_err(|e| {
+        let bound = zmq_endpoint::bind_or_connect(&socket, &endpoint, true).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
                 [
                     "Could not bind {endpoint} for the workers: {e}{}",
-                    scaleout::endpoint_hint(e)
+                    zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
                 ]
             )
         })?;
-        let bound = socket
-            .get_last_endpoint()
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_else(|| endpoint.clone());
         gst::info!(CAT, imp = self, "workers connect to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
 

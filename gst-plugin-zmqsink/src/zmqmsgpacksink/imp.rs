@@ -27,6 +27,7 @@ use super::SinkSocketType;
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::protocol;
+use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -148,23 +149,6 @@ fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
         // SAFETY: reads the thread's errno.
         Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
     }
-}
-
-/// The frame index a buffer's offset gives, if it numbers frames. Offsets are
-/// media-specific: raw video and zmqmsgpacksrc number frames (offset_end = offset + 1),
-/// byte-stream sources (filesrc, multifilesrc) give byte positions (offset_end - offset =
-/// the buffer size); those, and unset offsets, give `None` and the sink counts instead.
-fn frame_index(buffer: &gst::BufferRef) -> Option<u64> {
-    let offset = buffer.offset();
-    if offset == gst::ffi::GST_BUFFER_OFFSET_NONE {
-        return None;
-    }
-    let end = buffer.offset_end();
-    let size = buffer.size() as u64;
-    let byte_positions = end != gst::ffi::GST_BUFFER_OFFSET_NONE
-        && size > 1
-        && end.checked_sub(offset) == Some(size);
-    (!byte_positions).then_some(offset)
 }
 
 fn unix_now_ns() -> u64 {
@@ -622,43 +606,23 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         if settings.socket_type == SinkSocketType::Pub {
             set_xpub_nodrop(&mut socket).map_err(|e| socket_err("set XPUB_NODROP on", e))?;
         }
-        let result = if settings.bind {
-            socket.bind(&endpoint)
-        } else {
-            socket.connect(&endpoint)
-        };
-        result.map_err(|e| {
-            let hint = match e {
-                zmq::Error::EADDRINUSE => {
-                    " (another program already uses this address: pick another port or stop it)"
-                }
-                zmq::Error::EINVAL | zmq::Error::EPROTONOSUPPORT => {
-                    " (expected an endpoint like tcp://*:5557, tcp://HOST:PORT or ipc:///path)"
-                }
-                zmq::Error::EADDRNOTAVAIL | zmq::Error::ENODEV => {
-                    " (the address is not one of this machine's interfaces)"
-                }
-                _ => "",
-            };
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                (
-                    "Could not {} {endpoint} ({} socket): {e}{hint}",
-                    if settings.bind { "bind" } else { "connect to" },
-                    settings.socket_type_nick()
+        let last =
+            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenWrite,
+                    (
+                        "Could not {} {endpoint} ({} socket): {e}{}",
+                        zmq_endpoint::verb(settings.bind),
+                        settings.socket_type_nick(),
+                        zmq_endpoint::hint(e, "tcp://*:5557, tcp://HOST:PORT or ipc:///path")
+                    )
                 )
-            )
-        })?;
-        let last = socket
-            .get_last_endpoint()
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_else(|| endpoint.clone());
+            })?;
         gst::info!(
             CAT,
             imp = self,
             "{} {} socket on {last}",
-            if settings.bind { "bound" } else { "connected" },
+            zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
         *self.last_endpoint.lock().unwrap() = Some(last);
@@ -718,9 +682,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
 
-        let index = crate::frame_index::from_meta(buffer)
-            .or_else(|| frame_index(buffer))
-            .unwrap_or(state.count);
+        let index = crate::frame_index::index_of(buffer).unwrap_or(state.count);
         state.count += 1;
         let timestamp_ms = protocol::ns_to_timestamp_ms(self.entry_unix_ns(buffer));
         self.pack(state, buffer, timestamp_ms, index, quality)?;

@@ -2,7 +2,8 @@
 //! `zmqmsgpacksrc`: a live source of `image/jpeg` frames received over ZeroMQ.
 //!
 //! Each message is `[timestamp_ms, index, jpg]` or a batch map (see [`crate::protocol`]).
-//! A frame becomes one buffer: offset = index, PTS = running time at arrival, and the
+//! A frame becomes one buffer: offset = index and the frame index meta
+//! ([`crate::frame_index`], which survives decoders), PTS = running time at arrival, and the
 //! original timestamp as a `timestamp/x-unix` reference meta, so a `zmqmsgpacksink`
 //! further down sends the original capture time on. The JPEG bytes are not copied: the
 //! buffer shares the received ZeroMQ message.
@@ -32,6 +33,7 @@ use super::SrcSocketType;
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::jpeg_size;
 use crate::protocol::{self, Payload};
+use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -329,8 +331,7 @@ impl ZmqMsgpackSrc {
                 }
                 b.set_pts(pts);
                 b.set_duration(duration);
-                b.set_offset(c.index);
-                b.set_offset_end(c.index.saturating_add(1));
+                crate::frame_index::set(b, c.index);
                 if state.discont {
                     b.set_flags(gst::BufferFlags::DISCONT);
                     state.discont = false;
@@ -659,43 +660,23 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             }
         };
 
-        let result = if settings.bind {
-            socket.bind(&endpoint)
-        } else {
-            socket.connect(&endpoint)
-        };
-        result.map_err(|e| {
-            let hint = match e {
-                zmq::Error::EADDRINUSE => {
-                    " (another program already uses this address: pick another port or stop it)"
-                }
-                zmq::Error::EINVAL | zmq::Error::EPROTONOSUPPORT => {
-                    " (expected an endpoint like tcp://HOST:5557, tcp://*:5557 or ipc:///path)"
-                }
-                zmq::Error::EADDRNOTAVAIL | zmq::Error::ENODEV => {
-                    " (the address is not one of this machine's interfaces)"
-                }
-                _ => "",
-            };
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                (
-                    "Could not {} {endpoint} ({} socket): {e}{hint}",
-                    if settings.bind { "bind" } else { "connect to" },
-                    settings.socket_type_nick()
+        let last =
+            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    (
+                        "Could not {} {endpoint} ({} socket): {e}{}",
+                        zmq_endpoint::verb(settings.bind),
+                        settings.socket_type_nick(),
+                        zmq_endpoint::hint(e, zmq_endpoint::STREAM_EXAMPLES)
+                    )
                 )
-            )
-        })?;
-        let last = socket
-            .get_last_endpoint()
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or_else(|| endpoint.clone());
+            })?;
         gst::info!(
             CAT,
             imp = self,
             "{} {} socket on {last}",
-            if settings.bind { "bound" } else { "connected" },
+            zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
         let decompressor = turbojpeg::Decompressor::new().map_err(|e| {

@@ -31,6 +31,7 @@ use crate::jpeg::jpeg_size;
 use crate::protocol::{self, Payload};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
 use crate::scaleout::{self, RateLimit, Waker};
+use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -728,7 +729,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
                 gst::ResourceError::OpenRead,
                 [
                     "Could not connect to the primary at {endpoint}: {e}{}",
-                    scaleout::endpoint_hint(e)
+                    zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
                 ]
             )
         })?;
