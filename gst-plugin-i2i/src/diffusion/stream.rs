@@ -454,8 +454,10 @@ fn step_frame(f: &mut Flight, ec: &[f32], eu: Option<&[f32]>, eps_buf: &mut Vec<
             }
             None => {
                 eps_buf.resize(lat, 0.0);
+                // No negative row: the conditional prediction stands in for it.
                 for (e, &c) in eps_buf.iter_mut().zip(&ec[..lat]) {
-                    *e = c + g * (c - c);
+                    let u = c;
+                    *e = u + g * (c - u);
                 }
                 eps_buf
             }
