@@ -167,6 +167,8 @@ pub struct Stream {
     hidden_key: Vec<u64>,
     eps: Vec<f32>,
     finals: Vec<f32>,
+    /// The guided noise prediction of one frame (scratch).
+    eps_buf: Vec<f32>,
     /// Outputs handed out lately: once the caller drops them, their buffers are reused.
     recent: VecDeque<Arc<Vec<f32>>>,
 }
@@ -312,7 +314,7 @@ impl Stream {
             let ec = &self.eps[cond_row[i] * lat..(cond_row[i] + 1) * lat];
             let eu = (uncond_row[i] != usize::MAX)
                 .then(|| &self.eps[uncond_row[i] * lat..(uncond_row[i] + 1) * lat]);
-            step_frame(f, ec, eu);
+            step_frame(f, ec, eu, &mut self.eps_buf);
         }
 
         // Decode the frames that finished.
@@ -418,14 +420,17 @@ fn to_unit(v: f32) -> f32 {
 }
 
 /// One LCM step of one frame, with guidance and the stock-noise update, in place.
-fn step_frame(f: &mut Flight, ec: &[f32], eu: Option<&[f32]>) {
+///
+/// The guidance type, the residual update and the noise are decided once per frame, not
+/// per element, so each loop below is branch-free and vectorises; every element gets the
+/// same float32 operations in the same order as the formula reads.
+fn step_frame(f: &mut Flight, ec: &[f32], eu: Option<&[f32]>, eps_buf: &mut Vec<f32>) {
     let p = &*f.p;
     let i = f.step;
     let n = p.n();
     let c = p.steps[i];
     let next = (i + 1 < n).then(|| p.steps[i + 1]);
     let lat = f.x.len();
-    let noise_next = next.map(|_| &p.noise.data[(i + 1) * lat..(i + 2) * lat]);
     let g = p.guidance;
     let d = p.delta;
     let residual = matches!(p.cfg, CfgType::SelfNegative | CfgType::Initialize);
@@ -436,37 +441,63 @@ fn step_frame(f: &mut Flight, ec: &[f32], eu: Option<&[f32]>) {
         // The one-time negative: the uncond prediction replaces S_0.
         f.stock.copy_from_slice(eu);
     }
-    let (alpha, beta, c_out, c_skip) = (c.alpha, c.beta, c.c_out, c.c_skip);
-    for j in 0..lat {
-        let x = f.x[j];
-        let eps = match p.cfg {
-            CfgType::None => ec[j],
-            CfgType::Full => {
-                let u = eu.map_or(ec[j], |eu| eu[j]);
-                u + g * (ec[j] - u)
-            }
-            CfgType::SelfNegative | CfgType::Initialize => {
-                let u = d * f.stock[j];
-                u + g * (ec[j] - u)
-            }
-        };
-        let x0 = c_out * (x - beta * eps) / alpha + c_skip * x;
-        match (next, noise_next) {
-            (Some(nx), Some(nn)) => {
-                let ratio = nx.alpha / nx.beta;
-                if residual {
-                    let s = f.stock[j];
-                    let bs = beta * s;
-                    let dx = c_out * (bs - beta * eps) / alpha + c_skip * bs;
-                    f.stock[j] = nn[j] + ratio * dx;
+    // The guided noise prediction.
+    let eps: &[f32] = match p.cfg {
+        CfgType::None => &ec[..lat],
+        CfgType::Full => match eu {
+            Some(eu) => {
+                eps_buf.resize(lat, 0.0);
+                for ((e, &c), &u) in eps_buf.iter_mut().zip(&ec[..lat]).zip(&eu[..lat]) {
+                    *e = u + g * (c - u);
                 }
-                f.x[j] = if p.add_noise {
-                    nx.alpha * x0 + nx.beta * nn[j]
-                } else {
-                    nx.alpha * x0
-                };
+                eps_buf
             }
-            _ => f.x[j] = x0,
+            None => {
+                eps_buf.resize(lat, 0.0);
+                // No negative row: the conditional prediction stands in for it.
+                for (e, &c) in eps_buf.iter_mut().zip(&ec[..lat]) {
+                    let u = c;
+                    *e = u + g * (c - u);
+                }
+                eps_buf
+            }
+        },
+        CfgType::SelfNegative | CfgType::Initialize => {
+            eps_buf.resize(lat, 0.0);
+            for ((e, &c), &s) in eps_buf.iter_mut().zip(&ec[..lat]).zip(&f.stock[..lat]) {
+                let u = d * s;
+                *e = u + g * (c - u);
+            }
+            eps_buf
+        }
+    };
+    let (alpha, beta, c_out, c_skip) = (c.alpha, c.beta, c.c_out, c.c_skip);
+    let x0 = |x: f32, eps: f32| c_out * (x - beta * eps) / alpha + c_skip * x;
+    match next {
+        Some(nx) => {
+            let nn = &p.noise.data[(i + 1) * lat..(i + 2) * lat];
+            if residual {
+                let ratio = nx.alpha / nx.beta;
+                for ((s, &e), &nz) in f.stock[..lat].iter_mut().zip(eps).zip(nn) {
+                    let bs = beta * *s;
+                    let dx = c_out * (bs - beta * e) / alpha + c_skip * bs;
+                    *s = nz + ratio * dx;
+                }
+            }
+            if p.add_noise {
+                for ((x, &e), &nz) in f.x.iter_mut().zip(eps).zip(nn) {
+                    *x = nx.alpha * x0(*x, e) + nx.beta * nz;
+                }
+            } else {
+                for (x, &e) in f.x.iter_mut().zip(eps) {
+                    *x = nx.alpha * x0(*x, e);
+                }
+            }
+        }
+        None => {
+            for (x, &e) in f.x.iter_mut().zip(eps) {
+                *x = x0(*x, e);
+            }
         }
     }
     f.step += 1;
