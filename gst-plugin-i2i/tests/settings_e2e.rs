@@ -850,7 +850,7 @@ fn a_flood_of_commands_does_not_slow_the_video() {
 /// tiny model goes (thousands of frames/s), where the flood's own threads (holder,
 /// client, settingssrc's receiver) compete for the same CPU cores.
 #[test]
-#[ignore]
+#[ignore = "benchmark (unpaced video, timing-dependent); run with --ignored"]
 fn flood_benchmark_unpaced() {
     let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
     let mut t = Transform::start(&holder, "");

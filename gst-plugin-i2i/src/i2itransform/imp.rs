@@ -1868,7 +1868,7 @@ impl ObjectImpl for I2iTransform {
                 self.queue_cond.notify_all();
             }
             "threads" => s.threads = value.get().unwrap(),
-            _ => unimplemented!("property {name}"),
+            _ => unreachable!("property {name} is not registered"),
         }
     }
 
@@ -1909,7 +1909,7 @@ impl ObjectImpl for I2iTransform {
                 drop(s);
                 self.stats.lock().unwrap().provider.to_value()
             }
-            name => unimplemented!("property {name}"),
+            name => unreachable!("property {name} is not registered"),
         }
     }
 

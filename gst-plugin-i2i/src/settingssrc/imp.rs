@@ -302,7 +302,7 @@ impl ObjectImpl for SettingsSrc {
                     .build()
                     .to_value()
             }
-            _ => unimplemented!("property {}", pspec.name()),
+            _ => unreachable!("property {} is not registered", pspec.name()),
         }
     }
 
