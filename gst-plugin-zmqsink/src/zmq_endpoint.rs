@@ -37,6 +37,28 @@ pub fn bind_or_connect(
         .unwrap_or_else(|| endpoint.to_owned()))
 }
 
+/// Refuses an endpoint that ZeroMQ cannot take (it is passed on as a C string).
+pub fn check_endpoint(endpoint: &str) -> Result<(), gst::ErrorMessage> {
+    if endpoint.contains('\0') {
+        return Err(gst::error_msg!(
+            gst::ResourceError::Settings,
+            ("Endpoint {endpoint:?} contains a NUL character")
+        ));
+    }
+    Ok(())
+}
+
+/// The error for a failed socket set-up step (`what`: "create", "set linger on", ...) of a
+/// `socket` ("PULL", "ROUTER", ...) socket, in the message users see.
+pub fn socket_error(
+    kind: gst::ResourceError,
+    socket: &str,
+    what: &str,
+    e: zmq::Error,
+) -> gst::ErrorMessage {
+    gst::error_msg!(kind, ("Could not {what} the ZeroMQ {socket} socket: {e}"))
+}
+
 /// A hint for common ZeroMQ bind/connect errors (empty for the others), to append to the
 /// error text; `examples` lists valid endpoints.
 pub fn hint(e: zmq::Error, examples: &str) -> String {

@@ -678,18 +678,10 @@ impl BaseSinkImpl for ZmqDispatchSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        if endpoint.contains('\0') {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ["Endpoint {endpoint:?} contains a NUL character"]
-            ));
-        }
+        zmq_endpoint::check_endpoint(&endpoint)?;
         let context = zmq::Context::new();
         let socket_err = |what: &str, e: zmq::Error| {
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                ["Could not {what} the ZeroMQ ROUTER socket: {e}"]
-            )
+            zmq_endpoint::socket_error(gst::ResourceError::OpenWrite, "ROUTER", what, e)
         };
         let socket = context
             .socket(zmq::ROUTER)

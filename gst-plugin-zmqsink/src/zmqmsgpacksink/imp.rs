@@ -567,12 +567,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.effective_endpoint();
-        if endpoint.contains('\0') {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("Endpoint {endpoint:?} contains a NUL character")
-            ));
-        }
+        zmq_endpoint::check_endpoint(&endpoint)?;
 
         let interrupt = Interrupt::new().map_err(|e| {
             gst::error_msg!(
@@ -588,12 +583,11 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             SinkSocketType::Push => zmq::PUSH,
         };
         let socket_err = |what: &str, e: zmq::Error| {
-            gst::error_msg!(
+            zmq_endpoint::socket_error(
                 gst::ResourceError::OpenWrite,
-                (
-                    "Could not {what} the ZeroMQ {} socket: {e}",
-                    settings.socket_type_nick()
-                )
+                settings.socket_type_nick(),
+                what,
+                e,
             )
         };
         let mut socket = context.socket(kind).map_err(|e| socket_err("create", e))?;

@@ -586,12 +586,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        if endpoint.contains('\0') {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("Endpoint {endpoint:?} contains a NUL character")
-            ));
-        }
+        zmq_endpoint::check_endpoint(&endpoint)?;
         let interrupt = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
@@ -602,12 +597,11 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
 
         let context = zmq::Context::new();
         let socket_err = |what: &str, e: zmq::Error| {
-            gst::error_msg!(
+            zmq_endpoint::socket_error(
                 gst::ResourceError::OpenRead,
-                (
-                    "Could not {what} the ZeroMQ {} socket: {e}",
-                    settings.socket_type_nick()
-                )
+                settings.socket_type_nick(),
+                what,
+                e,
             )
         };
         let kind = match settings.socket_type {
