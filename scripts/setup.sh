@@ -38,6 +38,19 @@ if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
+  # A fresh machine: the toolchain from rustup (Debian's own cargo is older than the 1.92 the
+  # GStreamer bindings need). I2I_NO_RUSTUP=1 refuses this and asks instead.
+  if [ "${I2I_NO_RUSTUP:-0}" != 1 ]; then
+    log "no Rust toolchain found: installing the stable toolchain with rustup into ~/.cargo"
+    command -v curl >/dev/null 2>&1 || {
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
+    }
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy >/dev/null
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+if ! command -v cargo >/dev/null 2>&1; then
   log "no Rust toolchain found: install one with rustup (https://rustup.rs), Rust 1.92 or newer, then run this again"
   exit 1
 fi
