@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent set-up step for the demo and the tests:
-#  1. Debian/Ubuntu packages (GStreamer, libjpeg-turbo, libzmq, Python venv support);
+#  1. Debian/Ubuntu packages (GStreamer, libjpeg-turbo, libzmq, Python venv support), and a Rust
+#     toolchain from rustup when there is no cargo;
 #  2. a Python virtual environment in .venv with requirements.txt;
 #  3. the ONNX Runtime shared library, taken from the onnxruntime wheel, at .deps/lib;
 #  4. a release build of the plugins and tools;
