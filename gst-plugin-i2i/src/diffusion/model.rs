@@ -602,32 +602,9 @@ impl Unet {
                 let r1 = (r0 + chunk).min(g1);
                 let n = r1 - r0;
                 let b = chunk.max(n);
-                let whole = n == b;
-                let (s_in, h_in, t_in): (&[f32], &[f32], &[f32]) = if whole {
-                    (
-                        &sample[r0 * lat..r1 * lat],
-                        &hidden[r0 * hid..r1 * hid],
-                        &timesteps[r0..r1],
-                    )
-                } else {
-                    // Pad to the fixed batch by repeating the last row.
-                    self.sample_buf.clear();
-                    self.hidden_buf.clear();
-                    self.time_buf.clear();
-                    self.sample_buf
-                        .extend_from_slice(&sample[r0 * lat..r1 * lat]);
-                    self.hidden_buf
-                        .extend_from_slice(&hidden[r0 * hid..r1 * hid]);
-                    self.time_buf.extend_from_slice(&timesteps[r0..r1]);
-                    for _ in n..b {
-                        self.sample_buf
-                            .extend_from_slice(&sample[(r1 - 1) * lat..r1 * lat]);
-                        self.hidden_buf
-                            .extend_from_slice(&hidden[(r1 - 1) * hid..r1 * hid]);
-                        self.time_buf.push(timesteps[r1 - 1]);
-                    }
-                    (&self.sample_buf, &self.hidden_buf, &self.time_buf)
-                };
+                let s_in = rows_padded(sample, lat, r0..r1, b, &mut self.sample_buf);
+                let h_in = rows_padded(hidden, hid, r0..r1, b, &mut self.hidden_buf);
+                let t_in = rows_padded(timesteps, 1, r0..r1, b, &mut self.time_buf);
                 let s_shape = [b as i64, 4, self.latent_h as i64, self.latent_w as i64];
                 let h_shape = [b as i64, seq[0] as i64, seq[1] as i64];
                 let t_shape_row = [b as i64];
@@ -800,17 +777,7 @@ impl VaeEncoder {
             let r1 = (r0 + chunk).min(rows);
             let n = r1 - r0;
             let b = chunk.max(n);
-            let data: &[f32] = if n == b {
-                &images[r0 * img..r1 * img]
-            } else {
-                self.in_buf.clear();
-                self.in_buf.extend_from_slice(&images[r0 * img..r1 * img]);
-                for _ in n..b {
-                    self.in_buf
-                        .extend_from_slice(&images[(r1 - 1) * img..r1 * img]);
-                }
-                &self.in_buf
-            };
+            let data = rows_padded(images, img, r0..r1, b, &mut self.in_buf);
             let shape = [b as i64, 3, self.height as i64, self.width as i64];
             let feeds = [("sample", &shape[..], Feed::F32(data))];
             let s = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
@@ -919,17 +886,7 @@ impl VaeDecoder {
             let r1 = (r0 + chunk).min(rows);
             let n = r1 - r0;
             let b = chunk.max(n);
-            let data: &[f32] = if n == b {
-                &latents[r0 * lat..r1 * lat]
-            } else {
-                self.in_buf.clear();
-                self.in_buf.extend_from_slice(&latents[r0 * lat..r1 * lat]);
-                for _ in n..b {
-                    self.in_buf
-                        .extend_from_slice(&latents[(r1 - 1) * lat..r1 * lat]);
-                }
-                &self.in_buf
-            };
+            let data = rows_padded(latents, lat, r0..r1, b, &mut self.in_buf);
             let shape = [b as i64, 4, lh as i64, lw as i64];
             let feeds = [("latent_sample", &shape[..], Feed::F32(data))];
             let want = [b as i64, 3, self.height as i64, self.width as i64];
@@ -1517,4 +1474,26 @@ fn trt_cache_dir(
         );
     }
     Ok(dir)
+}
+
+/// Rows `rows` of `src` (`row` values each) as one graph input of `batch` rows: borrowed as
+/// they are when they fill the batch, else copied into `buf` and padded by repeating the
+/// last row (graphs exported with a fixed batch size).
+fn rows_padded<'a>(
+    src: &'a [f32],
+    row: usize,
+    rows: std::ops::Range<usize>,
+    batch: usize,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let (r0, r1) = (rows.start, rows.end);
+    if r1 - r0 == batch {
+        return &src[r0 * row..r1 * row];
+    }
+    buf.clear();
+    buf.extend_from_slice(&src[r0 * row..r1 * row]);
+    for _ in r1 - r0..batch {
+        buf.extend_from_slice(&src[(r1 - 1) * row..r1 * row]);
+    }
+    buf
 }
