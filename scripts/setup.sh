@@ -17,6 +17,7 @@ APT_PACKAGES=(
   pkg-config build-essential
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav
   libturbojpeg0-dev libzmq3-dev
   python3 python3-venv python3-pip
 )
