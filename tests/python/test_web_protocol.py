@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -330,3 +331,112 @@ def test_controls_reach_the_settings_holder():
     finally:
         web.stop()
         holder.stop()
+
+
+def publish_output(port, stop, fps=20, noise_size=None):
+    """Plays a pipeline's output: frames stamped now, on a PUB socket at `port`; with
+    `noise_size`, big frames of noise (about 1 MB at 1024 x 1024)."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    if noise_size:
+        buf = io.BytesIO()
+        Image.frombytes("RGB", noise_size, os.urandom(noise_size[0] * noise_size[1] * 3)).save(buf, "JPEG")
+        jpg = buf.getvalue()
+    else:
+        jpg = image_bytes()
+    index = 0
+    while not stop.is_set():
+        pub.send(msgpack.packb([int(time.time() * 1000), index, jpg]))
+        index += 1
+        time.sleep(1 / fps)
+    pub.close()
+
+
+def test_i2i_stats_reads_the_browser_stream():
+    import subprocess
+    import threading
+
+    from i2i_web_helpers import binary, env
+
+    web = Web()
+    stop = threading.Event()
+    sender = threading.Thread(target=publish_output, args=(web.out_port, stop), daemon=True)
+    sender.start()
+    try:
+        out = subprocess.run(
+            [binary("i2i-stats"), "--endpoint", f"{web.ws}/ws", "--frames", "30", "--timeout", "30",
+             "--json", "--min-fps", "5"],
+            env=env(), capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["frames"] == 30 and report["stopped_by"] == "frames"
+        assert report["malformed"] == 0
+        assert 5 < report["average_fps"] < 40
+        # Consecutive indices: nothing lost on the way through i2i-web.
+        assert report["indices"]["lost"] == 0, report["indices"]
+        assert 0 <= report["latency_ms"]["p95"] < 2000
+        # The same report as for a ZeroMQ endpoint, with the WebSocket as its source.
+        assert report["source"].startswith(f"{web.ws}/ws")
+    finally:
+        stop.set()
+        sender.join()
+        web.stop()
+
+
+def raw_viewer(web):
+    """A WebSocket viewer that never reads after the handshake, with a small receive
+    buffer: the slowest possible browser."""
+    import socket
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    s.connect((web.host, web.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(
+        f"GET /ws?output=binary&relay=0 HTTP/1.1\r\nHost: {web.host}:{web.port}\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def test_a_slow_viewer_loses_only_its_own_frames():
+    import threading
+
+    web = Web()
+    stop = threading.Event()
+    # 0.6 MB frames at 20 fps: a viewer that does not read is behind within a second.
+    sender = threading.Thread(target=publish_output, args=(web.out_port, stop, 20, (1024, 1024)),
+                              daemon=True)
+    slow = raw_viewer(web)
+    try:
+        async def run():
+            async with connect(web.ws + "/ws?output=binary&relay=0", max_size=None) as fast:
+                sender.start()
+                indices = []
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    m = await asyncio.wait_for(fast.recv(), 5)
+                    if isinstance(m, bytes):
+                        indices.append(msgpack.unpackb(m)[1])
+                # The fast viewer got every frame, in order, while the slow one read nothing.
+                assert len(indices) > 30
+                assert indices == list(range(indices[0], indices[0] + len(indices)))
+
+        asyncio.run(run())
+        stats = json.load(urllib.request.urlopen(web.http + "/api/stats", timeout=5))
+        assert stats["viewer-dropped"] > 10, stats
+        assert stats["output-frames"] > 30
+    finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join()
+        slow.close()
+        web.stop()

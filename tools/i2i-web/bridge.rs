@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use gstzmqmsgpack::protocol::{self, Payload};
@@ -84,13 +85,19 @@ impl Bridge {
 
         let (tx, rx) = mpsc::sync_channel::<Outgoing>(PUBLISH_QUEUE);
         let st = stats.clone();
+        let stop1 = stop.clone();
         let publisher = std::thread::Builder::new()
             .name("i2i-web-publish".into())
             .spawn(move || {
                 let mut index = 0u64;
                 let mut msg = Vec::new();
-                // Ends when every sender is gone (the server stopped).
-                while let Ok(img) = rx.recv() {
+                // Ends on stop, or when every sender is gone.
+                while !stop1.load(Ordering::Relaxed) {
+                    let img = match rx.recv_timeout(Duration::from_millis(POLL_MS as u64)) {
+                        Ok(img) => img,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     protocol::encode_frame_into(&mut msg, img.timestamp_ms, index, &img.jpeg);
                     index += 1;
                     match pub_sock.send(&msg[..], zmq::DONTWAIT) {
@@ -139,7 +146,7 @@ impl Bridge {
         })
     }
 
-    /// Stops the subscriber; the publisher ends once every clone of `publish` is dropped.
+    /// Stops both threads (open connections may still hold clones of `publish`).
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         drop(self.publish);

@@ -111,12 +111,12 @@ async fn run(opts: args::Options) -> Result<(), String> {
         out_rx,
         control,
     ));
-    let serve = axum::serve(listener, server::router(app));
+    let serve = axum::serve(listener, server::router(app.clone()));
     tokio::select! {
         r = serve => r.map_err(|e| format!("the HTTP server stopped: {e}"))?,
         _ = stop_signal() => {}
     }
-    eprintln!("i2i-web: stopping; counters: {}", stats.to_json());
+    eprintln!("i2i-web: stopping; counters: {}", app.stats_json());
     // Open WebSocket connections end with the runtime; the ZeroMQ threads end here.
     bridge.stop();
     Ok(())

@@ -52,6 +52,9 @@ pub struct App {
     pub control: Option<Arc<Control>>,
     /// Clients that receive relayed seed-001 image messages.
     relay_targets: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<Message>>>,
+    /// Output viewers (WebSocket and MJPEG): the sequence number of the last frame each
+    /// was sent, so the frames a stuck viewer is missing are counted while it is stuck.
+    viewers: Mutex<HashMap<u64, Arc<AtomicU64>>>,
     next_client: AtomicU64,
 }
 
@@ -70,8 +73,59 @@ impl App {
             output,
             control,
             relay_targets: Mutex::new(HashMap::new()),
+            viewers: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(1),
         }
+    }
+}
+
+impl App {
+    /// The counters, with `viewer-dropped` including the frames that viewers which are
+    /// behind right now will never get (everything between their last frame and the newest).
+    pub fn stats_json(&self) -> Value {
+        let latest = self.output.borrow().as_ref().map_or(0, |f| f.seq);
+        let behind: u64 = self
+            .viewers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|last| match last.load(Ordering::Relaxed) {
+                0 => 0,
+                last => latest.saturating_sub(last + 1),
+            })
+            .sum();
+        let mut v = self.stats.to_json();
+        v["viewer-dropped"] = (self.stats.viewer_dropped.load(Ordering::Relaxed) + behind).into();
+        v
+    }
+
+    fn add_viewer(&self) -> (u64, Arc<AtomicU64>) {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let last = Arc::new(AtomicU64::new(0));
+        self.viewers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, last.clone());
+        (id, last)
+    }
+
+    fn remove_viewer(&self, id: u64) {
+        self.viewers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Records that a viewer is sent frame `seq`; returns the frames it skipped.
+    fn viewer_sent(&self, last: &AtomicU64, seq: u64) -> u64 {
+        let prev = last.swap(seq, Ordering::Relaxed);
+        let gap = if prev == 0 {
+            0
+        } else {
+            seq.saturating_sub(prev + 1)
+        };
+        self.stats.add(&self.stats.viewer_dropped, gap);
+        gap
     }
 }
 
@@ -322,7 +376,7 @@ async fn client(app: Arc<App>, socket: WebSocket, output: OutputMode, relay: boo
         tokio::spawn(async move {
             let mut frames = app.output.clone();
             frames.mark_changed();
-            let mut last_seq: Option<u64> = None;
+            let viewer_id = (output != OutputMode::None).then(|| app.add_viewer());
             let mut tick = tokio::time::interval(STATS_EVERY);
             let viewer = output != OutputMode::None;
             loop {
@@ -336,24 +390,24 @@ async fn client(app: Arc<App>, socket: WebSocket, output: OutputMode, relay: boo
                             break;
                         }
                         let Some(f) = frames.borrow_and_update().clone() else { continue };
-                        if let Some(last) = last_seq {
-                            let gap = f.seq.saturating_sub(last + 1);
-                            dropped.fetch_add(gap, Ordering::Relaxed);
-                            app.stats.add(&app.stats.viewer_dropped, gap);
+                        if let Some((_, last)) = &viewer_id {
+                            dropped.fetch_add(app.viewer_sent(last, f.seq), Ordering::Relaxed);
                         }
-                        last_seq = Some(f.seq);
                         frame_message(&f, output)
                     }
                     _ = tick.tick(), if viewer => text(json!({
                         "type": "stats",
                         "dropped": dropped.load(Ordering::Relaxed),
-                        "server": app.stats.to_json(),
+                        "server": app.stats_json(),
                     })),
                 };
                 let closing = matches!(msg, Message::Close(_));
                 if sink.send(msg).await.is_err() || closing {
                     break;
                 }
+            }
+            if let Some((id, _)) = viewer_id {
+                app.remove_viewer(id);
             }
         })
     };
@@ -497,43 +551,43 @@ async fn mjpeg(State(app): State<Arc<App>>, headers: HeaderMap, Query(params): P
     if let Err(r) = check_access(&app, &headers, &params) {
         return r.into_response();
     }
-    struct Viewer(Arc<Stats>);
+    struct Viewer {
+        app: Arc<App>,
+        id: u64,
+        last: Arc<AtomicU64>,
+    }
     impl Drop for Viewer {
         fn drop(&mut self) {
-            self.0.sub(&self.0.mjpeg_viewers, 1);
+            self.app.stats.sub(&self.app.stats.mjpeg_viewers, 1);
+            self.app.remove_viewer(self.id);
         }
     }
     app.stats.add(&app.stats.mjpeg_viewers, 1);
-    let viewer = Viewer(app.stats.clone());
+    let (id, last) = app.add_viewer();
+    let viewer = Viewer {
+        app: app.clone(),
+        id,
+        last,
+    };
     let mut frames = app.output.clone();
     frames.mark_changed();
-    let parts = futures_util::stream::unfold(
-        (frames, viewer, None::<u64>),
-        |(mut frames, viewer, last)| async move {
-            loop {
-                frames.changed().await.ok()?;
-                let Some(f) = frames.borrow_and_update().clone() else {
-                    continue;
-                };
-                if let Some(last) = last {
-                    viewer
-                        .0
-                        .add(&viewer.0.viewer_dropped, f.seq.saturating_sub(last + 1));
-                }
-                let mut part = format!(
-                    "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
-                    f.jpeg.len()
-                )
-                .into_bytes();
-                part.extend_from_slice(&f.jpeg);
-                part.extend_from_slice(b"\r\n");
-                return Some((
-                    Ok::<_, Infallible>(Bytes::from(part)),
-                    (frames, viewer, Some(f.seq)),
-                ));
-            }
-        },
-    );
+    let parts = futures_util::stream::unfold((frames, viewer), |(mut frames, viewer)| async move {
+        loop {
+            frames.changed().await.ok()?;
+            let Some(f) = frames.borrow_and_update().clone() else {
+                continue;
+            };
+            viewer.app.viewer_sent(&viewer.last, f.seq);
+            let mut part = format!(
+                "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                f.jpeg.len()
+            )
+            .into_bytes();
+            part.extend_from_slice(&f.jpeg);
+            part.extend_from_slice(b"\r\n");
+            return Some((Ok::<_, Infallible>(Bytes::from(part)), (frames, viewer)));
+        }
+    });
     (
         [
             (
@@ -584,7 +638,7 @@ async fn api_stats(
     if let Err(r) = check_access(&app, &headers, &params) {
         return r.into_response();
     }
-    let mut v = app.stats.to_json();
+    let mut v = app.stats_json();
     v["control"] = app
         .control
         .as_ref()
