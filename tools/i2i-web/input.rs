@@ -33,6 +33,10 @@ pub enum Incoming {
     Control { id: Value, command: String },
     /// A settings object for the holder (`{"prompt": "...", "seed": 5}`).
     Settings { id: Value, settings: Value },
+    /// Seed 001's `{"type": "register", "client_type": "producer"|"consumer"}`.
+    Register { client_type: String },
+    /// Seed 001's `{"type": "ping"}`.
+    Ping,
 }
 
 fn field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -104,6 +108,21 @@ pub fn parse_text(text: &str, max_image_bytes: usize, now_ms: i64) -> Result<Inc
                 command: command.to_string(),
             })
         }
+        "register" => {
+            let client_type = field(&obj, "client_type")
+                .and_then(Value::as_str)
+                .unwrap_or("producer");
+            match client_type {
+                "producer" | "consumer" => Ok(Incoming::Register {
+                    client_type: client_type.to_string(),
+                }),
+                other => Err(format!(
+                    "register: client_type \"{}\" is not known: producer or consumer",
+                    other.chars().take(40).collect::<String>()
+                )),
+            }
+        }
+        "ping" => Ok(Incoming::Ping),
         "settings" => match field(&obj, "settings") {
             Some(s @ Value::Object(_)) => Ok(Incoming::Settings {
                 id,
@@ -112,7 +131,7 @@ pub fn parse_text(text: &str, max_image_bytes: usize, now_ms: i64) -> Result<Inc
             _ => Err("settings: missing \"settings\" (an object, e.g. {\"seed\": 5})".into()),
         },
         other => Err(format!(
-            "unknown message type \"{}\": expected image, control or settings",
+            "unknown message type \"{}\": expected image, register, ping, control or settings",
             other.chars().take(40).collect::<String>()
         )),
     }
@@ -309,7 +328,18 @@ mod tests {
 
     #[test]
     fn bad_messages_say_what_is_wrong() {
+        assert_eq!(
+            parse_text(r#"{"type":"register","client_type":"consumer"}"#, 1, 0),
+            Ok(Incoming::Register {
+                client_type: "consumer".into()
+            })
+        );
+        assert_eq!(parse_text(r#"{"type":"ping"}"#, 1, 0), Ok(Incoming::Ping));
         let cases = [
+            (
+                r#"{"type":"register","client_type":"boss"}"#,
+                "client_type \"boss\"",
+            ),
             ("{not json", "malformed JSON"),
             ("[1,2]", "JSON object"),
             (r#"{"format":"jpeg"}"#, "missing \"type\""),

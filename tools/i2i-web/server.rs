@@ -444,11 +444,15 @@ async fn client(app: Arc<App>, socket: WebSocket, output: OutputMode, relay: boo
                 dropped.fetch_add(1, Ordering::Relaxed);
                 if flood_warned.elapsed() >= Duration::from_secs(1) {
                     flood_warned = Instant::now();
-                    let _ = tx.try_send(text(json!({
-                        "type": "error",
-                        "error": format!("too many messages: more than {} per second are dropped (--max-rate)", app.opts.max_rate),
-                        "dropped": dropped.load(Ordering::Relaxed),
-                    })));
+                    // Error messages are few (once a second here, 5 a second below):
+                    // waiting for room holds up this client alone.
+                    let _ = tx
+                        .send(text(json!({
+                            "type": "error",
+                            "error": format!("too many messages: more than {} per second are dropped (--max-rate)", app.opts.max_rate),
+                            "dropped": dropped.load(Ordering::Relaxed),
+                        })))
+                        .await;
                 }
                 continue;
             }
@@ -482,6 +486,31 @@ async fn client(app: Arc<App>, socket: WebSocket, output: OutputMode, relay: boo
                     }
                 }
             }
+            Ok(Incoming::Register { client_type }) => {
+                // Seed 001's producers read one answer per image (its ack): relayed
+                // images would be read in its place, so a producer gets none.
+                if client_type == "producer" {
+                    app.relay_targets
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                } else if relay {
+                    app.relay_targets
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, tx.clone());
+                }
+                let reply = json!({"type": "registered", "client_type": client_type, "timestamp": now_ms() as f64 / 1000.0});
+                if tx.send(text(reply)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Incoming::Ping) => {
+                let reply = json!({"type": "pong", "timestamp": now_ms() as f64 / 1000.0});
+                if tx.send(text(reply)).await.is_err() {
+                    break;
+                }
+            }
             Ok(Incoming::Control { id: req, command }) => {
                 control(&app, &tx, req, command.into_bytes()).await;
             }
@@ -491,9 +520,11 @@ async fn client(app: Arc<App>, socket: WebSocket, output: OutputMode, relay: boo
             Err(e) => {
                 stats.add(&stats.rejected, 1);
                 if errors.note() {
-                    let _ = tx.try_send(text(
-                        json!({"type": "error", "error": e, "rejected": errors.count}),
-                    ));
+                    let _ = tx
+                        .send(text(
+                            json!({"type": "error", "error": e, "rejected": errors.count}),
+                        ))
+                        .await;
                 }
             }
         }
