@@ -60,14 +60,14 @@ class Web:
         )
         lines = [self.proc.stdout.readline() for _ in range(2)]
         text = "".join(lines)
-        m = re.search(r"page http://([0-9.]+):(\d+)/", text)
+        m = re.search(r"page (https?)://([0-9.]+):(\d+)/", text)
         p = re.search(r"published on (tcp://\S+),", text)
         if not m or not p:
             self.stop()
             raise AssertionError(f"i2i-web did not start: {text}{self.proc.stderr.read()}")
-        self.host, self.port = m.group(1), int(m.group(2))
-        self.http = f"http://{self.host}:{self.port}"
-        self.ws = f"ws://{self.host}:{self.port}"
+        scheme, self.host, self.port = m.group(1), m.group(2), int(m.group(3))
+        self.http = f"{scheme}://{self.host}:{self.port}"
+        self.ws = f"{'wss' if scheme == 'https' else 'ws'}://{self.host}:{self.port}"
         self.publish = p.group(1)
 
     def stop(self):

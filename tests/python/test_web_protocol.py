@@ -16,6 +16,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -477,3 +478,45 @@ def test_a_slow_viewer_loses_only_its_own_frames():
             sender.join()
         slow.close()
         web.stop()
+
+
+def test_https_and_wss_with_a_certificate(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (scripts/setup.sh installs it)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    web = Web("--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        assert web.http.startswith("https://") and web.ws.startswith("wss://")
+        ctx = ssl.create_default_context(cafile=str(cert))
+        page = urllib.request.urlopen(web.http + "/", context=ctx, timeout=10).read()
+        assert b"i2i control room" in page
+        # Plain HTTP on the TLS port gets no page.
+        with pytest.raises(Exception):
+            urllib.request.urlopen(f"http://{web.host}:{web.port}/", timeout=5).read()
+
+        async def run():
+            async with connect(web.ws + "/", ssl=ctx) as ws:
+                await ws.send(image_message())
+                assert await recv_json(ws) == {"type": "ack", "status": "received"}
+
+        asyncio.run(run())
+    finally:
+        web.stop()
+
+    # A missing or wrong key file is named.
+    bad = subprocess.run(
+        [str(Path(__file__).resolve().parents[2] / "target" / "release" / "i2i-web"),
+         "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(tmp_path / "none.pem")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert bad.returncode == 2 and "--tls-key" in bad.stderr and "none.pem" in bad.stderr, bad.stderr

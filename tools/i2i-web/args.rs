@@ -32,6 +32,9 @@ USAGE:
         --key FILE           CURVE: this program's secret certificate (NAME.key_secret)
         --server-key KEY     CURVE: the holder's public key (NAME.key or Z85 text)
         --token TOKEN        require ?token=TOKEN on every request (also I2I_WEB_TOKEN)
+        --tls-cert FILE      serve https:// and wss:// with this PEM certificate (chain)
+        --tls-key FILE       and its PEM private key (browsers on other machines need
+                             https to give the page the camera)
         --allow-origin URL   also accept pages from this origin (repeatable); by default
                              only pages served by i2i-web itself may connect
         --max-image-bytes N  largest accepted image, decoded (default 8388608)
@@ -54,6 +57,8 @@ pub struct Options {
     pub key: Option<PathBuf>,
     pub server_key: Option<String>,
     pub token: Option<String>,
+    /// PEM certificate chain and private key: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub allow_origins: Vec<String>,
     pub max_image_bytes: usize,
     pub max_rate: u32,
@@ -69,6 +74,7 @@ impl Default for Options {
             key: None,
             server_key: None,
             token: None,
+            tls: None,
             allow_origins: Vec::new(),
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             max_rate: DEFAULT_MAX_RATE,
@@ -122,6 +128,8 @@ pub fn parse(
         ..Options::default()
     };
     let e = |e: lexopt::Error| e.to_string();
+    let mut tls_cert: Option<PathBuf> = None;
+    let mut tls_key: Option<PathBuf> = None;
     while let Some(arg) = parser.next().map_err(e)? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
@@ -156,6 +164,8 @@ pub fn parse(
                 }
                 o.token = Some(t);
             }
+            Long("tls-cert") => tls_cert = Some(parser.value().map_err(e)?.into()),
+            Long("tls-key") => tls_key = Some(parser.value().map_err(e)?.into()),
             Long("allow-origin") => {
                 let v = string(parser.value().map_err(e)?, "--allow-origin")?;
                 if !(v.starts_with("http://") || v.starts_with("https://")) {
@@ -172,6 +182,11 @@ pub fn parse(
             _ => return Err(format!("{} (see i2i-web --help)", arg.unexpected())),
         }
     }
+    o.tls = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     if o.key.is_some() != o.server_key.is_some() {
         return Err("--key and --server-key go together (CURVE needs both)".into());
     }
@@ -219,6 +234,11 @@ mod tests {
         );
         assert!(run(&["--token", "a b"]).unwrap_err().contains("--token"));
         assert!(run(&["--key", "k"]).unwrap_err().contains("--server-key"));
+        assert!(
+            run(&["--tls-cert", "c.pem"])
+                .unwrap_err()
+                .contains("--tls-key")
+        );
         assert!(run(&["--bogus"]).unwrap_err().contains("--bogus"));
         assert_eq!(run(&["--control", "none"]).unwrap().control, None);
     }

@@ -69,6 +69,24 @@ async fn run(opts: args::Options) -> Result<(), String> {
         )?)),
         None => None,
     };
+    let tls = match &opts.tls {
+        Some((cert, key)) => {
+            // One process-wide crypto provider (ring); an error means one is already set.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "--tls-cert {} / --tls-key {}: {e} (expected PEM files: the certificate chain and its private key)",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|e| {
@@ -96,8 +114,9 @@ async fn run(opts: args::Options) -> Result<(), String> {
         .map(|t| format!("?token={t}"))
         .unwrap_or_default();
     println!(
-        "i2i-web: page http://{shown_host}/{token_query}\n\
+        "i2i-web: page {}://{shown_host}/{token_query}\n\
          i2i-web: images published on {}, output from {}, controls to {}",
+        if tls.is_some() { "https" } else { "http" },
         bridge.publish_endpoint,
         opts.subscribe,
         opts.control.as_deref().unwrap_or("(none)"),
@@ -111,7 +130,18 @@ async fn run(opts: args::Options) -> Result<(), String> {
         out_rx,
         control,
     ));
-    let serve = axum::serve(listener, server::router(app.clone()));
+    let router = server::router(app.clone());
+    let serve = async move {
+        match tls {
+            None => axum::serve(listener, router).await,
+            Some(config) => {
+                let listener = listener.into_std()?;
+                axum_server::from_tcp_rustls(listener, config)
+                    .serve(router.into_make_service())
+                    .await
+            }
+        }
+    };
     tokio::select! {
         r = serve => r.map_err(|e| format!("the HTTP server stopped: {e}"))?,
         _ = stop_signal() => {}
