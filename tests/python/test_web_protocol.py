@@ -520,3 +520,49 @@ def test_https_and_wss_with_a_certificate(tmp_path):
         capture_output=True, text=True, timeout=30,
     )
     assert bad.returncode == 2 and "--tls-key" in bad.stderr and "none.pem" in bad.stderr, bad.stderr
+
+
+def test_corrupt_jpeg_data_does_not_stop_the_pipeline():
+    """A JPEG whose header decodes but whose data is garbage passes i2i-web's header check
+    (a full decode per frame would cost the CPU the transform needs); the pipeline's
+    jpegdec copes, and the good frames after it still come out."""
+    web = Web()
+    gst = pipeline(web)
+    good = image_bytes()
+    sos = good.index(b"\xff\xda") + 20
+    bad = good[:sos] + bytes((i * 37) % 256 for i in range(len(good) - sos))
+    try:
+        async def run():
+            async with connect(web.ws) as producer, \
+                    connect(web.ws + "/ws?output=json&relay=0") as viewer:
+                # Wait for the pipeline: good frames until one comes out.
+                deadline = time.monotonic() + 60
+                while True:
+                    assert time.monotonic() < deadline, "the pipeline gave no frame in 60 s"
+                    await producer.send(image_message(data=good))
+                    await recv_json(producer)
+                    try:
+                        m = await recv_json(viewer, timeout=0.2)
+                        if m["type"] == "image":
+                            break
+                    except asyncio.TimeoutError:
+                        pass
+                for data in [bad] * 30 + [good] * 20:
+                    await producer.send(image_message(data=data))
+                    assert (await recv_json(producer))["type"] == "ack"
+                    await asyncio.sleep(0.03)
+                outputs = 0
+                end = time.monotonic() + 3
+                while time.monotonic() < end:
+                    try:
+                        if (await recv_json(viewer, timeout=0.5))["type"] == "image":
+                            outputs += 1
+                    except asyncio.TimeoutError:
+                        pass
+                assert outputs >= 5, outputs
+
+        asyncio.run(run())
+        assert gst.poll() is None, gst.stderr.read()
+    finally:
+        stop_process(gst)
+        web.stop()
