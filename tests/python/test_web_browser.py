@@ -143,6 +143,31 @@ def test_control_room_in_headless_chromium():
             Path(target).write_bytes(png)
         text = browser.find_element(By.ID, "numbers").text
         assert "fps" in text and "latency" in text
+
+        # The other controls reach the holder too, with the holder's answers shown.
+        def answered(part):
+            return wait_for(lambda: any(part in a for a in browser.execute_script("return window.i2i.answers")),
+                            10, f"the holder's answer with {part}")
+
+        browser.find_element(By.ID, "newseed").click()
+        seed = browser.find_element(By.ID, "seed").get_attribute("value")
+        answered(f"seed={seed}")
+        browser.execute_script(
+            "const g = document.getElementById('guidance'); g.value = '1.5';"
+            "g.dispatchEvent(new Event('change'));")
+        answered("guidance-scale=1.5")
+        browser.find_element(By.ID, "blend-b").send_keys("blue ocean")
+        browser.find_element(By.ID, "blend-on").click()
+        answered('prompt-blend=["red fire lava":0.5 "blue ocean":0.5]')
+        browser.find_element(By.ID, "blend-off").click()
+        answered("prompt-blend=off")
+        # A value the holder refuses is shown as refused.
+        browser.execute_script(
+            "const t = document.getElementById('transition'); t.value = '99999';"
+            "t.dispatchEvent(new Event('change'));")
+        wait_for(lambda: browser.execute_script("return window.i2i.errors.length") > 0, 10,
+                 "the refusal of transition 99999")
+        assert "refused" in browser.find_element(By.ID, "status").text
     finally:
         if browser is not None:
             browser.quit()
