@@ -685,3 +685,37 @@ async fn api_stats(
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10);
+        assert_eq!((0..30).filter(|_| b.take()).count(), 10);
+        b.last -= Duration::from_millis(500);
+        assert_eq!((0..30).filter(|_| b.take()).count(), 5);
+    }
+
+    #[test]
+    fn error_budget_sends_five_a_second_and_counts_all() {
+        let mut e = ErrorBudget {
+            second: Instant::now(),
+            sent: 0,
+            count: 0,
+        };
+        assert_eq!(
+            (0..20).filter(|_| e.note()).count(),
+            ERRORS_PER_SECOND as usize
+        );
+        assert_eq!(e.count, 20);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+    }
+}
