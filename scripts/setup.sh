@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent set-up step for the demo and the tests:
-#  1. Debian/Ubuntu packages (GStreamer, libjpeg-turbo, libzmq, Python venv support), and a Rust
+#  1. Debian/Ubuntu packages (GStreamer, libjpeg-turbo, libzmq, Python venv support, Chromium and
+#     its driver for the browser test of i2i-web's page, openssl for its TLS test), and a Rust
 #     toolchain from rustup when there is no cargo;
 #  2. a Python virtual environment in .venv with requirements.txt;
 #  3. the ONNX Runtime shared library, taken from the onnxruntime wheel, at .deps/lib;
@@ -20,6 +21,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav
   libturbojpeg0-dev libzmq3-dev
   python3 python3-venv python3-pip
+  chromium chromium-driver openssl
 )
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -22,7 +22,8 @@ USAGE:
     i2i-stats [OPTIONS] [ENDPOINT]
 
 CONNECTION:
-    -e, --endpoint EP        ZeroMQ endpoint (default tcp://localhost:5557)
+    -e, --endpoint EP        ZeroMQ endpoint (default tcp://localhost:5557), or
+                             ws://HOST:8765/ws: the frames i2i-web sends to browsers
     -p, --port N             shorthand for tcp://localhost:N (tcp://*:N with --bind)
         --bind               bind the endpoint instead of connecting to it
         --socket-type T      sub (default, receives from a PUB sink) or pull (from PUSH)

@@ -4,6 +4,7 @@
 
 mod args;
 mod stats;
+mod ws;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -156,6 +157,8 @@ fn socket_error(what: &str, endpoint: &str, e: zmq::Error) -> String {
 fn run(opts: Options) -> Result<u8, String> {
     install_stop_handlers();
     let ctx = zmq::Context::new();
+    // ws:// (i2i-web): a reader thread hands the frames to this loop in-process.
+    let endpoint = ws::attach(&ctx, &opts)?;
     let kind = match opts.socket_type {
         SocketType::Sub => zmq::SUB,
         SocketType::Pull => zmq::PULL,
@@ -177,7 +180,7 @@ fn run(opts: Options) -> Result<u8, String> {
         sock.bind(&opts.endpoint)
             .map_err(|e| socket_error("cannot bind", &opts.endpoint, e))?;
     } else {
-        sock.connect(&opts.endpoint)
+        sock.connect(&endpoint)
             .map_err(|e| socket_error("cannot connect to", &opts.endpoint, e))?;
     }
     let mut saver = opts.save.clone().map(Saver::new).transpose()?;
