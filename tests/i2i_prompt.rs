@@ -358,6 +358,8 @@ fn remote_console_sends_commands_and_shows_applied_reports() {
             seed: Some(77),
             ..Default::default()
         },
+        refused: Vec::new(),
+        key: None,
     };
     let ctx = zmq::Context::new();
     let dealer = ctx.socket(zmq::DEALER).unwrap();

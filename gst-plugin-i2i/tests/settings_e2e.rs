@@ -99,6 +99,10 @@ struct Holder {
 
 impl Holder {
     fn start(init: &[&str]) -> Holder {
+        Holder::start_with(&[], init)
+    }
+
+    fn start_with(args: &[&str], init: &[&str]) -> Holder {
         let mut cmd = Command::new(i2i_prompt());
         cmd.args([
             "serve",
@@ -107,6 +111,7 @@ impl Holder {
             "--control-bind",
             "tcp://127.0.0.1:*",
         ]);
+        cmd.args(args);
         for c in init {
             cmd.args(["--init", c]);
         }
@@ -712,6 +717,53 @@ fn two_transforms_follow_and_a_late_one_has_the_state_within_a_second() {
     }
     assert!(a.finish().is_empty());
     assert!(b.finish().is_empty());
+}
+
+#[test]
+fn a_bad_t_index_list_costs_a_late_joiner_nothing_else_and_is_reported() {
+    // The default holder checks t-index lists as a 50-step transform does: refused there.
+    let strict = Holder::start(&[]);
+    let answer = strict
+        .client
+        .request(b"/t 10,60", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        answer.starts_with("error: t-index-list \"10,60\": t-index 60 is out of range"),
+        "{answer}"
+    );
+    let out = Command::new(i2i_prompt())
+        .args(["--endpoint", &strict.control, "/t 999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("t-index 999 is out of range"));
+    drop(strict);
+
+    // A holder told the transforms have 1000 steps takes it; a 50-step transform that
+    // joins later gets the full state as one update, keeps the prompt and the seed, and
+    // refuses only the t-index list, which the holder's console shows with the reason.
+    let holder = Holder::start_with(
+        &["--steps", "1000"],
+        &[&format!("/prompt {FOX}"), "/seed 5"],
+    );
+    holder.send("/t 10,60");
+    let mut late = Transform::start(&holder, "");
+    late.until_current(is(FOX, 5));
+    assert_eq!(late.i2i.property::<String>("t-index-list"), "20,35");
+    let line = wait_for_line(&holder.stderr, |l| l.starts_with("refused by"));
+    assert!(
+        line.contains("settingssrc") && line.contains("t-index 60 is out of range"),
+        "{line}"
+    );
+    // What it applied is reported too, although it was the first change after the start.
+    wait_for_line(&holder.stderr, |l| {
+        l.starts_with("applied by") && l.contains(&format!("prompt={FOX:?}"))
+    });
+    let warnings = late.finish();
+    assert!(
+        warnings.iter().any(|w| w.contains("t-index 60")),
+        "{warnings:?}"
+    );
 }
 
 /// Frames out per second, and the longest time from a push to its output, while frames
