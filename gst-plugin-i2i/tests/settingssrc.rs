@@ -721,12 +721,14 @@ fn applied_reports_travel_back_to_the_holder() {
             .build(),
     );
     let pad = rx.sink.static_pad("sink").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // Sent once, at once: the first report after a start waits for the connection to the
+    // holder instead of being dropped.
+    assert!(
+        pad.push_event(event.clone()),
+        "settingssrc did not take the event"
+    );
+    let deadline = Instant::now() + Duration::from_secs(6);
     let report = loop {
-        assert!(
-            pad.push_event(event.clone()),
-            "settingssrc did not take the event"
-        );
         std::thread::sleep(Duration::from_millis(50));
         let found = events.lock().unwrap().iter().find_map(|e| match e {
             HubEvent::Applied(r) => Some(r.clone()),
@@ -739,11 +741,15 @@ fn applied_reports_travel_back_to_the_holder() {
     };
     assert_eq!(report.frame, Some(42));
     assert_eq!(report.settings, applied);
+    // Named after the element it feeds (the transform, in a real pipeline), with the
+    // process id, so workers on one machine stay apart.
     assert!(
-        report.source.starts_with(&format!("{}@", rx.src.name())),
+        report.source.starts_with(&format!("{}@", rx.sink.name()))
+            && report.source.ends_with(&format!("/{}", std::process::id())),
         "{}",
         report.source
     );
+    assert_eq!(rx.stat::<u64>("reports-dropped"), 0);
     assert!(rx.stat::<u64>("reported") >= 1);
     // A console subscribed to the holder's state socket sees the report too.
     let ctx = zmq::Context::new();

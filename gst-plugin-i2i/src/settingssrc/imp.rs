@@ -60,6 +60,8 @@ struct Settings {
     curve_key: Option<String>,
     curve_server_key: Option<String>,
     curve_allow: Option<String>,
+    /// The name reports carry; None: the transform's element name, host and process.
+    report_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -72,6 +74,7 @@ impl Default for Settings {
             curve_key: None,
             curve_server_key: None,
             curve_allow: None,
+            report_name: None,
         }
     }
 }
@@ -130,7 +133,6 @@ struct Receiver {
 struct Reporter {
     tx: Option<std::sync::mpsc::SyncSender<(String, AppliedReport)>>,
     thread: Option<JoinHandle<()>>,
-    source: String,
 }
 
 /// How long a report waits for the connection to the holder (the first report after a
@@ -147,7 +149,6 @@ impl Reporter {
         curve: Option<(KeyPair, String)>,
         shared: Arc<(Mutex<Shared>, Condvar)>,
         stop: Arc<AtomicBool>,
-        source: String,
     ) -> Result<Reporter, String> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(String, AppliedReport)>(REPORT_QUEUE);
         let thread = std::thread::Builder::new()
@@ -191,7 +192,6 @@ impl Reporter {
         Ok(Reporter {
             tx: Some(tx),
             thread: Some(thread),
-            source,
         })
     }
 
@@ -314,6 +314,11 @@ impl ObjectImpl for SettingsSrc {
                     .blurb("With bind=true and curve-key: publishers allowed to send settings (a directory of NAME.key files, one certificate, or a file with one Z85 public key per line)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("report-name")
+                    .nick("Report name")
+                    .blurb("How this transform is named in the applied and refused reports the settings holder shows (e.g. worker-3); default: the downstream element's name, the host and the process id (i2i@stage-left/4242)")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, local-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt)")
@@ -344,6 +349,7 @@ impl ObjectImpl for SettingsSrc {
             "curve-key" => s.curve_key = non_empty(value),
             "curve-server-key" => s.curve_server_key = non_empty(value),
             "curve-allow" => s.curve_allow = non_empty(value),
+            "report-name" => s.report_name = non_empty(value),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
     }
@@ -358,6 +364,7 @@ impl ObjectImpl for SettingsSrc {
             "curve-key" => s.curve_key.to_value(),
             "curve-server-key" => s.curve_server_key.to_value(),
             "curve-allow" => s.curve_allow.to_value(),
+            "report-name" => s.report_name.to_value(),
             "stats" => {
                 let st = lock(&self.shared.0).stats.clone();
                 gst::Structure::builder("application/x-settingssrc-stats")
@@ -814,18 +821,13 @@ impl SettingsSrc {
             .name("settingssrc-rx".into())
             .spawn(move || rx.run())
             .map_err(|e| fail(format!("cannot start the receive thread: {e}")))?;
-        let source = format!("{}@{}", self.obj().name(), host_name());
-        let reporter = Reporter::start(
-            ctx.clone(),
-            report_curve,
-            self.shared.clone(),
-            stop.clone(),
-            source,
-        )
-        .map_err(|e| {
-            stop.store(true, Ordering::Relaxed);
-            fail(e)
-        })?;
+        let reporter =
+            Reporter::start(ctx.clone(), report_curve, self.shared.clone(), stop.clone()).map_err(
+                |e| {
+                    stop.store(true, Ordering::Relaxed);
+                    fail(e)
+                },
+            )?;
         Ok(Receiver {
             stop,
             thread: Some(thread),
@@ -837,6 +839,22 @@ impl SettingsSrc {
 }
 
 impl SettingsSrc {
+    /// `report-name`, or the transform this element feeds (the peer of its src pad), the
+    /// host and the process id: several workers on one machine stay apart.
+    fn report_name(&self) -> String {
+        if let Some(n) = lock(&self.settings).report_name.clone() {
+            return n;
+        }
+        let element = self
+            .obj()
+            .static_pad("src")
+            .and_then(|p| p.peer())
+            .and_then(|p| p.parent_element())
+            .map(|e| e.name().to_string())
+            .unwrap_or_else(|| self.obj().name().to_string());
+        format!("{element}@{}/{}", host_name(), std::process::id())
+    }
+
     /// Forwards what the transform refused to the state holder, for its consoles.
     fn report_refused(&self, s: &gst::StructureRef) {
         let refused: Vec<String> = s
@@ -885,7 +903,7 @@ impl SettingsSrc {
         let mut guard = lock(&self.receiver);
         let Some(rx) = guard.as_mut() else { return };
         let report = AppliedReport {
-            source: rx.reporter.source.clone(),
+            source: self.report_name(),
             seq: Some(seq),
             frame,
             settings,
