@@ -9,6 +9,8 @@
 //!   answer; without a command it is a console for the holder on HOST.
 //! * `i2i-prompt keygen DIR [NAME]` writes a CURVE key pair.
 
+mod osc;
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,7 @@ Hub options:
   --control-bind ENDPOINT    where commands and reports arrive (default tcp://*:5560)
   --heartbeat-ms N           republish the full state every N ms (default 300)
   --init COMMAND             apply COMMAND before serving (repeatable), e.g. --init \"/seed 5\"
+  --osc HOST:PORT|PORT|off   OSC input over UDP (default 0.0.0.0:8000; see below)
   --steps N                  the transforms' num-inference-steps (default 50): t-index
                              lists they would refuse are refused here
   --key FILE                 the holder's secret certificate: turns CURVE on
@@ -70,6 +73,7 @@ struct Options {
     server_key: Option<String>,
     timeout_ms: Option<u64>,
     steps: Option<u32>,
+    osc: Option<String>,
     report_ms: Option<u64>,
     words: Vec<String>,
 }
@@ -130,6 +134,7 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
                         .ok_or_else(|| format!("--steps: \"{v}\" is not {lo}..{hi}"))?,
                 )
             }
+            "--osc" => o.osc = Some(value(&a)?),
             "--report-ms" => {
                 let v = value(&a)?;
                 o.report_ms =
@@ -162,7 +167,7 @@ fn main() -> ExitCode {
     };
     let result = match o.mode {
         Mode::Help => {
-            print!("{USAGE}\n{HELP}\n");
+            print!("{USAGE}\n{HELP}\n\n{}\n", osc::ADDRESSES);
             Ok(ExitCode::SUCCESS)
         }
         Mode::Keygen => keygen(&o),
@@ -289,7 +294,32 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
     if !config.initial.is_empty() {
         eprintln!("i2i-prompt: starting with {}", config.initial.summary());
     }
+    let steps = config.num_inference_steps;
+    let osc_client = hub.local_client()?;
     let handle = hub.spawn()?;
+    // OSC: on by default; a default port in use is a warning (another holder has it),
+    // a port asked for with --osc that cannot be had is an error.
+    let osc_addr = o
+        .osc
+        .clone()
+        .unwrap_or_else(|| osc::DEFAULT_OSC.to_string());
+    if osc_addr != "off" {
+        match osc::Listener::bind(&osc_addr) {
+            Ok(listener) => {
+                eprintln!(
+                    "i2i-prompt: OSC on udp://{} (i2i-prompt --help lists the addresses)",
+                    listener.local()
+                );
+                listener.spawn(
+                    OscHolder(osc_client),
+                    steps,
+                    Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                );
+            }
+            Err(e) if o.osc.is_none() => eprintln!("i2i-prompt: {e}; OSC is off"),
+            Err(e) => return Err(e),
+        }
+    }
     if !console {
         // Serve until killed; the holder thread does the work.
         loop {
@@ -322,6 +352,15 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
     }
     handle.stop()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The OSC listener's way to the holder: a local client of its own.
+struct OscHolder(ControlClient);
+
+impl osc::Holder for OscHolder {
+    fn send(&self, payload: &[u8]) -> Result<String, String> {
+        self.0.request(payload, Duration::from_secs(5))
+    }
 }
 
 fn client_curve(o: &Options) -> Result<Option<(KeyPair, String)>, String> {

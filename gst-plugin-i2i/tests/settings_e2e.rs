@@ -91,6 +91,8 @@ fn wait_for_line(lines: &Mutex<Vec<String>>, what: impl Fn(&str) -> bool) -> Str
 /// `i2i-prompt serve` on ephemeral ports; killed when dropped.
 struct Holder {
     child: Child,
+    /// The OSC input's UDP port.
+    osc_port: u16,
     state: String,
     control: String,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -110,6 +112,8 @@ impl Holder {
             "tcp://127.0.0.1:*",
             "--control-bind",
             "tcp://127.0.0.1:*",
+            "--osc",
+            "127.0.0.1:0",
         ]);
         cmd.args(args);
         for c in init {
@@ -134,9 +138,18 @@ impl Holder {
                 .to_string()
         };
         let (state, control) = (after("settings on "), after("commands on "));
+        let osc = wait_for_line(&stderr, |l| l.contains("OSC on udp://"));
+        let osc_port = osc
+            .split("udp://")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
         let client = ControlClient::connect(&control, None).unwrap();
         Holder {
             child,
+            osc_port,
             state,
             control,
             stderr,
@@ -752,7 +765,7 @@ fn a_bad_t_index_list_costs_a_late_joiner_nothing_else_and_is_reported() {
     assert_eq!(late.i2i.property::<String>("t-index-list"), "20,35");
     let line = wait_for_line(&holder.stderr, |l| l.starts_with("refused by"));
     assert!(
-        line.contains("settingssrc") && line.contains("t-index 60 is out of range"),
+        line.starts_with("refused by i2i@") && line.contains("t-index 60 is out of range"),
         "{line}"
     );
     // What it applied is reported too, although it was the first change after the start.
@@ -764,6 +777,73 @@ fn a_bad_t_index_list_costs_a_late_joiner_nothing_else_and_is_reported() {
         warnings.iter().any(|w| w.contains("t-index 60")),
         "{warnings:?}"
     );
+}
+
+/// Sends OSC messages with python-osc (tests/python/osc_send.py), as a controller would.
+fn osc_send(holder: &Holder, words: &[&str]) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(root.join("tests/python/osc_send.py"))
+        .arg(holder.osc_port.to_string())
+        .args(words)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "osc_send.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn osc_packets_from_a_python_client_change_the_frames() {
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut t = Transform::start(&holder, "");
+    let (_, fox1) = t.settle(is(FOX, 1));
+    osc_send(&holder, &["/prompt", LAKE, "--", "/seed", "3"]);
+    let (_, lake3) = t.settle(is(LAKE, 3));
+    assert!(lake3 != fox1, "the OSC change did not change the frames");
+    osc_send(&holder, &["/t", "10", "30", "--", "/guidance", "1.5"]);
+    t.until_current(|s| s.get::<&str>("t-index-list") == Ok("10,30"));
+    assert_eq!(t.i2i.property::<f64>("guidance-scale"), 1.5);
+    // Bad packets are refused, counted and reported; the state is unchanged.
+    osc_send(
+        &holder,
+        &[
+            "raw:not osc",
+            "--",
+            "/seed",
+            "lots",
+            "--",
+            "/t",
+            "10",
+            "60",
+            "--",
+            "/nope",
+            "1",
+        ],
+    );
+    let bad = wait_for_line(&holder.stderr, |l| l.contains("[4 bad so far]"));
+    assert!(bad.contains("unknown OSC address /nope"), "{bad}");
+    let lines = holder.stderr.lock().unwrap().join("\n");
+    assert!(lines.contains("not an OSC packet"), "{lines}");
+    assert!(lines.contains("/seed: expected a whole number"), "{lines}");
+    assert!(lines.contains("t-index 60 is out of range"), "{lines}");
+    let status = holder
+        .client
+        .request(b"/status", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        status.contains(r#""seed":3"#) && status.contains(r#""t-index-list":"10,30""#),
+        "{status}"
+    );
+    assert!(t.finish().is_empty());
 }
 
 /// Frames out per second, and the longest time from a push to its output, while frames
