@@ -9,9 +9,10 @@
 //!   answer; without a command it is a console for the holder on HOST.
 //! * `i2i-prompt keygen DIR [NAME]` writes a CURVE key pair.
 
+mod console;
 mod osc;
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ Client options:
   --key FILE                 your secret certificate (CURVE)
   --server-key KEY|FILE      the holder's public key (CURVE)
   --timeout-ms N             how long to wait for an answer (default 3000)
+  --history FILE|off         consoles: where typed lines are kept (default
+                             ~/.local/state/i2i-prompt/history)
   --report-ms N              one-shot: after `ok`, show the transforms' reports for this
                              change for N ms (default 500; 0 = do not wait); exit 1 if
                              one refused it
@@ -74,6 +77,7 @@ struct Options {
     timeout_ms: Option<u64>,
     steps: Option<u32>,
     osc: Option<String>,
+    history: Option<String>,
     report_ms: Option<u64>,
     words: Vec<String>,
 }
@@ -135,6 +139,7 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
                 )
             }
             "--osc" => o.osc = Some(value(&a)?),
+            "--history" => o.history = Some(value(&a)?),
             "--report-ms" => {
                 let v = value(&a)?;
                 o.report_ms =
@@ -326,13 +331,13 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
             std::thread::park();
         }
     }
-    let stdin = std::io::stdin();
-    let interactive = stdin.is_terminal();
-    if interactive {
-        eprintln!("type a prompt or a /command (/help lists them, /quit or Ctrl-D ends)");
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "type a prompt or a /command (/help lists them, Tab completes, Up and Ctrl-R recall, /quit or Ctrl-D ends)"
+        );
     }
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
+    let mut console = console::Console::new(history_file(o));
+    while let Some(line) = console.next_line() {
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -352,6 +357,15 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
     }
     handle.stop()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--history FILE`, `--history off`, or the default file.
+fn history_file(o: &Options) -> Option<PathBuf> {
+    match o.history.as_deref() {
+        Some("off") => None,
+        Some(f) => Some(PathBuf::from(f)),
+        None => console::default_history(),
+    }
 }
 
 /// The OSC listener's way to the holder: a local client of its own.
@@ -503,15 +517,14 @@ fn remote_console(o: &Options) -> Result<ExitCode, String> {
             }
         });
     }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
+    if std::io::stdin().is_terminal() {
         eprintln!(
-            "connected to {endpoint}: type a prompt or a /command (/help lists them, /quit or Ctrl-D ends)"
+            "connected to {endpoint}: type a prompt or a /command (/help lists them, Tab completes, /quit or Ctrl-D ends)"
         );
     }
     let mut failures = 0;
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
+    let mut console = console::Console::new(history_file(o));
+    while let Some(line) = console.next_line() {
         let line = line.trim();
         if line.is_empty() {
             continue;
