@@ -474,10 +474,10 @@ fn prompt_and_seed_changes_change_the_output_and_going_back_gives_the_first_exac
     assert!(t.frame(at + 3) == first);
 
     // What the transform applied travels back: the holder and the console show it.
+    // Reports name the transform (its element name, host and process).
     let name = t.i2i.name();
-    let applied = |l: &str| {
-        l.starts_with("applied by ") && l.contains("settingssrc") && l.contains("prompt=")
-    };
+    let by = format!("applied by {name}@");
+    let applied = |l: &str| l.starts_with(&by) && l.contains("prompt=");
     let holder_line = wait_for_line(&holder.stderr, |l| applied(l) && l.contains(LAKE));
     assert!(holder_line.contains(" from frame "), "{holder_line}");
     let console_line = wait_for_line(&console_err, |l| applied(l) && l.contains(FOX));
