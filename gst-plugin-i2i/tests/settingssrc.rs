@@ -845,3 +845,40 @@ fn oversize_degenerate_and_bare_values_are_answered_with_errors() {
     // Nothing of it reached the state.
     assert!(ask(b"/status").contains(r#""seed":1"#));
 }
+
+#[test]
+fn report_name_names_the_transform_in_reports() {
+    let (hub, events) = hub(seed(4), None);
+    let mut rx = Receiver::start(&[
+        ("endpoint", &hub.info.state_endpoint),
+        ("report-name", "worker-3"),
+    ]);
+    assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(4)));
+    let event = gst::event::CustomUpstream::new(
+        gst::Structure::builder(gsti2i::settings::state::REFUSED_EVENT)
+            .field(
+                "refused",
+                "t-index-list \"10,60\" refused: t-index 60 is out of range",
+            )
+            .build(),
+    );
+    assert!(rx.sink.static_pad("sink").unwrap().push_event(event));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let report = loop {
+        let found = events.lock().unwrap().iter().find_map(|e| match e {
+            HubEvent::Applied(r) => Some(r.clone()),
+            _ => None,
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no report reached the holder");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(report.source, "worker-3");
+    assert!(report.settings.is_empty());
+    assert_eq!(
+        report.describe(),
+        "refused by worker-3: t-index-list \"10,60\" refused: t-index 60 is out of range"
+    );
+}
