@@ -358,6 +358,8 @@ fn remote_console_sends_commands_and_shows_applied_reports() {
             seed: Some(77),
             ..Default::default()
         },
+        refused: Vec::new(),
+        key: None,
     };
     let ctx = zmq::Context::new();
     let dealer = ctx.socket(zmq::DEALER).unwrap();
@@ -391,4 +393,155 @@ fn remote_console_sends_commands_and_shows_applied_reports() {
     drop(stdin);
     let status = console.wait().unwrap();
     assert!(status.success());
+}
+
+/// Output of a process on a pseudo-terminal, read on a thread.
+struct Terminal {
+    master: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    /// Starts `i2i-prompt ARGS` with a pseudo-terminal as stdin, stdout and stderr.
+    fn start(args: &[&str]) -> (Terminal, Child) {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills two descriptors; the name, termios and size are optional.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty failed");
+        // SAFETY: each descriptor is owned once: the slave by three dups, the master by File.
+        let (master, stdin, stdout, stderr) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                Stdio::from_raw_fd(libc::dup(slave)),
+                Stdio::from_raw_fd(libc::dup(slave)),
+                Stdio::from_raw_fd(slave),
+            )
+        };
+        let child = Command::new(BIN)
+            .args(args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start i2i-prompt on a terminal");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut reader, out) = (master.try_clone().unwrap(), output.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        (Terminal { master, output }, child)
+    }
+
+    fn type_keys(&mut self, keys: &str) {
+        self.master.write_all(keys.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// Waits until the output (from `from` on) contains `what`; returns the end offset.
+    fn wait_for(&self, from: usize, what: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let out = self.output.lock().unwrap();
+                if let Some(i) = out.get(from..).and_then(|o| o.find(what)) {
+                    return from + i + what.len();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the terminal never showed {what:?}; it showed {:?}",
+                    out.get(from..).unwrap_or("")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn the_console_edits_lines_in_a_terminal() {
+    let dir = std::env::temp_dir().join(format!("i2i-prompt-tty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let history = dir.join("history");
+    let (mut term, mut child) = Terminal::start(&[
+        "--state-bind",
+        "tcp://127.0.0.1:*",
+        "--control-bind",
+        "tcp://127.0.0.1:*",
+        "--osc",
+        "off",
+        "--history",
+        history.to_str().unwrap(),
+    ]);
+    let mut at = term.wait_for(0, "Tab completes");
+    term.type_keys("/seed 7\r");
+    at = term.wait_for(at, "ok seq=1 seed=7");
+    // Up recalls the last line; Backspace edits it.
+    term.type_keys("\x1b[A\x7f9\r");
+    at = term.wait_for(at, "ok seq=2 seed=9");
+    // Tab completes a command name.
+    term.type_keys("/gu\t1.5\r");
+    at = term.wait_for(at, "ok seq=3 guidance-scale=1.5");
+    // Left moves the cursor: "/prompt fx", Left, "o" is "/prompt fox".
+    term.type_keys("/prompt fx\x1b[Do\r");
+    at = term.wait_for(at, "ok seq=4 prompt=\"fox\"");
+    // Ctrl-R searches the history.
+    term.type_keys("\x12seed 7\r");
+    term.wait_for(at, "ok seq=5 seed=7");
+    // Ctrl-D ends the console.
+    term.type_keys("\x04");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "Ctrl-D did not end the console");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let kept = std::fs::read_to_string(&history).unwrap();
+    for line in ["/seed 7", "/seed 9", "/guidance 1.5", "/prompt fox"] {
+        assert!(kept.contains(line), "history lacks {line:?}: {kept:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_holder_on_a_busy_port_suggests_attaching_a_console() {
+    let first = Holder::start(&["serve", "--osc", "off"]);
+    let port = first.control.rsplit(':').next().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--osc",
+            "off",
+            "--state-bind",
+            "tcp://127.0.0.1:*",
+            "--control-bind",
+            &format!("tcp://127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("i2i-prompt --endpoint tcp://localhost:{port}")),
+        "{err}"
+    );
 }

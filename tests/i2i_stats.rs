@@ -144,6 +144,10 @@ fn gaps_reordering_duplicates_malformed_and_latency() {
     ]);
 
     let mut expected_jpeg_bytes = 0;
+    // Each frame carries its capture time (10 ms per index), as a real stream does: a
+    // repeated frame carries the same time again. Older than the offset, so the
+    // latency is at least LATENCY_MS.
+    let t0 = now_ms() - LATENCY_MS - 100;
     for (k, &index) in ORDER.iter().enumerate() {
         if k == 4 {
             push.send(&b"not msgpack at all"[..], 0).unwrap();
@@ -154,7 +158,7 @@ fn gaps_reordering_duplicates_malformed_and_latency() {
         }
         let jpeg = payload(index);
         expected_jpeg_bytes += jpeg.len() as u64;
-        push.send(encode_frame(now_ms() - LATENCY_MS, index, &jpeg), 0)
+        push.send(encode_frame(t0 + index as i64 * 10, index, &jpeg), 0)
             .unwrap();
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -272,7 +276,14 @@ fn silence_times_out_with_an_empty_report() {
     ]);
     let f = finish(child, started);
     let r = json(&f);
-    assert_eq!(f.status.code(), Some(1), "no frames fails the verdict");
+    assert_eq!(f.status.code(), Some(1), "nothing received is a failure");
+    assert!(
+        f.stderr.contains(&format!(
+            "nothing received from {ep}: is anything publishing there?"
+        )),
+        "{}",
+        f.stderr
+    );
     assert_eq!(r["stopped_by"], "timeout");
     assert_eq!(r["frames"], 0);
     assert!(r["average_fps"].is_null() && r["latency_ms"].is_null());
@@ -326,4 +337,55 @@ fn bad_usage_and_socket_errors_exit_2_with_a_reason() {
             f.stderr
         );
     }
+}
+
+#[test]
+fn a_15_fps_stream_is_judged_by_its_input_rate_and_a_restart_is_named() {
+    // 15 fps made and delivered for 2 s, then the sender restarts at index 0.
+    let ctx = zmq::Context::new();
+    let (push, ep) = bound(&ctx, zmq::PUSH);
+    let started = Instant::now();
+    let child = spawn(&[
+        "--socket-type",
+        "pull",
+        &ep,
+        "--json",
+        "--frames",
+        "45",
+        "--timeout",
+        "10",
+        "--require-realtime",
+    ]);
+    let period = Duration::from_micros(66_667);
+    let t0 = now_ms();
+    for index in 0..30u64 {
+        push.send(
+            encode_frame(t0 + (index as i64 * 200) / 3, index, &payload(index)),
+            0,
+        )
+        .unwrap();
+        std::thread::sleep(period);
+    }
+    let t1 = now_ms();
+    for index in 0..15u64 {
+        push.send(
+            encode_frame(t1 + (index as i64 * 200) / 3, index, &payload(index)),
+            0,
+        )
+        .unwrap();
+        std::thread::sleep(period);
+    }
+    let f = finish(child, started);
+    let r = json(&f);
+    assert_eq!(f.status.code(), Some(0), "{r:#}\n{}", f.stderr);
+    assert_eq!(r["realtime"]["judged_by_input_rate"], true, "{r:#}");
+    let input = r["input_fps"].as_f64().unwrap();
+    assert!((input - 15.0).abs() < 0.5, "input fps {input}");
+    assert_eq!(r["indices"]["restarts"], 1, "{r:#}");
+    assert_eq!(r["indices"]["duplicates"], 0, "{r:#}");
+    assert!(
+        f.stderr.contains("the sender restarted 1 time"),
+        "{}",
+        f.stderr
+    );
 }

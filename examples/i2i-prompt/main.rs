@@ -9,7 +9,10 @@
 //!   answer; without a command it is a console for the holder on HOST.
 //! * `i2i-prompt keygen DIR [NAME]` writes a CURVE key pair.
 
-use std::io::{BufRead, IsTerminal, Write};
+mod console;
+mod osc;
+
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,6 +38,9 @@ Hub options:
   --control-bind ENDPOINT    where commands and reports arrive (default tcp://*:5560)
   --heartbeat-ms N           republish the full state every N ms (default 300)
   --init COMMAND             apply COMMAND before serving (repeatable), e.g. --init \"/seed 5\"
+  --osc HOST:PORT|PORT|off   OSC input over UDP (default 0.0.0.0:8000; see below)
+  --steps N                  the transforms' num-inference-steps (default 50): t-index
+                             lists they would refuse are refused here
   --key FILE                 the holder's secret certificate: turns CURVE on
   --allow PATH               with --key: public keys that may change settings
                              (a directory of NAME.key files, one certificate, or a key list)
@@ -47,6 +53,11 @@ Client options:
   --key FILE                 your secret certificate (CURVE)
   --server-key KEY|FILE      the holder's public key (CURVE)
   --timeout-ms N             how long to wait for an answer (default 3000)
+  --history FILE|off         consoles: where typed lines are kept (default
+                             ~/.local/state/i2i-prompt/history)
+  --report-ms N              one-shot: after `ok`, show the transforms' reports for this
+                             change for N ms (default 500; 0 = do not wait); exit 1 if
+                             one refused it
 Commands: type /help, or see below.
 ";
 
@@ -64,6 +75,10 @@ struct Options {
     state_endpoint: Option<String>,
     server_key: Option<String>,
     timeout_ms: Option<u64>,
+    steps: Option<u32>,
+    osc: Option<String>,
+    history: Option<String>,
+    report_ms: Option<u64>,
     words: Vec<String>,
 }
 
@@ -113,6 +128,25 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
                     format!("--timeout-ms: \"{v}\" is not a number of milliseconds")
                 })?)
             }
+            "--steps" => {
+                let v = value(&a)?;
+                let (lo, hi) = gsti2i::settings::NUM_INFERENCE_STEPS_RANGE;
+                o.steps = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (lo..=hi).contains(n))
+                        .ok_or_else(|| format!("--steps: \"{v}\" is not {lo}..{hi}"))?,
+                )
+            }
+            "--osc" => o.osc = Some(value(&a)?),
+            "--history" => o.history = Some(value(&a)?),
+            "--report-ms" => {
+                let v = value(&a)?;
+                o.report_ms =
+                    Some(v.parse().map_err(|_| {
+                        format!("--report-ms: \"{v}\" is not a number of milliseconds")
+                    })?)
+            }
             "--" => {
                 o.words.extend(it.by_ref());
                 break;
@@ -138,7 +172,7 @@ fn main() -> ExitCode {
     };
     let result = match o.mode {
         Mode::Help => {
-            print!("{USAGE}\n{HELP}\n");
+            print!("{USAGE}\n{HELP}\n\n{}\n", osc::ADDRESSES);
             Ok(ExitCode::SUCCESS)
         }
         Mode::Keygen => keygen(&o),
@@ -194,14 +228,7 @@ fn print_event(e: HubEvent) {
 }
 
 fn applied_line(r: &AppliedReport) -> String {
-    let mut s = format!("applied by {}", r.source);
-    if let Some(f) = r.frame {
-        s.push_str(&format!(" from frame {f}"));
-    }
-    if let Some(q) = r.seq {
-        s.push_str(&format!(" (seq {q})"));
-    }
-    format!("{s}: {}", r.settings.summary())
+    r.describe()
 }
 
 fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
@@ -257,6 +284,9 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
         heartbeat: Duration::from_millis(o.heartbeat_ms.unwrap_or(300)),
         curve,
         initial,
+        num_inference_steps: o
+            .steps
+            .unwrap_or(gsti2i::settings::DEFAULT_NUM_INFERENCE_STEPS),
     };
     let secured = config.curve.is_some();
     let hub = Hub::bind(&config, Arc::new(print_event))?;
@@ -269,20 +299,45 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
     if !config.initial.is_empty() {
         eprintln!("i2i-prompt: starting with {}", config.initial.summary());
     }
+    let steps = config.num_inference_steps;
+    let osc_client = hub.local_client()?;
     let handle = hub.spawn()?;
+    // OSC: on by default; a default port in use is a warning (another holder has it),
+    // a port asked for with --osc that cannot be had is an error.
+    let osc_addr = o
+        .osc
+        .clone()
+        .unwrap_or_else(|| osc::DEFAULT_OSC.to_string());
+    if osc_addr != "off" {
+        match osc::Listener::bind(&osc_addr) {
+            Ok(listener) => {
+                eprintln!(
+                    "i2i-prompt: OSC on udp://{} (i2i-prompt --help lists the addresses)",
+                    listener.local()
+                );
+                listener.spawn(
+                    OscHolder(osc_client),
+                    steps,
+                    Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                );
+            }
+            Err(e) if o.osc.is_none() => eprintln!("i2i-prompt: {e}; OSC is off"),
+            Err(e) => return Err(e),
+        }
+    }
     if !console {
         // Serve until killed; the holder thread does the work.
         loop {
             std::thread::park();
         }
     }
-    let stdin = std::io::stdin();
-    let interactive = stdin.is_terminal();
-    if interactive {
-        eprintln!("type a prompt or a /command (/help lists them, /quit or Ctrl-D ends)");
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "type a prompt or a /command (/help lists them, Tab completes, Up and Ctrl-R recall, /quit or Ctrl-D ends)"
+        );
     }
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
+    let mut console = console::Console::new(history_file(o));
+    while let Some(line) = console.next_line() {
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -302,6 +357,24 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
     }
     handle.stop()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--history FILE`, `--history off`, or the default file.
+fn history_file(o: &Options) -> Option<PathBuf> {
+    match o.history.as_deref() {
+        Some("off") => None,
+        Some(f) => Some(PathBuf::from(f)),
+        None => console::default_history(),
+    }
+}
+
+/// The OSC listener's way to the holder: a local client of its own.
+struct OscHolder(ControlClient);
+
+impl osc::Holder for OscHolder {
+    fn send(&self, payload: &[u8]) -> Result<String, String> {
+        self.0.request(payload, Duration::from_secs(5))
+    }
 }
 
 fn client_curve(o: &Options) -> Result<Option<(KeyPair, String)>, String> {
@@ -335,17 +408,74 @@ fn one_shot(o: &Options) -> Result<ExitCode, String> {
     let curve = client_curve(o)?;
     let endpoint = control_endpoint(o);
     let client = ControlClient::connect(&endpoint, curve.as_ref().map(|(k, s)| (k, s.as_str())))?;
+    let report_wait = Duration::from_millis(o.report_ms.unwrap_or(500));
+    // Subscribe before sending, so no report of this change is missed.
+    let reports = match (
+        report_wait.is_zero(),
+        o.state_endpoint
+            .clone()
+            .or_else(|| default_state_endpoint(&endpoint)),
+    ) {
+        (false, Some(state)) => report_subscriber(&state, curve.as_ref()).ok(),
+        _ => None,
+    };
     let answer = client.request(
         text.as_bytes(),
         Duration::from_millis(o.timeout_ms.unwrap_or(3000)),
     )?;
     if answer.starts_with("error") {
         eprintln!("{answer}");
-        Ok(ExitCode::from(1))
-    } else {
-        println!("{answer}");
-        Ok(ExitCode::SUCCESS)
+        return Ok(ExitCode::from(1));
     }
+    println!("{answer}");
+    let _ = std::io::stdout().flush();
+    // `ok seq=N ...`: show what the transforms did with change N.
+    let seq: Option<u64> = answer
+        .strip_prefix("ok seq=")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    let mut refused = false;
+    if let (Some(sub), Some(seq)) = (reports, seq) {
+        let deadline = std::time::Instant::now() + report_wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || sub.poll(zmq::POLLIN, left.as_millis() as i64).unwrap_or(0) == 0 {
+                break;
+            }
+            let Ok(frames) = sub.recv_multipart(0) else {
+                break;
+            };
+            if let Some(r) = frames.get(1).and_then(|b| AppliedReport::decode(b).ok())
+                && r.seq == Some(seq)
+            {
+                refused |= !r.refused.is_empty();
+                eprintln!("{}", r.describe());
+            }
+        }
+    }
+    Ok(if refused {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A SUB socket on the holder's state endpoint that receives applied reports.
+fn report_subscriber(
+    state: &str,
+    curve: Option<&(KeyPair, String)>,
+) -> Result<zmq::Socket, String> {
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).map_err(|e| e.to_string())?;
+    sub.set_linger(0).ok();
+    if let Some((k, s)) = curve {
+        curve::make_client(&sub, k, s)?;
+    }
+    sub.set_subscribe(APPLIED_TOPIC)
+        .map_err(|e| e.to_string())?;
+    sub.connect(state)
+        .map_err(|e| format!("cannot listen for applied reports on {state}: {e}"))?;
+    Ok(sub)
 }
 
 /// `tcp://host:5560` -> `tcp://host:5556`.
@@ -387,15 +517,14 @@ fn remote_console(o: &Options) -> Result<ExitCode, String> {
             }
         });
     }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
+    if std::io::stdin().is_terminal() {
         eprintln!(
-            "connected to {endpoint}: type a prompt or a /command (/help lists them, /quit or Ctrl-D ends)"
+            "connected to {endpoint}: type a prompt or a /command (/help lists them, Tab completes, /quit or Ctrl-D ends)"
         );
     }
     let mut failures = 0;
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
+    let mut console = console::Console::new(history_file(o));
+    while let Some(line) = console.next_line() {
         let line = line.trim();
         if line.is_empty() {
             continue;

@@ -42,15 +42,19 @@ OUTPUT:
     -q, --quiet              no start-up line on stderr
 
 REAL-TIME VERDICT:
-        --min-fps F          lowest average frame rate (default 22.5)
-        --max-interval-ms M  highest mean frame interval (default 60)
+        --min-fps F          lowest average frame rate (default: keep up with the input,
+                             whose rate the frame indices and timestamps show; 22.5
+                             when it cannot be measured)
+        --max-interval-ms M  highest mean frame interval (default: from the input rate;
+                             60 when it cannot be measured)
         --max-latency-ms M   highest 95th percentile latency (default 3000)
         --require-realtime   exit with status 1 when the verdict fails
 
     -h, --help               this text
     -V, --version            version and commit
 
-EXIT STATUS: 0 done, 1 verdict failed with --require-realtime, 2 bad usage or socket error.
+EXIT STATUS: 0 done, 1 nothing received, or the verdict failed with --require-realtime,
+2 bad usage or socket error.
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,11 +202,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             Long("save") => save = Some(PathBuf::from(parser.value().map_err(e)?)),
             Short('q') | Long("quiet") => quiet = true,
             Long("min-fps") => {
-                thresholds.min_fps = positive(parser.value().map_err(e)?, "--min-fps")?;
+                thresholds.min_fps = Some(positive(parser.value().map_err(e)?, "--min-fps")?);
             }
             Long("max-interval-ms") => {
                 thresholds.max_mean_interval_ms =
-                    positive(parser.value().map_err(e)?, "--max-interval-ms")?;
+                    Some(positive(parser.value().map_err(e)?, "--max-interval-ms")?);
             }
             Long("max-latency-ms") => {
                 thresholds.max_latency_p95_ms =
@@ -318,8 +322,8 @@ mod tests {
         assert_eq!(
             o.thresholds,
             Thresholds {
-                min_fps: 10.0,
-                max_mean_interval_ms: 120.0,
+                min_fps: Some(10.0),
+                max_mean_interval_ms: Some(120.0),
                 max_latency_p95_ms: 500.0
             }
         );

@@ -123,7 +123,7 @@ impl Progress {
             .last_latency_ms()
             .map_or_else(|| "-".to_owned(), |l| format!("{l:.0} ms"));
         let line = format!(
-            "{:7.1}s  {} frames  {:5.1} fps  latency {}  lost {}  out-of-order {}  dup {}  malformed {}",
+            "{:7.1}s  {} frames  {:5.1} fps  latency {}  lost {}  out-of-order {}  dup {}  restarts {}  malformed {}",
             now.duration_since(start).as_secs_f64(),
             stats.frames(),
             rate,
@@ -131,6 +131,7 @@ impl Progress {
             stats.lost_count(),
             stats.out_of_order(),
             stats.duplicates(),
+            stats.restarts(),
             stats.malformed(),
         );
         // Padding instead of an erase escape, so a redirected --progress stays plain text.
@@ -259,6 +260,7 @@ fn run(opts: Options) -> Result<u8, String> {
                                     at_s,
                                     latency_ms: now_ms - f.timestamp_ms as f64,
                                     index: f.index,
+                                    timestamp_ms: f.timestamp_ms as f64,
                                     jpeg_bytes,
                                     wire_bytes,
                                 });
@@ -302,6 +304,19 @@ fn run(opts: Options) -> Result<u8, String> {
     // A closed stdout (e.g. piped into head) is not worth a panic.
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 
+    if report.messages == 0 {
+        eprintln!(
+            "i2i-stats: nothing received from {}: is anything publishing there?",
+            opts.endpoint
+        );
+        return Ok(1);
+    }
+    if report.indices.as_ref().is_some_and(|ix| ix.restarts > 0) {
+        eprintln!(
+            "i2i-stats: the sender restarted {} time(s) (frame indices began again from a low value)",
+            report.indices.as_ref().map_or(0, |ix| ix.restarts)
+        );
+    }
     Ok(if opts.require_realtime && !report.realtime.ok {
         1
     } else {

@@ -25,29 +25,41 @@ pub struct FrameEvent {
     /// Receive wall-clock time minus the message timestamp, in milliseconds.
     pub latency_ms: f64,
     pub index: u64,
+    /// The frame's own timestamp (capture time, ms since the Unix epoch).
+    pub timestamp_ms: f64,
     /// Size of the JPEG carried (0 for a batch entry that names a file instead).
     pub jpeg_bytes: usize,
     /// Size of the ZeroMQ message; for batch messages, shared out over its frames.
     pub wire_bytes: usize,
 }
 
-/// The limits of the real-time verdict.
+/// The limits of the real-time verdict. A rate limit left at `None` is taken from the
+/// stream itself: a stream that keeps up with its input (the rate its frame timestamps
+/// and indices show) is real-time, whatever that rate is.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Thresholds {
-    pub min_fps: f64,
-    pub max_mean_interval_ms: f64,
+    pub min_fps: Option<f64>,
+    pub max_mean_interval_ms: Option<f64>,
     pub max_latency_p95_ms: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
-            min_fps: 22.5,
-            max_mean_interval_ms: 60.0,
+            min_fps: None,
+            max_mean_interval_ms: None,
             max_latency_p95_ms: 3000.0,
         }
     }
 }
+
+/// Rate limits when the input rate cannot be measured (one frame, or no timestamps).
+pub const FALLBACK_MIN_FPS: f64 = 22.5;
+pub const FALLBACK_MAX_INTERVAL_MS: f64 = 60.0;
+/// Keeping up with the input allows the output this much longer than the input took...
+pub const KEEP_UP_SLACK: f64 = 0.10;
+/// ...plus this much jitter (the first and last frame's delays differ on a busy machine).
+pub const KEEP_UP_JITTER_S: f64 = 0.25;
 
 /// Accumulates what the receive loop sees.
 #[derive(Debug, Default)]
@@ -67,6 +79,16 @@ pub struct StreamStats {
     duplicates: u64,
     malformed: u64,
     malformed_examples: Vec<String>,
+    /// The newest frame timestamp seen, and the current run's first and highest frame
+    /// (index, timestamp): the input rate is measured on the current run.
+    newest_timestamp_ms: Option<f64>,
+    run_first: Option<(u64, f64)>,
+    run_highest: Option<(u64, f64)>,
+    /// Sender restarts seen (indices back to a low value with newer timestamps), and what
+    /// the runs before the current one lost.
+    restarts: u64,
+    lost_before: u64,
+    lost_ranges_before: Vec<(u64, u64)>,
 }
 
 impl StreamStats {
@@ -98,6 +120,29 @@ impl StreamStats {
         self.wire_bytes += ev.wire_bytes as u64;
         self.jpeg_bytes += ev.jpeg_bytes as u64;
 
+        // A restarted sender counts from 0 again: an index back to a low value (at most
+        // half the highest) on a frame newer than every frame so far is a new run, not a
+        // duplicate (a duplicate or a late frame carries its original, older timestamp).
+        if let (Some(max), Some(newest)) = (self.max_index, self.newest_timestamp_ms)
+            && ev.index <= max / 2
+            && ev.timestamp_ms > newest
+        {
+            self.restarts += 1;
+            self.lost_before += self.lost_count();
+            self.lost_ranges_before.extend(self.lost_ranges());
+            self.seen.clear();
+            self.min_index = None;
+            self.max_index = None;
+            self.run_first = None;
+            self.run_highest = None;
+        }
+        if self.newest_timestamp_ms.is_none_or(|n| ev.timestamp_ms > n) {
+            self.newest_timestamp_ms = Some(ev.timestamp_ms);
+        }
+        self.run_first.get_or_insert((ev.index, ev.timestamp_ms));
+        if self.run_highest.is_none_or(|(i, _)| ev.index > i) {
+            self.run_highest = Some((ev.index, ev.timestamp_ms));
+        }
         // A repeated index is a duplicate, whatever its position; an index below the
         // highest one seen so far that is new is out of order (it may fill a gap).
         if !self.seen.insert(ev.index) {
@@ -130,7 +175,18 @@ impl StreamStats {
         self.duplicates
     }
 
-    /// Lost indices so far: those between the lowest and highest received that never came.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// The input's frame rate on the current run: index steps over timestamp span.
+    pub fn input_fps(&self) -> Option<f64> {
+        let ((i0, t0), (i1, t1)) = (self.run_first?, self.run_highest?);
+        (i1 > i0 && t1 > t0).then(|| (i1 - i0) as f64 / ((t1 - t0) / 1000.0))
+    }
+
+    /// Lost indices of the current run: those between the lowest and highest received
+    /// that never came.
     pub fn lost_count(&self) -> u64 {
         match (self.min_index, self.max_index) {
             (Some(lo), Some(hi)) => (hi - lo + 1) - self.seen.len() as u64,
@@ -158,11 +214,13 @@ impl StreamStats {
             (self.frames >= 2 && duration_s > 0.0).then(|| (self.frames - 1) as f64 / duration_s);
         let intervals_ms = IntervalSummary::of(&self.intervals_ms);
         let latency_ms = LatencySummary::of(&self.latencies_ms);
-        let lost_ranges = self.lost_ranges();
+        let mut lost_ranges = self.lost_ranges_before.clone();
+        lost_ranges.extend(self.lost_ranges());
         let indices = self.max_index.map(|last| IndexSummary {
             first: self.min_index.unwrap_or(last),
             last,
-            lost: self.lost_count(),
+            restarts: self.restarts,
+            lost: self.lost_before + self.lost_count(),
             lost_ranges_truncated: lost_ranges.len() > MAX_LOST_RANGES_JSON,
             lost_ranges: lost_ranges
                 .into_iter()
@@ -174,8 +232,28 @@ impl StreamStats {
         });
         let bandwidth_mbps =
             (duration_s > 0.0).then(|| self.wire_bytes as f64 * 8.0 / duration_s / 1e6);
+        let input_fps = self.input_fps();
+        // Keeping up: the run took at most the input's time, 10 % and 0.25 s more.
+        let keep_up_fps = input_fps.and_then(|fps| {
+            let (_, t0) = self.run_first?;
+            let (_, t1) = self.run_highest?;
+            let span_s = (t1 - t0) / 1000.0;
+            Some(fps * span_s / (span_s * (1.0 + KEEP_UP_SLACK) + KEEP_UP_JITTER_S))
+        });
+        let limits = Limits {
+            min_fps: thresholds
+                .min_fps
+                .or(keep_up_fps)
+                .unwrap_or(FALLBACK_MIN_FPS),
+            max_mean_interval_ms: thresholds
+                .max_mean_interval_ms
+                .or(keep_up_fps.map(|f| 1000.0 / f))
+                .unwrap_or(FALLBACK_MAX_INTERVAL_MS),
+            max_latency_p95_ms: thresholds.max_latency_p95_ms,
+            from_input: thresholds.min_fps.is_none() && keep_up_fps.is_some(),
+        };
         let realtime = Verdict::judge(
-            thresholds,
+            limits,
             average_fps,
             intervals_ms.as_ref().map(|i| i.mean),
             latency_ms.as_ref().map(|l| l.p95),
@@ -192,6 +270,7 @@ impl StreamStats {
             duration_s,
             time_to_first_frame_s: self.first_at_s,
             average_fps,
+            input_fps,
             intervals_ms,
             latency_ms,
             bytes: self.wire_bytes,
@@ -290,6 +369,9 @@ pub struct IndexSummary {
     pub first: u64,
     /// Highest index received.
     pub last: u64,
+    /// Times the sender restarted (its indices began again from a low value); `first`
+    /// and `last` are those of the last run, `lost` counts every run.
+    pub restarts: u64,
     pub lost: u64,
     /// Inclusive `[from, to]` ranges of the lost indices, at most [`MAX_LOST_RANGES_JSON`].
     pub lost_ranges: Vec<[u64; 2]>,
@@ -307,16 +389,28 @@ pub struct Check {
     pub ok: bool,
 }
 
+/// The limits a verdict was judged by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub min_fps: f64,
+    pub max_mean_interval_ms: f64,
+    pub max_latency_p95_ms: f64,
+    /// The rate limits come from the input rate (no --min-fps given).
+    pub from_input: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     /// True when every check passed.
     pub ok: bool,
+    /// The rate limits were taken from the input's own rate (keeping up with it).
+    pub judged_by_input_rate: bool,
     pub checks: Vec<Check>,
 }
 
 impl Verdict {
     pub fn judge(
-        t: Thresholds,
+        t: Limits,
         fps: Option<f64>,
         mean_interval_ms: Option<f64>,
         latency_p95_ms: Option<f64>,
@@ -340,6 +434,7 @@ impl Verdict {
         ];
         Verdict {
             ok: checks.iter().all(|c| c.ok),
+            judged_by_input_rate: t.from_input,
             checks,
         }
     }
@@ -367,6 +462,8 @@ pub struct Report {
     pub time_to_first_frame_s: Option<f64>,
     /// (frames - 1) / duration, i.e. 1000 / mean interval.
     pub average_fps: Option<f64>,
+    /// The input's rate on the last run, from the frames' indices and timestamps.
+    pub input_fps: Option<f64>,
     pub intervals_ms: Option<IntervalSummary>,
     /// Receive time minus the message timestamp (both wall clock, ms since the Unix epoch).
     pub latency_ms: Option<LatencySummary>,
@@ -452,6 +549,11 @@ impl fmt::Display for Report {
             opt(self.time_to_first_frame_s, 2, "s")
         )?;
         writeln!(f, "Average FPS: {}", opt(self.average_fps, 1, ""))?;
+        writeln!(
+            f,
+            "Input FPS: {} (from frame indices and timestamps)",
+            opt(self.input_fps, 1, "")
+        )?;
         writeln!(f, "Total Data: {}", human_bytes(self.bytes as f64))?;
         writeln!(
             f,
@@ -495,6 +597,13 @@ impl fmt::Display for Report {
         writeln!(f, "FRAME INDICES:")?;
         match &self.indices {
             Some(ix) => {
+                if ix.restarts > 0 {
+                    writeln!(
+                        f,
+                        "  Sender restarts: {} (indices began again from a low value with newer timestamps)",
+                        ix.restarts
+                    )?;
+                }
                 writeln!(f, "  Range: {} to {}", ix.first, ix.last)?;
                 if ix.lost == 0 {
                     writeln!(f, "  Lost: 0")?;
@@ -517,7 +626,15 @@ impl fmt::Display for Report {
         }
 
         writeln!(f)?;
-        writeln!(f, "REAL-TIME SUITABILITY:")?;
+        if self.realtime.judged_by_input_rate {
+            writeln!(
+                f,
+                "REAL-TIME SUITABILITY: keeping up with the input's {} fps",
+                opt(self.input_fps, 1, "")
+            )?;
+        } else {
+            writeln!(f, "REAL-TIME SUITABILITY:")?;
+        }
         for c in &self.realtime.checks {
             let mark = if c.ok { "✅" } else { "❌" };
             let line = match (c.name, c.value) {
@@ -610,6 +727,7 @@ mod tests {
         assert!(close(l.max, 100.0) && close(l.min, 1.0));
     }
 
+    /// Frames arrive every `period_s`; each carries its capture time (one period per index).
     fn feed(stats: &mut StreamStats, indices: &[u64], period_s: f64, latency_ms: f64) {
         for (k, &index) in indices.iter().enumerate() {
             stats.record_message();
@@ -617,6 +735,7 @@ mod tests {
                 at_s: 1.0 + k as f64 * period_s,
                 latency_ms,
                 index,
+                timestamp_ms: 1000.0 + index as f64 * period_s * 1000.0,
                 jpeg_bytes: 1000,
                 wire_bytes: 1010,
             });
@@ -682,8 +801,11 @@ mod tests {
         ));
         assert!(r.realtime.ok, "{:?}", r.realtime);
 
+        assert!(close(r.input_fps.unwrap(), 25.0));
+        assert!(r.realtime.judged_by_input_rate);
+
         let strict = Thresholds {
-            min_fps: 30.0,
+            min_fps: Some(30.0),
             ..Thresholds::default()
         };
         let r = s.report(strict, 1.5, "frames");
@@ -695,6 +817,65 @@ mod tests {
         assert!(text.contains("❌ Frame rate too low for real-time (25.0 < 30.0 FPS)"));
         assert!(text.contains("✅ Latency acceptable (p95 120.0ms <= 3.00s)"));
         assert!(text.contains("Verdict: NOT REAL-TIME"));
+    }
+
+    #[test]
+    fn a_15_fps_stream_that_keeps_up_is_real_time_and_a_slow_one_is_not() {
+        // 15 fps in and out for 30 s: real-time, though below the 22.5 fps fallback.
+        let mut s = StreamStats::new();
+        let idx: Vec<u64> = (0..450).collect();
+        feed(&mut s, &idx, 1.0 / 15.0, 80.0);
+        let r = s.report(Thresholds::default(), 30.0, "duration");
+        assert!(close(r.input_fps.unwrap(), 15.0));
+        assert!(r.realtime.ok, "{:?}", r.realtime);
+        assert!(
+            r.to_string()
+                .contains("keeping up with the input's 15.0 fps")
+        );
+        // Frames made at 15 fps that come out at 10 fps fall behind: not real-time.
+        let mut slow = StreamStats::new();
+        for index in 0..300u64 {
+            slow.record_frame(FrameEvent {
+                at_s: index as f64 / 10.0,
+                latency_ms: 0.0,
+                index,
+                timestamp_ms: index as f64 * 1000.0 / 15.0,
+                jpeg_bytes: 1,
+                wire_bytes: 1,
+            });
+        }
+        let r = slow.report(Thresholds::default(), 30.0, "duration");
+        assert!(!r.realtime.ok);
+        assert_eq!(r.realtime.checks[0].name, "fps");
+        assert!(!r.realtime.checks[0].ok);
+    }
+
+    #[test]
+    fn a_restarted_sender_is_a_restart_not_duplicates() {
+        let mut s = StreamStats::new();
+        let frame = |index: u64, timestamp_ms: f64| FrameEvent {
+            at_s: timestamp_ms / 1000.0,
+            latency_ms: 0.0,
+            index,
+            timestamp_ms,
+            jpeg_bytes: 1,
+            wire_bytes: 1,
+        };
+        for i in 0..300u64 {
+            s.record_frame(frame(i, i as f64 * 40.0));
+        }
+        // A late copy of frame 7 (its own old timestamp) is a duplicate...
+        s.record_frame(frame(7, 7.0 * 40.0));
+        assert_eq!((s.duplicates(), s.restarts()), (1, 0));
+        // ...the sender starting over at 0 after a pause is a restart.
+        for i in 0..200u64 {
+            s.record_frame(frame(i, 20_000.0 + i as f64 * 40.0));
+        }
+        assert_eq!((s.duplicates(), s.restarts()), (1, 1));
+        let r = s.report(Thresholds::default(), 30.0, "duration");
+        let ix = r.indices.unwrap();
+        assert_eq!((ix.first, ix.last, ix.restarts, ix.lost), (0, 199, 1, 0));
+        assert!(close(r.input_fps.unwrap(), 25.0));
     }
 
     #[test]

@@ -91,6 +91,8 @@ fn wait_for_line(lines: &Mutex<Vec<String>>, what: impl Fn(&str) -> bool) -> Str
 /// `i2i-prompt serve` on ephemeral ports; killed when dropped.
 struct Holder {
     child: Child,
+    /// The OSC input's UDP port.
+    osc_port: u16,
     state: String,
     control: String,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -99,6 +101,10 @@ struct Holder {
 
 impl Holder {
     fn start(init: &[&str]) -> Holder {
+        Holder::start_with(&[], init)
+    }
+
+    fn start_with(args: &[&str], init: &[&str]) -> Holder {
         let mut cmd = Command::new(i2i_prompt());
         cmd.args([
             "serve",
@@ -106,7 +112,10 @@ impl Holder {
             "tcp://127.0.0.1:*",
             "--control-bind",
             "tcp://127.0.0.1:*",
+            "--osc",
+            "127.0.0.1:0",
         ]);
+        cmd.args(args);
         for c in init {
             cmd.args(["--init", c]);
         }
@@ -129,9 +138,18 @@ impl Holder {
                 .to_string()
         };
         let (state, control) = (after("settings on "), after("commands on "));
+        let osc = wait_for_line(&stderr, |l| l.contains("OSC on udp://"));
+        let osc_port = osc
+            .split("udp://")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
         let client = ControlClient::connect(&control, None).unwrap();
         Holder {
             child,
+            osc_port,
             state,
             control,
             stderr,
@@ -456,10 +474,10 @@ fn prompt_and_seed_changes_change_the_output_and_going_back_gives_the_first_exac
     assert!(t.frame(at + 3) == first);
 
     // What the transform applied travels back: the holder and the console show it.
+    // Reports name the transform (its element name, host and process).
     let name = t.i2i.name();
-    let applied = |l: &str| {
-        l.starts_with("applied by ") && l.contains("settingssrc") && l.contains("prompt=")
-    };
+    let by = format!("applied by {name}@");
+    let applied = |l: &str| l.starts_with(&by) && l.contains("prompt=");
     let holder_line = wait_for_line(&holder.stderr, |l| applied(l) && l.contains(LAKE));
     assert!(holder_line.contains(" from frame "), "{holder_line}");
     let console_line = wait_for_line(&console_err, |l| applied(l) && l.contains(FOX));
@@ -712,6 +730,120 @@ fn two_transforms_follow_and_a_late_one_has_the_state_within_a_second() {
     }
     assert!(a.finish().is_empty());
     assert!(b.finish().is_empty());
+}
+
+#[test]
+fn a_bad_t_index_list_costs_a_late_joiner_nothing_else_and_is_reported() {
+    // The default holder checks t-index lists as a 50-step transform does: refused there.
+    let strict = Holder::start(&[]);
+    let answer = strict
+        .client
+        .request(b"/t 10,60", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        answer.starts_with("error: t-index-list \"10,60\": t-index 60 is out of range"),
+        "{answer}"
+    );
+    let out = Command::new(i2i_prompt())
+        .args(["--endpoint", &strict.control, "/t 999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("t-index 999 is out of range"));
+    drop(strict);
+
+    // A holder told the transforms have 1000 steps takes it; a 50-step transform that
+    // joins later gets the full state as one update, keeps the prompt and the seed, and
+    // refuses only the t-index list, which the holder's console shows with the reason.
+    let holder = Holder::start_with(
+        &["--steps", "1000"],
+        &[&format!("/prompt {FOX}"), "/seed 5"],
+    );
+    holder.send("/t 10,60");
+    let mut late = Transform::start(&holder, "");
+    late.until_current(is(FOX, 5));
+    assert_eq!(late.i2i.property::<String>("t-index-list"), "20,35");
+    let line = wait_for_line(&holder.stderr, |l| l.starts_with("refused by"));
+    assert!(
+        line.starts_with("refused by i2i@") && line.contains("t-index 60 is out of range"),
+        "{line}"
+    );
+    // What it applied is reported too, although it was the first change after the start.
+    wait_for_line(&holder.stderr, |l| {
+        l.starts_with("applied by") && l.contains(&format!("prompt={FOX:?}"))
+    });
+    let warnings = late.finish();
+    assert!(
+        warnings.iter().any(|w| w.contains("t-index 60")),
+        "{warnings:?}"
+    );
+}
+
+/// Sends OSC messages with python-osc (tests/python/osc_send.py), as a controller would.
+fn osc_send(holder: &Holder, words: &[&str]) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(root.join("tests/python/osc_send.py"))
+        .arg(holder.osc_port.to_string())
+        .args(words)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "osc_send.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn osc_packets_from_a_python_client_change_the_frames() {
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut t = Transform::start(&holder, "");
+    let (_, fox1) = t.settle(is(FOX, 1));
+    osc_send(&holder, &["/prompt", LAKE, "--", "/seed", "3"]);
+    let (_, lake3) = t.settle(is(LAKE, 3));
+    assert!(lake3 != fox1, "the OSC change did not change the frames");
+    osc_send(&holder, &["/t", "10", "30", "--", "/guidance", "1.5"]);
+    t.until_current(|s| s.get::<&str>("t-index-list") == Ok("10,30"));
+    assert_eq!(t.i2i.property::<f64>("guidance-scale"), 1.5);
+    // Bad packets are refused, counted and reported; the state is unchanged.
+    osc_send(
+        &holder,
+        &[
+            "raw:not osc",
+            "--",
+            "/seed",
+            "lots",
+            "--",
+            "/t",
+            "10",
+            "60",
+            "--",
+            "/nope",
+            "1",
+        ],
+    );
+    let bad = wait_for_line(&holder.stderr, |l| l.contains("[4 bad so far]"));
+    assert!(bad.contains("unknown OSC address /nope"), "{bad}");
+    let lines = holder.stderr.lock().unwrap().join("\n");
+    assert!(lines.contains("not an OSC packet"), "{lines}");
+    assert!(lines.contains("/seed: expected a whole number"), "{lines}");
+    assert!(lines.contains("t-index 60 is out of range"), "{lines}");
+    let status = holder
+        .client
+        .request(b"/status", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        status.contains(r#""seed":3"#) && status.contains(r#""t-index-list":"10,30""#),
+        "{status}"
+    );
+    assert!(t.finish().is_empty());
 }
 
 /// Frames out per second, and the longest time from a push to its output, while frames

@@ -29,6 +29,7 @@ fn hub(initial: SettingsUpdate, curve: Option<HubCurve>) -> (HubHandle, Arc<Mute
         heartbeat: Duration::from_millis(300),
         curve,
         initial,
+        ..Default::default()
     };
     let hub = Hub::bind(&config, Arc::new(move |e| ev.lock().unwrap().push(e))).unwrap();
     (hub.spawn().unwrap(), events)
@@ -484,6 +485,41 @@ fn curve_allowed_keys_work_and_unknown_keys_are_refused() {
         answer.contains("may subscribe and report but not change settings"),
         "{answer}"
     );
+    // A report it sends naming another transform (and claiming the operator's key) is
+    // shown with the key the holder authenticated, not the claim.
+    let forged = gsti2i::settings::state::AppliedReport {
+        source: "other-transform@stage-right".into(),
+        seq: Some(1),
+        frame: Some(5),
+        settings: seed(99),
+        refused: Vec::new(),
+        key: Some(op.public.clone()),
+    };
+    assert!(as_transform.report(&forged));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        let found = events.lock().unwrap().iter().find_map(|e| match e {
+            HubEvent::Applied(r) if r.settings.seed == Some(99) => Some(r.clone()),
+            _ => None,
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the report never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(report.key.as_deref(), Some(tf.public.as_str()));
+    let shown = report.describe();
+    assert!(
+        shown.starts_with(&format!(
+            "applied by key {}… (calls itself other-transform@stage-right)",
+            &tf.public[..10]
+        )),
+        "{shown}"
+    );
     // Plain (non-CURVE) clients get nowhere either.
     let plain = ControlClient::connect(&hub.info.control_endpoint, None).unwrap();
     assert!(
@@ -685,12 +721,14 @@ fn applied_reports_travel_back_to_the_holder() {
             .build(),
     );
     let pad = rx.sink.static_pad("sink").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // Sent once, at once: the first report after a start waits for the connection to the
+    // holder instead of being dropped.
+    assert!(
+        pad.push_event(event.clone()),
+        "settingssrc did not take the event"
+    );
+    let deadline = Instant::now() + Duration::from_secs(6);
     let report = loop {
-        assert!(
-            pad.push_event(event.clone()),
-            "settingssrc did not take the event"
-        );
         std::thread::sleep(Duration::from_millis(50));
         let found = events.lock().unwrap().iter().find_map(|e| match e {
             HubEvent::Applied(r) => Some(r.clone()),
@@ -703,11 +741,15 @@ fn applied_reports_travel_back_to_the_holder() {
     };
     assert_eq!(report.frame, Some(42));
     assert_eq!(report.settings, applied);
+    // Named after the element it feeds (the transform, in a real pipeline), with the
+    // process id, so workers on one machine stay apart.
     assert!(
-        report.source.starts_with(&format!("{}@", rx.src.name())),
+        report.source.starts_with(&format!("{}@", rx.sink.name()))
+            && report.source.ends_with(&format!("/{}", std::process::id())),
         "{}",
         report.source
     );
+    assert_eq!(rx.stat::<u64>("reports-dropped"), 0);
     assert!(rx.stat::<u64>("reported") >= 1);
     // A console subscribed to the holder's state socket sees the report too.
     let ctx = zmq::Context::new();
@@ -750,6 +792,7 @@ fn a_restarted_holder_is_followed_with_its_new_state() {
             prompt: Some("after the restart".into()),
             ..Default::default()
         },
+        ..Default::default()
     };
     let second = Hub::bind(&config, Arc::new(move |e| ev.lock().unwrap().push(e)))
         .unwrap()
@@ -761,4 +804,81 @@ fn a_restarted_holder_is_followed_with_its_new_state() {
     assert_ne!(rx.stat::<u64>("epoch"), epoch);
     second.send(b"/seed 6").unwrap();
     assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(6)));
+}
+
+#[test]
+fn oversize_degenerate_and_bare_values_are_answered_with_errors() {
+    let (hub, _events) = hub(seed(1), None);
+    let client = ControlClient::connect(&hub.info.control_endpoint, None).unwrap();
+    let ask = |payload: &[u8]| client.request(payload, Duration::from_secs(5)).unwrap();
+    // Larger than the message limit, up to what the holder reads: a clear error, not silence.
+    let answer = ask(&vec![b'a'; 2 * 1024 * 1024]);
+    assert!(
+        answer.starts_with("error: message of 2097152 bytes is larger than the 65536-byte limit"),
+        "{answer}"
+    );
+    for (payload, want) in [
+        (
+            &b"/seedblend 1:1e-320 2:1e-320"[..],
+            "error: seed-blend: weight 1e-320",
+        ),
+        (
+            &[0x05][..],
+            "error: a msgpack integer is not a settings message",
+        ),
+        (
+            br#"{"prompt": "a\u0000b"}"#,
+            "error: prompt: text contains the control character U+0000",
+        ),
+        (
+            br#"{"seed": 2, "seed": 3}"#,
+            "error: key seed is given twice",
+        ),
+        (
+            b"/t 10,60",
+            "error: t-index-list \"10,60\": t-index 60 is out of range",
+        ),
+    ] {
+        let answer = ask(payload);
+        assert!(answer.starts_with(want), "{answer}");
+    }
+    // Nothing of it reached the state.
+    assert!(ask(b"/status").contains(r#""seed":1"#));
+}
+
+#[test]
+fn report_name_names_the_transform_in_reports() {
+    let (hub, events) = hub(seed(4), None);
+    let mut rx = Receiver::start(&[
+        ("endpoint", &hub.info.state_endpoint),
+        ("report-name", "worker-3"),
+    ]);
+    assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(4)));
+    let event = gst::event::CustomUpstream::new(
+        gst::Structure::builder(gsti2i::settings::state::REFUSED_EVENT)
+            .field(
+                "refused",
+                "t-index-list \"10,60\" refused: t-index 60 is out of range",
+            )
+            .build(),
+    );
+    assert!(rx.sink.static_pad("sink").unwrap().push_event(event));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let report = loop {
+        let found = events.lock().unwrap().iter().find_map(|e| match e {
+            HubEvent::Applied(r) => Some(r.clone()),
+            _ => None,
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no report reached the holder");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(report.source, "worker-3");
+    assert!(report.settings.is_empty());
+    assert_eq!(
+        report.describe(),
+        "refused by worker-3: t-index-list \"10,60\" refused: t-index 60 is out of range"
+    );
 }

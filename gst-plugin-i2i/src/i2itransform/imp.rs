@@ -805,25 +805,34 @@ impl I2iTransform {
 
     fn settings_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let result = match buffer.map_readable() {
-            Ok(map) => SettingsUpdate::from_json(map.as_slice()).and_then(|u| {
+            Ok(map) => SettingsUpdate::from_json(map.as_slice()).map(|u| {
                 let mut s = self.settings.lock().unwrap();
-                s.live.apply_update(&u)
+                s.live.apply_valid(&u)
             }),
             Err(_) => Err("settings buffer cannot be read".to_string()),
         };
-        match result {
-            Ok(changed) => {
+        let refused = match result {
+            Ok((changed, refused)) => {
                 gst::debug!(CAT, imp = self, "settings pad changed {changed:?}");
                 for name in changed {
                     if self.obj().find_property(name).is_some() {
                         self.obj().notify(name);
                     }
                 }
+                refused
             }
-            Err(e) => {
-                self.stats.lock().unwrap().settings_rejected += 1;
-                self.refuse(&format!("settings pad: ignoring update: {e}"));
-            }
+            Err(e) => vec![e],
+        };
+        if !refused.is_empty() {
+            self.stats.lock().unwrap().settings_rejected += 1;
+            self.refuse(&format!("settings pad: refused {}", refused.join("; ")));
+            // Upstream too: settingssrc tells the settings holder, whose consoles show it.
+            let event = gst::event::CustomUpstream::new(
+                gst::Structure::builder(crate::settings::state::REFUSED_EVENT)
+                    .field("refused", refused.join("\n"))
+                    .build(),
+            );
+            let _ = self.settingspad.push_event(event);
         }
         Ok(gst::FlowSuccess::Ok)
     }

@@ -152,6 +152,26 @@ impl LiveSettings {
         Ok(changed)
     }
 
+    /// Applies the valid keys of an update and refuses only the invalid ones (a bad
+    /// t-index list must not cost a late joiner its prompt and seed). Returns the settings
+    /// that changed and one message per refused key.
+    pub fn apply_valid(&mut self, u: &SettingsUpdate) -> (Vec<&'static str>, Vec<String>) {
+        let (mut changed, mut refused) = (Vec::new(), Vec::new());
+        for (_, one) in u.split_keys() {
+            match self.apply_update(&one) {
+                Ok(names) => {
+                    for n in names {
+                        if !changed.contains(&n) {
+                            changed.push(n);
+                        }
+                    }
+                }
+                Err(e) => refused.push(e),
+            }
+        }
+        (changed, refused)
+    }
+
     /// Every setting that travels on the settings link, as an update (for reports).
     pub fn to_update(&self) -> SettingsUpdate {
         let p = &self.params;
@@ -259,6 +279,22 @@ mod tests {
             assert_eq!(parse_cfg_type(cfg_type_nick(c)).unwrap(), c);
         }
         assert!(parse_cfg_type("half").unwrap_err().contains("\"half\""));
+    }
+
+    #[test]
+    fn valid_keys_apply_and_only_bad_ones_are_refused() {
+        let mut s = LiveSettings::default();
+        let (changed, refused) = s.apply_valid(&SettingsUpdate {
+            prompt: Some("a red fox".into()),
+            seed: Some(77),
+            t_index_list: Some("10,60".into()),
+            ..Default::default()
+        });
+        assert_eq!(changed, vec!["prompt", "seed"]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].contains("t-index 60"), "{refused:?}");
+        assert_eq!(s.params.prompt, "a red fox");
+        assert_eq!(s.params.seed, 77);
     }
 
     #[test]

@@ -46,13 +46,13 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
         return Err("empty message: type a prompt or a /command (/help lists them)".to_string());
     }
     let Some(rest) = line.trim_start().strip_prefix('/') else {
-        return Ok(Command::Update(
-            SettingsUpdate {
-                prompt: Some(line.trim().to_string()),
-                ..Default::default()
-            }
-            .with_explicit_blend_clears(),
-        ));
+        let u = SettingsUpdate {
+            prompt: Some(line.trim().to_string()),
+            ..Default::default()
+        }
+        .with_explicit_blend_clears();
+        u.validate()?;
+        return Ok(Command::Update(u));
     };
     let (name, arg) = match rest.find(char::is_whitespace) {
         Some(i) => (&rest[..i], rest[i..].trim()),

@@ -25,17 +25,18 @@ use std::time::{Duration, Instant};
 use super::SettingsUpdate;
 use super::command::{Command, HELP};
 use super::curve::{AllowList, KeyPair, ZapHandler, ZapRequest, make_client, make_server};
-use super::message::{MAX_MESSAGE_BYTES, decode_message};
+use super::message::decode_message;
 use super::state::{APPLIED_TOPIC, AppliedReport, Snapshot};
 
 /// Default heartbeat: a late joiner has the state within this (plus connection time).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(300);
+/// Messages up to this size are read and answered (`error: ... larger than the limit`);
+/// libzmq closes the connection of a peer sending a larger one, and its client reports
+/// no answer.
+pub const MAX_ANSWERED_MESSAGE_BYTES: i64 = 16 * 1024 * 1024;
 /// ZAP domains of the two sockets.
 pub const CONTROL_DOMAIN: &str = "i2i-control";
 pub const STATE_DOMAIN: &str = "i2i-state";
-/// `User-Id` the ZAP policy gives to each kind of allowed key.
-const CONTROLLER: &str = "controller";
-const SUBSCRIBER: &str = "subscriber";
 
 /// CURVE set-up of a state holder.
 #[derive(Clone, Debug)]
@@ -58,6 +59,9 @@ pub struct HubConfig {
     pub curve: Option<HubCurve>,
     /// Settings to start from.
     pub initial: SettingsUpdate,
+    /// The transforms' `num-inference-steps`: t-index lists are checked against it, as
+    /// the transforms check them, so a command they would refuse is refused here.
+    pub num_inference_steps: u32,
 }
 
 impl Default for HubConfig {
@@ -68,6 +72,7 @@ impl Default for HubConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             curve: None,
             initial: SettingsUpdate::default(),
+            num_inference_steps: super::DEFAULT_NUM_INFERENCE_STEPS,
         }
     }
 }
@@ -106,7 +111,10 @@ pub struct Hub {
     control_endpoint: String,
     control_port: Option<u16>,
     heartbeat: Duration,
-    curve: bool,
+    /// With CURVE: the keys that may change settings (the ZAP user id of a message is
+    /// the sender's Z85 public key).
+    controllers: Option<AllowList>,
+    num_inference_steps: u32,
     epoch: u64,
     seq: u64,
     state: SettingsUpdate,
@@ -130,7 +138,10 @@ fn new_epoch() -> u64 {
 impl Hub {
     /// Binds both sockets (and the ZAP handler with CURVE). Errors name the endpoint.
     pub fn bind(config: &HubConfig, events: EventSink) -> Result<Hub, String> {
-        config.initial.validate()?;
+        config
+            .initial
+            .validate_for_steps(config.num_inference_steps)
+            .map_err(|e| format!("initial settings: {e}"))?;
         let ctx = zmq::Context::new();
         let zap = match &config.curve {
             Some(c) => {
@@ -165,14 +176,19 @@ impl Hub {
         publisher.set_sndhwm(10_000).ok();
         // A peer sending more than this is disconnected by libzmq; smaller oversize
         // messages get a clear error from decode_message.
-        control.set_maxmsgsize(16 * MAX_MESSAGE_BYTES as i64).ok();
+        control.set_maxmsgsize(MAX_ANSWERED_MESSAGE_BYTES).ok();
         if let Some(c) = &config.curve {
             make_server(&publisher, &c.keys, STATE_DOMAIN)?;
             make_server(&control, &c.keys, CONTROL_DOMAIN)?;
         }
+        let control_port = port_of(&config.control_bind).unwrap_or(super::DEFAULT_CONTROL_PORT);
         let bind = |s: &zmq::Socket, ep: &str, what: &str| -> Result<String, String> {
             s.bind(ep).map_err(|e| {
-                format!("cannot bind the {what} socket at {ep}: {e} (is another i2i-prompt running there? pick another port)")
+                format!(
+                    "cannot bind the {what} socket at {ep}: {e} (is another i2i-prompt running there? \
+                     to type into it, attach a console: i2i-prompt --endpoint tcp://localhost:{control_port}; \
+                     or pick other ports with --state-bind and --control-bind)"
+                )
             })?;
             Ok(s.get_last_endpoint()
                 .ok()
@@ -194,7 +210,8 @@ impl Hub {
             state_endpoint,
             control_endpoint,
             heartbeat: config.heartbeat,
-            curve: config.curve.is_some(),
+            controllers: config.curve.as_ref().map(|c| c.controllers.clone()),
+            num_inference_steps: config.num_inference_steps,
             epoch,
             seq: 0,
             state: config.initial.clone(),
@@ -241,6 +258,15 @@ impl Hub {
     fn handle(&mut self, payload: &[u8], from: &str) -> String {
         match decode_message(payload) {
             Ok(Command::Update(u)) => {
+                if let Err(error) = u.validate_for_steps(self.num_inference_steps) {
+                    (self.events)(HubEvent::Rejected {
+                        from: from.to_string(),
+                        error: error.clone(),
+                    });
+                    return format!(
+                        "error: {error} (the transforms would refuse it; `i2i-prompt --steps N` tells the holder their num-inference-steps)"
+                    );
+                }
                 let changes = u.changes_since(&self.state);
                 if changes.is_empty() {
                     return format!("ok seq={} (no change)", self.seq);
@@ -312,7 +338,13 @@ impl Hub {
             }
             if frames.len() == 2 && frames[0] == APPLIED_TOPIC {
                 match AppliedReport::decode(&frames[1]) {
-                    Ok(r) => {
+                    Ok(mut r) => {
+                        // The authenticated key, never the sender's own claim.
+                        r.key = if self.controllers.is_some() {
+                            user.clone()
+                        } else {
+                            None
+                        };
                         let _ = self.publisher.send_multipart(r.encode(), zmq::DONTWAIT);
                         (self.events)(HubEvent::Applied(r));
                     }
@@ -333,7 +365,7 @@ impl Hub {
                     error: error.clone(),
                 });
                 format!("error: {error}")
-            } else if !local && self.curve && user.as_deref() != Some(CONTROLLER) {
+            } else if !local && !self.may_control(user.as_deref()) {
                 let reason =
                     "this key may subscribe and report but not change settings".to_string();
                 (self.events)(HubEvent::Refused {
@@ -353,6 +385,17 @@ impl Hub {
             reply.push(answer.into_bytes());
             let sock = if local { &self.local } else { &self.control };
             let _ = sock.send_multipart(reply, zmq::DONTWAIT);
+        }
+    }
+
+    /// Without CURVE anyone may send commands; with it, only keys of the controller
+    /// allow-list (`user` is the ZAP user id: the sender's Z85 public key).
+    fn may_control(&self, user: Option<&str>) -> bool {
+        match &self.controllers {
+            None => true,
+            Some(list) => user
+                .and_then(|k| zmq::z85_decode(k).ok())
+                .is_some_and(|k| list.contains(&k)),
         }
     }
 
@@ -427,16 +470,15 @@ fn policy(
     let key = &req.public_key;
     let is_controller = controllers.contains(key);
     let is_subscriber = subscribers.is_some_and(|s| s.contains(key));
+    // The user id is the key itself, so a report names who really sent it.
+    let user = req.public_key_z85();
     match req.domain.as_str() {
-        CONTROL_DOMAIN if is_controller => Ok(CONTROLLER.to_string()),
-        CONTROL_DOMAIN if is_subscriber => Ok(SUBSCRIBER.to_string()),
+        CONTROL_DOMAIN if is_controller || is_subscriber => Ok(user),
         CONTROL_DOMAIN => Err(format!(
             "key is not in the allow-list {}",
             controllers.source
         )),
-        STATE_DOMAIN if subscribers.is_none() || is_controller || is_subscriber => {
-            Ok(SUBSCRIBER.to_string())
-        }
+        STATE_DOMAIN if subscribers.is_none() || is_controller || is_subscriber => Ok(user),
         STATE_DOMAIN => Err("key is not in the subscriber allow-list".to_string()),
         other => Err(format!("unknown ZAP domain \"{other}\"")),
     }

@@ -62,6 +62,19 @@ pub fn decode_message(bytes: &[u8]) -> Result<Command, String> {
     }
     // Valid UTF-8 from here on.
     let text = std::str::from_utf8(bytes).unwrap_or_default();
+    // Small msgpack values (a fixint such as 0x05, nil, booleans) are valid UTF-8 too:
+    // name them as what they are rather than as a control character.
+    if text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_control() && !c.is_whitespace())
+        && let Ok(value) = read_whole_msgpack(bytes)
+    {
+        return Err(format!(
+            "a msgpack {} is not a settings message (send a map such as {{\"seed\": 5}} or chat text)",
+            kind(&value)
+        ));
+    }
     if let Some((at, c)) = text
         .char_indices()
         .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
@@ -72,10 +85,10 @@ pub fn decode_message(bytes: &[u8]) -> Result<Command, String> {
         ));
     }
     if text.trim_start().starts_with('{') {
-        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        let json: JsonValue = serde_json::from_str(text).map_err(|e| {
             format!("message starts with {{ but is not a valid JSON object: {e} (to send a prompt starting with {{ use /prompt)")
         })?;
-        return update_from_value(&json_to_value(json)).map(Command::Update);
+        return update_from_value(&json.0).map(Command::Update);
     }
     parse_line(text)
 }
@@ -92,26 +105,59 @@ fn read_whole_msgpack(bytes: &[u8]) -> Result<Value, String> {
     Ok(v)
 }
 
-fn json_to_value(j: serde_json::Value) -> Value {
-    match j {
-        serde_json::Value::Null => Value::Nil,
-        serde_json::Value::Bool(b) => Value::Boolean(b),
-        serde_json::Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                Value::from(u)
-            } else if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else {
-                Value::F64(n.as_f64().unwrap_or(f64::NAN))
-            }
+/// A JSON document read straight into a msgpack value, keeping every map entry in order,
+/// duplicates included: a key given twice is then refused by the same check as in a
+/// msgpack map (serde_json's own `Value` would silently keep the last one).
+struct JsonValue(Value);
+
+impl<'de> serde::Deserialize<'de> for JsonValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor).map(JsonValue)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Nil)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Boolean(b))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::F64(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(JsonValue(v)) = seq.next_element()? {
+            out.push(v);
         }
-        serde_json::Value::String(s) => Value::from(s),
-        serde_json::Value::Array(a) => Value::Array(a.into_iter().map(json_to_value).collect()),
-        serde_json::Value::Object(o) => Value::Map(
-            o.into_iter()
-                .map(|(k, v)| (Value::from(k), json_to_value(v)))
-                .collect(),
-        ),
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some((k, JsonValue(v))) = map.next_entry::<String, JsonValue>()? {
+            out.push((Value::from(k), v));
+        }
+        Ok(Value::Map(out))
     }
 }
 
@@ -434,7 +480,10 @@ mod tests {
                 mp(Value::Array(vec![Value::from(1)])),
                 "a msgpack array is not a settings message",
             ),
-            (mp(Value::from(5)), "control character U+0005 at offset 0"),
+            (
+                mp(Value::from(5)),
+                "a msgpack integer is not a settings message",
+            ),
             (
                 mp(Value::from(-5)),
                 "a msgpack integer is not a settings message",
@@ -529,6 +578,32 @@ mod tests {
                 "seed: expected a whole number",
             ),
             (b"/nope".to_vec(), "unknown command /nope"),
+            // One rule for the three encodings: control characters, duplicate keys.
+            (
+                br#"{"prompt": "a\u0000b"}"#.to_vec(),
+                "prompt: text contains the control character U+0000",
+            ),
+            (
+                mp(map(vec![("prompt", Value::from("a\u{0}b"))])),
+                "prompt: text contains the control character U+0000",
+            ),
+            (
+                mp(Value::from("a\u{0}b")),
+                "prompt: text contains the control character U+0000",
+            ),
+            (b"a\x00b".to_vec(), "control character U+0000"),
+            (br#"{"seed": 1, "seed": 2}"#.to_vec(), "given twice"),
+            (br#"{"seed": 1, "Seed": 2}"#.to_vec(), "given twice"),
+            (mp(Value::Nil), "a msgpack nil is not a settings message"),
+            (mp(Value::Boolean(true)), "a msgpack boolean is not"),
+            (
+                br#"{"seedblend": {"1": 1e-320, "2": 1e-320}}"#.to_vec(),
+                "seed-blend: weight",
+            ),
+            (
+                b"/seedblend 1:1e-320 2:1e-320".to_vec(),
+                "seed-blend: weight",
+            ),
         ];
         for (bytes, want) in cases {
             let e = err(&bytes);

@@ -33,6 +33,14 @@ pub const SIMILARITY_THRESHOLD_RANGE: (f64, f64) = (0.0, 0.999);
 pub const MAX_TRANSITION_FRAMES: u32 = 3600;
 /// `num-inference-steps`: LCM schedules use up to the 1000 training steps.
 pub const NUM_INFERENCE_STEPS_RANGE: (u32, u32) = (1, 1000);
+/// `num-inference-steps` of a transform left at its default; the settings holder checks
+/// t-index lists against it unless told otherwise (`i2i-prompt --steps`).
+pub const DEFAULT_NUM_INFERENCE_STEPS: u32 = 50;
+/// Smallest blend weight other than 0: weights are normalised, and smaller ones (down to
+/// subnormal numbers) divide to infinities and turn the picture black.
+pub const MIN_BLEND_WEIGHT: f64 = 1e-6;
+/// Largest blend weight (its square must stay a finite number).
+pub const MAX_BLEND_WEIGHT: f64 = 1e6;
 /// Largest t-index value (an index into at most 1000 timesteps).
 pub const MAX_T_INDEX: u32 = NUM_INFERENCE_STEPS_RANGE.1 - 1;
 /// Most entries in a t-index list (more denoising steps is not real-time anywhere).
@@ -161,9 +169,78 @@ impl SettingsUpdate {
         self
     }
 
+    /// One single-key update per key present, each named by its property (a plain
+    /// prompt's explicit blend clear stays with the blend key). A receiver applies the
+    /// valid ones and refuses only the others.
+    pub fn split_keys(&self) -> Vec<(&'static str, SettingsUpdate)> {
+        let mut out = Vec::new();
+        macro_rules! one {
+            ($($f:ident => $name:literal),*) => { $(
+                if self.$f.is_some() {
+                    out.push(($name, SettingsUpdate { $f: self.$f.clone(), ..Default::default() }));
+                }
+            )* };
+        }
+        one!(
+            prompt => "prompt",
+            negative_prompt => "negative-prompt",
+            seed => "seed",
+            t_index_list => "t-index-list",
+            guidance_scale => "guidance-scale",
+            delta => "delta",
+            cfg_type => "cfg-type",
+            similarity_threshold => "similarity-threshold",
+            transition_frames => "transition-frames",
+            prompt_blend => "prompt-blend",
+            seed_blend => "seed-blend",
+            blend_mode => "blend-mode"
+        );
+        out
+    }
+
+    /// Splits an update into the part that passes `check` key by key and the refusals
+    /// (one message per refused key). The one rule every receiver follows: a bad key
+    /// never takes the good ones down with it.
+    pub fn partition(
+        &self,
+        mut check: impl FnMut(&SettingsUpdate) -> Result<(), String>,
+    ) -> (SettingsUpdate, Vec<String>) {
+        let mut valid = SettingsUpdate::default();
+        let mut refused = Vec::new();
+        for (_, one) in self.split_keys() {
+            match check(&one) {
+                Ok(()) => valid.merge(one),
+                Err(e) => refused.push(e),
+            }
+        }
+        (valid, refused)
+    }
+
+    /// [`SettingsUpdate::validate`], and the t-index list below `num_inference_steps`
+    /// (what a transform with that many steps accepts): the settings holder's check.
+    pub fn validate_for_steps(&self, num_inference_steps: u32) -> Result<(), String> {
+        self.validate()?;
+        if let Some(t) = &self.t_index_list {
+            parse_t_index_list_below(t, num_inference_steps)
+                .map_err(|e| format!("t-index-list \"{t}\": {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Checks every present value against the accepted ranges; the error names the key,
     /// the value and what is accepted.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(p) = &self.prompt {
+            check_text("prompt", p)?;
+        }
+        if let Some(p) = &self.negative_prompt {
+            check_text("negative-prompt", p)?;
+        }
+        if let Some(b) = &self.prompt_blend {
+            for (p, _) in b {
+                check_text("prompt-blend", p)?;
+            }
+        }
         if let Some(t) = &self.t_index_list {
             parse_t_index_list(t).map_err(|e| format!("t-index-list \"{t}\": {e}"))?;
         }
@@ -321,6 +398,21 @@ pub fn check_range(key: &str, v: f64, (lo, hi): (f64, f64)) -> Result<(), String
     }
 }
 
+/// Text settings (prompts) hold no control characters other than tab and line breaks,
+/// however they arrived (chat text, a msgpack string, a JSON `\u0000` escape).
+pub fn check_text(key: &str, text: &str) -> Result<(), String> {
+    match text
+        .char_indices()
+        .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        Some((at, c)) => Err(format!(
+            "{key}: text contains the control character U+{:04X} at offset {at} (is it binary data?)",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks a `cfg-type` name against [`CFG_TYPES`].
 pub fn check_cfg_type(name: &str) -> Result<(), String> {
     if CFG_TYPES.contains(&name) {
@@ -348,6 +440,11 @@ fn check_weights(key: &str, weights: impl Iterator<Item = f64>) -> Result<(), St
         if !w.is_finite() || w < 0.0 {
             return Err(format!(
                 "{key}: weight {w} is not accepted (weights are finite and >= 0)"
+            ));
+        }
+        if w != 0.0 && !(MIN_BLEND_WEIGHT..=MAX_BLEND_WEIGHT).contains(&w) {
+            return Err(format!(
+                "{key}: weight {w:e} is not accepted (0, or {MIN_BLEND_WEIGHT:e} to {MAX_BLEND_WEIGHT:e}: smaller weights normalise to nothing)"
             ));
         }
         sum += w;
@@ -460,6 +557,63 @@ mod tests {
             parse_t_index_list("45,32")
                 .unwrap_err()
                 .contains("increase strictly")
+        );
+    }
+
+    #[test]
+    fn degenerate_blends_and_control_characters_are_refused() {
+        let seeds = |w: f64| SettingsUpdate {
+            seed_blend: Some(vec![(1, w), (2, w)]),
+            ..Default::default()
+        };
+        for w in [1e-320, 1e-7, f64::NAN, f64::INFINITY, 1e300] {
+            let e = seeds(w).validate().unwrap_err();
+            assert!(e.contains("seed-blend: weight"), "{w}: {e}");
+        }
+        seeds(MIN_BLEND_WEIGHT).validate().unwrap();
+        let e = SettingsUpdate {
+            prompt: Some("a\u{0}b".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.contains("prompt: text contains the control character U+0000"),
+            "{e}"
+        );
+        let e = SettingsUpdate {
+            prompt_blend: Some(vec![("a\u{1b}[A".into(), 1.0)]),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("U+001B"), "{e}");
+    }
+
+    #[test]
+    fn partition_keeps_the_valid_keys() {
+        let u = SettingsUpdate {
+            prompt: Some("fox".into()),
+            seed: Some(7),
+            t_index_list: Some("10,60".into()),
+            guidance_scale: Some(99.0),
+            ..Default::default()
+        };
+        let (valid, refused) = u.partition(|one| one.validate_for_steps(50));
+        assert_eq!(valid.prompt.as_deref(), Some("fox"));
+        assert_eq!(valid.seed, Some(7));
+        assert_eq!(valid.t_index_list, None);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused[0].contains("t-index 60 is out of range"),
+            "{refused:?}"
+        );
+        assert!(refused[1].contains("guidance-scale: 99"), "{refused:?}");
+        assert!(u.validate_for_steps(50).is_err());
+        assert!(
+            u.split_keys()
+                .iter()
+                .all(|(_, one)| one.split_keys().len() == 1)
         );
     }
 

@@ -27,6 +27,10 @@ pub const APPLIED_TOPIC: &[u8] = b"i2i-applied";
 /// applies settings: fields `frame-index` (u64) and `settings` (the applied
 /// [`SettingsUpdate`] as JSON). settingssrc turns it into an [`AppliedReport`].
 pub const APPLIED_EVENT: &str = "i2i-settings-applied";
+/// Name of the custom upstream event i2itransform sends on its settings pad when it
+/// refuses keys of an update: field `refused` (one reason per line). settingssrc turns
+/// it into an [`AppliedReport`] with `refused` set, so the operator sees why.
+pub const REFUSED_EVENT: &str = "i2i-settings-refused";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -70,6 +74,48 @@ pub struct AppliedReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame: Option<u64>,
     pub settings: SettingsUpdate,
+    /// Keys the transform refused, one reason each ("t-index-list ... refused: ...").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+    /// The sender's CURVE public key (Z85) as the holder authenticated it; set by the
+    /// holder, never trusted from the sender (a sender's own value is overwritten).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl AppliedReport {
+    /// Who sent it, for people: the authenticated key when there is one (the `source`
+    /// name is only what the sender calls itself), else the source.
+    pub fn sender(&self) -> String {
+        match &self.key {
+            Some(k) => format!(
+                "key {}… (calls itself {})",
+                k.chars().take(10).collect::<String>(),
+                self.source
+            ),
+            None => self.source.clone(),
+        }
+    }
+
+    /// One line for people: what was applied and what was refused.
+    pub fn describe(&self) -> String {
+        let mut lines = Vec::new();
+        if !self.settings.is_empty() {
+            let mut l = format!("applied by {}", self.sender());
+            if let Some(f) = self.frame {
+                l.push_str(&format!(" from frame {f}"));
+            }
+            if let Some(s) = self.seq {
+                l.push_str(&format!(" (seq {s})"));
+            }
+            l.push_str(&format!(": {}", self.settings.summary()));
+            lines.push(l);
+        }
+        for r in &self.refused {
+            lines.push(format!("refused by {}: {r}", self.sender()));
+        }
+        lines.join("\n")
+    }
 }
 
 impl AppliedReport {
@@ -197,7 +243,14 @@ mod tests {
                 seed: Some(9),
                 ..Default::default()
             },
+            refused: vec!["t-index-list \"10,60\" refused: t-index 60 is out of range".into()],
+            key: None,
         };
+        assert_eq!(
+            r.describe(),
+            "applied by i2i0@host from frame 40 (seq 2): seed=9\n\
+             refused by i2i0@host: t-index-list \"10,60\" refused: t-index 60 is out of range"
+        );
         assert_eq!(AppliedReport::decode(&r.encode()[1]).unwrap(), r);
     }
 }

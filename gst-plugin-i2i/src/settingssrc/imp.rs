@@ -26,7 +26,8 @@ use crate::settings::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
 use crate::settings::hub::ControlClient;
 use crate::settings::message::{MAX_MESSAGE_BYTES, decode_message};
 use crate::settings::state::{
-    APPLIED_EVENT, APPLIED_TOPIC, AppliedReport, STATE_TOPIC, Snapshot, SnapshotFollower,
+    APPLIED_EVENT, APPLIED_TOPIC, AppliedReport, REFUSED_EVENT, STATE_TOPIC, Snapshot,
+    SnapshotFollower,
 };
 use crate::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
 
@@ -59,6 +60,8 @@ struct Settings {
     curve_key: Option<String>,
     curve_server_key: Option<String>,
     curve_allow: Option<String>,
+    /// The name reports carry; None: the transform's element name, host and process.
+    report_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             curve_key: None,
             curve_server_key: None,
             curve_allow: None,
+            report_name: None,
         }
     }
 }
@@ -97,6 +101,9 @@ struct Stats {
     local_endpoint: String,
     /// Applied-settings reports sent to the state holder.
     reported: u64,
+    /// Reports given up on (no connection to the holder within REPORT_PATIENCE, or more
+    /// than REPORT_QUEUE waiting).
+    reports_dropped: u64,
 }
 
 /// Shared by the receive thread and the streaming thread.
@@ -124,21 +131,89 @@ struct Receiver {
 /// Sends the transform's applied-settings reports to the state holder's control socket
 /// (learnt from its snapshots), with the same CURVE keys as the subscription.
 struct Reporter {
-    ctx: zmq::Context,
-    curve: Option<(KeyPair, String)>,
-    client: Option<(String, ControlClient)>,
-    source: String,
+    tx: Option<std::sync::mpsc::SyncSender<(String, AppliedReport)>>,
+    thread: Option<JoinHandle<()>>,
 }
 
+/// How long a report waits for the connection to the holder (the first report after a
+/// start is made while that connection is still being set up).
+const REPORT_PATIENCE: Duration = Duration::from_secs(5);
+/// Reports waiting to be sent at most; more are dropped and counted.
+const REPORT_QUEUE: usize = 64;
+
 impl Reporter {
-    /// Sends one report; false when there is nowhere to send it or the queue is full.
-    fn send(&mut self, endpoint: &str, report: &AppliedReport) -> Result<bool, String> {
-        if self.client.as_ref().map(|(e, _)| e.as_str()) != Some(endpoint) {
-            let curve = self.curve.as_ref().map(|(k, s)| (k, s.as_str()));
-            let client = ControlClient::connect_in(&self.ctx, endpoint, curve)?;
-            self.client = Some((endpoint.to_string(), client));
+    /// Starts the report thread: it owns the control client and retries a report until
+    /// the connection is up, so the streaming thread never waits for the network.
+    fn start(
+        ctx: zmq::Context,
+        curve: Option<(KeyPair, String)>,
+        shared: Arc<(Mutex<Shared>, Condvar)>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Reporter, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(String, AppliedReport)>(REPORT_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("settingssrc-report".into())
+            .spawn(move || {
+                let mut client: Option<(String, ControlClient)> = None;
+                // Ends when the element drops the sender.
+                while let Ok((endpoint, report)) = rx.recv() {
+                    if client.as_ref().map(|(e, _)| e.as_str()) != Some(endpoint.as_str()) {
+                        let keys = curve.as_ref().map(|(k, s)| (k, s.as_str()));
+                        match ControlClient::connect_in(&ctx, &endpoint, keys) {
+                            Ok(c) => client = Some((endpoint.clone(), c)),
+                            Err(e) => {
+                                gst::warning!(CAT, "cannot report to {endpoint}: {e}");
+                                lock(&shared.0).stats.reports_dropped += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    let Some((_, c)) = &client else { continue };
+                    let deadline = Instant::now() + REPORT_PATIENCE;
+                    let sent = loop {
+                        if c.report(&report) {
+                            break true;
+                        }
+                        if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
+                            break false;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    };
+                    let mut g = lock(&shared.0);
+                    if sent {
+                        g.stats.reported += 1;
+                    } else {
+                        g.stats.reports_dropped += 1;
+                        gst::debug!(CAT, "report to {endpoint} not sent (no connection)");
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the report thread: {e}"))?;
+        Ok(Reporter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues one report; false (and counted) when the queue is full.
+    fn send(&self, endpoint: &str, report: AppliedReport, shared: &Mutex<Shared>) -> bool {
+        let queued = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.try_send((endpoint.to_string(), report)).is_ok());
+        if !queued {
+            lock(shared).stats.reports_dropped += 1;
         }
-        Ok(self.client.as_ref().is_some_and(|(_, c)| c.report(report)))
+        queued
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -239,6 +314,11 @@ impl ObjectImpl for SettingsSrc {
                     .blurb("With bind=true and curve-key: publishers allowed to send settings (a directory of NAME.key files, one certificate, or a file with one Z85 public key per line)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("report-name")
+                    .nick("Report name")
+                    .blurb("How this transform is named in the applied and refused reports the settings holder shows (e.g. worker-3); default: the downstream element's name, the host and the process id (i2i@stage-left/4242)")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, local-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt)")
@@ -269,6 +349,7 @@ impl ObjectImpl for SettingsSrc {
             "curve-key" => s.curve_key = non_empty(value),
             "curve-server-key" => s.curve_server_key = non_empty(value),
             "curve-allow" => s.curve_allow = non_empty(value),
+            "report-name" => s.report_name = non_empty(value),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
     }
@@ -283,6 +364,7 @@ impl ObjectImpl for SettingsSrc {
             "curve-key" => s.curve_key.to_value(),
             "curve-server-key" => s.curve_server_key.to_value(),
             "curve-allow" => s.curve_allow.to_value(),
+            "report-name" => s.report_name.to_value(),
             "stats" => {
                 let st = lock(&self.shared.0).stats.clone();
                 gst::Structure::builder("application/x-settingssrc-stats")
@@ -299,6 +381,7 @@ impl ObjectImpl for SettingsSrc {
                     .field("last-error", st.last_error.unwrap_or_default())
                     .field("local-endpoint", st.local_endpoint)
                     .field("reported", st.reported)
+                    .field("reports-dropped", st.reports_dropped)
                     .build()
                     .to_value()
             }
@@ -738,16 +821,17 @@ impl SettingsSrc {
             .name("settingssrc-rx".into())
             .spawn(move || rx.run())
             .map_err(|e| fail(format!("cannot start the receive thread: {e}")))?;
-        let source = format!("{}@{}", self.obj().name(), host_name());
+        let reporter =
+            Reporter::start(ctx.clone(), report_curve, self.shared.clone(), stop.clone()).map_err(
+                |e| {
+                    stop.store(true, Ordering::Relaxed);
+                    fail(e)
+                },
+            )?;
         Ok(Receiver {
             stop,
             thread: Some(thread),
-            reporter: Reporter {
-                ctx: ctx.clone(),
-                curve: report_curve,
-                client: None,
-                source,
-            },
+            reporter,
             _zap: zap,
             _ctx: ctx,
         })
@@ -755,6 +839,33 @@ impl SettingsSrc {
 }
 
 impl SettingsSrc {
+    /// `report-name`, or the transform this element feeds (the peer of its src pad), the
+    /// host and the process id: several workers on one machine stay apart.
+    fn report_name(&self) -> String {
+        if let Some(n) = lock(&self.settings).report_name.clone() {
+            return n;
+        }
+        let element = self
+            .obj()
+            .static_pad("src")
+            .and_then(|p| p.peer())
+            .and_then(|p| p.parent_element())
+            .map(|e| e.name().to_string())
+            .unwrap_or_else(|| self.obj().name().to_string());
+        format!("{element}@{}/{}", host_name(), std::process::id())
+    }
+
+    /// Forwards what the transform refused to the state holder, for its consoles.
+    fn report_refused(&self, s: &gst::StructureRef) {
+        let refused: Vec<String> = s
+            .get::<&str>("refused")
+            .unwrap_or("(no reason given)")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        self.send_report(SettingsUpdate::default(), None, refused);
+    }
+
     /// Forwards what the transform applied to the state holder, for its consoles.
     fn report(&self, s: &gst::StructureRef) {
         let settings = match s
@@ -772,6 +883,10 @@ impl SettingsSrc {
             }
         };
         let frame = s.get::<u64>("frame-index").ok();
+        self.send_report(settings, frame, Vec::new());
+    }
+
+    fn send_report(&self, settings: SettingsUpdate, frame: Option<u64>, refused: Vec<String>) {
         let (endpoint, seq) = {
             let g = lock(&self.shared.0);
             (g.control_endpoint.clone(), g.stats.seq)
@@ -788,27 +903,18 @@ impl SettingsSrc {
         let mut guard = lock(&self.receiver);
         let Some(rx) = guard.as_mut() else { return };
         let report = AppliedReport {
-            source: rx.reporter.source.clone(),
+            source: self.report_name(),
             seq: Some(seq),
             frame,
             settings,
+            refused,
+            key: None,
         };
-        match rx.reporter.send(&endpoint, &report) {
-            Ok(true) => {
-                lock(&self.shared.0).stats.reported += 1;
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "reported to {endpoint}: {}",
-                    report.settings.summary()
-                );
-            }
-            Ok(false) => gst::debug!(
-                CAT,
-                imp = self,
-                "report to {endpoint} not sent (not connected yet)"
-            ),
-            Err(e) => gst::warning!(CAT, imp = self, "cannot report to {endpoint}: {e}"),
+        let summary = report.settings.summary();
+        if rx.reporter.send(&endpoint, report, &self.shared.0) {
+            gst::debug!(CAT, imp = self, "reporting to {endpoint}: {summary}");
+        } else {
+            gst::debug!(CAT, imp = self, "report queue full, dropped: {summary}");
         }
     }
 }
@@ -837,6 +943,13 @@ impl BaseSrcImpl for SettingsSrc {
             && s.name() == APPLIED_EVENT
         {
             self.report(s);
+            return true;
+        }
+        if let gst::EventView::CustomUpstream(e) = event.view()
+            && let Some(s) = e.structure()
+            && s.name() == REFUSED_EVENT
+        {
+            self.report_refused(s);
             return true;
         }
         self.parent_event(event)
