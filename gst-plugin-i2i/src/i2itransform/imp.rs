@@ -26,7 +26,7 @@ use super::live::{self, LiveSettings};
 use super::output::{OutItem, OutState};
 use super::queue::BoundedQueue;
 use super::task::{Deferred, Item, QueuedFrame, Worker};
-use super::{BlendMode, CfgType, ExecutionProvider, provider_name};
+use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, provider_name};
 use crate::diffusion::{self, Engine, LoadOptions};
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
@@ -48,6 +48,8 @@ const DEFAULT_DEVICE_ID: i32 = 0;
 const DEFAULT_FP16: bool = true;
 const DEFAULT_TRANSITION_FRAMES: u32 = 0;
 const MAX_SIZE: u32 = 4096;
+/// Frames waiting for inference while late frames are dropped: only the newest waits.
+const DROPPING_QUEUE_FRAMES: usize = 1;
 /// What travels from an input buffer to its output: flags, timestamps, offsets, metas.
 pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLAGS
     .union(gst::BufferCopyFlags::TIMESTAMPS)
@@ -71,6 +73,7 @@ pub(super) struct Settings {
     pub fp16: bool,
     pub engine_cache_dir: Option<String>,
     pub max_queue: u32,
+    pub drop_frames: DropFrames,
     pub threads: u32,
 }
 
@@ -92,6 +95,7 @@ impl Default for Settings {
             fp16: DEFAULT_FP16,
             engine_cache_dir: None,
             max_queue: DEFAULT_MAX_QUEUE,
+            drop_frames: DropFrames::default(),
             threads: DEFAULT_THREADS,
         }
     }
@@ -102,6 +106,8 @@ struct InputState {
     converter: Option<InputConverter>,
     segment: gst::FormattedSegment<gst::ClockTime>,
     next_tag: u64,
+    /// Upstream is a live source (asked when caps arrive).
+    upstream_live: bool,
 }
 
 impl Default for InputState {
@@ -110,6 +116,7 @@ impl Default for InputState {
             converter: None,
             segment: gst::FormattedSegment::new(),
             next_tag: 0,
+            upstream_live: false,
         }
     }
 }
@@ -120,6 +127,8 @@ pub(super) struct Stats {
     pub frames_out: u64,
     pub frames_skipped: u64,
     pub frames_dropped: u64,
+    /// Dropped oldest first because live input came faster than inference.
+    pub frames_late: u64,
     pub frames_invalid: u64,
     pub batches: u64,
     pub first_inference: Option<Duration>,
@@ -147,15 +156,24 @@ impl Stats {
 
 /// What the element adds to the upstream latency: a frame waits for its batch to fill
 /// (`batch_size - 1` frames), behind the stream batch (`latency_frames`), then for one
-/// model call.
+/// model call. Frames move on at the input rate, or at the inference rate when that is
+/// slower (the element then drops frames on live input); a frame dropped-behind may also
+/// wait for the model call in progress (`dropping`).
 pub(crate) fn added_latency(
     latency_frames: usize,
     batch_size: usize,
     frame_duration: gst::ClockTime,
     inference: gst::ClockTime,
+    dropping: bool,
 ) -> gst::ClockTime {
     let frames = (latency_frames + batch_size.saturating_sub(1)) as u64;
-    frame_duration * frames + inference
+    let per_frame = frame_duration.max(inference / batch_size.max(1) as u64);
+    let waiting = if dropping {
+        inference
+    } else {
+        gst::ClockTime::ZERO
+    };
+    per_frame * frames + inference + waiting
 }
 
 pub struct I2iTransform {
@@ -438,14 +456,79 @@ impl I2iTransform {
             }
         };
 
-        self.queue.push_wait(Item::Frame(frame), |q| {
-            if q.flushing {
-                return Err(gst::FlowError::Flushing);
+        let dropping = self.drops_frames(&self.settings.lock().unwrap());
+        if dropping {
+            // Live input faster than inference: the newest frame waits, older ones leave
+            // unprocessed so that latency stays bounded.
+            let late = {
+                let mut q = self.queue.lock();
+                if q.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                q.flow?;
+                let mut late = Vec::new();
+                while q.frames() >= DROPPING_QUEUE_FRAMES {
+                    match q.remove_oldest_frame() {
+                        Some(Item::Frame(f)) => late.push(f),
+                        _ => break,
+                    }
+                }
+                q.push_back(Item::Frame(frame));
+                self.queue.notify();
+                late
+            };
+            for f in late {
+                self.dropped_late(&f);
             }
-            q.flow.map(|_| ())
-        })?;
+        } else {
+            self.queue.push_wait(Item::Frame(frame), |q| {
+                if q.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                q.flow.map(|_| ())
+            })?;
+        }
         self.stats.lock().unwrap().frames_in += 1;
         Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Whether frames that inference cannot keep up with are dropped (`drop-frames`).
+    fn drops_frames(&self, s: &Settings) -> bool {
+        match s.drop_frames {
+            DropFrames::Never => false,
+            DropFrames::Always => true,
+            DropFrames::Auto => self.input.lock().unwrap().upstream_live,
+        }
+    }
+
+    /// Counts a frame dropped to keep latency bounded and posts a QoS message for it,
+    /// as video decoders and sinks do for the frames they drop.
+    fn dropped_late(&self, f: &QueuedFrame) {
+        let (processed, dropped) = {
+            let mut s = self.stats.lock().unwrap();
+            s.frames_late += 1;
+            (s.frames_in, s.frames_late)
+        };
+        let pts = f.meta.pts();
+        let stream_time = pts.and_then(|t| self.input.lock().unwrap().segment.to_stream_time(t));
+        gst::debug!(
+            CAT,
+            imp = self,
+            "inference behind live input: dropping frame {} (pts {pts:?})",
+            f.index
+        );
+        let msg = gst::message::Qos::builder(true)
+            .running_time(f.running_time)
+            .stream_time(stream_time)
+            .timestamp(pts)
+            .duration(f.meta.duration())
+            .stats(
+                gst::format::Buffers::from_u64(processed),
+                gst::format::Buffers::from_u64(dropped),
+            )
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
     }
 
     fn enqueue(&self, item: Item) -> bool {
@@ -515,13 +598,20 @@ impl I2iTransform {
             (s.width, s.height)
         };
         let conv = InputConverter::new(&in_info, w, h, converter_threads())?;
+        let mut latency = gst::query::Latency::new();
+        let upstream_live = self.sinkpad.peer_query(&mut latency) && latency.result().0;
         let (out_caps, out_info) = self.negotiate_output(in_info.fps())?;
         gst::info!(
             CAT,
             imp = self,
             "input {caps} -> model RGB {w}x{h} -> output {out_caps}"
         );
-        self.input.lock().unwrap().converter = Some(conv);
+        {
+            let mut input = self.input.lock().unwrap();
+            input.converter = Some(conv);
+            input.upstream_live = upstream_live;
+        }
+        gst::debug!(CAT, imp = self, "upstream live: {upstream_live}");
         Ok(Deferred::Caps(gst::event::Caps::new(&out_caps), out_info))
     }
 
@@ -787,9 +877,15 @@ impl I2iTransform {
                         .map(|d| gst::ClockTime::from_nseconds(d.as_nanos() as u64))
                         .unwrap_or(frame);
                     stats.announced_inference = stats.inference_estimate();
+                    let dropping = self.drops_frames(&s);
+                    let queue = if dropping {
+                        gst::ClockTime::ZERO
+                    } else {
+                        frame.max(inference) * s.max_queue as u64
+                    };
                     (
-                        added_latency(latency_frames, batch_size, frame, inference),
-                        frame * s.max_queue as u64,
+                        added_latency(latency_frames, batch_size, frame, inference, dropping),
+                        queue,
                     )
                 };
                 gst::debug!(
@@ -894,6 +990,7 @@ impl I2iTransform {
             .field("frames-out", s.frames_out)
             .field("frames-skipped", s.frames_skipped)
             .field("frames-dropped", s.frames_dropped)
+            .field("frames-late", s.frames_late)
             .field("frames-invalid", s.frames_invalid)
             .field("batches", s.batches)
             .field("avg-inference-ms", ms(s.inference_estimate()))
@@ -1072,6 +1169,11 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_MAX_QUEUE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("drop-frames", DropFrames::Auto)
+                    .nick("Drop frames")
+                    .blurb("When frames come faster than inference: drop the oldest waiting frame so latency stays bounded (counted in stats frames-late, posted as QoS messages), or keep every frame and make upstream wait (latency grows on live input). auto drops on live sources only")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
                     .blurb("ONNX Runtime intra-op threads; 0 = the CPUs this process may use")
@@ -1081,7 +1183,7 @@ impl ObjectImpl for I2iTransform {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-out, frames-skipped (similarity filter), frames-dropped (flush), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, settings-applied, settings-rejected, provider")
+                    .blurb("frames-in, frames-out, frames-skipped (similarity filter), frames-dropped (flush), frames-late (dropped to keep up with live input), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, settings-applied, settings-rejected, provider")
                     .read_only()
                     .build(),
                 glib::ParamSpecString::builder("provider")
@@ -1189,6 +1291,12 @@ impl ObjectImpl for I2iTransform {
                 self.queue.notify();
             }
             "threads" => s.threads = value.get().unwrap(),
+            "drop-frames" => {
+                s.drop_frames = value.get().unwrap();
+                drop(s);
+                // A frame producer waiting on a full queue looks again.
+                self.queue.notify();
+            }
             _ => unreachable!("property {name} is not registered"),
         }
     }
@@ -1222,6 +1330,7 @@ impl ObjectImpl for I2iTransform {
             "engine-cache-dir" => s.engine_cache_dir.to_value(),
             "max-queue" => s.max_queue.to_value(),
             "threads" => s.threads.to_value(),
+            "drop-frames" => s.drop_frames.to_value(),
             "stats" => {
                 drop(s);
                 self.stats_structure().to_value()
@@ -1327,17 +1436,16 @@ mod tests {
     #[test]
     fn latency_adds_batching_stream_batch_and_one_call() {
         let frame = gst::ClockTime::from_mseconds(40);
-        let call = gst::ClockTime::from_mseconds(70);
+        let call = gst::ClockTime::from_mseconds(30);
+        let ms = gst::ClockTime::from_mseconds;
         // n = 2, batch 1: one frame behind, plus the call.
-        assert_eq!(
-            added_latency(1, 1, frame, call),
-            gst::ClockTime::from_mseconds(110)
-        );
+        assert_eq!(added_latency(1, 1, frame, call, false), ms(70));
         // n = 3, batch 3: (n-1)*b = 6 frames in the stream batch, 2 waiting for the batch.
-        assert_eq!(
-            added_latency(6, 3, frame, call),
-            gst::ClockTime::from_mseconds(390)
-        );
-        assert_eq!(added_latency(0, 1, frame, call), call);
+        assert_eq!(added_latency(6, 3, frame, call, false), ms(350));
+        assert_eq!(added_latency(0, 1, frame, call, false), call);
+        // Slower than the input: frames move on at the inference rate (per frame of a
+        // batch), and when dropping a frame may wait for the call in progress.
+        assert_eq!(added_latency(1, 1, ms(20), ms(70), true), ms(210));
+        assert_eq!(added_latency(6, 3, ms(20), ms(90), false), ms(330));
     }
 }
