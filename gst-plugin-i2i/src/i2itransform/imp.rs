@@ -47,6 +47,7 @@ const DEFAULT_THREADS: u32 = 0;
 const DEFAULT_DEVICE_ID: i32 = 0;
 const DEFAULT_FP16: bool = true;
 const DEFAULT_TRANSITION_FRAMES: u32 = 0;
+const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
 const MAX_SIZE: u32 = 4096;
 /// Frames waiting for inference while late frames are dropped: only the newest waits.
 const DROPPING_QUEUE_FRAMES: usize = 1;
@@ -60,6 +61,41 @@ const MAX_BATCH_SIZE: u32 = 64;
 const SINK_FORMATS: [&str; 8] = ["RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12"];
 /// Src formats in the order offered when downstream has no preference.
 const SRC_FORMATS: [&str; 3] = ["RGB", "RGBA", "I420"];
+
+/// Values of the properties that depend on each other, as set before the element starts:
+/// checked together at start, so the order they are set in does not matter.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Unchecked {
+    t_index_list: Option<String>,
+    num_inference_steps: Option<u32>,
+    width: Option<u32>,
+    height: Option<u32>,
+    prompt_blend: Option<String>,
+    seed_blend: Option<String>,
+}
+
+impl Unchecked {
+    fn is_empty(&self) -> bool {
+        self.t_index_list.is_none()
+            && self.num_inference_steps.is_none()
+            && self.width.is_none()
+            && self.height.is_none()
+            && self.prompt_blend.is_none()
+            && self.seed_blend.is_none()
+    }
+}
+
+/// `width` / `height`: a multiple of 8 in 8..=MAX_SIZE.
+fn check_size(name: &str, v: u32) -> Result<u32, String> {
+    if v.is_multiple_of(8) && (8..=MAX_SIZE).contains(&v) {
+        return Ok(v);
+    }
+    let down = (v / 8 * 8).max(8);
+    Err(format!(
+        "{name} {v} refused: the model needs a multiple of 8 from 8 to {MAX_SIZE} (latents are 1/8 of the picture), e.g. {down} or {}",
+        down + 8
+    ))
+}
 
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
@@ -75,6 +111,71 @@ pub(super) struct Settings {
     pub max_queue: u32,
     pub drop_frames: DropFrames,
     pub threads: u32,
+    pub stats_interval_ms: u32,
+    /// Set before start and not checked yet.
+    pub unchecked: Unchecked,
+}
+
+impl Settings {
+    /// The model size: the values set before start when they are usable (so that caps
+    /// queries while linking see them), else the current ones.
+    pub fn size(&self) -> (u32, u32) {
+        let pick = |set: Option<u32>, name, current| {
+            set.and_then(|v| check_size(name, v).ok())
+                .unwrap_or(current)
+        };
+        (
+            pick(self.unchecked.width, "width", self.width),
+            pick(self.unchecked.height, "height", self.height),
+        )
+    }
+
+    /// Checks the properties set before start together (steps before the indices that
+    /// must be below them) and applies them; the error names the property, the value and
+    /// what is accepted.
+    fn apply_unchecked(&mut self) -> Result<(), String> {
+        let u = std::mem::take(&mut self.unchecked);
+        let steps = u
+            .num_inference_steps
+            .unwrap_or(self.live.params.num_inference_steps);
+        let list = match &u.t_index_list {
+            // The parser's error names the value and the accepted indices.
+            Some(text) => live::parse_t_index_list(text, steps)?,
+            None => {
+                let list = self.live.params.t_index_list.clone();
+                if let Some(&max) = list.iter().max().filter(|&&m| m >= steps) {
+                    return Err(format!(
+                        "num-inference-steps {steps} refused: t-index-list \"{}\" uses index {max}; set num-inference-steps above {max} (up to {}) or a t-index-list below {steps}",
+                        live::format_t_index_list(&list),
+                        settings::NUM_INFERENCE_STEPS_RANGE.1
+                    ));
+                }
+                list
+            }
+        };
+        let width = u.width.map(|v| check_size("width", v)).transpose()?;
+        let height = u.height.map(|v| check_size("height", v)).transpose()?;
+        let mut live = self.live.clone();
+        for (name, text) in [
+            ("prompt-blend", &u.prompt_blend),
+            ("seed-blend", &u.seed_blend),
+        ] {
+            if let Some(text) = text {
+                live::blend_property_update(name, text)
+                    .and_then(|update| live.apply_update(&update))?;
+            }
+        }
+        live.params.num_inference_steps = steps;
+        live.params.t_index_list = list;
+        self.live = live;
+        if let Some(w) = width {
+            self.width = w;
+        }
+        if let Some(h) = height {
+            self.height = h;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Settings {
@@ -97,6 +198,8 @@ impl Default for Settings {
             max_queue: DEFAULT_MAX_QUEUE,
             drop_frames: DropFrames::default(),
             threads: DEFAULT_THREADS,
+            stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
+            unchecked: Unchecked::default(),
         }
     }
 }
@@ -140,6 +243,8 @@ pub(super) struct Stats {
     pub provider: Option<&'static str>,
     pub latency_frames: usize,
     pub batch_size: usize,
+    /// When the last `i2itransform-stats` message was posted.
+    pub last_posted: Option<Instant>,
     /// The inference estimate in the last LATENCY answer, to tell when to re-announce it.
     pub announced_inference: Option<Duration>,
 }
@@ -317,7 +422,8 @@ impl I2iTransform {
     fn output_caps(&self, fps: Option<gst::Fraction>) -> gst::Caps {
         let (w, h) = {
             let s = self.settings.lock().unwrap();
-            (s.width as i32, s.height as i32)
+            let (w, h) = s.size();
+            (w as i32, h as i32)
         };
         let builder = gst::Caps::builder("video/x-raw")
             .field("format", gst::List::new(SRC_FORMATS))
@@ -903,7 +1009,22 @@ impl I2iTransform {
     // ---- state --------------------------------------------------------------------------
 
     fn start(&self) -> Result<(), gst::StateChangeError> {
-        let s = self.settings.lock().unwrap().clone();
+        let s = {
+            let mut s = self.settings.lock().unwrap();
+            if !s.unchecked.is_empty()
+                && let Err(e) = s.apply_unchecked()
+            {
+                drop(s);
+                gst::element_imp_error!(
+                    self,
+                    gst::LibraryError::Settings,
+                    ("Invalid property value: {}", e),
+                    ["Properties set before start are checked together when the element starts"]
+                );
+                return Err(gst::StateChangeError);
+            }
+            s.clone()
+        };
         let Some(model) = s.model.clone().filter(|m| !m.is_empty()) else {
             gst::element_imp_error!(
                 self,
@@ -941,11 +1062,34 @@ impl I2iTransform {
             gst::StateChangeError
         })?;
         let provider = provider_name(engine.provider());
+        let load_time = started.elapsed();
         gst::info!(
             CAT,
             imp = self,
-            "model {model} loaded in {:?}, running on {provider}",
-            started.elapsed()
+            "model {model} loaded in {load_time:?}, running on {provider}"
+        );
+        // What runs, for gst-launch-1.0 -m and applications: the provider actually chosen
+        // (auto may fall back to the CPU) among it.
+        let started_msg = gst::Structure::builder("i2itransform-started")
+            .field("provider", provider)
+            .field("model", &model)
+            .field("width", s.width)
+            .field("height", s.height)
+            .field("batch-size", s.batch_size)
+            .field("threads", intra_threads as u32)
+            .field("fp16", s.fp16)
+            .field("num-inference-steps", s.live.params.num_inference_steps)
+            .field(
+                "t-index-list",
+                live::format_t_index_list(&s.live.params.t_index_list),
+            )
+            .field("latency-frames", engine.latency_frames() as u32)
+            .field("load-ms", load_time.as_secs_f64() * 1000.0)
+            .build();
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(started_msg)
+                .src(&*self.obj())
+                .build(),
         );
         {
             let mut st = self.stats.lock().unwrap();
@@ -953,6 +1097,7 @@ impl I2iTransform {
             st.provider = Some(provider);
             st.latency_frames = engine.latency_frames();
             st.batch_size = s.batch_size as usize;
+            st.last_posted = Some(Instant::now());
         }
         *self.input.lock().unwrap() = InputState::default();
         {
@@ -981,7 +1126,27 @@ impl I2iTransform {
         self.queue.lock().drain();
     }
 
-    fn stats_structure(&self) -> gst::Structure {
+    /// Posts the `stats` structure as an element message when `stats-interval` has passed
+    /// since the last one, or always with `force` (at EOS).
+    pub(super) fn post_stats(&self, force: bool) {
+        let interval = self.settings.lock().unwrap().stats_interval_ms;
+        {
+            let mut s = self.stats.lock().unwrap();
+            let due = s.last_posted.is_none_or(|t| {
+                interval > 0 && t.elapsed() >= Duration::from_millis(interval as u64)
+            });
+            if !(force || due) {
+                return;
+            }
+            s.last_posted = Some(Instant::now());
+        }
+        let msg = gst::message::Element::builder(self.stats_structure())
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
+    }
+
+    pub(super) fn stats_structure(&self) -> gst::Structure {
         let queued = self.queue.lock().frames() as u32;
         let s = self.stats.lock().unwrap();
         let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
@@ -1181,6 +1346,13 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_THREADS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("stats-interval")
+                    .nick("Stats interval")
+                    .blurb("Milliseconds between i2itransform-stats element messages (the stats property's structure; gst-launch-1.0 -m shows them), also posted at EOS; 0 = only at EOS")
+                    .maximum(3_600_000)
+                    .default_value(DEFAULT_STATS_INTERVAL_MS)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("frames-in, frames-out, frames-skipped (similarity filter), frames-dropped (flush), frames-late (dropped to keep up with live input), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, settings-applied, settings-rejected, provider")
@@ -1208,6 +1380,20 @@ impl ObjectImpl for I2iTransform {
         }
         let mut s = self.settings.lock().unwrap();
         gst::debug!(CAT, imp = self, "setting {name} to {value:?}");
+        if !self.running.load(Ordering::SeqCst) {
+            // Before start: kept as set, checked together at start.
+            let u = &mut s.unchecked;
+            let text = || value.get::<Option<String>>().unwrap().unwrap_or_default();
+            match name {
+                "t-index-list" => return u.t_index_list = Some(text()),
+                "num-inference-steps" => return u.num_inference_steps = Some(value.get().unwrap()),
+                "width" => return u.width = Some(value.get().unwrap()),
+                "height" => return u.height = Some(value.get().unwrap()),
+                "prompt-blend" => return u.prompt_blend = Some(text()),
+                "seed-blend" => return u.seed_blend = Some(text()),
+                _ => (),
+            }
+        }
         match name {
             "model" => s.model = value.get().expect("type checked upstream"),
             "prompt" => {
@@ -1268,15 +1454,13 @@ impl ObjectImpl for I2iTransform {
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
-                if !v.is_multiple_of(8) {
-                    drop(s);
-                    self.refuse(&format!(
-                        "{name} {v} refused: the model needs a multiple of 8 (latents are 1/8 of the picture)"
-                    ));
-                } else if name == "width" {
-                    s.width = v;
-                } else {
-                    s.height = v;
+                match check_size(name, v) {
+                    Err(e) => {
+                        drop(s);
+                        self.refuse(&e);
+                    }
+                    Ok(v) if name == "width" => s.width = v,
+                    Ok(v) => s.height = v,
                 }
             }
             "execution-provider" => s.execution_provider = value.get().unwrap(),
@@ -1291,6 +1475,7 @@ impl ObjectImpl for I2iTransform {
                 self.queue.notify();
             }
             "threads" => s.threads = value.get().unwrap(),
+            "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
             "drop-frames" => {
                 s.drop_frames = value.get().unwrap();
                 drop(s);
@@ -1304,7 +1489,16 @@ impl ObjectImpl for I2iTransform {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let s = self.settings.lock().unwrap();
         let p = &s.live.params;
+        let u = &s.unchecked;
         match pspec.name() {
+            "t-index-list" if u.t_index_list.is_some() => u.t_index_list.to_value(),
+            "num-inference-steps" if u.num_inference_steps.is_some() => {
+                u.num_inference_steps.unwrap().to_value()
+            }
+            "width" if u.width.is_some() => u.width.unwrap().to_value(),
+            "height" if u.height.is_some() => u.height.unwrap().to_value(),
+            "prompt-blend" if u.prompt_blend.is_some() => u.prompt_blend.to_value(),
+            "seed-blend" if u.seed_blend.is_some() => u.seed_blend.to_value(),
             "model" => s.model.to_value(),
             "prompt" => p.prompt.to_value(),
             "negative-prompt" => p.negative_prompt.to_value(),
@@ -1331,6 +1525,7 @@ impl ObjectImpl for I2iTransform {
             "max-queue" => s.max_queue.to_value(),
             "threads" => s.threads.to_value(),
             "drop-frames" => s.drop_frames.to_value(),
+            "stats-interval" => s.stats_interval_ms.to_value(),
             "stats" => {
                 drop(s);
                 self.stats_structure().to_value()
