@@ -583,7 +583,8 @@ fn settings_buffer(json: &str) -> gst::Buffer {
 
 /// Video from `src`, settings from `settings`.
 fn settings_pipeline(props: &str) -> (AppPipeline, gst_app::AppSrc) {
-    let p = AppPipeline::new(props, "");
+    // These runs send settings mid-stream: the first frame need not wait for them.
+    let p = AppPipeline::new(&format!("wait-for-settings=false {props}"), "");
     let settings = gst_app::AppSrc::builder()
         .name("settings")
         .caps(&gst::Caps::new_empty_simple("application/x-i2i-settings"))
@@ -632,6 +633,49 @@ fn settings_pad_update_is_applied() {
     assert!((a.get::<f64>("guidance-scale").unwrap() - 1.5).abs() < 1e-6);
     assert_eq!(i2i.property::<String>("prompt"), "a green forest");
     assert_eq!(i2i.property::<String>("t-index-list"), "15,30");
+}
+
+#[test]
+fn first_frame_waits_for_the_first_settings() {
+    // wait-for-settings is on by default; the settings come 300 ms after the video.
+    let (p, settings) = settings_pipeline("wait-for-settings=true");
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..3 {
+        p.push(i);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        p.samples.lock().unwrap().is_empty(),
+        "a frame left before the settings"
+    );
+    settings
+        .push_buffer(settings_buffer(r#"{"prompt":"a red fox"}"#))
+        .unwrap();
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 3);
+    assert!(run.warnings().is_empty(), "{:?}", run.warnings());
+    // Applied from the very first frame on.
+    let applied = run.applied();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert_eq!(applied[0].get::<u64>("frame-index").unwrap(), 0);
+    assert_eq!(applied[0].get::<&str>("prompt").unwrap(), "a red fox");
+}
+
+#[test]
+fn no_first_settings_gives_a_warning_after_the_timeout() {
+    let (p, _settings) = settings_pipeline("wait-for-settings=true settings-timeout=300");
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..3 {
+        p.push(i);
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 3);
+    let warnings = run.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("No settings arrived") && warnings[0].contains("300 ms"),
+        "{warnings:?}"
+    );
 }
 
 #[test]

@@ -180,3 +180,90 @@ fn live_input_faster_than_inference_keeps_latency_bounded() {
         live.announced
     );
 }
+
+#[test]
+fn stalled_live_input_finishes_the_frames_in_flight() {
+    init();
+    // 10 fps: the element finishes the frames in flight after about 200 ms without input.
+    let desc = format!(
+        "appsrc name=src is-live=true format=time ! i2itransform name=i2i model=\"{}\" width=64 height=64 drop-frames=never ! appsink name=out sync=false",
+        tiny()
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(
+        &gst::Caps::builder("video/x-raw")
+            .field("format", "RGB")
+            .field("width", 64)
+            .field("height", 64)
+            .field("framerate", gst::Fraction::new(10, 1))
+            .build(),
+    ));
+    let out = Arc::new(Mutex::new(Vec::new()));
+    {
+        let out = out.clone();
+        let sink = pipeline
+            .by_name("out")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    out.lock().unwrap().push(sample.buffer().unwrap().offset());
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    }
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let push = |i: u64| {
+        let mut buf = gst::Buffer::from_mut_slice(vec![(i * 40) as u8; 64 * 64 * 3]);
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(100 * i));
+        b.set_duration(gst::ClockTime::from_mseconds(100));
+        b.set_offset(i);
+        src.push_buffer(buf).unwrap();
+    };
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {:?} came out; the last frames were held back",
+                out.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // n = 2 (t-index-list 32,45): the engine holds one frame back, which used to stay
+    // there until the next frame or EOS.
+    for i in 0..5 {
+        push(i);
+    }
+    wait_for(5);
+    // The stream goes on afterwards, every frame once and in order.
+    for i in 5..8 {
+        push(i);
+    }
+    wait_for(8);
+    src.end_of_stream().unwrap();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS");
+    assert_eq!(msg.type_(), gst::MessageType::Eos, "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(*out.lock().unwrap(), (0..8).collect::<Vec<u64>>());
+}

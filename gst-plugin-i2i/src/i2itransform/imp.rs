@@ -14,7 +14,7 @@
 //! stream batch).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, mpsc};
+use std::sync::{Condvar, LazyLock, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -48,6 +48,8 @@ const DEFAULT_DEVICE_ID: i32 = 0;
 const DEFAULT_FP16: bool = true;
 const DEFAULT_TRANSITION_FRAMES: u32 = 0;
 const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
+const DEFAULT_WAIT_FOR_SETTINGS: bool = true;
+const DEFAULT_SETTINGS_TIMEOUT_MS: u32 = 3000;
 const MAX_SIZE: u32 = 4096;
 /// Frames waiting for inference while late frames are dropped: only the newest waits.
 const DROPPING_QUEUE_FRAMES: usize = 1;
@@ -112,6 +114,8 @@ pub(super) struct Settings {
     pub drop_frames: DropFrames,
     pub threads: u32,
     pub stats_interval_ms: u32,
+    pub wait_for_settings: bool,
+    pub settings_timeout_ms: u32,
     /// Set before start and not checked yet.
     pub unchecked: Unchecked,
 }
@@ -199,6 +203,8 @@ impl Default for Settings {
             drop_frames: DropFrames::default(),
             threads: DEFAULT_THREADS,
             stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
+            wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
+            settings_timeout_ms: DEFAULT_SETTINGS_TIMEOUT_MS,
             unchecked: Unchecked::default(),
         }
     }
@@ -297,6 +303,9 @@ pub struct I2iTransform {
     pub(super) stats: Mutex<Stats>,
     /// True from start to stop: the load-time properties are fixed meanwhile.
     running: AtomicBool,
+    /// A buffer came on the settings pad since start (`wait-for-settings`).
+    pub(super) settings_received: Mutex<bool>,
+    pub(super) settings_cond: Condvar,
 }
 
 #[glib::object_subclass]
@@ -398,6 +407,8 @@ impl ObjectSubclass for I2iTransform {
             out_thread: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
             running: AtomicBool::new(false),
+            settings_received: Mutex::new(false),
+            settings_cond: Condvar::new(),
         }
     }
 }
@@ -409,7 +420,7 @@ impl I2iTransform {
         gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
     }
 
-    fn fps(&self) -> Option<gst::Fraction> {
+    pub(super) fn fps(&self) -> Option<gst::Fraction> {
         self.input
             .lock()
             .unwrap()
@@ -878,6 +889,11 @@ impl I2iTransform {
             }),
             Err(_) => Err("settings buffer cannot be read".to_string()),
         };
+        {
+            // Even a refused update means the holder is there: the stream need not wait.
+            *self.settings_received.lock().unwrap() = true;
+            self.settings_cond.notify_all();
+        }
         match result {
             Ok(changed) => {
                 gst::debug!(CAT, imp = self, "settings pad changed {changed:?}");
@@ -1100,6 +1116,7 @@ impl I2iTransform {
             st.last_posted = Some(Instant::now());
         }
         *self.input.lock().unwrap() = InputState::default();
+        *self.settings_received.lock().unwrap() = false;
         {
             let mut q = self.queue.lock();
             q.drain();
@@ -1346,6 +1363,19 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_THREADS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("wait-for-settings")
+                    .nick("Wait for settings")
+                    .blurb("When the settings pad is linked, hold the first frame until the first settings arrive (at most settings-timeout), so that it already runs with the holder's prompt")
+                    .default_value(DEFAULT_WAIT_FOR_SETTINGS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("settings-timeout")
+                    .nick("Settings timeout")
+                    .blurb("Milliseconds wait-for-settings waits before starting with the properties' values and a WARNING; 0 = do not wait")
+                    .maximum(600_000)
+                    .default_value(DEFAULT_SETTINGS_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("stats-interval")
                     .nick("Stats interval")
                     .blurb("Milliseconds between i2itransform-stats element messages (the stats property's structure; gst-launch-1.0 -m shows them), also posted at EOS; 0 = only at EOS")
@@ -1476,6 +1506,8 @@ impl ObjectImpl for I2iTransform {
             }
             "threads" => s.threads = value.get().unwrap(),
             "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
+            "wait-for-settings" => s.wait_for_settings = value.get().unwrap(),
+            "settings-timeout" => s.settings_timeout_ms = value.get().unwrap(),
             "drop-frames" => {
                 s.drop_frames = value.get().unwrap();
                 drop(s);
@@ -1526,6 +1558,8 @@ impl ObjectImpl for I2iTransform {
             "threads" => s.threads.to_value(),
             "drop-frames" => s.drop_frames.to_value(),
             "stats-interval" => s.stats_interval_ms.to_value(),
+            "wait-for-settings" => s.wait_for_settings.to_value(),
+            "settings-timeout" => s.settings_timeout_ms.to_value(),
             "stats" => {
                 drop(s);
                 self.stats_structure().to_value()

@@ -10,6 +10,17 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What [`BoundedQueue::pop_wait`] got.
+#[derive(Debug, PartialEq)]
+pub(super) enum Popped<T> {
+    Item(T),
+    /// `give_up` said so (flushing, an error).
+    GaveUp,
+    /// Nothing came within the timeout.
+    TimedOut,
+}
 
 /// An item that may count against the queue's bound.
 pub(super) trait QueueItem {
@@ -107,18 +118,33 @@ impl<T: QueueItem> BoundedQueue<T> {
         self.cond.wait(guard).unwrap()
     }
 
-    /// Takes the next item, waiting for one; None as soon as `give_up` says so.
-    pub fn pop_wait(&self, give_up: impl Fn(&QueueState<T>) -> bool) -> Option<T> {
+    /// Takes the next item, waiting for one (at most `timeout` when given); gives up as
+    /// soon as `give_up` says so.
+    pub fn pop_wait(
+        &self,
+        give_up: impl Fn(&QueueState<T>) -> bool,
+        timeout: Option<Duration>,
+    ) -> Popped<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut q = self.lock();
         loop {
             if give_up(&q) {
-                return None;
+                return Popped::GaveUp;
             }
             if let Some(item) = q.pop_front() {
                 self.notify();
-                return Some(item);
+                return Popped::Item(item);
             }
-            q = self.wait(q);
+            match deadline {
+                None => q = self.wait(q),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Popped::TimedOut;
+                    }
+                    q = self.cond.wait_timeout(q, left).unwrap().0;
+                }
+            }
         }
     }
 
@@ -191,7 +217,10 @@ mod tests {
             }
         });
         assert_eq!(r, Err(gst::FlowError::Flushing));
-        assert_eq!(q.pop_wait(|_| false), Some(It::Frame(0)));
-        assert_eq!(q.pop_wait(|s| s.frames() == 0), None);
+        assert_eq!(q.pop_wait(|_| false, None), Popped::Item(It::Frame(0)));
+        assert_eq!(q.pop_wait(|s| s.flushing, None), Popped::GaveUp);
+        q.lock().flushing = false;
+        let timeout = Some(Duration::from_millis(10));
+        assert_eq!(q.pop_wait(|s| s.flushing, timeout), Popped::TimedOut);
     }
 }
