@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The `i2itransform` element.
 //!
+//! This file holds the pads, events, queries, state and properties; the inference task is
+//! in `task.rs`, the output thread in `output.rs`, the queue between threads in `queue.rs`.
+//!
 //! Threads: the upstream streaming thread runs the sink chain, which converts each frame
 //! to RGB8 at the model size and queues it (blocking while `max-queue` frames wait); the
 //! src pad's task takes frames off the queue, collects batches of `batch-size` and runs the
@@ -10,7 +13,6 @@
 //! before them, so the stream keeps its order although the engine holds frames back (the
 //! stream batch).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, LazyLock, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -21,13 +23,14 @@ use gst::subclass::prelude::*;
 
 use super::convert::{InputConverter, OutputConverter, converter_threads};
 use super::live::{self, LiveSettings};
-use super::smooth::Smoother;
-use super::{BlendMode, CfgType, ExecutionProvider, provider_name};
-use crate::diffusion::{self, Engine, InputFrame, LoadOptions, OutputFrame};
-use crate::settings::state::APPLIED_EVENT;
+use super::output::{OutItem, OutState};
+use super::queue::BoundedQueue;
+use super::task::{Deferred, Item, QueuedFrame, Worker};
+use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, ResizeMode, provider_name};
+use crate::diffusion::{self, Engine, LoadOptions};
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "i2itransform",
         gst::DebugColorFlags::empty(),
@@ -44,31 +47,154 @@ const DEFAULT_THREADS: u32 = 0;
 const DEFAULT_DEVICE_ID: i32 = 0;
 const DEFAULT_FP16: bool = true;
 const DEFAULT_TRANSITION_FRAMES: u32 = 0;
+const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
+const DEFAULT_SIZE_MULTIPLE: u32 = 8;
+const DEFAULT_WAIT_FOR_SETTINGS: bool = true;
+const DEFAULT_SETTINGS_TIMEOUT_MS: u32 = 3000;
 const MAX_SIZE: u32 = 4096;
+/// Frames waiting for inference while late frames are dropped: only the newest waits.
+const DROPPING_QUEUE_FRAMES: usize = 1;
 /// What travels from an input buffer to its output: flags, timestamps, offsets, metas.
-const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLAGS
+pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLAGS
     .union(gst::BufferCopyFlags::TIMESTAMPS)
     .union(gst::BufferCopyFlags::META);
 const MAX_BATCH_SIZE: u32 = 64;
 
 /// Sink formats: what decoders and cameras hand out, so `jpegdec` links directly.
-const SINK_FORMATS: [&str; 8] = ["RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12"];
+/// YUY2 and UYVY are what USB cameras and capture cards give, GRAY8 what machine-vision and
+/// infrared cameras do.
+const SINK_FORMATS: [&str; 11] = [
+    "RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12", "YUY2", "UYVY", "GRAY8",
+];
 /// Src formats in the order offered when downstream has no preference.
 const SRC_FORMATS: [&str; 3] = ["RGB", "RGBA", "I420"];
 
+/// Values of the properties that depend on each other, as set before the element starts:
+/// checked together at start, so the order they are set in does not matter.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Unchecked {
+    t_index_list: Option<String>,
+    num_inference_steps: Option<u32>,
+    width: Option<u32>,
+    height: Option<u32>,
+    prompt_blend: Option<String>,
+    seed_blend: Option<String>,
+}
+
+impl Unchecked {
+    fn is_empty(&self) -> bool {
+        self.t_index_list.is_none()
+            && self.num_inference_steps.is_none()
+            && self.width.is_none()
+            && self.height.is_none()
+            && self.prompt_blend.is_none()
+            && self.seed_blend.is_none()
+    }
+}
+
+/// `width` / `height`: a multiple of 8 in 8..=MAX_SIZE.
+fn check_size(name: &str, v: u32) -> Result<u32, String> {
+    if v.is_multiple_of(8) && (8..=MAX_SIZE).contains(&v) {
+        return Ok(v);
+    }
+    let down = (v / 8 * 8).max(8);
+    Err(format!(
+        "{name} {v} refused: the model needs a multiple of 8 from 8 to {MAX_SIZE} (latents are 1/8 of the picture), e.g. {down} or {}",
+        down + 8
+    ))
+}
+
 #[derive(Debug, Clone)]
-struct Settings {
-    model: Option<String>,
-    live: LiveSettings,
-    width: u32,
-    height: u32,
-    batch_size: u32,
-    execution_provider: ExecutionProvider,
-    device_id: i32,
-    fp16: bool,
-    engine_cache_dir: Option<String>,
-    max_queue: u32,
-    threads: u32,
+pub(super) struct Settings {
+    pub model: Option<String>,
+    pub live: LiveSettings,
+    pub width: u32,
+    pub height: u32,
+    pub batch_size: u32,
+    pub execution_provider: ExecutionProvider,
+    pub device_id: i32,
+    pub fp16: bool,
+    pub engine_cache_dir: Option<String>,
+    pub max_queue: u32,
+    pub drop_frames: DropFrames,
+    pub threads: u32,
+    pub stats_interval_ms: u32,
+    pub resize_mode: ResizeMode,
+    pub size_from_input: bool,
+    pub size_multiple: u32,
+    pub wait_for_settings: bool,
+    pub settings_timeout_ms: u32,
+    /// Set before start and not checked yet.
+    pub unchecked: Unchecked,
+}
+
+impl Settings {
+    /// The model size: the values set before start when they are usable (so that caps
+    /// queries while linking see them), else the current ones.
+    /// `size-from-input`: the input's size rounded down to `size-multiple`, within range.
+    pub fn size_for_input(&self, in_w: u32, in_h: u32) -> (u32, u32) {
+        let m = self.size_multiple.max(8);
+        let round = |v: u32| (v / m * m).clamp(m, MAX_SIZE / m * m);
+        (round(in_w), round(in_h))
+    }
+
+    pub fn size(&self) -> (u32, u32) {
+        let pick = |set: Option<u32>, name, current| {
+            set.and_then(|v| check_size(name, v).ok())
+                .unwrap_or(current)
+        };
+        (
+            pick(self.unchecked.width, "width", self.width),
+            pick(self.unchecked.height, "height", self.height),
+        )
+    }
+
+    /// Checks the properties set before start together (steps before the indices that
+    /// must be below them) and applies them; the error names the property, the value and
+    /// what is accepted.
+    fn apply_unchecked(&mut self) -> Result<(), String> {
+        let u = std::mem::take(&mut self.unchecked);
+        let steps = u
+            .num_inference_steps
+            .unwrap_or(self.live.params.num_inference_steps);
+        let list = match &u.t_index_list {
+            // The parser's error names the value and the accepted indices.
+            Some(text) => live::parse_t_index_list(text, steps)?,
+            None => {
+                let list = self.live.params.t_index_list.clone();
+                if let Some(&max) = list.iter().max().filter(|&&m| m >= steps) {
+                    return Err(format!(
+                        "num-inference-steps {steps} refused: t-index-list \"{}\" uses index {max}; set num-inference-steps above {max} (up to {}) or a t-index-list below {steps}",
+                        live::format_t_index_list(&list),
+                        settings::NUM_INFERENCE_STEPS_RANGE.1
+                    ));
+                }
+                list
+            }
+        };
+        let width = u.width.map(|v| check_size("width", v)).transpose()?;
+        let height = u.height.map(|v| check_size("height", v)).transpose()?;
+        let mut live = self.live.clone();
+        for (name, text) in [
+            ("prompt-blend", &u.prompt_blend),
+            ("seed-blend", &u.seed_blend),
+        ] {
+            if let Some(text) = text {
+                live::blend_property_update(name, text)
+                    .and_then(|update| live.apply_update(&update))?;
+            }
+        }
+        live.params.num_inference_steps = steps;
+        live.params.t_index_list = list;
+        self.live = live;
+        if let Some(w) = width {
+            self.width = w;
+        }
+        if let Some(h) = height {
+            self.height = h;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Settings {
@@ -89,55 +215,15 @@ impl Default for Settings {
             fp16: DEFAULT_FP16,
             engine_cache_dir: None,
             max_queue: DEFAULT_MAX_QUEUE,
+            drop_frames: DropFrames::default(),
             threads: DEFAULT_THREADS,
-        }
-    }
-}
-
-/// A frame converted on the streaming thread, waiting for inference.
-struct QueuedFrame {
-    tag: u64,
-    rgb: Vec<u8>,
-    /// A buffer without memory carrying the input's timestamps, offsets, flags and metas.
-    meta: gst::Buffer,
-    running_time: Option<gst::ClockTime>,
-    /// The input offset (frame index) when upstream set one, else the element's count.
-    index: u64,
-}
-
-/// A serialized event with what the task must do with it.
-enum Deferred {
-    Event(gst::Event),
-    /// New output caps and the output format they describe.
-    Caps(gst::Event, gst_video::VideoInfo),
-}
-
-enum Item {
-    Frame(QueuedFrame),
-    Event(Deferred),
-    Eos(gst::Event),
-    /// A DRAIN query: every frame before it comes out, then the sender is told.
-    Drain(mpsc::Sender<()>),
-}
-
-struct Queue {
-    items: VecDeque<Item>,
-    /// Frames among `items` (events do not count against `max-queue`).
-    frames: usize,
-    max_frames: usize,
-    flushing: bool,
-    /// The task's last flow result, returned by the chain function.
-    flow: Result<gst::FlowSuccess, gst::FlowError>,
-}
-
-impl Default for Queue {
-    fn default() -> Self {
-        Queue {
-            items: VecDeque::new(),
-            frames: 0,
-            max_frames: DEFAULT_MAX_QUEUE as usize,
-            flushing: true,
-            flow: Ok(gst::FlowSuccess::Ok),
+            stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
+            resize_mode: ResizeMode::default(),
+            size_from_input: false,
+            size_multiple: DEFAULT_SIZE_MULTIPLE,
+            wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
+            settings_timeout_ms: DEFAULT_SETTINGS_TIMEOUT_MS,
+            unchecked: Unchecked::default(),
         }
     }
 }
@@ -147,6 +233,10 @@ struct InputState {
     converter: Option<InputConverter>,
     segment: gst::FormattedSegment<gst::ClockTime>,
     next_tag: u64,
+    /// Upstream is a live source (asked when caps arrive).
+    upstream_live: bool,
+    /// The model size for the current input caps.
+    model_size: Option<(u32, u32)>,
 }
 
 impl Default for InputState {
@@ -155,107 +245,39 @@ impl Default for InputState {
             converter: None,
             segment: gst::FormattedSegment::new(),
             next_tag: 0,
+            upstream_live: false,
+            model_size: None,
         }
     }
 }
 
-struct FrameMeta {
-    tag: u64,
-    meta: gst::Buffer,
-}
-
-/// Task side: the engine and everything in flight. Exists from start to stop.
-struct Worker {
-    engine: Engine,
-    batch_size: usize,
-    batch: Vec<QueuedFrame>,
-    /// Frames handed to the engine and not out yet, in input order.
-    in_flight: VecDeque<FrameMeta>,
-    /// Events waiting for the output of the frame (tag) that came before them.
-    deferred: VecDeque<(u64, Deferred)>,
-    /// The live settings the engine runs with.
-    applied: LiveSettings,
-    /// Transitions and blends on top of the engine's own prompt and seed.
-    smoother: Smoother,
-}
-
-impl Worker {
-    /// Tag of the last frame taken from the queue that has not been pushed yet.
-    fn last_pending_tag(&self) -> Option<u64> {
-        self.batch
-            .last()
-            .map(|f| f.tag)
-            .or_else(|| self.in_flight.back().map(|f| f.tag))
-    }
-}
-
-/// What the task hands to the output thread, in stream order.
-enum OutItem {
-    /// An engine picture and the metadata of its input frame.
-    Frame(OutputFrame, gst::Buffer),
-    Event(Deferred),
-    Eos(gst::Event),
-    /// Everything before it has been pushed: answers a DRAIN query.
-    Drained(mpsc::Sender<()>),
-}
-
-/// Between the task and the output thread.
-struct OutQueue {
-    items: VecDeque<OutItem>,
-    frames: usize,
-    max_frames: usize,
-    /// Items stay queued (for the flush to sort out) and nothing is pushed.
-    flushing: bool,
-    /// The output thread ends.
-    stop: bool,
-    /// The output thread is working on an item.
-    busy: bool,
-}
-
-impl Default for OutQueue {
-    fn default() -> Self {
-        OutQueue {
-            items: VecDeque::new(),
-            frames: 0,
-            max_frames: 2,
-            flushing: true,
-            stop: true,
-            busy: false,
-        }
-    }
-}
-
-/// Output thread side: the negotiated output format.
 #[derive(Default)]
-struct OutState {
-    conv: Option<OutputConverter>,
-    width: u32,
-    height: u32,
-}
-
-#[derive(Default)]
-struct Stats {
-    frames_in: u64,
-    frames_out: u64,
-    frames_skipped: u64,
-    frames_dropped: u64,
-    frames_invalid: u64,
-    batches: u64,
-    first_inference: Option<Duration>,
+pub(super) struct Stats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub frames_skipped: u64,
+    pub frames_dropped: u64,
+    /// Dropped oldest first because live input came faster than inference.
+    pub frames_late: u64,
+    pub frames_invalid: u64,
+    pub batches: u64,
+    pub first_inference: Option<Duration>,
     /// Calls after the first (which includes ONNX Runtime's warm-up).
-    inference_total: Duration,
-    inference_calls: u64,
-    settings_applied: u64,
-    settings_rejected: u64,
-    provider: Option<&'static str>,
-    latency_frames: usize,
-    batch_size: usize,
+    pub inference_total: Duration,
+    pub inference_calls: u64,
+    pub settings_applied: u64,
+    pub settings_rejected: u64,
+    pub provider: Option<&'static str>,
+    pub latency_frames: usize,
+    pub batch_size: usize,
+    /// When the last `i2itransform-stats` message was posted.
+    pub last_posted: Option<Instant>,
     /// The inference estimate in the last LATENCY answer, to tell when to re-announce it.
-    announced_inference: Option<Duration>,
+    pub announced_inference: Option<Duration>,
 }
 
 impl Stats {
-    fn inference_estimate(&self) -> Option<Duration> {
+    pub fn inference_estimate(&self) -> Option<Duration> {
         if self.inference_calls > 0 {
             Some(self.inference_total / self.inference_calls as u32)
         } else {
@@ -266,33 +288,45 @@ impl Stats {
 
 /// What the element adds to the upstream latency: a frame waits for its batch to fill
 /// (`batch_size - 1` frames), behind the stream batch (`latency_frames`), then for one
-/// model call.
+/// model call. Frames move on at the input rate, or at the inference rate when that is
+/// slower (the element then drops frames on live input); a frame dropped-behind may also
+/// wait for the model call in progress (`dropping`).
 pub(crate) fn added_latency(
     latency_frames: usize,
     batch_size: usize,
     frame_duration: gst::ClockTime,
     inference: gst::ClockTime,
+    dropping: bool,
 ) -> gst::ClockTime {
     let frames = (latency_frames + batch_size.saturating_sub(1)) as u64;
-    frame_duration * frames + inference
+    let per_frame = frame_duration.max(inference / batch_size.max(1) as u64);
+    let waiting = if dropping {
+        inference
+    } else {
+        gst::ClockTime::ZERO
+    };
+    per_frame * frames + inference + waiting
 }
 
 pub struct I2iTransform {
-    sinkpad: gst::Pad,
-    settingspad: gst::Pad,
-    srcpad: gst::Pad,
-    settings: Mutex<Settings>,
+    pub(super) sinkpad: gst::Pad,
+    pub(super) settingspad: gst::Pad,
+    pub(super) srcpad: gst::Pad,
+    pub(super) settings: Mutex<Settings>,
     input: Mutex<InputState>,
-    queue: Mutex<Queue>,
-    queue_cond: Condvar,
-    worker: Mutex<Option<Worker>>,
-    out_queue: Mutex<OutQueue>,
-    out_cond: Condvar,
-    out_state: Mutex<OutState>,
+    /// Streaming thread to task: converted frames and serialized events.
+    pub(super) queue: BoundedQueue<Item>,
+    pub(super) worker: Mutex<Option<Worker>>,
+    /// Task to output thread: finished pictures and the events between them.
+    pub(super) out_queue: BoundedQueue<OutItem>,
+    pub(super) out_state: Mutex<OutState>,
     out_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    stats: Mutex<Stats>,
+    pub(super) stats: Mutex<Stats>,
     /// True from start to stop: the load-time properties are fixed meanwhile.
     running: AtomicBool,
+    /// A buffer came on the settings pad since start (`wait-for-settings`).
+    pub(super) settings_received: Mutex<bool>,
+    pub(super) settings_cond: Condvar,
 }
 
 #[glib::object_subclass]
@@ -387,27 +421,27 @@ impl ObjectSubclass for I2iTransform {
             srcpad,
             settings: Mutex::new(Settings::default()),
             input: Mutex::new(InputState::default()),
-            queue: Mutex::new(Queue::default()),
-            queue_cond: Condvar::new(),
+            queue: BoundedQueue::new(DEFAULT_MAX_QUEUE as usize),
             worker: Mutex::new(None),
-            out_queue: Mutex::new(OutQueue::default()),
-            out_cond: Condvar::new(),
+            out_queue: BoundedQueue::new(2),
             out_state: Mutex::new(OutState::default()),
             out_thread: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
             running: AtomicBool::new(false),
+            settings_received: Mutex::new(false),
+            settings_cond: Condvar::new(),
         }
     }
 }
 
 impl I2iTransform {
     /// Refuses a setting: the old value stays, the user learns why on the bus.
-    fn refuse(&self, what: &str) {
+    pub(super) fn refuse(&self, what: &str) {
         gst::warning!(CAT, imp = self, "{what}");
         gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
     }
 
-    fn fps(&self) -> Option<gst::Fraction> {
+    pub(super) fn fps(&self) -> Option<gst::Fraction> {
         self.input
             .lock()
             .unwrap()
@@ -417,16 +451,26 @@ impl I2iTransform {
     }
 
     /// Every output the element can produce at the configured size, in our preference order.
-    fn output_caps(&self, fps: Option<gst::Fraction>) -> gst::Caps {
-        let (w, h) = {
+    /// `size`: the model size these caps are for; None: the current input's.
+    fn output_caps(&self, fps: Option<gst::Fraction>, size: Option<(u32, u32)>) -> gst::Caps {
+        let model_size = size.or(self.input.lock().unwrap().model_size);
+        let (size, from_input) = {
             let s = self.settings.lock().unwrap();
-            (s.width as i32, s.height as i32)
+            (s.size(), s.size_from_input)
         };
         let builder = gst::Caps::builder("video/x-raw")
             .field("format", gst::List::new(SRC_FORMATS))
-            .field("width", w)
-            .field("height", h)
             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+        let builder = match (model_size, from_input) {
+            (Some((w, h)), _) => builder.field("width", w as i32).field("height", h as i32),
+            // Not known before the input caps.
+            (None, true) => builder
+                .field("width", gst::IntRange::new(8, MAX_SIZE as i32))
+                .field("height", gst::IntRange::new(8, MAX_SIZE as i32)),
+            (None, false) => builder
+                .field("width", size.0 as i32)
+                .field("height", size.1 as i32),
+        };
         match fps {
             Some(fps) => builder.field("framerate", fps).build(),
             None => builder
@@ -442,11 +486,12 @@ impl I2iTransform {
     }
 
     /// Output caps by downstream's preference (ours, RGB first, when it has none).
-    fn negotiate_output(
+    pub(super) fn negotiate_output(
         &self,
         fps: gst::Fraction,
+        size: (u32, u32),
     ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
-        let ours = self.output_caps(Some(fps));
+        let ours = self.output_caps(Some(fps), Some(size));
         let peer = self.srcpad.peer_query_caps(None);
         let caps = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
         if caps.is_empty() {
@@ -475,12 +520,12 @@ impl I2iTransform {
                 "the sink pad works in push mode only"
             ));
         }
-        let mut q = self.queue.lock().unwrap();
+        let mut q = self.queue.lock();
         q.flushing = !active;
         if active {
             q.flow = Ok(gst::FlowSuccess::Ok);
         }
-        self.queue_cond.notify_all();
+        self.queue.notify();
         Ok(())
     }
 
@@ -490,7 +535,7 @@ impl I2iTransform {
         buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         {
-            let q = self.queue.lock().unwrap();
+            let q = self.queue.lock();
             if q.flushing {
                 return Err(gst::FlowError::Flushing);
             }
@@ -559,29 +604,88 @@ impl I2iTransform {
             }
         };
 
-        let mut q = self.queue.lock().unwrap();
-        while q.frames >= q.max_frames && !q.flushing && q.flow.is_ok() {
-            q = self.queue_cond.wait(q).unwrap();
+        let dropping = self.drops_frames(&self.settings.lock().unwrap());
+        if dropping {
+            // Live input faster than inference: the newest frame waits, older ones leave
+            // unprocessed so that latency stays bounded.
+            let late = {
+                let mut q = self.queue.lock();
+                if q.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                q.flow?;
+                let mut late = Vec::new();
+                while q.frames() >= DROPPING_QUEUE_FRAMES {
+                    match q.remove_oldest_frame() {
+                        Some(Item::Frame(f)) => late.push(f),
+                        _ => break,
+                    }
+                }
+                q.push_back(Item::Frame(frame));
+                self.queue.notify();
+                late
+            };
+            for f in late {
+                self.dropped_late(&f);
+            }
+        } else {
+            self.queue.push_wait(Item::Frame(frame), |q| {
+                if q.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                q.flow.map(|_| ())
+            })?;
         }
-        if q.flushing {
-            return Err(gst::FlowError::Flushing);
-        }
-        q.flow?;
-        q.items.push_back(Item::Frame(frame));
-        q.frames += 1;
-        self.queue_cond.notify_all();
-        drop(q);
         self.stats.lock().unwrap().frames_in += 1;
         Ok(gst::FlowSuccess::Ok)
     }
 
+    /// Whether frames that inference cannot keep up with are dropped (`drop-frames`).
+    fn drops_frames(&self, s: &Settings) -> bool {
+        match s.drop_frames {
+            DropFrames::Never => false,
+            DropFrames::Always => true,
+            DropFrames::Auto => self.input.lock().unwrap().upstream_live,
+        }
+    }
+
+    /// Counts a frame dropped to keep latency bounded and posts a QoS message for it,
+    /// as video decoders and sinks do for the frames they drop.
+    fn dropped_late(&self, f: &QueuedFrame) {
+        let (processed, dropped) = {
+            let mut s = self.stats.lock().unwrap();
+            s.frames_late += 1;
+            (s.frames_in, s.frames_late)
+        };
+        let pts = f.meta.pts();
+        let stream_time = pts.and_then(|t| self.input.lock().unwrap().segment.to_stream_time(t));
+        gst::debug!(
+            CAT,
+            imp = self,
+            "inference behind live input: dropping frame {} (pts {pts:?})",
+            f.index
+        );
+        let msg = gst::message::Qos::builder(true)
+            .running_time(f.running_time)
+            .stream_time(stream_time)
+            .timestamp(pts)
+            .duration(f.meta.duration())
+            .stats(
+                gst::format::Buffers::from_u64(processed),
+                gst::format::Buffers::from_u64(dropped),
+            )
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
+    }
+
     fn enqueue(&self, item: Item) -> bool {
-        let mut q = self.queue.lock().unwrap();
+        let mut q = self.queue.lock();
         if q.flushing {
             return false;
         }
-        q.items.push_back(item);
-        self.queue_cond.notify_all();
+        q.push_back(item);
+        self.queue.notify();
         true
     }
 
@@ -637,41 +741,54 @@ impl I2iTransform {
     fn set_sink_caps(&self, caps: &gst::CapsRef) -> Result<Deferred, String> {
         let in_info = gst_video::VideoInfo::from_caps(caps)
             .map_err(|e| format!("input caps {caps} are not raw video: {e}"))?;
-        let (w, h) = {
+        let (w, h, mode) = {
             let s = self.settings.lock().unwrap();
-            (s.width, s.height)
+            let (w, h) = if s.size_from_input {
+                s.size_for_input(in_info.width(), in_info.height())
+            } else {
+                (s.width, s.height)
+            };
+            (w, h, s.resize_mode)
         };
-        let conv = InputConverter::new(&in_info, w, h, converter_threads())?;
-        let (out_caps, out_info) = self.negotiate_output(in_info.fps())?;
+        let conv = InputConverter::new(&in_info, w, h, mode, converter_threads())?;
+        self.input.lock().unwrap().model_size = Some(conv.model_size());
+        let mut latency = gst::query::Latency::new();
+        let upstream_live = self.sinkpad.peer_query(&mut latency) && latency.result().0;
+        let (out_caps, out_info) = self.negotiate_output(in_info.fps(), conv.model_size())?;
         gst::info!(
             CAT,
             imp = self,
             "input {caps} -> model RGB {w}x{h} -> output {out_caps}"
         );
-        self.input.lock().unwrap().converter = Some(conv);
+        {
+            let mut input = self.input.lock().unwrap();
+            input.converter = Some(conv);
+            input.upstream_live = upstream_live;
+        }
+        gst::debug!(CAT, imp = self, "upstream live: {upstream_live}");
         Ok(Deferred::Caps(gst::event::Caps::new(&out_caps), out_info))
     }
 
     /// Stops (or lets) the task and the output thread take items and the chain queue them.
     fn set_flushing(&self, flushing: bool) {
         {
-            let mut q = self.queue.lock().unwrap();
+            let mut q = self.queue.lock();
             q.flushing = flushing;
             if !flushing {
                 q.flow = Ok(gst::FlowSuccess::Ok);
             }
-            self.queue_cond.notify_all();
+            self.queue.notify();
         }
-        let mut o = self.out_queue.lock().unwrap();
+        let mut o = self.out_queue.lock();
         o.flushing = flushing;
-        self.out_cond.notify_all();
+        self.out_queue.notify();
     }
 
     /// Waits until the output thread is done with the item it is pushing (if any).
     fn wait_output_idle(&self) {
-        let mut o = self.out_queue.lock().unwrap();
+        let mut o = self.out_queue.lock();
         while o.busy {
-            o = self.out_cond.wait(o).unwrap();
+            o = self.out_queue.wait(o);
         }
     }
 
@@ -683,9 +800,8 @@ impl I2iTransform {
         let mut keep = Vec::new();
         let mut dropped = 0;
         {
-            let mut o = self.out_queue.lock().unwrap();
-            o.frames = 0;
-            for item in o.items.drain(..) {
+            let items = self.out_queue.lock().drain();
+            for item in items {
                 match item {
                     OutItem::Frame(..) => dropped += 1,
                     OutItem::Event(d) => keep.push(d),
@@ -704,9 +820,8 @@ impl I2iTransform {
             }
         }
         {
-            let mut q = self.queue.lock().unwrap();
-            q.frames = 0;
-            for item in q.items.drain(..) {
+            let items = self.queue.lock().drain();
+            for item in items {
                 match item {
                     Item::Frame(_) => dropped += 1,
                     Item::Event(d) => keep.push(d),
@@ -725,8 +840,22 @@ impl I2iTransform {
                 Deferred::Caps(ev, info) => {
                     let _ = self.srcpad.store_sticky_event(&ev);
                     match OutputConverter::new(&info, converter_threads()) {
-                        Ok(c) => self.out_state.lock().unwrap().conv = Some(c),
+                        Ok(c) => {
+                            let mut st = self.out_state.lock().unwrap();
+                            st.conv = Some(c);
+                            st.width = info.width();
+                            st.height = info.height();
+                        }
                         Err(e) => gst::warning!(CAT, imp = self, "{e}"),
+                    }
+                    // Caps with another model size (size-from-input) that had not reached
+                    // the task: the engine (empty after the flush) is loaded at that size.
+                    let mut guard = self.worker.lock().unwrap();
+                    if let Some(w) = guard.as_mut()
+                        && (info.width(), info.height()) != (w.load.width, w.load.height)
+                        && self.reload_at(w, info.width(), info.height()).is_err()
+                    {
+                        return false;
                     }
                 }
                 Deferred::Event(ev) => {
@@ -792,7 +921,7 @@ impl I2iTransform {
                 Ok(()) => return true,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let q = self.queue.lock().unwrap();
+                    let q = self.queue.lock();
                     if q.flushing || q.flow.is_err() {
                         return false;
                     }
@@ -811,6 +940,11 @@ impl I2iTransform {
             }),
             Err(_) => Err("settings buffer cannot be read".to_string()),
         };
+        {
+            // Even a refused update means the holder is there: the stream need not wait.
+            *self.settings_received.lock().unwrap() = true;
+            self.settings_cond.notify_all();
+        }
         let refused = match result {
             Ok((changed, refused)) => {
                 gst::debug!(CAT, imp = self, "settings pad changed {changed:?}");
@@ -848,9 +982,8 @@ impl I2iTransform {
         }
         if active {
             {
-                let mut o = self.out_queue.lock().unwrap();
-                o.items.clear();
-                o.frames = 0;
+                let mut o = self.out_queue.lock();
+                o.drain();
                 o.flushing = false;
                 o.stop = false;
                 o.busy = false;
@@ -862,7 +995,7 @@ impl I2iTransform {
                 .map_err(|e| gst::loggable_error!(CAT, "cannot start the output thread: {e}"))?;
             *self.out_thread.lock().unwrap() = Some(thread);
             {
-                let mut q = self.queue.lock().unwrap();
+                let mut q = self.queue.lock();
                 q.flushing = false;
                 q.flow = Ok(gst::FlowSuccess::Ok);
             }
@@ -871,15 +1004,15 @@ impl I2iTransform {
         } else {
             self.set_flushing(true);
             {
-                let mut o = self.out_queue.lock().unwrap();
+                let mut o = self.out_queue.lock();
                 o.stop = true;
-                self.out_cond.notify_all();
+                self.out_queue.notify();
             }
             let stopped = self.srcpad.stop_task();
             if let Some(thread) = self.out_thread.lock().unwrap().take() {
                 let _ = thread.join();
             }
-            self.out_queue.lock().unwrap().items.clear();
+            self.out_queue.lock().drain();
             stopped.map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))
         }
     }
@@ -888,7 +1021,7 @@ impl I2iTransform {
         use gst::QueryViewMut;
         match query.view_mut() {
             QueryViewMut::Caps(q) => {
-                let ours = self.output_caps(self.fps());
+                let ours = self.output_caps(self.fps(), None);
                 let caps = match q.filter() {
                     Some(f) => f.intersect_with_mode(&ours, gst::CapsIntersectMode::First),
                     None => ours,
@@ -926,9 +1059,15 @@ impl I2iTransform {
                         .map(|d| gst::ClockTime::from_nseconds(d.as_nanos() as u64))
                         .unwrap_or(frame);
                     stats.announced_inference = stats.inference_estimate();
+                    let dropping = self.drops_frames(&s);
+                    let queue = if dropping {
+                        gst::ClockTime::ZERO
+                    } else {
+                        frame.max(inference) * s.max_queue as u64
+                    };
                     (
-                        added_latency(latency_frames, batch_size, frame, inference),
-                        frame * s.max_queue as u64,
+                        added_latency(latency_frames, batch_size, frame, inference, dropping),
+                        queue,
                     )
                 };
                 gst::debug!(
@@ -943,547 +1082,25 @@ impl I2iTransform {
         }
     }
 
-    // ---- the task ---------------------------------------------------------------------
-
-    fn start_task(&self) -> Result<(), glib::BoolError> {
-        let obj = self.obj().clone();
-        self.srcpad.start_task(move || obj.imp().task_iteration())
-    }
-
-    fn task_iteration(&self) {
-        let item = {
-            let mut q = self.queue.lock().unwrap();
-            loop {
-                if q.flushing || q.flow.is_err() {
-                    drop(q);
-                    let _ = self.srcpad.pause_task();
-                    return;
-                }
-                if let Some(item) = q.items.pop_front() {
-                    if matches!(item, Item::Frame(_)) {
-                        q.frames -= 1;
-                    }
-                    self.queue_cond.notify_all();
-                    break item;
-                }
-                q = self.queue_cond.wait(q).unwrap();
-            }
-        };
-
-        let mut guard = self.worker.lock().unwrap();
-        let Some(w) = guard.as_mut() else {
-            drop(guard);
-            let _ = self.srcpad.pause_task();
-            return;
-        };
-        let res = match item {
-            Item::Frame(f) => {
-                w.batch.push(f);
-                if w.batch.len() >= w.batch_size {
-                    self.run_batch(w)
-                } else {
-                    Ok(())
-                }
-            }
-            Item::Event(d) => match w.last_pending_tag() {
-                Some(tag) => {
-                    w.deferred.push_back((tag, d));
-                    Ok(())
-                }
-                None => self.send_out(OutItem::Event(d)),
-            },
-            Item::Eos(ev) => self.finish_stream(w, ev),
-            Item::Drain(done) => self
-                .drain_engine(w)
-                .and_then(|()| self.send_out(OutItem::Drained(done))),
-        };
-        drop(guard);
-        if let Err(err) = res {
-            self.on_flow_error(err);
-        }
-    }
-
-    /// A flow error in the task (the engine, or the output side refusing items).
-    fn on_flow_error(&self, err: gst::FlowError) {
-        if self.record_flow_error(err) {
-            match err {
-                gst::FlowError::Flushing | gst::FlowError::Eos => {
-                    gst::debug!(CAT, imp = self, "task pausing: {err:?}");
-                }
-                _ => {
-                    // The engine's errors are posted where they happen; downstream still
-                    // gets the frames already done, then EOS.
-                    let mut o = self.out_queue.lock().unwrap();
-                    o.items.push_back(OutItem::Eos(gst::event::Eos::new()));
-                    self.out_cond.notify_all();
-                }
-            }
-        }
-        let _ = self.srcpad.pause_task();
-    }
-
-    /// Keeps the first flow error (returned to upstream by the chain function); false when
-    /// one was recorded already.
-    fn record_flow_error(&self, err: gst::FlowError) -> bool {
-        let first = {
-            let mut q = self.queue.lock().unwrap();
-            let first = q.flow.is_ok();
-            if first {
-                q.flow = Err(err);
-            }
-            self.queue_cond.notify_all();
-            first
-        };
-        let _o = self.out_queue.lock().unwrap();
-        self.out_cond.notify_all();
-        first
-    }
-
-    fn run_batch(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
-        let frames = std::mem::take(&mut w.batch);
-        let Some(first) = frames.first() else {
-            return Ok(());
-        };
-        // Controlled properties (GstController) take their value for this batch.
-        if let Some(rt) = first.running_time {
-            let _ = self.obj().sync_values(rt);
-        }
-        let index = first.index;
-        self.apply_live(w, index)?;
-        if let Err(e) = w
-            .smoother
-            .before_batch(&mut w.engine, &w.applied, frames.len() as u32)
-        {
-            self.refuse(&format!("transition or blend not applied: {e}"));
-        }
-
-        let mut inputs = Vec::with_capacity(frames.len());
-        for f in frames {
-            w.in_flight.push_back(FrameMeta {
-                tag: f.tag,
-                meta: f.meta,
-            });
-            inputs.push(InputFrame {
-                tag: f.tag,
-                rgb: f.rgb,
-            });
-        }
-        let start = Instant::now();
-        let outs = w.engine.process(inputs).map_err(|e| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ["Inference failed: {}", e]);
-            gst::FlowError::Error
-        })?;
-        self.record_inference(start.elapsed());
-        self.push_outputs(w, outs)
-    }
-
-    fn record_inference(&self, took: Duration) {
-        let announce = {
-            let mut s = self.stats.lock().unwrap();
-            s.batches += 1;
-            if s.first_inference.is_none() {
-                s.first_inference = Some(took);
-            } else {
-                s.inference_total += took;
-                s.inference_calls += 1;
-            }
-            gst::trace!(CAT, imp = self, "model call took {took:?}");
-            // Re-announce the latency when the estimate moved by more than a quarter.
-            match (s.announced_inference, s.inference_estimate()) {
-                (None, Some(_)) => s.batches == 1 || s.inference_calls == 1,
-                (Some(old), Some(new)) => {
-                    let (a, b) = (old.as_secs_f64(), new.as_secs_f64());
-                    (a - b).abs() > 0.25 * a.max(b) && (a - b).abs() > 0.001
-                }
-                _ => false,
-            }
-        };
-        if announce {
-            let _ = self
-                .obj()
-                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
-        }
-    }
-
-    /// Hands the engine the settings changed since the last batch and tells the
-    /// application which frame they first hold for.
-    fn apply_live(&self, w: &mut Worker, index: u64) -> Result<(), gst::FlowError> {
-        let mut desired = self.settings.lock().unwrap().live.clone();
-        if desired == w.applied {
-            return Ok(());
-        }
-        if desired.params != *w.engine.params() {
-            let old = w.engine.params();
-            let restructure = desired.params.t_index_list != old.t_index_list
-                || desired.params.num_inference_steps != old.num_inference_steps;
-            if restructure && w.engine.in_flight() > 0 {
-                // Finish the frames in flight with the schedule they started on.
-                let outs = w.engine.drain().map_err(|e| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Failed,
-                        ["Inference failed: {}", e]
-                    );
-                    gst::FlowError::Error
-                })?;
-                self.push_outputs(w, outs)?;
-            }
-            let before = w.engine.params().clone();
-            if let Err(e) = w.engine.set_params(&desired.params) {
-                self.refuse(&format!("settings not applied: {e}"));
-                let current = w.engine.params().clone();
-                let reverted = {
-                    let mut s = self.settings.lock().unwrap();
-                    let mut before = s.live.clone();
-                    before.params = current.clone();
-                    let reverted = s.live.changed(&before);
-                    s.live.params = current.clone();
-                    reverted
-                };
-                for name in reverted {
-                    self.obj().notify(name);
-                }
-                desired.params = current;
-                if desired == w.applied {
-                    return Ok(());
-                }
-            } else {
-                w.smoother.params_changed(&before, &desired.params);
-            }
-        }
-        let changed = w.applied.changed(&desired);
-        let report = desired.to_update().changes_since(&w.applied.to_update());
-        let latency_before = w.engine.latency_frames();
-        w.applied = desired;
-        {
-            let mut s = self.stats.lock().unwrap();
-            s.settings_applied += 1;
-            s.latency_frames = w.engine.latency_frames();
-        }
-        let p = &w.applied.params;
-        gst::info!(CAT, imp = self, "frame {index}: applying {changed:?}");
-        let s = gst::Structure::builder("i2i-settings-applied")
-            .field("frame-index", index)
-            .field("changed", gst::Array::new(changed.iter().copied()))
-            .field("prompt", &p.prompt)
-            .field("negative-prompt", &p.negative_prompt)
-            .field("seed", p.seed)
-            .field("t-index-list", live::format_t_index_list(&p.t_index_list))
-            .field("num-inference-steps", p.num_inference_steps)
-            .field("guidance-scale", p.guidance_scale as f64)
-            .field("delta", p.delta as f64)
-            .field("cfg-type", live::cfg_type_nick(p.cfg_type))
-            .field("add-noise", p.add_noise)
-            .field("similarity-threshold", p.similarity_threshold as f64)
-            .field("max-skip-frames", p.max_skip_frames)
-            .field("transition-frames", w.applied.transition_frames)
-            .field(
-                "prompt-blend",
-                live::format_prompt_blend(&w.applied.prompt_blend),
-            )
-            .field("seed-blend", live::format_seed_blend(&w.applied.seed_blend))
-            .field("blend-mode", w.applied.blend_mode.name())
-            .build();
-        let _ = self
-            .obj()
-            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
-        // The same news upstream on the settings pad: settingssrc reports it to the
-        // settings holder, whose consoles show it. Not linked: nobody to tell.
-        if !report.is_empty() && self.settingspad.is_linked() {
-            let json = String::from_utf8(report.to_json()).expect("JSON is UTF-8");
-            let event = gst::event::CustomUpstream::new(
-                gst::Structure::builder(APPLIED_EVENT)
-                    .field("frame-index", index)
-                    .field("settings", json)
-                    .build(),
-            );
-            if !self.settingspad.push_event(event) {
-                gst::debug!(CAT, imp = self, "settings pad: applied report not taken");
-            }
-        }
-        if latency_before != w.engine.latency_frames() {
-            let _ = self
-                .obj()
-                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
-        }
-        Ok(())
-    }
-
-    /// Hands the engine's finished frames (and the events due after them) to the output
-    /// thread.
-    fn push_outputs(&self, w: &mut Worker, outs: Vec<OutputFrame>) -> Result<(), gst::FlowError> {
-        for out in outs {
-            let meta = match w.in_flight.iter().position(|m| m.tag == out.tag) {
-                Some(0) => w.in_flight.pop_front().expect("front exists"),
-                Some(pos) => {
-                    gst::error!(
-                        CAT,
-                        imp = self,
-                        "engine returned frame {} before {} earlier ones",
-                        out.tag,
-                        pos
-                    );
-                    w.in_flight.remove(pos).expect("position exists")
-                }
-                None => {
-                    gst::error!(CAT, imp = self, "engine returned unknown frame {}", out.tag);
-                    continue;
-                }
-            };
-            let tag = out.tag;
-            self.send_out(OutItem::Frame(out, meta.meta))?;
-            self.push_deferred(w, Some(tag))?;
-        }
-        Ok(())
-    }
-
-    /// Queues an item for the output thread, waiting while it has enough frames to do.
-    fn send_out(&self, item: OutItem) -> Result<(), gst::FlowError> {
-        let frame = matches!(item, OutItem::Frame(..));
-        let mut o = self.out_queue.lock().unwrap();
-        loop {
-            let refused = if o.flushing {
-                Err(gst::FlowError::Flushing)
-            } else {
-                self.queue.lock().unwrap().flow
-            };
-            if let Err(e) = refused {
-                if frame {
-                    // Flushing or stopping: this frame is lost with the others in flight.
-                    self.stats.lock().unwrap().frames_dropped += 1;
-                }
-                return Err(e);
-            }
-            if !frame || o.frames < o.max_frames {
-                break;
-            }
-            o = self.out_cond.wait(o).unwrap();
-        }
-        if frame {
-            o.frames += 1;
-        }
-        o.items.push_back(item);
-        self.out_cond.notify_all();
-        Ok(())
-    }
-
-    /// Sends the deferred events due after frame `upto` (all of them for None).
-    fn push_deferred(&self, w: &mut Worker, upto: Option<u64>) -> Result<(), gst::FlowError> {
-        while let Some((after, _)) = w.deferred.front() {
-            if upto.is_some_and(|t| *after > t) {
-                break;
-            }
-            let (_, d) = w.deferred.pop_front().expect("front exists");
-            self.send_out(OutItem::Event(d))?;
-        }
-        Ok(())
-    }
-
-    /// EOS: the partial batch goes through, the engine gives back every frame in
-    /// flight, then the remaining events and EOS leave.
-    fn finish_stream(&self, w: &mut Worker, eos: gst::Event) -> Result<(), gst::FlowError> {
-        self.drain_engine(w)?;
-        gst::debug!(CAT, imp = self, "all frames out of the engine, EOS follows");
-        self.send_out(OutItem::Eos(eos))
-    }
-
-    /// The partial batch goes through and the engine gives back every frame in flight,
-    /// followed by the events that waited for them.
-    fn drain_engine(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
-        if !w.batch.is_empty() {
-            self.run_batch(w)?;
-        }
-        if w.engine.in_flight() > 0 {
-            let outs = w.engine.drain().map_err(|e| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ["Inference failed: {}", e]
-                );
-                gst::FlowError::Error
-            })?;
-            self.push_outputs(w, outs)?;
-        }
-        if !w.in_flight.is_empty() {
-            gst::error!(
-                CAT,
-                imp = self,
-                "{} frames did not come out of the engine when draining",
-                w.in_flight.len()
-            );
-            w.in_flight.clear();
-        }
-        self.push_deferred(w, None)
-    }
-
-    // ---- the output thread --------------------------------------------------------------
-
-    fn output_loop(&self) {
-        gst::debug!(CAT, imp = self, "output thread running");
-        loop {
-            let item = {
-                let mut o = self.out_queue.lock().unwrap();
-                loop {
-                    if o.stop {
-                        gst::debug!(CAT, imp = self, "output thread ends");
-                        return;
-                    }
-                    if !o.flushing
-                        && let Some(item) = o.items.pop_front()
-                    {
-                        if matches!(item, OutItem::Frame(..)) {
-                            o.frames -= 1;
-                        }
-                        o.busy = true;
-                        self.out_cond.notify_all();
-                        break item;
-                    }
-                    o = self.out_cond.wait(o).unwrap();
-                }
-            };
-            if let Err(err) = self.output_item(item) {
-                self.on_output_error(err);
-            }
-            // Only now: a flush waiting for the output to be idle then sees the error
-            // recorded before it resets the flow.
-            let mut o = self.out_queue.lock().unwrap();
-            o.busy = false;
-            self.out_cond.notify_all();
-        }
-    }
-
-    fn on_output_error(&self, err: gst::FlowError) {
-        if !self.record_flow_error(err) {
-            return;
-        }
-        match err {
-            gst::FlowError::Flushing | gst::FlowError::Eos => {
-                gst::debug!(CAT, imp = self, "output stops: {err:?}");
-            }
-            gst::FlowError::NotLinked | gst::FlowError::NotNegotiated => {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ("Internal data stream error."),
-                    ["streaming stopped, reason {err:?}"]
-                );
-                self.srcpad.push_event(gst::event::Eos::new());
-            }
-            _ => {
-                self.srcpad.push_event(gst::event::Eos::new());
-            }
-        }
-    }
-
-    /// Converts and pushes one frame, or pushes one event.
-    fn output_item(&self, item: OutItem) -> Result<(), gst::FlowError> {
-        let mut st = self.out_state.lock().unwrap();
-        match item {
-            OutItem::Frame(out, meta) => {
-                if self.queue.lock().unwrap().flow.is_err() {
-                    // After an error nothing more goes out.
-                    self.stats.lock().unwrap().frames_dropped += 1;
-                    return Ok(());
-                }
-                let mut rgb = Vec::new();
-                diffusion::to_rgb8(&out.pixels, st.width, st.height, &mut rgb);
-                self.renegotiate_if_asked(&mut st)?;
-                let Some(conv) = st.conv.as_ref() else {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::Negotiation,
-                        ["No output caps before the first frame"]
-                    );
-                    return Err(gst::FlowError::NotNegotiated);
-                };
-                let mut buffer = conv.convert(rgb).map_err(|e| {
-                    gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
-                    gst::FlowError::Error
-                })?;
-                {
-                    let buffer = buffer.get_mut().expect("new buffer is writable");
-                    if let Err(e) = meta.copy_into(buffer, METADATA_COPY, ..) {
-                        gst::warning!(CAT, imp = self, "cannot copy metadata: {e}");
-                    }
-                }
-                drop(st);
-                if let Err(e) = self.srcpad.push(buffer) {
-                    // Flushing or stopping: this frame is lost with the others in flight.
-                    self.stats.lock().unwrap().frames_dropped += 1;
-                    return Err(e);
-                }
-                let mut s = self.stats.lock().unwrap();
-                s.frames_out += 1;
-                if out.skipped {
-                    s.frames_skipped += 1;
-                }
-                Ok(())
-            }
-            OutItem::Event(d) => self.push_event_item(&mut st, d),
-            OutItem::Eos(ev) => {
-                drop(st);
-                gst::debug!(CAT, imp = self, "pushing EOS");
-                self.srcpad.push_event(ev);
-                Ok(())
-            }
-            OutItem::Drained(done) => {
-                // The query may have given up (flush): nobody to tell then.
-                let _ = done.send(());
-                Ok(())
-            }
-        }
-    }
-
-    fn push_event_item(&self, st: &mut OutState, d: Deferred) -> Result<(), gst::FlowError> {
-        match d {
-            Deferred::Caps(ev, info) => {
-                let conv = OutputConverter::new(&info, converter_threads()).map_err(|e| {
-                    gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
-                    gst::FlowError::NotNegotiated
-                })?;
-                if !self.srcpad.push_event(ev) {
-                    gst::warning!(CAT, imp = self, "downstream refused caps {info:?}");
-                    return Err(gst::FlowError::NotNegotiated);
-                }
-                st.conv = Some(conv);
-            }
-            Deferred::Event(ev) => {
-                let t = ev.type_();
-                if !self.srcpad.push_event(ev) {
-                    gst::debug!(CAT, imp = self, "downstream refused {t:?}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Downstream asked (RECONFIGURE): pick the output format again before the next frame.
-    fn renegotiate_if_asked(&self, st: &mut OutState) -> Result<(), gst::FlowError> {
-        if !self.srcpad.check_reconfigure() {
-            return Ok(());
-        }
-        let Some(fps) = st.conv.as_ref().map(|o| o.out_info().fps()) else {
-            return Ok(());
-        };
-        match self.negotiate_output(fps) {
-            Ok((caps, info)) => {
-                if self.srcpad.current_caps().as_ref() != Some(&caps) {
-                    self.push_event_item(st, Deferred::Caps(gst::event::Caps::new(&caps), info))?;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.srcpad.mark_reconfigure();
-                gst::warning!(CAT, imp = self, "renegotiation failed: {e}");
-                Err(gst::FlowError::NotNegotiated)
-            }
-        }
-    }
-
     // ---- state --------------------------------------------------------------------------
 
     fn start(&self) -> Result<(), gst::StateChangeError> {
-        let s = self.settings.lock().unwrap().clone();
+        let s = {
+            let mut s = self.settings.lock().unwrap();
+            if !s.unchecked.is_empty()
+                && let Err(e) = s.apply_unchecked()
+            {
+                drop(s);
+                gst::element_imp_error!(
+                    self,
+                    gst::LibraryError::Settings,
+                    ("Invalid property value: {}", e),
+                    ["Properties set before start are checked together when the element starts"]
+                );
+                return Err(gst::StateChangeError);
+            }
+            s.clone()
+        };
         let Some(model) = s.model.clone().filter(|m| !m.is_empty()) else {
             gst::element_imp_error!(
                 self,
@@ -1511,6 +1128,17 @@ impl I2iTransform {
         };
         gst::info!(CAT, imp = self, "loading {opts:?}");
         let started = Instant::now();
+        if s.size_from_input && !s.size_multiple.is_multiple_of(8) {
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Settings,
+                (
+                    "Invalid property value: size-multiple {} refused: the model needs a multiple of 8 (8, 64, ...)",
+                    s.size_multiple
+                )
+            );
+            return Err(gst::StateChangeError);
+        }
         let engine = Engine::load(&opts, &s.live.params).map_err(|e| {
             gst::element_imp_error!(
                 self,
@@ -1521,11 +1149,34 @@ impl I2iTransform {
             gst::StateChangeError
         })?;
         let provider = provider_name(engine.provider());
+        let load_time = started.elapsed();
         gst::info!(
             CAT,
             imp = self,
-            "model {model} loaded in {:?}, running on {provider}",
-            started.elapsed()
+            "model {model} loaded in {load_time:?}, running on {provider}"
+        );
+        // What runs, for gst-launch-1.0 -m and applications: the provider actually chosen
+        // (auto may fall back to the CPU) among it.
+        let started_msg = gst::Structure::builder("i2itransform-started")
+            .field("provider", provider)
+            .field("model", &model)
+            .field("width", s.width)
+            .field("height", s.height)
+            .field("batch-size", s.batch_size)
+            .field("threads", intra_threads as u32)
+            .field("fp16", s.fp16)
+            .field("num-inference-steps", s.live.params.num_inference_steps)
+            .field(
+                "t-index-list",
+                live::format_t_index_list(&s.live.params.t_index_list),
+            )
+            .field("latency-frames", engine.latency_frames() as u32)
+            .field("load-ms", load_time.as_secs_f64() * 1000.0)
+            .build();
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(started_msg)
+                .src(&*self.obj())
+                .build(),
         );
         {
             let mut st = self.stats.lock().unwrap();
@@ -1533,30 +1184,23 @@ impl I2iTransform {
             st.provider = Some(provider);
             st.latency_frames = engine.latency_frames();
             st.batch_size = s.batch_size as usize;
+            st.last_posted = Some(Instant::now());
         }
         *self.input.lock().unwrap() = InputState::default();
+        *self.settings_received.lock().unwrap() = false;
         {
-            let mut q = self.queue.lock().unwrap();
-            q.items.clear();
-            q.frames = 0;
+            let mut q = self.queue.lock();
+            q.drain();
             q.max_frames = s.max_queue as usize;
         }
         // The output thread may hold two batches: one being pushed, one ready.
-        self.out_queue.lock().unwrap().max_frames = 2 * s.batch_size as usize;
+        self.out_queue.lock().max_frames = 2 * s.batch_size as usize;
         *self.out_state.lock().unwrap() = OutState {
             conv: None,
             width: s.width,
             height: s.height,
         };
-        *self.worker.lock().unwrap() = Some(Worker {
-            engine,
-            batch_size: s.batch_size as usize,
-            batch: Vec::new(),
-            in_flight: VecDeque::new(),
-            deferred: VecDeque::new(),
-            applied: s.live,
-            smoother: Smoother::new(),
-        });
+        *self.worker.lock().unwrap() = Some(Worker::new(engine, opts, s.live));
         self.running.store(true, Ordering::SeqCst);
         self.obj().notify("provider");
         Ok(())
@@ -1567,13 +1211,31 @@ impl I2iTransform {
         *self.worker.lock().unwrap() = None;
         *self.out_state.lock().unwrap() = OutState::default();
         *self.input.lock().unwrap() = InputState::default();
-        let mut q = self.queue.lock().unwrap();
-        q.items.clear();
-        q.frames = 0;
+        self.queue.lock().drain();
     }
 
-    fn stats_structure(&self) -> gst::Structure {
-        let queued = self.queue.lock().unwrap().frames as u32;
+    /// Posts the `stats` structure as an element message when `stats-interval` has passed
+    /// since the last one, or always with `force` (at EOS).
+    pub(super) fn post_stats(&self, force: bool) {
+        let interval = self.settings.lock().unwrap().stats_interval_ms;
+        {
+            let mut s = self.stats.lock().unwrap();
+            let due = s.last_posted.is_none_or(|t| {
+                interval > 0 && t.elapsed() >= Duration::from_millis(interval as u64)
+            });
+            if !(force || due) {
+                return;
+            }
+            s.last_posted = Some(Instant::now());
+        }
+        let msg = gst::message::Element::builder(self.stats_structure())
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
+    }
+
+    pub(super) fn stats_structure(&self) -> gst::Structure {
+        let queued = self.queue.lock().frames() as u32;
         let s = self.stats.lock().unwrap();
         let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         gst::Structure::builder("i2itransform-stats")
@@ -1581,6 +1243,7 @@ impl I2iTransform {
             .field("frames-out", s.frames_out)
             .field("frames-skipped", s.frames_skipped)
             .field("frames-dropped", s.frames_dropped)
+            .field("frames-late", s.frames_late)
             .field("frames-invalid", s.frames_invalid)
             .field("batches", s.batches)
             .field("avg-inference-ms", ms(s.inference_estimate()))
@@ -1759,6 +1422,30 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_MAX_QUEUE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("resize-mode", ResizeMode::Stretch)
+                    .nick("Resize mode")
+                    .blurb("How the input fills the model size: stretch (aspect ratio not kept), crop (fill, cutting what sticks out) or fit (whole picture, black borders)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("size-from-input")
+                    .nick("Size from input")
+                    .blurb("Run the model and output at the input's size rounded down to size-multiple, instead of width x height (the model is reloaded when the input size changes)")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("size-multiple")
+                    .nick("Size multiple")
+                    .blurb("With size-from-input: round the size down to a multiple of this (8: what latents need; 64 for models whose UNet needs it)")
+                    .minimum(8)
+                    .maximum(512)
+                    .default_value(DEFAULT_SIZE_MULTIPLE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("drop-frames", DropFrames::Auto)
+                    .nick("Drop frames")
+                    .blurb("When frames come faster than inference: drop the oldest waiting frame so latency stays bounded (counted in stats frames-late, posted as QoS messages), or keep every frame and make upstream wait (latency grows on live input). auto drops on live sources only")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
                     .blurb("ONNX Runtime intra-op threads; 0 = the CPUs this process may use")
@@ -1766,9 +1453,29 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_THREADS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("wait-for-settings")
+                    .nick("Wait for settings")
+                    .blurb("When the settings pad is linked, hold the first frame until the first settings arrive (at most settings-timeout), so that it already runs with the holder's prompt")
+                    .default_value(DEFAULT_WAIT_FOR_SETTINGS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("settings-timeout")
+                    .nick("Settings timeout")
+                    .blurb("Milliseconds wait-for-settings waits before starting with the properties' values and a WARNING; 0 = do not wait")
+                    .maximum(600_000)
+                    .default_value(DEFAULT_SETTINGS_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("stats-interval")
+                    .nick("Stats interval")
+                    .blurb("Milliseconds between i2itransform-stats element messages (the stats property's structure; gst-launch-1.0 -m shows them), also posted at EOS; 0 = only at EOS")
+                    .maximum(3_600_000)
+                    .default_value(DEFAULT_STATS_INTERVAL_MS)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-out, frames-skipped (similarity filter), frames-dropped (flush), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, settings-applied, settings-rejected, provider")
+                    .blurb("frames-in, frames-out, frames-skipped (similarity filter), frames-dropped (flush), frames-late (dropped to keep up with live input), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, settings-applied, settings-rejected, provider")
                     .read_only()
                     .build(),
                 glib::ParamSpecString::builder("provider")
@@ -1793,6 +1500,20 @@ impl ObjectImpl for I2iTransform {
         }
         let mut s = self.settings.lock().unwrap();
         gst::debug!(CAT, imp = self, "setting {name} to {value:?}");
+        if !self.running.load(Ordering::SeqCst) {
+            // Before start: kept as set, checked together at start.
+            let u = &mut s.unchecked;
+            let text = || value.get::<Option<String>>().unwrap().unwrap_or_default();
+            match name {
+                "t-index-list" => return u.t_index_list = Some(text()),
+                "num-inference-steps" => return u.num_inference_steps = Some(value.get().unwrap()),
+                "width" => return u.width = Some(value.get().unwrap()),
+                "height" => return u.height = Some(value.get().unwrap()),
+                "prompt-blend" => return u.prompt_blend = Some(text()),
+                "seed-blend" => return u.seed_blend = Some(text()),
+                _ => (),
+            }
+        }
         match name {
             "model" => s.model = value.get().expect("type checked upstream"),
             "prompt" => {
@@ -1853,15 +1574,13 @@ impl ObjectImpl for I2iTransform {
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
-                if !v.is_multiple_of(8) {
-                    drop(s);
-                    self.refuse(&format!(
-                        "{name} {v} refused: the model needs a multiple of 8 (latents are 1/8 of the picture)"
-                    ));
-                } else if name == "width" {
-                    s.width = v;
-                } else {
-                    s.height = v;
+                match check_size(name, v) {
+                    Err(e) => {
+                        drop(s);
+                        self.refuse(&e);
+                    }
+                    Ok(v) if name == "width" => s.width = v,
+                    Ok(v) => s.height = v,
                 }
             }
             "execution-provider" => s.execution_provider = value.get().unwrap(),
@@ -1872,11 +1591,22 @@ impl ObjectImpl for I2iTransform {
                 s.max_queue = value.get().unwrap();
                 let max = s.max_queue as usize;
                 drop(s);
-                let mut q = self.queue.lock().unwrap();
-                q.max_frames = max;
-                self.queue_cond.notify_all();
+                self.queue.lock().max_frames = max;
+                self.queue.notify();
             }
             "threads" => s.threads = value.get().unwrap(),
+            "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
+            "resize-mode" => s.resize_mode = value.get().unwrap(),
+            "size-from-input" => s.size_from_input = value.get().unwrap(),
+            "size-multiple" => s.size_multiple = value.get().unwrap(),
+            "wait-for-settings" => s.wait_for_settings = value.get().unwrap(),
+            "settings-timeout" => s.settings_timeout_ms = value.get().unwrap(),
+            "drop-frames" => {
+                s.drop_frames = value.get().unwrap();
+                drop(s);
+                // A frame producer waiting on a full queue looks again.
+                self.queue.notify();
+            }
             _ => unreachable!("property {name} is not registered"),
         }
     }
@@ -1884,7 +1614,16 @@ impl ObjectImpl for I2iTransform {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let s = self.settings.lock().unwrap();
         let p = &s.live.params;
+        let u = &s.unchecked;
         match pspec.name() {
+            "t-index-list" if u.t_index_list.is_some() => u.t_index_list.to_value(),
+            "num-inference-steps" if u.num_inference_steps.is_some() => {
+                u.num_inference_steps.unwrap().to_value()
+            }
+            "width" if u.width.is_some() => u.width.unwrap().to_value(),
+            "height" if u.height.is_some() => u.height.unwrap().to_value(),
+            "prompt-blend" if u.prompt_blend.is_some() => u.prompt_blend.to_value(),
+            "seed-blend" if u.seed_blend.is_some() => u.seed_blend.to_value(),
             "model" => s.model.to_value(),
             "prompt" => p.prompt.to_value(),
             "negative-prompt" => p.negative_prompt.to_value(),
@@ -1910,6 +1649,13 @@ impl ObjectImpl for I2iTransform {
             "engine-cache-dir" => s.engine_cache_dir.to_value(),
             "max-queue" => s.max_queue.to_value(),
             "threads" => s.threads.to_value(),
+            "drop-frames" => s.drop_frames.to_value(),
+            "stats-interval" => s.stats_interval_ms.to_value(),
+            "resize-mode" => s.resize_mode.to_value(),
+            "size-from-input" => s.size_from_input.to_value(),
+            "size-multiple" => s.size_multiple.to_value(),
+            "wait-for-settings" => s.wait_for_settings.to_value(),
+            "settings-timeout" => s.settings_timeout_ms.to_value(),
             "stats" => {
                 drop(s);
                 self.stats_structure().to_value()
@@ -2015,17 +1761,16 @@ mod tests {
     #[test]
     fn latency_adds_batching_stream_batch_and_one_call() {
         let frame = gst::ClockTime::from_mseconds(40);
-        let call = gst::ClockTime::from_mseconds(70);
+        let call = gst::ClockTime::from_mseconds(30);
+        let ms = gst::ClockTime::from_mseconds;
         // n = 2, batch 1: one frame behind, plus the call.
-        assert_eq!(
-            added_latency(1, 1, frame, call),
-            gst::ClockTime::from_mseconds(110)
-        );
+        assert_eq!(added_latency(1, 1, frame, call, false), ms(70));
         // n = 3, batch 3: (n-1)*b = 6 frames in the stream batch, 2 waiting for the batch.
-        assert_eq!(
-            added_latency(6, 3, frame, call),
-            gst::ClockTime::from_mseconds(390)
-        );
-        assert_eq!(added_latency(0, 1, frame, call), call);
+        assert_eq!(added_latency(6, 3, frame, call, false), ms(350));
+        assert_eq!(added_latency(0, 1, frame, call, false), call);
+        // Slower than the input: frames move on at the inference rate (per frame of a
+        // batch), and when dropping a frame may wait for the call in progress.
+        assert_eq!(added_latency(1, 1, ms(20), ms(70), true), ms(210));
+        assert_eq!(added_latency(6, 3, ms(20), ms(90), false), ms(330));
     }
 }
