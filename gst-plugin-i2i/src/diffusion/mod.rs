@@ -25,7 +25,7 @@ pub mod scheduler;
 pub mod stream;
 pub mod tokenizer;
 
-pub use engine::Engine;
+pub use engine::{Engine, Preprocessor};
 pub use error::EngineError;
 pub use runtime::{LogLevel, set_logger};
 
@@ -131,6 +131,61 @@ pub struct OutputFrame {
     pub skipped: bool,
 }
 
+/// One frame preprocessed by a [`Preprocessor`] (on any thread), ready for
+/// [`Engine::process_prepared`]: planar `[3, height, width]` floats `v / 255 * 2 - 1`.
+/// Its buffer goes back to the preprocessor's pool once the engine has encoded it.
+#[derive(Debug)]
+pub struct PreparedFrame {
+    pub tag: u64,
+    pub(crate) image: Vec<f32>,
+}
+
+/// One frame out of [`Engine::process_prepared`], in input order, still in the decoder's
+/// range `[-1, 1]`: turning it into pixels ([`DecodedFrame::to_rgb8`],
+/// [`DecodedFrame::pixels`]) is left to the caller's thread, so the thread that runs the
+/// model calls does not spend time on it.
+#[derive(Clone, Debug)]
+pub struct DecodedFrame {
+    pub tag: u64,
+    /// Raw decoder output, planar `[3, height, width]`.
+    pub decoded: std::sync::Arc<Vec<f32>>,
+    /// True when the similarity filter skipped this frame and `decoded` repeats the
+    /// previous output.
+    pub skipped: bool,
+}
+
+impl DecodedFrame {
+    /// Planar `[0, 1]` pixels `clamp(y / 2 + 0.5, 0, 1)` into `out` (resized to fit).
+    pub fn pixels(&self, out: &mut Vec<f32>) {
+        out.clear();
+        out.extend(self.decoded.iter().map(|&v| to_unit(v)));
+    }
+
+    /// Packed RGB8 at `width x height` in one pass: the same bits as [`to_rgb8`] of
+    /// [`DecodedFrame::pixels`].
+    pub fn to_rgb8(&self, width: u32, height: u32, out: &mut Vec<u8>) {
+        planar_to_rgb8(&self.decoded, width, height, out, to_unit);
+    }
+
+    /// The frame as [`Engine::process`] returns it (pixels in `[0, 1]`).
+    pub fn into_output(self) -> OutputFrame {
+        let mut px = Vec::with_capacity(self.decoded.len());
+        self.pixels(&mut px);
+        OutputFrame {
+            tag: self.tag,
+            pixels: std::sync::Arc::new(px),
+            skipped: self.skipped,
+        }
+    }
+}
+
+/// `clamp(y / 2 + 0.5, 0, 1)`, with NaN mapped to 0 so no NaN reaches the pixels.
+#[allow(clippy::manual_clamp)]
+#[inline]
+pub(crate) fn to_unit(v: f32) -> f32 {
+    (v / 2.0 + 0.5).max(0.0).min(1.0)
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
@@ -224,6 +279,18 @@ impl Timings {
 /// Planar `[3, height, width]` floats in `[0, 1]` to packed RGB8, rounding to nearest.
 /// `out` is resized to `width * height * 3`; values outside `[0, 1]` (or NaN) are clamped.
 pub fn to_rgb8(pixels: &[f32], width: u32, height: u32, out: &mut Vec<u8>) {
+    planar_to_rgb8(pixels, width, height, out, |v| v);
+}
+
+/// Planar floats through `map` (into `[0, 1]`) to packed RGB8, rounding to nearest.
+#[inline]
+fn planar_to_rgb8(
+    pixels: &[f32],
+    width: u32,
+    height: u32,
+    out: &mut Vec<u8>,
+    map: impl Fn(f32) -> f32,
+) {
     let plane = width as usize * height as usize;
     out.resize(plane * 3, 0);
     if pixels.len() < plane * 3 {
@@ -234,7 +301,7 @@ pub fn to_rgb8(pixels: &[f32], width: u32, height: u32, out: &mut Vec<u8>) {
     let (g, b) = rest.split_at(plane);
     let conv = |v: f32| -> u8 {
         // `as u8` saturates and maps NaN to 0.
-        (v * 255.0 + 0.5) as u8
+        (map(v) * 255.0 + 0.5) as u8
     };
     for (((px, &r), &g), &b) in out.chunks_exact_mut(3).zip(r).zip(g).zip(&b[..plane]) {
         px[0] = conv(r);
@@ -254,5 +321,26 @@ mod tests {
         to_rgb8(&pixels, 2, 1, &mut out);
         // planar R = [0, 1], G = [0.5, -1], B = [2, NaN]
         assert_eq!(out, vec![0, 128, 255, 255, 0, 0]);
+    }
+
+    #[test]
+    fn decoded_rgb8_matches_the_two_step_path() {
+        let decoded: Vec<f32> = (0..3 * 64)
+            .map(|i| (i as f32 * 0.173).sin() * 1.3)
+            .chain([f32::NAN, -5.0, 5.0])
+            .collect();
+        let (w, h) = (65u32, 1u32);
+        let frame = DecodedFrame {
+            tag: 0,
+            decoded: std::sync::Arc::new(decoded),
+            skipped: false,
+        };
+        let mut px = Vec::new();
+        frame.pixels(&mut px);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        to_rgb8(&px, w, h, &mut a);
+        frame.to_rgb8(w, h, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(frame.into_output().pixels.as_slice(), px.as_slice());
     }
 }

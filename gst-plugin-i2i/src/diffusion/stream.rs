@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::model::Model;
 use super::scheduler::StepConstants;
-use super::{CfgType, EngineError, Noise, OutputFrame, Timings, noise};
+use super::{CfgType, DecodedFrame, EngineError, Noise, Timings, noise};
 
 /// A text embedding `[1, L, E]` with an identity, so the UNet's hidden-state batch is only
 /// rebuilt when the rows' embeddings change.
@@ -336,24 +336,19 @@ impl Stream {
         let mut buffers: Vec<Arc<Vec<f32>>> =
             (0..finished.len()).map(|_| self.pixel_buffer()).collect();
         let t0 = Instant::now();
-        let mut post = std::time::Duration::ZERO;
         let calls = model
             .vae_decoder
             .decode(&self.finals, finished.len(), |k, y| {
-                let tp = Instant::now();
                 if let Some(px) = Arc::get_mut(&mut buffers[k]) {
-                    px.resize(y.len(), 0.0);
-                    for (d, &v) in px.iter_mut().zip(y) {
-                        *d = to_unit(v);
-                    }
+                    px.clear();
+                    px.extend_from_slice(y);
                 }
-                post += tp.elapsed();
             })?;
         for (seq, px) in seqs.into_iter().zip(buffers) {
             self.done.insert(seq, px);
         }
-        timings.vae_decode += t0.elapsed().saturating_sub(post);
-        timings.postprocess += post;
+        // The copy out of ONNX Runtime's output counts with the decoder.
+        timings.vae_decode += t0.elapsed();
         timings.vae_decode_calls += calls as u64;
         // Remove finished flights, keeping entry order.
         let spare = &mut self.spare;
@@ -377,7 +372,7 @@ impl Stream {
     }
 
     /// Outputs ready to leave, in input order.
-    pub fn collect(&mut self, out: &mut Vec<OutputFrame>) {
+    pub fn collect(&mut self, out: &mut Vec<DecodedFrame>) {
         while let Some(front) = self.queue.front() {
             match *front {
                 Entry::Frame { seq, tag } => {
@@ -389,9 +384,9 @@ impl Stream {
                     if self.recent.len() > RECENT_OUTPUTS {
                         self.recent.pop_front();
                     }
-                    out.push(OutputFrame {
+                    out.push(DecodedFrame {
                         tag,
-                        pixels: px,
+                        decoded: px,
                         skipped: false,
                     });
                 }
@@ -400,9 +395,9 @@ impl Stream {
                     let Some(px) = self.last_output.clone() else {
                         break;
                     };
-                    out.push(OutputFrame {
+                    out.push(DecodedFrame {
                         tag,
-                        pixels: px,
+                        decoded: px,
                         skipped: true,
                     });
                 }
@@ -410,13 +405,6 @@ impl Stream {
             self.queue.pop_front();
         }
     }
-}
-
-/// `clamp(y / 2 + 0.5, 0, 1)`, with NaN mapped to 0 so no NaN reaches the pixels.
-#[allow(clippy::manual_clamp)]
-#[inline]
-fn to_unit(v: f32) -> f32 {
-    (v / 2.0 + 0.5).max(0.0).min(1.0)
 }
 
 /// One LCM step of one frame, with guidance and the stock-noise update, in place.
