@@ -21,13 +21,14 @@ use super::live::{self, LiveSettings};
 use super::output::OutItem;
 use super::queue::QueueItem;
 use super::smooth::Smoother;
-use crate::diffusion::{Engine, InputFrame, OutputFrame};
+use crate::diffusion::{DecodedFrame, Engine, PreparedFrame};
 use crate::settings::state::APPLIED_EVENT;
 
 /// A frame converted on the streaming thread, waiting for inference.
 pub(super) struct QueuedFrame {
     pub tag: u64,
-    pub rgb: Vec<u8>,
+    /// Preprocessed on the streaming thread.
+    pub prepared: PreparedFrame,
     /// A buffer without memory carrying the input's timestamps, offsets, flags and metas.
     pub meta: gst::Buffer,
     pub running_time: Option<gst::ClockTime>,
@@ -204,15 +205,12 @@ impl I2iTransform {
                 tag: f.tag,
                 meta: f.meta,
             });
-            inputs.push(InputFrame {
-                tag: f.tag,
-                rgb: f.rgb,
-            });
+            inputs.push(f.prepared);
         }
         let start = Instant::now();
         let outs = w
             .engine
-            .process(inputs)
+            .process_prepared(inputs)
             .map_err(|e| self.engine_failed(e))?;
         self.record_inference(start.elapsed());
         self.push_outputs(w, outs)
@@ -259,7 +257,10 @@ impl I2iTransform {
                 || desired.params.num_inference_steps != old.num_inference_steps;
             if restructure && w.engine.in_flight() > 0 {
                 // Finish the frames in flight with the schedule they started on.
-                let outs = w.engine.drain().map_err(|e| self.engine_failed(e))?;
+                let outs = w
+                    .engine
+                    .drain_decoded()
+                    .map_err(|e| self.engine_failed(e))?;
                 self.push_outputs(w, outs)?;
             }
             let before = w.engine.params().clone();
@@ -345,7 +346,7 @@ impl I2iTransform {
 
     /// Hands the engine's finished frames (and the events due after them) to the output
     /// thread.
-    fn push_outputs(&self, w: &mut Worker, outs: Vec<OutputFrame>) -> Result<(), gst::FlowError> {
+    fn push_outputs(&self, w: &mut Worker, outs: Vec<DecodedFrame>) -> Result<(), gst::FlowError> {
         for out in outs {
             let meta = match w.in_flight.iter().position(|m| m.tag == out.tag) {
                 Some(0) => w.in_flight.pop_front().expect("front exists"),
@@ -428,7 +429,10 @@ impl I2iTransform {
             self.run_batch(w)?;
         }
         if w.engine.in_flight() > 0 {
-            let outs = w.engine.drain().map_err(|e| self.engine_failed(e))?;
+            let outs = w
+                .engine
+                .drain_decoded()
+                .map_err(|e| self.engine_failed(e))?;
             self.push_outputs(w, outs)?;
         }
         if !w.in_flight.is_empty() {
