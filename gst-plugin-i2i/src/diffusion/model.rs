@@ -221,7 +221,8 @@ impl Unet {
     }
 
     /// Predicts noise for `rows` rows: `sample` `[rows, 4, h, w]`, `timesteps[rows]`,
-    /// `hidden` `[rows, L, E]`, into `out` `[rows, 4, h, w]`. Splits into calls as the
+    /// `hidden` `[rows, L, E]` (the same data whenever `hidden_key` is the same), into
+    /// `out` `[rows, 4, h, w]`. Splits into calls as the
     /// graph needs (scalar timestep: one call per run of equal timesteps; fixed batch:
     /// chunks of that size, the last one padded by repeating its last row). Returns the
     /// number of graph calls.
@@ -230,6 +231,7 @@ impl Unet {
         sample: &[f32],
         timesteps: &[f32],
         hidden: &[f32],
+        hidden_key: u64,
         seq: [usize; 2],
         out: &mut Vec<f32>,
     ) -> Result<usize, EngineError> {
@@ -263,7 +265,13 @@ impl Unet {
                 let feeds = [
                     ("sample", &s_shape[..], Feed::F32(s_in)),
                     ("timestep", t_shape, Feed::F32(t_data)),
-                    ("encoder_hidden_states", &h_shape[..], Feed::F32(h_in)),
+                    // The rows' embeddings change only with a prompt or the rows' mix:
+                    // bound (uploaded) once, not every step.
+                    (
+                        "encoder_hidden_states",
+                        &h_shape[..],
+                        Feed::Keyed(h_in, hidden_key.wrapping_mul(1 << 20) ^ r.start as u64),
+                    ),
                 ];
                 let dst = &mut out[r.start * lat..r.end * lat];
                 let ok = self.graph.run_with(&feeds, &self.output, |shape, eps| {

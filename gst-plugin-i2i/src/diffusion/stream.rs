@@ -165,6 +165,8 @@ pub struct Stream {
     times: Vec<f32>,
     hidden: Vec<f32>,
     hidden_key: Vec<u64>,
+    /// Counts rebuilds of `hidden`: the UNet keeps it bound while this stays.
+    hidden_gen: u64,
     eps: Vec<f32>,
     finals: Vec<f32>,
     /// The guided noise prediction of one frame (scratch).
@@ -288,12 +290,14 @@ impl Stream {
                 self.hidden[r * hid..(r + 1) * hid].copy_from_slice(&emb.data);
             }
             self.hidden_key = key;
+            self.hidden_gen += 1;
         }
         let t0 = Instant::now();
         let calls = model.unet.predict(
             &self.sample,
             &self.times,
             &self.hidden,
+            self.hidden_gen,
             seq_shape,
             &mut self.eps,
         )?;
