@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::model::{Model, max_unet_rows};
+use ort::memory::Allocator;
+use ort::value::Tensor;
+
+use super::model::{Images, Model, max_unet_rows};
 use super::scheduler::StepConstants;
 use super::stream::{Emb, FrameParams, Stream, rows_per_call};
 use super::{
@@ -83,14 +86,17 @@ const POOL_BUFFERS: usize = 8;
 pub struct Preprocessor {
     width: usize,
     height: usize,
-    pool: Arc<Mutex<Vec<Vec<f32>>>>,
+    /// Named in the error should a host tensor not be allocated.
+    encoder_file: std::path::PathBuf,
+    pool: Arc<Mutex<Vec<Tensor<f32>>>>,
 }
 
 impl Preprocessor {
-    fn new(width: u32, height: u32) -> Preprocessor {
+    fn new(width: u32, height: u32, encoder_file: std::path::PathBuf) -> Preprocessor {
         Preprocessor {
             width: width as usize,
             height: height as usize,
+            encoder_file,
             pool: Arc::default(),
         }
     }
@@ -107,21 +113,22 @@ impl Preprocessor {
             ));
         }
         let plane = w * h;
-        let mut image = self
-            .pool
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default();
-        image.resize(3 * plane, 0.0);
-        let (r, rest) = image.split_at_mut(plane);
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        let mut image = match pooled {
+            Some(t) => t,
+            // Host memory ONNX Runtime can bind as it is.
+            None => Tensor::<f32>::new(&Allocator::default(), [1, 3, h, w])
+                .map_err(|e| EngineError::inference(&self.encoder_file, e))?,
+        };
+        let (_, data) = image.extract_tensor_mut();
+        let (r, rest) = data.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
         preprocess(rgb, r, g, b);
         Ok(PreparedFrame { tag, image })
     }
 
     /// Gives a frame's buffer back for the next [`Preprocessor::prepare`].
-    fn recycle(&self, image: Vec<f32>) {
+    fn recycle(&self, image: Tensor<f32>) {
         if let Ok(mut p) = self.pool.lock()
             && p.len() < POOL_BUFFERS
         {
@@ -204,6 +211,7 @@ impl Engine {
         let (lh, lw) = (opts.height as usize / 8, opts.width as usize / 8);
         let noise = Arc::new(noise::init_noise(params.seed, steps.len(), lh, lw));
         let cond = emb(cond_shape, cond_data);
+        let encoder_file = model.vae_encoder.graph.file.clone();
         let mut engine = Engine {
             opts: opts.clone(),
             params: params.clone(),
@@ -224,7 +232,7 @@ impl Engine {
             uncond: None,
             stream: Stream::default(),
             timings: Timings::default(),
-            pre: Preprocessor::new(opts.width, opts.height),
+            pre: Preprocessor::new(opts.width, opts.height, encoder_file),
             images: Vec::new(),
             latents: Vec::new(),
             order: Vec::new(),
@@ -414,13 +422,13 @@ impl Engine {
         self.check_count(frames.len())?;
         let (w, h) = (self.opts.width as usize, self.opts.height as usize);
         let img = 3 * w * h;
-        if let Some(f) = frames.iter().find(|f| f.image.len() != img) {
+        if let Some(f) = frames.iter().find(|f| f.data().len() != img) {
             return Err(EngineError::argument(
                 "prepared frame",
                 format!("{w}x{h} (3 x {} floats)", w * h),
                 format!(
                     "{} floats (from another engine's preprocessor?)",
-                    f.image.len()
+                    f.data().len()
                 ),
             ));
         }
@@ -435,7 +443,7 @@ impl Engine {
         for f in &frames {
             let skip = filter_on
                 && self.stream.filter.skip(
-                    &f.image,
+                    f.data(),
                     self.params.similarity_threshold,
                     self.params.max_skip_frames,
                     self.params.seed,
@@ -454,17 +462,17 @@ impl Engine {
         let lat = 4 * (h / 8) * (w / 8);
         if kept > 0 {
             let t0 = Instant::now();
-            let images: &[f32] = if kept == 1 {
+            let images = if kept == 1 {
                 let k = self.order.iter().position(Option::is_some).unwrap_or(0);
-                &frames[k].image
+                Images::One(&frames[k].image)
             } else {
                 self.images.clear();
                 for (f, o) in frames.iter().zip(&self.order) {
                     if o.is_some() {
-                        self.images.extend_from_slice(&f.image);
+                        self.images.extend_from_slice(f.data());
                     }
                 }
-                &self.images
+                Images::Rows(&self.images)
             };
             let calls = self
                 .model

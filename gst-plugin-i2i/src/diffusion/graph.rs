@@ -12,7 +12,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
-use ort::value::{DynTensor, Shape, TensorElementType, ValueType};
+use ort::value::{DynTensor, Shape, Tensor, TensorElementType, ValueType};
 
 use super::EngineError;
 
@@ -108,9 +108,9 @@ pub enum Feed<'a> {
     /// bound (on a GPU: uploaded) only when the key or the shape changes, so it stays on
     /// the device between calls.
     Keyed(&'a [f32], u64),
-    /// A host tensor of the declared element type and shape, bound as it is: on the CPU
-    /// the session reads it in place, without a copy.
-    Tensor(&'a DynTensor),
+    /// A float32 host tensor of the declared shape, bound as it is: on the CPU the session
+    /// reads it in place, without a copy. Only for float32 inputs.
+    Tensor(&'a Tensor<f32>),
 }
 
 /// An input's tensor, owned by the graph and bound to the session: written in place each
@@ -299,6 +299,14 @@ impl Graph {
             };
             let elem = inputs[i].elem;
             if let Feed::Tensor(t) = feed {
+                if elem != Elem::F32 {
+                    return Err(EngineError::tensor(
+                        file,
+                        *name,
+                        "float32 (a float32 tensor was given)",
+                        elem.name(),
+                    ));
+                }
                 binding.bind_input(*name, *t).map_err(ort_err)?;
                 reshaped = true;
                 if let Some(b) = bound[i].as_mut() {

@@ -134,10 +134,25 @@ pub struct OutputFrame {
 /// One frame preprocessed by a [`Preprocessor`] (on any thread), ready for
 /// [`Engine::process_prepared`]: planar `[3, height, width]` floats `v / 255 * 2 - 1`.
 /// Its buffer goes back to the preprocessor's pool once the engine has encoded it.
-#[derive(Debug)]
 pub struct PreparedFrame {
     pub tag: u64,
-    pub(crate) image: Vec<f32>,
+    /// `[1, 3, height, width]` in host memory, bound to the VAE encoder as it is.
+    pub(crate) image: ort::value::Tensor<f32>,
+}
+
+impl PreparedFrame {
+    pub(crate) fn data(&self) -> &[f32] {
+        self.image.extract_tensor().1
+    }
+}
+
+impl std::fmt::Debug for PreparedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedFrame")
+            .field("tag", &self.tag)
+            .field("values", &self.data().len())
+            .finish()
+    }
 }
 
 /// One frame out of [`Engine::process_prepared`], in input order, still in the decoder's

@@ -345,9 +345,18 @@ pub enum LatentForm {
     Parameters,
 }
 
+/// Images for the VAE encoder: `[rows, 3, H, W]` floats, or one frame's host tensor.
+#[derive(Clone, Copy)]
+pub enum Images<'a> {
+    Rows(&'a [f32]),
+    One(&'a ort::value::Tensor<f32>),
+}
+
 #[derive(Debug)]
 pub struct VaeEncoder {
     pub graph: Graph,
+    /// The element type of its `sample` input.
+    elem: Elem,
     pub fixed_batch: Option<usize>,
     output: String,
     declared_form: Option<LatentForm>,
@@ -404,6 +413,7 @@ impl VaeEncoder {
             ));
         }
         Ok(VaeEncoder {
+            elem: sample.elem,
             fixed_batch: sample.dim(0),
             output: out.name.clone(),
             declared_form,
@@ -418,7 +428,7 @@ impl VaeEncoder {
     /// Latents `[rows, 4, h, w]` (unscaled) of images `[rows, 3, H, W]`.
     pub fn encode(
         &mut self,
-        images: &[f32],
+        images: Images<'_>,
         rows: usize,
         out: &mut Vec<f32>,
     ) -> Result<usize, EngineError> {
@@ -429,9 +439,20 @@ impl VaeEncoder {
         let mut calls = 0;
         for Chunk { rows: r, batch: b } in chunks(0..rows, self.fixed_batch) {
             let (r0, n) = (r.start, r.len());
-            let data = rows_padded(images, img, r, b, &mut self.in_buf);
             let shape = [b as i64, 3, self.height as i64, self.width as i64];
-            let feeds = [("sample", &shape[..], Feed::F32(data))];
+            let feed = match images {
+                // One image in a float32 host tensor is bound as it is, without a copy.
+                Images::One(t) if b == 1 && self.elem == Elem::F32 => Feed::Tensor(t),
+                Images::One(t) => Feed::F32(rows_padded(
+                    t.extract_tensor().1,
+                    img,
+                    r,
+                    b,
+                    &mut self.in_buf,
+                )),
+                Images::Rows(v) => Feed::F32(rows_padded(v, img, r, b, &mut self.in_buf)),
+            };
+            let feeds = [("sample", &shape[..], feed)];
             let s = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
             calls += 1;
             let channels = s.get(1).copied().unwrap_or(0);
