@@ -151,7 +151,7 @@ fn needs_uncond(cfg: CfgType) -> bool {
 }
 
 /// A decoded frame's buffer and the `[0, 1]` pixels made from it.
-type LastOutput = (Arc<Vec<f32>>, Arc<Vec<f32>>);
+type LastOutput = (DecodedFrame, Arc<Vec<f32>>);
 
 /// A loaded model and the frames in flight.
 ///
@@ -377,12 +377,12 @@ impl Engine {
         let mut out = Vec::with_capacity(decoded.len());
         for d in decoded {
             let pixels = match &self.last_out {
-                Some((dec, px)) if Arc::ptr_eq(dec, &d.decoded) => px.clone(),
+                Some((dec, px)) if dec.same_output(&d) => px.clone(),
                 _ => {
-                    let mut px = Vec::with_capacity(d.decoded.len());
+                    let mut px = Vec::new();
                     d.pixels(&mut px);
                     let px = Arc::new(px);
-                    self.last_out = Some((d.decoded.clone(), px.clone()));
+                    self.last_out = Some((d.clone(), px.clone()));
                     px
                 }
             };

@@ -266,22 +266,14 @@ impl Graph {
         })
     }
 
-    /// Like [`Graph::run`], but hands the output (shape, float32 data) to `f` without
-    /// copying it first (float16 outputs are converted into a reused buffer).
-    pub fn run_with<R>(
-        &mut self,
-        feeds: &[(&str, &[i64], Feed<'_>)],
-        output: &str,
-        f: impl FnOnce(&[i64], &[f32]) -> R,
-    ) -> Result<R, EngineError> {
+    /// Writes and binds `feeds`; true when an input's shape changed (or a caller's tensor
+    /// was bound), so an output bound to a reused buffer must be bound again.
+    fn bind_inputs(&mut self, feeds: &[(&str, &[i64], Feed<'_>)]) -> Result<bool, EngineError> {
         let Graph {
             file,
-            session,
             inputs,
             binding,
             bound,
-            bound_output,
-            scratch_out,
             ..
         } = self;
         let ort_err = |e: ort::Error| EngineError::inference(file, e);
@@ -358,6 +350,47 @@ impl Graph {
             b.key = key;
             binding.bind_input(*name, &b.tensor).map_err(ort_err)?;
         }
+        Ok(reshaped)
+    }
+
+    /// Runs the graph with its float32 output `output` written into `out`, which has this
+    /// call's output shape (ONNX Runtime refuses the run otherwise): the caller keeps the
+    /// result without a copy.
+    pub fn run_into(
+        &mut self,
+        feeds: &[(&str, &[i64], Feed<'_>)],
+        output: &str,
+        out: &mut Tensor<f32>,
+    ) -> Result<(), EngineError> {
+        self.bind_inputs(feeds)?;
+        let ort_err = |e: ort::Error| EngineError::inference(&self.file, e);
+        self.binding.clear_outputs();
+        self.bound_output = None;
+        self.binding.bind_output(output, out).map_err(ort_err)?;
+        let result = self.session.run_binding(&self.binding).map(drop);
+        // Not left bound: the caller hands `out` on.
+        self.binding.clear_outputs();
+        result.map_err(ort_err)
+    }
+
+    /// Like [`Graph::run`], but hands the output (shape, float32 data) to `f` without
+    /// copying it first (float16 outputs are converted into a reused buffer).
+    pub fn run_with<R>(
+        &mut self,
+        feeds: &[(&str, &[i64], Feed<'_>)],
+        output: &str,
+        f: impl FnOnce(&[i64], &[f32]) -> R,
+    ) -> Result<R, EngineError> {
+        let reshaped = self.bind_inputs(feeds)?;
+        let Graph {
+            file,
+            session,
+            binding,
+            bound_output,
+            scratch_out,
+            ..
+        } = self;
+        let ort_err = |e: ort::Error| EngineError::inference(file, e);
         if reshaped || bound_output.as_deref() != Some(output) {
             // Host memory: the engine's step math and the pixels need the values there.
             let host = MemoryInfo::new(

@@ -159,39 +159,58 @@ impl std::fmt::Debug for PreparedFrame {
 /// range `[-1, 1]`: turning it into pixels ([`DecodedFrame::to_rgb8`],
 /// [`DecodedFrame::pixels`]) is left to the caller's thread, so the thread that runs the
 /// model calls does not spend time on it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DecodedFrame {
     pub tag: u64,
-    /// Raw decoder output, planar `[3, height, width]`.
-    pub decoded: std::sync::Arc<Vec<f32>>,
+    /// Raw decoder output `[1, 3, height, width]`: the tensor ONNX Runtime wrote it into.
+    pub(crate) decoded: std::sync::Arc<ort::value::Tensor<f32>>,
     /// True when the similarity filter skipped this frame and `decoded` repeats the
     /// previous output.
     pub skipped: bool,
 }
 
+impl std::fmt::Debug for DecodedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedFrame")
+            .field("tag", &self.tag)
+            .field("skipped", &self.skipped)
+            .finish()
+    }
+}
+
 impl DecodedFrame {
+    /// The raw decoder output, planar `[3, height, width]`, in about `[-1, 1]`.
+    pub fn decoded(&self) -> &[f32] {
+        self.decoded.extract_tensor().1
+    }
+
+    /// True when both frames hold the same decoder output (a skipped frame repeats it).
+    pub fn same_output(&self, other: &DecodedFrame) -> bool {
+        std::sync::Arc::ptr_eq(&self.decoded, &other.decoded)
+    }
+
     /// Planar `[0, 1]` pixels `clamp(y / 2 + 0.5, 0, 1)` into `out` (resized to fit).
     pub fn pixels(&self, out: &mut Vec<f32>) {
-        out.clear();
-        out.extend(self.decoded.iter().map(|&v| to_unit(v)));
+        decoded_to_unit(self.decoded(), out);
     }
 
     /// Packed RGB8 at `width x height` in one pass: the same bits as [`to_rgb8`] of
     /// [`DecodedFrame::pixels`].
     pub fn to_rgb8(&self, width: u32, height: u32, out: &mut Vec<u8>) {
-        planar_to_rgb8(&self.decoded, width, height, out, to_unit);
+        decoded_to_rgb8(self.decoded(), width, height, out);
     }
+}
 
-    /// The frame as [`Engine::process`] returns it (pixels in `[0, 1]`).
-    pub fn into_output(self) -> OutputFrame {
-        let mut px = Vec::with_capacity(self.decoded.len());
-        self.pixels(&mut px);
-        OutputFrame {
-            tag: self.tag,
-            pixels: std::sync::Arc::new(px),
-            skipped: self.skipped,
-        }
-    }
+/// Raw decoder output to planar `[0, 1]` pixels `clamp(y / 2 + 0.5, 0, 1)`.
+pub fn decoded_to_unit(decoded: &[f32], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(decoded.iter().map(|&v| to_unit(v)));
+}
+
+/// Raw decoder output to packed RGB8 in one pass: the same bits as [`to_rgb8`] of
+/// [`decoded_to_unit`].
+pub fn decoded_to_rgb8(decoded: &[f32], width: u32, height: u32, out: &mut Vec<u8>) {
+    planar_to_rgb8(decoded, width, height, out, to_unit);
 }
 
 /// `clamp(y / 2 + 0.5, 0, 1)`, with NaN mapped to 0 so no NaN reaches the pixels.
@@ -345,17 +364,12 @@ mod tests {
             .chain([f32::NAN, -5.0, 5.0])
             .collect();
         let (w, h) = (65u32, 1u32);
-        let frame = DecodedFrame {
-            tag: 0,
-            decoded: std::sync::Arc::new(decoded),
-            skipped: false,
-        };
         let mut px = Vec::new();
-        frame.pixels(&mut px);
+        decoded_to_unit(&decoded, &mut px);
+        assert_eq!(px[3 * 64], 0.0, "NaN maps to 0");
         let (mut a, mut b) = (Vec::new(), Vec::new());
         to_rgb8(&px, w, h, &mut a);
-        frame.to_rgb8(w, h, &mut b);
+        decoded_to_rgb8(&decoded, w, h, &mut b);
         assert_eq!(a, b);
-        assert_eq!(frame.into_output().pixels.as_slice(), px.as_slice());
     }
 }

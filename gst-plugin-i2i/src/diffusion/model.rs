@@ -17,6 +17,10 @@
 //! The graph binding lives in graph.rs, the execution-provider set-up in provider.rs.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ort::memory::Allocator;
+use ort::value::Tensor;
 
 use serde_json::Value;
 
@@ -500,6 +504,8 @@ impl VaeEncoder {
 #[derive(Debug)]
 pub struct VaeDecoder {
     pub graph: Graph,
+    /// The element type of its output.
+    elem: Elem,
     pub fixed_batch: Option<usize>,
     output: String,
     height: usize,
@@ -531,6 +537,7 @@ impl VaeDecoder {
             ));
         }
         Ok(VaeDecoder {
+            elem: out.elem,
             fixed_batch: input.dim(0),
             output: out.name.clone(),
             graph,
@@ -540,13 +547,15 @@ impl VaeDecoder {
         })
     }
 
-    /// Calls `sink(row, image)` for each decoded image `[3, H, W]` (raw decoder output in
-    /// [-1, 1]) of latents `[rows, 4, h, w]`.
+    /// Decodes latents `[rows, 4, h, w]` into `out[row]`, one `[1, 3, H, W]` tensor per
+    /// image (raw decoder output in [-1, 1]); an `out` entry that is `None` or shared is
+    /// replaced by a new tensor. With one image per call and a float32 output, ONNX Runtime
+    /// writes straight into that tensor (no copy); otherwise the images are copied there.
     pub fn decode(
         &mut self,
         latents: &[f32],
         rows: usize,
-        mut sink: impl FnMut(usize, &[f32]),
+        out: &mut [Option<Arc<Tensor<f32>>>],
     ) -> Result<usize, EngineError> {
         let (lh, lw) = (self.height / 8, self.width / 8);
         let lat = 4 * lh * lw;
@@ -558,28 +567,55 @@ impl VaeDecoder {
             let shape = [b as i64, 4, lh as i64, lw as i64];
             let feeds = [("latent_sample", &shape[..], Feed::F32(data))];
             let want = [b as i64, 3, self.height as i64, self.width as i64];
-            // The decoded images go to `sink` straight from ONNX Runtime's output.
-            let ok = self.graph.run_with(&feeds, &self.output, |s, y| {
+            let (height, width) = (self.height, self.width);
+            if b == 1 && self.elem == Elem::F32 {
+                // Straight into the frame's tensor.
+                let t = frame_tensor(&mut out[r0], height, width, &self.graph.file)?;
+                self.graph.run_into(&feeds, &self.output, t)?;
+                calls += 1;
+                continue;
+            }
+            let file = self.graph.file.clone();
+            let output = &self.output;
+            self.graph.run_with(&feeds, output, |s, y| {
                 if s != want {
-                    return Err(shape_str(s));
+                    return Err(EngineError::tensor(
+                        &file,
+                        output,
+                        shape_str(&want),
+                        shape_str(s),
+                    ));
                 }
                 for i in 0..n {
-                    sink(r0 + i, &y[i * img..(i + 1) * img]);
+                    let t = frame_tensor(&mut out[r0 + i], height, width, &file)?;
+                    t.extract_tensor_mut()
+                        .1
+                        .copy_from_slice(&y[i * img..(i + 1) * img]);
                 }
                 Ok(())
-            })?;
+            })??;
             calls += 1;
-            if let Err(found) = ok {
-                return Err(EngineError::tensor(
-                    &self.graph.file,
-                    &self.output,
-                    shape_str(&want),
-                    found,
-                ));
-            }
         }
         Ok(calls)
     }
+}
+
+/// The `[1, 3, height, width]` tensor `slot` holds, made (or replaced, when shared) as
+/// needed.
+fn frame_tensor<'a>(
+    slot: &'a mut Option<Arc<Tensor<f32>>>,
+    height: usize,
+    width: usize,
+    file: &Path,
+) -> Result<&'a mut Tensor<f32>, EngineError> {
+    if slot.as_mut().and_then(Arc::get_mut).is_none() {
+        let t = Tensor::<f32>::new(&Allocator::default(), [1, 3, height, width])
+            .map_err(|e| EngineError::inference(file, e))?;
+        *slot = Some(Arc::new(t));
+    }
+    slot.as_mut()
+        .and_then(Arc::get_mut)
+        .ok_or_else(|| EngineError::invalid(file, "a decoder output buffer is shared"))
 }
 
 /// Everything loaded from a model directory.
