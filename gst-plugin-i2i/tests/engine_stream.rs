@@ -620,3 +620,37 @@ fn prepared_path_on_three_threads_matches_process() {
         assert!(err.contains("64x64"), "{err}");
     }
 }
+
+/// Calls of changing size (full batches, single frames, as a live element sends them)
+/// rebind the graphs' inputs and outputs each time the shapes change, and give the same
+/// frames as one frame per call.
+#[test]
+fn calls_of_changing_size_match_single_frames() {
+    let frames: Vec<Vec<u8>> = (0..8).map(frame).collect();
+    let p = params(CfgType::Full, &[32, 45]);
+    let mut single = Engine::load(&opts("tiny-sd15", 1), &p).unwrap();
+    let expected = run(&mut single, &frames);
+    let mut e = Engine::load(&opts("tiny-sd15", 2), &p).unwrap();
+    let mut out = Vec::new();
+    let mut next = 0;
+    for size in [2, 1, 2, 1, 1, 1] {
+        let input = (next..next + size)
+            .map(|k| InputFrame {
+                tag: k as u64,
+                rgb: frames[k].clone(),
+            })
+            .collect();
+        next += size;
+        out.extend(e.process(input).unwrap());
+    }
+    out.extend(e.drain().unwrap());
+    assert_eq!(out.len(), expected.len());
+    for (a, b) in out.iter().zip(&expected) {
+        assert_eq!(a.tag, b.tag);
+        assert!(
+            max_abs(&a.pixels, &b.pixels) <= 1e-5,
+            "frame {}: the batch must not change the result",
+            a.tag
+        );
+    }
+}

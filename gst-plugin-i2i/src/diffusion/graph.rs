@@ -134,6 +134,9 @@ pub struct Graph {
     bound: Vec<Option<BoundInput>>,
     /// The output bound to host memory, by name.
     bound_output: Option<String>,
+    /// The input shapes when the output was bound (ONNX Runtime then reuses the output's
+    /// buffer, which must have the call's shape): bound again when they change.
+    bound_shapes: Vec<i64>,
     scratch_out: Vec<f32>,
 }
 
@@ -190,6 +193,7 @@ impl Graph {
             outputs,
             binding,
             bound_output: None,
+            bound_shapes: Vec::new(),
             scratch_out: Vec::new(),
         })
     }
@@ -266,9 +270,8 @@ impl Graph {
         })
     }
 
-    /// Writes and binds `feeds`; true when an input's shape changed (or a caller's tensor
-    /// was bound), so an output bound to a reused buffer must be bound again.
-    fn bind_inputs(&mut self, feeds: &[(&str, &[i64], Feed<'_>)]) -> Result<bool, EngineError> {
+    /// Writes and binds `feeds`.
+    fn bind_inputs(&mut self, feeds: &[(&str, &[i64], Feed<'_>)]) -> Result<(), EngineError> {
         let Graph {
             file,
             inputs,
@@ -277,9 +280,6 @@ impl Graph {
             ..
         } = self;
         let ort_err = |e: ort::Error| EngineError::inference(file, e);
-        // ONNX Runtime reuses the bound output's buffer, which must then have this call's
-        // shape: rebound whenever an input's shape changes.
-        let mut reshaped = false;
         for (name, shape, feed) in feeds {
             let Some(i) = inputs.iter().position(|s| s.name == *name) else {
                 return Err(EngineError::tensor(
@@ -300,7 +300,6 @@ impl Graph {
                     ));
                 }
                 binding.bind_input(*name, *t).map_err(ort_err)?;
-                reshaped = true;
                 if let Some(b) = bound[i].as_mut() {
                     // The graph's own tensor is no longer the one bound.
                     b.key = None;
@@ -327,7 +326,6 @@ impl Graph {
                     Shape::new(shape.iter().copied()),
                 )
                 .map_err(ort_err)?;
-                reshaped = true;
                 *slot = Some(BoundInput {
                     shape: shape.to_vec(),
                     tensor,
@@ -350,7 +348,7 @@ impl Graph {
             b.key = key;
             binding.bind_input(*name, &b.tensor).map_err(ort_err)?;
         }
-        Ok(reshaped)
+        Ok(())
     }
 
     /// Runs the graph with its float32 output `output` written into `out`, which has this
@@ -366,6 +364,7 @@ impl Graph {
         let ort_err = |e: ort::Error| EngineError::inference(&self.file, e);
         self.binding.clear_outputs();
         self.bound_output = None;
+        self.bound_shapes.clear();
         self.binding.bind_output(output, out).map_err(ort_err)?;
         let result = self.session.run_binding(&self.binding).map(drop);
         // Not left bound: the caller hands `out` on.
@@ -381,7 +380,23 @@ impl Graph {
         output: &str,
         f: impl FnOnce(&[i64], &[f32]) -> R,
     ) -> Result<R, EngineError> {
-        let reshaped = self.bind_inputs(feeds)?;
+        self.bind_inputs(feeds)?;
+        // Each input's rank, then its dimensions.
+        let same_shapes = {
+            let mut it = self.bound_shapes.iter();
+            feeds.iter().all(|(_, shape, _)| {
+                it.next() == Some(&(shape.len() as i64))
+                    && shape.iter().all(|d| it.next() == Some(d))
+            }) && it.next().is_none()
+        };
+        let reshaped = !same_shapes;
+        if reshaped {
+            self.bound_shapes.clear();
+            for (_, shape, _) in feeds {
+                self.bound_shapes.push(shape.len() as i64);
+                self.bound_shapes.extend_from_slice(shape);
+            }
+        }
         let Graph {
             file,
             session,
