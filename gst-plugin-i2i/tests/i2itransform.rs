@@ -583,7 +583,8 @@ fn settings_buffer(json: &str) -> gst::Buffer {
 
 /// Video from `src`, settings from `settings`.
 fn settings_pipeline(props: &str) -> (AppPipeline, gst_app::AppSrc) {
-    let p = AppPipeline::new(props, "");
+    // These runs send settings mid-stream: the first frame need not wait for them.
+    let p = AppPipeline::new(&format!("wait-for-settings=false {props}"), "");
     let settings = gst_app::AppSrc::builder()
         .name("settings")
         .caps(&gst::Caps::new_empty_simple("application/x-i2i-settings"))
@@ -635,6 +636,49 @@ fn settings_pad_update_is_applied() {
 }
 
 #[test]
+fn first_frame_waits_for_the_first_settings() {
+    // wait-for-settings is on by default; the settings come 300 ms after the video.
+    let (p, settings) = settings_pipeline("wait-for-settings=true");
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..3 {
+        p.push(i);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        p.samples.lock().unwrap().is_empty(),
+        "a frame left before the settings"
+    );
+    settings
+        .push_buffer(settings_buffer(r#"{"prompt":"a red fox"}"#))
+        .unwrap();
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 3);
+    assert!(run.warnings().is_empty(), "{:?}", run.warnings());
+    // Applied from the very first frame on.
+    let applied = run.applied();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert_eq!(applied[0].get::<u64>("frame-index").unwrap(), 0);
+    assert_eq!(applied[0].get::<&str>("prompt").unwrap(), "a red fox");
+}
+
+#[test]
+fn no_first_settings_gives_a_warning_after_the_timeout() {
+    let (p, _settings) = settings_pipeline("wait-for-settings=true settings-timeout=300");
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    for i in 0..3 {
+        p.push(i);
+    }
+    let run = p.finish();
+    assert_eq!(run.samples.len(), 3);
+    let warnings = run.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("No settings arrived") && warnings[0].contains("300 ms"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
 fn invalid_settings_are_warned_about_and_the_stream_continues() {
     let (p, settings) = settings_pipeline("t-index-list=20");
     let i2i = p.i2i.clone();
@@ -674,14 +718,16 @@ fn invalid_settings_are_warned_about_and_the_stream_continues() {
 
 #[test]
 fn invalid_property_values_are_refused_and_the_old_value_stays() {
-    init();
-    let pipeline = gst::Pipeline::new();
-    let i2i = gst::ElementFactory::make("i2itransform").build().unwrap();
-    pipeline.add(&i2i).unwrap();
-    let bus = pipeline.bus().unwrap();
-    for bad in ["a,b", "45,32", "50", ""] {
-        i2i.set_property("t-index-list", bad);
-        assert_eq!(i2i.property::<String>("t-index-list"), "32,45");
+    // While the stream runs: refused, the old value stays, a WARNING names the value.
+    let p = AppPipeline::new("", "");
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    // n = 2: the first frame comes out when the second goes in.
+    p.push(0);
+    p.push(1);
+    p.wait_samples(1);
+    let bus = p.pipeline.bus().unwrap();
+    let i2i = &p.i2i;
+    let warning = || {
         let msg = bus
             .timed_pop_filtered(
                 gst::ClockTime::from_seconds(5),
@@ -691,7 +737,12 @@ fn invalid_property_values_are_refused_and_the_old_value_stays() {
         let gst::MessageView::Warning(w) = msg.view() else {
             unreachable!()
         };
-        let text = w.error().to_string();
+        w.error().to_string()
+    };
+    for bad in ["a,b", "45,32", "50", ""] {
+        i2i.set_property("t-index-list", bad);
+        assert_eq!(i2i.property::<String>("t-index-list"), "32,45");
+        let text = warning();
         assert!(text.contains(&format!("\"{bad}\"")), "{text}");
     }
     // The default t-index-list "32,45" needs at least 46 steps.
@@ -699,10 +750,98 @@ fn invalid_property_values_are_refused_and_the_old_value_stays() {
     assert_eq!(i2i.property::<u32>("num-inference-steps"), 46);
     i2i.set_property("num-inference-steps", 45u32);
     assert_eq!(i2i.property::<u32>("num-inference-steps"), 46);
-    i2i.set_property("width", 100u32);
-    assert_eq!(i2i.property::<u32>("width"), 512);
+    assert!(warning().contains("num-inference-steps 45"));
+    // A load-time property.
+    i2i.set_property("width", 128u32);
+    assert_eq!(i2i.property::<u32>("width"), W);
+    assert!(warning().contains("width"));
     i2i.set_property("t-index-list", "0, 10 ,20");
     assert_eq!(i2i.property::<String>("t-index-list"), "0,10,20");
+    p.push(2);
+    assert_eq!(p.finish().samples.len(), 3);
+}
+
+/// Runs a short pipeline with `props` on the element (set in the order given, as
+/// gst-launch does) and returns the error text, if any.
+fn start_with(props: &str) -> Result<Run, String> {
+    run_launch(&format!(
+        "videotestsrc num-buffers=3 ! video/x-raw,width=64,height=64 ! i2itransform name=i2i model=\"{}\" width=64 height=64 {props} ! appsink name=out",
+        tiny()
+    ))
+}
+
+fn element_message(run: &Run, name: &str) -> Vec<gst::Structure> {
+    run.messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e
+                .structure()
+                .filter(|s| s.name() == name)
+                .map(|s| s.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn properties_set_before_start_are_checked_together_in_any_order() {
+    // Steps before or after the list that needs them: both run with 30 steps.
+    for props in [
+        "num-inference-steps=30 t-index-list=5,20",
+        "t-index-list=5,20 num-inference-steps=30",
+    ] {
+        let run = start_with(props).unwrap_or_else(|e| panic!("{props}: {e}"));
+        let started = &element_message(&run, "i2itransform-started")[0];
+        assert_eq!(
+            started.get::<u32>("num-inference-steps").unwrap(),
+            30,
+            "{props}"
+        );
+        assert_eq!(started.get::<String>("t-index-list").unwrap(), "5,20");
+        assert!(run.warnings().is_empty(), "{props}: {:?}", run.warnings());
+        assert_eq!(run.samples.len(), 3);
+    }
+}
+
+#[test]
+fn an_invalid_property_fails_the_start_naming_it() {
+    for (props, expect) in [
+        (
+            "width=1366",
+            &["width", "1366", "multiple of 8", "1360"][..],
+        ),
+        ("height=60", &["height", "60", "multiple of 8"][..]),
+        ("t-index-list=a,b", &["t-index-list", "\"a,b\""][..]),
+        ("t-index-list=20,60", &["t-index-list", "60", "0 to 49"][..]),
+        (
+            "num-inference-steps=40",
+            &["num-inference-steps", "40", "45"][..],
+        ),
+        ("prompt-blend=nonsense:x", &["prompt-blend", "nonsense"][..]),
+    ] {
+        let err = start_with(props).expect_err(props);
+        for e in expect {
+            assert!(err.contains(e), "{props}: {e} not in {err}");
+        }
+    }
+}
+
+#[test]
+fn stats_and_provider_are_posted_as_element_messages() {
+    // stats-interval=1: a stats message after (nearly) every frame, and one at EOS.
+    let run = start_with("stats-interval=1").unwrap();
+    let started = element_message(&run, "i2itransform-started");
+    assert_eq!(started.len(), 1);
+    let s = &started[0];
+    assert_eq!(s.get::<String>("provider").unwrap(), "cpu");
+    assert!(s.get::<String>("model").unwrap().contains("tiny-sd15"));
+    assert_eq!(s.get::<u32>("width").unwrap(), 64);
+    assert_eq!(s.get::<u32>("height").unwrap(), 64);
+    let stats = element_message(&run, "i2itransform-stats");
+    assert!(stats.len() >= 2, "{stats:?}");
+    let last = stats.last().unwrap();
+    assert_eq!(last.get::<u64>("frames-out").unwrap(), 3);
+    assert_eq!(last.get::<String>("provider").unwrap(), "cpu");
 }
 
 #[test]

@@ -14,7 +14,7 @@
 //! stream batch).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, mpsc};
+use std::sync::{Condvar, LazyLock, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -26,7 +26,7 @@ use super::live::{self, LiveSettings};
 use super::output::{OutItem, OutState};
 use super::queue::BoundedQueue;
 use super::task::{Deferred, Item, QueuedFrame, Worker};
-use super::{BlendMode, CfgType, ExecutionProvider, provider_name};
+use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, provider_name};
 use crate::diffusion::{self, Engine, LoadOptions, Preprocessor};
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
@@ -47,7 +47,12 @@ const DEFAULT_THREADS: u32 = 0;
 const DEFAULT_DEVICE_ID: i32 = 0;
 const DEFAULT_FP16: bool = true;
 const DEFAULT_TRANSITION_FRAMES: u32 = 0;
+const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
+const DEFAULT_WAIT_FOR_SETTINGS: bool = true;
+const DEFAULT_SETTINGS_TIMEOUT_MS: u32 = 3000;
 const MAX_SIZE: u32 = 4096;
+/// Frames waiting for inference while late frames are dropped: only the newest waits.
+const DROPPING_QUEUE_FRAMES: usize = 1;
 /// What travels from an input buffer to its output: flags, timestamps, offsets, metas.
 pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLAGS
     .union(gst::BufferCopyFlags::TIMESTAMPS)
@@ -58,6 +63,41 @@ const MAX_BATCH_SIZE: u32 = 64;
 const SINK_FORMATS: [&str; 8] = ["RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12"];
 /// Src formats in the order offered when downstream has no preference.
 const SRC_FORMATS: [&str; 3] = ["RGB", "RGBA", "I420"];
+
+/// Values of the properties that depend on each other, as set before the element starts:
+/// checked together at start, so the order they are set in does not matter.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Unchecked {
+    t_index_list: Option<String>,
+    num_inference_steps: Option<u32>,
+    width: Option<u32>,
+    height: Option<u32>,
+    prompt_blend: Option<String>,
+    seed_blend: Option<String>,
+}
+
+impl Unchecked {
+    fn is_empty(&self) -> bool {
+        self.t_index_list.is_none()
+            && self.num_inference_steps.is_none()
+            && self.width.is_none()
+            && self.height.is_none()
+            && self.prompt_blend.is_none()
+            && self.seed_blend.is_none()
+    }
+}
+
+/// `width` / `height`: a multiple of 8 in 8..=MAX_SIZE.
+fn check_size(name: &str, v: u32) -> Result<u32, String> {
+    if v.is_multiple_of(8) && (8..=MAX_SIZE).contains(&v) {
+        return Ok(v);
+    }
+    let down = (v / 8 * 8).max(8);
+    Err(format!(
+        "{name} {v} refused: the model needs a multiple of 8 from 8 to {MAX_SIZE} (latents are 1/8 of the picture), e.g. {down} or {}",
+        down + 8
+    ))
+}
 
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
@@ -71,7 +111,75 @@ pub(super) struct Settings {
     pub fp16: bool,
     pub engine_cache_dir: Option<String>,
     pub max_queue: u32,
+    pub drop_frames: DropFrames,
     pub threads: u32,
+    pub stats_interval_ms: u32,
+    pub wait_for_settings: bool,
+    pub settings_timeout_ms: u32,
+    /// Set before start and not checked yet.
+    pub unchecked: Unchecked,
+}
+
+impl Settings {
+    /// The model size: the values set before start when they are usable (so that caps
+    /// queries while linking see them), else the current ones.
+    pub fn size(&self) -> (u32, u32) {
+        let pick = |set: Option<u32>, name, current| {
+            set.and_then(|v| check_size(name, v).ok())
+                .unwrap_or(current)
+        };
+        (
+            pick(self.unchecked.width, "width", self.width),
+            pick(self.unchecked.height, "height", self.height),
+        )
+    }
+
+    /// Checks the properties set before start together (steps before the indices that
+    /// must be below them) and applies them; the error names the property, the value and
+    /// what is accepted.
+    fn apply_unchecked(&mut self) -> Result<(), String> {
+        let u = std::mem::take(&mut self.unchecked);
+        let steps = u
+            .num_inference_steps
+            .unwrap_or(self.live.params.num_inference_steps);
+        let list = match &u.t_index_list {
+            // The parser's error names the value and the accepted indices.
+            Some(text) => live::parse_t_index_list(text, steps)?,
+            None => {
+                let list = self.live.params.t_index_list.clone();
+                if let Some(&max) = list.iter().max().filter(|&&m| m >= steps) {
+                    return Err(format!(
+                        "num-inference-steps {steps} refused: t-index-list \"{}\" uses index {max}; set num-inference-steps above {max} (up to {}) or a t-index-list below {steps}",
+                        live::format_t_index_list(&list),
+                        settings::NUM_INFERENCE_STEPS_RANGE.1
+                    ));
+                }
+                list
+            }
+        };
+        let width = u.width.map(|v| check_size("width", v)).transpose()?;
+        let height = u.height.map(|v| check_size("height", v)).transpose()?;
+        let mut live = self.live.clone();
+        for (name, text) in [
+            ("prompt-blend", &u.prompt_blend),
+            ("seed-blend", &u.seed_blend),
+        ] {
+            if let Some(text) = text {
+                live::blend_property_update(name, text)
+                    .and_then(|update| live.apply_update(&update))?;
+            }
+        }
+        live.params.num_inference_steps = steps;
+        live.params.t_index_list = list;
+        self.live = live;
+        if let Some(w) = width {
+            self.width = w;
+        }
+        if let Some(h) = height {
+            self.height = h;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Settings {
@@ -92,7 +200,12 @@ impl Default for Settings {
             fp16: DEFAULT_FP16,
             engine_cache_dir: None,
             max_queue: DEFAULT_MAX_QUEUE,
+            drop_frames: DropFrames::default(),
             threads: DEFAULT_THREADS,
+            stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
+            wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
+            settings_timeout_ms: DEFAULT_SETTINGS_TIMEOUT_MS,
+            unchecked: Unchecked::default(),
         }
     }
 }
@@ -105,6 +218,8 @@ struct InputState {
     preprocessor: Option<Preprocessor>,
     segment: gst::FormattedSegment<gst::ClockTime>,
     next_tag: u64,
+    /// Upstream is a live source (asked when caps arrive).
+    upstream_live: bool,
 }
 
 impl Default for InputState {
@@ -114,6 +229,7 @@ impl Default for InputState {
             preprocessor: None,
             segment: gst::FormattedSegment::new(),
             next_tag: 0,
+            upstream_live: false,
         }
     }
 }
@@ -124,6 +240,8 @@ pub(super) struct Stats {
     pub frames_out: u64,
     pub frames_skipped: u64,
     pub frames_dropped: u64,
+    /// Dropped oldest first because live input came faster than inference.
+    pub frames_late: u64,
     pub frames_invalid: u64,
     pub batches: u64,
     pub first_inference: Option<Duration>,
@@ -135,6 +253,8 @@ pub(super) struct Stats {
     pub provider: Option<&'static str>,
     pub latency_frames: usize,
     pub batch_size: usize,
+    /// When the last `i2itransform-stats` message was posted.
+    pub last_posted: Option<Instant>,
     /// The inference estimate in the last LATENCY answer, to tell when to re-announce it.
     pub announced_inference: Option<Duration>,
 }
@@ -151,15 +271,24 @@ impl Stats {
 
 /// What the element adds to the upstream latency: a frame waits for its batch to fill
 /// (`batch_size - 1` frames), behind the stream batch (`latency_frames`), then for one
-/// model call.
+/// model call. Frames move on at the input rate, or at the inference rate when that is
+/// slower (the element then drops frames on live input); a frame dropped-behind may also
+/// wait for the model call in progress (`dropping`).
 pub(crate) fn added_latency(
     latency_frames: usize,
     batch_size: usize,
     frame_duration: gst::ClockTime,
     inference: gst::ClockTime,
+    dropping: bool,
 ) -> gst::ClockTime {
     let frames = (latency_frames + batch_size.saturating_sub(1)) as u64;
-    frame_duration * frames + inference
+    let per_frame = frame_duration.max(inference / batch_size.max(1) as u64);
+    let waiting = if dropping {
+        inference
+    } else {
+        gst::ClockTime::ZERO
+    };
+    per_frame * frames + inference + waiting
 }
 
 pub struct I2iTransform {
@@ -178,6 +307,9 @@ pub struct I2iTransform {
     pub(super) stats: Mutex<Stats>,
     /// True from start to stop: the load-time properties are fixed meanwhile.
     running: AtomicBool,
+    /// A buffer came on the settings pad since start (`wait-for-settings`).
+    pub(super) settings_received: Mutex<bool>,
+    pub(super) settings_cond: Condvar,
 }
 
 #[glib::object_subclass]
@@ -279,6 +411,8 @@ impl ObjectSubclass for I2iTransform {
             out_thread: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
             running: AtomicBool::new(false),
+            settings_received: Mutex::new(false),
+            settings_cond: Condvar::new(),
         }
     }
 }
@@ -290,7 +424,7 @@ impl I2iTransform {
         gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
     }
 
-    fn fps(&self) -> Option<gst::Fraction> {
+    pub(super) fn fps(&self) -> Option<gst::Fraction> {
         self.input
             .lock()
             .unwrap()
@@ -303,7 +437,8 @@ impl I2iTransform {
     fn output_caps(&self, fps: Option<gst::Fraction>) -> gst::Caps {
         let (w, h) = {
             let s = self.settings.lock().unwrap();
-            (s.width as i32, s.height as i32)
+            let (w, h) = s.size();
+            (w as i32, h as i32)
         };
         let builder = gst::Caps::builder("video/x-raw")
             .field("format", gst::List::new(SRC_FORMATS))
@@ -449,14 +584,79 @@ impl I2iTransform {
             }
         };
 
-        self.queue.push_wait(Item::Frame(frame), |q| {
-            if q.flushing {
-                return Err(gst::FlowError::Flushing);
+        let dropping = self.drops_frames(&self.settings.lock().unwrap());
+        if dropping {
+            // Live input faster than inference: the newest frame waits, older ones leave
+            // unprocessed so that latency stays bounded.
+            let late = {
+                let mut q = self.queue.lock();
+                if q.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                q.flow?;
+                let mut late = Vec::new();
+                while q.frames() >= DROPPING_QUEUE_FRAMES {
+                    match q.remove_oldest_frame() {
+                        Some(Item::Frame(f)) => late.push(f),
+                        _ => break,
+                    }
+                }
+                q.push_back(Item::Frame(frame));
+                self.queue.notify();
+                late
+            };
+            for f in late {
+                self.dropped_late(&f);
             }
-            q.flow.map(|_| ())
-        })?;
+        } else {
+            self.queue.push_wait(Item::Frame(frame), |q| {
+                if q.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                q.flow.map(|_| ())
+            })?;
+        }
         self.stats.lock().unwrap().frames_in += 1;
         Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Whether frames that inference cannot keep up with are dropped (`drop-frames`).
+    fn drops_frames(&self, s: &Settings) -> bool {
+        match s.drop_frames {
+            DropFrames::Never => false,
+            DropFrames::Always => true,
+            DropFrames::Auto => self.input.lock().unwrap().upstream_live,
+        }
+    }
+
+    /// Counts a frame dropped to keep latency bounded and posts a QoS message for it,
+    /// as video decoders and sinks do for the frames they drop.
+    fn dropped_late(&self, f: &QueuedFrame) {
+        let (processed, dropped) = {
+            let mut s = self.stats.lock().unwrap();
+            s.frames_late += 1;
+            (s.frames_in, s.frames_late)
+        };
+        let pts = f.meta.pts();
+        let stream_time = pts.and_then(|t| self.input.lock().unwrap().segment.to_stream_time(t));
+        gst::debug!(
+            CAT,
+            imp = self,
+            "inference behind live input: dropping frame {} (pts {pts:?})",
+            f.index
+        );
+        let msg = gst::message::Qos::builder(true)
+            .running_time(f.running_time)
+            .stream_time(stream_time)
+            .timestamp(pts)
+            .duration(f.meta.duration())
+            .stats(
+                gst::format::Buffers::from_u64(processed),
+                gst::format::Buffers::from_u64(dropped),
+            )
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
     }
 
     fn enqueue(&self, item: Item) -> bool {
@@ -526,13 +726,20 @@ impl I2iTransform {
             (s.width, s.height)
         };
         let conv = InputConverter::new(&in_info, w, h, converter_threads())?;
+        let mut latency = gst::query::Latency::new();
+        let upstream_live = self.sinkpad.peer_query(&mut latency) && latency.result().0;
         let (out_caps, out_info) = self.negotiate_output(in_info.fps())?;
         gst::info!(
             CAT,
             imp = self,
             "input {caps} -> model RGB {w}x{h} -> output {out_caps}"
         );
-        self.input.lock().unwrap().converter = Some(conv);
+        {
+            let mut input = self.input.lock().unwrap();
+            input.converter = Some(conv);
+            input.upstream_live = upstream_live;
+        }
+        gst::debug!(CAT, imp = self, "upstream live: {upstream_live}");
         Ok(Deferred::Caps(gst::event::Caps::new(&out_caps), out_info))
     }
 
@@ -693,6 +900,11 @@ impl I2iTransform {
             }),
             Err(_) => Err("settings buffer cannot be read".to_string()),
         };
+        {
+            // Even a refused update means the holder is there: the stream need not wait.
+            *self.settings_received.lock().unwrap() = true;
+            self.settings_cond.notify_all();
+        }
         match result {
             Ok(changed) => {
                 gst::debug!(CAT, imp = self, "settings pad changed {changed:?}");
@@ -798,9 +1010,15 @@ impl I2iTransform {
                         .map(|d| gst::ClockTime::from_nseconds(d.as_nanos() as u64))
                         .unwrap_or(frame);
                     stats.announced_inference = stats.inference_estimate();
+                    let dropping = self.drops_frames(&s);
+                    let queue = if dropping {
+                        gst::ClockTime::ZERO
+                    } else {
+                        frame.max(inference) * s.max_queue as u64
+                    };
                     (
-                        added_latency(latency_frames, batch_size, frame, inference),
-                        frame * s.max_queue as u64,
+                        added_latency(latency_frames, batch_size, frame, inference, dropping),
+                        queue,
                     )
                 };
                 gst::debug!(
@@ -818,7 +1036,22 @@ impl I2iTransform {
     // ---- state --------------------------------------------------------------------------
 
     fn start(&self) -> Result<(), gst::StateChangeError> {
-        let s = self.settings.lock().unwrap().clone();
+        let s = {
+            let mut s = self.settings.lock().unwrap();
+            if !s.unchecked.is_empty()
+                && let Err(e) = s.apply_unchecked()
+            {
+                drop(s);
+                gst::element_imp_error!(
+                    self,
+                    gst::LibraryError::Settings,
+                    ("Invalid property value: {}", e),
+                    ["Properties set before start are checked together when the element starts"]
+                );
+                return Err(gst::StateChangeError);
+            }
+            s.clone()
+        };
         let Some(model) = s.model.clone().filter(|m| !m.is_empty()) else {
             gst::element_imp_error!(
                 self,
@@ -856,11 +1089,34 @@ impl I2iTransform {
             gst::StateChangeError
         })?;
         let provider = provider_name(engine.provider());
+        let load_time = started.elapsed();
         gst::info!(
             CAT,
             imp = self,
-            "model {model} loaded in {:?}, running on {provider}",
-            started.elapsed()
+            "model {model} loaded in {load_time:?}, running on {provider}"
+        );
+        // What runs, for gst-launch-1.0 -m and applications: the provider actually chosen
+        // (auto may fall back to the CPU) among it.
+        let started_msg = gst::Structure::builder("i2itransform-started")
+            .field("provider", provider)
+            .field("model", &model)
+            .field("width", s.width)
+            .field("height", s.height)
+            .field("batch-size", s.batch_size)
+            .field("threads", intra_threads as u32)
+            .field("fp16", s.fp16)
+            .field("num-inference-steps", s.live.params.num_inference_steps)
+            .field(
+                "t-index-list",
+                live::format_t_index_list(&s.live.params.t_index_list),
+            )
+            .field("latency-frames", engine.latency_frames() as u32)
+            .field("load-ms", load_time.as_secs_f64() * 1000.0)
+            .build();
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(started_msg)
+                .src(&*self.obj())
+                .build(),
         );
         {
             let mut st = self.stats.lock().unwrap();
@@ -868,8 +1124,10 @@ impl I2iTransform {
             st.provider = Some(provider);
             st.latency_frames = engine.latency_frames();
             st.batch_size = s.batch_size as usize;
+            st.last_posted = Some(Instant::now());
         }
         *self.input.lock().unwrap() = InputState::default();
+        *self.settings_received.lock().unwrap() = false;
         {
             let mut q = self.queue.lock();
             q.drain();
@@ -897,7 +1155,27 @@ impl I2iTransform {
         self.queue.lock().drain();
     }
 
-    fn stats_structure(&self) -> gst::Structure {
+    /// Posts the `stats` structure as an element message when `stats-interval` has passed
+    /// since the last one, or always with `force` (at EOS).
+    pub(super) fn post_stats(&self, force: bool) {
+        let interval = self.settings.lock().unwrap().stats_interval_ms;
+        {
+            let mut s = self.stats.lock().unwrap();
+            let due = s.last_posted.is_none_or(|t| {
+                interval > 0 && t.elapsed() >= Duration::from_millis(interval as u64)
+            });
+            if !(force || due) {
+                return;
+            }
+            s.last_posted = Some(Instant::now());
+        }
+        let msg = gst::message::Element::builder(self.stats_structure())
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
+    }
+
+    pub(super) fn stats_structure(&self) -> gst::Structure {
         let queued = self.queue.lock().frames() as u32;
         let s = self.stats.lock().unwrap();
         let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
@@ -906,6 +1184,7 @@ impl I2iTransform {
             .field("frames-out", s.frames_out)
             .field("frames-skipped", s.frames_skipped)
             .field("frames-dropped", s.frames_dropped)
+            .field("frames-late", s.frames_late)
             .field("frames-invalid", s.frames_invalid)
             .field("batches", s.batches)
             .field("avg-inference-ms", ms(s.inference_estimate()))
@@ -1084,6 +1363,11 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_MAX_QUEUE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("drop-frames", DropFrames::Auto)
+                    .nick("Drop frames")
+                    .blurb("When frames come faster than inference: drop the oldest waiting frame so latency stays bounded (counted in stats frames-late, posted as QoS messages), or keep every frame and make upstream wait (latency grows on live input). auto drops on live sources only")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
                     .blurb("ONNX Runtime intra-op threads; 0 = the CPUs this process may use")
@@ -1091,9 +1375,29 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_THREADS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("wait-for-settings")
+                    .nick("Wait for settings")
+                    .blurb("When the settings pad is linked, hold the first frame until the first settings arrive (at most settings-timeout), so that it already runs with the holder's prompt")
+                    .default_value(DEFAULT_WAIT_FOR_SETTINGS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("settings-timeout")
+                    .nick("Settings timeout")
+                    .blurb("Milliseconds wait-for-settings waits before starting with the properties' values and a WARNING; 0 = do not wait")
+                    .maximum(600_000)
+                    .default_value(DEFAULT_SETTINGS_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("stats-interval")
+                    .nick("Stats interval")
+                    .blurb("Milliseconds between i2itransform-stats element messages (the stats property's structure; gst-launch-1.0 -m shows them), also posted at EOS; 0 = only at EOS")
+                    .maximum(3_600_000)
+                    .default_value(DEFAULT_STATS_INTERVAL_MS)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-out, frames-skipped (similarity filter), frames-dropped (flush), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, settings-applied, settings-rejected, provider")
+                    .blurb("frames-in, frames-out, frames-skipped (similarity filter), frames-dropped (flush), frames-late (dropped to keep up with live input), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, settings-applied, settings-rejected, provider")
                     .read_only()
                     .build(),
                 glib::ParamSpecString::builder("provider")
@@ -1118,6 +1422,20 @@ impl ObjectImpl for I2iTransform {
         }
         let mut s = self.settings.lock().unwrap();
         gst::debug!(CAT, imp = self, "setting {name} to {value:?}");
+        if !self.running.load(Ordering::SeqCst) {
+            // Before start: kept as set, checked together at start.
+            let u = &mut s.unchecked;
+            let text = || value.get::<Option<String>>().unwrap().unwrap_or_default();
+            match name {
+                "t-index-list" => return u.t_index_list = Some(text()),
+                "num-inference-steps" => return u.num_inference_steps = Some(value.get().unwrap()),
+                "width" => return u.width = Some(value.get().unwrap()),
+                "height" => return u.height = Some(value.get().unwrap()),
+                "prompt-blend" => return u.prompt_blend = Some(text()),
+                "seed-blend" => return u.seed_blend = Some(text()),
+                _ => (),
+            }
+        }
         match name {
             "model" => s.model = value.get().expect("type checked upstream"),
             "prompt" => {
@@ -1178,15 +1496,13 @@ impl ObjectImpl for I2iTransform {
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
-                if !v.is_multiple_of(8) {
-                    drop(s);
-                    self.refuse(&format!(
-                        "{name} {v} refused: the model needs a multiple of 8 (latents are 1/8 of the picture)"
-                    ));
-                } else if name == "width" {
-                    s.width = v;
-                } else {
-                    s.height = v;
+                match check_size(name, v) {
+                    Err(e) => {
+                        drop(s);
+                        self.refuse(&e);
+                    }
+                    Ok(v) if name == "width" => s.width = v,
+                    Ok(v) => s.height = v,
                 }
             }
             "execution-provider" => s.execution_provider = value.get().unwrap(),
@@ -1201,6 +1517,15 @@ impl ObjectImpl for I2iTransform {
                 self.queue.notify();
             }
             "threads" => s.threads = value.get().unwrap(),
+            "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
+            "wait-for-settings" => s.wait_for_settings = value.get().unwrap(),
+            "settings-timeout" => s.settings_timeout_ms = value.get().unwrap(),
+            "drop-frames" => {
+                s.drop_frames = value.get().unwrap();
+                drop(s);
+                // A frame producer waiting on a full queue looks again.
+                self.queue.notify();
+            }
             _ => unreachable!("property {name} is not registered"),
         }
     }
@@ -1208,7 +1533,16 @@ impl ObjectImpl for I2iTransform {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let s = self.settings.lock().unwrap();
         let p = &s.live.params;
+        let u = &s.unchecked;
         match pspec.name() {
+            "t-index-list" if u.t_index_list.is_some() => u.t_index_list.to_value(),
+            "num-inference-steps" if u.num_inference_steps.is_some() => {
+                u.num_inference_steps.unwrap().to_value()
+            }
+            "width" if u.width.is_some() => u.width.unwrap().to_value(),
+            "height" if u.height.is_some() => u.height.unwrap().to_value(),
+            "prompt-blend" if u.prompt_blend.is_some() => u.prompt_blend.to_value(),
+            "seed-blend" if u.seed_blend.is_some() => u.seed_blend.to_value(),
             "model" => s.model.to_value(),
             "prompt" => p.prompt.to_value(),
             "negative-prompt" => p.negative_prompt.to_value(),
@@ -1234,6 +1568,10 @@ impl ObjectImpl for I2iTransform {
             "engine-cache-dir" => s.engine_cache_dir.to_value(),
             "max-queue" => s.max_queue.to_value(),
             "threads" => s.threads.to_value(),
+            "drop-frames" => s.drop_frames.to_value(),
+            "stats-interval" => s.stats_interval_ms.to_value(),
+            "wait-for-settings" => s.wait_for_settings.to_value(),
+            "settings-timeout" => s.settings_timeout_ms.to_value(),
             "stats" => {
                 drop(s);
                 self.stats_structure().to_value()
@@ -1339,17 +1677,16 @@ mod tests {
     #[test]
     fn latency_adds_batching_stream_batch_and_one_call() {
         let frame = gst::ClockTime::from_mseconds(40);
-        let call = gst::ClockTime::from_mseconds(70);
+        let call = gst::ClockTime::from_mseconds(30);
+        let ms = gst::ClockTime::from_mseconds;
         // n = 2, batch 1: one frame behind, plus the call.
-        assert_eq!(
-            added_latency(1, 1, frame, call),
-            gst::ClockTime::from_mseconds(110)
-        );
+        assert_eq!(added_latency(1, 1, frame, call, false), ms(70));
         // n = 3, batch 3: (n-1)*b = 6 frames in the stream batch, 2 waiting for the batch.
-        assert_eq!(
-            added_latency(6, 3, frame, call),
-            gst::ClockTime::from_mseconds(390)
-        );
-        assert_eq!(added_latency(0, 1, frame, call), call);
+        assert_eq!(added_latency(6, 3, frame, call, false), ms(350));
+        assert_eq!(added_latency(0, 1, frame, call, false), call);
+        // Slower than the input: frames move on at the inference rate (per frame of a
+        // batch), and when dropping a frame may wait for the call in progress.
+        assert_eq!(added_latency(1, 1, ms(20), ms(70), true), ms(210));
+        assert_eq!(added_latency(6, 3, ms(20), ms(90), false), ms(330));
     }
 }

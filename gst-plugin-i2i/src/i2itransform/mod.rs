@@ -109,6 +109,29 @@ impl From<blend::BlendMode> for BlendMode {
     }
 }
 
+/// The `drop-frames` property: what happens when frames arrive faster than inference.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstI2iDropFrames")]
+pub enum DropFrames {
+    #[default]
+    #[enum_value(
+        name = "Auto: drop the oldest waiting frame on live sources, keep every frame otherwise",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(
+        name = "Never: keep every frame; upstream waits (files, offline work)",
+        nick = "never"
+    )]
+    Never = 1,
+    #[enum_value(
+        name = "Always: drop the oldest waiting frame whenever inference falls behind",
+        nick = "always"
+    )]
+    Always = 2,
+}
+
 /// The `execution-provider` property.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
 #[repr(u32)]
@@ -164,6 +187,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     });
     CfgType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     BlendMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    DropFrames::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ExecutionProvider::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),

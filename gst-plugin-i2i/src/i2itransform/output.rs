@@ -133,17 +133,21 @@ impl I2iTransform {
                     self.stats.lock().unwrap().frames_dropped += 1;
                     return Err(e);
                 }
-                let mut s = self.stats.lock().unwrap();
-                s.frames_out += 1;
-                if out.skipped {
-                    s.frames_skipped += 1;
+                {
+                    let mut s = self.stats.lock().unwrap();
+                    s.frames_out += 1;
+                    if out.skipped {
+                        s.frames_skipped += 1;
+                    }
                 }
+                self.post_stats(false);
                 Ok(())
             }
             OutItem::Event(d) => self.push_event_item(&mut st, d),
             OutItem::Eos(ev) => {
                 drop(st);
                 gst::debug!(CAT, imp = self, "pushing EOS");
+                self.post_stats(true);
                 self.srcpad.push_event(ev);
                 Ok(())
             }

@@ -10,6 +10,17 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What [`BoundedQueue::pop_wait`] got.
+#[derive(Debug, PartialEq)]
+pub(super) enum Popped<T> {
+    Item(T),
+    /// `give_up` said so (flushing, an error).
+    GaveUp,
+    /// Nothing came within the timeout.
+    TimedOut,
+}
 
 /// An item that may count against the queue's bound.
 pub(super) trait QueueItem {
@@ -57,6 +68,13 @@ impl<T: QueueItem> QueueState<T> {
         Some(item)
     }
 
+    /// Takes out the oldest frame, leaving events where they are.
+    pub fn remove_oldest_frame(&mut self) -> Option<T> {
+        let pos = self.items.iter().position(QueueItem::is_frame)?;
+        self.frames -= 1;
+        self.items.remove(pos)
+    }
+
     /// Empties the queue, oldest first.
     pub fn drain(&mut self) -> Vec<T> {
         self.frames = 0;
@@ -100,18 +118,33 @@ impl<T: QueueItem> BoundedQueue<T> {
         self.cond.wait(guard).unwrap()
     }
 
-    /// Takes the next item, waiting for one; None as soon as `give_up` says so.
-    pub fn pop_wait(&self, give_up: impl Fn(&QueueState<T>) -> bool) -> Option<T> {
+    /// Takes the next item, waiting for one (at most `timeout` when given); gives up as
+    /// soon as `give_up` says so.
+    pub fn pop_wait(
+        &self,
+        give_up: impl Fn(&QueueState<T>) -> bool,
+        timeout: Option<Duration>,
+    ) -> Popped<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut q = self.lock();
         loop {
             if give_up(&q) {
-                return None;
+                return Popped::GaveUp;
             }
             if let Some(item) = q.pop_front() {
                 self.notify();
-                return Some(item);
+                return Popped::Item(item);
             }
-            q = self.wait(q);
+            match deadline {
+                None => q = self.wait(q),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Popped::TimedOut;
+                    }
+                    q = self.cond.wait_timeout(q, left).unwrap().0;
+                }
+            }
         }
     }
 
@@ -154,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn events_do_not_count_against_the_bound() {
+    fn events_do_not_count_and_the_oldest_frame_can_be_dropped() {
         let q = BoundedQueue::new(2);
         q.lock().flushing = false;
         let ok = |_: &QueueState<It>| Ok(());
@@ -165,9 +198,9 @@ mod tests {
         let mut s = q.lock();
         assert!(s.is_full());
         assert_eq!(s.frames(), 2);
-        assert_eq!(s.pop_front(), Some(It::Event(0)));
-        assert_eq!(s.pop_front(), Some(It::Frame(1)));
+        assert_eq!(s.remove_oldest_frame(), Some(It::Frame(1)));
         assert_eq!(s.frames(), 1);
+        assert_eq!(s.pop_front(), Some(It::Event(0)));
         assert_eq!(s.drain(), vec![It::Event(2), It::Frame(3)]);
         assert_eq!(s.frames(), 0);
     }
@@ -184,7 +217,10 @@ mod tests {
             }
         });
         assert_eq!(r, Err(gst::FlowError::Flushing));
-        assert_eq!(q.pop_wait(|_| false), Some(It::Frame(0)));
-        assert_eq!(q.pop_wait(|s| s.frames() == 0), None);
+        assert_eq!(q.pop_wait(|_| false, None), Popped::Item(It::Frame(0)));
+        assert_eq!(q.pop_wait(|s| s.flushing, None), Popped::GaveUp);
+        q.lock().flushing = false;
+        let timeout = Some(Duration::from_millis(10));
+        assert_eq!(q.pop_wait(|s| s.flushing, timeout), Popped::TimedOut);
     }
 }

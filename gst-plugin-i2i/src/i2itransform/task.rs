@@ -19,10 +19,15 @@ use gst::subclass::prelude::*;
 use super::imp::{CAT, I2iTransform};
 use super::live::{self, LiveSettings};
 use super::output::OutItem;
-use super::queue::QueueItem;
+use super::queue::{Popped, QueueItem};
 use super::smooth::Smoother;
 use crate::diffusion::{DecodedFrame, Engine, PreparedFrame};
 use crate::settings::state::APPLIED_EVENT;
+
+/// Frame duration assumed for the idle timeout when the input has no frame rate.
+const IDLE_FRAME_GUESS: Duration = Duration::from_millis(100);
+/// Shortest idle timeout (very high frame rates, a scheduler that wakes late).
+const MIN_IDLE: Duration = Duration::from_millis(20);
 
 /// A frame converted on the streaming thread, waiting for inference.
 pub(super) struct QueuedFrame {
@@ -76,6 +81,8 @@ pub(super) struct Worker {
     pub applied: LiveSettings,
     /// Transitions and blends on top of the engine's own prompt and seed.
     pub smoother: Smoother,
+    /// The first batch ran (after waiting for the first settings).
+    pub started: bool,
 }
 
 impl Worker {
@@ -88,6 +95,7 @@ impl Worker {
             deferred: VecDeque::new(),
             applied,
             smoother: Smoother::new(),
+            started: false,
         }
     }
 
@@ -107,9 +115,34 @@ impl I2iTransform {
     }
 
     fn task_iteration(&self) {
-        let Some(item) = self.queue.pop_wait(|q| q.flushing || q.flow.is_err()) else {
-            let _ = self.srcpad.pause_task();
-            return;
+        let idle = self.idle_timeout();
+        let item = match self.queue.pop_wait(|q| q.flushing || q.flow.is_err(), idle) {
+            Popped::Item(item) => item,
+            Popped::GaveUp => {
+                let _ = self.srcpad.pause_task();
+                return;
+            }
+            Popped::TimedOut => {
+                // Input stalled: the frames held back (partial batch, stream batch) come
+                // out now rather than when the next frame or EOS arrives.
+                let mut guard = self.worker.lock().unwrap();
+                let res = match guard.as_mut() {
+                    Some(w) => {
+                        gst::debug!(
+                            CAT,
+                            imp = self,
+                            "no input for {idle:?}: finishing the frames in flight"
+                        );
+                        self.drain_engine(w)
+                    }
+                    None => Ok(()),
+                };
+                drop(guard);
+                if let Err(err) = res {
+                    self.on_flow_error(err);
+                }
+                return;
+            }
         };
 
         let mut guard = self.worker.lock().unwrap();
@@ -143,6 +176,69 @@ impl I2iTransform {
         if let Err(err) = res {
             self.on_flow_error(err);
         }
+    }
+
+    /// How long to wait for input before finishing the frames in flight: about two frame
+    /// durations; None when nothing is held back.
+    fn idle_timeout(&self) -> Option<Duration> {
+        {
+            let guard = self.worker.lock().unwrap();
+            let w = guard.as_ref()?;
+            if w.batch.is_empty() && w.engine.in_flight() == 0 {
+                return None;
+            }
+        }
+        let frame = self
+            .fps()
+            .filter(|f| f.numer() > 0 && f.denom() > 0)
+            .map(|f| Duration::from_secs_f64(f.denom() as f64 / f.numer() as f64))
+            .unwrap_or(IDLE_FRAME_GUESS);
+        Some((2 * frame).max(MIN_IDLE))
+    }
+
+    /// Before the first frame: when the settings pad is linked and `wait-for-settings` is
+    /// on, waits (at most `settings-timeout`) for the first settings, so that the first
+    /// frames already run with the holder's prompt; a WARNING when none came.
+    fn wait_for_first_settings(&self) {
+        let (wait, timeout_ms) = {
+            let s = self.settings.lock().unwrap();
+            (s.wait_for_settings, s.settings_timeout_ms)
+        };
+        if !wait || timeout_ms == 0 || !self.settingspad.is_linked() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms as u64);
+        let mut received = self.settings_received.lock().unwrap();
+        while !*received {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(received);
+                let prompt = self.settings.lock().unwrap().live.params.prompt.clone();
+                gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Failed,
+                    (
+                        "No settings arrived on the settings pad within {} ms: starting with the properties' values (prompt \"{}\"). Check that the settings holder runs and is reachable, raise settings-timeout, or set wait-for-settings=false",
+                        timeout_ms,
+                        prompt
+                    )
+                );
+                return;
+            }
+            if self.queue.lock().flushing {
+                return;
+            }
+            received = self
+                .settings_cond
+                .wait_timeout(received, left.min(Duration::from_millis(50)))
+                .unwrap()
+                .0;
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "first settings arrived, the first frame follows"
+        );
     }
 
     /// A flow error in the task (the engine, or the output side refusing items).
@@ -191,6 +287,10 @@ impl I2iTransform {
             let _ = self.obj().sync_values(rt);
         }
         let index = first.index;
+        if !w.started {
+            w.started = true;
+            self.wait_for_first_settings();
+        }
         self.apply_live(w, index)?;
         if let Err(e) = w
             .smoother
