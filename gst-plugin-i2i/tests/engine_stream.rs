@@ -551,7 +551,7 @@ fn prepared_path_on_three_threads_matches_process() {
                     let prepared: Vec<_> = chunk
                         .iter()
                         .enumerate()
-                        .map(|(i, rgb)| pre.prepare((c * batch + i) as u64, rgb).unwrap())
+                        .map(|(i, rgb)| pre.prepare((c * batch + i) as u64, rgb, W, H).unwrap())
                         .collect();
                     in_tx.send(prepared).unwrap();
                 }
@@ -597,24 +597,15 @@ fn prepared_path_on_three_threads_matches_process() {
             assert!(got.iter().any(|g| g.1), "repeated frames are skipped");
         }
         // A frame prepared for another size is refused, naming what it expected.
-        let other = Engine::load(
-            &LoadOptions {
-                width: 32,
-                height: 32,
-                ..opts("tiny-sd15", 1)
-            },
-            &p,
-        )
-        .unwrap();
-        let small = other
+        let small = e
             .preprocessor()
-            .prepare(0, &vec![0u8; 32 * 32 * 3])
+            .prepare(0, &vec![0u8; 32 * 32 * 3], 32, 32)
             .unwrap();
         let err = e.process_prepared(vec![small]).unwrap_err().to_string();
         assert!(err.contains("prepared frame"), "{err}");
         let err = e
             .preprocessor()
-            .prepare(0, &[0u8; 5])
+            .prepare(0, &[0u8; 5], W, H)
             .unwrap_err()
             .to_string();
         assert!(err.contains("64x64"), "{err}");

@@ -298,7 +298,10 @@ fn jpegdec_links_directly() {
 
 #[test]
 fn every_input_format_is_accepted() {
-    for format in ["RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12"] {
+    // YUY2 and UYVY: USB cameras and capture cards; GRAY8: machine-vision cameras.
+    for format in [
+        "RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12", "YUY2", "UYVY", "GRAY8",
+    ] {
         let run = run_launch(&format!(
             "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,format={format},width=80,height=60,framerate=10/1 \
              ! i2itransform model=\"{}\" width={W} height={H} ! appsink name=out",
@@ -308,6 +311,104 @@ fn every_input_format_is_accepted() {
         assert_eq!(run.samples.len(), 3, "{format}");
         assert_eq!(caps_of(&run.samples[0]), ("RGB".into(), W as i32, H as i32));
     }
+}
+
+/// Mean absolute difference between two runs' first frames.
+fn mean_diff(a: &Run, b: &Run) -> f64 {
+    let (a, b) = (a.rgb(0), b.rgb(0));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+#[test]
+fn resize_modes_crop_and_fit_keep_the_aspect_ratio() {
+    // A 2:1 input into the 1:1 model size.
+    let src = "videotestsrc num-buffers=1 pattern=smpte ! video/x-raw,format=RGB,width=128,height=64,framerate=10/1";
+    let run = |pre: &str, props: &str| {
+        run_launch(&format!(
+            "{src} {pre} ! i2itransform model=\"{}\" width={W} height={H} t-index-list=49 {props} ! appsink name=out",
+            tiny()
+        ))
+        .unwrap()
+    };
+    let stretch = run("", "");
+    let crop = run("", "resize-mode=crop");
+    let fit = run("", "resize-mode=fit");
+    // The same pictures made by GStreamer's own elements in front of a stretching element:
+    // the middle 64x64 (crop) and the whole picture scaled into 64x32 with black borders (fit).
+    let crop_ref = run("! videocrop left=32 right=32", "");
+    let fit_ref = run(
+        "! videoscale add-borders=true ! video/x-raw,width=64,height=64,pixel-aspect-ratio=1/1",
+        "",
+    );
+    let (c, f) = (mean_diff(&crop, &crop_ref), mean_diff(&fit, &fit_ref));
+    eprintln!(
+        "crop vs reference {c:.2}, fit vs reference {f:.2}, crop vs stretch {:.2}, fit vs stretch {:.2}",
+        mean_diff(&crop, &stretch),
+        mean_diff(&fit, &stretch)
+    );
+    assert!(c < 1.5 && f < 1.5, "crop {c}, fit {f}");
+    assert!(mean_diff(&crop, &stretch) > 3.0 * c.max(1.0));
+    assert!(mean_diff(&fit, &stretch) > 3.0 * f.max(1.0));
+}
+
+#[test]
+fn size_from_input_rounds_to_what_the_model_needs() {
+    let run = |props: &str| {
+        run_launch(&format!(
+            "videotestsrc num-buffers=2 ! video/x-raw,width=100,height=76,framerate=10/1 \
+             ! i2itransform model=\"{}\" size-from-input=true {props} ! appsink name=out",
+            tiny()
+        ))
+        .unwrap()
+    };
+    let r = run("");
+    assert_eq!(r.samples.len(), 2);
+    assert_eq!(caps_of(&r.samples[0]), ("RGB".into(), 96, 72));
+    assert_eq!(r.rgb(0).len(), 96 * 72 * 3);
+    let r = run("size-multiple=64");
+    assert_eq!(caps_of(&r.samples[0]), ("RGB".into(), 64, 64));
+    let err = run_launch(&format!(
+        "videotestsrc num-buffers=1 ! i2itransform model=\"{}\" size-from-input=true size-multiple=12 ! appsink name=out",
+        tiny()
+    ))
+    .unwrap_err();
+    assert!(err.contains("size-multiple 12"), "{err}");
+}
+
+#[test]
+fn size_from_input_follows_an_input_size_change() {
+    let p = AppPipeline::new("size-from-input=true", "");
+    p.pipeline.set_state(gst::State::Playing).unwrap();
+    let push = |i: u64, w: u32, h: u32| {
+        let mut buf = gst::Buffer::from_mut_slice(picture(i, w, h));
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(100 * i));
+        b.set_offset(i);
+        p.src.push_buffer(buf).unwrap();
+    };
+    push(0, W, H);
+    push(1, W, H);
+    p.src.set_caps(Some(&video_caps("RGB", 128, 72)));
+    push(2, 128, 72);
+    push(3, 128, 72);
+    let run = p.finish();
+    // The frames in flight leave at the old size, then the model runs at the new one.
+    let sizes: Vec<_> = run.samples.iter().map(caps_of).collect();
+    assert_eq!(
+        sizes,
+        vec![
+            ("RGB".to_string(), 64, 64),
+            ("RGB".to_string(), 64, 64),
+            ("RGB".to_string(), 128, 72),
+            ("RGB".to_string(), 128, 72),
+        ]
+    );
+    assert_eq!(run.rgb(3).len(), 128 * 72 * 3);
 }
 
 #[test]

@@ -84,27 +84,30 @@ const POOL_BUFFERS: usize = 8;
 /// stream allocates nothing per frame.
 #[derive(Clone, Debug)]
 pub struct Preprocessor {
-    width: usize,
-    height: usize,
     /// Named in the error should a host tensor not be allocated.
     encoder_file: std::path::PathBuf,
     pool: Arc<Mutex<Vec<Tensor<f32>>>>,
 }
 
 impl Preprocessor {
-    fn new(width: u32, height: u32, encoder_file: std::path::PathBuf) -> Preprocessor {
+    fn new(encoder_file: std::path::PathBuf) -> Preprocessor {
         Preprocessor {
-            width: width as usize,
-            height: height as usize,
             encoder_file,
             pool: Arc::default(),
         }
     }
 
-    /// Preprocesses one frame of packed RGB8 at the model size (`width * height * 3`
-    /// bytes); `tag` comes back with the frame's output.
-    pub fn prepare(&self, tag: u64, rgb: &[u8]) -> Result<PreparedFrame, EngineError> {
-        let (w, h) = (self.width, self.height);
+    /// Preprocesses one frame of packed RGB8 at the model size `width x height`
+    /// (`width * height * 3` bytes); `tag` comes back with the frame's output. The engine
+    /// refuses a frame of another size than its own.
+    pub fn prepare(
+        &self,
+        tag: u64,
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+    ) -> Result<PreparedFrame, EngineError> {
+        let (w, h) = (width as usize, height as usize);
         if rgb.len() != w * h * 3 {
             return Err(EngineError::argument(
                 "input frame",
@@ -114,6 +117,8 @@ impl Preprocessor {
         }
         let plane = w * h;
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        // A buffer of another size (the model was loaded again at another size) is dropped.
+        let pooled = pooled.filter(|t| t.extract_tensor().1.len() == 3 * plane);
         let mut image = match pooled {
             Some(t) => t,
             // Host memory ONNX Runtime can bind as it is.
@@ -232,7 +237,7 @@ impl Engine {
             uncond: None,
             stream: Stream::default(),
             timings: Timings::default(),
-            pre: Preprocessor::new(opts.width, opts.height, encoder_file),
+            pre: Preprocessor::new(encoder_file),
             images: Vec::new(),
             latents: Vec::new(),
             order: Vec::new(),
@@ -354,6 +359,12 @@ impl Engine {
         self.pre.clone()
     }
 
+    /// Returns the buffers of the frames it encodes to `pre`'s pool (an engine loaded again
+    /// in place of another, fed by the same input side).
+    pub fn share_preprocessor(&mut self, pre: &Preprocessor) {
+        self.pre = pre.clone();
+    }
+
     /// Feeds 1..=batch_size frames (packed RGB8 at the model size); returns the frames that
     /// completed, in input order: none until the pipeline is warm (n - 1 calls), then the
     /// frames that entered n - 1 calls ago. Preprocesses, runs [`Engine::process_prepared`]
@@ -363,7 +374,10 @@ impl Engine {
         let t0 = Instant::now();
         let prepared = frames
             .iter()
-            .map(|f| self.pre.prepare(f.tag, &f.rgb))
+            .map(|f| {
+                self.pre
+                    .prepare(f.tag, &f.rgb, self.opts.width, self.opts.height)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.timings.preprocess += t0.elapsed();
         let decoded = self.process_prepared(prepared)?;

@@ -7,6 +7,49 @@
 
 use gst_video::prelude::*;
 
+use super::ResizeMode;
+
+/// Where the input picture goes: the part of the input used (x, y, width, height) and the
+/// part of the model picture it fills, for `resize-mode`. The input's size is taken with
+/// its pixel aspect ratio, so anamorphic video keeps its shape.
+pub fn resize_rects(
+    in_w: u32,
+    in_h: u32,
+    par: gst::Fraction,
+    w: u32,
+    h: u32,
+    mode: ResizeMode,
+) -> ([u32; 4], [u32; 4]) {
+    let full_in = [0, 0, in_w, in_h];
+    let full_out = [0, 0, w, h];
+    // Display width of the input in units of its rows.
+    let (pn, pd) = (par.numer().max(1) as u64, par.denom().max(1) as u64);
+    let dw = in_w as u64 * pn;
+    let dh = in_h as u64 * pd;
+    // Compare dw / dh with w / h.
+    let wider = dw * h as u64 > w as u64 * dh;
+    match mode {
+        ResizeMode::Stretch => (full_in, full_out),
+        ResizeMode::Crop if wider => {
+            // Keep the full height, cut the sides.
+            let cw = ((in_h as u64 * w as u64 * pd) / (h as u64 * pn)).clamp(1, in_w as u64) as u32;
+            ([(in_w - cw) / 2, 0, cw, in_h], full_out)
+        }
+        ResizeMode::Crop => {
+            let ch = ((in_w as u64 * h as u64 * pn) / (w as u64 * pd)).clamp(1, in_h as u64) as u32;
+            ([0, (in_h - ch) / 2, in_w, ch], full_out)
+        }
+        ResizeMode::Fit if wider => {
+            let oh = ((w as u64 * dh) / dw).clamp(1, h as u64) as u32;
+            (full_in, [0, (h - oh) / 2, w, oh])
+        }
+        ResizeMode::Fit => {
+            let ow = ((h as u64 * dw) / dh).clamp(1, w as u64) as u32;
+            (full_in, [(w - ow) / 2, 0, ow, h])
+        }
+    }
+}
+
 /// Threads for one VideoConverter. Input conversion runs on the upstream streaming
 /// thread while inference (which takes most cores) runs on the element's own, so the
 /// converter gets a small share: one thread on small machines, up to four on big ones.
@@ -37,6 +80,7 @@ impl InputConverter {
         in_info: &gst_video::VideoInfo,
         width: u32,
         height: u32,
+        mode: ResizeMode,
         threads: u32,
     ) -> Result<Self, String> {
         let model_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, width, height)
@@ -56,20 +100,36 @@ impl InputConverter {
         let converter = if passthrough {
             None
         } else {
+            let mut config = converter_config(threads);
+            let (src, dst) = resize_rects(
+                in_info.width(),
+                in_info.height(),
+                in_info.par(),
+                width,
+                height,
+                mode,
+            );
+            config.set_src_x(src[0] as i32);
+            config.set_src_y(src[1] as i32);
+            config.set_src_width(Some(src[2] as i32));
+            config.set_src_height(Some(src[3] as i32));
+            config.set_dest_x(dst[0] as i32);
+            config.set_dest_y(dst[1] as i32);
+            config.set_dest_width(Some(dst[2] as i32));
+            config.set_dest_height(Some(dst[3] as i32));
+            config.set_fill_border(true);
+            config.set_border_argb(0xff00_0000);
             Some(
-                gst_video::VideoConverter::new(
-                    in_info,
-                    &model_info,
-                    Some(converter_config(threads)),
-                )
-                .map_err(|e| {
-                    format!(
-                        "cannot convert {:?} {}x{} to RGB {width}x{height}: {e}",
-                        in_info.format(),
-                        in_info.width(),
-                        in_info.height()
-                    )
-                })?,
+                gst_video::VideoConverter::new(in_info, &model_info, Some(config)).map_err(
+                    |e| {
+                        format!(
+                            "cannot convert {:?} {}x{} to RGB {width}x{height}: {e}",
+                            in_info.format(),
+                            in_info.width(),
+                            in_info.height()
+                        )
+                    },
+                )?,
             )
         };
         Ok(InputConverter {
@@ -77,6 +137,11 @@ impl InputConverter {
             model_info,
             converter,
         })
+    }
+
+    /// The model size this converter produces.
+    pub fn model_size(&self) -> (u32, u32) {
+        (self.model_info.width(), self.model_info.height())
     }
 
     pub fn in_info(&self) -> &gst_video::VideoInfo {
@@ -194,5 +259,37 @@ impl OutputConverter {
             conv.frame_ref(&src, &mut dst);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_rects_keep_the_aspect_ratio_when_asked() {
+        let par = gst::Fraction::new(1, 1);
+        let (src, dst) = resize_rects(640, 480, par, 512, 512, ResizeMode::Stretch);
+        assert_eq!((src, dst), ([0, 0, 640, 480], [0, 0, 512, 512]));
+        // 4:3 into a square: crop cuts the sides, fit adds borders top and bottom.
+        let (src, dst) = resize_rects(640, 480, par, 512, 512, ResizeMode::Crop);
+        assert_eq!((src, dst), ([80, 0, 480, 480], [0, 0, 512, 512]));
+        let (src, dst) = resize_rects(640, 480, par, 512, 512, ResizeMode::Fit);
+        assert_eq!((src, dst), ([0, 0, 640, 480], [0, 64, 512, 384]));
+        // Taller than the model picture.
+        let (src, dst) = resize_rects(480, 640, par, 512, 512, ResizeMode::Crop);
+        assert_eq!((src, dst), ([0, 80, 480, 480], [0, 0, 512, 512]));
+        let (src, dst) = resize_rects(480, 640, par, 512, 512, ResizeMode::Fit);
+        assert_eq!((src, dst), ([0, 0, 480, 640], [64, 0, 384, 512]));
+        // Anamorphic: 720x576 at 16:11 is about 1.82:1 on screen.
+        let (src, _) = resize_rects(
+            720,
+            576,
+            gst::Fraction::new(16, 11),
+            512,
+            512,
+            ResizeMode::Crop,
+        );
+        assert_eq!(src, [162, 0, 396, 576]);
     }
 }

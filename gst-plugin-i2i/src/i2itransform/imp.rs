@@ -26,7 +26,7 @@ use super::live::{self, LiveSettings};
 use super::output::{OutItem, OutState};
 use super::queue::BoundedQueue;
 use super::task::{Deferred, Item, QueuedFrame, Worker};
-use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, provider_name};
+use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, ResizeMode, provider_name};
 use crate::diffusion::{self, Engine, LoadOptions, Preprocessor};
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
@@ -48,6 +48,7 @@ const DEFAULT_DEVICE_ID: i32 = 0;
 const DEFAULT_FP16: bool = true;
 const DEFAULT_TRANSITION_FRAMES: u32 = 0;
 const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
+const DEFAULT_SIZE_MULTIPLE: u32 = 8;
 const DEFAULT_WAIT_FOR_SETTINGS: bool = true;
 const DEFAULT_SETTINGS_TIMEOUT_MS: u32 = 3000;
 const MAX_SIZE: u32 = 4096;
@@ -60,7 +61,11 @@ pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLA
 const MAX_BATCH_SIZE: u32 = 64;
 
 /// Sink formats: what decoders and cameras hand out, so `jpegdec` links directly.
-const SINK_FORMATS: [&str; 8] = ["RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12"];
+/// YUY2 and UYVY are what USB cameras and capture cards give, GRAY8 what machine-vision and
+/// infrared cameras do.
+const SINK_FORMATS: [&str; 11] = [
+    "RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12", "YUY2", "UYVY", "GRAY8",
+];
 /// Src formats in the order offered when downstream has no preference.
 const SRC_FORMATS: [&str; 3] = ["RGB", "RGBA", "I420"];
 
@@ -114,6 +119,9 @@ pub(super) struct Settings {
     pub drop_frames: DropFrames,
     pub threads: u32,
     pub stats_interval_ms: u32,
+    pub resize_mode: ResizeMode,
+    pub size_from_input: bool,
+    pub size_multiple: u32,
     pub wait_for_settings: bool,
     pub settings_timeout_ms: u32,
     /// Set before start and not checked yet.
@@ -123,6 +131,13 @@ pub(super) struct Settings {
 impl Settings {
     /// The model size: the values set before start when they are usable (so that caps
     /// queries while linking see them), else the current ones.
+    /// `size-from-input`: the input's size rounded down to `size-multiple`, within range.
+    pub fn size_for_input(&self, in_w: u32, in_h: u32) -> (u32, u32) {
+        let m = self.size_multiple.max(8);
+        let round = |v: u32| (v / m * m).clamp(m, MAX_SIZE / m * m);
+        (round(in_w), round(in_h))
+    }
+
     pub fn size(&self) -> (u32, u32) {
         let pick = |set: Option<u32>, name, current| {
             set.and_then(|v| check_size(name, v).ok())
@@ -203,6 +218,9 @@ impl Default for Settings {
             drop_frames: DropFrames::default(),
             threads: DEFAULT_THREADS,
             stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
+            resize_mode: ResizeMode::default(),
+            size_from_input: false,
+            size_multiple: DEFAULT_SIZE_MULTIPLE,
             wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
             settings_timeout_ms: DEFAULT_SETTINGS_TIMEOUT_MS,
             unchecked: Unchecked::default(),
@@ -220,6 +238,8 @@ struct InputState {
     next_tag: u64,
     /// Upstream is a live source (asked when caps arrive).
     upstream_live: bool,
+    /// The model size for the current input caps.
+    model_size: Option<(u32, u32)>,
 }
 
 impl Default for InputState {
@@ -230,6 +250,7 @@ impl Default for InputState {
             segment: gst::FormattedSegment::new(),
             next_tag: 0,
             upstream_live: false,
+            model_size: None,
         }
     }
 }
@@ -434,17 +455,26 @@ impl I2iTransform {
     }
 
     /// Every output the element can produce at the configured size, in our preference order.
-    fn output_caps(&self, fps: Option<gst::Fraction>) -> gst::Caps {
-        let (w, h) = {
+    /// `size`: the model size these caps are for; None: the current input's.
+    fn output_caps(&self, fps: Option<gst::Fraction>, size: Option<(u32, u32)>) -> gst::Caps {
+        let model_size = size.or(self.input.lock().unwrap().model_size);
+        let (size, from_input) = {
             let s = self.settings.lock().unwrap();
-            let (w, h) = s.size();
-            (w as i32, h as i32)
+            (s.size(), s.size_from_input)
         };
         let builder = gst::Caps::builder("video/x-raw")
             .field("format", gst::List::new(SRC_FORMATS))
-            .field("width", w)
-            .field("height", h)
             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+        let builder = match (model_size, from_input) {
+            (Some((w, h)), _) => builder.field("width", w as i32).field("height", h as i32),
+            // Not known before the input caps.
+            (None, true) => builder
+                .field("width", gst::IntRange::new(8, MAX_SIZE as i32))
+                .field("height", gst::IntRange::new(8, MAX_SIZE as i32)),
+            (None, false) => builder
+                .field("width", size.0 as i32)
+                .field("height", size.1 as i32),
+        };
         match fps {
             Some(fps) => builder.field("framerate", fps).build(),
             None => builder
@@ -463,8 +493,9 @@ impl I2iTransform {
     pub(super) fn negotiate_output(
         &self,
         fps: gst::Fraction,
+        size: (u32, u32),
     ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
-        let ours = self.output_caps(Some(fps));
+        let ours = self.output_caps(Some(fps), Some(size));
         let peer = self.srcpad.peer_query_caps(None);
         let caps = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
         if caps.is_empty() {
@@ -525,6 +556,7 @@ impl I2iTransform {
                 );
                 return Err(gst::FlowError::NotNegotiated);
             };
+            let (model_w, model_h) = conv.model_size();
             let rgb = match conv.convert(buffer.as_ref()) {
                 Ok(rgb) => rgb,
                 Err(e) => {
@@ -567,7 +599,7 @@ impl I2iTransform {
             let Some(pre) = input.preprocessor.as_ref() else {
                 return Err(gst::FlowError::Flushing);
             };
-            let prepared = pre.prepare(tag, &rgb).map_err(|e| {
+            let prepared = pre.prepare(tag, &rgb, model_w, model_h).map_err(|e| {
                 gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
                 gst::FlowError::NotNegotiated
             })?;
@@ -721,14 +753,20 @@ impl I2iTransform {
     fn set_sink_caps(&self, caps: &gst::CapsRef) -> Result<Deferred, String> {
         let in_info = gst_video::VideoInfo::from_caps(caps)
             .map_err(|e| format!("input caps {caps} are not raw video: {e}"))?;
-        let (w, h) = {
+        let (w, h, mode) = {
             let s = self.settings.lock().unwrap();
-            (s.width, s.height)
+            let (w, h) = if s.size_from_input {
+                s.size_for_input(in_info.width(), in_info.height())
+            } else {
+                (s.width, s.height)
+            };
+            (w, h, s.resize_mode)
         };
-        let conv = InputConverter::new(&in_info, w, h, converter_threads())?;
+        let conv = InputConverter::new(&in_info, w, h, mode, converter_threads())?;
+        self.input.lock().unwrap().model_size = Some(conv.model_size());
         let mut latency = gst::query::Latency::new();
         let upstream_live = self.sinkpad.peer_query(&mut latency) && latency.result().0;
-        let (out_caps, out_info) = self.negotiate_output(in_info.fps())?;
+        let (out_caps, out_info) = self.negotiate_output(in_info.fps(), conv.model_size())?;
         gst::info!(
             CAT,
             imp = self,
@@ -814,8 +852,22 @@ impl I2iTransform {
                 Deferred::Caps(ev, info) => {
                     let _ = self.srcpad.store_sticky_event(&ev);
                     match OutputConverter::new(&info, converter_threads()) {
-                        Ok(c) => self.out_state.lock().unwrap().conv = Some(c),
+                        Ok(c) => {
+                            let mut st = self.out_state.lock().unwrap();
+                            st.conv = Some(c);
+                            st.width = info.width();
+                            st.height = info.height();
+                        }
                         Err(e) => gst::warning!(CAT, imp = self, "{e}"),
+                    }
+                    // Caps with another model size (size-from-input) that had not reached
+                    // the task: the engine (empty after the flush) is loaded at that size.
+                    let mut guard = self.worker.lock().unwrap();
+                    if let Some(w) = guard.as_mut()
+                        && (info.width(), info.height()) != (w.load.width, w.load.height)
+                        && self.reload_at(w, info.width(), info.height()).is_err()
+                    {
+                        return false;
                     }
                 }
                 Deferred::Event(ev) => {
@@ -972,7 +1024,7 @@ impl I2iTransform {
         use gst::QueryViewMut;
         match query.view_mut() {
             QueryViewMut::Caps(q) => {
-                let ours = self.output_caps(self.fps());
+                let ours = self.output_caps(self.fps(), None);
                 let caps = match q.filter() {
                     Some(f) => f.intersect_with_mode(&ours, gst::CapsIntersectMode::First),
                     None => ours,
@@ -1079,6 +1131,17 @@ impl I2iTransform {
         };
         gst::info!(CAT, imp = self, "loading {opts:?}");
         let started = Instant::now();
+        if s.size_from_input && !s.size_multiple.is_multiple_of(8) {
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Settings,
+                (
+                    "Invalid property value: size-multiple {} refused: the model needs a multiple of 8 (8, 64, ...)",
+                    s.size_multiple
+                )
+            );
+            return Err(gst::StateChangeError);
+        }
         let engine = Engine::load(&opts, &s.live.params).map_err(|e| {
             gst::element_imp_error!(
                 self,
@@ -1141,7 +1204,7 @@ impl I2iTransform {
             height: s.height,
         };
         self.input.lock().unwrap().preprocessor = Some(engine.preprocessor());
-        *self.worker.lock().unwrap() = Some(Worker::new(engine, s.batch_size as usize, s.live));
+        *self.worker.lock().unwrap() = Some(Worker::new(engine, opts, s.live));
         self.running.store(true, Ordering::SeqCst);
         self.obj().notify("provider");
         Ok(())
@@ -1363,6 +1426,25 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_MAX_QUEUE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("resize-mode", ResizeMode::Stretch)
+                    .nick("Resize mode")
+                    .blurb("How the input fills the model size: stretch (aspect ratio not kept), crop (fill, cutting what sticks out) or fit (whole picture, black borders)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("size-from-input")
+                    .nick("Size from input")
+                    .blurb("Run the model and output at the input's size rounded down to size-multiple, instead of width x height (the model is reloaded when the input size changes)")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("size-multiple")
+                    .nick("Size multiple")
+                    .blurb("With size-from-input: round the size down to a multiple of this (8: what latents need; 64 for models whose UNet needs it)")
+                    .minimum(8)
+                    .maximum(512)
+                    .default_value(DEFAULT_SIZE_MULTIPLE)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("drop-frames", DropFrames::Auto)
                     .nick("Drop frames")
                     .blurb("When frames come faster than inference: drop the oldest waiting frame so latency stays bounded (counted in stats frames-late, posted as QoS messages), or keep every frame and make upstream wait (latency grows on live input). auto drops on live sources only")
@@ -1518,6 +1600,9 @@ impl ObjectImpl for I2iTransform {
             }
             "threads" => s.threads = value.get().unwrap(),
             "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
+            "resize-mode" => s.resize_mode = value.get().unwrap(),
+            "size-from-input" => s.size_from_input = value.get().unwrap(),
+            "size-multiple" => s.size_multiple = value.get().unwrap(),
             "wait-for-settings" => s.wait_for_settings = value.get().unwrap(),
             "settings-timeout" => s.settings_timeout_ms = value.get().unwrap(),
             "drop-frames" => {
@@ -1570,6 +1655,9 @@ impl ObjectImpl for I2iTransform {
             "threads" => s.threads.to_value(),
             "drop-frames" => s.drop_frames.to_value(),
             "stats-interval" => s.stats_interval_ms.to_value(),
+            "resize-mode" => s.resize_mode.to_value(),
+            "size-from-input" => s.size_from_input.to_value(),
+            "size-multiple" => s.size_multiple.to_value(),
             "wait-for-settings" => s.wait_for_settings.to_value(),
             "settings-timeout" => s.settings_timeout_ms.to_value(),
             "stats" => {

@@ -5,8 +5,9 @@
 //! ... ! jpegdec ! i2itransform model=models/demo prompt="..." ! zmqmsgpacksink
 //! ```
 //!
-//! Sink: raw video (RGB, RGBx, RGBA, BGR, BGRx, BGRA, I420, NV12), any size, resized to
-//! `width` x `height`. Src: RGB (RGBA or I420 when downstream asks) at the model size,
+//! Sink: raw video (RGB, RGBx, RGBA, BGR, BGRx, BGRA, I420, NV12, YUY2, UYVY, GRAY8), any
+//! size, resized to `width` x `height` (stretched, cropped or fitted: `resize-mode`), or to
+//! the input's own size with `size-from-input`. Src: RGB (RGBA or I420 when downstream asks) at the model size,
 //! one output frame per input frame with its timestamps, offset and metas. Inference
 //! runs on the src pad's task behind a queue of `max-queue` frames. A second sink pad,
 //! `settings`, takes `application/x-i2i-settings` JSON updates applied at the next batch.
@@ -109,6 +110,29 @@ impl From<blend::BlendMode> for BlendMode {
     }
 }
 
+/// The `resize-mode` property: how the input picture fills the model size.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstI2iResizeMode")]
+pub enum ResizeMode {
+    #[default]
+    #[enum_value(
+        name = "Stretch: the whole picture, aspect ratio not kept",
+        nick = "stretch"
+    )]
+    Stretch = 0,
+    #[enum_value(
+        name = "Crop: fill the model size, cutting the sides (or top and bottom) that stick out",
+        nick = "crop"
+    )]
+    Crop = 1,
+    #[enum_value(
+        name = "Fit: the whole picture with its aspect ratio, black borders around",
+        nick = "fit"
+    )]
+    Fit = 2,
+}
+
 /// The `drop-frames` property: what happens when frames arrive faster than inference.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
 #[repr(u32)]
@@ -187,6 +211,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     });
     CfgType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     BlendMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    ResizeMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     DropFrames::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ExecutionProvider::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(

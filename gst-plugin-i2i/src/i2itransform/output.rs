@@ -171,6 +171,9 @@ impl I2iTransform {
                     return Err(gst::FlowError::NotNegotiated);
                 }
                 st.conv = Some(conv);
+                // The output is at the model size.
+                st.width = info.width();
+                st.height = info.height();
             }
             Deferred::Event(ev) => {
                 let t = ev.type_();
@@ -190,7 +193,8 @@ impl I2iTransform {
         let Some(fps) = st.conv.as_ref().map(|o| o.out_info().fps()) else {
             return Ok(());
         };
-        match self.negotiate_output(fps) {
+        // At the size of the frames now leaving, not of the input's latest caps.
+        match self.negotiate_output(fps, (st.width, st.height)) {
             Ok((caps, info)) => {
                 if self.srcpad.current_caps().as_ref() != Some(&caps) {
                     self.push_event_item(st, Deferred::Caps(gst::event::Caps::new(&caps), info))?;

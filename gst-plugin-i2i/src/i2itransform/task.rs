@@ -21,7 +21,7 @@ use super::live::{self, LiveSettings};
 use super::output::OutItem;
 use super::queue::{Popped, QueueItem};
 use super::smooth::Smoother;
-use crate::diffusion::{DecodedFrame, Engine, PreparedFrame};
+use crate::diffusion::{DecodedFrame, Engine, LoadOptions, PreparedFrame};
 use crate::settings::state::APPLIED_EVENT;
 
 /// Frame duration assumed for the idle timeout when the input has no frame rate.
@@ -71,6 +71,8 @@ pub(super) struct FrameMeta {
 /// Task side: the engine and everything in flight. Exists from start to stop.
 pub(super) struct Worker {
     pub engine: Engine,
+    /// What the engine was loaded with (`size-from-input` reloads it at another size).
+    pub load: LoadOptions,
     pub batch_size: usize,
     pub batch: Vec<QueuedFrame>,
     /// Frames handed to the engine and not out yet, in input order.
@@ -86,10 +88,11 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub fn new(engine: Engine, batch_size: usize, applied: LiveSettings) -> Self {
+    pub fn new(engine: Engine, load: LoadOptions, applied: LiveSettings) -> Self {
         Worker {
             engine,
-            batch_size,
+            batch_size: load.batch_size,
+            load,
             batch: Vec::new(),
             in_flight: VecDeque::new(),
             deferred: VecDeque::new(),
@@ -160,6 +163,12 @@ impl I2iTransform {
                     Ok(())
                 }
             }
+            Item::Event(Deferred::Caps(ev, info))
+                if (info.width(), info.height()) != (w.load.width, w.load.height) =>
+            {
+                self.reload_at(w, info.width(), info.height())
+                    .and_then(|()| self.send_out(OutItem::Event(Deferred::Caps(ev, info))))
+            }
             Item::Event(d) => match w.last_pending_tag() {
                 Some(tag) => {
                     w.deferred.push_back((tag, d));
@@ -176,6 +185,46 @@ impl I2iTransform {
         if let Err(err) = res {
             self.on_flow_error(err);
         }
+    }
+
+    /// New input caps need another model size (`size-from-input`): the frames in flight
+    /// come out at the old size, then the engine is loaded again at the new one.
+    pub(super) fn reload_at(
+        &self,
+        w: &mut Worker,
+        width: u32,
+        height: u32,
+    ) -> Result<(), gst::FlowError> {
+        self.drain_engine(w)?;
+        let mut load = w.load.clone();
+        load.width = width;
+        load.height = height;
+        gst::info!(
+            CAT,
+            imp = self,
+            "loading the model again at {width}x{height}"
+        );
+        // Frames prepared on the input side keep using (and refilling) the same pool.
+        let pre = w.engine.preprocessor();
+        w.engine = Engine::load(&load, &w.applied.params).map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Init,
+                (
+                    "Could not load the model at {}x{} (size-from-input): {}",
+                    width,
+                    height,
+                    e
+                ),
+                ["Set size-from-input=false and width/height to a size the model takes"]
+            );
+            gst::FlowError::Error
+        })?;
+        w.engine.share_preprocessor(&pre);
+        w.load = load;
+        // The new engine holds its own prompt and noise: blends are applied again.
+        w.smoother = Smoother::new();
+        Ok(())
     }
 
     /// How long to wait for input before finishing the frames in flight: about two frame
