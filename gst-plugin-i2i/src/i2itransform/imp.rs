@@ -27,7 +27,7 @@ use super::output::{OutItem, OutState};
 use super::queue::BoundedQueue;
 use super::task::{Deferred, Item, QueuedFrame, Worker};
 use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, ResizeMode, provider_name};
-use crate::diffusion::{self, Engine, LoadOptions};
+use crate::diffusion::{self, Engine, LoadOptions, Preprocessor};
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -231,6 +231,9 @@ impl Default for Settings {
 /// Streaming-thread side: input conversion and the running-time reference.
 struct InputState {
     converter: Option<InputConverter>,
+    /// The engine's preprocessing, run here on the streaming thread so the inference task
+    /// only runs model calls.
+    preprocessor: Option<Preprocessor>,
     segment: gst::FormattedSegment<gst::ClockTime>,
     next_tag: u64,
     /// Upstream is a live source (asked when caps arrive).
@@ -243,6 +246,7 @@ impl Default for InputState {
     fn default() -> Self {
         InputState {
             converter: None,
+            preprocessor: None,
             segment: gst::FormattedSegment::new(),
             next_tag: 0,
             upstream_live: false,
@@ -552,6 +556,7 @@ impl I2iTransform {
                 );
                 return Err(gst::FlowError::NotNegotiated);
             };
+            let (model_w, model_h) = conv.model_size();
             let rgb = match conv.convert(buffer.as_ref()) {
                 Ok(rgb) => rgb,
                 Err(e) => {
@@ -591,11 +596,18 @@ impl I2iTransform {
                 });
             }
             let tag = input.next_tag;
+            let Some(pre) = input.preprocessor.as_ref() else {
+                return Err(gst::FlowError::Flushing);
+            };
+            let prepared = pre.prepare(tag, &rgb, model_w, model_h).map_err(|e| {
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
+                gst::FlowError::NotNegotiated
+            })?;
             input.next_tag += 1;
             let running_time = input.segment.to_running_time(buffer.pts());
             QueuedFrame {
                 tag,
-                rgb,
+                prepared,
                 meta,
                 running_time,
                 index: Some(buffer.offset())
@@ -1200,6 +1212,7 @@ impl I2iTransform {
             width: s.width,
             height: s.height,
         };
+        self.input.lock().unwrap().preprocessor = Some(engine.preprocessor());
         *self.worker.lock().unwrap() = Some(Worker::new(engine, opts, s.live));
         self.running.store(true, Ordering::SeqCst);
         self.obj().notify("provider");

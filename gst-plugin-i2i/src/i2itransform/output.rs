@@ -15,12 +15,12 @@ use super::convert::{OutputConverter, converter_threads};
 use super::imp::{CAT, I2iTransform, METADATA_COPY};
 use super::queue::QueueItem;
 use super::task::Deferred;
-use crate::diffusion::{self, OutputFrame};
+use crate::diffusion::DecodedFrame;
 
 /// What the task hands to the output thread, in stream order.
 pub(super) enum OutItem {
     /// An engine picture and the metadata of its input frame.
-    Frame(OutputFrame, gst::Buffer),
+    Frame(DecodedFrame, gst::Buffer),
     Event(Deferred),
     Eos(gst::Event),
     /// Everything before it has been pushed: answers a DRAIN query.
@@ -107,7 +107,7 @@ impl I2iTransform {
                     return Ok(());
                 }
                 let mut rgb = Vec::new();
-                diffusion::to_rgb8(&out.pixels, st.width, st.height, &mut rgb);
+                out.to_rgb8(st.width, st.height, &mut rgb);
                 self.renegotiate_if_asked(&mut st)?;
                 let Some(conv) = st.conv.as_ref() else {
                     gst::element_imp_error!(

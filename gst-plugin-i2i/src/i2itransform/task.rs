@@ -21,7 +21,7 @@ use super::live::{self, LiveSettings};
 use super::output::OutItem;
 use super::queue::{Popped, QueueItem};
 use super::smooth::Smoother;
-use crate::diffusion::{Engine, InputFrame, LoadOptions, OutputFrame};
+use crate::diffusion::{DecodedFrame, Engine, LoadOptions, PreparedFrame};
 use crate::settings::state::APPLIED_EVENT;
 
 /// Frame duration assumed for the idle timeout when the input has no frame rate.
@@ -32,7 +32,8 @@ const MIN_IDLE: Duration = Duration::from_millis(20);
 /// A frame converted on the streaming thread, waiting for inference.
 pub(super) struct QueuedFrame {
     pub tag: u64,
-    pub rgb: Vec<u8>,
+    /// Preprocessed on the streaming thread.
+    pub prepared: PreparedFrame,
     /// A buffer without memory carrying the input's timestamps, offsets, flags and metas.
     pub meta: gst::Buffer,
     pub running_time: Option<gst::ClockTime>,
@@ -203,6 +204,8 @@ impl I2iTransform {
             imp = self,
             "loading the model again at {width}x{height}"
         );
+        // Frames prepared on the input side keep using (and refilling) the same pool.
+        let pre = w.engine.preprocessor();
         w.engine = Engine::load(&load, &w.applied.params).map_err(|e| {
             gst::element_imp_error!(
                 self,
@@ -217,6 +220,7 @@ impl I2iTransform {
             );
             gst::FlowError::Error
         })?;
+        w.engine.share_preprocessor(&pre);
         w.load = load;
         // The new engine holds its own prompt and noise: blends are applied again.
         w.smoother = Smoother::new();
@@ -350,15 +354,12 @@ impl I2iTransform {
                 tag: f.tag,
                 meta: f.meta,
             });
-            inputs.push(InputFrame {
-                tag: f.tag,
-                rgb: f.rgb,
-            });
+            inputs.push(f.prepared);
         }
         let start = Instant::now();
         let outs = w
             .engine
-            .process(inputs)
+            .process_prepared(inputs)
             .map_err(|e| self.engine_failed(e))?;
         self.record_inference(start.elapsed());
         self.push_outputs(w, outs)
@@ -405,7 +406,10 @@ impl I2iTransform {
                 || desired.params.num_inference_steps != old.num_inference_steps;
             if restructure && w.engine.in_flight() > 0 {
                 // Finish the frames in flight with the schedule they started on.
-                let outs = w.engine.drain().map_err(|e| self.engine_failed(e))?;
+                let outs = w
+                    .engine
+                    .drain_decoded()
+                    .map_err(|e| self.engine_failed(e))?;
                 self.push_outputs(w, outs)?;
             }
             let before = w.engine.params().clone();
@@ -491,7 +495,7 @@ impl I2iTransform {
 
     /// Hands the engine's finished frames (and the events due after them) to the output
     /// thread.
-    fn push_outputs(&self, w: &mut Worker, outs: Vec<OutputFrame>) -> Result<(), gst::FlowError> {
+    fn push_outputs(&self, w: &mut Worker, outs: Vec<DecodedFrame>) -> Result<(), gst::FlowError> {
         for out in outs {
             let meta = match w.in_flight.iter().position(|m| m.tag == out.tag) {
                 Some(0) => w.in_flight.pop_front().expect("front exists"),
@@ -574,7 +578,10 @@ impl I2iTransform {
             self.run_batch(w)?;
         }
         if w.engine.in_flight() > 0 {
-            let outs = w.engine.drain().map_err(|e| self.engine_failed(e))?;
+            let outs = w
+                .engine
+                .drain_decoded()
+                .map_err(|e| self.engine_failed(e))?;
             self.push_outputs(w, outs)?;
         }
         if !w.in_flight.is_empty() {
