@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from i2i_models import clip_vocab, configs, tiny  # noqa: E402
+from i2i_models import clip_vocab, configs, sdxl, tiny  # noqa: E402
 from i2i_models.graph import save  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -40,6 +40,9 @@ def generator_hash() -> str:
 
 
 def expected_files(name: str) -> list[str]:
+    xl = next((v for v in sdxl.VARIANTS if v.name == name), None)
+    if xl is not None:
+        return sdxl.expected_files(xl)
     files = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/special_tokens_map.json",
              "tokenizer/tokenizer_config.json"]
     files += [f"{c}/{f}" for c in COMPONENTS for f in ("model.onnx", "config.json")]
@@ -82,6 +85,7 @@ def build_all(out: Path, log) -> None:
     vocab, merges = clip_vocab.vocab_and_merges(gz)
     tok_cache: dict = {}
     builders = [(v.name, lambda d, v=v: write_tiny(d, v, vocab, merges, tok_cache)) for v in tiny.VARIANTS]
+    builders += [(v.name, lambda d, v=v: sdxl.write(d, v, vocab, merges, tok_cache)) for v in sdxl.VARIANTS]
     try:
         from i2i_models import demo
     except ImportError:
@@ -101,7 +105,7 @@ def build_all(out: Path, log) -> None:
 
 
 def model_names() -> list[str]:
-    names = [v.name for v in tiny.VARIANTS]
+    names = [v.name for v in tiny.VARIANTS] + [v.name for v in sdxl.VARIANTS]
     if (HERE / "i2i_models" / "demo.py").exists():
         names.insert(0, "demo")
     return names
