@@ -20,6 +20,7 @@ pub mod noise;
 pub mod onnx_proto;
 pub mod runtime;
 pub mod scheduler;
+pub mod sdxl;
 pub mod stream;
 pub mod tokenizer;
 

@@ -25,6 +25,7 @@ use serde_json::Value;
 
 use super::runtime::{LogLevel, log};
 use super::scheduler::SchedulerConfig;
+use super::sdxl::{self, Text, UnetXl, XlText};
 use super::tokenizer::ClipTokenizer;
 use super::{EngineError, ExecutionProvider, LoadOptions};
 
@@ -57,7 +58,7 @@ impl Elem {
         }
     }
 
-    fn is_float(self) -> bool {
+    pub(super) fn is_float(self) -> bool {
         matches!(self, Elem::F32 | Elem::F16)
     }
 }
@@ -185,7 +186,7 @@ impl Graph {
         self.outputs.iter().find(|s| s.name == name)
     }
 
-    fn require_input(&self, name: &str, what: &str) -> Result<Spec, EngineError> {
+    pub(super) fn require_input(&self, name: &str, what: &str) -> Result<Spec, EngineError> {
         self.input(name).cloned().ok_or_else(|| {
             let found: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
             EngineError::tensor(
@@ -217,7 +218,7 @@ impl Graph {
     }
 
     /// Every input must be one the engine feeds.
-    fn no_other_inputs(&self, known: &[&str]) -> Result<(), EngineError> {
+    pub(super) fn no_other_inputs(&self, known: &[&str]) -> Result<(), EngineError> {
         for s in &self.inputs {
             if !known.contains(&s.name.as_str()) {
                 return Err(EngineError::tensor(
@@ -469,6 +470,9 @@ pub enum TimestepForm {
     PerRow,
     /// A scalar: rows in one call must share the timestep.
     Scalar,
+    /// A one-element `[1]` tensor with a dynamic batch elsewhere (ONNX Runtime's demo
+    /// export): rows in one call must share the timestep.
+    One,
 }
 
 #[derive(Debug)]
@@ -479,6 +483,10 @@ pub struct Unet {
     pub fixed_batch: Option<usize>,
     /// Hidden size E the graph expects, if fixed.
     pub hidden_size: Option<usize>,
+    /// SDXL's `text_embeds` and `time_ids`, when the graph takes them.
+    pub xl: Option<UnetXl>,
+    /// Size of the pooled vector packed after the hidden states (SDXL; 0 otherwise).
+    pub pooled_size: usize,
     output: String,
     latent_h: usize,
     latent_w: usize,
@@ -498,7 +506,12 @@ impl Unet {
         let timestep = graph.require_input("timestep", "diffusion timestep")?;
         let hidden =
             graph.require_input("encoder_hidden_states", "text embeddings [batch, 77, E]")?;
-        graph.no_other_inputs(&["sample", "timestep", "encoder_hidden_states"])?;
+        let xl = UnetXl::bind(&graph, opts)?;
+        let mut known = vec!["sample", "timestep", "encoder_hidden_states"];
+        if xl.is_some() {
+            known.extend(sdxl::UNET_INPUTS);
+        }
+        graph.no_other_inputs(&known)?;
         let file = graph.file.clone();
         check_image_like(&file, &sample, 4, latent_h, latent_w, opts, "latent")?;
         if !sample.elem.is_float() {
@@ -511,6 +524,7 @@ impl Unet {
         }
         let timestep_form = match timestep.rank() {
             0 => TimestepForm::Scalar,
+            1 if timestep.dim(0) == Some(1) && sample.dim(0) != Some(1) => TimestepForm::One,
             1 => TimestepForm::PerRow,
             _ => {
                 return Err(EngineError::tensor(
@@ -542,7 +556,7 @@ impl Unet {
             ));
         }
         let fixed_batch = sample.dim(0);
-        if let (Some(b), 1) = (timestep.dim(0), timestep.rank())
+        if let (Some(b), TimestepForm::PerRow) = (timestep.dim(0), timestep_form)
             && Some(b) != fixed_batch
         {
             return Err(EngineError::tensor(
@@ -554,6 +568,8 @@ impl Unet {
         }
         Ok(Unet {
             hidden_size: hidden.dim(2),
+            xl,
+            pooled_size: 0,
             output: out.name.clone(),
             graph,
             timestep_form,
@@ -588,7 +604,7 @@ impl Unet {
         let mut start = 0;
         for r in 1..=rows {
             let split = r == rows
-                || (self.timestep_form == TimestepForm::Scalar && timesteps[r] != timesteps[start]);
+                || (self.timestep_form != TimestepForm::PerRow && timesteps[r] != timesteps[start]);
             if split {
                 groups.push((start, r));
                 start = r;
@@ -606,17 +622,33 @@ impl Unet {
                 let h_in = rows_padded(hidden, hid, r0..r1, b, &mut self.hidden_buf);
                 let t_in = rows_padded(timesteps, 1, r0..r1, b, &mut self.time_buf);
                 let s_shape = [b as i64, 4, self.latent_h as i64, self.latent_w as i64];
-                let h_shape = [b as i64, seq[0] as i64, seq[1] as i64];
+                let mut h_shape = [b as i64, seq[0] as i64, seq[1] as i64];
                 let t_shape_row = [b as i64];
                 let (t_shape, t_data): (&[i64], &[f32]) = match self.timestep_form {
                     TimestepForm::PerRow => (&t_shape_row, t_in),
                     TimestepForm::Scalar => (&[], &t_in[..1]),
+                    TimestepForm::One => (&[1], &t_in[..1]),
                 };
-                let feeds = [
+                let p = self.pooled_size;
+                let p_shape = [b as i64, p as i64];
+                let id_shape = [b as i64, sdxl::TIME_IDS as i64];
+                let mut feeds = vec![
                     ("sample", &s_shape[..], Feed::F32(s_in)),
                     ("timestep", t_shape, Feed::F32(t_data)),
-                    ("encoder_hidden_states", &h_shape[..], Feed::F32(h_in)),
                 ];
+                // SDXL: the packed rows become encoder_hidden_states, text_embeds, time_ids.
+                if let Some(xl) = self.xl.as_mut() {
+                    h_shape[1] = xl.split(h_in, b, seq, p) as i64;
+                    feeds.push((
+                        "encoder_hidden_states",
+                        &h_shape[..],
+                        Feed::F32(xl.hidden()),
+                    ));
+                    feeds.push(("text_embeds", &p_shape[..], Feed::F32(xl.pooled())));
+                    feeds.push(("time_ids", &id_shape[..], Feed::F32(xl.time_ids())));
+                } else {
+                    feeds.push(("encoder_hidden_states", &h_shape[..], Feed::F32(h_in)));
+                }
                 let dst = &mut out[r0 * lat..r1 * lat];
                 let ok = self.graph.run_with(&feeds, &self.output, |shape, eps| {
                     if shape != s_shape {
@@ -693,6 +725,7 @@ pub enum LatentForm {
 pub struct VaeEncoder {
     pub graph: Graph,
     pub fixed_batch: Option<usize>,
+    input: String,
     output: String,
     declared_form: Option<LatentForm>,
     height: usize,
@@ -704,13 +737,19 @@ pub struct VaeEncoder {
 impl VaeEncoder {
     fn bind(graph: Graph, opts: &LoadOptions) -> Result<Self, EngineError> {
         let (h, w) = (opts.height as usize, opts.width as usize);
-        let sample = graph.require_input("sample", "image [batch, 3, H, W] in [-1, 1]")?;
-        graph.no_other_inputs(&["sample"])?;
+        // `images` in ONNX Runtime's demo export.
+        let name = if graph.input("images").is_some() {
+            "images"
+        } else {
+            "sample"
+        };
+        let sample = graph.require_input(name, "image [batch, 3, H, W] in [-1, 1]")?;
+        graph.no_other_inputs(&[name])?;
         check_image_like(&graph.file, &sample, 3, h, w, opts, "image")?;
         if !sample.elem.is_float() {
             return Err(EngineError::tensor(
                 &graph.file,
-                "sample",
+                name,
                 "float32 or float16",
                 sample.to_string(),
             ));
@@ -749,6 +788,7 @@ impl VaeEncoder {
         }
         Ok(VaeEncoder {
             fixed_batch: sample.dim(0),
+            input: sample.name.clone(),
             output: out.name.clone(),
             declared_form,
             graph,
@@ -779,7 +819,7 @@ impl VaeEncoder {
             let b = chunk.max(n);
             let data = rows_padded(images, img, r0..r1, b, &mut self.in_buf);
             let shape = [b as i64, 3, self.height as i64, self.width as i64];
-            let feeds = [("sample", &shape[..], Feed::F32(data))];
+            let feeds = [(self.input.as_str(), &shape[..], Feed::F32(data))];
             let s = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
             calls += 1;
             let channels = s.get(1).copied().unwrap_or(0);
@@ -829,6 +869,7 @@ impl VaeEncoder {
 pub struct VaeDecoder {
     pub graph: Graph,
     pub fixed_batch: Option<usize>,
+    input: String,
     output: String,
     height: usize,
     width: usize,
@@ -838,18 +879,24 @@ pub struct VaeDecoder {
 impl VaeDecoder {
     fn bind(graph: Graph, opts: &LoadOptions) -> Result<Self, EngineError> {
         let (h, w) = (opts.height as usize, opts.width as usize);
-        let input = graph.require_input("latent_sample", "latents [batch, 4, h, w]")?;
-        graph.no_other_inputs(&["latent_sample"])?;
+        // `latent` in ONNX Runtime's demo export.
+        let name = if graph.input("latent").is_some() {
+            "latent"
+        } else {
+            "latent_sample"
+        };
+        let input = graph.require_input(name, "latents [batch, 4, h, w]")?;
+        graph.no_other_inputs(&[name])?;
         check_image_like(&graph.file, &input, 4, h / 8, w / 8, opts, "latent")?;
         if !input.elem.is_float() {
             return Err(EngineError::tensor(
                 &graph.file,
-                "latent_sample",
+                name,
                 "float32 or float16",
                 input.to_string(),
             ));
         }
-        let out = graph.pick_output(&["sample"], "image [batch, 3, H, W] in [-1, 1]")?;
+        let out = graph.pick_output(&["sample", "images"], "image [batch, 3, H, W] in [-1, 1]")?;
         if out.rank() != 4 || !out.elem.is_float() || out.dim(1).is_some_and(|c| c != 3) {
             return Err(EngineError::tensor(
                 &graph.file,
@@ -860,6 +907,7 @@ impl VaeDecoder {
         }
         Ok(VaeDecoder {
             fixed_batch: input.dim(0),
+            input: input.name.clone(),
             output: out.name.clone(),
             graph,
             height: h,
@@ -888,7 +936,7 @@ impl VaeDecoder {
             let b = chunk.max(n);
             let data = rows_padded(latents, lat, r0..r1, b, &mut self.in_buf);
             let shape = [b as i64, 4, lh as i64, lw as i64];
-            let feeds = [("latent_sample", &shape[..], Feed::F32(data))];
+            let feeds = [(self.input.as_str(), &shape[..], Feed::F32(data))];
             let want = [b as i64, 3, self.height as i64, self.width as i64];
             // The decoded images go to `sink` straight from ONNX Runtime's output.
             let ok = self.graph.run_with(&feeds, &self.output, |s, y| {
@@ -919,7 +967,7 @@ impl VaeDecoder {
 #[derive(Debug)]
 pub struct Model {
     pub dir: PathBuf,
-    pub text: TextEncoder,
+    pub text: Text,
     pub unet: Unet,
     pub vae_encoder: VaeEncoder,
     pub vae_decoder: VaeDecoder,
@@ -1160,13 +1208,17 @@ impl Model {
         let scheduler =
             SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let scaling_factor = read_scaling_factor(&dir)?;
         let files = [
             graph_file(&dir, "text_encoder")?,
             graph_file(&dir, "unet")?,
             graph_file(&dir, "vae_encoder")?,
             graph_file(&dir, "vae_decoder")?,
         ];
+        let xl = sdxl::check_family(&dir, &files[1])?;
+        let scaling_factor = match read_scaling_factor(&dir) {
+            Err(EngineError::MissingFile { .. }) if xl.is_some() => sdxl::SDXL_SCALING_FACTOR,
+            r => r?,
+        };
         let env = super::runtime::environment()?;
         let available = super::runtime::available_providers()?;
         let has = |n: &str| available.iter().any(|p| p == n);
@@ -1217,7 +1269,8 @@ impl Model {
                 fp16: opts.fp16,
                 cache_dir,
             };
-            match Self::open_all(opts, &factory, &files, unet_rows, tokenizer.clone(), prompt) {
+            let text = (tokenizer.clone(), xl.clone());
+            match Self::open_all(opts, &factory, &files, unet_rows, text, prompt) {
                 Ok((text, unet, vae_encoder, vae_decoder, emb, shape)) => {
                     if opts.execution_provider == ExecutionProvider::Auto {
                         log(
@@ -1265,19 +1318,9 @@ impl Model {
         factory: &SessionFactory,
         files: &[PathBuf; 4],
         unet_rows: (usize, usize),
-        tokenizer: ClipTokenizer,
+        (tokenizer, xl): (ClipTokenizer, Option<sdxl::XlFiles>),
         prompt: &str,
-    ) -> Result<
-        (
-            TextEncoder,
-            Unet,
-            VaeEncoder,
-            VaeDecoder,
-            Vec<f32>,
-            [usize; 3],
-        ),
-        EngineError,
-    > {
+    ) -> Result<(Text, Unet, VaeEncoder, VaeDecoder, Vec<f32>, [usize; 3]), EngineError> {
         let (h, w) = (opts.height as usize, opts.width as usize);
         let (lh, lw) = (h / 8, w / 8);
         let bs = opts.batch_size;
@@ -1322,10 +1365,30 @@ impl Model {
             );
         }
         let text_graph = factory.open(&files[0], trt.then_some(&text_profile))?;
-        let mut text = TextEncoder::bind(text_graph, tokenizer)?;
+        let mut text = match &xl {
+            None => Text::Clip(Box::new(TextEncoder::bind(text_graph, tokenizer)?)),
+            Some(x) => {
+                let p2 = profile(
+                    &x.text_encoder_2,
+                    &[("input_ids", vec![1, seq], vec![1, seq], vec![1, seq])],
+                )?;
+                let g2 = factory.open(&x.text_encoder_2, trt.then_some(&p2))?;
+                Text::Xl(Box::new(XlText::bind(
+                    (text_graph, tokenizer),
+                    (g2, x.tokenizer_2.clone()),
+                    x.force_zeros,
+                )?))
+            }
+        };
         let mut emb = Vec::new();
         let shape = text.encode(prompt, &mut emb)?;
         let e = shape[2];
+        // SDXL: the pooled vector rides in the last rows (see sdxl.rs); L is the sequence.
+        let pooled = match &text {
+            Text::Xl(t) => t.pooled_size(),
+            Text::Clip(_) => 0,
+        };
+        let l = shape[1] - sdxl::pooled_rows(pooled, e);
         let (typ, max) = unet_rows;
         let unet_profile = profile(
             &files[1],
@@ -1339,43 +1402,77 @@ impl Model {
                 ("timestep", vec![1], vec![typ], vec![max]),
                 (
                     "encoder_hidden_states",
-                    vec![1, seq, e],
-                    vec![typ, seq, e],
-                    vec![max, seq, e],
+                    vec![1, l, e],
+                    vec![typ, l, e],
+                    vec![max, l, e],
+                ),
+                (
+                    "text_embeds",
+                    vec![1, pooled],
+                    vec![typ, pooled],
+                    vec![max, pooled],
+                ),
+                (
+                    "time_ids",
+                    vec![1, sdxl::TIME_IDS],
+                    vec![typ, sdxl::TIME_IDS],
+                    vec![max, sdxl::TIME_IDS],
                 ),
             ],
         )?;
         let unet_graph = factory.open(&files[1], trt.then_some(&unet_profile))?;
-        let unet = Unet::bind(unet_graph, lh, lw, opts)?;
+        let mut unet = Unet::bind(unet_graph, lh, lw, opts)?;
+        sdxl::check_unet(&mut unet, &text, pooled)?;
         if let Some(he) = unet.hidden_size
             && he != e
         {
             return Err(EngineError::tensor(
                 &unet.graph.file,
                 "encoder_hidden_states",
-                format!("hidden size {e} (text_encoder's last_hidden_state)"),
+                match &text {
+                    Text::Clip(_) => format!("hidden size {e} (text_encoder's last_hidden_state)"),
+                    Text::Xl(_) => format!(
+                        "hidden size {e} (text_encoder's and text_encoder_2's hidden states, concatenated)"
+                    ),
+                },
                 format!("{he} (text encoder and UNet do not belong together)"),
             ));
         }
         let enc_profile = profile(
             &files[2],
-            &[(
-                "sample",
-                vec![1, 3, h, w],
-                vec![bs, 3, h, w],
-                vec![bs, 3, h, w],
-            )],
+            &[
+                (
+                    "sample",
+                    vec![1, 3, h, w],
+                    vec![bs, 3, h, w],
+                    vec![bs, 3, h, w],
+                ),
+                (
+                    "images",
+                    vec![1, 3, h, w],
+                    vec![bs, 3, h, w],
+                    vec![bs, 3, h, w],
+                ),
+            ],
         )?;
         let vae_encoder =
             VaeEncoder::bind(factory.open(&files[2], trt.then_some(&enc_profile))?, opts)?;
         let dec_profile = profile(
             &files[3],
-            &[(
-                "latent_sample",
-                vec![1, 4, lh, lw],
-                vec![bs, 4, lh, lw],
-                vec![bs, 4, lh, lw],
-            )],
+            &[
+                (
+                    "latent_sample",
+                    vec![1, 4, lh, lw],
+                    vec![bs, 4, lh, lw],
+                    vec![bs, 4, lh, lw],
+                ),
+                (
+                    "latent",
+                    vec![1, 4, lh, lw],
+                    vec![bs, 4, lh, lw],
+                    vec![bs, 4, lh, lw],
+                ),
+            ],
         )?;
         let vae_decoder =
             VaeDecoder::bind(factory.open(&files[3], trt.then_some(&dec_profile))?, opts)?;
