@@ -15,9 +15,11 @@ use std::time::Duration;
 
 mod engine;
 mod error;
+mod graph;
 pub mod model;
 pub mod noise;
 pub mod onnx_proto;
+mod provider;
 pub mod runtime;
 pub mod scheduler;
 pub mod sdxl;

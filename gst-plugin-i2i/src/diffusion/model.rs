@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The four ONNX sessions of a diffusers / optimum model directory, bound by name, with
-//! the element types and ranks read from the sessions and casts at the boundary.
+//! The four ONNX sessions of a diffusers / optimum model directory (text encoder, UNet,
+//! VAE encoder and decoder), bound by name, with the element types and ranks read from
+//! the sessions, and [`Model::load`], which opens them on the first execution provider
+//! that works.
 //!
 //! Variants handled (see the notes on model files):
 //! * text_encoder `input_ids` int64 or int32 `[B, 77]` -> `last_hidden_state` `[B, 77, E]`;
@@ -9,373 +11,28 @@
 //! * vae_encoder `sample` -> `latent_sample` (4 channels) or `latent_parameters`
 //!   (8 channels: mean and log-variance; the mean is used);
 //! * vae_decoder `latent_sample` -> `sample`;
+//! * ONNX Runtime's demo names: timestep `[1]`, vae_encoder `images` -> `latent`,
+//!   vae_decoder `latent` -> `images`;
+//! * SDXL (a UNet with `text_embeds` and `time_ids`, two text encoders): sdxl.rs.
 //! * float32 or float16 graphs; a dynamic batch dimension, or a fixed one (rows are then
-//!   sent in chunks of that size).
+//!   sent in chunks of that size, see [`chunks`]).
+//!
+//! The graph binding lives in graph.rs, the execution-provider set-up in provider.rs.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-use ort::ep;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
-use ort::value::{TensorElementType, TensorRef, ValueType};
 use serde_json::Value;
 
+pub use super::graph::{Chunk, Elem, Feed, Graph, Spec, chunks};
+use super::graph::{rows_padded, shape_str};
+use super::provider::{
+    ProfilePart, SessionFactory, TrtProfile, candidates, provider_error, trt_cache_dir, trt_profile,
+};
 use super::runtime::{LogLevel, log};
 use super::scheduler::SchedulerConfig;
 use super::sdxl::{self, Text, UnetXl, XlText};
 use super::tokenizer::ClipTokenizer;
 use super::{EngineError, ExecutionProvider, LoadOptions};
-
-/// Element types the engine can feed or read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Elem {
-    F32,
-    F16,
-    I64,
-    I32,
-}
-
-impl Elem {
-    fn from_ort(t: TensorElementType) -> Option<Elem> {
-        match t {
-            TensorElementType::Float32 => Some(Elem::F32),
-            TensorElementType::Float16 => Some(Elem::F16),
-            TensorElementType::Int64 => Some(Elem::I64),
-            TensorElementType::Int32 => Some(Elem::I32),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Elem::F32 => "float32",
-            Elem::F16 => "float16",
-            Elem::I64 => "int64",
-            Elem::I32 => "int32",
-        }
-    }
-
-    pub(super) fn is_float(self) -> bool {
-        matches!(self, Elem::F32 | Elem::F16)
-    }
-}
-
-/// A graph input or output as the session declares it (`-1` for a dynamic dimension).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Spec {
-    pub name: String,
-    pub elem: Elem,
-    pub shape: Vec<i64>,
-}
-
-impl Spec {
-    pub fn rank(&self) -> usize {
-        self.shape.len()
-    }
-
-    /// The fixed size of dimension `d`, if the graph fixes it.
-    pub fn dim(&self, d: usize) -> Option<usize> {
-        self.shape
-            .get(d)
-            .and_then(|&v| (v >= 0).then_some(v as usize))
-    }
-}
-
-fn shape_str(shape: &[i64]) -> String {
-    let dims: Vec<String> = shape
-        .iter()
-        .map(|&d| {
-            if d < 0 {
-                "?".to_string()
-            } else {
-                d.to_string()
-            }
-        })
-        .collect();
-    format!("[{}]", dims.join(", "))
-}
-
-impl std::fmt::Display for Spec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.elem.name(), shape_str(&self.shape))
-    }
-}
-
-/// Data handed to a graph input; converted to the declared element type.
-pub enum Feed<'a> {
-    F32(&'a [f32]),
-    I64(&'a [i64]),
-}
-
-/// One ONNX session and its declared inputs and outputs.
-pub struct Graph {
-    pub file: PathBuf,
-    session: Session,
-    pub inputs: Vec<Spec>,
-    pub outputs: Vec<Spec>,
-    scratch_f16: Vec<Vec<f16>>,
-    scratch_f32: Vec<Vec<f32>>,
-    scratch_i64: Vec<Vec<i64>>,
-    scratch_i32: Vec<Vec<i32>>,
-    scratch_out: Vec<f32>,
-}
-
-impl std::fmt::Debug for Graph {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Graph")
-            .field("file", &self.file)
-            .field("inputs", &self.inputs)
-            .field("outputs", &self.outputs)
-            .finish()
-    }
-}
-
-fn specs(file: &Path, list: &[ort::value::Outlet], what: &str) -> Result<Vec<Spec>, EngineError> {
-    list.iter()
-        .map(|o| match o.dtype() {
-            ValueType::Tensor { ty, shape, .. } => {
-                let elem = Elem::from_ort(*ty).ok_or_else(|| {
-                    EngineError::tensor(
-                        file,
-                        o.name(),
-                        format!("a float32, float16, int64 or int32 {what}"),
-                        format!("element type {ty}"),
-                    )
-                })?;
-                Ok(Spec {
-                    name: o.name().to_string(),
-                    elem,
-                    shape: shape.iter().copied().collect(),
-                })
-            }
-            other => Err(EngineError::tensor(
-                file,
-                o.name(),
-                format!("a tensor {what}"),
-                other.to_string(),
-            )),
-        })
-        .collect()
-}
-
-impl Graph {
-    fn new(file: PathBuf, session: Session) -> Result<Graph, EngineError> {
-        let inputs = specs(&file, session.inputs(), "input")?;
-        let outputs = specs(&file, session.outputs(), "output")?;
-        Ok(Graph {
-            file,
-            session,
-            inputs,
-            outputs,
-            scratch_f16: Vec::new(),
-            scratch_f32: Vec::new(),
-            scratch_i64: Vec::new(),
-            scratch_i32: Vec::new(),
-            scratch_out: Vec::new(),
-        })
-    }
-
-    pub fn input(&self, name: &str) -> Option<&Spec> {
-        self.inputs.iter().find(|s| s.name == name)
-    }
-
-    pub fn output(&self, name: &str) -> Option<&Spec> {
-        self.outputs.iter().find(|s| s.name == name)
-    }
-
-    pub(super) fn require_input(&self, name: &str, what: &str) -> Result<Spec, EngineError> {
-        self.input(name).cloned().ok_or_else(|| {
-            let found: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
-            EngineError::tensor(
-                &self.file,
-                name,
-                format!("an input named '{name}' ({what})"),
-                format!("inputs {found:?}"),
-            )
-        })
-    }
-
-    /// The output named one of `names`, else the only output.
-    fn pick_output(&self, names: &[&str], what: &str) -> Result<Spec, EngineError> {
-        for n in names {
-            if let Some(s) = self.output(n) {
-                return Ok(s.clone());
-            }
-        }
-        if self.outputs.len() == 1 {
-            return Ok(self.outputs[0].clone());
-        }
-        let found: Vec<&str> = self.outputs.iter().map(|s| s.name.as_str()).collect();
-        Err(EngineError::tensor(
-            &self.file,
-            names.join("' or '"),
-            format!("an output named '{}' ({what})", names.join("' or '")),
-            format!("outputs {found:?}"),
-        ))
-    }
-
-    /// Every input must be one the engine feeds.
-    pub(super) fn no_other_inputs(&self, known: &[&str]) -> Result<(), EngineError> {
-        for s in &self.inputs {
-            if !known.contains(&s.name.as_str()) {
-                return Err(EngineError::tensor(
-                    &self.file,
-                    &s.name,
-                    format!("only the inputs {known:?}"),
-                    format!(
-                        "an extra input '{}' {s} (this model type is not supported)",
-                        s.name
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the graph on `feeds` (name, shape, data) and writes output `output` as float32
-    /// into `out`; returns the output's shape.
-    pub fn run(
-        &mut self,
-        feeds: &[(&str, &[i64], Feed<'_>)],
-        output: &str,
-        out: &mut Vec<f32>,
-    ) -> Result<Vec<i64>, EngineError> {
-        self.run_with(feeds, output, |shape, data| {
-            out.clear();
-            out.extend_from_slice(data);
-            shape.to_vec()
-        })
-    }
-
-    /// Like [`Graph::run`], but hands the output (shape, float32 data) to `f` without
-    /// copying it first (float16 outputs are converted into a reused buffer).
-    pub fn run_with<R>(
-        &mut self,
-        feeds: &[(&str, &[i64], Feed<'_>)],
-        output: &str,
-        f: impl FnOnce(&[i64], &[f32]) -> R,
-    ) -> Result<R, EngineError> {
-        let Graph {
-            file,
-            session,
-            inputs,
-            scratch_f16,
-            scratch_f32,
-            scratch_i64,
-            scratch_i32,
-            scratch_out,
-            ..
-        } = self;
-        let n = feeds.len();
-        scratch_f16.resize_with(n, Vec::new);
-        scratch_f32.resize_with(n, Vec::new);
-        scratch_i64.resize_with(n, Vec::new);
-        scratch_i32.resize_with(n, Vec::new);
-        let mut elems = Vec::with_capacity(n);
-        // Casts first, into per-input scratch buffers kept across calls.
-        for (i, (name, _, feed)) in feeds.iter().enumerate() {
-            let spec = inputs
-                .iter()
-                .find(|s| s.name == *name)
-                .ok_or_else(|| EngineError::tensor(file, *name, "an input of this name", "none"))?;
-            match (feed, spec.elem) {
-                (Feed::F32(_), Elem::F32) | (Feed::I64(_), Elem::I64) => {}
-                (Feed::F32(d), Elem::F16) => {
-                    let s = &mut scratch_f16[i];
-                    s.resize(d.len(), f16::ZERO);
-                    s.convert_from_f32_slice(d);
-                }
-                (Feed::F32(d), Elem::I64) => {
-                    let s = &mut scratch_i64[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| v.round() as i64));
-                }
-                (Feed::F32(d), Elem::I32) => {
-                    let s = &mut scratch_i32[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| v.round() as i32));
-                }
-                (Feed::I64(d), Elem::I32) => {
-                    let s = &mut scratch_i32[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| v as i32));
-                }
-                (Feed::I64(d), Elem::F32) => {
-                    let s = &mut scratch_f32[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| v as f32));
-                }
-                (Feed::I64(d), Elem::F16) => {
-                    let s = &mut scratch_f16[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| f16::from_f32(v as f32)));
-                }
-            }
-            elems.push(spec.elem);
-        }
-        let ort_err = |e: ort::Error| EngineError::inference(file, e);
-        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(n);
-        for (i, ((name, shape, feed), elem)) in feeds.iter().zip(&elems).enumerate() {
-            let shape = shape.to_vec();
-            let v: SessionInputValue<'_> = match (feed, elem) {
-                (Feed::F32(d), Elem::F32) => TensorRef::from_array_view((shape, *d))
-                    .map_err(ort_err)?
-                    .into(),
-                (Feed::I64(d), Elem::I64) => TensorRef::from_array_view((shape, *d))
-                    .map_err(ort_err)?
-                    .into(),
-                (_, Elem::F16) => TensorRef::from_array_view((shape, &scratch_f16[i][..]))
-                    .map_err(ort_err)?
-                    .into(),
-                (_, Elem::F32) => TensorRef::from_array_view((shape, &scratch_f32[i][..]))
-                    .map_err(ort_err)?
-                    .into(),
-                (_, Elem::I64) => TensorRef::from_array_view((shape, &scratch_i64[i][..]))
-                    .map_err(ort_err)?
-                    .into(),
-                (_, Elem::I32) => TensorRef::from_array_view((shape, &scratch_i32[i][..]))
-                    .map_err(ort_err)?
-                    .into(),
-            };
-            values.push((name.to_string(), v));
-        }
-        let outputs = session.run(values).map_err(ort_err)?;
-        let value = outputs.get(output).ok_or_else(|| {
-            EngineError::tensor(
-                file,
-                output,
-                "an output of this name",
-                "none in the results",
-            )
-        })?;
-        let ty = value.dtype().tensor_type();
-        let shape: Vec<i64> = match value.dtype().tensor_shape() {
-            Some(s) => s.iter().copied().collect(),
-            None => Vec::new(),
-        };
-        match ty {
-            Some(TensorElementType::Float32) => {
-                let (_, d) = value.try_extract_tensor::<f32>().map_err(ort_err)?;
-                Ok(f(&shape, d))
-            }
-            Some(TensorElementType::Float16) => {
-                let (_, d) = value.try_extract_tensor::<f16>().map_err(ort_err)?;
-                scratch_out.resize(d.len(), 0.0);
-                d.convert_to_f32_slice(scratch_out);
-                Ok(f(&shape, scratch_out))
-            }
-            other => Err(EngineError::tensor(
-                file,
-                output,
-                "a float32 or float16 output",
-                format!("{other:?}"),
-            )),
-        }
-    }
-}
 
 /// The text encoder and its tokenizer.
 #[derive(Debug)]
@@ -599,28 +256,22 @@ impl Unet {
         let lat = 4 * self.latent_h * self.latent_w;
         let hid = seq[0] * seq[1];
         out.resize(rows * lat, 0.0);
-        // Runs of rows that may share a call.
-        let mut groups: Vec<(usize, usize)> = Vec::new();
-        let mut start = 0;
-        for r in 1..=rows {
-            let split = r == rows
-                || (self.timestep_form != TimestepForm::PerRow && timesteps[r] != timesteps[start]);
-            if split {
-                groups.push((start, r));
-                start = r;
-            }
-        }
         let mut calls = 0;
-        for (g0, g1) in groups {
-            let chunk = self.fixed_batch.unwrap_or(g1 - g0).max(1);
-            let mut r0 = g0;
-            while r0 < g1 {
-                let r1 = (r0 + chunk).min(g1);
-                let n = r1 - r0;
-                let b = chunk.max(n);
-                let s_in = rows_padded(sample, lat, r0..r1, b, &mut self.sample_buf);
-                let h_in = rows_padded(hidden, hid, r0..r1, b, &mut self.hidden_buf);
-                let t_in = rows_padded(timesteps, 1, r0..r1, b, &mut self.time_buf);
+        // Runs of rows that may share a call: all rows, or (scalar timestep) each run of
+        // equal timesteps.
+        let mut g0 = 0;
+        while g0 < rows {
+            let g1 = match self.timestep_form {
+                TimestepForm::PerRow => rows,
+                TimestepForm::Scalar | TimestepForm::One => (g0..rows)
+                    .find(|&r| timesteps[r] != timesteps[g0])
+                    .unwrap_or(rows),
+            };
+            for Chunk { rows: r, batch: b } in chunks(g0..g1, self.fixed_batch) {
+                let n = r.len();
+                let s_in = rows_padded(sample, lat, r.clone(), b, &mut self.sample_buf);
+                let h_in = rows_padded(hidden, hid, r.clone(), b, &mut self.hidden_buf);
+                let t_in = rows_padded(timesteps, 1, r.clone(), b, &mut self.time_buf);
                 let s_shape = [b as i64, 4, self.latent_h as i64, self.latent_w as i64];
                 let mut h_shape = [b as i64, seq[0] as i64, seq[1] as i64];
                 let t_shape_row = [b as i64];
@@ -649,7 +300,7 @@ impl Unet {
                 } else {
                     feeds.push(("encoder_hidden_states", &h_shape[..], Feed::F32(h_in)));
                 }
-                let dst = &mut out[r0 * lat..r1 * lat];
+                let dst = &mut out[r.start * lat..r.end * lat];
                 let ok = self.graph.run_with(&feeds, &self.output, |shape, eps| {
                     if shape != s_shape {
                         return Err(shape_str(shape));
@@ -666,8 +317,8 @@ impl Unet {
                         found,
                     ));
                 }
-                r0 = r1;
             }
+            g0 = g1;
         }
         Ok(calls)
     }
@@ -810,14 +461,10 @@ impl VaeEncoder {
         let (lh, lw) = (self.height / 8, self.width / 8);
         let lat = 4 * lh * lw;
         out.resize(rows * lat, 0.0);
-        let chunk = self.fixed_batch.unwrap_or(rows).max(1);
         let mut calls = 0;
-        let mut r0 = 0;
-        while r0 < rows {
-            let r1 = (r0 + chunk).min(rows);
-            let n = r1 - r0;
-            let b = chunk.max(n);
-            let data = rows_padded(images, img, r0..r1, b, &mut self.in_buf);
+        for Chunk { rows: r, batch: b } in chunks(0..rows, self.fixed_batch) {
+            let (r0, n) = (r.start, r.len());
+            let data = rows_padded(images, img, r, b, &mut self.in_buf);
             let shape = [b as i64, 3, self.height as i64, self.width as i64];
             let feeds = [(self.input.as_str(), &shape[..], Feed::F32(data))];
             let s = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
@@ -859,7 +506,6 @@ impl VaeEncoder {
                 out[(r0 + i) * lat..(r0 + i + 1) * lat]
                     .copy_from_slice(&self.out_buf[i * per..i * per + lat]);
             }
-            r0 = r1;
         }
         Ok(calls)
     }
@@ -927,14 +573,10 @@ impl VaeDecoder {
         let (lh, lw) = (self.height / 8, self.width / 8);
         let lat = 4 * lh * lw;
         let img = 3 * self.height * self.width;
-        let chunk = self.fixed_batch.unwrap_or(rows).max(1);
         let mut calls = 0;
-        let mut r0 = 0;
-        while r0 < rows {
-            let r1 = (r0 + chunk).min(rows);
-            let n = r1 - r0;
-            let b = chunk.max(n);
-            let data = rows_padded(latents, lat, r0..r1, b, &mut self.in_buf);
+        for Chunk { rows: r, batch: b } in chunks(0..rows, self.fixed_batch) {
+            let (r0, n) = (r.start, r.len());
+            let data = rows_padded(latents, lat, r, b, &mut self.in_buf);
             let shape = [b as i64, 4, lh as i64, lw as i64];
             let feeds = [(self.input.as_str(), &shape[..], Feed::F32(data))];
             let want = [b as i64, 3, self.height as i64, self.width as i64];
@@ -957,7 +599,6 @@ impl VaeDecoder {
                     found,
                 ));
             }
-            r0 = r1;
         }
         Ok(calls)
     }
@@ -1037,142 +678,6 @@ fn graph_file(dir: &Path, sub: &str) -> Result<PathBuf, EngineError> {
     Ok(f)
 }
 
-/// Where and how sessions are created.
-struct SessionFactory {
-    env: ort::environment::Environment,
-    provider: ExecutionProvider,
-    intra_threads: usize,
-    device_id: i32,
-    fp16: bool,
-    cache_dir: Option<PathBuf>,
-}
-
-impl SessionFactory {
-    fn eps(&self, trt_profile: Option<&TrtProfile>) -> Vec<ep::ExecutionProviderDispatch> {
-        match self.provider {
-            ExecutionProvider::Cpu | ExecutionProvider::Auto => Vec::new(),
-            ExecutionProvider::Cuda => vec![
-                ep::CUDA::default()
-                    .with_device_id(self.device_id)
-                    .build()
-                    .error_on_failure(),
-            ],
-            ExecutionProvider::TensorRt => {
-                let mut trt = ep::TensorRT::default()
-                    .with_device_id(self.device_id)
-                    .with_fp16(self.fp16)
-                    .with_engine_cache(true)
-                    .with_timing_cache(true);
-                if let Some(dir) = &self.cache_dir {
-                    let d = dir.display().to_string();
-                    trt = trt
-                        .with_engine_cache_path(d.clone())
-                        .with_timing_cache_path(d);
-                }
-                if let Some(p) = trt_profile
-                    && !p.min.is_empty()
-                {
-                    trt = trt
-                        .with_profile_min_shapes(p.min.clone())
-                        .with_profile_opt_shapes(p.opt.clone())
-                        .with_profile_max_shapes(p.max.clone());
-                }
-                vec![
-                    trt.build().error_on_failure(),
-                    // Nodes TensorRT does not take run on CUDA, not on the CPU.
-                    ep::CUDA::default()
-                        .with_device_id(self.device_id)
-                        .build()
-                        .error_on_failure(),
-                ]
-            }
-        }
-    }
-
-    fn open(&self, file: &Path, trt_profile: Option<&TrtProfile>) -> Result<Graph, EngineError> {
-        let build =
-            |eps: Vec<ep::ExecutionProviderDispatch>| -> Result<Session, (bool, ort::Error)> {
-                let mut b = Session::builder(&self.env)
-                    .map_err(|e| (false, e))?
-                    .with_optimization_level(GraphOptimizationLevel::Level3)
-                    .map_err(|e| (false, e.into()))?;
-                if self.intra_threads > 0 {
-                    b = b
-                        .with_intra_threads(self.intra_threads)
-                        .map_err(|e| (false, e.into()))?;
-                }
-                // Idle ONNX Runtime threads sleep instead of spinning: the engine shares
-                // the CPU with the rest of the pipeline (decoding, conversion).
-                b = b
-                    .with_intra_op_spinning(false)
-                    .map_err(|e| (false, e.into()))?;
-                if !eps.is_empty() {
-                    b = b
-                        .with_execution_providers(eps)
-                        .map_err(|e| (true, e.into()))?;
-                }
-                b.commit_from_file(file).map_err(|e| (false, e))
-            };
-        match build(self.eps(trt_profile)) {
-            Ok(s) => Graph::new(file.to_path_buf(), s),
-            Err((true, e)) => Err(provider_error(self.provider, e.to_string())),
-            Err((false, e))
-                if self.provider == ExecutionProvider::Cpu
-                    || self.provider == ExecutionProvider::Auto =>
-            {
-                Err(EngineError::invalid(
-                    file,
-                    format!("cannot load the ONNX graph: {e}"),
-                ))
-            }
-            Err((false, e)) => {
-                // The file loads on the CPU: the provider is at fault.
-                match build(Vec::new()) {
-                    Ok(_) => Err(provider_error(self.provider, e.to_string())),
-                    Err((_, cpu_e)) => Err(EngineError::invalid(
-                        file,
-                        format!("cannot load the ONNX graph: {cpu_e}"),
-                    )),
-                }
-            }
-        }
-    }
-}
-
-fn provider_error(p: ExecutionProvider, reason: String) -> EngineError {
-    let fix = match p {
-        ExecutionProvider::TensorRt => {
-            "use an ONNX Runtime build with TensorRT (the onnxruntime-gpu wheel's libonnxruntime.so via \
-             ORT_DYLIB_PATH, with TensorRT 10, CUDA 12 and cuDNN 9 libraries on the library path), or \
-             execution-provider=cuda / cpu / auto"
-        }
-        ExecutionProvider::Cuda => {
-            "use an ONNX Runtime build with CUDA (the onnxruntime-gpu wheel's libonnxruntime.so via \
-             ORT_DYLIB_PATH, with CUDA 12 and cuDNN 9 libraries on the library path and a GPU), or \
-             execution-provider=cpu / auto"
-        }
-        _ => "use execution-provider=cpu",
-    };
-    EngineError::Provider {
-        provider: p,
-        reason,
-        fix: fix.to_string(),
-    }
-}
-
-/// TensorRT optimisation profile shapes (`name:dims,name:dims`).
-#[derive(Clone, Debug, Default)]
-pub struct TrtProfile {
-    pub min: String,
-    pub opt: String,
-    pub max: String,
-}
-
-fn trt_dims(name: &str, dims: &[usize]) -> String {
-    let d: Vec<String> = dims.iter().map(|x| x.to_string()).collect();
-    format!("{name}:{}", d.join("x"))
-}
-
 /// Largest UNet batch the stream can ask for: `n * batch * 2` (full CFG).
 pub fn max_unet_rows(n: usize, batch: usize) -> usize {
     (n * batch * 2).max(n * batch + batch)
@@ -1220,40 +725,7 @@ impl Model {
             r => r?,
         };
         let env = super::runtime::environment()?;
-        let available = super::runtime::available_providers()?;
-        let has = |n: &str| available.iter().any(|p| p == n);
-        let candidates: Vec<ExecutionProvider> = match opts.execution_provider {
-            ExecutionProvider::Auto => {
-                let mut c = Vec::new();
-                if has("TensorrtExecutionProvider") {
-                    c.push(ExecutionProvider::TensorRt);
-                }
-                if has("CUDAExecutionProvider") {
-                    c.push(ExecutionProvider::Cuda);
-                }
-                c.push(ExecutionProvider::Cpu);
-                c
-            }
-            ExecutionProvider::TensorRt if !has("TensorrtExecutionProvider") => {
-                return Err(provider_error(
-                    ExecutionProvider::TensorRt,
-                    format!(
-                        "the ONNX Runtime library {} was built without it (it offers {available:?})",
-                        super::runtime::library_path().display()
-                    ),
-                ));
-            }
-            ExecutionProvider::Cuda if !has("CUDAExecutionProvider") => {
-                return Err(provider_error(
-                    ExecutionProvider::Cuda,
-                    format!(
-                        "the ONNX Runtime library {} was built without it (it offers {available:?})",
-                        super::runtime::library_path().display()
-                    ),
-                ));
-            }
-            p => vec![p],
-        };
+        let candidates = candidates(opts.execution_provider)?;
         let mut last_err = None;
         for provider in candidates {
             let cache_dir = if provider == ExecutionProvider::TensorRt {
@@ -1328,30 +800,12 @@ impl Model {
         // Profiles name the inputs the graph declares with a dynamic dimension, at the
         // graph's rank (a scalar timestep is left out); read from the file, since the
         // session does not exist yet.
-        type Part<'a> = (&'a str, Vec<usize>, Vec<usize>, Vec<usize>);
-        let profile = |file: &Path, parts: &[Part<'_>]| -> Result<TrtProfile, EngineError> {
-            if !trt {
-                return Ok(TrtProfile::default());
+        let profile = |file: &Path, parts: &[ProfilePart<'_>]| -> Result<TrtProfile, EngineError> {
+            if trt {
+                trt_profile(file, parts)
+            } else {
+                Ok(TrtProfile::default())
             }
-            let declared = super::onnx_proto::graph_inputs(file).map_err(|e| {
-                EngineError::invalid(file, format!("cannot read the graph inputs: {e}"))
-            })?;
-            let kept: Vec<&Part<'_>> = parts
-                .iter()
-                .filter(|p| {
-                    declared
-                        .iter()
-                        .any(|d| d.name == p.0 && d.is_dynamic() && d.dims.len() == p.1.len())
-                })
-                .collect();
-            let join = |f: &dyn Fn(&Part<'_>) -> String| {
-                kept.iter().map(|p| f(p)).collect::<Vec<_>>().join(",")
-            };
-            Ok(TrtProfile {
-                min: join(&|p| trt_dims(p.0, &p.1)),
-                opt: join(&|p| trt_dims(p.0, &p.2)),
-                max: join(&|p| trt_dims(p.0, &p.3)),
-            })
         };
         let seq = tokenizer.max_length();
         let text_profile = profile(
@@ -1478,119 +932,4 @@ impl Model {
             VaeDecoder::bind(factory.open(&files[3], trt.then_some(&dec_profile))?, opts)?;
         Ok((text, unet, vae_encoder, vae_decoder, emb, shape))
     }
-}
-
-/// FNV-1a: a hash that stays the same across builds, for cache keys.
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
-/// `<engine_cache_dir>/<key>`: the key hashes the graph files (size, mtime), the image
-/// size, the batch sizes and the precision, so a changed model or setting never picks a
-/// stale engine.
-fn trt_cache_dir(
-    opts: &LoadOptions,
-    files: &[PathBuf; 4],
-    unet_rows: (usize, usize),
-) -> Result<PathBuf, EngineError> {
-    let base = match &opts.engine_cache_dir {
-        Some(d) => d.clone(),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir)
-            .join("i2i")
-            .join("tensorrt"),
-    };
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    for f in files {
-        f.hash(&mut h);
-        for extra in [f.clone(), f.with_extension("onnx_data")] {
-            if let Ok(m) = std::fs::metadata(&extra) {
-                m.len().hash(&mut h);
-                if let Ok(t) = m.modified()
-                    && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
-                {
-                    d.as_nanos().hash(&mut h);
-                }
-            }
-        }
-    }
-    (
-        opts.width,
-        opts.height,
-        opts.batch_size,
-        unet_rows,
-        opts.fp16,
-    )
-        .hash(&mut h);
-    let name = format!(
-        "{}-{}x{}-b{}-r{}-{}-{:016x}",
-        opts.model_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("model"),
-        opts.width,
-        opts.height,
-        opts.batch_size,
-        unet_rows.1,
-        if opts.fp16 { "fp16" } else { "fp32" },
-        h.finish()
-    );
-    let dir = base.join(name);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        EngineError::invalid(
-            &dir,
-            format!("cannot create the TensorRT engine cache directory: {e}"),
-        )
-    })?;
-    let has_engine = std::fs::read_dir(&dir)
-        .map(|r| {
-            r.flatten()
-                .any(|e| e.path().extension().is_some_and(|x| x == "engine"))
-        })
-        .unwrap_or(false);
-    if !has_engine {
-        log(
-            LogLevel::Info,
-            &format!(
-                "TensorRT: no cached engine in {}; the first build takes minutes (it is cached for next time)",
-                dir.display()
-            ),
-        );
-    }
-    Ok(dir)
-}
-
-/// Rows `rows` of `src` (`row` values each) as one graph input of `batch` rows: borrowed as
-/// they are when they fill the batch, else copied into `buf` and padded by repeating the
-/// last row (graphs exported with a fixed batch size).
-fn rows_padded<'a>(
-    src: &'a [f32],
-    row: usize,
-    rows: std::ops::Range<usize>,
-    batch: usize,
-    buf: &'a mut Vec<f32>,
-) -> &'a [f32] {
-    let (r0, r1) = (rows.start, rows.end);
-    if r1 - r0 == batch {
-        return &src[r0 * row..r1 * row];
-    }
-    buf.clear();
-    buf.extend_from_slice(&src[r0 * row..r1 * row]);
-    for _ in r1 - r0..batch {
-        buf.extend_from_slice(&src[(r1 - 1) * row..r1 * row]);
-    }
-    buf
 }

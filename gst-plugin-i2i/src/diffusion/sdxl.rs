@@ -26,7 +26,8 @@ use serde_json::Value;
 
 use std::path::PathBuf;
 
-use super::model::{Graph, Spec, TextEncoder, Unet};
+use super::graph::shape_str;
+use super::model::{Feed, Graph, Spec, TextEncoder, Unet};
 use super::tokenizer::ClipTokenizer;
 use super::{EngineError, LoadOptions};
 
@@ -254,11 +255,7 @@ impl Encoder {
         self.ids.clear();
         self.ids.extend(ids.iter().map(|&i| i64::from(i)));
         let shape = [1i64, self.seq_len as i64];
-        let feeds = [(
-            self.ids_name.as_str(),
-            &shape[..],
-            super::model::Feed::I64(&self.ids),
-        )];
+        let feeds = [(self.ids_name.as_str(), &shape[..], Feed::I64(&self.ids))];
         self.graph.run(&feeds, name, out)
     }
 
@@ -276,11 +273,6 @@ impl Encoder {
         }
         Ok(s[2] as usize)
     }
-}
-
-fn shape_str(s: &[i64]) -> String {
-    let parts: Vec<String> = s.iter().map(i64::to_string).collect();
-    format!("[{}]", parts.join(", "))
 }
 
 /// The two text encoders of an SDXL model.

@@ -1,0 +1,466 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The graph binding: one ONNX session with its inputs and outputs as declared (names,
+//! element types, shapes), the casts at its boundary, and the split of a run of rows into
+//! graph calls ([`chunks`]) for graphs exported with a fixed batch size.
+//!
+//! Kept apart from the four sessions (model.rs) and from the execution-provider set-up
+//! (provider.rs) so each can be read alone.
+
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use super::EngineError;
+
+/// Element types the engine can feed or read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    F16,
+    I64,
+    I32,
+}
+
+impl Elem {
+    fn from_ort(t: TensorElementType) -> Option<Elem> {
+        match t {
+            TensorElementType::Float32 => Some(Elem::F32),
+            TensorElementType::Float16 => Some(Elem::F16),
+            TensorElementType::Int64 => Some(Elem::I64),
+            TensorElementType::Int32 => Some(Elem::I32),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Elem::F32 => "float32",
+            Elem::F16 => "float16",
+            Elem::I64 => "int64",
+            Elem::I32 => "int32",
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, Elem::F32 | Elem::F16)
+    }
+}
+
+/// A graph input or output as the session declares it (`-1` for a dynamic dimension).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub name: String,
+    pub elem: Elem,
+    pub shape: Vec<i64>,
+}
+
+impl Spec {
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// The fixed size of dimension `d`, if the graph fixes it.
+    pub fn dim(&self, d: usize) -> Option<usize> {
+        self.shape
+            .get(d)
+            .and_then(|&v| (v >= 0).then_some(v as usize))
+    }
+}
+
+pub fn shape_str(shape: &[i64]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|&d| {
+            if d < 0 {
+                "?".to_string()
+            } else {
+                d.to_string()
+            }
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+impl std::fmt::Display for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.elem.name(), shape_str(&self.shape))
+    }
+}
+
+/// Data handed to a graph input; converted to the declared element type.
+pub enum Feed<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+/// One ONNX session and its declared inputs and outputs.
+pub struct Graph {
+    pub file: PathBuf,
+    session: Session,
+    pub inputs: Vec<Spec>,
+    pub outputs: Vec<Spec>,
+    scratch_f16: Vec<Vec<f16>>,
+    scratch_f32: Vec<Vec<f32>>,
+    scratch_i64: Vec<Vec<i64>>,
+    scratch_i32: Vec<Vec<i32>>,
+    scratch_out: Vec<f32>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("file", &self.file)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+fn specs(file: &Path, list: &[ort::value::Outlet], what: &str) -> Result<Vec<Spec>, EngineError> {
+    list.iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                let elem = Elem::from_ort(*ty).ok_or_else(|| {
+                    EngineError::tensor(
+                        file,
+                        o.name(),
+                        format!("a float32, float16, int64 or int32 {what}"),
+                        format!("element type {ty}"),
+                    )
+                })?;
+                Ok(Spec {
+                    name: o.name().to_string(),
+                    elem,
+                    shape: shape.iter().copied().collect(),
+                })
+            }
+            other => Err(EngineError::tensor(
+                file,
+                o.name(),
+                format!("a tensor {what}"),
+                other.to_string(),
+            )),
+        })
+        .collect()
+}
+
+impl Graph {
+    pub(super) fn new(file: PathBuf, session: Session) -> Result<Graph, EngineError> {
+        let inputs = specs(&file, session.inputs(), "input")?;
+        let outputs = specs(&file, session.outputs(), "output")?;
+        Ok(Graph {
+            file,
+            session,
+            inputs,
+            outputs,
+            scratch_f16: Vec::new(),
+            scratch_f32: Vec::new(),
+            scratch_i64: Vec::new(),
+            scratch_i32: Vec::new(),
+            scratch_out: Vec::new(),
+        })
+    }
+
+    pub fn input(&self, name: &str) -> Option<&Spec> {
+        self.inputs.iter().find(|s| s.name == name)
+    }
+
+    pub fn output(&self, name: &str) -> Option<&Spec> {
+        self.outputs.iter().find(|s| s.name == name)
+    }
+
+    pub(super) fn require_input(&self, name: &str, what: &str) -> Result<Spec, EngineError> {
+        self.input(name).cloned().ok_or_else(|| {
+            let found: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+            EngineError::tensor(
+                &self.file,
+                name,
+                format!("an input named '{name}' ({what})"),
+                format!("inputs {found:?}"),
+            )
+        })
+    }
+
+    /// The output named one of `names`, else the only output.
+    pub(super) fn pick_output(&self, names: &[&str], what: &str) -> Result<Spec, EngineError> {
+        for n in names {
+            if let Some(s) = self.output(n) {
+                return Ok(s.clone());
+            }
+        }
+        if self.outputs.len() == 1 {
+            return Ok(self.outputs[0].clone());
+        }
+        let found: Vec<&str> = self.outputs.iter().map(|s| s.name.as_str()).collect();
+        Err(EngineError::tensor(
+            &self.file,
+            names.join("' or '"),
+            format!("an output named '{}' ({what})", names.join("' or '")),
+            format!("outputs {found:?}"),
+        ))
+    }
+
+    /// Every input must be one the engine feeds.
+    pub(super) fn no_other_inputs(&self, known: &[&str]) -> Result<(), EngineError> {
+        for s in &self.inputs {
+            if !known.contains(&s.name.as_str()) {
+                return Err(EngineError::tensor(
+                    &self.file,
+                    &s.name,
+                    format!("only the inputs {known:?}"),
+                    format!(
+                        "an extra input '{}' {s} (this model type is not supported)",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the graph on `feeds` (name, shape, data) and writes output `output` as float32
+    /// into `out`; returns the output's shape.
+    pub fn run(
+        &mut self,
+        feeds: &[(&str, &[i64], Feed<'_>)],
+        output: &str,
+        out: &mut Vec<f32>,
+    ) -> Result<Vec<i64>, EngineError> {
+        self.run_with(feeds, output, |shape, data| {
+            out.clear();
+            out.extend_from_slice(data);
+            shape.to_vec()
+        })
+    }
+
+    /// Like [`Graph::run`], but hands the output (shape, float32 data) to `f` without
+    /// copying it first (float16 outputs are converted into a reused buffer).
+    pub fn run_with<R>(
+        &mut self,
+        feeds: &[(&str, &[i64], Feed<'_>)],
+        output: &str,
+        f: impl FnOnce(&[i64], &[f32]) -> R,
+    ) -> Result<R, EngineError> {
+        let Graph {
+            file,
+            session,
+            inputs,
+            scratch_f16,
+            scratch_f32,
+            scratch_i64,
+            scratch_i32,
+            scratch_out,
+            ..
+        } = self;
+        let n = feeds.len();
+        scratch_f16.resize_with(n, Vec::new);
+        scratch_f32.resize_with(n, Vec::new);
+        scratch_i64.resize_with(n, Vec::new);
+        scratch_i32.resize_with(n, Vec::new);
+        let mut elems = Vec::with_capacity(n);
+        // Casts first, into per-input scratch buffers kept across calls.
+        for (i, (name, _, feed)) in feeds.iter().enumerate() {
+            let spec = inputs
+                .iter()
+                .find(|s| s.name == *name)
+                .ok_or_else(|| EngineError::tensor(file, *name, "an input of this name", "none"))?;
+            match (feed, spec.elem) {
+                (Feed::F32(_), Elem::F32) | (Feed::I64(_), Elem::I64) => {}
+                (Feed::F32(d), Elem::F16) => {
+                    let s = &mut scratch_f16[i];
+                    s.resize(d.len(), f16::ZERO);
+                    s.convert_from_f32_slice(d);
+                }
+                (Feed::F32(d), Elem::I64) => {
+                    let s = &mut scratch_i64[i];
+                    s.clear();
+                    s.extend(d.iter().map(|&v| v.round() as i64));
+                }
+                (Feed::F32(d), Elem::I32) => {
+                    let s = &mut scratch_i32[i];
+                    s.clear();
+                    s.extend(d.iter().map(|&v| v.round() as i32));
+                }
+                (Feed::I64(d), Elem::I32) => {
+                    let s = &mut scratch_i32[i];
+                    s.clear();
+                    s.extend(d.iter().map(|&v| v as i32));
+                }
+                (Feed::I64(d), Elem::F32) => {
+                    let s = &mut scratch_f32[i];
+                    s.clear();
+                    s.extend(d.iter().map(|&v| v as f32));
+                }
+                (Feed::I64(d), Elem::F16) => {
+                    let s = &mut scratch_f16[i];
+                    s.clear();
+                    s.extend(d.iter().map(|&v| f16::from_f32(v as f32)));
+                }
+            }
+            elems.push(spec.elem);
+        }
+        let ort_err = |e: ort::Error| EngineError::inference(file, e);
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(n);
+        for (i, ((name, shape, feed), elem)) in feeds.iter().zip(&elems).enumerate() {
+            let shape = shape.to_vec();
+            let v: SessionInputValue<'_> = match (feed, elem) {
+                (Feed::F32(d), Elem::F32) => TensorRef::from_array_view((shape, *d))
+                    .map_err(ort_err)?
+                    .into(),
+                (Feed::I64(d), Elem::I64) => TensorRef::from_array_view((shape, *d))
+                    .map_err(ort_err)?
+                    .into(),
+                (_, Elem::F16) => TensorRef::from_array_view((shape, &scratch_f16[i][..]))
+                    .map_err(ort_err)?
+                    .into(),
+                (_, Elem::F32) => TensorRef::from_array_view((shape, &scratch_f32[i][..]))
+                    .map_err(ort_err)?
+                    .into(),
+                (_, Elem::I64) => TensorRef::from_array_view((shape, &scratch_i64[i][..]))
+                    .map_err(ort_err)?
+                    .into(),
+                (_, Elem::I32) => TensorRef::from_array_view((shape, &scratch_i32[i][..]))
+                    .map_err(ort_err)?
+                    .into(),
+            };
+            values.push((name.to_string(), v));
+        }
+        let outputs = session.run(values).map_err(ort_err)?;
+        let value = outputs.get(output).ok_or_else(|| {
+            EngineError::tensor(
+                file,
+                output,
+                "an output of this name",
+                "none in the results",
+            )
+        })?;
+        let ty = value.dtype().tensor_type();
+        let shape: Vec<i64> = match value.dtype().tensor_shape() {
+            Some(s) => s.iter().copied().collect(),
+            None => Vec::new(),
+        };
+        match ty {
+            Some(TensorElementType::Float32) => {
+                let (_, d) = value.try_extract_tensor::<f32>().map_err(ort_err)?;
+                Ok(f(&shape, d))
+            }
+            Some(TensorElementType::Float16) => {
+                let (_, d) = value.try_extract_tensor::<f16>().map_err(ort_err)?;
+                scratch_out.resize(d.len(), 0.0);
+                d.convert_to_f32_slice(scratch_out);
+                Ok(f(&shape, scratch_out))
+            }
+            other => Err(EngineError::tensor(
+                file,
+                output,
+                "a float32 or float16 output",
+                format!("{other:?}"),
+            )),
+        }
+    }
+}
+
+/// Rows `rows` of `src` (`row` values each) as one graph input of `batch` rows: borrowed as
+/// they are when they fill the batch, else copied into `buf` and padded by repeating the
+/// last row (graphs exported with a fixed batch size).
+pub fn rows_padded<'a>(
+    src: &'a [f32],
+    row: usize,
+    rows: std::ops::Range<usize>,
+    batch: usize,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let (r0, r1) = (rows.start, rows.end);
+    if r1 - r0 == batch {
+        return &src[r0 * row..r1 * row];
+    }
+    buf.clear();
+    buf.extend_from_slice(&src[r0 * row..r1 * row]);
+    for _ in r1 - r0..batch {
+        buf.extend_from_slice(&src[(r1 - 1) * row..r1 * row]);
+    }
+    buf
+}
+
+/// One graph call over a run of rows: `rows` of the caller's data, fed as a batch of
+/// `batch` rows (`batch > rows.len()` when a fixed graph batch is padded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub rows: std::ops::Range<usize>,
+    pub batch: usize,
+}
+
+impl Chunk {
+    /// Rows of real data in this call.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// The calls that cover `rows`: one call when the graph batch is dynamic (`fixed` is
+/// `None`), else calls of `fixed` rows, the last one padded.
+pub fn chunks(rows: std::ops::Range<usize>, fixed: Option<usize>) -> impl Iterator<Item = Chunk> {
+    let size = fixed.unwrap_or(rows.len()).max(1);
+    let end = rows.end;
+    (rows.start..end).step_by(size).map(move |r0| {
+        let r1 = (r0 + size).min(end);
+        Chunk {
+            rows: r0..r1,
+            batch: fixed.unwrap_or(r1 - r0),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_batch_is_one_call() {
+        let c: Vec<Chunk> = chunks(2..7, None).collect();
+        assert_eq!(
+            c,
+            vec![Chunk {
+                rows: 2..7,
+                batch: 5
+            }]
+        );
+        assert_eq!(chunks(3..3, None).count(), 0);
+    }
+
+    #[test]
+    fn fixed_batch_pads_the_last_call() {
+        let c: Vec<Chunk> = chunks(0..5, Some(2)).collect();
+        let rows: Vec<_> = c.iter().map(|c| (c.rows.clone(), c.batch)).collect();
+        assert_eq!(rows, vec![(0..2, 2), (2..4, 2), (4..5, 2)]);
+        let c: Vec<Chunk> = chunks(1..2, Some(4)).collect();
+        assert_eq!(
+            c,
+            vec![Chunk {
+                rows: 1..2,
+                batch: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn padding_repeats_the_last_row() {
+        let src = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut buf = Vec::new();
+        assert_eq!(
+            rows_padded(&src, 2, 1..3, 2, &mut buf),
+            &[3.0, 4.0, 5.0, 6.0]
+        );
+        assert_eq!(
+            rows_padded(&src, 2, 2..3, 3, &mut buf),
+            &[5.0, 6.0, 5.0, 6.0, 5.0, 6.0]
+        );
+    }
+}
