@@ -446,6 +446,7 @@ fn load_error(dir: &Path) -> String {
     let p = params(CfgType::SelfNegative, &[32, 45], "");
     let e = Engine::load(&opts_dir(dir.to_path_buf(), 1), &p).unwrap_err();
     assert!(matches!(e, EngineError::Tensor { .. }), "{e}");
+    eprintln!("error as users see it: {e}");
     e.to_string()
 }
 
