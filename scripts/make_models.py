@@ -3,6 +3,7 @@
 
     python scripts/make_models.py --out models [--quiet] [--force]
     python scripts/make_models.py --sdturbo-shaped DIR     # large random sd-turbo-shaped model (GPU benchmark)
+    python scripts/make_models.py --sdxl-turbo-shaped DIR  # large random sdxl-turbo-shaped model (GPU benchmark)
 
 Deterministic: the same generator and package versions give byte-identical files. Skips all work
 when OUT/.stamp holds the hash of the generator sources and every expected file exists.
@@ -125,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="regenerate even when up to date")
     ap.add_argument("--sdturbo-shaped", type=Path, metavar="DIR",
                     help="write a random-weight model with sd-turbo's architecture sizes to DIR and exit")
+    ap.add_argument("--sdxl-turbo-shaped", type=Path, metavar="DIR",
+                    help="write a random-weight model with sdxl-turbo's architecture sizes to DIR and exit "
+                         "(about 14 GB; needs about 12 GB of free memory)")
     args = ap.parse_args(argv)
 
     def log(msg):
@@ -134,6 +138,10 @@ def main(argv=None) -> int:
         if args.sdturbo_shaped is not None:
             from i2i_models import sdturbo
             sdturbo.write(args.sdturbo_shaped, log)
+            return 0
+        if args.sdxl_turbo_shaped is not None:
+            from i2i_models import sdxlturbo
+            sdxlturbo.write(args.sdxl_turbo_shaped, log)
             return 0
         out = args.out
         stamp = generator_hash()

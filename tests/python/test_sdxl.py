@@ -167,3 +167,23 @@ def test_reference_refuses_sdxl_unet_without_second_encoder(models, tmp_path):
     write_frames(tmp_path / "in", 1, 64, 64)
     r = run_ref(tmp_path / "m", tmp_path / "in", tmp_path / "o")
     assert r.returncode == 2 and "text_encoder_2" in r.stderr
+
+
+def test_sdxl_turbo_shaped_builder_small(tmp_path):
+    """The sdxl-turbo-shaped graphs, built at small widths: optimum's SDXL signatures, and they run end to end;
+    at full size the UNet has SDXL's 2,567,463,684 parameters (counted without building the weights)."""
+    from i2i_models import sdxlturbo
+
+    assert sdxlturbo.unet_parameters() == 2_567_463_684
+    d = tmp_path / "xl"
+    sdxlturbo.write(d, log=lambda m: None, dims=sdxlturbo.SMALL)
+    unet = session(d / "unet" / "model.onnx")
+    assert [(i.name, len(i.shape)) for i in unet.get_inputs()] == [
+        ("sample", 4), ("timestep", 0), ("encoder_hidden_states", 3), ("text_embeds", 2), ("time_ids", 2)]
+    te2 = outputs(session(d / "text_encoder_2" / "model.onnx"))
+    assert te2[:2] == ["text_embeds", "last_hidden_state"] and te2[-1] == "hidden_states.2"
+    write_frames(tmp_path / "in", 1, 64, 64)
+    r = run_ref(d, tmp_path / "in", tmp_path / "out", "--prompt", "a red car", "--cfg-type", "full")
+    assert r.returncode == 0, r.stderr
+    out = read_out(tmp_path / "out", 0)
+    assert np.isfinite(out).all() and float(out.std()) > 1e-3
