@@ -517,3 +517,106 @@ fn engine_moves_between_threads_and_errors_are_shareable() {
     send::<Engine>();
     share::<gsti2i::diffusion::EngineError>();
 }
+
+/// The element's split: frames preprocessed on one thread, the model calls on another, the
+/// conversion to pixels on a third give the same bits as `Engine::process` on one thread,
+/// for batch sizes 1 and 3 and with the similarity filter on; a prepared frame of the wrong
+/// size is refused by name.
+#[test]
+fn prepared_path_on_three_threads_matches_process() {
+    use std::sync::mpsc;
+    for (batch, threshold) in [(1usize, 0.0f32), (3, 0.0), (1, 0.9)] {
+        let frames: Vec<Vec<u8>> = (0..7).map(|k| frame(k / 2)).collect();
+        let p = StreamParams {
+            similarity_threshold: threshold,
+            ..params(CfgType::SelfNegative, &[32, 45])
+        };
+        let mut e = Engine::load(&opts("tiny-sd15", batch), &p).unwrap();
+        let expected = run(&mut e, &frames);
+        let mut rgb_expected = Vec::new();
+        for o in &expected {
+            let mut v = Vec::new();
+            gsti2i::diffusion::to_rgb8(&o.pixels, W, H, &mut v);
+            rgb_expected.push(v);
+        }
+
+        let mut e = Engine::load(&opts("tiny-sd15", batch), &p).unwrap();
+        let pre = e.preprocessor();
+        let (in_tx, in_rx) = mpsc::sync_channel(2);
+        let (out_tx, out_rx) = mpsc::sync_channel(2);
+        let input = std::thread::spawn({
+            let frames = frames.clone();
+            move || {
+                for (c, chunk) in frames.chunks(batch).enumerate() {
+                    let prepared: Vec<_> = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, rgb)| pre.prepare((c * batch + i) as u64, rgb).unwrap())
+                        .collect();
+                    in_tx.send(prepared).unwrap();
+                }
+            }
+        });
+        let infer = std::thread::spawn(move || {
+            for prepared in in_rx {
+                for d in e.process_prepared(prepared).unwrap() {
+                    out_tx.send(d).unwrap();
+                }
+            }
+            for d in e.drain_decoded().unwrap() {
+                out_tx.send(d).unwrap();
+            }
+            e
+        });
+        let mut got = Vec::new();
+        for d in out_rx {
+            let mut px = Vec::new();
+            d.pixels(&mut px);
+            let mut rgb = Vec::new();
+            d.to_rgb8(W, H, &mut rgb);
+            got.push((d.tag, d.skipped, px, rgb));
+        }
+        input.join().unwrap();
+        let mut e = infer.join().unwrap();
+        assert_eq!(got.len(), expected.len(), "batch {batch}");
+        for (k, ((tag, skipped, px, rgb), o)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(*tag, o.tag);
+            assert_eq!(*skipped, o.skipped);
+            assert!(
+                px.iter()
+                    .zip(o.pixels.iter())
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "frame {k}, batch {batch}: pixels differ"
+            );
+            assert_eq!(
+                rgb, &rgb_expected[k],
+                "frame {k}, batch {batch}: RGB8 differs"
+            );
+        }
+        if threshold > 0.0 {
+            assert!(got.iter().any(|g| g.1), "repeated frames are skipped");
+        }
+        // A frame prepared for another size is refused, naming what it expected.
+        let other = Engine::load(
+            &LoadOptions {
+                width: 32,
+                height: 32,
+                ..opts("tiny-sd15", 1)
+            },
+            &p,
+        )
+        .unwrap();
+        let small = other
+            .preprocessor()
+            .prepare(0, &vec![0u8; 32 * 32 * 3])
+            .unwrap();
+        let err = e.process_prepared(vec![small]).unwrap_err().to_string();
+        assert!(err.contains("prepared frame"), "{err}");
+        let err = e
+            .preprocessor()
+            .prepare(0, &[0u8; 5])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("64x64"), "{err}");
+    }
+}

@@ -1,16 +1,19 @@
 // SPDX-License-Identifier: MPL-2.0
 //! [`Engine`]: the public face of the diffusion engine.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::model::{Model, max_unet_rows};
+use ort::memory::Allocator;
+use ort::value::Tensor;
+
+use super::model::{Images, Model, max_unet_rows};
 use super::scheduler::StepConstants;
 use super::stream::{Emb, FrameParams, Stream, rows_per_call};
 use super::{
-    CfgType, Embedding, EngineError, ExecutionProvider, InputFrame, LoadOptions, Noise,
-    OutputFrame, StreamParams, Timings, noise,
+    CfgType, DecodedFrame, Embedding, EngineError, ExecutionProvider, InputFrame, LoadOptions,
+    Noise, OutputFrame, PreparedFrame, StreamParams, Timings, noise,
 };
 
 static NEXT_EMB_ID: AtomicU64 = AtomicU64::new(1);
@@ -72,6 +75,68 @@ fn preprocess_avx2(rgb: &[u8], r: &mut [f32], g: &mut [f32], b: &mut [f32]) {
     }
 }
 
+/// Spare image buffers kept for reuse between a [`Preprocessor`] and its engine.
+const POOL_BUFFERS: usize = 8;
+
+/// Turns packed RGB8 frames into [`PreparedFrame`]s for one engine, on any thread (it is
+/// `Clone + Send + Sync`): the element preprocesses on its input side, so the thread that
+/// runs the model calls does not. Buffers come from a pool the engine refills, so a steady
+/// stream allocates nothing per frame.
+#[derive(Clone, Debug)]
+pub struct Preprocessor {
+    width: usize,
+    height: usize,
+    /// Named in the error should a host tensor not be allocated.
+    encoder_file: std::path::PathBuf,
+    pool: Arc<Mutex<Vec<Tensor<f32>>>>,
+}
+
+impl Preprocessor {
+    fn new(width: u32, height: u32, encoder_file: std::path::PathBuf) -> Preprocessor {
+        Preprocessor {
+            width: width as usize,
+            height: height as usize,
+            encoder_file,
+            pool: Arc::default(),
+        }
+    }
+
+    /// Preprocesses one frame of packed RGB8 at the model size (`width * height * 3`
+    /// bytes); `tag` comes back with the frame's output.
+    pub fn prepare(&self, tag: u64, rgb: &[u8]) -> Result<PreparedFrame, EngineError> {
+        let (w, h) = (self.width, self.height);
+        if rgb.len() != w * h * 3 {
+            return Err(EngineError::argument(
+                "input frame",
+                format!("{w}x{h} packed RGB8 ({} bytes)", w * h * 3),
+                format!("{} bytes", rgb.len()),
+            ));
+        }
+        let plane = w * h;
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        let mut image = match pooled {
+            Some(t) => t,
+            // Host memory ONNX Runtime can bind as it is.
+            None => Tensor::<f32>::new(&Allocator::default(), [1, 3, h, w])
+                .map_err(|e| EngineError::inference(&self.encoder_file, e))?,
+        };
+        let (_, data) = image.extract_tensor_mut();
+        let (r, rest) = data.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        preprocess(rgb, r, g, b);
+        Ok(PreparedFrame { tag, image })
+    }
+
+    /// Gives a frame's buffer back for the next [`Preprocessor::prepare`].
+    fn recycle(&self, image: Tensor<f32>) {
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < POOL_BUFFERS
+        {
+            p.push(image);
+        }
+    }
+}
+
 /// Whether guidance is active and which negative it needs.
 fn effective_cfg(p: &StreamParams) -> CfgType {
     if p.guidance_scale > 1.0 {
@@ -84,6 +149,9 @@ fn effective_cfg(p: &StreamParams) -> CfgType {
 fn needs_uncond(cfg: CfgType) -> bool {
     matches!(cfg, CfgType::Full | CfgType::Initialize)
 }
+
+/// A decoded frame's buffer and the `[0, 1]` pixels made from it.
+type LastOutput = (DecodedFrame, Arc<Vec<f32>>);
 
 /// A loaded model and the frames in flight.
 ///
@@ -100,8 +168,13 @@ pub struct Engine {
     frame_params: Arc<FrameParams>,
     stream: Stream,
     timings: Timings,
+    pre: Preprocessor,
     images: Vec<f32>,
     latents: Vec<f32>,
+    order: Vec<Option<usize>>,
+    /// The last frame [`Engine::process`] converted (decoded, pixels), so a repeated
+    /// (skipped) frame shares its pixels instead of being converted again.
+    last_out: Option<LastOutput>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -138,6 +211,7 @@ impl Engine {
         let (lh, lw) = (opts.height as usize / 8, opts.width as usize / 8);
         let noise = Arc::new(noise::init_noise(params.seed, steps.len(), lh, lw));
         let cond = emb(cond_shape, cond_data);
+        let encoder_file = model.vae_encoder.graph.file.clone();
         let mut engine = Engine {
             opts: opts.clone(),
             params: params.clone(),
@@ -158,8 +232,11 @@ impl Engine {
             uncond: None,
             stream: Stream::default(),
             timings: Timings::default(),
+            pre: Preprocessor::new(opts.width, opts.height, encoder_file),
             images: Vec::new(),
             latents: Vec::new(),
+            order: Vec::new(),
+            last_out: None,
         };
         engine.timings.text += text_time;
         engine.timings.text_calls += 1;
@@ -280,79 +357,141 @@ impl Engine {
         Ok(())
     }
 
+    /// A preprocessor for this engine's frames, to run on another thread than the one
+    /// that calls [`Engine::process_prepared`].
+    pub fn preprocessor(&self) -> Preprocessor {
+        self.pre.clone()
+    }
+
     /// Feeds 1..=batch_size frames (packed RGB8 at the model size); returns the frames that
     /// completed, in input order: none until the pipeline is warm (n - 1 calls), then the
-    /// frames that entered n - 1 calls ago.
+    /// frames that entered n - 1 calls ago. Preprocesses, runs [`Engine::process_prepared`]
+    /// and turns the decoded frames into `[0, 1]` pixels, all on the calling thread.
     pub fn process(&mut self, frames: Vec<InputFrame>) -> Result<Vec<OutputFrame>, EngineError> {
+        self.check_count(frames.len())?;
+        let t0 = Instant::now();
+        let prepared = frames
+            .iter()
+            .map(|f| self.pre.prepare(f.tag, &f.rgb))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.timings.preprocess += t0.elapsed();
+        let decoded = self.process_prepared(prepared)?;
+        Ok(self.finish(decoded))
+    }
+
+    /// Decoded frames to `[0, 1]` pixels; a repeated frame shares the pixels of the frame
+    /// it repeats.
+    fn finish(&mut self, decoded: Vec<DecodedFrame>) -> Vec<OutputFrame> {
+        let t0 = Instant::now();
+        let mut out = Vec::with_capacity(decoded.len());
+        for d in decoded {
+            let pixels = match &self.last_out {
+                Some((dec, px)) if dec.same_output(&d) => px.clone(),
+                _ => {
+                    let mut px = Vec::new();
+                    d.pixels(&mut px);
+                    let px = Arc::new(px);
+                    self.last_out = Some((d.clone(), px.clone()));
+                    px
+                }
+            };
+            out.push(OutputFrame {
+                tag: d.tag,
+                pixels,
+                skipped: d.skipped,
+            });
+        }
+        self.timings.postprocess += t0.elapsed();
+        out
+    }
+
+    fn check_count(&self, n: usize) -> Result<(), EngineError> {
+        if n > self.opts.batch_size {
+            return Err(EngineError::argument(
+                "frames per process call",
+                format!("1 to batch-size ({})", self.opts.batch_size),
+                n.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The model calls for 1..=batch_size frames prepared by [`Engine::preprocessor`]:
+    /// the similarity filter, the VAE encoder, one UNet step for every frame in flight and
+    /// the decoder for the frames that finish. Returns the frames that completed, in input
+    /// order, still in the decoder's range (see [`DecodedFrame`]).
+    pub fn process_prepared(
+        &mut self,
+        frames: Vec<PreparedFrame>,
+    ) -> Result<Vec<DecodedFrame>, EngineError> {
         let mut out = Vec::new();
         if frames.is_empty() {
             return Ok(out);
         }
+        self.check_count(frames.len())?;
         let (w, h) = (self.opts.width as usize, self.opts.height as usize);
-        if frames.len() > self.opts.batch_size {
+        let img = 3 * w * h;
+        if let Some(f) = frames.iter().find(|f| f.data().len() != img) {
             return Err(EngineError::argument(
-                "frames per process call",
-                format!("1 to batch-size ({})", self.opts.batch_size),
-                frames.len().to_string(),
+                "prepared frame",
+                format!("{w}x{h} (3 x {} floats)", w * h),
+                format!(
+                    "{} floats (from another engine's preprocessor?)",
+                    f.data().len()
+                ),
             ));
-        }
-        for f in &frames {
-            if f.rgb.len() != w * h * 3 {
-                return Err(EngineError::argument(
-                    "input frame",
-                    format!("{w}x{h} packed RGB8 ({} bytes)", w * h * 3),
-                    format!("{} bytes", f.rgb.len()),
-                ));
-            }
         }
         self.timings.frames_in += frames.len() as u64;
 
-        // Preprocess and filter.
+        // The similarity filter. It processes the first frame it sees (its reference), so
+        // a skipped frame always has a processed frame before it to repeat.
         let t0 = Instant::now();
-        let img = 3 * w * h;
-        let plane = w * h;
-        self.images.resize(frames.len() * img, 0.0);
-        let mut kept: Vec<(usize, u64)> = Vec::with_capacity(frames.len());
-        let mut order: Vec<Option<usize>> = Vec::with_capacity(frames.len());
         let filter_on = self.params.similarity_threshold > 0.0;
+        self.order.clear();
+        let mut kept = 0;
         for f in &frames {
-            let row = kept.len();
-            let dst = &mut self.images[row * img..(row + 1) * img];
-            let (r, rest) = dst.split_at_mut(plane);
-            let (g, b) = rest.split_at_mut(plane);
-            preprocess(&f.rgb, r, g, b);
-            // The filter processes the first frame it sees (its reference), so a skipped
-            // frame always has a processed frame before it to repeat.
             let skip = filter_on
                 && self.stream.filter.skip(
-                    &self.images[row * img..(row + 1) * img],
+                    f.data(),
                     self.params.similarity_threshold,
                     self.params.max_skip_frames,
                     self.params.seed,
                 );
             if skip {
-                order.push(None);
+                self.order.push(None);
             } else {
-                order.push(Some(kept.len()));
-                kept.push((row, f.tag));
+                self.order.push(Some(kept));
+                kept += 1;
             }
         }
         self.timings.preprocess += t0.elapsed();
 
-        // Encode the new frames in one call.
+        // Encode the new frames in one call: a single frame straight from its buffer, more
+        // than one gathered into one batch.
         let lat = 4 * (h / 8) * (w / 8);
-        if !kept.is_empty() {
+        if kept > 0 {
             let t0 = Instant::now();
-            let calls = self.model.vae_encoder.encode(
-                &self.images[..kept.len() * img],
-                kept.len(),
-                &mut self.latents,
-            )?;
+            let images = if kept == 1 {
+                let k = self.order.iter().position(Option::is_some).unwrap_or(0);
+                Images::One(&frames[k].image)
+            } else {
+                self.images.clear();
+                for (f, o) in frames.iter().zip(&self.order) {
+                    if o.is_some() {
+                        self.images.extend_from_slice(f.data());
+                    }
+                }
+                Images::Rows(&self.images)
+            };
+            let calls = self
+                .model
+                .vae_encoder
+                .encode(images, kept, &mut self.latents)?;
             self.timings.vae_encode += t0.elapsed();
             self.timings.vae_encode_calls += calls as u64;
         }
         let sf = self.model.scaling_factor;
-        for (f, o) in frames.iter().zip(&order) {
+        for (f, o) in frames.into_iter().zip(&self.order) {
             match o {
                 Some(k) => self.stream.push_frame(
                     f.tag,
@@ -365,6 +504,7 @@ impl Engine {
                     self.stream.push_skip(f.tag);
                 }
             }
+            self.pre.recycle(f.image);
         }
         // Frames in flight move on even when every new frame was skipped, so skipped
         // frames are not held behind a stalled pipeline.
@@ -377,6 +517,13 @@ impl Engine {
     /// Runs the remaining steps of every frame in flight and returns all waiting frames in
     /// order (every frame given to `process` comes out exactly once).
     pub fn drain(&mut self) -> Result<Vec<OutputFrame>, EngineError> {
+        let decoded = self.drain_decoded()?;
+        Ok(self.finish(decoded))
+    }
+
+    /// [`Engine::drain`] for callers of [`Engine::process_prepared`]: the frames come out
+    /// in the decoder's range.
+    pub fn drain_decoded(&mut self) -> Result<Vec<DecodedFrame>, EngineError> {
         let mut out = Vec::new();
         while self.stream.flights() > 0 {
             self.stream.advance(&mut self.model, &mut self.timings)?;
@@ -390,6 +537,7 @@ impl Engine {
     /// Forgets the frames in flight (flush) and the similarity filter's reference.
     pub fn reset(&mut self) {
         self.stream.reset();
+        self.last_out = None;
     }
 
     /// Frames given to `process` that have not come out yet.

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use ort::session::{Session, SessionInputValue};
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
+use ort::value::{DynTensor, Shape, Tensor, TensorElementType, ValueType};
 
 use super::EngineError;
 
@@ -41,6 +42,15 @@ impl Elem {
             Elem::F16 => "float16",
             Elem::I64 => "int64",
             Elem::I32 => "int32",
+        }
+    }
+
+    fn to_ort(self) -> TensorElementType {
+        match self {
+            Elem::F32 => TensorElementType::Float32,
+            Elem::F16 => TensorElementType::Float16,
+            Elem::I64 => TensorElementType::Int64,
+            Elem::I32 => TensorElementType::Int32,
         }
     }
 
@@ -94,6 +104,22 @@ impl std::fmt::Display for Spec {
 pub enum Feed<'a> {
     F32(&'a [f32]),
     I64(&'a [i64]),
+    /// Data that stays the same as long as the key does (text embeddings): written and
+    /// bound (on a GPU: uploaded) only when the key or the shape changes, so it stays on
+    /// the device between calls.
+    Keyed(&'a [f32], u64),
+    /// A float32 host tensor of the declared shape, bound as it is: on the CPU the session
+    /// reads it in place, without a copy. Only for float32 inputs.
+    Tensor(&'a Tensor<f32>),
+}
+
+/// An input's tensor, owned by the graph and bound to the session: written in place each
+/// call (no allocation while the shape stays), rebound after each write.
+struct BoundInput {
+    shape: Vec<i64>,
+    tensor: DynTensor,
+    /// The key of the `Feed::Keyed` data it holds, if any.
+    key: Option<u64>,
 }
 
 /// One ONNX session and its declared inputs and outputs.
@@ -102,10 +128,12 @@ pub struct Graph {
     session: Session,
     pub inputs: Vec<Spec>,
     pub outputs: Vec<Spec>,
-    scratch_f16: Vec<Vec<f16>>,
-    scratch_f32: Vec<Vec<f32>>,
-    scratch_i64: Vec<Vec<i64>>,
-    scratch_i32: Vec<Vec<i32>>,
+    /// Inputs and outputs are bound once and reused (ONNX Runtime's IoBinding).
+    binding: IoBinding,
+    /// Per declared input, the tensor bound to it.
+    bound: Vec<Option<BoundInput>>,
+    /// The output bound to host memory, by name.
+    bound_output: Option<String>,
     scratch_out: Vec<f32>,
 }
 
@@ -151,15 +179,17 @@ impl Graph {
     pub(super) fn new(file: PathBuf, session: Session) -> Result<Graph, EngineError> {
         let inputs = specs(&file, session.inputs(), "input")?;
         let outputs = specs(&file, session.outputs(), "output")?;
+        let binding = session
+            .create_binding()
+            .map_err(|e| EngineError::inference(&file, e))?;
         Ok(Graph {
+            bound: (0..inputs.len()).map(|_| None).collect(),
             file,
             session,
             inputs,
             outputs,
-            scratch_f16: Vec::new(),
-            scratch_f32: Vec::new(),
-            scratch_i64: Vec::new(),
-            scratch_i32: Vec::new(),
+            binding,
+            bound_output: None,
             scratch_out: Vec::new(),
         })
     }
@@ -236,6 +266,113 @@ impl Graph {
         })
     }
 
+    /// Writes and binds `feeds`; true when an input's shape changed (or a caller's tensor
+    /// was bound), so an output bound to a reused buffer must be bound again.
+    fn bind_inputs(&mut self, feeds: &[(&str, &[i64], Feed<'_>)]) -> Result<bool, EngineError> {
+        let Graph {
+            file,
+            inputs,
+            binding,
+            bound,
+            ..
+        } = self;
+        let ort_err = |e: ort::Error| EngineError::inference(file, e);
+        // ONNX Runtime reuses the bound output's buffer, which must then have this call's
+        // shape: rebound whenever an input's shape changes.
+        let mut reshaped = false;
+        for (name, shape, feed) in feeds {
+            let Some(i) = inputs.iter().position(|s| s.name == *name) else {
+                return Err(EngineError::tensor(
+                    file,
+                    *name,
+                    "an input of this name",
+                    "none",
+                ));
+            };
+            let elem = inputs[i].elem;
+            if let Feed::Tensor(t) = feed {
+                if elem != Elem::F32 {
+                    return Err(EngineError::tensor(
+                        file,
+                        *name,
+                        "float32 (a float32 tensor was given)",
+                        elem.name(),
+                    ));
+                }
+                binding.bind_input(*name, *t).map_err(ort_err)?;
+                reshaped = true;
+                if let Some(b) = bound[i].as_mut() {
+                    // The graph's own tensor is no longer the one bound.
+                    b.key = None;
+                }
+                continue;
+            }
+            let key = match feed {
+                Feed::Keyed(_, k) => Some(*k),
+                _ => None,
+            };
+            let slot = &mut bound[i];
+            if let Some(b) = slot.as_ref()
+                && b.shape == *shape
+                && key.is_some()
+                && b.key == key
+            {
+                // Bound already (on a GPU: on the device already).
+                continue;
+            }
+            if slot.as_ref().is_none_or(|b| b.shape != *shape) {
+                let tensor = DynTensor::new(
+                    &Allocator::default(),
+                    elem.to_ort(),
+                    Shape::new(shape.iter().copied()),
+                )
+                .map_err(ort_err)?;
+                reshaped = true;
+                *slot = Some(BoundInput {
+                    shape: shape.to_vec(),
+                    tensor,
+                    key: None,
+                });
+            }
+            let Some(b) = slot.as_mut() else {
+                continue;
+            };
+            b.key = None;
+            write_feed(feed, elem, &mut b.tensor).map_err(|e| match e {
+                WriteError::Ort(e) => ort_err(e),
+                WriteError::Length { have, want } => EngineError::tensor(
+                    file,
+                    *name,
+                    format!("{want} values for shape {}", shape_str(shape)),
+                    format!("{have} values"),
+                ),
+            })?;
+            b.key = key;
+            binding.bind_input(*name, &b.tensor).map_err(ort_err)?;
+        }
+        Ok(reshaped)
+    }
+
+    /// Runs the graph with its float32 output `output` written into `out`, which has this
+    /// call's output shape (ONNX Runtime refuses the run otherwise): the caller keeps the
+    /// result without a copy.
+    pub fn run_into(
+        &mut self,
+        feeds: &[(&str, &[i64], Feed<'_>)],
+        output: &str,
+        out: &mut Tensor<f32>,
+    ) -> Result<(), EngineError> {
+        self.bind_inputs(feeds)?;
+        let ort_err = |e: ort::Error| EngineError::inference(&self.file, e);
+        self.binding.clear_outputs();
+        self.bound_output = None;
+        self.binding.bind_output(output, out).map_err(ort_err)?;
+        let result = self.session.run_binding(&self.binding).map(drop);
+        // Not left bound: the caller hands `out` on.
+        self.binding.clear_outputs();
+        result.map_err(ort_err)
+    }
+
     /// Like [`Graph::run`], but hands the output (shape, float32 data) to `f` without
     /// copying it first (float16 outputs are converted into a reused buffer).
     pub fn run_with<R>(
@@ -244,91 +381,32 @@ impl Graph {
         output: &str,
         f: impl FnOnce(&[i64], &[f32]) -> R,
     ) -> Result<R, EngineError> {
+        let reshaped = self.bind_inputs(feeds)?;
         let Graph {
             file,
             session,
-            inputs,
-            scratch_f16,
-            scratch_f32,
-            scratch_i64,
-            scratch_i32,
+            binding,
+            bound_output,
             scratch_out,
             ..
         } = self;
-        let n = feeds.len();
-        scratch_f16.resize_with(n, Vec::new);
-        scratch_f32.resize_with(n, Vec::new);
-        scratch_i64.resize_with(n, Vec::new);
-        scratch_i32.resize_with(n, Vec::new);
-        let mut elems = Vec::with_capacity(n);
-        // Casts first, into per-input scratch buffers kept across calls.
-        for (i, (name, _, feed)) in feeds.iter().enumerate() {
-            let spec = inputs
-                .iter()
-                .find(|s| s.name == *name)
-                .ok_or_else(|| EngineError::tensor(file, *name, "an input of this name", "none"))?;
-            match (feed, spec.elem) {
-                (Feed::F32(_), Elem::F32) | (Feed::I64(_), Elem::I64) => {}
-                (Feed::F32(d), Elem::F16) => {
-                    let s = &mut scratch_f16[i];
-                    s.resize(d.len(), f16::ZERO);
-                    s.convert_from_f32_slice(d);
-                }
-                (Feed::F32(d), Elem::I64) => {
-                    let s = &mut scratch_i64[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| v.round() as i64));
-                }
-                (Feed::F32(d), Elem::I32) => {
-                    let s = &mut scratch_i32[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| v.round() as i32));
-                }
-                (Feed::I64(d), Elem::I32) => {
-                    let s = &mut scratch_i32[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| v as i32));
-                }
-                (Feed::I64(d), Elem::F32) => {
-                    let s = &mut scratch_f32[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| v as f32));
-                }
-                (Feed::I64(d), Elem::F16) => {
-                    let s = &mut scratch_f16[i];
-                    s.clear();
-                    s.extend(d.iter().map(|&v| f16::from_f32(v as f32)));
-                }
-            }
-            elems.push(spec.elem);
-        }
         let ort_err = |e: ort::Error| EngineError::inference(file, e);
-        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(n);
-        for (i, ((name, shape, feed), elem)) in feeds.iter().zip(&elems).enumerate() {
-            let shape = shape.to_vec();
-            let v: SessionInputValue<'_> = match (feed, elem) {
-                (Feed::F32(d), Elem::F32) => TensorRef::from_array_view((shape, *d))
-                    .map_err(ort_err)?
-                    .into(),
-                (Feed::I64(d), Elem::I64) => TensorRef::from_array_view((shape, *d))
-                    .map_err(ort_err)?
-                    .into(),
-                (_, Elem::F16) => TensorRef::from_array_view((shape, &scratch_f16[i][..]))
-                    .map_err(ort_err)?
-                    .into(),
-                (_, Elem::F32) => TensorRef::from_array_view((shape, &scratch_f32[i][..]))
-                    .map_err(ort_err)?
-                    .into(),
-                (_, Elem::I64) => TensorRef::from_array_view((shape, &scratch_i64[i][..]))
-                    .map_err(ort_err)?
-                    .into(),
-                (_, Elem::I32) => TensorRef::from_array_view((shape, &scratch_i32[i][..]))
-                    .map_err(ort_err)?
-                    .into(),
-            };
-            values.push((name.to_string(), v));
+        if reshaped || bound_output.as_deref() != Some(output) {
+            // Host memory: the engine's step math and the pixels need the values there.
+            let host = MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(ort_err)?;
+            binding.clear_outputs();
+            binding
+                .bind_output_to_device(output, &host)
+                .map_err(ort_err)?;
+            *bound_output = Some(output.to_string());
         }
-        let outputs = session.run(values).map_err(ort_err)?;
+        let outputs = session.run_binding(binding).map_err(ort_err)?;
         let value = outputs.get(output).ok_or_else(|| {
             EngineError::tensor(
                 file,
@@ -383,6 +461,64 @@ pub fn rows_padded<'a>(
         buf.extend_from_slice(&src[(r1 - 1) * row..r1 * row]);
     }
     buf
+}
+
+enum WriteError {
+    Ort(ort::Error),
+    Length { have: usize, want: usize },
+}
+
+/// Writes `feed` into `t` (of element type `elem`), casting at the boundary.
+fn write_feed(feed: &Feed<'_>, elem: Elem, t: &mut DynTensor) -> Result<(), WriteError> {
+    fn fill<T: ort::value::PrimitiveTensorElementType + Copy, S: Copy>(
+        t: &mut DynTensor,
+        src: &[S],
+        f: impl Fn(S) -> T,
+    ) -> Result<(), WriteError> {
+        let (_, dst) = t.try_extract_tensor_mut::<T>().map_err(WriteError::Ort)?;
+        if dst.len() != src.len() {
+            return Err(WriteError::Length {
+                have: src.len(),
+                want: dst.len(),
+            });
+        }
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = f(v);
+        }
+        Ok(())
+    }
+    match (feed, elem) {
+        (Feed::F32(d) | Feed::Keyed(d, _), Elem::F32) => {
+            let (_, dst) = t.try_extract_tensor_mut::<f32>().map_err(WriteError::Ort)?;
+            if dst.len() != d.len() {
+                return Err(WriteError::Length {
+                    have: d.len(),
+                    want: dst.len(),
+                });
+            }
+            dst.copy_from_slice(d);
+            Ok(())
+        }
+        (Feed::F32(d) | Feed::Keyed(d, _), Elem::F16) => {
+            let (_, dst) = t.try_extract_tensor_mut::<f16>().map_err(WriteError::Ort)?;
+            if dst.len() != d.len() {
+                return Err(WriteError::Length {
+                    have: d.len(),
+                    want: dst.len(),
+                });
+            }
+            dst.convert_from_f32_slice(d);
+            Ok(())
+        }
+        (Feed::F32(d) | Feed::Keyed(d, _), Elem::I64) => fill(t, d, |v: f32| v.round() as i64),
+        (Feed::F32(d) | Feed::Keyed(d, _), Elem::I32) => fill(t, d, |v: f32| v.round() as i32),
+        (Feed::I64(d), Elem::I64) => fill(t, d, |v: i64| v),
+        (Feed::I64(d), Elem::I32) => fill(t, d, |v: i64| v as i32),
+        (Feed::I64(d), Elem::F32) => fill(t, d, |v: i64| v as f32),
+        (Feed::I64(d), Elem::F16) => fill(t, d, |v: i64| f16::from_f32(v as f32)),
+        // Bound as it is by the caller.
+        (Feed::Tensor(_), _) => Ok(()),
+    }
 }
 
 /// One graph call over a run of rows: `rows` of the caller's data, fed as a batch of

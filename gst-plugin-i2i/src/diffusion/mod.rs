@@ -26,7 +26,7 @@ pub mod sdxl;
 pub mod stream;
 pub mod tokenizer;
 
-pub use engine::Engine;
+pub use engine::{Engine, Preprocessor};
 pub use error::EngineError;
 pub use runtime::{LogLevel, set_logger};
 
@@ -132,6 +132,95 @@ pub struct OutputFrame {
     pub skipped: bool,
 }
 
+/// One frame preprocessed by a [`Preprocessor`] (on any thread), ready for
+/// [`Engine::process_prepared`]: planar `[3, height, width]` floats `v / 255 * 2 - 1`.
+/// Its buffer goes back to the preprocessor's pool once the engine has encoded it.
+pub struct PreparedFrame {
+    pub tag: u64,
+    /// `[1, 3, height, width]` in host memory, bound to the VAE encoder as it is.
+    pub(crate) image: ort::value::Tensor<f32>,
+}
+
+impl PreparedFrame {
+    pub(crate) fn data(&self) -> &[f32] {
+        self.image.extract_tensor().1
+    }
+}
+
+impl std::fmt::Debug for PreparedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedFrame")
+            .field("tag", &self.tag)
+            .field("values", &self.data().len())
+            .finish()
+    }
+}
+
+/// One frame out of [`Engine::process_prepared`], in input order, still in the decoder's
+/// range `[-1, 1]`: turning it into pixels ([`DecodedFrame::to_rgb8`],
+/// [`DecodedFrame::pixels`]) is left to the caller's thread, so the thread that runs the
+/// model calls does not spend time on it.
+#[derive(Clone)]
+pub struct DecodedFrame {
+    pub tag: u64,
+    /// Raw decoder output `[1, 3, height, width]`: the tensor ONNX Runtime wrote it into.
+    pub(crate) decoded: std::sync::Arc<ort::value::Tensor<f32>>,
+    /// True when the similarity filter skipped this frame and `decoded` repeats the
+    /// previous output.
+    pub skipped: bool,
+}
+
+impl std::fmt::Debug for DecodedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedFrame")
+            .field("tag", &self.tag)
+            .field("skipped", &self.skipped)
+            .finish()
+    }
+}
+
+impl DecodedFrame {
+    /// The raw decoder output, planar `[3, height, width]`, in about `[-1, 1]`.
+    pub fn decoded(&self) -> &[f32] {
+        self.decoded.extract_tensor().1
+    }
+
+    /// True when both frames hold the same decoder output (a skipped frame repeats it).
+    pub fn same_output(&self, other: &DecodedFrame) -> bool {
+        std::sync::Arc::ptr_eq(&self.decoded, &other.decoded)
+    }
+
+    /// Planar `[0, 1]` pixels `clamp(y / 2 + 0.5, 0, 1)` into `out` (resized to fit).
+    pub fn pixels(&self, out: &mut Vec<f32>) {
+        decoded_to_unit(self.decoded(), out);
+    }
+
+    /// Packed RGB8 at `width x height` in one pass: the same bits as [`to_rgb8`] of
+    /// [`DecodedFrame::pixels`].
+    pub fn to_rgb8(&self, width: u32, height: u32, out: &mut Vec<u8>) {
+        decoded_to_rgb8(self.decoded(), width, height, out);
+    }
+}
+
+/// Raw decoder output to planar `[0, 1]` pixels `clamp(y / 2 + 0.5, 0, 1)`.
+pub fn decoded_to_unit(decoded: &[f32], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(decoded.iter().map(|&v| to_unit(v)));
+}
+
+/// Raw decoder output to packed RGB8 in one pass: the same bits as [`to_rgb8`] of
+/// [`decoded_to_unit`].
+pub fn decoded_to_rgb8(decoded: &[f32], width: u32, height: u32, out: &mut Vec<u8>) {
+    planar_to_rgb8(decoded, width, height, out, to_unit);
+}
+
+/// `clamp(y / 2 + 0.5, 0, 1)`, with NaN mapped to 0 so no NaN reaches the pixels.
+#[allow(clippy::manual_clamp)]
+#[inline]
+pub(crate) fn to_unit(v: f32) -> f32 {
+    (v / 2.0 + 0.5).max(0.0).min(1.0)
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
@@ -225,6 +314,18 @@ impl Timings {
 /// Planar `[3, height, width]` floats in `[0, 1]` to packed RGB8, rounding to nearest.
 /// `out` is resized to `width * height * 3`; values outside `[0, 1]` (or NaN) are clamped.
 pub fn to_rgb8(pixels: &[f32], width: u32, height: u32, out: &mut Vec<u8>) {
+    planar_to_rgb8(pixels, width, height, out, |v| v);
+}
+
+/// Planar floats through `map` (into `[0, 1]`) to packed RGB8, rounding to nearest.
+#[inline]
+fn planar_to_rgb8(
+    pixels: &[f32],
+    width: u32,
+    height: u32,
+    out: &mut Vec<u8>,
+    map: impl Fn(f32) -> f32,
+) {
     let plane = width as usize * height as usize;
     out.resize(plane * 3, 0);
     if pixels.len() < plane * 3 {
@@ -235,7 +336,7 @@ pub fn to_rgb8(pixels: &[f32], width: u32, height: u32, out: &mut Vec<u8>) {
     let (g, b) = rest.split_at(plane);
     let conv = |v: f32| -> u8 {
         // `as u8` saturates and maps NaN to 0.
-        (v * 255.0 + 0.5) as u8
+        (map(v) * 255.0 + 0.5) as u8
     };
     for (((px, &r), &g), &b) in out.chunks_exact_mut(3).zip(r).zip(g).zip(&b[..plane]) {
         px[0] = conv(r);
@@ -255,5 +356,21 @@ mod tests {
         to_rgb8(&pixels, 2, 1, &mut out);
         // planar R = [0, 1], G = [0.5, -1], B = [2, NaN]
         assert_eq!(out, vec![0, 128, 255, 255, 0, 0]);
+    }
+
+    #[test]
+    fn decoded_rgb8_matches_the_two_step_path() {
+        let decoded: Vec<f32> = (0..3 * 64)
+            .map(|i| (i as f32 * 0.173).sin() * 1.3)
+            .chain([f32::NAN, -5.0, 5.0])
+            .collect();
+        let (w, h) = (65u32, 1u32);
+        let mut px = Vec::new();
+        decoded_to_unit(&decoded, &mut px);
+        assert_eq!(px[3 * 64], 0.0, "NaN maps to 0");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        to_rgb8(&px, w, h, &mut a);
+        decoded_to_rgb8(&decoded, w, h, &mut b);
+        assert_eq!(a, b);
     }
 }

@@ -20,6 +20,10 @@
 //! The graph binding lives in graph.rs, the execution-provider set-up in provider.rs.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ort::memory::Allocator;
+use ort::value::Tensor;
 
 use serde_json::Value;
 
@@ -240,7 +244,8 @@ impl Unet {
     }
 
     /// Predicts noise for `rows` rows: `sample` `[rows, 4, h, w]`, `timesteps[rows]`,
-    /// `hidden` `[rows, L, E]`, into `out` `[rows, 4, h, w]`. Splits into calls as the
+    /// `hidden` `[rows, L, E]` (the same data whenever `hidden_key` is the same), into
+    /// `out` `[rows, 4, h, w]`. Splits into calls as the
     /// graph needs (scalar timestep: one call per run of equal timesteps; fixed batch:
     /// chunks of that size, the last one padded by repeating its last row). Returns the
     /// number of graph calls.
@@ -249,6 +254,7 @@ impl Unet {
         sample: &[f32],
         timesteps: &[f32],
         hidden: &[f32],
+        hidden_key: u64,
         seq: [usize; 2],
         out: &mut Vec<f32>,
     ) -> Result<usize, EngineError> {
@@ -287,18 +293,25 @@ impl Unet {
                     ("sample", &s_shape[..], Feed::F32(s_in)),
                     ("timestep", t_shape, Feed::F32(t_data)),
                 ];
+                // The rows' embeddings change only with a prompt or the rows' mix:
+                // bound (uploaded) once, not every step.
+                let key = hidden_key.wrapping_mul(1 << 20) ^ r.start as u64;
                 // SDXL: the packed rows become encoder_hidden_states, text_embeds, time_ids.
                 if let Some(xl) = self.xl.as_mut() {
                     h_shape[1] = xl.split(h_in, b, seq, p) as i64;
                     feeds.push((
                         "encoder_hidden_states",
                         &h_shape[..],
-                        Feed::F32(xl.hidden()),
+                        Feed::Keyed(xl.hidden(), key),
                     ));
-                    feeds.push(("text_embeds", &p_shape[..], Feed::F32(xl.pooled())));
-                    feeds.push(("time_ids", &id_shape[..], Feed::F32(xl.time_ids())));
+                    feeds.push(("text_embeds", &p_shape[..], Feed::Keyed(xl.pooled(), key)));
+                    feeds.push(("time_ids", &id_shape[..], Feed::Keyed(xl.time_ids(), key)));
                 } else {
-                    feeds.push(("encoder_hidden_states", &h_shape[..], Feed::F32(h_in)));
+                    feeds.push((
+                        "encoder_hidden_states",
+                        &h_shape[..],
+                        Feed::Keyed(h_in, key),
+                    ));
                 }
                 let dst = &mut out[r.start * lat..r.end * lat];
                 let ok = self.graph.run_with(&feeds, &self.output, |shape, eps| {
@@ -372,9 +385,18 @@ pub enum LatentForm {
     Parameters,
 }
 
+/// Images for the VAE encoder: `[rows, 3, H, W]` floats, or one frame's host tensor.
+#[derive(Clone, Copy)]
+pub enum Images<'a> {
+    Rows(&'a [f32]),
+    One(&'a ort::value::Tensor<f32>),
+}
+
 #[derive(Debug)]
 pub struct VaeEncoder {
     pub graph: Graph,
+    /// The element type of its `sample` input.
+    elem: Elem,
     pub fixed_batch: Option<usize>,
     input: String,
     output: String,
@@ -438,6 +460,7 @@ impl VaeEncoder {
             ));
         }
         Ok(VaeEncoder {
+            elem: sample.elem,
             fixed_batch: sample.dim(0),
             input: sample.name.clone(),
             output: out.name.clone(),
@@ -453,7 +476,7 @@ impl VaeEncoder {
     /// Latents `[rows, 4, h, w]` (unscaled) of images `[rows, 3, H, W]`.
     pub fn encode(
         &mut self,
-        images: &[f32],
+        images: Images<'_>,
         rows: usize,
         out: &mut Vec<f32>,
     ) -> Result<usize, EngineError> {
@@ -464,9 +487,20 @@ impl VaeEncoder {
         let mut calls = 0;
         for Chunk { rows: r, batch: b } in chunks(0..rows, self.fixed_batch) {
             let (r0, n) = (r.start, r.len());
-            let data = rows_padded(images, img, r, b, &mut self.in_buf);
             let shape = [b as i64, 3, self.height as i64, self.width as i64];
-            let feeds = [(self.input.as_str(), &shape[..], Feed::F32(data))];
+            let feed = match images {
+                // One image in a float32 host tensor is bound as it is, without a copy.
+                Images::One(t) if b == 1 && self.elem == Elem::F32 => Feed::Tensor(t),
+                Images::One(t) => Feed::F32(rows_padded(
+                    t.extract_tensor().1,
+                    img,
+                    r,
+                    b,
+                    &mut self.in_buf,
+                )),
+                Images::Rows(v) => Feed::F32(rows_padded(v, img, r, b, &mut self.in_buf)),
+            };
+            let feeds = [(self.input.as_str(), &shape[..], feed)];
             let s = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
             calls += 1;
             let channels = s.get(1).copied().unwrap_or(0);
@@ -514,6 +548,8 @@ impl VaeEncoder {
 #[derive(Debug)]
 pub struct VaeDecoder {
     pub graph: Graph,
+    /// The element type of its output.
+    elem: Elem,
     pub fixed_batch: Option<usize>,
     input: String,
     output: String,
@@ -552,6 +588,7 @@ impl VaeDecoder {
             ));
         }
         Ok(VaeDecoder {
+            elem: out.elem,
             fixed_batch: input.dim(0),
             input: input.name.clone(),
             output: out.name.clone(),
@@ -562,13 +599,15 @@ impl VaeDecoder {
         })
     }
 
-    /// Calls `sink(row, image)` for each decoded image `[3, H, W]` (raw decoder output in
-    /// [-1, 1]) of latents `[rows, 4, h, w]`.
+    /// Decodes latents `[rows, 4, h, w]` into `out[row]`, one `[1, 3, H, W]` tensor per
+    /// image (raw decoder output in [-1, 1]); an `out` entry that is `None` or shared is
+    /// replaced by a new tensor. With one image per call and a float32 output, ONNX Runtime
+    /// writes straight into that tensor (no copy); otherwise the images are copied there.
     pub fn decode(
         &mut self,
         latents: &[f32],
         rows: usize,
-        mut sink: impl FnMut(usize, &[f32]),
+        out: &mut [Option<Arc<Tensor<f32>>>],
     ) -> Result<usize, EngineError> {
         let (lh, lw) = (self.height / 8, self.width / 8);
         let lat = 4 * lh * lw;
@@ -580,28 +619,55 @@ impl VaeDecoder {
             let shape = [b as i64, 4, lh as i64, lw as i64];
             let feeds = [(self.input.as_str(), &shape[..], Feed::F32(data))];
             let want = [b as i64, 3, self.height as i64, self.width as i64];
-            // The decoded images go to `sink` straight from ONNX Runtime's output.
-            let ok = self.graph.run_with(&feeds, &self.output, |s, y| {
+            let (height, width) = (self.height, self.width);
+            if b == 1 && self.elem == Elem::F32 {
+                // Straight into the frame's tensor.
+                let t = frame_tensor(&mut out[r0], height, width, &self.graph.file)?;
+                self.graph.run_into(&feeds, &self.output, t)?;
+                calls += 1;
+                continue;
+            }
+            let file = self.graph.file.clone();
+            let output = &self.output;
+            self.graph.run_with(&feeds, output, |s, y| {
                 if s != want {
-                    return Err(shape_str(s));
+                    return Err(EngineError::tensor(
+                        &file,
+                        output,
+                        shape_str(&want),
+                        shape_str(s),
+                    ));
                 }
                 for i in 0..n {
-                    sink(r0 + i, &y[i * img..(i + 1) * img]);
+                    let t = frame_tensor(&mut out[r0 + i], height, width, &file)?;
+                    t.extract_tensor_mut()
+                        .1
+                        .copy_from_slice(&y[i * img..(i + 1) * img]);
                 }
                 Ok(())
-            })?;
+            })??;
             calls += 1;
-            if let Err(found) = ok {
-                return Err(EngineError::tensor(
-                    &self.graph.file,
-                    &self.output,
-                    shape_str(&want),
-                    found,
-                ));
-            }
         }
         Ok(calls)
     }
+}
+
+/// The `[1, 3, height, width]` tensor `slot` holds, made (or replaced, when shared) as
+/// needed.
+fn frame_tensor<'a>(
+    slot: &'a mut Option<Arc<Tensor<f32>>>,
+    height: usize,
+    width: usize,
+    file: &Path,
+) -> Result<&'a mut Tensor<f32>, EngineError> {
+    if slot.as_mut().and_then(Arc::get_mut).is_none() {
+        let t = Tensor::<f32>::new(&Allocator::default(), [1, 3, height, width])
+            .map_err(|e| EngineError::inference(file, e))?;
+        *slot = Some(Arc::new(t));
+    }
+    slot.as_mut()
+        .and_then(Arc::get_mut)
+        .ok_or_else(|| EngineError::invalid(file, "a decoder output buffer is shared"))
 }
 
 /// Everything loaded from a model directory.

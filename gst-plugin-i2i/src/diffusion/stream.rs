@@ -14,9 +14,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use ort::value::Tensor;
+
 use super::model::Model;
 use super::scheduler::StepConstants;
-use super::{CfgType, EngineError, Noise, OutputFrame, Timings, noise};
+use super::{CfgType, DecodedFrame, EngineError, Noise, Timings, noise};
 
 /// A text embedding `[1, L, E]` with an identity, so the UNet's hidden-state batch is only
 /// rebuilt when the rows' embeddings change.
@@ -155,8 +157,8 @@ enum RowKind {
 pub struct Stream {
     flights: Vec<Flight>,
     queue: VecDeque<Entry>,
-    done: HashMap<u64, Arc<Vec<f32>>>,
-    last_output: Option<Arc<Vec<f32>>>,
+    done: HashMap<u64, Arc<Tensor<f32>>>,
+    last_output: Option<Arc<Tensor<f32>>>,
     next_seq: u64,
     pub filter: SimilarityFilter,
     spare: Vec<Vec<f32>>,
@@ -165,12 +167,27 @@ pub struct Stream {
     times: Vec<f32>,
     hidden: Vec<f32>,
     hidden_key: Vec<u64>,
+    /// Counts rebuilds of `hidden`: the UNet keeps it bound while this stays.
+    hidden_gen: u64,
     eps: Vec<f32>,
     finals: Vec<f32>,
     /// The guided noise prediction of one frame (scratch).
     eps_buf: Vec<f32>,
+    /// Per-step scratch kept across calls, so a steady stream allocates nothing per frame.
+    scratch: StepScratch,
     /// Outputs handed out lately: once the caller drops them, their buffers are reused.
-    recent: VecDeque<Arc<Vec<f32>>>,
+    recent: VecDeque<Arc<Tensor<f32>>>,
+}
+
+#[derive(Default)]
+struct StepScratch {
+    order: Vec<usize>,
+    key: Vec<u64>,
+    cond_row: Vec<usize>,
+    uncond_row: Vec<usize>,
+    finished: Vec<usize>,
+    seqs: Vec<u64>,
+    buffers: Vec<Option<Arc<Tensor<f32>>>>,
 }
 
 /// How many handed-out outputs are watched for reuse.
@@ -245,7 +262,9 @@ impl Stream {
         let lat = self.flights[0].x.len();
         // Rows ordered by timestep (descending, stable), so a scalar-timestep UNet gets
         // one call per distinct timestep.
-        let mut order: Vec<usize> = (0..self.flights.len()).collect();
+        let mut order = std::mem::take(&mut self.scratch.order);
+        order.clear();
+        order.extend(0..self.flights.len());
         order.sort_by_key(|&i| {
             let f = &self.flights[i];
             std::cmp::Reverse(f.p.steps[f.step].timestep)
@@ -258,6 +277,7 @@ impl Stream {
                 self.rows.push((i, RowKind::Uncond));
             }
         }
+        self.scratch.order = order;
         let nrows = self.rows.len();
         let seq_shape = {
             let c = &self.flights[0].p.cond;
@@ -266,7 +286,8 @@ impl Stream {
         let hid = seq_shape[0] * seq_shape[1];
         self.sample.resize(nrows * lat, 0.0);
         self.times.clear();
-        let mut key = Vec::with_capacity(nrows);
+        let mut key = std::mem::take(&mut self.scratch.key);
+        key.clear();
         for (r, &(i, kind)) in self.rows.iter().enumerate() {
             let f = &self.flights[i];
             self.sample[r * lat..(r + 1) * lat].copy_from_slice(&f.x);
@@ -287,13 +308,16 @@ impl Stream {
                 };
                 self.hidden[r * hid..(r + 1) * hid].copy_from_slice(&emb.data);
             }
-            self.hidden_key = key;
+            std::mem::swap(&mut self.hidden_key, &mut key);
+            self.hidden_gen += 1;
         }
+        self.scratch.key = key;
         let t0 = Instant::now();
         let calls = model.unet.predict(
             &self.sample,
             &self.times,
             &self.hidden,
+            self.hidden_gen,
             seq_shape,
             &mut self.eps,
         )?;
@@ -302,8 +326,11 @@ impl Stream {
         timings.unet_rows += nrows as u64;
 
         // Where each frame's rows landed.
-        let mut cond_row = vec![0usize; self.flights.len()];
-        let mut uncond_row = vec![usize::MAX; self.flights.len()];
+        let (cond_row, uncond_row) = (&mut self.scratch.cond_row, &mut self.scratch.uncond_row);
+        cond_row.clear();
+        cond_row.resize(self.flights.len(), 0);
+        uncond_row.clear();
+        uncond_row.resize(self.flights.len(), usize::MAX);
         for (r, &(i, kind)) in self.rows.iter().enumerate() {
             match kind {
                 RowKind::Cond => cond_row[i] = r,
@@ -318,10 +345,13 @@ impl Stream {
         }
 
         // Decode the frames that finished.
-        let finished: Vec<usize> = (0..self.flights.len())
-            .filter(|&i| self.flights[i].step == self.flights[i].p.n())
-            .collect();
+        let mut finished = std::mem::take(&mut self.scratch.finished);
+        finished.clear();
+        finished.extend(
+            (0..self.flights.len()).filter(|&i| self.flights[i].step == self.flights[i].p.n()),
+        );
         if finished.is_empty() {
+            self.scratch.finished = finished;
             return Ok(());
         }
         let sf = model.scaling_factor;
@@ -332,28 +362,29 @@ impl Stream {
                 *d = x / sf;
             }
         }
-        let seqs: Vec<u64> = finished.iter().map(|&i| self.flights[i].seq).collect();
-        let mut buffers: Vec<Arc<Vec<f32>>> =
-            (0..finished.len()).map(|_| self.pixel_buffer()).collect();
+        let mut seqs = std::mem::take(&mut self.scratch.seqs);
+        seqs.clear();
+        seqs.extend(finished.iter().map(|&i| self.flights[i].seq));
+        let mut buffers = std::mem::take(&mut self.scratch.buffers);
+        buffers.clear();
+        for _ in 0..finished.len() {
+            let b = self.pixel_buffer();
+            buffers.push(b);
+        }
         let t0 = Instant::now();
-        let mut post = std::time::Duration::ZERO;
         let calls = model
             .vae_decoder
-            .decode(&self.finals, finished.len(), |k, y| {
-                let tp = Instant::now();
-                if let Some(px) = Arc::get_mut(&mut buffers[k]) {
-                    px.resize(y.len(), 0.0);
-                    for (d, &v) in px.iter_mut().zip(y) {
-                        *d = to_unit(v);
-                    }
-                }
-                post += tp.elapsed();
-            })?;
-        for (seq, px) in seqs.into_iter().zip(buffers) {
-            self.done.insert(seq, px);
+            .decode(&self.finals, finished.len(), &mut buffers)?;
+        for (&seq, px) in seqs.iter().zip(buffers.drain(..)) {
+            if let Some(px) = px {
+                self.done.insert(seq, px);
+            }
         }
-        timings.vae_decode += t0.elapsed().saturating_sub(post);
-        timings.postprocess += post;
+        self.scratch.seqs = seqs;
+        self.scratch.buffers = buffers;
+        self.scratch.finished = finished;
+        // The copy out of ONNX Runtime's output counts with the decoder.
+        timings.vae_decode += t0.elapsed();
         timings.vae_decode_calls += calls as u64;
         // Remove finished flights, keeping entry order.
         let spare = &mut self.spare;
@@ -368,16 +399,18 @@ impl Stream {
         Ok(())
     }
 
-    /// A pixel buffer nobody else holds: a recent output the caller has dropped, or new.
-    fn pixel_buffer(&mut self) -> Arc<Vec<f32>> {
-        if let Some(i) = self.recent.iter().position(|a| Arc::strong_count(a) == 1) {
-            return self.recent.remove(i).unwrap_or_default();
-        }
-        Arc::new(Vec::new())
+    /// An output buffer nobody else holds: a recent output the caller has dropped (or
+    /// none: the decoder makes one).
+    fn pixel_buffer(&mut self) -> Option<Arc<Tensor<f32>>> {
+        let i = self
+            .recent
+            .iter()
+            .position(|a| Arc::strong_count(a) == 1 && Arc::weak_count(a) == 0)?;
+        self.recent.remove(i)
     }
 
     /// Outputs ready to leave, in input order.
-    pub fn collect(&mut self, out: &mut Vec<OutputFrame>) {
+    pub fn collect(&mut self, out: &mut Vec<DecodedFrame>) {
         while let Some(front) = self.queue.front() {
             match *front {
                 Entry::Frame { seq, tag } => {
@@ -389,9 +422,9 @@ impl Stream {
                     if self.recent.len() > RECENT_OUTPUTS {
                         self.recent.pop_front();
                     }
-                    out.push(OutputFrame {
+                    out.push(DecodedFrame {
                         tag,
-                        pixels: px,
+                        decoded: px,
                         skipped: false,
                     });
                 }
@@ -400,9 +433,9 @@ impl Stream {
                     let Some(px) = self.last_output.clone() else {
                         break;
                     };
-                    out.push(OutputFrame {
+                    out.push(DecodedFrame {
                         tag,
-                        pixels: px,
+                        decoded: px,
                         skipped: true,
                     });
                 }
@@ -410,13 +443,6 @@ impl Stream {
             self.queue.pop_front();
         }
     }
-}
-
-/// `clamp(y / 2 + 0.5, 0, 1)`, with NaN mapped to 0 so no NaN reaches the pixels.
-#[allow(clippy::manual_clamp)]
-#[inline]
-fn to_unit(v: f32) -> f32 {
-    (v / 2.0 + 0.5).max(0.0).min(1.0)
 }
 
 /// One LCM step of one frame, with guidance and the stock-noise update, in place.

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The `i2itransform` element.
 //!
+//! This file holds the pads, events, queries, state and properties; the inference task is
+//! in `task.rs`, the output thread in `output.rs`, the queue between threads in `queue.rs`.
+//!
 //! Threads: the upstream streaming thread runs the sink chain, which converts each frame
 //! to RGB8 at the model size and queues it (blocking while `max-queue` frames wait); the
 //! src pad's task takes frames off the queue, collects batches of `batch-size` and runs the
@@ -10,9 +13,8 @@
 //! before them, so the stream keeps its order although the engine holds frames back (the
 //! stream batch).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, LazyLock, Mutex, mpsc};
+use std::sync::{LazyLock, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -21,13 +23,14 @@ use gst::subclass::prelude::*;
 
 use super::convert::{InputConverter, OutputConverter, converter_threads};
 use super::live::{self, LiveSettings};
-use super::smooth::Smoother;
+use super::output::{OutItem, OutState};
+use super::queue::BoundedQueue;
+use super::task::{Deferred, Item, QueuedFrame, Worker};
 use super::{BlendMode, CfgType, ExecutionProvider, provider_name};
-use crate::diffusion::{self, Engine, InputFrame, LoadOptions, OutputFrame};
-use crate::settings::state::APPLIED_EVENT;
+use crate::diffusion::{self, Engine, LoadOptions, Preprocessor};
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "i2itransform",
         gst::DebugColorFlags::empty(),
@@ -46,7 +49,7 @@ const DEFAULT_FP16: bool = true;
 const DEFAULT_TRANSITION_FRAMES: u32 = 0;
 const MAX_SIZE: u32 = 4096;
 /// What travels from an input buffer to its output: flags, timestamps, offsets, metas.
-const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLAGS
+pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLAGS
     .union(gst::BufferCopyFlags::TIMESTAMPS)
     .union(gst::BufferCopyFlags::META);
 const MAX_BATCH_SIZE: u32 = 64;
@@ -57,18 +60,18 @@ const SINK_FORMATS: [&str; 8] = ["RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "
 const SRC_FORMATS: [&str; 3] = ["RGB", "RGBA", "I420"];
 
 #[derive(Debug, Clone)]
-struct Settings {
-    model: Option<String>,
-    live: LiveSettings,
-    width: u32,
-    height: u32,
-    batch_size: u32,
-    execution_provider: ExecutionProvider,
-    device_id: i32,
-    fp16: bool,
-    engine_cache_dir: Option<String>,
-    max_queue: u32,
-    threads: u32,
+pub(super) struct Settings {
+    pub model: Option<String>,
+    pub live: LiveSettings,
+    pub width: u32,
+    pub height: u32,
+    pub batch_size: u32,
+    pub execution_provider: ExecutionProvider,
+    pub device_id: i32,
+    pub fp16: bool,
+    pub engine_cache_dir: Option<String>,
+    pub max_queue: u32,
+    pub threads: u32,
 }
 
 impl Default for Settings {
@@ -94,57 +97,12 @@ impl Default for Settings {
     }
 }
 
-/// A frame converted on the streaming thread, waiting for inference.
-struct QueuedFrame {
-    tag: u64,
-    rgb: Vec<u8>,
-    /// A buffer without memory carrying the input's timestamps, offsets, flags and metas.
-    meta: gst::Buffer,
-    running_time: Option<gst::ClockTime>,
-    /// The input offset (frame index) when upstream set one, else the element's count.
-    index: u64,
-}
-
-/// A serialized event with what the task must do with it.
-enum Deferred {
-    Event(gst::Event),
-    /// New output caps and the output format they describe.
-    Caps(gst::Event, gst_video::VideoInfo),
-}
-
-enum Item {
-    Frame(QueuedFrame),
-    Event(Deferred),
-    Eos(gst::Event),
-    /// A DRAIN query: every frame before it comes out, then the sender is told.
-    Drain(mpsc::Sender<()>),
-}
-
-struct Queue {
-    items: VecDeque<Item>,
-    /// Frames among `items` (events do not count against `max-queue`).
-    frames: usize,
-    max_frames: usize,
-    flushing: bool,
-    /// The task's last flow result, returned by the chain function.
-    flow: Result<gst::FlowSuccess, gst::FlowError>,
-}
-
-impl Default for Queue {
-    fn default() -> Self {
-        Queue {
-            items: VecDeque::new(),
-            frames: 0,
-            max_frames: DEFAULT_MAX_QUEUE as usize,
-            flushing: true,
-            flow: Ok(gst::FlowSuccess::Ok),
-        }
-    }
-}
-
 /// Streaming-thread side: input conversion and the running-time reference.
 struct InputState {
     converter: Option<InputConverter>,
+    /// The engine's preprocessing, run here on the streaming thread so the inference task
+    /// only runs model calls.
+    preprocessor: Option<Preprocessor>,
     segment: gst::FormattedSegment<gst::ClockTime>,
     next_tag: u64,
 }
@@ -153,109 +111,36 @@ impl Default for InputState {
     fn default() -> Self {
         InputState {
             converter: None,
+            preprocessor: None,
             segment: gst::FormattedSegment::new(),
             next_tag: 0,
         }
     }
 }
 
-struct FrameMeta {
-    tag: u64,
-    meta: gst::Buffer,
-}
-
-/// Task side: the engine and everything in flight. Exists from start to stop.
-struct Worker {
-    engine: Engine,
-    batch_size: usize,
-    batch: Vec<QueuedFrame>,
-    /// Frames handed to the engine and not out yet, in input order.
-    in_flight: VecDeque<FrameMeta>,
-    /// Events waiting for the output of the frame (tag) that came before them.
-    deferred: VecDeque<(u64, Deferred)>,
-    /// The live settings the engine runs with.
-    applied: LiveSettings,
-    /// Transitions and blends on top of the engine's own prompt and seed.
-    smoother: Smoother,
-}
-
-impl Worker {
-    /// Tag of the last frame taken from the queue that has not been pushed yet.
-    fn last_pending_tag(&self) -> Option<u64> {
-        self.batch
-            .last()
-            .map(|f| f.tag)
-            .or_else(|| self.in_flight.back().map(|f| f.tag))
-    }
-}
-
-/// What the task hands to the output thread, in stream order.
-enum OutItem {
-    /// An engine picture and the metadata of its input frame.
-    Frame(OutputFrame, gst::Buffer),
-    Event(Deferred),
-    Eos(gst::Event),
-    /// Everything before it has been pushed: answers a DRAIN query.
-    Drained(mpsc::Sender<()>),
-}
-
-/// Between the task and the output thread.
-struct OutQueue {
-    items: VecDeque<OutItem>,
-    frames: usize,
-    max_frames: usize,
-    /// Items stay queued (for the flush to sort out) and nothing is pushed.
-    flushing: bool,
-    /// The output thread ends.
-    stop: bool,
-    /// The output thread is working on an item.
-    busy: bool,
-}
-
-impl Default for OutQueue {
-    fn default() -> Self {
-        OutQueue {
-            items: VecDeque::new(),
-            frames: 0,
-            max_frames: 2,
-            flushing: true,
-            stop: true,
-            busy: false,
-        }
-    }
-}
-
-/// Output thread side: the negotiated output format.
 #[derive(Default)]
-struct OutState {
-    conv: Option<OutputConverter>,
-    width: u32,
-    height: u32,
-}
-
-#[derive(Default)]
-struct Stats {
-    frames_in: u64,
-    frames_out: u64,
-    frames_skipped: u64,
-    frames_dropped: u64,
-    frames_invalid: u64,
-    batches: u64,
-    first_inference: Option<Duration>,
+pub(super) struct Stats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub frames_skipped: u64,
+    pub frames_dropped: u64,
+    pub frames_invalid: u64,
+    pub batches: u64,
+    pub first_inference: Option<Duration>,
     /// Calls after the first (which includes ONNX Runtime's warm-up).
-    inference_total: Duration,
-    inference_calls: u64,
-    settings_applied: u64,
-    settings_rejected: u64,
-    provider: Option<&'static str>,
-    latency_frames: usize,
-    batch_size: usize,
+    pub inference_total: Duration,
+    pub inference_calls: u64,
+    pub settings_applied: u64,
+    pub settings_rejected: u64,
+    pub provider: Option<&'static str>,
+    pub latency_frames: usize,
+    pub batch_size: usize,
     /// The inference estimate in the last LATENCY answer, to tell when to re-announce it.
-    announced_inference: Option<Duration>,
+    pub announced_inference: Option<Duration>,
 }
 
 impl Stats {
-    fn inference_estimate(&self) -> Option<Duration> {
+    pub fn inference_estimate(&self) -> Option<Duration> {
         if self.inference_calls > 0 {
             Some(self.inference_total / self.inference_calls as u32)
         } else {
@@ -278,19 +163,19 @@ pub(crate) fn added_latency(
 }
 
 pub struct I2iTransform {
-    sinkpad: gst::Pad,
-    settingspad: gst::Pad,
-    srcpad: gst::Pad,
-    settings: Mutex<Settings>,
+    pub(super) sinkpad: gst::Pad,
+    pub(super) settingspad: gst::Pad,
+    pub(super) srcpad: gst::Pad,
+    pub(super) settings: Mutex<Settings>,
     input: Mutex<InputState>,
-    queue: Mutex<Queue>,
-    queue_cond: Condvar,
-    worker: Mutex<Option<Worker>>,
-    out_queue: Mutex<OutQueue>,
-    out_cond: Condvar,
-    out_state: Mutex<OutState>,
+    /// Streaming thread to task: converted frames and serialized events.
+    pub(super) queue: BoundedQueue<Item>,
+    pub(super) worker: Mutex<Option<Worker>>,
+    /// Task to output thread: finished pictures and the events between them.
+    pub(super) out_queue: BoundedQueue<OutItem>,
+    pub(super) out_state: Mutex<OutState>,
     out_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    stats: Mutex<Stats>,
+    pub(super) stats: Mutex<Stats>,
     /// True from start to stop: the load-time properties are fixed meanwhile.
     running: AtomicBool,
 }
@@ -387,11 +272,9 @@ impl ObjectSubclass for I2iTransform {
             srcpad,
             settings: Mutex::new(Settings::default()),
             input: Mutex::new(InputState::default()),
-            queue: Mutex::new(Queue::default()),
-            queue_cond: Condvar::new(),
+            queue: BoundedQueue::new(DEFAULT_MAX_QUEUE as usize),
             worker: Mutex::new(None),
-            out_queue: Mutex::new(OutQueue::default()),
-            out_cond: Condvar::new(),
+            out_queue: BoundedQueue::new(2),
             out_state: Mutex::new(OutState::default()),
             out_thread: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
@@ -402,7 +285,7 @@ impl ObjectSubclass for I2iTransform {
 
 impl I2iTransform {
     /// Refuses a setting: the old value stays, the user learns why on the bus.
-    fn refuse(&self, what: &str) {
+    pub(super) fn refuse(&self, what: &str) {
         gst::warning!(CAT, imp = self, "{what}");
         gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
     }
@@ -442,7 +325,7 @@ impl I2iTransform {
     }
 
     /// Output caps by downstream's preference (ours, RGB first, when it has none).
-    fn negotiate_output(
+    pub(super) fn negotiate_output(
         &self,
         fps: gst::Fraction,
     ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
@@ -475,12 +358,12 @@ impl I2iTransform {
                 "the sink pad works in push mode only"
             ));
         }
-        let mut q = self.queue.lock().unwrap();
+        let mut q = self.queue.lock();
         q.flushing = !active;
         if active {
             q.flow = Ok(gst::FlowSuccess::Ok);
         }
-        self.queue_cond.notify_all();
+        self.queue.notify();
         Ok(())
     }
 
@@ -490,7 +373,7 @@ impl I2iTransform {
         buffer: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         {
-            let q = self.queue.lock().unwrap();
+            let q = self.queue.lock();
             if q.flushing {
                 return Err(gst::FlowError::Flushing);
             }
@@ -546,11 +429,18 @@ impl I2iTransform {
                 });
             }
             let tag = input.next_tag;
+            let Some(pre) = input.preprocessor.as_ref() else {
+                return Err(gst::FlowError::Flushing);
+            };
+            let prepared = pre.prepare(tag, &rgb).map_err(|e| {
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
+                gst::FlowError::NotNegotiated
+            })?;
             input.next_tag += 1;
             let running_time = input.segment.to_running_time(buffer.pts());
             QueuedFrame {
                 tag,
-                rgb,
+                prepared,
                 meta,
                 running_time,
                 index: Some(buffer.offset())
@@ -559,29 +449,23 @@ impl I2iTransform {
             }
         };
 
-        let mut q = self.queue.lock().unwrap();
-        while q.frames >= q.max_frames && !q.flushing && q.flow.is_ok() {
-            q = self.queue_cond.wait(q).unwrap();
-        }
-        if q.flushing {
-            return Err(gst::FlowError::Flushing);
-        }
-        q.flow?;
-        q.items.push_back(Item::Frame(frame));
-        q.frames += 1;
-        self.queue_cond.notify_all();
-        drop(q);
+        self.queue.push_wait(Item::Frame(frame), |q| {
+            if q.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            q.flow.map(|_| ())
+        })?;
         self.stats.lock().unwrap().frames_in += 1;
         Ok(gst::FlowSuccess::Ok)
     }
 
     fn enqueue(&self, item: Item) -> bool {
-        let mut q = self.queue.lock().unwrap();
+        let mut q = self.queue.lock();
         if q.flushing {
             return false;
         }
-        q.items.push_back(item);
-        self.queue_cond.notify_all();
+        q.push_back(item);
+        self.queue.notify();
         true
     }
 
@@ -655,23 +539,23 @@ impl I2iTransform {
     /// Stops (or lets) the task and the output thread take items and the chain queue them.
     fn set_flushing(&self, flushing: bool) {
         {
-            let mut q = self.queue.lock().unwrap();
+            let mut q = self.queue.lock();
             q.flushing = flushing;
             if !flushing {
                 q.flow = Ok(gst::FlowSuccess::Ok);
             }
-            self.queue_cond.notify_all();
+            self.queue.notify();
         }
-        let mut o = self.out_queue.lock().unwrap();
+        let mut o = self.out_queue.lock();
         o.flushing = flushing;
-        self.out_cond.notify_all();
+        self.out_queue.notify();
     }
 
     /// Waits until the output thread is done with the item it is pushing (if any).
     fn wait_output_idle(&self) {
-        let mut o = self.out_queue.lock().unwrap();
+        let mut o = self.out_queue.lock();
         while o.busy {
-            o = self.out_cond.wait(o).unwrap();
+            o = self.out_queue.wait(o);
         }
     }
 
@@ -683,9 +567,8 @@ impl I2iTransform {
         let mut keep = Vec::new();
         let mut dropped = 0;
         {
-            let mut o = self.out_queue.lock().unwrap();
-            o.frames = 0;
-            for item in o.items.drain(..) {
+            let items = self.out_queue.lock().drain();
+            for item in items {
                 match item {
                     OutItem::Frame(..) => dropped += 1,
                     OutItem::Event(d) => keep.push(d),
@@ -704,9 +587,8 @@ impl I2iTransform {
             }
         }
         {
-            let mut q = self.queue.lock().unwrap();
-            q.frames = 0;
-            for item in q.items.drain(..) {
+            let items = self.queue.lock().drain();
+            for item in items {
                 match item {
                     Item::Frame(_) => dropped += 1,
                     Item::Event(d) => keep.push(d),
@@ -792,7 +674,7 @@ impl I2iTransform {
                 Ok(()) => return true,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let q = self.queue.lock().unwrap();
+                    let q = self.queue.lock();
                     if q.flushing || q.flow.is_err() {
                         return false;
                     }
@@ -839,9 +721,8 @@ impl I2iTransform {
         }
         if active {
             {
-                let mut o = self.out_queue.lock().unwrap();
-                o.items.clear();
-                o.frames = 0;
+                let mut o = self.out_queue.lock();
+                o.drain();
                 o.flushing = false;
                 o.stop = false;
                 o.busy = false;
@@ -853,7 +734,7 @@ impl I2iTransform {
                 .map_err(|e| gst::loggable_error!(CAT, "cannot start the output thread: {e}"))?;
             *self.out_thread.lock().unwrap() = Some(thread);
             {
-                let mut q = self.queue.lock().unwrap();
+                let mut q = self.queue.lock();
                 q.flushing = false;
                 q.flow = Ok(gst::FlowSuccess::Ok);
             }
@@ -862,15 +743,15 @@ impl I2iTransform {
         } else {
             self.set_flushing(true);
             {
-                let mut o = self.out_queue.lock().unwrap();
+                let mut o = self.out_queue.lock();
                 o.stop = true;
-                self.out_cond.notify_all();
+                self.out_queue.notify();
             }
             let stopped = self.srcpad.stop_task();
             if let Some(thread) = self.out_thread.lock().unwrap().take() {
                 let _ = thread.join();
             }
-            self.out_queue.lock().unwrap().items.clear();
+            self.out_queue.lock().drain();
             stopped.map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))
         }
     }
@@ -934,543 +815,6 @@ impl I2iTransform {
         }
     }
 
-    // ---- the task ---------------------------------------------------------------------
-
-    fn start_task(&self) -> Result<(), glib::BoolError> {
-        let obj = self.obj().clone();
-        self.srcpad.start_task(move || obj.imp().task_iteration())
-    }
-
-    fn task_iteration(&self) {
-        let item = {
-            let mut q = self.queue.lock().unwrap();
-            loop {
-                if q.flushing || q.flow.is_err() {
-                    drop(q);
-                    let _ = self.srcpad.pause_task();
-                    return;
-                }
-                if let Some(item) = q.items.pop_front() {
-                    if matches!(item, Item::Frame(_)) {
-                        q.frames -= 1;
-                    }
-                    self.queue_cond.notify_all();
-                    break item;
-                }
-                q = self.queue_cond.wait(q).unwrap();
-            }
-        };
-
-        let mut guard = self.worker.lock().unwrap();
-        let Some(w) = guard.as_mut() else {
-            drop(guard);
-            let _ = self.srcpad.pause_task();
-            return;
-        };
-        let res = match item {
-            Item::Frame(f) => {
-                w.batch.push(f);
-                if w.batch.len() >= w.batch_size {
-                    self.run_batch(w)
-                } else {
-                    Ok(())
-                }
-            }
-            Item::Event(d) => match w.last_pending_tag() {
-                Some(tag) => {
-                    w.deferred.push_back((tag, d));
-                    Ok(())
-                }
-                None => self.send_out(OutItem::Event(d)),
-            },
-            Item::Eos(ev) => self.finish_stream(w, ev),
-            Item::Drain(done) => self
-                .drain_engine(w)
-                .and_then(|()| self.send_out(OutItem::Drained(done))),
-        };
-        drop(guard);
-        if let Err(err) = res {
-            self.on_flow_error(err);
-        }
-    }
-
-    /// A flow error in the task (the engine, or the output side refusing items).
-    fn on_flow_error(&self, err: gst::FlowError) {
-        if self.record_flow_error(err) {
-            match err {
-                gst::FlowError::Flushing | gst::FlowError::Eos => {
-                    gst::debug!(CAT, imp = self, "task pausing: {err:?}");
-                }
-                _ => {
-                    // The engine's errors are posted where they happen; downstream still
-                    // gets the frames already done, then EOS.
-                    let mut o = self.out_queue.lock().unwrap();
-                    o.items.push_back(OutItem::Eos(gst::event::Eos::new()));
-                    self.out_cond.notify_all();
-                }
-            }
-        }
-        let _ = self.srcpad.pause_task();
-    }
-
-    /// Keeps the first flow error (returned to upstream by the chain function); false when
-    /// one was recorded already.
-    fn record_flow_error(&self, err: gst::FlowError) -> bool {
-        let first = {
-            let mut q = self.queue.lock().unwrap();
-            let first = q.flow.is_ok();
-            if first {
-                q.flow = Err(err);
-            }
-            self.queue_cond.notify_all();
-            first
-        };
-        let _o = self.out_queue.lock().unwrap();
-        self.out_cond.notify_all();
-        first
-    }
-
-    fn run_batch(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
-        let frames = std::mem::take(&mut w.batch);
-        let Some(first) = frames.first() else {
-            return Ok(());
-        };
-        // Controlled properties (GstController) take their value for this batch.
-        if let Some(rt) = first.running_time {
-            let _ = self.obj().sync_values(rt);
-        }
-        let index = first.index;
-        self.apply_live(w, index)?;
-        if let Err(e) = w
-            .smoother
-            .before_batch(&mut w.engine, &w.applied, frames.len() as u32)
-        {
-            self.refuse(&format!("transition or blend not applied: {e}"));
-        }
-
-        let mut inputs = Vec::with_capacity(frames.len());
-        for f in frames {
-            w.in_flight.push_back(FrameMeta {
-                tag: f.tag,
-                meta: f.meta,
-            });
-            inputs.push(InputFrame {
-                tag: f.tag,
-                rgb: f.rgb,
-            });
-        }
-        let start = Instant::now();
-        let outs = w.engine.process(inputs).map_err(|e| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ["Inference failed: {}", e]);
-            gst::FlowError::Error
-        })?;
-        self.record_inference(start.elapsed());
-        self.push_outputs(w, outs)
-    }
-
-    fn record_inference(&self, took: Duration) {
-        let announce = {
-            let mut s = self.stats.lock().unwrap();
-            s.batches += 1;
-            if s.first_inference.is_none() {
-                s.first_inference = Some(took);
-            } else {
-                s.inference_total += took;
-                s.inference_calls += 1;
-            }
-            gst::trace!(CAT, imp = self, "model call took {took:?}");
-            // Re-announce the latency when the estimate moved by more than a quarter.
-            match (s.announced_inference, s.inference_estimate()) {
-                (None, Some(_)) => s.batches == 1 || s.inference_calls == 1,
-                (Some(old), Some(new)) => {
-                    let (a, b) = (old.as_secs_f64(), new.as_secs_f64());
-                    (a - b).abs() > 0.25 * a.max(b) && (a - b).abs() > 0.001
-                }
-                _ => false,
-            }
-        };
-        if announce {
-            let _ = self
-                .obj()
-                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
-        }
-    }
-
-    /// Hands the engine the settings changed since the last batch and tells the
-    /// application which frame they first hold for.
-    fn apply_live(&self, w: &mut Worker, index: u64) -> Result<(), gst::FlowError> {
-        let mut desired = self.settings.lock().unwrap().live.clone();
-        if desired == w.applied {
-            return Ok(());
-        }
-        if desired.params != *w.engine.params() {
-            let old = w.engine.params();
-            let restructure = desired.params.t_index_list != old.t_index_list
-                || desired.params.num_inference_steps != old.num_inference_steps;
-            if restructure && w.engine.in_flight() > 0 {
-                // Finish the frames in flight with the schedule they started on.
-                let outs = w.engine.drain().map_err(|e| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Failed,
-                        ["Inference failed: {}", e]
-                    );
-                    gst::FlowError::Error
-                })?;
-                self.push_outputs(w, outs)?;
-            }
-            let before = w.engine.params().clone();
-            if let Err(e) = w.engine.set_params(&desired.params) {
-                self.refuse(&format!("settings not applied: {e}"));
-                let current = w.engine.params().clone();
-                let reverted = {
-                    let mut s = self.settings.lock().unwrap();
-                    let mut before = s.live.clone();
-                    before.params = current.clone();
-                    let reverted = s.live.changed(&before);
-                    s.live.params = current.clone();
-                    reverted
-                };
-                for name in reverted {
-                    self.obj().notify(name);
-                }
-                desired.params = current;
-                if desired == w.applied {
-                    return Ok(());
-                }
-            } else {
-                w.smoother.params_changed(&before, &desired.params);
-            }
-        }
-        let changed = w.applied.changed(&desired);
-        let report = desired.to_update().changes_since(&w.applied.to_update());
-        let latency_before = w.engine.latency_frames();
-        w.applied = desired;
-        {
-            let mut s = self.stats.lock().unwrap();
-            s.settings_applied += 1;
-            s.latency_frames = w.engine.latency_frames();
-        }
-        let p = &w.applied.params;
-        gst::info!(CAT, imp = self, "frame {index}: applying {changed:?}");
-        let s = gst::Structure::builder("i2i-settings-applied")
-            .field("frame-index", index)
-            .field("changed", gst::Array::new(changed.iter().copied()))
-            .field("prompt", &p.prompt)
-            .field("negative-prompt", &p.negative_prompt)
-            .field("seed", p.seed)
-            .field("t-index-list", live::format_t_index_list(&p.t_index_list))
-            .field("num-inference-steps", p.num_inference_steps)
-            .field("guidance-scale", p.guidance_scale as f64)
-            .field("delta", p.delta as f64)
-            .field("cfg-type", live::cfg_type_nick(p.cfg_type))
-            .field("add-noise", p.add_noise)
-            .field("similarity-threshold", p.similarity_threshold as f64)
-            .field("max-skip-frames", p.max_skip_frames)
-            .field("transition-frames", w.applied.transition_frames)
-            .field(
-                "prompt-blend",
-                live::format_prompt_blend(&w.applied.prompt_blend),
-            )
-            .field("seed-blend", live::format_seed_blend(&w.applied.seed_blend))
-            .field("blend-mode", w.applied.blend_mode.name())
-            .build();
-        let _ = self
-            .obj()
-            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
-        // The same news upstream on the settings pad: settingssrc reports it to the
-        // settings holder, whose consoles show it. Not linked: nobody to tell.
-        if !report.is_empty() && self.settingspad.is_linked() {
-            let json = String::from_utf8(report.to_json()).expect("JSON is UTF-8");
-            let event = gst::event::CustomUpstream::new(
-                gst::Structure::builder(APPLIED_EVENT)
-                    .field("frame-index", index)
-                    .field("settings", json)
-                    .build(),
-            );
-            if !self.settingspad.push_event(event) {
-                gst::debug!(CAT, imp = self, "settings pad: applied report not taken");
-            }
-        }
-        if latency_before != w.engine.latency_frames() {
-            let _ = self
-                .obj()
-                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
-        }
-        Ok(())
-    }
-
-    /// Hands the engine's finished frames (and the events due after them) to the output
-    /// thread.
-    fn push_outputs(&self, w: &mut Worker, outs: Vec<OutputFrame>) -> Result<(), gst::FlowError> {
-        for out in outs {
-            let meta = match w.in_flight.iter().position(|m| m.tag == out.tag) {
-                Some(0) => w.in_flight.pop_front().expect("front exists"),
-                Some(pos) => {
-                    gst::error!(
-                        CAT,
-                        imp = self,
-                        "engine returned frame {} before {} earlier ones",
-                        out.tag,
-                        pos
-                    );
-                    w.in_flight.remove(pos).expect("position exists")
-                }
-                None => {
-                    gst::error!(CAT, imp = self, "engine returned unknown frame {}", out.tag);
-                    continue;
-                }
-            };
-            let tag = out.tag;
-            self.send_out(OutItem::Frame(out, meta.meta))?;
-            self.push_deferred(w, Some(tag))?;
-        }
-        Ok(())
-    }
-
-    /// Queues an item for the output thread, waiting while it has enough frames to do.
-    fn send_out(&self, item: OutItem) -> Result<(), gst::FlowError> {
-        let frame = matches!(item, OutItem::Frame(..));
-        let mut o = self.out_queue.lock().unwrap();
-        loop {
-            let refused = if o.flushing {
-                Err(gst::FlowError::Flushing)
-            } else {
-                self.queue.lock().unwrap().flow
-            };
-            if let Err(e) = refused {
-                if frame {
-                    // Flushing or stopping: this frame is lost with the others in flight.
-                    self.stats.lock().unwrap().frames_dropped += 1;
-                }
-                return Err(e);
-            }
-            if !frame || o.frames < o.max_frames {
-                break;
-            }
-            o = self.out_cond.wait(o).unwrap();
-        }
-        if frame {
-            o.frames += 1;
-        }
-        o.items.push_back(item);
-        self.out_cond.notify_all();
-        Ok(())
-    }
-
-    /// Sends the deferred events due after frame `upto` (all of them for None).
-    fn push_deferred(&self, w: &mut Worker, upto: Option<u64>) -> Result<(), gst::FlowError> {
-        while let Some((after, _)) = w.deferred.front() {
-            if upto.is_some_and(|t| *after > t) {
-                break;
-            }
-            let (_, d) = w.deferred.pop_front().expect("front exists");
-            self.send_out(OutItem::Event(d))?;
-        }
-        Ok(())
-    }
-
-    /// EOS: the partial batch goes through, the engine gives back every frame in
-    /// flight, then the remaining events and EOS leave.
-    fn finish_stream(&self, w: &mut Worker, eos: gst::Event) -> Result<(), gst::FlowError> {
-        self.drain_engine(w)?;
-        gst::debug!(CAT, imp = self, "all frames out of the engine, EOS follows");
-        self.send_out(OutItem::Eos(eos))
-    }
-
-    /// The partial batch goes through and the engine gives back every frame in flight,
-    /// followed by the events that waited for them.
-    fn drain_engine(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
-        if !w.batch.is_empty() {
-            self.run_batch(w)?;
-        }
-        if w.engine.in_flight() > 0 {
-            let outs = w.engine.drain().map_err(|e| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ["Inference failed: {}", e]
-                );
-                gst::FlowError::Error
-            })?;
-            self.push_outputs(w, outs)?;
-        }
-        if !w.in_flight.is_empty() {
-            gst::error!(
-                CAT,
-                imp = self,
-                "{} frames did not come out of the engine when draining",
-                w.in_flight.len()
-            );
-            w.in_flight.clear();
-        }
-        self.push_deferred(w, None)
-    }
-
-    // ---- the output thread --------------------------------------------------------------
-
-    fn output_loop(&self) {
-        gst::debug!(CAT, imp = self, "output thread running");
-        loop {
-            let item = {
-                let mut o = self.out_queue.lock().unwrap();
-                loop {
-                    if o.stop {
-                        gst::debug!(CAT, imp = self, "output thread ends");
-                        return;
-                    }
-                    if !o.flushing
-                        && let Some(item) = o.items.pop_front()
-                    {
-                        if matches!(item, OutItem::Frame(..)) {
-                            o.frames -= 1;
-                        }
-                        o.busy = true;
-                        self.out_cond.notify_all();
-                        break item;
-                    }
-                    o = self.out_cond.wait(o).unwrap();
-                }
-            };
-            if let Err(err) = self.output_item(item) {
-                self.on_output_error(err);
-            }
-            // Only now: a flush waiting for the output to be idle then sees the error
-            // recorded before it resets the flow.
-            let mut o = self.out_queue.lock().unwrap();
-            o.busy = false;
-            self.out_cond.notify_all();
-        }
-    }
-
-    fn on_output_error(&self, err: gst::FlowError) {
-        if !self.record_flow_error(err) {
-            return;
-        }
-        match err {
-            gst::FlowError::Flushing | gst::FlowError::Eos => {
-                gst::debug!(CAT, imp = self, "output stops: {err:?}");
-            }
-            gst::FlowError::NotLinked | gst::FlowError::NotNegotiated => {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ("Internal data stream error."),
-                    ["streaming stopped, reason {err:?}"]
-                );
-                self.srcpad.push_event(gst::event::Eos::new());
-            }
-            _ => {
-                self.srcpad.push_event(gst::event::Eos::new());
-            }
-        }
-    }
-
-    /// Converts and pushes one frame, or pushes one event.
-    fn output_item(&self, item: OutItem) -> Result<(), gst::FlowError> {
-        let mut st = self.out_state.lock().unwrap();
-        match item {
-            OutItem::Frame(out, meta) => {
-                if self.queue.lock().unwrap().flow.is_err() {
-                    // After an error nothing more goes out.
-                    self.stats.lock().unwrap().frames_dropped += 1;
-                    return Ok(());
-                }
-                let mut rgb = Vec::new();
-                diffusion::to_rgb8(&out.pixels, st.width, st.height, &mut rgb);
-                self.renegotiate_if_asked(&mut st)?;
-                let Some(conv) = st.conv.as_ref() else {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::Negotiation,
-                        ["No output caps before the first frame"]
-                    );
-                    return Err(gst::FlowError::NotNegotiated);
-                };
-                let mut buffer = conv.convert(rgb).map_err(|e| {
-                    gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
-                    gst::FlowError::Error
-                })?;
-                {
-                    let buffer = buffer.get_mut().expect("new buffer is writable");
-                    if let Err(e) = meta.copy_into(buffer, METADATA_COPY, ..) {
-                        gst::warning!(CAT, imp = self, "cannot copy metadata: {e}");
-                    }
-                }
-                drop(st);
-                if let Err(e) = self.srcpad.push(buffer) {
-                    // Flushing or stopping: this frame is lost with the others in flight.
-                    self.stats.lock().unwrap().frames_dropped += 1;
-                    return Err(e);
-                }
-                let mut s = self.stats.lock().unwrap();
-                s.frames_out += 1;
-                if out.skipped {
-                    s.frames_skipped += 1;
-                }
-                Ok(())
-            }
-            OutItem::Event(d) => self.push_event_item(&mut st, d),
-            OutItem::Eos(ev) => {
-                drop(st);
-                gst::debug!(CAT, imp = self, "pushing EOS");
-                self.srcpad.push_event(ev);
-                Ok(())
-            }
-            OutItem::Drained(done) => {
-                // The query may have given up (flush): nobody to tell then.
-                let _ = done.send(());
-                Ok(())
-            }
-        }
-    }
-
-    fn push_event_item(&self, st: &mut OutState, d: Deferred) -> Result<(), gst::FlowError> {
-        match d {
-            Deferred::Caps(ev, info) => {
-                let conv = OutputConverter::new(&info, converter_threads()).map_err(|e| {
-                    gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
-                    gst::FlowError::NotNegotiated
-                })?;
-                if !self.srcpad.push_event(ev) {
-                    gst::warning!(CAT, imp = self, "downstream refused caps {info:?}");
-                    return Err(gst::FlowError::NotNegotiated);
-                }
-                st.conv = Some(conv);
-            }
-            Deferred::Event(ev) => {
-                let t = ev.type_();
-                if !self.srcpad.push_event(ev) {
-                    gst::debug!(CAT, imp = self, "downstream refused {t:?}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Downstream asked (RECONFIGURE): pick the output format again before the next frame.
-    fn renegotiate_if_asked(&self, st: &mut OutState) -> Result<(), gst::FlowError> {
-        if !self.srcpad.check_reconfigure() {
-            return Ok(());
-        }
-        let Some(fps) = st.conv.as_ref().map(|o| o.out_info().fps()) else {
-            return Ok(());
-        };
-        match self.negotiate_output(fps) {
-            Ok((caps, info)) => {
-                if self.srcpad.current_caps().as_ref() != Some(&caps) {
-                    self.push_event_item(st, Deferred::Caps(gst::event::Caps::new(&caps), info))?;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.srcpad.mark_reconfigure();
-                gst::warning!(CAT, imp = self, "renegotiation failed: {e}");
-                Err(gst::FlowError::NotNegotiated)
-            }
-        }
-    }
-
     // ---- state --------------------------------------------------------------------------
 
     fn start(&self) -> Result<(), gst::StateChangeError> {
@@ -1527,27 +871,19 @@ impl I2iTransform {
         }
         *self.input.lock().unwrap() = InputState::default();
         {
-            let mut q = self.queue.lock().unwrap();
-            q.items.clear();
-            q.frames = 0;
+            let mut q = self.queue.lock();
+            q.drain();
             q.max_frames = s.max_queue as usize;
         }
         // The output thread may hold two batches: one being pushed, one ready.
-        self.out_queue.lock().unwrap().max_frames = 2 * s.batch_size as usize;
+        self.out_queue.lock().max_frames = 2 * s.batch_size as usize;
         *self.out_state.lock().unwrap() = OutState {
             conv: None,
             width: s.width,
             height: s.height,
         };
-        *self.worker.lock().unwrap() = Some(Worker {
-            engine,
-            batch_size: s.batch_size as usize,
-            batch: Vec::new(),
-            in_flight: VecDeque::new(),
-            deferred: VecDeque::new(),
-            applied: s.live,
-            smoother: Smoother::new(),
-        });
+        self.input.lock().unwrap().preprocessor = Some(engine.preprocessor());
+        *self.worker.lock().unwrap() = Some(Worker::new(engine, s.batch_size as usize, s.live));
         self.running.store(true, Ordering::SeqCst);
         self.obj().notify("provider");
         Ok(())
@@ -1558,13 +894,11 @@ impl I2iTransform {
         *self.worker.lock().unwrap() = None;
         *self.out_state.lock().unwrap() = OutState::default();
         *self.input.lock().unwrap() = InputState::default();
-        let mut q = self.queue.lock().unwrap();
-        q.items.clear();
-        q.frames = 0;
+        self.queue.lock().drain();
     }
 
     fn stats_structure(&self) -> gst::Structure {
-        let queued = self.queue.lock().unwrap().frames as u32;
+        let queued = self.queue.lock().frames() as u32;
         let s = self.stats.lock().unwrap();
         let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         gst::Structure::builder("i2itransform-stats")
@@ -1863,9 +1197,8 @@ impl ObjectImpl for I2iTransform {
                 s.max_queue = value.get().unwrap();
                 let max = s.max_queue as usize;
                 drop(s);
-                let mut q = self.queue.lock().unwrap();
-                q.max_frames = max;
-                self.queue_cond.notify_all();
+                self.queue.lock().max_frames = max;
+                self.queue.notify();
             }
             "threads" => s.threads = value.get().unwrap(),
             _ => unreachable!("property {name} is not registered"),

@@ -17,7 +17,10 @@ use gst::prelude::*;
 mod convert;
 mod imp;
 pub mod live;
+mod output;
+mod queue;
 mod smooth;
+mod task;
 
 use crate::diffusion;
 use crate::settings::blend;

@@ -1,0 +1,449 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The inference task of `i2itransform`: the src pad's task.
+//!
+//! It takes converted frames and serialized events off the input queue, collects batches
+//! of `batch-size`, applies the live settings changed since the last batch and runs the
+//! engine. Finished pictures go to the output thread ([`super::output`]) in input order;
+//! an event waits (in `Worker::deferred`) for the output of the last frame that came
+//! before it, since the engine holds frames back (the stream batch). Every engine failure
+//! goes through [`I2iTransform::engine_failed`].
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::imp::{CAT, I2iTransform};
+use super::live::{self, LiveSettings};
+use super::output::OutItem;
+use super::queue::QueueItem;
+use super::smooth::Smoother;
+use crate::diffusion::{DecodedFrame, Engine, PreparedFrame};
+use crate::settings::state::APPLIED_EVENT;
+
+/// A frame converted on the streaming thread, waiting for inference.
+pub(super) struct QueuedFrame {
+    pub tag: u64,
+    /// Preprocessed on the streaming thread.
+    pub prepared: PreparedFrame,
+    /// A buffer without memory carrying the input's timestamps, offsets, flags and metas.
+    pub meta: gst::Buffer,
+    pub running_time: Option<gst::ClockTime>,
+    /// The input offset (frame index) when upstream set one, else the element's count.
+    pub index: u64,
+}
+
+/// A serialized event with what the output thread must do with it.
+pub(super) enum Deferred {
+    Event(gst::Event),
+    /// New output caps and the output format they describe.
+    Caps(gst::Event, gst_video::VideoInfo),
+}
+
+/// What the streaming thread hands to the task, in stream order.
+pub(super) enum Item {
+    Frame(QueuedFrame),
+    Event(Deferred),
+    Eos(gst::Event),
+    /// A DRAIN query: every frame before it comes out, then the sender is told.
+    Drain(mpsc::Sender<()>),
+}
+
+impl QueueItem for Item {
+    fn is_frame(&self) -> bool {
+        matches!(self, Item::Frame(_))
+    }
+}
+
+pub(super) struct FrameMeta {
+    pub tag: u64,
+    pub meta: gst::Buffer,
+}
+
+/// Task side: the engine and everything in flight. Exists from start to stop.
+pub(super) struct Worker {
+    pub engine: Engine,
+    pub batch_size: usize,
+    pub batch: Vec<QueuedFrame>,
+    /// Frames handed to the engine and not out yet, in input order.
+    pub in_flight: VecDeque<FrameMeta>,
+    /// Events waiting for the output of the frame (tag) that came before them.
+    pub deferred: VecDeque<(u64, Deferred)>,
+    /// The live settings the engine runs with.
+    pub applied: LiveSettings,
+    /// Transitions and blends on top of the engine's own prompt and seed.
+    pub smoother: Smoother,
+}
+
+impl Worker {
+    pub fn new(engine: Engine, batch_size: usize, applied: LiveSettings) -> Self {
+        Worker {
+            engine,
+            batch_size,
+            batch: Vec::new(),
+            in_flight: VecDeque::new(),
+            deferred: VecDeque::new(),
+            applied,
+            smoother: Smoother::new(),
+        }
+    }
+
+    /// Tag of the last frame taken from the queue that has not been pushed yet.
+    fn last_pending_tag(&self) -> Option<u64> {
+        self.batch
+            .last()
+            .map(|f| f.tag)
+            .or_else(|| self.in_flight.back().map(|f| f.tag))
+    }
+}
+
+impl I2iTransform {
+    pub(super) fn start_task(&self) -> Result<(), glib::BoolError> {
+        let obj = self.obj().clone();
+        self.srcpad.start_task(move || obj.imp().task_iteration())
+    }
+
+    fn task_iteration(&self) {
+        let Some(item) = self.queue.pop_wait(|q| q.flushing || q.flow.is_err()) else {
+            let _ = self.srcpad.pause_task();
+            return;
+        };
+
+        let mut guard = self.worker.lock().unwrap();
+        let Some(w) = guard.as_mut() else {
+            drop(guard);
+            let _ = self.srcpad.pause_task();
+            return;
+        };
+        let res = match item {
+            Item::Frame(f) => {
+                w.batch.push(f);
+                if w.batch.len() >= w.batch_size {
+                    self.run_batch(w)
+                } else {
+                    Ok(())
+                }
+            }
+            Item::Event(d) => match w.last_pending_tag() {
+                Some(tag) => {
+                    w.deferred.push_back((tag, d));
+                    Ok(())
+                }
+                None => self.send_out(OutItem::Event(d)),
+            },
+            Item::Eos(ev) => self.finish_stream(w, ev),
+            Item::Drain(done) => self
+                .drain_engine(w)
+                .and_then(|()| self.send_out(OutItem::Drained(done))),
+        };
+        drop(guard);
+        if let Err(err) = res {
+            self.on_flow_error(err);
+        }
+    }
+
+    /// A flow error in the task (the engine, or the output side refusing items).
+    fn on_flow_error(&self, err: gst::FlowError) {
+        if self.record_flow_error(err) {
+            match err {
+                gst::FlowError::Flushing | gst::FlowError::Eos => {
+                    gst::debug!(CAT, imp = self, "task pausing: {err:?}");
+                }
+                _ => {
+                    // The engine's errors are posted where they happen; downstream still
+                    // gets the frames already done, then EOS.
+                    let mut o = self.out_queue.lock();
+                    o.push_back(OutItem::Eos(gst::event::Eos::new()));
+                    self.out_queue.notify();
+                }
+            }
+        }
+        let _ = self.srcpad.pause_task();
+    }
+
+    /// Keeps the first flow error (returned to upstream by the chain function); false when
+    /// one was recorded already.
+    pub(super) fn record_flow_error(&self, err: gst::FlowError) -> bool {
+        let first = {
+            let mut q = self.queue.lock();
+            let first = q.flow.is_ok();
+            if first {
+                q.flow = Err(err);
+            }
+            self.queue.notify();
+            first
+        };
+        let _o = self.out_queue.lock();
+        self.out_queue.notify();
+        first
+    }
+
+    fn run_batch(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
+        let frames = std::mem::take(&mut w.batch);
+        let Some(first) = frames.first() else {
+            return Ok(());
+        };
+        // Controlled properties (GstController) take their value for this batch.
+        if let Some(rt) = first.running_time {
+            let _ = self.obj().sync_values(rt);
+        }
+        let index = first.index;
+        self.apply_live(w, index)?;
+        if let Err(e) = w
+            .smoother
+            .before_batch(&mut w.engine, &w.applied, frames.len() as u32)
+        {
+            self.refuse(&format!("transition or blend not applied: {e}"));
+        }
+
+        let mut inputs = Vec::with_capacity(frames.len());
+        for f in frames {
+            w.in_flight.push_back(FrameMeta {
+                tag: f.tag,
+                meta: f.meta,
+            });
+            inputs.push(f.prepared);
+        }
+        let start = Instant::now();
+        let outs = w
+            .engine
+            .process_prepared(inputs)
+            .map_err(|e| self.engine_failed(e))?;
+        self.record_inference(start.elapsed());
+        self.push_outputs(w, outs)
+    }
+
+    fn record_inference(&self, took: Duration) {
+        let announce = {
+            let mut s = self.stats.lock().unwrap();
+            s.batches += 1;
+            if s.first_inference.is_none() {
+                s.first_inference = Some(took);
+            } else {
+                s.inference_total += took;
+                s.inference_calls += 1;
+            }
+            gst::trace!(CAT, imp = self, "model call took {took:?}");
+            // Re-announce the latency when the estimate moved by more than a quarter.
+            match (s.announced_inference, s.inference_estimate()) {
+                (None, Some(_)) => s.batches == 1 || s.inference_calls == 1,
+                (Some(old), Some(new)) => {
+                    let (a, b) = (old.as_secs_f64(), new.as_secs_f64());
+                    (a - b).abs() > 0.25 * a.max(b) && (a - b).abs() > 0.001
+                }
+                _ => false,
+            }
+        };
+        if announce {
+            let _ = self
+                .obj()
+                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+        }
+    }
+
+    /// Hands the engine the settings changed since the last batch and tells the
+    /// application which frame they first hold for.
+    fn apply_live(&self, w: &mut Worker, index: u64) -> Result<(), gst::FlowError> {
+        let mut desired = self.settings.lock().unwrap().live.clone();
+        if desired == w.applied {
+            return Ok(());
+        }
+        if desired.params != *w.engine.params() {
+            let old = w.engine.params();
+            let restructure = desired.params.t_index_list != old.t_index_list
+                || desired.params.num_inference_steps != old.num_inference_steps;
+            if restructure && w.engine.in_flight() > 0 {
+                // Finish the frames in flight with the schedule they started on.
+                let outs = w
+                    .engine
+                    .drain_decoded()
+                    .map_err(|e| self.engine_failed(e))?;
+                self.push_outputs(w, outs)?;
+            }
+            let before = w.engine.params().clone();
+            if let Err(e) = w.engine.set_params(&desired.params) {
+                self.refuse(&format!("settings not applied: {e}"));
+                let current = w.engine.params().clone();
+                let reverted = {
+                    let mut s = self.settings.lock().unwrap();
+                    let mut before = s.live.clone();
+                    before.params = current.clone();
+                    let reverted = s.live.changed(&before);
+                    s.live.params = current.clone();
+                    reverted
+                };
+                for name in reverted {
+                    self.obj().notify(name);
+                }
+                desired.params = current;
+                if desired == w.applied {
+                    return Ok(());
+                }
+            } else {
+                w.smoother.params_changed(&before, &desired.params);
+            }
+        }
+        let changed = w.applied.changed(&desired);
+        let report = desired.to_update().changes_since(&w.applied.to_update());
+        let latency_before = w.engine.latency_frames();
+        w.applied = desired;
+        {
+            let mut s = self.stats.lock().unwrap();
+            s.settings_applied += 1;
+            s.latency_frames = w.engine.latency_frames();
+        }
+        let p = &w.applied.params;
+        gst::info!(CAT, imp = self, "frame {index}: applying {changed:?}");
+        let s = gst::Structure::builder("i2i-settings-applied")
+            .field("frame-index", index)
+            .field("changed", gst::Array::new(changed.iter().copied()))
+            .field("prompt", &p.prompt)
+            .field("negative-prompt", &p.negative_prompt)
+            .field("seed", p.seed)
+            .field("t-index-list", live::format_t_index_list(&p.t_index_list))
+            .field("num-inference-steps", p.num_inference_steps)
+            .field("guidance-scale", p.guidance_scale as f64)
+            .field("delta", p.delta as f64)
+            .field("cfg-type", live::cfg_type_nick(p.cfg_type))
+            .field("add-noise", p.add_noise)
+            .field("similarity-threshold", p.similarity_threshold as f64)
+            .field("max-skip-frames", p.max_skip_frames)
+            .field("transition-frames", w.applied.transition_frames)
+            .field(
+                "prompt-blend",
+                live::format_prompt_blend(&w.applied.prompt_blend),
+            )
+            .field("seed-blend", live::format_seed_blend(&w.applied.seed_blend))
+            .field("blend-mode", w.applied.blend_mode.name())
+            .build();
+        let _ = self
+            .obj()
+            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+        // The same news upstream on the settings pad: settingssrc reports it to the
+        // settings holder, whose consoles show it. Not linked: nobody to tell.
+        if !report.is_empty() && self.settingspad.is_linked() {
+            let json = String::from_utf8(report.to_json()).expect("JSON is UTF-8");
+            let event = gst::event::CustomUpstream::new(
+                gst::Structure::builder(APPLIED_EVENT)
+                    .field("frame-index", index)
+                    .field("settings", json)
+                    .build(),
+            );
+            if !self.settingspad.push_event(event) {
+                gst::debug!(CAT, imp = self, "settings pad: applied report not taken");
+            }
+        }
+        if latency_before != w.engine.latency_frames() {
+            let _ = self
+                .obj()
+                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+        }
+        Ok(())
+    }
+
+    /// Hands the engine's finished frames (and the events due after them) to the output
+    /// thread.
+    fn push_outputs(&self, w: &mut Worker, outs: Vec<DecodedFrame>) -> Result<(), gst::FlowError> {
+        for out in outs {
+            let meta = match w.in_flight.iter().position(|m| m.tag == out.tag) {
+                Some(0) => w.in_flight.pop_front().expect("front exists"),
+                Some(pos) => {
+                    gst::error!(
+                        CAT,
+                        imp = self,
+                        "engine returned frame {} before {} earlier ones",
+                        out.tag,
+                        pos
+                    );
+                    w.in_flight.remove(pos).expect("position exists")
+                }
+                None => {
+                    gst::error!(CAT, imp = self, "engine returned unknown frame {}", out.tag);
+                    continue;
+                }
+            };
+            let tag = out.tag;
+            self.send_out(OutItem::Frame(out, meta.meta))?;
+            self.push_deferred(w, Some(tag))?;
+        }
+        Ok(())
+    }
+
+    /// Queues an item for the output thread, waiting while it has enough frames to do.
+    fn send_out(&self, item: OutItem) -> Result<(), gst::FlowError> {
+        let frame = item.is_frame();
+        self.out_queue
+            .push_wait(item, |o| {
+                if o.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                self.queue.lock().flow.map(|_| ())
+            })
+            .inspect_err(|_| {
+                if frame {
+                    // Flushing or stopping: this frame is lost with the others in flight.
+                    self.stats.lock().unwrap().frames_dropped += 1;
+                }
+            })
+    }
+
+    /// The one place an engine failure becomes an element error; the stream then ends
+    /// after the frames already done.
+    fn engine_failed(&self, e: impl std::fmt::Display) -> gst::FlowError {
+        gst::element_imp_error!(
+            self,
+            gst::StreamError::Failed,
+            ("Inference failed: {}", e),
+            ["The model call failed; the frames done so far were pushed, then EOS"]
+        );
+        gst::FlowError::Error
+    }
+
+    /// Sends the deferred events due after frame `upto` (all of them for None).
+    fn push_deferred(&self, w: &mut Worker, upto: Option<u64>) -> Result<(), gst::FlowError> {
+        while let Some((after, _)) = w.deferred.front() {
+            if upto.is_some_and(|t| *after > t) {
+                break;
+            }
+            let (_, d) = w.deferred.pop_front().expect("front exists");
+            self.send_out(OutItem::Event(d))?;
+        }
+        Ok(())
+    }
+
+    /// EOS: the partial batch goes through, the engine gives back every frame in
+    /// flight, then the remaining events and EOS leave.
+    fn finish_stream(&self, w: &mut Worker, eos: gst::Event) -> Result<(), gst::FlowError> {
+        self.drain_engine(w)?;
+        gst::debug!(CAT, imp = self, "all frames out of the engine, EOS follows");
+        self.send_out(OutItem::Eos(eos))
+    }
+
+    /// The partial batch goes through and the engine gives back every frame in flight,
+    /// followed by the events that waited for them.
+    fn drain_engine(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
+        if !w.batch.is_empty() {
+            self.run_batch(w)?;
+        }
+        if w.engine.in_flight() > 0 {
+            let outs = w
+                .engine
+                .drain_decoded()
+                .map_err(|e| self.engine_failed(e))?;
+            self.push_outputs(w, outs)?;
+        }
+        if !w.in_flight.is_empty() {
+            gst::error!(
+                CAT,
+                imp = self,
+                "{} frames did not come out of the engine when draining",
+                w.in_flight.len()
+            );
+            w.in_flight.clear();
+        }
+        self.push_deferred(w, None)
+    }
+}
