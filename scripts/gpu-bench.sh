@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MPL-2.0
-# GPU benchmark: an sd-turbo-shaped model (real architecture sizes, random weights) through
-# the engine at 512x512 on CUDA and TensorRT, batch 1 and 4: frames/s and latency, each
-# against bare ONNX Runtime on the same graphs in the same run.
+# GPU benchmark: sd-turbo-shaped and sdxl-turbo-shaped models (real architecture sizes, random
+# weights) through the engine at 512x512 on CUDA and TensorRT, batch 1 and 4: frames/s and
+# latency, each against bare ONNX Runtime on the same graphs in the same run.
 #
-#   bash scripts/gpu-bench.sh [--providers "cuda tensorrt"] [--batches "1 4"] [--frames 50]
+#   bash scripts/gpu-bench.sh [--models "sdturbo sdxl-turbo"] [--providers "cuda tensorrt"] [--batches "1 4"] [--frames 50]
 #
 # Needs an NVIDIA GPU with its driver. It installs, into .venv-gpu (not the test venv), the
 # onnxruntime-gpu wheel (CUDA and TensorRT providers) and the CUDA / cuDNN / TensorRT runtime
-# wheels it loads, and points ORT_DYLIB_PATH at that library. The model (about 5 GB) is made
-# once under models/sdturbo-shaped. The first TensorRT run builds engines (minutes); they are
+# wheels it loads, and points ORT_DYLIB_PATH at that library. The models are made once under
+# models/sdturbo-shaped (about 5 GB) and models/sdxl-turbo-shaped (about 14 GB; making it needs
+# about 12 GB of free memory). The first TensorRT run builds engines (minutes); they are
 # cached in .deps/trt-cache, keyed by model, shapes, batch and precision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+MODELS="sdturbo sdxl-turbo"
 PROVIDERS="cuda tensorrt"
 BATCHES="1 4"
 FRAMES=50
 while [ $# -gt 0 ]; do
   case "$1" in
+    --models) MODELS=$2; shift 2 ;;
     --providers) PROVIDERS=$2; shift 2 ;;
     --batches) BATCHES=$2; shift 2 ;;
     --frames) FRAMES=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "gpu-bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -42,18 +45,24 @@ LIBS=$(find "$SITE/nvidia" "$SITE/tensorrt_libs" -maxdepth 2 -name lib -type d 2
 LIBS="$LIBS$(dirname "$ORT_DYLIB_PATH")"
 export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-MODEL=models/sdturbo-shaped
-if [ ! -f "$MODEL/unet/model.onnx" ]; then
-  .venv/bin/python scripts/make_models.py --sdturbo-shaped "$MODEL"
-fi
 mkdir -p .deps/trt-cache out
-for provider in $PROVIDERS; do
-  for batch in $BATCHES; do
-    fp16=0; [ "$provider" = tensorrt ] && fp16=1
-    echo "== $provider, batch $batch, fp16=$fp16"
-    cargo run --release --quiet -p gst-plugin-i2i --example engine-bench -- \
-      --model "$MODEL" --size 512 --batch "$batch" --frames "$FRAMES" --rounds 3 \
-      --t-index-list 45 --cfg self --provider "$provider" --fp16 "$fp16" \
-      --cache "$ROOT/.deps/trt-cache" | tee "out/gpu-bench-$provider-b$batch.txt"
+for kind in $MODELS; do
+  case "$kind" in
+    sdturbo|sdxl-turbo) ;;
+    *) echo "gpu-bench: unknown model '$kind' (sdturbo or sdxl-turbo)" >&2; exit 2 ;;
+  esac
+  MODEL=models/$kind-shaped
+  if [ ! -f "$MODEL/unet/model.onnx" ]; then
+    .venv/bin/python scripts/make_models.py "--$kind-shaped" "$MODEL"
+  fi
+  for provider in $PROVIDERS; do
+    for batch in $BATCHES; do
+      fp16=0; [ "$provider" = tensorrt ] && fp16=1
+      echo "== $kind, $provider, batch $batch, fp16=$fp16"
+      cargo run --release --quiet -p gst-plugin-i2i --example engine-bench -- \
+        --model "$MODEL" --size 512 --batch "$batch" --frames "$FRAMES" --rounds 3 \
+        --t-index-list 45 --cfg self --provider "$provider" --fp16 "$fp16" \
+        --cache "$ROOT/.deps/trt-cache" | tee "out/gpu-bench-$kind-$provider-b$batch.txt"
+    done
   done
 done

@@ -3,6 +3,7 @@
 
     python scripts/make_models.py --out models [--quiet] [--force]
     python scripts/make_models.py --sdturbo-shaped DIR     # large random sd-turbo-shaped model (GPU benchmark)
+    python scripts/make_models.py --sdxl-turbo-shaped DIR  # large random sdxl-turbo-shaped model (GPU benchmark)
 
 Deterministic: the same generator and package versions give byte-identical files. Skips all work
 when OUT/.stamp holds the hash of the generator sources and every expected file exists.
@@ -23,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from i2i_models import clip_vocab, configs, tiny  # noqa: E402
+from i2i_models import clip_vocab, configs, sdxl, tiny  # noqa: E402
 from i2i_models.graph import save  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -40,6 +41,9 @@ def generator_hash() -> str:
 
 
 def expected_files(name: str) -> list[str]:
+    xl = next((v for v in sdxl.VARIANTS if v.name == name), None)
+    if xl is not None:
+        return sdxl.expected_files(xl)
     files = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/special_tokens_map.json",
              "tokenizer/tokenizer_config.json"]
     files += [f"{c}/{f}" for c in COMPONENTS for f in ("model.onnx", "config.json")]
@@ -82,6 +86,7 @@ def build_all(out: Path, log) -> None:
     vocab, merges = clip_vocab.vocab_and_merges(gz)
     tok_cache: dict = {}
     builders = [(v.name, lambda d, v=v: write_tiny(d, v, vocab, merges, tok_cache)) for v in tiny.VARIANTS]
+    builders += [(v.name, lambda d, v=v: sdxl.write(d, v, vocab, merges, tok_cache)) for v in sdxl.VARIANTS]
     try:
         from i2i_models import demo
     except ImportError:
@@ -101,7 +106,7 @@ def build_all(out: Path, log) -> None:
 
 
 def model_names() -> list[str]:
-    names = [v.name for v in tiny.VARIANTS]
+    names = [v.name for v in tiny.VARIANTS] + [v.name for v in sdxl.VARIANTS]
     if (HERE / "i2i_models" / "demo.py").exists():
         names.insert(0, "demo")
     return names
@@ -121,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="regenerate even when up to date")
     ap.add_argument("--sdturbo-shaped", type=Path, metavar="DIR",
                     help="write a random-weight model with sd-turbo's architecture sizes to DIR and exit")
+    ap.add_argument("--sdxl-turbo-shaped", type=Path, metavar="DIR",
+                    help="write a random-weight model with sdxl-turbo's architecture sizes to DIR and exit "
+                         "(about 14 GB; needs about 12 GB of free memory)")
     args = ap.parse_args(argv)
 
     def log(msg):
@@ -130,6 +138,10 @@ def main(argv=None) -> int:
         if args.sdturbo_shaped is not None:
             from i2i_models import sdturbo
             sdturbo.write(args.sdturbo_shaped, log)
+            return 0
+        if args.sdxl_turbo_shaped is not None:
+            from i2i_models import sdxlturbo
+            sdxlturbo.write(args.sdxl_turbo_shaped, log)
             return 0
         out = args.out
         stamp = generator_hash()

@@ -23,8 +23,8 @@ use gsti2i::diffusion::{
 };
 use half::f16;
 use ort::ep;
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 struct Args {
@@ -172,7 +172,8 @@ struct Bare {
     unet: Session,
     dec: Session,
     enc_in: DynValue,
-    unet_in: Vec<[DynValue; 3]>,
+    /// Named UNet inputs per call (SDXL adds text_embeds and time_ids).
+    unet_in: Vec<Vec<(&'static str, DynValue)>>,
     dec_in: DynValue,
     enc_t: Duration,
     unet_t: Duration,
@@ -225,12 +226,12 @@ impl Bare {
                 .unwrap(),
         );
         let t1 = Instant::now();
-        for [s, t, h] in &self.unet_in {
-            drop(
-                self.unet
-                    .run(ort::inputs!["sample" => s, "timestep" => t, "encoder_hidden_states" => h])
-                    .unwrap(),
-            );
+        for inputs in &self.unet_in {
+            let feeds: Vec<(String, SessionInputValue<'_>)> = inputs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.into()))
+                .collect();
+            drop(self.unet.run(feeds).unwrap());
         }
         let t2 = Instant::now();
         drop(
@@ -320,7 +321,17 @@ fn main() {
         .map(|i| ((i % 511) as f32 / 255.0) - 1.0)
         .collect();
     let latent = vec![0.1f32; 4 * l * l];
-    let hidden_row = &cond.data;
+    // SDXL: the engine's packed conditioning is 77 hidden-state rows, then the pooled vector
+    // (text_embeds); time_ids are the frame size.
+    let pooled = unet
+        .inputs()
+        .iter()
+        .find(|o| o.name() == "text_embeds")
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { shape, .. } => shape.get(1).copied().unwrap_or(0).max(0) as usize,
+            _ => 0,
+        });
+    let hidden_row = &cond.data[..77 * e];
     let mut unet_in = Vec::new();
     let groups: Vec<(usize, usize)> = if t_rank == 0 {
         (0..n).map(|i| (i, per_step[i])).collect()
@@ -338,11 +349,29 @@ fn main() {
         let t_shape = if t_rank == 0 { vec![] } else { vec![g as i64] };
         let sample: Vec<f32> = (0..g).flat_map(|_| latent.iter().copied()).collect();
         let hidden: Vec<f32> = (0..g).flat_map(|_| hidden_row.iter().copied()).collect();
-        unet_in.push([
-            tensor(s_ty, vec![g as i64, 4, l as i64, l as i64], &sample),
-            tensor(t_ty, t_shape, &ts),
-            tensor(h_ty, vec![g as i64, 77, e as i64], &hidden),
-        ]);
+        let mut inputs = vec![
+            (
+                "sample",
+                tensor(s_ty, vec![g as i64, 4, l as i64, l as i64], &sample),
+            ),
+            ("timestep", tensor(t_ty, t_shape, &ts)),
+            (
+                "encoder_hidden_states",
+                tensor(h_ty, vec![g as i64, 77, e as i64], &hidden),
+            ),
+        ];
+        if let Some(p) = pooled {
+            let te: Vec<f32> = (0..g)
+                .flat_map(|_| cond.data[77 * e..77 * e + p].iter().copied())
+                .collect();
+            let s = size as f32;
+            let ids: Vec<f32> = (0..g).flat_map(|_| [s, s, 0.0, 0.0, s, s]).collect();
+            let (te_ty, _) = input_type(&unet, "text_embeds");
+            let (id_ty, _) = input_type(&unet, "time_ids");
+            inputs.push(("text_embeds", tensor(te_ty, vec![g as i64, p as i64], &te)));
+            inputs.push(("time_ids", tensor(id_ty, vec![g as i64, 6], &ids)));
+        }
+        unet_in.push(inputs);
     }
     let dec_lat: Vec<f32> = (0..b).flat_map(|_| latent.iter().copied()).collect();
     let mut bare = Bare {

@@ -436,7 +436,7 @@ fn wrong_signatures_and_fixed_batch() {
     );
     check(
         &with("unet_sdxl", "unet"),
-        &["'text_embeds'", "not supported"],
+        &["'text_embeds'", "text_encoder_2", "mixes model families"],
     );
     check(
         &with("unet_hidden64", "unet"),

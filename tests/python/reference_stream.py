@@ -128,6 +128,9 @@ def _read_json(path: Path) -> dict:
 
 
 class Model:
+    """The graphs of one model directory. SD 1.x / 2.x: one text encoder; SDXL (a UNet with `text_embeds`):
+    two, in the optimum layout or in ONNX Runtime's Stable Diffusion demo layout."""
+
     def __init__(self, root: Path, threads: int):
         import onnxruntime as ort
         from transformers import CLIPTokenizer
@@ -137,18 +140,35 @@ class Model:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         self.sess = {}
-        for comp in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
+        comps = ["text_encoder", "unet", "vae_encoder", "vae_decoder"]
+        if (root / "text_encoder_2").is_dir():
+            comps.append("text_encoder_2")
+        for comp in comps:
             p = root / comp / "model.onnx"
             if not p.is_file():
                 raise RefError(f"{p}: missing")
             self.sess[comp] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        self.xl = "text_embeds" in self._inputs("unet")
+        if self.xl and "text_encoder_2" not in self.sess:
+            raise RefError(f"{root / 'text_encoder_2'}: missing (the UNet takes text_embeds: an SDXL model)")
         self.tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+        if self.xl:
+            self.tokenizer_2 = CLIPTokenizer.from_pretrained(str(root / "tokenizer_2"))
+            # diffusers' StableDiffusionXLPipeline default (True); the ORT demo writes no model_index.json.
+            index = root / "model_index.json"
+            self.force_zeros = bool(_read_json(index).get("force_zeros_for_empty_prompt", True)) \
+                if index.is_file() else True
         self.sched_cfg = _read_json(root / "scheduler" / "scheduler_config.json")
-        vae_cfg = _read_json(root / "vae_decoder" / "config.json")
-        self.sf = np.float32(vae_cfg.get("scaling_factor", 0.18215))
+        vae_cfg_path = root / "vae_decoder" / "config.json"
+        default_sf = 0.13025 if self.xl else 0.18215
+        vae_cfg = _read_json(vae_cfg_path) if (vae_cfg_path.is_file() or not self.xl) else {}
+        self.sf = np.float32(vae_cfg.get("scaling_factor", default_sf))
 
     def _inputs(self, comp):
         return {i.name: i for i in self.sess[comp].get_inputs()}
+
+    def _outputs(self, comp) -> list[str]:
+        return [o.name for o in self.sess[comp].get_outputs()]
 
     def _run(self, comp, feeds: dict, out_names) -> list[np.ndarray]:
         ins = self._inputs(comp)
@@ -164,17 +184,56 @@ class Model:
         outs = self.sess[comp].run(out_names, cast)
         return [np.asarray(o, dtype=np.float32) for o in outs]
 
-    def encode_prompt(self, text: str) -> np.ndarray:
-        ids = self.tokenizer(text, padding="max_length", max_length=77, truncation=True)["input_ids"]
-        ids = np.asarray([ids], dtype=np.int64)
-        outs = [o.name for o in self.sess["text_encoder"].get_outputs()]
-        name = "last_hidden_state" if "last_hidden_state" in outs else outs[0]
-        return self._run("text_encoder", {"input_ids": ids}, [name])[0]
+    def _ids(self, tokenizer, text: str) -> np.ndarray:
+        ids = tokenizer(text, padding="max_length", max_length=77, truncation=True)["input_ids"]
+        return np.asarray([ids], dtype=np.int64)
+
+    def _penultimate(self, comp: str) -> str:
+        """The name of the penultimate layer's hidden state: `hidden_states` (ORT demo) or the
+        second-highest of `hidden_states.0` .. `hidden_states.L` (optimum)."""
+        outs = self._outputs(comp)
+        if "hidden_states" in outs:
+            return "hidden_states"
+        layers = sorted(int(n.split(".")[1]) for n in outs if n.startswith("hidden_states."))
+        if len(layers) < 2:
+            raise RefError(f"{self.root / comp / 'model.onnx'}: no hidden_states.N outputs (has {outs})")
+        return f"hidden_states.{layers[-1] - 1}"
+
+    def encode_prompt(self, text: str) -> dict:
+        """The UNet's conditioning inputs for one prompt: encoder_hidden_states [1, 77, E] and, for SDXL,
+        text_embeds [1, P] (time_ids are added per frame size by `conditioning`)."""
+        if not self.xl:
+            outs = self._outputs("text_encoder")
+            name = "last_hidden_state" if "last_hidden_state" in outs else outs[0]
+            return {"encoder_hidden_states": self._run("text_encoder", {"input_ids": self._ids(self.tokenizer, text)},
+                                                       [name])[0]}
+        # diffusers StableDiffusionXLPipeline.encode_prompt: hidden_states[-2] of both encoders, concatenated;
+        # pooled = text_embeds of the second encoder (the ORT demo names it text_embeddings).
+        h1 = self._run("text_encoder", {"input_ids": self._ids(self.tokenizer, text)},
+                       [self._penultimate("text_encoder")])[0]
+        outs2 = self._outputs("text_encoder_2")
+        pooled_name = "text_embeds" if "text_embeds" in outs2 else "text_embeddings"
+        h2, pooled = self._run("text_encoder_2", {"input_ids": self._ids(self.tokenizer_2, text)},
+                               [self._penultimate("text_encoder_2"), pooled_name])
+        return {"encoder_hidden_states": np.concatenate([h1, h2], axis=-1), "text_embeds": pooled}
+
+    def encode_negative(self, text: str) -> dict:
+        """SDXL with force_zeros_for_empty_prompt and an empty negative prompt: zeros (as diffusers)."""
+        if self.xl and self.force_zeros and text == "":
+            return {k: np.zeros_like(v) for k, v in self.encode_prompt("").items()}
+        return self.encode_prompt(text)
+
+    def conditioning(self, emb: dict, height: int, width: int) -> dict:
+        """Adds SDXL's time_ids: (original height, width, crop top, left, target height, width)."""
+        if not self.xl:
+            return emb
+        return {**emb, "time_ids": np.asarray([[height, width, 0, 0, height, width]], dtype=np.float32)}
 
     def vae_encode(self, x: np.ndarray) -> np.ndarray:
-        outs = [o.name for o in self.sess["vae_encoder"].get_outputs()]
-        name = next((n for n in ("latent_sample", "latent_parameters") if n in outs), outs[0])
-        z = self._run("vae_encoder", {"sample": x}, [name])[0]
+        outs = self._outputs("vae_encoder")
+        name = next((n for n in ("latent_sample", "latent_parameters", "latent") if n in outs), outs[0])
+        in_name = "images" if "images" in self._inputs("vae_encoder") else "sample"
+        z = self._run("vae_encoder", {in_name: x}, [name])[0]
         if z.shape[1] == 8:  # mean and logvar: use the mean
             z = z[:, :4]
         elif z.shape[1] != 4:
@@ -182,23 +241,25 @@ class Model:
         return z
 
     def vae_decode(self, z: np.ndarray) -> np.ndarray:
-        outs = [o.name for o in self.sess["vae_decoder"].get_outputs()]
-        name = "sample" if "sample" in outs else outs[0]
-        return self._run("vae_decoder", {"latent_sample": z}, [name])[0]
+        outs = self._outputs("vae_decoder")
+        name = next((n for n in ("sample", "images") if n in outs), outs[0])
+        in_name = "latent" if "latent" in self._inputs("vae_decoder") else "latent_sample"
+        return self._run("vae_decoder", {in_name: z}, [name])[0]
 
-    def unet(self, x: np.ndarray, t: int, emb: np.ndarray) -> np.ndarray:
+    def unet(self, x: np.ndarray, t: int, cond: dict) -> np.ndarray:
         ts = self._inputs("unet")["timestep"]
         ts_val = np.asarray(t) if len(ts.shape) == 0 else np.full((x.shape[0],), t)
-        outs = [o.name for o in self.sess["unet"].get_outputs()]
+        outs = self._outputs("unet")
         name = next((n for n in ("out_sample", "latent") if n in outs), outs[0])
-        return self._run("unet", {"sample": x, "timestep": ts_val, "encoder_hidden_states": emb}, [name])[0]
+        return self._run("unet", {"sample": x, "timestep": ts_val, **cond}, [name])[0]
 
 
 # ---------------------------------------------------------------- per-frame math
 
-def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarray, cond, uncond,
+def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarray, cond: dict, uncond: dict,
                   dump: dict | None = None) -> np.ndarray:
-    """rgb: [H, W, 3] uint8 -> [3, H, W] float32 in [0, 1]. `dump` collects the intermediate tensors."""
+    """rgb: [H, W, 3] uint8 -> [3, H, W] float32 in [0, 1]. cond / uncond: the UNet's conditioning inputs
+    (encoder_hidden_states; for SDXL also text_embeds and time_ids). `dump` collects the intermediate tensors."""
     dump = {} if dump is None else dump
     x = (rgb.astype(np.float32) / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0)
     x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
@@ -283,13 +344,14 @@ def run(args) -> int:
     m = Model(args.model, args.threads)
     sch = schedule(m.sched_cfg, t_index, args.num_inference_steps)
     noise = i2i_noise.init_noise(args.seed, len(t_index), H // 8, W // 8)
-    cond = m.encode_prompt(args.prompt)
-    uncond = m.encode_prompt(args.negative_prompt)
+    cond = m.conditioning(m.encode_prompt(args.prompt), H, W)
+    uncond = m.conditioning(m.encode_negative(args.negative_prompt), H, W)
     p = {"guidance_scale": args.guidance_scale, "delta": args.delta, "cfg_type": args.cfg_type,
          "add_noise": bool(args.add_noise)}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.dump:
-        np.savez(args.out / "common.npz", noise=noise, cond=cond, uncond=uncond,
+        np.savez(args.out / "common.npz", noise=noise, **{f"cond_{k}": v for k, v in cond.items()},
+                 **{f"uncond_{k}": v for k, v in uncond.items()},
                  **{k: np.asarray(v) for k, v in sch.items()})
     k = 0
     while True:

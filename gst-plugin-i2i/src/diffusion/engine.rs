@@ -292,7 +292,7 @@ impl Engine {
         let negative_changed = p.negative_prompt != self.params.negative_prompt;
         let uncond =
             if needs_uncond(effective_cfg(p)) && (negative_changed || self.uncond.is_none()) {
-                Some(self.encode(&p.negative_prompt)?)
+                Some(self.encode_as(&p.negative_prompt, true)?)
             } else {
                 None
             };
@@ -314,14 +314,23 @@ impl Engine {
     }
 
     fn encode(&mut self, text: &str) -> Result<Arc<Emb>, EngineError> {
+        self.encode_as(text, false)
+    }
+
+    /// `negative`: SDXL zeros an empty negative prompt (force_zeros_for_empty_prompt).
+    fn encode_as(&mut self, text: &str, negative: bool) -> Result<Arc<Emb>, EngineError> {
         let t0 = Instant::now();
         let mut data = Vec::new();
-        let shape = self.model.text.encode(text, &mut data)?;
+        let shape = if negative {
+            self.model.text.encode_negative(text, &mut data)?
+        } else {
+            self.model.text.encode(text, &mut data)?
+        };
         self.timings.text += t0.elapsed();
         self.timings.text_calls += 1;
         if shape != self.cond.shape {
             return Err(EngineError::tensor(
-                &self.model.text.graph.file,
+                self.model.text.file(),
                 "last_hidden_state",
                 format!("{:?}", self.cond.shape),
                 format!("{shape:?}"),
@@ -333,7 +342,7 @@ impl Engine {
     fn rebuild_frame_params(&mut self) -> Result<(), EngineError> {
         let cfg = effective_cfg(&self.params);
         if needs_uncond(cfg) && self.uncond.is_none() {
-            let u = self.encode(&self.params.negative_prompt.clone())?;
+            let u = self.encode_as(&self.params.negative_prompt.clone(), true)?;
             self.uncond = Some(u);
         }
         self.frame_params = Arc::new(FrameParams {

@@ -22,6 +22,7 @@ pub mod onnx_proto;
 mod provider;
 pub mod runtime;
 pub mod scheduler;
+pub mod sdxl;
 pub mod stream;
 pub mod tokenizer;
 

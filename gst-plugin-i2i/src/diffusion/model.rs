@@ -11,6 +11,9 @@
 //! * vae_encoder `sample` -> `latent_sample` (4 channels) or `latent_parameters`
 //!   (8 channels: mean and log-variance; the mean is used);
 //! * vae_decoder `latent_sample` -> `sample`;
+//! * ONNX Runtime's demo names: timestep `[1]`, vae_encoder `images` -> `latent`,
+//!   vae_decoder `latent` -> `images`;
+//! * SDXL (a UNet with `text_embeds` and `time_ids`, two text encoders): sdxl.rs.
 //! * float32 or float16 graphs; a dynamic batch dimension, or a fixed one (rows are then
 //!   sent in chunks of that size, see [`chunks`]).
 //!
@@ -31,6 +34,7 @@ use super::provider::{
 };
 use super::runtime::{LogLevel, log};
 use super::scheduler::SchedulerConfig;
+use super::sdxl::{self, Text, UnetXl, XlText};
 use super::tokenizer::ClipTokenizer;
 use super::{EngineError, ExecutionProvider, LoadOptions};
 
@@ -127,6 +131,9 @@ pub enum TimestepForm {
     PerRow,
     /// A scalar: rows in one call must share the timestep.
     Scalar,
+    /// A one-element `[1]` tensor with a dynamic batch elsewhere (ONNX Runtime's demo
+    /// export): rows in one call must share the timestep.
+    One,
 }
 
 #[derive(Debug)]
@@ -137,6 +144,10 @@ pub struct Unet {
     pub fixed_batch: Option<usize>,
     /// Hidden size E the graph expects, if fixed.
     pub hidden_size: Option<usize>,
+    /// SDXL's `text_embeds` and `time_ids`, when the graph takes them.
+    pub xl: Option<UnetXl>,
+    /// Size of the pooled vector packed after the hidden states (SDXL; 0 otherwise).
+    pub pooled_size: usize,
     output: String,
     latent_h: usize,
     latent_w: usize,
@@ -156,7 +167,12 @@ impl Unet {
         let timestep = graph.require_input("timestep", "diffusion timestep")?;
         let hidden =
             graph.require_input("encoder_hidden_states", "text embeddings [batch, 77, E]")?;
-        graph.no_other_inputs(&["sample", "timestep", "encoder_hidden_states"])?;
+        let xl = UnetXl::bind(&graph, opts)?;
+        let mut known = vec!["sample", "timestep", "encoder_hidden_states"];
+        if xl.is_some() {
+            known.extend(sdxl::UNET_INPUTS);
+        }
+        graph.no_other_inputs(&known)?;
         let file = graph.file.clone();
         check_image_like(&file, &sample, 4, latent_h, latent_w, opts, "latent")?;
         if !sample.elem.is_float() {
@@ -169,6 +185,7 @@ impl Unet {
         }
         let timestep_form = match timestep.rank() {
             0 => TimestepForm::Scalar,
+            1 if timestep.dim(0) == Some(1) && sample.dim(0) != Some(1) => TimestepForm::One,
             1 => TimestepForm::PerRow,
             _ => {
                 return Err(EngineError::tensor(
@@ -200,7 +217,7 @@ impl Unet {
             ));
         }
         let fixed_batch = sample.dim(0);
-        if let (Some(b), 1) = (timestep.dim(0), timestep.rank())
+        if let (Some(b), TimestepForm::PerRow) = (timestep.dim(0), timestep_form)
             && Some(b) != fixed_batch
         {
             return Err(EngineError::tensor(
@@ -212,6 +229,8 @@ impl Unet {
         }
         Ok(Unet {
             hidden_size: hidden.dim(2),
+            xl,
+            pooled_size: 0,
             output: out.name.clone(),
             graph,
             timestep_form,
@@ -250,7 +269,7 @@ impl Unet {
         while g0 < rows {
             let g1 = match self.timestep_form {
                 TimestepForm::PerRow => rows,
-                TimestepForm::Scalar => (g0..rows)
+                TimestepForm::Scalar | TimestepForm::One => (g0..rows)
                     .find(|&r| timesteps[r] != timesteps[g0])
                     .unwrap_or(rows),
             };
@@ -260,23 +279,40 @@ impl Unet {
                 let h_in = rows_padded(hidden, hid, r.clone(), b, &mut self.hidden_buf);
                 let t_in = rows_padded(timesteps, 1, r.clone(), b, &mut self.time_buf);
                 let s_shape = [b as i64, 4, self.latent_h as i64, self.latent_w as i64];
-                let h_shape = [b as i64, seq[0] as i64, seq[1] as i64];
+                let mut h_shape = [b as i64, seq[0] as i64, seq[1] as i64];
                 let t_shape_row = [b as i64];
                 let (t_shape, t_data): (&[i64], &[f32]) = match self.timestep_form {
                     TimestepForm::PerRow => (&t_shape_row, t_in),
                     TimestepForm::Scalar => (&[], &t_in[..1]),
+                    TimestepForm::One => (&[1], &t_in[..1]),
                 };
-                let feeds = [
+                let p = self.pooled_size;
+                let p_shape = [b as i64, p as i64];
+                let id_shape = [b as i64, sdxl::TIME_IDS as i64];
+                let mut feeds = vec![
                     ("sample", &s_shape[..], Feed::F32(s_in)),
                     ("timestep", t_shape, Feed::F32(t_data)),
-                    // The rows' embeddings change only with a prompt or the rows' mix:
-                    // bound (uploaded) once, not every step.
-                    (
+                ];
+                // The rows' embeddings change only with a prompt or the rows' mix:
+                // bound (uploaded) once, not every step.
+                let key = hidden_key.wrapping_mul(1 << 20) ^ r.start as u64;
+                // SDXL: the packed rows become encoder_hidden_states, text_embeds, time_ids.
+                if let Some(xl) = self.xl.as_mut() {
+                    h_shape[1] = xl.split(h_in, b, seq, p) as i64;
+                    feeds.push((
                         "encoder_hidden_states",
                         &h_shape[..],
-                        Feed::Keyed(h_in, hidden_key.wrapping_mul(1 << 20) ^ r.start as u64),
-                    ),
-                ];
+                        Feed::Keyed(xl.hidden(), key),
+                    ));
+                    feeds.push(("text_embeds", &p_shape[..], Feed::Keyed(xl.pooled(), key)));
+                    feeds.push(("time_ids", &id_shape[..], Feed::Keyed(xl.time_ids(), key)));
+                } else {
+                    feeds.push((
+                        "encoder_hidden_states",
+                        &h_shape[..],
+                        Feed::Keyed(h_in, key),
+                    ));
+                }
                 let dst = &mut out[r.start * lat..r.end * lat];
                 let ok = self.graph.run_with(&feeds, &self.output, |shape, eps| {
                     if shape != s_shape {
@@ -362,6 +398,7 @@ pub struct VaeEncoder {
     /// The element type of its `sample` input.
     elem: Elem,
     pub fixed_batch: Option<usize>,
+    input: String,
     output: String,
     declared_form: Option<LatentForm>,
     height: usize,
@@ -373,13 +410,19 @@ pub struct VaeEncoder {
 impl VaeEncoder {
     fn bind(graph: Graph, opts: &LoadOptions) -> Result<Self, EngineError> {
         let (h, w) = (opts.height as usize, opts.width as usize);
-        let sample = graph.require_input("sample", "image [batch, 3, H, W] in [-1, 1]")?;
-        graph.no_other_inputs(&["sample"])?;
+        // `images` in ONNX Runtime's demo export.
+        let name = if graph.input("images").is_some() {
+            "images"
+        } else {
+            "sample"
+        };
+        let sample = graph.require_input(name, "image [batch, 3, H, W] in [-1, 1]")?;
+        graph.no_other_inputs(&[name])?;
         check_image_like(&graph.file, &sample, 3, h, w, opts, "image")?;
         if !sample.elem.is_float() {
             return Err(EngineError::tensor(
                 &graph.file,
-                "sample",
+                name,
                 "float32 or float16",
                 sample.to_string(),
             ));
@@ -419,6 +462,7 @@ impl VaeEncoder {
         Ok(VaeEncoder {
             elem: sample.elem,
             fixed_batch: sample.dim(0),
+            input: sample.name.clone(),
             output: out.name.clone(),
             declared_form,
             graph,
@@ -456,7 +500,7 @@ impl VaeEncoder {
                 )),
                 Images::Rows(v) => Feed::F32(rows_padded(v, img, r, b, &mut self.in_buf)),
             };
-            let feeds = [("sample", &shape[..], feed)];
+            let feeds = [(self.input.as_str(), &shape[..], feed)];
             let s = self.graph.run(&feeds, &self.output, &mut self.out_buf)?;
             calls += 1;
             let channels = s.get(1).copied().unwrap_or(0);
@@ -507,6 +551,7 @@ pub struct VaeDecoder {
     /// The element type of its output.
     elem: Elem,
     pub fixed_batch: Option<usize>,
+    input: String,
     output: String,
     height: usize,
     width: usize,
@@ -516,18 +561,24 @@ pub struct VaeDecoder {
 impl VaeDecoder {
     fn bind(graph: Graph, opts: &LoadOptions) -> Result<Self, EngineError> {
         let (h, w) = (opts.height as usize, opts.width as usize);
-        let input = graph.require_input("latent_sample", "latents [batch, 4, h, w]")?;
-        graph.no_other_inputs(&["latent_sample"])?;
+        // `latent` in ONNX Runtime's demo export.
+        let name = if graph.input("latent").is_some() {
+            "latent"
+        } else {
+            "latent_sample"
+        };
+        let input = graph.require_input(name, "latents [batch, 4, h, w]")?;
+        graph.no_other_inputs(&[name])?;
         check_image_like(&graph.file, &input, 4, h / 8, w / 8, opts, "latent")?;
         if !input.elem.is_float() {
             return Err(EngineError::tensor(
                 &graph.file,
-                "latent_sample",
+                name,
                 "float32 or float16",
                 input.to_string(),
             ));
         }
-        let out = graph.pick_output(&["sample"], "image [batch, 3, H, W] in [-1, 1]")?;
+        let out = graph.pick_output(&["sample", "images"], "image [batch, 3, H, W] in [-1, 1]")?;
         if out.rank() != 4 || !out.elem.is_float() || out.dim(1).is_some_and(|c| c != 3) {
             return Err(EngineError::tensor(
                 &graph.file,
@@ -539,6 +590,7 @@ impl VaeDecoder {
         Ok(VaeDecoder {
             elem: out.elem,
             fixed_batch: input.dim(0),
+            input: input.name.clone(),
             output: out.name.clone(),
             graph,
             height: h,
@@ -565,7 +617,7 @@ impl VaeDecoder {
             let (r0, n) = (r.start, r.len());
             let data = rows_padded(latents, lat, r, b, &mut self.in_buf);
             let shape = [b as i64, 4, lh as i64, lw as i64];
-            let feeds = [("latent_sample", &shape[..], Feed::F32(data))];
+            let feeds = [(self.input.as_str(), &shape[..], Feed::F32(data))];
             let want = [b as i64, 3, self.height as i64, self.width as i64];
             let (height, width) = (self.height, self.width);
             if b == 1 && self.elem == Elem::F32 {
@@ -622,7 +674,7 @@ fn frame_tensor<'a>(
 #[derive(Debug)]
 pub struct Model {
     pub dir: PathBuf,
-    pub text: TextEncoder,
+    pub text: Text,
     pub unet: Unet,
     pub vae_encoder: VaeEncoder,
     pub vae_decoder: VaeDecoder,
@@ -727,13 +779,17 @@ impl Model {
         let scheduler =
             SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let scaling_factor = read_scaling_factor(&dir)?;
         let files = [
             graph_file(&dir, "text_encoder")?,
             graph_file(&dir, "unet")?,
             graph_file(&dir, "vae_encoder")?,
             graph_file(&dir, "vae_decoder")?,
         ];
+        let xl = sdxl::check_family(&dir, &files[1])?;
+        let scaling_factor = match read_scaling_factor(&dir) {
+            Err(EngineError::MissingFile { .. }) if xl.is_some() => sdxl::SDXL_SCALING_FACTOR,
+            r => r?,
+        };
         let env = super::runtime::environment()?;
         let candidates = candidates(opts.execution_provider)?;
         let mut last_err = None;
@@ -751,7 +807,8 @@ impl Model {
                 fp16: opts.fp16,
                 cache_dir,
             };
-            match Self::open_all(opts, &factory, &files, unet_rows, tokenizer.clone(), prompt) {
+            let text = (tokenizer.clone(), xl.clone());
+            match Self::open_all(opts, &factory, &files, unet_rows, text, prompt) {
                 Ok((text, unet, vae_encoder, vae_decoder, emb, shape)) => {
                     if opts.execution_provider == ExecutionProvider::Auto {
                         log(
@@ -799,19 +856,9 @@ impl Model {
         factory: &SessionFactory,
         files: &[PathBuf; 4],
         unet_rows: (usize, usize),
-        tokenizer: ClipTokenizer,
+        (tokenizer, xl): (ClipTokenizer, Option<sdxl::XlFiles>),
         prompt: &str,
-    ) -> Result<
-        (
-            TextEncoder,
-            Unet,
-            VaeEncoder,
-            VaeDecoder,
-            Vec<f32>,
-            [usize; 3],
-        ),
-        EngineError,
-    > {
+    ) -> Result<(Text, Unet, VaeEncoder, VaeDecoder, Vec<f32>, [usize; 3]), EngineError> {
         let (h, w) = (opts.height as usize, opts.width as usize);
         let (lh, lw) = (h / 8, w / 8);
         let bs = opts.batch_size;
@@ -838,10 +885,30 @@ impl Model {
             );
         }
         let text_graph = factory.open(&files[0], trt.then_some(&text_profile))?;
-        let mut text = TextEncoder::bind(text_graph, tokenizer)?;
+        let mut text = match &xl {
+            None => Text::Clip(Box::new(TextEncoder::bind(text_graph, tokenizer)?)),
+            Some(x) => {
+                let p2 = profile(
+                    &x.text_encoder_2,
+                    &[("input_ids", vec![1, seq], vec![1, seq], vec![1, seq])],
+                )?;
+                let g2 = factory.open(&x.text_encoder_2, trt.then_some(&p2))?;
+                Text::Xl(Box::new(XlText::bind(
+                    (text_graph, tokenizer),
+                    (g2, x.tokenizer_2.clone()),
+                    x.force_zeros,
+                )?))
+            }
+        };
         let mut emb = Vec::new();
         let shape = text.encode(prompt, &mut emb)?;
         let e = shape[2];
+        // SDXL: the pooled vector rides in the last rows (see sdxl.rs); L is the sequence.
+        let pooled = match &text {
+            Text::Xl(t) => t.pooled_size(),
+            Text::Clip(_) => 0,
+        };
+        let l = shape[1] - sdxl::pooled_rows(pooled, e);
         let (typ, max) = unet_rows;
         let unet_profile = profile(
             &files[1],
@@ -855,43 +922,77 @@ impl Model {
                 ("timestep", vec![1], vec![typ], vec![max]),
                 (
                     "encoder_hidden_states",
-                    vec![1, seq, e],
-                    vec![typ, seq, e],
-                    vec![max, seq, e],
+                    vec![1, l, e],
+                    vec![typ, l, e],
+                    vec![max, l, e],
+                ),
+                (
+                    "text_embeds",
+                    vec![1, pooled],
+                    vec![typ, pooled],
+                    vec![max, pooled],
+                ),
+                (
+                    "time_ids",
+                    vec![1, sdxl::TIME_IDS],
+                    vec![typ, sdxl::TIME_IDS],
+                    vec![max, sdxl::TIME_IDS],
                 ),
             ],
         )?;
         let unet_graph = factory.open(&files[1], trt.then_some(&unet_profile))?;
-        let unet = Unet::bind(unet_graph, lh, lw, opts)?;
+        let mut unet = Unet::bind(unet_graph, lh, lw, opts)?;
+        sdxl::check_unet(&mut unet, &text, pooled)?;
         if let Some(he) = unet.hidden_size
             && he != e
         {
             return Err(EngineError::tensor(
                 &unet.graph.file,
                 "encoder_hidden_states",
-                format!("hidden size {e} (text_encoder's last_hidden_state)"),
+                match &text {
+                    Text::Clip(_) => format!("hidden size {e} (text_encoder's last_hidden_state)"),
+                    Text::Xl(_) => format!(
+                        "hidden size {e} (text_encoder's and text_encoder_2's hidden states, concatenated)"
+                    ),
+                },
                 format!("{he} (text encoder and UNet do not belong together)"),
             ));
         }
         let enc_profile = profile(
             &files[2],
-            &[(
-                "sample",
-                vec![1, 3, h, w],
-                vec![bs, 3, h, w],
-                vec![bs, 3, h, w],
-            )],
+            &[
+                (
+                    "sample",
+                    vec![1, 3, h, w],
+                    vec![bs, 3, h, w],
+                    vec![bs, 3, h, w],
+                ),
+                (
+                    "images",
+                    vec![1, 3, h, w],
+                    vec![bs, 3, h, w],
+                    vec![bs, 3, h, w],
+                ),
+            ],
         )?;
         let vae_encoder =
             VaeEncoder::bind(factory.open(&files[2], trt.then_some(&enc_profile))?, opts)?;
         let dec_profile = profile(
             &files[3],
-            &[(
-                "latent_sample",
-                vec![1, 4, lh, lw],
-                vec![bs, 4, lh, lw],
-                vec![bs, 4, lh, lw],
-            )],
+            &[
+                (
+                    "latent_sample",
+                    vec![1, 4, lh, lw],
+                    vec![bs, 4, lh, lw],
+                    vec![bs, 4, lh, lw],
+                ),
+                (
+                    "latent",
+                    vec![1, 4, lh, lw],
+                    vec![bs, 4, lh, lw],
+                    vec![bs, 4, lh, lw],
+                ),
+            ],
         )?;
         let vae_decoder =
             VaeDecoder::bind(factory.open(&files[3], trt.then_some(&dec_profile))?, opts)?;
