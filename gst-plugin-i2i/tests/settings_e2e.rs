@@ -810,7 +810,10 @@ fn osc_packets_from_a_python_client_change_the_frames() {
     let (_, lake3) = t.settle(is(LAKE, 3));
     assert!(lake3 != fox1, "the OSC change did not change the frames");
     osc_send(&holder, &["/t", "10", "30", "--", "/guidance", "1.5"]);
-    t.until_current(|s| s.get::<&str>("t-index-list") == Ok("10,30"));
+    // Two OSC messages may reach the transform as one update or as two: wait for both.
+    t.until_current(|s| {
+        s.get::<&str>("t-index-list") == Ok("10,30") && s.get::<f64>("guidance-scale") == Ok(1.5)
+    });
     assert_eq!(t.i2i.property::<f64>("guidance-scale"), 1.5);
     // Bad packets are refused, counted and reported; the state is unchanged.
     osc_send(
