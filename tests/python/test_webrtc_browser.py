@@ -74,3 +74,38 @@ def test_whip_publisher_to_transform_to_whep_viewer(codec):
                 b.quit()
         gst.stop()
         pages.stop()
+
+
+def test_gstreamer_whipclientsink_publishes_to_a_browser_viewer():
+    """GStreamer's own WHIP client (whipclientsink on webrtcbin) as the publisher."""
+    import shutil
+    import subprocess
+
+    from i2i_web_helpers import env
+
+    tmp = tempfile.mkdtemp(prefix="i2i-webrtc-gst-")
+    pages = Pages(tmp)
+    gst = WebRtcPipeline(tmp, OUT_W, OUT_H)
+    publisher = viewer = None
+    try:
+        publisher = subprocess.Popen(
+            [shutil.which("gst-launch-1.0"), "videotestsrc", "is-live=true", "pattern=ball", "!",
+             "video/x-raw,width=320,height=240,framerate=15/1", "!", "videoconvert", "!",
+             "whipclientsink", f"signaller::whip-endpoint={gst.whip}"],
+            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: "publisher-connected" in gst.messages(), 60,
+                 f"whipclientsink's video: {gst.messages()[-2000:]}")
+        viewer = chrome(f"{tmp}/view")
+        t = view(viewer, pages, gst.whep)
+        assert t["status"] == 201, (t, gst.messages()[-3000:])
+        s = wait_for(lambda: (lambda s: s if s and s["framesDecoded"] > 5 else None)(
+            stats(viewer, "inbound-rtp")), 90, "decoded frames in the viewer")
+        assert (s["width"], s["height"]) == (OUT_W, OUT_H), s
+    finally:
+        if publisher is not None:
+            publisher.terminate()
+            publisher.wait(timeout=10)
+        if viewer is not None:
+            viewer.quit()
+        gst.stop()
+        pages.stop()

@@ -17,8 +17,9 @@
 //! - element messages `i2iwhepsink` with `event=viewer-added` / `viewer-removed` and the number
 //!   of `viewers`.
 //!
-//! Each viewer is a webrtcsink consumer with its own encoder and congestion control: a viewer
-//! that falls behind lowers only its own bitrate.
+//! Each viewer is a webrtcsink consumer with its own encoder and congestion control
+//! (webrtcsink's `homegrown` sender-side heuristic): a viewer that falls behind lowers only its
+//! own bitrate.
 
 use gst::glib;
 use gst::prelude::*;
@@ -137,6 +138,9 @@ impl WhepSink {
         signaller.set_property("host-addr", "");
         signaller.set_property("stun-server", settings.stun_server.as_deref());
         inner.set_property("stun-server", settings.stun_server.as_deref());
+        // Per-viewer congestion control without gst-plugins-rs's rtpgccbwe (the default `gcc`
+        // needs it and would fall back to none).
+        inner.set_property_from_str("congestion-control", "homegrown");
         loopback::hook(
             &inner,
             loopback::parse_list(&settings.local_addresses),
