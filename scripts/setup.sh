@@ -19,6 +19,7 @@ APT_PACKAGES=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  gstreamer1.0-plugins-bad gstreamer1.0-nice libgstreamer-plugins-bad1.0-dev
   libturbojpeg0-dev libzmq3-dev
   python3 python3-venv python3-pip
   chromium chromium-driver openssl
@@ -93,7 +94,7 @@ cargo build --release --workspace --quiet
 PLUGIN_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/gstreamer-1.0/plugins"
 if [ "${I2I_SKIP_USER_PLUGINS:-0}" != 1 ]; then
   mkdir -p "$PLUGIN_DIR"
-  for lib in libgsti2i.so libgstzmqmsgpack.so; do
+  for lib in libgsti2i.so libgstzmqmsgpack.so libgsti2iwebrtc.so; do
     ln -sf "$ROOT/target/release/$lib" "$PLUGIN_DIR/$lib"
   done
 fi

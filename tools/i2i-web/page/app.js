@@ -125,6 +125,70 @@ function showFrame(buf) {
   shownTimes.push(performance.now());
 }
 
+// ---- WebRTC (?whip=URL&whep=URL): camera over WHIP to i2iwhipsrc, output over WHEP from
+// i2iwhepsink (docs/webrtc.md); the WebSocket path stays the fallback when either fails ----
+const whipUrl = params.get("whip"), whepUrl = params.get("whep");
+i2i.webrtc = { whip: null, whep: null };
+let whipPc = null, whipResource = null;
+async function offerAnswer(url, pc) {
+  await pc.setLocalDescription(await pc.createOffer());
+  // No trickle ICE: the offer carries its candidates.
+  await new Promise((done) => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && done());
+    setTimeout(done, 3000);
+  });
+  const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/sdp" },
+                                 body: pc.localDescription.sdp });
+  const text = await res.text();
+  if (res.status !== 201) throw new Error(`${res.status}: ${text.trim()}`);
+  await pc.setRemoteDescription({ type: "answer", sdp: text });
+  const loc = res.headers.get("Location");
+  return loc ? new URL(loc, url).href : null;
+}
+async function publishWhip(media) {
+  try {
+    whipPc = new RTCPeerConnection();
+    whipPc.addTransceiver(media.getVideoTracks()[0], { direction: "sendonly" });
+    whipResource = await offerAnswer(whipUrl, whipPc);
+    i2i.webrtc.whip = "publishing";
+    status("camera published over WHIP");
+    return true;
+  } catch (e) {
+    i2i.webrtc.whip = "failed: " + e.message;
+    status(`WHIP failed (${e.message}); sending over the WebSocket instead`, true);
+    endWhip();
+    return false;
+  }
+}
+function endWhip() {
+  if (whipResource) fetch(whipResource, { method: "DELETE" }).catch(() => {});
+  if (whipPc) whipPc.close();
+  whipPc = null; whipResource = null;
+}
+async function viewWhep() {
+  for (let attempt = 0; attempt < 30; attempt++) {
+    const pc = new RTCPeerConnection();
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = (e) => {
+      $("output-video").srcObject = new MediaStream([e.track]);
+      $("output-video").hidden = false; $("output").hidden = true;
+    };
+    try {
+      await offerAnswer(whepUrl, pc);
+      i2i.webrtc.whep = "playing";
+      window.i2iWhepPc = pc;
+      return;
+    } catch (e) {
+      pc.close();
+      i2i.webrtc.whep = "waiting: " + e.message;
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
+  status("WHEP output unavailable; showing the WebSocket output", true);
+}
+if (whepUrl) viewWhep();
+
 // ---- input ----
 let stream = null, timer = null, index = 0, encoding = false;
 const sentTimes = [];
@@ -139,11 +203,13 @@ async function start() {
   }
   $("input").srcObject = stream;
   $("start").disabled = true; $("stop").disabled = false;
+  if (whipUrl && await publishWhip(stream)) return;
   const fps = Number($("sendfps").value);
   timer = setInterval(sendFrame, 1000 / fps);
 }
 function stop() {
   clearInterval(timer); timer = null;
+  endWhip();
   if (stream) stream.getTracks().forEach((t) => t.stop());
   stream = null;
   $("start").disabled = false; $("stop").disabled = true;

@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: MPL-2.0
+//! WebRTC in and out for i2i: `i2iwhipsrc` (a WHIP endpoint whose publisher's video comes out
+//! as raw frames) and `i2iwhepsink` (a WHEP endpoint serving any number of browser viewers),
+//! thin bins around gst-plugins-rs's `whipserversrc` and `whepserversink`, whose WebRTC is
+//! webrtcbin's. This plugin also registers those upstream elements (and `whipclientsink`,
+//! `webrtcsink`, `webrtcsrc`) so that set-up builds one crate and gst-launch finds them all.
+
+use gst::glib;
+
+mod endpoint;
+mod loopback;
+pub mod whepsink;
+pub mod whipsrc;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // reqwest/warp need a rustls crypto provider; the upstream plugin_init installs it, and
+    // registering its elements from here skips that init.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    gstrswebrtc::webrtcsink::register(plugin)?;
+    gstrswebrtc::webrtcsrc::register(Some(plugin))?;
+    whipsrc::register(plugin)?;
+    whepsink::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    i2iwebrtc,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);
