@@ -26,12 +26,14 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::frame_index;
+use crate::interrupt::Interrupt;
 use crate::jpeg::jpeg_size;
+use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, Playout, PlayoutStats};
-use crate::scaleout::{self, RateLimit, Waker};
+use crate::unix_time;
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -106,7 +108,7 @@ struct Core {
 struct Shared {
     core: Mutex<Core>,
     cond: Condvar,
-    waker: Waker,
+    waker: Interrupt,
     ledger: Arc<Ledger>,
 }
 
@@ -119,10 +121,7 @@ impl Shared {
 struct State {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    framerate: gst::Fraction,
     loss_limit: RateLimit,
-    /// The frame size in the caps last set.
-    size: Option<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -131,6 +130,7 @@ pub struct ZmqCollectSrc {
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
     last_stats: Mutex<Stats>,
+    output: Mutex<JpegOutput>,
 }
 
 #[glib::object_subclass]
@@ -161,7 +161,7 @@ impl Io {
                 gst::warning!(CAT, "poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.shared.waker.clear();
+            self.shared.waker.drain();
             if self.shared.lock().shutdown {
                 break;
             }
@@ -184,7 +184,7 @@ impl Io {
     }
 
     fn handle(&mut self, msg: &[u8], reports: &mut Vec<String>) {
-        let now_us = scaleout::unix_now_us();
+        let now_us = unix_time::now_us();
         let frames = match protocol::decode(msg) {
             Ok(frames) => frames,
             Err(e) => {
@@ -235,12 +235,8 @@ impl Io {
     }
 
     fn report(&mut self, reports: &mut Vec<String>, text: String) {
-        if let Some(held) = self.drop_limit.allow(Instant::now()) {
-            reports.push(if held > 0 {
-                format!("{text} ({held} more since the last report)")
-            } else {
-                text
-            });
+        if let Some(text) = self.drop_limit.message(text) {
+            reports.push(text);
         }
     }
 
@@ -278,13 +274,6 @@ impl ZmqCollectSrc {
             }
             None => self.last_stats.lock().unwrap().clone(),
         }
-    }
-
-    fn running_time_now(&self) -> Option<gst::ClockTime> {
-        let obj = self.obj();
-        let clock = obj.clock()?;
-        let base = obj.base_time()?;
-        clock.time().checked_sub(base)
     }
 
     fn apply_live_settings(&self) {
@@ -513,6 +502,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         zmq_endpoint::check_endpoint(&endpoint)?;
+        self.output.lock().unwrap().reset(settings.framerate);
         let context = zmq::Context::new();
         let socket_err = |what: &str, e: zmq::Error| {
             zmq_endpoint::socket_error(gst::ResourceError::OpenRead, "PULL", what, e)
@@ -539,7 +529,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
             })?;
         gst::info!(CAT, imp = self, "workers push results to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
-        let waker = Waker::new().map_err(|e| {
+        let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
                 ["Could not create the wake-up socket pair: {e}"]
@@ -591,9 +581,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
         *self.state.lock().unwrap() = Some(State {
             shared,
             thread: Some(thread),
-            framerate: settings.framerate,
             loss_limit: RateLimit::new(Duration::from_secs(1)),
-            size: None,
         });
         Ok(())
     }
@@ -623,18 +611,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        // The frame size is only known from the first result: caps are set in create().
-        let caps = self.state.lock().unwrap().as_ref().and_then(|s| {
-            s.size
-                .map(|size| scaleout::jpeg_caps(Some(size), s.framerate))
-        });
-        match caps {
-            Some(caps) => self
-                .obj()
-                .set_caps(&caps)
-                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
-            None => Ok(()),
-        }
+        jpeg_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -683,10 +660,10 @@ impl PushSrcImpl for ZmqCollectSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let (shared, framerate, current_size) = {
+        let shared = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            (state.shared.clone(), state.framerate, state.size)
+            state.shared.clone()
         };
         let (idle_timeout, delay_us) = {
             let s = self.settings.lock().unwrap();
@@ -701,7 +678,7 @@ impl PushSrcImpl for ZmqCollectSrc {
                 if core.flushing {
                     return Err(gst::FlowError::Flushing);
                 }
-                let now_us = scaleout::unix_now_us();
+                let now_us = unix_time::now_us();
                 if let Some(r) = core.playout.pop_due(now_us) {
                     shared.ledger.advanced(r.index + 1);
                     break r;
@@ -775,33 +752,13 @@ impl PushSrcImpl for ZmqCollectSrc {
         }
 
         let (jpeg, size) = released.payload;
-        if current_size != Some(size) {
-            let caps = scaleout::jpeg_caps(Some(size), framerate);
-            gst::debug!(CAT, imp = self, "caps {caps}");
-            if let Some(state) = self.state.lock().unwrap().as_mut() {
-                state.size = Some(size);
-            }
-            if self.obj().set_caps(&caps).is_err() {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Negotiation,
-                    ["Downstream does not accept {caps}"]
-                );
-                return Err(gst::FlowError::NotNegotiated);
-            }
-        }
+        jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?;
         let mut buffer = gst::Buffer::from_mut_slice(jpeg);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
-            frame_index::set(b, released.index);
-            b.set_pts(self.running_time_now());
-            if framerate.numer() > 0 {
-                b.set_duration(
-                    gst::ClockTime::SECOND
-                        .mul_div_floor(framerate.denom() as u64, framerate.numer() as u64),
-                );
-            }
-            scaleout::add_unix_meta(b, released.timestamp_ms);
+            let duration = self.output.lock().unwrap().duration();
+            let pts = jpeg_output::running_time_now(&*self.obj());
+            jpeg_output::stamp(b, released.index, pts, duration, released.timestamp_ms);
         }
         Ok(CreateSuccess::NewBuffer(buffer))
     }

@@ -26,11 +26,13 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::frame_index;
+use crate::interrupt::Interrupt;
 use crate::jpeg::jpeg_size;
+use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
+use crate::scaleout;
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
-use crate::scaleout::{self, RateLimit, Waker};
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -123,7 +125,7 @@ struct Core {
 struct Shared {
     core: Mutex<Core>,
     cond: Condvar,
-    waker: Waker,
+    waker: Interrupt,
 }
 
 impl Shared {
@@ -135,9 +137,6 @@ impl Shared {
 struct State {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    framerate: gst::Fraction,
-    /// The frame size in the caps last set.
-    size: Option<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -145,6 +144,7 @@ pub struct ZmqWorkerSrc {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
+    output: Mutex<JpegOutput>,
 }
 
 #[glib::object_subclass]
@@ -196,7 +196,7 @@ impl Io {
                 gst::warning!(CAT, "poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.shared.waker.clear();
+            self.shared.waker.drain();
             if self.shared.lock().shutdown {
                 break;
             }
@@ -301,12 +301,7 @@ impl Io {
         kind: Option<gst::ResourceError>,
         text: String,
     ) {
-        if let Some(held) = self.drop_limit.allow(Instant::now()) {
-            let text = if held > 0 {
-                format!("{text} ({held} more dropped since the last report)")
-            } else {
-                text
-            };
+        if let Some(text) = self.drop_limit.message(text) {
             reports.push(match kind {
                 Some(k) => Report::Dropped(k, text),
                 None => Report::Malformed(text),
@@ -474,13 +469,6 @@ impl ZmqWorkerSrc {
             Some(shared) => shared.lock().stats,
             None => *self.last_stats.lock().unwrap(),
         }
-    }
-
-    fn running_time_now(&self) -> Option<gst::ClockTime> {
-        let obj = self.obj();
-        let clock = obj.clock()?;
-        let base = obj.base_time()?;
-        clock.time().checked_sub(base)
     }
 
     /// Asks downstream to finish the frames it holds (the input ended on the primary).
@@ -684,6 +672,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         zmq_endpoint::check_endpoint(&endpoint)?;
+        self.output.lock().unwrap().reset(settings.framerate);
         let name = settings
             .worker_name
             .clone()
@@ -726,7 +715,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             )
         })?;
         gst::info!(CAT, imp = self, "worker {name} connecting to {endpoint}");
-        let waker = Waker::new().map_err(|e| {
+        let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
                 ["Could not create the wake-up socket pair: {e}"]
@@ -779,8 +768,6 @@ impl BaseSrcImpl for ZmqWorkerSrc {
         *self.state.lock().unwrap() = Some(State {
             shared,
             thread: Some(thread),
-            framerate: settings.framerate,
-            size: None,
         });
         Ok(())
     }
@@ -808,19 +795,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        // The frame size is only known from the first JPEG: caps are set in create(); a
-        // later renegotiation sends the current ones again.
-        let caps = self.state.lock().unwrap().as_ref().and_then(|s| {
-            s.size
-                .map(|size| scaleout::jpeg_caps(Some(size), s.framerate))
-        });
-        match caps {
-            Some(caps) => self
-                .obj()
-                .set_caps(&caps)
-                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
-            None => Ok(()),
-        }
+        jpeg_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -855,10 +830,10 @@ impl PushSrcImpl for ZmqWorkerSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let (shared, framerate, current_size) = {
+        let shared = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            (state.shared.clone(), state.framerate, state.size)
+            state.shared.clone()
         };
         let item = {
             let mut core = shared.lock();
@@ -886,34 +861,14 @@ impl PushSrcImpl for ZmqWorkerSrc {
         // Ask for the next frame now, while this one goes through the pipeline.
         shared.waker.wake();
 
-        if current_size != Some(item.size) {
-            let caps = scaleout::jpeg_caps(Some(item.size), framerate);
-            gst::debug!(CAT, imp = self, "caps {caps}");
-            if let Some(state) = self.state.lock().unwrap().as_mut() {
-                state.size = Some(item.size);
-            }
-            if self.obj().set_caps(&caps).is_err() {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Negotiation,
-                    ["Downstream does not accept {caps}"]
-                );
-                return Err(gst::FlowError::NotNegotiated);
-            }
-        }
+        jpeg_output::ensure_caps(&*self.obj(), &self.output, item.size)?;
 
         let mut buffer = gst::Buffer::from_mut_slice(item.jpeg);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
-            frame_index::set(b, item.index);
-            b.set_pts(self.running_time_now());
-            if framerate.numer() > 0 {
-                b.set_duration(
-                    gst::ClockTime::SECOND
-                        .mul_div_floor(framerate.denom() as u64, framerate.numer() as u64),
-                );
-            }
-            scaleout::add_unix_meta(b, item.timestamp_ms);
+            let duration = self.output.lock().unwrap().duration();
+            let pts = jpeg_output::running_time_now(&*self.obj());
+            jpeg_output::stamp(b, item.index, pts, duration, item.timestamp_ms);
         }
         gst::trace!(CAT, imp = self, "frame {}", item.index);
         Ok(CreateSuccess::NewBuffer(buffer))

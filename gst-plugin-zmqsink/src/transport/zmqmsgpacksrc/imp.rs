@@ -32,7 +32,9 @@ use gst_base::subclass::prelude::*;
 use super::SrcSocketType;
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::jpeg_size;
+use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -42,9 +44,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("ZeroMQ msgpack frame source"),
     )
 });
-
-static UNIX_CAPS: LazyLock<gst::Caps> =
-    LazyLock::new(|| gst::Caps::new_empty_simple(crate::UNIX_TIMESTAMP_CAPS));
 
 const DEFAULT_ENDPOINT: &str = "tcp://localhost:5557";
 const DEFAULT_BIND: bool = false;
@@ -164,8 +163,6 @@ struct State {
     _context: zmq::Context,
     decompressor: turbojpeg::Decompressor,
     pending: VecDeque<Pending>,
-    current_size: Option<(usize, usize)>,
-    framerate: gst::Fraction,
     max_message_size: i64,
     last_pts: Option<gst::ClockTime>,
     discont: bool,
@@ -177,7 +174,8 @@ pub struct ZmqMsgpackSrc {
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
     last_endpoint: Mutex<Option<String>>,
-    current_caps: Mutex<Option<gst::Caps>>,
+    output: Mutex<JpegOutput>,
+    warn_limit: Mutex<RateLimit>,
     interrupt: Mutex<Option<Arc<Interrupt>>>,
 }
 
@@ -186,14 +184,6 @@ impl ObjectSubclass for ZmqMsgpackSrc {
     const NAME: &'static str = "GstZmqMsgpackSrc";
     type Type = super::ZmqMsgpackSrc;
     type ParentType = gst_base::PushSrc;
-}
-
-fn frame_duration(framerate: gst::Fraction) -> Option<gst::ClockTime> {
-    let (num, den) = (framerate.numer(), framerate.denom());
-    if num <= 0 || den <= 0 {
-        return None;
-    }
-    gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64)
 }
 
 /// Reads a JPEG file named in a batch message, at most `limit` bytes.
@@ -224,16 +214,9 @@ fn read_frame_file(path: &str, limit: u64) -> Result<Vec<u8>, (DropReason, Strin
 }
 
 impl ZmqMsgpackSrc {
-    fn running_time_now(&self) -> Option<gst::ClockTime> {
-        let obj = self.obj();
-        let clock = obj.clock()?;
-        let base_time = obj.base_time()?;
-        Some(clock.time().saturating_sub(base_time))
-    }
-
     /// Turns one received message into pending buffers; problems go to `reports`.
     fn handle_message(&self, state: &mut State, msg: zmq::Message, reports: &mut Vec<Report>) {
-        let arrival = self.running_time_now();
+        let arrival = jpeg_output::running_time_now(&*self.obj());
         let limit = u64::try_from(state.max_message_size).unwrap_or(u64::MAX);
         let mut checked = Vec::new();
         match protocol::decode(&msg) {
@@ -304,7 +287,7 @@ impl ZmqMsgpackSrc {
             .iter()
             .any(|c| matches!(c.jpeg, Jpeg::InMessage(_)))
             .then(|| gst::Memory::from_slice(MessageBytes(msg)));
-        let duration = frame_duration(state.framerate);
+        let duration = self.output.lock().unwrap().duration();
         let mut bytes = 0u64;
         let n = checked.len() as u64;
         for (k, c) in checked.into_iter().enumerate() {
@@ -329,29 +312,10 @@ impl ZmqMsgpackSrc {
                 if pts.is_some() {
                     state.last_pts = pts;
                 }
-                b.set_pts(pts);
-                b.set_duration(duration);
-                crate::frame_index::set(b, c.index);
+                jpeg_output::stamp(b, c.index, pts, duration, c.timestamp_ms);
                 if state.discont {
                     b.set_flags(gst::BufferFlags::DISCONT);
                     state.discont = false;
-                }
-                match protocol::timestamp_ms_to_ns(c.timestamp_ms) {
-                    Some(ns) => {
-                        gst::ReferenceTimestampMeta::add(
-                            b,
-                            &UNIX_CAPS,
-                            gst::ClockTime::from_nseconds(ns),
-                            gst::ClockTime::NONE,
-                        );
-                    }
-                    None => gst::debug!(
-                        CAT,
-                        imp = self,
-                        "frame {}: timestamp {} ms is before the Unix epoch, no meta",
-                        c.index,
-                        c.timestamp_ms
-                    ),
                 }
             }
             state.pending.push_back(Pending {
@@ -398,6 +362,9 @@ impl ZmqMsgpackSrc {
                 Report::Dropped(why, text) => {
                     self.stats.lock().unwrap().count(why);
                     gst::warning!(CAT, imp = self, "{text}");
+                    let Some(text) = self.warn_limit.lock().unwrap().message(text) else {
+                        continue;
+                    };
                     match why {
                         DropReason::MissingFile => {
                             gst::element_imp_warning!(
@@ -681,15 +648,13 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
         })?;
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
-        *self.current_caps.lock().unwrap() = None;
+        self.output.lock().unwrap().reset(settings.framerate);
         *self.state.lock().unwrap() = Some(State {
             monitor,
             socket,
             _context: context,
             decompressor,
             pending: VecDeque::new(),
-            current_size: None,
-            framerate: settings.framerate,
             max_message_size: settings.max_message_size,
             last_pts: None,
             discont: true,
@@ -714,16 +679,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        // Caps are only known from the first JPEG header: set them in create(). A later
-        // renegotiation (a reconfigure event) sends the current ones again.
-        let caps = self.current_caps.lock().unwrap().clone();
-        match caps {
-            Some(caps) => self
-                .obj()
-                .set_caps(&caps)
-                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
-            None => Ok(()),
-        }
+        jpeg_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -770,27 +726,8 @@ impl PushSrcImpl for ZmqMsgpackSrc {
             let max_message_size = state.max_message_size;
 
             if let Some(p) = state.pending.pop_front() {
-                let size_changed = state.current_size != Some(p.size);
-                state.current_size = Some(p.size);
-                let framerate = state.framerate;
                 drop(guard);
-                if size_changed {
-                    let caps = gst::Caps::builder("image/jpeg")
-                        .field("width", p.size.0 as i32)
-                        .field("height", p.size.1 as i32)
-                        .field("framerate", framerate)
-                        .build();
-                    gst::debug!(CAT, imp = self, "caps {caps}");
-                    *self.current_caps.lock().unwrap() = Some(caps.clone());
-                    if self.obj().set_caps(&caps).is_err() {
-                        gst::element_imp_error!(
-                            self,
-                            gst::CoreError::Negotiation,
-                            ("Downstream does not accept {caps}")
-                        );
-                        return Err(gst::FlowError::NotNegotiated);
-                    }
-                }
+                jpeg_output::ensure_caps(&*self.obj(), &self.output, p.size)?;
                 return Ok(CreateSuccess::NewBuffer(p.buffer));
             }
             if interrupt.is_interrupted() {
