@@ -6,6 +6,7 @@
 
 use std::sync::{LazyLock, Mutex};
 
+use gst::glib;
 use gst::prelude::*;
 use gst_base::prelude::*;
 
@@ -42,6 +43,16 @@ pub fn jpeg_caps(size: Option<(usize, usize)>, framerate: gst::Fraction) -> gst:
         b = b.field("width", w as i32).field("height", h as i32);
     }
     b.field("framerate", framerate).build()
+}
+
+/// The `max-pixels` property of the three sources.
+pub fn max_pixels_pspec() -> glib::ParamSpec {
+    glib::ParamSpecUInt64::builder("max-pixels")
+        .nick("Maximum pixels")
+        .blurb("Frames whose JPEG header declares more pixels (width x height) are dropped, counted and reported, before a decoder allocates them (0 = no limit); the default takes every 8K format")
+        .default_value(crate::jpeg::DEFAULT_MAX_PIXELS)
+        .mutable_ready()
+        .build()
 }
 
 /// The caps a source has announced, kept per element beside its state.

@@ -15,6 +15,7 @@
 use gst::glib;
 
 pub mod curve;
+pub mod frame_file;
 pub mod frame_index;
 pub mod interrupt;
 pub mod jpeg;

@@ -27,7 +27,7 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::interrupt::Interrupt;
-use crate::jpeg::jpeg_size;
+use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
@@ -66,6 +66,7 @@ struct Settings {
     group: String,
     max_message_size: i64,
     framerate: gst::Fraction,
+    max_pixels: u64,
 }
 
 impl Default for Settings {
@@ -79,6 +80,7 @@ impl Default for Settings {
             group: DEFAULT_GROUP.into(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             framerate: DEFAULT_FRAMERATE,
+            max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
 }
@@ -88,6 +90,7 @@ struct Stats {
     playout: PlayoutStats,
     malformed: u64,
     not_jpeg: u64,
+    too_large: u64,
     held: u64,
 }
 
@@ -101,6 +104,7 @@ struct Core {
     last_arrival: Instant,
     malformed: u64,
     not_jpeg: u64,
+    too_large: u64,
     /// What was last reported on the bus: (late, missing).
     reported: (u64, u64),
 }
@@ -147,7 +151,7 @@ struct Io {
     socket: zmq::Socket,
     _context: zmq::Context,
     drop_limit: RateLimit,
-    decompressor: turbojpeg::Decompressor,
+    max_pixels: u64,
 }
 
 impl Io {
@@ -195,10 +199,13 @@ impl Io {
         };
         for f in frames {
             let jpeg = match &f.jpeg {
-                Payload::Bytes(b) => match jpeg_size(&mut self.decompressor, b) {
+                Payload::Bytes(b) => match jpeg_size(b, self.max_pixels) {
                     Ok(size) => (b.to_vec(), size),
                     Err(text) => {
-                        self.shared.lock().not_jpeg += 1;
+                        match text {
+                            JpegCheckError::NotJpeg(_) => self.shared.lock().not_jpeg += 1,
+                            JpegCheckError::TooLarge(_) => self.shared.lock().too_large += 1,
+                        }
                         self.report(reports, format!("Dropped result frame {}: {text}", f.index));
                         continue;
                     }
@@ -269,6 +276,7 @@ impl ZmqCollectSrc {
                     playout: core.playout.stats().clone(),
                     malformed: core.malformed,
                     not_jpeg: core.not_jpeg,
+                    too_large: core.too_large,
                     held: core.playout.len() as u64,
                 }
             }
@@ -382,6 +390,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .default_value(DEFAULT_FRAMERATE)
                     .mutable_ready()
                     .build(),
+                jpeg_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("received, frames (output), late, duplicates, missing, overflow, restarts, discarded, malformed, not-jpeg, held")
@@ -419,6 +428,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 settings.max_message_size = value.get().expect("type checked upstream")
             }
             "framerate" => settings.framerate = value.get().expect("type checked upstream"),
+            "max-pixels" => settings.max_pixels = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
         drop(settings);
@@ -439,6 +449,7 @@ impl ObjectImpl for ZmqCollectSrc {
             "group" => settings.group.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "framerate" => settings.framerate.to_value(),
+            "max-pixels" => settings.max_pixels.to_value(),
             "stats" => {
                 drop(settings);
                 let s = self.stats();
@@ -454,6 +465,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("discarded", p.discarded)
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
+                    .field("too-large", s.too_large)
                     .field("held", s.held)
                     .build()
                     .to_value()
@@ -548,25 +560,20 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 last_arrival: Instant::now(),
                 malformed: 0,
                 not_jpeg: 0,
+                too_large: 0,
                 reported: (0, 0),
             }),
             cond: Condvar::new(),
             waker,
             ledger,
         });
-        let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
-            gst::error_msg!(
-                gst::LibraryError::Init,
-                ["Could not create a TurboJPEG decompressor: {e}"]
-            )
-        })?;
         let io = Io {
             element: self.obj().downgrade(),
             shared: shared.clone(),
             socket,
             _context: context,
             drop_limit: RateLimit::new(Duration::from_secs(1)),
-            decompressor,
+            max_pixels: settings.max_pixels,
         };
         let thread = std::thread::Builder::new()
             .name("zmqcollect-io".into())

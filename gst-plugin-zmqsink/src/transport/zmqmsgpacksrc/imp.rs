@@ -17,7 +17,6 @@
 //! ([`crate::interrupt`]), so stopping never waits for the next message.
 
 use std::collections::VecDeque;
-use std::io::Read;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -30,8 +29,9 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::SrcSocketType;
+use crate::frame_file::{self, FrameFileError};
 use crate::interrupt::{Interrupt, Wait};
-use crate::jpeg::jpeg_size;
+use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::warn::RateLimit;
@@ -59,6 +59,8 @@ struct Settings {
     socket_type: SrcSocketType,
     max_message_size: i64,
     framerate: gst::Fraction,
+    max_pixels: u64,
+    frame_folder: Option<String>,
     rcv_hwm: i32,
 }
 
@@ -70,6 +72,8 @@ impl Default for Settings {
             socket_type: DEFAULT_SOCKET_TYPE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             framerate: DEFAULT_FRAMERATE,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            frame_folder: None,
             rcv_hwm: DEFAULT_RCV_HWM,
         }
     }
@@ -93,8 +97,10 @@ enum DropReason {
     NotJpeg,
     /// A batch path that cannot be read.
     MissingFile,
-    /// A batch path to a file over max-message-size.
+    /// A batch path to a file over max-message-size, or a frame over max-pixels.
     Oversize,
+    /// A batch path outside frame-folder (or none set), or not a regular file.
+    RefusedPath,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -104,13 +110,14 @@ struct Stats {
     malformed: u64,
     not_jpeg: u64,
     missing_file: u64,
+    refused_path: u64,
     oversize: u64,
     disconnects: u64,
 }
 
 impl Stats {
     fn dropped(&self) -> u64 {
-        self.malformed + self.not_jpeg + self.missing_file + self.oversize
+        self.malformed + self.not_jpeg + self.missing_file + self.oversize + self.refused_path
     }
 
     fn count(&mut self, why: DropReason) {
@@ -119,6 +126,7 @@ impl Stats {
             DropReason::NotJpeg => self.not_jpeg += 1,
             DropReason::MissingFile => self.missing_file += 1,
             DropReason::Oversize => self.oversize += 1,
+            DropReason::RefusedPath => self.refused_path += 1,
         }
     }
 }
@@ -161,7 +169,8 @@ struct State {
     monitor: Option<zmq::Socket>,
     socket: zmq::Socket,
     _context: zmq::Context,
-    decompressor: turbojpeg::Decompressor,
+    max_pixels: u64,
+    frame_folder: Option<std::path::PathBuf>,
     pending: VecDeque<Pending>,
     max_message_size: i64,
     last_pts: Option<gst::ClockTime>,
@@ -186,31 +195,24 @@ impl ObjectSubclass for ZmqMsgpackSrc {
     type ParentType = gst_base::PushSrc;
 }
 
-/// Reads a JPEG file named in a batch message, at most `limit` bytes.
-fn read_frame_file(path: &str, limit: u64) -> Result<Vec<u8>, (DropReason, String)> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        (
-            DropReason::MissingFile,
-            format!("cannot open {path:?}: {e}"),
-        )
-    })?;
-    let mut data = Vec::new();
-    // take() bounds the read even for files whose size the metadata does not tell.
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut data)
-        .map_err(|e| {
-            (
-                DropReason::MissingFile,
-                format!("cannot read {path:?}: {e}"),
-            )
-        })?;
-    if data.len() as u64 > limit {
-        return Err((
-            DropReason::Oversize,
-            format!("{path:?} is larger than max-message-size ({limit} bytes)"),
-        ));
+fn drop_reason(e: &JpegCheckError) -> DropReason {
+    match e {
+        JpegCheckError::NotJpeg(_) => DropReason::NotJpeg,
+        JpegCheckError::TooLarge(_) => DropReason::Oversize,
     }
-    Ok(data)
+}
+
+/// Reads a JPEG file named in a batch message (see [`frame_file`]).
+fn read_frame_file(
+    path: &str,
+    folder: Option<&std::path::Path>,
+    limit: u64,
+) -> Result<Vec<u8>, (DropReason, String)> {
+    frame_file::read(path, folder, limit).map_err(|e| match e {
+        FrameFileError::Refused(t) => (DropReason::RefusedPath, t),
+        FrameFileError::Missing(t) => (DropReason::MissingFile, t),
+        FrameFileError::Oversize(t) => (DropReason::Oversize, t),
+    })
 }
 
 impl ZmqMsgpackSrc {
@@ -236,33 +238,36 @@ impl ZmqMsgpackSrc {
                         format!("frame {}", f.index)
                     };
                     let (jpeg, size) = match &f.jpeg {
-                        Payload::Bytes(b) => match jpeg_size(&mut state.decompressor, b) {
+                        Payload::Bytes(b) => match jpeg_size(b, state.max_pixels) {
                             Ok(size) => match protocol::range_in(&msg, b) {
                                 Some(r) => (Jpeg::InMessage(r), size),
                                 None => (Jpeg::File(b.to_vec()), size),
                             },
                             Err(e) => {
                                 reports.push(Report::Dropped(
-                                    DropReason::NotJpeg,
+                                    drop_reason(&e),
                                     format!("Dropped {what}: {e}"),
                                 ));
                                 continue;
                             }
                         },
                         Payload::Path(p) => {
-                            let data = match read_frame_file(p, limit) {
-                                Ok(d) => d,
-                                Err((why, e)) => {
-                                    reports
-                                        .push(Report::Dropped(why, format!("Dropped {what}: {e}")));
-                                    continue;
-                                }
-                            };
-                            match jpeg_size(&mut state.decompressor, &data) {
+                            let data =
+                                match read_frame_file(p, state.frame_folder.as_deref(), limit) {
+                                    Ok(d) => d,
+                                    Err((why, e)) => {
+                                        reports.push(Report::Dropped(
+                                            why,
+                                            format!("Dropped {what}: {e}"),
+                                        ));
+                                        continue;
+                                    }
+                                };
+                            match jpeg_size(&data, state.max_pixels) {
                                 Ok(size) => (Jpeg::File(data), size),
                                 Err(e) => {
                                     reports.push(Report::Dropped(
-                                        DropReason::NotJpeg,
+                                        drop_reason(&e),
                                         format!("Dropped {what}: file {p:?}: {e}"),
                                     ));
                                     continue;
@@ -366,6 +371,13 @@ impl ZmqMsgpackSrc {
                         continue;
                     };
                     match why {
+                        DropReason::RefusedPath => {
+                            gst::element_imp_warning!(
+                                self,
+                                gst::ResourceError::OpenRead,
+                                ["{text}"]
+                            )
+                        }
                         DropReason::MissingFile => {
                             gst::element_imp_warning!(
                                 self,
@@ -391,8 +403,9 @@ impl ZmqMsgpackSrc {
                          over max-message-size ({max_message_size} bytes), which ZeroMQ refuses by \
                          closing the connection"
                     );
-                    gst::warning!(CAT, imp = self, "{text}");
-                    gst::element_imp_warning!(self, gst::ResourceError::Read, ("{text}"));
+                    // Every sender that exits closes its connection: a disconnect is counted
+                    // in stats and logged, not a warning.
+                    gst::info!(CAT, imp = self, "{text}");
                 }
             }
         }
@@ -445,6 +458,8 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .default_value(DEFAULT_FRAMERATE)
                     .mutable_ready()
                     .build(),
+                jpeg_output::max_pixels_pspec(),
+                frame_file::frame_folder_pspec(),
                 glib::ParamSpecInt::builder("rcv-hwm")
                     .nick("Receive high-water mark")
                     .blurb("Messages ZeroMQ queues before the sender waits (push) or drops (pub) (0 = no limit)")
@@ -482,6 +497,13 @@ impl ObjectImpl for ZmqMsgpackSrc {
                 settings.max_message_size = value.get().expect("type checked upstream")
             }
             "framerate" => settings.framerate = value.get().expect("type checked upstream"),
+            "max-pixels" => settings.max_pixels = value.get().expect("type checked upstream"),
+            "frame-folder" => {
+                settings.frame_folder = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|s| !s.is_empty())
+            }
             "rcv-hwm" => settings.rcv_hwm = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
@@ -495,6 +517,8 @@ impl ObjectImpl for ZmqMsgpackSrc {
             "socket-type" => settings.socket_type.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "framerate" => settings.framerate.to_value(),
+            "max-pixels" => settings.max_pixels.to_value(),
+            "frame-folder" => settings.frame_folder.to_value(),
             "rcv-hwm" => settings.rcv_hwm.to_value(),
             "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
             "stats" => {
@@ -507,6 +531,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .field("dropped-not-jpeg", s.not_jpeg)
                     .field("dropped-missing-file", s.missing_file)
                     .field("dropped-oversize", s.oversize)
+                    .field("dropped-refused-path", s.refused_path)
                     .field("disconnects", s.disconnects)
                     .build()
                     .to_value()
@@ -640,12 +665,6 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
-        let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
-            gst::error_msg!(
-                gst::LibraryError::Init,
-                ("Could not create a TurboJPEG decompressor: {e}")
-            )
-        })?;
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
         self.output.lock().unwrap().reset(settings.framerate);
@@ -653,7 +672,8 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             monitor,
             socket,
             _context: context,
-            decompressor,
+            max_pixels: settings.max_pixels,
+            frame_folder: settings.frame_folder.clone().map(std::path::PathBuf::from),
             pending: VecDeque::new(),
             max_message_size: settings.max_message_size,
             last_pts: None,
