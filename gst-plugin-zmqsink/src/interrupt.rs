@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Ending a blocking ZeroMQ wait from another thread.
+//! Ending a blocking ZeroMQ wait from another thread: the one wake-up mechanism of the
+//! five elements.
 //!
-//! The streaming thread waits in `zmq_poll` on its data socket and on the read end of a
-//! Unix socket pair; `unlock()` (another thread) raises a flag and writes one byte to the
-//! other end, so the poll returns at once instead of at the next timeout. ZeroMQ sockets
-//! must not be shared between threads; a plain file descriptor may.
+//! A thread waits in `zmq_poll` on its sockets and on the read end of a Unix socket pair;
+//! another thread writes one byte to the other end ([`Interrupt::wake`]), so the poll
+//! returns at once instead of at the next timeout. `unlock()` also raises a flushing flag
+//! ([`Interrupt::interrupt`]). ZeroMQ sockets must not be shared between threads; a plain
+//! file descriptor may.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -50,9 +52,27 @@ impl Interrupt {
         let _ = (&self.wake_tx).write(&[1]);
     }
 
+    /// Wakes a thread polling [`Interrupt::poll_item`] or waiting in [`Interrupt::wait`]
+    /// without raising the flag.
+    pub fn wake(&self) {
+        // A full pipe already wakes the poller: a failed write loses nothing.
+        let _ = (&self.wake_tx).write(&[1]);
+    }
+
+    /// A poll item that is readable after [`Interrupt::wake`] or [`Interrupt::interrupt`],
+    /// for threads that poll several sockets themselves.
+    pub fn poll_item(&self) -> zmq::PollItem<'static> {
+        zmq::PollItem::from_fd(self.wake_rx.as_raw_fd(), zmq::POLLIN)
+    }
+
     /// Lowers the flag and empties the pipe, so the next wait blocks again.
     pub fn clear(&self) {
         self.flushing.store(false, Ordering::SeqCst);
+        self.drain();
+    }
+
+    /// Empties the pipe (after a wake-up was seen), leaving the flag as it is.
+    pub fn drain(&self) {
         let mut buf = [0u8; 64];
         while let Ok(n) = (&self.wake_rx).read(&mut buf) {
             if n == 0 {

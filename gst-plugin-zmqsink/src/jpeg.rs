@@ -494,14 +494,37 @@ pub fn deinterleave_uv(
     }
 }
 
-/// Width and height from a JPEG header, after checking the SOI marker.
-pub fn jpeg_size(
-    decompressor: &mut turbojpeg::Decompressor,
-    data: &[u8],
-) -> Result<(usize, usize), String> {
+/// Frames of more pixels than this are dropped by default: every 8K format (up to
+/// 8192x8192) fits, a header that declares 20000x20000 (1.7 GB in a decoder) does not.
+pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
+
+/// Why a received JPEG was refused before it went downstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JpegCheckError {
+    /// Not a JPEG, or its header does not decode.
+    NotJpeg(String),
+    /// The header declares more pixels than the limit.
+    TooLarge(String),
+}
+
+impl fmt::Display for JpegCheckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JpegCheckError::NotJpeg(t) | JpegCheckError::TooLarge(t) => f.write_str(t),
+        }
+    }
+}
+
+/// Width and height from a JPEG header, after checking the SOI marker and that the frame
+/// has at most `max_pixels` pixels (0: no limit).
+///
+/// Each call reads the header with a decompressor of its own: libjpeg keeps tables from one
+/// image to the next, so a shared one lets a corrupted frame make every later valid frame
+/// fail ("Bogus Huffman table definition").
+pub fn jpeg_size(data: &[u8], max_pixels: u64) -> Result<(usize, usize), JpegCheckError> {
     if !crate::protocol::looks_like_jpeg(data) {
         let head: Vec<String> = data.iter().take(4).map(|b| format!("{b:02x}")).collect();
-        return Err(format!(
+        return Err(JpegCheckError::NotJpeg(format!(
             "not a JPEG ({} bytes starting {})",
             data.len(),
             if head.is_empty() {
@@ -509,20 +532,30 @@ pub fn jpeg_size(
             } else {
                 head.join(" ")
             }
-        ));
+        )));
     }
-    match decompressor.read_header(data) {
-        Ok(h) if h.width > 0 && h.height > 0 => Ok((h.width, h.height)),
-        Ok(h) => Err(format!(
+    match turbojpeg::read_header(data) {
+        Ok(h) if h.width > 0 && h.height > 0 => {
+            let pixels = h.width as u64 * h.height as u64;
+            if max_pixels > 0 && pixels > max_pixels {
+                return Err(JpegCheckError::TooLarge(format!(
+                    "the JPEG header declares {}x{} ({pixels} pixels), over max-pixels ({max_pixels}): \
+                     raise max-pixels if frames this large are meant",
+                    h.width, h.height
+                )));
+            }
+            Ok((h.width, h.height))
+        }
+        Ok(h) => Err(JpegCheckError::NotJpeg(format!(
             "JPEG header does not decode ({} bytes): no frame size (found {}x{})",
             data.len(),
             h.width,
             h.height
-        )),
-        Err(e) => Err(format!(
+        ))),
+        Err(e) => Err(JpegCheckError::NotJpeg(format!(
             "JPEG header does not decode ({} bytes): {e}",
             data.len()
-        )),
+        ))),
     }
 }
 
@@ -833,8 +866,7 @@ mod tests {
     }
 
     #[test]
-    fn jpeg_size_checks_marker_and_header() {
-        let mut d = turbojpeg::Decompressor::new().unwrap();
+    fn jpeg_size_checks_marker_header_and_pixels() {
         let img = gradient_rgb(20, 10, 60);
         let mut enc = Encoder::new(85).unwrap();
         let jpeg = enc
@@ -849,14 +881,27 @@ mod tests {
             )
             .unwrap()
             .to_vec();
-        assert_eq!(jpeg_size(&mut d, &jpeg), Ok((20, 10)));
-        assert!(
-            jpeg_size(&mut d, b"GIF89a")
-                .unwrap_err()
-                .contains("not a JPEG")
-        );
-        assert!(jpeg_size(&mut d, b"").unwrap_err().contains("nothing"));
-        let e = jpeg_size(&mut d, &[0xff, 0xd8, 0xff, 0xe0, 0, 0, 1, 2]).unwrap_err();
+        assert_eq!(jpeg_size(&jpeg, 0), Ok((20, 10)));
+        assert_eq!(jpeg_size(&jpeg, 200), Ok((20, 10)));
+        let e = jpeg_size(&jpeg, 199).unwrap_err();
+        assert!(matches!(e, JpegCheckError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("20x10") && e.to_string().contains("max-pixels"));
+        let e = jpeg_size(b"GIF89a", 0).unwrap_err().to_string();
+        assert!(e.contains("not a JPEG"), "{e}");
+        let e = jpeg_size(b"", 0).unwrap_err().to_string();
+        assert!(e.contains("nothing"), "{e}");
+        let e = jpeg_size(&[0xff, 0xd8, 0xff, 0xe0, 0, 0, 1, 2], 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not decode"), "{e}");
+        // A corrupted frame leaves nothing behind: the next valid one still reads.
+        let mut bad = jpeg.clone();
+        for b in bad.iter_mut().skip(20).take(4) {
+            *b ^= 0x5a;
+        }
+        for _ in 0..3 {
+            let _ = jpeg_size(&bad, 0);
+            assert_eq!(jpeg_size(&jpeg, 0), Ok((20, 10)));
+        }
     }
 }

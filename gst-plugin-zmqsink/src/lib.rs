@@ -1,28 +1,37 @@
 // SPDX-License-Identifier: MPL-2.0
-//! ZeroMQ msgpack transport: `zmqmsgpacksink` and `zmqmsgpacksrc`.
+//! ZeroMQ msgpack transport, five elements:
 //!
-//! Frames travel as one ZeroMQ message each, a msgpack array
-//! `[timestamp_ms, index, jpg]` (see [`protocol`]).
+//! - [`transport`]: `zmqmsgpacksink` (frames out as ZeroMQ messages) and `zmqmsgpacksrc`
+//!   (frames in);
+//! - [`scaleout`]: `zmqdispatchsink` (primary: hands frames to the next free worker),
+//!   `zmqworkersrc` (worker: asks for frames and receives them) and `zmqcollectsrc`
+//!   (primary: puts the workers' results back in order).
+//!
+//! Frames travel as one ZeroMQ message each, a msgpack array `[timestamp_ms, index, jpg]`
+//! (see [`protocol`]). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
+//! (socket set-up), [`jpeg_output`] (the sources' caps and buffers), [`unix_time`],
+//! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE).
 
 use gst::glib;
 
+pub mod curve;
+pub mod frame_file;
 pub mod frame_index;
 pub mod interrupt;
 pub mod jpeg;
+pub mod jpeg_output;
 pub mod protocol;
 pub mod scaleout;
+pub mod transport;
+pub mod unix_time;
+pub mod warn;
 pub mod zmq_endpoint;
-mod zmqcollectsrc;
-mod zmqdispatchsink;
-mod zmqmsgpacksink;
-mod zmqmsgpacksrc;
-mod zmqworkersrc;
 
-pub use zmqcollectsrc::ZmqCollectSrc;
-pub use zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
-pub use zmqmsgpacksink::{SinkSocketType, ZmqMsgpackSink};
-pub use zmqmsgpacksrc::{SrcSocketType, ZmqMsgpackSrc};
-pub use zmqworkersrc::ZmqWorkerSrc;
+pub use scaleout::zmqcollectsrc::ZmqCollectSrc;
+pub use scaleout::zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
+pub use scaleout::zmqworkersrc::ZmqWorkerSrc;
+pub use transport::zmqmsgpacksink::{SinkSocketType, ZmqMsgpackSink};
+pub use transport::zmqmsgpacksrc::{SrcSocketType, ZmqMsgpackSrc};
 
 /// Caps name of the reference timestamp meta that carries a frame's original Unix time
 /// (ns since the epoch) between pipelines.
@@ -30,11 +39,11 @@ pub const UNIX_TIMESTAMP_CAPS: &str = "timestamp/x-unix";
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     frame_index::register();
-    zmqmsgpacksink::register(plugin)?;
-    zmqmsgpacksrc::register(plugin)?;
-    zmqdispatchsink::register(plugin)?;
-    zmqworkersrc::register(plugin)?;
-    zmqcollectsrc::register(plugin)?;
+    transport::zmqmsgpacksink::register(plugin)?;
+    transport::zmqmsgpacksrc::register(plugin)?;
+    scaleout::zmqdispatchsink::register(plugin)?;
+    scaleout::zmqworkersrc::register(plugin)?;
+    scaleout::zmqcollectsrc::register(plugin)?;
     Ok(())
 }
 

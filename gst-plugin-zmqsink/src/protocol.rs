@@ -137,6 +137,17 @@ fn as_index(v: &rmpv::ValueRef<'_>, what: &str) -> Result<u64, ProtocolError> {
 /// Decodes one message into its frames: one for `[timestamp, index, jpg]`, one per entry
 /// of `frames` for a batch map. JPEG bytes borrow from `msg`.
 pub fn decode(msg: &[u8]) -> Result<Vec<Frame<'_>>, ProtocolError> {
+    check_shape(msg).map_err(|e| {
+        if e.0.contains("ends early") {
+            err(format!(
+                "not a msgpack message ({} bytes): {}",
+                msg.len(),
+                e.0
+            ))
+        } else {
+            e
+        }
+    })?;
     let mut rd = msg;
     let value = rmpv::decode::read_value_ref(&mut rd)
         .map_err(|e| err(format!("not a msgpack message ({} bytes): {e}", msg.len())))?;
@@ -177,6 +188,147 @@ pub fn decode(msg: &[u8]) -> Result<Vec<Frame<'_>>, ProtocolError> {
             type_name(&other)
         ))),
     }
+}
+
+/// Most frames (and indices) a batch message may hold.
+pub const MAX_BATCH_FRAMES: u32 = 4096;
+/// Most keys a batch map may hold (four are read, a few more are tolerated).
+const MAX_BATCH_KEYS: u32 = 16;
+
+/// Checks that `msg` is one of the two accepted shapes by walking its msgpack markers,
+/// before anything is built in memory: a message of millions of one-byte values (which a
+/// generic decoder turns into gigabytes of values) is refused at its first marker.
+fn check_shape(msg: &[u8]) -> Result<(), ProtocolError> {
+    let mut rd = msg;
+    let not_msgpack = |e: String| err(format!("not a msgpack message ({} bytes): {e}", msg.len()));
+    match read_marker(&mut rd).map_err(not_msgpack)? {
+        rmp::Marker::FixArray(3) => {
+            for i in 0..3 {
+                skip_scalar(&mut rd, &format!("element {i} of the frame array"))?;
+            }
+        }
+        rmp::Marker::FixArray(n) => {
+            return Err(err(format!(
+                "expected an array of 3 [timestamp, index, jpg], found an array of {n}"
+            )));
+        }
+        m @ (rmp::Marker::Array16 | rmp::Marker::Array32) => {
+            let n = container_len(&mut rd, m)?;
+            return Err(err(format!(
+                "expected an array of 3 [timestamp, index, jpg], found an array of {n}"
+            )));
+        }
+        m @ (rmp::Marker::FixMap(_) | rmp::Marker::Map16 | rmp::Marker::Map32) => {
+            let n = container_len(&mut rd, m)?;
+            if n > MAX_BATCH_KEYS {
+                return Err(err(format!(
+                    "batch map: {n} keys, at most {MAX_BATCH_KEYS} accepted"
+                )));
+            }
+            for _ in 0..n {
+                let key = read_str(&mut rd)?;
+                let key = String::from_utf8_lossy(key).into_owned();
+                match read_marker(&mut rd).map_err(not_msgpack)? {
+                    // Per-frame lists ("frames", "indices", "timestamps"): scalars only,
+                    // bounded in length.
+                    m
+                    @ (rmp::Marker::FixArray(_) | rmp::Marker::Array16 | rmp::Marker::Array32) => {
+                        let len = container_len(&mut rd, m)?;
+                        if len > MAX_BATCH_FRAMES {
+                            return Err(err(format!(
+                                "batch {key}: {len} entries, at most {MAX_BATCH_FRAMES} accepted"
+                            )));
+                        }
+                        for i in 0..len {
+                            skip_scalar(&mut rd, &format!("batch {key}[{i}]"))?;
+                        }
+                    }
+                    m => skip_scalar_after(&mut rd, m, &format!("batch value of '{key}'"))?,
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn read_marker(rd: &mut &[u8]) -> Result<rmp::Marker, String> {
+    rmp::decode::read_marker(rd).map_err(|_| "the message ends early".to_string())
+}
+
+fn take<'a>(rd: &mut &'a [u8], n: usize) -> Result<&'a [u8], ProtocolError> {
+    if rd.len() < n {
+        return Err(err(format!(
+            "the message ends early (a value of {n} bytes, {} left)",
+            rd.len()
+        )));
+    }
+    let (head, tail) = rd.split_at(n);
+    *rd = tail;
+    Ok(head)
+}
+
+fn be_len(rd: &mut &[u8], bytes: usize) -> Result<usize, ProtocolError> {
+    Ok(take(rd, bytes)?
+        .iter()
+        .fold(0usize, |acc, &b| (acc << 8) | b as usize))
+}
+
+fn container_len(rd: &mut &[u8], m: rmp::Marker) -> Result<u32, ProtocolError> {
+    Ok(match m {
+        rmp::Marker::FixArray(n) | rmp::Marker::FixMap(n) => n as u32,
+        rmp::Marker::Array16 | rmp::Marker::Map16 => be_len(rd, 2)? as u32,
+        rmp::Marker::Array32 | rmp::Marker::Map32 => be_len(rd, 4)? as u32,
+        _ => 0,
+    })
+}
+
+fn read_str<'a>(rd: &mut &'a [u8]) -> Result<&'a [u8], ProtocolError> {
+    let m = read_marker(rd).map_err(err)?;
+    let n = match m {
+        rmp::Marker::FixStr(n) => n as usize,
+        rmp::Marker::Str8 | rmp::Marker::Bin8 => be_len(rd, 1)?,
+        rmp::Marker::Str16 | rmp::Marker::Bin16 => be_len(rd, 2)?,
+        rmp::Marker::Str32 | rmp::Marker::Bin32 => be_len(rd, 4)?,
+        other => {
+            return Err(err(format!(
+                "batch map: expected a string key, found marker {other:?}"
+            )));
+        }
+    };
+    take(rd, n)
+}
+
+fn skip_scalar(rd: &mut &[u8], what: &str) -> Result<(), ProtocolError> {
+    let m = read_marker(rd).map_err(err)?;
+    skip_scalar_after(rd, m, what)
+}
+
+/// Skips the value that starts with marker `m`; an array, map or extension is refused.
+fn skip_scalar_after(rd: &mut &[u8], m: rmp::Marker, what: &str) -> Result<(), ProtocolError> {
+    use rmp::Marker as M;
+    let n = match m {
+        M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => 0,
+        M::U8 | M::I8 => 1,
+        M::U16 | M::I16 => 2,
+        M::U32 | M::I32 | M::F32 => 4,
+        M::U64 | M::I64 | M::F64 => 8,
+        M::FixStr(n) => n as usize,
+        M::Str8 | M::Bin8 => be_len(rd, 1)?,
+        M::Str16 | M::Bin16 => be_len(rd, 2)?,
+        M::Str32 | M::Bin32 => be_len(rd, 4)?,
+        other => {
+            return Err(err(format!(
+                "{what}: expected a number, string or bin, found {}",
+                match other {
+                    M::FixArray(_) | M::Array16 | M::Array32 => "an array",
+                    M::FixMap(_) | M::Map16 | M::Map32 => "a map",
+                    _ => "an extension or reserved marker",
+                }
+            )));
+        }
+    };
+    take(rd, n).map(|_| ())
 }
 
 fn decode_batch<'a>(
@@ -297,6 +449,48 @@ pub fn ns_to_timestamp_ms(unix_ns: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_small_values_is_refused_before_it_is_built() {
+        // 8 MB of one-byte values in an array, a map and a batch's frames: each is refused
+        // at its first markers (a generic decoder would build millions of values).
+        let n = 8_000_000u32;
+        for head in [
+            {
+                let mut v = Vec::new();
+                rmp::encode::write_array_len(&mut v, n).unwrap();
+                v
+            },
+            {
+                let mut v = Vec::new();
+                rmp::encode::write_map_len(&mut v, 1).unwrap();
+                rmp::encode::write_str(&mut v, "frames").unwrap();
+                rmp::encode::write_array_len(&mut v, n).unwrap();
+                v
+            },
+            {
+                let mut v = Vec::new();
+                rmp::encode::write_array_len(&mut v, 3).unwrap();
+                rmp::encode::write_array_len(&mut v, n).unwrap();
+                v
+            },
+        ] {
+            let mut msg = head;
+            msg.resize(msg.len() + n as usize, 0x01);
+            // check_shape alone refuses it: nothing is built.
+            assert!(check_shape(&msg).is_err());
+            let e = decode(&msg).unwrap_err();
+            assert!(
+                e.0.contains("array of")
+                    || e.0.contains("at most")
+                    || e.0.contains("found an array"),
+                "{e}"
+            );
+        }
+        // The two accepted shapes still pass the check.
+        assert!(check_shape(&encode_frame(1, 2, b"\xff\xd8")).is_ok());
+        assert!(check_shape(&encode_batch(1, &[(1, &b"a"[..]), (2, &b"b"[..])])).is_ok());
+    }
 
     fn bytes<'a>(p: &'a Payload<'_>) -> &'a [u8] {
         match p {

@@ -267,10 +267,13 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     let frames = jpegs(4);
     let mut primary = FakePrimary::new();
     // jpegdec resets buffer offsets: the index travels on in the frame-index meta.
+    let dir = std::env::temp_dir().join(unique("frames"));
+    std::fs::create_dir_all(&dir).unwrap();
     let pipeline = gst::parse::launch(&format!(
         "zmqworkersrc name=w endpoint={} batch-size=2 heartbeat-interval=50 worker-name=box \
-         ! jpegdec ! appsink name=out sync=false",
-        primary.endpoint
+         frame-folder={} ! jpegdec ! appsink name=out sync=false",
+        primary.endpoint,
+        dir.display()
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
@@ -322,8 +325,6 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     // Bad input: dropped, counted, and still credited so the primary keeps sending.
     primary.job(b"\x93\x01".to_vec());
     primary.job(protocol::encode_frame(1, 12, b"not a jpeg at all"));
-    let dir = std::env::temp_dir().join(unique("frames"));
-    std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("f.jpg");
     std::fs::write(&file, &frames[2]).unwrap();
     let mut batch = Vec::new();

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod blend;
 pub mod command;
-pub mod curve;
+pub use gstzmqmsgpack::curve;
 pub mod hub;
 pub mod message;
 pub mod state;

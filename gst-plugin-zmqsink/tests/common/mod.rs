@@ -137,3 +137,31 @@ pub fn stats_u64(element: &gst::Element, field: &str) -> u64 {
     s.get::<u64>(field)
         .unwrap_or_else(|e| panic!("stats field {field}: {e} in {s}"))
 }
+
+/// `jpeg` with its Huffman table counts overwritten: the header no longer decodes
+/// ("Bogus Huffman table definition"), as a JPEG with 4 bytes changed in transit.
+pub fn corrupt_huffman(jpeg: &[u8]) -> Vec<u8> {
+    let mut bad = jpeg.to_vec();
+    let dht = bad
+        .windows(2)
+        .position(|w| w == [0xff, 0xc4])
+        .expect("a DHT segment");
+    // Marker (2), length (2), class/id (1), then 16 code counts: make 4 of them 0xff.
+    for b in &mut bad[dht + 5..dht + 9] {
+        *b = 0xff;
+    }
+    bad
+}
+
+/// `jpeg` with the frame size in its SOF header replaced by `w` x `h`.
+pub fn with_size(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
+    let mut out = jpeg.to_vec();
+    let sof = out
+        .windows(2)
+        .position(|p| p == [0xff, 0xc0] || p == [0xff, 0xc2])
+        .expect("a SOF segment");
+    // Marker (2), length (2), precision (1), height (2), width (2).
+    out[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    out[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    out
+}

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
-//! ZeroMQ CURVE on the settings link: key files, allow-lists and the ZAP handler that
-//! lets only allowed public keys in.
+//! ZeroMQ CURVE for every link of the project (frames, scale-out, settings): key files,
+//! allow-lists and the ZAP handler that lets only allowed public keys in.
+//!
+//! Every connection the ZAP handler lets in carries the peer's Z85 public key as its ZAP
+//! user id, so each message's `User-Id` property names the sender's key; the role the
+//! policy gives it (e.g. "controller") travels as the `X-Role` metadata property.
 //!
 //! Key files are the ZeroMQ certificate files that pyzmq's `zmq.auth.create_certificates`
 //! and czmq write, so keys can be made with either tool:
@@ -298,8 +302,8 @@ impl ZapRequest {
     }
 }
 
-/// The policy's answer: `Ok(user_id)` lets the peer in (its messages carry `User-Id`),
-/// `Err(reason)` refuses it.
+/// The policy's answer: `Ok(role)` lets the peer in (its messages carry its Z85 public key
+/// as `User-Id` and the role as `X-Role`), `Err(reason)` refuses it.
 pub type ZapDecision = Result<String, String>;
 
 /// Answers ZAP requests for every socket of one ZeroMQ context on its own thread, until
@@ -394,13 +398,13 @@ where
         Err(format!("mechanism {} is not accepted", req.mechanism))
     };
     match decision {
-        Ok(user) => vec![
+        Ok(role) => vec![
             b"1.0".to_vec(),
             request_id,
             b"200".to_vec(),
             b"OK".to_vec(),
-            user.into_bytes(),
-            Vec::new(),
+            req.public_key_z85().into_bytes(),
+            zap_metadata(ROLE_PROPERTY, role.as_bytes()),
         ],
         Err(reason) => vec![
             b"1.0".to_vec(),
@@ -411,6 +415,20 @@ where
             Vec::new(),
         ],
     }
+}
+
+/// The metadata property that carries the role the ZAP policy gave a connection.
+pub const ROLE_PROPERTY: &str = "X-Role";
+
+/// One ZMTP metadata property (name length byte, name, 4-byte big-endian value length,
+/// value), the encoding of a ZAP reply's metadata frame.
+fn zap_metadata(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + name.len() + 4 + value.len());
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value);
+    out
 }
 
 /// Sets a socket up as a CURVE server with this key pair.
@@ -435,6 +453,51 @@ pub fn make_client(sock: &zmq::Socket, keys: &KeyPair, server: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_carry_the_sender_key_as_user_id_and_the_role() {
+        if !curve_available() {
+            eprintln!("libzmq without CURVE: skipped");
+            return;
+        }
+        let ctx = zmq::Context::new();
+        let server_keys = KeyPair::generate().unwrap();
+        let client_keys = KeyPair::generate().unwrap();
+        let stranger = KeyPair::generate().unwrap();
+        let allow = AllowList::from_keys(&[&client_keys.public]).unwrap();
+        let _zap = ZapHandler::start(&ctx, move |req: &ZapRequest| {
+            if allow.contains(&req.public_key) {
+                Ok("sender".to_string())
+            } else {
+                Err("not allowed".to_string())
+            }
+        })
+        .unwrap();
+        let pull = ctx.socket(zmq::PULL).unwrap();
+        pull.set_linger(0).unwrap();
+        make_server(&pull, &server_keys, "test").unwrap();
+        pull.bind("tcp://127.0.0.1:*").unwrap();
+        let ep = pull.get_last_endpoint().unwrap().unwrap();
+        let mut senders = Vec::new();
+        for (keys, body) in [
+            (&stranger, &b"stranger"[..]),
+            (&client_keys, &b"friend"[..]),
+        ] {
+            let push = ctx.socket(zmq::PUSH).unwrap();
+            push.set_linger(0).unwrap();
+            make_client(&push, keys, &server_keys.public).unwrap();
+            push.connect(&ep).unwrap();
+            push.send(body, zmq::DONTWAIT).ok();
+            senders.push(push);
+        }
+        pull.set_rcvtimeo(10_000).unwrap();
+        let mut msg = pull.recv_msg(0).unwrap();
+        assert_eq!(&msg[..], b"friend");
+        assert_eq!(msg.gets("User-Id"), Some(client_keys.public.as_str()));
+        assert_eq!(msg.gets(ROLE_PROPERTY), Some("sender"));
+        pull.set_rcvtimeo(300).unwrap();
+        assert!(pull.recv_msg(0).is_err(), "the stranger's message came in");
+    }
 
     #[test]
     fn key_files_round_trip_and_are_never_overwritten() {

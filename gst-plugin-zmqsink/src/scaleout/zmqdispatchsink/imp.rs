@@ -26,10 +26,13 @@ use gst_base::subclass::prelude::*;
 
 use super::DispatchQueuePolicy;
 use crate::frame_index;
+use crate::interrupt::Interrupt;
+use crate::scaleout;
 use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
-use crate::scaleout::{self, RateLimit, Waker};
+use crate::unix_time;
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -96,7 +99,7 @@ struct Core {
 struct Shared {
     core: Mutex<Core>,
     cond: Condvar,
-    waker: Waker,
+    waker: Interrupt,
     ledger: Arc<Ledger>,
 }
 
@@ -197,7 +200,7 @@ impl Io {
                 gst::warning!(CAT, "poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.shared.waker.clear();
+            self.shared.waker.drain();
             if self.shared.lock().shutdown {
                 break;
             }
@@ -253,11 +256,11 @@ impl Io {
                 }
                 Err(e) => {
                     self.shared.lock().malformed += 1;
-                    if let Some(held) = self.malformed_limit.allow(now) {
-                        reports.push(Report::Malformed(format!(
-                            "{e} (from peer {}; {held} more since the last report)",
-                            String::from_utf8_lossy(id)
-                        )));
+                    if let Some(text) = self
+                        .malformed_limit
+                        .message(format!("{e} (from peer {})", String::from_utf8_lossy(id)))
+                    {
+                        reports.push(Report::Malformed(text));
                     }
                 }
             }
@@ -704,7 +707,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
         gst::info!(CAT, imp = self, "workers connect to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
 
-        let waker = Waker::new().map_err(|e| {
+        let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
                 ["Could not create the wake-up socket pair: {e}"]
@@ -782,8 +785,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
             return Err(gst::FlowError::Flushing);
         };
         let keep_index = self.settings.lock().unwrap().keep_index;
-        let timestamp_ms =
-            scaleout::unix_ms_from_meta(buffer).unwrap_or_else(scaleout::unix_now_ms);
+        let timestamp_ms = unix_time::ms_from_meta(buffer).unwrap_or_else(unix_time::now_ms);
         let mut core = shared.lock();
         let index = if keep_index {
             frame_index::index_of(buffer).unwrap_or(core.count)

@@ -14,7 +14,6 @@
 //! and the frame's original time as a `timestamp/x-unix` reference meta.
 
 use std::collections::VecDeque;
-use std::io::Read;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,11 +25,14 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::frame_index;
-use crate::jpeg::jpeg_size;
+use crate::frame_file::{self, FrameFileError};
+use crate::interrupt::Interrupt;
+use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
+use crate::scaleout;
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
-use crate::scaleout::{self, RateLimit, Waker};
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -59,6 +61,8 @@ struct Settings {
     worker_name: Option<String>,
     max_message_size: i64,
     framerate: gst::Fraction,
+    max_pixels: u64,
+    frame_folder: Option<String>,
 }
 
 impl Default for Settings {
@@ -72,6 +76,8 @@ impl Default for Settings {
             worker_name: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             framerate: DEFAULT_FRAMERATE,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            frame_folder: None,
         }
     }
 }
@@ -101,6 +107,7 @@ struct Stats {
     malformed: u64,
     not_jpeg: u64,
     missing_file: u64,
+    refused_path: u64,
     oversize: u64,
     overflow: u64,
     sessions: u64,
@@ -123,7 +130,7 @@ struct Core {
 struct Shared {
     core: Mutex<Core>,
     cond: Condvar,
-    waker: Waker,
+    waker: Interrupt,
 }
 
 impl Shared {
@@ -135,9 +142,6 @@ impl Shared {
 struct State {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    framerate: gst::Fraction,
-    /// The frame size in the caps last set.
-    size: Option<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -145,6 +149,7 @@ pub struct ZmqWorkerSrc {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
+    output: Mutex<JpegOutput>,
 }
 
 #[glib::object_subclass]
@@ -176,7 +181,8 @@ struct Io {
     /// Most frames held before the oldest are dropped (a primary that ignores credits).
     max_held: usize,
     drop_limit: RateLimit,
-    decompressor: turbojpeg::Decompressor,
+    max_pixels: u64,
+    frame_folder: Option<std::path::PathBuf>,
 }
 
 impl Io {
@@ -196,7 +202,7 @@ impl Io {
                 gst::warning!(CAT, "poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.shared.waker.clear();
+            self.shared.waker.drain();
             if self.shared.lock().shutdown {
                 break;
             }
@@ -301,12 +307,7 @@ impl Io {
         kind: Option<gst::ResourceError>,
         text: String,
     ) {
-        if let Some(held) = self.drop_limit.allow(Instant::now()) {
-            let text = if held > 0 {
-                format!("{text} ({held} more dropped since the last report)")
-            } else {
-                text
-            };
+        if let Some(text) = self.drop_limit.message(text) {
             reports.push(match kind {
                 Some(k) => Report::Dropped(k, text),
                 None => Report::Malformed(text),
@@ -333,27 +334,44 @@ impl Io {
         for (i, f) in frames.iter().enumerate() {
             let jpeg = match &f.jpeg {
                 Payload::Bytes(b) => b.to_vec(),
-                Payload::Path(path) => match read_frame_file(path, self.max_message_size) {
+                Payload::Path(path) => match frame_file::read(
+                    path,
+                    self.frame_folder.as_deref(),
+                    u64::try_from(self.max_message_size).unwrap_or(u64::MAX),
+                ) {
                     Ok(data) => data,
-                    Err((kind, text)) => {
+                    Err(e) => {
                         bad += 1;
                         let mut core = self.shared.lock();
-                        if kind == gst::ResourceError::NotFound {
-                            core.stats.missing_file += 1;
-                        } else {
-                            core.stats.oversize += 1;
-                        }
+                        let kind = match e {
+                            FrameFileError::Refused(_) => {
+                                core.stats.refused_path += 1;
+                                gst::ResourceError::OpenRead
+                            }
+                            FrameFileError::Missing(_) => {
+                                core.stats.missing_file += 1;
+                                gst::ResourceError::NotFound
+                            }
+                            FrameFileError::Oversize(_) => {
+                                core.stats.oversize += 1;
+                                gst::ResourceError::NoSpaceLeft
+                            }
+                        };
                         drop(core);
+                        let text = e.to_string();
                         self.report_drop(reports, Some(kind), format!("frame {}: {text}", f.index));
                         continue;
                     }
                 },
             };
-            let size = match jpeg_size(&mut self.decompressor, &jpeg) {
+            let size = match jpeg_size(&jpeg, self.max_pixels) {
                 Ok(size) => size,
                 Err(text) => {
                     bad += 1;
-                    self.shared.lock().stats.not_jpeg += 1;
+                    match text {
+                        JpegCheckError::NotJpeg(_) => self.shared.lock().stats.not_jpeg += 1,
+                        JpegCheckError::TooLarge(_) => self.shared.lock().stats.oversize += 1,
+                    }
                     self.report_drop(reports, None, format!("frame {}: {text}", f.index));
                     continue;
                 }
@@ -434,32 +452,6 @@ impl Io {
     }
 }
 
-fn read_frame_file(path: &str, limit: i64) -> Result<Vec<u8>, (gst::ResourceError, String)> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        (
-            gst::ResourceError::NotFound,
-            format!("cannot open JPEG file {path}: {e}"),
-        )
-    })?;
-    let mut data = Vec::new();
-    let cap = if limit < 0 { u64::MAX } else { limit as u64 };
-    file.take(cap.saturating_add(1))
-        .read_to_end(&mut data)
-        .map_err(|e| {
-            (
-                gst::ResourceError::NotFound,
-                format!("cannot read JPEG file {path}: {e}"),
-            )
-        })?;
-    if data.len() as u64 > cap {
-        return Err((
-            gst::ResourceError::NoSpaceLeft,
-            format!("JPEG file {path} is larger than max-message-size ({limit} bytes)"),
-        ));
-    }
-    Ok(data)
-}
-
 impl ZmqWorkerSrc {
     fn shared(&self) -> Option<Arc<Shared>> {
         self.state
@@ -474,13 +466,6 @@ impl ZmqWorkerSrc {
             Some(shared) => shared.lock().stats,
             None => *self.last_stats.lock().unwrap(),
         }
-    }
-
-    fn running_time_now(&self) -> Option<gst::ClockTime> {
-        let obj = self.obj();
-        let clock = obj.clock()?;
-        let base = obj.base_time()?;
-        clock.time().checked_sub(base)
     }
 
     /// Asks downstream to finish the frames it holds (the input ended on the primary).
@@ -561,6 +546,8 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .default_value(DEFAULT_FRAMERATE)
                     .mutable_ready()
                     .build(),
+                jpeg_output::max_pixels_pspec(),
+                frame_file::frame_folder_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("frames-in, frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, overflow), sessions (primaries joined), primary-lost, drains, queued")
@@ -598,6 +585,13 @@ impl ObjectImpl for ZmqWorkerSrc {
                 settings.max_message_size = value.get().expect("type checked upstream")
             }
             "framerate" => settings.framerate = value.get().expect("type checked upstream"),
+            "max-pixels" => settings.max_pixels = value.get().expect("type checked upstream"),
+            "frame-folder" => {
+                settings.frame_folder = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|s| !s.is_empty())
+            }
             other => unreachable!("no writable property {other}"),
         }
     }
@@ -617,6 +611,8 @@ impl ObjectImpl for ZmqWorkerSrc {
                 .to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "framerate" => settings.framerate.to_value(),
+            "max-pixels" => settings.max_pixels.to_value(),
+            "frame-folder" => settings.frame_folder.to_value(),
             "stats" => {
                 drop(settings);
                 let queued = self.shared().map(|s| s.lock().queue.len()).unwrap_or(0);
@@ -627,12 +623,18 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .field("jobs", s.jobs)
                     .field(
                         "dropped",
-                        s.malformed + s.not_jpeg + s.missing_file + s.oversize + s.overflow,
+                        s.malformed
+                            + s.not_jpeg
+                            + s.missing_file
+                            + s.refused_path
+                            + s.oversize
+                            + s.overflow,
                     )
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
                     .field("missing-file", s.missing_file)
                     .field("oversize", s.oversize)
+                    .field("refused-path", s.refused_path)
                     .field("overflow", s.overflow)
                     .field("sessions", s.sessions)
                     .field("primary-lost", s.primary_lost)
@@ -684,6 +686,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         zmq_endpoint::check_endpoint(&endpoint)?;
+        self.output.lock().unwrap().reset(settings.framerate);
         let name = settings
             .worker_name
             .clone()
@@ -726,7 +729,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             )
         })?;
         gst::info!(CAT, imp = self, "worker {name} connecting to {endpoint}");
-        let waker = Waker::new().map_err(|e| {
+        let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
                 ["Could not create the wake-up socket pair: {e}"]
@@ -745,12 +748,6 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             cond: Condvar::new(),
             waker,
         });
-        let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
-            gst::error_msg!(
-                gst::LibraryError::Init,
-                ["Could not create a TurboJPEG decompressor: {e}"]
-            )
-        })?;
         let room = u64::from(settings.batch_size) * u64::from(settings.prefetch);
         let io = Io {
             element: self.obj().downgrade(),
@@ -765,7 +762,8 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             max_message_size: settings.max_message_size,
             max_held: (room as usize) * 4 + 64,
             drop_limit: RateLimit::new(Duration::from_secs(1)),
-            decompressor,
+            max_pixels: settings.max_pixels,
+            frame_folder: settings.frame_folder.clone().map(std::path::PathBuf::from),
         };
         let thread = std::thread::Builder::new()
             .name("zmqworker-io".into())
@@ -779,8 +777,6 @@ impl BaseSrcImpl for ZmqWorkerSrc {
         *self.state.lock().unwrap() = Some(State {
             shared,
             thread: Some(thread),
-            framerate: settings.framerate,
-            size: None,
         });
         Ok(())
     }
@@ -808,19 +804,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        // The frame size is only known from the first JPEG: caps are set in create(); a
-        // later renegotiation sends the current ones again.
-        let caps = self.state.lock().unwrap().as_ref().and_then(|s| {
-            s.size
-                .map(|size| scaleout::jpeg_caps(Some(size), s.framerate))
-        });
-        match caps {
-            Some(caps) => self
-                .obj()
-                .set_caps(&caps)
-                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
-            None => Ok(()),
-        }
+        jpeg_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -855,10 +839,10 @@ impl PushSrcImpl for ZmqWorkerSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let (shared, framerate, current_size) = {
+        let shared = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            (state.shared.clone(), state.framerate, state.size)
+            state.shared.clone()
         };
         let item = {
             let mut core = shared.lock();
@@ -886,34 +870,14 @@ impl PushSrcImpl for ZmqWorkerSrc {
         // Ask for the next frame now, while this one goes through the pipeline.
         shared.waker.wake();
 
-        if current_size != Some(item.size) {
-            let caps = scaleout::jpeg_caps(Some(item.size), framerate);
-            gst::debug!(CAT, imp = self, "caps {caps}");
-            if let Some(state) = self.state.lock().unwrap().as_mut() {
-                state.size = Some(item.size);
-            }
-            if self.obj().set_caps(&caps).is_err() {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Negotiation,
-                    ["Downstream does not accept {caps}"]
-                );
-                return Err(gst::FlowError::NotNegotiated);
-            }
-        }
+        jpeg_output::ensure_caps(&*self.obj(), &self.output, item.size)?;
 
         let mut buffer = gst::Buffer::from_mut_slice(item.jpeg);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
-            frame_index::set(b, item.index);
-            b.set_pts(self.running_time_now());
-            if framerate.numer() > 0 {
-                b.set_duration(
-                    gst::ClockTime::SECOND
-                        .mul_div_floor(framerate.denom() as u64, framerate.numer() as u64),
-                );
-            }
-            scaleout::add_unix_meta(b, item.timestamp_ms);
+            let duration = self.output.lock().unwrap().duration();
+            let pts = jpeg_output::running_time_now(&*self.obj());
+            jpeg_output::stamp(b, item.index, pts, duration, item.timestamp_ms);
         }
         gst::trace!(CAT, imp = self, "frame {}", item.index);
         Ok(CreateSuccess::NewBuffer(buffer))

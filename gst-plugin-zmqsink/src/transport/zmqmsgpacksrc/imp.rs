@@ -17,7 +17,6 @@
 //! ([`crate::interrupt`]), so stopping never waits for the next message.
 
 use std::collections::VecDeque;
-use std::io::Read;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -30,9 +29,12 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::SrcSocketType;
+use crate::frame_file::{self, FrameFileError};
 use crate::interrupt::{Interrupt, Wait};
-use crate::jpeg::jpeg_size;
+use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -42,9 +44,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("ZeroMQ msgpack frame source"),
     )
 });
-
-static UNIX_CAPS: LazyLock<gst::Caps> =
-    LazyLock::new(|| gst::Caps::new_empty_simple(crate::UNIX_TIMESTAMP_CAPS));
 
 const DEFAULT_ENDPOINT: &str = "tcp://localhost:5557";
 const DEFAULT_BIND: bool = false;
@@ -60,6 +59,8 @@ struct Settings {
     socket_type: SrcSocketType,
     max_message_size: i64,
     framerate: gst::Fraction,
+    max_pixels: u64,
+    frame_folder: Option<String>,
     rcv_hwm: i32,
 }
 
@@ -71,6 +72,8 @@ impl Default for Settings {
             socket_type: DEFAULT_SOCKET_TYPE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             framerate: DEFAULT_FRAMERATE,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            frame_folder: None,
             rcv_hwm: DEFAULT_RCV_HWM,
         }
     }
@@ -94,8 +97,10 @@ enum DropReason {
     NotJpeg,
     /// A batch path that cannot be read.
     MissingFile,
-    /// A batch path to a file over max-message-size.
+    /// A batch path to a file over max-message-size, or a frame over max-pixels.
     Oversize,
+    /// A batch path outside frame-folder (or none set), or not a regular file.
+    RefusedPath,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -105,13 +110,14 @@ struct Stats {
     malformed: u64,
     not_jpeg: u64,
     missing_file: u64,
+    refused_path: u64,
     oversize: u64,
     disconnects: u64,
 }
 
 impl Stats {
     fn dropped(&self) -> u64 {
-        self.malformed + self.not_jpeg + self.missing_file + self.oversize
+        self.malformed + self.not_jpeg + self.missing_file + self.oversize + self.refused_path
     }
 
     fn count(&mut self, why: DropReason) {
@@ -120,6 +126,7 @@ impl Stats {
             DropReason::NotJpeg => self.not_jpeg += 1,
             DropReason::MissingFile => self.missing_file += 1,
             DropReason::Oversize => self.oversize += 1,
+            DropReason::RefusedPath => self.refused_path += 1,
         }
     }
 }
@@ -162,10 +169,9 @@ struct State {
     monitor: Option<zmq::Socket>,
     socket: zmq::Socket,
     _context: zmq::Context,
-    decompressor: turbojpeg::Decompressor,
+    max_pixels: u64,
+    frame_folder: Option<std::path::PathBuf>,
     pending: VecDeque<Pending>,
-    current_size: Option<(usize, usize)>,
-    framerate: gst::Fraction,
     max_message_size: i64,
     last_pts: Option<gst::ClockTime>,
     discont: bool,
@@ -177,7 +183,8 @@ pub struct ZmqMsgpackSrc {
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
     last_endpoint: Mutex<Option<String>>,
-    current_caps: Mutex<Option<gst::Caps>>,
+    output: Mutex<JpegOutput>,
+    warn_limit: Mutex<RateLimit>,
     interrupt: Mutex<Option<Arc<Interrupt>>>,
 }
 
@@ -188,52 +195,30 @@ impl ObjectSubclass for ZmqMsgpackSrc {
     type ParentType = gst_base::PushSrc;
 }
 
-fn frame_duration(framerate: gst::Fraction) -> Option<gst::ClockTime> {
-    let (num, den) = (framerate.numer(), framerate.denom());
-    if num <= 0 || den <= 0 {
-        return None;
+fn drop_reason(e: &JpegCheckError) -> DropReason {
+    match e {
+        JpegCheckError::NotJpeg(_) => DropReason::NotJpeg,
+        JpegCheckError::TooLarge(_) => DropReason::Oversize,
     }
-    gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64)
 }
 
-/// Reads a JPEG file named in a batch message, at most `limit` bytes.
-fn read_frame_file(path: &str, limit: u64) -> Result<Vec<u8>, (DropReason, String)> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        (
-            DropReason::MissingFile,
-            format!("cannot open {path:?}: {e}"),
-        )
-    })?;
-    let mut data = Vec::new();
-    // take() bounds the read even for files whose size the metadata does not tell.
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut data)
-        .map_err(|e| {
-            (
-                DropReason::MissingFile,
-                format!("cannot read {path:?}: {e}"),
-            )
-        })?;
-    if data.len() as u64 > limit {
-        return Err((
-            DropReason::Oversize,
-            format!("{path:?} is larger than max-message-size ({limit} bytes)"),
-        ));
-    }
-    Ok(data)
+/// Reads a JPEG file named in a batch message (see [`frame_file`]).
+fn read_frame_file(
+    path: &str,
+    folder: Option<&std::path::Path>,
+    limit: u64,
+) -> Result<Vec<u8>, (DropReason, String)> {
+    frame_file::read(path, folder, limit).map_err(|e| match e {
+        FrameFileError::Refused(t) => (DropReason::RefusedPath, t),
+        FrameFileError::Missing(t) => (DropReason::MissingFile, t),
+        FrameFileError::Oversize(t) => (DropReason::Oversize, t),
+    })
 }
 
 impl ZmqMsgpackSrc {
-    fn running_time_now(&self) -> Option<gst::ClockTime> {
-        let obj = self.obj();
-        let clock = obj.clock()?;
-        let base_time = obj.base_time()?;
-        Some(clock.time().saturating_sub(base_time))
-    }
-
     /// Turns one received message into pending buffers; problems go to `reports`.
     fn handle_message(&self, state: &mut State, msg: zmq::Message, reports: &mut Vec<Report>) {
-        let arrival = self.running_time_now();
+        let arrival = jpeg_output::running_time_now(&*self.obj());
         let limit = u64::try_from(state.max_message_size).unwrap_or(u64::MAX);
         let mut checked = Vec::new();
         match protocol::decode(&msg) {
@@ -253,33 +238,36 @@ impl ZmqMsgpackSrc {
                         format!("frame {}", f.index)
                     };
                     let (jpeg, size) = match &f.jpeg {
-                        Payload::Bytes(b) => match jpeg_size(&mut state.decompressor, b) {
+                        Payload::Bytes(b) => match jpeg_size(b, state.max_pixels) {
                             Ok(size) => match protocol::range_in(&msg, b) {
                                 Some(r) => (Jpeg::InMessage(r), size),
                                 None => (Jpeg::File(b.to_vec()), size),
                             },
                             Err(e) => {
                                 reports.push(Report::Dropped(
-                                    DropReason::NotJpeg,
+                                    drop_reason(&e),
                                     format!("Dropped {what}: {e}"),
                                 ));
                                 continue;
                             }
                         },
                         Payload::Path(p) => {
-                            let data = match read_frame_file(p, limit) {
-                                Ok(d) => d,
-                                Err((why, e)) => {
-                                    reports
-                                        .push(Report::Dropped(why, format!("Dropped {what}: {e}")));
-                                    continue;
-                                }
-                            };
-                            match jpeg_size(&mut state.decompressor, &data) {
+                            let data =
+                                match read_frame_file(p, state.frame_folder.as_deref(), limit) {
+                                    Ok(d) => d,
+                                    Err((why, e)) => {
+                                        reports.push(Report::Dropped(
+                                            why,
+                                            format!("Dropped {what}: {e}"),
+                                        ));
+                                        continue;
+                                    }
+                                };
+                            match jpeg_size(&data, state.max_pixels) {
                                 Ok(size) => (Jpeg::File(data), size),
                                 Err(e) => {
                                     reports.push(Report::Dropped(
-                                        DropReason::NotJpeg,
+                                        drop_reason(&e),
                                         format!("Dropped {what}: file {p:?}: {e}"),
                                     ));
                                     continue;
@@ -304,7 +292,7 @@ impl ZmqMsgpackSrc {
             .iter()
             .any(|c| matches!(c.jpeg, Jpeg::InMessage(_)))
             .then(|| gst::Memory::from_slice(MessageBytes(msg)));
-        let duration = frame_duration(state.framerate);
+        let duration = self.output.lock().unwrap().duration();
         let mut bytes = 0u64;
         let n = checked.len() as u64;
         for (k, c) in checked.into_iter().enumerate() {
@@ -329,29 +317,10 @@ impl ZmqMsgpackSrc {
                 if pts.is_some() {
                     state.last_pts = pts;
                 }
-                b.set_pts(pts);
-                b.set_duration(duration);
-                crate::frame_index::set(b, c.index);
+                jpeg_output::stamp(b, c.index, pts, duration, c.timestamp_ms);
                 if state.discont {
                     b.set_flags(gst::BufferFlags::DISCONT);
                     state.discont = false;
-                }
-                match protocol::timestamp_ms_to_ns(c.timestamp_ms) {
-                    Some(ns) => {
-                        gst::ReferenceTimestampMeta::add(
-                            b,
-                            &UNIX_CAPS,
-                            gst::ClockTime::from_nseconds(ns),
-                            gst::ClockTime::NONE,
-                        );
-                    }
-                    None => gst::debug!(
-                        CAT,
-                        imp = self,
-                        "frame {}: timestamp {} ms is before the Unix epoch, no meta",
-                        c.index,
-                        c.timestamp_ms
-                    ),
                 }
             }
             state.pending.push_back(Pending {
@@ -398,7 +367,17 @@ impl ZmqMsgpackSrc {
                 Report::Dropped(why, text) => {
                     self.stats.lock().unwrap().count(why);
                     gst::warning!(CAT, imp = self, "{text}");
+                    let Some(text) = self.warn_limit.lock().unwrap().message(text) else {
+                        continue;
+                    };
                     match why {
+                        DropReason::RefusedPath => {
+                            gst::element_imp_warning!(
+                                self,
+                                gst::ResourceError::OpenRead,
+                                ["{text}"]
+                            )
+                        }
                         DropReason::MissingFile => {
                             gst::element_imp_warning!(
                                 self,
@@ -424,8 +403,9 @@ impl ZmqMsgpackSrc {
                          over max-message-size ({max_message_size} bytes), which ZeroMQ refuses by \
                          closing the connection"
                     );
-                    gst::warning!(CAT, imp = self, "{text}");
-                    gst::element_imp_warning!(self, gst::ResourceError::Read, ("{text}"));
+                    // Every sender that exits closes its connection: a disconnect is counted
+                    // in stats and logged, not a warning.
+                    gst::info!(CAT, imp = self, "{text}");
                 }
             }
         }
@@ -478,6 +458,8 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .default_value(DEFAULT_FRAMERATE)
                     .mutable_ready()
                     .build(),
+                jpeg_output::max_pixels_pspec(),
+                frame_file::frame_folder_pspec(),
                 glib::ParamSpecInt::builder("rcv-hwm")
                     .nick("Receive high-water mark")
                     .blurb("Messages ZeroMQ queues before the sender waits (push) or drops (pub) (0 = no limit)")
@@ -515,6 +497,13 @@ impl ObjectImpl for ZmqMsgpackSrc {
                 settings.max_message_size = value.get().expect("type checked upstream")
             }
             "framerate" => settings.framerate = value.get().expect("type checked upstream"),
+            "max-pixels" => settings.max_pixels = value.get().expect("type checked upstream"),
+            "frame-folder" => {
+                settings.frame_folder = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|s| !s.is_empty())
+            }
             "rcv-hwm" => settings.rcv_hwm = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
@@ -528,6 +517,8 @@ impl ObjectImpl for ZmqMsgpackSrc {
             "socket-type" => settings.socket_type.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "framerate" => settings.framerate.to_value(),
+            "max-pixels" => settings.max_pixels.to_value(),
+            "frame-folder" => settings.frame_folder.to_value(),
             "rcv-hwm" => settings.rcv_hwm.to_value(),
             "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
             "stats" => {
@@ -540,6 +531,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .field("dropped-not-jpeg", s.not_jpeg)
                     .field("dropped-missing-file", s.missing_file)
                     .field("dropped-oversize", s.oversize)
+                    .field("dropped-refused-path", s.refused_path)
                     .field("disconnects", s.disconnects)
                     .build()
                     .to_value()
@@ -673,23 +665,16 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
-        let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
-            gst::error_msg!(
-                gst::LibraryError::Init,
-                ("Could not create a TurboJPEG decompressor: {e}")
-            )
-        })?;
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
-        *self.current_caps.lock().unwrap() = None;
+        self.output.lock().unwrap().reset(settings.framerate);
         *self.state.lock().unwrap() = Some(State {
             monitor,
             socket,
             _context: context,
-            decompressor,
+            max_pixels: settings.max_pixels,
+            frame_folder: settings.frame_folder.clone().map(std::path::PathBuf::from),
             pending: VecDeque::new(),
-            current_size: None,
-            framerate: settings.framerate,
             max_message_size: settings.max_message_size,
             last_pts: None,
             discont: true,
@@ -714,16 +699,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        // Caps are only known from the first JPEG header: set them in create(). A later
-        // renegotiation (a reconfigure event) sends the current ones again.
-        let caps = self.current_caps.lock().unwrap().clone();
-        match caps {
-            Some(caps) => self
-                .obj()
-                .set_caps(&caps)
-                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
-            None => Ok(()),
-        }
+        jpeg_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -770,27 +746,8 @@ impl PushSrcImpl for ZmqMsgpackSrc {
             let max_message_size = state.max_message_size;
 
             if let Some(p) = state.pending.pop_front() {
-                let size_changed = state.current_size != Some(p.size);
-                state.current_size = Some(p.size);
-                let framerate = state.framerate;
                 drop(guard);
-                if size_changed {
-                    let caps = gst::Caps::builder("image/jpeg")
-                        .field("width", p.size.0 as i32)
-                        .field("height", p.size.1 as i32)
-                        .field("framerate", framerate)
-                        .build();
-                    gst::debug!(CAT, imp = self, "caps {caps}");
-                    *self.current_caps.lock().unwrap() = Some(caps.clone());
-                    if self.obj().set_caps(&caps).is_err() {
-                        gst::element_imp_error!(
-                            self,
-                            gst::CoreError::Negotiation,
-                            ("Downstream does not accept {caps}")
-                        );
-                        return Err(gst::FlowError::NotNegotiated);
-                    }
-                }
+                jpeg_output::ensure_caps(&*self.obj(), &self.output, p.size)?;
                 return Ok(CreateSuccess::NewBuffer(p.buffer));
             }
             if interrupt.is_interrupted() {

@@ -26,12 +26,14 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::frame_index;
-use crate::jpeg::jpeg_size;
+use crate::interrupt::Interrupt;
+use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, Playout, PlayoutStats};
-use crate::scaleout::{self, RateLimit, Waker};
+use crate::unix_time;
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -64,6 +66,7 @@ struct Settings {
     group: String,
     max_message_size: i64,
     framerate: gst::Fraction,
+    max_pixels: u64,
 }
 
 impl Default for Settings {
@@ -77,6 +80,7 @@ impl Default for Settings {
             group: DEFAULT_GROUP.into(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             framerate: DEFAULT_FRAMERATE,
+            max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
 }
@@ -86,6 +90,7 @@ struct Stats {
     playout: PlayoutStats,
     malformed: u64,
     not_jpeg: u64,
+    too_large: u64,
     held: u64,
 }
 
@@ -99,6 +104,7 @@ struct Core {
     last_arrival: Instant,
     malformed: u64,
     not_jpeg: u64,
+    too_large: u64,
     /// What was last reported on the bus: (late, missing).
     reported: (u64, u64),
 }
@@ -106,7 +112,7 @@ struct Core {
 struct Shared {
     core: Mutex<Core>,
     cond: Condvar,
-    waker: Waker,
+    waker: Interrupt,
     ledger: Arc<Ledger>,
 }
 
@@ -119,10 +125,7 @@ impl Shared {
 struct State {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    framerate: gst::Fraction,
     loss_limit: RateLimit,
-    /// The frame size in the caps last set.
-    size: Option<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -131,6 +134,7 @@ pub struct ZmqCollectSrc {
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
     last_stats: Mutex<Stats>,
+    output: Mutex<JpegOutput>,
 }
 
 #[glib::object_subclass]
@@ -147,7 +151,7 @@ struct Io {
     socket: zmq::Socket,
     _context: zmq::Context,
     drop_limit: RateLimit,
-    decompressor: turbojpeg::Decompressor,
+    max_pixels: u64,
 }
 
 impl Io {
@@ -161,7 +165,7 @@ impl Io {
                 gst::warning!(CAT, "poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.shared.waker.clear();
+            self.shared.waker.drain();
             if self.shared.lock().shutdown {
                 break;
             }
@@ -184,7 +188,7 @@ impl Io {
     }
 
     fn handle(&mut self, msg: &[u8], reports: &mut Vec<String>) {
-        let now_us = scaleout::unix_now_us();
+        let now_us = unix_time::now_us();
         let frames = match protocol::decode(msg) {
             Ok(frames) => frames,
             Err(e) => {
@@ -195,10 +199,13 @@ impl Io {
         };
         for f in frames {
             let jpeg = match &f.jpeg {
-                Payload::Bytes(b) => match jpeg_size(&mut self.decompressor, b) {
+                Payload::Bytes(b) => match jpeg_size(b, self.max_pixels) {
                     Ok(size) => (b.to_vec(), size),
                     Err(text) => {
-                        self.shared.lock().not_jpeg += 1;
+                        match text {
+                            JpegCheckError::NotJpeg(_) => self.shared.lock().not_jpeg += 1,
+                            JpegCheckError::TooLarge(_) => self.shared.lock().too_large += 1,
+                        }
                         self.report(reports, format!("Dropped result frame {}: {text}", f.index));
                         continue;
                     }
@@ -235,12 +242,8 @@ impl Io {
     }
 
     fn report(&mut self, reports: &mut Vec<String>, text: String) {
-        if let Some(held) = self.drop_limit.allow(Instant::now()) {
-            reports.push(if held > 0 {
-                format!("{text} ({held} more since the last report)")
-            } else {
-                text
-            });
+        if let Some(text) = self.drop_limit.message(text) {
+            reports.push(text);
         }
     }
 
@@ -273,18 +276,12 @@ impl ZmqCollectSrc {
                     playout: core.playout.stats().clone(),
                     malformed: core.malformed,
                     not_jpeg: core.not_jpeg,
+                    too_large: core.too_large,
                     held: core.playout.len() as u64,
                 }
             }
             None => self.last_stats.lock().unwrap().clone(),
         }
-    }
-
-    fn running_time_now(&self) -> Option<gst::ClockTime> {
-        let obj = self.obj();
-        let clock = obj.clock()?;
-        let base = obj.base_time()?;
-        clock.time().checked_sub(base)
     }
 
     fn apply_live_settings(&self) {
@@ -393,6 +390,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .default_value(DEFAULT_FRAMERATE)
                     .mutable_ready()
                     .build(),
+                jpeg_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("received, frames (output), late, duplicates, missing, overflow, restarts, discarded, malformed, not-jpeg, held")
@@ -430,6 +428,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 settings.max_message_size = value.get().expect("type checked upstream")
             }
             "framerate" => settings.framerate = value.get().expect("type checked upstream"),
+            "max-pixels" => settings.max_pixels = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
         drop(settings);
@@ -450,6 +449,7 @@ impl ObjectImpl for ZmqCollectSrc {
             "group" => settings.group.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "framerate" => settings.framerate.to_value(),
+            "max-pixels" => settings.max_pixels.to_value(),
             "stats" => {
                 drop(settings);
                 let s = self.stats();
@@ -465,6 +465,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("discarded", p.discarded)
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
+                    .field("too-large", s.too_large)
                     .field("held", s.held)
                     .build()
                     .to_value()
@@ -513,6 +514,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         zmq_endpoint::check_endpoint(&endpoint)?;
+        self.output.lock().unwrap().reset(settings.framerate);
         let context = zmq::Context::new();
         let socket_err = |what: &str, e: zmq::Error| {
             zmq_endpoint::socket_error(gst::ResourceError::OpenRead, "PULL", what, e)
@@ -539,7 +541,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
             })?;
         gst::info!(CAT, imp = self, "workers push results to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
-        let waker = Waker::new().map_err(|e| {
+        let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
                 ["Could not create the wake-up socket pair: {e}"]
@@ -558,25 +560,20 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 last_arrival: Instant::now(),
                 malformed: 0,
                 not_jpeg: 0,
+                too_large: 0,
                 reported: (0, 0),
             }),
             cond: Condvar::new(),
             waker,
             ledger,
         });
-        let decompressor = turbojpeg::Decompressor::new().map_err(|e| {
-            gst::error_msg!(
-                gst::LibraryError::Init,
-                ["Could not create a TurboJPEG decompressor: {e}"]
-            )
-        })?;
         let io = Io {
             element: self.obj().downgrade(),
             shared: shared.clone(),
             socket,
             _context: context,
             drop_limit: RateLimit::new(Duration::from_secs(1)),
-            decompressor,
+            max_pixels: settings.max_pixels,
         };
         let thread = std::thread::Builder::new()
             .name("zmqcollect-io".into())
@@ -591,9 +588,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
         *self.state.lock().unwrap() = Some(State {
             shared,
             thread: Some(thread),
-            framerate: settings.framerate,
             loss_limit: RateLimit::new(Duration::from_secs(1)),
-            size: None,
         });
         Ok(())
     }
@@ -623,18 +618,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        // The frame size is only known from the first result: caps are set in create().
-        let caps = self.state.lock().unwrap().as_ref().and_then(|s| {
-            s.size
-                .map(|size| scaleout::jpeg_caps(Some(size), s.framerate))
-        });
-        match caps {
-            Some(caps) => self
-                .obj()
-                .set_caps(&caps)
-                .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
-            None => Ok(()),
-        }
+        jpeg_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -683,10 +667,10 @@ impl PushSrcImpl for ZmqCollectSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let (shared, framerate, current_size) = {
+        let shared = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            (state.shared.clone(), state.framerate, state.size)
+            state.shared.clone()
         };
         let (idle_timeout, delay_us) = {
             let s = self.settings.lock().unwrap();
@@ -701,7 +685,7 @@ impl PushSrcImpl for ZmqCollectSrc {
                 if core.flushing {
                     return Err(gst::FlowError::Flushing);
                 }
-                let now_us = scaleout::unix_now_us();
+                let now_us = unix_time::now_us();
                 if let Some(r) = core.playout.pop_due(now_us) {
                     shared.ledger.advanced(r.index + 1);
                     break r;
@@ -775,33 +759,13 @@ impl PushSrcImpl for ZmqCollectSrc {
         }
 
         let (jpeg, size) = released.payload;
-        if current_size != Some(size) {
-            let caps = scaleout::jpeg_caps(Some(size), framerate);
-            gst::debug!(CAT, imp = self, "caps {caps}");
-            if let Some(state) = self.state.lock().unwrap().as_mut() {
-                state.size = Some(size);
-            }
-            if self.obj().set_caps(&caps).is_err() {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Negotiation,
-                    ["Downstream does not accept {caps}"]
-                );
-                return Err(gst::FlowError::NotNegotiated);
-            }
-        }
+        jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?;
         let mut buffer = gst::Buffer::from_mut_slice(jpeg);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
-            frame_index::set(b, released.index);
-            b.set_pts(self.running_time_now());
-            if framerate.numer() > 0 {
-                b.set_duration(
-                    gst::ClockTime::SECOND
-                        .mul_div_floor(framerate.denom() as u64, framerate.numer() as u64),
-                );
-            }
-            scaleout::add_unix_meta(b, released.timestamp_ms);
+            let duration = self.output.lock().unwrap().duration();
+            let pts = jpeg_output::running_time_now(&*self.obj());
+            jpeg_output::stamp(b, released.index, pts, duration, released.timestamp_ms);
         }
         Ok(CreateSuccess::NewBuffer(buffer))
     }

@@ -14,7 +14,6 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use gst::glib;
 use gst::prelude::*;
@@ -27,6 +26,7 @@ use super::SinkSocketType;
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::protocol;
+use crate::unix_time;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -151,13 +151,6 @@ fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
     }
 }
 
-fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 fn packed_format(format: gst_video::VideoFormat) -> Option<PackedFormat> {
     use gst_video::VideoFormat as F;
     Some(match format {
@@ -176,19 +169,10 @@ impl ZmqMsgpackSink {
     /// Unix time (ns) at which the buffer entered the pipeline: its `timestamp/x-unix`
     /// reference meta when present, else its running time on the pipeline clock.
     fn entry_unix_ns(&self, buffer: &gst::BufferRef) -> u64 {
-        let unix_now = unix_now_ns();
-        for meta in buffer.iter_meta::<gst::ReferenceTimestampMeta>() {
-            let is_unix = meta
-                .reference()
-                .structure(0)
-                .is_some_and(|s| s.name() == crate::UNIX_TIMESTAMP_CAPS);
-            // Read the raw field: the binding's accessor panics on an undefined timestamp.
-            // SAFETY: the pointer is the meta this reference borrows.
-            let ts = unsafe { (*meta.as_ptr()).timestamp };
-            if is_unix && ts != gst::ffi::GST_CLOCK_TIME_NONE {
-                return ts;
-            }
+        if let Some(ns) = unix_time::ns_from_meta(buffer) {
+            return ns;
         }
+        let unix_now = unix_time::now_ns();
         let obj = self.obj();
         let (Some(clock), Some(base_time), Some(pts)) =
             (obj.clock(), obj.base_time(), buffer.pts())

@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The JPEG output shared by the three sources (`zmqmsgpacksrc`, `zmqworkersrc`,
+//! `zmqcollectsrc`): caps set when the frame size changes and sent again on a
+//! renegotiation, and each buffer's frame index, PTS (running time when it is pushed or
+//! arrived), duration and `timestamp/x-unix` meta.
+
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst_base::prelude::*;
+
+use crate::{frame_index, unix_time};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "zmqjpegoutput",
+        gst::DebugColorFlags::empty(),
+        Some("JPEG output of the ZeroMQ sources"),
+    )
+});
+
+/// The duration of one frame at `framerate`; `None` for a variable (0/1) rate.
+pub fn frame_duration(framerate: gst::Fraction) -> Option<gst::ClockTime> {
+    let (num, den) = (framerate.numer(), framerate.denom());
+    if num <= 0 || den <= 0 {
+        return None;
+    }
+    gst::ClockTime::SECOND.mul_div_floor(den as u64, num as u64)
+}
+
+/// The element's running time now (0 before its base time); `None` without a clock.
+pub fn running_time_now(element: &impl IsA<gst::Element>) -> Option<gst::ClockTime> {
+    let clock = element.clock()?;
+    let base_time = element.base_time()?;
+    Some(clock.time().saturating_sub(base_time))
+}
+
+/// `image/jpeg` caps for frames of `size` (when known) at `framerate`.
+pub fn jpeg_caps(size: Option<(usize, usize)>, framerate: gst::Fraction) -> gst::Caps {
+    let mut b = gst::Caps::builder("image/jpeg");
+    if let Some((w, h)) = size {
+        b = b.field("width", w as i32).field("height", h as i32);
+    }
+    b.field("framerate", framerate).build()
+}
+
+/// The `max-pixels` property of the three sources.
+pub fn max_pixels_pspec() -> glib::ParamSpec {
+    glib::ParamSpecUInt64::builder("max-pixels")
+        .nick("Maximum pixels")
+        .blurb("Frames whose JPEG header declares more pixels (width x height) are dropped, counted and reported, before a decoder allocates them (0 = no limit); the default takes every 8K format")
+        .default_value(crate::jpeg::DEFAULT_MAX_PIXELS)
+        .mutable_ready()
+        .build()
+}
+
+/// The caps a source has announced, kept per element beside its state.
+#[derive(Debug)]
+pub struct JpegOutput {
+    framerate: gst::Fraction,
+    size: Option<(usize, usize)>,
+}
+
+impl Default for JpegOutput {
+    fn default() -> Self {
+        JpegOutput {
+            framerate: gst::Fraction::from_integer(0),
+            size: None,
+        }
+    }
+}
+
+impl JpegOutput {
+    /// Forgets the announced size, for a new stream at `framerate`.
+    pub fn reset(&mut self, framerate: gst::Fraction) {
+        self.framerate = framerate;
+        self.size = None;
+    }
+
+    pub fn framerate(&self) -> gst::Fraction {
+        self.framerate
+    }
+
+    pub fn duration(&self) -> Option<gst::ClockTime> {
+        frame_duration(self.framerate)
+    }
+
+    fn current_caps(&self) -> Option<gst::Caps> {
+        self.size.map(|s| jpeg_caps(Some(s), self.framerate))
+    }
+}
+
+/// Sets caps for frames of `size` when they differ from the last ones announced; an error
+/// (posted on the bus) when downstream refuses them.
+pub fn ensure_caps(
+    src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
+    output: &Mutex<JpegOutput>,
+    size: (usize, usize),
+) -> Result<(), gst::FlowError> {
+    let caps = {
+        let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
+        if out.size == Some(size) {
+            return Ok(());
+        }
+        out.size = Some(size);
+        jpeg_caps(Some(size), out.framerate)
+    };
+    gst::debug!(CAT, obj = src, "caps {caps}");
+    if src.set_caps(&caps).is_err() {
+        gst::element_error!(
+            src,
+            gst::CoreError::Negotiation,
+            [
+                "Downstream does not accept {caps}: put jpegdec (or another element that takes image/jpeg of this size) after the source"
+            ]
+        );
+        return Err(gst::FlowError::NotNegotiated);
+    }
+    Ok(())
+}
+
+/// `negotiate()` of the sources: caps are only known from the first JPEG header, so they
+/// are set when a frame comes; a later renegotiation sends the current ones again.
+pub fn negotiate(
+    src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
+    output: &Mutex<JpegOutput>,
+) -> Result<(), gst::LoggableError> {
+    let caps = output
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .current_caps();
+    match caps {
+        Some(caps) => src
+            .set_caps(&caps)
+            .map_err(|_| gst::loggable_error!(CAT, "Downstream refused {caps}")),
+        None => Ok(()),
+    }
+}
+
+/// Writes a frame's index, PTS, duration and original Unix time (ms) on its buffer.
+pub fn stamp(
+    b: &mut gst::BufferRef,
+    index: u64,
+    pts: Option<gst::ClockTime>,
+    duration: Option<gst::ClockTime>,
+    timestamp_ms: i64,
+) {
+    frame_index::set(b, index);
+    b.set_pts(pts);
+    b.set_duration(duration);
+    unix_time::add_meta(b, timestamp_ms);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_caps() {
+        gst::init().unwrap();
+        assert_eq!(frame_duration(gst::Fraction::new(0, 1)), None);
+        assert_eq!(
+            frame_duration(gst::Fraction::new(25, 1)),
+            Some(gst::ClockTime::from_mseconds(40))
+        );
+        let caps = jpeg_caps(Some((64, 48)), gst::Fraction::new(30, 1));
+        let s = caps.structure(0).unwrap();
+        assert_eq!(s.get::<i32>("width").unwrap(), 64);
+        assert_eq!(s.get::<i32>("height").unwrap(), 48);
+    }
+}
