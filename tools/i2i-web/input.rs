@@ -177,9 +177,8 @@ pub fn to_jpeg(format: &str, bytes: Vec<u8>, max_image_bytes: usize) -> Result<V
     }
     match format.to_ascii_lowercase().as_str() {
         "jpeg" | "jpg" => {
-            let mut dec = turbojpeg::Decompressor::new()
-                .map_err(|e| format!("cannot create a JPEG decompressor: {e}"))?;
-            let (w, h) = jpeg_size(&mut dec, &bytes).map_err(|e| format!("image: {e}"))?;
+            // No pixel limit here: check_dimensions says what the limit is.
+            let (w, h) = jpeg_size(&bytes, 0).map_err(|e| format!("image: {e}"))?;
             check_dimensions(w, h)?;
             Ok(bytes)
         }
@@ -322,8 +321,7 @@ mod tests {
             panic!()
         };
         assert_eq!(timestamp_ms, 42);
-        let mut dec = turbojpeg::Decompressor::new().unwrap();
-        assert_eq!(jpeg_size(&mut dec, &jpeg).unwrap(), (8, 6));
+        assert_eq!(jpeg_size(&jpeg, 0).unwrap(), (8, 6));
     }
 
     #[test]

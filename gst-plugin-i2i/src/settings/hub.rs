@@ -315,7 +315,8 @@ impl Hub {
                     Err(_) => return,
                 };
                 if user.is_none() {
-                    user = m.gets(super::curve::ROLE_PROPERTY).map(str::to_string);
+                    // The ZAP handler gives every CURVE connection its Z85 key as User-Id.
+                    user = m.gets("User-Id").map(str::to_string);
                 }
                 if address.is_empty()
                     && let Some(a) = m.gets("Peer-Address")
