@@ -52,13 +52,32 @@ impl LiveRun {
 /// Runs `videotestsrc is-live=true` at 256x256 120 fps (several times what the tiny model
 /// does at that size) into i2itransform for `secs` seconds, measuring each output frame's
 /// latency: the clock's running time at arrival minus the frame's running time.
+///
+/// To measure another set-up with the same test, e.g. the demo model on 720p at 30 fps:
+/// `I2I_LIVE_MODEL=models/demo I2I_LIVE_INPUT=1280x720@30 I2I_LIVE_MODEL_SIZE=512x512`.
 fn run_live(props: &str, secs: f64) -> LiveRun {
     init();
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let model = std::env::var("I2I_LIVE_MODEL")
+        .map(|m| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(m)
+                .display()
+                .to_string()
+        })
+        .unwrap_or_else(|_| tiny());
+    let input = env("I2I_LIVE_INPUT", "256x256@120");
+    let (size, fps) = input.split_once('@').expect("I2I_LIVE_INPUT is WxH@FPS");
+    let (w, h) = size.split_once('x').expect("I2I_LIVE_INPUT is WxH@FPS");
+    let model_size = env("I2I_LIVE_MODEL_SIZE", "256x256");
+    let (mw, mh) = model_size
+        .split_once('x')
+        .expect("I2I_LIVE_MODEL_SIZE is WxH");
     let desc = format!(
-        "videotestsrc is-live=true pattern=ball ! video/x-raw,format=RGB,width=256,height=256,framerate=120/1 \
-         ! i2itransform name=i2i model=\"{}\" width=256 height=256 threads=1 {props} \
-         ! appsink name=out sync=false",
-        tiny()
+        "videotestsrc is-live=true pattern=ball ! video/x-raw,format=RGB,width={w},height={h},framerate={fps}/1 \
+         ! i2itransform name=i2i model=\"{model}\" width={mw} height={mh} threads=1 {props} \
+         ! appsink name=out sync=false"
     );
     let pipeline = gst::parse::launch(&desc)
         .unwrap()
@@ -142,15 +161,18 @@ fn run_live(props: &str, secs: f64) -> LiveRun {
 
 #[test]
 fn live_input_faster_than_inference_keeps_latency_bounded() {
-    const SECS: f64 = 4.0;
+    let secs: f64 = std::env::var("I2I_LIVE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
     // Keeping every frame: upstream waits, so latency grows with every frame. This run
     // only shows the difference (and that nothing is dropped); its figures are printed.
-    let kept = run_live("drop-frames=never", SECS);
+    let kept = run_live("drop-frames=never", secs);
     assert_eq!(kept.stats.get::<u64>("frames-late").unwrap(), 0);
     assert_eq!(kept.qos, 0);
 
     // The default on a live source: the oldest waiting frame is dropped.
-    let live = run_live("", SECS);
+    let live = run_live("", secs);
     let late = live.stats.get::<u64>("frames-late").unwrap();
     let frames_in = live.stats.get::<u64>("frames-in").unwrap();
     let frames_out = live.stats.get::<u64>("frames-out").unwrap();
@@ -158,7 +180,7 @@ fn live_input_faster_than_inference_keeps_latency_bounded() {
         eprintln!(
             "{name}: latency first second {:?}, last second {:?}, announced {}, frames in {} out {} late {}",
             run.worst_latency_between(0.0, 1.0),
-            run.worst_latency_between(SECS - 1.0, SECS + 1.0),
+            run.worst_latency_between(secs - 1.0, secs + 1.0),
             run.announced,
             run.stats.get::<u64>("frames-in").unwrap(),
             run.stats.get::<u64>("frames-out").unwrap(),
@@ -172,7 +194,7 @@ fn live_input_faster_than_inference_keeps_latency_bounded() {
     // Bounded: the last second's worst latency stays within what the element announces
     // (plus a generous allowance for a loaded machine), and does not grow like the
     // never-drop run's.
-    let last = live.worst_latency_between(SECS - 1.0, SECS + 1.0);
+    let last = live.worst_latency_between(secs - 1.0, secs + 1.0);
     let allowed = Duration::from_nanos(live.announced.nseconds()) + Duration::from_millis(500);
     assert!(
         last <= allowed,

@@ -274,6 +274,10 @@ pub(super) struct Stats {
     pub provider: Option<&'static str>,
     pub latency_frames: usize,
     pub batch_size: usize,
+    /// Input conversion (streaming thread) and output conversion (output thread) time,
+    /// summed over the frames in and out.
+    pub input_work: Duration,
+    pub output_work: Duration,
     /// When the last `i2itransform-stats` message was posted.
     pub last_posted: Option<Instant>,
     /// The inference estimate in the last LATENCY answer, to tell when to re-announce it.
@@ -281,6 +285,19 @@ pub(super) struct Stats {
 }
 
 impl Stats {
+    /// What a frame spends in conversion before and after the model, on average.
+    pub fn conversion_estimate(&self) -> gst::ClockTime {
+        let avg = |total: Duration, n: u64| {
+            if n > 0 {
+                total / n.min(u32::MAX as u64) as u32
+            } else {
+                Duration::ZERO
+            }
+        };
+        let d = avg(self.input_work, self.frames_in) + avg(self.output_work, self.frames_out);
+        gst::ClockTime::from_nseconds(d.as_nanos() as u64)
+    }
+
     pub fn inference_estimate(&self) -> Option<Duration> {
         if self.inference_calls > 0 {
             Some(self.inference_total / self.inference_calls as u32)
@@ -546,6 +563,7 @@ impl I2iTransform {
             q.flow?;
         }
 
+        let convert_took;
         let frame = {
             let mut input = self.input.lock().unwrap();
             let Some(conv) = input.converter.as_ref() else {
@@ -557,6 +575,7 @@ impl I2iTransform {
                 return Err(gst::FlowError::NotNegotiated);
             };
             let (model_w, model_h) = conv.model_size();
+            let convert_start = Instant::now();
             let rgb = match conv.convert(buffer.as_ref()) {
                 Ok(rgb) => rgb,
                 Err(e) => {
@@ -603,6 +622,8 @@ impl I2iTransform {
                 gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
                 gst::FlowError::NotNegotiated
             })?;
+            // Conversion and the engine's preprocessing: the streaming thread's work.
+            convert_took = convert_start.elapsed();
             input.next_tag += 1;
             let running_time = input.segment.to_running_time(buffer.pts());
             QueuedFrame {
@@ -648,7 +669,11 @@ impl I2iTransform {
                 q.flow.map(|_| ())
             })?;
         }
-        self.stats.lock().unwrap().frames_in += 1;
+        {
+            let mut s = self.stats.lock().unwrap();
+            s.frames_in += 1;
+            s.input_work += convert_took;
+        }
         Ok(gst::FlowSuccess::Ok)
     }
 
@@ -1054,6 +1079,8 @@ impl I2iTransform {
                         gst::ClockTime::SECOND.mul_div_floor(f.denom() as u64, f.numer() as u64)
                     })
                     .unwrap_or(gst::ClockTime::ZERO);
+                // Before taking the stats lock: the chain takes it under the input lock.
+                let dropping = self.drops_frames(&self.settings.lock().unwrap());
                 let (ours, queue) = {
                     let s = self.settings.lock().unwrap();
                     let mut stats = self.stats.lock().unwrap();
@@ -1071,14 +1098,14 @@ impl I2iTransform {
                         .map(|d| gst::ClockTime::from_nseconds(d.as_nanos() as u64))
                         .unwrap_or(frame);
                     stats.announced_inference = stats.inference_estimate();
-                    let dropping = self.drops_frames(&s);
                     let queue = if dropping {
                         gst::ClockTime::ZERO
                     } else {
                         frame.max(inference) * s.max_queue as u64
                     };
                     (
-                        added_latency(latency_frames, batch_size, frame, inference, dropping),
+                        added_latency(latency_frames, batch_size, frame, inference, dropping)
+                            + stats.conversion_estimate(),
                         queue,
                     )
                 };

@@ -107,6 +107,7 @@ impl I2iTransform {
                     return Ok(());
                 }
                 let mut rgb = Vec::new();
+                let work_start = std::time::Instant::now();
                 out.to_rgb8(st.width, st.height, &mut rgb);
                 self.renegotiate_if_asked(&mut st)?;
                 let Some(conv) = st.conv.as_ref() else {
@@ -128,6 +129,7 @@ impl I2iTransform {
                     }
                 }
                 drop(st);
+                let work_took = work_start.elapsed();
                 if let Err(e) = self.srcpad.push(buffer) {
                     // Flushing or stopping: this frame is lost with the others in flight.
                     self.stats.lock().unwrap().frames_dropped += 1;
@@ -136,6 +138,7 @@ impl I2iTransform {
                 {
                     let mut s = self.stats.lock().unwrap();
                     s.frames_out += 1;
+                    s.output_work += work_took;
                     if out.skipped {
                         s.frames_skipped += 1;
                     }
