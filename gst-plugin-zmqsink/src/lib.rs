@@ -55,6 +55,7 @@ gst::plugin_define!(
     "MPL",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    // Origin: these plugins have no package origin of their own; they are built from source.
+    "i2i plugins built from source (README.md)",
     env!("BUILD_REL_DATE")
 );

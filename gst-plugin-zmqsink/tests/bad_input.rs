@@ -14,47 +14,8 @@ use gstzmqmsgpack::protocol;
 
 const T: Duration = Duration::from_secs(10);
 
-fn bound_src(props: &[(&str, &str)]) -> (gst_check::Harness, gst::Element, gst::Bus, String) {
-    init();
-    let src = gst::ElementFactory::make("zmqmsgpacksrc")
-        .property_from_str("socket-type", "pull")
-        .property("bind", true)
-        .property("endpoint", "tcp://127.0.0.1:*")
-        .build()
-        .unwrap();
-    for (k, v) in props {
-        src.set_property_from_str(k, v);
-    }
-    let bus = gst::Bus::new();
-    src.set_bus(Some(&bus));
-    let mut h = gst_check::Harness::with_element(&src, None, Some("src"));
-    h.play();
-    let ep = src
-        .property::<Option<String>>("last-endpoint")
-        .expect("bound");
-    (h, src, bus, ep)
-}
 
-fn pusher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
-    let s = ctx.socket(zmq::PUSH).unwrap();
-    s.set_linger(0).unwrap();
-    s.connect(ep).unwrap();
-    s
-}
 
-/// A batch message naming one file by path.
-fn batch_with_path(path: &str, index: u64) -> Vec<u8> {
-    let mut m = Vec::new();
-    rmp::encode::write_map_len(&mut m, 3).unwrap();
-    rmp::encode::write_str(&mut m, "timestamp").unwrap();
-    rmp::encode::write_uint(&mut m, 1).unwrap();
-    rmp::encode::write_str(&mut m, "index").unwrap();
-    rmp::encode::write_uint(&mut m, index).unwrap();
-    rmp::encode::write_str(&mut m, "frames").unwrap();
-    rmp::encode::write_array_len(&mut m, 1).unwrap();
-    rmp::encode::write_str(&mut m, path).unwrap();
-    m
-}
 
 /// Sends `bad`, then good frames `first..first + n`; all good ones must come out in order.
 fn good_frames_follow(

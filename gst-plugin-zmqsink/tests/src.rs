@@ -11,34 +11,7 @@ use gstzmqmsgpack::protocol;
 
 const T: Duration = Duration::from_secs(5);
 
-/// A source bound on an ephemeral port (PULL), started, its harness, bus and endpoint.
-fn bound_src(props: &[(&str, &str)]) -> (gst_check::Harness, gst::Element, gst::Bus, String) {
-    init();
-    let src = gst::ElementFactory::make("zmqmsgpacksrc")
-        .property_from_str("socket-type", "pull")
-        .property("bind", true)
-        .property("endpoint", "tcp://127.0.0.1:*")
-        .build()
-        .unwrap();
-    for (k, v) in props {
-        src.set_property_from_str(k, v);
-    }
-    let bus = gst::Bus::new();
-    src.set_bus(Some(&bus));
-    let mut h = gst_check::Harness::with_element(&src, None, Some("src"));
-    h.play();
-    let ep = src
-        .property::<Option<String>>("last-endpoint")
-        .expect("bound");
-    (h, src, bus, ep)
-}
 
-fn pusher(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
-    let s = ctx.socket(zmq::PUSH).unwrap();
-    s.set_linger(0).unwrap();
-    s.connect(ep).unwrap();
-    s
-}
 
 fn map(b: &gst::Buffer) -> Vec<u8> {
     b.map_readable().unwrap().to_vec()
@@ -137,21 +110,6 @@ fn latency_query_answers_live() {
     assert_eq!(min, gst::ClockTime::ZERO);
 }
 
-fn batch_with_path(path: &str, index: u64) -> Vec<u8> {
-    let mut m = Vec::new();
-    rmp::encode::write_map_len(&mut m, 4).unwrap();
-    rmp::encode::write_str(&mut m, "timestamp").unwrap();
-    rmp::encode::write_sint(&mut m, 1).unwrap();
-    rmp::encode::write_str(&mut m, "index").unwrap();
-    rmp::encode::write_uint(&mut m, index).unwrap();
-    rmp::encode::write_str(&mut m, "frames").unwrap();
-    rmp::encode::write_array_len(&mut m, 1).unwrap();
-    rmp::encode::write_str(&mut m, path).unwrap();
-    rmp::encode::write_str(&mut m, "indices").unwrap();
-    rmp::encode::write_array_len(&mut m, 1).unwrap();
-    rmp::encode::write_uint(&mut m, index).unwrap();
-    m
-}
 
 #[test]
 fn bad_input_is_reported_counted_and_skipped() {

@@ -336,7 +336,7 @@ impl ElementImpl for WhepSink {
                 "i2i WHEP sink",
                 "Sink/Network/WebRTC",
                 "WHEP endpoint serving the incoming video to any number of browser viewers, with a fixed timestamp offset",
-                "i2i",
+                "i2i developers",
             )
         });
         Some(&*ELEMENT_METADATA)

@@ -343,7 +343,7 @@ impl ElementImpl for WhipSrc {
                 "i2i WHIP source",
                 "Source/Network/WebRTC",
                 "WHIP endpoint (HTTP POST of an SDP offer) whose publisher's video is output decoded, the last publisher winning",
-                "i2i",
+                "i2i developers",
             )
         });
         Some(&*ELEMENT_METADATA)

@@ -487,7 +487,7 @@ impl ElementImpl for ZmqCollectSrc {
                  order with a fixed playout delay and outputs image/jpeg at the source's pace, \
                  dropping and counting frames later than the delay; keeps each frame's original \
                  timestamp as a timestamp/x-unix reference meta",
-                "i2i project",
+                "i2i developers",
             )
         });
         Some(&*METADATA)

@@ -655,7 +655,7 @@ impl ElementImpl for ZmqDispatchSink {
                 "Hands each image/jpeg frame (or batch of consecutive frames) to the next free \
                  worker (zmqworkersrc) over a ZeroMQ ROUTER socket, following the workers' ready \
                  requests; bounded queue, worker heartbeats, re-dispatch of a lost worker's frames",
-                "i2i project",
+                "i2i developers",
             )
         });
         Some(&*METADATA)

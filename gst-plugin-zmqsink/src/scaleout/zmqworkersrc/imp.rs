@@ -528,7 +528,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .build(),
                 glib::ParamSpecString::builder("worker-name")
                     .nick("Worker name")
-                    .blurb("Name shown in the primary's stats and messages (default: HOSTNAME:PID)")
+                    .blurb("Name shown in the primary's stats and messages (unset: HOSTNAME:PID of the worker process, chosen at start)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecInt64::builder("max-message-size")
@@ -604,11 +604,9 @@ impl ObjectImpl for ZmqWorkerSrc {
             "prefetch" => settings.prefetch.to_value(),
             "heartbeat-interval" => settings.heartbeat_interval_ms.to_value(),
             "primary-timeout" => settings.primary_timeout_ms.to_value(),
-            "worker-name" => settings
-                .worker_name
-                .clone()
-                .unwrap_or_else(default_worker_name)
-                .to_value(),
+            // Unset reads as unset: the HOSTNAME:PID default is chosen at start, in the
+            // worker's own process (gst-inspect would otherwise show its own PID).
+            "worker-name" => settings.worker_name.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "framerate" => settings.framerate.to_value(),
             "max-pixels" => settings.max_pixels.to_value(),
@@ -659,7 +657,7 @@ impl ElementImpl for ZmqWorkerSrc {
                 "Connects to a zmqdispatchsink, asks for frames when the pipeline has room and \
                  outputs them as image/jpeg buffers (offset = index, original time as a \
                  timestamp/x-unix reference meta); reconnects by itself when the primary restarts",
-                "i2i project",
+                "i2i developers",
             )
         });
         Some(&*METADATA)

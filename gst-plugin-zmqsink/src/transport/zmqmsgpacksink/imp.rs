@@ -509,7 +509,7 @@ impl ElementImpl for ZmqMsgpackSink {
                 "Sink/Network",
                 "Sends each frame as one ZeroMQ message, a msgpack array [timestamp_ms, index, jpg]; \
                  raw video is JPEG-encoded with libjpeg-turbo, JPEG input is sent as it is",
-                "i2i project",
+                "i2i developers",
             )
         });
         Some(&*METADATA)

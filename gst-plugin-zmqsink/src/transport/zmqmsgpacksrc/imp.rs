@@ -552,7 +552,7 @@ impl ElementImpl for ZmqMsgpackSrc {
                 "Receives frames as ZeroMQ messages [timestamp_ms, index, jpg] (or batch maps with \
                  timestamp, index, frames, indices) and outputs one image/jpeg buffer per frame, \
                  the original timestamp kept as a timestamp/x-unix reference meta",
-                "i2i project",
+                "i2i developers",
             )
         });
         Some(&*METADATA)
