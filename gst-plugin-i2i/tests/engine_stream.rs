@@ -4,48 +4,10 @@
 //! n = 1, 2, 3 and batch sizes 1 and 3; determinism, seed and prompt sensitivity, the
 //! similarity filter, drain and reset, live parameter changes.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod engine_common;
 
-use gsti2i::diffusion::{
-    CfgType, Engine, ExecutionProvider, InputFrame, LoadOptions, OutputFrame, StreamParams,
-};
-
-const W: u32 = 64;
-const H: u32 = 64;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn model_dir(name: &str) -> PathBuf {
-    let d = root().join("models").join(name);
-    assert!(
-        d.join("unet").join("model.onnx").is_file(),
-        "{} is missing: run scripts/setup.sh (or .venv/bin/python scripts/make_models.py --out models)",
-        d.display()
-    );
-    d
-}
-
-fn opts(model: &str, batch: usize) -> LoadOptions {
-    LoadOptions {
-        model_dir: model_dir(model),
-        width: W,
-        height: H,
-        batch_size: batch,
-        execution_provider: ExecutionProvider::Cpu,
-        device_id: 0,
-        fp16: false,
-        engine_cache_dir: None,
-        intra_threads: 1,
-    }
-}
+use engine_common::*;
+use gsti2i::diffusion::{CfgType, Engine, InputFrame, StreamParams};
 
 fn params(cfg: CfgType, t_index: &[u32]) -> StreamParams {
     StreamParams {
@@ -60,58 +22,6 @@ fn params(cfg: CfgType, t_index: &[u32]) -> StreamParams {
         add_noise: true,
         similarity_threshold: 0.0,
         max_skip_frames: 10,
-    }
-}
-
-/// Frame k: gradients and a square moving with k.
-fn frame(k: usize) -> Vec<u8> {
-    let (w, h) = (W as usize, H as usize);
-    let mut v = vec![0u8; w * h * 3];
-    for y in 0..h {
-        for x in 0..w {
-            let i = (y * w + x) * 3;
-            let inside = (x + 64 - (k * 7) % 64) % 64 < 20 && (y + k * 3) % 64 < 24;
-            v[i] = ((x * 4 + k * 10) % 256) as u8;
-            v[i + 1] = if inside { 230 } else { (y * 3) as u8 };
-            v[i + 2] = (((x + y) * 2 + k * 30) % 256) as u8;
-        }
-    }
-    v
-}
-
-/// Runs `frames` through the engine `batch` at a time, then drains; checks that every
-/// frame comes out once, in order.
-fn run(engine: &mut Engine, frames: &[Vec<u8>]) -> Vec<OutputFrame> {
-    let batch = engine.options().batch_size;
-    let mut out = Vec::new();
-    for (c, chunk) in frames.chunks(batch).enumerate() {
-        let input = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, rgb)| InputFrame {
-                tag: (c * batch + i) as u64,
-                rgb: rgb.clone(),
-            })
-            .collect();
-        out.extend(engine.process(input).unwrap());
-    }
-    out.extend(engine.drain().unwrap());
-    assert_eq!(engine.in_flight(), 0);
-    let tags: Vec<u64> = out.iter().map(|o| o.tag).collect();
-    assert_eq!(
-        tags,
-        (0..frames.len() as u64).collect::<Vec<_>>(),
-        "every frame once, in order"
-    );
-    out
-}
-
-fn cfg_name(c: CfgType) -> &'static str {
-    match c {
-        CfgType::None => "none",
-        CfgType::Full => "full",
-        CfgType::SelfNegative => "self",
-        CfgType::Initialize => "initialize",
     }
 }
 
@@ -140,104 +50,6 @@ impl Case {
             ..params(self.cfg, &self.t_index)
         }
     }
-}
-
-/// Runs the numpy reference for every case in one Python process (bounded in time).
-fn run_reference(cases: &[Case], inputs: &Path, out: &Path) {
-    let python = root().join(".venv").join("bin").join("python");
-    assert!(
-        python.is_file(),
-        "{} missing: run scripts/setup.sh",
-        python.display()
-    );
-    let mut argvs = Vec::new();
-    for c in cases {
-        let p = c.params();
-        let t: Vec<String> = p.t_index_list.iter().map(|t| t.to_string()).collect();
-        argvs.push(serde_json::json!([
-            "--model",
-            model_dir(c.model),
-            "--width",
-            W.to_string(),
-            "--height",
-            H.to_string(),
-            "--inputs",
-            inputs,
-            "--prompt",
-            p.prompt,
-            "--negative-prompt",
-            p.negative_prompt,
-            "--seed",
-            p.seed.to_string(),
-            "--t-index-list",
-            t.join(","),
-            "--num-inference-steps",
-            p.num_inference_steps.to_string(),
-            "--guidance-scale",
-            p.guidance_scale.to_string(),
-            "--delta",
-            p.delta.to_string(),
-            "--cfg-type",
-            cfg_name(p.cfg_type),
-            "--add-noise",
-            (p.add_noise as u8).to_string(),
-            "--out",
-            out.join(c.dir()),
-        ]));
-    }
-    let script = "import json, sys\n\
-        sys.path.insert(0, 'tests/python')\n\
-        import reference_stream as rs\n\
-        for argv in json.load(sys.stdin):\n    rs.run(rs.parse_args(argv))\n";
-    let mut child = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the reference");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::Value::Array(argvs).to_string().as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("reference_stream.py did not finish in 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "reference_stream.py failed: {status}");
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("i2i-engine-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -281,7 +93,15 @@ fn matches_numpy_reference() {
         t_index: vec![35, 45],
         add_noise: false,
     });
-    run_reference(&cases, &inputs, &dir);
+    let refs: Vec<RefCase> = cases
+        .iter()
+        .map(|c| RefCase {
+            model: c.model,
+            dir: c.dir(),
+            params: c.params(),
+        })
+        .collect();
+    run_reference(&refs, &inputs, &dir);
 
     let mut worst = 0.0f32;
     let mut first_frames = Vec::new();

@@ -14,9 +14,6 @@ use gstzmqmsgpack::protocol;
 
 const T: Duration = Duration::from_secs(10);
 
-
-
-
 /// Sends `bad`, then good frames `first..first + n`; all good ones must come out in order.
 fn good_frames_follow(
     h: &mut gst_check::Harness,

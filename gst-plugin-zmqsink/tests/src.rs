@@ -11,8 +11,6 @@ use gstzmqmsgpack::protocol;
 
 const T: Duration = Duration::from_secs(5);
 
-
-
 fn map(b: &gst::Buffer) -> Vec<u8> {
     b.map_readable().unwrap().to_vec()
 }
@@ -109,7 +107,6 @@ fn latency_query_answers_live() {
     assert!(live);
     assert_eq!(min, gst::ClockTime::ZERO);
 }
-
 
 #[test]
 fn bad_input_is_reported_counted_and_skipped() {
