@@ -300,7 +300,7 @@ impl ObjectImpl for WhepSink {
                     apply_offset(clocksync, settings.ts_offset);
                 }
             }
-            _ => unimplemented!(),
+            other => unreachable!("no property {other}: GObject only passes registered names"),
         }
     }
 
@@ -311,7 +311,7 @@ impl ObjectImpl for WhepSink {
             "local-addresses" => settings.local_addresses.to_value(),
             "stun-server" => settings.stun_server.to_value(),
             "ts-offset" => settings.ts_offset.to_value(),
-            _ => unimplemented!(),
+            other => unreachable!("no property {other}: GObject only passes registered names"),
         }
     }
 

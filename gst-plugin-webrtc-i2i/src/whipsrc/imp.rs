@@ -305,7 +305,7 @@ impl ObjectImpl for WhipSrc {
             "publisher-timeout" => {
                 settings.publisher_timeout = value.get().unwrap_or(DEFAULT_PUBLISHER_TIMEOUT)
             }
-            _ => unimplemented!(),
+            other => unreachable!("no property {other}: GObject only passes registered names"),
         }
     }
 
@@ -318,7 +318,7 @@ impl ObjectImpl for WhipSrc {
             "timeout" => settings.timeout.to_value(),
             "busy-policy" => settings.busy_policy.to_value(),
             "publisher-timeout" => settings.publisher_timeout.to_value(),
-            _ => unimplemented!(),
+            other => unreachable!("no property {other}: GObject only passes registered names"),
         }
     }
 
