@@ -246,7 +246,7 @@ impl ObjectImpl for WhepSink {
             vec![
                 glib::ParamSpecString::builder("host-addr")
                     .nick("Host address")
-                    .blurb("HTTP address the WHEP endpoint listens on; viewers POST to <host-addr>/whep/endpoint (it listens once frames flow)")
+                    .blurb("HTTP address the WHEP endpoint listens on; viewers POST to <host-addr>/whep/endpoint (listening from READY; offers are answered once frames flow)")
                     .default_value(Some(DEFAULT_HOST_ADDR))
                     .mutable_ready()
                     .build(),
