@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Real-time diffusion image-to-image on ONNX Runtime: `i2itransform` and `settingssrc`.
+//! Real-time image-to-image on ONNX Runtime: `i2itransform` (diffusion), `onnxtransform` (any
+//! image-to-image ONNX model) and `settingssrc`.
 
 use gst::glib;
 
 pub mod diffusion;
 pub mod i2itransform;
+pub mod infer;
+pub mod onnxtransform;
 pub mod settings;
 mod settingssrc;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     i2itransform::register(plugin)?;
+    onnxtransform::register(plugin)?;
     settingssrc::register(plugin)?;
     Ok(())
 }

@@ -21,13 +21,16 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::convert::{InputConverter, OutputConverter, converter_threads};
 use super::live::{self, LiveSettings};
 use super::output::{OutItem, OutState};
-use super::queue::BoundedQueue;
 use super::task::{Deferred, Item, QueuedFrame, Worker};
 use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, ResizeMode, provider_name};
 use crate::diffusion::{self, Engine, LoadOptions, Preprocessor};
+use crate::infer::convert::{
+    InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
+};
+use crate::infer::latency::added_latency;
+use crate::infer::queue::BoundedQueue;
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -59,15 +62,6 @@ pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLA
     .union(gst::BufferCopyFlags::TIMESTAMPS)
     .union(gst::BufferCopyFlags::META);
 const MAX_BATCH_SIZE: u32 = 64;
-
-/// Sink formats: what decoders and cameras hand out, so `jpegdec` links directly.
-/// YUY2 and UYVY are what USB cameras and capture cards give, GRAY8 what machine-vision and
-/// infrared cameras do.
-const SINK_FORMATS: [&str; 11] = [
-    "RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12", "YUY2", "UYVY", "GRAY8",
-];
-/// Src formats in the order offered when downstream has no preference.
-const SRC_FORMATS: [&str; 3] = ["RGB", "RGBA", "I420"];
 
 /// Values of the properties that depend on each other, as set before the element starts:
 /// checked together at start, so the order they are set in does not matter.
@@ -305,28 +299,6 @@ impl Stats {
             self.first_inference
         }
     }
-}
-
-/// What the element adds to the upstream latency: a frame waits for its batch to fill
-/// (`batch_size - 1` frames), behind the stream batch (`latency_frames`), then for one
-/// model call. Frames move on at the input rate, or at the inference rate when that is
-/// slower (the element then drops frames on live input); a frame dropped-behind may also
-/// wait for the model call in progress (`dropping`).
-pub(crate) fn added_latency(
-    latency_frames: usize,
-    batch_size: usize,
-    frame_duration: gst::ClockTime,
-    inference: gst::ClockTime,
-    dropping: bool,
-) -> gst::ClockTime {
-    let frames = (latency_frames + batch_size.saturating_sub(1)) as u64;
-    let per_frame = frame_duration.max(inference / batch_size.max(1) as u64);
-    let waiting = if dropping {
-        inference
-    } else {
-        gst::ClockTime::ZERO
-    };
-    per_frame * frames + inference + waiting
 }
 
 pub struct I2iTransform {
@@ -647,19 +619,14 @@ impl I2iTransform {
                     return Err(gst::FlowError::Flushing);
                 }
                 q.flow?;
-                let mut late = Vec::new();
-                while q.frames() >= DROPPING_QUEUE_FRAMES {
-                    match q.remove_oldest_frame() {
-                        Some(Item::Frame(f)) => late.push(f),
-                        _ => break,
-                    }
-                }
-                q.push_back(Item::Frame(frame));
+                let late = q.push_dropping_oldest(Item::Frame(frame), DROPPING_QUEUE_FRAMES);
                 self.queue.notify();
                 late
             };
-            for f in late {
-                self.dropped_late(&f);
+            for item in late {
+                if let Item::Frame(f) = item {
+                    self.dropped_late(&f);
+                }
             }
         } else {
             self.queue.push_wait(Item::Frame(frame), |q| {
@@ -1791,26 +1758,5 @@ impl ElementImpl for I2iTransform {
             _ => (),
         }
         ret
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latency_adds_batching_stream_batch_and_one_call() {
-        let frame = gst::ClockTime::from_mseconds(40);
-        let call = gst::ClockTime::from_mseconds(30);
-        let ms = gst::ClockTime::from_mseconds;
-        // n = 2, batch 1: one frame behind, plus the call.
-        assert_eq!(added_latency(1, 1, frame, call, false), ms(70));
-        // n = 3, batch 3: (n-1)*b = 6 frames in the stream batch, 2 waiting for the batch.
-        assert_eq!(added_latency(6, 3, frame, call, false), ms(350));
-        assert_eq!(added_latency(0, 1, frame, call, false), call);
-        // Slower than the input: frames move on at the inference rate (per frame of a
-        // batch), and when dropping a frame may wait for the call in progress.
-        assert_eq!(added_latency(1, 1, ms(20), ms(70), true), ms(210));
-        assert_eq!(added_latency(6, 3, ms(20), ms(90), false), ms(330));
     }
 }

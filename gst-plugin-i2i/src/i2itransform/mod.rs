@@ -15,11 +15,9 @@
 use gst::glib;
 use gst::prelude::*;
 
-mod convert;
 mod imp;
 pub mod live;
 mod output;
-mod queue;
 mod smooth;
 mod task;
 

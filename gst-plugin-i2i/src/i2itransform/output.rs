@@ -11,11 +11,11 @@ use std::sync::mpsc;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::convert::{OutputConverter, converter_threads};
 use super::imp::{CAT, I2iTransform, METADATA_COPY};
-use super::queue::QueueItem;
 use super::task::Deferred;
 use crate::diffusion::DecodedFrame;
+use crate::infer::convert::{OutputConverter, converter_threads};
+use crate::infer::queue::QueueItem;
 
 /// What the task hands to the output thread, in stream order.
 pub(super) enum OutItem {
