@@ -378,45 +378,62 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
+    /// The tensor value of pixel value `p` in tensor channel `k` (one table per channel).
+    fn table(&self, k: usize) -> [f32; 256] {
+        let n = &self.norm;
+        std::array::from_fn(|p| (p as f32 * n.scale - n.mean[k]) / n.std[k])
+    }
+
     /// One picture of `w` x `h` (`rgb` holds `w * h * 3` bytes).
     pub fn run(&self, rgb: &[u8], w: usize, h: usize) -> TensorData {
         let t = &self.tensor;
         let c = t.channels;
         let n = w * h;
-        // The pixel value of channel `ch` (tensor order) at pixel `i`.
-        let pixel = |i: usize, ch: usize| -> u8 {
-            let p = &rgb[i * 3..i * 3 + 3];
-            if c == 1 {
-                luma(p)
-            } else {
-                p[rgb_index(self.norm.order, ch)]
-            }
-        };
-        // Position of (pixel i, channel ch) in the tensor.
-        let nchw = t.layout != Layout::Nhwc;
-        let mut order: Vec<(usize, usize)> = Vec::with_capacity(n * c);
-        if nchw {
-            for ch in 0..c {
-                order.extend((0..n).map(|i| (i, ch)));
-            }
+        // The pixel plane each tensor channel reads: RGB index, or luma for one channel.
+        let gray: Vec<u8>;
+        let src: Vec<(&[u8], usize, usize)> = if c == 1 {
+            gray = rgb.chunks_exact(3).map(luma).collect();
+            vec![(&gray, 0, 1)]
         } else {
-            for i in 0..n {
-                order.extend((0..c).map(|ch| (i, ch)));
-            }
-        }
-        let value = |i: usize, ch: usize| -> f32 {
-            let k = if c == 1 { 0 } else { ch };
-            (pixel(i, ch) as f32 * self.norm.scale - self.norm.mean[k]) / self.norm.std[k]
+            (0..3)
+                .map(|ch| (rgb, rgb_index(self.norm.order, ch), 3))
+                .collect()
         };
+        let nhwc = t.layout == Layout::Nhwc;
+        // Writes channel `ch` (tensor order) of every pixel through `map`.
+        fn fill<T: Copy + Default>(
+            src: &[(&[u8], usize, usize)],
+            n: usize,
+            nhwc: bool,
+            map: impl Fn(usize, u8) -> T,
+        ) -> Vec<T> {
+            let c = src.len();
+            let mut out = vec![T::default(); n * c];
+            for (ch, &(plane, off, step)) in src.iter().enumerate() {
+                let pixels = plane[off..].iter().step_by(step).take(n);
+                if nhwc {
+                    for (o, &p) in out[ch..].iter_mut().step_by(c).zip(pixels) {
+                        *o = map(ch, p);
+                    }
+                } else {
+                    for (o, &p) in out[ch * n..(ch + 1) * n].iter_mut().zip(pixels) {
+                        *o = map(ch, p);
+                    }
+                }
+            }
+            out
+        }
         match t.elem {
-            Elem::U8 => TensorData::U8(order.iter().map(|&(i, ch)| pixel(i, ch)).collect()),
-            Elem::F32 => TensorData::F32(order.iter().map(|&(i, ch)| value(i, ch)).collect()),
-            Elem::F16 => TensorData::F16(
-                order
-                    .iter()
-                    .map(|&(i, ch)| f16::from_f32(value(i, ch)))
-                    .collect(),
-            ),
+            Elem::U8 => TensorData::U8(fill(&src, n, nhwc, |_, p| p)),
+            Elem::F32 => {
+                let tables: Vec<[f32; 256]> = (0..c).map(|k| self.table(k)).collect();
+                TensorData::F32(fill(&src, n, nhwc, |ch, p| tables[ch][p as usize]))
+            }
+            Elem::F16 => {
+                let tables: Vec<[f16; 256]> =
+                    (0..c).map(|k| self.table(k).map(f16::from_f32)).collect();
+                TensorData::F16(fill(&src, n, nhwc, |ch, p| tables[ch][p as usize]))
+            }
         }
     }
 }
@@ -441,14 +458,12 @@ pub struct Postprocess {
     pub norm: Normalization,
 }
 
-/// Rounds half away from zero and clamps to a pixel (in f64: the same result as a
-/// reference that computes `floor(v + 0.5)` in double precision).
+/// Rounds half away from zero and clamps to a pixel (NaN gives 0): for the values that
+/// matter (0 and up) the same as `floor(v + 0.5)` in double precision, which is what a
+/// reference computes.
 fn to_pixel(v: f32) -> u8 {
-    let v = v as f64;
-    if v.is_nan() {
-        return 0;
-    }
-    (v + 0.5).floor().clamp(0.0, 255.0) as u8
+    // `as` saturates: below 0 gives 0, above 255 gives 255, NaN gives 0.
+    v.round() as u8
 }
 
 impl Postprocess {
@@ -456,34 +471,52 @@ impl Postprocess {
         let t = &self.tensor;
         let c = t.channels;
         let n = pic.width * pic.height;
-        let at = |i: usize, ch: usize| -> usize {
-            if t.layout == Layout::Nhwc {
-                i * c + ch
-            } else {
-                ch * n + i
-            }
-        };
         let norm = &self.norm;
-        let pixel = |v: f32, ch: usize| -> u8 {
-            let k = if c == 1 { 0 } else { ch };
-            match norm.output_scale {
-                Some(s) => to_pixel(v * s),
-                None => to_pixel((v * norm.std[k] + norm.mean[k]) / norm.scale),
-            }
-        };
+        // Per tensor channel: value -> pixel.
+        let maps: Vec<(f32, f32, f32)> = (0..c)
+            .map(|ch| match norm.output_scale {
+                Some(s) => (s, 0.0, 1.0),
+                None => (norm.std[ch], norm.mean[ch], norm.scale),
+            })
+            .collect();
         out.clear();
         out.resize(n * 3, 0);
-        for i in 0..n {
-            for ch in 0..c {
-                let p = match &pic.data {
-                    TensorData::U8(d) => d[at(i, ch)],
-                    TensorData::F32(d) => pixel(d[at(i, ch)], ch),
-                    TensorData::F16(d) => pixel(d[at(i, ch)].to_f32(), ch),
-                };
-                if c == 1 {
-                    out[i * 3..i * 3 + 3].fill(p);
+        let nhwc = t.layout == Layout::Nhwc;
+        for (ch, &(mul, add, div)) in maps.iter().enumerate() {
+            let pixel = |v: f32| -> u8 {
+                if norm.output_scale.is_some() {
+                    to_pixel(v * mul)
                 } else {
-                    out[i * 3 + rgb_index(norm.order, ch)] = p;
+                    to_pixel((v * mul + add) / div)
+                }
+            };
+            // Where this channel's values are in the picture's tensor.
+            let (start, step) = if nhwc { (ch, c) } else { (ch * n, 1) };
+            let dst: Vec<usize> = if c == 1 {
+                vec![0, 1, 2]
+            } else {
+                vec![rgb_index(norm.order, ch)]
+            };
+            let mut write = |i: usize, p: u8| {
+                for &d in &dst {
+                    out[i * 3 + d] = p;
+                }
+            };
+            match &pic.data {
+                TensorData::U8(d) => {
+                    for (i, &v) in d[start..].iter().step_by(step).take(n).enumerate() {
+                        write(i, v);
+                    }
+                }
+                TensorData::F32(d) => {
+                    for (i, &v) in d[start..].iter().step_by(step).take(n).enumerate() {
+                        write(i, pixel(v));
+                    }
+                }
+                TensorData::F16(d) => {
+                    for (i, &v) in d[start..].iter().step_by(step).take(n).enumerate() {
+                        write(i, pixel(v.to_f32()));
+                    }
                 }
             }
         }
@@ -667,7 +700,7 @@ impl ImageModel {
         }
         let black = vec![0u8; w as usize * h as usize * 3];
         let frame = self.preprocess().run(&black, w as usize, h as usize);
-        let out = self.run(&[frame], w as usize, h as usize)?;
+        let out = self.run(vec![frame], w as usize, h as usize)?;
         let p = out.first().ok_or_else(|| {
             EngineError::inference(&self.file, "the model gave no picture for a test frame")
         })?;
@@ -679,7 +712,7 @@ impl ImageModel {
     /// padded by repeating its last picture). One output picture per frame, in order.
     pub fn run(
         &mut self,
-        frames: &[TensorData],
+        frames: Vec<TensorData>,
         w: usize,
         h: usize,
     ) -> Result<Vec<OutPicture>, EngineError> {
@@ -693,17 +726,25 @@ impl ImageModel {
         }
         let step = self.input.batch.unwrap_or(frames.len().max(1));
         let mut outs = Vec::with_capacity(frames.len());
-        for chunk in frames.chunks(step) {
-            let mut data = TensorData::empty(self.input.elem, per * step);
-            for f in chunk {
-                data.extend(f);
-            }
-            for _ in chunk.len()..step {
-                data.extend(chunk.last().expect("chunks are not empty"));
-            }
+        let mut frames = frames.into_iter().peekable();
+        while frames.peek().is_some() {
+            let chunk: Vec<TensorData> = frames.by_ref().take(step).collect();
+            let k = chunk.len();
+            let data = if step == 1 {
+                chunk.into_iter().next().expect("chunks are not empty")
+            } else {
+                let mut data = TensorData::empty(self.input.elem, per * step);
+                for f in &chunk {
+                    data.extend(f);
+                }
+                for _ in k..step {
+                    data.extend(chunk.last().expect("chunks are not empty"));
+                }
+                data
+            };
             let shape = self.input.shape(step, w, h);
             let mut pics = self.call(data, shape)?;
-            pics.truncate(chunk.len());
+            pics.truncate(k);
             outs.extend(pics);
         }
         Ok(outs)
@@ -763,6 +804,13 @@ impl ImageModel {
                 "a non-empty picture per frame",
                 format!("shape {}", shape_str(&shape)),
             ));
+        }
+        if n == 1 {
+            return Ok(vec![OutPicture {
+                data,
+                width: ow,
+                height: oh,
+            }]);
         }
         Ok((0..n)
             .map(|i| OutPicture {

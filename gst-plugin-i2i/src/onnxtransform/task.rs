@@ -180,7 +180,7 @@ impl OnnxTransform {
                 inputs.push(f.data);
             }
             let start = Instant::now();
-            let outs = w.model.run(&inputs, fw, fh).map_err(|e| {
+            let outs = w.model.run(inputs, fw, fh).map_err(|e| {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
