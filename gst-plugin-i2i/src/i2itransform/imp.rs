@@ -24,7 +24,10 @@ use gst::subclass::prelude::*;
 use super::live::{self, LiveSettings};
 use super::output::{OutItem, OutState};
 use super::task::{Deferred, Item, QueuedFrame, Worker};
-use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, ResizeMode, provider_name};
+use super::{
+    BlendMode, CfgType, DropFrames, ExecutionProvider, LATENT_CAPS_NAME, OutputMode, ResizeMode,
+    latent_caps, provider_name,
+};
 use crate::diffusion::{self, Engine, LoadOptions, Preprocessor};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
@@ -114,6 +117,10 @@ pub(super) struct Settings {
     pub threads: u32,
     pub stats_interval_ms: u32,
     pub resize_mode: ResizeMode,
+    /// Pictures, or the final latents (`output=latent`).
+    pub output: OutputMode,
+    /// The loaded model's VAE scaling factor, for the latent caps.
+    pub scaling_factor: f32,
     pub size_from_input: bool,
     pub size_multiple: u32,
     pub wait_for_settings: bool,
@@ -213,6 +220,8 @@ impl Default for Settings {
             threads: DEFAULT_THREADS,
             stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
             resize_mode: ResizeMode::default(),
+            output: OutputMode::default(),
+            scaling_factor: 1.0,
             size_from_input: false,
             size_multiple: DEFAULT_SIZE_MULTIPLE,
             wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
@@ -449,6 +458,10 @@ impl I2iTransform {
         let model_size = size.or(self.input.lock().unwrap().model_size);
         let (size, from_input) = {
             let s = self.settings.lock().unwrap();
+            if s.output == OutputMode::Latent {
+                let (w, h) = model_size.unwrap_or(s.size());
+                return latent_caps(w, h, s.scaling_factor, fps);
+            }
             (s.size(), s.size_from_input)
         };
         let builder = gst::Caps::builder("video/x-raw")
@@ -494,8 +507,16 @@ impl I2iTransform {
         }
         let mut caps = caps;
         caps.fixate();
-        let info = gst_video::VideoInfo::from_caps(&caps)
-            .map_err(|e| format!("cannot use output caps {caps}: {e}"))?;
+        // Latent output: the frames' size and rate travel in an RGB description.
+        let info = if self.settings.lock().unwrap().output == OutputMode::Latent {
+            gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, size.0, size.1)
+                .fps(fps)
+                .build()
+                .map_err(|e| e.to_string())?
+        } else {
+            gst_video::VideoInfo::from_caps(&caps)
+                .map_err(|e| format!("cannot use output caps {caps}: {e}"))?
+        };
         gst::debug!(CAT, imp = self, "output caps {caps}");
         Ok((caps, info))
     }
@@ -1201,10 +1222,15 @@ impl I2iTransform {
         }
         // The output thread may hold two batches: one being pushed, one ready.
         self.out_queue.lock().max_frames = 2 * s.batch_size as usize;
+        let latent = s.output == OutputMode::Latent;
+        let mut engine = engine;
+        engine.set_latent_output(latent);
+        self.settings.lock().unwrap().scaling_factor = engine.scaling_factor();
         *self.out_state.lock().unwrap() = OutState {
             conv: None,
             width: s.width,
             height: s.height,
+            latent,
         };
         self.input.lock().unwrap().preprocessor = Some(engine.preprocessor());
         *self.worker.lock().unwrap() = Some(Worker::new(engine, opts, s.live));
@@ -1429,6 +1455,11 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_MAX_QUEUE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("output", OutputMode::Pixels)
+                    .nick("Output")
+                    .blurb("pixels: decoded pictures; latent: the final latents (application/x-i2i-latent, float32 [1, 4, height/8, width/8], the VAE decoder's input) for i2idecode on this or another machine")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("resize-mode", ResizeMode::Stretch)
                     .nick("Resize mode")
                     .blurb("How the input fills the model size: stretch (aspect ratio not kept), crop (fill, cutting what sticks out) or fit (whole picture, black borders)")
@@ -1604,6 +1635,7 @@ impl ObjectImpl for I2iTransform {
             "threads" => s.threads = value.get().unwrap(),
             "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
             "resize-mode" => s.resize_mode = value.get().unwrap(),
+            "output" => s.output = value.get().unwrap(),
             "size-from-input" => s.size_from_input = value.get().unwrap(),
             "size-multiple" => s.size_multiple = value.get().unwrap(),
             "wait-for-settings" => s.wait_for_settings = value.get().unwrap(),
@@ -1659,6 +1691,7 @@ impl ObjectImpl for I2iTransform {
             "drop-frames" => s.drop_frames.to_value(),
             "stats-interval" => s.stats_interval_ms.to_value(),
             "resize-mode" => s.resize_mode.to_value(),
+            "output" => s.output.to_value(),
             "size-from-input" => s.size_from_input.to_value(),
             "size-multiple" => s.size_multiple.to_value(),
             "wait-for-settings" => s.wait_for_settings.to_value(),
@@ -1710,12 +1743,13 @@ impl ElementImpl for I2iTransform {
                 .field("height", range)
                 .field("framerate", fps)
                 .build();
-            let src_caps = gst::Caps::builder("video/x-raw")
+            let mut src_caps = gst::Caps::builder("video/x-raw")
                 .field("format", gst::List::new(SRC_FORMATS))
                 .field("width", range)
                 .field("height", range)
                 .field("framerate", fps)
                 .build();
+            src_caps.merge(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
             vec![
                 gst::PadTemplate::new(
                     "sink",

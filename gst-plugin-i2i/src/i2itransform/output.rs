@@ -39,6 +39,8 @@ pub(super) struct OutState {
     pub conv: Option<OutputConverter>,
     pub width: u32,
     pub height: u32,
+    /// `output=latent`: the engine's frames are latents, pushed as they are.
+    pub latent: bool,
 }
 
 impl I2iTransform {
@@ -108,7 +110,11 @@ impl I2iTransform {
                 }
                 let mut rgb = Vec::new();
                 let work_start = std::time::Instant::now();
-                out.to_rgb8(st.width, st.height, &mut rgb);
+                if st.latent {
+                    rgb.extend(out.decoded().iter().flat_map(|v| v.to_ne_bytes()));
+                } else {
+                    out.to_rgb8(st.width, st.height, &mut rgb);
+                }
                 self.renegotiate_if_asked(&mut st)?;
                 let Some(conv) = st.conv.as_ref() else {
                     gst::element_imp_error!(
@@ -118,7 +124,12 @@ impl I2iTransform {
                     );
                     return Err(gst::FlowError::NotNegotiated);
                 };
-                let mut buffer = conv.convert(rgb).map_err(|e| {
+                let converted = if st.latent {
+                    Ok(gst::Buffer::from_mut_slice(rgb))
+                } else {
+                    conv.convert(rgb)
+                };
+                let mut buffer = converted.map_err(|e| {
                     gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
                     gst::FlowError::Error
                 })?;

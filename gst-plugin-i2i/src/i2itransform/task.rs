@@ -221,6 +221,8 @@ impl I2iTransform {
             gst::FlowError::Error
         })?;
         w.engine.share_preprocessor(&pre);
+        w.engine
+            .set_latent_output(self.settings.lock().unwrap().output == super::OutputMode::Latent);
         w.load = load;
         // The new engine holds its own prompt and noise: blends are applied again.
         w.smoother = Smoother::new();
