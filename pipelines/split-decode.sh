@@ -57,7 +57,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$UNET" ] || { usage >&2; die "--unet HOST is required"; }
 [[ "$UNET" =~ ^[A-Za-z0-9._:-]+$ ]] || die "--unet: not a host name or address: '$UNET'"
-for v in PORT RECVQ THREADS; do count "--${v,,}" "${!v}"; done
+count --port "$PORT"; count --recv-queue "$RECVQ"; count --threads "$THREADS"
 ((PORT >= 1 && PORT <= 65535)) || die "--port: expected 1..65535, found '$PORT'"
 ((RECVQ >= 1)) || die "--recv-queue: expected 1 or more"
 [ -d "$MODEL/vae_decoder" ] || die "'$MODEL' has no vae_decoder/ (use the model directory of split-unet.sh)"

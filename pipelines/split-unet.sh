@@ -60,7 +60,8 @@ while [ $# -gt 0 ]; do
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
 done
-for v in SIZE FPS PORT SENDQ THREADS; do count "--${v,,}" "${!v}"; done
+count --size "$SIZE"; count --fps "$FPS"; count --port "$PORT"
+count --send-queue "$SENDQ"; count --threads "$THREADS"
 ((PORT >= 1 && PORT <= 65535)) || die "--port: expected 1..65535, found '$PORT'"
 ((SIZE >= 8 && SIZE % 8 == 0)) || die "--size: expected a multiple of 8, found '$SIZE'"
 ((SENDQ >= 1)) || die "--send-queue: expected 1 or more"
