@@ -462,8 +462,11 @@ pub struct Postprocess {
 /// matter (0 and up) the same as `floor(v + 0.5)` in double precision, which is what a
 /// reference computes.
 fn to_pixel(v: f32) -> u8 {
-    // `as` saturates: below 0 gives 0, above 255 gives 255, NaN gives 0.
-    v.round() as u8
+    // Without a libm call: the fraction of a value in 0..=255 is exact in f32. A NaN
+    // stays NaN through the clamp and becomes 0.
+    let c = v.clamp(0.0, 255.0);
+    let i = c as u32;
+    (i + u32::from(c - i as f32 >= 0.5)) as u8
 }
 
 impl Postprocess {
@@ -492,30 +495,37 @@ impl Postprocess {
             };
             // Where this channel's values are in the picture's tensor.
             let (start, step) = if nhwc { (ch, c) } else { (ch * n, 1) };
-            let dst: Vec<usize> = if c == 1 {
-                vec![0, 1, 2]
-            } else {
-                vec![rgb_index(norm.order, ch)]
-            };
-            let mut write = |i: usize, p: u8| {
-                for &d in &dst {
+            let dst = [if c == 1 { 0 } else { rgb_index(norm.order, ch) }];
+            let values = |d_len: usize| (start..d_len).step_by(step).take(n);
+            let gray = c == 1;
+            let d = dst[0];
+            let mut put = |i: usize, p: u8| {
+                if gray {
+                    out[i * 3..i * 3 + 3].fill(p);
+                } else {
                     out[i * 3 + d] = p;
                 }
             };
             match &pic.data {
-                TensorData::U8(d) => {
-                    for (i, &v) in d[start..].iter().step_by(step).take(n).enumerate() {
-                        write(i, v);
+                TensorData::U8(v) => {
+                    for (i, k) in values(v.len()).enumerate() {
+                        put(i, v[k]);
                     }
                 }
-                TensorData::F32(d) => {
-                    for (i, &v) in d[start..].iter().step_by(step).take(n).enumerate() {
-                        write(i, pixel(v));
+                TensorData::F32(v) if step == 1 && !gray => {
+                    // The common case (NCHW, 3 channels): one plane, straight through.
+                    for (o, &y) in out[d..].iter_mut().step_by(3).zip(&v[start..start + n]) {
+                        *o = pixel(y);
                     }
                 }
-                TensorData::F16(d) => {
-                    for (i, &v) in d[start..].iter().step_by(step).take(n).enumerate() {
-                        write(i, pixel(v.to_f32()));
+                TensorData::F32(v) => {
+                    for (i, k) in values(v.len()).enumerate() {
+                        put(i, pixel(v[k]));
+                    }
+                }
+                TensorData::F16(v) => {
+                    for (i, k) in values(v.len()).enumerate() {
+                        put(i, pixel(v[k].to_f32()));
                     }
                 }
             }
@@ -924,6 +934,27 @@ mod tests {
         };
         assert_eq!(d[0], rgb[2]);
         assert_eq!(d[6], rgb[1]);
+    }
+
+    #[test]
+    fn pixels_round_half_away_and_clamp() {
+        for (v, p) in [
+            (0.499_999_97f32, 0u8),
+            (0.5, 1),
+            (1.5, 2),
+            (127.499_99, 127),
+            (254.5, 255),
+            (255.7, 255),
+            (1e9, 255),
+            (-3.0, 0),
+            (-0.5, 0),
+            (f32::NAN, 0),
+        ] {
+            assert_eq!(to_pixel(v), p, "{v}");
+            if v.is_finite() {
+                assert_eq!(to_pixel(v), v.round().clamp(0.0, 255.0) as u8, "{v}");
+            }
+        }
     }
 
     #[test]
