@@ -8,6 +8,7 @@
 //! models/style-tiny.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -325,5 +326,100 @@ fn a_flushing_seek_keeps_the_stream_going() {
             .to_string()
             .contains("model refused while the stream runs")
     );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn downstream_can_ask_for_another_format_mid_stream() {
+    init();
+    let desc = format!(
+        "appsrc name=src format=time ! onnxtransform model={} threads=1 ! capsfilter name=cf caps=video/x-raw,format=RGB ! appsink name=out sync=false",
+        model("model.onnx")
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    src.set_caps(Some(&video_caps(32, 24)));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let push = |i: u64| {
+        let mut b = gst::Buffer::from_mut_slice(vec![(i * 40) as u8; 32 * 24 * 3]);
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(i * 33));
+        src.push_buffer(b).unwrap();
+    };
+    let format = |s: &gst::Sample| {
+        s.caps()
+            .unwrap()
+            .structure(0)
+            .unwrap()
+            .get::<String>("format")
+            .unwrap()
+    };
+    let timeout = gst::ClockTime::from_seconds(30);
+    push(0);
+    let first = sink.try_pull_sample(timeout).expect("a first frame");
+    assert_eq!(format(&first), "RGB");
+    pipeline.by_name("cf").unwrap().set_property(
+        "caps",
+        gst::Caps::from_str("video/x-raw,format=I420").unwrap(),
+    );
+    push(1);
+    let second = sink.try_pull_sample(timeout).expect("a second frame");
+    assert_eq!(format(&second), "I420");
+    assert_eq!(second.buffer().unwrap().size(), 32 * 24 * 3 / 2);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn latency_adds_the_model_call_on_live_input() {
+    init();
+    let desc = format!(
+        "videotestsrc name=v is-live=true ! video/x-raw,width=64,height=48,framerate=30/1 ! onnxtransform name=t model={} threads=1 ! fakesink sync=true",
+        model("model.onnx")
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    // Once a model call has been measured, the element announces its latency again.
+    let deadline = Instant::now() + TIMEOUT;
+    let t = pipeline.by_name("t").unwrap();
+    while t
+        .property::<gst::Structure>("stats")
+        .get::<u64>("frames-out")
+        .unwrap()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "no frames out");
+        if let Some(m) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(100),
+            &[gst::MessageType::Error],
+        ) {
+            panic!("{m:?}");
+        }
+    }
+    let latency = |pad: gst::Pad| {
+        let mut q = gst::query::Latency::new();
+        assert!(pad.query(&mut q));
+        q.result()
+    };
+    let (live, ours, _) = latency(t.static_pad("src").unwrap());
+    let (_, upstream, _) = latency(pipeline.by_name("v").unwrap().static_pad("src").unwrap());
+    assert!(live);
+    assert!(ours > upstream, "{ours} vs upstream {upstream}");
     pipeline.set_state(gst::State::Null).unwrap();
 }

@@ -279,7 +279,7 @@ impl OnnxTransform {
         }
     }
 
-    fn negotiate_output(
+    pub(super) fn negotiate_output(
         &self,
         fps: gst::Fraction,
         size: (u32, u32),

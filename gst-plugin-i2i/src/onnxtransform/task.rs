@@ -316,6 +316,33 @@ impl OnnxTransform {
         }
     }
 
+    /// Downstream asked (RECONFIGURE): picks the output format again, at the size and rate
+    /// of the frames now leaving, before the next frame.
+    fn renegotiate_if_asked(&self) -> Result<(), gst::FlowError> {
+        if !self.srcpad.check_reconfigure() {
+            return Ok(());
+        }
+        let Some((fps, size)) = self.out_state.lock().unwrap().conv.as_ref().map(|c| {
+            let i = c.out_info();
+            (i.fps(), (i.width(), i.height()))
+        }) else {
+            return Ok(());
+        };
+        match self.negotiate_output(fps, size) {
+            Ok((caps, info)) if self.srcpad.current_caps().as_ref() != Some(&caps) => self
+                .output_item(OutItem::Event(Deferred::Caps(
+                    gst::event::Caps::new(&caps),
+                    info,
+                ))),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.srcpad.mark_reconfigure();
+                gst::warning!(CAT, imp = self, "renegotiation failed: {e}");
+                Err(gst::FlowError::NotNegotiated)
+            }
+        }
+    }
+
     fn output_item(&self, item: OutItem) -> Result<(), gst::FlowError> {
         match item {
             OutItem::Frame(pic, meta) => {
@@ -324,6 +351,7 @@ impl OnnxTransform {
                     return Ok(());
                 }
                 let start = Instant::now();
+                self.renegotiate_if_asked()?;
                 let buffer = {
                     let st = self.out_state.lock().unwrap();
                     let (Some(conv), Some(post)) = (st.conv.as_ref(), st.post.as_ref()) else {
