@@ -32,6 +32,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_THREADS: u32 = 0;
 const DEFAULT_FP16: bool = true;
+/// Largest latent width or height taken (8192 pixels).
+const MAX_LATENT: usize = 1024;
 /// Warnings about bad frames: at most one per this interval (the rest are counted).
 const WARN_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -96,11 +98,13 @@ fn parse_caps(caps: &gst::CapsRef) -> Result<(LatentFormat, Option<f64>, gst::Fr
     }
     if f.width == 0
         || f.height == 0
+        || f.width > MAX_LATENT
+        || f.height > MAX_LATENT
         || f.image_width as usize != 8 * f.width
         || f.image_height as usize != 8 * f.height
     {
         return Err(format!(
-            "latent caps {caps}: image-width x image-height must be 8 x width x height"
+            "latent caps {caps} refused: width and height must be 1..={MAX_LATENT} and image-width x image-height 8 x width x height"
         ));
     }
     let fps = s
