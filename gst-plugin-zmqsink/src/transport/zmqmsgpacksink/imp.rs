@@ -4,15 +4,19 @@
 //! JPEG input is sent as it is; raw video is encoded with libjpeg-turbo ([`crate::jpeg`]).
 //!
 //! Sockets:
-//! - `pub`: an XPUB socket with `ZMQ_XPUB_NODROP`, sent to with `ZMQ_DONTWAIT`. A plain
-//!   PUB drops frames for a subscriber at its high-water mark without telling anyone;
-//!   with NODROP libzmq refuses the frame instead (EAGAIN), so the sink counts it as
-//!   dropped and the pipeline goes on. XPUB is PUB on the wire (SUB peers cannot tell)
-//!   and also reports subscriptions, so frames sent while nobody listens are counted too.
+//! - `pub`: an XPUB socket (PUB on the wire: SUB peers cannot tell), sent to with
+//!   `ZMQ_DONTWAIT`. libzmq queues each subscriber's frames separately and drops a frame
+//!   only for a subscriber whose queue is full (its high-water mark), so one slow viewer
+//!   loses its own frames and never holds back the others. (`ZMQ_XPUB_NODROP` would
+//!   refuse the frame for everyone instead: one viewer reading slowly froze all of them.)
+//!   The sender cannot see those per-subscriber drops; the subscriber sees them as gaps in
+//!   the index. With `ZMQ_XPUB_VERBOSER` every subscription and every unsubscription (a
+//!   subscriber leaving) reaches the sink, which counts the subscribers and the frames
+//!   sent while nobody listened.
 //! - `push`: frames go round-robin to the pullers; when they are all behind the sink
 //!   waits (backpressure), and `unlock()` ends the wait on flush or state change.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
@@ -93,6 +97,7 @@ struct Stats {
     bytes: u64,
     dropped: u64,
     no_subscriber: u64,
+    subscribers: u64,
 }
 
 enum Input {
@@ -112,8 +117,8 @@ struct State {
     msg: Vec<u8>,
     /// Frames seen, the index of frames without an offset.
     count: u64,
-    /// Topics subscribed to (XPUB only), to tell whether anyone receives a frame.
-    topics: HashSet<Vec<u8>>,
+    /// Subscriptions per topic (XPUB only), to tell whether anyone receives a frame.
+    topics: HashMap<Vec<u8>, u64>,
 }
 
 #[derive(Default)]
@@ -132,13 +137,15 @@ impl ObjectSubclass for ZmqMsgpackSink {
     type ParentType = gst_base::BaseSink;
 }
 
-fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
+/// Sets `ZMQ_XPUB_VERBOSER` (no setter in the zmq crate): every subscription and
+/// unsubscription reaches the sink, including those of a subscriber that disconnects.
+fn set_xpub_verboser(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
     let one: std::os::raw::c_int = 1;
     // SAFETY: a valid socket, an int option value of the right size.
     let rc = unsafe {
         zmq_sys::zmq_setsockopt(
             socket.as_mut_ptr(),
-            zmq_sys::ZMQ_XPUB_NODROP as std::os::raw::c_int,
+            zmq_sys::ZMQ_XPUB_VERBOSER as std::os::raw::c_int,
             &one as *const std::os::raw::c_int as *const std::os::raw::c_void,
             std::mem::size_of::<std::os::raw::c_int>(),
         )
@@ -200,15 +207,21 @@ impl ZmqMsgpackSink {
             match m.split_first() {
                 Some((1, topic)) => {
                     gst::debug!(CAT, imp = self, "subscription to {:02x?}", topic);
-                    state.topics.insert(topic.to_vec());
+                    *state.topics.entry(topic.to_vec()).or_default() += 1;
                 }
                 Some((0, topic)) => {
                     gst::debug!(CAT, imp = self, "unsubscription from {:02x?}", topic);
-                    state.topics.remove(topic);
+                    if let Some(n) = state.topics.get_mut(topic) {
+                        *n -= 1;
+                        if *n == 0 {
+                            state.topics.remove(topic);
+                        }
+                    }
                 }
                 _ => {}
             }
         }
+        self.stats.lock().unwrap().subscribers = state.topics.values().sum();
     }
 
     /// Encodes the frame (when raw) and packs the message into `state.msg`.
@@ -414,7 +427,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("socket-type", DEFAULT_SOCKET_TYPE)
                     .nick("Socket type")
-                    .blurb("pub: never waits, drops (and counts) frames a subscriber is too slow for; push: waits for pullers (backpressure)")
+                    .blurb("pub: never waits; a subscriber too slow for the stream loses its own frames, the others get every frame; push: waits for pullers (backpressure)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecInt::builder("quality")
@@ -427,7 +440,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecInt::builder("send-hwm")
                     .nick("Send high-water mark")
-                    .blurb("Frames ZeroMQ queues per peer before pub drops or push waits (0 = no limit)")
+                    .blurb("Frames ZeroMQ queues per peer before pub drops for that peer or push waits (0 = no limit)")
                     .minimum(0)
                     .default_value(DEFAULT_SEND_HWM)
                     .mutable_ready()
@@ -446,7 +459,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames and bytes sent, dropped (pub: a subscriber was at its high-water mark), no-subscriber (pub: sent while nobody subscribed)")
+                    .blurb("frames and bytes sent, dropped (refused by the socket as a whole), no-subscriber (pub: sent while nobody subscribed), subscribers (pub: subscriptions now); a slow subscriber's own losses show as index gaps at that subscriber")
                     .read_only()
                     .build(),
             ]
@@ -491,6 +504,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .field("bytes", s.bytes)
                     .field("dropped", s.dropped)
                     .field("no-subscriber", s.no_subscriber)
+                    .field("subscribers", s.subscribers)
                     .build()
                     .to_value()
             }
@@ -582,7 +596,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             .set_linger(settings.linger_ms)
             .map_err(|e| socket_err("set linger on", e))?;
         if settings.socket_type == SinkSocketType::Pub {
-            set_xpub_nodrop(&mut socket).map_err(|e| socket_err("set XPUB_NODROP on", e))?;
+            set_xpub_verboser(&mut socket).map_err(|e| socket_err("set XPUB_VERBOSER on", e))?;
         }
         let last =
             zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
@@ -613,7 +627,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             encoder: None,
             msg: Vec::new(),
             count: 0,
-            topics: HashSet::new(),
+            topics: HashMap::new(),
         });
         Ok(())
     }
@@ -669,7 +683,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         match state.socket_type {
             SinkSocketType::Pub => {
                 self.read_subscriptions(state);
-                let listened = state.topics.iter().any(|t| state.msg.starts_with(t));
+                let listened = state.topics.keys().any(|t| state.msg.starts_with(t));
                 match state.socket.send(&state.msg[..], zmq::DONTWAIT) {
                     Ok(()) => {
                         let mut stats = self.stats.lock().unwrap();
@@ -688,7 +702,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
                         gst::debug!(
                             CAT,
                             imp = self,
-                            "frame {index} dropped: a subscriber is at the high-water mark ({dropped} dropped)"
+                            "frame {index} refused by the socket ({dropped} dropped)"
                         );
                     }
                     Err(e) => return Err(self.send_error(e)),
