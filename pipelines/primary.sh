@@ -171,10 +171,22 @@ fi
 echo "primary.sh: $WHAT to workers on port $DISPATCH_PORT ($POLICY, queue $MAX_QUEUE);" \
   "results on $COLLECT_PORT, played ${DELAY} ms after entry, published on $OUTPUT_PORT" >&2
 
+# exec keeps this PID, so a signal to the script (Ctrl-C, kill -INT) reaches gst-launch,
+# whose first Ctrl-C ends the run with EOS. A watcher cleans up (settings holder, frame
+# links) once that PID is gone.
+trap - EXIT
+if [ ${#CLEANUP[@]} -gt 0 ]; then
+  (
+    trap '' INT TERM
+    while kill -0 $$ 2>/dev/null; do sleep 0.5; done
+    cleanup
+  ) </dev/null >/dev/null 2>&1 &
+fi
+
 # $SOURCE is split into words on purpose; nothing in it is a file pattern.
 set -f
 # shellcheck disable=SC2086
-gst-launch-1.0 -e \
+exec gst-launch-1.0 -e \
   $SOURCE "endpoint=tcp://*:$DISPATCH_PORT" queue-policy=$POLICY max-queue=$MAX_QUEUE keep-index=$KEEP_INDEX \
   zmqcollectsrc "endpoint=tcp://*:$COLLECT_PORT" playout-delay=$DELAY \
   ! zmqmsgpacksink port=$OUTPUT_PORT sync=false

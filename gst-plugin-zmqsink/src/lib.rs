@@ -15,6 +15,7 @@
 use gst::glib;
 
 pub mod curve;
+pub mod eos_request;
 pub mod frame_file;
 pub mod frame_index;
 pub mod interrupt;

@@ -123,6 +123,47 @@ fn drop_oldest_keeps_the_queue_bounded_without_workers() {
 }
 
 #[test]
+fn block_policy_loses_nothing_before_the_first_worker() {
+    init();
+    const N: u64 = 30;
+    let primary = Primary::new(
+        &format!(
+            "videotestsrc is-live=true num-buffers={N} pattern=ball \
+             ! video/x-raw,width=16,height=16,framerate=30/1 ! jpegenc"
+        ),
+        "sync=false queue-policy=block max-queue=4",
+        "playout-delay=1000",
+    );
+    primary.play();
+    // The source runs for a while with nobody to take its frames (longer than the
+    // playout delay: frames queued now would be late at the collector).
+    std::thread::sleep(Duration::from_millis(2000));
+    let stats = primary.dispatch_stats();
+    assert_eq!(stats.get::<u64>("queued").unwrap(), 0, "{stats}");
+    let worker = worker_pipeline(
+        &primary.dispatch_endpoint(),
+        &primary.collect_endpoint(),
+        "late",
+        "identity",
+    );
+    worker.set_state(gst::State::Playing).unwrap();
+    assert!(primary.wait_eos(Duration::from_secs(60)), "no EOS");
+    worker.set_state(gst::State::Null).unwrap();
+    let outs = primary.outs.lock().unwrap().clone();
+    assert_in_order(&outs);
+    let indices: Vec<u64> = outs.iter().map(|o| o.index).collect();
+    assert_eq!(
+        indices,
+        (0..N).collect::<Vec<_>>(),
+        "collector {}",
+        primary.collect_stats()
+    );
+    let stats = primary.dispatch_stats();
+    assert_eq!(stats.get::<u64>("dropped").unwrap(), 0, "{stats}");
+    assert_eq!(stats.get::<u64>("undelivered").unwrap(), 0, "{stats}");
+}
+
+#[test]
 fn block_policy_holds_the_source_and_stopping_releases_it() {
     init();
     let pipeline = gst::parse::launch(
@@ -135,8 +176,9 @@ fn block_policy_holds_the_source_and_stopping_releases_it() {
     let d = pipeline.by_name("d").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    // No worker joined yet: the source is held before anything is queued.
     let stats = d.property::<gst::Structure>("stats");
-    assert_eq!(stats.get::<u64>("queued").unwrap(), 4, "{stats}");
+    assert_eq!(stats.get::<u64>("queued").unwrap(), 0, "{stats}");
     assert_eq!(stats.get::<u64>("dropped").unwrap(), 0, "{stats}");
     let t0 = Instant::now();
     pipeline.set_state(gst::State::Null).unwrap();

@@ -12,7 +12,15 @@
 //!
 //! Each frame carries its index (a count from 0, or the index upstream set, with
 //! `keep-index`) and its entry time: the `timestamp/x-unix` reference meta when the
-//! buffer has one, else the time it reached this element.
+//! buffer has one, else the time this element took it in.
+//!
+//! With `queue-policy=block` nothing is taken in before the first worker joined: a frame
+//! queued then would be older than the collector's playout delay by the time a worker
+//! could process it, and be dropped there as late. `render()` holds the stream instead.
+//! An application's EOS request (the first Ctrl-C of `gst-launch-1.0 -e`) reaches the
+//! sink directly ([`crate::eos_request`]): a frame that cannot be queued within its grace,
+//! and at EOS the queue when no worker is there to take it, are given up and counted in
+//! `undelivered`.
 
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -25,6 +33,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::DispatchQueuePolicy;
+use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
 use crate::interrupt::Interrupt;
 use crate::scaleout;
@@ -94,6 +103,8 @@ struct Core {
     /// When the queue last got shorter (for the wait at EOS).
     last_progress: Instant,
     malformed: u64,
+    /// Frames given up after the application asked to end.
+    undelivered: u64,
 }
 
 struct Shared {
@@ -121,6 +132,8 @@ pub struct ZmqDispatchSink {
     bound_endpoint: Mutex<Option<String>>,
     /// The stats of the last run, kept after stop.
     last_stats: Mutex<Option<gst::Structure>>,
+    eos_request: EosRequest,
+    undelivered_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -158,6 +171,7 @@ fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
         .field("workers-left", s.workers_left)
         .field("workers-lost", s.workers_lost)
         .field("malformed", core.malformed)
+        .field("undelivered", core.undelivered)
         .field("worker-list", list)
         .build()
 }
@@ -481,6 +495,14 @@ impl ZmqDispatchSink {
             if core.flushing || core.sched.queue_len() == 0 {
                 break;
             }
+            if self.eos_request.give_up() && core.sched.worker_count() == 0 {
+                let left = core.sched.queue_len() as u64;
+                core.sched.clear_queue();
+                core.undelivered += left;
+                drop(core);
+                self.warn_undelivered(left, "were still queued");
+                return;
+            }
             if core.last_progress.elapsed() > timeout {
                 let left = core.sched.queue_len();
                 core.sched.clear_queue();
@@ -488,10 +510,10 @@ impl ZmqDispatchSink {
                 gst::element_imp_warning!(
                     self,
                     gst::ResourceError::Write,
-                    [
+                    (
                         "End of stream: {left} frames never reached a worker (none taken for worker-timeout, {} ms); dropped",
                         timeout.as_millis()
-                    ]
+                    )
                 );
                 return;
             }
@@ -504,9 +526,28 @@ impl ZmqDispatchSink {
     }
 }
 
+impl ZmqDispatchSink {
+    /// Warns that `n` frames were given up after the application asked to end.
+    fn warn_undelivered(&self, n: u64, what: &str) {
+        let endpoint = self
+            .bound_endpoint
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default();
+        let text = format!(
+            "End of stream requested: {n} frames that {what} were not delivered, no worker on {endpoint} took them (counted in stats.undelivered)"
+        );
+        if let Some(text) = self.undelivered_limit.lock().unwrap().message(text) {
+            gst::element_imp_warning!(self, gst::ResourceError::Write, ("{text}"));
+        }
+    }
+}
+
 impl ObjectImpl for ZmqDispatchSink {
     fn constructed(&self) {
         self.parent_constructed();
+        eos_request::listen(&*self.obj());
         // Files are paced by the clock (sync=true); set sync=false to dispatch as fast as
         // the workers take frames.
         self.obj().set_sync(true);
@@ -647,6 +688,15 @@ impl ObjectImpl for ZmqDispatchSink {
 impl GstObjectImpl for ZmqDispatchSink {}
 
 impl ElementImpl for ZmqDispatchSink {
+    fn send_event(&self, event: gst::Event) -> bool {
+        if eos_request::is_request(&event) {
+            gst::debug!(CAT, imp = self, "end of stream requested");
+            self.eos_request.request();
+            return true;
+        }
+        self.parent_send_event(event)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -732,6 +782,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                 last: None,
                 last_progress: Instant::now(),
                 malformed: 0,
+                undelivered: 0,
             }),
             cond: Condvar::new(),
             waker,
@@ -755,6 +806,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                 )
             })?;
         gst::debug!(CAT, imp = self, "session {session:#x}");
+        self.eos_request.clear();
         *self.state.lock().unwrap() = Some(State {
             shared,
             thread: Some(thread),
@@ -784,9 +836,34 @@ impl BaseSinkImpl for ZmqDispatchSink {
         let Some(shared) = self.shared() else {
             return Err(gst::FlowError::Flushing);
         };
-        let keep_index = self.settings.lock().unwrap().keep_index;
-        let timestamp_ms = unix_time::ms_from_meta(buffer).unwrap_or_else(unix_time::now_ms);
+        let (keep_index, hold) = {
+            let settings = self.settings.lock().unwrap();
+            (
+                settings.keep_index,
+                settings.queue_policy == DispatchQueuePolicy::Block,
+            )
+        };
+        // Bounded waits, to look at the end request now and then.
+        let poll = Duration::from_millis(100);
         let mut core = shared.lock();
+        // With block: nothing is taken in before the first worker joined (module text).
+        while hold && core.sched.stats().workers_joined == 0 {
+            if core.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            if self.eos_request.give_up() {
+                core.undelivered += 1;
+                drop(core);
+                self.warn_undelivered(1, "waited for the first worker");
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            core = shared
+                .cond
+                .wait_timeout(core, poll)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let timestamp_ms = unix_time::ms_from_meta(buffer).unwrap_or_else(unix_time::now_ms);
         let index = if keep_index {
             frame_index::index_of(buffer).unwrap_or(core.count)
         } else {
@@ -804,9 +881,19 @@ impl BaseSinkImpl for ZmqDispatchSink {
             }
             match core.sched.push(frame) {
                 Ok(()) => break,
+                Err(_) if self.eos_request.give_up() => {
+                    core.undelivered += 1;
+                    drop(core);
+                    self.warn_undelivered(1, "waited for room in the queue");
+                    return Ok(gst::FlowSuccess::Ok);
+                }
                 Err(back) => {
                     frame = back;
-                    core = shared.cond.wait(core).unwrap_or_else(|e| e.into_inner());
+                    core = shared
+                        .cond
+                        .wait_timeout(core, poll)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
         }

@@ -14,7 +14,10 @@
 //!   subscriber leaving) reaches the sink, which counts the subscribers and the frames
 //!   sent while nobody listened.
 //! - `push`: frames go round-robin to the pullers; when they are all behind the sink
-//!   waits (backpressure), and `unlock()` ends the wait on flush or state change.
+//!   waits (backpressure), and `unlock()` ends the wait on flush or state change. An
+//!   application's EOS request (the first Ctrl-C of `gst-launch-1.0 -e`) reaches the sink
+//!   directly ([`crate::eos_request`]): a frame no puller takes within its grace is then
+//!   given up and counted in `undelivered`, so the pipeline ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -27,10 +30,12 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::SinkSocketType;
+use crate::eos_request::{self, EosRequest};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::protocol;
 use crate::unix_time;
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -98,6 +103,7 @@ struct Stats {
     dropped: u64,
     no_subscriber: u64,
     subscribers: u64,
+    undelivered: u64,
 }
 
 enum Input {
@@ -128,6 +134,8 @@ pub struct ZmqMsgpackSink {
     stats: Mutex<Stats>,
     last_endpoint: Mutex<Option<String>>,
     interrupt: Mutex<Option<Arc<Interrupt>>>,
+    eos_request: EosRequest,
+    undelivered_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -363,9 +371,32 @@ impl ZmqMsgpackSink {
                     stats.bytes += len;
                     return Ok(gst::FlowSuccess::Ok);
                 }
+                Err(zmq::Error::EAGAIN) if self.eos_request.give_up() => {
+                    drop(guard);
+                    let undelivered = {
+                        let mut stats = self.stats.lock().unwrap();
+                        stats.undelivered += 1;
+                        stats.undelivered
+                    };
+                    let text = format!(
+                        "End of stream requested: frame {index} not delivered, no puller on {} took it within {} ms ({undelivered} undelivered)",
+                        self.last_endpoint
+                            .lock()
+                            .unwrap()
+                            .clone()
+                            .unwrap_or_default(),
+                        eos_request::GRACE.as_millis()
+                    );
+                    if let Some(text) = self.undelivered_limit.lock().unwrap().message(text) {
+                        gst::element_imp_warning!(self, gst::ResourceError::Write, ("{text}"));
+                    }
+                    return Ok(gst::FlowSuccess::Ok);
+                }
                 Err(zmq::Error::EAGAIN) => {
                     gst::trace!(CAT, imp = self, "frame {index}: waiting for a puller");
-                    match interrupt.wait(&state.socket, zmq::POLLOUT, &[], &mut [], None) {
+                    // Bounded, to look at the end request now and then.
+                    let poll = Some(std::time::Duration::from_millis(100));
+                    match interrupt.wait(&state.socket, zmq::POLLOUT, &[], &mut [], poll) {
                         Ok(Wait::Ready) | Ok(Wait::TimedOut) => {}
                         Ok(Wait::Interrupted) => {
                             drop(guard);
@@ -404,6 +435,11 @@ impl ZmqMsgpackSink {
 }
 
 impl ObjectImpl for ZmqMsgpackSink {
+    fn constructed(&self) {
+        self.parent_constructed();
+        eos_request::listen(&*self.obj());
+    }
+
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
@@ -459,7 +495,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames and bytes sent, dropped (refused by the socket as a whole), no-subscriber (pub: sent while nobody subscribed), subscribers (pub: subscriptions now); a slow subscriber's own losses show as index gaps at that subscriber")
+                    .blurb("frames and bytes sent, dropped (refused by the socket as a whole), no-subscriber (pub: sent while nobody subscribed), undelivered (push: given up when the end was requested and no puller took them), subscribers (pub: subscriptions now); a slow subscriber's own losses show as index gaps at that subscriber")
                     .read_only()
                     .build(),
             ]
@@ -505,6 +541,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .field("dropped", s.dropped)
                     .field("no-subscriber", s.no_subscriber)
                     .field("subscribers", s.subscribers)
+                    .field("undelivered", s.undelivered)
                     .build()
                     .to_value()
             }
@@ -516,6 +553,15 @@ impl ObjectImpl for ZmqMsgpackSink {
 impl GstObjectImpl for ZmqMsgpackSink {}
 
 impl ElementImpl for ZmqMsgpackSink {
+    fn send_event(&self, event: gst::Event) -> bool {
+        if eos_request::is_request(&event) {
+            gst::debug!(CAT, imp = self, "end of stream requested");
+            self.eos_request.request();
+            return true;
+        }
+        self.parent_send_event(event)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -619,6 +665,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         );
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
+        self.eos_request.clear();
         *self.state.lock().unwrap() = Some(State {
             socket,
             _context: context,
