@@ -26,6 +26,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::curve::ElementCurve;
 use crate::interrupt::Interrupt;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
@@ -130,6 +131,7 @@ struct State {
 
 #[derive(Default)]
 pub struct ZmqCollectSrc {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
@@ -330,7 +332,7 @@ impl ObjectImpl for ZmqCollectSrc {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb("ZeroMQ endpoint of the PULL socket where workers push results (zmqmsgpacksink socket-type=push), e.g. tcp://*:5558")
@@ -396,12 +398,17 @@ impl ObjectImpl for ZmqCollectSrc {
                     .blurb("received, frames (output), late, duplicates, missing, overflow, restarts, discarded, malformed, not-jpeg, held")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("workers"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => {
@@ -438,6 +445,9 @@ impl ObjectImpl for ZmqCollectSrc {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => settings.endpoint.to_value(),
@@ -463,6 +473,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("overflow", p.overflow)
                     .field("restarts", p.restarts)
                     .field("discarded", p.discarded)
+                    .field("refused", self.curve.refused())
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
                     .field("too-large", s.too_large)
@@ -528,6 +539,14 @@ impl BaseSrcImpl for ZmqCollectSrc {
         socket
             .set_linger(0)
             .map_err(|e| socket_err("set linger on", e))?;
+        self.curve.secure(
+            self.obj().upcast_ref(),
+            &context,
+            &socket,
+            settings.bind,
+            &endpoint,
+            false,
+        )?;
         let bound =
             zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
                 gst::error_msg!(
@@ -540,6 +559,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 )
             })?;
         gst::info!(CAT, imp = self, "workers push results to {bound}");
+        self.curve.set_endpoint(&bound);
         *self.bound_endpoint.lock().unwrap() = Some(bound);
         let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
@@ -594,6 +614,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         let stats = self.stats();
         let state = self.state.lock().unwrap().take();
         if let Some(mut state) = state {

@@ -33,6 +33,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::DispatchQueuePolicy;
+use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
 use crate::interrupt::Interrupt;
@@ -127,6 +128,7 @@ struct State {
 
 #[derive(Default)]
 pub struct ZmqDispatchSink {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
@@ -558,7 +560,7 @@ impl ObjectImpl for ZmqDispatchSink {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb("ZeroMQ endpoint the ROUTER socket binds, where workers (zmqworkersrc) connect, e.g. tcp://*:5555 or tcp://127.0.0.1:* (port picked, see bound-endpoint)")
@@ -616,12 +618,17 @@ impl ObjectImpl for ZmqDispatchSink {
                     .blurb("queued, dispatched, jobs, dropped (drop-oldest), redispatched, unaccounted, queue-length, in-flight, workers, workers-joined/left/lost, malformed, worker-list (name, batch, frames, in-flight, credit, idle-ms)")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("workers"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => {
@@ -657,6 +664,9 @@ impl ObjectImpl for ZmqDispatchSink {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => settings.endpoint.to_value(),
@@ -669,16 +679,17 @@ impl ObjectImpl for ZmqDispatchSink {
             "keep-index" => settings.keep_index.to_value(),
             "stats" => {
                 drop(settings);
-                match self.shared() {
-                    Some(shared) => stats_structure(&shared.lock(), Instant::now()).to_value(),
+                let mut s = match self.shared() {
+                    Some(shared) => stats_structure(&shared.lock(), Instant::now()),
                     None => self
                         .last_stats
                         .lock()
                         .unwrap()
                         .clone()
-                        .unwrap_or_else(|| gst::Structure::new_empty("zmqdispatchsink-stats"))
-                        .to_value(),
-                }
+                        .unwrap_or_else(|| gst::Structure::new_empty("zmqdispatchsink-stats")),
+                };
+                s.set("refused", self.curve.refused());
+                s.to_value()
             }
             other => unreachable!("no property {other}"),
         }
@@ -745,6 +756,14 @@ impl BaseSinkImpl for ZmqDispatchSink {
         socket
             .set_linger(0)
             .map_err(|e| socket_err("set linger on", e))?;
+        self.curve.secure(
+            self.obj().upcast_ref(),
+            &context,
+            &socket,
+            true,
+            &endpoint,
+            false,
+        )?;
         let bound = zmq_endpoint::bind_or_connect(&socket, &endpoint, true).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
@@ -755,6 +774,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
             )
         })?;
         gst::info!(CAT, imp = self, "workers connect to {bound}");
+        self.curve.set_endpoint(&bound);
         *self.bound_endpoint.lock().unwrap() = Some(bound);
 
         let waker = Interrupt::new().map_err(|e| {
@@ -815,6 +835,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         let state = self.state.lock().unwrap().take();
         if let Some(mut state) = state {
             {

@@ -25,6 +25,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
 use crate::interrupt::Interrupt;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
@@ -146,6 +147,7 @@ struct State {
 
 #[derive(Default)]
 pub struct ZmqWorkerSrc {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
@@ -487,7 +489,7 @@ impl ObjectImpl for ZmqWorkerSrc {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb("The primary's zmqdispatchsink to connect to, e.g. tcp://10.0.0.1:5555")
@@ -553,12 +555,17 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .blurb("frames-in, frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, overflow), sessions (primaries joined), primary-lost, drains, queued")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("peers"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => {
@@ -597,6 +604,9 @@ impl ObjectImpl for ZmqWorkerSrc {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => settings.endpoint.to_value(),
@@ -616,6 +626,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                 let queued = self.shared().map(|s| s.lock().queue.len()).unwrap_or(0);
                 let s = self.stats();
                 gst::Structure::builder("zmqworkersrc-stats")
+                    .field("refused", self.curve.refused())
                     .field("frames-in", s.frames_in)
                     .field("frames-out", s.frames_out)
                     .field("jobs", s.jobs)
@@ -717,6 +728,14 @@ impl BaseSrcImpl for ZmqWorkerSrc {
         socket
             .set_reconnect_ivl_max(1000)
             .map_err(|e| socket_err("set the reconnect interval on", e))?;
+        self.curve.secure(
+            self.obj().upcast_ref(),
+            &context,
+            &socket,
+            false,
+            &endpoint,
+            false,
+        )?;
         socket.connect(&endpoint).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
@@ -780,6 +799,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         let state = self.state.lock().unwrap().take();
         if let Some(mut state) = state {
             {

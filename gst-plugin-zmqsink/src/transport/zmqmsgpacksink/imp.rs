@@ -30,6 +30,7 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::SinkSocketType;
+use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
@@ -129,6 +130,7 @@ struct State {
 
 #[derive(Default)]
 pub struct ZmqMsgpackSink {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
@@ -442,7 +444,7 @@ impl ObjectImpl for ZmqMsgpackSink {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecUInt::builder("port")
                     .nick("Port")
                     .blurb("TCP port to bind (tcp://*:PORT) or, with bind=false, to connect to on localhost; ignored when endpoint is set")
@@ -498,12 +500,19 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .blurb("frames and bytes sent, dropped (refused by the socket as a whole), no-subscriber (pub: sent while nobody subscribed), undelivered (push: given up when the end was requested and no puller took them), subscribers (pub: subscriptions now); a slow subscriber's own losses show as index gaps at that subscriber")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs(
+                "subscribers (binding) or receivers (binding push)",
+            ));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "port" => settings.port = value.get().expect("type checked upstream"),
@@ -523,6 +532,9 @@ impl ObjectImpl for ZmqMsgpackSink {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "port" => settings.port.to_value(),
@@ -542,6 +554,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .field("no-subscriber", s.no_subscriber)
                     .field("subscribers", s.subscribers)
                     .field("undelivered", s.undelivered)
+                    .field("refused", self.curve.refused())
                     .build()
                     .to_value()
             }
@@ -644,6 +657,14 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         if settings.socket_type == SinkSocketType::Pub {
             set_xpub_verboser(&mut socket).map_err(|e| socket_err("set XPUB_VERBOSER on", e))?;
         }
+        self.curve.secure(
+            self.obj().upcast_ref(),
+            &context,
+            &socket,
+            settings.bind,
+            &endpoint,
+            false,
+        )?;
         let last =
             zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
                 gst::error_msg!(
@@ -663,6 +684,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
+        self.curve.set_endpoint(&last);
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
         self.eos_request.clear();
@@ -680,6 +702,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         // Dropping the state closes the socket and waits up to `linger` for queued frames.
         let state = self.state.lock().unwrap().take();
         drop(state);

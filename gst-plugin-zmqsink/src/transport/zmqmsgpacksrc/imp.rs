@@ -29,6 +29,7 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::SrcSocketType;
+use crate::curve::{self, ElementCurve};
 use crate::frame_file::{self, FrameFileError};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
@@ -179,6 +180,7 @@ struct State {
 
 #[derive(Default)]
 pub struct ZmqMsgpackSrc {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
@@ -338,19 +340,11 @@ impl ZmqMsgpackSrc {
         let Some(monitor) = state.monitor.as_ref() else {
             return;
         };
-        while let Ok(head) = monitor.recv_msg(zmq::DONTWAIT) {
-            let address = if monitor.get_rcvmore().unwrap_or(false) {
-                monitor
-                    .recv_msg(zmq::DONTWAIT)
-                    .map(|m| String::from_utf8_lossy(&m).into_owned())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            };
-            if head.len() < 6 {
+        while let Some((event, value, address)) = curve::read_monitor_event(monitor) {
+            if event & curve::HANDSHAKE_EVENTS != 0 {
+                self.curve.handshake_event(event, value, &address);
                 continue;
             }
-            let event = u16::from_le_bytes([head[0], head[1]]);
             match zmq::SocketEvent::from_raw(event) {
                 zmq::SocketEvent::DISCONNECTED => {
                     self.stats.lock().unwrap().disconnects += 1;
@@ -425,7 +419,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb("ZeroMQ endpoint to connect to (or to bind, with bind=true), e.g. tcp://10.0.0.2:5557 or tcp://*:5557")
@@ -477,12 +471,17 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .blurb("frames and bytes received, dropped (sum of dropped-malformed, dropped-not-jpeg, dropped-missing-file, dropped-oversize) and disconnects")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("senders"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => {
@@ -510,6 +509,9 @@ impl ObjectImpl for ZmqMsgpackSrc {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => settings.endpoint.to_value(),
@@ -533,6 +535,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .field("dropped-oversize", s.oversize)
                     .field("dropped-refused-path", s.refused_path)
                     .field("disconnects", s.disconnects)
+                    .field("refused", self.curve.refused())
                     .build()
                     .to_value()
             }
@@ -626,7 +629,8 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
                 &monitor_endpoint,
                 (zmq::SocketEvent::DISCONNECTED as u16
                     | zmq::SocketEvent::CONNECTED as u16
-                    | zmq::SocketEvent::ACCEPTED as u16) as i32,
+                    | zmq::SocketEvent::ACCEPTED as u16
+                    | curve::HANDSHAKE_EVENTS) as i32,
             )
             .and_then(|()| {
                 let m = context.socket(zmq::PAIR)?;
@@ -646,6 +650,14 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             }
         };
 
+        self.curve.secure(
+            self.obj().upcast_ref(),
+            &context,
+            &socket,
+            settings.bind,
+            &endpoint,
+            monitor.is_some(),
+        )?;
         let last =
             zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
                 gst::error_msg!(
@@ -665,6 +677,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
+        self.curve.set_endpoint(&last);
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
         self.output.lock().unwrap().reset(settings.framerate);
@@ -683,6 +696,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         let state = self.state.lock().unwrap().take();
         drop(state);
         gst::debug!(
