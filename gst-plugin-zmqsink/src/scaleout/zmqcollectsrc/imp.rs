@@ -255,7 +255,7 @@ impl Io {
         }
         if let Some(element) = self.element.upgrade() {
             for text in reports {
-                gst::element_warning!(element, gst::StreamError::Decode, ["{text}"]);
+                gst::element_warning!(element, gst::StreamError::Decode, ("{text}"));
             }
         }
     }
@@ -311,11 +311,11 @@ impl ZmqCollectSrc {
         gst::element_imp_warning!(
             self,
             gst::StreamError::Failed,
-            [
+            (
                 "Frames lost: {} more missing (never arrived within playout-delay {delay} ms), {} more late; {missing} missing and {late} late in all",
                 missing - reported.1,
                 late - reported.0
-            ]
+            )
         );
         Some((late, missing))
     }
@@ -551,11 +551,11 @@ impl BaseSrcImpl for ZmqCollectSrc {
             zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
                 gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    [
+                    (
                         "Could not {} {endpoint} for the workers' results: {e}{}",
                         zmq_endpoint::verb(settings.bind),
                         zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                    ]
+                    )
                 )
             })?;
         gst::info!(CAT, imp = self, "workers push results to {bound}");
@@ -564,7 +564,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
         let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                ["Could not create the wake-up socket pair: {e}"]
+                ("Could not create the wake-up socket pair: {e}")
             )
         })?;
         let ledger = ledger::ledger(&settings.group);
@@ -602,7 +602,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 shared_detach(&settings.group);
                 gst::error_msg!(
                     gst::CoreError::Thread,
-                    ["Could not start the socket thread: {e}"]
+                    ("Could not start the socket thread: {e}")
                 )
             })?;
         *self.state.lock().unwrap() = Some(State {

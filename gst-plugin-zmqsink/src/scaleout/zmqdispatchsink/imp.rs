@@ -444,12 +444,12 @@ impl Io {
                             gst::element_warning!(
                                 element,
                                 gst::ResourceError::Read,
-                                [
+                                (
                                     "Worker {} lost ({how}); {} of its frames sent to other workers, {} unaccounted; {workers} workers left",
                                     r.name,
                                     r.redispatched,
                                     r.unaccounted
-                                ]
+                                )
                             );
                         }
                     }
@@ -458,7 +458,7 @@ impl Io {
                     gst::element_warning!(
                         element,
                         gst::StreamError::Decode,
-                        ["Dropped a malformed message on the worker socket: {text}"]
+                        ("Dropped a malformed message on the worker socket: {text}")
                     );
                 }
             }
@@ -767,10 +767,10 @@ impl BaseSinkImpl for ZmqDispatchSink {
         let bound = zmq_endpoint::bind_or_connect(&socket, &endpoint, true).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
-                [
+                (
                     "Could not bind {endpoint} for the workers: {e}{}",
                     zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                ]
+                )
             )
         })?;
         gst::info!(CAT, imp = self, "workers connect to {bound}");
@@ -780,7 +780,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
         let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
-                ["Could not create the wake-up socket pair: {e}"]
+                ("Could not create the wake-up socket pair: {e}")
             )
         })?;
         let ledger = ledger::ledger(&settings.group);
@@ -822,7 +822,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
             .map_err(|e| {
                 gst::error_msg!(
                     gst::CoreError::Thread,
-                    ["Could not start the socket thread: {e}"]
+                    ("Could not start the socket thread: {e}")
                 )
             })?;
         gst::debug!(CAT, imp = self, "session {session:#x}");

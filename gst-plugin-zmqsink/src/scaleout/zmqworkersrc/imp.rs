@@ -433,20 +433,20 @@ impl Io {
                     gst::element_warning!(
                         element,
                         gst::ResourceError::Read,
-                        [
+                        (
                             "No word from the primary for {} ms: waiting for it to come back (reconnecting by itself)",
                             self.primary_timeout.as_millis()
-                        ]
+                        )
                     );
                 }
                 Report::Dropped(kind, text) => {
-                    gst::element_warning!(element, kind, ["Dropped a frame: {text}"]);
+                    gst::element_warning!(element, kind, ("Dropped a frame: {text}"));
                 }
                 Report::Malformed(text) => {
                     gst::element_warning!(
                         element,
                         gst::StreamError::Decode,
-                        ["Dropped a message from the primary: {text}"]
+                        ("Dropped a message from the primary: {text}")
                     );
                 }
             }
@@ -739,17 +739,17 @@ impl BaseSrcImpl for ZmqWorkerSrc {
         socket.connect(&endpoint).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                [
+                (
                     "Could not connect to the primary at {endpoint}: {e}{}",
                     zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                ]
+                )
             )
         })?;
         gst::info!(CAT, imp = self, "worker {name} connecting to {endpoint}");
         let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                ["Could not create the wake-up socket pair: {e}"]
+                ("Could not create the wake-up socket pair: {e}")
             )
         })?;
         let shared = Arc::new(Shared {
@@ -788,7 +788,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             .map_err(|e| {
                 gst::error_msg!(
                     gst::CoreError::Thread,
-                    ["Could not start the socket thread: {e}"]
+                    ("Could not start the socket thread: {e}")
                 )
             })?;
         *self.state.lock().unwrap() = Some(State {

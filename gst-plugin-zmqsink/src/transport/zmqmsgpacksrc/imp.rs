@@ -369,7 +369,7 @@ impl ZmqMsgpackSrc {
                             gst::element_imp_warning!(
                                 self,
                                 gst::ResourceError::OpenRead,
-                                ["{text}"]
+                                ("{text}")
                             )
                         }
                         DropReason::MissingFile => {
