@@ -524,42 +524,33 @@ impl BaseSrcImpl for ZmqCollectSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        zmq_endpoint::check_endpoint(&endpoint)?;
         self.output.lock().unwrap().reset(settings.framerate);
-        let context = zmq::Context::new();
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(gst::ResourceError::OpenRead, "PULL", what, e)
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: settings.bind,
+            linger_ms: 0,
+            send_hwm: None,
+            rcv_hwm: None,
+            max_message_size: Some(settings.max_message_size),
+            name: "PULL",
+            purpose: ", for the workers' results",
+            examples: zmq_endpoint::SCALEOUT_EXAMPLES,
+            error: gst::ResourceError::OpenRead,
         };
-        let socket = context
-            .socket(zmq::PULL)
-            .map_err(|e| socket_err("create", e))?;
-        socket
-            .set_maxmsgsize(settings.max_message_size)
-            .map_err(|e| socket_err("set max-message-size on", e))?;
-        socket
-            .set_linger(0)
-            .map_err(|e| socket_err("set linger on", e))?;
-        self.curve.secure(
+        let (opened, ()) = zmq_endpoint::open(
+            zmq::PULL,
+            &options,
             self.obj().upcast_ref(),
-            &context,
-            &socket,
-            settings.bind,
-            &endpoint,
-            false,
+            &self.curve,
+            |_, _| Ok(()),
+            |_| false,
         )?;
-        let bound =
-            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    (
-                        "Could not {} {endpoint} for the workers' results: {e}{}",
-                        zmq_endpoint::verb(settings.bind),
-                        zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                    )
-                )
-            })?;
+        let zmq_endpoint::Opened {
+            socket,
+            context,
+            endpoint: bound,
+        } = opened;
         gst::info!(CAT, imp = self, "workers push results to {bound}");
-        self.curve.set_endpoint(&bound);
         *self.bound_endpoint.lock().unwrap() = Some(bound);
         let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(

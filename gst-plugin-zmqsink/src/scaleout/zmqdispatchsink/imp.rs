@@ -742,39 +742,36 @@ impl BaseSinkImpl for ZmqDispatchSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        zmq_endpoint::check_endpoint(&endpoint)?;
-        let context = zmq::Context::new();
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(gst::ResourceError::OpenWrite, "ROUTER", what, e)
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: true,
+            linger_ms: 0,
+            send_hwm: None,
+            rcv_hwm: None,
+            max_message_size: None,
+            name: "ROUTER",
+            purpose: ", for the workers",
+            examples: zmq_endpoint::SCALEOUT_EXAMPLES,
+            error: gst::ResourceError::OpenWrite,
         };
-        let socket = context
-            .socket(zmq::ROUTER)
-            .map_err(|e| socket_err("create", e))?;
-        socket
-            .set_router_mandatory(true)
-            .map_err(|e| socket_err("set ZMQ_ROUTER_MANDATORY on", e))?;
-        socket
-            .set_linger(0)
-            .map_err(|e| socket_err("set linger on", e))?;
-        self.curve.secure(
+        let (opened, ()) = zmq_endpoint::open(
+            zmq::ROUTER,
+            &options,
             self.obj().upcast_ref(),
-            &context,
-            &socket,
-            true,
-            &endpoint,
-            false,
+            &self.curve,
+            |_, socket| {
+                socket
+                    .set_router_mandatory(true)
+                    .map_err(|e| ("set ZMQ_ROUTER_MANDATORY on", e))
+            },
+            |_| false,
         )?;
-        let bound = zmq_endpoint::bind_or_connect(&socket, &endpoint, true).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                (
-                    "Could not bind {endpoint} for the workers: {e}{}",
-                    zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                )
-            )
-        })?;
+        let zmq_endpoint::Opened {
+            socket,
+            context,
+            endpoint: bound,
+        } = opened;
         gst::info!(CAT, imp = self, "workers connect to {bound}");
-        self.curve.set_endpoint(&bound);
         *self.bound_endpoint.lock().unwrap() = Some(bound);
 
         let waker = Interrupt::new().map_err(|e| {

@@ -694,57 +694,48 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        zmq_endpoint::check_endpoint(&endpoint)?;
         self.output.lock().unwrap().reset(settings.framerate);
         let name = settings
             .worker_name
             .clone()
             .unwrap_or_else(default_worker_name);
-        let context = zmq::Context::new();
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(gst::ResourceError::OpenRead, "DEALER", what, e)
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: false,
+            linger_ms: 200,
+            send_hwm: None,
+            rcv_hwm: None,
+            max_message_size: Some(settings.max_message_size),
+            name: "DEALER",
+            purpose: ", to the primary",
+            examples: zmq_endpoint::SCALEOUT_EXAMPLES,
+            error: gst::ResourceError::OpenRead,
         };
-        let socket = context
-            .socket(zmq::DEALER)
-            .map_err(|e| socket_err("create", e))?;
-        // A unique identity per run: a restarted worker is a new worker to the primary.
-        let identity = format!("{name}#{:x}", scaleout::new_session());
-        socket
-            .set_identity(identity.as_bytes())
-            .map_err(|e| socket_err("set the identity of", e))?;
-        // Only queue messages on a live connection: stale ready messages are useless.
-        socket
-            .set_immediate(true)
-            .map_err(|e| socket_err("set ZMQ_IMMEDIATE on", e))?;
-        socket
-            .set_maxmsgsize(settings.max_message_size)
-            .map_err(|e| socket_err("set max-message-size on", e))?;
-        socket
-            .set_linger(200)
-            .map_err(|e| socket_err("set linger on", e))?;
-        socket
-            .set_reconnect_ivl(100)
-            .map_err(|e| socket_err("set the reconnect interval on", e))?;
-        socket
-            .set_reconnect_ivl_max(1000)
-            .map_err(|e| socket_err("set the reconnect interval on", e))?;
-        self.curve.secure(
+        let (opened, ()) = zmq_endpoint::open(
+            zmq::DEALER,
+            &options,
             self.obj().upcast_ref(),
-            &context,
-            &socket,
-            false,
-            &endpoint,
-            false,
+            &self.curve,
+            |_, socket| {
+                // A unique identity per run: a restarted worker is a new worker to the primary.
+                let identity = format!("{name}#{:x}", scaleout::new_session());
+                socket
+                    .set_identity(identity.as_bytes())
+                    .map_err(|e| ("set the identity of", e))?;
+                // Only queue messages on a live connection: stale ready messages are useless.
+                socket
+                    .set_immediate(true)
+                    .map_err(|e| ("set ZMQ_IMMEDIATE on", e))?;
+                socket
+                    .set_reconnect_ivl(100)
+                    .and_then(|()| socket.set_reconnect_ivl_max(1000))
+                    .map_err(|e| ("set the reconnect interval on", e))
+            },
+            |_| false,
         )?;
-        socket.connect(&endpoint).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                (
-                    "Could not connect to the primary at {endpoint}: {e}{}",
-                    zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                )
-            )
-        })?;
+        let zmq_endpoint::Opened {
+            socket, context, ..
+        } = opened;
         gst::info!(CAT, imp = self, "worker {name} connecting to {endpoint}");
         let waker = Interrupt::new().map_err(|e| {
             gst::error_msg!(

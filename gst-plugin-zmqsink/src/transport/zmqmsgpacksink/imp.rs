@@ -624,8 +624,6 @@ impl BaseSinkImpl for ZmqMsgpackSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.effective_endpoint();
-        zmq_endpoint::check_endpoint(&endpoint)?;
-
         let interrupt = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
@@ -634,49 +632,40 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         })?;
         *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
 
-        let context = zmq::Context::new();
         let kind = match settings.socket_type {
             SinkSocketType::Pub => zmq::XPUB,
             SinkSocketType::Push => zmq::PUSH,
         };
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(
-                gst::ResourceError::OpenWrite,
-                settings.socket_type_nick(),
-                what,
-                e,
-            )
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: settings.bind,
+            linger_ms: settings.linger_ms,
+            send_hwm: Some(settings.send_hwm),
+            rcv_hwm: None,
+            max_message_size: None,
+            name: settings.socket_type_nick(),
+            purpose: "",
+            examples: zmq_endpoint::STREAM_EXAMPLES,
+            error: gst::ResourceError::OpenWrite,
         };
-        let mut socket = context.socket(kind).map_err(|e| socket_err("create", e))?;
-        socket
-            .set_sndhwm(settings.send_hwm)
-            .map_err(|e| socket_err("set send-hwm on", e))?;
-        socket
-            .set_linger(settings.linger_ms)
-            .map_err(|e| socket_err("set linger on", e))?;
-        if settings.socket_type == SinkSocketType::Pub {
-            set_xpub_verboser(&mut socket).map_err(|e| socket_err("set XPUB_VERBOSER on", e))?;
-        }
-        self.curve.secure(
+        let (opened, ()) = zmq_endpoint::open(
+            kind,
+            &options,
             self.obj().upcast_ref(),
-            &context,
-            &socket,
-            settings.bind,
-            &endpoint,
-            false,
+            &self.curve,
+            |_, socket| {
+                if settings.socket_type == SinkSocketType::Pub {
+                    set_xpub_verboser(socket).map_err(|e| ("set XPUB_VERBOSER on", e))?;
+                }
+                Ok(())
+            },
+            |_| false,
         )?;
-        let last =
-            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenWrite,
-                    (
-                        "Could not {} {endpoint} ({} socket): {e}{}",
-                        zmq_endpoint::verb(settings.bind),
-                        settings.socket_type_nick(),
-                        zmq_endpoint::hint(e, "tcp://*:5557, tcp://HOST:PORT or ipc:///path")
-                    )
-                )
-            })?;
+        let zmq_endpoint::Opened {
+            socket,
+            context,
+            endpoint: last,
+        } = opened;
         gst::info!(
             CAT,
             imp = self,
@@ -684,7 +673,6 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
-        self.curve.set_endpoint(&last);
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
         self.eos_request.clear();

@@ -335,6 +335,40 @@ impl ZmqMsgpackSrc {
         stats.bytes += bytes;
     }
 
+    /// A monitor of `socket`: it tells about connections ZeroMQ closes (e.g. for an
+    /// oversize message) and failed CURVE handshakes. `None` (logged) when it cannot be set.
+    fn monitor(&self, context: &zmq::Context, socket: &zmq::Socket) -> Option<zmq::Socket> {
+        let monitor_endpoint = format!(
+            "inproc://zmqmsgpacksrc-monitor-{}",
+            MONITOR_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let monitor = socket
+            .monitor(
+                &monitor_endpoint,
+                (zmq::SocketEvent::DISCONNECTED as u16
+                    | zmq::SocketEvent::CONNECTED as u16
+                    | zmq::SocketEvent::ACCEPTED as u16
+                    | curve::HANDSHAKE_EVENTS) as i32,
+            )
+            .and_then(|()| {
+                let m = context.socket(zmq::PAIR)?;
+                m.set_linger(0)?;
+                m.connect(&monitor_endpoint)?;
+                Ok(m)
+            });
+        match monitor {
+            Ok(m) => Some(m),
+            Err(e) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "no socket monitor, disconnects are not counted: {e}"
+                );
+                None
+            }
+        }
+    }
+
     /// Reads what the socket monitor has to say.
     fn handle_monitor(&self, state: &mut State, reports: &mut Vec<Report>) {
         let Some(monitor) = state.monitor.as_ref() else {
@@ -581,7 +615,6 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        zmq_endpoint::check_endpoint(&endpoint)?;
         let interrupt = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
@@ -590,86 +623,40 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
         })?;
         *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
 
-        let context = zmq::Context::new();
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(
-                gst::ResourceError::OpenRead,
-                settings.socket_type_nick(),
-                what,
-                e,
-            )
-        };
         let kind = match settings.socket_type {
             SrcSocketType::Sub => zmq::SUB,
             SrcSocketType::Pull => zmq::PULL,
         };
-        let socket = context.socket(kind).map_err(|e| socket_err("create", e))?;
-        socket
-            .set_rcvhwm(settings.rcv_hwm)
-            .map_err(|e| socket_err("set rcv-hwm on", e))?;
-        socket
-            .set_maxmsgsize(settings.max_message_size)
-            .map_err(|e| socket_err("set max-message-size on", e))?;
-        socket
-            .set_linger(0)
-            .map_err(|e| socket_err("set linger on", e))?;
-        if settings.socket_type == SrcSocketType::Sub {
-            socket
-                .set_subscribe(b"")
-                .map_err(|e| socket_err("subscribe", e))?;
-        }
-
-        // The monitor tells about connections ZeroMQ closes (e.g. for an oversize message).
-        let monitor_endpoint = format!(
-            "inproc://zmqmsgpacksrc-monitor-{}",
-            MONITOR_ID.fetch_add(1, Ordering::Relaxed)
-        );
-        let monitor = socket
-            .monitor(
-                &monitor_endpoint,
-                (zmq::SocketEvent::DISCONNECTED as u16
-                    | zmq::SocketEvent::CONNECTED as u16
-                    | zmq::SocketEvent::ACCEPTED as u16
-                    | curve::HANDSHAKE_EVENTS) as i32,
-            )
-            .and_then(|()| {
-                let m = context.socket(zmq::PAIR)?;
-                m.set_linger(0)?;
-                m.connect(&monitor_endpoint)?;
-                Ok(m)
-            });
-        let monitor = match monitor {
-            Ok(m) => Some(m),
-            Err(e) => {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "no socket monitor, disconnects are not counted: {e}"
-                );
-                None
-            }
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: settings.bind,
+            linger_ms: 0,
+            send_hwm: None,
+            rcv_hwm: Some(settings.rcv_hwm),
+            max_message_size: Some(settings.max_message_size),
+            name: settings.socket_type_nick(),
+            purpose: "",
+            examples: zmq_endpoint::STREAM_EXAMPLES,
+            error: gst::ResourceError::OpenRead,
         };
-
-        self.curve.secure(
+        let (opened, monitor) = zmq_endpoint::open(
+            kind,
+            &options,
             self.obj().upcast_ref(),
-            &context,
-            &socket,
-            settings.bind,
-            &endpoint,
-            monitor.is_some(),
+            &self.curve,
+            |context, socket| {
+                if settings.socket_type == SrcSocketType::Sub {
+                    socket.set_subscribe(b"").map_err(|e| ("subscribe", e))?;
+                }
+                Ok(self.monitor(context, socket))
+            },
+            Option::is_some,
         )?;
-        let last =
-            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    (
-                        "Could not {} {endpoint} ({} socket): {e}{}",
-                        zmq_endpoint::verb(settings.bind),
-                        settings.socket_type_nick(),
-                        zmq_endpoint::hint(e, zmq_endpoint::STREAM_EXAMPLES)
-                    )
-                )
-            })?;
+        let zmq_endpoint::Opened {
+            socket,
+            context,
+            endpoint: last,
+        } = opened;
         gst::info!(
             CAT,
             imp = self,
@@ -677,7 +664,6 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             zmq_endpoint::done_verb(settings.bind),
             settings.socket_type_nick()
         );
-        self.curve.set_endpoint(&last);
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
         self.output.lock().unwrap().reset(settings.framerate);
