@@ -468,6 +468,17 @@ fn dispatcher_sends_whole_batches_on_credit_only() {
             break session;
         }
     };
+    // The source is held until a worker joined: wait until all 12 frames are queued.
+    let t0 = Instant::now();
+    while d
+        .property::<gst::Structure>("stats")
+        .get::<u64>("queue-length")
+        .unwrap()
+        < 12
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "frames not queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Nothing is sent without credit; then each credit of 4 brings one batch of 4.
     let mut jobs = Vec::new();
     for (credit, taken) in [(4, 0), (8, 4), (12, 8)] {
