@@ -15,8 +15,7 @@
 //! has seen the end of its input and the last frame was played or given up, or after
 //! `idle-timeout` without results.
 
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -27,12 +26,12 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::curve::ElementCurve;
-use crate::interrupt::Interrupt;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, Playout, PlayoutStats};
+use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -100,8 +99,6 @@ type Jpeg = (Vec<u8>, (usize, usize));
 
 struct Core {
     playout: Playout<Jpeg>,
-    flushing: bool,
-    shutdown: bool,
     last_arrival: Instant,
     malformed: u64,
     not_jpeg: u64,
@@ -110,22 +107,11 @@ struct Core {
     reported: (u64, u64),
 }
 
-struct Shared {
-    core: Mutex<Core>,
-    cond: Condvar,
-    waker: Interrupt,
-    ledger: Arc<Ledger>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// The core, its flags, the condvar and the wake-up, and the group's ledger.
+type Shared = socket_thread::Shared<Core, Arc<Ledger>>;
 
 struct State {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    io: SocketThread<Core, Arc<Ledger>>,
     loss_limit: RateLimit,
 }
 
@@ -159,16 +145,10 @@ struct Io {
 impl Io {
     fn run(mut self) {
         loop {
-            let mut items = [
-                self.socket.as_poll_item(zmq::POLLIN),
-                self.shared.waker.poll_item(),
-            ];
-            if let Err(e) = zmq::poll(&mut items, 200) {
-                gst::warning!(CAT, "poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            self.shared.waker.drain();
-            if self.shared.lock().shutdown {
+            if !self
+                .shared
+                .poll(&self.socket, Duration::from_millis(200), *CAT)
+            {
                 break;
             }
             let mut reports = Vec::new();
@@ -227,15 +207,15 @@ impl Io {
             let mut core = self.shared.lock();
             core.last_arrival = Instant::now();
             match core.playout.insert(f.index, f.timestamp_ms, jpeg, now_us) {
-                Arrival::Held => self.shared.ledger.received(f.index),
+                Arrival::Held => self.shared.extra.received(f.index),
                 Arrival::Restarted => {
                     gst::info!(
                         CAT,
                         "index went back to {} with a newer timestamp: new stream",
                         f.index
                     );
-                    self.shared.ledger.reset_progress();
-                    self.shared.ledger.received(f.index);
+                    self.shared.extra.reset_progress();
+                    self.shared.extra.received(f.index);
                 }
                 Arrival::Late => gst::debug!(CAT, "frame {} late, dropped", f.index),
                 Arrival::Duplicate => gst::debug!(CAT, "frame {} again, dropped", f.index),
@@ -267,7 +247,7 @@ impl ZmqCollectSrc {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|s| s.shared.clone())
+            .map(|s| s.io.shared().clone())
     }
 
     fn stats(&self) -> Stats {
@@ -552,32 +532,23 @@ impl BaseSrcImpl for ZmqCollectSrc {
         } = opened;
         gst::info!(CAT, imp = self, "workers push results to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
-        let waker = Interrupt::new().map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                ("Could not create the wake-up socket pair: {e}")
-            )
-        })?;
         let ledger = ledger::ledger(&settings.group);
         ledger.attach_collector();
-        let shared = Arc::new(Shared {
-            core: Mutex::new(Core {
+        let shared = Shared::new(
+            Core {
                 playout: Playout::new(
                     i64::from(settings.playout_delay_ms) * 1000,
                     settings.max_frames as usize,
                 ),
-                flushing: false,
-                shutdown: false,
                 last_arrival: Instant::now(),
                 malformed: 0,
                 not_jpeg: 0,
                 too_large: 0,
                 reported: (0, 0),
-            }),
-            cond: Condvar::new(),
-            waker,
+            },
             ledger,
-        });
+        )
+        .inspect_err(|_| shared_detach(&settings.group))?;
         let io = Io {
             element: self.obj().downgrade(),
             shared: shared.clone(),
@@ -586,19 +557,10 @@ impl BaseSrcImpl for ZmqCollectSrc {
             drop_limit: RateLimit::new(Duration::from_secs(1)),
             max_pixels: settings.max_pixels,
         };
-        let thread = std::thread::Builder::new()
-            .name("zmqcollect-io".into())
-            .spawn(move || io.run())
-            .map_err(|e| {
-                shared_detach(&settings.group);
-                gst::error_msg!(
-                    gst::CoreError::Thread,
-                    ("Could not start the socket thread: {e}")
-                )
-            })?;
+        let io = SocketThread::spawn("zmqcollect-io", shared, move || io.run())
+            .inspect_err(|_| shared_detach(&settings.group))?;
         *self.state.lock().unwrap() = Some(State {
-            shared,
-            thread: Some(thread),
+            io,
             loss_limit: RateLimit::new(Duration::from_secs(1)),
         });
         Ok(())
@@ -608,18 +570,8 @@ impl BaseSrcImpl for ZmqCollectSrc {
         self.curve.stop();
         let stats = self.stats();
         let state = self.state.lock().unwrap().take();
-        if let Some(mut state) = state {
-            {
-                let mut core = state.shared.lock();
-                core.shutdown = true;
-                core.flushing = true;
-            }
-            state.shared.cond.notify_all();
-            state.shared.waker.wake();
-            if let Some(t) = state.thread.take() {
-                let _ = t.join();
-            }
-            state.shared.ledger.detach_collector();
+        if let Some(state) = state {
+            state.io.stop().extra.detach_collector();
             *self.last_stats.lock().unwrap() = stats;
         }
         Ok(())
@@ -649,22 +601,21 @@ impl BaseSrcImpl for ZmqCollectSrc {
             && let Some(shared) = self.shared()
         {
             shared.lock().playout.clear();
-            shared.ledger.reset_progress();
+            shared.extra.reset_progress();
         }
         self.parent_event(event)
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = true;
-            shared.cond.notify_all();
+            shared.unlock();
         }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = false;
+            shared.unlock_stop();
         }
         Ok(())
     }
@@ -682,7 +633,7 @@ impl PushSrcImpl for ZmqCollectSrc {
         let shared = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            state.shared.clone()
+            state.io.shared().clone()
         };
         let (idle_timeout, delay_us) = {
             let s = self.settings.lock().unwrap();
@@ -699,10 +650,10 @@ impl PushSrcImpl for ZmqCollectSrc {
                 }
                 let now_us = unix_time::now_us();
                 if let Some(r) = core.playout.pop_due(now_us) {
-                    shared.ledger.advanced(r.index + 1);
+                    shared.extra.advanced(r.index + 1);
                     break r;
                 }
-                if let Some(end) = shared.ledger.end() {
+                if let Some(end) = shared.extra.end() {
                     match end.last {
                         None if core.playout.is_empty() => return Err(gst::FlowError::Eos),
                         None => {}
@@ -745,11 +696,7 @@ impl PushSrcImpl for ZmqCollectSrc {
                     .next_due(now_us)
                     .map(|due| (due - now_us).clamp(0, 100_000))
                     .unwrap_or(100_000);
-                core = shared
-                    .cond
-                    .wait_timeout(core, Duration::from_micros(wait_us as u64))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                core = shared.wait_timeout(core, Duration::from_micros(wait_us as u64));
             }
         };
         let (late, missing, reported) = {

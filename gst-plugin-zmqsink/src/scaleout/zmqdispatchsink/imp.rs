@@ -22,8 +22,7 @@
 //! and at EOS the queue when no worker is there to take it, are given up and counted in
 //! `undelivered`.
 
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -36,10 +35,10 @@ use super::DispatchQueuePolicy;
 use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
-use crate::interrupt::Interrupt;
 use crate::scaleout;
 use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
 use crate::scaleout::ledger::{self, End, Ledger};
+use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
 use crate::unix_time;
 use crate::warn::RateLimit;
@@ -95,8 +94,6 @@ fn policy(p: DispatchQueuePolicy) -> QueuePolicy {
 
 struct Core {
     sched: Scheduler<gst::Buffer>,
-    flushing: bool,
-    shutdown: bool,
     /// The input ended: tell the workers to finish their frames.
     drain_requested: bool,
     count: u64,
@@ -108,22 +105,11 @@ struct Core {
     undelivered: u64,
 }
 
-struct Shared {
-    core: Mutex<Core>,
-    cond: Condvar,
-    waker: Interrupt,
-    ledger: Arc<Ledger>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// The core, its flags, the condvar and the wake-up, and the group's ledger.
+type Shared = socket_thread::Shared<Core, Arc<Ledger>>;
 
 struct State {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    io: SocketThread<Core, Arc<Ledger>>,
 }
 
 #[derive(Default)]
@@ -197,7 +183,7 @@ struct Io {
 
 impl Io {
     fn is_done_fn(&self) -> impl Fn(u64) -> bool + '_ {
-        let ledger = &self.shared.ledger;
+        let ledger = &self.shared.extra;
         let attached = ledger.has_collector();
         move |i| attached && ledger.is_done(i)
     }
@@ -205,19 +191,8 @@ impl Io {
     fn run(mut self) {
         let mut next_heartbeat = Instant::now();
         loop {
-            let timeout = next_heartbeat
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i64;
-            let mut items = [
-                self.socket.as_poll_item(zmq::POLLIN),
-                self.shared.waker.poll_item(),
-            ];
-            if let Err(e) = zmq::poll(&mut items, timeout.max(1)) {
-                gst::warning!(CAT, "poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            self.shared.waker.drain();
-            if self.shared.lock().shutdown {
+            let timeout = next_heartbeat.saturating_duration_since(Instant::now());
+            if !self.shared.poll(&self.socket, timeout, *CAT) {
                 break;
             }
             let mut reports = Vec::new();
@@ -310,7 +285,7 @@ impl Io {
         let (session, ids, drain) = {
             let mut core = self.shared.lock();
             core.sched
-                .set_track_taken(self.shared.ledger.has_collector());
+                .set_track_taken(self.shared.extra.has_collector());
             core.sched.prune(&is_done);
             for r in core.sched.expire(now, &is_done) {
                 reports.push(Report::Removed(r));
@@ -472,7 +447,7 @@ impl ZmqDispatchSink {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|s| s.shared.clone())
+            .map(|s| s.io.shared().clone())
     }
 
     fn apply_live_settings(&self) {
@@ -519,11 +494,7 @@ impl ZmqDispatchSink {
                 );
                 return;
             }
-            core = shared
-                .cond
-                .wait_timeout(core, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            core = shared.wait_timeout(core, Duration::from_millis(50));
         }
     }
 }
@@ -774,17 +745,11 @@ impl BaseSinkImpl for ZmqDispatchSink {
         gst::info!(CAT, imp = self, "workers connect to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
 
-        let waker = Interrupt::new().map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                ("Could not create the wake-up socket pair: {e}")
-            )
-        })?;
         let ledger = ledger::ledger(&settings.group);
         ledger.set_end(None);
         let session = scaleout::new_session();
-        let shared = Arc::new(Shared {
-            core: Mutex::new(Core {
+        let shared = Shared::new(
+            Core {
                 sched: Scheduler::new(
                     session,
                     settings.max_queue as usize,
@@ -792,19 +757,15 @@ impl BaseSinkImpl for ZmqDispatchSink {
                     Duration::from_millis(settings.worker_timeout_ms.into()),
                     ledger.has_collector(),
                 ),
-                flushing: false,
-                shutdown: false,
                 drain_requested: false,
                 count: 0,
                 last: None,
                 last_progress: Instant::now(),
                 malformed: 0,
                 undelivered: 0,
-            }),
-            cond: Condvar::new(),
-            waker,
+            },
             ledger,
-        });
+        )?;
         let io = Io {
             element: self.obj().downgrade(),
             shared: shared.clone(),
@@ -813,39 +774,20 @@ impl BaseSinkImpl for ZmqDispatchSink {
             heartbeat: Duration::from_millis(settings.heartbeat_interval_ms.into()),
             malformed_limit: RateLimit::new(Duration::from_secs(1)),
         };
-        let thread = std::thread::Builder::new()
-            .name("zmqdispatch-io".into())
-            .spawn(move || io.run())
-            .map_err(|e| {
-                gst::error_msg!(
-                    gst::CoreError::Thread,
-                    ("Could not start the socket thread: {e}")
-                )
-            })?;
+        let io = SocketThread::spawn("zmqdispatch-io", shared, move || io.run())?;
         gst::debug!(CAT, imp = self, "session {session:#x}");
         self.eos_request.clear();
-        *self.state.lock().unwrap() = Some(State {
-            shared,
-            thread: Some(thread),
-        });
+        *self.state.lock().unwrap() = Some(State { io });
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         self.curve.stop();
         let state = self.state.lock().unwrap().take();
-        if let Some(mut state) = state {
-            {
-                let mut core = state.shared.lock();
-                core.shutdown = true;
-                core.flushing = true;
-                *self.last_stats.lock().unwrap() = Some(stats_structure(&core, Instant::now()));
-            }
-            state.shared.cond.notify_all();
-            state.shared.waker.wake();
-            if let Some(t) = state.thread.take() {
-                let _ = t.join();
-            }
+        if let Some(state) = state {
+            let stats = stats_structure(&state.io.shared().lock(), Instant::now());
+            state.io.stop();
+            *self.last_stats.lock().unwrap() = Some(stats);
         }
         Ok(())
     }
@@ -875,11 +817,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                 self.warn_undelivered(1, "waited for the first worker");
                 return Ok(gst::FlowSuccess::Ok);
             }
-            core = shared
-                .cond
-                .wait_timeout(core, poll)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            core = shared.wait_timeout(core, poll);
         }
         let timestamp_ms = unix_time::ms_from_meta(buffer).unwrap_or_else(unix_time::now_ms);
         let index = if keep_index {
@@ -907,11 +845,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                 }
                 Err(back) => {
                     frame = back;
-                    core = shared
-                        .cond
-                        .wait_timeout(core, poll)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    core = shared.wait_timeout(core, poll);
                 }
             }
         }
@@ -927,7 +861,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                 if let Some(shared) = self.shared() {
                     self.wait_until_dispatched(&shared);
                     let mut core = shared.lock();
-                    shared.ledger.set_end(Some(End { last: core.last }));
+                    shared.extra.set_end(Some(End { last: core.last }));
                     core.drain_requested = true;
                     drop(core);
                     shared.waker.wake();
@@ -937,13 +871,13 @@ impl BaseSinkImpl for ZmqDispatchSink {
             gst::EventView::FlushStop(_) => {
                 if let Some(shared) = self.shared() {
                     shared.lock().sched.clear_queue();
-                    shared.ledger.set_end(None);
+                    shared.extra.set_end(None);
                     shared.cond.notify_all();
                 }
             }
             gst::EventView::StreamStart(_) => {
                 if let Some(shared) = self.shared() {
-                    shared.ledger.set_end(None);
+                    shared.extra.set_end(None);
                 }
             }
             _ => {}
@@ -953,15 +887,14 @@ impl BaseSinkImpl for ZmqDispatchSink {
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = true;
-            shared.cond.notify_all();
+            shared.unlock();
         }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = false;
+            shared.unlock_stop();
         }
         Ok(())
     }

@@ -14,8 +14,7 @@
 //! and the frame's original time as a `timestamp/x-unix` reference meta.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -27,11 +26,11 @@ use gst_base::subclass::prelude::*;
 
 use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
-use crate::interrupt::Interrupt;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::scaleout;
+use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -122,27 +121,15 @@ struct Core {
     session: u64,
     /// Frames of this session pushed downstream (or dropped as bad).
     taken: u64,
-    flushing: bool,
-    shutdown: bool,
     drain_requested: bool,
     stats: Stats,
 }
 
-struct Shared {
-    core: Mutex<Core>,
-    cond: Condvar,
-    waker: Interrupt,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// The core, its flags, the condvar and the wake-up.
+type Shared = socket_thread::Shared<Core>;
 
 struct State {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    io: SocketThread<Core>,
 }
 
 #[derive(Default)]
@@ -193,19 +180,8 @@ impl Io {
         let mut sent_state: Option<(u64, u64)> = None;
         let mut last_heard: Option<Instant> = None;
         loop {
-            let timeout = next_ready
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i64;
-            let mut items = [
-                self.socket.as_poll_item(zmq::POLLIN),
-                self.shared.waker.poll_item(),
-            ];
-            if let Err(e) = zmq::poll(&mut items, timeout.max(1)) {
-                gst::warning!(CAT, "poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            self.shared.waker.drain();
-            if self.shared.lock().shutdown {
+            let timeout = next_ready.saturating_duration_since(Instant::now());
+            if !self.shared.poll(&self.socket, timeout, *CAT) {
                 break;
             }
             let mut reports = Vec::new();
@@ -460,7 +436,7 @@ impl ZmqWorkerSrc {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|s| s.shared.clone())
+            .map(|s| s.io.shared().clone())
     }
 
     fn stats(&self) -> Stats {
@@ -737,25 +713,16 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             socket, context, ..
         } = opened;
         gst::info!(CAT, imp = self, "worker {name} connecting to {endpoint}");
-        let waker = Interrupt::new().map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                ("Could not create the wake-up socket pair: {e}")
-            )
-        })?;
-        let shared = Arc::new(Shared {
-            core: Mutex::new(Core {
+        let shared = Shared::new(
+            Core {
                 queue: VecDeque::new(),
                 session: 0,
                 taken: 0,
-                flushing: false,
-                shutdown: false,
                 drain_requested: false,
                 stats: Stats::default(),
-            }),
-            cond: Condvar::new(),
-            waker,
-        });
+            },
+            (),
+        )?;
         let room = u64::from(settings.batch_size) * u64::from(settings.prefetch);
         let io = Io {
             element: self.obj().downgrade(),
@@ -773,37 +740,17 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             max_pixels: settings.max_pixels,
             frame_folder: settings.frame_folder.clone().map(std::path::PathBuf::from),
         };
-        let thread = std::thread::Builder::new()
-            .name("zmqworker-io".into())
-            .spawn(move || io.run())
-            .map_err(|e| {
-                gst::error_msg!(
-                    gst::CoreError::Thread,
-                    ("Could not start the socket thread: {e}")
-                )
-            })?;
-        *self.state.lock().unwrap() = Some(State {
-            shared,
-            thread: Some(thread),
-        });
+        let io = SocketThread::spawn("zmqworker-io", shared, move || io.run())?;
+        *self.state.lock().unwrap() = Some(State { io });
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         self.curve.stop();
         let state = self.state.lock().unwrap().take();
-        if let Some(mut state) = state {
-            {
-                let mut core = state.shared.lock();
-                core.shutdown = true;
-                core.flushing = true;
-                *self.last_stats.lock().unwrap() = core.stats;
-            }
-            state.shared.cond.notify_all();
-            state.shared.waker.wake();
-            if let Some(t) = state.thread.take() {
-                let _ = t.join();
-            }
+        if let Some(state) = state {
+            *self.last_stats.lock().unwrap() = state.io.shared().lock().stats;
+            state.io.stop();
         }
         Ok(())
     }
@@ -829,15 +776,14 @@ impl BaseSrcImpl for ZmqWorkerSrc {
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = true;
-            shared.cond.notify_all();
+            shared.unlock();
         }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = false;
+            shared.unlock_stop();
         }
         Ok(())
     }
@@ -851,7 +797,7 @@ impl PushSrcImpl for ZmqWorkerSrc {
         let shared = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            state.shared.clone()
+            state.io.shared().clone()
         };
         let item = {
             let mut core = shared.lock();
@@ -873,7 +819,7 @@ impl PushSrcImpl for ZmqWorkerSrc {
                     core.stats.frames_out += 1;
                     break item;
                 }
-                core = shared.cond.wait(core).unwrap_or_else(|e| e.into_inner());
+                core = shared.wait(core);
             }
         };
         // Ask for the next frame now, while this one goes through the pipeline.
