@@ -24,11 +24,6 @@ pub fn listen(element: &impl IsA<gst::Element>) {
     element.set_element_flags(gst::ElementFlags::SOURCE);
 }
 
-/// Whether `event`, given to `send_event`, is the application's end-of-stream request.
-pub fn is_request(event: &gst::Event) -> bool {
-    event.type_() == gst::EventType::Eos
-}
-
 /// When the end was requested, reset at each start.
 #[derive(Debug, Default)]
 pub struct EosRequest(Mutex<Option<Instant>>);
@@ -47,6 +42,21 @@ impl EosRequest {
         self.0.lock().unwrap().is_some()
     }
 
+    /// The first step of the sink's `send_event`: notes an EOS request and answers it;
+    /// other downstream events, which the bin sends here only because of the `SOURCE`
+    /// flag (the real sources got them too), are answered as passed over. `None`: an
+    /// upstream event for the base class.
+    pub fn intercept(&self, event: &gst::Event) -> Option<bool> {
+        if event.type_() == gst::EventType::Eos {
+            self.request();
+            return Some(true);
+        }
+        if !event.is_upstream() {
+            return Some(true);
+        }
+        None
+    }
+
     /// Whether a frame still waiting for a reader should be given up now.
     pub fn give_up(&self) -> bool {
         self.0.lock().unwrap().is_some_and(|t| t.elapsed() >= GRACE)
@@ -59,9 +69,14 @@ mod tests {
 
     #[test]
     fn gives_up_only_after_the_grace_once_requested() {
+        gst::init().unwrap();
         let r = EosRequest::default();
         assert!(!r.requested() && !r.give_up());
-        r.request();
+        // Other downstream events are passed over, upstream ones go to the base class.
+        assert_eq!(r.intercept(&gst::event::StreamStart::new("s")), Some(true));
+        assert_eq!(r.intercept(&gst::event::Reconfigure::new()), None);
+        assert!(!r.requested());
+        assert_eq!(r.intercept(&gst::event::Eos::new()), Some(true));
         assert!(r.requested() && !r.give_up());
         std::thread::sleep(GRACE + Duration::from_millis(20));
         assert!(r.give_up());

@@ -567,10 +567,14 @@ impl GstObjectImpl for ZmqMsgpackSink {}
 
 impl ElementImpl for ZmqMsgpackSink {
     fn send_event(&self, event: gst::Event) -> bool {
-        if eos_request::is_request(&event) {
-            gst::debug!(CAT, imp = self, "end of stream requested");
-            self.eos_request.request();
-            return true;
+        if let Some(answer) = self.eos_request.intercept(&event) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "{:?} event sent to the element",
+                event.type_()
+            );
+            return answer;
         }
         self.parent_send_event(event)
     }
