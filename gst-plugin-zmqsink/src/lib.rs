@@ -10,7 +10,8 @@
 //! Frames travel as one ZeroMQ message each, a msgpack array `[timestamp_ms, index, jpg]`
 //! (see [`protocol`]). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
 //! (socket set-up), [`jpeg_output`] (the sources' caps and buffers), [`unix_time`],
-//! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE).
+//! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE); [`eos_request`] lets the
+//! two sinks that wait for peers hear an application's EOS request.
 
 use gst::glib;
 
