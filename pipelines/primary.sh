@@ -37,6 +37,12 @@ Options:
   --control-port N     the settings holder's command port (default 5560)
   --settings-init CMD  initial setting for the holder (repeatable), e.g. "/prompt a fox"
   --no-settings        do not run the settings holder (one is running elsewhere)
+  --keys DIR           ZeroMQ CURVE on the worker ports (5555, 5558) and the settings
+                       holder: DIR/primary.key_secret is this machine's key, DIR/allowed/
+                       holds the workers' public certificates (NAME.key), and
+                       DIR/controllers/ (if present, else DIR/allowed/) the keys that may
+                       change settings. Make keys with 'i2i-prompt keygen DIR primary'
+                       (see docs/scaleout.md); anyone else is refused and counted
   -h, --help           this text
 
 Watch the result with: i2i-stats --port 5557, or pipelines/show-stream.sh 5557.
@@ -64,6 +70,7 @@ SETTINGS_PORT=5556
 CONTROL_PORT=5560
 SETTINGS=true
 INIT=()
+KEYS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -84,6 +91,7 @@ while [ $# -gt 0 ]; do
     --control-port) CONTROL_PORT=${2:?}; shift 2 ;;
     --settings-init) INIT+=(--init "${2:?--settings-init needs a command}"); shift 2 ;;
     --no-settings) SETTINGS=false; shift ;;
+    --keys) KEYS=${2:?--keys needs a folder}; shift 2 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
 done
@@ -103,6 +111,20 @@ if [ -z "$POLICY" ]; then
   if [ "$MODE" = frames ]; then POLICY=block; else POLICY=drop-oldest; fi
 fi
 case "$POLICY" in block|drop-oldest) ;; *) die "--policy: expected block or drop-oldest, found '$POLICY'" ;; esac
+
+CURVE=()
+SETTINGS_CURVE=()
+if [ -n "$KEYS" ]; then
+  [ -f "$KEYS/primary.key_secret" ] \
+    || die "--keys: no $KEYS/primary.key_secret (make it with: i2i-prompt keygen $KEYS primary)"
+  [ -d "$KEYS/allowed" ] && compgen -G "$KEYS/allowed/*.key" >/dev/null \
+    || die "--keys: no worker keys in $KEYS/allowed/ (copy each worker's NAME.key there)"
+  KEYS=$(cd "$KEYS" && pwd)
+  CURVE=("curve-key=$KEYS/primary.key_secret" "curve-allow=$KEYS/allowed")
+  CONTROLLERS="$KEYS/allowed"
+  [ -d "$KEYS/controllers" ] && CONTROLLERS="$KEYS/controllers"
+  SETTINGS_CURVE=(--key "$KEYS/primary.key_secret" --allow "$CONTROLLERS" --allow-subscribers "$KEYS/allowed")
+fi
 
 if ! gst-inspect-1.0 zmqdispatchsink >/dev/null 2>&1 && [ -f "$ROOT/.deps/env.sh" ]; then
   # shellcheck disable=SC1091
@@ -163,18 +185,33 @@ esac
 
 if $SETTINGS; then
   command -v i2i-prompt >/dev/null 2>&1 || die "i2i-prompt not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
-  i2i-prompt serve --state-bind "tcp://*:$SETTINGS_PORT" --control-bind "tcp://*:$CONTROL_PORT" "${INIT[@]}" &
+  i2i-prompt serve --state-bind "tcp://*:$SETTINGS_PORT" --control-bind "tcp://*:$CONTROL_PORT" \
+    "${SETTINGS_CURVE[@]}" "${INIT[@]}" &
   SETTINGS_PID=$!
   CLEANUP+=("kill $SETTINGS_PID 2>/dev/null; wait $SETTINGS_PID 2>/dev/null")
 fi
 
 echo "primary.sh: $WHAT to workers on port $DISPATCH_PORT ($POLICY, queue $MAX_QUEUE);" \
-  "results on $COLLECT_PORT, played ${DELAY} ms after entry, published on $OUTPUT_PORT" >&2
+  "results on $COLLECT_PORT, played ${DELAY} ms after entry, published on $OUTPUT_PORT" \
+  "$([ -n "$KEYS" ] && echo "(CURVE: keys in $KEYS)")" >&2
+
+# exec keeps this PID, so a signal to the script (Ctrl-C, kill -INT) reaches gst-launch,
+# whose first Ctrl-C ends the run with EOS. A watcher cleans up (settings holder, frame
+# links) once that PID is gone.
+trap - EXIT
+if [ ${#CLEANUP[@]} -gt 0 ]; then
+  (
+    trap '' INT TERM
+    while kill -0 $$ 2>/dev/null; do sleep 0.5; done
+    cleanup
+  ) </dev/null >/dev/null 2>&1 &
+fi
 
 # $SOURCE is split into words on purpose; nothing in it is a file pattern.
 set -f
 # shellcheck disable=SC2086
-gst-launch-1.0 -e \
+exec gst-launch-1.0 -e \
   $SOURCE "endpoint=tcp://*:$DISPATCH_PORT" queue-policy=$POLICY max-queue=$MAX_QUEUE keep-index=$KEEP_INDEX \
-  zmqcollectsrc "endpoint=tcp://*:$COLLECT_PORT" playout-delay=$DELAY \
+  "${CURVE[@]}" \
+  zmqcollectsrc "endpoint=tcp://*:$COLLECT_PORT" playout-delay=$DELAY "${CURVE[@]}" \
   ! zmqmsgpacksink port=$OUTPUT_PORT sync=false

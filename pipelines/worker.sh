@@ -29,6 +29,11 @@ Options:
   --dispatch-port N    default 5555
   --settings-port N    default 5556
   --collect-port N     default 5558
+  --keys DIR           ZeroMQ CURVE to a primary started with --keys: DIR/NAME.key_secret is
+                       this worker's key (make it with 'i2i-prompt keygen DIR NAME' and copy
+                       DIR/NAME.key into the primary's keys folder, allowed/), DIR/primary.key
+                       the primary's public certificate
+  --key-name NAME      the key pair in --keys to use (default: worker)
   -h, --help           this text
 
 Any further NAME=VALUE arguments are i2itransform properties, e.g. prompt="a fox" seed=3
@@ -54,6 +59,8 @@ SETTINGS=true
 DISPATCH_PORT=5555
 SETTINGS_PORT=5556
 COLLECT_PORT=5558
+KEYS=""
+KEY_NAME=worker
 PROPS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -72,6 +79,8 @@ while [ $# -gt 0 ]; do
     --dispatch-port) DISPATCH_PORT=${2:?}; shift 2 ;;
     --settings-port) SETTINGS_PORT=${2:?}; shift 2 ;;
     --collect-port) COLLECT_PORT=${2:?}; shift 2 ;;
+    --keys) KEYS=${2:?--keys needs a folder}; shift 2 ;;
+    --key-name) KEY_NAME=${2:?--key-name needs a name}; shift 2 ;;
     *=*) PROPS+=("$1"); shift ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
@@ -88,6 +97,15 @@ done
 [ -z "$QUALITY" ] || [[ "$QUALITY" =~ ^[0-9]+$ ]] || die "--quality: expected 1..100, found '$QUALITY'"
 [ -z "$SLOW" ] || [[ "$SLOW" =~ ^[0-9]+$ ]] || die "--slow: expected milliseconds, found '$SLOW'"
 [[ "$NAME" =~ ^[A-Za-z0-9._:@-]*$ ]] || die "--name: use letters, digits and . _ : @ - only"
+[[ "$KEY_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--key-name: use letters, digits and . _ - only"
+CURVE=()
+if [ -n "$KEYS" ]; then
+  [ -f "$KEYS/$KEY_NAME.key_secret" ] \
+    || die "--keys: no $KEYS/$KEY_NAME.key_secret (make it with: i2i-prompt keygen $KEYS $KEY_NAME)"
+  [ -f "$KEYS/primary.key" ] || die "--keys: no $KEYS/primary.key (copy the primary's public certificate there)"
+  KEYS=$(cd "$KEYS" && pwd)
+  CURVE=("curve-key=$KEYS/$KEY_NAME.key_secret" "curve-server-key=$KEYS/primary.key")
+fi
 
 if ! gst-inspect-1.0 zmqworkersrc >/dev/null 2>&1 && [ -f "$ROOT/.deps/env.sh" ]; then
   # shellcheck disable=SC1091
@@ -96,7 +114,7 @@ fi
 gst-inspect-1.0 zmqworkersrc >/dev/null 2>&1 \
   || die "GStreamer element zmqworkersrc not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
 
-ARGS=(zmqworkersrc "endpoint=tcp://$PRIMARY:$DISPATCH_PORT" "batch-size=$BATCH" "prefetch=$PREFETCH")
+ARGS=(zmqworkersrc "endpoint=tcp://$PRIMARY:$DISPATCH_PORT" "batch-size=$BATCH" "prefetch=$PREFETCH" "${CURVE[@]}")
 [ -z "$NAME" ] || ARGS+=("worker-name=$NAME")
 ARGS+=(! jpegdec)
 [ -z "$SLOW" ] || ARGS+=(! identity "sleep-time=$((SLOW * 1000))")
@@ -111,10 +129,10 @@ else
   [ -z "$PROVIDER" ] || ARGS+=("execution-provider=$PROVIDER")
   ARGS+=("${PROPS[@]}")
 fi
-ARGS+=(! zmqmsgpacksink "endpoint=tcp://$PRIMARY:$COLLECT_PORT" bind=false socket-type=push sync=false)
+ARGS+=(! zmqmsgpacksink "endpoint=tcp://$PRIMARY:$COLLECT_PORT" bind=false socket-type=push sync=false "${CURVE[@]}")
 [ -z "$QUALITY" ] || ARGS+=("quality=$QUALITY")
 if $SETTINGS; then
-  ARGS+=(settingssrc "endpoint=tcp://$PRIMARY:$SETTINGS_PORT" ! i2i.settings)
+  ARGS+=(settingssrc "endpoint=tcp://$PRIMARY:$SETTINGS_PORT" "${CURVE[@]}" ! i2i.settings)
 fi
 
 echo "worker.sh: frames from $PRIMARY:$DISPATCH_PORT, results to $PRIMARY:$COLLECT_PORT" \

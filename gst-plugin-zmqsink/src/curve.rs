@@ -17,13 +17,24 @@
 //! An allow-list is a directory of public certificates (`*.key`), a single certificate, or
 //! a text file with one Z85 public key per line (`#` starts a comment; text after the key
 //! on a line is ignored).
+//!
+//! [`ElementCurve`] is the one place where the five ZeroMQ elements get their CURVE: the
+//! `curve-key`, `curve-server-key` and `curve-allow` properties (with the meanings
+//! `settingssrc` gives them), the set-up of a socket as CURVE server (binding side, ZAP
+//! allow-list) or client (connecting side), and the count and rate-limited warning of every
+//! peer refused: a stranger's key, a plain-text peer, a wrong server key.
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use gst::glib;
+use gst::prelude::*;
+
+use crate::warn::RateLimit;
 
 /// The well-known endpoint a ZAP handler binds in its ZeroMQ context.
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -448,6 +459,392 @@ pub fn make_client(sock: &zmq::Socket, keys: &KeyPair, server: &str) -> Result<(
         .and_then(|_| sock.set_curve_publickey(&keys.public_bytes()))
         .and_then(|_| sock.set_curve_secretkey(&keys.secret_bytes()))
         .map_err(|e| format!("cannot make the socket a CURVE client: {e}"))
+}
+
+/// The three CURVE properties of an element, as set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CurveSettings {
+    /// This element's secret certificate (`NAME.key_secret`).
+    pub key: Option<String>,
+    /// Connecting side: the server's public key (Z85 text or key file).
+    pub server_key: Option<String>,
+    /// Binding side: the public keys allowed to connect.
+    pub allow: Option<String>,
+}
+
+impl CurveSettings {
+    /// Whether CURVE is on (a key or a server key is set).
+    pub fn enabled(&self) -> bool {
+        self.key.is_some() || self.server_key.is_some()
+    }
+}
+
+/// The socket events that tell a CURVE handshake failed.
+pub const HANDSHAKE_EVENTS: u16 = zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL as u16
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL as u16
+    | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH as u16;
+
+/// What a running element's CURVE reports with: its element, whether it binds, its endpoint.
+struct Reporter {
+    element: glib::WeakRef<gst::Element>,
+    bind: bool,
+    /// As set, then as bound (with the port picked for `:*`).
+    endpoint: Mutex<String>,
+    public_key: String,
+    refused: Arc<AtomicU64>,
+    /// One limit for refused keys, one for failed handshakes: a plain-text peer retrying
+    /// every 100 ms must not hide the stranger's key.
+    limits: [Mutex<RateLimit>; 2],
+}
+
+impl Reporter {
+    /// Counts one refused or failed connection attempt and posts `text` (rate-limited per
+    /// `kind`: 0 refused key, 1 failed handshake) as a warning.
+    fn refused(&self, kind: usize, text: String) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let text = format!("{text} ({n} refused in all)");
+        let Some(element) = self.element.upgrade() else {
+            return;
+        };
+        gst::warning!(gst::CAT_DEFAULT, obj = element, "{text}");
+        if let Some(text) = self.limits[kind].lock().unwrap().message(text) {
+            gst::element_warning!(element, gst::ResourceError::OpenRead, ("{text}"));
+        }
+    }
+
+    /// A handshake event of the element's socket (event number, value, endpoint).
+    fn handshake_event(&self, event: u16, value: u32, address: &str) {
+        let on = if address.is_empty() {
+            self.endpoint.lock().unwrap().clone()
+        } else {
+            address.to_string()
+        };
+        const AUTH: u32 = zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+        const NO_DETAIL: u32 = zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+        const MISMATCH: u32 = zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH;
+        let what = match (u32::from(event), self.bind) {
+            // The ZAP handler already counted and named the refused key.
+            (AUTH, true) => return,
+            // Either side may notice a mechanism mismatch first: the other sees the
+            // connection close. (A refused key's connection may be counted here again.)
+            (NO_DETAIL, true) => format!(
+                "A peer on {on} closed the connection during the CURVE handshake (a plain-text peer, or a refused key)"
+            ),
+            (AUTH, false) => format!(
+                "The CURVE server at {on} refused this element's key {} (status {value}): add its public certificate (NAME.key) to the server's curve-allow",
+                self.public_key
+            ),
+            (NO_DETAIL, false) => format!(
+                "The CURVE handshake with {on} failed (the server closed the connection): check curve-server-key (the server's public key) and that this element's key {} is in the server's curve-allow",
+                self.public_key
+            ),
+            (_, true) if value == MISMATCH => format!(
+                "Refused a peer on {on}: it does not use CURVE (a plain-text peer, or one without curve-server-key)"
+            ),
+            (_, true) => format!(
+                "Refused a peer on {on}: its CURVE handshake failed ({}): it may use another server key than this element's curve-key",
+                protocol_error_text(value)
+            ),
+            (_, false) if value == MISMATCH => format!(
+                "The CURVE handshake with {on} failed: the peer does not use CURVE (set its curve-key and curve-allow, or unset curve-server-key here)"
+            ),
+            (_, false) => format!(
+                "The CURVE handshake with {on} failed ({}): check curve-server-key (the server's public key)",
+                protocol_error_text(value)
+            ),
+        };
+        self.refused(1, what);
+    }
+}
+
+fn protocol_error_text(value: u32) -> String {
+    match value {
+        zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC => "cryptographic error".into(),
+        zmq_sys::ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH => "mechanism mismatch".into(),
+        0 => "no detail".into(),
+        v => format!("protocol error {v:#x}"),
+    }
+}
+
+/// What runs while an element's socket uses CURVE: the ZAP handler (binding side) and,
+/// unless the element reads its own socket monitor, a thread reading the handshake events.
+struct CurveLink {
+    _zap: Option<ZapHandler>,
+    monitor: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    reporter: Arc<Reporter>,
+}
+
+impl Drop for CurveLink {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.monitor.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
+static MONITOR_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The CURVE part of one element: its three properties and, from start to stop, the link.
+#[derive(Default)]
+pub struct ElementCurve {
+    settings: Mutex<CurveSettings>,
+    link: Mutex<Option<CurveLink>>,
+    refused: Arc<AtomicU64>,
+}
+
+impl ElementCurve {
+    /// The `curve-key`, `curve-server-key` and `curve-allow` properties; `peers` names who
+    /// connects to a binding element (e.g. "workers").
+    pub fn param_specs(peers: &str) -> Vec<glib::ParamSpec> {
+        let allow_blurb = format!(
+            "When binding with curve-key: the {peers} allowed to connect (a directory of NAME.key files, one certificate, or a file with one Z85 public key per line); anyone else is refused and counted"
+        );
+        vec![
+            glib::ParamSpecString::builder("curve-key")
+                .nick("CURVE key")
+                .blurb("Secret certificate of this element (NAME.key_secret from `i2i-prompt keygen`); turns CURVE on. Binding: needs curve-allow; connecting: needs curve-server-key")
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecString::builder("curve-server-key")
+                .nick("CURVE server key")
+                .blurb("When connecting: the public key of the element bound at the endpoint (its NAME.key file, or the 40-character Z85 key); turns CURVE on (without curve-key a throw-away key pair is used)")
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecString::builder("curve-allow")
+                .nick("CURVE allow-list")
+                .blurb(&allow_blurb)
+                .mutable_ready()
+                .build(),
+        ]
+    }
+
+    /// Sets one of the three properties; false when `name` is not one of them.
+    pub fn set_property(&self, name: &str, value: &glib::Value) -> bool {
+        let v = value
+            .get::<Option<String>>()
+            .ok()
+            .flatten()
+            .filter(|s| !s.trim().is_empty());
+        let mut s = self.settings.lock().unwrap();
+        match name {
+            "curve-key" => s.key = v,
+            "curve-server-key" => s.server_key = v,
+            "curve-allow" => s.allow = v,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The value of one of the three properties, `None` for other names.
+    pub fn property(&self, name: &str) -> Option<glib::Value> {
+        let s = self.settings.lock().unwrap();
+        Some(match name {
+            "curve-key" => s.key.to_value(),
+            "curve-server-key" => s.server_key.to_value(),
+            "curve-allow" => s.allow.to_value(),
+            _ => return None,
+        })
+    }
+
+    pub fn settings(&self) -> CurveSettings {
+        self.settings.lock().unwrap().clone()
+    }
+
+    /// Peers refused (or handshakes failed) since the last start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Sets `socket` (of `ctx`, not yet bound or connected) up for CURVE when it is on:
+    /// a server with a ZAP allow-list when `bind`, else a client. With `own_monitor` the
+    /// element reads the socket's monitor itself and passes the events in
+    /// [`HANDSHAKE_EVENTS`] to [`ElementCurve::handshake_event`]; else a thread here does.
+    /// The error names the property to fix.
+    pub fn secure(
+        &self,
+        element: &gst::Element,
+        ctx: &zmq::Context,
+        socket: &zmq::Socket,
+        bind: bool,
+        endpoint: &str,
+        own_monitor: bool,
+    ) -> Result<(), gst::ErrorMessage> {
+        self.refused.store(0, Ordering::Relaxed);
+        *self.link.lock().unwrap() = None;
+        let s = self.settings();
+        if !s.enabled() {
+            return Ok(());
+        }
+        let fail = |text: String| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("CURVE on {endpoint}: {text}")
+            )
+        };
+        require_curve().map_err(fail)?;
+        let own_keys = match &s.key {
+            Some(p) => {
+                Some(KeyPair::load(Path::new(p)).map_err(|e| fail(format!("curve-key: {e}")))?)
+            }
+            None => None,
+        };
+        let reporter = |public_key: String| {
+            Arc::new(Reporter {
+                element: element.downgrade(),
+                bind,
+                endpoint: Mutex::new(endpoint.to_string()),
+                public_key,
+                refused: self.refused.clone(),
+                limits: Default::default(),
+            })
+        };
+        let (zap, reporter) = if bind {
+            if s.server_key.is_some() {
+                return Err(fail(
+                    "a binding element is the CURVE server: set curve-key (its own secret certificate) and curve-allow, not curve-server-key".into(),
+                ));
+            }
+            let Some(keys) = own_keys else {
+                return Err(fail("curve-allow needs curve-key".into()));
+            };
+            let Some(allow) = &s.allow else {
+                return Err(fail(
+                    "curve-key on a binding element needs curve-allow: the public keys allowed to connect".into(),
+                ));
+            };
+            let allow =
+                AllowList::load(Path::new(allow)).map_err(|e| fail(format!("curve-allow: {e}")))?;
+            let reporter = reporter(keys.public.clone());
+            let r = reporter.clone();
+            let zap = ZapHandler::start(ctx, move |req: &ZapRequest| {
+                if allow.contains(&req.public_key) {
+                    return Ok("peer".to_string());
+                }
+                let reason = format!("key not in curve-allow ({})", allow.source);
+                r.refused(
+                    0,
+                    format!(
+                        "Refused a peer from {} on {}: its CURVE key {} is not in curve-allow ({})",
+                        req.address,
+                        r.endpoint.lock().unwrap(),
+                        req.public_key_z85(),
+                        allow.source
+                    ),
+                );
+                Err(reason)
+            })
+            .map_err(fail)?;
+            make_server(socket, &keys, "i2i-frames").map_err(fail)?;
+            (Some(zap), reporter)
+        } else {
+            let Some(server) = &s.server_key else {
+                return Err(fail(
+                    "curve-key on a connecting element needs curve-server-key: the public key of the element bound at the endpoint".into(),
+                ));
+            };
+            let server =
+                load_public_key(server).map_err(|e| fail(format!("curve-server-key: {e}")))?;
+            let keys = match own_keys {
+                Some(k) => k,
+                None => KeyPair::generate().map_err(fail)?,
+            };
+            make_client(socket, &keys, &server).map_err(fail)?;
+            (None, reporter(keys.public.clone()))
+        };
+        let monitor = if own_monitor {
+            None
+        } else {
+            Some(
+                spawn_monitor(ctx, socket, reporter.clone())
+                    .map_err(|e| fail(format!("cannot watch the handshakes: {e}")))?,
+            )
+        };
+        *self.link.lock().unwrap() = Some(CurveLink {
+            _zap: zap,
+            monitor,
+            reporter,
+        });
+        Ok(())
+    }
+
+    /// A socket monitor event of an element that reads its monitor itself; events other
+    /// than the failed handshakes are ignored.
+    pub fn handshake_event(&self, event: u16, value: u32, address: &str) {
+        if event & HANDSHAKE_EVENTS == 0 {
+            return;
+        }
+        if let Some(link) = self.link.lock().unwrap().as_ref() {
+            link.reporter.handshake_event(event, value, address);
+        }
+    }
+
+    /// The endpoint really bound or connected, for the warnings.
+    pub fn set_endpoint(&self, endpoint: &str) {
+        if let Some(link) = self.link.lock().unwrap().as_ref() {
+            *link.reporter.endpoint.lock().unwrap() = endpoint.to_string();
+        }
+    }
+
+    /// Stops the ZAP handler and the monitor thread (at the element's stop).
+    pub fn stop(&self) {
+        *self.link.lock().unwrap() = None;
+    }
+}
+
+/// Reads `socket`'s failed handshakes on a thread until stopped.
+fn spawn_monitor(
+    ctx: &zmq::Context,
+    socket: &zmq::Socket,
+    reporter: Arc<Reporter>,
+) -> Result<(Arc<AtomicBool>, JoinHandle<()>), zmq::Error> {
+    let ep = format!(
+        "inproc://i2i-curve-monitor-{}",
+        MONITOR_ID.fetch_add(1, Ordering::Relaxed)
+    );
+    socket.monitor(&ep, i32::from(HANDSHAKE_EVENTS))?;
+    let m = ctx.socket(zmq::PAIR)?;
+    m.set_linger(0)?;
+    m.connect(&ep)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("i2i-curve-monitor".into())
+        .spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match m.poll(zmq::POLLIN, 100) {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+                while let Some((event, value, address)) = read_monitor_event(&m) {
+                    reporter.handshake_event(event, value, &address);
+                }
+            }
+        })
+        .map_err(|_| zmq::Error::EMFILE)?;
+    Ok((stop, thread))
+}
+
+/// One socket monitor event (event number, value, endpoint), if one is waiting.
+pub fn read_monitor_event(monitor: &zmq::Socket) -> Option<(u16, u32, String)> {
+    let head = monitor.recv_msg(zmq::DONTWAIT).ok()?;
+    let address = if monitor.get_rcvmore().unwrap_or(false) {
+        monitor
+            .recv_msg(zmq::DONTWAIT)
+            .map(|m| String::from_utf8_lossy(&m).into_owned())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    if head.len() < 6 {
+        return Some((0, 0, address));
+    }
+    Some((
+        u16::from_le_bytes([head[0], head[1]]),
+        u32::from_le_bytes([head[2], head[3], head[4], head[5]]),
+        address,
+    ))
 }
 
 #[cfg(test)]

@@ -111,9 +111,7 @@ pub fn ensure_caps(
         gst::element_error!(
             src,
             gst::CoreError::Negotiation,
-            [
-                "Downstream does not accept {caps}: put jpegdec (or another element that takes image/jpeg of this size) after the source"
-            ]
+            ("Downstream does not accept {caps}: put jpegdec (or another element that takes image/jpeg of this size) after the source")
         );
         return Err(gst::FlowError::NotNegotiated);
     }

@@ -10,11 +10,13 @@
 //! Frames travel as one ZeroMQ message each, a msgpack array `[timestamp_ms, index, jpg]`
 //! (see [`protocol`]). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
 //! (socket set-up), [`jpeg_output`] (the sources' caps and buffers), [`unix_time`],
-//! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE).
+//! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE); [`eos_request`] lets the
+//! two sinks that wait for peers hear an application's EOS request.
 
 use gst::glib;
 
 pub mod curve;
+pub mod eos_request;
 pub mod frame_file;
 pub mod frame_index;
 pub mod interrupt;

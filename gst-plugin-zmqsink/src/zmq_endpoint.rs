@@ -1,12 +1,106 @@
 // SPDX-License-Identifier: MPL-2.0
-//! ZeroMQ endpoint set-up shared by the elements: bind or connect, read back the endpoint
-//! ZeroMQ really used (the port it picked for `tcp://HOST:*`), and hints for the usual
-//! bind/connect errors.
+//! ZeroMQ socket set-up shared by the five elements: [`open`] creates the context and the
+//! socket, sets the common options, lets the element add its own, sets CURVE up
+//! ([`crate::curve::ElementCurve`]), binds or connects, and reads back the endpoint ZeroMQ
+//! really used (the port it picked for `tcp://HOST:*`); every failure is an error naming the
+//! step, the socket and the endpoint, with a hint for the usual bind/connect mistakes.
 
 /// Endpoint examples for the hint of the transport elements (port 5557).
 pub const STREAM_EXAMPLES: &str = "tcp://HOST:5557, tcp://*:5557 or ipc:///path";
 /// Endpoint examples for the hint of the scale-out elements (port 5555).
 pub const SCALEOUT_EXAMPLES: &str = "tcp://HOST:5555, tcp://*:5555 or ipc:///path";
+
+/// The options every element's socket has; `None` leaves ZeroMQ's default.
+#[derive(Debug, Clone)]
+pub struct Options<'a> {
+    pub endpoint: &'a str,
+    pub bind: bool,
+    pub linger_ms: i32,
+    pub send_hwm: Option<i32>,
+    pub rcv_hwm: Option<i32>,
+    pub max_message_size: Option<i64>,
+    /// The socket in messages: "pub", "PULL", "ROUTER", ...
+    pub name: &'a str,
+    /// What the socket is for, in the bind/connect error (", for the workers"), or "".
+    pub purpose: &'a str,
+    /// Valid endpoints, for the hint of a refused endpoint.
+    pub examples: &'a str,
+    /// OpenRead for the sources, OpenWrite for the sinks.
+    pub error: gst::ResourceError,
+}
+
+/// A socket set up by [`open`]. Field order is drop order: the socket closes before the
+/// context terminates.
+pub struct Opened {
+    pub socket: zmq::Socket,
+    pub context: zmq::Context,
+    /// The endpoint bound or connected (with the port ZeroMQ picked for `:*`).
+    pub endpoint: String,
+}
+
+/// A failed element-specific option: what was done ("subscribe", "set the identity of")
+/// and the error.
+pub type OptionError = (&'static str, zmq::Error);
+
+/// Creates a `kind` socket in a new context with `options`, then `configure` (the
+/// element's own options; its result `T` is returned along), CURVE from `curve`
+/// (`own_monitor(&T)`: the element reads the socket monitor itself), and binds or connects.
+pub fn open<T>(
+    kind: zmq::SocketType,
+    options: &Options,
+    element: &gst::Element,
+    curve: &crate::curve::ElementCurve,
+    configure: impl FnOnce(&zmq::Context, &mut zmq::Socket) -> Result<T, OptionError>,
+    own_monitor: impl FnOnce(&T) -> bool,
+) -> Result<(Opened, T), gst::ErrorMessage> {
+    let endpoint = options.endpoint;
+    check_endpoint(endpoint)?;
+    let err = |what: &str, e: zmq::Error| socket_error(options.error, options.name, what, e);
+    let context = zmq::Context::new();
+    let mut socket = context.socket(kind).map_err(|e| err("create", e))?;
+    socket
+        .set_linger(options.linger_ms)
+        .map_err(|e| err("set linger on", e))?;
+    if let Some(hwm) = options.send_hwm {
+        socket
+            .set_sndhwm(hwm)
+            .map_err(|e| err("set the send high-water mark on", e))?;
+    }
+    if let Some(hwm) = options.rcv_hwm {
+        socket
+            .set_rcvhwm(hwm)
+            .map_err(|e| err("set the receive high-water mark on", e))?;
+    }
+    if let Some(size) = options.max_message_size {
+        socket
+            .set_maxmsgsize(size)
+            .map_err(|e| err("set max-message-size on", e))?;
+    }
+    let extra = configure(&context, &mut socket).map_err(|(what, e)| err(what, e))?;
+    let own = own_monitor(&extra);
+    curve.secure(element, &context, &socket, options.bind, endpoint, own)?;
+    let endpoint = bind_or_connect(&socket, endpoint, options.bind).map_err(|e| {
+        gst::error_msg!(
+            options.error,
+            (
+                "Could not {} {endpoint} ({} socket{}): {e}{}",
+                verb(options.bind),
+                options.name,
+                options.purpose,
+                hint(e, options.examples)
+            )
+        )
+    })?;
+    curve.set_endpoint(&endpoint);
+    Ok((
+        Opened {
+            socket,
+            context,
+            endpoint,
+        },
+        extra,
+    ))
+}
 
 /// "bind" or "connect to", for error messages.
 pub fn verb(bind: bool) -> &'static str {

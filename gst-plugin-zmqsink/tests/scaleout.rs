@@ -123,6 +123,47 @@ fn drop_oldest_keeps_the_queue_bounded_without_workers() {
 }
 
 #[test]
+fn block_policy_loses_nothing_before_the_first_worker() {
+    init();
+    const N: u64 = 30;
+    let primary = Primary::new(
+        &format!(
+            "videotestsrc is-live=true num-buffers={N} pattern=ball \
+             ! video/x-raw,width=16,height=16,framerate=30/1 ! jpegenc"
+        ),
+        "sync=false queue-policy=block max-queue=4",
+        "playout-delay=1000",
+    );
+    primary.play();
+    // The source runs for a while with nobody to take its frames (longer than the
+    // playout delay: frames queued now would be late at the collector).
+    std::thread::sleep(Duration::from_millis(2000));
+    let stats = primary.dispatch_stats();
+    assert_eq!(stats.get::<u64>("queued").unwrap(), 0, "{stats}");
+    let worker = worker_pipeline(
+        &primary.dispatch_endpoint(),
+        &primary.collect_endpoint(),
+        "late",
+        "identity",
+    );
+    worker.set_state(gst::State::Playing).unwrap();
+    assert!(primary.wait_eos(Duration::from_secs(60)), "no EOS");
+    worker.set_state(gst::State::Null).unwrap();
+    let outs = primary.outs.lock().unwrap().clone();
+    assert_in_order(&outs);
+    let indices: Vec<u64> = outs.iter().map(|o| o.index).collect();
+    assert_eq!(
+        indices,
+        (0..N).collect::<Vec<_>>(),
+        "collector {}",
+        primary.collect_stats()
+    );
+    let stats = primary.dispatch_stats();
+    assert_eq!(stats.get::<u64>("dropped").unwrap(), 0, "{stats}");
+    assert_eq!(stats.get::<u64>("undelivered").unwrap(), 0, "{stats}");
+}
+
+#[test]
 fn block_policy_holds_the_source_and_stopping_releases_it() {
     init();
     let pipeline = gst::parse::launch(
@@ -135,8 +176,9 @@ fn block_policy_holds_the_source_and_stopping_releases_it() {
     let d = pipeline.by_name("d").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    // No worker joined yet: the source is held before anything is queued.
     let stats = d.property::<gst::Structure>("stats");
-    assert_eq!(stats.get::<u64>("queued").unwrap(), 4, "{stats}");
+    assert_eq!(stats.get::<u64>("queued").unwrap(), 0, "{stats}");
     assert_eq!(stats.get::<u64>("dropped").unwrap(), 0, "{stats}");
     let t0 = Instant::now();
     pipeline.set_state(gst::State::Null).unwrap();
@@ -426,6 +468,17 @@ fn dispatcher_sends_whole_batches_on_credit_only() {
             break session;
         }
     };
+    // The source is held until a worker joined: wait until all 12 frames are queued.
+    let t0 = Instant::now();
+    while d
+        .property::<gst::Structure>("stats")
+        .get::<u64>("queue-length")
+        .unwrap()
+        < 12
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "frames not queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Nothing is sent without credit; then each credit of 4 brings one batch of 4.
     let mut jobs = Vec::new();
     for (credit, taken) in [(4, 0), (8, 4), (12, 8)] {
@@ -466,4 +519,117 @@ fn dispatcher_sends_whole_batches_on_credit_only() {
     assert_eq!(stats.get::<u64>("dispatched").unwrap(), 12, "{stats}");
     assert_eq!(stats.get::<u64>("jobs").unwrap(), 3, "{stats}");
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn with_curve_strangers_get_no_frames_and_push_none_in() {
+    use gstzmqmsgpack::curve::{KeyPair, curve_available, make_client};
+    if !curve_available() {
+        eprintln!("libzmq without CURVE: skipped");
+        return;
+    }
+    init();
+    let dir = std::env::temp_dir().join(unique("curve-keys"));
+    let primary_keys = KeyPair::generate().unwrap();
+    let worker_keys = KeyPair::generate().unwrap();
+    let stranger_keys = KeyPair::generate().unwrap();
+    primary_keys.write(&dir, "primary").unwrap();
+    worker_keys.write(&dir, "worker").unwrap();
+    std::fs::create_dir(dir.join("allowed")).unwrap();
+    std::fs::copy(dir.join("worker.key"), dir.join("allowed/worker.key")).unwrap();
+    stranger_keys.write(&dir, "stranger").unwrap();
+    let secret = |name: &str| dir.join(format!("{name}.key_secret")).display().to_string();
+    let server = dir.join("primary.key").display().to_string();
+    let allowed = dir.join("allowed").display().to_string();
+    let on_primary = format!("curve-key={} curve-allow={allowed}", secret("primary"));
+
+    const N: u64 = 40;
+    let primary = Primary::new(
+        &format!(
+            "videotestsrc is-live=true num-buffers={N} pattern=ball \
+             ! video/x-raw,width=16,height=16,framerate=30/1 ! jpegenc"
+        ),
+        &format!("sync=false queue-policy=block {on_primary}"),
+        &format!("playout-delay=1500 {on_primary}"),
+    );
+    let (d, c) = (primary.dispatch_endpoint(), primary.collect_endpoint());
+    let worker_desc = |name: &str| {
+        let keys = format!("curve-key={} curve-server-key={server}", secret(name));
+        format!(
+            "zmqworkersrc name=src endpoint={d} worker-name={name} heartbeat-interval=100 {keys} \
+             ! jpegdec ! videoflip method=horizontal-flip ! jpegenc \
+             ! zmqmsgpacksink endpoint={c} bind=false socket-type=push sync=false {keys}"
+        )
+    };
+    let stranger = gst::parse::launch(&worker_desc("stranger"))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    stranger.set_state(gst::State::Playing).unwrap();
+    let stranger_src = stranger.by_name("src").unwrap();
+
+    // A stranger pushing results straight into the collector, and a plain-text one.
+    let ctx = zmq::Context::new();
+    let jpeg = jpegs(1).remove(0);
+    let mut pushers = Vec::new();
+    for keys in [Some(&stranger_keys), None] {
+        let s = ctx.socket(zmq::PUSH).unwrap();
+        s.set_linger(0).unwrap();
+        if let Some(k) = keys {
+            make_client(&s, k, &primary_keys.public).unwrap();
+        }
+        s.connect(&c).unwrap();
+        for i in 0..20 {
+            s.send(
+                protocol::encode_frame(unix_now_us() / 1000, 1000 + i, &jpeg),
+                zmq::DONTWAIT,
+            )
+            .ok();
+        }
+        pushers.push(s);
+    }
+    primary.play();
+    // Nothing is dispatched to the stranger: block holds the source until a worker joins.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(primary.dispatch_stats().get::<u64>("workers").unwrap(), 0);
+
+    let worker = gst::parse::launch(&worker_desc("worker"))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    worker.set_state(gst::State::Playing).unwrap();
+    // An allowed peer's bad frame is dropped and counted; the output goes on.
+    let friend = ctx.socket(zmq::PUSH).unwrap();
+    friend.set_linger(0).unwrap();
+    make_client(&friend, &worker_keys, &primary_keys.public).unwrap();
+    friend.connect(&c).unwrap();
+    friend
+        .send(
+            protocol::encode_frame(unix_now_us() / 1000, 3, b"GIF89a not a jpeg"),
+            0,
+        )
+        .unwrap();
+
+    assert!(primary.wait_eos(Duration::from_secs(60)), "no EOS");
+    let stranger_stats = stranger_src.property::<gst::Structure>("stats");
+    stranger.set_state(gst::State::Null).unwrap();
+    worker.set_state(gst::State::Null).unwrap();
+    let outs = primary.outs.lock().unwrap().clone();
+    assert_in_order(&outs);
+    let indices: Vec<u64> = outs.iter().map(|o| o.index).collect();
+    let cstats = primary.collect_stats();
+    assert_eq!(indices, (0..N).collect::<Vec<_>>(), "{cstats}");
+    assert_eq!(cstats.get::<u64>("not-jpeg").unwrap(), 1, "{cstats}");
+    assert!(cstats.get::<u64>("refused").unwrap() >= 2, "{cstats}");
+    let dstats = primary.dispatch_stats();
+    assert!(dstats.get::<u64>("refused").unwrap() >= 1, "{dstats}");
+    assert_eq!(primary.worker_events("joined"), vec!["worker".to_string()]);
+    assert_eq!(stranger_stats.get::<u64>("frames-in").unwrap(), 0);
+    assert!(
+        stranger_stats.get::<u64>("refused").unwrap() >= 1,
+        "{stranger_stats}"
+    );
+    let warnings = primary.warnings.lock().unwrap().join("\n");
+    assert!(warnings.contains(&stranger_keys.public), "{warnings}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,10 +3,13 @@
 //! frames to the next free worker), `zmqworkersrc` (worker: asks for frames and receives
 //! them) and `zmqcollectsrc` (primary: puts the workers' results back in order at the
 //! source's pace). Plain Rust with its own tests; the elements are thin glue around it.
+//! [`socket_thread`] is the socket thread the three elements share (core, flags, wake-up,
+//! unlock, poll-loop head, spawn and stop).
 
 pub mod dispatch;
 pub mod ledger;
 pub mod playout;
+pub mod socket_thread;
 pub mod wire;
 pub mod zmqcollectsrc;
 pub mod zmqdispatchsink;

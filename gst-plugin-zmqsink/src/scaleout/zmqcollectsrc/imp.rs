@@ -15,8 +15,7 @@
 //! has seen the end of its input and the last frame was played or given up, or after
 //! `idle-timeout` without results.
 
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -26,12 +25,13 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::interrupt::Interrupt;
+use crate::curve::ElementCurve;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, Playout, PlayoutStats};
+use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -99,8 +99,6 @@ type Jpeg = (Vec<u8>, (usize, usize));
 
 struct Core {
     playout: Playout<Jpeg>,
-    flushing: bool,
-    shutdown: bool,
     last_arrival: Instant,
     malformed: u64,
     not_jpeg: u64,
@@ -109,27 +107,17 @@ struct Core {
     reported: (u64, u64),
 }
 
-struct Shared {
-    core: Mutex<Core>,
-    cond: Condvar,
-    waker: Interrupt,
-    ledger: Arc<Ledger>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// The core, its flags, the condvar and the wake-up, and the group's ledger.
+type Shared = socket_thread::Shared<Core, Arc<Ledger>>;
 
 struct State {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    io: SocketThread<Core, Arc<Ledger>>,
     loss_limit: RateLimit,
 }
 
 #[derive(Default)]
 pub struct ZmqCollectSrc {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
@@ -157,16 +145,10 @@ struct Io {
 impl Io {
     fn run(mut self) {
         loop {
-            let mut items = [
-                self.socket.as_poll_item(zmq::POLLIN),
-                self.shared.waker.poll_item(),
-            ];
-            if let Err(e) = zmq::poll(&mut items, 200) {
-                gst::warning!(CAT, "poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            self.shared.waker.drain();
-            if self.shared.lock().shutdown {
+            if !self
+                .shared
+                .poll(&self.socket, Duration::from_millis(200), *CAT)
+            {
                 break;
             }
             let mut reports = Vec::new();
@@ -225,15 +207,15 @@ impl Io {
             let mut core = self.shared.lock();
             core.last_arrival = Instant::now();
             match core.playout.insert(f.index, f.timestamp_ms, jpeg, now_us) {
-                Arrival::Held => self.shared.ledger.received(f.index),
+                Arrival::Held => self.shared.extra.received(f.index),
                 Arrival::Restarted => {
                     gst::info!(
                         CAT,
                         "index went back to {} with a newer timestamp: new stream",
                         f.index
                     );
-                    self.shared.ledger.reset_progress();
-                    self.shared.ledger.received(f.index);
+                    self.shared.extra.reset_progress();
+                    self.shared.extra.received(f.index);
                 }
                 Arrival::Late => gst::debug!(CAT, "frame {} late, dropped", f.index),
                 Arrival::Duplicate => gst::debug!(CAT, "frame {} again, dropped", f.index),
@@ -253,7 +235,7 @@ impl Io {
         }
         if let Some(element) = self.element.upgrade() {
             for text in reports {
-                gst::element_warning!(element, gst::StreamError::Decode, ["{text}"]);
+                gst::element_warning!(element, gst::StreamError::Decode, ("{text}"));
             }
         }
     }
@@ -265,7 +247,7 @@ impl ZmqCollectSrc {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|s| s.shared.clone())
+            .map(|s| s.io.shared().clone())
     }
 
     fn stats(&self) -> Stats {
@@ -309,11 +291,11 @@ impl ZmqCollectSrc {
         gst::element_imp_warning!(
             self,
             gst::StreamError::Failed,
-            [
+            (
                 "Frames lost: {} more missing (never arrived within playout-delay {delay} ms), {} more late; {missing} missing and {late} late in all",
                 missing - reported.1,
                 late - reported.0
-            ]
+            )
         );
         Some((late, missing))
     }
@@ -330,7 +312,7 @@ impl ObjectImpl for ZmqCollectSrc {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb("ZeroMQ endpoint of the PULL socket where workers push results (zmqmsgpacksink socket-type=push), e.g. tcp://*:5558")
@@ -396,12 +378,17 @@ impl ObjectImpl for ZmqCollectSrc {
                     .blurb("received, frames (output), late, duplicates, missing, overflow, restarts, discarded, malformed, not-jpeg, held")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("workers"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => {
@@ -438,6 +425,9 @@ impl ObjectImpl for ZmqCollectSrc {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => settings.endpoint.to_value(),
@@ -463,6 +453,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("overflow", p.overflow)
                     .field("restarts", p.restarts)
                     .field("discarded", p.discarded)
+                    .field("refused", self.curve.refused())
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
                     .field("too-large", s.too_large)
@@ -513,60 +504,51 @@ impl BaseSrcImpl for ZmqCollectSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        zmq_endpoint::check_endpoint(&endpoint)?;
         self.output.lock().unwrap().reset(settings.framerate);
-        let context = zmq::Context::new();
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(gst::ResourceError::OpenRead, "PULL", what, e)
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: settings.bind,
+            linger_ms: 0,
+            send_hwm: None,
+            rcv_hwm: None,
+            max_message_size: Some(settings.max_message_size),
+            name: "PULL",
+            purpose: ", for the workers' results",
+            examples: zmq_endpoint::SCALEOUT_EXAMPLES,
+            error: gst::ResourceError::OpenRead,
         };
-        let socket = context
-            .socket(zmq::PULL)
-            .map_err(|e| socket_err("create", e))?;
-        socket
-            .set_maxmsgsize(settings.max_message_size)
-            .map_err(|e| socket_err("set max-message-size on", e))?;
-        socket
-            .set_linger(0)
-            .map_err(|e| socket_err("set linger on", e))?;
-        let bound =
-            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    [
-                        "Could not {} {endpoint} for the workers' results: {e}{}",
-                        zmq_endpoint::verb(settings.bind),
-                        zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                    ]
-                )
-            })?;
+        let (opened, ()) = zmq_endpoint::open(
+            zmq::PULL,
+            &options,
+            self.obj().upcast_ref(),
+            &self.curve,
+            |_, _| Ok(()),
+            |_| false,
+        )?;
+        let zmq_endpoint::Opened {
+            socket,
+            context,
+            endpoint: bound,
+        } = opened;
         gst::info!(CAT, imp = self, "workers push results to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
-        let waker = Interrupt::new().map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                ["Could not create the wake-up socket pair: {e}"]
-            )
-        })?;
         let ledger = ledger::ledger(&settings.group);
         ledger.attach_collector();
-        let shared = Arc::new(Shared {
-            core: Mutex::new(Core {
+        let shared = Shared::new(
+            Core {
                 playout: Playout::new(
                     i64::from(settings.playout_delay_ms) * 1000,
                     settings.max_frames as usize,
                 ),
-                flushing: false,
-                shutdown: false,
                 last_arrival: Instant::now(),
                 malformed: 0,
                 not_jpeg: 0,
                 too_large: 0,
                 reported: (0, 0),
-            }),
-            cond: Condvar::new(),
-            waker,
+            },
             ledger,
-        });
+        )
+        .inspect_err(|_| shared_detach(&settings.group))?;
         let io = Io {
             element: self.obj().downgrade(),
             shared: shared.clone(),
@@ -575,39 +557,21 @@ impl BaseSrcImpl for ZmqCollectSrc {
             drop_limit: RateLimit::new(Duration::from_secs(1)),
             max_pixels: settings.max_pixels,
         };
-        let thread = std::thread::Builder::new()
-            .name("zmqcollect-io".into())
-            .spawn(move || io.run())
-            .map_err(|e| {
-                shared_detach(&settings.group);
-                gst::error_msg!(
-                    gst::CoreError::Thread,
-                    ["Could not start the socket thread: {e}"]
-                )
-            })?;
+        let io = SocketThread::spawn("zmqcollect-io", shared, move || io.run())
+            .inspect_err(|_| shared_detach(&settings.group))?;
         *self.state.lock().unwrap() = Some(State {
-            shared,
-            thread: Some(thread),
+            io,
             loss_limit: RateLimit::new(Duration::from_secs(1)),
         });
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         let stats = self.stats();
         let state = self.state.lock().unwrap().take();
-        if let Some(mut state) = state {
-            {
-                let mut core = state.shared.lock();
-                core.shutdown = true;
-                core.flushing = true;
-            }
-            state.shared.cond.notify_all();
-            state.shared.waker.wake();
-            if let Some(t) = state.thread.take() {
-                let _ = t.join();
-            }
-            state.shared.ledger.detach_collector();
+        if let Some(state) = state {
+            state.io.stop().extra.detach_collector();
             *self.last_stats.lock().unwrap() = stats;
         }
         Ok(())
@@ -637,22 +601,21 @@ impl BaseSrcImpl for ZmqCollectSrc {
             && let Some(shared) = self.shared()
         {
             shared.lock().playout.clear();
-            shared.ledger.reset_progress();
+            shared.extra.reset_progress();
         }
         self.parent_event(event)
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = true;
-            shared.cond.notify_all();
+            shared.unlock();
         }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = false;
+            shared.unlock_stop();
         }
         Ok(())
     }
@@ -670,7 +633,7 @@ impl PushSrcImpl for ZmqCollectSrc {
         let shared = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            state.shared.clone()
+            state.io.shared().clone()
         };
         let (idle_timeout, delay_us) = {
             let s = self.settings.lock().unwrap();
@@ -687,10 +650,10 @@ impl PushSrcImpl for ZmqCollectSrc {
                 }
                 let now_us = unix_time::now_us();
                 if let Some(r) = core.playout.pop_due(now_us) {
-                    shared.ledger.advanced(r.index + 1);
+                    shared.extra.advanced(r.index + 1);
                     break r;
                 }
-                if let Some(end) = shared.ledger.end() {
+                if let Some(end) = shared.extra.end() {
                     match end.last {
                         None if core.playout.is_empty() => return Err(gst::FlowError::Eos),
                         None => {}
@@ -733,11 +696,7 @@ impl PushSrcImpl for ZmqCollectSrc {
                     .next_due(now_us)
                     .map(|due| (due - now_us).clamp(0, 100_000))
                     .unwrap_or(100_000);
-                core = shared
-                    .cond
-                    .wait_timeout(core, Duration::from_micros(wait_us as u64))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                core = shared.wait_timeout(core, Duration::from_micros(wait_us as u64));
             }
         };
         let (late, missing, reported) = {

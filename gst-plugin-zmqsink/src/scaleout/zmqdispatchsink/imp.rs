@@ -12,10 +12,17 @@
 //!
 //! Each frame carries its index (a count from 0, or the index upstream set, with
 //! `keep-index`) and its entry time: the `timestamp/x-unix` reference meta when the
-//! buffer has one, else the time it reached this element.
+//! buffer has one, else the time this element took it in.
+//!
+//! With `queue-policy=block` nothing is taken in before the first worker joined: a frame
+//! queued then would be older than the collector's playout delay by the time a worker
+//! could process it, and be dropped there as late. `render()` holds the stream instead.
+//! An application's EOS request (the first Ctrl-C of `gst-launch-1.0 -e`) reaches the
+//! sink directly ([`crate::eos_request`]): a frame that cannot be queued within its grace,
+//! and at EOS the queue when no worker is there to take it, are given up and counted in
+//! `undelivered`.
 
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -25,11 +32,13 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::DispatchQueuePolicy;
+use crate::curve::ElementCurve;
+use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
-use crate::interrupt::Interrupt;
 use crate::scaleout;
 use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
 use crate::scaleout::ledger::{self, End, Ledger};
+use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
 use crate::unix_time;
 use crate::warn::RateLimit;
@@ -85,8 +94,6 @@ fn policy(p: DispatchQueuePolicy) -> QueuePolicy {
 
 struct Core {
     sched: Scheduler<gst::Buffer>,
-    flushing: bool,
-    shutdown: bool,
     /// The input ended: tell the workers to finish their frames.
     drain_requested: bool,
     count: u64,
@@ -94,33 +101,27 @@ struct Core {
     /// When the queue last got shorter (for the wait at EOS).
     last_progress: Instant,
     malformed: u64,
+    /// Frames given up after the application asked to end.
+    undelivered: u64,
 }
 
-struct Shared {
-    core: Mutex<Core>,
-    cond: Condvar,
-    waker: Interrupt,
-    ledger: Arc<Ledger>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// The core, its flags, the condvar and the wake-up, and the group's ledger.
+type Shared = socket_thread::Shared<Core, Arc<Ledger>>;
 
 struct State {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    io: SocketThread<Core, Arc<Ledger>>,
 }
 
 #[derive(Default)]
 pub struct ZmqDispatchSink {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
     /// The stats of the last run, kept after stop.
     last_stats: Mutex<Option<gst::Structure>>,
+    eos_request: EosRequest,
+    undelivered_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -158,6 +159,7 @@ fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
         .field("workers-left", s.workers_left)
         .field("workers-lost", s.workers_lost)
         .field("malformed", core.malformed)
+        .field("undelivered", core.undelivered)
         .field("worker-list", list)
         .build()
 }
@@ -181,7 +183,7 @@ struct Io {
 
 impl Io {
     fn is_done_fn(&self) -> impl Fn(u64) -> bool + '_ {
-        let ledger = &self.shared.ledger;
+        let ledger = &self.shared.extra;
         let attached = ledger.has_collector();
         move |i| attached && ledger.is_done(i)
     }
@@ -189,19 +191,8 @@ impl Io {
     fn run(mut self) {
         let mut next_heartbeat = Instant::now();
         loop {
-            let timeout = next_heartbeat
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i64;
-            let mut items = [
-                self.socket.as_poll_item(zmq::POLLIN),
-                self.shared.waker.poll_item(),
-            ];
-            if let Err(e) = zmq::poll(&mut items, timeout.max(1)) {
-                gst::warning!(CAT, "poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            self.shared.waker.drain();
-            if self.shared.lock().shutdown {
+            let timeout = next_heartbeat.saturating_duration_since(Instant::now());
+            if !self.shared.poll(&self.socket, timeout, *CAT) {
                 break;
             }
             let mut reports = Vec::new();
@@ -294,7 +285,7 @@ impl Io {
         let (session, ids, drain) = {
             let mut core = self.shared.lock();
             core.sched
-                .set_track_taken(self.shared.ledger.has_collector());
+                .set_track_taken(self.shared.extra.has_collector());
             core.sched.prune(&is_done);
             for r in core.sched.expire(now, &is_done) {
                 reports.push(Report::Removed(r));
@@ -428,12 +419,12 @@ impl Io {
                             gst::element_warning!(
                                 element,
                                 gst::ResourceError::Read,
-                                [
+                                (
                                     "Worker {} lost ({how}); {} of its frames sent to other workers, {} unaccounted; {workers} workers left",
                                     r.name,
                                     r.redispatched,
                                     r.unaccounted
-                                ]
+                                )
                             );
                         }
                     }
@@ -442,7 +433,7 @@ impl Io {
                     gst::element_warning!(
                         element,
                         gst::StreamError::Decode,
-                        ["Dropped a malformed message on the worker socket: {text}"]
+                        ("Dropped a malformed message on the worker socket: {text}")
                     );
                 }
             }
@@ -456,7 +447,7 @@ impl ZmqDispatchSink {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|s| s.shared.clone())
+            .map(|s| s.io.shared().clone())
     }
 
     fn apply_live_settings(&self) {
@@ -481,6 +472,14 @@ impl ZmqDispatchSink {
             if core.flushing || core.sched.queue_len() == 0 {
                 break;
             }
+            if self.eos_request.give_up() && core.sched.worker_count() == 0 {
+                let left = core.sched.queue_len() as u64;
+                core.sched.clear_queue();
+                core.undelivered += left;
+                drop(core);
+                self.warn_undelivered(left, "were still queued");
+                return;
+            }
             if core.last_progress.elapsed() > timeout {
                 let left = core.sched.queue_len();
                 core.sched.clear_queue();
@@ -488,18 +487,32 @@ impl ZmqDispatchSink {
                 gst::element_imp_warning!(
                     self,
                     gst::ResourceError::Write,
-                    [
+                    (
                         "End of stream: {left} frames never reached a worker (none taken for worker-timeout, {} ms); dropped",
                         timeout.as_millis()
-                    ]
+                    )
                 );
                 return;
             }
-            core = shared
-                .cond
-                .wait_timeout(core, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            core = shared.wait_timeout(core, Duration::from_millis(50));
+        }
+    }
+}
+
+impl ZmqDispatchSink {
+    /// Warns that `n` frames were given up after the application asked to end.
+    fn warn_undelivered(&self, n: u64, what: &str) {
+        let endpoint = self
+            .bound_endpoint
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default();
+        let text = format!(
+            "End of stream requested: {n} frames that {what} were not delivered, no worker on {endpoint} took them (counted in stats.undelivered)"
+        );
+        if let Some(text) = self.undelivered_limit.lock().unwrap().message(text) {
+            gst::element_imp_warning!(self, gst::ResourceError::Write, ("{text}"));
         }
     }
 }
@@ -507,6 +520,7 @@ impl ZmqDispatchSink {
 impl ObjectImpl for ZmqDispatchSink {
     fn constructed(&self) {
         self.parent_constructed();
+        eos_request::listen(&*self.obj());
         // Files are paced by the clock (sync=true); set sync=false to dispatch as fast as
         // the workers take frames.
         self.obj().set_sync(true);
@@ -517,7 +531,7 @@ impl ObjectImpl for ZmqDispatchSink {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb("ZeroMQ endpoint the ROUTER socket binds, where workers (zmqworkersrc) connect, e.g. tcp://*:5555 or tcp://127.0.0.1:* (port picked, see bound-endpoint)")
@@ -575,12 +589,17 @@ impl ObjectImpl for ZmqDispatchSink {
                     .blurb("queued, dispatched, jobs, dropped (drop-oldest), redispatched, unaccounted, queue-length, in-flight, workers, workers-joined/left/lost, malformed, worker-list (name, batch, frames, in-flight, credit, idle-ms)")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("workers"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => {
@@ -616,6 +635,9 @@ impl ObjectImpl for ZmqDispatchSink {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => settings.endpoint.to_value(),
@@ -628,16 +650,17 @@ impl ObjectImpl for ZmqDispatchSink {
             "keep-index" => settings.keep_index.to_value(),
             "stats" => {
                 drop(settings);
-                match self.shared() {
-                    Some(shared) => stats_structure(&shared.lock(), Instant::now()).to_value(),
+                let mut s = match self.shared() {
+                    Some(shared) => stats_structure(&shared.lock(), Instant::now()),
                     None => self
                         .last_stats
                         .lock()
                         .unwrap()
                         .clone()
-                        .unwrap_or_else(|| gst::Structure::new_empty("zmqdispatchsink-stats"))
-                        .to_value(),
-                }
+                        .unwrap_or_else(|| gst::Structure::new_empty("zmqdispatchsink-stats")),
+                };
+                s.set("refused", self.curve.refused());
+                s.to_value()
             }
             other => unreachable!("no property {other}"),
         }
@@ -647,6 +670,19 @@ impl ObjectImpl for ZmqDispatchSink {
 impl GstObjectImpl for ZmqDispatchSink {}
 
 impl ElementImpl for ZmqDispatchSink {
+    fn send_event(&self, event: gst::Event) -> bool {
+        if let Some(answer) = self.eos_request.intercept(&event) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "{:?} event sent to the element",
+                event.type_()
+            );
+            return answer;
+        }
+        self.parent_send_event(event)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -681,43 +717,43 @@ impl BaseSinkImpl for ZmqDispatchSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        zmq_endpoint::check_endpoint(&endpoint)?;
-        let context = zmq::Context::new();
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(gst::ResourceError::OpenWrite, "ROUTER", what, e)
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: true,
+            linger_ms: 0,
+            send_hwm: None,
+            rcv_hwm: None,
+            max_message_size: None,
+            name: "ROUTER",
+            purpose: ", for the workers",
+            examples: zmq_endpoint::SCALEOUT_EXAMPLES,
+            error: gst::ResourceError::OpenWrite,
         };
-        let socket = context
-            .socket(zmq::ROUTER)
-            .map_err(|e| socket_err("create", e))?;
-        socket
-            .set_router_mandatory(true)
-            .map_err(|e| socket_err("set ZMQ_ROUTER_MANDATORY on", e))?;
-        socket
-            .set_linger(0)
-            .map_err(|e| socket_err("set linger on", e))?;
-        let bound = zmq_endpoint::bind_or_connect(&socket, &endpoint, true).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                [
-                    "Could not bind {endpoint} for the workers: {e}{}",
-                    zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                ]
-            )
-        })?;
+        let (opened, ()) = zmq_endpoint::open(
+            zmq::ROUTER,
+            &options,
+            self.obj().upcast_ref(),
+            &self.curve,
+            |_, socket| {
+                socket
+                    .set_router_mandatory(true)
+                    .map_err(|e| ("set ZMQ_ROUTER_MANDATORY on", e))
+            },
+            |_| false,
+        )?;
+        let zmq_endpoint::Opened {
+            socket,
+            context,
+            endpoint: bound,
+        } = opened;
         gst::info!(CAT, imp = self, "workers connect to {bound}");
         *self.bound_endpoint.lock().unwrap() = Some(bound);
 
-        let waker = Interrupt::new().map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenWrite,
-                ["Could not create the wake-up socket pair: {e}"]
-            )
-        })?;
         let ledger = ledger::ledger(&settings.group);
         ledger.set_end(None);
         let session = scaleout::new_session();
-        let shared = Arc::new(Shared {
-            core: Mutex::new(Core {
+        let shared = Shared::new(
+            Core {
                 sched: Scheduler::new(
                     session,
                     settings.max_queue as usize,
@@ -725,18 +761,15 @@ impl BaseSinkImpl for ZmqDispatchSink {
                     Duration::from_millis(settings.worker_timeout_ms.into()),
                     ledger.has_collector(),
                 ),
-                flushing: false,
-                shutdown: false,
                 drain_requested: false,
                 count: 0,
                 last: None,
                 last_progress: Instant::now(),
                 malformed: 0,
-            }),
-            cond: Condvar::new(),
-            waker,
+                undelivered: 0,
+            },
             ledger,
-        });
+        )?;
         let io = Io {
             element: self.obj().downgrade(),
             shared: shared.clone(),
@@ -745,37 +778,20 @@ impl BaseSinkImpl for ZmqDispatchSink {
             heartbeat: Duration::from_millis(settings.heartbeat_interval_ms.into()),
             malformed_limit: RateLimit::new(Duration::from_secs(1)),
         };
-        let thread = std::thread::Builder::new()
-            .name("zmqdispatch-io".into())
-            .spawn(move || io.run())
-            .map_err(|e| {
-                gst::error_msg!(
-                    gst::CoreError::Thread,
-                    ["Could not start the socket thread: {e}"]
-                )
-            })?;
+        let io = SocketThread::spawn("zmqdispatch-io", shared, move || io.run())?;
         gst::debug!(CAT, imp = self, "session {session:#x}");
-        *self.state.lock().unwrap() = Some(State {
-            shared,
-            thread: Some(thread),
-        });
+        self.eos_request.clear();
+        *self.state.lock().unwrap() = Some(State { io });
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         let state = self.state.lock().unwrap().take();
-        if let Some(mut state) = state {
-            {
-                let mut core = state.shared.lock();
-                core.shutdown = true;
-                core.flushing = true;
-                *self.last_stats.lock().unwrap() = Some(stats_structure(&core, Instant::now()));
-            }
-            state.shared.cond.notify_all();
-            state.shared.waker.wake();
-            if let Some(t) = state.thread.take() {
-                let _ = t.join();
-            }
+        if let Some(state) = state {
+            let stats = stats_structure(&state.io.shared().lock(), Instant::now());
+            state.io.stop();
+            *self.last_stats.lock().unwrap() = Some(stats);
         }
         Ok(())
     }
@@ -784,9 +800,30 @@ impl BaseSinkImpl for ZmqDispatchSink {
         let Some(shared) = self.shared() else {
             return Err(gst::FlowError::Flushing);
         };
-        let keep_index = self.settings.lock().unwrap().keep_index;
-        let timestamp_ms = unix_time::ms_from_meta(buffer).unwrap_or_else(unix_time::now_ms);
+        let (keep_index, hold) = {
+            let settings = self.settings.lock().unwrap();
+            (
+                settings.keep_index,
+                settings.queue_policy == DispatchQueuePolicy::Block,
+            )
+        };
+        // Bounded waits, to look at the end request now and then.
+        let poll = Duration::from_millis(100);
         let mut core = shared.lock();
+        // With block: nothing is taken in before the first worker joined (module text).
+        while hold && core.sched.stats().workers_joined == 0 {
+            if core.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            if self.eos_request.give_up() {
+                core.undelivered += 1;
+                drop(core);
+                self.warn_undelivered(1, "waited for the first worker");
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            core = shared.wait_timeout(core, poll);
+        }
+        let timestamp_ms = unix_time::ms_from_meta(buffer).unwrap_or_else(unix_time::now_ms);
         let index = if keep_index {
             frame_index::index_of(buffer).unwrap_or(core.count)
         } else {
@@ -804,9 +841,15 @@ impl BaseSinkImpl for ZmqDispatchSink {
             }
             match core.sched.push(frame) {
                 Ok(()) => break,
+                Err(_) if self.eos_request.give_up() => {
+                    core.undelivered += 1;
+                    drop(core);
+                    self.warn_undelivered(1, "waited for room in the queue");
+                    return Ok(gst::FlowSuccess::Ok);
+                }
                 Err(back) => {
                     frame = back;
-                    core = shared.cond.wait(core).unwrap_or_else(|e| e.into_inner());
+                    core = shared.wait_timeout(core, poll);
                 }
             }
         }
@@ -822,7 +865,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                 if let Some(shared) = self.shared() {
                     self.wait_until_dispatched(&shared);
                     let mut core = shared.lock();
-                    shared.ledger.set_end(Some(End { last: core.last }));
+                    shared.extra.set_end(Some(End { last: core.last }));
                     core.drain_requested = true;
                     drop(core);
                     shared.waker.wake();
@@ -832,13 +875,13 @@ impl BaseSinkImpl for ZmqDispatchSink {
             gst::EventView::FlushStop(_) => {
                 if let Some(shared) = self.shared() {
                     shared.lock().sched.clear_queue();
-                    shared.ledger.set_end(None);
+                    shared.extra.set_end(None);
                     shared.cond.notify_all();
                 }
             }
             gst::EventView::StreamStart(_) => {
                 if let Some(shared) = self.shared() {
-                    shared.ledger.set_end(None);
+                    shared.extra.set_end(None);
                 }
             }
             _ => {}
@@ -848,15 +891,14 @@ impl BaseSinkImpl for ZmqDispatchSink {
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = true;
-            shared.cond.notify_all();
+            shared.unlock();
         }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = false;
+            shared.unlock_stop();
         }
         Ok(())
     }

@@ -14,8 +14,7 @@
 //! and the frame's original time as a `timestamp/x-unix` reference meta.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -25,12 +24,13 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
-use crate::interrupt::Interrupt;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::scaleout;
+use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -121,31 +121,20 @@ struct Core {
     session: u64,
     /// Frames of this session pushed downstream (or dropped as bad).
     taken: u64,
-    flushing: bool,
-    shutdown: bool,
     drain_requested: bool,
     stats: Stats,
 }
 
-struct Shared {
-    core: Mutex<Core>,
-    cond: Condvar,
-    waker: Interrupt,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// The core, its flags, the condvar and the wake-up.
+type Shared = socket_thread::Shared<Core>;
 
 struct State {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    io: SocketThread<Core>,
 }
 
 #[derive(Default)]
 pub struct ZmqWorkerSrc {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
@@ -191,19 +180,8 @@ impl Io {
         let mut sent_state: Option<(u64, u64)> = None;
         let mut last_heard: Option<Instant> = None;
         loop {
-            let timeout = next_ready
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i64;
-            let mut items = [
-                self.socket.as_poll_item(zmq::POLLIN),
-                self.shared.waker.poll_item(),
-            ];
-            if let Err(e) = zmq::poll(&mut items, timeout.max(1)) {
-                gst::warning!(CAT, "poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            self.shared.waker.drain();
-            if self.shared.lock().shutdown {
+            let timeout = next_ready.saturating_duration_since(Instant::now());
+            if !self.shared.poll(&self.socket, timeout, *CAT) {
                 break;
             }
             let mut reports = Vec::new();
@@ -431,20 +409,20 @@ impl Io {
                     gst::element_warning!(
                         element,
                         gst::ResourceError::Read,
-                        [
+                        (
                             "No word from the primary for {} ms: waiting for it to come back (reconnecting by itself)",
                             self.primary_timeout.as_millis()
-                        ]
+                        )
                     );
                 }
                 Report::Dropped(kind, text) => {
-                    gst::element_warning!(element, kind, ["Dropped a frame: {text}"]);
+                    gst::element_warning!(element, kind, ("Dropped a frame: {text}"));
                 }
                 Report::Malformed(text) => {
                     gst::element_warning!(
                         element,
                         gst::StreamError::Decode,
-                        ["Dropped a message from the primary: {text}"]
+                        ("Dropped a message from the primary: {text}")
                     );
                 }
             }
@@ -458,7 +436,7 @@ impl ZmqWorkerSrc {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|s| s.shared.clone())
+            .map(|s| s.io.shared().clone())
     }
 
     fn stats(&self) -> Stats {
@@ -487,7 +465,7 @@ impl ObjectImpl for ZmqWorkerSrc {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb("The primary's zmqdispatchsink to connect to, e.g. tcp://10.0.0.1:5555")
@@ -553,12 +531,17 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .blurb("frames-in, frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, overflow), sessions (primaries joined), primary-lost, drains, queued")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("peers"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => {
@@ -597,6 +580,9 @@ impl ObjectImpl for ZmqWorkerSrc {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => settings.endpoint.to_value(),
@@ -616,6 +602,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                 let queued = self.shared().map(|s| s.lock().queue.len()).unwrap_or(0);
                 let s = self.stats();
                 gst::Structure::builder("zmqworkersrc-stats")
+                    .field("refused", self.curve.refused())
                     .field("frames-in", s.frames_in)
                     .field("frames-out", s.frames_out)
                     .field("jobs", s.jobs)
@@ -683,69 +670,59 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        zmq_endpoint::check_endpoint(&endpoint)?;
         self.output.lock().unwrap().reset(settings.framerate);
         let name = settings
             .worker_name
             .clone()
             .unwrap_or_else(default_worker_name);
-        let context = zmq::Context::new();
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(gst::ResourceError::OpenRead, "DEALER", what, e)
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: false,
+            linger_ms: 200,
+            send_hwm: None,
+            rcv_hwm: None,
+            max_message_size: Some(settings.max_message_size),
+            name: "DEALER",
+            purpose: ", to the primary",
+            examples: zmq_endpoint::SCALEOUT_EXAMPLES,
+            error: gst::ResourceError::OpenRead,
         };
-        let socket = context
-            .socket(zmq::DEALER)
-            .map_err(|e| socket_err("create", e))?;
-        // A unique identity per run: a restarted worker is a new worker to the primary.
-        let identity = format!("{name}#{:x}", scaleout::new_session());
-        socket
-            .set_identity(identity.as_bytes())
-            .map_err(|e| socket_err("set the identity of", e))?;
-        // Only queue messages on a live connection: stale ready messages are useless.
-        socket
-            .set_immediate(true)
-            .map_err(|e| socket_err("set ZMQ_IMMEDIATE on", e))?;
-        socket
-            .set_maxmsgsize(settings.max_message_size)
-            .map_err(|e| socket_err("set max-message-size on", e))?;
-        socket
-            .set_linger(200)
-            .map_err(|e| socket_err("set linger on", e))?;
-        socket
-            .set_reconnect_ivl(100)
-            .map_err(|e| socket_err("set the reconnect interval on", e))?;
-        socket
-            .set_reconnect_ivl_max(1000)
-            .map_err(|e| socket_err("set the reconnect interval on", e))?;
-        socket.connect(&endpoint).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                [
-                    "Could not connect to the primary at {endpoint}: {e}{}",
-                    zmq_endpoint::hint(e, zmq_endpoint::SCALEOUT_EXAMPLES)
-                ]
-            )
-        })?;
+        let (opened, ()) = zmq_endpoint::open(
+            zmq::DEALER,
+            &options,
+            self.obj().upcast_ref(),
+            &self.curve,
+            |_, socket| {
+                // A unique identity per run: a restarted worker is a new worker to the primary.
+                let identity = format!("{name}#{:x}", scaleout::new_session());
+                socket
+                    .set_identity(identity.as_bytes())
+                    .map_err(|e| ("set the identity of", e))?;
+                // Only queue messages on a live connection: stale ready messages are useless.
+                socket
+                    .set_immediate(true)
+                    .map_err(|e| ("set ZMQ_IMMEDIATE on", e))?;
+                socket
+                    .set_reconnect_ivl(100)
+                    .and_then(|()| socket.set_reconnect_ivl_max(1000))
+                    .map_err(|e| ("set the reconnect interval on", e))
+            },
+            |_| false,
+        )?;
+        let zmq_endpoint::Opened {
+            socket, context, ..
+        } = opened;
         gst::info!(CAT, imp = self, "worker {name} connecting to {endpoint}");
-        let waker = Interrupt::new().map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                ["Could not create the wake-up socket pair: {e}"]
-            )
-        })?;
-        let shared = Arc::new(Shared {
-            core: Mutex::new(Core {
+        let shared = Shared::new(
+            Core {
                 queue: VecDeque::new(),
                 session: 0,
                 taken: 0,
-                flushing: false,
-                shutdown: false,
                 drain_requested: false,
                 stats: Stats::default(),
-            }),
-            cond: Condvar::new(),
-            waker,
-        });
+            },
+            (),
+        )?;
         let room = u64::from(settings.batch_size) * u64::from(settings.prefetch);
         let io = Io {
             element: self.obj().downgrade(),
@@ -763,36 +740,17 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             max_pixels: settings.max_pixels,
             frame_folder: settings.frame_folder.clone().map(std::path::PathBuf::from),
         };
-        let thread = std::thread::Builder::new()
-            .name("zmqworker-io".into())
-            .spawn(move || io.run())
-            .map_err(|e| {
-                gst::error_msg!(
-                    gst::CoreError::Thread,
-                    ["Could not start the socket thread: {e}"]
-                )
-            })?;
-        *self.state.lock().unwrap() = Some(State {
-            shared,
-            thread: Some(thread),
-        });
+        let io = SocketThread::spawn("zmqworker-io", shared, move || io.run())?;
+        *self.state.lock().unwrap() = Some(State { io });
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         let state = self.state.lock().unwrap().take();
-        if let Some(mut state) = state {
-            {
-                let mut core = state.shared.lock();
-                core.shutdown = true;
-                core.flushing = true;
-                *self.last_stats.lock().unwrap() = core.stats;
-            }
-            state.shared.cond.notify_all();
-            state.shared.waker.wake();
-            if let Some(t) = state.thread.take() {
-                let _ = t.join();
-            }
+        if let Some(state) = state {
+            *self.last_stats.lock().unwrap() = state.io.shared().lock().stats;
+            state.io.stop();
         }
         Ok(())
     }
@@ -818,15 +776,14 @@ impl BaseSrcImpl for ZmqWorkerSrc {
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = true;
-            shared.cond.notify_all();
+            shared.unlock();
         }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(shared) = self.shared() {
-            shared.lock().flushing = false;
+            shared.unlock_stop();
         }
         Ok(())
     }
@@ -840,7 +797,7 @@ impl PushSrcImpl for ZmqWorkerSrc {
         let shared = {
             let state = self.state.lock().unwrap();
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
-            state.shared.clone()
+            state.io.shared().clone()
         };
         let item = {
             let mut core = shared.lock();
@@ -862,7 +819,7 @@ impl PushSrcImpl for ZmqWorkerSrc {
                     core.stats.frames_out += 1;
                     break item;
                 }
-                core = shared.cond.wait(core).unwrap_or_else(|e| e.into_inner());
+                core = shared.wait(core);
             }
         };
         // Ask for the next frame now, while this one goes through the pipeline.

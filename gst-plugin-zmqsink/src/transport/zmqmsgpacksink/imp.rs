@@ -4,15 +4,22 @@
 //! JPEG input is sent as it is; raw video is encoded with libjpeg-turbo ([`crate::jpeg`]).
 //!
 //! Sockets:
-//! - `pub`: an XPUB socket with `ZMQ_XPUB_NODROP`, sent to with `ZMQ_DONTWAIT`. A plain
-//!   PUB drops frames for a subscriber at its high-water mark without telling anyone;
-//!   with NODROP libzmq refuses the frame instead (EAGAIN), so the sink counts it as
-//!   dropped and the pipeline goes on. XPUB is PUB on the wire (SUB peers cannot tell)
-//!   and also reports subscriptions, so frames sent while nobody listens are counted too.
+//! - `pub`: an XPUB socket (PUB on the wire: SUB peers cannot tell), sent to with
+//!   `ZMQ_DONTWAIT`. libzmq queues each subscriber's frames separately and drops a frame
+//!   only for a subscriber whose queue is full (its high-water mark), so one slow viewer
+//!   loses its own frames and never holds back the others. (`ZMQ_XPUB_NODROP` would
+//!   refuse the frame for everyone instead: one viewer reading slowly froze all of them.)
+//!   The sender cannot see those per-subscriber drops; the subscriber sees them as gaps in
+//!   the index. With `ZMQ_XPUB_VERBOSER` every subscription and every unsubscription (a
+//!   subscriber leaving) reaches the sink, which counts the subscribers and the frames
+//!   sent while nobody listened.
 //! - `push`: frames go round-robin to the pullers; when they are all behind the sink
-//!   waits (backpressure), and `unlock()` ends the wait on flush or state change.
+//!   waits (backpressure), and `unlock()` ends the wait on flush or state change. An
+//!   application's EOS request (the first Ctrl-C of `gst-launch-1.0 -e`) reaches the sink
+//!   directly ([`crate::eos_request`]): a frame no puller takes within its grace is then
+//!   given up and counted in `undelivered`, so the pipeline ends.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
@@ -23,10 +30,13 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::SinkSocketType;
+use crate::curve::ElementCurve;
+use crate::eos_request::{self, EosRequest};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::protocol;
 use crate::unix_time;
+use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -93,6 +103,8 @@ struct Stats {
     bytes: u64,
     dropped: u64,
     no_subscriber: u64,
+    subscribers: u64,
+    undelivered: u64,
 }
 
 enum Input {
@@ -112,17 +124,20 @@ struct State {
     msg: Vec<u8>,
     /// Frames seen, the index of frames without an offset.
     count: u64,
-    /// Topics subscribed to (XPUB only), to tell whether anyone receives a frame.
-    topics: HashSet<Vec<u8>>,
+    /// Subscriptions per topic (XPUB only), to tell whether anyone receives a frame.
+    topics: HashMap<Vec<u8>, u64>,
 }
 
 #[derive(Default)]
 pub struct ZmqMsgpackSink {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
     last_endpoint: Mutex<Option<String>>,
     interrupt: Mutex<Option<Arc<Interrupt>>>,
+    eos_request: EosRequest,
+    undelivered_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -132,13 +147,15 @@ impl ObjectSubclass for ZmqMsgpackSink {
     type ParentType = gst_base::BaseSink;
 }
 
-fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
+/// Sets `ZMQ_XPUB_VERBOSER` (no setter in the zmq crate): every subscription and
+/// unsubscription reaches the sink, including those of a subscriber that disconnects.
+fn set_xpub_verboser(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
     let one: std::os::raw::c_int = 1;
     // SAFETY: a valid socket, an int option value of the right size.
     let rc = unsafe {
         zmq_sys::zmq_setsockopt(
             socket.as_mut_ptr(),
-            zmq_sys::ZMQ_XPUB_NODROP as std::os::raw::c_int,
+            zmq_sys::ZMQ_XPUB_VERBOSER as std::os::raw::c_int,
             &one as *const std::os::raw::c_int as *const std::os::raw::c_void,
             std::mem::size_of::<std::os::raw::c_int>(),
         )
@@ -200,15 +217,21 @@ impl ZmqMsgpackSink {
             match m.split_first() {
                 Some((1, topic)) => {
                     gst::debug!(CAT, imp = self, "subscription to {:02x?}", topic);
-                    state.topics.insert(topic.to_vec());
+                    *state.topics.entry(topic.to_vec()).or_default() += 1;
                 }
                 Some((0, topic)) => {
                     gst::debug!(CAT, imp = self, "unsubscription from {:02x?}", topic);
-                    state.topics.remove(topic);
+                    if let Some(n) = state.topics.get_mut(topic) {
+                        *n -= 1;
+                        if *n == 0 {
+                            state.topics.remove(topic);
+                        }
+                    }
                 }
                 _ => {}
             }
         }
+        self.stats.lock().unwrap().subscribers = state.topics.values().sum();
     }
 
     /// Encodes the frame (when raw) and packs the message into `state.msg`.
@@ -350,9 +373,32 @@ impl ZmqMsgpackSink {
                     stats.bytes += len;
                     return Ok(gst::FlowSuccess::Ok);
                 }
+                Err(zmq::Error::EAGAIN) if self.eos_request.give_up() => {
+                    drop(guard);
+                    let undelivered = {
+                        let mut stats = self.stats.lock().unwrap();
+                        stats.undelivered += 1;
+                        stats.undelivered
+                    };
+                    let text = format!(
+                        "End of stream requested: frame {index} not delivered, no puller on {} took it within {} ms ({undelivered} undelivered)",
+                        self.last_endpoint
+                            .lock()
+                            .unwrap()
+                            .clone()
+                            .unwrap_or_default(),
+                        eos_request::GRACE.as_millis()
+                    );
+                    if let Some(text) = self.undelivered_limit.lock().unwrap().message(text) {
+                        gst::element_imp_warning!(self, gst::ResourceError::Write, ("{text}"));
+                    }
+                    return Ok(gst::FlowSuccess::Ok);
+                }
                 Err(zmq::Error::EAGAIN) => {
                     gst::trace!(CAT, imp = self, "frame {index}: waiting for a puller");
-                    match interrupt.wait(&state.socket, zmq::POLLOUT, &[], &mut [], None) {
+                    // Bounded, to look at the end request now and then.
+                    let poll = Some(std::time::Duration::from_millis(100));
+                    match interrupt.wait(&state.socket, zmq::POLLOUT, &[], &mut [], poll) {
                         Ok(Wait::Ready) | Ok(Wait::TimedOut) => {}
                         Ok(Wait::Interrupted) => {
                             drop(guard);
@@ -391,9 +437,14 @@ impl ZmqMsgpackSink {
 }
 
 impl ObjectImpl for ZmqMsgpackSink {
+    fn constructed(&self) {
+        self.parent_constructed();
+        eos_request::listen(&*self.obj());
+    }
+
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecUInt::builder("port")
                     .nick("Port")
                     .blurb("TCP port to bind (tcp://*:PORT) or, with bind=false, to connect to on localhost; ignored when endpoint is set")
@@ -414,7 +465,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("socket-type", DEFAULT_SOCKET_TYPE)
                     .nick("Socket type")
-                    .blurb("pub: never waits, drops (and counts) frames a subscriber is too slow for; push: waits for pullers (backpressure)")
+                    .blurb("pub: never waits; a subscriber too slow for the stream loses its own frames, the others get every frame; push: waits for pullers (backpressure)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecInt::builder("quality")
@@ -427,7 +478,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecInt::builder("send-hwm")
                     .nick("Send high-water mark")
-                    .blurb("Frames ZeroMQ queues per peer before pub drops or push waits (0 = no limit)")
+                    .blurb("Frames ZeroMQ queues per peer before pub drops for that peer or push waits (0 = no limit)")
                     .minimum(0)
                     .default_value(DEFAULT_SEND_HWM)
                     .mutable_ready()
@@ -446,15 +497,22 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames and bytes sent, dropped (pub: a subscriber was at its high-water mark), no-subscriber (pub: sent while nobody subscribed)")
+                    .blurb("frames and bytes sent, dropped (refused by the socket as a whole), no-subscriber (pub: sent while nobody subscribed), undelivered (push: given up when the end was requested and no puller took them), subscribers (pub: subscriptions now); a slow subscriber's own losses show as index gaps at that subscriber")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs(
+                "subscribers (binding) or receivers (binding push)",
+            ));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "port" => settings.port = value.get().expect("type checked upstream"),
@@ -474,6 +532,9 @@ impl ObjectImpl for ZmqMsgpackSink {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "port" => settings.port.to_value(),
@@ -491,6 +552,9 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .field("bytes", s.bytes)
                     .field("dropped", s.dropped)
                     .field("no-subscriber", s.no_subscriber)
+                    .field("subscribers", s.subscribers)
+                    .field("undelivered", s.undelivered)
+                    .field("refused", self.curve.refused())
                     .build()
                     .to_value()
             }
@@ -502,6 +566,19 @@ impl ObjectImpl for ZmqMsgpackSink {
 impl GstObjectImpl for ZmqMsgpackSink {}
 
 impl ElementImpl for ZmqMsgpackSink {
+    fn send_event(&self, event: gst::Event) -> bool {
+        if let Some(answer) = self.eos_request.intercept(&event) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "{:?} event sent to the element",
+                event.type_()
+            );
+            return answer;
+        }
+        self.parent_send_event(event)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -551,8 +628,6 @@ impl BaseSinkImpl for ZmqMsgpackSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.effective_endpoint();
-        zmq_endpoint::check_endpoint(&endpoint)?;
-
         let interrupt = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenWrite,
@@ -561,41 +636,40 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         })?;
         *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
 
-        let context = zmq::Context::new();
         let kind = match settings.socket_type {
             SinkSocketType::Pub => zmq::XPUB,
             SinkSocketType::Push => zmq::PUSH,
         };
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(
-                gst::ResourceError::OpenWrite,
-                settings.socket_type_nick(),
-                what,
-                e,
-            )
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: settings.bind,
+            linger_ms: settings.linger_ms,
+            send_hwm: Some(settings.send_hwm),
+            rcv_hwm: None,
+            max_message_size: None,
+            name: settings.socket_type_nick(),
+            purpose: "",
+            examples: zmq_endpoint::STREAM_EXAMPLES,
+            error: gst::ResourceError::OpenWrite,
         };
-        let mut socket = context.socket(kind).map_err(|e| socket_err("create", e))?;
-        socket
-            .set_sndhwm(settings.send_hwm)
-            .map_err(|e| socket_err("set send-hwm on", e))?;
-        socket
-            .set_linger(settings.linger_ms)
-            .map_err(|e| socket_err("set linger on", e))?;
-        if settings.socket_type == SinkSocketType::Pub {
-            set_xpub_nodrop(&mut socket).map_err(|e| socket_err("set XPUB_NODROP on", e))?;
-        }
-        let last =
-            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenWrite,
-                    (
-                        "Could not {} {endpoint} ({} socket): {e}{}",
-                        zmq_endpoint::verb(settings.bind),
-                        settings.socket_type_nick(),
-                        zmq_endpoint::hint(e, "tcp://*:5557, tcp://HOST:PORT or ipc:///path")
-                    )
-                )
-            })?;
+        let (opened, ()) = zmq_endpoint::open(
+            kind,
+            &options,
+            self.obj().upcast_ref(),
+            &self.curve,
+            |_, socket| {
+                if settings.socket_type == SinkSocketType::Pub {
+                    set_xpub_verboser(socket).map_err(|e| ("set XPUB_VERBOSER on", e))?;
+                }
+                Ok(())
+            },
+            |_| false,
+        )?;
+        let zmq_endpoint::Opened {
+            socket,
+            context,
+            endpoint: last,
+        } = opened;
         gst::info!(
             CAT,
             imp = self,
@@ -605,6 +679,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         );
         *self.last_endpoint.lock().unwrap() = Some(last);
         *self.stats.lock().unwrap() = Stats::default();
+        self.eos_request.clear();
         *self.state.lock().unwrap() = Some(State {
             socket,
             _context: context,
@@ -613,12 +688,13 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             encoder: None,
             msg: Vec::new(),
             count: 0,
-            topics: HashSet::new(),
+            topics: HashMap::new(),
         });
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         // Dropping the state closes the socket and waits up to `linger` for queued frames.
         let state = self.state.lock().unwrap().take();
         drop(state);
@@ -669,7 +745,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         match state.socket_type {
             SinkSocketType::Pub => {
                 self.read_subscriptions(state);
-                let listened = state.topics.iter().any(|t| state.msg.starts_with(t));
+                let listened = state.topics.keys().any(|t| state.msg.starts_with(t));
                 match state.socket.send(&state.msg[..], zmq::DONTWAIT) {
                     Ok(()) => {
                         let mut stats = self.stats.lock().unwrap();
@@ -688,7 +764,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
                         gst::debug!(
                             CAT,
                             imp = self,
-                            "frame {index} dropped: a subscriber is at the high-water mark ({dropped} dropped)"
+                            "frame {index} refused by the socket ({dropped} dropped)"
                         );
                     }
                     Err(e) => return Err(self.send_error(e)),

@@ -29,6 +29,7 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::SrcSocketType;
+use crate::curve::{self, ElementCurve};
 use crate::frame_file::{self, FrameFileError};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
@@ -179,6 +180,7 @@ struct State {
 
 #[derive(Default)]
 pub struct ZmqMsgpackSrc {
+    curve: ElementCurve,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
@@ -333,24 +335,50 @@ impl ZmqMsgpackSrc {
         stats.bytes += bytes;
     }
 
+    /// A monitor of `socket`: it tells about connections ZeroMQ closes (e.g. for an
+    /// oversize message) and failed CURVE handshakes. `None` (logged) when it cannot be set.
+    fn monitor(&self, context: &zmq::Context, socket: &zmq::Socket) -> Option<zmq::Socket> {
+        let monitor_endpoint = format!(
+            "inproc://zmqmsgpacksrc-monitor-{}",
+            MONITOR_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let monitor = socket
+            .monitor(
+                &monitor_endpoint,
+                (zmq::SocketEvent::DISCONNECTED as u16
+                    | zmq::SocketEvent::CONNECTED as u16
+                    | zmq::SocketEvent::ACCEPTED as u16
+                    | curve::HANDSHAKE_EVENTS) as i32,
+            )
+            .and_then(|()| {
+                let m = context.socket(zmq::PAIR)?;
+                m.set_linger(0)?;
+                m.connect(&monitor_endpoint)?;
+                Ok(m)
+            });
+        match monitor {
+            Ok(m) => Some(m),
+            Err(e) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "no socket monitor, disconnects are not counted: {e}"
+                );
+                None
+            }
+        }
+    }
+
     /// Reads what the socket monitor has to say.
     fn handle_monitor(&self, state: &mut State, reports: &mut Vec<Report>) {
         let Some(monitor) = state.monitor.as_ref() else {
             return;
         };
-        while let Ok(head) = monitor.recv_msg(zmq::DONTWAIT) {
-            let address = if monitor.get_rcvmore().unwrap_or(false) {
-                monitor
-                    .recv_msg(zmq::DONTWAIT)
-                    .map(|m| String::from_utf8_lossy(&m).into_owned())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            };
-            if head.len() < 6 {
+        while let Some((event, value, address)) = curve::read_monitor_event(monitor) {
+            if event & curve::HANDSHAKE_EVENTS != 0 {
+                self.curve.handshake_event(event, value, &address);
                 continue;
             }
-            let event = u16::from_le_bytes([head[0], head[1]]);
             match zmq::SocketEvent::from_raw(event) {
                 zmq::SocketEvent::DISCONNECTED => {
                     self.stats.lock().unwrap().disconnects += 1;
@@ -375,7 +403,7 @@ impl ZmqMsgpackSrc {
                             gst::element_imp_warning!(
                                 self,
                                 gst::ResourceError::OpenRead,
-                                ["{text}"]
+                                ("{text}")
                             )
                         }
                         DropReason::MissingFile => {
@@ -425,7 +453,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
 
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb("ZeroMQ endpoint to connect to (or to bind, with bind=true), e.g. tcp://10.0.0.2:5557 or tcp://*:5557")
@@ -477,12 +505,17 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .blurb("frames and bytes received, dropped (sum of dropped-malformed, dropped-not-jpeg, dropped-missing-file, dropped-oversize) and disconnects")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("senders"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => {
@@ -510,6 +543,9 @@ impl ObjectImpl for ZmqMsgpackSrc {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "endpoint" => settings.endpoint.to_value(),
@@ -533,6 +569,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .field("dropped-oversize", s.oversize)
                     .field("dropped-refused-path", s.refused_path)
                     .field("disconnects", s.disconnects)
+                    .field("refused", self.curve.refused())
                     .build()
                     .to_value()
             }
@@ -578,7 +615,6 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
-        zmq_endpoint::check_endpoint(&endpoint)?;
         let interrupt = Interrupt::new().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
@@ -587,77 +623,40 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
         })?;
         *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
 
-        let context = zmq::Context::new();
-        let socket_err = |what: &str, e: zmq::Error| {
-            zmq_endpoint::socket_error(
-                gst::ResourceError::OpenRead,
-                settings.socket_type_nick(),
-                what,
-                e,
-            )
-        };
         let kind = match settings.socket_type {
             SrcSocketType::Sub => zmq::SUB,
             SrcSocketType::Pull => zmq::PULL,
         };
-        let socket = context.socket(kind).map_err(|e| socket_err("create", e))?;
-        socket
-            .set_rcvhwm(settings.rcv_hwm)
-            .map_err(|e| socket_err("set rcv-hwm on", e))?;
-        socket
-            .set_maxmsgsize(settings.max_message_size)
-            .map_err(|e| socket_err("set max-message-size on", e))?;
-        socket
-            .set_linger(0)
-            .map_err(|e| socket_err("set linger on", e))?;
-        if settings.socket_type == SrcSocketType::Sub {
-            socket
-                .set_subscribe(b"")
-                .map_err(|e| socket_err("subscribe", e))?;
-        }
-
-        // The monitor tells about connections ZeroMQ closes (e.g. for an oversize message).
-        let monitor_endpoint = format!(
-            "inproc://zmqmsgpacksrc-monitor-{}",
-            MONITOR_ID.fetch_add(1, Ordering::Relaxed)
-        );
-        let monitor = socket
-            .monitor(
-                &monitor_endpoint,
-                (zmq::SocketEvent::DISCONNECTED as u16
-                    | zmq::SocketEvent::CONNECTED as u16
-                    | zmq::SocketEvent::ACCEPTED as u16) as i32,
-            )
-            .and_then(|()| {
-                let m = context.socket(zmq::PAIR)?;
-                m.set_linger(0)?;
-                m.connect(&monitor_endpoint)?;
-                Ok(m)
-            });
-        let monitor = match monitor {
-            Ok(m) => Some(m),
-            Err(e) => {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "no socket monitor, disconnects are not counted: {e}"
-                );
-                None
-            }
+        let options = zmq_endpoint::Options {
+            endpoint: &endpoint,
+            bind: settings.bind,
+            linger_ms: 0,
+            send_hwm: None,
+            rcv_hwm: Some(settings.rcv_hwm),
+            max_message_size: Some(settings.max_message_size),
+            name: settings.socket_type_nick(),
+            purpose: "",
+            examples: zmq_endpoint::STREAM_EXAMPLES,
+            error: gst::ResourceError::OpenRead,
         };
-
-        let last =
-            zmq_endpoint::bind_or_connect(&socket, &endpoint, settings.bind).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    (
-                        "Could not {} {endpoint} ({} socket): {e}{}",
-                        zmq_endpoint::verb(settings.bind),
-                        settings.socket_type_nick(),
-                        zmq_endpoint::hint(e, zmq_endpoint::STREAM_EXAMPLES)
-                    )
-                )
-            })?;
+        let (opened, monitor) = zmq_endpoint::open(
+            kind,
+            &options,
+            self.obj().upcast_ref(),
+            &self.curve,
+            |context, socket| {
+                if settings.socket_type == SrcSocketType::Sub {
+                    socket.set_subscribe(b"").map_err(|e| ("subscribe", e))?;
+                }
+                Ok(self.monitor(context, socket))
+            },
+            Option::is_some,
+        )?;
+        let zmq_endpoint::Opened {
+            socket,
+            context,
+            endpoint: last,
+        } = opened;
         gst::info!(
             CAT,
             imp = self,
@@ -683,6 +682,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.curve.stop();
         let state = self.state.lock().unwrap().take();
         drop(state);
         gst::debug!(
