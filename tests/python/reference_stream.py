@@ -7,7 +7,8 @@ fixed per-seed noise the stream batch of the engine must give the same result pe
 
     python tests/python/reference_stream.py --model DIR --width W --height H --inputs DIR --prompt P \
         --negative-prompt NP --seed S --t-index-list 32,45 --num-inference-steps 50 --guidance-scale G \
-        --delta D --cfg-type none|full|self|initialize --add-noise 0|1 --out DIR [--png] [--dump]
+        --delta D --cfg-type none|full|self|initialize --add-noise 0|1 --out DIR [--png] [--dump] \
+        [--latent-feedback S --batch-size B]
 
 Reads INPUTS/frame_%03d.rgb (packed RGB8, H*W*3 bytes) from 000 on while they exist, writes
 OUT/frame_%03d.f32 (float32 little-endian, planar [3, H, W] in [0, 1]).
@@ -19,6 +20,11 @@ Where this deliberately differs from upstream StreamDiffusion:
 - the noise is i2i-noise-v1 from the seed (upstream ignores the seed in its wrapper and uses torch.randn);
 - no junk frames: a frame's result never depends on earlier frames or an empty buffer;
 - full / initialize keep the negative prompt embedding (upstream's update_prompt drops it).
+
+Latent feedback (the livepeer fork's formula): with S > 0 the scaled latent of frame k becomes
+(1 - S) * z_k + S * z_prev before the noise is added, z_prev being the final latent x0 of the newest frame
+that is out when frame k enters the stream batch. With n steps and B frames per call (full calls), frame k
+enters at call c = k // B and the newest frame out then is (c - n + 1) * B - 1 (none while negative).
 """
 
 from __future__ import annotations
@@ -256,15 +262,27 @@ class Model:
 
 # ---------------------------------------------------------------- per-frame math
 
+def feedback_source(k: int, n: int, batch: int) -> int | None:
+    """The frame whose final latent frame k blends with (latent feedback), or None."""
+    src = (k // batch - n + 1) * batch - 1
+    return src if src >= 0 else None
+
+
 def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarray, cond: dict, uncond: dict,
-                  dump: dict | None = None) -> np.ndarray:
+                  dump: dict | None = None, z_prev: np.ndarray | None = None) -> np.ndarray:
     """rgb: [H, W, 3] uint8 -> [3, H, W] float32 in [0, 1]. cond / uncond: the UNet's conditioning inputs
-    (encoder_hidden_states; for SDXL also text_embeds and time_ids). `dump` collects the intermediate tensors."""
+    (encoder_hidden_states; for SDXL also text_embeds and time_ids). `dump` collects the intermediate tensors
+    (dump["x0_final"] is the final scaled latent, the next frames' z_prev). z_prev: the latent-feedback source
+    (used when p["latent_feedback"] > 0)."""
     dump = {} if dump is None else dump
     x = (rgb.astype(np.float32) / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0)
     x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
     z = m.vae_encode(x) * m.sf
     dump["x"], dump["z"] = x, z
+    fb = np.float32(p.get("latent_feedback", 0.0))
+    if fb > 0 and z_prev is not None:
+        z = (np.float32(1.0) - fb) * z + fb * z_prev
+        dump["z_blend"] = z
     n = len(sch["timesteps"])
     alpha, beta, c_skip, c_out = sch["alpha"], sch["beta"], sch["c_skip"], sch["c_out"]
     g = np.float32(p["guidance_scale"])
@@ -298,6 +316,7 @@ def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarr
             X = alpha[i + 1] * x0
             if p["add_noise"]:
                 X = X + beta[i + 1] * noise[i + 1:i + 2]
+    dump["x0_final"] = x0
     y = m.vae_decode((x0 / m.sf).astype(np.float32))
     dump["y"] = y
     return np.clip(y[0] / np.float32(2.0) + np.float32(0.5), 0.0, 1.0).astype(np.float32)
@@ -321,6 +340,10 @@ def parse_args(argv):
     ap.add_argument("--cfg-type", choices=CFG_TYPES, default="self")
     ap.add_argument("--add-noise", type=int, choices=(0, 1), default=1)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--latent-feedback", type=float, default=0.0,
+                    help="temporal feedback S in [0, 1]: (1 - S) * z + S * z_prev")
+    ap.add_argument("--batch-size", type=int, default=1,
+                    help="frames per engine call (which earlier frame is z_prev with latent feedback)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--png", action="store_true", help="also write OUT/frame_%%03d.png")
     ap.add_argument("--dump", action="store_true",
@@ -346,8 +369,13 @@ def run(args) -> int:
     noise = i2i_noise.init_noise(args.seed, len(t_index), H // 8, W // 8)
     cond = m.conditioning(m.encode_prompt(args.prompt), H, W)
     uncond = m.conditioning(m.encode_negative(args.negative_prompt), H, W)
+    if not 0.0 <= args.latent_feedback <= 1.0:
+        raise RefError(f"--latent-feedback {args.latent_feedback}: expected 0 to 1")
+    if args.batch_size < 1:
+        raise RefError(f"--batch-size {args.batch_size}: expected 1 or more")
     p = {"guidance_scale": args.guidance_scale, "delta": args.delta, "cfg_type": args.cfg_type,
-         "add_noise": bool(args.add_noise)}
+         "add_noise": bool(args.add_noise), "latent_feedback": args.latent_feedback}
+    finals: list[np.ndarray] = []
     args.out.mkdir(parents=True, exist_ok=True)
     if args.dump:
         np.savez(args.out / "common.npz", noise=noise, **{f"cond_{k}": v for k, v in cond.items()},
@@ -363,7 +391,10 @@ def run(args) -> int:
             raise RefError(f"{src}: {len(raw)} bytes, expected {W}*{H}*3 = {W * H * 3}")
         rgb = np.frombuffer(raw, dtype=np.uint8).reshape(H, W, 3)
         dump: dict = {}
-        out = process_frame(m, rgb, p, sch, noise, cond, uncond, dump)
+        src = feedback_source(k, len(t_index), args.batch_size)
+        z_prev = finals[src] if src is not None else None
+        out = process_frame(m, rgb, p, sch, noise, cond, uncond, dump, z_prev)
+        finals.append(dump["x0_final"])
         out.astype("<f4").tofile(args.out / f"frame_{k:03d}.f32")
         if args.dump:
             np.savez(args.out / f"frame_{k:03d}.npz", **dump)

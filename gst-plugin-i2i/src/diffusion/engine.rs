@@ -180,6 +180,8 @@ pub struct Engine {
     /// The last frame [`Engine::process`] converted (decoded, pixels), so a repeated
     /// (skipped) frame shares its pixels instead of being converted again.
     last_out: Option<LastOutput>,
+    /// Temporal feedback for new frames (see [`Engine::set_latent_feedback`]).
+    latent_feedback: f32,
 }
 
 impl std::fmt::Debug for Engine {
@@ -229,6 +231,7 @@ impl Engine {
                 guidance: 1.0,
                 delta: 1.0,
                 add_noise: true,
+                feedback: 0.0,
             }),
             model,
             steps,
@@ -242,6 +245,7 @@ impl Engine {
             latents: Vec::new(),
             order: Vec::new(),
             last_out: None,
+            latent_feedback: 0.0,
         };
         engine.timings.text += text_time;
         engine.timings.text_calls += 1;
@@ -358,6 +362,7 @@ impl Engine {
             guidance: self.params.guidance_scale,
             delta: self.params.delta,
             add_noise: self.params.add_noise,
+            feedback: self.latent_feedback,
         });
         Ok(())
     }
@@ -608,6 +613,28 @@ impl Engine {
             self.noise = Arc::new(noise);
             let _ = self.rebuild_frame_params();
         }
+    }
+
+    /// Temporal feedback against flicker for the frames entering from the next call on:
+    /// each frame's initial latent becomes `(1 - s) * z_in + s * z_prev`, `z_prev` being
+    /// the final latent of the newest frame out when it enters (see
+    /// [`stream::Stream::push_frame`](super::stream::Stream::push_frame)). Clamped to
+    /// `[0, 1]`; 0 (the default) is off and gives the same bits as without it. A reset
+    /// forgets `z_prev`.
+    pub fn set_latent_feedback(&mut self, s: f32) {
+        let s = if s.is_finite() {
+            s.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        if s != self.latent_feedback {
+            self.latent_feedback = s;
+            let _ = self.rebuild_frame_params();
+        }
+    }
+
+    pub fn latent_feedback(&self) -> f32 {
+        self.latent_feedback
     }
 
     /// Cumulative time per stage and call counts.

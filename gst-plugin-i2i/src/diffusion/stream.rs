@@ -42,6 +42,9 @@ pub struct FrameParams {
     pub guidance: f32,
     pub delta: f32,
     pub add_noise: bool,
+    /// Temporal feedback `s` in `[0, 1]`: the initial latent is
+    /// `(1 - s) * z_in + s * z_prev` (see [`Stream::push_frame`]); 0 = off.
+    pub feedback: f32,
 }
 
 impl FrameParams {
@@ -177,6 +180,9 @@ pub struct Stream {
     scratch: StepScratch,
     /// Outputs handed out lately: once the caller drops them, their buffers are reused.
     recent: VecDeque<Arc<Tensor<f32>>>,
+    /// The final (scaled) latent of the newest frame that finished: `z_prev` of latent
+    /// feedback. Empty until a frame finished (and after a reset).
+    feedback: Vec<f32>,
 }
 
 #[derive(Default)]
@@ -204,6 +210,7 @@ impl Stream {
         self.done.clear();
         self.last_output = None;
         self.filter.reset();
+        self.feedback.clear();
     }
 
     /// Frames given to the stream that have not come out yet.
@@ -228,13 +235,28 @@ impl Stream {
     }
 
     /// Starts a frame from its (unscaled) VAE latent `z`: `X_0 = alpha_0 * z * sf + beta_0 * N[0]`.
+    ///
+    /// With latent feedback `s > 0` and a frame finished before this one entered, the
+    /// scaled latent is first blended with that frame's final latent `z_prev`:
+    /// `X_0 = alpha_0 * ((1 - s) * z * sf + s * z_prev) + beta_0 * N[0]`. `z_prev` is the
+    /// newest output when the frame enters: with `n` steps and `batch` frames per call,
+    /// frame `k` (in call `c = k / batch`) blends with frame `(c - n + 1) * batch - 1`
+    /// (with n = 1 and batch 1: the previous frame); none before the pipeline is warm.
     pub fn push_frame(&mut self, tag: u64, z: &[f32], scaling_factor: f32, p: Arc<FrameParams>) {
         let len = z.len();
         let mut x = self.buffer(len);
         let c = p.steps[0];
         let n0 = &p.noise.data[..len];
-        for ((x, &z), &nz) in x.iter_mut().zip(z).zip(n0) {
-            *x = c.alpha * (z * scaling_factor) + c.beta * nz;
+        let s = p.feedback;
+        if s > 0.0 && self.feedback.len() == len {
+            let keep = 1.0 - s;
+            for (((x, &z), &zp), &nz) in x.iter_mut().zip(z).zip(&self.feedback).zip(n0) {
+                *x = c.alpha * (keep * (z * scaling_factor) + s * zp) + c.beta * nz;
+            }
+        } else {
+            for ((x, &z), &nz) in x.iter_mut().zip(z).zip(n0) {
+                *x = c.alpha * (z * scaling_factor) + c.beta * nz;
+            }
         }
         let mut stock = Vec::new();
         if matches!(p.cfg, CfgType::SelfNegative | CfgType::Initialize) {
@@ -353,6 +375,11 @@ impl Stream {
         if finished.is_empty() {
             self.scratch.finished = finished;
             return Ok(());
+        }
+        // The newest finished frame is the next frames' feedback latent.
+        if let Some(&i) = finished.iter().max_by_key(|&&i| self.flights[i].seq) {
+            self.feedback.clear();
+            self.feedback.extend_from_slice(&self.flights[i].x);
         }
         let sf = model.scaling_factor;
         self.finals.resize(finished.len() * lat, 0.0);

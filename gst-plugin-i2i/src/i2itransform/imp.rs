@@ -21,6 +21,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::control::{self, ControlSettings};
 use super::convert::{InputConverter, OutputConverter, converter_threads};
 use super::live::{self, LiveSettings};
 use super::output::{OutItem, OutState};
@@ -126,6 +127,8 @@ pub(super) struct Settings {
     pub settings_timeout_ms: u32,
     /// Set before start and not checked yet.
     pub unchecked: Unchecked,
+    /// Latent feedback and ControlNet (`control.rs`).
+    pub control: ControlSettings,
 }
 
 impl Settings {
@@ -224,6 +227,7 @@ impl Default for Settings {
             wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
             settings_timeout_ms: DEFAULT_SETTINGS_TIMEOUT_MS,
             unchecked: Unchecked::default(),
+            control: ControlSettings::default(),
         }
     }
 }
@@ -1524,6 +1528,9 @@ impl ObjectImpl for I2iTransform {
                     .read_only()
                     .build(),
             ]
+            .into_iter()
+            .chain(control::param_specs())
+            .collect()
         });
         PROPERTIES.as_ref()
     }
@@ -1555,6 +1562,12 @@ impl ObjectImpl for I2iTransform {
             }
         }
         match name {
+            name if control::PROPERTIES.contains(&name) => {
+                if let Err(e) = s.control.set_property(name, value) {
+                    drop(s);
+                    self.refuse(&e);
+                }
+            }
             "model" => s.model = value.get().expect("type checked upstream"),
             "prompt" => {
                 s.live.params.prompt = value.get::<Option<String>>().unwrap().unwrap_or_default()
@@ -1664,6 +1677,7 @@ impl ObjectImpl for I2iTransform {
             "height" if u.height.is_some() => u.height.unwrap().to_value(),
             "prompt-blend" if u.prompt_blend.is_some() => u.prompt_blend.to_value(),
             "seed-blend" if u.seed_blend.is_some() => u.seed_blend.to_value(),
+            name if control::PROPERTIES.contains(&name) => s.control.property(name),
             "model" => s.model.to_value(),
             "prompt" => p.prompt.to_value(),
             "negative-prompt" => p.negative_prompt.to_value(),

@@ -15,6 +15,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod control;
 mod convert;
 mod imp;
 pub mod live;

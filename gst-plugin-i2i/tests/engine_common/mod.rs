@@ -113,6 +113,12 @@ pub struct RefCase {
 
 /// Runs the numpy reference for every case in one Python process (bounded in time).
 pub fn run_reference(cases: &[RefCase], inputs: &Path, out: &Path) {
+    run_reference_with(cases, &[], inputs, out);
+}
+
+/// [`run_reference`] with more arguments for case `i` in `extra[i]` (when present), e.g.
+/// `--latent-feedback 0.3 --batch-size 3`.
+pub fn run_reference_with(cases: &[RefCase], extra: &[Vec<String>], inputs: &Path, out: &Path) {
     let python = root().join(".venv").join("bin").join("python");
     assert!(
         python.is_file(),
@@ -121,10 +127,11 @@ pub fn run_reference(cases: &[RefCase], inputs: &Path, out: &Path) {
     );
     let argvs: Vec<serde_json::Value> = cases
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let p = &c.params;
             let t: Vec<String> = p.t_index_list.iter().map(|t| t.to_string()).collect();
-            serde_json::json!([
+            let mut argv = serde_json::json!([
                 "--model",
                 model_dir(c.model),
                 "--width",
@@ -153,7 +160,11 @@ pub fn run_reference(cases: &[RefCase], inputs: &Path, out: &Path) {
                 (p.add_noise as u8).to_string(),
                 "--out",
                 out.join(&c.dir),
-            ])
+            ]);
+            if let (Some(list), Some(more)) = (argv.as_array_mut(), extra.get(i)) {
+                list.extend(more.iter().map(|a| serde_json::Value::from(a.as_str())));
+            }
+            argv
         })
         .collect();
     let script = "import json, sys\n\
