@@ -85,7 +85,8 @@ def build_all(out: Path, log) -> None:
     gz = clip_vocab.bpe_gz_bytes(ROOT / ".deps", log)
     vocab, merges = clip_vocab.vocab_and_merges(gz)
     tok_cache: dict = {}
-    builders = [(v.name, lambda d, v=v: write_tiny(d, v, vocab, merges, tok_cache)) for v in tiny.VARIANTS]
+    builders = [(v.name, lambda d, v=v: write_tiny(d, v, vocab, merges, tok_cache))
+                for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS]
     builders += [(v.name, lambda d, v=v: sdxl.write(d, v, vocab, merges, tok_cache)) for v in sdxl.VARIANTS]
     try:
         from i2i_models import demo
@@ -106,7 +107,7 @@ def build_all(out: Path, log) -> None:
 
 
 def model_names() -> list[str]:
-    names = [v.name for v in tiny.VARIANTS] + [v.name for v in sdxl.VARIANTS]
+    names = [v.name for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS] + [v.name for v in sdxl.VARIANTS]
     if (HERE / "i2i_models" / "demo.py").exists():
         names.insert(0, "demo")
     return names

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use ort::value::Tensor;
 
-use super::model::Model;
+use super::model::{ControlRows, Model};
 use super::scheduler::StepConstants;
 use super::{CfgType, DecodedFrame, EngineError, Noise, Timings, noise};
 
@@ -45,6 +45,8 @@ pub struct FrameParams {
     /// Temporal feedback `s` in `[0, 1]`: the initial latent is
     /// `(1 - s) * z_in + s * z_prev` (see [`Stream::push_frame`]); 0 = off.
     pub feedback: f32,
+    /// One scale per ControlNet (empty for a plain UNet).
+    pub control_scales: Vec<f32>,
 }
 
 impl FrameParams {
@@ -141,6 +143,8 @@ struct Flight {
     step: usize,
     x: Vec<f32>,
     stock: Vec<f32>,
+    /// Control images `[num, 3, H, W]` in `[0, 1]` (ControlNet models).
+    control: Option<Vec<f32>>,
     p: Arc<FrameParams>,
 }
 
@@ -172,6 +176,9 @@ pub struct Stream {
     hidden_key: Vec<u64>,
     /// Counts rebuilds of `hidden`: the UNet keeps it bound while this stays.
     hidden_gen: u64,
+    /// ControlNet rows: images `[rows, num, 3, H, W]` and scales `[rows, num]`.
+    control_images: Vec<f32>,
+    control_scales: Vec<f32>,
     eps: Vec<f32>,
     finals: Vec<f32>,
     /// The guided noise prediction of one frame (scratch).
@@ -242,7 +249,14 @@ impl Stream {
     /// newest output when the frame enters: with `n` steps and `batch` frames per call,
     /// frame `k` (in call `c = k / batch`) blends with frame `(c - n + 1) * batch - 1`
     /// (with n = 1 and batch 1: the previous frame); none before the pipeline is warm.
-    pub fn push_frame(&mut self, tag: u64, z: &[f32], scaling_factor: f32, p: Arc<FrameParams>) {
+    pub fn push_frame(
+        &mut self,
+        tag: u64,
+        z: &[f32],
+        scaling_factor: f32,
+        control: Option<Vec<f32>>,
+        p: Arc<FrameParams>,
+    ) {
         let len = z.len();
         let mut x = self.buffer(len);
         let c = p.steps[0];
@@ -270,6 +284,7 @@ impl Stream {
             step: 0,
             x,
             stock,
+            control,
             p,
         });
         self.queue.push_back(Entry::Frame { seq, tag });
@@ -334,6 +349,24 @@ impl Stream {
             self.hidden_gen += 1;
         }
         self.scratch.key = key;
+        let num = model.unet.control.as_ref().map_or(0, |c| c.count);
+        let control = if num > 0 {
+            self.control_images.clear();
+            self.control_scales.clear();
+            for &(i, _) in &self.rows {
+                let f = &self.flights[i];
+                if let Some(c) = &f.control {
+                    self.control_images.extend_from_slice(c);
+                }
+                self.control_scales.extend_from_slice(&f.p.control_scales);
+            }
+            Some(ControlRows {
+                images: &self.control_images,
+                scales: &self.control_scales,
+            })
+        } else {
+            None
+        };
         let t0 = Instant::now();
         let calls = model.unet.predict(
             &self.sample,
@@ -341,6 +374,7 @@ impl Stream {
             &self.hidden,
             self.hidden_gen,
             seq_shape,
+            control,
             &mut self.eps,
         )?;
         timings.unet += t0.elapsed();

@@ -24,7 +24,14 @@ pub fn root() -> PathBuf {
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
-    let d = root().join("models").join(name);
+    let mut d = root().join("models").join(name);
+    // Models generated beside the shared folder (make_models.py --out models-local).
+    let local = root().join("models-local").join(name);
+    if !d.join("unet").join("model.onnx").is_file()
+        && local.join("unet").join("model.onnx").is_file()
+    {
+        d = local;
+    }
     assert!(
         d.join("unet").join("model.onnx").is_file(),
         "{} is missing: run scripts/setup.sh (or .venv/bin/python scripts/make_models.py --out models)",
