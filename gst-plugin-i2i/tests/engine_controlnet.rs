@@ -274,3 +274,90 @@ fn wrong_scales_and_control_images_are_refused() {
     let err = plain.set_controlnet_scales(&[1.0]).unwrap_err().to_string();
     assert!(err.contains("without ControlNet inputs"), "{err}");
 }
+
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Edits tiny-controlnet2's UNet with the onnx Python package: `edit` is Python acting on
+/// the loaded model `m`.
+fn edited_model(dir: &std::path::Path, name: &str, edit: &str) -> std::path::PathBuf {
+    let d = dir.join(name);
+    copy_dir(&model_dir("tiny-controlnet2"), &d);
+    let unet = d.join("unet").join("model.onnx");
+    let script = format!(
+        "import onnx, sys\nm = onnx.load(sys.argv[1])\n{edit}\nonnx.save(m, sys.argv[1])\n"
+    );
+    let python = root().join(".venv").join("bin").join("python");
+    let status = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&unet)
+        .status()
+        .unwrap();
+    assert!(status.success(), "editing {}", unet.display());
+    d
+}
+
+#[test]
+fn mismatched_controlnet_graphs_are_refused_at_load() {
+    let dir = tmp("controlnet-broken");
+    let p = params(CfgType::SelfNegative);
+    let load_err = |d: std::path::PathBuf| match Engine::load(&opts_dir(d.clone(), 1), &p) {
+        Ok(_) => panic!("{} loaded", d.display()),
+        Err(e) => {
+            let s = e.to_string();
+            eprintln!("error as users see it: {s}");
+            s
+        }
+    };
+    // Control images without a scales input (renamed away).
+    let d = edited_model(
+        &dir,
+        "no-scales",
+        "for i in m.graph.input:\n    if i.name == 'conditioning_scales': i.name = 'other'\n\
+         for n in m.graph.node:\n    n.input[:] = ['other' if x == 'conditioning_scales' else x for x in n.input]",
+    );
+    let e = load_err(d);
+    assert!(
+        e.contains("unet/model.onnx")
+            && e.contains("controlnet_scales")
+            && e.contains("controlnet_conds"),
+        "{e}"
+    );
+    // A dynamic number of ControlNets.
+    let d = edited_model(
+        &dir,
+        "dynamic-count",
+        "d = [i for i in m.graph.input if i.name == 'controlnet_conds'][0].type.tensor_type.shape.dim[0]\n\
+         d.ClearField('dim_value'); d.dim_param = 'num'",
+    );
+    let e = load_err(d);
+    assert!(
+        e.contains("controlnet_conds") && e.contains("number of ControlNets fixed"),
+        "{e}"
+    );
+    // Control images of another size than the engine's.
+    let d = edited_model(
+        &dir,
+        "fixed-size",
+        "s = [i for i in m.graph.input if i.name == 'controlnet_conds'][0].type.tensor_type.shape\n\
+         s.dim[3].ClearField('dim_param'); s.dim[3].dim_value = 32\n\
+         s.dim[4].ClearField('dim_param'); s.dim[4].dim_value = 32",
+    );
+    let e = load_err(d);
+    assert!(
+        e.contains("controlnet_conds") && e.contains("64, 64") && e.contains("32"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
