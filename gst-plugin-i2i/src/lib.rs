@@ -5,6 +5,7 @@ use gst::glib;
 
 pub mod diffusion;
 pub mod i2itransform;
+pub mod preprocess;
 pub mod settings;
 mod settingssrc;
 

@@ -352,6 +352,8 @@ pub struct I2iTransform {
     /// A buffer came on the settings pad since start (`wait-for-settings`).
     pub(super) settings_received: Mutex<bool>,
     pub(super) settings_cond: Condvar,
+    /// Control images: preprocessors, control pads, the previous output (`control.rs`).
+    pub(super) control: control::ControlState,
 }
 
 #[glib::object_subclass]
@@ -445,6 +447,7 @@ impl ObjectSubclass for I2iTransform {
             settingspad,
             srcpad,
             settings: Mutex::new(Settings::default()),
+            control: control::ControlState::default(),
             input: Mutex::new(InputState::default()),
             queue: BoundedQueue::new(DEFAULT_MAX_QUEUE as usize),
             worker: Mutex::new(None),
@@ -622,14 +625,15 @@ impl I2iTransform {
             let Some(pre) = input.preprocessor.as_ref() else {
                 return Err(gst::FlowError::Flushing);
             };
-            let prepared = pre.prepare(tag, &rgb, model_w, model_h).map_err(|e| {
+            let mut prepared = pre.prepare(tag, &rgb, model_w, model_h).map_err(|e| {
                 gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
                 gst::FlowError::NotNegotiated
             })?;
+            let running_time = input.segment.to_running_time(buffer.pts());
+            self.prepare_control(&mut prepared, &rgb, (model_w, model_h), running_time);
             // Conversion and the engine's preprocessing: the streaming thread's work.
             convert_took = convert_start.elapsed();
             input.next_tag += 1;
-            let running_time = input.segment.to_running_time(buffer.pts());
             QueuedFrame {
                 tag,
                 prepared,
@@ -857,6 +861,7 @@ impl I2iTransform {
                 w.batch.clear();
                 w.in_flight.clear();
                 w.engine.reset();
+                self.flush_control();
                 keep.extend(w.deferred.drain(..).map(|(_, d)| d));
             }
         }
@@ -1182,7 +1187,7 @@ impl I2iTransform {
             );
             return Err(gst::StateChangeError);
         }
-        let engine = Engine::load(&opts, &s.live.params).map_err(|e| {
+        let mut engine = Engine::load(&opts, &s.live.params).map_err(|e| {
             gst::element_imp_error!(
                 self,
                 gst::LibraryError::Init,
@@ -1191,6 +1196,7 @@ impl I2iTransform {
             );
             gst::StateChangeError
         })?;
+        self.start_control(&mut engine, &s.control, (opts.width, opts.height))?;
         let provider = provider_name(engine.provider());
         let load_time = started.elapsed();
         gst::info!(
@@ -1296,6 +1302,7 @@ impl I2iTransform {
             .field("settings-applied", s.settings_applied)
             .field("settings-rejected", s.settings_rejected)
             .field("provider", s.provider.unwrap_or(""))
+            .field("control-fallbacks", self.control.fallbacks())
             .build()
     }
 }
@@ -1563,7 +1570,8 @@ impl ObjectImpl for I2iTransform {
         }
         match name {
             name if control::PROPERTIES.contains(&name) => {
-                if let Err(e) = s.control.set_property(name, value) {
+                let stopped = !self.running.load(Ordering::SeqCst);
+                if let Err(e) = s.control.set_property(name, value, stopped) {
                     drop(s);
                     self.refuse(&e);
                 }
@@ -1785,9 +1793,23 @@ impl ElementImpl for I2iTransform {
                     &src_caps,
                 )
                 .unwrap(),
+                I2iTransform::control_pad_template(&sink_caps),
             ]
         });
         TEMPLATES.as_ref()
+    }
+
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        self.request_control_pad(templ, name)
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        self.release_control_pad(pad);
     }
 
     fn change_state(

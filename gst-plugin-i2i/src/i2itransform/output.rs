@@ -109,6 +109,7 @@ impl I2iTransform {
                 let mut rgb = Vec::new();
                 let work_start = std::time::Instant::now();
                 out.to_rgb8(st.width, st.height, &mut rgb);
+                self.remember_output(&rgb);
                 self.renegotiate_if_asked(&mut st)?;
                 let Some(conv) = st.conv.as_ref() else {
                     gst::element_imp_error!(
