@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Fused UNet + ControlNet graphs (ONNX Runtime's demo layout with one ControlNet, diffusers'
-//! export layout with two): the engine equals the numpy reference
+//! Fused UNet + ControlNet graphs (ONNX Runtime's demo layout with one ControlNet, SD and
+//! SDXL; diffusers' export layout with two): the engine equals the numpy reference
 //! (tests/python/reference_stream.py) within 1e-4 with control images and scales, cfg self
 //! and full, batch 1 and 3; scale 0 turns a ControlNet off; a live scale change holds for new
 //! frames only; wrong scale counts and control images are refused with clear errors.
@@ -110,6 +110,11 @@ fn matches_numpy_reference() {
             model: "tiny-controlnet2",
             cfg: CfgType::Initialize,
             scales: vec![0.0, 1.2],
+        },
+        Case {
+            model: "tiny-sdxl-controlnet",
+            cfg: CfgType::Full,
+            scales: vec![0.7],
         },
     ];
     let name = |c: &Case| {

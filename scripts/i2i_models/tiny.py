@@ -180,9 +180,9 @@ def unet(v: Variant) -> Graph:
     return g
 
 
-def controlnet_residuals(g: Graph, v: Variant, sample, temb):
+def controlnet_residuals(g: Graph, v, sample, temb):
     """The ControlNets of a fused graph: images [num, B, 3, H, W] in [0, 1], scales [num] (ORT demo) or
-    [num, 1] (diffusers); each ControlNet sees its image, the sample and the timestep; its residual
+    [num, 1] (diffusers); `v` is a tiny or SDXL variant with seed, controlnets and controlnet_layout. Each ControlNet sees its image, the sample and the timestep; its residual
     [B, C, h, w], times its scale, is added to the UNet's features. Sum over the ControlNets."""
     rng = _rng(v.seed, 5)
     C, num = C_UNET, v.controlnets
