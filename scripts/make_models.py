@@ -40,7 +40,12 @@ def generator_hash() -> str:
     return h.hexdigest()[:24]
 
 
+DEPTH = "tiny-depth"  # an image-to-depth graph for the depth ControlNet preprocessor: tiny-depth/model.onnx
+
+
 def expected_files(name: str) -> list[str]:
+    if name == DEPTH:
+        return ["model.onnx"]
     xl = next((v for v in sdxl.VARIANTS if v.name == name), None)
     if xl is not None:
         return sdxl.expected_files(xl)
@@ -87,6 +92,8 @@ def build_all(out: Path, log) -> None:
     tok_cache: dict = {}
     builders = [(v.name, lambda d, v=v: write_tiny(d, v, vocab, merges, tok_cache))
                 for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS]
+    builders.append((DEPTH, lambda d: save(tiny.depth_model().model("tiny depth model: random weights, for tests"),
+                                           d / "model.onnx")))
     builders += [(v.name, lambda d, v=v: sdxl.write(d, v, vocab, merges, tok_cache)) for v in sdxl.VARIANTS]
     try:
         from i2i_models import demo
@@ -107,7 +114,7 @@ def build_all(out: Path, log) -> None:
 
 
 def model_names() -> list[str]:
-    names = [v.name for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS] + [v.name for v in sdxl.VARIANTS]
+    names = [v.name for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS] + [v.name for v in sdxl.VARIANTS] + [DEPTH]
     if (HERE / "i2i_models" / "demo.py").exists():
         names.insert(0, "demo")
     return names

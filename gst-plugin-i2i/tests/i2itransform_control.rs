@@ -456,9 +456,9 @@ fn mismatched_controlnet_properties_fail_the_start() {
     );
     let e = start_error(&two, "controlnet-preprocess=canny,input,pad");
     assert!(e.contains("controlnet-preprocess has 3 values"), "{e}");
-    let e = start_error(&two, "controlnet-preprocess=depth");
+    let e = start_error(&two, "controlnet-preprocess=midas");
     assert!(
-        e.contains("\"depth\" is not a ControlNet preprocessor"),
+        e.contains("\"midas\" is not a ControlNet preprocessor"),
         "{e}"
     );
     let e = start_error(&two, "controlnet-preprocess=canny:300:100");
@@ -552,4 +552,70 @@ fn feedback_preprocessor_blends_the_previous_output() {
         got[3], plain[3],
         "the previous output reaches the ControlNet"
     );
+}
+
+#[test]
+fn depth_preprocessor_equals_the_depth_model_and_bad_models_are_refused() {
+    let dir = model("tiny-controlnet");
+    let depth_file = model_file("tiny-depth");
+    let got = run_pipeline(
+        &dir,
+        &format!(
+            "controlnet-preprocess=depth depth-model=\"{}\"",
+            depth_file.display()
+        ),
+        4,
+    );
+    let mut depth = gsti2i::diffusion::depth::DepthModel::load(
+        &depth_file,
+        diffusion::ExecutionProvider::Cpu,
+        0,
+        1,
+    )
+    .unwrap();
+    let maps: Vec<Vec<u8>> = (0..4)
+        .map(|k| depth.run(&picture(k), W, H).unwrap())
+        .collect();
+    let (lo, hi) = (maps[0].iter().min().unwrap(), maps[0].iter().max().unwrap());
+    assert!(
+        hi - lo > 128,
+        "the depth map spans most of 0..255: {lo}..{hi}"
+    );
+    let want = engine_controlled(&dir, 4, &[1.0], |k| maps[k as usize].clone());
+    assert_eq!(got, want);
+
+    // Not an image-to-depth graph: a UNet.
+    let unet = model("tiny-sd15").join("unet").join("model.onnx");
+    let e = start_error(
+        &dir,
+        &format!(
+            "controlnet-preprocess=depth depth-model=\"{}\"",
+            unet.display()
+        ),
+    );
+    assert!(
+        e.contains("depth-model")
+            && e.contains("tiny-sd15/unet/model.onnx")
+            && e.contains("image-to-depth"),
+        "{e}"
+    );
+    let e = start_error(&dir, "controlnet-preprocess=depth");
+    assert!(e.contains("depth-model is not set"), "{e}");
+    let e = start_error(
+        &dir,
+        "controlnet-preprocess=depth depth-model=/nonexistent/depth.onnx",
+    );
+    assert!(e.contains("/nonexistent/depth.onnx"), "{e}");
+}
+
+/// A single-file model (models/NAME/model.onnx).
+fn model_file(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for base in ["models", "models-local"] {
+        let f = root.join(base).join(name).join("model.onnx");
+        if f.is_file() {
+            return f;
+        }
+    }
+    panic!("{name}/model.onnx is missing: run scripts/setup.sh (it generates the test models)");
 }

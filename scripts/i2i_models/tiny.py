@@ -206,6 +206,21 @@ def controlnet_residuals(g: Graph, v, sample, temb):
     return total
 
 
+def depth_model(seed: int = 41) -> Graph:
+    """An image-to-depth graph in the Hugging Face Depth-Anything export layout: pixel_values [B, 3, H, W]
+    (ImageNet-normalised) -> predicted_depth [B, H/4, W/4]."""
+    g = Graph("depth", np.float32)
+    rng = _rng(seed, 1)
+    C = C_VAE
+    x = g.input("pixel_values", g.ft, ["batch_size", 3, "height", "width"])
+    h = g.silu(g.conv(x, _he(rng, (C, 3, 3, 3)), np.zeros(C), stride=2))
+    h = g.silu(g.conv(h, _he(rng, (C, C, 3, 3)), np.zeros(C), stride=2))
+    d = g.conv(h, _he(rng, (1, C, 3, 3), 0.7), np.zeros(1))
+    d = g.op("Squeeze", [d, g.i64([1])])
+    g.output(d, "predicted_depth", g.ft, ["batch_size", "height_out", "width_out"])
+    return g
+
+
 def vae_encoder(v: Variant) -> Graph:
     g = Graph("vae_encoder", v.dtype)
     rng = _rng(v.seed, 3)

@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod depth;
 mod engine;
 mod error;
 mod graph;

@@ -26,6 +26,7 @@ use gst::subclass::prelude::*;
 use super::convert::{InputConverter, converter_threads};
 use super::imp::{CAT, I2iTransform};
 use super::task::Worker;
+use crate::diffusion::depth::DepthModel;
 use crate::diffusion::{Engine, PreparedFrame};
 use crate::preprocess::{self, Preprocess};
 
@@ -41,6 +42,7 @@ pub(super) const PROPERTIES: &[&str] = &[
     "latent-feedback",
     "controlnet-scales",
     "controlnet-preprocess",
+    "depth-model",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,8 @@ pub(super) struct ControlSettings {
     pub controlnet_scales: Vec<f32>,
     /// One per ControlNet, or one for all; empty = `input` for each.
     pub preprocess: Vec<Preprocess>,
+    /// The image-to-depth ONNX file of the `depth` preprocessor.
+    pub depth_model: Option<String>,
     /// Values refused while the element was stopped (property, message): the start fails
     /// with them, since gst-launch-1.0 sets properties before it watches the bus.
     pub refused: Vec<(String, String)>,
@@ -62,6 +66,7 @@ impl Default for ControlSettings {
             latent_feedback: DEFAULT_LATENT_FEEDBACK,
             controlnet_scales: Vec::new(),
             preprocess: Vec::new(),
+            depth_model: None,
             refused: Vec::new(),
         }
     }
@@ -86,8 +91,13 @@ pub(super) fn param_specs() -> Vec<glib::ParamSpec> {
             .build(),
         glib::ParamSpecString::builder("controlnet-preprocess")
             .nick("ControlNet preprocessors")
-            .blurb("ControlNet models: what each ControlNet sees, comma-separated, or one for all: input (the frame), canny[:LOW:HIGH] (edges, default 100:200), feedback[:WEIGHT] (the previous output blended with the frame, default 0.5), pad (the control_N pad); empty = input")
+            .blurb("ControlNet models: what each ControlNet sees, comma-separated, or one for all: input (the frame), canny[:LOW:HIGH] (edges, default 100:200), feedback[:WEIGHT] (the previous output blended with the frame, default 0.5), depth (depth-model's map of the frame), pad (the control_N pad); empty = input")
             .default_value(Some(""))
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecString::builder("depth-model")
+            .nick("Depth model")
+            .blurb("An image-to-depth ONNX file (a Depth-Anything or MiDaS export: float [1, 3, H, W] in, [1, H, W] out) for the depth ControlNet preprocessor; runs on the model's execution provider")
             .mutable_ready()
             .build(),
     ]
@@ -145,6 +155,7 @@ impl ControlSettings {
                 self.preprocess = preprocess::parse_list(&text())
                     .map_err(|e| format!("controlnet-preprocess refused: {e}"))?
             }
+            "depth-model" => self.depth_model = Some(text()).filter(|t| !t.is_empty()),
             _ => unreachable!("property {name} is not a control property"),
         }
         Ok(())
@@ -155,6 +166,7 @@ impl ControlSettings {
             "latent-feedback" => self.latent_feedback.to_value(),
             "controlnet-scales" => format_scales(&self.controlnet_scales).to_value(),
             "controlnet-preprocess" => preprocess::format_list(&self.preprocess).to_value(),
+            "depth-model" => self.depth_model.to_value(),
             _ => unreachable!("property {name} is not a control property"),
         }
     }
@@ -186,6 +198,8 @@ struct Inner {
     fallbacks: u64,
     /// The scales last refused, so that the same refusal is reported once.
     refused_scales: Option<Vec<f32>>,
+    /// The `depth` preprocessor's model.
+    depth: Option<DepthModel>,
 }
 
 #[derive(Default)]
@@ -265,7 +279,26 @@ impl I2iTransform {
                 .map_err(|e| fail(e.to_string()))?;
         }
         engine.set_latent_feedback(c.latent_feedback as f32);
+        let depth = if pre.contains(&Preprocess::Depth) {
+            let Some(file) = c.depth_model.as_ref() else {
+                return Err(fail(
+                    "controlnet-preprocess names depth but depth-model is not set: set it to an image-to-depth ONNX file (a Depth-Anything or MiDaS export)".into(),
+                ));
+            };
+            let o = engine.options();
+            let d = DepthModel::load(
+                std::path::Path::new(file),
+                engine.provider(),
+                o.device_id,
+                o.intra_threads,
+            )
+            .map_err(|e| fail(format!("depth-model: {e}")))?;
+            Some(d)
+        } else {
+            None
+        };
         let mut inner = self.control.0.lock().unwrap();
+        inner.depth = depth;
         inner.preprocess = pre;
         inner.last_output = None;
         inner.size = Some(size);
@@ -339,6 +372,19 @@ impl I2iTransform {
                     Some(prev) => Arc::new(preprocess::feedback(rgb, prev, weight)),
                     None => continue,
                 },
+                Preprocess::Depth => {
+                    let Some(d) = inner.depth.as_mut() else {
+                        continue;
+                    };
+                    match d.run(rgb, w, h) {
+                        Ok(map) => Arc::new(map),
+                        Err(e) => {
+                            inner.fallbacks += 1;
+                            gst::warning!(CAT, imp = self, "ControlNet {k}: {e}");
+                            continue;
+                        }
+                    }
+                }
                 Preprocess::Pad => match pad_frame(&inner.pads, k, rt) {
                     Some(f) => f,
                     None => {

@@ -13,7 +13,7 @@ pub const DEFAULT_CANNY: (f32, f32) = (100.0, 200.0);
 /// Weight of the previous output in `feedback` when none is given.
 pub const DEFAULT_FEEDBACK: f32 = 0.5;
 /// The names, for messages.
-pub const NAMES: &str = "input, canny[:LOW:HIGH], feedback[:WEIGHT], pad";
+pub const NAMES: &str = "input, canny[:LOW:HIGH], feedback[:WEIGHT], depth, pad";
 
 /// What one ControlNet sees.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,6 +28,9 @@ pub enum Preprocess {
     Feedback { weight: f32 },
     /// The picture from the element's `control_N` pad.
     Pad,
+    /// The depth map of the frame by an image-to-depth ONNX model
+    /// ([`crate::diffusion::depth::DepthModel`], the element's `depth-model`).
+    Depth,
 }
 
 impl Preprocess {
@@ -46,6 +49,7 @@ impl Preprocess {
         let p = match (name, args.len()) {
             ("input", 0) => Preprocess::Input,
             ("pad", 0) => Preprocess::Pad,
+            ("depth", 0) => Preprocess::Depth,
             ("canny", 0) => Preprocess::Canny {
                 low: DEFAULT_CANNY.0,
                 high: DEFAULT_CANNY.1,
@@ -86,6 +90,7 @@ impl Preprocess {
         match self {
             Preprocess::Input => "input".into(),
             Preprocess::Pad => "pad".into(),
+            Preprocess::Depth => "depth".into(),
             Preprocess::Canny { low, high } => format!("canny:{low}:{high}"),
             Preprocess::Feedback { weight } => format!("feedback:{weight}"),
         }
@@ -158,8 +163,9 @@ mod tests {
         );
         assert_eq!(parse_list(&format_list(&l)).unwrap(), l);
         assert!(parse_list("").unwrap().is_empty());
+        assert_eq!(parse_list("depth").unwrap(), [Preprocess::Depth]);
         for bad in [
-            "depth",
+            "midas",
             "canny:1",
             "canny:200:100",
             "canny:a:b",
