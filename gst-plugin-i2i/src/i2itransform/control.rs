@@ -29,6 +29,7 @@ use super::task::Worker;
 use crate::diffusion::depth::DepthModel;
 use crate::diffusion::{Engine, PreparedFrame};
 use crate::preprocess::{self, Preprocess};
+use imageproc::image::{RgbImage, imageops};
 
 const DEFAULT_LATENT_FEEDBACK: f64 = 0.0;
 /// Largest accepted ControlNet scale (diffusers' pipelines take any float; beyond this
@@ -172,6 +173,9 @@ impl ControlSettings {
     }
 }
 
+/// A control frame: packed RGB8 and its size (the model size when it was converted).
+type PadFrame = (Arc<Vec<u8>>, (u32, u32));
+
 /// One control pad's converter, segment and newest frames.
 struct PadSlot {
     pad: gst::Pad,
@@ -180,7 +184,7 @@ struct PadSlot {
     conv: Option<InputConverter>,
     segment: gst::FormattedSegment<gst::ClockTime>,
     /// (running time, packed RGB8 at the model size), oldest first.
-    frames: VecDeque<(Option<gst::ClockTime>, Arc<Vec<u8>>)>,
+    frames: VecDeque<(Option<gst::ClockTime>, PadFrame)>,
 }
 
 /// What the streaming threads share about the control images.
@@ -386,7 +390,14 @@ impl I2iTransform {
                     }
                 }
                 Preprocess::Pad => match pad_frame(&inner.pads, k, rt) {
-                    Some(f) => f,
+                    Some((f, size)) if size == (w, h) => f,
+                    // Converted before the model size changed (size-from-input): stretched.
+                    Some((f, (fw, fh))) => match RgbImage::from_raw(fw, fh, f.to_vec()) {
+                        Some(img) => Arc::new(
+                            imageops::resize(&img, w, h, imageops::FilterType::Triangle).into_raw(),
+                        ),
+                        None => continue,
+                    },
                     None => {
                         inner.fallbacks += 1;
                         gst::debug!(
@@ -399,6 +410,7 @@ impl I2iTransform {
                 },
             };
             if let Err(e) = prepared.set_control_rgb8(k, &image) {
+                inner.fallbacks += 1;
                 gst::warning!(CAT, imp = self, "ControlNet {k}: {e}");
             }
         }
@@ -571,7 +583,8 @@ impl I2iTransform {
         match conv.convert(buffer.as_ref()) {
             Ok(rgb) => {
                 let rt = slot.segment.to_running_time(buffer.pts());
-                slot.frames.push_back((rt, Arc::new(rgb)));
+                let size = conv.model_size();
+                slot.frames.push_back((rt, (Arc::new(rgb), size)));
                 while slot.frames.len() > PAD_FRAMES {
                     slot.frames.pop_front();
                 }
@@ -595,7 +608,7 @@ impl I2iTransform {
 }
 
 /// The control frame for ControlNet `k` at main running time `rt` (see the module notes).
-fn pad_frame(pads: &[PadSlot], k: usize, rt: Option<gst::ClockTime>) -> Option<Arc<Vec<u8>>> {
+fn pad_frame(pads: &[PadSlot], k: usize, rt: Option<gst::ClockTime>) -> Option<PadFrame> {
     let slot = pads.iter().find(|s| s.index == k)?;
     let newest_not_later = slot
         .frames
