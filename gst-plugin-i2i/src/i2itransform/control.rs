@@ -622,3 +622,56 @@ fn pad_frame(pads: &[PadSlot], k: usize, rt: Option<gst::ClockTime>) -> Option<P
         .or_else(|| slot.frames.front())?;
     Some(newest_not_later.1.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_parse_and_expand() {
+        assert_eq!(parse_scales("").unwrap(), Vec::<f32>::new());
+        assert_eq!(parse_scales(" 1.0, 0.5 ").unwrap(), [1.0, 0.5]);
+        assert_eq!(parse_scales("0").unwrap(), [0.0]);
+        for bad in ["a", "1,,2", "-0.5", "11", "nan"] {
+            let e = parse_scales(bad).unwrap_err();
+            assert!(
+                e.contains("controlnet-scales") && e.contains("0 to 10"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(format_scales(&[1.0, 0.5]), "1,0.5");
+        assert_eq!(
+            per_controlnet(&[], 2, 1.0f32, "controlnet-scales").unwrap(),
+            [1.0, 1.0]
+        );
+        assert_eq!(
+            per_controlnet(&[0.3], 3, 1.0f32, "controlnet-scales").unwrap(),
+            [0.3, 0.3, 0.3]
+        );
+        let e = per_controlnet(&[1.0, 2.0, 3.0], 2, 1.0f32, "controlnet-scales").unwrap_err();
+        assert!(e.contains("3 values") && e.contains("2 ControlNet"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_value_is_kept_for_the_start_only_when_stopped() {
+        let mut c = ControlSettings::default();
+        let bad = "x".to_value();
+        assert!(c.set_property("controlnet-scales", &bad, false).is_err());
+        assert!(
+            c.refused.is_empty(),
+            "while running the old value just stays"
+        );
+        assert!(c.set_property("controlnet-scales", &bad, true).is_err());
+        assert_eq!(c.refused.len(), 1);
+        c.set_property("controlnet-scales", &"0.5".to_value(), true)
+            .unwrap();
+        assert!(
+            c.refused.is_empty(),
+            "a good value replaces the refused one"
+        );
+        assert_eq!(
+            c.property("controlnet-scales").get::<String>().unwrap(),
+            "0.5"
+        );
+    }
+}
