@@ -289,6 +289,24 @@ fn run_with_control_pad(
     controls: &[(u64, Vec<u8>)],
 ) -> (Vec<Vec<u8>>, u64) {
     init();
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("width", W as i32)
+        .field("height", H as i32)
+        .field("framerate", gst::Fraction::new(1, 1))
+        .build();
+    run_with_control_caps(dir, props, frames, controls, &caps)
+}
+
+/// [`run_with_control_pad`] with `control_caps` on the control appsrc.
+fn run_with_control_caps(
+    dir: &std::path::Path,
+    props: &str,
+    frames: u64,
+    controls: &[(u64, Vec<u8>)],
+    control_caps: &gst::Caps,
+) -> (Vec<Vec<u8>>, u64) {
+    init();
     let desc = format!(
         "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
          {PROPS} {props} ! video/x-raw,format=RGB ! appsink name=out sync=false \
@@ -305,16 +323,16 @@ fn run_with_control_pad(
         .field("height", H as i32)
         .field("framerate", gst::Fraction::new(1, 1))
         .build();
-    let app = |name: &str| {
+    let app = |name: &str, caps: &gst::Caps| {
         let a = pipeline
             .by_name(name)
             .unwrap()
             .downcast::<gst_app::AppSrc>()
             .unwrap();
-        a.set_caps(Some(&caps));
+        a.set_caps(Some(caps));
         a
     };
-    let (src, csrc) = (app("src"), app("csrc"));
+    let (src, csrc) = (app("src", &caps), app("csrc", control_caps));
     let i2i = pipeline.by_name("i2i").unwrap();
     let cpad = i2i.static_pad("control_0").expect("the request pad");
     let control_done = Arc::new(Mutex::new(false));
@@ -618,4 +636,32 @@ fn model_file(name: &str) -> PathBuf {
         }
     }
     panic!("{name}/model.onnx is missing: run scripts/setup.sh (it generates the test models)");
+}
+
+#[test]
+fn control_pad_frames_of_another_format_and_size_are_converted() {
+    init();
+    let dir = model("tiny-controlnet");
+    // GRAY8 rings at 32 x 32: converted to RGB at 64 x 64 on arrival.
+    let small: Vec<u8> = rings(0)
+        .chunks_exact(3)
+        .enumerate()
+        .filter(|(i, _)| (i / W as usize).is_multiple_of(2) && i.is_multiple_of(2))
+        .map(|(_, px)| px[0])
+        .collect();
+    assert_eq!(small.len(), 32 * 32);
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "GRAY8")
+        .field("width", 32)
+        .field("height", 32)
+        .field("framerate", gst::Fraction::new(1, 1))
+        .build();
+    let (got, fallbacks) =
+        run_with_control_caps(&dir, "controlnet-preprocess=pad", 3, &[(0, small)], &caps);
+    assert_eq!((got.len(), fallbacks), (3, 0));
+    let itself = engine_controlled(&dir, 3, &[1.0], picture);
+    assert_ne!(
+        got[0], itself[0],
+        "the converted control frame reaches the ControlNet"
+    );
 }
