@@ -4,6 +4,7 @@
     python scripts/make_models.py --out models [--quiet] [--force]
     python scripts/make_models.py --sdturbo-shaped DIR     # large random sd-turbo-shaped model (GPU benchmark)
     python scripts/make_models.py --sdxl-turbo-shaped DIR  # large random sdxl-turbo-shaped model (GPU benchmark)
+    python scripts/make_models.py --style DIR              # only the onnxtransform models (style-tiny) into DIR
 
 Deterministic: the same generator and package versions give byte-identical files. Skips all work
 when OUT/.stamp holds the hash of the generator sources and every expected file exists.
@@ -24,10 +25,12 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from i2i_models import clip_vocab, configs, sdxl, tiny  # noqa: E402
+from i2i_models import clip_vocab, configs, sdxl, style, tiny  # noqa: E402
 from i2i_models.graph import save  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# The onnxtransform models (one ONNX file each, not the diffusers layout).
+STYLE = "style-tiny"
 
 
 def generator_hash() -> str:
@@ -46,6 +49,8 @@ DEPTH = "tiny-depth"  # an image-to-depth graph for the depth ControlNet preproc
 def expected_files(name: str) -> list[str]:
     if name == DEPTH:
         return ["model.onnx"]
+    if name == STYLE:
+        return style.expected_files()
     xl = next((v for v in sdxl.VARIANTS if v.name == name), None)
     if xl is not None:
         return sdxl.expected_files(xl)
@@ -95,6 +100,7 @@ def build_all(out: Path, log) -> None:
     builders.append((DEPTH, lambda d: save(tiny.depth_model().model("tiny depth model: random weights, for tests"),
                                            d / "model.onnx")))
     builders += [(v.name, lambda d, v=v: sdxl.write(d, v, vocab, merges, tok_cache)) for v in sdxl.VARIANTS]
+    builders.append((STYLE, style.write))
     try:
         from i2i_models import demo
     except ImportError:
@@ -114,7 +120,7 @@ def build_all(out: Path, log) -> None:
 
 
 def model_names() -> list[str]:
-    names = [v.name for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS] + [v.name for v in sdxl.VARIANTS] + [DEPTH]
+    names = [v.name for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS] + [v.name for v in sdxl.VARIANTS] + [STYLE, DEPTH]
     if (HERE / "i2i_models" / "demo.py").exists():
         names.insert(0, "demo")
     return names
@@ -137,12 +143,18 @@ def main(argv=None) -> int:
     ap.add_argument("--sdxl-turbo-shaped", type=Path, metavar="DIR",
                     help="write a random-weight model with sdxl-turbo's architecture sizes to DIR and exit "
                          "(about 14 GB; needs about 12 GB of free memory)")
+    ap.add_argument("--style", type=Path, metavar="DIR",
+                    help="write only the onnxtransform models (style-tiny) to DIR and exit")
     args = ap.parse_args(argv)
 
     def log(msg):
         print(f"[make_models] {msg}", file=sys.stderr, flush=True)
 
     try:
+        if args.style is not None:
+            style.write(args.style)
+            log(f"wrote {args.style}")
+            return 0
         if args.sdturbo_shaped is not None:
             from i2i_models import sdturbo
             sdturbo.write(args.sdturbo_shaped, log)

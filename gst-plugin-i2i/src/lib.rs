@@ -1,16 +1,22 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Real-time diffusion image-to-image on ONNX Runtime: `i2itransform` and `settingssrc`.
+//! Real-time image-to-image on ONNX Runtime: `i2itransform` (diffusion), `i2idecode` (its VAE
+//! decoder on latent frames), `onnxtransform` (any image-to-image ONNX model) and `settingssrc`.
 
 use gst::glib;
 
 pub mod diffusion;
+mod i2idecode;
 pub mod i2itransform;
+pub mod infer;
+pub mod onnxtransform;
 pub mod preprocess;
 pub mod settings;
 mod settingssrc;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     i2itransform::register(plugin)?;
+    onnxtransform::register(plugin)?;
+    i2idecode::register(plugin)?;
     settingssrc::register(plugin)?;
     Ok(())
 }

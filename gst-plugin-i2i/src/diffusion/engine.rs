@@ -300,6 +300,14 @@ impl Engine {
         self.model.scaling_factor
     }
 
+    /// Frames come out as their final latents (the VAE decoder's input, `[1, 4, h/8, w/8]`
+    /// float32, already divided by the scaling factor) instead of decoded pictures: the
+    /// [`DecodedFrame`]s then hold latents, which [`super::model::VaeDecoder`] decodes
+    /// elsewhere (`i2itransform output=latent ! i2idecode`).
+    pub fn set_latent_output(&mut self, on: bool) {
+        self.stream.latent_output = on;
+    }
+
     /// Applies new stream settings to the frames entering from the next call on (frames in
     /// flight finish with the settings they entered with). The text encoder runs only when
     /// a prompt changed, the noise is redrawn only when the seed or the number of steps

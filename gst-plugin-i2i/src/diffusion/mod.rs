@@ -20,7 +20,7 @@ mod graph;
 pub mod model;
 pub mod noise;
 pub mod onnx_proto;
-mod provider;
+pub(crate) mod provider;
 pub mod runtime;
 pub mod scheduler;
 pub mod sdxl;

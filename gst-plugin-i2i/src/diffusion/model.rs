@@ -769,6 +769,49 @@ impl VaeDecoder {
         })
     }
 
+    /// The shape of one frame's latents: `[1, 4, height / 8, width / 8]`.
+    pub fn latent_shape(&self) -> [usize; 4] {
+        [1, 4, self.height / 8, self.width / 8]
+    }
+
+    /// Opens only the decoder of a model directory (`i2idecode`): `vae_decoder/model.onnx`
+    /// at the picture size `opts.width` x `opts.height`, on the first execution provider
+    /// that takes it.
+    pub fn load(opts: &LoadOptions) -> Result<VaeDecoder, EngineError> {
+        let file = opts.model_dir.join("vae_decoder").join("model.onnx");
+        if !file.is_file() {
+            return Err(EngineError::missing(
+                &file,
+                "the VAE decoder (vae_decoder/model.onnx)",
+            ));
+        }
+        let env = super::runtime::environment()?;
+        let mut last_err = None;
+        for provider in candidates(opts.execution_provider)? {
+            let factory = SessionFactory {
+                env: env.clone(),
+                provider,
+                intra_threads: opts.intra_threads,
+                device_id: opts.device_id,
+                fp16: opts.fp16,
+                cache_dir: opts.engine_cache_dir.clone(),
+            };
+            match factory
+                .open(&file, None)
+                .and_then(|g| VaeDecoder::bind(g, opts))
+            {
+                Ok(d) => return Ok(d),
+                Err(e @ EngineError::Provider { .. })
+                    if opts.execution_provider == ExecutionProvider::Auto =>
+                {
+                    last_err = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| EngineError::invalid(&file, "no execution provider")))
+    }
+
     /// Decodes latents `[rows, 4, h, w]` into `out[row]`, one `[1, 3, H, W]` tensor per
     /// image (raw decoder output in [-1, 1]); an `out` entry that is `None` or shared is
     /// replaced by a new tensor. With one image per call and a float32 output, ONNX Runtime

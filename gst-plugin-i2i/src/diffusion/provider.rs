@@ -135,6 +135,17 @@ impl SessionFactory {
         file: &Path,
         trt_profile: Option<&TrtProfile>,
     ) -> Result<Graph, EngineError> {
+        Graph::new(file.to_path_buf(), self.session(file, trt_profile)?)
+    }
+
+    /// A session on `file` with this provider, for callers that bind their own tensors
+    /// (`onnxtransform`); a provider that cannot run is a [`EngineError::Provider`], a file
+    /// that does not load an [`EngineError::InvalidFile`].
+    pub fn session(
+        &self,
+        file: &Path,
+        trt_profile: Option<&TrtProfile>,
+    ) -> Result<Session, EngineError> {
         let build =
             |eps: Vec<ep::ExecutionProviderDispatch>| -> Result<Session, (bool, ort::Error)> {
                 let mut b = Session::builder(&self.env)
@@ -159,7 +170,7 @@ impl SessionFactory {
                 b.commit_from_file(file).map_err(|e| (false, e))
             };
         match build(self.eps(trt_profile)) {
-            Ok(s) => Graph::new(file.to_path_buf(), s),
+            Ok(s) => Ok(s),
             Err((true, e)) => Err(provider_error(self.provider, e.to_string())),
             Err((false, e))
                 if self.provider == ExecutionProvider::Cpu

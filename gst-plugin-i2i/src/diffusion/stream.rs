@@ -190,6 +190,9 @@ pub struct Stream {
     /// The final (scaled) latent of the newest frame that finished: `z_prev` of latent
     /// feedback. Empty until a frame finished (and after a reset).
     feedback: Vec<f32>,
+    /// Hand out the final latents (`[1, 4, h, w]`, already divided by the scaling factor:
+    /// the decoder's input) instead of decoding them (`i2itransform output=latent`).
+    pub latent_output: bool,
 }
 
 #[derive(Default)]
@@ -432,10 +435,26 @@ impl Stream {
             let b = self.pixel_buffer();
             buffers.push(b);
         }
+        if self.latent_output {
+            // The decoder's input as it is: a second machine decodes it (`i2idecode`).
+            let shape = model.vae_decoder.latent_shape();
+            for (k, px) in buffers.iter_mut().enumerate() {
+                let mut t = Tensor::<f32>::new(&ort::memory::Allocator::default(), shape)
+                    .map_err(|e| EngineError::inference(&model.vae_decoder.graph.file, e))?;
+                t.extract_tensor_mut()
+                    .1
+                    .copy_from_slice(&self.finals[k * lat..(k + 1) * lat]);
+                *px = Some(Arc::new(t));
+            }
+        }
         let t0 = Instant::now();
-        let calls = model
-            .vae_decoder
-            .decode(&self.finals, finished.len(), &mut buffers)?;
+        let calls = if self.latent_output {
+            0
+        } else {
+            model
+                .vae_decoder
+                .decode(&self.finals, finished.len(), &mut buffers)?
+        };
         for (&seq, px) in seqs.iter().zip(buffers.drain(..)) {
             if let Some(px) = px {
                 self.done.insert(seq, px);

@@ -23,11 +23,11 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::convert::{InputConverter, converter_threads};
 use super::imp::{CAT, I2iTransform};
 use super::task::Worker;
 use crate::diffusion::depth::DepthModel;
 use crate::diffusion::{Engine, PreparedFrame};
+use crate::infer::convert::{InputConverter, converter_threads};
 use crate::preprocess::{self, Preprocess};
 use imageproc::image::{RgbImage, imageops};
 

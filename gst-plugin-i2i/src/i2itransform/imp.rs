@@ -22,13 +22,19 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::control::{self, ControlSettings};
-use super::convert::{InputConverter, OutputConverter, converter_threads};
 use super::live::{self, LiveSettings};
 use super::output::{OutItem, OutState};
-use super::queue::BoundedQueue;
 use super::task::{Deferred, Item, QueuedFrame, Worker};
-use super::{BlendMode, CfgType, DropFrames, ExecutionProvider, ResizeMode, provider_name};
+use super::{
+    BlendMode, CfgType, DropFrames, ExecutionProvider, LATENT_CAPS_NAME, OutputMode, ResizeMode,
+    latent_caps, provider_name,
+};
 use crate::diffusion::{self, Engine, LoadOptions, Preprocessor};
+use crate::infer::convert::{
+    InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
+};
+use crate::infer::latency::added_latency;
+use crate::infer::queue::BoundedQueue;
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -60,15 +66,6 @@ pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLA
     .union(gst::BufferCopyFlags::TIMESTAMPS)
     .union(gst::BufferCopyFlags::META);
 const MAX_BATCH_SIZE: u32 = 64;
-
-/// Sink formats: what decoders and cameras hand out, so `jpegdec` links directly.
-/// YUY2 and UYVY are what USB cameras and capture cards give, GRAY8 what machine-vision and
-/// infrared cameras do.
-const SINK_FORMATS: [&str; 11] = [
-    "RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12", "YUY2", "UYVY", "GRAY8",
-];
-/// Src formats in the order offered when downstream has no preference.
-const SRC_FORMATS: [&str; 3] = ["RGB", "RGBA", "I420"];
 
 /// Values of the properties that depend on each other, as set before the element starts:
 /// checked together at start, so the order they are set in does not matter.
@@ -121,6 +118,10 @@ pub(super) struct Settings {
     pub threads: u32,
     pub stats_interval_ms: u32,
     pub resize_mode: ResizeMode,
+    /// Pictures, or the final latents (`output=latent`).
+    pub output: OutputMode,
+    /// The loaded model's VAE scaling factor, for the latent caps.
+    pub scaling_factor: f32,
     pub size_from_input: bool,
     pub size_multiple: u32,
     pub wait_for_settings: bool,
@@ -222,6 +223,8 @@ impl Default for Settings {
             threads: DEFAULT_THREADS,
             stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
             resize_mode: ResizeMode::default(),
+            output: OutputMode::default(),
+            scaling_factor: 1.0,
             size_from_input: false,
             size_multiple: DEFAULT_SIZE_MULTIPLE,
             wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
@@ -309,28 +312,6 @@ impl Stats {
             self.first_inference
         }
     }
-}
-
-/// What the element adds to the upstream latency: a frame waits for its batch to fill
-/// (`batch_size - 1` frames), behind the stream batch (`latency_frames`), then for one
-/// model call. Frames move on at the input rate, or at the inference rate when that is
-/// slower (the element then drops frames on live input); a frame dropped-behind may also
-/// wait for the model call in progress (`dropping`).
-pub(crate) fn added_latency(
-    latency_frames: usize,
-    batch_size: usize,
-    frame_duration: gst::ClockTime,
-    inference: gst::ClockTime,
-    dropping: bool,
-) -> gst::ClockTime {
-    let frames = (latency_frames + batch_size.saturating_sub(1)) as u64;
-    let per_frame = frame_duration.max(inference / batch_size.max(1) as u64);
-    let waiting = if dropping {
-        inference
-    } else {
-        gst::ClockTime::ZERO
-    };
-    per_frame * frames + inference + waiting
 }
 
 pub struct I2iTransform {
@@ -484,6 +465,10 @@ impl I2iTransform {
         let model_size = size.or(self.input.lock().unwrap().model_size);
         let (size, from_input) = {
             let s = self.settings.lock().unwrap();
+            if s.output == OutputMode::Latent {
+                let (w, h) = model_size.unwrap_or(s.size());
+                return latent_caps(w, h, s.scaling_factor, fps);
+            }
             (s.size(), s.size_from_input)
         };
         let builder = gst::Caps::builder("video/x-raw")
@@ -529,8 +514,16 @@ impl I2iTransform {
         }
         let mut caps = caps;
         caps.fixate();
-        let info = gst_video::VideoInfo::from_caps(&caps)
-            .map_err(|e| format!("cannot use output caps {caps}: {e}"))?;
+        // Latent output: the frames' size and rate travel in an RGB description.
+        let info = if self.settings.lock().unwrap().output == OutputMode::Latent {
+            gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, size.0, size.1)
+                .fps(fps)
+                .build()
+                .map_err(|e| e.to_string())?
+        } else {
+            gst_video::VideoInfo::from_caps(&caps)
+                .map_err(|e| format!("cannot use output caps {caps}: {e}"))?
+        };
         gst::debug!(CAT, imp = self, "output caps {caps}");
         Ok((caps, info))
     }
@@ -655,19 +648,14 @@ impl I2iTransform {
                     return Err(gst::FlowError::Flushing);
                 }
                 q.flow?;
-                let mut late = Vec::new();
-                while q.frames() >= DROPPING_QUEUE_FRAMES {
-                    match q.remove_oldest_frame() {
-                        Some(Item::Frame(f)) => late.push(f),
-                        _ => break,
-                    }
-                }
-                q.push_back(Item::Frame(frame));
+                let late = q.push_dropping_oldest(Item::Frame(frame), DROPPING_QUEUE_FRAMES);
                 self.queue.notify();
                 late
             };
-            for f in late {
-                self.dropped_late(&f);
+            for item in late {
+                if let Item::Frame(f) = item {
+                    self.dropped_late(&f);
+                }
             }
         } else {
             self.queue.push_wait(Item::Frame(frame), |q| {
@@ -1244,10 +1232,15 @@ impl I2iTransform {
         }
         // The output thread may hold two batches: one being pushed, one ready.
         self.out_queue.lock().max_frames = 2 * s.batch_size as usize;
+        let latent = s.output == OutputMode::Latent;
+        let mut engine = engine;
+        engine.set_latent_output(latent);
+        self.settings.lock().unwrap().scaling_factor = engine.scaling_factor();
         *self.out_state.lock().unwrap() = OutState {
             conv: None,
             width: s.width,
             height: s.height,
+            latent,
         };
         self.input.lock().unwrap().preprocessor = Some(engine.preprocessor());
         *self.worker.lock().unwrap() = Some(Worker::new(engine, opts, s.live));
@@ -1473,6 +1466,11 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_MAX_QUEUE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("output", OutputMode::Pixels)
+                    .nick("Output")
+                    .blurb("pixels: decoded pictures; latent: the final latents (application/x-i2i-latent, float32 [1, 4, height/8, width/8], the VAE decoder's input) for i2idecode on this or another machine")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("resize-mode", ResizeMode::Stretch)
                     .nick("Resize mode")
                     .blurb("How the input fills the model size: stretch (aspect ratio not kept), crop (fill, cutting what sticks out) or fit (whole picture, black borders)")
@@ -1658,6 +1656,7 @@ impl ObjectImpl for I2iTransform {
             "threads" => s.threads = value.get().unwrap(),
             "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
             "resize-mode" => s.resize_mode = value.get().unwrap(),
+            "output" => s.output = value.get().unwrap(),
             "size-from-input" => s.size_from_input = value.get().unwrap(),
             "size-multiple" => s.size_multiple = value.get().unwrap(),
             "wait-for-settings" => s.wait_for_settings = value.get().unwrap(),
@@ -1714,6 +1713,7 @@ impl ObjectImpl for I2iTransform {
             "drop-frames" => s.drop_frames.to_value(),
             "stats-interval" => s.stats_interval_ms.to_value(),
             "resize-mode" => s.resize_mode.to_value(),
+            "output" => s.output.to_value(),
             "size-from-input" => s.size_from_input.to_value(),
             "size-multiple" => s.size_multiple.to_value(),
             "wait-for-settings" => s.wait_for_settings.to_value(),
@@ -1765,12 +1765,13 @@ impl ElementImpl for I2iTransform {
                 .field("height", range)
                 .field("framerate", fps)
                 .build();
-            let src_caps = gst::Caps::builder("video/x-raw")
+            let mut src_caps = gst::Caps::builder("video/x-raw")
                 .field("format", gst::List::new(SRC_FORMATS))
                 .field("width", range)
                 .field("height", range)
                 .field("framerate", fps)
                 .build();
+            src_caps.merge(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
             vec![
                 gst::PadTemplate::new(
                     "sink",
@@ -1827,26 +1828,5 @@ impl ElementImpl for I2iTransform {
             _ => (),
         }
         ret
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latency_adds_batching_stream_batch_and_one_call() {
-        let frame = gst::ClockTime::from_mseconds(40);
-        let call = gst::ClockTime::from_mseconds(30);
-        let ms = gst::ClockTime::from_mseconds;
-        // n = 2, batch 1: one frame behind, plus the call.
-        assert_eq!(added_latency(1, 1, frame, call, false), ms(70));
-        // n = 3, batch 3: (n-1)*b = 6 frames in the stream batch, 2 waiting for the batch.
-        assert_eq!(added_latency(6, 3, frame, call, false), ms(350));
-        assert_eq!(added_latency(0, 1, frame, call, false), call);
-        // Slower than the input: frames move on at the inference rate (per frame of a
-        // batch), and when dropping a frame may wait for the call in progress.
-        assert_eq!(added_latency(1, 1, ms(20), ms(70), true), ms(210));
-        assert_eq!(added_latency(6, 3, ms(20), ms(90), false), ms(330));
     }
 }

@@ -17,11 +17,9 @@ use gst::glib;
 use gst::prelude::*;
 
 mod control;
-mod convert;
 mod imp;
 pub mod live;
 mod output;
-mod queue;
 mod smooth;
 mod task;
 
@@ -158,6 +156,42 @@ pub enum DropFrames {
     Always = 2,
 }
 
+/// The `output` property: pictures, or the final latents for a decoder elsewhere.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstI2iOutput")]
+pub enum OutputMode {
+    #[default]
+    #[enum_value(name = "Pixels: decoded pictures (video/x-raw)", nick = "pixels")]
+    Pixels = 0,
+    #[enum_value(
+        name = "Latent: the final latents, the VAE decoder's input (application/x-i2i-latent), for i2idecode",
+        nick = "latent"
+    )]
+    Latent = 1,
+}
+
+/// Caps name of latent frames: float32 `[1, channels, height, width]` (the VAE decoder's
+/// input, already divided by `scaling-factor`), native byte order.
+pub const LATENT_CAPS_NAME: &str = "application/x-i2i-latent";
+
+/// Caps of latent frames for pictures of `w` x `h`.
+pub fn latent_caps(w: u32, h: u32, scaling_factor: f32, fps: Option<gst::Fraction>) -> gst::Caps {
+    let b = gst::Caps::builder(LATENT_CAPS_NAME)
+        .field("dtype", "float32")
+        .field("layout", "nchw")
+        .field("channels", 4i32)
+        .field("width", (w / 8) as i32)
+        .field("height", (h / 8) as i32)
+        .field("image-width", w as i32)
+        .field("image-height", h as i32)
+        .field("scaling-factor", scaling_factor as f64);
+    match fps {
+        Some(f) => b.field("framerate", f).build(),
+        None => b.build(),
+    }
+}
+
 /// The `execution-provider` property.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
 #[repr(u32)]
@@ -215,6 +249,7 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     BlendMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ResizeMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     DropFrames::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    OutputMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     ExecutionProvider::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),

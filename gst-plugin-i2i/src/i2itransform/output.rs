@@ -11,11 +11,11 @@ use std::sync::mpsc;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::convert::{OutputConverter, converter_threads};
 use super::imp::{CAT, I2iTransform, METADATA_COPY};
-use super::queue::QueueItem;
 use super::task::Deferred;
 use crate::diffusion::DecodedFrame;
+use crate::infer::convert::{OutputConverter, converter_threads};
+use crate::infer::queue::QueueItem;
 
 /// What the task hands to the output thread, in stream order.
 pub(super) enum OutItem {
@@ -39,6 +39,8 @@ pub(super) struct OutState {
     pub conv: Option<OutputConverter>,
     pub width: u32,
     pub height: u32,
+    /// `output=latent`: the engine's frames are latents, pushed as they are.
+    pub latent: bool,
 }
 
 impl I2iTransform {
@@ -108,8 +110,13 @@ impl I2iTransform {
                 }
                 let mut rgb = Vec::new();
                 let work_start = std::time::Instant::now();
-                out.to_rgb8(st.width, st.height, &mut rgb);
-                self.remember_output(&rgb);
+                if st.latent {
+                    rgb.extend(out.decoded().iter().flat_map(|v| v.to_ne_bytes()));
+                } else {
+                    out.to_rgb8(st.width, st.height, &mut rgb);
+                    // For a `feedback` ControlNet preprocessor (none with latent output).
+                    self.remember_output(&rgb);
+                }
                 self.renegotiate_if_asked(&mut st)?;
                 let Some(conv) = st.conv.as_ref() else {
                     gst::element_imp_error!(
@@ -119,7 +126,12 @@ impl I2iTransform {
                     );
                     return Err(gst::FlowError::NotNegotiated);
                 };
-                let mut buffer = conv.convert(rgb).map_err(|e| {
+                let converted = if st.latent {
+                    Ok(gst::Buffer::from_mut_slice(rgb))
+                } else {
+                    conv.convert(rgb)
+                };
+                let mut buffer = converted.map_err(|e| {
                     gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
                     gst::FlowError::Error
                 })?;

@@ -19,9 +19,9 @@ use gst::subclass::prelude::*;
 use super::imp::{CAT, I2iTransform};
 use super::live::{self, LiveSettings};
 use super::output::OutItem;
-use super::queue::{Popped, QueueItem};
 use super::smooth::Smoother;
 use crate::diffusion::{DecodedFrame, Engine, LoadOptions, PreparedFrame};
+use crate::infer::queue::{Popped, QueueItem};
 use crate::settings::state::APPLIED_EVENT;
 
 /// Frame duration assumed for the idle timeout when the input has no frame rate.
@@ -221,6 +221,8 @@ impl I2iTransform {
             gst::FlowError::Error
         })?;
         w.engine.share_preprocessor(&pre);
+        w.engine
+            .set_latent_output(self.settings.lock().unwrap().output == super::OutputMode::Latent);
         w.load = load;
         // The new engine holds its own prompt and noise: blends are applied again.
         w.smoother = Smoother::new();

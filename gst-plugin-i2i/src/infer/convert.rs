@@ -1,13 +1,23 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Picture conversion around the engine: any accepted input to packed RGB8 at the model
-//! size, and the engine's packed RGB8 to the negotiated output format.
+//! Picture conversion around a model: any accepted input to packed RGB8 at the model size,
+//! and the model's packed RGB8 to the negotiated output format (`i2itransform`,
+//! `onnxtransform`).
 //!
 //! Both sides reuse one `gst_video::VideoConverter` per caps and skip it where the bytes
 //! are already right (RGB at the model size with a tight stride).
 
 use gst_video::prelude::*;
 
-use super::ResizeMode;
+use crate::i2itransform::ResizeMode;
+
+/// Sink formats: what decoders and cameras hand out, so `jpegdec` links directly.
+/// YUY2 and UYVY are what USB cameras and capture cards give, GRAY8 what machine-vision and
+/// infrared cameras do.
+pub const SINK_FORMATS: [&str; 11] = [
+    "RGB", "RGBx", "RGBA", "BGR", "BGRx", "BGRA", "I420", "NV12", "YUY2", "UYVY", "GRAY8",
+];
+/// Src formats in the order offered when downstream has no preference.
+pub const SRC_FORMATS: [&str; 3] = ["RGB", "RGBA", "I420"];
 
 /// Where the input picture goes: the part of the input used (x, y, width, height) and the
 /// part of the model picture it fills, for `resize-mode`. The input's size is taken with

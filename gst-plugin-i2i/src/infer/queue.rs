@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
-//! One bounded queue between two of `i2itransform`'s threads.
+//! One bounded queue between two threads of an inference element (`i2itransform`,
+//! `onnxtransform`).
 //!
 //! The element has two: the streaming thread hands converted frames to the inference task,
 //! and the task hands finished pictures to the output thread. Both carry frames (which count
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// What [`BoundedQueue::pop_wait`] got.
 #[derive(Debug, PartialEq)]
-pub(super) enum Popped<T> {
+pub enum Popped<T> {
     Item(T),
     /// `give_up` said so (flushing, an error).
     GaveUp,
@@ -23,13 +24,13 @@ pub(super) enum Popped<T> {
 }
 
 /// An item that may count against the queue's bound.
-pub(super) trait QueueItem {
+pub trait QueueItem {
     /// Frames count against `max_frames`; events do not.
     fn is_frame(&self) -> bool;
 }
 
 /// The queue's contents and flags, seen under its lock.
-pub(super) struct QueueState<T> {
+pub struct QueueState<T> {
     items: VecDeque<T>,
     /// Frames among `items`.
     frames: usize,
@@ -75,6 +76,21 @@ impl<T: QueueItem> QueueState<T> {
         self.items.remove(pos)
     }
 
+    /// Live input faster than inference: queues `item` after taking out the oldest frames
+    /// so that at most `keep` wait (the newest among them); returns the frames taken out,
+    /// which the caller counts as late.
+    pub fn push_dropping_oldest(&mut self, item: T, keep: usize) -> Vec<T> {
+        let mut late = Vec::new();
+        while self.frames >= keep.max(1) {
+            match self.remove_oldest_frame() {
+                Some(f) => late.push(f),
+                None => break,
+            }
+        }
+        self.push_back(item);
+        late
+    }
+
     /// Empties the queue, oldest first.
     pub fn drain(&mut self) -> Vec<T> {
         self.frames = 0;
@@ -82,7 +98,7 @@ impl<T: QueueItem> QueueState<T> {
     }
 }
 
-pub(super) struct BoundedQueue<T> {
+pub struct BoundedQueue<T> {
     state: Mutex<QueueState<T>>,
     cond: Condvar,
 }
@@ -203,6 +219,22 @@ mod tests {
         assert_eq!(s.pop_front(), Some(It::Event(0)));
         assert_eq!(s.drain(), vec![It::Event(2), It::Frame(3)]);
         assert_eq!(s.frames(), 0);
+    }
+
+    #[test]
+    fn dropping_keeps_the_newest_frames_and_every_event() {
+        let q = BoundedQueue::new(4);
+        let mut s = q.lock();
+        s.push_back(It::Frame(1));
+        s.push_back(It::Event(2));
+        s.push_back(It::Frame(3));
+        assert_eq!(
+            s.push_dropping_oldest(It::Frame(4), 1),
+            vec![It::Frame(1), It::Frame(3)]
+        );
+        assert_eq!(s.drain(), vec![It::Event(2), It::Frame(4)]);
+        assert!(s.push_dropping_oldest(It::Frame(5), 2).is_empty());
+        assert_eq!(s.frames(), 1);
     }
 
     #[test]

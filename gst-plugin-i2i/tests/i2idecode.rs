@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `i2itransform output=latent ! i2idecode` against `i2itransform` alone on the generated
+//! tiny models (KL decoder in float32, TAESD in float16): byte-identical pictures, the
+//! latent caps, and latent frames that do not match their caps (dropped, counted, the
+//! stream goes on).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gsti2i::plugin_register_static().unwrap();
+    });
+}
+
+fn model(name: &str) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+        .join(name);
+    assert!(
+        dir.join("vae_decoder").join("model.onnx").exists(),
+        "{} is missing: run scripts/setup.sh (it generates the test models)",
+        dir.display()
+    );
+    dir.display().to_string()
+}
+
+struct Run {
+    samples: Vec<gst::Sample>,
+    messages: Vec<gst::Message>,
+}
+
+/// Runs `desc` (an appsink named `out`; an appsrc named `src` gets `push`) to EOS.
+fn run(desc: &str, push: impl FnOnce(&gst_app::AppSrc)) -> Result<Run, String> {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_property("sync", false);
+    let s = samples.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                s.lock().unwrap().push(sample);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        // The element's own error is on the bus.
+        let bus = pipeline.bus().unwrap();
+        let text = std::iter::from_fn(|| bus.pop())
+            .find_map(|m| match m.view() {
+                gst::MessageView::Error(err) => Some(err.error().to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| e.to_string());
+        pipeline.set_state(gst::State::Null).unwrap();
+        return Err(text);
+    }
+    if let Some(src) = pipeline.by_name("src") {
+        push(&src.downcast::<gst_app::AppSrc>().unwrap());
+    }
+    let bus = pipeline.bus().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut messages = Vec::new();
+    let res = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err("timed out waiting for EOS".to_string());
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            continue;
+        };
+        let done = match msg.view() {
+            gst::MessageView::Eos(_) => Some(Ok(())),
+            gst::MessageView::Error(e) => Some(Err(format!("{} ({:?})", e.error(), e.debug()))),
+            _ => None,
+        };
+        messages.push(msg);
+        if let Some(r) = done {
+            break r;
+        }
+    };
+    while let Some(m) = bus.pop() {
+        messages.push(m);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    res.map(|()| Run {
+        samples: std::mem::take(&mut samples.lock().unwrap()),
+        messages,
+    })
+}
+
+fn bytes(s: &gst::Sample) -> Vec<u8> {
+    s.buffer().unwrap().map_readable().unwrap().to_vec()
+}
+
+const SOURCE: &str =
+    "videotestsrc num-buffers=8 pattern=ball ! video/x-raw,width=64,height=64,framerate=10/1";
+
+fn transform(m: &str, extra: &str) -> String {
+    format!(
+        "i2itransform model={m} width=64 height=64 threads=1 wait-for-settings=false t-index-list=20,35 {extra}"
+    )
+}
+
+#[test]
+fn the_split_is_byte_identical_to_the_transform_alone() {
+    for name in ["tiny-sd15", "tiny-fp16"] {
+        let m = model(name);
+        let alone = run(
+            &format!(
+                "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
+                transform(&m, "")
+            ),
+            |_| (),
+        )
+        .unwrap();
+        let split = run(
+            &format!(
+                "{SOURCE} ! {} ! i2idecode model={m} threads=1 ! video/x-raw,format=RGB ! appsink name=out",
+                transform(&m, "output=latent")
+            ),
+            |_| (),
+        )
+        .unwrap();
+        assert_eq!(alone.samples.len(), 8, "{name}");
+        assert_eq!(split.samples.len(), 8, "{name}");
+        for (i, (a, b)) in alone.samples.iter().zip(&split.samples).enumerate() {
+            assert_eq!(bytes(a), bytes(b), "{name}: frame {i} differs");
+            assert_eq!(a.buffer().unwrap().pts(), b.buffer().unwrap().pts());
+        }
+        // Not a trivial picture.
+        let first = bytes(&alone.samples[0]);
+        assert!(first.iter().any(|&v| v != first[0]), "{name}");
+    }
+}
+
+#[test]
+fn latent_frames_carry_their_shape_and_scaling_factor() {
+    let m = model("tiny-sd15");
+    let r = run(
+        &format!(
+            "{SOURCE} ! {} ! appsink name=out",
+            transform(&m, "output=latent")
+        ),
+        |_| (),
+    )
+    .unwrap();
+    assert_eq!(r.samples.len(), 8);
+    let caps = r.samples[0]
+        .caps()
+        .unwrap()
+        .structure(0)
+        .unwrap()
+        .to_owned();
+    assert_eq!(caps.name(), "application/x-i2i-latent");
+    assert_eq!(caps.get::<&str>("dtype").unwrap(), "float32");
+    assert_eq!(caps.get::<i32>("channels").unwrap(), 4);
+    assert_eq!(
+        (
+            caps.get::<i32>("width").unwrap(),
+            caps.get::<i32>("height").unwrap()
+        ),
+        (8, 8)
+    );
+    let sf = gsti2i::diffusion::model::read_scaling_factor(&PathBuf::from(&m)).unwrap();
+    assert_eq!(caps.get::<f64>("scaling-factor").unwrap(), sf as f64);
+    // float32 [1, 4, 8, 8]: 1 KiB a frame against 12 KiB of RGB.
+    assert_eq!(r.samples[0].buffer().unwrap().size(), 4 * 8 * 8 * 4);
+}
+
+#[test]
+fn frames_that_do_not_match_their_caps_are_dropped_and_counted() {
+    let m = model("tiny-sd15");
+    let caps = gst::Caps::builder("application/x-i2i-latent")
+        .field("dtype", "float32")
+        .field("channels", 4i32)
+        .field("width", 8i32)
+        .field("height", 8i32)
+        .field("image-width", 64i32)
+        .field("image-height", 64i32)
+        .field("framerate", gst::Fraction::new(10, 1))
+        .build();
+    let desc = format!(
+        "appsrc name=src format=time caps=\"{caps}\" ! i2idecode name=d model={m} threads=1 ! appsink name=out"
+    );
+    let r = run(&desc, |src| {
+        for (i, len) in [1024usize, 1000, 1024, 0, 2048, 1024]
+            .into_iter()
+            .enumerate()
+        {
+            let data: Vec<u8> = (0..len / 4)
+                .flat_map(|k| (((k % 13) as f32 - 6.0) * 0.1).to_ne_bytes())
+                .collect();
+            let mut b = gst::Buffer::from_mut_slice(data);
+            b.get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_mseconds(100 * i as u64));
+            src.push_buffer(b).unwrap();
+        }
+        src.end_of_stream().unwrap();
+    })
+    .unwrap();
+    // Three good frames out, with their timestamps; three dropped and counted.
+    let pts: Vec<u64> = r
+        .samples
+        .iter()
+        .map(|s| s.buffer().unwrap().pts().unwrap().mseconds())
+        .collect();
+    assert_eq!(pts, vec![0, 200, 500]);
+    let stats = r
+        .messages
+        .iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e
+                .structure()
+                .filter(|s| s.name() == "i2idecode-stats")
+                .map(|s| s.to_owned()),
+            _ => None,
+        })
+        .expect("stats at EOS");
+    assert_eq!(stats.get::<u64>("frames-invalid").unwrap(), 3);
+    assert_eq!(stats.get::<u64>("frames-out").unwrap(), 3);
+    // One warning (rate-limited) naming the sizes.
+    let warning = r
+        .messages
+        .iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .expect("a warning");
+    assert!(
+        warning.contains("1000 bytes") && warning.contains("1024 bytes"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn caps_the_decoder_cannot_take_are_refused_by_name() {
+    let m = model("tiny-sd15");
+    let desc = format!(
+        "appsrc name=src format=time caps=\"application/x-i2i-latent,dtype=float32,channels=3,width=8,height=8\" ! i2idecode model={m} ! appsink name=out"
+    );
+    let err = run(&desc, |src| {
+        let _ = src.push_buffer(gst::Buffer::from_mut_slice(vec![0u8; 768]));
+        let _ = src.end_of_stream();
+    })
+    .err()
+    .expect("refused");
+    assert!(
+        err.contains("3 channels") && err.contains("takes 4"),
+        "{err}"
+    );
+    let err = run("appsrc name=src ! i2idecode ! appsink name=out", |_| ())
+        .err()
+        .expect("no model");
+    assert!(err.contains("No model set"), "{err}");
+}

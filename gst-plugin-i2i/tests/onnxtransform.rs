@@ -1,0 +1,425 @@
+// SPDX-License-Identifier: MPL-2.0
+//! onnxtransform in real pipelines on the generated style-tiny models: timestamps and
+//! counts through batching, the live drop policy (every frame counted), a flushing seek,
+//! load-time properties refused while running. The pixel values against onnxruntime-python
+//! are checked in tests/python/test_onnxtransform.py.
+//!
+//! Models: `STYLE_MODELS` (a folder written by `scripts/make_models.py --style DIR`), else
+//! models/style-tiny.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gsti2i::plugin_register_static().unwrap();
+    });
+}
+
+fn model(name: &str) -> String {
+    let dir = std::env::var_os("STYLE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("models")
+                .join("style-tiny")
+        });
+    let file = dir.join(name);
+    assert!(
+        file.is_file(),
+        "{} is missing: run scripts/setup.sh (or .venv/bin/python scripts/make_models.py --style {})",
+        file.display(),
+        dir.display()
+    );
+    file.display().to_string()
+}
+
+fn video_caps(w: i32, h: i32) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("width", w)
+        .field("height", h)
+        .field("framerate", gst::Fraction::new(30, 1))
+        .build()
+}
+
+struct Run {
+    samples: Vec<gst::Sample>,
+    messages: Vec<gst::Message>,
+}
+
+impl Run {
+    fn stats(&self) -> gst::Structure {
+        self.messages
+            .iter()
+            .rev()
+            .find_map(|m| match m.view() {
+                gst::MessageView::Element(e) => e
+                    .structure()
+                    .filter(|s| s.name() == "onnxtransform-stats")
+                    .map(|s| s.to_owned()),
+                _ => None,
+            })
+            .expect("stats are posted at EOS")
+    }
+
+    fn count(&self, field: &str) -> u64 {
+        self.stats().get::<u64>(field).unwrap()
+    }
+}
+
+/// Runs `pipeline` (with an appsink named `out`) to EOS, feeding the appsrc named `src`
+/// (if any) with `frames` RGB pictures of `w` x `h`, pts 1/30 s apart and offsets 0, 1, ...
+fn run(desc: &str, frames: u64, w: i32, h: i32) -> Result<Run, String> {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_property("sync", false);
+    let s = samples.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                s.lock().unwrap().push(sample);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
+    if let Some(src) = pipeline.by_name("src") {
+        let src = src.downcast::<gst_app::AppSrc>().unwrap();
+        src.set_caps(Some(&video_caps(w, h)));
+        src.set_format(gst::Format::Time);
+        for i in 0..frames {
+            let data: Vec<u8> = (0..(w * h * 3) as u64)
+                .map(|v| ((v * 7 + i * 31) % 256) as u8)
+                .collect();
+            let mut buf = gst::Buffer::from_mut_slice(data);
+            {
+                let b = buf.get_mut().unwrap();
+                b.set_pts(gst::ClockTime::from_mseconds(i * 1000 / 30));
+                b.set_duration(gst::ClockTime::from_mseconds(33));
+                b.set_offset(i);
+            }
+            if src.push_buffer(buf).is_err() {
+                break;
+            }
+        }
+        let _ = src.end_of_stream();
+    }
+    let bus = pipeline.bus().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut messages = Vec::new();
+    let res = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err("timed out waiting for EOS".to_string());
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            continue;
+        };
+        let done = match msg.view() {
+            gst::MessageView::Eos(_) => Some(Ok(())),
+            gst::MessageView::Error(e) => Some(Err(format!("{} ({:?})", e.error(), e.debug()))),
+            _ => None,
+        };
+        messages.push(msg);
+        if let Some(r) = done {
+            break r;
+        }
+    };
+    while let Some(m) = bus.pop() {
+        messages.push(m);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    res.map(|()| Run {
+        samples: std::mem::take(&mut samples.lock().unwrap()),
+        messages,
+    })
+}
+
+#[test]
+fn timestamps_and_counts_survive_batching() {
+    let desc = format!(
+        "appsrc name=src format=time ! onnxtransform model={} batch-size=4 threads=1 ! appsink name=out",
+        model("model.onnx")
+    );
+    let r = run(&desc, 10, 32, 24).unwrap();
+    assert_eq!(r.samples.len(), 10);
+    for (i, s) in r.samples.iter().enumerate() {
+        let b = s.buffer().unwrap();
+        assert_eq!(b.offset(), i as u64);
+        assert_eq!(
+            b.pts(),
+            Some(gst::ClockTime::from_mseconds(i as u64 * 1000 / 30))
+        );
+        assert_eq!(b.size(), 32 * 24 * 3);
+    }
+    assert_eq!((r.count("frames-in"), r.count("frames-out")), (10, 10));
+    // 4 + 4 + the partial batch at EOS.
+    assert_eq!(r.count("batches"), 3);
+    let started = r
+        .messages
+        .iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e
+                .structure()
+                .filter(|s| s.name() == "onnxtransform-started")
+                .map(|s| s.to_owned()),
+            _ => None,
+        })
+        .expect("a started message");
+    assert_eq!(started.get::<&str>("provider").unwrap(), "cpu");
+    assert_eq!(started.get::<&str>("input").unwrap(), "input1");
+    assert_eq!(started.get::<&str>("layout").unwrap(), "nchw");
+    // model.json next to model.onnx says pixels 0..255.
+    assert_eq!(started.get::<f64>("scale").unwrap(), 1.0);
+}
+
+#[test]
+fn dropping_late_frames_counts_every_frame() {
+    // Frames pushed as fast as possible at a size that takes the model a while: with
+    // drop-frames=always only the newest waits. However many are dropped, each input frame
+    // is either out or counted late, with a QoS message.
+    let desc = format!(
+        "appsrc name=src format=time ! onnxtransform model={} drop-frames=always threads=1 ! appsink name=out",
+        model("model.onnx")
+    );
+    let r = run(&desc, 40, 320, 240).unwrap();
+    let (fin, fout, late) = (
+        r.count("frames-in"),
+        r.count("frames-out"),
+        r.count("frames-late"),
+    );
+    assert_eq!(fin, 40);
+    assert_eq!(fout + late, fin, "in {fin} out {fout} late {late}");
+    assert_eq!(r.samples.len() as u64, fout);
+    let qos = r
+        .messages
+        .iter()
+        .filter(|m| matches!(m.view(), gst::MessageView::Qos(_)))
+        .count() as u64;
+    assert_eq!(qos, late);
+    // What comes out is in order and the last frame is never dropped.
+    let offsets: Vec<u64> = r
+        .samples
+        .iter()
+        .map(|s| s.buffer().unwrap().offset())
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    assert_eq!(offsets.last(), Some(&39));
+}
+
+#[test]
+fn output_size_follows_the_model() {
+    let desc = format!(
+        "appsrc name=src format=time ! onnxtransform model={} ! appsink name=out",
+        model("sr2x-gray.onnx")
+    );
+    let r = run(&desc, 2, 40, 24).unwrap();
+    assert_eq!(r.samples.len(), 2);
+    let s = r.samples[0]
+        .caps()
+        .unwrap()
+        .structure(0)
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        (
+            s.get::<i32>("width").unwrap(),
+            s.get::<i32>("height").unwrap()
+        ),
+        (80, 48)
+    );
+    // A fixed-size model: the input is scaled to it, whatever its size.
+    let desc = format!(
+        "appsrc name=src format=time ! onnxtransform model={} ! video/x-raw,format=I420 ! appsink name=out",
+        model("fixed-64x48.onnx")
+    );
+    let r = run(&desc, 2, 100, 30).unwrap();
+    let s = r.samples[0]
+        .caps()
+        .unwrap()
+        .structure(0)
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        (
+            s.get::<&str>("format").unwrap(),
+            s.get::<i32>("width").unwrap()
+        ),
+        ("I420", 64)
+    );
+}
+
+#[test]
+fn a_flushing_seek_keeps_the_stream_going() {
+    init();
+    let desc = format!(
+        "videotestsrc num-buffers=60 ! video/x-raw,width=64,height=48,framerate=30/1 ! onnxtransform name=t model={} batch-size=2 ! fakesink name=out sync=false",
+        model("nhwc-uint8.onnx")
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    let bus = pipeline.bus().unwrap();
+    bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(30),
+        &[gst::MessageType::AsyncDone],
+    )
+    .expect("prerolled");
+    pipeline
+        .seek_simple(
+            gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+            gst::ClockTime::from_mseconds(500),
+        )
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS or an error");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    let el = pipeline.by_name("t").unwrap();
+    let stats = el.property::<gst::Structure>("stats");
+    assert!(stats.get::<u64>("frames-out").unwrap() > 0);
+    // Setting the model while running is refused with a warning; the stream was not hurt.
+    el.set_property("model", "elsewhere.onnx");
+    assert_ne!(
+        el.property::<Option<String>>("model").as_deref(),
+        Some("elsewhere.onnx")
+    );
+    let warn = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(5),
+            &[gst::MessageType::Warning],
+        )
+        .expect("a warning");
+    let gst::MessageView::Warning(w) = warn.view() else {
+        unreachable!()
+    };
+    assert!(
+        w.error()
+            .to_string()
+            .contains("model refused while the stream runs")
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn downstream_can_ask_for_another_format_mid_stream() {
+    init();
+    let desc = format!(
+        "appsrc name=src format=time ! onnxtransform model={} threads=1 ! capsfilter name=cf caps=video/x-raw,format=RGB ! appsink name=out sync=false",
+        model("model.onnx")
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    src.set_caps(Some(&video_caps(32, 24)));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let push = |i: u64| {
+        let mut b = gst::Buffer::from_mut_slice(vec![(i * 40) as u8; 32 * 24 * 3]);
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(i * 33));
+        src.push_buffer(b).unwrap();
+    };
+    let format = |s: &gst::Sample| {
+        s.caps()
+            .unwrap()
+            .structure(0)
+            .unwrap()
+            .get::<String>("format")
+            .unwrap()
+    };
+    let timeout = gst::ClockTime::from_seconds(30);
+    push(0);
+    let first = sink.try_pull_sample(timeout).expect("a first frame");
+    assert_eq!(format(&first), "RGB");
+    pipeline.by_name("cf").unwrap().set_property(
+        "caps",
+        gst::Caps::from_str("video/x-raw,format=I420").unwrap(),
+    );
+    push(1);
+    let second = sink.try_pull_sample(timeout).expect("a second frame");
+    assert_eq!(format(&second), "I420");
+    assert_eq!(second.buffer().unwrap().size(), 32 * 24 * 3 / 2);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn latency_adds_the_model_call_on_live_input() {
+    init();
+    let desc = format!(
+        "videotestsrc name=v is-live=true ! video/x-raw,width=64,height=48,framerate=30/1 ! onnxtransform name=t model={} threads=1 ! fakesink sync=true",
+        model("model.onnx")
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    // Once a model call has been measured, the element announces its latency again.
+    let deadline = Instant::now() + TIMEOUT;
+    let t = pipeline.by_name("t").unwrap();
+    while t
+        .property::<gst::Structure>("stats")
+        .get::<u64>("frames-out")
+        .unwrap()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "no frames out");
+        if let Some(m) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(100),
+            &[gst::MessageType::Error],
+        ) {
+            panic!("{m:?}");
+        }
+    }
+    let latency = |pad: gst::Pad| {
+        let mut q = gst::query::Latency::new();
+        assert!(pad.query(&mut q));
+        q.result()
+    };
+    let (live, ours, _) = latency(t.static_pad("src").unwrap());
+    let (_, upstream, _) = latency(pipeline.by_name("v").unwrap().static_pad("src").unwrap());
+    assert!(live);
+    assert!(ours > upstream, "{ours} vs upstream {upstream}");
+    pipeline.set_state(gst::State::Null).unwrap();
+}
