@@ -68,7 +68,7 @@ def test_layout(models):
         d = models / name
         for f in make_models.expected_files(name):
             assert (d / f).is_file(), f"{d / f}"
-        if name == make_models.DEPTH:  # one graph, no tokenizer (the depth ControlNet preprocessor's)
+        if name in (make_models.DEPTH, make_models.STYLE):  # single graphs, no tokenizer
             continue
         tok = d / "tokenizer"
         assert (tok / "tokenizer.json").is_file() or (tok / "vocab.json").is_file()
