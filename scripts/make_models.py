@@ -43,7 +43,12 @@ def generator_hash() -> str:
     return h.hexdigest()[:24]
 
 
+DEPTH = "tiny-depth"  # an image-to-depth graph for the depth ControlNet preprocessor: tiny-depth/model.onnx
+
+
 def expected_files(name: str) -> list[str]:
+    if name == DEPTH:
+        return ["model.onnx"]
     if name == STYLE:
         return style.expected_files()
     xl = next((v for v in sdxl.VARIANTS if v.name == name), None)
@@ -90,7 +95,10 @@ def build_all(out: Path, log) -> None:
     gz = clip_vocab.bpe_gz_bytes(ROOT / ".deps", log)
     vocab, merges = clip_vocab.vocab_and_merges(gz)
     tok_cache: dict = {}
-    builders = [(v.name, lambda d, v=v: write_tiny(d, v, vocab, merges, tok_cache)) for v in tiny.VARIANTS]
+    builders = [(v.name, lambda d, v=v: write_tiny(d, v, vocab, merges, tok_cache))
+                for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS]
+    builders.append((DEPTH, lambda d: save(tiny.depth_model().model("tiny depth model: random weights, for tests"),
+                                           d / "model.onnx")))
     builders += [(v.name, lambda d, v=v: sdxl.write(d, v, vocab, merges, tok_cache)) for v in sdxl.VARIANTS]
     builders.append((STYLE, style.write))
     try:
@@ -112,7 +120,7 @@ def build_all(out: Path, log) -> None:
 
 
 def model_names() -> list[str]:
-    names = [v.name for v in tiny.VARIANTS] + [v.name for v in sdxl.VARIANTS] + [STYLE]
+    names = [v.name for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS] + [v.name for v in sdxl.VARIANTS] + [STYLE, DEPTH]
     if (HERE / "i2i_models" / "demo.py").exists():
         names.insert(0, "demo")
     return names

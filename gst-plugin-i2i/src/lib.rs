@@ -9,6 +9,7 @@ mod i2idecode;
 pub mod i2itransform;
 pub mod infer;
 pub mod onnxtransform;
+pub mod preprocess;
 pub mod settings;
 mod settingssrc;
 

@@ -52,6 +52,9 @@ class Variant:
     scheduler: str = "euler_a"  # sdxl-turbo; "lcm" for SDXL + LCM-LoRA
     external_unet: bool = False  # unet/model.onnx + unet/model.onnx_data
     seed: int = 0
+    # Fused UNet + ControlNet (see tiny.CONTROLNET_INPUTS).
+    controlnets: int = 0
+    controlnet_layout: str = "ortdemo"
 
     @property
     def scaling_factor(self) -> float:
@@ -62,6 +65,8 @@ VARIANTS = [
     Variant("tiny-sdxl", external_unet=True, seed=31),
     Variant("tiny-sdxl-fp16", dtype=np.float16, timestep="float16[]", vae_kind="tiny", scheduler="lcm", seed=32),
     Variant("tiny-sdxl-ortdemo", layout="ortdemo", ids_dtype=np.int32, timestep="float32[1]", seed=33),
+    Variant("tiny-sdxl-controlnet", layout="ortdemo", ids_dtype=np.int32, timestep="float32[1]", seed=34,
+            controlnets=1, controlnet_layout="ortdemo"),
 ]
 
 
@@ -163,6 +168,8 @@ def unet(v: Variant) -> Graph:
     temb = g.op("Unsqueeze", [temb, g.i64([2, 3])])
     h = g.conv(sample, tiny._he(rng, (C, 4, 3, 3)), np.zeros(C), base="conv_in")
     h = g.add(h, temb)
+    if v.controlnets:
+        h = g.add(h, tiny.controlnet_residuals(g, v, sample, temb))
     h = g.conv(g.silu(h), tiny._he(rng, (C, C, 3, 3)), np.zeros(C), base="res")
     # Cross-attention of the pixels on the text (both encoders' halves feed keys and values).
     shape = g.op("Shape", [h])

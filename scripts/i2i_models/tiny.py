@@ -34,6 +34,11 @@ class Variant:
     pad: str = "<|endoftext|>"
     scheduler: str = "pndm"
     seed: int = 0
+    # Fused UNet + ControlNet graphs: the number of ControlNets and whose input names
+    # ("ortdemo": controlnet_images / controlnet_scales, as ONNX Runtime's Stable Diffusion demo;
+    # "diffusers": controlnet_conds / conditioning_scales, as diffusers' convert_stable_diffusion_controlnet_to_onnx).
+    controlnets: int = 0
+    controlnet_layout: str = "ortdemo"
 
 
 VARIANTS = [
@@ -44,6 +49,19 @@ VARIANTS = [
             scheduler="lcm", seed=16),
     Variant("tiny-sdexport", ids_dtype=np.int32, timestep="float32[B]", unet_out="latent", seed=7),
 ]
+
+# ControlNet layouts (models/tiny-controlnet*): generated beside the others.
+CONTROLNET_VARIANTS = [
+    Variant("tiny-controlnet", timestep="float32[1]", unet_out="latent", controlnets=1, controlnet_layout="ortdemo",
+            seed=31),
+    Variant("tiny-controlnet2", timestep="float32[1]", unet_out="noise_pred", controlnets=2,
+            controlnet_layout="diffusers", seed=32),
+]
+
+CONTROLNET_INPUTS = {
+    "ortdemo": ("controlnet_images", "controlnet_scales"),
+    "diffusers": ("controlnet_conds", "conditioning_scales"),
+}
 
 
 def _rng(seed: int, part: int) -> np.random.Generator:
@@ -108,12 +126,14 @@ def timestep_input(g: Graph, kind: str):
         t = g.input("timestep", TensorProto.FLOAT, ["batch_size"])
     elif kind == "float32[]":
         t = g.input("timestep", TensorProto.FLOAT, [])
+    elif kind == "float32[1]":  # one timestep for the whole batch (ORT demo, diffusers' ControlNet export)
+        t = g.input("timestep", TensorProto.FLOAT, [1])
     elif kind == "float16[]":
         t = g.input("timestep", TensorProto.FLOAT16, [])
     else:
         raise ValueError(kind)
     tf = g.cast(t, TensorProto.FLOAT) if kind != "float32[B]" else t
-    if kind.endswith("[]"):
+    if kind.endswith("[]") or kind.endswith("[1]"):
         batch = g.op("Slice", [g.op("Shape", ["sample"]), g.i64([0]), g.i64([1])])
         tf = g.op("Expand", [g.op("Reshape", [tf, g.i64([1])]), batch])
     return tf
@@ -141,6 +161,8 @@ def unet(v: Variant) -> Graph:
     temb = g.op("Unsqueeze", [temb, g.i64([2, 3])])
     h = g.conv(sample, _he(rng, (C, 4, 3, 3)), np.zeros(C), base="conv_in")
     h = g.add(h, temb)
+    if v.controlnets:
+        h = g.add(h, controlnet_residuals(g, v, sample, temb))
     h = g.conv(g.silu(h), _he(rng, (C, C, 3, 3)), np.zeros(C), base="res")
     # Cross-attention of the pixels on the text.
     shape = g.op("Shape", [h])
@@ -155,6 +177,47 @@ def unet(v: Variant) -> Graph:
     h = g.add(h, o)
     out = g.conv(g.silu(h), _he(rng, (4, C, 3, 3), 0.7), np.zeros(4), base="conv_out")
     g.output(out, v.unet_out, g.ft, ["batch_size", 4, "height", "width"])
+    return g
+
+
+def controlnet_residuals(g: Graph, v, sample, temb):
+    """The ControlNets of a fused graph: images [num, B, 3, H, W] in [0, 1], scales [num] (ORT demo) or
+    [num, 1] (diffusers); `v` is a tiny or SDXL variant with seed, controlnets and controlnet_layout. Each ControlNet sees its image, the sample and the timestep; its residual
+    [B, C, h, w], times its scale, is added to the UNet's features. Sum over the ControlNets."""
+    rng = _rng(v.seed, 5)
+    C, num = C_UNET, v.controlnets
+    img_name, scale_name = CONTROLNET_INPUTS[v.controlnet_layout]
+    images = g.input(img_name, g.ft, [num, "2B", 3, "H", "W"])
+    scale_shape = [num] if v.controlnet_layout == "ortdemo" else [num, 1]
+    scales = g.input(scale_name, g.ft, scale_shape)
+    total = None
+    for i in range(num):
+        img = g.op("Gather", [images, g.i64(i)], axis=0)  # [B, 3, H, W]
+        hint = img
+        cin = 3
+        for _ in range(3):
+            hint = g.silu(g.conv(hint, _he(rng, (C, cin, 3, 3)), rng.standard_normal(C) * 0.1, stride=2))
+            cin = C
+        x = g.add(g.conv(sample, _he(rng, (C, 4, 3, 3)), np.zeros(C)), temb)
+        res = g.conv(g.silu(g.add(x, hint)), _he(rng, (C, C, 3, 3), 1.5), np.zeros(C))
+        scale = g.op("Gather", [g.op("Reshape", [scales, g.i64([-1])]), g.i64(i)], axis=0)  # scalar
+        res = g.mul(res, scale)
+        total = res if total is None else g.add(total, res)
+    return total
+
+
+def depth_model(seed: int = 41) -> Graph:
+    """An image-to-depth graph in the Hugging Face Depth-Anything export layout: pixel_values [B, 3, H, W]
+    (ImageNet-normalised) -> predicted_depth [B, H/4, W/4]."""
+    g = Graph("depth", np.float32)
+    rng = _rng(seed, 1)
+    C = C_VAE
+    x = g.input("pixel_values", g.ft, ["batch_size", 3, "height", "width"])
+    h = g.silu(g.conv(x, _he(rng, (C, 3, 3, 3)), np.zeros(C), stride=2))
+    h = g.silu(g.conv(h, _he(rng, (C, C, 3, 3)), np.zeros(C), stride=2))
+    d = g.conv(h, _he(rng, (1, C, 3, 3), 0.7), np.zeros(1))
+    d = g.op("Squeeze", [d, g.i64([1])])
+    g.output(d, "predicted_depth", g.ft, ["batch_size", "height_out", "width_out"])
     return g
 
 

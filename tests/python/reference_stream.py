@@ -7,7 +7,8 @@ fixed per-seed noise the stream batch of the engine must give the same result pe
 
     python tests/python/reference_stream.py --model DIR --width W --height H --inputs DIR --prompt P \
         --negative-prompt NP --seed S --t-index-list 32,45 --num-inference-steps 50 --guidance-scale G \
-        --delta D --cfg-type none|full|self|initialize --add-noise 0|1 --out DIR [--png] [--dump]
+        --delta D --cfg-type none|full|self|initialize --add-noise 0|1 --out DIR [--png] [--dump] \
+        [--latent-feedback S --batch-size B] [--controlnet-scales 1.0,0.5]
 
 Reads INPUTS/frame_%03d.rgb (packed RGB8, H*W*3 bytes) from 000 on while they exist, writes
 OUT/frame_%03d.f32 (float32 little-endian, planar [3, H, W] in [0, 1]).
@@ -19,6 +20,16 @@ Where this deliberately differs from upstream StreamDiffusion:
 - the noise is i2i-noise-v1 from the seed (upstream ignores the seed in its wrapper and uses torch.randn);
 - no junk frames: a frame's result never depends on earlier frames or an empty buffer;
 - full / initialize keep the negative prompt embedding (upstream's update_prompt drops it).
+
+ControlNet (a fused UNet + ControlNet graph: controlnet_images / controlnet_scales as ONNX Runtime's demo, or
+controlnet_conds / conditioning_scales as diffusers' export): every UNet row of frame k gets its control images
+[num, 1, 3, H, W] = v / 255 of INPUTS/control_%03d_%d.rgb (frame, ControlNet) where present, else of the frame
+itself, and the scales of --controlnet-scales (default 1 for each; one value applies to all).
+
+Latent feedback (the livepeer fork's formula): with S > 0 the scaled latent of frame k becomes
+(1 - S) * z_k + S * z_prev before the noise is added, z_prev being the final latent x0 of the newest frame
+that is out when frame k enters the stream batch. With n steps and B frames per call (full calls), frame k
+enters at call c = k // B and the newest frame out then is (c - n + 1) * B - 1 (none while negative).
 """
 
 from __future__ import annotations
@@ -149,6 +160,12 @@ class Model:
                 raise RefError(f"{p}: missing")
             self.sess[comp] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
         self.xl = "text_embeds" in self._inputs("unet")
+        unet_in = self._inputs("unet")
+        self.cn_images = next((n for n in ("controlnet_images", "controlnet_conds") if n in unet_in), None)
+        self.cn_scales = next((n for n in ("controlnet_scales", "conditioning_scales") if n in unet_in), None)
+        self.controlnets = int(unet_in[self.cn_images].shape[0]) if self.cn_images else 0
+        self.cn_scales_shape = [self.controlnets] + ([1] if self.cn_scales and
+                                                     len(unet_in[self.cn_scales].shape) == 2 else [])
         if self.xl and "text_encoder_2" not in self.sess:
             raise RefError(f"{root / 'text_encoder_2'}: missing (the UNet takes text_embeds: an SDXL model)")
         self.tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
@@ -246,25 +263,45 @@ class Model:
         in_name = "latent" if "latent" in self._inputs("vae_decoder") else "latent_sample"
         return self._run("vae_decoder", {in_name: z}, [name])[0]
 
-    def unet(self, x: np.ndarray, t: int, cond: dict) -> np.ndarray:
+    def unet(self, x: np.ndarray, t: int, cond: dict, control: dict | None = None) -> np.ndarray:
+        """control: {"images": [num, 1, 3, H, W], "scales": [num]} for a ControlNet graph."""
         ts = self._inputs("unet")["timestep"]
         ts_val = np.asarray(t) if len(ts.shape) == 0 else np.full((x.shape[0],), t)
         outs = self._outputs("unet")
-        name = next((n for n in ("out_sample", "latent") if n in outs), outs[0])
-        return self._run("unet", {"sample": x, "timestep": ts_val, **cond}, [name])[0]
+        name = next((n for n in ("out_sample", "latent", "noise_pred") if n in outs), outs[0])
+        feeds = {"sample": x, "timestep": ts_val, **cond}
+        if self.controlnets:
+            if control is None:
+                raise RefError("the UNet takes control images: none given")
+            feeds[self.cn_images] = control["images"]
+            feeds[self.cn_scales] = np.asarray(control["scales"], dtype=np.float32).reshape(self.cn_scales_shape)
+        return self._run("unet", feeds, [name])[0]
 
 
 # ---------------------------------------------------------------- per-frame math
 
+def feedback_source(k: int, n: int, batch: int) -> int | None:
+    """The frame whose final latent frame k blends with (latent feedback), or None."""
+    src = (k // batch - n + 1) * batch - 1
+    return src if src >= 0 else None
+
+
 def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarray, cond: dict, uncond: dict,
-                  dump: dict | None = None) -> np.ndarray:
+                  dump: dict | None = None, z_prev: np.ndarray | None = None,
+                  control: dict | None = None) -> np.ndarray:
     """rgb: [H, W, 3] uint8 -> [3, H, W] float32 in [0, 1]. cond / uncond: the UNet's conditioning inputs
-    (encoder_hidden_states; for SDXL also text_embeds and time_ids). `dump` collects the intermediate tensors."""
+    (encoder_hidden_states; for SDXL also text_embeds and time_ids). `dump` collects the intermediate tensors
+    (dump["x0_final"] is the final scaled latent, the next frames' z_prev). z_prev: the latent-feedback source
+    (used when p["latent_feedback"] > 0)."""
     dump = {} if dump is None else dump
     x = (rgb.astype(np.float32) / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0)
     x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
     z = m.vae_encode(x) * m.sf
     dump["x"], dump["z"] = x, z
+    fb = np.float32(p.get("latent_feedback", 0.0))
+    if fb > 0 and z_prev is not None:
+        z = (np.float32(1.0) - fb) * z + fb * z_prev
+        dump["z_blend"] = z
     n = len(sch["timesteps"])
     alpha, beta, c_skip, c_out = sch["alpha"], sch["beta"], sch["c_skip"], sch["c_out"]
     g = np.float32(p["guidance_scale"])
@@ -276,13 +313,13 @@ def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarr
     x0 = None
     for i in range(n):
         t = int(sch["timesteps"][i])
-        eps_c = m.unet(X, t, cond)
+        eps_c = m.unet(X, t, cond, control)
         if cfg == "full":
-            eps_u = m.unet(X, t, uncond)
+            eps_u = m.unet(X, t, uncond, control)
             eps = eps_u + g * (eps_c - eps_u)
         elif cfg in ("self", "initialize"):
             if cfg == "initialize" and i == 0:
-                S = m.unet(X, t, uncond)
+                S = m.unet(X, t, uncond, control)
             eps_u = d * S
             eps = eps_u + g * (eps_c - eps_u)
         else:
@@ -298,6 +335,7 @@ def process_frame(m: Model, rgb: np.ndarray, p: dict, sch: dict, noise: np.ndarr
             X = alpha[i + 1] * x0
             if p["add_noise"]:
                 X = X + beta[i + 1] * noise[i + 1:i + 2]
+    dump["x0_final"] = x0
     y = m.vae_decode((x0 / m.sf).astype(np.float32))
     dump["y"] = y
     return np.clip(y[0] / np.float32(2.0) + np.float32(0.5), 0.0, 1.0).astype(np.float32)
@@ -321,6 +359,12 @@ def parse_args(argv):
     ap.add_argument("--cfg-type", choices=CFG_TYPES, default="self")
     ap.add_argument("--add-noise", type=int, choices=(0, 1), default=1)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--latent-feedback", type=float, default=0.0,
+                    help="temporal feedback S in [0, 1]: (1 - S) * z + S * z_prev")
+    ap.add_argument("--batch-size", type=int, default=1,
+                    help="frames per engine call (which earlier frame is z_prev with latent feedback)")
+    ap.add_argument("--controlnet-scales", default="",
+                    help="ControlNet scales, comma-separated (one applies to all; default 1 each)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--png", action="store_true", help="also write OUT/frame_%%03d.png")
     ap.add_argument("--dump", action="store_true",
@@ -346,8 +390,24 @@ def run(args) -> int:
     noise = i2i_noise.init_noise(args.seed, len(t_index), H // 8, W // 8)
     cond = m.conditioning(m.encode_prompt(args.prompt), H, W)
     uncond = m.conditioning(m.encode_negative(args.negative_prompt), H, W)
+    if not 0.0 <= args.latent_feedback <= 1.0:
+        raise RefError(f"--latent-feedback {args.latent_feedback}: expected 0 to 1")
+    if args.batch_size < 1:
+        raise RefError(f"--batch-size {args.batch_size}: expected 1 or more")
     p = {"guidance_scale": args.guidance_scale, "delta": args.delta, "cfg_type": args.cfg_type,
-         "add_noise": bool(args.add_noise)}
+         "add_noise": bool(args.add_noise), "latent_feedback": args.latent_feedback}
+    finals: list[np.ndarray] = []
+    scales = None
+    if m.controlnets:
+        try:
+            given = [float(v) for v in args.controlnet_scales.split(",") if v.strip()] or [1.0]
+        except ValueError:
+            raise RefError(f"--controlnet-scales {args.controlnet_scales!r}: expected comma-separated numbers")
+        if len(given) == 1:
+            given = given * m.controlnets
+        if len(given) != m.controlnets:
+            raise RefError(f"--controlnet-scales: {len(given)} values for {m.controlnets} ControlNets")
+        scales = np.asarray(given, dtype=np.float32)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.dump:
         np.savez(args.out / "common.npz", noise=noise, **{f"cond_{k}": v for k, v in cond.items()},
@@ -363,7 +423,23 @@ def run(args) -> int:
             raise RefError(f"{src}: {len(raw)} bytes, expected {W}*{H}*3 = {W * H * 3}")
         rgb = np.frombuffer(raw, dtype=np.uint8).reshape(H, W, 3)
         dump: dict = {}
-        out = process_frame(m, rgb, p, sch, noise, cond, uncond, dump)
+        src = feedback_source(k, len(t_index), args.batch_size)
+        z_prev = finals[src] if src is not None else None
+        control = None
+        if m.controlnets:
+            imgs = []
+            for c in range(m.controlnets):
+                cpath = args.inputs / f"control_{k:03d}_{c}.rgb"
+                crgb = rgb
+                if cpath.exists():
+                    craw = cpath.read_bytes()
+                    if len(craw) != W * H * 3:
+                        raise RefError(f"{cpath}: {len(craw)} bytes, expected {W * H * 3}")
+                    crgb = np.frombuffer(craw, dtype=np.uint8).reshape(H, W, 3)
+                imgs.append((crgb.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None])
+            control = {"images": np.ascontiguousarray(np.stack(imgs)), "scales": scales}
+        out = process_frame(m, rgb, p, sch, noise, cond, uncond, dump, z_prev, control)
+        finals.append(dump["x0_final"])
         out.astype("<f4").tofile(args.out / f"frame_{k:03d}.f32")
         if args.dump:
             np.savez(args.out / f"frame_{k:03d}.npz", **dump)

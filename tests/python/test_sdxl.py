@@ -73,6 +73,9 @@ def test_unet_uses_every_conditioning_input(models, name):
         "text_embeds": rng.standard_normal((2, sdxl.POOLED)).astype(fdt),
         "time_ids": np.asarray([[64, 64, 0, 0, 64, 64]] * 2).astype(fdt),
     }
+    if "controlnet_images" in ins:  # a fused ControlNet graph (tests/python/test_controlnet.py)
+        feeds["controlnet_images"] = rng.random((1, 2, 3, 64, 64)).astype(fdt)
+        feeds["controlnet_scales"] = np.ones(1, dtype=fdt)
     base = s.run(None, feeds)[0].astype(np.float32)
     assert np.isfinite(base).all() and 0.05 < float(np.abs(base).mean()) < 20
     for key, change in (("encoder_hidden_states", lambda a: a[:, :, :sdxl.E1]),

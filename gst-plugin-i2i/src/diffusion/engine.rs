@@ -87,14 +87,22 @@ pub struct Preprocessor {
     /// Named in the error should a host tensor not be allocated.
     encoder_file: std::path::PathBuf,
     pool: Arc<Mutex<Vec<Tensor<f32>>>>,
+    /// The model's ControlNets: each frame gets this many control images.
+    controlnets: usize,
 }
 
 impl Preprocessor {
-    fn new(encoder_file: std::path::PathBuf) -> Preprocessor {
+    fn new(encoder_file: std::path::PathBuf, controlnets: usize) -> Preprocessor {
         Preprocessor {
             encoder_file,
             pool: Arc::default(),
+            controlnets,
         }
+    }
+
+    /// The model's ControlNets (0 for a plain UNet).
+    pub fn controlnets(&self) -> usize {
+        self.controlnets
     }
 
     /// Preprocesses one frame of packed RGB8 at the model size `width x height`
@@ -129,7 +137,23 @@ impl Preprocessor {
         let (r, rest) = data.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
         preprocess(rgb, r, g, b);
-        Ok(PreparedFrame { tag, image })
+        // ControlNet models: the frame itself until the caller sets another image.
+        let control = (self.controlnets > 0).then(|| {
+            let mut c = vec![0.0f32; self.controlnets * 3 * plane];
+            for k in 0..self.controlnets {
+                crate::diffusion::control_planes(
+                    rgb,
+                    plane,
+                    &mut c[k * 3 * plane..(k + 1) * 3 * plane],
+                );
+            }
+            c
+        });
+        Ok(PreparedFrame {
+            tag,
+            image,
+            control,
+        })
     }
 
     /// Gives a frame's buffer back for the next [`Preprocessor::prepare`].
@@ -180,6 +204,10 @@ pub struct Engine {
     /// The last frame [`Engine::process`] converted (decoded, pixels), so a repeated
     /// (skipped) frame shares its pixels instead of being converted again.
     last_out: Option<LastOutput>,
+    /// Temporal feedback for new frames (see [`Engine::set_latent_feedback`]).
+    latent_feedback: f32,
+    /// One scale per ControlNet for new frames (see [`Engine::set_controlnet_scales`]).
+    controlnet_scales: Vec<f32>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -217,6 +245,7 @@ impl Engine {
         let noise = Arc::new(noise::init_noise(params.seed, steps.len(), lh, lw));
         let cond = emb(cond_shape, cond_data);
         let encoder_file = model.vae_encoder.graph.file.clone();
+        let controlnets = model.unet.control.as_ref().map_or(0, |c| c.count);
         let mut engine = Engine {
             opts: opts.clone(),
             params: params.clone(),
@@ -229,6 +258,8 @@ impl Engine {
                 guidance: 1.0,
                 delta: 1.0,
                 add_noise: true,
+                feedback: 0.0,
+                control_scales: vec![1.0; controlnets],
             }),
             model,
             steps,
@@ -237,11 +268,13 @@ impl Engine {
             uncond: None,
             stream: Stream::default(),
             timings: Timings::default(),
-            pre: Preprocessor::new(encoder_file),
+            pre: Preprocessor::new(encoder_file, controlnets),
             images: Vec::new(),
             latents: Vec::new(),
             order: Vec::new(),
             last_out: None,
+            latent_feedback: 0.0,
+            controlnet_scales: vec![1.0; controlnets],
         };
         engine.timings.text += text_time;
         engine.timings.text_calls += 1;
@@ -366,6 +399,8 @@ impl Engine {
             guidance: self.params.guidance_scale,
             delta: self.params.delta,
             add_noise: self.params.add_noise,
+            feedback: self.latent_feedback,
+            control_scales: self.controlnet_scales.clone(),
         });
         Ok(())
     }
@@ -463,6 +498,14 @@ impl Engine {
                 ),
             ));
         }
+        let num = self.controlnets();
+        if let Some(f) = frames.iter().find(|f| f.controlnets() != num) {
+            return Err(EngineError::argument(
+                "prepared frame",
+                format!("{num} control image(s) (the model's ControlNets)"),
+                format!("{} (from another engine's preprocessor?)", f.controlnets()),
+            ));
+        }
         self.timings.frames_in += frames.len() as u64;
 
         // The similarity filter. It processes the first frame it sees (its reference), so
@@ -513,12 +556,13 @@ impl Engine {
             self.timings.vae_encode_calls += calls as u64;
         }
         let sf = self.model.scaling_factor;
-        for (f, o) in frames.into_iter().zip(&self.order) {
+        for (mut f, o) in frames.into_iter().zip(&self.order) {
             match o {
                 Some(k) => self.stream.push_frame(
                     f.tag,
                     &self.latents[k * lat..(k + 1) * lat],
                     sf,
+                    f.control.take(),
                     self.frame_params.clone(),
                 ),
                 None => {
@@ -616,6 +660,114 @@ impl Engine {
             self.noise = Arc::new(noise);
             let _ = self.rebuild_frame_params();
         }
+    }
+
+    /// Temporal feedback against flicker for the frames entering from the next call on:
+    /// each frame's initial latent becomes `(1 - s) * z_in + s * z_prev`, `z_prev` being
+    /// the final latent of the newest frame out when it enters (see
+    /// [`stream::Stream::push_frame`](super::stream::Stream::push_frame)). Clamped to
+    /// `[0, 1]`; 0 (the default) is off and gives the same bits as without it. A reset
+    /// forgets `z_prev`.
+    pub fn set_latent_feedback(&mut self, s: f32) {
+        let s = if s.is_finite() {
+            s.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        if s != self.latent_feedback {
+            self.latent_feedback = s;
+            let _ = self.rebuild_frame_params();
+        }
+    }
+
+    pub fn latent_feedback(&self) -> f32 {
+        self.latent_feedback
+    }
+
+    /// The model's ControlNets (a fused UNet + ControlNet graph); 0 for a plain UNet.
+    pub fn controlnets(&self) -> usize {
+        self.controlnet_scales.len()
+    }
+
+    pub fn controlnet_scales(&self) -> &[f32] {
+        &self.controlnet_scales
+    }
+
+    /// The ControlNets' conditioning scales for the frames entering from the next call
+    /// on: one per ControlNet, or one for all; 0 turns a ControlNet off (its residuals
+    /// are multiplied by 0 inside the graph) without a reload. Refused, changing nothing,
+    /// for another count, a model without ControlNets, or a value that is not finite.
+    pub fn set_controlnet_scales(&mut self, scales: &[f32]) -> Result<(), EngineError> {
+        let num = self.controlnets();
+        let file = self.model.unet.graph.file.clone();
+        if num == 0 {
+            return Err(EngineError::tensor(
+                &file,
+                "controlnet_images",
+                "a fused UNet + ControlNet graph for controlnet scales",
+                "a UNet without ControlNet inputs",
+            ));
+        }
+        let values = match scales.len() {
+            1 => vec![scales[0]; num],
+            n if n == num => scales.to_vec(),
+            n => {
+                return Err(EngineError::tensor(
+                    &file,
+                    "controlnet_scales",
+                    format!("{num} scale(s), one per ControlNet in the graph (or one for all)"),
+                    format!("{n} scales"),
+                ));
+            }
+        };
+        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+            return Err(EngineError::argument(
+                "controlnet scale",
+                "a finite number",
+                v.to_string(),
+            ));
+        }
+        if values != self.controlnet_scales {
+            self.controlnet_scales = values;
+            self.rebuild_frame_params()?;
+        }
+        Ok(())
+    }
+
+    /// [`Engine::process`] with control images: `controls[i]` holds frame `i`'s image for
+    /// each ControlNet, packed RGB8 at the model size one after the other (`num * W * H *
+    /// 3` bytes); an empty vector keeps the frame itself as every control image.
+    pub fn process_controlled(
+        &mut self,
+        frames: Vec<InputFrame>,
+        controls: Vec<Vec<u8>>,
+    ) -> Result<Vec<OutputFrame>, EngineError> {
+        self.check_count(frames.len())?;
+        let img = 3 * self.opts.width as usize * self.opts.height as usize;
+        let mut prepared = Vec::with_capacity(frames.len());
+        for (k, f) in frames.iter().enumerate() {
+            let mut p = self
+                .pre
+                .prepare(f.tag, &f.rgb, self.opts.width, self.opts.height)?;
+            if let Some(c) = controls.get(k).filter(|c| !c.is_empty()) {
+                if c.len() != self.controlnets() * img {
+                    return Err(EngineError::argument(
+                        "control images",
+                        format!(
+                            "{} x {img} bytes (one RGB8 image per ControlNet)",
+                            self.controlnets()
+                        ),
+                        format!("{} bytes", c.len()),
+                    ));
+                }
+                for (i, one) in c.chunks_exact(img).enumerate() {
+                    p.set_control_rgb8(i, one)?;
+                }
+            }
+            prepared.push(p);
+        }
+        let decoded = self.process_prepared(prepared)?;
+        Ok(self.finish(decoded))
     }
 
     /// Cumulative time per stage and call counts.

@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod depth;
 mod engine;
 mod error;
 mod graph;
@@ -139,11 +140,56 @@ pub struct PreparedFrame {
     pub tag: u64,
     /// `[1, 3, height, width]` in host memory, bound to the VAE encoder as it is.
     pub(crate) image: ort::value::Tensor<f32>,
+    /// ControlNet models: the control images `[num, 3, height, width]` in `[0, 1]`; the
+    /// frame itself (`v / 255`) for each ControlNet unless replaced.
+    pub(crate) control: Option<Vec<f32>>,
 }
 
 impl PreparedFrame {
     pub(crate) fn data(&self) -> &[f32] {
         self.image.extract_tensor().1
+    }
+
+    /// Number of control images the frame carries (the model's ControlNets).
+    pub fn controlnets(&self) -> usize {
+        let plane = self.data().len();
+        self.control.as_ref().map_or(0, |c| c.len() / plane.max(1))
+    }
+
+    /// Replaces the control image of ControlNet `index` with packed RGB8 at the model size
+    /// (`v / 255`, planar). Refused (the frame keeps its image) for an index beyond the
+    /// model's ControlNets or another size.
+    pub fn set_control_rgb8(&mut self, index: usize, rgb: &[u8]) -> Result<(), EngineError> {
+        let img = self.data().len();
+        let num = self.controlnets();
+        if index >= num {
+            return Err(EngineError::argument(
+                "ControlNet index",
+                format!("below {num} (the model's ControlNets)"),
+                index.to_string(),
+            ));
+        }
+        if rgb.len() != img {
+            return Err(EngineError::argument(
+                "control image",
+                format!("{} bytes of packed RGB8 at the model size", img),
+                format!("{} bytes", rgb.len()),
+            ));
+        }
+        let plane = img / 3;
+        let dst = &mut self.control.as_mut().expect("num > 0")[index * img..(index + 1) * img];
+        control_planes(rgb, plane, dst);
+        Ok(())
+    }
+}
+
+/// Packed RGB8 to planar `v / 255` (the control images' range, as diffusers' ControlNet
+/// pipelines feed them).
+pub(crate) fn control_planes(rgb: &[u8], plane: usize, dst: &mut [f32]) {
+    for (i, px) in rgb.chunks_exact(3).enumerate().take(plane) {
+        dst[i] = px[0] as f32 / 255.0;
+        dst[plane + i] = px[1] as f32 / 255.0;
+        dst[2 * plane + i] = px[2] as f32 / 255.0;
     }
 }
 

@@ -14,6 +14,10 @@
 //! * ONNX Runtime's demo names: timestep `[1]`, vae_encoder `images` -> `latent`,
 //!   vae_decoder `latent` -> `images`;
 //! * SDXL (a UNet with `text_embeds` and `time_ids`, two text encoders): sdxl.rs.
+//! * fused UNet + ControlNet graphs (ONNX Runtime's demo: `controlnet_images`
+//!   `[num, B, 3, H, W]` and `controlnet_scales` `[num]`; diffusers' ControlNet export:
+//!   `controlnet_conds` and `conditioning_scales` `[num]` or `[num, 1]`, output `noise_pred`):
+//!   [`UnetControl`].
 //! * float32 or float16 graphs; a dynamic batch dimension, or a fixed one (rows are then
 //!   sent in chunks of that size, see [`chunks`]).
 //!
@@ -136,6 +140,112 @@ pub enum TimestepForm {
     One,
 }
 
+/// The ControlNet inputs of a fused UNet + ControlNet graph.
+#[derive(Debug)]
+pub struct UnetControl {
+    /// `controlnet_images` or `controlnet_conds`: `[num, batch, 3, H, W]` in `[0, 1]`.
+    pub images: String,
+    /// `controlnet_scales` or `conditioning_scales`: `[num]` or `[num, 1]`.
+    pub scales: String,
+    /// Rank of the scales input (1 or 2).
+    scales_rank: usize,
+    /// Number of ControlNets (the images' first dimension, fixed in the graph).
+    pub count: usize,
+    buf: Vec<f32>,
+}
+
+/// The names of the two ControlNet inputs in the layouts the engine reads.
+pub const CONTROLNET_IMAGES: [&str; 2] = ["controlnet_images", "controlnet_conds"];
+pub const CONTROLNET_SCALES: [&str; 2] = ["controlnet_scales", "conditioning_scales"];
+
+impl UnetControl {
+    /// Finds the ControlNet inputs of a fused graph (None for a plain UNet) and checks
+    /// them against the engine's size.
+    fn bind(graph: &Graph, opts: &LoadOptions) -> Result<Option<UnetControl>, EngineError> {
+        let file = &graph.file;
+        let images = CONTROLNET_IMAGES.iter().find_map(|n| graph.input(n));
+        let scales = CONTROLNET_SCALES.iter().find_map(|n| graph.input(n));
+        let (images, scales) = match (images, scales) {
+            (None, None) => return Ok(None),
+            (Some(i), Some(s)) => (i.clone(), s.clone()),
+            (Some(i), None) => {
+                return Err(EngineError::tensor(
+                    file,
+                    "controlnet_scales",
+                    format!(
+                        "an input named {CONTROLNET_SCALES:?} beside '{}' (a fused UNet + ControlNet graph)",
+                        i.name
+                    ),
+                    "none",
+                ));
+            }
+            (None, Some(s)) => {
+                return Err(EngineError::tensor(
+                    file,
+                    "controlnet_images",
+                    format!(
+                        "an input named {CONTROLNET_IMAGES:?} beside '{}' (a fused UNet + ControlNet graph)",
+                        s.name
+                    ),
+                    "none",
+                ));
+            }
+        };
+        let (h, w) = (opts.height as usize, opts.width as usize);
+        let expected = format!(
+            "float [num_controlnets, batch, 3, {h}, {w}] (control images for {}x{}, the number of ControlNets fixed in the graph)",
+            opts.width, opts.height
+        );
+        let ok = |d: usize, v: usize| images.dim(d).is_none_or(|x| x == v);
+        let count = images.dim(0).unwrap_or(0);
+        if images.rank() != 5
+            || !images.elem.is_float()
+            || count == 0
+            || !ok(2, 3)
+            || !ok(3, h)
+            || !ok(4, w)
+        {
+            return Err(EngineError::tensor(
+                file,
+                &images.name,
+                expected,
+                images.to_string(),
+            ));
+        }
+        let scales_ok = scales.elem.is_float()
+            && match scales.rank() {
+                1 => scales.dim(0).is_none_or(|n| n == count),
+                2 => {
+                    scales.dim(0).is_none_or(|n| n == count) && scales.dim(1).is_none_or(|n| n == 1)
+                }
+                _ => false,
+            };
+        if !scales_ok {
+            return Err(EngineError::tensor(
+                file,
+                &scales.name,
+                format!("float [{count}] or [{count}, 1] (one scale per ControlNet)"),
+                scales.to_string(),
+            ));
+        }
+        Ok(Some(UnetControl {
+            images: images.name.clone(),
+            scales: scales.name.clone(),
+            scales_rank: scales.rank(),
+            count,
+            buf: Vec::new(),
+        }))
+    }
+}
+
+/// Per-row ControlNet inputs for [`Unet::predict`]: `images` `[rows, num, 3, H, W]` and
+/// `scales` `[rows, num]` (rows with other scales go in another call).
+#[derive(Clone, Copy)]
+pub struct ControlRows<'a> {
+    pub images: &'a [f32],
+    pub scales: &'a [f32],
+}
+
 #[derive(Debug)]
 pub struct Unet {
     pub graph: Graph,
@@ -148,6 +258,8 @@ pub struct Unet {
     pub xl: Option<UnetXl>,
     /// Size of the pooled vector packed after the hidden states (SDXL; 0 otherwise).
     pub pooled_size: usize,
+    /// The ControlNet inputs of a fused graph.
+    pub control: Option<UnetControl>,
     output: String,
     latent_h: usize,
     latent_w: usize,
@@ -168,9 +280,14 @@ impl Unet {
         let hidden =
             graph.require_input("encoder_hidden_states", "text embeddings [batch, 77, E]")?;
         let xl = UnetXl::bind(&graph, opts)?;
+        let control = UnetControl::bind(&graph, opts)?;
         let mut known = vec!["sample", "timestep", "encoder_hidden_states"];
         if xl.is_some() {
             known.extend(sdxl::UNET_INPUTS);
+        }
+        if let Some(c) = &control {
+            known.push(c.images.as_str());
+            known.push(c.scales.as_str());
         }
         graph.no_other_inputs(&known)?;
         let file = graph.file.clone();
@@ -205,7 +322,7 @@ impl Unet {
             ));
         }
         let out = graph.pick_output(
-            &["out_sample", "latent"],
+            &["out_sample", "latent", "noise_pred"],
             "noise prediction [batch, 4, h, w]",
         )?;
         if out.rank() != 4 || !out.elem.is_float() || out.dim(1).is_some_and(|c| c != 4) {
@@ -230,6 +347,7 @@ impl Unet {
         Ok(Unet {
             hidden_size: hidden.dim(2),
             xl,
+            control,
             pooled_size: 0,
             output: out.name.clone(),
             graph,
@@ -247,8 +365,10 @@ impl Unet {
     /// `hidden` `[rows, L, E]` (the same data whenever `hidden_key` is the same), into
     /// `out` `[rows, 4, h, w]`. Splits into calls as the
     /// graph needs (scalar timestep: one call per run of equal timesteps; fixed batch:
-    /// chunks of that size, the last one padded by repeating its last row). Returns the
-    /// number of graph calls.
+    /// chunks of that size, the last one padded by repeating its last row). A fused
+    /// ControlNet graph takes `control` (required then), and rows with different scales
+    /// go in different calls. Returns the number of graph calls.
+    #[allow(clippy::too_many_arguments)]
     pub fn predict(
         &mut self,
         sample: &[f32],
@@ -256,6 +376,7 @@ impl Unet {
         hidden: &[f32],
         hidden_key: u64,
         seq: [usize; 2],
+        control: Option<ControlRows<'_>>,
         out: &mut Vec<f32>,
     ) -> Result<usize, EngineError> {
         let rows = timesteps.len();
@@ -265,12 +386,31 @@ impl Unet {
         let mut calls = 0;
         // Runs of rows that may share a call: all rows, or (scalar timestep) each run of
         // equal timesteps.
+        let num = self.control.as_ref().map_or(0, |c| c.count);
+        let img = 3 * 64 * self.latent_h * self.latent_w;
+        if num > 0 {
+            let ok = control.is_some_and(|c| {
+                c.images.len() == rows * num * img && c.scales.len() == rows * num
+            });
+            if !ok {
+                return Err(EngineError::argument(
+                    "control images",
+                    format!("{num} per UNet row ({rows} rows of {num} x {img} floats)"),
+                    control.map_or("none".to_string(), |c| format!("{} floats", c.images.len())),
+                ));
+            }
+        }
+        let same_scales = |a: usize, b: usize| {
+            control.is_none_or(|c| {
+                c.scales[a * num..(a + 1) * num] == c.scales[b * num..(b + 1) * num]
+            })
+        };
         let mut g0 = 0;
         while g0 < rows {
             let g1 = match self.timestep_form {
-                TimestepForm::PerRow => rows,
+                TimestepForm::PerRow => (g0..rows).find(|&r| !same_scales(r, g0)).unwrap_or(rows),
                 TimestepForm::Scalar | TimestepForm::One => (g0..rows)
-                    .find(|&r| timesteps[r] != timesteps[g0])
+                    .find(|&r| timesteps[r] != timesteps[g0] || !same_scales(r, g0))
                     .unwrap_or(rows),
             };
             for Chunk { rows: r, batch: b } in chunks(g0..g1, self.fixed_batch) {
@@ -311,6 +451,36 @@ impl Unet {
                         "encoder_hidden_states",
                         &h_shape[..],
                         Feed::Keyed(h_in, key),
+                    ));
+                }
+                let c_shape = [
+                    num as i64,
+                    b as i64,
+                    3,
+                    8 * self.latent_h as i64,
+                    8 * self.latent_w as i64,
+                ];
+                let sc_shape_1 = [num as i64];
+                let sc_shape_2 = [num as i64, 1];
+                if let (Some(uc), Some(c)) = (self.control.as_mut(), control) {
+                    // [rows, num, ...] to the graph's [num, batch, ...], padded as the rows.
+                    uc.buf.clear();
+                    for k in 0..num {
+                        for row in (r.start..r.end).chain(std::iter::repeat_n(r.end - 1, b - n)) {
+                            let at = (row * num + k) * img;
+                            uc.buf.extend_from_slice(&c.images[at..at + img]);
+                        }
+                    }
+                    let sc_shape: &[i64] = if uc.scales_rank == 1 {
+                        &sc_shape_1
+                    } else {
+                        &sc_shape_2
+                    };
+                    feeds.push((uc.images.as_str(), &c_shape[..], Feed::F32(&uc.buf)));
+                    feeds.push((
+                        uc.scales.as_str(),
+                        sc_shape,
+                        Feed::F32(&c.scales[r.start * num..(r.start + 1) * num]),
                     ));
                 }
                 let dst = &mut out[r.start * lat..r.end * lat];
@@ -953,9 +1123,33 @@ impl Model {
         };
         let l = shape[1] - sdxl::pooled_rows(pooled, e);
         let (typ, max) = unet_rows;
+        // Fused ControlNet graphs: the control images follow the rows (TensorRT only needs
+        // the count, read from the file, for the profile).
+        let controlnets = if trt {
+            super::onnx_proto::graph_inputs(&files[1])
+                .ok()
+                .and_then(|ins| {
+                    ins.into_iter()
+                        .find(|d| CONTROLNET_IMAGES.contains(&d.name.as_str()))
+                        .and_then(|d| d.dims.first().copied().flatten())
+                })
+                .unwrap_or(0) as usize
+        } else {
+            0
+        };
+        let control_part = |name| {
+            (
+                name,
+                vec![controlnets, 1, 3, h, w],
+                vec![controlnets, typ, 3, h, w],
+                vec![controlnets, max, 3, h, w],
+            )
+        };
         let unet_profile = profile(
             &files[1],
             &[
+                control_part(CONTROLNET_IMAGES[0]),
+                control_part(CONTROLNET_IMAGES[1]),
                 (
                     "sample",
                     vec![1, 4, lh, lw],

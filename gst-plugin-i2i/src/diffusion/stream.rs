@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use ort::value::Tensor;
 
-use super::model::Model;
+use super::model::{ControlRows, Model};
 use super::scheduler::StepConstants;
 use super::{CfgType, DecodedFrame, EngineError, Noise, Timings, noise};
 
@@ -42,6 +42,11 @@ pub struct FrameParams {
     pub guidance: f32,
     pub delta: f32,
     pub add_noise: bool,
+    /// Temporal feedback `s` in `[0, 1]`: the initial latent is
+    /// `(1 - s) * z_in + s * z_prev` (see [`Stream::push_frame`]); 0 = off.
+    pub feedback: f32,
+    /// One scale per ControlNet (empty for a plain UNet).
+    pub control_scales: Vec<f32>,
 }
 
 impl FrameParams {
@@ -138,6 +143,8 @@ struct Flight {
     step: usize,
     x: Vec<f32>,
     stock: Vec<f32>,
+    /// Control images `[num, 3, H, W]` in `[0, 1]` (ControlNet models).
+    control: Option<Vec<f32>>,
     p: Arc<FrameParams>,
 }
 
@@ -169,6 +176,9 @@ pub struct Stream {
     hidden_key: Vec<u64>,
     /// Counts rebuilds of `hidden`: the UNet keeps it bound while this stays.
     hidden_gen: u64,
+    /// ControlNet rows: images `[rows, num, 3, H, W]` and scales `[rows, num]`.
+    control_images: Vec<f32>,
+    control_scales: Vec<f32>,
     eps: Vec<f32>,
     finals: Vec<f32>,
     /// The guided noise prediction of one frame (scratch).
@@ -177,6 +187,9 @@ pub struct Stream {
     scratch: StepScratch,
     /// Outputs handed out lately: once the caller drops them, their buffers are reused.
     recent: VecDeque<Arc<Tensor<f32>>>,
+    /// The final (scaled) latent of the newest frame that finished: `z_prev` of latent
+    /// feedback. Empty until a frame finished (and after a reset).
+    feedback: Vec<f32>,
     /// Hand out the final latents (`[1, 4, h, w]`, already divided by the scaling factor:
     /// the decoder's input) instead of decoding them (`i2itransform output=latent`).
     pub latent_output: bool,
@@ -207,6 +220,7 @@ impl Stream {
         self.done.clear();
         self.last_output = None;
         self.filter.reset();
+        self.feedback.clear();
     }
 
     /// Frames given to the stream that have not come out yet.
@@ -231,13 +245,35 @@ impl Stream {
     }
 
     /// Starts a frame from its (unscaled) VAE latent `z`: `X_0 = alpha_0 * z * sf + beta_0 * N[0]`.
-    pub fn push_frame(&mut self, tag: u64, z: &[f32], scaling_factor: f32, p: Arc<FrameParams>) {
+    ///
+    /// With latent feedback `s > 0` and a frame finished before this one entered, the
+    /// scaled latent is first blended with that frame's final latent `z_prev`:
+    /// `X_0 = alpha_0 * ((1 - s) * z * sf + s * z_prev) + beta_0 * N[0]`. `z_prev` is the
+    /// newest output when the frame enters: with `n` steps and `batch` frames per call,
+    /// frame `k` (in call `c = k / batch`) blends with frame `(c - n + 1) * batch - 1`
+    /// (with n = 1 and batch 1: the previous frame); none before the pipeline is warm.
+    pub fn push_frame(
+        &mut self,
+        tag: u64,
+        z: &[f32],
+        scaling_factor: f32,
+        control: Option<Vec<f32>>,
+        p: Arc<FrameParams>,
+    ) {
         let len = z.len();
         let mut x = self.buffer(len);
         let c = p.steps[0];
         let n0 = &p.noise.data[..len];
-        for ((x, &z), &nz) in x.iter_mut().zip(z).zip(n0) {
-            *x = c.alpha * (z * scaling_factor) + c.beta * nz;
+        let s = p.feedback;
+        if s > 0.0 && self.feedback.len() == len {
+            let keep = 1.0 - s;
+            for (((x, &z), &zp), &nz) in x.iter_mut().zip(z).zip(&self.feedback).zip(n0) {
+                *x = c.alpha * (keep * (z * scaling_factor) + s * zp) + c.beta * nz;
+            }
+        } else {
+            for ((x, &z), &nz) in x.iter_mut().zip(z).zip(n0) {
+                *x = c.alpha * (z * scaling_factor) + c.beta * nz;
+            }
         }
         let mut stock = Vec::new();
         if matches!(p.cfg, CfgType::SelfNegative | CfgType::Initialize) {
@@ -251,6 +287,7 @@ impl Stream {
             step: 0,
             x,
             stock,
+            control,
             p,
         });
         self.queue.push_back(Entry::Frame { seq, tag });
@@ -315,6 +352,24 @@ impl Stream {
             self.hidden_gen += 1;
         }
         self.scratch.key = key;
+        let num = model.unet.control.as_ref().map_or(0, |c| c.count);
+        let control = if num > 0 {
+            self.control_images.clear();
+            self.control_scales.clear();
+            for &(i, _) in &self.rows {
+                let f = &self.flights[i];
+                if let Some(c) = &f.control {
+                    self.control_images.extend_from_slice(c);
+                }
+                self.control_scales.extend_from_slice(&f.p.control_scales);
+            }
+            Some(ControlRows {
+                images: &self.control_images,
+                scales: &self.control_scales,
+            })
+        } else {
+            None
+        };
         let t0 = Instant::now();
         let calls = model.unet.predict(
             &self.sample,
@@ -322,6 +377,7 @@ impl Stream {
             &self.hidden,
             self.hidden_gen,
             seq_shape,
+            control,
             &mut self.eps,
         )?;
         timings.unet += t0.elapsed();
@@ -356,6 +412,11 @@ impl Stream {
         if finished.is_empty() {
             self.scratch.finished = finished;
             return Ok(());
+        }
+        // The newest finished frame is the next frames' feedback latent.
+        if let Some(&i) = finished.iter().max_by_key(|&&i| self.flights[i].seq) {
+            self.feedback.clear();
+            self.feedback.extend_from_slice(&self.flights[i].x);
         }
         let sf = model.scaling_factor;
         self.finals.resize(finished.len() * lat, 0.0);

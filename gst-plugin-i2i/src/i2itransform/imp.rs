@@ -21,6 +21,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
 use super::output::{OutItem, OutState};
 use super::task::{Deferred, Item, QueuedFrame, Worker};
@@ -127,6 +128,8 @@ pub(super) struct Settings {
     pub settings_timeout_ms: u32,
     /// Set before start and not checked yet.
     pub unchecked: Unchecked,
+    /// Latent feedback and ControlNet (`control.rs`).
+    pub control: ControlSettings,
 }
 
 impl Settings {
@@ -227,6 +230,7 @@ impl Default for Settings {
             wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
             settings_timeout_ms: DEFAULT_SETTINGS_TIMEOUT_MS,
             unchecked: Unchecked::default(),
+            control: ControlSettings::default(),
         }
     }
 }
@@ -329,6 +333,8 @@ pub struct I2iTransform {
     /// A buffer came on the settings pad since start (`wait-for-settings`).
     pub(super) settings_received: Mutex<bool>,
     pub(super) settings_cond: Condvar,
+    /// Control images: preprocessors, control pads, the previous output (`control.rs`).
+    pub(super) control: control::ControlState,
 }
 
 #[glib::object_subclass]
@@ -422,6 +428,7 @@ impl ObjectSubclass for I2iTransform {
             settingspad,
             srcpad,
             settings: Mutex::new(Settings::default()),
+            control: control::ControlState::default(),
             input: Mutex::new(InputState::default()),
             queue: BoundedQueue::new(DEFAULT_MAX_QUEUE as usize),
             worker: Mutex::new(None),
@@ -611,14 +618,15 @@ impl I2iTransform {
             let Some(pre) = input.preprocessor.as_ref() else {
                 return Err(gst::FlowError::Flushing);
             };
-            let prepared = pre.prepare(tag, &rgb, model_w, model_h).map_err(|e| {
+            let mut prepared = pre.prepare(tag, &rgb, model_w, model_h).map_err(|e| {
                 gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
                 gst::FlowError::NotNegotiated
             })?;
+            let running_time = input.segment.to_running_time(buffer.pts());
+            self.prepare_control(&mut prepared, &rgb, (model_w, model_h), running_time);
             // Conversion and the engine's preprocessing: the streaming thread's work.
             convert_took = convert_start.elapsed();
             input.next_tag += 1;
-            let running_time = input.segment.to_running_time(buffer.pts());
             QueuedFrame {
                 tag,
                 prepared,
@@ -841,6 +849,7 @@ impl I2iTransform {
                 w.batch.clear();
                 w.in_flight.clear();
                 w.engine.reset();
+                self.flush_control();
                 keep.extend(w.deferred.drain(..).map(|(_, d)| d));
             }
         }
@@ -1166,7 +1175,7 @@ impl I2iTransform {
             );
             return Err(gst::StateChangeError);
         }
-        let engine = Engine::load(&opts, &s.live.params).map_err(|e| {
+        let mut engine = Engine::load(&opts, &s.live.params).map_err(|e| {
             gst::element_imp_error!(
                 self,
                 gst::LibraryError::Init,
@@ -1175,6 +1184,7 @@ impl I2iTransform {
             );
             gst::StateChangeError
         })?;
+        self.start_control(&mut engine, &s.control, (opts.width, opts.height))?;
         let provider = provider_name(engine.provider());
         let load_time = started.elapsed();
         gst::info!(
@@ -1285,6 +1295,7 @@ impl I2iTransform {
             .field("settings-applied", s.settings_applied)
             .field("settings-rejected", s.settings_rejected)
             .field("provider", s.provider.unwrap_or(""))
+            .field("control-fallbacks", self.control.fallbacks())
             .build()
     }
 }
@@ -1522,6 +1533,9 @@ impl ObjectImpl for I2iTransform {
                     .read_only()
                     .build(),
             ]
+            .into_iter()
+            .chain(control::param_specs())
+            .collect()
         });
         PROPERTIES.as_ref()
     }
@@ -1553,6 +1567,13 @@ impl ObjectImpl for I2iTransform {
             }
         }
         match name {
+            name if control::PROPERTIES.contains(&name) => {
+                let stopped = !self.running.load(Ordering::SeqCst);
+                if let Err(e) = s.control.set_property(name, value, stopped) {
+                    drop(s);
+                    self.refuse(&e);
+                }
+            }
             "model" => s.model = value.get().expect("type checked upstream"),
             "prompt" => {
                 s.live.params.prompt = value.get::<Option<String>>().unwrap().unwrap_or_default()
@@ -1663,6 +1684,7 @@ impl ObjectImpl for I2iTransform {
             "height" if u.height.is_some() => u.height.unwrap().to_value(),
             "prompt-blend" if u.prompt_blend.is_some() => u.prompt_blend.to_value(),
             "seed-blend" if u.seed_blend.is_some() => u.seed_blend.to_value(),
+            name if control::PROPERTIES.contains(&name) => s.control.property(name),
             "model" => s.model.to_value(),
             "prompt" => p.prompt.to_value(),
             "negative-prompt" => p.negative_prompt.to_value(),
@@ -1772,9 +1794,23 @@ impl ElementImpl for I2iTransform {
                     &src_caps,
                 )
                 .unwrap(),
+                I2iTransform::control_pad_template(&sink_caps),
             ]
         });
         TEMPLATES.as_ref()
+    }
+
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        self.request_control_pad(templ, name)
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        self.release_control_pad(pad);
     }
 
     fn change_state(

@@ -11,10 +11,12 @@
 //! one output frame per input frame with its timestamps, offset and metas. Inference
 //! runs on the src pad's task behind a queue of `max-queue` frames. A second sink pad,
 //! `settings`, takes `application/x-i2i-settings` JSON updates applied at the next batch.
+//! Request pads `control_%u` feed the ControlNets of a ControlNet model (`control.rs`).
 
 use gst::glib;
 use gst::prelude::*;
 
+mod control;
 mod imp;
 pub mod live;
 mod output;

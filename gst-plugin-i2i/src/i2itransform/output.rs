@@ -114,6 +114,8 @@ impl I2iTransform {
                     rgb.extend(out.decoded().iter().flat_map(|v| v.to_ne_bytes()));
                 } else {
                     out.to_rgb8(st.width, st.height, &mut rgb);
+                    // For a `feedback` ControlNet preprocessor (none with latent output).
+                    self.remember_output(&rgb);
                 }
                 self.renegotiate_if_asked(&mut st)?;
                 let Some(conv) = st.conv.as_ref() else {

@@ -343,6 +343,7 @@ impl I2iTransform {
             self.wait_for_first_settings();
         }
         self.apply_live(w, index)?;
+        self.apply_control(w);
         if let Err(e) = w
             .smoother
             .before_batch(&mut w.engine, &w.applied, frames.len() as u32)

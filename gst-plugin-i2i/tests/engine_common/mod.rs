@@ -24,7 +24,14 @@ pub fn root() -> PathBuf {
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
-    let d = root().join("models").join(name);
+    let mut d = root().join("models").join(name);
+    // Models generated beside the shared folder (make_models.py --out models-local).
+    let local = root().join("models-local").join(name);
+    if !d.join("unet").join("model.onnx").is_file()
+        && local.join("unet").join("model.onnx").is_file()
+    {
+        d = local;
+    }
     assert!(
         d.join("unet").join("model.onnx").is_file(),
         "{} is missing: run scripts/setup.sh (or .venv/bin/python scripts/make_models.py --out models)",
@@ -113,6 +120,12 @@ pub struct RefCase {
 
 /// Runs the numpy reference for every case in one Python process (bounded in time).
 pub fn run_reference(cases: &[RefCase], inputs: &Path, out: &Path) {
+    run_reference_with(cases, &[], inputs, out);
+}
+
+/// [`run_reference`] with more arguments for case `i` in `extra[i]` (when present), e.g.
+/// `--latent-feedback 0.3 --batch-size 3`.
+pub fn run_reference_with(cases: &[RefCase], extra: &[Vec<String>], inputs: &Path, out: &Path) {
     let python = root().join(".venv").join("bin").join("python");
     assert!(
         python.is_file(),
@@ -121,10 +134,11 @@ pub fn run_reference(cases: &[RefCase], inputs: &Path, out: &Path) {
     );
     let argvs: Vec<serde_json::Value> = cases
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let p = &c.params;
             let t: Vec<String> = p.t_index_list.iter().map(|t| t.to_string()).collect();
-            serde_json::json!([
+            let mut argv = serde_json::json!([
                 "--model",
                 model_dir(c.model),
                 "--width",
@@ -153,7 +167,11 @@ pub fn run_reference(cases: &[RefCase], inputs: &Path, out: &Path) {
                 (p.add_noise as u8).to_string(),
                 "--out",
                 out.join(&c.dir),
-            ])
+            ]);
+            if let (Some(list), Some(more)) = (argv.as_array_mut(), extra.get(i)) {
+                list.extend(more.iter().map(|a| serde_json::Value::from(a.as_str())));
+            }
+            argv
         })
         .collect();
     let script = "import json, sys\n\
