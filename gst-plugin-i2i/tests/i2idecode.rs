@@ -189,6 +189,7 @@ fn latent_frames_carry_their_shape_and_scaling_factor() {
 
 #[test]
 fn frames_that_do_not_match_their_caps_are_dropped_and_counted() {
+    init();
     let m = model("tiny-sd15");
     let caps = gst::Caps::builder("application/x-i2i-latent")
         .field("dtype", "float32")
