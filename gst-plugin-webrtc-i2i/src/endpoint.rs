@@ -9,7 +9,8 @@
 //! - `POST /whip/endpoint` (or `/whep/endpoint`): Content-Type `application/sdp` (else 415),
 //!   at most 64 KiB (else 413), an SDP that parses and starts with `v=0` (else 400), at least
 //!   one video m-line (else 400) offering a codec we take (else 415), then 201 with the answer
-//!   and `Location: /whip/resource/<id>`;
+//!   and `Location: /whip/resource/<id>`; a WHEP offer that comes before any frame reached
+//!   the sink waits for it (10 s at most, then 503 with `Retry-After: 1`);
 //! - `DELETE /whip/resource/<id>`: 200, or 404 for a resource that does not exist;
 //! - `PATCH` (trickle ICE): 405, the offer must carry its candidates;
 //! - `OPTIONS` and CORS headers on every answer, so browser pages of any origin can use it;
@@ -78,7 +79,15 @@ pub struct Endpoint {
     events: Arc<dyn Events>,
     live: Mutex<BTreeSet<String>>,
     timeout: Duration,
+    /// WHEP: true once the WebRTC sink has probed its codecs on the first frames and started
+    /// its signaller. An offer handed over earlier starts a session that is renegotiated
+    /// as soon as the probe ends, which a WHEP viewer cannot follow (its ICE fails), so
+    /// offers wait for this (at most `READY_WAIT`, then 503 with Retry-After).
+    ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+/// How long a WHEP offer waits for the first frames before it is answered 503.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// Bus warnings for refused requests, at most one a second; the others are counted and the
 /// count is given with the next warning.
@@ -191,6 +200,7 @@ impl Endpoint {
         element: gst::Element,
         events: Arc<dyn Events>,
         timeout: Duration,
+        ready: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Arc<Self> {
         Arc::new(Endpoint {
             kind,
@@ -198,7 +208,19 @@ impl Endpoint {
             events,
             live: Mutex::new(BTreeSet::new()),
             timeout,
+            ready,
         })
+    }
+
+    /// Waits until the WebRTC element takes offers (see `ready`); false after `READY_WAIT`.
+    async fn wait_ready(&self) -> bool {
+        let Some(mut ready) = self.ready.clone() else {
+            return true;
+        };
+        matches!(
+            tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        )
     }
 
     fn signaller(&self) -> glib::Object {
@@ -253,6 +275,19 @@ impl Endpoint {
         }
         if let Err((status, text)) = check_offer(self.kind, &body) {
             return self.refuse(status, text);
+        }
+        if !self.wait_ready().await {
+            let mut response = self.refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no video has reached the {} endpoint yet (it answers once frames flow): retry",
+                    self.kind.name()
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
         }
         let replaced = match self.events.admit(&self.live()) {
             Ok(replaced) => replaced,

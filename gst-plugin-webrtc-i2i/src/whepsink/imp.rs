@@ -72,6 +72,9 @@ pub struct WhepSink {
     viewers: Mutex<i64>,
     server: Mutex<Option<Server>>,
     refusals: Mutex<endpoint::RateLimit>,
+    /// True once webrtcsink has probed its codecs on the first frames (it then starts its
+    /// signaller): the endpoint holds offers until then.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the HTTP front tells the element.
@@ -141,6 +144,19 @@ impl WhepSink {
         // Per-viewer congestion control without gst-plugins-rs's rtpgccbwe (the default `gcc`
         // needs it and would fall back to none).
         inner.set_property_from_str("congestion-control", "homegrown");
+        // webrtcsink starts its signaller once the first frames have been probed for every
+        // codec. A viewer taken in before that gets a session that webrtcsink renegotiates
+        // when the probe ends, which WHEP cannot carry (the viewer's ICE fails), so this is
+        // when the endpoint starts answering. The first handler's value ends the emission:
+        // the signaller's own start (its HTTP server) is skipped, and it is off here anyway.
+        let weak = self.obj().downgrade();
+        signaller.connect("start", false, move |_| {
+            if let Some(obj) = weak.upgrade() {
+                gst::debug!(CAT, obj = obj, "first frames probed: taking viewers");
+                obj.imp().ready.send_replace(true);
+            }
+            Some(false.to_value())
+        });
         loopback::hook(
             &inner,
             loopback::parse_list(&settings.local_addresses),
@@ -219,6 +235,7 @@ impl WhepSink {
             inner,
             Arc::new(Events(self.obj().downgrade())),
             Duration::from_secs(30),
+            Some(self.ready.subscribe()),
         );
         let server = Server::start(&host_addr, endpoint)
             .map_err(|e| format!("i2iwhepsink: WHEP endpoint {host_addr}: {e}"))?;
@@ -375,6 +392,9 @@ impl ElementImpl for WhepSink {
             return Err(gst::StateChangeError);
         }
         let ret = self.parent_change_state(transition);
+        if transition == gst::StateChange::PausedToReady {
+            self.ready.send_replace(false);
+        }
         if transition == gst::StateChange::ReadyToNull {
             self.server.lock().unwrap().take();
         }
