@@ -60,6 +60,21 @@ impl Kind {
 /// Video codecs the pipeline can decode (WHIP) or encode (WHEP) with the packages set-up installs.
 pub const CODECS: &[&str] = &["H264", "VP8", "VP9"];
 
+/// What an endpoint takes: the codecs (a subset of [`CODECS`]) and, when it is narrower than
+/// the element can do, the property that widens it (named in the refusal).
+#[derive(Debug, Clone, Copy)]
+pub struct Accepts {
+    pub codecs: &'static [&'static str],
+    pub hint: Option<&'static str>,
+}
+
+impl Accepts {
+    pub const ALL: Accepts = Accepts {
+        codecs: CODECS,
+        hint: None,
+    };
+}
+
 /// What the element is told about its endpoint.
 pub trait Events: Send + Sync + 'static {
     /// A request was refused: `what` says what, for the bus (rate-limited by the element).
@@ -79,6 +94,7 @@ pub struct Endpoint {
     events: Arc<dyn Events>,
     live: Mutex<BTreeSet<String>>,
     timeout: Duration,
+    accepts: Accepts,
     /// WHEP: true once the WebRTC sink has probed its codecs on the first frames and started
     /// its signaller. An offer handed over earlier starts a session that is renegotiated
     /// as soon as the probe ends, which a WHEP viewer cannot follow (its ICE fails), so
@@ -129,7 +145,7 @@ pub fn url_is_bad(addr: &str) -> bool {
 }
 
 /// Checks an SDP offer; `Err((status, text))` says what is wrong with it.
-pub fn check_offer(kind: Kind, body: &[u8]) -> Result<(), (StatusCode, String)> {
+pub fn check_offer(kind: Kind, accepts: Accepts, body: &[u8]) -> Result<(), (StatusCode, String)> {
     let who = kind.name();
     if body.len() > MAX_OFFER_BYTES {
         return Err((
@@ -181,13 +197,15 @@ pub fn check_offer(kind: Kind, body: &[u8]) -> Result<(), (StatusCode, String)> 
             format!("{who} offer has no video m-line: send a video track"),
         ));
     }
-    if !offered.iter().any(|c| CODECS.contains(&c.as_str())) {
+    if !offered.iter().any(|c| accepts.codecs.contains(&c.as_str())) {
         offered.sort();
         offered.dedup();
+        let supported = accepts.codecs;
+        let hint = accepts.hint.map(|h| format!("; {h}")).unwrap_or_default();
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "{who} offer has no video codec we take: offered {offered:?}, supported {CODECS:?}"
+                "{who} offer has no video codec we take: offered {offered:?}, supported {supported:?}{hint}"
             ),
         ));
     }
@@ -200,6 +218,7 @@ impl Endpoint {
         element: gst::Element,
         events: Arc<dyn Events>,
         timeout: Duration,
+        accepts: Accepts,
         ready: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Arc<Self> {
         Arc::new(Endpoint {
@@ -208,6 +227,7 @@ impl Endpoint {
             events,
             live: Mutex::new(BTreeSet::new()),
             timeout,
+            accepts,
             ready,
         })
     }
@@ -273,7 +293,7 @@ impl Endpoint {
                 "Content-Type must be application/sdp (the SDP offer)".into(),
             );
         }
-        if let Err((status, text)) = check_offer(self.kind, &body) {
+        if let Err((status, text)) = check_offer(self.kind, self.accepts, &body) {
             return self.refuse(status, text);
         }
         if !self.wait_ready().await {
@@ -507,13 +527,13 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
     #[test]
     fn a_video_offer_in_a_codec_we_take_passes() {
         init();
-        assert!(check_offer(Kind::Whip, OFFER.as_bytes()).is_ok());
+        assert!(check_offer(Kind::Whip, Accepts::ALL, OFFER.as_bytes()).is_ok());
     }
 
     #[test]
     fn garbage_is_a_malformed_sdp() {
         init();
-        let (status, text) = check_offer(Kind::Whip, b"hello world").unwrap_err();
+        let (status, text) = check_offer(Kind::Whip, Accepts::ALL, b"hello world").unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(text.contains("malformed SDP"), "{text}");
     }
@@ -524,7 +544,7 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
         let audio = OFFER
             .replace("m=video", "m=audio")
             .replace("VP8/90000", "opus/48000/2");
-        let (status, text) = check_offer(Kind::Whip, audio.as_bytes()).unwrap_err();
+        let (status, text) = check_offer(Kind::Whip, Accepts::ALL, audio.as_bytes()).unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(text.contains("no video"), "{text}");
     }
@@ -533,9 +553,26 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
     fn an_unsupported_codec_is_named() {
         init();
         let av1 = OFFER.replace("VP8/90000", "AV1/90000");
-        let (status, text) = check_offer(Kind::Whep, av1.as_bytes()).unwrap_err();
+        let (status, text) = check_offer(Kind::Whep, Accepts::ALL, av1.as_bytes()).unwrap_err();
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert!(text.contains("AV1") && text.contains("H264"), "{text}");
+    }
+
+    #[test]
+    fn a_narrower_endpoint_names_the_property_that_widens_it() {
+        init();
+        let h264_only = Accepts {
+            codecs: &["H264"],
+            hint: Some("set codec=vp8"),
+        };
+        let (status, text) = check_offer(Kind::Whep, h264_only, OFFER.as_bytes()).unwrap_err();
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(
+            text.contains("VP8") && text.contains("[\"H264\"]") && text.contains("codec=vp8"),
+            "{text}"
+        );
+        let h264 = OFFER.replace("VP8/90000", "H264/90000");
+        assert!(check_offer(Kind::Whep, h264_only, h264.as_bytes()).is_ok());
     }
 
     #[test]
@@ -565,7 +602,9 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
         init();
         let big = format!("{OFFER}{}", "a=x\r\n".repeat(MAX_OFFER_BYTES / 4));
         assert_eq!(
-            check_offer(Kind::Whip, big.as_bytes()).unwrap_err().0,
+            check_offer(Kind::Whip, Accepts::ALL, big.as_bytes())
+                .unwrap_err()
+                .0,
             StatusCode::PAYLOAD_TOO_LARGE
         );
     }

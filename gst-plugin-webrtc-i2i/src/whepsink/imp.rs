@@ -14,12 +14,19 @@
 //! - its own HTTP front (`endpoint.rs`), listening from READY (not only once frames flow):
 //!   clear refusals (malformed SDP, no video, unsupported codec, unknown resource) in the
 //!   response and as bus warnings, CORS for browser pages;
-//! - element messages `i2iwhepsink` with `event=viewer-added` / `viewer-removed` and the number
-//!   of `viewers`.
+//! - element messages `i2iwhepsink` with `event=viewer-added` / `viewer-removed` (and
+//!   `encoder-started` for each per-viewer encoder), the number of `viewers` and `encoders`.
 //!
-//! Each viewer is a webrtcsink consumer with its own encoder and congestion control
-//! (webrtcsink's `homegrown` sender-side heuristic): a viewer that falls behind lowers only its
-//! own bitrate.
+//! - `codec`: the video is encoded once, here, in front of `whepserversink` (`vp8`, the
+//!   default, or `h264`), and webrtcsink only payloads the same encoded frames for every viewer:
+//!   each viewer is fed through its own leaky queue (gstreamer-utils' StreamProducer), so a
+//!   viewer that falls behind drops frames only for itself and waits for the next keyframe,
+//!   which it asks the one encoder for (as does a viewer that joins). `per-viewer` hands raw
+//!   video to webrtcsink instead: each viewer gets its own encoder, in the codec its offer
+//!   prefers, with its own congestion control (webrtcsink's `homegrown` heuristic), at the cost
+//!   of one encoder per viewer;
+//! - the `encoders` property and field in the viewer messages: how many video encoders run for
+//!   the viewers (1 when encoding once, one per viewer otherwise).
 
 use gst::glib;
 use gst::prelude::*;
@@ -43,6 +50,51 @@ const DEFAULT_HOST_ADDR: &str = "http://127.0.0.1:8191";
 const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.0.1";
 const DEFAULT_TS_OFFSET: u64 = 0;
 const MAX_TS_OFFSET: u64 = 10 * gst::ClockTime::SECOND.nseconds();
+const DEFAULT_BITRATE: u32 = 2000;
+const MIN_BITRATE: u32 = 100;
+const MAX_BITRATE: u32 = 50_000;
+/// Frames between keyframes of the shared encoder: a viewer that lost packets asks for one
+/// (PLI) anyway; this bounds the wait when that request is lost too.
+const KEYFRAME_INTERVAL: u32 = 60;
+
+/// How the viewers' video is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstI2iWhepCodec")]
+pub enum Codec {
+    #[enum_value(name = "H264, encoded once for all viewers", nick = "h264")]
+    H264 = 0,
+    /// The default: Chromium shows VP8 about 30 ms sooner than H264 here (webrtc.md).
+    #[default]
+    #[enum_value(name = "VP8, encoded once for all viewers", nick = "vp8")]
+    Vp8 = 1,
+    #[enum_value(
+        name = "Per viewer: one encoder per viewer, in the codec its offer prefers",
+        nick = "per-viewer"
+    )]
+    PerViewer = 2,
+}
+
+impl Codec {
+    /// What the endpoint takes from viewers' offers with this setting.
+    fn accepts(self) -> endpoint::Accepts {
+        match self {
+            Codec::H264 => endpoint::Accepts {
+                codecs: &["H264"],
+                hint: Some(
+                    "the video is encoded once in H264 (i2iwhepsink codec=h264); set codec=vp8 or codec=per-viewer for other viewers",
+                ),
+            },
+            Codec::Vp8 => endpoint::Accepts {
+                codecs: &["VP8"],
+                hint: Some(
+                    "the video is encoded once in VP8 (i2iwhepsink codec=vp8); set codec=h264 or codec=per-viewer for other viewers",
+                ),
+            },
+            Codec::PerViewer => endpoint::Accepts::ALL,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -50,6 +102,8 @@ struct Settings {
     local_addresses: String,
     stun_server: Option<String>,
     ts_offset: u64,
+    codec: Codec,
+    bitrate: u32,
 }
 
 impl Default for Settings {
@@ -59,17 +113,35 @@ impl Default for Settings {
             local_addresses: DEFAULT_LOCAL_ADDRESSES.into(),
             stun_server: None,
             ts_offset: DEFAULT_TS_OFFSET,
+            codec: Codec::default(),
+            bitrate: DEFAULT_BITRATE,
         }
     }
+}
+
+/// The elements built at NULL -> READY from the settings, removed again at READY -> NULL.
+struct Chain {
+    inner: gst::Element,
+    clocksync: gst::Element,
+    /// `videoconvert ! encoder ! capsfilter` when encoding once.
+    encoding: Vec<gst::Element>,
+    encoder: Option<gst::Element>,
+}
+
+/// Viewers and the encoders that run for them (`per-viewer`: counted from webrtcsink's
+/// `encoder-setup`, per viewer).
+#[derive(Default)]
+struct Viewers {
+    count: i64,
+    encoders: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Default)]
 pub struct WhepSink {
     settings: Mutex<Settings>,
-    inner: Mutex<Option<gst::Element>>,
-    clocksync: Mutex<Option<gst::Element>>,
+    chain: Mutex<Option<Chain>>,
     ghost: Mutex<Option<gst::GhostPad>>,
-    viewers: Mutex<i64>,
+    viewers: Mutex<Viewers>,
     server: Mutex<Option<Server>>,
     refusals: Mutex<endpoint::RateLimit>,
     /// True once webrtcsink has probed its codecs on the first frames (it then starts its
@@ -108,16 +180,47 @@ impl endpoint::Events for Events {
 }
 
 impl WhepSink {
+    /// Video encoders running for the viewers now.
+    fn encoders(&self) -> u32 {
+        let once = self
+            .chain
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|c| c.encoder.is_some());
+        if once {
+            1
+        } else {
+            self.viewers.lock().unwrap().encoders.values().sum()
+        }
+    }
+
+    /// A per-viewer encoder was made for `viewer` (codec=per-viewer).
+    fn encoder_started(&self, viewer: &str) {
+        *self
+            .viewers
+            .lock()
+            .unwrap()
+            .encoders
+            .entry(viewer.to_owned())
+            .or_default() += 1;
+        self.post("encoder-started", viewer, 0);
+    }
+
     fn post(&self, event: &str, viewer: &str, delta: i64) {
         let viewers = {
             let mut v = self.viewers.lock().unwrap();
-            *v = (*v + delta).max(0);
-            *v
+            v.count = (v.count + delta).max(0);
+            if delta < 0 {
+                v.encoders.remove(viewer);
+            }
+            v.count
         };
         let s = gst::Structure::builder("i2iwhepsink")
             .field("event", event)
             .field("viewer", viewer)
             .field("viewers", viewers)
+            .field("encoders", self.encoders())
             .build();
         let _ = self
             .obj()
@@ -142,7 +245,7 @@ impl WhepSink {
         signaller.set_property("stun-server", settings.stun_server.as_deref());
         inner.set_property("stun-server", settings.stun_server.as_deref());
         // Per-viewer congestion control without gst-plugins-rs's rtpgccbwe (the default `gcc`
-        // needs it and would fall back to none).
+        // needs it and would fall back to none). It acts on per-viewer encoders only.
         inner.set_property_from_str("congestion-control", "homegrown");
         // webrtcsink starts its signaller once the first frames have been probed for every
         // codec. A viewer taken in before that gets a session that webrtcsink renegotiates
@@ -185,56 +288,156 @@ impl WhepSink {
             }
             None
         });
+        // Per-viewer encoders (none when encoding once: webrtcsink then only payloads).
+        let weak = self.obj().downgrade();
+        inner.connect("encoder-setup", false, move |args| {
+            let consumer = args
+                .get(1)
+                .and_then(|v| v.get::<String>().ok())
+                .unwrap_or_default();
+            if consumer != "discovery"
+                && let Some(obj) = weak.upgrade()
+            {
+                obj.imp().encoder_started(&consumer);
+            }
+            // Not configured here: webrtcsink's own handler sets the encoder up.
+            Some(false.to_value())
+        });
 
-        let clocksync = gst::ElementFactory::make("clocksync")
-            .name("offset")
-            .build()
-            .map_err(|e| {
-                format!("i2iwhepsink: no clocksync element ({e}); install GStreamer >= 1.18")
-            })?;
+        let clocksync = make("clocksync", "offset")?;
         apply_offset(&clocksync, settings.ts_offset);
+        let (encoding, encoder) = match settings.codec {
+            Codec::PerViewer => (Vec::new(), None),
+            codec => {
+                let (encoder, caps) = make_encoder(codec, settings.bitrate)?;
+                let convert = make("videoconvert", "convert")?;
+                let filter = make("capsfilter", "encoded")?;
+                filter.set_property("caps", caps);
+                (vec![convert, encoder.clone(), filter], Some(encoder))
+            }
+        };
+        let mut elements = vec![clocksync.clone()];
+        elements.extend(encoding.iter().cloned());
+        elements.push(inner.clone());
         self.obj()
-            .add_many([&clocksync, &inner])
+            .add_many(&elements)
             .map_err(|e| format!("i2iwhepsink: {e}"))?;
         let inner_pad = inner
             .request_pad_simple("video_%u")
             .ok_or_else(|| "i2iwhepsink: whepserversink gave no video pad".to_string())?;
-        clocksync
+        gst::Element::link_many(&elements[..elements.len() - 1])
+            .map_err(|e| format!("i2iwhepsink: the encoding chain does not link: {e}"))?;
+        elements[elements.len() - 2]
             .static_pad("src")
-            .expect("clocksync src")
+            .expect("src pad")
             .link(&inner_pad)
-            .map_err(|e| format!("i2iwhepsink: clocksync to whepserversink: {e}"))?;
+            .map_err(|e| format!("i2iwhepsink: encoder to whepserversink: {e}"))?;
         if let Some(ghost) = self.ghost.lock().unwrap().as_ref() {
             ghost
                 .set_target(Some(&clocksync.static_pad("sink").expect("clocksync sink")))
                 .map_err(|e| format!("i2iwhepsink: {e}"))?;
         }
-        *self.clocksync.lock().unwrap() = Some(clocksync);
         gst::info!(
             CAT,
             imp = self,
-            "WHEP endpoint {}/whep/endpoint",
-            settings.host_addr
+            "WHEP endpoint {}/whep/endpoint, {:?}",
+            settings.host_addr,
+            settings.codec
         );
-        *self.inner.lock().unwrap() = Some(inner);
+        *self.chain.lock().unwrap() = Some(Chain {
+            inner,
+            clocksync,
+            encoding,
+            encoder,
+        });
         Ok(())
+    }
+
+    /// Takes the chain out again at READY -> NULL, so that the next start follows the
+    /// settings (`codec` may have changed).
+    fn remove_inner(&self) {
+        let Some(chain) = self.chain.lock().unwrap().take() else {
+            return;
+        };
+        if let Some(ghost) = self.ghost.lock().unwrap().as_ref() {
+            let _ = ghost.set_target(None::<&gst::Pad>);
+        }
+        let mut elements = vec![chain.clocksync];
+        elements.extend(chain.encoding);
+        elements.push(chain.inner);
+        for e in &elements {
+            let _ = e.set_state(gst::State::Null);
+        }
+        let _ = self.obj().remove_many(&elements);
+        *self.viewers.lock().unwrap() = Viewers::default();
+    }
+}
+
+fn make(factory: &str, name: &str) -> Result<gst::Element, String> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|e| format!("i2iwhepsink: no {factory} element ({e}); run scripts/setup.sh (GStreamer base, good and ugly plugins)"))
+}
+
+/// The one encoder for all viewers, tuned for latency, and the caps it must give: constrained
+/// baseline H264 is what every browser decodes.
+fn make_encoder(codec: Codec, kbps: u32) -> Result<(gst::Element, gst::Caps), String> {
+    match codec {
+        Codec::H264 => {
+            let enc = make("x264enc", "encoder")?;
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property_from_str("speed-preset", "ultrafast");
+            enc.set_property("key-int-max", KEYFRAME_INTERVAL);
+            set_bitrate(&enc, kbps);
+            let caps = gst::Caps::builder("video/x-h264")
+                .field("profile", "constrained-baseline")
+                .build();
+            Ok((enc, caps))
+        }
+        Codec::Vp8 => {
+            let enc = make("vp8enc", "encoder")?;
+            enc.set_property("deadline", 1i64);
+            enc.set_property("cpu-used", 8i32);
+            enc.set_property("lag-in-frames", 0i32);
+            enc.set_property_from_str("end-usage", "cbr");
+            enc.set_property("keyframe-max-dist", KEYFRAME_INTERVAL as i32);
+            set_bitrate(&enc, kbps);
+            Ok((enc, gst::Caps::new_empty_simple("video/x-vp8")))
+        }
+        Codec::PerViewer => Err("i2iwhepsink: per-viewer has no shared encoder".into()),
+    }
+}
+
+/// `bitrate` in kbit/s on the shared encoder, live.
+fn set_bitrate(encoder: &gst::Element, kbps: u32) {
+    if encoder.find_property("target-bitrate").is_some() {
+        encoder.set_property(
+            "target-bitrate",
+            i32::try_from(kbps * 1000).unwrap_or(i32::MAX),
+        );
+    } else {
+        encoder.set_property("bitrate", kbps);
     }
 }
 
 impl WhepSink {
     fn start_server(&self) -> Result<(), String> {
         let host_addr = self.settings.lock().unwrap().host_addr.clone();
+        let codec = self.settings.lock().unwrap().codec;
         let inner = self
-            .inner
+            .chain
             .lock()
             .unwrap()
-            .clone()
+            .as_ref()
+            .map(|c| c.inner.clone())
             .ok_or("i2iwhepsink: no whepserversink")?;
         let endpoint = Endpoint::new(
             Kind::Whep,
             inner,
             Arc::new(Events(self.obj().downgrade())),
             Duration::from_secs(30),
+            codec.accepts(),
             Some(self.ready.subscribe()),
         );
         let server = Server::start(&host_addr, endpoint)
@@ -285,6 +488,23 @@ impl ObjectImpl for WhepSink {
                     .default_value(DEFAULT_TS_OFFSET)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("codec", Codec::default())
+                    .nick("Codec")
+                    .blurb("h264 or vp8: encoded once here and the same frames sent to every viewer (viewers must offer that codec); per-viewer: one encoder per viewer in the codec its offer prefers, with its own congestion control. Takes effect from NULL to READY")
+                    .build(),
+                glib::ParamSpecUInt::builder("bitrate")
+                    .nick("Bitrate")
+                    .blurb("Bit rate of the shared encoder in kbit/s (codec h264 or vp8; per-viewer encoders follow each viewer's congestion control)")
+                    .minimum(MIN_BITRATE)
+                    .maximum(MAX_BITRATE)
+                    .default_value(DEFAULT_BITRATE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("encoders")
+                    .nick("Encoders")
+                    .blurb("Video encoders running for the viewers now: 1 when encoding once, one per viewer with codec=per-viewer")
+                    .read_only()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -313,8 +533,21 @@ impl ObjectImpl for WhepSink {
             }
             "ts-offset" => {
                 settings.ts_offset = value.get().unwrap_or(DEFAULT_TS_OFFSET);
-                if let Some(clocksync) = self.clocksync.lock().unwrap().as_ref() {
-                    apply_offset(clocksync, settings.ts_offset);
+                if let Some(chain) = self.chain.lock().unwrap().as_ref() {
+                    apply_offset(&chain.clocksync, settings.ts_offset);
+                }
+            }
+            "codec" => settings.codec = value.get().unwrap_or_default(),
+            "bitrate" => {
+                settings.bitrate = value.get().unwrap_or(DEFAULT_BITRATE);
+                if let Some(encoder) = self
+                    .chain
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .and_then(|c| c.encoder.as_ref())
+                {
+                    set_bitrate(encoder, settings.bitrate);
                 }
             }
             other => unreachable!("no property {other}: GObject only passes registered names"),
@@ -328,6 +561,12 @@ impl ObjectImpl for WhepSink {
             "local-addresses" => settings.local_addresses.to_value(),
             "stun-server" => settings.stun_server.to_value(),
             "ts-offset" => settings.ts_offset.to_value(),
+            "codec" => settings.codec.to_value(),
+            "bitrate" => settings.bitrate.to_value(),
+            "encoders" => {
+                drop(settings);
+                self.encoders().to_value()
+            }
             other => unreachable!("no property {other}: GObject only passes registered names"),
         }
     }
@@ -378,7 +617,7 @@ impl ElementImpl for WhepSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        if transition == gst::StateChange::NullToReady && self.inner.lock().unwrap().is_none() {
+        if transition == gst::StateChange::NullToReady && self.chain.lock().unwrap().is_none() {
             self.build_inner().map_err(|msg| {
                 gst::element_imp_error!(self, gst::CoreError::MissingPlugin, ("{msg}"));
                 gst::StateChangeError
@@ -397,6 +636,7 @@ impl ElementImpl for WhepSink {
         }
         if transition == gst::StateChange::ReadyToNull {
             self.server.lock().unwrap().take();
+            self.remove_inner();
         }
         ret
     }

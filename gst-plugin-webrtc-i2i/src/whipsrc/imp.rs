@@ -459,6 +459,7 @@ impl WhipSrc {
             inner,
             Arc::new(Events(self.obj().downgrade())),
             Duration::from_secs(u64::from(timeout)),
+            endpoint::Accepts::ALL,
             None,
         );
         let server = Server::start(&host_addr, endpoint.clone())
