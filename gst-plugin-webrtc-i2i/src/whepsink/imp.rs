@@ -25,6 +25,10 @@
 //!   video to webrtcsink instead: each viewer gets its own encoder, in the codec its offer
 //!   prefers, with its own congestion control (webrtcsink's `homegrown` heuristic), at the cost
 //!   of one encoder per viewer;
+//! - flagged a sink from the start (webrtcsink becomes one only once its inner sinks exist,
+//!   after the bin took it in, so the flag would not reach this bin): the pipeline then waits
+//!   for its EOS, and `gst-launch-1.0 -e` and applications that drain before stopping end
+//!   cleanly;
 //! - the `encoders` property and field in the viewer messages: how many video encoders run for
 //!   the viewers (1 when encoding once, one per viewer otherwise).
 
@@ -580,6 +584,8 @@ impl ObjectImpl for WhepSink {
             .build();
         obj.add_pad(&ghost).expect("adding the sink ghost pad");
         *self.ghost.lock().unwrap() = Some(ghost);
+        // A sink for the pipeline's EOS collection (see the header).
+        obj.set_element_flags(gst::ElementFlags::SINK);
     }
 }
 

@@ -14,6 +14,8 @@
 //! - no STUN server by default (a rig with no internet answers at once);
 //! - its own HTTP front (`endpoint.rs`): clear refusals (malformed SDP, no video, unsupported
 //!   codec, unknown resource) in the response and as bus warnings, CORS for browser pages;
+//! - an EOS sent to the element (gst-launch-1.0 -e on Ctrl-C) goes downstream at once, with
+//!   or without a publisher, so the pipeline drains and stops cleanly;
 //! - `busy-policy`: a new publisher `replace`s the live one (default) or is `refuse`d (409);
 //! - a publisher that vanishes without DELETE (no video for `publisher-timeout` seconds) is
 //!   ended, `publisher-gone` is posted with `reason=timeout`, and the next one is accepted.
@@ -362,6 +364,23 @@ impl ElementImpl for WhipSrc {
             ]
         });
         PAD_TEMPLATES.as_ref()
+    }
+
+    /// An EOS sent to the element (gst-launch-1.0 -e on Ctrl-C, an application ending the
+    /// stream) goes out of the `src` pad at once: the publisher's own EOS is dropped inside
+    /// (the next publisher continues), so without this the pipeline would never drain, and
+    /// with no publisher there is nothing upstream to send it.
+    fn send_event(&self, event: gst::Event) -> bool {
+        if event.type_() == gst::EventType::Eos {
+            let ghost = self.ghost.lock().unwrap().clone();
+            gst::info!(
+                CAT,
+                imp = self,
+                "end of stream requested: sending EOS downstream"
+            );
+            return ghost.is_some_and(|g| g.push_event(event));
+        }
+        self.parent_send_event(event)
     }
 
     fn change_state(
