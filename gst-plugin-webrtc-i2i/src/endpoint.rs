@@ -55,6 +55,133 @@ impl Kind {
             Kind::Whep => "WHEP",
         }
     }
+
+    /// The element serving this side, for messages.
+    pub fn element(self) -> &'static str {
+        match self {
+            Kind::Whip => "i2iwhipsrc",
+            Kind::Whep => "i2iwhepsink",
+        }
+    }
+
+    fn default_host_addr(self) -> &'static str {
+        match self {
+            Kind::Whip => "http://127.0.0.1:8190",
+            Kind::Whep => "http://127.0.0.1:8191",
+        }
+    }
+
+    fn peers(self) -> &'static str {
+        match self {
+            Kind::Whip => "publishers",
+            Kind::Whep => "viewers",
+        }
+    }
+}
+
+pub const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.0.1";
+
+/// The endpoint properties `i2iwhipsrc` and `i2iwhepsink` share (`host-addr`,
+/// `local-addresses`, `stun-server`), defined once: their ParamSpecs, their values, and how
+/// they are set on the wrapped WebRTC element.
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    kind: Kind,
+    pub host_addr: String,
+    pub local_addresses: String,
+    pub stun_server: Option<String>,
+}
+
+impl EndpointSettings {
+    pub fn new(kind: Kind) -> Self {
+        EndpointSettings {
+            kind,
+            host_addr: kind.default_host_addr().into(),
+            local_addresses: DEFAULT_LOCAL_ADDRESSES.into(),
+            stun_server: None,
+        }
+    }
+
+    pub fn param_specs(kind: Kind) -> Vec<glib::ParamSpec> {
+        let root = kind.root();
+        let listen = match kind {
+            Kind::Whip => String::new(),
+            Kind::Whep => " (listening from READY; offers are answered once frames flow)".into(),
+        };
+        vec![
+            glib::ParamSpecString::builder("host-addr")
+                .nick("Host address")
+                .blurb(&format!(
+                    "HTTP address the {} endpoint listens on; {} POST to <host-addr>/{root}/endpoint{listen}",
+                    kind.name(),
+                    kind.peers()
+                ))
+                .default_value(Some(kind.default_host_addr()))
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecString::builder("local-addresses")
+                .nick("Extra ICE addresses")
+                .blurb("Comma-separated local IP addresses offered as ICE host candidates besides those libnice finds (it never offers 127.0.0.1 itself); empty for none")
+                .default_value(Some(DEFAULT_LOCAL_ADDRESSES))
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecString::builder("stun-server")
+                .nick("STUN server")
+                .blurb(&format!(
+                    "stun://host:port for {} behind NAT; unset (default) for none",
+                    kind.peers()
+                ))
+                .mutable_ready()
+                .build(),
+        ]
+    }
+
+    /// Sets property `name`; false when it is not one of these.
+    pub fn set(&mut self, name: &str, value: &glib::Value) -> bool {
+        let text = || value.get::<Option<String>>().unwrap_or_default();
+        match name {
+            "host-addr" => {
+                self.host_addr = text().unwrap_or_else(|| self.kind.default_host_addr().into())
+            }
+            "local-addresses" => self.local_addresses = text().unwrap_or_default(),
+            "stun-server" => self.stun_server = text().filter(|s| !s.is_empty()),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Property `name`, or None when it is not one of these.
+    pub fn get(&self, name: &str) -> Option<glib::Value> {
+        Some(match name {
+            "host-addr" => self.host_addr.to_value(),
+            "local-addresses" => self.local_addresses.to_value(),
+            "stun-server" => self.stun_server.to_value(),
+            _ => return None,
+        })
+    }
+
+    /// Checks `host-addr` and sets the rest on the wrapped `whipserversrc` / `whepserversink`:
+    /// its signaller's own HTTP server off (ours serves the endpoint), the STUN server, and
+    /// the extra ICE addresses.
+    pub fn apply(&self, element: &gst::Element, cat: gst::DebugCategory) -> Result<(), String> {
+        if url_is_bad(&self.host_addr) {
+            return Err(format!(
+                "{}: host-addr {:?} is not an http://host:port address",
+                self.kind.element(),
+                self.host_addr
+            ));
+        }
+        let signaller = element.property::<glib::Object>("signaller");
+        signaller.set_property("host-addr", "");
+        signaller.set_property("stun-server", self.stun_server.as_deref());
+        element.set_property("stun-server", self.stun_server.as_deref());
+        crate::loopback::hook(
+            element,
+            crate::loopback::parse_list(&self.local_addresses),
+            cat,
+        );
+        Ok(())
+    }
 }
 
 /// Video codecs the pipeline can decode (WHIP) or encode (WHEP) with the packages set-up installs.
@@ -582,6 +709,39 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
         assert!(url_is_bad("127.0.0.1:8190"));
         assert!(url_is_bad("http://127.0.0.1"));
         assert!(url_is_bad("http://127.0.0.1:99999"));
+    }
+
+    #[test]
+    fn shared_properties_are_set_read_and_defaulted_per_side() {
+        init();
+        let mut whep = EndpointSettings::new(Kind::Whep);
+        assert_eq!(whep.host_addr, "http://127.0.0.1:8191");
+        assert_eq!(
+            EndpointSettings::new(Kind::Whip).host_addr,
+            "http://127.0.0.1:8190"
+        );
+        assert!(whep.set("stun-server", &"stun://10.0.0.1:3478".to_value()));
+        assert!(whep.set("stun-server", &"".to_value()));
+        assert_eq!(whep.stun_server, None, "empty is unset");
+        assert!(whep.set("host-addr", &None::<String>.to_value()));
+        assert_eq!(
+            whep.host_addr, "http://127.0.0.1:8191",
+            "unset is the default"
+        );
+        assert!(!whep.set("ts-offset", &0u64.to_value()));
+        assert_eq!(
+            whep.get("local-addresses")
+                .unwrap()
+                .get::<String>()
+                .unwrap(),
+            "127.0.0.1"
+        );
+        assert!(whep.get("codec").is_none());
+        let names: Vec<_> = EndpointSettings::param_specs(Kind::Whip)
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        assert_eq!(names, ["host-addr", "local-addresses", "stun-server"]);
     }
 
     #[test]

@@ -40,7 +40,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use crate::endpoint::{self, Endpoint, Kind, Server};
-use crate::loopback;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -50,8 +49,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_HOST_ADDR: &str = "http://127.0.0.1:8191";
-const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.0.1";
 const DEFAULT_TS_OFFSET: u64 = 0;
 const MAX_TS_OFFSET: u64 = 10 * gst::ClockTime::SECOND.nseconds();
 const DEFAULT_BITRATE: u32 = 2000;
@@ -102,9 +99,7 @@ impl Codec {
 
 #[derive(Debug, Clone)]
 struct Settings {
-    host_addr: String,
-    local_addresses: String,
-    stun_server: Option<String>,
+    endpoint: endpoint::EndpointSettings,
     ts_offset: u64,
     codec: Codec,
     bitrate: u32,
@@ -113,9 +108,7 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host_addr: DEFAULT_HOST_ADDR.into(),
-            local_addresses: DEFAULT_LOCAL_ADDRESSES.into(),
-            stun_server: None,
+            endpoint: endpoint::EndpointSettings::new(Kind::Whep),
             ts_offset: DEFAULT_TS_OFFSET,
             codec: Codec::default(),
             bitrate: DEFAULT_BITRATE,
@@ -233,21 +226,12 @@ impl WhepSink {
 
     fn build_inner(&self) -> Result<(), String> {
         let settings = self.settings.lock().unwrap().clone();
-        if endpoint::url_is_bad(&settings.host_addr) {
-            return Err(format!(
-                "i2iwhepsink: host-addr {:?} is not an http://host:port address",
-                settings.host_addr
-            ));
-        }
         let inner = gst::ElementFactory::make("whepserversink")
             .name("whepserversink")
             .build()
             .map_err(|e| format!("i2iwhepsink: no whepserversink element ({e}); build gst-plugin-webrtc-i2i and set GST_PLUGIN_PATH"))?;
+        settings.endpoint.apply(&inner, *CAT)?;
         let signaller = inner.property::<glib::Object>("signaller");
-        // Our HTTP front serves the endpoint (see endpoint.rs): the signaller's own server is off.
-        signaller.set_property("host-addr", "");
-        signaller.set_property("stun-server", settings.stun_server.as_deref());
-        inner.set_property("stun-server", settings.stun_server.as_deref());
         // Per-viewer congestion control without gst-plugins-rs's rtpgccbwe (the default `gcc`
         // needs it and would fall back to none). It acts on per-viewer encoders only.
         inner.set_property_from_str("congestion-control", "homegrown");
@@ -264,11 +248,6 @@ impl WhepSink {
             }
             Some(false.to_value())
         });
-        loopback::hook(
-            &inner,
-            loopback::parse_list(&settings.local_addresses),
-            *CAT,
-        );
 
         let weak = self.obj().downgrade();
         inner.connect("consumer-added", false, move |args| {
@@ -345,7 +324,7 @@ impl WhepSink {
             CAT,
             imp = self,
             "WHEP endpoint {}/whep/endpoint, {:?}",
-            settings.host_addr,
+            settings.endpoint.host_addr,
             settings.codec
         );
         *self.chain.lock().unwrap() = Some(Chain {
@@ -427,7 +406,7 @@ fn set_bitrate(encoder: &gst::Element, kbps: u32) {
 
 impl WhepSink {
     fn start_server(&self) -> Result<(), String> {
-        let host_addr = self.settings.lock().unwrap().host_addr.clone();
+        let host_addr = self.settings.lock().unwrap().endpoint.host_addr.clone();
         let codec = self.settings.lock().unwrap().codec;
         let inner = self
             .chain
@@ -467,24 +446,8 @@ impl ObjectSubclass for WhepSink {
 impl ObjectImpl for WhepSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("host-addr")
-                    .nick("Host address")
-                    .blurb("HTTP address the WHEP endpoint listens on; viewers POST to <host-addr>/whep/endpoint (listening from READY; offers are answered once frames flow)")
-                    .default_value(Some(DEFAULT_HOST_ADDR))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("local-addresses")
-                    .nick("Extra ICE addresses")
-                    .blurb("Comma-separated local IP addresses offered as ICE host candidates besides those libnice finds (it never offers 127.0.0.1 itself); empty for none")
-                    .default_value(Some(DEFAULT_LOCAL_ADDRESSES))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("stun-server")
-                    .nick("STUN server")
-                    .blurb("stun://host:port for viewers behind NAT; unset (default) for none")
-                    .mutable_ready()
-                    .build(),
+            let mut specs = endpoint::EndpointSettings::param_specs(Kind::Whep);
+            specs.extend([
                 glib::ParamSpecUInt64::builder("ts-offset")
                     .nick("Timestamp offset")
                     .blurb("Nanoseconds added to every frame's timestamp (river's offset): the video keeps its timing with this fixed delay, and frames may take this long before they are late")
@@ -509,32 +472,18 @@ impl ObjectImpl for WhepSink {
                     .blurb("Video encoders running for the viewers now: 1 when encoding once, one per viewer with codec=per-viewer")
                     .read_only()
                     .build(),
-            ]
+            ]);
+            specs
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock().unwrap();
+        if settings.endpoint.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "host-addr" => {
-                settings.host_addr = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .unwrap_or_else(|| DEFAULT_HOST_ADDR.into())
-            }
-            "local-addresses" => {
-                settings.local_addresses = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .unwrap_or_default()
-            }
-            "stun-server" => {
-                settings.stun_server = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .filter(|s| !s.is_empty())
-            }
             "ts-offset" => {
                 settings.ts_offset = value.get().unwrap_or(DEFAULT_TS_OFFSET);
                 if let Some(chain) = self.chain.lock().unwrap().as_ref() {
@@ -560,10 +509,10 @@ impl ObjectImpl for WhepSink {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings.lock().unwrap();
+        if let Some(value) = settings.endpoint.get(pspec.name()) {
+            return value;
+        }
         match pspec.name() {
-            "host-addr" => settings.host_addr.to_value(),
-            "local-addresses" => settings.local_addresses.to_value(),
-            "stun-server" => settings.stun_server.to_value(),
             "ts-offset" => settings.ts_offset.to_value(),
             "codec" => settings.codec.to_value(),
             "bitrate" => settings.bitrate.to_value(),

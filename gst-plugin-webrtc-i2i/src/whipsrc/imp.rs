@@ -28,7 +28,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::endpoint::{self, Endpoint, Kind, Server};
-use crate::loopback;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -38,8 +37,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_HOST_ADDR: &str = "http://127.0.0.1:8190";
-const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.0.1";
 const DEFAULT_TIMEOUT: u32 = 15;
 const DEFAULT_PUBLISHER_TIMEOUT: u32 = 5;
 
@@ -59,9 +56,7 @@ pub enum BusyPolicy {
 
 #[derive(Debug, Clone)]
 struct Settings {
-    host_addr: String,
-    local_addresses: String,
-    stun_server: Option<String>,
+    endpoint: endpoint::EndpointSettings,
     timeout: u32,
     busy_policy: BusyPolicy,
     publisher_timeout: u32,
@@ -70,9 +65,7 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host_addr: DEFAULT_HOST_ADDR.into(),
-            local_addresses: DEFAULT_LOCAL_ADDRESSES.into(),
-            stun_server: None,
+            endpoint: endpoint::EndpointSettings::new(Kind::Whip),
             timeout: DEFAULT_TIMEOUT,
             busy_policy: BusyPolicy::default(),
             publisher_timeout: DEFAULT_PUBLISHER_TIMEOUT,
@@ -237,24 +230,8 @@ impl ObjectSubclass for WhipSrc {
 impl ObjectImpl for WhipSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("host-addr")
-                    .nick("Host address")
-                    .blurb("HTTP address the WHIP endpoint listens on; publishers POST to <host-addr>/whip/endpoint")
-                    .default_value(Some(DEFAULT_HOST_ADDR))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("local-addresses")
-                    .nick("Extra ICE addresses")
-                    .blurb("Comma-separated local IP addresses offered as ICE host candidates besides those libnice finds (it never offers 127.0.0.1 itself); empty for none")
-                    .default_value(Some(DEFAULT_LOCAL_ADDRESSES))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("stun-server")
-                    .nick("STUN server")
-                    .blurb("stun://host:port for publishers behind NAT; unset (default) for none")
-                    .mutable_ready()
-                    .build(),
+            let mut specs = endpoint::EndpointSettings::param_specs(Kind::Whip);
+            specs.extend([
                 glib::ParamSpecUInt::builder("timeout")
                     .nick("Answer timeout")
                     .blurb("Seconds a POST waits for the SDP answer before failing with 500")
@@ -276,32 +253,18 @@ impl ObjectImpl for WhipSrc {
                     .default_value(DEFAULT_PUBLISHER_TIMEOUT)
                     .mutable_playing()
                     .build(),
-            ]
+            ]);
+            specs
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock().unwrap();
+        if settings.endpoint.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "host-addr" => {
-                settings.host_addr = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .unwrap_or_else(|| DEFAULT_HOST_ADDR.into())
-            }
-            "local-addresses" => {
-                settings.local_addresses = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .unwrap_or_default()
-            }
-            "stun-server" => {
-                settings.stun_server = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .filter(|s| !s.is_empty())
-            }
             "timeout" => settings.timeout = value.get().unwrap_or(DEFAULT_TIMEOUT),
             "busy-policy" => settings.busy_policy = value.get().unwrap_or_default(),
             "publisher-timeout" => {
@@ -313,10 +276,10 @@ impl ObjectImpl for WhipSrc {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings.lock().unwrap();
+        if let Some(value) = settings.endpoint.get(pspec.name()) {
+            return value;
+        }
         match pspec.name() {
-            "host-addr" => settings.host_addr.to_value(),
-            "local-addresses" => settings.local_addresses.to_value(),
-            "stun-server" => settings.stun_server.to_value(),
             "timeout" => settings.timeout.to_value(),
             "busy-policy" => settings.busy_policy.to_value(),
             "publisher-timeout" => settings.publisher_timeout.to_value(),
@@ -417,23 +380,10 @@ impl WhipSrc {
             .name("whipserversrc")
             .build()
             .map_err(|e| format!("i2iwhipsrc: no whipserversrc element ({e}); build gst-plugin-webrtc-i2i and set GST_PLUGIN_PATH"))?;
-        let signaller = inner.property::<glib::Object>("signaller");
-        if endpoint::url_is_bad(&settings.host_addr) {
-            return Err(format!(
-                "i2iwhipsrc: host-addr {:?} is not an http://host:port address",
-                settings.host_addr
-            ));
-        }
-        // Our HTTP front serves the endpoint (see endpoint.rs): the signaller's own server is off.
-        signaller.set_property("host-addr", "");
-        signaller.set_property("timeout", settings.timeout);
-        signaller.set_property("stun-server", settings.stun_server.as_deref());
-        inner.set_property("stun-server", settings.stun_server.as_deref());
-        loopback::hook(
-            &inner,
-            loopback::parse_list(&settings.local_addresses),
-            *CAT,
-        );
+        settings.endpoint.apply(&inner, *CAT)?;
+        inner
+            .property::<glib::Object>("signaller")
+            .set_property("timeout", settings.timeout);
 
         let weak = self.obj().downgrade();
         inner.connect_pad_added(move |_, pad| {
@@ -454,7 +404,7 @@ impl WhipSrc {
             CAT,
             imp = self,
             "WHIP endpoint {}/whip/endpoint",
-            settings.host_addr
+            settings.endpoint.host_addr
         );
         *self.inner.lock().unwrap() = Some(inner);
         Ok(())
@@ -465,7 +415,7 @@ impl WhipSrc {
     fn start_server(&self) -> Result<(), String> {
         let (host_addr, timeout) = {
             let s = self.settings.lock().unwrap();
-            (s.host_addr.clone(), s.timeout)
+            (s.endpoint.host_addr.clone(), s.timeout)
         };
         let inner = self
             .inner
