@@ -79,6 +79,8 @@ def test_script_publish_watch_and_sigint():
         text = output()
         assert rc == 0, text[-3000:]
         assert "Got EOS from element" in text and "Execution ended" in text, text[-3000:]
+        # The publisher's stream stops at the EOS (nothing pushed after it).
+        assert "CRITICAL" not in text, text[-3000:]
         assert not listening(whep), "the WHEP endpoint still answers after the script ended"
     finally:
         if viewer is not None:

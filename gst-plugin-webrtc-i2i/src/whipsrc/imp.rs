@@ -335,13 +335,22 @@ impl ElementImpl for WhipSrc {
     /// with no publisher there is nothing upstream to send it.
     fn send_event(&self, event: gst::Event) -> bool {
         if event.type_() == gst::EventType::Eos {
-            let ghost = self.ghost.lock().unwrap().clone();
+            let Some(ghost) = self.ghost.lock().unwrap().clone() else {
+                return false;
+            };
             gst::info!(
                 CAT,
                 imp = self,
                 "end of stream requested: sending EOS downstream"
             );
-            return ghost.is_some_and(|g| g.push_event(event));
+            // Nothing of the publisher's may follow the EOS (events after EOS upset the pads
+            // downstream): from here its data stops at its own pad.
+            if let Some(target) = ghost.target() {
+                target.add_probe(gst::PadProbeType::DATA_DOWNSTREAM, |_, _| {
+                    gst::PadProbeReturn::Drop
+                });
+            }
+            return ghost.push_event(event);
         }
         self.parent_send_event(event)
     }
