@@ -29,6 +29,8 @@
 //!   after the bin took it in, so the flag would not reach this bin): the pipeline then waits
 //!   for its EOS, and `gst-launch-1.0 -e` and applications that drain before stopping end
 //!   cleanly;
+//! - no latency of its own in the pipeline's latency query, and upstream's is not waited for
+//!   (viewers have jitter buffers; webrtcsink would hold each frame for all of it);
 //! - the `encoders` property and field in the viewer messages: how many video encoders run for
 //!   the viewers (1 when encoding once, one per viewer otherwise).
 
@@ -566,6 +568,18 @@ impl ElementImpl for WhepSink {
             ]
         });
         PAD_TEMPLATES.as_ref()
+    }
+
+    /// The pipeline's latency is not waited for here: the viewers have jitter buffers of
+    /// their own, so each frame goes out as soon as it arrives (or at capture time plus
+    /// `ts-offset`). Left to webrtcsink, its inner sinks would hold every frame for the whole
+    /// upstream latency (the publisher's 200 ms jitter buffer with `i2iwhipsrc`).
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            q.set(true, gst::ClockTime::ZERO, gst::ClockTime::NONE);
+            return true;
+        }
+        self.parent_query(query)
     }
 
     fn change_state(
