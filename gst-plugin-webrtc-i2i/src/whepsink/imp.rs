@@ -7,7 +7,9 @@
 //!   the WHEP sink releases each frame at its capture running time plus the offset, so the
 //!   viewers get the frames with their original spacing and one fixed, known delay; a frame
 //!   whose transform took longer than the offset goes out at once (late, counted by clocksync's
-//!   QoS messages);
+//!   QoS messages). A queue in front of it holds the frames in flight meanwhile (up to the
+//!   offset plus 200 ms), so the transform's output is not held back (a full queue holds it,
+//!   and the transform counts the frames it then drops as late);
 //! - 127.0.0.1 (or the `local-addresses` list) as an ICE host candidate, which libnice never
 //!   offers by itself, so viewers on the same machine connect;
 //! - no STUN server by default (a rig with no internet answers at once);
@@ -121,6 +123,7 @@ impl Default for Settings {
 /// The elements built at NULL -> READY from the settings, removed again at READY -> NULL.
 struct Chain {
     inner: gst::Element,
+    hold: gst::Element,
     clocksync: gst::Element,
     /// `videoconvert ! encoder ! capsfilter` when encoding once.
     encoding: Vec<gst::Element>,
@@ -289,8 +292,9 @@ impl WhepSink {
             Some(false.to_value())
         });
 
+        let hold = make("queue", "hold")?;
         let clocksync = make("clocksync", "offset")?;
-        apply_offset(&clocksync, settings.ts_offset);
+        apply_offset(&hold, &clocksync, settings.ts_offset);
         let (encoding, encoder) = match settings.codec {
             Codec::PerViewer => (Vec::new(), None),
             codec => {
@@ -301,7 +305,7 @@ impl WhepSink {
                 (vec![convert, encoder.clone(), filter], Some(encoder))
             }
         };
-        let mut elements = vec![clocksync.clone()];
+        let mut elements = vec![hold.clone(), clocksync.clone()];
         elements.extend(encoding.iter().cloned());
         elements.push(inner.clone());
         self.obj()
@@ -319,7 +323,7 @@ impl WhepSink {
             .map_err(|e| format!("i2iwhepsink: encoder to whepserversink: {e}"))?;
         if let Some(ghost) = self.ghost.lock().unwrap().as_ref() {
             ghost
-                .set_target(Some(&clocksync.static_pad("sink").expect("clocksync sink")))
+                .set_target(Some(&hold.static_pad("sink").expect("queue sink")))
                 .map_err(|e| format!("i2iwhepsink: {e}"))?;
         }
         gst::info!(
@@ -331,6 +335,7 @@ impl WhepSink {
         );
         *self.chain.lock().unwrap() = Some(Chain {
             inner,
+            hold,
             clocksync,
             encoding,
             encoder,
@@ -347,7 +352,7 @@ impl WhepSink {
         if let Some(ghost) = self.ghost.lock().unwrap().as_ref() {
             let _ = ghost.set_target(None::<&gst::Pad>);
         }
-        let mut elements = vec![chain.clocksync];
+        let mut elements = vec![chain.hold, chain.clocksync];
         elements.extend(chain.encoding);
         elements.push(chain.inner);
         for e in &elements {
@@ -489,7 +494,7 @@ impl ObjectImpl for WhepSink {
             "ts-offset" => {
                 settings.ts_offset = value.get().unwrap_or(DEFAULT_TS_OFFSET);
                 if let Some(chain) = self.chain.lock().unwrap().as_ref() {
-                    apply_offset(&chain.clocksync, settings.ts_offset);
+                    apply_offset(&chain.hold, &chain.clocksync, settings.ts_offset);
                 }
             }
             "codec" => settings.codec = value.get().unwrap_or_default(),
@@ -614,8 +619,17 @@ impl ElementImpl for WhepSink {
 impl BinImpl for WhepSink {}
 
 /// The offset as clocksync wants it: synchronised only when there is an offset to keep, so that
-/// `ts-offset=0` adds no waiting at all.
-fn apply_offset(clocksync: &gst::Element, offset: u64) {
+/// `ts-offset=0` adds no waiting at all. The queue in front holds the frames in flight during
+/// the offset (and 200 ms more), or one frame without an offset.
+fn apply_offset(hold: &gst::Element, clocksync: &gst::Element, offset: u64) {
+    hold.set_property("max-size-bytes", 0u32);
+    if offset > 0 {
+        hold.set_property("max-size-buffers", 0u32);
+        hold.set_property("max-size-time", offset.saturating_add(200_000_000));
+    } else {
+        hold.set_property("max-size-buffers", 1u32);
+        hold.set_property("max-size-time", 0u64);
+    }
     clocksync.set_property("sync", offset > 0);
     clocksync.set_property("ts-offset", i64::try_from(offset).unwrap_or(i64::MAX));
 }
