@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MPL-2.0
 # WebRTC in and out: a WHIP endpoint (browser, OBS) -> i2itransform -> a WHEP endpoint (browsers).
+# Ctrl-C (SIGINT) ends the stream cleanly: gst-launch-1.0 -e drains the pipeline and exits 0.
 set -euo pipefail
 
 usage() {
@@ -25,6 +26,8 @@ Options:
   --size WxH           transform size, multiples of 8 (default 512x512)
   --ts-offset MS       river's fixed output delay: frames leave at capture time + MS
                        (default 0: as soon as transformed)
+  --codec C            WHEP video: vp8 (default) or h264, encoded once for all viewers, or
+                       per-viewer (one encoder per viewer)
   --scaleout           dispatch to scale-out workers instead of transforming here
   --dispatch-port N    --scaleout: default 5555
   --collect-port N     --scaleout: default 5558
@@ -48,6 +51,7 @@ ICE=127.0.0.1
 MODEL="$ROOT/models/demo"
 SIZE=512x512
 OFFSET=0
+CODEC=vp8
 SCALEOUT=false
 DISPATCH_PORT=5555
 COLLECT_PORT=5558
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
     --model) MODEL=${2:?--model needs a folder}; shift 2 ;;
     --size) SIZE=${2:?--size needs WxH}; shift 2 ;;
     --ts-offset) OFFSET=${2:?--ts-offset needs milliseconds}; shift 2 ;;
+    --codec) CODEC=${2:?--codec needs vp8, h264 or per-viewer}; shift 2 ;;
     --scaleout) SCALEOUT=true; shift ;;
     --dispatch-port) DISPATCH_PORT=${2:?}; shift 2 ;;
     --collect-port) COLLECT_PORT=${2:?}; shift 2 ;;
@@ -75,6 +80,7 @@ for p in WHIP_PORT WHEP_PORT DISPATCH_PORT COLLECT_PORT; do
 done
 [[ "$OFFSET" =~ ^[0-9]+$ ]] || die "--ts-offset: expected milliseconds, found '$OFFSET'"
 [[ "$DELAY" =~ ^[0-9]+$ ]] || die "--playout-delay: expected milliseconds, found '$DELAY'"
+[[ "$CODEC" =~ ^(vp8|h264|per-viewer)$ ]] || die "--codec: expected vp8, h264 or per-viewer, found '$CODEC'"
 [[ "$SIZE" =~ ^([1-9][0-9]*)x([1-9][0-9]*)$ ]] || die "--size: expected WxH, found '$SIZE'"
 WIDTH=${BASH_REMATCH[1]} HEIGHT=${BASH_REMATCH[2]}
 
@@ -86,7 +92,7 @@ gst-inspect-1.0 i2iwhipsrc >/dev/null 2>&1 \
   || die "GStreamer element i2iwhipsrc not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
 
 IN="i2iwhipsrc host-addr=http://$HOST:$WHIP_PORT local-addresses=$ICE"
-OUT="i2iwhepsink host-addr=http://$HOST:$WHEP_PORT local-addresses=$ICE ts-offset=$((OFFSET * 1000000))"
+OUT="i2iwhepsink host-addr=http://$HOST:$WHEP_PORT local-addresses=$ICE ts-offset=$((OFFSET * 1000000)) codec=$CODEC"
 echo "whip-transform.sh: publish to http://$HOST:$WHIP_PORT/whip/endpoint," \
   "watch http://$HOST:$WHEP_PORT/whep/endpoint" >&2
 set -f

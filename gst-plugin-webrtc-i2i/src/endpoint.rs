@@ -9,7 +9,8 @@
 //! - `POST /whip/endpoint` (or `/whep/endpoint`): Content-Type `application/sdp` (else 415),
 //!   at most 64 KiB (else 413), an SDP that parses and starts with `v=0` (else 400), at least
 //!   one video m-line (else 400) offering a codec we take (else 415), then 201 with the answer
-//!   and `Location: /whip/resource/<id>`;
+//!   and `Location: /whip/resource/<id>`; a WHEP offer that comes before any frame reached
+//!   the sink waits for it (10 s at most, then 503 with `Retry-After: 1`);
 //! - `DELETE /whip/resource/<id>`: 200, or 404 for a resource that does not exist;
 //! - `PATCH` (trickle ICE): 405, the offer must carry its candidates;
 //! - `OPTIONS` and CORS headers on every answer, so browser pages of any origin can use it;
@@ -54,10 +55,152 @@ impl Kind {
             Kind::Whep => "WHEP",
         }
     }
+
+    /// The element serving this side, for messages.
+    pub fn element(self) -> &'static str {
+        match self {
+            Kind::Whip => "i2iwhipsrc",
+            Kind::Whep => "i2iwhepsink",
+        }
+    }
+
+    fn default_host_addr(self) -> &'static str {
+        match self {
+            Kind::Whip => "http://127.0.0.1:8190",
+            Kind::Whep => "http://127.0.0.1:8191",
+        }
+    }
+
+    fn peers(self) -> &'static str {
+        match self {
+            Kind::Whip => "publishers",
+            Kind::Whep => "viewers",
+        }
+    }
+}
+
+pub const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.0.1";
+
+/// The endpoint properties `i2iwhipsrc` and `i2iwhepsink` share (`host-addr`,
+/// `local-addresses`, `stun-server`), defined once: their ParamSpecs, their values, and how
+/// they are set on the wrapped WebRTC element.
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    kind: Kind,
+    pub host_addr: String,
+    pub local_addresses: String,
+    pub stun_server: Option<String>,
+}
+
+impl EndpointSettings {
+    pub fn new(kind: Kind) -> Self {
+        EndpointSettings {
+            kind,
+            host_addr: kind.default_host_addr().into(),
+            local_addresses: DEFAULT_LOCAL_ADDRESSES.into(),
+            stun_server: None,
+        }
+    }
+
+    pub fn param_specs(kind: Kind) -> Vec<glib::ParamSpec> {
+        let root = kind.root();
+        let listen = match kind {
+            Kind::Whip => String::new(),
+            Kind::Whep => " (listening from READY; offers are answered once frames flow)".into(),
+        };
+        vec![
+            glib::ParamSpecString::builder("host-addr")
+                .nick("Host address")
+                .blurb(&format!(
+                    "HTTP address the {} endpoint listens on; {} POST to <host-addr>/{root}/endpoint{listen}",
+                    kind.name(),
+                    kind.peers()
+                ))
+                .default_value(Some(kind.default_host_addr()))
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecString::builder("local-addresses")
+                .nick("Extra ICE addresses")
+                .blurb("Comma-separated local IP addresses offered as ICE host candidates besides those libnice finds (it never offers 127.0.0.1 itself); empty for none")
+                .default_value(Some(DEFAULT_LOCAL_ADDRESSES))
+                .mutable_ready()
+                .build(),
+            glib::ParamSpecString::builder("stun-server")
+                .nick("STUN server")
+                .blurb(&format!(
+                    "stun://host:port for {} behind NAT; unset (default) for none",
+                    kind.peers()
+                ))
+                .mutable_ready()
+                .build(),
+        ]
+    }
+
+    /// Sets property `name`; false when it is not one of these.
+    pub fn set(&mut self, name: &str, value: &glib::Value) -> bool {
+        let text = || value.get::<Option<String>>().unwrap_or_default();
+        match name {
+            "host-addr" => {
+                self.host_addr = text().unwrap_or_else(|| self.kind.default_host_addr().into())
+            }
+            "local-addresses" => self.local_addresses = text().unwrap_or_default(),
+            "stun-server" => self.stun_server = text().filter(|s| !s.is_empty()),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Property `name`, or None when it is not one of these.
+    pub fn get(&self, name: &str) -> Option<glib::Value> {
+        Some(match name {
+            "host-addr" => self.host_addr.to_value(),
+            "local-addresses" => self.local_addresses.to_value(),
+            "stun-server" => self.stun_server.to_value(),
+            _ => return None,
+        })
+    }
+
+    /// Checks `host-addr` and sets the rest on the wrapped `whipserversrc` / `whepserversink`:
+    /// its signaller's own HTTP server off (ours serves the endpoint), the STUN server, and
+    /// the extra ICE addresses.
+    pub fn apply(&self, element: &gst::Element, cat: gst::DebugCategory) -> Result<(), String> {
+        if url_is_bad(&self.host_addr) {
+            return Err(format!(
+                "{}: host-addr {:?} is not an http://host:port address",
+                self.kind.element(),
+                self.host_addr
+            ));
+        }
+        let signaller = element.property::<glib::Object>("signaller");
+        signaller.set_property("host-addr", "");
+        signaller.set_property("stun-server", self.stun_server.as_deref());
+        element.set_property("stun-server", self.stun_server.as_deref());
+        crate::loopback::hook(
+            element,
+            crate::loopback::parse_list(&self.local_addresses),
+            cat,
+        );
+        Ok(())
+    }
 }
 
 /// Video codecs the pipeline can decode (WHIP) or encode (WHEP) with the packages set-up installs.
 pub const CODECS: &[&str] = &["H264", "VP8", "VP9"];
+
+/// What an endpoint takes: the codecs (a subset of [`CODECS`]) and, when it is narrower than
+/// the element can do, the property that widens it (named in the refusal).
+#[derive(Debug, Clone, Copy)]
+pub struct Accepts {
+    pub codecs: &'static [&'static str],
+    pub hint: Option<&'static str>,
+}
+
+impl Accepts {
+    pub const ALL: Accepts = Accepts {
+        codecs: CODECS,
+        hint: None,
+    };
+}
 
 /// What the element is told about its endpoint.
 pub trait Events: Send + Sync + 'static {
@@ -78,7 +221,16 @@ pub struct Endpoint {
     events: Arc<dyn Events>,
     live: Mutex<BTreeSet<String>>,
     timeout: Duration,
+    accepts: Accepts,
+    /// WHEP: true once the WebRTC sink has probed its codecs on the first frames and started
+    /// its signaller. An offer handed over earlier starts a session that is renegotiated
+    /// as soon as the probe ends, which a WHEP viewer cannot follow (its ICE fails), so
+    /// offers wait for this (at most `READY_WAIT`, then 503 with Retry-After).
+    ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+/// How long a WHEP offer waits for the first frames before it is answered 503.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// Bus warnings for refused requests, at most one a second; the others are counted and the
 /// count is given with the next warning.
@@ -120,7 +272,7 @@ pub fn url_is_bad(addr: &str) -> bool {
 }
 
 /// Checks an SDP offer; `Err((status, text))` says what is wrong with it.
-pub fn check_offer(kind: Kind, body: &[u8]) -> Result<(), (StatusCode, String)> {
+pub fn check_offer(kind: Kind, accepts: Accepts, body: &[u8]) -> Result<(), (StatusCode, String)> {
     let who = kind.name();
     if body.len() > MAX_OFFER_BYTES {
         return Err((
@@ -172,13 +324,15 @@ pub fn check_offer(kind: Kind, body: &[u8]) -> Result<(), (StatusCode, String)> 
             format!("{who} offer has no video m-line: send a video track"),
         ));
     }
-    if !offered.iter().any(|c| CODECS.contains(&c.as_str())) {
+    if !offered.iter().any(|c| accepts.codecs.contains(&c.as_str())) {
         offered.sort();
         offered.dedup();
+        let supported = accepts.codecs;
+        let hint = accepts.hint.map(|h| format!("; {h}")).unwrap_or_default();
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "{who} offer has no video codec we take: offered {offered:?}, supported {CODECS:?}"
+                "{who} offer has no video codec we take: offered {offered:?}, supported {supported:?}{hint}"
             ),
         ));
     }
@@ -191,6 +345,8 @@ impl Endpoint {
         element: gst::Element,
         events: Arc<dyn Events>,
         timeout: Duration,
+        accepts: Accepts,
+        ready: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Arc<Self> {
         Arc::new(Endpoint {
             kind,
@@ -198,7 +354,20 @@ impl Endpoint {
             events,
             live: Mutex::new(BTreeSet::new()),
             timeout,
+            accepts,
+            ready,
         })
+    }
+
+    /// Waits until the WebRTC element takes offers (see `ready`); false after `READY_WAIT`.
+    async fn wait_ready(&self) -> bool {
+        let Some(mut ready) = self.ready.clone() else {
+            return true;
+        };
+        matches!(
+            tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        )
     }
 
     fn signaller(&self) -> glib::Object {
@@ -251,8 +420,21 @@ impl Endpoint {
                 "Content-Type must be application/sdp (the SDP offer)".into(),
             );
         }
-        if let Err((status, text)) = check_offer(self.kind, &body) {
+        if let Err((status, text)) = check_offer(self.kind, self.accepts, &body) {
             return self.refuse(status, text);
+        }
+        if !self.wait_ready().await {
+            let mut response = self.refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no video has reached the {} endpoint yet (it answers once frames flow): retry",
+                    self.kind.name()
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
         }
         let replaced = match self.events.admit(&self.live()) {
             Ok(replaced) => replaced,
@@ -472,13 +654,13 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
     #[test]
     fn a_video_offer_in_a_codec_we_take_passes() {
         init();
-        assert!(check_offer(Kind::Whip, OFFER.as_bytes()).is_ok());
+        assert!(check_offer(Kind::Whip, Accepts::ALL, OFFER.as_bytes()).is_ok());
     }
 
     #[test]
     fn garbage_is_a_malformed_sdp() {
         init();
-        let (status, text) = check_offer(Kind::Whip, b"hello world").unwrap_err();
+        let (status, text) = check_offer(Kind::Whip, Accepts::ALL, b"hello world").unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(text.contains("malformed SDP"), "{text}");
     }
@@ -489,7 +671,7 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
         let audio = OFFER
             .replace("m=video", "m=audio")
             .replace("VP8/90000", "opus/48000/2");
-        let (status, text) = check_offer(Kind::Whip, audio.as_bytes()).unwrap_err();
+        let (status, text) = check_offer(Kind::Whip, Accepts::ALL, audio.as_bytes()).unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(text.contains("no video"), "{text}");
     }
@@ -498,9 +680,26 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
     fn an_unsupported_codec_is_named() {
         init();
         let av1 = OFFER.replace("VP8/90000", "AV1/90000");
-        let (status, text) = check_offer(Kind::Whep, av1.as_bytes()).unwrap_err();
+        let (status, text) = check_offer(Kind::Whep, Accepts::ALL, av1.as_bytes()).unwrap_err();
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert!(text.contains("AV1") && text.contains("H264"), "{text}");
+    }
+
+    #[test]
+    fn a_narrower_endpoint_names_the_property_that_widens_it() {
+        init();
+        let h264_only = Accepts {
+            codecs: &["H264"],
+            hint: Some("set codec=vp8"),
+        };
+        let (status, text) = check_offer(Kind::Whep, h264_only, OFFER.as_bytes()).unwrap_err();
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(
+            text.contains("VP8") && text.contains("[\"H264\"]") && text.contains("codec=vp8"),
+            "{text}"
+        );
+        let h264 = OFFER.replace("VP8/90000", "H264/90000");
+        assert!(check_offer(Kind::Whep, h264_only, h264.as_bytes()).is_ok());
     }
 
     #[test]
@@ -510,6 +709,39 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
         assert!(url_is_bad("127.0.0.1:8190"));
         assert!(url_is_bad("http://127.0.0.1"));
         assert!(url_is_bad("http://127.0.0.1:99999"));
+    }
+
+    #[test]
+    fn shared_properties_are_set_read_and_defaulted_per_side() {
+        init();
+        let mut whep = EndpointSettings::new(Kind::Whep);
+        assert_eq!(whep.host_addr, "http://127.0.0.1:8191");
+        assert_eq!(
+            EndpointSettings::new(Kind::Whip).host_addr,
+            "http://127.0.0.1:8190"
+        );
+        assert!(whep.set("stun-server", &"stun://10.0.0.1:3478".to_value()));
+        assert!(whep.set("stun-server", &"".to_value()));
+        assert_eq!(whep.stun_server, None, "empty is unset");
+        assert!(whep.set("host-addr", &None::<String>.to_value()));
+        assert_eq!(
+            whep.host_addr, "http://127.0.0.1:8191",
+            "unset is the default"
+        );
+        assert!(!whep.set("ts-offset", &0u64.to_value()));
+        assert_eq!(
+            whep.get("local-addresses")
+                .unwrap()
+                .get::<String>()
+                .unwrap(),
+            "127.0.0.1"
+        );
+        assert!(whep.get("codec").is_none());
+        let names: Vec<_> = EndpointSettings::param_specs(Kind::Whip)
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        assert_eq!(names, ["host-addr", "local-addresses", "stun-server"]);
     }
 
     #[test]
@@ -530,7 +762,9 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
         init();
         let big = format!("{OFFER}{}", "a=x\r\n".repeat(MAX_OFFER_BYTES / 4));
         assert_eq!(
-            check_offer(Kind::Whip, big.as_bytes()).unwrap_err().0,
+            check_offer(Kind::Whip, Accepts::ALL, big.as_bytes())
+                .unwrap_err()
+                .0,
             StatusCode::PAYLOAD_TOO_LARGE
         );
     }

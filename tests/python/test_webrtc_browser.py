@@ -6,42 +6,15 @@ camera's), so the frames went through the transform. All on 127.0.0.1.
 """
 
 import tempfile
-import time
 
 import pytest
 
 from i2i_web_helpers import wait_for
-from webrtc_helpers import Pages, WebRtcPipeline, chrome
+from webrtc_helpers import Pages, WebRtcPipeline, chrome, publish, stats, view
 
 # The transform's output size, unlike the camera's 320 x 240: a viewer seeing this size sees
 # the transformed video.
 OUT_W, OUT_H = 256, 192
-
-
-def stats(browser, kind):
-    return browser.execute_async_script(
-        "const done = arguments[arguments.length - 1]; window.stats(arguments[0]).then(done);",
-        kind)
-
-
-def publish(browser, pages, url, codec=None):
-    browser.get(pages.url)
-    browser.execute_script("window.publish(arguments[0], arguments[1]);", url, codec)
-    return wait_for(lambda: browser.execute_script(
-        "return (window.t.status || window.t.error) ? window.t : null;"), 60, "the WHIP answer")
-
-
-def view(browser, pages, url):
-    """POSTs until the WHEP endpoint listens (it does once frames flow)."""
-    deadline = time.monotonic() + 60
-    while True:
-        browser.get(pages.url)
-        browser.execute_script("window.view(arguments[0]);", url)
-        t = wait_for(lambda: browser.execute_script(
-            "return (window.t.status || window.t.error) ? window.t : null;"), 60, "the WHEP answer")
-        if t["status"] == 201 or time.monotonic() > deadline:
-            return t
-        time.sleep(1)
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp8"])

@@ -120,3 +120,21 @@ def test_publisher_vanishing_without_delete_is_noticed():
                 b.quit()
         gst.stop()
         pages.stop()
+
+
+def test_whep_offer_before_any_frame_gets_503_with_retry_after():
+    """No publisher, so no frame has reached i2iwhepsink: a viewer's offer waits (10 s) for
+    the first frames, then is told to retry, and the pipeline keeps running."""
+    tmp = tempfile.mkdtemp(prefix="i2i-webrtc-early-")
+    gst = WebRtcPipeline(tmp, middle="videoconvert")
+    try:
+        wait_for(lambda: _listening(gst.whep), 30, "the WHEP endpoint")
+        offer = OFFER.format(codec="VP8").replace("a=sendonly", "a=recvonly")
+        status, text, headers = http("POST", gst.whep, offer)
+        assert status == 503 and "no video has reached the WHEP endpoint" in text, (status, text)
+        assert headers.get("retry-after") == "1", headers
+        wait_for(lambda: "503 Service Unavailable" in gst.messages(), 10,
+                 f"the WHEP warning: {gst.messages()[-2000:]}")
+        assert gst.proc.poll() is None, gst.messages()[-3000:]
+    finally:
+        gst.stop()

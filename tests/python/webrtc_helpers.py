@@ -11,11 +11,12 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from i2i_web_helpers import ROOT, env, free_port
+from i2i_web_helpers import ROOT, env, free_port, wait_for
 
 webdriver = pytest.importorskip("selenium.webdriver")
 
@@ -56,11 +57,15 @@ window.publish = async (url, codec) => {
     await post(url, pc);
   } catch (e) { window.t.error = String(e); }
 };
-window.view = async (url) => {
+window.view = async (url, codec) => {
   try {
     const pc = new RTCPeerConnection();
     window.pc = pc;
-    pc.addTransceiver('video', {direction: 'recvonly'});
+    const tr = pc.addTransceiver('video', {direction: 'recvonly'});
+    if (codec) {
+      tr.setCodecPreferences(RTCRtpReceiver.getCapabilities('video').codecs
+        .filter(c => c.mimeType.toLowerCase() === 'video/' + codec));
+    }
     pc.ontrack = e => { document.getElementById('v').srcObject = new MediaStream([e.track]); };
     await post(url, pc);
   } catch (e) { window.t.error = String(e); }
@@ -134,7 +139,9 @@ class WebRtcPipeline:
     """`i2iwhipsrc ! ... ! i2itransform model=models/demo ! ... ! i2iwhepsink` in gst-launch-1.0,
     its bus messages (-m) in a file."""
 
-    def __init__(self, tmp, width=256, height=192, middle=None, extra_src="", extra_sink=""):
+    def __init__(self, tmp, width=256, height=192, middle=None, extra_src="", extra_sink="",
+                 source=None):
+        """`source`: a gst-launch source chain in place of `i2iwhipsrc ! middle` (WHEP only)."""
         launch = shutil.which("gst-launch-1.0")
         if launch is None:
             pytest.skip("gst-launch-1.0 not installed (apt install gstreamer1.0-tools)")
@@ -148,8 +155,10 @@ class WebRtcPipeline:
         if middle is None:
             middle = (f"videoconvert ! i2itransform model={model} width={width} height={height} "
                       f"! videoconvert")
-        desc = (f"i2iwhipsrc name=in host-addr=http://127.0.0.1:{self.whip_port} {extra_src} ! "
-                f"{middle} ! i2iwhepsink name=out host-addr=http://127.0.0.1:{self.whep_port} "
+        if source is None:
+            source = (f"i2iwhipsrc name=in host-addr=http://127.0.0.1:{self.whip_port} "
+                      f"{extra_src} ! {middle}")
+        desc = (f"{source} ! i2iwhepsink name=out host-addr=http://127.0.0.1:{self.whep_port} "
                 f"{extra_sink}")
         self.log_path = os.path.join(tmp, "gst-launch.log")
         self.log = open(self.log_path, "w")
@@ -169,3 +178,38 @@ class WebRtcPipeline:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def stats(browser, kind):
+    """The page's first video `inbound-rtp` / `outbound-rtp` stats (frames, size), or None."""
+    return browser.execute_async_script(
+        "const done = arguments[arguments.length - 1]; window.stats(arguments[0]).then(done);",
+        kind)
+
+
+def publish(browser, pages, url, codec=None):
+    """Publishes the fake camera over WHIP; the page's result {status, location, error}."""
+    browser.get(pages.url)
+    browser.execute_script("window.publish(arguments[0], arguments[1]);", url, codec)
+    return wait_for(lambda: browser.execute_script(
+        "return (window.t.status || window.t.error) ? window.t : null;"), 60, "the WHIP answer")
+
+
+def view(browser, pages, url, codec=None, retry=True):
+    """Plays the WHEP output; POSTs again (while `retry`) until the endpoint answers 201: it
+    does once frames flow into i2iwhepsink (503 before that)."""
+    deadline = time.monotonic() + 60
+    while True:
+        browser.get(pages.url)
+        browser.execute_script("window.view(arguments[0], arguments[1]);", url, codec)
+        t = wait_for(lambda: browser.execute_script(
+            "return (window.t.status || window.t.error) ? window.t : null;"), 60, "the WHEP answer")
+        if t["status"] == 201 or not retry or time.monotonic() > deadline:
+            return t
+        time.sleep(1)
+
+
+def decoded(browser, frames=5, timeout=90, what="decoded frames in the viewer"):
+    """Waits until the viewer page has decoded more than `frames` frames; their stats."""
+    return wait_for(lambda: (lambda s: s if s and s["framesDecoded"] > frames else None)(
+        stats(browser, "inbound-rtp")), timeout, what)

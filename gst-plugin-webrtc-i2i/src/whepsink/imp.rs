@@ -7,19 +7,34 @@
 //!   the WHEP sink releases each frame at its capture running time plus the offset, so the
 //!   viewers get the frames with their original spacing and one fixed, known delay; a frame
 //!   whose transform took longer than the offset goes out at once (late, counted by clocksync's
-//!   QoS messages);
+//!   QoS messages). A queue in front of it holds the frames in flight meanwhile (up to the
+//!   offset plus 200 ms), so the transform's output is not held back (a full queue holds it,
+//!   and the transform counts the frames it then drops as late);
 //! - 127.0.0.1 (or the `local-addresses` list) as an ICE host candidate, which libnice never
 //!   offers by itself, so viewers on the same machine connect;
 //! - no STUN server by default (a rig with no internet answers at once);
 //! - its own HTTP front (`endpoint.rs`), listening from READY (not only once frames flow):
 //!   clear refusals (malformed SDP, no video, unsupported codec, unknown resource) in the
 //!   response and as bus warnings, CORS for browser pages;
-//! - element messages `i2iwhepsink` with `event=viewer-added` / `viewer-removed` and the number
-//!   of `viewers`.
+//! - element messages `i2iwhepsink` with `event=viewer-added` / `viewer-removed` (and
+//!   `encoder-started` for each per-viewer encoder), the number of `viewers` and `encoders`.
 //!
-//! Each viewer is a webrtcsink consumer with its own encoder and congestion control
-//! (webrtcsink's `homegrown` sender-side heuristic): a viewer that falls behind lowers only its
-//! own bitrate.
+//! - `codec`: the video is encoded once, here, in front of `whepserversink` (`vp8`, the
+//!   default, or `h264`), and webrtcsink only payloads the same encoded frames for every viewer:
+//!   each viewer is fed through its own leaky queue (gstreamer-utils' StreamProducer), so a
+//!   viewer that falls behind drops frames only for itself and waits for the next keyframe,
+//!   which it asks the one encoder for (as does a viewer that joins). `per-viewer` hands raw
+//!   video to webrtcsink instead: each viewer gets its own encoder, in the codec its offer
+//!   prefers, with its own congestion control (webrtcsink's `homegrown` heuristic), at the cost
+//!   of one encoder per viewer;
+//! - flagged a sink from the start (webrtcsink becomes one only once its inner sinks exist,
+//!   after the bin took it in, so the flag would not reach this bin): the pipeline then waits
+//!   for its EOS, and `gst-launch-1.0 -e` and applications that drain before stopping end
+//!   cleanly;
+//! - no latency of its own in the pipeline's latency query, and upstream's is not waited for
+//!   (viewers have jitter buffers; webrtcsink would hold each frame for all of it);
+//! - the `encoders` property and field in the viewer messages: how many video encoders run for
+//!   the viewers (1 when encoding once, one per viewer otherwise).
 
 use gst::glib;
 use gst::prelude::*;
@@ -29,7 +44,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use crate::endpoint::{self, Endpoint, Kind, Server};
-use crate::loopback;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -39,39 +53,102 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_HOST_ADDR: &str = "http://127.0.0.1:8191";
-const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.0.1";
 const DEFAULT_TS_OFFSET: u64 = 0;
 const MAX_TS_OFFSET: u64 = 10 * gst::ClockTime::SECOND.nseconds();
+const DEFAULT_BITRATE: u32 = 2000;
+const MIN_BITRATE: u32 = 100;
+const MAX_BITRATE: u32 = 50_000;
+/// Frames between keyframes of the shared encoder: a viewer that lost packets asks for one
+/// (PLI) anyway; this bounds the wait when that request is lost too.
+const KEYFRAME_INTERVAL: u32 = 60;
+
+/// How the viewers' video is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstI2iWhepCodec")]
+pub enum Codec {
+    #[enum_value(name = "H264, encoded once for all viewers", nick = "h264")]
+    H264 = 0,
+    /// The default: Chromium shows VP8 about 30 ms sooner than H264 here (webrtc.md).
+    #[default]
+    #[enum_value(name = "VP8, encoded once for all viewers", nick = "vp8")]
+    Vp8 = 1,
+    #[enum_value(
+        name = "Per viewer: one encoder per viewer, in the codec its offer prefers",
+        nick = "per-viewer"
+    )]
+    PerViewer = 2,
+}
+
+impl Codec {
+    /// What the endpoint takes from viewers' offers with this setting.
+    fn accepts(self) -> endpoint::Accepts {
+        match self {
+            Codec::H264 => endpoint::Accepts {
+                codecs: &["H264"],
+                hint: Some(
+                    "the video is encoded once in H264 (i2iwhepsink codec=h264); set codec=vp8 or codec=per-viewer for other viewers",
+                ),
+            },
+            Codec::Vp8 => endpoint::Accepts {
+                codecs: &["VP8"],
+                hint: Some(
+                    "the video is encoded once in VP8 (i2iwhepsink codec=vp8); set codec=h264 or codec=per-viewer for other viewers",
+                ),
+            },
+            Codec::PerViewer => endpoint::Accepts::ALL,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Settings {
-    host_addr: String,
-    local_addresses: String,
-    stun_server: Option<String>,
+    endpoint: endpoint::EndpointSettings,
     ts_offset: u64,
+    codec: Codec,
+    bitrate: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host_addr: DEFAULT_HOST_ADDR.into(),
-            local_addresses: DEFAULT_LOCAL_ADDRESSES.into(),
-            stun_server: None,
+            endpoint: endpoint::EndpointSettings::new(Kind::Whep),
             ts_offset: DEFAULT_TS_OFFSET,
+            codec: Codec::default(),
+            bitrate: DEFAULT_BITRATE,
         }
     }
+}
+
+/// The elements built at NULL -> READY from the settings, removed again at READY -> NULL.
+struct Chain {
+    inner: gst::Element,
+    hold: gst::Element,
+    clocksync: gst::Element,
+    /// `videoconvert ! encoder ! capsfilter` when encoding once.
+    encoding: Vec<gst::Element>,
+    encoder: Option<gst::Element>,
+}
+
+/// Viewers and the encoders that run for them (`per-viewer`: counted from webrtcsink's
+/// `encoder-setup`, per viewer).
+#[derive(Default)]
+struct Viewers {
+    count: i64,
+    encoders: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Default)]
 pub struct WhepSink {
     settings: Mutex<Settings>,
-    inner: Mutex<Option<gst::Element>>,
-    clocksync: Mutex<Option<gst::Element>>,
+    chain: Mutex<Option<Chain>>,
     ghost: Mutex<Option<gst::GhostPad>>,
-    viewers: Mutex<i64>,
+    viewers: Mutex<Viewers>,
     server: Mutex<Option<Server>>,
     refusals: Mutex<endpoint::RateLimit>,
+    /// True once webrtcsink has probed its codecs on the first frames (it then starts its
+    /// signaller): the endpoint holds offers until then.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the HTTP front tells the element.
@@ -105,16 +182,47 @@ impl endpoint::Events for Events {
 }
 
 impl WhepSink {
+    /// Video encoders running for the viewers now.
+    fn encoders(&self) -> u32 {
+        let once = self
+            .chain
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|c| c.encoder.is_some());
+        if once {
+            1
+        } else {
+            self.viewers.lock().unwrap().encoders.values().sum()
+        }
+    }
+
+    /// A per-viewer encoder was made for `viewer` (codec=per-viewer).
+    fn encoder_started(&self, viewer: &str) {
+        *self
+            .viewers
+            .lock()
+            .unwrap()
+            .encoders
+            .entry(viewer.to_owned())
+            .or_default() += 1;
+        self.post("encoder-started", viewer, 0);
+    }
+
     fn post(&self, event: &str, viewer: &str, delta: i64) {
         let viewers = {
             let mut v = self.viewers.lock().unwrap();
-            *v = (*v + delta).max(0);
-            *v
+            v.count = (v.count + delta).max(0);
+            if delta < 0 {
+                v.encoders.remove(viewer);
+            }
+            v.count
         };
         let s = gst::Structure::builder("i2iwhepsink")
             .field("event", event)
             .field("viewer", viewer)
             .field("viewers", viewers)
+            .field("encoders", self.encoders())
             .build();
         let _ = self
             .obj()
@@ -123,29 +231,28 @@ impl WhepSink {
 
     fn build_inner(&self) -> Result<(), String> {
         let settings = self.settings.lock().unwrap().clone();
-        if endpoint::url_is_bad(&settings.host_addr) {
-            return Err(format!(
-                "i2iwhepsink: host-addr {:?} is not an http://host:port address",
-                settings.host_addr
-            ));
-        }
         let inner = gst::ElementFactory::make("whepserversink")
             .name("whepserversink")
             .build()
             .map_err(|e| format!("i2iwhepsink: no whepserversink element ({e}); build gst-plugin-webrtc-i2i and set GST_PLUGIN_PATH"))?;
+        settings.endpoint.apply(&inner, *CAT)?;
         let signaller = inner.property::<glib::Object>("signaller");
-        // Our HTTP front serves the endpoint (see endpoint.rs): the signaller's own server is off.
-        signaller.set_property("host-addr", "");
-        signaller.set_property("stun-server", settings.stun_server.as_deref());
-        inner.set_property("stun-server", settings.stun_server.as_deref());
         // Per-viewer congestion control without gst-plugins-rs's rtpgccbwe (the default `gcc`
-        // needs it and would fall back to none).
+        // needs it and would fall back to none). It acts on per-viewer encoders only.
         inner.set_property_from_str("congestion-control", "homegrown");
-        loopback::hook(
-            &inner,
-            loopback::parse_list(&settings.local_addresses),
-            *CAT,
-        );
+        // webrtcsink starts its signaller once the first frames have been probed for every
+        // codec. A viewer taken in before that gets a session that webrtcsink renegotiates
+        // when the probe ends, which WHEP cannot carry (the viewer's ICE fails), so this is
+        // when the endpoint starts answering. The first handler's value ends the emission:
+        // the signaller's own start (its HTTP server) is skipped, and it is off here anyway.
+        let weak = self.obj().downgrade();
+        signaller.connect("start", false, move |_| {
+            if let Some(obj) = weak.upgrade() {
+                gst::debug!(CAT, obj = obj, "first frames probed: taking viewers");
+                obj.imp().ready.send_replace(true);
+            }
+            Some(false.to_value())
+        });
 
         let weak = self.obj().downgrade();
         inner.connect("consumer-added", false, move |args| {
@@ -169,56 +276,159 @@ impl WhepSink {
             }
             None
         });
+        // Per-viewer encoders (none when encoding once: webrtcsink then only payloads).
+        let weak = self.obj().downgrade();
+        inner.connect("encoder-setup", false, move |args| {
+            let consumer = args
+                .get(1)
+                .and_then(|v| v.get::<String>().ok())
+                .unwrap_or_default();
+            if consumer != "discovery"
+                && let Some(obj) = weak.upgrade()
+            {
+                obj.imp().encoder_started(&consumer);
+            }
+            // Not configured here: webrtcsink's own handler sets the encoder up.
+            Some(false.to_value())
+        });
 
-        let clocksync = gst::ElementFactory::make("clocksync")
-            .name("offset")
-            .build()
-            .map_err(|e| {
-                format!("i2iwhepsink: no clocksync element ({e}); install GStreamer >= 1.18")
-            })?;
-        apply_offset(&clocksync, settings.ts_offset);
+        let hold = make("queue", "hold")?;
+        let clocksync = make("clocksync", "offset")?;
+        apply_offset(&hold, &clocksync, settings.ts_offset);
+        let (encoding, encoder) = match settings.codec {
+            Codec::PerViewer => (Vec::new(), None),
+            codec => {
+                let (encoder, caps) = make_encoder(codec, settings.bitrate)?;
+                let convert = make("videoconvert", "convert")?;
+                let filter = make("capsfilter", "encoded")?;
+                filter.set_property("caps", caps);
+                (vec![convert, encoder.clone(), filter], Some(encoder))
+            }
+        };
+        let mut elements = vec![hold.clone(), clocksync.clone()];
+        elements.extend(encoding.iter().cloned());
+        elements.push(inner.clone());
         self.obj()
-            .add_many([&clocksync, &inner])
+            .add_many(&elements)
             .map_err(|e| format!("i2iwhepsink: {e}"))?;
         let inner_pad = inner
             .request_pad_simple("video_%u")
             .ok_or_else(|| "i2iwhepsink: whepserversink gave no video pad".to_string())?;
-        clocksync
+        gst::Element::link_many(&elements[..elements.len() - 1])
+            .map_err(|e| format!("i2iwhepsink: the encoding chain does not link: {e}"))?;
+        elements[elements.len() - 2]
             .static_pad("src")
-            .expect("clocksync src")
+            .expect("src pad")
             .link(&inner_pad)
-            .map_err(|e| format!("i2iwhepsink: clocksync to whepserversink: {e}"))?;
+            .map_err(|e| format!("i2iwhepsink: encoder to whepserversink: {e}"))?;
         if let Some(ghost) = self.ghost.lock().unwrap().as_ref() {
             ghost
-                .set_target(Some(&clocksync.static_pad("sink").expect("clocksync sink")))
+                .set_target(Some(&hold.static_pad("sink").expect("queue sink")))
                 .map_err(|e| format!("i2iwhepsink: {e}"))?;
         }
-        *self.clocksync.lock().unwrap() = Some(clocksync);
         gst::info!(
             CAT,
             imp = self,
-            "WHEP endpoint {}/whep/endpoint",
-            settings.host_addr
+            "WHEP endpoint {}/whep/endpoint, {:?}",
+            settings.endpoint.host_addr,
+            settings.codec
         );
-        *self.inner.lock().unwrap() = Some(inner);
+        *self.chain.lock().unwrap() = Some(Chain {
+            inner,
+            hold,
+            clocksync,
+            encoding,
+            encoder,
+        });
         Ok(())
+    }
+
+    /// Takes the chain out again at READY -> NULL, so that the next start follows the
+    /// settings (`codec` may have changed).
+    fn remove_inner(&self) {
+        let Some(chain) = self.chain.lock().unwrap().take() else {
+            return;
+        };
+        if let Some(ghost) = self.ghost.lock().unwrap().as_ref() {
+            let _ = ghost.set_target(None::<&gst::Pad>);
+        }
+        let mut elements = vec![chain.hold, chain.clocksync];
+        elements.extend(chain.encoding);
+        elements.push(chain.inner);
+        for e in &elements {
+            let _ = e.set_state(gst::State::Null);
+        }
+        let _ = self.obj().remove_many(&elements);
+        *self.viewers.lock().unwrap() = Viewers::default();
+    }
+}
+
+fn make(factory: &str, name: &str) -> Result<gst::Element, String> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|e| format!("i2iwhepsink: no {factory} element ({e}); run scripts/setup.sh (GStreamer base, good and ugly plugins)"))
+}
+
+/// The one encoder for all viewers, tuned for latency, and the caps it must give: constrained
+/// baseline H264 is what every browser decodes.
+fn make_encoder(codec: Codec, kbps: u32) -> Result<(gst::Element, gst::Caps), String> {
+    match codec {
+        Codec::H264 => {
+            let enc = make("x264enc", "encoder")?;
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property_from_str("speed-preset", "ultrafast");
+            enc.set_property("key-int-max", KEYFRAME_INTERVAL);
+            set_bitrate(&enc, kbps);
+            let caps = gst::Caps::builder("video/x-h264")
+                .field("profile", "constrained-baseline")
+                .build();
+            Ok((enc, caps))
+        }
+        Codec::Vp8 => {
+            let enc = make("vp8enc", "encoder")?;
+            enc.set_property("deadline", 1i64);
+            enc.set_property("cpu-used", 8i32);
+            enc.set_property("lag-in-frames", 0i32);
+            enc.set_property_from_str("end-usage", "cbr");
+            enc.set_property("keyframe-max-dist", KEYFRAME_INTERVAL as i32);
+            set_bitrate(&enc, kbps);
+            Ok((enc, gst::Caps::new_empty_simple("video/x-vp8")))
+        }
+        Codec::PerViewer => Err("i2iwhepsink: per-viewer has no shared encoder".into()),
+    }
+}
+
+/// `bitrate` in kbit/s on the shared encoder, live.
+fn set_bitrate(encoder: &gst::Element, kbps: u32) {
+    if encoder.find_property("target-bitrate").is_some() {
+        encoder.set_property(
+            "target-bitrate",
+            i32::try_from(kbps * 1000).unwrap_or(i32::MAX),
+        );
+    } else {
+        encoder.set_property("bitrate", kbps);
     }
 }
 
 impl WhepSink {
     fn start_server(&self) -> Result<(), String> {
-        let host_addr = self.settings.lock().unwrap().host_addr.clone();
+        let host_addr = self.settings.lock().unwrap().endpoint.host_addr.clone();
+        let codec = self.settings.lock().unwrap().codec;
         let inner = self
-            .inner
+            .chain
             .lock()
             .unwrap()
-            .clone()
+            .as_ref()
+            .map(|c| c.inner.clone())
             .ok_or("i2iwhepsink: no whepserversink")?;
         let endpoint = Endpoint::new(
             Kind::Whep,
             inner,
             Arc::new(Events(self.obj().downgrade())),
             Duration::from_secs(30),
+            codec.accepts(),
+            Some(self.ready.subscribe()),
         );
         let server = Server::start(&host_addr, endpoint)
             .map_err(|e| format!("i2iwhepsink: WHEP endpoint {host_addr}: {e}"))?;
@@ -243,24 +453,8 @@ impl ObjectSubclass for WhepSink {
 impl ObjectImpl for WhepSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("host-addr")
-                    .nick("Host address")
-                    .blurb("HTTP address the WHEP endpoint listens on; viewers POST to <host-addr>/whep/endpoint (listening from READY; offers are answered once frames flow)")
-                    .default_value(Some(DEFAULT_HOST_ADDR))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("local-addresses")
-                    .nick("Extra ICE addresses")
-                    .blurb("Comma-separated local IP addresses offered as ICE host candidates besides those libnice finds (it never offers 127.0.0.1 itself); empty for none")
-                    .default_value(Some(DEFAULT_LOCAL_ADDRESSES))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("stun-server")
-                    .nick("STUN server")
-                    .blurb("stun://host:port for viewers behind NAT; unset (default) for none")
-                    .mutable_ready()
-                    .build(),
+            let mut specs = endpoint::EndpointSettings::param_specs(Kind::Whep);
+            specs.extend([
                 glib::ParamSpecUInt64::builder("ts-offset")
                     .nick("Timestamp offset")
                     .blurb("Nanoseconds added to every frame's timestamp (river's offset): the video keeps its timing with this fixed delay, and frames may take this long before they are late")
@@ -268,36 +462,52 @@ impl ObjectImpl for WhepSink {
                     .default_value(DEFAULT_TS_OFFSET)
                     .mutable_playing()
                     .build(),
-            ]
+                glib::ParamSpecEnum::builder_with_default("codec", Codec::default())
+                    .nick("Codec")
+                    .blurb("h264 or vp8: encoded once here and the same frames sent to every viewer (viewers must offer that codec); per-viewer: one encoder per viewer in the codec its offer prefers, with its own congestion control. Takes effect from NULL to READY")
+                    .build(),
+                glib::ParamSpecUInt::builder("bitrate")
+                    .nick("Bitrate")
+                    .blurb("Bit rate of the shared encoder in kbit/s (codec h264 or vp8; per-viewer encoders follow each viewer's congestion control)")
+                    .minimum(MIN_BITRATE)
+                    .maximum(MAX_BITRATE)
+                    .default_value(DEFAULT_BITRATE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("encoders")
+                    .nick("Encoders")
+                    .blurb("Video encoders running for the viewers now: 1 when encoding once, one per viewer with codec=per-viewer")
+                    .read_only()
+                    .build(),
+            ]);
+            specs
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock().unwrap();
+        if settings.endpoint.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "host-addr" => {
-                settings.host_addr = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .unwrap_or_else(|| DEFAULT_HOST_ADDR.into())
-            }
-            "local-addresses" => {
-                settings.local_addresses = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .unwrap_or_default()
-            }
-            "stun-server" => {
-                settings.stun_server = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .filter(|s| !s.is_empty())
-            }
             "ts-offset" => {
                 settings.ts_offset = value.get().unwrap_or(DEFAULT_TS_OFFSET);
-                if let Some(clocksync) = self.clocksync.lock().unwrap().as_ref() {
-                    apply_offset(clocksync, settings.ts_offset);
+                if let Some(chain) = self.chain.lock().unwrap().as_ref() {
+                    apply_offset(&chain.hold, &chain.clocksync, settings.ts_offset);
+                }
+            }
+            "codec" => settings.codec = value.get().unwrap_or_default(),
+            "bitrate" => {
+                settings.bitrate = value.get().unwrap_or(DEFAULT_BITRATE);
+                if let Some(encoder) = self
+                    .chain
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .and_then(|c| c.encoder.as_ref())
+                {
+                    set_bitrate(encoder, settings.bitrate);
                 }
             }
             other => unreachable!("no property {other}: GObject only passes registered names"),
@@ -306,11 +516,17 @@ impl ObjectImpl for WhepSink {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings.lock().unwrap();
+        if let Some(value) = settings.endpoint.get(pspec.name()) {
+            return value;
+        }
         match pspec.name() {
-            "host-addr" => settings.host_addr.to_value(),
-            "local-addresses" => settings.local_addresses.to_value(),
-            "stun-server" => settings.stun_server.to_value(),
             "ts-offset" => settings.ts_offset.to_value(),
+            "codec" => settings.codec.to_value(),
+            "bitrate" => settings.bitrate.to_value(),
+            "encoders" => {
+                drop(settings);
+                self.encoders().to_value()
+            }
             other => unreachable!("no property {other}: GObject only passes registered names"),
         }
     }
@@ -324,6 +540,8 @@ impl ObjectImpl for WhepSink {
             .build();
         obj.add_pad(&ghost).expect("adding the sink ghost pad");
         *self.ghost.lock().unwrap() = Some(ghost);
+        // A sink for the pipeline's EOS collection (see the header).
+        obj.set_element_flags(gst::ElementFlags::SINK);
     }
 }
 
@@ -357,11 +575,23 @@ impl ElementImpl for WhepSink {
         PAD_TEMPLATES.as_ref()
     }
 
+    /// The pipeline's latency is not waited for here: the viewers have jitter buffers of
+    /// their own, so each frame goes out as soon as it arrives (or at capture time plus
+    /// `ts-offset`). Left to webrtcsink, its inner sinks would hold every frame for the whole
+    /// upstream latency (the publisher's 200 ms jitter buffer with `i2iwhipsrc`).
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            q.set(true, gst::ClockTime::ZERO, gst::ClockTime::NONE);
+            return true;
+        }
+        self.parent_query(query)
+    }
+
     fn change_state(
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        if transition == gst::StateChange::NullToReady && self.inner.lock().unwrap().is_none() {
+        if transition == gst::StateChange::NullToReady && self.chain.lock().unwrap().is_none() {
             self.build_inner().map_err(|msg| {
                 gst::element_imp_error!(self, gst::CoreError::MissingPlugin, ("{msg}"));
                 gst::StateChangeError
@@ -375,8 +605,12 @@ impl ElementImpl for WhepSink {
             return Err(gst::StateChangeError);
         }
         let ret = self.parent_change_state(transition);
+        if transition == gst::StateChange::PausedToReady {
+            self.ready.send_replace(false);
+        }
         if transition == gst::StateChange::ReadyToNull {
             self.server.lock().unwrap().take();
+            self.remove_inner();
         }
         ret
     }
@@ -385,8 +619,17 @@ impl ElementImpl for WhepSink {
 impl BinImpl for WhepSink {}
 
 /// The offset as clocksync wants it: synchronised only when there is an offset to keep, so that
-/// `ts-offset=0` adds no waiting at all.
-fn apply_offset(clocksync: &gst::Element, offset: u64) {
+/// `ts-offset=0` adds no waiting at all. The queue in front holds the frames in flight during
+/// the offset (and 200 ms more), or one frame without an offset.
+fn apply_offset(hold: &gst::Element, clocksync: &gst::Element, offset: u64) {
+    hold.set_property("max-size-bytes", 0u32);
+    if offset > 0 {
+        hold.set_property("max-size-buffers", 0u32);
+        hold.set_property("max-size-time", offset.saturating_add(200_000_000));
+    } else {
+        hold.set_property("max-size-buffers", 1u32);
+        hold.set_property("max-size-time", 0u64);
+    }
     clocksync.set_property("sync", offset > 0);
     clocksync.set_property("ts-offset", i64::try_from(offset).unwrap_or(i64::MAX));
 }

@@ -14,6 +14,8 @@
 //! - no STUN server by default (a rig with no internet answers at once);
 //! - its own HTTP front (`endpoint.rs`): clear refusals (malformed SDP, no video, unsupported
 //!   codec, unknown resource) in the response and as bus warnings, CORS for browser pages;
+//! - an EOS sent to the element (gst-launch-1.0 -e on Ctrl-C) goes downstream at once, with
+//!   or without a publisher, so the pipeline drains and stops cleanly;
 //! - `busy-policy`: a new publisher `replace`s the live one (default) or is `refuse`d (409);
 //! - a publisher that vanishes without DELETE (no video for `publisher-timeout` seconds) is
 //!   ended, `publisher-gone` is posted with `reason=timeout`, and the next one is accepted.
@@ -26,7 +28,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::endpoint::{self, Endpoint, Kind, Server};
-use crate::loopback;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -36,8 +37,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_HOST_ADDR: &str = "http://127.0.0.1:8190";
-const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.0.1";
 const DEFAULT_TIMEOUT: u32 = 15;
 const DEFAULT_PUBLISHER_TIMEOUT: u32 = 5;
 
@@ -57,9 +56,7 @@ pub enum BusyPolicy {
 
 #[derive(Debug, Clone)]
 struct Settings {
-    host_addr: String,
-    local_addresses: String,
-    stun_server: Option<String>,
+    endpoint: endpoint::EndpointSettings,
     timeout: u32,
     busy_policy: BusyPolicy,
     publisher_timeout: u32,
@@ -68,9 +65,7 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host_addr: DEFAULT_HOST_ADDR.into(),
-            local_addresses: DEFAULT_LOCAL_ADDRESSES.into(),
-            stun_server: None,
+            endpoint: endpoint::EndpointSettings::new(Kind::Whip),
             timeout: DEFAULT_TIMEOUT,
             busy_policy: BusyPolicy::default(),
             publisher_timeout: DEFAULT_PUBLISHER_TIMEOUT,
@@ -235,24 +230,8 @@ impl ObjectSubclass for WhipSrc {
 impl ObjectImpl for WhipSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("host-addr")
-                    .nick("Host address")
-                    .blurb("HTTP address the WHIP endpoint listens on; publishers POST to <host-addr>/whip/endpoint")
-                    .default_value(Some(DEFAULT_HOST_ADDR))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("local-addresses")
-                    .nick("Extra ICE addresses")
-                    .blurb("Comma-separated local IP addresses offered as ICE host candidates besides those libnice finds (it never offers 127.0.0.1 itself); empty for none")
-                    .default_value(Some(DEFAULT_LOCAL_ADDRESSES))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("stun-server")
-                    .nick("STUN server")
-                    .blurb("stun://host:port for publishers behind NAT; unset (default) for none")
-                    .mutable_ready()
-                    .build(),
+            let mut specs = endpoint::EndpointSettings::param_specs(Kind::Whip);
+            specs.extend([
                 glib::ParamSpecUInt::builder("timeout")
                     .nick("Answer timeout")
                     .blurb("Seconds a POST waits for the SDP answer before failing with 500")
@@ -274,32 +253,18 @@ impl ObjectImpl for WhipSrc {
                     .default_value(DEFAULT_PUBLISHER_TIMEOUT)
                     .mutable_playing()
                     .build(),
-            ]
+            ]);
+            specs
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock().unwrap();
+        if settings.endpoint.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "host-addr" => {
-                settings.host_addr = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .unwrap_or_else(|| DEFAULT_HOST_ADDR.into())
-            }
-            "local-addresses" => {
-                settings.local_addresses = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .unwrap_or_default()
-            }
-            "stun-server" => {
-                settings.stun_server = value
-                    .get::<Option<String>>()
-                    .unwrap_or_default()
-                    .filter(|s| !s.is_empty())
-            }
             "timeout" => settings.timeout = value.get().unwrap_or(DEFAULT_TIMEOUT),
             "busy-policy" => settings.busy_policy = value.get().unwrap_or_default(),
             "publisher-timeout" => {
@@ -311,10 +276,10 @@ impl ObjectImpl for WhipSrc {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings.lock().unwrap();
+        if let Some(value) = settings.endpoint.get(pspec.name()) {
+            return value;
+        }
         match pspec.name() {
-            "host-addr" => settings.host_addr.to_value(),
-            "local-addresses" => settings.local_addresses.to_value(),
-            "stun-server" => settings.stun_server.to_value(),
             "timeout" => settings.timeout.to_value(),
             "busy-policy" => settings.busy_policy.to_value(),
             "publisher-timeout" => settings.publisher_timeout.to_value(),
@@ -364,6 +329,32 @@ impl ElementImpl for WhipSrc {
         PAD_TEMPLATES.as_ref()
     }
 
+    /// An EOS sent to the element (gst-launch-1.0 -e on Ctrl-C, an application ending the
+    /// stream) goes out of the `src` pad at once: the publisher's own EOS is dropped inside
+    /// (the next publisher continues), so without this the pipeline would never drain, and
+    /// with no publisher there is nothing upstream to send it.
+    fn send_event(&self, event: gst::Event) -> bool {
+        if event.type_() == gst::EventType::Eos {
+            let Some(ghost) = self.ghost.lock().unwrap().clone() else {
+                return false;
+            };
+            gst::info!(
+                CAT,
+                imp = self,
+                "end of stream requested: sending EOS downstream"
+            );
+            // Nothing of the publisher's may follow the EOS (events after EOS upset the pads
+            // downstream): from here its data stops at its own pad.
+            if let Some(target) = ghost.target() {
+                target.add_probe(gst::PadProbeType::DATA_DOWNSTREAM, |_, _| {
+                    gst::PadProbeReturn::Drop
+                });
+            }
+            return ghost.push_event(event);
+        }
+        self.parent_send_event(event)
+    }
+
     fn change_state(
         &self,
         transition: gst::StateChange,
@@ -398,23 +389,10 @@ impl WhipSrc {
             .name("whipserversrc")
             .build()
             .map_err(|e| format!("i2iwhipsrc: no whipserversrc element ({e}); build gst-plugin-webrtc-i2i and set GST_PLUGIN_PATH"))?;
-        let signaller = inner.property::<glib::Object>("signaller");
-        if endpoint::url_is_bad(&settings.host_addr) {
-            return Err(format!(
-                "i2iwhipsrc: host-addr {:?} is not an http://host:port address",
-                settings.host_addr
-            ));
-        }
-        // Our HTTP front serves the endpoint (see endpoint.rs): the signaller's own server is off.
-        signaller.set_property("host-addr", "");
-        signaller.set_property("timeout", settings.timeout);
-        signaller.set_property("stun-server", settings.stun_server.as_deref());
-        inner.set_property("stun-server", settings.stun_server.as_deref());
-        loopback::hook(
-            &inner,
-            loopback::parse_list(&settings.local_addresses),
-            *CAT,
-        );
+        settings.endpoint.apply(&inner, *CAT)?;
+        inner
+            .property::<glib::Object>("signaller")
+            .set_property("timeout", settings.timeout);
 
         let weak = self.obj().downgrade();
         inner.connect_pad_added(move |_, pad| {
@@ -435,7 +413,7 @@ impl WhipSrc {
             CAT,
             imp = self,
             "WHIP endpoint {}/whip/endpoint",
-            settings.host_addr
+            settings.endpoint.host_addr
         );
         *self.inner.lock().unwrap() = Some(inner);
         Ok(())
@@ -446,7 +424,7 @@ impl WhipSrc {
     fn start_server(&self) -> Result<(), String> {
         let (host_addr, timeout) = {
             let s = self.settings.lock().unwrap();
-            (s.host_addr.clone(), s.timeout)
+            (s.endpoint.host_addr.clone(), s.timeout)
         };
         let inner = self
             .inner
@@ -459,6 +437,8 @@ impl WhipSrc {
             inner,
             Arc::new(Events(self.obj().downgrade())),
             Duration::from_secs(u64::from(timeout)),
+            endpoint::Accepts::ALL,
+            None,
         );
         let server = Server::start(&host_addr, endpoint.clone())
             .map_err(|e| format!("i2iwhipsrc: WHIP endpoint {host_addr}: {e}"))?;
