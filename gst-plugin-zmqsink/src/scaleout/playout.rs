@@ -8,9 +8,28 @@
 //! indices strictly increase. A frame never waits longer than `delay` after its arrival,
 //! so a sender whose clock runs ahead cannot stall the output.
 //!
+//! The buffer holds at most `max_frames`; what happens to a frame that finds it full is the
+//! [`FullPolicy`]: play the oldest early (nothing lost, the pacing breaks) or drop the
+//! oldest or the arriving frame (the pacing holds, the drop is counted).
+//!
 //! Times are microseconds since the Unix epoch, passed in by the caller.
 
 use std::collections::BTreeMap;
+
+/// What to do when a frame arrives and `max_frames` are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Keep it and play the oldest held frames at once, before their time, until the
+    /// buffer is back within its bound (counted as `overflow`): no frame is lost, but the
+    /// output leaves the source's pacing.
+    PlayEarly,
+    /// Drop the oldest frame (the next to play; the arriving one when it comes before all
+    /// held) to make room (counted as `dropped`): every frame played keeps its time.
+    DropOldest,
+    /// Drop the arriving frame (counted as `dropped`): the held frames keep their places
+    /// and their times.
+    DropNewest,
+}
 
 /// What became of an arriving frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +40,8 @@ pub enum Arrival {
     Late,
     /// Already held: dropped.
     Duplicate,
+    /// The buffer was full and the policy dropped this frame.
+    Dropped,
     /// Its index is below what was played although it is newer than anything played: the
     /// source restarted its count. Frames held from before were discarded; this one is held.
     Restarted,
@@ -46,8 +67,11 @@ pub struct PlayoutStats {
     pub late: u64,
     pub duplicates: u64,
     pub missing: u64,
-    /// Frames played before their time because the buffer was full.
+    /// Frames played before their time because the buffer was full ([`FullPolicy::PlayEarly`]).
     pub overflow: u64,
+    /// Frames dropped because the buffer was full ([`FullPolicy::DropOldest`],
+    /// [`FullPolicy::DropNewest`]); the gaps they leave are counted as `missing` too.
+    pub dropped: u64,
     pub restarts: u64,
     /// Frames discarded at a restart.
     pub discarded: u64,
@@ -64,6 +88,7 @@ struct Held<P> {
 pub struct Playout<P> {
     delay_us: i64,
     max_frames: usize,
+    policy: FullPolicy,
     frames: BTreeMap<u64, Held<P>>,
     next: Option<u64>,
     last_timestamp_ms: Option<i64>,
@@ -71,10 +96,11 @@ pub struct Playout<P> {
 }
 
 impl<P> Playout<P> {
-    pub fn new(delay_us: i64, max_frames: usize) -> Self {
+    pub fn new(delay_us: i64, max_frames: usize, policy: FullPolicy) -> Self {
         Playout {
             delay_us: delay_us.max(0),
             max_frames: max_frames.max(1),
+            policy,
             frames: BTreeMap::new(),
             next: None,
             last_timestamp_ms: None,
@@ -88,6 +114,26 @@ impl<P> Playout<P> {
 
     pub fn set_max_frames(&mut self, max_frames: usize) {
         self.max_frames = max_frames.max(1);
+        self.trim();
+    }
+
+    pub fn set_policy(&mut self, policy: FullPolicy) {
+        self.policy = policy;
+        self.trim();
+    }
+
+    /// Brings a buffer over its bound (after the bound or the policy changed) back within
+    /// it as the policy says; [`FullPolicy::PlayEarly`] does it in [`Playout::pop_due`].
+    fn trim(&mut self) {
+        let excess = self.frames.len().saturating_sub(self.max_frames);
+        for _ in 0..excess {
+            match self.policy {
+                FullPolicy::PlayEarly => return,
+                FullPolicy::DropOldest => self.frames.pop_first(),
+                FullPolicy::DropNewest => self.frames.pop_last(),
+            };
+            self.stats.dropped += 1;
+        }
     }
 
     pub fn stats(&self) -> &PlayoutStats {
@@ -148,6 +194,23 @@ impl<P> Playout<P> {
         if self.frames.contains_key(&index) {
             self.stats.duplicates += 1;
             return Arrival::Duplicate;
+        }
+        if self.frames.len() >= self.max_frames {
+            let before_all = self
+                .frames
+                .first_key_value()
+                .is_some_and(|(&first, _)| index < first);
+            match self.policy {
+                FullPolicy::PlayEarly => {}
+                FullPolicy::DropOldest if !before_all => {
+                    self.frames.pop_first();
+                    self.stats.dropped += 1;
+                }
+                FullPolicy::DropOldest | FullPolicy::DropNewest => {
+                    self.stats.dropped += 1;
+                    return Arrival::Dropped;
+                }
+            }
         }
         self.frames.insert(
             index,
@@ -234,7 +297,7 @@ mod tests {
 
     #[test]
     fn out_of_order_frames_play_in_order_at_their_time_plus_delay() {
-        let mut p = Playout::new(D, 64);
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
         let now = us(ts(3)) + 100_000;
         for i in [2u64, 0, 3, 1] {
             assert_eq!(p.insert(i, ts(i), i, now), Arrival::Held);
@@ -256,7 +319,7 @@ mod tests {
 
     #[test]
     fn a_missing_frame_is_skipped_at_the_next_frames_time_and_late_ones_dropped() {
-        let mut p = Playout::new(D, 64);
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
         p.insert(0, ts(0), 0, us(ts(0)));
         p.insert(2, ts(2), 2, us(ts(2)));
         assert_eq!(p.pop_due(us(ts(0)) + D).unwrap().index, 0);
@@ -274,7 +337,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_dropped() {
-        let mut p = Playout::new(D, 64);
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
         assert_eq!(p.insert(5, ts(5), 'a', us(ts(5))), Arrival::Held);
         assert_eq!(p.insert(5, ts(5), 'b', us(ts(5))), Arrival::Duplicate);
         let r = p.pop_due(us(ts(5)) + D).unwrap();
@@ -285,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_clock_ahead_cannot_hold_a_frame_longer_than_the_delay() {
-        let mut p = Playout::new(D, 64);
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
         let now = 5_000_000_000;
         // Stamped an hour in the future by a sender with a wrong clock.
         p.insert(0, now / 1000 + 3_600_000, 0, now);
@@ -294,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_plays_early_instead_of_growing() {
-        let mut p = Playout::new(D, 4);
+        let mut p = Playout::new(D, 4, FullPolicy::PlayEarly);
         let now = us(ts(0));
         for i in 0..6 {
             p.insert(i, ts(i), i, now);
@@ -306,8 +369,71 @@ mod tests {
     }
 
     #[test]
+    fn a_full_buffer_drops_the_oldest_and_keeps_the_pacing() {
+        let mut p = Playout::new(D, 4, FullPolicy::DropOldest);
+        p.insert(0, ts(0), 0, us(ts(0)));
+        let now = us(ts(0)) + D;
+        assert_eq!(p.pop_due(now).unwrap().index, 0);
+        // A window of 6 arrives at once.
+        for i in 1..7 {
+            assert_eq!(p.insert(i, ts(i), i, now), Arrival::Held);
+        }
+        assert_eq!(p.len(), 4);
+        assert_eq!(p.stats().dropped, 2);
+        assert_eq!(p.pop_due(now), None, "nothing plays before its time");
+        let r = p.pop_due(us(ts(3)) + D).unwrap();
+        assert_eq!((r.index, r.skipped, r.due_us), (3, 2, us(ts(3)) + D));
+        assert_eq!(p.stats().missing, 2, "the dropped frames are gaps");
+        assert_eq!(p.stats().overflow, 0);
+        // A straggler from before everything held is the oldest: it is the one dropped.
+        let mut q = Playout::new(D, 2, FullPolicy::DropOldest);
+        q.insert(5, ts(5), 5, now);
+        q.insert(6, ts(6), 6, now);
+        assert_eq!(q.insert(4, ts(4), 4, now), Arrival::Dropped);
+        assert!(q.holds(5) && q.holds(6));
+        assert_eq!(q.stats().dropped, 1);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_the_arriving_frame_with_drop_newest() {
+        let mut p = Playout::new(D, 4, FullPolicy::DropNewest);
+        let now = us(ts(5));
+        let outcomes: Vec<Arrival> = (0..6).map(|i| p.insert(i, ts(i), i, now)).collect();
+        assert_eq!(&outcomes[4..], &[Arrival::Dropped, Arrival::Dropped]);
+        assert!((0..4).all(|i| p.holds(i)));
+        assert_eq!(p.stats().dropped, 2);
+        for i in 0..4 {
+            let r = p.pop_due(us(ts(i)) + D).unwrap();
+            assert_eq!((r.index, r.due_us), (i, us(ts(i)) + D));
+        }
+    }
+
+    #[test]
+    fn a_smaller_bound_is_applied_by_the_policy() {
+        let now = us(ts(0));
+        let mut p = Playout::new(D, 8, FullPolicy::DropNewest);
+        for i in 0..6 {
+            p.insert(i, ts(i), i, now);
+        }
+        p.set_max_frames(4);
+        assert!(p.holds(3) && !p.holds(4) && !p.holds(5));
+        p.set_policy(FullPolicy::DropOldest);
+        p.set_max_frames(2);
+        assert!(p.holds(2) && p.holds(3) && !p.holds(1));
+        assert_eq!(p.stats().dropped, 4);
+        p.set_policy(FullPolicy::PlayEarly);
+        p.set_max_frames(1);
+        assert_eq!(
+            p.pop_due(now).unwrap().index,
+            2,
+            "over the bound: plays early"
+        );
+        assert_eq!(p.stats().overflow, 1);
+    }
+
+    #[test]
     fn a_restarted_source_is_followed() {
-        let mut p = Playout::new(D, 64);
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
         p.insert(100, ts(100), 100, us(ts(100)));
         p.insert(101, ts(101), 101, us(ts(101)));
         assert_eq!(p.pop_due(us(ts(100)) + D).unwrap().index, 100);
@@ -320,7 +446,7 @@ mod tests {
 
     #[test]
     fn skipping_the_tail_after_the_input_ended() {
-        let mut p = Playout::new(D, 64);
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
         assert_eq!(p.skip_through(10), 0, "nothing played yet: nothing to skip");
         p.insert(0, ts(0), 0, us(ts(0)));
         p.pop_due(us(ts(0)) + D).unwrap();

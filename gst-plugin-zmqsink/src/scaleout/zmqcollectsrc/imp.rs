@@ -6,7 +6,10 @@
 //! a reorder buffer ([`crate::scaleout::playout`]). `create()` plays frame `i` at
 //! `timestamp_i + playout-delay`: indices strictly increase, the pacing is the source's,
 //! frames later than the delay are dropped (late) and frames that never came are skipped
-//! (missing), both counted in `stats` and reported on the bus at most once a second.
+//! (missing), both counted in `stats` and reported on the bus at most once a second. The
+//! buffer holds at most `max-frames`; `queue-policy` says what a frame that finds it full
+//! does: play the oldest early (`overflow`) or drop the oldest or the arriving frame
+//! (`dropped`), reported likewise.
 //! Each buffer keeps the frame's original time as a `timestamp/x-unix` reference meta, so
 //! a `zmqmsgpacksink` after it publishes the true entry time and `i2i-stats` shows the
 //! end-to-end latency.
@@ -25,12 +28,13 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use super::CollectQueuePolicy;
 use crate::curve::ElementCurve;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
-use crate::scaleout::playout::{Arrival, Playout, PlayoutStats};
+use crate::scaleout::playout::{Arrival, FullPolicy, Playout, PlayoutStats};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::unix_time;
 use crate::warn::RateLimit;
@@ -48,6 +52,7 @@ const DEFAULT_ENDPOINT: &str = "tcp://*:5558";
 const DEFAULT_BIND: bool = true;
 const DEFAULT_PLAYOUT_DELAY_MS: u32 = 1000;
 const DEFAULT_MAX_FRAMES: u32 = 256;
+const DEFAULT_QUEUE_POLICY: CollectQueuePolicy = CollectQueuePolicy::PlayEarly;
 const DEFAULT_IDLE_TIMEOUT_MS: u32 = 0;
 const DEFAULT_GROUP: &str = "i2i";
 const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
@@ -62,6 +67,7 @@ struct Settings {
     bind: bool,
     playout_delay_ms: u32,
     max_frames: u32,
+    queue_policy: CollectQueuePolicy,
     idle_timeout_ms: u32,
     group: String,
     max_message_size: i64,
@@ -76,11 +82,48 @@ impl Default for Settings {
             bind: DEFAULT_BIND,
             playout_delay_ms: DEFAULT_PLAYOUT_DELAY_MS,
             max_frames: DEFAULT_MAX_FRAMES,
+            queue_policy: DEFAULT_QUEUE_POLICY,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             group: DEFAULT_GROUP.into(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             framerate: DEFAULT_FRAMERATE,
             max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+fn full_policy(p: CollectQueuePolicy) -> FullPolicy {
+    match p {
+        CollectQueuePolicy::PlayEarly => FullPolicy::PlayEarly,
+        CollectQueuePolicy::DropOldest => FullPolicy::DropOldest,
+        CollectQueuePolicy::DropNewest => FullPolicy::DropNewest,
+    }
+}
+
+fn policy_nick(p: CollectQueuePolicy) -> &'static str {
+    match p {
+        CollectQueuePolicy::PlayEarly => "play-early",
+        CollectQueuePolicy::DropOldest => "drop-oldest",
+        CollectQueuePolicy::DropNewest => "drop-newest",
+    }
+}
+
+/// Frames lost or played out of time, as last reported on the bus.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Losses {
+    late: u64,
+    missing: u64,
+    dropped: u64,
+    overflow: u64,
+}
+
+impl Losses {
+    fn of(s: &PlayoutStats) -> Losses {
+        Losses {
+            late: s.late,
+            missing: s.missing,
+            dropped: s.dropped,
+            overflow: s.overflow,
         }
     }
 }
@@ -103,8 +146,8 @@ struct Core {
     malformed: u64,
     not_jpeg: u64,
     too_large: u64,
-    /// What was last reported on the bus: (late, missing).
-    reported: (u64, u64),
+    /// What was last reported on the bus.
+    reported: Losses,
 }
 
 /// The core, its flags, the condvar and the wake-up, and the group's ledger.
@@ -218,6 +261,11 @@ impl Io {
                     self.shared.extra.received(f.index);
                 }
                 Arrival::Late => gst::debug!(CAT, "frame {} late, dropped", f.index),
+                // It came: nothing to send again.
+                Arrival::Dropped => {
+                    gst::debug!(CAT, "frame {} dropped: reorder buffer full", f.index);
+                    self.shared.extra.received(f.index);
+                }
                 Arrival::Duplicate => gst::debug!(CAT, "frame {} again, dropped", f.index),
             }
         }
@@ -273,31 +321,59 @@ impl ZmqCollectSrc {
             core.playout
                 .set_delay(i64::from(settings.playout_delay_ms) * 1000);
             core.playout.set_max_frames(settings.max_frames as usize);
+            core.playout.set_policy(full_policy(settings.queue_policy));
             drop(core);
             shared.cond.notify_all();
         }
     }
 
-    /// Reports frames lost since the last report, at most once a second.
-    fn report_losses(&self, late: u64, missing: u64, reported: (u64, u64)) -> Option<(u64, u64)> {
-        if (late, missing) == reported {
+    /// Reports frames lost or played early since the last report, at most once a second.
+    fn report_losses(&self, now: Losses, reported: Losses) -> Option<Losses> {
+        if now == reported {
             return None;
         }
         {
             let mut guard = self.state.lock().unwrap();
             guard.as_mut()?.loss_limit.allow(Instant::now())?;
         }
-        let delay = self.settings.lock().unwrap().playout_delay_ms;
+        let (delay, max_frames, policy) = {
+            let s = self.settings.lock().unwrap();
+            (s.playout_delay_ms, s.max_frames, s.queue_policy)
+        };
+        let policy = policy_nick(policy);
+        let mut parts = Vec::new();
+        if now.missing > reported.missing || now.late > reported.late {
+            parts.push(format!(
+                "{} more missing (never arrived within playout-delay {delay} ms), {} more late",
+                now.missing - reported.missing,
+                now.late - reported.late
+            ));
+        }
+        if now.dropped > reported.dropped {
+            parts.push(format!(
+                "{} more dropped with the reorder buffer full (max-frames {max_frames}, queue-policy {policy})",
+                now.dropped - reported.dropped
+            ));
+        }
+        if now.overflow > reported.overflow {
+            parts.push(format!(
+                "{} more played early with the reorder buffer full (max-frames {max_frames}, queue-policy {policy}; keep max-frames above fps x playout-delay)",
+                now.overflow - reported.overflow
+            ));
+        }
         gst::element_imp_warning!(
             self,
             gst::StreamError::Failed,
             (
-                "Frames lost: {} more missing (never arrived within playout-delay {delay} ms), {} more late; {missing} missing and {late} late in all",
-                missing - reported.1,
-                late - reported.0
+                "Frames lost: {}; {} missing, {} late, {} dropped, {} played early in all",
+                parts.join("; "),
+                now.missing,
+                now.late,
+                now.dropped,
+                now.overflow
             )
         );
-        Some((late, missing))
+        Some(now)
     }
 }
 
@@ -339,10 +415,15 @@ impl ObjectImpl for ZmqCollectSrc {
                     .build(),
                 glib::ParamSpecUInt::builder("max-frames")
                     .nick("Maximum frames")
-                    .blurb("Frames held for reordering, at most; beyond it the oldest is output early (counted as overflow)")
+                    .blurb("Frames held for reordering, at most (keep it above fps x playout-delay); what happens beyond is queue-policy")
                     .minimum(1)
                     .maximum(100_000)
                     .default_value(DEFAULT_MAX_FRAMES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("queue-policy", DEFAULT_QUEUE_POLICY)
+                    .nick("Queue policy")
+                    .blurb("When max-frames are held: play-early (the oldest play at once, nothing lost, counted as overflow), drop-oldest (drop the next frame to play) or drop-newest (drop the arriving frame); the drops keep the pacing and are counted as dropped")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("idle-timeout")
@@ -375,7 +456,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 jpeg_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("received, frames (output), late, duplicates, missing, overflow, restarts, discarded, malformed, not-jpeg, held")
+                    .blurb("received, frames (output), late, duplicates, missing, overflow (played early, buffer full), dropped (buffer full), restarts, discarded, malformed, not-jpeg, held")
                     .read_only()
                     .build(),
             ];
@@ -402,6 +483,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 settings.playout_delay_ms = value.get().expect("type checked upstream")
             }
             "max-frames" => settings.max_frames = value.get().expect("type checked upstream"),
+            "queue-policy" => settings.queue_policy = value.get().expect("type checked upstream"),
             "idle-timeout" => {
                 settings.idle_timeout_ms = value.get().expect("type checked upstream")
             }
@@ -419,7 +501,10 @@ impl ObjectImpl for ZmqCollectSrc {
             other => unreachable!("no writable property {other}"),
         }
         drop(settings);
-        if matches!(pspec.name(), "playout-delay" | "max-frames") {
+        if matches!(
+            pspec.name(),
+            "playout-delay" | "max-frames" | "queue-policy"
+        ) {
             self.apply_live_settings();
         }
     }
@@ -435,6 +520,7 @@ impl ObjectImpl for ZmqCollectSrc {
             "bound-endpoint" => self.bound_endpoint.lock().unwrap().to_value(),
             "playout-delay" => settings.playout_delay_ms.to_value(),
             "max-frames" => settings.max_frames.to_value(),
+            "queue-policy" => settings.queue_policy.to_value(),
             "idle-timeout" => settings.idle_timeout_ms.to_value(),
             "group" => settings.group.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
@@ -451,6 +537,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("duplicates", p.duplicates)
                     .field("missing", p.missing)
                     .field("overflow", p.overflow)
+                    .field("dropped", p.dropped)
                     .field("restarts", p.restarts)
                     .field("discarded", p.discarded)
                     .field("refused", self.curve.refused())
@@ -539,12 +626,13 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 playout: Playout::new(
                     i64::from(settings.playout_delay_ms) * 1000,
                     settings.max_frames as usize,
+                    full_policy(settings.queue_policy),
                 ),
                 last_arrival: Instant::now(),
                 malformed: 0,
                 not_jpeg: 0,
                 too_large: 0,
-                reported: (0, 0),
+                reported: Losses::default(),
             },
             ledger,
         )
@@ -699,12 +787,11 @@ impl PushSrcImpl for ZmqCollectSrc {
                 core = shared.wait_timeout(core, Duration::from_micros(wait_us as u64));
             }
         };
-        let (late, missing, reported) = {
+        let (losses, reported) = {
             let core = shared.lock();
-            let s = core.playout.stats();
-            (s.late, s.missing, core.reported)
+            (Losses::of(core.playout.stats()), core.reported)
         };
-        if let Some(now_reported) = self.report_losses(late, missing, reported) {
+        if let Some(now_reported) = self.report_losses(losses, reported) {
             shared.lock().reported = now_reported;
         }
         if released.skipped > 0 {

@@ -13,6 +13,31 @@ glib::wrapper! {
         @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
 }
 
+/// What the collector does with a result that finds its reorder buffer (`max-frames`) full.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstZmqCollectQueuePolicy")]
+pub enum CollectQueuePolicy {
+    /// Keep every frame: the oldest held ones play at once, before their time.
+    #[enum_value(
+        name = "Play early: keep every frame, the oldest held play at once (the pacing breaks)",
+        nick = "play-early"
+    )]
+    PlayEarly = 0,
+    /// Drop the oldest held frame: what plays keeps its time.
+    #[enum_value(
+        name = "Drop oldest: drop the next frame to play (the pacing holds)",
+        nick = "drop-oldest"
+    )]
+    DropOldest = 1,
+    /// Drop the arriving frame: what is held keeps its place and time.
+    #[enum_value(
+        name = "Drop newest: drop the arriving frame (the pacing holds)",
+        nick = "drop-newest"
+    )]
+    DropNewest = 2,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(
         Some(plugin),
