@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
@@ -45,6 +45,8 @@ pub struct Out {
     pub size: usize,
     /// A hash of the frame's bytes (to compare pictures).
     pub digest: u64,
+    /// The buffer's PTS, in ns.
+    pub pts_ns: Option<u64>,
 }
 
 fn unix_ms_of(buffer: &gst::BufferRef) -> Option<i64> {
@@ -80,6 +82,7 @@ pub fn record(appsink: &gst_app::AppSink) -> Arc<Mutex<Vec<Out>>> {
                         }
                         h.finish()
                     },
+                    pts_ns: buffer.pts().map(|t| t.nseconds()),
                 });
                 Ok(gst::FlowSuccess::Ok)
             })
@@ -478,4 +481,106 @@ pub fn wait_end(pipeline: &gst::Pipeline, timeout: Duration) -> Result<(), Strin
         gst::MessageView::Error(e) => Err(format!("{}: {:?}", e.error(), e.debug())),
         _ => Ok(()),
     }
+}
+
+/// A `queue` that lets its frames out in windows, as a decoder that decodes `n` frames
+/// per call delivers them (seed 004: 17 frames at once): nothing leaves before the
+/// window's last frame has entered, then the whole window leaves at once. A serialized
+/// event or query reaching the queue (a drain, EOS) lets out what it holds, so a partial
+/// last window is not kept back.
+pub struct Windows {
+    n: u64,
+    state: Mutex<WindowState>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct WindowState {
+    entered: u64,
+    /// Frames up to this count may leave.
+    open_through: u64,
+    left: u64,
+    /// When each frame left (µs since the epoch).
+    left_at_us: Vec<i64>,
+}
+
+impl Windows {
+    /// Holds the frames of the `queue` named `name` in `pipeline` (it must be able to hold
+    /// a window: `max-size-buffers=0` or at least `n`) and lets them out in windows of `n`.
+    pub fn attach(pipeline: &gst::Pipeline, name: &str, n: u64) -> Arc<Windows> {
+        assert!(n > 0, "a window holds at least one frame");
+        let queue = pipeline
+            .by_name(name)
+            .unwrap_or_else(|| panic!("no element {name} in the worker pipeline"));
+        let windows = Arc::new(Windows {
+            n,
+            state: Mutex::new(WindowState::default()),
+            cond: Condvar::new(),
+        });
+        let w = windows.clone();
+        queue.static_pad("sink").unwrap().add_probe(
+            gst::PadProbeType::BUFFER
+                | gst::PadProbeType::EVENT_DOWNSTREAM
+                | gst::PadProbeType::QUERY_DOWNSTREAM,
+            move |_, info| {
+                let serialized = match &info.data {
+                    Some(gst::PadProbeData::Buffer(_)) => false,
+                    Some(gst::PadProbeData::Event(e)) => e.is_serialized(),
+                    Some(gst::PadProbeData::Query(q)) => q.is_serialized(),
+                    _ => return gst::PadProbeReturn::Ok,
+                };
+                let mut s = w.state.lock().unwrap();
+                if serialized {
+                    s.open_through = s.entered;
+                } else {
+                    s.entered += 1;
+                    if s.entered.is_multiple_of(w.n) {
+                        s.open_through = s.entered;
+                    }
+                }
+                w.cond.notify_all();
+                gst::PadProbeReturn::Ok
+            },
+        );
+        let w = windows.clone();
+        queue
+            .static_pad("src")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+                let mut s = w.state.lock().unwrap();
+                let this = s.left + 1;
+                // A stopping queue flushes its pad: give up waiting then.
+                while this > s.open_through && !pad.pad_flags().contains(gst::PadFlags::FLUSHING) {
+                    s = w.cond.wait_timeout(s, Duration::from_millis(20)).unwrap().0;
+                }
+                s.left = this;
+                s.left_at_us.push(unix_now_us());
+                gst::PadProbeReturn::Ok
+            });
+        windows
+    }
+
+    /// When each frame left the queue (µs since the epoch), in order.
+    pub fn left_at_us(&self) -> Vec<i64> {
+        self.state.lock().unwrap().left_at_us.clone()
+    }
+}
+
+/// The intervals between consecutive times, in ms.
+pub fn intervals_ms(times_us: &[i64]) -> Vec<f64> {
+    times_us
+        .windows(2)
+        .map(|p| (p[1] - p[0]) as f64 / 1000.0)
+        .collect()
+}
+
+/// The `q` quantile (0..=1) of `values`, nearest rank; `None` when empty.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
 }
