@@ -423,7 +423,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("queue-policy", DEFAULT_QUEUE_POLICY)
                     .nick("Queue policy")
-                    .blurb("When max-frames are held: play-early (the oldest play at once, nothing lost, counted as overflow), drop-oldest (drop the next frame to play) or drop-newest (drop the arriving frame); the drops keep the pacing and are counted as dropped")
+                    .blurb("When max-frames are held: play-early (the oldest play at once, nothing lost, counted as overflow), drop-newest (drop the arriving frame; a bound below fps x playout-delay then plays that share of the frames) or drop-oldest (drop the next frame to play; for a short excess only, below fps x playout-delay almost nothing plays); the drops keep the pacing and are counted as dropped")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("idle-timeout")

@@ -24,9 +24,10 @@ pub enum CollectQueuePolicy {
         nick = "play-early"
     )]
     PlayEarly = 0,
-    /// Drop the oldest held frame: what plays keeps its time.
+    /// Drop the oldest held frame: what plays keeps its time, but a frame evicted before its
+    /// time was waited for in vain, so a bound below fps x delay lets almost nothing through.
     #[enum_value(
-        name = "Drop oldest: drop the next frame to play (the pacing holds)",
+        name = "Drop oldest: drop the next frame to play (the pacing holds; for a short excess only: below fps x delay almost nothing plays)",
         nick = "drop-oldest"
     )]
     DropOldest = 1,
