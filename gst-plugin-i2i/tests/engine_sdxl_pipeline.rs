@@ -4,25 +4,19 @@
 //! prompt change reaches the pictures.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
+
+mod pipeline_common;
 
 use gst::prelude::*;
 use gsti2i::diffusion::{self, CfgType, Engine, InputFrame, LoadOptions, StreamParams};
+use pipeline_common::*;
 
 const W: u32 = 64;
 const H: u32 = 64;
 const TIMEOUT: Duration = Duration::from_secs(60);
 const PROPS: &str = "prompt=\"a red fox\" negative-prompt=\"\" seed=5 t-index-list=20,35 \
                      cfg-type=full guidance-scale=1.5 delta=1.0 threads=1";
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gsti2i::plugin_register_static().unwrap();
-    });
-}
 
 fn model(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,32 +62,9 @@ fn run_pipeline(name: &str, frames: u64, change: impl Fn(&gst::Element, u64)) ->
         .unwrap()
         .downcast::<gst_app::AppSrc>()
         .unwrap();
-    src.set_caps(Some(
-        &gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .field("width", W as i32)
-            .field("height", H as i32)
-            .field("framerate", gst::Fraction::new(10, 1))
-            .build(),
-    ));
+    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
     let i2i = pipeline.by_name("i2i").unwrap();
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let sink = pipeline
-        .by_name("out")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    let o = out.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let map = sample.buffer().unwrap().map_readable().unwrap();
-                o.lock().unwrap().push(map.as_slice().to_vec());
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let out = collect_bytes(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
     for k in 0..frames {
         change(&i2i, k);

@@ -5,20 +5,11 @@
 //! stream goes on).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Once};
-use std::time::{Duration, Instant};
+
+mod pipeline_common;
 
 use gst::prelude::*;
-
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gsti2i::plugin_register_static().unwrap();
-    });
-}
+use pipeline_common::*;
 
 fn model(name: &str) -> String {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -33,83 +24,13 @@ fn model(name: &str) -> String {
     dir.display().to_string()
 }
 
-struct Run {
-    samples: Vec<gst::Sample>,
-    messages: Vec<gst::Message>,
-}
-
 /// Runs `desc` (an appsink named `out`; an appsrc named `src` gets `push`) to EOS.
 fn run(desc: &str, push: impl FnOnce(&gst_app::AppSrc)) -> Result<Run, String> {
-    init();
-    let pipeline = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let sink = pipeline
-        .by_name("out")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    sink.set_property("sync", false);
-    let s = samples.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                s.lock().unwrap().push(sample);
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
-    if let Err(e) = pipeline.set_state(gst::State::Playing) {
-        // The element's own error is on the bus.
-        let bus = pipeline.bus().unwrap();
-        let text = std::iter::from_fn(|| bus.pop())
-            .find_map(|m| match m.view() {
-                gst::MessageView::Error(err) => Some(err.error().to_string()),
-                _ => None,
-            })
-            .unwrap_or_else(|| e.to_string());
-        pipeline.set_state(gst::State::Null).unwrap();
-        return Err(text);
-    }
-    if let Some(src) = pipeline.by_name("src") {
-        push(&src.downcast::<gst_app::AppSrc>().unwrap());
-    }
-    let bus = pipeline.bus().unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    let mut messages = Vec::new();
-    let res = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Err("timed out waiting for EOS".to_string());
+    run_launch_with(desc, |pipeline| {
+        if let Some(src) = pipeline.by_name("src") {
+            push(&src.downcast::<gst_app::AppSrc>().unwrap());
         }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
-            continue;
-        };
-        let done = match msg.view() {
-            gst::MessageView::Eos(_) => Some(Ok(())),
-            gst::MessageView::Error(e) => Some(Err(format!("{} ({:?})", e.error(), e.debug()))),
-            _ => None,
-        };
-        messages.push(msg);
-        if let Some(r) = done {
-            break r;
-        }
-    };
-    while let Some(m) = bus.pop() {
-        messages.push(m);
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    res.map(|()| Run {
-        samples: std::mem::take(&mut samples.lock().unwrap()),
-        messages,
     })
-}
-
-fn bytes(s: &gst::Sample) -> Vec<u8> {
-    s.buffer().unwrap().map_readable().unwrap().to_vec()
 }
 
 const SOURCE: &str =
@@ -265,14 +186,11 @@ fn caps_the_decoder_cannot_take_are_refused_by_name() {
         let _ = src.push_buffer(gst::Buffer::from_mut_slice(vec![0u8; 768]));
         let _ = src.end_of_stream();
     })
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(
         err.contains("3 channels") && err.contains("takes 4"),
         "{err}"
     );
-    let err = run("appsrc name=src ! i2idecode ! appsink name=out", |_| ())
-        .err()
-        .expect("no model");
+    let err = run("appsrc name=src ! i2idecode ! appsink name=out", |_| ()).expect_err("no model");
     assert!(err.contains("No model set"), "{err}");
 }

@@ -3,23 +3,17 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod pipeline_common;
 
 use gst::prelude::*;
 use gsti2i::diffusion::{self, Engine, InputFrame, LoadOptions, StreamParams};
+use pipeline_common::*;
 
 const W: u32 = 64;
 const H: u32 = 64;
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gsti2i::plugin_register_static().unwrap();
-    });
-}
 
 fn model(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -49,144 +43,6 @@ fn picture(index: u64, w: u32, h: u32) -> Vec<u8> {
         }
     }
     v
-}
-
-#[derive(Debug)]
-struct Run {
-    samples: Vec<gst::Sample>,
-    messages: Vec<gst::Message>,
-}
-
-impl Run {
-    fn warnings(&self) -> Vec<String> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Warning(w) => Some(w.error().to_string()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn applied(&self) -> Vec<gst::Structure> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Element(e) => e
-                    .structure()
-                    .filter(|s| s.name() == "i2i-settings-applied")
-                    .map(|s| s.to_owned()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn rgb(&self, i: usize) -> Vec<u8> {
-        self.samples[i]
-            .buffer()
-            .unwrap()
-            .map_readable()
-            .unwrap()
-            .to_vec()
-    }
-
-    fn pts(&self) -> Vec<Option<gst::ClockTime>> {
-        self.samples
-            .iter()
-            .map(|s| s.buffer().unwrap().pts())
-            .collect()
-    }
-}
-
-/// Collects everything the appsink named `out` receives.
-fn collect_samples(pipeline: &gst::Pipeline) -> Arc<Mutex<Vec<gst::Sample>>> {
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let sink = pipeline
-        .by_name("out")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    sink.set_property("sync", false);
-    let s = samples.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                s.lock().unwrap().push(sample);
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
-    samples
-}
-
-/// Waits for EOS (Ok) or an error (Err with the error text), keeping every message.
-fn wait_eos(pipeline: &gst::Pipeline, messages: &mut Vec<gst::Message>) -> Result<(), String> {
-    let bus = pipeline.bus().unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("timed out waiting for EOS".into());
-        }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
-            continue;
-        };
-        let done = match msg.view() {
-            gst::MessageView::Eos(_) => Some(Ok(())),
-            gst::MessageView::Error(e) => Some(Err(format!(
-                "{}: {} ({:?})",
-                msg.src().map(|s| s.path_string()).unwrap_or_default(),
-                e.error(),
-                e.debug()
-            ))),
-            _ => None,
-        };
-        messages.push(msg);
-        if let Some(r) = done {
-            return r;
-        }
-    }
-}
-
-fn run_launch(desc: &str) -> Result<Run, String> {
-    init();
-    let pipeline = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let samples = collect_samples(&pipeline);
-    let mut messages = Vec::new();
-    let res = pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| format!("{e}"))
-        .and_then(|_| wait_eos(&pipeline, &mut messages));
-    // Errors posted during a failed state change are on the bus too.
-    while let Some(m) = pipeline.bus().unwrap().pop() {
-        messages.push(m);
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    let err_text = messages.iter().find_map(|m| match m.view() {
-        gst::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),
-        _ => None,
-    });
-    match (res, err_text) {
-        (Ok(()), None) => Ok(Run {
-            samples: std::mem::take(&mut samples.lock().unwrap()),
-            messages,
-        }),
-        (_, Some(e)) => Err(e),
-        (Err(e), None) => Err(e),
-    }
-}
-
-fn video_caps(format: &str, w: u32, h: u32) -> gst::Caps {
-    gst::Caps::builder("video/x-raw")
-        .field("format", format)
-        .field("width", w as i32)
-        .field("height", h as i32)
-        .field("framerate", gst::Fraction::new(10, 1))
-        .build()
 }
 
 fn caps_of(sample: &gst::Sample) -> (String, i32, i32) {
@@ -223,7 +79,7 @@ impl AppPipeline {
             .unwrap()
             .downcast::<gst_app::AppSrc>()
             .unwrap();
-        src.set_caps(Some(&video_caps("RGB", W, H)));
+        src.set_caps(Some(&video_caps("RGB", W, H, 10)));
         let i2i = pipeline.by_name("i2i").unwrap();
         let samples = collect_samples(&pipeline);
         AppPipeline {
@@ -293,7 +149,7 @@ fn jpegdec_links_directly() {
         caps.get::<gst::Fraction>("framerate").unwrap(),
         gst::Fraction::new(15, 1)
     );
-    assert_eq!(run.rgb(0).len(), (W * H * 3) as usize);
+    assert_eq!(run.bytes(0).len(), (W * H * 3) as usize);
 }
 
 #[test]
@@ -315,7 +171,7 @@ fn every_input_format_is_accepted() {
 
 /// Mean absolute difference between two runs' first frames.
 fn mean_diff(a: &Run, b: &Run) -> f64 {
-    let (a, b) = (a.rgb(0), b.rgb(0));
+    let (a, b) = (a.bytes(0), b.bytes(0));
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(&b)
@@ -369,7 +225,7 @@ fn size_from_input_rounds_to_what_the_model_needs() {
     let r = run("");
     assert_eq!(r.samples.len(), 2);
     assert_eq!(caps_of(&r.samples[0]), ("RGB".into(), 96, 72));
-    assert_eq!(r.rgb(0).len(), 96 * 72 * 3);
+    assert_eq!(r.bytes(0).len(), 96 * 72 * 3);
     let r = run("size-multiple=64");
     assert_eq!(caps_of(&r.samples[0]), ("RGB".into(), 64, 64));
     let err = run_launch(&format!(
@@ -393,7 +249,7 @@ fn size_from_input_follows_an_input_size_change() {
     };
     push(0, W, H);
     push(1, W, H);
-    p.src.set_caps(Some(&video_caps("RGB", 128, 72)));
+    p.src.set_caps(Some(&video_caps("RGB", 128, 72, 10)));
     push(2, 128, 72);
     push(3, 128, 72);
     let run = p.finish();
@@ -408,7 +264,7 @@ fn size_from_input_follows_an_input_size_change() {
             ("RGB".to_string(), 128, 72),
         ]
     );
-    assert_eq!(run.rgb(3).len(), 128 * 72 * 3);
+    assert_eq!(run.bytes(3).len(), 128 * 72 * 3);
 }
 
 #[test]
@@ -428,7 +284,7 @@ fn output_format_follows_downstream() {
         .unwrap_or_else(|e| panic!("{filter}: {e}"));
         assert_eq!(run.samples.len(), 2);
         assert_eq!(caps_of(&run.samples[0]).0, format, "{filter}");
-        assert_eq!(run.rgb(0).len(), size as usize, "{filter}");
+        assert_eq!(run.bytes(0).len(), size as usize, "{filter}");
     }
 }
 
@@ -440,14 +296,14 @@ fn rgba_and_i420_outputs_hold_the_same_picture_as_rgb() {
         tiny()
     ))
     .unwrap()
-    .rgb(0);
+    .bytes(0);
     let rgba = run_launch(&format!(
         "videotestsrc num-buffers=1 pattern=smpte ! video/x-raw,width=64,height=64,framerate=10/1 \
          ! i2itransform model=\"{}\" width={W} height={H} ! video/x-raw,format=RGBA ! appsink name=out",
         tiny()
     ))
     .unwrap()
-    .rgb(0);
+    .bytes(0);
     for (i, px) in rgba.chunks_exact(4).enumerate() {
         assert_eq!(&px[..3], &rgb[i * 3..i * 3 + 3], "pixel {i}");
         assert_eq!(px[3], 255);
@@ -547,7 +403,7 @@ fn batch_size_does_not_change_the_pictures() {
     };
     let (a, b) = (run_with(1), run_with(3));
     for i in 0..5 {
-        assert_eq!(a.rgb(i), b.rgb(i), "frame {i}");
+        assert_eq!(a.bytes(i), b.bytes(i), "frame {i}");
     }
 }
 
@@ -606,7 +462,7 @@ fn element_output_equals_engine_output() {
     for (i, o) in outs.iter().enumerate() {
         let mut rgb = Vec::new();
         diffusion::to_rgb8(&o.pixels, W, H, &mut rgb);
-        assert_eq!(run.rgb(i), rgb, "frame {i}");
+        assert_eq!(run.bytes(i), rgb, "frame {i}");
     }
 }
 
@@ -634,7 +490,7 @@ fn run_with_change(props: &str, change: impl FnOnce(&AppPipeline)) -> Run {
 
 fn check_change(run: &Run, name: &str) -> u64 {
     assert_eq!(run.samples.len(), 8);
-    let applied = run.applied();
+    let applied = run.elements("i2i-settings-applied");
     assert_eq!(applied.len(), 1, "{applied:?}");
     let changed = applied[0].get::<gst::Array>("changed").unwrap();
     assert!(
@@ -647,8 +503,8 @@ fn check_change(run: &Run, name: &str) -> u64 {
     // Same input picture throughout: the first output (old settings) and the last
     // (new settings) differ.
     assert_ne!(
-        run.rgb(0),
-        run.rgb(7),
+        run.bytes(0),
+        run.bytes(7),
         "the change did not change the picture"
     );
     index
@@ -661,12 +517,14 @@ fn live_prompt_change_changes_output_and_is_announced() {
     });
     check_change(&run, "prompt");
     assert_eq!(
-        run.applied()[0].get::<&str>("prompt").unwrap(),
+        run.elements("i2i-settings-applied")[0]
+            .get::<&str>("prompt")
+            .unwrap(),
         "a blue ocean"
     );
     // The last frame equals a run that had the new prompt from the start.
     let fresh = run_with_change("t-index-list=20,35 prompt=\"a blue ocean\"", |_| ());
-    assert_eq!(fresh.rgb(7), run.rgb(7));
+    assert_eq!(fresh.bytes(7), run.bytes(7));
 }
 
 #[test]
@@ -675,7 +533,12 @@ fn live_seed_change_changes_output() {
         p.i2i.set_property("seed", 12345u64);
     });
     check_change(&run, "seed");
-    assert_eq!(run.applied()[0].get::<u64>("seed").unwrap(), 12345);
+    assert_eq!(
+        run.elements("i2i-settings-applied")[0]
+            .get::<u64>("seed")
+            .unwrap(),
+        12345
+    );
 }
 
 fn settings_buffer(json: &str) -> gst::Buffer {
@@ -725,7 +588,7 @@ fn settings_pad_update_is_applied() {
     }
     let run = p.finish();
     assert_eq!(run.samples.len(), 8);
-    let applied = run.applied();
+    let applied = run.elements("i2i-settings-applied");
     assert_eq!(applied.len(), 1, "{applied:?}");
     let a = &applied[0];
     assert_eq!(a.get::<&str>("prompt").unwrap(), "a green forest");
@@ -756,7 +619,7 @@ fn first_frame_waits_for_the_first_settings() {
     assert_eq!(run.samples.len(), 3);
     assert!(run.warnings().is_empty(), "{:?}", run.warnings());
     // Applied from the very first frame on.
-    let applied = run.applied();
+    let applied = run.elements("i2i-settings-applied");
     assert_eq!(applied.len(), 1, "{applied:?}");
     assert_eq!(applied[0].get::<u64>("frame-index").unwrap(), 0);
     assert_eq!(applied[0].get::<&str>("prompt").unwrap(), "a red fox");
@@ -809,7 +672,7 @@ fn invalid_settings_are_warned_about_and_the_stream_continues() {
     }
     let run = p.finish();
     assert_eq!(run.samples.len(), 4);
-    assert!(run.applied().is_empty());
+    assert!(run.elements("i2i-settings-applied").is_empty());
     let warnings = run.warnings().join("\n");
     for needle in ["\"a,b\"", "sed", "guidance-scale: 1000", "\"half\""] {
         assert!(warnings.contains(needle), "{needle} not in {warnings}");
@@ -1167,7 +1030,7 @@ fn guidance_scale_is_controllable() {
     }
     let run = p.finish();
     drop(cs);
-    let applied = run.applied();
+    let applied = run.elements("i2i-settings-applied");
     // The interpolation reaches 3.0 by the last frames.
     let last = applied.last().expect("controller changes are applied");
     assert!(
@@ -1202,12 +1065,12 @@ fn demo_model_at_512() {
     let red = launch("red");
     assert_eq!(red.samples.len(), 3);
     assert_eq!(caps_of(&red.samples[0]), ("RGB".into(), 512, 512));
-    let pic = red.rgb(2);
+    let pic = red.bytes(2);
     assert_eq!(pic.len(), 512 * 512 * 3);
     assert!(pic.iter().any(|&v| v != pic[0]), "a flat picture");
     // The prompt shows in the picture.
     let blue = launch("blue");
-    assert_ne!(blue.rgb(2), pic);
+    assert_ne!(blue.bytes(2), pic);
 }
 
 /// Upstream blocks while `max-queue` frames wait: the queue never grows past it.
@@ -1292,7 +1155,7 @@ fn live_t_index_list_change_keeps_every_frame() {
             .map(|s| s.buffer().unwrap().offset())
             .collect();
         assert_eq!(offsets, (0..13).collect::<Vec<_>>(), "{from} -> {to}");
-        let applied = run.applied();
+        let applied = run.elements("i2i-settings-applied");
         assert_eq!(applied.len(), 1, "{applied:?}");
         assert_eq!(applied[0].get::<&str>("t-index-list").unwrap(), to);
         assert!(
@@ -1322,7 +1185,7 @@ fn downstream_renegotiation_mid_stream() {
         .unwrap()
         .downcast::<gst_app::AppSrc>()
         .unwrap();
-    src.set_caps(Some(&video_caps("RGB", W, H)));
+    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
     let samples = collect_samples(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
     let push = |i: u64| {

@@ -6,26 +6,21 @@
 //! the start with a message naming the model file, the property and the counts.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gst::glib;
+mod pipeline_common;
+
 use gst::prelude::*;
 use gsti2i::diffusion::{self, CfgType, Engine, InputFrame, LoadOptions, StreamParams};
+use pipeline_common::*;
 
 const W: u32 = 64;
 const H: u32 = 64;
 const TIMEOUT: Duration = Duration::from_secs(120);
 const PROPS: &str = "prompt=\"a red fox\" seed=5 t-index-list=32,45 cfg-type=self \
                      guidance-scale=1.5 delta=0.9 threads=1";
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gsti2i::plugin_register_static().unwrap();
-    });
-}
 
 fn model(name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -77,31 +72,8 @@ fn run_pipeline(dir: &std::path::Path, props: &str, frames: u64) -> Vec<Vec<u8>>
         .unwrap()
         .downcast::<gst_app::AppSrc>()
         .unwrap();
-    src.set_caps(Some(
-        &gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .field("width", W as i32)
-            .field("height", H as i32)
-            .field("framerate", gst::Fraction::new(1, 1))
-            .build(),
-    ));
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let sink = pipeline
-        .by_name("out")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    let o = out.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let map = sample.buffer().unwrap().map_readable().unwrap();
-                o.lock().unwrap().push(map.as_slice().to_vec());
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    src.set_caps(Some(&video_caps("RGB", W, H, 1)));
+    let out = collect_bytes(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
     for k in 0..frames {
         let mut buf = gst::Buffer::from_mut_slice(picture(k));
@@ -289,12 +261,7 @@ fn run_with_control_pad(
     controls: &[(u64, Vec<u8>)],
 ) -> (Vec<Vec<u8>>, u64) {
     init();
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", W as i32)
-        .field("height", H as i32)
-        .field("framerate", gst::Fraction::new(1, 1))
-        .build();
+    let caps = video_caps("RGB", W, H, 1);
     run_with_control_caps(dir, props, frames, controls, &caps)
 }
 
@@ -317,12 +284,7 @@ fn run_with_control_caps(
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", W as i32)
-        .field("height", H as i32)
-        .field("framerate", gst::Fraction::new(1, 1))
-        .build();
+    let caps = video_caps("RGB", W, H, 1);
     let app = |name: &str, caps: &gst::Caps| {
         let a = pipeline
             .by_name(name)
@@ -345,23 +307,7 @@ fn run_with_control_caps(
         }
         gst::PadProbeReturn::Ok
     });
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let sink = pipeline
-        .by_name("out")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    let o = out.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let map = sample.buffer().unwrap().map_readable().unwrap();
-                o.lock().unwrap().push(map.as_slice().to_vec());
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let out = collect_bytes(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
     let push = |a: &gst_app::AppSrc, pts: u64, data: Vec<u8>| {
         let mut buf = gst::Buffer::from_mut_slice(data);
@@ -506,14 +452,7 @@ fn feedback_preprocessor_blends_the_previous_output() {
         .unwrap();
     // 10 frames/s: after 200 ms without input the element finishes the frame in flight, so
     // each frame is out (and is the "previous output") before the next one is pushed.
-    src.set_caps(Some(
-        &gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .field("width", W as i32)
-            .field("height", H as i32)
-            .field("framerate", gst::Fraction::new(10, 1))
-            .build(),
-    ));
+    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
     let sink = pipeline
         .by_name("out")
         .unwrap()
@@ -650,12 +589,7 @@ fn control_pad_frames_of_another_format_and_size_are_converted() {
         .map(|(_, px)| px[0])
         .collect();
     assert_eq!(small.len(), 32 * 32);
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "GRAY8")
-        .field("width", 32)
-        .field("height", 32)
-        .field("framerate", gst::Fraction::new(1, 1))
-        .build();
+    let caps = video_caps("GRAY8", 32, 32, 1);
     let (got, fallbacks) =
         run_with_control_caps(&dir, "controlnet-preprocess=pad", 3, &[(0, small)], &caps);
     assert_eq!((got.len(), fallbacks), (3, 0));

@@ -4,18 +4,13 @@
 //! generated model; the timing bounds are generous (the machine running them is shared).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gst::prelude::*;
+mod pipeline_common;
 
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gsti2i::plugin_register_static().unwrap();
-    });
-}
+use gst::prelude::*;
+use pipeline_common::*;
 
 fn tiny() -> String {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -221,14 +216,7 @@ fn stalled_live_input_finishes_the_frames_in_flight() {
         .unwrap()
         .downcast::<gst_app::AppSrc>()
         .unwrap();
-    src.set_caps(Some(
-        &gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .field("width", 64)
-            .field("height", 64)
-            .field("framerate", gst::Fraction::new(10, 1))
-            .build(),
-    ));
+    src.set_caps(Some(&video_caps("RGB", 64, 64, 10)));
     let out = Arc::new(Mutex::new(Vec::new()));
     {
         let out = out.clone();

@@ -9,20 +9,12 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, Once};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+mod pipeline_common;
 
 use gst::prelude::*;
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gsti2i::plugin_register_static().unwrap();
-    });
-}
+use pipeline_common::*;
 
 fn model(name: &str) -> String {
     let dir = std::env::var_os("STYLE_MODELS")
@@ -43,118 +35,41 @@ fn model(name: &str) -> String {
     file.display().to_string()
 }
 
-fn video_caps(w: i32, h: i32) -> gst::Caps {
-    gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", w)
-        .field("height", h)
-        .field("framerate", gst::Fraction::new(30, 1))
-        .build()
-}
-
-struct Run {
-    samples: Vec<gst::Sample>,
-    messages: Vec<gst::Message>,
-}
-
-impl Run {
-    fn stats(&self) -> gst::Structure {
-        self.messages
-            .iter()
-            .rev()
-            .find_map(|m| match m.view() {
-                gst::MessageView::Element(e) => e
-                    .structure()
-                    .filter(|s| s.name() == "onnxtransform-stats")
-                    .map(|s| s.to_owned()),
-                _ => None,
-            })
-            .expect("stats are posted at EOS")
-    }
-
-    fn count(&self, field: &str) -> u64 {
-        self.stats().get::<u64>(field).unwrap()
-    }
-}
-
-/// Runs `pipeline` (with an appsink named `out`) to EOS, feeding the appsrc named `src`
+/// Runs `desc` (with an appsink named `out`) to EOS, feeding the appsrc named `src`
 /// (if any) with `frames` RGB pictures of `w` x `h`, pts 1/30 s apart and offsets 0, 1, ...
 fn run(desc: &str, frames: u64, w: i32, h: i32) -> Result<Run, String> {
-    init();
-    let pipeline = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let sink = pipeline
-        .by_name("out")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    sink.set_property("sync", false);
-    let s = samples.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                s.lock().unwrap().push(sample);
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| e.to_string())?;
-    if let Some(src) = pipeline.by_name("src") {
-        let src = src.downcast::<gst_app::AppSrc>().unwrap();
-        src.set_caps(Some(&video_caps(w, h)));
-        src.set_format(gst::Format::Time);
-        for i in 0..frames {
-            let data: Vec<u8> = (0..(w * h * 3) as u64)
-                .map(|v| ((v * 7 + i * 31) % 256) as u8)
-                .collect();
-            let mut buf = gst::Buffer::from_mut_slice(data);
-            {
-                let b = buf.get_mut().unwrap();
-                b.set_pts(gst::ClockTime::from_mseconds(i * 1000 / 30));
-                b.set_duration(gst::ClockTime::from_mseconds(33));
-                b.set_offset(i);
+    run_launch_with(desc, |pipeline| {
+        if let Some(src) = pipeline.by_name("src") {
+            let src = src.downcast::<gst_app::AppSrc>().unwrap();
+            src.set_caps(Some(&video_caps("RGB", w as u32, h as u32, 30)));
+            src.set_format(gst::Format::Time);
+            for i in 0..frames {
+                let data: Vec<u8> = (0..(w * h * 3) as u64)
+                    .map(|v| ((v * 7 + i * 31) % 256) as u8)
+                    .collect();
+                let mut buf = gst::Buffer::from_mut_slice(data);
+                {
+                    let b = buf.get_mut().unwrap();
+                    b.set_pts(gst::ClockTime::from_mseconds(i * 1000 / 30));
+                    b.set_duration(gst::ClockTime::from_mseconds(33));
+                    b.set_offset(i);
+                }
+                if src.push_buffer(buf).is_err() {
+                    break;
+                }
             }
-            if src.push_buffer(buf).is_err() {
-                break;
-            }
+            let _ = src.end_of_stream();
         }
-        let _ = src.end_of_stream();
-    }
-    let bus = pipeline.bus().unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    let mut messages = Vec::new();
-    let res = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Err("timed out waiting for EOS".to_string());
-        }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
-            continue;
-        };
-        let done = match msg.view() {
-            gst::MessageView::Eos(_) => Some(Ok(())),
-            gst::MessageView::Error(e) => Some(Err(format!("{} ({:?})", e.error(), e.debug()))),
-            _ => None,
-        };
-        messages.push(msg);
-        if let Some(r) = done {
-            break r;
-        }
-    };
-    while let Some(m) = bus.pop() {
-        messages.push(m);
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    res.map(|()| Run {
-        samples: std::mem::take(&mut samples.lock().unwrap()),
-        messages,
     })
+}
+
+/// The field `field` of the last `onnxtransform-stats` message.
+fn count(r: &Run, field: &str) -> u64 {
+    r.elements("onnxtransform-stats")
+        .last()
+        .expect("stats are posted at EOS")
+        .get::<u64>(field)
+        .unwrap()
 }
 
 #[test]
@@ -174,9 +89,9 @@ fn timestamps_and_counts_survive_batching() {
         );
         assert_eq!(b.size(), 32 * 24 * 3);
     }
-    assert_eq!((r.count("frames-in"), r.count("frames-out")), (10, 10));
+    assert_eq!((count(&r, "frames-in"), count(&r, "frames-out")), (10, 10));
     // 4 + 4 + the partial batch at EOS.
-    assert_eq!(r.count("batches"), 3);
+    assert_eq!(count(&r, "batches"), 3);
     let started = r
         .messages
         .iter()
@@ -206,9 +121,9 @@ fn dropping_late_frames_counts_every_frame() {
     );
     let r = run(&desc, 40, 320, 240).unwrap();
     let (fin, fout, late) = (
-        r.count("frames-in"),
-        r.count("frames-out"),
-        r.count("frames-late"),
+        count(&r, "frames-in"),
+        count(&r, "frames-out"),
+        count(&r, "frames-late"),
     );
     assert_eq!(fin, 40);
     assert_eq!(fout + late, fin, "in {fin} out {fout} late {late}");
@@ -350,7 +265,7 @@ fn downstream_can_ask_for_another_format_mid_stream() {
         .unwrap()
         .downcast::<gst_app::AppSink>()
         .unwrap();
-    src.set_caps(Some(&video_caps(32, 24)));
+    src.set_caps(Some(&video_caps("RGB", 32, 24, 30)));
     pipeline.set_state(gst::State::Playing).unwrap();
     let push = |i: u64| {
         let mut b = gst::Buffer::from_mut_slice(vec![(i * 40) as u8; 32 * 24 * 3]);

@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: MPL-2.0
+//! What the element tests share: GStreamer set-up, an appsink named `out` that keeps what it
+//! receives, running a launch line to EOS with every bus message kept, and RGB caps.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+/// How long a pipeline may take to reach EOS.
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Initialises GStreamer and registers the plugin (once per test binary).
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gsti2i::plugin_register_static().unwrap();
+    });
+}
+
+/// Raw video caps of `format` at `w` x `h`, `fps` frames per second.
+pub fn video_caps(format: &str, w: u32, h: u32, fps: i32) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", format)
+        .field("width", w as i32)
+        .field("height", h as i32)
+        .field("framerate", gst::Fraction::new(fps, 1))
+        .build()
+}
+
+/// Keeps `keep(sample)` of everything the appsink named `out` receives (unsynchronised).
+pub fn collect<T: Send + 'static>(
+    pipeline: &gst::Pipeline,
+    keep: impl Fn(&gst::Sample) -> T + Send + Sync + 'static,
+) -> Arc<Mutex<Vec<T>>> {
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let sink = pipeline
+        .by_name("out")
+        .expect("the pipeline has an appsink named out")
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_property("sync", false);
+    let k = kept.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                k.lock().unwrap().push(keep(&sample));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    kept
+}
+
+/// Keeps the samples the appsink named `out` receives.
+pub fn collect_samples(pipeline: &gst::Pipeline) -> Arc<Mutex<Vec<gst::Sample>>> {
+    collect(pipeline, |s| s.clone())
+}
+
+/// Keeps the bytes of the buffers the appsink named `out` receives.
+pub fn collect_bytes(pipeline: &gst::Pipeline) -> Arc<Mutex<Vec<Vec<u8>>>> {
+    collect(pipeline, bytes)
+}
+
+/// The bytes of a sample's buffer.
+pub fn bytes(s: &gst::Sample) -> Vec<u8> {
+    s.buffer().unwrap().map_readable().unwrap().to_vec()
+}
+
+/// What a pipeline gave: the samples of its appsink `out` and every bus message.
+#[derive(Debug)]
+pub struct Run {
+    pub samples: Vec<gst::Sample>,
+    pub messages: Vec<gst::Message>,
+}
+
+impl Run {
+    /// The texts of the warnings posted.
+    pub fn warnings(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Warning(w) => Some(w.error().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The element messages named `name`, in order.
+    pub fn elements(&self, name: &str) -> Vec<gst::Structure> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Element(e) => e
+                    .structure()
+                    .filter(|s| s.name() == name)
+                    .map(|s| s.to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The bytes of sample `i`.
+    pub fn bytes(&self, i: usize) -> Vec<u8> {
+        bytes(&self.samples[i])
+    }
+
+    /// The PTS of every sample.
+    pub fn pts(&self) -> Vec<Option<gst::ClockTime>> {
+        self.samples
+            .iter()
+            .map(|s| s.buffer().unwrap().pts())
+            .collect()
+    }
+}
+
+/// Waits up to `TIMEOUT` for EOS (Ok) or an error (Err with the element's path and the
+/// error text), keeping every message.
+pub fn wait_eos(pipeline: &gst::Pipeline, messages: &mut Vec<gst::Message>) -> Result<(), String> {
+    let bus = pipeline.bus().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out waiting for EOS".into());
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            continue;
+        };
+        let done = match msg.view() {
+            gst::MessageView::Eos(_) => Some(Ok(())),
+            gst::MessageView::Error(e) => Some(Err(format!(
+                "{}: {} ({:?})",
+                msg.src().map(|s| s.path_string()).unwrap_or_default(),
+                e.error(),
+                e.debug()
+            ))),
+            _ => None,
+        };
+        messages.push(msg);
+        if let Some(r) = done {
+            return r;
+        }
+    }
+}
+
+/// Runs the launch line `desc` (an appsink named `out`) to EOS. An error posted on the bus,
+/// also during a failed state change, is the Err text.
+pub fn run_launch(desc: &str) -> Result<Run, String> {
+    run_launch_with(desc, |_| ())
+}
+
+/// [`run_launch`], and `feed` gets the playing pipeline (to push into an appsrc, say).
+pub fn run_launch_with(desc: &str, feed: impl FnOnce(&gst::Pipeline)) -> Result<Run, String> {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let samples = collect_samples(&pipeline);
+    let mut messages = Vec::new();
+    let res = pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("{e}"))
+        .and_then(|_| {
+            feed(&pipeline);
+            wait_eos(&pipeline, &mut messages)
+        });
+    // Errors posted during a failed state change are on the bus too.
+    while let Some(m) = pipeline.bus().unwrap().pop() {
+        messages.push(m);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let err_text = messages.iter().find_map(|m| match m.view() {
+        gst::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),
+        _ => None,
+    });
+    match (res, err_text) {
+        (Ok(()), None) => Ok(Run {
+            samples: std::mem::take(&mut samples.lock().unwrap()),
+            messages,
+        }),
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => Err(e),
+    }
+}
