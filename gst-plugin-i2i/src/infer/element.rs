@@ -1,15 +1,16 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The base of an inference element (`i2itransform`, `onnxtransform`): one sink pad of
-//! raw video, one src pad, and three threads.
+//! The base of an inference element (`i2itransform`, `onnxtransform`, `i2idecode`): one
+//! sink pad, one src pad of raw video, and three threads.
 //!
-//! The upstream streaming thread converts each frame to RGB8 at the model size, lets the
-//! element prepare it for its model ([`InferElement::prepare_frame`]) and queues it
-//! (blocking while `max-queue` frames wait, or dropping the oldest on live input); the src
-//! pad's task ([`super::task`]) collects batches and only runs the model; an output thread
-//! ([`super::output`]) turns the model's pictures into buffers of the output format and
-//! pushes them, so that this work overlaps the next model call. Serialized events travel
-//! through the same queues and leave after the output of the last frame that came before
-//! them, so the stream keeps its order although the model holds frames back.
+//! The upstream streaming thread reads each frame into what the element's model takes
+//! ([`InferElement::read_frame`]; raw video is converted to RGB8 at the model size first)
+//! and queues it (blocking while `max-queue` frames wait, or dropping the oldest on live
+//! input); the src pad's task ([`super::task`]) collects batches and only runs the model;
+//! an output thread ([`super::output`]) turns the model's pictures into buffers of the
+//! output format and pushes them, so that this work overlaps the next model call.
+//! Serialized events travel through the same queues and leave after the output of the last
+//! frame that came before them, so the stream keeps its order although the model holds
+//! frames back.
 //!
 //! [`InferBase`] holds the state all of that shares; [`InferElement`] is what an element
 //! supplies (its model, its formats, its properties); [`InferElementExt`] is the pad,

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
-//! What the inference elements (`i2itransform`, `onnxtransform`) share: the element base
-//! with its three threads (the streaming thread's input side, the inference task, the
-//! output thread), the bounded queue between them with the live drop policy, picture
-//! conversion around the model, the stats, and the latency they add.
+//! What the inference elements (`i2itransform`, `onnxtransform`, `i2idecode`) share: the
+//! element base with its three threads (the streaming thread's input side, the inference
+//! task, the output thread), the bounded queue between them with the live drop policy,
+//! picture conversion around the model, the stats, and the latency they add.
 //!
 //! Each element keeps its own properties, model binding and pre- and post-processing
 //! ([`element::InferElement`]); these modules hold the parts that do not depend on what the
