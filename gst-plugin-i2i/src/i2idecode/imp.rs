@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The `i2idecode` element: checks each latent frame against its caps, runs the VAE decoder
-//! on the streaming thread (the decoder is the element's only work) and pushes the picture
-//! converted to the negotiated format, with the input's timestamps, flags and metas.
+//! The `i2idecode` element, on the shared inference base ([`crate::infer::element`]):
+//! the streaming thread checks each latent frame against its caps and queues it, the
+//! inference task runs only the VAE decoder, and the output thread turns the decoded
+//! picture into the negotiated format and pushes it with the input's timestamps, flags and
+//! metas, so that receiving, decoding and converting overlap.
 //!
 //! The decoder is loaded when the first caps arrive (their `image-width` x `image-height`)
-//! and again when the size changes. A frame whose payload does not match the caps is
-//! dropped with a warning and counted; the stream goes on.
+//! and again when the size changes; the task takes the new one when those caps reach it. A
+//! frame whose payload does not match the caps is dropped with a warning and counted; the
+//! stream goes on.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +22,15 @@ use ort::value::Tensor;
 
 use crate::diffusion::model::{VaeDecoder, read_scaling_factor};
 use crate::diffusion::{LoadOptions, decoded_to_rgb8};
-use crate::i2itransform::{ExecutionProvider, LATENT_CAPS_NAME};
-use crate::infer::convert::{OutputConverter, SRC_FORMATS, converter_threads};
+use crate::i2itransform::{DropFrames, ExecutionProvider, LATENT_CAPS_NAME};
+use crate::infer::convert::{OutputConverter, SRC_FORMATS};
+use crate::infer::element::{
+    InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
+};
+use crate::infer::input::{Deferred, InputState, Queued};
+use crate::infer::output::{OutItem, Rendered};
+use crate::infer::stats::Stats;
+use crate::infer::task::InferTask;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -34,6 +44,8 @@ const DEFAULT_THREADS: u32 = 0;
 const DEFAULT_FP16: bool = true;
 /// Largest latent width or height taken (8192 pixels).
 const MAX_LATENT: usize = 1024;
+/// Latent frames waiting for the decoder before upstream blocks.
+const MAX_QUEUE: u32 = 4;
 /// Warnings about bad frames: at most one per this interval (the rest are counted).
 const WARN_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -113,31 +125,28 @@ fn parse_caps(caps: &gst::CapsRef) -> Result<(LatentFormat, Option<f64>, gst::Fr
     Ok((f, s.get::<f64>("scaling-factor").ok(), fps))
 }
 
-struct State {
-    decoder: Option<VaeDecoder>,
+/// Streaming-thread side: what the caps say, and the decoder loaded for them until the
+/// task takes it.
+#[derive(Default)]
+struct Intake {
     format: Option<LatentFormat>,
-    conv: Option<OutputConverter>,
-    /// The decoder's output tensor, reused frame to frame.
-    slot: [Option<Arc<Tensor<f32>>>; 1],
-    latents: Vec<f32>,
+    /// The picture size of the last decoder loaded.
+    loaded: Option<(u32, u32)>,
+    /// A decoder loaded for new caps, for the task to take when those caps reach it.
+    incoming: Option<VaeDecoder>,
     last_warning: Option<Instant>,
 }
 
-#[derive(Default)]
-struct Stats {
-    frames_in: u64,
-    frames_out: u64,
-    frames_invalid: u64,
-    decode_total: Duration,
+/// Task side: the decoder and its output tensor, reused frame to frame.
+pub struct Worker {
+    decoder: Option<VaeDecoder>,
+    slot: [Option<Arc<Tensor<f32>>>; 1],
 }
 
 pub struct I2iDecode {
-    sinkpad: gst::Pad,
-    srcpad: gst::Pad,
     settings: Mutex<Settings>,
-    state: Mutex<State>,
-    stats: Mutex<Stats>,
-    running: AtomicBool,
+    base: InferBase<Self>,
+    intake: Mutex<Intake>,
 }
 
 #[glib::object_subclass]
@@ -147,69 +156,93 @@ impl ObjectSubclass for I2iDecode {
     type ParentType = gst::Element;
 
     fn with_class(klass: &Self::Class) -> Self {
-        let sinkpad = gst::Pad::builder_from_template(&klass.pad_template("sink").unwrap())
-            .chain_function(|_pad, parent, buffer| {
-                I2iDecode::catch_panic_pad_function(
-                    parent,
-                    || Err(gst::FlowError::Error),
-                    |imp| imp.chain(buffer),
-                )
-            })
-            .event_function(|pad, parent, event| {
-                I2iDecode::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.sink_event(pad, event),
-                )
-            })
-            .flags(gst::PadFlags::PROXY_ALLOCATION)
-            .build();
-        let srcpad = gst::Pad::builder_from_template(&klass.pad_template("src").unwrap()).build();
+        let sinkpad = sink_pad_builder::<I2iDecode>(&klass.pad_template("sink").unwrap()).build();
+        let srcpad = src_pad_builder::<I2iDecode>(&klass.pad_template("src").unwrap()).build();
         I2iDecode {
-            sinkpad,
-            srcpad,
             settings: Mutex::new(Settings {
                 fp16: DEFAULT_FP16,
                 threads: DEFAULT_THREADS,
                 ..Default::default()
             }),
-            state: Mutex::new(State {
-                decoder: None,
-                format: None,
-                conv: None,
-                slot: [None],
-                latents: Vec::new(),
-                last_warning: None,
-            }),
-            stats: Mutex::new(Stats::default()),
-            running: AtomicBool::new(false),
+            base: InferBase::new(sinkpad, srcpad, MAX_QUEUE as usize),
+            intake: Mutex::new(Intake::default()),
         }
     }
 }
 
-impl I2iDecode {
-    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
-        if let gst::EventView::Caps(c) = event.view() {
-            return match self.set_caps(c.caps()) {
-                Ok(out) => self.srcpad.push_event(gst::event::Caps::new(&out)),
-                Err(e) => {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::Negotiation,
-                        ["Cannot negotiate: {}", e]
-                    );
-                    false
-                }
-            };
+impl InferElement for I2iDecode {
+    /// The latents of a frame.
+    type Data = Vec<f32>;
+    /// The decoder's output, planar RGB in -1..1.
+    type Picture = Vec<f32>;
+    type Worker = Worker;
+    type StatsExtra = ();
+
+    const OUTPUT_THREAD: &'static str = "i2idecode-output";
+    const STATS_NAME: &'static str = "i2idecode-stats";
+
+    fn cat() -> gst::DebugCategory {
+        *CAT
+    }
+
+    fn base(&self) -> &InferBase<Self> {
+        &self.base
+    }
+
+    /// Every frame is decoded: a slow decoder makes upstream wait.
+    fn drop_frames(&self) -> DropFrames {
+        DropFrames::Never
+    }
+
+    /// Stats are posted at EOS only.
+    fn stats_interval_ms(&self) -> u32 {
+        0
+    }
+
+    fn latency_settings(&self) -> LatencySettings {
+        LatencySettings {
+            latency_frames: 0,
+            batch_size: 1,
+            max_queue: MAX_QUEUE,
         }
-        if let gst::EventView::Eos(_) = event.view() {
-            self.post_stats();
+    }
+
+    fn stats_fields(&self, b: gst::structure::Builder, s: &Stats<()>) -> gst::structure::Builder {
+        let total = s.first_inference.unwrap_or_default() + s.inference_total;
+        let avg = if s.batches > 0 {
+            total.as_secs_f64() * 1000.0 / s.batches as f64
+        } else {
+            0.0
+        };
+        b.field("avg-decode-ms", avg)
+    }
+
+    fn load(&self) -> Result<(), gst::StateChangeError> {
+        let model = self.settings.lock().unwrap().model.clone();
+        if model.as_deref().is_none_or(str::is_empty) {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::NotFound,
+                ("No model set"),
+                ["Set the model property to the model directory the latents come from"]
+            );
+            return Err(gst::StateChangeError);
         }
-        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+        self.reset_for_start(Stats::started("", 1, 0), MAX_QUEUE);
+        *self.intake.lock().unwrap() = Intake::default();
+        *self.base.worker.lock().unwrap() = Some(Worker {
+            decoder: None,
+            slot: [None],
+        });
+        Ok(())
+    }
+
+    fn unload(&self) {
+        *self.intake.lock().unwrap() = Intake::default();
     }
 
     /// Checks the latent caps, loads the decoder for their size and negotiates the output.
-    fn set_caps(&self, caps: &gst::CapsRef) -> Result<gst::Caps, String> {
+    fn set_sink_caps(&self, caps: &gst::CapsRef) -> Result<Deferred, String> {
         let (f, sf, fps) = parse_caps(caps)?;
         let s = self.settings.lock().unwrap().clone();
         let model = s.model.clone().unwrap_or_default();
@@ -227,11 +260,9 @@ impl I2iDecode {
                 )
             );
         }
-        let mut st = self.state.lock().unwrap();
-        let reload = st.format.is_none_or(|old| {
-            (old.image_width, old.image_height) != (f.image_width, f.image_height)
-        });
-        if reload || st.decoder.is_none() {
+        let size = (f.image_width, f.image_height);
+        let mut intake = self.intake.lock().unwrap();
+        if intake.loaded != Some(size) {
             let threads = if s.threads == 0 {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             } else {
@@ -261,56 +292,26 @@ impl I2iDecode {
                 "decoder of {model} loaded in {:?}",
                 started.elapsed()
             );
-            st.decoder = Some(d);
-            st.slot = [None];
+            intake.incoming = Some(d);
+            intake.loaded = Some(size);
         }
-        st.format = Some(f);
-        let ours = gst::Caps::builder("video/x-raw")
-            .field("format", gst::List::new(SRC_FORMATS))
-            .field("width", f.image_width as i32)
-            .field("height", f.image_height as i32)
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-            .field("framerate", fps)
-            .build();
-        let peer = self.srcpad.peer_query_caps(None);
-        let mut out = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
-        if out.is_empty() {
-            return Err(format!(
-                "downstream accepts none of {ours}; it accepts {peer}"
-            ));
-        }
-        out.fixate();
-        let info = gst_video::VideoInfo::from_caps(&out).map_err(|e| e.to_string())?;
-        st.conv = Some(OutputConverter::new(&info, converter_threads())?);
-        Ok(out)
+        let (out, info) = self.negotiate_output(fps, size)?;
+        intake.format = Some(f);
+        drop(intake);
+        let upstream_live = self.query_upstream_live();
+        self.set_input(None, fps, upstream_live);
+        Ok(Deferred::Caps(gst::event::Caps::new(&out), info))
     }
 
-    /// A frame that does not fit its caps: a rate-limited warning, counted, dropped.
-    fn bad_frame(&self, st: &mut State, what: String) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let n = {
-            let mut s = self.stats.lock().unwrap();
-            s.frames_invalid += 1;
-            s.frames_invalid
-        };
-        if st.last_warning.is_none_or(|t| t.elapsed() >= WARN_INTERVAL) {
-            st.last_warning = Some(Instant::now());
-            gst::element_imp_warning!(
-                self,
-                gst::StreamError::Decode,
-                (
-                    "Dropping a latent frame: {} ({} dropped so far, see stats frames-invalid)",
-                    what,
-                    n
-                )
-            );
-        }
-        Ok(gst::FlowSuccess::Ok)
-    }
-
-    fn chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        self.stats.lock().unwrap().frames_in += 1;
-        let mut st = self.state.lock().unwrap();
-        let Some(f) = st.format else {
+    fn read_frame(
+        &self,
+        buffer: &gst::BufferRef,
+        _input: &InputState,
+        _tag: u64,
+        _running_time: Option<gst::ClockTime>,
+    ) -> Result<Option<Vec<f32>>, gst::FlowError> {
+        let mut intake = self.intake.lock().unwrap();
+        let Some(f) = intake.format else {
             gst::element_imp_error!(
                 self,
                 gst::CoreError::Negotiation,
@@ -319,7 +320,8 @@ impl I2iDecode {
             return Err(gst::FlowError::NotNegotiated);
         };
         let Ok(map) = buffer.map_readable() else {
-            return self.bad_frame(&mut st, "the buffer cannot be read".into());
+            self.bad_frame(&mut intake, "the buffer cannot be read".into());
+            return Ok(None);
         };
         if map.len() != f.bytes() {
             let what = format!(
@@ -332,87 +334,121 @@ impl I2iDecode {
                 f.bytes()
             );
             drop(map);
-            return self.bad_frame(&mut st, what);
+            self.bad_frame(&mut intake, what);
+            return Ok(None);
         }
-        let State {
-            decoder,
-            conv,
-            slot,
-            latents,
-            ..
-        } = &mut *st;
-        latents.clear();
-        latents.extend(
+        Ok(Some(
             map.chunks_exact(4)
-                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
-        );
-        drop(map);
-        let (Some(decoder), Some(conv)) = (decoder.as_mut(), conv.as_ref()) else {
+                .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
+    }
+
+    fn output_caps(&self, fps: Option<gst::Fraction>, size: Option<(u32, u32)>) -> gst::Caps {
+        let size = size.or_else(|| {
+            let f = self.intake.lock().unwrap().format?;
+            Some((f.image_width, f.image_height))
+        });
+        let b = gst::Caps::builder("video/x-raw").field("format", gst::List::new(SRC_FORMATS));
+        let b = match size {
+            Some((w, h)) => b.field("width", w as i32).field("height", h as i32),
+            None => b
+                .field("width", gst::IntRange::new(1, i32::MAX))
+                .field("height", gst::IntRange::new(1, i32::MAX)),
+        };
+        let b = b.field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+        match fps {
+            Some(fps) => b.field("framerate", fps).build(),
+            None => b.build(),
+        }
+    }
+
+    fn negotiate_output(
+        &self,
+        fps: gst::Fraction,
+        size: (u32, u32),
+    ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
+        let ours = self.output_caps(Some(fps), Some(size));
+        let peer = self.base.srcpad.peer_query_caps(None);
+        let mut out = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
+        if out.is_empty() {
+            return Err(format!(
+                "downstream accepts none of {ours}; it accepts {peer}"
+            ));
+        }
+        out.fixate();
+        let info = gst_video::VideoInfo::from_caps(&out).map_err(|e| e.to_string())?;
+        Ok((out, info))
+    }
+
+    fn holds_frames(_w: &Worker) -> bool {
+        false
+    }
+
+    fn task_frame(&self, w: &mut Worker, f: Queued<Vec<f32>>) -> Result<(), gst::FlowError> {
+        let Worker { decoder, slot } = w;
+        let Some(decoder) = decoder.as_mut() else {
             return Err(gst::FlowError::NotNegotiated);
         };
-        let started = Instant::now();
-        decoder.decode(latents, 1, slot).map_err(|e| {
-            gst::element_imp_error!(
-                self,
-                gst::StreamError::Failed,
-                ("Decoding failed: {}", e),
-                ["The VAE decoder call failed"]
-            );
-            gst::FlowError::Error
-        })?;
-        let took = started.elapsed();
+        self.timed(|| decoder.decode(&f.data, 1, slot))
+            .map_err(|e| self.engine_failed(e))?;
         let Some(t) = slot[0].as_ref() else {
             return Err(gst::FlowError::Error);
         };
+        let decoded = t.extract_tensor().1.to_vec();
+        self.send_out(OutItem::Frame(decoded, f.meta))
+    }
+
+    /// New caps take the decoder loaded for them; the frames before them were decoded.
+    fn task_event(&self, w: &mut Worker, d: Deferred) -> Result<(), gst::FlowError> {
+        if matches!(d, Deferred::Caps(..))
+            && let Some(decoder) = self.intake.lock().unwrap().incoming.take()
+        {
+            w.decoder = Some(decoder);
+            w.slot = [None];
+        }
+        self.send_out(OutItem::Event(d))
+    }
+
+    fn task_drain(&self, _w: &mut Worker) -> Result<(), gst::FlowError> {
+        Ok(())
+    }
+
+    fn flush_worker(&self, _w: &mut Worker) -> (usize, Vec<Deferred>) {
+        (0, Vec::new())
+    }
+
+    fn render(&self, pic: &Vec<f32>, conv: &OutputConverter) -> Result<Rendered, gst::FlowError> {
+        let info = conv.out_info();
         let mut rgb = Vec::new();
-        decoded_to_rgb8(
-            t.extract_tensor().1,
-            f.image_width,
-            f.image_height,
-            &mut rgb,
-        );
-        let mut out = conv.convert(rgb).map_err(|e| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
-            gst::FlowError::Error
-        })?;
-        drop(st);
-        {
-            let copy = gst::BufferCopyFlags::FLAGS
-                | gst::BufferCopyFlags::TIMESTAMPS
-                | gst::BufferCopyFlags::META;
-            let o = out.get_mut().expect("new buffer is writable");
-            if let Err(e) = buffer.copy_into(o, copy, ..) {
-                gst::warning!(CAT, imp = self, "cannot copy metadata: {e}");
-            }
-        }
-        {
-            let mut s = self.stats.lock().unwrap();
-            s.frames_out += 1;
-            s.decode_total += took;
-        }
-        self.srcpad.push(out)
+        decoded_to_rgb8(pic, info.width(), info.height(), &mut rgb);
+        Ok(Rendered::Rgb(rgb))
     }
+}
 
-    fn stats_structure(&self) -> gst::Structure {
-        let s = self.stats.lock().unwrap();
-        let avg = if s.frames_out > 0 {
-            s.decode_total.as_secs_f64() * 1000.0 / s.frames_out as f64
-        } else {
-            0.0
+impl I2iDecode {
+    /// A frame that does not fit its caps: a rate-limited warning, counted, dropped.
+    fn bad_frame(&self, intake: &mut Intake, what: String) {
+        let n = {
+            let mut s = self.base.stats.lock().unwrap();
+            s.frames_invalid += 1;
+            s.frames_invalid
         };
-        gst::Structure::builder("i2idecode-stats")
-            .field("frames-in", s.frames_in)
-            .field("frames-out", s.frames_out)
-            .field("frames-invalid", s.frames_invalid)
-            .field("avg-decode-ms", avg)
-            .build()
-    }
-
-    fn post_stats(&self) {
-        let msg = gst::message::Element::builder(self.stats_structure())
-            .src(&*self.obj())
-            .build();
-        let _ = self.obj().post_message(msg);
+        if intake
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= WARN_INTERVAL)
+        {
+            intake.last_warning = Some(Instant::now());
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Decode,
+                (
+                    "Dropping a latent frame: {} ({} dropped so far, see stats frames-invalid)",
+                    what,
+                    n
+                )
+            );
+        }
     }
 }
 
@@ -463,7 +499,7 @@ impl ObjectImpl for I2iDecode {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
-        if self.running.load(Ordering::SeqCst) {
+        if self.base.running.load(Ordering::SeqCst) {
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
@@ -504,8 +540,8 @@ impl ObjectImpl for I2iDecode {
     fn constructed(&self) {
         self.parent_constructed();
         let obj = self.obj();
-        obj.add_pad(&self.sinkpad).unwrap();
-        obj.add_pad(&self.srcpad).unwrap();
+        obj.add_pad(&self.base.sinkpad).unwrap();
+        obj.add_pad(&self.base.srcpad).unwrap();
     }
 }
 
@@ -555,29 +591,6 @@ impl ElementImpl for I2iDecode {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        if transition == gst::StateChange::ReadyToPaused {
-            let model = self.settings.lock().unwrap().model.clone();
-            if model.as_deref().is_none_or(str::is_empty) {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::NotFound,
-                    ("No model set"),
-                    ["Set the model property to the model directory the latents come from"]
-                );
-                return Err(gst::StateChangeError);
-            }
-            *self.stats.lock().unwrap() = Stats::default();
-            self.running.store(true, Ordering::SeqCst);
-        }
-        let ret = self.parent_change_state(transition);
-        if transition == gst::StateChange::PausedToReady {
-            self.running.store(false, Ordering::SeqCst);
-            let mut st = self.state.lock().unwrap();
-            st.decoder = None;
-            st.format = None;
-            st.conv = None;
-            st.slot = [None];
-        }
-        ret
+        self.change_state_loading(transition)
     }
 }

@@ -1,21 +1,24 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The `i2itransform` element.
+//! The `i2itransform` element on the shared inference base ([`crate::infer::element`]).
 //!
-//! This file holds the pads, events, queries, state and properties; the inference task is
-//! in `task.rs`, the output thread in `output.rs`, the queue between threads in `queue.rs`.
+//! This file holds its properties (checked together at start), the settings pad, how it
+//! binds the engine to the stream (model size, preprocessing, output caps) and its start
+//! and stop; the inference task's work with the engine is in `task.rs`, the output
+//! thread's rendering in `output.rs`, ControlNet and latent feedback in `control.rs`. The
+//! threads, queues, events, queries, live drop policy and stats are the base's.
 //!
-//! Threads: the upstream streaming thread runs the sink chain, which converts each frame
-//! to RGB8 at the model size and queues it (blocking while `max-queue` frames wait); the
-//! src pad's task takes frames off the queue, collects batches of `batch-size` and runs the
-//! engine; an output thread turns the engine's pictures into buffers of the output format
-//! and pushes them, so that this work overlaps the next model call. Serialized events
-//! travel through the same queues and leave after the output of the last frame that came
-//! before them, so the stream keeps its order although the engine holds frames back (the
-//! stream batch).
+//! Threads: the upstream streaming thread converts each frame to RGB8 at the model size,
+//! runs the engine's preprocessing and queues it (blocking while `max-queue` frames wait);
+//! the src pad's task takes frames off the queue, collects batches of `batch-size` and runs
+//! the engine; an output thread turns the engine's pictures into buffers of the output
+//! format and pushes them, so that this work overlaps the next model call. Serialized
+//! events travel through the same queues and leave after the output of the last frame that
+//! came before them, so the stream keeps its order although the engine holds frames back
+//! (the stream batch).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, LazyLock, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Condvar, LazyLock, Mutex};
+use std::time::Instant;
 
 use gst::glib;
 use gst::prelude::*;
@@ -23,18 +26,22 @@ use gst::subclass::prelude::*;
 
 use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
-use super::output::{OutItem, OutState};
-use super::task::{Deferred, Item, QueuedFrame, Worker};
+use super::task::Worker;
 use super::{
     BlendMode, CfgType, DropFrames, ExecutionProvider, LATENT_CAPS_NAME, OutputMode, ResizeMode,
     latent_caps, provider_name,
 };
-use crate::diffusion::{self, Engine, LoadOptions, Preprocessor};
+use crate::diffusion::{self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
-use crate::infer::latency::added_latency;
-use crate::infer::queue::BoundedQueue;
+use crate::infer::element::{
+    InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
+    video_template_caps, with_framerate,
+};
+use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
+use crate::infer::output::Rendered;
+use crate::infer::stats::Stats;
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -59,12 +66,6 @@ const DEFAULT_SIZE_MULTIPLE: u32 = 8;
 const DEFAULT_WAIT_FOR_SETTINGS: bool = true;
 const DEFAULT_SETTINGS_TIMEOUT_MS: u32 = 3000;
 const MAX_SIZE: u32 = 4096;
-/// Frames waiting for inference while late frames are dropped: only the newest waits.
-const DROPPING_QUEUE_FRAMES: usize = 1;
-/// What travels from an input buffer to its output: flags, timestamps, offsets, metas.
-pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLAGS
-    .union(gst::BufferCopyFlags::TIMESTAMPS)
-    .union(gst::BufferCopyFlags::META);
 const MAX_BATCH_SIZE: u32 = 64;
 
 /// Values of the properties that depend on each other, as set before the element starts:
@@ -235,101 +236,32 @@ impl Default for Settings {
     }
 }
 
-/// Streaming-thread side: input conversion and the running-time reference.
-struct InputState {
-    converter: Option<InputConverter>,
+/// Streaming-thread side: the engine's preprocessing for the current caps.
+#[derive(Default)]
+struct ModelInput {
     /// The engine's preprocessing, run here on the streaming thread so the inference task
     /// only runs model calls.
     preprocessor: Option<Preprocessor>,
-    segment: gst::FormattedSegment<gst::ClockTime>,
-    next_tag: u64,
-    /// Upstream is a live source (asked when caps arrive).
-    upstream_live: bool,
     /// The model size for the current input caps.
     model_size: Option<(u32, u32)>,
 }
 
-impl Default for InputState {
-    fn default() -> Self {
-        InputState {
-            converter: None,
-            preprocessor: None,
-            segment: gst::FormattedSegment::new(),
-            next_tag: 0,
-            upstream_live: false,
-            model_size: None,
-        }
-    }
-}
-
+/// What only `i2itransform` counts in its stats.
 #[derive(Default)]
-pub(super) struct Stats {
-    pub frames_in: u64,
-    pub frames_out: u64,
+pub struct I2iStats {
     pub frames_skipped: u64,
-    pub frames_dropped: u64,
-    /// Dropped oldest first because live input came faster than inference.
-    pub frames_late: u64,
-    pub frames_invalid: u64,
-    pub batches: u64,
-    pub first_inference: Option<Duration>,
-    /// Calls after the first (which includes ONNX Runtime's warm-up).
-    pub inference_total: Duration,
-    pub inference_calls: u64,
     pub settings_applied: u64,
     pub settings_rejected: u64,
-    pub provider: Option<&'static str>,
-    pub latency_frames: usize,
-    pub batch_size: usize,
-    /// Input conversion (streaming thread) and output conversion (output thread) time,
-    /// summed over the frames in and out.
-    pub input_work: Duration,
-    pub output_work: Duration,
-    /// When the last `i2itransform-stats` message was posted.
-    pub last_posted: Option<Instant>,
-    /// The inference estimate in the last LATENCY answer, to tell when to re-announce it.
-    pub announced_inference: Option<Duration>,
-}
-
-impl Stats {
-    /// What a frame spends in conversion before and after the model, on average.
-    pub fn conversion_estimate(&self) -> gst::ClockTime {
-        let avg = |total: Duration, n: u64| {
-            if n > 0 {
-                total / n.min(u32::MAX as u64) as u32
-            } else {
-                Duration::ZERO
-            }
-        };
-        let d = avg(self.input_work, self.frames_in) + avg(self.output_work, self.frames_out);
-        gst::ClockTime::from_nseconds(d.as_nanos() as u64)
-    }
-
-    pub fn inference_estimate(&self) -> Option<Duration> {
-        if self.inference_calls > 0 {
-            Some(self.inference_total / self.inference_calls as u32)
-        } else {
-            self.first_inference
-        }
-    }
 }
 
 pub struct I2iTransform {
-    pub(super) sinkpad: gst::Pad,
     pub(super) settingspad: gst::Pad,
-    pub(super) srcpad: gst::Pad,
     pub(super) settings: Mutex<Settings>,
-    input: Mutex<InputState>,
-    /// Streaming thread to task: converted frames and serialized events.
-    pub(super) queue: BoundedQueue<Item>,
-    pub(super) worker: Mutex<Option<Worker>>,
-    /// Task to output thread: finished pictures and the events between them.
-    pub(super) out_queue: BoundedQueue<OutItem>,
-    pub(super) out_state: Mutex<OutState>,
-    out_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    pub(super) stats: Mutex<Stats>,
-    /// True from start to stop: the load-time properties are fixed meanwhile.
-    running: AtomicBool,
+    /// Queues, threads, input conversion and stats shared with the other inference elements.
+    pub(super) base: InferBase<Self>,
+    model_input: Mutex<ModelInput>,
+    /// `output=latent`: the engine's frames are latents, pushed as they are.
+    pub(super) latent: AtomicBool,
     /// A buffer came on the settings pad since start (`wait-for-settings`).
     pub(super) settings_received: Mutex<bool>,
     pub(super) settings_cond: Condvar,
@@ -344,43 +276,8 @@ impl ObjectSubclass for I2iTransform {
     type ParentType = gst::Element;
 
     fn with_class(klass: &Self::Class) -> Self {
-        let sinkpad = gst::Pad::builder_from_template(&klass.pad_template("sink").unwrap())
-            .chain_function(|pad, parent, buffer| {
-                I2iTransform::catch_panic_pad_function(
-                    parent,
-                    || Err(gst::FlowError::Error),
-                    |imp| imp.sink_chain(pad, buffer),
-                )
-            })
-            .event_function(|pad, parent, event| {
-                I2iTransform::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.sink_event(pad, event),
-                )
-            })
-            .query_function(|pad, parent, query| {
-                I2iTransform::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.sink_query(pad, query),
-                )
-            })
-            .activatemode_function(|_pad, parent, mode, active| {
-                I2iTransform::catch_panic_pad_function(
-                    parent,
-                    || Err(gst::loggable_error!(CAT, "Panic activating the sink pad")),
-                    |imp| imp.sink_activatemode(mode, active),
-                )
-            })
-            .iterate_internal_links_function(|_pad, parent| {
-                I2iTransform::catch_panic_pad_function(
-                    parent,
-                    || gst::Iterator::from_vec(vec![]),
-                    |imp| gst::Iterator::from_vec(vec![imp.srcpad.clone()]),
-                )
-            })
-            .build();
+        let sinkpad =
+            sink_pad_builder::<I2iTransform>(&klass.pad_template("sink").unwrap()).build();
 
         let settingspad = gst::Pad::builder_from_template(&klass.pad_template("settings").unwrap())
             .chain_function(|_pad, parent, buffer| {
@@ -399,70 +296,128 @@ impl ObjectSubclass for I2iTransform {
             .iterate_internal_links_function(|_pad, _parent| gst::Iterator::from_vec(vec![]))
             .build();
 
-        let srcpad = gst::Pad::builder_from_template(&klass.pad_template("src").unwrap())
-            .query_function(|pad, parent, query| {
-                I2iTransform::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.src_query(pad, query),
-                )
-            })
-            .activatemode_function(|_pad, parent, mode, active| {
-                I2iTransform::catch_panic_pad_function(
-                    parent,
-                    || Err(gst::loggable_error!(CAT, "Panic activating the src pad")),
-                    |imp| imp.src_activatemode(mode, active),
-                )
-            })
-            .iterate_internal_links_function(|_pad, parent| {
-                I2iTransform::catch_panic_pad_function(
-                    parent,
-                    || gst::Iterator::from_vec(vec![]),
-                    |imp| gst::Iterator::from_vec(vec![imp.sinkpad.clone()]),
-                )
-            })
-            .build();
+        let srcpad = src_pad_builder::<I2iTransform>(&klass.pad_template("src").unwrap()).build();
 
         I2iTransform {
-            sinkpad,
             settingspad,
-            srcpad,
             settings: Mutex::new(Settings::default()),
             control: control::ControlState::default(),
-            input: Mutex::new(InputState::default()),
-            queue: BoundedQueue::new(DEFAULT_MAX_QUEUE as usize),
-            worker: Mutex::new(None),
-            out_queue: BoundedQueue::new(2),
-            out_state: Mutex::new(OutState::default()),
-            out_thread: Mutex::new(None),
-            stats: Mutex::new(Stats::default()),
-            running: AtomicBool::new(false),
+            base: InferBase::new(sinkpad, srcpad, DEFAULT_MAX_QUEUE as usize),
+            model_input: Mutex::new(ModelInput::default()),
+            latent: AtomicBool::new(false),
             settings_received: Mutex::new(false),
             settings_cond: Condvar::new(),
         }
     }
 }
 
-impl I2iTransform {
-    /// Refuses a setting: the old value stays, the user learns why on the bus.
-    pub(super) fn refuse(&self, what: &str) {
-        gst::warning!(CAT, imp = self, "{what}");
-        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
+impl InferElement for I2iTransform {
+    type Data = PreparedFrame;
+    type Picture = DecodedFrame;
+    type Worker = Worker;
+    type StatsExtra = I2iStats;
+
+    const OUTPUT_THREAD: &'static str = "i2i-output";
+    const STATS_NAME: &'static str = "i2itransform-stats";
+
+    fn cat() -> gst::DebugCategory {
+        *CAT
     }
 
-    pub(super) fn fps(&self) -> Option<gst::Fraction> {
-        self.input
-            .lock()
-            .unwrap()
-            .converter
-            .as_ref()
-            .map(|c| c.in_info().fps())
+    fn base(&self) -> &InferBase<Self> {
+        &self.base
+    }
+
+    fn drop_frames(&self) -> DropFrames {
+        self.settings.lock().unwrap().drop_frames
+    }
+
+    fn stats_interval_ms(&self) -> u32 {
+        self.settings.lock().unwrap().stats_interval_ms
+    }
+
+    /// Before the engine loads: the stream batch of the t-index-list set.
+    fn latency_settings(&self) -> LatencySettings {
+        let s = self.settings.lock().unwrap();
+        let n = s.live.params.t_index_list.len().max(1);
+        let b = s.batch_size as usize;
+        LatencySettings {
+            latency_frames: (n - 1) * b,
+            batch_size: b,
+            max_queue: s.max_queue,
+        }
+    }
+
+    fn stats_fields(
+        &self,
+        b: gst::structure::Builder,
+        s: &Stats<I2iStats>,
+    ) -> gst::structure::Builder {
+        b.field("frames-skipped", s.extra.frames_skipped)
+            .field("settings-applied", s.extra.settings_applied)
+            .field("settings-rejected", s.extra.settings_rejected)
+            .field("control-fallbacks", self.control.fallbacks())
+    }
+
+    fn set_sink_caps(&self, caps: &gst::CapsRef) -> Result<Deferred, String> {
+        let in_info = gst_video::VideoInfo::from_caps(caps)
+            .map_err(|e| format!("input caps {caps} are not raw video: {e}"))?;
+        let (w, h, mode) = {
+            let s = self.settings.lock().unwrap();
+            let (w, h) = if s.size_from_input {
+                s.size_for_input(in_info.width(), in_info.height())
+            } else {
+                (s.width, s.height)
+            };
+            (w, h, s.resize_mode)
+        };
+        let conv = InputConverter::new(&in_info, w, h, mode, converter_threads())?;
+        self.model_input.lock().unwrap().model_size = Some(conv.model_size());
+        let upstream_live = self.query_upstream_live();
+        let (out_caps, out_info) = self.negotiate_output(in_info.fps(), conv.model_size())?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "input {caps} -> model RGB {w}x{h} -> output {out_caps}"
+        );
+        self.set_input(Some(conv), in_info.fps(), upstream_live);
+        gst::debug!(CAT, imp = self, "upstream live: {upstream_live}");
+        Ok(Deferred::Caps(gst::event::Caps::new(&out_caps), out_info))
+    }
+
+    fn read_frame(
+        &self,
+        buffer: &gst::BufferRef,
+        input: &InputState,
+        tag: u64,
+        running_time: Option<gst::ClockTime>,
+    ) -> Result<Option<PreparedFrame>, gst::FlowError> {
+        let Some(RgbFrame {
+            rgb,
+            width: model_w,
+            height: model_h,
+        }) = self.convert_video(buffer, input)?
+        else {
+            return Ok(None);
+        };
+        let mut prepared = {
+            let m = self.model_input.lock().unwrap();
+            let Some(pre) = m.preprocessor.as_ref() else {
+                return Err(gst::FlowError::Flushing);
+            };
+            pre.prepare(tag, &rgb, model_w, model_h).map_err(|e| {
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
+                gst::FlowError::NotNegotiated
+            })?
+        };
+        self.prepare_control(&mut prepared, &rgb, (model_w, model_h), running_time);
+        Ok(Some(prepared))
     }
 
     /// Every output the element can produce at the configured size, in our preference order.
     /// `size`: the model size these caps are for; None: the current input's.
     fn output_caps(&self, fps: Option<gst::Fraction>, size: Option<(u32, u32)>) -> gst::Caps {
-        let model_size = size.or(self.input.lock().unwrap().model_size);
+        let model_size = size.or(self.model_input.lock().unwrap().model_size);
         let (size, from_input) = {
             let s = self.settings.lock().unwrap();
             if s.output == OutputMode::Latent {
@@ -484,28 +439,17 @@ impl I2iTransform {
                 .field("width", size.0 as i32)
                 .field("height", size.1 as i32),
         };
-        match fps {
-            Some(fps) => builder.field("framerate", fps).build(),
-            None => builder
-                .field(
-                    "framerate",
-                    gst::FractionRange::new(
-                        gst::Fraction::new(0, 1),
-                        gst::Fraction::new(i32::MAX, 1),
-                    ),
-                )
-                .build(),
-        }
+        with_framerate(builder, fps)
     }
 
     /// Output caps by downstream's preference (ours, RGB first, when it has none).
-    pub(super) fn negotiate_output(
+    fn negotiate_output(
         &self,
         fps: gst::Fraction,
         size: (u32, u32),
     ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
         let ours = self.output_caps(Some(fps), Some(size));
-        let peer = self.srcpad.peer_query_caps(None);
+        let peer = self.base.srcpad.peer_query_caps(None);
         let caps = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
         if caps.is_empty() {
             return Err(format!(
@@ -528,599 +472,59 @@ impl I2iTransform {
         Ok((caps, info))
     }
 
-    // ---- sink pad -------------------------------------------------------------------
+    fn holds_frames(w: &Worker) -> bool {
+        !w.batch.is_empty() || w.engine.in_flight() > 0
+    }
 
-    fn sink_activatemode(
+    fn task_frame(&self, w: &mut Worker, f: Queued<PreparedFrame>) -> Result<(), gst::FlowError> {
+        self.batch_frame(w, f)
+    }
+
+    fn task_event(&self, w: &mut Worker, d: Deferred) -> Result<(), gst::FlowError> {
+        self.stream_event(w, d)
+    }
+
+    fn task_drain(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
+        self.drain_engine(w)
+    }
+
+    /// The engine forgets the frames in flight.
+    fn flush_worker(&self, w: &mut Worker) -> (usize, Vec<Deferred>) {
+        let dropped = w.batch.len() + w.in_flight.len();
+        w.batch.clear();
+        w.in_flight.clear();
+        w.engine.reset();
+        self.flush_control();
+        (dropped, w.deferred.drain(..).map(|(_, d)| d).collect())
+    }
+
+    /// Caps with another model size (size-from-input) that had not reached the task: the
+    /// engine (empty after the flush) is loaded at that size.
+    fn flushed_caps(&self, info: &gst_video::VideoInfo) -> bool {
+        let mut guard = self.base.worker.lock().unwrap();
+        match guard.as_mut() {
+            Some(w) if (info.width(), info.height()) != (w.load.width, w.load.height) => {
+                self.reload_at(w, info.width(), info.height()).is_ok()
+            }
+            _ => true,
+        }
+    }
+
+    fn render(
         &self,
-        mode: gst::PadMode,
-        active: bool,
-    ) -> Result<(), gst::LoggableError> {
-        if mode != gst::PadMode::Push {
-            return Err(gst::loggable_error!(
-                CAT,
-                "the sink pad works in push mode only"
-            ));
-        }
-        let mut q = self.queue.lock();
-        q.flushing = !active;
-        if active {
-            q.flow = Ok(gst::FlowSuccess::Ok);
-        }
-        self.queue.notify();
-        Ok(())
+        out: &DecodedFrame,
+        conv: &OutputConverter,
+    ) -> Result<Rendered, gst::FlowError> {
+        Ok(self.render_frame(out, conv))
     }
 
-    fn sink_chain(
-        &self,
-        _pad: &gst::Pad,
-        buffer: gst::Buffer,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        {
-            let q = self.queue.lock();
-            if q.flushing {
-                return Err(gst::FlowError::Flushing);
-            }
-            q.flow?;
-        }
-
-        let convert_took;
-        let frame = {
-            let mut input = self.input.lock().unwrap();
-            let Some(conv) = input.converter.as_ref() else {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Negotiation,
-                    ["Received a video buffer before any caps"]
-                );
-                return Err(gst::FlowError::NotNegotiated);
-            };
-            let (model_w, model_h) = conv.model_size();
-            let convert_start = Instant::now();
-            let rgb = match conv.convert(buffer.as_ref()) {
-                Ok(rgb) => rgb,
-                Err(e) => {
-                    // One unreadable frame does not stop the stream; it is counted.
-                    gst::element_imp_warning!(
-                        self,
-                        gst::StreamError::Decode,
-                        [
-                            "Dropping input frame {:?} (pts {:?}): {}",
-                            buffer.offset(),
-                            buffer.pts(),
-                            e
-                        ]
-                    );
-                    self.stats.lock().unwrap().frames_invalid += 1;
-                    return Ok(gst::FlowSuccess::Ok);
-                }
-            };
-
-            let mut meta = gst::Buffer::new();
-            {
-                let meta = meta.get_mut().expect("new buffer is writable");
-                if let Err(e) = buffer.copy_into(meta, METADATA_COPY, ..) {
-                    gst::warning!(CAT, imp = self, "cannot copy the input's metadata: {e}");
-                }
-                // Metas tied to the input picture (video meta, crop, regions: all tagged)
-                // do not describe the output; untagged ones (reference timestamps,
-                // custom metas) carry over, as in GstBaseTransform.
-                meta.foreach_meta_mut(|m| {
-                    if m.tags().is_empty() {
-                        std::ops::ControlFlow::Continue(gst::buffer::BufferMetaForeachAction::Keep)
-                    } else {
-                        std::ops::ControlFlow::Continue(
-                            gst::buffer::BufferMetaForeachAction::Remove,
-                        )
-                    }
-                });
-            }
-            let tag = input.next_tag;
-            let Some(pre) = input.preprocessor.as_ref() else {
-                return Err(gst::FlowError::Flushing);
-            };
-            let mut prepared = pre.prepare(tag, &rgb, model_w, model_h).map_err(|e| {
-                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", e]);
-                gst::FlowError::NotNegotiated
-            })?;
-            let running_time = input.segment.to_running_time(buffer.pts());
-            self.prepare_control(&mut prepared, &rgb, (model_w, model_h), running_time);
-            // Conversion and the engine's preprocessing: the streaming thread's work.
-            convert_took = convert_start.elapsed();
-            input.next_tag += 1;
-            QueuedFrame {
-                tag,
-                prepared,
-                meta,
-                running_time,
-                index: Some(buffer.offset())
-                    .filter(|&o| o != gst::ffi::GST_BUFFER_OFFSET_NONE)
-                    .unwrap_or(tag),
-            }
-        };
-
-        let dropping = self.drops_frames(&self.settings.lock().unwrap());
-        if dropping {
-            // Live input faster than inference: the newest frame waits, older ones leave
-            // unprocessed so that latency stays bounded.
-            let late = {
-                let mut q = self.queue.lock();
-                if q.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                q.flow?;
-                let late = q.push_dropping_oldest(Item::Frame(frame), DROPPING_QUEUE_FRAMES);
-                self.queue.notify();
-                late
-            };
-            for item in late {
-                if let Item::Frame(f) = item {
-                    self.dropped_late(&f);
-                }
-            }
-        } else {
-            self.queue.push_wait(Item::Frame(frame), |q| {
-                if q.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                q.flow.map(|_| ())
-            })?;
-        }
-        {
-            let mut s = self.stats.lock().unwrap();
-            s.frames_in += 1;
-            s.input_work += convert_took;
-        }
-        Ok(gst::FlowSuccess::Ok)
-    }
-
-    /// Whether frames that inference cannot keep up with are dropped (`drop-frames`).
-    fn drops_frames(&self, s: &Settings) -> bool {
-        match s.drop_frames {
-            DropFrames::Never => false,
-            DropFrames::Always => true,
-            DropFrames::Auto => self.input.lock().unwrap().upstream_live,
+    fn count_pushed(out: &DecodedFrame, extra: &mut I2iStats) {
+        if out.skipped {
+            extra.frames_skipped += 1;
         }
     }
 
-    /// Counts a frame dropped to keep latency bounded and posts a QoS message for it,
-    /// as video decoders and sinks do for the frames they drop.
-    fn dropped_late(&self, f: &QueuedFrame) {
-        let (processed, dropped) = {
-            let mut s = self.stats.lock().unwrap();
-            s.frames_late += 1;
-            (s.frames_in, s.frames_late)
-        };
-        let pts = f.meta.pts();
-        let stream_time = pts.and_then(|t| self.input.lock().unwrap().segment.to_stream_time(t));
-        gst::debug!(
-            CAT,
-            imp = self,
-            "inference behind live input: dropping frame {} (pts {pts:?})",
-            f.index
-        );
-        let msg = gst::message::Qos::builder(true)
-            .running_time(f.running_time)
-            .stream_time(stream_time)
-            .timestamp(pts)
-            .duration(f.meta.duration())
-            .stats(
-                gst::format::Buffers::from_u64(processed),
-                gst::format::Buffers::from_u64(dropped),
-            )
-            .src(&*self.obj())
-            .build();
-        let _ = self.obj().post_message(msg);
-    }
-
-    fn enqueue(&self, item: Item) -> bool {
-        let mut q = self.queue.lock();
-        if q.flushing {
-            return false;
-        }
-        q.push_back(item);
-        self.queue.notify();
-        true
-    }
-
-    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
-        use gst::EventView;
-        gst::log!(CAT, obj = pad, "event {event:?}");
-        match event.view() {
-            EventView::FlushStart(_) => {
-                self.set_flushing(true);
-                // Downstream first, so that a push in progress returns.
-                let ret = self.srcpad.push_event(event);
-                if let Err(e) = self.srcpad.pause_task() {
-                    gst::warning!(CAT, imp = self, "cannot pause the task: {e}");
-                }
-                self.wait_output_idle();
-                ret
-            }
-            EventView::FlushStop(_) => self.flush_stop(event),
-            EventView::Caps(c) => match self.set_sink_caps(c.caps()) {
-                Ok(item) => self.enqueue(Item::Event(item)),
-                Err(e) => {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::Negotiation,
-                        ["Cannot negotiate: {}", e]
-                    );
-                    false
-                }
-            },
-            EventView::Segment(s) => {
-                match s.segment().downcast_ref::<gst::ClockTime>() {
-                    Some(seg) => self.input.lock().unwrap().segment = seg.clone(),
-                    None => {
-                        gst::element_imp_error!(
-                            self,
-                            gst::StreamError::Format,
-                            [
-                                "Only time segments are supported, got {:?}",
-                                s.segment().format()
-                            ]
-                        );
-                        return false;
-                    }
-                }
-                self.enqueue(Item::Event(Deferred::Event(event)))
-            }
-            EventView::Eos(_) => self.enqueue(Item::Eos(event)),
-            _ if event.is_serialized() => self.enqueue(Item::Event(Deferred::Event(event))),
-            _ => self.srcpad.push_event(event),
-        }
-    }
-
-    fn set_sink_caps(&self, caps: &gst::CapsRef) -> Result<Deferred, String> {
-        let in_info = gst_video::VideoInfo::from_caps(caps)
-            .map_err(|e| format!("input caps {caps} are not raw video: {e}"))?;
-        let (w, h, mode) = {
-            let s = self.settings.lock().unwrap();
-            let (w, h) = if s.size_from_input {
-                s.size_for_input(in_info.width(), in_info.height())
-            } else {
-                (s.width, s.height)
-            };
-            (w, h, s.resize_mode)
-        };
-        let conv = InputConverter::new(&in_info, w, h, mode, converter_threads())?;
-        self.input.lock().unwrap().model_size = Some(conv.model_size());
-        let mut latency = gst::query::Latency::new();
-        let upstream_live = self.sinkpad.peer_query(&mut latency) && latency.result().0;
-        let (out_caps, out_info) = self.negotiate_output(in_info.fps(), conv.model_size())?;
-        gst::info!(
-            CAT,
-            imp = self,
-            "input {caps} -> model RGB {w}x{h} -> output {out_caps}"
-        );
-        {
-            let mut input = self.input.lock().unwrap();
-            input.converter = Some(conv);
-            input.upstream_live = upstream_live;
-        }
-        gst::debug!(CAT, imp = self, "upstream live: {upstream_live}");
-        Ok(Deferred::Caps(gst::event::Caps::new(&out_caps), out_info))
-    }
-
-    /// Stops (or lets) the task and the output thread take items and the chain queue them.
-    fn set_flushing(&self, flushing: bool) {
-        {
-            let mut q = self.queue.lock();
-            q.flushing = flushing;
-            if !flushing {
-                q.flow = Ok(gst::FlowSuccess::Ok);
-            }
-            self.queue.notify();
-        }
-        let mut o = self.out_queue.lock();
-        o.flushing = flushing;
-        self.out_queue.notify();
-    }
-
-    /// Waits until the output thread is done with the item it is pushing (if any).
-    fn wait_output_idle(&self) {
-        let mut o = self.out_queue.lock();
-        while o.busy {
-            o = self.out_queue.wait(o);
-        }
-    }
-
-    /// After FLUSH_START paused the task and the output thread: drops every frame queued
-    /// or in flight, resets the engine and lets the stream start again.
-    fn flush_stop(&self, event: gst::Event) -> bool {
-        // Oldest first: handed to the output thread, then waiting in the engine, then not
-        // taken from the input queue yet.
-        let mut keep = Vec::new();
-        let mut dropped = 0;
-        {
-            let items = self.out_queue.lock().drain();
-            for item in items {
-                match item {
-                    OutItem::Frame(..) => dropped += 1,
-                    OutItem::Event(d) => keep.push(d),
-                    OutItem::Eos(_) | OutItem::Drained(_) => (),
-                }
-            }
-        }
-        {
-            let mut guard = self.worker.lock().unwrap();
-            if let Some(w) = guard.as_mut() {
-                dropped += w.batch.len() + w.in_flight.len();
-                w.batch.clear();
-                w.in_flight.clear();
-                w.engine.reset();
-                self.flush_control();
-                keep.extend(w.deferred.drain(..).map(|(_, d)| d));
-            }
-        }
-        {
-            let items = self.queue.lock().drain();
-            for item in items {
-                match item {
-                    Item::Frame(_) => dropped += 1,
-                    Item::Event(d) => keep.push(d),
-                    Item::Eos(_) | Item::Drain(_) => (),
-                }
-            }
-        }
-        gst::debug!(CAT, imp = self, "flush: dropped {dropped} frames");
-        self.stats.lock().unwrap().frames_dropped += dropped as u64;
-
-        let ret = self.srcpad.push_event(event);
-        // Sticky events that had not left yet (caps, stream-start, tags) still describe
-        // the stream after the flush; the old segment does not.
-        for d in keep {
-            match d {
-                Deferred::Caps(ev, info) => {
-                    let _ = self.srcpad.store_sticky_event(&ev);
-                    match OutputConverter::new(&info, converter_threads()) {
-                        Ok(c) => {
-                            let mut st = self.out_state.lock().unwrap();
-                            st.conv = Some(c);
-                            st.width = info.width();
-                            st.height = info.height();
-                        }
-                        Err(e) => gst::warning!(CAT, imp = self, "{e}"),
-                    }
-                    // Caps with another model size (size-from-input) that had not reached
-                    // the task: the engine (empty after the flush) is loaded at that size.
-                    let mut guard = self.worker.lock().unwrap();
-                    if let Some(w) = guard.as_mut()
-                        && (info.width(), info.height()) != (w.load.width, w.load.height)
-                        && self.reload_at(w, info.width(), info.height()).is_err()
-                    {
-                        return false;
-                    }
-                }
-                Deferred::Event(ev) => {
-                    if ev.is_sticky()
-                        && ev.type_() != gst::EventType::Segment
-                        && ev.type_() != gst::EventType::Eos
-                    {
-                        let _ = self.srcpad.store_sticky_event(&ev);
-                    }
-                }
-            }
-        }
-        self.set_flushing(false);
-        if self.srcpad.mode() == gst::PadMode::Push
-            && let Err(e) = self.start_task()
-        {
-            gst::error!(CAT, imp = self, "cannot restart the task: {e}");
-            return false;
-        }
-        ret
-    }
-
-    fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
-        use gst::QueryViewMut;
-        match query.view_mut() {
-            QueryViewMut::Caps(q) => {
-                let templ = pad.pad_template_caps();
-                let caps = match q.filter() {
-                    Some(f) => f.intersect_with_mode(&templ, gst::CapsIntersectMode::First),
-                    None => templ,
-                };
-                q.set_result(&caps);
-                true
-            }
-            QueryViewMut::Drain(_) => {
-                // Upstream wants every frame it sent out of the element before going on
-                // (a worker finishing its jobs, a decoder reconfiguring): the partial batch
-                // and the frames in the stream batch come out first.
-                if !self.drain_and_wait() {
-                    return false;
-                }
-                gst::Pad::query_default(pad, Some(&*self.obj()), query)
-            }
-            QueryViewMut::Allocation(q) => {
-                // Frames are converted and released in the chain function: upstream's
-                // buffers are not held, and padded strides are fine (mapped by VideoMeta).
-                q.add_allocation_meta::<gst_video::VideoMeta>(None);
-                true
-            }
-            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
-        }
-    }
-
-    /// Queues a drain behind the frames already queued and waits until the output thread
-    /// has pushed all of them; false when a flush or a stop intervened.
-    fn drain_and_wait(&self) -> bool {
-        let (tx, rx) = mpsc::channel();
-        if !self.enqueue(Item::Drain(tx)) {
-            return false;
-        }
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(()) => return true,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let q = self.queue.lock();
-                    if q.flushing || q.flow.is_err() {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
-    // ---- settings pad -----------------------------------------------------------------
-
-    fn settings_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let result = match buffer.map_readable() {
-            Ok(map) => SettingsUpdate::from_json(map.as_slice()).map(|u| {
-                let mut s = self.settings.lock().unwrap();
-                s.live.apply_valid(&u)
-            }),
-            Err(_) => Err("settings buffer cannot be read".to_string()),
-        };
-        {
-            // Even a refused update means the holder is there: the stream need not wait.
-            *self.settings_received.lock().unwrap() = true;
-            self.settings_cond.notify_all();
-        }
-        let refused = match result {
-            Ok((changed, refused)) => {
-                gst::debug!(CAT, imp = self, "settings pad changed {changed:?}");
-                for name in changed {
-                    if self.obj().find_property(name).is_some() {
-                        self.obj().notify(name);
-                    }
-                }
-                refused
-            }
-            Err(e) => vec![e],
-        };
-        if !refused.is_empty() {
-            self.stats.lock().unwrap().settings_rejected += 1;
-            self.refuse(&format!("settings pad: refused {}", refused.join("; ")));
-            // Upstream too: settingssrc tells the settings holder, whose consoles show it.
-            let event = gst::event::CustomUpstream::new(
-                gst::Structure::builder(crate::settings::state::REFUSED_EVENT)
-                    .field("refused", refused.join("\n"))
-                    .build(),
-            );
-            let _ = self.settingspad.push_event(event);
-        }
-        Ok(gst::FlowSuccess::Ok)
-    }
-
-    // ---- src pad ----------------------------------------------------------------------
-
-    fn src_activatemode(&self, mode: gst::PadMode, active: bool) -> Result<(), gst::LoggableError> {
-        if mode != gst::PadMode::Push {
-            return Err(gst::loggable_error!(
-                CAT,
-                "the src pad works in push mode only"
-            ));
-        }
-        if active {
-            {
-                let mut o = self.out_queue.lock();
-                o.drain();
-                o.flushing = false;
-                o.stop = false;
-                o.busy = false;
-            }
-            let obj = self.obj().clone();
-            let thread = std::thread::Builder::new()
-                .name("i2i-output".into())
-                .spawn(move || obj.imp().output_loop())
-                .map_err(|e| gst::loggable_error!(CAT, "cannot start the output thread: {e}"))?;
-            *self.out_thread.lock().unwrap() = Some(thread);
-            {
-                let mut q = self.queue.lock();
-                q.flushing = false;
-                q.flow = Ok(gst::FlowSuccess::Ok);
-            }
-            self.start_task()
-                .map_err(|e| gst::loggable_error!(CAT, "cannot start the task: {e}"))
-        } else {
-            self.set_flushing(true);
-            {
-                let mut o = self.out_queue.lock();
-                o.stop = true;
-                self.out_queue.notify();
-            }
-            let stopped = self.srcpad.stop_task();
-            if let Some(thread) = self.out_thread.lock().unwrap().take() {
-                let _ = thread.join();
-            }
-            self.out_queue.lock().drain();
-            stopped.map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))
-        }
-    }
-
-    fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
-        use gst::QueryViewMut;
-        match query.view_mut() {
-            QueryViewMut::Caps(q) => {
-                let ours = self.output_caps(self.fps(), None);
-                let caps = match q.filter() {
-                    Some(f) => f.intersect_with_mode(&ours, gst::CapsIntersectMode::First),
-                    None => ours,
-                };
-                q.set_result(&caps);
-                true
-            }
-            QueryViewMut::Latency(q) => {
-                let mut peer = gst::query::Latency::new();
-                if !self.sinkpad.peer_query(&mut peer) {
-                    return false;
-                }
-                let (live, min, max) = peer.result();
-                let frame = self
-                    .fps()
-                    .filter(|f| f.numer() > 0)
-                    .and_then(|f| {
-                        gst::ClockTime::SECOND.mul_div_floor(f.denom() as u64, f.numer() as u64)
-                    })
-                    .unwrap_or(gst::ClockTime::ZERO);
-                // Before taking the stats lock: the chain takes it under the input lock.
-                let dropping = self.drops_frames(&self.settings.lock().unwrap());
-                let (ours, queue) = {
-                    let s = self.settings.lock().unwrap();
-                    let mut stats = self.stats.lock().unwrap();
-                    let (latency_frames, batch_size) = if stats.batch_size > 0 {
-                        (stats.latency_frames, stats.batch_size)
-                    } else {
-                        let n = s.live.params.t_index_list.len().max(1);
-                        let b = s.batch_size as usize;
-                        ((n - 1) * b, b)
-                    };
-                    // Before the first model call, assume the element keeps up with the
-                    // frame rate; the measured time replaces this guess once known.
-                    let inference = stats
-                        .inference_estimate()
-                        .map(|d| gst::ClockTime::from_nseconds(d.as_nanos() as u64))
-                        .unwrap_or(frame);
-                    stats.announced_inference = stats.inference_estimate();
-                    let queue = if dropping {
-                        gst::ClockTime::ZERO
-                    } else {
-                        frame.max(inference) * s.max_queue as u64
-                    };
-                    (
-                        added_latency(latency_frames, batch_size, frame, inference, dropping)
-                            + stats.conversion_estimate(),
-                        queue,
-                    )
-                };
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "latency: upstream {min} (live {live}), adding {ours}"
-                );
-                q.set(live, min + ours, max.map(|m| m + ours + queue));
-                true
-            }
-            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
-        }
-    }
-
-    // ---- state --------------------------------------------------------------------------
-
-    fn start(&self) -> Result<(), gst::StateChangeError> {
+    fn load(&self) -> Result<(), gst::StateChangeError> {
         let s = {
             let mut s = self.settings.lock().unwrap();
             if !s.unchecked.is_empty()
@@ -1210,93 +614,76 @@ impl I2iTransform {
             .field("latency-frames", engine.latency_frames() as u32)
             .field("load-ms", load_time.as_secs_f64() * 1000.0)
             .build();
-        let _ = self.obj().post_message(
-            gst::message::Element::builder(started_msg)
-                .src(&*self.obj())
-                .build(),
+        self.post_started(started_msg);
+        self.reset_for_start(
+            Stats::started(provider, s.batch_size as usize, engine.latency_frames()),
+            s.max_queue,
         );
-        {
-            let mut st = self.stats.lock().unwrap();
-            *st = Stats::default();
-            st.provider = Some(provider);
-            st.latency_frames = engine.latency_frames();
-            st.batch_size = s.batch_size as usize;
-            st.last_posted = Some(Instant::now());
-        }
-        *self.input.lock().unwrap() = InputState::default();
         *self.settings_received.lock().unwrap() = false;
-        {
-            let mut q = self.queue.lock();
-            q.drain();
-            q.max_frames = s.max_queue as usize;
-        }
-        // The output thread may hold two batches: one being pushed, one ready.
-        self.out_queue.lock().max_frames = 2 * s.batch_size as usize;
         let latent = s.output == OutputMode::Latent;
         let mut engine = engine;
         engine.set_latent_output(latent);
+        self.latent.store(latent, Ordering::SeqCst);
         self.settings.lock().unwrap().scaling_factor = engine.scaling_factor();
-        *self.out_state.lock().unwrap() = OutState {
-            conv: None,
-            width: s.width,
-            height: s.height,
-            latent,
+        *self.model_input.lock().unwrap() = ModelInput {
+            preprocessor: Some(engine.preprocessor()),
+            model_size: None,
         };
-        self.input.lock().unwrap().preprocessor = Some(engine.preprocessor());
-        *self.worker.lock().unwrap() = Some(Worker::new(engine, opts, s.live));
-        self.running.store(true, Ordering::SeqCst);
-        self.obj().notify("provider");
+        *self.base.worker.lock().unwrap() = Some(Worker::new(engine, opts, s.live));
         Ok(())
     }
 
-    fn stop(&self) {
-        self.running.store(false, Ordering::SeqCst);
-        *self.worker.lock().unwrap() = None;
-        *self.out_state.lock().unwrap() = OutState::default();
-        *self.input.lock().unwrap() = InputState::default();
-        self.queue.lock().drain();
+    fn unload(&self) {
+        *self.model_input.lock().unwrap() = ModelInput::default();
+    }
+}
+
+impl I2iTransform {
+    /// Refuses a setting: the old value stays, the user learns why on the bus.
+    pub(super) fn refuse(&self, what: &str) {
+        gst::warning!(CAT, imp = self, "{what}");
+        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
     }
 
-    /// Posts the `stats` structure as an element message when `stats-interval` has passed
-    /// since the last one, or always with `force` (at EOS).
-    pub(super) fn post_stats(&self, force: bool) {
-        let interval = self.settings.lock().unwrap().stats_interval_ms;
+    // ---- settings pad -----------------------------------------------------------------
+
+    fn settings_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let result = match buffer.map_readable() {
+            Ok(map) => SettingsUpdate::from_json(map.as_slice()).map(|u| {
+                let mut s = self.settings.lock().unwrap();
+                s.live.apply_valid(&u)
+            }),
+            Err(_) => Err("settings buffer cannot be read".to_string()),
+        };
         {
-            let mut s = self.stats.lock().unwrap();
-            let due = s.last_posted.is_none_or(|t| {
-                interval > 0 && t.elapsed() >= Duration::from_millis(interval as u64)
-            });
-            if !(force || due) {
-                return;
-            }
-            s.last_posted = Some(Instant::now());
+            // Even a refused update means the holder is there: the stream need not wait.
+            *self.settings_received.lock().unwrap() = true;
+            self.settings_cond.notify_all();
         }
-        let msg = gst::message::Element::builder(self.stats_structure())
-            .src(&*self.obj())
-            .build();
-        let _ = self.obj().post_message(msg);
-    }
-
-    pub(super) fn stats_structure(&self) -> gst::Structure {
-        let queued = self.queue.lock().frames() as u32;
-        let s = self.stats.lock().unwrap();
-        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-        gst::Structure::builder("i2itransform-stats")
-            .field("frames-in", s.frames_in)
-            .field("frames-out", s.frames_out)
-            .field("frames-skipped", s.frames_skipped)
-            .field("frames-dropped", s.frames_dropped)
-            .field("frames-late", s.frames_late)
-            .field("frames-invalid", s.frames_invalid)
-            .field("batches", s.batches)
-            .field("avg-inference-ms", ms(s.inference_estimate()))
-            .field("first-inference-ms", ms(s.first_inference))
-            .field("queued", queued)
-            .field("settings-applied", s.settings_applied)
-            .field("settings-rejected", s.settings_rejected)
-            .field("provider", s.provider.unwrap_or(""))
-            .field("control-fallbacks", self.control.fallbacks())
-            .build()
+        let refused = match result {
+            Ok((changed, refused)) => {
+                gst::debug!(CAT, imp = self, "settings pad changed {changed:?}");
+                for name in changed {
+                    if self.obj().find_property(name).is_some() {
+                        self.obj().notify(name);
+                    }
+                }
+                refused
+            }
+            Err(e) => vec![e],
+        };
+        if !refused.is_empty() {
+            self.base.stats.lock().unwrap().extra.settings_rejected += 1;
+            self.refuse(&format!("settings pad: refused {}", refused.join("; ")));
+            // Upstream too: settingssrc tells the settings holder, whose consoles show it.
+            let event = gst::event::CustomUpstream::new(
+                gst::Structure::builder(crate::settings::state::REFUSED_EVENT)
+                    .field("refused", refused.join("\n"))
+                    .build(),
+            );
+            let _ = self.settingspad.push_event(event);
+        }
+        Ok(gst::FlowSuccess::Ok)
     }
 }
 
@@ -1543,7 +930,7 @@ impl ObjectImpl for I2iTransform {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
         if pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY)
-            && self.running.load(Ordering::SeqCst)
+            && self.base.running.load(Ordering::SeqCst)
         {
             self.refuse(&format!(
                 "{name} refused while the stream runs: it is used when the model loads; set it in the NULL or READY state"
@@ -1552,7 +939,7 @@ impl ObjectImpl for I2iTransform {
         }
         let mut s = self.settings.lock().unwrap();
         gst::debug!(CAT, imp = self, "setting {name} to {value:?}");
-        if !self.running.load(Ordering::SeqCst) {
+        if !self.base.running.load(Ordering::SeqCst) {
             // Before start: kept as set, checked together at start.
             let u = &mut s.unchecked;
             let text = || value.get::<Option<String>>().unwrap().unwrap_or_default();
@@ -1568,7 +955,7 @@ impl ObjectImpl for I2iTransform {
         }
         match name {
             name if control::PROPERTIES.contains(&name) => {
-                let stopped = !self.running.load(Ordering::SeqCst);
+                let stopped = !self.base.running.load(Ordering::SeqCst);
                 if let Err(e) = s.control.set_property(name, value, stopped) {
                     drop(s);
                     self.refuse(&e);
@@ -1648,10 +1035,9 @@ impl ObjectImpl for I2iTransform {
             "engine-cache-dir" => s.engine_cache_dir = value.get().unwrap(),
             "max-queue" => {
                 s.max_queue = value.get().unwrap();
-                let max = s.max_queue as usize;
+                let max = s.max_queue;
                 drop(s);
-                self.queue.lock().max_frames = max;
-                self.queue.notify();
+                self.set_max_queue(max);
             }
             "threads" => s.threads = value.get().unwrap(),
             "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
@@ -1665,7 +1051,7 @@ impl ObjectImpl for I2iTransform {
                 s.drop_frames = value.get().unwrap();
                 drop(s);
                 // A frame producer waiting on a full queue looks again.
-                self.queue.notify();
+                self.base.queue.notify();
             }
             _ => unreachable!("property {name} is not registered"),
         }
@@ -1724,7 +1110,7 @@ impl ObjectImpl for I2iTransform {
             }
             "provider" => {
                 drop(s);
-                self.stats.lock().unwrap().provider.to_value()
+                self.base.stats.lock().unwrap().provider.to_value()
             }
             name => unreachable!("property {name} is not registered"),
         }
@@ -1733,9 +1119,9 @@ impl ObjectImpl for I2iTransform {
     fn constructed(&self) {
         self.parent_constructed();
         let obj = self.obj();
-        obj.add_pad(&self.sinkpad).unwrap();
+        obj.add_pad(&self.base.sinkpad).unwrap();
         obj.add_pad(&self.settingspad).unwrap();
-        obj.add_pad(&self.srcpad).unwrap();
+        obj.add_pad(&self.base.srcpad).unwrap();
     }
 }
 
@@ -1756,21 +1142,8 @@ impl ElementImpl for I2iTransform {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let range = gst::IntRange::new(1, i32::MAX);
-            let fps =
-                gst::FractionRange::new(gst::Fraction::new(0, 1), gst::Fraction::new(i32::MAX, 1));
-            let sink_caps = gst::Caps::builder("video/x-raw")
-                .field("format", gst::List::new(SINK_FORMATS))
-                .field("width", range)
-                .field("height", range)
-                .field("framerate", fps)
-                .build();
-            let mut src_caps = gst::Caps::builder("video/x-raw")
-                .field("format", gst::List::new(SRC_FORMATS))
-                .field("width", range)
-                .field("height", range)
-                .field("framerate", fps)
-                .build();
+            let sink_caps = video_template_caps(&SINK_FORMATS);
+            let mut src_caps = video_template_caps(&SRC_FORMATS);
             src_caps.merge(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
             vec![
                 gst::PadTemplate::new(
@@ -1817,16 +1190,6 @@ impl ElementImpl for I2iTransform {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        gst::debug!(CAT, imp = self, "{transition:?}");
-        if transition == gst::StateChange::ReadyToPaused {
-            self.start()?;
-        }
-        let ret = self.parent_change_state(transition);
-        match transition {
-            gst::StateChange::ReadyToPaused if ret.is_err() => self.stop(),
-            gst::StateChange::PausedToReady => self.stop(),
-            _ => (),
-        }
-        ret
+        self.change_state_loading(transition)
     }
 }

@@ -156,6 +156,18 @@ pub enum DropFrames {
     Always = 2,
 }
 
+impl DropFrames {
+    /// Whether frames that inference cannot keep up with are dropped, given whether the
+    /// source upstream is live.
+    pub fn drops(self, upstream_live: bool) -> bool {
+        match self {
+            DropFrames::Never => false,
+            DropFrames::Always => true,
+            DropFrames::Auto => upstream_live,
+        }
+    }
+}
+
 /// The `output` property: pictures, or the final latents for a decoder elsewhere.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
 #[repr(u32)]

@@ -1,80 +1,40 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The inference task of `i2itransform`: the src pad's task.
+//! What the inference task of `i2itransform` does with the engine, on the shared task
+//! loop ([`crate::infer::task`]).
 //!
-//! It takes converted frames and serialized events off the input queue, collects batches
-//! of `batch-size`, applies the live settings changed since the last batch and runs the
-//! engine. Finished pictures go to the output thread ([`super::output`]) in input order;
+//! It collects batches of `batch-size`, applies the live settings changed since the last
+//! batch and runs the engine. Finished pictures go to the output thread in input order;
 //! an event waits (in `Worker::deferred`) for the output of the last frame that came
 //! before it, since the engine holds frames back (the stream batch). Every engine failure
-//! goes through [`I2iTransform::engine_failed`].
+//! goes through [`InferTask::engine_failed`].
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::imp::{CAT, I2iTransform};
 use super::live::{self, LiveSettings};
-use super::output::OutItem;
 use super::smooth::Smoother;
 use crate::diffusion::{DecodedFrame, Engine, LoadOptions, PreparedFrame};
-use crate::infer::queue::{Popped, QueueItem};
+use crate::infer::input::{Deferred, Queued};
+use crate::infer::output::OutItem;
+use crate::infer::task::InferTask;
 use crate::settings::state::APPLIED_EVENT;
 
-/// Frame duration assumed for the idle timeout when the input has no frame rate.
-const IDLE_FRAME_GUESS: Duration = Duration::from_millis(100);
-/// Shortest idle timeout (very high frame rates, a scheduler that wakes late).
-const MIN_IDLE: Duration = Duration::from_millis(20);
-
-/// A frame converted on the streaming thread, waiting for inference.
-pub(super) struct QueuedFrame {
-    pub tag: u64,
-    /// Preprocessed on the streaming thread.
-    pub prepared: PreparedFrame,
-    /// A buffer without memory carrying the input's timestamps, offsets, flags and metas.
-    pub meta: gst::Buffer,
-    pub running_time: Option<gst::ClockTime>,
-    /// The input offset (frame index) when upstream set one, else the element's count.
-    pub index: u64,
-}
-
-/// A serialized event with what the output thread must do with it.
-pub(super) enum Deferred {
-    Event(gst::Event),
-    /// New output caps and the output format they describe.
-    Caps(gst::Event, gst_video::VideoInfo),
-}
-
-/// What the streaming thread hands to the task, in stream order.
-pub(super) enum Item {
-    Frame(QueuedFrame),
-    Event(Deferred),
-    Eos(gst::Event),
-    /// A DRAIN query: every frame before it comes out, then the sender is told.
-    Drain(mpsc::Sender<()>),
-}
-
-impl QueueItem for Item {
-    fn is_frame(&self) -> bool {
-        matches!(self, Item::Frame(_))
-    }
-}
-
-pub(super) struct FrameMeta {
+pub struct FrameMeta {
     pub tag: u64,
     pub meta: gst::Buffer,
 }
 
 /// Task side: the engine and everything in flight. Exists from start to stop.
-pub(super) struct Worker {
+pub struct Worker {
     pub engine: Engine,
     /// What the engine was loaded with (`size-from-input` reloads it at another size).
     pub load: LoadOptions,
     pub batch_size: usize,
-    pub batch: Vec<QueuedFrame>,
+    pub batch: Vec<Queued<PreparedFrame>>,
     /// Frames handed to the engine and not out yet, in input order.
     pub in_flight: VecDeque<FrameMeta>,
     /// Events waiting for the output of the frame (tag) that came before them.
@@ -112,78 +72,36 @@ impl Worker {
 }
 
 impl I2iTransform {
-    pub(super) fn start_task(&self) -> Result<(), glib::BoolError> {
-        let obj = self.obj().clone();
-        self.srcpad.start_task(move || obj.imp().task_iteration())
+    pub(super) fn batch_frame(
+        &self,
+        w: &mut Worker,
+        f: Queued<PreparedFrame>,
+    ) -> Result<(), gst::FlowError> {
+        w.batch.push(f);
+        if w.batch.len() >= w.batch_size {
+            self.run_batch(w)
+        } else {
+            Ok(())
+        }
     }
 
-    fn task_iteration(&self) {
-        let idle = self.idle_timeout();
-        let item = match self.queue.pop_wait(|q| q.flushing || q.flow.is_err(), idle) {
-            Popped::Item(item) => item,
-            Popped::GaveUp => {
-                let _ = self.srcpad.pause_task();
-                return;
-            }
-            Popped::TimedOut => {
-                // Input stalled: the frames held back (partial batch, stream batch) come
-                // out now rather than when the next frame or EOS arrives.
-                let mut guard = self.worker.lock().unwrap();
-                let res = match guard.as_mut() {
-                    Some(w) => {
-                        gst::debug!(
-                            CAT,
-                            imp = self,
-                            "no input for {idle:?}: finishing the frames in flight"
-                        );
-                        self.drain_engine(w)
-                    }
-                    None => Ok(()),
-                };
-                drop(guard);
-                if let Err(err) = res {
-                    self.on_flow_error(err);
-                }
-                return;
-            }
-        };
-
-        let mut guard = self.worker.lock().unwrap();
-        let Some(w) = guard.as_mut() else {
-            drop(guard);
-            let _ = self.srcpad.pause_task();
-            return;
-        };
-        let res = match item {
-            Item::Frame(f) => {
-                w.batch.push(f);
-                if w.batch.len() >= w.batch_size {
-                    self.run_batch(w)
-                } else {
-                    Ok(())
-                }
-            }
-            Item::Event(Deferred::Caps(ev, info))
+    /// An event from the stream: new caps with another model size reload the engine;
+    /// others wait for the output of the frames taken before them.
+    pub(super) fn stream_event(&self, w: &mut Worker, d: Deferred) -> Result<(), gst::FlowError> {
+        match d {
+            Deferred::Caps(ev, info)
                 if (info.width(), info.height()) != (w.load.width, w.load.height) =>
             {
                 self.reload_at(w, info.width(), info.height())
                     .and_then(|()| self.send_out(OutItem::Event(Deferred::Caps(ev, info))))
             }
-            Item::Event(d) => match w.last_pending_tag() {
+            d => match w.last_pending_tag() {
                 Some(tag) => {
                     w.deferred.push_back((tag, d));
                     Ok(())
                 }
                 None => self.send_out(OutItem::Event(d)),
             },
-            Item::Eos(ev) => self.finish_stream(w, ev),
-            Item::Drain(done) => self
-                .drain_engine(w)
-                .and_then(|()| self.send_out(OutItem::Drained(done))),
-        };
-        drop(guard);
-        if let Err(err) = res {
-            self.on_flow_error(err);
         }
     }
 
@@ -229,24 +147,6 @@ impl I2iTransform {
         Ok(())
     }
 
-    /// How long to wait for input before finishing the frames in flight: about two frame
-    /// durations; None when nothing is held back.
-    fn idle_timeout(&self) -> Option<Duration> {
-        {
-            let guard = self.worker.lock().unwrap();
-            let w = guard.as_ref()?;
-            if w.batch.is_empty() && w.engine.in_flight() == 0 {
-                return None;
-            }
-        }
-        let frame = self
-            .fps()
-            .filter(|f| f.numer() > 0 && f.denom() > 0)
-            .map(|f| Duration::from_secs_f64(f.denom() as f64 / f.numer() as f64))
-            .unwrap_or(IDLE_FRAME_GUESS);
-        Some((2 * frame).max(MIN_IDLE))
-    }
-
     /// Before the first frame: when the settings pad is linked and `wait-for-settings` is
     /// on, waits (at most `settings-timeout`) for the first settings, so that the first
     /// frames already run with the holder's prompt; a WARNING when none came.
@@ -276,7 +176,7 @@ impl I2iTransform {
                 );
                 return;
             }
-            if self.queue.lock().flushing {
+            if self.base.queue.lock().flushing {
                 return;
             }
             received = self
@@ -290,42 +190,6 @@ impl I2iTransform {
             imp = self,
             "first settings arrived, the first frame follows"
         );
-    }
-
-    /// A flow error in the task (the engine, or the output side refusing items).
-    fn on_flow_error(&self, err: gst::FlowError) {
-        if self.record_flow_error(err) {
-            match err {
-                gst::FlowError::Flushing | gst::FlowError::Eos => {
-                    gst::debug!(CAT, imp = self, "task pausing: {err:?}");
-                }
-                _ => {
-                    // The engine's errors are posted where they happen; downstream still
-                    // gets the frames already done, then EOS.
-                    let mut o = self.out_queue.lock();
-                    o.push_back(OutItem::Eos(gst::event::Eos::new()));
-                    self.out_queue.notify();
-                }
-            }
-        }
-        let _ = self.srcpad.pause_task();
-    }
-
-    /// Keeps the first flow error (returned to upstream by the chain function); false when
-    /// one was recorded already.
-    pub(super) fn record_flow_error(&self, err: gst::FlowError) -> bool {
-        let first = {
-            let mut q = self.queue.lock();
-            let first = q.flow.is_ok();
-            if first {
-                q.flow = Err(err);
-            }
-            self.queue.notify();
-            first
-        };
-        let _o = self.out_queue.lock();
-        self.out_queue.notify();
-        first
     }
 
     fn run_batch(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
@@ -357,43 +221,12 @@ impl I2iTransform {
                 tag: f.tag,
                 meta: f.meta,
             });
-            inputs.push(f.prepared);
+            inputs.push(f.data);
         }
-        let start = Instant::now();
-        let outs = w
-            .engine
-            .process_prepared(inputs)
+        let outs = self
+            .timed(|| w.engine.process_prepared(inputs))
             .map_err(|e| self.engine_failed(e))?;
-        self.record_inference(start.elapsed());
         self.push_outputs(w, outs)
-    }
-
-    fn record_inference(&self, took: Duration) {
-        let announce = {
-            let mut s = self.stats.lock().unwrap();
-            s.batches += 1;
-            if s.first_inference.is_none() {
-                s.first_inference = Some(took);
-            } else {
-                s.inference_total += took;
-                s.inference_calls += 1;
-            }
-            gst::trace!(CAT, imp = self, "model call took {took:?}");
-            // Re-announce the latency when the estimate moved by more than a quarter.
-            match (s.announced_inference, s.inference_estimate()) {
-                (None, Some(_)) => s.batches == 1 || s.inference_calls == 1,
-                (Some(old), Some(new)) => {
-                    let (a, b) = (old.as_secs_f64(), new.as_secs_f64());
-                    (a - b).abs() > 0.25 * a.max(b) && (a - b).abs() > 0.001
-                }
-                _ => false,
-            }
-        };
-        if announce {
-            let _ = self
-                .obj()
-                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
-        }
     }
 
     /// Hands the engine the settings changed since the last batch and tells the
@@ -443,8 +276,8 @@ impl I2iTransform {
         let latency_before = w.engine.latency_frames();
         w.applied = desired;
         {
-            let mut s = self.stats.lock().unwrap();
-            s.settings_applied += 1;
+            let mut s = self.base.stats.lock().unwrap();
+            s.extra.settings_applied += 1;
             s.latency_frames = w.engine.latency_frames();
         }
         let p = &w.applied.params;
@@ -519,43 +352,13 @@ impl I2iTransform {
             };
             let tag = out.tag;
             self.send_out(OutItem::Frame(out, meta.meta))?;
-            self.push_deferred(w, Some(tag))?;
+            self.push_events_due(w, Some(tag))?;
         }
         Ok(())
     }
 
-    /// Queues an item for the output thread, waiting while it has enough frames to do.
-    fn send_out(&self, item: OutItem) -> Result<(), gst::FlowError> {
-        let frame = item.is_frame();
-        self.out_queue
-            .push_wait(item, |o| {
-                if o.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                self.queue.lock().flow.map(|_| ())
-            })
-            .inspect_err(|_| {
-                if frame {
-                    // Flushing or stopping: this frame is lost with the others in flight.
-                    self.stats.lock().unwrap().frames_dropped += 1;
-                }
-            })
-    }
-
-    /// The one place an engine failure becomes an element error; the stream then ends
-    /// after the frames already done.
-    fn engine_failed(&self, e: impl std::fmt::Display) -> gst::FlowError {
-        gst::element_imp_error!(
-            self,
-            gst::StreamError::Failed,
-            ("Inference failed: {}", e),
-            ["The model call failed; the frames done so far were pushed, then EOS"]
-        );
-        gst::FlowError::Error
-    }
-
     /// Sends the deferred events due after frame `upto` (all of them for None).
-    fn push_deferred(&self, w: &mut Worker, upto: Option<u64>) -> Result<(), gst::FlowError> {
+    fn push_events_due(&self, w: &mut Worker, upto: Option<u64>) -> Result<(), gst::FlowError> {
         while let Some((after, _)) = w.deferred.front() {
             if upto.is_some_and(|t| *after > t) {
                 break;
@@ -566,17 +369,9 @@ impl I2iTransform {
         Ok(())
     }
 
-    /// EOS: the partial batch goes through, the engine gives back every frame in
-    /// flight, then the remaining events and EOS leave.
-    fn finish_stream(&self, w: &mut Worker, eos: gst::Event) -> Result<(), gst::FlowError> {
-        self.drain_engine(w)?;
-        gst::debug!(CAT, imp = self, "all frames out of the engine, EOS follows");
-        self.send_out(OutItem::Eos(eos))
-    }
-
     /// The partial batch goes through and the engine gives back every frame in flight,
     /// followed by the events that waited for them.
-    fn drain_engine(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
+    pub(super) fn drain_engine(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
         if !w.batch.is_empty() {
             self.run_batch(w)?;
         }
@@ -596,6 +391,6 @@ impl I2iTransform {
             );
             w.in_flight.clear();
         }
-        self.push_deferred(w, None)
+        self.push_events_due(w, None)
     }
 }

@@ -164,6 +164,53 @@ impl<T: QueueItem> BoundedQueue<T> {
         }
     }
 
+    /// Queues an item unless the queue is flushing (an event: it never waits for room);
+    /// false when refused.
+    pub fn push_unless_flushing(&self, item: T) -> bool {
+        let mut q = self.lock();
+        if q.flushing {
+            return false;
+        }
+        q.push_back(item);
+        self.notify();
+        true
+    }
+
+    /// The consumer (the output thread) takes the next item, waiting for one while the
+    /// queue is flushing or empty, and is busy with it until [`Self::done`]; `None` once
+    /// it is to stop.
+    pub fn take_busy(&self) -> Option<T> {
+        let mut q = self.lock();
+        loop {
+            if q.stop {
+                return None;
+            }
+            if !q.flushing
+                && let Some(item) = q.pop_front()
+            {
+                q.busy = true;
+                self.notify();
+                return Some(item);
+            }
+            q = self.wait(q);
+        }
+    }
+
+    /// The consumer is done with the item [`Self::take_busy`] gave it.
+    pub fn done(&self) {
+        let mut q = self.lock();
+        q.busy = false;
+        self.notify();
+    }
+
+    /// Waits until the consumer is not working on an item.
+    pub fn wait_idle(&self) {
+        let mut q = self.lock();
+        while q.busy {
+            q = self.wait(q);
+        }
+    }
+
     /// Queues an item, a frame waiting while the queue is full; `refused` (checked before
     /// each wait) ends the wait with its error.
     pub fn push_wait(

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The `onnxtransform` element: pads, events, queries, state and properties; the inference
-//! task and the output thread are in `task.rs`, the model binding in `model.rs`.
+//! The `onnxtransform` element on the shared inference base ([`crate::infer::element`]):
+//! its properties, how it binds the model to the stream (model and output sizes, the
+//! input tensor's values), its start and stop; `task.rs` holds what its task and output
+//! thread do with the model, `model.rs` the model binding.
 //!
 //! Threads, as in `i2itransform`: the upstream streaming thread converts each frame to RGB8
 //! at the model size and to the input tensor's values, and queues it (blocking while
@@ -9,25 +11,31 @@
 //! output tensors into buffers of the output format and pushes them.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::{LazyLock, Mutex};
+use std::time::Instant;
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::model::{
-    self, ImageModel, ModelOptions, NormalizationOverrides, Preprocess, format_triple, parse_triple,
+    self, ImageModel, ModelOptions, NormalizationOverrides, OutPicture, Postprocess, Preprocess,
+    format_triple, parse_triple,
 };
-use super::task::{Deferred, Item, OutItem, OutState, QueuedFrame, Worker};
+use super::task::{ModelInput, Worker};
 use super::{ChannelOrder, Layout};
 use crate::i2itransform::{DropFrames, ExecutionProvider, ResizeMode, provider_name};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
-use crate::infer::latency::added_latency;
-use crate::infer::queue::BoundedQueue;
+use crate::infer::element::{
+    InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
+    video_template_caps, with_framerate,
+};
+use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
+use crate::infer::output::Rendered;
+use crate::infer::stats::Stats;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -45,13 +53,6 @@ const DEFAULT_FP16: bool = true;
 const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
 const MAX_SIZE: u32 = 8192;
 const MAX_BATCH_SIZE: u32 = 64;
-/// Frames waiting for inference while late frames are dropped: only the newest waits.
-const DROPPING_QUEUE_FRAMES: usize = 1;
-/// What travels from an input buffer to its output: flags, timestamps, offsets, metas.
-pub(super) const METADATA_COPY: gst::BufferCopyFlags = gst::BufferCopyFlags::FLAGS
-    .union(gst::BufferCopyFlags::TIMESTAMPS)
-    .union(gst::BufferCopyFlags::META);
-
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub model: Option<String>,
@@ -91,83 +92,20 @@ impl Default for Settings {
     }
 }
 
-/// Streaming-thread side: input conversion and preprocessing.
-struct InputState {
-    converter: Option<InputConverter>,
+/// Streaming-thread side: the model's preprocessing for the current caps.
+#[derive(Default)]
+struct ModelSizes {
     preprocess: Option<Preprocess>,
-    segment: gst::FormattedSegment<gst::ClockTime>,
-    next_tag: u64,
-    upstream_live: bool,
     /// Model input and output sizes for the current caps.
     sizes: Option<((u32, u32), (u32, u32))>,
 }
 
-impl Default for InputState {
-    fn default() -> Self {
-        InputState {
-            converter: None,
-            preprocess: None,
-            segment: gst::FormattedSegment::new(),
-            next_tag: 0,
-            upstream_live: false,
-            sizes: None,
-        }
-    }
-}
-
-#[derive(Default)]
-pub(super) struct Stats {
-    pub frames_in: u64,
-    pub frames_out: u64,
-    pub frames_dropped: u64,
-    pub frames_late: u64,
-    pub frames_invalid: u64,
-    pub batches: u64,
-    pub first_inference: Option<Duration>,
-    pub inference_total: Duration,
-    pub inference_calls: u64,
-    pub provider: Option<&'static str>,
-    pub batch_size: usize,
-    pub input_work: Duration,
-    pub output_work: Duration,
-    pub last_posted: Option<Instant>,
-    pub announced_inference: Option<Duration>,
-}
-
-impl Stats {
-    pub fn inference_estimate(&self) -> Option<Duration> {
-        if self.inference_calls > 0 {
-            Some(self.inference_total / self.inference_calls as u32)
-        } else {
-            self.first_inference
-        }
-    }
-
-    fn conversion_estimate(&self) -> gst::ClockTime {
-        let avg = |total: Duration, n: u64| {
-            if n > 0 {
-                total / n.min(u32::MAX as u64) as u32
-            } else {
-                Duration::ZERO
-            }
-        };
-        let d = avg(self.input_work, self.frames_in) + avg(self.output_work, self.frames_out);
-        gst::ClockTime::from_nseconds(d.as_nanos() as u64)
-    }
-}
-
 pub struct OnnxTransform {
-    pub(super) sinkpad: gst::Pad,
-    pub(super) srcpad: gst::Pad,
-    pub(super) settings: Mutex<Settings>,
-    input: Mutex<InputState>,
-    pub(super) queue: BoundedQueue<Item>,
-    pub(super) worker: Mutex<Option<Worker>>,
-    pub(super) out_queue: BoundedQueue<OutItem>,
-    pub(super) out_state: Mutex<OutState>,
-    out_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    pub(super) stats: Mutex<Stats>,
-    running: AtomicBool,
+    settings: Mutex<Settings>,
+    base: InferBase<Self>,
+    model_sizes: Mutex<ModelSizes>,
+    /// Output thread side: the tensor-to-pixels mapping.
+    pub(super) post: Mutex<Option<Postprocess>>,
 }
 
 #[glib::object_subclass]
@@ -177,348 +115,49 @@ impl ObjectSubclass for OnnxTransform {
     type ParentType = gst::Element;
 
     fn with_class(klass: &Self::Class) -> Self {
-        let sinkpad = gst::Pad::builder_from_template(&klass.pad_template("sink").unwrap())
-            .chain_function(|pad, parent, buffer| {
-                OnnxTransform::catch_panic_pad_function(
-                    parent,
-                    || Err(gst::FlowError::Error),
-                    |imp| imp.sink_chain(pad, buffer),
-                )
-            })
-            .event_function(|pad, parent, event| {
-                OnnxTransform::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.sink_event(pad, event),
-                )
-            })
-            .query_function(|pad, parent, query| {
-                OnnxTransform::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.sink_query(pad, query),
-                )
-            })
-            .activatemode_function(|_pad, parent, mode, active| {
-                OnnxTransform::catch_panic_pad_function(
-                    parent,
-                    || Err(gst::loggable_error!(CAT, "Panic activating the sink pad")),
-                    |imp| imp.sink_activatemode(mode, active),
-                )
-            })
-            .build();
-        let srcpad = gst::Pad::builder_from_template(&klass.pad_template("src").unwrap())
-            .query_function(|pad, parent, query| {
-                OnnxTransform::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.src_query(pad, query),
-                )
-            })
-            .activatemode_function(|_pad, parent, mode, active| {
-                OnnxTransform::catch_panic_pad_function(
-                    parent,
-                    || Err(gst::loggable_error!(CAT, "Panic activating the src pad")),
-                    |imp| imp.src_activatemode(mode, active),
-                )
-            })
-            .build();
+        let sinkpad =
+            sink_pad_builder::<OnnxTransform>(&klass.pad_template("sink").unwrap()).build();
+        let srcpad = src_pad_builder::<OnnxTransform>(&klass.pad_template("src").unwrap()).build();
         OnnxTransform {
-            sinkpad,
-            srcpad,
             settings: Mutex::new(Settings::default()),
-            input: Mutex::new(InputState::default()),
-            queue: BoundedQueue::new(DEFAULT_MAX_QUEUE as usize),
-            worker: Mutex::new(None),
-            out_queue: BoundedQueue::new(2),
-            out_state: Mutex::new(OutState::default()),
-            out_thread: Mutex::new(None),
-            stats: Mutex::new(Stats::default()),
-            running: AtomicBool::new(false),
+            base: InferBase::new(sinkpad, srcpad, DEFAULT_MAX_QUEUE as usize),
+            model_sizes: Mutex::new(ModelSizes::default()),
+            post: Mutex::new(None),
         }
     }
 }
 
-impl OnnxTransform {
-    /// Refuses a setting: the old value stays, the user learns why on the bus.
-    fn refuse(&self, what: &str) {
-        gst::warning!(CAT, imp = self, "{what}");
-        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
+impl InferElement for OnnxTransform {
+    type Data = ModelInput;
+    type Picture = OutPicture;
+    type Worker = Worker;
+    type StatsExtra = ();
+
+    const OUTPUT_THREAD: &'static str = "onnx-output";
+    const STATS_NAME: &'static str = "onnxtransform-stats";
+
+    fn cat() -> gst::DebugCategory {
+        *CAT
     }
 
-    pub(super) fn fps(&self) -> Option<gst::Fraction> {
-        self.input
-            .lock()
-            .unwrap()
-            .converter
-            .as_ref()
-            .map(|c| c.in_info().fps())
+    fn base(&self) -> &InferBase<Self> {
+        &self.base
     }
 
-    fn output_caps(&self, fps: Option<gst::Fraction>, size: Option<(u32, u32)>) -> gst::Caps {
-        let size = size.or(self.input.lock().unwrap().sizes.map(|s| s.1));
-        let range = gst::IntRange::new(1, MAX_SIZE as i32 * 8);
-        let b = gst::Caps::builder("video/x-raw")
-            .field("format", gst::List::new(SRC_FORMATS))
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
-        let b = match size {
-            Some((w, h)) => b.field("width", w as i32).field("height", h as i32),
-            None => b.field("width", range).field("height", range),
-        };
-        match fps {
-            Some(fps) => b.field("framerate", fps).build(),
-            None => b
-                .field(
-                    "framerate",
-                    gst::FractionRange::new(
-                        gst::Fraction::new(0, 1),
-                        gst::Fraction::new(i32::MAX, 1),
-                    ),
-                )
-                .build(),
-        }
+    fn drop_frames(&self) -> DropFrames {
+        self.settings.lock().unwrap().drop_frames
     }
 
-    pub(super) fn negotiate_output(
-        &self,
-        fps: gst::Fraction,
-        size: (u32, u32),
-    ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
-        let ours = self.output_caps(Some(fps), Some(size));
-        let peer = self.srcpad.peer_query_caps(None);
-        let mut caps = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
-        if caps.is_empty() {
-            return Err(format!(
-                "downstream accepts none of {ours}; it accepts {peer}. Add videoconvert/videoscale after onnxtransform"
-            ));
-        }
-        caps.fixate();
-        let info = gst_video::VideoInfo::from_caps(&caps)
-            .map_err(|e| format!("cannot use output caps {caps}: {e}"))?;
-        Ok((caps, info))
+    fn stats_interval_ms(&self) -> u32 {
+        self.settings.lock().unwrap().stats_interval_ms
     }
 
-    // ---- sink pad -------------------------------------------------------------------
-
-    fn sink_activatemode(
-        &self,
-        mode: gst::PadMode,
-        active: bool,
-    ) -> Result<(), gst::LoggableError> {
-        if mode != gst::PadMode::Push {
-            return Err(gst::loggable_error!(
-                CAT,
-                "the sink pad works in push mode only"
-            ));
-        }
-        let mut q = self.queue.lock();
-        q.flushing = !active;
-        if active {
-            q.flow = Ok(gst::FlowSuccess::Ok);
-        }
-        self.queue.notify();
-        Ok(())
-    }
-
-    fn sink_chain(
-        &self,
-        _pad: &gst::Pad,
-        buffer: gst::Buffer,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        {
-            let q = self.queue.lock();
-            if q.flushing {
-                return Err(gst::FlowError::Flushing);
-            }
-            q.flow?;
-        }
-        let started = Instant::now();
-        let frame = {
-            let mut input = self.input.lock().unwrap();
-            let (Some(conv), Some(pre)) = (input.converter.as_ref(), input.preprocess.as_ref())
-            else {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Negotiation,
-                    ["Received a video buffer before any caps"]
-                );
-                return Err(gst::FlowError::NotNegotiated);
-            };
-            let (w, h) = conv.model_size();
-            let rgb = match conv.convert(buffer.as_ref()) {
-                Ok(rgb) => rgb,
-                Err(e) => {
-                    gst::element_imp_warning!(
-                        self,
-                        gst::StreamError::Decode,
-                        [
-                            "Dropping input frame {:?} (pts {:?}): {}",
-                            buffer.offset(),
-                            buffer.pts(),
-                            e
-                        ]
-                    );
-                    self.stats.lock().unwrap().frames_invalid += 1;
-                    return Ok(gst::FlowSuccess::Ok);
-                }
-            };
-            let data = pre.run(&rgb, w as usize, h as usize);
-            let mut meta = gst::Buffer::new();
-            {
-                let meta = meta.get_mut().expect("new buffer is writable");
-                if let Err(e) = buffer.copy_into(meta, METADATA_COPY, ..) {
-                    gst::warning!(CAT, imp = self, "cannot copy the input's metadata: {e}");
-                }
-                // Metas tied to the input picture do not describe the output.
-                meta.foreach_meta_mut(|m| {
-                    let action = if m.tags().is_empty() {
-                        gst::buffer::BufferMetaForeachAction::Keep
-                    } else {
-                        gst::buffer::BufferMetaForeachAction::Remove
-                    };
-                    std::ops::ControlFlow::Continue(action)
-                });
-            }
-            let tag = input.next_tag;
-            input.next_tag += 1;
-            QueuedFrame {
-                data,
-                width: w as usize,
-                height: h as usize,
-                meta,
-                running_time: input.segment.to_running_time(buffer.pts()),
-                index: Some(buffer.offset())
-                    .filter(|&o| o != gst::ffi::GST_BUFFER_OFFSET_NONE)
-                    .unwrap_or(tag),
-            }
-        };
-        let took = started.elapsed();
-        let dropping = self.drops_frames(&self.settings.lock().unwrap());
-        if dropping {
-            let late = {
-                let mut q = self.queue.lock();
-                if q.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                q.flow?;
-                let late = q.push_dropping_oldest(Item::Frame(frame), DROPPING_QUEUE_FRAMES);
-                self.queue.notify();
-                late
-            };
-            for item in late {
-                if let Item::Frame(f) = item {
-                    self.dropped_late(&f);
-                }
-            }
-        } else {
-            self.queue.push_wait(Item::Frame(frame), |q| {
-                if q.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                q.flow.map(|_| ())
-            })?;
-        }
-        let mut s = self.stats.lock().unwrap();
-        s.frames_in += 1;
-        s.input_work += took;
-        Ok(gst::FlowSuccess::Ok)
-    }
-
-    fn drops_frames(&self, s: &Settings) -> bool {
-        match s.drop_frames {
-            DropFrames::Never => false,
-            DropFrames::Always => true,
-            DropFrames::Auto => self.input.lock().unwrap().upstream_live,
-        }
-    }
-
-    /// Counts a frame dropped to keep latency bounded and posts a QoS message for it.
-    fn dropped_late(&self, f: &QueuedFrame) {
-        let (processed, dropped) = {
-            let mut s = self.stats.lock().unwrap();
-            s.frames_late += 1;
-            (s.frames_in, s.frames_late)
-        };
-        let pts = f.meta.pts();
-        let stream_time = pts.and_then(|t| self.input.lock().unwrap().segment.to_stream_time(t));
-        gst::debug!(
-            CAT,
-            imp = self,
-            "inference behind live input: dropping frame {} (pts {pts:?})",
-            f.index
-        );
-        let msg = gst::message::Qos::builder(true)
-            .running_time(f.running_time)
-            .stream_time(stream_time)
-            .timestamp(pts)
-            .duration(f.meta.duration())
-            .stats(
-                gst::format::Buffers::from_u64(processed),
-                gst::format::Buffers::from_u64(dropped),
-            )
-            .src(&*self.obj())
-            .build();
-        let _ = self.obj().post_message(msg);
-    }
-
-    fn enqueue(&self, item: Item) -> bool {
-        let mut q = self.queue.lock();
-        if q.flushing {
-            return false;
-        }
-        q.push_back(item);
-        self.queue.notify();
-        true
-    }
-
-    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
-        use gst::EventView;
-        gst::log!(CAT, obj = pad, "event {event:?}");
-        match event.view() {
-            EventView::FlushStart(_) => {
-                self.set_flushing(true);
-                let ret = self.srcpad.push_event(event);
-                if let Err(e) = self.srcpad.pause_task() {
-                    gst::warning!(CAT, imp = self, "cannot pause the task: {e}");
-                }
-                let mut o = self.out_queue.lock();
-                while o.busy {
-                    o = self.out_queue.wait(o);
-                }
-                ret
-            }
-            EventView::FlushStop(_) => self.flush_stop(event),
-            EventView::Caps(c) => match self.set_sink_caps(c.caps()) {
-                Ok(item) => self.enqueue(Item::Event(item)),
-                Err(e) => {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::Negotiation,
-                        ["Cannot negotiate: {}", e]
-                    );
-                    false
-                }
-            },
-            EventView::Segment(s) => {
-                match s.segment().downcast_ref::<gst::ClockTime>() {
-                    Some(seg) => self.input.lock().unwrap().segment = seg.clone(),
-                    None => {
-                        gst::element_imp_error!(
-                            self,
-                            gst::StreamError::Format,
-                            [
-                                "Only time segments are supported, got {:?}",
-                                s.segment().format()
-                            ]
-                        );
-                        return false;
-                    }
-                }
-                self.enqueue(Item::Event(Deferred::Event(event)))
-            }
-            EventView::Eos(_) => self.enqueue(Item::Eos(event)),
-            _ if event.is_serialized() => self.enqueue(Item::Event(Deferred::Event(event))),
-            _ => self.srcpad.push_event(event),
+    fn latency_settings(&self) -> LatencySettings {
+        let s = self.settings.lock().unwrap();
+        LatencySettings {
+            latency_frames: 0,
+            batch_size: s.batch_size as usize,
+            max_queue: s.max_queue,
         }
     }
 
@@ -542,7 +181,7 @@ impl OnnxTransform {
             ((w, h), s.resize_mode)
         };
         let (model_size, out_size, pre) = {
-            let mut guard = self.worker.lock().unwrap();
+            let mut guard = self.base.worker.lock().unwrap();
             let w = guard
                 .as_mut()
                 .ok_or_else(|| "the model is not loaded".to_string())?;
@@ -565,8 +204,7 @@ impl OnnxTransform {
             mode,
             converter_threads(),
         )?;
-        let mut latency = gst::query::Latency::new();
-        let upstream_live = self.sinkpad.peer_query(&mut latency) && latency.result().0;
+        let upstream_live = self.query_upstream_live();
         let (out_caps, out_info) = self.negotiate_output(in_info.fps(), out_size)?;
         gst::info!(
             CAT,
@@ -575,236 +213,100 @@ impl OnnxTransform {
             model_size.0,
             model_size.1
         );
-        let mut input = self.input.lock().unwrap();
-        input.converter = Some(conv);
-        input.preprocess = Some(pre);
-        input.upstream_live = upstream_live;
-        input.sizes = Some((model_size, out_size));
+        {
+            let mut m = self.model_sizes.lock().unwrap();
+            m.preprocess = Some(pre);
+            m.sizes = Some((model_size, out_size));
+        }
+        self.set_input(Some(conv), in_info.fps(), upstream_live);
         Ok(Deferred::Caps(gst::event::Caps::new(&out_caps), out_info))
     }
 
-    pub(super) fn set_flushing(&self, flushing: bool) {
-        {
-            let mut q = self.queue.lock();
-            q.flushing = flushing;
-            if !flushing {
-                q.flow = Ok(gst::FlowSuccess::Ok);
-            }
-            self.queue.notify();
-        }
-        let mut o = self.out_queue.lock();
-        o.flushing = flushing;
-        self.out_queue.notify();
+    fn read_frame(
+        &self,
+        buffer: &gst::BufferRef,
+        input: &InputState,
+        _tag: u64,
+        _running_time: Option<gst::ClockTime>,
+    ) -> Result<Option<ModelInput>, gst::FlowError> {
+        let Some(RgbFrame {
+            rgb,
+            width: w,
+            height: h,
+        }) = self.convert_video(buffer, input)?
+        else {
+            return Ok(None);
+        };
+        let m = self.model_sizes.lock().unwrap();
+        let Some(pre) = m.preprocess.as_ref() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        Ok(Some(ModelInput {
+            data: pre.run(&rgb, w as usize, h as usize),
+            width: w as usize,
+            height: h as usize,
+        }))
     }
 
-    /// After FLUSH_START paused the task and the output thread: drops every frame queued
-    /// or in a partial batch and lets the stream start again.
-    fn flush_stop(&self, event: gst::Event) -> bool {
-        let mut keep = Vec::new();
-        let mut dropped = 0;
-        for item in self.out_queue.lock().drain() {
-            match item {
-                OutItem::Frame(..) => dropped += 1,
-                OutItem::Event(d) => keep.push(d),
-                OutItem::Eos(_) | OutItem::Drained(_) => (),
-            }
-        }
-        if let Some(w) = self.worker.lock().unwrap().as_mut() {
-            dropped += w.batch.len();
-            w.batch.clear();
-            keep.append(&mut w.deferred);
-        }
-        for item in self.queue.lock().drain() {
-            match item {
-                Item::Frame(_) => dropped += 1,
-                Item::Event(d) => keep.push(d),
-                Item::Eos(_) | Item::Drain(_) => (),
-            }
-        }
-        gst::debug!(CAT, imp = self, "flush: dropped {dropped} frames");
-        self.stats.lock().unwrap().frames_dropped += dropped as u64;
-        let ret = self.srcpad.push_event(event);
-        // Sticky events that had not left yet still describe the stream; the old segment
-        // does not.
-        for d in keep {
-            match d {
-                Deferred::Caps(ev, info) => {
-                    let _ = self.srcpad.store_sticky_event(&ev);
-                    match OutputConverter::new(&info, converter_threads()) {
-                        Ok(c) => self.out_state.lock().unwrap().conv = Some(c),
-                        Err(e) => gst::warning!(CAT, imp = self, "{e}"),
-                    }
-                }
-                Deferred::Event(ev) => {
-                    if ev.is_sticky()
-                        && ev.type_() != gst::EventType::Segment
-                        && ev.type_() != gst::EventType::Eos
-                    {
-                        let _ = self.srcpad.store_sticky_event(&ev);
-                    }
-                }
-            }
-        }
-        self.set_flushing(false);
-        if self.srcpad.mode() == gst::PadMode::Push
-            && let Err(e) = self.start_task()
-        {
-            gst::error!(CAT, imp = self, "cannot restart the task: {e}");
-            return false;
-        }
-        ret
+    fn output_caps(&self, fps: Option<gst::Fraction>, size: Option<(u32, u32)>) -> gst::Caps {
+        let size = size.or(self.model_sizes.lock().unwrap().sizes.map(|s| s.1));
+        let range = gst::IntRange::new(1, MAX_SIZE as i32 * 8);
+        let b = gst::Caps::builder("video/x-raw")
+            .field("format", gst::List::new(SRC_FORMATS))
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+        let b = match size {
+            Some((w, h)) => b.field("width", w as i32).field("height", h as i32),
+            None => b.field("width", range).field("height", range),
+        };
+        with_framerate(b, fps)
     }
 
-    fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
-        use gst::QueryViewMut;
-        match query.view_mut() {
-            QueryViewMut::Caps(q) => {
-                let templ = pad.pad_template_caps();
-                let caps = match q.filter() {
-                    Some(f) => f.intersect_with_mode(&templ, gst::CapsIntersectMode::First),
-                    None => templ,
-                };
-                q.set_result(&caps);
-                true
-            }
-            QueryViewMut::Drain(_) => {
-                if !self.drain_and_wait() {
-                    return false;
-                }
-                gst::Pad::query_default(pad, Some(&*self.obj()), query)
-            }
-            QueryViewMut::Allocation(q) => {
-                q.add_allocation_meta::<gst_video::VideoMeta>(None);
-                true
-            }
-            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
-        }
-    }
-
-    /// Queues a drain behind the frames already queued and waits until the output thread
-    /// has pushed all of them; false when a flush or a stop intervened.
-    fn drain_and_wait(&self) -> bool {
-        let (tx, rx) = mpsc::channel();
-        if !self.enqueue(Item::Drain(tx)) {
-            return false;
-        }
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(()) => return true,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let q = self.queue.lock();
-                    if q.flushing || q.flow.is_err() {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
-    // ---- src pad ----------------------------------------------------------------------
-
-    fn src_activatemode(&self, mode: gst::PadMode, active: bool) -> Result<(), gst::LoggableError> {
-        if mode != gst::PadMode::Push {
-            return Err(gst::loggable_error!(
-                CAT,
-                "the src pad works in push mode only"
+    fn negotiate_output(
+        &self,
+        fps: gst::Fraction,
+        size: (u32, u32),
+    ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
+        let ours = self.output_caps(Some(fps), Some(size));
+        let peer = self.base.srcpad.peer_query_caps(None);
+        let mut caps = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
+        if caps.is_empty() {
+            return Err(format!(
+                "downstream accepts none of {ours}; it accepts {peer}. Add videoconvert/videoscale after onnxtransform"
             ));
         }
-        if active {
-            {
-                let mut o = self.out_queue.lock();
-                o.drain();
-                o.flushing = false;
-                o.stop = false;
-                o.busy = false;
-            }
-            let obj = self.obj().clone();
-            let thread = std::thread::Builder::new()
-                .name("onnx-output".into())
-                .spawn(move || obj.imp().output_loop())
-                .map_err(|e| gst::loggable_error!(CAT, "cannot start the output thread: {e}"))?;
-            *self.out_thread.lock().unwrap() = Some(thread);
-            {
-                let mut q = self.queue.lock();
-                q.flushing = false;
-                q.flow = Ok(gst::FlowSuccess::Ok);
-            }
-            self.start_task()
-                .map_err(|e| gst::loggable_error!(CAT, "cannot start the task: {e}"))
-        } else {
-            self.set_flushing(true);
-            {
-                let mut o = self.out_queue.lock();
-                o.stop = true;
-                self.out_queue.notify();
-            }
-            let stopped = self.srcpad.stop_task();
-            if let Some(thread) = self.out_thread.lock().unwrap().take() {
-                let _ = thread.join();
-            }
-            self.out_queue.lock().drain();
-            stopped.map_err(|e| gst::loggable_error!(CAT, "cannot stop the task: {e}"))
-        }
+        caps.fixate();
+        let info = gst_video::VideoInfo::from_caps(&caps)
+            .map_err(|e| format!("cannot use output caps {caps}: {e}"))?;
+        Ok((caps, info))
     }
 
-    fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
-        use gst::QueryViewMut;
-        match query.view_mut() {
-            QueryViewMut::Caps(q) => {
-                let ours = self.output_caps(self.fps(), None);
-                let caps = match q.filter() {
-                    Some(f) => f.intersect_with_mode(&ours, gst::CapsIntersectMode::First),
-                    None => ours,
-                };
-                q.set_result(&caps);
-                true
-            }
-            QueryViewMut::Latency(q) => {
-                let mut peer = gst::query::Latency::new();
-                if !self.sinkpad.peer_query(&mut peer) {
-                    return false;
-                }
-                let (live, min, max) = peer.result();
-                let frame = self
-                    .fps()
-                    .filter(|f| f.numer() > 0)
-                    .and_then(|f| {
-                        gst::ClockTime::SECOND.mul_div_floor(f.denom() as u64, f.numer() as u64)
-                    })
-                    .unwrap_or(gst::ClockTime::ZERO);
-                let dropping = self.drops_frames(&self.settings.lock().unwrap());
-                let (ours, queue) = {
-                    let s = self.settings.lock().unwrap();
-                    let mut stats = self.stats.lock().unwrap();
-                    let inference = stats
-                        .inference_estimate()
-                        .map(|d| gst::ClockTime::from_nseconds(d.as_nanos() as u64))
-                        .unwrap_or(frame);
-                    stats.announced_inference = stats.inference_estimate();
-                    let queue = if dropping {
-                        gst::ClockTime::ZERO
-                    } else {
-                        frame.max(inference) * s.max_queue as u64
-                    };
-                    let b = s.batch_size as usize;
-                    (
-                        added_latency(0, b, frame, inference, dropping)
-                            + stats.conversion_estimate(),
-                        queue,
-                    )
-                };
-                gst::debug!(CAT, imp = self, "latency: upstream {min}, adding {ours}");
-                q.set(live, min + ours, max.map(|m| m + ours + queue));
-                true
-            }
-            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
-        }
+    fn holds_frames(w: &Worker) -> bool {
+        !w.batch.is_empty()
     }
 
-    // ---- state --------------------------------------------------------------------------
+    fn task_frame(&self, w: &mut Worker, f: Queued<ModelInput>) -> Result<(), gst::FlowError> {
+        self.batch_frame(w, f)
+    }
 
-    fn start(&self) -> Result<(), gst::StateChangeError> {
+    fn task_event(&self, w: &mut Worker, d: Deferred) -> Result<(), gst::FlowError> {
+        self.batch_event(w, d)
+    }
+
+    fn task_drain(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
+        self.run_batch(w)
+    }
+
+    fn flush_worker(&self, w: &mut Worker) -> (usize, Vec<Deferred>) {
+        let dropped = w.batch.len();
+        w.batch.clear();
+        (dropped, std::mem::take(&mut w.deferred))
+    }
+
+    fn render(&self, pic: &OutPicture, conv: &OutputConverter) -> Result<Rendered, gst::FlowError> {
+        self.render_picture(pic, conv)
+    }
+
+    fn load(&self) -> Result<(), gst::StateChangeError> {
         let s = self.settings.lock().unwrap().clone();
         let Some(model) = s.model.clone().filter(|m| !m.is_empty()) else {
             gst::element_imp_error!(
@@ -878,78 +380,28 @@ impl OnnxTransform {
             .field("threads", intra_threads as u32)
             .field("load-ms", load_time.as_secs_f64() * 1000.0)
             .build();
-        let _ = self.obj().post_message(
-            gst::message::Element::builder(started_msg)
-                .src(&*self.obj())
-                .build(),
+        self.post_started(started_msg);
+        self.reset_for_start(
+            Stats::started(provider, s.batch_size as usize, 0),
+            s.max_queue,
         );
-        {
-            let mut st = self.stats.lock().unwrap();
-            *st = Stats::default();
-            st.provider = Some(provider);
-            st.batch_size = s.batch_size as usize;
-            st.last_posted = Some(Instant::now());
-        }
-        *self.input.lock().unwrap() = InputState::default();
-        {
-            let mut q = self.queue.lock();
-            q.drain();
-            q.max_frames = s.max_queue as usize;
-        }
-        self.out_queue.lock().max_frames = 2 * s.batch_size as usize;
-        *self.out_state.lock().unwrap() = OutState {
-            conv: None,
-            post: Some(m.postprocess()),
-        };
-        *self.worker.lock().unwrap() = Some(Worker::new(m, s.batch_size as usize));
-        self.running.store(true, Ordering::SeqCst);
-        self.obj().notify("provider");
+        *self.model_sizes.lock().unwrap() = ModelSizes::default();
+        *self.post.lock().unwrap() = Some(m.postprocess());
+        *self.base.worker.lock().unwrap() = Some(Worker::new(m, s.batch_size as usize));
         Ok(())
     }
 
-    fn stop(&self) {
-        self.running.store(false, Ordering::SeqCst);
-        *self.worker.lock().unwrap() = None;
-        *self.out_state.lock().unwrap() = OutState::default();
-        *self.input.lock().unwrap() = InputState::default();
-        self.queue.lock().drain();
+    fn unload(&self) {
+        *self.post.lock().unwrap() = None;
+        *self.model_sizes.lock().unwrap() = ModelSizes::default();
     }
+}
 
-    /// Posts the `stats` structure when `stats-interval` has passed, or always with `force`.
-    pub(super) fn post_stats(&self, force: bool) {
-        let interval = self.settings.lock().unwrap().stats_interval_ms;
-        {
-            let mut s = self.stats.lock().unwrap();
-            let due = s.last_posted.is_none_or(|t| {
-                interval > 0 && t.elapsed() >= Duration::from_millis(interval as u64)
-            });
-            if !(force || due) {
-                return;
-            }
-            s.last_posted = Some(Instant::now());
-        }
-        let msg = gst::message::Element::builder(self.stats_structure())
-            .src(&*self.obj())
-            .build();
-        let _ = self.obj().post_message(msg);
-    }
-
-    fn stats_structure(&self) -> gst::Structure {
-        let queued = self.queue.lock().frames() as u32;
-        let s = self.stats.lock().unwrap();
-        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-        gst::Structure::builder("onnxtransform-stats")
-            .field("frames-in", s.frames_in)
-            .field("frames-out", s.frames_out)
-            .field("frames-dropped", s.frames_dropped)
-            .field("frames-late", s.frames_late)
-            .field("frames-invalid", s.frames_invalid)
-            .field("batches", s.batches)
-            .field("avg-inference-ms", ms(s.inference_estimate()))
-            .field("first-inference-ms", ms(s.first_inference))
-            .field("queued", queued)
-            .field("provider", s.provider.unwrap_or(""))
-            .build()
+impl OnnxTransform {
+    /// Refuses a setting: the old value stays, the user learns why on the bus.
+    fn refuse(&self, what: &str) {
+        gst::warning!(CAT, imp = self, "{what}");
+        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
     }
 }
 
@@ -1096,7 +548,7 @@ impl ObjectImpl for OnnxTransform {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
         if pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY)
-            && self.running.load(Ordering::SeqCst)
+            && self.base.running.load(Ordering::SeqCst)
         {
             self.refuse(&format!(
                 "{name} refused while the stream runs: it is used when the model loads; set it in the NULL or READY state"
@@ -1155,16 +607,15 @@ impl ObjectImpl for OnnxTransform {
             "engine-cache-dir" => s.engine_cache_dir = value.get().unwrap(),
             "max-queue" => {
                 s.max_queue = value.get().unwrap();
-                let max = s.max_queue as usize;
+                let max = s.max_queue;
                 drop(s);
-                self.queue.lock().max_frames = max;
-                self.queue.notify();
+                self.set_max_queue(max);
             }
             "resize-mode" => s.resize_mode = value.get().unwrap(),
             "drop-frames" => {
                 s.drop_frames = value.get().unwrap();
                 drop(s);
-                self.queue.notify();
+                self.base.queue.notify();
             }
             "threads" => s.threads = value.get().unwrap(),
             "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
@@ -1219,7 +670,7 @@ impl ObjectImpl for OnnxTransform {
             }
             "provider" => {
                 drop(s);
-                self.stats.lock().unwrap().provider.to_value()
+                self.base.stats.lock().unwrap().provider.to_value()
             }
             name => unreachable!("property {name} is not registered"),
         }
@@ -1228,8 +679,8 @@ impl ObjectImpl for OnnxTransform {
     fn constructed(&self) {
         self.parent_constructed();
         let obj = self.obj();
-        obj.add_pad(&self.sinkpad).unwrap();
-        obj.add_pad(&self.srcpad).unwrap();
+        obj.add_pad(&self.base.sinkpad).unwrap();
+        obj.add_pad(&self.base.srcpad).unwrap();
     }
 }
 
@@ -1250,30 +701,19 @@ impl ElementImpl for OnnxTransform {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let range = gst::IntRange::new(1, i32::MAX);
-            let fps =
-                gst::FractionRange::new(gst::Fraction::new(0, 1), gst::Fraction::new(i32::MAX, 1));
-            let caps = |formats: &[&str]| {
-                gst::Caps::builder("video/x-raw")
-                    .field("format", gst::List::new(formats.iter().copied()))
-                    .field("width", range)
-                    .field("height", range)
-                    .field("framerate", fps)
-                    .build()
-            };
             vec![
                 gst::PadTemplate::new(
                     "sink",
                     gst::PadDirection::Sink,
                     gst::PadPresence::Always,
-                    &caps(&SINK_FORMATS),
+                    &video_template_caps(&SINK_FORMATS),
                 )
                 .unwrap(),
                 gst::PadTemplate::new(
                     "src",
                     gst::PadDirection::Src,
                     gst::PadPresence::Always,
-                    &caps(&SRC_FORMATS),
+                    &video_template_caps(&SRC_FORMATS),
                 )
                 .unwrap(),
             ]
@@ -1285,16 +725,6 @@ impl ElementImpl for OnnxTransform {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        gst::debug!(CAT, imp = self, "{transition:?}");
-        if transition == gst::StateChange::ReadyToPaused {
-            self.start()?;
-        }
-        let ret = self.parent_change_state(transition);
-        match transition {
-            gst::StateChange::ReadyToPaused if ret.is_err() => self.stop(),
-            gst::StateChange::PausedToReady => self.stop(),
-            _ => (),
-        }
-        ret
+        self.change_state_loading(transition)
     }
 }

@@ -1,0 +1,895 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The base of an inference element (`i2itransform`, `onnxtransform`, `i2idecode`): one
+//! sink pad, one src pad of raw video, and three threads.
+//!
+//! The upstream streaming thread reads each frame into what the element's model takes
+//! ([`InferElement::read_frame`]; raw video is converted to RGB8 at the model size first)
+//! and queues it (blocking while `max-queue` frames wait, or dropping the oldest on live
+//! input); the src pad's task ([`super::task`]) collects batches and only runs the model;
+//! an output thread ([`super::output`]) turns the model's pictures into buffers of the
+//! output format and pushes them, so that this work overlaps the next model call.
+//! Serialized events travel through the same queues and leave after the output of the last
+//! frame that came before them, so the stream keeps its order although the model holds
+//! frames back.
+//!
+//! [`InferBase`] holds the state all of that shares; [`InferElement`] is what an element
+//! supplies (its model, its formats, its properties); [`InferElementExt`] is the pad,
+//! event, query and state handling built on them, which the element's pads call.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::convert::{InputConverter, OutputConverter, converter_threads};
+use super::input::{
+    DROPPING_QUEUE_FRAMES, Deferred, InputState, Item, Queued, RgbFrame, frame_meta,
+};
+use super::latency::added_latency;
+use super::output::{InferOutput, OutItem, Rendered};
+use super::queue::BoundedQueue;
+use super::stats::Stats;
+use super::task::InferTask;
+use crate::i2itransform::DropFrames;
+
+/// The state every inference element keeps, shared between its threads.
+pub struct InferBase<T: InferElement> {
+    pub sinkpad: gst::Pad,
+    pub srcpad: gst::Pad,
+    pub input: Mutex<InputState>,
+    /// Streaming thread to task: prepared frames and serialized events.
+    pub queue: BoundedQueue<Item<T::Data>>,
+    /// The task's side: the model and what is in flight. Exists from start to stop.
+    pub worker: Mutex<Option<T::Worker>>,
+    /// Task to output thread: finished pictures and the events between them.
+    pub out_queue: BoundedQueue<OutItem<T::Picture>>,
+    /// The negotiated output format (output thread side).
+    pub out_conv: Mutex<Option<OutputConverter>>,
+    out_thread: Mutex<Option<JoinHandle<()>>>,
+    pub stats: Mutex<Stats<T::StatsExtra>>,
+    /// True from start to stop: the load-time properties are fixed meanwhile.
+    pub running: AtomicBool,
+}
+
+impl<T: InferElement> InferBase<T> {
+    /// The base with the element's video sink pad and src pad (see [`sink_pad_builder`]
+    /// and [`src_pad_builder`]).
+    pub fn new(sinkpad: gst::Pad, srcpad: gst::Pad, max_queue: usize) -> Self {
+        InferBase {
+            sinkpad,
+            srcpad,
+            input: Mutex::new(InputState::default()),
+            queue: BoundedQueue::new(max_queue),
+            worker: Mutex::new(None),
+            out_queue: BoundedQueue::new(2),
+            out_conv: Mutex::new(None),
+            out_thread: Mutex::new(None),
+            stats: Mutex::new(Stats::default()),
+            running: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What the LATENCY answer needs from the element's settings.
+pub struct LatencySettings {
+    /// Frames the model holds back before the first load (after it, the loaded model's).
+    pub latency_frames: usize,
+    pub batch_size: usize,
+    pub max_queue: u32,
+}
+
+/// What an inference element supplies: its model, its formats and its properties.
+pub trait InferElement: ElementImpl<Type: Send + Sync> {
+    /// A frame prepared for the model on the streaming thread.
+    type Data: Send + 'static;
+    /// A picture the model gave, rendered on the output thread.
+    type Picture: Send + 'static;
+    /// The task's side: the model and what is in flight. Exists from start to stop.
+    type Worker: Send;
+    /// What only this element counts in its stats.
+    type StatsExtra: Default + Send;
+
+    /// Name of the output thread.
+    const OUTPUT_THREAD: &'static str;
+    /// Name of the stats structure (`<element>-stats`).
+    const STATS_NAME: &'static str;
+
+    fn cat() -> gst::DebugCategory;
+    fn base(&self) -> &InferBase<Self>;
+
+    fn sinkpad(&self) -> &gst::Pad {
+        &self.base().sinkpad
+    }
+
+    fn srcpad(&self) -> &gst::Pad {
+        &self.base().srcpad
+    }
+
+    fn worker(&self) -> &Mutex<Option<Self::Worker>> {
+        &self.base().worker
+    }
+
+    // ---- settings
+
+    /// Whether frames that inference cannot keep up with are dropped (`drop-frames`).
+    fn drop_frames(&self) -> DropFrames;
+    fn stats_interval_ms(&self) -> u32;
+
+    // ---- state
+
+    /// READY to PAUSED: loads the model, posts what runs (`<element>-started`), readies
+    /// the base ([`InferElementExt::reset_for_start`]) and the worker.
+    fn load(&self) -> Result<(), gst::StateChangeError>;
+    /// PAUSED to READY, after the base dropped the worker and the stream's state: drops
+    /// what else the element kept of the model.
+    fn unload(&self) {}
+
+    fn latency_settings(&self) -> LatencySettings;
+    /// Adds the element's own fields to its stats structure.
+    fn stats_fields(
+        &self,
+        b: gst::structure::Builder,
+        s: &Stats<Self::StatsExtra>,
+    ) -> gst::structure::Builder {
+        let _ = s;
+        b
+    }
+
+    // ---- streaming thread
+
+    /// New input caps: sets up the input conversion (`base().input`) and gives the output
+    /// caps event for the output thread.
+    fn set_sink_caps(&self, caps: &gst::CapsRef) -> Result<Deferred, String>;
+    /// Reads an input buffer into the model's input (raw video: with
+    /// [`InferElementExt::convert_video`] first); None when the frame is dropped (the
+    /// element counts and reports it).
+    fn read_frame(
+        &self,
+        buffer: &gst::BufferRef,
+        input: &InputState,
+        tag: u64,
+        running_time: Option<gst::ClockTime>,
+    ) -> Result<Option<Self::Data>, gst::FlowError>;
+
+    // ---- caps
+
+    /// Every output the element can produce, in its preference order; `size`: the model
+    /// size these caps are for, None: the current input's.
+    fn output_caps(&self, fps: Option<gst::Fraction>, size: Option<(u32, u32)>) -> gst::Caps;
+    /// Output caps by downstream's preference, and the output format they describe.
+    fn negotiate_output(
+        &self,
+        fps: gst::Fraction,
+        size: (u32, u32),
+    ) -> Result<(gst::Caps, gst_video::VideoInfo), String>;
+
+    // ---- task
+
+    /// Whether the worker holds frames back (the task then finishes them when input stalls).
+    fn holds_frames(w: &Self::Worker) -> bool;
+    /// A frame for the worker's batch.
+    fn task_frame(&self, w: &mut Self::Worker, f: Queued<Self::Data>)
+    -> Result<(), gst::FlowError>;
+    /// An event: it leaves after the frames taken before it.
+    fn task_event(&self, w: &mut Self::Worker, d: Deferred) -> Result<(), gst::FlowError>;
+    /// Every frame held back comes out, then the events that waited for them.
+    fn task_drain(&self, w: &mut Self::Worker) -> Result<(), gst::FlowError>;
+    /// A flush: forgets the frames held back (their number) and gives back the events
+    /// that waited for them.
+    fn flush_worker(&self, w: &mut Self::Worker) -> (usize, Vec<Deferred>);
+    /// Caps that had not reached the task before a flush, now the stream's; false when the
+    /// element cannot go on with them.
+    fn flushed_caps(&self, info: &gst_video::VideoInfo) -> bool {
+        let _ = info;
+        true
+    }
+
+    // ---- output thread
+
+    /// Renders a model picture for the output format of `conv`.
+    fn render(
+        &self,
+        pic: &Self::Picture,
+        conv: &OutputConverter,
+    ) -> Result<Rendered, gst::FlowError>;
+    /// Counts what the element's stats say about a picture that went out.
+    fn count_pushed(pic: &Self::Picture, extra: &mut Self::StatsExtra) {
+        let _ = (pic, extra);
+    }
+}
+
+/// Raw video of `formats` at any size and rate: the element's pad templates.
+pub fn video_template_caps(formats: &[&str]) -> gst::Caps {
+    let range = gst::IntRange::new(1, i32::MAX);
+    let fps = gst::FractionRange::new(gst::Fraction::new(0, 1), gst::Fraction::new(i32::MAX, 1));
+    gst::Caps::builder("video/x-raw")
+        .field("format", gst::List::new(formats.iter().copied()))
+        .field("width", range)
+        .field("height", range)
+        .field("framerate", fps)
+        .build()
+}
+
+/// `builder` (raw video caps) at frame rate `fps`, or at any rate when it is not known yet.
+pub fn with_framerate(
+    builder: gst::caps::Builder<gst::caps::NoFeature>,
+    fps: Option<gst::Fraction>,
+) -> gst::Caps {
+    let fps = match fps {
+        Some(fps) => fps.to_send_value(),
+        None => gst::FractionRange::new(gst::Fraction::new(0, 1), gst::Fraction::new(i32::MAX, 1))
+            .to_send_value(),
+    };
+    builder.field("framerate", fps).build()
+}
+
+/// The video sink pad of an inference element, its functions those of the base; linked
+/// internally to the src pad only.
+pub fn sink_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBuilder<gst::Pad> {
+    gst::Pad::builder_from_template(templ)
+        .chain_function(|_pad, parent, buffer| {
+            T::catch_panic_pad_function(
+                parent,
+                || Err(gst::FlowError::Error),
+                |imp| imp.sink_chain(buffer),
+            )
+        })
+        .event_function(|pad, parent, event| {
+            T::catch_panic_pad_function(parent, || false, |imp| imp.sink_event(pad, event))
+        })
+        .query_function(|pad, parent, query| {
+            T::catch_panic_pad_function(parent, || false, |imp| imp.sink_query(pad, query))
+        })
+        .activatemode_function(|_pad, parent, mode, active| {
+            T::catch_panic_pad_function(
+                parent,
+                || {
+                    Err(gst::loggable_error!(
+                        T::cat(),
+                        "Panic activating the sink pad"
+                    ))
+                },
+                |imp| imp.sink_activatemode(mode, active),
+            )
+        })
+        .iterate_internal_links_function(|_pad, parent| {
+            T::catch_panic_pad_function(
+                parent,
+                || gst::Iterator::from_vec(vec![]),
+                |imp| gst::Iterator::from_vec(vec![imp.srcpad().clone()]),
+            )
+        })
+}
+
+/// The src pad of an inference element, its functions those of the base; linked
+/// internally to the video sink pad only.
+pub fn src_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBuilder<gst::Pad> {
+    gst::Pad::builder_from_template(templ)
+        .query_function(|pad, parent, query| {
+            T::catch_panic_pad_function(parent, || false, |imp| imp.src_query(pad, query))
+        })
+        .activatemode_function(|_pad, parent, mode, active| {
+            T::catch_panic_pad_function(
+                parent,
+                || {
+                    Err(gst::loggable_error!(
+                        T::cat(),
+                        "Panic activating the src pad"
+                    ))
+                },
+                |imp| imp.src_activatemode(mode, active),
+            )
+        })
+        .iterate_internal_links_function(|_pad, parent| {
+            T::catch_panic_pad_function(
+                parent,
+                || gst::Iterator::from_vec(vec![]),
+                |imp| gst::Iterator::from_vec(vec![imp.sinkpad().clone()]),
+            )
+        })
+}
+
+/// The pads, events, queries and state of an inference element; implemented for every
+/// [`InferElement`].
+pub trait InferElementExt: InferElement {
+    // ---- sink pad -------------------------------------------------------------------
+
+    fn sink_activatemode(
+        &self,
+        mode: gst::PadMode,
+        active: bool,
+    ) -> Result<(), gst::LoggableError> {
+        if mode != gst::PadMode::Push {
+            return Err(gst::loggable_error!(
+                Self::cat(),
+                "the sink pad works in push mode only"
+            ));
+        }
+        let queue = &self.base().queue;
+        let mut q = queue.lock();
+        q.flushing = !active;
+        if active {
+            q.flow = Ok(gst::FlowSuccess::Ok);
+        }
+        queue.notify();
+        Ok(())
+    }
+
+    fn sink_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let base = self.base();
+        {
+            let q = base.queue.lock();
+            if q.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            q.flow?;
+        }
+        let started = Instant::now();
+        let frame = {
+            let mut input = base.input.lock().unwrap();
+            let tag = input.next_tag;
+            let running_time = input.segment.to_running_time(buffer.pts());
+            let Some(data) = self.read_frame(&buffer, &input, tag, running_time)? else {
+                return Ok(gst::FlowSuccess::Ok);
+            };
+            let (meta, copied) = frame_meta(&buffer);
+            if let Err(e) = copied {
+                gst::warning!(
+                    Self::cat(),
+                    imp = self,
+                    "cannot copy the input's metadata: {e}"
+                );
+            }
+            input.next_tag += 1;
+            Queued {
+                tag,
+                data,
+                meta,
+                running_time,
+                index: Some(buffer.offset())
+                    .filter(|&o| o != gst::ffi::GST_BUFFER_OFFSET_NONE)
+                    .unwrap_or(tag),
+            }
+        };
+        // Conversion and the model's preprocessing: the streaming thread's work.
+        let took = started.elapsed();
+        self.queue_frame(frame)?;
+        let mut s = base.stats.lock().unwrap();
+        s.frames_in += 1;
+        s.input_work += took;
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Raw video input: the frame as RGB8 at the model size; None for a
+    /// frame that cannot be read (counted, with a warning: the stream goes on).
+    fn convert_video(
+        &self,
+        buffer: &gst::BufferRef,
+        input: &InputState,
+    ) -> Result<Option<RgbFrame>, gst::FlowError> {
+        let Some(conv) = input.converter.as_ref() else {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Negotiation,
+                ["Received a video buffer before any caps"]
+            );
+            return Err(gst::FlowError::NotNegotiated);
+        };
+        match conv.convert(buffer) {
+            Ok(rgb) => {
+                let (width, height) = conv.model_size();
+                Ok(Some(RgbFrame { rgb, width, height }))
+            }
+            Err(e) => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::StreamError::Decode,
+                    [
+                        "Dropping input frame {:?} (pts {:?}): {}",
+                        buffer.offset(),
+                        buffer.pts(),
+                        e
+                    ]
+                );
+                self.base().stats.lock().unwrap().frames_invalid += 1;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether frames that inference cannot keep up with are dropped now.
+    fn drops_frames(&self) -> bool {
+        let policy = self.drop_frames();
+        policy.drops(self.base().input.lock().unwrap().upstream_live)
+    }
+
+    /// Queues a prepared frame for the task. Dropping (live input faster than inference),
+    /// the oldest waiting frames leave so that the newest only waits, each counted as late;
+    /// otherwise the streaming thread waits while the queue is full. Refused while
+    /// flushing or after a flow error of the stream.
+    fn queue_frame(&self, frame: Queued<Self::Data>) -> Result<(), gst::FlowError> {
+        let queue = &self.base().queue;
+        if !self.drops_frames() {
+            return queue.push_wait(Item::Frame(frame), |q| {
+                if q.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                q.flow.map(|_| ())
+            });
+        }
+        let late = {
+            let mut q = queue.lock();
+            if q.flushing {
+                return Err(gst::FlowError::Flushing);
+            }
+            q.flow?;
+            let late = q.push_dropping_oldest(Item::Frame(frame), DROPPING_QUEUE_FRAMES);
+            queue.notify();
+            late
+        };
+        for item in late {
+            if let Item::Frame(f) = item {
+                self.dropped_late(&f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a frame dropped to keep latency bounded and posts a QoS message for it,
+    /// as video decoders and sinks do for the frames they drop.
+    fn dropped_late(&self, f: &Queued<Self::Data>) {
+        let base = self.base();
+        let (processed, dropped) = {
+            let mut s = base.stats.lock().unwrap();
+            s.frames_late += 1;
+            (s.frames_in, s.frames_late)
+        };
+        let pts = f.meta.pts();
+        let stream_time = pts.and_then(|t| base.input.lock().unwrap().segment.to_stream_time(t));
+        gst::debug!(
+            Self::cat(),
+            imp = self,
+            "inference behind live input: dropping frame {} (pts {pts:?})",
+            f.index
+        );
+        let obj = self.obj();
+        let msg = gst::message::Qos::builder(true)
+            .running_time(f.running_time)
+            .stream_time(stream_time)
+            .timestamp(pts)
+            .duration(f.meta.duration())
+            .stats(
+                gst::format::Buffers::from_u64(processed),
+                gst::format::Buffers::from_u64(dropped),
+            )
+            .src(&*obj)
+            .build();
+        let _ = obj.post_message(msg);
+    }
+
+    /// Queues an event for the task unless flushing; false when refused.
+    fn enqueue(&self, item: Item<Self::Data>) -> bool {
+        self.base().queue.push_unless_flushing(item)
+    }
+
+    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        use gst::EventView;
+        gst::log!(Self::cat(), obj = pad, "event {event:?}");
+        match event.view() {
+            EventView::FlushStart(_) => {
+                self.set_flushing(true);
+                // Downstream first, so that a push in progress returns.
+                let ret = self.srcpad().push_event(event);
+                if let Err(e) = self.srcpad().pause_task() {
+                    gst::warning!(Self::cat(), imp = self, "cannot pause the task: {e}");
+                }
+                // The output thread is done with the item it is pushing (if any).
+                self.base().out_queue.wait_idle();
+                ret
+            }
+            EventView::FlushStop(_) => self.flush_stop(event),
+            EventView::Caps(c) => match self.set_sink_caps(c.caps()) {
+                Ok(item) => self.enqueue(Item::Event(item)),
+                Err(e) => {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Negotiation,
+                        ["Cannot negotiate: {}", e]
+                    );
+                    false
+                }
+            },
+            EventView::Segment(s) => {
+                match s.segment().downcast_ref::<gst::ClockTime>() {
+                    Some(seg) => self.base().input.lock().unwrap().segment = seg.clone(),
+                    None => {
+                        gst::element_imp_error!(
+                            self,
+                            gst::StreamError::Format,
+                            [
+                                "Only time segments are supported, got {:?}",
+                                s.segment().format()
+                            ]
+                        );
+                        return false;
+                    }
+                }
+                self.enqueue(Item::Event(Deferred::Event(event)))
+            }
+            EventView::Eos(_) => self.enqueue(Item::Eos(event)),
+            _ if event.is_serialized() => self.enqueue(Item::Event(Deferred::Event(event))),
+            _ => self.srcpad().push_event(event),
+        }
+    }
+
+    /// Whether the source upstream is live (asked when caps arrive).
+    fn query_upstream_live(&self) -> bool {
+        let mut latency = gst::query::Latency::new();
+        self.sinkpad().peer_query(&mut latency) && latency.result().0
+    }
+
+    /// Input caps accepted: the conversion to the model size (raw video), the frame rate,
+    /// and whether upstream is live.
+    fn set_input(&self, conv: Option<InputConverter>, fps: gst::Fraction, upstream_live: bool) {
+        let mut input = self.base().input.lock().unwrap();
+        input.converter = conv;
+        input.fps = Some(fps);
+        input.upstream_live = upstream_live;
+    }
+
+    /// Stops (or lets) the task and the output thread take items and the chain queue them.
+    fn set_flushing(&self, flushing: bool) {
+        let base = self.base();
+        {
+            let mut q = base.queue.lock();
+            q.flushing = flushing;
+            if !flushing {
+                q.flow = Ok(gst::FlowSuccess::Ok);
+            }
+            base.queue.notify();
+        }
+        let mut o = base.out_queue.lock();
+        o.flushing = flushing;
+        base.out_queue.notify();
+    }
+
+    /// After FLUSH_START paused the task and the output thread: drops every frame queued
+    /// or held back and lets the stream start again.
+    fn flush_stop(&self, event: gst::Event) -> bool {
+        let base = self.base();
+        // Oldest first: handed to the output thread, then held by the worker, then not
+        // taken from the input queue yet.
+        let mut keep = Vec::new();
+        let mut dropped = 0;
+        let out_items = base.out_queue.lock().drain();
+        for item in out_items {
+            match item {
+                OutItem::Frame(..) => dropped += 1,
+                OutItem::Event(d) => keep.push(d),
+                OutItem::Eos(_) | OutItem::Drained(_) => (),
+            }
+        }
+        if let Some(w) = self.worker().lock().unwrap().as_mut() {
+            let (n, events) = self.flush_worker(w);
+            dropped += n;
+            keep.extend(events);
+        }
+        let items = base.queue.lock().drain();
+        for item in items {
+            match item {
+                Item::Frame(_) => dropped += 1,
+                Item::Event(d) => keep.push(d),
+                Item::Eos(_) | Item::Drain(_) => (),
+            }
+        }
+        gst::debug!(Self::cat(), imp = self, "flush: dropped {dropped} frames");
+        base.stats.lock().unwrap().frames_dropped += dropped as u64;
+
+        let srcpad = self.srcpad();
+        let ret = srcpad.push_event(event);
+        // Sticky events that had not left yet (caps, stream-start, tags) still describe
+        // the stream after the flush; the old segment does not.
+        for d in keep {
+            match d {
+                Deferred::Caps(ev, info) => {
+                    let _ = srcpad.store_sticky_event(&ev);
+                    match OutputConverter::new(&info, converter_threads()) {
+                        Ok(c) => *base.out_conv.lock().unwrap() = Some(c),
+                        Err(e) => gst::warning!(Self::cat(), imp = self, "{e}"),
+                    }
+                    if !self.flushed_caps(&info) {
+                        return false;
+                    }
+                }
+                Deferred::Event(ev) => {
+                    if ev.is_sticky()
+                        && ev.type_() != gst::EventType::Segment
+                        && ev.type_() != gst::EventType::Eos
+                    {
+                        let _ = srcpad.store_sticky_event(&ev);
+                    }
+                }
+            }
+        }
+        self.set_flushing(false);
+        if srcpad.mode() == gst::PadMode::Push
+            && let Err(e) = self.start_task()
+        {
+            gst::error!(Self::cat(), imp = self, "cannot restart the task: {e}");
+            return false;
+        }
+        ret
+    }
+
+    fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        use gst::QueryViewMut;
+        match query.view_mut() {
+            QueryViewMut::Caps(q) => {
+                let templ = pad.pad_template_caps();
+                let caps = match q.filter() {
+                    Some(f) => f.intersect_with_mode(&templ, gst::CapsIntersectMode::First),
+                    None => templ,
+                };
+                q.set_result(&caps);
+                true
+            }
+            QueryViewMut::Drain(_) => {
+                // Upstream wants every frame it sent out of the element before going on
+                // (a worker finishing its jobs, a decoder reconfiguring): the frames held
+                // back come out first.
+                if !self.drain_and_wait() {
+                    return false;
+                }
+                gst::Pad::query_default(pad, Some(&*self.obj()), query)
+            }
+            QueryViewMut::Allocation(q) => {
+                // Frames are converted and released in the chain function: upstream's
+                // buffers are not held, and padded strides are fine (mapped by VideoMeta).
+                q.add_allocation_meta::<gst_video::VideoMeta>(None);
+                true
+            }
+            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+        }
+    }
+
+    /// Queues a drain behind the frames already queued and waits until the output thread
+    /// has pushed all of them; false when a flush or a stop intervened.
+    fn drain_and_wait(&self) -> bool {
+        let (tx, rx) = mpsc::channel();
+        if !self.enqueue(Item::Drain(tx)) {
+            return false;
+        }
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => return true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let q = self.base().queue.lock();
+                    if q.flushing || q.flow.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- src pad ----------------------------------------------------------------------
+
+    fn src_activatemode(&self, mode: gst::PadMode, active: bool) -> Result<(), gst::LoggableError> {
+        let cat = Self::cat();
+        if mode != gst::PadMode::Push {
+            return Err(gst::loggable_error!(
+                cat,
+                "the src pad works in push mode only"
+            ));
+        }
+        let base = self.base();
+        if active {
+            {
+                let mut o = base.out_queue.lock();
+                o.drain();
+                o.flushing = false;
+                o.stop = false;
+                o.busy = false;
+            }
+            let obj = self.obj().clone();
+            let thread = std::thread::Builder::new()
+                .name(Self::OUTPUT_THREAD.into())
+                .spawn(move || obj.imp().output_loop())
+                .map_err(|e| gst::loggable_error!(cat, "cannot start the output thread: {e}"))?;
+            *base.out_thread.lock().unwrap() = Some(thread);
+            {
+                let mut q = base.queue.lock();
+                q.flushing = false;
+                q.flow = Ok(gst::FlowSuccess::Ok);
+            }
+            self.start_task()
+                .map_err(|e| gst::loggable_error!(cat, "cannot start the task: {e}"))
+        } else {
+            self.set_flushing(true);
+            {
+                let mut o = base.out_queue.lock();
+                o.stop = true;
+                base.out_queue.notify();
+            }
+            let stopped = self.srcpad().stop_task();
+            if let Some(thread) = base.out_thread.lock().unwrap().take() {
+                let _ = thread.join();
+            }
+            base.out_queue.lock().drain();
+            stopped.map_err(|e| gst::loggable_error!(cat, "cannot stop the task: {e}"))
+        }
+    }
+
+    fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        use gst::QueryViewMut;
+        match query.view_mut() {
+            QueryViewMut::Caps(q) => {
+                let ours = self.output_caps(self.fps(), None);
+                let caps = match q.filter() {
+                    Some(f) => f.intersect_with_mode(&ours, gst::CapsIntersectMode::First),
+                    None => ours,
+                };
+                q.set_result(&caps);
+                true
+            }
+            QueryViewMut::Latency(q) => {
+                let mut peer = gst::query::Latency::new();
+                if !self.sinkpad().peer_query(&mut peer) {
+                    return false;
+                }
+                let (live, min, max) = peer.result();
+                let (ours, queue) = self.added_latency();
+                gst::debug!(
+                    Self::cat(),
+                    imp = self,
+                    "latency: upstream {min} (live {live}), adding {ours}"
+                );
+                q.set(live, min + ours, max.map(|m| m + ours + queue));
+                true
+            }
+            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+        }
+    }
+
+    /// What the element adds to the minimum latency, and what its queue may add on top
+    /// (to the maximum) when it keeps every frame.
+    fn added_latency(&self) -> (gst::ClockTime, gst::ClockTime) {
+        let frame = self
+            .fps()
+            .filter(|f| f.numer() > 0)
+            .and_then(|f| gst::ClockTime::SECOND.mul_div_floor(f.denom() as u64, f.numer() as u64))
+            .unwrap_or(gst::ClockTime::ZERO);
+        // Before taking the stats lock: the chain takes it under the input lock.
+        let dropping = self.drops_frames();
+        let settings = self.latency_settings();
+        let mut stats = self.base().stats.lock().unwrap();
+        let (latency_frames, batch_size) = if stats.batch_size > 0 {
+            (stats.latency_frames, stats.batch_size)
+        } else {
+            (settings.latency_frames, settings.batch_size)
+        };
+        // Before the first model call, assume the element keeps up with the frame rate;
+        // the measured time replaces this guess once known.
+        let inference = stats
+            .inference_estimate()
+            .map(|d| gst::ClockTime::from_nseconds(d.as_nanos() as u64))
+            .unwrap_or(frame);
+        stats.announced_inference = stats.inference_estimate();
+        let queue = if dropping {
+            gst::ClockTime::ZERO
+        } else {
+            frame.max(inference) * settings.max_queue as u64
+        };
+        let ours = added_latency(latency_frames, batch_size, frame, inference, dropping)
+            + stats.conversion_estimate();
+        (ours, queue)
+    }
+
+    // ---- state --------------------------------------------------------------------------
+
+    /// The element's state changes: the model loads on READY to PAUSED and goes on PAUSED
+    /// to READY (or when the change fails).
+    fn change_state_loading(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        gst::debug!(Self::cat(), imp = self, "{transition:?}");
+        if transition == gst::StateChange::ReadyToPaused {
+            self.load()?;
+            self.base().running.store(true, Ordering::SeqCst);
+            if self.obj().find_property("provider").is_some() {
+                self.obj().notify("provider");
+            }
+        }
+        let ret = self.parent_change_state(transition);
+        match transition {
+            gst::StateChange::ReadyToPaused if ret.is_err() => self.reset_for_stop(),
+            gst::StateChange::PausedToReady => self.reset_for_stop(),
+            _ => (),
+        }
+        ret
+    }
+
+    /// A model loaded: fresh stats and queues for the stream to come.
+    fn reset_for_start(&self, stats: Stats<Self::StatsExtra>, max_queue: u32) {
+        let base = self.base();
+        let batch_size = stats.batch_size;
+        *base.stats.lock().unwrap() = stats;
+        *base.input.lock().unwrap() = InputState::default();
+        {
+            let mut q = base.queue.lock();
+            q.drain();
+            q.max_frames = max_queue as usize;
+        }
+        // The output thread may hold two batches: one being pushed, one ready.
+        base.out_queue.lock().max_frames = 2 * batch_size;
+        *base.out_conv.lock().unwrap() = None;
+    }
+
+    /// The element stopped: nothing of the stream or the model stays.
+    fn reset_for_stop(&self) {
+        let base = self.base();
+        base.running.store(false, Ordering::SeqCst);
+        *self.worker().lock().unwrap() = None;
+        *base.out_conv.lock().unwrap() = None;
+        *base.input.lock().unwrap() = InputState::default();
+        base.queue.lock().drain();
+        self.unload();
+    }
+
+    /// A new `max-queue`: waiting producers see it at once.
+    fn set_max_queue(&self, max: u32) {
+        let queue = &self.base().queue;
+        queue.lock().max_frames = max as usize;
+        queue.notify();
+    }
+
+    // ---- stats --------------------------------------------------------------------------
+
+    /// Posts the stats structure as an element message when `stats-interval` has passed
+    /// since the last one, or always with `force` (at EOS).
+    fn post_stats(&self, force: bool) {
+        let interval = self.stats_interval_ms();
+        if !self.base().stats.lock().unwrap().post_due(interval, force) {
+            return;
+        }
+        let obj = self.obj();
+        let msg = gst::message::Element::builder(self.stats_structure())
+            .src(&*obj)
+            .build();
+        let _ = obj.post_message(msg);
+    }
+
+    /// The `stats` property and message.
+    fn stats_structure(&self) -> gst::Structure {
+        let base = self.base();
+        let queued = base.queue.lock().frames() as u32;
+        let s = base.stats.lock().unwrap();
+        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let b = gst::Structure::builder(Self::STATS_NAME)
+            .field("frames-in", s.frames_in)
+            .field("frames-out", s.frames_out)
+            .field("frames-dropped", s.frames_dropped)
+            .field("frames-late", s.frames_late)
+            .field("frames-invalid", s.frames_invalid)
+            .field("batches", s.batches)
+            .field("avg-inference-ms", ms(s.inference_estimate()))
+            .field("first-inference-ms", ms(s.first_inference))
+            .field("queued", queued)
+            .field("provider", s.provider.unwrap_or(""));
+        self.stats_fields(b, &s).build()
+    }
+
+    /// Posts what runs, for gst-launch-1.0 -m and applications: the `<element>-started`
+    /// structure.
+    fn post_started(&self, s: gst::Structure) {
+        let obj = self.obj();
+        let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+    }
+}
+
+impl<T: InferElement> InferElementExt for T {}
