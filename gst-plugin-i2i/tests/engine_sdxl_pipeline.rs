@@ -53,15 +53,8 @@ fn run_pipeline(name: &str, frames: u64, change: impl Fn(&gst::Element, u64)) ->
          {PROPS} ! video/x-raw,format=RGB ! appsink name=out sync=false",
         model(name).display()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
     src.set_caps(Some(&video_caps("RGB", W, H, 10)));
     let i2i = pipeline.by_name("i2i").unwrap();
     let out = collect_bytes(&pipeline);

@@ -70,15 +70,8 @@ impl AppPipeline {
             "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} {props} ! appsink name=out {extra}",
             tiny()
         );
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-        let src = pipeline
-            .by_name("src")
-            .unwrap()
-            .downcast::<gst_app::AppSrc>()
-            .unwrap();
+        let pipeline = launch(&desc);
+        let src = appsrc(&pipeline, "src");
         src.set_caps(Some(&video_caps("RGB", W, H, 10)));
         let i2i = pipeline.by_name("i2i").unwrap();
         let samples = collect_samples(&pipeline);
@@ -852,15 +845,12 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[test]
 fn flushing_seek_mid_stream() {
     init();
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = launch(&format!(
         "videotestsrc ! video/x-raw,width=64,height=64,framerate=10/1 \
          ! i2itransform name=i2i model=\"{}\" width={W} height={H} t-index-list=10,25,40 batch-size=2 \
          ! appsink name=out",
         tiny()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let sink = pipeline
         .by_name("out")
         .unwrap()
@@ -921,14 +911,11 @@ fn flushing_seek_mid_stream() {
 #[test]
 fn state_changes_mid_stream_stop_cleanly() {
     init();
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = launch(&format!(
         "videotestsrc ! video/x-raw,width=64,height=64,framerate=10/1 \
          ! i2itransform name=i2i model=\"{}\" width={W} height={H} max-queue=2 ! appsink name=out",
         tiny()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let sink = pipeline
         .by_name("out")
         .unwrap()
@@ -957,15 +944,12 @@ fn state_changes_mid_stream_stop_cleanly() {
 #[test]
 fn latency_query_adds_batching_stream_batch_and_inference() {
     init();
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = launch(&format!(
         "videotestsrc is-live=true name=src ! video/x-raw,width=64,height=64,framerate=10/1 \
          ! i2itransform name=i2i model=\"{}\" width={W} height={H} t-index-list=20,35 batch-size=2 \
          ! fakesink sync=true",
         tiny()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let i2i = pipeline.by_name("i2i").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let deadline = Instant::now() + TIMEOUT;
@@ -1172,19 +1156,12 @@ fn live_t_index_list_change_keeps_every_frame() {
 #[test]
 fn downstream_renegotiation_mid_stream() {
     init();
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = launch(&format!(
         "appsrc name=src format=time ! i2itransform model=\"{}\" width={W} height={H} t-index-list=20,35 \
          ! capsfilter name=cf caps=video/x-raw,format=RGB ! appsink name=out",
         tiny()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
+    ));
+    let src = appsrc(&pipeline, "src");
     src.set_caps(Some(&video_caps("RGB", W, H, 10)));
     let samples = collect_samples(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();

@@ -63,15 +63,8 @@ fn run_pipeline(dir: &std::path::Path, props: &str, frames: u64) -> Vec<Vec<u8>>
          {PROPS} {props} ! video/x-raw,format=RGB ! appsink name=out sync=false",
         dir.display()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
     src.set_caps(Some(&video_caps("RGB", W, H, 1)));
     let out = collect_bytes(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
@@ -136,6 +129,11 @@ fn engine_outputs(dir: &std::path::Path, frames: u64, set: impl Fn(&mut Engine))
         );
     }
     outs.extend(engine.drain().unwrap());
+    pictures(&outs)
+}
+
+/// The engine's outputs as packed RGB pictures.
+fn pictures(outs: &[diffusion::OutputFrame]) -> Vec<Vec<u8>> {
     outs.iter()
         .map(|o| {
             let mut rgb = Vec::new();
@@ -218,13 +216,7 @@ fn engine_controlled(
         outs.extend(engine.process_controlled(input, vec![control(k)]).unwrap());
     }
     outs.extend(engine.drain().unwrap());
-    outs.iter()
-        .map(|o| {
-            let mut rgb = Vec::new();
-            diffusion::to_rgb8(&o.pixels, W, H, &mut rgb);
-            rgb
-        })
-        .collect()
+    pictures(&outs)
 }
 
 #[test]
@@ -280,10 +272,7 @@ fn run_with_control_caps(
          appsrc name=csrc format=time ! i2i.control_0",
         dir.display()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = launch(&desc);
     let caps = video_caps("RGB", W, H, 1);
     let app = |name: &str, caps: &gst::Caps| {
         let a = pipeline
@@ -441,15 +430,8 @@ fn feedback_preprocessor_blends_the_previous_output() {
          {PROPS} controlnet-preprocess=feedback:0.6 ! video/x-raw,format=RGB ! appsink name=out sync=false",
         dir.display()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
     // 10 frames/s: after 200 ms without input the element finishes the frame in flight, so
     // each frame is out (and is the "previous output") before the next one is pushed.
     src.set_caps(Some(&video_caps("RGB", W, H, 10)));

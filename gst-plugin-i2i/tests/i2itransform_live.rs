@@ -75,10 +75,7 @@ fn run_live(props: &str, secs: f64) -> LiveRun {
          ! i2itransform name=i2i model=\"{model}\" width={mw} height={mh} threads=1 {props} \
          ! appsink name=out sync=false"
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = launch(&desc);
     let sink = pipeline
         .by_name("out")
         .unwrap()
@@ -207,15 +204,8 @@ fn stalled_live_input_finishes_the_frames_in_flight() {
         "appsrc name=src is-live=true format=time ! i2itransform name=i2i model=\"{}\" width=64 height=64 drop-frames=never ! appsink name=out sync=false",
         tiny()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
     src.set_caps(Some(&video_caps("RGB", 64, 64, 10)));
     let out = Arc::new(Mutex::new(Vec::new()));
     {

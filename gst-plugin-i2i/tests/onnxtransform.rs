@@ -193,10 +193,7 @@ fn a_flushing_seek_keeps_the_stream_going() {
         "videotestsrc num-buffers=60 ! video/x-raw,width=64,height=48,framerate=30/1 ! onnxtransform name=t model={} batch-size=2 ! fakesink name=out sync=false",
         model("nhwc-uint8.onnx")
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = launch(&desc);
     pipeline.set_state(gst::State::Paused).unwrap();
     let bus = pipeline.bus().unwrap();
     bus.timed_pop_filtered(
@@ -251,15 +248,8 @@ fn downstream_can_ask_for_another_format_mid_stream() {
         "appsrc name=src format=time ! onnxtransform model={} threads=1 ! capsfilter name=cf caps=video/x-raw,format=RGB ! appsink name=out sync=false",
         model("model.onnx")
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
     let sink = pipeline
         .by_name("out")
         .unwrap()
@@ -304,10 +294,7 @@ fn latency_adds_the_model_call_on_live_input() {
         "videotestsrc name=v is-live=true ! video/x-raw,width=64,height=48,framerate=30/1 ! onnxtransform name=t model={} threads=1 ! fakesink sync=true",
         model("model.onnx")
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = launch(&desc);
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
     // Once a model call has been measured, the element announces its latency again.

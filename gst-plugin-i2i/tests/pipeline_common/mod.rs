@@ -20,6 +20,24 @@ pub fn init() {
     });
 }
 
+/// The pipeline of the launch line `desc` (GStreamer initialised first).
+pub fn launch(desc: &str) -> gst::Pipeline {
+    init();
+    gst::parse::launch(desc)
+        .unwrap_or_else(|e| panic!("{desc}: {e}"))
+        .downcast::<gst::Pipeline>()
+        .unwrap()
+}
+
+/// The appsrc named `name` in `pipeline`.
+pub fn appsrc(pipeline: &gst::Pipeline, name: &str) -> gst_app::AppSrc {
+    pipeline
+        .by_name(name)
+        .unwrap_or_else(|| panic!("no element named {name}"))
+        .downcast::<gst_app::AppSrc>()
+        .unwrap()
+}
+
 /// Raw video caps of `format` at `w` x `h`, `fps` frames per second.
 pub fn video_caps(format: &str, w: u32, h: u32, fps: i32) -> gst::Caps {
     gst::Caps::builder("video/x-raw")
@@ -155,11 +173,7 @@ pub fn run_launch(desc: &str) -> Result<Run, String> {
 
 /// [`run_launch`], and `feed` gets the playing pipeline (to push into an appsrc, say).
 pub fn run_launch_with(desc: &str, feed: impl FnOnce(&gst::Pipeline)) -> Result<Run, String> {
-    init();
-    let pipeline = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = launch(desc);
     let samples = collect_samples(&pipeline);
     let mut messages = Vec::new();
     let res = pipeline
