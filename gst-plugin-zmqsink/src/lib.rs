@@ -24,6 +24,7 @@ pub mod jpeg;
 pub mod jpeg_output;
 pub mod protocol;
 pub mod scaleout;
+pub mod tensor;
 pub mod transport;
 pub mod unix_time;
 pub mod warn;
