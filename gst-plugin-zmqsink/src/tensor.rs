@@ -18,6 +18,9 @@
 
 use std::fmt;
 
+/// Caps name of latent frames in GStreamer (`i2itransform output=latent`, `i2idecode`).
+pub const LATENT_CAPS_NAME: &str = "application/x-i2i-latent";
+
 /// Element types a tensor message may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {
