@@ -150,22 +150,26 @@ fn latents_cross_the_wire_bit_for_bit_and_caps_follow_the_meta() {
 fn float16_on_the_wire_is_half_the_bytes_and_comes_back_as_float32() {
     let (mut src_h, src, _bus, ep) = bound_src(&[]);
     let (mut sink_h, sink, _sbus) = sink_harness(&ep, 512, 512, &[("latent-dtype", "f16")]);
-    let l = latents(512, 512, 3);
-    assert_eq!(l.len(), 64 * 1024);
-    sink_h.push(latent_buffer(l.clone(), 0)).unwrap();
-    let b = pull_timeout(&mut src_h, T).expect("the float16 latent");
-    let got = b.map_readable().unwrap();
-    assert_eq!(got.len(), l.len(), "widened to float32");
-    for (a, b) in l.chunks_exact(4).zip(got.chunks_exact(4)) {
-        let (a, b) = (
-            f32::from_ne_bytes(a.try_into().unwrap()),
-            f32::from_ne_bytes(b.try_into().unwrap()),
-        );
-        assert!((a - b).abs() <= 1e-3, "{a} came back as {b}");
+    // Several frames: the first must not change what the next are checked against.
+    for k in 0..3 {
+        let l = latents(512, 512, 3 + k);
+        assert_eq!(l.len(), 64 * 1024);
+        sink_h.push(latent_buffer(l.clone(), k as u64)).unwrap();
+        let b = pull_timeout(&mut src_h, T).expect("the float16 latent");
+        let got = b.map_readable().unwrap();
+        assert_eq!(got.len(), l.len(), "widened to float32");
+        for (a, b) in l.chunks_exact(4).zip(got.chunks_exact(4)) {
+            let (a, b) = (
+                f32::from_ne_bytes(a.try_into().unwrap()),
+                f32::from_ne_bytes(b.try_into().unwrap()),
+            );
+            assert!((a - b).abs() <= 1e-3, "{a} came back as {b}");
+        }
     }
+    assert_eq!(stats_u64(&sink, "invalid"), 0);
     let bytes = stats_u64(&sink, "bytes");
     assert!(
-        (32 * 1024..32 * 1024 + 160).contains(&(bytes as usize)),
+        (3 * 32 * 1024..3 * (32 * 1024 + 160)).contains(&(bytes as usize)),
         "{bytes}"
     );
     let caps = src_h.sinkpad().unwrap().current_caps().unwrap();
@@ -173,7 +177,7 @@ fn float16_on_the_wire_is_half_the_bytes_and_comes_back_as_float32() {
         caps.structure(0).unwrap().get::<&str>("dtype").unwrap(),
         "float32"
     );
-    assert_eq!(stats_u64(&src, "frames"), 1);
+    assert_eq!(stats_u64(&src, "frames"), 3);
 }
 
 #[test]

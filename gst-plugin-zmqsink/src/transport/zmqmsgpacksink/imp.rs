@@ -319,7 +319,11 @@ impl ZmqMsgpackSink {
                 Ok(true)
             }
             Some(Input::Latent(meta)) => {
-                let expected = meta.payload_len().unwrap_or(u64::MAX);
+                // The buffer is float32 whatever goes on the wire (`meta.dtype`, set below).
+                let expected = meta
+                    .elements()
+                    .and_then(|n| n.checked_mul(4))
+                    .unwrap_or(u64::MAX);
                 if buffer.size() as u64 != expected {
                     let invalid = {
                         let mut stats = self.stats.lock().unwrap();
