@@ -12,7 +12,8 @@ Connects to pipelines/split-unet.sh on HOST, decodes each latent frame with i2id
 (the VAE decoder of the same model directory, byte-identical to i2itransform alone) and
 shows the pictures, or writes them as PNG files with --out. Frames wait in a receive
 queue of --recv-queue frames; when it is full the oldest is dropped (--drop, the default)
-or the connection is left to back up to the sender (--block).
+or the connection is left to back up to the sender (--block). Use --zmq when the UNet
+side runs with --zmq (zmqmsgpacksrc receives; float16 latents are widened back).
 
 Options:
   --unet HOST          the machine running split-unet.sh (required)
@@ -21,6 +22,7 @@ Options:
   --recv-queue N       frames waiting for the decoder (default 4)
   --block              a full receive queue holds the connection instead of dropping
   --drop               a full receive queue drops its oldest frame (default)
+  --zmq                receive with ZeroMQ (zmqmsgpacksrc), for split-unet.sh --zmq
   --out PATTERN        write PNG files (e.g. out/frame-%05d.png) instead of a window
   --threads N          ONNX Runtime threads (default 0: all CPUs)
   --provider P         execution provider: auto (default), cpu, cuda, tensorrt
@@ -40,6 +42,7 @@ LEAKY=downstream
 OUT=""
 THREADS=0
 PROVIDER=""
+ZMQ=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -52,6 +55,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=${2:?--out needs a file pattern}; shift 2 ;;
     --threads) THREADS=${2:?--threads needs a count}; shift 2 ;;
     --provider) PROVIDER=${2:?--provider needs a name}; shift 2 ;;
+    --zmq) ZMQ=1; shift ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
 done
@@ -69,9 +73,18 @@ fi
 gst-inspect-1.0 i2idecode >/dev/null 2>&1 \
   || die "GStreamer element i2idecode not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
 
-ARGS=(tcpclientsrc "host=$UNET" "port=$PORT" ! gdpdepay
-      ! queue "max-size-buffers=$RECVQ" max-size-bytes=0 max-size-time=0 "leaky=$LEAKY"
-      ! i2idecode "model=$MODEL" "threads=$THREADS")
+if ((ZMQ)); then
+  gst-inspect-1.0 zmqmsgpacksrc >/dev/null 2>&1 \
+    || die "GStreamer element zmqmsgpacksrc not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
+  # rcv-hwm: ZeroMQ itself holds at most --recv-queue more before the sender waits.
+  ARGS=(zmqmsgpacksrc socket-type=pull "endpoint=tcp://$UNET:$PORT" "rcv-hwm=$RECVQ")
+  WHAT="ZeroMQ"
+else
+  ARGS=(tcpclientsrc "host=$UNET" "port=$PORT" ! gdpdepay)
+  WHAT="GDP"
+fi
+ARGS+=(! queue "max-size-buffers=$RECVQ" max-size-bytes=0 max-size-time=0 "leaky=$LEAKY"
+       ! i2idecode "model=$MODEL" "threads=$THREADS")
 [ -z "$PROVIDER" ] || ARGS+=("execution-provider=$PROVIDER")
 if [ -n "$OUT" ]; then
   mkdir -p "$(dirname "$OUT")"
@@ -80,5 +93,5 @@ else
   ARGS+=(! videoconvert ! autovideosink sync=false)
 fi
 
-echo "split-decode.sh: latents from $UNET:$PORT, decoder of $MODEL" >&2
+echo "split-decode.sh: latents from $UNET:$PORT ($WHAT), decoder of $MODEL" >&2
 exec gst-launch-1.0 -e "${ARGS[@]}"

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `i2itransform output=latent ! i2idecode` against `i2itransform` alone on the generated
-//! tiny models (KL decoder in float32, TAESD in float16): byte-identical pictures, the
-//! latent caps, and latent frames that do not match their caps (dropped, counted, the
-//! stream goes on).
+//! tiny models (KL decoder in float32, TAESD in float16): byte-identical pictures, also with
+//! the latents sent between two pipelines over ZeroMQ (`zmqmsgpacksink` -> `zmqmsgpacksrc`,
+//! real sockets on 127.0.0.1), the latent caps, and latent frames that do not match their
+//! caps (dropped, counted, the stream goes on).
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 mod pipeline_common;
 
@@ -193,4 +195,114 @@ fn caps_the_decoder_cannot_take_are_refused_by_name() {
     );
     let err = run("appsrc name=src ! i2idecode ! appsink name=out", |_| ()).expect_err("no model");
     assert!(err.contains("No model set"), "{err}");
+}
+
+/// `i2itransform output=latent ! zmqmsgpacksink` in one pipeline, `zmqmsgpacksrc !
+/// i2idecode` in another, over a real socket: the decoded frames and the sender's and
+/// receiver's stats.
+fn split_over_zmq(m: &str, sink_props: &str) -> (Vec<gst::Sample>, gst::Structure, gst::Structure) {
+    init();
+    let rx = gst::parse::launch(&format!(
+        "zmqmsgpacksrc name=rx socket-type=pull bind=true endpoint=tcp://127.0.0.1:* \
+         ! i2idecode model={m} threads=1 ! video/x-raw,format=RGB ! appsink name=out"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let samples = collect_samples(&rx);
+    rx.set_state(gst::State::Playing).unwrap();
+    let src = rx.by_name("rx").unwrap();
+    let endpoint = src.property::<Option<String>>("last-endpoint").unwrap();
+    let tx = gst::parse::launch(&format!(
+        "{SOURCE} ! {} ! zmqmsgpacksink name=tx socket-type=push bind=false endpoint={endpoint} {sink_props}",
+        transform(m, "output=latent")
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    tx.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let bus = tx.bus().unwrap();
+    // The sender ends at EOS, once ZeroMQ has taken every message.
+    loop {
+        let msg = bus
+            .timed_pop(gst::ClockTime::from_seconds(1))
+            .map(|m| m.type_());
+        match msg {
+            Some(gst::MessageType::Eos) => break,
+            Some(gst::MessageType::Error) => panic!("sender failed"),
+            _ => assert!(Instant::now() < deadline, "the sender did not finish"),
+        }
+    }
+    while samples.lock().unwrap().len() < 8 && Instant::now() < deadline {
+        if let Some(m) = rx.bus().unwrap().pop_filtered(&[gst::MessageType::Error]) {
+            panic!("receiver failed: {m:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tx_stats = tx
+        .by_name("tx")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    let rx_stats = src.property::<gst::Structure>("stats");
+    tx.set_state(gst::State::Null).unwrap();
+    rx.set_state(gst::State::Null).unwrap();
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
+    (samples, tx_stats, rx_stats)
+}
+
+#[test]
+fn the_split_over_zeromq_is_byte_identical_to_the_transform_alone() {
+    for name in ["tiny-sd15", "tiny-fp16"] {
+        let m = model(name);
+        let alone = run(
+            &format!(
+                "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
+                transform(&m, "")
+            ),
+            |_| (),
+        )
+        .unwrap();
+        let (split, tx, rx) = split_over_zmq(&m, "");
+        assert_eq!(alone.samples.len(), 8, "{name}");
+        assert_eq!(split.len(), 8, "{name}: frames over ZeroMQ");
+        for (i, (a, b)) in alone.samples.iter().zip(&split).enumerate() {
+            assert_eq!(bytes(a), bytes(b), "{name}: frame {i} differs over ZeroMQ");
+        }
+        assert_eq!(rx.get::<u64>("latents").unwrap(), 8, "{name}: {rx}");
+        assert_eq!(rx.get::<u64>("dropped").unwrap(), 0, "{name}: {rx}");
+        // float32 [1, 4, 8, 8] is 1 KiB; the meta adds a little.
+        let sent = tx.get::<u64>("bytes").unwrap();
+        assert!((8 * 1024..8 * (1024 + 160)).contains(&sent), "{name}: {tx}");
+    }
+}
+
+#[test]
+fn float16_latents_over_zeromq_are_half_the_bytes_and_close() {
+    let m = model("tiny-sd15");
+    let alone = run(
+        &format!(
+            "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
+            transform(&m, "")
+        ),
+        |_| (),
+    )
+    .unwrap();
+    let (split, tx, _rx) = split_over_zmq(&m, "latent-dtype=f16");
+    assert_eq!(split.len(), 8);
+    let sent = tx.get::<u64>("bytes").unwrap();
+    assert!((8 * 512..8 * (512 + 160)).contains(&sent), "{tx}");
+    for (i, (a, b)) in alone.samples.iter().zip(&split).enumerate() {
+        let (a, b) = (bytes(a), bytes(b));
+        assert_eq!(a.len(), b.len());
+        let max = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        let mean = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| x.abs_diff(*y) as f64)
+            .sum::<f64>()
+            / a.len() as f64;
+        eprintln!("float16 frame {i}: max difference {max}, mean {mean:.3}");
+        assert!(max <= 4 && mean < 0.5, "frame {i}: max {max}, mean {mean}");
+    }
 }

@@ -4,11 +4,16 @@
 //! 1. peak memory of a sink-to-source loopback at frame 1,000 and at frame 10,000;
 //! 2. zmqmsgpacksink throughput on 512x512 RGB and I420 frames against the stock
 //!    `jpegenc ! fakesink` on the same frames at the same quality (ratio, target >= 0.95);
-//! 3. loopback latency sink to source at 30 fps (p50, p99; target p99 < 5 ms).
+//! 3. loopback latency sink to source at 30 fps (p50, p99; target p99 < 5 ms);
+//! 4. what each message form costs for one 512x512 frame: float32 latents, float16 latents
+//!    (`latent-dtype=f16`) and the JPEG of the picture (encoded in the sink, as a user
+//!    sending raw video pays it), each sent and received in a sink-to-source loopback:
+//!    bytes per message, wall time and CPU time (send and receive, one process) per frame.
 //!
 //! ```text
 //! cargo run --release -p gst-plugin-zmqsink --example zmq-bench \
-//!     [-- --frames N --rounds R --memory-frames N --latency-frames N]   (0 skips a phase)
+//!     [-- --frames N --rounds R --memory-frames N --latency-frames N --forms-frames N]
+//!     (0 skips a phase)
 //! ```
 //!
 //! The sink sends with PUSH to a PULL socket that a reader process (this program with
@@ -241,6 +246,93 @@ fn run_sink(caps: &str, frames: &[gst::Buffer], n: usize) -> Run {
     }
 }
 
+/// float32 latents `[1, 4, SIZE/8, SIZE/8]` in native byte order, roughly N(0, 1) as a
+/// UNet's are, different for each `k`.
+fn render_latents(k: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64 ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..4 * (SIZE / 8) * (SIZE / 8))
+        .flat_map(|_| {
+            // Irwin-Hall: the sum of 12 uniforms less 6 is close to N(0, 1).
+            let v: f32 = (0..12).map(|_| uniform()).sum::<f32>() - 6.0;
+            v.to_ne_bytes()
+        })
+        .collect()
+}
+
+/// One frame form's loopback: `appsrc ! zmqmsgpacksink push` -> `zmqmsgpacksrc pull ! rx
+/// ! appsink`, as fast as back-pressure allows. Wall time per frame from the first push
+/// to the last frame received, CPU time per frame of the whole process (both pipelines)
+/// and bytes per message as the sink counted them.
+fn run_form(caps: &str, sink_props: &str, rx: &str, frames: &[gst::Buffer], n: usize) -> Run {
+    let rxp = launch(&format!(
+        "zmqmsgpacksrc name=rx socket-type=pull bind=true endpoint=tcp://127.0.0.1:* {rx} \
+         ! appsink name=sink sync=false emit-signals=true"
+    ));
+    let count = Arc::new(AtomicU64::new(0));
+    {
+        let count = count.clone();
+        let sink = rxp
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let _ = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    count.fetch_add(1, Ordering::AcqRel);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    }
+    rxp.set_state(gst::State::Playing).unwrap();
+    let endpoint = rxp
+        .by_name("rx")
+        .unwrap()
+        .property::<Option<String>>("last-endpoint")
+        .unwrap();
+    let tx = launch(&format!(
+        "appsrc name=src is-live=false format=time block=true max-buffers=4 caps=\"{caps}\" \
+         ! zmqmsgpacksink name=tx socket-type=push bind=false endpoint={endpoint} quality={QUALITY} \
+         sync=false {sink_props}"
+    ));
+    let src = appsrc(&tx);
+    tx.set_state(gst::State::Playing).unwrap();
+    let cpu0 = process_cpu_secs();
+    let start = Instant::now();
+    feed(&src, frames, n);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let rx_bus = rxp.bus().unwrap();
+    while count.load(Ordering::Acquire) < n as u64 && Instant::now() < deadline {
+        if let Some(m) = rx_bus.pop_filtered(&[gst::MessageType::Error]) {
+            panic!("receiving pipeline: {m:?}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_secs() - cpu0;
+    assert_eq!(count.load(Ordering::Acquire), n as u64, "frames lost");
+    wait_eos(&tx);
+    let stats = tx
+        .by_name("tx")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    tx.set_state(gst::State::Null).unwrap();
+    rxp.set_state(gst::State::Null).unwrap();
+    Run {
+        fps: n as f64 / secs,
+        cpu_ms: cpu * 1000.0 / n as f64,
+        bytes: stats.get::<u64>("bytes").unwrap() as f64 / n as f64,
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -417,6 +509,7 @@ fn main() {
     let mut rounds = 9usize;
     let mut memory_n = 10_000usize;
     let mut latency_n = 300usize;
+    let mut forms_n = 600usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -434,8 +527,9 @@ fn main() {
             "--rounds" => rounds = value(),
             "--memory-frames" => memory_n = value(),
             "--latency-frames" => latency_n = value(),
+            "--forms-frames" => forms_n = value(),
             other => panic!(
-                "unknown argument {other}; use --frames N --rounds R --memory-frames N --latency-frames N (0 skips a phase)"
+                "unknown argument {other}; use --frames N --rounds R --memory-frames N --latency-frames N --forms-frames N (0 skips a phase)"
             ),
         }
         i += 2;
@@ -558,17 +652,37 @@ fn main() {
     }
 
     // 3. Latency at 30 fps.
-    if latency_n == 0 {
-        return;
+    if latency_n > 0 {
+        run_latencies(
+            latency_n,
+            &jpeg_caps,
+            &jpeg_buffers,
+            &i420_caps,
+            &i420_buffers,
+        );
     }
+
+    // 4. The message forms of one frame.
+    if forms_n > 0 && rounds > 0 {
+        run_forms(forms_n, rounds, &rgb_caps, &rgb_buffers);
+    }
+}
+
+fn run_latencies(
+    latency_n: usize,
+    jpeg_caps: &str,
+    jpeg_buffers: &[gst::Buffer],
+    i420_caps: &str,
+    i420_buffers: &[gst::Buffer],
+) {
     println!(
         "\n## Loopback latency at 30 fps, {latency_n} frames (buffer made -> appsink after zmqmsgpacksrc)"
     );
     println!("| input to the sink | p50 (ms) | p99 (ms) | max (ms) |");
     println!("|---|---:|---:|---:|");
     for (name, caps, frames) in [
-        ("image/jpeg (sent as is)", &jpeg_caps, &jpeg_buffers),
-        ("I420 (encoded in the sink)", &i420_caps, &i420_buffers),
+        ("image/jpeg (sent as is)", jpeg_caps, jpeg_buffers),
+        ("I420 (encoded in the sink)", i420_caps, i420_buffers),
     ] {
         eprintln!("latency {name} ...");
         let l = run_latency(caps, frames, latency_n);
@@ -577,6 +691,79 @@ fn main() {
             percentile(&l, 0.5),
             percentile(&l, 0.99),
             l[l.len() - 1]
+        );
+    }
+}
+
+fn run_forms(n: usize, rounds: usize, rgb_caps: &str, rgb_buffers: &[gst::Buffer]) {
+    let latents: Vec<gst::Buffer> = (0..DISTINCT_FRAMES)
+        .map(|k| gst::Buffer::from_slice(render_latents(k)))
+        .collect();
+    let latent_caps = format!(
+        "application/x-i2i-latent,dtype=float32,layout=nchw,channels=4,width={w},height={w},\
+         image-width={SIZE},image-height={SIZE},scaling-factor=0.18215,framerate=30/1",
+        w = SIZE / 8
+    );
+    println!(
+        "\n## Message forms of one {SIZE}x{SIZE} frame, sink -> source loopback (one process), {n} frames a round, best of {rounds} rounds"
+    );
+    println!(
+        "| form | bytes per message (KiB) | frames/s | wall ms/frame | CPU ms/frame (send + receive) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let forms: [(&str, &str, &str, &str, &[gst::Buffer]); 4] = [
+        (
+            "float32 latents [1, 4, 64, 64], bit for bit",
+            &latent_caps,
+            "",
+            "",
+            &latents,
+        ),
+        (
+            "float16 latents (latent-dtype=f16), widened on receipt",
+            &latent_caps,
+            "latent-dtype=f16",
+            "",
+            &latents,
+        ),
+        (
+            "JPEG of the RGB picture, quality 85 (encoded in the sink)",
+            rgb_caps,
+            "",
+            "",
+            rgb_buffers,
+        ),
+        (
+            "same JPEG, decoded on receipt (jpegdec, I420)",
+            rgb_caps,
+            "",
+            "! jpegdec",
+            rgb_buffers,
+        ),
+    ];
+    for (name, caps, sink_props, rx, frames) in forms {
+        let mut best = Run::default();
+        let mut cpu = f64::MAX;
+        for r in 0..rounds {
+            eprintln!("forms {name}: round {} ...", r + 1);
+            let run = run_form(caps, sink_props, rx, frames, n);
+            eprintln!(
+                "  {:.1} fps, {:.3} ms CPU, {:.1} KiB",
+                run.fps,
+                run.cpu_ms,
+                run.bytes / 1024.0
+            );
+            if run.fps > best.fps {
+                best = run;
+            }
+            cpu = cpu.min(run.cpu_ms);
+        }
+        println!(
+            "| {name} | {:.1} | {:.0} | {:.3} | {:.3} |",
+            best.bytes / 1024.0,
+            best.fps,
+            1000.0 / best.fps,
+            cpu
         );
     }
 }

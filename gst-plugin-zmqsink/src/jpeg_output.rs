@@ -2,7 +2,9 @@
 //! The JPEG output shared by the three sources (`zmqmsgpacksrc`, `zmqworkersrc`,
 //! `zmqcollectsrc`): caps set when the frame size changes and sent again on a
 //! renegotiation, and each buffer's frame index, PTS (running time when it is pushed or
-//! arrived), duration and `timestamp/x-unix` meta.
+//! arrived), duration and `timestamp/x-unix` meta. Sources that also receive latents
+//! ([`crate::latent`]) announce their caps here too ([`ensure_latent_caps`]), so a JPEG
+//! after latents (or the reverse) sets its caps again.
 
 use std::sync::{LazyLock, Mutex};
 
@@ -60,6 +62,8 @@ pub fn max_pixels_pspec() -> glib::ParamSpec {
 pub struct JpegOutput {
     framerate: gst::Fraction,
     size: Option<(usize, usize)>,
+    /// The latent caps announced last, while latents are flowing.
+    latent: Option<gst::Caps>,
 }
 
 impl Default for JpegOutput {
@@ -67,15 +71,17 @@ impl Default for JpegOutput {
         JpegOutput {
             framerate: gst::Fraction::from_integer(0),
             size: None,
+            latent: None,
         }
     }
 }
 
 impl JpegOutput {
-    /// Forgets the announced size, for a new stream at `framerate`.
+    /// Forgets the announced caps, for a new stream at `framerate`.
     pub fn reset(&mut self, framerate: gst::Fraction) {
         self.framerate = framerate;
         self.size = None;
+        self.latent = None;
     }
 
     pub fn framerate(&self) -> gst::Fraction {
@@ -87,7 +93,9 @@ impl JpegOutput {
     }
 
     fn current_caps(&self) -> Option<gst::Caps> {
-        self.size.map(|s| jpeg_caps(Some(s), self.framerate))
+        self.latent
+            .clone()
+            .or_else(|| self.size.map(|s| jpeg_caps(Some(s), self.framerate)))
     }
 }
 
@@ -100,10 +108,11 @@ pub fn ensure_caps(
 ) -> Result<(), gst::FlowError> {
     let caps = {
         let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
-        if out.size == Some(size) {
+        if out.size == Some(size) && out.latent.is_none() {
             return Ok(());
         }
         out.size = Some(size);
+        out.latent = None;
         jpeg_caps(Some(size), out.framerate)
     };
     gst::debug!(CAT, obj = src, "caps {caps}");
@@ -112,6 +121,33 @@ pub fn ensure_caps(
             src,
             gst::CoreError::Negotiation,
             ("Downstream does not accept {caps}: put jpegdec (or another element that takes image/jpeg of this size) after the source")
+        );
+        return Err(gst::FlowError::NotNegotiated);
+    }
+    Ok(())
+}
+
+/// Sets latent `caps` ([`crate::latent`]) when they differ from the last ones announced;
+/// an error (posted on the bus) when downstream refuses them.
+pub fn ensure_latent_caps(
+    src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
+    output: &Mutex<JpegOutput>,
+    caps: gst::Caps,
+) -> Result<(), gst::FlowError> {
+    {
+        let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
+        if out.latent.as_ref() == Some(&caps) {
+            return Ok(());
+        }
+        out.latent = Some(caps.clone());
+        out.size = None;
+    }
+    gst::debug!(CAT, obj = src, "caps {caps}");
+    if src.set_caps(&caps).is_err() {
+        gst::element_error!(
+            src,
+            gst::CoreError::Negotiation,
+            ("Downstream does not accept {caps}: put i2idecode (or another element that takes latents of this shape) after the source")
         );
         return Err(gst::FlowError::NotNegotiated);
     }

@@ -8,7 +8,8 @@
 //!   (primary: puts the workers' results back in order).
 //!
 //! Frames travel as one ZeroMQ message each, a msgpack array `[timestamp_ms, index, jpg]`
-//! (see [`protocol`]). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
+//! (see [`protocol`]), latents as `[timestamp_ms, index, payload, meta]` (see [`tensor`],
+//! and [`latent`] for the receiving side). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
 //! (socket set-up), [`jpeg_output`] (the sources' caps and buffers), [`unix_time`],
 //! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE); [`eos_request`] lets the
 //! two sinks that wait for peers hear an application's EOS request.
@@ -22,8 +23,10 @@ pub mod frame_index;
 pub mod interrupt;
 pub mod jpeg;
 pub mod jpeg_output;
+pub mod latent;
 pub mod protocol;
 pub mod scaleout;
+pub mod tensor;
 pub mod transport;
 pub mod unix_time;
 pub mod warn;
@@ -32,7 +35,7 @@ pub mod zmq_endpoint;
 pub use scaleout::zmqcollectsrc::{CollectQueuePolicy, ZmqCollectSrc};
 pub use scaleout::zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
 pub use scaleout::zmqworkersrc::ZmqWorkerSrc;
-pub use transport::zmqmsgpacksink::{SinkSocketType, ZmqMsgpackSink};
+pub use transport::zmqmsgpacksink::{LatentDtype, SinkSocketType, ZmqMsgpackSink};
 pub use transport::zmqmsgpacksrc::{SrcSocketType, ZmqMsgpackSrc};
 
 /// Caps name of the reference timestamp meta that carries a frame's original Unix time

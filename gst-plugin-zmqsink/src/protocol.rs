@@ -10,6 +10,9 @@
 //! The original system also sends batch messages to its workers: a msgpack map with
 //! the keys `timestamp`, `index`, `frames` and `indices`, where `frames` holds JPEG
 //! bytes or paths to JPEG files. [`decode`] accepts both shapes.
+//!
+//! Tensors (latents) travel in a fourth shape, `[timestamp, index, payload, meta]`, read
+//! by [`crate::tensor`]; [`decode`] refuses it by name.
 
 use std::fmt;
 
@@ -206,6 +209,13 @@ fn check_shape(msg: &[u8]) -> Result<(), ProtocolError> {
             for i in 0..3 {
                 skip_scalar(&mut rd, &format!("element {i} of the frame array"))?;
             }
+        }
+        rmp::Marker::FixArray(4) => {
+            return Err(err(
+                "expected an array of 3 [timestamp, index, jpg], found an array of 4: a tensor \
+                 message [timestamp, index, payload, meta] (latents), which this receiver does \
+                 not take (zmqmsgpacksrc does)",
+            ));
         }
         rmp::Marker::FixArray(n) => {
             return Err(err(format!(

@@ -1,6 +1,7 @@
-"""pipelines/split-unet.sh and pipelines/split-decode.sh end to end on 127.0.0.1: the UNet side
-serves latents of the tiny model on a free port, the decoder side connects and writes PNG
-files; both refuse bad arguments by name."""
+"""pipelines/split-unet.sh and pipelines/split-decode.sh end to end on 127.0.0.1, over GDP/TCP
+and over ZeroMQ (--zmq, float32 and float16 on the wire): the UNet side serves latents of the
+tiny model on a free port, the decoder side connects and writes PNG files; both refuse bad
+arguments by name."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from i2i_web_helpers import ROOT, env
@@ -37,11 +39,12 @@ def stop(p: subprocess.Popen) -> str:
     return p.stderr.read() if p.stderr else ""
 
 
-def test_latents_cross_tcp_and_come_out_as_pictures(tmp_path):
+@pytest.mark.parametrize("transport", [[], ["--zmq"], ["--zmq", "--fp16-wire"]], ids=["gdp", "zmq", "zmq-fp16"])
+def test_latents_cross_tcp_and_come_out_as_pictures(tmp_path, transport):
     assert (MODEL / "vae_decoder" / "model.onnx").is_file(), "run scripts/setup.sh (it generates the tiny models)"
     port = free_port()
     unet = subprocess.Popen(["bash", str(UNET), "--model", str(MODEL), "--size", "64", "--port", str(port),
-                             "--threads", "1", "wait-for-settings=false"],
+                             "--threads", "1", *transport, "wait-for-settings=false"],
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     dec = None
     try:
@@ -55,7 +58,8 @@ def test_latents_cross_tcp_and_come_out_as_pictures(tmp_path):
             time.sleep(0.2)
         out = tmp_path / "out"
         dec = subprocess.Popen(["bash", str(DECODE), "--unet", "127.0.0.1", "--port", str(port), "--model",
-                                str(MODEL), "--threads", "1", "--out", str(out / "f-%05d.png")],
+                                str(MODEL), "--threads", "1", "--out", str(out / "f-%05d.png"),
+                                *transport[:1]],
                                env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 10:
@@ -78,6 +82,7 @@ def test_bad_arguments_are_named():
         (UNET, ["--port", "99999"], "--port"),
         (UNET, ["--send-queue", "x"], "--send-queue"),
         (UNET, ["--model", "/nowhere"], "/nowhere"),
+        (UNET, ["--fp16-wire"], "--fp16-wire needs --zmq"),
         (DECODE, [], "--unet HOST is required"),
         (DECODE, ["--unet", "h", "--recv-queue", "x"], "--recv-queue"),
         (DECODE, ["--unet", "h", "--model", "/nowhere"], "vae_decoder"),

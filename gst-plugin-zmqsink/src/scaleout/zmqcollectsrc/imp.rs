@@ -12,7 +12,9 @@
 //! (`dropped`), reported likewise.
 //! Each buffer keeps the frame's original time as a `timestamp/x-unix` reference meta, so
 //! a `zmqmsgpacksink` after it publishes the true entry time and `i2i-stats` shows the
-//! end-to-end latency.
+//! end-to-end latency. Results in the tensor form `[timestamp, index, payload, meta]`
+//! (workers running `i2itransform output=latent`) are checked by [`crate::latent`] and come
+//! out as `application/x-i2i-latent`, for an `i2idecode` after the collector.
 //!
 //! The stream ends (EOS) when the `zmqdispatchsink` of the same `group` in this process
 //! has seen the end of its input and the last frame was played or given up, or after
@@ -32,10 +34,12 @@ use super::CollectQueuePolicy;
 use crate::curve::ElementCurve;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
+use crate::latent::{self, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, FullPolicy, Playout, PlayoutStats};
 use crate::scaleout::socket_thread::{self, SocketThread};
+use crate::tensor::{self, LATENT_CAPS_NAME};
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -134,18 +138,24 @@ struct Stats {
     malformed: u64,
     not_jpeg: u64,
     too_large: u64,
+    invalid_latents: u64,
     held: u64,
 }
 
-/// A held result: its JPEG and the frame size from its header.
-type Jpeg = (Vec<u8>, (usize, usize));
+/// A held result: its JPEG and the frame size from its header, or latents and their caps.
+enum Held {
+    Jpeg(Vec<u8>, (usize, usize)),
+    Latent(Vec<u8>, gst::Caps),
+}
 
 struct Core {
-    playout: Playout<Jpeg>,
+    playout: Playout<Held>,
     last_arrival: Instant,
     malformed: u64,
     not_jpeg: u64,
     too_large: u64,
+    /// Latent results refused by [`latent::check`] (the warning names the reason).
+    invalid_latents: u64,
     /// What was last reported on the bus.
     reported: Losses,
 }
@@ -183,6 +193,9 @@ struct Io {
     _context: zmq::Context,
     drop_limit: RateLimit,
     max_pixels: u64,
+    framerate: gst::Fraction,
+    /// Channels, layout and scaling factor of the first latent results.
+    latent_stream: Option<LatentStream>,
 }
 
 impl Io {
@@ -212,8 +225,35 @@ impl Io {
         gst::debug!(CAT, "socket thread ends");
     }
 
+    /// A latent result: checked, then held for playout like a JPEG.
+    fn handle_latent(&mut self, msg: &[u8], reports: &mut Vec<String>) {
+        let checked = latent::check(
+            msg,
+            self.max_pixels,
+            self.framerate,
+            &mut self.latent_stream,
+        )
+        .map(|l| {
+            let data = match l.payload {
+                LatentPayload::InMessage(p) => p.to_vec(),
+                LatentPayload::Converted(v) => v,
+            };
+            (l.index, l.timestamp_ms, Held::Latent(data, l.caps))
+        });
+        match checked {
+            Ok((index, timestamp_ms, held)) => self.hold(index, timestamp_ms, held),
+            Err((_, text)) => {
+                self.shared.lock().invalid_latents += 1;
+                self.report(reports, text);
+            }
+        }
+    }
+
     fn handle(&mut self, msg: &[u8], reports: &mut Vec<String>) {
-        let now_us = unix_time::now_us();
+        if tensor::is_tensor_message(msg) {
+            self.handle_latent(msg, reports);
+            return;
+        }
         let frames = match protocol::decode(msg) {
             Ok(frames) => frames,
             Err(e) => {
@@ -225,7 +265,7 @@ impl Io {
         for f in frames {
             let jpeg = match &f.jpeg {
                 Payload::Bytes(b) => match jpeg_size(b, self.max_pixels) {
-                    Ok(size) => (b.to_vec(), size),
+                    Ok(size) => Held::Jpeg(b.to_vec(), size),
                     Err(text) => {
                         match text {
                             JpegCheckError::NotJpeg(_) => self.shared.lock().not_jpeg += 1,
@@ -247,27 +287,32 @@ impl Io {
                     continue;
                 }
             };
-            let mut core = self.shared.lock();
-            core.last_arrival = Instant::now();
-            match core.playout.insert(f.index, f.timestamp_ms, jpeg, now_us) {
-                Arrival::Held => self.shared.extra.received(f.index),
-                Arrival::Restarted => {
-                    gst::info!(
-                        CAT,
-                        "index went back to {} with a newer timestamp: new stream",
-                        f.index
-                    );
-                    self.shared.extra.reset_progress();
-                    self.shared.extra.received(f.index);
-                }
-                Arrival::Late => gst::debug!(CAT, "frame {} late, dropped", f.index),
-                // It came: nothing to send again.
-                Arrival::Dropped => {
-                    gst::debug!(CAT, "frame {} dropped: reorder buffer full", f.index);
-                    self.shared.extra.received(f.index);
-                }
-                Arrival::Duplicate => gst::debug!(CAT, "frame {} again, dropped", f.index),
+            self.hold(f.index, f.timestamp_ms, jpeg);
+        }
+    }
+
+    /// Puts one checked result into the reorder buffer.
+    fn hold(&mut self, index: u64, timestamp_ms: i64, held: Held) {
+        let now_us = unix_time::now_us();
+        let mut core = self.shared.lock();
+        core.last_arrival = Instant::now();
+        match core.playout.insert(index, timestamp_ms, held, now_us) {
+            Arrival::Held => self.shared.extra.received(index),
+            Arrival::Restarted => {
+                gst::info!(
+                    CAT,
+                    "index went back to {index} with a newer timestamp: new stream"
+                );
+                self.shared.extra.reset_progress();
+                self.shared.extra.received(index);
             }
+            Arrival::Late => gst::debug!(CAT, "frame {index} late, dropped"),
+            // It came: nothing to send again.
+            Arrival::Dropped => {
+                gst::debug!(CAT, "frame {index} dropped: reorder buffer full");
+                self.shared.extra.received(index);
+            }
+            Arrival::Duplicate => gst::debug!(CAT, "frame {index} again, dropped"),
         }
     }
 
@@ -307,6 +352,7 @@ impl ZmqCollectSrc {
                     malformed: core.malformed,
                     not_jpeg: core.not_jpeg,
                     too_large: core.too_large,
+                    invalid_latents: core.invalid_latents,
                     held: core.playout.len() as u64,
                 }
             }
@@ -456,7 +502,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 jpeg_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("received, frames (output), late, duplicates, missing, overflow (played early, buffer full), dropped (buffer full), restarts, discarded, malformed, not-jpeg, held")
+                    .blurb("received, frames (output), late, duplicates, missing, overflow (played early, buffer full), dropped (buffer full), restarts, discarded, malformed, not-jpeg, too-large, invalid-latents (latent results whose payload, dtype, shape or meta is refused, see zmqmsgpacksrc), held")
                     .read_only()
                     .build(),
             ];
@@ -544,6 +590,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
                     .field("too-large", s.too_large)
+                    .field("invalid-latents", s.invalid_latents)
                     .field("held", s.held)
                     .build()
                     .to_value()
@@ -574,12 +621,13 @@ impl ElementImpl for ZmqCollectSrc {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &gst::Caps::new_empty_simple("image/jpeg"),
-                )
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &{
+                    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
+                    caps.get_mut()
+                        .unwrap()
+                        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
+                    caps
+                })
                 .unwrap(),
             ]
         });
@@ -632,6 +680,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 malformed: 0,
                 not_jpeg: 0,
                 too_large: 0,
+                invalid_latents: 0,
                 reported: Losses::default(),
             },
             ledger,
@@ -644,6 +693,8 @@ impl BaseSrcImpl for ZmqCollectSrc {
             _context: context,
             drop_limit: RateLimit::new(Duration::from_secs(1)),
             max_pixels: settings.max_pixels,
+            framerate: settings.framerate,
+            latent_stream: None,
         };
         let io = SocketThread::spawn("zmqcollect-io", shared, move || io.run())
             .inspect_err(|_| shared_detach(&settings.group))?;
@@ -804,9 +855,17 @@ impl PushSrcImpl for ZmqCollectSrc {
             );
         }
 
-        let (jpeg, size) = released.payload;
-        jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?;
-        let mut buffer = gst::Buffer::from_mut_slice(jpeg);
+        let data = match released.payload {
+            Held::Jpeg(jpeg, size) => {
+                jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?;
+                jpeg
+            }
+            Held::Latent(data, caps) => {
+                jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?;
+                data
+            }
+        };
+        let mut buffer = gst::Buffer::from_mut_slice(data);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
             let duration = self.output.lock().unwrap().duration();

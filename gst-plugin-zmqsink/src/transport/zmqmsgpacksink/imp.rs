@@ -2,6 +2,10 @@
 //! `zmqmsgpacksink`: one ZeroMQ message `[timestamp_ms, index, jpg]` per frame.
 //!
 //! JPEG input is sent as it is; raw video is encoded with libjpeg-turbo ([`crate::jpeg`]).
+//! Latents (`application/x-i2i-latent`, from `i2itransform output=latent`) go as the
+//! tensor form `[timestamp_ms, index, payload, meta]` ([`crate::tensor`]), in float32 or,
+//! with `latent-dtype=f16`, float16; a buffer whose size does not match its caps is
+//! dropped, counted in `stats` (`invalid`) and reported (rate-limited), the stream goes on.
 //!
 //! Sockets:
 //! - `pub`: an XPUB socket (PUB on the wire: SUB peers cannot tell), sent to with
@@ -29,12 +33,13 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::SinkSocketType;
+use super::{LatentDtype, SinkSocketType};
 use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::protocol;
+use crate::tensor::{self, Dtype, LATENT_CAPS_NAME, TensorMeta};
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -53,6 +58,7 @@ const DEFAULT_SOCKET_TYPE: SinkSocketType = SinkSocketType::Pub;
 const DEFAULT_QUALITY: i32 = 85;
 const DEFAULT_SEND_HWM: i32 = 10;
 const DEFAULT_LINGER_MS: i32 = 1000;
+const DEFAULT_LATENT_DTYPE: LatentDtype = LatentDtype::F32;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -63,6 +69,7 @@ struct Settings {
     quality: i32,
     send_hwm: i32,
     linger_ms: i32,
+    latent_dtype: LatentDtype,
 }
 
 impl Default for Settings {
@@ -75,6 +82,7 @@ impl Default for Settings {
             quality: DEFAULT_QUALITY,
             send_hwm: DEFAULT_SEND_HWM,
             linger_ms: DEFAULT_LINGER_MS,
+            latent_dtype: DEFAULT_LATENT_DTYPE,
         }
     }
 }
@@ -105,11 +113,46 @@ struct Stats {
     no_subscriber: u64,
     subscribers: u64,
     undelivered: u64,
+    invalid: u64,
 }
 
 enum Input {
     Jpeg,
     Raw(gst_video::VideoInfo),
+    /// Float32 latents in native byte order, described by the meta sent with each.
+    Latent(TensorMeta),
+}
+
+/// The wire meta for latent caps (float32 NCHW, as `i2itransform output=latent` makes).
+fn latent_meta(s: &gst::StructureRef) -> Result<TensorMeta, String> {
+    let dtype = s.get::<&str>("dtype").unwrap_or("float32");
+    if dtype != "float32" {
+        return Err(format!(
+            "latent caps dtype {dtype} refused: zmqmsgpacksink takes float32 latents (latent-dtype=f16 halves them on the wire)"
+        ));
+    }
+    let layout = s.get::<&str>("layout").unwrap_or("nchw");
+    let dim = |f: &str| -> Result<u64, String> {
+        s.get::<i32>(f)
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .filter(|&v| v > 0)
+            .ok_or_else(|| format!("latent caps lack a positive integer {f}"))
+    };
+    let (c, h, w) = (dim("channels")?, dim("height")?, dim("width")?);
+    let image = |f: &str| s.get::<i32>(f).ok().and_then(|v| u32::try_from(v).ok());
+    Ok(TensorMeta {
+        dtype: Dtype::F32,
+        shape: if layout == "nhwc" {
+            vec![1, h, w, c]
+        } else {
+            vec![1, c, h, w]
+        },
+        layout: layout.to_owned(),
+        scaling_factor: s.get::<f64>("scaling-factor").ok(),
+        image_width: image("image-width"),
+        image_height: image("image-height"),
+    })
 }
 
 struct State {
@@ -122,6 +165,8 @@ struct State {
     encoder: Option<Encoder>,
     /// The message being sent, reused from frame to frame.
     msg: Vec<u8>,
+    /// Latent payload in the wire's byte order and dtype, reused from frame to frame.
+    wire: Vec<u8>,
     /// Frames seen, the index of frames without an offset.
     count: u64,
     /// Subscriptions per topic (XPUB only), to tell whether anyone receives a frame.
@@ -138,6 +183,7 @@ pub struct ZmqMsgpackSink {
     interrupt: Mutex<Option<Arc<Interrupt>>>,
     eos_request: EosRequest,
     undelivered_limit: Mutex<RateLimit>,
+    invalid_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -234,19 +280,21 @@ impl ZmqMsgpackSink {
         self.stats.lock().unwrap().subscribers = state.topics.values().sum();
     }
 
-    /// Encodes the frame (when raw) and packs the message into `state.msg`.
+    /// Encodes the frame (when raw) and packs the message into `state.msg`; `Ok(false)`
+    /// when the buffer was dropped (latents that do not match their caps).
     fn pack(
         &self,
         state: &mut State,
         buffer: &gst::Buffer,
         timestamp_ms: i64,
         index: u64,
-        quality: i32,
-    ) -> Result<(), gst::FlowError> {
+        (quality, latent_dtype): (i32, LatentDtype),
+    ) -> Result<bool, gst::FlowError> {
         let State {
             input,
             encoder,
             msg,
+            wire,
             ..
         } = state;
         match input {
@@ -268,7 +316,50 @@ impl ZmqMsgpackSink {
                     gst::FlowError::Error
                 })?;
                 protocol::encode_frame_into(msg, timestamp_ms, index, &map);
-                Ok(())
+                Ok(true)
+            }
+            Some(Input::Latent(meta)) => {
+                // The buffer is float32 whatever goes on the wire (`meta.dtype`, set below).
+                let expected = meta
+                    .elements()
+                    .and_then(|n| n.checked_mul(4))
+                    .unwrap_or(u64::MAX);
+                if buffer.size() as u64 != expected {
+                    let invalid = {
+                        let mut stats = self.stats.lock().unwrap();
+                        stats.invalid += 1;
+                        stats.invalid
+                    };
+                    let text = format!(
+                        "Dropped latent frame {index}: {} bytes where the caps say float32 {:?} = {expected} bytes (truncated, or caps of another model) ({invalid} dropped)",
+                        buffer.size(),
+                        meta.shape
+                    );
+                    gst::warning!(CAT, imp = self, "{text}");
+                    if let Some(text) = self.invalid_limit.lock().unwrap().message(text) {
+                        gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
+                    }
+                    return Ok(false);
+                }
+                let map = buffer.map_readable().map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Read,
+                        ("Could not map the latent buffer")
+                    );
+                    gst::FlowError::Error
+                })?;
+                meta.dtype = match latent_dtype {
+                    LatentDtype::F32 => Dtype::F32,
+                    LatentDtype::F16 => Dtype::F16,
+                };
+                if meta.dtype == Dtype::F32 && cfg!(target_endian = "little") {
+                    tensor::encode_into(msg, timestamp_ms, index, &map, meta);
+                } else {
+                    tensor::f32_ne_to_wire(&map, meta.dtype, wire);
+                    tensor::encode_into(msg, timestamp_ms, index, wire, meta);
+                }
+                Ok(true)
             }
             Some(Input::Raw(info)) => {
                 let encoder = match encoder {
@@ -336,7 +427,7 @@ impl ZmqMsgpackSink {
                 match encoded {
                     Ok(jpeg) => {
                         protocol::encode_frame_into(msg, timestamp_ms, index, jpeg);
-                        Ok(())
+                        Ok(true)
                     }
                     Err(e) => {
                         gst::element_imp_error!(
@@ -490,6 +581,11 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .default_value(DEFAULT_LINGER_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("latent-dtype", DEFAULT_LATENT_DTYPE)
+                    .nick("Latent dtype")
+                    .blurb("Element type of latents on the wire (application/x-i2i-latent input): f32 as they come, f16 half the bytes; zmqmsgpacksrc gives float32 either way")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecString::builder("last-endpoint")
                     .nick("Last endpoint")
                     .blurb("The endpoint actually bound or connected (with the port ZeroMQ picked for tcp://HOST:*)")
@@ -497,7 +593,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames and bytes sent, dropped (refused by the socket as a whole), no-subscriber (pub: sent while nobody subscribed), undelivered (push: given up when the end was requested and no puller took them), subscribers (pub: subscriptions now); a slow subscriber's own losses show as index gaps at that subscriber")
+                    .blurb("frames and bytes sent, dropped (refused by the socket as a whole), no-subscriber (pub: sent while nobody subscribed), undelivered (push: given up when the end was requested and no puller took them), invalid (latent buffers whose size does not match their caps, dropped), subscribers (pub: subscriptions now); a slow subscriber's own losses show as index gaps at that subscriber")
                     .read_only()
                     .build(),
             ];
@@ -527,6 +623,7 @@ impl ObjectImpl for ZmqMsgpackSink {
             "quality" => settings.quality = value.get().expect("type checked upstream"),
             "send-hwm" => settings.send_hwm = value.get().expect("type checked upstream"),
             "linger" => settings.linger_ms = value.get().expect("type checked upstream"),
+            "latent-dtype" => settings.latent_dtype = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
     }
@@ -544,6 +641,7 @@ impl ObjectImpl for ZmqMsgpackSink {
             "quality" => settings.quality.to_value(),
             "send-hwm" => settings.send_hwm.to_value(),
             "linger" => settings.linger_ms.to_value(),
+            "latent-dtype" => settings.latent_dtype.to_value(),
             "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
             "stats" => {
                 let s = *self.stats.lock().unwrap();
@@ -554,6 +652,7 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .field("no-subscriber", s.no_subscriber)
                     .field("subscribers", s.subscribers)
                     .field("undelivered", s.undelivered)
+                    .field("invalid", s.invalid)
                     .field("refused", self.curve.refused())
                     .build()
                     .to_value()
@@ -585,7 +684,8 @@ impl ElementImpl for ZmqMsgpackSink {
                 "ZeroMQ msgpack frame sink",
                 "Sink/Network",
                 "Sends each frame as one ZeroMQ message, a msgpack array [timestamp_ms, index, jpg]; \
-                 raw video is JPEG-encoded with libjpeg-turbo, JPEG input is sent as it is",
+                 raw video is JPEG-encoded with libjpeg-turbo, JPEG input is sent as it is; \
+                 latents (application/x-i2i-latent) go as [timestamp_ms, index, payload, meta]",
                 "i2i developers",
             )
         });
@@ -595,6 +695,9 @@ impl ElementImpl for ZmqMsgpackSink {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             let mut caps = gst::Caps::new_empty_simple("image/jpeg");
+            caps.get_mut()
+                .unwrap()
+                .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
             caps.get_mut().unwrap().append(
                 gst_video::VideoCapsBuilder::new()
                     .format_list([
@@ -687,6 +790,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             input: None,
             encoder: None,
             msg: Vec::new(),
+            wire: Vec::new(),
             count: 0,
             topics: HashMap::new(),
         });
@@ -713,6 +817,11 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             .ok_or_else(|| gst::loggable_error!(CAT, "Empty caps"))?;
         let input = if s.name() == "image/jpeg" {
             Input::Jpeg
+        } else if s.name() == LATENT_CAPS_NAME {
+            Input::Latent(latent_meta(s).map_err(|e| {
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ("{e}"));
+                gst::loggable_error!(CAT, "{e}")
+            })?)
         } else {
             let info = gst_video::VideoInfo::from_caps(caps)
                 .map_err(|_| gst::loggable_error!(CAT, "Invalid video caps {caps}"))?;
@@ -726,7 +835,10 @@ impl BaseSinkImpl for ZmqMsgpackSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let quality = self.settings.lock().unwrap().quality;
+        let options = {
+            let settings = self.settings.lock().unwrap();
+            (settings.quality, settings.latent_dtype)
+        };
         let interrupt = self
             .interrupt
             .lock()
@@ -739,7 +851,9 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         let index = crate::frame_index::index_of(buffer).unwrap_or(state.count);
         state.count += 1;
         let timestamp_ms = protocol::ns_to_timestamp_ms(self.entry_unix_ns(buffer));
-        self.pack(state, buffer, timestamp_ms, index, quality)?;
+        if !self.pack(state, buffer, timestamp_ms, index, options)? {
+            return Ok(gst::FlowSuccess::Ok);
+        }
         let len = state.msg.len() as u64;
 
         match state.socket_type {

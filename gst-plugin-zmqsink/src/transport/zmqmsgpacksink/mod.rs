@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
-//! `zmqmsgpacksink`: sends each frame as one ZeroMQ message `[timestamp_ms, index, jpg]`.
+//! `zmqmsgpacksink`: sends each frame as one ZeroMQ message `[timestamp_ms, index, jpg]`,
+//! or latents as `[timestamp_ms, index, payload, meta]`.
 
 use gst::glib;
 use gst::prelude::*;
@@ -30,6 +31,23 @@ pub enum SinkSocketType {
         nick = "push"
     )]
     Push = 1,
+}
+
+/// The element type latents travel as (`application/x-i2i-latent` input only).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstZmqMsgpackSinkLatentDtype")]
+pub enum LatentDtype {
+    /// As they come (float32): bit for bit what the UNet made.
+    #[default]
+    #[enum_value(name = "float32: as the latents come, bit for bit", nick = "f32")]
+    F32 = 0,
+    /// Half the bytes; the receiver widens them back to float32.
+    #[enum_value(
+        name = "float16: half the bytes, rounded to float16 (the decoded picture may differ in the last bits)",
+        nick = "f16"
+    )]
+    F16 = 1,
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

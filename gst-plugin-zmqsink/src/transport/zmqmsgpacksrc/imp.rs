@@ -8,6 +8,12 @@
 //! further down sends the original capture time on. The JPEG bytes are not copied: the
 //! buffer shares the received ZeroMQ message.
 //!
+//! Latents come as the tensor form `[timestamp_ms, index, payload, meta]`
+//! ([`crate::tensor`]) and go out as `application/x-i2i-latent` float32 buffers (float16 on
+//! the wire is widened), with caps built from each message's meta: a new meta sets new
+//! caps. Their payload must match the meta (`prod(shape) * dtype size` bytes), the shape
+//! be `[1, C, H, W]` (or NHWC) within `max-pixels` elements, the dtype float32 or float16.
+//!
 //! Bad input is dropped, counted in `stats` and reported as a warning on the bus; the
 //! stream goes on. A message longer than `max-message-size` never reaches the element:
 //! ZeroMQ (ZMQ_MAXMSGSIZE) refuses it by closing the connection, which the element sees
@@ -34,7 +40,9 @@ use crate::frame_file::{self, FrameFileError};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
+use crate::latent::{self, LatentDrop, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
+use crate::tensor::{self, LATENT_CAPS_NAME};
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
@@ -102,6 +110,16 @@ enum DropReason {
     Oversize,
     /// A batch path outside frame-folder (or none set), or not a regular file.
     RefusedPath,
+    /// A latent whose payload length does not match its meta (truncated, wrong meta).
+    LatentSize,
+    /// A latent of a dtype other than float32 or float16.
+    LatentDtype,
+    /// A latent shape that is not one frame `[1, C, H, W]` of positive sizes, or over
+    /// `max-pixels` elements.
+    LatentShape,
+    /// A latent meta at odds with itself (image size not 8 x the latent size) or with the
+    /// stream's (other channels, layout or scaling factor than the first latents).
+    LatentMeta,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -113,12 +131,25 @@ struct Stats {
     missing_file: u64,
     refused_path: u64,
     oversize: u64,
+    latent_size: u64,
+    latent_dtype: u64,
+    latent_shape: u64,
+    latent_meta: u64,
+    latents: u64,
     disconnects: u64,
 }
 
 impl Stats {
     fn dropped(&self) -> u64 {
-        self.malformed + self.not_jpeg + self.missing_file + self.oversize + self.refused_path
+        self.malformed
+            + self.not_jpeg
+            + self.missing_file
+            + self.oversize
+            + self.refused_path
+            + self.latent_size
+            + self.latent_dtype
+            + self.latent_shape
+            + self.latent_meta
     }
 
     fn count(&mut self, why: DropReason) {
@@ -128,6 +159,10 @@ impl Stats {
             DropReason::MissingFile => self.missing_file += 1,
             DropReason::Oversize => self.oversize += 1,
             DropReason::RefusedPath => self.refused_path += 1,
+            DropReason::LatentSize => self.latent_size += 1,
+            DropReason::LatentDtype => self.latent_dtype += 1,
+            DropReason::LatentShape => self.latent_shape += 1,
+            DropReason::LatentMeta => self.latent_meta += 1,
         }
     }
 }
@@ -141,9 +176,17 @@ impl AsRef<[u8]> for MessageBytes {
     }
 }
 
+/// The caps a pending buffer needs.
+enum Kind {
+    /// A JPEG of this size.
+    Jpeg((usize, usize)),
+    /// Latents with these caps.
+    Latent(gst::Caps),
+}
+
 struct Pending {
     buffer: gst::Buffer,
-    size: (usize, usize),
+    kind: Kind,
 }
 
 /// Where the JPEG of a checked frame is.
@@ -176,6 +219,8 @@ struct State {
     max_message_size: i64,
     last_pts: Option<gst::ClockTime>,
     discont: bool,
+    /// Channels, layout and scaling factor of the first latents received.
+    latent_stream: Option<LatentStream>,
 }
 
 #[derive(Default)]
@@ -218,8 +263,78 @@ fn read_frame_file(
 }
 
 impl ZmqMsgpackSrc {
+    /// Checks one tensor message ([`latent::check`]) and makes it a pending latent buffer.
+    fn handle_tensor(&self, state: &mut State, msg: zmq::Message, reports: &mut Vec<Report>) {
+        let arrival = jpeg_output::running_time_now(&*self.obj());
+        let (framerate, duration) = {
+            let out = self.output.lock().unwrap();
+            (out.framerate(), out.duration())
+        };
+        let checked = latent::check(&msg, state.max_pixels, framerate, &mut state.latent_stream)
+            .map(|l| {
+                let data = match l.payload {
+                    LatentPayload::InMessage(p) => protocol::range_in(&msg, p).ok_or(p.to_vec()),
+                    LatentPayload::Converted(v) => Err(v),
+                };
+                (l.index, l.timestamp_ms, l.caps, data)
+            });
+        let (index, timestamp_ms, caps, data) = match checked {
+            Ok(c) => c,
+            Err((why, text)) => {
+                let why = match why {
+                    LatentDrop::Malformed => DropReason::Malformed,
+                    LatentDrop::Size => DropReason::LatentSize,
+                    LatentDrop::Dtype => DropReason::LatentDtype,
+                    LatentDrop::Shape => DropReason::LatentShape,
+                    LatentDrop::Meta => DropReason::LatentMeta,
+                    LatentDrop::Oversize => DropReason::Oversize,
+                };
+                reports.push(Report::Dropped(why, text));
+                return;
+            }
+        };
+        let mut buffer = match data {
+            // The float32 payload as it is in the message: shared, not copied.
+            Ok(r) => {
+                let mut b = gst::Buffer::new();
+                let mem = gst::Memory::from_slice(MessageBytes(msg)).share(r);
+                b.get_mut().unwrap().append_memory(mem);
+                b
+            }
+            Err(v) => gst::Buffer::from_mut_slice(v),
+        };
+        let bytes = buffer.size() as u64;
+        {
+            let b = buffer.get_mut().unwrap();
+            let pts = match (arrival, state.last_pts) {
+                (Some(p), Some(last)) if p < last => Some(last),
+                (p, _) => p,
+            };
+            if pts.is_some() {
+                state.last_pts = pts;
+            }
+            jpeg_output::stamp(b, index, pts, duration, timestamp_ms);
+            if state.discont {
+                b.set_flags(gst::BufferFlags::DISCONT);
+                state.discont = false;
+            }
+        }
+        state.pending.push_back(Pending {
+            buffer,
+            kind: Kind::Latent(caps),
+        });
+        let mut stats = self.stats.lock().unwrap();
+        stats.frames += 1;
+        stats.latents += 1;
+        stats.bytes += bytes;
+    }
+
     /// Turns one received message into pending buffers; problems go to `reports`.
     fn handle_message(&self, state: &mut State, msg: zmq::Message, reports: &mut Vec<Report>) {
+        if tensor::is_tensor_message(&msg) {
+            self.handle_tensor(state, msg, reports);
+            return;
+        }
         let arrival = jpeg_output::running_time_now(&*self.obj());
         let limit = u64::try_from(state.max_message_size).unwrap_or(u64::MAX);
         let mut checked = Vec::new();
@@ -327,7 +442,7 @@ impl ZmqMsgpackSrc {
             }
             state.pending.push_back(Pending {
                 buffer,
-                size: c.size,
+                kind: Kind::Jpeg(c.size),
             });
         }
         let mut stats = self.stats.lock().unwrap();
@@ -420,7 +535,12 @@ impl ZmqMsgpackSrc {
                                 ("{text}")
                             )
                         }
-                        DropReason::Malformed | DropReason::NotJpeg => {
+                        DropReason::Malformed
+                        | DropReason::NotJpeg
+                        | DropReason::LatentSize
+                        | DropReason::LatentDtype
+                        | DropReason::LatentShape
+                        | DropReason::LatentMeta => {
                             gst::element_imp_warning!(self, gst::StreamError::Decode, ("{text}"))
                         }
                     }
@@ -502,7 +622,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames and bytes received, dropped (sum of dropped-malformed, dropped-not-jpeg, dropped-missing-file, dropped-oversize) and disconnects")
+                    .blurb("frames (of which latents) and bytes received, dropped (sum of dropped-malformed, dropped-not-jpeg, dropped-missing-file, dropped-oversize (JPEG or latent image over max-pixels), dropped-refused-path, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents)) and disconnects")
                     .read_only()
                     .build(),
             ];
@@ -568,6 +688,11 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .field("dropped-missing-file", s.missing_file)
                     .field("dropped-oversize", s.oversize)
                     .field("dropped-refused-path", s.refused_path)
+                    .field("dropped-latent-size", s.latent_size)
+                    .field("dropped-latent-dtype", s.latent_dtype)
+                    .field("dropped-latent-shape", s.latent_shape)
+                    .field("dropped-latent-meta", s.latent_meta)
+                    .field("latents", s.latents)
                     .field("disconnects", s.disconnects)
                     .field("refused", self.curve.refused())
                     .build()
@@ -588,7 +713,8 @@ impl ElementImpl for ZmqMsgpackSrc {
                 "Source/Network",
                 "Receives frames as ZeroMQ messages [timestamp_ms, index, jpg] (or batch maps with \
                  timestamp, index, frames, indices) and outputs one image/jpeg buffer per frame, \
-                 the original timestamp kept as a timestamp/x-unix reference meta",
+                 the original timestamp kept as a timestamp/x-unix reference meta; latents \
+                 [timestamp_ms, index, payload, meta] come out as application/x-i2i-latent",
                 "i2i developers",
             )
         });
@@ -598,12 +724,13 @@ impl ElementImpl for ZmqMsgpackSrc {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &gst::Caps::new_empty_simple("image/jpeg"),
-                )
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &{
+                    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
+                    caps.get_mut()
+                        .unwrap()
+                        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
+                    caps
+                })
                 .unwrap(),
             ]
         });
@@ -677,6 +804,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             max_message_size: settings.max_message_size,
             last_pts: None,
             discont: true,
+            latent_stream: None,
         });
         Ok(())
     }
@@ -747,7 +875,12 @@ impl PushSrcImpl for ZmqMsgpackSrc {
 
             if let Some(p) = state.pending.pop_front() {
                 drop(guard);
-                jpeg_output::ensure_caps(&*self.obj(), &self.output, p.size)?;
+                match p.kind {
+                    Kind::Jpeg(size) => jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
+                    Kind::Latent(caps) => {
+                        jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?
+                    }
+                }
                 return Ok(CreateSuccess::NewBuffer(p.buffer));
             }
             if interrupt.is_interrupted() {
