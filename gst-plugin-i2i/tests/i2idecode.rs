@@ -2,8 +2,10 @@
 //! `i2itransform output=latent ! i2idecode` against `i2itransform` alone on the generated
 //! tiny models (KL decoder in float32, TAESD in float16): byte-identical pictures, also with
 //! the latents sent between two pipelines over ZeroMQ (`zmqmsgpacksink` -> `zmqmsgpacksrc`,
-//! real sockets on 127.0.0.1), the latent caps, and latent frames that do not match their
-//! caps (dropped, counted, the stream goes on).
+//! real sockets on 127.0.0.1), a decoder farm (`zmqdispatchsink` handing latents to two
+//! `zmqworkersrc ! i2idecode` workers whose pictures return to a `zmqcollectsrc`), the
+//! latent caps, and latent frames that do not match their caps (dropped, counted, the
+//! stream goes on).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -304,5 +306,159 @@ fn float16_latents_over_zeromq_are_half_the_bytes_and_close() {
             / a.len() as f64;
         eprintln!("float16 frame {i}: max difference {max}, mean {mean:.3}");
         assert!(max <= 4 && mean < 0.5, "frame {i}: max {max}, mean {mean}");
+    }
+}
+
+/// The frame index a ZeroMQ source or the collector put on a buffer.
+fn index_of(s: &gst::Sample) -> u64 {
+    gstzmqmsgpack::frame_index::index_of(s.buffer().unwrap()).expect("a frame index")
+}
+
+/// A decoder worker: latents from the dispatcher at `dispatch`, decoded, the RGB picture
+/// kept (appsink `out`) and sent as JPEG (`quality`) to the collector at `collect`.
+fn decoder_worker(
+    m: &str,
+    name: &str,
+    dispatch: &str,
+    collect: &str,
+    quality: i32,
+) -> gst::Pipeline {
+    launch(&format!(
+        "zmqworkersrc endpoint={dispatch} worker-name={name} heartbeat-interval=50 \
+         ! i2idecode model={m} threads=1 ! video/x-raw,format=RGB ! tee name=t \
+         ! queue ! zmqmsgpacksink socket-type=push bind=false endpoint={collect} quality={quality} \
+         t. ! queue ! appsink name=out sync=false"
+    ))
+}
+
+/// The dispatcher's count of frames each worker took.
+fn frames_per_worker(stats: &gst::Structure) -> Vec<(String, u64)> {
+    stats
+        .get::<gst::Array>("worker-list")
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.get::<gst::Structure>().ok())
+        .map(|s| {
+            (
+                s.get::<String>("name").unwrap(),
+                s.get::<u64>("frames").unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_decoder_farm_over_the_scaleout_elements_is_byte_identical_to_the_transform_alone() {
+    // The return path is JPEG (what the collector takes besides latents): each worker's
+    // decoded picture is compared with the transform alone before it is encoded (lossless,
+    // byte for byte), and what the collector gives out with the same encoder's JPEG of the
+    // transform alone's picture (libjpeg-turbo is deterministic: equal pictures, equal
+    // bytes), so the whole round trip is checked exactly, without a tolerance.
+    const QUALITY: i32 = 90;
+    for name in ["tiny-sd15", "tiny-fp16"] {
+        let m = model(name);
+        let alone = run(
+            &format!(
+                "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
+                transform(&m, "")
+            ),
+            |_| (),
+        )
+        .unwrap();
+        assert_eq!(alone.samples.len(), 8, "{name}");
+
+        let group = format!("farm-{name}-{}", std::process::id());
+        let primary = launch(&format!(
+            "{SOURCE} ! {} ! zmqdispatchsink name=d endpoint=tcp://127.0.0.1:* group={group} \
+             sync=false \
+             zmqcollectsrc name=c endpoint=tcp://127.0.0.1:* group={group} playout-delay=5000 \
+             ! appsink name=out sync=false",
+            transform(&m, "output=latent")
+        ));
+        let results = collect_samples(&primary);
+        primary.set_state(gst::State::Paused).unwrap();
+        let d = primary.by_name("d").unwrap();
+        let endpoint = |e: &gst::Element| {
+            e.property::<Option<String>>("bound-endpoint")
+                .expect("bound")
+        };
+        let (dispatch, collect) = (endpoint(&d), endpoint(&primary.by_name("c").unwrap()));
+        let workers: Vec<gst::Pipeline> = ["decoder-a", "decoder-b"]
+            .iter()
+            .map(|w| decoder_worker(&m, w, &dispatch, &collect, QUALITY))
+            .collect();
+        let decoded: Vec<_> = workers.iter().map(collect_samples).collect();
+        for w in &workers {
+            w.set_state(gst::State::Playing).unwrap();
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while d
+            .property::<gst::Structure>("stats")
+            .get::<u64>("workers")
+            .unwrap()
+            < 2
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the workers did not join"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        primary.set_state(gst::State::Playing).unwrap();
+        // The collector ends its stream after the dispatcher's last frame.
+        let mut messages = Vec::new();
+        let end = wait_eos(&primary, &mut messages);
+        let dstats = d.property::<gst::Structure>("stats");
+        let cstats = primary
+            .by_name("c")
+            .unwrap()
+            .property::<gst::Structure>("stats");
+        primary.set_state(gst::State::Null).unwrap();
+        for w in &workers {
+            w.set_state(gst::State::Null).unwrap();
+        }
+        end.unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        // Every worker's pictures are the transform alone's, byte for byte.
+        let mut seen = Vec::new();
+        for samples in &decoded {
+            for s in samples.lock().unwrap().iter() {
+                let i = index_of(s) as usize;
+                assert_eq!(
+                    bytes(s),
+                    alone.bytes(i),
+                    "{name}: frame {i} decoded on a worker differs"
+                );
+                seen.push(i);
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..8).collect::<Vec<_>>(), "{name}: {dstats}");
+        let split = frames_per_worker(&dstats);
+        eprintln!("{name}: frames per worker {split:?}");
+        assert_eq!(split.iter().map(|(_, n)| n).sum::<u64>(), 8, "{dstats}");
+        assert_eq!(dstats.get::<u64>("invalid").unwrap(), 0, "{dstats}");
+
+        // The collector gives them back in order, as the encoder makes them from the
+        // transform alone's pictures.
+        let results = results.lock().unwrap();
+        assert_eq!(results.len(), 8, "{name}: {cstats}");
+        let mut encoder = gstzmqmsgpack::jpeg::Encoder::new(QUALITY).unwrap();
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(index_of(r), i as u64, "{name}: out of order");
+            let expected = encoder
+                .encode_packed(
+                    gstzmqmsgpack::jpeg::PackedFormat::Rgb,
+                    gstzmqmsgpack::jpeg::Plane {
+                        data: &alone.bytes(i),
+                        stride: 64 * 3,
+                    },
+                    64,
+                    64,
+                )
+                .unwrap()
+                .to_vec();
+            assert_eq!(bytes(r), expected, "{name}: frame {i} after the round trip");
+        }
     }
 }

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Latents received by the sources (`zmqmsgpacksrc`, `zmqcollectsrc`): one tensor message
+//! Latents on the wire. Sent (`zmqmsgpacksink`, `zmqdispatchsink`): [`meta_from_caps`] and
+//! [`encode_into`] make one tensor message per frame from `application/x-i2i-latent`
+//! caps and buffers. Received (`zmqmsgpacksrc`, `zmqworkersrc`, `zmqcollectsrc`): one tensor message
 //! ([`crate::tensor`]) checked and turned into the `application/x-i2i-latent` caps and
 //! float32 payload that `i2itransform output=latent` makes and `i2idecode` takes.
 //!
@@ -64,6 +66,64 @@ impl Latent<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The wire meta (float32, as `i2itransform output=latent` makes them) for latent caps;
+/// `element` names the sink in the refusal.
+pub fn meta_from_caps(s: &gst::StructureRef, element: &str) -> Result<TensorMeta, String> {
+    let dtype = s.get::<&str>("dtype").unwrap_or("float32");
+    if dtype != "float32" {
+        return Err(format!(
+            "latent caps dtype {dtype} refused: {element} takes float32 latents (latent-dtype=f16 halves them on the wire)"
+        ));
+    }
+    let layout = s.get::<&str>("layout").unwrap_or("nchw");
+    let dim = |f: &str| -> Result<u64, String> {
+        s.get::<i32>(f)
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .filter(|&v| v > 0)
+            .ok_or_else(|| format!("latent caps lack a positive integer {f}"))
+    };
+    let (c, h, w) = (dim("channels")?, dim("height")?, dim("width")?);
+    let image = |f: &str| s.get::<i32>(f).ok().and_then(|v| u32::try_from(v).ok());
+    Ok(TensorMeta {
+        dtype: Dtype::F32,
+        shape: if layout == "nhwc" {
+            vec![1, h, w, c]
+        } else {
+            vec![1, c, h, w]
+        },
+        layout: layout.to_owned(),
+        scaling_factor: s.get::<f64>("scaling-factor").ok(),
+        image_width: image("image-width"),
+        image_height: image("image-height"),
+    })
+}
+
+/// Bytes of a float32 buffer for `meta` (what a sink checks a latent buffer against).
+pub fn f32_len(meta: &TensorMeta) -> u64 {
+    meta.elements()
+        .and_then(|n| n.checked_mul(4))
+        .unwrap_or(u64::MAX)
+}
+
+/// Packs one frame's float32 latents (native byte order) into `msg` as the tensor form,
+/// in `meta.dtype` on the wire; `wire` holds the converted payload when one is needed.
+pub fn encode_into(
+    msg: &mut Vec<u8>,
+    wire: &mut Vec<u8>,
+    timestamp_ms: i64,
+    index: u64,
+    f32_ne: &[u8],
+    meta: &TensorMeta,
+) {
+    if meta.dtype == Dtype::F32 && cfg!(target_endian = "little") {
+        tensor::encode_into(msg, timestamp_ms, index, f32_ne, meta);
+    } else {
+        tensor::f32_ne_to_wire(f32_ne, meta.dtype, wire);
+        tensor::encode_into(msg, timestamp_ms, index, wire, meta);
     }
 }
 

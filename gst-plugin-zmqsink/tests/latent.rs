@@ -4,16 +4,22 @@
 //! `[timestamp, index, payload, meta]`, `zmqmsgpacksrc` gives them back bit for bit (float32)
 //! or widened (float16) with caps built from the meta; bad tensor messages (truncated,
 //! meta of another shape, unknown dtype, absurd shapes) are dropped, counted per reason
-//! and reported while the good frames around them come out.
+//! and reported while the good frames around them come out. The same through the
+//! scale-out pair: `zmqdispatchsink` sends latents to a `zmqworkersrc` as one tensor
+//! message per frame, and the worker checks each frame of a latent job as
+//! `zmqmsgpacksrc` does.
 
 mod common;
+mod scaleout_util;
 
 use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
 use gstzmqmsgpack::protocol;
+use gstzmqmsgpack::scaleout::wire;
 use gstzmqmsgpack::tensor::{self, Dtype, TensorMeta};
+use scaleout_util::FakePrimary;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -341,4 +347,188 @@ fn caps_without_framerate(w: i32, h: i32) -> gst::Caps {
         .unwrap()
         .remove_field("framerate");
     c
+}
+
+/// A started `zmqworkersrc` connecting to `ep`, its harness and bus.
+fn worker_harness(
+    ep: &str,
+    props: &[(&str, &str)],
+) -> (gst_check::Harness, gst::Element, gst::Bus) {
+    init();
+    let w = gst::ElementFactory::make("zmqworkersrc")
+        .property("endpoint", ep)
+        .property("heartbeat-interval", 50u32)
+        .build()
+        .unwrap();
+    for (k, v) in props {
+        w.set_property_from_str(k, v);
+    }
+    let bus = gst::Bus::new();
+    w.set_bus(Some(&bus));
+    let mut h = gst_check::Harness::with_element(&w, None, Some("src"));
+    h.play();
+    (h, w, bus)
+}
+
+#[test]
+fn the_dispatcher_sends_latents_to_a_worker_bit_for_bit_and_drops_bad_buffers() {
+    init();
+    let d = gst::ElementFactory::make("zmqdispatchsink")
+        .property("endpoint", "tcp://127.0.0.1:*")
+        .property("group", "latent-dispatch-test")
+        .build()
+        .unwrap();
+    let dbus = gst::Bus::new();
+    d.set_bus(Some(&dbus));
+    let mut dh = gst_check::Harness::with_element(&d, Some("sink"), None);
+    dh.set_src_caps(caps(64, 48));
+    dh.play();
+    let ep = d
+        .property::<Option<String>>("bound-endpoint")
+        .expect("bound");
+    let (mut wh, w, _wbus) = worker_harness(&ep, &[("framerate", "25/1"), ("batch-size", "2")]);
+
+    // A buffer whose size does not match its caps: dropped before it takes an index.
+    let good: Vec<Vec<u8>> = (0..4).map(|i| latents(64, 48, 20 + i)).collect();
+    dh.push(latent_buffer(good[0][..100].to_vec(), 0)).unwrap();
+    for (i, l) in good.iter().enumerate() {
+        dh.push(latent_buffer(l.clone(), i as u64)).unwrap();
+    }
+    for (i, l) in good.iter().enumerate() {
+        let b = pull_timeout(&mut wh, T).unwrap_or_else(|| panic!("latent {i} at the worker"));
+        assert_eq!(b.offset(), i as u64, "indices count the frames sent");
+        assert!(unix_meta_ns(&b).is_some(), "the timestamp/x-unix meta");
+        assert_eq!(
+            &b.map_readable().unwrap()[..],
+            &l[..],
+            "latent {i} changed on the way"
+        );
+    }
+    let got = wh.sinkpad().unwrap().current_caps().unwrap();
+    assert!(got.is_subset(&caps(64, 48)), "{got}");
+    assert_eq!(stats_u64(&d, "invalid"), 1);
+    assert_eq!(stats_u64(&d, "dispatched"), 4);
+    assert_eq!(stats_u64(&w, "latents"), 4);
+    assert_eq!(stats_u64(&w, "dropped"), 0);
+    let warning = next_warning(&dbus, T).expect("a warning for the short buffer");
+    assert!(
+        warning.contains("100 bytes") && warning.contains("768"),
+        "{warning}"
+    );
+
+    // float16 on the wire: widened back to float32 at the worker.
+    d.set_property_from_str("latent-dtype", "f16");
+    let l = latents(64, 48, 30);
+    dh.push(latent_buffer(l.clone(), 4)).unwrap();
+    let b = pull_timeout(&mut wh, T).expect("the float16 latent");
+    let back = b.map_readable().unwrap();
+    assert_eq!(back.len(), l.len());
+    for (a, b) in l.chunks_exact(4).zip(back.chunks_exact(4)) {
+        let (a, b) = (
+            f32::from_ne_bytes(a.try_into().unwrap()),
+            f32::from_ne_bytes(b.try_into().unwrap()),
+        );
+        assert!((a - b).abs() <= 1e-3, "{a} came back as {b}");
+    }
+}
+
+#[test]
+fn a_worker_drops_bad_latent_jobs_by_reason_and_goes_on() {
+    let mut primary = FakePrimary::new();
+    let (mut h, w, bus) = worker_harness(
+        &primary.endpoint,
+        &[("max-pixels", "1000000"), ("worker-name", "decoder")],
+    );
+    primary.ready_where(|_| true);
+    primary.send(&wire::encode_heartbeat(3));
+    primary.ready_where(|r| r.session == 3);
+
+    let good = latents(64, 48, 2);
+    let m = meta(64, 48, Dtype::F32);
+    let job = |messages: &[Vec<u8>]| {
+        primary.send(
+            &wire::latent_job_parts(messages.iter().map(|m| m.as_slice()))
+                .into_iter()
+                .map(|p| p.to_vec())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut unknown = tensor::encode(1, 0, &good, &m);
+    let at = unknown.windows(7).position(|w| w == b"float32").unwrap();
+    unknown[at..at + 7].copy_from_slice(b"bfloat8");
+    let batch_of_two = TensorMeta {
+        shape: vec![2, 4, 3, 8],
+        ..m.clone()
+    };
+    let other_model = TensorMeta {
+        shape: vec![1, 3, 8, 8],
+        image_height: Some(64),
+        ..m.clone()
+    };
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (
+            tensor::encode(1, 0, &good[..700], &m),
+            "dropped-latent-size",
+        ),
+        (unknown, "dropped-latent-dtype"),
+        (
+            tensor::encode(1, 0, &good, &batch_of_two),
+            "dropped-latent-shape",
+        ),
+        (
+            tensor::encode(1, 0, &good, &other_model),
+            "dropped-latent-meta",
+        ),
+        (
+            tensor::encode(1, 0, &good, &m)[..500].to_vec(),
+            "dropped-malformed",
+        ),
+    ];
+    let n_bad = bad.len() as u64;
+    let mut next = 1u64;
+    let mut expected = std::collections::HashMap::<&str, u64>::new();
+    for (msg, reason) in bad {
+        *expected.entry(reason).or_default() += 1;
+        // The bad frame in a batch between two good ones: only it is dropped.
+        job(&[
+            tensor::encode(1, next, &good, &m),
+            msg,
+            tensor::encode(1, next + 1, &good, &m),
+        ]);
+        for _ in 0..2 {
+            let b = pull_timeout(&mut h, T)
+                .unwrap_or_else(|| panic!("good latent {next} beside a {reason} frame"));
+            assert_eq!(b.offset(), next);
+            assert_eq!(&b.map_readable().unwrap()[..], &good[..]);
+            next += 1;
+        }
+    }
+    // Every frame is credited, dropped ones included, so the primary keeps sending.
+    let r = primary.ready_where(|r| r.taken == 3 * n_bad);
+    assert_eq!(r.name, "decoder");
+    for (reason, n) in &expected {
+        let field = reason.strip_prefix("dropped-").unwrap();
+        let field = if field == "malformed" {
+            "malformed"
+        } else {
+            reason
+        };
+        assert_eq!(stats_u64(&w, field), *n, "{reason}");
+    }
+    assert_eq!(stats_u64(&w, "dropped"), n_bad);
+    assert_eq!(stats_u64(&w, "latents"), 2 * n_bad);
+    let warning = next_warning(&bus, T).expect("a warning for the first bad frame");
+    assert!(
+        warning.contains("Dropped a latent message")
+            && warning.contains("700 bytes")
+            && warning.contains(&primary.endpoint),
+        "{warning}"
+    );
+
+    // A JPEG job after latents: JPEG caps again.
+    primary.job(protocol::encode_frame(1, 100, &make_jpeg(64, 48, 1)));
+    let b = pull_timeout(&mut h, T).expect("the JPEG after latents");
+    assert_eq!(b.offset(), 100);
+    let got = h.sinkpad().unwrap().current_caps().unwrap();
+    assert_eq!(got.structure(0).unwrap().name(), "image/jpeg");
 }

@@ -249,60 +249,6 @@ fn collector_restores_order_at_the_source_pace_and_counts_losses() {
     assert_eq!(stats.get::<u64>("not-jpeg").unwrap(), 1, "{stats}");
 }
 
-/// A hand-written primary: a ROUTER socket speaking the wire protocol.
-struct FakePrimary {
-    socket: zmq::Socket,
-    _ctx: zmq::Context,
-    endpoint: String,
-    worker: Vec<u8>,
-}
-
-impl FakePrimary {
-    fn new() -> FakePrimary {
-        let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::ROUTER).unwrap();
-        socket.set_rcvtimeo(3000).unwrap();
-        socket.bind("tcp://127.0.0.1:*").unwrap();
-        let endpoint = socket.get_last_endpoint().unwrap().unwrap();
-        FakePrimary {
-            socket,
-            _ctx: ctx,
-            endpoint,
-            worker: Vec::new(),
-        }
-    }
-
-    fn recv(&mut self) -> WorkerMsg {
-        let parts = self
-            .socket
-            .recv_multipart(0)
-            .expect("a message from the worker");
-        self.worker = parts[0].clone();
-        wire::decode_worker(&parts[1..]).unwrap()
-    }
-
-    /// The next ready message matching `f` (heartbeats repeat the state).
-    fn ready_where(&mut self, f: impl Fn(&Ready) -> bool) -> Ready {
-        loop {
-            if let WorkerMsg::Ready(r) = self.recv()
-                && f(&r)
-            {
-                return r;
-            }
-        }
-    }
-
-    fn send(&self, parts: &[Vec<u8>]) {
-        let mut all = vec![self.worker.clone()];
-        all.extend(parts.iter().cloned());
-        self.socket.send_multipart(all, 0).unwrap();
-    }
-
-    fn job(&self, body: Vec<u8>) {
-        self.send(&[wire::KIND_JOB.to_vec(), body]);
-    }
-}
-
 #[test]
 fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     init();

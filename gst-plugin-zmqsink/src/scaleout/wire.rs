@@ -19,6 +19,11 @@
 //!   consecutive frames as the original system's batch map `{timestamp, index, frames,
 //!   indices}` with an extra key `timestamps` holding each frame's own timestamp (readers
 //!   that do not know it use `timestamp` for all).
+//! - `["job", tensor message, tensor message, ...]`: latent frames
+//!   (`application/x-i2i-latent`), each part one frame in the transport's tensor form
+//!   `[timestamp, index, payload, meta]` ([`crate::tensor`]), self-describing frame by
+//!   frame; a batch is one part per frame. A worker that only knows the JPEG forms reads
+//!   the first part, sees an array of 4, and drops it by name.
 //! - `["hb", {session}]`: the primary's heartbeat; a new session tells the worker to
 //!   count from zero again (the primary restarted).
 //! - `["drain", {session}]`: the input ended; the worker should finish its in-flight frames.
@@ -67,10 +72,12 @@ pub enum WorkerMsg {
     Bye,
 }
 
-/// A message from the primary. `Job` borrows the frame message.
+/// A message from the primary. `Job` borrows the frame or batch message, `LatentJob` the
+/// tensor messages, one per frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrimaryMsg<'a> {
     Job(&'a [u8]),
+    LatentJob(Vec<&'a [u8]>),
     Heartbeat { session: u64 },
     Drain { session: u64 },
 }
@@ -164,6 +171,11 @@ pub fn encode_job(frames: &[JobFrame<'_>]) -> Vec<u8> {
         rmp::encode::write_sint(&mut out, f.timestamp_ms).expect("write to Vec");
     }
     out
+}
+
+/// The parts of a job of latent frames, each already a tensor message.
+pub fn latent_job_parts<'a>(messages: impl IntoIterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
+    std::iter::once(KIND_JOB).chain(messages).collect()
 }
 
 /// The per-frame `timestamps` of a batch map, when the message has them and they are
@@ -272,7 +284,16 @@ pub fn decode_primary<T: AsRef<[u8]>>(parts: &[T]) -> Result<PrimaryMsg<'_>, Wir
             .ok_or_else(|| err(format!("{what} message without a body")))
     };
     match kind {
-        KIND_JOB => Ok(PrimaryMsg::Job(body("job")?)),
+        KIND_JOB => {
+            let first = body("job")?;
+            if crate::tensor::is_tensor_message(first) {
+                Ok(PrimaryMsg::LatentJob(
+                    parts[1..].iter().map(|p| p.as_ref()).collect(),
+                ))
+            } else {
+                Ok(PrimaryMsg::Job(first))
+            }
+        }
         KIND_HEARTBEAT => {
             let map = read_map(body("heartbeat")?, "heartbeat")?;
             Ok(PrimaryMsg::Heartbeat {
@@ -375,6 +396,40 @@ mod tests {
         assert_eq!(frames[0].timestamp_ms, 100);
         assert_eq!(frames[1].jpeg, Payload::Bytes(b.into()));
         assert_eq!(batch_timestamps(&body), Some(vec![100, 133]));
+    }
+
+    #[test]
+    fn latent_job_is_one_tensor_message_per_frame() {
+        use crate::tensor::{self, Dtype, TensorMeta};
+        let meta = TensorMeta {
+            dtype: Dtype::F16,
+            shape: vec![1, 4, 2, 2],
+            layout: "nchw".into(),
+            scaling_factor: Some(0.18215),
+            image_width: Some(16),
+            image_height: Some(16),
+        };
+        let payload = [7u8; 32];
+        let a = tensor::encode(100, 10, &payload, &meta);
+        let b = tensor::encode(133, 11, &payload, &meta);
+        let parts = latent_job_parts([a.as_slice(), b.as_slice()]);
+        assert_eq!(parts[0], KIND_JOB);
+        let PrimaryMsg::LatentJob(frames) = decode_primary(&parts).unwrap() else {
+            panic!("not a latent job");
+        };
+        assert_eq!(frames, vec![a.as_slice(), b.as_slice()]);
+        let f = tensor::decode(frames[1], 0).unwrap();
+        assert_eq!((f.timestamp_ms, f.index, f.meta), (133, 11, meta));
+        // The JPEG forms stay what they were.
+        let jpeg = encode_job(&[JobFrame {
+            index: 1,
+            timestamp_ms: 2,
+            jpeg: b"\xff\xd8",
+        }]);
+        assert!(matches!(
+            decode_primary(&[KIND_JOB.to_vec(), jpeg]).unwrap(),
+            PrimaryMsg::Job(_)
+        ));
     }
 
     #[test]

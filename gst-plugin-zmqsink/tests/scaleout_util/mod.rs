@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
+use gstzmqmsgpack::scaleout::wire;
 
 pub fn init() {
     static INIT: Once = Once::new();
@@ -583,4 +584,58 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
     Some(v[rank - 1])
+}
+
+/// A hand-written primary: a ROUTER socket speaking the wire protocol.
+pub struct FakePrimary {
+    pub socket: zmq::Socket,
+    _ctx: zmq::Context,
+    pub endpoint: String,
+    pub worker: Vec<u8>,
+}
+
+impl FakePrimary {
+    pub fn new() -> FakePrimary {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::ROUTER).unwrap();
+        socket.set_rcvtimeo(3000).unwrap();
+        socket.bind("tcp://127.0.0.1:*").unwrap();
+        let endpoint = socket.get_last_endpoint().unwrap().unwrap();
+        FakePrimary {
+            socket,
+            _ctx: ctx,
+            endpoint,
+            worker: Vec::new(),
+        }
+    }
+
+    pub fn recv(&mut self) -> wire::WorkerMsg {
+        let parts = self
+            .socket
+            .recv_multipart(0)
+            .expect("a message from the worker");
+        self.worker = parts[0].clone();
+        wire::decode_worker(&parts[1..]).unwrap()
+    }
+
+    /// The next ready message matching `f` (heartbeats repeat the state).
+    pub fn ready_where(&mut self, f: impl Fn(&wire::Ready) -> bool) -> wire::Ready {
+        loop {
+            if let wire::WorkerMsg::Ready(r) = self.recv()
+                && f(&r)
+            {
+                return r;
+            }
+        }
+    }
+
+    pub fn send(&self, parts: &[Vec<u8>]) {
+        let mut all = vec![self.worker.clone()];
+        all.extend(parts.iter().cloned());
+        self.socket.send_multipart(all, 0).unwrap();
+    }
+
+    pub fn job(&self, body: Vec<u8>) {
+        self.send(&[wire::KIND_JOB.to_vec(), body]);
+    }
 }

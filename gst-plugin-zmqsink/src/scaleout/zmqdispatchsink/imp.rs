@@ -1,5 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
-//! `zmqdispatchsink`: hands `image/jpeg` frames to workers over a ZeroMQ ROUTER socket.
+//! `zmqdispatchsink`: hands `image/jpeg` frames, or latents (`application/x-i2i-latent`,
+//! from `i2itransform output=latent`), to workers over a ZeroMQ ROUTER socket.
+//!
+//! JPEG frames go in the JPEG job forms ([`crate::scaleout::wire`]), unchanged. Each
+//! latent frame is packed in `render()` into the transport's tensor form `[timestamp,
+//! index, payload, meta]` ([`crate::latent`]; float32, or float16 with
+//! `latent-dtype=f16`), and a job of latents is one such message per frame. A latent
+//! buffer whose size does not match its caps is dropped before it takes an index,
+//! counted in `stats` (`invalid`) and reported (rate-limited); the stream goes on.
 //!
 //! `render()` puts each frame into a bounded queue (policy: block or drop-oldest); a
 //! thread that owns the socket receives the workers' ready messages and sends each worker
@@ -35,11 +43,14 @@ use super::DispatchQueuePolicy;
 use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
+use crate::latent;
 use crate::scaleout;
 use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
+use crate::tensor::{Dtype, LATENT_CAPS_NAME, TensorMeta};
+use crate::transport::zmqmsgpacksink::LatentDtype;
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -59,6 +70,7 @@ const DEFAULT_WORKER_TIMEOUT_MS: u32 = 3000;
 const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 100;
 const DEFAULT_GROUP: &str = "i2i";
 const DEFAULT_KEEP_INDEX: bool = false;
+const DEFAULT_LATENT_DTYPE: LatentDtype = LatentDtype::F32;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -69,6 +81,7 @@ struct Settings {
     heartbeat_interval_ms: u32,
     group: String,
     keep_index: bool,
+    latent_dtype: LatentDtype,
 }
 
 impl Default for Settings {
@@ -81,6 +94,7 @@ impl Default for Settings {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             group: DEFAULT_GROUP.into(),
             keep_index: DEFAULT_KEEP_INDEX,
+            latent_dtype: DEFAULT_LATENT_DTYPE,
         }
     }
 }
@@ -92,8 +106,16 @@ fn policy(p: DispatchQueuePolicy) -> QueuePolicy {
     }
 }
 
+/// A queued frame: the JPEG buffer as it came, or latents already packed as one tensor
+/// message.
+#[derive(Clone)]
+enum Payload {
+    Jpeg(gst::Buffer),
+    Tensor(Arc<Vec<u8>>),
+}
+
 struct Core {
-    sched: Scheduler<gst::Buffer>,
+    sched: Scheduler<Payload>,
     /// The input ended: tell the workers to finish their frames.
     drain_requested: bool,
     count: u64,
@@ -103,6 +125,8 @@ struct Core {
     malformed: u64,
     /// Frames given up after the application asked to end.
     undelivered: u64,
+    /// Latent buffers whose size does not match their caps, dropped.
+    invalid: u64,
 }
 
 /// The core, its flags, the condvar and the wake-up, and the group's ledger.
@@ -122,6 +146,9 @@ pub struct ZmqDispatchSink {
     last_stats: Mutex<Option<gst::Structure>>,
     eos_request: EosRequest,
     undelivered_limit: Mutex<RateLimit>,
+    /// The latent caps' meta (float32 NCHW); `None` for JPEG input.
+    latent_input: Mutex<Option<TensorMeta>>,
+    invalid_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -160,6 +187,7 @@ fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
         .field("workers-lost", s.workers_lost)
         .field("malformed", core.malformed)
         .field("undelivered", core.undelivered)
+        .field("invalid", core.invalid)
         .field("worker-list", list)
         .build()
 }
@@ -347,12 +375,30 @@ impl Io {
         }
     }
 
-    fn send_job(&self, job: &Job<gst::Buffer>) -> Result<(), zmq::Error> {
+    /// Sends a job: JPEG frames in the JPEG forms, latents as one tensor message per frame
+    /// (a job holds one kind; were a batch to straddle a caps change, each kind goes as its
+    /// own message).
+    fn send_job(&self, job: &Job<Payload>) -> Result<(), zmq::Error> {
+        let tensors = job.frames.iter().filter_map(|f| match &f.payload {
+            Payload::Tensor(msg) => Some(msg.as_slice()),
+            Payload::Jpeg(_) => None,
+        });
+        let parts = wire::latent_job_parts(tensors);
+        if parts.len() > 1 {
+            let all = std::iter::once(job.worker.as_slice()).chain(parts);
+            self.socket.send_multipart(all, zmq::DONTWAIT)?;
+        }
         let maps: Vec<_> = job
             .frames
             .iter()
-            .filter_map(|f| f.payload.map_readable().ok().map(|m| (f, m)))
+            .filter_map(|f| match &f.payload {
+                Payload::Jpeg(b) => b.map_readable().ok().map(|m| (f, m)),
+                Payload::Tensor(_) => None,
+            })
             .collect();
+        if maps.is_empty() {
+            return Ok(());
+        }
         let frames: Vec<JobFrame<'_>> = maps
             .iter()
             .map(|(f, m)| JobFrame {
@@ -584,9 +630,14 @@ impl ObjectImpl for ZmqDispatchSink {
                     .default_value(DEFAULT_KEEP_INDEX)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("latent-dtype", DEFAULT_LATENT_DTYPE)
+                    .nick("Latent dtype")
+                    .blurb("Element type of latents on the wire (application/x-i2i-latent input): f32 as they come, f16 half the bytes; zmqworkersrc gives float32 either way")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("queued, dispatched, jobs, dropped (drop-oldest), redispatched, unaccounted, queue-length, in-flight, workers, workers-joined/left/lost, malformed, worker-list (name, batch, frames, in-flight, credit, idle-ms)")
+                    .blurb("queued, dispatched, jobs, dropped (drop-oldest), redispatched, unaccounted, queue-length, in-flight, workers, workers-joined/left/lost, malformed, undelivered, invalid (latent buffers whose size does not match their caps, dropped), worker-list (name, batch, frames, in-flight, credit, idle-ms)")
                     .read_only()
                     .build(),
             ];
@@ -623,6 +674,7 @@ impl ObjectImpl for ZmqDispatchSink {
                     .unwrap_or_else(|| DEFAULT_GROUP.into())
             }
             "keep-index" => settings.keep_index = value.get().expect("type checked upstream"),
+            "latent-dtype" => settings.latent_dtype = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
         drop(settings);
@@ -648,6 +700,7 @@ impl ObjectImpl for ZmqDispatchSink {
             "heartbeat-interval" => settings.heartbeat_interval_ms.to_value(),
             "group" => settings.group.to_value(),
             "keep-index" => settings.keep_index.to_value(),
+            "latent-dtype" => settings.latent_dtype.to_value(),
             "stats" => {
                 drop(settings);
                 let mut s = match self.shared() {
@@ -690,7 +743,9 @@ impl ElementImpl for ZmqDispatchSink {
                 "Sink/Network",
                 "Hands each image/jpeg frame (or batch of consecutive frames) to the next free \
                  worker (zmqworkersrc) over a ZeroMQ ROUTER socket, following the workers' ready \
-                 requests; bounded queue, worker heartbeats, re-dispatch of a lost worker's frames",
+                 requests; latents (application/x-i2i-latent) go as [timestamp, index, payload, \
+                 meta] per frame; bounded queue, worker heartbeats, re-dispatch of a lost \
+                 worker's frames",
                 "i2i developers",
             )
         });
@@ -704,7 +759,13 @@ impl ElementImpl for ZmqDispatchSink {
                     "sink",
                     gst::PadDirection::Sink,
                     gst::PadPresence::Always,
-                    &gst::Caps::new_empty_simple("image/jpeg"),
+                    &{
+                        let mut caps = gst::Caps::new_empty_simple("image/jpeg");
+                        caps.get_mut()
+                            .unwrap()
+                            .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
+                        caps
+                    },
                 )
                 .unwrap(),
             ]
@@ -767,6 +828,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                 last_progress: Instant::now(),
                 malformed: 0,
                 undelivered: 0,
+                invalid: 0,
             },
             ledger,
         )?;
@@ -796,17 +858,57 @@ impl BaseSinkImpl for ZmqDispatchSink {
         Ok(())
     }
 
+    fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let s = caps
+            .structure(0)
+            .ok_or_else(|| gst::loggable_error!(CAT, "Empty caps"))?;
+        let input = if s.name() == LATENT_CAPS_NAME {
+            Some(latent::meta_from_caps(s, "zmqdispatchsink").map_err(|e| {
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ("{e}"));
+                gst::loggable_error!(CAT, "{e}")
+            })?)
+        } else {
+            None
+        };
+        gst::debug!(CAT, imp = self, "caps {caps}");
+        *self.latent_input.lock().unwrap() = input;
+        Ok(())
+    }
+
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let Some(shared) = self.shared() else {
             return Err(gst::FlowError::Flushing);
         };
-        let (keep_index, hold) = {
+        let (keep_index, hold, latent_dtype) = {
             let settings = self.settings.lock().unwrap();
             (
                 settings.keep_index,
                 settings.queue_policy == DispatchQueuePolicy::Block,
+                settings.latent_dtype,
             )
         };
+        let meta = self.latent_input.lock().unwrap().clone();
+        if let Some(meta) = &meta {
+            let expected = latent::f32_len(meta);
+            if buffer.size() as u64 != expected {
+                let invalid = {
+                    let mut core = shared.lock();
+                    core.invalid += 1;
+                    core.invalid
+                };
+                let text = format!(
+                    "Dropped a latent buffer (PTS {}): {} bytes where the caps say float32 {:?} = {expected} bytes (truncated, or caps of another model) ({invalid} dropped)",
+                    buffer.pts().display(),
+                    buffer.size(),
+                    meta.shape
+                );
+                gst::warning!(CAT, imp = self, "{text}");
+                if let Some(text) = self.invalid_limit.lock().unwrap().message(text) {
+                    gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
+                }
+                return Ok(gst::FlowSuccess::Ok);
+            }
+        }
         // Bounded waits, to look at the end request now and then.
         let poll = Duration::from_millis(100);
         let mut core = shared.lock();
@@ -830,10 +932,30 @@ impl BaseSinkImpl for ZmqDispatchSink {
             core.count
         };
         core.count = index + 1;
+        let payload = match meta {
+            None => Payload::Jpeg(buffer.clone()),
+            Some(mut meta) => {
+                let map = buffer.map_readable().map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Read,
+                        ("Could not map the latent buffer")
+                    );
+                    gst::FlowError::Error
+                })?;
+                meta.dtype = match latent_dtype {
+                    LatentDtype::F32 => Dtype::F32,
+                    LatentDtype::F16 => Dtype::F16,
+                };
+                let (mut msg, mut wire) = (Vec::new(), Vec::new());
+                latent::encode_into(&mut msg, &mut wire, timestamp_ms, index, &map, &meta);
+                Payload::Tensor(Arc::new(msg))
+            }
+        };
         let mut frame = Frame {
             index,
             timestamp_ms,
-            payload: buffer.clone(),
+            payload,
         };
         loop {
             if core.flushing {

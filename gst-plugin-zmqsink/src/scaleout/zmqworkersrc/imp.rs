@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
-//! `zmqworkersrc`: a live source of `image/jpeg` frames handed out by a `zmqdispatchsink`.
+//! `zmqworkersrc`: a live source of `image/jpeg` frames, or latents
+//! (`application/x-i2i-latent`), handed out by a `zmqdispatchsink`.
 //!
 //! A thread owns the DEALER socket. It tells the primary how many frames it may send
 //! (credit = frames taken downstream + `batch-size` x `prefetch`), so the worker asks for
@@ -12,6 +13,12 @@
 //!
 //! Each frame becomes one buffer: offset = index, PTS = running time when it is pushed,
 //! and the frame's original time as a `timestamp/x-unix` reference meta.
+//!
+//! A job of latents (one tensor message per frame, [`crate::scaleout::wire`]) is checked
+//! frame by frame as `zmqmsgpacksrc` checks them ([`crate::latent`]): a truncated payload,
+//! an unknown dtype, a shape that is not one frame, or another model's meta is dropped,
+//! counted by reason in `stats` and reported (rate-limited), and its credit given back;
+//! good frames come out as float32 `application/x-i2i-latent` with caps from the meta.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -28,10 +35,12 @@ use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
+use crate::latent::{self, LatentDrop, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::scaleout;
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
+use crate::tensor::LATENT_CAPS_NAME;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
@@ -91,11 +100,17 @@ fn default_worker_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// What a held frame is: a JPEG of this size, or latents with these caps.
+enum Kind {
+    Jpeg((usize, usize)),
+    Latent(gst::Caps),
+}
+
 struct Item {
     index: u64,
     timestamp_ms: i64,
-    jpeg: Vec<u8>,
-    size: (usize, usize),
+    data: Vec<u8>,
+    kind: Kind,
     session: u64,
 }
 
@@ -110,6 +125,11 @@ struct Stats {
     refused_path: u64,
     oversize: u64,
     overflow: u64,
+    latents: u64,
+    latent_size: u64,
+    latent_dtype: u64,
+    latent_shape: u64,
+    latent_meta: u64,
     sessions: u64,
     primary_lost: u64,
     drains: u64,
@@ -151,6 +171,8 @@ impl ObjectSubclass for ZmqWorkerSrc {
 enum Report {
     Dropped(gst::ResourceError, String),
     Malformed(String),
+    /// A latent frame refused by [`latent::check`] (the text names it and why).
+    Latent(String),
     Joined(u64),
     PrimaryLost,
 }
@@ -172,6 +194,10 @@ struct Io {
     drop_limit: RateLimit,
     max_pixels: u64,
     frame_folder: Option<std::path::PathBuf>,
+    framerate: gst::Fraction,
+    endpoint: String,
+    /// Channels, layout and scaling factor of the first latents received.
+    latent_stream: Option<LatentStream>,
 }
 
 impl Io {
@@ -261,6 +287,7 @@ impl Io {
                     core.stats.drains += 1;
                 }
                 Ok(PrimaryMsg::Job(body)) => self.on_job(body, reports),
+                Ok(PrimaryMsg::LatentJob(frames)) => self.on_latent_job(&frames, reports),
                 Err(e) => {
                     self.shared.lock().stats.malformed += 1;
                     self.report_drop(reports, None, format!("{e}"));
@@ -291,6 +318,49 @@ impl Io {
                 None => Report::Malformed(text),
             });
         }
+    }
+
+    /// A job of latents: each tensor message checked on its own ([`latent::check`]).
+    fn on_latent_job(&mut self, messages: &[&[u8]], reports: &mut Vec<Report>) {
+        let mut items = Vec::with_capacity(messages.len());
+        let mut bad = 0u64;
+        for msg in messages {
+            match latent::check(
+                msg,
+                self.max_pixels,
+                self.framerate,
+                &mut self.latent_stream,
+            ) {
+                Ok(l) => {
+                    let data = match l.payload {
+                        LatentPayload::InMessage(p) => p.to_vec(),
+                        LatentPayload::Converted(v) => v,
+                    };
+                    items.push((l.index, l.timestamp_ms, data, Kind::Latent(l.caps)));
+                }
+                Err((why, text)) => {
+                    bad += 1;
+                    {
+                        let stats = &mut self.shared.lock().stats;
+                        match why {
+                            LatentDrop::Malformed => stats.malformed += 1,
+                            LatentDrop::Size => stats.latent_size += 1,
+                            LatentDrop::Dtype => stats.latent_dtype += 1,
+                            LatentDrop::Shape => stats.latent_shape += 1,
+                            LatentDrop::Meta => stats.latent_meta += 1,
+                            LatentDrop::Oversize => stats.oversize += 1,
+                        }
+                    }
+                    let text = format!("{text} (job from the primary at {})", self.endpoint);
+                    if let Some(text) = self.drop_limit.message(text) {
+                        reports.push(Report::Latent(text));
+                    }
+                }
+            }
+        }
+        let latents = items.len() as u64;
+        self.queue_items(items, bad);
+        self.shared.lock().stats.latents += latents;
     }
 
     fn on_job(&mut self, body: &[u8], reports: &mut Vec<Report>) {
@@ -358,16 +428,21 @@ impl Io {
                 f.index,
                 timestamps.as_ref().map(|t| t[i]).unwrap_or(f.timestamp_ms),
                 jpeg,
-                size,
+                Kind::Jpeg(size),
             ));
         }
+        self.queue_items(items, bad);
+    }
+
+    /// Queues a job's good frames; its `bad` ones are credited back at once.
+    fn queue_items(&self, items: Vec<(u64, i64, Vec<u8>, Kind)>, bad: u64) {
         let mut core = self.shared.lock();
         core.stats.jobs += 1;
         core.stats.frames_in += items.len() as u64;
         // Dropped frames never go downstream: give their credit back now.
         core.taken += bad;
         let session = core.session;
-        for (index, timestamp_ms, jpeg, size) in items {
+        for (index, timestamp_ms, data, kind) in items {
             if core.queue.len() >= self.max_held {
                 core.queue.pop_front();
                 core.stats.overflow += 1;
@@ -376,8 +451,8 @@ impl Io {
             core.queue.push_back(Item {
                 index,
                 timestamp_ms,
-                jpeg,
-                size,
+                data,
+                kind,
                 session,
             });
         }
@@ -417,6 +492,9 @@ impl Io {
                 }
                 Report::Dropped(kind, text) => {
                     gst::element_warning!(element, kind, ("Dropped a frame: {text}"));
+                }
+                Report::Latent(text) => {
+                    gst::element_warning!(element, gst::StreamError::Decode, ("{text}"));
                 }
                 Report::Malformed(text) => {
                     gst::element_warning!(
@@ -528,7 +606,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                 frame_file::frame_folder_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in, frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, overflow), sessions (primaries joined), primary-lost, drains, queued")
+                    .blurb("frames-in (of which latents), frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, refused-path, overflow, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents)), sessions (primaries joined), primary-lost, drains, queued")
                     .read_only()
                     .build(),
             ];
@@ -613,7 +691,11 @@ impl ObjectImpl for ZmqWorkerSrc {
                             + s.missing_file
                             + s.refused_path
                             + s.oversize
-                            + s.overflow,
+                            + s.overflow
+                            + s.latent_size
+                            + s.latent_dtype
+                            + s.latent_shape
+                            + s.latent_meta,
                     )
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
@@ -621,6 +703,11 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .field("oversize", s.oversize)
                     .field("refused-path", s.refused_path)
                     .field("overflow", s.overflow)
+                    .field("latents", s.latents)
+                    .field("dropped-latent-size", s.latent_size)
+                    .field("dropped-latent-dtype", s.latent_dtype)
+                    .field("dropped-latent-shape", s.latent_shape)
+                    .field("dropped-latent-meta", s.latent_meta)
                     .field("sessions", s.sessions)
                     .field("primary-lost", s.primary_lost)
                     .field("drains", s.drains)
@@ -642,8 +729,9 @@ impl ElementImpl for ZmqWorkerSrc {
                 "ZeroMQ scale-out worker source",
                 "Source/Network",
                 "Connects to a zmqdispatchsink, asks for frames when the pipeline has room and \
-                 outputs them as image/jpeg buffers (offset = index, original time as a \
-                 timestamp/x-unix reference meta); reconnects by itself when the primary restarts",
+                 outputs them as image/jpeg buffers, or latents as application/x-i2i-latent \
+                 (offset = index, original time as a timestamp/x-unix reference meta); \
+                 reconnects by itself when the primary restarts",
                 "i2i developers",
             )
         });
@@ -653,12 +741,13 @@ impl ElementImpl for ZmqWorkerSrc {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &gst::Caps::new_empty_simple("image/jpeg"),
-                )
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &{
+                    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
+                    caps.get_mut()
+                        .unwrap()
+                        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
+                    caps
+                })
                 .unwrap(),
             ]
         });
@@ -739,6 +828,9 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             drop_limit: RateLimit::new(Duration::from_secs(1)),
             max_pixels: settings.max_pixels,
             frame_folder: settings.frame_folder.clone().map(std::path::PathBuf::from),
+            framerate: settings.framerate,
+            endpoint: endpoint.clone(),
+            latent_stream: None,
         };
         let io = SocketThread::spawn("zmqworker-io", shared, move || io.run())?;
         *self.state.lock().unwrap() = Some(State { io });
@@ -825,9 +917,14 @@ impl PushSrcImpl for ZmqWorkerSrc {
         // Ask for the next frame now, while this one goes through the pipeline.
         shared.waker.wake();
 
-        jpeg_output::ensure_caps(&*self.obj(), &self.output, item.size)?;
+        match item.kind {
+            Kind::Jpeg(size) => jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
+            Kind::Latent(caps) => {
+                jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?
+            }
+        }
 
-        let mut buffer = gst::Buffer::from_mut_slice(item.jpeg);
+        let mut buffer = gst::Buffer::from_mut_slice(item.data);
         {
             let b = buffer.get_mut().expect("new buffer is writable");
             let duration = self.output.lock().unwrap().duration();

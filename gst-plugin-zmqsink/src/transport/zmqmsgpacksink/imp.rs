@@ -38,8 +38,9 @@ use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
+use crate::latent;
 use crate::protocol;
-use crate::tensor::{self, Dtype, LATENT_CAPS_NAME, TensorMeta};
+use crate::tensor::{Dtype, LATENT_CAPS_NAME, TensorMeta};
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -121,38 +122,6 @@ enum Input {
     Raw(gst_video::VideoInfo),
     /// Float32 latents in native byte order, described by the meta sent with each.
     Latent(TensorMeta),
-}
-
-/// The wire meta for latent caps (float32 NCHW, as `i2itransform output=latent` makes).
-fn latent_meta(s: &gst::StructureRef) -> Result<TensorMeta, String> {
-    let dtype = s.get::<&str>("dtype").unwrap_or("float32");
-    if dtype != "float32" {
-        return Err(format!(
-            "latent caps dtype {dtype} refused: zmqmsgpacksink takes float32 latents (latent-dtype=f16 halves them on the wire)"
-        ));
-    }
-    let layout = s.get::<&str>("layout").unwrap_or("nchw");
-    let dim = |f: &str| -> Result<u64, String> {
-        s.get::<i32>(f)
-            .ok()
-            .and_then(|v| u64::try_from(v).ok())
-            .filter(|&v| v > 0)
-            .ok_or_else(|| format!("latent caps lack a positive integer {f}"))
-    };
-    let (c, h, w) = (dim("channels")?, dim("height")?, dim("width")?);
-    let image = |f: &str| s.get::<i32>(f).ok().and_then(|v| u32::try_from(v).ok());
-    Ok(TensorMeta {
-        dtype: Dtype::F32,
-        shape: if layout == "nhwc" {
-            vec![1, h, w, c]
-        } else {
-            vec![1, c, h, w]
-        },
-        layout: layout.to_owned(),
-        scaling_factor: s.get::<f64>("scaling-factor").ok(),
-        image_width: image("image-width"),
-        image_height: image("image-height"),
-    })
 }
 
 struct State {
@@ -320,10 +289,7 @@ impl ZmqMsgpackSink {
             }
             Some(Input::Latent(meta)) => {
                 // The buffer is float32 whatever goes on the wire (`meta.dtype`, set below).
-                let expected = meta
-                    .elements()
-                    .and_then(|n| n.checked_mul(4))
-                    .unwrap_or(u64::MAX);
+                let expected = latent::f32_len(meta);
                 if buffer.size() as u64 != expected {
                     let invalid = {
                         let mut stats = self.stats.lock().unwrap();
@@ -353,12 +319,7 @@ impl ZmqMsgpackSink {
                     LatentDtype::F32 => Dtype::F32,
                     LatentDtype::F16 => Dtype::F16,
                 };
-                if meta.dtype == Dtype::F32 && cfg!(target_endian = "little") {
-                    tensor::encode_into(msg, timestamp_ms, index, &map, meta);
-                } else {
-                    tensor::f32_ne_to_wire(&map, meta.dtype, wire);
-                    tensor::encode_into(msg, timestamp_ms, index, wire, meta);
-                }
+                latent::encode_into(msg, wire, timestamp_ms, index, &map, meta);
                 Ok(true)
             }
             Some(Input::Raw(info)) => {
@@ -818,7 +779,7 @@ impl BaseSinkImpl for ZmqMsgpackSink {
         let input = if s.name() == "image/jpeg" {
             Input::Jpeg
         } else if s.name() == LATENT_CAPS_NAME {
-            Input::Latent(latent_meta(s).map_err(|e| {
+            Input::Latent(latent::meta_from_caps(s, "zmqmsgpacksink").map_err(|e| {
                 gst::element_imp_error!(self, gst::CoreError::Negotiation, ("{e}"));
                 gst::loggable_error!(CAT, "{e}")
             })?)
