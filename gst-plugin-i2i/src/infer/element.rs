@@ -21,6 +21,7 @@ use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
@@ -30,6 +31,7 @@ use super::input::{
 };
 use super::latency::added_latency;
 use super::output::{InferOutput, OutItem, Rendered};
+use super::props::StreamSettings;
 use super::queue::BoundedQueue;
 use super::stats::Stats;
 use super::task::InferTask;
@@ -841,11 +843,41 @@ pub trait InferElementExt: InferElement {
         self.unload();
     }
 
-    /// A new `max-queue`: waiting producers see it at once.
-    fn set_max_queue(&self, max: u32) {
+    /// A new `max-queue` or `drop-frames`: a producer waiting on a full queue looks again.
+    fn stream_settings_changed(&self, s: &StreamSettings) {
         let queue = &self.base().queue;
-        queue.lock().max_frames = max as usize;
+        queue.lock().max_frames = s.max_queue as usize;
         queue.notify();
+    }
+
+    // ---- properties ---------------------------------------------------------------------
+
+    /// Refuses a setting: the old value stays, the user learns why on the bus.
+    fn refuse(&self, what: &str) {
+        gst::warning!(Self::cat(), imp = self, "{what}");
+        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
+    }
+
+    /// Refuses (true) a load-time property while the stream runs.
+    fn refused_while_running(&self, pspec: &glib::ParamSpec) -> bool {
+        let refused = pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY)
+            && self.base().running.load(Ordering::SeqCst);
+        if refused {
+            self.refuse(&format!(
+                "{} refused while the stream runs: it is used when the model loads; set it in the NULL or READY state",
+                pspec.name()
+            ));
+        }
+        refused
+    }
+
+    /// The read-only properties the base answers: `stats` and `provider`.
+    fn base_property(&self, name: &str) -> Option<glib::Value> {
+        match name {
+            "stats" => Some(self.stats_structure().to_value()),
+            "provider" => Some(self.base().stats.lock().unwrap().provider.to_value()),
+            _ => None,
+        }
     }
 
     // ---- stats --------------------------------------------------------------------------
