@@ -228,10 +228,46 @@ pub fn with_framerate(
     builder.field("framerate", fps).build()
 }
 
+/// The pad functions both pads of an inference element have: activation (the base's for
+/// the pad's direction) and the internal link to the other pad.
+fn base_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBuilder<gst::Pad> {
+    let sink = templ.direction() == gst::PadDirection::Sink;
+    gst::Pad::builder_from_template(templ)
+        .activatemode_function(move |_pad, parent, mode, active| {
+            T::catch_panic_pad_function(
+                parent,
+                || {
+                    Err(gst::loggable_error!(
+                        T::cat(),
+                        "Panic activating the {} pad",
+                        if sink { "sink" } else { "src" }
+                    ))
+                },
+                |imp| {
+                    if sink {
+                        imp.sink_activatemode(mode, active)
+                    } else {
+                        imp.src_activatemode(mode, active)
+                    }
+                },
+            )
+        })
+        .iterate_internal_links_function(move |_pad, parent| {
+            T::catch_panic_pad_function(
+                parent,
+                || gst::Iterator::from_vec(vec![]),
+                |imp| {
+                    let other = if sink { imp.srcpad() } else { imp.sinkpad() };
+                    gst::Iterator::from_vec(vec![other.clone()])
+                },
+            )
+        })
+}
+
 /// The video sink pad of an inference element, its functions those of the base; linked
 /// internally to the src pad only.
 pub fn sink_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBuilder<gst::Pad> {
-    gst::Pad::builder_from_template(templ)
+    base_pad_builder::<T>(templ)
         .chain_function(|_pad, parent, buffer| {
             T::catch_panic_pad_function(
                 parent,
@@ -245,53 +281,14 @@ pub fn sink_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBu
         .query_function(|pad, parent, query| {
             T::catch_panic_pad_function(parent, || false, |imp| imp.sink_query(pad, query))
         })
-        .activatemode_function(|_pad, parent, mode, active| {
-            T::catch_panic_pad_function(
-                parent,
-                || {
-                    Err(gst::loggable_error!(
-                        T::cat(),
-                        "Panic activating the sink pad"
-                    ))
-                },
-                |imp| imp.sink_activatemode(mode, active),
-            )
-        })
-        .iterate_internal_links_function(|_pad, parent| {
-            T::catch_panic_pad_function(
-                parent,
-                || gst::Iterator::from_vec(vec![]),
-                |imp| gst::Iterator::from_vec(vec![imp.srcpad().clone()]),
-            )
-        })
 }
 
 /// The src pad of an inference element, its functions those of the base; linked
 /// internally to the video sink pad only.
 pub fn src_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBuilder<gst::Pad> {
-    gst::Pad::builder_from_template(templ)
-        .query_function(|pad, parent, query| {
-            T::catch_panic_pad_function(parent, || false, |imp| imp.src_query(pad, query))
-        })
-        .activatemode_function(|_pad, parent, mode, active| {
-            T::catch_panic_pad_function(
-                parent,
-                || {
-                    Err(gst::loggable_error!(
-                        T::cat(),
-                        "Panic activating the src pad"
-                    ))
-                },
-                |imp| imp.src_activatemode(mode, active),
-            )
-        })
-        .iterate_internal_links_function(|_pad, parent| {
-            T::catch_panic_pad_function(
-                parent,
-                || gst::Iterator::from_vec(vec![]),
-                |imp| gst::Iterator::from_vec(vec![imp.sinkpad().clone()]),
-            )
-        })
+    base_pad_builder::<T>(templ).query_function(|pad, parent, query| {
+        T::catch_panic_pad_function(parent, || false, |imp| imp.src_query(pad, query))
+    })
 }
 
 /// The pads, events, queries and state of an inference element; implemented for every
