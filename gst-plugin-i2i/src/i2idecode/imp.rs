@@ -28,7 +28,7 @@ use crate::infer::element::{
 };
 use crate::infer::input::{Deferred, InputState, Queued};
 use crate::infer::output::{OutItem, Rendered};
-use crate::infer::props::{RuntimeSettings, stats_param_spec};
+use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 use crate::infer::task::InferTask;
 
@@ -156,7 +156,7 @@ impl ObjectSubclass for I2iDecode {
         let srcpad = src_pad_builder::<I2iDecode>(&klass.pad_template("src").unwrap()).build();
         I2iDecode {
             settings: Mutex::new(Settings::default()),
-            base: InferBase::new(sinkpad, srcpad, MAX_QUEUE as usize),
+            base: InferBase::new(sinkpad, srcpad),
             intake: Mutex::new(Intake::default()),
         }
     }
@@ -181,21 +181,21 @@ impl InferElement for I2iDecode {
         &self.base
     }
 
-    /// Every frame is decoded: a slow decoder makes upstream wait.
-    fn drop_frames(&self) -> DropFrames {
-        DropFrames::Never
-    }
-
-    /// Stats are posted at EOS only.
-    fn stats_interval_ms(&self) -> u32 {
-        0
+    /// Every frame is decoded (a slow decoder makes upstream wait); stats are posted at
+    /// EOS only.
+    fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            max_queue: MAX_QUEUE,
+            drop_frames: DropFrames::Never,
+            stats_interval_ms: 0,
+            ..Default::default()
+        }
     }
 
     fn latency_settings(&self) -> LatencySettings {
         LatencySettings {
             latency_frames: 0,
             batch_size: 1,
-            max_queue: MAX_QUEUE,
         }
     }
 
@@ -220,7 +220,7 @@ impl InferElement for I2iDecode {
             );
             return Err(gst::StateChangeError);
         }
-        self.reset_for_start(Stats::started("", 1, 0), MAX_QUEUE);
+        self.reset_for_start(Stats::started("", 1, 0));
         *self.intake.lock().unwrap() = Intake::default();
         *self.base.worker.lock().unwrap() = Some(Worker {
             decoder: None,
@@ -491,9 +491,7 @@ impl ObjectImpl for I2iDecode {
 
     fn constructed(&self) {
         self.parent_constructed();
-        let obj = self.obj();
-        obj.add_pad(&self.base.sinkpad).unwrap();
-        obj.add_pad(&self.base.srcpad).unwrap();
+        self.add_pads(&[]);
     }
 }
 

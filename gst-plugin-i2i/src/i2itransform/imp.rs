@@ -27,9 +27,7 @@ use gst::subclass::prelude::*;
 use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
 use super::task::Worker;
-use super::{
-    BlendMode, CfgType, DropFrames, LATENT_CAPS_NAME, OutputMode, latent_caps, provider_name,
-};
+use super::{BlendMode, CfgType, LATENT_CAPS_NAME, OutputMode, latent_caps, provider_name};
 use crate::diffusion::{self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
@@ -40,7 +38,7 @@ use crate::infer::element::{
 };
 use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
 use crate::infer::output::Rendered;
-use crate::infer::props::{DEFAULT_MAX_QUEUE, RuntimeSettings, StreamSettings, stats_param_spec};
+use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
@@ -283,7 +281,7 @@ impl ObjectSubclass for I2iTransform {
             settingspad,
             settings: Mutex::new(Settings::default()),
             control: control::ControlState::default(),
-            base: InferBase::new(sinkpad, srcpad, DEFAULT_MAX_QUEUE as usize),
+            base: InferBase::new(sinkpad, srcpad),
             model_input: Mutex::new(ModelInput::default()),
             latent: AtomicBool::new(false),
             settings_received: Mutex::new(false),
@@ -309,12 +307,8 @@ impl InferElement for I2iTransform {
         &self.base
     }
 
-    fn drop_frames(&self) -> DropFrames {
-        self.settings.lock().unwrap().stream.drop_frames
-    }
-
-    fn stats_interval_ms(&self) -> u32 {
-        self.settings.lock().unwrap().stream.stats_interval_ms
+    fn stream_settings(&self) -> StreamSettings {
+        self.settings.lock().unwrap().stream
     }
 
     /// Before the engine loads: the stream batch of the t-index-list set.
@@ -325,7 +319,6 @@ impl InferElement for I2iTransform {
         LatencySettings {
             latency_frames: (n - 1) * b,
             batch_size: b,
-            max_queue: s.stream.max_queue,
         }
     }
 
@@ -592,10 +585,11 @@ impl InferElement for I2iTransform {
             .field("load-ms", load_time.as_secs_f64() * 1000.0)
             .build();
         self.post_started(started_msg);
-        self.reset_for_start(
-            Stats::started(provider, s.batch_size as usize, engine.latency_frames()),
-            s.stream.max_queue,
-        );
+        self.reset_for_start(Stats::started(
+            provider,
+            s.batch_size as usize,
+            engine.latency_frames(),
+        ));
         *self.settings_received.lock().unwrap() = false;
         let latent = s.output == OutputMode::Latent;
         let mut engine = engine;
@@ -848,7 +842,7 @@ impl ObjectImpl for I2iTransform {
             return;
         }
         if s.stream.set_property(name, value) {
-            let stream = s.stream.clone();
+            let stream = s.stream;
             drop(s);
             self.stream_settings_changed(&stream);
             return;
@@ -1003,10 +997,7 @@ impl ObjectImpl for I2iTransform {
 
     fn constructed(&self) {
         self.parent_constructed();
-        let obj = self.obj();
-        obj.add_pad(&self.base.sinkpad).unwrap();
-        obj.add_pad(&self.settingspad).unwrap();
-        obj.add_pad(&self.base.srcpad).unwrap();
+        self.add_pads(&[&self.settingspad]);
     }
 }
 

@@ -31,11 +31,10 @@ use super::input::{
 };
 use super::latency::added_latency;
 use super::output::{InferOutput, OutItem, Rendered};
-use super::props::StreamSettings;
+use super::props::{DEFAULT_MAX_QUEUE, StreamSettings};
 use super::queue::BoundedQueue;
 use super::stats::Stats;
 use super::task::InferTask;
-use crate::i2itransform::DropFrames;
 
 /// The state every inference element keeps, shared between its threads.
 pub struct InferBase<T: InferElement> {
@@ -59,12 +58,13 @@ pub struct InferBase<T: InferElement> {
 impl<T: InferElement> InferBase<T> {
     /// The base with the element's video sink pad and src pad (see [`sink_pad_builder`]
     /// and [`src_pad_builder`]).
-    pub fn new(sinkpad: gst::Pad, srcpad: gst::Pad, max_queue: usize) -> Self {
+    pub fn new(sinkpad: gst::Pad, srcpad: gst::Pad) -> Self {
         InferBase {
             sinkpad,
             srcpad,
             input: Mutex::new(InputState::default()),
-            queue: BoundedQueue::new(max_queue),
+            // Bounded by `max-queue` at start ([`InferElementExt::reset_for_start`]).
+            queue: BoundedQueue::new(DEFAULT_MAX_QUEUE as usize),
             worker: Mutex::new(None),
             out_queue: BoundedQueue::new(2),
             out_conv: Mutex::new(None),
@@ -80,7 +80,6 @@ pub struct LatencySettings {
     /// Frames the model holds back before the first load (after it, the loaded model's).
     pub latency_frames: usize,
     pub batch_size: usize,
-    pub max_queue: u32,
 }
 
 /// What an inference element supplies: its model, its formats and its properties.
@@ -116,9 +115,9 @@ pub trait InferElement: ElementImpl<Type: Send + Sync> {
 
     // ---- settings
 
-    /// Whether frames that inference cannot keep up with are dropped (`drop-frames`).
-    fn drop_frames(&self) -> DropFrames;
-    fn stats_interval_ms(&self) -> u32;
+    /// The queue, drop policy and stats interval in force (`drop-frames`,
+    /// `stats-interval`, ...).
+    fn stream_settings(&self) -> StreamSettings;
 
     // ---- state
 
@@ -401,7 +400,7 @@ pub trait InferElementExt: InferElement {
 
     /// Whether frames that inference cannot keep up with are dropped now.
     fn drops_frames(&self) -> bool {
-        let policy = self.drop_frames();
+        let policy = self.stream_settings().drop_frames;
         policy.drops(self.base().input.lock().unwrap().upstream_live)
     }
 
@@ -764,6 +763,7 @@ pub trait InferElementExt: InferElement {
             .unwrap_or(gst::ClockTime::ZERO);
         // Before taking the stats lock: the chain takes it under the input lock.
         let dropping = self.drops_frames();
+        let max_queue = self.stream_settings().max_queue;
         let settings = self.latency_settings();
         let mut stats = self.base().stats.lock().unwrap();
         let (latency_frames, batch_size) = if stats.batch_size > 0 {
@@ -781,7 +781,7 @@ pub trait InferElementExt: InferElement {
         let queue = if dropping {
             gst::ClockTime::ZERO
         } else {
-            frame.max(inference) * settings.max_queue as u64
+            frame.max(inference) * max_queue as u64
         };
         let ours = added_latency(latency_frames, batch_size, frame, inference, dropping)
             + stats.conversion_estimate();
@@ -814,7 +814,8 @@ pub trait InferElementExt: InferElement {
     }
 
     /// A model loaded: fresh stats and queues for the stream to come.
-    fn reset_for_start(&self, stats: Stats<Self::StatsExtra>, max_queue: u32) {
+    fn reset_for_start(&self, stats: Stats<Self::StatsExtra>) {
+        let max_queue = self.stream_settings().max_queue;
         let base = self.base();
         let batch_size = stats.batch_size;
         *base.stats.lock().unwrap() = stats;
@@ -845,6 +846,17 @@ pub trait InferElementExt: InferElement {
         let queue = &self.base().queue;
         queue.lock().max_frames = s.max_queue as usize;
         queue.notify();
+    }
+
+    /// From `constructed`: adds the sink pad, the element's `others`, then the src pad.
+    fn add_pads(&self, others: &[&gst::Pad]) {
+        let obj = self.obj();
+        let pads = std::iter::once(self.sinkpad())
+            .chain(others.iter().copied())
+            .chain([self.srcpad()]);
+        for pad in pads {
+            obj.add_pad(pad).expect("a pad of a new element");
+        }
     }
 
     // ---- properties ---------------------------------------------------------------------
@@ -882,7 +894,7 @@ pub trait InferElementExt: InferElement {
     /// Posts the stats structure as an element message when `stats-interval` has passed
     /// since the last one, or always with `force` (at EOS).
     fn post_stats(&self, force: bool) {
-        let interval = self.stats_interval_ms();
+        let interval = self.stream_settings().stats_interval_ms;
         if !self.base().stats.lock().unwrap().post_due(interval, force) {
             return;
         }

@@ -128,7 +128,7 @@ impl RuntimeSettings {
 
 /// How a raw video stream meets the model: the queue before inference, its live drop
 /// policy, how frames fill the model size, and how often the stats are posted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct StreamSettings {
     pub max_queue: u32,
     pub drop_frames: DropFrames,

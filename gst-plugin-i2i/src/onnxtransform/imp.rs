@@ -24,7 +24,7 @@ use super::model::{
 };
 use super::task::{ModelInput, Worker};
 use super::{ChannelOrder, Layout};
-use crate::i2itransform::{DropFrames, provider_name};
+use crate::i2itransform::provider_name;
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
@@ -34,7 +34,7 @@ use crate::infer::element::{
 };
 use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
 use crate::infer::output::Rendered;
-use crate::infer::props::{DEFAULT_MAX_QUEUE, RuntimeSettings, StreamSettings, stats_param_spec};
+use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -101,7 +101,7 @@ impl ObjectSubclass for OnnxTransform {
         let srcpad = src_pad_builder::<OnnxTransform>(&klass.pad_template("src").unwrap()).build();
         OnnxTransform {
             settings: Mutex::new(Settings::default()),
-            base: InferBase::new(sinkpad, srcpad, DEFAULT_MAX_QUEUE as usize),
+            base: InferBase::new(sinkpad, srcpad),
             model_sizes: Mutex::new(ModelSizes::default()),
             post: Mutex::new(None),
         }
@@ -125,12 +125,8 @@ impl InferElement for OnnxTransform {
         &self.base
     }
 
-    fn drop_frames(&self) -> DropFrames {
-        self.settings.lock().unwrap().stream.drop_frames
-    }
-
-    fn stats_interval_ms(&self) -> u32 {
-        self.settings.lock().unwrap().stream.stats_interval_ms
+    fn stream_settings(&self) -> StreamSettings {
+        self.settings.lock().unwrap().stream
     }
 
     fn latency_settings(&self) -> LatencySettings {
@@ -138,7 +134,6 @@ impl InferElement for OnnxTransform {
         LatencySettings {
             latency_frames: 0,
             batch_size: s.batch_size as usize,
-            max_queue: s.stream.max_queue,
         }
     }
 
@@ -358,10 +353,7 @@ impl InferElement for OnnxTransform {
             .field("load-ms", load_time.as_secs_f64() * 1000.0)
             .build();
         self.post_started(started_msg);
-        self.reset_for_start(
-            Stats::started(provider, s.batch_size as usize, 0),
-            s.stream.max_queue,
-        );
+        self.reset_for_start(Stats::started(provider, s.batch_size as usize, 0));
         *self.model_sizes.lock().unwrap() = ModelSizes::default();
         *self.post.lock().unwrap() = Some(m.postprocess());
         *self.base.worker.lock().unwrap() = Some(Worker::new(m, s.batch_size as usize));
@@ -463,7 +455,7 @@ impl ObjectImpl for OnnxTransform {
             return;
         }
         if s.stream.set_property(name, value) {
-            let stream = s.stream.clone();
+            let stream = s.stream;
             drop(s);
             self.stream_settings_changed(&stream);
             return;
@@ -562,9 +554,7 @@ impl ObjectImpl for OnnxTransform {
 
     fn constructed(&self) {
         self.parent_constructed();
-        let obj = self.obj();
-        obj.add_pad(&self.base.sinkpad).unwrap();
-        obj.add_pad(&self.base.srcpad).unwrap();
+        self.add_pads(&[]);
     }
 }
 
