@@ -11,7 +11,6 @@
 //! stream goes on.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,13 +21,14 @@ use ort::value::Tensor;
 
 use crate::diffusion::model::{VaeDecoder, read_scaling_factor};
 use crate::diffusion::{LoadOptions, decoded_to_rgb8};
-use crate::i2itransform::{DropFrames, ExecutionProvider, LATENT_CAPS_NAME};
+use crate::i2itransform::{DropFrames, LATENT_CAPS_NAME};
 use crate::infer::convert::{OutputConverter, SRC_FORMATS};
 use crate::infer::element::{
     InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
 };
 use crate::infer::input::{Deferred, InputState, Queued};
 use crate::infer::output::{OutItem, Rendered};
+use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 use crate::infer::task::InferTask;
 
@@ -40,8 +40,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_THREADS: u32 = 0;
-const DEFAULT_FP16: bool = true;
 /// Largest latent width or height taken (8192 pixels).
 const MAX_LATENT: usize = 1024;
 /// Latent frames waiting for the decoder before upstream blocks.
@@ -52,10 +50,8 @@ const WARN_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Default)]
 struct Settings {
     model: Option<String>,
-    execution_provider: ExecutionProvider,
-    device_id: i32,
-    fp16: bool,
-    threads: u32,
+    /// No `engine-cache-dir`: the decoder is not built with TensorRT engines cached.
+    runtime: RuntimeSettings,
 }
 
 /// What the caps say about each latent frame.
@@ -159,12 +155,8 @@ impl ObjectSubclass for I2iDecode {
         let sinkpad = sink_pad_builder::<I2iDecode>(&klass.pad_template("sink").unwrap()).build();
         let srcpad = src_pad_builder::<I2iDecode>(&klass.pad_template("src").unwrap()).build();
         I2iDecode {
-            settings: Mutex::new(Settings {
-                fp16: DEFAULT_FP16,
-                threads: DEFAULT_THREADS,
-                ..Default::default()
-            }),
-            base: InferBase::new(sinkpad, srcpad, MAX_QUEUE as usize),
+            settings: Mutex::new(Settings::default()),
+            base: InferBase::new(sinkpad, srcpad),
             intake: Mutex::new(Intake::default()),
         }
     }
@@ -189,21 +181,21 @@ impl InferElement for I2iDecode {
         &self.base
     }
 
-    /// Every frame is decoded: a slow decoder makes upstream wait.
-    fn drop_frames(&self) -> DropFrames {
-        DropFrames::Never
-    }
-
-    /// Stats are posted at EOS only.
-    fn stats_interval_ms(&self) -> u32 {
-        0
+    /// Every frame is decoded (a slow decoder makes upstream wait); stats are posted at
+    /// EOS only.
+    fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            max_queue: MAX_QUEUE,
+            drop_frames: DropFrames::Never,
+            stats_interval_ms: 0,
+            ..Default::default()
+        }
     }
 
     fn latency_settings(&self) -> LatencySettings {
         LatencySettings {
             latency_frames: 0,
             batch_size: 1,
-            max_queue: MAX_QUEUE,
         }
     }
 
@@ -228,7 +220,7 @@ impl InferElement for I2iDecode {
             );
             return Err(gst::StateChangeError);
         }
-        self.reset_for_start(Stats::started("", 1, 0), MAX_QUEUE);
+        self.reset_for_start(Stats::started("", 1, 0));
         *self.intake.lock().unwrap() = Intake::default();
         *self.base.worker.lock().unwrap() = Some(Worker {
             decoder: None,
@@ -263,21 +255,16 @@ impl InferElement for I2iDecode {
         let size = (f.image_width, f.image_height);
         let mut intake = self.intake.lock().unwrap();
         if intake.loaded != Some(size) {
-            let threads = if s.threads == 0 {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            } else {
-                s.threads as usize
-            };
             let opts = LoadOptions {
                 model_dir: PathBuf::from(&model),
                 width: f.image_width,
                 height: f.image_height,
                 batch_size: 1,
-                execution_provider: s.execution_provider.into(),
-                device_id: s.device_id,
-                fp16: s.fp16,
+                execution_provider: s.runtime.execution_provider.into(),
+                device_id: s.runtime.device_id,
+                fp16: s.runtime.fp16,
                 engine_cache_dir: None,
-                intra_threads: threads,
+                intra_threads: s.runtime.intra_threads(),
             };
             let started = Instant::now();
             let d = VaeDecoder::load(&opts).map_err(|e| {
@@ -461,87 +448,50 @@ impl ObjectImpl for I2iDecode {
                     .blurb("The model directory the latents come from (its vae_decoder/model.onnx and config.json are used)")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("execution-provider", ExecutionProvider::Auto)
-                    .nick("Execution provider")
-                    .blurb("ONNX Runtime execution provider; naming an unavailable one is an error")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecInt::builder("device-id")
-                    .nick("Device ID")
-                    .blurb("GPU index for CUDA / TensorRT")
-                    .minimum(0)
-                    .maximum(255)
-                    .default_value(0)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("fp16")
-                    .nick("FP16")
-                    .blurb("Half precision where the provider supports it (TensorRT)")
-                    .default_value(DEFAULT_FP16)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("threads")
-                    .nick("Threads")
-                    .blurb("ONNX Runtime intra-op threads; 0 = the CPUs this process may use")
-                    .maximum(1024)
-                    .default_value(DEFAULT_THREADS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("frames-in, frames-out, frames-invalid (payload not matching the caps), avg-decode-ms; also posted as i2idecode-stats at EOS")
-                    .read_only()
-                    .build(),
             ]
+            .into_iter()
+            .chain(RuntimeSettings::param_specs(false))
+            .chain([stats_param_spec(
+                "avg-decode-ms; frames-invalid counts payloads not matching the caps; posted as i2idecode-stats at EOS",
+            )])
+            .collect()
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
-        if self.base.running.load(Ordering::SeqCst) {
-            gst::element_imp_warning!(
-                self,
-                gst::LibraryError::Settings,
-                (
-                    "{} refused while the stream runs: set it in the NULL or READY state",
-                    name
-                )
-            );
+        if self.refused_while_running(pspec) {
             return;
         }
         let mut s = self.settings.lock().unwrap();
+        if s.runtime.set_property(name, value) {
+            return;
+        }
         match name {
             "model" => s.model = value.get().unwrap(),
-            "execution-provider" => s.execution_provider = value.get().unwrap(),
-            "device-id" => s.device_id = value.get().unwrap(),
-            "fp16" => s.fp16 = value.get().unwrap(),
-            "threads" => s.threads = value.get().unwrap(),
             _ => unreachable!("property {name} is not registered"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let name = pspec.name();
+        if let Some(v) = self.base_property(name) {
+            return v;
+        }
         let s = self.settings.lock().unwrap();
-        match pspec.name() {
+        if let Some(v) = s.runtime.property(name) {
+            return v;
+        }
+        match name {
             "model" => s.model.to_value(),
-            "execution-provider" => s.execution_provider.to_value(),
-            "device-id" => s.device_id.to_value(),
-            "fp16" => s.fp16.to_value(),
-            "threads" => s.threads.to_value(),
-            "stats" => {
-                drop(s);
-                self.stats_structure().to_value()
-            }
             name => unreachable!("property {name} is not registered"),
         }
     }
 
     fn constructed(&self) {
         self.parent_constructed();
-        let obj = self.obj();
-        obj.add_pad(&self.base.sinkpad).unwrap();
-        obj.add_pad(&self.base.srcpad).unwrap();
+        self.add_pads(&[]);
     }
 }
 

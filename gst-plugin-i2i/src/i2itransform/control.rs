@@ -28,6 +28,7 @@ use super::task::Worker;
 use crate::diffusion::depth::DepthModel;
 use crate::diffusion::{Engine, PreparedFrame};
 use crate::infer::convert::{InputConverter, converter_threads};
+use crate::infer::element::InferElementExt;
 use crate::preprocess::{self, Preprocess};
 use imageproc::image::{RgbImage, imageops};
 
@@ -518,7 +519,7 @@ impl I2iTransform {
                         let (size, mode) = {
                             let s = self.settings.lock().unwrap();
                             let size = self.control.0.lock().unwrap().size;
-                            (size.unwrap_or((s.width, s.height)), s.resize_mode)
+                            (size.unwrap_or((s.width, s.height)), s.stream.resize_mode)
                         };
                         InputConverter::new(&info, size.0, size.1, mode, converter_threads())
                     });

@@ -27,10 +27,7 @@ use gst::subclass::prelude::*;
 use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
 use super::task::Worker;
-use super::{
-    BlendMode, CfgType, DropFrames, ExecutionProvider, LATENT_CAPS_NAME, OutputMode, ResizeMode,
-    latent_caps, provider_name,
-};
+use super::{BlendMode, CfgType, LATENT_CAPS_NAME, OutputMode, latent_caps, provider_name};
 use crate::diffusion::{self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
@@ -41,6 +38,7 @@ use crate::infer::element::{
 };
 use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
 use crate::infer::output::Rendered;
+use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
@@ -56,12 +54,7 @@ const DEFAULT_T_INDEX_LIST: &str = "32,45";
 const DEFAULT_WIDTH: u32 = 512;
 const DEFAULT_HEIGHT: u32 = 512;
 const DEFAULT_BATCH_SIZE: u32 = 1;
-const DEFAULT_MAX_QUEUE: u32 = 4;
-const DEFAULT_THREADS: u32 = 0;
-const DEFAULT_DEVICE_ID: i32 = 0;
-const DEFAULT_FP16: bool = true;
 const DEFAULT_TRANSITION_FRAMES: u32 = 0;
-const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
 const DEFAULT_SIZE_MULTIPLE: u32 = 8;
 const DEFAULT_WAIT_FOR_SETTINGS: bool = true;
 const DEFAULT_SETTINGS_TIMEOUT_MS: u32 = 3000;
@@ -110,15 +103,8 @@ pub(super) struct Settings {
     pub width: u32,
     pub height: u32,
     pub batch_size: u32,
-    pub execution_provider: ExecutionProvider,
-    pub device_id: i32,
-    pub fp16: bool,
-    pub engine_cache_dir: Option<String>,
-    pub max_queue: u32,
-    pub drop_frames: DropFrames,
-    pub threads: u32,
-    pub stats_interval_ms: u32,
-    pub resize_mode: ResizeMode,
+    pub runtime: RuntimeSettings,
+    pub stream: StreamSettings,
     /// Pictures, or the final latents (`output=latent`).
     pub output: OutputMode,
     /// The loaded model's VAE scaling factor, for the latent caps.
@@ -215,15 +201,8 @@ impl Default for Settings {
             width: DEFAULT_WIDTH,
             height: DEFAULT_HEIGHT,
             batch_size: DEFAULT_BATCH_SIZE,
-            execution_provider: ExecutionProvider::default(),
-            device_id: DEFAULT_DEVICE_ID,
-            fp16: DEFAULT_FP16,
-            engine_cache_dir: None,
-            max_queue: DEFAULT_MAX_QUEUE,
-            drop_frames: DropFrames::default(),
-            threads: DEFAULT_THREADS,
-            stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
-            resize_mode: ResizeMode::default(),
+            runtime: RuntimeSettings::default(),
+            stream: StreamSettings::default(),
             output: OutputMode::default(),
             scaling_factor: 1.0,
             size_from_input: false,
@@ -302,7 +281,7 @@ impl ObjectSubclass for I2iTransform {
             settingspad,
             settings: Mutex::new(Settings::default()),
             control: control::ControlState::default(),
-            base: InferBase::new(sinkpad, srcpad, DEFAULT_MAX_QUEUE as usize),
+            base: InferBase::new(sinkpad, srcpad),
             model_input: Mutex::new(ModelInput::default()),
             latent: AtomicBool::new(false),
             settings_received: Mutex::new(false),
@@ -328,12 +307,8 @@ impl InferElement for I2iTransform {
         &self.base
     }
 
-    fn drop_frames(&self) -> DropFrames {
-        self.settings.lock().unwrap().drop_frames
-    }
-
-    fn stats_interval_ms(&self) -> u32 {
-        self.settings.lock().unwrap().stats_interval_ms
+    fn stream_settings(&self) -> StreamSettings {
+        self.settings.lock().unwrap().stream
     }
 
     /// Before the engine loads: the stream batch of the t-index-list set.
@@ -344,7 +319,6 @@ impl InferElement for I2iTransform {
         LatencySettings {
             latency_frames: (n - 1) * b,
             batch_size: b,
-            max_queue: s.max_queue,
         }
     }
 
@@ -369,7 +343,7 @@ impl InferElement for I2iTransform {
             } else {
                 (s.width, s.height)
             };
-            (w, h, s.resize_mode)
+            (w, h, s.stream.resize_mode)
         };
         let conv = InputConverter::new(&in_info, w, h, mode, converter_threads())?;
         self.model_input.lock().unwrap().model_size = Some(conv.model_size());
@@ -550,20 +524,16 @@ impl InferElement for I2iTransform {
             );
             return Err(gst::StateChangeError);
         };
-        let intra_threads = if s.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            s.threads as usize
-        };
+        let intra_threads = s.runtime.intra_threads();
         let opts = LoadOptions {
             model_dir: model.clone().into(),
             width: s.width,
             height: s.height,
             batch_size: s.batch_size as usize,
-            execution_provider: s.execution_provider.into(),
-            device_id: s.device_id,
-            fp16: s.fp16,
-            engine_cache_dir: s.engine_cache_dir.clone().map(Into::into),
+            execution_provider: s.runtime.execution_provider.into(),
+            device_id: s.runtime.device_id,
+            fp16: s.runtime.fp16,
+            engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
             intra_threads,
         };
         gst::info!(CAT, imp = self, "loading {opts:?}");
@@ -605,7 +575,7 @@ impl InferElement for I2iTransform {
             .field("height", s.height)
             .field("batch-size", s.batch_size)
             .field("threads", intra_threads as u32)
-            .field("fp16", s.fp16)
+            .field("fp16", s.runtime.fp16)
             .field("num-inference-steps", s.live.params.num_inference_steps)
             .field(
                 "t-index-list",
@@ -615,10 +585,11 @@ impl InferElement for I2iTransform {
             .field("load-ms", load_time.as_secs_f64() * 1000.0)
             .build();
         self.post_started(started_msg);
-        self.reset_for_start(
-            Stats::started(provider, s.batch_size as usize, engine.latency_frames()),
-            s.max_queue,
-        );
+        self.reset_for_start(Stats::started(
+            provider,
+            s.batch_size as usize,
+            engine.latency_frames(),
+        ));
         *self.settings_received.lock().unwrap() = false;
         let latent = s.output == OutputMode::Latent;
         let mut engine = engine;
@@ -639,12 +610,6 @@ impl InferElement for I2iTransform {
 }
 
 impl I2iTransform {
-    /// Refuses a setting: the old value stays, the user learns why on the bus.
-    pub(super) fn refuse(&self, what: &str) {
-        gst::warning!(CAT, imp = self, "{what}");
-        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
-    }
-
     // ---- settings pad -----------------------------------------------------------------
 
     fn settings_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -821,46 +786,9 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_HEIGHT)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("execution-provider", ExecutionProvider::Auto)
-                    .nick("Execution provider")
-                    .blurb("ONNX Runtime execution provider; naming an unavailable one is an error")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecInt::builder("device-id")
-                    .nick("Device ID")
-                    .blurb("GPU index for CUDA / TensorRT")
-                    .minimum(0)
-                    .maximum(255)
-                    .default_value(DEFAULT_DEVICE_ID)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("fp16")
-                    .nick("FP16")
-                    .blurb("Half precision where the provider supports it (TensorRT / CUDA)")
-                    .default_value(DEFAULT_FP16)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("engine-cache-dir")
-                    .nick("Engine cache directory")
-                    .blurb("Where TensorRT keeps built engines and timing caches")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-queue")
-                    .nick("Max queue")
-                    .blurb("Frames waiting for inference before upstream blocks")
-                    .minimum(1)
-                    .maximum(1024)
-                    .default_value(DEFAULT_MAX_QUEUE)
-                    .mutable_playing()
-                    .build(),
                 glib::ParamSpecEnum::builder_with_default("output", OutputMode::Pixels)
                     .nick("Output")
                     .blurb("pixels: decoded pictures; latent: the final latents (application/x-i2i-latent, float32 [1, 4, height/8, width/8], the VAE decoder's input) for i2idecode on this or another machine")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecEnum::builder_with_default("resize-mode", ResizeMode::Stretch)
-                    .nick("Resize mode")
-                    .blurb("How the input fills the model size: stretch (aspect ratio not kept), crop (fill, cutting what sticks out) or fit (whole picture, black borders)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("size-from-input")
@@ -877,18 +805,6 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_SIZE_MULTIPLE)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("drop-frames", DropFrames::Auto)
-                    .nick("Drop frames")
-                    .blurb("When frames come faster than inference: drop the oldest waiting frame so latency stays bounded (counted in stats frames-late, posted as QoS messages), or keep every frame and make upstream wait (latency grows on live input). auto drops on live sources only")
-                    .mutable_playing()
-                    .build(),
-                glib::ParamSpecUInt::builder("threads")
-                    .nick("Threads")
-                    .blurb("ONNX Runtime intra-op threads; 0 = the CPUs this process may use")
-                    .maximum(1024)
-                    .default_value(DEFAULT_THREADS)
-                    .mutable_ready()
-                    .build(),
                 glib::ParamSpecBoolean::builder("wait-for-settings")
                     .nick("Wait for settings")
                     .blurb("When the settings pad is linked, hold the first frame until the first settings arrive (at most settings-timeout), so that it already runs with the holder's prompt")
@@ -902,25 +818,13 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_SETTINGS_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt::builder("stats-interval")
-                    .nick("Stats interval")
-                    .blurb("Milliseconds between i2itransform-stats element messages (the stats property's structure; gst-launch-1.0 -m shows them), also posted at EOS; 0 = only at EOS")
-                    .maximum(3_600_000)
-                    .default_value(DEFAULT_STATS_INTERVAL_MS)
-                    .mutable_playing()
-                    .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("frames-in, frames-out, frames-skipped (similarity filter), frames-dropped (flush), frames-late (dropped to keep up with live input), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, settings-applied, settings-rejected, provider")
-                    .read_only()
-                    .build(),
-                glib::ParamSpecString::builder("provider")
-                    .nick("Provider")
-                    .blurb("The execution provider actually running (after start)")
-                    .read_only()
-                    .build(),
             ]
             .into_iter()
+            .chain(RuntimeSettings::param_specs(true))
+            .chain(StreamSettings::param_specs(I2iTransform::STATS_NAME))
+            .chain([stats_param_spec(
+                "frames-skipped (similarity filter), settings-applied, settings-rejected, control-fallbacks",
+            )])
             .chain(control::param_specs())
             .collect()
         });
@@ -929,16 +833,20 @@ impl ObjectImpl for I2iTransform {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
-        if pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY)
-            && self.base.running.load(Ordering::SeqCst)
-        {
-            self.refuse(&format!(
-                "{name} refused while the stream runs: it is used when the model loads; set it in the NULL or READY state"
-            ));
+        if self.refused_while_running(pspec) {
             return;
         }
         let mut s = self.settings.lock().unwrap();
         gst::debug!(CAT, imp = self, "setting {name} to {value:?}");
+        if s.runtime.set_property(name, value) {
+            return;
+        }
+        if s.stream.set_property(name, value) {
+            let stream = s.stream;
+            drop(s);
+            self.stream_settings_changed(&stream);
+            return;
+        }
         if !self.base.running.load(Ordering::SeqCst) {
             // Before start: kept as set, checked together at start.
             let u = &mut s.unchecked;
@@ -1029,39 +937,27 @@ impl ObjectImpl for I2iTransform {
                     Ok(v) => s.height = v,
                 }
             }
-            "execution-provider" => s.execution_provider = value.get().unwrap(),
-            "device-id" => s.device_id = value.get().unwrap(),
-            "fp16" => s.fp16 = value.get().unwrap(),
-            "engine-cache-dir" => s.engine_cache_dir = value.get().unwrap(),
-            "max-queue" => {
-                s.max_queue = value.get().unwrap();
-                let max = s.max_queue;
-                drop(s);
-                self.set_max_queue(max);
-            }
-            "threads" => s.threads = value.get().unwrap(),
-            "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
-            "resize-mode" => s.resize_mode = value.get().unwrap(),
             "output" => s.output = value.get().unwrap(),
             "size-from-input" => s.size_from_input = value.get().unwrap(),
             "size-multiple" => s.size_multiple = value.get().unwrap(),
             "wait-for-settings" => s.wait_for_settings = value.get().unwrap(),
             "settings-timeout" => s.settings_timeout_ms = value.get().unwrap(),
-            "drop-frames" => {
-                s.drop_frames = value.get().unwrap();
-                drop(s);
-                // A frame producer waiting on a full queue looks again.
-                self.base.queue.notify();
-            }
             _ => unreachable!("property {name} is not registered"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let name = pspec.name();
+        if let Some(v) = self.base_property(name) {
+            return v;
+        }
         let s = self.settings.lock().unwrap();
+        if let Some(v) = s.runtime.property(name).or_else(|| s.stream.property(name)) {
+            return v;
+        }
         let p = &s.live.params;
         let u = &s.unchecked;
-        match pspec.name() {
+        match name {
             "t-index-list" if u.t_index_list.is_some() => u.t_index_list.to_value(),
             "num-inference-steps" if u.num_inference_steps.is_some() => {
                 u.num_inference_steps.unwrap().to_value()
@@ -1090,38 +986,18 @@ impl ObjectImpl for I2iTransform {
             "batch-size" => s.batch_size.to_value(),
             "width" => s.width.to_value(),
             "height" => s.height.to_value(),
-            "execution-provider" => s.execution_provider.to_value(),
-            "device-id" => s.device_id.to_value(),
-            "fp16" => s.fp16.to_value(),
-            "engine-cache-dir" => s.engine_cache_dir.to_value(),
-            "max-queue" => s.max_queue.to_value(),
-            "threads" => s.threads.to_value(),
-            "drop-frames" => s.drop_frames.to_value(),
-            "stats-interval" => s.stats_interval_ms.to_value(),
-            "resize-mode" => s.resize_mode.to_value(),
             "output" => s.output.to_value(),
             "size-from-input" => s.size_from_input.to_value(),
             "size-multiple" => s.size_multiple.to_value(),
             "wait-for-settings" => s.wait_for_settings.to_value(),
             "settings-timeout" => s.settings_timeout_ms.to_value(),
-            "stats" => {
-                drop(s);
-                self.stats_structure().to_value()
-            }
-            "provider" => {
-                drop(s);
-                self.base.stats.lock().unwrap().provider.to_value()
-            }
             name => unreachable!("property {name} is not registered"),
         }
     }
 
     fn constructed(&self) {
         self.parent_constructed();
-        let obj = self.obj();
-        obj.add_pad(&self.base.sinkpad).unwrap();
-        obj.add_pad(&self.settingspad).unwrap();
-        obj.add_pad(&self.base.srcpad).unwrap();
+        self.add_pads(&[&self.settingspad]);
     }
 }
 

@@ -18,6 +18,7 @@ use super::imp::{CAT, I2iTransform};
 use super::live::{self, LiveSettings};
 use super::smooth::Smoother;
 use crate::diffusion::{DecodedFrame, Engine, LoadOptions, PreparedFrame};
+use crate::infer::element::InferElementExt;
 use crate::infer::input::{Deferred, Queued};
 use crate::infer::output::OutItem;
 use crate::infer::task::InferTask;

@@ -21,6 +21,7 @@ use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
@@ -30,10 +31,10 @@ use super::input::{
 };
 use super::latency::added_latency;
 use super::output::{InferOutput, OutItem, Rendered};
+use super::props::{DEFAULT_MAX_QUEUE, StreamSettings};
 use super::queue::BoundedQueue;
 use super::stats::Stats;
 use super::task::InferTask;
-use crate::i2itransform::DropFrames;
 
 /// The state every inference element keeps, shared between its threads.
 pub struct InferBase<T: InferElement> {
@@ -57,12 +58,13 @@ pub struct InferBase<T: InferElement> {
 impl<T: InferElement> InferBase<T> {
     /// The base with the element's video sink pad and src pad (see [`sink_pad_builder`]
     /// and [`src_pad_builder`]).
-    pub fn new(sinkpad: gst::Pad, srcpad: gst::Pad, max_queue: usize) -> Self {
+    pub fn new(sinkpad: gst::Pad, srcpad: gst::Pad) -> Self {
         InferBase {
             sinkpad,
             srcpad,
             input: Mutex::new(InputState::default()),
-            queue: BoundedQueue::new(max_queue),
+            // Bounded by `max-queue` at start ([`InferElementExt::reset_for_start`]).
+            queue: BoundedQueue::new(DEFAULT_MAX_QUEUE as usize),
             worker: Mutex::new(None),
             out_queue: BoundedQueue::new(2),
             out_conv: Mutex::new(None),
@@ -78,7 +80,6 @@ pub struct LatencySettings {
     /// Frames the model holds back before the first load (after it, the loaded model's).
     pub latency_frames: usize,
     pub batch_size: usize,
-    pub max_queue: u32,
 }
 
 /// What an inference element supplies: its model, its formats and its properties.
@@ -114,9 +115,9 @@ pub trait InferElement: ElementImpl<Type: Send + Sync> {
 
     // ---- settings
 
-    /// Whether frames that inference cannot keep up with are dropped (`drop-frames`).
-    fn drop_frames(&self) -> DropFrames;
-    fn stats_interval_ms(&self) -> u32;
+    /// The queue, drop policy and stats interval in force (`drop-frames`,
+    /// `stats-interval`, ...).
+    fn stream_settings(&self) -> StreamSettings;
 
     // ---- state
 
@@ -226,10 +227,46 @@ pub fn with_framerate(
     builder.field("framerate", fps).build()
 }
 
+/// The pad functions both pads of an inference element have: activation (the base's for
+/// the pad's direction) and the internal link to the other pad.
+fn base_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBuilder<gst::Pad> {
+    let sink = templ.direction() == gst::PadDirection::Sink;
+    gst::Pad::builder_from_template(templ)
+        .activatemode_function(move |_pad, parent, mode, active| {
+            T::catch_panic_pad_function(
+                parent,
+                || {
+                    Err(gst::loggable_error!(
+                        T::cat(),
+                        "Panic activating the {} pad",
+                        if sink { "sink" } else { "src" }
+                    ))
+                },
+                |imp| {
+                    if sink {
+                        imp.sink_activatemode(mode, active)
+                    } else {
+                        imp.src_activatemode(mode, active)
+                    }
+                },
+            )
+        })
+        .iterate_internal_links_function(move |_pad, parent| {
+            T::catch_panic_pad_function(
+                parent,
+                || gst::Iterator::from_vec(vec![]),
+                |imp| {
+                    let other = if sink { imp.srcpad() } else { imp.sinkpad() };
+                    gst::Iterator::from_vec(vec![other.clone()])
+                },
+            )
+        })
+}
+
 /// The video sink pad of an inference element, its functions those of the base; linked
 /// internally to the src pad only.
 pub fn sink_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBuilder<gst::Pad> {
-    gst::Pad::builder_from_template(templ)
+    base_pad_builder::<T>(templ)
         .chain_function(|_pad, parent, buffer| {
             T::catch_panic_pad_function(
                 parent,
@@ -243,53 +280,14 @@ pub fn sink_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBu
         .query_function(|pad, parent, query| {
             T::catch_panic_pad_function(parent, || false, |imp| imp.sink_query(pad, query))
         })
-        .activatemode_function(|_pad, parent, mode, active| {
-            T::catch_panic_pad_function(
-                parent,
-                || {
-                    Err(gst::loggable_error!(
-                        T::cat(),
-                        "Panic activating the sink pad"
-                    ))
-                },
-                |imp| imp.sink_activatemode(mode, active),
-            )
-        })
-        .iterate_internal_links_function(|_pad, parent| {
-            T::catch_panic_pad_function(
-                parent,
-                || gst::Iterator::from_vec(vec![]),
-                |imp| gst::Iterator::from_vec(vec![imp.srcpad().clone()]),
-            )
-        })
 }
 
 /// The src pad of an inference element, its functions those of the base; linked
 /// internally to the video sink pad only.
 pub fn src_pad_builder<T: InferElement>(templ: &gst::PadTemplate) -> gst::PadBuilder<gst::Pad> {
-    gst::Pad::builder_from_template(templ)
-        .query_function(|pad, parent, query| {
-            T::catch_panic_pad_function(parent, || false, |imp| imp.src_query(pad, query))
-        })
-        .activatemode_function(|_pad, parent, mode, active| {
-            T::catch_panic_pad_function(
-                parent,
-                || {
-                    Err(gst::loggable_error!(
-                        T::cat(),
-                        "Panic activating the src pad"
-                    ))
-                },
-                |imp| imp.src_activatemode(mode, active),
-            )
-        })
-        .iterate_internal_links_function(|_pad, parent| {
-            T::catch_panic_pad_function(
-                parent,
-                || gst::Iterator::from_vec(vec![]),
-                |imp| gst::Iterator::from_vec(vec![imp.sinkpad().clone()]),
-            )
-        })
+    base_pad_builder::<T>(templ).query_function(|pad, parent, query| {
+        T::catch_panic_pad_function(parent, || false, |imp| imp.src_query(pad, query))
+    })
 }
 
 /// The pads, events, queries and state of an inference element; implemented for every
@@ -402,7 +400,7 @@ pub trait InferElementExt: InferElement {
 
     /// Whether frames that inference cannot keep up with are dropped now.
     fn drops_frames(&self) -> bool {
-        let policy = self.drop_frames();
+        let policy = self.stream_settings().drop_frames;
         policy.drops(self.base().input.lock().unwrap().upstream_live)
     }
 
@@ -765,6 +763,7 @@ pub trait InferElementExt: InferElement {
             .unwrap_or(gst::ClockTime::ZERO);
         // Before taking the stats lock: the chain takes it under the input lock.
         let dropping = self.drops_frames();
+        let max_queue = self.stream_settings().max_queue;
         let settings = self.latency_settings();
         let mut stats = self.base().stats.lock().unwrap();
         let (latency_frames, batch_size) = if stats.batch_size > 0 {
@@ -782,7 +781,7 @@ pub trait InferElementExt: InferElement {
         let queue = if dropping {
             gst::ClockTime::ZERO
         } else {
-            frame.max(inference) * settings.max_queue as u64
+            frame.max(inference) * max_queue as u64
         };
         let ours = added_latency(latency_frames, batch_size, frame, inference, dropping)
             + stats.conversion_estimate();
@@ -815,7 +814,8 @@ pub trait InferElementExt: InferElement {
     }
 
     /// A model loaded: fresh stats and queues for the stream to come.
-    fn reset_for_start(&self, stats: Stats<Self::StatsExtra>, max_queue: u32) {
+    fn reset_for_start(&self, stats: Stats<Self::StatsExtra>) {
+        let max_queue = self.stream_settings().max_queue;
         let base = self.base();
         let batch_size = stats.batch_size;
         *base.stats.lock().unwrap() = stats;
@@ -841,11 +841,52 @@ pub trait InferElementExt: InferElement {
         self.unload();
     }
 
-    /// A new `max-queue`: waiting producers see it at once.
-    fn set_max_queue(&self, max: u32) {
+    /// A new `max-queue` or `drop-frames`: a producer waiting on a full queue looks again.
+    fn stream_settings_changed(&self, s: &StreamSettings) {
         let queue = &self.base().queue;
-        queue.lock().max_frames = max as usize;
+        queue.lock().max_frames = s.max_queue as usize;
         queue.notify();
+    }
+
+    /// From `constructed`: adds the sink pad, the element's `others`, then the src pad.
+    fn add_pads(&self, others: &[&gst::Pad]) {
+        let obj = self.obj();
+        let pads = std::iter::once(self.sinkpad())
+            .chain(others.iter().copied())
+            .chain([self.srcpad()]);
+        for pad in pads {
+            obj.add_pad(pad).expect("a pad of a new element");
+        }
+    }
+
+    // ---- properties ---------------------------------------------------------------------
+
+    /// Refuses a setting: the old value stays, the user learns why on the bus.
+    fn refuse(&self, what: &str) {
+        gst::warning!(Self::cat(), imp = self, "{what}");
+        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
+    }
+
+    /// Refuses (true) a load-time property while the stream runs.
+    fn refused_while_running(&self, pspec: &glib::ParamSpec) -> bool {
+        let refused = pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY)
+            && self.base().running.load(Ordering::SeqCst);
+        if refused {
+            self.refuse(&format!(
+                "{} refused while the stream runs: it is used when the model loads; set it in the NULL or READY state",
+                pspec.name()
+            ));
+        }
+        refused
+    }
+
+    /// The read-only properties the base answers: `stats` and `provider`.
+    fn base_property(&self, name: &str) -> Option<glib::Value> {
+        match name {
+            "stats" => Some(self.stats_structure().to_value()),
+            "provider" => Some(self.base().stats.lock().unwrap().provider.to_value()),
+            _ => None,
+        }
     }
 
     // ---- stats --------------------------------------------------------------------------
@@ -853,7 +894,7 @@ pub trait InferElementExt: InferElement {
     /// Posts the stats structure as an element message when `stats-interval` has passed
     /// since the last one, or always with `force` (at EOS).
     fn post_stats(&self, force: bool) {
-        let interval = self.stats_interval_ms();
+        let interval = self.stream_settings().stats_interval_ms;
         if !self.base().stats.lock().unwrap().post_due(interval, force) {
             return;
         }

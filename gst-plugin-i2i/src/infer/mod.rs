@@ -4,7 +4,8 @@
 //! task, the output thread), the bounded queue between them with the live drop policy,
 //! picture conversion around the model, the stats, and the latency they add.
 //!
-//! Each element keeps its own properties, model binding and pre- and post-processing
+//! The properties they share are defined once ([`props`]); each element keeps its own
+//! properties, model binding and pre- and post-processing
 //! ([`element::InferElement`]); these modules hold the parts that do not depend on what the
 //! model is.
 
@@ -13,6 +14,7 @@ pub mod element;
 pub mod input;
 pub mod latency;
 pub mod output;
+pub mod props;
 pub mod queue;
 pub mod stats;
 pub mod task;

@@ -11,7 +11,6 @@
 //! output tensors into buffers of the output format and pushes them.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
@@ -25,7 +24,7 @@ use super::model::{
 };
 use super::task::{ModelInput, Worker};
 use super::{ChannelOrder, Layout};
-use crate::i2itransform::{DropFrames, ExecutionProvider, ResizeMode, provider_name};
+use crate::i2itransform::provider_name;
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
@@ -35,6 +34,7 @@ use crate::infer::element::{
 };
 use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
 use crate::infer::output::Rendered;
+use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -46,11 +46,6 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_BATCH_SIZE: u32 = 1;
-const DEFAULT_MAX_QUEUE: u32 = 4;
-const DEFAULT_THREADS: u32 = 0;
-const DEFAULT_DEVICE_ID: i32 = 0;
-const DEFAULT_FP16: bool = true;
-const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
 const MAX_SIZE: u32 = 8192;
 const MAX_BATCH_SIZE: u32 = 64;
 #[derive(Debug, Clone)]
@@ -59,15 +54,8 @@ pub(super) struct Settings {
     pub width: u32,
     pub height: u32,
     pub batch_size: u32,
-    pub execution_provider: ExecutionProvider,
-    pub device_id: i32,
-    pub fp16: bool,
-    pub engine_cache_dir: Option<String>,
-    pub max_queue: u32,
-    pub drop_frames: DropFrames,
-    pub threads: u32,
-    pub stats_interval_ms: u32,
-    pub resize_mode: ResizeMode,
+    pub runtime: RuntimeSettings,
+    pub stream: StreamSettings,
     pub overrides: NormalizationOverrides,
 }
 
@@ -78,15 +66,8 @@ impl Default for Settings {
             width: 0,
             height: 0,
             batch_size: DEFAULT_BATCH_SIZE,
-            execution_provider: ExecutionProvider::default(),
-            device_id: DEFAULT_DEVICE_ID,
-            fp16: DEFAULT_FP16,
-            engine_cache_dir: None,
-            max_queue: DEFAULT_MAX_QUEUE,
-            drop_frames: DropFrames::default(),
-            threads: DEFAULT_THREADS,
-            stats_interval_ms: DEFAULT_STATS_INTERVAL_MS,
-            resize_mode: ResizeMode::default(),
+            runtime: RuntimeSettings::default(),
+            stream: StreamSettings::default(),
             overrides: NormalizationOverrides::default(),
         }
     }
@@ -120,7 +101,7 @@ impl ObjectSubclass for OnnxTransform {
         let srcpad = src_pad_builder::<OnnxTransform>(&klass.pad_template("src").unwrap()).build();
         OnnxTransform {
             settings: Mutex::new(Settings::default()),
-            base: InferBase::new(sinkpad, srcpad, DEFAULT_MAX_QUEUE as usize),
+            base: InferBase::new(sinkpad, srcpad),
             model_sizes: Mutex::new(ModelSizes::default()),
             post: Mutex::new(None),
         }
@@ -144,12 +125,8 @@ impl InferElement for OnnxTransform {
         &self.base
     }
 
-    fn drop_frames(&self) -> DropFrames {
-        self.settings.lock().unwrap().drop_frames
-    }
-
-    fn stats_interval_ms(&self) -> u32 {
-        self.settings.lock().unwrap().stats_interval_ms
+    fn stream_settings(&self) -> StreamSettings {
+        self.settings.lock().unwrap().stream
     }
 
     fn latency_settings(&self) -> LatencySettings {
@@ -157,7 +134,6 @@ impl InferElement for OnnxTransform {
         LatencySettings {
             latency_frames: 0,
             batch_size: s.batch_size as usize,
-            max_queue: s.max_queue,
         }
     }
 
@@ -178,7 +154,7 @@ impl InferElement for OnnxTransform {
             } else {
                 in_info.height()
             };
-            ((w, h), s.resize_mode)
+            ((w, h), s.stream.resize_mode)
         };
         let (model_size, out_size, pre) = {
             let mut guard = self.base.worker.lock().unwrap();
@@ -319,17 +295,13 @@ impl InferElement for OnnxTransform {
             );
             return Err(gst::StateChangeError);
         };
-        let intra_threads = if s.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            s.threads as usize
-        };
+        let intra_threads = s.runtime.intra_threads();
         let opts = ModelOptions {
             file: PathBuf::from(&model),
-            execution_provider: s.execution_provider.into(),
-            device_id: s.device_id,
-            fp16: s.fp16,
-            engine_cache_dir: s.engine_cache_dir.clone().map(Into::into),
+            execution_provider: s.runtime.execution_provider.into(),
+            device_id: s.runtime.device_id,
+            fp16: s.runtime.fp16,
+            engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
             intra_threads,
             overrides: s.overrides.clone(),
         };
@@ -381,10 +353,7 @@ impl InferElement for OnnxTransform {
             .field("load-ms", load_time.as_secs_f64() * 1000.0)
             .build();
         self.post_started(started_msg);
-        self.reset_for_start(
-            Stats::started(provider, s.batch_size as usize, 0),
-            s.max_queue,
-        );
+        self.reset_for_start(Stats::started(provider, s.batch_size as usize, 0));
         *self.model_sizes.lock().unwrap() = ModelSizes::default();
         *self.post.lock().unwrap() = Some(m.postprocess());
         *self.base.worker.lock().unwrap() = Some(Worker::new(m, s.batch_size as usize));
@@ -394,14 +363,6 @@ impl InferElement for OnnxTransform {
     fn unload(&self) {
         *self.post.lock().unwrap() = None;
         *self.model_sizes.lock().unwrap() = ModelSizes::default();
-    }
-}
-
-impl OnnxTransform {
-    /// Refuses a setting: the old value stays, the user learns why on the bus.
-    fn refuse(&self, what: &str) {
-        gst::warning!(CAT, imp = self, "{what}");
-        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", what));
     }
 }
 
@@ -474,88 +435,31 @@ impl ObjectImpl for OnnxTransform {
                     .default_value(DEFAULT_BATCH_SIZE)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("execution-provider", ExecutionProvider::Auto)
-                    .nick("Execution provider")
-                    .blurb("ONNX Runtime execution provider; naming an unavailable one is an error")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecInt::builder("device-id")
-                    .nick("Device ID")
-                    .blurb("GPU index for CUDA / TensorRT")
-                    .minimum(0)
-                    .maximum(255)
-                    .default_value(DEFAULT_DEVICE_ID)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("fp16")
-                    .nick("FP16")
-                    .blurb("Half precision where the provider supports it (TensorRT)")
-                    .default_value(DEFAULT_FP16)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("engine-cache-dir")
-                    .nick("Engine cache directory")
-                    .blurb("Where TensorRT keeps built engines and timing caches")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-queue")
-                    .nick("Max queue")
-                    .blurb("Frames waiting for inference before upstream blocks")
-                    .minimum(1)
-                    .maximum(1024)
-                    .default_value(DEFAULT_MAX_QUEUE)
-                    .mutable_playing()
-                    .build(),
-                glib::ParamSpecEnum::builder_with_default("resize-mode", ResizeMode::Stretch)
-                    .nick("Resize mode")
-                    .blurb("How the input fills the model size: stretch, crop or fit")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecEnum::builder_with_default("drop-frames", DropFrames::Auto)
-                    .nick("Drop frames")
-                    .blurb("When frames come faster than inference: drop the oldest waiting frame so latency stays bounded (counted in stats frames-late, posted as QoS messages), or keep every frame and make upstream wait. auto drops on live sources only")
-                    .mutable_playing()
-                    .build(),
-                glib::ParamSpecUInt::builder("threads")
-                    .nick("Threads")
-                    .blurb("ONNX Runtime intra-op threads; 0 = the CPUs this process may use")
-                    .maximum(1024)
-                    .default_value(DEFAULT_THREADS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("stats-interval")
-                    .nick("Stats interval")
-                    .blurb("Milliseconds between onnxtransform-stats element messages, also posted at EOS; 0 = only at EOS")
-                    .maximum(3_600_000)
-                    .default_value(DEFAULT_STATS_INTERVAL_MS)
-                    .mutable_playing()
-                    .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("frames-in, frames-out, frames-dropped (flush), frames-late (dropped to keep up with live input), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, provider")
-                    .read_only()
-                    .build(),
-                glib::ParamSpecString::builder("provider")
-                    .nick("Provider")
-                    .blurb("The execution provider actually running (after start)")
-                    .read_only()
-                    .build(),
             ]
+            .into_iter()
+            .chain(RuntimeSettings::param_specs(true))
+            .chain(StreamSettings::param_specs(OnnxTransform::STATS_NAME))
+            .chain([stats_param_spec("")])
+            .collect()
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
-        if pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY)
-            && self.base.running.load(Ordering::SeqCst)
-        {
-            self.refuse(&format!(
-                "{name} refused while the stream runs: it is used when the model loads; set it in the NULL or READY state"
-            ));
+        if self.refused_while_running(pspec) {
             return;
         }
         let mut s = self.settings.lock().unwrap();
+        if s.runtime.set_property(name, value) {
+            return;
+        }
+        if s.stream.set_property(name, value) {
+            let stream = s.stream;
+            drop(s);
+            self.stream_settings_changed(&stream);
+            return;
+        }
         let text = || value.get::<Option<String>>().unwrap().unwrap_or_default();
         let positive = |v: f64| (v > 0.0).then_some(v as f32);
         match name {
@@ -601,32 +505,21 @@ impl ObjectImpl for OnnxTransform {
                 }
             }
             "batch-size" => s.batch_size = value.get().unwrap(),
-            "execution-provider" => s.execution_provider = value.get().unwrap(),
-            "device-id" => s.device_id = value.get().unwrap(),
-            "fp16" => s.fp16 = value.get().unwrap(),
-            "engine-cache-dir" => s.engine_cache_dir = value.get().unwrap(),
-            "max-queue" => {
-                s.max_queue = value.get().unwrap();
-                let max = s.max_queue;
-                drop(s);
-                self.set_max_queue(max);
-            }
-            "resize-mode" => s.resize_mode = value.get().unwrap(),
-            "drop-frames" => {
-                s.drop_frames = value.get().unwrap();
-                drop(s);
-                self.base.queue.notify();
-            }
-            "threads" => s.threads = value.get().unwrap(),
-            "stats-interval" => s.stats_interval_ms = value.get().unwrap(),
             _ => unreachable!("property {name} is not registered"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let name = pspec.name();
+        if let Some(v) = self.base_property(name) {
+            return v;
+        }
         let s = self.settings.lock().unwrap();
+        if let Some(v) = s.runtime.property(name).or_else(|| s.stream.property(name)) {
+            return v;
+        }
         let o = &s.overrides;
-        match pspec.name() {
+        match name {
             "model" => s.model.to_value(),
             "width" => s.width.to_value(),
             "height" => s.height.to_value(),
@@ -655,32 +548,13 @@ impl ObjectImpl for OnnxTransform {
             }
             .to_value(),
             "batch-size" => s.batch_size.to_value(),
-            "execution-provider" => s.execution_provider.to_value(),
-            "device-id" => s.device_id.to_value(),
-            "fp16" => s.fp16.to_value(),
-            "engine-cache-dir" => s.engine_cache_dir.to_value(),
-            "max-queue" => s.max_queue.to_value(),
-            "resize-mode" => s.resize_mode.to_value(),
-            "drop-frames" => s.drop_frames.to_value(),
-            "threads" => s.threads.to_value(),
-            "stats-interval" => s.stats_interval_ms.to_value(),
-            "stats" => {
-                drop(s);
-                self.stats_structure().to_value()
-            }
-            "provider" => {
-                drop(s);
-                self.base.stats.lock().unwrap().provider.to_value()
-            }
             name => unreachable!("property {name} is not registered"),
         }
     }
 
     fn constructed(&self) {
         self.parent_constructed();
-        let obj = self.obj();
-        obj.add_pad(&self.base.sinkpad).unwrap();
-        obj.add_pad(&self.base.srcpad).unwrap();
+        self.add_pads(&[]);
     }
 }
 
