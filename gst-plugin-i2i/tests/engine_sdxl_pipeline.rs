@@ -3,7 +3,6 @@
 //! in order, equal to the engine's output for the same frames and settings, and a live
 //! prompt change reaches the pictures.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod pipeline_common;
@@ -18,32 +17,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const PROPS: &str = "prompt=\"a red fox\" negative-prompt=\"\" seed=5 t-index-list=20,35 \
                      cfg-type=full guidance-scale=1.5 delta=1.0 threads=1";
 
-fn model(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("models")
-        .join(name);
-    assert!(
-        dir.join("unet").join("model.onnx").exists(),
-        "{} is missing: run scripts/setup.sh (it generates the test models)",
-        dir.display()
-    );
-    dir
-}
-
-/// A distinct packed RGB test picture per frame index.
-fn picture(index: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity((W * H * 3) as usize);
-    for y in 0..H as u64 {
-        for x in 0..W as u64 {
-            for c in 0..3u64 {
-                v.push(((x * 4 + y * 2 + c * 70 + index * 23) % 256) as u8);
-            }
-        }
-    }
-    v
-}
-
 /// `appsrc ! i2itransform model=<name> ! appsink` fed with `frames` RGB pictures;
 /// `change(i2i, k)` runs before frame k is pushed. Returns the packed RGB outputs.
 fn run_pipeline(name: &str, frames: u64, change: impl Fn(&gst::Element, u64)) -> Vec<Vec<u8>> {
@@ -51,7 +24,7 @@ fn run_pipeline(name: &str, frames: u64, change: impl Fn(&gst::Element, u64)) ->
     let desc = format!(
         "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
          {PROPS} ! video/x-raw,format=RGB ! appsink name=out sync=false",
-        model(name).display()
+        model_dir(name, "unet/model.onnx").display()
     );
     let pipeline = launch(&desc);
     let src = appsrc(&pipeline, "src");
@@ -61,7 +34,7 @@ fn run_pipeline(name: &str, frames: u64, change: impl Fn(&gst::Element, u64)) ->
     pipeline.set_state(gst::State::Playing).unwrap();
     for k in 0..frames {
         change(&i2i, k);
-        let mut buf = gst::Buffer::from_mut_slice(picture(k));
+        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
         {
             let b = buf.get_mut().unwrap();
             b.set_pts(gst::ClockTime::from_mseconds(100 * k));
@@ -92,7 +65,7 @@ fn run_pipeline(name: &str, frames: u64, change: impl Fn(&gst::Element, u64)) ->
 
 fn engine_outputs(name: &str, params: &[(u64, StreamParams)], frames: u64) -> Vec<Vec<u8>> {
     let opts = LoadOptions {
-        model_dir: model(name),
+        model_dir: model_dir(name, "unet/model.onnx"),
         width: W,
         height: H,
         batch_size: 1,
@@ -110,7 +83,7 @@ fn engine_outputs(name: &str, params: &[(u64, StreamParams)], frames: u64) -> Ve
             engine
                 .process(vec![InputFrame {
                     tag: k,
-                    rgb: picture(k),
+                    rgb: picture(k, W, H),
                 }])
                 .unwrap(),
         );

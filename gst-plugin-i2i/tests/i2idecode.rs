@@ -16,16 +16,9 @@ use gst::prelude::*;
 use pipeline_common::*;
 
 fn model(name: &str) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("models")
-        .join(name);
-    assert!(
-        dir.join("vae_decoder").join("model.onnx").exists(),
-        "{} is missing: run scripts/setup.sh (it generates the test models)",
-        dir.display()
-    );
-    dir.display().to_string()
+    model_dir(name, "vae_decoder/model.onnx")
+        .display()
+        .to_string()
 }
 
 /// Runs `desc` (an appsink named `out`; an appsrc named `src` gets `push`) to EOS.
@@ -46,18 +39,23 @@ fn transform(m: &str, extra: &str) -> String {
     )
 }
 
+/// `i2itransform` alone on `SOURCE`: the pictures to compare with.
+fn alone(m: &str) -> Run {
+    run(
+        &format!(
+            "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
+            transform(m, "")
+        ),
+        |_| (),
+    )
+    .unwrap()
+}
+
 #[test]
 fn the_split_is_byte_identical_to_the_transform_alone() {
     for name in ["tiny-sd15", "tiny-fp16"] {
         let m = model(name);
-        let alone = run(
-            &format!(
-                "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
-                transform(&m, "")
-            ),
-            |_| (),
-        )
-        .unwrap();
+        let alone = alone(&m);
         let split = run(
             &format!(
                 "{SOURCE} ! {} ! i2idecode model={m} threads=1 ! video/x-raw,format=RGB ! appsink name=out",
@@ -257,14 +255,7 @@ fn split_over_zmq(m: &str, sink_props: &str) -> (Vec<gst::Sample>, gst::Structur
 fn the_split_over_zeromq_is_byte_identical_to_the_transform_alone() {
     for name in ["tiny-sd15", "tiny-fp16"] {
         let m = model(name);
-        let alone = run(
-            &format!(
-                "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
-                transform(&m, "")
-            ),
-            |_| (),
-        )
-        .unwrap();
+        let alone = alone(&m);
         let (split, tx, rx) = split_over_zmq(&m, "");
         assert_eq!(alone.samples.len(), 8, "{name}");
         assert_eq!(split.len(), 8, "{name}: frames over ZeroMQ");
@@ -282,14 +273,7 @@ fn the_split_over_zeromq_is_byte_identical_to_the_transform_alone() {
 #[test]
 fn float16_latents_over_zeromq_are_half_the_bytes_and_close() {
     let m = model("tiny-sd15");
-    let alone = run(
-        &format!(
-            "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
-            transform(&m, "")
-        ),
-        |_| (),
-    )
-    .unwrap();
+    let alone = alone(&m);
     let (split, tx, _rx) = split_over_zmq(&m, "latent-dtype=f16");
     assert_eq!(split.len(), 8);
     let sent = tx.get::<u64>("bytes").unwrap();
@@ -357,14 +341,7 @@ fn a_decoder_farm_over_the_scaleout_elements_is_byte_identical_to_the_transform_
     const QUALITY: i32 = 90;
     for name in ["tiny-sd15", "tiny-fp16"] {
         let m = model(name);
-        let alone = run(
-            &format!(
-                "{SOURCE} ! {} ! video/x-raw,format=RGB ! appsink name=out",
-                transform(&m, "")
-            ),
-            |_| (),
-        )
-        .unwrap();
+        let alone = alone(&m);
         assert_eq!(alone.samples.len(), 8, "{name}");
 
         let group = format!("farm-{name}-{}", std::process::id());

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 //! i2itransform in real pipelines on the generated tiny models (64x64) and the demo model.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,34 +14,10 @@ use pipeline_common::*;
 const W: u32 = 64;
 const H: u32 = 64;
 
-fn model(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("models")
-        .join(name);
-    assert!(
-        dir.join("unet").join("model.onnx").exists(),
-        "{} is missing: run scripts/setup.sh (it generates the test models)",
-        dir.display()
-    );
-    dir
-}
-
 fn tiny() -> String {
-    model("tiny-sd15").display().to_string()
-}
-
-/// A distinct packed RGB test picture per frame index.
-fn picture(index: u64, w: u32, h: u32) -> Vec<u8> {
-    let mut v = Vec::with_capacity((w * h * 3) as usize);
-    for y in 0..h {
-        for x in 0..w {
-            for c in 0..3u64 {
-                v.push(((x as u64 * 4 + y as u64 * 2 + c * 70 + index * 23) % 256) as u8);
-            }
-        }
-    }
-    v
+    model_dir("tiny-sd15", "unet/model.onnx")
+        .display()
+        .to_string()
 }
 
 fn caps_of(sample: &gst::Sample) -> (String, i32, i32) {
@@ -424,7 +399,7 @@ fn element_output_equals_engine_output() {
     assert!(stats.get::<u64>("batches").unwrap() >= 4, "{stats}");
 
     let opts = LoadOptions {
-        model_dir: model("tiny-sd15"),
+        model_dir: model_dir("tiny-sd15", "unet/model.onnx"),
         width: W,
         height: H,
         batch_size: 1,
@@ -812,7 +787,7 @@ fn bad_model_directory_is_an_element_error() {
     // A model directory with a missing graph names the missing file.
     let dir = std::env::temp_dir().join(format!("i2i-bad-model-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    copy_dir(&model("tiny-sd15"), &dir);
+    copy_dir(&model_dir("tiny-sd15", "unet/model.onnx"), &dir);
     std::fs::remove_file(dir.join("vae_decoder").join("model.onnx")).unwrap();
     let err = run_launch(&format!(
         "videotestsrc num-buffers=2 ! i2itransform model=\"{}\" width=64 height=64 ! appsink name=out",
@@ -1038,7 +1013,7 @@ fn gst_controller_source(el: &gst::Element) -> gst_controller::InterpolationCont
 /// The demo model at its real size, straight after a JPEG decoder, with a prompt.
 #[test]
 fn demo_model_at_512() {
-    let demo = model("demo").display().to_string();
+    let demo = model_dir("demo", "unet/model.onnx").display().to_string();
     let launch = |prompt: &str| {
         run_launch(&format!(
             "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,width=640,height=480,framerate=15/1 \

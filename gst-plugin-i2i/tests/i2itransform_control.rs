@@ -22,37 +22,6 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const PROPS: &str = "prompt=\"a red fox\" seed=5 t-index-list=32,45 cfg-type=self \
                      guidance-scale=1.5 delta=0.9 threads=1";
 
-fn model(name: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut dir = root.join("models").join(name);
-    // Models generated beside the shared folder (make_models.py --out models-local).
-    let local = root.join("models-local").join(name);
-    if !dir.join("unet").join("model.onnx").exists()
-        && local.join("unet").join("model.onnx").exists()
-    {
-        dir = local;
-    }
-    assert!(
-        dir.join("unet").join("model.onnx").exists(),
-        "{} is missing: run scripts/setup.sh (it generates the test models)",
-        dir.display()
-    );
-    dir
-}
-
-/// A distinct packed RGB test picture per frame index.
-fn picture(index: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity((W * H * 3) as usize);
-    for y in 0..H as u64 {
-        for x in 0..W as u64 {
-            for c in 0..3u64 {
-                v.push(((x * 4 + y * 2 + c * 70 + index * 23) % 256) as u8);
-            }
-        }
-    }
-    v
-}
-
 /// `appsrc ! i2itransform model=<dir> <props> ! appsink` fed with `frames` RGB pictures
 /// (at 1 frame/s, so that the idle timeout never drains the stream batch between frames
 /// pushed back to back). Returns the packed RGB outputs.
@@ -69,7 +38,7 @@ fn run_pipeline(dir: &std::path::Path, props: &str, frames: u64) -> Vec<Vec<u8>>
     let out = collect_bytes(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
     for k in 0..frames {
-        let mut buf = gst::Buffer::from_mut_slice(picture(k));
+        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
         {
             let b = buf.get_mut().unwrap();
             b.set_pts(gst::ClockTime::from_seconds(k));
@@ -123,7 +92,7 @@ fn engine_outputs(dir: &std::path::Path, frames: u64, set: impl Fn(&mut Engine))
             engine
                 .process(vec![InputFrame {
                     tag: k,
-                    rgb: picture(k),
+                    rgb: picture(k, W, H),
                 }])
                 .unwrap(),
         );
@@ -145,7 +114,7 @@ fn pictures(outs: &[diffusion::OutputFrame]) -> Vec<Vec<u8>> {
 
 #[test]
 fn latent_feedback_in_a_pipeline_equals_the_engine() {
-    let dir = model("tiny-sd15");
+    let dir = model_dir("tiny-sd15", "unet/model.onnx");
     let got = run_pipeline(&dir, "latent-feedback=0.3", 6);
     assert_eq!(got.len(), 6, "every frame comes out once");
     let want = engine_outputs(&dir, 6, |e| e.set_latent_feedback(0.3));
@@ -211,7 +180,7 @@ fn engine_controlled(
     for k in 0..frames {
         let input = vec![InputFrame {
             tag: k,
-            rgb: picture(k),
+            rgb: picture(k, W, H),
         }];
         outs.extend(engine.process_controlled(input, vec![control(k)]).unwrap());
     }
@@ -221,21 +190,21 @@ fn engine_controlled(
 
 #[test]
 fn canny_controlnet_in_a_pipeline_equals_the_engine() {
-    let dir = model("tiny-controlnet");
+    let dir = model_dir("tiny-controlnet", "unet/model.onnx");
     let got = run_pipeline(
         &dir,
         "controlnet-preprocess=canny:50:120 controlnet-scales=0.9",
         5,
     );
     assert_eq!(got.len(), 5);
-    let canny = |k| gsti2i::preprocess::canny(&picture(k), W, H, 50.0, 120.0).unwrap();
+    let canny = |k| gsti2i::preprocess::canny(&picture(k, W, H), W, H, 50.0, 120.0).unwrap();
     assert!(canny(0).contains(&255), "the test picture has edges");
     let want = engine_controlled(&dir, 5, &[0.9], canny);
     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "frame {k}");
     }
     // Not the same as feeding the frame itself.
-    let input = engine_controlled(&dir, 5, &[0.9], picture);
+    let input = engine_controlled(&dir, 5, &[0.9], |k| picture(k, W, H));
     assert_ne!(got[0], input[0], "the canny image reaches the ControlNet");
     let also_input = run_pipeline(&dir, "controlnet-scales=0.9", 5);
     assert_eq!(
@@ -320,7 +289,7 @@ fn run_with_control_caps(
         std::thread::sleep(Duration::from_millis(5));
     }
     for k in 0..frames {
-        push(&src, k, picture(k));
+        push(&src, k, picture(k, W, H));
     }
     src.end_of_stream().unwrap();
     let bus = pipeline.bus().unwrap();
@@ -341,7 +310,7 @@ fn run_with_control_caps(
 
 #[test]
 fn control_pad_frames_are_matched_by_timestamp() {
-    let dir = model("tiny-controlnet");
+    let dir = model_dir("tiny-controlnet", "unet/model.onnx");
     // Control frames at 0, 2 and 4 s: main frames 0..5 take the newest not later than
     // themselves (0, 0, 2, 2, 4).
     let controls: Vec<(u64, Vec<u8>)> = [0u64, 2, 4].iter().map(|&t| (t, rings(t))).collect();
@@ -362,10 +331,10 @@ fn control_pad_frames_are_matched_by_timestamp() {
 
 #[test]
 fn control_pad_without_frames_falls_back_to_the_frame() {
-    let dir = model("tiny-controlnet");
+    let dir = model_dir("tiny-controlnet", "unet/model.onnx");
     let (got, fallbacks) = run_with_control_pad(&dir, "controlnet-preprocess=pad", 4, &[]);
     assert_eq!(fallbacks, 4, "every frame counted");
-    let want = engine_controlled(&dir, 4, &[1.0], picture);
+    let want = engine_controlled(&dir, 4, &[1.0], |k| picture(k, W, H));
     assert_eq!(got, want, "the frame itself stands in");
 }
 
@@ -399,7 +368,7 @@ fn start_error(dir: &std::path::Path, props: &str) -> String {
 
 #[test]
 fn mismatched_controlnet_properties_fail_the_start() {
-    let two = model("tiny-controlnet2");
+    let two = model_dir("tiny-controlnet2", "unet/model.onnx");
     let e = start_error(&two, "controlnet-scales=1,0.5,0.2");
     assert!(
         e.contains("unet/model.onnx")
@@ -416,7 +385,7 @@ fn mismatched_controlnet_properties_fail_the_start() {
     );
     let e = start_error(&two, "controlnet-preprocess=canny:300:100");
     assert!(e.contains("LOW <= HIGH"), "{e}");
-    let plain = model("tiny-sd15");
+    let plain = model_dir("tiny-sd15", "unet/model.onnx");
     let e = start_error(&plain, "controlnet-scales=0.5");
     assert!(e.contains("takes no control images"), "{e}");
 }
@@ -424,7 +393,7 @@ fn mismatched_controlnet_properties_fail_the_start() {
 #[test]
 fn feedback_preprocessor_blends_the_previous_output() {
     init();
-    let dir = model("tiny-controlnet");
+    let dir = model_dir("tiny-controlnet", "unet/model.onnx");
     let desc = format!(
         "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
          {PROPS} controlnet-preprocess=feedback:0.6 ! video/x-raw,format=RGB ! appsink name=out sync=false",
@@ -444,7 +413,7 @@ fn feedback_preprocessor_blends_the_previous_output() {
     let frames = 4u64;
     let mut got = Vec::new();
     for k in 0..frames {
-        let mut buf = gst::Buffer::from_mut_slice(picture(k));
+        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
         buf.get_mut()
             .unwrap()
             .set_pts(gst::ClockTime::from_mseconds(100 * k));
@@ -472,12 +441,12 @@ fn feedback_preprocessor_blends_the_previous_output() {
     let mut prev: Option<Vec<u8>> = None;
     for k in 0..frames {
         let control = match &prev {
-            Some(p) => gsti2i::preprocess::feedback(&picture(k), p, 0.6),
-            None => picture(k),
+            Some(p) => gsti2i::preprocess::feedback(&picture(k, W, H), p, 0.6),
+            None => picture(k, W, H),
         };
         let input = vec![InputFrame {
             tag: k,
-            rgb: picture(k),
+            rgb: picture(k, W, H),
         }];
         let mut outs = engine.process_controlled(input, vec![control]).unwrap();
         outs.extend(engine.drain().unwrap());
@@ -486,7 +455,7 @@ fn feedback_preprocessor_blends_the_previous_output() {
         assert_eq!(got[k as usize], rgb, "frame {k}");
         prev = Some(rgb);
     }
-    let plain = engine_controlled(&dir, frames, &[1.0], picture);
+    let plain = engine_controlled(&dir, frames, &[1.0], |k| picture(k, W, H));
     assert_ne!(
         got[3], plain[3],
         "the previous output reaches the ControlNet"
@@ -495,7 +464,7 @@ fn feedback_preprocessor_blends_the_previous_output() {
 
 #[test]
 fn depth_preprocessor_equals_the_depth_model_and_bad_models_are_refused() {
-    let dir = model("tiny-controlnet");
+    let dir = model_dir("tiny-controlnet", "unet/model.onnx");
     let depth_file = model_file("tiny-depth");
     let got = run_pipeline(
         &dir,
@@ -513,7 +482,7 @@ fn depth_preprocessor_equals_the_depth_model_and_bad_models_are_refused() {
     )
     .unwrap();
     let maps: Vec<Vec<u8>> = (0..4)
-        .map(|k| depth.run(&picture(k), W, H).unwrap())
+        .map(|k| depth.run(&picture(k, W, H), W, H).unwrap())
         .collect();
     let (lo, hi) = (maps[0].iter().min().unwrap(), maps[0].iter().max().unwrap());
     assert!(
@@ -524,7 +493,9 @@ fn depth_preprocessor_equals_the_depth_model_and_bad_models_are_refused() {
     assert_eq!(got, want);
 
     // Not an image-to-depth graph: a UNet.
-    let unet = model("tiny-sd15").join("unet").join("model.onnx");
+    let unet = model_dir("tiny-sd15", "unet/model.onnx")
+        .join("unet")
+        .join("model.onnx");
     let e = start_error(
         &dir,
         &format!(
@@ -562,7 +533,7 @@ fn model_file(name: &str) -> PathBuf {
 #[test]
 fn control_pad_frames_of_another_format_and_size_are_converted() {
     init();
-    let dir = model("tiny-controlnet");
+    let dir = model_dir("tiny-controlnet", "unet/model.onnx");
     // GRAY8 rings at 32 x 32: converted to RGB at 64 x 64 on arrival.
     let small: Vec<u8> = rings(0)
         .chunks_exact(3)
@@ -575,7 +546,7 @@ fn control_pad_frames_of_another_format_and_size_are_converted() {
     let (got, fallbacks) =
         run_with_control_caps(&dir, "controlnet-preprocess=pad", 3, &[(0, small)], &caps);
     assert_eq!((got.len(), fallbacks), (3, 0));
-    let itself = engine_controlled(&dir, 3, &[1.0], picture);
+    let itself = engine_controlled(&dir, 3, &[1.0], |k| picture(k, W, H));
     assert_ne!(
         got[0], itself[0],
         "the converted control frame reaches the ControlNet"

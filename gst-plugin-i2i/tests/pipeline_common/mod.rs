@@ -3,6 +3,7 @@
 //! receives, running a launch line to EOS with every bus message kept, and RGB caps.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,38 @@ pub fn init() {
         gsti2i::plugin_register_static().unwrap();
         gstzmqmsgpack::plugin_register_static().unwrap();
     });
+}
+
+/// The generated model folder `models/<name>` (or `models-local/<name>` when only that one
+/// has it: models generated beside a shared folder), checked for the file `needs` inside it.
+pub fn model_dir(name: &str, needs: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("models").join(name);
+    let local = root.join("models-local").join(name);
+    let dir = if !dir.join(needs).exists() && local.join(needs).exists() {
+        local
+    } else {
+        dir
+    };
+    assert!(
+        dir.join(needs).exists(),
+        "{} is missing: run scripts/setup.sh (it generates the test models)",
+        dir.join(needs).display()
+    );
+    dir
+}
+
+/// A distinct packed RGB test picture of `w` x `h` per frame index.
+pub fn picture(index: u64, w: u32, h: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h as u64 {
+        for x in 0..w as u64 {
+            for c in 0..3u64 {
+                v.push(((x * 4 + y * 2 + c * 70 + index * 23) % 256) as u8);
+            }
+        }
+    }
+    v
 }
 
 /// The pipeline of the launch line `desc` (GStreamer initialised first).
