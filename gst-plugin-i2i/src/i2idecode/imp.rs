@@ -165,8 +165,9 @@ impl ObjectSubclass for I2iDecode {
 impl InferElement for I2iDecode {
     /// The latents of a frame.
     type Data = Vec<f32>;
-    /// The decoder's output, planar RGB in -1..1.
-    type Picture = Vec<f32>;
+    /// The decoder's output tensor, planar RGB in -1..1, shared with the decoder: it writes
+    /// the next frame into it again only once the output thread has let go of it.
+    type Picture = Arc<Tensor<f32>>;
     type Worker = Worker;
     type StatsExtra = ();
 
@@ -379,11 +380,10 @@ impl InferElement for I2iDecode {
         };
         self.timed(|| decoder.decode(&f.data, 1, slot))
             .map_err(|e| self.engine_failed(e))?;
-        let Some(t) = slot[0].as_ref() else {
+        let Some(t) = slot[0].clone() else {
             return Err(gst::FlowError::Error);
         };
-        let decoded = t.extract_tensor().1.to_vec();
-        self.send_out(OutItem::Frame(decoded, f.meta))
+        self.send_out(OutItem::Frame(t, f.meta))
     }
 
     /// New caps take the decoder loaded for them; the frames before them were decoded.
@@ -405,10 +405,19 @@ impl InferElement for I2iDecode {
         (0, Vec::new())
     }
 
-    fn render(&self, pic: &Vec<f32>, conv: &OutputConverter) -> Result<Rendered, gst::FlowError> {
+    fn render(
+        &self,
+        pic: &Arc<Tensor<f32>>,
+        conv: &OutputConverter,
+    ) -> Result<Rendered, gst::FlowError> {
         let info = conv.out_info();
         let mut rgb = Vec::new();
-        decoded_to_rgb8(pic, info.width(), info.height(), &mut rgb);
+        decoded_to_rgb8(
+            pic.extract_tensor().1,
+            info.width(),
+            info.height(),
+            &mut rgb,
+        );
         Ok(Rendered::Rgb(rgb))
     }
 }
