@@ -93,7 +93,8 @@ pub fn encode_batch(timestamp_ms: i64, frames: &[(u64, &[u8])]) -> Vec<u8> {
     out
 }
 
-fn type_name(v: &rmpv::ValueRef<'_>) -> &'static str {
+/// The msgpack type of `v`, as error messages name it.
+pub(crate) fn type_name(v: &rmpv::ValueRef<'_>) -> &'static str {
     use rmpv::ValueRef::*;
     match v {
         Nil => "nil",

@@ -18,6 +18,8 @@
 
 use std::fmt;
 
+use crate::protocol::type_name;
+
 /// Caps name of latent frames in GStreamer (`i2itransform output=latent`, `i2idecode`).
 pub const LATENT_CAPS_NAME: &str = "application/x-i2i-latent";
 
@@ -184,21 +186,6 @@ pub fn encode(timestamp_ms: i64, index: u64, payload: &[u8], meta: &TensorMeta) 
     let mut out = Vec::new();
     encode_into(&mut out, timestamp_ms, index, payload, meta);
     out
-}
-
-fn type_name(v: &rmpv::ValueRef<'_>) -> &'static str {
-    use rmpv::ValueRef::*;
-    match v {
-        Nil => "nil",
-        Boolean(_) => "bool",
-        Integer(_) => "int",
-        F32(_) | F64(_) => "float",
-        String(_) => "str",
-        Binary(_) => "bin",
-        Array(_) => "array",
-        Map(_) => "map",
-        Ext(..) => "ext",
-    }
 }
 
 /// Walks the markers of `[scalar, scalar, scalar, {str: scalar | [scalar; <= MAX_DIMS]}]`
