@@ -32,6 +32,42 @@ pub enum LatentDrop {
     Oversize,
 }
 
+/// Latent frames refused for a latent's own reasons, by reason; a malformed message and an
+/// image over `max-pixels` count with the element's `malformed` and `oversize` figures.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LatentDrops {
+    pub size: u64,
+    pub dtype: u64,
+    pub shape: u64,
+    pub meta: u64,
+}
+
+impl LatentDrops {
+    /// Counts `why`; false for `Malformed` and `Oversize`, which the caller counts.
+    pub fn count(&mut self, why: LatentDrop) -> bool {
+        match why {
+            LatentDrop::Size => self.size += 1,
+            LatentDrop::Dtype => self.dtype += 1,
+            LatentDrop::Shape => self.shape += 1,
+            LatentDrop::Meta => self.meta += 1,
+            LatentDrop::Malformed | LatentDrop::Oversize => return false,
+        }
+        true
+    }
+
+    pub fn total(&self) -> u64 {
+        self.size + self.dtype + self.shape + self.meta
+    }
+
+    /// `b` with the `dropped-latent-*` fields.
+    pub fn fields(&self, b: gst::structure::Builder) -> gst::structure::Builder {
+        b.field("dropped-latent-size", self.size)
+            .field("dropped-latent-dtype", self.dtype)
+            .field("dropped-latent-shape", self.shape)
+            .field("dropped-latent-meta", self.meta)
+    }
+}
+
 /// What latents of one stream share.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatentStream {

@@ -35,7 +35,7 @@ use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
-use crate::latent::{self, LatentDrop, LatentPayload, LatentStream};
+use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::scaleout;
 use crate::scaleout::socket_thread::{self, SocketThread};
@@ -126,10 +126,7 @@ struct Stats {
     oversize: u64,
     overflow: u64,
     latents: u64,
-    latent_size: u64,
-    latent_dtype: u64,
-    latent_shape: u64,
-    latent_meta: u64,
+    latent: LatentDrops,
     sessions: u64,
     primary_lost: u64,
     drains: u64,
@@ -342,13 +339,11 @@ impl Io {
                     bad += 1;
                     {
                         let stats = &mut self.shared.lock().stats;
-                        match why {
-                            LatentDrop::Malformed => stats.malformed += 1,
-                            LatentDrop::Size => stats.latent_size += 1,
-                            LatentDrop::Dtype => stats.latent_dtype += 1,
-                            LatentDrop::Shape => stats.latent_shape += 1,
-                            LatentDrop::Meta => stats.latent_meta += 1,
-                            LatentDrop::Oversize => stats.oversize += 1,
+                        if !stats.latent.count(why) {
+                            match why {
+                                LatentDrop::Oversize => stats.oversize += 1,
+                                _ => stats.malformed += 1,
+                            }
                         }
                     }
                     let text = format!("{text} (job from the primary at {})", self.endpoint);
@@ -679,7 +674,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                 drop(settings);
                 let queued = self.shared().map(|s| s.lock().queue.len()).unwrap_or(0);
                 let s = self.stats();
-                gst::Structure::builder("zmqworkersrc-stats")
+                let b = gst::Structure::builder("zmqworkersrc-stats")
                     .field("refused", self.curve.refused())
                     .field("frames-in", s.frames_in)
                     .field("frames-out", s.frames_out)
@@ -692,10 +687,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                             + s.refused_path
                             + s.oversize
                             + s.overflow
-                            + s.latent_size
-                            + s.latent_dtype
-                            + s.latent_shape
-                            + s.latent_meta,
+                            + s.latent.total(),
                     )
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
@@ -703,11 +695,9 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .field("oversize", s.oversize)
                     .field("refused-path", s.refused_path)
                     .field("overflow", s.overflow)
-                    .field("latents", s.latents)
-                    .field("dropped-latent-size", s.latent_size)
-                    .field("dropped-latent-dtype", s.latent_dtype)
-                    .field("dropped-latent-shape", s.latent_shape)
-                    .field("dropped-latent-meta", s.latent_meta)
+                    .field("latents", s.latents);
+                s.latent
+                    .fields(b)
                     .field("sessions", s.sessions)
                     .field("primary-lost", s.primary_lost)
                     .field("drains", s.drains)

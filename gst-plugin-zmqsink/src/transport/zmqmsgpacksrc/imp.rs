@@ -40,7 +40,7 @@ use crate::frame_file::{self, FrameFileError};
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
-use crate::latent::{self, LatentDrop, LatentPayload, LatentStream};
+use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::tensor::{self, LATENT_CAPS_NAME};
 use crate::warn::RateLimit;
@@ -110,16 +110,8 @@ enum DropReason {
     Oversize,
     /// A batch path outside frame-folder (or none set), or not a regular file.
     RefusedPath,
-    /// A latent whose payload length does not match its meta (truncated, wrong meta).
-    LatentSize,
-    /// A latent of a dtype other than float32 or float16.
-    LatentDtype,
-    /// A latent shape that is not one frame `[1, C, H, W]` of positive sizes, or over
-    /// `max-pixels` elements.
-    LatentShape,
-    /// A latent meta at odds with itself (image size not 8 x the latent size) or with the
-    /// stream's (other channels, layout or scaling factor than the first latents).
-    LatentMeta,
+    /// A latent refused for a latent's own reason (payload size, dtype, shape, meta).
+    Latent(LatentDrop),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -131,10 +123,7 @@ struct Stats {
     missing_file: u64,
     refused_path: u64,
     oversize: u64,
-    latent_size: u64,
-    latent_dtype: u64,
-    latent_shape: u64,
-    latent_meta: u64,
+    latent: LatentDrops,
     latents: u64,
     disconnects: u64,
 }
@@ -146,10 +135,7 @@ impl Stats {
             + self.missing_file
             + self.oversize
             + self.refused_path
-            + self.latent_size
-            + self.latent_dtype
-            + self.latent_shape
-            + self.latent_meta
+            + self.latent.total()
     }
 
     fn count(&mut self, why: DropReason) {
@@ -159,10 +145,9 @@ impl Stats {
             DropReason::MissingFile => self.missing_file += 1,
             DropReason::Oversize => self.oversize += 1,
             DropReason::RefusedPath => self.refused_path += 1,
-            DropReason::LatentSize => self.latent_size += 1,
-            DropReason::LatentDtype => self.latent_dtype += 1,
-            DropReason::LatentShape => self.latent_shape += 1,
-            DropReason::LatentMeta => self.latent_meta += 1,
+            DropReason::Latent(why) => {
+                self.latent.count(why);
+            }
         }
     }
 }
@@ -283,11 +268,8 @@ impl ZmqMsgpackSrc {
             Err((why, text)) => {
                 let why = match why {
                     LatentDrop::Malformed => DropReason::Malformed,
-                    LatentDrop::Size => DropReason::LatentSize,
-                    LatentDrop::Dtype => DropReason::LatentDtype,
-                    LatentDrop::Shape => DropReason::LatentShape,
-                    LatentDrop::Meta => DropReason::LatentMeta,
                     LatentDrop::Oversize => DropReason::Oversize,
+                    why => DropReason::Latent(why),
                 };
                 reports.push(Report::Dropped(why, text));
                 return;
@@ -535,12 +517,7 @@ impl ZmqMsgpackSrc {
                                 ("{text}")
                             )
                         }
-                        DropReason::Malformed
-                        | DropReason::NotJpeg
-                        | DropReason::LatentSize
-                        | DropReason::LatentDtype
-                        | DropReason::LatentShape
-                        | DropReason::LatentMeta => {
+                        DropReason::Malformed | DropReason::NotJpeg | DropReason::Latent(_) => {
                             gst::element_imp_warning!(self, gst::StreamError::Decode, ("{text}"))
                         }
                     }
@@ -679,7 +656,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
             "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
             "stats" => {
                 let s = *self.stats.lock().unwrap();
-                gst::Structure::builder("zmqmsgpacksrc-stats")
+                let b = gst::Structure::builder("zmqmsgpacksrc-stats")
                     .field("frames", s.frames)
                     .field("bytes", s.bytes)
                     .field("dropped", s.dropped())
@@ -687,11 +664,9 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .field("dropped-not-jpeg", s.not_jpeg)
                     .field("dropped-missing-file", s.missing_file)
                     .field("dropped-oversize", s.oversize)
-                    .field("dropped-refused-path", s.refused_path)
-                    .field("dropped-latent-size", s.latent_size)
-                    .field("dropped-latent-dtype", s.latent_dtype)
-                    .field("dropped-latent-shape", s.latent_shape)
-                    .field("dropped-latent-meta", s.latent_meta)
+                    .field("dropped-refused-path", s.refused_path);
+                s.latent
+                    .fields(b)
                     .field("latents", s.latents)
                     .field("disconnects", s.disconnects)
                     .field("refused", self.curve.refused())
