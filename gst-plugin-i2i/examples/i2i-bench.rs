@@ -8,14 +8,17 @@
 //!     [--batch-size 1] [--threads 1] [--repeat 5]
 //! ```
 //!
-//! Four measurements on the same in-memory frames (a moving test picture at the model size):
+//! Five measurements on the same in-memory frames (a moving test picture at the model size):
 //! 1. bare ONNX Runtime: `Session::run` of vae_encoder, unet (the stream batch: n rows per
-//!    frame, 2n for cfg full) and vae_decoder, nothing else timed: the limit;
+//!    frame, 2n for cfg full) and vae_decoder, nothing else timed: the limit; and the same
+//!    calls again while two other threads preprocess the next frames and turn the decoder's
+//!    outputs into RGB8, as a pipeline must (what running beside that work costs the model
+//!    calls, with none of the element's code);
 //! 2. the engine alone (`Engine::process`: RGB8 in, planar float out);
 //! 3. the element: `appsrc (RGB) ! i2itransform ! fakesink`;
 //! 4. the element behind a JPEG decoder: `appsrc (JPEG) ! jpegdec ! i2itransform ! fakesink`.
 //!
-//! The four take turns for `--repeat` rounds; each reports its best round in wall time
+//! The five take turns for `--repeat` rounds; each reports its best round in wall time
 //! (frames/s) and in CPU time per frame (all threads of the process), which load from other
 //! processes hardly changes. One ONNX Runtime thread by default (`--threads 0`: all CPUs),
 //! so on a small machine the pipeline's other work has a core of its own, as it would next
@@ -169,7 +172,7 @@ fn load_options(a: &Args) -> LoadOptions {
 
 /// CPU time used so far by all threads of this process, those that ended included
 /// (`CLOCK_PROCESS_CPUTIME_ID`). Unlike wall time it hardly grows when other processes load
-/// the machine, so it compares the four measurements fairly on a shared machine.
+/// the machine, so it compares the measurements fairly on a shared machine.
 fn process_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -177,6 +180,19 @@ fn process_cpu() -> Duration {
     };
     // SAFETY: a valid pointer to a timespec; CLOCK_PROCESS_CPUTIME_ID exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time used so far by the calling thread (`CLOCK_THREAD_CPUTIME_ID`): with one ONNX
+/// Runtime thread, the model calls run on the caller, so this is what they cost even while
+/// other threads of the process work.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -257,6 +273,7 @@ impl Graph {
     fn run(
         &mut self,
         inputs: Vec<(&str, Vec<i64>, Vec<f32>)>,
+        clock: fn() -> Duration,
     ) -> Result<(Vec<i64>, Vec<f32>, Duration, Duration), String> {
         let mut values: Vec<(String, DynValue)> = Vec::new();
         for (name, shape, data) in inputs {
@@ -286,11 +303,11 @@ impl Graph {
             .map_err(|e| format!("input {name}: {e}"))?;
             values.push((name.to_string(), v));
         }
-        let cpu = process_cpu();
+        let cpu = clock();
         let start = Instant::now();
         let out = self.session.run(values).map_err(|e| format!("run: {e}"))?;
         let took = start.elapsed();
-        let cpu = process_cpu() - cpu;
+        let cpu = clock() - cpu;
         let v = &out[self.output.as_str()];
         let (shape, data) = match v.try_extract_tensor::<f32>() {
             Ok((s, d)) => (s.to_vec(), d.to_vec()),
@@ -313,7 +330,74 @@ struct Bare {
     decode: Duration,
 }
 
+/// RGB8 frames (a whole batch) to the encoder's input: `[b, 3, h, w]` in [-1, 1].
+fn bare_preprocess(chunk: &[Vec<u8>], w: usize, h: usize) -> Vec<f32> {
+    let mut x = vec![0f32; chunk.len() * 3 * h * w];
+    for (f, rgb) in chunk.iter().enumerate() {
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                x[((f * 3) + c) * h * w + i] = px[c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    x
+}
+
 fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, String> {
+    let (w, h) = (a.width as usize, a.height as usize);
+    // Preprocess (not timed) on the thread that runs the model; the output is dropped.
+    let inputs = frames
+        .chunks_exact(a.batch_size)
+        .map(|chunk| bare_preprocess(chunk, w, h));
+    bare_ort_loop(a, p, inputs, drop, process_cpu)
+}
+
+/// Bare ONNX Runtime as a minimal pipeline: the same model calls, timed the same way (in
+/// the calling thread's CPU time: with one ONNX Runtime thread the calls run there), while
+/// one thread preprocesses the next frames and another turns the decoder's outputs into
+/// packed RGB8 (`decoded_to_rgb8`), each with two frames of slack, as the element does.
+/// What this loses against [`bare_ort`] is what running beside the pipeline's other work
+/// costs the model calls on this machine, with none of the element's code involved.
+fn bare_ort_pipelined(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, String> {
+    let (w, h) = (a.width as usize, a.height as usize);
+    let (in_tx, in_rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+    let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+    std::thread::scope(|scope| {
+        let b = a.batch_size;
+        scope.spawn(move || {
+            for chunk in frames.chunks_exact(b) {
+                if in_tx.send(bare_preprocess(chunk, w, h)).is_err() {
+                    break;
+                }
+            }
+        });
+        scope.spawn(move || {
+            let mut rgb = Vec::new();
+            let plane = 3 * w * h;
+            while let Ok(y) = out_rx.recv() {
+                for img in y.chunks_exact(plane) {
+                    diffusion::decoded_to_rgb8(img, w as u32, h as u32, &mut rgb);
+                    std::hint::black_box(&rgb);
+                }
+            }
+        });
+        let out = move |y: Vec<f32>| {
+            let _ = out_tx.send(y);
+        };
+        bare_ort_loop(a, p, in_rx.into_iter(), out, thread_cpu)
+    })
+}
+
+/// The model calls of one frame batch after another: `inputs` gives each batch's encoder
+/// input, `output` takes the decoder's output; only the `Session::run` calls are timed,
+/// in wall time and in `clock`.
+fn bare_ort_loop(
+    a: &Args,
+    p: &StreamParams,
+    inputs: impl Iterator<Item = Vec<f32>>,
+    mut output: impl FnMut(Vec<f32>),
+    clock: fn() -> Duration,
+) -> Result<Bare, String> {
     let dir = &a.model;
     let mut text = Graph::load(dir, "text_encoder", a.threads)?;
     let mut enc = Graph::load(dir, "vae_encoder", a.threads)?;
@@ -324,8 +408,10 @@ fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, Stri
     // token values do not change the time, so a fixed sequence stands in.
     let mut ids = vec![49407f32; 77];
     ids[0] = 49406.0;
-    let (ehs_shape, ehs, _, _) =
-        text.run(vec![(text.inputs[0].0.clone().leak(), vec![1, 77], ids)])?;
+    let (ehs_shape, ehs, _, _) = text.run(
+        vec![(text.inputs[0].0.clone().leak(), vec![1, 77], ids)],
+        clock,
+    )?;
     let e = *ehs_shape.last().ok_or("text encoder output has no shape")? as usize;
 
     let (w, h) = (a.width as usize, a.height as usize);
@@ -355,20 +441,11 @@ fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, Stri
     let (mut t_enc, mut t_unet, mut t_dec) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut cpu = Duration::ZERO;
     let mut timed = 0;
-    for (k, chunk) in frames.chunks(b).enumerate() {
-        if chunk.len() < b {
-            break;
-        }
-        // Preprocess (not timed): RGB8 -> [-1, 1] NCHW.
-        let mut x = vec![0f32; b * 3 * h * w];
-        for (f, rgb) in chunk.iter().enumerate() {
-            for (i, px) in rgb.chunks_exact(3).enumerate() {
-                for c in 0..3 {
-                    x[((f * 3) + c) * h * w + i] = px[c] as f32 / 127.5 - 1.0;
-                }
-            }
-        }
-        let (zs, z, te, ce) = enc.run(vec![(&enc_in, vec![b as i64, 3, h as i64, w as i64], x)])?;
+    for (k, x) in inputs.enumerate() {
+        let (zs, z, te, ce) = enc.run(
+            vec![(&enc_in, vec![b as i64, 3, h as i64, w as i64], x)],
+            clock,
+        )?;
         let per = 4 * lh * lw;
         let chans = zs[1] as usize;
         // The mean when the encoder returns mean and logvar; the stream batch repeats rows.
@@ -382,33 +459,39 @@ fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, Stri
             // A scalar timestep: one call per step.
             for s in 0..rows_per_frame {
                 let rows_s = b;
-                let (_, _, t, c) = unet.run(vec![
-                    (
-                        &sample_name,
-                        vec![rows_s as i64, 4, lh as i64, lw as i64],
-                        sample[s * b * per..(s + 1) * b * per].to_vec(),
-                    ),
-                    (&ts_name, vec![], vec![999.0 - 20.0 * s as f32]),
-                    (
-                        &ehs_name,
-                        vec![rows_s as i64, 77, e as i64],
-                        ehs.repeat(rows_s),
-                    ),
-                ])?;
+                let (_, _, t, c) = unet.run(
+                    vec![
+                        (
+                            &sample_name,
+                            vec![rows_s as i64, 4, lh as i64, lw as i64],
+                            sample[s * b * per..(s + 1) * b * per].to_vec(),
+                        ),
+                        (&ts_name, vec![], vec![999.0 - 20.0 * s as f32]),
+                        (
+                            &ehs_name,
+                            vec![rows_s as i64, 77, e as i64],
+                            ehs.repeat(rows_s),
+                        ),
+                    ],
+                    clock,
+                )?;
                 tu += t;
                 cu += c;
             }
         } else {
             let ts: Vec<f32> = (0..rows).map(|r| 999.0 - 20.0 * (r % n) as f32).collect();
-            let (_, _, t, c) = unet.run(vec![
-                (
-                    &sample_name,
-                    vec![rows as i64, 4, lh as i64, lw as i64],
-                    sample,
-                ),
-                (&ts_name, vec![rows as i64], ts),
-                (&ehs_name, vec![rows as i64, 77, e as i64], ehs.repeat(rows)),
-            ])?;
+            let (_, _, t, c) = unet.run(
+                vec![
+                    (
+                        &sample_name,
+                        vec![rows as i64, 4, lh as i64, lw as i64],
+                        sample,
+                    ),
+                    (&ts_name, vec![rows as i64], ts),
+                    (&ehs_name, vec![rows as i64, 77, e as i64], ehs.repeat(rows)),
+                ],
+                clock,
+            )?;
             tu = t;
             cu = c;
         }
@@ -420,11 +503,11 @@ fn bare_ort(a: &Args, p: &StreamParams, frames: &[Vec<u8>]) -> Result<Bare, Stri
                     .copied()
             })
             .collect();
-        let (_, _, td, cd) = dec.run(vec![(
-            &dec_in,
-            vec![b as i64, 4, lh as i64, lw as i64],
-            latent,
-        )])?;
+        let (_, y, td, cd) = dec.run(
+            vec![(&dec_in, vec![b as i64, 4, lh as i64, lw as i64], latent)],
+            clock,
+        )?;
+        output(y);
         if k * b >= a.warmup {
             t_enc += te;
             t_unet += tu;
@@ -804,24 +887,28 @@ fn run() -> Result<(), String> {
         .build();
     let jpegs = to_jpeg(&a, &frames, &rgb_caps)?;
 
-    // The four measurements take turns for `repeat` rounds. Each reports its best round
+    // The five measurements take turns for `repeat` rounds. Each reports its best round
     // (load from other processes only ever slows a round down, and taking turns gives each
     // the same chances at a quiet moment) in wall time, and its least CPU time per frame
     // (all threads of this process), which other processes hardly disturb.
     let mut bares = Vec::new();
+    let mut pipelined = Vec::new();
     let mut engines = Vec::new();
     let mut elements = Vec::new();
     let mut jpeg_elements = Vec::new();
     for round in 0..a.repeat {
         bares.push(bare_ort(&a, &p, &frames)?);
+        pipelined.push(bare_ort_pipelined(&a, &p, &frames)?);
         engines.push(engine_alone(&a, &p, &frames)?);
         elements.push(element_run(&a, &rgb_buffers, &rgb_caps, false)?);
         jpeg_elements.push(element_run(&a, &jpegs, &jpeg_caps, true)?);
         println!(
-            "  round {}: wall (CPU) ms per frame: bare {:.2} ({:.2}), engine {:.2} ({:.2}), element {:.2} ({:.2}), element after jpegdec {:.2} ({:.2})",
+            "  round {}: wall (CPU) ms per frame: bare {:.2} ({:.2}), bare pipelined {:.2} ({:.2}), engine {:.2} ({:.2}), element {:.2} ({:.2}), element after jpegdec {:.2} ({:.2})",
             round + 1,
             ms(bares[round].per_frame),
             ms(bares[round].cpu),
+            ms(pipelined[round].per_frame),
+            ms(pipelined[round].cpu),
             ms(engines[round].per_frame),
             ms(engines[round].cpu),
             ms(elements[round].per_frame),
@@ -837,6 +924,7 @@ fn run() -> Result<(), String> {
         )
     };
     let bare_t = best(bares.iter().map(|b| (b.per_frame, b.cpu)).collect());
+    let pipelined_t = best(pipelined.iter().map(|b| (b.per_frame, b.cpu)).collect());
     let engine_t = best(engines.iter().map(|b| (b.per_frame, b.cpu)).collect());
     let element_t = best(elements.iter().map(|b| (b.per_frame, b.cpu)).collect());
     let jpeg_t = best(jpeg_elements.iter().map(|b| (b.per_frame, b.cpu)).collect());
@@ -871,6 +959,10 @@ fn run() -> Result<(), String> {
         "bare ONNX Runtime, same graphs and frames (the limit)",
         bare_t,
     );
+    row(
+        "bare ONNX Runtime beside preprocess, RGB8 threads (1)",
+        pipelined_t,
+    );
     row("engine alone (Engine::process, RGB8 in)", engine_t);
     row("element: appsrc RGB ! i2itransform ! fakesink", element_t);
     row(
@@ -904,6 +996,12 @@ fn run() -> Result<(), String> {
         verdict(ratio >= 0.95),
         1.0 / task_ratio,
         verdict(1.0 / task_ratio <= 1.03),
+    );
+    println!(
+        "(1) the same model calls while two other threads preprocess the next frames and turn the outputs into RGB8 (CPU: the calling thread's): {:.3}x the CPU time of the calls alone, {:.3}x their wall time; the element's inference thread takes {:.3}x the CPU of these pipelined calls",
+        pipelined_t.1.as_secs_f64() / bare_t.1.as_secs_f64(),
+        pipelined_t.0.as_secs_f64() / bare_t.0.as_secs_f64(),
+        task_cpu.as_secs_f64() / pipelined_t.1.as_secs_f64(),
     );
 
     // Where the rest goes.
