@@ -193,12 +193,17 @@ pub const CODECS: &[&str] = &["H264", "VP8", "VP9"];
 pub struct Accepts {
     pub codecs: &'static [&'static str],
     pub hint: Option<&'static str>,
+    /// WHEP with one H264 encoder for all viewers: its stream has one level, so an H264
+    /// offer that names a lower level without `level-asymmetry-allowed` is taken as allowing
+    /// it (see [`allow_h264_level_asymmetry`]).
+    pub any_h264_level: bool,
 }
 
 impl Accepts {
     pub const ALL: Accepts = Accepts {
         codecs: CODECS,
         hint: None,
+        any_h264_level: false,
     };
 }
 
@@ -339,6 +344,65 @@ pub fn check_offer(kind: Kind, accepts: Accepts, body: &[u8]) -> Result<(), (Sta
     Ok(())
 }
 
+/// Adds `level-asymmetry-allowed=1` to each H264 format of the offer's video m-lines that
+/// lacks it; `None` when there is none to change (or the offer does not parse).
+///
+/// Browsers offer H264 with `level-asymmetry-allowed=1`, so the WebRTC sink drops the
+/// offered `profile-level-id` and payloads the shared encoder's stream as it is. GStreamer's
+/// `whepclientsrc` (gst-plugins-rs 0.15) offers `profile-level-id=42e016` (constrained
+/// baseline, level 2.2, fixed in its code) without it: the sink then finds no H264 format
+/// that matches the stream (level 3 at 512 x 512, 30 fps) and answers the video `inactive`,
+/// so that viewer gets no picture. Its decoder takes any level, as browsers' do.
+pub fn allow_h264_level_asymmetry(body: &[u8]) -> Option<Vec<u8>> {
+    let mut sdp = gst_sdp::SDPMessage::parse_buffer(body).ok()?;
+    let mut changed = false;
+    for media in sdp.medias_mut() {
+        if media.media() != Some("video") {
+            continue;
+        }
+        // The payload types of H264.
+        let h264: Vec<String> = media
+            .attributes()
+            .filter(|a| a.key() == "rtpmap")
+            .filter_map(|a| {
+                let (pt, enc) = a.value()?.split_once(' ')?;
+                enc.to_ascii_uppercase()
+                    .starts_with("H264/")
+                    .then(|| pt.trim().to_string())
+            })
+            .collect();
+        for pt in h264 {
+            let fmtp = (0..media.attributes_len()).find(|&i| {
+                media.attribute(i).is_some_and(|a| {
+                    a.key() == "fmtp"
+                        && a.value()
+                            .and_then(|v| v.split_once(' '))
+                            .is_some_and(|(p, _)| p == pt)
+                })
+            });
+            match fmtp {
+                Some(i) => {
+                    let value = media.attribute(i).and_then(|a| a.value()).unwrap_or("");
+                    if value.contains("level-asymmetry-allowed") {
+                        continue;
+                    }
+                    let value = format!("{value};level-asymmetry-allowed=1");
+                    let attr = gst_sdp::SDPAttribute::new("fmtp", Some(&value));
+                    media.replace_attribute(i, attr).ok()?;
+                }
+                None => {
+                    media.add_attribute("fmtp", Some(&format!("{pt} level-asymmetry-allowed=1")));
+                }
+            }
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    sdp.as_text().ok().map(String::into_bytes)
+}
+
 impl Endpoint {
     pub fn new(
         kind: Kind,
@@ -443,14 +507,16 @@ impl Endpoint {
         for id in replaced {
             self.end(&id).await;
         }
+        let offer = match self.kind {
+            Kind::Whep if self.accepts.any_h264_level => {
+                allow_h264_level_asymmetry(&body).unwrap_or_else(|| body.to_vec())
+            }
+            _ => body.to_vec(),
+        };
         let (promise, future) = gst::Promise::new_future();
         self.signaller().emit_by_name::<()>(
             "post",
-            &[
-                &None::<String>,
-                &glib::Bytes::from_owned(body.to_vec()),
-                &promise,
-            ],
+            &[&None::<String>, &glib::Bytes::from_owned(offer), &promise],
         );
         let reply = match tokio::time::timeout(self.timeout + Duration::from_secs(5), future).await
         {
@@ -685,12 +751,48 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
         assert!(text.contains("AV1") && text.contains("H264"), "{text}");
     }
 
+    /// The video m-line of GStreamer's `whepclientsrc` (gst-plugins-rs 0.15), shortened.
+    const GST_WHEP_OFFER: &str = "v=0\r\no=- 1 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 98\r\nc=IN IP4 0.0.0.0\r\na=recvonly\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtpmap:97 H264/90000\r\na=rtcp-fb:97 nack pli\r\n\
+a=fmtp:97 profile-level-id=42e016\r\na=rtpmap:98 h264/90000\r\na=mid:video0\r\n\
+m=audio 0 UDP/TLS/RTP/SAVPF 101\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:101 H264/90000\r\n";
+
+    fn fmtp_lines(sdp: &str) -> Vec<&str> {
+        sdp.lines().filter(|l| l.starts_with("a=fmtp:")).collect()
+    }
+
+    #[test]
+    fn h264_offers_without_level_asymmetry_are_given_it() {
+        init();
+        let out = allow_h264_level_asymmetry(GST_WHEP_OFFER.as_bytes()).expect("changed");
+        let out = String::from_utf8(out).unwrap();
+        let fmtp = fmtp_lines(&out);
+        // Both H264 payloads of the video m-line (one had no fmtp), nothing for VP8 or audio.
+        assert_eq!(
+            fmtp,
+            [
+                "a=fmtp:97 profile-level-id=42e016;level-asymmetry-allowed=1",
+                "a=fmtp:98 level-asymmetry-allowed=1"
+            ],
+            "{out}"
+        );
+        assert!(out.contains("a=rtpmap:96 VP8/90000") && out.contains("a=mid:video0"));
+        // It still passes the codec check and parses.
+        assert!(check_offer(Kind::Whep, Accepts::ALL, out.as_bytes()).is_ok());
+        // Offers that have it (browsers), or no H264, pass unchanged.
+        assert!(allow_h264_level_asymmetry(out.as_bytes()).is_none());
+        assert!(allow_h264_level_asymmetry(OFFER.as_bytes()).is_none());
+        assert!(allow_h264_level_asymmetry(b"not an sdp").is_none());
+    }
+
     #[test]
     fn a_narrower_endpoint_names_the_property_that_widens_it() {
         init();
         let h264_only = Accepts {
             codecs: &["H264"],
             hint: Some("set codec=vp8"),
+            any_h264_level: true,
         };
         let (status, text) = check_offer(Kind::Whep, h264_only, OFFER.as_bytes()).unwrap_err();
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);

@@ -3,15 +3,19 @@
 once and the same frames go to every viewer (one encoder, whatever the number of viewers);
 with `codec=per-viewer` each viewer gets its own encoder. Two headless Chromium viewers must
 both decode frames, and the element's messages must count the encoders. A viewer whose offer
-lacks the shared codec is refused with a 415 that names the property to change.
+lacks the shared codec is refused with a 415 that names the property to change. GStreamer's own
+WHEP client (`whepclientsrc`) must play the shared stream too, H264 included.
 """
 
+import os
 import re
+import shutil
+import subprocess
 import tempfile
 
 import pytest
 
-from i2i_web_helpers import wait_for
+from i2i_web_helpers import env, wait_for
 from webrtc_helpers import Pages, WebRtcPipeline, chrome, decoded, view
 
 SOURCE = ("videotestsrc is-live=true pattern=ball ! "
@@ -87,3 +91,45 @@ def test_a_viewer_without_the_shared_codec_is_told_what_to_change():
             browser.quit()
         gst.stop()
         pages.stop()
+
+
+RENDERED = re.compile(r"rendered: (\d+), dropped: (\d+)")
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+def test_a_gstreamer_whep_viewer_plays_the_shared_stream(codec):
+    """`whepclientsrc` offers H264 at a fixed level 2.2 without level-asymmetry-allowed; the
+    shared encoder's stream is level 3, and the sink must still answer with H264, not an
+    inactive video."""
+    tmp = tempfile.mkdtemp(prefix="i2i-whep-gst-")
+    gst = WebRtcPipeline(tmp, source=SOURCE, extra_sink=f"codec={codec} local-addresses=127.0.0.1")
+    log_path = os.path.join(tmp, "viewer.log")
+    viewer = None
+    try:
+        with open(log_path, "w") as log:
+            viewer = subprocess.Popen(
+                [shutil.which("gst-launch-1.0"), "-v", "whepclientsrc",
+                 f"signaller::whep-endpoint={gst.whep}", "!", "videoconvert", "!",
+                 "fpsdisplaysink", "video-sink=fakesink", "text-overlay=false", "sync=false"],
+                env=env(), stdout=log, stderr=subprocess.STDOUT)
+
+            def rendered():
+                with open(log_path) as f:
+                    found = RENDERED.findall(f.read())
+                return int(found[-1][0]) if found else 0
+
+            # An offer made before the sink's first frames waits for them.
+            try:
+                wait_for(lambda: rendered() >= 30, 60, f"30 frames rendered by whepclientsrc ({codec})")
+            except AssertionError as e:
+                with open(log_path) as f:
+                    raise AssertionError(f"{e}: {f.read()[-2000:]} {gst.messages()[-2000:]}") from None
+        assert gst.proc.poll() is None, gst.messages()[-3000:]
+    finally:
+        if viewer is not None and viewer.poll() is None:
+            viewer.terminate()
+            try:
+                viewer.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                viewer.kill()
+        gst.stop()

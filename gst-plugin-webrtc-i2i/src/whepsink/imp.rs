@@ -89,12 +89,14 @@ impl Codec {
                 hint: Some(
                     "the video is encoded once in H264 (i2iwhepsink codec=h264); set codec=vp8 or codec=per-viewer for other viewers",
                 ),
+                any_h264_level: true,
             },
             Codec::Vp8 => endpoint::Accepts {
                 codecs: &["VP8"],
                 hint: Some(
                     "the video is encoded once in VP8 (i2iwhepsink codec=vp8); set codec=h264 or codec=per-viewer for other viewers",
                 ),
+                any_h264_level: false,
             },
             Codec::PerViewer => endpoint::Accepts::ALL,
         }
