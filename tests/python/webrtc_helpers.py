@@ -37,10 +37,12 @@ async function post(url, pc) {
   await gathered(pc);
   const res = await fetch(url, {method: 'POST', headers: {'Content-Type': 'application/sdp'},
                                 body: pc.localDescription.sdp});
-  window.t.status = res.status;
-  window.t.location = res.headers.get('Location');
+  // The status last: the test reads the result once it is set, error text included.
   const text = await res.text();
-  if (res.status !== 201) { window.t.error = text; return; }
+  window.t.location = res.headers.get('Location');
+  if (res.status !== 201) window.t.error = text;
+  window.t.status = res.status;
+  if (res.status !== 201) return;
   await pc.setRemoteDescription({type: 'answer', sdp: text});
 }
 window.publish = async (url, codec) => {
