@@ -27,6 +27,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
+mod common;
+use common::thread_cpu;
+
 struct Args {
     model: PathBuf,
     size: u32,
@@ -115,18 +118,6 @@ fn picture(k: usize, size: usize) -> Vec<u8> {
         }
     }
     v
-}
-
-/// CPU time of the calling thread. With one intra-op thread ONNX Runtime computes on the
-/// calling thread, so this is the work done, whatever else the machine is busy with.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn ms(d: Duration, frames: usize) -> f64 {

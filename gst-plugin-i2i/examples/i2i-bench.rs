@@ -37,6 +37,9 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
+mod common;
+use common::{process_cpu, thread_cpu};
+
 #[derive(Clone, Debug)]
 struct Args {
     model: PathBuf,
@@ -168,32 +171,6 @@ fn load_options(a: &Args) -> LoadOptions {
         intra_threads: a.threads,
         ..Default::default()
     }
-}
-
-/// CPU time used so far by all threads of this process, those that ended included
-/// (`CLOCK_PROCESS_CPUTIME_ID`). Unlike wall time it hardly grows when other processes load
-/// the machine, so it compares the measurements fairly on a shared machine.
-fn process_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec; CLOCK_PROCESS_CPUTIME_ID exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// CPU time used so far by the calling thread (`CLOCK_THREAD_CPUTIME_ID`): with one ONNX
-/// Runtime thread, the model calls run on the caller, so this is what they cost even while
-/// other threads of the process work.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// CPU time of this process's thread named `name` (as /proc/self/task/*/comm shows it).

@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from i2i_web_helpers import env, wait_for
+from i2i_web_helpers import env, stop_process, wait_for
 from webrtc_helpers import Pages, WebRtcPipeline, chrome, decoded, view
 
 SOURCE = ("videotestsrc is-live=true pattern=ball ! "
@@ -126,10 +126,6 @@ def test_a_gstreamer_whep_viewer_plays_the_shared_stream(codec):
                     raise AssertionError(f"{e}: {f.read()[-2000:]} {gst.messages()[-2000:]}") from None
         assert gst.proc.poll() is None, gst.messages()[-3000:]
     finally:
-        if viewer is not None and viewer.poll() is None:
-            viewer.terminate()
-            try:
-                viewer.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                viewer.kill()
+        if viewer is not None:
+            stop_process(viewer)
         gst.stop()
