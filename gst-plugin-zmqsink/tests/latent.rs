@@ -335,6 +335,17 @@ fn the_collector_puts_latent_results_back_in_order_and_drops_bad_ones() {
     assert!(caps.is_subset(&caps_without_framerate(64, 48)), "{caps}");
     let stats = c.property::<gst::Structure>("stats");
     assert_eq!(stats.get::<u64>("invalid-latents").unwrap(), 1, "{stats}");
+    assert_eq!(
+        stats.get::<u64>("dropped-latent-size").unwrap(),
+        1,
+        "{stats}"
+    );
+    for other in ["dtype", "shape", "meta"] {
+        let n = stats
+            .get::<u64>(&format!("dropped-latent-{other}"))
+            .unwrap();
+        assert_eq!(n, 0, "{stats}");
+    }
     let w = next_warning(&bus, T).expect("a warning for the truncated result");
     assert!(w.contains("500 bytes"), "{w}");
 }

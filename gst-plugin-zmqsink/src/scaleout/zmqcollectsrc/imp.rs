@@ -34,7 +34,7 @@ use super::CollectQueuePolicy;
 use crate::curve::ElementCurve;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
-use crate::latent::{self, LatentPayload, LatentStream};
+use crate::latent::{self, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, FullPolicy, Playout, PlayoutStats};
@@ -139,6 +139,7 @@ struct Stats {
     not_jpeg: u64,
     too_large: u64,
     invalid_latents: u64,
+    latent: LatentDrops,
     held: u64,
 }
 
@@ -154,8 +155,10 @@ struct Core {
     malformed: u64,
     not_jpeg: u64,
     too_large: u64,
-    /// Latent results refused by [`latent::check`] (the warning names the reason).
+    /// Latent results refused by [`latent::check`] (the warning names the reason): all of
+    /// them, and those refused for their size, dtype, shape or meta by reason.
     invalid_latents: u64,
+    latent: LatentDrops,
     /// What was last reported on the bus.
     reported: Losses,
 }
@@ -242,8 +245,13 @@ impl Io {
         });
         match checked {
             Ok((index, timestamp_ms, held)) => self.hold(index, timestamp_ms, held),
-            Err((_, text)) => {
-                self.shared.lock().invalid_latents += 1;
+            Err((why, text)) => {
+                {
+                    let mut core = self.shared.lock();
+                    core.invalid_latents += 1;
+                    // By reason too, but for malformed and oversize results.
+                    core.latent.count(why);
+                }
                 self.report(reports, text);
             }
         }
@@ -353,6 +361,7 @@ impl ZmqCollectSrc {
                     not_jpeg: core.not_jpeg,
                     too_large: core.too_large,
                     invalid_latents: core.invalid_latents,
+                    latent: core.latent,
                     held: core.playout.len() as u64,
                 }
             }
@@ -502,7 +511,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 jpeg_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("received, frames (output), late, duplicates, missing, overflow (played early, buffer full), dropped (buffer full), restarts, discarded, malformed, not-jpeg, too-large, invalid-latents (latent results whose payload, dtype, shape or meta is refused, see zmqmsgpacksrc), held")
+                    .blurb("received, frames (output), late, duplicates, missing, overflow (played early, buffer full), dropped (buffer full), restarts, discarded, malformed, not-jpeg, too-large, invalid-latents (latent results refused, all reasons), held, dropped-latent-size, dropped-latent-dtype, dropped-latent-shape, dropped-latent-meta (of invalid-latents: payload length, dtype, shape, meta refused; see zmqmsgpacksrc)")
                     .read_only()
                     .build(),
             ];
@@ -576,7 +585,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 drop(settings);
                 let s = self.stats();
                 let p = &s.playout;
-                gst::Structure::builder("zmqcollectsrc-stats")
+                let b = gst::Structure::builder("zmqcollectsrc-stats")
                     .field("received", p.received)
                     .field("frames", p.released)
                     .field("late", p.late)
@@ -591,9 +600,8 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("not-jpeg", s.not_jpeg)
                     .field("too-large", s.too_large)
                     .field("invalid-latents", s.invalid_latents)
-                    .field("held", s.held)
-                    .build()
-                    .to_value()
+                    .field("held", s.held);
+                s.latent.fields(b).build().to_value()
             }
             other => unreachable!("no property {other}"),
         }
@@ -681,6 +689,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 not_jpeg: 0,
                 too_large: 0,
                 invalid_latents: 0,
+                latent: LatentDrops::default(),
                 reported: Losses::default(),
             },
             ledger,
