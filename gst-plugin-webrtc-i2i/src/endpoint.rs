@@ -372,21 +372,27 @@ pub fn allow_h264_level_asymmetry(body: &[u8]) -> Option<Vec<u8>> {
             })
             .collect();
         for pt in h264 {
+            // `a=fmtp:<pt> <parameters>`, the parameters separated by `;`.
             let fmtp = (0..media.attributes_len()).find(|&i| {
                 media.attribute(i).is_some_and(|a| {
                     a.key() == "fmtp"
                         && a.value()
-                            .and_then(|v| v.split_once(' '))
-                            .is_some_and(|(p, _)| p == pt)
+                            .and_then(|v| v.split_whitespace().next())
+                            .is_some_and(|p| p == pt)
                 })
             });
             match fmtp {
                 Some(i) => {
                     let value = media.attribute(i).and_then(|a| a.value()).unwrap_or("");
-                    if value.contains("level-asymmetry-allowed") {
+                    let params = value.trim()[pt.len()..].trim();
+                    if params.contains("level-asymmetry-allowed") {
                         continue;
                     }
-                    let value = format!("{value};level-asymmetry-allowed=1");
+                    let value = if params.is_empty() {
+                        format!("{pt} level-asymmetry-allowed=1")
+                    } else {
+                        format!("{pt} {params};level-asymmetry-allowed=1")
+                    };
                     let attr = gst_sdp::SDPAttribute::new("fmtp", Some(&value));
                     media.replace_attribute(i, attr).ok()?;
                 }
@@ -753,9 +759,10 @@ a=rtpmap:97 rtx/90000\r\na=sendonly\r\n";
 
     /// The video m-line of GStreamer's `whepclientsrc` (gst-plugins-rs 0.15), shortened.
     const GST_WHEP_OFFER: &str = "v=0\r\no=- 1 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96 97 98\r\nc=IN IP4 0.0.0.0\r\na=recvonly\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99\r\nc=IN IP4 0.0.0.0\r\na=recvonly\r\n\
 a=rtpmap:96 VP8/90000\r\na=rtpmap:97 H264/90000\r\na=rtcp-fb:97 nack pli\r\n\
-a=fmtp:97 profile-level-id=42e016\r\na=rtpmap:98 h264/90000\r\na=mid:video0\r\n\
+a=fmtp:97 profile-level-id=42e016\r\na=rtpmap:98 h264/90000\r\na=rtpmap:99 H264/90000\r\n\
+a=fmtp:99\r\na=mid:video0\r\n\
 m=audio 0 UDP/TLS/RTP/SAVPF 101\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:101 H264/90000\r\n";
 
     fn fmtp_lines(sdp: &str) -> Vec<&str> {
@@ -768,11 +775,13 @@ m=audio 0 UDP/TLS/RTP/SAVPF 101\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:101 H264/90000\r
         let out = allow_h264_level_asymmetry(GST_WHEP_OFFER.as_bytes()).expect("changed");
         let out = String::from_utf8(out).unwrap();
         let fmtp = fmtp_lines(&out);
-        // Both H264 payloads of the video m-line (one had no fmtp), nothing for VP8 or audio.
+        // The H264 payloads of the video m-line (one had no fmtp, one an empty one), nothing
+        // for VP8 or audio.
         assert_eq!(
             fmtp,
             [
                 "a=fmtp:97 profile-level-id=42e016;level-asymmetry-allowed=1",
+                "a=fmtp:99 level-asymmetry-allowed=1",
                 "a=fmtp:98 level-asymmetry-allowed=1"
             ],
             "{out}"
