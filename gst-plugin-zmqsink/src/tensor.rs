@@ -23,6 +23,16 @@ use crate::protocol::type_name;
 /// Caps name of latent frames in GStreamer (`i2itransform output=latent`, `i2idecode`).
 pub const LATENT_CAPS_NAME: &str = "application/x-i2i-latent";
 
+/// What the elements that carry either JPEG frames or latents take or give: `image/jpeg`,
+/// then [`LATENT_CAPS_NAME`].
+pub fn jpeg_or_latent_caps() -> gst::Caps {
+    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
+    caps.get_mut()
+        .expect("a new caps is writable")
+        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
+    caps
+}
+
 /// Element types a tensor message may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {

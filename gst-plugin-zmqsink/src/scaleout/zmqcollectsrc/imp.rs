@@ -39,7 +39,7 @@ use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, FullPolicy, Playout, PlayoutStats};
 use crate::scaleout::socket_thread::{self, SocketThread};
-use crate::tensor::{self, LATENT_CAPS_NAME};
+use crate::tensor;
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -616,8 +616,9 @@ impl ElementImpl for ZmqCollectSrc {
             gst::subclass::ElementMetadata::new(
                 "ZeroMQ scale-out collector",
                 "Source/Network",
-                "Receives the workers' [timestamp, index, jpg] results (PULL), restores index \
-                 order with a fixed playout delay and outputs image/jpeg at the source's pace, \
+                "Receives the workers' [timestamp, index, jpg] results or latents (PULL), \
+                 restores index order with a fixed playout delay and outputs image/jpeg or \
+                 application/x-i2i-latent at the source's pace, \
                  dropping and counting frames later than the delay; keeps each frame's original \
                  timestamp as a timestamp/x-unix reference meta",
                 "i2i developers",
@@ -629,13 +630,12 @@ impl ElementImpl for ZmqCollectSrc {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &{
-                    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
-                    caps.get_mut()
-                        .unwrap()
-                        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
-                    caps
-                })
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &tensor::jpeg_or_latent_caps(),
+                )
                 .unwrap(),
             ]
         });

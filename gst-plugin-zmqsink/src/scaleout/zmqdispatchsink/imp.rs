@@ -49,7 +49,7 @@ use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Rep
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
-use crate::tensor::{Dtype, LATENT_CAPS_NAME, TensorMeta};
+use crate::tensor::{self, Dtype, LATENT_CAPS_NAME, TensorMeta};
 use crate::transport::zmqmsgpacksink::LatentDtype;
 use crate::unix_time;
 use crate::warn::RateLimit;
@@ -759,13 +759,7 @@ impl ElementImpl for ZmqDispatchSink {
                     "sink",
                     gst::PadDirection::Sink,
                     gst::PadPresence::Always,
-                    &{
-                        let mut caps = gst::Caps::new_empty_simple("image/jpeg");
-                        caps.get_mut()
-                            .unwrap()
-                            .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
-                        caps
-                    },
+                    &tensor::jpeg_or_latent_caps(),
                 )
                 .unwrap(),
             ]

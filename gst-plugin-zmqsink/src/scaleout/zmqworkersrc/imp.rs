@@ -40,7 +40,7 @@ use crate::protocol::{self, Payload};
 use crate::scaleout;
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
-use crate::tensor::LATENT_CAPS_NAME;
+use crate::tensor;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
@@ -731,13 +731,12 @@ impl ElementImpl for ZmqWorkerSrc {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &{
-                    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
-                    caps.get_mut()
-                        .unwrap()
-                        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
-                    caps
-                })
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &tensor::jpeg_or_latent_caps(),
+                )
                 .unwrap(),
             ]
         });

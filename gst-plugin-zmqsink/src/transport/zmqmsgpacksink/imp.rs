@@ -40,7 +40,7 @@ use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::latent;
 use crate::protocol;
-use crate::tensor::{Dtype, LATENT_CAPS_NAME, TensorMeta};
+use crate::tensor::{self, Dtype, LATENT_CAPS_NAME, TensorMeta};
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -655,10 +655,7 @@ impl ElementImpl for ZmqMsgpackSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let mut caps = gst::Caps::new_empty_simple("image/jpeg");
-            caps.get_mut()
-                .unwrap()
-                .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
+            let mut caps = tensor::jpeg_or_latent_caps();
             caps.get_mut().unwrap().append(
                 gst_video::VideoCapsBuilder::new()
                     .format_list([

@@ -42,7 +42,7 @@ use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
-use crate::tensor::{self, LATENT_CAPS_NAME};
+use crate::tensor;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
 
@@ -699,13 +699,12 @@ impl ElementImpl for ZmqMsgpackSrc {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &{
-                    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
-                    caps.get_mut()
-                        .unwrap()
-                        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
-                    caps
-                })
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &tensor::jpeg_or_latent_caps(),
+                )
                 .unwrap(),
             ]
         });
