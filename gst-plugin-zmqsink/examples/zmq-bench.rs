@@ -110,6 +110,14 @@ fn appsrc(p: &gst::Pipeline) -> gst_app::AppSrc {
         .unwrap()
 }
 
+/// The endpoint the receiving pipeline's `rx` source bound (an ephemeral port).
+fn bound_endpoint(p: &gst::Pipeline) -> String {
+    p.by_name("rx")
+        .unwrap()
+        .property::<Option<String>>("last-endpoint")
+        .unwrap()
+}
+
 fn wait_eos(p: &gst::Pipeline) {
     let bus = p.bus().unwrap();
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(600)) {
@@ -293,11 +301,7 @@ fn run_form(caps: &str, sink_props: &str, rx: &str, frames: &[gst::Buffer], n: u
         );
     }
     rxp.set_state(gst::State::Playing).unwrap();
-    let endpoint = rxp
-        .by_name("rx")
-        .unwrap()
-        .property::<Option<String>>("last-endpoint")
-        .unwrap();
+    let endpoint = bound_endpoint(&rxp);
     let tx = launch(&format!(
         "appsrc name=src is-live=false format=time block=true max-buffers=4 caps=\"{caps}\" \
          ! zmqmsgpacksink name=tx socket-type=push bind=false endpoint={endpoint} quality={QUALITY} \
@@ -372,11 +376,7 @@ fn run_latency(caps: &str, frames: &[gst::Buffer], n: usize) -> Vec<f64> {
         );
     }
     rx.set_state(gst::State::Playing).unwrap();
-    let endpoint = rx
-        .by_name("rx")
-        .unwrap()
-        .property::<Option<String>>("last-endpoint")
-        .unwrap();
+    let endpoint = bound_endpoint(&rx);
     let tx = launch(&format!(
         "appsrc name=src is-live=true format=time do-timestamp=true caps={caps} \
          ! zmqmsgpacksink socket-type=push bind=false endpoint={endpoint} quality={QUALITY} sync=false"
@@ -481,11 +481,7 @@ fn run_memory(frames: &[gst::Buffer], n: usize) -> Vec<(usize, u64, u64)> {
         );
     }
     rx.set_state(gst::State::Playing).unwrap();
-    let endpoint = rx
-        .by_name("rx")
-        .unwrap()
-        .property::<Option<String>>("last-endpoint")
-        .unwrap();
+    let endpoint = bound_endpoint(&rx);
     let tx = launch(&format!(
         "appsrc name=src is-live=false format=time block=true max-buffers=4 \
          caps=video/x-raw,format=I420,width={SIZE},height={SIZE},framerate=30/1 \

@@ -203,14 +203,10 @@ fn a_latent_buffer_that_does_not_match_its_caps_is_dropped_by_the_sink() {
     assert!(w.contains("100 bytes") && w.contains("768"), "{w}");
 }
 
-#[test]
-fn bad_latent_messages_are_dropped_counted_and_the_stream_goes_on() {
-    let (mut h, src, bus, ep) = bound_src(&[("max-pixels", "1000000")]);
-    let ctx = zmq::Context::new();
-    let push = pusher(&ctx, &ep);
-    let good = latents(64, 48, 2);
-    let m = meta(64, 48, Dtype::F32);
-    let mut unknown = tensor::encode(1, 0, &good, &m);
+/// One bad latent message of each kind after `good` latents with meta `m` (64 x 48, float32),
+/// each with the stats field of `zmqmsgpacksrc` that counts it.
+fn bad_latent_messages(good: &[u8], m: &TensorMeta) -> Vec<(Vec<u8>, &'static str)> {
+    let mut unknown = tensor::encode(1, 0, good, m);
     let at = unknown.windows(7).position(|w| w == b"float32").unwrap();
     unknown[at..at + 7].copy_from_slice(b"bfloat8");
     let huge = TensorMeta {
@@ -236,38 +232,45 @@ fn bad_latent_messages_are_dropped_counted_and_the_stream_goes_on() {
         image_height: Some(64),
         ..m.clone()
     };
-    let bad: Vec<(Vec<u8>, &str)> = vec![
+    vec![
         // Truncated payload: the meta says 768 bytes.
-        (
-            tensor::encode(1, 0, &good[..700], &m),
-            "dropped-latent-size",
-        ),
+        (tensor::encode(1, 0, &good[..700], m), "dropped-latent-size"),
         // Meta of another picture size for these bytes.
         (
-            tensor::encode(1, 0, &good, &meta(128, 96, Dtype::F32)),
+            tensor::encode(1, 0, good, &meta(128, 96, Dtype::F32)),
             "dropped-latent-size",
         ),
         (unknown, "dropped-latent-dtype"),
-        (tensor::encode(1, 0, &good, &huge), "dropped-latent-shape"),
-        (tensor::encode(1, 0, &good, &image_huge), "dropped-oversize"),
+        (tensor::encode(1, 0, good, &huge), "dropped-latent-shape"),
+        (tensor::encode(1, 0, good, &image_huge), "dropped-oversize"),
         (
-            tensor::encode(1, 0, &good, &batch_of_two),
+            tensor::encode(1, 0, good, &batch_of_two),
             "dropped-latent-shape",
         ),
         (
-            tensor::encode(1, 0, &good, &image_not_8x),
+            tensor::encode(1, 0, good, &image_not_8x),
             "dropped-latent-meta",
         ),
         (
-            tensor::encode(1, 0, &good, &other_model),
+            tensor::encode(1, 0, good, &other_model),
             "dropped-latent-meta",
         ),
         // The message itself cut short.
         (
-            tensor::encode(1, 0, &good, &m)[..500].to_vec(),
+            tensor::encode(1, 0, good, m)[..500].to_vec(),
             "dropped-malformed",
         ),
-    ];
+    ]
+}
+
+#[test]
+fn bad_latent_messages_are_dropped_counted_and_the_stream_goes_on() {
+    let (mut h, src, bus, ep) = bound_src(&[("max-pixels", "1000000")]);
+    let ctx = zmq::Context::new();
+    let push = pusher(&ctx, &ep);
+    let good = latents(64, 48, 2);
+    let m = meta(64, 48, Dtype::F32);
+    let bad = bad_latent_messages(&good, &m);
     let mut next = 1u64;
     let mut expected = std::collections::HashMap::<&str, u64>::new();
     for (msg, reason) in bad {
@@ -464,37 +467,7 @@ fn a_worker_drops_bad_latent_jobs_by_reason_and_goes_on() {
                 .collect::<Vec<_>>(),
         )
     };
-    let mut unknown = tensor::encode(1, 0, &good, &m);
-    let at = unknown.windows(7).position(|w| w == b"float32").unwrap();
-    unknown[at..at + 7].copy_from_slice(b"bfloat8");
-    let batch_of_two = TensorMeta {
-        shape: vec![2, 4, 3, 8],
-        ..m.clone()
-    };
-    let other_model = TensorMeta {
-        shape: vec![1, 3, 8, 8],
-        image_height: Some(64),
-        ..m.clone()
-    };
-    let bad: Vec<(Vec<u8>, &str)> = vec![
-        (
-            tensor::encode(1, 0, &good[..700], &m),
-            "dropped-latent-size",
-        ),
-        (unknown, "dropped-latent-dtype"),
-        (
-            tensor::encode(1, 0, &good, &batch_of_two),
-            "dropped-latent-shape",
-        ),
-        (
-            tensor::encode(1, 0, &good, &other_model),
-            "dropped-latent-meta",
-        ),
-        (
-            tensor::encode(1, 0, &good, &m)[..500].to_vec(),
-            "dropped-malformed",
-        ),
-    ];
+    let bad = bad_latent_messages(&good, &m);
     let n_bad = bad.len() as u64;
     let mut next = 1u64;
     let mut expected = std::collections::HashMap::<&str, u64>::new();
@@ -518,11 +491,10 @@ fn a_worker_drops_bad_latent_jobs_by_reason_and_goes_on() {
     let r = primary.ready_where(|r| r.taken == 3 * n_bad);
     assert_eq!(r.name, "decoder");
     for (reason, n) in &expected {
-        let field = reason.strip_prefix("dropped-").unwrap();
-        let field = if field == "malformed" {
-            "malformed"
-        } else {
-            reason
+        // The worker names these two without the prefix.
+        let field = match reason.strip_prefix("dropped-").unwrap() {
+            f @ ("malformed" | "oversize") => f,
+            _ => reason,
         };
         assert_eq!(stats_u64(&w, field), *n, "{reason}");
     }
