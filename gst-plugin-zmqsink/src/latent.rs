@@ -145,6 +145,18 @@ pub fn f32_len(meta: &TensorMeta) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// What is wrong with a latent buffer of `size` bytes that is not one float32 frame of
+/// `meta`, for the sink's warning; `None` when it is one.
+pub fn f32_size_error(size: usize, meta: &TensorMeta) -> Option<String> {
+    let expected = f32_len(meta);
+    (size as u64 != expected).then(|| {
+        format!(
+            "{size} bytes where the caps say float32 {:?} = {expected} bytes (truncated, or caps of another model)",
+            meta.shape
+        )
+    })
+}
+
 /// Packs one frame's float32 latents (native byte order) into `msg` as the tensor form,
 /// in `meta.dtype` on the wire; `wire` holds the converted payload when one is needed.
 pub fn encode_into(

@@ -49,7 +49,7 @@ use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Rep
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
-use crate::tensor::{self, Dtype, LATENT_CAPS_NAME, TensorMeta};
+use crate::tensor::{self, LATENT_CAPS_NAME, TensorMeta};
 use crate::transport::zmqmsgpacksink::LatentDtype;
 use crate::unix_time;
 use crate::warn::RateLimit;
@@ -882,26 +882,23 @@ impl BaseSinkImpl for ZmqDispatchSink {
             )
         };
         let meta = self.latent_input.lock().unwrap().clone();
-        if let Some(meta) = &meta {
-            let expected = latent::f32_len(meta);
-            if buffer.size() as u64 != expected {
-                let invalid = {
-                    let mut core = shared.lock();
-                    core.invalid += 1;
-                    core.invalid
-                };
-                let text = format!(
-                    "Dropped a latent buffer (PTS {}): {} bytes where the caps say float32 {:?} = {expected} bytes (truncated, or caps of another model) ({invalid} dropped)",
-                    buffer.pts().display(),
-                    buffer.size(),
-                    meta.shape
-                );
-                gst::warning!(CAT, imp = self, "{text}");
-                if let Some(text) = self.invalid_limit.lock().unwrap().message(text) {
-                    gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
-                }
-                return Ok(gst::FlowSuccess::Ok);
+        if let Some(meta) = &meta
+            && let Some(wrong) = latent::f32_size_error(buffer.size(), meta)
+        {
+            let invalid = {
+                let mut core = shared.lock();
+                core.invalid += 1;
+                core.invalid
+            };
+            let text = format!(
+                "Dropped a latent buffer (PTS {}): {wrong} ({invalid} dropped)",
+                buffer.pts().display()
+            );
+            gst::warning!(CAT, imp = self, "{text}");
+            if let Some(text) = self.invalid_limit.lock().unwrap().message(text) {
+                gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
             }
+            return Ok(gst::FlowSuccess::Ok);
         }
         // Bounded waits, to look at the end request now and then.
         let poll = Duration::from_millis(100);
@@ -937,10 +934,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                     );
                     gst::FlowError::Error
                 })?;
-                meta.dtype = match latent_dtype {
-                    LatentDtype::F32 => Dtype::F32,
-                    LatentDtype::F16 => Dtype::F16,
-                };
+                meta.dtype = latent_dtype.into();
                 let (mut msg, mut wire) = (Vec::new(), Vec::new());
                 latent::encode_into(&mut msg, &mut wire, timestamp_ms, index, &map, &meta);
                 Payload::Tensor(Arc::new(msg))

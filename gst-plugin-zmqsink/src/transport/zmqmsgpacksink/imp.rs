@@ -40,7 +40,7 @@ use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::latent;
 use crate::protocol;
-use crate::tensor::{self, Dtype, LATENT_CAPS_NAME, TensorMeta};
+use crate::tensor::{self, LATENT_CAPS_NAME, TensorMeta};
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
@@ -289,18 +289,13 @@ impl ZmqMsgpackSink {
             }
             Some(Input::Latent(meta)) => {
                 // The buffer is float32 whatever goes on the wire (`meta.dtype`, set below).
-                let expected = latent::f32_len(meta);
-                if buffer.size() as u64 != expected {
+                if let Some(wrong) = latent::f32_size_error(buffer.size(), meta) {
                     let invalid = {
                         let mut stats = self.stats.lock().unwrap();
                         stats.invalid += 1;
                         stats.invalid
                     };
-                    let text = format!(
-                        "Dropped latent frame {index}: {} bytes where the caps say float32 {:?} = {expected} bytes (truncated, or caps of another model) ({invalid} dropped)",
-                        buffer.size(),
-                        meta.shape
-                    );
+                    let text = format!("Dropped latent frame {index}: {wrong} ({invalid} dropped)");
                     gst::warning!(CAT, imp = self, "{text}");
                     if let Some(text) = self.invalid_limit.lock().unwrap().message(text) {
                         gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
@@ -315,10 +310,7 @@ impl ZmqMsgpackSink {
                     );
                     gst::FlowError::Error
                 })?;
-                meta.dtype = match latent_dtype {
-                    LatentDtype::F32 => Dtype::F32,
-                    LatentDtype::F16 => Dtype::F16,
-                };
+                meta.dtype = latent_dtype.into();
                 latent::encode_into(msg, wire, timestamp_ms, index, &map, meta);
                 Ok(true)
             }

@@ -50,6 +50,15 @@ pub enum LatentDtype {
     F16 = 1,
 }
 
+impl From<LatentDtype> for crate::tensor::Dtype {
+    fn from(d: LatentDtype) -> Self {
+        match d {
+            LatentDtype::F32 => crate::tensor::Dtype::F32,
+            LatentDtype::F16 => crate::tensor::Dtype::F16,
+        }
+    }
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(
         Some(plugin),
