@@ -109,26 +109,29 @@ def test_seed_001_ack_relay_and_publish(web):
 def test_seed_001_client_flow_register_ping_and_two_producers(web):
     """As seed 001's client.py runs: register as producer, read the confirmation, then one
     ack per image; two such producers at once each read only their own acks, and a
-    registered consumer gets both streams."""
+    registered consumer gets both streams. Both register before either streams: a client
+    gets relayed images until it registers as a producer (docs/web.md)."""
 
-    async def producer(name, n):
-        async with connect(web.ws) as ws:
-            await ws.send(json.dumps({"type": "register", "client_type": "producer"}))
+    async def register_producer(ws):
+        await ws.send(json.dumps({"type": "register", "client_type": "producer"}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert reply["type"] == "registered" and reply["client_type"] == "producer"
+
+    async def stream(ws, name, n):
+        for i in range(n):
+            await ws.send(image_message(ts=1700000000 + i))
             reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
-            assert reply["type"] == "registered" and reply["client_type"] == "producer"
-            for i in range(n):
-                await ws.send(image_message(ts=1700000000 + i))
-                reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
-                assert reply == {"type": "ack", "status": "received"}, (name, reply)
-                await asyncio.sleep(0.02)
-            await ws.send(json.dumps({"type": "ping"}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "pong"
+            assert reply == {"type": "ack", "status": "received"}, (name, reply)
+            await asyncio.sleep(0.02)
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "pong"
 
     async def run():
-        async with connect(web.ws) as consumer:
+        async with connect(web.ws) as consumer, connect(web.ws) as a, connect(web.ws) as b:
             await consumer.send(json.dumps({"type": "register", "client_type": "consumer"}))
             assert json.loads(await asyncio.wait_for(consumer.recv(), 5))["type"] == "registered"
-            await asyncio.gather(producer("a", 10), producer("b", 10))
+            await asyncio.gather(register_producer(a), register_producer(b))
+            await asyncio.gather(stream(a, "a", 10), stream(b, "b", 10))
             got = 0
             while got < 20:
                 m = json.loads(await asyncio.wait_for(consumer.recv(), 5))
