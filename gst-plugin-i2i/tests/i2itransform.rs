@@ -702,19 +702,6 @@ fn start_with(props: &str) -> Result<Run, String> {
     ))
 }
 
-fn element_message(run: &Run, name: &str) -> Vec<gst::Structure> {
-    run.messages
-        .iter()
-        .filter_map(|m| match m.view() {
-            gst::MessageView::Element(e) => e
-                .structure()
-                .filter(|s| s.name() == name)
-                .map(|s| s.to_owned()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn properties_set_before_start_are_checked_together_in_any_order() {
     // Steps before or after the list that needs them: both run with 30 steps.
@@ -723,7 +710,7 @@ fn properties_set_before_start_are_checked_together_in_any_order() {
         "t-index-list=5,20 num-inference-steps=30",
     ] {
         let run = start_with(props).unwrap_or_else(|e| panic!("{props}: {e}"));
-        let started = &element_message(&run, "i2itransform-started")[0];
+        let started = &run.elements("i2itransform-started")[0];
         assert_eq!(
             started.get::<u32>("num-inference-steps").unwrap(),
             30,
@@ -762,14 +749,14 @@ fn an_invalid_property_fails_the_start_naming_it() {
 fn stats_and_provider_are_posted_as_element_messages() {
     // stats-interval=1: a stats message after (nearly) every frame, and one at EOS.
     let run = start_with("stats-interval=1").unwrap();
-    let started = element_message(&run, "i2itransform-started");
+    let started = run.elements("i2itransform-started");
     assert_eq!(started.len(), 1);
     let s = &started[0];
     assert_eq!(s.get::<String>("provider").unwrap(), "cpu");
     assert!(s.get::<String>("model").unwrap().contains("tiny-sd15"));
     assert_eq!(s.get::<u32>("width").unwrap(), 64);
     assert_eq!(s.get::<u32>("height").unwrap(), 64);
-    let stats = element_message(&run, "i2itransform-stats");
+    let stats = run.elements("i2itransform-stats");
     assert!(stats.len() >= 2, "{stats:?}");
     let last = stats.last().unwrap();
     assert_eq!(last.get::<u64>("frames-out").unwrap(), 3);

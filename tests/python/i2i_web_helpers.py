@@ -71,13 +71,7 @@ class Web:
         self.publish = p.group(1)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         return self.proc.stderr.read() if self.proc.stderr else ""
 
 
@@ -95,12 +89,7 @@ class Holder:
                                      stderr=subprocess.DEVNULL)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def pipeline(web, holder=None, model="models/demo"):

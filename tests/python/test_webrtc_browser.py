@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from i2i_web_helpers import wait_for
+from i2i_web_helpers import stop_process, wait_for
 from webrtc_helpers import Pages, WebRtcPipeline, chrome, publish, stats, view
 
 # The transform's output size, unlike the camera's 320 x 240: a viewer seeing this size sees
@@ -76,8 +76,7 @@ def test_gstreamer_whipclientsink_publishes_to_a_browser_viewer():
         assert (s["width"], s["height"]) == (OUT_W, OUT_H), s
     finally:
         if publisher is not None:
-            publisher.terminate()
-            publisher.wait(timeout=10)
+            stop_process(publisher)
         if viewer is not None:
             viewer.quit()
         gst.stop()

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from i2i_web_helpers import ROOT, env, free_port, wait_for
+from i2i_web_helpers import ROOT, env, free_port, stop_process, wait_for
 from webrtc_helpers import Pages, chrome, decoded, view
 
 SCRIPT = ROOT / "pipelines" / "whip-transform.sh"
@@ -86,8 +86,7 @@ def test_script_publish_watch_and_sigint():
         if viewer is not None:
             viewer.quit()
         if publisher is not None:
-            publisher.terminate()
-            publisher.wait(timeout=10)
+            stop_process(publisher)
         if script.poll() is None:
             script.kill()
             script.wait()

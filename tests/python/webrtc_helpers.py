@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from i2i_web_helpers import ROOT, env, free_port, wait_for
+from i2i_web_helpers import ROOT, env, free_port, stop_process, wait_for
 
 webdriver = pytest.importorskip("selenium.webdriver")
 
@@ -172,13 +172,7 @@ class WebRtcPipeline:
             return f.read()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from i2i_web_helpers import env, free_port  # noqa: E402
+from i2i_web_helpers import env, free_port, stop_process  # noqa: E402
 
 NS = "i2i-slowview"
 HOST_IF, NS_IF = "i2isv-h", "i2isv-s"
@@ -87,12 +87,7 @@ class Viewer:
         return int(found[-1][0]) if found else 0
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -155,9 +150,7 @@ def main():
     finally:
         for v in viewers:
             v.stop()
-        if gst.poll() is None:
-            gst.terminate()
-            gst.wait(timeout=10)
+        stop_process(gst)
         log.close()
         link_down()
     print(f"i2iwhepsink codec={args.codec} bitrate={args.bitrate} kbit/s, 512x512 at 30 fps; "
