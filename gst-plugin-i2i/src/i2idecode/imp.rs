@@ -356,15 +356,7 @@ impl InferElement for I2iDecode {
         fps: gst::Fraction,
         size: (u32, u32),
     ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
-        let ours = self.output_caps(Some(fps), Some(size));
-        let peer = self.base.srcpad.peer_query_caps(None);
-        let mut out = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
-        if out.is_empty() {
-            return Err(format!(
-                "downstream accepts none of {ours}; it accepts {peer}"
-            ));
-        }
-        out.fixate();
+        let out = self.downstream_caps(fps, size, "")?;
         let info = gst_video::VideoInfo::from_caps(&out).map_err(|e| e.to_string())?;
         Ok((out, info))
     }

@@ -422,16 +422,11 @@ impl InferElement for I2iTransform {
         fps: gst::Fraction,
         size: (u32, u32),
     ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
-        let ours = self.output_caps(Some(fps), Some(size));
-        let peer = self.base.srcpad.peer_query_caps(None);
-        let caps = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
-        if caps.is_empty() {
-            return Err(format!(
-                "downstream accepts none of {ours}; it accepts {peer}. Set width/height to a size it takes, or add videoconvert/videoscale after i2itransform"
-            ));
-        }
-        let mut caps = caps;
-        caps.fixate();
+        let caps = self.downstream_caps(
+            fps,
+            size,
+            ". Set width/height to a size it takes, or add videoconvert/videoscale after i2itransform",
+        )?;
         // Latent output: the frames' size and rate travel in an RGB description.
         let info = if self.settings.lock().unwrap().output == OutputMode::Latent {
             gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, size.0, size.1)

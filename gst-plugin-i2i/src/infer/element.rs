@@ -361,6 +361,26 @@ pub trait InferElementExt: InferElement {
         Ok(gst::FlowSuccess::Ok)
     }
 
+    /// Our output caps for `fps` and `size` as downstream prefers them, fixated (for
+    /// [`InferElement::negotiate_output`]); the error names both sides and `hint`.
+    fn downstream_caps(
+        &self,
+        fps: gst::Fraction,
+        size: (u32, u32),
+        hint: &str,
+    ) -> Result<gst::Caps, String> {
+        let ours = self.output_caps(Some(fps), Some(size));
+        let peer = self.base().srcpad.peer_query_caps(None);
+        let mut caps = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
+        if caps.is_empty() {
+            return Err(format!(
+                "downstream accepts none of {ours}; it accepts {peer}{hint}"
+            ));
+        }
+        caps.fixate();
+        Ok(caps)
+    }
+
     /// Raw video input: the frame as RGB8 at the model size; None for a
     /// frame that cannot be read (counted, with a warning: the stream goes on).
     fn convert_video(

@@ -242,15 +242,11 @@ impl InferElement for OnnxTransform {
         fps: gst::Fraction,
         size: (u32, u32),
     ) -> Result<(gst::Caps, gst_video::VideoInfo), String> {
-        let ours = self.output_caps(Some(fps), Some(size));
-        let peer = self.base.srcpad.peer_query_caps(None);
-        let mut caps = peer.intersect_with_mode(&ours, gst::CapsIntersectMode::First);
-        if caps.is_empty() {
-            return Err(format!(
-                "downstream accepts none of {ours}; it accepts {peer}. Add videoconvert/videoscale after onnxtransform"
-            ));
-        }
-        caps.fixate();
+        let caps = self.downstream_caps(
+            fps,
+            size,
+            ". Add videoconvert/videoscale after onnxtransform",
+        )?;
         let info = gst_video::VideoInfo::from_caps(&caps)
             .map_err(|e| format!("cannot use output caps {caps}: {e}"))?;
         Ok((caps, info))
