@@ -317,11 +317,8 @@ fn decoder_worker(
 
 /// The dispatcher's count of frames each worker took.
 fn frames_per_worker(stats: &gst::Structure) -> Vec<(String, u64)> {
-    stats
-        .get::<gst::Array>("worker-list")
-        .unwrap()
+    gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list(stats)
         .iter()
-        .filter_map(|v| v.get::<gst::Structure>().ok())
         .map(|s| {
             (
                 s.get::<String>("name").unwrap(),

@@ -401,11 +401,8 @@ fn run(
     } else {
         0.0
     };
-    let per_worker = dstats
-        .get::<gst::Array>("worker-list")
-        .unwrap()
+    let per_worker = gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list(&dstats)
         .iter()
-        .filter_map(|v| v.get::<gst::Structure>().ok())
         .map(|s| {
             (
                 s.get::<String>("name").unwrap(),

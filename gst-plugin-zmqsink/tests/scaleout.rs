@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use gstzmqmsgpack::protocol;
 use gstzmqmsgpack::scaleout::wire::{self, JobFrame, PrimaryMsg, Ready, WorkerMsg};
+use gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list;
 use scaleout_util::*;
 
 fn worker_frames(stats: &gst::Structure, name: &str) -> u64 {
-    stats
-        .get::<gst::Array>("worker-list")
-        .unwrap()
+    worker_list(stats)
         .iter()
-        .filter_map(|v| v.get::<gst::Structure>().ok())
         .find(|s| s.get::<String>("name").unwrap() == name)
         .map(|s| s.get::<u64>("frames").unwrap())
         .unwrap_or(0)

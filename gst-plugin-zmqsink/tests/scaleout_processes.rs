@@ -11,6 +11,7 @@ mod scaleout_util;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list;
 use scaleout_util::*;
 
 const FRAMES: u64 = 1000;
@@ -47,10 +48,8 @@ fn kill_and_restart(source: &str, middle: &str) -> Run {
         if killed_in_flight.is_none() && n >= 300 {
             // What the dispatcher has out at w0 right now bounds the loss.
             let stats = primary.dispatch_stats();
-            let list = stats.get::<gst::Array>("worker-list").unwrap();
-            let in_flight = list
+            let in_flight = worker_list(&stats)
                 .iter()
-                .filter_map(|v| v.get::<gst::Structure>().ok())
                 .find(|s| s.get::<String>("name").unwrap() == "w0")
                 .map(|s| s.get::<u64>("in-flight").unwrap())
                 .expect("w0 listed");
@@ -132,10 +131,8 @@ fn check(run: &Run) -> Vec<u64> {
         "{:?}",
         run.joined
     );
-    let list = run.dstats.get::<gst::Array>("worker-list").unwrap();
-    let w0_frames = list
+    let w0_frames = worker_list(&run.dstats)
         .iter()
-        .filter_map(|v| v.get::<gst::Structure>().ok())
         .find(|s| s.get::<String>("name").unwrap() == "w0")
         .map(|s| s.get::<u64>("frames").unwrap())
         .expect("restarted w0 listed");

@@ -32,6 +32,19 @@ pub enum DispatchQueuePolicy {
     DropOldest = 1,
 }
 
+/// The per-worker structures of the dispatcher's `stats` (`worker-list`: name, frames,
+/// in-flight, ...), in the order the dispatcher lists them.
+pub fn worker_list(stats: &gst::StructureRef) -> Vec<gst::Structure> {
+    stats
+        .get::<gst::Array>("worker-list")
+        .map(|list| {
+            list.iter()
+                .filter_map(|v| v.get::<gst::Structure>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(
         Some(plugin),
