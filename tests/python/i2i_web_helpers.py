@@ -101,7 +101,7 @@ class Holder:
             self.state = f"tcp://127.0.0.1:{free_port()}"
             self.control = f"tcp://127.0.0.1:{free_port()}"
         args = [binary("i2i-prompt"), "serve", "--state-bind", self.state,
-                "--control-bind", self.control]
+                "--control-bind", self.control, "--osc", "off"]
         for c in init:
             args += ["--init", c]
         self.proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL,

@@ -745,9 +745,16 @@ async fn writer(
             break None;
         }
     };
-    if let Some((code, reason)) = close {
+    match close {
         // A peer that takes nothing is cut off by --write-timeout below this.
-        let _ = sink.send(close_frame(code, &reason)).await;
+        Some((code, reason)) => {
+            let _ = sink.send(close_frame(code, &reason)).await;
+        }
+        // The peer closed (tungstenite's answer to its close frame goes out with this), or
+        // the connection is gone (this fails at once).
+        None => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+        }
     }
     if let Some((id, _)) = viewer_id {
         app.remove_viewer(id);
