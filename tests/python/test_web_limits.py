@@ -442,7 +442,8 @@ def test_controls_with_the_holder_down_are_answered_at_once_and_never_replayed()
                 assert (await control(operator, "/seed 7", 1))["ok"]
                 holder.stop()
                 tasks = [asyncio.create_task(chatty(k)) for k in range(10)]
-                await asyncio.sleep(4.0)  # the first controls find the holder gone
+                # The first control finds the holder gone within its 3 s.
+                await asyncio.sleep(5.0)
                 t0 = time.monotonic()
                 m = await control(operator, "/prompt the operator's prompt", 2)
                 took = time.monotonic() - t0
@@ -452,7 +453,7 @@ def test_controls_with_the_holder_down_are_answered_at_once_and_never_replayed()
 
         m, took = asyncio.run(run())
         assert not m["ok"] and "does not answer" in m["error"] and "not sent" in m["error"], m
-        assert took < 2.0, took  # 31 s before
+        assert took < 2.5, took  # 31 s before
         stats = web.stats()
         assert stats["controls-not-sent"] > 10, stats
 
