@@ -58,8 +58,8 @@ class Web:
         self.proc = subprocess.Popen(
             cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        lines = [self.proc.stdout.readline() for _ in range(2)]
-        text = "".join(lines)
+        lines = [self.proc.stdout.readline() for _ in range(3)]
+        self.startup = text = "".join(lines)
         m = re.search(r"page (https?)://([0-9.]+):(\d+)/", text)
         p = re.search(r"published on (tcp://\S+),", text)
         if not m or not p:
@@ -74,15 +74,34 @@ class Web:
         stop_process(self.proc)
         return self.proc.stderr.read() if self.proc.stderr else ""
 
+    def stats(self):
+        """The counters of /api/stats."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.http + "/api/stats", timeout=10) as r:
+            return json.load(r)
+
+    def memory_kib(self, field="VmHWM"):
+        """i2i-web's peak (VmHWM) or current (VmRSS) resident memory, in KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise AssertionError(f"no {field} for i2i-web")
+
 
 class Holder:
-    """`i2i-prompt serve` on ephemeral ports."""
+    """`i2i-prompt serve` on ephemeral ports (or on the ports of a holder it replaces)."""
 
-    def __init__(self, *init):
-        self.state = f"tcp://127.0.0.1:{free_port()}"
-        self.control = f"tcp://127.0.0.1:{free_port()}"
+    def __init__(self, *init, ports_of=None):
+        if ports_of is not None:
+            self.state, self.control = ports_of.state, ports_of.control
+        else:
+            self.state = f"tcp://127.0.0.1:{free_port()}"
+            self.control = f"tcp://127.0.0.1:{free_port()}"
         args = [binary("i2i-prompt"), "serve", "--state-bind", self.state,
-                "--control-bind", self.control]
+                "--control-bind", self.control, "--osc", "off"]
         for c in init:
             args += ["--init", c]
         self.proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL,
@@ -129,3 +148,89 @@ def wait_for(predicate, timeout, what):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class RawWs:
+    """A WebSocket client written frame by frame over a plain socket, for what the
+    `websockets` package will not send: unmasked or reserved frames, invalid UTF-8, a frame
+    header announcing more than it sends, pings without reading the answers."""
+
+    def __init__(self, web, path="/ws?relay=0", rcvbuf=None, host=None):
+        import base64 as b64
+
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect((web.host, web.port))
+        key = b64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host or f'{web.host}:{web.port}'}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                break
+            head += chunk
+        self.status = int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.1") else None
+        self.buf = b""
+
+    @staticmethod
+    def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
+        """One frame; `length` announces another payload length than the one given."""
+        n = len(payload) if length is None else length
+        head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+        m = 0x80 if mask else 0
+        if n < 126:
+            head += bytes([m | n])
+        elif n < 65536:
+            head += bytes([m | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([m | 127]) + n.to_bytes(8, "big")
+        if not mask:
+            return head + payload
+        key = os.urandom(4)
+        return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _read(self, n, deadline):
+        while len(self.buf) < n:
+            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv_frame(self, timeout=10):
+        """(opcode, payload) of the server's next frame."""
+        deadline = time.monotonic() + timeout
+        b0, b1 = self._read(2, deadline)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._read(2, deadline), "big")
+        elif n == 127:
+            n = int.from_bytes(self._read(8, deadline), "big")
+        return b0 & 0x0F, self._read(n, deadline)
+
+    def close_frame(self, timeout=10):
+        """(code, reason) of the close frame the server sends, skipping other frames; None
+        when the connection ends without one."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                op, payload = self.recv_frame(max(0.05, deadline - time.monotonic()))
+                if op == 0x8:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                    return code, payload[2:].decode("utf-8", "replace")
+        except (EOFError, ConnectionResetError):
+            return None
+
+    def close(self):
+        self.sock.close()

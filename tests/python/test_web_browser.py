@@ -27,6 +27,7 @@ from i2i_web_helpers import Holder, Web, pipeline, stop_process, wait_for
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
 SIZE = 320
 
@@ -161,6 +162,27 @@ def test_control_room_in_headless_chromium():
         answered('prompt-blend=["red fire lava":0.5 "blue ocean":0.5]')
         browser.find_element(By.ID, "blend-off").click()
         answered("prompt-blend=off")
+        # The guidance mode: with the default (self) the negative prompt does nothing and
+        # is not shown; with full it is, and it reaches the holder; the choice survives a
+        # reload (loaded from the holder); with none it is hidden again.
+        negative = browser.find_element(By.ID, "negative")
+        assert browser.find_element(By.ID, "cfg").get_attribute("value") == "self"
+        assert not negative.is_displayed()
+        Select(browser.find_element(By.ID, "cfg")).select_by_value("full")
+        answered("cfg-type=full")
+        assert negative.is_displayed()
+        negative.send_keys("blurry, dark", Keys.TAB)
+        answered('negative-prompt="blurry, dark"')
+        browser.refresh()
+        wait_for(lambda: browser.execute_script(
+            "return window.i2i.connected && document.getElementById('cfg').value === 'full'"),
+            20, "the holder's guidance mode loaded into the page")
+        negative = browser.find_element(By.ID, "negative")
+        assert negative.is_displayed() and negative.get_attribute("value") == "blurry, dark"
+        Select(browser.find_element(By.ID, "cfg")).select_by_value("none")
+        answered("cfg-type=none")
+        assert not negative.is_displayed()
+
         # A value the holder refuses is shown as refused.
         browser.execute_script(
             "const t = document.getElementById('transition'); t.value = '99999';"

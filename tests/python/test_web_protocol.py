@@ -291,7 +291,7 @@ def test_flood_is_dropped_for_the_flooder_only():
 
         asyncio.run(run())
         stats = json.load(urllib.request.urlopen(web.http + "/api/stats", timeout=5))
-        assert stats["flood-dropped"] >= 100
+        assert stats["dropped-flood"] >= 100
     finally:
         web.stop()
 
@@ -473,7 +473,7 @@ def test_a_slow_viewer_loses_only_its_own_frames():
         asyncio.run(run())
         stats = json.load(urllib.request.urlopen(web.http + "/api/stats", timeout=5))
         # Nearly everything the slow viewer did not take is counted as its loss.
-        assert stats["viewer-dropped"] > 20, stats
+        assert stats["dropped-viewer"] > 20, stats
         assert stats["output-frames"] > 30
     finally:
         stop.set()

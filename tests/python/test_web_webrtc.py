@@ -58,6 +58,15 @@ def test_page_publishes_over_whip_and_plays_whep():
         assert not s["hidden"], s
         # The camera went over WebRTC only, not as JPEG frames over the WebSocket.
         assert s["sent"] == 0, s
+        # The header shows the real rates: the WHEP video's frames, the WHIP sender's.
+        numbers = wait_for(lambda: (lambda n: n if n["out"] > 1 and n["in"] > 1 else None)(
+            browser.execute_script(
+                "return {out: window.i2i.outFps, in: window.i2i.inFps,"
+                " text: document.getElementById('numbers').innerText}")),
+            30, "the header's WebRTC rates")
+        fps = float(browser.find_element(By.ID, "fps").text)
+        assert fps > 1, numbers
+        assert "latency" not in numbers["text"], numbers  # not measured over WebRTC
         assert gst.proc.poll() is None, gst.messages()[-3000:]
     finally:
         if browser is not None:

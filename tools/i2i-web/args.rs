@@ -3,13 +3,28 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8765";
-pub const DEFAULT_PUBLISH: &str = "tcp://*:5555";
+/// Loopback only: the camera frames are for the pipeline on this machine (`--publish
+/// tcp://*:5554` shares them with other machines, with no authentication).
+pub const DEFAULT_PUBLISH: &str = "tcp://127.0.0.1:5554";
 pub const DEFAULT_SUBSCRIBE: &str = "tcp://localhost:5557";
 pub const DEFAULT_CONTROL: &str = "tcp://localhost:5560";
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 8 << 20;
 pub const DEFAULT_MAX_RATE: u32 = 60;
+/// A 4K UHD frame (3840 x 2160): larger declared sizes are refused before any decoding.
+pub const DEFAULT_MAX_PIXELS: u64 = 3840 * 2160;
+/// Decoded pixels a second per client: one 1080p camera at 30 fps.
+pub const DEFAULT_MAX_PIXEL_RATE: u64 = 1920 * 1080 * 30;
+/// WebSocket and HTTP connections at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// No request, message or pong for this long: the connection is closed.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A peer that takes none of the data waiting for it for this long is dropped; an incoming
+/// message must arrive whole within it.
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 10_000;
 
 pub const HELP: &str = "\
 i2i-web: the browser side of the i2i pipelines, on one HTTP port
@@ -24,7 +39,9 @@ USAGE:
 
     -l, --listen ADDR        HTTP/WebSocket address (default 127.0.0.1:8765; 0.0.0.0:8765
                              for other machines, with --token)
-        --publish EP         ZeroMQ PUB endpoint for received images (default tcp://*:5555)
+        --publish EP         ZeroMQ PUB endpoint for received images (default
+                             tcp://127.0.0.1:5554: this machine only; tcp://*:5554 shares
+                             the camera with any machine that reaches the port)
         --subscribe EP       ZeroMQ endpoint of the pipeline's output (default
                              tcp://localhost:5557)
         --control EP         the settings holder's command socket (default
@@ -37,9 +54,25 @@ USAGE:
                              https to give the page the camera)
         --allow-origin URL   also accept pages from this origin (repeatable); by default
                              only pages served by i2i-web itself may connect
-        --max-image-bytes N  largest accepted image, decoded (default 8388608)
-        --max-rate N         messages per second and client before they are dropped
-                             (default 60)
+        --allowed-host NAME  also accept requests for this host name (repeatable); without
+                             --token only this machine's names and addresses are accepted
+                             (a guard against DNS rebinding)
+        --max-image-bytes N  largest accepted image file (default 8388608)
+        --max-message-size N largest WebSocket message (default: an image at
+                             --max-image-bytes in base64, plus 64 KiB)
+        --max-pixels N       largest declared image size in pixels, checked before any
+                             decoding (default 8294400, 3840 x 2160)
+        --max-pixel-rate N   image pixels per second and client (default 62208000: 1080p
+                             at 30 fps); images beyond it are dropped
+        --max-rate N         messages (pings included) per second and client before they
+                             are dropped (default 60)
+        --max-connections N  HTTP and WebSocket connections at once (default 32)
+        --idle-timeout MS    close a connection with no request, message or pong for this
+                             long (default 30000)
+        --write-timeout MS   drop a peer that takes none of our data for this long
+                             (default 10000)
+        --message-timeout MS an incoming WebSocket message must arrive whole within this
+                             (default 10000)
     -h, --help               this text
     -V, --version            version
 
@@ -60,8 +93,26 @@ pub struct Options {
     /// PEM certificate chain and private key: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub allow_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
     pub max_image_bytes: usize,
+    /// None: derived from max_image_bytes (see [`Options::max_message_size`]).
+    pub max_message_size: Option<usize>,
+    pub max_pixels: u64,
+    pub max_pixel_rate: u64,
     pub max_rate: u32,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub message_timeout: Duration,
+}
+
+impl Options {
+    /// The largest WebSocket message: given, or room for a base64 image at
+    /// `max_image_bytes` plus the JSON around it.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+            .unwrap_or(self.max_image_bytes.div_ceil(3) * 4 + 64 * 1024)
+    }
 }
 
 impl Default for Options {
@@ -76,8 +127,16 @@ impl Default for Options {
             token: None,
             tls: None,
             allow_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            max_message_size: None,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_pixel_rate: DEFAULT_MAX_PIXEL_RATE,
             max_rate: DEFAULT_MAX_RATE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            write_timeout: Duration::from_millis(DEFAULT_WRITE_TIMEOUT_MS),
+            message_timeout: Duration::from_millis(DEFAULT_MESSAGE_TIMEOUT_MS),
         }
     }
 }
@@ -105,6 +164,12 @@ where
             "{what}: expected a whole number >= {lo}, found '{s}'"
         )),
     }
+}
+
+/// A time in ms, at least 100 ms.
+fn millis(parser: &mut lexopt::Parser, what: &str) -> Result<Duration, String> {
+    let v = parser.value().map_err(|e| e.to_string())?;
+    Ok(Duration::from_millis(number::<u64>(v, what, 100)?))
 }
 
 fn endpoint(v: OsString, what: &str) -> Result<String, String> {
@@ -175,10 +240,42 @@ pub fn parse(
                 }
                 o.allow_origins.push(v.trim_end_matches('/').to_string());
             }
+            Long("allowed-host") => {
+                let v = string(parser.value().map_err(e)?, "--allowed-host")?;
+                match crate::hosts::normalise(&v) {
+                    Some(h) if !h.contains(['/', ' ', '@']) => o.allowed_hosts.push(h),
+                    _ => {
+                        return Err(format!(
+                            "--allowed-host '{v}': expected a host name or address without port, e.g. show.local"
+                        ));
+                    }
+                }
+            }
             Long("max-image-bytes") => {
                 o.max_image_bytes = number(parser.value().map_err(e)?, "--max-image-bytes", 1024)?
             }
+            Long("max-message-size") => {
+                o.max_message_size = Some(number(
+                    parser.value().map_err(e)?,
+                    "--max-message-size",
+                    4096,
+                )?)
+            }
+            Long("max-pixels") => {
+                o.max_pixels = number(parser.value().map_err(e)?, "--max-pixels", 64)?
+            }
+            Long("max-pixel-rate") => {
+                o.max_pixel_rate = number(parser.value().map_err(e)?, "--max-pixel-rate", 64)?
+            }
             Long("max-rate") => o.max_rate = number(parser.value().map_err(e)?, "--max-rate", 1)?,
+            Long("max-connections") => {
+                o.max_connections = number(parser.value().map_err(e)?, "--max-connections", 1)?
+            }
+            Long("idle-timeout") => o.idle_timeout = millis(&mut parser, "--idle-timeout")?,
+            Long("write-timeout") => o.write_timeout = millis(&mut parser, "--write-timeout")?,
+            Long("message-timeout") => {
+                o.message_timeout = millis(&mut parser, "--message-timeout")?
+            }
             _ => return Err(format!("{} (see i2i-web --help)", arg.unexpected())),
         }
     }
@@ -207,10 +304,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_seed_001_ports() {
+    fn default_ports() {
         let o = run(&[]).unwrap();
         assert_eq!(o.listen, "127.0.0.1:8765");
-        assert_eq!(o.publish, "tcp://*:5555");
+        assert_eq!(o.publish, "tcp://127.0.0.1:5554");
         assert_eq!(o.subscribe, "tcp://localhost:5557");
         assert_eq!(o.control.as_deref(), Some("tcp://localhost:5560"));
     }
@@ -240,6 +337,41 @@ mod tests {
                 .contains("--tls-key")
         );
         assert!(run(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(
+            run(&["--idle-timeout", "5"])
+                .unwrap_err()
+                .contains("--idle-timeout")
+        );
+        assert!(
+            run(&["--allowed-host", "http://x"])
+                .unwrap_err()
+                .contains("--allowed-host")
+        );
+        assert!(
+            run(&["--max-connections", "0"])
+                .unwrap_err()
+                .contains("--max-connections")
+        );
         assert_eq!(run(&["--control", "none"]).unwrap().control, None);
+    }
+
+    #[test]
+    fn limits() {
+        let o = run(&[]).unwrap();
+        // A base64 image at the limit fits a message, with room for the JSON around it.
+        assert!(o.max_message_size() >= o.max_image_bytes / 3 * 4 + 1024);
+        assert!(o.max_message_size() < o.max_image_bytes * 2);
+        let o = run(&[
+            "--max-message-size",
+            "65536",
+            "--allowed-host",
+            "Show.Local",
+            "--idle-timeout",
+            "2500",
+        ])
+        .unwrap();
+        assert_eq!(o.max_message_size(), 65536);
+        assert_eq!(o.allowed_hosts, ["show.local"]);
+        assert_eq!(o.idle_timeout, Duration::from_millis(2500));
     }
 }

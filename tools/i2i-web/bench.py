@@ -199,7 +199,7 @@ def main():
     print("|---|---|")
     print(f"| images accepted per second | {rate:.0f} ({rate / args.fps:.1f} x a {args.fps:g} fps camera) |")
     print(f"| send -> published on ZeroMQ, median / p95 (ms) | {pct(in_lat, 0.5):.1f} / {pct(in_lat, 0.95):.1f} |")
-    print(f"| images published / dropped by i2i-web | {stats['published']} / {stats['publish-dropped']} |")
+    print(f"| images published / dropped by i2i-web | {stats['published']} / {stats['dropped-publish']} |")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ impl Bridge {
         subscribe: &str,
         output: watch::Sender<Option<Arc<OutFrame>>>,
         stats: Arc<Stats>,
+        max_frame: usize,
     ) -> Result<Bridge, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let pub_sock = ctx
@@ -102,7 +103,7 @@ impl Bridge {
                     index += 1;
                     match pub_sock.send(&msg[..], zmq::DONTWAIT) {
                         Ok(()) => st.add(&st.published, 1),
-                        Err(_) => st.add(&st.publish_dropped, 1),
+                        Err(_) => st.add(&st.dropped_publish, 1),
                     }
                 }
             })
@@ -121,7 +122,7 @@ impl Bridge {
                     let Ok(msg) = sub_sock.recv_bytes(0) else {
                         continue;
                     };
-                    match decode_output(&msg, seq + 1) {
+                    match decode_output(&msg, seq + 1, max_frame) {
                         Ok(frame) => {
                             seq += 1;
                             stats.add(&stats.output_frames, 1);
@@ -156,8 +157,10 @@ impl Bridge {
     }
 }
 
-/// One output message into a frame; a batch message gives its first frame.
-pub fn decode_output(msg: &[u8], seq: u64) -> Result<OutFrame, String> {
+/// One output message into a frame; a batch message gives its first frame. A JPEG over
+/// `max_frame` bytes is refused: every WebSocket client's write buffer has room for one
+/// message of --max-message-size and no more.
+pub fn decode_output(msg: &[u8], seq: u64, max_frame: usize) -> Result<OutFrame, String> {
     let frames = protocol::decode(msg).map_err(|e| e.to_string())?;
     let Some(first) = frames.first() else {
         return Err("a message without frames".into());
@@ -167,6 +170,13 @@ pub fn decode_output(msg: &[u8], seq: u64) -> Result<OutFrame, String> {
     };
     if !protocol::looks_like_jpeg(jpeg) {
         return Err(format!("frame {}: not a JPEG", first.index));
+    }
+    if jpeg.len() > max_frame {
+        return Err(format!(
+            "frame {}: {} bytes, over the {max_frame} bytes an output frame may have (raise --max-message-size)",
+            first.index,
+            jpeg.len()
+        ));
     }
     let message = Bytes::from(protocol::encode_frame(
         first.timestamp_ms,

@@ -10,11 +10,14 @@
 mod args;
 mod bridge;
 mod control;
+mod hosts;
 mod input;
+mod limits;
 mod server;
 mod stats;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -59,8 +62,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(opts: args::Options) -> Result<(), String> {
+async fn run(mut opts: args::Options) -> Result<(), String> {
     let stats = Arc::new(stats::Stats::default());
+    opts.max_connections = limits::fit_descriptor_limit(opts.max_connections);
     let control = match &opts.control {
         Some(ep) => Some(Arc::new(control::Control::new(
             ep,
@@ -73,35 +77,42 @@ async fn run(opts: args::Options) -> Result<(), String> {
         Some((cert, key)) => {
             // One process-wide crypto provider (ring); an error means one is already set.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            Some(
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "--tls-cert {} / --tls-key {}: {e} (expected PEM files: the certificate chain and its private key)",
-                            cert.display(),
-                            key.display()
-                        )
-                    })?,
-            )
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "--tls-cert {} / --tls-key {}: {e} (expected PEM files: the certificate chain and its private key)",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            // HTTP/1.1 only, as over plain TCP (see http_limits).
+            let mut server_config = (*config.get_inner()).clone();
+            server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config.reload_from_config(Arc::new(server_config));
+            Some(config)
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(&opts.listen)
-        .await
-        .map_err(|e| {
-            format!(
-                "--listen {}: cannot listen: {e} (is another program using the port?)",
-                opts.listen
-            )
-        })?;
+    let listener = std::net::TcpListener::bind(&opts.listen).map_err(|e| {
+        format!(
+            "--listen {}: cannot listen: {e} (is another program using the port?)",
+            opts.listen
+        )
+    })?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("--listen {}: {e}", opts.listen))?;
     let ctx = zmq::Context::new();
     let (out_tx, out_rx) = tokio::sync::watch::channel(None);
-    let bridge =
-        bridge::Bridge::start(&ctx, &opts.publish, &opts.subscribe, out_tx, stats.clone())?;
+    let bridge = bridge::Bridge::start(
+        &ctx,
+        &opts.publish,
+        &opts.subscribe,
+        out_tx,
+        stats.clone(),
+        server::max_output_frame(&opts),
+    )?;
 
     let shown_host = if local.ip().is_unspecified() {
         format!("localhost:{}", local.port())
@@ -115,30 +126,65 @@ async fn run(opts: args::Options) -> Result<(), String> {
         .unwrap_or_default();
     println!(
         "i2i-web: page {}://{shown_host}/{token_query}\n\
-         i2i-web: images published on {}, output from {}, controls to {}",
+         i2i-web: images published on {}, output from {}, controls to {}\n\
+         i2i-web: listening on {local} ({}), {}; camera frames on {} ({})",
         if tls.is_some() { "https" } else { "http" },
         bridge.publish_endpoint,
         opts.subscribe,
         opts.control.as_deref().unwrap_or("(none)"),
+        if local.ip().is_loopback() {
+            "this machine only"
+        } else {
+            "reachable from the network"
+        },
+        match (&opts.token, tls.is_some()) {
+            (Some(_), true) => "token required, TLS",
+            (Some(_), false) => "token required (sent in clear text without TLS)",
+            (None, _) => "no token: only this machine's host names are accepted",
+        },
+        bridge.publish_endpoint,
+        if publishes_on_loopback(&bridge.publish_endpoint) {
+            "this machine only"
+        } else {
+            "ZeroMQ, no authentication: any machine that reaches the port receives the camera"
+        },
     );
     let _ = std::io::stdout().flush();
 
+    let limits = limits::Limits::new(
+        opts.max_connections,
+        opts.idle_timeout,
+        opts.write_timeout,
+        stats.clone(),
+    );
+    let header_timeout = opts.idle_timeout;
     let app = Arc::new(server::App::new(
         opts,
         stats.clone(),
         bridge.publish.clone(),
         out_rx,
         control,
+        limits.clone(),
+        local.ip(),
     ));
-    let router = server::router(app.clone());
+    let service = server::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let acceptor = limits::LimitAcceptor {
+        limits,
+        tls: tls.is_some(),
+    };
     let serve = async move {
         match tls {
-            None => axum::serve(listener, router).await,
+            None => {
+                let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+                http_limits(server.http_builder(), header_timeout);
+                server.serve(service).await
+            }
             Some(config) => {
-                let listener = listener.into_std()?;
-                axum_server::from_tcp_rustls(listener, config)
-                    .serve(router.into_make_service())
-                    .await
+                let acceptor =
+                    axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(acceptor);
+                let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+                http_limits(server.http_builder(), header_timeout);
+                server.serve(service).await
             }
         }
     };
@@ -150,6 +196,39 @@ async fn run(opts: args::Options) -> Result<(), String> {
     // Open WebSocket connections end with the runtime; the ZeroMQ threads end here.
     bridge.stop();
     Ok(())
+}
+
+/// HTTP/1.1 only (WebSocket and MJPEG need nothing else), so that hyper's header-read
+/// timeout guards every connection from its first byte: a request head must arrive within
+/// `timeout`, and an idle keep-alive connection is closed after it. (The automatic choice
+/// between HTTP/1 and 2 first waits for bytes without a limit.)
+fn http_limits(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: std::time::Duration,
+) {
+    let fresh = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    *builder = std::mem::replace(builder, fresh).http1_only();
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(64 * 1024);
+}
+
+/// True when a ZeroMQ endpoint is bound to a loopback address.
+fn publishes_on_loopback(endpoint: &str) -> bool {
+    let host = endpoint
+        .strip_prefix("tcp://")
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'));
+    match host {
+        Some("localhost") => true,
+        Some(h) => h
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        // ipc:// and inproc:// stay on this machine.
+        None => !endpoint.starts_with("tcp://"),
+    }
 }
 
 async fn stop_signal() {

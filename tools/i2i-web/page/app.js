@@ -12,7 +12,7 @@ if (tokenQuery) $("mjpeg").href = "stream.mjpg?" + tokenQuery.slice(1);
 // Numbers the page shows, also read by the browser test.
 const i2i = window.i2i = {
   shown: 0, sent: 0, skipped: 0, dropped: 0, latencyMs: null, answers: [], errors: [],
-  connected: false,
+  connected: false, outFps: 0, inFps: 0,
 };
 
 // ---- msgpack [timestamp, index, bin]: the only message shape needed here ----
@@ -111,6 +111,8 @@ function status(text, error) {
 let lastUrl = null;
 const shownTimes = [];
 function showFrame(buf) {
+  // While the output plays over WHEP, the header counts the video's frames instead.
+  if (i2i.webrtc.whep === "playing") return;
   let f;
   try { f = readFrame(buf); } catch (e) { status("bad frame from the server: " + e.message, true); return; }
   const url = URL.createObjectURL(new Blob([f.jpeg], { type: "image/jpeg" }));
@@ -173,6 +175,7 @@ async function viewWhep() {
     pc.ontrack = (e) => {
       $("output-video").srcObject = new MediaStream([e.track]);
       $("output-video").hidden = false; $("output").hidden = true;
+      countVideoFrames($("output-video"));
     };
     try {
       await offerAnswer(whepUrl, pc);
@@ -242,11 +245,69 @@ function rate(times) {
   while (times.length && times[0] < now - 2000) times.shift();
   return times.length / 2;
 }
-setInterval(() => {
-  $("fps").textContent = rate(shownTimes).toFixed(1);
-  $("infps").textContent = rate(sentTimes).toFixed(1);
+
+// Over WebRTC the frames never pass through the page's code: the output rate is the WHEP
+// video's presented frames (requestVideoFrameCallback, or getVideoPlaybackQuality where
+// that is missing), the input rate and the losses come from the peer connections' stats.
+let countingVideo = false, lastQuality = null;
+function countVideoFrames(video) {
+  if (countingVideo) return;
+  countingVideo = true;
+  if (!("requestVideoFrameCallback" in video)) return;
+  const onFrame = () => {
+    shownTimes.push(performance.now());
+    i2i.shown++;
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+const rtcTotals = { sent: null, at: 0 };
+async function webrtcNumbers() {
+  const v = $("output-video");
+  if (countingVideo && !("requestVideoFrameCallback" in v) && v.getVideoPlaybackQuality) {
+    const q = v.getVideoPlaybackQuality(), t = performance.now();
+    if (lastQuality) {
+      const n = q.totalVideoFrames - q.droppedVideoFrames - lastQuality.shown;
+      for (let i = 0; i < n; i++) shownTimes.push(t);
+      i2i.shown += Math.max(0, n);
+    }
+    lastQuality = { shown: q.totalVideoFrames - q.droppedVideoFrames };
+  }
+  let lost = 0;
+  if (window.i2iWhepPc) {
+    (await window.i2iWhepPc.getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "video") lost += (r.framesDropped || 0);
+    });
+  }
+  if (whipPc) {
+    (await whipPc.getStats()).forEach((r) => {
+      if (r.type !== "outbound-rtp" || r.kind !== "video") return;
+      const t = performance.now();
+      if (rtcTotals.sent !== null && t > rtcTotals.at) {
+        i2i.inFps = (r.framesSent - rtcTotals.sent) * 1000 / (t - rtcTotals.at);
+      }
+      rtcTotals.sent = r.framesSent; rtcTotals.at = t;
+    });
+  } else {
+    rtcTotals.sent = null;
+  }
+  return lost;
+}
+
+setInterval(async () => {
+  const webrtcIn = i2i.webrtc.whip === "publishing", webrtcOut = i2i.webrtc.whep === "playing";
+  let lost = 0;
+  if (webrtcIn || webrtcOut) {
+    try { lost = await webrtcNumbers(); } catch (e) { /* a peer connection just closed */ }
+  }
+  i2i.outFps = rate(shownTimes);
+  if (!webrtcIn) i2i.inFps = rate(sentTimes);
+  $("fps").textContent = i2i.outFps.toFixed(1);
+  $("infps").textContent = i2i.inFps.toFixed(1);
+  // The capture time travels with JPEG frames only: over WebRTC it is not measured.
+  $("latency-label").hidden = webrtcOut;
   $("latency").textContent = i2i.latencyMs === null ? "–" : String(i2i.latencyMs);
-  $("dropped").textContent = String(i2i.dropped);
+  $("dropped").textContent = String(i2i.dropped + lost);
 }, 500);
 
 // ---- controls ----
@@ -264,6 +325,8 @@ function loadState(m) {
   if (s.delta !== undefined) setSlider("delta", s.delta);
   if (s["transition-frames"] !== undefined) $("transition").value = s["transition-frames"];
   if (s["blend-mode"]) $("blendmode").value = s["blend-mode"];
+  // The element's default (self) when the holder has none.
+  setCfg(s["cfg-type"] || "self");
 }
 function setSlider(id, v) { $(id).value = v; $(id + "-v").textContent = v; }
 
@@ -290,6 +353,20 @@ $("newseed").addEventListener("click", () => {
 });
 $("transition").addEventListener("change", () => settings({ "transition-frames": Number($("transition").value) }));
 $("blendmode").addEventListener("change", () => settings({ "blend-mode": $("blendmode").value }));
+
+// Guidance mode (cfg-type): the negative prompt acts only with full and initialize, so its
+// field is shown only then. A refused change puts the selector back.
+let cfgShown = "self";
+function setCfg(mode) {
+  cfgShown = mode;
+  $("cfg").value = mode;
+  $("negative-label").hidden = !(mode === "full" || mode === "initialize");
+}
+$("cfg").addEventListener("change", () => {
+  const mode = $("cfg").value, before = cfgShown;
+  setCfg(mode);
+  command({ type: "control", command: "/cfg " + mode }, (m) => { if (!m.ok) setCfg(before); });
+});
 $("blend-on").addEventListener("click", () => {
   const w = Number($("blend-w").value);
   settings({ "prompt-blend": [[$("prompt").value, 1 - w], [$("blend-b").value, w]] });
