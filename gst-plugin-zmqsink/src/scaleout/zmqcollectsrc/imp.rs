@@ -33,7 +33,7 @@ use gst_base::subclass::prelude::*;
 use super::CollectQueuePolicy;
 use crate::curve::ElementCurve;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
-use crate::jpeg_output::{self, JpegOutput};
+use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
@@ -140,6 +140,7 @@ struct Stats {
     too_large: u64,
     invalid_latents: u64,
     latent: LatentDrops,
+    dropped_kind: u64,
     held: u64,
 }
 
@@ -159,6 +160,8 @@ struct Core {
     /// them, and those refused for their size, dtype, shape or meta by reason.
     invalid_latents: u64,
     latent: LatentDrops,
+    /// Results of a kind downstream does not take (a JPEG before i2idecode).
+    dropped_kind: u64,
     /// What was last reported on the bus.
     reported: Losses,
 }
@@ -179,6 +182,7 @@ pub struct ZmqCollectSrc {
     bound_endpoint: Mutex<Option<String>>,
     last_stats: Mutex<Stats>,
     output: Mutex<JpegOutput>,
+    kind_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -362,6 +366,7 @@ impl ZmqCollectSrc {
                     too_large: core.too_large,
                     invalid_latents: core.invalid_latents,
                     latent: core.latent,
+                    dropped_kind: core.dropped_kind,
                     held: core.playout.len() as u64,
                 }
             }
@@ -511,7 +516,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 jpeg_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("received, frames (output), late, duplicates, missing, overflow (played early, buffer full), dropped (buffer full), restarts, discarded, malformed, not-jpeg, too-large, invalid-latents (latent results refused, all reasons), held, dropped-latent-size, dropped-latent-dtype, dropped-latent-shape, dropped-latent-meta (of invalid-latents: payload length, dtype, shape, meta refused; see zmqmsgpacksrc)")
+                    .blurb("received, frames (output), late, duplicates, missing, overflow (played early, buffer full), dropped (buffer full), restarts, discarded, malformed, not-jpeg, too-large, invalid-latents (latent results refused, all reasons), dropped-kind (results of a kind downstream does not take: a JPEG before i2idecode), held, dropped-latent-size, dropped-latent-dtype, dropped-latent-shape, dropped-latent-meta (of invalid-latents: payload length, dtype, shape, meta refused; see zmqmsgpacksrc)")
                     .read_only()
                     .build(),
             ];
@@ -600,6 +605,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("not-jpeg", s.not_jpeg)
                     .field("too-large", s.too_large)
                     .field("invalid-latents", s.invalid_latents)
+                    .field("dropped-kind", s.dropped_kind)
                     .field("held", s.held);
                 s.latent.fields(b).build().to_value()
             }
@@ -690,6 +696,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 too_large: 0,
                 invalid_latents: 0,
                 latent: LatentDrops::default(),
+                dropped_kind: 0,
                 reported: Losses::default(),
             },
             ledger,
@@ -783,104 +790,120 @@ impl PushSrcImpl for ZmqCollectSrc {
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
             state.io.shared().clone()
         };
-        let (idle_timeout, delay_us) = {
-            let s = self.settings.lock().unwrap();
-            (
-                Duration::from_millis(s.idle_timeout_ms.into()),
-                i64::from(s.playout_delay_ms) * 1000,
-            )
-        };
-        let released = {
-            let mut core = shared.lock();
-            loop {
-                if core.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                let now_us = unix_time::now_us();
-                if let Some(r) = core.playout.pop_due(now_us) {
-                    shared.extra.advanced(r.index + 1);
-                    break r;
-                }
-                if let Some(end) = shared.extra.end() {
-                    match end.last {
-                        None if core.playout.is_empty() => return Err(gst::FlowError::Eos),
-                        None => {}
-                        Some((last, timestamp_ms)) => {
-                            if core.playout.next_index().is_some_and(|n| n > last) {
-                                gst::info!(
-                                    CAT,
-                                    imp = self,
-                                    "last frame {last} played: end of stream"
-                                );
-                                return Err(gst::FlowError::Eos);
-                            }
-                            if core.playout.is_empty()
-                                && now_us > timestamp_ms * 1000 + delay_us + END_GRACE_US
-                            {
-                                let skipped = core.playout.skip_through(last);
-                                gst::info!(
-                                    CAT,
-                                    imp = self,
-                                    "input ended at frame {last}, {skipped} final frames missing: end of stream"
-                                );
-                                return Err(gst::FlowError::Eos);
+        loop {
+            let (idle_timeout, delay_us) = {
+                let s = self.settings.lock().unwrap();
+                (
+                    Duration::from_millis(s.idle_timeout_ms.into()),
+                    i64::from(s.playout_delay_ms) * 1000,
+                )
+            };
+            let released = {
+                let mut core = shared.lock();
+                loop {
+                    if core.flushing {
+                        return Err(gst::FlowError::Flushing);
+                    }
+                    let now_us = unix_time::now_us();
+                    if let Some(r) = core.playout.pop_due(now_us) {
+                        shared.extra.advanced(r.index + 1);
+                        break r;
+                    }
+                    if let Some(end) = shared.extra.end() {
+                        match end.last {
+                            None if core.playout.is_empty() => return Err(gst::FlowError::Eos),
+                            None => {}
+                            Some((last, timestamp_ms)) => {
+                                if core.playout.next_index().is_some_and(|n| n > last) {
+                                    gst::info!(
+                                        CAT,
+                                        imp = self,
+                                        "last frame {last} played: end of stream"
+                                    );
+                                    return Err(gst::FlowError::Eos);
+                                }
+                                if core.playout.is_empty()
+                                    && now_us > timestamp_ms * 1000 + delay_us + END_GRACE_US
+                                {
+                                    let skipped = core.playout.skip_through(last);
+                                    gst::info!(
+                                        CAT,
+                                        imp = self,
+                                        "input ended at frame {last}, {skipped} final frames missing: end of stream"
+                                    );
+                                    return Err(gst::FlowError::Eos);
+                                }
                             }
                         }
                     }
+                    if !idle_timeout.is_zero()
+                        && core.playout.is_empty()
+                        && core.last_arrival.elapsed() > idle_timeout
+                    {
+                        gst::info!(
+                            CAT,
+                            imp = self,
+                            "no results for {idle_timeout:?}: end of stream"
+                        );
+                        return Err(gst::FlowError::Eos);
+                    }
+                    let wait_us = core
+                        .playout
+                        .next_due(now_us)
+                        .map(|due| (due - now_us).clamp(0, 100_000))
+                        .unwrap_or(100_000);
+                    core = shared.wait_timeout(core, Duration::from_micros(wait_us as u64));
                 }
-                if !idle_timeout.is_zero()
-                    && core.playout.is_empty()
-                    && core.last_arrival.elapsed() > idle_timeout
-                {
-                    gst::info!(
-                        CAT,
-                        imp = self,
-                        "no results for {idle_timeout:?}: end of stream"
-                    );
-                    return Err(gst::FlowError::Eos);
-                }
-                let wait_us = core
-                    .playout
-                    .next_due(now_us)
-                    .map(|due| (due - now_us).clamp(0, 100_000))
-                    .unwrap_or(100_000);
-                core = shared.wait_timeout(core, Duration::from_micros(wait_us as u64));
+            };
+            let (losses, reported) = {
+                let core = shared.lock();
+                (Losses::of(core.playout.stats()), core.reported)
+            };
+            if let Some(now_reported) = self.report_losses(losses, reported) {
+                shared.lock().reported = now_reported;
             }
-        };
-        let (losses, reported) = {
-            let core = shared.lock();
-            (Losses::of(core.playout.stats()), core.reported)
-        };
-        if let Some(now_reported) = self.report_losses(losses, reported) {
-            shared.lock().reported = now_reported;
-        }
-        if released.skipped > 0 {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "skipped {} missing frames before {}",
-                released.skipped,
-                released.index
-            );
-        }
+            if released.skipped > 0 {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "skipped {} missing frames before {}",
+                    released.skipped,
+                    released.index
+                );
+            }
 
-        let data = match released.payload {
-            Held::Jpeg(jpeg, size) => {
-                jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?;
-                jpeg
+            let (offered, data, what) = match released.payload {
+                Held::Jpeg(jpeg, size) => (
+                    jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
+                    jpeg,
+                    "JPEG result",
+                ),
+                Held::Latent(data, caps) => (
+                    jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?,
+                    data,
+                    "latent result",
+                ),
+            };
+            if let Offered::WrongKind(why) = offered {
+                shared.lock().dropped_kind += 1;
+                let text = format!(
+                    "Dropped {what} {}: {why} (counted in stats dropped-kind)",
+                    released.index
+                );
+                gst::warning!(CAT, imp = self, "{text}");
+                if let Some(text) = self.kind_limit.lock().unwrap().message(text) {
+                    gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
+                }
+                continue;
             }
-            Held::Latent(data, caps) => {
-                jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?;
-                data
+            let mut buffer = gst::Buffer::from_mut_slice(data);
+            {
+                let b = buffer.get_mut().expect("new buffer is writable");
+                let duration = self.output.lock().unwrap().duration();
+                let pts = jpeg_output::running_time_now(&*self.obj());
+                jpeg_output::stamp(b, released.index, pts, duration, released.timestamp_ms);
             }
-        };
-        let mut buffer = gst::Buffer::from_mut_slice(data);
-        {
-            let b = buffer.get_mut().expect("new buffer is writable");
-            let duration = self.output.lock().unwrap().duration();
-            let pts = jpeg_output::running_time_now(&*self.obj());
-            jpeg_output::stamp(b, released.index, pts, duration, released.timestamp_ms);
+            return Ok(CreateSuccess::NewBuffer(buffer));
         }
-        Ok(CreateSuccess::NewBuffer(buffer))
     }
 }

@@ -34,7 +34,7 @@ use gst_base::subclass::prelude::*;
 use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
-use crate::jpeg_output::{self, JpegOutput};
+use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::scaleout;
@@ -130,6 +130,8 @@ struct Stats {
     sessions: u64,
     primary_lost: u64,
     drains: u64,
+    /// Frames of a kind downstream does not take (a JPEG before i2idecode).
+    kind: u64,
 }
 
 struct Core {
@@ -156,6 +158,7 @@ pub struct ZmqWorkerSrc {
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
     output: Mutex<JpegOutput>,
+    kind_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -504,6 +507,36 @@ impl Io {
 }
 
 impl ZmqWorkerSrc {
+    /// Waits for the next frame from the primary (answering a drain request meanwhile) and
+    /// asks for the one after it.
+    fn next_item(&self, shared: &Shared) -> Result<Item, gst::FlowError> {
+        let item = {
+            let mut core = shared.lock();
+            loop {
+                if core.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                if core.drain_requested {
+                    core.drain_requested = false;
+                    drop(core);
+                    self.drain_downstream();
+                    core = shared.lock();
+                    continue;
+                }
+                if let Some(item) = core.queue.pop_front() {
+                    if item.session == core.session {
+                        core.taken += 1;
+                    }
+                    break item;
+                }
+                core = shared.wait(core);
+            }
+        };
+        // Ask for the next frame now, while this one goes through the pipeline.
+        shared.waker.wake();
+        Ok(item)
+    }
+
     fn shared(&self) -> Option<Arc<Shared>> {
         self.state
             .lock()
@@ -601,7 +634,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                 frame_file::frame_folder_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in (of which latents), frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, refused-path, overflow, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents)), sessions (primaries joined), primary-lost, drains, queued")
+                    .blurb("frames-in (of which latents), frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, refused-path, overflow, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents), dropped-kind (a JPEG where downstream takes only latents, or the reverse)), sessions (primaries joined), primary-lost, drains, queued")
                     .read_only()
                     .build(),
             ];
@@ -687,7 +720,8 @@ impl ObjectImpl for ZmqWorkerSrc {
                             + s.refused_path
                             + s.oversize
                             + s.overflow
-                            + s.latent.total(),
+                            + s.latent.total()
+                            + s.kind,
                     )
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
@@ -695,6 +729,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .field("oversize", s.oversize)
                     .field("refused-path", s.refused_path)
                     .field("overflow", s.overflow)
+                    .field("dropped-kind", s.kind)
                     .field("latents", s.latents);
                 s.latent
                     .fields(b)
@@ -880,38 +915,36 @@ impl PushSrcImpl for ZmqWorkerSrc {
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
             state.io.shared().clone()
         };
-        let item = {
-            let mut core = shared.lock();
-            loop {
-                if core.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                if core.drain_requested {
-                    core.drain_requested = false;
-                    drop(core);
-                    self.drain_downstream();
-                    core = shared.lock();
-                    continue;
-                }
-                if let Some(item) = core.queue.pop_front() {
-                    if item.session == core.session {
-                        core.taken += 1;
-                    }
-                    core.stats.frames_out += 1;
+        let item = loop {
+            let item = self.next_item(&shared)?;
+            let (offered, what) = match &item.kind {
+                Kind::Jpeg(size) => (
+                    jpeg_output::ensure_caps(&*self.obj(), &self.output, *size)?,
+                    "JPEG frame",
+                ),
+                Kind::Latent(caps) => (
+                    jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps.clone())?,
+                    "latent frame",
+                ),
+            };
+            match offered {
+                Offered::Yes => {
+                    shared.lock().stats.frames_out += 1;
                     break item;
                 }
-                core = shared.wait(core);
+                Offered::WrongKind(why) => {
+                    shared.lock().stats.kind += 1;
+                    let text = format!(
+                        "Dropped {what} {} from the primary: {why} (counted in stats dropped-kind)",
+                        item.index
+                    );
+                    gst::warning!(CAT, imp = self, "{text}");
+                    if let Some(text) = self.kind_limit.lock().unwrap().message(text) {
+                        gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
+                    }
+                }
             }
         };
-        // Ask for the next frame now, while this one goes through the pipeline.
-        shared.waker.wake();
-
-        match item.kind {
-            Kind::Jpeg(size) => jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
-            Kind::Latent(caps) => {
-                jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?
-            }
-        }
 
         let mut buffer = gst::Buffer::from_mut_slice(item.data);
         {
