@@ -692,6 +692,22 @@ impl ObjectImpl for ZmqMsgpackSrc {
 impl GstObjectImpl for ZmqMsgpackSrc {}
 
 impl ElementImpl for ZmqMsgpackSrc {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        zmq_endpoint::start_before_base(
+            self.obj().upcast_ref(),
+            transition,
+            gst::StateChange::ReadyToPaused,
+            || BaseSrcImpl::start(self),
+            || {
+                let _ = BaseSrcImpl::stop(self);
+            },
+            |t| self.parent_change_state(t),
+        )
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -725,6 +741,10 @@ impl ElementImpl for ZmqMsgpackSrc {
 
 impl BaseSrcImpl for ZmqMsgpackSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        if self.state.lock().unwrap().is_some() {
+            // Already started by change_state (zmq_endpoint::start_before_base).
+            return Ok(());
+        }
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         let interrupt = Interrupt::new().map_err(|e| {
