@@ -175,6 +175,10 @@ enum Report {
     Latent(String),
     Joined(u64),
     PrimaryLost,
+    /// Nothing heard from any primary since start, for `primary-timeout`.
+    NoAnswer,
+    /// A primary answered after [`Report::NoAnswer`].
+    Answered,
 }
 
 /// The thread that owns the DEALER socket.
@@ -202,9 +206,11 @@ struct Io {
 
 impl Io {
     fn run(mut self) {
-        let mut next_ready = Instant::now();
+        let started = Instant::now();
+        let mut next_ready = started;
         let mut sent_state: Option<(u64, u64)> = None;
         let mut last_heard: Option<Instant> = None;
+        let mut said_no_answer = false;
         loop {
             let timeout = next_ready.saturating_duration_since(Instant::now());
             if !self.shared.poll(&self.socket, timeout, *CAT) {
@@ -213,8 +219,19 @@ impl Io {
             let mut reports = Vec::new();
             if self.receive(&mut reports) {
                 last_heard = Some(Instant::now());
+                if std::mem::take(&mut said_no_answer) {
+                    reports.push(Report::Answered);
+                }
             }
             let now = Instant::now();
+            if last_heard.is_none()
+                && !said_no_answer
+                && now.saturating_duration_since(started) > self.primary_timeout
+            {
+                // Say it within seconds: a wrong address otherwise looks like a quiet primary.
+                said_no_answer = true;
+                reports.push(Report::NoAnswer);
+            }
             let (session, taken) = {
                 let mut core = self.shared.lock();
                 if core.session != 0
@@ -488,6 +505,27 @@ impl Io {
                         )
                     );
                 }
+                Report::NoAnswer => {
+                    let text = format!(
+                        "No primary answers at {} (nothing heard for {} ms since start){}: is primary.sh (zmqdispatchsink) running there, on this port (--dispatch-port), and is the port reachable from here? Still trying",
+                        self.endpoint,
+                        self.primary_timeout.as_millis(),
+                        unresolved_host(&self.endpoint)
+                            .map(|e| format!("; {e}"))
+                            .unwrap_or_default()
+                    );
+                    gst::element_warning!(element, gst::ResourceError::OpenRead, ("{text}"));
+                }
+                Report::Answered => {
+                    let text = format!("The primary at {} answered", self.endpoint);
+                    gst::info!(CAT, obj = element, "{text}");
+                    gst::element_info!(
+                        element,
+                        gst::ResourceError::OpenRead,
+                        ("{text}"),
+                        ["{text}"]
+                    );
+                }
                 Report::Dropped(kind, text) => {
                     gst::element_warning!(element, kind, ("Dropped a frame: {text}"));
                 }
@@ -503,6 +541,20 @@ impl Io {
                 }
             }
         }
+    }
+}
+
+/// Says why `endpoint`'s host name cannot be used, when it does not resolve.
+fn unresolved_host(endpoint: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let rest = endpoint.strip_prefix("tcp://")?;
+    let (host, port) = rest.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("the host name '{host}' has no address")),
+        Err(e) => Some(format!("the host name '{host}' does not resolve ({e})")),
     }
 }
 
@@ -748,6 +800,22 @@ impl ObjectImpl for ZmqWorkerSrc {
 impl GstObjectImpl for ZmqWorkerSrc {}
 
 impl ElementImpl for ZmqWorkerSrc {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        zmq_endpoint::start_before_base(
+            self.obj().upcast_ref(),
+            transition,
+            gst::StateChange::ReadyToPaused,
+            || BaseSrcImpl::start(self),
+            || {
+                let _ = BaseSrcImpl::stop(self);
+            },
+            |t| self.parent_change_state(t),
+        )
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -781,6 +849,10 @@ impl ElementImpl for ZmqWorkerSrc {
 
 impl BaseSrcImpl for ZmqWorkerSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        if self.state.lock().unwrap().is_some() {
+            // Already started by change_state (zmq_endpoint::start_before_base).
+            return Ok(());
+        }
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         self.output.lock().unwrap().reset(settings.framerate);
