@@ -778,3 +778,52 @@ fn worker_says_when_no_primary_answers() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn python_with_gstreamer_runs_as_documented() {
+    if !transport_available("python_with_gstreamer_runs_as_documented") {
+        return;
+    }
+    let python = "/usr/bin/python3";
+    let has_gi = Command::new(python)
+        .args(["-c", "import gi; gi.require_version('Gst', '1.0')"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_gi {
+        eprintln!(
+            "SKIPPED python_with_gstreamer_runs_as_documented: {python} has no gi \
+             (sudo apt install python3-gi gir1.2-gstreamer-1.0)"
+        );
+        return;
+    }
+    // The program exactly as docs/transport.md shows it.
+    let doc = std::fs::read_to_string(script("docs/transport.md")).unwrap();
+    let start = doc
+        .find("#!/usr/bin/python3")
+        .expect("the documented program");
+    let program = &doc[start..start + doc[start..].find("```").unwrap()];
+    let dir = scratch_dir("python-gst");
+    let file = dir.join("publish.py");
+    std::fs::write(&file, program).unwrap();
+    let port = free_port();
+    let mut stats = Proc::spawn(
+        "i2i-stats",
+        &dir,
+        Command::new(I2I_STATS)
+            .args(["--port", &port.to_string(), "--json", "--frames", "20"])
+            .args(["--timeout", "20", "--no-progress"]),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut publisher = Proc::spawn(
+        "publish.py",
+        &dir,
+        Command::new(python).arg(&file).arg(port.to_string()),
+    );
+    let status = publisher.wait(Duration::from_secs(30));
+    assert!(status.success(), "{}", publisher.stderr());
+    stats.wait(Duration::from_secs(30));
+    let r: Value = serde_json::from_str(stats.stdout().trim()).unwrap();
+    assert_eq!(r["frames"], 20, "{r:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
