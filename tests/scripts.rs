@@ -450,11 +450,13 @@ fn kill_ends_children(name: &str, mut script: Proc) {
         let start = Instant::now();
         loop {
             let c = descendants(pid);
-            let gst = c.iter().any(|p| {
+            // The pipeline runs as a child, or the script exec'd it (primary.sh: then its
+            // children are the settings holder and the watcher that stops it).
+            let gst = std::iter::once(&pid).chain(&c).any(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/comm"))
                     .is_ok_and(|n| n.trim() == "gst-launch-1.0")
             });
-            if gst && start.elapsed() > Duration::from_millis(500) {
+            if gst && !c.is_empty() && start.elapsed() > Duration::from_millis(500) {
                 break c;
             }
             assert!(
@@ -512,6 +514,25 @@ fn killing_a_script_ends_its_pipeline() {
     );
     kill_ends_children("show-stream.sh", shower);
     kill_ends_children("stream-images.sh", sender);
+    let ports = PrimaryPorts::new();
+    let primary = Proc::spawn(
+        "primary",
+        &dir,
+        Command::new("bash")
+            .arg(script("pipelines/primary.sh"))
+            .args([
+                "--test",
+                "--fps",
+                "10",
+                "--size",
+                "64x64",
+                "--osc-port",
+                "0",
+            ])
+            .args(ports.primary_args())
+            .current_dir("/"),
+    );
+    kill_ends_children("primary.sh", primary);
     if Path::new(ROOT).join(".deps/env.sh").exists() && Path::new(ROOT).join(".venv").exists() {
         let demo = Proc::spawn(
             "demo",
