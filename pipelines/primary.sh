@@ -36,6 +36,8 @@ Options:
   --settings-port N    the settings holder's state port (default 5556)
   --control-port N     the settings holder's command port (default 5560)
   --settings-init CMD  initial setting for the holder (repeatable), e.g. "/prompt a fox"
+  --osc-port N         the settings holder's OSC input, udp://0.0.0.0:N (0 = off; default:
+                       the holder's, 8000, or off with --keys: OSC has no keys)
   --no-settings        do not run the settings holder (one is running elsewhere)
   --keys DIR           ZeroMQ CURVE on the worker ports (5555, 5558) and the settings
                        holder: DIR/primary.key_secret is this machine's key, DIR/allowed/
@@ -70,6 +72,7 @@ SETTINGS_PORT=5556
 CONTROL_PORT=5560
 SETTINGS=true
 INIT=()
+OSC_PORT=""
 KEYS=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -90,6 +93,7 @@ while [ $# -gt 0 ]; do
     --settings-port) SETTINGS_PORT=${2:?}; shift 2 ;;
     --control-port) CONTROL_PORT=${2:?}; shift 2 ;;
     --settings-init) INIT+=(--init "${2:?--settings-init needs a command}"); shift 2 ;;
+    --osc-port) OSC_PORT=${2:?--osc-port needs a port (0 = off)}; shift 2 ;;
     --no-settings) SETTINGS=false; shift ;;
     --keys) KEYS=${2:?--keys needs a folder}; shift 2 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
@@ -99,6 +103,8 @@ done
 for p in DISPATCH_PORT COLLECT_PORT OUTPUT_PORT SETTINGS_PORT CONTROL_PORT; do
   is_port "${!p}" || die "--${p%_PORT}-port: expected 1..65535, found '${!p}'"
 done
+[ -z "$OSC_PORT" ] || [ "$OSC_PORT" = 0 ] || is_port "$OSC_PORT" \
+  || die "--osc-port: expected 0 (off) or 1..65535, found '$OSC_PORT'"
 [[ "$FPS" =~ ^[0-9]+(/[1-9][0-9]*)?$ ]] || die "--fps: expected N or N/D, found '$FPS'"
 [[ "$FPS" == */* ]] || FPS="$FPS/1"
 [ -z "$NUM_FRAMES" ] || [[ "$NUM_FRAMES" =~ ^[1-9][0-9]*$ ]] \
@@ -145,7 +151,7 @@ KEEP_INDEX=false
 case "$MODE" in
   frames)
     [ -d "$FRAMES" ] || die "input folder '$FRAMES' does not exist (make one with pipelines/make-frames.py)"
-    FRAMES=$(cd "$FRAMES" && pwd)
+    FRAMES=$(cd "$FRAMES" && pwd -P)
     mapfile -t FILES < <(find "$FRAMES" -maxdepth 1 -type f \( -iname '*.jpg' -o -iname '*.jpeg' \) \
       -printf '%f\n' | LC_ALL=C sort -V)
     [ ${#FILES[@]} -gt 0 ] || die "no .jpg or .jpeg files in '$FRAMES'"
@@ -157,17 +163,11 @@ case "$MODE" in
     done
     $LOOP && SRC_OPTS+=(loop=true)
     SOURCE="multifilesrc location=$LINKS/%06d.jpg ${SRC_OPTS[*]} caps=image/jpeg,framerate=$FPS"
-    if [ "${FPS%%/*}" = 0 ]; then
-      # As fast as the workers take frames.
-      SOURCE="$SOURCE ! zmqdispatchsink name=d sync=false"
-    else
-      # multifilesrc does not timestamp: decode a copy of each frame as a metronome
-      # (jpegdec stamps from the framerate, the synchronised fakesink paces the tee). It must
-      # not preroll: the collector's branch is live and has nothing before PLAYING.
-      SOURCE="$SOURCE ! tee name=t \
-        t. ! queue max-size-buffers=1 max-size-bytes=0 max-size-time=0 ! jpegdec ! fakesink sync=true async=false \
-        t. ! queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 ! zmqdispatchsink name=d sync=false"
-    fi
+    # The dispatcher paces these untimestamped frames at the caps' frame rate (sync=true),
+    # the first when the first worker is there; 0 fps: as fast as the workers take them.
+    SYNC=true
+    [ "${FPS%%/*}" = 0 ] && SYNC=false
+    SOURCE="$SOURCE ! zmqdispatchsink name=d sync=$SYNC"
     WHAT="${#FILES[@]} files from $FRAMES at $FPS fps"
     ;;
   input)
@@ -185,10 +185,38 @@ esac
 
 if $SETTINGS; then
   command -v i2i-prompt >/dev/null 2>&1 || die "i2i-prompt not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
+  OSC=()
+  if [ "$OSC_PORT" = 0 ]; then
+    OSC=(--osc off)
+  elif [ -n "$OSC_PORT" ]; then
+    OSC=(--osc "$OSC_PORT")
+  elif [ -n "$KEYS" ]; then
+    # OSC has no keys: with CURVE on the ZeroMQ ports it stays off unless asked for.
+    OSC=(--osc off)
+  fi
   i2i-prompt serve --state-bind "tcp://*:$SETTINGS_PORT" --control-bind "tcp://*:$CONTROL_PORT" \
-    "${SETTINGS_CURVE[@]}" "${INIT[@]}" &
+    "${OSC[@]}" "${SETTINGS_CURVE[@]}" "${INIT[@]}" &
   SETTINGS_PID=$!
   CLEANUP+=("kill $SETTINGS_PID 2>/dev/null; wait $SETTINGS_PID 2>/dev/null")
+  # Go on only with our own holder on both ports: if it cannot bind (a port taken, by a
+  # stale holder for instance) it exits with its error, and so do we.
+  holder_listens() {
+    command -v ss >/dev/null 2>&1 || { sleep 1; return 0; }
+    local p
+    for p in "$SETTINGS_PORT" "$CONTROL_PORT"; do
+      ss -Hltnp "sport = :$p" 2>/dev/null | grep -q "pid=$SETTINGS_PID," || return 1
+    done
+  }
+  for _ in $(seq 1 200); do
+    if ! kill -0 "$SETTINGS_PID" 2>/dev/null; then
+      status=0
+      wait "$SETTINGS_PID" || status=$?
+      die "the settings holder (i2i-prompt serve) did not start (exit status $status; its error is above): nothing started. Free the port or choose others (--settings-port, --control-port, --osc-port), or use --no-settings to follow a holder that runs elsewhere"
+    fi
+    holder_listens && break
+    sleep 0.05
+  done
+  holder_listens || die "the settings holder (i2i-prompt serve) is not listening on ports $SETTINGS_PORT and $CONTROL_PORT after 10 s"
 fi
 
 echo "primary.sh: $WHAT to workers on port $DISPATCH_PORT ($POLICY, queue $MAX_QUEUE);" \

@@ -26,6 +26,8 @@ EOF
 }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=children.sh
+. "$ROOT/pipelines/children.sh"
 is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
 die() { echo "show-stream.sh: $*" >&2; exit 2; }
 
@@ -88,7 +90,8 @@ else
   echo "show-stream.sh: no display (DISPLAY and WAYLAND_DISPLAY unset): saving $ENDPOINT to $OUT/%05d.jpg" >&2
 fi
 status=0
-gst-launch-1.0 -e "${SRC[@]}" ! multifilesink location="\"$OUT/%05d.jpg\"" || status=$?
+# A child, not exec, to count the files afterwards; kill PID ends it too.
+run_child gst-launch-1.0 -e "${SRC[@]}" ! multifilesink location="\"$OUT/%05d.jpg\"" || status=$?
 count=$(find "$OUT" -maxdepth 1 -name '[0-9][0-9][0-9][0-9][0-9].jpg' | wc -l)
 echo "show-stream.sh: $count frames in $OUT" >&2
 exit $status

@@ -17,7 +17,7 @@ side runs with --zmq (zmqmsgpacksrc receives; float16 latents are widened back).
 
 Options:
   --unet HOST          the machine running split-unet.sh (required)
-  --port N             its TCP port (default 5560)
+  --port N             its TCP port (default 5561)
   --model DIR          the same model directory (default: models/demo)
   --recv-queue N       frames waiting for the decoder (default 4)
   --block              a full receive queue holds the connection instead of dropping
@@ -35,7 +35,7 @@ die() { echo "split-decode.sh: $*" >&2; exit 2; }
 count() { [[ "$2" =~ ^[0-9]+$ ]] || die "$1: expected a count, found '$2'"; }
 
 UNET=""
-PORT=5560
+PORT=5561
 MODEL="$ROOT/models/demo"
 RECVQ=4
 LEAKY=downstream

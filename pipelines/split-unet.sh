@@ -29,7 +29,7 @@ Options:
   --model DIR          model directory (default: models/demo)
   --size N             model width and height (default 512)
   --fps N              frame rate of the test picture (default 30)
-  --port N             TCP port to serve the latents on (default 5560)
+  --port N             TCP port to serve the latents on (default 5561)
   --send-queue N       frames queued for the decoder: GDP skips to the newest beyond them,
                        --zmq waits (default 4)
   --zmq                send with ZeroMQ (zmqmsgpacksink) instead of GDP over TCP
@@ -51,7 +51,7 @@ DEVICE=""
 MODEL="$ROOT/models/demo"
 SIZE=512
 FPS=30
-PORT=5560
+PORT=5561
 SENDQ=4
 THREADS=0
 PROVIDER=""

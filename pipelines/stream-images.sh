@@ -28,6 +28,8 @@ EOF
 }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=children.sh
+. "$ROOT/pipelines/children.sh"
 is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
 die() { echo "stream-images.sh: $*" >&2; exit 2; }
 
@@ -129,10 +131,13 @@ echo "stream-images.sh: ${#FILES[@]} files from $INPUT at $FPS fps to $WHERE$($L
 # stamps frames from the caps' framerate and the synchronised fakesink holds the (one
 # buffer deep) queue, which holds the tee, so files are read at the frame rate. The second
 # branch sends the file bytes unchanged.
-gst-launch-1.0 -e \
+# A child, not exec: the links folder is removed when it ends (kill PID ends it too).
+status=0
+run_child gst-launch-1.0 -e \
   multifilesrc location="\"$LOCATION\"" start-index="$START" "${SRC_OPTS[@]}" \
     caps="image/jpeg,framerate=$FPS" \
   ! tee name=t \
   t. ! queue max-size-buffers=1 max-size-bytes=0 max-size-time=0 ! jpegdec ! fakesink sync=true \
   t. ! queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 \
-  ! zmqmsgpacksink "$SINK_TARGET" "${SINK_OPTS[@]}"
+  ! zmqmsgpacksink "$SINK_TARGET" "${SINK_OPTS[@]}" || status=$?
+exit "$status"

@@ -125,7 +125,11 @@ else
   gst-inspect-1.0 i2itransform >/dev/null 2>&1 \
     || die "GStreamer element i2itransform not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
   [ -d "$MODEL" ] || die "model directory '$MODEL' does not exist (scripts/setup.sh makes models/demo)"
-  ARGS+=(! i2itransform name=i2i "model=$MODEL" "batch-size=$BATCH" "threads=$THREADS")
+  # A worker keeps every frame it takes: the primary's queue-policy decides what is
+  # dropped, and the credits only ask for what the queue below has room for (a dropping
+  # queue would take every frame offered and lose it, unseen by the primary).
+  ARGS+=(! i2itransform name=i2i "model=$MODEL" "batch-size=$BATCH" "threads=$THREADS"
+    drop-frames=never "max-queue=$BATCH")
   [ -z "$PROVIDER" ] || ARGS+=("execution-provider=$PROVIDER")
   ARGS+=("${PROPS[@]}")
 fi

@@ -11,10 +11,14 @@ Sets the project up (scripts/setup.sh), writes a few seconds of sample frames
 (out/frames/%04d.jpg, 512x512, made locally), runs the design card pipeline
 
   multifilesrc location=out/frames/%04d.jpg caps=image/jpeg,framerate=15/1 ! jpegdec
-    ! i2itransform model=models/demo prompt="$PROMPT" ! zmqmsgpacksink port=PORT
+    ! identity sync=true ! i2itransform model=models/demo prompt="$PROMPT" drop-frames=never
+    ! zmqmsgpacksink port=PORT sync=false
 
-while i2i-stats receives the stream, saves what it receives to out/demo/ and prints its
-report at the end. Runs headless; nothing is downloaded.
+while i2i-stats receives the stream, saves what it receives to out/demo/ (named like the
+input, 0000.jpg, ...) and prints its report at the end. identity sync=true lets each frame
+in at its time in the stream, as a camera would capture it, and zmqmsgpacksink stamps each
+message with that time: the report's latency is capture to output (the transform, its
+queue and the network), not only the network hop. Runs headless; nothing is downloaded.
 
 Options:
   --port N           output port of zmqmsgpacksink (default 5557)
@@ -29,6 +33,8 @@ EOF
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=../pipelines/children.sh
+. "$ROOT/pipelines/children.sh"
 log() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
 is_port() { [[ "$1" =~ ^[0-9]{1,5}$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
 die() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; exit 1; }
@@ -60,7 +66,8 @@ PORT=$((10#$PORT))
 # demonstration model (models/demo, made by scripts/make_models.py). To stream the frames
 # without the model, use TRANSFORM='videoconvert ! videoscale ! video/x-raw,width=512,height=512'.
 PROMPT=${PROMPT:-"a neon sunset over the ocean"}
-TRANSFORM="i2itransform model=models/demo prompt=\"$PROMPT\" seed=2 t-index-list=32,45"
+# drop-frames=never: every file frame is rendered; a slower machine shows it as latency.
+TRANSFORM="i2itransform model=models/demo prompt=\"$PROMPT\" seed=2 t-index-list=32,45 drop-frames=never"
 
 if $SETUP; then
   bash scripts/setup.sh
@@ -99,19 +106,24 @@ i2i-stats --port "$PORT" --frames "$COUNT" --timeout 60 --no-progress --quiet \
   --min-fps "$MIN_FPS" --max-interval-ms "$MAX_INTERVAL_MS" \
   --save "$OUT" >"$OUT/stats.txt" 2>"$OUT/stats.log" &
 STATS_PID=$!
-cleanup() { kill "$STATS_PID" 2>/dev/null || true; }
+# SIGINT: i2i-stats writes its report (to stats.txt) before it ends.
+cleanup() { kill -INT "$STATS_PID" 2>/dev/null && wait "$STATS_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
-# 3. The design card pipeline.
-log "pipeline: multifilesrc ($COUNT frames at $FPS fps) ! jpegdec ! $TRANSFORM ! zmqmsgpacksink port=$PORT"
+# 3. The design card pipeline. identity sync=true lets each frame in at its stream time
+#    (its capture time, which zmqmsgpacksink puts in the message); the sink sends at once.
+log "pipeline: multifilesrc ($COUNT frames at $FPS fps) ! jpegdec ! identity sync=true ! $TRANSFORM ! zmqmsgpacksink port=$PORT sync=false"
 set -f  # TRANSFORM is split into words on purpose; no file name expansion in it
 # Bounded, so a stuck pipeline cannot hang a script or CI: SIGINT makes gst-launch send EOS.
 LIMIT_S=$((COUNT / FPS + 60))
+pipeline_status=0
 # shellcheck disable=SC2086
-if ! timeout -k 5 -s INT "$LIMIT_S" gst-launch-1.0 -e \
+run_child timeout -k 5 -s INT "$LIMIT_S" gst-launch-1.0 -e \
   multifilesrc location="$FRAMES_DIR/%04d.jpg" caps="image/jpeg,framerate=$FPS/1" ! jpegdec \
-  ! $TRANSFORM \
-  ! zmqmsgpacksink port="$PORT" >"$OUT/pipeline.log" 2>&1; then
+  ! identity sync=true ! $TRANSFORM \
+  ! zmqmsgpacksink port="$PORT" sync=false >"$OUT/pipeline.log" 2>&1 || pipeline_status=$?
+[ -z "$CHILD_SIGNALLED" ] || die "stopped (the pipeline ended with EOS; the partial report is in $OUT/stats.txt)"
+if [ "$pipeline_status" != 0 ]; then
   cat "$OUT/pipeline.log" >&2
   die "the pipeline failed (log above; is port $PORT in use? try --port)"
 fi
@@ -129,5 +141,6 @@ trap - EXIT
 [ "$stats_status" = 0 ] || { cat "$OUT/stats.log" >&2; die "i2i-stats failed ($stats_status)"; }
 cat "$OUT/stats.txt"
 saved=$(find "$OUT" -maxdepth 1 -name '[0-9]*.jpg' | wc -l)
-log "input: $FRAMES_DIR/%04d.jpg ($COUNT frames); output: $saved frames in $OUT/; report: $OUT/stats.txt"
+log "input: $FRAMES_DIR/%04d.jpg ($COUNT frames); output: $saved frames in $OUT/ (same names); report: $OUT/stats.txt"
+log "latency in the report: from each frame's capture (its time in the stream) to its arrival at i2i-stats"
 log "to watch the output, run 'pipelines/show-stream.sh $PORT' in another terminal, then the demo again"

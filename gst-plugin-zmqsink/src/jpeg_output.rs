@@ -3,8 +3,12 @@
 //! `zmqcollectsrc`): caps set when the frame size changes and sent again on a
 //! renegotiation, and each buffer's frame index, PTS (running time when it is pushed or
 //! arrived), duration and `timestamp/x-unix` meta. Sources that also receive latents
-//! ([`crate::latent`]) announce their caps here too ([`ensure_latent_caps`]), so a JPEG
-//! after latents (or the reverse) sets its caps again.
+//! ([`crate::latent`]) announce their caps here too ([`ensure_latent_caps`]). A frame of
+//! the other kind than the stream so far (or the first frame) is first offered to
+//! downstream with an ACCEPT_CAPS query: where downstream takes that kind too, the caps
+//! change; where it does not (`i2idecode` and a JPEG, `jpegdec` and latents) the frame is
+//! refused ([`Offered::WrongKind`]) and the source drops and counts it (`dropped-kind`),
+//! so one stray message cannot stop the pipeline not-negotiated.
 
 use std::sync::{LazyLock, Mutex};
 
@@ -99,22 +103,65 @@ impl JpegOutput {
     }
 }
 
+/// Whether a frame can go downstream with its caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offered {
+    Yes,
+    /// Its kind (JPEG or latents) is not the stream's and downstream does not take it: the
+    /// text says what downstream takes, for the warning.
+    WrongKind(String),
+}
+
+/// A frame of another kind than the stream so far (or the first one): does the element
+/// downstream accept its caps? (Unlinked: yes, the push says what is wrong.)
+fn offer(
+    src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
+    caps: &gst::Caps,
+    what: &str,
+) -> Offered {
+    let pad = src.upcast_ref::<gst_base::BaseSrc>().src_pad();
+    let Some(peer) = pad.peer() else {
+        return Offered::Yes;
+    };
+    if pad.peer_query_accept_caps(caps) {
+        return Offered::Yes;
+    }
+    let who = peer
+        .parent_element()
+        .map(|e| e.name().to_string())
+        .unwrap_or_else(|| peer.name().to_string());
+    let takes = peer
+        .query_caps(None)
+        .iter()
+        .map(|s| s.name().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Offered::WrongKind(format!("downstream ({who}) takes {takes}, not {what}"))
+}
+
 /// Sets caps for frames of `size` when they differ from the last ones announced; an error
-/// (posted on the bus) when downstream refuses them.
+/// (posted on the bus) when downstream refuses them; [`Offered::WrongKind`] for a JPEG that
+/// downstream does not take at all (latents expected).
 pub fn ensure_caps(
     src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
     output: &Mutex<JpegOutput>,
     size: (usize, usize),
-) -> Result<(), gst::FlowError> {
-    let caps = {
-        let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
+) -> Result<Offered, gst::FlowError> {
+    let (caps, new_kind) = {
+        let out = output.lock().unwrap_or_else(|e| e.into_inner());
         if out.size == Some(size) && out.latent.is_none() {
-            return Ok(());
+            return Ok(Offered::Yes);
         }
+        (jpeg_caps(Some(size), out.framerate), out.size.is_none())
+    };
+    if new_kind && let Offered::WrongKind(text) = offer(src, &caps, "image/jpeg") {
+        return Ok(Offered::WrongKind(text));
+    }
+    {
+        let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
         out.size = Some(size);
         out.latent = None;
-        jpeg_caps(Some(size), out.framerate)
-    };
+    }
     gst::debug!(CAT, obj = src, "caps {caps}");
     if src.set_caps(&caps).is_err() {
         gst::element_error!(
@@ -124,21 +171,30 @@ pub fn ensure_caps(
         );
         return Err(gst::FlowError::NotNegotiated);
     }
-    Ok(())
+    Ok(Offered::Yes)
 }
 
 /// Sets latent `caps` ([`crate::latent`]) when they differ from the last ones announced;
-/// an error (posted on the bus) when downstream refuses them.
+/// an error (posted on the bus) when downstream refuses them; [`Offered::WrongKind`] for
+/// latents that downstream does not take at all (JPEG expected).
 pub fn ensure_latent_caps(
     src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
     output: &Mutex<JpegOutput>,
     caps: gst::Caps,
-) -> Result<(), gst::FlowError> {
+) -> Result<Offered, gst::FlowError> {
+    let new_kind = {
+        let out = output.lock().unwrap_or_else(|e| e.into_inner());
+        if out.latent.as_ref() == Some(&caps) {
+            return Ok(Offered::Yes);
+        }
+        out.latent.is_none()
+    };
+    if new_kind && let Offered::WrongKind(text) = offer(src, &caps, crate::tensor::LATENT_CAPS_NAME)
+    {
+        return Ok(Offered::WrongKind(text));
+    }
     {
         let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
-        if out.latent.as_ref() == Some(&caps) {
-            return Ok(());
-        }
         out.latent = Some(caps.clone());
         out.size = None;
     }
@@ -151,7 +207,7 @@ pub fn ensure_latent_caps(
         );
         return Err(gst::FlowError::NotNegotiated);
     }
-    Ok(())
+    Ok(Offered::Yes)
 }
 
 /// `negotiate()` of the sources: caps are only known from the first JPEG header, so they

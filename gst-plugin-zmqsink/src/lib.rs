@@ -32,7 +32,7 @@ pub mod unix_time;
 pub mod warn;
 pub mod zmq_endpoint;
 
-pub use scaleout::zmqcollectsrc::{CollectQueuePolicy, ZmqCollectSrc};
+pub use scaleout::zmqcollectsrc::{CollectLateStart, CollectQueuePolicy, ZmqCollectSrc};
 pub use scaleout::zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
 pub use scaleout::zmqworkersrc::ZmqWorkerSrc;
 pub use transport::zmqmsgpacksink::{LatentDtype, SinkSocketType, ZmqMsgpackSink};

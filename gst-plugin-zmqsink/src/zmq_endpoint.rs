@@ -170,6 +170,34 @@ pub fn hint(e: zmq::Error, examples: &str) -> String {
     }
 }
 
+/// The five elements' `change_state`: opens the socket (`start`, which must do nothing when
+/// already started) just before the base class would, at `at` (NULL -> READY for
+/// GstBaseSink, READY -> PAUSED for GstBaseSrc). Both base classes follow a failed
+/// `start()` with a second, generic error ("state change failed and some element failed to
+/// post a proper error message"), after the element's own; opened here first, a failure (a
+/// port in use) posts only the element's error, which names the fix.
+pub fn start_before_base(
+    element: &gst::Element,
+    transition: gst::StateChange,
+    at: gst::StateChange,
+    start: impl FnOnce() -> Result<(), gst::ErrorMessage>,
+    stop: impl FnOnce(),
+    parent: impl FnOnce(gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError>,
+) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+    use gst::prelude::*;
+    if transition == at
+        && let Err(e) = start()
+    {
+        element.post_error_message(e);
+        return Err(gst::StateChangeError);
+    }
+    let result = parent(transition);
+    if result.is_err() && transition == at {
+        stop();
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,9 @@ OUTPUT:
         --json               print one JSON object on stdout at the end instead of the text
         --progress           live progress line on stderr even when it is not a terminal
         --no-progress        no progress line (default: shown when stderr is a terminal)
-        --save DIR           write each received JPEG to DIR/NNNNNN.jpg (arrival order)
+        --save DIR           write each received JPEG to DIR/NNNN.jpg, named by its frame
+                             index as the input files are (0000.jpg, ...; a repeated index
+                             keeps the first; after a sender restart: DIR/RUN-NNNN.jpg)
     -q, --quiet              no start-up line on stderr
 
 REAL-TIME VERDICT:

@@ -56,10 +56,13 @@ fn unix_ms() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-/// Writes received JPEGs as DIR/000000.jpg, DIR/000001.jpg, ... in arrival order.
+/// Writes received JPEGs named by their frame index, as the input files are named:
+/// DIR/0000.jpg, DIR/0001.jpg, ... (at least four digits). A repeated index keeps the first
+/// arrival; after the sender restarted its count, run N's frames are DIR/N-0000.jpg, ...
 struct Saver {
     dir: PathBuf,
     saved: u64,
+    seen: std::collections::HashSet<(u64, u64)>,
     failed: bool,
 }
 
@@ -70,15 +73,21 @@ impl Saver {
         Ok(Saver {
             dir,
             saved: 0,
+            seen: std::collections::HashSet::new(),
             failed: false,
         })
     }
 
-    fn save(&mut self, jpeg: &[u8]) {
-        if self.failed {
+    fn save(&mut self, jpeg: &[u8], index: u64, run: u64) {
+        if self.failed || !self.seen.insert((run, index)) {
             return;
         }
-        let path = self.dir.join(format!("{:06}.jpg", self.saved));
+        let name = if run == 0 {
+            format!("{index:04}.jpg")
+        } else {
+            format!("{run}-{index:04}.jpg")
+        };
+        let path = self.dir.join(name);
         match std::fs::write(&path, jpeg) {
             Ok(()) => self.saved += 1,
             Err(e) => {
@@ -244,14 +253,9 @@ fn run(opts: Options) -> Result<u8, String> {
                         Ok(frames) => {
                             let n = frames.len().max(1);
                             for (i, f) in frames.iter().enumerate() {
-                                let jpeg_bytes = match &f.jpeg {
-                                    Payload::Bytes(b) => {
-                                        if let Some(s) = saver.as_mut() {
-                                            s.save(b);
-                                        }
-                                        b.len()
-                                    }
-                                    Payload::Path(_) => 0,
+                                let jpeg = match &f.jpeg {
+                                    Payload::Bytes(b) => Some(b),
+                                    Payload::Path(_) => None,
                                 };
                                 // A batch message's bytes are shared out over its frames.
                                 let wire_bytes =
@@ -261,9 +265,13 @@ fn run(opts: Options) -> Result<u8, String> {
                                     latency_ms: now_ms - f.timestamp_ms as f64,
                                     index: f.index,
                                     timestamp_ms: f.timestamp_ms as f64,
-                                    jpeg_bytes,
+                                    jpeg_bytes: jpeg.map_or(0, |b| b.len()),
                                     wire_bytes,
                                 });
+                                // After recording, so that a restart names its own run.
+                                if let (Some(s), Some(b)) = (saver.as_mut(), jpeg) {
+                                    s.save(b, f.index, stats.restarts());
+                                }
                             }
                         }
                         Err(e) => {

@@ -60,6 +60,10 @@ pub const FALLBACK_MAX_INTERVAL_MS: f64 = 60.0;
 pub const KEEP_UP_SLACK: f64 = 0.10;
 /// ...plus this much jitter (the first and last frame's delays differ on a busy machine).
 pub const KEEP_UP_JITTER_S: f64 = 0.25;
+/// A stream whose first frame received is N > 0 lost frames 0..N-1 when, at its own
+/// pace, frame 0 would have come at least this long after the receiver started (time for a
+/// subscription to reach the sender); earlier, the receiver joined late and counts nothing.
+pub const JOIN_MARGIN_S: f64 = 0.5;
 
 /// Accumulates what the receive loop sees.
 #[derive(Debug, Default)]
@@ -194,6 +198,25 @@ impl StreamStats {
         }
     }
 
+    /// Frames 0..N-1 before the first received frame N that the receiver was there for:
+    /// at the stream's pace frame 0 would have come after [`JOIN_MARGIN_S`] (first run only;
+    /// no count without a measurable rate).
+    pub fn lost_before_first(&self) -> u64 {
+        let (Some(first_at_s), Some(fps), Some(lo)) =
+            (self.first_at_s, self.input_fps(), self.min_index)
+        else {
+            return 0;
+        };
+        let Some((first_index, _)) = self.run_first else {
+            return 0;
+        };
+        if self.restarts > 0 || lo == 0 {
+            return 0;
+        }
+        let zero_at_s = first_at_s - first_index as f64 / fps;
+        if zero_at_s > JOIN_MARGIN_S { lo } else { 0 }
+    }
+
     /// The gaps in the received indices, as inclusive ranges in ascending order.
     pub fn lost_ranges(&self) -> Vec<(u64, u64)> {
         let mut idx: Vec<u64> = self.seen.iter().copied().collect();
@@ -214,13 +237,19 @@ impl StreamStats {
             (self.frames >= 2 && duration_s > 0.0).then(|| (self.frames - 1) as f64 / duration_s);
         let intervals_ms = IntervalSummary::of(&self.intervals_ms);
         let latency_ms = LatencySummary::of(&self.latencies_ms);
-        let mut lost_ranges = self.lost_ranges_before.clone();
+        let lost_before_first = self.lost_before_first();
+        let mut lost_ranges = Vec::new();
+        if lost_before_first > 0 {
+            lost_ranges.push((0, lost_before_first - 1));
+        }
+        lost_ranges.extend(self.lost_ranges_before.iter().copied());
         lost_ranges.extend(self.lost_ranges());
         let indices = self.max_index.map(|last| IndexSummary {
             first: self.min_index.unwrap_or(last),
             last,
             restarts: self.restarts,
-            lost: self.lost_before + self.lost_count(),
+            lost: self.lost_before + self.lost_count() + lost_before_first,
+            lost_before_first,
             lost_ranges_truncated: lost_ranges.len() > MAX_LOST_RANGES_JSON,
             lost_ranges: lost_ranges
                 .into_iter()
@@ -373,6 +402,9 @@ pub struct IndexSummary {
     /// and `last` are those of the last run, `lost` counts every run.
     pub restarts: u64,
     pub lost: u64,
+    /// Of `lost`: frames 0..`first`-1, which the stream had sent while this receiver was
+    /// listening ([`StreamStats::lost_before_first`]).
+    pub lost_before_first: u64,
     /// Inclusive `[from, to]` ranges of the lost indices, at most [`MAX_LOST_RANGES_JSON`].
     pub lost_ranges: Vec<[u64; 2]>,
     pub lost_ranges_truncated: bool,
@@ -614,6 +646,14 @@ impl fmt::Display for Report {
                         ix.lost,
                         format_ranges(&ix.lost_ranges, MAX_LOST_RANGES_TEXT)
                     )?;
+                    if ix.lost_before_first > 0 {
+                        writeln!(
+                            f,
+                            "    of which {} before the first frame received (0-{}): sent while this receiver was listening",
+                            ix.lost_before_first,
+                            ix.lost_before_first - 1
+                        )?;
+                    }
                 }
                 writeln!(f, "  Out of Order: {}", ix.out_of_order)?;
                 writeln!(f, "  Duplicates: {}", ix.duplicates)?;
@@ -740,6 +780,35 @@ mod tests {
                 wire_bytes: 1010,
             });
         }
+    }
+
+    #[test]
+    fn frames_before_the_first_are_lost_only_when_the_receiver_was_there() {
+        let period = 1.0 / 15.0;
+        let run = |first_at_s: f64| {
+            let mut s = StreamStats::new();
+            for (k, index) in (60u64..120).enumerate() {
+                s.record_frame(FrameEvent {
+                    at_s: first_at_s + k as f64 * period,
+                    latency_ms: 1000.0,
+                    index,
+                    timestamp_ms: 1000.0 + index as f64 * period * 1000.0,
+                    jpeg_bytes: 1000,
+                    wire_bytes: 1010,
+                });
+            }
+            s.report(Thresholds::default(), 10.0, "frames")
+                .indices
+                .unwrap()
+        };
+        // Listening 6 s before frame 60 came: frame 0 was due 2 s after the start.
+        let ix = run(6.0);
+        assert_eq!((ix.lost, ix.lost_before_first), (60, 60));
+        assert_eq!(ix.lost_ranges, vec![[0, 59]]);
+        // Frame 60 came 1 s after the start: the receiver joined a running stream.
+        let ix = run(1.0);
+        assert_eq!((ix.lost, ix.lost_before_first), (0, 0));
+        assert!(ix.lost_ranges.is_empty());
     }
 
     #[test]

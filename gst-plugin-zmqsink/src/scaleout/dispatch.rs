@@ -101,6 +101,8 @@ struct Worker<P> {
     /// Frames dropped from `in_flight` because it held too many.
     forgotten: u64,
     frames_total: u64,
+    /// Frames it took and that the collector played past without them.
+    unreturned: u64,
 }
 
 impl<P> Worker<P> {
@@ -122,6 +124,7 @@ pub struct WorkerInfo {
     pub in_flight: u64,
     pub credit: u64,
     pub idle_ms: u64,
+    pub unreturned: u64,
 }
 
 /// Counters since start.
@@ -139,6 +142,9 @@ pub struct Stats {
     pub redispatched: u64,
     /// Frames a lost worker had taken that could not be re-sent.
     pub unaccounted: u64,
+    /// Frames a connected worker took and that the collector played past without them
+    /// (the worker dropped them, or they came later than the playout delay).
+    pub unreturned: u64,
     pub workers_joined: u64,
     pub workers_left: u64,
     pub workers_lost: u64,
@@ -236,6 +242,7 @@ impl<P: Clone> Scheduler<P> {
                 in_flight: w.in_flight.len() as u64,
                 credit: w.available(),
                 idle_ms: now.saturating_duration_since(w.last_seen).as_millis() as u64,
+                unreturned: w.unreturned,
             })
             .collect()
     }
@@ -289,6 +296,7 @@ impl<P: Clone> Scheduler<P> {
                     in_flight: VecDeque::new(),
                     forgotten: 0,
                     frames_total: 0,
+                    unreturned: 0,
                 });
                 self.stats.workers_joined += 1;
                 self.workers.len() - 1
@@ -443,10 +451,30 @@ impl<P: Clone> Scheduler<P> {
     }
 
     /// Forgets frames that the progress record says arrived (or are no longer wanted).
-    pub fn prune(&mut self, is_done: &dyn Fn(u64) -> bool) {
+    /// Those the collector played past without them (`skipped`) are counted against their
+    /// worker; returns, per worker with such frames, its name and their indices.
+    pub fn prune(
+        &mut self,
+        is_done: &dyn Fn(u64) -> bool,
+        skipped: &dyn Fn(u64) -> bool,
+    ) -> Vec<(String, Vec<u64>)> {
+        let mut unreturned = Vec::new();
         for w in &mut self.workers {
-            w.in_flight.retain(|s| !is_done(s.frame.index));
+            let mut lost = Vec::new();
+            w.in_flight.retain(|s| {
+                let done = is_done(s.frame.index);
+                if done && skipped(s.frame.index) {
+                    lost.push(s.frame.index);
+                }
+                !done
+            });
+            if !lost.is_empty() {
+                w.unreturned += lost.len() as u64;
+                self.stats.unreturned += lost.len() as u64;
+                unreturned.push((w.name.clone(), lost));
+            }
         }
+        unreturned
     }
 
     fn remove_at(&mut self, pos: usize, why: Departure, is_done: &dyn Fn(u64) -> bool) -> Removed {
@@ -676,6 +704,28 @@ mod tests {
     }
 
     #[test]
+    fn frames_a_worker_never_returned_are_counted_against_it() {
+        let t0 = Instant::now();
+        let mut s = sched(true);
+        s.on_ready(b"a", &ready(4, 0, 1), t0, &never);
+        for i in 0..4 {
+            s.push(frame(i)).unwrap();
+        }
+        while s.next_job(t0).is_some() {}
+        s.on_ready(b"a", &ready(8, 4, 1), t0, &never);
+        // The collector played 3 and went past 1 and 2 without them (a dropping queue in
+        // the worker); 0 arrived.
+        let done = |i: u64| i <= 3;
+        let skipped = |i: u64| i == 1 || i == 2;
+        let lost = s.prune(&done, &skipped);
+        assert_eq!(lost, vec![("w".to_string(), vec![1, 2])]);
+        assert_eq!(s.stats().unreturned, 2);
+        assert_eq!(s.workers(t0)[0].unreturned, 2);
+        assert_eq!(s.in_flight(), 0);
+        assert!(s.prune(&done, &skipped).is_empty(), "counted once");
+    }
+
+    #[test]
     fn with_tracking_every_undelivered_frame_is_sent_again() {
         let t0 = Instant::now();
         let mut s = sched(true);
@@ -687,7 +737,7 @@ mod tests {
         s.on_ready(b"a", &ready(4, 3, 1), t0, &never);
         // Frame 0 reached the collector, 1 and 2 were inside a's pipeline, 3 not taken.
         let done = |i: u64| i == 0;
-        s.prune(&done);
+        assert!(s.prune(&done, &never).is_empty());
         assert_eq!(s.in_flight(), 3);
         let job = Job {
             worker: b"a".to_vec(),

@@ -5,12 +5,21 @@
 //! `timestamp_i + delay`: the output keeps the source's pacing, shifted by a constant. A
 //! frame that arrives after its play time is dropped and counted as late; a frame that
 //! has not arrived when a later one is played is skipped and counted as missing. Played
-//! indices strictly increase. A frame never waits longer than `delay` after its arrival,
-//! so a sender whose clock runs ahead cannot stall the output.
+//! indices strictly increase. A frame never waits longer than `delay` (plus the start lag,
+//! below) after its arrival, so a sender whose clock runs ahead cannot stall the output.
 //!
 //! The buffer holds at most `max_frames`; what happens to a frame that finds it full is the
 //! [`FullPolicy`]: play the oldest early (nothing lost, the pacing breaks) or drop the
 //! oldest or the arriving frame (the pacing holds, the drop is counted).
+//!
+//! Start: before the first frame of a stream is played, nothing has been shown, so the
+//! whole schedule may still move. With [`LateStart::Shift`] a result that comes later than
+//! its play time then moves every play time back (the *start lag*) instead of being
+//! dropped: a worker waiting for its settings, loading or warming up its model costs
+//! latency once, not frames. With [`LateStart::Drop`] such a frame is late like any other
+//! (live input, where latency matters more than the first frames). Frames of the stream
+//! that never arrived before the first one played are counted as missing from the
+//! stream's first index ([`Playout::set_start`]), when it is known.
 //!
 //! Times are microseconds since the Unix epoch, passed in by the caller.
 
@@ -30,6 +39,19 @@ pub enum FullPolicy {
     /// and their times.
     DropNewest,
 }
+
+/// What a result that comes after its play time does before the first frame was played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateStart {
+    /// Move the whole schedule back so that it is on time, with a quarter of the delay to
+    /// spare for frames still on their way ([`START_MARGIN_DIVISOR`]).
+    Shift,
+    /// Drop it as late.
+    Drop,
+}
+
+/// The margin a start shift leaves: the playout delay divided by this.
+pub const START_MARGIN_DIVISOR: i64 = 4;
 
 /// What became of an arriving frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +97,9 @@ pub struct PlayoutStats {
     pub restarts: u64,
     /// Frames discarded at a restart.
     pub discarded: u64,
+    /// How far (µs) the schedule of the current stream was moved back at its start
+    /// ([`LateStart::Shift`]).
+    pub start_lag_us: i64,
 }
 
 #[derive(Debug)]
@@ -89,8 +114,11 @@ pub struct Playout<P> {
     delay_us: i64,
     max_frames: usize,
     policy: FullPolicy,
+    late_start: LateStart,
     frames: BTreeMap<u64, Held<P>>,
     next: Option<u64>,
+    /// The stream's first index, when the sender told us (the dispatcher's first frame).
+    start: Option<u64>,
     last_timestamp_ms: Option<i64>,
     stats: PlayoutStats,
 }
@@ -101,8 +129,10 @@ impl<P> Playout<P> {
             delay_us: delay_us.max(0),
             max_frames: max_frames.max(1),
             policy,
+            late_start: LateStart::Shift,
             frames: BTreeMap::new(),
             next: None,
+            start: None,
             last_timestamp_ms: None,
             stats: PlayoutStats::default(),
         }
@@ -120,6 +150,26 @@ impl<P> Playout<P> {
     pub fn set_policy(&mut self, policy: FullPolicy) {
         self.policy = policy;
         self.trim();
+    }
+
+    pub fn set_late_start(&mut self, late_start: LateStart) {
+        self.late_start = late_start;
+    }
+
+    /// The first index of the stream (frames below it were never sent), or `None` when
+    /// unknown: then counting starts at the first frame played.
+    pub fn set_start(&mut self, start: Option<u64>) {
+        self.start = start;
+    }
+
+    /// Whether a frame of this stream was played: from then on the schedule is fixed.
+    pub fn started(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Where counting starts: after the last played frame, else at the stream's first index.
+    fn counted_from(&self) -> Option<u64> {
+        self.next.or(self.start)
     }
 
     /// Brings a buffer over its bound (after the bound or the policy changed) back within
@@ -157,11 +207,22 @@ impl<P> Playout<P> {
         self.frames.contains_key(&index)
     }
 
+    /// When a frame that entered at `timestamp_ms` plays: its entry time plus the delay and
+    /// the start lag; never more than that after its arrival (a sender's clock ahead).
     fn due(&self, timestamp_ms: i64, arrival_us: i64) -> i64 {
         timestamp_ms
             .saturating_mul(1000)
             .min(arrival_us)
             .saturating_add(self.delay_us)
+            .saturating_add(self.stats.start_lag_us)
+    }
+
+    /// When a frame that entered at `timestamp_ms` is due, wherever it is.
+    pub fn play_time_us(&self, timestamp_ms: i64) -> i64 {
+        timestamp_ms
+            .saturating_mul(1000)
+            .saturating_add(self.delay_us)
+            .saturating_add(self.stats.start_lag_us)
     }
 
     pub fn insert(&mut self, index: u64, timestamp_ms: i64, payload: P, now_us: i64) -> Arrival {
@@ -176,6 +237,8 @@ impl<P> Playout<P> {
                 self.stats.discarded += self.frames.len() as u64;
                 self.frames.clear();
                 self.next = None;
+                self.start = None;
+                self.stats.start_lag_us = 0;
                 self.last_timestamp_ms = None;
                 outcome = Arrival::Restarted;
             } else {
@@ -183,11 +246,12 @@ impl<P> Playout<P> {
                 return Arrival::Late;
             }
         }
-        if now_us
-            > timestamp_ms
-                .saturating_mul(1000)
-                .saturating_add(self.delay_us)
-        {
+        let due_us = self.play_time_us(timestamp_ms);
+        if now_us > due_us && self.next.is_none() && self.late_start == LateStart::Shift {
+            // Nothing played yet: move the schedule back rather than lose the frame.
+            let margin = self.delay_us / START_MARGIN_DIVISOR;
+            self.stats.start_lag_us += now_us - due_us + margin;
+        } else if now_us > due_us {
             self.stats.late += 1;
             return Arrival::Late;
         }
@@ -243,7 +307,10 @@ impl<P> Playout<P> {
         if forced {
             self.stats.overflow += 1;
         }
-        let skipped = self.next.map(|next| index - next).unwrap_or(0);
+        let skipped = self
+            .counted_from()
+            .map(|next| index.saturating_sub(next))
+            .unwrap_or(0);
         self.stats.missing += skipped;
         self.stats.released += 1;
         self.next = Some(index + 1);
@@ -260,7 +327,7 @@ impl<P> Playout<P> {
     /// Gives up on every index up to and including `last` that has not been played
     /// (the input ended and they cannot come any more); returns how many were skipped.
     pub fn skip_through(&mut self, last: u64) -> u64 {
-        let Some(next) = self.next else {
+        let Some(next) = self.counted_from() else {
             return 0;
         };
         if last < next {
@@ -276,6 +343,8 @@ impl<P> Playout<P> {
     pub fn clear(&mut self) {
         self.frames.clear();
         self.next = None;
+        self.start = None;
+        self.stats.start_lag_us = 0;
         self.last_timestamp_ms = None;
     }
 }
@@ -442,6 +511,76 @@ mod tests {
         assert_eq!(p.stats().discarded, 1);
         assert_eq!(p.pop_due(us(ts(200)) + D).unwrap().index, 0);
         assert_eq!(p.stats().restarts, 1);
+    }
+
+    #[test]
+    fn a_late_start_moves_the_schedule_back_instead_of_dropping() {
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
+        p.set_start(Some(0));
+        // The worker waited 3 s for its settings: frame 0 comes 3 s after its play time.
+        let t = us(ts(0)) + D + 3_000_000;
+        assert_eq!(p.insert(0, ts(0), 0, t), Arrival::Held);
+        let lag = p.stats().start_lag_us;
+        assert_eq!(lag, 3_000_000 + D / START_MARGIN_DIVISOR);
+        assert_eq!(p.stats().late, 0);
+        // Its backlog follows at once: frame 1 entered 40 ms later, so it is on time.
+        assert_eq!(p.insert(1, ts(1), 1, t + 1_000), Arrival::Held);
+        // Frame 2 is slower still but nothing has played: the schedule moves again.
+        let t2 = us(ts(2)) + D + lag + 50_000;
+        assert_eq!(p.insert(2, ts(2), 2, t2), Arrival::Held);
+        let lag = p.stats().start_lag_us;
+        assert!(lag > 3_000_000 + D / START_MARGIN_DIVISOR);
+        // A frame that entered after the wait comes back quickly: it keeps the shifted
+        // schedule too, so the output does not bunch up where the backlog ends.
+        let ts9 = ts(2) + 3_000;
+        assert_eq!(p.insert(9, ts9, 9, us(ts9) + 20_000), Arrival::Held);
+        assert_eq!(p.next_due(t2), Some(us(ts(0)) + D + lag));
+        for i in 0..3 {
+            let due = us(ts(i)) + D + lag;
+            assert_eq!(p.pop_due(due - 1).map(|r| r.index), None, "frame {i}");
+            let r = p.pop_due(due).unwrap();
+            assert_eq!((r.index, r.skipped, r.due_us), (i, 0, due), "pacing kept");
+        }
+        let r = p.pop_due(us(ts9) + D + lag).unwrap();
+        assert_eq!((r.index, r.skipped), (9, 6));
+        // Once a frame played, the schedule is fixed: later is late.
+        let t3 = us(ts(10)) + D + lag + 1;
+        assert_eq!(p.insert(10, ts(10), 10, t3), Arrival::Late);
+        assert_eq!(p.stats().start_lag_us, lag);
+        assert_eq!(p.stats().late, 1);
+    }
+
+    #[test]
+    fn a_late_start_is_dropped_when_asked() {
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
+        p.set_late_start(LateStart::Drop);
+        assert_eq!(p.insert(0, ts(0), 0, us(ts(0)) + D + 1), Arrival::Late);
+        assert_eq!(p.stats().start_lag_us, 0);
+        assert_eq!(p.stats().late, 1);
+    }
+
+    #[test]
+    fn frames_before_the_first_played_count_from_the_stream_start() {
+        let mut p = Playout::new(D, 64, FullPolicy::PlayEarly);
+        p.set_start(Some(0));
+        p.insert(61, ts(61), 61, us(ts(61)));
+        let r = p.pop_due(us(ts(61)) + D).unwrap();
+        assert_eq!((r.index, r.skipped), (61, 61));
+        assert_eq!(p.stats().missing, 61, "frames 0-60 never came: counted");
+        // Unknown start (no dispatcher in this process): counting starts at the first frame.
+        let mut q = Playout::new(D, 64, FullPolicy::PlayEarly);
+        q.insert(61, ts(61), 61, us(ts(61)));
+        assert_eq!(q.pop_due(us(ts(61)) + D).unwrap().skipped, 0);
+        // Nothing ever arrived and the input ended: all of it is missing.
+        let mut e = Playout::<u64>::new(D, 64, FullPolicy::PlayEarly);
+        e.set_start(Some(0));
+        assert_eq!(e.skip_through(119), 120);
+        assert_eq!(e.stats().missing, 120);
+        // A restart forgets the old start and lag.
+        p.set_start(Some(0));
+        p.clear();
+        assert_eq!(p.stats().start_lag_us, 0);
+        assert!(!p.started());
     }
 
     #[test]

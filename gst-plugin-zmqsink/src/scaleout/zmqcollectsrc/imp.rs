@@ -16,6 +16,11 @@
 //! (workers running `i2itransform output=latent`) are checked by [`crate::latent`] and come
 //! out as `application/x-i2i-latent`, for an `i2idecode` after the collector.
 //!
+//! Start: until the first frame of a stream is played, results that come after their
+//! play time move the whole schedule back instead of being dropped (`late-start`, see
+//! [`crate::scaleout::playout`]); the frames of the stream from the dispatcher's first index
+//! that never came are counted as missing.
+//!
 //! The stream ends (EOS) when the `zmqdispatchsink` of the same `group` in this process
 //! has seen the end of its input and the last frame was played or given up, or after
 //! `idle-timeout` without results.
@@ -30,14 +35,14 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use super::CollectQueuePolicy;
+use super::{CollectLateStart, CollectQueuePolicy};
 use crate::curve::ElementCurve;
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
-use crate::jpeg_output::{self, JpegOutput};
+use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
-use crate::scaleout::playout::{Arrival, FullPolicy, Playout, PlayoutStats};
+use crate::scaleout::playout::{Arrival, FullPolicy, LateStart, Playout, PlayoutStats};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::tensor;
 use crate::unix_time;
@@ -57,6 +62,7 @@ const DEFAULT_BIND: bool = true;
 const DEFAULT_PLAYOUT_DELAY_MS: u32 = 1000;
 const DEFAULT_MAX_FRAMES: u32 = 256;
 const DEFAULT_QUEUE_POLICY: CollectQueuePolicy = CollectQueuePolicy::PlayEarly;
+const DEFAULT_LATE_START: CollectLateStart = CollectLateStart::Auto;
 const DEFAULT_IDLE_TIMEOUT_MS: u32 = 0;
 const DEFAULT_GROUP: &str = "i2i";
 const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
@@ -72,6 +78,7 @@ struct Settings {
     playout_delay_ms: u32,
     max_frames: u32,
     queue_policy: CollectQueuePolicy,
+    late_start: CollectLateStart,
     idle_timeout_ms: u32,
     group: String,
     max_message_size: i64,
@@ -87,6 +94,7 @@ impl Default for Settings {
             playout_delay_ms: DEFAULT_PLAYOUT_DELAY_MS,
             max_frames: DEFAULT_MAX_FRAMES,
             queue_policy: DEFAULT_QUEUE_POLICY,
+            late_start: DEFAULT_LATE_START,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             group: DEFAULT_GROUP.into(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -101,6 +109,15 @@ fn full_policy(p: CollectQueuePolicy) -> FullPolicy {
         CollectQueuePolicy::PlayEarly => FullPolicy::PlayEarly,
         CollectQueuePolicy::DropOldest => FullPolicy::DropOldest,
         CollectQueuePolicy::DropNewest => FullPolicy::DropNewest,
+    }
+}
+
+/// `late-start` resolved: `auto` follows the group's dispatcher (`holds_source`).
+fn late_start(p: CollectLateStart, holds_source: Option<bool>) -> LateStart {
+    match (p, holds_source) {
+        (CollectLateStart::Shift, _) => LateStart::Shift,
+        (CollectLateStart::Drop, _) | (CollectLateStart::Auto, Some(false)) => LateStart::Drop,
+        (CollectLateStart::Auto, _) => LateStart::Shift,
     }
 }
 
@@ -140,6 +157,7 @@ struct Stats {
     too_large: u64,
     invalid_latents: u64,
     latent: LatentDrops,
+    dropped_kind: u64,
     held: u64,
 }
 
@@ -159,8 +177,25 @@ struct Core {
     /// them, and those refused for their size, dtype, shape or meta by reason.
     invalid_latents: u64,
     latent: LatentDrops,
+    /// Results of a kind downstream does not take (a JPEG before i2idecode).
+    dropped_kind: u64,
     /// What was last reported on the bus.
     reported: Losses,
+    /// The start lag last reported (µs).
+    reported_start_lag_us: i64,
+    late_start: CollectLateStart,
+}
+
+impl Core {
+    /// Before the first frame of a stream plays: where it starts and what a late result
+    /// does, from the group's dispatcher.
+    fn prepare_start(&mut self, ledger: &Ledger) {
+        if !self.playout.started() {
+            self.playout.set_start(ledger.first());
+            self.playout
+                .set_late_start(late_start(self.late_start, ledger.holds_source()));
+        }
+    }
 }
 
 /// The core, its flags, the condvar and the wake-up, and the group's ledger.
@@ -179,6 +214,7 @@ pub struct ZmqCollectSrc {
     bound_endpoint: Mutex<Option<String>>,
     last_stats: Mutex<Stats>,
     output: Mutex<JpegOutput>,
+    kind_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -304,6 +340,7 @@ impl Io {
         let now_us = unix_time::now_us();
         let mut core = self.shared.lock();
         core.last_arrival = Instant::now();
+        core.prepare_start(&self.shared.extra);
         match core.playout.insert(index, timestamp_ms, held, now_us) {
             Arrival::Held => self.shared.extra.received(index),
             Arrival::Restarted => {
@@ -362,6 +399,7 @@ impl ZmqCollectSrc {
                     too_large: core.too_large,
                     invalid_latents: core.invalid_latents,
                     latent: core.latent,
+                    dropped_kind: core.dropped_kind,
                     held: core.playout.len() as u64,
                 }
             }
@@ -377,9 +415,23 @@ impl ZmqCollectSrc {
                 .set_delay(i64::from(settings.playout_delay_ms) * 1000);
             core.playout.set_max_frames(settings.max_frames as usize);
             core.playout.set_policy(full_policy(settings.queue_policy));
+            core.late_start = settings.late_start;
             drop(core);
             shared.cond.notify_all();
         }
+    }
+
+    /// Says once per stream that the first results came late and the schedule moved.
+    fn report_start_lag(&self, lag_us: i64, delay_us: i64) {
+        let text = format!(
+            "Output started {} ms late: the first results came after playout-delay ({} ms), as when a worker is still loading its model or waiting for its settings. Every frame now plays {} ms after entry + playout-delay; none was dropped for it (late-start)",
+            lag_us / 1000,
+            delay_us / 1000,
+            lag_us / 1000
+        );
+        gst::info!(CAT, imp = self, "{text}");
+        // gst-launch-1.0 prints the details of an INFO message, not its text: both say it.
+        gst::element_imp_info!(self, gst::StreamError::Failed, ("{text}"), ["{text}"]);
     }
 
     /// Reports frames lost or played early since the last report, at most once a second.
@@ -481,6 +533,11 @@ impl ObjectImpl for ZmqCollectSrc {
                     .blurb("When max-frames are held: play-early (the oldest play at once, nothing lost, counted as overflow), drop-newest (drop the arriving frame; a bound below fps x playout-delay then plays that share of the frames) or drop-oldest (drop the next frame to play; for a short excess only, below fps x playout-delay almost nothing plays); the drops keep the pacing and are counted as dropped")
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("late-start", DEFAULT_LATE_START)
+                    .nick("Late start")
+                    .blurb("Results later than playout-delay before the first frame was played (a worker loading its model or waiting for its settings): shift (move every play time back by that lateness plus a quarter of the delay, once: nothing lost; stats start-lag-ms), drop (drop them as late) or auto (shift when the zmqdispatchsink of the group uses queue-policy=block or is not in this process, drop when it drops frames)")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("idle-timeout")
                     .nick("Idle timeout")
                     .blurb("End the stream after this long (ms) without results (0 = never; with a zmqdispatchsink of the same group in this process the stream also ends after the input's last frame)")
@@ -511,7 +568,7 @@ impl ObjectImpl for ZmqCollectSrc {
                 jpeg_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("received, frames (output), late, duplicates, missing, overflow (played early, buffer full), dropped (buffer full), restarts, discarded, malformed, not-jpeg, too-large, invalid-latents (latent results refused, all reasons), held, dropped-latent-size, dropped-latent-dtype, dropped-latent-shape, dropped-latent-meta (of invalid-latents: payload length, dtype, shape, meta refused; see zmqmsgpacksrc)")
+                    .blurb("received, frames (output), late, duplicates, missing (from the dispatcher's first index when it is in this process), overflow (played early, buffer full), dropped (buffer full), restarts, discarded, start-lag-ms (how far late-start=shift moved the schedule), malformed, not-jpeg, too-large, invalid-latents (latent results refused, all reasons), dropped-kind (results of a kind downstream does not take: a JPEG before i2idecode), held, dropped-latent-size, dropped-latent-dtype, dropped-latent-shape, dropped-latent-meta (of invalid-latents: payload length, dtype, shape, meta refused; see zmqmsgpacksrc)")
                     .read_only()
                     .build(),
             ];
@@ -539,6 +596,7 @@ impl ObjectImpl for ZmqCollectSrc {
             }
             "max-frames" => settings.max_frames = value.get().expect("type checked upstream"),
             "queue-policy" => settings.queue_policy = value.get().expect("type checked upstream"),
+            "late-start" => settings.late_start = value.get().expect("type checked upstream"),
             "idle-timeout" => {
                 settings.idle_timeout_ms = value.get().expect("type checked upstream")
             }
@@ -558,7 +616,7 @@ impl ObjectImpl for ZmqCollectSrc {
         drop(settings);
         if matches!(
             pspec.name(),
-            "playout-delay" | "max-frames" | "queue-policy"
+            "playout-delay" | "max-frames" | "queue-policy" | "late-start"
         ) {
             self.apply_live_settings();
         }
@@ -576,6 +634,7 @@ impl ObjectImpl for ZmqCollectSrc {
             "playout-delay" => settings.playout_delay_ms.to_value(),
             "max-frames" => settings.max_frames.to_value(),
             "queue-policy" => settings.queue_policy.to_value(),
+            "late-start" => settings.late_start.to_value(),
             "idle-timeout" => settings.idle_timeout_ms.to_value(),
             "group" => settings.group.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
@@ -595,11 +654,13 @@ impl ObjectImpl for ZmqCollectSrc {
                     .field("dropped", p.dropped)
                     .field("restarts", p.restarts)
                     .field("discarded", p.discarded)
+                    .field("start-lag-ms", (p.start_lag_us / 1000) as u64)
                     .field("refused", self.curve.refused())
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
                     .field("too-large", s.too_large)
                     .field("invalid-latents", s.invalid_latents)
+                    .field("dropped-kind", s.dropped_kind)
                     .field("held", s.held);
                 s.latent.fields(b).build().to_value()
             }
@@ -611,6 +672,22 @@ impl ObjectImpl for ZmqCollectSrc {
 impl GstObjectImpl for ZmqCollectSrc {}
 
 impl ElementImpl for ZmqCollectSrc {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        zmq_endpoint::start_before_base(
+            self.obj().upcast_ref(),
+            transition,
+            gst::StateChange::ReadyToPaused,
+            || BaseSrcImpl::start(self),
+            || {
+                let _ = BaseSrcImpl::stop(self);
+            },
+            |t| self.parent_change_state(t),
+        )
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -645,6 +722,10 @@ impl ElementImpl for ZmqCollectSrc {
 
 impl BaseSrcImpl for ZmqCollectSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        if self.state.lock().unwrap().is_some() {
+            // Already started by change_state (zmq_endpoint::start_before_base).
+            return Ok(());
+        }
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         self.output.lock().unwrap().reset(settings.framerate);
@@ -690,7 +771,10 @@ impl BaseSrcImpl for ZmqCollectSrc {
                 too_large: 0,
                 invalid_latents: 0,
                 latent: LatentDrops::default(),
+                dropped_kind: 0,
                 reported: Losses::default(),
+                reported_start_lag_us: 0,
+                late_start: settings.late_start,
             },
             ledger,
         )
@@ -783,104 +867,132 @@ impl PushSrcImpl for ZmqCollectSrc {
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
             state.io.shared().clone()
         };
-        let (idle_timeout, delay_us) = {
-            let s = self.settings.lock().unwrap();
-            (
-                Duration::from_millis(s.idle_timeout_ms.into()),
-                i64::from(s.playout_delay_ms) * 1000,
-            )
-        };
-        let released = {
-            let mut core = shared.lock();
-            loop {
-                if core.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                let now_us = unix_time::now_us();
-                if let Some(r) = core.playout.pop_due(now_us) {
-                    shared.extra.advanced(r.index + 1);
-                    break r;
-                }
-                if let Some(end) = shared.extra.end() {
-                    match end.last {
-                        None if core.playout.is_empty() => return Err(gst::FlowError::Eos),
-                        None => {}
-                        Some((last, timestamp_ms)) => {
-                            if core.playout.next_index().is_some_and(|n| n > last) {
-                                gst::info!(
-                                    CAT,
-                                    imp = self,
-                                    "last frame {last} played: end of stream"
-                                );
-                                return Err(gst::FlowError::Eos);
-                            }
-                            if core.playout.is_empty()
-                                && now_us > timestamp_ms * 1000 + delay_us + END_GRACE_US
-                            {
-                                let skipped = core.playout.skip_through(last);
-                                gst::info!(
-                                    CAT,
-                                    imp = self,
-                                    "input ended at frame {last}, {skipped} final frames missing: end of stream"
-                                );
-                                return Err(gst::FlowError::Eos);
+        loop {
+            let (idle_timeout, delay_us) = {
+                let s = self.settings.lock().unwrap();
+                (
+                    Duration::from_millis(s.idle_timeout_ms.into()),
+                    i64::from(s.playout_delay_ms) * 1000,
+                )
+            };
+            let released = {
+                let mut core = shared.lock();
+                loop {
+                    if core.flushing {
+                        return Err(gst::FlowError::Flushing);
+                    }
+                    let now_us = unix_time::now_us();
+                    if let Some(r) = core.playout.pop_due(now_us) {
+                        if r.skipped > 0 {
+                            shared.extra.skipped(r.index - r.skipped..r.index);
+                        }
+                        shared.extra.advanced(r.index + 1);
+                        break r;
+                    }
+                    if let Some(end) = shared.extra.end() {
+                        core.prepare_start(&shared.extra);
+                        match end.last {
+                            None if core.playout.is_empty() => return Err(gst::FlowError::Eos),
+                            None => {}
+                            Some((last, timestamp_ms)) => {
+                                if core.playout.next_index().is_some_and(|n| n > last) {
+                                    gst::info!(
+                                        CAT,
+                                        imp = self,
+                                        "last frame {last} played: end of stream"
+                                    );
+                                    return Err(gst::FlowError::Eos);
+                                }
+                                if core.playout.is_empty()
+                                    && now_us
+                                        > core.playout.play_time_us(timestamp_ms) + END_GRACE_US
+                                {
+                                    let skipped = core.playout.skip_through(last);
+                                    shared.extra.skipped(last + 1 - skipped..last + 1);
+                                    gst::info!(
+                                        CAT,
+                                        imp = self,
+                                        "input ended at frame {last}, {skipped} final frames missing: end of stream"
+                                    );
+                                    return Err(gst::FlowError::Eos);
+                                }
                             }
                         }
                     }
+                    if !idle_timeout.is_zero()
+                        && core.playout.is_empty()
+                        && core.last_arrival.elapsed() > idle_timeout
+                    {
+                        gst::info!(
+                            CAT,
+                            imp = self,
+                            "no results for {idle_timeout:?}: end of stream"
+                        );
+                        return Err(gst::FlowError::Eos);
+                    }
+                    let wait_us = core
+                        .playout
+                        .next_due(now_us)
+                        .map(|due| (due - now_us).clamp(0, 100_000))
+                        .unwrap_or(100_000);
+                    core = shared.wait_timeout(core, Duration::from_micros(wait_us as u64));
                 }
-                if !idle_timeout.is_zero()
-                    && core.playout.is_empty()
-                    && core.last_arrival.elapsed() > idle_timeout
-                {
-                    gst::info!(
-                        CAT,
-                        imp = self,
-                        "no results for {idle_timeout:?}: end of stream"
-                    );
-                    return Err(gst::FlowError::Eos);
-                }
-                let wait_us = core
-                    .playout
-                    .next_due(now_us)
-                    .map(|due| (due - now_us).clamp(0, 100_000))
-                    .unwrap_or(100_000);
-                core = shared.wait_timeout(core, Duration::from_micros(wait_us as u64));
+            };
+            let (losses, reported, start_lag_us) = {
+                let mut core = shared.lock();
+                let lag = core.playout.stats().start_lag_us;
+                let new_lag = (lag != core.reported_start_lag_us).then_some(lag);
+                core.reported_start_lag_us = lag;
+                (Losses::of(core.playout.stats()), core.reported, new_lag)
+            };
+            if let Some(lag) = start_lag_us.filter(|l| *l > 0) {
+                self.report_start_lag(lag, delay_us);
             }
-        };
-        let (losses, reported) = {
-            let core = shared.lock();
-            (Losses::of(core.playout.stats()), core.reported)
-        };
-        if let Some(now_reported) = self.report_losses(losses, reported) {
-            shared.lock().reported = now_reported;
-        }
-        if released.skipped > 0 {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "skipped {} missing frames before {}",
-                released.skipped,
-                released.index
-            );
-        }
+            if let Some(now_reported) = self.report_losses(losses, reported) {
+                shared.lock().reported = now_reported;
+            }
+            if released.skipped > 0 {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "skipped {} missing frames before {}",
+                    released.skipped,
+                    released.index
+                );
+            }
 
-        let data = match released.payload {
-            Held::Jpeg(jpeg, size) => {
-                jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?;
-                jpeg
+            let (offered, data, what) = match released.payload {
+                Held::Jpeg(jpeg, size) => (
+                    jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
+                    jpeg,
+                    "JPEG result",
+                ),
+                Held::Latent(data, caps) => (
+                    jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?,
+                    data,
+                    "latent result",
+                ),
+            };
+            if let Offered::WrongKind(why) = offered {
+                shared.lock().dropped_kind += 1;
+                let text = format!(
+                    "Dropped {what} {}: {why} (counted in stats dropped-kind)",
+                    released.index
+                );
+                gst::warning!(CAT, imp = self, "{text}");
+                if let Some(text) = self.kind_limit.lock().unwrap().message(text) {
+                    gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
+                }
+                continue;
             }
-            Held::Latent(data, caps) => {
-                jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?;
-                data
+            let mut buffer = gst::Buffer::from_mut_slice(data);
+            {
+                let b = buffer.get_mut().expect("new buffer is writable");
+                let duration = self.output.lock().unwrap().duration();
+                let pts = jpeg_output::running_time_now(&*self.obj());
+                jpeg_output::stamp(b, released.index, pts, duration, released.timestamp_ms);
             }
-        };
-        let mut buffer = gst::Buffer::from_mut_slice(data);
-        {
-            let b = buffer.get_mut().expect("new buffer is writable");
-            let duration = self.output.lock().unwrap().duration();
-            let pts = jpeg_output::running_time_now(&*self.obj());
-            jpeg_output::stamp(b, released.index, pts, duration, released.timestamp_ms);
+            return Ok(CreateSuccess::NewBuffer(buffer));
         }
-        Ok(CreateSuccess::NewBuffer(buffer))
     }
 }

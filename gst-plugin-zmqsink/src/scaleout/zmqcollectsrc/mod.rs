@@ -39,7 +39,35 @@ pub enum CollectQueuePolicy {
     DropNewest = 2,
 }
 
+/// What the collector does with results that come after their play time before the
+/// first frame of a stream was played (`late-start`).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstZmqCollectLateStart")]
+pub enum CollectLateStart {
+    /// Shift when the zmqdispatchsink of the group holds its source (queue-policy block) or
+    /// when there is none in this process; drop when it drops frames (live input).
+    #[enum_value(
+        name = "Auto: shift when the group's zmqdispatchsink blocks (files) or is not in this process, drop when it drops (live)",
+        nick = "auto"
+    )]
+    Auto = 0,
+    /// Move the whole schedule back by the lateness: nothing is lost, latency grows once.
+    #[enum_value(
+        name = "Shift: move every play time back by how late the first results are (nothing lost, the latency grows by that once)",
+        nick = "shift"
+    )]
+    Shift = 1,
+    /// Drop them as late, like later frames.
+    #[enum_value(
+        name = "Drop: drop them as late (the latency stays the playout delay)",
+        nick = "drop"
+    )]
+    Drop = 2,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    CollectLateStart::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "zmqcollectsrc",

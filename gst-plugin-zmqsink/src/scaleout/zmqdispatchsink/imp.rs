@@ -25,6 +25,11 @@
 //! With `queue-policy=block` nothing is taken in before the first worker joined: a frame
 //! queued then would be older than the collector's playout delay by the time a worker
 //! could process it, and be dropped there as late. `render()` holds the stream instead.
+//!
+//! Frames without timestamps (`multifilesrc`) are paced by the caps' frame rate when `sync`
+//! is on: one frame per frame duration, the first when the first worker is there, and
+//! never faster to catch up after a wait; so their entry times, and the collector's output,
+//! keep the files' pace from the start.
 //! An application's EOS request (the first Ctrl-C of `gst-launch-1.0 -e`) reaches the
 //! sink directly ([`crate::eos_request`]): a frame that cannot be queued within its grace,
 //! and at EOS the queue when no worker is there to take it, are given up and counted in
@@ -43,6 +48,7 @@ use super::DispatchQueuePolicy;
 use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
+use crate::jpeg_output;
 use crate::latent;
 use crate::scaleout;
 use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
@@ -127,6 +133,8 @@ struct Core {
     undelivered: u64,
     /// Latent buffers whose size does not match their caps, dropped.
     invalid: u64,
+    /// When the last untimestamped frame was taken in, on the frame-rate schedule.
+    paced_at: Option<Instant>,
 }
 
 /// The core, its flags, the condvar and the wake-up, and the group's ledger.
@@ -148,6 +156,8 @@ pub struct ZmqDispatchSink {
     undelivered_limit: Mutex<RateLimit>,
     /// The latent caps' meta (float32 NCHW); `None` for JPEG input.
     latent_input: Mutex<Option<TensorMeta>>,
+    /// One frame's duration at the caps' frame rate (pacing of untimestamped frames).
+    frame_duration: Mutex<Option<Duration>>,
     invalid_limit: Mutex<RateLimit>,
 }
 
@@ -169,6 +179,7 @@ fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
             .field("in-flight", w.in_flight)
             .field("credit", w.credit)
             .field("idle-ms", w.idle_ms)
+            .field("unreturned", w.unreturned)
             .build()
             .to_send_value()
     }));
@@ -179,6 +190,7 @@ fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
         .field("dropped", s.dropped)
         .field("redispatched", s.redispatched)
         .field("unaccounted", s.unaccounted)
+        .field("unreturned", s.unreturned)
         .field("queue-length", core.sched.queue_len() as u64)
         .field("in-flight", core.sched.in_flight())
         .field("workers", workers.len() as u64)
@@ -192,11 +204,32 @@ fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
         .build()
 }
 
+/// Sorted indices as ranges: `1-7, 9`.
+fn ranges(indices: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < indices.len() {
+        let mut j = i;
+        while j + 1 < indices.len() && indices[j + 1] == indices[j] + 1 {
+            j += 1;
+        }
+        out.push(if j > i {
+            format!("{}-{}", indices[i], indices[j])
+        } else {
+            indices[i].to_string()
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
 /// What the socket thread reports on the bus.
 enum Report {
     Joined(String),
     Removed(Removed),
     Malformed(String),
+    /// A worker's frames that the collector played past without them.
+    Unreturned(String, Vec<u64>),
 }
 
 /// The thread that owns the ROUTER socket.
@@ -207,6 +240,7 @@ struct Io {
     _context: zmq::Context,
     heartbeat: Duration,
     malformed_limit: RateLimit,
+    unreturned_limit: std::cell::RefCell<RateLimit>,
 }
 
 impl Io {
@@ -314,7 +348,10 @@ impl Io {
             let mut core = self.shared.lock();
             core.sched
                 .set_track_taken(self.shared.extra.has_collector());
-            core.sched.prune(&is_done);
+            let skipped = self.shared.extra.take_skipped();
+            for (name, frames) in core.sched.prune(&is_done, &|i| skipped.contains(&i)) {
+                reports.push(Report::Unreturned(name, frames));
+            }
             for r in core.sched.expire(now, &is_done) {
                 reports.push(Report::Removed(r));
             }
@@ -482,6 +519,16 @@ impl Io {
                         ("Dropped a malformed message on the worker socket: {text}")
                     );
                 }
+                Report::Unreturned(name, frames) => {
+                    let text = format!(
+                        "Worker {name} did not return {} frames in time ({}): its pipeline dropped them (an i2itransform with drop-frames=auto drops on this live source: set drop-frames=never, as pipelines/worker.sh does; the primary's queue-policy decides what to drop) or it is slower than the collector's playout-delay (then they are also counted late there)",
+                        frames.len(),
+                        ranges(&frames)
+                    );
+                    if let Some(text) = self.unreturned_limit.borrow_mut().message(text) {
+                        gst::element_warning!(element, gst::StreamError::Failed, ("{text}"));
+                    }
+                }
             }
         }
     }
@@ -504,6 +551,9 @@ impl ZmqDispatchSink {
                 .set_policy(policy(settings.queue_policy), settings.max_queue as usize);
             core.sched
                 .set_worker_timeout(Duration::from_millis(settings.worker_timeout_ms.into()));
+            shared
+                .extra
+                .set_holds_source(Some(settings.queue_policy == DispatchQueuePolicy::Block));
             drop(core);
             shared.cond.notify_all();
         }
@@ -546,6 +596,34 @@ impl ZmqDispatchSink {
 }
 
 impl ZmqDispatchSink {
+    /// Holds an untimestamped frame until one `duration` after the previous one; a frame
+    /// already behind that schedule goes at once and starts it afresh (no catching up).
+    fn wait_for_pace<'a>(
+        &self,
+        shared: &'a Shared,
+        mut core: std::sync::MutexGuard<'a, socket_thread::Flagged<Core>>,
+        duration: Duration,
+    ) -> Result<std::sync::MutexGuard<'a, socket_thread::Flagged<Core>>, gst::FlowError> {
+        if let Some(due) = core.paced_at.map(|t| t + duration) {
+            loop {
+                if core.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                let now = Instant::now();
+                if now >= due || self.eos_request.give_up() {
+                    break;
+                }
+                core = shared.wait_timeout(core, (due - now).min(Duration::from_millis(100)));
+            }
+            let now = Instant::now();
+            // On time: keep the schedule (no drift from wake-up delays); behind: restart it.
+            core.paced_at = Some(if now < due + duration { due } else { now });
+        } else {
+            core.paced_at = Some(Instant::now());
+        }
+        Ok(core)
+    }
+
     /// Warns that `n` frames were given up after the application asked to end.
     fn warn_undelivered(&self, n: u64, what: &str) {
         let endpoint = self
@@ -637,7 +715,7 @@ impl ObjectImpl for ZmqDispatchSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("queued, dispatched, jobs, dropped (drop-oldest), redispatched, unaccounted, queue-length, in-flight, workers, workers-joined/left/lost, malformed, undelivered, invalid (latent buffers whose size does not match their caps, dropped), worker-list (name, batch, frames, in-flight, credit, idle-ms)")
+                    .blurb("queued, dispatched, jobs, dropped (drop-oldest), redispatched, unaccounted, unreturned (frames a connected worker took and the zmqcollectsrc of the group played past without them: the worker dropped them or was later than playout-delay), queue-length, in-flight, workers, workers-joined/left/lost, malformed, undelivered, invalid (latent buffers whose size does not match their caps, dropped), worker-list (name, batch, frames, in-flight, credit, idle-ms, unreturned)")
                     .read_only()
                     .build(),
             ];
@@ -723,6 +801,22 @@ impl ObjectImpl for ZmqDispatchSink {
 impl GstObjectImpl for ZmqDispatchSink {}
 
 impl ElementImpl for ZmqDispatchSink {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        zmq_endpoint::start_before_base(
+            self.obj().upcast_ref(),
+            transition,
+            gst::StateChange::NullToReady,
+            || BaseSinkImpl::start(self),
+            || {
+                let _ = BaseSinkImpl::stop(self);
+            },
+            |t| self.parent_change_state(t),
+        )
+    }
+
     fn send_event(&self, event: gst::Event) -> bool {
         if let Some(answer) = self.eos_request.intercept(&event) {
             gst::debug!(
@@ -770,6 +864,10 @@ impl ElementImpl for ZmqDispatchSink {
 
 impl BaseSinkImpl for ZmqDispatchSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        if self.state.lock().unwrap().is_some() {
+            // Already started by change_state (zmq_endpoint::start_before_base).
+            return Ok(());
+        }
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         let options = zmq_endpoint::Options {
@@ -805,7 +903,8 @@ impl BaseSinkImpl for ZmqDispatchSink {
         *self.bound_endpoint.lock().unwrap() = Some(bound);
 
         let ledger = ledger::ledger(&settings.group);
-        ledger.set_end(None);
+        ledger.new_stream();
+        ledger.set_holds_source(Some(settings.queue_policy == DispatchQueuePolicy::Block));
         let session = scaleout::new_session();
         let shared = Shared::new(
             Core {
@@ -823,6 +922,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
                 malformed: 0,
                 undelivered: 0,
                 invalid: 0,
+                paced_at: None,
             },
             ledger,
         )?;
@@ -833,6 +933,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
             _context: context,
             heartbeat: Duration::from_millis(settings.heartbeat_interval_ms.into()),
             malformed_limit: RateLimit::new(Duration::from_secs(1)),
+            unreturned_limit: std::cell::RefCell::new(RateLimit::new(Duration::from_secs(1))),
         };
         let io = SocketThread::spawn("zmqdispatch-io", shared, move || io.run())?;
         gst::debug!(CAT, imp = self, "session {session:#x}");
@@ -846,6 +947,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
         let state = self.state.lock().unwrap().take();
         if let Some(state) = state {
             let stats = stats_structure(&state.io.shared().lock(), Instant::now());
+            state.io.shared().extra.set_holds_source(None);
             state.io.stop();
             *self.last_stats.lock().unwrap() = Some(stats);
         }
@@ -866,6 +968,11 @@ impl BaseSinkImpl for ZmqDispatchSink {
         };
         gst::debug!(CAT, imp = self, "caps {caps}");
         *self.latent_input.lock().unwrap() = input;
+        *self.frame_duration.lock().unwrap() = s
+            .get::<gst::Fraction>("framerate")
+            .ok()
+            .and_then(jpeg_output::frame_duration)
+            .map(Duration::from);
         Ok(())
     }
 
@@ -916,6 +1023,14 @@ impl BaseSinkImpl for ZmqDispatchSink {
             }
             core = shared.wait_timeout(core, poll);
         }
+        let pace = self
+            .frame_duration
+            .lock()
+            .unwrap()
+            .filter(|_| buffer.pts().is_none() && self.obj().is_sync());
+        if let Some(duration) = pace {
+            core = self.wait_for_pace(&shared, core, duration)?;
+        }
         let timestamp_ms = unix_time::ms_from_meta(buffer).unwrap_or_else(unix_time::now_ms);
         let index = if keep_index {
             frame_index::index_of(buffer).unwrap_or(core.count)
@@ -923,6 +1038,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
             core.count
         };
         core.count = index + 1;
+        shared.extra.dispatched(index);
         let payload = match meta {
             None => Payload::Jpeg(buffer.clone()),
             Some(mut meta) => {
@@ -984,14 +1100,17 @@ impl BaseSinkImpl for ZmqDispatchSink {
             }
             gst::EventView::FlushStop(_) => {
                 if let Some(shared) = self.shared() {
-                    shared.lock().sched.clear_queue();
-                    shared.extra.set_end(None);
+                    let mut core = shared.lock();
+                    core.sched.clear_queue();
+                    core.paced_at = None;
+                    drop(core);
+                    shared.extra.new_stream();
                     shared.cond.notify_all();
                 }
             }
             gst::EventView::StreamStart(_) => {
                 if let Some(shared) = self.shared() {
-                    shared.extra.set_end(None);
+                    shared.extra.new_stream();
                 }
             }
             _ => {}

@@ -34,7 +34,7 @@ use gst_base::subclass::prelude::*;
 use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
-use crate::jpeg_output::{self, JpegOutput};
+use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::scaleout;
@@ -130,6 +130,8 @@ struct Stats {
     sessions: u64,
     primary_lost: u64,
     drains: u64,
+    /// Frames of a kind downstream does not take (a JPEG before i2idecode).
+    kind: u64,
 }
 
 struct Core {
@@ -156,6 +158,7 @@ pub struct ZmqWorkerSrc {
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
     output: Mutex<JpegOutput>,
+    kind_limit: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -172,6 +175,10 @@ enum Report {
     Latent(String),
     Joined(u64),
     PrimaryLost,
+    /// Nothing heard from any primary since start, for `primary-timeout`.
+    NoAnswer,
+    /// A primary answered after [`Report::NoAnswer`].
+    Answered,
 }
 
 /// The thread that owns the DEALER socket.
@@ -199,9 +206,11 @@ struct Io {
 
 impl Io {
     fn run(mut self) {
-        let mut next_ready = Instant::now();
+        let started = Instant::now();
+        let mut next_ready = started;
         let mut sent_state: Option<(u64, u64)> = None;
         let mut last_heard: Option<Instant> = None;
+        let mut said_no_answer = false;
         loop {
             let timeout = next_ready.saturating_duration_since(Instant::now());
             if !self.shared.poll(&self.socket, timeout, *CAT) {
@@ -210,8 +219,19 @@ impl Io {
             let mut reports = Vec::new();
             if self.receive(&mut reports) {
                 last_heard = Some(Instant::now());
+                if std::mem::take(&mut said_no_answer) {
+                    reports.push(Report::Answered);
+                }
             }
             let now = Instant::now();
+            if last_heard.is_none()
+                && !said_no_answer
+                && now.saturating_duration_since(started) > self.primary_timeout
+            {
+                // Say it within seconds: a wrong address otherwise looks like a quiet primary.
+                said_no_answer = true;
+                reports.push(Report::NoAnswer);
+            }
             let (session, taken) = {
                 let mut core = self.shared.lock();
                 if core.session != 0
@@ -485,6 +505,27 @@ impl Io {
                         )
                     );
                 }
+                Report::NoAnswer => {
+                    let text = format!(
+                        "No primary answers at {} (nothing heard for {} ms since start){}: is primary.sh (zmqdispatchsink) running there, on this port (--dispatch-port), and is the port reachable from here? Still trying",
+                        self.endpoint,
+                        self.primary_timeout.as_millis(),
+                        unresolved_host(&self.endpoint)
+                            .map(|e| format!("; {e}"))
+                            .unwrap_or_default()
+                    );
+                    gst::element_warning!(element, gst::ResourceError::OpenRead, ("{text}"));
+                }
+                Report::Answered => {
+                    let text = format!("The primary at {} answered", self.endpoint);
+                    gst::info!(CAT, obj = element, "{text}");
+                    gst::element_info!(
+                        element,
+                        gst::ResourceError::OpenRead,
+                        ("{text}"),
+                        ["{text}"]
+                    );
+                }
                 Report::Dropped(kind, text) => {
                     gst::element_warning!(element, kind, ("Dropped a frame: {text}"));
                 }
@@ -503,7 +544,51 @@ impl Io {
     }
 }
 
+/// Says why `endpoint`'s host name cannot be used, when it does not resolve.
+fn unresolved_host(endpoint: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let rest = endpoint.strip_prefix("tcp://")?;
+    let (host, port) = rest.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("the host name '{host}' has no address")),
+        Err(e) => Some(format!("the host name '{host}' does not resolve ({e})")),
+    }
+}
+
 impl ZmqWorkerSrc {
+    /// Waits for the next frame from the primary (answering a drain request meanwhile) and
+    /// asks for the one after it.
+    fn next_item(&self, shared: &Shared) -> Result<Item, gst::FlowError> {
+        let item = {
+            let mut core = shared.lock();
+            loop {
+                if core.flushing {
+                    return Err(gst::FlowError::Flushing);
+                }
+                if core.drain_requested {
+                    core.drain_requested = false;
+                    drop(core);
+                    self.drain_downstream();
+                    core = shared.lock();
+                    continue;
+                }
+                if let Some(item) = core.queue.pop_front() {
+                    if item.session == core.session {
+                        core.taken += 1;
+                    }
+                    break item;
+                }
+                core = shared.wait(core);
+            }
+        };
+        // Ask for the next frame now, while this one goes through the pipeline.
+        shared.waker.wake();
+        Ok(item)
+    }
+
     fn shared(&self) -> Option<Arc<Shared>> {
         self.state
             .lock()
@@ -601,7 +686,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                 frame_file::frame_folder_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in (of which latents), frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, refused-path, overflow, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents)), sessions (primaries joined), primary-lost, drains, queued")
+                    .blurb("frames-in (of which latents), frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, refused-path, overflow, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents), dropped-kind (a JPEG where downstream takes only latents, or the reverse)), sessions (primaries joined), primary-lost, drains, queued")
                     .read_only()
                     .build(),
             ];
@@ -687,7 +772,8 @@ impl ObjectImpl for ZmqWorkerSrc {
                             + s.refused_path
                             + s.oversize
                             + s.overflow
-                            + s.latent.total(),
+                            + s.latent.total()
+                            + s.kind,
                     )
                     .field("malformed", s.malformed)
                     .field("not-jpeg", s.not_jpeg)
@@ -695,6 +781,7 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .field("oversize", s.oversize)
                     .field("refused-path", s.refused_path)
                     .field("overflow", s.overflow)
+                    .field("dropped-kind", s.kind)
                     .field("latents", s.latents);
                 s.latent
                     .fields(b)
@@ -713,6 +800,22 @@ impl ObjectImpl for ZmqWorkerSrc {
 impl GstObjectImpl for ZmqWorkerSrc {}
 
 impl ElementImpl for ZmqWorkerSrc {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        zmq_endpoint::start_before_base(
+            self.obj().upcast_ref(),
+            transition,
+            gst::StateChange::ReadyToPaused,
+            || BaseSrcImpl::start(self),
+            || {
+                let _ = BaseSrcImpl::stop(self);
+            },
+            |t| self.parent_change_state(t),
+        )
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -746,6 +849,10 @@ impl ElementImpl for ZmqWorkerSrc {
 
 impl BaseSrcImpl for ZmqWorkerSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        if self.state.lock().unwrap().is_some() {
+            // Already started by change_state (zmq_endpoint::start_before_base).
+            return Ok(());
+        }
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         self.output.lock().unwrap().reset(settings.framerate);
@@ -880,38 +987,36 @@ impl PushSrcImpl for ZmqWorkerSrc {
             let state = state.as_ref().ok_or(gst::FlowError::Flushing)?;
             state.io.shared().clone()
         };
-        let item = {
-            let mut core = shared.lock();
-            loop {
-                if core.flushing {
-                    return Err(gst::FlowError::Flushing);
-                }
-                if core.drain_requested {
-                    core.drain_requested = false;
-                    drop(core);
-                    self.drain_downstream();
-                    core = shared.lock();
-                    continue;
-                }
-                if let Some(item) = core.queue.pop_front() {
-                    if item.session == core.session {
-                        core.taken += 1;
-                    }
-                    core.stats.frames_out += 1;
+        let item = loop {
+            let item = self.next_item(&shared)?;
+            let (offered, what) = match &item.kind {
+                Kind::Jpeg(size) => (
+                    jpeg_output::ensure_caps(&*self.obj(), &self.output, *size)?,
+                    "JPEG frame",
+                ),
+                Kind::Latent(caps) => (
+                    jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps.clone())?,
+                    "latent frame",
+                ),
+            };
+            match offered {
+                Offered::Yes => {
+                    shared.lock().stats.frames_out += 1;
                     break item;
                 }
-                core = shared.wait(core);
+                Offered::WrongKind(why) => {
+                    shared.lock().stats.kind += 1;
+                    let text = format!(
+                        "Dropped {what} {} from the primary: {why} (counted in stats dropped-kind)",
+                        item.index
+                    );
+                    gst::warning!(CAT, imp = self, "{text}");
+                    if let Some(text) = self.kind_limit.lock().unwrap().message(text) {
+                        gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"));
+                    }
+                }
             }
         };
-        // Ask for the next frame now, while this one goes through the pipeline.
-        shared.waker.wake();
-
-        match item.kind {
-            Kind::Jpeg(size) => jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
-            Kind::Latent(caps) => {
-                jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?
-            }
-        }
 
         let mut buffer = gst::Buffer::from_mut_slice(item.data);
         {

@@ -618,6 +618,22 @@ impl ObjectImpl for ZmqMsgpackSink {
 impl GstObjectImpl for ZmqMsgpackSink {}
 
 impl ElementImpl for ZmqMsgpackSink {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        zmq_endpoint::start_before_base(
+            self.obj().upcast_ref(),
+            transition,
+            gst::StateChange::NullToReady,
+            || BaseSinkImpl::start(self),
+            || {
+                let _ = BaseSinkImpl::stop(self);
+            },
+            |t| self.parent_change_state(t),
+        )
+    }
+
     fn send_event(&self, event: gst::Event) -> bool {
         if let Some(answer) = self.eos_request.intercept(&event) {
             gst::debug!(
@@ -679,6 +695,10 @@ impl ElementImpl for ZmqMsgpackSink {
 
 impl BaseSinkImpl for ZmqMsgpackSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        if self.state.lock().unwrap().is_some() {
+            // Already started by change_state (zmq_endpoint::start_before_base).
+            return Ok(());
+        }
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.effective_endpoint();
         let interrupt = Interrupt::new().map_err(|e| {

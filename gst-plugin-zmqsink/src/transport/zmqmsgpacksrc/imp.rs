@@ -37,9 +37,10 @@ use gst_base::subclass::prelude::*;
 use super::SrcSocketType;
 use crate::curve::{self, ElementCurve};
 use crate::frame_file::{self, FrameFileError};
+use crate::frame_index;
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
-use crate::jpeg_output::{self, JpegOutput};
+use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
 use crate::protocol::{self, Payload};
 use crate::tensor;
@@ -112,6 +113,8 @@ enum DropReason {
     RefusedPath,
     /// A latent refused for a latent's own reason (payload size, dtype, shape, meta).
     Latent(LatentDrop),
+    /// A JPEG where downstream takes only latents, or the reverse.
+    Kind,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -125,6 +128,8 @@ struct Stats {
     oversize: u64,
     latent: LatentDrops,
     latents: u64,
+    /// Frames of a kind downstream does not take.
+    kind: u64,
     disconnects: u64,
 }
 
@@ -136,6 +141,7 @@ impl Stats {
             + self.oversize
             + self.refused_path
             + self.latent.total()
+            + self.kind
     }
 
     fn count(&mut self, why: DropReason) {
@@ -145,6 +151,7 @@ impl Stats {
             DropReason::MissingFile => self.missing_file += 1,
             DropReason::Oversize => self.oversize += 1,
             DropReason::RefusedPath => self.refused_path += 1,
+            DropReason::Kind => self.kind += 1,
             DropReason::Latent(why) => {
                 self.latent.count(why);
             }
@@ -520,6 +527,9 @@ impl ZmqMsgpackSrc {
                         DropReason::Malformed | DropReason::NotJpeg | DropReason::Latent(_) => {
                             gst::element_imp_warning!(self, gst::StreamError::Decode, ("{text}"))
                         }
+                        DropReason::Kind => {
+                            gst::element_imp_warning!(self, gst::StreamError::Format, ("{text}"))
+                        }
                     }
                 }
                 Report::Disconnected(address) => {
@@ -599,7 +609,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames (of which latents) and bytes received, dropped (sum of dropped-malformed, dropped-not-jpeg, dropped-missing-file, dropped-oversize (JPEG or latent image over max-pixels), dropped-refused-path, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents)) and disconnects")
+                    .blurb("frames (of which latents) and bytes received, dropped (sum of dropped-malformed, dropped-not-jpeg, dropped-missing-file, dropped-oversize (JPEG or latent image over max-pixels), dropped-refused-path, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents), dropped-kind (a JPEG where downstream takes only latents, or latents where it takes only JPEG)) and disconnects")
                     .read_only()
                     .build(),
             ];
@@ -664,7 +674,8 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .field("dropped-not-jpeg", s.not_jpeg)
                     .field("dropped-missing-file", s.missing_file)
                     .field("dropped-oversize", s.oversize)
-                    .field("dropped-refused-path", s.refused_path);
+                    .field("dropped-refused-path", s.refused_path)
+                    .field("dropped-kind", s.kind);
                 s.latent
                     .fields(b)
                     .field("latents", s.latents)
@@ -681,6 +692,22 @@ impl ObjectImpl for ZmqMsgpackSrc {
 impl GstObjectImpl for ZmqMsgpackSrc {}
 
 impl ElementImpl for ZmqMsgpackSrc {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        zmq_endpoint::start_before_base(
+            self.obj().upcast_ref(),
+            transition,
+            gst::StateChange::ReadyToPaused,
+            || BaseSrcImpl::start(self),
+            || {
+                let _ = BaseSrcImpl::stop(self);
+            },
+            |t| self.parent_change_state(t),
+        )
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -714,6 +741,10 @@ impl ElementImpl for ZmqMsgpackSrc {
 
 impl BaseSrcImpl for ZmqMsgpackSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        if self.state.lock().unwrap().is_some() {
+            // Already started by change_state (zmq_endpoint::start_before_base).
+            return Ok(());
+        }
         let settings = self.settings.lock().unwrap().clone();
         let endpoint = settings.endpoint.clone();
         let interrupt = Interrupt::new().map_err(|e| {
@@ -849,11 +880,27 @@ impl PushSrcImpl for ZmqMsgpackSrc {
 
             if let Some(p) = state.pending.pop_front() {
                 drop(guard);
-                match p.kind {
-                    Kind::Jpeg(size) => jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
-                    Kind::Latent(caps) => {
-                        jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?
-                    }
+                let (offered, what) = match p.kind {
+                    Kind::Jpeg(size) => (
+                        jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
+                        "JPEG frame",
+                    ),
+                    Kind::Latent(caps) => (
+                        jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?,
+                        "latent frame",
+                    ),
+                };
+                if let Offered::WrongKind(why) = offered {
+                    let index = frame_index::index_of(&p.buffer)
+                        .map(|i| format!(" {i}"))
+                        .unwrap_or_default();
+                    let text =
+                        format!("Dropped {what}{index}: {why} (counted in stats dropped-kind)");
+                    self.post(
+                        vec![Report::Dropped(DropReason::Kind, text)],
+                        max_message_size,
+                    );
+                    continue;
                 }
                 return Ok(CreateSuccess::NewBuffer(p.buffer));
             }
