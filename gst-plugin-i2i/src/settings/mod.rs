@@ -11,7 +11,9 @@ pub mod blend;
 pub mod command;
 pub use gstzmqmsgpack::curve;
 pub mod hub;
+pub mod limits;
 pub mod message;
+pub mod peers;
 pub mod state;
 
 /// Caps name of the buffers on the settings pad.
