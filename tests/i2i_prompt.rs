@@ -1010,11 +1010,24 @@ fn the_console_prints_each_answer_once_and_names_where_changes_came_from() {
     writeln!(stdin, "/seed 4").unwrap();
     stdin.flush().unwrap();
     osc_send("127.0.0.1", port, "/seed", vec![OscType::Int(6)]);
-    wait_line(&lines, "(from osc 127.0.0.1:", Duration::from_secs(5));
     let (code, _, _) = run(&["--endpoint", &control, "--report-ms", "0", "/seed 7"]);
     assert_eq!(code, 0);
-    let mut seen = lines_until_quiet(&lines, Duration::from_millis(1500));
-    seen.extend(lines_until_quiet(&lines, Duration::from_millis(200)));
+    // Every line until the last of them came and the output went quiet.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(seen
+        .iter()
+        .any(|l: &String| l.contains("(from osc 127.0.0.1:"))
+        && seen.iter().any(|l| l.contains("seed=7 (from"))
+        && seen.iter().any(|l| l.contains("seed=4")))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("the console did not show every change: {seen:?}"),
+        }
+    }
+    seen.extend(lines_until_quiet(&lines, Duration::from_millis(1000)));
     let text = seen.join("\n");
     let count = |what: &str| seen.iter().filter(|l| l.contains(what)).count();
     // Typed commands: the answer, once (not the holder's log line besides).

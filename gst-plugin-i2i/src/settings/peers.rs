@@ -289,29 +289,30 @@ mod tests {
         let (sock, mut guard, addr) = bound_router(&ctx, 3);
         // Five idle TCP connections: three are kept, two refused.
         let idle: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(&addr).unwrap()).collect();
-        let events = serve_until(&mut guard, |g| g.counts().0 == 2 && g.peers() == 3);
+        // (Closed as newcomers; on a machine so slow that one waited a second before the
+        // next came, closed as idle instead.)
+        let events = serve_until(&mut guard, |g| {
+            g.counts().0 + g.counts().1 == 2 && g.peers() == 3
+        });
         assert!(
             matches!(
                 &events[0],
-                PeerEvent::Refused {
-                    max: 3,
-                    total: 1,
-                    ..
-                }
+                PeerEvent::Refused { max: 3, .. } | PeerEvent::Evicted { .. }
             ),
             "{events:?}"
         );
         // A real ZeroMQ client after the grace time: an idle peer makes room for it.
         std::thread::sleep(IDLE_GRACE);
+        let evicted = guard.counts().1;
         let dealer = ctx.socket(zmq::DEALER).unwrap();
         dealer.set_linger(0).unwrap();
         dealer.connect(&format!("tcp://{addr}")).unwrap();
         dealer.send("hello", 0).unwrap();
-        let events = serve_until(&mut guard, |g| g.counts().1 >= 1);
+        let events = serve_until(&mut guard, |g| g.counts().1 > evicted);
         assert!(
             events
                 .iter()
-                .any(|e| matches!(e, PeerEvent::Evicted { total: 1, .. })),
+                .any(|e| matches!(e, PeerEvent::Evicted { .. })),
             "{events:?}"
         );
         assert!(
