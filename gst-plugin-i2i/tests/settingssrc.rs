@@ -98,7 +98,12 @@ impl Receiver {
                 let buf = sample.buffer().unwrap();
                 let map = buf.map_readable().unwrap();
                 let u = SettingsUpdate::from_json(&map).expect("settingssrc pushes valid updates");
-                assert!(!u.is_empty(), "empty update pushed");
+                // Only a holder's first state may be empty (it has no settings yet).
+                assert!(
+                    !u.is_empty() || self.updates.is_empty(),
+                    "empty update pushed after {:?}",
+                    self.updates
+                );
                 assert_eq!(
                     sample.caps().unwrap().structure(0).unwrap().name(),
                     "application/x-i2i-settings"
@@ -881,4 +886,225 @@ fn report_name_names_the_transform_in_reports() {
         report.describe(),
         "refused by worker-3: t-index-list \"10,60\" refused: t-index 60 is out of range"
     );
+}
+
+#[test]
+fn an_empty_holder_is_pushed_once_as_an_empty_update() {
+    let (hub, _events) = hub(SettingsUpdate::default(), None);
+    let mut rx = Receiver::start(&[("endpoint", &hub.info.state_endpoint)]);
+    // The holder's first state, empty: one empty update, so a transform knows it is there.
+    assert!(rx.pump_until(Duration::from_secs(3), |r| !r.updates.is_empty()));
+    assert_eq!(rx.updates, vec![SettingsUpdate::default()]);
+    // Heartbeats of the same empty state push nothing more; the first change does.
+    rx.pump_until(Duration::from_millis(700), |_| false);
+    assert_eq!(rx.updates.len(), 1, "{:?}", rx.updates);
+    hub.send(b"/seed 9").unwrap();
+    assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(9)));
+    assert_eq!(rx.updates.len(), 2, "{:?}", rx.updates);
+}
+
+/// The workspace's `i2i-prompt`, built in the same target directory as this test.
+fn i2i_prompt() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/release/deps/settingssrc-HASH -> target/release/i2i-prompt
+    let bin = exe.parent().unwrap().parent().unwrap().join("i2i-prompt");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --release -p i2i-tools`",
+        bin.display()
+    );
+    bin
+}
+
+fn tiny_model() -> String {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-sd15");
+    assert!(
+        dir.join("unet/model.onnx").exists(),
+        "{} is missing: run scripts/setup.sh",
+        dir.display()
+    );
+    dir.display().to_string()
+}
+
+/// `i2i-prompt serve` with nothing set (no --init), on ephemeral ports; killed when dropped.
+struct ServeProcess {
+    child: std::process::Child,
+    state: String,
+    control: String,
+}
+
+impl ServeProcess {
+    fn start() -> ServeProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(i2i_prompt())
+            .args([
+                "serve",
+                "--state-bind",
+                "tcp://127.0.0.1:*",
+                "--control-bind",
+                "tcp://127.0.0.1:*",
+                "--osc",
+                "off",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        // "i2i-prompt: publishing settings on tcp://127.0.0.1:P, commands on tcp://127.0.0.1:Q (...)"
+        let line = lines
+            .find(|l| {
+                l.as_ref()
+                    .is_ok_and(|l| l.contains("publishing settings on"))
+            })
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || lines.for_each(drop));
+        let after = |tag: &str| {
+            line.split(tag)
+                .nth(1)
+                .unwrap()
+                .split([',', ' '])
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        ServeProcess {
+            state: after("settings on "),
+            control: after("commands on "),
+            child,
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `desc` until `frames` frames came out of the appsink `out`; returns the time to
+/// the first frame and the bus messages (INFO and WARNING texts) seen on the way.
+fn frames_out(
+    desc: &str,
+    frames: usize,
+    timeout: Duration,
+) -> (Duration, Vec<String>, Vec<String>) {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let start = Instant::now();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (mut first, mut count) = (None, 0);
+    let (mut infos, mut warnings) = (Vec::new(), Vec::new());
+    let bus = pipeline.bus().unwrap();
+    while count < frames {
+        assert!(
+            start.elapsed() < timeout,
+            "{count} frames in {timeout:?}; warnings {warnings:?}"
+        );
+        if sink
+            .try_pull_sample(gst::ClockTime::from_mseconds(20))
+            .is_some()
+        {
+            first.get_or_insert(start.elapsed());
+            count += 1;
+        }
+        while let Some(msg) = bus.pop() {
+            match msg.view() {
+                gst::MessageView::Info(m) => infos.push(m.error().to_string()),
+                gst::MessageView::Warning(m) => warnings.push(m.error().to_string()),
+                gst::MessageView::Error(e) => panic!("pipeline error: {}", e.error()),
+                _ => {}
+            }
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    (first.unwrap(), infos, warnings)
+}
+
+#[test]
+fn a_transform_runs_at_once_on_a_holder_without_settings_and_says_so_once() {
+    let holder = ServeProcess::start();
+    // A wait long enough that running into it could not pass for a slow start.
+    let timeout_ms = 20_000;
+    let desc = format!(
+        "settingssrc endpoint={} ! i2i.settings \
+         videotestsrc num-buffers=4 ! video/x-raw,width=64,height=64,framerate=30/1 ! videoconvert \
+         ! i2itransform name=i2i model={} width=64 height=64 threads=1 prompt=\"a quiet lake\" \
+           wait-for-settings=true settings-timeout={timeout_ms} \
+         ! appsink name=out sync=false",
+        holder.state,
+        tiny_model()
+    );
+    let (first, infos, warnings) = frames_out(&desc, 4, Duration::from_secs(60));
+    println!(
+        "holder without settings: first frame after {} ms",
+        first.as_millis()
+    );
+    assert!(
+        first < Duration::from_millis(timeout_ms / 2),
+        "the first frame waited {first:?}"
+    );
+    let said: Vec<&String> = infos
+        .iter()
+        .filter(|m| m.contains("has no settings yet"))
+        .collect();
+    assert_eq!(said.len(), 1, "{infos:?}");
+    assert!(said[0].contains("prompt \"a quiet lake\""), "{said:?}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // The holder is reachable all along: its commands answer.
+    let client = ControlClient::connect(&holder.control, None).unwrap();
+    let answer = client.request(b"/seed 5", Duration::from_secs(5)).unwrap();
+    assert!(answer.starts_with("ok seq=1"), "{answer}");
+}
+
+#[test]
+fn strength_sent_straight_to_a_transform_moves_its_own_list() {
+    init();
+    let desc = format!(
+        "settingssrc name=s bind=true endpoint=tcp://127.0.0.1:* ! i2i.settings \
+         videotestsrc is-live=true ! video/x-raw,width=64,height=64,framerate=10/1 ! videoconvert \
+         ! i2itransform name=i2i model={} width=64 height=64 threads=1 t-index-list=20,35 \
+           wait-for-settings=false ! fakesink",
+        tiny_model()
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let src = pipeline.by_name("s").unwrap();
+    let i2i = pipeline.by_name("i2i").unwrap();
+    let endpoint = src
+        .property::<gst::Structure>("stats")
+        .get::<String>("local-endpoint")
+        .unwrap();
+    let sock = publisher(&endpoint);
+    // The transform's list 20,35 moved as a whole: 1 = strongest (first index 0).
+    for (message, want) in [
+        (&br#"{"strength": 1}"#[..], "0,15"),
+        (&br#"{"strength": 0}"#[..], "34,49"),
+        (&b"/strength 0.5"[..], "17,32"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while i2i.property::<String>("t-index-list") != want {
+            assert!(
+                Instant::now() < deadline,
+                "{}: t-index-list stayed {}",
+                String::from_utf8_lossy(message),
+                i2i.property::<String>("t-index-list")
+            );
+            sock.send(message, 0).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
 }

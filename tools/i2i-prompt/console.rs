@@ -6,6 +6,7 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
+use gsti2i::settings::command::COMMAND_NAMES;
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -14,25 +15,6 @@ use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper};
 
-/// Command names Tab completes (aliases are accepted but not offered).
-pub const COMMANDS: [&str; 15] = [
-    "/prompt",
-    "/negative",
-    "/seed",
-    "/t",
-    "/guidance",
-    "/delta",
-    "/cfg",
-    "/similarity",
-    "/blend",
-    "/seedblend",
-    "/blendmode",
-    "/transition",
-    "/status",
-    "/help",
-    "/quit",
-];
-
 /// The `/` commands that start with what was typed, when the cursor is in the first word.
 pub fn complete_command(line: &str, pos: usize) -> Vec<String> {
     let word = &line[..pos];
@@ -40,8 +22,10 @@ pub fn complete_command(line: &str, pos: usize) -> Vec<String> {
         return Vec::new();
     }
     let word = word.to_ascii_lowercase();
-    COMMANDS
+    // The settings commands (aliases are accepted but not offered), and the console's own.
+    COMMAND_NAMES
         .iter()
+        .chain(&["/quit"])
         .filter(|c| c.starts_with(&word))
         .map(|c| format!("{c} "))
         .collect()
@@ -114,6 +98,13 @@ impl Console {
         }
     }
 
+    /// A printer for lines from other threads that redraws the prompt and the line being
+    /// edited below them; None when stdin is not a terminal.
+    pub fn external_printer(&mut self) -> Option<Box<dyn rustyline::ExternalPrinter + Send>> {
+        let printer = self.editor.as_mut()?.create_external_printer().ok()?;
+        Some(Box::new(printer))
+    }
+
     /// The next line typed; None at the end of input (Ctrl-D, end of file).
     pub fn next_line(&mut self) -> Option<String> {
         if let Some(lines) = &mut self.lines {
@@ -161,7 +152,13 @@ mod tests {
         assert_eq!(complete_command("/gu", 3), vec!["/guidance "]);
         assert_eq!(
             complete_command("/s", 2),
-            vec!["/seed ", "/similarity ", "/seedblend ", "/status "]
+            vec![
+                "/seed ",
+                "/strength ",
+                "/similarity ",
+                "/seedblend ",
+                "/status "
+            ]
         );
         assert!(complete_command("/seed 1", 7).is_empty());
         assert!(complete_command("a fox", 5).is_empty());

@@ -8,9 +8,14 @@
 //! * `i2i-prompt --endpoint tcp://HOST:5560 "/seed 5"` sends one command and prints the
 //!   answer; without a command it is a console for the holder on HOST.
 //! * `i2i-prompt keygen DIR [NAME]` writes a CURVE key pair.
+//!
+//! At start the holder says what listens where and who may use it: the two ZeroMQ
+//! sockets (CURVE or not, and their peer limit) and the OSC input (its address and the
+//! senders it takes; off with CURVE keys unless asked for, as OSC has no authentication).
 
 mod console;
 mod osc;
+mod printer;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -20,10 +25,15 @@ use std::time::Duration;
 
 use gsti2i::settings::command::{Command, HELP};
 use gsti2i::settings::curve::{self, AllowList, KeyPair};
-use gsti2i::settings::hub::{ControlClient, Hub, HubConfig, HubCurve, HubEvent};
+use gsti2i::settings::hub::{
+    ControlClient, DEFAULT_MIN_PUBLISH_INTERVAL, Hub, HubConfig, HubCurve, HubEvent,
+};
 use gsti2i::settings::message::decode_message;
+use gsti2i::settings::peers::{DEFAULT_MAX_PEERS, PeerEvent, peer_budget};
 use gsti2i::settings::state::{APPLIED_TOPIC, AppliedReport};
 use gsti2i::settings::{DEFAULT_CONTROL_PORT, DEFAULT_STATE_PORT, SettingsUpdate};
+
+use printer::Printer;
 
 const USAGE: &str = "\
 Usage:
@@ -38,7 +48,16 @@ Hub options:
   --control-bind ENDPOINT    where commands and reports arrive (default tcp://*:5560)
   --heartbeat-ms N           republish the full state every N ms (default 300)
   --init COMMAND             apply COMMAND before serving (repeatable), e.g. --init \"/seed 5\"
-  --osc HOST:PORT|PORT|off   OSC input over UDP (default 0.0.0.0:8000; see below)
+  --osc HOST:PORT|PORT|off   OSC input over UDP (see below). Default without --key:
+                             0.0.0.0:8000; with --key: off (OSC has no authentication),
+                             and a bare PORT binds 127.0.0.1
+  --osc-port N               the same as --osc PORT, for scripts (0 = off)
+  --osc-allow ADDR[,ADDR...] OSC senders taken: addresses or networks (192.168.1.0/24);
+                             default anyone, with --key this machine only
+  --min-publish-interval MS  publish at most one change per MS ms (default 33, one frame
+                             at 30 fps); changes in between are merged, latest values win
+  --max-peers N              most connections per ZeroMQ socket (default 256; lowered to
+                             what the descriptor limit holds); idle ones make room first
   --steps N                  the transforms' num-inference-steps (default 50): t-index
                              lists they would refuse are refused here
   --key FILE                 the holder's secret certificate: turns CURVE on
@@ -77,6 +96,10 @@ struct Options {
     timeout_ms: Option<u64>,
     steps: Option<u32>,
     osc: Option<String>,
+    osc_port: Option<u16>,
+    osc_allow: Option<String>,
+    min_publish_interval_ms: Option<u64>,
+    max_peers: Option<usize>,
     history: Option<String>,
     report_ms: Option<u64>,
     words: Vec<String>,
@@ -139,6 +162,27 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
                 )
             }
             "--osc" => o.osc = Some(value(&a)?),
+            "--osc-port" => {
+                let v = value(&a)?;
+                o.osc_port = Some(
+                    v.parse()
+                        .map_err(|_| format!("--osc-port: \"{v}\" is not a UDP port (0 = off)"))?,
+                )
+            }
+            "--osc-allow" => o.osc_allow = Some(value(&a)?),
+            "--min-publish-interval" => {
+                let v = value(&a)?;
+                o.min_publish_interval_ms =
+                    Some(v.parse().ok().filter(|&n| n <= 10_000).ok_or_else(|| {
+                        format!("--min-publish-interval: \"{v}\" is not 0..10000 ms")
+                    })?)
+            }
+            "--max-peers" => {
+                let v = value(&a)?;
+                o.max_peers = Some(v.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    format!("--max-peers: \"{v}\" is not a number of connections (1 or more)")
+                })?)
+            }
             "--history" => o.history = Some(value(&a)?),
             "--report-ms" => {
                 let v = value(&a)?;
@@ -210,8 +254,13 @@ fn keygen(o: &Options) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_event(e: HubEvent) {
-    let line = match e {
+/// One line for people about what happened at the holder; None for the console's own
+/// commands, whose answer it prints itself.
+fn event_line(e: HubEvent) -> Option<String> {
+    Some(match e {
+        HubEvent::Changed { from, .. } | HubEvent::Rejected { from, .. } if from == "console" => {
+            return None;
+        }
         HubEvent::Changed { seq, from, changes } => {
             format!("[seq {seq}] {} (from {from})", changes.summary())
         }
@@ -223,12 +272,109 @@ fn print_event(e: HubEvent) {
             reason,
         } => format!("REFUSED {address} ({domain}, key {key}): {reason}"),
         HubEvent::Applied(r) => applied_line(&r),
-    };
-    eprintln!("{line}");
+        HubEvent::Peers {
+            socket,
+            endpoint,
+            event,
+        } => {
+            let held = |n: u64| {
+                if n > 0 {
+                    format!("; {n} more not reported")
+                } else {
+                    String::new()
+                }
+            };
+            match event {
+                PeerEvent::Refused {
+                    address,
+                    max,
+                    total,
+                    held_back,
+                } => format!(
+                    "i2i-prompt: WARNING: closed a new connection from {address} to the {socket} socket {endpoint}: {max} connections are open, the most it takes (--max-peers) [{total} closed so far{}]",
+                    held(held_back)
+                ),
+                PeerEvent::Evicted {
+                    address,
+                    connected_for,
+                    total,
+                    held_back,
+                } => format!(
+                    "i2i-prompt: WARNING: closed an idle connection from {address} to the {socket} socket {endpoint} (open {:.1} s, sent nothing) to make room for a new one [{total} closed so far{}]",
+                    connected_for.as_secs_f64(),
+                    held(held_back)
+                ),
+            }
+        }
+    })
 }
 
 fn applied_line(r: &AppliedReport) -> String {
     r.describe()
+}
+
+/// Where OSC listens, from `--osc` / `--osc-port`, `--osc-allow` and whether CURVE is on;
+/// None: off, with the reason to print.
+struct OscPlan {
+    addr: String,
+    senders: osc::Senders,
+    /// Asked for: failing to bind is an error (else a warning).
+    asked: bool,
+}
+
+fn osc_plan(o: &Options, secured: bool) -> Result<Result<OscPlan, &'static str>, String> {
+    let spec = match (&o.osc, o.osc_port) {
+        (Some(_), Some(_)) => {
+            return Err("give --osc or --osc-port, not both".to_string());
+        }
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(0)) => Some("off".to_string()),
+        (None, Some(p)) => Some(p.to_string()),
+        (None, None) => None,
+    };
+    let senders = match &o.osc_allow {
+        Some(list) => Some(osc::Senders::parse(list)?),
+        None => None,
+    };
+    let (addr, asked) = match spec.as_deref() {
+        Some("off") => return Ok(Err("OSC is off")),
+        None if secured => {
+            return Ok(Err(
+                "OSC is off: with --key it is on only when asked for (--osc HOST:PORT, and --osc-allow for senders on other machines), as OSC has no authentication",
+            ));
+        }
+        None => (osc::DEFAULT_OSC.to_string(), false),
+        // A bare port: every interface, or with keys this machine only.
+        Some(p) if !p.contains(':') => {
+            let port: u16 = p
+                .parse()
+                .map_err(|_| format!("--osc: \"{p}\" is not HOST:PORT, PORT or off"))?;
+            let host = if secured { "127.0.0.1" } else { "0.0.0.0" };
+            (format!("{host}:{port}"), true)
+        }
+        Some(a) => (a.to_string(), true),
+    };
+    let loopback = {
+        use std::net::ToSocketAddrs;
+        addr.to_socket_addrs()
+            .map(|mut all| all.all(|a| a.ip().is_loopback()))
+            .unwrap_or(false)
+    };
+    let senders = match senders {
+        Some(s) => s,
+        None if secured && !loopback => {
+            return Err(format!(
+                "--osc {addr} with --key: OSC has no authentication, so say who may send with --osc-allow ADDR[,ADDR...] (addresses or networks such as 192.168.1.0/24)"
+            ));
+        }
+        None if secured => osc::Senders::loopback(),
+        None => osc::Senders::Anyone,
+    };
+    Ok(Ok(OscPlan {
+        addr,
+        senders,
+        asked,
+    }))
 }
 
 fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
@@ -287,43 +433,74 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
         num_inference_steps: o
             .steps
             .unwrap_or(gsti2i::settings::DEFAULT_NUM_INFERENCE_STEPS),
+        min_publish_interval: o
+            .min_publish_interval_ms
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_MIN_PUBLISH_INTERVAL),
+        max_peers: DEFAULT_MAX_PEERS,
     };
     let secured = config.curve.is_some();
-    let hub = Hub::bind(&config, Arc::new(print_event))?;
+    let osc_plan = osc_plan(o, secured)?;
+    // Both sockets' peers must fit the descriptor limit.
+    let (max_peers, lowered_by) = peer_budget(o.max_peers.unwrap_or(DEFAULT_MAX_PEERS), 2);
+    let config = HubConfig {
+        max_peers,
+        ..config
+    };
+    let printer = Printer::start();
+    let lines = printer.clone();
+    let hub = Hub::bind(
+        &config,
+        Arc::new(move |e| {
+            if let Some(line) = event_line(e) {
+                lines.line(line);
+            }
+        }),
+    )?;
+    let limit = match lowered_by {
+        Some(l) => format!("at most {max_peers} peers each: the descriptor limit is {l}"),
+        None => format!("at most {max_peers} peers each"),
+    };
     eprintln!(
-        "i2i-prompt: publishing settings on {}, commands on {}{}",
+        "i2i-prompt: publishing settings on {}, commands on {} ({}; {limit})",
         hub.state_endpoint(),
         hub.control_endpoint(),
-        if secured { " (CURVE)" } else { "" }
+        if secured {
+            "CURVE: only allowed keys change settings"
+        } else {
+            "no authentication: anyone who reaches these ports can change settings"
+        }
     );
     if !config.initial.is_empty() {
         eprintln!("i2i-prompt: starting with {}", config.initial.summary());
     }
-    let steps = config.num_inference_steps;
     let osc_client = hub.local_client()?;
     let handle = hub.spawn()?;
-    // OSC: on by default; a default port in use is a warning (another holder has it),
-    // a port asked for with --osc that cannot be had is an error.
-    let osc_addr = o
-        .osc
-        .clone()
-        .unwrap_or_else(|| osc::DEFAULT_OSC.to_string());
-    if osc_addr != "off" {
-        match osc::Listener::bind(&osc_addr) {
+    // OSC: a default port in use is a warning (another holder has it), a port asked for
+    // that cannot be had is an error.
+    match osc_plan {
+        Ok(plan) => match osc::Listener::bind(&plan.addr) {
             Ok(listener) => {
                 eprintln!(
-                    "i2i-prompt: OSC on udp://{} (i2i-prompt --help lists the addresses)",
-                    listener.local()
+                    "i2i-prompt: OSC on udp://{} {} (no authentication; i2i-prompt --help lists the addresses)",
+                    listener.local(),
+                    plan.senders.describe()
                 );
                 listener.spawn(
                     OscHolder(osc_client),
-                    steps,
+                    osc::OscConfig {
+                        senders: plan.senders,
+                        interval: config.min_publish_interval,
+                        steps: config.num_inference_steps,
+                    },
+                    printer.clone(),
                     Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 );
             }
-            Err(e) if o.osc.is_none() => eprintln!("i2i-prompt: {e}; OSC is off"),
+            Err(e) if !plan.asked => eprintln!("i2i-prompt: {e}; OSC is off"),
             Err(e) => return Err(e),
-        }
+        },
+        Err(why) => eprintln!("i2i-prompt: {why}"),
     }
     if !console {
         // Serve until killed; the holder thread does the work.
@@ -337,6 +514,9 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
         );
     }
     let mut console = console::Console::new(history_file(o));
+    if let Some(p) = console.external_printer() {
+        printer.attach(p);
+    }
     while let Some(line) = console.next_line() {
         let line = line.trim();
         if line.is_empty() {
@@ -372,8 +552,8 @@ fn history_file(o: &Options) -> Option<PathBuf> {
 struct OscHolder(ControlClient);
 
 impl osc::Holder for OscHolder {
-    fn send(&self, payload: &[u8]) -> Result<String, String> {
-        self.0.request(payload, Duration::from_secs(5))
+    fn send(&self, payload: &[u8], origin: &str) -> Result<String, String> {
+        self.0.request_from(payload, origin, Duration::from_secs(5))
     }
 }
 
@@ -489,6 +669,7 @@ fn remote_console(o: &Options) -> Result<ExitCode, String> {
     let endpoint = control_endpoint(o);
     let client = ControlClient::connect(&endpoint, curve.as_ref().map(|(k, s)| (k, s.as_str())))?;
     let timeout = Duration::from_millis(o.timeout_ms.unwrap_or(3000));
+    let printer = Printer::start();
     // Applied reports come on the holder's state socket.
     if let Some(state) = o
         .state_endpoint
@@ -496,6 +677,7 @@ fn remote_console(o: &Options) -> Result<ExitCode, String> {
         .or_else(|| default_state_endpoint(&endpoint))
     {
         let curve = curve.clone();
+        let printer = printer.clone();
         std::thread::spawn(move || {
             let ctx = zmq::Context::new();
             let Ok(sub) = ctx.socket(zmq::SUB) else {
@@ -507,12 +689,12 @@ fn remote_console(o: &Options) -> Result<ExitCode, String> {
                 return;
             }
             if sub.set_subscribe(APPLIED_TOPIC).is_err() || sub.connect(&state).is_err() {
-                eprintln!("cannot listen for applied reports on {state}");
+                printer.line(format!("cannot listen for applied reports on {state}"));
                 return;
             }
             while let Ok(frames) = sub.recv_multipart(0) {
                 if let Some(r) = frames.get(1).and_then(|b| AppliedReport::decode(b).ok()) {
-                    eprintln!("{}", applied_line(&r));
+                    printer.line(applied_line(&r));
                 }
             }
         });
@@ -524,6 +706,9 @@ fn remote_console(o: &Options) -> Result<ExitCode, String> {
     }
     let mut failures = 0;
     let mut console = console::Console::new(history_file(o));
+    if let Some(p) = console.external_printer() {
+        printer.attach(p);
+    }
     while let Some(line) = console.next_line() {
         let line = line.trim();
         if line.is_empty() {

@@ -1,20 +1,30 @@
 // SPDX-License-Identifier: MPL-2.0
 //! OSC input of the settings holder: TouchDesigner, Resolume, Max/MSP and TouchOSC speak
 //! OSC over UDP, so `i2i-prompt` listens on UDP port 8000 (as the system it replaces did).
-//! One address per setting (see [`ADDRESSES`]); packets are decoded by the rosc crate,
-//! turned into a [`SettingsUpdate`] and sent to the holder like any other command, so the
-//! same validation applies. Bad packets are counted and reported on stderr, a few per
-//! second; the rest are summed up in the next report.
+//! One address per setting (see [`ADDRESSES`]); packets are decoded by the rosc crate and
+//! each message is turned into a [`SettingsUpdate`] and validated like any command.
+//!
+//! OSC has no authentication: packets from senders outside the allow-list
+//! (`--osc-allow`) are dropped and counted. A fader sends far more messages than a
+//! transform has frames, so accepted messages are merged (later values win) and sent to
+//! the holder at most once per interval, labelled with where they came from. Bad packets
+//! are counted and reported on stderr, a few per second; the rest are summed up in the
+//! next report.
 
-use std::net::UdpSocket;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gsti2i::settings::SettingsUpdate;
+use gsti2i::settings::command::did_you_mean;
+use gsti2i::settings::limits::{Pacer, RateLimiter};
+use ipnet::IpNet;
 use rosc::{OscMessage, OscPacket, OscType};
 
-/// Default OSC address to listen on.
+use crate::printer::Printer;
+
+/// The address OSC binds by default (without CURVE keys).
 pub const DEFAULT_OSC: &str = "0.0.0.0:8000";
 
 /// The address table, as docs/settings.md and `--help` show it.
@@ -23,7 +33,7 @@ OSC addresses (UDP, default port 8000; i = int, f = float, s = string):
   /prompt s                 prompt
   /negative s               negative prompt
   /seed i                   seed (a whole float is accepted too)
-  /strength f               0..1, mapped onto the t-index list (1 = strongest change)
+  /strength f               0..1, 1 = strongest change: moves the t-index list, spacing kept
   /guidance f               guidance scale
   /delta f                  residual-CFG delta
   /t i i ...                t-index list
@@ -32,45 +42,111 @@ OSC addresses (UDP, default port 8000; i = int, f = float, s = string):
   /seedblend i f i f ...    seed blend (no arguments ends it)
   /cfg s, /similarity f, /blendmode s";
 
+/// The OSC addresses, for "did you mean".
+const ADDRESS_NAMES: [&str; 15] = [
+    "/prompt",
+    "/negative",
+    "/negative-prompt",
+    "/seed",
+    "/strength",
+    "/guidance",
+    "/guidance-scale",
+    "/delta",
+    "/similarity",
+    "/cfg",
+    "/blendmode",
+    "/transition",
+    "/t",
+    "/blend",
+    "/seedblend",
+];
+
+/// Receive buffer asked for the OSC socket.
+const RECEIVE_BUFFER_BYTES: libc::c_int = 1 << 20;
+
 /// Reports of bad packets per second before the rest are only counted.
 const REPORTS_PER_SECOND: u32 = 5;
 
 /// What the OSC listener needs from the holder.
 pub trait Holder: Send + 'static {
-    /// Sends one settings message; the holder's answer (`ok ...` or `error: ...`).
-    fn send(&self, payload: &[u8]) -> Result<String, String>;
+    /// Sends one settings message from `origin`; the holder's answer (`ok ...` or
+    /// `error: ...`).
+    fn send(&self, payload: &[u8], origin: &str) -> Result<String, String>;
 }
 
-/// The t-index list for a strength `s` (0..1) with `entries` steps of
-/// `num_inference_steps`: the first index is `(1 - s) * (steps - 1)` (a lower first index
-/// is a stronger change, as in img2img), the others spread evenly up to the last step.
-pub fn strength_to_t_index_list(
-    s: f64,
-    entries: usize,
-    num_inference_steps: u32,
-) -> Result<String, String> {
-    if !(0.0..=1.0).contains(&s) {
-        return Err(format!("/strength: {s} is out of range (accepted: 0 to 1)"));
+/// Who may send OSC: anyone, or the listed addresses and networks.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Senders {
+    Anyone,
+    Only(Vec<IpNet>),
+}
+
+impl Senders {
+    /// `ADDR[,ADDR...]`: addresses (`10.0.0.7`, `::1`) or networks (`192.168.1.0/24`).
+    pub fn parse(list: &str) -> Result<Senders, String> {
+        let mut nets = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let net = match item.parse::<IpNet>() {
+                Ok(n) => n,
+                Err(_) => item.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                    format!(
+                        "--osc-allow: \"{item}\" is not an address or a network (e.g. 10.0.0.7 or 192.168.1.0/24)"
+                    )
+                })?,
+            };
+            nets.push(net);
+        }
+        if nets.is_empty() {
+            return Err("--osc-allow: no address given (e.g. 10.0.0.7,192.168.1.0/24)".to_string());
+        }
+        Ok(Senders::Only(nets))
     }
-    let last = f64::from(num_inference_steps.saturating_sub(1));
-    let first = ((1.0 - s) * last).round();
-    let n = entries.max(1);
-    let mut list: Vec<u32> = Vec::new();
-    for k in 0..n {
-        let v = if n == 1 {
-            first
-        } else {
-            (first + (last - first) * k as f64 / (n - 1) as f64).round()
-        } as u32;
-        if list.last().is_none_or(|&l| v > l) {
-            list.push(v);
+
+    /// This machine only.
+    pub fn loopback() -> Senders {
+        Senders::Only(vec![
+            "127.0.0.0/8".parse().expect("a network"),
+            "::1/128".parse().expect("a network"),
+        ])
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        match self {
+            Senders::Anyone => true,
+            Senders::Only(nets) => {
+                let ip = ip.to_canonical();
+                nets.iter().any(|n| n.contains(&ip))
+            }
         }
     }
-    Ok(list
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(","))
+
+    /// For the start-up line: `from anyone` or `from 10.0.0.7, 192.168.1.0/24`.
+    pub fn describe(&self) -> String {
+        match self {
+            Senders::Anyone => "from anyone".to_string(),
+            Senders::Only(nets) => format!(
+                "from {}",
+                nets.iter()
+                    .map(|n| match n.prefix_len() == n.max_prefix_len() {
+                        true => n.addr().to_string(),
+                        false => n.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+/// How the listener runs.
+#[derive(Clone, Debug)]
+pub struct OscConfig {
+    pub senders: Senders,
+    /// At most one update to the holder per this; messages in between are merged.
+    pub interval: Duration,
+    /// The transforms' num-inference-steps: t-index lists they would refuse are refused
+    /// message by message, before merging.
+    pub steps: u32,
 }
 
 fn arg_text(addr: &str, a: &OscType) -> Result<String, String> {
@@ -157,26 +233,15 @@ fn pairs(m: &OscMessage) -> Result<Vec<(&OscType, f64)>, String> {
         .collect()
 }
 
-/// The update one OSC message asks for. `t_entries` and `steps` are the current t-index
-/// list length and the transforms' num-inference-steps (for /strength).
-pub fn message_to_update(
-    m: &OscMessage,
-    t_entries: usize,
-    steps: u32,
-) -> Result<SettingsUpdate, String> {
+/// The update one OSC message asks for (checked with [`SettingsUpdate::validate`]).
+pub fn message_to_update(m: &OscMessage) -> Result<SettingsUpdate, String> {
     let addr = m.addr.as_str();
     let mut u = SettingsUpdate::default();
     match addr.to_ascii_lowercase().as_str() {
         "/prompt" => u.prompt = Some(arg_text(addr, one(m)?)?),
         "/negative" | "/negative-prompt" => u.negative_prompt = Some(arg_text(addr, one(m)?)?),
         "/seed" => u.seed = Some(arg_whole(addr, one(m)?)?),
-        "/strength" => {
-            u.t_index_list = Some(strength_to_t_index_list(
-                arg_number(addr, one(m)?)?,
-                t_entries,
-                steps,
-            )?)
-        }
+        "/strength" => u.strength = Some(arg_number(addr, one(m)?)?),
         "/guidance" | "/guidance-scale" => u.guidance_scale = Some(arg_number(addr, one(m)?)?),
         "/delta" => u.delta = Some(arg_number(addr, one(m)?)?),
         "/similarity" => u.similarity_threshold = Some(arg_number(addr, one(m)?)?),
@@ -216,13 +281,18 @@ pub fn message_to_update(
             )
         }
         _ => {
+            let shown: String = addr.chars().take(60).collect();
+            let hint = did_you_mean(&shown, &ADDRESS_NAMES)
+                .map(|a| format!("did you mean {a}? "))
+                .unwrap_or_default();
             return Err(format!(
-                "unknown OSC address {} (accepted: /prompt /negative /seed /strength /guidance /delta /t /transition /blend /seedblend /cfg /similarity /blendmode)",
-                addr.chars().take(60).collect::<String>()
+                "unknown OSC address {shown} ({hint}accepted: /prompt /negative /seed /strength /guidance /delta /t /transition /blend /seedblend /cfg /similarity /blendmode)"
             ));
         }
     }
-    Ok(u.with_explicit_blend_clears())
+    let u = u.with_explicit_blend_clears();
+    u.validate()?;
+    Ok(u)
 }
 
 /// Every message of a packet (bundles are unpacked, in order).
@@ -240,34 +310,77 @@ fn messages(p: OscPacket, out: &mut Vec<OscMessage>) {
 /// Reports bad packets on stderr, at most [`REPORTS_PER_SECOND`] a second; the rest are
 /// counted and summed up in the next report.
 struct Reporter {
-    window: Instant,
-    in_window: u32,
-    suppressed: u64,
+    printer: Printer,
+    limit: RateLimiter,
     bad: u64,
+    refused: u64,
 }
 
 impl Reporter {
-    fn bad(&mut self, from: &str, what: &str) {
+    fn bad(&mut self, from: &SocketAddr, what: &str) {
         self.bad += 1;
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            self.window = Instant::now();
-            self.in_window = 0;
-        }
-        if self.in_window >= REPORTS_PER_SECOND {
-            self.suppressed += 1;
+        let count = format!("{} bad so far", self.bad);
+        self.say(from, what, count);
+    }
+
+    fn refused(&mut self, from: &SocketAddr, senders: &Senders) {
+        self.refused += 1;
+        let what = format!(
+            "not an allowed sender (--osc-allow: {})",
+            senders.describe().trim_start_matches("from ")
+        );
+        let count = format!("{} refused so far", self.refused);
+        self.say(from, &what, count);
+    }
+
+    fn say(&mut self, from: &SocketAddr, what: &str, count: String) {
+        let Some(held_back) = self.limit.allow() else {
             return;
-        }
-        self.in_window += 1;
-        let more = std::mem::take(&mut self.suppressed);
-        let more = if more > 0 {
-            format!(" ({more} more since the last report)")
+        };
+        let more = if held_back > 0 {
+            format!(" ({held_back} more since the last report)")
         } else {
             String::new()
         };
-        eprintln!(
-            "osc: refused a packet from {from}: {what} [{} bad so far]{more}",
-            self.bad
+        self.printer.line(format!(
+            "osc: refused a packet from {from}: {what} [{count}]{more}"
+        ));
+    }
+}
+
+/// Accepted messages waiting to go to the holder as one update.
+#[derive(Default)]
+struct Batch {
+    update: SettingsUpdate,
+    messages: u64,
+    senders: Vec<SocketAddr>,
+}
+
+impl Batch {
+    fn add(&mut self, u: SettingsUpdate, from: SocketAddr) {
+        self.update.merge(u);
+        self.messages += 1;
+        if !self.senders.contains(&from) {
+            self.senders.push(from);
+        }
+    }
+
+    /// Where it came from, for the holder's log: `osc 10.0.0.7:9000, 40 messages merged`.
+    fn origin(&self) -> String {
+        let mut o = format!(
+            "osc {}",
+            self.senders
+                .first()
+                .map(SocketAddr::to_string)
+                .unwrap_or_default()
         );
+        if self.senders.len() > 1 {
+            o.push_str(&format!(" and {} other senders", self.senders.len() - 1));
+        }
+        if self.messages > 1 {
+            o.push_str(&format!(", {} messages merged", self.messages));
+        }
+        o
     }
 }
 
@@ -278,21 +391,28 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` (`HOST:PORT`, or a bare port for every interface).
+    /// Binds `addr` (`HOST:PORT`).
     pub fn bind(addr: &str) -> Result<Listener, String> {
-        let addr = if addr.contains(':') {
-            addr.to_string()
-        } else {
-            format!("0.0.0.0:{addr}")
-        };
-        let sock = UdpSocket::bind(&addr).map_err(|e| {
-            format!("cannot listen for OSC on udp://{addr}: {e} (--osc PORT picks another port, --osc off turns OSC off)")
+        let sock = UdpSocket::bind(addr).map_err(|e| {
+            format!("cannot listen for OSC on udp://{addr}: {e} (--osc HOST:PORT or --osc-port N picks another port, --osc off turns OSC off)")
         })?;
-        sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
+        // Room for a burst (a fader sends hundreds of packets a second) while the
+        // listener is busy; the kernel caps it at net.core.rmem_max.
+        let size: libc::c_int = RECEIVE_BUFFER_BYTES;
+        // SAFETY: setsockopt on the socket's own descriptor with a c_int value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         let local = sock
             .local_addr()
             .map(|a| a.to_string())
-            .unwrap_or(addr.clone());
+            .unwrap_or(addr.to_string());
         Ok(Listener { sock, local })
     }
 
@@ -305,26 +425,52 @@ impl Listener {
     pub fn spawn(
         self,
         holder: impl Holder,
-        steps: u32,
+        config: OscConfig,
+        printer: Printer,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || self.run(holder, steps, stop))
+        std::thread::spawn(move || self.run(holder, config, printer, stop))
     }
 
-    fn run(self, holder: impl Holder, steps: u32, stop: Arc<AtomicBool>) {
+    fn run(self, holder: impl Holder, config: OscConfig, printer: Printer, stop: Arc<AtomicBool>) {
         let mut buf = vec![0u8; rosc::decoder::MTU];
         let mut report = Reporter {
-            window: Instant::now(),
-            in_window: 0,
-            suppressed: 0,
+            printer,
+            limit: RateLimiter::new(REPORTS_PER_SECOND),
             bad: 0,
+            refused: 0,
         };
+        let mut batch = Batch::default();
+        let mut pacer = Pacer::new(config.interval);
         while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if batch.messages > 0 && pacer.take(now) {
+                let b = std::mem::take(&mut batch);
+                let from = b.senders[0];
+                match holder.send(&b.update.to_json(), &b.origin()) {
+                    // The holder logs the change with its origin.
+                    Ok(answer) if answer.starts_with("ok") => {}
+                    Ok(answer) => report.bad(&from, &answer),
+                    Err(e) => report.bad(&from, &e),
+                }
+            }
+            // Wake up when the batch may go, or now and then to see `stop`.
+            let wait = if batch.messages > 0 {
+                pacer.wait(Instant::now())
+            } else {
+                Duration::from_millis(200)
+            };
+            self.sock
+                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+                .ok();
             let (n, from) = match self.sock.recv_from(&mut buf) {
                 Ok(r) => r,
                 Err(_) => continue,
             };
-            let from = from.to_string();
+            if !config.senders.allows(from.ip()) {
+                report.refused(&from, &config.senders);
+                continue;
+            }
             let packet = match rosc::decoder::decode_udp(&buf[..n]) {
                 Ok((_, p)) => p,
                 Err(e) => {
@@ -335,41 +481,17 @@ impl Listener {
             let mut list = Vec::new();
             messages(packet, &mut list);
             for m in list {
-                let entries = if m.addr.eq_ignore_ascii_case("/strength") {
-                    current_t_entries(&holder)
-                } else {
-                    2
-                };
-                let update = match message_to_update(&m, entries, steps) {
-                    Ok(u) => u,
-                    Err(e) => {
-                        report.bad(&from, &e);
-                        continue;
-                    }
-                };
-                match holder.send(&update.to_json()) {
-                    Ok(answer) if answer.starts_with("ok") => {
-                        eprintln!("osc {} from {from}: {answer}", m.addr)
-                    }
-                    Ok(answer) => report.bad(&from, &format!("{}: {answer}", m.addr)),
-                    Err(e) => report.bad(&from, &format!("{}: {e}", m.addr)),
+                // Each message on its own, so that a bad one never takes the others with it.
+                match message_to_update(&m).and_then(|u| {
+                    u.validate_for_steps(config.steps)?;
+                    Ok(u)
+                }) {
+                    Ok(u) => batch.add(u, from),
+                    Err(e) => report.bad(&from, &e),
                 }
             }
         }
     }
-}
-
-/// The length of the holder's current t-index list (for /strength), 2 when it has none.
-fn current_t_entries(holder: &impl Holder) -> usize {
-    holder
-        .send(b"/status")
-        .ok()
-        .and_then(|a| {
-            let json = &a[a.find('{')?..];
-            let state = SettingsUpdate::from_json(json.as_bytes()).ok()?;
-            Some(state.t_index_list?.split(',').count())
-        })
-        .unwrap_or(2)
 }
 
 #[cfg(test)]
@@ -385,7 +507,7 @@ mod tests {
 
     #[test]
     fn every_address() {
-        let u = |addr: &str, args: Vec<OscType>| message_to_update(&msg(addr, args), 2, 50);
+        let u = |addr: &str, args: Vec<OscType>| message_to_update(&msg(addr, args));
         assert_eq!(
             u("/prompt", vec![OscType::String("fox".into())])
                 .unwrap()
@@ -439,34 +561,66 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.seed_blend, Some(vec![(1, 1.0), (2, 1.0)]));
+        // Strength is resolved by the holder, against the list it holds.
         assert_eq!(
-            u("/strength", vec![OscType::Float(0.5)])
-                .unwrap()
-                .t_index_list
-                .as_deref(),
-            Some("25,49")
+            u("/strength", vec![OscType::Float(0.5)]).unwrap().strength,
+            Some(0.5)
+        );
+        assert!(
+            u("/strength", vec![OscType::Float(1.5)])
+                .unwrap_err()
+                .contains("strength: 1.5 is out of range")
         );
     }
 
     #[test]
-    fn strength_maps_onto_the_t_index_list() {
-        assert_eq!(strength_to_t_index_list(1.0, 2, 50).unwrap(), "0,49");
-        assert_eq!(strength_to_t_index_list(0.0, 2, 50).unwrap(), "49");
-        assert_eq!(strength_to_t_index_list(0.36, 1, 50).unwrap(), "31");
-        assert_eq!(strength_to_t_index_list(0.8, 3, 50).unwrap(), "10,30,49");
+    fn senders_allow_list() {
+        let s = Senders::parse("127.0.0.2, 10.1.0.0/16,::1").unwrap();
+        assert!(s.allows("127.0.0.2".parse().unwrap()));
+        assert!(!s.allows("127.0.0.1".parse().unwrap()));
+        assert!(s.allows("10.1.200.3".parse().unwrap()));
+        assert!(!s.allows("10.2.0.1".parse().unwrap()));
+        assert!(s.allows("::1".parse().unwrap()));
+        // An IPv4 sender on an IPv6 socket.
+        assert!(s.allows("::ffff:127.0.0.2".parse().unwrap()));
+        assert_eq!(s.describe(), "from 127.0.0.2, 10.1.0.0/16, ::1");
+        assert!(Senders::loopback().allows("127.9.9.9".parse().unwrap()));
+        assert!(!Senders::loopback().allows("192.168.1.2".parse().unwrap()));
+        assert!(Senders::Anyone.allows("192.168.1.2".parse().unwrap()));
         assert!(
-            strength_to_t_index_list(1.5, 2, 50)
+            Senders::parse("10.0.0.300")
                 .unwrap_err()
-                .contains("out of range")
+                .contains("\"10.0.0.300\" is not an address")
+        );
+        assert!(Senders::parse(" , ").is_err());
+    }
+
+    #[test]
+    fn a_batch_keeps_the_latest_values_and_names_its_senders() {
+        let mut b = Batch::default();
+        let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let c: SocketAddr = "127.0.0.2:9001".parse().unwrap();
+        for seed in 0..100 {
+            b.add(
+                SettingsUpdate {
+                    seed: Some(seed),
+                    ..Default::default()
+                },
+                if seed == 50 { c } else { a },
+            );
+        }
+        assert_eq!(b.update.seed, Some(99));
+        assert_eq!(
+            b.origin(),
+            "osc 127.0.0.1:9000 and 1 other senders, 100 messages merged"
         );
     }
 
     #[test]
     fn bad_messages_name_what_was_wrong() {
-        let e = |addr: &str, args: Vec<OscType>| {
-            message_to_update(&msg(addr, args), 2, 50).unwrap_err()
-        };
-        assert!(e("/sed", vec![]).contains("unknown OSC address /sed"));
+        let e = |addr: &str, args: Vec<OscType>| message_to_update(&msg(addr, args)).unwrap_err();
+        assert!(e("/sed", vec![]).contains("unknown OSC address /sed (did you mean /seed?"));
+        assert!(e("/strenght", vec![]).contains("did you mean /strength?"));
         assert!(e("/seed", vec![OscType::String("x".into())]).contains("expected a whole number"));
         assert!(e("/seed", vec![OscType::Float(1.5)]).contains("not a whole number"));
         assert!(e("/seed", vec![]).contains("expected 1 argument, found 0"));

@@ -26,7 +26,7 @@ use gst::subclass::prelude::*;
 
 use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
-use super::task::Worker;
+use super::task::{FirstSettings, Worker};
 use super::{BlendMode, CfgType, LATENT_CAPS_NAME, OutputMode, latent_caps, provider_name};
 use crate::diffusion::{self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor};
 use crate::infer::convert::{
@@ -241,8 +241,8 @@ pub struct I2iTransform {
     model_input: Mutex<ModelInput>,
     /// `output=latent`: the engine's frames are latents, pushed as they are.
     pub(super) latent: AtomicBool,
-    /// A buffer came on the settings pad since start (`wait-for-settings`).
-    pub(super) settings_received: Mutex<bool>,
+    /// What came first on the settings pad since start (`wait-for-settings`).
+    pub(super) settings_received: Mutex<FirstSettings>,
     pub(super) settings_cond: Condvar,
     /// Control images: preprocessors, control pads, the previous output (`control.rs`).
     pub(super) control: control::ControlState,
@@ -284,7 +284,7 @@ impl ObjectSubclass for I2iTransform {
             base: InferBase::new(sinkpad, srcpad),
             model_input: Mutex::new(ModelInput::default()),
             latent: AtomicBool::new(false),
-            settings_received: Mutex::new(false),
+            settings_received: Mutex::new(FirstSettings::Waiting),
             settings_cond: Condvar::new(),
         }
     }
@@ -585,7 +585,7 @@ impl InferElement for I2iTransform {
             s.batch_size as usize,
             engine.latency_frames(),
         ));
-        *self.settings_received.lock().unwrap() = false;
+        *self.settings_received.lock().unwrap() = FirstSettings::Waiting;
         let latent = s.output == OutputMode::Latent;
         let mut engine = engine;
         engine.set_latent_output(latent);
@@ -608,18 +608,18 @@ impl I2iTransform {
     // ---- settings pad -----------------------------------------------------------------
 
     fn settings_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let result = match buffer.map_readable() {
-            Ok(map) => SettingsUpdate::from_json(map.as_slice()).map(|u| {
-                let mut s = self.settings.lock().unwrap();
-                s.live.apply_valid(&u)
-            }),
+        let update = match buffer.map_readable() {
+            Ok(map) => SettingsUpdate::from_json(map.as_slice()),
             Err(_) => Err("settings buffer cannot be read".to_string()),
         };
-        {
-            // Even a refused update means the holder is there: the stream need not wait.
-            *self.settings_received.lock().unwrap() = true;
-            self.settings_cond.notify_all();
-        }
+        let empty = update.as_ref().is_ok_and(SettingsUpdate::is_empty);
+        let result = update.map(|u| {
+            let mut s = self.settings.lock().unwrap();
+            s.live.apply_valid(&u)
+        });
+        // Applied first, so the first frame has them. Even an empty or refused update
+        // means the holder is there: the stream need not wait.
+        self.settings_arrived(empty);
         let refused = match result {
             Ok((changed, refused)) => {
                 gst::debug!(CAT, imp = self, "settings pad changed {changed:?}");
@@ -802,7 +802,7 @@ impl ObjectImpl for I2iTransform {
                     .build(),
                 glib::ParamSpecBoolean::builder("wait-for-settings")
                     .nick("Wait for settings")
-                    .blurb("When the settings pad is linked, hold the first frame until the first settings arrive (at most settings-timeout), so that it already runs with the holder's prompt")
+                    .blurb("When the settings pad is linked, hold the first frame until the settings holder's first state arrives (at most settings-timeout), so that it already runs with the holder's prompt; a holder with no settings yet lets it run at once on the properties")
                     .default_value(DEFAULT_WAIT_FOR_SETTINGS)
                     .mutable_ready()
                     .build(),

@@ -122,6 +122,14 @@ impl LiveSettings {
         if let Some(t) = &u.t_index_list {
             next.params.t_index_list = parse_t_index_list(t, next.params.num_inference_steps)?;
         }
+        // After the list: a strength moves the list this update lands on.
+        if let Some(s) = u.strength {
+            next.params.t_index_list = settings::shift_t_index_list(
+                &next.params.t_index_list,
+                s,
+                next.params.num_inference_steps,
+            )?;
+        }
         if let Some(g) = u.guidance_scale {
             next.params.guidance_scale = g as f32;
         }
@@ -188,6 +196,8 @@ impl LiveSettings {
             prompt_blend: Some(self.prompt_blend.clone().unwrap_or_default()),
             seed_blend: Some(self.seed_blend.clone().unwrap_or_default()),
             blend_mode: Some(self.blend_mode.name().to_string()),
+            // Relative: resolved into t-index-list, never reported.
+            strength: None,
         }
     }
 

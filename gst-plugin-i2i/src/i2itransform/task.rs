@@ -24,6 +24,17 @@ use crate::infer::output::OutItem;
 use crate::infer::task::InferTask;
 use crate::settings::state::APPLIED_EVENT;
 
+/// What came first on the settings pad since the element started (`wait-for-settings`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum FirstSettings {
+    #[default]
+    Waiting,
+    /// The settings holder's state, empty: it has no settings yet.
+    Empty,
+    /// Settings (or an update the transform refused: the holder is there all the same).
+    Settings,
+}
+
 pub struct FrameMeta {
     pub tag: u64,
     pub meta: gst::Buffer,
@@ -148,9 +159,26 @@ impl I2iTransform {
         Ok(())
     }
 
+    /// Notes what came on the settings pad, for [`Self::wait_for_first_settings`]: the
+    /// settings holder's first state ends the wait, an empty one too (the holder has no
+    /// settings yet).
+    pub(super) fn settings_arrived(&self, empty: bool) {
+        let mut first = self.settings_received.lock().unwrap();
+        if *first == FirstSettings::Waiting {
+            *first = if empty {
+                FirstSettings::Empty
+            } else {
+                FirstSettings::Settings
+            };
+        }
+        self.settings_cond.notify_all();
+    }
+
     /// Before the first frame: when the settings pad is linked and `wait-for-settings` is
-    /// on, waits (at most `settings-timeout`) for the first settings, so that the first
-    /// frames already run with the holder's prompt; a WARNING when none came.
+    /// on, waits (at most `settings-timeout`) for the settings holder's first state, so
+    /// that the first frames already run with the holder's prompt. A holder with no
+    /// settings yet ends the wait at once (said once, as an INFO); a WARNING when nothing
+    /// came at all.
     fn wait_for_first_settings(&self) {
         let (wait, timeout_ms) = {
             let s = self.settings.lock().unwrap();
@@ -161,7 +189,7 @@ impl I2iTransform {
         }
         let deadline = Instant::now() + Duration::from_millis(timeout_ms as u64);
         let mut received = self.settings_received.lock().unwrap();
-        while !*received {
+        while *received == FirstSettings::Waiting {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 drop(received);
@@ -170,7 +198,7 @@ impl I2iTransform {
                     self,
                     gst::StreamError::Failed,
                     (
-                        "No settings arrived on the settings pad within {} ms: starting with the properties' values (prompt \"{}\"). Check that the settings holder runs and is reachable, raise settings-timeout, or set wait-for-settings=false",
+                        "No settings arrived on the settings pad within {} ms, not even the settings holder's state: starting with the properties' values (prompt \"{}\"). Check that the settings holder runs and is reachable, raise settings-timeout, or set wait-for-settings=false",
                         timeout_ms,
                         prompt
                     )
@@ -186,11 +214,25 @@ impl I2iTransform {
                 .unwrap()
                 .0;
         }
-        gst::debug!(
-            CAT,
-            imp = self,
-            "first settings arrived, the first frame follows"
-        );
+        let first = *received;
+        drop(received);
+        if first == FirstSettings::Empty {
+            let prompt = self.settings.lock().unwrap().live.params.prompt.clone();
+            gst::element_imp_info!(
+                self,
+                gst::StreamError::Failed,
+                (
+                    "The settings holder has no settings yet: using the element's properties (prompt \"{}\") until it has",
+                    prompt
+                )
+            );
+        } else {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "first settings arrived, the first frame follows"
+            );
+        }
     }
 
     fn run_batch(&self, w: &mut Worker) -> Result<(), gst::FlowError> {

@@ -28,6 +28,7 @@ Commands (plain text without a leading / sets the prompt):
   /negative TEXT                set the negative prompt
   /seed N                       set the seed (whole number)
   /t 22,32,45                   set the t-index list (denoising strength; 0..999)
+  /strength S                   move the t-index list, spacing kept (0..1, 1 = strongest change)
   /guidance X                   set the guidance scale (0..50)
   /delta X                      set the residual-CFG delta (0..10)
   /cfg none|full|self|initialize   set the guidance mode
@@ -38,6 +39,49 @@ Commands (plain text without a leading / sets the prompt):
   /transition N                 fade later prompt and seed changes over N frames (0 = jump)
   /status                       show the current state
   /help                         this table";
+
+/// Command names, as `/help` lists them (aliases are accepted but not offered): what Tab
+/// completes and "did you mean" suggests.
+pub const COMMAND_NAMES: [&str; 15] = [
+    "/prompt",
+    "/negative",
+    "/seed",
+    "/t",
+    "/strength",
+    "/guidance",
+    "/delta",
+    "/cfg",
+    "/similarity",
+    "/blend",
+    "/seedblend",
+    "/blendmode",
+    "/transition",
+    "/status",
+    "/help",
+];
+
+/// The candidate closest to a misspelt `word` (case ignored), if it is close enough to be
+/// what was meant: one edit (a letter missing, extra, wrong or swapped) for words of 3 or 4
+/// characters, two for longer ones; none for shorter ones (anything is near `/t`).
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    let allowed = match word.chars().count() {
+        0..=2 => return None,
+        3..=4 => 1,
+        _ => 2,
+    };
+    candidates
+        .iter()
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&word, &c.to_ascii_lowercase()),
+                *c,
+            )
+        })
+        .filter(|(d, _)| *d <= allowed)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
 
 /// Parses one line of chat input. The error says what was wrong and what is accepted.
 pub fn parse_line(line: &str) -> Result<Command, String> {
@@ -70,6 +114,7 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
             let list = parse_t_index_list(arg).map_err(|e| format!("/t: {e}"))?;
             u.t_index_list = Some(format_t_index_list(&list));
         }
+        "strength" => u.strength = Some(parse_number("/strength", arg)?),
         "guidance" | "guidance-scale" => u.guidance_scale = Some(parse_number("/guidance", arg)?),
         "delta" => u.delta = Some(parse_number("/delta", arg)?),
         "cfg" | "cfg-type" => {
@@ -112,8 +157,12 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
         }
         "" => return Err("empty command name after / (/help lists the commands)".to_string()),
         other => {
+            let hint = match did_you_mean(&format!("/{other}"), &COMMAND_NAMES) {
+                Some(c) => format!("did you mean {c}? "),
+                None => String::new(),
+            };
             return Err(format!(
-                "unknown command /{} (/help lists the commands)",
+                "unknown command /{} ({hint}/help lists the commands)",
                 truncate(other, 40)
             ));
         }
@@ -319,6 +368,8 @@ mod tests {
         }
         assert_eq!(update("/cfg FULL").cfg_type.as_deref(), Some("full"));
         assert_eq!(update("/similarity 0.98").similarity_threshold, Some(0.98));
+        assert_eq!(update("/strength 0.75").strength, Some(0.75));
+        assert_eq!(update("/STRENGTH 1").strength, Some(1.0));
         assert_eq!(update("/transition 30").transition_frames, Some(30));
         assert_eq!(update("/transition 0").transition_frames, Some(0));
         assert_eq!(
@@ -365,7 +416,18 @@ mod tests {
             ("", "empty message"),
             ("   \n", "empty message"),
             ("/", "empty command name"),
-            ("/sed 5", "unknown command /sed"),
+            ("/sed 5", "unknown command /sed (did you mean /seed? /help"),
+            ("/guidence 1", "did you mean /guidance?"),
+            ("/promt fox", "did you mean /prompt?"),
+            (
+                "/warp 9",
+                "unknown command /warp (/help lists the commands)",
+            ),
+            (
+                "/strength 2",
+                "strength: 2 is out of range (accepted: 0 to 1)",
+            ),
+            ("/strength lots", "/strength: \"lots\" is not a number"),
             ("/seed abc", "\"abc\" is not a seed"),
             ("/seed -1", "\"-1\" is not a seed"),
             ("/seed 1.5", "\"1.5\" is not a seed"),

@@ -10,7 +10,15 @@
 //!   `ok seq=N {state JSON}` for `/status`, the command table for `/help`, or
 //!   `error: <what was wrong>`.
 //! * `[i2i-applied, report JSON]`: a transform reports what it applied; no answer; the
-//!   report is republished on the PUB socket for every console.
+//!   report is republished on the PUB socket for every console. A report frame without
+//!   its JSON is refused (it is never taken for the prompt "i2i-applied").
+//! * In-process clients (the console, the OSC input) may add a second frame naming where
+//!   the message came from (`osc 10.0.0.7:9000`), which the holder's log shows.
+//!
+//! Changes are applied and answered at once; the state is published at most once per
+//! `min_publish_interval` (a flood of changes costs every transform one snapshot per
+//! interval, carrying the latest values), and as a heartbeat. Each socket holds at most
+//! `max_peers` TCP peers (see [`super::peers`]).
 //!
 //! With CURVE both sockets are CURVE servers. The ZAP policy lets controller keys send
 //! commands, lets subscriber keys (transforms) subscribe and report, and refuses every
@@ -22,14 +30,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::SettingsUpdate;
 use super::command::{Command, HELP};
 use super::curve::{AllowList, KeyPair, ZapHandler, ZapRequest, make_client, make_server};
+use super::limits::Pacer;
 use super::message::decode_message;
+use super::peers::{DEFAULT_MAX_PEERS, PeerEvent, PeerGuard, set_peer_timeouts};
 use super::state::{APPLIED_TOPIC, AppliedReport, Snapshot};
+use super::{DEFAULT_T_INDEX_LIST, SettingsUpdate, parse_t_index_list, strength_of_t_index_list};
 
 /// Default heartbeat: a late joiner has the state within this (plus connection time).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(300);
+/// Default shortest time between two published changes: one frame at 30 frames/s.
+pub const DEFAULT_MIN_PUBLISH_INTERVAL: Duration = Duration::from_millis(33);
 /// Messages up to this size are read and answered (`error: ... larger than the limit`);
 /// libzmq closes the connection of a peer sending a larger one, and its client reports
 /// no answer.
@@ -62,6 +74,11 @@ pub struct HubConfig {
     /// The transforms' `num-inference-steps`: t-index lists are checked against it, as
     /// the transforms check them, so a command they would refuse is refused here.
     pub num_inference_steps: u32,
+    /// At most one published change per this; changes in between are merged (0: publish
+    /// every batch of changes at once).
+    pub min_publish_interval: Duration,
+    /// Most TCP peers per socket (see [`super::peers::peer_budget`] for what fits).
+    pub max_peers: usize,
 }
 
 impl Default for HubConfig {
@@ -73,6 +90,8 @@ impl Default for HubConfig {
             curve: None,
             initial: SettingsUpdate::default(),
             num_inference_steps: super::DEFAULT_NUM_INFERENCE_STEPS,
+            min_publish_interval: DEFAULT_MIN_PUBLISH_INTERVAL,
+            max_peers: DEFAULT_MAX_PEERS,
         }
     }
 }
@@ -97,6 +116,13 @@ pub enum HubEvent {
     },
     /// A transform applied settings.
     Applied(AppliedReport),
+    /// A peer of the `socket` ("state" or "command") at `endpoint` was closed to keep the
+    /// socket within its peer limit.
+    Peers {
+        socket: &'static str,
+        endpoint: String,
+        event: PeerEvent,
+    },
 }
 
 pub type EventSink = Arc<dyn Fn(HubEvent) + Send + Sync>;
@@ -118,9 +144,22 @@ pub struct Hub {
     epoch: u64,
     seq: u64,
     state: SettingsUpdate,
+    /// The state changed since it was last published.
+    unpublished: bool,
+    pacer: Pacer,
+    published: PublishCounts,
+    state_peers: PeerGuard,
+    control_peers: PeerGuard,
     events: EventSink,
     stop: Arc<AtomicBool>,
     _zap: Option<ZapHandler>,
+}
+
+/// Snapshots the holder published, and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PublishCounts {
+    pub snapshots: u64,
+    pub bytes: u64,
 }
 
 fn port_of(endpoint: &str) -> Option<u16> {
@@ -174,6 +213,12 @@ impl Hub {
             s.set_linger(0).ok();
         }
         publisher.set_sndhwm(10_000).ok();
+        for s in [&publisher, &control] {
+            set_peer_timeouts(s);
+        }
+        // Watched before they bind, so no peer is missed.
+        let state_peers = PeerGuard::watch(&ctx, &publisher, "state", config.max_peers)?;
+        let control_peers = PeerGuard::watch(&ctx, &control, "command", config.max_peers)?;
         // A peer sending more than this is disconnected by libzmq; smaller oversize
         // messages get a clear error from decode_message.
         control.set_maxmsgsize(MAX_ANSWERED_MESSAGE_BYTES).ok();
@@ -215,6 +260,11 @@ impl Hub {
             epoch,
             seq: 0,
             state: config.initial.clone(),
+            unpublished: false,
+            pacer: Pacer::new(config.min_publish_interval),
+            published: PublishCounts::default(),
+            state_peers,
+            control_peers,
             events,
             stop: Arc::new(AtomicBool::new(false)),
             _zap: zap,
@@ -247,18 +297,38 @@ impl Hub {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        let frames = self.snapshot().encode();
+        self.published.snapshots += 1;
+        self.published.bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
         // PUB never blocks; a full queue drops, and the next heartbeat repairs it.
-        let _ = self
-            .publisher
-            .send_multipart(self.snapshot().encode(), zmq::DONTWAIT);
+        let _ = self.publisher.send_multipart(frames, zmq::DONTWAIT);
+    }
+
+    /// Snapshots published so far (changes and heartbeats).
+    pub fn published(&self) -> PublishCounts {
+        self.published
+    }
+
+    /// The t-index list the transforms run with: the state's, else their default.
+    fn current_t_index_list(&self) -> Vec<u32> {
+        self.state
+            .t_index_list
+            .as_deref()
+            .and_then(|t| parse_t_index_list(t).ok())
+            .unwrap_or_else(|| DEFAULT_T_INDEX_LIST.to_vec())
     }
 
     /// Applies one decoded message; the answer is what the sender gets back.
     fn handle(&mut self, payload: &[u8], from: &str) -> String {
         match decode_message(payload) {
-            Ok(Command::Update(u)) => {
-                if let Err(error) = u.validate_for_steps(self.num_inference_steps) {
+            Ok(Command::Update(mut u)) => {
+                // A strength moves the list the transforms run with; the state then
+                // holds that list (so every transform agrees), never the strength.
+                let checked = u
+                    .resolve_strength(&self.current_t_index_list(), self.num_inference_steps)
+                    .and_then(|()| u.validate_for_steps(self.num_inference_steps));
+                if let Err(error) = checked {
                     (self.events)(HubEvent::Rejected {
                         from: from.to_string(),
                         error: error.clone(),
@@ -273,7 +343,7 @@ impl Hub {
                 }
                 self.state.merge(u);
                 self.seq += 1;
-                self.publish();
+                self.unpublished = true;
                 let answer = format!("ok seq={} {}", self.seq, changes.summary());
                 (self.events)(HubEvent::Changed {
                     seq: self.seq,
@@ -283,11 +353,19 @@ impl Hub {
                 answer
             }
             Ok(Command::Help) => HELP.to_string(),
-            Ok(Command::Status) => format!(
-                "ok seq={} {}",
-                self.seq,
-                String::from_utf8_lossy(&self.state.to_json())
-            ),
+            Ok(Command::Status) => {
+                // With the strength its t-index list stands for, for strength controls.
+                let mut shown = self.state.clone();
+                shown.strength = strength_of_t_index_list(
+                    &self.current_t_index_list(),
+                    self.num_inference_steps,
+                );
+                format!(
+                    "ok seq={} {}",
+                    self.seq,
+                    String::from_utf8_lossy(&shown.to_json())
+                )
+            }
             Err(error) => {
                 (self.events)(HubEvent::Rejected {
                     from: from.to_string(),
@@ -337,7 +415,18 @@ impl Hub {
             if delimited {
                 frames.remove(0);
             }
-            if frames.len() == 2 && frames[0] == APPLIED_TOPIC {
+            if frames[0] == APPLIED_TOPIC {
+                // Reports get no answer, a refused one neither.
+                if frames.len() != 2 {
+                    (self.events)(HubEvent::Rejected {
+                        from: address.clone(),
+                        error: format!(
+                            "an i2i-applied report needs its JSON as the next frame, found {} frames (refused; to set that text as the prompt send /prompt i2i-applied)",
+                            frames.len() - 1
+                        ),
+                    });
+                    continue;
+                }
                 match AppliedReport::decode(&frames[1]) {
                     Ok(mut r) => {
                         // The authenticated key, never the sender's own claim.
@@ -355,6 +444,11 @@ impl Hub {
                     }),
                 }
                 continue;
+            }
+            // In-process clients name where a message came from in a second frame.
+            if local && frames.len() == 2 {
+                let origin = frames.pop().unwrap_or_default();
+                address = String::from_utf8_lossy(&origin).into_owned();
             }
             let answer = if frames.len() != 1 {
                 let error = format!(
@@ -405,32 +499,61 @@ impl Hub {
         let mut next_beat = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            if now >= next_beat {
+            // A change goes out as soon as the pacer allows; a heartbeat carries the
+            // latest state anyway.
+            if (self.unpublished && self.pacer.take(now)) || now >= next_beat {
                 self.publish();
+                self.pacer.mark(now);
+                self.unpublished = false;
                 next_beat = now + self.heartbeat;
             }
-            let wait = (next_beat - now).min(Duration::from_millis(100));
-            let seq_before = self.seq;
-            let (control, local) = {
+            let mut wait = (next_beat - now).min(Duration::from_millis(100));
+            if self.unpublished {
+                wait = wait.min(self.pacer.wait(now));
+            }
+            let ready = {
                 let mut items = [
                     self.control.as_poll_item(zmq::POLLIN),
                     self.local.as_poll_item(zmq::POLLIN),
+                    self.state_peers.as_poll_item(),
+                    self.control_peers.as_poll_item(),
                 ];
-                zmq::poll(&mut items, wait.as_millis() as i64)
+                // Rounded up, so a wait of less than 1 ms does not spin.
+                zmq::poll(&mut items, wait.as_micros().div_ceil(1000) as i64)
                     .map_err(|e| format!("polling the settings sockets failed: {e}"))?;
-                (items[0].is_readable(), items[1].is_readable())
+                [
+                    items[0].is_readable(),
+                    items[1].is_readable(),
+                    items[2].is_readable() || items[3].is_readable(),
+                ]
             };
-            if control {
+            if ready[0] {
                 self.serve(false);
             }
-            if local {
+            if ready[1] {
                 self.serve(true);
             }
-            if self.seq != seq_before {
-                next_beat = Instant::now() + self.heartbeat;
+            if ready[2] {
+                self.guard_peers();
             }
         }
         Ok(())
+    }
+
+    /// Holds both sockets to their peer limit and reports what was closed.
+    fn guard_peers(&mut self) {
+        for (socket, guard, endpoint) in [
+            ("state", &mut self.state_peers, &self.state_endpoint),
+            ("command", &mut self.control_peers, &self.control_endpoint),
+        ] {
+            for event in guard.service() {
+                (self.events)(HubEvent::Peers {
+                    socket,
+                    endpoint: endpoint.clone(),
+                    event,
+                });
+            }
+        }
     }
 
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
@@ -592,12 +715,30 @@ impl ControlClient {
 
     /// Sends one message and waits up to `timeout` for the answer.
     pub fn request(&self, payload: &[u8], timeout: Duration) -> Result<String, String> {
+        self.exchange(&[&b""[..], payload], timeout)
+    }
+
+    /// [`ControlClient::request`] naming where the message came from, for the holder's
+    /// log (`osc 10.0.0.7:9000`); only the holder's in-process clients may do this.
+    pub fn request_from(
+        &self,
+        payload: &[u8],
+        origin: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        self.exchange(&[&b""[..], payload, origin.as_bytes()], timeout)
+    }
+
+    fn exchange(&self, frames: &[&[u8]], timeout: Duration) -> Result<String, String> {
         // Drop answers to earlier requests that timed out.
         while self.sock.recv_multipart(zmq::DONTWAIT).is_ok() {}
         let deadline = Instant::now() + timeout;
         let mut sent = false;
         while !sent {
-            match self.sock.send_multipart([&b""[..], payload], zmq::DONTWAIT) {
+            match self
+                .sock
+                .send_multipart(frames.iter().copied(), zmq::DONTWAIT)
+            {
                 Ok(()) => sent = true,
                 Err(zmq::Error::EAGAIN) => {
                     if self.refused() {

@@ -10,7 +10,7 @@
 
 use rmpv::Value;
 
-use super::command::{Command, parse_line, truncate};
+use super::command::{Command, did_you_mean, parse_line, truncate};
 use super::{SettingsUpdate, format_t_index_list, parse_t_index_list};
 
 /// Largest message accepted; larger ones are refused with a warning.
@@ -191,9 +191,27 @@ fn canonical_key(key: &str) -> Option<&'static str> {
         "prompt-blend" | "blend" => "prompt-blend",
         "seed-blend" | "seedblend" | "seeds" => "seed-blend",
         "blend-mode" | "blendmode" => "blend-mode",
+        "strength" => "strength",
         _ => return None,
     })
 }
+
+/// The keys of a settings map (the property names; aliases are accepted too).
+pub const KEYS: [&str; 13] = [
+    "prompt",
+    "negative-prompt",
+    "seed",
+    "t-index-list",
+    "strength",
+    "guidance-scale",
+    "delta",
+    "cfg-type",
+    "similarity-threshold",
+    "transition-frames",
+    "prompt-blend",
+    "seed-blend",
+    "blend-mode",
+];
 
 /// Converts a msgpack (or JSON) map into an update, checking every key, type and value.
 pub fn update_from_value(value: &Value) -> Result<SettingsUpdate, String> {
@@ -214,9 +232,13 @@ pub fn update_from_value(value: &Value) -> Result<SettingsUpdate, String> {
             ));
         };
         let key = canonical_key(key_text).ok_or_else(|| {
+            let hint = did_you_mean(&key_text.replace('_', "-"), &KEYS)
+                .map(|k| format!("did you mean {k}? "))
+                .unwrap_or_default();
             format!(
-                "unknown key \"{}\" (accepted: prompt, negative-prompt, seed, t-index-list, guidance-scale, delta, cfg-type, similarity-threshold, transition-frames, prompt-blend, seed-blend, blend-mode)",
-                truncate(key_text, 40)
+                "unknown key \"{}\" ({hint}accepted: {})",
+                truncate(key_text, 40),
+                KEYS.join(", ")
             )
         })?;
         if seen.contains(&key) {
@@ -254,6 +276,7 @@ pub fn update_from_value(value: &Value) -> Result<SettingsUpdate, String> {
             "delta" => u.delta = Some(number(key, v)?),
             "cfg-type" => u.cfg_type = Some(text(key, v)?.to_ascii_lowercase()),
             "similarity-threshold" => u.similarity_threshold = Some(number(key, v)?),
+            "strength" => u.strength = Some(number(key, v)?),
             "transition-frames" => {
                 let n = whole(key, v)?;
                 u.transition_frames = Some(u32::try_from(n).unwrap_or(u32::MAX));
@@ -427,6 +450,7 @@ mod tests {
             ("similarity", Value::F32(0.5)),
             ("transition", Value::from(12)),
             ("blendmode", Value::from("slerp")),
+            ("Strength", Value::F64(0.25)),
         ])));
         assert_eq!(u.prompt.as_deref(), Some("a red fox"));
         assert_eq!(u.negative_prompt.as_deref(), Some("blur"));
@@ -438,6 +462,10 @@ mod tests {
         assert_eq!(u.similarity_threshold, Some(0.5));
         assert_eq!(u.transition_frames, Some(12));
         assert_eq!(u.blend_mode.as_deref(), Some("slerp"));
+        assert_eq!(u.strength, Some(0.25));
+        assert_eq!(upd(br#"{"strength": 1}"#).strength, Some(1.0));
+        assert!(err(br#"{"strength": 1.2}"#).contains("strength: 1.2 is out of range"));
+        assert!(err(br#"{"strenght": 1}"#).contains("did you mean strength?"));
 
         let j = upd(
             br#"{"guidance-scale": 2, "t-index-list": "10, 20", "prompt-blend": {"a": 0.25, "b": 0.75},

@@ -11,7 +11,9 @@ pub mod blend;
 pub mod command;
 pub use gstzmqmsgpack::curve;
 pub mod hub;
+pub mod limits;
 pub mod message;
+pub mod peers;
 pub mod state;
 
 /// Caps name of the buffers on the settings pad.
@@ -47,6 +49,11 @@ pub const MAX_T_INDEX: u32 = NUM_INFERENCE_STEPS_RANGE.1 - 1;
 pub const MAX_T_INDEX_ENTRIES: usize = 50;
 /// Most entries in a prompt or seed blend (each prompt costs one text-encoder run).
 pub const MAX_BLEND_ENTRIES: usize = 8;
+/// `strength`: 0 = the weakest change the t-index list's spacing allows, 1 = the strongest.
+pub const STRENGTH_RANGE: (f64, f64) = (0.0, 1.0);
+/// `t-index-list` of a transform left at its default (what `strength` shifts while the
+/// holder has no list of its own; a unit test keeps it equal to the engine's default).
+pub const DEFAULT_T_INDEX_LIST: [u32; 2] = [32, 45];
 /// Valid `cfg-type` values.
 pub const CFG_TYPES: [&str; 4] = ["none", "full", "self", "initialize"];
 /// Valid `blend-mode` values.
@@ -85,6 +92,12 @@ pub struct SettingsUpdate {
     /// How blends and transitions combine: linear or slerp (see [`blend`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blend_mode: Option<String>,
+    /// 0..1, 1 = strongest change: moves the t-index list as a whole, its spacing kept
+    /// (see [`shift_t_index_list`]). Relative to the list it lands on, so whoever holds
+    /// that list resolves it: the settings holder into the `t-index-list` of its state
+    /// (a published state never carries it), a transform into its own list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 impl SettingsUpdate {
@@ -104,6 +117,8 @@ impl SettingsUpdate {
     /// Applies `later` on top of `self`: every key present in `later` wins. Used to
     /// coalesce updates that arrive faster than they are pushed, and to keep a full state.
     pub fn merge(&mut self, later: SettingsUpdate) {
+        let later_sets_list = later.t_index_list.is_some();
+        let later_strength = later.strength;
         macro_rules! take {
             ($($f:ident),*) => { $( if later.$f.is_some() { self.$f = later.$f; } )* };
         }
@@ -119,8 +134,14 @@ impl SettingsUpdate {
             transition_frames,
             prompt_blend,
             seed_blend,
-            blend_mode
+            blend_mode,
+            strength
         );
+        // A list given later replaces the one an earlier strength moved: that strength no
+        // longer applies (strength is applied after the list of the same update).
+        if later_sets_list {
+            self.strength = later_strength;
+        }
     }
 
     /// The keys of `self` whose value differs from `previous` (keys absent from `self`
@@ -140,7 +161,8 @@ impl SettingsUpdate {
             cfg_type,
             similarity_threshold,
             transition_frames,
-            blend_mode
+            blend_mode,
+            strength
         );
         // No blend and an empty blend are the same: ending a blend that never began is
         // no change.
@@ -193,7 +215,8 @@ impl SettingsUpdate {
             transition_frames => "transition-frames",
             prompt_blend => "prompt-blend",
             seed_blend => "seed-blend",
-            blend_mode => "blend-mode"
+            blend_mode => "blend-mode",
+            strength => "strength"
         );
         out
     }
@@ -214,6 +237,27 @@ impl SettingsUpdate {
             }
         }
         (valid, refused)
+    }
+
+    /// Turns a `strength` into the `t-index-list` it gives: the update's own list moved,
+    /// else `current` (the list it will land on) moved. Afterwards the update holds no
+    /// strength. The error names the value and why it cannot apply.
+    pub fn resolve_strength(
+        &mut self,
+        current: &[u32],
+        num_inference_steps: u32,
+    ) -> Result<(), String> {
+        let Some(s) = self.strength else {
+            return Ok(());
+        };
+        let base = match &self.t_index_list {
+            Some(t) => parse_t_index_list(t).map_err(|e| format!("t-index-list \"{t}\": {e}"))?,
+            None => current.to_vec(),
+        };
+        let list = shift_t_index_list(&base, s, num_inference_steps)?;
+        self.t_index_list = Some(format_t_index_list(&list));
+        self.strength = None;
+        Ok(())
     }
 
     /// [`SettingsUpdate::validate`], and the t-index list below `num_inference_steps`
@@ -252,6 +296,9 @@ impl SettingsUpdate {
         }
         if let Some(v) = self.similarity_threshold {
             check_range("similarity-threshold", v, SIMILARITY_THRESHOLD_RANGE)?;
+        }
+        if let Some(v) = self.strength {
+            check_range("strength", v, STRENGTH_RANGE)?;
         }
         if let Some(c) = &self.cfg_type {
             check_cfg_type(c)?;
@@ -329,6 +376,9 @@ impl SettingsUpdate {
         if let Some(v) = &self.blend_mode {
             parts.push(format!("blend-mode={v}"));
         }
+        if let Some(v) = self.strength {
+            parts.push(format!("strength={v}"));
+        }
         if parts.is_empty() {
             "(nothing)".to_string()
         } else {
@@ -384,6 +434,47 @@ pub fn parse_t_index_list_below(text: &str, num_inference_steps: u32) -> Result<
         ));
     }
     Ok(list)
+}
+
+/// Moves a t-index list as a whole for a `strength` of 0..1 (1 = strongest change: a
+/// lower index starts from more noise, as in img2img): its first index becomes
+/// `(1 - strength)` of the way from 0 to the highest first index that keeps the last one
+/// below `num_inference_steps`; the spacing, and so the number of steps, is kept.
+/// With 50 steps, `22,32` is `0,10` at strength 1, `20,30` at 0.5 and `39,49` at 0.
+pub fn shift_t_index_list(
+    list: &[u32],
+    strength: f64,
+    num_inference_steps: u32,
+) -> Result<Vec<u32>, String> {
+    check_range("strength", strength, STRENGTH_RANGE)?;
+    let (Some(&first), Some(&last)) = (list.first(), list.last()) else {
+        return Err("strength: there is no t-index list to move".to_string());
+    };
+    let top = num_inference_steps.saturating_sub(1);
+    let span = last.saturating_sub(first);
+    if span > top {
+        return Err(format!(
+            "strength: the t-index list {} spans {span} steps, more than num-inference-steps {num_inference_steps} holds",
+            format_t_index_list(list)
+        ));
+    }
+    let room = top - span;
+    let new_first = ((1.0 - strength) * f64::from(room)).round() as u32;
+    Ok(list.iter().map(|&v| v - first + new_first).collect())
+}
+
+/// The strength (0..1, 3 decimals) at which [`shift_t_index_list`] gives `list`: what a
+/// strength control shows for it. 1 when the list leaves no room to move.
+pub fn strength_of_t_index_list(list: &[u32], num_inference_steps: u32) -> Option<f64> {
+    let (&first, &last) = (list.first()?, list.last()?);
+    let room = num_inference_steps
+        .saturating_sub(1)
+        .checked_sub(last.checked_sub(first)?)?;
+    if room == 0 {
+        return Some(1.0);
+    }
+    let s = 1.0 - f64::from(first.min(room)) / f64::from(room);
+    Some((s * 1000.0).round() / 1000.0)
 }
 
 /// Checks a numeric setting against its range; NaN and infinities are refused too. The
@@ -614,6 +705,99 @@ mod tests {
             u.split_keys()
                 .iter()
                 .all(|(_, one)| one.split_keys().len() == 1)
+        );
+    }
+
+    #[test]
+    fn strength_moves_the_list_with_its_spacing() {
+        assert_eq!(shift_t_index_list(&[22, 32], 1.0, 50).unwrap(), vec![0, 10]);
+        assert_eq!(
+            shift_t_index_list(&[22, 32], 0.5, 50).unwrap(),
+            vec![20, 30]
+        );
+        assert_eq!(
+            shift_t_index_list(&[22, 32], 0.0, 50).unwrap(),
+            vec![39, 49]
+        );
+        assert_eq!(
+            shift_t_index_list(&[22, 32, 45], 1.0, 50).unwrap(),
+            vec![0, 10, 23]
+        );
+        assert_eq!(shift_t_index_list(&[31], 0.5, 50).unwrap(), vec![25]);
+        // Higher strength is a lower first index, never the other way round.
+        let firsts: Vec<u32> = (0..=10)
+            .map(|k| shift_t_index_list(&[32, 45], f64::from(k) / 10.0, 50).unwrap()[0])
+            .collect();
+        assert!(firsts.windows(2).all(|w| w[0] >= w[1]), "{firsts:?}");
+        // The strength a list shows gives that list back.
+        for list in [vec![0, 10], vec![20, 30], vec![39, 49], vec![32, 45]] {
+            let s = strength_of_t_index_list(&list, 50).unwrap();
+            assert_eq!(shift_t_index_list(&list, s, 50).unwrap(), list, "{s}");
+        }
+        assert_eq!(strength_of_t_index_list(&[0, 49], 50), Some(1.0));
+        assert!(
+            shift_t_index_list(&[22, 32], 1.5, 50)
+                .unwrap_err()
+                .contains("strength: 1.5 is out of range")
+        );
+        assert!(
+            shift_t_index_list(&[0, 60], 0.5, 50)
+                .unwrap_err()
+                .contains("spans 60 steps")
+        );
+        assert_eq!(
+            DEFAULT_T_INDEX_LIST.to_vec(),
+            crate::diffusion::StreamParams::default().t_index_list
+        );
+    }
+
+    #[test]
+    fn strength_resolves_against_the_list_it_lands_on() {
+        let mut u = SettingsUpdate {
+            strength: Some(1.0),
+            ..Default::default()
+        };
+        u.resolve_strength(&[22, 32], 50).unwrap();
+        assert_eq!(
+            (u.t_index_list.as_deref(), u.strength),
+            (Some("0,10"), None)
+        );
+        // The update's own list first, then the strength.
+        let mut u = SettingsUpdate {
+            t_index_list: Some("10,12".into()),
+            strength: Some(0.0),
+            ..Default::default()
+        };
+        u.resolve_strength(&[22, 32], 50).unwrap();
+        assert_eq!(u.t_index_list.as_deref(), Some("47,49"));
+        // A list merged after a strength cancels it; a strength after a list stays.
+        let mut m = SettingsUpdate {
+            strength: Some(0.2),
+            ..Default::default()
+        };
+        m.merge(SettingsUpdate {
+            t_index_list: Some("5,9".into()),
+            ..Default::default()
+        });
+        assert_eq!(m.strength, None);
+        m.merge(SettingsUpdate {
+            strength: Some(0.7),
+            ..Default::default()
+        });
+        assert_eq!(
+            (m.t_index_list.as_deref(), m.strength),
+            (Some("5,9"), Some(0.7))
+        );
+        assert!(m.summary().contains("strength=0.7"));
+        assert_eq!(m.split_keys().last().unwrap().0, "strength");
+        assert!(
+            SettingsUpdate {
+                strength: Some(f64::NAN),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("strength: NaN")
         );
     }
 

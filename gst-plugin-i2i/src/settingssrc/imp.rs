@@ -6,8 +6,10 @@
 //! messages from programs (chat text, msgpack map, JSON object) are changes as they are.
 //! Changes are merged into one pending update, which `create()` pushes as one buffer,
 //! at most one per `min-push-interval`: a flood of commands costs the stream a few
-//! small buffers, never one per command. Malformed messages are counted and posted as
-//! warnings (at most a few per second), and the stream goes on.
+//! small buffers, never one per command. The holder's first state is pushed even when it
+//! is empty (`{}`): the transform then knows the holder is there and need not wait for
+//! it. Malformed messages are counted and posted as warnings (at most a few per second),
+//! and the stream goes on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
@@ -24,6 +26,7 @@ use gst_base::subclass::prelude::*;
 use crate::settings::command::Command;
 use crate::settings::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
 use crate::settings::hub::ControlClient;
+use crate::settings::limits::RateLimiter;
 use crate::settings::message::{MAX_MESSAGE_BYTES, decode_message};
 use crate::settings::state::{
     APPLIED_EVENT, APPLIED_TOPIC, AppliedReport, REFUSED_EVENT, STATE_TOPIC, Snapshot,
@@ -117,6 +120,9 @@ struct Shared {
     fatal: Option<String>,
     /// The state holder's control socket, from its snapshots (connect mode only).
     control_endpoint: Option<String>,
+    /// The holder's first state came: push one update even if it changes nothing (an
+    /// empty state), so that the transform knows the holder is there and runs at once.
+    holder_found: bool,
 }
 
 struct Receiver {
@@ -448,45 +454,20 @@ struct ReceiveContext {
     shared: Arc<(Mutex<Shared>, Condvar)>,
     stop: Arc<AtomicBool>,
     follower: SnapshotFollower,
-    warnings: WarningLimiter,
-}
-
-/// Keeps a flood of bad messages from flooding the bus too.
-#[derive(Clone)]
-struct WarningLimiter {
-    window_start: Instant,
-    in_window: u32,
-}
-
-impl WarningLimiter {
-    fn new() -> Self {
-        WarningLimiter {
-            window_start: Instant::now(),
-            in_window: 0,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.window_start.elapsed() >= Duration::from_secs(1) {
-            self.window_start = Instant::now();
-            self.in_window = 0;
-        }
-        self.in_window += 1;
-        self.in_window <= WARNINGS_PER_SECOND
-    }
+    warnings: RateLimiter,
 }
 
 /// Counts and posts a warning (rate-limited); shared by the receive and ZAP threads.
 fn warn(
     element: &glib::WeakRef<super::SettingsSrc>,
     shared: &(Mutex<Shared>, Condvar),
-    limiter: &mut WarningLimiter,
+    limiter: &mut RateLimiter,
     text: String,
 ) {
     let suppressed = {
         let mut g = lock(&shared.0);
         g.stats.last_error = Some(text.clone());
-        if !limiter.allow() {
+        if limiter.allow().is_none() {
             g.stats.warnings_suppressed += 1;
             None
         } else {
@@ -578,9 +559,12 @@ impl ReceiveContext {
             peer.to_string()
         };
         lock(&self.shared.0).stats.received += 1;
+        // The holder's first state since start (pushed even if empty).
+        let mut first_state = false;
         let change = match frames.len() {
             2 if frames[0] == STATE_TOPIC => match Snapshot::decode(&frames[1]) {
                 Ok(snap) => {
+                    first_state = self.follower.position().is_none();
                     let changes = self.follower.follow(&snap);
                     let mut g = lock(&self.shared.0);
                     g.stats.snapshots += 1;
@@ -627,7 +611,13 @@ impl ReceiveContext {
             }
         };
         match change {
-            Ok(u) if u.is_empty() => {}
+            Ok(u) if u.is_empty() => {
+                if first_state {
+                    gst::debug!(CAT, "the holder at {from} has no settings yet");
+                    lock(&self.shared.0).holder_found = true;
+                    self.shared.1.notify_all();
+                }
+            }
             Ok(u) => {
                 gst::debug!(CAT, "change from {from}: {}", u.summary());
                 let mut g = lock(&self.shared.0);
@@ -714,7 +704,7 @@ impl SettingsSrc {
                     .map_err(|e| fail(format!("curve-allow: {e}")))?;
                 let shared = self.shared.clone();
                 let element = element.clone();
-                let mut limiter = WarningLimiter::new();
+                let mut limiter = RateLimiter::new(WARNINGS_PER_SECOND);
                 zap = Some(
                     ZapHandler::start(&ctx, move |req: &ZapRequest| {
                         if allow.contains(&req.public_key) {
@@ -815,7 +805,7 @@ impl SettingsSrc {
             shared: self.shared.clone(),
             stop: stop.clone(),
             follower: SnapshotFollower::default(),
-            warnings: WarningLimiter::new(),
+            warnings: RateLimiter::new(WARNINGS_PER_SECOND),
         };
         let thread = std::thread::Builder::new()
             .name("settingssrc-rx".into())
@@ -982,7 +972,7 @@ impl PushSrcImpl for SettingsSrc {
                 gst::element_imp_error!(self, gst::ResourceError::Read, ["{}", e]);
                 return Err(gst::FlowError::Error);
             }
-            if !g.pending.is_empty() {
+            if !g.pending.is_empty() || g.holder_found {
                 let interval =
                     Duration::from_millis(u64::from(lock(&self.settings).min_push_interval_ms));
                 let ready_at = g.last_push.map(|t| t + interval);
@@ -998,6 +988,7 @@ impl PushSrcImpl for SettingsSrc {
                     _ => {
                         g.last_push = Some(now);
                         g.stats.pushed += 1;
+                        g.holder_found = false;
                         break (std::mem::take(&mut g.pending), g.stats.pushed);
                     }
                 }

@@ -320,7 +320,8 @@ function loadState(m) {
   if (s.prompt !== undefined) $("prompt").value = s.prompt;
   if (s["negative-prompt"] !== undefined) $("negative").value = s["negative-prompt"];
   if (s.seed !== undefined) $("seed").value = s.seed;
-  if (s["t-index-list"]) setSlider("tindex", s["t-index-list"].split(",")[0]);
+  // The holder's /status gives the strength its t-index list stands for (0..1).
+  if (s.strength !== undefined) setSlider("strength", s.strength);
   if (s["guidance-scale"] !== undefined) setSlider("guidance", s["guidance-scale"]);
   if (s.delta !== undefined) setSlider("delta", s.delta);
   if (s["transition-frames"] !== undefined) $("transition").value = s["transition-frames"];
@@ -334,7 +335,8 @@ function slider(id, send) {
   $(id).addEventListener("input", () => { $(id + "-v").textContent = $(id).value; });
   $(id).addEventListener("change", () => send(Number($(id).value)));
 }
-slider("tindex", (v) => settings({ "t-index-list": [v] }));
+// Strength: 0..1, right = stronger; the holder moves its t-index list, spacing kept.
+slider("strength", (v) => settings({ strength: v }));
 slider("guidance", (v) => settings({ "guidance-scale": v }));
 slider("delta", (v) => settings({ delta: v }));
 $("blend-w").addEventListener("input", () => { $("blend-w-v").textContent = $("blend-w").value; });
