@@ -36,8 +36,9 @@ Options:
   --settings-port N    the settings holder's state port (default 5556)
   --control-port N     the settings holder's command port (default 5560)
   --settings-init CMD  initial setting for the holder (repeatable), e.g. "/prompt a fox"
-  --osc-port N         the settings holder's OSC input, udp://0.0.0.0:N (0 = off; default:
-                       the holder's, 8000, or off with --keys: OSC has no keys)
+  --osc-port N         the settings holder's OSC input on UDP port N (0 = off; default: the
+                       holder's, 0.0.0.0:8000, or off with --keys: OSC has no keys; with --keys
+                       a port given here binds 127.0.0.1 only)
   --no-settings        do not run the settings holder (one is running elsewhere)
   --keys DIR           ZeroMQ CURVE on the worker ports (5555, 5558) and the settings
                        holder: DIR/primary.key_secret is this machine's key, DIR/allowed/
@@ -185,15 +186,10 @@ esac
 
 if $SETTINGS; then
   command -v i2i-prompt >/dev/null 2>&1 || die "i2i-prompt not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
+  # The holder's own rules: 0 = off; with CURVE keys a port binds 127.0.0.1 only, and OSC is off
+  # unless asked for (OSC has no keys).
   OSC=()
-  if [ "$OSC_PORT" = 0 ]; then
-    OSC=(--osc off)
-  elif [ -n "$OSC_PORT" ]; then
-    OSC=(--osc "$OSC_PORT")
-  elif [ -n "$KEYS" ]; then
-    # OSC has no keys: with CURVE on the ZeroMQ ports it stays off unless asked for.
-    OSC=(--osc off)
-  fi
+  [ -n "$OSC_PORT" ] && OSC=(--osc-port "$OSC_PORT")
   i2i-prompt serve --state-bind "tcp://*:$SETTINGS_PORT" --control-bind "tcp://*:$CONTROL_PORT" \
     "${OSC[@]}" "${SETTINGS_CURVE[@]}" "${INIT[@]}" &
   SETTINGS_PID=$!
