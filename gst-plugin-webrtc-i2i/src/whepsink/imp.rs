@@ -312,12 +312,25 @@ impl WhepSink {
         let clocksync = make("clocksync", "offset")?;
         apply_offset(&hold, &clocksync, settings.ts_offset);
         let (encoding, encoder) = match settings.codec {
-            Codec::PerViewer => (Vec::new(), None),
+            Codec::PerViewer => {
+                // One raw format whatever the publisher's decoder gives (webrtcsink takes no
+                // format change once viewers are served).
+                let convert = make("videoconvert", "convert")?;
+                let filter = make("capsfilter", "raw")?;
+                filter.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("format", "I420")
+                        .build(),
+                );
+                (vec![convert, filter], None)
+            }
             codec => {
                 let (encoder, caps) = make_encoder(codec, settings.bitrate)?;
                 let convert = make("videoconvert", "convert")?;
                 let filter = make("capsfilter", "encoded")?;
                 filter.set_property("caps", caps);
+                keep_caps_changes_payloadable(&filter);
                 (vec![convert, encoder.clone(), filter], Some(encoder))
             }
         };
@@ -413,6 +426,38 @@ fn make_encoder(codec: Codec, kbps: u32) -> Result<(gst::Element, gst::Caps), St
         }
         Codec::PerViewer => Err("i2iwhepsink: per-viewer has no shared encoder".into()),
     }
+}
+
+/// Takes `streamheader` out of the encoded caps going to webrtcsink. vp8enc puts the size
+/// and frame rate in it, and webrtcsink refuses any caps change it does not know to be
+/// harmless (it cannot renegotiate with its viewers): a new publisher whose decoder gives a
+/// frame rate (avdec_h264 reads 15/1 where vp8dec gave 0/1) or another size would stop the
+/// pipeline not-negotiated. RTP payloaders do not use the stream header.
+fn keep_caps_changes_payloadable(filter: &gst::Element) {
+    let Some(pad) = filter.static_pad("src") else {
+        return;
+    };
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| {
+        let Some(gst::PadProbeData::Event(event)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let gst::EventView::Caps(caps) = event.view() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if !caps
+            .caps()
+            .structure(0)
+            .is_some_and(|s| s.has_field("streamheader"))
+        {
+            return gst::PadProbeReturn::Ok;
+        }
+        let mut caps = caps.caps_owned();
+        if let Some(s) = caps.make_mut().structure_mut(0) {
+            s.remove_field("streamheader");
+        }
+        info.data = Some(gst::PadProbeData::Event(gst::event::Caps::new(&caps)));
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// `bitrate` in kbit/s on the shared encoder, live.
