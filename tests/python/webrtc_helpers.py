@@ -150,7 +150,8 @@ class WebRtcPipeline:
     def __init__(self, tmp, width=256, height=192, middle=None, extra_src="", extra_sink="",
                  source=None, sink=None, eos_on_shutdown=False):
         """`source`: a gst-launch source chain in place of `i2iwhipsrc ! middle` (WHEP only);
-        `sink`: one in place of `i2iwhepsink` (WHIP only); `eos_on_shutdown`: gst-launch-1.0
+        `sink`: one in place of `i2iwhepsink` (WHIP only; `{whep_port}` in it is the WHEP
+        port); `eos_on_shutdown`: gst-launch-1.0
         -e, SIGINT ends the stream with EOS."""
         launch = shutil.which("gst-launch-1.0")
         if launch is None:
@@ -169,8 +170,8 @@ class WebRtcPipeline:
             source = (f"i2iwhipsrc name=in host-addr=http://127.0.0.1:{self.whip_port} "
                       f"{extra_src} ! {middle}")
         if sink is None:
-            sink = (f"i2iwhepsink name=out host-addr=http://127.0.0.1:{self.whep_port} "
-                    f"{extra_sink}")
+            sink = "i2iwhepsink name=out host-addr=http://127.0.0.1:{whep_port} " + extra_sink
+        sink = sink.replace("{whep_port}", str(self.whep_port))
         desc = f"{source} ! {sink}"
         self.log_path = os.path.join(tmp, "gst-launch.log")
         self.log = open(self.log_path, "w")
