@@ -252,11 +252,13 @@ class Publisher:
     and whipclientsink DELETEs its session)."""
 
     def __init__(self, url, codec="vp8", size=(320, 240), fps=15, audio=False, token=None,
-                 log=None):
+                 log=None, frames=None):
+        """`frames`: send that many video frames, then end (EOS, DELETE) by itself."""
         w, h = size
         caps = "video/x-h264" if codec == "h264" else "video/x-vp8"
+        count = [f"num-buffers={frames}"] if frames else []
         args = ["gst-launch-1.0", "-e",
-                "videotestsrc", "is-live=true", "pattern=ball", "!",
+                "videotestsrc", "is-live=true", "pattern=ball", *count, "!",
                 f"video/x-raw,width={w},height={h},framerate={fps}/1", "!", "videoconvert", "!",
                 "whipclientsink", "name=ws", f"video-caps={caps}",
                 f"signaller::whip-endpoint={url}"]

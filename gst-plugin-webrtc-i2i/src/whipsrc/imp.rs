@@ -26,6 +26,11 @@
 //!   or without a publisher, so the pipeline drains and stops cleanly;
 //! - `busy-policy`: a new publisher `replace`s the live one (default) or is `refuse`d (409);
 //!   offers go to webrtcsrc one at a time (it holds one session);
+//! - a new publisher's first picture comes at once: its depayloader asks for a keyframe on
+//!   packet loss and waits for one, and until its first frame is decoded a keyframe is asked
+//!   for every second (a force-key-unit event upstream, sent to the publisher as RTCP PLI):
+//!   an encoder's first keyframe goes out before the connection is up and is lost, and
+//!   encoders like webrtcsink's x264enc send the next one seconds later;
 //! - a publisher that vanishes without DELETE (no video for `publisher-timeout` ms) is
 //!   ended, `publisher-gone` is posted with its resource id, and the next one is accepted.
 
@@ -95,6 +100,36 @@ pub struct WhipSrc {
     warnings: Mutex<endpoint::RateLimit>,
     /// An EOS went downstream: no publisher's data may follow it.
     ended: Arc<AtomicBool>,
+    /// The publisher's pad is out, its first frame not yet: when a keyframe was last asked for.
+    awaiting_picture: Arc<Mutex<Option<Instant>>>,
+}
+
+/// How often a publisher whose first frame has not come is asked for a keyframe.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An upstream force-key-unit event (what gst_video_event_new_upstream_force_key_unit
+/// makes): rtpsession turns it into RTCP PLI / FIR to the publisher.
+fn keyframe_request() -> gst::Event {
+    gst::event::CustomUpstream::new(
+        gst::Structure::builder("GstForceKeyUnit")
+            .field("running-time", u64::MAX)
+            .field("all-headers", true)
+            .field("count", 0u32)
+            .build(),
+    )
+}
+
+/// Depayloaders inside `whipserversrc` ask for a keyframe when packets are lost and drop
+/// what cannot be decoded until it comes.
+fn tune_depayloader(element: &gst::Element) {
+    for property in ["request-keyframe", "wait-for-keyframe"] {
+        if element
+            .find_property(property)
+            .is_some_and(|p| p.value_type() == bool::static_type())
+        {
+            element.set_property(property, true);
+        }
+    }
 }
 
 /// What the HTTP front tells the element.
@@ -199,10 +234,15 @@ impl WhipSrc {
             return;
         }
         let last_seen = self.last_seen.clone();
+        let awaiting = self.awaiting_picture.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             *last_seen.lock().unwrap() = Some(Instant::now());
+            awaiting.lock().unwrap().take();
             gst::PadProbeReturn::Ok
         });
+        // The first request goes out from the watchdog: the pad is not linked inside
+        // whipserversrc yet.
+        *self.awaiting_picture.lock().unwrap() = Some(Instant::now() - KEYFRAME_REQUEST_INTERVAL);
         let ghost = self.ghost.lock().unwrap().clone();
         if let Some(ghost) = ghost {
             if ghost.target().is_some() {
@@ -227,7 +267,29 @@ impl WhipSrc {
     fn pad_removed(&self, pad: &gst::Pad) {
         let name = pad.name();
         if name.starts_with("video") {
+            self.awaiting_picture.lock().unwrap().take();
             self.post("publisher-gone", &name);
+        }
+    }
+
+    /// Asks the publisher for a keyframe while its first frame has not come (see the header).
+    fn request_first_picture(&self) {
+        {
+            let mut awaiting = self.awaiting_picture.lock().unwrap();
+            match *awaiting {
+                Some(last) if last.elapsed() >= KEYFRAME_REQUEST_INTERVAL => {
+                    *awaiting = Some(Instant::now())
+                }
+                _ => return,
+            }
+        }
+        if let Some(ghost) = self.ghost.lock().unwrap().clone() {
+            let sent = ghost.send_event(keyframe_request());
+            gst::debug!(
+                CAT,
+                imp = self,
+                "keyframe asked for (reached the publisher: {sent})"
+            );
         }
     }
 }
@@ -451,6 +513,16 @@ impl WhipSrc {
                 obj.imp().pad_removed(pad);
             }
         });
+        if let Some(bin) = inner.downcast_ref::<gst::Bin>() {
+            bin.connect_deep_element_added(|_, _, element| {
+                let is_depayloader = element
+                    .factory()
+                    .is_some_and(|f| f.name().starts_with("rtp") && f.name().ends_with("depay"));
+                if is_depayloader {
+                    tune_depayloader(element);
+                }
+            });
+        }
         self.obj()
             .add(&inner)
             .map_err(|e| format!("i2iwhipsrc: {e}"))?;
@@ -514,6 +586,7 @@ impl WhipSrc {
                     return;
                 };
                 let imp = obj.imp();
+                imp.request_first_picture();
                 let limit = Duration::from_millis(u64::from(
                     imp.settings.lock().unwrap().publisher_timeout,
                 ));
