@@ -17,8 +17,9 @@
 //! - `PATCH` (trickle ICE): the same authentication, then 405: the offer must carry its
 //!   candidates;
 //! - CORS headers only for the origins in `allowed-origins` (`*` for any);
-//! - sessions end when their peer connection fails or closes, when WebRTC fails on them (the
-//!   element calls [`Endpoint::fail`]: the POST waiting for its answer gets 400 at once), and
+//! - sessions end when their peer connection fails or closes, when WebRTC fails on them
+//!   (`i2iwhipsrc` calls [`Endpoint::fail`], webrtcsink ends a failed viewer's session itself
+//!   and [`Endpoint::forget`] follows; the POST waiting for its answer gets 400 at once), and
 //!   (WHEP) when they have not connected `connect-timeout` ms after their answer;
 //! - every refusal is written in the response body and reported to the element (a rate-limited
 //!   bus warning); nothing a client sends ends the pipeline.
@@ -348,8 +349,6 @@ struct Session {
     since: Instant,
     /// Tells the POST waiting for the answer why the session ended first.
     abort: Option<tokio::sync::oneshot::Sender<Refusal>>,
-    /// Its webrtcbin (from the signaller's `webrtcbin-ready`), to match errors to it.
-    webrtcbin: Option<glib::WeakRef<gst::Element>>,
 }
 
 pub struct Endpoint {
@@ -497,9 +496,6 @@ impl Endpoint {
 
     /// Follows session `id`'s webrtcbin: connected, or failed / closed (the session ends).
     fn watch(self: &Arc<Self>, id: &str, webrtcbin: &gst::Element) {
-        if let Some(session) = self.sessions.lock().unwrap().get_mut(id) {
-            session.webrtcbin = Some(webrtcbin.downgrade());
-        }
         let weak = Arc::downgrade(self);
         let id = id.to_string();
         webrtcbin.connect_notify(Some("connection-state"), move |webrtcbin, _| {
@@ -530,24 +526,6 @@ impl Endpoint {
         }
     }
 
-    /// The session whose webrtcbin holds `object`, if any.
-    pub fn session_of(&self, object: &gst::Object) -> Option<String> {
-        let sessions = self.sessions.lock().unwrap();
-        let mut at = Some(object.clone());
-        while let Some(o) = at {
-            if let Some((id, _)) = sessions.iter().find(|(_, s)| {
-                s.webrtcbin
-                    .as_ref()
-                    .and_then(|w| w.upgrade())
-                    .is_some_and(|w| w.upcast_ref::<gst::Object>() == &o)
-            }) {
-                return Some(id.clone());
-            }
-            at = o.parent();
-        }
-        None
-    }
-
     /// WebRTC failed on session `id` (all sessions when `None`): it ends, and a POST still
     /// waiting for its answer gets 400 with `reason` at once. The pipeline goes on.
     pub fn fail(self: &Arc<Self>, id: Option<String>, reason: String) {
@@ -575,11 +553,20 @@ impl Endpoint {
         });
     }
 
-    /// Forgets session `id`, which the WebRTC element ended by itself.
+    /// Forgets session `id`, which the WebRTC element ended by itself (webrtcsink ends a
+    /// viewer's session when WebRTC fails on it); a POST still waiting for its answer gets
+    /// 400 at once.
     pub fn forget(&self, id: &str) {
-        if self.sessions.lock().unwrap().remove(id).is_some() {
-            self.events.session(id, false);
+        let Some(session) = self.sessions.lock().unwrap().remove(id) else {
+            return;
+        };
+        if let Some(tx) = session.abort {
+            let _ = tx.send((
+                StatusCode::BAD_REQUEST,
+                "the WebRTC element could not take this offer: it ended the session before answering".into(),
+            ));
         }
+        self.events.session(id, false);
     }
 
     /// Ends session `id` with a warning saying why; false when there is no such session.
@@ -817,7 +804,6 @@ impl Endpoint {
                 phase: Phase::Answering,
                 since: Instant::now(),
                 abort: Some(abort_tx),
-                webrtcbin: None,
             },
         );
         let (promise, future) = gst::Promise::new_future();

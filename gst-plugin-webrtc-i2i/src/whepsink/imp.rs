@@ -723,23 +723,7 @@ impl ElementImpl for WhepSink {
     }
 }
 
-impl BinImpl for WhepSink {
-    /// An error from inside a viewer's webrtcbin concerns that viewer only: its session ends
-    /// (its POST, if still waiting, gets 400) and the others and the pipeline go on.
-    fn handle_message(&self, message: gst::Message) {
-        if let gst::MessageView::Error(err) = message.view()
-            && let Some(src) = message.src()
-            && let Some(endpoint) = self.endpoint()
-            && let Some(id) = endpoint.session_of(src)
-        {
-            let reason = format!("{} ({})", endpoint::error_text(err), src.name());
-            gst::info!(CAT, imp = self, "viewer {id} failed: {reason}; {err:?}");
-            endpoint.fail(Some(id), reason);
-            return;
-        }
-        self.parent_handle_message(message)
-    }
-}
+impl BinImpl for WhepSink {}
 
 /// The offset as clocksync wants it: synchronised only when there is an offset to keep, so that
 /// `ts-offset=0` adds no waiting at all. The queue in front holds the frames in flight during
