@@ -21,16 +21,23 @@
 //!   (`i2iwhipsrc` calls [`Endpoint::fail`], webrtcsink ends a failed viewer's session itself
 //!   and [`Endpoint::forget`] follows; the POST waiting for its answer gets 400 at once), and
 //!   (WHEP) when they have not connected `connect-timeout` ms after their answer;
+//! - at most [`MAX_CONNECTIONS`] HTTP connections at once (more wait in the kernel's accept
+//!   queue, costing the process no descriptor), each closed after [`IDLE_TIMEOUT`] without
+//!   traffic; an offer's body must arrive within [`BODY_TIMEOUT`];
 //! - every refusal is written in the response body and reported to the element (a rate-limited
 //!   bus warning); nothing a client sends ends the pipeline.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -373,6 +380,17 @@ pub struct Endpoint {
     runtime: OnceLock<tokio::runtime::Handle>,
     webrtcbin_ready: Mutex<Option<glib::SignalHandlerId>>,
 }
+
+/// HTTP connections an endpoint serves at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection with no traffic this long is closed: longer than the longest answer (a WHIP
+/// offer waiting for the one before it, then for its own answer), since the server reads the
+/// connection while a request is answered.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an offer's body may take to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a WHEP offer waits for the first frames before it is answered 503.
 pub const READY_WAIT: Duration = Duration::from_secs(10);
@@ -738,10 +756,37 @@ impl Endpoint {
         Ok(())
     }
 
-    async fn post(self: Arc<Self>, headers: HeaderMap, body: Bytes) -> Response {
+    async fn post(self: Arc<Self>, headers: HeaderMap, body: Body) -> Response {
         let token = match self.authorize(&headers) {
             Ok(token) => token,
             Err(response) => return *response,
+        };
+        let body = match tokio::time::timeout(
+            BODY_TIMEOUT,
+            axum::body::to_bytes(body, offer::MAX_OFFER_BYTES + 1),
+        )
+        .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                return self.refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "{} offer over the {} byte limit",
+                        self.kind.name(),
+                        offer::MAX_OFFER_BYTES
+                    ),
+                );
+            }
+            Err(_) => {
+                return self.refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the offer did not arrive within {} ms",
+                        BODY_TIMEOUT.as_millis()
+                    ),
+                );
+            }
         };
         let sdp_type = headers
             .get(header::CONTENT_TYPE)
@@ -1040,7 +1085,7 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
         .route(
             &format!("/{root}/endpoint"),
             post(
-                |State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes| {
+                |State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Body| {
                     e.post(headers, body)
                 },
             ),
@@ -1058,11 +1103,121 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
                 },
             ),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(
-            offer::MAX_OFFER_BYTES * 2,
-        ))
         .layer(axum::middleware::from_fn_with_state(endpoint.clone(), cors))
         .with_state(endpoint)
+}
+
+/// A connection that counts against [`MAX_CONNECTIONS`] until it closes, and fails after
+/// [`IDLE_TIMEOUT`] without traffic.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Connection {
+    fn busy(&mut self) {
+        self.idle
+            .as_mut()
+            .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    }
+
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        self.idle.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn idle_error() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no traffic within the idle timeout",
+    )
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let filled = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > filled {
+                    self.busy();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Ready(result) => {
+                self.busy();
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts a connection only while fewer than [`MAX_CONNECTIONS`] are open.
+struct Listener {
+    tcp: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl axum::serve::Listener for Listener {
+    type Io = Connection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Connection, SocketAddr) {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        loop {
+            match self.tcp.accept().await {
+                Ok((stream, addr)) => {
+                    let idle = Box::pin(tokio::time::sleep(IDLE_TIMEOUT));
+                    return (
+                        Connection {
+                            stream,
+                            idle,
+                            _slot: slot,
+                        },
+                        addr,
+                    );
+                }
+                // Out of descriptors, a connection reset before it was taken: try again.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
 }
 
 /// The running server: its own small tokio runtime, stopped with the element.
@@ -1097,6 +1252,10 @@ impl Server {
         let _ = endpoint.runtime.set(runtime.handle().clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(endpoint.clone());
+        let listener = Listener {
+            tcp: listener,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        };
         runtime.spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

@@ -10,10 +10,12 @@
   `max-pending` sessions, each ended `connect-timeout` after its answer; the others get 503
   with Retry-After. The pipeline process's descriptors and threads stay bounded (read from
   /proc), it lives on, and a real viewer (headless Chromium) plays afterwards.
+- Idle TCP connections are capped, and an offer's body must arrive in time.
 """
 
 import concurrent.futures
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -149,3 +151,48 @@ def test_unconnected_whep_offers_are_capped_and_timed_out():
             browser.quit()
         gst.stop()
         pages.stop()
+
+
+def test_idle_and_slow_http_clients_are_bounded():
+    """Hundreds of connections that send nothing hold at most 64 of the process's descriptors
+    (the rest wait in the kernel's accept queue); an offer whose body never finishes is
+    answered 408 after 10 s; once the idle clients go, offers are answered again."""
+    tmp = tempfile.mkdtemp(prefix="i2i-whip-idle-")
+    gst = WebRtcPipeline(tmp, middle="videoconvert", sink="fakesink async=false")
+    idle = []
+    try:
+        wait_for(lambda: listening(gst.whip), 30, "the WHIP endpoint")
+        pid = gst.proc.pid
+        base = fds(pid)
+        port = int(gst.whip.split(":")[2].split("/")[0])
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /whip/endpoint HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
+                     b"Content-Length: 1000\r\n\r\nv=0\r\n")
+        start = time.monotonic()
+        for _ in range(300):
+            # Past the cap and the kernel's accept queue, a connect waits for room: give up.
+            s = socket.socket()
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                idle.append(s)
+            else:
+                s.close()
+        time.sleep(2)
+        held = fds(pid)
+        print(f"{len(idle)} idle connections: descriptors {base} -> {held}")
+        assert held - base < 64 + 20, (base, held)
+        assert gst.proc.poll() is None, gst.messages()[-2000:]
+        slow.settimeout(30)
+        answer = slow.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 10000 ms" in answer, answer
+        assert 8 < time.monotonic() - start < 30
+        slow.close()
+        for s in idle:
+            s.close()
+        idle.clear()
+        status, text, _ = http("POST", gst.whip, fake_offer())
+        assert status == 201, (status, text)
+    finally:
+        for s in idle:
+            s.close()
+        gst.stop()
