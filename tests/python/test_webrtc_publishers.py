@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from i2i_web_helpers import ROOT, wait_for
-from webrtc_helpers import FrameCounter, Publisher, WebRtcPipeline, listening, zmq_output
+from i2i_web_helpers import wait_for
+from webrtc_helpers import (FrameCounter, Publisher, WebRtcPipeline, listening, transform_chain,
+                            zmq_output)
 
 FRAMES = 15
 
@@ -29,10 +30,7 @@ def ended(gst):
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 def test_every_publisher_reaches_the_output(codec, chain):
     tmp = tempfile.mkdtemp(prefix=f"i2i-whip-turns-{codec}-{chain}-")
-    middle = "videoconvert"
-    if chain == "transform":
-        middle = (f"videoconvert ! i2itransform model={ROOT / 'models' / 'demo'} "
-                  f"width=128 height=96 ! videoconvert")
+    middle = transform_chain(128, 96) if chain == "transform" else "videoconvert"
     sink, endpoint = zmq_output()
     gst = WebRtcPipeline(tmp, middle=middle, sink=sink)
     out = FrameCounter(endpoint)

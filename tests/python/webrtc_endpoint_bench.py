@@ -27,17 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from i2i_web_helpers import ROOT, wait_for  # noqa: E402
+from i2i_web_helpers import wait_for  # noqa: E402
 from webrtc_helpers import (FrameCounter, Publisher, WebRtcPipeline, fake_offer, fds,  # noqa: E402
-                            http, listening, threads, zmq_output)
+                            http, listening, threads, transform_chain, zmq_output)
 
 
 def publishers_in_turn(codec, transform, frames):
     tmp = tempfile.mkdtemp(prefix="i2i-whip-bench-")
-    middle = "videoconvert"
-    if transform:
-        middle = (f"videoconvert ! i2itransform model={ROOT / 'models' / 'demo'} "
-                  f"width=256 height=192 ! videoconvert")
+    middle = transform_chain(256, 192) if transform else "videoconvert"
     sink, endpoint = zmq_output()
     gst = WebRtcPipeline(tmp, middle=middle, sink=sink)
     out = FrameCounter(endpoint)

@@ -115,8 +115,9 @@ class Pages:
 def chrome(tmp, y4m=None):
     """Headless Chromium: fake camera, loopback ICE candidates, no mDNS host names.
 
-    The WHIP/WHEP endpoints do not answer CORS preflights, so the test pages (another
-    origin) run with web security off; the control room page proxies them same-origin.
+    The test pages come from another origin than the WHIP/WHEP endpoints, which allow no
+    origin unless `allowed-origins` names it (test_webrtc_security.py checks that), so the
+    browser runs with web security off.
     """
     binary = shutil.which("chromium")
     driver = shutil.which("chromedriver")
@@ -280,6 +281,12 @@ class Publisher:
         stop_process(self.proc)
         if self.log is not subprocess.DEVNULL:
             self.log.close()
+
+
+def transform_chain(width, height):
+    """The middle of a WHIP pipeline with the demo model: raw video in and out."""
+    model = ROOT / "models" / "demo"
+    return f"videoconvert ! i2itransform model={model} width={width} height={height} ! videoconvert"
 
 
 def zmq_output():
