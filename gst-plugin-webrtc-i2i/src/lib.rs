@@ -9,6 +9,7 @@ use gst::glib;
 
 mod endpoint;
 mod loopback;
+mod offer;
 pub mod whepsink;
 pub mod whipsrc;
 

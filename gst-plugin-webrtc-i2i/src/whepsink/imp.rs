@@ -39,11 +39,11 @@
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use crate::endpoint::{self, Endpoint, Kind, Server};
+use crate::endpoint::{self, Endpoint, Kind, Limits, Server};
+use crate::offer::Accepts;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -58,6 +58,14 @@ const MAX_TS_OFFSET: u64 = 10 * gst::ClockTime::SECOND.nseconds();
 const DEFAULT_BITRATE: u32 = 2000;
 const MIN_BITRATE: u32 = 100;
 const MAX_BITRATE: u32 = 50_000;
+/// Viewers served at once (each holds a webrtcbin: about 8 threads and 15 descriptors).
+const DEFAULT_MAX_VIEWERS: u32 = 10;
+/// Viewers answered but not connected yet.
+const DEFAULT_MAX_PENDING: u32 = 4;
+/// Milliseconds a viewer may take to connect after its answer.
+const DEFAULT_CONNECT_TIMEOUT: u32 = 5_000;
+/// How long a viewer's POST waits for its answer (ICE gathering takes a second at most).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Frames between keyframes of the shared encoder: a viewer that lost packets asks for one
 /// (PLI) anyway; this bounds the wait when that request is lost too.
 const KEYFRAME_INTERVAL: u32 = 60;
@@ -82,23 +90,23 @@ pub enum Codec {
 
 impl Codec {
     /// What the endpoint takes from viewers' offers with this setting.
-    fn accepts(self) -> endpoint::Accepts {
+    fn accepts(self) -> Accepts {
         match self {
-            Codec::H264 => endpoint::Accepts {
+            Codec::H264 => Accepts {
                 codecs: &["H264"],
                 hint: Some(
                     "the video is encoded once in H264 (i2iwhepsink codec=h264); set codec=vp8 or codec=per-viewer for other viewers",
                 ),
                 any_h264_level: true,
             },
-            Codec::Vp8 => endpoint::Accepts {
+            Codec::Vp8 => Accepts {
                 codecs: &["VP8"],
                 hint: Some(
                     "the video is encoded once in VP8 (i2iwhepsink codec=vp8); set codec=h264 or codec=per-viewer for other viewers",
                 ),
                 any_h264_level: false,
             },
-            Codec::PerViewer => endpoint::Accepts::ALL,
+            Codec::PerViewer => Accepts::ALL,
         }
     }
 }
@@ -109,6 +117,9 @@ struct Settings {
     ts_offset: u64,
     codec: Codec,
     bitrate: u32,
+    max_viewers: u32,
+    max_pending: u32,
+    connect_timeout: u32,
 }
 
 impl Default for Settings {
@@ -118,6 +129,9 @@ impl Default for Settings {
             ts_offset: DEFAULT_TS_OFFSET,
             codec: Codec::default(),
             bitrate: DEFAULT_BITRATE,
+            max_viewers: DEFAULT_MAX_VIEWERS,
+            max_pending: DEFAULT_MAX_PENDING,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -146,8 +160,8 @@ pub struct WhepSink {
     chain: Mutex<Option<Chain>>,
     ghost: Mutex<Option<gst::GhostPad>>,
     viewers: Mutex<Viewers>,
-    server: Mutex<Option<Server>>,
-    refusals: Mutex<endpoint::RateLimit>,
+    server: endpoint::Running,
+    warnings: Mutex<endpoint::RateLimit>,
     /// True once webrtcsink has probed its codecs on the first frames (it then starts its
     /// signaller): the endpoint holds offers until then.
     ready: tokio::sync::watch::Sender<bool>,
@@ -157,18 +171,14 @@ pub struct WhepSink {
 struct Events(glib::WeakRef<super::WhepSink>);
 
 impl endpoint::Events for Events {
-    fn refused(&self, what: &str) {
+    fn warn(&self, what: &str) {
         if let Some(obj) = self.0.upgrade() {
             let imp = obj.imp();
-            let Some(more) = imp.refusals.lock().unwrap().allow() else {
+            let Some(more) = imp.warnings.lock().unwrap().allow() else {
                 return;
             };
             gst::element_imp_warning!(imp, gst::ResourceError::Read, ("i2iwhepsink: {what}{more}"));
         }
-    }
-
-    fn admit(&self, _live: &BTreeSet<String>) -> Result<Vec<String>, String> {
-        Ok(Vec::new())
     }
 
     fn session(&self, id: &str, started: bool) {
@@ -274,7 +284,11 @@ impl WhepSink {
                 .and_then(|v| v.get::<String>().ok())
                 .unwrap_or_default();
             if let Some(obj) = weak.upgrade() {
-                obj.imp().post("viewer-removed", &id, -1);
+                let imp = obj.imp();
+                if let Some(endpoint) = imp.endpoint() {
+                    endpoint.forget(&id);
+                }
+                imp.post("viewer-removed", &id, -1);
             }
             None
         });
@@ -298,12 +312,25 @@ impl WhepSink {
         let clocksync = make("clocksync", "offset")?;
         apply_offset(&hold, &clocksync, settings.ts_offset);
         let (encoding, encoder) = match settings.codec {
-            Codec::PerViewer => (Vec::new(), None),
+            Codec::PerViewer => {
+                // One raw format whatever the publisher's decoder gives (webrtcsink takes no
+                // format change once viewers are served).
+                let convert = make("videoconvert", "convert")?;
+                let filter = make("capsfilter", "raw")?;
+                filter.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("format", "I420")
+                        .build(),
+                );
+                (vec![convert, filter], None)
+            }
             codec => {
                 let (encoder, caps) = make_encoder(codec, settings.bitrate)?;
                 let convert = make("videoconvert", "convert")?;
                 let filter = make("capsfilter", "encoded")?;
                 filter.set_property("caps", caps);
+                keep_caps_changes_payloadable(&filter);
                 (vec![convert, encoder.clone(), filter], Some(encoder))
             }
         };
@@ -401,6 +428,38 @@ fn make_encoder(codec: Codec, kbps: u32) -> Result<(gst::Element, gst::Caps), St
     }
 }
 
+/// Takes `streamheader` out of the encoded caps going to webrtcsink. vp8enc puts the size
+/// and frame rate in it, and webrtcsink refuses any caps change it does not know to be
+/// harmless (it cannot renegotiate with its viewers): a new publisher whose decoder gives a
+/// frame rate (avdec_h264 reads 15/1 where vp8dec gave 0/1) or another size would stop the
+/// pipeline not-negotiated. RTP payloaders do not use the stream header.
+fn keep_caps_changes_payloadable(filter: &gst::Element) {
+    let Some(pad) = filter.static_pad("src") else {
+        return;
+    };
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| {
+        let Some(gst::PadProbeData::Event(event)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let gst::EventView::Caps(caps) = event.view() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if !caps
+            .caps()
+            .structure(0)
+            .is_some_and(|s| s.has_field("streamheader"))
+        {
+            return gst::PadProbeReturn::Ok;
+        }
+        let mut caps = caps.caps_owned();
+        if let Some(s) = caps.make_mut().structure_mut(0) {
+            s.remove_field("streamheader");
+        }
+        info.data = Some(gst::PadProbeData::Event(gst::event::Caps::new(&caps)));
+        gst::PadProbeReturn::Ok
+    });
+}
+
 /// `bitrate` in kbit/s on the shared encoder, live.
 fn set_bitrate(encoder: &gst::Element, kbps: u32) {
     if encoder.find_property("target-bitrate").is_some() {
@@ -415,8 +474,7 @@ fn set_bitrate(encoder: &gst::Element, kbps: u32) {
 
 impl WhepSink {
     fn start_server(&self) -> Result<(), String> {
-        let host_addr = self.settings.lock().unwrap().endpoint.host_addr.clone();
-        let codec = self.settings.lock().unwrap().codec;
+        let settings = self.settings.lock().unwrap().clone();
         let inner = self
             .chain
             .lock()
@@ -424,15 +482,26 @@ impl WhepSink {
             .as_ref()
             .map(|c| c.inner.clone())
             .ok_or("i2iwhepsink: no whepserversink")?;
+        inner
+            .property::<glib::Object>("signaller")
+            .set_property("timeout", ANSWER_TIMEOUT.as_secs() as u32 + 2);
         let endpoint = Endpoint::new(
             Kind::Whep,
             inner,
             Arc::new(Events(self.obj().downgrade())),
-            Duration::from_secs(30),
-            codec.accepts(),
+            settings.codec.accepts(),
+            settings.endpoint.access(),
+            Limits {
+                one_at_a_time: false,
+                max_sessions: settings.max_viewers as usize,
+                max_pending: settings.max_pending as usize,
+                connect_timeout: Some(Duration::from_millis(u64::from(settings.connect_timeout))),
+                answer_timeout: ANSWER_TIMEOUT,
+            },
             Some(self.ready.subscribe()),
         );
-        let server = Server::start(&host_addr, endpoint)
+        let host_addr = &settings.endpoint.host_addr;
+        let server = Server::start(host_addr, endpoint)
             .map_err(|e| format!("i2iwhepsink: WHEP endpoint {host_addr}: {e}"))?;
         gst::info!(
             CAT,
@@ -440,8 +509,12 @@ impl WhepSink {
             "WHEP endpoint http://{}/whep/endpoint",
             server.addr
         );
-        *self.server.lock().unwrap() = Some(server);
+        self.server.set(server);
         Ok(())
+    }
+
+    fn endpoint(&self) -> Option<Arc<Endpoint>> {
+        self.server.endpoint()
     }
 }
 
@@ -476,6 +549,30 @@ impl ObjectImpl for WhepSink {
                     .default_value(DEFAULT_BITRATE)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt::builder("max-viewers")
+                    .nick("Maximum viewers")
+                    .blurb("Viewers served at once, connected or connecting; past it an offer gets 503 with Retry-After")
+                    .minimum(1)
+                    .maximum(1000)
+                    .default_value(DEFAULT_MAX_VIEWERS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-pending")
+                    .nick("Maximum pending viewers")
+                    .blurb("Viewers answered but not connected yet; past it an offer gets 503 with Retry-After")
+                    .minimum(1)
+                    .maximum(1000)
+                    .default_value(DEFAULT_MAX_PENDING)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("connect-timeout")
+                    .nick("Connect timeout")
+                    .blurb("Milliseconds a viewer may take to connect after its answer; then its session ends")
+                    .minimum(500)
+                    .maximum(600_000)
+                    .default_value(DEFAULT_CONNECT_TIMEOUT)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("encoders")
                     .nick("Encoders")
                     .blurb("Video encoders running for the viewers now: 1 when encoding once, one per viewer with codec=per-viewer")
@@ -500,6 +597,11 @@ impl ObjectImpl for WhepSink {
                 }
             }
             "codec" => settings.codec = value.get().unwrap_or_default(),
+            "max-viewers" => settings.max_viewers = value.get().unwrap_or(DEFAULT_MAX_VIEWERS),
+            "max-pending" => settings.max_pending = value.get().unwrap_or(DEFAULT_MAX_PENDING),
+            "connect-timeout" => {
+                settings.connect_timeout = value.get().unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+            }
             "bitrate" => {
                 settings.bitrate = value.get().unwrap_or(DEFAULT_BITRATE);
                 if let Some(encoder) = self
@@ -525,6 +627,9 @@ impl ObjectImpl for WhepSink {
             "ts-offset" => settings.ts_offset.to_value(),
             "codec" => settings.codec.to_value(),
             "bitrate" => settings.bitrate.to_value(),
+            "max-viewers" => settings.max_viewers.to_value(),
+            "max-pending" => settings.max_pending.to_value(),
+            "connect-timeout" => settings.connect_timeout.to_value(),
             "encoders" => {
                 drop(settings);
                 self.encoders().to_value()
@@ -600,7 +705,7 @@ impl ElementImpl for WhepSink {
             })?;
         }
         if transition == gst::StateChange::NullToReady
-            && self.server.lock().unwrap().is_none()
+            && !self.server.is_running()
             && let Err(msg) = self.start_server()
         {
             gst::element_imp_error!(self, gst::ResourceError::OpenWrite, ("{msg}"));
@@ -611,7 +716,7 @@ impl ElementImpl for WhepSink {
             self.ready.send_replace(false);
         }
         if transition == gst::StateChange::ReadyToNull {
-            self.server.lock().unwrap().take();
+            self.server.stop();
             self.remove_inner();
         }
         ret

@@ -5,29 +5,44 @@
 //!
 //! What it adds to `whipserversrc`:
 //! - the publisher's video pad becomes the target of the `src` ghost pad; a new publisher's pad
-//!   replaces it (the last publisher wins), audio pads go to a fakesink;
-//! - the publisher leaving does not end the pipeline: its EOS is dropped and an element message
-//!   `i2iwhipsrc` with `event=publisher-gone` is posted instead (`publisher-connected` when one
-//!   arrives), so the next publisher can take over;
+//!   replaces it (the last publisher wins). Publishers come and go without touching the
+//!   pipeline: what webrtcsrc sends downstream when a session ends (a flush-start that is never
+//!   stopped, before it removes the pad, and any EOS) stays at the publisher's pad, so the
+//!   next publisher's frames flow through the same elements; an element message `i2iwhipsrc`
+//!   with `event=publisher-gone` is posted instead (`publisher-connected` when one arrives);
+//! - only the offer's first usable video m-line is taken: its other audio and video m-lines
+//!   are answered `inactive` (`offer.rs`), so a publisher's audio (OBS sends Opus) is not sent
+//!   at all, and each publisher has one pad;
+//! - WebRTC failing on a publisher (an error from inside `whipserversrc`: webrtcbin refusing
+//!   the offer, a decoder) ends that publisher's session with a warning instead of the
+//!   pipeline, and its POST is answered 400 at once;
 //! - 127.0.0.1 (or the `local-addresses` list) as an ICE host candidate, which libnice never
 //!   offers by itself, so publishers on the same machine connect;
 //! - no STUN server by default (a rig with no internet answers at once);
-//! - its own HTTP front (`endpoint.rs`): clear refusals (malformed SDP, no video, unsupported
-//!   codec, unknown resource) in the response and as bus warnings, CORS for browser pages;
+//! - its own HTTP front (`endpoint.rs`): offers checked in full (`offer.rs`), bearer-token
+//!   authentication (`token`), CORS only for `allowed-origins`, clear refusals in the response
+//!   and as bus warnings;
 //! - an EOS sent to the element (gst-launch-1.0 -e on Ctrl-C) goes downstream at once, with
 //!   or without a publisher, so the pipeline drains and stops cleanly;
 //! - `busy-policy`: a new publisher `replace`s the live one (default) or is `refuse`d (409);
-//! - a publisher that vanishes without DELETE (no video for `publisher-timeout` seconds) is
-//!   ended, `publisher-gone` is posted with `reason=timeout`, and the next one is accepted.
+//!   offers go to webrtcsrc one at a time (it holds one session);
+//! - a new publisher's first picture comes at once: its depayloader asks for a keyframe on
+//!   packet loss and waits for one, and until its first frame is decoded a keyframe is asked
+//!   for every second (a force-key-unit event upstream, sent to the publisher as RTCP PLI):
+//!   an encoder's first keyframe goes out before the connection is up and is lost, and
+//!   encoders like webrtcsink's x264enc send the next one seconds later;
+//! - a publisher that vanishes without DELETE (no video for `publisher-timeout` ms) is
+//!   ended, `publisher-gone` is posted with its resource id, and the next one is accepted.
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::endpoint::{self, Endpoint, Kind, Server};
+use crate::endpoint::{self, Busy, Endpoint, Kind, Limits, Server};
+use crate::offer::Accepts;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -37,8 +52,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_TIMEOUT: u32 = 15;
-const DEFAULT_PUBLISHER_TIMEOUT: u32 = 5;
+const DEFAULT_ANSWER_TIMEOUT: u32 = 15_000;
+const DEFAULT_PUBLISHER_TIMEOUT: u32 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, glib::Enum, Default)]
 #[repr(u32)]
@@ -57,7 +72,7 @@ pub enum BusyPolicy {
 #[derive(Debug, Clone)]
 struct Settings {
     endpoint: endpoint::EndpointSettings,
-    timeout: u32,
+    answer_timeout: u32,
     busy_policy: BusyPolicy,
     publisher_timeout: u32,
 }
@@ -66,7 +81,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             endpoint: endpoint::EndpointSettings::new(Kind::Whip),
-            timeout: DEFAULT_TIMEOUT,
+            answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             busy_policy: BusyPolicy::default(),
             publisher_timeout: DEFAULT_PUBLISHER_TIMEOUT,
         }
@@ -79,43 +94,71 @@ pub struct WhipSrc {
     inner: Mutex<Option<gst::Element>>,
     ghost: Mutex<Option<gst::GhostPad>>,
     publishers: Mutex<u64>,
-    server: Mutex<Option<(Server, Arc<Endpoint>)>>,
+    server: endpoint::Running,
     /// When the publisher's last frame (or its session start) was seen.
     last_seen: Arc<Mutex<Option<Instant>>>,
-    refusals: Mutex<endpoint::RateLimit>,
+    warnings: Mutex<endpoint::RateLimit>,
+    /// An EOS went downstream: no publisher's data may follow it.
+    ended: Arc<AtomicBool>,
+    /// The publisher's pad is out, its first frame not yet: when a keyframe was last asked for.
+    awaiting_picture: Arc<Mutex<Option<Instant>>>,
+}
+
+/// How often a publisher whose first frame has not come is asked for a keyframe.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An upstream force-key-unit event (what gst_video_event_new_upstream_force_key_unit
+/// makes): rtpsession turns it into RTCP PLI / FIR to the publisher.
+fn keyframe_request() -> gst::Event {
+    gst::event::CustomUpstream::new(
+        gst::Structure::builder("GstForceKeyUnit")
+            .field("running-time", u64::MAX)
+            .field("all-headers", true)
+            .field("count", 0u32)
+            .build(),
+    )
+}
+
+/// Depayloaders inside `whipserversrc` ask for a keyframe when packets are lost and drop
+/// what cannot be decoded until it comes.
+fn tune_depayloader(element: &gst::Element) {
+    for property in ["request-keyframe", "wait-for-keyframe"] {
+        if element
+            .find_property(property)
+            .is_some_and(|p| p.value_type() == bool::static_type())
+        {
+            element.set_property(property, true);
+        }
+    }
 }
 
 /// What the HTTP front tells the element.
 struct Events(glib::WeakRef<super::WhipSrc>);
 
 impl endpoint::Events for Events {
-    fn refused(&self, what: &str) {
+    fn warn(&self, what: &str) {
         if let Some(obj) = self.0.upgrade() {
-            obj.imp().refused(what);
+            obj.imp().warn(what);
         }
     }
 
-    fn admit(&self, live: &BTreeSet<String>) -> Result<Vec<String>, String> {
-        let Some(obj) = self.0.upgrade() else {
-            return Err("the element is gone".into());
-        };
-        let policy = obj.imp().settings.lock().unwrap().busy_policy;
+    fn busy(&self) -> Busy {
+        let policy = self
+            .0
+            .upgrade()
+            .map(|obj| obj.imp().settings.lock().unwrap().busy_policy);
         match policy {
-            BusyPolicy::Replace => Ok(live.iter().cloned().collect()),
-            BusyPolicy::Refuse if live.is_empty() => Ok(Vec::new()),
-            BusyPolicy::Refuse => Err(format!(
-                "a publisher is live (resource {}); it must DELETE first (busy-policy=refuse)",
-                live.iter().next().map(String::as_str).unwrap_or("?")
-            )),
+            Some(BusyPolicy::Replace) => Busy::Replace,
+            _ => Busy::Refuse,
         }
     }
 
     fn session(&self, id: &str, started: bool) {
         if let Some(obj) = self.0.upgrade() {
             let imp = obj.imp();
-            if started {
-                *imp.last_seen.lock().unwrap() = Some(Instant::now());
-            }
+            // The publisher-timeout clock runs from the answer: a session that ended leaves
+            // nothing for the next one, still waiting for its answer, to be timed against.
+            *imp.last_seen.lock().unwrap() = started.then(Instant::now);
             imp.post(
                 if started {
                     "session-started"
@@ -128,9 +171,38 @@ impl endpoint::Events for Events {
     }
 }
 
+/// A probe that keeps what webrtcsrc sends when a publisher's session ends (flush-start, never
+/// followed by a flush-stop, and EOS) at the publisher's pad. Passed on, the flush would leave
+/// every element downstream flushing for good (the next publisher's frames refused with
+/// FLUSHING, and webrtcsrc unable to flush the next pad, so it never ends that session and
+/// takes no further one), and the EOS would end the pipeline.
+///
+/// Dropped items are returned `Handled` (the probe owns and frees them), not `Drop`:
+/// gstreamer-rs hands the probe the item and leaves NULL in its place, and GStreamer 1.22
+/// unrefs that NULL after a `Drop` in a push, one GStreamer-CRITICAL per item.
+fn keep_session_end_inside(pad: &gst::Pad) {
+    pad.add_probe(
+        gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH,
+        |_, info| match info.event().map(|e| e.type_()) {
+            Some(gst::EventType::FlushStart | gst::EventType::FlushStop | gst::EventType::Eos) => {
+                gst::PadProbeReturn::Handled
+            }
+            _ => gst::PadProbeReturn::Ok,
+        },
+    );
+}
+
+/// Drops everything that comes out of `pad` (data and events): a pad nobody uses.
+fn discard(pad: &gst::Pad) {
+    pad.add_probe(
+        gst::PadProbeType::DATA_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH,
+        |_, _| gst::PadProbeReturn::Handled,
+    );
+}
+
 impl WhipSrc {
-    fn refused(&self, what: &str) {
-        let Some(more) = self.refusals.lock().unwrap().allow() else {
+    fn warn(&self, what: &str) {
+        let Some(more) = self.warnings.lock().unwrap().allow() else {
             return;
         };
         gst::element_imp_warning!(self, gst::ResourceError::Read, ("i2iwhipsrc: {what}{more}"));
@@ -147,75 +219,77 @@ impl WhipSrc {
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
     }
 
+    fn endpoint(&self) -> Option<Arc<Endpoint>> {
+        self.server.endpoint()
+    }
+
     fn pad_added(&self, pad: &gst::Pad) {
         let name = pad.name();
-        if name.starts_with("video") {
-            // The publisher's EOS must not end the pipeline: the next one takes over.
-            let last_seen = self.last_seen.clone();
-            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                *last_seen.lock().unwrap() = Some(Instant::now());
-                gst::PadProbeReturn::Ok
-            });
-            let weak = self.obj().downgrade();
-            let pad_name = name.to_string();
-            pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-                if let Some(gst::PadProbeData::Event(ev)) = &info.data
-                    && ev.type_() == gst::EventType::Eos
-                {
-                    if let Some(obj) = weak.upgrade() {
-                        gst::info!(CAT, obj = obj, "publisher on {pad_name} ended");
-                    }
-                    return gst::PadProbeReturn::Drop;
-                }
-                gst::PadProbeReturn::Ok
-            });
-            let ghost = self.ghost.lock().unwrap().clone();
-            if let Some(ghost) = ghost {
-                if ghost.target().is_some() {
-                    gst::info!(
-                        CAT,
-                        imp = self,
-                        "new publisher on {name} replaces the last one"
-                    );
-                }
-                if let Err(err) = ghost.set_target(Some(pad)) {
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Failed,
-                        ("i2iwhipsrc: cannot output the publisher's video pad {name}: {err}")
-                    );
-                    return;
-                }
+        keep_session_end_inside(pad);
+        if !name.starts_with("video") || self.ended.load(Ordering::SeqCst) {
+            // Offers are narrowed to one video m-line, so this is only a safety net (and
+            // after the EOS nothing may follow it).
+            gst::debug!(CAT, imp = self, "discarding {name}");
+            discard(pad);
+            return;
+        }
+        let last_seen = self.last_seen.clone();
+        let awaiting = self.awaiting_picture.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            *last_seen.lock().unwrap() = Some(Instant::now());
+            awaiting.lock().unwrap().take();
+            gst::PadProbeReturn::Ok
+        });
+        // The first request goes out from the watchdog: the pad is not linked inside
+        // whipserversrc yet.
+        *self.awaiting_picture.lock().unwrap() = Some(Instant::now() - KEYFRAME_REQUEST_INTERVAL);
+        let ghost = self.ghost.lock().unwrap().clone();
+        if let Some(ghost) = ghost {
+            if ghost.target().is_some() {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "new publisher on {name} replaces the last one"
+                );
             }
-            *self.publishers.lock().unwrap() += 1;
-            self.post("publisher-connected", &name);
-        } else {
-            // Audio (OBS sends it): consumed here, the transform is video only.
-            let sink = match gst::ElementFactory::make("fakesink")
-                .property("async", false)
-                .property("sync", false)
-                .build()
-            {
-                Ok(s) => s,
-                Err(err) => {
-                    gst::warning!(CAT, imp = self, "no fakesink for {name}: {err}");
-                    return;
-                }
-            };
-            let obj = self.obj();
-            if obj.add(&sink).is_ok() {
-                let _ = sink.sync_state_with_parent();
-                if let Some(sinkpad) = sink.static_pad("sink") {
-                    let _ = pad.link(&sinkpad);
-                }
+            if let Err(err) = ghost.set_target(Some(pad)) {
+                self.warn(&format!(
+                    "cannot output the publisher's video pad {name}: {err}"
+                ));
+                discard(pad);
+                return;
             }
         }
+        *self.publishers.lock().unwrap() += 1;
+        self.post("publisher-connected", &name);
     }
 
     fn pad_removed(&self, pad: &gst::Pad) {
         let name = pad.name();
         if name.starts_with("video") {
+            self.awaiting_picture.lock().unwrap().take();
             self.post("publisher-gone", &name);
+        }
+    }
+
+    /// Asks the publisher for a keyframe while its first frame has not come (see the header).
+    fn request_first_picture(&self) {
+        {
+            let mut awaiting = self.awaiting_picture.lock().unwrap();
+            match *awaiting {
+                Some(last) if last.elapsed() >= KEYFRAME_REQUEST_INTERVAL => {
+                    *awaiting = Some(Instant::now())
+                }
+                _ => return,
+            }
+        }
+        if let Some(ghost) = self.ghost.lock().unwrap().clone() {
+            let sent = ghost.send_event(keyframe_request());
+            gst::debug!(
+                CAT,
+                imp = self,
+                "keyframe asked for (reached the publisher: {sent})"
+            );
         }
     }
 }
@@ -232,24 +306,24 @@ impl ObjectImpl for WhipSrc {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             let mut specs = endpoint::EndpointSettings::param_specs(Kind::Whip);
             specs.extend([
-                glib::ParamSpecUInt::builder("timeout")
+                glib::ParamSpecUInt::builder("answer-timeout")
                     .nick("Answer timeout")
-                    .blurb("Seconds a POST waits for the SDP answer before failing with 500")
-                    .minimum(1)
-                    .maximum(3600)
-                    .default_value(DEFAULT_TIMEOUT)
+                    .blurb("Milliseconds a POST waits for the SDP answer before failing with 504")
+                    .minimum(1_000)
+                    .maximum(600_000)
+                    .default_value(DEFAULT_ANSWER_TIMEOUT)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("busy-policy", BusyPolicy::default())
                     .nick("Busy policy")
-                    .blurb("What a new publisher does while one is live: replace it, or be refused with 409")
+                    .blurb("What a new publisher does while one is live: replace it, or be refused with 409 (also while another offer is being answered)")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("publisher-timeout")
                     .nick("Publisher timeout")
-                    .blurb("Seconds without video after which a publisher that left without DELETE is ended")
-                    .minimum(1)
-                    .maximum(600)
+                    .blurb("Milliseconds without video after which a publisher (gone without DELETE, or never connected) is ended")
+                    .minimum(500)
+                    .maximum(600_000)
                     .default_value(DEFAULT_PUBLISHER_TIMEOUT)
                     .mutable_playing()
                     .build(),
@@ -265,7 +339,9 @@ impl ObjectImpl for WhipSrc {
             return;
         }
         match pspec.name() {
-            "timeout" => settings.timeout = value.get().unwrap_or(DEFAULT_TIMEOUT),
+            "answer-timeout" => {
+                settings.answer_timeout = value.get().unwrap_or(DEFAULT_ANSWER_TIMEOUT)
+            }
             "busy-policy" => settings.busy_policy = value.get().unwrap_or_default(),
             "publisher-timeout" => {
                 settings.publisher_timeout = value.get().unwrap_or(DEFAULT_PUBLISHER_TIMEOUT)
@@ -280,7 +356,7 @@ impl ObjectImpl for WhipSrc {
             return value;
         }
         match pspec.name() {
-            "timeout" => settings.timeout.to_value(),
+            "answer-timeout" => settings.answer_timeout.to_value(),
             "busy-policy" => settings.busy_policy.to_value(),
             "publisher-timeout" => settings.publisher_timeout.to_value(),
             other => unreachable!("no property {other}: GObject only passes registered names"),
@@ -296,6 +372,8 @@ impl ObjectImpl for WhipSrc {
             .build();
         obj.add_pad(&ghost).expect("adding the src ghost pad");
         *self.ghost.lock().unwrap() = Some(ghost);
+        // A source only: nothing inside is a sink the pipeline waits for at EOS.
+        obj.set_suppressed_flags(gst::ElementFlags::SINK);
     }
 }
 
@@ -330,14 +408,20 @@ impl ElementImpl for WhipSrc {
     }
 
     /// An EOS sent to the element (gst-launch-1.0 -e on Ctrl-C, an application ending the
-    /// stream) goes out of the `src` pad at once: the publisher's own EOS is dropped inside
-    /// (the next publisher continues), so without this the pipeline would never drain, and
-    /// with no publisher there is nothing upstream to send it.
+    /// stream) goes out of the `src` pad: the publisher's own EOS is dropped inside (the next
+    /// publisher continues), so without this the pipeline would never drain, and with no
+    /// publisher there is nothing upstream to send it. It is pushed from another thread, as a
+    /// source's streaming thread would: the caller holds the pipeline's state lock, and a sink
+    /// that has not prerolled yet (no publisher) blocks on the EOS until the pipeline sets it
+    /// to PLAYING, which needs that lock.
     fn send_event(&self, event: gst::Event) -> bool {
         if event.type_() == gst::EventType::Eos {
             let Some(ghost) = self.ghost.lock().unwrap().clone() else {
                 return false;
             };
+            if self.ended.swap(true, Ordering::SeqCst) {
+                return true;
+            }
             gst::info!(
                 CAT,
                 imp = self,
@@ -346,11 +430,12 @@ impl ElementImpl for WhipSrc {
             // Nothing of the publisher's may follow the EOS (events after EOS upset the pads
             // downstream): from here its data stops at its own pad.
             if let Some(target) = ghost.target() {
-                target.add_probe(gst::PadProbeType::DATA_DOWNSTREAM, |_, _| {
-                    gst::PadProbeReturn::Drop
-                });
+                discard(&target);
             }
-            return ghost.push_event(event);
+            self.obj().call_async(move |_| {
+                ghost.push_event(event);
+            });
+            return true;
         }
         self.parent_send_event(event)
     }
@@ -366,21 +451,46 @@ impl ElementImpl for WhipSrc {
             })?;
         }
         if transition == gst::StateChange::NullToReady
-            && self.server.lock().unwrap().is_none()
+            && !self.server.is_running()
             && let Err(msg) = self.start_server()
         {
             gst::element_imp_error!(self, gst::ResourceError::OpenRead, ("{msg}"));
             return Err(gst::StateChangeError);
         }
+        if transition == gst::StateChange::ReadyToPaused {
+            self.ended.store(false, Ordering::SeqCst);
+        }
         let ret = self.parent_change_state(transition);
         if transition == gst::StateChange::ReadyToNull {
-            self.server.lock().unwrap().take();
+            self.server.stop();
         }
         ret
     }
 }
 
-impl BinImpl for WhipSrc {}
+impl BinImpl for WhipSrc {
+    /// An error from inside `whipserversrc` concerns the publisher's session (webrtcbin
+    /// refusing an offer, the publisher's decoder...): that session ends and the endpoint
+    /// takes the next publisher; the pipeline goes on. Other messages pass.
+    fn handle_message(&self, message: gst::Message) {
+        if let gst::MessageView::Error(err) = message.view()
+            && let Some(src) = message.src()
+            && let Some(inner) = self.inner.lock().unwrap().clone()
+            && src.has_as_ancestor(&inner)
+            && let Some(endpoint) = self.endpoint()
+        {
+            let reason = format!("{} ({})", endpoint::error_text(err), src.name());
+            gst::info!(
+                CAT,
+                imp = self,
+                "publisher session failed: {reason}; {err:?}"
+            );
+            endpoint.fail(None, reason);
+            return;
+        }
+        self.parent_handle_message(message)
+    }
+}
 
 impl WhipSrc {
     fn build_inner(&self) -> Result<(), String> {
@@ -390,9 +500,6 @@ impl WhipSrc {
             .build()
             .map_err(|e| format!("i2iwhipsrc: no whipserversrc element ({e}); build gst-plugin-webrtc-i2i and set GST_PLUGIN_PATH"))?;
         settings.endpoint.apply(&inner, *CAT)?;
-        inner
-            .property::<glib::Object>("signaller")
-            .set_property("timeout", settings.timeout);
 
         let weak = self.obj().downgrade();
         inner.connect_pad_added(move |_, pad| {
@@ -406,6 +513,16 @@ impl WhipSrc {
                 obj.imp().pad_removed(pad);
             }
         });
+        if let Some(bin) = inner.downcast_ref::<gst::Bin>() {
+            bin.connect_deep_element_added(|_, _, element| {
+                let is_depayloader = element
+                    .factory()
+                    .is_some_and(|f| f.name().starts_with("rtp") && f.name().ends_with("depay"));
+                if is_depayloader {
+                    tune_depayloader(element);
+                }
+            });
+        }
         self.obj()
             .add(&inner)
             .map_err(|e| format!("i2iwhipsrc: {e}"))?;
@@ -418,29 +535,38 @@ impl WhipSrc {
         *self.inner.lock().unwrap() = Some(inner);
         Ok(())
     }
-}
 
-impl WhipSrc {
     fn start_server(&self) -> Result<(), String> {
-        let (host_addr, timeout) = {
-            let s = self.settings.lock().unwrap();
-            (s.endpoint.host_addr.clone(), s.timeout)
-        };
+        let settings = self.settings.lock().unwrap().clone();
         let inner = self
             .inner
             .lock()
             .unwrap()
             .clone()
             .ok_or("i2iwhipsrc: no whipserversrc")?;
+        let answer_timeout = Duration::from_millis(u64::from(settings.answer_timeout));
+        // The signaller gives up a little after us, so our 504 (with its reason) goes out.
+        inner.property::<glib::Object>("signaller").set_property(
+            "timeout",
+            u32::try_from(answer_timeout.as_secs() + 2).unwrap_or(u32::MAX),
+        );
         let endpoint = Endpoint::new(
             Kind::Whip,
             inner,
             Arc::new(Events(self.obj().downgrade())),
-            Duration::from_secs(u64::from(timeout)),
-            endpoint::Accepts::ALL,
+            Accepts::ALL,
+            settings.endpoint.access(),
+            Limits {
+                one_at_a_time: true,
+                max_sessions: 1,
+                max_pending: 1,
+                connect_timeout: None,
+                answer_timeout,
+            },
             None,
         );
-        let server = Server::start(&host_addr, endpoint.clone())
+        let host_addr = &settings.endpoint.host_addr;
+        let server = Server::start(host_addr, endpoint.clone())
             .map_err(|e| format!("i2iwhipsrc: WHIP endpoint {host_addr}: {e}"))?;
         gst::info!(
             CAT,
@@ -449,41 +575,47 @@ impl WhipSrc {
             server.addr
         );
 
-        // The watchdog: a publisher gone without DELETE sends no more video.
+        // The watchdog: a publisher gone without DELETE (or never connected) sends no video.
         let weak = self.obj().downgrade();
-        let watched = endpoint.clone();
+        let watched = Arc::downgrade(&endpoint);
         server.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                let Some(obj) = weak.upgrade() else { return };
+                let (Some(obj), Some(endpoint)) = (weak.upgrade(), watched.upgrade()) else {
+                    return;
+                };
                 let imp = obj.imp();
-                let limit = Duration::from_secs(u64::from(imp.settings.lock().unwrap().publisher_timeout));
-                let stale = imp.last_seen.lock().unwrap().is_some_and(|t| t.elapsed() > limit);
-                let live = watched.live();
-                if !stale || live.is_empty() {
+                imp.request_first_picture();
+                let limit = Duration::from_millis(u64::from(
+                    imp.settings.lock().unwrap().publisher_timeout,
+                ));
+                let stale = imp
+                    .last_seen
+                    .lock()
+                    .unwrap()
+                    .is_some_and(|t| t.elapsed() > limit);
+                drop(obj);
+                if !stale {
                     continue;
                 }
-                drop(obj);
-                for id in live {
-                    if watched.end(&id).await
-                        && let Some(obj) = weak.upgrade()
-                    {
-                        let imp = obj.imp();
-                        gst::element_imp_warning!(
-                            imp,
-                            gst::ResourceError::Read,
-                            ("i2iwhipsrc: publisher {id} sent no video for {} s and did not DELETE: ended, the endpoint takes a new publisher", limit.as_secs())
-                        );
-                        imp.post("publisher-gone", &id);
-                    }
+                for id in endpoint.live() {
+                    endpoint
+                        .end_for(
+                            &id,
+                            &format!(
+                                "sent no video for {} ms and did not DELETE (publisher-timeout): the endpoint takes a new publisher",
+                                limit.as_millis()
+                            ),
+                        )
+                        .await;
                 }
                 if let Some(obj) = weak.upgrade() {
                     *obj.imp().last_seen.lock().unwrap() = None;
                 }
             }
         });
-        *self.server.lock().unwrap() = Some((server, endpoint));
+        self.server.set(server);
         Ok(())
     }
 }
