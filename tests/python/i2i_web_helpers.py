@@ -147,7 +147,8 @@ def wait_for(predicate, timeout, what):
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    # `what` may be a callable, read only on failure (to show the state at that moment).
+    raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
 
 
 class RawWs:

@@ -33,21 +33,26 @@ pc.getStats().then(r => {
 """
 
 
-def page_url(web, whip, whep):
-    return f"{web.http}/?whip={quote(whip, safe='')}&whep={quote(whep, safe='')}"
+def page_url(web, whip, whep, token=None):
+    url = f"{web.http}/?whip={quote(whip, safe='')}&whep={quote(whep, safe='')}"
+    return url + (f"&webrtc-token={quote(token, safe='')}" if token else "")
 
 
-def test_page_publishes_over_whip_and_plays_whep():
+@pytest.mark.parametrize("token", [None, "s3cret-token"], ids=["open", "bearer-token"])
+def test_page_publishes_over_whip_and_plays_whep(token):
     tmp = tempfile.mkdtemp(prefix="i2i-web-webrtc-")
-    gst = WebRtcPipeline(tmp, OUT_W, OUT_H)
+    # With a token on both endpoints, the page passes it (webrtc-token=) as a bearer token.
+    tok = f'token="{token}"' if token else ""
+    gst = WebRtcPipeline(tmp, OUT_W, OUT_H, extra_src=tok, extra_sink=tok)
     web = Web()
     browser = None
     try:
         browser = chrome(f"{tmp}/page")
-        browser.get(page_url(web, gst.whip, gst.whep))
+        browser.get(page_url(web, gst.whip, gst.whep, token))
         browser.find_element(By.ID, "start").click()
         wait_for(lambda: browser.execute_script("return window.i2i.webrtc.whip") == "publishing",
-                 60, f"the page's WHIP publisher: {gst.messages()[-2000:]}")
+                 60, lambda: f"the page's WHIP publisher (page: "
+                 f"{browser.execute_script('return window.i2i.webrtc')}): {gst.messages()[-2000:]}")
         wait_for(lambda: "publisher-connected" in gst.messages(), 60,
                  f"i2iwhipsrc's publisher-connected: {gst.messages()[-2000:]}")
         s = wait_for(lambda: (lambda s: s if s and s["framesDecoded"] > 5 and s["width"] else None)(

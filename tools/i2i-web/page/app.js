@@ -127,9 +127,12 @@ function showFrame(buf) {
   shownTimes.push(performance.now());
 }
 
-// ---- WebRTC (?whip=URL&whep=URL): camera over WHIP to i2iwhipsrc, output over WHEP from
-// i2iwhepsink (docs/webrtc.md); the WebSocket path stays the fallback when either fails ----
+// ---- WebRTC (?whip=URL&whep=URL[&webrtc-token=T]): camera over WHIP to i2iwhipsrc, output over
+// WHEP from i2iwhepsink (docs/webrtc.md), with the endpoints' bearer token when they have one; the
+// WebSocket path stays the fallback when either fails ----
 const whipUrl = params.get("whip"), whepUrl = params.get("whep");
+const webrtcToken = params.get("webrtc-token");
+const bearer = webrtcToken ? { Authorization: `Bearer ${webrtcToken}` } : {};
 i2i.webrtc = { whip: null, whep: null };
 let whipPc = null, whipResource = null;
 async function offerAnswer(url, pc) {
@@ -140,7 +143,8 @@ async function offerAnswer(url, pc) {
     pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && done());
     setTimeout(done, 3000);
   });
-  const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/sdp" },
+  const res = await fetch(url, { method: "POST",
+                                 headers: { "Content-Type": "application/sdp", ...bearer },
                                  body: pc.localDescription.sdp });
   const text = await res.text();
   if (res.status !== 201) throw new Error(`${res.status}: ${text.trim()}`);
@@ -164,7 +168,7 @@ async function publishWhip(media) {
   }
 }
 function endWhip() {
-  if (whipResource) fetch(whipResource, { method: "DELETE" }).catch(() => {});
+  if (whipResource) fetch(whipResource, { method: "DELETE", headers: bearer }).catch(() => {});
   if (whipPc) whipPc.close();
   whipPc = null; whipResource = null;
 }
