@@ -65,8 +65,8 @@ http://HOST:8190/whip/endpoint, Bearer Token the --token (empty without); or any
 e.g. GStreamer's whipclientsink. Watch: any WHEP player at http://HOST:8191/whep/endpoint, or
 the control room: start i2i-web (it talks to the holder on 5560) and open
   http://localhost:8765/?whip=http://HOST:8190/whip/endpoint&whep=http://HOST:8191/whep/endpoint
-Its camera is then published over WHIP, its output plays over WHEP, and its prompt and
-sliders steer this transform. docs/webrtc.md has the rest.
+(with --token T, add &webrtc-token=T). Its camera is then published over WHIP, its output
+plays over WHEP, and its prompt and sliders steer this transform. docs/webrtc.md has the rest.
 EOF2
 }
 
