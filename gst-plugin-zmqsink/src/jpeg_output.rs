@@ -56,7 +56,7 @@ pub fn max_pixels_pspec() -> glib::ParamSpec {
     glib::ParamSpecUInt64::builder("max-pixels")
         .nick("Maximum pixels")
         .blurb("Frames whose JPEG header declares more pixels (width x height) are dropped, counted and reported, before a decoder allocates them (0 = no limit); the default takes every 8K format")
-        .default_value(crate::jpeg::DEFAULT_MAX_PIXELS)
+        .default_value(i2i_core::jpeg::DEFAULT_MAX_PIXELS)
         .mutable_ready()
         .build()
 }
@@ -189,7 +189,8 @@ pub fn ensure_latent_caps(
         }
         out.latent.is_none()
     };
-    if new_kind && let Offered::WrongKind(text) = offer(src, &caps, crate::tensor::LATENT_CAPS_NAME)
+    if new_kind
+        && let Offered::WrongKind(text) = offer(src, &caps, i2i_core::tensor::LATENT_CAPS_NAME)
     {
         return Ok(Offered::WrongKind(text));
     }

@@ -8,8 +8,8 @@
 //!   (primary: puts the workers' results back in order).
 //!
 //! Frames travel as one ZeroMQ message each, a msgpack array `[timestamp_ms, index, jpg]`
-//! (see [`protocol`]), latents as `[timestamp_ms, index, payload, meta]` (see [`tensor`],
-//! and [`latent`] for the receiving side). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
+//! (see [`i2i_core::protocol`]), latents as `[timestamp_ms, index, payload, meta]` (see
+//! [`i2i_core::tensor`], and [`latent`] for the GStreamer side). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
 //! (socket set-up), [`jpeg_output`] (the sources' caps and buffers), [`unix_time`],
 //! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE); [`eos_request`] lets the
 //! two sinks that wait for peers hear an application's EOS request.
@@ -21,12 +21,9 @@ pub mod eos_request;
 pub mod frame_file;
 pub mod frame_index;
 pub mod interrupt;
-pub mod jpeg;
 pub mod jpeg_output;
 pub mod latent;
-pub mod protocol;
 pub mod scaleout;
-pub mod tensor;
 pub mod transport;
 pub mod unix_time;
 pub mod warn;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use gst::prelude::*;
 use gstzmqmsgpack::curve::{KeyPair, curve_available, make_client};
-use gstzmqmsgpack::protocol;
+use i2i_core::protocol;
 
 const T: Duration = Duration::from_secs(10);
 

@@ -9,9 +9,9 @@ mod scaleout_util;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstzmqmsgpack::protocol;
 use gstzmqmsgpack::scaleout::wire::{self, JobFrame, PrimaryMsg, Ready, WorkerMsg};
 use gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list;
+use i2i_core::protocol;
 use scaleout_util::*;
 
 fn worker_frames(stats: &gst::Structure, name: &str) -> u64 {

@@ -37,17 +37,17 @@ use gst_base::subclass::prelude::*;
 
 use super::{CollectLateStart, CollectQueuePolicy};
 use crate::curve::ElementCurve;
-use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrops, LatentPayload, LatentStream};
-use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, FullPolicy, LateStart, Playout, PlayoutStats};
 use crate::scaleout::socket_thread::{self, SocketThread};
-use crate::tensor;
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
+use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use i2i_core::protocol::{self, Payload};
+use i2i_core::tensor;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -711,7 +711,7 @@ impl ElementImpl for ZmqCollectSrc {
                     "src",
                     gst::PadDirection::Src,
                     gst::PadPresence::Always,
-                    &tensor::jpeg_or_latent_caps(),
+                    &latent::jpeg_or_latent_caps(),
                 )
                 .unwrap(),
             ]

@@ -55,11 +55,11 @@ use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Rep
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
-use crate::tensor::{self, LATENT_CAPS_NAME, TensorMeta};
 use crate::transport::zmqmsgpacksink::LatentDtype;
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
+use i2i_core::tensor::{LATENT_CAPS_NAME, TensorMeta};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -853,7 +853,7 @@ impl ElementImpl for ZmqDispatchSink {
                     "sink",
                     gst::PadDirection::Sink,
                     gst::PadPresence::Always,
-                    &tensor::jpeg_or_latent_caps(),
+                    &latent::jpeg_or_latent_caps(),
                 )
                 .unwrap(),
             ]

@@ -33,16 +33,15 @@ use gst_base::subclass::prelude::*;
 
 use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
-use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
-use crate::protocol::{self, Payload};
 use crate::scaleout;
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
-use crate::tensor;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
+use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use i2i_core::protocol::{self, Payload};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -838,7 +837,7 @@ impl ElementImpl for ZmqWorkerSrc {
                     "src",
                     gst::PadDirection::Src,
                     gst::PadPresence::Always,
-                    &tensor::jpeg_or_latent_caps(),
+                    &latent::jpeg_or_latent_caps(),
                 )
                 .unwrap(),
             ]

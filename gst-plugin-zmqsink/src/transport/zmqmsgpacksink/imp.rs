@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `zmqmsgpacksink`: one ZeroMQ message `[timestamp_ms, index, jpg]` per frame.
 //!
-//! JPEG input is sent as it is; raw video is encoded with libjpeg-turbo ([`crate::jpeg`]).
+//! JPEG input is sent as it is; raw video is encoded with libjpeg-turbo ([`i2i_core::jpeg`]).
 //! Latents (`application/x-i2i-latent`, from `i2itransform output=latent`) go as the
-//! tensor form `[timestamp_ms, index, payload, meta]` ([`crate::tensor`]), in float32 or,
+//! tensor form `[timestamp_ms, index, payload, meta]` ([`i2i_core::tensor`]), in float32 or,
 //! with `latent-dtype=f16`, float16; a buffer whose size does not match its caps is
 //! dropped, counted in `stats` (`invalid`) and reported (rate-limited), the stream goes on.
 //!
@@ -37,13 +37,13 @@ use super::{LatentDtype, SinkSocketType};
 use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::interrupt::{Interrupt, Wait};
-use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::latent;
-use crate::protocol;
-use crate::tensor::{self, LATENT_CAPS_NAME, TensorMeta};
 use crate::unix_time;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
+use i2i_core::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
+use i2i_core::protocol;
+use i2i_core::tensor::{LATENT_CAPS_NAME, TensorMeta};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -663,7 +663,7 @@ impl ElementImpl for ZmqMsgpackSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let mut caps = tensor::jpeg_or_latent_caps();
+            let mut caps = latent::jpeg_or_latent_caps();
             caps.get_mut().unwrap().append(
                 gst_video::VideoCapsBuilder::new()
                     .format_list([

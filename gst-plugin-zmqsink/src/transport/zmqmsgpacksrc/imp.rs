@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `zmqmsgpacksrc`: a live source of `image/jpeg` frames received over ZeroMQ.
 //!
-//! Each message is `[timestamp_ms, index, jpg]` or a batch map (see [`crate::protocol`]).
+//! Each message is `[timestamp_ms, index, jpg]` or a batch map (see [`i2i_core::protocol`]).
 //! A frame becomes one buffer: offset = index and the frame index meta
 //! ([`crate::frame_index`], which survives decoders), PTS = running time at arrival, and the
 //! original timestamp as a `timestamp/x-unix` reference meta, so a `zmqmsgpacksink`
@@ -9,7 +9,7 @@
 //! buffer shares the received ZeroMQ message.
 //!
 //! Latents come as the tensor form `[timestamp_ms, index, payload, meta]`
-//! ([`crate::tensor`]) and go out as `application/x-i2i-latent` float32 buffers (float16 on
+//! ([`i2i_core::tensor`]) and go out as `application/x-i2i-latent` float32 buffers (float16 on
 //! the wire is widened), with caps built from each message's meta: a new meta sets new
 //! caps. Their payload must match the meta (`prod(shape) * dtype size` bytes), the shape
 //! be `[1, C, H, W]` (or NHWC) within `max-pixels` elements, the dtype float32 or float16.
@@ -39,13 +39,13 @@ use crate::curve::{self, ElementCurve};
 use crate::frame_file::{self, FrameFileError};
 use crate::frame_index;
 use crate::interrupt::{Interrupt, Wait};
-use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
-use crate::protocol::{self, Payload};
-use crate::tensor;
 use crate::warn::RateLimit;
 use crate::zmq_endpoint;
+use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use i2i_core::protocol::{self, Payload};
+use i2i_core::tensor;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -730,7 +730,7 @@ impl ElementImpl for ZmqMsgpackSrc {
                     "src",
                     gst::PadDirection::Src,
                     gst::PadPresence::Always,
-                    &tensor::jpeg_or_latent_caps(),
+                    &latent::jpeg_or_latent_caps(),
                 )
                 .unwrap(),
             ]
