@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use gsti2i::settings::SettingsUpdate;
-use gsti2i::settings::curve::{AllowList, KeyPair, curve_available};
 use gsti2i::settings::hub::{ControlClient, Hub, HubConfig, HubCurve, HubEvent, HubHandle};
 use gsti2i::settings::message::MAX_MESSAGE_BYTES;
+use i2i_core::curve::{AllowList, KeyPair, curve_available};
 
 fn init() {
     static INIT: Once = Once::new();
@@ -591,7 +591,7 @@ fn curve_on_a_bound_element_admits_only_allowed_publishers() {
     let make_pub = |keys: &KeyPair| {
         let s = ctx.socket(zmq::PUB).unwrap();
         s.set_linger(0).unwrap();
-        gsti2i::settings::curve::make_client(&s, keys, &element_keys.public).unwrap();
+        i2i_core::curve::make_client(&s, keys, &element_keys.public).unwrap();
         s.connect(&endpoint).unwrap();
         s
     };

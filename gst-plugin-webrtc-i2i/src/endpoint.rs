@@ -398,33 +398,6 @@ pub const READY_WAIT: Duration = Duration::from_secs(10);
 /// How long a DELETE waits for the WebRTC element to end a session.
 const END_WAIT: Duration = Duration::from_secs(5);
 
-/// Bus warnings for refused requests, at most one a second; the others are counted and the
-/// count is given with the next warning.
-#[derive(Default)]
-pub struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    /// `Some(text to append)` when a warning may go out now, `None` when it is counted instead.
-    pub fn allow(&mut self) -> Option<String> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(match std::mem::take(&mut self.suppressed) {
-            0 => String::new(),
-            n => format!(" ({n} more in the last second)"),
-        })
-    }
-}
-
 /// True when `addr` is not an `http://host:port` the endpoint can bind.
 pub fn url_is_bad(addr: &str) -> bool {
     let Some(rest) = addr.strip_prefix("http://") else {
@@ -1425,15 +1398,5 @@ mod tests {
         assert!(!same_secret("abc", "abd"));
         assert!(!same_secret("abc", "abcd"));
         assert!(!same_secret("", "a"));
-    }
-
-    #[test]
-    fn refusals_are_rate_limited_and_counted() {
-        let mut r = RateLimit::default();
-        assert_eq!(r.allow().as_deref(), Some(""));
-        assert!(r.allow().is_none());
-        assert!(r.allow().is_none());
-        r.last = Some(Instant::now() - Duration::from_secs(2));
-        assert_eq!(r.allow().as_deref(), Some(" (2 more in the last second)"));
     }
 }

@@ -9,14 +9,15 @@
 //!
 //! Frames travel as one ZeroMQ message each, a msgpack array `[timestamp_ms, index, jpg]`
 //! (see [`i2i_core::protocol`]), latents as `[timestamp_ms, index, payload, meta]` (see
-//! [`i2i_core::tensor`], and [`latent`] for the GStreamer side). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
-//! (socket set-up), [`jpeg_output`] (the sources' caps and buffers), [`unix_time`],
-//! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE); [`eos_request`] lets the
-//! two sinks that wait for peers hear an application's EOS request.
+//! [`i2i_core::tensor`], and [`latent`] for the GStreamer side). Shared by all five:
+//! [`interrupt`] (one wake-up), [`zmq_element`] (the socket set-up of
+//! [`i2i_core::zmq_endpoint`] with CURVE from [`i2i_core::curve`], as an element),
+//! [`jpeg_output`] (the sources' caps and buffers), [`unix_time`] and
+//! [`i2i_core::rate_limit`] (rate-limited warnings); [`eos_request`] lets the two sinks
+//! that wait for peers hear an application's EOS request.
 
 use gst::glib;
 
-pub mod curve;
 pub mod eos_request;
 pub mod frame_file;
 pub mod frame_index;
@@ -26,8 +27,7 @@ pub mod latent;
 pub mod scaleout;
 pub mod transport;
 pub mod unix_time;
-pub mod warn;
-pub mod zmq_endpoint;
+pub mod zmq_element;
 
 pub use scaleout::zmqcollectsrc::{CollectLateStart, CollectQueuePolicy, ZmqCollectSrc};
 pub use scaleout::zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};

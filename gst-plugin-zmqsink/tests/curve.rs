@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use gstzmqmsgpack::curve::{KeyPair, curve_available, make_client};
+use i2i_core::curve::{KeyPair, curve_available, make_client};
 use i2i_core::protocol;
 
 const T: Duration = Duration::from_secs(10);

@@ -467,7 +467,7 @@ fn dispatcher_sends_whole_batches_on_credit_only() {
 
 #[test]
 fn with_curve_strangers_get_no_frames_and_push_none_in() {
-    use gstzmqmsgpack::curve::{KeyPair, curve_available, make_client};
+    use i2i_core::curve::{KeyPair, curve_available, make_client};
     if !curve_available() {
         eprintln!("libzmq without CURVE: skipped");
         return;

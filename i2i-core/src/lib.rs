@@ -5,8 +5,15 @@
 //!
 //! - [`protocol`]: the frame wire format `[timestamp_ms, index, jpg]`; [`tensor`]: its
 //!   tensor form `[timestamp_ms, index, payload, meta]` (latents);
-//! - [`jpeg`]: JPEG encoding and checks with libjpeg-turbo.
+//! - [`jpeg`]: JPEG encoding and checks with libjpeg-turbo;
+//! - [`zmq_endpoint`]: the ZeroMQ socket set-up of every ZeroMQ element, with CURVE
+//!   ([`curve`]: key files, allow-lists, the ZAP handler, an element's three CURVE
+//!   properties);
+//! - [`rate_limit`]: rate-limited warnings.
 
+pub mod curve;
 pub mod jpeg;
 pub mod protocol;
+pub mod rate_limit;
 pub mod tensor;
+pub mod zmq_endpoint;

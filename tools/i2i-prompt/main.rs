@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gsti2i::settings::command::{Command, HELP};
-use gsti2i::settings::curve::{self, AllowList, KeyPair};
 use gsti2i::settings::hub::{
     ControlClient, DEFAULT_MIN_PUBLISH_INTERVAL, Hub, HubConfig, HubCurve, HubEvent,
 };
@@ -32,6 +31,7 @@ use gsti2i::settings::message::decode_message;
 use gsti2i::settings::peers::{DEFAULT_MAX_PEERS, PeerEvent, peer_budget};
 use gsti2i::settings::state::{APPLIED_TOPIC, AppliedReport};
 use gsti2i::settings::{DEFAULT_CONTROL_PORT, DEFAULT_STATE_PORT, SettingsUpdate};
+use i2i_core::curve::{self, AllowList, KeyPair};
 
 use printer::Printer;
 

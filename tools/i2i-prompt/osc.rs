@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use gsti2i::settings::SettingsUpdate;
 use gsti2i::settings::command::did_you_mean;
-use gsti2i::settings::limits::{Pacer, RateLimiter};
+use gsti2i::settings::limits::Pacer;
+use i2i_core::rate_limit::RateLimit;
 use ipnet::IpNet;
 use rosc::{OscMessage, OscPacket, OscType};
 
@@ -311,7 +312,7 @@ fn messages(p: OscPacket, out: &mut Vec<OscMessage>) {
 /// counted and summed up in the next report.
 struct Reporter {
     printer: Printer,
-    limit: RateLimiter,
+    limit: RateLimit,
     bad: u64,
     refused: u64,
 }
@@ -334,17 +335,11 @@ impl Reporter {
     }
 
     fn say(&mut self, from: &SocketAddr, what: &str, count: String) {
-        let Some(held_back) = self.limit.allow() else {
-            return;
-        };
-        let more = if held_back > 0 {
-            format!(" ({held_back} more since the last report)")
-        } else {
-            String::new()
-        };
-        self.printer.line(format!(
-            "osc: refused a packet from {from}: {what} [{count}]{more}"
-        ));
+        if let Some(line) = self.limit.message(format!(
+            "osc: refused a packet from {from}: {what} [{count}]"
+        )) {
+            self.printer.line(line);
+        }
     }
 }
 
@@ -436,7 +431,7 @@ impl Listener {
         let mut buf = vec![0u8; rosc::decoder::MTU];
         let mut report = Reporter {
             printer,
-            limit: RateLimiter::new(REPORTS_PER_SECOND),
+            limit: RateLimit::per_second(REPORTS_PER_SECOND),
             bad: 0,
             refused: 0,
         };

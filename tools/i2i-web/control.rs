@@ -20,9 +20,9 @@ use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::time::{Duration, Instant};
 
 use gsti2i::settings::command::Command;
-use gsti2i::settings::curve::{KeyPair, load_public_key};
 use gsti2i::settings::hub::ControlClient;
 use gsti2i::settings::message::decode_message;
+use i2i_core::curve::{KeyPair, load_public_key};
 use tokio::sync::oneshot;
 
 /// The longest a control waits for its answer, queue included.

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 pub mod blend;
 pub mod command;
-pub use gstzmqmsgpack::curve;
 pub mod hub;
 pub mod limits;
 pub mod message;

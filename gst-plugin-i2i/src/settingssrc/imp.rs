@@ -24,15 +24,15 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::settings::command::Command;
-use crate::settings::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
 use crate::settings::hub::ControlClient;
-use crate::settings::limits::RateLimiter;
 use crate::settings::message::{MAX_MESSAGE_BYTES, decode_message};
 use crate::settings::state::{
     APPLIED_EVENT, APPLIED_TOPIC, AppliedReport, REFUSED_EVENT, STATE_TOPIC, Snapshot,
     SnapshotFollower,
 };
 use crate::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
+use i2i_core::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
+use i2i_core::rate_limit::RateLimit;
 
 use super::SocketType;
 
@@ -454,14 +454,14 @@ struct ReceiveContext {
     shared: Arc<(Mutex<Shared>, Condvar)>,
     stop: Arc<AtomicBool>,
     follower: SnapshotFollower,
-    warnings: RateLimiter,
+    warnings: RateLimit,
 }
 
 /// Counts and posts a warning (rate-limited); shared by the receive and ZAP threads.
 fn warn(
     element: &glib::WeakRef<super::SettingsSrc>,
     shared: &(Mutex<Shared>, Condvar),
-    limiter: &mut RateLimiter,
+    limiter: &mut RateLimit,
     text: String,
 ) {
     let suppressed = {
@@ -704,7 +704,7 @@ impl SettingsSrc {
                     .map_err(|e| fail(format!("curve-allow: {e}")))?;
                 let shared = self.shared.clone();
                 let element = element.clone();
-                let mut limiter = RateLimiter::new(WARNINGS_PER_SECOND);
+                let mut limiter = RateLimit::per_second(WARNINGS_PER_SECOND);
                 zap = Some(
                     ZapHandler::start(&ctx, move |req: &ZapRequest| {
                         if allow.contains(&req.public_key) {
@@ -805,7 +805,7 @@ impl SettingsSrc {
             shared: self.shared.clone(),
             stop: stop.clone(),
             follower: SnapshotFollower::default(),
-            warnings: RateLimiter::new(WARNINGS_PER_SECOND),
+            warnings: RateLimit::per_second(WARNINGS_PER_SECOND),
         };
         let thread = std::thread::Builder::new()
             .name("settingssrc-rx".into())

@@ -36,18 +36,19 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::{CollectLateStart, CollectQueuePolicy};
-use crate::curve::ElementCurve;
 use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrops, LatentPayload, LatentStream};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, FullPolicy, LateStart, Playout, PlayoutStats};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::unix_time;
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::zmq_element;
+use i2i_core::curve::ElementCurve;
 use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use i2i_core::protocol::{self, Payload};
+use i2i_core::rate_limit::RateLimit;
 use i2i_core::tensor;
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -441,7 +442,7 @@ impl ZmqCollectSrc {
         }
         {
             let mut guard = self.state.lock().unwrap();
-            guard.as_mut()?.loss_limit.allow(Instant::now())?;
+            guard.as_mut()?.loss_limit.allow()?;
         }
         let (delay, max_frames, policy) = {
             let s = self.settings.lock().unwrap();
@@ -676,7 +677,7 @@ impl ElementImpl for ZmqCollectSrc {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        zmq_endpoint::start_before_base(
+        zmq_element::start_before_base(
             self.obj().upcast_ref(),
             transition,
             gst::StateChange::ReadyToPaused,
@@ -739,11 +740,12 @@ impl BaseSrcImpl for ZmqCollectSrc {
             name: "PULL",
             purpose: ", for the workers' results",
             examples: zmq_endpoint::SCALEOUT_EXAMPLES,
-            error: gst::ResourceError::OpenRead,
+            peer: "worker",
         };
-        let (opened, ()) = zmq_endpoint::open(
+        let (opened, ()) = zmq_element::open(
             zmq::PULL,
             &options,
+            gst::ResourceError::OpenRead,
             self.obj().upcast_ref(),
             &self.curve,
             |_, _| Ok(()),

@@ -45,7 +45,6 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::DispatchQueuePolicy;
-use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
 use crate::jpeg_output;
@@ -57,9 +56,11 @@ use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
 use crate::transport::zmqmsgpacksink::LatentDtype;
 use crate::unix_time;
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::zmq_element;
+use i2i_core::curve::ElementCurve;
+use i2i_core::rate_limit::RateLimit;
 use i2i_core::tensor::{LATENT_CAPS_NAME, TensorMeta};
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -805,7 +806,7 @@ impl ElementImpl for ZmqDispatchSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        zmq_endpoint::start_before_base(
+        zmq_element::start_before_base(
             self.obj().upcast_ref(),
             transition,
             gst::StateChange::NullToReady,
@@ -880,11 +881,12 @@ impl BaseSinkImpl for ZmqDispatchSink {
             name: "ROUTER",
             purpose: ", for the workers",
             examples: zmq_endpoint::SCALEOUT_EXAMPLES,
-            error: gst::ResourceError::OpenWrite,
+            peer: "worker",
         };
-        let (opened, ()) = zmq_endpoint::open(
+        let (opened, ()) = zmq_element::open(
             zmq::ROUTER,
             &options,
+            gst::ResourceError::OpenWrite,
             self.obj().upcast_ref(),
             &self.curve,
             |_, socket| {

@@ -31,17 +31,18 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
 use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
 use crate::scaleout;
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::zmq_element;
+use i2i_core::curve::ElementCurve;
 use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use i2i_core::protocol::{self, Payload};
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -803,7 +804,7 @@ impl ElementImpl for ZmqWorkerSrc {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        zmq_endpoint::start_before_base(
+        zmq_element::start_before_base(
             self.obj().upcast_ref(),
             transition,
             gst::StateChange::ReadyToPaused,
@@ -869,11 +870,12 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             name: "DEALER",
             purpose: ", to the primary",
             examples: zmq_endpoint::SCALEOUT_EXAMPLES,
-            error: gst::ResourceError::OpenRead,
+            peer: "peer",
         };
-        let (opened, ()) = zmq_endpoint::open(
+        let (opened, ()) = zmq_element::open(
             zmq::DEALER,
             &options,
+            gst::ResourceError::OpenRead,
             self.obj().upcast_ref(),
             &self.curve,
             |_, socket| {

@@ -34,16 +34,17 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::{LatentDtype, SinkSocketType};
-use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::interrupt::{Interrupt, Wait};
 use crate::latent;
 use crate::unix_time;
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::zmq_element;
+use i2i_core::curve::ElementCurve;
 use i2i_core::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use i2i_core::protocol;
+use i2i_core::rate_limit::RateLimit;
 use i2i_core::tensor::{LATENT_CAPS_NAME, TensorMeta};
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -622,7 +623,7 @@ impl ElementImpl for ZmqMsgpackSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        zmq_endpoint::start_before_base(
+        zmq_element::start_before_base(
             self.obj().upcast_ref(),
             transition,
             gst::StateChange::NullToReady,
@@ -723,11 +724,12 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             name: settings.socket_type_nick(),
             purpose: "",
             examples: zmq_endpoint::STREAM_EXAMPLES,
-            error: gst::ResourceError::OpenWrite,
+            peer: "receiver",
         };
-        let (opened, ()) = zmq_endpoint::open(
+        let (opened, ()) = zmq_element::open(
             kind,
             &options,
+            gst::ResourceError::OpenWrite,
             self.obj().upcast_ref(),
             &self.curve,
             |_, socket| {

@@ -35,17 +35,18 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::SrcSocketType;
-use crate::curve::{self, ElementCurve};
 use crate::frame_file::{self, FrameFileError};
 use crate::frame_index;
 use crate::interrupt::{Interrupt, Wait};
 use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::zmq_element;
+use i2i_core::curve::{self, ElementCurve};
 use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
 use i2i_core::protocol::{self, Payload};
+use i2i_core::rate_limit::RateLimit;
 use i2i_core::tensor;
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -696,7 +697,7 @@ impl ElementImpl for ZmqMsgpackSrc {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        zmq_endpoint::start_before_base(
+        zmq_element::start_before_base(
             self.obj().upcast_ref(),
             transition,
             gst::StateChange::ReadyToPaused,
@@ -769,11 +770,12 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             name: settings.socket_type_nick(),
             purpose: "",
             examples: zmq_endpoint::STREAM_EXAMPLES,
-            error: gst::ResourceError::OpenRead,
+            peer: "sender",
         };
-        let (opened, monitor) = zmq_endpoint::open(
+        let (opened, monitor) = zmq_element::open(
             kind,
             &options,
+            gst::ResourceError::OpenRead,
             self.obj().upcast_ref(),
             &self.curve,
             |context, socket| {

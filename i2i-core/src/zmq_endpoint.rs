@@ -1,9 +1,15 @@
 // SPDX-License-Identifier: MPL-2.0
-//! ZeroMQ socket set-up shared by the five elements: [`open`] creates the context and the
-//! socket, sets the common options, lets the element add its own, sets CURVE up
-//! ([`crate::curve::ElementCurve`]), binds or connects, and reads back the endpoint ZeroMQ
-//! really used (the port it picked for `tcp://HOST:*`); every failure is an error naming the
-//! step, the socket and the endpoint, with a hint for the usual bind/connect mistakes.
+//! ZeroMQ socket set-up shared by the ZeroMQ elements (the five frame elements and
+//! `settingssrc`): [`open`] creates the context and the socket, sets the common options,
+//! lets the element add its own, sets CURVE up ([`crate::curve::ElementCurve`]), binds or
+//! connects, and reads back the endpoint ZeroMQ really used (the port it picked for
+//! `tcp://HOST:*`); every failure is an error naming the step, the socket and the endpoint,
+//! with a hint for the usual bind/connect mistakes. The plugins turn a [`SetupError`] into
+//! their element error.
+
+use std::fmt;
+
+use crate::curve::{ElementCurve, Warn};
 
 /// Endpoint examples for the hint of the transport elements (port 5557).
 pub const STREAM_EXAMPLES: &str = "tcp://HOST:5557, tcp://*:5557 or ipc:///path";
@@ -25,8 +31,26 @@ pub struct Options<'a> {
     pub purpose: &'a str,
     /// Valid endpoints, for the hint of a refused endpoint.
     pub examples: &'a str,
-    /// OpenRead for the sources, OpenWrite for the sinks.
-    pub error: gst::ResourceError,
+    /// Who connects to a binding element, in the CURVE warnings ("worker").
+    pub peer: &'a str,
+}
+
+/// Why [`open`] failed, in the words users see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupError {
+    /// A property is wrong (the endpoint, the CURVE keys): GStreamer's `Settings` error.
+    Settings(String),
+    /// The socket could not be made, bound or connected: `OpenRead` for sources,
+    /// `OpenWrite` for sinks.
+    Open(String),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Settings(t) | SetupError::Open(t) => f.write_str(t),
+        }
+    }
 }
 
 /// A socket set up by [`open`]. Field order is drop order: the socket closes before the
@@ -43,19 +67,20 @@ pub struct Opened {
 pub type OptionError = (&'static str, zmq::Error);
 
 /// Creates a `kind` socket in a new context with `options`, then `configure` (the
-/// element's own options; its result `T` is returned along), CURVE from `curve`
-/// (`own_monitor(&T)`: the element reads the socket monitor itself), and binds or connects.
+/// element's own options; its result `T` is returned along), CURVE from `curve` (its
+/// warnings to `warn`; `own_monitor(&T)`: the element reads the socket monitor itself), and
+/// binds or connects.
 pub fn open<T>(
     kind: zmq::SocketType,
     options: &Options,
-    element: &gst::Element,
-    curve: &crate::curve::ElementCurve,
+    warn: Warn,
+    curve: &ElementCurve,
     configure: impl FnOnce(&zmq::Context, &mut zmq::Socket) -> Result<T, OptionError>,
     own_monitor: impl FnOnce(&T) -> bool,
-) -> Result<(Opened, T), gst::ErrorMessage> {
+) -> Result<(Opened, T), SetupError> {
     let endpoint = options.endpoint;
     check_endpoint(endpoint)?;
-    let err = |what: &str, e: zmq::Error| socket_error(options.error, options.name, what, e);
+    let err = |what: &str, e: zmq::Error| socket_error(options.name, what, e);
     let context = zmq::Context::new();
     let mut socket = context.socket(kind).map_err(|e| err("create", e))?;
     socket
@@ -78,18 +103,25 @@ pub fn open<T>(
     }
     let extra = configure(&context, &mut socket).map_err(|(what, e)| err(what, e))?;
     let own = own_monitor(&extra);
-    curve.secure(element, &context, &socket, options.bind, endpoint, own)?;
-    let endpoint = bind_or_connect(&socket, endpoint, options.bind).map_err(|e| {
-        gst::error_msg!(
-            options.error,
-            (
-                "Could not {} {endpoint} ({} socket{}): {e}{}",
-                verb(options.bind),
-                options.name,
-                options.purpose,
-                hint(e, options.examples)
-            )
+    curve
+        .secure(
+            warn,
+            options.peer,
+            &context,
+            &socket,
+            options.bind,
+            endpoint,
+            own,
         )
+        .map_err(SetupError::Settings)?;
+    let endpoint = bind_or_connect(&socket, endpoint, options.bind).map_err(|e| {
+        SetupError::Open(format!(
+            "Could not {} {endpoint} ({} socket{}): {e}{}",
+            verb(options.bind),
+            options.name,
+            options.purpose,
+            hint(e, options.examples)
+        ))
     })?;
     curve.set_endpoint(&endpoint);
     Ok((
@@ -132,25 +164,19 @@ pub fn bind_or_connect(
 }
 
 /// Refuses an endpoint that ZeroMQ cannot take (it is passed on as a C string).
-pub fn check_endpoint(endpoint: &str) -> Result<(), gst::ErrorMessage> {
+pub fn check_endpoint(endpoint: &str) -> Result<(), SetupError> {
     if endpoint.contains('\0') {
-        return Err(gst::error_msg!(
-            gst::ResourceError::Settings,
-            ("Endpoint {endpoint:?} contains a NUL character")
-        ));
+        return Err(SetupError::Settings(format!(
+            "Endpoint {endpoint:?} contains a NUL character"
+        )));
     }
     Ok(())
 }
 
 /// The error for a failed socket set-up step (`what`: "create", "set linger on", ...) of a
 /// `socket` ("PULL", "ROUTER", ...) socket, in the message users see.
-pub fn socket_error(
-    kind: gst::ResourceError,
-    socket: &str,
-    what: &str,
-    e: zmq::Error,
-) -> gst::ErrorMessage {
-    gst::error_msg!(kind, ("Could not {what} the ZeroMQ {socket} socket: {e}"))
+pub fn socket_error(socket: &str, what: &str, e: zmq::Error) -> SetupError {
+    SetupError::Open(format!("Could not {what} the ZeroMQ {socket} socket: {e}"))
 }
 
 /// A hint for common ZeroMQ bind/connect errors (empty for the others), to append to the
@@ -168,34 +194,6 @@ pub fn hint(e: zmq::Error, examples: &str) -> String {
         }
         _ => String::new(),
     }
-}
-
-/// The five elements' `change_state`: opens the socket (`start`, which must do nothing when
-/// already started) just before the base class would, at `at` (NULL -> READY for
-/// GstBaseSink, READY -> PAUSED for GstBaseSrc). Both base classes follow a failed
-/// `start()` with a second, generic error ("state change failed and some element failed to
-/// post a proper error message"), after the element's own; opened here first, a failure (a
-/// port in use) posts only the element's error, which names the fix.
-pub fn start_before_base(
-    element: &gst::Element,
-    transition: gst::StateChange,
-    at: gst::StateChange,
-    start: impl FnOnce() -> Result<(), gst::ErrorMessage>,
-    stop: impl FnOnce(),
-    parent: impl FnOnce(gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError>,
-) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-    use gst::prelude::*;
-    if transition == at
-        && let Err(e) = start()
-    {
-        element.post_error_message(e);
-        return Err(gst::StateChangeError);
-    }
-    let result = parent(transition);
-    if result.is_err() && transition == at {
-        stop();
-    }
-    result
 }
 
 #[cfg(test)]
