@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gsti2i::settings::state::{STATE_TOPIC, Snapshot};
+use i2i_core::settings::state::{STATE_TOPIC, Snapshot};
 
 const BIN: &str = env!("CARGO_BIN_EXE_i2i-prompt");
 
@@ -373,11 +373,11 @@ fn remote_console_sends_commands_and_shows_applied_reports() {
     stdin.flush().unwrap();
     wait_line(&rx, "ok seq=1 seed=77", Duration::from_secs(5));
     // A transform reports what it applied (as settingssrc does), on the control socket.
-    let report = gsti2i::settings::state::AppliedReport {
+    let report = i2i_core::settings::state::AppliedReport {
         source: "i2i0@stage-left".into(),
         seq: Some(1),
         frame: Some(120),
-        settings: gsti2i::settings::SettingsUpdate {
+        settings: i2i_core::settings::SettingsUpdate {
             seed: Some(77),
             ..Default::default()
         },

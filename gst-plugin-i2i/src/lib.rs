@@ -10,7 +10,6 @@ pub mod i2itransform;
 pub mod infer;
 pub mod onnxtransform;
 pub mod preprocess;
-pub mod settings;
 mod settingssrc;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

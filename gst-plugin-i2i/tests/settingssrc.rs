@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gsti2i::settings::SettingsUpdate;
-use gsti2i::settings::hub::{ControlClient, Hub, HubConfig, HubCurve, HubEvent, HubHandle};
-use gsti2i::settings::message::MAX_MESSAGE_BYTES;
 use i2i_core::curve::{AllowList, KeyPair, curve_available};
+use i2i_core::settings::SettingsUpdate;
+use i2i_core::settings::hub::{ControlClient, Hub, HubConfig, HubCurve, HubEvent, HubHandle};
+use i2i_core::settings::message::MAX_MESSAGE_BYTES;
 
 fn init() {
     static INIT: Once = Once::new();
@@ -492,7 +492,7 @@ fn curve_allowed_keys_work_and_unknown_keys_are_refused() {
     );
     // A report it sends naming another transform (and claiming the operator's key) is
     // shown with the key the holder authenticated, not the claim.
-    let forged = gsti2i::settings::state::AppliedReport {
+    let forged = i2i_core::settings::state::AppliedReport {
         source: "other-transform@stage-right".into(),
         seq: Some(1),
         frame: Some(5),
@@ -720,7 +720,7 @@ fn applied_reports_travel_back_to_the_holder() {
         ..Default::default()
     };
     let event = gst::event::CustomUpstream::new(
-        gst::Structure::builder(gsti2i::settings::state::APPLIED_EVENT)
+        gst::Structure::builder(i2i_core::settings::state::APPLIED_EVENT)
             .field("frame-index", 42u64)
             .field("settings", String::from_utf8(applied.to_json()).unwrap())
             .build(),
@@ -759,7 +759,7 @@ fn applied_reports_travel_back_to_the_holder() {
     // A console subscribed to the holder's state socket sees the report too.
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).unwrap();
-    sub.set_subscribe(gsti2i::settings::state::APPLIED_TOPIC)
+    sub.set_subscribe(i2i_core::settings::state::APPLIED_TOPIC)
         .unwrap();
     sub.connect(&hub.info.state_endpoint).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -767,7 +767,7 @@ fn applied_reports_travel_back_to_the_holder() {
         pad.push_event(event.clone());
         if sub.poll(zmq::POLLIN, 100).unwrap() > 0 {
             let frames = sub.recv_multipart(0).unwrap();
-            let r = gsti2i::settings::state::AppliedReport::decode(&frames[1]).unwrap();
+            let r = i2i_core::settings::state::AppliedReport::decode(&frames[1]).unwrap();
             assert_eq!(r.frame, Some(42));
             break;
         }
@@ -860,7 +860,7 @@ fn report_name_names_the_transform_in_reports() {
     ]);
     assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(4)));
     let event = gst::event::CustomUpstream::new(
-        gst::Structure::builder(gsti2i::settings::state::REFUSED_EVENT)
+        gst::Structure::builder(i2i_core::settings::state::REFUSED_EVENT)
             .field(
                 "refused",
                 "t-index-list \"10,60\" refused: t-index 60 is out of range",

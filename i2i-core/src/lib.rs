@@ -9,11 +9,15 @@
 //! - [`zmq_endpoint`]: the ZeroMQ socket set-up of every ZeroMQ element, with CURVE
 //!   ([`curve`]: key files, allow-lists, the ZAP handler, an element's three CURVE
 //!   properties);
-//! - [`rate_limit`]: rate-limited warnings.
+//! - [`rate_limit`]: rate-limited warnings;
+//! - [`settings`]: the settings vocabulary (chat commands, msgpack and JSON messages, the
+//!   holder's state and hub, blend math, limits), spoken by `settingssrc`, `i2itransform`,
+//!   `i2i-prompt` and `i2i-web`.
 
 pub mod curve;
 pub mod jpeg;
 pub mod protocol;
 pub mod rate_limit;
+pub mod settings;
 pub mod tensor;
 pub mod zmq_endpoint;

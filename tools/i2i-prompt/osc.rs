@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gsti2i::settings::SettingsUpdate;
-use gsti2i::settings::command::did_you_mean;
-use gsti2i::settings::limits::Pacer;
 use i2i_core::rate_limit::RateLimit;
+use i2i_core::settings::SettingsUpdate;
+use i2i_core::settings::command::did_you_mean;
+use i2i_core::settings::limits::Pacer;
 use ipnet::IpNet;
 use rosc::{OscMessage, OscPacket, OscType};
 

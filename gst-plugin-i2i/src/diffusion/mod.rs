@@ -13,6 +13,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use i2i_core::settings;
+
 pub mod depth;
 mod engine;
 mod error;
@@ -101,8 +103,8 @@ impl Default for StreamParams {
             prompt: String::new(),
             negative_prompt: String::new(),
             seed: 2,
-            t_index_list: vec![32, 45],
-            num_inference_steps: 50,
+            t_index_list: settings::DEFAULT_T_INDEX_LIST.to_vec(),
+            num_inference_steps: settings::DEFAULT_NUM_INFERENCE_STEPS,
             guidance_scale: 1.2,
             delta: 1.0,
             cfg_type: CfgType::SelfNegative,

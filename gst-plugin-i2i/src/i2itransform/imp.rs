@@ -40,7 +40,7 @@ use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
 use crate::infer::output::Rendered;
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
-use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
+use i2i_core::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -637,7 +637,7 @@ impl I2iTransform {
             self.refuse(&format!("settings pad: refused {}", refused.join("; ")));
             // Upstream too: settingssrc tells the settings holder, whose consoles show it.
             let event = gst::event::CustomUpstream::new(
-                gst::Structure::builder(crate::settings::state::REFUSED_EVENT)
+                gst::Structure::builder(i2i_core::settings::state::REFUSED_EVENT)
                     .field("refused", refused.join("\n"))
                     .build(),
             );

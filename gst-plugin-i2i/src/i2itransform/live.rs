@@ -2,18 +2,18 @@
 //! The transform's live settings, free of GStreamer: the snapshot the stream runs with,
 //! updates from the `settings` pad, and the list of what changed between two snapshots.
 //!
-//! The accepted ranges and names are those of [`crate::settings`] (one place for chat
+//! The accepted ranges and names are those of [`i2i_core::settings`] (one place for chat
 //! commands, messages, the pad and the properties); this module only adds what depends on
 //! the transform itself (t-indices below its `num-inference-steps`). Every error names the
 //! setting and the refused value, so that a bus warning tells the user what to fix; a
 //! refused change leaves the previous value in place.
 
 use crate::diffusion::{CfgType, StreamParams};
-use crate::settings::blend::BlendMode;
-use crate::settings::command::{Command, parse_line};
-use crate::settings::{self, CFG_TYPES, SettingsUpdate};
+use i2i_core::settings::blend::BlendMode;
+use i2i_core::settings::command::{Command, parse_line};
+use i2i_core::settings::{self, CFG_TYPES, SettingsUpdate};
 
-pub use crate::settings::format_t_index_list;
+pub use i2i_core::settings::format_t_index_list;
 
 /// What the stream runs with and may change while it runs.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -24,7 +24,7 @@ mod smooth;
 mod task;
 
 use crate::diffusion;
-use crate::settings::blend;
+use i2i_core::settings::blend;
 
 glib::wrapper! {
     pub struct I2iTransform(ObjectSubclass<imp::I2iTransform>) @extends gst::Element, gst::Object;

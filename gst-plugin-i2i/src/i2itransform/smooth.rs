@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use super::live::LiveSettings;
 use crate::diffusion::{Embedding, Engine, EngineError, Noise, StreamParams};
-use crate::settings::blend::{
+use i2i_core::settings::blend::{
     BlendMode, Fade, blend_embeddings, blend_noise, embedding_transition, noise_transition,
 };
 

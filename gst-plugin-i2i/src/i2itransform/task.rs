@@ -22,7 +22,7 @@ use crate::infer::element::InferElementExt;
 use crate::infer::input::{Deferred, Queued};
 use crate::infer::output::OutItem;
 use crate::infer::task::InferTask;
-use crate::settings::state::APPLIED_EVENT;
+use i2i_core::settings::state::APPLIED_EVENT;
 
 /// What came first on the settings pad since the element started (`wait-for-settings`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

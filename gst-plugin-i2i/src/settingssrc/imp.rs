@@ -23,16 +23,16 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::settings::command::Command;
-use crate::settings::hub::ControlClient;
-use crate::settings::message::{MAX_MESSAGE_BYTES, decode_message};
-use crate::settings::state::{
+use i2i_core::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::settings::command::Command;
+use i2i_core::settings::hub::ControlClient;
+use i2i_core::settings::message::{MAX_MESSAGE_BYTES, decode_message};
+use i2i_core::settings::state::{
     APPLIED_EVENT, APPLIED_TOPIC, AppliedReport, REFUSED_EVENT, STATE_TOPIC, Snapshot,
     SnapshotFollower,
 };
-use crate::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
-use i2i_core::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
-use i2i_core::rate_limit::RateLimit;
+use i2i_core::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
 
 use super::SocketType;
 

@@ -36,7 +36,7 @@ use super::message::decode_message;
 use super::peers::{DEFAULT_MAX_PEERS, PeerEvent, PeerGuard, set_peer_timeouts};
 use super::state::{APPLIED_TOPIC, AppliedReport, Snapshot};
 use super::{DEFAULT_T_INDEX_LIST, SettingsUpdate, parse_t_index_list, strength_of_t_index_list};
-use i2i_core::curve::{AllowList, KeyPair, ZapHandler, ZapRequest, make_client, make_server};
+use crate::curve::{AllowList, KeyPair, ZapHandler, ZapRequest, make_client, make_server};
 
 /// Default heartbeat: a late joiner has the state within this (plus connection time).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(300);

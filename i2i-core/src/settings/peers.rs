@@ -18,7 +18,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
-use i2i_core::rate_limit::RateLimit;
+use crate::rate_limit::RateLimit;
 
 /// Default most peers per socket.
 pub const DEFAULT_MAX_PEERS: usize = 256;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The coalescing clock of the settings link: at most one change through per interval,
 //! keeping the latest values (messages about bad input are rate-limited by
-//! [`i2i_core::rate_limit`]).
+//! [`crate::rate_limit`]).
 
 use std::time::{Duration, Instant};
 
