@@ -252,7 +252,8 @@ class Model:
         outs2 = self._outputs("text_encoder_2")
         pooled_name = "text_embeds" if "text_embeds" in outs2 else "text_embeddings"
         ids2, w2 = self._weighted_ids(self.tokenizer_2, text)
-        h2, pooled = self._run("text_encoder_2", {"input_ids": ids2}, [self._penultimate("text_encoder_2"), pooled_name])
+        h2, pooled = self._run("text_encoder_2", {"input_ids": ids2},
+                               [self._penultimate("text_encoder_2"), pooled_name])
         return {"encoder_hidden_states": np.concatenate([h1, style.apply_weights(h2, w2)], axis=-1),
                 "text_embeds": pooled}
 

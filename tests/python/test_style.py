@@ -424,9 +424,9 @@ def test_reference_ipadapter(models, inputs, tmp_path, name):
     run_ref(m, inputs, tmp_path / "first", "--ip-adapter-image", str(inputs / "style.png"),
             "--ip-adapter-scale", per_layer)
     assert np.abs(frames(tmp_path / "first")[0] - frames(tmp_path / "self")[0]).max() > 1e-4
-    assert f"{layers + 2} values for a UNet with {layers}" in ref_error("--model", str(m), "--width", "64", "--height", "64", "--inputs",
-                                              str(inputs), "--out", str(tmp_path / "x"), "--ip-adapter-image",
-                                              str(inputs / "style.png"), "--ip-adapter-scale", "1,2" + ",3" * layers)
+    assert f"{layers + 2} values for a UNet with {layers}" in ref_error(
+        "--model", str(m), "--width", "64", "--height", "64", "--inputs", str(inputs), "--out", str(tmp_path / "x"),
+        "--ip-adapter-image", str(inputs / "style.png"), "--ip-adapter-scale", "1,2" + ",3" * layers)
     assert "cannot decode" in ref_error("--model", str(m), "--width", "64", "--height", "64", "--inputs",
                                         str(inputs), "--out", str(tmp_path / "x"), "--ip-adapter-image",
                                         str(inputs / "broken.png"))
