@@ -15,7 +15,8 @@ LoRA (docs/models.md, "LoRA models"): for each projection P of the UNet with inp
 and `P.lora_B.weight` [r, out], the active adapters (file, scale) are bound side by side along r:
 A = [A_1 | A_2 | ...], B = [s_1 B_1 ; s_2 B_2 ; ...], so the projection computes x (W + sum_i s_i A_i B_i) + b.
 An adapter that does not change P contributes zero blocks of its rank r_i (the largest rank in its file); with
-no adapter, A and B are zeros of rank 1.
+no adapter, A and B are zeros of rank 1. A change of LoRAs fades by binding both lists side by side
+(`fade_active`).
 
 Prompt weighting (A1111's parse_prompt_attention and its "Original" emphasis): `(text)` x 1.1, `[text]` / 1.1,
 `(text:1.3)` x 1.3, nested brackets multiply, `\\(` `\\)` `\\[` `\\]` `\\\\` are the literal characters; a bracket
@@ -327,6 +328,17 @@ def lora_feeds(slots: dict, active: list[tuple[onnx_adapter.Adapter, float]]) ->
         feeds[f"{module}.lora_A.weight"] = np.concatenate(a_parts, axis=1)
         feeds[f"{module}.lora_B.weight"] = np.concatenate(b_parts, axis=0)
     return feeds
+
+
+def fade_active(old: list, new: list, t: float) -> list:
+    """The (adapter, scale) list bound at fade position t of a LoRA change (`transition-frames`): the old LoRAs at
+    (1 - t) times their scales beside the new ones at t times theirs, so the weights move linearly from
+    W + sum s_old A B to W + sum s_new A B; t >= 1 is the new list itself, t <= 0 the old one."""
+    if t >= 1.0:
+        return list(new)
+    if t <= 0.0:
+        return list(old)
+    return [(a, (1.0 - t) * s) for a, s in old] + [(a, t * s) for a, s in new]
 
 
 def parse_lora_list(text: str) -> list[tuple[str, float]]:

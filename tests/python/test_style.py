@@ -239,6 +239,33 @@ def test_lora_binding_is_w_plus_scale_a_b(models, combo):
     assert np.array_equal(zero_scale, none)
 
 
+def test_lora_fade(models):
+    """A fade from style-a at 0.9 to style-b at 0.5 binds both: at t the weights are W + (1 - t) 0.9 dA + t 0.5 dB;
+    t = 1 is style-b alone, bit for bit; the same LoRA on both sides is that LoRA at the interpolated scale."""
+    s, slots = lora_unet(models)
+    feeds = unet_feeds(s, np.random.default_rng(5))
+    a = onnx_adapter.read(models / lora.NAME / ADAPTERS["style-a"])
+    b = onnx_adapter.read(models / lora.NAME / ADAPTERS["style-b"])
+
+    def run(active):
+        return s.run(None, {**feeds, **style.lora_feeds(slots, active)})[0]
+
+    def delta(adapter, scale):
+        return {k[:-len(".lora_A.weight")]: scale * (v.astype(np.float64) @ adapter.parameters[
+            k.replace("lora_A", "lora_B")].astype(np.float64)) for k, v in adapter.parameters.items() if "lora_A" in k}
+
+    old, new = [(a, 0.9)], [(b, 0.5)]
+    t = 0.25
+    want = delta(a, 0.9 * (1 - t))
+    for m, d in delta(b, 0.5 * t).items():
+        want[m] = want.get(m, 0) + d
+    np.testing.assert_allclose(run(style.fade_active(old, new, t)), fused_unet(want).run(None, feeds)[0], atol=1e-4)
+    assert np.array_equal(run(style.fade_active(old, new, 1.0)), run(new))
+    assert np.array_equal(run(style.fade_active(old, new, 0.0)), run(old))
+    same = run(style.fade_active([(a, 0.2)], [(a, 1.0)], 0.5))
+    np.testing.assert_allclose(same, run([(a, 0.6)]), atol=1e-5)
+
+
 def test_lora_feeds_are_what_onnxruntime_binds_from_the_file(models):
     """ONNX Runtime's own active-adapter run (not available with IoBinding) feeds the file's tensors as inputs:
     the same output as binding them by hand at scale 1."""
