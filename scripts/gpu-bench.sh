@@ -8,7 +8,7 @@
 #                             [--offline]
 #
 # Needs an NVIDIA GPU with its driver. It installs, into .venv-gpu (not the test venv), the
-# onnxruntime-gpu wheel (CUDA and TensorRT providers) and the CUDA / cuDNN / TensorRT runtime
+# onnxruntime-gpu wheel (CUDA and TensorRT providers) and the CUDA 13 / cuDNN 9 / TensorRT 10 runtime
 # wheels it loads, and points ORT_DYLIB_PATH at that library. The models are made once under
 # models/sdturbo-shaped (about 5 GB) and models/sdxl-turbo-shaped (about 14 GB; making it needs
 # about 12 GB of free memory). The first TensorRT run builds engines (minutes); they are
@@ -59,8 +59,8 @@ else
     python3 -m venv .venv-gpu
   fi
   .venv-gpu/bin/python -m pip install -q --disable-pip-version-check \
-    "onnxruntime-gpu==1.31.*" "nvidia-cudnn-cu12" "nvidia-cuda-runtime-cu12" "nvidia-cublas-cu12" \
-    "nvidia-cufft-cu12" "nvidia-curand-cu12" "tensorrt-cu12-libs>=10,<11"
+    "onnxruntime-gpu==1.31.*" "nvidia-cudnn-cu13==9.*" "nvidia-cuda-runtime==13.*" "nvidia-cublas==13.*" \
+    "nvidia-curand" "nvidia-cufft" "tensorrt-cu13-libs>=10,<11"
   SITE=$(.venv-gpu/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   export ORT_DYLIB_PATH=$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so.* | head -n1)
   # The providers dlopen CUDA, cuDNN and TensorRT by soname: put the wheels' lib folders first.

@@ -9,8 +9,9 @@
 #
 # pack gathers into DIR: the ONNX Runtime library of the onnxruntime-gpu wheel (1.31.1 from PyPI unless
 # --ort-wheel names a wheel or --ort-lib-dir a folder holding libonnxruntime.so.* and its provider
-# libraries) with its CUDA and TensorRT provider libraries; the CUDA 12 / cuDNN 9 runtime libraries from their
-# PyPI wheels (not with --no-cuda); TensorRT 10's runtime libraries (--with-tensorrt, about 1 GB more); the
+# libraries) with its CUDA and TensorRT provider libraries; the CUDA 13 / cuDNN 9 runtime libraries it was built
+# for, from their PyPI wheels (not with --no-cuda; pack checks that every library the CUDA provider needs is in
+# the kit); TensorRT 10's runtime libraries (--with-tensorrt, about 1 GB more); the
 # plugins, tools and engine-bench built for this machine's target (release; --no-build packs what is built,
 # from --target-dir, default target/release);
 # numpy and onnx wheels and the scripts that make the sd-turbo-shaped model on the target; the CLIP vocabulary.
@@ -26,8 +27,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 ORT_GPU_VERSION=1.31.1
-CUDA_WHEELS="nvidia-cudnn-cu12 nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cufft-cu12 nvidia-curand-cu12"
-TRT_WHEELS="tensorrt-cu12-libs>=10,<11"
+# onnxruntime-gpu 1.31 is built for CUDA 13 (its CUDA provider needs libcudart.so.13, libcublas(Lt).so.13,
+# libcurand.so.10 and cuDNN 9; its TensorRT provider libnvinfer.so.10): the CUDA 13 wheels, whose names have
+# no -cu12 suffix.
+CUDA_WHEELS="nvidia-cudnn-cu13==9.* nvidia-cuda-runtime==13.* nvidia-cublas==13.* nvidia-curand nvidia-cufft"
+TRT_WHEELS="tensorrt-cu13-libs>=10,<11"
 PY_WHEELS="numpy onnx"
 FORMAT="i2i-gpu-kit 1"
 
@@ -109,7 +113,7 @@ pack() {
   dylib=$(cd "$kit/lib" && ls libonnxruntime.so.* | head -n1)
 
   if [ "$cuda" = 1 ]; then
-    echo "gpu-kit: downloading the CUDA 12 / cuDNN 9 runtime wheels" >&2
+    echo "gpu-kit: downloading the CUDA 13 / cuDNN 9 runtime wheels" >&2
     pip_download "$work/dl" $CUDA_WHEELS
   fi
   if [ "$trt" = 1 ]; then
@@ -120,6 +124,20 @@ pack() {
     if [ ! -f "$w" ]; then continue; fi
     wheel_libs "$w" '(nvidia/[^/]+/lib|tensorrt_libs)/lib[^/]*\.so[^/]*$' "$kit/lib"
   done
+
+  # Every library a provider needs must be in the kit, but the driver's (libcuda.so.1) and the system's.
+  if [ "$cuda" = 1 ]; then
+    local lib need provs=libonnxruntime_providers_cuda.so
+    [ "$trt" = 1 ] && provs="$provs libonnxruntime_providers_tensorrt.so"
+    for lib in $provs; do
+      [ -f "$kit/lib/$lib" ] || die "pack: $lib is not in the ONNX Runtime build packed (is it the GPU build?)"
+      for need in $(readelf -d "$kit/lib/$lib" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
+        [ -f "$kit/lib/$need" ] || [ "$need" = libcuda.so.1 ] || ldconfig -p | grep -q "^\s*$need " \
+          || die "pack: $lib needs $need, which none of the wheels packed provides (CUDA_WHEELS in $0)"
+      done
+    done
+    [ -f "$kit/lib/libcudnn.so.9" ] || die "pack: libcudnn.so.9 (loaded by the CUDA provider) is not in the kit"
+  fi
 
   # Plugins, tools and the benchmark, built for this machine's target.
   if [ "$build" = 1 ]; then
