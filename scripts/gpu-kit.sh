@@ -4,14 +4,16 @@
 # any transfer medium, and unpacked on an air-gapped show machine or render node.
 #
 #   bash scripts/gpu-kit.sh pack --out DIR [--max-chunk-mb N] [--ort-wheel FILE | --ort-lib-dir DIR]
-#                                [--no-cuda] [--with-tensorrt] [--no-build] [--target-dir DIR]
+#                                [--no-cuda] [--with-tensorrt DIR] [--no-build] [--target-dir DIR]
 #   bash scripts/gpu-kit.sh unpack DIR [--to DEST]
 #
 # pack gathers into DIR: the ONNX Runtime library of the onnxruntime-gpu wheel (1.31.1 from PyPI unless
 # --ort-wheel names a wheel or --ort-lib-dir a folder holding libonnxruntime.so.* and its provider
 # libraries) with its CUDA and TensorRT provider libraries; the CUDA 13 / cuDNN 9 runtime libraries it was built
 # for, from their PyPI wheels (not with --no-cuda; pack checks that every library the CUDA provider needs is in
-# the kit); TensorRT 10's runtime libraries (--with-tensorrt, about 1 GB more); the
+# the kit); TensorRT 10's runtime libraries for CUDA 13 (--with-tensorrt DIR: a folder holding them, from
+# NVIDIA's TensorRT tar's lib/ or its tensorrt_cu13_libs wheels; PyPI has only a stub for them that
+# downloads them at install time; about 1 GB more); the
 # plugins, tools and engine-bench built for this machine's target (release; --no-build packs what is built,
 # from --target-dir, default target/release);
 # numpy and onnx wheels and the scripts that make the sd-turbo-shaped model on the target; the CLIP vocabulary.
@@ -24,14 +26,16 @@
 # I2I_KIT=...   Then `bash "$I2I_KIT/scripts/gpu-bench.sh" --offline` runs the GPU benchmark without any
 # download (docs/engine.md, "Offline GPU kit").
 set -euo pipefail
+CALLER=$(pwd)
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# Paths on the command line are the caller's, not relative to the checkout.
+abspath() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER/$1" ;; esac; }
 ORT_GPU_VERSION=1.31.1
 # onnxruntime-gpu 1.31 is built for CUDA 13 (its CUDA provider needs libcudart.so.13, libcublas(Lt).so.13,
 # libcurand.so.10 and cuDNN 9; its TensorRT provider libnvinfer.so.10): the CUDA 13 wheels, whose names have
 # no -cu12 suffix.
 CUDA_WHEELS="nvidia-cudnn-cu13==9.* nvidia-cuda-runtime==13.* nvidia-cublas==13.* nvidia-curand nvidia-cufft"
-TRT_WHEELS="tensorrt-cu13-libs>=10,<11"
 PY_WHEELS="numpy onnx"
 FORMAT="i2i-gpu-kit 1"
 
@@ -69,17 +73,17 @@ pip_download() {  # pip_download DEST SPEC...: Linux x86_64 CPython wheels, with
 }
 
 pack() {
-  local out="" max_mb=60 ort_wheel="" ort_dir="" cuda=1 trt=0 build=1 target=target/release
+  local out="" max_mb=60 ort_wheel="" ort_dir="" cuda=1 trt="" build=1 target=target/release
   while [ $# -gt 0 ]; do
     case "$1" in
-      --out) out=$2; shift 2 ;;
+      --out) out=$(abspath "$2"); shift 2 ;;
       --max-chunk-mb) max_mb=$2; shift 2 ;;
-      --ort-wheel) ort_wheel=$2; shift 2 ;;
-      --ort-lib-dir) ort_dir=$2; shift 2 ;;
+      --ort-wheel) ort_wheel=$(abspath "$2"); shift 2 ;;
+      --ort-lib-dir) ort_dir=$(abspath "$2"); shift 2 ;;
       --no-cuda) cuda=0; shift ;;
-      --with-tensorrt) trt=1; shift ;;
+      --with-tensorrt) trt=$(abspath "$2"); shift 2 ;;
       --no-build) build=0; shift ;;
-      --target-dir) target=$2; shift 2 ;;
+      --target-dir) target=$(abspath "$2"); shift 2 ;;
       -h|--help) usage; exit 0 ;;
       *) die "pack: unknown argument '$1' (see --help)" ;;
     esac
@@ -116,19 +120,23 @@ pack() {
     echo "gpu-kit: downloading the CUDA 13 / cuDNN 9 runtime wheels" >&2
     pip_download "$work/dl" $CUDA_WHEELS
   fi
-  if [ "$trt" = 1 ]; then
-    echo "gpu-kit: downloading TensorRT 10's runtime libraries" >&2
-    pip_download "$work/dl" "$TRT_WHEELS"
-  fi
-  for w in "$work"/dl/nvidia_*.whl "$work"/dl/tensorrt_*.whl; do
+  for w in "$work"/dl/nvidia_*.whl; do
     if [ ! -f "$w" ]; then continue; fi
-    wheel_libs "$w" '(nvidia/[^/]+/lib|tensorrt_libs)/lib[^/]*\.so[^/]*$' "$kit/lib"
+    wheel_libs "$w" 'nvidia/[^/]+/lib/lib[^/]*\.so[^/]*$' "$kit/lib"
   done
+  if [ -n "$trt" ]; then
+    [ -d "$trt" ] || die "pack: --with-tensorrt $trt is not a folder"
+    for w in "$trt"/tensorrt*libs*.whl; do
+      if [ -f "$w" ]; then wheel_libs "$w" 'tensorrt_libs/lib[^/]*\.so[^/]*$' "$kit/lib"; fi
+    done
+    cp -L "$trt"/libnv*.so.* "$kit/lib/" 2>/dev/null || true
+    ls "$kit"/lib/libnvinfer.so.* >/dev/null 2>&1 || die "pack: no libnvinfer.so.* in $trt (TensorRT's lib folder or its wheels)"
+  fi
 
   # Every library a provider needs must be in the kit, but the driver's (libcuda.so.1) and the system's.
   if [ "$cuda" = 1 ]; then
     local lib need provs=libonnxruntime_providers_cuda.so
-    [ "$trt" = 1 ] && provs="$provs libonnxruntime_providers_tensorrt.so"
+    [ -n "$trt" ] && provs="$provs libonnxruntime_providers_tensorrt.so"
     for lib in $provs; do
       [ -f "$kit/lib/$lib" ] || die "pack: $lib is not in the ONNX Runtime build packed (is it the GPU build?)"
       for need in $(readelf -d "$kit/lib/$lib" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
@@ -189,10 +197,10 @@ unpack() {
   local dir="" dest=""
   while [ $# -gt 0 ]; do
     case "$1" in
-      --to) dest=$2; shift 2 ;;
+      --to) dest=$(abspath "$2"); shift 2 ;;
       -h|--help) usage; exit 0 ;;
       -*) die "unpack: unknown argument '$1' (see --help)" ;;
-      *) [ -z "$dir" ] || die "unpack: one folder only, found '$dir' and '$1'"; dir=$1; shift ;;
+      *) [ -z "$dir" ] || die "unpack: one folder only, found '$dir' and '$1'"; dir=$(abspath "$1"); shift ;;
     esac
   done
   [ -n "$dir" ] || die "unpack: the kit folder is required (unpack DIR [--to DEST])"

@@ -988,9 +988,6 @@ impl Model {
         if opts.batch_size == 0 {
             return Err(EngineError::argument("batch-size", "at least 1", "0"));
         }
-        if opts.execution_provider == ExecutionProvider::TensorRt {
-            opts.trt_profile.check(opts.width, opts.height)?;
-        }
         // Everything that can be checked without ONNX Runtime first.
         let scheduler =
             SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
@@ -1011,7 +1008,7 @@ impl Model {
         let mut last_err = None;
         for provider in candidates {
             let cache_dir = if provider == ExecutionProvider::TensorRt {
-                // auto: refused before the build too, not passed over to CUDA.
+                // Refused before any engine is built (with auto too: not passed over to CUDA).
                 opts.trt_profile.check(opts.width, opts.height)?;
                 Some(trt_cache_dir(opts, &files, unet_rows)?)
             } else {

@@ -331,12 +331,14 @@ pub fn provider_error(p: ExecutionProvider, reason: String) -> EngineError {
     let fix = match p {
         ExecutionProvider::TensorRt => {
             "use an ONNX Runtime build with TensorRT (the onnxruntime-gpu wheel's libonnxruntime.so via \
-             ORT_DYLIB_PATH, with TensorRT 10, CUDA 12 and cuDNN 9 libraries on the library path), or \
+             ORT_DYLIB_PATH, with TensorRT 10, cuDNN 9 and the CUDA libraries it was built for (CUDA 13 for \
+             onnxruntime-gpu 1.31) on the library path), or \
              execution-provider=cuda / cpu / auto"
         }
         ExecutionProvider::Cuda => {
             "use an ONNX Runtime build with CUDA (the onnxruntime-gpu wheel's libonnxruntime.so via \
-             ORT_DYLIB_PATH, with CUDA 12 and cuDNN 9 libraries on the library path and a GPU), or \
+             ORT_DYLIB_PATH, with cuDNN 9 and the CUDA libraries it was built for (CUDA 13 for onnxruntime-gpu \
+             1.31) on the library path and a GPU), or \
              execution-provider=cpu / auto"
         }
         _ => "use execution-provider=cpu",
