@@ -160,7 +160,10 @@ def peer_run(model: Path, frames_file: Path, batch: int, warmup: int, timed: int
             marks.append((time.perf_counter(), time.process_time()))
     (w0, c0), (w1, c1) = marks[warmup - 1], marks[-1]
     n = (calls - warmup) * batch
-    return {"fps": n / (w1 - w0), "cpu_ms": (c1 - c0) / n * 1000, "frames": n}
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return {"fps": n / (w1 - w0), "cpu_ms": (c1 - c0) / n * 1000, "frames": n, "peak_rss_mib": peak}
 
 
 # ---- the element (runs here) ----------------------------------------------------------------------------
@@ -169,6 +172,14 @@ def _proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) of process pid."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mib(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return 0
 
 
 def element_run(model: Path, frames_file: Path, batch: int, warmup: int, timed: int, threads: int) -> dict:
@@ -182,18 +193,19 @@ def element_run(model: Path, frames_file: Path, batch: int, warmup: int, timed: 
             "silent=false", "sync=false"]
     env = dict(os.environ, GST_DEBUG="0")
     proc = subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    marks, tail = [], []
+    marks, tail, peak = [], [], 0
     for text in proc.stdout:
         tail = (tail + [text])[-20:]
         if "sink" in text and "chain" in text and "last-message" in text:
             marks.append((time.perf_counter(), _proc_cpu(proc.pid)))
+            peak = max(peak, _peak_rss_mib(proc.pid))
     proc.wait()
     if proc.returncode != 0 or len(marks) != count:
         raise RuntimeError(f"gst-launch-1.0 gave {len(marks)} of {count} frames (exit {proc.returncode}):\n"
                            + "".join(tail))
     (w0, c0), (w1, c1) = marks[warmup * batch - 1], marks[-1]
     n = count - warmup * batch
-    return {"fps": n / (w1 - w0), "cpu_ms": (c1 - c0) / n * 1000, "frames": n}
+    return {"fps": n / (w1 - w0), "cpu_ms": (c1 - c0) / n * 1000, "frames": n, "peak_rss_mib": peak}
 
 
 # ---- where the time goes: each graph once on each side (--stages) ----------------------------------------
@@ -332,13 +344,16 @@ def main() -> int:
             es.append(e)
             ps.append(p)
         # Each side's best round (the least disturbed by other processes on a shared machine).
-        e = {"fps": max(x["fps"] for x in es), "cpu_ms": min(x["cpu_ms"] for x in es), "frames": es[0]["frames"]}
-        p = {"fps": max(x["fps"] for x in ps), "cpu_ms": min(x["cpu_ms"] for x in ps)}
+        e = {"fps": max(x["fps"] for x in es), "cpu_ms": min(x["cpu_ms"] for x in es), "frames": es[0]["frames"],
+             "peak_rss_mib": max(x["peak_rss_mib"] for x in es)}
+        p = {"fps": max(x["fps"] for x in ps), "cpu_ms": min(x["cpu_ms"] for x in ps),
+             "peak_rss_mib": max(x["peak_rss_mib"] for x in ps)}
         result[f"rounds_b{b}"] = {"element": es, "peer": ps}
         result.update({f"element_fps_b{b}": e["fps"], f"peer_fps_b{b}": p["fps"],
                        f"ratio_b{b}": e["fps"] / p["fps"], f"element_cpu_ms_b{b}": e["cpu_ms"],
                        f"peer_cpu_ms_b{b}": p["cpu_ms"], f"cpu_ratio_b{b}": e["cpu_ms"] / p["cpu_ms"],
-                       f"frames_b{b}": e["frames"]})
+                       f"frames_b{b}": e["frames"], f"element_peak_rss_mib_b{b}": e["peak_rss_mib"],
+                       f"peer_peak_rss_mib_b{b}": p["peak_rss_mib"]})
     result["load_average_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(result))
