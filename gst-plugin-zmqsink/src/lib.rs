@@ -33,7 +33,7 @@ pub use scaleout::zmqcollectsrc::{CollectLateStart, CollectQueuePolicy, ZmqColle
 pub use scaleout::zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
 pub use scaleout::zmqworkersrc::ZmqWorkerSrc;
 pub use transport::zmqmsgpacksink::{LatentDtype, SinkSocketType, ZmqMsgpackSink};
-pub use transport::zmqmsgpacksrc::{SrcSocketType, ZmqMsgpackSrc};
+pub use transport::zmqmsgpacksrc::ZmqMsgpackSrc;
 
 /// Caps name of the reference timestamp meta that carries a frame's original Unix time
 /// (ns since the epoch) between pipelines.

@@ -10,11 +10,16 @@
 //!   ([`curve`]: key files, allow-lists, the ZAP handler, an element's three CURVE
 //!   properties);
 //! - [`rate_limit`]: rate-limited warnings;
+//! - [`infer`]: the inference elements' enums (execution provider, resize mode, frame
+//!   dropping); with [`settings::CfgType`], [`settings::blend::BlendMode`] and
+//!   [`zmq_endpoint::ReceiveSocketType`] each is defined once, a GStreamer enum type with the
+//!   `glib` feature;
 //! - [`settings`]: the settings vocabulary (chat commands, msgpack and JSON messages, the
 //!   holder's state and hub, blend math, limits), spoken by `settingssrc`, `i2itransform`,
 //!   `i2i-prompt` and `i2i-web`.
 
 pub mod curve;
+pub mod infer;
 pub mod jpeg;
 pub mod protocol;
 pub mod rate_limit;

@@ -16,6 +16,37 @@ pub const STREAM_EXAMPLES: &str = "tcp://HOST:5557, tcp://*:5557 or ipc:///path"
 /// Endpoint examples for the hint of the scale-out elements (port 5555).
 pub const SCALEOUT_EXAMPLES: &str = "tcp://HOST:5555, tcp://*:5555 or ipc:///path";
 
+/// The ZeroMQ pattern of a receiving socket: the `socket-type` of `zmqmsgpacksrc` and
+/// `settingssrc` (the GStreamer enum type `GstI2iReceiveSocketType` with the `glib`
+/// feature, see [`glib_enum`]), and `i2i-stats --socket-type`.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default)]
+#[repr(u32)]
+pub enum ReceiveSocketType {
+    /// Subscribes to a publisher and gets every message.
+    #[default]
+    Sub = 0,
+    /// Pulls from pushers; several pullers share the messages.
+    Pull = 1,
+}
+
+impl ReceiveSocketType {
+    /// "sub" or "pull".
+    pub fn nick(self) -> &'static str {
+        match self {
+            ReceiveSocketType::Sub => "sub",
+            ReceiveSocketType::Pull => "pull",
+        }
+    }
+
+    /// The ZeroMQ socket type.
+    pub fn zmq_type(self) -> zmq::SocketType {
+        match self {
+            ReceiveSocketType::Sub => zmq::SUB,
+            ReceiveSocketType::Pull => zmq::PULL,
+        }
+    }
+}
+
 /// The options every element's socket has; `None` leaves ZeroMQ's default.
 #[derive(Debug, Clone)]
 pub struct Options<'a> {
@@ -193,6 +224,150 @@ pub fn hint(e: zmq::Error, examples: &str) -> String {
             " (the address is not one of this machine's interfaces)".into()
         }
         _ => String::new(),
+    }
+}
+
+/// [`ReceiveSocketType`] as a GStreamer enum type. Written out rather than derived
+/// (`glib::Enum`): both plugins carry this crate, and a derived type panics when the second
+/// plugin registers a name the first already has. This one takes the type already
+/// registered under its name (the same values, from the same source) or registers it.
+#[cfg(feature = "glib")]
+pub mod glib_enum {
+    use glib::translate::{FromGlib, IntoGlib, ToGlibPtr, ToGlibPtrMut, TryFromGlib};
+    use glib::{Type, gobject_ffi};
+
+    use super::ReceiveSocketType;
+
+    const NAME: &std::ffi::CStr = c"GstI2iReceiveSocketType";
+
+    /// The values with their names and nicks, ended by a zeroed entry, as GLib wants them.
+    struct Values([gobject_ffi::GEnumValue; 3]);
+    // SAFETY: read-only static strings.
+    unsafe impl Sync for Values {}
+
+    static VALUES: Values = Values([
+        gobject_ffi::GEnumValue {
+            value: ReceiveSocketType::Sub as i32,
+            value_name: c"SUB: subscribe to a publisher (zmqmsgpacksink socket-type=pub, i2i-prompt, programs with PUB)".as_ptr(),
+            value_nick: c"sub".as_ptr(),
+        },
+        gobject_ffi::GEnumValue {
+            value: ReceiveSocketType::Pull as i32,
+            value_name: c"PULL: pull from pushers (zmqmsgpacksink socket-type=push, programs with PUSH); several pullers share the messages".as_ptr(),
+            value_nick: c"pull".as_ptr(),
+        },
+        gobject_ffi::GEnumValue {
+            value: 0,
+            value_name: std::ptr::null(),
+            value_nick: std::ptr::null(),
+        },
+    ]);
+
+    impl glib::prelude::StaticType for ReceiveSocketType {
+        fn static_type() -> Type {
+            static TYPE: std::sync::OnceLock<Type> = std::sync::OnceLock::new();
+            *TYPE.get_or_init(|| unsafe {
+                let existing = gobject_ffi::g_type_from_name(NAME.as_ptr());
+                let t = if existing != gobject_ffi::G_TYPE_INVALID {
+                    existing
+                } else {
+                    gobject_ffi::g_enum_register_static(NAME.as_ptr(), VALUES.0.as_ptr())
+                };
+                let t: Type = glib::translate::from_glib(t);
+                assert!(t.is_valid());
+                t
+            })
+        }
+    }
+
+    impl IntoGlib for ReceiveSocketType {
+        type GlibType = i32;
+
+        fn into_glib(self) -> i32 {
+            self as i32
+        }
+    }
+
+    impl TryFromGlib<i32> for ReceiveSocketType {
+        type Error = i32;
+
+        unsafe fn try_from_glib(value: i32) -> Result<Self, i32> {
+            match value {
+                0 => Ok(ReceiveSocketType::Sub),
+                1 => Ok(ReceiveSocketType::Pull),
+                other => Err(other),
+            }
+        }
+    }
+
+    impl FromGlib<i32> for ReceiveSocketType {
+        unsafe fn from_glib(value: i32) -> Self {
+            unsafe { Self::try_from_glib(value) }.unwrap_or_default()
+        }
+    }
+
+    impl glib::value::ValueType for ReceiveSocketType {
+        type Type = Self;
+    }
+
+    unsafe impl<'a> glib::value::FromValue<'a> for ReceiveSocketType {
+        type Checker = glib::value::GenericValueTypeChecker<Self>;
+
+        unsafe fn from_value(value: &'a glib::Value) -> Self {
+            unsafe {
+                glib::translate::from_glib(gobject_ffi::g_value_get_enum(value.to_glib_none().0))
+            }
+        }
+    }
+
+    impl glib::prelude::ToValue for ReceiveSocketType {
+        fn to_value(&self) -> glib::Value {
+            let mut value = glib::Value::for_value_type::<Self>();
+            unsafe {
+                gobject_ffi::g_value_set_enum(value.to_glib_none_mut().0, self.into_glib());
+            }
+            value
+        }
+
+        fn value_type(&self) -> Type {
+            <Self as glib::prelude::StaticType>::static_type()
+        }
+    }
+
+    impl From<ReceiveSocketType> for glib::Value {
+        fn from(v: ReceiveSocketType) -> Self {
+            glib::prelude::ToValue::to_value(&v)
+        }
+    }
+
+    impl glib::HasParamSpec for ReceiveSocketType {
+        type ParamSpec = glib::ParamSpecEnum;
+        type SetValue = Self;
+        type BuilderFn = fn(&str, Self) -> glib::ParamSpecEnumBuilder<'_, Self>;
+
+        fn param_spec_builder() -> Self::BuilderFn {
+            |name, default_value| Self::ParamSpec::builder_with_default(name, default_value)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use glib::prelude::*;
+
+        #[test]
+        fn one_enum_type_however_many_copies_register_it() {
+            let t = ReceiveSocketType::static_type();
+            assert_eq!(t.name(), "GstI2iReceiveSocketType");
+            let v = ReceiveSocketType::Pull.to_value();
+            assert_eq!(
+                v.get::<ReceiveSocketType>().unwrap(),
+                ReceiveSocketType::Pull
+            );
+            let class = glib::EnumClass::with_type(t).unwrap();
+            assert_eq!(class.value_by_nick("sub").unwrap().value(), 0);
+            assert_eq!(class.value_by_nick("pull").unwrap().value(), 1);
+        }
     }
 }
 

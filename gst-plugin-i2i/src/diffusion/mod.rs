@@ -30,34 +30,12 @@ pub mod stream;
 pub mod tokenizer;
 
 pub use engine::{Engine, Preprocessor};
+// The engine's parameters take the shared enums (one definition, in i2i-core).
 pub use error::EngineError;
+pub use i2i_core::infer::ExecutionProvider;
+pub use i2i_core::settings::CfgType;
 pub use provider::{DEFAULT_TRT_PROFILE, TrtSizeProfile};
 pub use runtime::{LogLevel, set_logger};
-
-/// How the negative (unconditional) side of classifier-free guidance is formed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum CfgType {
-    /// No guidance: `eps = eps_cond`.
-    None,
-    /// Full CFG: the UNet also runs on the negative prompt (2n evaluations).
-    Full,
-    /// Residual CFG with the stock noise as the negative (n evaluations).
-    #[default]
-    SelfNegative,
-    /// Residual CFG initialised once per frame from the negative prompt (n + 1 evaluations).
-    Initialize,
-}
-
-/// Which ONNX Runtime execution provider runs the graphs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ExecutionProvider {
-    /// TensorRT, else CUDA, else CPU; the one chosen is logged and reported.
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-    TensorRt,
-}
 
 /// Fixed at load time: changing any of these needs a new [`Engine`].
 #[derive(Clone, Debug, PartialEq)]
@@ -286,28 +264,6 @@ impl Default for LoadOptions {
             intra_threads: 0,
             trt_profile: TrtSizeProfile::default(),
         }
-    }
-}
-
-impl std::fmt::Display for CfgType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CfgType::None => "none",
-            CfgType::Full => "full",
-            CfgType::SelfNegative => "self",
-            CfgType::Initialize => "initialize",
-        })
-    }
-}
-
-impl std::fmt::Display for ExecutionProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ExecutionProvider::Auto => "auto",
-            ExecutionProvider::Cpu => "cpu",
-            ExecutionProvider::Cuda => "cuda",
-            ExecutionProvider::TensorRt => "tensorrt",
-        })
     }
 }
 

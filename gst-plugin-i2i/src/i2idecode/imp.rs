@@ -21,7 +21,6 @@ use ort::value::Tensor;
 
 use crate::diffusion::model::{VaeDecoder, read_scaling_factor};
 use crate::diffusion::{LoadOptions, decoded_to_rgb8};
-use crate::i2itransform::{DropFrames, LATENT_CAPS_NAME};
 use crate::infer::convert::{OutputConverter, SRC_FORMATS};
 use crate::infer::element::{
     InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
@@ -31,6 +30,8 @@ use crate::infer::output::{OutItem, Rendered};
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 use crate::infer::task::InferTask;
+use i2i_core::infer::DropFrames;
+use i2i_core::tensor::LATENT_CAPS_NAME;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -261,7 +262,7 @@ impl InferElement for I2iDecode {
                 width: f.image_width,
                 height: f.image_height,
                 batch_size: 1,
-                execution_provider: s.runtime.execution_provider.into(),
+                execution_provider: s.runtime.execution_provider,
                 device_id: s.runtime.device_id,
                 fp16: s.runtime.fp16,
                 engine_cache_dir: None,

@@ -27,7 +27,7 @@ use gst::subclass::prelude::*;
 use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
 use super::task::{FirstSettings, Worker};
-use super::{BlendMode, CfgType, LATENT_CAPS_NAME, OutputMode, latent_caps, provider_name};
+use super::{OutputMode, latent_caps};
 use crate::diffusion::{self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
@@ -40,7 +40,9 @@ use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
 use crate::infer::output::Rendered;
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
-use i2i_core::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
+use i2i_core::settings::blend::BlendMode;
+use i2i_core::settings::{self, CfgType, SETTINGS_CAPS_NAME, SettingsUpdate};
+use i2i_core::tensor::LATENT_CAPS_NAME;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -533,7 +535,7 @@ impl InferElement for I2iTransform {
             width: s.width,
             height: s.height,
             batch_size: s.batch_size as usize,
-            execution_provider: s.runtime.execution_provider.into(),
+            execution_provider: s.runtime.execution_provider,
             device_id: s.runtime.device_id,
             fp16: s.runtime.fp16,
             engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
@@ -563,7 +565,7 @@ impl InferElement for I2iTransform {
             gst::StateChangeError
         })?;
         self.start_control(&mut engine, &s.control, (opts.width, opts.height))?;
-        let provider = provider_name(engine.provider());
+        let provider = engine.provider().nick();
         let load_time = started.elapsed();
         gst::info!(
             CAT,
@@ -716,7 +718,7 @@ impl ObjectImpl for I2iTransform {
                     .mutable_playing()
                     .controllable()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("cfg-type", CfgType::from(p.cfg_type))
+                glib::ParamSpecEnum::builder_with_default("cfg-type", p.cfg_type)
                     .nick("CFG type")
                     .blurb("How the negative side of guidance is formed")
                     .mutable_playing()
@@ -908,7 +910,7 @@ impl ObjectImpl for I2iTransform {
             }
             "guidance-scale" => s.live.params.guidance_scale = value.get::<f64>().unwrap() as f32,
             "delta" => s.live.params.delta = value.get::<f64>().unwrap() as f32,
-            "cfg-type" => s.live.params.cfg_type = value.get::<CfgType>().unwrap().into(),
+            "cfg-type" => s.live.params.cfg_type = value.get::<CfgType>().unwrap(),
             "add-noise" => s.live.params.add_noise = value.get().unwrap(),
             "similarity-threshold" => {
                 s.live.params.similarity_threshold = value.get::<f64>().unwrap() as f32
@@ -929,7 +931,7 @@ impl ObjectImpl for I2iTransform {
                     Err(e) => self.refuse(&e),
                 }
             }
-            "blend-mode" => s.live.blend_mode = value.get::<BlendMode>().unwrap().into(),
+            "blend-mode" => s.live.blend_mode = value.get::<BlendMode>().unwrap(),
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
@@ -980,14 +982,14 @@ impl ObjectImpl for I2iTransform {
             "num-inference-steps" => p.num_inference_steps.to_value(),
             "guidance-scale" => (p.guidance_scale as f64).to_value(),
             "delta" => (p.delta as f64).to_value(),
-            "cfg-type" => CfgType::from(p.cfg_type).to_value(),
+            "cfg-type" => p.cfg_type.to_value(),
             "add-noise" => p.add_noise.to_value(),
             "similarity-threshold" => (p.similarity_threshold as f64).to_value(),
             "max-skip-frames" => p.max_skip_frames.to_value(),
             "transition-frames" => s.live.transition_frames.to_value(),
             "prompt-blend" => live::format_prompt_blend(&s.live.prompt_blend).to_value(),
             "seed-blend" => live::format_seed_blend(&s.live.seed_blend).to_value(),
-            "blend-mode" => BlendMode::from(s.live.blend_mode).to_value(),
+            "blend-mode" => s.live.blend_mode.to_value(),
             "batch-size" => s.batch_size.to_value(),
             "width" => s.width.to_value(),
             "height" => s.height.to_value(),

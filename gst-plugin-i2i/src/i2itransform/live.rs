@@ -11,7 +11,7 @@
 use crate::diffusion::{CfgType, StreamParams};
 use i2i_core::settings::blend::BlendMode;
 use i2i_core::settings::command::{Command, parse_line};
-use i2i_core::settings::{self, CFG_TYPES, SettingsUpdate};
+use i2i_core::settings::{self, SettingsUpdate};
 
 pub use i2i_core::settings::format_t_index_list;
 
@@ -29,14 +29,6 @@ pub struct LiveSettings {
     pub blend_mode: BlendMode,
 }
 
-/// The engine's guidance types in the order of [`CFG_TYPES`].
-const CFG_BY_NAME: [CfgType; 4] = [
-    CfgType::None,
-    CfgType::Full,
-    CfgType::SelfNegative,
-    CfgType::Initialize,
-];
-
 /// `"32,45"` -> `[32, 45]`: [`settings::parse_t_index_list`], with every index below
 /// `num_inference_steps`; the error quotes the whole text.
 pub fn parse_t_index_list(text: &str, num_inference_steps: u32) -> Result<Vec<u32>, String> {
@@ -44,22 +36,10 @@ pub fn parse_t_index_list(text: &str, num_inference_steps: u32) -> Result<Vec<u3
         .map_err(|e| format!("t-index-list \"{text}\" refused: {e}"))
 }
 
-pub fn cfg_type_nick(cfg: CfgType) -> &'static str {
-    let i = CFG_BY_NAME
-        .iter()
-        .position(|c| *c == cfg)
-        .expect("every guidance type has a name");
-    CFG_TYPES[i]
-}
-
 pub fn parse_cfg_type(text: &str) -> Result<CfgType, String> {
     let text = text.trim();
     settings::check_cfg_type(text)?;
-    let i = CFG_TYPES
-        .iter()
-        .position(|n| *n == text)
-        .expect("checked above");
-    Ok(CFG_BY_NAME[i])
+    Ok(CfgType::from_nick(text).expect("checked above"))
 }
 
 /// Reads a `prompt-blend` or `seed-blend` property value, written as after `/blend` and
@@ -190,7 +170,7 @@ impl LiveSettings {
             t_index_list: Some(format_t_index_list(&p.t_index_list)),
             guidance_scale: Some(reported(p.guidance_scale)),
             delta: Some(reported(p.delta)),
-            cfg_type: Some(cfg_type_nick(p.cfg_type).to_string()),
+            cfg_type: Some(p.cfg_type.nick().to_string()),
             similarity_threshold: Some(reported(p.similarity_threshold)),
             transition_frames: Some(self.transition_frames),
             prompt_blend: Some(self.prompt_blend.clone().unwrap_or_default()),
@@ -280,13 +260,8 @@ mod tests {
 
     #[test]
     fn cfg_type_nicks_round_trip() {
-        for c in [
-            CfgType::None,
-            CfgType::Full,
-            CfgType::SelfNegative,
-            CfgType::Initialize,
-        ] {
-            assert_eq!(parse_cfg_type(cfg_type_nick(c)).unwrap(), c);
+        for c in CfgType::ALL {
+            assert_eq!(parse_cfg_type(c.nick()).unwrap(), c);
         }
         assert!(parse_cfg_type("half").unwrap_err().contains("\"half\""));
     }

@@ -335,7 +335,7 @@ impl I2iTransform {
             .field("num-inference-steps", p.num_inference_steps)
             .field("guidance-scale", p.guidance_scale as f64)
             .field("delta", p.delta as f64)
-            .field("cfg-type", live::cfg_type_nick(p.cfg_type))
+            .field("cfg-type", p.cfg_type.nick())
             .field("add-noise", p.add_noise)
             .field("similarity-threshold", p.similarity_threshold as f64)
             .field("max-skip-frames", p.max_skip_frames)

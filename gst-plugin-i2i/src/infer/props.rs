@@ -13,7 +13,7 @@
 use gst::glib;
 use gst::prelude::*;
 
-use crate::i2itransform::{DropFrames, ExecutionProvider, ResizeMode};
+use i2i_core::infer::{DropFrames, ExecutionProvider, ResizeMode};
 
 pub const DEFAULT_DEVICE_ID: i32 = 0;
 pub const DEFAULT_FP16: bool = true;

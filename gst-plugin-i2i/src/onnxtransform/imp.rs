@@ -24,7 +24,6 @@ use super::model::{
 };
 use super::task::{ModelInput, Worker};
 use super::{ChannelOrder, Layout};
-use crate::i2itransform::provider_name;
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
@@ -294,7 +293,7 @@ impl InferElement for OnnxTransform {
         let intra_threads = s.runtime.intra_threads();
         let opts = ModelOptions {
             file: PathBuf::from(&model),
-            execution_provider: s.runtime.execution_provider.into(),
+            execution_provider: s.runtime.execution_provider,
             device_id: s.runtime.device_id,
             fp16: s.runtime.fp16,
             engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
@@ -311,7 +310,7 @@ impl InferElement for OnnxTransform {
             );
             gst::StateChangeError
         })?;
-        let provider = provider_name(m.provider);
+        let provider = m.provider.nick();
         let load_time = started.elapsed();
         gst::info!(CAT, imp = self, "{m:?} loaded in {load_time:?}");
         let fixed = |v: Option<usize>| v.map_or(-1, |v| v as i64);

@@ -34,7 +34,7 @@ use i2i_core::settings::state::{
 };
 use i2i_core::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
 
-use super::SocketType;
+use i2i_core::zmq_endpoint::ReceiveSocketType;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -52,13 +52,13 @@ const WARNINGS_PER_SECOND: u32 = 5;
 /// Messages handled per wake-up before the thread checks for stop again.
 const MAX_BATCH: usize = 1000;
 
-const DEFAULT_SOCKET_TYPE: SocketType = SocketType::Sub;
+const DEFAULT_SOCKET_TYPE: ReceiveSocketType = ReceiveSocketType::Sub;
 
 #[derive(Debug, Clone)]
 struct Settings {
     endpoint: String,
     bind: bool,
-    socket_type: SocketType,
+    socket_type: ReceiveSocketType,
     min_push_interval_ms: u32,
     curve_key: Option<String>,
     curve_server_key: Option<String>,
@@ -663,16 +663,13 @@ impl SettingsSrc {
         let s = lock(&self.settings).clone();
         let fail = |text: String| gst::error_msg!(gst::ResourceError::OpenRead, ("{}", text));
         let ctx = zmq::Context::new();
-        let kind = match s.socket_type {
-            SocketType::Sub => zmq::SUB,
-            SocketType::Pull => zmq::PULL,
-        };
+        let kind = s.socket_type.zmq_type();
         let sock = ctx
             .socket(kind)
             .map_err(|e| fail(format!("cannot create a ZeroMQ {kind:?} socket: {e}")))?;
         sock.set_linger(0).ok();
         sock.set_rcvhwm(100_000).ok();
-        if s.socket_type == SocketType::Sub {
+        if s.socket_type == ReceiveSocketType::Sub {
             sock.set_subscribe(b"")
                 .map_err(|e| fail(format!("cannot subscribe: {e}")))?;
         }

@@ -12,12 +12,26 @@
 //! Transitions end exactly on the target: at `t >= 1` the target is returned bit for bit.
 //! All arithmetic is in f64 and rounded to f32 once.
 
-/// How several inputs are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// How several inputs are combined: the `blend-mode` setting and property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default)]
+#[cfg_attr(feature = "glib", derive(glib::Enum))]
+#[cfg_attr(feature = "glib", enum_type(name = "GstI2iBlendMode"))]
+#[repr(u32)]
 pub enum BlendMode {
     #[default]
-    Linear,
-    Slerp,
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "Linear: weighted mean", nick = "linear")
+    )]
+    Linear = 0,
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "Slerp: spherical interpolation, renormalised (per token row for prompts)",
+            nick = "slerp"
+        )
+    )]
+    Slerp = 1,
 }
 
 impl BlendMode {

@@ -55,6 +55,76 @@ pub const STRENGTH_RANGE: (f64, f64) = (0.0, 1.0);
 pub const DEFAULT_T_INDEX_LIST: [u32; 2] = [32, 45];
 /// Valid `cfg-type` values.
 pub const CFG_TYPES: [&str; 4] = ["none", "full", "self", "initialize"];
+
+/// How the negative (unconditional) side of classifier-free guidance is formed: the
+/// `cfg-type` setting and property, and the engine's parameter.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default)]
+#[cfg_attr(feature = "glib", derive(glib::Enum))]
+#[cfg_attr(feature = "glib", enum_type(name = "GstI2iCfgType"))]
+#[repr(u32)]
+pub enum CfgType {
+    /// No guidance: `eps = eps_cond`.
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "None: no classifier-free guidance", nick = "none")
+    )]
+    None = 0,
+    /// Full CFG: the UNet also runs on the negative prompt (2n evaluations).
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "Full: the UNet also runs on the negative prompt (2n evaluations)",
+            nick = "full"
+        )
+    )]
+    Full = 1,
+    /// Residual CFG with the stock noise as the negative (n evaluations).
+    #[default]
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "Self: residual CFG with the stock noise as negative (n evaluations)",
+            nick = "self"
+        )
+    )]
+    SelfNegative = 2,
+    /// Residual CFG initialised once per frame from the negative prompt (n + 1 evaluations).
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "Initialize: residual CFG initialised from the negative prompt (n + 1 evaluations)",
+            nick = "initialize"
+        )
+    )]
+    Initialize = 3,
+}
+
+impl CfgType {
+    /// Every guidance type, in the order of [`CFG_TYPES`].
+    pub const ALL: [CfgType; 4] = [
+        CfgType::None,
+        CfgType::Full,
+        CfgType::SelfNegative,
+        CfgType::Initialize,
+    ];
+
+    /// The `cfg-type` name ("none", "full", "self", "initialize").
+    pub fn nick(self) -> &'static str {
+        CFG_TYPES[self as usize]
+    }
+
+    /// From a `cfg-type` name (any case).
+    pub fn from_nick(name: &str) -> Option<CfgType> {
+        let name = name.to_ascii_lowercase();
+        CfgType::ALL.into_iter().find(|c| c.nick() == name)
+    }
+}
+
+impl std::fmt::Display for CfgType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.nick())
+    }
+}
 /// Valid `blend-mode` values.
 pub const BLEND_MODES: [&str; 2] = ["linear", "slerp"];
 

@@ -34,7 +34,6 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use super::SrcSocketType;
 use crate::frame_file::{self, FrameFileError};
 use crate::frame_index;
 use crate::interrupt::{Interrupt, Wait};
@@ -47,6 +46,7 @@ use i2i_core::protocol::{self, Payload};
 use i2i_core::rate_limit::RateLimit;
 use i2i_core::tensor;
 use i2i_core::zmq_endpoint;
+use i2i_core::zmq_endpoint::ReceiveSocketType;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -58,7 +58,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_ENDPOINT: &str = "tcp://localhost:5557";
 const DEFAULT_BIND: bool = false;
-const DEFAULT_SOCKET_TYPE: SrcSocketType = SrcSocketType::Sub;
+const DEFAULT_SOCKET_TYPE: ReceiveSocketType = ReceiveSocketType::Sub;
 const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
 const DEFAULT_RCV_HWM: i32 = 10;
 const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
@@ -67,7 +67,7 @@ const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
 struct Settings {
     endpoint: String,
     bind: bool,
-    socket_type: SrcSocketType,
+    socket_type: ReceiveSocketType,
     max_message_size: i64,
     framerate: gst::Fraction,
     max_pixels: u64,
@@ -92,10 +92,7 @@ impl Default for Settings {
 
 impl Settings {
     fn socket_type_nick(&self) -> &'static str {
-        match self.socket_type {
-            SrcSocketType::Sub => "sub",
-            SrcSocketType::Pull => "pull",
-        }
+        self.socket_type.nick()
     }
 }
 
@@ -756,10 +753,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
         })?;
         *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
 
-        let kind = match settings.socket_type {
-            SrcSocketType::Sub => zmq::SUB,
-            SrcSocketType::Pull => zmq::PULL,
-        };
+        let kind = settings.socket_type.zmq_type();
         let options = zmq_endpoint::Options {
             endpoint: &endpoint,
             bind: settings.bind,
@@ -779,7 +773,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             self.obj().upcast_ref(),
             &self.curve,
             |context, socket| {
-                if settings.socket_type == SrcSocketType::Sub {
+                if settings.socket_type == ReceiveSocketType::Sub {
                     socket.set_subscribe(b"").map_err(|e| ("subscribe", e))?;
                 }
                 Ok(self.monitor(context, socket))
