@@ -185,7 +185,7 @@ fn one_shot_commands_change_the_published_state() {
     assert_eq!(snap.seq, 2);
     assert_eq!(snap.settings.seed, Some(5));
     assert_eq!(snap.settings.guidance_scale, Some(1.5));
-    assert_eq!(snap.settings.t_index_list.as_deref(), Some("20,30"));
+    assert_eq!(snap.settings.t_index_list.as_deref(), Some(&[20, 30][..]));
     assert_eq!(snap.settings.prompt.as_deref(), Some("a red fox"));
 
     // Bad commands are refused before sending, with exit code 1.

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use i2i_core::curve::{AllowList, KeyPair, curve_available};
-use i2i_core::settings::SettingsUpdate;
 use i2i_core::settings::hub::{ControlClient, Hub, HubConfig, HubCurve, HubEvent, HubHandle};
 use i2i_core::settings::message::MAX_MESSAGE_BYTES;
+use i2i_core::settings::{CfgType, SettingsUpdate};
 
 fn init() {
     static INIT: Once = Once::new();
@@ -189,7 +189,7 @@ fn late_joiner_gets_the_state_within_one_second() {
     let initial = SettingsUpdate {
         prompt: Some("oil painting".into()),
         seed: Some(7),
-        t_index_list: Some("22,32".into()),
+        t_index_list: Some(vec![22, 32]),
         ..Default::default()
     };
     let (hub, _events) = hub(initial, None);
@@ -202,7 +202,7 @@ fn late_joiner_gets_the_state_within_one_second() {
     println!("late join: full state after {} ms", took.as_millis());
     assert!(took < Duration::from_secs(1), "late join took {took:?}");
     assert_eq!(rx.state.prompt.as_deref(), Some("oil painting"));
-    assert_eq!(rx.state.t_index_list.as_deref(), Some("22,32"));
+    assert_eq!(rx.state.t_index_list.as_deref(), Some(&[22, 32][..]));
     assert_eq!(rx.state.guidance_scale, Some(2.0));
     // Everything came in one update.
     assert_eq!(rx.updates.len(), 1, "{:?}", rx.updates);
@@ -681,10 +681,8 @@ fn push_programs_reach_a_pull_element() {
         push.send(format!("/seed {n}").as_bytes(), 0).unwrap();
     }
     push.send(&b"/cfg full"[..], 0).unwrap();
-    assert!(
-        rx.pump_until(Duration::from_secs(3), |r| r.state.cfg_type.as_deref()
-            == Some("full"))
-    );
+    assert!(rx.pump_until(Duration::from_secs(3), |r| r.state.cfg_type
+        == Some(CfgType::Full)));
     assert_eq!(rx.state.seed, Some(50));
     assert_eq!(rx.stat::<u64>("commands"), 51);
 }

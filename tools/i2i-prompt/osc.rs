@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use i2i_core::rate_limit::RateLimit;
-use i2i_core::settings::SettingsUpdate;
+use i2i_core::settings::blend::BlendMode;
 use i2i_core::settings::command::did_you_mean;
 use i2i_core::settings::limits::Pacer;
+use i2i_core::settings::{CfgType, SettingsUpdate};
 use ipnet::IpNet;
 use rosc::{OscMessage, OscPacket, OscType};
 
@@ -246,8 +247,16 @@ pub fn message_to_update(m: &OscMessage) -> Result<SettingsUpdate, String> {
         "/guidance" | "/guidance-scale" => u.guidance_scale = Some(arg_number(addr, one(m)?)?),
         "/delta" => u.delta = Some(arg_number(addr, one(m)?)?),
         "/similarity" => u.similarity_threshold = Some(arg_number(addr, one(m)?)?),
-        "/cfg" => u.cfg_type = Some(arg_text(addr, one(m)?)?.to_ascii_lowercase()),
-        "/blendmode" => u.blend_mode = Some(arg_text(addr, one(m)?)?.to_ascii_lowercase()),
+        "/cfg" => {
+            u.cfg_type = Some(CfgType::parse(
+                &arg_text(addr, one(m)?)?.to_ascii_lowercase(),
+            )?)
+        }
+        "/blendmode" => {
+            u.blend_mode = Some(BlendMode::parse(
+                &arg_text(addr, one(m)?)?.to_ascii_lowercase(),
+            )?)
+        }
         "/transition" => {
             let n = arg_whole(addr, one(m)?)?;
             u.transition_frames = Some(u32::try_from(n).unwrap_or(u32::MAX));
@@ -261,9 +270,9 @@ pub fn message_to_update(m: &OscMessage) -> Result<SettingsUpdate, String> {
             let list = m
                 .args
                 .iter()
-                .map(|a| arg_whole(addr, a).map(|v| v.to_string()))
+                .map(|a| arg_whole(addr, a).map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
                 .collect::<Result<Vec<_>, _>>()?;
-            u.t_index_list = Some(list.join(","));
+            u.t_index_list = Some(list);
         }
         "/blend" => {
             u.prompt_blend = Some(
@@ -523,7 +532,7 @@ mod tests {
                 .unwrap()
                 .t_index_list
                 .as_deref(),
-            Some("20,35")
+            Some(&[20, 35][..])
         );
         assert_eq!(
             u("/transition", vec![OscType::Int(30)])

@@ -52,7 +52,6 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_T_INDEX_LIST: &str = "32,45";
 const DEFAULT_WIDTH: u32 = 512;
 const DEFAULT_HEIGHT: u32 = 512;
 const DEFAULT_BATCH_SIZE: u32 = 1;
@@ -192,11 +191,10 @@ impl Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        let mut live = LiveSettings::default();
-        live.params.t_index_list =
-            live::parse_t_index_list(DEFAULT_T_INDEX_LIST, live.params.num_inference_steps)
-                .expect("default t-index-list is valid");
-        live.transition_frames = DEFAULT_TRANSITION_FRAMES;
+        let live = LiveSettings {
+            transition_frames: DEFAULT_TRANSITION_FRAMES,
+            ..Default::default()
+        };
         Settings {
             model: None,
             live,
@@ -689,7 +687,9 @@ impl ObjectImpl for I2iTransform {
                 glib::ParamSpecString::builder("t-index-list")
                     .nick("Timestep indices")
                     .blurb("Comma-separated, increasing indices into the num-inference-steps LCM timesteps; one denoising step each. Lower first index = stronger change")
-                    .default_value(Some(DEFAULT_T_INDEX_LIST))
+                    .default_value(Some(
+                        live::format_t_index_list(&p.t_index_list).as_str(),
+                    ))
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("num-inference-steps")

@@ -8,7 +8,7 @@
 //! setting and the refused value, so that a bus warning tells the user what to fix; a
 //! refused change leaves the previous value in place.
 
-use crate::diffusion::{CfgType, StreamParams};
+use crate::diffusion::StreamParams;
 use i2i_core::settings::blend::BlendMode;
 use i2i_core::settings::command::{Command, parse_line};
 use i2i_core::settings::{self, SettingsUpdate};
@@ -34,12 +34,6 @@ pub struct LiveSettings {
 pub fn parse_t_index_list(text: &str, num_inference_steps: u32) -> Result<Vec<u32>, String> {
     settings::parse_t_index_list_below(text, num_inference_steps)
         .map_err(|e| format!("t-index-list \"{text}\" refused: {e}"))
-}
-
-pub fn parse_cfg_type(text: &str) -> Result<CfgType, String> {
-    let text = text.trim();
-    settings::check_cfg_type(text)?;
-    Ok(CfgType::from_nick(text).expect("checked above"))
 }
 
 /// Reads a `prompt-blend` or `seed-blend` property value, written as after `/blend` and
@@ -100,7 +94,9 @@ impl LiveSettings {
             next.params.seed = s;
         }
         if let Some(t) = &u.t_index_list {
-            next.params.t_index_list = parse_t_index_list(t, next.params.num_inference_steps)?;
+            settings::check_t_index_list_below(t, next.params.num_inference_steps)
+                .map_err(|e| format!("t-index-list \"{}\" refused: {e}", format_t_index_list(t)))?;
+            next.params.t_index_list = t.clone();
         }
         // After the list: a strength moves the list this update lands on.
         if let Some(s) = u.strength {
@@ -116,8 +112,8 @@ impl LiveSettings {
         if let Some(d) = u.delta {
             next.params.delta = d as f32;
         }
-        if let Some(c) = &u.cfg_type {
-            next.params.cfg_type = parse_cfg_type(c)?;
+        if let Some(c) = u.cfg_type {
+            next.params.cfg_type = c;
         }
         if let Some(s) = u.similarity_threshold {
             next.params.similarity_threshold = s as f32;
@@ -131,9 +127,8 @@ impl LiveSettings {
         if let Some(b) = &u.seed_blend {
             next.seed_blend = (!b.is_empty()).then(|| b.clone());
         }
-        if let Some(m) = &u.blend_mode {
-            next.blend_mode = BlendMode::from_name(m)
-                .ok_or_else(|| format!("blend-mode: \"{m}\" is not a blend mode"))?;
+        if let Some(m) = u.blend_mode {
+            next.blend_mode = m;
         }
         let changed = self.changed(&next);
         *self = next;
@@ -167,15 +162,15 @@ impl LiveSettings {
             prompt: Some(p.prompt.clone()),
             negative_prompt: Some(p.negative_prompt.clone()),
             seed: Some(p.seed),
-            t_index_list: Some(format_t_index_list(&p.t_index_list)),
+            t_index_list: Some(p.t_index_list.clone()),
             guidance_scale: Some(reported(p.guidance_scale)),
             delta: Some(reported(p.delta)),
-            cfg_type: Some(p.cfg_type.nick().to_string()),
+            cfg_type: Some(p.cfg_type),
             similarity_threshold: Some(reported(p.similarity_threshold)),
             transition_frames: Some(self.transition_frames),
             prompt_blend: Some(self.prompt_blend.clone().unwrap_or_default()),
             seed_blend: Some(self.seed_blend.clone().unwrap_or_default()),
-            blend_mode: Some(self.blend_mode.name().to_string()),
+            blend_mode: Some(self.blend_mode),
             // Relative: resolved into t-index-list, never reported.
             strength: None,
         }
@@ -221,6 +216,7 @@ impl LiveSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::CfgType;
 
     #[test]
     fn t_index_list_parses_and_formats() {
@@ -261,9 +257,9 @@ mod tests {
     #[test]
     fn cfg_type_nicks_round_trip() {
         for c in CfgType::ALL {
-            assert_eq!(parse_cfg_type(c.nick()).unwrap(), c);
+            assert_eq!(CfgType::parse(c.nick()).unwrap(), c);
         }
-        assert!(parse_cfg_type("half").unwrap_err().contains("\"half\""));
+        assert!(CfgType::parse("half").unwrap_err().contains("\"half\""));
     }
 
     #[test]
@@ -272,7 +268,7 @@ mod tests {
         let (changed, refused) = s.apply_valid(&SettingsUpdate {
             prompt: Some("a red fox".into()),
             seed: Some(77),
-            t_index_list: Some("10,60".into()),
+            t_index_list: Some(vec![10, 60]),
             ..Default::default()
         });
         assert_eq!(changed, vec!["prompt", "seed"]);
@@ -287,11 +283,11 @@ mod tests {
         let mut s = LiveSettings::default();
         let bad = SettingsUpdate {
             prompt: Some("a cat".into()),
-            t_index_list: Some("a,b".into()),
+            t_index_list: Some(vec![20, 10]),
             ..Default::default()
         };
         let e = s.apply_update(&bad).unwrap_err();
-        assert!(e.contains("a,b"), "{e}");
+        assert!(e.contains("20,10"), "{e}");
         assert_eq!(s, LiveSettings::default());
 
         for (u, needle) in [
@@ -323,13 +319,6 @@ mod tests {
                 },
                 "prompt-blend: the weights add up to 0",
             ),
-            (
-                SettingsUpdate {
-                    blend_mode: Some("cubic".into()),
-                    ..Default::default()
-                },
-                "blend-mode",
-            ),
         ] {
             let e = s.apply_update(&u).unwrap_err();
             assert!(e.contains(needle), "{e}");
@@ -340,8 +329,8 @@ mod tests {
             .apply_update(&SettingsUpdate {
                 prompt: Some("a cat".into()),
                 seed: Some(7),
-                cfg_type: Some("full".into()),
-                t_index_list: Some("10,20,30".into()),
+                cfg_type: Some(CfgType::Full),
+                t_index_list: Some(vec![10, 20, 30]),
                 ..Default::default()
             })
             .unwrap();
@@ -365,7 +354,7 @@ mod tests {
             .apply_update(&SettingsUpdate {
                 prompt_blend: Some(vec![("a fox".into(), 0.7), ("oil".into(), 0.3)]),
                 seed_blend: Some(vec![(1, 1.0), (2, 1.0)]),
-                blend_mode: Some("slerp".into()),
+                blend_mode: Some(BlendMode::Slerp),
                 ..Default::default()
             })
             .unwrap();

@@ -345,7 +345,7 @@ impl I2iTransform {
                 live::format_prompt_blend(&w.applied.prompt_blend),
             )
             .field("seed-blend", live::format_seed_blend(&w.applied.seed_blend))
-            .field("blend-mode", w.applied.blend_mode.name())
+            .field("blend-mode", w.applied.blend_mode.nick())
             .build();
         let _ = self
             .obj()
