@@ -10,6 +10,7 @@ pub mod i2itransform;
 pub mod infer;
 pub mod onnxtransform;
 pub mod preprocess;
+pub mod runtime;
 mod settingssrc;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

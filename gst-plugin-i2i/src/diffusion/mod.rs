@@ -15,27 +15,21 @@ use std::time::Duration;
 
 use i2i_core::settings;
 
-pub mod depth;
 mod engine;
-mod error;
-mod graph;
 pub mod model;
 pub mod noise;
-pub mod onnx_proto;
-pub(crate) mod provider;
-pub mod runtime;
 pub mod scheduler;
 pub mod sdxl;
 pub mod stream;
 pub mod tokenizer;
+mod trt_cache;
 
 pub use engine::{Engine, Preprocessor};
-// The engine's parameters take the shared enums (one definition, in i2i-core).
-pub use error::EngineError;
+// The types of the engine's parameters and errors, defined with what they belong to.
+pub use crate::runtime::error::EngineError;
+pub use crate::runtime::provider::{DEFAULT_TRT_PROFILE, TrtSizeProfile};
 pub use i2i_core::infer::ExecutionProvider;
 pub use i2i_core::settings::CfgType;
-pub use provider::{DEFAULT_TRT_PROFILE, TrtSizeProfile};
-pub use runtime::{LogLevel, set_logger};
 
 /// Fixed at load time: changing any of these needs a new [`Engine`].
 #[derive(Clone, Debug, PartialEq)]

@@ -31,16 +31,17 @@ use ort::value::Tensor;
 
 use serde_json::Value;
 
-pub use super::graph::{Chunk, Elem, Feed, Graph, Spec, chunks};
-use super::graph::{rows_padded, shape_str};
-use super::provider::{
-    ProfilePart, SessionFactory, TrtProfile, candidates, provider_error, trt_cache_dir, trt_profile,
-};
-use super::runtime::{LogLevel, log};
 use super::scheduler::SchedulerConfig;
 use super::sdxl::{self, Text, UnetXl, XlText};
 use super::tokenizer::ClipTokenizer;
+use super::trt_cache::trt_cache_dir;
 use super::{EngineError, ExecutionProvider, LoadOptions};
+pub use crate::runtime::graph::{Chunk, Elem, Feed, Graph, Spec, chunks};
+use crate::runtime::graph::{rows_padded, shape_str};
+use crate::runtime::provider::{
+    ProfilePart, SessionFactory, TrtProfile, candidates, provider_error, trt_profile,
+};
+use crate::runtime::{LogLevel, log};
 
 /// The text encoder and its tokenizer.
 #[derive(Debug)]
@@ -785,7 +786,7 @@ impl VaeDecoder {
                 "the VAE decoder (vae_decoder/model.onnx)",
             ));
         }
-        let env = super::runtime::environment()?;
+        let env = crate::runtime::environment()?;
         let mut last_err = None;
         for provider in candidates(opts.execution_provider)? {
             let factory = SessionFactory {
@@ -1003,7 +1004,7 @@ impl Model {
             Err(EngineError::MissingFile { .. }) if xl.is_some() => sdxl::SDXL_SCALING_FACTOR,
             r => r?,
         };
-        let env = super::runtime::environment()?;
+        let env = crate::runtime::environment()?;
         let candidates = candidates(opts.execution_provider)?;
         let mut last_err = None;
         for provider in candidates {
@@ -1131,7 +1132,7 @@ impl Model {
         // Fused ControlNet graphs: the control images follow the rows (TensorRT only needs
         // the count, read from the file, for the profile).
         let controlnets = if trt {
-            super::onnx_proto::graph_inputs(&files[1])
+            crate::runtime::onnx_proto::graph_inputs(&files[1])
                 .ok()
                 .and_then(|ins| {
                     ins.into_iter()

@@ -26,10 +26,10 @@ use serde_json::Value;
 
 use std::path::PathBuf;
 
-use super::graph::shape_str;
 use super::model::{Feed, Graph, Spec, TextEncoder, Unet};
 use super::tokenizer::ClipTokenizer;
 use super::{EngineError, LoadOptions};
+use crate::runtime::graph::shape_str;
 
 /// Length of `time_ids` (original size, crop corner, target size).
 pub const TIME_IDS: usize = 6;
@@ -124,7 +124,7 @@ pub fn check_unet(unet: &mut Unet, text: &Text, pooled: usize) -> Result<(), Eng
 /// any session exists; `None` when the file cannot be read (ONNX Runtime then reports why
 /// when it loads it).
 pub fn unet_is_xl(unet_file: &Path) -> Option<bool> {
-    let inputs = super::onnx_proto::graph_inputs(unet_file).ok()?;
+    let inputs = crate::runtime::onnx_proto::graph_inputs(unet_file).ok()?;
     Some(inputs.iter().any(|i| i.name == "text_embeds"))
 }
 

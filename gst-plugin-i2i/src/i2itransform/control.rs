@@ -25,10 +25,10 @@ use gst::subclass::prelude::*;
 
 use super::imp::{CAT, I2iTransform};
 use super::task::Worker;
-use crate::diffusion::depth::DepthModel;
 use crate::diffusion::{Engine, PreparedFrame};
 use crate::infer::convert::{InputConverter, converter_threads};
 use crate::infer::element::InferElementExt;
+use crate::preprocess::depth::DepthModel;
 use crate::preprocess::{self, Preprocess};
 use imageproc::image::{RgbImage, imageops};
 

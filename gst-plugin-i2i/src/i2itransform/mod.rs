@@ -23,7 +23,7 @@ mod output;
 mod smooth;
 mod task;
 
-use crate::diffusion;
+use crate::runtime;
 use i2i_core::infer::{DropFrames, ExecutionProvider, ResizeMode};
 use i2i_core::settings::CfgType;
 use i2i_core::settings::blend::BlendMode;
@@ -75,11 +75,11 @@ static ENGINE_CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // The engine's messages (provider chosen, TensorRT builds) go to the GStreamer log.
-    diffusion::set_logger(|level, msg| match level {
-        diffusion::LogLevel::Debug => gst::debug!(ENGINE_CAT, "{msg}"),
-        diffusion::LogLevel::Info => gst::info!(ENGINE_CAT, "{msg}"),
-        diffusion::LogLevel::Warning => gst::warning!(ENGINE_CAT, "{msg}"),
-        diffusion::LogLevel::Error => gst::error!(ENGINE_CAT, "{msg}"),
+    runtime::set_logger(|level, msg| match level {
+        runtime::LogLevel::Debug => gst::debug!(ENGINE_CAT, "{msg}"),
+        runtime::LogLevel::Info => gst::info!(ENGINE_CAT, "{msg}"),
+        runtime::LogLevel::Warning => gst::warning!(ENGINE_CAT, "{msg}"),
+        runtime::LogLevel::Error => gst::error!(ENGINE_CAT, "{msg}"),
     });
     CfgType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     BlendMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
