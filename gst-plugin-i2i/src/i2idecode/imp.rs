@@ -22,11 +22,10 @@ use ort::value::Tensor;
 use crate::diffusion::model::{VaeDecoder, read_scaling_factor};
 use crate::diffusion::{LoadOptions, decoded_to_rgb8};
 use crate::infer::convert::{OutputConverter, SRC_FORMATS};
-use crate::infer::element::{
-    InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
-};
+use crate::infer::element::{InferBase, InferElement, LatencySettings};
+use crate::infer::element::{OutItem, Rendered};
 use crate::infer::input::{Deferred, InputState, Queued};
-use crate::infer::output::{OutItem, Rendered};
+use crate::infer::pads::{InferElementExt, sink_pad_builder, src_pad_builder};
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 use crate::infer::task::InferTask;

@@ -27,7 +27,7 @@ use super::imp::{CAT, I2iTransform};
 use super::task::Worker;
 use crate::diffusion::{Engine, PreparedFrame};
 use crate::infer::convert::{InputConverter, converter_threads};
-use crate::infer::element::InferElementExt;
+use crate::infer::pads::InferElementExt;
 use crate::preprocess::depth::DepthModel;
 use crate::preprocess::{self, Preprocess};
 use imageproc::image::{RgbImage, imageops};

@@ -18,9 +18,9 @@ use super::imp::{CAT, I2iTransform};
 use super::live::{self, LiveSettings};
 use super::smooth::Smoother;
 use crate::diffusion::{DecodedFrame, Engine, LoadOptions, PreparedFrame};
-use crate::infer::element::InferElementExt;
+use crate::infer::element::OutItem;
 use crate::infer::input::{Deferred, Queued};
-use crate::infer::output::OutItem;
+use crate::infer::pads::InferElementExt;
 use crate::infer::task::InferTask;
 use i2i_core::settings::state::APPLIED_EVENT;
 

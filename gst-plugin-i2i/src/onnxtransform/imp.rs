@@ -27,12 +27,12 @@ use super::{ChannelOrder, Layout};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
+use crate::infer::element::Rendered;
 use crate::infer::element::{
-    InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
-    video_template_caps, with_framerate,
+    InferBase, InferElement, InferStats, LatencySettings, video_template_caps, with_framerate,
 };
 use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
-use crate::infer::output::Rendered;
+use crate::infer::pads::{InferElementExt, sink_pad_builder, src_pad_builder};
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 

@@ -9,8 +9,8 @@ use gst::subclass::prelude::*;
 use super::imp::{CAT, OnnxTransform};
 use super::model::{ImageModel, OutPicture, TensorData};
 use crate::infer::convert::OutputConverter;
+use crate::infer::element::{OutItem, Rendered};
 use crate::infer::input::{Deferred, Queued};
-use crate::infer::output::{OutItem, Rendered};
 use crate::infer::task::InferTask;
 
 /// A frame preprocessed on the streaming thread: the model input and its size.
