@@ -36,7 +36,7 @@ use crate::infer::pads::{InferElementExt, sink_pad_builder, src_pad_builder};
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 
-pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "onnxtransform",
         gst::DebugColorFlags::empty(),
@@ -85,7 +85,7 @@ pub struct OnnxTransform {
     base: InferBase<Self>,
     model_sizes: Mutex<ModelSizes>,
     /// Output thread side: the tensor-to-pixels mapping.
-    pub(super) post: Mutex<Option<Postprocess>>,
+    post: Mutex<Option<Postprocess>>,
 }
 
 #[glib::object_subclass]
@@ -256,15 +256,15 @@ impl InferElement for OnnxTransform {
     }
 
     fn task_frame(&self, w: &mut Worker, f: Queued<ModelInput>) -> Result<(), gst::FlowError> {
-        self.batch_frame(w, f)
+        w.batch_frame(self, f)
     }
 
     fn task_event(&self, w: &mut Worker, d: Deferred) -> Result<(), gst::FlowError> {
-        self.batch_event(w, d)
+        w.batch_event(self, d)
     }
 
     fn task_drain(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
-        self.run_batch(w)
+        w.run_batch(self)
     }
 
     fn flush_worker(&self, w: &mut Worker) -> (usize, Vec<Deferred>) {
@@ -273,8 +273,32 @@ impl InferElement for OnnxTransform {
         (dropped, std::mem::take(&mut w.deferred))
     }
 
+    /// Output thread: the model's output tensor as RGB8 at the negotiated size.
     fn render(&self, pic: &OutPicture, conv: &OutputConverter) -> Result<Rendered, gst::FlowError> {
-        self.render_picture(pic, conv)
+        let info = conv.out_info();
+        if (pic.width as u32, pic.height as u32) != (info.width(), info.height()) {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Failed,
+                (
+                    "The model gave a {}x{} picture, {}x{} were negotiated",
+                    pic.width,
+                    pic.height,
+                    info.width(),
+                    info.height()
+                ),
+                ["A model whose output size changes from frame to frame is not supported"]
+            );
+            return Err(gst::FlowError::Error);
+        }
+        let post = self.post.lock().unwrap();
+        let Some(post) = post.as_ref() else {
+            gst::debug!(CAT, imp = self, "stopped: no postprocessing");
+            return Err(gst::FlowError::Flushing);
+        };
+        let mut rgb = Vec::new();
+        post.run(pic, &mut rgb);
+        Ok(Rendered::Rgb(rgb))
     }
 
     fn load(&self) -> Result<(), gst::StateChangeError> {
