@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -376,8 +376,6 @@ pub struct Endpoint {
     /// as soon as the probe ends, which a WHEP viewer cannot follow (its ICE fails), so
     /// offers wait for this (at most `READY_WAIT`, then 503 with Retry-After).
     ready: Option<tokio::sync::watch::Receiver<bool>>,
-    /// The server's runtime, for work started from GStreamer threads.
-    runtime: OnceLock<tokio::runtime::Handle>,
     webrtcbin_ready: Mutex<Option<glib::SignalHandlerId>>,
 }
 
@@ -449,7 +447,6 @@ impl Endpoint {
             limits,
             turn: tokio::sync::Mutex::new(()),
             ready,
-            runtime: OnceLock::new(),
             webrtcbin_ready: Mutex::new(None),
         });
         // Each session's webrtcbin: its connection state ends the session when it fails,
@@ -473,9 +470,9 @@ impl Endpoint {
         self.element.property::<glib::Object>("signaller")
     }
 
-    /// Runs `f` on the server's runtime (from GStreamer threads).
+    /// Runs `f` on the endpoints' runtime (from GStreamer threads).
     pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
-        if let Some(runtime) = self.runtime.get() {
+        if let Ok(runtime) = runtime() {
             runtime.spawn(f);
         }
     }
@@ -1193,9 +1190,25 @@ impl axum::serve::Listener for Listener {
     }
 }
 
-/// The running server: its own small tokio runtime, stopped with the element.
+/// The one tokio runtime of every WHIP/WHEP endpoint in the process, started with the first
+/// (gst-plugins-rs's elements share one the same way): an element's server runs on it from
+/// READY to NULL and shuts down gracefully, and no element starts threads of its own.
+static RUNTIME: LazyLock<Result<tokio::runtime::Runtime, String>> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("i2i-webrtc-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the HTTP runtime: {e}"))
+});
+
+/// The endpoints' runtime, or why it could not start.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    RUNTIME.as_ref().map_err(Clone::clone)
+}
+
+/// The running server, on the shared runtime; shut down with the element.
 pub struct Server {
-    runtime: tokio::runtime::Runtime,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub addr: SocketAddr,
     pub endpoint: Arc<Endpoint>,
@@ -1208,12 +1221,7 @@ impl Server {
             .strip_prefix("http://")
             .unwrap_or(host_addr)
             .trim_end_matches('/');
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(format!("{}-http", endpoint.kind.root()))
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+        let runtime = runtime()?;
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(hostport))
             .map_err(|e| {
@@ -1222,7 +1230,6 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
-        let _ = endpoint.runtime.set(runtime.handle().clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(endpoint.clone());
         let listener = Listener {
@@ -1250,7 +1257,6 @@ impl Server {
             });
         }
         Ok(Server {
-            runtime,
             shutdown: Some(tx),
             addr,
             endpoint,
@@ -1258,7 +1264,7 @@ impl Server {
     }
 
     pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
-        self.runtime.spawn(f);
+        self.endpoint.spawn(f);
     }
 }
 
