@@ -619,7 +619,7 @@ fn curve_on_a_bound_element_admits_only_allowed_publishers() {
 fn bad_configuration_is_an_error_naming_the_problem() {
     init();
     let cases: [(&[(&str, &str)], &str); 4] = [
-        (&[("endpoint", "nonsense")], "cannot connect to nonsense"),
+        (&[("endpoint", "nonsense")], "Could not connect to nonsense"),
         (
             &[
                 ("endpoint", "tcp://127.0.0.1:*"),
@@ -637,7 +637,7 @@ fn bad_configuration_is_an_error_naming_the_problem() {
         ),
         (
             &[("endpoint", "tcp://256.1.1.1:5556"), ("bind", "true")],
-            "cannot listen on tcp://256.1.1.1:5556",
+            "Could not bind tcp://256.1.1.1:5556",
         ),
     ];
     for (props, want) in cases {

@@ -23,7 +23,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use i2i_core::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
+use i2i_core::curve::{ElementCurve, KeyPair, Warn};
 use i2i_core::rate_limit::RateLimit;
 use i2i_core::settings::command::Command;
 use i2i_core::settings::hub::ControlClient;
@@ -34,7 +34,7 @@ use i2i_core::settings::state::{
 };
 use i2i_core::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
 
-use i2i_core::zmq_endpoint::ReceiveSocketType;
+use i2i_core::zmq_endpoint::{self, ReceiveSocketType, SetupError};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -53,6 +53,10 @@ const WARNINGS_PER_SECOND: u32 = 5;
 const MAX_BATCH: usize = 1000;
 
 const DEFAULT_SOCKET_TYPE: ReceiveSocketType = ReceiveSocketType::Sub;
+/// Messages the socket queues before ZeroMQ drops (many small commands may come at once).
+const RCV_HWM: i32 = 100_000;
+/// Endpoint examples for the hint of a refused endpoint.
+const ENDPOINT_EXAMPLES: &str = "tcp://HOST:5556, tcp://*:5556 or ipc:///path";
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -60,9 +64,6 @@ struct Settings {
     bind: bool,
     socket_type: ReceiveSocketType,
     min_push_interval_ms: u32,
-    curve_key: Option<String>,
-    curve_server_key: Option<String>,
-    curve_allow: Option<String>,
     /// The name reports carry; None: the transform's element name, host and process.
     report_name: Option<String>,
 }
@@ -74,9 +75,6 @@ impl Default for Settings {
             bind: DEFAULT_BIND,
             socket_type: DEFAULT_SOCKET_TYPE,
             min_push_interval_ms: DEFAULT_MIN_PUSH_INTERVAL_MS,
-            curve_key: None,
-            curve_server_key: None,
-            curve_allow: None,
             report_name: None,
         }
     }
@@ -90,8 +88,6 @@ struct Stats {
     commands: u64,
     /// Messages refused (malformed, unknown command, bad value, wrong frame count).
     rejected: u64,
-    /// CURVE peers refused (bind mode) or handshakes this element failed (connect mode).
-    refused: u64,
     /// Buffers pushed downstream.
     pushed: u64,
     /// Changes merged into an update that was still waiting to be pushed.
@@ -129,8 +125,7 @@ struct Receiver {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     reporter: Reporter,
-    // Dropped after the thread (which owns the sockets) has ended.
-    _zap: Option<ZapHandler>,
+    // Dropped after the thread (which owns the socket) has ended.
     _ctx: zmq::Context,
 }
 
@@ -250,6 +245,8 @@ impl Drop for Receiver {
 
 pub struct SettingsSrc {
     settings: Mutex<Settings>,
+    /// `curve-key`, `curve-server-key`, `curve-allow` and, while running, the CURVE link.
+    curve: ElementCurve,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     receiver: Mutex<Option<Receiver>>,
 }
@@ -258,6 +255,7 @@ impl Default for SettingsSrc {
     fn default() -> Self {
         SettingsSrc {
             settings: Mutex::new(Settings::default()),
+            curve: ElementCurve::default(),
             shared: Arc::new((Mutex::new(Shared::default()), Condvar::new())),
             receiver: Mutex::new(None),
         }
@@ -278,7 +276,7 @@ impl ObjectSubclass for SettingsSrc {
 impl ObjectImpl for SettingsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb(&format!(
@@ -305,21 +303,6 @@ impl ObjectImpl for SettingsSrc {
                     .default_value(DEFAULT_MIN_PUSH_INTERVAL_MS)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecString::builder("curve-key")
-                    .nick("CURVE key")
-                    .blurb("Secret certificate of this element (NAME.key_secret from `i2i-prompt keygen`); turns CURVE on. Connecting: needs curve-server-key; binding: needs curve-allow")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("curve-server-key")
-                    .nick("CURVE server key")
-                    .blurb("Public key of the settings publisher (its NAME.key file, or the 40-character Z85 key); turns CURVE on when connecting (without curve-key a throw-away key pair is used)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("curve-allow")
-                    .nick("CURVE allow-list")
-                    .blurb("With bind=true and curve-key: publishers allowed to send settings (a directory of NAME.key files, one certificate, or a file with one Z85 public key per line)")
-                    .mutable_ready()
-                    .build(),
                 glib::ParamSpecString::builder("report-name")
                     .nick("Report name")
                     .blurb("How this transform is named in the applied and refused reports the settings holder shows (e.g. worker-3); default: the downstream element's name, the host and the process id (i2i@stage-left/4242)")
@@ -330,12 +313,17 @@ impl ObjectImpl for SettingsSrc {
                     .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, local-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt)")
                     .read_only()
                     .build(),
-            ]
+            ];
+            v.extend(ElementCurve::param_specs("settings publishers"));
+            v
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if self.curve.set_property(pspec.name(), value) {
+            return;
+        }
         let mut s = lock(&self.settings);
         match pspec.name() {
             "endpoint" => {
@@ -352,24 +340,21 @@ impl ObjectImpl for SettingsSrc {
                 // A shorter interval may let a waiting update go now.
                 self.shared.1.notify_all();
             }
-            "curve-key" => s.curve_key = non_empty(value),
-            "curve-server-key" => s.curve_server_key = non_empty(value),
-            "curve-allow" => s.curve_allow = non_empty(value),
             "report-name" => s.report_name = non_empty(value),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if let Some(v) = self.curve.property(pspec.name()) {
+            return v;
+        }
         let s = lock(&self.settings);
         match pspec.name() {
             "endpoint" => s.endpoint.to_value(),
             "bind" => s.bind.to_value(),
             "socket-type" => s.socket_type.to_value(),
             "min-push-interval" => s.min_push_interval_ms.to_value(),
-            "curve-key" => s.curve_key.to_value(),
-            "curve-server-key" => s.curve_server_key.to_value(),
-            "curve-allow" => s.curve_allow.to_value(),
             "report-name" => s.report_name.to_value(),
             "stats" => {
                 let st = lock(&self.shared.0).stats.clone();
@@ -378,7 +363,7 @@ impl ObjectImpl for SettingsSrc {
                     .field("snapshots", st.snapshots)
                     .field("commands", st.commands)
                     .field("rejected", st.rejected)
-                    .field("refused", st.refused)
+                    .field("refused", self.curve.refused())
                     .field("pushed", st.pushed)
                     .field("coalesced", st.coalesced)
                     .field("warnings-suppressed", st.warnings_suppressed)
@@ -447,7 +432,6 @@ impl ElementImpl for SettingsSrc {
 /// Everything the receive thread needs.
 struct ReceiveContext {
     sock: zmq::Socket,
-    monitor: Option<zmq::Socket>,
     endpoint: String,
     bind: bool,
     element: glib::WeakRef<super::SettingsSrc>,
@@ -495,26 +479,16 @@ fn warn(
 impl ReceiveContext {
     fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
-            let (readable, monitor_event) = {
-                let mut items = vec![self.sock.as_poll_item(zmq::POLLIN)];
-                if let Some(m) = &self.monitor {
-                    items.push(m.as_poll_item(zmq::POLLIN));
-                }
-                if let Err(e) = zmq::poll(&mut items, 100) {
+            let readable = match self.sock.poll(zmq::POLLIN, 100) {
+                Ok(n) => n > 0,
+                Err(e) => {
                     let text = format!("receiving settings from {} failed: {e}", self.endpoint);
                     let mut g = lock(&self.shared.0);
                     g.fatal = Some(text);
                     self.shared.1.notify_all();
                     return;
                 }
-                (
-                    items[0].is_readable(),
-                    items.get(1).is_some_and(|i| i.is_readable()),
-                )
             };
-            if monitor_event {
-                self.on_monitor_event();
-            }
             if !readable {
                 continue;
             }
@@ -638,167 +612,92 @@ impl ReceiveContext {
             }
         }
     }
-
-    fn on_monitor_event(&mut self) {
-        let Some(m) = &self.monitor else { return };
-        while let Ok(frames) = m.recv_multipart(zmq::DONTWAIT) {
-            let event = frames
-                .first()
-                .filter(|f| f.len() >= 2)
-                .map(|f| u16::from_le_bytes([f[0], f[1]]));
-            if event == Some(zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16) {
-                lock(&self.shared.0).stats.refused += 1;
-                let text = format!(
-                    "the settings publisher at {} refused this element's CURVE key: add its public key to the publisher's subscriber allow-list",
-                    self.endpoint
-                );
-                warn(&self.element, &self.shared, &mut self.warnings, text);
-            }
-        }
-    }
 }
 
 impl SettingsSrc {
+    /// Where the CURVE refusals go: the log, the bus (rate-limited by the CURVE code) and
+    /// `last-error`.
+    fn curve_warnings(&self) -> Warn {
+        let element = self.obj().downgrade();
+        let shared = self.shared.clone();
+        Arc::new(move |text: &str, post: bool| {
+            lock(&shared.0).stats.last_error = Some(text.to_string());
+            let Some(element) = element.upgrade() else {
+                return;
+            };
+            gst::warning!(CAT, obj = element, "{text}");
+            if post {
+                gst::element_warning!(element, gst::ResourceError::OpenRead, ("{text}"));
+            }
+        })
+    }
+
+    /// Opens the socket with the ZeroMQ elements' set-up and CURVE ([`zmq_endpoint::open`])
+    /// and starts the receive and report threads.
     fn open(&self) -> Result<Receiver, gst::ErrorMessage> {
         let s = lock(&self.settings).clone();
         let fail = |text: String| gst::error_msg!(gst::ResourceError::OpenRead, ("{}", text));
-        let ctx = zmq::Context::new();
-        let kind = s.socket_type.zmq_type();
-        let sock = ctx
-            .socket(kind)
-            .map_err(|e| fail(format!("cannot create a ZeroMQ {kind:?} socket: {e}")))?;
-        sock.set_linger(0).ok();
-        sock.set_rcvhwm(100_000).ok();
-        if s.socket_type == ReceiveSocketType::Sub {
-            sock.set_subscribe(b"")
-                .map_err(|e| fail(format!("cannot subscribe: {e}")))?;
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let element = self.obj().downgrade();
-        let curve_on = s.curve_key.is_some() || s.curve_server_key.is_some();
-        let mut zap = None;
-        let mut monitor = None;
-        let mut report_curve = None;
-        if curve_on {
-            curve::require_curve().map_err(fail)?;
-        }
-        let own_keys = match &s.curve_key {
-            Some(p) => Some(
-                KeyPair::load(std::path::Path::new(p))
-                    .map_err(|e| fail(format!("curve-key: {e}")))?,
-            ),
-            None => None,
+        let options = zmq_endpoint::Options {
+            endpoint: &s.endpoint,
+            bind: s.bind,
+            linger_ms: 0,
+            send_hwm: None,
+            rcv_hwm: Some(RCV_HWM),
+            // Bound, anyone may connect: a bound on what one message may cost.
+            max_message_size: s.bind.then_some(16 * MAX_MESSAGE_BYTES as i64),
+            name: s.socket_type.nick(),
+            purpose: ", for settings",
+            examples: ENDPOINT_EXAMPLES,
+            peer: "settings publisher",
         };
-        if s.bind {
-            if let Some(keys) = &own_keys {
-                let Some(allow) = &s.curve_allow else {
-                    return Err(fail(
-                        "bind=true with curve-key needs curve-allow: the public keys of the programs allowed to send settings"
-                            .to_string(),
-                    ));
-                };
-                let allow = AllowList::load(std::path::Path::new(allow))
-                    .map_err(|e| fail(format!("curve-allow: {e}")))?;
-                let shared = self.shared.clone();
-                let element = element.clone();
-                let mut limiter = RateLimit::per_second(WARNINGS_PER_SECOND);
-                zap = Some(
-                    ZapHandler::start(&ctx, move |req: &ZapRequest| {
-                        if allow.contains(&req.public_key) {
-                            return Ok("publisher".to_string());
-                        }
-                        lock(&shared.0).stats.refused += 1;
-                        let reason = format!("key not in the allow-list {}", allow.source);
-                        warn(
-                            &element,
-                            &shared,
-                            &mut limiter,
-                            format!(
-                                "refused a settings publisher from {} with CURVE key {}: {reason}",
-                                req.address,
-                                req.public_key_z85()
-                            ),
-                        );
-                        Err(reason)
-                    })
-                    .map_err(fail)?,
-                );
-                curve::make_server(&sock, keys, "i2i-settingssrc").map_err(fail)?;
-            } else if s.curve_server_key.is_some() {
-                return Err(fail(
-                    "with bind=true this element is the CURVE server: set curve-key (its own secret certificate) and curve-allow, not curve-server-key".to_string(),
-                ));
-            }
-            sock.set_maxmsgsize(16 * MAX_MESSAGE_BYTES as i64).ok();
-            sock.bind(&s.endpoint).map_err(|e| {
-                fail(format!(
-                    "cannot listen on {}: {e} (with bind=true use e.g. tcp://*:{DEFAULT_STATE_PORT}; is the port taken?)",
-                    s.endpoint
-                ))
-            })?;
-        } else {
-            if curve_on {
-                let Some(server) = &s.curve_server_key else {
-                    return Err(fail(
-                        "curve-key is set but curve-server-key is not: give the publisher's public key".to_string(),
-                    ));
-                };
-                let server = curve::load_public_key(server)
-                    .map_err(|e| fail(format!("curve-server-key: {e}")))?;
-                let keys = match own_keys {
-                    Some(k) => k,
-                    None => KeyPair::generate().map_err(fail)?,
-                };
-                curve::make_client(&sock, &keys, &server).map_err(fail)?;
-                report_curve = Some((keys, server));
-                let ep = format!("inproc://settingssrc-monitor-{:p}", self);
-                if sock
-                    .monitor(&ep, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
-                    .is_ok()
-                    && let Ok(m) = ctx.socket(zmq::PAIR)
-                    && m.connect(&ep).is_ok()
-                {
-                    monitor = Some(m);
+        let subscribe = s.socket_type == ReceiveSocketType::Sub;
+        let (opened, ()) = zmq_endpoint::open(
+            s.socket_type.zmq_type(),
+            &options,
+            self.curve_warnings(),
+            &self.curve,
+            |_, sock| {
+                if subscribe {
+                    sock.set_subscribe(b"").map_err(|e| ("subscribe", e))?;
                 }
+                Ok(())
+            },
+            |_| false,
+        )
+        .map_err(|e| match e {
+            SetupError::Settings(text) => {
+                gst::error_msg!(gst::ResourceError::Settings, ("{}", text))
             }
-            sock.connect(&s.endpoint).map_err(|e| {
-                fail(format!(
-                    "cannot connect to {}: {e} (expected e.g. tcp://host:{DEFAULT_STATE_PORT})",
-                    s.endpoint
-                ))
-            })?;
-        }
+            SetupError::Open(text) => fail(text),
+        })?;
+        let zmq_endpoint::Opened {
+            socket: sock,
+            context: ctx,
+            endpoint: local_endpoint,
+        } = opened;
         gst::info!(
             CAT,
             imp = self,
             "{} {}{}",
-            if s.bind {
-                "listening on"
+            zmq_endpoint::done_verb(s.bind),
+            local_endpoint,
+            if self.curve.settings().enabled() {
+                " with CURVE"
             } else {
-                "subscribed to"
-            },
-            s.endpoint,
-            if curve_on { " with CURVE" } else { "" }
+                ""
+            }
         );
-        let local_endpoint = if s.bind {
-            sock.get_last_endpoint()
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_else(|| s.endpoint.clone())
-        } else {
-            s.endpoint.clone()
-        };
         {
             let mut g = lock(&self.shared.0);
             *g = Shared::default();
             g.stats.local_endpoint = local_endpoint;
         }
+        let stop = Arc::new(AtomicBool::new(false));
         let rx = ReceiveContext {
             sock,
-            monitor,
             endpoint: s.endpoint.clone(),
             bind: s.bind,
-            element,
+            element: self.obj().downgrade(),
             shared: self.shared.clone(),
             stop: stop.clone(),
             follower: SnapshotFollower::default(),
@@ -808,18 +707,21 @@ impl SettingsSrc {
             .name("settingssrc-rx".into())
             .spawn(move || rx.run())
             .map_err(|e| fail(format!("cannot start the receive thread: {e}")))?;
-        let reporter =
-            Reporter::start(ctx.clone(), report_curve, self.shared.clone(), stop.clone()).map_err(
-                |e| {
-                    stop.store(true, Ordering::Relaxed);
-                    fail(e)
-                },
-            )?;
+        // Reports go to the holder with the keys of the subscription.
+        let reporter = Reporter::start(
+            ctx.clone(),
+            self.curve.client_keys(),
+            self.shared.clone(),
+            stop.clone(),
+        )
+        .map_err(|e| {
+            stop.store(true, Ordering::Relaxed);
+            fail(e)
+        })?;
         Ok(Receiver {
             stop,
             thread: Some(thread),
             reporter,
-            _zap: zap,
             _ctx: ctx,
         })
     }
@@ -914,7 +816,9 @@ impl BaseSrcImpl for SettingsSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        // Joins the receive thread, closes the sockets, then the context.
+        // The ZAP handler and monitor first, then the receive thread (with the socket), then
+        // the context.
+        self.curve.stop();
         let receiver = lock(&self.receiver).take();
         drop(receiver);
         Ok(())
