@@ -12,7 +12,7 @@
 //! [`i2i_core::tensor`], and [`latent`] for the GStreamer side). Shared by all five:
 //! [`interrupt`] (one wake-up), [`zmq_element`] (the socket set-up of
 //! [`i2i_core::zmq_endpoint`] with CURVE from [`i2i_core::curve`], as an element),
-//! [`jpeg_output`] (the sources' caps and buffers), [`unix_time`] and
+//! [`source_output`] (the sources' caps and buffers), [`unix_time`] and
 //! [`i2i_core::rate_limit`] (rate-limited warnings); [`eos_request`] lets the two sinks
 //! that wait for peers hear an application's EOS request.
 
@@ -22,9 +22,9 @@ pub mod eos_request;
 pub mod frame_file;
 pub mod frame_index;
 pub mod interrupt;
-pub mod jpeg_output;
 pub mod latent;
 pub mod scaleout;
+pub mod source_output;
 pub mod transport;
 pub mod unix_time;
 pub mod zmq_element;

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: MPL-2.0
 //! What the five ZeroMQ elements share as GStreamer elements, around the socket set-up of
 //! [`i2i_core::zmq_endpoint`]: [`open`] with its failures as element errors and its CURVE
-//! warnings on the bus ([`bus_warnings`]), and [`start_before_base`], the socket opened
-//! just before the base class starts.
+//! warnings on the bus ([`bus_warnings`]); their `change_state`, the socket opened just
+//! before the base class starts ([`source_change_state`], [`sink_change_state`]); their
+//! pad template ([`frames_pad_templates`]).
 
 use std::sync::Arc;
 
+use gst::glib;
 use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
 use i2i_core::curve::{ElementCurve, Warn};
 use i2i_core::zmq_endpoint::{self, Opened, OptionError, Options, SetupError};
 
@@ -83,10 +87,70 @@ pub fn start_before_base(
     result
 }
 
+/// The `endpoint` property's new value: `default` when it is unset.
+pub fn endpoint_or(value: &glib::Value, default: &str) -> String {
+    value
+        .get::<Option<String>>()
+        .expect("type checked upstream")
+        .unwrap_or_else(|| default.into())
+}
+
+/// `change_state` of the three sources: the socket opens at READY to PAUSED, just before
+/// GstBaseSrc starts (see [`start_before_base`]).
+pub fn source_change_state<T: BaseSrcImpl>(
+    imp: &T,
+    transition: gst::StateChange,
+) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+    start_before_base(
+        imp.obj().upcast_ref(),
+        transition,
+        gst::StateChange::ReadyToPaused,
+        || BaseSrcImpl::start(imp),
+        || {
+            let _ = BaseSrcImpl::stop(imp);
+        },
+        |t| imp.parent_change_state(t),
+    )
+}
+
+/// `change_state` of the two sinks: the socket opens at NULL to READY, just before
+/// GstBaseSink starts (see [`start_before_base`]).
+pub fn sink_change_state<T: BaseSinkImpl>(
+    imp: &T,
+    transition: gst::StateChange,
+) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+    start_before_base(
+        imp.obj().upcast_ref(),
+        transition,
+        gst::StateChange::NullToReady,
+        || BaseSinkImpl::start(imp),
+        || {
+            let _ = BaseSinkImpl::stop(imp);
+        },
+        |t| imp.parent_change_state(t),
+    )
+}
+
+/// The one always pad (`src` or `sink`) of an element that carries JPEG frames or latents
+/// (`caps`: those, or more).
+pub fn frames_pad_templates(
+    direction: gst::PadDirection,
+    caps: &gst::Caps,
+) -> Vec<gst::PadTemplate> {
+    let name = if direction == gst::PadDirection::Src {
+        "src"
+    } else {
+        "sink"
+    };
+    vec![
+        gst::PadTemplate::new(name, direction, gst::PadPresence::Always, caps)
+            .expect("a valid pad template"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gst::glib;
 
     #[test]
     fn the_curve_properties_change_only_in_null_and_ready() {

@@ -47,13 +47,13 @@ use gst_base::subclass::prelude::*;
 use super::DispatchQueuePolicy;
 use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
-use crate::jpeg_output;
 use crate::latent;
 use crate::scaleout;
 use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
+use crate::source_output;
 use crate::transport::zmqmsgpacksink::LatentDtype;
 use crate::unix_time;
 use crate::zmq_element;
@@ -732,12 +732,7 @@ impl ObjectImpl for ZmqDispatchSink {
         }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
-            "endpoint" => {
-                settings.endpoint = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-            }
+            "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "max-queue" => settings.max_queue = value.get().expect("type checked upstream"),
             "queue-policy" => settings.queue_policy = value.get().expect("type checked upstream"),
             "worker-timeout" => {
@@ -806,29 +801,11 @@ impl ElementImpl for ZmqDispatchSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        zmq_element::start_before_base(
-            self.obj().upcast_ref(),
-            transition,
-            gst::StateChange::NullToReady,
-            || BaseSinkImpl::start(self),
-            || {
-                let _ = BaseSinkImpl::stop(self);
-            },
-            |t| self.parent_change_state(t),
-        )
+        zmq_element::sink_change_state(self, transition)
     }
 
     fn send_event(&self, event: gst::Event) -> bool {
-        if let Some(answer) = self.eos_request.intercept(&event) {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "{:?} event sent to the element",
-                event.type_()
-            );
-            return answer;
-        }
-        self.parent_send_event(event)
+        self.eos_request.send_event(self, *CAT, event)
     }
 
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
@@ -849,15 +826,10 @@ impl ElementImpl for ZmqDispatchSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &latent::jpeg_or_latent_caps(),
-                )
-                .unwrap(),
-            ]
+            zmq_element::frames_pad_templates(
+                gst::PadDirection::Sink,
+                &latent::jpeg_or_latent_caps(),
+            )
         });
         PAD_TEMPLATES.as_ref()
     }
@@ -866,7 +838,7 @@ impl ElementImpl for ZmqDispatchSink {
 impl BaseSinkImpl for ZmqDispatchSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         if self.state.lock().unwrap().is_some() {
-            // Already started by change_state (zmq_endpoint::start_before_base).
+            // Already started by change_state (zmq_element::start_before_base).
             return Ok(());
         }
         let settings = self.settings.lock().unwrap().clone();
@@ -973,7 +945,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
         *self.frame_duration.lock().unwrap() = s
             .get::<gst::Fraction>("framerate")
             .ok()
-            .and_then(jpeg_output::frame_duration)
+            .and_then(source_output::frame_duration)
             .map(Duration::from);
         Ok(())
     }

@@ -32,11 +32,11 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::frame_file::{self, FrameFileError};
-use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
 use crate::scaleout;
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
+use crate::source_output::{self, Offered, SourceOutput};
 use crate::zmq_element;
 use i2i_core::curve::ElementCurve;
 use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
@@ -57,8 +57,6 @@ const DEFAULT_BATCH_SIZE: u32 = 1;
 const DEFAULT_PREFETCH: u32 = 1;
 const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 250;
 const DEFAULT_PRIMARY_TIMEOUT_MS: u32 = 2000;
-const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
-const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -83,8 +81,8 @@ impl Default for Settings {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             primary_timeout_ms: DEFAULT_PRIMARY_TIMEOUT_MS,
             worker_name: None,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            framerate: DEFAULT_FRAMERATE,
+            max_message_size: source_output::DEFAULT_MAX_MESSAGE_SIZE,
+            framerate: source_output::DEFAULT_FRAMERATE,
             max_pixels: DEFAULT_MAX_PIXELS,
             frame_folder: None,
         }
@@ -157,7 +155,7 @@ pub struct ZmqWorkerSrc {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
-    output: Mutex<JpegOutput>,
+    output: Mutex<SourceOutput>,
     kind_limit: Mutex<RateLimit>,
 }
 
@@ -667,22 +665,9 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .blurb("Name shown in the primary's stats and messages (unset: HOSTNAME:PID of the worker process, chosen at start)")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecInt64::builder("max-message-size")
-                    .nick("Maximum message size")
-                    .blurb("Largest job message (and batch JPEG file) accepted, in bytes (-1 = no limit)")
-                    .minimum(-1)
-                    .default_value(DEFAULT_MAX_MESSAGE_SIZE)
-                    .mutable_ready()
-                    .build(),
-                gst::ParamSpecFraction::builder("framerate")
-                    .nick("Frame rate")
-                    .blurb("Frame rate written in the output caps and buffer durations (0/1 = variable)")
-                    .minimum(gst::Fraction::from_integer(0))
-                    .maximum(gst::Fraction::new(i32::MAX, 1))
-                    .default_value(DEFAULT_FRAMERATE)
-                    .mutable_ready()
-                    .build(),
-                jpeg_output::max_pixels_pspec(),
+                source_output::max_message_size_pspec("job message (and batch JPEG file)"),
+                source_output::framerate_pspec(),
+                source_output::max_pixels_pspec(),
                 frame_file::frame_folder_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
@@ -702,12 +687,7 @@ impl ObjectImpl for ZmqWorkerSrc {
         }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
-            "endpoint" => {
-                settings.endpoint = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-            }
+            "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "batch-size" => settings.batch_size = value.get().expect("type checked upstream"),
             "prefetch" => settings.prefetch = value.get().expect("type checked upstream"),
             "heartbeat-interval" => {
@@ -804,16 +784,7 @@ impl ElementImpl for ZmqWorkerSrc {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        zmq_element::start_before_base(
-            self.obj().upcast_ref(),
-            transition,
-            gst::StateChange::ReadyToPaused,
-            || BaseSrcImpl::start(self),
-            || {
-                let _ = BaseSrcImpl::stop(self);
-            },
-            |t| self.parent_change_state(t),
-        )
+        zmq_element::source_change_state(self, transition)
     }
 
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
@@ -833,15 +804,10 @@ impl ElementImpl for ZmqWorkerSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &latent::jpeg_or_latent_caps(),
-                )
-                .unwrap(),
-            ]
+            zmq_element::frames_pad_templates(
+                gst::PadDirection::Src,
+                &latent::jpeg_or_latent_caps(),
+            )
         });
         PAD_TEMPLATES.as_ref()
     }
@@ -850,7 +816,7 @@ impl ElementImpl for ZmqWorkerSrc {
 impl BaseSrcImpl for ZmqWorkerSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         if self.state.lock().unwrap().is_some() {
-            // Already started by change_state (zmq_endpoint::start_before_base).
+            // Already started by change_state (zmq_element::start_before_base).
             return Ok(());
         }
         let settings = self.settings.lock().unwrap().clone();
@@ -949,7 +915,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        jpeg_output::negotiate(&*self.obj(), &self.output)
+        source_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -992,11 +958,11 @@ impl PushSrcImpl for ZmqWorkerSrc {
             let item = self.next_item(&shared)?;
             let (offered, what) = match &item.kind {
                 Kind::Jpeg(size) => (
-                    jpeg_output::ensure_caps(&*self.obj(), &self.output, *size)?,
+                    source_output::ensure_caps(&*self.obj(), &self.output, *size)?,
                     "JPEG frame",
                 ),
                 Kind::Latent(caps) => (
-                    jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps.clone())?,
+                    source_output::ensure_latent_caps(&*self.obj(), &self.output, caps.clone())?,
                     "latent frame",
                 ),
             };
@@ -1023,8 +989,8 @@ impl PushSrcImpl for ZmqWorkerSrc {
         {
             let b = buffer.get_mut().expect("new buffer is writable");
             let duration = self.output.lock().unwrap().duration();
-            let pts = jpeg_output::running_time_now(&*self.obj());
-            jpeg_output::stamp(b, item.index, pts, duration, item.timestamp_ms);
+            let pts = source_output::running_time_now(&*self.obj());
+            source_output::stamp(b, item.index, pts, duration, item.timestamp_ms);
         }
         gst::trace!(CAT, imp = self, "frame {}", item.index);
         Ok(CreateSuccess::NewBuffer(buffer))

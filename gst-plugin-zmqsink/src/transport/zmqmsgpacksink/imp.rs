@@ -623,29 +623,11 @@ impl ElementImpl for ZmqMsgpackSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        zmq_element::start_before_base(
-            self.obj().upcast_ref(),
-            transition,
-            gst::StateChange::NullToReady,
-            || BaseSinkImpl::start(self),
-            || {
-                let _ = BaseSinkImpl::stop(self);
-            },
-            |t| self.parent_change_state(t),
-        )
+        zmq_element::sink_change_state(self, transition)
     }
 
     fn send_event(&self, event: gst::Event) -> bool {
-        if let Some(answer) = self.eos_request.intercept(&event) {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "{:?} event sent to the element",
-                event.type_()
-            );
-            return answer;
-        }
-        self.parent_send_event(event)
+        self.eos_request.send_event(self, *CAT, event)
     }
 
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
@@ -680,15 +662,7 @@ impl ElementImpl for ZmqMsgpackSink {
                     ])
                     .build(),
             );
-            vec![
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-            ]
+            zmq_element::frames_pad_templates(gst::PadDirection::Sink, &caps)
         });
         PAD_TEMPLATES.as_ref()
     }
@@ -697,7 +671,7 @@ impl ElementImpl for ZmqMsgpackSink {
 impl BaseSinkImpl for ZmqMsgpackSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         if self.state.lock().unwrap().is_some() {
-            // Already started by change_state (zmq_endpoint::start_before_base).
+            // Already started by change_state (zmq_element::start_before_base).
             return Ok(());
         }
         let settings = self.settings.lock().unwrap().clone();
