@@ -406,3 +406,43 @@ fn a_model_with_a_one_pixel_output_gives_one_pixel_pictures() {
         }
     }
 }
+
+#[test]
+fn a_folder_as_the_model_says_it_takes_an_onnx_file() {
+    let file = PathBuf::from(model("model.onnx"));
+    let dir = file.parent().unwrap();
+    let err = run(
+        &format!(
+            "appsrc name=src format=time ! onnxtransform model={} ! appsink name=out",
+            dir.display()
+        ),
+        1,
+        16,
+        16,
+    )
+    .expect_err("a folder is refused");
+    assert!(err.contains("takes an .onnx file"), "{err}");
+    // The files it could have meant.
+    assert!(
+        err.contains("model.onnx") && err.contains("fixed-64x48.onnx"),
+        "{err}"
+    );
+    // A folder without any.
+    let empty = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("onnxtransform-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = run(
+        &format!(
+            "appsrc name=src format=time ! onnxtransform model={} ! appsink name=out",
+            empty.display()
+        ),
+        1,
+        16,
+        16,
+    )
+    .expect_err("a folder is refused");
+    assert!(
+        err.contains("takes an .onnx file") && err.contains("holds none"),
+        "{err}"
+    );
+}

@@ -977,6 +977,12 @@ impl Model {
         prompt: &str,
     ) -> Result<(Model, Vec<f32>, [usize; 3]), EngineError> {
         let dir = opts.model_dir.clone();
+        if dir.is_file() {
+            return Err(EngineError::invalid(
+                &dir,
+                "is a file: the model is the directory that holds text_encoder/, tokenizer/, unet/, vae_encoder/, vae_decoder/ and scheduler/ (the diffusers / optimum ONNX layout), e.g. models/demo",
+            ));
+        }
         if !dir.is_dir() {
             return Err(EngineError::missing(&dir, "model directory"));
         }
