@@ -422,6 +422,8 @@ fn a_folder_as_the_model_says_it_takes_an_onnx_file() {
     )
     .expect_err("a folder is refused");
     assert!(err.contains("takes an .onnx file"), "{err}");
+    let usual = dir.join("model.onnx").display().to_string();
+    assert!(err.contains(&format!("e.g. {usual}")), "{err}");
     // The files it could have meant.
     assert!(
         err.contains("model.onnx") && err.contains("fixed-64x48.onnx"),

@@ -582,11 +582,13 @@ fn onnx_files_in(dir: &Path) -> String {
         .unwrap_or_default();
     names.sort();
     let head = "is a folder: the model property takes an .onnx file";
-    match names.first() {
+    // model.onnx when there is one (the usual name), else the first.
+    let example = names.iter().find(|n| *n == "model.onnx").or(names.first());
+    match example {
         None => format!("{head}, and this folder holds none"),
-        Some(first) => format!(
+        Some(e) => format!(
             "{head}, e.g. {} (the .onnx files in it: {})",
-            dir.join(first).display(),
+            dir.join(e).display(),
             names.join(", ")
         ),
     }
