@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use i2i_core::settings;
+use i2i_core::settings::blend::BlendMode;
 
+mod conditioning;
 mod engine;
 pub mod model;
 pub mod noise;
@@ -70,6 +72,14 @@ pub struct StreamParams {
     /// Stochastic similarity filter threshold (eta); 0 turns the filter off.
     pub similarity_threshold: f32,
     pub max_skip_frames: u32,
+    /// Weighted prompt blend, in place of `prompt` while set (and not empty).
+    pub prompt_blend: Option<Vec<(String, f64)>>,
+    /// Weighted seed blend, in place of `seed` while set (and not empty).
+    pub seed_blend: Option<Vec<(u64, f64)>>,
+    /// How blends and prompt transitions combine.
+    pub blend_mode: BlendMode,
+    /// Frames over which a change of the conditioning or the noise fades in (0 = jump).
+    pub transition_frames: u32,
 }
 
 impl Default for StreamParams {
@@ -86,6 +96,10 @@ impl Default for StreamParams {
             add_noise: true,
             similarity_threshold: 0.0,
             max_skip_frames: 10,
+            prompt_blend: None,
+            seed_blend: None,
+            blend_mode: BlendMode::Linear,
+            transition_frames: 0,
         }
     }
 }

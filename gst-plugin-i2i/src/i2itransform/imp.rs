@@ -28,7 +28,9 @@ use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
 use super::task::{FirstSettings, Worker};
 use super::{OutputMode, latent_caps};
-use crate::diffusion::{self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor};
+use crate::diffusion::{
+    self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor, StreamParams,
+};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
@@ -192,8 +194,10 @@ impl Settings {
 impl Default for Settings {
     fn default() -> Self {
         let live = LiveSettings {
-            transition_frames: DEFAULT_TRANSITION_FRAMES,
-            ..Default::default()
+            params: StreamParams {
+                transition_frames: DEFAULT_TRANSITION_FRAMES,
+                ..Default::default()
+            },
         };
         Settings {
             model: None,
@@ -916,7 +920,7 @@ impl ObjectImpl for I2iTransform {
                 s.live.params.similarity_threshold = value.get::<f64>().unwrap() as f32
             }
             "max-skip-frames" => s.live.params.max_skip_frames = value.get().unwrap(),
-            "transition-frames" => s.live.transition_frames = value.get().unwrap(),
+            "transition-frames" => s.live.params.transition_frames = value.get().unwrap(),
             "prompt-blend" | "seed-blend" => {
                 let text = value.get::<Option<String>>().unwrap().unwrap_or_default();
                 let result =
@@ -931,7 +935,7 @@ impl ObjectImpl for I2iTransform {
                     Err(e) => self.refuse(&e),
                 }
             }
-            "blend-mode" => s.live.blend_mode = value.get::<BlendMode>().unwrap(),
+            "blend-mode" => s.live.params.blend_mode = value.get::<BlendMode>().unwrap(),
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
@@ -986,10 +990,10 @@ impl ObjectImpl for I2iTransform {
             "add-noise" => p.add_noise.to_value(),
             "similarity-threshold" => (p.similarity_threshold as f64).to_value(),
             "max-skip-frames" => p.max_skip_frames.to_value(),
-            "transition-frames" => s.live.transition_frames.to_value(),
-            "prompt-blend" => live::format_prompt_blend(&s.live.prompt_blend).to_value(),
-            "seed-blend" => live::format_seed_blend(&s.live.seed_blend).to_value(),
-            "blend-mode" => s.live.blend_mode.to_value(),
+            "transition-frames" => s.live.params.transition_frames.to_value(),
+            "prompt-blend" => live::format_prompt_blend(&s.live.params.prompt_blend).to_value(),
+            "seed-blend" => live::format_seed_blend(&s.live.params.seed_blend).to_value(),
+            "blend-mode" => s.live.params.blend_mode.to_value(),
             "batch-size" => s.batch_size.to_value(),
             "width" => s.width.to_value(),
             "height" => s.height.to_value(),

@@ -9,24 +9,17 @@
 //! refused change leaves the previous value in place.
 
 use crate::diffusion::StreamParams;
-use i2i_core::settings::blend::BlendMode;
+
 use i2i_core::settings::command::{Command, parse_line};
 use i2i_core::settings::{self, SettingsUpdate};
 
 pub use i2i_core::settings::format_t_index_list;
 
-/// What the stream runs with and may change while it runs.
+/// What the stream runs with and may change while it runs: the engine's parameters
+/// (blends and transitions included: the engine owns the conditioning and the noise).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveSettings {
     pub params: StreamParams,
-    /// Frames over which a prompt or seed change fades in (0 = jump).
-    pub transition_frames: u32,
-    /// Weighted prompt blend, replacing `prompt` while set (never an empty list).
-    pub prompt_blend: Option<Vec<(String, f64)>>,
-    /// Weighted seed blend, replacing `seed` while set (never an empty list).
-    pub seed_blend: Option<Vec<(u64, f64)>>,
-    /// How blends and prompt transitions combine.
-    pub blend_mode: BlendMode,
 }
 
 /// `"32,45"` -> `[32, 45]`: [`settings::parse_t_index_list`], with every index below
@@ -119,16 +112,16 @@ impl LiveSettings {
             next.params.similarity_threshold = s as f32;
         }
         if let Some(t) = u.transition_frames {
-            next.transition_frames = t;
+            next.params.transition_frames = t;
         }
         if let Some(b) = &u.prompt_blend {
-            next.prompt_blend = (!b.is_empty()).then(|| b.clone());
+            next.params.prompt_blend = (!b.is_empty()).then(|| b.clone());
         }
         if let Some(b) = &u.seed_blend {
-            next.seed_blend = (!b.is_empty()).then(|| b.clone());
+            next.params.seed_blend = (!b.is_empty()).then(|| b.clone());
         }
         if let Some(m) = u.blend_mode {
-            next.blend_mode = m;
+            next.params.blend_mode = m;
         }
         let changed = self.changed(&next);
         *self = next;
@@ -167,10 +160,10 @@ impl LiveSettings {
             delta: Some(reported(p.delta)),
             cfg_type: Some(p.cfg_type),
             similarity_threshold: Some(reported(p.similarity_threshold)),
-            transition_frames: Some(self.transition_frames),
-            prompt_blend: Some(self.prompt_blend.clone().unwrap_or_default()),
-            seed_blend: Some(self.seed_blend.clone().unwrap_or_default()),
-            blend_mode: Some(self.blend_mode),
+            transition_frames: Some(self.params.transition_frames),
+            prompt_blend: Some(self.params.prompt_blend.clone().unwrap_or_default()),
+            seed_blend: Some(self.params.seed_blend.clone().unwrap_or_default()),
+            blend_mode: Some(self.params.blend_mode),
             // Relative: resolved into t-index-list, never reported.
             strength: None,
         }
@@ -203,12 +196,12 @@ impl LiveSettings {
         );
         check(a.max_skip_frames != b.max_skip_frames, "max-skip-frames");
         check(
-            self.transition_frames != other.transition_frames,
+            a.transition_frames != b.transition_frames,
             "transition-frames",
         );
-        check(self.prompt_blend != other.prompt_blend, "prompt-blend");
-        check(self.seed_blend != other.seed_blend, "seed-blend");
-        check(self.blend_mode != other.blend_mode, "blend-mode");
+        check(a.prompt_blend != b.prompt_blend, "prompt-blend");
+        check(a.seed_blend != b.seed_blend, "seed-blend");
+        check(a.blend_mode != b.blend_mode, "blend-mode");
         out
     }
 }
@@ -217,6 +210,7 @@ impl LiveSettings {
 mod tests {
     use super::*;
     use crate::diffusion::CfgType;
+    use i2i_core::settings::blend::BlendMode;
 
     #[test]
     fn t_index_list_parses_and_formats() {
@@ -359,12 +353,12 @@ mod tests {
             })
             .unwrap();
         assert_eq!(changed, vec!["prompt-blend", "seed-blend", "blend-mode"]);
-        assert_eq!(s.blend_mode, BlendMode::Slerp);
+        assert_eq!(s.params.blend_mode, BlendMode::Slerp);
         assert_eq!(
-            format_prompt_blend(&s.prompt_blend),
+            format_prompt_blend(&s.params.prompt_blend),
             "\"a fox\":0.7 \"oil\":0.3"
         );
-        assert_eq!(format_seed_blend(&s.seed_blend), "1:1 2:1");
+        assert_eq!(format_seed_blend(&s.params.seed_blend), "1:1 2:1");
         // An empty list ends a blend; ending it again is no change.
         let off = SettingsUpdate {
             prompt: Some("fox".into()),
@@ -375,21 +369,22 @@ mod tests {
             s.apply_update(&off).unwrap(),
             vec!["prompt", "prompt-blend"]
         );
-        assert_eq!(s.prompt_blend, None);
+        assert_eq!(s.params.prompt_blend, None);
         assert!(s.apply_update(&off).unwrap().is_empty());
         // Property text goes through the chat parser, and back.
         let u = blend_property_update("prompt-blend", r#""say \"hi\"":1 b:2"#).unwrap();
         s.apply_update(&u).unwrap();
         assert_eq!(
-            s.prompt_blend,
+            s.params.prompt_blend,
             Some(vec![("say \"hi\"".into(), 1.0), ("b".into(), 2.0)])
         );
         let again =
-            blend_property_update("prompt-blend", &format_prompt_blend(&s.prompt_blend)).unwrap();
-        assert_eq!(again.prompt_blend, s.prompt_blend);
+            blend_property_update("prompt-blend", &format_prompt_blend(&s.params.prompt_blend))
+                .unwrap();
+        assert_eq!(again.prompt_blend, s.params.prompt_blend);
         let u = blend_property_update("seed-blend", "off").unwrap();
         s.apply_update(&u).unwrap();
-        assert_eq!(s.seed_blend, None);
+        assert_eq!(s.params.seed_blend, None);
         let e = blend_property_update("seed-blend", "1:x").unwrap_err();
         assert!(e.contains("seed-blend \"1:x\" refused"), "{e}");
     }

@@ -20,7 +20,6 @@ mod control;
 mod imp;
 pub mod live;
 mod output;
-mod smooth;
 mod task;
 
 use crate::runtime;

@@ -16,7 +16,6 @@ use gst::subclass::prelude::*;
 
 use super::imp::{CAT, I2iTransform};
 use super::live::{self, LiveSettings};
-use super::smooth::Smoother;
 use crate::diffusion::{DecodedFrame, Engine, LoadOptions, PreparedFrame};
 use crate::infer::element::OutItem;
 use crate::infer::input::{Deferred, Queued};
@@ -53,8 +52,6 @@ pub struct Worker {
     pub deferred: VecDeque<(u64, Deferred)>,
     /// The live settings the engine runs with.
     pub applied: LiveSettings,
-    /// Transitions and blends on top of the engine's own prompt and seed.
-    pub smoother: Smoother,
     /// The first batch ran (after waiting for the first settings).
     pub started: bool,
 }
@@ -69,7 +66,6 @@ impl Worker {
             in_flight: VecDeque::new(),
             deferred: VecDeque::new(),
             applied,
-            smoother: Smoother::new(),
             started: false,
         }
     }
@@ -154,8 +150,6 @@ impl I2iTransform {
         w.engine
             .set_latent_output(self.settings.lock().unwrap().output == super::OutputMode::Latent);
         w.load = load;
-        // The new engine holds its own prompt and noise: blends are applied again.
-        w.smoother = Smoother::new();
         Ok(())
     }
 
@@ -251,12 +245,6 @@ impl I2iTransform {
         }
         self.apply_live(w, index)?;
         self.apply_control(w);
-        if let Err(e) = w
-            .smoother
-            .before_batch(&mut w.engine, &w.applied, frames.len() as u32)
-        {
-            self.refuse(&format!("transition or blend not applied: {e}"));
-        }
 
         let mut inputs = Vec::with_capacity(frames.len());
         for f in frames {
@@ -291,7 +279,6 @@ impl I2iTransform {
                     .map_err(|e| self.engine_failed(e))?;
                 self.push_outputs(w, outs)?;
             }
-            let before = w.engine.params().clone();
             if let Err(e) = w.engine.set_params(&desired.params) {
                 self.refuse(&format!("settings not applied: {e}"));
                 let current = w.engine.params().clone();
@@ -310,8 +297,6 @@ impl I2iTransform {
                 if desired == w.applied {
                     return Ok(());
                 }
-            } else {
-                w.smoother.params_changed(&before, &desired.params);
             }
         }
         let changed = w.applied.changed(&desired);
@@ -339,13 +324,16 @@ impl I2iTransform {
             .field("add-noise", p.add_noise)
             .field("similarity-threshold", p.similarity_threshold as f64)
             .field("max-skip-frames", p.max_skip_frames)
-            .field("transition-frames", w.applied.transition_frames)
+            .field("transition-frames", w.applied.params.transition_frames)
             .field(
                 "prompt-blend",
-                live::format_prompt_blend(&w.applied.prompt_blend),
+                live::format_prompt_blend(&w.applied.params.prompt_blend),
             )
-            .field("seed-blend", live::format_seed_blend(&w.applied.seed_blend))
-            .field("blend-mode", w.applied.blend_mode.nick())
+            .field(
+                "seed-blend",
+                live::format_seed_blend(&w.applied.params.seed_blend),
+            )
+            .field("blend-mode", w.applied.params.blend_mode.nick())
             .build();
         let _ = self
             .obj()
