@@ -26,7 +26,7 @@ use gst::subclass::prelude::*;
 
 use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
-use super::task::{FirstSettings, Worker};
+use super::worker::{FirstSettings, Worker};
 use super::{OutputMode, latent_caps};
 use crate::diffusion::{
     self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor, StreamParams,

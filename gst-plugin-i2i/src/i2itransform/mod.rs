@@ -17,10 +17,12 @@ use gst::glib;
 use gst::prelude::*;
 
 mod control;
+mod control_pads;
 mod imp;
 pub mod live;
 mod output;
 mod task;
+mod worker;
 
 use crate::runtime;
 use i2i_core::infer::{DropFrames, ExecutionProvider, ResizeMode};
