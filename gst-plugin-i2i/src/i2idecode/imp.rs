@@ -33,6 +33,7 @@ use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 use crate::infer::task::InferTask;
 use i2i_core::infer::DropFrames;
+use i2i_core::rate_limit::RateLimit;
 use i2i_core::tensor::LATENT_CAPS_NAME;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -160,7 +161,8 @@ struct Intake {
     loaded: Option<(u32, u32)>,
     /// A decoder loaded for new caps, for the task to take when those caps reach it.
     incoming: Option<VaeDecoder>,
-    last_warning: Option<Instant>,
+    /// Warnings about dropped frames, one per [`WARN_INTERVAL`].
+    warnings: Option<RateLimit>,
 }
 
 /// Task side: the decoder and its output tensor, reused frame to frame.
@@ -494,21 +496,14 @@ impl I2iDecode {
         count: impl FnOnce(&mut Stats<DecodeStats>) -> (&'static str, u64),
     ) {
         let (counter, n) = count(&mut self.base.stats.lock().unwrap());
-        if intake
-            .last_warning
-            .is_none_or(|t| t.elapsed() >= WARN_INTERVAL)
+        if let Some(text) = intake
+            .warnings
+            .get_or_insert_with(|| RateLimit::new(WARN_INTERVAL))
+            .message(format!(
+                "Dropping a latent frame: {what} ({n} dropped so far, see stats {counter})"
+            ))
         {
-            intake.last_warning = Some(Instant::now());
-            gst::element_imp_warning!(
-                self,
-                gst::StreamError::Decode,
-                (
-                    "Dropping a latent frame: {} ({} dropped so far, see stats {})",
-                    what,
-                    n,
-                    counter
-                )
-            );
+            gst::element_imp_warning!(self, gst::StreamError::Decode, ("{text}"));
         }
     }
 }

@@ -24,7 +24,7 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use i2i_core::curve::{ElementCurve, KeyPair, Warn};
-use i2i_core::rate_limit::RateLimit;
+use i2i_core::rate_limit::{RateLimit, with_held};
 use i2i_core::settings::command::Command;
 use i2i_core::settings::hub::ControlClient;
 use i2i_core::settings::message::{MAX_MESSAGE_BYTES, decode_message};
@@ -463,16 +463,8 @@ fn warn(
     };
     gst::warning!(CAT, obj = element, "{text}");
     if let Some(before) = suppressed {
-        let note = if before > 0 {
-            format!(" ({before} similar warnings were not posted)")
-        } else {
-            String::new()
-        };
-        gst::element_warning!(
-            element,
-            gst::StreamError::Decode,
-            ("Ignored a settings message: {}{}", text, note)
-        );
+        let text = with_held(format!("Ignored a settings message: {text}"), before);
+        gst::element_warning!(element, gst::StreamError::Decode, ("{text}"));
     }
 }
 
