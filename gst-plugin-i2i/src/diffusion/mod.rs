@@ -25,6 +25,7 @@ pub mod sdxl;
 pub mod stream;
 pub mod tokenizer;
 mod trt_cache;
+pub mod weights;
 
 pub use engine::{Engine, Preprocessor};
 // The types of the engine's parameters and errors, defined with what they belong to.

@@ -35,6 +35,7 @@ use super::scheduler::SchedulerConfig;
 use super::sdxl::{self, UnetXl, XlText};
 use super::tokenizer::ClipTokenizer;
 use super::trt_cache::trt_cache_dir;
+use super::weights;
 use super::{EngineError, ExecutionProvider, LoadOptions};
 use crate::runtime::graph::{Chunk, Elem, Feed, Graph, Spec, chunks, chunks_at_most};
 use crate::runtime::graph::{rows_padded, shape_str};
@@ -108,9 +109,10 @@ impl TextEncoder {
         })
     }
 
-    /// Hidden states `[1, seq_len, E]` for `text`.
+    /// Hidden states `[1, seq_len, E]` for `text`, weighted as its `(word:1.3)` / `[word]`
+    /// syntax says (see [`weights`]).
     pub fn encode(&mut self, text: &str, out: &mut Vec<f32>) -> Result<[usize; 3], EngineError> {
-        let ids = self.tokenizer.encode(text);
+        let (ids, token_weights) = weights::weighted_ids(&mut self.tokenizer, text);
         self.ids.clear();
         self.ids.extend(ids.iter().map(|&i| i as i64));
         let shape = [1i64, self.seq_len as i64];
@@ -125,6 +127,7 @@ impl TextEncoder {
                 shape_str(&s),
             ));
         }
+        weights::apply(out, &token_weights);
         Ok([1, self.seq_len, s[2] as usize])
     }
 }

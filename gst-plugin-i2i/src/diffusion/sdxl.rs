@@ -5,6 +5,8 @@
 //! * `encoder_hidden_states` `[B, 77, E1 + E2]`: the penultimate hidden states of both text
 //!   encoders (CLIP ViT-L, E1 = 768, and OpenCLIP bigG, E2 = 1280) concatenated;
 //! * `text_embeds` `[B, P]`: the projected pooled output of the second encoder (P = 1280);
+//! * a prompt's `(word:1.3)` / `[word]` weights scale each encoder's hidden states on its
+//!   own, `text_embeds` stays unweighted (see [`super::weights`]);
 //! * `time_ids` `[B, 6]`: original height, width, crop top, crop left, target height, width
 //!   (here the frame size, no crop);
 //! * the negative rows are zeros when `model_index.json` says `force_zeros_for_empty_prompt`
@@ -27,6 +29,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 use super::tokenizer::ClipTokenizer;
+use super::weights;
 use super::{EngineError, LoadOptions};
 use crate::runtime::graph::shape_str;
 use crate::runtime::graph::{Feed, Graph, Spec};
@@ -132,6 +135,8 @@ struct Encoder {
     /// The projected pooled output `[B, P]` (second encoder only).
     pooled: Option<String>,
     ids: Vec<i64>,
+    /// The weights of the last ids run.
+    weights: Vec<f32>,
 }
 
 impl Encoder {
@@ -210,12 +215,15 @@ impl Encoder {
             hidden,
             pooled,
             ids: Vec::new(),
+            weights: Vec::new(),
         })
     }
 
-    /// Runs output `name` on `text`'s ids; returns its shape.
+    /// Runs output `name` on `text`'s ids; returns its shape. The ids' weights (the
+    /// prompt's `(word:1.3)` / `[word]` syntax) are kept for [`Encoder::hidden`].
     fn run(&mut self, text: &str, name: &str, out: &mut Vec<f32>) -> Result<Vec<i64>, EngineError> {
-        let ids = self.tokenizer.encode(text);
+        let (ids, token_weights) = weights::weighted_ids(&mut self.tokenizer, text);
+        self.weights = token_weights;
         self.ids.clear();
         self.ids.extend(ids.iter().map(|&i| i64::from(i)));
         let shape = [1i64, self.seq_len as i64];
@@ -223,7 +231,8 @@ impl Encoder {
         self.graph.run(&feeds, name, out)
     }
 
-    /// Hidden states `[L, E]` of `text`; returns E.
+    /// Hidden states `[L, E]` of `text`, weighted on their own (before the two encoders'
+    /// are joined); returns E.
     fn hidden(&mut self, text: &str, out: &mut Vec<f32>) -> Result<usize, EngineError> {
         let name = self.hidden.clone();
         let s = self.run(text, &name, out)?;
@@ -235,6 +244,7 @@ impl Encoder {
                 shape_str(&s),
             ));
         }
+        weights::apply(out, &self.weights);
         Ok(s[2] as usize)
     }
 }

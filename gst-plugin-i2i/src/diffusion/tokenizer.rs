@@ -347,7 +347,18 @@ impl ClipTokenizer {
     /// `bos + tokens + eos`, truncated to `max_length` keeping eos, padded with pad.
     pub fn encode(&mut self, text: &str) -> Vec<u32> {
         let tokens = self.tokenize(text);
-        let keep = tokens.len().min(self.max_length.saturating_sub(2));
+        self.frame(&tokens)
+    }
+
+    /// How many of `n` tokens fit between bos and eos.
+    pub fn kept(&self, n: usize) -> usize {
+        n.min(self.max_length.saturating_sub(2))
+    }
+
+    /// `bos + tokens + eos` of tokens made by [`ClipTokenizer::tokenize`], truncated to
+    /// `max_length` keeping eos, padded with pad.
+    pub fn frame(&self, tokens: &[u32]) -> Vec<u32> {
+        let keep = self.kept(tokens.len());
         let mut ids = Vec::with_capacity(self.max_length);
         ids.push(self.bos);
         ids.extend_from_slice(&tokens[..keep]);
