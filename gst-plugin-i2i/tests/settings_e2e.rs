@@ -496,6 +496,54 @@ fn prompt_and_seed_changes_change_the_output_and_going_back_gives_the_first_exac
     assert!(warnings.is_empty(), "{warnings:?}");
 }
 
+/// Prompt weights (`(word:1.5)`, `[word]`; docs/models.md, "Prompt weighting") wherever a
+/// prompt comes from: the console, a blend, the negative prompt, the element's property.
+#[test]
+fn weighted_prompts_change_the_output_and_weight_one_is_the_plain_prompt() {
+    const RED: &str = "a (red:1.5) fox in the snow";
+    const ONE: &str = "a (red:1.0) fox in the snow";
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1", "/negative blurry"]);
+    let mut t = Transform::start(&holder, "cfg-type=full");
+    let (_, plain) = t.settle(is(FOX, 1));
+    holder.send(RED);
+    let (_, red) = t.settle(is(RED, 1));
+    assert!(red != plain, "a weighted word changed nothing");
+    holder.send(ONE);
+    let (_, one) = t.settle(is(ONE, 1));
+    assert!(one == plain, "(red:1.0) is not the plain prompt");
+
+    let negative =
+        |n: &'static str| move |s: &gst::StructureRef| s.get::<&str>("negative-prompt") == Ok(n);
+    holder.send("/negative (blurry:1.5)");
+    let (_, weighted_negative) = t.settle(negative("(blurry:1.5)"));
+    assert!(
+        weighted_negative != plain,
+        "a weighted negative prompt changed nothing"
+    );
+    holder.send("/negative blurry");
+    t.settle(negative("blurry"));
+
+    holder.send(&format!("/blend \"{RED}\":1"));
+    let (_, blend) =
+        t.settle(|s| s.get::<&str>("prompt-blend") == Ok("\"a (red:1.5) fox in the snow\":1"));
+    assert!(
+        blend == red,
+        "a blend of the weighted prompt is that prompt"
+    );
+    holder.send("/blend off");
+    let (_, off) = t.settle(|s| s.get::<&str>("prompt-blend") == Ok(""));
+    assert!(off == plain);
+
+    t.i2i.set_property("prompt", RED);
+    let (_, by_property) = t.settle(is(RED, 1));
+    assert!(
+        by_property == red,
+        "the prompt property weighs as the console"
+    );
+    let warnings = t.finish();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
 fn transition(n: u32) -> impl Fn(&gst::StructureRef) -> bool {
     move |s| s.get::<u32>("transition-frames") == Ok(n)
 }

@@ -672,13 +672,19 @@ impl ObjectImpl for I2iTransform {
                     .build(),
                 glib::ParamSpecString::builder("prompt")
                     .nick("Prompt")
-                    .blurb("What the picture should become")
+                    .blurb(
+                        "What the picture should become; (word:1.5) weighs a word more, [word] \
+                         less",
+                    )
                     .default_value(Some(p.prompt.as_str()))
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecString::builder("negative-prompt")
                     .nick("Negative prompt")
-                    .blurb("What to steer away from (cfg-type full or initialize)")
+                    .blurb(
+                        "What to steer away from (cfg-type full or initialize); weights as in \
+                         prompt",
+                    )
                     .default_value(Some(p.negative_prompt.as_str()))
                     .mutable_playing()
                     .build(),
