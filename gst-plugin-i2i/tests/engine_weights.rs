@@ -150,7 +150,7 @@ fn weighted_tokens_equal_the_reference() {
             let want_ids: Vec<u32> = serde_json::from_value(want[0].clone()).unwrap();
             // The float32 weights' bits: exact.
             let want_w: Vec<u32> = serde_json::from_value(want[1].clone()).unwrap();
-            let (ids, w) = weights::weighted_ids(&mut tok, text);
+            let (ids, w) = weights::weighted_ids(&mut tok, text).unwrap();
             assert_eq!(ids, want_ids, "{d}: {text:?}");
             let w: Vec<u32> = w.iter().map(|x| x.to_bits()).collect();
             assert_eq!(w, want_w, "{d}: {text:?}");
@@ -174,7 +174,7 @@ fn prompts_without_weighting_syntax_give_the_tokenizers_own_ids() {
     for d in ["models/tiny-sd15/tokenizer", "models/tiny-sdxl/tokenizer_2"] {
         let mut tok = ClipTokenizer::from_dir(&root().join(d)).unwrap();
         for text in &plain {
-            let (ids, w) = weights::weighted_ids(&mut tok, text);
+            let (ids, w) = weights::weighted_ids(&mut tok, text).unwrap();
             assert_eq!(ids, tok.encode(text), "{d}: {text:?}");
             assert!(w.iter().all(|&x| x == 1.0), "{d}: {text:?}");
         }
@@ -378,4 +378,23 @@ fn frames_match_the_reference_and_blends_weight_their_prompts() {
         assert!(d <= 1e-6, "{model}: the blend lost the weights ({d})");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_weight_out_of_range_is_refused_naming_it() {
+    let mut tok = ClipTokenizer::from_dir(&root().join("models/tiny-sd15/tokenizer")).unwrap();
+    let err = weights::weighted_ids(&mut tok, "a (red:99999999999999999999999) fox")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"red\"") && err.contains("100"), "{err}");
+    // Brackets nested 60 deep weigh 1.1^60 = 304: refused too; 40 deep (45) is taken.
+    let deep = |n: usize| format!("{}fox{}", "(".repeat(n), ")".repeat(n));
+    assert!(weights::weighted_ids(&mut tok, &deep(60)).is_err());
+    assert!(weights::weighted_ids(&mut tok, &deep(40)).is_ok());
+    let mut e = engine("tiny-sd15", &StreamParams::default());
+    let err = e.encode_prompt("(fox:1e9999)").err().map(|e| e.to_string());
+    // `1e9999` is no weight in the syntax (the number takes digits and points only): literal.
+    assert!(err.is_none(), "{err:?}");
+    let err = e.encode_prompt("(fox:9999)").unwrap_err().to_string();
+    assert!(err.contains("\"fox\""), "{err}");
 }

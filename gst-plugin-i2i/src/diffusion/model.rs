@@ -112,7 +112,7 @@ impl TextEncoder {
     /// Hidden states `[1, seq_len, E]` for `text`, weighted as its `(word:1.3)` / `[word]`
     /// syntax says (see [`weights`]).
     pub fn encode(&mut self, text: &str, out: &mut Vec<f32>) -> Result<[usize; 3], EngineError> {
-        let (ids, token_weights) = weights::weighted_ids(&mut self.tokenizer, text);
+        let (ids, token_weights) = weights::weighted_ids(&mut self.tokenizer, text)?;
         self.ids.clear();
         self.ids.extend(ids.iter().map(|&i| i as i64));
         let shape = [1i64, self.seq_len as i64];

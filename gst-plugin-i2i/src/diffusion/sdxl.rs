@@ -222,7 +222,7 @@ impl Encoder {
     /// Runs output `name` on `text`'s ids; returns its shape. The ids' weights (the
     /// prompt's `(word:1.3)` / `[word]` syntax) are kept for [`Encoder::hidden`].
     fn run(&mut self, text: &str, name: &str, out: &mut Vec<f32>) -> Result<Vec<i64>, EngineError> {
-        let (ids, token_weights) = weights::weighted_ids(&mut self.tokenizer, text);
+        let (ids, token_weights) = weights::weighted_ids(&mut self.tokenizer, text)?;
         self.weights = token_weights;
         self.ids.clear();
         self.ids.extend(ids.iter().map(|&i| i64::from(i)));

@@ -22,6 +22,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::tokenizer::ClipTokenizer;
+use crate::runtime::error::EngineError;
 
 /// What `(text)` multiplies by.
 pub const ROUND: f64 = 1.1;
@@ -131,12 +132,28 @@ fn decimal_value(c: char) -> u8 {
     (before % 10) as u8
 }
 
+/// The largest weight a prompt may give (either sign): far beyond any useful emphasis, and
+/// small enough that the weighted rows stay finite in float32.
+pub const MAX_WEIGHT: f64 = 100.0;
+
 /// Token ids of `text`, framed as [`ClipTokenizer::encode`] frames them, and one weight per
-/// id (1 for start, end and pad).
-pub fn weighted_ids(tokenizer: &mut ClipTokenizer, text: &str) -> (Vec<u32>, Vec<f32>) {
+/// id (1 for start, end and pad). A weight beyond [`MAX_WEIGHT`] (a typo such as
+/// `(word:13e9)`, or brackets nested hundreds deep) is refused, naming the words it weights,
+/// rather than turning the conditioning into infinities.
+pub fn weighted_ids(
+    tokenizer: &mut ClipTokenizer,
+    text: &str,
+) -> Result<(Vec<u32>, Vec<f32>), EngineError> {
     let mut tokens = Vec::new();
     let mut token_weights = Vec::new();
     for (run, w) in parse(text) {
+        if !w.is_finite() || w.abs() > MAX_WEIGHT {
+            return Err(EngineError::InvalidArgument {
+                what: format!("the weight of \"{}\" in prompt \"{text}\"", run.trim()),
+                expected: format!("a weight between -{MAX_WEIGHT} and {MAX_WEIGHT}"),
+                found: format!("{w}"),
+            });
+        }
         let t = tokenizer.tokenize(&run);
         token_weights.resize(token_weights.len() + t.len(), w as f32);
         tokens.extend(t);
@@ -147,7 +164,7 @@ pub fn weighted_ids(tokenizer: &mut ClipTokenizer, text: &str) -> (Vec<u32>, Vec
     weights.push(1.0);
     weights.extend_from_slice(&token_weights[..keep]);
     weights.resize(ids.len(), 1.0);
-    (ids, weights)
+    Ok((ids, weights))
 }
 
 /// `z` (`weights.len()` rows of equal length) times each row's weight, then its mean
