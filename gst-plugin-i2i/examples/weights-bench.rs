@@ -79,7 +79,7 @@ fn main() -> Result<(), String> {
         tok_plain.push(t.elapsed());
         let mut z = rows.clone();
         let t = Instant::now();
-        let (ids, w) = weights::weighted_ids(&mut tok, WEIGHTED);
+        let (ids, w) = weights::weighted_ids(&mut tok, WEIGHTED).expect("the bench prompt parses");
         weights::apply(&mut z, &w);
         std::hint::black_box((ids, z));
         tok_weighted.push(t.elapsed());
