@@ -532,7 +532,7 @@ fn main() {
     }
 
     gst::init().unwrap();
-    gstzmqmsgpack::plugin_register_static().unwrap();
+    gstzmqsink::plugin_register_static().unwrap();
 
     eprintln!("rendering {DISTINCT_FRAMES} frames of {SIZE}x{SIZE} ...");
     let rgb: Vec<Vec<u8>> = (0..DISTINCT_FRAMES).map(render_rgb).collect();
@@ -546,14 +546,14 @@ fn main() {
     let i420_full_caps = format!(
         "video/x-raw,format=I420,width={SIZE},height={SIZE},framerate=30/1,colorimetry=1:4:0:0"
     );
-    let mut enc = gstzmqmsgpack::jpeg::Encoder::new(QUALITY).unwrap();
+    let mut enc = gstzmqsink::jpeg::Encoder::new(QUALITY).unwrap();
     let jpeg_buffers: Vec<gst::Buffer> = rgb
         .iter()
         .map(|f| {
             let j = enc
                 .encode_packed(
-                    gstzmqmsgpack::jpeg::PackedFormat::Rgb,
-                    gstzmqmsgpack::jpeg::Plane {
+                    gstzmqsink::jpeg::PackedFormat::Rgb,
+                    gstzmqsink::jpeg::Plane {
                         data: f,
                         stride: SIZE * 3,
                     },

@@ -15,6 +15,7 @@
 //! two sinks that wait for peers hear an application's EOS request.
 
 use gst::glib;
+use gst::prelude::*;
 
 pub mod curve;
 pub mod eos_request;
@@ -32,6 +33,7 @@ pub mod unix_time;
 pub mod warn;
 pub mod zmq_endpoint;
 
+pub use i2i_compat::ElementAlias;
 pub use scaleout::zmqcollectsrc::{CollectLateStart, CollectQueuePolicy, ZmqCollectSrc};
 pub use scaleout::zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
 pub use scaleout::zmqworkersrc::ZmqWorkerSrc;
@@ -42,7 +44,39 @@ pub use transport::zmqmsgpacksrc::{SrcSocketType, ZmqMsgpackSrc};
 /// (ns since the epoch) between pipelines.
 pub const UNIX_TIMESTAMP_CAPS: &str = "timestamp/x-unix";
 
+/// The properties renamed for the one vocabulary (docs/properties.md): their old names
+/// still work for one release, warning once per element.
+pub fn renamed_properties() -> Vec<ElementAlias> {
+    [
+        ("zmqmsgpacksink", transport::zmqmsgpacksink::RENAMED),
+        ("zmqmsgpacksrc", transport::zmqmsgpacksrc::RENAMED),
+        ("zmqdispatchsink", scaleout::zmqdispatchsink::RENAMED),
+        ("zmqworkersrc", scaleout::zmqworkersrc::RENAMED),
+        ("zmqcollectsrc", scaleout::zmqcollectsrc::RENAMED),
+    ]
+    .into_iter()
+    .flat_map(|(element, renamed)| {
+        renamed.iter().map(move |a| ElementAlias {
+            element,
+            old: a.old,
+            new: a.new,
+        })
+    })
+    .collect()
+}
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The enums the properties use, for gst-inspect-1.0 and the documentation.
+    for t in [
+        SinkSocketType::static_type(),
+        LatentDtype::static_type(),
+        SrcSocketType::static_type(),
+        DispatchQueuePolicy::static_type(),
+        CollectQueuePolicy::static_type(),
+        CollectLateStart::static_type(),
+    ] {
+        t.mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    }
     frame_index::register();
     transport::zmqmsgpacksink::register(plugin)?;
     transport::zmqmsgpacksrc::register(plugin)?;
@@ -53,7 +87,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
 }
 
 gst::plugin_define!(
-    zmqmsgpack,
+    zmqsink,
     env!("CARGO_PKG_DESCRIPTION"),
     plugin_init,
     concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use gstzmqmsgpack::curve::{KeyPair, curve_available, make_client};
-use gstzmqmsgpack::protocol;
+use gstzmqsink::curve::{KeyPair, curve_available, make_client};
+use gstzmqsink::protocol;
 
 const T: Duration = Duration::from_secs(10);
 

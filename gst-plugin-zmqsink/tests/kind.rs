@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
-use gstzmqmsgpack::protocol;
-use gstzmqmsgpack::scaleout::wire;
-use gstzmqmsgpack::tensor::{self, Dtype, TensorMeta};
+use gstzmqsink::protocol;
+use gstzmqsink::scaleout::wire;
+use gstzmqsink::tensor::{self, Dtype, TensorMeta};
 use scaleout_util::FakePrimary;
 
 const T: Duration = Duration::from_secs(20);
@@ -191,7 +191,7 @@ fn the_collector_drops_a_result_of_the_other_kind() {
         LATENT_ONLY,
     );
     let ctx = zmq::Context::new();
-    let push = pusher(&ctx, &run.endpoint("bound-endpoint"));
+    let push = pusher(&ctx, &run.endpoint("last-endpoint"));
     let m = meta(64, 48);
     let now = unix_now_ms();
     push.send(tensor::encode(now, 0, &latents(64, 48, 0), &m), 0)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use gstzmqmsgpack::protocol;
+use gstzmqsink::protocol;
 
 const T: Duration = Duration::from_secs(5);
 

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gstzmqmsgpack::protocol::{self, Payload};
+use gstzmqsink::protocol::{self, Payload};
 
 use args::{Command, Options, SocketType};
 use stats::{FrameEvent, StreamStats};

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use gstzmqmsgpack::protocol::{self, Payload};
+use gstzmqsink::protocol::{self, Payload};
 use tokio::sync::watch;
 
 use crate::stats::Stats;

@@ -17,8 +17,8 @@
 use std::fmt;
 
 use base64::Engine as _;
-use gstzmqmsgpack::jpeg::{Encoder, JpegCheckError, PackedFormat, Plane, jpeg_size};
-use gstzmqmsgpack::protocol::{self, Payload};
+use gstzmqsink::jpeg::{Encoder, JpegCheckError, PackedFormat, Plane, jpeg_size};
+use gstzmqsink::protocol::{self, Payload};
 use serde_json::Value;
 
 /// JPEG quality of converted PNG images.

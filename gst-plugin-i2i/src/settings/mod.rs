@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod blend;
 pub mod command;
-pub use gstzmqmsgpack::curve;
+pub use gstzmqsink::curve;
 pub mod hub;
 pub mod limits;
 pub mod message;

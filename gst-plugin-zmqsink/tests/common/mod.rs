@@ -6,13 +6,13 @@ use std::sync::Once;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
-use gstzmqmsgpack::jpeg::{Encoder, PackedFormat, Plane};
+use gstzmqsink::jpeg::{Encoder, PackedFormat, Plane};
 
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().unwrap();
-        gstzmqmsgpack::plugin_register_static().expect("register zmqmsgpack");
+        gstzmqsink::plugin_register_static().expect("register zmqmsgpack");
     });
 }
 

@@ -8,12 +8,14 @@ use gst::prelude::*;
 
 mod imp;
 
+pub(crate) use imp::RENAMED;
+
 glib::wrapper! {
     pub struct ZmqCollectSrc(ObjectSubclass<imp::ZmqCollectSrc>)
         @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
 }
 
-/// What the collector does with a result that finds its reorder buffer (`max-frames`) full.
+/// What the collector does with a result that finds its reorder buffer (`max-queue`) full.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
 #[enum_type(name = "GstZmqCollectQueuePolicy")]
@@ -67,7 +69,6 @@ pub enum CollectLateStart {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    CollectLateStart::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "zmqcollectsrc",

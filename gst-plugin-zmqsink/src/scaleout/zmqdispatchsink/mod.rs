@@ -8,6 +8,8 @@ use gst::prelude::*;
 
 mod imp;
 
+pub(crate) use imp::RENAMED;
+
 glib::wrapper! {
     pub struct ZmqDispatchSink(ObjectSubclass<imp::ZmqDispatchSink>)
         @extends gst_base::BaseSink, gst::Element, gst::Object;

@@ -8,6 +8,8 @@ use gst::prelude::*;
 
 mod imp;
 
+pub(crate) use imp::RENAMED;
+
 glib::wrapper! {
     pub struct ZmqWorkerSrc(ObjectSubclass<imp::ZmqWorkerSrc>)
         @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;

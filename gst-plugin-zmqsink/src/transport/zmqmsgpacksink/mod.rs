@@ -7,6 +7,8 @@ use gst::prelude::*;
 
 mod imp;
 
+pub(crate) use imp::RENAMED;
+
 glib::wrapper! {
     pub struct ZmqMsgpackSink(ObjectSubclass<imp::ZmqMsgpackSink>)
         @extends gst_base::BaseSink, gst::Element, gst::Object;

@@ -7,6 +7,8 @@ use gst::prelude::*;
 
 mod imp;
 
+pub(crate) use imp::RENAMED;
+
 glib::wrapper! {
     pub struct ZmqMsgpackSrc(ObjectSubclass<imp::ZmqMsgpackSrc>)
         @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
