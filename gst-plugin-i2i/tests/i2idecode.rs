@@ -161,7 +161,7 @@ fn frames_that_do_not_match_their_caps_are_dropped_and_counted() {
             _ => None,
         })
         .expect("stats at EOS");
-    assert_eq!(stats.get::<u64>("frames-invalid").unwrap(), 3);
+    assert_eq!(stats.get::<u64>("dropped-invalid").unwrap(), 3);
     assert_eq!(stats.get::<u64>("frames-out").unwrap(), 3);
     // One warning (rate-limited) naming the sizes.
     let warning = r
@@ -295,7 +295,7 @@ fn float16_latents_over_zeromq_are_half_the_bytes_and_close() {
 
 /// The frame index a ZeroMQ source or the collector put on a buffer.
 fn index_of(s: &gst::Sample) -> u64 {
-    gstzmqmsgpack::frame_index::index_of(s.buffer().unwrap()).expect("a frame index")
+    gstzmqsink::frame_index::index_of(s.buffer().unwrap()).expect("a frame index")
 }
 
 /// A decoder worker: latents from the dispatcher at `dispatch`, decoded, the RGB picture
@@ -308,7 +308,7 @@ fn decoder_worker(
     quality: i32,
 ) -> gst::Pipeline {
     launch(&format!(
-        "zmqworkersrc endpoint={dispatch} worker-name={name} heartbeat-interval=50 \
+        "zmqworkersrc endpoint={dispatch} client-name={name} heartbeat-interval=50 \
          ! i2idecode model={m} threads=1 ! video/x-raw,format=RGB ! tee name=t \
          ! queue ! zmqmsgpacksink socket-type=push bind=false endpoint={collect} quality={quality} \
          t. ! queue ! appsink name=out sync=false"
@@ -317,7 +317,7 @@ fn decoder_worker(
 
 /// The dispatcher's count of frames each worker took.
 fn frames_per_worker(stats: &gst::Structure) -> Vec<(String, u64)> {
-    gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list(stats)
+    gstzmqsink::scaleout::zmqdispatchsink::worker_list(stats)
         .iter()
         .map(|s| {
             (
@@ -353,7 +353,7 @@ fn a_decoder_farm_over_the_scaleout_elements_is_byte_identical_to_the_transform_
         primary.set_state(gst::State::Paused).unwrap();
         let d = primary.by_name("d").unwrap();
         let endpoint = |e: &gst::Element| {
-            e.property::<Option<String>>("bound-endpoint")
+            e.property::<Option<String>>("last-endpoint")
                 .expect("bound")
         };
         let (dispatch, collect) = (endpoint(&d), endpoint(&primary.by_name("c").unwrap()));
@@ -411,19 +411,19 @@ fn a_decoder_farm_over_the_scaleout_elements_is_byte_identical_to_the_transform_
         let split = frames_per_worker(&dstats);
         eprintln!("{name}: frames per worker {split:?}");
         assert_eq!(split.iter().map(|(_, n)| n).sum::<u64>(), 8, "{dstats}");
-        assert_eq!(dstats.get::<u64>("invalid").unwrap(), 0, "{dstats}");
+        assert_eq!(dstats.get::<u64>("dropped-invalid").unwrap(), 0, "{dstats}");
 
         // The collector gives them back in order, as the encoder makes them from the
         // transform alone's pictures.
         let results = results.lock().unwrap();
         assert_eq!(results.len(), 8, "{name}: {cstats}");
-        let mut encoder = gstzmqmsgpack::jpeg::Encoder::new(QUALITY).unwrap();
+        let mut encoder = gstzmqsink::jpeg::Encoder::new(QUALITY).unwrap();
         for (i, r) in results.iter().enumerate() {
             assert_eq!(index_of(r), i as u64, "{name}: out of order");
             let expected = encoder
                 .encode_packed(
-                    gstzmqmsgpack::jpeg::PackedFormat::Rgb,
-                    gstzmqmsgpack::jpeg::Plane {
+                    gstzmqsink::jpeg::PackedFormat::Rgb,
+                    gstzmqsink::jpeg::Plane {
                         data: &alone.bytes(i),
                         stride: 64 * 3,
                     },

@@ -42,16 +42,36 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 /// Largest latent width or height taken (8192 pixels).
 const MAX_LATENT: usize = 1024;
-/// Latent frames waiting for the decoder before upstream blocks.
-const MAX_QUEUE: u32 = 4;
 /// Warnings about bad frames: at most one per this interval (the rest are counted).
 const WARN_INTERVAL: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Settings {
     model: Option<String>,
     /// No `engine-cache-dir`: the decoder is not built with TensorRT engines cached.
     runtime: RuntimeSettings,
+    /// No `resize-mode`: latents are decoded at their own size.
+    stream: StreamSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            model: None,
+            runtime: RuntimeSettings::default(),
+            stream: default_stream(),
+        }
+    }
+}
+
+/// Every frame is decoded by default (a slow decoder makes upstream wait), and the stats
+/// are posted at EOS only.
+fn default_stream() -> StreamSettings {
+    StreamSettings {
+        drop_frames: DropFrames::Never,
+        stats_interval_ms: 0,
+        ..StreamSettings::default()
+    }
 }
 
 /// What the caps say about each latent frame.
@@ -182,15 +202,8 @@ impl InferElement for I2iDecode {
         &self.base
     }
 
-    /// Every frame is decoded (a slow decoder makes upstream wait); stats are posted at
-    /// EOS only.
     fn stream_settings(&self) -> StreamSettings {
-        StreamSettings {
-            max_queue: MAX_QUEUE,
-            drop_frames: DropFrames::Never,
-            stats_interval_ms: 0,
-            ..Default::default()
-        }
+        self.settings.lock().unwrap().stream
     }
 
     fn latency_settings(&self) -> LatencySettings {
@@ -431,7 +444,7 @@ impl I2iDecode {
                 self,
                 gst::StreamError::Decode,
                 (
-                    "Dropping a latent frame: {} ({} dropped so far, see stats frames-invalid)",
+                    "Dropping a latent frame: {} ({} dropped so far, see stats dropped-invalid)",
                     what,
                     n
                 )
@@ -452,8 +465,9 @@ impl ObjectImpl for I2iDecode {
             ]
             .into_iter()
             .chain(RuntimeSettings::param_specs(false))
+            .chain(default_stream().param_specs_from(I2iDecode::STATS_NAME, false))
             .chain([stats_param_spec(
-                "avg-decode-ms; frames-invalid counts payloads not matching the caps; posted as i2idecode-stats at EOS",
+                "avg-decode-ms; dropped-invalid counts payloads not matching the caps",
             )])
             .collect()
         });
@@ -469,6 +483,12 @@ impl ObjectImpl for I2iDecode {
         if s.runtime.set_property(name, value) {
             return;
         }
+        if s.stream.set_property(name, value) {
+            let stream = s.stream;
+            drop(s);
+            self.stream_settings_changed(&stream);
+            return;
+        }
         match name {
             "model" => s.model = value.get().unwrap(),
             _ => unreachable!("property {name} is not registered"),
@@ -482,6 +502,9 @@ impl ObjectImpl for I2iDecode {
         }
         let s = self.settings.lock().unwrap();
         if let Some(v) = s.runtime.property(name) {
+            return v;
+        }
+        if let Some(v) = s.stream.property(name) {
             return v;
         }
         match name {

@@ -22,6 +22,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
+use i2i_compat::{Alias, Deprecations};
 
 use crate::settings::command::Command;
 use crate::settings::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
@@ -43,6 +44,18 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("i2i live settings source"),
     )
 });
+
+/// Renamed properties whose old names still work for one release (docs/properties.md).
+pub(crate) const RENAMED: &[Alias] = &[Alias {
+    old: "report-name",
+    new: "client-name",
+}];
+
+/// Renamed stats fields, (old, new), still filled under the old names for one release.
+const RENAMED_STATS: &[(&str, &str)] = &[
+    ("local-endpoint", "last-endpoint"),
+    ("reports-dropped", "dropped-reports"),
+];
 
 const DEFAULT_ENDPOINT: &str = "tcp://localhost:5556";
 const DEFAULT_BIND: bool = false;
@@ -249,6 +262,7 @@ impl Drop for Receiver {
 }
 
 pub struct SettingsSrc {
+    deprecations: Deprecations,
     settings: Mutex<Settings>,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     receiver: Mutex<Option<Receiver>>,
@@ -257,6 +271,7 @@ pub struct SettingsSrc {
 impl Default for SettingsSrc {
     fn default() -> Self {
         SettingsSrc {
+            deprecations: Deprecations::default(),
             settings: Mutex::new(Settings::default()),
             shared: Arc::new((Mutex::new(Shared::default()), Condvar::new())),
             receiver: Mutex::new(None),
@@ -278,7 +293,7 @@ impl ObjectSubclass for SettingsSrc {
 impl ObjectImpl for SettingsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
+            let specs = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb(&format!(
@@ -320,24 +335,33 @@ impl ObjectImpl for SettingsSrc {
                     .blurb("With bind=true and curve-key: publishers allowed to send settings (a directory of NAME.key files, one certificate, or a file with one Z85 public key per line)")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("report-name")
-                    .nick("Report name")
+                glib::ParamSpecString::builder("client-name")
+                    .nick("Client name")
                     .blurb("How this transform is named in the applied and refused reports the settings holder shows (e.g. worker-3); default: the downstream element's name, the host and the process id (i2i@stage-left/4242)")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, local-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt)")
+                glib::ParamSpecString::builder("last-endpoint")
+                    .nick("Last endpoint")
+                    .blurb("The endpoint actually bound (with the port ZeroMQ picked for tcp://HOST:*) or connected")
                     .read_only()
                     .build(),
-            ]
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, last-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt), dropped-reports (given up: no connection to the holder in time, or too many waiting)")
+                    .read_only()
+                    .build(),
+            ];
+            i2i_compat::param_specs(specs, RENAMED)
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
         let mut s = lock(&self.settings);
-        match pspec.name() {
+        match name {
             "endpoint" => {
                 s.endpoint = value
                     .get::<Option<String>>()
@@ -355,14 +379,17 @@ impl ObjectImpl for SettingsSrc {
             "curve-key" => s.curve_key = non_empty(value),
             "curve-server-key" => s.curve_server_key = non_empty(value),
             "curve-allow" => s.curve_allow = non_empty(value),
-            "report-name" => s.report_name = non_empty(value),
+            "client-name" => s.report_name = non_empty(value),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
         let s = lock(&self.settings);
-        match pspec.name() {
+        match name {
             "endpoint" => s.endpoint.to_value(),
             "bind" => s.bind.to_value(),
             "socket-type" => s.socket_type.to_value(),
@@ -370,10 +397,14 @@ impl ObjectImpl for SettingsSrc {
             "curve-key" => s.curve_key.to_value(),
             "curve-server-key" => s.curve_server_key.to_value(),
             "curve-allow" => s.curve_allow.to_value(),
-            "report-name" => s.report_name.to_value(),
+            "client-name" => s.report_name.to_value(),
+            "last-endpoint" => {
+                let e = lock(&self.shared.0).stats.local_endpoint.clone();
+                Some(e).filter(|e| !e.is_empty()).to_value()
+            }
             "stats" => {
                 let st = lock(&self.shared.0).stats.clone();
-                gst::Structure::builder("application/x-settingssrc-stats")
+                let mut stats = gst::Structure::builder("settingssrc-stats")
                     .field("received", st.received)
                     .field("snapshots", st.snapshots)
                     .field("commands", st.commands)
@@ -385,13 +416,14 @@ impl ObjectImpl for SettingsSrc {
                     .field("epoch", st.epoch)
                     .field("seq", st.seq)
                     .field("last-error", st.last_error.unwrap_or_default())
-                    .field("local-endpoint", st.local_endpoint)
+                    .field("last-endpoint", st.local_endpoint)
                     .field("reported", st.reported)
-                    .field("reports-dropped", st.reports_dropped)
-                    .build()
-                    .to_value()
+                    .field("dropped-reports", st.reports_dropped)
+                    .build();
+                i2i_compat::with_old_fields(&mut stats, RENAMED_STATS);
+                stats.to_value()
             }
-            _ => unreachable!("property {} is not registered", pspec.name()),
+            _ => unreachable!("property {name} is not registered"),
         }
     }
 
@@ -415,6 +447,14 @@ fn non_empty(value: &glib::Value) -> Option<String> {
 impl GstObjectImpl for SettingsSrc {}
 
 impl ElementImpl for SettingsSrc {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        self.deprecations.post_pending(&*self.obj());
+        self.parent_change_state(transition)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -829,7 +869,7 @@ impl SettingsSrc {
 }
 
 impl SettingsSrc {
-    /// `report-name`, or the transform this element feeds (the peer of its src pad), the
+    /// `client-name`, or the transform this element feeds (the peer of its src pad), the
     /// host and the process id: several workers on one machine stay apart.
     fn report_name(&self) -> String {
         if let Some(n) = lock(&self.settings).report_name.clone() {

@@ -7,6 +7,8 @@ use gst::prelude::*;
 
 mod imp;
 
+pub(crate) use imp::RENAMED;
+
 /// The kind of ZeroMQ socket settingssrc receives on.
 #[derive(Debug, Eq, PartialEq, Clone, Copy, glib::Enum)]
 #[repr(u32)]
