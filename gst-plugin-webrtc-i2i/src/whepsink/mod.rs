@@ -6,6 +6,8 @@ use gst::prelude::*;
 
 mod imp;
 
+pub(crate) use imp::{Codec, RENAMED};
+
 glib::wrapper! {
     pub struct WhepSink(ObjectSubclass<imp::WhepSink>) @extends gst::Bin, gst::Element, gst::Object;
 }

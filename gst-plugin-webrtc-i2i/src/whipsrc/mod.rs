@@ -6,6 +6,8 @@ use gst::prelude::*;
 
 mod imp;
 
+pub(crate) use imp::BusyPolicy;
+
 glib::wrapper! {
     pub struct WhipSrc(ObjectSubclass<imp::WhipSrc>) @extends gst::Bin, gst::Element, gst::Object;
 }
