@@ -25,12 +25,21 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from i2i_models import clip_vocab, configs, sdxl, style, tiny  # noqa: E402
+from i2i_models import clip_vocab, configs, ipadapter, lora, sdxl, style, tiny  # noqa: E402
 from i2i_models.graph import save  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # The onnxtransform models (one ONNX file each, not the diffusers layout).
 STYLE = "style-tiny"
+
+
+def _ort_version() -> str:
+    """ONNX Runtime writes the LoRA adapter files (tiny-lora/loras/)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "none"
+    return onnxruntime.__version__
 
 
 def generator_hash() -> str:
@@ -39,7 +48,7 @@ def generator_hash() -> str:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     h.update(clip_vocab.BPE_GZ_SHA256.encode())
-    h.update(f"onnx={onnx.__version__} numpy={np.__version__}".encode())
+    h.update(f"onnx={onnx.__version__} numpy={np.__version__} onnxruntime={_ort_version()}".encode())
     return h.hexdigest()[:24]
 
 
@@ -51,9 +60,20 @@ def expected_files(name: str) -> list[str]:
         return ["model.onnx"]
     if name == STYLE:
         return style.expected_files()
+    ip = next((v for v in ipadapter.VARIANTS if v.name == name), None)
+    if ip is not None:
+        base = sdxl.expected_files(ip.base_sdxl()) if ip.xl else sd_files()
+        return base + ipadapter.EXTRA_FILES
+    if name == lora.NAME:
+        return sd_files() + lora.expected_files()
     xl = next((v for v in sdxl.VARIANTS if v.name == name), None)
     if xl is not None:
         return sdxl.expected_files(xl)
+    return sd_files()
+
+
+def sd_files() -> list[str]:
+    """The files of a tiny SD 1.x / 2.x model folder."""
     files = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/special_tokens_map.json",
              "tokenizer/tokenizer_config.json"]
     files += [f"{c}/{f}" for c in COMPONENTS for f in ("model.onnx", "config.json")]
@@ -101,6 +121,12 @@ def build_all(out: Path, log) -> None:
                                            d / "model.onnx")))
     builders += [(v.name, lambda d, v=v: sdxl.write(d, v, vocab, merges, tok_cache)) for v in sdxl.VARIANTS]
     builders.append((STYLE, style.write))
+    for v in ipadapter.VARIANTS:  # the base folder first, then the IP-Adapter parts
+        base = (lambda d, v=v: sdxl.write(d, v.base_sdxl(), vocab, merges, tok_cache)) if v.xl else \
+            (lambda d, v=v: write_tiny(d, v.base_tiny(), vocab, merges, tok_cache))
+        builders.append((v.name, lambda d, v=v, base=base: (base(d), ipadapter.write(d, v))))
+    builders.append((lora.NAME, lambda d: (write_tiny(d, lora.VARIANT.base_tiny(), vocab, merges, tok_cache),
+                                           lora.write(d))))
     try:
         from i2i_models import demo
     except ImportError:
@@ -121,6 +147,7 @@ def build_all(out: Path, log) -> None:
 
 def model_names() -> list[str]:
     names = [v.name for v in tiny.VARIANTS + tiny.CONTROLNET_VARIANTS] + [v.name for v in sdxl.VARIANTS] + [STYLE, DEPTH]
+    names += [v.name for v in ipadapter.VARIANTS] + [lora.NAME]
     if (HERE / "i2i_models" / "demo.py").exists():
         names.insert(0, "demo")
     return names

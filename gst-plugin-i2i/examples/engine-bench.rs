@@ -261,6 +261,7 @@ fn main() {
         fp16: a.fp16,
         engine_cache_dir: Some(cache.join("engine")),
         intra_threads: a.threads,
+        ..Default::default()
     };
     let params = StreamParams {
         prompt: "a watercolor painting of a lighthouse".into(),

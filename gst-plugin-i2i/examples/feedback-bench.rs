@@ -155,6 +155,7 @@ fn main() {
         fp16: false,
         engine_cache_dir: None,
         intra_threads: a.threads,
+        ..Default::default()
     };
     let params = StreamParams {
         prompt: "a watercolor painting of a garden".into(),

@@ -40,6 +40,7 @@ fn opts(dir: &Path) -> LoadOptions {
         fp16: false,
         engine_cache_dir: None,
         intra_threads: 1,
+        ..Default::default()
     }
 }
 

@@ -31,6 +31,7 @@ fn missing_library_is_a_clear_error_then_recovers() {
         fp16: false,
         engine_cache_dir: None,
         intra_threads: 1,
+        ..Default::default()
     };
     let params = StreamParams::default();
 

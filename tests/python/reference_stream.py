@@ -8,7 +8,8 @@ fixed per-seed noise the stream batch of the engine must give the same result pe
     python tests/python/reference_stream.py --model DIR --width W --height H --inputs DIR --prompt P \
         --negative-prompt NP --seed S --t-index-list 32,45 --num-inference-steps 50 --guidance-scale G \
         --delta D --cfg-type none|full|self|initialize --add-noise 0|1 --out DIR [--png] [--dump] \
-        [--latent-feedback S --batch-size B] [--controlnet-scales 1.0,0.5]
+        [--latent-feedback S --batch-size B] [--controlnet-scales 1.0,0.5] [--prompt-weighting 0|1]
+        [--ip-adapter-image FILE --ip-adapter-scale S|S1,S2,...] [--lora FILE[:SCALE][,FILE[:SCALE]...]]
 
 Reads INPUTS/frame_%03d.rgb (packed RGB8, H*W*3 bytes) from 000 on while they exist, writes
 OUT/frame_%03d.f32 (float32 little-endian, planar [3, H, W] in [0, 1]).
@@ -26,6 +27,11 @@ controlnet_conds / conditioning_scales as diffusers' export): every UNet row of 
 [num, 1, 3, H, W] = v / 255 of INPUTS/control_%03d_%d.rgb (frame, ControlNet) where present, else of the frame
 itself, and the scales of --controlnet-scales (default 1 for each; one value applies to all).
 
+Styles (reference_style.py): prompts are weighted as A1111 weights them ((text:1.3), [text]; --prompt-weighting 0
+encodes them verbatim); a UNet with `ipadapter_scale` gets the image tokens of --ip-adapter-image (zero tokens
+without one) after the text rows, the negative tokens on the guidance rows, and --ip-adapter-scale; a UNet with
+LoRA inputs gets the --lora adapters bound side by side (zeros without one).
+
 Latent feedback (the livepeer fork's formula): with S > 0 the scaled latent of frame k becomes
 (1 - S) * z_k + S * z_prev before the noise is added, z_prev being the final latent x0 of the newest frame
 that is out when frame k enters the stream batch. With n steps and B frames per call (full calls), frame k
@@ -35,7 +41,6 @@ enters at call c = k // B and the newest frame out then is (c - n + 1) * B - 1 (
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -43,6 +48,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import i2i_noise  # noqa: E402
+import onnx_adapter  # noqa: E402
+import reference_style as style  # noqa: E402
 
 CFG_TYPES = ("none", "full", "self", "initialize")
 
@@ -130,12 +137,7 @@ ORT_TO_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RefError(f"{path}: missing")
-    except json.JSONDecodeError as e:
-        raise RefError(f"{path}: not valid JSON ({e})")
+    return style.read_json(path, RefError)
 
 
 class Model:
@@ -175,6 +177,16 @@ class Model:
             index = root / "model_index.json"
             self.force_zeros = bool(_read_json(index).get("force_zeros_for_empty_prompt", True)) \
                 if index.is_file() else True
+        # IP-Adapter: the last N rows of encoder_hidden_states are image tokens, one scale per IP layer.
+        self.ip_layers = 0
+        if "ipadapter_scale" in unet_in:
+            ip_shape, ehs_shape = unet_in["ipadapter_scale"].shape, unet_in["encoder_hidden_states"].shape
+            if len(ip_shape) != 1 or not isinstance(ip_shape[0], int) or not isinstance(ehs_shape[1], int):
+                raise RefError(f"{root / 'unet' / 'model.onnx'}: ipadapter_scale {ip_shape} and "
+                               f"encoder_hidden_states {ehs_shape} need a fixed layer count and sequence length")
+            self.ip_layers, self.ip_tokens = ip_shape[0], ehs_shape[1] - 77
+        self.lora_slots = style.lora_slots(self.sess["unet"].get_inputs())
+        self.weighting = True
         self.sched_cfg = _read_json(root / "scheduler" / "scheduler_config.json")
         vae_cfg_path = root / "vae_decoder" / "config.json"
         default_sf = 0.13025 if self.xl else 0.18215
@@ -216,23 +228,34 @@ class Model:
             raise RefError(f"{self.root / comp / 'model.onnx'}: no hidden_states.N outputs (has {outs})")
         return f"hidden_states.{layers[-1] - 1}"
 
+    def _weighted_ids(self, tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """ids [1, 77] and per-token weights [77] (all 1 with prompt weighting off)."""
+        if not self.weighting:
+            return self._ids(tokenizer, text), np.ones(77, np.float32)
+        ids, w = style.weighted_tokens(tokenizer, text)
+        return ids[None], w
+
     def encode_prompt(self, text: str) -> dict:
         """The UNet's conditioning inputs for one prompt: encoder_hidden_states [1, 77, E] and, for SDXL,
         text_embeds [1, P] (time_ids are added per frame size by `conditioning`)."""
+        ids, w = self._weighted_ids(self.tokenizer, text)
         if not self.xl:
             outs = self._outputs("text_encoder")
             name = "last_hidden_state" if "last_hidden_state" in outs else outs[0]
-            return {"encoder_hidden_states": self._run("text_encoder", {"input_ids": self._ids(self.tokenizer, text)},
-                                                       [name])[0]}
+            z = self._run("text_encoder", {"input_ids": ids}, [name])[0]
+            return {"encoder_hidden_states": style.apply_weights(z, w)}
         # diffusers StableDiffusionXLPipeline.encode_prompt: hidden_states[-2] of both encoders, concatenated;
-        # pooled = text_embeds of the second encoder (the ORT demo names it text_embeddings).
-        h1 = self._run("text_encoder", {"input_ids": self._ids(self.tokenizer, text)},
-                       [self._penultimate("text_encoder")])[0]
+        # pooled = text_embeds of the second encoder (the ORT demo names it text_embeddings). Weights apply to
+        # each encoder's hidden states on its own; the pooled vector stays unweighted.
+        h1 = style.apply_weights(self._run("text_encoder", {"input_ids": ids}, [self._penultimate("text_encoder")])[0],
+                                 w)
         outs2 = self._outputs("text_encoder_2")
         pooled_name = "text_embeds" if "text_embeds" in outs2 else "text_embeddings"
-        h2, pooled = self._run("text_encoder_2", {"input_ids": self._ids(self.tokenizer_2, text)},
+        ids2, w2 = self._weighted_ids(self.tokenizer_2, text)
+        h2, pooled = self._run("text_encoder_2", {"input_ids": ids2},
                                [self._penultimate("text_encoder_2"), pooled_name])
-        return {"encoder_hidden_states": np.concatenate([h1, h2], axis=-1), "text_embeds": pooled}
+        return {"encoder_hidden_states": np.concatenate([h1, style.apply_weights(h2, w2)], axis=-1),
+                "text_embeds": pooled}
 
     def encode_negative(self, text: str) -> dict:
         """SDXL with force_zeros_for_empty_prompt and an empty negative prompt: zeros (as diffusers)."""
@@ -365,12 +388,57 @@ def parse_args(argv):
                     help="frames per engine call (which earlier frame is z_prev with latent feedback)")
     ap.add_argument("--controlnet-scales", default="",
                     help="ControlNet scales, comma-separated (one applies to all; default 1 each)")
+    ap.add_argument("--prompt-weighting", type=int, choices=(0, 1), default=1,
+                    help="1: (text:1.3) / [text] weights as A1111 (default); 0: prompts verbatim")
+    ap.add_argument("--ip-adapter-image", type=Path, default=None,
+                    help="the IP-Adapter picture (any file PIL reads) for a UNet with ipadapter_scale")
+    ap.add_argument("--ip-adapter-scale", default="1.0",
+                    help="one IP-Adapter scale, or one per IP layer, comma-separated (default 1.0)")
+    ap.add_argument("--lora", default="", help="LoRA adapters FILE[:SCALE][,FILE[:SCALE]...] (.onnx_adapter)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--png", action="store_true", help="also write OUT/frame_%%03d.png")
     ap.add_argument("--dump", action="store_true",
                     help="also write OUT/frame_%%03d.npz with the intermediate tensors (x, z, X_i, eps_i, x0_i, "
                          "S_i, y) and OUT/common.npz with the noise, the schedule and the embeddings")
     return ap.parse_args(argv)
+
+
+def style_feeds(m: Model, args) -> tuple[dict, dict, dict]:
+    """The UNet inputs of the IP-Adapter and LoRA options: (cond extras, uncond extras, image tokens)."""
+    common: dict = {}
+    tokens: dict = {}
+    if args.ip_adapter_image is not None and not m.ip_layers:
+        raise RefError(f"--ip-adapter-image: {m.root / 'unet' / 'model.onnx'} has no ipadapter_scale input "
+                       "(not an IP-Adapter model)")
+    if m.ip_layers:
+        try:
+            scales = [float(s) for s in args.ip_adapter_scale.split(",") if s.strip()]
+        except ValueError:
+            raise RefError(f"--ip-adapter-scale {args.ip_adapter_scale!r}: expected numbers")
+        common["ipadapter_scale"] = style.scale_vector(scales, m.ip_layers)
+        D = m._inputs("unet")["encoder_hidden_states"].shape[2]
+        zero = np.zeros((1, m.ip_tokens, D), np.float32)
+        tokens = {"tokens": zero, "negative_tokens": zero}
+        if args.ip_adapter_image is not None:
+            from PIL import Image
+
+            side = style.ImageSide(m.root, args.threads)
+            try:
+                rgb = np.asarray(Image.open(args.ip_adapter_image).convert("RGB"))
+            except (OSError, ValueError) as e:
+                raise RefError(f"--ip-adapter-image {args.ip_adapter_image}: cannot decode ({e})")
+            tokens = {"tokens": side.tokens(rgb), "negative_tokens": side.negative_tokens()}
+    lora = style.parse_lora_list(args.lora)
+    if lora and not m.lora_slots:
+        raise RefError(f"--lora: {m.root / 'unet' / 'model.onnx'} has no LoRA inputs (NAME.lora_A.weight)")
+    if m.lora_slots:
+        active = []
+        for path, scale in lora:
+            adapter = onnx_adapter.read(path)
+            style.check_adapter(adapter, m.lora_slots, path)
+            active.append((adapter, scale))
+        common.update(style.lora_feeds(m.lora_slots, active))
+    return common, dict(common), tokens
 
 
 def run(args) -> int:
@@ -386,10 +454,19 @@ def run(args) -> int:
     if not args.model.is_dir():
         raise RefError(f"{args.model}: not a directory")
     m = Model(args.model, args.threads)
+    m.weighting = bool(args.prompt_weighting)
     sch = schedule(m.sched_cfg, t_index, args.num_inference_steps)
     noise = i2i_noise.init_noise(args.seed, len(t_index), H // 8, W // 8)
     cond = m.conditioning(m.encode_prompt(args.prompt), H, W)
     uncond = m.conditioning(m.encode_negative(args.negative_prompt), H, W)
+    try:
+        extra = style_feeds(m, args)
+    except (style.StyleError, onnx_adapter.AdapterError) as e:
+        raise RefError(str(e))
+    cond, uncond = {**cond, **extra[0]}, {**uncond, **extra[1]}
+    if "tokens" in extra[2]:
+        cond = style.append_tokens(cond, extra[2]["tokens"])
+        uncond = style.append_tokens(uncond, extra[2]["negative_tokens"])
     if not 0.0 <= args.latent_feedback <= 1.0:
         raise RefError(f"--latent-feedback {args.latent_feedback}: expected 0 to 1")
     if args.batch_size < 1:

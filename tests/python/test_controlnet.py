@@ -12,20 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import make_models  # noqa: E402
 from i2i_models import sdxl, tiny  # noqa: E402
 
 CN = [v.name for v in tiny.CONTROLNET_VARIANTS] + [v.name for v in sdxl.VARIANTS if v.controlnets]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    for out in (ROOT / "models", ROOT / "models-local"):
-        if make_models.up_to_date(out, make_models.generator_hash()):
-            return out
-    out = tmp_path_factory.mktemp("models")
-    assert make_models.main(["--out", str(out), "--quiet"]) == 0
-    return out
 
 
 def session(path):

@@ -29,6 +29,7 @@ pub mod tokenizer;
 
 pub use engine::{Engine, Preprocessor};
 pub use error::EngineError;
+pub use provider::{DEFAULT_TRT_PROFILE, TrtSizeProfile};
 pub use runtime::{LogLevel, set_logger};
 
 /// How the negative (unconditional) side of classifier-free guidance is formed.
@@ -74,6 +75,8 @@ pub struct LoadOptions {
     pub engine_cache_dir: Option<PathBuf>,
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime decide.
     pub intra_threads: usize,
+    /// The image sizes one TensorRT engine covers; `width` x `height` must lie within.
+    pub trt_profile: TrtSizeProfile,
 }
 
 /// Settings that may change while the stream runs; applied by [`Engine::set_params`]
@@ -279,6 +282,7 @@ impl Default for LoadOptions {
             fp16: true,
             engine_cache_dir: None,
             intra_threads: 0,
+            trt_profile: TrtSizeProfile::default(),
         }
     }
 }

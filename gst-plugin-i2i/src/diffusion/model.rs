@@ -1008,6 +1008,8 @@ impl Model {
         let mut last_err = None;
         for provider in candidates {
             let cache_dir = if provider == ExecutionProvider::TensorRt {
+                // Refused before any engine is built (with auto too: not passed over to CUDA).
+                opts.trt_profile.check(opts.width, opts.height)?;
                 Some(trt_cache_dir(opts, &files, unet_rows)?)
             } else {
                 None
@@ -1076,6 +1078,9 @@ impl Model {
         let (lh, lw) = (h / 8, w / 8);
         let bs = opts.batch_size;
         let trt = factory.provider == ExecutionProvider::TensorRt;
+        // Image and latent sides (height, width) at the profile's min, opt and max.
+        let [im0, im1, im2] = opts.trt_profile.hw(1);
+        let [la0, la1, la2] = opts.trt_profile.hw(8);
         // Profiles name the inputs the graph declares with a dynamic dimension, at the
         // graph's rank (a scalar timestep is left out); read from the file, since the
         // session does not exist yet.
@@ -1140,9 +1145,9 @@ impl Model {
         let control_part = |name| {
             (
                 name,
-                vec![controlnets, 1, 3, h, w],
-                vec![controlnets, typ, 3, h, w],
-                vec![controlnets, max, 3, h, w],
+                vec![controlnets, 1, 3, im0.0, im0.1],
+                vec![controlnets, typ, 3, im1.0, im1.1],
+                vec![controlnets, max, 3, im2.0, im2.1],
             )
         };
         let unet_profile = profile(
@@ -1152,9 +1157,9 @@ impl Model {
                 control_part(CONTROLNET_IMAGES[1]),
                 (
                     "sample",
-                    vec![1, 4, lh, lw],
-                    vec![typ, 4, lh, lw],
-                    vec![max, 4, lh, lw],
+                    vec![1, 4, la0.0, la0.1],
+                    vec![typ, 4, la1.0, la1.1],
+                    vec![max, 4, la2.0, la2.1],
                 ),
                 ("timestep", vec![1], vec![typ], vec![max]),
                 (
@@ -1200,15 +1205,15 @@ impl Model {
             &[
                 (
                     "sample",
-                    vec![1, 3, h, w],
-                    vec![bs, 3, h, w],
-                    vec![bs, 3, h, w],
+                    vec![1, 3, im0.0, im0.1],
+                    vec![bs, 3, im1.0, im1.1],
+                    vec![bs, 3, im2.0, im2.1],
                 ),
                 (
                     "images",
-                    vec![1, 3, h, w],
-                    vec![bs, 3, h, w],
-                    vec![bs, 3, h, w],
+                    vec![1, 3, im0.0, im0.1],
+                    vec![bs, 3, im1.0, im1.1],
+                    vec![bs, 3, im2.0, im2.1],
                 ),
             ],
         )?;
@@ -1219,15 +1224,15 @@ impl Model {
             &[
                 (
                     "latent_sample",
-                    vec![1, 4, lh, lw],
-                    vec![bs, 4, lh, lw],
-                    vec![bs, 4, lh, lw],
+                    vec![1, 4, la0.0, la0.1],
+                    vec![bs, 4, la1.0, la1.1],
+                    vec![bs, 4, la2.0, la2.1],
                 ),
                 (
                     "latent",
-                    vec![1, 4, lh, lw],
-                    vec![bs, 4, lh, lw],
-                    vec![bs, 4, lh, lw],
+                    vec![1, 4, la0.0, la0.1],
+                    vec![bs, 4, la1.0, la1.1],
+                    vec![bs, 4, la2.0, la2.1],
                 ),
             ],
         )?;

@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Execution-provider set-up: which providers to try ([`candidates`]), how a session is
-//! opened on one of them ([`SessionFactory`]), the TensorRT optimisation profiles and the
+//! opened on one of them ([`SessionFactory`]), the TensorRT optimisation profiles (one
+//! engine covers the range of image sizes of [`TrtSizeProfile`], `trt-profile`) and the
 //! TensorRT engine cache directory, keyed so that a changed model or setting never picks a
 //! stale engine.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use ort::ep;
+use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
 use super::graph::Graph;
+use super::onnx_proto::DeclaredInput;
 use super::runtime::{LogLevel, log};
 use super::{EngineError, ExecutionProvider, LoadOptions};
 
@@ -60,22 +62,139 @@ pub type ProfilePart<'a> = (&'a str, Vec<usize>, Vec<usize>, Vec<usize>);
 pub fn trt_profile(file: &Path, parts: &[ProfilePart<'_>]) -> Result<TrtProfile, EngineError> {
     let declared = super::onnx_proto::graph_inputs(file)
         .map_err(|e| EngineError::invalid(file, format!("cannot read the graph inputs: {e}")))?;
-    let kept: Vec<&ProfilePart<'_>> = parts
+    Ok(profile_for(&declared, parts))
+}
+
+/// [`trt_profile`] on inputs already read: dimensions the graph fixes keep the graph's
+/// value in all three shapes (a graph exported at 512 x 512 with a dynamic batch gets a
+/// batch range only), since TensorRT refuses a profile that contradicts the graph.
+pub fn profile_for(declared: &[DeclaredInput], parts: &[ProfilePart<'_>]) -> TrtProfile {
+    let kept: Vec<(&ProfilePart<'_>, &DeclaredInput)> = parts
         .iter()
-        .filter(|p| {
+        .filter_map(|p| {
             declared
                 .iter()
-                .any(|d| d.name == p.0 && d.is_dynamic() && d.dims.len() == p.1.len())
+                .find(|d| d.name == p.0 && d.is_dynamic() && d.dims.len() == p.1.len())
+                .map(|d| (p, d))
         })
         .collect();
-    let join = |f: &dyn Fn(&ProfilePart<'_>) -> String| {
-        kept.iter().map(|p| f(p)).collect::<Vec<_>>().join(",")
+    let join = |pick: &dyn for<'p> Fn(&'p ProfilePart<'_>) -> &'p [usize]| {
+        kept.iter()
+            .map(|(p, d)| {
+                let dims: Vec<usize> = pick(p)
+                    .iter()
+                    .zip(&d.dims)
+                    .map(|(&want, fixed)| fixed.map_or(want, |f| f.max(0) as usize))
+                    .collect();
+                trt_dims(p.0, &dims)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     };
-    Ok(TrtProfile {
-        min: join(&|p| trt_dims(p.0, &p.1)),
-        opt: join(&|p| trt_dims(p.0, &p.2)),
-        max: join(&|p| trt_dims(p.0, &p.3)),
-    })
+    TrtProfile {
+        min: join(&|p| &p.1),
+        opt: join(&|p| &p.2),
+        max: join(&|p| &p.3),
+    }
+}
+
+/// The image sizes one TensorRT engine covers (`trt-profile=MINWxMINH:OPTWxOPTH:MAXWxMAXH`):
+/// the engine is built for every size from `min` to `max` (each side a multiple of 8) and
+/// tuned for `opt`, so a new input size within the range (`size-from-input`, a changed
+/// `width` / `height`) reuses the cached engine instead of building another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrtSizeProfile {
+    /// (width, height) of each end and of the size TensorRT tunes for.
+    pub min: (u32, u32),
+    pub opt: (u32, u32),
+    pub max: (u32, u32),
+}
+
+/// `trt-profile`'s default: one engine for 256 x 256 up to 1024 x 1024, tuned for 512 x 512.
+pub const DEFAULT_TRT_PROFILE: &str = "256x256:512x512:1024x1024";
+
+impl Default for TrtSizeProfile {
+    fn default() -> Self {
+        TrtSizeProfile {
+            min: (256, 256),
+            opt: (512, 512),
+            max: (1024, 1024),
+        }
+    }
+}
+
+impl std::fmt::Display for TrtSizeProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c] = [self.min, self.opt, self.max];
+        write!(f, "{}x{}:{}x{}:{}x{}", a.0, a.1, b.0, b.1, c.0, c.1)
+    }
+}
+
+impl std::str::FromStr for TrtSizeProfile {
+    type Err = EngineError;
+
+    /// `MINWxMINH:OPTWxOPTH:MAXWxMAXH`, each side a positive multiple of 8 and
+    /// `min <= opt <= max` side by side.
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        let bad = |why: &str| {
+            EngineError::argument(
+                "trt-profile",
+                format!("MINWxMINH:OPTWxOPTH:MAXWxMAXH (e.g. {DEFAULT_TRT_PROFILE}), {why}"),
+                format!("'{s}'"),
+            )
+        };
+        let sizes: Vec<(u32, u32)> = s
+            .trim()
+            .split(':')
+            .map(|part| {
+                let (w, h) = part.trim().split_once(['x', 'X'])?;
+                Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("three sizes WIDTHxHEIGHT"))?;
+        let [min, opt, max] = sizes[..] else {
+            return Err(bad("three sizes WIDTHxHEIGHT"));
+        };
+        if sizes
+            .iter()
+            .any(|&(w, h)| w == 0 || h == 0 || w % 8 != 0 || h % 8 != 0)
+        {
+            return Err(bad("each side a positive multiple of 8"));
+        }
+        let le = |a: (u32, u32), b: (u32, u32)| a.0 <= b.0 && a.1 <= b.1;
+        if !le(min, opt) || !le(opt, max) {
+            return Err(bad("min <= opt <= max in width and in height"));
+        }
+        Ok(TrtSizeProfile { min, opt, max })
+    }
+}
+
+impl TrtSizeProfile {
+    pub fn contains(&self, width: u32, height: u32) -> bool {
+        (self.min.0..=self.max.0).contains(&width) && (self.min.1..=self.max.1).contains(&height)
+    }
+
+    /// A size outside the range is refused before TensorRT builds anything.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), EngineError> {
+        if self.contains(width, height) {
+            return Ok(());
+        }
+        Err(EngineError::argument(
+            "width/height",
+            format!(
+                "a size within the TensorRT profile {}x{} to {}x{} (trt-profile={self}; one engine covers that range: \
+                 widen trt-profile to take this size, which builds a new engine once)",
+                self.min.0, self.min.1, self.max.0, self.max.1
+            ),
+            format!("{width}x{height}"),
+        ))
+    }
+
+    /// `[min, opt, max]` of an image dimension pair divided by `div` (8 for latents):
+    /// (height, width) each.
+    pub fn hw(&self, div: u32) -> [(usize, usize); 3] {
+        [self.min, self.opt, self.max].map(|(w, h)| ((h / div) as usize, (w / div) as usize))
+    }
 }
 
 /// Where and how sessions are created.
@@ -99,25 +218,12 @@ impl SessionFactory {
                     .error_on_failure(),
             ],
             ExecutionProvider::TensorRt => {
-                let mut trt = ep::TensorRT::default()
-                    .with_device_id(self.device_id)
-                    .with_fp16(self.fp16)
-                    .with_engine_cache(true)
-                    .with_timing_cache(true);
-                if let Some(dir) = &self.cache_dir {
-                    let d = dir.display().to_string();
-                    trt = trt
-                        .with_engine_cache_path(d.clone())
-                        .with_timing_cache_path(d);
-                }
-                if let Some(p) = trt_profile
-                    && !p.min.is_empty()
-                {
-                    trt = trt
-                        .with_profile_min_shapes(p.min.clone())
-                        .with_profile_opt_shapes(p.opt.clone())
-                        .with_profile_max_shapes(p.max.clone());
-                }
+                let trt = self
+                    .trt_options(trt_profile)
+                    .into_iter()
+                    .fold(ep::TensorRT::default(), |t, (k, v)| {
+                        t.with_arbitrary_config(k, v)
+                    });
                 vec![
                     trt.build().error_on_failure(),
                     // Nodes TensorRT does not take run on CUDA, not on the CPU.
@@ -128,6 +234,32 @@ impl SessionFactory {
                 ]
             }
         }
+    }
+
+    /// The options handed to ONNX Runtime's TensorRT provider (its option names), in order:
+    /// device, precision, engine and timing caches, and the profile shapes when the graph
+    /// has dynamic inputs.
+    pub fn trt_options(&self, trt_profile: Option<&TrtProfile>) -> Vec<(&'static str, String)> {
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let mut o = vec![
+            ("device_id", self.device_id.to_string()),
+            ("trt_fp16_enable", flag(self.fp16)),
+            ("trt_engine_cache_enable", flag(true)),
+            ("trt_timing_cache_enable", flag(true)),
+        ];
+        if let Some(dir) = &self.cache_dir {
+            let d = dir.display().to_string();
+            o.push(("trt_engine_cache_path", d.clone()));
+            o.push(("trt_timing_cache_path", d));
+        }
+        if let Some(p) = trt_profile
+            && !p.min.is_empty()
+        {
+            o.push(("trt_profile_min_shapes", p.min.clone()));
+            o.push(("trt_profile_opt_shapes", p.opt.clone()));
+            o.push(("trt_profile_max_shapes", p.max.clone()));
+        }
+        o
     }
 
     pub fn open(
@@ -199,12 +331,14 @@ pub fn provider_error(p: ExecutionProvider, reason: String) -> EngineError {
     let fix = match p {
         ExecutionProvider::TensorRt => {
             "use an ONNX Runtime build with TensorRT (the onnxruntime-gpu wheel's libonnxruntime.so via \
-             ORT_DYLIB_PATH, with TensorRT 10, CUDA 12 and cuDNN 9 libraries on the library path), or \
+             ORT_DYLIB_PATH, with TensorRT 10, cuDNN 9 and the CUDA libraries it was built for (CUDA 13 for \
+             onnxruntime-gpu 1.31) on the library path), or \
              execution-provider=cuda / cpu / auto"
         }
         ExecutionProvider::Cuda => {
             "use an ONNX Runtime build with CUDA (the onnxruntime-gpu wheel's libonnxruntime.so via \
-             ORT_DYLIB_PATH, with CUDA 12 and cuDNN 9 libraries on the library path and a GPU), or \
+             ORT_DYLIB_PATH, with cuDNN 9 and the CUDA libraries it was built for (CUDA 13 for onnxruntime-gpu \
+             1.31) on the library path and a GPU), or \
              execution-provider=cpu / auto"
         }
         _ => "use execution-provider=cpu",
@@ -245,9 +379,10 @@ impl Hasher for Fnv {
     }
 }
 
-/// `<engine_cache_dir>/<key>`: the key hashes the graph files (size, mtime), the image
-/// size, the batch sizes and the precision, so a changed model or setting never picks a
-/// stale engine.
+/// `<engine_cache_dir>/<key>`: the key hashes the graph files (size, mtime), the size
+/// profile (not the image size: every size within `trt-profile` shares the engine), the
+/// batch sizes and the precision, so a changed model or setting never picks a stale
+/// engine.
 pub fn trt_cache_dir(
     opts: &LoadOptions,
     files: &[PathBuf; 4],
@@ -276,22 +411,14 @@ pub fn trt_cache_dir(
             }
         }
     }
-    (
-        opts.width,
-        opts.height,
-        opts.batch_size,
-        unet_rows,
-        opts.fp16,
-    )
-        .hash(&mut h);
+    (opts.trt_profile, opts.batch_size, unet_rows, opts.fp16).hash(&mut h);
     let name = format!(
-        "{}-{}x{}-b{}-r{}-{}-{:016x}",
+        "{}-{}-b{}-r{}-{}-{:016x}",
         opts.model_dir
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("model"),
-        opts.width,
-        opts.height,
+        opts.trt_profile.to_string().replace(':', "-"),
         opts.batch_size,
         unet_rows.1,
         if opts.fp16 { "fp16" } else { "fp32" },
@@ -335,7 +462,131 @@ mod tests {
     }
 
     #[test]
-    fn cache_key_changes_with_the_size() {
+    fn size_profile_parses_prints_and_checks() {
+        let p: TrtSizeProfile = DEFAULT_TRT_PROFILE.parse().unwrap();
+        assert_eq!(p, TrtSizeProfile::default());
+        assert_eq!(p.to_string(), DEFAULT_TRT_PROFILE);
+        let q: TrtSizeProfile = " 320X240 : 640x480:1280x720 ".parse().unwrap();
+        assert_eq!((q.min, q.opt, q.max), ((320, 240), (640, 480), (1280, 720)));
+        assert_eq!(q.hw(8), [(30, 40), (60, 80), (90, 160)]);
+        for bad in [
+            "",
+            "512x512",
+            "256x256:512x512",
+            "256x256:512x512:1024x1024:2048x2048",
+            "256x256:512:1024x1024",
+            "256x256:512x51a:1024x1024",
+            "250x256:512x512:1024x1024",
+            "0x0:512x512:1024x1024",
+            "256x256:1024x512:512x1024",
+            "512x512:256x256:1024x1024",
+        ] {
+            let e = bad.parse::<TrtSizeProfile>().unwrap_err().to_string();
+            assert!(
+                e.contains("trt-profile") && e.contains(&format!("'{bad}'")),
+                "{bad}: {e}"
+            );
+        }
+        assert!(p.check(256, 256).is_ok() && p.check(1024, 1024).is_ok());
+        assert!(p.check(640, 360).is_ok());
+        let e = p.check(1280, 720).unwrap_err().to_string();
+        assert!(
+            e.contains("256x256 to 1024x1024")
+                && e.contains("trt-profile=256x256:512x512:1024x1024")
+                && e.contains("1280x720"),
+            "{e}"
+        );
+        assert!(p.check(512, 248).is_err());
+    }
+
+    fn declared(name: &str, dims: &[Option<i64>]) -> DeclaredInput {
+        DeclaredInput {
+            name: name.into(),
+            elem_type: 1,
+            dims: dims.to_vec(),
+        }
+    }
+
+    #[test]
+    fn profile_names_dynamic_inputs_and_keeps_fixed_dims() {
+        let inputs = [
+            // optimum's UNet: everything dynamic but the channels.
+            declared("sample", &[None, Some(4), None, None]),
+            // a scalar timestep is not named.
+            declared("timestep", &[]),
+            // exported at a fixed 77 x 1024 but a dynamic batch.
+            declared("encoder_hidden_states", &[None, Some(77), Some(1024)]),
+            // a fixed input is not named.
+            declared("text_embeds", &[Some(1), Some(1280)]),
+        ];
+        let p = TrtSizeProfile::default();
+        let [a, b, c] = p.hw(8);
+        let parts = [
+            (
+                "sample",
+                vec![1, 4, a.0, a.1],
+                vec![2, 4, b.0, b.1],
+                vec![8, 4, c.0, c.1],
+            ),
+            ("timestep", vec![1], vec![2], vec![8]),
+            (
+                "encoder_hidden_states",
+                vec![1, 99, 99],
+                vec![2, 99, 99],
+                vec![8, 99, 99],
+            ),
+            ("text_embeds", vec![1, 1280], vec![2, 1280], vec![8, 1280]),
+            ("missing", vec![1], vec![1], vec![1]),
+        ];
+        let t = profile_for(&inputs, &parts);
+        assert_eq!(t.min, "sample:1x4x32x32,encoder_hidden_states:1x77x1024");
+        assert_eq!(t.opt, "sample:2x4x64x64,encoder_hidden_states:2x77x1024");
+        assert_eq!(t.max, "sample:8x4x128x128,encoder_hidden_states:8x77x1024");
+    }
+
+    #[test]
+    fn tensorrt_options_handed_to_onnx_runtime() {
+        // No TensorRT here: the options are checked as ONNX Runtime receives them.
+        let env = crate::diffusion::runtime::environment()
+            .expect("the ONNX Runtime library (scripts/setup.sh)");
+        let f = SessionFactory {
+            env,
+            provider: ExecutionProvider::TensorRt,
+            intra_threads: 1,
+            device_id: 1,
+            fp16: true,
+            cache_dir: Some(PathBuf::from("/cache/m")),
+        };
+        let profile = TrtProfile {
+            min: "sample:1x4x32x32".into(),
+            opt: "sample:2x4x64x64".into(),
+            max: "sample:8x4x128x128".into(),
+        };
+        let o = f.trt_options(Some(&profile));
+        let get = |k: &str| o.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("device_id"), Some("1"));
+        assert_eq!(get("trt_fp16_enable"), Some("1"));
+        assert_eq!(get("trt_engine_cache_enable"), Some("1"));
+        assert_eq!(get("trt_engine_cache_path"), Some("/cache/m"));
+        assert_eq!(get("trt_timing_cache_path"), Some("/cache/m"));
+        assert_eq!(get("trt_profile_min_shapes"), Some("sample:1x4x32x32"));
+        assert_eq!(get("trt_profile_opt_shapes"), Some("sample:2x4x64x64"));
+        assert_eq!(get("trt_profile_max_shapes"), Some("sample:8x4x128x128"));
+        // A graph without dynamic inputs gets no profile options at all.
+        let o = f.trt_options(Some(&TrtProfile::default()));
+        assert!(!o.iter().any(|(k, _)| k.starts_with("trt_profile")));
+        let o = SessionFactory {
+            fp16: false,
+            cache_dir: None,
+            ..f
+        }
+        .trt_options(None);
+        assert!(o.contains(&("trt_fp16_enable", "0".into())));
+        assert!(!o.iter().any(|(k, _)| k.ends_with("cache_path")));
+    }
+
+    #[test]
+    fn cache_key_follows_the_profile_not_the_size() {
         let base = std::env::temp_dir().join(format!("i2i-trt-key-{}", std::process::id()));
         let opts = LoadOptions {
             model_dir: PathBuf::from("m"),
@@ -344,17 +595,32 @@ mod tests {
         };
         let files: [PathBuf; 4] = Default::default();
         let a = trt_cache_dir(&opts, &files, (2, 8)).unwrap();
-        let b = trt_cache_dir(
-            &LoadOptions {
-                width: 256,
-                ..opts.clone()
-            },
-            &files,
-            (2, 8),
-        )
-        .unwrap();
-        assert_ne!(a, b);
         assert_eq!(a, trt_cache_dir(&opts, &files, (2, 8)).unwrap());
+        assert_eq!(
+            a.file_name().unwrap().to_str().unwrap()[..37].to_string(),
+            "m-256x256-512x512-1024x1024-b1-r8-fp1"
+        );
+        // Another size within the profile: the same engine.
+        let resized = LoadOptions {
+            width: 768,
+            height: 432,
+            ..opts.clone()
+        };
+        assert_eq!(a, trt_cache_dir(&resized, &files, (2, 8)).unwrap());
+        // Another profile, batch, row count or precision: another engine.
+        let other = LoadOptions {
+            trt_profile: "256x256:512x512:2048x2048".parse().unwrap(),
+            ..opts.clone()
+        };
+        let b = trt_cache_dir(&other, &files, (2, 8)).unwrap();
+        assert_ne!(a, b);
+        assert!(b.to_str().unwrap().contains("256x256-512x512-2048x2048"));
+        assert_ne!(a, trt_cache_dir(&opts, &files, (2, 16)).unwrap());
+        let fp32 = LoadOptions {
+            fp16: false,
+            ..opts.clone()
+        };
+        assert_ne!(a, trt_cache_dir(&fp32, &files, (2, 8)).unwrap());
         let _ = std::fs::remove_dir_all(&base);
     }
 }

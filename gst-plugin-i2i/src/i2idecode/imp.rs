@@ -279,6 +279,7 @@ impl InferElement for I2iDecode {
                 fp16: s.runtime.fp16,
                 engine_cache_dir: None,
                 intra_threads: s.runtime.intra_threads(),
+                ..LoadOptions::default()
             };
             let started = Instant::now();
             let d = VaeDecoder::load(&opts).map_err(|e| {

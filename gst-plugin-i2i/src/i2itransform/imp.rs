@@ -520,6 +520,14 @@ impl InferElement for I2iTransform {
             return Err(gst::StateChangeError);
         };
         let intra_threads = s.runtime.intra_threads();
+        let trt_profile = s.runtime.trt_profile.parse().map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::LibraryError::Settings,
+                ("Invalid property value: {}", e)
+            );
+            gst::StateChangeError
+        })?;
         let opts = LoadOptions {
             model_dir: model.clone().into(),
             width: s.width,
@@ -530,6 +538,7 @@ impl InferElement for I2iTransform {
             fp16: s.runtime.fp16,
             engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
             intra_threads,
+            trt_profile,
         };
         gst::info!(CAT, imp = self, "loading {opts:?}");
         let started = Instant::now();
@@ -816,6 +825,7 @@ impl ObjectImpl for I2iTransform {
             ]
             .into_iter()
             .chain(RuntimeSettings::param_specs(true))
+            .chain([RuntimeSettings::trt_profile_spec()])
             .chain(StreamSettings::param_specs(I2iTransform::STATS_NAME))
             .chain([stats_param_spec(
                 "frames-skipped (similarity filter), settings-applied, settings-rejected, control-fallbacks",

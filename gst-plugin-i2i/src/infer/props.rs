@@ -30,6 +30,8 @@ pub struct RuntimeSettings {
     pub threads: u32,
     /// Only where the element registers `engine-cache-dir`; None otherwise.
     pub engine_cache_dir: Option<String>,
+    /// `trt-profile` (i2itransform): the image sizes one TensorRT engine covers, parsed at start.
+    pub trt_profile: String,
 }
 
 impl Default for RuntimeSettings {
@@ -40,6 +42,7 @@ impl Default for RuntimeSettings {
             fp16: DEFAULT_FP16,
             threads: DEFAULT_THREADS,
             engine_cache_dir: None,
+            trt_profile: crate::diffusion::DEFAULT_TRT_PROFILE.to_string(),
         }
     }
 }
@@ -92,6 +95,16 @@ impl RuntimeSettings {
         specs
     }
 
+    /// `trt-profile`, for the elements whose TensorRT engines take a range of image sizes.
+    pub fn trt_profile_spec() -> glib::ParamSpec {
+        glib::ParamSpecString::builder("trt-profile")
+            .nick("TensorRT size profile")
+            .blurb("Image sizes one TensorRT engine covers, MINWxMINH:OPTWxOPTH:MAXWxMAXH (tuned for OPT): size changes within it reuse the engine; a size outside it is refused")
+            .default_value(Some(crate::diffusion::DEFAULT_TRT_PROFILE))
+            .mutable_ready()
+            .build()
+    }
+
     /// Takes `value` when `name` is one of these properties.
     pub fn set_property(&mut self, name: &str, value: &glib::Value) -> bool {
         let v = value;
@@ -101,6 +114,12 @@ impl RuntimeSettings {
             "fp16" => self.fp16 = v.get().expect("type checked"),
             "threads" => self.threads = v.get().expect("type checked"),
             "engine-cache-dir" => self.engine_cache_dir = v.get().expect("type checked"),
+            "trt-profile" => {
+                self.trt_profile = v
+                    .get::<Option<String>>()
+                    .expect("type checked")
+                    .unwrap_or_else(|| crate::diffusion::DEFAULT_TRT_PROFILE.to_string())
+            }
             _ => return false,
         }
         true
@@ -113,6 +132,7 @@ impl RuntimeSettings {
             "fp16" => self.fp16.to_value(),
             "threads" => self.threads.to_value(),
             "engine-cache-dir" => self.engine_cache_dir.to_value(),
+            "trt-profile" => self.trt_profile.to_value(),
             _ => return None,
         })
     }
@@ -250,6 +270,10 @@ mod tests {
         assert!(r.set_property("threads", &2u32.to_value()));
         assert!(r.set_property("execution-provider", &ExecutionProvider::Cpu.to_value()));
         assert!(r.set_property("engine-cache-dir", &Some("/tmp/trt").to_value()));
+        assert!(r.set_property("trt-profile", &Some("320x240:640x480:1280x720").to_value()));
+        assert_eq!(r.trt_profile, "320x240:640x480:1280x720");
+        assert!(r.set_property("trt-profile", &None::<String>.to_value()));
+        assert_eq!(r.trt_profile, crate::diffusion::DEFAULT_TRT_PROFILE);
         assert!(!r.set_property("max-queue", &8u32.to_value()));
         assert_eq!(r.property("device-id").unwrap().get::<i32>().unwrap(), 3);
         assert!(!r.property("fp16").unwrap().get::<bool>().unwrap());
@@ -303,7 +327,10 @@ mod tests {
             );
         };
         let runtime = RuntimeSettings::default();
-        for p in RuntimeSettings::param_specs(true) {
+        for p in RuntimeSettings::param_specs(true)
+            .into_iter()
+            .chain([RuntimeSettings::trt_profile_spec()])
+        {
             same(&p, runtime.property(p.name()).unwrap());
         }
         assert!(

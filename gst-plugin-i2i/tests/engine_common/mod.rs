@@ -52,6 +52,7 @@ pub fn opts_dir(dir: PathBuf, batch: usize) -> LoadOptions {
         fp16: false,
         engine_cache_dir: None,
         intra_threads: 1,
+        ..Default::default()
     }
 }
 
