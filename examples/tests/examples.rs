@@ -80,10 +80,7 @@ fn check(out: &str) {
         .unwrap_or_else(|| panic!("the new prompt was not applied:\n{out}"));
     assert!(changed < applied, "{out}");
     // The last stats (at the end of the stream): every frame in, and out or dropped.
-    let last = out
-        .lines()
-        .rfind(|l| l.starts_with("stats: "))
-        .expect(out);
+    let last = out.lines().rfind(|l| l.starts_with("stats: ")).expect(out);
     let n: Vec<u64> = last
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
