@@ -3,6 +3,27 @@
 //! them back in index order with a fixed playout delay, and outputs them at the source's
 //! pace with each frame's original timestamp.
 
+/**
+ * SECTION:element-zmqcollectsrc
+ * @see_also: zmqdispatchsink, zmqworkersrc
+ *
+ * The primary's collector: binds a PULL socket where the workers push their results, puts
+ * them back in index order and plays each frame `playout-delay` after it entered the primary,
+ * at the source's pace, also when workers deliver in bursts. Later frames are dropped and
+ * counted (`dropped-late`), frames that never came are skipped (`missing`); a full reorder
+ * buffer (`max-queue`) does what `queue-policy` says. The stream ends after the last frame of
+ * the `zmqdispatchsink` of the same `group`. See docs/scaleout.md.
+ *
+ * ## Example launch line
+ *
+ * ```shell
+ * gst-launch-1.0 multifilesrc location=frames/%04d.jpg caps=image/jpeg,framerate=15/1 \
+ *   ! zmqdispatchsink endpoint=tcp://0.0.0.0:5555 \
+ *   zmqcollectsrc endpoint=tcp://0.0.0.0:5558 playout-delay=1000 ! zmqmsgpacksink endpoint=tcp://0.0.0.0:5557
+ * ```
+ *
+ * A primary whose output plays 1 s after each frame entered it, in order.
+ */
 use gst::glib;
 use gst::prelude::*;
 
