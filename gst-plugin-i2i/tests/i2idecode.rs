@@ -178,6 +178,56 @@ fn frames_that_do_not_match_their_caps_are_dropped_and_counted() {
     );
 }
 
+/// `frames` good latent frames through `i2idecode PROPS`, 30 ms apart; the stats messages.
+fn decoder_stats(props: &str, frames: u64) -> Vec<gst::Structure> {
+    let m = model("tiny-sd15");
+    let caps = "application/x-i2i-latent,dtype=float32,channels=4,width=8,height=8,\
+                image-width=64,image-height=64,framerate=10/1";
+    let desc = format!(
+        "appsrc name=src format=time caps=\"{caps}\" ! i2idecode model={m} threads=1 {props} \
+         ! appsink name=out"
+    );
+    let r = run(&desc, |src| {
+        for i in 0..frames {
+            let mut b = gst::Buffer::from_mut_slice(vec![0u8; 1024]);
+            b.get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_mseconds(100 * i));
+            src.push_buffer(b).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        src.end_of_stream().unwrap();
+    })
+    .unwrap();
+    assert_eq!(r.samples.len() as u64, frames);
+    r.messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e
+                .structure()
+                .filter(|s| s.name() == "i2idecode-stats")
+                .map(|s| s.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_decoder_takes_the_queue_and_stats_properties() {
+    init();
+    // By default the stats come at the end only.
+    let default = decoder_stats("", 8);
+    assert_eq!(default.len(), 1, "{default:?}");
+    // With stats-interval they come while the frames flow (8 frames over 240 ms, every
+    // 10 ms: one per frame or so, however loaded the machine), and the queue properties
+    // are taken in a running pipeline.
+    let every = decoder_stats("stats-interval=10 max-queue=2 drop-frames=never", 8);
+    assert!(every.len() >= 4, "{every:?}");
+    let last = every.last().unwrap();
+    assert_eq!(last.get::<u64>("frames-out").unwrap(), 8, "{last}");
+    assert_eq!(last.get::<u64>("dropped").unwrap(), 0, "{last}");
+}
+
 #[test]
 fn caps_the_decoder_cannot_take_are_refused_by_name() {
     let m = model("tiny-sd15");

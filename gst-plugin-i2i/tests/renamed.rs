@@ -28,7 +28,7 @@ fn settingssrc_tells_its_address_and_i2idecode_takes_the_queue_properties() {
     let src = gst::ElementFactory::make("settingssrc").build().unwrap();
     assert!(src.find_property("last-endpoint").is_some());
     let decode = gst::ElementFactory::make("i2idecode").build().unwrap();
-    for name in ["max-queue", "drop-frames", "stats-interval", "provider"] {
+    for name in ["max-queue", "drop-frames", "stats-interval"] {
         assert!(decode.find_property(name).is_some(), "{name}");
     }
     // A decoder resizes nothing.

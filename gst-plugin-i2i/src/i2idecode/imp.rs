@@ -466,7 +466,13 @@ impl ObjectImpl for I2iDecode {
             ]
             .into_iter()
             .chain(RuntimeSettings::param_specs(false))
-            .chain(default_stream().param_specs_from(I2iDecode::STATS_NAME, false))
+            // No `provider`: the decoder loads at the first caps and does not report it.
+            .chain(
+                default_stream()
+                    .param_specs_from(I2iDecode::STATS_NAME, false)
+                    .into_iter()
+                    .filter(|p| p.name() != "provider"),
+            )
             .chain([stats_param_spec(
                 "avg-decode-ms; dropped-invalid counts payloads not matching the caps",
             )])
