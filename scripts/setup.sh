@@ -124,6 +124,17 @@ export ORT_DYLIB_PATH="$ROOT/.deps/lib/libonnxruntime.so"
 export GST_REGISTRY="$ROOT/.deps/gst-registry.bin"
 export PATH="$ROOT/target/release:$ROOT/.venv/bin:\$PATH"
 ENV
+# A checkout that skips the user's plugin folder (I2I_SKIP_USER_PLUGINS=1) keeps skipping it
+# in later set-ups, and does not load from it either: the plugins linked there belong to
+# another checkout, and one built under other library names would register the same
+# elements beside this checkout's (GStreamer keeps the user folder's).
+if [ "${I2I_SKIP_USER_PLUGINS:-0}" = 1 ]; then
+  SYSTEM_PLUGINS=$(pkg-config --variable=pluginsdir gstreamer-1.0)
+  cat >> .deps/env.sh <<ENV
+export I2I_SKIP_USER_PLUGINS=1
+export GST_PLUGIN_SYSTEM_PATH="$SYSTEM_PLUGINS"
+ENV
+fi
 
 # Demo and test models, generated locally (nothing is downloaded at run time).
 if [ -f scripts/make_models.py ]; then
