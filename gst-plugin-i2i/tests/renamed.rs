@@ -45,3 +45,9 @@ fn settingssrc_tells_its_address_and_i2idecode_takes_the_queue_properties() {
         "never"
     );
 }
+
+#[test]
+fn the_enums_of_the_properties_are_plugin_api() {
+    init();
+    i2i_compat::check_enums_are_plugin_api("i2i");
+}

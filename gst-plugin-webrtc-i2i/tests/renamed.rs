@@ -35,3 +35,9 @@ fn ts_offset_in_ns_is_playout_delay_in_ms() {
     sink.set_property("playout-delay", 1500u32);
     assert_eq!(sink.property::<u64>("ts-offset"), 1_500_000_000);
 }
+
+#[test]
+fn the_enums_of_the_properties_are_plugin_api() {
+    init();
+    i2i_compat::check_enums_are_plugin_api("webrtci2i");
+}

@@ -40,3 +40,9 @@ fn properties_that_never_acted_are_gone() {
         assert!(e.find_property("last-endpoint").is_some(), "{name}");
     }
 }
+
+#[test]
+fn the_enums_of_the_properties_are_plugin_api() {
+    common::init();
+    i2i_compat::check_enums_are_plugin_api("zmqsink");
+}

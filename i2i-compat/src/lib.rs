@@ -12,6 +12,9 @@
 //!   change);
 //! - a renamed stats field is also filled under its old name ([`with_old_fields`]).
 //!
+//! The plugins' tests check their names here too ([`check_renamed`],
+//! [`check_enums_are_plugin_api`]).
+//!
 //! Once the old names are gone this crate goes with them.
 
 use std::sync::Mutex;
@@ -222,6 +225,36 @@ pub fn check_renamed(plugin: &str, renamed: &[ElementAlias], prepare: impl Fn(&g
             }
         }
     }
+}
+
+/// For the plugins' tests: the enum (and flags) type of every property of the plugin's own
+/// elements is marked as plugin API, so gst-inspect-1.0 and the documentation list it.
+pub fn check_enums_are_plugin_api(plugin: &str) {
+    let mut seen = 0;
+    for feature in gst::Registry::get().features_by_plugin(plugin) {
+        let Ok(factory) = feature.downcast::<gst::ElementFactory>() else {
+            continue;
+        };
+        if factory.metadata(gst::ELEMENT_METADATA_AUTHOR) != Some("i2i developers") {
+            continue;
+        }
+        let e = factory.create().build().unwrap();
+        for p in e.list_properties() {
+            let t = p.value_type();
+            if p.owner_type() == e.type_()
+                && (t.is_a(glib::Type::ENUM) || t.is_a(glib::Type::FLAGS))
+            {
+                assert!(
+                    t.plugin_api_flags().is_some(),
+                    "{}: the type of {} ({t}) is not marked as plugin API",
+                    factory.name(),
+                    p.name()
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 0, "no enum property in plugin {plugin}");
 }
 
 /// A value other than the default, within the range.
