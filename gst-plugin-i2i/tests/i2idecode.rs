@@ -114,15 +114,7 @@ fn latent_frames_carry_their_shape_and_scaling_factor() {
 fn frames_that_do_not_match_their_caps_are_dropped_and_counted() {
     init();
     let m = model("tiny-sd15");
-    let caps = gst::Caps::builder("application/x-i2i-latent")
-        .field("dtype", "float32")
-        .field("channels", 4i32)
-        .field("width", 8i32)
-        .field("height", 8i32)
-        .field("image-width", 64i32)
-        .field("image-height", 64i32)
-        .field("framerate", gst::Fraction::new(10, 1))
-        .build();
+    let caps = latent_caps(8, 8);
     let desc = format!(
         "appsrc name=src format=time caps=\"{caps}\" ! i2idecode name=d model={m} threads=1 ! appsink name=out"
     );
@@ -245,6 +237,106 @@ fn caps_the_decoder_cannot_take_are_refused_by_name() {
     );
     let err = run("appsrc name=src ! i2idecode ! appsink name=out", |_| ()).expect_err("no model");
     assert!(err.contains("No model set"), "{err}");
+}
+
+/// Latent caps for a `w` x `h` latent (a picture 8 times that) at 10 frames/s.
+fn latent_caps(w: i32, h: i32) -> gst::Caps {
+    gst::Caps::builder("application/x-i2i-latent")
+        .field("dtype", "float32")
+        .field("channels", 4i32)
+        .field("width", w)
+        .field("height", h)
+        .field("image-width", 8 * w)
+        .field("image-height", 8 * h)
+        .field("framerate", gst::Fraction::new(10, 1))
+        .build()
+}
+
+#[test]
+fn latents_over_max_pixels_never_reach_the_decoder() {
+    // A valid 4 MiB latent message whose picture is 4096x4096 (the demo model's decoder
+    // once took 6.48 GB for it), between good ones, over a real ZeroMQ socket: it is
+    // dropped before any decoder is loaded or run for it, counted, and the stream goes on.
+    init();
+    let m = model("tiny-sd15");
+    let rx = launch(&format!(
+        "zmqmsgpacksrc name=rx socket-type=pull bind=true endpoint=tcp://127.0.0.1:* \
+         ! i2idecode name=d model={m} threads=1 ! video/x-raw,format=RGB ! appsink name=out"
+    ));
+    let samples = collect_samples(&rx);
+    rx.set_state(gst::State::Playing).unwrap();
+    let endpoint = rx
+        .by_name("rx")
+        .unwrap()
+        .property::<Option<String>>("last-endpoint")
+        .unwrap();
+    let tx = launch(&format!(
+        "appsrc name=src format=time ! zmqmsgpacksink socket-type=push bind=false endpoint={endpoint}"
+    ));
+    tx.set_state(gst::State::Playing).unwrap();
+    let src = appsrc(&tx, "src");
+    let latent = |w: i32, h: i32, i: u64| {
+        let data: Vec<u8> = (0..(4 * w * h) as usize)
+            .flat_map(|k| (((k % 13) as f32 - 6.0) * 0.1).to_ne_bytes())
+            .collect();
+        let mut b = gst::Buffer::from_mut_slice(data);
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(100 * i));
+        b
+    };
+    let mut i = 0;
+    for (w, h, n) in [(8, 8, 2), (512, 512, 1), (8, 8, 3)] {
+        src.set_caps(Some(&latent_caps(w, h)));
+        for _ in 0..n {
+            src.push_buffer(latent(w, h, i)).unwrap();
+            i += 1;
+        }
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    let mut warnings = Vec::new();
+    let read_bus = |warnings: &mut Vec<String>| {
+        while let Some(m) = rx.bus().unwrap().pop() {
+            match m.view() {
+                gst::MessageView::Error(e) => panic!("receiver failed: {e:?}"),
+                gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
+                _ => (),
+            }
+        }
+    };
+    while samples.lock().unwrap().len() < 5 && Instant::now() < deadline {
+        read_bus(&mut warnings);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    read_bus(&mut warnings);
+    let stats = rx.by_name("d").unwrap().property::<gst::Structure>("stats");
+    tx.set_state(gst::State::Null).unwrap();
+    rx.set_state(gst::State::Null).unwrap();
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
+    // The five good frames, in order, at their size; the decoder ran five times.
+    let indices: Vec<u64> = samples.iter().map(index_of).collect();
+    assert_eq!(indices, vec![0, 1, 3, 4, 5], "{stats}");
+    assert!(samples.iter().all(|s| bytes(s).len() == 64 * 64 * 3));
+    assert_eq!(stats.get::<u64>("dropped-oversize").unwrap(), 1, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-invalid").unwrap(), 0, "{stats}");
+    assert_eq!(stats.get::<u64>("batches").unwrap(), 5, "{stats}");
+    let warning = warnings
+        .iter()
+        .find(|w| w.contains("max-pixels"))
+        .unwrap_or_else(|| panic!("a warning about max-pixels in {warnings:?}"));
+    assert!(
+        warning.contains("4096x4096") && warning.contains("dropped-oversize"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn max_pixels_is_a_property_with_a_default() {
+    init();
+    let d = gst::ElementFactory::make("i2idecode").build().unwrap();
+    assert_eq!(d.property::<u64>("max-pixels"), 2048 * 2048);
+    d.set_property("max-pixels", 64u64 * 64);
+    assert_eq!(d.property::<u64>("max-pixels"), 4096);
 }
 
 /// `i2itransform output=latent ! zmqmsgpacksink` in one pipeline, `zmqmsgpacksrc !

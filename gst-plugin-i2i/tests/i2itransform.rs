@@ -791,6 +791,34 @@ fn bad_model_directory_is_an_element_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_relative_model_path_names_where_it_was_looked_for() {
+    // The tests run in gst-plugin-i2i/, which has no models/ folder: like a user who starts
+    // the pipeline in another folder than the repository.
+    let tried = std::env::current_dir().unwrap().join("models").join("demo");
+    assert!(!tried.exists(), "{} exists", tried.display());
+    let err = run_launch(
+        "videotestsrc num-buffers=2 ! i2itransform model=models/demo width=64 height=64 ! appsink name=out",
+    )
+    .unwrap_err();
+    assert!(err.contains(&tried.display().to_string()), "{err}");
+    assert!(
+        err.contains("a relative path starts at the current folder"),
+        "{err}"
+    );
+    // A graph file where the model directory is meant.
+    let file = model_dir("tiny-sd15", "unet/model.onnx").join("unet/model.onnx");
+    let err = run_launch(&format!(
+        "videotestsrc num-buffers=2 ! i2itransform model=\"{}\" width=64 height=64 ! appsink name=out",
+        file.display()
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("is a file") && err.contains("the directory that holds"),
+        "{err}"
+    );
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

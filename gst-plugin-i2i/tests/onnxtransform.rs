@@ -38,16 +38,28 @@ fn model(name: &str) -> String {
 /// Runs `desc` (with an appsink named `out`) to EOS, feeding the appsrc named `src`
 /// (if any) with `frames` RGB pictures of `w` x `h`, pts 1/30 s apart and offsets 0, 1, ...
 fn run(desc: &str, frames: u64, w: i32, h: i32) -> Result<Run, String> {
+    run_pictures(desc, frames, w, h, |i| {
+        (0..(w * h * 3) as u64)
+            .map(|v| ((v * 7 + i * 31) % 256) as u8)
+            .collect()
+    })
+}
+
+/// [`run`] with the pictures `picture(i)` (packed RGB).
+fn run_pictures(
+    desc: &str,
+    frames: u64,
+    w: i32,
+    h: i32,
+    picture: impl Fn(u64) -> Vec<u8>,
+) -> Result<Run, String> {
     run_launch_with(desc, |pipeline| {
         if let Some(src) = pipeline.by_name("src") {
             let src = src.downcast::<gst_app::AppSrc>().unwrap();
             src.set_caps(Some(&video_caps("RGB", w as u32, h as u32, 30)));
             src.set_format(gst::Format::Time);
             for i in 0..frames {
-                let data: Vec<u8> = (0..(w * h * 3) as u64)
-                    .map(|v| ((v * 7 + i * 31) % 256) as u8)
-                    .collect();
-                let mut buf = gst::Buffer::from_mut_slice(data);
+                let mut buf = gst::Buffer::from_mut_slice(picture(i));
                 {
                     let b = buf.get_mut().unwrap();
                     b.set_pts(gst::ClockTime::from_mseconds(i * 1000 / 30));
@@ -61,6 +73,12 @@ fn run(desc: &str, frames: u64, w: i32, h: i32) -> Result<Run, String> {
             let _ = src.end_of_stream();
         }
     })
+}
+
+/// Width and height of a sample's caps.
+fn size_of(s: &gst::Sample) -> (i32, i32) {
+    let s = s.caps().unwrap().structure(0).unwrap();
+    (s.get("width").unwrap(), s.get("height").unwrap())
 }
 
 /// The field `field` of the last `onnxtransform-stats` message.
@@ -152,19 +170,7 @@ fn output_size_follows_the_model() {
     );
     let r = run(&desc, 2, 40, 24).unwrap();
     assert_eq!(r.samples.len(), 2);
-    let s = r.samples[0]
-        .caps()
-        .unwrap()
-        .structure(0)
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        (
-            s.get::<i32>("width").unwrap(),
-            s.get::<i32>("height").unwrap()
-        ),
-        (80, 48)
-    );
+    assert_eq!(size_of(&r.samples[0]), (80, 48));
     // A fixed-size model: the input is scaled to it, whatever its size.
     let desc = format!(
         "appsrc name=src format=time ! onnxtransform model={} ! video/x-raw,format=I420 ! appsink name=out",
@@ -324,4 +330,121 @@ fn latency_adds_the_model_call_on_live_input() {
     assert!(live);
     assert!(ours > upstream, "{ours} vs upstream {upstream}");
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// Writes a model whose output is one pixel, the average colour (GlobalAveragePool on
+/// `[N, 3, H, W]`, declared output `[N, 3, 1, 1]`), with onnx from the project's venv.
+fn one_pixel_model() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv").join("bin").join("python");
+    assert!(
+        python.is_file(),
+        "{} missing: run scripts/setup.sh",
+        python.display()
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("onnxtransform-1x1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("average.onnx");
+    let script = r#"
+import sys, onnx
+from onnx import TensorProto, helper
+g = helper.make_graph(
+    [helper.make_node("GlobalAveragePool", ["input"], ["output"])], "average",
+    [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, 1, 1])])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+m.ir_version = 8
+onnx.checker.check_model(m)
+onnx.save(m, sys.argv[1])
+"#;
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    file
+}
+
+#[test]
+fn a_model_with_a_one_pixel_output_gives_one_pixel_pictures() {
+    // GStreamer pads RGB rows to 4 bytes, so a 1-pixel-wide picture is not 3 bytes a row:
+    // the output side lays the model's pixel out with that stride (it once failed with
+    // "cannot map the RGB picture").
+    let file = one_pixel_model();
+    for format in ["RGB", "RGBA", "I420"] {
+        let desc = format!(
+            "appsrc name=src format=time ! onnxtransform model={} threads=1 ! video/x-raw,format={format} ! appsink name=out",
+            file.display()
+        );
+        // Left half black, right half (200, 100, 50): the average is (100, 50, 25).
+        let r = run_pictures(&desc, 3, 16, 12, |_| {
+            (0..16 * 12)
+                .flat_map(|p| {
+                    if p % 16 < 8 {
+                        [0, 0, 0]
+                    } else {
+                        [200, 100, 50]
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(r.samples.len(), 3, "{format}");
+        assert_eq!(size_of(&r.samples[0]), (1, 1), "{format}");
+        let px = bytes(&r.samples[0]);
+        match format {
+            "RGB" | "RGBA" => assert_eq!(&px[..3], &[100, 50, 25], "{format}: {px:?}"),
+            // BT.601 luma of (100, 50, 25), limited range: about 68.
+            _ => assert!((60..=76).contains(&px[0]), "{format}: {px:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_folder_as_the_model_says_it_takes_an_onnx_file() {
+    let file = PathBuf::from(model("model.onnx"));
+    let dir = file.parent().unwrap();
+    let err = run(
+        &format!(
+            "appsrc name=src format=time ! onnxtransform model={} ! appsink name=out",
+            dir.display()
+        ),
+        1,
+        16,
+        16,
+    )
+    .expect_err("a folder is refused");
+    assert!(err.contains("takes an .onnx file"), "{err}");
+    let usual = dir.join("model.onnx").display().to_string();
+    assert!(err.contains(&format!("e.g. {usual}")), "{err}");
+    // The files it could have meant.
+    assert!(
+        err.contains("model.onnx") && err.contains("fixed-64x48.onnx"),
+        "{err}"
+    );
+    // A folder without any.
+    let empty = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("onnxtransform-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = run(
+        &format!(
+            "appsrc name=src format=time ! onnxtransform model={} ! appsink name=out",
+            empty.display()
+        ),
+        1,
+        16,
+        16,
+    )
+    .expect_err("a folder is refused");
+    assert!(
+        err.contains("takes an .onnx file") && err.contains("holds none"),
+        "{err}"
+    );
 }

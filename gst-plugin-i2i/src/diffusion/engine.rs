@@ -78,15 +78,38 @@ fn preprocess_avx2(rgb: &[u8], r: &mut [f32], g: &mut [f32], b: &mut [f32]) {
 /// Spare image buffers kept for reuse between a [`Preprocessor`] and its engine.
 const POOL_BUFFERS: usize = 8;
 
+/// The spare image buffers shared by a [`Preprocessor`], its engine and the frames in
+/// between: a frame's buffer comes back when the frame is dropped, wherever that is.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BufferPool(Arc<Mutex<Vec<Tensor<f32>>>>);
+
+impl BufferPool {
+    /// A spare buffer of `len` floats; one of another size (the model was loaded again at
+    /// another size) is dropped.
+    fn take(&self, len: usize) -> Option<Tensor<f32>> {
+        let pooled = self.0.lock().ok().and_then(|mut p| p.pop());
+        pooled.filter(|t| t.extract_tensor().1.len() == len)
+    }
+
+    /// Keeps `image` for a later frame (at most [`POOL_BUFFERS`]).
+    pub(crate) fn recycle(&self, image: Tensor<f32>) {
+        if let Ok(mut p) = self.0.lock()
+            && p.len() < POOL_BUFFERS
+        {
+            p.push(image);
+        }
+    }
+}
+
 /// Turns packed RGB8 frames into [`PreparedFrame`]s for one engine, on any thread (it is
 /// `Clone + Send + Sync`): the element preprocesses on its input side, so the thread that
-/// runs the model calls does not. Buffers come from a pool the engine refills, so a steady
-/// stream allocates nothing per frame.
+/// runs the model calls does not. Buffers come from a pool that every frame refills when
+/// it is dropped (encoded or not), so a steady stream allocates nothing per frame.
 #[derive(Clone, Debug)]
 pub struct Preprocessor {
     /// Named in the error should a host tensor not be allocated.
     encoder_file: std::path::PathBuf,
-    pool: Arc<Mutex<Vec<Tensor<f32>>>>,
+    pool: BufferPool,
     /// The model's ControlNets: each frame gets this many control images.
     controlnets: usize,
 }
@@ -95,7 +118,7 @@ impl Preprocessor {
     fn new(encoder_file: std::path::PathBuf, controlnets: usize) -> Preprocessor {
         Preprocessor {
             encoder_file,
-            pool: Arc::default(),
+            pool: BufferPool::default(),
             controlnets,
         }
     }
@@ -124,10 +147,7 @@ impl Preprocessor {
             ));
         }
         let plane = w * h;
-        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
-        // A buffer of another size (the model was loaded again at another size) is dropped.
-        let pooled = pooled.filter(|t| t.extract_tensor().1.len() == 3 * plane);
-        let mut image = match pooled {
+        let mut image = match self.pool.take(3 * plane) {
             Some(t) => t,
             // Host memory ONNX Runtime can bind as it is.
             None => Tensor::<f32>::new(&Allocator::default(), [1, 3, h, w])
@@ -149,20 +169,7 @@ impl Preprocessor {
             }
             c
         });
-        Ok(PreparedFrame {
-            tag,
-            image,
-            control,
-        })
-    }
-
-    /// Gives a frame's buffer back for the next [`Preprocessor::prepare`].
-    fn recycle(&self, image: Tensor<f32>) {
-        if let Ok(mut p) = self.pool.lock()
-            && p.len() < POOL_BUFFERS
-        {
-            p.push(image);
-        }
+        Ok(PreparedFrame::new(tag, image, control, self.pool.clone()))
     }
 }
 
@@ -411,8 +418,9 @@ impl Engine {
         self.pre.clone()
     }
 
-    /// Returns the buffers of the frames it encodes to `pre`'s pool (an engine loaded again
-    /// in place of another, fed by the same input side).
+    /// Takes `pre` (and its buffer pool) as its own preprocessor: an engine loaded again in
+    /// place of another, fed by the same input side. (A frame's buffer always goes back to
+    /// the pool of the preprocessor that made it.)
     pub fn share_preprocessor(&mut self, pre: &Preprocessor) {
         self.pre = pre.clone();
     }
@@ -538,7 +546,7 @@ impl Engine {
             let t0 = Instant::now();
             let images = if kept == 1 {
                 let k = self.order.iter().position(Option::is_some).unwrap_or(0);
-                Images::One(&frames[k].image)
+                Images::One(frames[k].image())
             } else {
                 self.images.clear();
                 for (f, o) in frames.iter().zip(&self.order) {
@@ -556,6 +564,7 @@ impl Engine {
             self.timings.vae_encode_calls += calls as u64;
         }
         let sf = self.model.scaling_factor;
+        // Each frame's buffer goes back to the pool as the frame is dropped here.
         for (mut f, o) in frames.into_iter().zip(&self.order) {
             match o {
                 Some(k) => self.stream.push_frame(
@@ -570,7 +579,6 @@ impl Engine {
                     self.stream.push_skip(f.tag);
                 }
             }
-            self.pre.recycle(f.image);
         }
         // Frames in flight move on even when every new frame was skipped, so skipped
         // frames are not held behind a stalled pipeline.

@@ -124,7 +124,20 @@ impl fmt::Display for EngineError {
                 write!(f, ": {reason}. Fix: {fix}")
             }
             EngineError::MissingFile { path, what } => {
-                write!(f, "{}: missing {what}", path.display())
+                write!(f, "{}: missing {what}", path.display())?;
+                if path.is_relative()
+                    && let Ok(cwd) = std::env::current_dir()
+                {
+                    // A model path that works in one folder fails in another: say where
+                    // it was looked for.
+                    write!(
+                        f,
+                        " (looked for {}: a relative path starts at the current folder, {})",
+                        cwd.join(path).display(),
+                        cwd.display()
+                    )?;
+                }
+                Ok(())
             }
             EngineError::InvalidFile { path, reason } => {
                 write!(f, "{}: {reason}", path.display())

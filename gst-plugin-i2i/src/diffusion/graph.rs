@@ -558,7 +558,18 @@ impl Chunk {
 /// The calls that cover `rows`: one call when the graph batch is dynamic (`fixed` is
 /// `None`), else calls of `fixed` rows, the last one padded.
 pub fn chunks(rows: std::ops::Range<usize>, fixed: Option<usize>) -> impl Iterator<Item = Chunk> {
-    let size = fixed.unwrap_or(rows.len()).max(1);
+    chunks_at_most(rows, fixed, usize::MAX)
+}
+
+/// [`chunks`], with calls of at most `max` rows when the graph batch is dynamic (the last
+/// one shorter, not padded): a graph called this way sees only the shapes `1..=max` rows,
+/// so ONNX Runtime's memory arena does not grow for a rare larger call.
+pub fn chunks_at_most(
+    rows: std::ops::Range<usize>,
+    fixed: Option<usize>,
+    max: usize,
+) -> impl Iterator<Item = Chunk> {
+    let size = fixed.unwrap_or(rows.len().min(max)).max(1);
     let end = rows.end;
     (rows.start..end).step_by(size).map(move |r0| {
         let r1 = (r0 + size).min(end);
@@ -599,6 +610,20 @@ mod tests {
                 batch: 4
             }]
         );
+    }
+
+    #[test]
+    fn dynamic_batch_calls_hold_at_most_max_rows() {
+        let c: Vec<_> = chunks_at_most(0..5, None, 2)
+            .map(|c| (c.rows, c.batch))
+            .collect();
+        assert_eq!(c, vec![(0..2, 2), (2..4, 2), (4..5, 1)]);
+        // A fixed batch wins over the maximum.
+        let c: Vec<_> = chunks_at_most(0..3, Some(4), 1)
+            .map(|c| (c.rows, c.batch))
+            .collect();
+        assert_eq!(c, vec![(0..3, 4)]);
+        assert_eq!(chunks_at_most(0..3, None, usize::MAX).count(), 1);
     }
 
     #[test]

@@ -138,19 +138,51 @@ pub struct OutputFrame {
 
 /// One frame preprocessed by a [`Preprocessor`] (on any thread), ready for
 /// [`Engine::process_prepared`]: planar `[3, height, width]` floats `v / 255 * 2 - 1`.
-/// Its buffer goes back to the preprocessor's pool once the engine has encoded it.
+/// Its buffer goes back to the preprocessor's pool when the frame is dropped: once the
+/// engine has encoded it, and also when the element drops it unencoded (a late frame, a
+/// flush), so a stream that drops frames allocates no new ones either.
 pub struct PreparedFrame {
     pub tag: u64,
-    /// `[1, 3, height, width]` in host memory, bound to the VAE encoder as it is.
-    pub(crate) image: ort::value::Tensor<f32>,
+    /// `[1, 3, height, width]` in host memory, bound to the VAE encoder as it is; None
+    /// only while it is dropped.
+    image: Option<ort::value::Tensor<f32>>,
     /// ControlNet models: the control images `[num, 3, height, width]` in `[0, 1]`; the
     /// frame itself (`v / 255`) for each ControlNet unless replaced.
     pub(crate) control: Option<Vec<f32>>,
+    /// Where the image goes back to.
+    pool: engine::BufferPool,
+}
+
+impl Drop for PreparedFrame {
+    fn drop(&mut self) {
+        if let Some(image) = self.image.take() {
+            self.pool.recycle(image);
+        }
+    }
 }
 
 impl PreparedFrame {
+    pub(crate) fn new(
+        tag: u64,
+        image: ort::value::Tensor<f32>,
+        control: Option<Vec<f32>>,
+        pool: engine::BufferPool,
+    ) -> PreparedFrame {
+        PreparedFrame {
+            tag,
+            image: Some(image),
+            control,
+            pool,
+        }
+    }
+
+    /// The `[1, 3, height, width]` host tensor.
+    pub(crate) fn image(&self) -> &ort::value::Tensor<f32> {
+        self.image.as_ref().expect("present until dropped")
+    }
+
     pub(crate) fn data(&self) -> &[f32] {
-        self.image.extract_tensor().1
+        self.image().extract_tensor().1
     }
 
     /// Number of control images the frame carries (the model's ControlNets).

@@ -31,7 +31,7 @@ use ort::value::Tensor;
 
 use serde_json::Value;
 
-pub use super::graph::{Chunk, Elem, Feed, Graph, Spec, chunks};
+pub use super::graph::{Chunk, Elem, Feed, Graph, Spec, chunks, chunks_at_most};
 use super::graph::{rows_padded, shape_str};
 use super::provider::{
     ProfilePart, SessionFactory, TrtProfile, candidates, provider_error, trt_cache_dir, trt_profile,
@@ -721,6 +721,10 @@ pub struct VaeDecoder {
     /// The element type of its output.
     elem: Elem,
     pub fixed_batch: Option<usize>,
+    /// Rows per call of a dynamic-batch graph: the engine's batch size. Frames that finish
+    /// together after a drain are decoded in calls of this size, not in one larger call
+    /// whose shape would grow ONNX Runtime's memory arena for good.
+    max_rows: usize,
     input: String,
     output: String,
     height: usize,
@@ -760,6 +764,7 @@ impl VaeDecoder {
         Ok(VaeDecoder {
             elem: out.elem,
             fixed_batch: input.dim(0),
+            max_rows: opts.batch_size.max(1),
             input: input.name.clone(),
             output: out.name.clone(),
             graph,
@@ -826,7 +831,8 @@ impl VaeDecoder {
         let lat = 4 * lh * lw;
         let img = 3 * self.height * self.width;
         let mut calls = 0;
-        for Chunk { rows: r, batch: b } in chunks(0..rows, self.fixed_batch) {
+        for Chunk { rows: r, batch: b } in chunks_at_most(0..rows, self.fixed_batch, self.max_rows)
+        {
             let (r0, n) = (r.start, r.len());
             let data = rows_padded(latents, lat, r, b, &mut self.in_buf);
             let shape = [b as i64, 4, lh as i64, lw as i64];
@@ -971,6 +977,12 @@ impl Model {
         prompt: &str,
     ) -> Result<(Model, Vec<f32>, [usize; 3]), EngineError> {
         let dir = opts.model_dir.clone();
+        if dir.is_file() {
+            return Err(EngineError::invalid(
+                &dir,
+                "is a file: the model is the directory that holds text_encoder/, tokenizer/, unet/, vae_encoder/, vae_decoder/ and scheduler/ (the diffusers / optimum ONNX layout), e.g. models/demo",
+            ));
+        }
         if !dir.is_dir() {
             return Err(EngineError::missing(&dir, "model directory"));
         }

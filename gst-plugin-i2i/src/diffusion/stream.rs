@@ -212,9 +212,9 @@ const RECENT_OUTPUTS: usize = 8;
 impl Stream {
     /// Forgets frames in flight, waiting outputs and the similarity filter's state.
     pub fn reset(&mut self) {
-        for f in self.flights.drain(..) {
-            self.spare.push(f.x);
-            self.spare.push(f.stock);
+        for f in std::mem::take(&mut self.flights) {
+            self.recycle(f.x);
+            self.recycle(f.stock);
         }
         self.queue.clear();
         self.done.clear();
@@ -230,6 +230,16 @@ impl Stream {
 
     pub fn flights(&self) -> usize {
         self.flights.len()
+    }
+
+    /// Keeps a latent buffer for the next frame. A frame without guidance has no stock
+    /// noise buffer (empty, never allocated): keeping those would grow `spare` by one entry
+    /// per frame, each later filled and kept by a frame with guidance, so a stream switching
+    /// between `cfg-type=none` and `self` kept every latent it ever made.
+    fn recycle(&mut self, v: Vec<f32>) {
+        if v.capacity() > 0 {
+            self.spare.push(v);
+        }
     }
 
     fn buffer(&mut self, len: usize) -> Vec<f32> {
@@ -467,15 +477,16 @@ impl Stream {
         timings.vae_decode += t0.elapsed();
         timings.vae_decode_calls += calls as u64;
         // Remove finished flights, keeping entry order.
-        let spare = &mut self.spare;
-        self.flights.retain_mut(|f| {
+        let mut flights = std::mem::take(&mut self.flights);
+        flights.retain_mut(|f| {
             let keep = f.step < f.p.n();
             if !keep {
-                spare.push(std::mem::take(&mut f.x));
-                spare.push(std::mem::take(&mut f.stock));
+                self.recycle(std::mem::take(&mut f.x));
+                self.recycle(std::mem::take(&mut f.stock));
             }
             keep
         });
+        self.flights = flights;
         Ok(())
     }
 

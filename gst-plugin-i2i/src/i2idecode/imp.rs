@@ -8,7 +8,10 @@
 //! The decoder is loaded when the first caps arrive (their `image-width` x `image-height`)
 //! and again when the size changes; the task takes the new one when those caps reach it. A
 //! frame whose payload does not match the caps is dropped with a warning and counted; the
-//! stream goes on.
+//! stream goes on. Latents that would decode to a picture over `max-pixels` never reach
+//! the decoder (its memory grows with the picture: the demo model took 6.48 GB for one
+//! 4096x4096 frame): no decoder is loaded for them, their frames are dropped and counted
+//! as `dropped-oversize`, and the stream goes on with the next caps that fit.
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -44,6 +47,9 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const MAX_LATENT: usize = 1024;
 /// Warnings about bad frames: at most one per this interval (the rest are counted).
 const WARN_INTERVAL: Duration = Duration::from_secs(2);
+/// The largest picture decoded by default: 2048 x 2048 (SDXL's 1024 x 1024 and a
+/// 1920 x 1088 picture fit; the decoder's memory grows with the picture).
+pub const DEFAULT_MAX_PIXELS: u64 = 2048 * 2048;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -52,6 +58,7 @@ struct Settings {
     runtime: RuntimeSettings,
     /// No `resize-mode`: latents are decoded at their own size.
     stream: StreamSettings,
+    max_pixels: u64,
 }
 
 impl Default for Settings {
@@ -60,6 +67,7 @@ impl Default for Settings {
             model: None,
             runtime: RuntimeSettings::default(),
             stream: default_stream(),
+            max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
 }
@@ -72,6 +80,13 @@ fn default_stream() -> StreamSettings {
         stats_interval_ms: 0,
         ..StreamSettings::default()
     }
+}
+
+/// What only `i2idecode` counts.
+#[derive(Debug, Default)]
+pub struct DecodeStats {
+    /// Frames whose picture would be over `max-pixels`.
+    dropped_oversize: u64,
 }
 
 /// What the caps say about each latent frame.
@@ -87,6 +102,10 @@ struct LatentFormat {
 impl LatentFormat {
     fn bytes(&self) -> usize {
         self.channels * self.width * self.height * 4
+    }
+
+    fn pixels(&self) -> u64 {
+        self.image_width as u64 * self.image_height as u64
     }
 }
 
@@ -146,6 +165,8 @@ fn parse_caps(caps: &gst::CapsRef) -> Result<(LatentFormat, Option<f64>, gst::Fr
 #[derive(Default)]
 struct Intake {
     format: Option<LatentFormat>,
+    /// The caps' picture is over `max-pixels` (its frames are dropped): the limit.
+    oversize: Option<u64>,
     /// The picture size of the last decoder loaded.
     loaded: Option<(u32, u32)>,
     /// A decoder loaded for new caps, for the task to take when those caps reach it.
@@ -189,7 +210,7 @@ impl InferElement for I2iDecode {
     /// the next frame into it again only once the output thread has let go of it.
     type Picture = Arc<Tensor<f32>>;
     type Worker = Worker;
-    type StatsExtra = ();
+    type StatsExtra = DecodeStats;
 
     const OUTPUT_THREAD: &'static str = "i2idecode-output";
     const STATS_NAME: &'static str = "i2idecode-stats";
@@ -213,7 +234,11 @@ impl InferElement for I2iDecode {
         }
     }
 
-    fn stats_fields(&self, b: gst::structure::Builder, s: &Stats<()>) -> gst::structure::Builder {
+    fn stats_fields(
+        &self,
+        b: gst::structure::Builder,
+        s: &Stats<DecodeStats>,
+    ) -> gst::structure::Builder {
         let total = s.first_inference.unwrap_or_default() + s.inference_total;
         let avg = if s.batches > 0 {
             total.as_secs_f64() * 1000.0 / s.batches as f64
@@ -221,6 +246,9 @@ impl InferElement for I2iDecode {
             0.0
         };
         b.field("avg-decode-ms", avg)
+            .field("dropped-oversize", s.extra.dropped_oversize)
+            // Every drop is in the sum, this element's own reason too.
+            .field("dropped", s.dropped() + s.extra.dropped_oversize)
     }
 
     fn load(&self) -> Result<(), gst::StateChangeError> {
@@ -268,7 +296,19 @@ impl InferElement for I2iDecode {
         }
         let size = (f.image_width, f.image_height);
         let mut intake = self.intake.lock().unwrap();
-        if intake.loaded != Some(size) {
+        // Checked before a decoder is loaded or run for this size.
+        let oversize = s.max_pixels > 0 && f.pixels() > s.max_pixels;
+        intake.oversize = oversize.then_some(s.max_pixels);
+        if oversize {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "latents of {}x{} are over max-pixels ({}): their frames are dropped",
+                f.image_width,
+                f.image_height,
+                s.max_pixels
+            );
+        } else if intake.loaded != Some(size) {
             let opts = LoadOptions {
                 model_dir: PathBuf::from(&model),
                 width: f.image_width,
@@ -325,6 +365,20 @@ impl InferElement for I2iDecode {
             self.bad_frame(&mut intake, "the buffer cannot be read".into());
             return Ok(None);
         };
+        if let Some(max) = intake.oversize {
+            let what = format!(
+                "it decodes to a {}x{} picture ({} pixels), over max-pixels ({max}): raise max-pixels if pictures this large are meant (the decoder's memory grows with the picture)",
+                f.image_width,
+                f.image_height,
+                f.pixels()
+            );
+            drop(map);
+            self.drop_frame(&mut intake, what, |s| {
+                s.extra.dropped_oversize += 1;
+                ("dropped-oversize", s.extra.dropped_oversize)
+            });
+            return Ok(None);
+        }
         if map.len() != f.bytes() {
             let what = format!(
                 "{} bytes (pts {:?}) where the caps say float32 [1, {}, {}, {}] = {} bytes (truncated or another model's latents)",
@@ -431,11 +485,21 @@ impl InferElement for I2iDecode {
 impl I2iDecode {
     /// A frame that does not fit its caps: a rate-limited warning, counted, dropped.
     fn bad_frame(&self, intake: &mut Intake, what: String) {
-        let n = {
-            let mut s = self.base.stats.lock().unwrap();
+        self.drop_frame(intake, what, |s| {
             s.frames_invalid += 1;
-            s.frames_invalid
-        };
+            ("dropped-invalid", s.frames_invalid)
+        });
+    }
+
+    /// Drops a frame for `what`: `count` adds it to its counter and names it; a
+    /// rate-limited warning.
+    fn drop_frame(
+        &self,
+        intake: &mut Intake,
+        what: String,
+        count: impl FnOnce(&mut Stats<DecodeStats>) -> (&'static str, u64),
+    ) {
+        let (counter, n) = count(&mut self.base.stats.lock().unwrap());
         if intake
             .last_warning
             .is_none_or(|t| t.elapsed() >= WARN_INTERVAL)
@@ -445,9 +509,10 @@ impl I2iDecode {
                 self,
                 gst::StreamError::Decode,
                 (
-                    "Dropping a latent frame: {} ({} dropped so far, see stats dropped-invalid)",
+                    "Dropping a latent frame: {} ({} dropped so far, see stats {})",
                     what,
-                    n
+                    n,
+                    counter
                 )
             );
         }
@@ -463,6 +528,12 @@ impl ObjectImpl for I2iDecode {
                     .blurb("The model directory the latents come from (its vae_decoder/model.onnx and config.json are used)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt64::builder("max-pixels")
+                    .nick("Maximum picture size")
+                    .blurb("Largest picture (image-width x image-height of the latent caps) decoded; latents that decode to a larger one are dropped before the decoder runs and counted as dropped-oversize (the decoder's memory grows with the picture). 0 = no limit")
+                    .default_value(DEFAULT_MAX_PIXELS)
+                    .mutable_ready()
+                    .build(),
             ]
             .into_iter()
             .chain(RuntimeSettings::param_specs(false))
@@ -474,7 +545,7 @@ impl ObjectImpl for I2iDecode {
                     .filter(|p| p.name() != "provider"),
             )
             .chain([stats_param_spec(
-                "avg-decode-ms; dropped-invalid counts payloads not matching the caps",
+                "avg-decode-ms; dropped-invalid counts payloads not matching the caps, dropped-oversize frames over max-pixels",
             )])
             .collect()
         });
@@ -498,6 +569,7 @@ impl ObjectImpl for I2iDecode {
         }
         match name {
             "model" => s.model = value.get().unwrap(),
+            "max-pixels" => s.max_pixels = value.get().unwrap(),
             _ => unreachable!("property {name} is not registered"),
         }
     }
@@ -516,6 +588,7 @@ impl ObjectImpl for I2iDecode {
         }
         match name {
             "model" => s.model.to_value(),
+            "max-pixels" => s.max_pixels.to_value(),
             name => unreachable!("property {name} is not registered"),
         }
     }

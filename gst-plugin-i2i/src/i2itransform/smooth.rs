@@ -24,9 +24,6 @@ use crate::settings::blend::{
     BlendMode, Fade, blend_embeddings, blend_noise, embedding_transition, noise_transition,
 };
 
-/// Prompt encodings kept for blends and fades (each is `77 * E` floats).
-const MAX_CACHED_PROMPTS: usize = 32;
-
 /// What the conditioning should be.
 #[derive(Clone, Debug, PartialEq)]
 enum CondTarget {
@@ -104,6 +101,9 @@ impl<T: PartialEq + Clone> Track<T> {
 pub struct Smoother {
     cond: Track<CondTarget>,
     noise: Track<NoiseTarget>,
+    /// The encodings of the current conditioning target's prompts (each `77 * E` floats),
+    /// so that moving a blend's weights runs no text encoder. Only the current target's:
+    /// a show typing new prompts would otherwise keep every prompt it ever blended.
     encodings: HashMap<String, Arc<Vec<f32>>>,
     cond_shape: Option<[usize; 3]>,
 }
@@ -163,9 +163,6 @@ impl Smoother {
         }
         let e = engine.encode_prompt(text)?;
         self.cond_shape = Some(e.shape);
-        if self.encodings.len() >= MAX_CACHED_PROMPTS {
-            self.encodings.clear();
-        }
         let data = Arc::new(e.data);
         self.encodings.insert(text.to_string(), data.clone());
         Ok(data)
@@ -184,6 +181,16 @@ impl Smoother {
                 blend_embeddings(&refs, *mode, self.row_len())
                     .map_err(|e| EngineError::argument("prompt-blend", "weights with a sum > 0", e))
             }
+        }
+    }
+
+    /// Forgets the encodings of prompts `target` does not name.
+    fn keep_encodings_of(&mut self, target: &CondTarget) {
+        match target {
+            CondTarget::Prompt(p) => self.encodings.retain(|k, _| k == p),
+            CondTarget::Blend(items, _) => self
+                .encodings
+                .retain(|k, _| items.iter().any(|(text, _)| text == k)),
         }
     }
 
@@ -250,6 +257,7 @@ impl Smoother {
                 None => self.cond_value(engine, &old)?,
             };
             let to = self.cond_value(engine, &target)?;
+            self.keep_encodings_of(&target);
             self.cond.fade = Some(FadeState {
                 from,
                 to,
@@ -280,6 +288,7 @@ impl Smoother {
         };
         if !in_place {
             let value = self.cond_value(engine, &target)?;
+            self.keep_encodings_of(&target);
             engine.set_conditioning(self.embedding(value), None);
             self.cond.holds = Holds::Target(target);
         }

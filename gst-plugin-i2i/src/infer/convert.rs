@@ -256,6 +256,19 @@ impl OutputConverter {
         let Some(conv) = &self.converter else {
             return Ok(gst::Buffer::from_mut_slice(rgb));
         };
+        // GStreamer pads RGB rows to 4 bytes: a picture whose width is not a multiple of 4
+        // (a 1x1 output, say) is laid out again with that stride before it is mapped.
+        let row = self.rgb_info.width() as usize * 3;
+        let stride = self.rgb_info.stride()[0] as usize;
+        let rgb = if stride == row {
+            rgb
+        } else {
+            let mut padded = vec![0u8; self.rgb_info.size()];
+            for (dst, src) in padded.chunks_mut(stride).zip(rgb.chunks_exact(row)) {
+                dst[..row].copy_from_slice(src);
+            }
+            padded
+        };
         let src_buf = gst::Buffer::from_mut_slice(rgb);
         let src =
             gst_video::VideoFrameRef::from_buffer_ref_readable(src_buf.as_ref(), &self.rgb_info)

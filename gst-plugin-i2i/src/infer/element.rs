@@ -942,10 +942,7 @@ pub trait InferElementExt: InferElement {
         let b = gst::Structure::builder(Self::STATS_NAME)
             .field("frames-in", s.frames_in)
             .field("frames-out", s.frames_out)
-            .field(
-                "dropped",
-                s.frames_dropped + s.frames_late + s.frames_invalid,
-            )
+            .field("dropped", s.dropped())
             .field("dropped-flush", s.frames_dropped)
             .field("dropped-late", s.frames_late)
             .field("dropped-invalid", s.frames_invalid)

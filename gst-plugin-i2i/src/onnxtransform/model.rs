@@ -567,6 +567,33 @@ impl std::fmt::Debug for ImageModel {
     }
 }
 
+/// What to say when the model property names a folder: it takes an `.onnx` file, and
+/// which ones the folder holds.
+fn onnx_files_in(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "onnx"))
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let head = "is a folder: the model property takes an .onnx file";
+    // model.onnx when there is one (the usual name), else the first.
+    let example = names.iter().find(|n| *n == "model.onnx").or(names.first());
+    match example {
+        None => format!("{head}, and this folder holds none"),
+        Some(e) => format!(
+            "{head}, e.g. {} (the .onnx files in it: {})",
+            dir.join(e).display(),
+            names.join(", ")
+        ),
+    }
+}
+
 fn declared(o: &ort::value::Outlet) -> Option<(TensorElementType, Vec<i64>)> {
     match o.dtype() {
         ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
@@ -579,6 +606,9 @@ impl ImageModel {
     /// is an image-to-image model.
     pub fn load(opts: &ModelOptions) -> Result<ImageModel, EngineError> {
         let file = &opts.file;
+        if file.is_dir() {
+            return Err(EngineError::invalid(file, onnx_files_in(file)));
+        }
         if !file.is_file() {
             return Err(EngineError::missing(
                 file,
