@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gsti2i::settings::state::{STATE_TOPIC, Snapshot};
+use i2i_core::settings::state::{STATE_TOPIC, Snapshot};
 
 const BIN: &str = env!("CARGO_BIN_EXE_i2i-prompt");
 
@@ -129,14 +129,14 @@ fn run(args: &[&str]) -> (i32, String, String) {
 /// The first snapshot a fresh subscriber sees, and how long it took.
 fn first_snapshot(
     endpoint: &str,
-    curve: Option<&gsti2i::settings::curve::KeyPair>,
+    curve: Option<&i2i_core::curve::KeyPair>,
     server: Option<&str>,
 ) -> (Snapshot, Duration) {
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).unwrap();
     sub.set_linger(0).unwrap();
     if let (Some(k), Some(s)) = (curve, server) {
-        gsti2i::settings::curve::make_client(&sub, k, s).unwrap();
+        i2i_core::curve::make_client(&sub, k, s).unwrap();
     }
     sub.set_subscribe(STATE_TOPIC).unwrap();
     let start = Instant::now();
@@ -185,7 +185,7 @@ fn one_shot_commands_change_the_published_state() {
     assert_eq!(snap.seq, 2);
     assert_eq!(snap.settings.seed, Some(5));
     assert_eq!(snap.settings.guidance_scale, Some(1.5));
-    assert_eq!(snap.settings.t_index_list.as_deref(), Some("20,30"));
+    assert_eq!(snap.settings.t_index_list.as_deref(), Some(&[20, 30][..]));
     assert_eq!(snap.settings.prompt.as_deref(), Some("a red fox"));
 
     // Bad commands are refused before sending, with exit code 1.
@@ -332,8 +332,8 @@ fn keygen_and_curve_from_the_command_line() {
         "/seed 14",
     ]);
     assert_eq!(code, 2);
-    let server = gsti2i::settings::curve::load_public_key(&hub_pub).unwrap();
-    let throwaway = gsti2i::settings::curve::KeyPair::generate().unwrap();
+    let server = i2i_core::curve::load_public_key(&hub_pub).unwrap();
+    let throwaway = i2i_core::curve::KeyPair::generate().unwrap();
     let (snap, _) = first_snapshot(&holder.state, Some(&throwaway), Some(&server));
     assert_eq!(snap.settings.seed, Some(42));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -373,11 +373,11 @@ fn remote_console_sends_commands_and_shows_applied_reports() {
     stdin.flush().unwrap();
     wait_line(&rx, "ok seq=1 seed=77", Duration::from_secs(5));
     // A transform reports what it applied (as settingssrc does), on the control socket.
-    let report = gsti2i::settings::state::AppliedReport {
+    let report = i2i_core::settings::state::AppliedReport {
         source: "i2i0@stage-left".into(),
         seq: Some(1),
         frame: Some(120),
-        settings: gsti2i::settings::SettingsUpdate {
+        settings: i2i_core::settings::SettingsUpdate {
             seed: Some(77),
             ..Default::default()
         },
@@ -675,7 +675,7 @@ fn keys(test: &str) -> (std::path::PathBuf, String, String) {
 /// The first snapshot whose settings pass `want`, within `timeout`.
 fn snapshot_where(
     endpoint: &str,
-    curve: Option<(&gsti2i::settings::curve::KeyPair, &str)>,
+    curve: Option<(&i2i_core::curve::KeyPair, &str)>,
     timeout: Duration,
     want: impl Fn(&Snapshot) -> bool,
 ) -> Snapshot {
@@ -683,7 +683,7 @@ fn snapshot_where(
     let sub = ctx.socket(zmq::SUB).unwrap();
     sub.set_linger(0).unwrap();
     if let Some((k, s)) = curve {
-        gsti2i::settings::curve::make_client(&sub, k, s).unwrap();
+        i2i_core::curve::make_client(&sub, k, s).unwrap();
     }
     sub.set_subscribe(STATE_TOPIC).unwrap();
     sub.connect(endpoint).unwrap();
@@ -711,9 +711,8 @@ fn osc_with_keys_is_off_unless_asked_for_and_takes_only_allowed_senders() {
     use rosc::OscType;
     let (dir, secret, operators) = keys("osc-keys");
     let hub_key =
-        gsti2i::settings::curve::load_public_key(&format!("{}/hub/hub.key", dir.display()))
-            .unwrap();
-    let reader = gsti2i::settings::curve::KeyPair::generate().unwrap();
+        i2i_core::curve::load_public_key(&format!("{}/hub/hub.key", dir.display())).unwrap();
+    let reader = i2i_core::curve::KeyPair::generate().unwrap();
     // Keys and no OSC option: OSC is off, and the holder says why.
     let holder = Holder::start(&["serve", "--key", &secret, "--allow", &operators]);
     wait_line(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gstzmqsink::protocol::encode_frame;
+use i2i_core::protocol::encode_frame;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_i2i-stats");

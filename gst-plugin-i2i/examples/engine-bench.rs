@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gsti2i::diffusion::{
-    CfgType, Engine, ExecutionProvider, InputFrame, LoadOptions, StreamParams, Timings, runtime,
+    CfgType, Engine, ExecutionProvider, InputFrame, LoadOptions, StreamParams, Timings,
     scheduler::SchedulerConfig,
 };
+use gsti2i::runtime;
 use half::f16;
 use ort::ep;
 use ort::session::builder::GraphOptimizationLevel;

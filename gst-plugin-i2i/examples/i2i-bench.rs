@@ -200,7 +200,7 @@ struct Graph {
 
 impl Graph {
     fn load(dir: &std::path::Path, name: &str, threads: usize) -> Result<Graph, String> {
-        let env = diffusion::runtime::environment().map_err(|e| e.to_string())?;
+        let env = gsti2i::runtime::environment().map_err(|e| e.to_string())?;
         let path = dir.join(name).join("model.onnx");
         // As the engine opens its sessions.
         let open = || -> Result<Session, ort::Error> {

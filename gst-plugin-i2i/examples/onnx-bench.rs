@@ -81,7 +81,7 @@ fn picture(i: usize, w: u32, h: u32) -> Vec<u8> {
 
 /// Bare ONNX Runtime: frames/s of `Session::run` alone.
 fn bare(a: &Args, frames: &[Vec<u8>]) -> Result<Round, String> {
-    let env = gsti2i::diffusion::runtime::environment().map_err(|e| e.to_string())?;
+    let env = gsti2i::runtime::environment().map_err(|e| e.to_string())?;
     let open = || -> Result<Session, ort::Error> {
         let b = Session::builder(&env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -193,7 +193,7 @@ fn main() {
     gst::init().unwrap();
     gsti2i::plugin_register_static().unwrap();
     // The element loads the library through the plugin; the bare side uses the same one.
-    if let Err(e) = gsti2i::diffusion::runtime::environment() {
+    if let Err(e) = gsti2i::runtime::environment() {
         eprintln!("onnx-bench: {e}");
         std::process::exit(1);
     }

@@ -11,7 +11,7 @@ pub mod i2itransform;
 pub mod infer;
 pub mod onnxtransform;
 pub mod preprocess;
-pub mod settings;
+pub mod runtime;
 mod settingssrc;
 
 /// The properties renamed for the one vocabulary (docs/properties.md): their old names
@@ -30,7 +30,8 @@ pub fn renamed_properties() -> Vec<i2i_compat::ElementAlias> {
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // The enums of the transforms' properties are marked where they register; this one is
     // settingssrc's.
-    settingssrc::SocketType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    i2i_core::zmq_endpoint::ReceiveSocketType::static_type()
+        .mark_as_plugin_api(gst::PluginAPIFlags::empty());
     i2itransform::register(plugin)?;
     onnxtransform::register(plugin)?;
     i2idecode::register(plugin)?;

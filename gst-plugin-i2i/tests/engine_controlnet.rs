@@ -23,6 +23,7 @@ fn params(cfg: CfgType) -> StreamParams {
         add_noise: true,
         similarity_threshold: 0.0,
         max_skip_frames: 10,
+        ..Default::default()
     }
 }
 

@@ -22,6 +22,7 @@ fn params(t_index: &[u32]) -> StreamParams {
         add_noise: true,
         similarity_threshold: 0.0,
         max_skip_frames: 10,
+        ..Default::default()
     }
 }
 

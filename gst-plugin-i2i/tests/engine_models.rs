@@ -496,9 +496,9 @@ fn wrong_signatures_and_fixed_batch() {
 
 #[test]
 fn declared_inputs_read_from_the_file_match_onnx_runtime() {
-    use gsti2i::diffusion::onnx_proto::graph_inputs;
+    use gsti2i::runtime::onnx_proto::graph_inputs;
     use ort::value::ValueType;
-    let env = gsti2i::diffusion::runtime::environment().unwrap();
+    let env = gsti2i::runtime::environment().unwrap();
     let mut checked = 0;
     for model in ["tiny-sd15", "tiny-turbo", "tiny-fp16", "tiny-sdexport"] {
         for comp in ["text_encoder", "unet", "vae_encoder", "vae_decoder"] {

@@ -29,6 +29,7 @@ fn params(cfg: CfgType, t_index: &[u32], negative: &str) -> StreamParams {
         add_noise: true,
         similarity_threshold: 0.0,
         max_skip_frames: 10,
+        ..Default::default()
     }
 }
 

@@ -22,6 +22,7 @@ fn params(cfg: CfgType, t_index: &[u32]) -> StreamParams {
         add_noise: true,
         similarity_threshold: 0.0,
         max_skip_frames: 10,
+        ..Default::default()
     }
 }
 
@@ -464,4 +465,42 @@ fn calls_of_changing_size_match_single_frames() {
             a.tag
         );
     }
+}
+
+#[test]
+fn the_engine_fades_the_prompt_and_seed_and_encodes_each_prompt_once() {
+    let frames: Vec<Vec<u8>> = (0..6).map(frame).collect();
+    let p = params(CfgType::SelfNegative, &[32, 45]);
+    let q = StreamParams {
+        prompt: "a blue boat".into(),
+        seed: 8,
+        ..p.clone()
+    };
+    // Where the fade ends: q from the start.
+    let mut target = Engine::load(&opts("tiny-sd15", 1), &q).unwrap();
+    let want = run(&mut target, &frames);
+    let mut e = Engine::load(&opts("tiny-sd15", 1), &p).unwrap();
+    let before = run(&mut e, &frames);
+    e.set_params(&StreamParams {
+        transition_frames: 2,
+        ..q.clone()
+    })
+    .unwrap();
+    let faded = run(&mut e, &frames);
+    // Two frames in between, unlike both ends; the third one on is the target's.
+    for k in 0..2 {
+        assert!(
+            max_abs(&faded[k].pixels, &want[k].pixels) > 1e-4,
+            "frame {k}"
+        );
+        assert!(
+            max_abs(&faded[k].pixels, &before[k].pixels) > 1e-4,
+            "frame {k}"
+        );
+    }
+    for k in 2..frames.len() {
+        assert_eq!(faded[k].pixels, want[k].pixels, "frame {k}");
+    }
+    // The text encoder ran for the load and the new prompt, once each.
+    assert_eq!(e.timings().text_calls, 2);
 }

@@ -559,13 +559,13 @@ fn a_decoder_farm_over_the_scaleout_elements_is_byte_identical_to_the_transform_
         // transform alone's pictures.
         let results = results.lock().unwrap();
         assert_eq!(results.len(), 8, "{name}: {cstats}");
-        let mut encoder = gstzmqsink::jpeg::Encoder::new(QUALITY).unwrap();
+        let mut encoder = i2i_core::jpeg::Encoder::new(QUALITY).unwrap();
         for (i, r) in results.iter().enumerate() {
             assert_eq!(index_of(r), i as u64, "{name}: out of order");
             let expected = encoder
                 .encode_packed(
-                    gstzmqsink::jpeg::PackedFormat::Rgb,
-                    gstzmqsink::jpeg::Plane {
+                    i2i_core::jpeg::PackedFormat::Rgb,
+                    i2i_core::jpeg::Plane {
                         data: &alone.bytes(i),
                         stride: 64 * 3,
                     },

@@ -474,7 +474,7 @@ fn depth_preprocessor_equals_the_depth_model_and_bad_models_are_refused() {
         ),
         4,
     );
-    let mut depth = gsti2i::diffusion::depth::DepthModel::load(
+    let mut depth = gsti2i::preprocess::depth::DepthModel::load(
         &depth_file,
         diffusion::ExecutionProvider::Cpu,
         0,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gsti2i::settings::hub::ControlClient;
+use i2i_core::settings::hub::ControlClient;
 
 const W: u32 = 64;
 const H: u32 = 64;

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gsti2i::settings::SettingsUpdate;
-use gsti2i::settings::curve::{AllowList, KeyPair, curve_available};
-use gsti2i::settings::hub::{ControlClient, Hub, HubConfig, HubCurve, HubEvent, HubHandle};
-use gsti2i::settings::message::MAX_MESSAGE_BYTES;
+use i2i_core::curve::{AllowList, KeyPair, curve_available};
+use i2i_core::settings::hub::{ControlClient, Hub, HubConfig, HubCurve, HubEvent, HubHandle};
+use i2i_core::settings::message::MAX_MESSAGE_BYTES;
+use i2i_core::settings::{CfgType, SettingsUpdate};
 
 fn init() {
     static INIT: Once = Once::new();
@@ -189,7 +189,7 @@ fn late_joiner_gets_the_state_within_one_second() {
     let initial = SettingsUpdate {
         prompt: Some("oil painting".into()),
         seed: Some(7),
-        t_index_list: Some("22,32".into()),
+        t_index_list: Some(vec![22, 32]),
         ..Default::default()
     };
     let (hub, _events) = hub(initial, None);
@@ -202,7 +202,7 @@ fn late_joiner_gets_the_state_within_one_second() {
     println!("late join: full state after {} ms", took.as_millis());
     assert!(took < Duration::from_secs(1), "late join took {took:?}");
     assert_eq!(rx.state.prompt.as_deref(), Some("oil painting"));
-    assert_eq!(rx.state.t_index_list.as_deref(), Some("22,32"));
+    assert_eq!(rx.state.t_index_list.as_deref(), Some(&[22, 32][..]));
     assert_eq!(rx.state.guidance_scale, Some(2.0));
     // Everything came in one update.
     assert_eq!(rx.updates.len(), 1, "{:?}", rx.updates);
@@ -492,7 +492,7 @@ fn curve_allowed_keys_work_and_unknown_keys_are_refused() {
     );
     // A report it sends naming another transform (and claiming the operator's key) is
     // shown with the key the holder authenticated, not the claim.
-    let forged = gsti2i::settings::state::AppliedReport {
+    let forged = i2i_core::settings::state::AppliedReport {
         source: "other-transform@stage-right".into(),
         seq: Some(1),
         frame: Some(5),
@@ -591,7 +591,7 @@ fn curve_on_a_bound_element_admits_only_allowed_publishers() {
     let make_pub = |keys: &KeyPair| {
         let s = ctx.socket(zmq::PUB).unwrap();
         s.set_linger(0).unwrap();
-        gsti2i::settings::curve::make_client(&s, keys, &element_keys.public).unwrap();
+        i2i_core::curve::make_client(&s, keys, &element_keys.public).unwrap();
         s.connect(&endpoint).unwrap();
         s
     };
@@ -619,7 +619,7 @@ fn curve_on_a_bound_element_admits_only_allowed_publishers() {
 fn bad_configuration_is_an_error_naming_the_problem() {
     init();
     let cases: [(&[(&str, &str)], &str); 4] = [
-        (&[("endpoint", "nonsense")], "cannot connect to nonsense"),
+        (&[("endpoint", "nonsense")], "Could not connect to nonsense"),
         (
             &[
                 ("endpoint", "tcp://127.0.0.1:*"),
@@ -637,7 +637,7 @@ fn bad_configuration_is_an_error_naming_the_problem() {
         ),
         (
             &[("endpoint", "tcp://256.1.1.1:5556"), ("bind", "true")],
-            "cannot listen on tcp://256.1.1.1:5556",
+            "Could not bind tcp://256.1.1.1:5556",
         ),
     ];
     for (props, want) in cases {
@@ -681,10 +681,8 @@ fn push_programs_reach_a_pull_element() {
         push.send(format!("/seed {n}").as_bytes(), 0).unwrap();
     }
     push.send(&b"/cfg full"[..], 0).unwrap();
-    assert!(
-        rx.pump_until(Duration::from_secs(3), |r| r.state.cfg_type.as_deref()
-            == Some("full"))
-    );
+    assert!(rx.pump_until(Duration::from_secs(3), |r| r.state.cfg_type
+        == Some(CfgType::Full)));
     assert_eq!(rx.state.seed, Some(50));
     assert_eq!(rx.stat::<u64>("commands"), 51);
 }
@@ -720,7 +718,7 @@ fn applied_reports_travel_back_to_the_holder() {
         ..Default::default()
     };
     let event = gst::event::CustomUpstream::new(
-        gst::Structure::builder(gsti2i::settings::state::APPLIED_EVENT)
+        gst::Structure::builder(i2i_core::settings::state::APPLIED_EVENT)
             .field("frame-index", 42u64)
             .field("settings", String::from_utf8(applied.to_json()).unwrap())
             .build(),
@@ -759,7 +757,7 @@ fn applied_reports_travel_back_to_the_holder() {
     // A console subscribed to the holder's state socket sees the report too.
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).unwrap();
-    sub.set_subscribe(gsti2i::settings::state::APPLIED_TOPIC)
+    sub.set_subscribe(i2i_core::settings::state::APPLIED_TOPIC)
         .unwrap();
     sub.connect(&hub.info.state_endpoint).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -767,7 +765,7 @@ fn applied_reports_travel_back_to_the_holder() {
         pad.push_event(event.clone());
         if sub.poll(zmq::POLLIN, 100).unwrap() > 0 {
             let frames = sub.recv_multipart(0).unwrap();
-            let r = gsti2i::settings::state::AppliedReport::decode(&frames[1]).unwrap();
+            let r = i2i_core::settings::state::AppliedReport::decode(&frames[1]).unwrap();
             assert_eq!(r.frame, Some(42));
             break;
         }
@@ -860,7 +858,7 @@ fn report_name_names_the_transform_in_reports() {
     ]);
     assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(4)));
     let event = gst::event::CustomUpstream::new(
-        gst::Structure::builder(gsti2i::settings::state::REFUSED_EVENT)
+        gst::Structure::builder(i2i_core::settings::state::REFUSED_EVENT)
             .field(
                 "refused",
                 "t-index-list \"10,60\" refused: t-index 60 is out of range",

@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -376,8 +376,6 @@ pub struct Endpoint {
     /// as soon as the probe ends, which a WHEP viewer cannot follow (its ICE fails), so
     /// offers wait for this (at most `READY_WAIT`, then 503 with Retry-After).
     ready: Option<tokio::sync::watch::Receiver<bool>>,
-    /// The server's runtime, for work started from GStreamer threads.
-    runtime: OnceLock<tokio::runtime::Handle>,
     webrtcbin_ready: Mutex<Option<glib::SignalHandlerId>>,
 }
 
@@ -397,33 +395,6 @@ pub const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a DELETE waits for the WebRTC element to end a session.
 const END_WAIT: Duration = Duration::from_secs(5);
-
-/// Bus warnings for refused requests, at most one a second; the others are counted and the
-/// count is given with the next warning.
-#[derive(Default)]
-pub struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    /// `Some(text to append)` when a warning may go out now, `None` when it is counted instead.
-    pub fn allow(&mut self) -> Option<String> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(match std::mem::take(&mut self.suppressed) {
-            0 => String::new(),
-            n => format!(" ({n} more in the last second)"),
-        })
-    }
-}
 
 /// True when `addr` is not an `http://host:port` the endpoint can bind.
 pub fn url_is_bad(addr: &str) -> bool {
@@ -476,7 +447,6 @@ impl Endpoint {
             limits,
             turn: tokio::sync::Mutex::new(()),
             ready,
-            runtime: OnceLock::new(),
             webrtcbin_ready: Mutex::new(None),
         });
         // Each session's webrtcbin: its connection state ends the session when it fails,
@@ -500,9 +470,9 @@ impl Endpoint {
         self.element.property::<glib::Object>("signaller")
     }
 
-    /// Runs `f` on the server's runtime (from GStreamer threads).
+    /// Runs `f` on the endpoints' runtime (from GStreamer threads).
     pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
-        if let Some(runtime) = self.runtime.get() {
+        if let Ok(runtime) = runtime() {
             runtime.spawn(f);
         }
     }
@@ -1220,9 +1190,25 @@ impl axum::serve::Listener for Listener {
     }
 }
 
-/// The running server: its own small tokio runtime, stopped with the element.
+/// The one tokio runtime of every WHIP/WHEP endpoint in the process, started with the first
+/// (gst-plugins-rs's elements share one the same way): an element's server runs on it from
+/// READY to NULL and shuts down gracefully, and no element starts threads of its own.
+static RUNTIME: LazyLock<Result<tokio::runtime::Runtime, String>> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("i2i-webrtc-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the HTTP runtime: {e}"))
+});
+
+/// The endpoints' runtime, or why it could not start.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    RUNTIME.as_ref().map_err(Clone::clone)
+}
+
+/// The running server, on the shared runtime; shut down with the element.
 pub struct Server {
-    runtime: tokio::runtime::Runtime,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub addr: SocketAddr,
     pub endpoint: Arc<Endpoint>,
@@ -1235,12 +1221,7 @@ impl Server {
             .strip_prefix("http://")
             .unwrap_or(host_addr)
             .trim_end_matches('/');
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(format!("{}-http", endpoint.kind.root()))
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+        let runtime = runtime()?;
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(hostport))
             .map_err(|e| {
@@ -1249,7 +1230,6 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
-        let _ = endpoint.runtime.set(runtime.handle().clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(endpoint.clone());
         let listener = Listener {
@@ -1277,7 +1257,6 @@ impl Server {
             });
         }
         Ok(Server {
-            runtime,
             shutdown: Some(tx),
             addr,
             endpoint,
@@ -1285,7 +1264,7 @@ impl Server {
     }
 
     pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
-        self.runtime.spawn(f);
+        self.endpoint.spawn(f);
     }
 }
 
@@ -1425,15 +1404,5 @@ mod tests {
         assert!(!same_secret("abc", "abd"));
         assert!(!same_secret("abc", "abcd"));
         assert!(!same_secret("", "a"));
-    }
-
-    #[test]
-    fn refusals_are_rate_limited_and_counted() {
-        let mut r = RateLimit::default();
-        assert_eq!(r.allow().as_deref(), Some(""));
-        assert!(r.allow().is_none());
-        assert!(r.allow().is_none());
-        r.last = Some(Instant::now() - Duration::from_secs(2));
-        assert_eq!(r.allow().as_deref(), Some(" (2 more in the last second)"));
     }
 }

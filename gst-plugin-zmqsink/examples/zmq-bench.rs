@@ -546,14 +546,14 @@ fn main() {
     let i420_full_caps = format!(
         "video/x-raw,format=I420,width={SIZE},height={SIZE},framerate=30/1,colorimetry=1:4:0:0"
     );
-    let mut enc = gstzmqsink::jpeg::Encoder::new(QUALITY).unwrap();
+    let mut enc = i2i_core::jpeg::Encoder::new(QUALITY).unwrap();
     let jpeg_buffers: Vec<gst::Buffer> = rgb
         .iter()
         .map(|f| {
             let j = enc
                 .encode_packed(
-                    gstzmqsink::jpeg::PackedFormat::Rgb,
-                    gstzmqsink::jpeg::Plane {
+                    i2i_core::jpeg::PackedFormat::Rgb,
+                    i2i_core::jpeg::Plane {
                         data: f,
                         stride: SIZE * 3,
                     },

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gst::subclass::prelude::*;
 
 /// How long a frame may still wait for a reader once the end was requested.
 pub const GRACE: Duration = Duration::from_millis(500);
@@ -55,6 +56,25 @@ impl EosRequest {
             return Some(true);
         }
         None
+    }
+
+    /// A sink's `send_event`: [`EosRequest::intercept`], else the base class's.
+    pub fn send_event<T: ElementImpl>(
+        &self,
+        imp: &T,
+        cat: gst::DebugCategory,
+        event: gst::Event,
+    ) -> bool {
+        if let Some(answer) = self.intercept(&event) {
+            gst::debug!(
+                cat,
+                imp = imp,
+                "{:?} event sent to the element",
+                event.type_()
+            );
+            return answer;
+        }
+        imp.parent_send_event(event)
     }
 
     /// Whether a frame still waiting for a reader should be given up now.

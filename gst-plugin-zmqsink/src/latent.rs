@@ -2,7 +2,7 @@
 //! Latents on the wire. Sent (`zmqmsgpacksink`, `zmqdispatchsink`): [`meta_from_caps`] and
 //! [`encode_into`] make one tensor message per frame from `application/x-i2i-latent`
 //! caps and buffers. Received (`zmqmsgpacksrc`, `zmqworkersrc`, `zmqcollectsrc`): one tensor message
-//! ([`crate::tensor`]) checked and turned into the `application/x-i2i-latent` caps and
+//! ([`i2i_core::tensor`]) checked and turned into the `application/x-i2i-latent` caps and
 //! float32 payload that `i2itransform output=latent` makes and `i2idecode` takes.
 //!
 //! A message is believed only once it is one frame: the payload matches the meta, the
@@ -12,7 +12,17 @@
 //! for one model; only the size may change). Each refusal says why, by kind, so the
 //! sources count each.
 
-use crate::tensor::{self, Dtype, LATENT_CAPS_NAME, TensorErrorKind, TensorMeta};
+use i2i_core::tensor::{self, Dtype, LATENT_CAPS_NAME, TensorErrorKind, TensorMeta};
+
+/// What the elements that carry either JPEG frames or latents take or give: `image/jpeg`,
+/// then [`LATENT_CAPS_NAME`].
+pub fn jpeg_or_latent_caps() -> gst::Caps {
+    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
+    caps.get_mut()
+        .expect("a new caps is writable")
+        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
+    caps
+}
 
 /// Why a latent message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

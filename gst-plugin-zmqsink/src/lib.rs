@@ -8,37 +8,34 @@
 //!   (primary: puts the workers' results back in order).
 //!
 //! Frames travel as one ZeroMQ message each, a msgpack array `[timestamp_ms, index, jpg]`
-//! (see [`protocol`]), latents as `[timestamp_ms, index, payload, meta]` (see [`tensor`],
-//! and [`latent`] for the receiving side). Shared by all five: [`interrupt`] (one wake-up), [`zmq_endpoint`]
-//! (socket set-up), [`jpeg_output`] (the sources' caps and buffers), [`unix_time`],
-//! [`warn`] (rate-limited warnings) and [`curve`] (ZeroMQ CURVE); [`eos_request`] lets the
-//! two sinks that wait for peers hear an application's EOS request.
+//! (see [`i2i_core::protocol`]), latents as `[timestamp_ms, index, payload, meta]` (see
+//! [`i2i_core::tensor`], and [`latent`] for the GStreamer side). Shared by all five:
+//! [`interrupt`] (one wake-up), [`zmq_element`] (the socket set-up of
+//! [`i2i_core::zmq_endpoint`] with CURVE from [`i2i_core::curve`], as an element),
+//! [`source_output`] (the sources' caps and buffers), [`unix_time`] and
+//! [`i2i_core::rate_limit`] (rate-limited warnings); [`eos_request`] lets the two sinks
+//! that wait for peers hear an application's EOS request.
 
 use gst::glib;
 use gst::prelude::*;
 
-pub mod curve;
 pub mod eos_request;
 pub mod frame_file;
 pub mod frame_index;
 pub mod interrupt;
-pub mod jpeg;
-pub mod jpeg_output;
 pub mod latent;
-pub mod protocol;
 pub mod scaleout;
-pub mod tensor;
+pub mod source_output;
 pub mod transport;
 pub mod unix_time;
-pub mod warn;
-pub mod zmq_endpoint;
+pub mod zmq_element;
 
 pub use i2i_compat::ElementAlias;
 pub use scaleout::zmqcollectsrc::{CollectLateStart, CollectQueuePolicy, ZmqCollectSrc};
 pub use scaleout::zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
 pub use scaleout::zmqworkersrc::ZmqWorkerSrc;
 pub use transport::zmqmsgpacksink::{LatentDtype, SinkSocketType, ZmqMsgpackSink};
-pub use transport::zmqmsgpacksrc::{SrcSocketType, ZmqMsgpackSrc};
+pub use transport::zmqmsgpacksrc::ZmqMsgpackSrc;
 
 /// Caps name of the reference timestamp meta that carries a frame's original Unix time
 /// (ns since the epoch) between pipelines.
@@ -70,7 +67,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     for t in [
         SinkSocketType::static_type(),
         LatentDtype::static_type(),
-        SrcSocketType::static_type(),
+        i2i_core::zmq_endpoint::ReceiveSocketType::static_type(),
         DispatchQueuePolicy::static_type(),
         CollectQueuePolicy::static_type(),
         CollectLateStart::static_type(),

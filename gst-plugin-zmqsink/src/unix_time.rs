@@ -8,7 +8,7 @@
 use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::protocol;
+use i2i_core::protocol;
 
 static UNIX_CAPS: LazyLock<gst::Caps> =
     LazyLock::new(|| gst::Caps::new_empty_simple(crate::UNIX_TIMESTAMP_CAPS));

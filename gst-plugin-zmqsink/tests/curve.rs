@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use gstzmqsink::curve::{KeyPair, curve_available, make_client};
-use gstzmqsink::protocol;
+use i2i_core::curve::{KeyPair, curve_available, make_client};
+use i2i_core::protocol;
 
 const T: Duration = Duration::from_secs(10);
 

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
-use gstzmqsink::protocol;
 use gstzmqsink::scaleout::wire;
-use gstzmqsink::tensor::{self, Dtype, TensorMeta};
+use i2i_core::protocol;
+use i2i_core::tensor::{self, Dtype, TensorMeta};
 use scaleout_util::FakePrimary;
 
 const T: Duration = Duration::from_secs(20);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
-use gstzmqsink::protocol;
+use i2i_core::protocol;
 
 #[test]
 fn a_thousand_frames_keep_index_timestamp_and_bytes() {

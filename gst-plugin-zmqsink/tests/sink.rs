@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use gstzmqsink::protocol::{self, Payload};
+use i2i_core::protocol::{self, Payload};
 
 fn decode_one(msg: &[u8]) -> (i64, u64, Vec<u8>) {
     let frames = protocol::decode(msg).expect("a frame message");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
-use gstzmqsink::protocol;
+use i2i_core::protocol;
 
 const T: Duration = Duration::from_secs(5);
 

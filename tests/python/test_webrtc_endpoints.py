@@ -62,7 +62,7 @@ def test_bad_requests_get_clear_answers_and_bus_warnings():
         time.sleep(1.2)
         status, _, _ = http("POST", gst.whip, fake_offer(codec="H265"))
         assert status == 415
-        wait_for(lambda: "more in the last second" in gst.messages(), 10,
+        wait_for(lambda: "more since the last report" in gst.messages(), 10,
                  f"the count of refusals not warned about: {gst.messages()[-2000:]}")
         assert gst.proc.poll() is None, gst.messages()[-3000:]
     finally:

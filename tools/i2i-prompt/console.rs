@@ -6,7 +6,7 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
-use gsti2i::settings::command::COMMAND_NAMES;
+use i2i_core::settings::command::COMMAND_NAMES;
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;

@@ -23,15 +23,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gsti2i::settings::command::{Command, HELP};
-use gsti2i::settings::curve::{self, AllowList, KeyPair};
-use gsti2i::settings::hub::{
+use i2i_core::curve::{self, AllowList, KeyPair};
+use i2i_core::settings::command::{Command, HELP};
+use i2i_core::settings::hub::{
     ControlClient, DEFAULT_MIN_PUBLISH_INTERVAL, Hub, HubConfig, HubCurve, HubEvent,
 };
-use gsti2i::settings::message::decode_message;
-use gsti2i::settings::peers::{DEFAULT_MAX_PEERS, PeerEvent, peer_budget};
-use gsti2i::settings::state::{APPLIED_TOPIC, AppliedReport};
-use gsti2i::settings::{DEFAULT_CONTROL_PORT, DEFAULT_STATE_PORT, SettingsUpdate};
+use i2i_core::settings::message::decode_message;
+use i2i_core::settings::peers::{DEFAULT_MAX_PEERS, PeerEvent, peer_budget};
+use i2i_core::settings::state::{APPLIED_TOPIC, AppliedReport};
+use i2i_core::settings::{DEFAULT_CONTROL_PORT, DEFAULT_STATE_PORT, SettingsUpdate};
 
 use printer::Printer;
 
@@ -153,7 +153,7 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
             }
             "--steps" => {
                 let v = value(&a)?;
-                let (lo, hi) = gsti2i::settings::NUM_INFERENCE_STEPS_RANGE;
+                let (lo, hi) = i2i_core::settings::NUM_INFERENCE_STEPS_RANGE;
                 o.steps = Some(
                     v.parse()
                         .ok()
@@ -432,7 +432,7 @@ fn run_hub(o: &Options, console: bool) -> Result<ExitCode, String> {
         initial,
         num_inference_steps: o
             .steps
-            .unwrap_or(gsti2i::settings::DEFAULT_NUM_INFERENCE_STEPS),
+            .unwrap_or(i2i_core::settings::DEFAULT_NUM_INFERENCE_STEPS),
         min_publish_interval: o
             .min_publish_interval_ms
             .map(Duration::from_millis)

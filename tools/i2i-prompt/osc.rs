@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gsti2i::settings::SettingsUpdate;
-use gsti2i::settings::command::did_you_mean;
-use gsti2i::settings::limits::{Pacer, RateLimiter};
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::settings::blend::BlendMode;
+use i2i_core::settings::command::did_you_mean;
+use i2i_core::settings::limits::Pacer;
+use i2i_core::settings::{CfgType, SettingsUpdate};
 use ipnet::IpNet;
 use rosc::{OscMessage, OscPacket, OscType};
 
@@ -245,8 +247,16 @@ pub fn message_to_update(m: &OscMessage) -> Result<SettingsUpdate, String> {
         "/guidance" | "/guidance-scale" => u.guidance_scale = Some(arg_number(addr, one(m)?)?),
         "/delta" => u.delta = Some(arg_number(addr, one(m)?)?),
         "/similarity" => u.similarity_threshold = Some(arg_number(addr, one(m)?)?),
-        "/cfg" => u.cfg_type = Some(arg_text(addr, one(m)?)?.to_ascii_lowercase()),
-        "/blendmode" => u.blend_mode = Some(arg_text(addr, one(m)?)?.to_ascii_lowercase()),
+        "/cfg" => {
+            u.cfg_type = Some(CfgType::parse(
+                &arg_text(addr, one(m)?)?.to_ascii_lowercase(),
+            )?)
+        }
+        "/blendmode" => {
+            u.blend_mode = Some(BlendMode::parse(
+                &arg_text(addr, one(m)?)?.to_ascii_lowercase(),
+            )?)
+        }
         "/transition" => {
             let n = arg_whole(addr, one(m)?)?;
             u.transition_frames = Some(u32::try_from(n).unwrap_or(u32::MAX));
@@ -260,9 +270,9 @@ pub fn message_to_update(m: &OscMessage) -> Result<SettingsUpdate, String> {
             let list = m
                 .args
                 .iter()
-                .map(|a| arg_whole(addr, a).map(|v| v.to_string()))
+                .map(|a| arg_whole(addr, a).map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
                 .collect::<Result<Vec<_>, _>>()?;
-            u.t_index_list = Some(list.join(","));
+            u.t_index_list = Some(list);
         }
         "/blend" => {
             u.prompt_blend = Some(
@@ -311,7 +321,7 @@ fn messages(p: OscPacket, out: &mut Vec<OscMessage>) {
 /// counted and summed up in the next report.
 struct Reporter {
     printer: Printer,
-    limit: RateLimiter,
+    limit: RateLimit,
     bad: u64,
     refused: u64,
 }
@@ -334,17 +344,11 @@ impl Reporter {
     }
 
     fn say(&mut self, from: &SocketAddr, what: &str, count: String) {
-        let Some(held_back) = self.limit.allow() else {
-            return;
-        };
-        let more = if held_back > 0 {
-            format!(" ({held_back} more since the last report)")
-        } else {
-            String::new()
-        };
-        self.printer.line(format!(
-            "osc: refused a packet from {from}: {what} [{count}]{more}"
-        ));
+        if let Some(line) = self.limit.message(format!(
+            "osc: refused a packet from {from}: {what} [{count}]"
+        )) {
+            self.printer.line(line);
+        }
     }
 }
 
@@ -436,7 +440,7 @@ impl Listener {
         let mut buf = vec![0u8; rosc::decoder::MTU];
         let mut report = Reporter {
             printer,
-            limit: RateLimiter::new(REPORTS_PER_SECOND),
+            limit: RateLimit::per_second(REPORTS_PER_SECOND),
             bad: 0,
             refused: 0,
         };
@@ -528,7 +532,7 @@ mod tests {
                 .unwrap()
                 .t_index_list
                 .as_deref(),
-            Some("20,35")
+            Some(&[20, 35][..])
         );
         assert_eq!(
             u("/transition", vec![OscType::Int(30)])

@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use i2i_core::zmq_endpoint::ReceiveSocketType;
+
 use crate::stats::Thresholds;
 
 pub const DEFAULT_ENDPOINT: &str = "tcp://localhost:5557";
@@ -59,26 +61,11 @@ EXIT STATUS: 0 done, 1 nothing received, or the verdict failed with --require-re
 2 bad usage or socket error.
 ";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketType {
-    Sub,
-    Pull,
-}
-
-impl SocketType {
-    pub fn name(self) -> &'static str {
-        match self {
-            SocketType::Sub => "sub",
-            SocketType::Pull => "pull",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub endpoint: String,
     pub bind: bool,
-    pub socket_type: SocketType,
+    pub socket_type: ReceiveSocketType,
     pub frames: Option<u64>,
     pub duration: Option<Duration>,
     /// `None`: wait forever.
@@ -139,7 +126,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut endpoint: Option<String> = None;
     let mut port: Option<u16> = None;
     let mut bind = false;
-    let mut socket_type = SocketType::Sub;
+    let mut socket_type = ReceiveSocketType::Sub;
     let mut frames = None;
     let mut duration = None;
     let mut timeout = Some(Duration::from_secs_f64(DEFAULT_TIMEOUT_S));
@@ -173,8 +160,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             Long("socket-type") => {
                 let v = parser.value().map_err(e)?;
                 socket_type = match v.to_string_lossy().as_ref() {
-                    "sub" => SocketType::Sub,
-                    "pull" => SocketType::Pull,
+                    "sub" => ReceiveSocketType::Sub,
+                    "pull" => ReceiveSocketType::Pull,
                     other => {
                         return Err(format!(
                             "--socket-type: expected sub or pull, found '{other}'"
@@ -262,7 +249,7 @@ mod tests {
         let o = run(&[]).unwrap();
         assert_eq!(o.endpoint, DEFAULT_ENDPOINT);
         assert!(!o.bind && !o.json && !o.require_realtime);
-        assert_eq!(o.socket_type, SocketType::Sub);
+        assert_eq!(o.socket_type, ReceiveSocketType::Sub);
         assert_eq!(o.timeout, Some(Duration::from_secs(10)));
         assert_eq!(o.thresholds, Thresholds::default());
         assert_eq!(o.progress, None);
@@ -314,7 +301,7 @@ mod tests {
             "-q",
         ])
         .unwrap();
-        assert_eq!(o.socket_type, SocketType::Pull);
+        assert_eq!(o.socket_type, ReceiveSocketType::Pull);
         assert_eq!(o.frames, Some(30));
         assert_eq!(o.duration, Some(Duration::from_millis(2500)));
         assert_eq!(o.timeout, None);

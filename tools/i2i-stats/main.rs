@@ -12,9 +12,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gstzmqsink::protocol::{self, Payload};
+use i2i_core::protocol::{self, Payload};
 
-use args::{Command, Options, SocketType};
+use args::{Command, Options};
+use i2i_core::zmq_endpoint::ReceiveSocketType;
 use stats::{FrameEvent, StreamStats};
 
 /// Longest single wait in the receive loop, so Ctrl-C and the deadlines are noticed promptly.
@@ -169,12 +170,8 @@ fn run(opts: Options) -> Result<u8, String> {
     let ctx = zmq::Context::new();
     // ws:// (i2i-web): a reader thread hands the frames to this loop in-process.
     let endpoint = ws::attach(&ctx, &opts)?;
-    let kind = match opts.socket_type {
-        SocketType::Sub => zmq::SUB,
-        SocketType::Pull => zmq::PULL,
-    };
     let sock = ctx
-        .socket(kind)
+        .socket(opts.socket_type.zmq_type())
         .map_err(|e| format!("cannot create a ZeroMQ socket: {e}"))?;
     sock.set_linger(0)
         .map_err(|e| socket_error("cannot configure socket for", &opts.endpoint, e))?;
@@ -182,7 +179,7 @@ fn run(opts: Options) -> Result<u8, String> {
     // order in scripts) is then joined within a frame or two, not ZeroMQ's default 100 ms.
     sock.set_reconnect_ivl(10)
         .map_err(|e| socket_error("cannot configure socket for", &opts.endpoint, e))?;
-    if opts.socket_type == SocketType::Sub {
+    if opts.socket_type == ReceiveSocketType::Sub {
         sock.set_subscribe(b"")
             .map_err(|e| socket_error("cannot subscribe to", &opts.endpoint, e))?;
     }
@@ -198,7 +195,7 @@ fn run(opts: Options) -> Result<u8, String> {
     let source = format!(
         "{} ({}, {})",
         opts.endpoint,
-        opts.socket_type.name(),
+        opts.socket_type.nick(),
         if opts.bind { "bind" } else { "connect" }
     );
     if !opts.quiet {

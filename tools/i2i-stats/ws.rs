@@ -15,7 +15,8 @@ use std::time::Duration;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use crate::args::{Options, SocketType};
+use crate::args::Options;
+use i2i_core::zmq_endpoint::ReceiveSocketType;
 
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -31,7 +32,7 @@ pub fn attach(ctx: &zmq::Context, opts: &Options) -> Result<String, String> {
     if !url.starts_with("ws://") {
         return Ok(opts.endpoint.clone());
     }
-    if opts.bind || opts.socket_type != SocketType::Sub {
+    if opts.bind || opts.socket_type != ReceiveSocketType::Sub {
         return Err(format!(
             "{url}: a WebSocket endpoint is always connected to; drop --bind and --socket-type"
         ));

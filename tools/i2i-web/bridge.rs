@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use gstzmqsink::protocol::{self, Payload};
+use i2i_core::protocol::{self, Payload};
 use tokio::sync::watch;
 
 use crate::stats::Stats;

@@ -19,10 +19,10 @@ use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::time::{Duration, Instant};
 
-use gsti2i::settings::command::Command;
-use gsti2i::settings::curve::{KeyPair, load_public_key};
-use gsti2i::settings::hub::ControlClient;
-use gsti2i::settings::message::decode_message;
+use i2i_core::curve::{KeyPair, load_public_key};
+use i2i_core::settings::command::Command;
+use i2i_core::settings::hub::ControlClient;
+use i2i_core::settings::message::decode_message;
 use tokio::sync::oneshot;
 
 /// The longest a control waits for its answer, queue included.
@@ -108,7 +108,7 @@ impl Control {
     pub fn submit(&self, payload: Vec<u8>) -> Outcome {
         match decode_message(&payload) {
             Err(e) => return Outcome::Refused(e),
-            Ok(Command::Help) => return Outcome::Local(gsti2i::settings::command::HELP.into()),
+            Ok(Command::Help) => return Outcome::Local(i2i_core::settings::command::HELP.into()),
             Ok(Command::Update(_) | Command::Status) => {}
         }
         if let Some(since) = *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) {

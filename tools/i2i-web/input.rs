@@ -17,8 +17,8 @@
 use std::fmt;
 
 use base64::Engine as _;
-use gstzmqsink::jpeg::{Encoder, JpegCheckError, PackedFormat, Plane, jpeg_size};
-use gstzmqsink::protocol::{self, Payload};
+use i2i_core::jpeg::{Encoder, JpegCheckError, PackedFormat, Plane, jpeg_size};
+use i2i_core::protocol::{self, Payload};
 use serde_json::Value;
 
 /// JPEG quality of converted PNG images.

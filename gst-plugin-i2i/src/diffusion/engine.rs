@@ -1,29 +1,48 @@
 // SPDX-License-Identifier: MPL-2.0
 //! [`Engine`]: the public face of the diffusion engine.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ort::memory::Allocator;
 use ort::value::Tensor;
 
-use super::model::{Images, Model, max_unet_rows};
+use super::conditioning::{Conditioning, emb};
+use super::model::{Images, Model, Text, max_unet_rows};
 use super::scheduler::StepConstants;
 use super::stream::{Emb, FrameParams, Stream, rows_per_call};
 use super::{
     CfgType, DecodedFrame, Embedding, EngineError, ExecutionProvider, InputFrame, LoadOptions,
-    Noise, OutputFrame, PreparedFrame, StreamParams, Timings, noise,
+    Noise, OutputFrame, PreparedFrame, StreamParams, Timings,
 };
 
-static NEXT_EMB_ID: AtomicU64 = AtomicU64::new(1);
-
-fn emb(shape: [usize; 3], data: Vec<f32>) -> Arc<Emb> {
-    Arc::new(Emb {
-        id: NEXT_EMB_ID.fetch_add(1, Ordering::Relaxed),
-        shape,
-        data,
-    })
+/// Runs the text encoder on `text` (`negative`: SDXL zeros an empty negative prompt,
+/// force_zeros_for_empty_prompt), counting its time; its output must have `shape`.
+fn encode_text(
+    model: &mut Text,
+    timings: &mut Timings,
+    shape: [usize; 3],
+    text: &str,
+    negative: bool,
+) -> Result<Vec<f32>, EngineError> {
+    let t0 = Instant::now();
+    let mut data = Vec::new();
+    let got = if negative {
+        model.encode_negative(text, &mut data)?
+    } else {
+        model.encode(text, &mut data)?
+    };
+    timings.text += t0.elapsed();
+    timings.text_calls += 1;
+    if got != shape {
+        return Err(EngineError::tensor(
+            model.file(),
+            "last_hidden_state",
+            format!("{shape:?}"),
+            format!("{got:?}"),
+        ));
+    }
+    Ok(data)
 }
 
 /// `v / 255 * 2 - 1` in float32 for every byte (the same bits as numpy's).
@@ -198,8 +217,8 @@ pub struct Engine {
     params: StreamParams,
     model: Model,
     steps: Vec<StepConstants>,
-    noise: Arc<Noise>,
-    cond: Arc<Emb>,
+    /// The conditioning and init noise of new frames, their targets and fades.
+    conditioning: Conditioning,
     uncond: Option<Arc<Emb>>,
     frame_params: Arc<FrameParams>,
     stream: Stream,
@@ -243,14 +262,21 @@ impl Engine {
             max_unet_rows(n.max(4), opts.batch_size.max(1)),
         );
         let t0 = Instant::now();
-        let (model, cond_data, cond_shape) = Model::load(opts, rows, &params.prompt)?;
+        let (mut model, cond_data, cond_shape) = Model::load(opts, rows, &params.prompt)?;
         let text_time = t0.elapsed();
         let steps = model
             .scheduler
             .schedule(&params.t_index_list, params.num_inference_steps)?;
         let (lh, lw) = (opts.height as usize / 8, opts.width as usize / 8);
-        let noise = Arc::new(noise::init_noise(params.seed, steps.len(), lh, lw));
-        let cond = emb(cond_shape, cond_data);
+        let mut timings = Timings::default();
+        let conditioning = Conditioning::new(
+            params,
+            cond_shape,
+            cond_data,
+            (lh, lw),
+            steps.len(),
+            &mut |t| encode_text(&mut model.text, &mut timings, cond_shape, t, false),
+        )?;
         let encoder_file = model.vae_encoder.graph.file.clone();
         let controlnets = model.unet.control.as_ref().map_or(0, |c| c.count);
         let mut engine = Engine {
@@ -258,8 +284,8 @@ impl Engine {
             params: params.clone(),
             frame_params: Arc::new(FrameParams {
                 steps: steps.clone(),
-                noise: noise.clone(),
-                cond: cond.clone(),
+                noise: conditioning.noise().clone(),
+                cond: conditioning.cond().clone(),
                 uncond: None,
                 cfg: CfgType::None,
                 guidance: 1.0,
@@ -270,11 +296,10 @@ impl Engine {
             }),
             model,
             steps,
-            noise,
-            cond,
+            conditioning,
             uncond: None,
             stream: Stream::default(),
-            timings: Timings::default(),
+            timings,
             pre: Preprocessor::new(encoder_file, controlnets),
             images: Vec::new(),
             latents: Vec::new(),
@@ -316,9 +341,10 @@ impl Engine {
     }
 
     /// Applies new stream settings to the frames entering from the next call on (frames in
-    /// flight finish with the settings they entered with). The text encoder runs only when
-    /// a prompt changed, the noise is redrawn only when the seed or the number of steps
-    /// changed. On error nothing changes.
+    /// flight finish with the settings they entered with). The conditioning and the noise
+    /// jump to what the settings ask, or fade over `transition_frames` (see
+    /// [`super::conditioning`]); the text encoder runs only for a prompt not encoded yet.
+    /// On error nothing changes.
     pub fn set_params(&mut self, p: &StreamParams) -> Result<(), EngineError> {
         if *p == self.params {
             return Ok(());
@@ -332,11 +358,7 @@ impl Engine {
         } else {
             self.steps.clone()
         };
-        let cond = if p.prompt != self.params.prompt {
-            Some(self.encode(&p.prompt)?)
-        } else {
-            None
-        };
+        let shape = self.conditioning.shape();
         let negative_changed = p.negative_prompt != self.params.negative_prompt;
         let uncond =
             if needs_uncond(effective_cfg(p)) && (negative_changed || self.uncond.is_none()) {
@@ -344,46 +366,31 @@ impl Engine {
             } else {
                 None
             };
+        let (text, timings) = (&mut self.model.text, &mut self.timings);
+        self.conditioning.set(p, steps.len(), &mut |t| {
+            encode_text(text, timings, shape, t, false)
+        })?;
         // Commit.
-        if let Some(c) = cond {
-            self.cond = c;
-        }
         if uncond.is_some() || negative_changed {
             // A stale negative is encoded again when a mode needs it.
             self.uncond = uncond;
-        }
-        if p.seed != self.params.seed || steps.len() != self.steps.len() {
-            let (lh, lw) = (self.opts.height as usize / 8, self.opts.width as usize / 8);
-            self.noise = Arc::new(noise::init_noise(p.seed, steps.len(), lh, lw));
         }
         self.steps = steps;
         self.params = p.clone();
         self.rebuild_frame_params()
     }
 
-    fn encode(&mut self, text: &str) -> Result<Arc<Emb>, EngineError> {
-        self.encode_as(text, false)
-    }
-
-    /// `negative`: SDXL zeros an empty negative prompt (force_zeros_for_empty_prompt).
+    /// The encoding of `text` as a new conditioning value (`negative`: see
+    /// [`encode_text`]).
     fn encode_as(&mut self, text: &str, negative: bool) -> Result<Arc<Emb>, EngineError> {
-        let t0 = Instant::now();
-        let mut data = Vec::new();
-        let shape = if negative {
-            self.model.text.encode_negative(text, &mut data)?
-        } else {
-            self.model.text.encode(text, &mut data)?
-        };
-        self.timings.text += t0.elapsed();
-        self.timings.text_calls += 1;
-        if shape != self.cond.shape {
-            return Err(EngineError::tensor(
-                self.model.text.file(),
-                "last_hidden_state",
-                format!("{:?}", self.cond.shape),
-                format!("{shape:?}"),
-            ));
-        }
+        let shape = self.conditioning.shape();
+        let data = encode_text(
+            &mut self.model.text,
+            &mut self.timings,
+            shape,
+            text,
+            negative,
+        )?;
         Ok(emb(shape, data))
     }
 
@@ -395,8 +402,8 @@ impl Engine {
         }
         self.frame_params = Arc::new(FrameParams {
             steps: self.steps.clone(),
-            noise: self.noise.clone(),
-            cond: self.cond.clone(),
+            noise: self.conditioning.noise().clone(),
+            cond: self.conditioning.cond().clone(),
             uncond: if needs_uncond(cfg) {
                 self.uncond.clone()
             } else {
@@ -513,6 +520,10 @@ impl Engine {
                 format!("{num} control image(s) (the model's ControlNets)"),
                 format!("{} (from another engine's preprocessor?)", f.controlnets()),
             ));
+        }
+        // The frames of this call take one step of the conditioning and noise fades.
+        if self.conditioning.step(frames.len()) {
+            self.rebuild_frame_params()?;
         }
         self.timings.frames_in += frames.len() as u64;
 
@@ -631,43 +642,14 @@ impl Engine {
 
     /// Runs the tokenizer and text encoder on `text`: `[1, 77, E]`.
     pub fn encode_prompt(&mut self, text: &str) -> Result<Embedding, EngineError> {
-        let e = self.encode(text)?;
-        Ok(Embedding {
-            shape: e.shape,
-            data: e.data.clone(),
-        })
-    }
-
-    /// Replaces the conditioning (and, if given, the negative conditioning) for new frames,
-    /// e.g. for prompt blends; kept until a prompt changes in `set_params`. An embedding of
-    /// the wrong shape is ignored (the current one stays).
-    pub fn set_conditioning(&mut self, cond: Embedding, uncond: Option<Embedding>) {
-        let shape = self.cond.shape;
-        if cond.shape == shape && cond.data.len() == shape.iter().product::<usize>() {
-            self.cond = emb(cond.shape, cond.data);
-        }
-        if let Some(u) = uncond
-            && u.shape == shape
-            && u.data.len() == shape.iter().product::<usize>()
-        {
-            self.uncond = Some(emb(u.shape, u.data));
-        }
-        let _ = self.rebuild_frame_params();
+        let shape = self.conditioning.shape();
+        let data = encode_text(&mut self.model.text, &mut self.timings, shape, text, false)?;
+        Ok(Embedding { shape, data })
     }
 
     /// The init noise for `seed` at this engine's shape `[n, 4, h, w]`.
     pub fn noise_for_seed(&self, seed: u64) -> Noise {
-        let (h, w) = (self.opts.height as usize / 8, self.opts.width as usize / 8);
-        noise::init_noise(seed, self.steps(), h, w)
-    }
-
-    /// Replaces the init noise for new frames (e.g. a blend of two seeds); kept until the
-    /// seed or the number of steps changes. Noise of the wrong shape is ignored.
-    pub fn set_noise(&mut self, noise: Noise) {
-        if noise.shape == self.noise.shape && noise.data.len() == self.noise.data.len() {
-            self.noise = Arc::new(noise);
-            let _ = self.rebuild_frame_params();
-        }
+        self.conditioning.noise_for_seed(seed, self.steps())
     }
 
     /// Temporal feedback against flicker for the frames entering from the next call on:

@@ -13,49 +13,25 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub mod depth;
+use i2i_core::settings;
+use i2i_core::settings::blend::BlendMode;
+
+mod conditioning;
 mod engine;
-mod error;
-mod graph;
 pub mod model;
 pub mod noise;
-pub mod onnx_proto;
-pub(crate) mod provider;
-pub mod runtime;
 pub mod scheduler;
 pub mod sdxl;
 pub mod stream;
 pub mod tokenizer;
+mod trt_cache;
 
 pub use engine::{Engine, Preprocessor};
-pub use error::EngineError;
-pub use provider::{DEFAULT_TRT_PROFILE, TrtSizeProfile};
-pub use runtime::{LogLevel, set_logger};
-
-/// How the negative (unconditional) side of classifier-free guidance is formed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum CfgType {
-    /// No guidance: `eps = eps_cond`.
-    None,
-    /// Full CFG: the UNet also runs on the negative prompt (2n evaluations).
-    Full,
-    /// Residual CFG with the stock noise as the negative (n evaluations).
-    #[default]
-    SelfNegative,
-    /// Residual CFG initialised once per frame from the negative prompt (n + 1 evaluations).
-    Initialize,
-}
-
-/// Which ONNX Runtime execution provider runs the graphs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ExecutionProvider {
-    /// TensorRT, else CUDA, else CPU; the one chosen is logged and reported.
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-    TensorRt,
-}
+// The types of the engine's parameters and errors, defined with what they belong to.
+pub use crate::runtime::error::EngineError;
+pub use crate::runtime::provider::{DEFAULT_TRT_PROFILE, TrtSizeProfile};
+pub use i2i_core::infer::ExecutionProvider;
+pub use i2i_core::settings::CfgType;
 
 /// Fixed at load time: changing any of these needs a new [`Engine`].
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +72,14 @@ pub struct StreamParams {
     /// Stochastic similarity filter threshold (eta); 0 turns the filter off.
     pub similarity_threshold: f32,
     pub max_skip_frames: u32,
+    /// Weighted prompt blend, in place of `prompt` while set (and not empty).
+    pub prompt_blend: Option<Vec<(String, f64)>>,
+    /// Weighted seed blend, in place of `seed` while set (and not empty).
+    pub seed_blend: Option<Vec<(u64, f64)>>,
+    /// How blends and prompt transitions combine.
+    pub blend_mode: BlendMode,
+    /// Frames over which a change of the conditioning or the noise fades in (0 = jump).
+    pub transition_frames: u32,
 }
 
 impl Default for StreamParams {
@@ -104,14 +88,18 @@ impl Default for StreamParams {
             prompt: String::new(),
             negative_prompt: String::new(),
             seed: 2,
-            t_index_list: vec![32, 45],
-            num_inference_steps: 50,
+            t_index_list: settings::DEFAULT_T_INDEX_LIST.to_vec(),
+            num_inference_steps: settings::DEFAULT_NUM_INFERENCE_STEPS,
             guidance_scale: 1.2,
             delta: 1.0,
             cfg_type: CfgType::SelfNegative,
             add_noise: true,
             similarity_threshold: 0.0,
             max_skip_frames: 10,
+            prompt_blend: None,
+            seed_blend: None,
+            blend_mode: BlendMode::Linear,
+            transition_frames: 0,
         }
     }
 }
@@ -316,28 +304,6 @@ impl Default for LoadOptions {
             intra_threads: 0,
             trt_profile: TrtSizeProfile::default(),
         }
-    }
-}
-
-impl std::fmt::Display for CfgType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CfgType::None => "none",
-            CfgType::Full => "full",
-            CfgType::SelfNegative => "self",
-            CfgType::Initialize => "initialize",
-        })
-    }
-}
-
-impl std::fmt::Display for ExecutionProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ExecutionProvider::Auto => "auto",
-            ExecutionProvider::Cpu => "cpu",
-            ExecutionProvider::Cuda => "cuda",
-            ExecutionProvider::TensorRt => "tensorrt",
-        })
     }
 }
 

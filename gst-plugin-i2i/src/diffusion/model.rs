@@ -31,16 +31,17 @@ use ort::value::Tensor;
 
 use serde_json::Value;
 
-pub use super::graph::{Chunk, Elem, Feed, Graph, Spec, chunks, chunks_at_most};
-use super::graph::{rows_padded, shape_str};
-use super::provider::{
-    ProfilePart, SessionFactory, TrtProfile, candidates, provider_error, trt_cache_dir, trt_profile,
-};
-use super::runtime::{LogLevel, log};
 use super::scheduler::SchedulerConfig;
-use super::sdxl::{self, Text, UnetXl, XlText};
+use super::sdxl::{self, UnetXl, XlText};
 use super::tokenizer::ClipTokenizer;
+use super::trt_cache::trt_cache_dir;
 use super::{EngineError, ExecutionProvider, LoadOptions};
+use crate::runtime::graph::{Chunk, Elem, Feed, Graph, Spec, chunks, chunks_at_most};
+use crate::runtime::graph::{rows_padded, shape_str};
+use crate::runtime::provider::{
+    ProfilePart, SessionFactory, TrtProfile, candidates, provider_error, trt_profile,
+};
+use crate::runtime::{LogLevel, log};
 
 /// The text encoder and its tokenizer.
 #[derive(Debug)]
@@ -790,7 +791,7 @@ impl VaeDecoder {
                 "the VAE decoder (vae_decoder/model.onnx)",
             ));
         }
-        let env = super::runtime::environment()?;
+        let env = crate::runtime::environment()?;
         let mut last_err = None;
         for provider in candidates(opts.execution_provider)? {
             let factory = SessionFactory {
@@ -887,6 +888,80 @@ fn frame_tensor<'a>(
     slot.as_mut()
         .and_then(Arc::get_mut)
         .ok_or_else(|| EngineError::invalid(file, "a decoder output buffer is shared"))
+}
+
+/// The text conditioning of a model: one CLIP text encoder (SD 1.x / 2.x) or SDXL's two.
+#[derive(Debug)]
+pub enum Text {
+    Clip(Box<TextEncoder>),
+    Xl(Box<XlText>),
+}
+
+impl Text {
+    /// The conditioning of a prompt, `[1, rows, E]`.
+    pub fn encode(&mut self, text: &str, out: &mut Vec<f32>) -> Result<[usize; 3], EngineError> {
+        match self {
+            Text::Clip(t) => t.encode(text, out),
+            Text::Xl(t) => t.encode(text, out),
+        }
+    }
+
+    /// The conditioning of a negative prompt (SDXL: zeros for an empty one, see the module
+    /// header).
+    pub fn encode_negative(
+        &mut self,
+        text: &str,
+        out: &mut Vec<f32>,
+    ) -> Result<[usize; 3], EngineError> {
+        match self {
+            Text::Clip(t) => t.encode(text, out),
+            Text::Xl(t) => t.encode_negative(text, out),
+        }
+    }
+
+    /// The (first) text encoder's graph file, for messages.
+    pub fn file(&self) -> &Path {
+        match self {
+            Text::Clip(t) => &t.graph.file,
+            Text::Xl(t) => t.files()[0],
+        }
+    }
+}
+
+/// Checks the bound UNet against the text encoders (SDXL) (`pooled`: the size of text_encoder_2's
+/// pooled output) and tells it the pooled size.
+fn check_xl_unet(unet: &mut Unet, text: &Text, pooled: usize) -> Result<(), EngineError> {
+    let Some(xl) = &unet.xl else {
+        return Ok(());
+    };
+    let Text::Xl(t) = text else {
+        return Err(EngineError::tensor(
+            &unet.graph.file,
+            "text_embeds",
+            "a UNet without 'text_embeds' (one text encoder)",
+            "an SDXL UNet",
+        ));
+    };
+    if let Some(d) = xl.pooled_declared
+        && d != pooled
+    {
+        let spec = unet
+            .graph
+            .input("text_embeds")
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return Err(EngineError::tensor(
+            &unet.graph.file,
+            "text_embeds",
+            format!(
+                "[batch, {pooled}] (the size of the pooled output of {})",
+                t.files()[1].display()
+            ),
+            format!("{spec}: {d} values (text encoder and UNet do not belong together)"),
+        ));
+    }
+    unet.pooled_size = pooled;
+    Ok(())
 }
 
 /// Everything loaded from a model directory.
@@ -1015,7 +1090,7 @@ impl Model {
             Err(EngineError::MissingFile { .. }) if xl.is_some() => sdxl::SDXL_SCALING_FACTOR,
             r => r?,
         };
-        let env = super::runtime::environment()?;
+        let env = crate::runtime::environment()?;
         let candidates = candidates(opts.execution_provider)?;
         let mut last_err = None;
         for provider in candidates {
@@ -1143,7 +1218,7 @@ impl Model {
         // Fused ControlNet graphs: the control images follow the rows (TensorRT only needs
         // the count, read from the file, for the profile).
         let controlnets = if trt {
-            super::onnx_proto::graph_inputs(&files[1])
+            crate::runtime::onnx_proto::graph_inputs(&files[1])
                 .ok()
                 .and_then(|ins| {
                     ins.into_iter()
@@ -1196,7 +1271,7 @@ impl Model {
         )?;
         let unet_graph = factory.open(&files[1], trt.then_some(&unet_profile))?;
         let mut unet = Unet::bind(unet_graph, lh, lw, opts)?;
-        sdxl::check_unet(&mut unet, &text, pooled)?;
+        check_xl_unet(&mut unet, &text, pooled)?;
         if let Some(he) = unet.hidden_size
             && he != e
         {

@@ -26,10 +26,10 @@ use serde_json::Value;
 
 use std::path::PathBuf;
 
-use super::graph::shape_str;
-use super::model::{Feed, Graph, Spec, TextEncoder, Unet};
 use super::tokenizer::ClipTokenizer;
 use super::{EngineError, LoadOptions};
+use crate::runtime::graph::shape_str;
+use crate::runtime::graph::{Feed, Graph, Spec};
 
 /// Length of `time_ids` (original size, crop corner, target size).
 pub const TIME_IDS: usize = 6;
@@ -84,47 +84,11 @@ pub fn check_family(dir: &Path, unet_file: &Path) -> Result<Option<XlFiles>, Eng
     }
 }
 
-/// Checks the bound UNet against the text encoders (`pooled`: the size of text_encoder_2's
-/// pooled output) and tells it the pooled size.
-pub fn check_unet(unet: &mut Unet, text: &Text, pooled: usize) -> Result<(), EngineError> {
-    let Some(xl) = &unet.xl else {
-        return Ok(());
-    };
-    let Text::Xl(t) = text else {
-        return Err(EngineError::tensor(
-            &unet.graph.file,
-            "text_embeds",
-            "a UNet without 'text_embeds' (one text encoder)",
-            "an SDXL UNet",
-        ));
-    };
-    if let Some(d) = xl.pooled_declared
-        && d != pooled
-    {
-        let spec = unet
-            .graph
-            .input("text_embeds")
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        return Err(EngineError::tensor(
-            &unet.graph.file,
-            "text_embeds",
-            format!(
-                "[batch, {pooled}] (the size of the pooled output of {})",
-                t.files()[1].display()
-            ),
-            format!("{spec}: {d} values (text encoder and UNet do not belong together)"),
-        ));
-    }
-    unet.pooled_size = pooled;
-    Ok(())
-}
-
 /// Whether the UNet graph takes `text_embeds` (an SDXL UNet), read from the file before
 /// any session exists; `None` when the file cannot be read (ONNX Runtime then reports why
 /// when it loads it).
 pub fn unet_is_xl(unet_file: &Path) -> Option<bool> {
-    let inputs = super::onnx_proto::graph_inputs(unet_file).ok()?;
+    let inputs = crate::runtime::onnx_proto::graph_inputs(unet_file).ok()?;
     Some(inputs.iter().any(|i| i.name == "text_embeds"))
 }
 
@@ -362,44 +326,6 @@ impl XlText {
             out.fill(0.0);
         }
         Ok(shape)
-    }
-}
-
-/// The text conditioning of a model: one CLIP text encoder (SD 1.x / 2.x) or SDXL's two.
-#[derive(Debug)]
-pub enum Text {
-    Clip(Box<TextEncoder>),
-    Xl(Box<XlText>),
-}
-
-impl Text {
-    /// The conditioning of a prompt, `[1, rows, E]`.
-    pub fn encode(&mut self, text: &str, out: &mut Vec<f32>) -> Result<[usize; 3], EngineError> {
-        match self {
-            Text::Clip(t) => t.encode(text, out),
-            Text::Xl(t) => t.encode(text, out),
-        }
-    }
-
-    /// The conditioning of a negative prompt (SDXL: zeros for an empty one, see the module
-    /// header).
-    pub fn encode_negative(
-        &mut self,
-        text: &str,
-        out: &mut Vec<f32>,
-    ) -> Result<[usize; 3], EngineError> {
-        match self {
-            Text::Clip(t) => t.encode(text, out),
-            Text::Xl(t) => t.encode_negative(text, out),
-        }
-    }
-
-    /// The (first) text encoder's graph file, for messages.
-    pub fn file(&self) -> &Path {
-        match self {
-            Text::Clip(t) => &t.graph.file,
-            Text::Xl(t) => t.files()[0],
-        }
     }
 }
 

@@ -24,16 +24,17 @@ use ort::value::Tensor;
 
 use crate::diffusion::model::{VaeDecoder, read_scaling_factor};
 use crate::diffusion::{LoadOptions, decoded_to_rgb8};
-use crate::i2itransform::{DropFrames, LATENT_CAPS_NAME};
 use crate::infer::convert::{OutputConverter, SRC_FORMATS};
-use crate::infer::element::{
-    InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
-};
+use crate::infer::element::{InferBase, InferElement, LatencySettings};
+use crate::infer::element::{OutItem, Rendered};
 use crate::infer::input::{Deferred, InputState, Queued};
-use crate::infer::output::{OutItem, Rendered};
+use crate::infer::pads::{InferElementExt, sink_pad_builder, src_pad_builder};
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 use crate::infer::task::InferTask;
+use i2i_core::infer::DropFrames;
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::tensor::LATENT_CAPS_NAME;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -171,7 +172,8 @@ struct Intake {
     loaded: Option<(u32, u32)>,
     /// A decoder loaded for new caps, for the task to take when those caps reach it.
     incoming: Option<VaeDecoder>,
-    last_warning: Option<Instant>,
+    /// Warnings about dropped frames, one per [`WARN_INTERVAL`].
+    warnings: Option<RateLimit>,
 }
 
 /// Task side: the decoder and its output tensor, reused frame to frame.
@@ -314,7 +316,7 @@ impl InferElement for I2iDecode {
                 width: f.image_width,
                 height: f.image_height,
                 batch_size: 1,
-                execution_provider: s.runtime.execution_provider.into(),
+                execution_provider: s.runtime.execution_provider,
                 device_id: s.runtime.device_id,
                 fp16: s.runtime.fp16,
                 engine_cache_dir: None,
@@ -500,21 +502,14 @@ impl I2iDecode {
         count: impl FnOnce(&mut Stats<DecodeStats>) -> (&'static str, u64),
     ) {
         let (counter, n) = count(&mut self.base.stats.lock().unwrap());
-        if intake
-            .last_warning
-            .is_none_or(|t| t.elapsed() >= WARN_INTERVAL)
+        if let Some(text) = intake
+            .warnings
+            .get_or_insert_with(|| RateLimit::new(WARN_INTERVAL))
+            .message(format!(
+                "Dropping a latent frame: {what} ({n} dropped so far, see stats {counter})"
+            ))
         {
-            intake.last_warning = Some(Instant::now());
-            gst::element_imp_warning!(
-                self,
-                gst::StreamError::Decode,
-                (
-                    "Dropping a latent frame: {} ({} dropped so far, see stats {})",
-                    what,
-                    n,
-                    counter
-                )
-            );
+            gst::element_imp_warning!(self, gst::StreamError::Decode, ("{text}"));
         }
     }
 }

@@ -26,21 +26,25 @@ use gst::subclass::prelude::*;
 
 use super::control::{self, ControlSettings};
 use super::live::{self, LiveSettings};
-use super::task::{FirstSettings, Worker};
-use super::{BlendMode, CfgType, LATENT_CAPS_NAME, OutputMode, latent_caps, provider_name};
-use crate::diffusion::{self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor};
+use super::worker::{FirstSettings, Worker};
+use super::{OutputMode, latent_caps};
+use crate::diffusion::{
+    self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor, StreamParams,
+};
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
+use crate::infer::element::Rendered;
 use crate::infer::element::{
-    InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
-    video_template_caps, with_framerate,
+    InferBase, InferElement, InferStats, LatencySettings, video_template_caps, with_framerate,
 };
 use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
-use crate::infer::output::Rendered;
+use crate::infer::pads::{InferElementExt, sink_pad_builder, src_pad_builder};
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
-use crate::settings::{self, SETTINGS_CAPS_NAME, SettingsUpdate};
+use i2i_core::settings::blend::BlendMode;
+use i2i_core::settings::{self, CfgType, SETTINGS_CAPS_NAME, SettingsUpdate};
+use i2i_core::tensor::LATENT_CAPS_NAME;
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -50,7 +54,6 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_T_INDEX_LIST: &str = "32,45";
 const DEFAULT_WIDTH: u32 = 512;
 const DEFAULT_HEIGHT: u32 = 512;
 const DEFAULT_BATCH_SIZE: u32 = 1;
@@ -190,11 +193,12 @@ impl Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        let mut live = LiveSettings::default();
-        live.params.t_index_list =
-            live::parse_t_index_list(DEFAULT_T_INDEX_LIST, live.params.num_inference_steps)
-                .expect("default t-index-list is valid");
-        live.transition_frames = DEFAULT_TRANSITION_FRAMES;
+        let live = LiveSettings {
+            params: StreamParams {
+                transition_frames: DEFAULT_TRANSITION_FRAMES,
+                ..Default::default()
+            },
+        };
         Settings {
             model: None,
             live,
@@ -533,7 +537,7 @@ impl InferElement for I2iTransform {
             width: s.width,
             height: s.height,
             batch_size: s.batch_size as usize,
-            execution_provider: s.runtime.execution_provider.into(),
+            execution_provider: s.runtime.execution_provider,
             device_id: s.runtime.device_id,
             fp16: s.runtime.fp16,
             engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
@@ -563,7 +567,7 @@ impl InferElement for I2iTransform {
             gst::StateChangeError
         })?;
         self.start_control(&mut engine, &s.control, (opts.width, opts.height))?;
-        let provider = provider_name(engine.provider());
+        let provider = engine.provider().nick();
         let load_time = started.elapsed();
         gst::info!(
             CAT,
@@ -646,7 +650,7 @@ impl I2iTransform {
             self.refuse(&format!("settings pad: refused {}", refused.join("; ")));
             // Upstream too: settingssrc tells the settings holder, whose consoles show it.
             let event = gst::event::CustomUpstream::new(
-                gst::Structure::builder(crate::settings::state::REFUSED_EVENT)
+                gst::Structure::builder(i2i_core::settings::state::REFUSED_EVENT)
                     .field("refused", refused.join("\n"))
                     .build(),
             );
@@ -687,7 +691,9 @@ impl ObjectImpl for I2iTransform {
                 glib::ParamSpecString::builder("t-index-list")
                     .nick("Timestep indices")
                     .blurb("Comma-separated, increasing indices into the num-inference-steps LCM timesteps; one denoising step each. Lower first index = stronger change")
-                    .default_value(Some(DEFAULT_T_INDEX_LIST))
+                    .default_value(Some(
+                        live::format_t_index_list(&p.t_index_list).as_str(),
+                    ))
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("num-inference-steps")
@@ -716,7 +722,7 @@ impl ObjectImpl for I2iTransform {
                     .mutable_playing()
                     .controllable()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("cfg-type", CfgType::from(p.cfg_type))
+                glib::ParamSpecEnum::builder_with_default("cfg-type", p.cfg_type)
                     .nick("CFG type")
                     .blurb("How the negative side of guidance is formed")
                     .mutable_playing()
@@ -908,13 +914,13 @@ impl ObjectImpl for I2iTransform {
             }
             "guidance-scale" => s.live.params.guidance_scale = value.get::<f64>().unwrap() as f32,
             "delta" => s.live.params.delta = value.get::<f64>().unwrap() as f32,
-            "cfg-type" => s.live.params.cfg_type = value.get::<CfgType>().unwrap().into(),
+            "cfg-type" => s.live.params.cfg_type = value.get::<CfgType>().unwrap(),
             "add-noise" => s.live.params.add_noise = value.get().unwrap(),
             "similarity-threshold" => {
                 s.live.params.similarity_threshold = value.get::<f64>().unwrap() as f32
             }
             "max-skip-frames" => s.live.params.max_skip_frames = value.get().unwrap(),
-            "transition-frames" => s.live.transition_frames = value.get().unwrap(),
+            "transition-frames" => s.live.params.transition_frames = value.get().unwrap(),
             "prompt-blend" | "seed-blend" => {
                 let text = value.get::<Option<String>>().unwrap().unwrap_or_default();
                 let result =
@@ -929,7 +935,7 @@ impl ObjectImpl for I2iTransform {
                     Err(e) => self.refuse(&e),
                 }
             }
-            "blend-mode" => s.live.blend_mode = value.get::<BlendMode>().unwrap().into(),
+            "blend-mode" => s.live.params.blend_mode = value.get::<BlendMode>().unwrap(),
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
@@ -980,14 +986,14 @@ impl ObjectImpl for I2iTransform {
             "num-inference-steps" => p.num_inference_steps.to_value(),
             "guidance-scale" => (p.guidance_scale as f64).to_value(),
             "delta" => (p.delta as f64).to_value(),
-            "cfg-type" => CfgType::from(p.cfg_type).to_value(),
+            "cfg-type" => p.cfg_type.to_value(),
             "add-noise" => p.add_noise.to_value(),
             "similarity-threshold" => (p.similarity_threshold as f64).to_value(),
             "max-skip-frames" => p.max_skip_frames.to_value(),
-            "transition-frames" => s.live.transition_frames.to_value(),
-            "prompt-blend" => live::format_prompt_blend(&s.live.prompt_blend).to_value(),
-            "seed-blend" => live::format_seed_blend(&s.live.seed_blend).to_value(),
-            "blend-mode" => BlendMode::from(s.live.blend_mode).to_value(),
+            "transition-frames" => s.live.params.transition_frames.to_value(),
+            "prompt-blend" => live::format_prompt_blend(&s.live.params.prompt_blend).to_value(),
+            "seed-blend" => live::format_seed_blend(&s.live.params.seed_blend).to_value(),
+            "blend-mode" => s.live.params.blend_mode.to_value(),
             "batch-size" => s.batch_size.to_value(),
             "width" => s.width.to_value(),
             "height" => s.height.to_value(),

@@ -2,64 +2,31 @@
 //! The transform's live settings, free of GStreamer: the snapshot the stream runs with,
 //! updates from the `settings` pad, and the list of what changed between two snapshots.
 //!
-//! The accepted ranges and names are those of [`crate::settings`] (one place for chat
+//! The accepted ranges and names are those of [`i2i_core::settings`] (one place for chat
 //! commands, messages, the pad and the properties); this module only adds what depends on
 //! the transform itself (t-indices below its `num-inference-steps`). Every error names the
 //! setting and the refused value, so that a bus warning tells the user what to fix; a
 //! refused change leaves the previous value in place.
 
-use crate::diffusion::{CfgType, StreamParams};
-use crate::settings::blend::BlendMode;
-use crate::settings::command::{Command, parse_line};
-use crate::settings::{self, CFG_TYPES, SettingsUpdate};
+use crate::diffusion::StreamParams;
 
-pub use crate::settings::format_t_index_list;
+use i2i_core::settings::command::{Command, parse_line};
+use i2i_core::settings::{self, SettingsUpdate};
 
-/// What the stream runs with and may change while it runs.
+pub use i2i_core::settings::format_t_index_list;
+
+/// What the stream runs with and may change while it runs: the engine's parameters
+/// (blends and transitions included: the engine owns the conditioning and the noise).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveSettings {
     pub params: StreamParams,
-    /// Frames over which a prompt or seed change fades in (0 = jump).
-    pub transition_frames: u32,
-    /// Weighted prompt blend, replacing `prompt` while set (never an empty list).
-    pub prompt_blend: Option<Vec<(String, f64)>>,
-    /// Weighted seed blend, replacing `seed` while set (never an empty list).
-    pub seed_blend: Option<Vec<(u64, f64)>>,
-    /// How blends and prompt transitions combine.
-    pub blend_mode: BlendMode,
 }
-
-/// The engine's guidance types in the order of [`CFG_TYPES`].
-const CFG_BY_NAME: [CfgType; 4] = [
-    CfgType::None,
-    CfgType::Full,
-    CfgType::SelfNegative,
-    CfgType::Initialize,
-];
 
 /// `"32,45"` -> `[32, 45]`: [`settings::parse_t_index_list`], with every index below
 /// `num_inference_steps`; the error quotes the whole text.
 pub fn parse_t_index_list(text: &str, num_inference_steps: u32) -> Result<Vec<u32>, String> {
     settings::parse_t_index_list_below(text, num_inference_steps)
         .map_err(|e| format!("t-index-list \"{text}\" refused: {e}"))
-}
-
-pub fn cfg_type_nick(cfg: CfgType) -> &'static str {
-    let i = CFG_BY_NAME
-        .iter()
-        .position(|c| *c == cfg)
-        .expect("every guidance type has a name");
-    CFG_TYPES[i]
-}
-
-pub fn parse_cfg_type(text: &str) -> Result<CfgType, String> {
-    let text = text.trim();
-    settings::check_cfg_type(text)?;
-    let i = CFG_TYPES
-        .iter()
-        .position(|n| *n == text)
-        .expect("checked above");
-    Ok(CFG_BY_NAME[i])
 }
 
 /// Reads a `prompt-blend` or `seed-blend` property value, written as after `/blend` and
@@ -120,7 +87,9 @@ impl LiveSettings {
             next.params.seed = s;
         }
         if let Some(t) = &u.t_index_list {
-            next.params.t_index_list = parse_t_index_list(t, next.params.num_inference_steps)?;
+            settings::check_t_index_list_below(t, next.params.num_inference_steps)
+                .map_err(|e| format!("t-index-list \"{}\" refused: {e}", format_t_index_list(t)))?;
+            next.params.t_index_list = t.clone();
         }
         // After the list: a strength moves the list this update lands on.
         if let Some(s) = u.strength {
@@ -136,24 +105,23 @@ impl LiveSettings {
         if let Some(d) = u.delta {
             next.params.delta = d as f32;
         }
-        if let Some(c) = &u.cfg_type {
-            next.params.cfg_type = parse_cfg_type(c)?;
+        if let Some(c) = u.cfg_type {
+            next.params.cfg_type = c;
         }
         if let Some(s) = u.similarity_threshold {
             next.params.similarity_threshold = s as f32;
         }
         if let Some(t) = u.transition_frames {
-            next.transition_frames = t;
+            next.params.transition_frames = t;
         }
         if let Some(b) = &u.prompt_blend {
-            next.prompt_blend = (!b.is_empty()).then(|| b.clone());
+            next.params.prompt_blend = (!b.is_empty()).then(|| b.clone());
         }
         if let Some(b) = &u.seed_blend {
-            next.seed_blend = (!b.is_empty()).then(|| b.clone());
+            next.params.seed_blend = (!b.is_empty()).then(|| b.clone());
         }
-        if let Some(m) = &u.blend_mode {
-            next.blend_mode = BlendMode::from_name(m)
-                .ok_or_else(|| format!("blend-mode: \"{m}\" is not a blend mode"))?;
+        if let Some(m) = u.blend_mode {
+            next.params.blend_mode = m;
         }
         let changed = self.changed(&next);
         *self = next;
@@ -187,15 +155,15 @@ impl LiveSettings {
             prompt: Some(p.prompt.clone()),
             negative_prompt: Some(p.negative_prompt.clone()),
             seed: Some(p.seed),
-            t_index_list: Some(format_t_index_list(&p.t_index_list)),
+            t_index_list: Some(p.t_index_list.clone()),
             guidance_scale: Some(reported(p.guidance_scale)),
             delta: Some(reported(p.delta)),
-            cfg_type: Some(cfg_type_nick(p.cfg_type).to_string()),
+            cfg_type: Some(p.cfg_type),
             similarity_threshold: Some(reported(p.similarity_threshold)),
-            transition_frames: Some(self.transition_frames),
-            prompt_blend: Some(self.prompt_blend.clone().unwrap_or_default()),
-            seed_blend: Some(self.seed_blend.clone().unwrap_or_default()),
-            blend_mode: Some(self.blend_mode.name().to_string()),
+            transition_frames: Some(self.params.transition_frames),
+            prompt_blend: Some(self.params.prompt_blend.clone().unwrap_or_default()),
+            seed_blend: Some(self.params.seed_blend.clone().unwrap_or_default()),
+            blend_mode: Some(self.params.blend_mode),
             // Relative: resolved into t-index-list, never reported.
             strength: None,
         }
@@ -228,12 +196,12 @@ impl LiveSettings {
         );
         check(a.max_skip_frames != b.max_skip_frames, "max-skip-frames");
         check(
-            self.transition_frames != other.transition_frames,
+            a.transition_frames != b.transition_frames,
             "transition-frames",
         );
-        check(self.prompt_blend != other.prompt_blend, "prompt-blend");
-        check(self.seed_blend != other.seed_blend, "seed-blend");
-        check(self.blend_mode != other.blend_mode, "blend-mode");
+        check(a.prompt_blend != b.prompt_blend, "prompt-blend");
+        check(a.seed_blend != b.seed_blend, "seed-blend");
+        check(a.blend_mode != b.blend_mode, "blend-mode");
         out
     }
 }
@@ -241,6 +209,8 @@ impl LiveSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::CfgType;
+    use i2i_core::settings::blend::BlendMode;
 
     #[test]
     fn t_index_list_parses_and_formats() {
@@ -280,15 +250,10 @@ mod tests {
 
     #[test]
     fn cfg_type_nicks_round_trip() {
-        for c in [
-            CfgType::None,
-            CfgType::Full,
-            CfgType::SelfNegative,
-            CfgType::Initialize,
-        ] {
-            assert_eq!(parse_cfg_type(cfg_type_nick(c)).unwrap(), c);
+        for c in CfgType::ALL {
+            assert_eq!(CfgType::parse(c.nick()).unwrap(), c);
         }
-        assert!(parse_cfg_type("half").unwrap_err().contains("\"half\""));
+        assert!(CfgType::parse("half").unwrap_err().contains("\"half\""));
     }
 
     #[test]
@@ -297,7 +262,7 @@ mod tests {
         let (changed, refused) = s.apply_valid(&SettingsUpdate {
             prompt: Some("a red fox".into()),
             seed: Some(77),
-            t_index_list: Some("10,60".into()),
+            t_index_list: Some(vec![10, 60]),
             ..Default::default()
         });
         assert_eq!(changed, vec!["prompt", "seed"]);
@@ -312,11 +277,11 @@ mod tests {
         let mut s = LiveSettings::default();
         let bad = SettingsUpdate {
             prompt: Some("a cat".into()),
-            t_index_list: Some("a,b".into()),
+            t_index_list: Some(vec![20, 10]),
             ..Default::default()
         };
         let e = s.apply_update(&bad).unwrap_err();
-        assert!(e.contains("a,b"), "{e}");
+        assert!(e.contains("20,10"), "{e}");
         assert_eq!(s, LiveSettings::default());
 
         for (u, needle) in [
@@ -348,13 +313,6 @@ mod tests {
                 },
                 "prompt-blend: the weights add up to 0",
             ),
-            (
-                SettingsUpdate {
-                    blend_mode: Some("cubic".into()),
-                    ..Default::default()
-                },
-                "blend-mode",
-            ),
         ] {
             let e = s.apply_update(&u).unwrap_err();
             assert!(e.contains(needle), "{e}");
@@ -365,8 +323,8 @@ mod tests {
             .apply_update(&SettingsUpdate {
                 prompt: Some("a cat".into()),
                 seed: Some(7),
-                cfg_type: Some("full".into()),
-                t_index_list: Some("10,20,30".into()),
+                cfg_type: Some(CfgType::Full),
+                t_index_list: Some(vec![10, 20, 30]),
                 ..Default::default()
             })
             .unwrap();
@@ -390,17 +348,17 @@ mod tests {
             .apply_update(&SettingsUpdate {
                 prompt_blend: Some(vec![("a fox".into(), 0.7), ("oil".into(), 0.3)]),
                 seed_blend: Some(vec![(1, 1.0), (2, 1.0)]),
-                blend_mode: Some("slerp".into()),
+                blend_mode: Some(BlendMode::Slerp),
                 ..Default::default()
             })
             .unwrap();
         assert_eq!(changed, vec!["prompt-blend", "seed-blend", "blend-mode"]);
-        assert_eq!(s.blend_mode, BlendMode::Slerp);
+        assert_eq!(s.params.blend_mode, BlendMode::Slerp);
         assert_eq!(
-            format_prompt_blend(&s.prompt_blend),
+            format_prompt_blend(&s.params.prompt_blend),
             "\"a fox\":0.7 \"oil\":0.3"
         );
-        assert_eq!(format_seed_blend(&s.seed_blend), "1:1 2:1");
+        assert_eq!(format_seed_blend(&s.params.seed_blend), "1:1 2:1");
         // An empty list ends a blend; ending it again is no change.
         let off = SettingsUpdate {
             prompt: Some("fox".into()),
@@ -411,21 +369,22 @@ mod tests {
             s.apply_update(&off).unwrap(),
             vec!["prompt", "prompt-blend"]
         );
-        assert_eq!(s.prompt_blend, None);
+        assert_eq!(s.params.prompt_blend, None);
         assert!(s.apply_update(&off).unwrap().is_empty());
         // Property text goes through the chat parser, and back.
         let u = blend_property_update("prompt-blend", r#""say \"hi\"":1 b:2"#).unwrap();
         s.apply_update(&u).unwrap();
         assert_eq!(
-            s.prompt_blend,
+            s.params.prompt_blend,
             Some(vec![("say \"hi\"".into(), 1.0), ("b".into(), 2.0)])
         );
         let again =
-            blend_property_update("prompt-blend", &format_prompt_blend(&s.prompt_blend)).unwrap();
-        assert_eq!(again.prompt_blend, s.prompt_blend);
+            blend_property_update("prompt-blend", &format_prompt_blend(&s.params.prompt_blend))
+                .unwrap();
+        assert_eq!(again.prompt_blend, s.params.prompt_blend);
         let u = blend_property_update("seed-blend", "off").unwrap();
         s.apply_update(&u).unwrap();
-        assert_eq!(s.seed_blend, None);
+        assert_eq!(s.params.seed_blend, None);
         let e = blend_property_update("seed-blend", "1:x").unwrap_err();
         assert!(e.contains("seed-blend \"1:x\" refused"), "{e}");
     }

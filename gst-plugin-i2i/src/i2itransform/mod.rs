@@ -40,155 +40,21 @@ use gst::glib;
 use gst::prelude::*;
 
 mod control;
+mod control_pads;
 mod imp;
 pub mod live;
 mod output;
-mod smooth;
 mod task;
+mod worker;
 
-use crate::diffusion;
-use crate::settings::blend;
+use crate::runtime;
+use i2i_core::infer::{DropFrames, ExecutionProvider, ResizeMode};
+use i2i_core::settings::CfgType;
+use i2i_core::settings::blend::BlendMode;
+use i2i_core::tensor::LATENT_CAPS_NAME;
 
 glib::wrapper! {
     pub struct I2iTransform(ObjectSubclass<imp::I2iTransform>) @extends gst::Element, gst::Object;
-}
-
-/// The `cfg-type` property.
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstI2iCfgType")]
-pub enum CfgType {
-    #[enum_value(name = "None: no classifier-free guidance", nick = "none")]
-    None = 0,
-    #[enum_value(
-        name = "Full: the UNet also runs on the negative prompt (2n evaluations)",
-        nick = "full"
-    )]
-    Full = 1,
-    #[default]
-    #[enum_value(
-        name = "Self: residual CFG with the stock noise as negative (n evaluations)",
-        nick = "self"
-    )]
-    SelfNegative = 2,
-    #[enum_value(
-        name = "Initialize: residual CFG initialised from the negative prompt (n + 1 evaluations)",
-        nick = "initialize"
-    )]
-    Initialize = 3,
-}
-
-impl From<CfgType> for diffusion::CfgType {
-    fn from(c: CfgType) -> Self {
-        match c {
-            CfgType::None => diffusion::CfgType::None,
-            CfgType::Full => diffusion::CfgType::Full,
-            CfgType::SelfNegative => diffusion::CfgType::SelfNegative,
-            CfgType::Initialize => diffusion::CfgType::Initialize,
-        }
-    }
-}
-
-impl From<diffusion::CfgType> for CfgType {
-    fn from(c: diffusion::CfgType) -> Self {
-        match c {
-            diffusion::CfgType::None => CfgType::None,
-            diffusion::CfgType::Full => CfgType::Full,
-            diffusion::CfgType::SelfNegative => CfgType::SelfNegative,
-            diffusion::CfgType::Initialize => CfgType::Initialize,
-        }
-    }
-}
-
-/// The `blend-mode` property.
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstI2iBlendMode")]
-pub enum BlendMode {
-    #[default]
-    #[enum_value(name = "Linear: weighted mean", nick = "linear")]
-    Linear = 0,
-    #[enum_value(
-        name = "Slerp: spherical interpolation, renormalised (per token row for prompts)",
-        nick = "slerp"
-    )]
-    Slerp = 1,
-}
-
-impl From<BlendMode> for blend::BlendMode {
-    fn from(m: BlendMode) -> Self {
-        match m {
-            BlendMode::Linear => blend::BlendMode::Linear,
-            BlendMode::Slerp => blend::BlendMode::Slerp,
-        }
-    }
-}
-
-impl From<blend::BlendMode> for BlendMode {
-    fn from(m: blend::BlendMode) -> Self {
-        match m {
-            blend::BlendMode::Linear => BlendMode::Linear,
-            blend::BlendMode::Slerp => BlendMode::Slerp,
-        }
-    }
-}
-
-/// The `resize-mode` property: how the input picture fills the model size.
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstI2iResizeMode")]
-pub enum ResizeMode {
-    #[default]
-    #[enum_value(
-        name = "Stretch: the whole picture, aspect ratio not kept",
-        nick = "stretch"
-    )]
-    Stretch = 0,
-    #[enum_value(
-        name = "Crop: fill the model size, cutting the sides (or top and bottom) that stick out",
-        nick = "crop"
-    )]
-    Crop = 1,
-    #[enum_value(
-        name = "Fit: the whole picture with its aspect ratio, black borders around",
-        nick = "fit"
-    )]
-    Fit = 2,
-}
-
-/// The `drop-frames` property: what happens when frames arrive faster than inference.
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstI2iDropFrames")]
-pub enum DropFrames {
-    #[default]
-    #[enum_value(
-        name = "Auto: drop the oldest waiting frame on live sources, keep every frame otherwise",
-        nick = "auto"
-    )]
-    Auto = 0,
-    #[enum_value(
-        name = "Never: keep every frame; upstream waits (files, offline work)",
-        nick = "never"
-    )]
-    Never = 1,
-    #[enum_value(
-        name = "Always: drop the oldest waiting frame whenever inference falls behind",
-        nick = "always"
-    )]
-    Always = 2,
-}
-
-impl DropFrames {
-    /// Whether frames that inference cannot keep up with are dropped, given whether the
-    /// source upstream is live.
-    pub fn drops(self, upstream_live: bool) -> bool {
-        match self {
-            DropFrames::Never => false,
-            DropFrames::Always => true,
-            DropFrames::Auto => upstream_live,
-        }
-    }
 }
 
 /// The `output` property: pictures, or the final latents for a decoder elsewhere.
@@ -205,10 +71,6 @@ pub enum OutputMode {
     )]
     Latent = 1,
 }
-
-/// Caps name of latent frames: float32 `[1, channels, height, width]` (the VAE decoder's
-/// input, already divided by `scaling-factor`), native byte order.
-pub const LATENT_CAPS_NAME: &str = "application/x-i2i-latent";
 
 /// Caps of latent frames for pictures of `w` x `h`.
 pub fn latent_caps(w: u32, h: u32, scaling_factor: f32, fps: Option<gst::Fraction>) -> gst::Caps {
@@ -227,43 +89,6 @@ pub fn latent_caps(w: u32, h: u32, scaling_factor: f32, fps: Option<gst::Fractio
     }
 }
 
-/// The `execution-provider` property.
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstI2iExecutionProvider")]
-pub enum ExecutionProvider {
-    #[default]
-    #[enum_value(name = "Auto: TensorRT, else CUDA, else CPU", nick = "auto")]
-    Auto = 0,
-    #[enum_value(name = "CPU", nick = "cpu")]
-    Cpu = 1,
-    #[enum_value(name = "CUDA (an error when not available)", nick = "cuda")]
-    Cuda = 2,
-    #[enum_value(name = "TensorRT (an error when not available)", nick = "tensorrt")]
-    TensorRt = 3,
-}
-
-impl From<ExecutionProvider> for diffusion::ExecutionProvider {
-    fn from(p: ExecutionProvider) -> Self {
-        match p {
-            ExecutionProvider::Auto => diffusion::ExecutionProvider::Auto,
-            ExecutionProvider::Cpu => diffusion::ExecutionProvider::Cpu,
-            ExecutionProvider::Cuda => diffusion::ExecutionProvider::Cuda,
-            ExecutionProvider::TensorRt => diffusion::ExecutionProvider::TensorRt,
-        }
-    }
-}
-
-/// Name of an execution provider as the `provider` property and the stats report it.
-pub fn provider_name(p: diffusion::ExecutionProvider) -> &'static str {
-    match p {
-        diffusion::ExecutionProvider::Auto => "auto",
-        diffusion::ExecutionProvider::Cpu => "cpu",
-        diffusion::ExecutionProvider::Cuda => "cuda",
-        diffusion::ExecutionProvider::TensorRt => "tensorrt",
-    }
-}
-
 static ENGINE_CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
     gst::DebugCategory::new(
         "i2i-engine",
@@ -274,11 +99,11 @@ static ENGINE_CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // The engine's messages (provider chosen, TensorRT builds) go to the GStreamer log.
-    diffusion::set_logger(|level, msg| match level {
-        diffusion::LogLevel::Debug => gst::debug!(ENGINE_CAT, "{msg}"),
-        diffusion::LogLevel::Info => gst::info!(ENGINE_CAT, "{msg}"),
-        diffusion::LogLevel::Warning => gst::warning!(ENGINE_CAT, "{msg}"),
-        diffusion::LogLevel::Error => gst::error!(ENGINE_CAT, "{msg}"),
+    runtime::set_logger(|level, msg| match level {
+        runtime::LogLevel::Debug => gst::debug!(ENGINE_CAT, "{msg}"),
+        runtime::LogLevel::Info => gst::info!(ENGINE_CAT, "{msg}"),
+        runtime::LogLevel::Warning => gst::warning!(ENGINE_CAT, "{msg}"),
+        runtime::LogLevel::Error => gst::error!(ENGINE_CAT, "{msg}"),
     });
     CfgType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     BlendMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());

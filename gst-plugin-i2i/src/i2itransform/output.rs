@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::imp::I2iTransform;
 use crate::diffusion::DecodedFrame;
 use crate::infer::convert::OutputConverter;
-use crate::infer::output::Rendered;
+use crate::infer::element::Rendered;
 
 impl I2iTransform {
     pub(super) fn render_frame(&self, out: &DecodedFrame, conv: &OutputConverter) -> Rendered {

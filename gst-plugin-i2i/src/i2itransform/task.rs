@@ -8,80 +8,20 @@
 //! before it, since the engine holds frames back (the stream batch). Every engine failure
 //! goes through [`InferTask::engine_failed`].
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::imp::{CAT, I2iTransform};
-use super::live::{self, LiveSettings};
-use super::smooth::Smoother;
-use crate::diffusion::{DecodedFrame, Engine, LoadOptions, PreparedFrame};
-use crate::infer::element::InferElementExt;
+use super::live;
+use super::worker::{FirstSettings, FrameMeta, Worker};
+use crate::diffusion::{DecodedFrame, Engine, PreparedFrame};
+use crate::infer::element::OutItem;
 use crate::infer::input::{Deferred, Queued};
-use crate::infer::output::OutItem;
+use crate::infer::pads::InferElementExt;
 use crate::infer::task::InferTask;
-use crate::settings::state::APPLIED_EVENT;
-
-/// What came first on the settings pad since the element started (`wait-for-settings`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum FirstSettings {
-    #[default]
-    Waiting,
-    /// The settings holder's state, empty: it has no settings yet.
-    Empty,
-    /// Settings (or an update the transform refused: the holder is there all the same).
-    Settings,
-}
-
-pub struct FrameMeta {
-    pub tag: u64,
-    pub meta: gst::Buffer,
-}
-
-/// Task side: the engine and everything in flight. Exists from start to stop.
-pub struct Worker {
-    pub engine: Engine,
-    /// What the engine was loaded with (`size-from-input` reloads it at another size).
-    pub load: LoadOptions,
-    pub batch_size: usize,
-    pub batch: Vec<Queued<PreparedFrame>>,
-    /// Frames handed to the engine and not out yet, in input order.
-    pub in_flight: VecDeque<FrameMeta>,
-    /// Events waiting for the output of the frame (tag) that came before them.
-    pub deferred: VecDeque<(u64, Deferred)>,
-    /// The live settings the engine runs with.
-    pub applied: LiveSettings,
-    /// Transitions and blends on top of the engine's own prompt and seed.
-    pub smoother: Smoother,
-    /// The first batch ran (after waiting for the first settings).
-    pub started: bool,
-}
-
-impl Worker {
-    pub fn new(engine: Engine, load: LoadOptions, applied: LiveSettings) -> Self {
-        Worker {
-            engine,
-            batch_size: load.batch_size,
-            load,
-            batch: Vec::new(),
-            in_flight: VecDeque::new(),
-            deferred: VecDeque::new(),
-            applied,
-            smoother: Smoother::new(),
-            started: false,
-        }
-    }
-
-    /// Tag of the last frame taken from the queue that has not been pushed yet.
-    fn last_pending_tag(&self) -> Option<u64> {
-        self.batch
-            .last()
-            .map(|f| f.tag)
-            .or_else(|| self.in_flight.back().map(|f| f.tag))
-    }
-}
+use i2i_core::settings::state::APPLIED_EVENT;
 
 impl I2iTransform {
     pub(super) fn batch_frame(
@@ -154,8 +94,6 @@ impl I2iTransform {
         w.engine
             .set_latent_output(self.settings.lock().unwrap().output == super::OutputMode::Latent);
         w.load = load;
-        // The new engine holds its own prompt and noise: blends are applied again.
-        w.smoother = Smoother::new();
         Ok(())
     }
 
@@ -251,12 +189,6 @@ impl I2iTransform {
         }
         self.apply_live(w, index)?;
         self.apply_control(w);
-        if let Err(e) = w
-            .smoother
-            .before_batch(&mut w.engine, &w.applied, frames.len() as u32)
-        {
-            self.refuse(&format!("transition or blend not applied: {e}"));
-        }
 
         let mut inputs = Vec::with_capacity(frames.len());
         for f in frames {
@@ -291,7 +223,6 @@ impl I2iTransform {
                     .map_err(|e| self.engine_failed(e))?;
                 self.push_outputs(w, outs)?;
             }
-            let before = w.engine.params().clone();
             if let Err(e) = w.engine.set_params(&desired.params) {
                 self.refuse(&format!("settings not applied: {e}"));
                 let current = w.engine.params().clone();
@@ -310,8 +241,6 @@ impl I2iTransform {
                 if desired == w.applied {
                     return Ok(());
                 }
-            } else {
-                w.smoother.params_changed(&before, &desired.params);
             }
         }
         let changed = w.applied.changed(&desired);
@@ -335,17 +264,20 @@ impl I2iTransform {
             .field("num-inference-steps", p.num_inference_steps)
             .field("guidance-scale", p.guidance_scale as f64)
             .field("delta", p.delta as f64)
-            .field("cfg-type", live::cfg_type_nick(p.cfg_type))
+            .field("cfg-type", p.cfg_type.nick())
             .field("add-noise", p.add_noise)
             .field("similarity-threshold", p.similarity_threshold as f64)
             .field("max-skip-frames", p.max_skip_frames)
-            .field("transition-frames", w.applied.transition_frames)
+            .field("transition-frames", w.applied.params.transition_frames)
             .field(
                 "prompt-blend",
-                live::format_prompt_blend(&w.applied.prompt_blend),
+                live::format_prompt_blend(&w.applied.params.prompt_blend),
             )
-            .field("seed-blend", live::format_seed_blend(&w.applied.seed_blend))
-            .field("blend-mode", w.applied.blend_mode.name())
+            .field(
+                "seed-blend",
+                live::format_seed_blend(&w.applied.params.seed_blend),
+            )
+            .field("blend-mode", w.applied.params.blend_mode.nick())
             .build();
         let _ = self
             .obj()

@@ -8,7 +8,7 @@
 
 use gst_video::prelude::*;
 
-use crate::i2itransform::ResizeMode;
+use i2i_core::infer::ResizeMode;
 
 /// Sink formats: what decoders and cameras hand out, so `jpegdec` links directly.
 /// YUY2 and UYVY are what USB cameras and capture cards give, GRAY8 what machine-vision and

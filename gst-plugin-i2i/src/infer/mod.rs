@@ -14,6 +14,7 @@ pub mod element;
 pub mod input;
 pub mod latency;
 pub mod output;
+pub mod pads;
 pub mod props;
 pub mod queue;
 pub mod stats;

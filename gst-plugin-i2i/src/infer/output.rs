@@ -9,41 +9,15 @@
 //! as GstBaseSrc's loop ends it: quietly on flushing or EOS, with an error message and EOS
 //! when the output is not linked or not negotiated, with EOS otherwise.
 
-use std::sync::mpsc;
 use std::time::Instant;
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::convert::{OutputConverter, converter_threads};
-use super::element::{InferElement, InferElementExt};
+use super::element::{InferElement, InferStats, OutItem, Rendered};
 use super::input::{Deferred, METADATA_COPY};
-use super::queue::QueueItem;
 use super::task::InferTask;
-
-/// What the task hands to the output thread, in stream order.
-pub enum OutItem<P> {
-    /// A model picture and the metadata of its input frame.
-    Frame(P, gst::Buffer),
-    Event(Deferred),
-    Eos(gst::Event),
-    /// Everything before it has been pushed: answers a DRAIN query.
-    Drained(mpsc::Sender<()>),
-}
-
-impl<P> QueueItem for OutItem<P> {
-    fn is_frame(&self) -> bool {
-        matches!(self, OutItem::Frame(..))
-    }
-}
-
-/// A picture as the element renders it for the output.
-pub enum Rendered {
-    /// RGB8 at the output size, converted here to the negotiated format.
-    Rgb(Vec<u8>),
-    /// Pushed as it is (latents).
-    Buffer(gst::Buffer),
-}
 
 /// The output thread's side of an inference element; implemented for every
 /// [`InferElement`].

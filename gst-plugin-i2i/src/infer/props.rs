@@ -13,7 +13,7 @@
 use gst::glib;
 use gst::prelude::*;
 
-use crate::i2itransform::{DropFrames, ExecutionProvider, ResizeMode};
+use i2i_core::infer::{DropFrames, ExecutionProvider, ResizeMode};
 
 pub const DEFAULT_DEVICE_ID: i32 = 0;
 pub const DEFAULT_FP16: bool = true;
@@ -42,7 +42,7 @@ impl Default for RuntimeSettings {
             fp16: DEFAULT_FP16,
             threads: DEFAULT_THREADS,
             engine_cache_dir: None,
-            trt_profile: crate::diffusion::DEFAULT_TRT_PROFILE.to_string(),
+            trt_profile: crate::runtime::provider::DEFAULT_TRT_PROFILE.to_string(),
         }
     }
 }
@@ -100,7 +100,7 @@ impl RuntimeSettings {
         glib::ParamSpecString::builder("trt-profile")
             .nick("TensorRT size profile")
             .blurb("Image sizes one TensorRT engine covers, MINWxMINH:OPTWxOPTH:MAXWxMAXH (tuned for OPT): size changes within it reuse the engine; a size outside it is refused")
-            .default_value(Some(crate::diffusion::DEFAULT_TRT_PROFILE))
+            .default_value(Some(crate::runtime::provider::DEFAULT_TRT_PROFILE))
             .mutable_ready()
             .build()
     }
@@ -118,7 +118,7 @@ impl RuntimeSettings {
                 self.trt_profile = v
                     .get::<Option<String>>()
                     .expect("type checked")
-                    .unwrap_or_else(|| crate::diffusion::DEFAULT_TRT_PROFILE.to_string())
+                    .unwrap_or_else(|| crate::runtime::provider::DEFAULT_TRT_PROFILE.to_string())
             }
             _ => return false,
         }
@@ -273,7 +273,7 @@ mod tests {
         assert!(r.set_property("trt-profile", &Some("320x240:640x480:1280x720").to_value()));
         assert_eq!(r.trt_profile, "320x240:640x480:1280x720");
         assert!(r.set_property("trt-profile", &None::<String>.to_value()));
-        assert_eq!(r.trt_profile, crate::diffusion::DEFAULT_TRT_PROFILE);
+        assert_eq!(r.trt_profile, crate::runtime::provider::DEFAULT_TRT_PROFILE);
         assert!(!r.set_property("max-queue", &8u32.to_value()));
         assert_eq!(r.property("device-id").unwrap().get::<i32>().unwrap(), 3);
         assert!(!r.property("fp16").unwrap().get::<bool>().unwrap());

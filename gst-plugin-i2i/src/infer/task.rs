@@ -15,8 +15,8 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::element::InferElement;
+use super::element::OutItem;
 use super::input::Item;
-use super::output::OutItem;
 use super::queue::{Popped, QueueItem};
 
 /// Frame duration assumed for the idle timeout when the input has no frame rate.

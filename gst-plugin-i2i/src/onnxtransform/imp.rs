@@ -24,20 +24,19 @@ use super::model::{
 };
 use super::task::{ModelInput, Worker};
 use super::{ChannelOrder, Layout};
-use crate::i2itransform::provider_name;
 use crate::infer::convert::{
     InputConverter, OutputConverter, SINK_FORMATS, SRC_FORMATS, converter_threads,
 };
+use crate::infer::element::Rendered;
 use crate::infer::element::{
-    InferBase, InferElement, InferElementExt, LatencySettings, sink_pad_builder, src_pad_builder,
-    video_template_caps, with_framerate,
+    InferBase, InferElement, InferStats, LatencySettings, video_template_caps, with_framerate,
 };
 use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
-use crate::infer::output::Rendered;
+use crate::infer::pads::{InferElementExt, sink_pad_builder, src_pad_builder};
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
 
-pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "onnxtransform",
         gst::DebugColorFlags::empty(),
@@ -86,7 +85,7 @@ pub struct OnnxTransform {
     base: InferBase<Self>,
     model_sizes: Mutex<ModelSizes>,
     /// Output thread side: the tensor-to-pixels mapping.
-    pub(super) post: Mutex<Option<Postprocess>>,
+    post: Mutex<Option<Postprocess>>,
 }
 
 #[glib::object_subclass]
@@ -257,15 +256,15 @@ impl InferElement for OnnxTransform {
     }
 
     fn task_frame(&self, w: &mut Worker, f: Queued<ModelInput>) -> Result<(), gst::FlowError> {
-        self.batch_frame(w, f)
+        w.batch_frame(self, f)
     }
 
     fn task_event(&self, w: &mut Worker, d: Deferred) -> Result<(), gst::FlowError> {
-        self.batch_event(w, d)
+        w.batch_event(self, d)
     }
 
     fn task_drain(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
-        self.run_batch(w)
+        w.run_batch(self)
     }
 
     fn flush_worker(&self, w: &mut Worker) -> (usize, Vec<Deferred>) {
@@ -274,8 +273,32 @@ impl InferElement for OnnxTransform {
         (dropped, std::mem::take(&mut w.deferred))
     }
 
+    /// Output thread: the model's output tensor as RGB8 at the negotiated size.
     fn render(&self, pic: &OutPicture, conv: &OutputConverter) -> Result<Rendered, gst::FlowError> {
-        self.render_picture(pic, conv)
+        let info = conv.out_info();
+        if (pic.width as u32, pic.height as u32) != (info.width(), info.height()) {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Failed,
+                (
+                    "The model gave a {}x{} picture, {}x{} were negotiated",
+                    pic.width,
+                    pic.height,
+                    info.width(),
+                    info.height()
+                ),
+                ["A model whose output size changes from frame to frame is not supported"]
+            );
+            return Err(gst::FlowError::Error);
+        }
+        let post = self.post.lock().unwrap();
+        let Some(post) = post.as_ref() else {
+            gst::debug!(CAT, imp = self, "stopped: no postprocessing");
+            return Err(gst::FlowError::Flushing);
+        };
+        let mut rgb = Vec::new();
+        post.run(pic, &mut rgb);
+        Ok(Rendered::Rgb(rgb))
     }
 
     fn load(&self) -> Result<(), gst::StateChangeError> {
@@ -294,7 +317,7 @@ impl InferElement for OnnxTransform {
         let intra_threads = s.runtime.intra_threads();
         let opts = ModelOptions {
             file: PathBuf::from(&model),
-            execution_provider: s.runtime.execution_provider.into(),
+            execution_provider: s.runtime.execution_provider,
             device_id: s.runtime.device_id,
             fp16: s.runtime.fp16,
             engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
@@ -311,7 +334,7 @@ impl InferElement for OnnxTransform {
             );
             gst::StateChangeError
         })?;
-        let provider = provider_name(m.provider);
+        let provider = m.provider.nick();
         let load_time = started.elapsed();
         gst::info!(CAT, imp = self, "{m:?} loaded in {load_time:?}");
         let fixed = |v: Option<usize>| v.map_or(-1, |v| v as i64);

@@ -16,9 +16,9 @@ use half::f16;
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 
-use crate::diffusion::provider::{SessionFactory, candidates};
-use crate::diffusion::runtime::{LogLevel, environment, log};
 use crate::diffusion::{EngineError, ExecutionProvider};
+use crate::runtime::provider::{SessionFactory, candidates};
+use crate::runtime::{LogLevel, environment, log};
 
 /// Element types an image tensor may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,17 +1,21 @@
 // SPDX-License-Identifier: MPL-2.0
-//! What `onnxtransform`'s threads do with its model, on the shared inference base
-//! ([`crate::infer::element`]): the task collects batches of `batch-size` and only runs
-//! the model; the output thread turns output tensors into RGB pictures.
+//! What `onnxtransform`'s task does with its model, on the shared inference base
+//! ([`crate::infer::task`]): it collects batches of `batch-size` and only runs the model;
+//! the output thread renders the output tensors (the element's `render`).
 
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::imp::{CAT, OnnxTransform};
 use super::model::{ImageModel, OutPicture, TensorData};
-use crate::infer::convert::OutputConverter;
+use crate::infer::element::OutItem;
 use crate::infer::input::{Deferred, Queued};
-use crate::infer::output::{OutItem, Rendered};
 use crate::infer::task::InferTask;
+
+/// The element the task runs for: an inference element whose pictures are the model's
+/// output tensors.
+pub trait Task: InferTask<Picture = OutPicture> {}
+
+impl<T: InferTask<Picture = OutPicture>> Task for T {}
 
 /// A frame preprocessed on the streaming thread: the model input and its size.
 pub struct ModelInput {
@@ -40,44 +44,46 @@ impl Worker {
     }
 }
 
-impl OnnxTransform {
-    pub(super) fn batch_frame(
-        &self,
-        w: &mut Worker,
+impl Worker {
+    /// A frame for the batch; a full batch (or a new size) runs.
+    pub fn batch_frame<E: Task>(
+        &mut self,
+        el: &E,
         f: Queued<ModelInput>,
     ) -> Result<(), gst::FlowError> {
         // A new size (caps) ends the batch before it.
-        let resized = w
+        let resized = self
             .batch
             .first()
             .is_some_and(|b| (b.data.width, b.data.height) != (f.data.width, f.data.height));
         if resized {
-            self.run_batch(w)?;
+            self.run_batch(el)?;
         }
-        w.batch.push(f);
-        if w.batch.len() >= w.batch_size {
-            self.run_batch(w)
+        self.batch.push(f);
+        if self.batch.len() >= self.batch_size {
+            self.run_batch(el)
         } else {
             Ok(())
         }
     }
 
-    pub(super) fn batch_event(&self, w: &mut Worker, d: Deferred) -> Result<(), gst::FlowError> {
-        if w.batch.is_empty() {
-            self.send_out(OutItem::Event(d))
+    /// An event: it leaves after the frames of the partial batch.
+    pub fn batch_event<E: Task>(&mut self, el: &E, d: Deferred) -> Result<(), gst::FlowError> {
+        if self.batch.is_empty() {
+            el.send_out(OutItem::Event(d))
         } else {
-            w.deferred.push(d);
+            self.deferred.push(d);
             Ok(())
         }
     }
 
     /// Runs the partial or full batch, hands its pictures to the output thread, then the
     /// events that waited for them.
-    pub(super) fn run_batch(&self, w: &mut Worker) -> Result<(), gst::FlowError> {
-        let frames = std::mem::take(&mut w.batch);
+    pub fn run_batch<E: Task>(&mut self, el: &E) -> Result<(), gst::FlowError> {
+        let frames = std::mem::take(&mut self.batch);
         if let Some(first) = frames.first() {
             if let Some(rt) = first.running_time {
-                let _ = self.obj().sync_values(rt);
+                let _ = el.obj().sync_values(rt);
             }
             let (fw, fh) = (first.data.width, first.data.height);
             let mut metas = Vec::with_capacity(frames.len());
@@ -86,48 +92,16 @@ impl OnnxTransform {
                 metas.push(f.meta);
                 inputs.push(f.data.data);
             }
-            let outs = self
-                .timed(|| w.model.run(inputs, fw, fh))
-                .map_err(|e| self.engine_failed(e))?;
+            let outs = el
+                .timed(|| self.model.run(inputs, fw, fh))
+                .map_err(|e| el.engine_failed(e))?;
             for (pic, meta) in outs.into_iter().zip(metas) {
-                self.send_out(OutItem::Frame(pic, meta))?;
+                el.send_out(OutItem::Frame(pic, meta))?;
             }
         }
-        for d in std::mem::take(&mut w.deferred) {
-            self.send_out(OutItem::Event(d))?;
+        for d in std::mem::take(&mut self.deferred) {
+            el.send_out(OutItem::Event(d))?;
         }
         Ok(())
-    }
-
-    /// Output thread: the model's output tensor as RGB8 at the negotiated size.
-    pub(super) fn render_picture(
-        &self,
-        pic: &OutPicture,
-        conv: &OutputConverter,
-    ) -> Result<Rendered, gst::FlowError> {
-        let info = conv.out_info();
-        if (pic.width as u32, pic.height as u32) != (info.width(), info.height()) {
-            gst::element_imp_error!(
-                self,
-                gst::StreamError::Failed,
-                (
-                    "The model gave a {}x{} picture, {}x{} were negotiated",
-                    pic.width,
-                    pic.height,
-                    info.width(),
-                    info.height()
-                ),
-                ["A model whose output size changes from frame to frame is not supported"]
-            );
-            return Err(gst::FlowError::Error);
-        }
-        let post = self.post.lock().unwrap();
-        let Some(post) = post.as_ref() else {
-            gst::debug!(CAT, imp = self, "stopped: no postprocessing");
-            return Err(gst::FlowError::Flushing);
-        };
-        let mut rgb = Vec::new();
-        post.run(pic, &mut rgb);
-        Ok(Rendered::Rgb(rgb))
     }
 }

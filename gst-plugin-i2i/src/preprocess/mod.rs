@@ -8,6 +8,8 @@
 
 use imageproc::image::{GrayImage, RgbImage, imageops};
 
+pub mod depth;
+
 /// Canny thresholds when `canny` has none: lllyasviel's ControlNet annotator defaults.
 pub const DEFAULT_CANNY: (f32, f32) = (100.0, 200.0);
 /// Weight of the previous output in `feedback` when none is given.

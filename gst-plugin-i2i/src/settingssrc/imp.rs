@@ -24,18 +24,18 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 use i2i_compat::{Alias, Deprecations};
 
-use crate::settings::command::Command;
-use crate::settings::curve::{self, AllowList, KeyPair, ZapHandler, ZapRequest};
-use crate::settings::hub::ControlClient;
-use crate::settings::limits::RateLimiter;
-use crate::settings::message::{MAX_MESSAGE_BYTES, decode_message};
-use crate::settings::state::{
+use i2i_core::curve::{ElementCurve, KeyPair, Warn};
+use i2i_core::rate_limit::{RateLimit, with_held};
+use i2i_core::settings::command::Command;
+use i2i_core::settings::hub::ControlClient;
+use i2i_core::settings::message::{MAX_MESSAGE_BYTES, decode_message};
+use i2i_core::settings::state::{
     APPLIED_EVENT, APPLIED_TOPIC, AppliedReport, REFUSED_EVENT, STATE_TOPIC, Snapshot,
     SnapshotFollower,
 };
-use crate::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
+use i2i_core::settings::{DEFAULT_STATE_PORT, SETTINGS_CAPS_NAME, SettingsUpdate};
 
-use super::SocketType;
+use i2i_core::zmq_endpoint::{self, ReceiveSocketType, SetupError};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -65,17 +65,18 @@ const WARNINGS_PER_SECOND: u32 = 5;
 /// Messages handled per wake-up before the thread checks for stop again.
 const MAX_BATCH: usize = 1000;
 
-const DEFAULT_SOCKET_TYPE: SocketType = SocketType::Sub;
+const DEFAULT_SOCKET_TYPE: ReceiveSocketType = ReceiveSocketType::Sub;
+/// Messages the socket queues before ZeroMQ drops (many small commands may come at once).
+const RCV_HWM: i32 = 100_000;
+/// Endpoint examples for the hint of a refused endpoint.
+const ENDPOINT_EXAMPLES: &str = "tcp://HOST:5556, tcp://*:5556 or ipc:///path";
 
 #[derive(Debug, Clone)]
 struct Settings {
     endpoint: String,
     bind: bool,
-    socket_type: SocketType,
+    socket_type: ReceiveSocketType,
     min_push_interval_ms: u32,
-    curve_key: Option<String>,
-    curve_server_key: Option<String>,
-    curve_allow: Option<String>,
     /// The name reports carry; None: the transform's element name, host and process.
     report_name: Option<String>,
 }
@@ -87,9 +88,6 @@ impl Default for Settings {
             bind: DEFAULT_BIND,
             socket_type: DEFAULT_SOCKET_TYPE,
             min_push_interval_ms: DEFAULT_MIN_PUSH_INTERVAL_MS,
-            curve_key: None,
-            curve_server_key: None,
-            curve_allow: None,
             report_name: None,
         }
     }
@@ -103,8 +101,6 @@ struct Stats {
     commands: u64,
     /// Messages refused (malformed, unknown command, bad value, wrong frame count).
     rejected: u64,
-    /// CURVE peers refused (bind mode) or handshakes this element failed (connect mode).
-    refused: u64,
     /// Buffers pushed downstream.
     pushed: u64,
     /// Changes merged into an update that was still waiting to be pushed.
@@ -142,8 +138,7 @@ struct Receiver {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     reporter: Reporter,
-    // Dropped after the thread (which owns the sockets) has ended.
-    _zap: Option<ZapHandler>,
+    // Dropped after the thread (which owns the socket) has ended.
     _ctx: zmq::Context,
 }
 
@@ -264,6 +259,8 @@ impl Drop for Receiver {
 pub struct SettingsSrc {
     deprecations: Deprecations,
     settings: Mutex<Settings>,
+    /// `curve-key`, `curve-server-key`, `curve-allow` and, while running, the CURVE link.
+    curve: ElementCurve,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     receiver: Mutex<Option<Receiver>>,
 }
@@ -273,6 +270,7 @@ impl Default for SettingsSrc {
         SettingsSrc {
             deprecations: Deprecations::default(),
             settings: Mutex::new(Settings::default()),
+            curve: ElementCurve::default(),
             shared: Arc::new((Mutex::new(Shared::default()), Condvar::new())),
             receiver: Mutex::new(None),
         }
@@ -293,7 +291,7 @@ impl ObjectSubclass for SettingsSrc {
 impl ObjectImpl for SettingsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            let specs = vec![
+            let mut specs = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb(&format!(
@@ -320,21 +318,6 @@ impl ObjectImpl for SettingsSrc {
                     .default_value(DEFAULT_MIN_PUSH_INTERVAL_MS)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecString::builder("curve-key")
-                    .nick("CURVE key")
-                    .blurb("Secret certificate of this element (NAME.key_secret from `i2i-prompt keygen`); turns CURVE on. Connecting: needs curve-server-key; binding: needs curve-allow")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("curve-server-key")
-                    .nick("CURVE server key")
-                    .blurb("Public key of the settings publisher (its NAME.key file, or the 40-character Z85 key); turns CURVE on when connecting (without curve-key a throw-away key pair is used)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("curve-allow")
-                    .nick("CURVE allow-list")
-                    .blurb("With bind=true and curve-key: publishers allowed to send settings (a directory of NAME.key files, one certificate, or a file with one Z85 public key per line)")
-                    .mutable_ready()
-                    .build(),
                 glib::ParamSpecString::builder("client-name")
                     .nick("Client name")
                     .blurb("How this transform is named in the applied and refused reports the settings holder shows (e.g. worker-3); default: the downstream element's name, the host and the process id (i2i@stage-left/4242)")
@@ -351,6 +334,7 @@ impl ObjectImpl for SettingsSrc {
                     .read_only()
                     .build(),
             ];
+            specs.extend(ElementCurve::param_specs("settings publishers"));
             i2i_compat::param_specs(specs, RENAMED)
         });
         PROPERTIES.as_ref()
@@ -360,6 +344,9 @@ impl ObjectImpl for SettingsSrc {
         let name = self
             .deprecations
             .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if self.curve.set_property(name, value) {
+            return;
+        }
         let mut s = lock(&self.settings);
         match name {
             "endpoint" => {
@@ -376,9 +363,6 @@ impl ObjectImpl for SettingsSrc {
                 // A shorter interval may let a waiting update go now.
                 self.shared.1.notify_all();
             }
-            "curve-key" => s.curve_key = non_empty(value),
-            "curve-server-key" => s.curve_server_key = non_empty(value),
-            "curve-allow" => s.curve_allow = non_empty(value),
             "client-name" => s.report_name = non_empty(value),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
@@ -388,15 +372,15 @@ impl ObjectImpl for SettingsSrc {
         let name = self
             .deprecations
             .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if let Some(v) = self.curve.property(name) {
+            return v;
+        }
         let s = lock(&self.settings);
         match name {
             "endpoint" => s.endpoint.to_value(),
             "bind" => s.bind.to_value(),
             "socket-type" => s.socket_type.to_value(),
             "min-push-interval" => s.min_push_interval_ms.to_value(),
-            "curve-key" => s.curve_key.to_value(),
-            "curve-server-key" => s.curve_server_key.to_value(),
-            "curve-allow" => s.curve_allow.to_value(),
             "client-name" => s.report_name.to_value(),
             "last-endpoint" => {
                 let e = lock(&self.shared.0).stats.local_endpoint.clone();
@@ -409,7 +393,7 @@ impl ObjectImpl for SettingsSrc {
                     .field("snapshots", st.snapshots)
                     .field("commands", st.commands)
                     .field("rejected", st.rejected)
-                    .field("refused", st.refused)
+                    .field("refused", self.curve.refused())
                     .field("pushed", st.pushed)
                     .field("coalesced", st.coalesced)
                     .field("warnings-suppressed", st.warnings_suppressed)
@@ -487,21 +471,20 @@ impl ElementImpl for SettingsSrc {
 /// Everything the receive thread needs.
 struct ReceiveContext {
     sock: zmq::Socket,
-    monitor: Option<zmq::Socket>,
     endpoint: String,
     bind: bool,
     element: glib::WeakRef<super::SettingsSrc>,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     stop: Arc<AtomicBool>,
     follower: SnapshotFollower,
-    warnings: RateLimiter,
+    warnings: RateLimit,
 }
 
 /// Counts and posts a warning (rate-limited); shared by the receive and ZAP threads.
 fn warn(
     element: &glib::WeakRef<super::SettingsSrc>,
     shared: &(Mutex<Shared>, Condvar),
-    limiter: &mut RateLimiter,
+    limiter: &mut RateLimit,
     text: String,
 ) {
     let suppressed = {
@@ -519,42 +502,24 @@ fn warn(
     };
     gst::warning!(CAT, obj = element, "{text}");
     if let Some(before) = suppressed {
-        let note = if before > 0 {
-            format!(" ({before} similar warnings were not posted)")
-        } else {
-            String::new()
-        };
-        gst::element_warning!(
-            element,
-            gst::StreamError::Decode,
-            ("Ignored a settings message: {}{}", text, note)
-        );
+        let text = with_held(format!("Ignored a settings message: {text}"), before);
+        gst::element_warning!(element, gst::StreamError::Decode, ("{text}"));
     }
 }
 
 impl ReceiveContext {
     fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
-            let (readable, monitor_event) = {
-                let mut items = vec![self.sock.as_poll_item(zmq::POLLIN)];
-                if let Some(m) = &self.monitor {
-                    items.push(m.as_poll_item(zmq::POLLIN));
-                }
-                if let Err(e) = zmq::poll(&mut items, 100) {
+            let readable = match self.sock.poll(zmq::POLLIN, 100) {
+                Ok(n) => n > 0,
+                Err(e) => {
                     let text = format!("receiving settings from {} failed: {e}", self.endpoint);
                     let mut g = lock(&self.shared.0);
                     g.fatal = Some(text);
                     self.shared.1.notify_all();
                     return;
                 }
-                (
-                    items[0].is_readable(),
-                    items.get(1).is_some_and(|i| i.is_readable()),
-                )
             };
-            if monitor_event {
-                self.on_monitor_event();
-            }
             if !readable {
                 continue;
             }
@@ -678,191 +643,116 @@ impl ReceiveContext {
             }
         }
     }
-
-    fn on_monitor_event(&mut self) {
-        let Some(m) = &self.monitor else { return };
-        while let Ok(frames) = m.recv_multipart(zmq::DONTWAIT) {
-            let event = frames
-                .first()
-                .filter(|f| f.len() >= 2)
-                .map(|f| u16::from_le_bytes([f[0], f[1]]));
-            if event == Some(zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16) {
-                lock(&self.shared.0).stats.refused += 1;
-                let text = format!(
-                    "the settings publisher at {} refused this element's CURVE key: add its public key to the publisher's subscriber allow-list",
-                    self.endpoint
-                );
-                warn(&self.element, &self.shared, &mut self.warnings, text);
-            }
-        }
-    }
 }
 
 impl SettingsSrc {
+    /// Where the CURVE refusals go: the log, the bus (rate-limited by the CURVE code) and
+    /// `last-error`.
+    fn curve_warnings(&self) -> Warn {
+        let element = self.obj().downgrade();
+        let shared = self.shared.clone();
+        Arc::new(move |text: &str, post: bool| {
+            lock(&shared.0).stats.last_error = Some(text.to_string());
+            let Some(element) = element.upgrade() else {
+                return;
+            };
+            gst::warning!(CAT, obj = element, "{text}");
+            if post {
+                gst::element_warning!(element, gst::ResourceError::OpenRead, ("{text}"));
+            }
+        })
+    }
+
+    /// Opens the socket with the ZeroMQ elements' set-up and CURVE ([`zmq_endpoint::open`])
+    /// and starts the receive and report threads.
     fn open(&self) -> Result<Receiver, gst::ErrorMessage> {
         let s = lock(&self.settings).clone();
         let fail = |text: String| gst::error_msg!(gst::ResourceError::OpenRead, ("{}", text));
-        let ctx = zmq::Context::new();
-        let kind = match s.socket_type {
-            SocketType::Sub => zmq::SUB,
-            SocketType::Pull => zmq::PULL,
+        let options = zmq_endpoint::Options {
+            endpoint: &s.endpoint,
+            bind: s.bind,
+            linger_ms: 0,
+            send_hwm: None,
+            rcv_hwm: Some(RCV_HWM),
+            // Bound, anyone may connect: a bound on what one message may cost.
+            max_message_size: s.bind.then_some(16 * MAX_MESSAGE_BYTES as i64),
+            name: s.socket_type.nick(),
+            purpose: ", for settings",
+            examples: ENDPOINT_EXAMPLES,
+            peer: "settings publisher",
         };
-        let sock = ctx
-            .socket(kind)
-            .map_err(|e| fail(format!("cannot create a ZeroMQ {kind:?} socket: {e}")))?;
-        sock.set_linger(0).ok();
-        sock.set_rcvhwm(100_000).ok();
-        if s.socket_type == SocketType::Sub {
-            sock.set_subscribe(b"")
-                .map_err(|e| fail(format!("cannot subscribe: {e}")))?;
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let element = self.obj().downgrade();
-        let curve_on = s.curve_key.is_some() || s.curve_server_key.is_some();
-        let mut zap = None;
-        let mut monitor = None;
-        let mut report_curve = None;
-        if curve_on {
-            curve::require_curve().map_err(fail)?;
-        }
-        let own_keys = match &s.curve_key {
-            Some(p) => Some(
-                KeyPair::load(std::path::Path::new(p))
-                    .map_err(|e| fail(format!("curve-key: {e}")))?,
-            ),
-            None => None,
-        };
-        if s.bind {
-            if let Some(keys) = &own_keys {
-                let Some(allow) = &s.curve_allow else {
-                    return Err(fail(
-                        "bind=true with curve-key needs curve-allow: the public keys of the programs allowed to send settings"
-                            .to_string(),
-                    ));
-                };
-                let allow = AllowList::load(std::path::Path::new(allow))
-                    .map_err(|e| fail(format!("curve-allow: {e}")))?;
-                let shared = self.shared.clone();
-                let element = element.clone();
-                let mut limiter = RateLimiter::new(WARNINGS_PER_SECOND);
-                zap = Some(
-                    ZapHandler::start(&ctx, move |req: &ZapRequest| {
-                        if allow.contains(&req.public_key) {
-                            return Ok("publisher".to_string());
-                        }
-                        lock(&shared.0).stats.refused += 1;
-                        let reason = format!("key not in the allow-list {}", allow.source);
-                        warn(
-                            &element,
-                            &shared,
-                            &mut limiter,
-                            format!(
-                                "refused a settings publisher from {} with CURVE key {}: {reason}",
-                                req.address,
-                                req.public_key_z85()
-                            ),
-                        );
-                        Err(reason)
-                    })
-                    .map_err(fail)?,
-                );
-                curve::make_server(&sock, keys, "i2i-settingssrc").map_err(fail)?;
-            } else if s.curve_server_key.is_some() {
-                return Err(fail(
-                    "with bind=true this element is the CURVE server: set curve-key (its own secret certificate) and curve-allow, not curve-server-key".to_string(),
-                ));
-            }
-            sock.set_maxmsgsize(16 * MAX_MESSAGE_BYTES as i64).ok();
-            sock.bind(&s.endpoint).map_err(|e| {
-                fail(format!(
-                    "cannot listen on {}: {e} (with bind=true use e.g. tcp://*:{DEFAULT_STATE_PORT}; is the port taken?)",
-                    s.endpoint
-                ))
-            })?;
-        } else {
-            if curve_on {
-                let Some(server) = &s.curve_server_key else {
-                    return Err(fail(
-                        "curve-key is set but curve-server-key is not: give the publisher's public key".to_string(),
-                    ));
-                };
-                let server = curve::load_public_key(server)
-                    .map_err(|e| fail(format!("curve-server-key: {e}")))?;
-                let keys = match own_keys {
-                    Some(k) => k,
-                    None => KeyPair::generate().map_err(fail)?,
-                };
-                curve::make_client(&sock, &keys, &server).map_err(fail)?;
-                report_curve = Some((keys, server));
-                let ep = format!("inproc://settingssrc-monitor-{:p}", self);
-                if sock
-                    .monitor(&ep, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
-                    .is_ok()
-                    && let Ok(m) = ctx.socket(zmq::PAIR)
-                    && m.connect(&ep).is_ok()
-                {
-                    monitor = Some(m);
+        let subscribe = s.socket_type == ReceiveSocketType::Sub;
+        let (opened, ()) = zmq_endpoint::open(
+            s.socket_type.zmq_type(),
+            &options,
+            self.curve_warnings(),
+            &self.curve,
+            |_, sock| {
+                if subscribe {
+                    sock.set_subscribe(b"").map_err(|e| ("subscribe", e))?;
                 }
+                Ok(())
+            },
+            |_| false,
+        )
+        .map_err(|e| match e {
+            SetupError::Settings(text) => {
+                gst::error_msg!(gst::ResourceError::Settings, ("{}", text))
             }
-            sock.connect(&s.endpoint).map_err(|e| {
-                fail(format!(
-                    "cannot connect to {}: {e} (expected e.g. tcp://host:{DEFAULT_STATE_PORT})",
-                    s.endpoint
-                ))
-            })?;
-        }
+            SetupError::Open(text) => fail(text),
+        })?;
+        let zmq_endpoint::Opened {
+            socket: sock,
+            context: ctx,
+            endpoint: local_endpoint,
+        } = opened;
         gst::info!(
             CAT,
             imp = self,
             "{} {}{}",
-            if s.bind {
-                "listening on"
+            zmq_endpoint::done_verb(s.bind),
+            local_endpoint,
+            if self.curve.settings().enabled() {
+                " with CURVE"
             } else {
-                "subscribed to"
-            },
-            s.endpoint,
-            if curve_on { " with CURVE" } else { "" }
+                ""
+            }
         );
-        let local_endpoint = if s.bind {
-            sock.get_last_endpoint()
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_else(|| s.endpoint.clone())
-        } else {
-            s.endpoint.clone()
-        };
         {
             let mut g = lock(&self.shared.0);
             *g = Shared::default();
             g.stats.local_endpoint = local_endpoint;
         }
+        let stop = Arc::new(AtomicBool::new(false));
         let rx = ReceiveContext {
             sock,
-            monitor,
             endpoint: s.endpoint.clone(),
             bind: s.bind,
-            element,
+            element: self.obj().downgrade(),
             shared: self.shared.clone(),
             stop: stop.clone(),
             follower: SnapshotFollower::default(),
-            warnings: RateLimiter::new(WARNINGS_PER_SECOND),
+            warnings: RateLimit::per_second(WARNINGS_PER_SECOND),
         };
         let thread = std::thread::Builder::new()
             .name("settingssrc-rx".into())
             .spawn(move || rx.run())
             .map_err(|e| fail(format!("cannot start the receive thread: {e}")))?;
-        let reporter =
-            Reporter::start(ctx.clone(), report_curve, self.shared.clone(), stop.clone()).map_err(
-                |e| {
-                    stop.store(true, Ordering::Relaxed);
-                    fail(e)
-                },
-            )?;
+        // Reports go to the holder with the keys of the subscription.
+        let reporter = Reporter::start(
+            ctx.clone(),
+            self.curve.client_keys(),
+            self.shared.clone(),
+            stop.clone(),
+        )
+        .map_err(|e| {
+            stop.store(true, Ordering::Relaxed);
+            fail(e)
+        })?;
         Ok(Receiver {
             stop,
             thread: Some(thread),
             reporter,
-            _zap: zap,
             _ctx: ctx,
         })
     }
@@ -957,7 +847,9 @@ impl BaseSrcImpl for SettingsSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        // Joins the receive thread, closes the sockets, then the context.
+        // The ZAP handler and monitor first, then the receive thread (with the socket), then
+        // the context.
+        self.curve.stop();
         let receiver = lock(&self.receiver).take();
         drop(receiver);
         Ok(())

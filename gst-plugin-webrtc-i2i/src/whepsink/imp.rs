@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use crate::endpoint::{self, Endpoint, Kind, Limits, Server};
 use crate::offer::Accepts;
+use i2i_core::rate_limit::RateLimit;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -171,7 +172,7 @@ pub struct WhepSink {
     ghost: Mutex<Option<gst::GhostPad>>,
     viewers: Mutex<Viewers>,
     server: endpoint::Running,
-    warnings: Mutex<endpoint::RateLimit>,
+    warnings: Mutex<RateLimit>,
     /// True once webrtcsink has probed its codecs on the first frames (it then starts its
     /// signaller): the endpoint holds offers until then.
     ready: tokio::sync::watch::Sender<bool>,
@@ -184,10 +185,15 @@ impl endpoint::Events for Events {
     fn warn(&self, what: &str) {
         if let Some(obj) = self.0.upgrade() {
             let imp = obj.imp();
-            let Some(more) = imp.warnings.lock().unwrap().allow() else {
+            let Some(text) = imp
+                .warnings
+                .lock()
+                .unwrap()
+                .message(format!("i2iwhepsink: {what}"))
+            else {
                 return;
             };
-            gst::element_imp_warning!(imp, gst::ResourceError::Read, ("i2iwhepsink: {what}{more}"));
+            gst::element_imp_warning!(imp, gst::ResourceError::Read, ("{text}"));
         }
     }
 

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use crate::endpoint::{self, Busy, Endpoint, Kind, Limits, Server};
 use crate::offer::Accepts;
+use i2i_core::rate_limit::RateLimit;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -97,7 +98,7 @@ pub struct WhipSrc {
     server: endpoint::Running,
     /// When the publisher's last frame (or its session start) was seen.
     last_seen: Arc<Mutex<Option<Instant>>>,
-    warnings: Mutex<endpoint::RateLimit>,
+    warnings: Mutex<RateLimit>,
     /// An EOS went downstream: no publisher's data may follow it.
     ended: Arc<AtomicBool>,
     /// The publisher's pad is out, its first frame not yet: when a keyframe was last asked for.
@@ -202,10 +203,15 @@ fn discard(pad: &gst::Pad) {
 
 impl WhipSrc {
     fn warn(&self, what: &str) {
-        let Some(more) = self.warnings.lock().unwrap().allow() else {
+        let Some(text) = self
+            .warnings
+            .lock()
+            .unwrap()
+            .message(format!("i2iwhipsrc: {what}"))
+        else {
             return;
         };
-        gst::element_imp_warning!(self, gst::ResourceError::Read, ("i2iwhipsrc: {what}{more}"));
+        gst::element_imp_warning!(self, gst::ResourceError::Read, ("{text}"));
     }
 
     fn post(&self, event: &str, pad: &str) {

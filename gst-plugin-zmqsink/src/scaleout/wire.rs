@@ -21,7 +21,7 @@
 //!   that do not know it use `timestamp` for all).
 //! - `["job", tensor message, tensor message, ...]`: latent frames
 //!   (`application/x-i2i-latent`), each part one frame in the transport's tensor form
-//!   `[timestamp, index, payload, meta]` ([`crate::tensor`]), self-describing frame by
+//!   `[timestamp, index, payload, meta]` ([`i2i_core::tensor`]), self-describing frame by
 //!   frame; a batch is one part per frame. A worker that only knows the JPEG forms reads
 //!   the first part, sees an array of 4, and drops it by name.
 //! - `["hb", {session}]`: the primary's heartbeat; a new session tells the worker to
@@ -146,7 +146,7 @@ pub struct JobFrame<'a> {
 /// per-frame `timestamps` for more.
 pub fn encode_job(frames: &[JobFrame<'_>]) -> Vec<u8> {
     if let [one] = frames {
-        return crate::protocol::encode_frame(one.timestamp_ms, one.index, one.jpeg);
+        return i2i_core::protocol::encode_frame(one.timestamp_ms, one.index, one.jpeg);
     }
     let first = frames.first();
     let mut out = Vec::with_capacity(96 + frames.iter().map(|f| f.jpeg.len() + 24).sum::<usize>());
@@ -286,7 +286,7 @@ pub fn decode_primary<T: AsRef<[u8]>>(parts: &[T]) -> Result<PrimaryMsg<'_>, Wir
     match kind {
         KIND_JOB => {
             let first = body("job")?;
-            if crate::tensor::is_tensor_message(first) {
+            if i2i_core::tensor::is_tensor_message(first) {
                 Ok(PrimaryMsg::LatentJob(
                     parts[1..].iter().map(|p| p.as_ref()).collect(),
                 ))
@@ -316,7 +316,7 @@ pub fn decode_primary<T: AsRef<[u8]>>(parts: &[T]) -> Result<PrimaryMsg<'_>, Wir
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{self, Payload};
+    use i2i_core::protocol::{self, Payload};
 
     #[test]
     fn ready_round_trip() {
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn latent_job_is_one_tensor_message_per_frame() {
-        use crate::tensor::{self, Dtype, TensorMeta};
+        use i2i_core::tensor::{self, Dtype, TensorMeta};
         let meta = TensorMeta {
             dtype: Dtype::F16,
             shape: vec![1, 4, 2, 2],

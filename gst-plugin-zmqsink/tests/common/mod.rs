@@ -6,7 +6,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
-use gstzmqsink::jpeg::{Encoder, PackedFormat, Plane};
+use i2i_core::jpeg::{Encoder, PackedFormat, Plane};
 
 pub fn init() {
     static INIT: Once = Once::new();

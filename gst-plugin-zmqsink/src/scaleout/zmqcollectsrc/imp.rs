@@ -37,18 +37,19 @@ use gst_base::subclass::prelude::*;
 use i2i_compat::{Alias, Deprecations};
 
 use super::{CollectLateStart, CollectQueuePolicy};
-use crate::curve::ElementCurve;
-use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
-use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrops, LatentPayload, LatentStream};
-use crate::protocol::{self, Payload};
 use crate::scaleout::ledger::{self, Ledger};
 use crate::scaleout::playout::{Arrival, FullPolicy, LateStart, Playout, PlayoutStats};
 use crate::scaleout::socket_thread::{self, SocketThread};
-use crate::tensor;
+use crate::source_output::{self, Offered, SourceOutput};
 use crate::unix_time;
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::zmq_element;
+use i2i_core::curve::ElementCurve;
+use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use i2i_core::protocol::{self, Payload};
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::tensor;
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -92,8 +93,6 @@ const DEFAULT_QUEUE_POLICY: CollectQueuePolicy = CollectQueuePolicy::PlayEarly;
 const DEFAULT_LATE_START: CollectLateStart = CollectLateStart::Auto;
 const DEFAULT_IDLE_TIMEOUT_MS: u32 = 0;
 const DEFAULT_GROUP: &str = "i2i";
-const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
-const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
 
 /// After the input ended, how long past the last frame's play time to wait for it.
 const END_GRACE_US: i64 = 200_000;
@@ -124,8 +123,8 @@ impl Default for Settings {
             late_start: DEFAULT_LATE_START,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             group: DEFAULT_GROUP.into(),
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            framerate: DEFAULT_FRAMERATE,
+            max_message_size: source_output::DEFAULT_MAX_MESSAGE_SIZE,
+            framerate: source_output::DEFAULT_FRAMERATE,
             max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
@@ -241,7 +240,7 @@ pub struct ZmqCollectSrc {
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
     last_stats: Mutex<Stats>,
-    output: Mutex<JpegOutput>,
+    output: Mutex<SourceOutput>,
     kind_limit: Mutex<RateLimit>,
 }
 
@@ -469,7 +468,7 @@ impl ZmqCollectSrc {
         }
         {
             let mut guard = self.state.lock().unwrap();
-            guard.as_mut()?.loss_limit.allow(Instant::now())?;
+            guard.as_mut()?.loss_limit.allow()?;
         }
         let (delay, max_frames, policy) = {
             let s = self.settings.lock().unwrap();
@@ -578,22 +577,9 @@ impl ObjectImpl for ZmqCollectSrc {
                     .default_value(Some(DEFAULT_GROUP))
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecInt64::builder("max-message-size")
-                    .nick("Maximum message size")
-                    .blurb("Largest result message accepted, in bytes (-1 = no limit; ZeroMQ closes a connection that sends a larger one)")
-                    .minimum(-1)
-                    .default_value(DEFAULT_MAX_MESSAGE_SIZE)
-                    .mutable_ready()
-                    .build(),
-                gst::ParamSpecFraction::builder("framerate")
-                    .nick("Frame rate")
-                    .blurb("Frame rate written in the output caps and buffer durations (0/1 = variable)")
-                    .minimum(gst::Fraction::from_integer(0))
-                    .maximum(gst::Fraction::new(i32::MAX, 1))
-                    .default_value(DEFAULT_FRAMERATE)
-                    .mutable_ready()
-                    .build(),
-                jpeg_output::max_pixels_pspec(),
+                source_output::max_message_size_pspec("result message"),
+                source_output::framerate_pspec(),
+                source_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("frames-in (results received), frames-out, dropped (sum of dropped-late: later than playout-delay, dropped-duplicate, dropped-overflow: buffer full, dropped-restart: held when the source restarted its count, dropped-malformed, dropped-not-jpeg, dropped-oversize: over max-pixels, dropped-latent: latent results refused, all reasons, dropped-kind: results of a kind downstream does not take, a JPEG before i2idecode), missing (from the dispatcher's first index when it is in this process), played-early (buffer full, play-early), restarts, start-lag-ms (how far late-start=shift moved the schedule), refused (CURVE peers), held, dropped-latent-size, dropped-latent-dtype, dropped-latent-shape, dropped-latent-meta (of dropped-latent: payload length, dtype, shape, meta refused; see zmqmsgpacksrc)")
@@ -615,12 +601,7 @@ impl ObjectImpl for ZmqCollectSrc {
         }
         let mut settings = self.settings.lock().unwrap();
         match name {
-            "endpoint" => {
-                settings.endpoint = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-            }
+            "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "bind" => settings.bind = value.get().expect("type checked upstream"),
             "playout-delay" => {
                 settings.playout_delay_ms = value.get().expect("type checked upstream")
@@ -723,16 +704,7 @@ impl ElementImpl for ZmqCollectSrc {
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         self.deprecations.post_pending(&*self.obj());
-        zmq_endpoint::start_before_base(
-            self.obj().upcast_ref(),
-            transition,
-            gst::StateChange::ReadyToPaused,
-            || BaseSrcImpl::start(self),
-            || {
-                let _ = BaseSrcImpl::stop(self);
-            },
-            |t| self.parent_change_state(t),
-        )
+        zmq_element::source_change_state(self, transition)
     }
 
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
@@ -753,15 +725,10 @@ impl ElementImpl for ZmqCollectSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &tensor::jpeg_or_latent_caps(),
-                )
-                .unwrap(),
-            ]
+            zmq_element::frames_pad_templates(
+                gst::PadDirection::Src,
+                &latent::jpeg_or_latent_caps(),
+            )
         });
         PAD_TEMPLATES.as_ref()
     }
@@ -770,7 +737,7 @@ impl ElementImpl for ZmqCollectSrc {
 impl BaseSrcImpl for ZmqCollectSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         if self.state.lock().unwrap().is_some() {
-            // Already started by change_state (zmq_endpoint::start_before_base).
+            // Already started by change_state (zmq_element::start_before_base).
             return Ok(());
         }
         let settings = self.settings.lock().unwrap().clone();
@@ -786,11 +753,12 @@ impl BaseSrcImpl for ZmqCollectSrc {
             name: "PULL",
             purpose: ", for the workers' results",
             examples: zmq_endpoint::SCALEOUT_EXAMPLES,
-            error: gst::ResourceError::OpenRead,
+            peer: "worker",
         };
-        let (opened, ()) = zmq_endpoint::open(
+        let (opened, ()) = zmq_element::open(
             zmq::PULL,
             &options,
+            gst::ResourceError::OpenRead,
             self.obj().upcast_ref(),
             &self.curve,
             |_, _| Ok(()),
@@ -861,7 +829,7 @@ impl BaseSrcImpl for ZmqCollectSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        jpeg_output::negotiate(&*self.obj(), &self.output)
+        source_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -1010,12 +978,12 @@ impl PushSrcImpl for ZmqCollectSrc {
 
             let (offered, data, what) = match released.payload {
                 Held::Jpeg(jpeg, size) => (
-                    jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
+                    source_output::ensure_caps(&*self.obj(), &self.output, size)?,
                     jpeg,
                     "JPEG result",
                 ),
                 Held::Latent(data, caps) => (
-                    jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?,
+                    source_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?,
                     data,
                     "latent result",
                 ),
@@ -1036,8 +1004,8 @@ impl PushSrcImpl for ZmqCollectSrc {
             {
                 let b = buffer.get_mut().expect("new buffer is writable");
                 let duration = self.output.lock().unwrap().duration();
-                let pts = jpeg_output::running_time_now(&*self.obj());
-                jpeg_output::stamp(b, released.index, pts, duration, released.timestamp_ms);
+                let pts = source_output::running_time_now(&*self.obj());
+                source_output::stamp(b, released.index, pts, duration, released.timestamp_ms);
             }
             return Ok(CreateSuccess::NewBuffer(buffer));
         }

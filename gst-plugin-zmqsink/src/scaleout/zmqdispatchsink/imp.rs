@@ -46,21 +46,22 @@ use gst_base::subclass::prelude::*;
 use i2i_compat::{Alias, Deprecations};
 
 use super::DispatchQueuePolicy;
-use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::frame_index;
-use crate::jpeg_output;
 use crate::latent;
 use crate::scaleout;
 use crate::scaleout::dispatch::{Departure, Frame, Job, QueuePolicy, Removed, Reply, Scheduler};
 use crate::scaleout::ledger::{self, End, Ledger};
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, JobFrame, WorkerMsg};
-use crate::tensor::{self, LATENT_CAPS_NAME, TensorMeta};
+use crate::source_output;
 use crate::transport::zmqmsgpacksink::LatentDtype;
 use crate::unix_time;
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::zmq_element;
+use i2i_core::curve::ElementCurve;
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::tensor::{LATENT_CAPS_NAME, TensorMeta};
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -755,12 +756,7 @@ impl ObjectImpl for ZmqDispatchSink {
         }
         let mut settings = self.settings.lock().unwrap();
         match name {
-            "endpoint" => {
-                settings.endpoint = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-            }
+            "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "max-queue" => settings.max_queue = value.get().expect("type checked upstream"),
             "queue-policy" => settings.queue_policy = value.get().expect("type checked upstream"),
             "worker-timeout" => {
@@ -833,29 +829,11 @@ impl ElementImpl for ZmqDispatchSink {
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         self.deprecations.post_pending(&*self.obj());
-        zmq_endpoint::start_before_base(
-            self.obj().upcast_ref(),
-            transition,
-            gst::StateChange::NullToReady,
-            || BaseSinkImpl::start(self),
-            || {
-                let _ = BaseSinkImpl::stop(self);
-            },
-            |t| self.parent_change_state(t),
-        )
+        zmq_element::sink_change_state(self, transition)
     }
 
     fn send_event(&self, event: gst::Event) -> bool {
-        if let Some(answer) = self.eos_request.intercept(&event) {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "{:?} event sent to the element",
-                event.type_()
-            );
-            return answer;
-        }
-        self.parent_send_event(event)
+        self.eos_request.send_event(self, *CAT, event)
     }
 
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
@@ -876,15 +854,10 @@ impl ElementImpl for ZmqDispatchSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &tensor::jpeg_or_latent_caps(),
-                )
-                .unwrap(),
-            ]
+            zmq_element::frames_pad_templates(
+                gst::PadDirection::Sink,
+                &latent::jpeg_or_latent_caps(),
+            )
         });
         PAD_TEMPLATES.as_ref()
     }
@@ -893,7 +866,7 @@ impl ElementImpl for ZmqDispatchSink {
 impl BaseSinkImpl for ZmqDispatchSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         if self.state.lock().unwrap().is_some() {
-            // Already started by change_state (zmq_endpoint::start_before_base).
+            // Already started by change_state (zmq_element::start_before_base).
             return Ok(());
         }
         let settings = self.settings.lock().unwrap().clone();
@@ -908,11 +881,12 @@ impl BaseSinkImpl for ZmqDispatchSink {
             name: "ROUTER",
             purpose: ", for the workers",
             examples: zmq_endpoint::SCALEOUT_EXAMPLES,
-            error: gst::ResourceError::OpenWrite,
+            peer: "worker",
         };
-        let (opened, ()) = zmq_endpoint::open(
+        let (opened, ()) = zmq_element::open(
             zmq::ROUTER,
             &options,
+            gst::ResourceError::OpenWrite,
             self.obj().upcast_ref(),
             &self.curve,
             |_, socket| {
@@ -999,7 +973,7 @@ impl BaseSinkImpl for ZmqDispatchSink {
         *self.frame_duration.lock().unwrap() = s
             .get::<gst::Fraction>("framerate")
             .ok()
-            .and_then(jpeg_output::frame_duration)
+            .and_then(source_output::frame_duration)
             .map(Duration::from);
         Ok(())
     }

@@ -32,18 +32,18 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 use i2i_compat::{Alias, Deprecations};
 
-use crate::curve::ElementCurve;
 use crate::frame_file::{self, FrameFileError};
-use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
-use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
-use crate::protocol::{self, Payload};
 use crate::scaleout;
 use crate::scaleout::socket_thread::{self, SocketThread};
 use crate::scaleout::wire::{self, PrimaryMsg, Ready};
-use crate::tensor;
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::source_output::{self, Offered, SourceOutput};
+use crate::zmq_element;
+use i2i_core::curve::ElementCurve;
+use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use i2i_core::protocol::{self, Payload};
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -74,8 +74,6 @@ const DEFAULT_BATCH_SIZE: u32 = 1;
 const DEFAULT_PREFETCH: u32 = 1;
 const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 250;
 const DEFAULT_PRIMARY_TIMEOUT_MS: u32 = 2000;
-const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
-const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -100,8 +98,8 @@ impl Default for Settings {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             primary_timeout_ms: DEFAULT_PRIMARY_TIMEOUT_MS,
             worker_name: None,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            framerate: DEFAULT_FRAMERATE,
+            max_message_size: source_output::DEFAULT_MAX_MESSAGE_SIZE,
+            framerate: source_output::DEFAULT_FRAMERATE,
             max_pixels: DEFAULT_MAX_PIXELS,
             frame_folder: None,
         }
@@ -177,7 +175,7 @@ pub struct ZmqWorkerSrc {
     last_endpoint: Mutex<Option<String>>,
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
-    output: Mutex<JpegOutput>,
+    output: Mutex<SourceOutput>,
     kind_limit: Mutex<RateLimit>,
 }
 
@@ -687,22 +685,9 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .blurb("Name shown in the primary's stats and messages (unset: HOSTNAME:PID of the worker process, chosen at start)")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecInt64::builder("max-message-size")
-                    .nick("Maximum message size")
-                    .blurb("Largest job message (and batch JPEG file) accepted, in bytes (-1 = no limit)")
-                    .minimum(-1)
-                    .default_value(DEFAULT_MAX_MESSAGE_SIZE)
-                    .mutable_ready()
-                    .build(),
-                gst::ParamSpecFraction::builder("framerate")
-                    .nick("Frame rate")
-                    .blurb("Frame rate written in the output caps and buffer durations (0/1 = variable)")
-                    .minimum(gst::Fraction::from_integer(0))
-                    .maximum(gst::Fraction::new(i32::MAX, 1))
-                    .default_value(DEFAULT_FRAMERATE)
-                    .mutable_ready()
-                    .build(),
-                jpeg_output::max_pixels_pspec(),
+                source_output::max_message_size_pspec("job message (and batch JPEG file)"),
+                source_output::framerate_pspec(),
+                source_output::max_pixels_pspec(),
                 frame_file::frame_folder_pspec(),
                 glib::ParamSpecString::builder("last-endpoint")
                     .nick("Last endpoint")
@@ -734,12 +719,7 @@ impl ObjectImpl for ZmqWorkerSrc {
         }
         let mut settings = self.settings.lock().unwrap();
         match name {
-            "endpoint" => {
-                settings.endpoint = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-            }
+            "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "batch-size" => settings.batch_size = value.get().expect("type checked upstream"),
             "prefetch" => settings.prefetch = value.get().expect("type checked upstream"),
             "heartbeat-interval" => {
@@ -843,16 +823,7 @@ impl ElementImpl for ZmqWorkerSrc {
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         self.deprecations.post_pending(&*self.obj());
-        zmq_endpoint::start_before_base(
-            self.obj().upcast_ref(),
-            transition,
-            gst::StateChange::ReadyToPaused,
-            || BaseSrcImpl::start(self),
-            || {
-                let _ = BaseSrcImpl::stop(self);
-            },
-            |t| self.parent_change_state(t),
-        )
+        zmq_element::source_change_state(self, transition)
     }
 
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
@@ -872,15 +843,10 @@ impl ElementImpl for ZmqWorkerSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &tensor::jpeg_or_latent_caps(),
-                )
-                .unwrap(),
-            ]
+            zmq_element::frames_pad_templates(
+                gst::PadDirection::Src,
+                &latent::jpeg_or_latent_caps(),
+            )
         });
         PAD_TEMPLATES.as_ref()
     }
@@ -889,7 +855,7 @@ impl ElementImpl for ZmqWorkerSrc {
 impl BaseSrcImpl for ZmqWorkerSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         if self.state.lock().unwrap().is_some() {
-            // Already started by change_state (zmq_endpoint::start_before_base).
+            // Already started by change_state (zmq_element::start_before_base).
             return Ok(());
         }
         let settings = self.settings.lock().unwrap().clone();
@@ -909,11 +875,12 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             name: "DEALER",
             purpose: ", to the primary",
             examples: zmq_endpoint::SCALEOUT_EXAMPLES,
-            error: gst::ResourceError::OpenRead,
+            peer: "peer",
         };
-        let (opened, ()) = zmq_endpoint::open(
+        let (opened, ()) = zmq_element::open(
             zmq::DEALER,
             &options,
+            gst::ResourceError::OpenRead,
             self.obj().upcast_ref(),
             &self.curve,
             |_, socket| {
@@ -990,7 +957,7 @@ impl BaseSrcImpl for ZmqWorkerSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        jpeg_output::negotiate(&*self.obj(), &self.output)
+        source_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -1033,11 +1000,11 @@ impl PushSrcImpl for ZmqWorkerSrc {
             let item = self.next_item(&shared)?;
             let (offered, what) = match &item.kind {
                 Kind::Jpeg(size) => (
-                    jpeg_output::ensure_caps(&*self.obj(), &self.output, *size)?,
+                    source_output::ensure_caps(&*self.obj(), &self.output, *size)?,
                     "JPEG frame",
                 ),
                 Kind::Latent(caps) => (
-                    jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps.clone())?,
+                    source_output::ensure_latent_caps(&*self.obj(), &self.output, caps.clone())?,
                     "latent frame",
                 ),
             };
@@ -1064,8 +1031,8 @@ impl PushSrcImpl for ZmqWorkerSrc {
         {
             let b = buffer.get_mut().expect("new buffer is writable");
             let duration = self.output.lock().unwrap().duration();
-            let pts = jpeg_output::running_time_now(&*self.obj());
-            jpeg_output::stamp(b, item.index, pts, duration, item.timestamp_ms);
+            let pts = source_output::running_time_now(&*self.obj());
+            source_output::stamp(b, item.index, pts, duration, item.timestamp_ms);
         }
         gst::trace!(CAT, imp = self, "frame {}", item.index);
         Ok(CreateSuccess::NewBuffer(buffer))

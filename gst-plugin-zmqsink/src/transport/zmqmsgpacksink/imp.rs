@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `zmqmsgpacksink`: one ZeroMQ message `[timestamp_ms, index, jpg]` per frame.
 //!
-//! JPEG input is sent as it is; raw video is encoded with libjpeg-turbo ([`crate::jpeg`]).
+//! JPEG input is sent as it is; raw video is encoded with libjpeg-turbo ([`i2i_core::jpeg`]).
 //! Latents (`application/x-i2i-latent`, from `i2itransform output=latent`) go as the
-//! tensor form `[timestamp_ms, index, payload, meta]` ([`crate::tensor`]), in float32 or,
+//! tensor form `[timestamp_ms, index, payload, meta]` ([`i2i_core::tensor`]), in float32 or,
 //! with `latent-dtype=f16`, float16; a buffer whose size does not match its caps is
 //! dropped, counted in `stats` (`dropped-invalid`) and reported (rate-limited), the stream goes on.
 //!
@@ -35,16 +35,17 @@ use gst_video::prelude::*;
 use i2i_compat::{Alias, Deprecations};
 
 use super::{LatentDtype, SinkSocketType};
-use crate::curve::ElementCurve;
 use crate::eos_request::{self, EosRequest};
 use crate::interrupt::{Interrupt, Wait};
-use crate::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
 use crate::latent;
-use crate::protocol;
-use crate::tensor::{self, LATENT_CAPS_NAME, TensorMeta};
 use crate::unix_time;
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::zmq_element;
+use i2i_core::curve::ElementCurve;
+use i2i_core::jpeg::{Encoder, PackedFormat, Plane, YuvRange};
+use i2i_core::protocol;
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::tensor::{LATENT_CAPS_NAME, TensorMeta};
+use i2i_core::zmq_endpoint;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -646,29 +647,11 @@ impl ElementImpl for ZmqMsgpackSink {
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         self.deprecations.post_pending(&*self.obj());
-        zmq_endpoint::start_before_base(
-            self.obj().upcast_ref(),
-            transition,
-            gst::StateChange::NullToReady,
-            || BaseSinkImpl::start(self),
-            || {
-                let _ = BaseSinkImpl::stop(self);
-            },
-            |t| self.parent_change_state(t),
-        )
+        zmq_element::sink_change_state(self, transition)
     }
 
     fn send_event(&self, event: gst::Event) -> bool {
-        if let Some(answer) = self.eos_request.intercept(&event) {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "{:?} event sent to the element",
-                event.type_()
-            );
-            return answer;
-        }
-        self.parent_send_event(event)
+        self.eos_request.send_event(self, *CAT, event)
     }
 
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
@@ -687,7 +670,7 @@ impl ElementImpl for ZmqMsgpackSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let mut caps = tensor::jpeg_or_latent_caps();
+            let mut caps = latent::jpeg_or_latent_caps();
             caps.get_mut().unwrap().append(
                 gst_video::VideoCapsBuilder::new()
                     .format_list([
@@ -703,15 +686,7 @@ impl ElementImpl for ZmqMsgpackSink {
                     ])
                     .build(),
             );
-            vec![
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-            ]
+            zmq_element::frames_pad_templates(gst::PadDirection::Sink, &caps)
         });
         PAD_TEMPLATES.as_ref()
     }
@@ -720,7 +695,7 @@ impl ElementImpl for ZmqMsgpackSink {
 impl BaseSinkImpl for ZmqMsgpackSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         if self.state.lock().unwrap().is_some() {
-            // Already started by change_state (zmq_endpoint::start_before_base).
+            // Already started by change_state (zmq_element::start_before_base).
             return Ok(());
         }
         let settings = self.settings.lock().unwrap().clone();
@@ -747,11 +722,12 @@ impl BaseSinkImpl for ZmqMsgpackSink {
             name: settings.socket_type_nick(),
             purpose: "",
             examples: zmq_endpoint::STREAM_EXAMPLES,
-            error: gst::ResourceError::OpenWrite,
+            peer: "receiver",
         };
-        let (opened, ()) = zmq_endpoint::open(
+        let (opened, ()) = zmq_element::open(
             kind,
             &options,
+            gst::ResourceError::OpenWrite,
             self.obj().upcast_ref(),
             &self.curve,
             |_, socket| {

@@ -73,11 +73,11 @@ pub enum LatentDtype {
     F16 = 1,
 }
 
-impl From<LatentDtype> for crate::tensor::Dtype {
+impl From<LatentDtype> for i2i_core::tensor::Dtype {
     fn from(d: LatentDtype) -> Self {
         match d {
-            LatentDtype::F32 => crate::tensor::Dtype::F32,
-            LatentDtype::F16 => crate::tensor::Dtype::F16,
+            LatentDtype::F32 => i2i_core::tensor::Dtype::F32,
+            LatentDtype::F16 => i2i_core::tensor::Dtype::F16,
         }
     }
 }

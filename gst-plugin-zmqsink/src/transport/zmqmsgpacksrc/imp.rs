@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `zmqmsgpacksrc`: a live source of `image/jpeg` frames received over ZeroMQ.
 //!
-//! Each message is `[timestamp_ms, index, jpg]` or a batch map (see [`crate::protocol`]).
+//! Each message is `[timestamp_ms, index, jpg]` or a batch map (see [`i2i_core::protocol`]).
 //! A frame becomes one buffer: offset = index and the frame index meta
 //! ([`crate::frame_index`], which survives decoders), PTS = running time at arrival, and the
 //! original timestamp as a `timestamp/x-unix` reference meta, so a `zmqmsgpacksink`
@@ -9,7 +9,7 @@
 //! buffer shares the received ZeroMQ message.
 //!
 //! Latents come as the tensor form `[timestamp_ms, index, payload, meta]`
-//! ([`crate::tensor`]) and go out as `application/x-i2i-latent` float32 buffers (float16 on
+//! ([`i2i_core::tensor`]) and go out as `application/x-i2i-latent` float32 buffers (float16 on
 //! the wire is widened), with caps built from each message's meta: a new meta sets new
 //! caps. Their payload must match the meta (`prod(shape) * dtype size` bytes), the shape
 //! be `[1, C, H, W]` (or NHWC) within `max-pixels` elements, the dtype float32 or float16.
@@ -35,18 +35,19 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 use i2i_compat::{Alias, Deprecations};
 
-use super::SrcSocketType;
-use crate::curve::{self, ElementCurve};
 use crate::frame_file::{self, FrameFileError};
 use crate::frame_index;
 use crate::interrupt::{Interrupt, Wait};
-use crate::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
-use crate::jpeg_output::{self, JpegOutput, Offered};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
-use crate::protocol::{self, Payload};
-use crate::tensor;
-use crate::warn::RateLimit;
-use crate::zmq_endpoint;
+use crate::source_output::{self, Offered, SourceOutput};
+use crate::zmq_element;
+use i2i_core::curve::{self, ElementCurve};
+use i2i_core::jpeg::{DEFAULT_MAX_PIXELS, JpegCheckError, jpeg_size};
+use i2i_core::protocol::{self, Payload};
+use i2i_core::rate_limit::RateLimit;
+use i2i_core::tensor;
+use i2i_core::zmq_endpoint;
+use i2i_core::zmq_endpoint::ReceiveSocketType;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -64,16 +65,14 @@ pub(crate) const RENAMED: &[Alias] = &[Alias {
 
 const DEFAULT_ENDPOINT: &str = "tcp://localhost:5557";
 const DEFAULT_BIND: bool = false;
-const DEFAULT_SOCKET_TYPE: SrcSocketType = SrcSocketType::Sub;
-const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
+const DEFAULT_SOCKET_TYPE: ReceiveSocketType = ReceiveSocketType::Sub;
 const DEFAULT_RCV_HWM: i32 = 10;
-const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
 
 #[derive(Debug, Clone)]
 struct Settings {
     endpoint: String,
     bind: bool,
-    socket_type: SrcSocketType,
+    socket_type: ReceiveSocketType,
     max_message_size: i64,
     framerate: gst::Fraction,
     max_pixels: u64,
@@ -87,8 +86,8 @@ impl Default for Settings {
             endpoint: DEFAULT_ENDPOINT.into(),
             bind: DEFAULT_BIND,
             socket_type: DEFAULT_SOCKET_TYPE,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            framerate: DEFAULT_FRAMERATE,
+            max_message_size: source_output::DEFAULT_MAX_MESSAGE_SIZE,
+            framerate: source_output::DEFAULT_FRAMERATE,
             max_pixels: DEFAULT_MAX_PIXELS,
             frame_folder: None,
             rcv_hwm: DEFAULT_RCV_HWM,
@@ -98,10 +97,7 @@ impl Default for Settings {
 
 impl Settings {
     fn socket_type_nick(&self) -> &'static str {
-        match self.socket_type {
-            SrcSocketType::Sub => "sub",
-            SrcSocketType::Pull => "pull",
-        }
+        self.socket_type.nick()
     }
 }
 
@@ -222,6 +218,33 @@ struct State {
     latent_stream: Option<LatentStream>,
 }
 
+impl State {
+    /// Stamps a buffer going out (see [`source_output::stamp`]) with `pts`, never earlier
+    /// than the one before (a batch spread past the next arrival), and DISCONT on the first
+    /// one after a gap.
+    fn stamp(
+        &mut self,
+        b: &mut gst::BufferRef,
+        index: u64,
+        pts: Option<gst::ClockTime>,
+        duration: Option<gst::ClockTime>,
+        timestamp_ms: i64,
+    ) {
+        let pts = match (pts, self.last_pts) {
+            (Some(p), Some(last)) if p < last => Some(last),
+            (p, _) => p,
+        };
+        if pts.is_some() {
+            self.last_pts = pts;
+        }
+        source_output::stamp(b, index, pts, duration, timestamp_ms);
+        if self.discont {
+            b.set_flags(gst::BufferFlags::DISCONT);
+            self.discont = false;
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ZmqMsgpackSrc {
     curve: ElementCurve,
@@ -230,7 +253,7 @@ pub struct ZmqMsgpackSrc {
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
     last_endpoint: Mutex<Option<String>>,
-    output: Mutex<JpegOutput>,
+    output: Mutex<SourceOutput>,
     warn_limit: Mutex<RateLimit>,
     interrupt: Mutex<Option<Arc<Interrupt>>>,
 }
@@ -265,7 +288,7 @@ fn read_frame_file(
 impl ZmqMsgpackSrc {
     /// Checks one tensor message ([`latent::check`]) and makes it a pending latent buffer.
     fn handle_tensor(&self, state: &mut State, msg: zmq::Message, reports: &mut Vec<Report>) {
-        let arrival = jpeg_output::running_time_now(&*self.obj());
+        let arrival = source_output::running_time_now(&*self.obj());
         let (framerate, duration) = {
             let out = self.output.lock().unwrap();
             (out.framerate(), out.duration())
@@ -302,19 +325,13 @@ impl ZmqMsgpackSrc {
         };
         let bytes = buffer.size() as u64;
         {
-            let b = buffer.get_mut().unwrap();
-            let pts = match (arrival, state.last_pts) {
-                (Some(p), Some(last)) if p < last => Some(last),
-                (p, _) => p,
-            };
-            if pts.is_some() {
-                state.last_pts = pts;
-            }
-            jpeg_output::stamp(b, index, pts, duration, timestamp_ms);
-            if state.discont {
-                b.set_flags(gst::BufferFlags::DISCONT);
-                state.discont = false;
-            }
+            state.stamp(
+                buffer.get_mut().unwrap(),
+                index,
+                arrival,
+                duration,
+                timestamp_ms,
+            );
         }
         state.pending.push_back(Pending {
             buffer,
@@ -332,7 +349,7 @@ impl ZmqMsgpackSrc {
             self.handle_tensor(state, msg, reports);
             return;
         }
-        let arrival = jpeg_output::running_time_now(&*self.obj());
+        let arrival = source_output::running_time_now(&*self.obj());
         let limit = u64::try_from(state.max_message_size).unwrap_or(u64::MAX);
         let mut checked = Vec::new();
         match protocol::decode(&msg) {
@@ -421,21 +438,15 @@ impl ZmqMsgpackSrc {
             };
             bytes += buffer.size() as u64;
             {
-                let b = buffer.get_mut().unwrap();
                 // Frames of one batch arrive together: spread them by the frame duration.
                 let pts = arrival.map(|a| a + duration.unwrap_or(gst::ClockTime::ZERO) * k as u64);
-                let pts = match (pts, state.last_pts) {
-                    (Some(p), Some(last)) if p < last => Some(last),
-                    (p, _) => p,
-                };
-                if pts.is_some() {
-                    state.last_pts = pts;
-                }
-                jpeg_output::stamp(b, c.index, pts, duration, c.timestamp_ms);
-                if state.discont {
-                    b.set_flags(gst::BufferFlags::DISCONT);
-                    state.discont = false;
-                }
+                state.stamp(
+                    buffer.get_mut().unwrap(),
+                    c.index,
+                    pts,
+                    duration,
+                    c.timestamp_ms,
+                );
             }
             state.pending.push_back(Pending {
                 buffer,
@@ -586,22 +597,9 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .blurb("sub: subscribe to a zmqmsgpacksink socket-type=pub; pull: pull from socket-type=push")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecInt64::builder("max-message-size")
-                    .nick("Maximum message size")
-                    .blurb("Largest message (and batch JPEG file) accepted, in bytes (-1 = no limit); set as ZMQ_MAXMSGSIZE, so ZeroMQ closes a connection that sends a larger one")
-                    .minimum(-1)
-                    .default_value(DEFAULT_MAX_MESSAGE_SIZE)
-                    .mutable_ready()
-                    .build(),
-                gst::ParamSpecFraction::builder("framerate")
-                    .nick("Frame rate")
-                    .blurb("Frame rate written in the output caps and buffer durations (0/1 = variable, unknown)")
-                    .minimum(gst::Fraction::from_integer(0))
-                    .maximum(gst::Fraction::new(i32::MAX, 1))
-                    .default_value(DEFAULT_FRAMERATE)
-                    .mutable_ready()
-                    .build(),
-                jpeg_output::max_pixels_pspec(),
+                source_output::max_message_size_pspec("message (and batch JPEG file)"),
+                source_output::framerate_pspec(),
+                source_output::max_pixels_pspec(),
                 frame_file::frame_folder_pspec(),
                 glib::ParamSpecInt::builder("receive-hwm")
                     .nick("Receive high-water mark")
@@ -636,12 +634,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
         }
         let mut settings = self.settings.lock().unwrap();
         match name {
-            "endpoint" => {
-                settings.endpoint = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-            }
+            "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "bind" => settings.bind = value.get().expect("type checked upstream"),
             "socket-type" => settings.socket_type = value.get().expect("type checked upstream"),
             "max-message-size" => {
@@ -711,16 +704,7 @@ impl ElementImpl for ZmqMsgpackSrc {
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         self.deprecations.post_pending(&*self.obj());
-        zmq_endpoint::start_before_base(
-            self.obj().upcast_ref(),
-            transition,
-            gst::StateChange::ReadyToPaused,
-            || BaseSrcImpl::start(self),
-            || {
-                let _ = BaseSrcImpl::stop(self);
-            },
-            |t| self.parent_change_state(t),
-        )
+        zmq_element::source_change_state(self, transition)
     }
 
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
@@ -740,15 +724,10 @@ impl ElementImpl for ZmqMsgpackSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &tensor::jpeg_or_latent_caps(),
-                )
-                .unwrap(),
-            ]
+            zmq_element::frames_pad_templates(
+                gst::PadDirection::Src,
+                &latent::jpeg_or_latent_caps(),
+            )
         });
         PAD_TEMPLATES.as_ref()
     }
@@ -757,7 +736,7 @@ impl ElementImpl for ZmqMsgpackSrc {
 impl BaseSrcImpl for ZmqMsgpackSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         if self.state.lock().unwrap().is_some() {
-            // Already started by change_state (zmq_endpoint::start_before_base).
+            // Already started by change_state (zmq_element::start_before_base).
             return Ok(());
         }
         let settings = self.settings.lock().unwrap().clone();
@@ -770,10 +749,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
         })?;
         *self.interrupt.lock().unwrap() = Some(Arc::new(interrupt));
 
-        let kind = match settings.socket_type {
-            SrcSocketType::Sub => zmq::SUB,
-            SrcSocketType::Pull => zmq::PULL,
-        };
+        let kind = settings.socket_type.zmq_type();
         let options = zmq_endpoint::Options {
             endpoint: &endpoint,
             bind: settings.bind,
@@ -784,15 +760,16 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
             name: settings.socket_type_nick(),
             purpose: "",
             examples: zmq_endpoint::STREAM_EXAMPLES,
-            error: gst::ResourceError::OpenRead,
+            peer: "sender",
         };
-        let (opened, monitor) = zmq_endpoint::open(
+        let (opened, monitor) = zmq_element::open(
             kind,
             &options,
+            gst::ResourceError::OpenRead,
             self.obj().upcast_ref(),
             &self.curve,
             |context, socket| {
-                if settings.socket_type == SrcSocketType::Sub {
+                if settings.socket_type == ReceiveSocketType::Sub {
                     socket.set_subscribe(b"").map_err(|e| ("subscribe", e))?;
                 }
                 Ok(self.monitor(context, socket))
@@ -847,7 +824,7 @@ impl BaseSrcImpl for ZmqMsgpackSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
-        jpeg_output::negotiate(&*self.obj(), &self.output)
+        source_output::negotiate(&*self.obj(), &self.output)
     }
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
@@ -897,11 +874,11 @@ impl PushSrcImpl for ZmqMsgpackSrc {
                 drop(guard);
                 let (offered, what) = match p.kind {
                     Kind::Jpeg(size) => (
-                        jpeg_output::ensure_caps(&*self.obj(), &self.output, size)?,
+                        source_output::ensure_caps(&*self.obj(), &self.output, size)?,
                         "JPEG frame",
                     ),
                     Kind::Latent(caps) => (
-                        jpeg_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?,
+                        source_output::ensure_latent_caps(&*self.obj(), &self.output, caps)?,
                         "latent frame",
                     ),
                 };

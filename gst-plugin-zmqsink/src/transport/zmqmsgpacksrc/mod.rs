@@ -34,25 +34,6 @@ glib::wrapper! {
         @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
 }
 
-/// The ZeroMQ pattern of the source.
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstZmqMsgpackSrcSocketType")]
-pub enum SrcSocketType {
-    /// Subscribes to a publisher (zmqmsgpacksink socket-type=pub) and gets every frame.
-    #[enum_value(
-        name = "SUB: subscribe to a publisher (zmqmsgpacksink socket-type=pub)",
-        nick = "sub"
-    )]
-    Sub = 0,
-    /// Pulls from pushers (zmqmsgpacksink socket-type=push); several pullers share the frames.
-    #[enum_value(
-        name = "PULL: pull from pushers (zmqmsgpacksink socket-type=push); several pullers share the frames",
-        nick = "pull"
-    )]
-    Pull = 1,
-}
-
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(
         Some(plugin),

@@ -14,7 +14,7 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, Shape, Tensor, TensorElementType, ValueType};
 
-use super::EngineError;
+use super::error::EngineError;
 
 /// Element types the engine can feed or read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +179,7 @@ fn specs(file: &Path, list: &[ort::value::Outlet], what: &str) -> Result<Vec<Spe
 }
 
 impl Graph {
-    pub(super) fn new(file: PathBuf, session: Session) -> Result<Graph, EngineError> {
+    pub(crate) fn new(file: PathBuf, session: Session) -> Result<Graph, EngineError> {
         let inputs = specs(&file, session.inputs(), "input")?;
         let outputs = specs(&file, session.outputs(), "output")?;
         let binding = session
@@ -206,7 +206,7 @@ impl Graph {
         self.outputs.iter().find(|s| s.name == name)
     }
 
-    pub(super) fn require_input(&self, name: &str, what: &str) -> Result<Spec, EngineError> {
+    pub(crate) fn require_input(&self, name: &str, what: &str) -> Result<Spec, EngineError> {
         self.input(name).cloned().ok_or_else(|| {
             let found: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
             EngineError::tensor(
@@ -219,7 +219,7 @@ impl Graph {
     }
 
     /// The output named one of `names`, else the only output.
-    pub(super) fn pick_output(&self, names: &[&str], what: &str) -> Result<Spec, EngineError> {
+    pub(crate) fn pick_output(&self, names: &[&str], what: &str) -> Result<Spec, EngineError> {
         for n in names {
             if let Some(s) = self.output(n) {
                 return Ok(s.clone());
@@ -238,7 +238,7 @@ impl Graph {
     }
 
     /// Every input must be one the engine feeds.
-    pub(super) fn no_other_inputs(&self, known: &[&str]) -> Result<(), EngineError> {
+    pub(crate) fn no_other_inputs(&self, known: &[&str]) -> Result<(), EngineError> {
         for s in &self.inputs {
             if !known.contains(&s.name.as_str()) {
                 return Err(EngineError::tensor(

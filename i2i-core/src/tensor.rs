@@ -20,18 +20,10 @@ use std::fmt;
 
 use crate::protocol::type_name;
 
-/// Caps name of latent frames in GStreamer (`i2itransform output=latent`, `i2idecode`).
+/// Caps name of latent frames in GStreamer (`i2itransform output=latent`, `i2idecode`, the
+/// ZeroMQ elements): float32 `[1, channels, height, width]` (the VAE decoder's input,
+/// already divided by `scaling-factor`), native byte order.
 pub const LATENT_CAPS_NAME: &str = "application/x-i2i-latent";
-
-/// What the elements that carry either JPEG frames or latents take or give: `image/jpeg`,
-/// then [`LATENT_CAPS_NAME`].
-pub fn jpeg_or_latent_caps() -> gst::Caps {
-    let mut caps = gst::Caps::new_empty_simple("image/jpeg");
-    caps.get_mut()
-        .expect("a new caps is writable")
-        .append(gst::Caps::new_empty_simple(LATENT_CAPS_NAME));
-    caps
-}
 
 /// Element types a tensor message may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The JPEG output shared by the three sources (`zmqmsgpacksrc`, `zmqworkersrc`,
-//! `zmqcollectsrc`): caps set when the frame size changes and sent again on a
-//! renegotiation, and each buffer's frame index, PTS (running time when it is pushed or
-//! arrived), duration and `timestamp/x-unix` meta. Sources that also receive latents
-//! ([`crate::latent`]) announce their caps here too ([`ensure_latent_caps`]). A frame of
+//! What the three sources (`zmqmsgpacksrc`, `zmqworkersrc`, `zmqcollectsrc`) put on their
+//! src pad: the caps of the stream, JPEG of a size (set when the frame size changes and sent
+//! again on a renegotiation) or latents ([`crate::latent`], [`ensure_latent_caps`]), and
+//! each buffer's frame index, PTS (running time when it is pushed or arrived), duration and
+//! `timestamp/x-unix` meta ([`stamp`]). A frame of
 //! the other kind than the stream so far (or the first frame) is first offered to
 //! downstream with an ACCEPT_CAPS query: where downstream takes that kind too, the caps
 //! change; where it does not (`i2idecode` and a JPEG, `jpegdec` and latents) the frame is
@@ -20,9 +20,9 @@ use crate::{frame_index, unix_time};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
-        "zmqjpegoutput",
+        "zmqsourceoutput",
         gst::DebugColorFlags::empty(),
-        Some("JPEG output of the ZeroMQ sources"),
+        Some("Caps and buffers of the ZeroMQ sources"),
     )
 });
 
@@ -51,28 +51,61 @@ pub fn jpeg_caps(size: Option<(usize, usize)>, framerate: gst::Fraction) -> gst:
     b.field("framerate", framerate).build()
 }
 
+/// Default `framerate` of the three sources: variable (0/1).
+pub const DEFAULT_FRAMERATE: gst::Fraction = gst::Fraction::from_integer(0);
+/// Default `max-message-size` of the three sources.
+pub const DEFAULT_MAX_MESSAGE_SIZE: i64 = 64 * 1024 * 1024;
+
+/// The `framerate` property of the three sources.
+pub fn framerate_pspec() -> glib::ParamSpec {
+    gst::ParamSpecFraction::builder("framerate")
+        .nick("Frame rate")
+        .blurb(
+            "Frame rate written in the output caps and buffer durations (0/1 = variable, unknown)",
+        )
+        .minimum(gst::Fraction::from_integer(0))
+        .maximum(gst::Fraction::new(i32::MAX, 1))
+        .default_value(DEFAULT_FRAMERATE)
+        .mutable_ready()
+        .build()
+}
+
+/// The `max-message-size` property of the three sources; `what` names the messages
+/// ("result message").
+pub fn max_message_size_pspec(what: &str) -> glib::ParamSpec {
+    glib::ParamSpecInt64::builder("max-message-size")
+        .nick("Maximum message size")
+        .blurb(&format!(
+            "Largest {what} accepted, in bytes (-1 = no limit); set as ZMQ_MAXMSGSIZE, so ZeroMQ closes a connection that sends a larger one"
+        ))
+        .minimum(-1)
+        .default_value(DEFAULT_MAX_MESSAGE_SIZE)
+        .mutable_ready()
+        .build()
+}
+
 /// The `max-pixels` property of the three sources.
 pub fn max_pixels_pspec() -> glib::ParamSpec {
     glib::ParamSpecUInt64::builder("max-pixels")
         .nick("Maximum pixels")
         .blurb("Frames whose JPEG header declares more pixels (width x height) are dropped, counted and reported, before a decoder allocates them (0 = no limit); the default takes every 8K format")
-        .default_value(crate::jpeg::DEFAULT_MAX_PIXELS)
+        .default_value(i2i_core::jpeg::DEFAULT_MAX_PIXELS)
         .mutable_ready()
         .build()
 }
 
 /// The caps a source has announced, kept per element beside its state.
 #[derive(Debug)]
-pub struct JpegOutput {
+pub struct SourceOutput {
     framerate: gst::Fraction,
     size: Option<(usize, usize)>,
     /// The latent caps announced last, while latents are flowing.
     latent: Option<gst::Caps>,
 }
 
-impl Default for JpegOutput {
+impl Default for SourceOutput {
     fn default() -> Self {
-        JpegOutput {
+        SourceOutput {
             framerate: gst::Fraction::from_integer(0),
             size: None,
             latent: None,
@@ -80,7 +113,7 @@ impl Default for JpegOutput {
     }
 }
 
-impl JpegOutput {
+impl SourceOutput {
     /// Forgets the announced caps, for a new stream at `framerate`.
     pub fn reset(&mut self, framerate: gst::Fraction) {
         self.framerate = framerate;
@@ -144,7 +177,7 @@ fn offer(
 /// downstream does not take at all (latents expected).
 pub fn ensure_caps(
     src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
-    output: &Mutex<JpegOutput>,
+    output: &Mutex<SourceOutput>,
     size: (usize, usize),
 ) -> Result<Offered, gst::FlowError> {
     let (caps, new_kind) = {
@@ -179,7 +212,7 @@ pub fn ensure_caps(
 /// latents that downstream does not take at all (JPEG expected).
 pub fn ensure_latent_caps(
     src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
-    output: &Mutex<JpegOutput>,
+    output: &Mutex<SourceOutput>,
     caps: gst::Caps,
 ) -> Result<Offered, gst::FlowError> {
     let new_kind = {
@@ -189,7 +222,8 @@ pub fn ensure_latent_caps(
         }
         out.latent.is_none()
     };
-    if new_kind && let Offered::WrongKind(text) = offer(src, &caps, crate::tensor::LATENT_CAPS_NAME)
+    if new_kind
+        && let Offered::WrongKind(text) = offer(src, &caps, i2i_core::tensor::LATENT_CAPS_NAME)
     {
         return Ok(Offered::WrongKind(text));
     }
@@ -214,7 +248,7 @@ pub fn ensure_latent_caps(
 /// are set when a frame comes; a later renegotiation sends the current ones again.
 pub fn negotiate(
     src: &(impl IsA<gst_base::BaseSrc> + IsA<gst::Element>),
-    output: &Mutex<JpegOutput>,
+    output: &Mutex<SourceOutput>,
 ) -> Result<(), gst::LoggableError> {
     let caps = output
         .lock()

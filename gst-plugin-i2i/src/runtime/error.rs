@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::ExecutionProvider;
+use i2i_core::infer::ExecutionProvider;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum EngineError {

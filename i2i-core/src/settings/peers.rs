@@ -18,7 +18,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
-use super::limits::RateLimiter;
+use crate::rate_limit::RateLimit;
 
 /// Default most peers per socket.
 pub const DEFAULT_MAX_PEERS: usize = 256;
@@ -106,7 +106,7 @@ pub struct PeerGuard {
     peers: Vec<Peer>,
     refused: u64,
     evicted: u64,
-    reports: RateLimiter,
+    reports: RateLimit,
 }
 
 impl PeerGuard {
@@ -137,7 +137,7 @@ impl PeerGuard {
             peers: Vec::new(),
             refused: 0,
             evicted: 0,
-            reports: RateLimiter::new(REPORTS_PER_SECOND),
+            reports: RateLimit::per_second(REPORTS_PER_SECOND),
         })
     }
 

@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 
 use imageproc::image::{GrayImage, RgbImage, imageops};
 
-use super::graph::{Feed, Graph};
-use super::provider::{SessionFactory, candidates};
-use super::{EngineError, ExecutionProvider};
+use i2i_core::infer::ExecutionProvider;
+
+use crate::runtime::error::EngineError;
+use crate::runtime::graph::{Feed, Graph};
+use crate::runtime::provider::{SessionFactory, candidates};
 
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -58,7 +60,7 @@ impl DepthModel {
             ExecutionProvider::TensorRt => ExecutionProvider::Cuda,
             p => p,
         };
-        let env = super::runtime::environment()?;
+        let env = crate::runtime::environment()?;
         let mut last = None;
         for p in candidates(provider)? {
             if p == ExecutionProvider::TensorRt {

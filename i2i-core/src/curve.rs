@@ -18,11 +18,13 @@
 //! a text file with one Z85 public key per line (`#` starts a comment; text after the key
 //! on a line is ignored).
 //!
-//! [`ElementCurve`] is the one place where the five ZeroMQ elements get their CURVE: the
-//! `curve-key`, `curve-server-key` and `curve-allow` properties (with the meanings
-//! `settingssrc` gives them), the set-up of a socket as CURVE server (binding side, ZAP
-//! allow-list) or client (connecting side), and the count and rate-limited warning of every
-//! peer refused: a stranger's key, a plain-text peer, a wrong server key.
+//! [`ElementCurve`] is the one place where the ZeroMQ elements (the five frame elements and
+//! `settingssrc`) get their CURVE: the `curve-key`, `curve-server-key` and `curve-allow`
+//! properties (their ParamSpecs with the `glib` feature), the set-up of a socket as CURVE
+//! server (binding side, ZAP allow-list) or client (connecting side), and the count and
+//! rate-limited warning of every peer refused: a stranger's key, a plain-text peer, a wrong
+//! server key. The warnings go where the element says ([`Warn`]): the plugins post them on
+//! the bus.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -31,10 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use gst::glib;
-use gst::prelude::*;
-
-use crate::warn::RateLimit;
+use crate::rate_limit::RateLimit;
 
 /// The well-known endpoint a ZAP handler binds in its ZeroMQ context.
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -484,9 +483,16 @@ pub const HANDSHAKE_EVENTS: u16 = zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL 
     | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL as u16
     | zmq_sys::ZMQ_EVENT_HANDSHAKE_FAILED_AUTH as u16;
 
-/// What a running element's CURVE reports with: its element, whether it binds, its endpoint.
+/// Where an element's CURVE warnings go: called with each refusal's text, and whether the
+/// rate limit lets it through to people (the bus) or only to the log.
+pub type Warn = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
+/// What a running element's CURVE reports with: where its warnings go, who its peers are,
+/// whether it binds, its endpoint.
 struct Reporter {
-    element: glib::WeakRef<gst::Element>,
+    warn: Warn,
+    /// Who connects to a binding element ("worker", "settings publisher").
+    peer: String,
     bind: bool,
     /// As set, then as bound (with the port picked for `:*`).
     endpoint: Mutex<String>,
@@ -503,12 +509,9 @@ impl Reporter {
     fn refused(&self, kind: usize, text: String) {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         let text = format!("{text} ({n} refused in all)");
-        let Some(element) = self.element.upgrade() else {
-            return;
-        };
-        gst::warning!(gst::CAT_DEFAULT, obj = element, "{text}");
+        (self.warn)(&text, false);
         if let Some(text) = self.limits[kind].lock().unwrap().message(text) {
-            gst::element_warning!(element, gst::ResourceError::OpenRead, ("{text}"));
+            (self.warn)(&text, true);
         }
     }
 
@@ -531,7 +534,7 @@ impl Reporter {
                 "A peer on {on} closed the connection during the CURVE handshake (a plain-text peer, or a refused key)"
             ),
             (AUTH, false) => format!(
-                "The CURVE server at {on} refused this element's key {} (status {value}): add its public certificate (NAME.key) to the server's curve-allow",
+                "The CURVE server at {on} refused this element's CURVE key {} (status {value}): add its public certificate (NAME.key) to the server's curve-allow",
                 self.public_key
             ),
             (NO_DETAIL, false) => format!(
@@ -539,10 +542,12 @@ impl Reporter {
                 self.public_key
             ),
             (_, true) if value == MISMATCH => format!(
-                "Refused a peer on {on}: it does not use CURVE (a plain-text peer, or one without curve-server-key)"
+                "Refused a {} on {on}: it does not use CURVE (a plain-text peer, or one without curve-server-key)",
+                self.peer
             ),
             (_, true) => format!(
-                "Refused a peer on {on}: its CURVE handshake failed ({}): it may use another server key than this element's curve-key",
+                "Refused a {} on {on}: its CURVE handshake failed ({}): it may use another server key than this element's curve-key",
+                self.peer,
                 protocol_error_text(value)
             ),
             (_, false) if value == MISMATCH => format!(
@@ -570,6 +575,8 @@ fn protocol_error_text(value: u32) -> String {
 /// unless the element reads its own socket monitor, a thread reading the handshake events.
 struct CurveLink {
     _zap: Option<ZapHandler>,
+    /// Connecting side: this element's key pair and the server's public key.
+    client: Option<(KeyPair, String)>,
     monitor: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     reporter: Arc<Reporter>,
 }
@@ -593,10 +600,18 @@ pub struct ElementCurve {
     refused: Arc<AtomicU64>,
 }
 
+/// GStreamer's `GST_PARAM_MUTABLE_READY` (gst's `mutable_ready()`, without GStreamer):
+/// the CURVE properties change only in the NULL and READY states.
+#[cfg(feature = "glib")]
+const MUTABLE_READY: glib::ParamFlags = glib::ParamFlags::from_bits_retain(1 << 10);
+
+#[cfg(feature = "glib")]
 impl ElementCurve {
     /// The `curve-key`, `curve-server-key` and `curve-allow` properties; `peers` names who
     /// connects to a binding element (e.g. "workers").
     pub fn param_specs(peers: &str) -> Vec<glib::ParamSpec> {
+        use glib::prelude::*;
+        let flags = glib::ParamFlags::READWRITE | MUTABLE_READY;
         let allow_blurb = format!(
             "When binding with curve-key: the {peers} allowed to connect (a directory of NAME.key files, one certificate, or a file with one Z85 public key per line); anyone else is refused and counted"
         );
@@ -604,17 +619,17 @@ impl ElementCurve {
             glib::ParamSpecString::builder("curve-key")
                 .nick("CURVE key")
                 .blurb("Secret certificate of this element (NAME.key_secret from `i2i-prompt keygen`); turns CURVE on. Binding: needs curve-allow; connecting: needs curve-server-key")
-                .mutable_ready()
+                .flags(flags)
                 .build(),
             glib::ParamSpecString::builder("curve-server-key")
                 .nick("CURVE server key")
                 .blurb("When connecting: the public key of the element bound at the endpoint (its NAME.key file, or the 40-character Z85 key); turns CURVE on (without curve-key a throw-away key pair is used)")
-                .mutable_ready()
+                .flags(flags)
                 .build(),
             glib::ParamSpecString::builder("curve-allow")
                 .nick("CURVE allow-list")
                 .blurb(&allow_blurb)
-                .mutable_ready()
+                .flags(flags)
                 .build(),
         ]
     }
@@ -638,6 +653,7 @@ impl ElementCurve {
 
     /// The value of one of the three properties, `None` for other names.
     pub fn property(&self, name: &str) -> Option<glib::Value> {
+        use glib::prelude::*;
         let s = self.settings.lock().unwrap();
         Some(match name {
             "curve-key" => s.key.to_value(),
@@ -646,7 +662,9 @@ impl ElementCurve {
             _ => return None,
         })
     }
+}
 
+impl ElementCurve {
     pub fn settings(&self) -> CurveSettings {
         self.settings.lock().unwrap().clone()
     }
@@ -660,28 +678,26 @@ impl ElementCurve {
     /// a server with a ZAP allow-list when `bind`, else a client. With `own_monitor` the
     /// element reads the socket's monitor itself and passes the events in
     /// [`HANDSHAKE_EVENTS`] to [`ElementCurve::handshake_event`]; else a thread here does.
-    /// The error names the property to fix.
+    /// Refusals go to `warn`, naming the refused one a `peer` ("worker"). The error (a
+    /// settings error) names the property to fix.
+    #[allow(clippy::too_many_arguments)]
     pub fn secure(
         &self,
-        element: &gst::Element,
+        warn: Warn,
+        peer: &str,
         ctx: &zmq::Context,
         socket: &zmq::Socket,
         bind: bool,
         endpoint: &str,
         own_monitor: bool,
-    ) -> Result<(), gst::ErrorMessage> {
+    ) -> Result<(), String> {
         self.refused.store(0, Ordering::Relaxed);
         *self.link.lock().unwrap() = None;
         let s = self.settings();
         if !s.enabled() {
             return Ok(());
         }
-        let fail = |text: String| {
-            gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("CURVE on {endpoint}: {text}")
-            )
-        };
+        let fail = |text: String| format!("CURVE on {endpoint}: {text}");
         require_curve().map_err(fail)?;
         let own_keys = match &s.key {
             Some(p) => {
@@ -691,7 +707,8 @@ impl ElementCurve {
         };
         let reporter = |public_key: String| {
             Arc::new(Reporter {
-                element: element.downgrade(),
+                warn: warn.clone(),
+                peer: peer.to_string(),
                 bind,
                 endpoint: Mutex::new(endpoint.to_string()),
                 public_key,
@@ -699,7 +716,7 @@ impl ElementCurve {
                 limits: Default::default(),
             })
         };
-        let (zap, reporter) = if bind {
+        let (zap, reporter, client) = if bind {
             if s.server_key.is_some() {
                 return Err(fail(
                     "a binding element is the CURVE server: set curve-key (its own secret certificate) and curve-allow, not curve-server-key".into(),
@@ -725,9 +742,10 @@ impl ElementCurve {
                 r.refused(
                     0,
                     format!(
-                        "Refused a peer from {} on {}: its CURVE key {} is not in curve-allow ({})",
-                        req.address,
+                        "CURVE on {}: refused a {} from {}: its key {} is not in curve-allow ({})",
                         r.endpoint.lock().unwrap(),
+                        r.peer,
+                        req.address,
                         req.public_key_z85(),
                         allow.source
                     ),
@@ -735,8 +753,8 @@ impl ElementCurve {
                 Err(reason)
             })
             .map_err(fail)?;
-            make_server(socket, &keys, "i2i-frames").map_err(fail)?;
-            (Some(zap), reporter)
+            make_server(socket, &keys, "i2i").map_err(fail)?;
+            (Some(zap), reporter, None)
         } else {
             let Some(server) = &s.server_key else {
                 return Err(fail(
@@ -750,7 +768,8 @@ impl ElementCurve {
                 None => KeyPair::generate().map_err(fail)?,
             };
             make_client(socket, &keys, &server).map_err(fail)?;
-            (None, reporter(keys.public.clone()))
+            let reporter = reporter(keys.public.clone());
+            (None, reporter, Some((keys, server)))
         };
         let monitor = if own_monitor {
             None
@@ -762,6 +781,7 @@ impl ElementCurve {
         };
         *self.link.lock().unwrap() = Some(CurveLink {
             _zap: zap,
+            client,
             monitor,
             reporter,
         });
@@ -777,6 +797,12 @@ impl ElementCurve {
         if let Some(link) = self.link.lock().unwrap().as_ref() {
             link.reporter.handshake_event(event, value, address);
         }
+    }
+
+    /// Connecting with CURVE: this element's key pair and the server's public key (for a
+    /// second connection to the same server with the same keys).
+    pub fn client_keys(&self) -> Option<(KeyPair, String)> {
+        self.link.lock().unwrap().as_ref()?.client.clone()
     }
 
     /// The endpoint really bound or connected, for the warnings.

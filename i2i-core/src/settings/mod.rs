@@ -7,9 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use blend::BlendMode;
+
 pub mod blend;
 pub mod command;
-pub use gstzmqsink::curve;
 pub mod hub;
 pub mod limits;
 pub mod message;
@@ -52,12 +53,123 @@ pub const MAX_BLEND_ENTRIES: usize = 8;
 /// `strength`: 0 = the weakest change the t-index list's spacing allows, 1 = the strongest.
 pub const STRENGTH_RANGE: (f64, f64) = (0.0, 1.0);
 /// `t-index-list` of a transform left at its default (what `strength` shifts while the
-/// holder has no list of its own; a unit test keeps it equal to the engine's default).
+/// holder has no list of its own; the engine's default too).
 pub const DEFAULT_T_INDEX_LIST: [u32; 2] = [32, 45];
-/// Valid `cfg-type` values.
-pub const CFG_TYPES: [&str; 4] = ["none", "full", "self", "initialize"];
-/// Valid `blend-mode` values.
-pub const BLEND_MODES: [&str; 2] = ["linear", "slerp"];
+/// How the negative (unconditional) side of classifier-free guidance is formed: the
+/// `cfg-type` setting and property, and the engine's parameter.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default)]
+#[cfg_attr(feature = "glib", derive(glib::Enum))]
+#[cfg_attr(feature = "glib", enum_type(name = "GstI2iCfgType"))]
+#[repr(u32)]
+pub enum CfgType {
+    /// No guidance: `eps = eps_cond`.
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "None: no classifier-free guidance", nick = "none")
+    )]
+    None = 0,
+    /// Full CFG: the UNet also runs on the negative prompt (2n evaluations).
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "Full: the UNet also runs on the negative prompt (2n evaluations)",
+            nick = "full"
+        )
+    )]
+    Full = 1,
+    /// Residual CFG with the stock noise as the negative (n evaluations).
+    #[default]
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "Self: residual CFG with the stock noise as negative (n evaluations)",
+            nick = "self"
+        )
+    )]
+    SelfNegative = 2,
+    /// Residual CFG initialised once per frame from the negative prompt (n + 1 evaluations).
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "Initialize: residual CFG initialised from the negative prompt (n + 1 evaluations)",
+            nick = "initialize"
+        )
+    )]
+    Initialize = 3,
+}
+
+impl CfgType {
+    /// Every guidance type.
+    pub const ALL: [CfgType; 4] = [
+        CfgType::None,
+        CfgType::Full,
+        CfgType::SelfNegative,
+        CfgType::Initialize,
+    ];
+
+    /// The `cfg-type` name.
+    pub fn nick(self) -> &'static str {
+        match self {
+            CfgType::None => "none",
+            CfgType::Full => "full",
+            CfgType::SelfNegative => "self",
+            CfgType::Initialize => "initialize",
+        }
+    }
+
+    /// From a `cfg-type` name; the error names the value and the accepted ones.
+    pub fn parse(name: &str) -> Result<CfgType, String> {
+        CfgType::ALL
+            .into_iter()
+            .find(|c| c.nick() == name)
+            .ok_or_else(|| {
+                format!(
+                    "cfg-type: \"{name}\" is not a guidance mode (accepted: {})",
+                    CfgType::ALL.map(CfgType::nick).join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for CfgType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.nick())
+    }
+}
+
+/// On the wire (JSON and the holder's state) a guidance mode is its name.
+impl Serialize for CfgType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.nick())
+    }
+}
+
+impl<'de> Deserialize<'de> for CfgType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        CfgType::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// On the wire a t-index list is the text the `t-index-list` property takes ("32,45"),
+/// checked by [`parse_t_index_list`] when read.
+mod t_index_list_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &Option<Vec<u32>>, s: S) -> Result<S::Ok, S::Error> {
+        match list {
+            Some(l) => s.serialize_str(&super::format_t_index_list(l)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_t_index_list(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("t-index-list \"{text}\": {e}")))
+    }
+}
 
 /// A partial change of the transform's live settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -69,16 +181,20 @@ pub struct SettingsUpdate {
     pub negative_prompt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// Comma-separated, as the `t-index-list` property ("32,45").
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub t_index_list: Option<String>,
+    /// Indices into the timestep list; "32,45" on the wire, as the `t-index-list`
+    /// property writes it.
+    #[serde(
+        default,
+        with = "t_index_list_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub t_index_list: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guidance_scale: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<f64>,
-    /// none, full, self or initialize.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cfg_type: Option<String>,
+    pub cfg_type: Option<CfgType>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub similarity_threshold: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,7 +207,7 @@ pub struct SettingsUpdate {
     pub seed_blend: Option<Vec<(u64, f64)>>,
     /// How blends and transitions combine: linear or slerp (see [`blend`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub blend_mode: Option<String>,
+    pub blend_mode: Option<BlendMode>,
     /// 0..1, 1 = strongest change: moves the t-index list as a whole, its spacing kept
     /// (see [`shift_t_index_list`]). Relative to the list it lands on, so whoever holds
     /// that list resolves it: the settings holder into the `t-index-list` of its state
@@ -251,11 +367,10 @@ impl SettingsUpdate {
             return Ok(());
         };
         let base = match &self.t_index_list {
-            Some(t) => parse_t_index_list(t).map_err(|e| format!("t-index-list \"{t}\": {e}"))?,
+            Some(t) => t.clone(),
             None => current.to_vec(),
         };
-        let list = shift_t_index_list(&base, s, num_inference_steps)?;
-        self.t_index_list = Some(format_t_index_list(&list));
+        self.t_index_list = Some(shift_t_index_list(&base, s, num_inference_steps)?);
         self.strength = None;
         Ok(())
     }
@@ -265,8 +380,8 @@ impl SettingsUpdate {
     pub fn validate_for_steps(&self, num_inference_steps: u32) -> Result<(), String> {
         self.validate()?;
         if let Some(t) = &self.t_index_list {
-            parse_t_index_list_below(t, num_inference_steps)
-                .map_err(|e| format!("t-index-list \"{t}\": {e}"))?;
+            check_t_index_list_below(t, num_inference_steps)
+                .map_err(|e| format!("t-index-list \"{}\": {e}", format_t_index_list(t)))?;
         }
         Ok(())
     }
@@ -286,7 +401,8 @@ impl SettingsUpdate {
             }
         }
         if let Some(t) = &self.t_index_list {
-            parse_t_index_list(t).map_err(|e| format!("t-index-list \"{t}\": {e}"))?;
+            check_t_index_list(t)
+                .map_err(|e| format!("t-index-list \"{}\": {e}", format_t_index_list(t)))?;
         }
         if let Some(v) = self.guidance_scale {
             check_range("guidance-scale", v, GUIDANCE_SCALE_RANGE)?;
@@ -299,17 +415,6 @@ impl SettingsUpdate {
         }
         if let Some(v) = self.strength {
             check_range("strength", v, STRENGTH_RANGE)?;
-        }
-        if let Some(c) = &self.cfg_type {
-            check_cfg_type(c)?;
-        }
-        if let Some(m) = &self.blend_mode
-            && !BLEND_MODES.contains(&m.as_str())
-        {
-            return Err(format!(
-                "blend-mode: \"{m}\" is not a blend mode (accepted: {})",
-                BLEND_MODES.join(", ")
-            ));
         }
         if let Some(n) = self.transition_frames
             && n > MAX_TRANSITION_FRAMES
@@ -340,7 +445,7 @@ impl SettingsUpdate {
             parts.push(format!("seed={v}"));
         }
         if let Some(v) = &self.t_index_list {
-            parts.push(format!("t-index-list={v}"));
+            parts.push(format!("t-index-list={}", format_t_index_list(v)));
         }
         if let Some(v) = self.guidance_scale {
             parts.push(format!("guidance-scale={v}"));
@@ -387,9 +492,8 @@ impl SettingsUpdate {
     }
 }
 
-/// Parses a t-index list written as "22,32,45" (spaces allowed): 1 to
-/// [`MAX_T_INDEX_ENTRIES`] strictly increasing whole numbers from 0 to [`MAX_T_INDEX`]
-/// (the transform also checks them against its `num-inference-steps`).
+/// Parses a t-index list written as "22,32,45" (spaces allowed) and checks it
+/// ([`check_t_index_list`]).
 pub fn parse_t_index_list(text: &str) -> Result<Vec<u32>, String> {
     let mut out = Vec::new();
     for part in text.split([',', ' ']).filter(|p| !p.trim().is_empty()) {
@@ -397,42 +501,59 @@ pub fn parse_t_index_list(text: &str) -> Result<Vec<u32>, String> {
         let v: u32 = part.parse().map_err(|_| {
             format!("\"{part}\" is not a t-index (expected whole numbers 0 to {MAX_T_INDEX} such as 22,32,45)")
         })?;
+        out.push(v);
+    }
+    check_t_index_list(&out)?;
+    Ok(out)
+}
+
+/// A t-index list holds 1 to [`MAX_T_INDEX_ENTRIES`] strictly increasing whole numbers
+/// from 0 to [`MAX_T_INDEX`] (the transform also checks them against its
+/// `num-inference-steps`: [`check_t_index_list_below`]).
+pub fn check_t_index_list(list: &[u32]) -> Result<(), String> {
+    for (i, &v) in list.iter().enumerate() {
         if v > MAX_T_INDEX {
             return Err(format!(
                 "t-index {v} is out of range (accepted: 0 to {MAX_T_INDEX})"
             ));
         }
-        if let Some(&last) = out.last()
+        if let Some(&last) = i.checked_sub(1).map(|j| &list[j])
             && v <= last
         {
             return Err(format!(
                 "t-indices must increase strictly ({last} is followed by {v})"
             ));
         }
-        out.push(v);
     }
-    if out.is_empty() {
+    if list.is_empty() {
         return Err("empty t-index list (expected e.g. 22,32,45)".to_string());
     }
-    if out.len() > MAX_T_INDEX_ENTRIES {
+    if list.len() > MAX_T_INDEX_ENTRIES {
         return Err(format!(
             "{} t-indices is too many (at most {MAX_T_INDEX_ENTRIES})",
-            out.len()
+            list.len()
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
-/// [`parse_t_index_list`], and every index below `num_inference_steps` (the length of the
+/// [`check_t_index_list`], and every index below `num_inference_steps` (the length of the
 /// timestep list the indices point into).
-pub fn parse_t_index_list_below(text: &str, num_inference_steps: u32) -> Result<Vec<u32>, String> {
-    let list = parse_t_index_list(text)?;
+pub fn check_t_index_list_below(list: &[u32], num_inference_steps: u32) -> Result<(), String> {
+    check_t_index_list(list)?;
     if let Some(&v) = list.iter().find(|&&v| v >= num_inference_steps) {
         return Err(format!(
             "t-index {v} is out of range: num-inference-steps is {num_inference_steps}, so indices go from 0 to {}",
             num_inference_steps.saturating_sub(1)
         ));
     }
+    Ok(())
+}
+
+/// [`parse_t_index_list`] and [`check_t_index_list_below`].
+pub fn parse_t_index_list_below(text: &str, num_inference_steps: u32) -> Result<Vec<u32>, String> {
+    let list = parse_t_index_list(text)?;
+    check_t_index_list_below(&list, num_inference_steps)?;
     Ok(list)
 }
 
@@ -501,18 +622,6 @@ pub fn check_text(key: &str, text: &str) -> Result<(), String> {
             c as u32
         )),
         None => Ok(()),
-    }
-}
-
-/// Checks a `cfg-type` name against [`CFG_TYPES`].
-pub fn check_cfg_type(name: &str) -> Result<(), String> {
-    if CFG_TYPES.contains(&name) {
-        Ok(())
-    } else {
-        Err(format!(
-            "cfg-type: \"{name}\" is not a guidance mode (accepted: {})",
-            CFG_TYPES.join(", ")
-        ))
     }
 }
 
@@ -618,10 +727,16 @@ mod tests {
         );
         assert!(
             bad(SettingsUpdate {
-                t_index_list: Some("1,,x".into()),
+                t_index_list: Some(vec![5, 3]),
                 ..Default::default()
             })
             .contains("t-index-list")
+        );
+        // Names and lists that are not values at all are refused as they are read.
+        assert!(
+            SettingsUpdate::from_json(br#"{"t-index-list": "1,,x"}"#)
+                .unwrap_err()
+                .contains("t-index-list \"1,,x\"")
         );
         assert!(
             bad(SettingsUpdate {
@@ -631,11 +746,9 @@ mod tests {
             .contains("seed-blend: weight -1")
         );
         assert!(
-            bad(SettingsUpdate {
-                blend_mode: Some("cubic".into()),
-                ..Default::default()
-            })
-            .contains("blend-mode")
+            SettingsUpdate::from_json(br#"{"blend-mode": "cubic"}"#)
+                .unwrap_err()
+                .contains("blend-mode")
         );
         assert_eq!(parse_t_index_list(" 5, 10 ,45").unwrap(), vec![5, 10, 45]);
         let many: Vec<String> = (0..51).map(|i| i.to_string()).collect();
@@ -686,7 +799,7 @@ mod tests {
         let u = SettingsUpdate {
             prompt: Some("fox".into()),
             seed: Some(7),
-            t_index_list: Some("10,60".into()),
+            t_index_list: Some(vec![10, 60]),
             guidance_scale: Some(99.0),
             ..Default::default()
         };
@@ -745,10 +858,6 @@ mod tests {
                 .unwrap_err()
                 .contains("spans 60 steps")
         );
-        assert_eq!(
-            DEFAULT_T_INDEX_LIST.to_vec(),
-            crate::diffusion::StreamParams::default().t_index_list
-        );
     }
 
     #[test]
@@ -760,23 +869,23 @@ mod tests {
         u.resolve_strength(&[22, 32], 50).unwrap();
         assert_eq!(
             (u.t_index_list.as_deref(), u.strength),
-            (Some("0,10"), None)
+            (Some(&[0, 10][..]), None)
         );
         // The update's own list first, then the strength.
         let mut u = SettingsUpdate {
-            t_index_list: Some("10,12".into()),
+            t_index_list: Some(vec![10, 12]),
             strength: Some(0.0),
             ..Default::default()
         };
         u.resolve_strength(&[22, 32], 50).unwrap();
-        assert_eq!(u.t_index_list.as_deref(), Some("47,49"));
+        assert_eq!(u.t_index_list.as_deref(), Some(&[47, 49][..]));
         // A list merged after a strength cancels it; a strength after a list stays.
         let mut m = SettingsUpdate {
             strength: Some(0.2),
             ..Default::default()
         };
         m.merge(SettingsUpdate {
-            t_index_list: Some("5,9".into()),
+            t_index_list: Some(vec![5, 9]),
             ..Default::default()
         });
         assert_eq!(m.strength, None);
@@ -786,7 +895,7 @@ mod tests {
         });
         assert_eq!(
             (m.t_index_list.as_deref(), m.strength),
-            (Some("5,9"), Some(0.7))
+            (Some(&[5, 9][..]), Some(0.7))
         );
         assert!(m.summary().contains("strength=0.7"));
         assert_eq!(m.split_keys().last().unwrap().0, "strength");

@@ -12,30 +12,71 @@
 //! Transitions end exactly on the target: at `t >= 1` the target is returned bit for bit.
 //! All arithmetic is in f64 and rounded to f32 once.
 
-/// How several inputs are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// How several inputs are combined: the `blend-mode` setting and property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default)]
+#[cfg_attr(feature = "glib", derive(glib::Enum))]
+#[cfg_attr(feature = "glib", enum_type(name = "GstI2iBlendMode"))]
+#[repr(u32)]
 pub enum BlendMode {
     #[default]
-    Linear,
-    Slerp,
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "Linear: weighted mean", nick = "linear")
+    )]
+    Linear = 0,
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "Slerp: spherical interpolation, renormalised (per token row for prompts)",
+            nick = "slerp"
+        )
+    )]
+    Slerp = 1,
 }
 
 impl BlendMode {
-    /// From the `blend-mode` setting ("linear" or "slerp").
-    pub fn from_name(name: &str) -> Option<BlendMode> {
-        match name {
-            "linear" => Some(BlendMode::Linear),
-            "slerp" => Some(BlendMode::Slerp),
-            _ => None,
-        }
-    }
+    /// Every blend mode.
+    pub const ALL: [BlendMode; 2] = [BlendMode::Linear, BlendMode::Slerp];
 
-    /// The `blend-mode` setting's name of this mode.
-    pub fn name(self) -> &'static str {
+    /// The `blend-mode` name of this mode.
+    pub fn nick(self) -> &'static str {
         match self {
             BlendMode::Linear => "linear",
             BlendMode::Slerp => "slerp",
         }
+    }
+
+    /// From a `blend-mode` name; the error names the value and the accepted ones.
+    pub fn parse(name: &str) -> Result<BlendMode, String> {
+        BlendMode::ALL
+            .into_iter()
+            .find(|m| m.nick() == name)
+            .ok_or_else(|| {
+                format!(
+                    "blend-mode: \"{name}\" is not a blend mode (accepted: {})",
+                    BlendMode::ALL.map(BlendMode::nick).join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for BlendMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.nick())
+    }
+}
+
+/// On the wire (JSON and the holder's state) a blend mode is its name.
+impl serde::Serialize for BlendMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.nick())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BlendMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        BlendMode::parse(&name).map_err(serde::de::Error::custom)
     }
 }
 

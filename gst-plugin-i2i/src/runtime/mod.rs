@@ -1,5 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The ONNX Runtime library and its process-wide environment.
+//! The ONNX Runtime layer that the inference elements share (`i2itransform`'s diffusion
+//! engine, `onnxtransform`, `i2idecode`, the depth preprocessor): the library and its
+//! process-wide environment (here), the execution providers and how a session is opened
+//! on one ([`provider`]), one session bound with its declared inputs and outputs
+//! ([`graph`]), the declared inputs read from the ONNX file ([`onnx_proto`]), and the
+//! errors for people ([`error`]).
 //!
 //! The library is found at `ORT_DYLIB_PATH`, else at the path compiled in by build.rs
 //! (`<workspace>/.deps/lib/libonnxruntime.so`, written by scripts/setup.sh). A missing or
@@ -12,7 +17,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ort::environment::Environment;
 
-use super::EngineError;
+pub mod error;
+pub mod graph;
+pub mod onnx_proto;
+pub mod provider;
+
+use error::EngineError;
 
 /// Where scripts/setup.sh puts the library in this checkout.
 pub const DEFAULT_ORT_DYLIB_PATH: &str = env!("I2I_DEFAULT_ORT_DYLIB");

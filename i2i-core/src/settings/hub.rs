@@ -31,12 +31,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::command::{Command, HELP};
-use super::curve::{AllowList, KeyPair, ZapHandler, ZapRequest, make_client, make_server};
 use super::limits::Pacer;
 use super::message::decode_message;
 use super::peers::{DEFAULT_MAX_PEERS, PeerEvent, PeerGuard, set_peer_timeouts};
 use super::state::{APPLIED_TOPIC, AppliedReport, Snapshot};
-use super::{DEFAULT_T_INDEX_LIST, SettingsUpdate, parse_t_index_list, strength_of_t_index_list};
+use super::{DEFAULT_T_INDEX_LIST, SettingsUpdate, strength_of_t_index_list};
+use crate::curve::{AllowList, KeyPair, ZapHandler, ZapRequest, make_client, make_server};
 
 /// Default heartbeat: a late joiner has the state within this (plus connection time).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(300);
@@ -314,8 +314,7 @@ impl Hub {
     fn current_t_index_list(&self) -> Vec<u32> {
         self.state
             .t_index_list
-            .as_deref()
-            .and_then(|t| parse_t_index_list(t).ok())
+            .clone()
             .unwrap_or_else(|| DEFAULT_T_INDEX_LIST.to_vec())
     }
 

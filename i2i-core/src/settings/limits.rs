@@ -1,45 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Bounds the settings link puts on what others send: a rate limit for messages about
-//! bad input (a flood of bad packets must not become a flood of log lines), and the
-//! coalescing clock that lets at most one change through per interval while keeping the
-//! latest values.
+//! The coalescing clock of the settings link: at most one change through per interval,
+//! keeping the latest values (messages about bad input are rate-limited by
+//! [`crate::rate_limit`]).
 
 use std::time::{Duration, Instant};
-
-/// Lets at most `per_second` messages through each second and counts the rest.
-#[derive(Clone, Debug)]
-pub struct RateLimiter {
-    per_second: u32,
-    window_start: Instant,
-    in_window: u32,
-    held_back: u64,
-}
-
-impl RateLimiter {
-    pub fn new(per_second: u32) -> RateLimiter {
-        RateLimiter {
-            per_second,
-            window_start: Instant::now(),
-            in_window: 0,
-            held_back: 0,
-        }
-    }
-
-    /// `Some(n)`: say this one now; `n` similar ones were held back since the last one
-    /// said. `None`: only count it.
-    pub fn allow(&mut self) -> Option<u64> {
-        if self.window_start.elapsed() >= Duration::from_secs(1) {
-            self.window_start = Instant::now();
-            self.in_window = 0;
-        }
-        if self.in_window >= self.per_second {
-            self.held_back += 1;
-            return None;
-        }
-        self.in_window += 1;
-        Some(std::mem::take(&mut self.held_back))
-    }
-}
 
 /// When the next coalesced change may go: at most one per `interval`; the first change
 /// after a quiet interval goes at once.
@@ -82,19 +46,6 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limiter_counts_what_it_holds_back() {
-        let mut r = RateLimiter::new(3);
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), None);
-        assert_eq!(r.allow(), None);
-        r.window_start -= Duration::from_secs(2);
-        assert_eq!(r.allow(), Some(2));
-        assert_eq!(r.allow(), Some(0));
-    }
 
     #[test]
     fn pacer_lets_one_through_per_interval() {

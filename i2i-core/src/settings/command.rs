@@ -2,10 +2,8 @@
 //! Chat-style commands, as operators type them: plain text sets the prompt, `/seed 5`
 //! sets the seed, and so on (see [`HELP`]).
 
-use super::{
-    BLEND_MODES, CFG_TYPES, MAX_BLEND_ENTRIES, SettingsUpdate, format_t_index_list,
-    parse_t_index_list,
-};
+use super::blend::BlendMode;
+use super::{CfgType, MAX_BLEND_ENTRIES, SettingsUpdate, parse_t_index_list};
 
 /// What one chat line asks for.
 // One command is parsed at a time and moved once: the size difference does not matter.
@@ -111,21 +109,19 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
         "negative" | "neg" | "negative-prompt" => u.negative_prompt = Some(arg.to_string()),
         "seed" => u.seed = Some(parse_seed("/seed", arg)?),
         "t" | "t-index-list" | "tindex" => {
-            let list = parse_t_index_list(arg).map_err(|e| format!("/t: {e}"))?;
-            u.t_index_list = Some(format_t_index_list(&list));
+            u.t_index_list = Some(parse_t_index_list(arg).map_err(|e| format!("/t: {e}"))?);
         }
         "strength" => u.strength = Some(parse_number("/strength", arg)?),
         "guidance" | "guidance-scale" => u.guidance_scale = Some(parse_number("/guidance", arg)?),
         "delta" => u.delta = Some(parse_number("/delta", arg)?),
         "cfg" | "cfg-type" => {
-            let v = arg.to_ascii_lowercase();
-            if !CFG_TYPES.contains(&v.as_str()) {
-                return Err(format!(
+            let cfg = CfgType::parse(&arg.to_ascii_lowercase()).map_err(|_| {
+                format!(
                     "/cfg: \"{arg}\" is not a guidance mode (accepted: {})",
-                    CFG_TYPES.join(", ")
-                ));
-            }
-            u.cfg_type = Some(v);
+                    CfgType::ALL.map(CfgType::nick).join(", ")
+                )
+            })?;
+            u.cfg_type = Some(cfg);
         }
         "similarity" | "similarity-threshold" => {
             u.similarity_threshold = Some(parse_number("/similarity", arg)?)
@@ -136,14 +132,13 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
             })?)
         }
         "blendmode" | "blend-mode" => {
-            let v = arg.to_ascii_lowercase();
-            if !BLEND_MODES.contains(&v.as_str()) {
-                return Err(format!(
+            let mode = BlendMode::parse(&arg.to_ascii_lowercase()).map_err(|_| {
+                format!(
                     "/blendmode: \"{arg}\" is not a blend mode (accepted: {})",
-                    BLEND_MODES.join(", ")
-                ));
-            }
-            u.blend_mode = Some(v);
+                    BlendMode::ALL.map(BlendMode::nick).join(", ")
+                )
+            })?;
+            u.blend_mode = Some(mode);
         }
         "blend" | "prompt-blend" => {
             let (mode, items) = split_mode(arg);
@@ -173,12 +168,12 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
 }
 
 /// An optional leading `linear` or `slerp` word of /blend and /seedblend.
-fn split_mode(arg: &str) -> (Option<String>, &str) {
-    for m in BLEND_MODES {
-        if let Some(rest) = arg.strip_prefix(m)
+fn split_mode(arg: &str) -> (Option<BlendMode>, &str) {
+    for m in BlendMode::ALL {
+        if let Some(rest) = arg.strip_prefix(m.nick())
             && (rest.is_empty() || rest.starts_with(char::is_whitespace))
         {
-            return (Some(m.to_string()), rest.trim_start());
+            return (Some(m), rest.trim_start());
         }
     }
     (None, arg)
@@ -354,27 +349,27 @@ mod tests {
         assert_eq!(update("/seed 18446744073709551615").seed, Some(u64::MAX));
         assert_eq!(
             update("/t 22,32,45").t_index_list.as_deref(),
-            Some("22,32,45")
+            Some(&[22, 32, 45][..])
         );
         assert_eq!(
             update("/t 22, 32 45").t_index_list.as_deref(),
-            Some("22,32,45")
+            Some(&[22, 32, 45][..])
         );
         assert_eq!(update("/guidance 1.5").guidance_scale, Some(1.5));
         assert_eq!(update("/guidance-scale 2").guidance_scale, Some(2.0));
         assert_eq!(update("/delta 0.8").delta, Some(0.8));
-        for c in CFG_TYPES {
-            assert_eq!(update(&format!("/cfg {c}")).cfg_type.as_deref(), Some(c));
+        for c in CfgType::ALL {
+            assert_eq!(update(&format!("/cfg {c}")).cfg_type, Some(c));
         }
-        assert_eq!(update("/cfg FULL").cfg_type.as_deref(), Some("full"));
+        assert_eq!(update("/cfg FULL").cfg_type, Some(CfgType::Full));
         assert_eq!(update("/similarity 0.98").similarity_threshold, Some(0.98));
         assert_eq!(update("/strength 0.75").strength, Some(0.75));
         assert_eq!(update("/STRENGTH 1").strength, Some(1.0));
         assert_eq!(update("/transition 30").transition_frames, Some(30));
         assert_eq!(update("/transition 0").transition_frames, Some(0));
         assert_eq!(
-            update("/blendmode slerp").blend_mode.as_deref(),
-            Some("slerp")
+            update("/blendmode slerp").blend_mode,
+            Some(BlendMode::Slerp)
         );
         assert_eq!(parse_line("/help"), Ok(Command::Help));
         assert_eq!(parse_line("/HELP"), Ok(Command::Help));
@@ -393,7 +388,7 @@ mod tests {
         );
         assert_eq!(u.prompt, None);
         let u = update(r#"/blend slerp fox:1 "say \"hi\"":2"#);
-        assert_eq!(u.blend_mode.as_deref(), Some("slerp"));
+        assert_eq!(u.blend_mode, Some(BlendMode::Slerp));
         assert_eq!(
             u.prompt_blend,
             Some(vec![("fox".into(), 1.0), ("say \"hi\"".into(), 2.0)])
@@ -404,8 +399,8 @@ mod tests {
         assert_eq!(u.seed_blend, Some(vec![(1, 0.5), (2, 0.5)]));
         assert_eq!(u.seed, None);
         assert_eq!(
-            update("/seedblend linear 7:1").blend_mode.as_deref(),
-            Some("linear")
+            update("/seedblend linear 7:1").blend_mode,
+            Some(BlendMode::Linear)
         );
         assert_eq!(update("/seedblend off").seed_blend, Some(vec![]));
     }

@@ -10,8 +10,9 @@
 
 use rmpv::Value;
 
+use super::blend::BlendMode;
 use super::command::{Command, did_you_mean, parse_line, truncate};
-use super::{SettingsUpdate, format_t_index_list, parse_t_index_list};
+use super::{CfgType, SettingsUpdate, check_t_index_list, parse_t_index_list};
 
 /// Largest message accepted; larger ones are refused with a warning.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -260,8 +261,8 @@ pub fn update_from_value(value: &Value) -> Result<SettingsUpdate, String> {
                             let n = whole(key, i)?;
                             l.push(u32::try_from(n).unwrap_or(u32::MAX));
                         }
-                        parse_t_index_list(&format_t_index_list(&l))
-                            .map_err(|e| format!("{key}: {e}"))?
+                        check_t_index_list(&l).map_err(|e| format!("{key}: {e}"))?;
+                        l
                     }
                     other => {
                         return Err(format!(
@@ -270,18 +271,20 @@ pub fn update_from_value(value: &Value) -> Result<SettingsUpdate, String> {
                         ));
                     }
                 };
-                u.t_index_list = Some(format_t_index_list(&list));
+                u.t_index_list = Some(list);
             }
             "guidance-scale" => u.guidance_scale = Some(number(key, v)?),
             "delta" => u.delta = Some(number(key, v)?),
-            "cfg-type" => u.cfg_type = Some(text(key, v)?.to_ascii_lowercase()),
+            "cfg-type" => u.cfg_type = Some(CfgType::parse(&text(key, v)?.to_ascii_lowercase())?),
             "similarity-threshold" => u.similarity_threshold = Some(number(key, v)?),
             "strength" => u.strength = Some(number(key, v)?),
             "transition-frames" => {
                 let n = whole(key, v)?;
                 u.transition_frames = Some(u32::try_from(n).unwrap_or(u32::MAX));
             }
-            "blend-mode" => u.blend_mode = Some(text(key, v)?.to_ascii_lowercase()),
+            "blend-mode" => {
+                u.blend_mode = Some(BlendMode::parse(&text(key, v)?.to_ascii_lowercase())?)
+            }
             "prompt-blend" => {
                 u.prompt_blend = Some(
                     pairs(key, v)?
@@ -455,13 +458,13 @@ mod tests {
         assert_eq!(u.prompt.as_deref(), Some("a red fox"));
         assert_eq!(u.negative_prompt.as_deref(), Some("blur"));
         assert_eq!(u.seed, Some(123));
-        assert_eq!(u.t_index_list.as_deref(), Some("22,32"));
+        assert_eq!(u.t_index_list.as_deref(), Some(&[22, 32][..]));
         assert_eq!(u.guidance_scale, Some(1.5));
         assert_eq!(u.delta, Some(1.0));
-        assert_eq!(u.cfg_type.as_deref(), Some("full"));
+        assert_eq!(u.cfg_type, Some(CfgType::Full));
         assert_eq!(u.similarity_threshold, Some(0.5));
         assert_eq!(u.transition_frames, Some(12));
-        assert_eq!(u.blend_mode.as_deref(), Some("slerp"));
+        assert_eq!(u.blend_mode, Some(BlendMode::Slerp));
         assert_eq!(u.strength, Some(0.25));
         assert_eq!(upd(br#"{"strength": 1}"#).strength, Some(1.0));
         assert!(err(br#"{"strength": 1.2}"#).contains("strength: 1.2 is out of range"));
@@ -472,7 +475,7 @@ mod tests {
                  "seed-blend": [[1, 0.5], [2, 0.5]]}"#,
         );
         assert_eq!(j.guidance_scale, Some(2.0));
-        assert_eq!(j.t_index_list.as_deref(), Some("10,20"));
+        assert_eq!(j.t_index_list.as_deref(), Some(&[10, 20][..]));
         assert_eq!(
             j.prompt_blend,
             Some(vec![("a".into(), 0.25), ("b".into(), 0.75)])
