@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MPL-2.0
-# Shows a zmqmsgpack frame stream in a window, or saves it as JPEG files when there is no display.
+# Shows a zmqmsgpacksink frame stream in a window, or saves it as JPEG files when there is no display.
 set -euo pipefail
 
 usage() {

@@ -76,8 +76,8 @@ gst-inspect-1.0 i2idecode >/dev/null 2>&1 \
 if ((ZMQ)); then
   gst-inspect-1.0 zmqmsgpacksrc >/dev/null 2>&1 \
     || die "GStreamer element zmqmsgpacksrc not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
-  # rcv-hwm: ZeroMQ itself holds at most --recv-queue more before the sender waits.
-  ARGS=(zmqmsgpacksrc socket-type=pull "endpoint=tcp://$UNET:$PORT" "rcv-hwm=$RECVQ")
+  # receive-hwm: ZeroMQ itself holds at most --recv-queue more before the sender waits.
+  ARGS=(zmqmsgpacksrc socket-type=pull "endpoint=tcp://$UNET:$PORT" "receive-hwm=$RECVQ")
   WHAT="ZeroMQ"
 else
   ARGS=(tcpclientsrc "host=$UNET" "port=$PORT" ! gdpdepay)

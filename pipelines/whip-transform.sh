@@ -32,8 +32,9 @@ Endpoints:
                        http://127.0.0.1:8765, and http://HOST:8765; `none` for no page)
   --codec C            WHEP video: vp8 (default) or h264, encoded once for all viewers, or
                        per-viewer (one encoder per viewer)
-  --ts-offset MS       river's fixed output delay: frames leave at capture time + MS
-                       (default 0: as soon as transformed)
+  --whep-delay MS      river's fixed output delay (i2iwhepsink playout-delay): frames leave
+                       at capture time + MS (default 0: as soon as transformed); the old
+                       name --ts-offset still works for one release
 Transform:
   --model DIR          i2itransform model (default models/demo)
   --size WxH           transform size, multiples of 8 (default 512x512)
@@ -114,7 +115,10 @@ while [ $# -gt 0 ]; do
     --allow-origin) ORIGINS+=("${2:?--allow-origin needs an origin (http://host:port) or none}"); shift 2 ;;
     --model) MODEL=${2:?--model needs a folder}; shift 2 ;;
     --size) SIZE=${2:?--size needs WxH}; shift 2 ;;
-    --ts-offset) OFFSET=${2:?--ts-offset needs milliseconds}; shift 2 ;;
+    --whep-delay) OFFSET=${2:?--whep-delay needs milliseconds}; shift 2 ;;
+    --ts-offset)
+      echo "whip-transform.sh: --ts-offset is deprecated and will be removed in the next release: use --whep-delay" >&2
+      OFFSET=${2:?--ts-offset needs milliseconds}; shift 2 ;;
     --codec) CODEC=${2:?--codec needs vp8, h264 or per-viewer}; shift 2 ;;
     --prompt) PROMPT=${2?--prompt needs a text}; shift 2 ;;
     --negative) NEGATIVE=${2?--negative needs a text}; shift 2 ;;
@@ -141,7 +145,7 @@ for p in WHIP_PORT WHEP_PORT DISPATCH_PORT COLLECT_PORT SETTINGS_PORT CONTROL_PO
   is_port "${!p}" || die "--$(echo "${p%_PORT}" | tr 'A-Z_' 'a-z-')-port: expected 1..65535, found '${!p}'"
 done
 [ "$OSC_PORT" = 0 ] || is_port "$OSC_PORT" || die "--osc-port: expected 0 (off) or 1..65535, found '$OSC_PORT'"
-[[ "$OFFSET" =~ ^[0-9]+$ ]] || die "--ts-offset: expected milliseconds, found '$OFFSET'"
+[[ "$OFFSET" =~ ^[0-9]+$ ]] || die "--whep-delay: expected milliseconds, found '$OFFSET'"
 [[ "$DELAY" =~ ^[0-9]+$ ]] || die "--playout-delay: expected milliseconds, found '$DELAY'"
 [[ "$CODEC" =~ ^(vp8|h264|per-viewer)$ ]] || die "--codec: expected vp8, h264 or per-viewer, found '$CODEC'"
 [[ "$SIZE" =~ ^([1-9][0-9]*)x([1-9][0-9]*)$ ]] || die "--size: expected WxH, found '$SIZE'"
@@ -177,7 +181,7 @@ ACCESS=()
 [ -z "$ALLOWED" ] || ACCESS+=("allowed-origins=$ALLOWED")
 IN=(i2iwhipsrc "host-addr=http://$HOST:$WHIP_PORT" "local-addresses=$ICE" "${ACCESS[@]}")
 OUT=(i2iwhepsink "host-addr=http://$HOST:$WHEP_PORT" "local-addresses=$ICE"
-     "ts-offset=$((OFFSET * 1000000))" "codec=$CODEC" "${ACCESS[@]}")
+     "playout-delay=$OFFSET" "codec=$CODEC" "${ACCESS[@]}")
 
 # The transform's own values: what it runs on until the holder publishes (or for good
 # without one).

@@ -20,7 +20,8 @@ Options:
   --batch-size N       frames per model call, and per job asked for (default 1)
   --threads N          ONNX Runtime threads of this worker (default 0: all CPUs it may use)
   --provider P         execution provider: auto (default), cpu, cuda, tensorrt
-  --name NAME          name in the primary's stats (default HOSTNAME:PID)
+  --name NAME          name in the primary's stats and the settings holder's reports
+                       (default HOSTNAME:PID, and the transform's name@HOST/PID in the reports)
   --prefetch N         batches asked for ahead of the pipeline (default 1)
   --quality Q          JPEG quality of the results (default: zmqmsgpacksink's)
   --slow MS            add MS of delay per frame (to try out an artificially slow worker)
@@ -115,7 +116,7 @@ gst-inspect-1.0 zmqworkersrc >/dev/null 2>&1 \
   || die "GStreamer element zmqworkersrc not found: run 'bash scripts/setup.sh' and '. .deps/env.sh'"
 
 ARGS=(zmqworkersrc "endpoint=tcp://$PRIMARY:$DISPATCH_PORT" "batch-size=$BATCH" "prefetch=$PREFETCH" "${CURVE[@]}")
-[ -z "$NAME" ] || ARGS+=("worker-name=$NAME")
+[ -z "$NAME" ] || ARGS+=("client-name=$NAME")
 ARGS+=(! jpegdec)
 [ -z "$SLOW" ] || ARGS+=(! identity "sleep-time=$((SLOW * 1000))")
 if $PASSTHROUGH; then
@@ -136,7 +137,9 @@ fi
 ARGS+=(! zmqmsgpacksink "endpoint=tcp://$PRIMARY:$COLLECT_PORT" bind=false socket-type=push sync=false "${CURVE[@]}")
 [ -z "$QUALITY" ] || ARGS+=("quality=$QUALITY")
 if $SETTINGS; then
-  ARGS+=(settingssrc "endpoint=tcp://$PRIMARY:$SETTINGS_PORT" "${CURVE[@]}" ! i2i.settings)
+  ARGS+=(settingssrc "endpoint=tcp://$PRIMARY:$SETTINGS_PORT" "${CURVE[@]}")
+  [ -z "$NAME" ] || ARGS+=("client-name=$NAME")
+  ARGS+=(! i2i.settings)
 fi
 
 echo "worker.sh: frames from $PRIMARY:$DISPATCH_PORT, results to $PRIMARY:$COLLECT_PORT" \

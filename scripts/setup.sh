@@ -89,12 +89,30 @@ export ORT_DYLIB_PATH="$ROOT/.deps/lib/libonnxruntime.so"
 log "building the plugins and tools (cargo build --release)"
 cargo build --release --workspace --quiet
 
+# The libraries' names before they followed their crates (libgstzmqmsgpack.so is now
+# libgstzmqsink.so, libgsti2iwebrtc.so libgstwebrtci2i.so). An old build's copy left in
+# target/release, or an old set-up's link, would register the same elements a second time.
+OLD_LIBS=(libgstzmqmsgpack.so libgsti2iwebrtc.so)
+for lib in "${OLD_LIBS[@]}"; do
+  rm -f "target/release/$lib"
+done
+
 # Link the plugins where gst-inspect-1.0 looks by default. I2I_SKIP_USER_PLUGINS=1 skips it
 # (for a second checkout on the same account, whose plugins must not shadow the first's).
 PLUGIN_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/gstreamer-1.0/plugins"
 if [ "${I2I_SKIP_USER_PLUGINS:-0}" != 1 ]; then
   mkdir -p "$PLUGIN_DIR"
-  for lib in libgsti2i.so libgstzmqmsgpack.so libgsti2iwebrtc.so; do
+  for lib in "${OLD_LIBS[@]}"; do
+    # Only the links this script made: a file of that name that is not a link into a
+    # target/release stays (and is reported).
+    if [ -L "$PLUGIN_DIR/$lib" ]; then
+      case "$(readlink "$PLUGIN_DIR/$lib")" in
+        */target/release/"$lib") rm -f "$PLUGIN_DIR/$lib" ;;
+      esac
+    fi
+    [ ! -e "$PLUGIN_DIR/$lib" ] || log "warning: $PLUGIN_DIR/$lib is not a link set-up made; remove it if it is an old copy of this project's plugin"
+  done
+  for lib in libgsti2i.so libgstzmqsink.so libgstwebrtci2i.so; do
     ln -sf "$ROOT/target/release/$lib" "$PLUGIN_DIR/$lib"
   done
 fi
@@ -106,6 +124,17 @@ export ORT_DYLIB_PATH="$ROOT/.deps/lib/libonnxruntime.so"
 export GST_REGISTRY="$ROOT/.deps/gst-registry.bin"
 export PATH="$ROOT/target/release:$ROOT/.venv/bin:\$PATH"
 ENV
+# A checkout that skips the user's plugin folder (I2I_SKIP_USER_PLUGINS=1) keeps skipping it
+# in later set-ups, and does not load from it either: the plugins linked there belong to
+# another checkout, and one built under other library names would register the same
+# elements beside this checkout's (GStreamer keeps the user folder's).
+if [ "${I2I_SKIP_USER_PLUGINS:-0}" = 1 ]; then
+  SYSTEM_PLUGINS=$(pkg-config --variable=pluginsdir gstreamer-1.0)
+  cat >> .deps/env.sh <<ENV
+export I2I_SKIP_USER_PLUGINS=1
+export GST_PLUGIN_SYSTEM_PATH="$SYSTEM_PLUGINS"
+ENV
+fi
 
 # Demo and test models, generated locally (nothing is downloaded at run time).
 if [ -f scripts/make_models.py ]; then

@@ -3,6 +3,7 @@
 //! decoder on latent frames), `onnxtransform` (any image-to-image ONNX model) and `settingssrc`.
 
 use gst::glib;
+use gst::prelude::*;
 
 pub mod diffusion;
 mod i2idecode;
@@ -13,7 +14,24 @@ pub mod preprocess;
 pub mod runtime;
 mod settingssrc;
 
+/// The properties renamed for the one vocabulary (docs/properties.md): their old names
+/// still work for one release, warning once per element.
+pub fn renamed_properties() -> Vec<i2i_compat::ElementAlias> {
+    settingssrc::RENAMED
+        .iter()
+        .map(|a| i2i_compat::ElementAlias {
+            element: "settingssrc",
+            old: a.old,
+            new: a.new,
+        })
+        .collect()
+}
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The enums of the transforms' properties are marked where they register; this one is
+    // settingssrc's.
+    i2i_core::zmq_endpoint::ReceiveSocketType::static_type()
+        .mark_as_plugin_api(gst::PluginAPIFlags::empty());
     i2itransform::register(plugin)?;
     onnxtransform::register(plugin)?;
     i2idecode::register(plugin)?;

@@ -153,7 +153,7 @@ fn frames_that_do_not_match_their_caps_are_dropped_and_counted() {
             _ => None,
         })
         .expect("stats at EOS");
-    assert_eq!(stats.get::<u64>("frames-invalid").unwrap(), 3);
+    assert_eq!(stats.get::<u64>("dropped-invalid").unwrap(), 3);
     assert_eq!(stats.get::<u64>("frames-out").unwrap(), 3);
     // One warning (rate-limited) naming the sizes.
     let warning = r
@@ -168,6 +168,56 @@ fn frames_that_do_not_match_their_caps_are_dropped_and_counted() {
         warning.contains("1000 bytes") && warning.contains("1024 bytes"),
         "{warning}"
     );
+}
+
+/// `frames` good latent frames through `i2idecode PROPS`, 30 ms apart; the stats messages.
+fn decoder_stats(props: &str, frames: u64) -> Vec<gst::Structure> {
+    let m = model("tiny-sd15");
+    let caps = "application/x-i2i-latent,dtype=float32,channels=4,width=8,height=8,\
+                image-width=64,image-height=64,framerate=10/1";
+    let desc = format!(
+        "appsrc name=src format=time caps=\"{caps}\" ! i2idecode model={m} threads=1 {props} \
+         ! appsink name=out"
+    );
+    let r = run(&desc, |src| {
+        for i in 0..frames {
+            let mut b = gst::Buffer::from_mut_slice(vec![0u8; 1024]);
+            b.get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_mseconds(100 * i));
+            src.push_buffer(b).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        src.end_of_stream().unwrap();
+    })
+    .unwrap();
+    assert_eq!(r.samples.len() as u64, frames);
+    r.messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e
+                .structure()
+                .filter(|s| s.name() == "i2idecode-stats")
+                .map(|s| s.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_decoder_takes_the_queue_and_stats_properties() {
+    init();
+    // By default the stats come at the end only.
+    let default = decoder_stats("", 8);
+    assert_eq!(default.len(), 1, "{default:?}");
+    // With stats-interval they come while the frames flow (8 frames over 240 ms, every
+    // 10 ms: one per frame or so, however loaded the machine), and the queue properties
+    // are taken in a running pipeline.
+    let every = decoder_stats("stats-interval=10 max-queue=2 drop-frames=never", 8);
+    assert!(every.len() >= 4, "{every:?}");
+    let last = every.last().unwrap();
+    assert_eq!(last.get::<u64>("frames-out").unwrap(), 8, "{last}");
+    assert_eq!(last.get::<u64>("dropped").unwrap(), 0, "{last}");
 }
 
 #[test]
@@ -268,7 +318,7 @@ fn latents_over_max_pixels_never_reach_the_decoder() {
     assert_eq!(indices, vec![0, 1, 3, 4, 5], "{stats}");
     assert!(samples.iter().all(|s| bytes(s).len() == 64 * 64 * 3));
     assert_eq!(stats.get::<u64>("dropped-oversize").unwrap(), 1, "{stats}");
-    assert_eq!(stats.get::<u64>("frames-invalid").unwrap(), 0, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-invalid").unwrap(), 0, "{stats}");
     assert_eq!(stats.get::<u64>("batches").unwrap(), 5, "{stats}");
     let warning = warnings
         .iter()
@@ -387,7 +437,7 @@ fn float16_latents_over_zeromq_are_half_the_bytes_and_close() {
 
 /// The frame index a ZeroMQ source or the collector put on a buffer.
 fn index_of(s: &gst::Sample) -> u64 {
-    gstzmqmsgpack::frame_index::index_of(s.buffer().unwrap()).expect("a frame index")
+    gstzmqsink::frame_index::index_of(s.buffer().unwrap()).expect("a frame index")
 }
 
 /// A decoder worker: latents from the dispatcher at `dispatch`, decoded, the RGB picture
@@ -400,7 +450,7 @@ fn decoder_worker(
     quality: i32,
 ) -> gst::Pipeline {
     launch(&format!(
-        "zmqworkersrc endpoint={dispatch} worker-name={name} heartbeat-interval=50 \
+        "zmqworkersrc endpoint={dispatch} client-name={name} heartbeat-interval=50 \
          ! i2idecode model={m} threads=1 ! video/x-raw,format=RGB ! tee name=t \
          ! queue ! zmqmsgpacksink socket-type=push bind=false endpoint={collect} quality={quality} \
          t. ! queue ! appsink name=out sync=false"
@@ -409,7 +459,7 @@ fn decoder_worker(
 
 /// The dispatcher's count of frames each worker took.
 fn frames_per_worker(stats: &gst::Structure) -> Vec<(String, u64)> {
-    gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list(stats)
+    gstzmqsink::scaleout::zmqdispatchsink::worker_list(stats)
         .iter()
         .map(|s| {
             (
@@ -445,7 +495,7 @@ fn a_decoder_farm_over_the_scaleout_elements_is_byte_identical_to_the_transform_
         primary.set_state(gst::State::Paused).unwrap();
         let d = primary.by_name("d").unwrap();
         let endpoint = |e: &gst::Element| {
-            e.property::<Option<String>>("bound-endpoint")
+            e.property::<Option<String>>("last-endpoint")
                 .expect("bound")
         };
         let (dispatch, collect) = (endpoint(&d), endpoint(&primary.by_name("c").unwrap()));
@@ -503,7 +553,7 @@ fn a_decoder_farm_over_the_scaleout_elements_is_byte_identical_to_the_transform_
         let split = frames_per_worker(&dstats);
         eprintln!("{name}: frames per worker {split:?}");
         assert_eq!(split.iter().map(|(_, n)| n).sum::<u64>(), 8, "{dstats}");
-        assert_eq!(dstats.get::<u64>("invalid").unwrap(), 0, "{dstats}");
+        assert_eq!(dstats.get::<u64>("dropped-invalid").unwrap(), 0, "{dstats}");
 
         // The collector gives them back in order, as the encoder makes them from the
         // transform alone's pictures.

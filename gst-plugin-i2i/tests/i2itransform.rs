@@ -892,7 +892,7 @@ fn flushing_seek_mid_stream() {
         .property::<gst::Structure>("stats");
     assert_eq!(
         stats.get::<u64>("frames-in").unwrap(),
-        stats.get::<u64>("frames-out").unwrap() + stats.get::<u64>("frames-dropped").unwrap(),
+        stats.get::<u64>("frames-out").unwrap() + stats.get::<u64>("dropped-flush").unwrap(),
         "{stats}"
     );
     pipeline.set_state(gst::State::Null).unwrap();

@@ -161,12 +161,12 @@ fn live_input_faster_than_inference_keeps_latency_bounded() {
     // Keeping every frame: upstream waits, so latency grows with every frame. This run
     // only shows the difference (and that nothing is dropped); its figures are printed.
     let kept = run_live("drop-frames=never", secs);
-    assert_eq!(kept.stats.get::<u64>("frames-late").unwrap(), 0);
+    assert_eq!(kept.stats.get::<u64>("dropped-late").unwrap(), 0);
     assert_eq!(kept.qos, 0);
 
     // The default on a live source: the oldest waiting frame is dropped.
     let live = run_live("", secs);
-    let late = live.stats.get::<u64>("frames-late").unwrap();
+    let late = live.stats.get::<u64>("dropped-late").unwrap();
     let frames_in = live.stats.get::<u64>("frames-in").unwrap();
     let frames_out = live.stats.get::<u64>("frames-out").unwrap();
     for (name, run) in [("drop-frames=never", &kept), ("default (auto)", &live)] {
@@ -177,7 +177,7 @@ fn live_input_faster_than_inference_keeps_latency_bounded() {
             run.announced,
             run.stats.get::<u64>("frames-in").unwrap(),
             run.stats.get::<u64>("frames-out").unwrap(),
-            run.stats.get::<u64>("frames-late").unwrap(),
+            run.stats.get::<u64>("dropped-late").unwrap(),
         );
     }
     assert!(late > 0, "nothing dropped: {}", live.stats);

@@ -141,7 +141,7 @@ fn dropping_late_frames_counts_every_frame() {
     let (fin, fout, late) = (
         count(&r, "frames-in"),
         count(&r, "frames-out"),
-        count(&r, "frames-late"),
+        count(&r, "dropped-late"),
     );
     assert_eq!(fin, 40);
     assert_eq!(fout + late, fin, "in {fin} out {fout} late {late}");

@@ -264,7 +264,7 @@ fn send_until(rx: &mut Receiver, sock: &zmq::Socket, msg: &[u8], done: impl Fn(&
 #[test]
 fn malformed_messages_are_warnings_and_the_stream_goes_on() {
     let mut rx = Receiver::start(&[("endpoint", "tcp://127.0.0.1:*"), ("bind", "true")]);
-    let endpoint: String = rx.stat("local-endpoint");
+    let endpoint: String = rx.stat("last-endpoint");
     assert!(endpoint.starts_with("tcp://127.0.0.1:"), "{endpoint}");
     let pubs = publisher(&endpoint);
     send_until(&mut rx, &pubs, b"/seed 1", |r| r.state.seed == Some(1));
@@ -586,7 +586,7 @@ fn curve_on_a_bound_element_admits_only_allowed_publishers() {
         ("curve-key", element_secret.to_str().unwrap()),
         ("curve-allow", list.to_str().unwrap()),
     ]);
-    let endpoint: String = rx.stat("local-endpoint");
+    let endpoint: String = rx.stat("last-endpoint");
     let ctx = zmq::Context::new();
     let make_pub = |keys: &KeyPair| {
         let s = ctx.socket(zmq::PUB).unwrap();
@@ -671,7 +671,7 @@ fn push_programs_reach_a_pull_element() {
         ("bind", "true"),
         ("socket-type", "pull"),
     ]);
-    let endpoint: String = rx.stat("local-endpoint");
+    let endpoint: String = rx.stat("last-endpoint");
     let ctx = zmq::Context::new();
     let push = ctx.socket(zmq::PUSH).unwrap();
     push.set_linger(0).unwrap();
@@ -752,7 +752,7 @@ fn applied_reports_travel_back_to_the_holder() {
         "{}",
         report.source
     );
-    assert_eq!(rx.stat::<u64>("reports-dropped"), 0);
+    assert_eq!(rx.stat::<u64>("dropped-reports"), 0);
     assert!(rx.stat::<u64>("reported") >= 1);
     // A console subscribed to the holder's state socket sees the report too.
     let ctx = zmq::Context::new();
@@ -854,7 +854,7 @@ fn report_name_names_the_transform_in_reports() {
     let (hub, events) = hub(seed(4), None);
     let mut rx = Receiver::start(&[
         ("endpoint", &hub.info.state_endpoint),
-        ("report-name", "worker-3"),
+        ("client-name", "worker-3"),
     ]);
     assert!(rx.pump_until(Duration::from_secs(2), |r| r.state.seed == Some(4)));
     let event = gst::event::CustomUpstream::new(
@@ -1083,7 +1083,7 @@ fn strength_sent_straight_to_a_transform_moves_its_own_list() {
     let i2i = pipeline.by_name("i2i").unwrap();
     let endpoint = src
         .property::<gst::Structure>("stats")
-        .get::<String>("local-endpoint")
+        .get::<String>("last-endpoint")
         .unwrap();
     let sock = publisher(&endpoint);
     // The transform's list 20,35 moved as a whole: 1 = strongest (first index 0).

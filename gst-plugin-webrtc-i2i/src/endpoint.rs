@@ -1336,7 +1336,7 @@ mod tests {
         assert_eq!(whep.access().token.as_deref(), Some("s3cret"));
         assert!(whep.set("token", &"".to_value()));
         assert_eq!(whep.access().token, None, "empty is no token");
-        assert!(!whep.set("ts-offset", &0u64.to_value()));
+        assert!(!whep.set("playout-delay", &0u32.to_value()));
         assert_eq!(
             whep.get("local-addresses")
                 .unwrap()

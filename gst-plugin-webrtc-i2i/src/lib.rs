@@ -6,6 +6,7 @@
 //! `webrtcsink`, `webrtcsrc`) so that set-up builds one crate and gst-launch finds them all.
 
 use gst::glib;
+use gst::prelude::*;
 
 mod endpoint;
 mod loopback;
@@ -13,7 +14,23 @@ mod offer;
 pub mod whepsink;
 pub mod whipsrc;
 
+/// The properties renamed for the one vocabulary (docs/properties.md): their old names
+/// still work for one release, warning once per element.
+pub fn renamed_properties() -> Vec<i2i_compat::ElementAlias> {
+    whepsink::RENAMED
+        .iter()
+        .map(|a| i2i_compat::ElementAlias {
+            element: "i2iwhepsink",
+            old: a.old,
+            new: a.new,
+        })
+        .collect()
+}
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The enums the properties use, for gst-inspect-1.0 and the documentation.
+    whipsrc::BusyPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    whepsink::Codec::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     // reqwest/warp need a rustls crypto provider; the upstream plugin_init installs it, and
     // registering its elements from here skips that init.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -25,7 +42,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
 }
 
 gst::plugin_define!(
-    i2iwebrtc,
+    webrtci2i,
     env!("CARGO_PKG_DESCRIPTION"),
     plugin_init,
     concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),

@@ -19,7 +19,7 @@ fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         gst::init().unwrap();
-        gsti2iwebrtc::plugin_register_static().expect("register the i2iwebrtc plugin");
+        gstwebrtci2i::plugin_register_static().expect("register the webrtci2i plugin");
     });
 }
 

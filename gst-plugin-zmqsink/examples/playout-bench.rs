@@ -29,7 +29,7 @@ Usage: playout-bench [OPTIONS]
   --frames N     frames per run (default 340: 20 windows of 17)
   --delay MS     the collector's playout-delay (default 1200: a window of 17 at 25 fps
                  is 680 ms)
-  --max-frames N the collector's max-frames (default 256)
+  --max-queue N  the collector's max-queue (default 256)
   --policy P     the collector's queue-policy: play-early, drop-oldest, drop-newest
                  (default play-early)
   --repeat N     rounds of both runs, interleaved (default 1)
@@ -73,7 +73,7 @@ fn parse_args() -> Result<Options, String> {
             "--window" => o.window = number("--window", value("--window")?)?,
             "--frames" => o.frames = number("--frames", value("--frames")?)?,
             "--delay" => o.delay_ms = number("--delay", value("--delay")?)?,
-            "--max-frames" => o.max_frames = number("--max-frames", value("--max-frames")?)?,
+            "--max-queue" => o.max_frames = number("--max-queue", value("--max-queue")?)?,
             "--repeat" => o.repeat = number("--repeat", value("--repeat")?)? as usize,
             "--policy" => {
                 o.policy = value("--policy")?;
@@ -142,7 +142,7 @@ fn run(o: &Options, window: u64) -> Result<RunResult, String> {
         ),
         "",
         &format!(
-            "framerate={}/1 playout-delay={} max-frames={} queue-policy={}",
+            "framerate={}/1 playout-delay={} max-queue={} queue-policy={}",
             o.fps, o.delay_ms, o.max_frames, o.policy
         ),
     );
@@ -202,7 +202,7 @@ fn main() {
     };
     init();
     println!(
-        "{} frames at {} fps (frame {:.1} ms), playout-delay {} ms, max-frames {}, queue-policy {}",
+        "{} frames at {} fps (frame {:.1} ms), playout-delay {} ms, max-queue {}, queue-policy {}",
         o.frames,
         o.fps,
         1000.0 / o.fps as f64,
@@ -225,11 +225,11 @@ fn main() {
                     r.worker.to_string(),
                     r.release.to_string(),
                     r.pts.to_string(),
-                    stat(&r.stats, "frames"),
-                    stat(&r.stats, "late"),
+                    stat(&r.stats, "frames-out"),
+                    stat(&r.stats, "dropped-late"),
                     stat(&r.stats, "missing"),
-                    stat(&r.stats, "dropped"),
-                    stat(&r.stats, "overflow"),
+                    stat(&r.stats, "dropped-overflow"),
+                    stat(&r.stats, "played-early"),
                 ),
                 Err(e) => {
                     eprintln!("window {window}: {e}");

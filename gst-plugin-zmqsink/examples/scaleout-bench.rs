@@ -128,7 +128,7 @@ fn plugin_path(o: &Options) -> Result<String, String> {
                 .into_owned()
         }
     };
-    let mut need = vec!["libgstzmqmsgpack.so"];
+    let mut need = vec!["libgstzmqsink.so"];
     if !o.passthrough {
         need.push("libgsti2i.so");
     }
@@ -221,7 +221,7 @@ fn spawn_worker(
     cpu: usize,
 ) -> Result<Worker, String> {
     let mut desc = format!(
-        "zmqworkersrc endpoint={d} worker-name={name} batch-size={} ! jpegdec",
+        "zmqworkersrc endpoint={d} client-name={name} batch-size={} ! jpegdec",
         o.batch
     );
     if slow {
@@ -282,7 +282,7 @@ fn run(
         "appsrc name=src is-live=false format=time block=true max-buffers=4 \
            caps=image/jpeg,width={s},height={s},framerate=0/1 \
          ! zmqdispatchsink name=d endpoint=tcp://127.0.0.1:* sync=false max-queue=8 group={group} \
-         zmqcollectsrc name=c endpoint=tcp://127.0.0.1:* playout-delay=3000 max-frames=100000 group={group} \
+         zmqcollectsrc name=c endpoint=tcp://127.0.0.1:* playout-delay=3000 max-queue=100000 group={group} \
          ! appsink name=out sync=false",
         s = o.size
     );
@@ -322,8 +322,8 @@ fn run(
     pipeline
         .set_state(gst::State::Paused)
         .map_err(|e| format!("primary: {e}"))?;
-    let dep = d.property::<Option<String>>("bound-endpoint").unwrap();
-    let cep = c.property::<Option<String>>("bound-endpoint").unwrap();
+    let dep = d.property::<Option<String>>("last-endpoint").unwrap();
+    let cep = c.property::<Option<String>>("last-endpoint").unwrap();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -401,7 +401,7 @@ fn run(
     } else {
         0.0
     };
-    let per_worker = gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list(&dstats)
+    let per_worker = gstzmqsink::scaleout::zmqdispatchsink::worker_list(&dstats)
         .iter()
         .map(|s| {
             (
@@ -419,7 +419,7 @@ fn run(
         fps,
         delivered: outs.len(),
         missing: cstats.get::<u64>("missing").unwrap(),
-        late: cstats.get::<u64>("late").unwrap(),
+        late: cstats.get::<u64>("dropped-late").unwrap(),
         per_worker,
         cpu_ms_per_frame: cpu * 1000.0 / outs.len().max(1) as f64,
     })
@@ -437,7 +437,7 @@ fn main() {
         eprintln!("scaleout-bench: GStreamer does not initialise: {e}");
         std::process::exit(1);
     }
-    if let Err(e) = gstzmqmsgpack::plugin_register_static() {
+    if let Err(e) = gstzmqsink::plugin_register_static() {
         eprintln!("scaleout-bench: cannot register the plugin: {e}");
         std::process::exit(1);
     }

@@ -532,7 +532,7 @@ fn main() {
     }
 
     gst::init().unwrap();
-    gstzmqmsgpack::plugin_register_static().unwrap();
+    gstzmqsink::plugin_register_static().unwrap();
 
     eprintln!("rendering {DISTINCT_FRAMES} frames of {SIZE}x{SIZE} ...");
     let rgb: Vec<Vec<u8>> = (0..DISTINCT_FRAMES).map(render_rgb).collect();

@@ -43,7 +43,7 @@ pub enum LatentDrop {
 }
 
 /// Latent frames refused for a latent's own reasons, by reason; a malformed message and an
-/// image over `max-pixels` count with the element's `malformed` and `oversize` figures.
+/// image over `max-pixels` count with the element's `dropped-malformed` and `dropped-oversize` figures.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LatentDrops {
     pub size: u64,

@@ -17,6 +17,7 @@
 //! that wait for peers hear an application's EOS request.
 
 use gst::glib;
+use gst::prelude::*;
 
 pub mod eos_request;
 pub mod frame_file;
@@ -29,6 +30,7 @@ pub mod transport;
 pub mod unix_time;
 pub mod zmq_element;
 
+pub use i2i_compat::ElementAlias;
 pub use scaleout::zmqcollectsrc::{CollectLateStart, CollectQueuePolicy, ZmqCollectSrc};
 pub use scaleout::zmqdispatchsink::{DispatchQueuePolicy, ZmqDispatchSink};
 pub use scaleout::zmqworkersrc::ZmqWorkerSrc;
@@ -39,7 +41,39 @@ pub use transport::zmqmsgpacksrc::ZmqMsgpackSrc;
 /// (ns since the epoch) between pipelines.
 pub const UNIX_TIMESTAMP_CAPS: &str = "timestamp/x-unix";
 
+/// The properties renamed for the one vocabulary (docs/properties.md): their old names
+/// still work for one release, warning once per element.
+pub fn renamed_properties() -> Vec<ElementAlias> {
+    [
+        ("zmqmsgpacksink", transport::zmqmsgpacksink::RENAMED),
+        ("zmqmsgpacksrc", transport::zmqmsgpacksrc::RENAMED),
+        ("zmqdispatchsink", scaleout::zmqdispatchsink::RENAMED),
+        ("zmqworkersrc", scaleout::zmqworkersrc::RENAMED),
+        ("zmqcollectsrc", scaleout::zmqcollectsrc::RENAMED),
+    ]
+    .into_iter()
+    .flat_map(|(element, renamed)| {
+        renamed.iter().map(move |a| ElementAlias {
+            element,
+            old: a.old,
+            new: a.new,
+        })
+    })
+    .collect()
+}
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The enums the properties use, for gst-inspect-1.0 and the documentation.
+    for t in [
+        SinkSocketType::static_type(),
+        LatentDtype::static_type(),
+        i2i_core::zmq_endpoint::ReceiveSocketType::static_type(),
+        DispatchQueuePolicy::static_type(),
+        CollectQueuePolicy::static_type(),
+        CollectLateStart::static_type(),
+    ] {
+        t.mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    }
     frame_index::register();
     transport::zmqmsgpacksink::register(plugin)?;
     transport::zmqmsgpacksrc::register(plugin)?;
@@ -50,7 +84,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
 }
 
 gst::plugin_define!(
-    zmqmsgpack,
+    zmqsink,
     env!("CARGO_PKG_DESCRIPTION"),
     plugin_init,
     concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),

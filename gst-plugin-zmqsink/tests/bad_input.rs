@@ -93,7 +93,7 @@ fn a_header_that_declares_a_huge_frame_is_dropped_and_counted() {
             .try_pull_sample(gst::ClockTime::from_seconds(10))
             .unwrap_or_else(|| panic!("frame {i} did not come out"));
         let b = s.buffer().unwrap();
-        assert_eq!(gstzmqmsgpack::frame_index::index_of(b), Some(i));
+        assert_eq!(gstzmqsink::frame_index::index_of(b), Some(i));
     }
     assert_eq!(stats_u64(&src, "dropped-oversize"), 2);
     let msg = bus

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
-use gstzmqmsgpack::scaleout::wire;
+use gstzmqsink::scaleout::wire;
 use i2i_core::protocol;
 use i2i_core::tensor::{self, Dtype, TensorMeta};
 use scaleout_util::FakePrimary;
@@ -191,7 +191,7 @@ fn the_collector_drops_a_result_of_the_other_kind() {
         LATENT_ONLY,
     );
     let ctx = zmq::Context::new();
-    let push = pusher(&ctx, &run.endpoint("bound-endpoint"));
+    let push = pusher(&ctx, &run.endpoint("last-endpoint"));
     let m = meta(64, 48);
     let now = unix_now_ms();
     push.send(tensor::encode(now, 0, &latents(64, 48, 0), &m), 0)

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
-use gstzmqmsgpack::scaleout::wire;
+use gstzmqsink::scaleout::wire;
 use i2i_core::protocol;
 use i2i_core::tensor::{self, Dtype, TensorMeta};
 use scaleout_util::FakePrimary;
@@ -172,7 +172,7 @@ fn float16_on_the_wire_is_half_the_bytes_and_comes_back_as_float32() {
             assert!((a - b).abs() <= 1e-3, "{a} came back as {b}");
         }
     }
-    assert_eq!(stats_u64(&sink, "invalid"), 0);
+    assert_eq!(stats_u64(&sink, "dropped-invalid"), 0);
     let bytes = stats_u64(&sink, "bytes");
     assert!(
         (3 * 32 * 1024..3 * (32 * 1024 + 160)).contains(&(bytes as usize)),
@@ -197,7 +197,7 @@ fn a_latent_buffer_that_does_not_match_its_caps_is_dropped_by_the_sink() {
     let msg = recv_timeout(&pull, T).expect("the good latent after the bad one");
     let t = tensor::decode(&msg, 0).unwrap();
     assert_eq!((t.index, t.payload), (1, &good[..]));
-    assert_eq!(stats_u64(&sink, "invalid"), 1);
+    assert_eq!(stats_u64(&sink, "dropped-invalid"), 1);
     assert_eq!(stats_u64(&sink, "frames"), 1);
     let w = next_warning(&bus, T).expect("a warning for the short buffer");
     assert!(w.contains("100 bytes") && w.contains("768"), "{w}");
@@ -311,7 +311,7 @@ fn the_collector_puts_latent_results_back_in_order_and_drops_bad_ones() {
     let mut h = gst_check::Harness::with_element(&c, None, Some("src"));
     h.play();
     let ep = c
-        .property::<Option<String>>("bound-endpoint")
+        .property::<Option<String>>("last-endpoint")
         .expect("bound");
     let ctx = zmq::Context::new();
     let push = pusher(&ctx, &ep);
@@ -337,7 +337,7 @@ fn the_collector_puts_latent_results_back_in_order_and_drops_bad_ones() {
     let caps = h.sinkpad().unwrap().current_caps().unwrap();
     assert!(caps.is_subset(&caps_without_framerate(64, 48)), "{caps}");
     let stats = c.property::<gst::Structure>("stats");
-    assert_eq!(stats.get::<u64>("invalid-latents").unwrap(), 1, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-latent").unwrap(), 1, "{stats}");
     assert_eq!(
         stats.get::<u64>("dropped-latent-size").unwrap(),
         1,
@@ -398,7 +398,7 @@ fn the_dispatcher_sends_latents_to_a_worker_bit_for_bit_and_drops_bad_buffers() 
     dh.set_src_caps(caps(64, 48));
     dh.play();
     let ep = d
-        .property::<Option<String>>("bound-endpoint")
+        .property::<Option<String>>("last-endpoint")
         .expect("bound");
     let (mut wh, w, _wbus) = worker_harness(&ep, &[("framerate", "25/1"), ("batch-size", "2")]);
 
@@ -420,7 +420,7 @@ fn the_dispatcher_sends_latents_to_a_worker_bit_for_bit_and_drops_bad_buffers() 
     }
     let got = wh.sinkpad().unwrap().current_caps().unwrap();
     assert!(got.is_subset(&caps(64, 48)), "{got}");
-    assert_eq!(stats_u64(&d, "invalid"), 1);
+    assert_eq!(stats_u64(&d, "dropped-invalid"), 1);
     assert_eq!(stats_u64(&d, "dispatched"), 4);
     assert_eq!(stats_u64(&w, "latents"), 4);
     assert_eq!(stats_u64(&w, "dropped"), 0);
@@ -451,7 +451,7 @@ fn a_worker_drops_bad_latent_jobs_by_reason_and_goes_on() {
     let mut primary = FakePrimary::new();
     let (mut h, w, bus) = worker_harness(
         &primary.endpoint,
-        &[("max-pixels", "1000000"), ("worker-name", "decoder")],
+        &[("max-pixels", "1000000"), ("client-name", "decoder")],
     );
     primary.ready_where(|_| true);
     primary.send(&wire::encode_heartbeat(3));
@@ -491,12 +491,7 @@ fn a_worker_drops_bad_latent_jobs_by_reason_and_goes_on() {
     let r = primary.ready_where(|r| r.taken == 3 * n_bad);
     assert_eq!(r.name, "decoder");
     for (reason, n) in &expected {
-        // The worker names these two without the prefix.
-        let field = match reason.strip_prefix("dropped-").unwrap() {
-            f @ ("malformed" | "oversize") => f,
-            _ => reason,
-        };
-        assert_eq!(stats_u64(&w, field), *n, "{reason}");
+        assert_eq!(stats_u64(&w, reason), *n, "{reason}");
     }
     assert_eq!(stats_u64(&w, "dropped"), n_bad);
     assert_eq!(stats_u64(&w, "latents"), 2 * n_bad);

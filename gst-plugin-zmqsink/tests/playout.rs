@@ -114,7 +114,7 @@ fn bursts_of_a_window_play_out_at_the_frame_rate() {
     assert_in_order(&run.outs);
     let indices: Vec<u64> = run.outs.iter().map(|o| o.index).collect();
     assert_eq!(indices, (0..FRAMES).collect::<Vec<_>>(), "{}", run.stats);
-    for field in ["late", "missing", "overflow"] {
+    for field in ["dropped-late", "missing", "played-early"] {
         assert_eq!(stat(&run.stats, field), 0, "{field}: {}", run.stats);
     }
     let offsets = offsets_from_due_ms(&run.outs, DELAY_MS);
@@ -149,8 +149,8 @@ fn a_playout_delay_shorter_than_a_window_counts_the_lost_frames() {
 
     assert_in_order(&run.outs);
     let (frames, late, missing) = (
-        stat(&run.stats, "frames"),
-        stat(&run.stats, "late"),
+        stat(&run.stats, "frames-out"),
+        stat(&run.stats, "dropped-late"),
         stat(&run.stats, "missing"),
     );
     // Each window's first 8 frames (16 - i >= 8 frame durations behind its last) cannot
@@ -182,13 +182,13 @@ fn a_playout_delay_shorter_than_a_window_counts_the_lost_frames() {
 fn a_reorder_buffer_smaller_than_the_delay_plays_early_by_default() {
     // 1000 ms at 25 fps is 25 frames held; 17 fit.
     const DELAY_MS: i64 = 1000;
-    let run = bursty_run(&format!("playout-delay={DELAY_MS} max-frames={WINDOW}"));
-    report("max-frames 17, play-early", &run);
+    let run = bursty_run(&format!("playout-delay={DELAY_MS} max-queue={WINDOW}"));
+    report("max-queue 17, play-early", &run);
 
     assert_in_order(&run.outs);
-    let overflow = stat(&run.stats, "overflow");
+    let overflow = stat(&run.stats, "played-early");
     assert!(overflow > 0, "{}", run.stats);
-    assert_eq!(stat(&run.stats, "frames"), FRAMES, "{}", run.stats);
+    assert_eq!(stat(&run.stats, "frames-out"), FRAMES, "{}", run.stats);
     // The frames pushed out of the full buffer left well before their play time.
     let early = offsets_from_due_ms(&run.outs, DELAY_MS)
         .iter()
@@ -211,17 +211,17 @@ fn a_reorder_buffer_smaller_than_the_delay_plays_early_by_default() {
 fn a_full_reorder_buffer_with_drop_oldest_keeps_the_pacing_and_counts_the_drops() {
     const DELAY_MS: i64 = 1000;
     let run = bursty_run(&format!(
-        "playout-delay={DELAY_MS} max-frames={WINDOW} queue-policy=drop-oldest"
+        "playout-delay={DELAY_MS} max-queue={WINDOW} queue-policy=drop-oldest"
     ));
-    report("max-frames 17, drop-oldest", &run);
+    report("max-queue 17, drop-oldest", &run);
 
     assert_in_order(&run.outs);
     let (frames, missing, dropped) = (
-        stat(&run.stats, "frames"),
+        stat(&run.stats, "frames-out"),
         stat(&run.stats, "missing"),
-        stat(&run.stats, "dropped"),
+        stat(&run.stats, "dropped-overflow"),
     );
-    assert_eq!(stat(&run.stats, "overflow"), 0, "{}", run.stats);
+    assert_eq!(stat(&run.stats, "played-early"), 0, "{}", run.stats);
     assert!(dropped > 0, "{}", run.stats);
     assert!(missing >= dropped, "each drop is a gap: {}", run.stats);
     assert_eq!(frames + missing, FRAMES, "{}", run.stats);

@@ -9,8 +9,8 @@ mod scaleout_util;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstzmqmsgpack::scaleout::wire::{self, JobFrame, PrimaryMsg, Ready, WorkerMsg};
-use gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list;
+use gstzmqsink::scaleout::wire::{self, JobFrame, PrimaryMsg, Ready, WorkerMsg};
+use gstzmqsink::scaleout::zmqdispatchsink::worker_list;
 use i2i_core::protocol;
 use scaleout_util::*;
 
@@ -32,7 +32,7 @@ fn a_slow_worker_takes_only_its_share() {
         ),
         "sync=false",
         // At about 1000 frames/s, a second of delay holds up to 1000 frames.
-        "playout-delay=1000 max-frames=2000",
+        "playout-delay=1000 max-queue=2000",
     );
     let (d, c) = (primary.dispatch_endpoint(), primary.collect_endpoint());
     let fast = worker_pipeline(&d, &c, "fast", "videoflip method=vertical-flip");
@@ -71,8 +71,9 @@ fn a_slow_worker_takes_only_its_share() {
 #[test]
 fn workers_follow_a_restarted_primary() {
     init();
-    let dispatch = format!("tcp://127.0.0.1:{}", free_port());
-    let collect = format!("tcp://127.0.0.1:{}", free_port());
+    let [dispatch, collect] = free_ports::<2>();
+    let dispatch = format!("tcp://127.0.0.1:{dispatch}");
+    let collect = format!("tcp://127.0.0.1:{collect}");
     let source =
         "videotestsrc num-buffers=40 ! video/x-raw,width=32,height=32,framerate=200/1 ! jpegenc";
     let worker = worker_pipeline(&dispatch, &collect, "w", "videoflip method=clockwise");
@@ -117,7 +118,7 @@ fn drop_oldest_keeps_the_queue_bounded_without_workers() {
     let stats = d.property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null).unwrap();
     assert_eq!(stats.get::<u64>("queued").unwrap(), 100, "{stats}");
-    assert_eq!(stats.get::<u64>("dropped").unwrap(), 92, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-overflow").unwrap(), 92, "{stats}");
     assert_eq!(stats.get::<u64>("dispatched").unwrap(), 0, "{stats}");
 }
 
@@ -158,8 +159,12 @@ fn block_policy_loses_nothing_before_the_first_worker() {
         primary.collect_stats()
     );
     let stats = primary.dispatch_stats();
-    assert_eq!(stats.get::<u64>("dropped").unwrap(), 0, "{stats}");
-    assert_eq!(stats.get::<u64>("undelivered").unwrap(), 0, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-overflow").unwrap(), 0, "{stats}");
+    assert_eq!(
+        stats.get::<u64>("dropped-undelivered").unwrap(),
+        0,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -178,7 +183,7 @@ fn block_policy_holds_the_source_and_stopping_releases_it() {
     // No worker joined yet: the source is held before anything is queued.
     let stats = d.property::<gst::Structure>("stats");
     assert_eq!(stats.get::<u64>("queued").unwrap(), 0, "{stats}");
-    assert_eq!(stats.get::<u64>("dropped").unwrap(), 0, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-overflow").unwrap(), 0, "{stats}");
     let t0 = Instant::now();
     pipeline.set_state(gst::State::Null).unwrap();
     assert!(
@@ -201,7 +206,7 @@ fn collector_restores_order_at_the_source_pace_and_counts_losses() {
     .unwrap();
     let c = pipeline.by_name("c").unwrap();
     let outs = play_recording(&pipeline);
-    let endpoint = c.property::<Option<String>>("bound-endpoint").unwrap();
+    let endpoint = c.property::<Option<String>>("last-endpoint").unwrap();
     let ctx = zmq::Context::new();
     let push = ctx.socket(zmq::PUSH).unwrap();
     push.connect(&endpoint).unwrap();
@@ -243,9 +248,9 @@ fn collector_restores_order_at_the_source_pace_and_counts_losses() {
         );
     }
     assert_eq!(stats.get::<u64>("missing").unwrap(), 1, "{stats}");
-    assert_eq!(stats.get::<u64>("late").unwrap(), 1, "{stats}");
-    assert_eq!(stats.get::<u64>("malformed").unwrap(), 1, "{stats}");
-    assert_eq!(stats.get::<u64>("not-jpeg").unwrap(), 1, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-late").unwrap(), 1, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-malformed").unwrap(), 1, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-not-jpeg").unwrap(), 1, "{stats}");
 }
 
 #[test]
@@ -257,7 +262,7 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     let dir = std::env::temp_dir().join(unique("frames"));
     std::fs::create_dir_all(&dir).unwrap();
     let pipeline = gst::parse::launch(&format!(
-        "zmqworkersrc name=w endpoint={} batch-size=2 heartbeat-interval=50 worker-name=box \
+        "zmqworkersrc name=w endpoint={} batch-size=2 heartbeat-interval=50 client-name=box \
          frame-folder={} ! jpegdec ! appsink name=out sync=false",
         primary.endpoint,
         dir.display()
@@ -363,9 +368,13 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
             (13, Some(1_700_000_000_080)),
         ]
     );
-    assert_eq!(stats.get::<u64>("malformed").unwrap(), 1, "{stats}");
-    assert_eq!(stats.get::<u64>("not-jpeg").unwrap(), 1, "{stats}");
-    assert_eq!(stats.get::<u64>("missing-file").unwrap(), 1, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-malformed").unwrap(), 1, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped-not-jpeg").unwrap(), 1, "{stats}");
+    assert_eq!(
+        stats.get::<u64>("dropped-missing-file").unwrap(),
+        1,
+        "{stats}"
+    );
     assert_eq!(stats.get::<u64>("sessions").unwrap(), 1, "{stats}");
     assert_eq!(stats.get::<u64>("drains").unwrap(), 1, "{stats}");
 }
@@ -403,7 +412,7 @@ fn dispatcher_sends_whole_batches_on_credit_only() {
     .unwrap();
     let d = pipeline.by_name("d").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let endpoint = d.property::<Option<String>>("bound-endpoint").unwrap();
+    let endpoint = d.property::<Option<String>>("last-endpoint").unwrap();
     let (_ctx, w) = fake_worker(&endpoint);
 
     ready(&w, 0, 0, 0, 4);
@@ -501,7 +510,7 @@ fn with_curve_strangers_get_no_frames_and_push_none_in() {
     let worker_desc = |name: &str| {
         let keys = format!("curve-key={} curve-server-key={server}", secret(name));
         format!(
-            "zmqworkersrc name=src endpoint={d} worker-name={name} heartbeat-interval=100 {keys} \
+            "zmqworkersrc name=src endpoint={d} client-name={name} heartbeat-interval=100 {keys} \
              ! jpegdec ! videoflip method=horizontal-flip ! jpegenc \
              ! zmqmsgpacksink endpoint={c} bind=false socket-type=push sync=false {keys}"
         )
@@ -564,7 +573,11 @@ fn with_curve_strangers_get_no_frames_and_push_none_in() {
     let indices: Vec<u64> = outs.iter().map(|o| o.index).collect();
     let cstats = primary.collect_stats();
     assert_eq!(indices, (0..N).collect::<Vec<_>>(), "{cstats}");
-    assert_eq!(cstats.get::<u64>("not-jpeg").unwrap(), 1, "{cstats}");
+    assert_eq!(
+        cstats.get::<u64>("dropped-not-jpeg").unwrap(),
+        1,
+        "{cstats}"
+    );
     assert!(cstats.get::<u64>("refused").unwrap() >= 2, "{cstats}");
     let dstats = primary.dispatch_stats();
     assert!(dstats.get::<u64>("refused").unwrap() >= 1, "{dstats}");

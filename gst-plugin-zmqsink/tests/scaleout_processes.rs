@@ -11,7 +11,7 @@ mod scaleout_util;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use gstzmqmsgpack::scaleout::zmqdispatchsink::worker_list;
+use gstzmqsink::scaleout::zmqdispatchsink::worker_list;
 use scaleout_util::*;
 
 const FRAMES: u64 = 1000;
@@ -98,7 +98,7 @@ fn check(run: &Run) -> Vec<u64> {
     );
     assert_eq!(outs.first().unwrap().index, 0);
     assert_eq!(
-        run.cstats.get::<u64>("late").unwrap(),
+        run.cstats.get::<u64>("dropped-late").unwrap(),
         0,
         "no frame arrived later than the playout delay"
     );

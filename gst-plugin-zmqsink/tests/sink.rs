@@ -236,7 +236,7 @@ fn push_waits_for_a_slow_puller_then_goes_on() {
                 ("bind", "false"),
                 ("endpoint", &ep),
                 ("send-hwm", "1"),
-                ("linger", "0"),
+                ("linger-timeout", "0"),
             ]);
             tx.send(sink).unwrap();
             h.set_src_caps_str("image/jpeg");
@@ -244,7 +244,7 @@ fn push_waits_for_a_slow_puller_then_goes_on() {
                 h.push(jpeg_buffer(&frame, Some(i as u64), None)).unwrap();
                 pushed.fetch_add(1, Ordering::SeqCst);
             }
-            // Returned, not dropped: stopping with linger=0 would discard frames still queued.
+            // Returned, not dropped: stopping with linger-timeout=0 would discard frames still queued.
             h
         })
     };
@@ -284,7 +284,7 @@ fn state_change_ends_a_blocked_push() {
         let (mut h, sink) = sink_harness(&[
             ("socket-type", "push"),
             ("endpoint", "tcp://127.0.0.1:*"),
-            ("linger", "0"),
+            ("linger-timeout", "0"),
         ]);
         tx.send(sink).unwrap();
         h.set_src_caps_str("image/jpeg");
@@ -453,7 +453,7 @@ fn a_push_blocked_across_pause_and_resume_still_delivers() {
         let (mut h, sink) = sink_harness(&[
             ("socket-type", "push"),
             ("endpoint", "tcp://127.0.0.1:*"),
-            ("linger", "0"),
+            ("linger-timeout", "0"),
         ]);
         tx.send(sink).unwrap();
         h.set_src_caps_str("image/jpeg");

@@ -93,7 +93,7 @@ fn a_push_sink_without_a_reader_ends_on_the_first_sigint() {
             "jpegenc",
             "!",
         ])
-        .args(["zmqmsgpacksink", "socket-type=push", "linger=0"])
+        .args(["zmqmsgpacksink", "socket-type=push", "linger-timeout=0"])
         .arg(format!("endpoint=tcp://127.0.0.1:{port}"));
     let (child, rx) = start_playing(cmd);
     // The limit is generous for a loaded machine; the figure is printed.
@@ -106,12 +106,13 @@ fn a_push_sink_without_a_reader_ends_on_the_first_sigint() {
 #[test]
 fn the_primary_script_without_workers_ends_on_the_first_sigint() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/primary.sh");
+    let [dispatch, collect, output] = free_ports::<3>();
     let mut cmd = Command::new("bash");
     cmd.arg(script)
         .args(["--test", "--size", "64x48", "--fps", "30", "--no-settings"])
-        .args(["--dispatch-port", &free_port().to_string()])
-        .args(["--collect-port", &free_port().to_string()])
-        .args(["--output-port", &free_port().to_string()]);
+        .args(["--dispatch-port", &dispatch.to_string()])
+        .args(["--collect-port", &collect.to_string()])
+        .args(["--output-port", &output.to_string()]);
     let (child, rx) = start_playing(cmd);
     // SIGINT to the script's PID reaches gst-launch (the script execs it).
     let (took, out) = interrupt(child, rx, Duration::from_secs(15));

@@ -13,7 +13,7 @@ Side by side in the same run: the same chain without the transform (videoconvert
 the WebRTC part and the transform's part are both visible, and both against the frame interval.
 
     .venv/bin/python tests/python/webrtc_latency_bench.py [--seconds 20] [--fps 30] [--codec h264]
-        [--whep-codec h264|vp8|per-viewer] [--ts-offset MS]
+        [--whep-codec h264|vp8|per-viewer] [--whep-delay MS]
 """
 
 import argparse
@@ -80,7 +80,7 @@ def run(middle, label, args):
     tmp = tempfile.mkdtemp(prefix="i2i-webrtc-bench-")
     pages = Pages(tmp)
     gst = WebRtcPipeline(tmp, middle=middle, extra_sink=f"codec={args.whep_codec} "
-                         f"ts-offset={int(args.ts_offset * 1_000_000)}")
+                         f"playout-delay={args.whep_delay}")
     pub = view = None
     try:
         pub, view = chrome(f"{tmp}/pub"), chrome(f"{tmp}/view")
@@ -142,8 +142,8 @@ def main():
                     help="what the camera page publishes in")
     ap.add_argument("--whep-codec", default="vp8", choices=["h264", "vp8", "per-viewer"],
                     help="i2iwhepsink codec= (encoded once in H264 or VP8, or per viewer)")
-    ap.add_argument("--ts-offset", type=float, default=0,
-                    help="i2iwhepsink ts-offset in ms (river's fixed delay; it adds to both chains)")
+    ap.add_argument("--whep-delay", "--ts-offset", type=int, default=0,
+                    help="i2iwhepsink playout-delay in ms (river's fixed delay; it adds to both chains)")
     args = ap.parse_args()
     model = ROOT / "models" / "demo"
     base = run("videoconvert", "WHIP -> WHEP (no transform)", args)
@@ -151,7 +151,7 @@ def main():
                "WHIP -> i2itransform demo 512x512 -> WHEP", args)
     interval = 1000 / args.fps
     print(f"camera {args.fps} fps, {args.codec}, i2iwhepsink codec={args.whep_codec} "
-          f"ts-offset={args.ts_offset:g} ms, "
+          f"whep playout-delay={args.whep_delay} ms, "
           f"{args.seconds:.0f} s measured; frame interval {interval:.1f} ms")
     for r in (base, full):
         print(f"{r['label']:45s} p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  "

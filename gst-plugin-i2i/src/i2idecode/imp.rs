@@ -46,8 +46,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 /// Largest latent width or height taken (8192 pixels).
 const MAX_LATENT: usize = 1024;
-/// Latent frames waiting for the decoder before upstream blocks.
-const MAX_QUEUE: u32 = 4;
 /// Warnings about bad frames: at most one per this interval (the rest are counted).
 const WARN_INTERVAL: Duration = Duration::from_secs(2);
 /// The largest picture decoded by default: 2048 x 2048 (SDXL's 1024 x 1024 and a
@@ -59,6 +57,8 @@ struct Settings {
     model: Option<String>,
     /// No `engine-cache-dir`: the decoder is not built with TensorRT engines cached.
     runtime: RuntimeSettings,
+    /// No `resize-mode`: latents are decoded at their own size.
+    stream: StreamSettings,
     max_pixels: u64,
 }
 
@@ -67,8 +67,19 @@ impl Default for Settings {
         Settings {
             model: None,
             runtime: RuntimeSettings::default(),
+            stream: default_stream(),
             max_pixels: DEFAULT_MAX_PIXELS,
         }
+    }
+}
+
+/// Every frame is decoded by default (a slow decoder makes upstream wait), and the stats
+/// are posted at EOS only.
+fn default_stream() -> StreamSettings {
+    StreamSettings {
+        drop_frames: DropFrames::Never,
+        stats_interval_ms: 0,
+        ..StreamSettings::default()
     }
 }
 
@@ -214,15 +225,8 @@ impl InferElement for I2iDecode {
         &self.base
     }
 
-    /// Every frame is decoded (a slow decoder makes upstream wait); stats are posted at
-    /// EOS only.
     fn stream_settings(&self) -> StreamSettings {
-        StreamSettings {
-            max_queue: MAX_QUEUE,
-            drop_frames: DropFrames::Never,
-            stats_interval_ms: 0,
-            ..Default::default()
-        }
+        self.settings.lock().unwrap().stream
     }
 
     fn latency_settings(&self) -> LatencySettings {
@@ -245,6 +249,8 @@ impl InferElement for I2iDecode {
         };
         b.field("avg-decode-ms", avg)
             .field("dropped-oversize", s.extra.dropped_oversize)
+            // Every drop is in the sum, this element's own reason too.
+            .field("dropped", s.dropped() + s.extra.dropped_oversize)
     }
 
     fn load(&self) -> Result<(), gst::StateChangeError> {
@@ -483,7 +489,7 @@ impl I2iDecode {
     fn bad_frame(&self, intake: &mut Intake, what: String) {
         self.drop_frame(intake, what, |s| {
             s.frames_invalid += 1;
-            ("frames-invalid", s.frames_invalid)
+            ("dropped-invalid", s.frames_invalid)
         });
     }
 
@@ -526,8 +532,15 @@ impl ObjectImpl for I2iDecode {
             ]
             .into_iter()
             .chain(RuntimeSettings::param_specs(false))
+            // No `provider`: the decoder loads at the first caps and does not report it.
+            .chain(
+                default_stream()
+                    .param_specs_from(I2iDecode::STATS_NAME, false)
+                    .into_iter()
+                    .filter(|p| p.name() != "provider"),
+            )
             .chain([stats_param_spec(
-                "avg-decode-ms; frames-invalid counts payloads not matching the caps, dropped-oversize frames over max-pixels; posted as i2idecode-stats at EOS",
+                "avg-decode-ms; dropped-invalid counts payloads not matching the caps, dropped-oversize frames over max-pixels",
             )])
             .collect()
         });
@@ -541,6 +554,12 @@ impl ObjectImpl for I2iDecode {
         }
         let mut s = self.settings.lock().unwrap();
         if s.runtime.set_property(name, value) {
+            return;
+        }
+        if s.stream.set_property(name, value) {
+            let stream = s.stream;
+            drop(s);
+            self.stream_settings_changed(&stream);
             return;
         }
         match name {
@@ -557,6 +576,9 @@ impl ObjectImpl for I2iDecode {
         }
         let s = self.settings.lock().unwrap();
         if let Some(v) = s.runtime.property(name) {
+            return v;
+        }
+        if let Some(v) = s.stream.property(name) {
             return v;
         }
         match name {

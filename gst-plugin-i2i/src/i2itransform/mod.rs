@@ -13,6 +13,29 @@
 //! `settings`, takes `application/x-i2i-settings` JSON updates applied at the next batch.
 //! Request pads `control_%u` feed the ControlNets of a ControlNet model (`control.rs`).
 
+/**
+ * SECTION:element-i2itransform
+ * @see_also: settingssrc, i2idecode, onnxtransform
+ *
+ * StreamDiffusion-style diffusion image-to-image on ONNX Runtime (CPU, CUDA or TensorRT):
+ * each frame is transformed at `width` x `height` by the model in `model` (a diffusers ONNX
+ * folder), steered by `prompt`, `seed`, `t-index-list` and the guidance settings, which may
+ * change while it plays (directly, or as JSON on its `settings` pad from `settingssrc`), with
+ * `transition-frames` of smooth change. Inference runs on its own thread behind a queue of
+ * `max-queue` frames; on live input the oldest frame is dropped to keep up (`drop-frames`).
+ * ControlNet models take control pictures on `control_%u` pads or made from the frame. Stats
+ * every `stats-interval` as `i2itransform-stats` messages. See docs/element.md.
+ *
+ * ## Example launch line
+ *
+ * ```shell
+ * gst-launch-1.0 v4l2src ! videoconvert \
+ *   ! i2itransform model=models/demo prompt="a neon sunset over the ocean" \
+ *   ! videoconvert ! autovideosink
+ * ```
+ *
+ * A camera, transformed live.
+ */
 use gst::glib;
 use gst::prelude::*;
 

@@ -31,6 +31,14 @@ use super::props::{DEFAULT_MAX_QUEUE, StreamSettings};
 use super::queue::{BoundedQueue, QueueItem};
 use super::stats::Stats;
 
+/// The stats fields renamed for the one vocabulary, (old, new): still filled under the old
+/// names for one release (docs/properties.md).
+const RENAMED_STATS: &[(&str, &str)] = &[
+    ("frames-dropped", "dropped-flush"),
+    ("frames-late", "dropped-late"),
+    ("frames-invalid", "dropped-invalid"),
+];
+
 /// The state every inference element keeps, shared between its threads.
 pub struct InferBase<T: InferElement> {
     pub sinkpad: gst::Pad,
@@ -272,15 +280,18 @@ pub trait InferStats: InferElement {
         let b = gst::Structure::builder(Self::STATS_NAME)
             .field("frames-in", s.frames_in)
             .field("frames-out", s.frames_out)
-            .field("frames-dropped", s.frames_dropped)
-            .field("frames-late", s.frames_late)
-            .field("frames-invalid", s.frames_invalid)
+            .field("dropped", s.dropped())
+            .field("dropped-flush", s.frames_dropped)
+            .field("dropped-late", s.frames_late)
+            .field("dropped-invalid", s.frames_invalid)
             .field("batches", s.batches)
             .field("avg-inference-ms", ms(s.inference_estimate()))
             .field("first-inference-ms", ms(s.first_inference))
             .field("queued", queued)
             .field("provider", s.provider.unwrap_or(""));
-        self.stats_fields(b, &s).build()
+        let mut st = self.stats_fields(b, &s).build();
+        i2i_compat::with_old_fields(&mut st, RENAMED_STATS);
+        st
     }
 
     /// Posts what runs, for gst-launch-1.0 -m and applications: the `<element>-started`

@@ -171,21 +171,27 @@ impl StreamSettings {
     /// `max-queue`, `drop-frames`, `resize-mode`, `stats-interval` (of the messages named
     /// `stats_name`) and the read-only `provider`.
     pub fn param_specs(stats_name: &str) -> Vec<glib::ParamSpec> {
-        vec![
+        StreamSettings::default().param_specs_from(stats_name, true)
+    }
+
+    /// The same with these settings as the defaults, and `resize-mode` only when the
+    /// element resizes its input (`i2idecode` takes latents at their own size).
+    pub fn param_specs_from(&self, stats_name: &str, resize_mode: bool) -> Vec<glib::ParamSpec> {
+        let mut specs = vec![
             glib::ParamSpecUInt::builder("max-queue")
                 .nick("Max queue")
                 .blurb("Frames waiting for inference before upstream blocks")
                 .minimum(1)
                 .maximum(1024)
-                .default_value(DEFAULT_MAX_QUEUE)
+                .default_value(self.max_queue)
                 .mutable_playing()
                 .build(),
-            glib::ParamSpecEnum::builder_with_default("drop-frames", DropFrames::Auto)
+            glib::ParamSpecEnum::builder_with_default("drop-frames", self.drop_frames)
                 .nick("Drop frames")
-                .blurb("When frames come faster than inference: drop the oldest waiting frame so latency stays bounded (counted in stats frames-late, posted as QoS messages), or keep every frame and make upstream wait (latency grows on live input). auto drops on live sources only")
+                .blurb("When frames come faster than inference: drop the oldest waiting frame so latency stays bounded (counted in stats dropped-late, posted as QoS messages), or keep every frame and make upstream wait (latency grows on live input). auto drops on live sources only")
                 .mutable_playing()
                 .build(),
-            glib::ParamSpecEnum::builder_with_default("resize-mode", ResizeMode::Stretch)
+            glib::ParamSpecEnum::builder_with_default("resize-mode", self.resize_mode)
                 .nick("Resize mode")
                 .blurb("How the input fills the model size: stretch (aspect ratio not kept), crop (fill, cutting what sticks out) or fit (whole picture, black borders)")
                 .mutable_ready()
@@ -194,7 +200,7 @@ impl StreamSettings {
                 .nick("Stats interval")
                 .blurb(&format!("Milliseconds between {stats_name} element messages (the stats property's structure; gst-launch-1.0 -m shows them), also posted at EOS; 0 = only at EOS"))
                 .maximum(3_600_000)
-                .default_value(DEFAULT_STATS_INTERVAL_MS)
+                .default_value(self.stats_interval_ms)
                 .mutable_playing()
                 .build(),
             glib::ParamSpecString::builder("provider")
@@ -202,7 +208,11 @@ impl StreamSettings {
                 .blurb("The execution provider actually running (after start)")
                 .read_only()
                 .build(),
-        ]
+        ];
+        if !resize_mode {
+            specs.retain(|p| p.name() != "resize-mode");
+        }
+        specs
     }
 
     /// Takes `value` when `name` is one of these properties (the element then tells its
@@ -232,7 +242,7 @@ impl StreamSettings {
 }
 
 /// The fields every inference element's stats structure has.
-const STATS_FIELDS: &str = "frames-in, frames-out, frames-dropped (flush), frames-late (dropped to keep up with live input), frames-invalid, batches, avg-inference-ms, first-inference-ms, queued, provider";
+const STATS_FIELDS: &str = "frames-in, frames-out, dropped (sum of dropped-flush: at a flush or stop, dropped-late: to keep up with live input, dropped-invalid: buffers not matching their caps), batches, avg-inference-ms, first-inference-ms, queued, provider";
 
 /// The read-only `stats` property: the base's fields, then the element's `extra` ones.
 pub fn stats_param_spec(extra: &str) -> glib::ParamSpec {
@@ -332,6 +342,18 @@ mod tests {
         for p in StreamSettings::param_specs("x-stats") {
             if p.name() != "provider" {
                 same(&p, stream.property(p.name()).unwrap());
+            }
+        }
+        let decoder = StreamSettings {
+            drop_frames: DropFrames::Never,
+            stats_interval_ms: 0,
+            ..StreamSettings::default()
+        };
+        let specs = decoder.param_specs_from("x-stats", false);
+        assert!(!specs.iter().any(|p| p.name() == "resize-mode"));
+        for p in specs {
+            if p.name() != "provider" {
+                same(&p, decoder.property(p.name()).unwrap());
             }
         }
     }

@@ -40,6 +40,13 @@ pub struct Stats<X> {
     pub extra: X,
 }
 
+impl<X> Stats<X> {
+    /// Every frame dropped: the `dropped` of the stats structure.
+    pub fn dropped(&self) -> u64 {
+        self.frames_dropped + self.frames_late + self.frames_invalid
+    }
+}
+
 impl<X: Default> Stats<X> {
     /// Fresh counters for a model that just loaded.
     pub fn started(provider: &'static str, batch_size: usize, latency_frames: usize) -> Self {

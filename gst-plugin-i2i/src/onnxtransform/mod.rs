@@ -14,6 +14,25 @@
 //! Threads, queues, batching, execution providers, the live drop policy and the stats are
 //! those of `i2itransform` (shared in [`crate::infer`]).
 
+/**
+ * SECTION:element-onnxtransform
+ * @see_also: i2itransform
+ *
+ * Any image-to-image ONNX model (style transfer, super-resolution, colour grading, depth or
+ * matting with one image output) on the video: NCHW or NHWC, float32, float16 or uint8, a fixed
+ * or dynamic size; scale, mean, std and channel order from the properties or `model.json`
+ * next to the model. The queue, batching, execution providers, live drop policy and stats are
+ * `i2itransform`'s. See docs/onnxtransform.md.
+ *
+ * ## Example launch line
+ *
+ * ```shell
+ * gst-launch-1.0 videotestsrc ! videoconvert \
+ *   ! onnxtransform model=models/style-tiny/model.onnx ! videoconvert ! autovideosink
+ * ```
+ *
+ * A style-transfer model on a test picture.
+ */
 use gst::glib;
 use gst::prelude::*;
 

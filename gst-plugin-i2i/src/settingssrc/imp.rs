@@ -22,6 +22,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
+use i2i_compat::{Alias, Deprecations};
 
 use i2i_core::curve::{ElementCurve, KeyPair, Warn};
 use i2i_core::rate_limit::{RateLimit, with_held};
@@ -43,6 +44,18 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("i2i live settings source"),
     )
 });
+
+/// Renamed properties whose old names still work for one release (docs/properties.md).
+pub(crate) const RENAMED: &[Alias] = &[Alias {
+    old: "report-name",
+    new: "client-name",
+}];
+
+/// Renamed stats fields, (old, new), still filled under the old names for one release.
+const RENAMED_STATS: &[(&str, &str)] = &[
+    ("local-endpoint", "last-endpoint"),
+    ("reports-dropped", "dropped-reports"),
+];
 
 const DEFAULT_ENDPOINT: &str = "tcp://localhost:5556";
 const DEFAULT_BIND: bool = false;
@@ -244,6 +257,7 @@ impl Drop for Receiver {
 }
 
 pub struct SettingsSrc {
+    deprecations: Deprecations,
     settings: Mutex<Settings>,
     /// `curve-key`, `curve-server-key`, `curve-allow` and, while running, the CURVE link.
     curve: ElementCurve,
@@ -254,6 +268,7 @@ pub struct SettingsSrc {
 impl Default for SettingsSrc {
     fn default() -> Self {
         SettingsSrc {
+            deprecations: Deprecations::default(),
             settings: Mutex::new(Settings::default()),
             curve: ElementCurve::default(),
             shared: Arc::new((Mutex::new(Shared::default()), Condvar::new())),
@@ -276,7 +291,7 @@ impl ObjectSubclass for SettingsSrc {
 impl ObjectImpl for SettingsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            let mut v = vec![
+            let mut specs = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
                     .blurb(&format!(
@@ -303,29 +318,37 @@ impl ObjectImpl for SettingsSrc {
                     .default_value(DEFAULT_MIN_PUSH_INTERVAL_MS)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecString::builder("report-name")
-                    .nick("Report name")
+                glib::ParamSpecString::builder("client-name")
+                    .nick("Client name")
                     .blurb("How this transform is named in the applied and refused reports the settings holder shows (e.g. worker-3); default: the downstream element's name, the host and the process id (i2i@stage-left/4242)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("last-endpoint")
+                    .nick("Last endpoint")
+                    .blurb("The endpoint actually bound (with the port ZeroMQ picked for tcp://HOST:*) or connected")
+                    .read_only()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, local-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt)")
+                    .blurb("received, snapshots, commands, rejected, refused, pushed, coalesced, warnings-suppressed, epoch, seq, last-error, last-endpoint (as bound, with the chosen port), reported (applied-settings reports sent to i2i-prompt), dropped-reports (given up: no connection to the holder in time, or too many waiting)")
                     .read_only()
                     .build(),
             ];
-            v.extend(ElementCurve::param_specs("settings publishers"));
-            v
+            specs.extend(ElementCurve::param_specs("settings publishers"));
+            i2i_compat::param_specs(specs, RENAMED)
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if self.curve.set_property(pspec.name(), value) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if self.curve.set_property(name, value) {
             return;
         }
         let mut s = lock(&self.settings);
-        match pspec.name() {
+        match name {
             "endpoint" => {
                 s.endpoint = value
                     .get::<Option<String>>()
@@ -340,25 +363,32 @@ impl ObjectImpl for SettingsSrc {
                 // A shorter interval may let a waiting update go now.
                 self.shared.1.notify_all();
             }
-            "report-name" => s.report_name = non_empty(value),
+            "client-name" => s.report_name = non_empty(value),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        if let Some(v) = self.curve.property(pspec.name()) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if let Some(v) = self.curve.property(name) {
             return v;
         }
         let s = lock(&self.settings);
-        match pspec.name() {
+        match name {
             "endpoint" => s.endpoint.to_value(),
             "bind" => s.bind.to_value(),
             "socket-type" => s.socket_type.to_value(),
             "min-push-interval" => s.min_push_interval_ms.to_value(),
-            "report-name" => s.report_name.to_value(),
+            "client-name" => s.report_name.to_value(),
+            "last-endpoint" => {
+                let e = lock(&self.shared.0).stats.local_endpoint.clone();
+                Some(e).filter(|e| !e.is_empty()).to_value()
+            }
             "stats" => {
                 let st = lock(&self.shared.0).stats.clone();
-                gst::Structure::builder("application/x-settingssrc-stats")
+                let mut stats = gst::Structure::builder("settingssrc-stats")
                     .field("received", st.received)
                     .field("snapshots", st.snapshots)
                     .field("commands", st.commands)
@@ -370,13 +400,14 @@ impl ObjectImpl for SettingsSrc {
                     .field("epoch", st.epoch)
                     .field("seq", st.seq)
                     .field("last-error", st.last_error.unwrap_or_default())
-                    .field("local-endpoint", st.local_endpoint)
+                    .field("last-endpoint", st.local_endpoint)
                     .field("reported", st.reported)
-                    .field("reports-dropped", st.reports_dropped)
-                    .build()
-                    .to_value()
+                    .field("dropped-reports", st.reports_dropped)
+                    .build();
+                i2i_compat::with_old_fields(&mut stats, RENAMED_STATS);
+                stats.to_value()
             }
-            _ => unreachable!("property {} is not registered", pspec.name()),
+            _ => unreachable!("property {name} is not registered"),
         }
     }
 
@@ -400,6 +431,14 @@ fn non_empty(value: &glib::Value) -> Option<String> {
 impl GstObjectImpl for SettingsSrc {}
 
 impl ElementImpl for SettingsSrc {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        self.deprecations.post_pending(&*self.obj());
+        self.parent_change_state(transition)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(
@@ -720,7 +759,7 @@ impl SettingsSrc {
 }
 
 impl SettingsSrc {
-    /// `report-name`, or the transform this element feeds (the peer of its src pad), the
+    /// `client-name`, or the transform this element feeds (the peer of its src pad), the
     /// host and the process id: several workers on one machine stay apart.
     fn report_name(&self) -> String {
         if let Some(n) = lock(&self.settings).report_name.clone() {

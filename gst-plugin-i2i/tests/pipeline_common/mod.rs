@@ -18,7 +18,7 @@ pub fn init() {
     INIT.call_once(|| {
         gst::init().unwrap();
         gsti2i::plugin_register_static().unwrap();
-        gstzmqmsgpack::plugin_register_static().unwrap();
+        gstzmqsink::plugin_register_static().unwrap();
     });
 }
 

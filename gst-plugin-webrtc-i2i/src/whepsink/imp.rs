@@ -3,8 +3,8 @@
 //! `... ! i2itransform ! i2iwhepsink` serves the transformed video to browsers over WHEP.
 //!
 //! What it adds to `whepserversink`:
-//! - `ts-offset`: river's fixed timestamp offset on the output side. A `clocksync` in front of
-//!   the WHEP sink releases each frame at its capture running time plus the offset, so the
+//! - `playout-delay`: river's fixed timestamp offset on the output side. A `clocksync` in front
+//!   of the WHEP sink releases each frame at its capture running time plus the delay, so the
 //!   viewers get the frames with their original spacing and one fixed, known delay; a frame
 //!   whose transform took longer than the offset goes out at once (late, counted by clocksync's
 //!   QoS messages). A queue in front of it holds the frames in flight meanwhile (up to the
@@ -39,6 +39,7 @@
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+use i2i_compat::{Alias, Deprecations};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -55,7 +56,15 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_TS_OFFSET: u64 = 0;
-const MAX_TS_OFFSET: u64 = 10 * gst::ClockTime::SECOND.nseconds();
+const MAX_PLAYOUT_DELAY_MS: u32 = 10_000;
+const MAX_TS_OFFSET: u64 = MAX_PLAYOUT_DELAY_MS as u64 * gst::ClockTime::MSECOND.nseconds();
+
+/// Renamed properties whose old names still work for one release (docs/properties.md):
+/// `ts-offset` (ns) is `playout-delay` (ms), its own ParamSpec for its unit.
+pub(crate) const RENAMED: &[Alias] = &[Alias {
+    old: "ts-offset",
+    new: "playout-delay",
+}];
 const DEFAULT_BITRATE: u32 = 2000;
 const MIN_BITRATE: u32 = 100;
 const MAX_BITRATE: u32 = 50_000;
@@ -157,6 +166,7 @@ struct Viewers {
 
 #[derive(Default)]
 pub struct WhepSink {
+    deprecations: Deprecations,
     settings: Mutex<Settings>,
     chain: Mutex<Option<Chain>>,
     ghost: Mutex<Option<gst::GhostPad>>,
@@ -200,6 +210,16 @@ impl endpoint::Events for Events {
 }
 
 impl WhepSink {
+    /// Warns once per element for an old property name (`ts-offset`, whose unit changed,
+    /// is handled by the callers).
+    fn warn_renamed(&self, name: &str) {
+        if let Some(a) = RENAMED.iter().find(|a| a.old == name) {
+            let instead = format!("use {} (ms)", a.new);
+            self.deprecations
+                .warn_once(&*self.obj(), *CAT, a.old, &instead);
+        }
+    }
+
     /// Video encoders running for the viewers now.
     fn encoders(&self) -> u32 {
         let once = self
@@ -536,12 +556,20 @@ impl ObjectImpl for WhepSink {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             let mut specs = endpoint::EndpointSettings::param_specs(Kind::Whep);
             specs.extend([
+                glib::ParamSpecUInt::builder("playout-delay")
+                    .nick("Playout delay")
+                    .blurb("Milliseconds added to every frame's timestamp (river's offset): the video keeps its timing with this fixed delay, and frames may take this long before they are late")
+                    .maximum(MAX_PLAYOUT_DELAY_MS)
+                    .default_value((DEFAULT_TS_OFFSET / 1_000_000) as u32)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt64::builder("ts-offset")
                     .nick("Timestamp offset")
-                    .blurb("Nanoseconds added to every frame's timestamp (river's offset): the video keeps its timing with this fixed delay, and frames may take this long before they are late")
+                    .blurb("Deprecated: use playout-delay (in ms; this one is in ns)")
                     .maximum(MAX_TS_OFFSET)
                     .default_value(DEFAULT_TS_OFFSET)
                     .mutable_playing()
+                    .deprecated()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("codec", Codec::default())
                     .nick("Codec")
@@ -591,13 +619,18 @@ impl ObjectImpl for WhepSink {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        self.warn_renamed(pspec.name());
         let mut settings = self.settings.lock().unwrap();
         if settings.endpoint.set(pspec.name(), value) {
             return;
         }
         match pspec.name() {
-            "ts-offset" => {
-                settings.ts_offset = value.get().unwrap_or(DEFAULT_TS_OFFSET);
+            name @ ("playout-delay" | "ts-offset") => {
+                settings.ts_offset = if name == "ts-offset" {
+                    value.get().unwrap_or(DEFAULT_TS_OFFSET)
+                } else {
+                    u64::from(value.get::<u32>().unwrap_or(0)) * 1_000_000
+                };
                 if let Some(chain) = self.chain.lock().unwrap().as_ref() {
                     apply_offset(&chain.hold, &chain.clocksync, settings.ts_offset);
                 }
@@ -625,11 +658,13 @@ impl ObjectImpl for WhepSink {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        self.warn_renamed(pspec.name());
         let settings = self.settings.lock().unwrap();
         if let Some(value) = settings.endpoint.get(pspec.name()) {
             return value;
         }
         match pspec.name() {
+            "playout-delay" => ((settings.ts_offset / 1_000_000) as u32).to_value(),
             "ts-offset" => settings.ts_offset.to_value(),
             "codec" => settings.codec.to_value(),
             "bitrate" => settings.bitrate.to_value(),
@@ -690,7 +725,7 @@ impl ElementImpl for WhepSink {
 
     /// The pipeline's latency is not waited for here: the viewers have jitter buffers of
     /// their own, so each frame goes out as soon as it arrives (or at capture time plus
-    /// `ts-offset`). Left to webrtcsink, its inner sinks would hold every frame for the whole
+    /// `playout-delay`). Left to webrtcsink, its inner sinks would hold every frame for the whole
     /// upstream latency (the publisher's 200 ms jitter buffer with `i2iwhipsrc`).
     fn query(&self, query: &mut gst::QueryRef) -> bool {
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
@@ -704,6 +739,7 @@ impl ElementImpl for WhepSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        self.deprecations.post_pending(&*self.obj());
         if transition == gst::StateChange::NullToReady && self.chain.lock().unwrap().is_none() {
             self.build_inner().map_err(|msg| {
                 gst::element_imp_error!(self, gst::CoreError::MissingPlugin, ("{msg}"));
@@ -732,7 +768,7 @@ impl ElementImpl for WhepSink {
 impl BinImpl for WhepSink {}
 
 /// The offset as clocksync wants it: synchronised only when there is an offset to keep, so that
-/// `ts-offset=0` adds no waiting at all. The queue in front holds the frames in flight during
+/// `playout-delay=0` adds no waiting at all. The queue in front holds the frames in flight during
 /// the offset (and 200 ms more), or one frame without an offset.
 fn apply_offset(hold: &gst::Element, clocksync: &gst::Element, offset: u64) {
     hold.set_property("max-size-bytes", 0u32);

@@ -12,7 +12,7 @@ pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().unwrap();
-        gstzmqmsgpack::plugin_register_static().expect("register zmqmsgpack");
+        gstzmqsink::plugin_register_static().expect("register the zmqsink plugin");
     });
 }
 

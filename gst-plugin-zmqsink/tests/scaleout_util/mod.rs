@@ -10,13 +10,13 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
-use gstzmqmsgpack::scaleout::wire;
+use gstzmqsink::scaleout::wire;
 
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         gst::init().expect("GStreamer initialises");
-        gstzmqmsgpack::plugin_register_static().expect("plugin registers");
+        gstzmqsink::plugin_register_static().expect("plugin registers");
     });
 }
 
@@ -71,7 +71,7 @@ pub fn record(appsink: &gst_app::AppSink) -> Arc<Mutex<Vec<Out>>> {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
                 o.lock().unwrap().push(Out {
-                    index: gstzmqmsgpack::frame_index::index_of(buffer).unwrap_or(u64::MAX),
+                    index: gstzmqsink::frame_index::index_of(buffer).unwrap_or(u64::MAX),
                     timestamp_ms: unix_ms_of(buffer),
                     arrived_us: unix_now_us(),
                     size: buffer.size(),
@@ -212,13 +212,13 @@ impl Primary {
 
     pub fn dispatch_endpoint(&self) -> String {
         self.dispatch
-            .property::<Option<String>>("bound-endpoint")
+            .property::<Option<String>>("last-endpoint")
             .expect("dispatcher bound")
     }
 
     pub fn collect_endpoint(&self) -> String {
         self.collect
-            .property::<Option<String>>("bound-endpoint")
+            .property::<Option<String>>("last-endpoint")
             .expect("collector bound")
     }
 
@@ -315,7 +315,7 @@ pub fn assert_in_order(outs: &[Out]) {
 /// encoding (e.g. "videoflip method=horizontal-flip").
 pub fn worker_pipeline(dispatch: &str, collect: &str, name: &str, middle: &str) -> gst::Pipeline {
     let desc = format!(
-        "zmqworkersrc name=src endpoint={dispatch} worker-name={name} heartbeat-interval=100 \
+        "zmqworkersrc name=src endpoint={dispatch} client-name={name} heartbeat-interval=100 \
          ! jpegdec ! {middle} ! jpegenc \
          ! zmqmsgpacksink endpoint={collect} bind=false socket-type=push sync=false"
     );
@@ -343,7 +343,9 @@ pub fn plugin_dir() -> PathBuf {
             .join("scaleout-test-plugins")
             .join(profile.file_name().expect("profile directory"));
         std::fs::create_dir_all(&dir).unwrap();
-        for lib in ["libgstzmqmsgpack.so", "libgsti2i.so"] {
+        // A copy under the library's old name would register the elements a second time.
+        let _ = std::fs::remove_file(dir.join("libgstzmqmsgpack.so"));
+        for lib in ["libgstzmqsink.so", "libgsti2i.so"] {
             let newest = [deps.join(lib), profile.join(lib)]
                 .into_iter()
                 .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
@@ -357,8 +359,8 @@ pub fn plugin_dir() -> PathBuf {
             std::fs::rename(&tmp, dir.join(lib)).unwrap();
         }
         assert!(
-            dir.join("libgstzmqmsgpack.so").exists(),
-            "no libgstzmqmsgpack.so in {} or {}: build the plugin (cargo build --release -p gst-plugin-zmqsink)",
+            dir.join("libgstzmqsink.so").exists(),
+            "no libgstzmqsink.so in {} or {}: build the plugin (cargo build --release -p gst-plugin-zmqsink)",
             deps.display(),
             profile.display()
         );
@@ -386,7 +388,7 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     pub fn spawn(dispatch: &str, collect: &str, name: &str, middle: &str) -> WorkerProcess {
         let desc = format!(
-            "zmqworkersrc name=src endpoint={dispatch} worker-name={name} heartbeat-interval=100 \
+            "zmqworkersrc name=src endpoint={dispatch} client-name={name} heartbeat-interval=100 \
              ! jpegdec ! {middle} ! jpegenc \
              ! zmqmsgpacksink endpoint={collect} bind=false socket-type=push sync=false"
         );
@@ -450,11 +452,16 @@ pub fn jpegs(n: usize) -> Vec<Vec<u8>> {
 
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` different free ports (each held until all are picked: the system may hand the
+/// same one out again once it is released).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Runs `pipeline` to PLAYING and returns the buffers of appsink `out` as they come.

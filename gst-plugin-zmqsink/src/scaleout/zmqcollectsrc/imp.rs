@@ -5,11 +5,11 @@
 //! `zmqmsgpacksink socket-type=push` connect, and puts each `[timestamp, index, jpg]` into
 //! a reorder buffer ([`crate::scaleout::playout`]). `create()` plays frame `i` at
 //! `timestamp_i + playout-delay`: indices strictly increase, the pacing is the source's,
-//! frames later than the delay are dropped (late) and frames that never came are skipped
-//! (missing), both counted in `stats` and reported on the bus at most once a second. The
-//! buffer holds at most `max-frames`; `queue-policy` says what a frame that finds it full
-//! does: play the oldest early (`overflow`) or drop the oldest or the arriving frame
-//! (`dropped`), reported likewise.
+//! frames later than the delay are dropped (`dropped-late`) and frames that never came are
+//! skipped (`missing`), both counted in `stats` and reported on the bus at most once a
+//! second. The buffer holds at most `max-queue`; `queue-policy` says what a frame that finds
+//! it full does: play the oldest early (`played-early`) or drop the oldest or the arriving
+//! frame (`dropped-overflow`), reported likewise.
 //! Each buffer keeps the frame's original time as a `timestamp/x-unix` reference meta, so
 //! a `zmqmsgpacksink` after it publishes the true entry time and `i2i-stats` shows the
 //! end-to-end latency. Results in the tensor form `[timestamp, index, payload, meta]`
@@ -34,6 +34,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
+use i2i_compat::{Alias, Deprecations};
 
 use super::{CollectLateStart, CollectQueuePolicy};
 use crate::latent::{self, LatentDrops, LatentPayload, LatentStream};
@@ -57,6 +58,32 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("Scale-out: results back in order at the source's pace"),
     )
 });
+
+/// Renamed properties whose old names still work for one release (docs/properties.md).
+pub(crate) const RENAMED: &[Alias] = &[
+    Alias {
+        old: "bound-endpoint",
+        new: "last-endpoint",
+    },
+    Alias {
+        old: "max-frames",
+        new: "max-queue",
+    },
+];
+
+/// Renamed stats fields, (old, new), still filled under the old names for one release.
+const RENAMED_STATS: &[(&str, &str)] = &[
+    ("received", "frames-in"),
+    ("frames", "frames-out"),
+    ("late", "dropped-late"),
+    ("duplicates", "dropped-duplicate"),
+    ("overflow", "played-early"),
+    ("discarded", "dropped-restart"),
+    ("malformed", "dropped-malformed"),
+    ("not-jpeg", "dropped-not-jpeg"),
+    ("too-large", "dropped-oversize"),
+    ("invalid-latents", "dropped-latent"),
+];
 
 const DEFAULT_ENDPOINT: &str = "tcp://*:5558";
 const DEFAULT_BIND: bool = true;
@@ -208,6 +235,7 @@ struct State {
 #[derive(Default)]
 pub struct ZmqCollectSrc {
     curve: ElementCurve,
+    deprecations: Deprecations,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
@@ -457,13 +485,13 @@ impl ZmqCollectSrc {
         }
         if now.dropped > reported.dropped {
             parts.push(format!(
-                "{} more dropped with the reorder buffer full (max-frames {max_frames}, queue-policy {policy})",
+                "{} more dropped with the reorder buffer full (max-queue {max_frames}, queue-policy {policy})",
                 now.dropped - reported.dropped
             ));
         }
         if now.overflow > reported.overflow {
             parts.push(format!(
-                "{} more played early with the reorder buffer full (max-frames {max_frames}, queue-policy {policy}; keep max-frames above fps x playout-delay)",
+                "{} more played early with the reorder buffer full (max-queue {max_frames}, queue-policy {policy}; keep max-queue above fps x playout-delay)",
                 now.overflow - reported.overflow
             ));
         }
@@ -507,8 +535,8 @@ impl ObjectImpl for ZmqCollectSrc {
                     .default_value(DEFAULT_BIND)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("bound-endpoint")
-                    .nick("Bound endpoint")
+                glib::ParamSpecString::builder("last-endpoint")
+                    .nick("Last endpoint")
                     .blurb("The endpoint actually bound or connected (with the port ZeroMQ picked for tcp://HOST:*)")
                     .read_only()
                     .build(),
@@ -519,8 +547,8 @@ impl ObjectImpl for ZmqCollectSrc {
                     .default_value(DEFAULT_PLAYOUT_DELAY_MS)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecUInt::builder("max-frames")
-                    .nick("Maximum frames")
+                glib::ParamSpecUInt::builder("max-queue")
+                    .nick("Maximum queue")
                     .blurb("Frames held for reordering, at most (keep it above fps x playout-delay); what happens beyond is queue-policy")
                     .minimum(1)
                     .maximum(100_000)
@@ -529,7 +557,7 @@ impl ObjectImpl for ZmqCollectSrc {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("queue-policy", DEFAULT_QUEUE_POLICY)
                     .nick("Queue policy")
-                    .blurb("When max-frames are held: play-early (the oldest play at once, nothing lost, counted as overflow), drop-newest (drop the arriving frame; a bound below fps x playout-delay then plays that share of the frames) or drop-oldest (drop the next frame to play; for a short excess only, below fps x playout-delay almost nothing plays); the drops keep the pacing and are counted as dropped")
+                    .blurb("When max-queue frames are held: play-early (the oldest play at once, nothing lost, counted as played-early), drop-newest (drop the arriving frame; a bound below fps x playout-delay then plays that share of the frames) or drop-oldest (drop the next frame to play; for a short excess only, below fps x playout-delay almost nothing plays); the drops keep the pacing and are counted as dropped-overflow")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("late-start", DEFAULT_LATE_START)
@@ -554,28 +582,31 @@ impl ObjectImpl for ZmqCollectSrc {
                 source_output::max_pixels_pspec(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("received, frames (output), late, duplicates, missing (from the dispatcher's first index when it is in this process), overflow (played early, buffer full), dropped (buffer full), restarts, discarded, start-lag-ms (how far late-start=shift moved the schedule), malformed, not-jpeg, too-large, invalid-latents (latent results refused, all reasons), dropped-kind (results of a kind downstream does not take: a JPEG before i2idecode), held, dropped-latent-size, dropped-latent-dtype, dropped-latent-shape, dropped-latent-meta (of invalid-latents: payload length, dtype, shape, meta refused; see zmqmsgpacksrc)")
+                    .blurb("frames-in (results received), frames-out, dropped (sum of dropped-late: later than playout-delay, dropped-duplicate, dropped-overflow: buffer full, dropped-restart: held when the source restarted its count, dropped-malformed, dropped-not-jpeg, dropped-oversize: over max-pixels, dropped-latent: latent results refused, all reasons, dropped-kind: results of a kind downstream does not take, a JPEG before i2idecode), missing (from the dispatcher's first index when it is in this process), played-early (buffer full, play-early), restarts, start-lag-ms (how far late-start=shift moved the schedule), refused (CURVE peers), held, dropped-latent-size, dropped-latent-dtype, dropped-latent-shape, dropped-latent-meta (of dropped-latent: payload length, dtype, shape, meta refused; see zmqmsgpacksrc)")
                     .read_only()
                     .build(),
             ];
             v.extend(ElementCurve::param_specs("workers"));
-            v
+            i2i_compat::param_specs(v, RENAMED)
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if self.curve.set_property(pspec.name(), value) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if self.curve.set_property(name, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "bind" => settings.bind = value.get().expect("type checked upstream"),
             "playout-delay" => {
                 settings.playout_delay_ms = value.get().expect("type checked upstream")
             }
-            "max-frames" => settings.max_frames = value.get().expect("type checked upstream"),
+            "max-queue" => settings.max_frames = value.get().expect("type checked upstream"),
             "queue-policy" => settings.queue_policy = value.get().expect("type checked upstream"),
             "late-start" => settings.late_start = value.get().expect("type checked upstream"),
             "idle-timeout" => {
@@ -596,24 +627,27 @@ impl ObjectImpl for ZmqCollectSrc {
         }
         drop(settings);
         if matches!(
-            pspec.name(),
-            "playout-delay" | "max-frames" | "queue-policy" | "late-start"
+            name,
+            "playout-delay" | "max-queue" | "queue-policy" | "late-start"
         ) {
             self.apply_live_settings();
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        if let Some(v) = self.curve.property(pspec.name()) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if let Some(v) = self.curve.property(name) {
             return v;
         }
         let settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "endpoint" => settings.endpoint.to_value(),
             "bind" => settings.bind.to_value(),
-            "bound-endpoint" => self.bound_endpoint.lock().unwrap().to_value(),
+            "last-endpoint" => self.bound_endpoint.lock().unwrap().to_value(),
             "playout-delay" => settings.playout_delay_ms.to_value(),
-            "max-frames" => settings.max_frames.to_value(),
+            "max-queue" => settings.max_frames.to_value(),
             "queue-policy" => settings.queue_policy.to_value(),
             "late-start" => settings.late_start.to_value(),
             "idle-timeout" => settings.idle_timeout_ms.to_value(),
@@ -625,25 +659,37 @@ impl ObjectImpl for ZmqCollectSrc {
                 drop(settings);
                 let s = self.stats();
                 let p = &s.playout;
+                let dropped = p.late
+                    + p.duplicates
+                    + p.dropped
+                    + p.discarded
+                    + s.malformed
+                    + s.not_jpeg
+                    + s.too_large
+                    + s.invalid_latents
+                    + s.dropped_kind;
                 let b = gst::Structure::builder("zmqcollectsrc-stats")
-                    .field("received", p.received)
-                    .field("frames", p.released)
-                    .field("late", p.late)
-                    .field("duplicates", p.duplicates)
+                    .field("frames-in", p.received)
+                    .field("frames-out", p.released)
+                    .field("dropped", dropped)
+                    .field("dropped-late", p.late)
+                    .field("dropped-duplicate", p.duplicates)
                     .field("missing", p.missing)
-                    .field("overflow", p.overflow)
-                    .field("dropped", p.dropped)
+                    .field("played-early", p.overflow)
+                    .field("dropped-overflow", p.dropped)
                     .field("restarts", p.restarts)
-                    .field("discarded", p.discarded)
+                    .field("dropped-restart", p.discarded)
                     .field("start-lag-ms", (p.start_lag_us / 1000) as u64)
                     .field("refused", self.curve.refused())
-                    .field("malformed", s.malformed)
-                    .field("not-jpeg", s.not_jpeg)
-                    .field("too-large", s.too_large)
-                    .field("invalid-latents", s.invalid_latents)
+                    .field("dropped-malformed", s.malformed)
+                    .field("dropped-not-jpeg", s.not_jpeg)
+                    .field("dropped-oversize", s.too_large)
+                    .field("dropped-latent", s.invalid_latents)
                     .field("dropped-kind", s.dropped_kind)
                     .field("held", s.held);
-                s.latent.fields(b).build().to_value()
+                let mut st = s.latent.fields(b).build();
+                i2i_compat::with_old_fields(&mut st, RENAMED_STATS);
+                st.to_value()
             }
             other => unreachable!("no property {other}"),
         }
@@ -657,6 +703,7 @@ impl ElementImpl for ZmqCollectSrc {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        self.deprecations.post_pending(&*self.obj());
         zmq_element::source_change_state(self, transition)
     }
 

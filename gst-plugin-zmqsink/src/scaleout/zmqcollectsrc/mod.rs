@@ -3,17 +3,40 @@
 //! them back in index order with a fixed playout delay, and outputs them at the source's
 //! pace with each frame's original timestamp.
 
+/**
+ * SECTION:element-zmqcollectsrc
+ * @see_also: zmqdispatchsink, zmqworkersrc
+ *
+ * The primary's collector: binds a PULL socket where the workers push their results, puts
+ * them back in index order and plays each frame `playout-delay` after it entered the primary,
+ * at the source's pace, also when workers deliver in bursts. Later frames are dropped and
+ * counted (`dropped-late`), frames that never came are skipped (`missing`); a full reorder
+ * buffer (`max-queue`) does what `queue-policy` says. The stream ends after the last frame of
+ * the `zmqdispatchsink` of the same `group`. See docs/scaleout.md.
+ *
+ * ## Example launch line
+ *
+ * ```shell
+ * gst-launch-1.0 multifilesrc location=frames/%04d.jpg caps=image/jpeg,framerate=15/1 \
+ *   ! zmqdispatchsink endpoint=tcp://0.0.0.0:5555 \
+ *   zmqcollectsrc endpoint=tcp://0.0.0.0:5558 playout-delay=1000 ! zmqmsgpacksink endpoint=tcp://0.0.0.0:5557
+ * ```
+ *
+ * A primary whose output plays 1 s after each frame entered it, in order.
+ */
 use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+
+pub(crate) use imp::RENAMED;
 
 glib::wrapper! {
     pub struct ZmqCollectSrc(ObjectSubclass<imp::ZmqCollectSrc>)
         @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
 }
 
-/// What the collector does with a result that finds its reorder buffer (`max-frames`) full.
+/// What the collector does with a result that finds its reorder buffer (`max-queue`) full.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
 #[enum_type(name = "GstZmqCollectQueuePolicy")]
@@ -67,7 +90,6 @@ pub enum CollectLateStart {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    CollectLateStart::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "zmqcollectsrc",

@@ -7,7 +7,7 @@
 //! index, payload, meta]` ([`crate::latent`]; float32, or float16 with
 //! `latent-dtype=f16`), and a job of latents is one such message per frame. A latent
 //! buffer whose size does not match its caps is dropped before it takes an index,
-//! counted in `stats` (`invalid`) and reported (rate-limited); the stream goes on.
+//! counted in `stats` (`dropped-invalid`) and reported (rate-limited); the stream goes on.
 //!
 //! `render()` puts each frame into a bounded queue (policy: block or drop-oldest); a
 //! thread that owns the socket receives the workers' ready messages and sends each worker
@@ -33,7 +33,7 @@
 //! An application's EOS request (the first Ctrl-C of `gst-launch-1.0 -e`) reaches the
 //! sink directly ([`crate::eos_request`]): a frame that cannot be queued within its grace,
 //! and at EOS the queue when no worker is there to take it, are given up and counted in
-//! `undelivered`.
+//! `dropped-undelivered`.
 
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
+use i2i_compat::{Alias, Deprecations};
 
 use super::DispatchQueuePolicy;
 use crate::eos_request::{self, EosRequest};
@@ -69,6 +70,18 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("Scale-out: frames to the next free worker"),
     )
 });
+
+/// Renamed properties whose old names still work for one release (docs/properties.md).
+pub(crate) const RENAMED: &[Alias] = &[Alias {
+    old: "bound-endpoint",
+    new: "last-endpoint",
+}];
+
+/// Renamed stats fields, (old, new), still filled under the old names for one release.
+const RENAMED_STATS: &[(&str, &str)] = &[
+    ("undelivered", "dropped-undelivered"),
+    ("invalid", "dropped-invalid"),
+];
 
 const DEFAULT_ENDPOINT: &str = "tcp://*:5555";
 const DEFAULT_MAX_QUEUE: u32 = 16;
@@ -148,6 +161,7 @@ struct State {
 #[derive(Default)]
 pub struct ZmqDispatchSink {
     curve: ElementCurve,
+    deprecations: Deprecations,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     bound_endpoint: Mutex<Option<String>>,
@@ -184,11 +198,12 @@ fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
             .build()
             .to_send_value()
     }));
-    gst::Structure::builder("zmqdispatchsink-stats")
+    let mut st = gst::Structure::builder("zmqdispatchsink-stats")
         .field("queued", s.queued)
         .field("dispatched", s.dispatched)
         .field("jobs", s.jobs)
-        .field("dropped", s.dropped)
+        .field("dropped", s.dropped + core.undelivered + core.invalid)
+        .field("dropped-overflow", s.dropped)
         .field("redispatched", s.redispatched)
         .field("unaccounted", s.unaccounted)
         .field("unreturned", s.unreturned)
@@ -199,10 +214,12 @@ fn stats_structure(core: &Core, now: Instant) -> gst::Structure {
         .field("workers-left", s.workers_left)
         .field("workers-lost", s.workers_lost)
         .field("malformed", core.malformed)
-        .field("undelivered", core.undelivered)
-        .field("invalid", core.invalid)
+        .field("dropped-undelivered", core.undelivered)
+        .field("dropped-invalid", core.invalid)
         .field("worker-list", list)
-        .build()
+        .build();
+    i2i_compat::with_old_fields(&mut st, RENAMED_STATS);
+    st
 }
 
 /// Sorted indices as ranges: `1-7, 9`.
@@ -634,7 +651,7 @@ impl ZmqDispatchSink {
             .clone()
             .unwrap_or_default();
         let text = format!(
-            "End of stream requested: {n} frames that {what} were not delivered, no worker on {endpoint} took them (counted in stats.undelivered)"
+            "End of stream requested: {n} frames that {what} were not delivered, no worker on {endpoint} took them (counted in stats dropped-undelivered)"
         );
         if let Some(text) = self.undelivered_limit.lock().unwrap().message(text) {
             gst::element_imp_warning!(self, gst::ResourceError::Write, ("{text}"));
@@ -659,12 +676,12 @@ impl ObjectImpl for ZmqDispatchSink {
             let mut v = vec![
                 glib::ParamSpecString::builder("endpoint")
                     .nick("Endpoint")
-                    .blurb("ZeroMQ endpoint the ROUTER socket binds, where workers (zmqworkersrc) connect, e.g. tcp://*:5555 or tcp://127.0.0.1:* (port picked, see bound-endpoint)")
+                    .blurb("ZeroMQ endpoint the ROUTER socket binds, where workers (zmqworkersrc) connect, e.g. tcp://*:5555 or tcp://127.0.0.1:* (port picked, see last-endpoint)")
                     .default_value(Some(DEFAULT_ENDPOINT))
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("bound-endpoint")
-                    .nick("Bound endpoint")
+                glib::ParamSpecString::builder("last-endpoint")
+                    .nick("Last endpoint")
                     .blurb("The endpoint actually bound (with the port ZeroMQ picked for tcp://HOST:*)")
                     .read_only()
                     .build(),
@@ -716,22 +733,29 @@ impl ObjectImpl for ZmqDispatchSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("queued, dispatched, jobs, dropped (drop-oldest), redispatched, unaccounted, unreturned (frames a connected worker took and the zmqcollectsrc of the group played past without them: the worker dropped them or was later than playout-delay), queue-length, in-flight, workers, workers-joined/left/lost, malformed, undelivered, invalid (latent buffers whose size does not match their caps, dropped), worker-list (name, batch, frames, in-flight, credit, idle-ms, unreturned)")
+                    .blurb("queued, dispatched, jobs, dropped (sum of dropped-overflow: queue-policy=drop-oldest, dropped-undelivered: given up when the end was requested and no worker took them, dropped-invalid: latent buffers whose size does not match their caps), redispatched, unaccounted, unreturned (frames a connected worker took and the zmqcollectsrc of the group played past without them: the worker dropped them or was later than playout-delay), queue-length, in-flight, workers, workers-joined/left/lost, malformed (worker messages), refused (CURVE peers), worker-list (name, batch, frames, in-flight, credit, idle-ms, unreturned)")
                     .read_only()
                     .build(),
             ];
-            v.extend(ElementCurve::param_specs("workers"));
-            v
+            v.extend(
+                ElementCurve::param_specs("workers")
+                    .into_iter()
+                    .filter(|p| p.name() != "curve-server-key"),
+            );
+            i2i_compat::param_specs(v, RENAMED)
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if self.curve.set_property(pspec.name(), value) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if self.curve.set_property(name, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "max-queue" => settings.max_queue = value.get().expect("type checked upstream"),
             "queue-policy" => settings.queue_policy = value.get().expect("type checked upstream"),
@@ -761,13 +785,16 @@ impl ObjectImpl for ZmqDispatchSink {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        if let Some(v) = self.curve.property(pspec.name()) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if let Some(v) = self.curve.property(name) {
             return v;
         }
         let settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "endpoint" => settings.endpoint.to_value(),
-            "bound-endpoint" => self.bound_endpoint.lock().unwrap().to_value(),
+            "last-endpoint" => self.bound_endpoint.lock().unwrap().to_value(),
             "max-queue" => settings.max_queue.to_value(),
             "queue-policy" => settings.queue_policy.to_value(),
             "worker-timeout" => settings.worker_timeout_ms.to_value(),
@@ -801,6 +828,7 @@ impl ElementImpl for ZmqDispatchSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        self.deprecations.post_pending(&*self.obj());
         zmq_element::sink_change_state(self, transition)
     }
 

@@ -3,10 +3,35 @@
 //! of consecutive frames) to the next free worker (`zmqworkersrc`) over a ZeroMQ ROUTER
 //! socket, following the workers' ready requests.
 
+/**
+ * SECTION:element-zmqdispatchsink
+ * @see_also: zmqworkersrc, zmqcollectsrc
+ *
+ * The primary's side of a worker farm: hands each frame (or batch of frames) to the next
+ * free `zmqworkersrc` over a ROUTER socket, as the workers ask for them. `queue-policy=block`
+ * (default) holds the source until a worker takes the frames (files: nothing lost),
+ * `drop-oldest` keeps the newest `max-queue` frames (live sources). Workers joining, leaving
+ * and lost are posted as messages; per-worker figures are in `stats` (`worker-list`). A
+ * `zmqcollectsrc` of the same `group` in the process puts the results back in order. See
+ * docs/scaleout.md.
+ *
+ * ## Example launch line
+ *
+ * ```shell
+ * gst-launch-1.0 multifilesrc location=frames/%04d.jpg caps=image/jpeg,framerate=15/1 \
+ *   ! zmqdispatchsink endpoint=tcp://0.0.0.0:5555 \
+ *   zmqcollectsrc endpoint=tcp://0.0.0.0:5558 ! zmqmsgpacksink endpoint=tcp://0.0.0.0:5557
+ * ```
+ *
+ * A primary: JPEG files out to the workers on 5555, their results back in order on 5558,
+ * published on 5557 (`pipelines/primary.sh` runs one like it).
+ */
 use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+
+pub(crate) use imp::RENAMED;
 
 glib::wrapper! {
     pub struct ZmqDispatchSink(ObjectSubclass<imp::ZmqDispatchSink>)

@@ -30,6 +30,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
+use i2i_compat::{Alias, Deprecations};
 
 use crate::frame_file::{self, FrameFileError};
 use crate::latent::{self, LatentDrop, LatentDrops, LatentPayload, LatentStream};
@@ -51,6 +52,22 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("Scale-out: a worker's frame source"),
     )
 });
+
+/// Renamed properties whose old names still work for one release (docs/properties.md).
+pub(crate) const RENAMED: &[Alias] = &[Alias {
+    old: "worker-name",
+    new: "client-name",
+}];
+
+/// Renamed stats fields, (old, new), still filled under the old names for one release.
+const RENAMED_STATS: &[(&str, &str)] = &[
+    ("malformed", "dropped-malformed"),
+    ("not-jpeg", "dropped-not-jpeg"),
+    ("missing-file", "dropped-missing-file"),
+    ("oversize", "dropped-oversize"),
+    ("refused-path", "dropped-refused-path"),
+    ("overflow", "dropped-overflow"),
+];
 
 const DEFAULT_ENDPOINT: &str = "tcp://localhost:5555";
 const DEFAULT_BATCH_SIZE: u32 = 1;
@@ -152,7 +169,10 @@ struct State {
 #[derive(Default)]
 pub struct ZmqWorkerSrc {
     curve: ElementCurve,
+    deprecations: Deprecations,
     settings: Mutex<Settings>,
+    /// The endpoint connected to, as ZeroMQ reports it.
+    last_endpoint: Mutex<Option<String>>,
     state: Mutex<Option<State>>,
     last_stats: Mutex<Stats>,
     output: Mutex<SourceOutput>,
@@ -660,8 +680,8 @@ impl ObjectImpl for ZmqWorkerSrc {
                     .default_value(DEFAULT_PRIMARY_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("worker-name")
-                    .nick("Worker name")
+                glib::ParamSpecString::builder("client-name")
+                    .nick("Client name")
                     .blurb("Name shown in the primary's stats and messages (unset: HOSTNAME:PID of the worker process, chosen at start)")
                     .mutable_ready()
                     .build(),
@@ -669,24 +689,36 @@ impl ObjectImpl for ZmqWorkerSrc {
                 source_output::framerate_pspec(),
                 source_output::max_pixels_pspec(),
                 frame_file::frame_folder_pspec(),
+                glib::ParamSpecString::builder("last-endpoint")
+                    .nick("Last endpoint")
+                    .blurb("The endpoint actually connected (as ZeroMQ reports it)")
+                    .read_only()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames-in (of which latents), frames-out, jobs, dropped (sum of malformed, not-jpeg, missing-file, oversize, refused-path, overflow, dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents), dropped-kind (a JPEG where downstream takes only latents, or the reverse)), sessions (primaries joined), primary-lost, drains, queued")
+                    .blurb("frames-in (of which latents), frames-out, jobs, dropped (sum of dropped-malformed, dropped-not-jpeg, dropped-missing-file, dropped-oversize, dropped-refused-path, dropped-overflow (the local queue full), dropped-latent-size (payload not matching its meta: truncated or wrong meta), dropped-latent-dtype (not float32 or float16), dropped-latent-shape (not one [1, C, H, W] frame, or over max-pixels elements), dropped-latent-meta (image size not 8 x the latent size, or channels, layout or scaling factor other than the stream's first latents), dropped-kind (a JPEG where downstream takes only latents, or the reverse)), sessions (primaries joined), primary-lost, drains, queued, refused (CURVE handshakes failed)")
                     .read_only()
                     .build(),
             ];
-            v.extend(ElementCurve::param_specs("peers"));
-            v
+            v.extend(
+                ElementCurve::param_specs("peers")
+                    .into_iter()
+                    .filter(|p| p.name() != "curve-allow"),
+            );
+            i2i_compat::param_specs(v, RENAMED)
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if self.curve.set_property(pspec.name(), value) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if self.curve.set_property(name, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "batch-size" => settings.batch_size = value.get().expect("type checked upstream"),
             "prefetch" => settings.prefetch = value.get().expect("type checked upstream"),
@@ -696,7 +728,7 @@ impl ObjectImpl for ZmqWorkerSrc {
             "primary-timeout" => {
                 settings.primary_timeout_ms = value.get().expect("type checked upstream")
             }
-            "worker-name" => {
+            "client-name" => {
                 settings.worker_name = value
                     .get::<Option<String>>()
                     .expect("type checked upstream")
@@ -718,11 +750,14 @@ impl ObjectImpl for ZmqWorkerSrc {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        if let Some(v) = self.curve.property(pspec.name()) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if let Some(v) = self.curve.property(name) {
             return v;
         }
         let settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "endpoint" => settings.endpoint.to_value(),
             "batch-size" => settings.batch_size.to_value(),
             "prefetch" => settings.prefetch.to_value(),
@@ -730,7 +765,8 @@ impl ObjectImpl for ZmqWorkerSrc {
             "primary-timeout" => settings.primary_timeout_ms.to_value(),
             // Unset reads as unset: the HOSTNAME:PID default is chosen at start, in the
             // worker's own process (gst-inspect would otherwise show its own PID).
-            "worker-name" => settings.worker_name.to_value(),
+            "client-name" => settings.worker_name.to_value(),
+            "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "framerate" => settings.framerate.to_value(),
             "max-pixels" => settings.max_pixels.to_value(),
@@ -755,22 +791,24 @@ impl ObjectImpl for ZmqWorkerSrc {
                             + s.latent.total()
                             + s.kind,
                     )
-                    .field("malformed", s.malformed)
-                    .field("not-jpeg", s.not_jpeg)
-                    .field("missing-file", s.missing_file)
-                    .field("oversize", s.oversize)
-                    .field("refused-path", s.refused_path)
-                    .field("overflow", s.overflow)
+                    .field("dropped-malformed", s.malformed)
+                    .field("dropped-not-jpeg", s.not_jpeg)
+                    .field("dropped-missing-file", s.missing_file)
+                    .field("dropped-oversize", s.oversize)
+                    .field("dropped-refused-path", s.refused_path)
+                    .field("dropped-overflow", s.overflow)
                     .field("dropped-kind", s.kind)
                     .field("latents", s.latents);
-                s.latent
+                let mut st = s
+                    .latent
                     .fields(b)
                     .field("sessions", s.sessions)
                     .field("primary-lost", s.primary_lost)
                     .field("drains", s.drains)
                     .field("queued", queued as u64)
-                    .build()
-                    .to_value()
+                    .build();
+                i2i_compat::with_old_fields(&mut st, RENAMED_STATS);
+                st.to_value()
             }
             other => unreachable!("no property {other}"),
         }
@@ -784,6 +822,7 @@ impl ElementImpl for ZmqWorkerSrc {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        self.deprecations.post_pending(&*self.obj());
         zmq_element::source_change_state(self, transition)
     }
 
@@ -862,8 +901,11 @@ impl BaseSrcImpl for ZmqWorkerSrc {
             |_| false,
         )?;
         let zmq_endpoint::Opened {
-            socket, context, ..
+            socket,
+            context,
+            endpoint: connected,
         } = opened;
+        *self.last_endpoint.lock().unwrap() = Some(connected);
         gst::info!(CAT, imp = self, "worker {name} connecting to {endpoint}");
         let shared = Shared::new(
             Core {

@@ -5,7 +5,7 @@
 //! Latents (`application/x-i2i-latent`, from `i2itransform output=latent`) go as the
 //! tensor form `[timestamp_ms, index, payload, meta]` ([`i2i_core::tensor`]), in float32 or,
 //! with `latent-dtype=f16`, float16; a buffer whose size does not match its caps is
-//! dropped, counted in `stats` (`invalid`) and reported (rate-limited), the stream goes on.
+//! dropped, counted in `stats` (`dropped-invalid`) and reported (rate-limited), the stream goes on.
 //!
 //! Sockets:
 //! - `pub`: an XPUB socket (PUB on the wire: SUB peers cannot tell), sent to with
@@ -21,7 +21,7 @@
 //!   waits (backpressure), and `unlock()` ends the wait on flush or state change. An
 //!   application's EOS request (the first Ctrl-C of `gst-launch-1.0 -e`) reaches the sink
 //!   directly ([`crate::eos_request`]): a frame no puller takes within its grace is then
-//!   given up and counted in `undelivered`, so the pipeline ends.
+//!   given up and counted in `dropped-undelivered`, so the pipeline ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -32,6 +32,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
+use i2i_compat::{Alias, Deprecations};
 
 use super::{LatentDtype, SinkSocketType};
 use crate::eos_request::{self, EosRequest};
@@ -61,6 +62,18 @@ const DEFAULT_QUALITY: i32 = 85;
 const DEFAULT_SEND_HWM: i32 = 10;
 const DEFAULT_LINGER_MS: i32 = 1000;
 const DEFAULT_LATENT_DTYPE: LatentDtype = LatentDtype::F32;
+
+/// Renamed properties whose old names still work for one release (docs/properties.md).
+pub(crate) const RENAMED: &[Alias] = &[Alias {
+    old: "linger",
+    new: "linger-timeout",
+}];
+
+/// Renamed stats fields, (old, new), still filled under the old names for one release.
+const RENAMED_STATS: &[(&str, &str)] = &[
+    ("undelivered", "dropped-undelivered"),
+    ("invalid", "dropped-invalid"),
+];
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -111,7 +124,8 @@ impl Settings {
 struct Stats {
     frames: u64,
     bytes: u64,
-    dropped: u64,
+    /// Frames the socket would not take (EAGAIN).
+    busy: u64,
     no_subscriber: u64,
     subscribers: u64,
     undelivered: u64,
@@ -146,6 +160,7 @@ struct State {
 #[derive(Default)]
 pub struct ZmqMsgpackSink {
     curve: ElementCurve,
+    deprecations: Deprecations,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
@@ -528,8 +543,8 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .default_value(DEFAULT_SEND_HWM)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecInt::builder("linger")
-                    .nick("Linger")
+                glib::ParamSpecInt::builder("linger-timeout")
+                    .nick("Linger timeout")
                     .blurb("Milliseconds that stopping waits for queued frames to go out (-1 = until sent, 0 = discard)")
                     .minimum(-1)
                     .default_value(DEFAULT_LINGER_MS)
@@ -547,24 +562,27 @@ impl ObjectImpl for ZmqMsgpackSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames and bytes sent, dropped (refused by the socket as a whole), no-subscriber (pub: sent while nobody subscribed), undelivered (push: given up when the end was requested and no puller took them), invalid (latent buffers whose size does not match their caps, dropped), subscribers (pub: subscriptions now); a slow subscriber's own losses show as index gaps at that subscriber")
+                    .blurb("frames and bytes sent, dropped (sum of dropped-busy: refused by the socket as a whole, dropped-undelivered: push, given up when the end was requested and no puller took them, dropped-invalid: latent buffers whose size does not match their caps), no-subscriber (pub: sent while nobody subscribed), subscribers (pub: subscriptions now), refused (CURVE peers); a slow subscriber's own losses show as index gaps at that subscriber")
                     .read_only()
                     .build(),
             ];
             v.extend(ElementCurve::param_specs(
                 "subscribers (binding) or receivers (binding push)",
             ));
-            v
+            i2i_compat::param_specs(v, RENAMED)
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if self.curve.set_property(pspec.name(), value) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if self.curve.set_property(name, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "port" => settings.port = value.get().expect("type checked upstream"),
             "endpoint" => {
                 settings.endpoint = value
@@ -576,40 +594,45 @@ impl ObjectImpl for ZmqMsgpackSink {
             "socket-type" => settings.socket_type = value.get().expect("type checked upstream"),
             "quality" => settings.quality = value.get().expect("type checked upstream"),
             "send-hwm" => settings.send_hwm = value.get().expect("type checked upstream"),
-            "linger" => settings.linger_ms = value.get().expect("type checked upstream"),
+            "linger-timeout" => settings.linger_ms = value.get().expect("type checked upstream"),
             "latent-dtype" => settings.latent_dtype = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        if let Some(v) = self.curve.property(pspec.name()) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if let Some(v) = self.curve.property(name) {
             return v;
         }
         let settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "port" => settings.port.to_value(),
             "endpoint" => settings.endpoint.to_value(),
             "bind" => settings.bind.to_value(),
             "socket-type" => settings.socket_type.to_value(),
             "quality" => settings.quality.to_value(),
             "send-hwm" => settings.send_hwm.to_value(),
-            "linger" => settings.linger_ms.to_value(),
+            "linger-timeout" => settings.linger_ms.to_value(),
             "latent-dtype" => settings.latent_dtype.to_value(),
             "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
             "stats" => {
                 let s = *self.stats.lock().unwrap();
-                gst::Structure::builder("zmqmsgpacksink-stats")
+                let mut st = gst::Structure::builder("zmqmsgpacksink-stats")
                     .field("frames", s.frames)
                     .field("bytes", s.bytes)
-                    .field("dropped", s.dropped)
+                    .field("dropped", s.busy + s.undelivered + s.invalid)
+                    .field("dropped-busy", s.busy)
+                    .field("dropped-undelivered", s.undelivered)
+                    .field("dropped-invalid", s.invalid)
                     .field("no-subscriber", s.no_subscriber)
                     .field("subscribers", s.subscribers)
-                    .field("undelivered", s.undelivered)
-                    .field("invalid", s.invalid)
                     .field("refused", self.curve.refused())
-                    .build()
-                    .to_value()
+                    .build();
+                i2i_compat::with_old_fields(&mut st, RENAMED_STATS);
+                st.to_value()
             }
             other => unreachable!("no property {other}"),
         }
@@ -623,6 +646,7 @@ impl ElementImpl for ZmqMsgpackSink {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        self.deprecations.post_pending(&*self.obj());
         zmq_element::sink_change_state(self, transition)
     }
 
@@ -818,8 +842,8 @@ impl BaseSinkImpl for ZmqMsgpackSink {
                     Err(zmq::Error::EAGAIN) => {
                         let dropped = {
                             let mut stats = self.stats.lock().unwrap();
-                            stats.dropped += 1;
-                            stats.dropped
+                            stats.busy += 1;
+                            stats.busy
                         };
                         gst::debug!(
                             CAT,

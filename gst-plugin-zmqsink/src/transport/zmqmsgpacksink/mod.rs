@@ -2,10 +2,33 @@
 //! `zmqmsgpacksink`: sends each frame as one ZeroMQ message `[timestamp_ms, index, jpg]`,
 //! or latents as `[timestamp_ms, index, payload, meta]`.
 
+/**
+ * SECTION:element-zmqmsgpacksink
+ * @see_also: zmqmsgpacksrc, zmqcollectsrc
+ *
+ * Sends each frame as one ZeroMQ message, the msgpack array `[timestamp_ms, index, jpg]`
+ * (latents from `i2itransform output=latent` as `[timestamp_ms, index, payload, meta]`), so
+ * receivers of the original system keep working. Raw video is JPEG-encoded with libjpeg-turbo;
+ * JPEG input is sent as it is. `socket-type=pub` (default) never waits: a subscriber too slow
+ * for the stream loses only its own frames; `push` waits for pullers. It binds `endpoint` (or
+ * all interfaces on `port`) unless `bind=false`; `last-endpoint` is the address in use. CURVE with
+ * `curve-key`, `curve-allow` or `curve-server-key`; counts in `stats`. See docs/transport.md.
+ *
+ * ## Example launch line
+ *
+ * ```shell
+ * gst-launch-1.0 videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=15/1 \
+ *   ! zmqmsgpacksink endpoint=tcp://0.0.0.0:5557
+ * ```
+ *
+ * Publishes a test picture on port 5557; `i2i-stats --port 5557` or `zmqmsgpacksrc` receive it.
+ */
 use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+
+pub(crate) use imp::RENAMED;
 
 glib::wrapper! {
     pub struct ZmqMsgpackSink(ObjectSubclass<imp::ZmqMsgpackSink>)

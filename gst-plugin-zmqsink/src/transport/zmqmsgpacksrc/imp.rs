@@ -33,6 +33,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
+use i2i_compat::{Alias, Deprecations};
 
 use crate::frame_file::{self, FrameFileError};
 use crate::frame_index;
@@ -55,6 +56,12 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("ZeroMQ msgpack frame source"),
     )
 });
+
+/// Renamed properties whose old names still work for one release (docs/properties.md).
+pub(crate) const RENAMED: &[Alias] = &[Alias {
+    old: "rcv-hwm",
+    new: "receive-hwm",
+}];
 
 const DEFAULT_ENDPOINT: &str = "tcp://localhost:5557";
 const DEFAULT_BIND: bool = false;
@@ -241,6 +248,7 @@ impl State {
 #[derive(Default)]
 pub struct ZmqMsgpackSrc {
     curve: ElementCurve,
+    deprecations: Deprecations,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
@@ -593,7 +601,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
                 source_output::framerate_pspec(),
                 source_output::max_pixels_pspec(),
                 frame_file::frame_folder_pspec(),
-                glib::ParamSpecInt::builder("rcv-hwm")
+                glib::ParamSpecInt::builder("receive-hwm")
                     .nick("Receive high-water mark")
                     .blurb("Messages ZeroMQ queues before the sender waits (push) or drops (pub) (0 = no limit)")
                     .minimum(0)
@@ -612,17 +620,20 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .build(),
             ];
             v.extend(ElementCurve::param_specs("senders"));
-            v
+            i2i_compat::param_specs(v, RENAMED)
         });
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if self.curve.set_property(pspec.name(), value) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if self.curve.set_property(name, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "endpoint" => settings.endpoint = zmq_element::endpoint_or(value, DEFAULT_ENDPOINT),
             "bind" => settings.bind = value.get().expect("type checked upstream"),
             "socket-type" => settings.socket_type = value.get().expect("type checked upstream"),
@@ -637,17 +648,20 @@ impl ObjectImpl for ZmqMsgpackSrc {
                     .expect("type checked upstream")
                     .filter(|s| !s.is_empty())
             }
-            "rcv-hwm" => settings.rcv_hwm = value.get().expect("type checked upstream"),
+            "receive-hwm" => settings.rcv_hwm = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        if let Some(v) = self.curve.property(pspec.name()) {
+        let name = self
+            .deprecations
+            .resolve(&*self.obj(), *CAT, RENAMED, pspec.name());
+        if let Some(v) = self.curve.property(name) {
             return v;
         }
         let settings = self.settings.lock().unwrap();
-        match pspec.name() {
+        match name {
             "endpoint" => settings.endpoint.to_value(),
             "bind" => settings.bind.to_value(),
             "socket-type" => settings.socket_type.to_value(),
@@ -655,7 +669,7 @@ impl ObjectImpl for ZmqMsgpackSrc {
             "framerate" => settings.framerate.to_value(),
             "max-pixels" => settings.max_pixels.to_value(),
             "frame-folder" => settings.frame_folder.to_value(),
-            "rcv-hwm" => settings.rcv_hwm.to_value(),
+            "receive-hwm" => settings.rcv_hwm.to_value(),
             "last-endpoint" => self.last_endpoint.lock().unwrap().to_value(),
             "stats" => {
                 let s = *self.stats.lock().unwrap();
@@ -689,6 +703,7 @@ impl ElementImpl for ZmqMsgpackSrc {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        self.deprecations.post_pending(&*self.obj());
         zmq_element::source_change_state(self, transition)
     }
 
