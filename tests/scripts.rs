@@ -470,11 +470,15 @@ fn kill_ends_children(name: &str, mut script: Proc) {
     // SAFETY: kill(2) on the script's own PID, which this test started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let started = Instant::now();
-    script.wait(Duration::from_secs(15));
+    // children.sh gives a pipeline 5 s to drain after EOS, then 2 s after SIGTERM; on a
+    // loaded machine the EOS of a transform and the report after it take longer: what
+    // matters is that every child ends, so the bound is generous.
+    let bound = Duration::from_secs(30);
+    script.wait(bound);
     while children.iter().any(|c| alive(*c)) {
         assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{name}: children {:?} still running 15 s after kill {pid}\n{}",
+            started.elapsed() < bound,
+            "{name}: children {:?} still running {bound:?} after kill {pid}\n{}",
             children.iter().filter(|c| alive(**c)).collect::<Vec<_>>(),
             script.stderr()
         );

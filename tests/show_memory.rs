@@ -5,7 +5,10 @@
 //! client sends one command every 200 ms (prompts, /seed, /guidance across 1, /t, /delta,
 //! /transition, /blend, /similarity, every /cfg, /negative), and again with an OSC sender at
 //! 30 messages/s on top. The pipeline's VmRSS, read every second, may not grow by more than
-//! 5 MiB/min after the first 10 s (the least-squares slope). It grew by about 56 MiB/min
+//! 5 MiB/min after the first 10 s: the median of the slopes between every two samples
+//! (Theil-Sen), so that growth that goes on counts and one step of an allocator arena
+//! (4 MiB once, seen on a loaded machine) does not; the least-squares slope is printed
+//! beside it. It grew by about 56 MiB/min
 //! (19 with the fader) before: every switch between a guided and an unguided frame kept a
 //! latent buffer.
 //!
@@ -268,6 +271,21 @@ fn slope_per_minute(samples: &[(f64, f64)]) -> f64 {
     60.0 * sxy / sxx
 }
 
+/// Median of the slopes between every two of `(seconds, MiB)`, in MiB per minute (Theil-Sen):
+/// steady growth gives its rate, a single step in a flat series gives about nothing.
+fn median_slope_per_minute(samples: &[(f64, f64)]) -> f64 {
+    let mut slopes: Vec<f64> = Vec::new();
+    for (i, (x0, y0)) in samples.iter().enumerate() {
+        for (x1, y1) in &samples[i + 1..] {
+            if x1 > x0 {
+                slopes.push((y1 - y0) / (x1 - x0));
+            }
+        }
+    }
+    slopes.sort_by(f64::total_cmp);
+    60.0 * slopes[slopes.len() / 2]
+}
+
 /// Runs the show (with the OSC sender when `osc`) and checks the pipeline's memory.
 fn show(osc: bool) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,7 +364,8 @@ fn show(osc: bool) {
         .copied()
         .filter(|&(t, _)| t >= WARM_UP.as_secs_f64())
         .collect();
-    let slope = slope_per_minute(&measured);
+    let least_squares = slope_per_minute(&measured);
+    let slope = median_slope_per_minute(&measured);
     let (first, last) = (samples[0].1, samples[samples.len() - 1].1);
     let at_warm = measured[0].1;
     let frames = frames.load(Ordering::Relaxed);
@@ -354,7 +373,7 @@ fn show(osc: bool) {
     eprintln!(
         "show_memory{}: {i} console commands{} in {:.0} s, {frames} pictures out, {applied} changes applied; \
          VmRSS {first:.1} MiB at the start, {at_warm:.1} MiB at {:.0} s, {last:.1} MiB at the end: \
-         {slope:.2} MiB/min after the first {:.0} s",
+         {slope:.2} MiB/min after the first {:.0} s (least squares: {least_squares:.2})",
         if osc { " (with OSC)" } else { "" },
         osc_sent.map_or(String::new(), |n| format!(" and {n} OSC messages")),
         SHOW.as_secs_f64(),
