@@ -11,7 +11,7 @@
 //! gives zero blocks; no LoRA is zeros of rank 1. A change with `transition-frames` binds
 //! the old list at `(1 - t)` times its scales beside the new at `t` times theirs.
 //! The rules are those of tests/python/reference_style.py (`lora_slots`, `check_adapter`,
-//! `lora_feeds`, `fade_active`, `parse_lora_list`).
+//! `lora_feeds`, `fade_active`; the list syntax, `parse_lora_list`, is i2i_core::settings::lora).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,36 +26,9 @@ use crate::runtime::graph::{Elem, Feed, Graph};
 const A_SUFFIX: &str = ".lora_A.weight";
 const B_SUFFIX: &str = ".lora_B.weight";
 
-/// `FILE[:SCALE][,FILE[:SCALE]...]` -> `[(file, scale)]`, scale 1 when absent; empty or
-/// `off` is no LoRA. A `:` followed by something that is not a number belongs to the path.
-pub fn parse_list(text: &str) -> Result<Vec<(PathBuf, f32)>, String> {
-    let t = text.trim();
-    if t.is_empty() || t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for item in t.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match item.rsplit_once(':') {
-            Some((path, tail)) if !path.is_empty() && tail.trim().parse::<f64>().is_ok() => {
-                let s: f64 = tail.trim().parse().unwrap_or(1.0);
-                if !s.is_finite() {
-                    return Err(format!("lora \"{text}\": scale \"{tail}\" is not finite"));
-                }
-                out.push((PathBuf::from(path), s as f32));
-            }
-            _ => out.push((PathBuf::from(item), 1.0)),
-        }
-    }
-    Ok(out)
-}
-
-/// The text of a list, as [`parse_list`] reads it.
-pub fn format_list(list: &[(PathBuf, f32)]) -> String {
-    list.iter()
-        .map(|(p, s)| format!("{}:{s}", p.display()))
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use i2i_core::settings::lora::{
+    format_lora_list as format_list, parse_lora_list as parse_list,
+};
 
 /// One projection with LoRA inputs.
 #[derive(Debug, Clone)]
@@ -435,26 +408,4 @@ fn fade_active(from: &Active, to: &Active, t: f64) -> Active {
         .map(|(l, s)| (l.clone(), (1.0 - t) * s))
         .chain(to.iter().map(|(l, s)| (l.clone(), t * s)))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lists_parse_like_the_reference() {
-        let l = parse_list("a.onnx_adapter:0.8, dir/b.onnx_adapter ,c:d.onnx_adapter:-1").unwrap();
-        assert_eq!(
-            l,
-            vec![
-                (PathBuf::from("a.onnx_adapter"), 0.8),
-                (PathBuf::from("dir/b.onnx_adapter"), 1.0),
-                (PathBuf::from("c:d.onnx_adapter"), -1.0),
-            ]
-        );
-        assert!(parse_list("").unwrap().is_empty());
-        assert!(parse_list(" off ").unwrap().is_empty());
-        assert!(parse_list("x:inf").is_err());
-        assert_eq!(parse_list(&format_list(&l)).unwrap(), l);
-    }
 }
