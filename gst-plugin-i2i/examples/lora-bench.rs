@@ -145,6 +145,9 @@ fn engine_costs(a: &Args, loras: &[(&str, String)]) -> Result<(), String> {
     Ok(())
 }
 
+/// An output frame's bytes and when it came out.
+type Output = (Vec<u8>, Instant);
+
 fn switch_latency(a: &Args, style: &str) -> Result<(), String> {
     gst::init().map_err(|e| e.to_string())?;
     gsti2i::plugin_register_static().map_err(|e| e.to_string())?;
@@ -172,7 +175,7 @@ fn switch_latency(a: &Args, style: &str) -> Result<(), String> {
             .build(),
     ));
     let i2i = pipeline.by_name("i2i").ok_or("no i2itransform")?;
-    let outputs: Arc<Mutex<Vec<(Vec<u8>, Instant)>>> = Arc::default();
+    let outputs: Arc<Mutex<Vec<Output>>> = Arc::default();
     let o = outputs.clone();
     let sink = pipeline
         .by_name("out")
