@@ -86,11 +86,9 @@ fn a_switch_changes_the_output_within_one_batch_and_loads_no_session() {
     );
     assert_eq!(out.len(), 9);
     assert_ne!(base[2], styled[2], "the LoRA shows");
-    assert_eq!(
-        run.elements("i2itransform-started").len(),
-        1,
-        "one model load"
-    );
+    let started = run.elements("i2itransform-started");
+    assert_eq!(started.len(), 1, "one model load");
+    assert_eq!(started[0].get::<u32>("lora-projections").unwrap(), 16);
     assert_eq!(out[..2], base[..2], "before the switch: the base");
     // Frame 2 was in flight: its last step, in frame 3's batch, already has the LoRA.
     assert_ne!(out[2], base[2], "the switch shows in the next batch");

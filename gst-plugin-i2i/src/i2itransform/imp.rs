@@ -591,6 +591,7 @@ impl InferElement for I2iTransform {
             )
             .field("latency-frames", engine.latency_frames() as u32)
             .field("load-ms", load_time.as_secs_f64() * 1000.0)
+            .field("lora-projections", engine.lora_projections() as u32)
             .build();
         self.post_started(started_msg);
         self.reset_for_start(Stats::started(
