@@ -108,4 +108,39 @@ mod tests {
                 .contains("out of range")
         );
     }
+
+    #[test]
+    fn every_way_in_gives_the_same_key() {
+        use crate::settings::command::{Command, parse_line};
+        use crate::settings::message::decode_message;
+        let update = |bytes: &[u8]| match decode_message(bytes) {
+            Ok(Command::Update(u)) => u.lora,
+            other => panic!("{other:?}"),
+        };
+        let want = Some("a.onnx_adapter:0.8".to_string());
+        assert_eq!(update(b"/lora a.onnx_adapter 0.8"), want);
+        assert_eq!(update(br#"{"lora": "a.onnx_adapter:0.8"}"#), want);
+        let mut map = Vec::new();
+        rmpv::encode::write_value(
+            &mut map,
+            &rmpv::Value::Map(vec![("lora".into(), "a.onnx_adapter:0.8".into())]),
+        )
+        .unwrap();
+        assert_eq!(update(&map), want);
+        assert_eq!(update(b"/lora off"), Some(String::new()));
+        assert!(
+            decode_message(br#"{"lora": "a:20"}"#)
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(matches!(parse_line("/LORA x"), Ok(Command::Update(_))));
+        // Absent and empty are the same state: no change to report.
+        let none = crate::settings::SettingsUpdate::default();
+        let off = crate::settings::SettingsUpdate {
+            lora: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(off.changes_since(&none).is_empty());
+        assert_eq!(off.summary(), "lora=off");
+    }
 }
