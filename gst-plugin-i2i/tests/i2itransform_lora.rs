@@ -175,3 +175,65 @@ fn a_model_without_lora_inputs_refuses_lora_naming_what_is_missing() {
     e.set_property("lora", "off");
     assert_eq!(e.property::<String>("lora"), "");
 }
+
+#[test]
+fn a_refused_lora_on_the_settings_pad_keeps_the_other_keys_of_the_update() {
+    let desc = format!(
+        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
+         threads=1 t-index-list=32,45 wait-for-settings=false ! appsink name=out sync=false \
+         appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
+        lora_model()
+    );
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
+    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
+    let settings = appsrc(&pipeline, "settings");
+    let i2i = pipeline.by_name("i2i").unwrap();
+    let samples = collect_samples(&pipeline);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let push = |k: u64| {
+        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
+        buf.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(100 * k));
+        src.push_buffer(buf).unwrap();
+    };
+    for k in 0..3 {
+        push(k);
+    }
+    let json = format!(r#"{{"seed": 7, "lora": "{}"}}"#, adapter("wrong-shape"));
+    settings
+        .push_buffer(gst::Buffer::from_slice(json.into_bytes()))
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while i2i.property::<u64>("seed") != 7 {
+        assert!(std::time::Instant::now() < deadline, "settings not taken");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for k in 3..6 {
+        push(k);
+    }
+    src.end_of_stream().unwrap();
+    let mut messages = Vec::new();
+    let res = wait_eos(&pipeline, &mut messages);
+    pipeline.set_state(gst::State::Null).unwrap();
+    res.unwrap();
+    let run = Run {
+        samples: std::mem::take(&mut samples.lock().unwrap()),
+        messages,
+    };
+    assert_eq!(run.samples.len(), 6);
+    assert!(
+        run.warnings()
+            .iter()
+            .any(|w| w.contains("wrong-shape.onnx_adapter") && w.contains("shape [17, 2]")),
+        "{:?}",
+        run.warnings()
+    );
+    let applied = run.elements("i2i-settings-applied");
+    let last = applied.last().expect("the seed was applied");
+    assert_eq!(last.get::<u64>("seed").unwrap(), 7);
+    assert_eq!(last.get::<String>("lora").unwrap(), "");
+    assert_eq!(i2i.property::<u64>("seed"), 7);
+    assert_eq!(i2i.property::<String>("lora"), "");
+}
