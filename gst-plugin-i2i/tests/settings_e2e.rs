@@ -225,14 +225,18 @@ struct Transform {
 
 impl Transform {
     fn start(holder: &Holder, props: &str) -> Transform {
+        Transform::start_on(holder, &tiny(), props)
+    }
+
+    /// [`Transform::start`] on another model folder.
+    fn start_on(holder: &Holder, model: &str, props: &str) -> Transform {
         init();
         let desc = format!(
             "settingssrc endpoint={} ! i2i.settings \
              appsrc name=src format=time caps=video/x-raw,format=RGB,width={W},height={H},framerate=30/1 \
              ! i2itransform name=i2i model={} width={W} height={H} threads=1 t-index-list=20,35 {props} \
              ! appsink name=out sync=false",
-            holder.state,
-            tiny()
+            holder.state, model
         );
         let pipeline = gst::parse::launch(&desc)
             .unwrap()
@@ -1050,4 +1054,80 @@ fn flood_benchmark_unpaced() {
         ratios[ratios.len() / 2]
     );
     check_flood_end(t, last);
+}
+
+/// `models/tiny-lora` and one of its adapter files.
+fn lora_model() -> (String, impl Fn(&str) -> String) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-lora");
+    assert!(
+        dir.join("unet/model.onnx").exists(),
+        "{} is missing: run scripts/setup.sh",
+        dir.display()
+    );
+    let d = dir.clone();
+    (dir.display().to_string(), move |name: &str| {
+        d.join("loras")
+            .join(format!("{name}.onnx_adapter"))
+            .display()
+            .to_string()
+    })
+}
+
+fn lora_is(list: String) -> impl Fn(&gst::StructureRef) -> bool {
+    move |s| s.get::<&str>("lora") == Ok(list.as_str())
+}
+
+#[test]
+fn lora_from_the_console_and_osc_switches_the_style_and_off_returns_to_the_base() {
+    let (model, adapter) = lora_model();
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut t = Transform::start_on(&holder, &model, "");
+    let (_, base) = t.settle(is(FOX, 1));
+
+    let a = adapter("style-a");
+    holder.one_shot(&format!("/lora {a} 0.8"));
+    let (_, styled) = t.settle(lora_is(format!("{a}:0.8")));
+    assert!(styled != base, "the LoRA did not change the frames");
+    assert_eq!(t.i2i.property::<String>("lora"), format!("{a}:0.8"));
+
+    // Two at once over OSC (file, scale pairs), then off.
+    let b = adapter("style-b");
+    osc_send(&holder, &["/lora", &a, "0.8", &b, "0.5"]);
+    let (_, both) = t.settle(lora_is(format!("{a}:0.8,{b}:0.5")));
+    assert!(both != styled, "style-b did not add to style-a");
+    osc_send(&holder, &["/lora", "off"]);
+    let (at, off) = t.settle(lora_is(String::new()));
+    assert!(off == base, "/lora off did not give the base frames");
+
+    // A LoRA that does not fit: refused by the transform, reported to the holder with the
+    // file and the first mismatch; the frames stay as they were.
+    holder.one_shot(&format!("/lora {}", adapter("wrong-shape")));
+    // Frames go on (the change is tried at the next batch) and stay as they were.
+    let deadline = Instant::now() + TIMEOUT;
+    while !t.warnings.iter().any(|w| w.contains("wrong-shape")) {
+        assert!(Instant::now() < deadline, "no refusal: {:?}", t.warnings);
+        t.push(4);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let now = t.pushed;
+    assert!(
+        t.frame(now + 2) == base,
+        "the refused LoRA changed the frames"
+    );
+    assert!(t.frame(at + 1) == base);
+    let line = wait_for_line(&holder.stderr, |l| {
+        l.starts_with("refused by") && l.contains("wrong-shape.onnx_adapter")
+    });
+    assert!(
+        line.contains("shape [17, 2], the UNet takes [16, r]"),
+        "{line}"
+    );
+    assert_eq!(t.i2i.property::<String>("lora"), "");
+    let warnings = t.finish();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("wrong-shape.onnx_adapter")),
+        "{warnings:?}"
+    );
 }

@@ -42,10 +42,12 @@ OSC addresses (UDP, default port 8000; i = int, f = float, s = string):
   /transition i             transition frames
   /blend s f s f ...        prompt blend (no arguments ends it)
   /seedblend i f i f ...    seed blend (no arguments ends it)
+  /lora s f s f ...         LoRA styles: file, scale pairs, or one string FILE:SCALE,...; no arguments or off ends it
   /cfg s, /similarity f, /blendmode s";
 
 /// The OSC addresses, for "did you mean".
-const ADDRESS_NAMES: [&str; 15] = [
+const ADDRESS_NAMES: [&str; 16] = [
+    "/lora",
     "/prompt",
     "/negative",
     "/negative-prompt",
@@ -290,13 +292,29 @@ pub fn message_to_update(m: &OscMessage) -> Result<SettingsUpdate, String> {
                     .collect::<Result<_, String>>()?,
             )
         }
+        "/lora" => {
+            let text = match m.args.len() {
+                0 => String::new(),
+                1 => arg_text(addr, &m.args[0])?,
+                _ => pairs(m)?
+                    .into_iter()
+                    .map(|(f, s)| Ok(format!("{}:{s}", arg_text(addr, f)?)))
+                    .collect::<Result<Vec<_>, String>>()?
+                    .join(","),
+            };
+            u.lora = Some(if text.trim().is_empty() {
+                String::new()
+            } else {
+                i2i_core::settings::lora::lora_from_command(&text)?
+            });
+        }
         _ => {
             let shown: String = addr.chars().take(60).collect();
             let hint = did_you_mean(&shown, &ADDRESS_NAMES)
                 .map(|a| format!("did you mean {a}? "))
                 .unwrap_or_default();
             return Err(format!(
-                "unknown OSC address {shown} ({hint}accepted: /prompt /negative /seed /strength /guidance /delta /t /transition /blend /seedblend /cfg /similarity /blendmode)"
+                "unknown OSC address {shown} ({hint}accepted: /prompt /negative /seed /strength /guidance /delta /t /transition /blend /seedblend /cfg /similarity /blendmode /lora)"
             ));
         }
     }
@@ -533,6 +551,26 @@ mod tests {
                 .t_index_list
                 .as_deref(),
             Some(&[20, 35][..])
+        );
+        let l = |args| u("/lora", args).unwrap().lora.unwrap();
+        assert_eq!(
+            l(vec![
+                OscType::String("a.onnx_adapter".into()),
+                OscType::Float(0.5),
+                OscType::String("b.onnx_adapter".into()),
+                OscType::Float(0.7),
+            ]),
+            "a.onnx_adapter:0.5,b.onnx_adapter:0.7"
+        );
+        assert_eq!(l(vec![OscType::String("a:0.5".into())]), "a:0.5");
+        assert_eq!(l(vec![OscType::String("off".into())]), "");
+        assert_eq!(l(vec![]), "");
+        assert!(
+            u(
+                "/lora",
+                vec![OscType::String("a".into()), OscType::Float(99.0)]
+            )
+            .is_err()
         );
         assert_eq!(
             u("/transition", vec![OscType::Int(30)])

@@ -311,7 +311,36 @@ impl Engine {
         engine.timings.text += text_time;
         engine.timings.text_calls += 1;
         engine.rebuild_frame_params()?;
+        if let (Some(l), Some(u)) = (
+            engine.prepare_lora(&params.lora)?,
+            engine.model.unet.lora.as_mut(),
+        ) {
+            u.commit(l, 0);
+        }
         Ok(engine)
+    }
+
+    /// Reads and checks the LoRA list `text` (`FILE[:SCALE],...`) against the UNet's LoRA
+    /// inputs, to be committed with the other settings; `None` for no LoRA on a UNet
+    /// without LoRA inputs. A model without them refuses a list naming what is missing.
+    fn prepare_lora(&self, text: &str) -> Result<Option<super::lora::Prepared>, EngineError> {
+        let list = super::lora::parse_list(text)
+            .map_err(|e| EngineError::argument("lora", "FILE[:SCALE][,FILE[:SCALE]...]", e))?;
+        match &self.model.unet.lora {
+            Some(l) => l.prepare(&list).map(Some),
+            None if list.is_empty() => Ok(None),
+            None => Err(EngineError::tensor(
+                &self.model.unet.graph.file,
+                "NAME.lora_A.weight",
+                "LoRA inputs (NAME.lora_A.weight [in, r] and NAME.lora_B.weight [r, out], docs/models.md \"LoRA models\") for lora",
+                "a UNet without LoRA inputs: unset lora or use a model exported with them (scripts/export_lora.py)",
+            )),
+        }
+    }
+
+    /// The number of UNet projections with LoRA inputs (0: the model takes no LoRA).
+    pub fn lora_projections(&self) -> usize {
+        self.model.unet.lora.as_ref().map_or(0, |l| l.projections())
     }
 
     /// The execution provider actually running (never `Auto`).
@@ -358,6 +387,11 @@ impl Engine {
         } else {
             self.steps.clone()
         };
+        let lora = if p.lora != self.params.lora {
+            self.prepare_lora(&p.lora)?
+        } else {
+            None
+        };
         let shape = self.conditioning.shape();
         let negative_changed = p.negative_prompt != self.params.negative_prompt;
         let uncond =
@@ -371,6 +405,9 @@ impl Engine {
             encode_text(text, timings, shape, t, false)
         })?;
         // Commit.
+        if let (Some(l), Some(u)) = (lora, self.model.unet.lora.as_mut()) {
+            u.commit(l, p.transition_frames);
+        }
         if uncond.is_some() || negative_changed {
             // A stale negative is encoded again when a mode needs it.
             self.uncond = uncond;
@@ -524,6 +561,9 @@ impl Engine {
         // The frames of this call take one step of the conditioning and noise fades.
         if self.conditioning.step(frames.len()) {
             self.rebuild_frame_params()?;
+        }
+        if let Some(l) = self.model.unet.lora.as_mut() {
+            l.step(frames.len());
         }
         self.timings.frames_in += frames.len() as u64;
 

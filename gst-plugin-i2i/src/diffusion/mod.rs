@@ -18,6 +18,7 @@ use i2i_core::settings::blend::BlendMode;
 
 mod conditioning;
 mod engine;
+pub mod lora;
 pub mod model;
 pub mod noise;
 pub mod scheduler;
@@ -81,6 +82,9 @@ pub struct StreamParams {
     pub blend_mode: BlendMode,
     /// Frames over which a change of the conditioning or the noise fades in (0 = jump).
     pub transition_frames: u32,
+    /// LoRA adapters bound to the UNet's LoRA inputs, `FILE[:SCALE][,FILE[:SCALE]...]`
+    /// (see [`lora`]); empty = none.
+    pub lora: String,
 }
 
 impl Default for StreamParams {
@@ -101,6 +105,7 @@ impl Default for StreamParams {
             seed_blend: None,
             blend_mode: BlendMode::Linear,
             transition_frames: 0,
+            lora: String::new(),
         }
     }
 }

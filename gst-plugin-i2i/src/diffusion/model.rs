@@ -31,6 +31,7 @@ use ort::value::Tensor;
 
 use serde_json::Value;
 
+use super::lora::UnetLora;
 use super::scheduler::SchedulerConfig;
 use super::sdxl::{self, UnetXl, XlText};
 use super::tokenizer::ClipTokenizer;
@@ -264,6 +265,8 @@ pub struct Unet {
     pub pooled_size: usize,
     /// The ControlNet inputs of a fused graph.
     pub control: Option<UnetControl>,
+    /// The LoRA inputs (`P.lora_A.weight` / `P.lora_B.weight`), bound on every call.
+    pub lora: Option<UnetLora>,
     output: String,
     latent_h: usize,
     latent_w: usize,
@@ -292,6 +295,10 @@ impl Unet {
         if let Some(c) = &control {
             known.push(c.images.as_str());
             known.push(c.scales.as_str());
+        }
+        let lora = UnetLora::bind(&graph)?;
+        if let Some(l) = &lora {
+            known.extend(l.input_names());
         }
         graph.no_other_inputs(&known)?;
         let file = graph.file.clone();
@@ -352,6 +359,7 @@ impl Unet {
             hidden_size: hidden.dim(2),
             xl,
             control,
+            lora,
             pooled_size: 0,
             output: out.name.clone(),
             graph,
@@ -409,6 +417,7 @@ impl Unet {
                 c.scales[a * num..(a + 1) * num] == c.scales[b * num..(b + 1) * num]
             })
         };
+        let lora_shapes = self.lora.as_ref().map(UnetLora::shapes).unwrap_or_default();
         let mut g0 = 0;
         while g0 < rows {
             let g1 = match self.timestep_form {
@@ -486,6 +495,9 @@ impl Unet {
                         sc_shape,
                         Feed::F32(&c.scales[r.start * num..(r.start + 1) * num]),
                     ));
+                }
+                if let Some(l) = &self.lora {
+                    l.feeds(&lora_shapes, &mut feeds);
                 }
                 let dst = &mut out[r.start * lat..r.end * lat];
                 let ok = self.graph.run_with(&feeds, &self.output, |shape, eps| {

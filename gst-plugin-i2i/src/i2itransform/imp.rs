@@ -591,6 +591,7 @@ impl InferElement for I2iTransform {
             )
             .field("latency-frames", engine.latency_frames() as u32)
             .field("load-ms", load_time.as_secs_f64() * 1000.0)
+            .field("lora-projections", engine.lora_projections() as u32)
             .build();
         self.post_started(started_msg);
         self.reset_for_start(Stats::started(
@@ -843,6 +844,12 @@ impl ObjectImpl for I2iTransform {
                 "frames-skipped (similarity filter), settings-applied, settings-rejected, control-fallbacks",
             )])
             .chain(control::param_specs())
+            .chain([glib::ParamSpecString::builder("lora")
+                .nick("LoRA")
+                .blurb("LoRA styles for a UNet exported with LoRA inputs (docs/models.md): FILE[:SCALE][,FILE[:SCALE]...] of .onnx_adapter files, scale 1 when absent; empty or off = none. Switched while playing from the next batch, no reload; transition-frames cross-fades")
+                .default_value(Some(""))
+                .mutable_playing()
+                .build()])
             .collect()
         });
         PROPERTIES.as_ref()
@@ -942,6 +949,16 @@ impl ObjectImpl for I2iTransform {
                 }
             }
             "blend-mode" => s.live.params.blend_mode = value.get::<BlendMode>().unwrap(),
+            "lora" => {
+                let text = value.get::<Option<String>>().unwrap().unwrap_or_default();
+                match i2i_core::settings::lora::parse_lora_list(&text) {
+                    Ok(l) => s.live.params.lora = i2i_core::settings::lora::format_lora_list(&l),
+                    Err(e) => {
+                        drop(s);
+                        self.refuse(&format!("{e} (refused)"));
+                    }
+                }
+            }
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();
@@ -1000,6 +1017,7 @@ impl ObjectImpl for I2iTransform {
             "prompt-blend" => live::format_prompt_blend(&s.live.params.prompt_blend).to_value(),
             "seed-blend" => live::format_seed_blend(&s.live.params.seed_blend).to_value(),
             "blend-mode" => s.live.params.blend_mode.to_value(),
+            "lora" => s.live.params.lora.to_value(),
             "batch-size" => s.batch_size.to_value(),
             "width" => s.width.to_value(),
             "height" => s.height.to_value(),

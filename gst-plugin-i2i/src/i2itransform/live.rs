@@ -123,6 +123,10 @@ impl LiveSettings {
         if let Some(m) = u.blend_mode {
             next.params.blend_mode = m;
         }
+        if let Some(l) = &u.lora {
+            let list = settings::lora::parse_lora_list(l)?;
+            next.params.lora = settings::lora::format_lora_list(&list);
+        }
         let changed = self.changed(&next);
         *self = next;
         Ok(changed)
@@ -166,6 +170,7 @@ impl LiveSettings {
             blend_mode: Some(self.params.blend_mode),
             // Relative: resolved into t-index-list, never reported.
             strength: None,
+            lora: Some(p.lora.clone()),
         }
     }
 
@@ -202,6 +207,7 @@ impl LiveSettings {
         check(a.prompt_blend != b.prompt_blend, "prompt-blend");
         check(a.seed_blend != b.seed_blend, "seed-blend");
         check(a.blend_mode != b.blend_mode, "blend-mode");
+        check(a.lora != b.lora, "lora");
         out
     }
 }

@@ -225,6 +225,20 @@ impl I2iTransform {
             }
             if let Err(e) = w.engine.set_params(&desired.params) {
                 self.refuse(&format!("settings not applied: {e}"));
+                if self.settingspad.is_linked() {
+                    // The operator who typed it sees why (settingssrc reports it).
+                    let _ = self.settingspad.push_event(gst::event::CustomUpstream::new(
+                        gst::Structure::builder(i2i_core::settings::state::REFUSED_EVENT)
+                            .field("refused", format!("settings not applied: {e}"))
+                            .build(),
+                    ));
+                }
+                // A LoRA that does not fit keeps the running style, not the other changes.
+                if desired.params.lora != w.engine.params().lora {
+                    let mut without = desired.params.clone();
+                    without.lora = w.engine.params().lora.clone();
+                    let _ = w.engine.set_params(&without);
+                }
                 let current = w.engine.params().clone();
                 let reverted = {
                     let mut s = self.settings.lock().unwrap();
@@ -278,6 +292,7 @@ impl I2iTransform {
                 live::format_seed_blend(&w.applied.params.seed_blend),
             )
             .field("blend-mode", w.applied.params.blend_mode.nick())
+            .field("lora", &w.applied.params.lora)
             .build();
         let _ = self
             .obj()

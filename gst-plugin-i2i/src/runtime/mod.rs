@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ort::environment::Environment;
 
+pub mod adapter_file;
 pub mod error;
 pub mod graph;
 pub mod onnx_proto;

@@ -35,12 +35,13 @@ Commands (plain text without a leading / sets the prompt):
   /seedblend 1:0.5 2:0.5        weighted seed (noise) blend (/seedblend off ends it)
   /blendmode linear|slerp       how blends and transitions combine
   /transition N                 fade later prompt and seed changes over N frames (0 = jump)
+  /lora FILE [SCALE]            LoRA style (FILE:0.5,FILE2:0.7 for several; /lora off ends it)
   /status                       show the current state
   /help                         this table";
 
 /// Command names, as `/help` lists them (aliases are accepted but not offered): what Tab
 /// completes and "did you mean" suggests.
-pub const COMMAND_NAMES: [&str; 15] = [
+pub const COMMAND_NAMES: [&str; 16] = [
     "/prompt",
     "/negative",
     "/seed",
@@ -54,6 +55,7 @@ pub const COMMAND_NAMES: [&str; 15] = [
     "/seedblend",
     "/blendmode",
     "/transition",
+    "/lora",
     "/status",
     "/help",
 ];
@@ -150,6 +152,7 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
             u.blend_mode = mode;
             u.seed_blend = Some(parse_seed_blend(items)?);
         }
+        "lora" => u.lora = Some(super::lora::lora_from_command(arg)?),
         "" => return Err("empty command name after / (/help lists the commands)".to_string()),
         other => {
             let hint = match did_you_mean(&format!("/{other}"), &COMMAND_NAMES) {

@@ -193,12 +193,13 @@ fn canonical_key(key: &str) -> Option<&'static str> {
         "seed-blend" | "seedblend" | "seeds" => "seed-blend",
         "blend-mode" | "blendmode" => "blend-mode",
         "strength" => "strength",
+        "lora" => "lora",
         _ => return None,
     })
 }
 
 /// The keys of a settings map (the property names; aliases are accepted too).
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 14] = [
     "prompt",
     "negative-prompt",
     "seed",
@@ -212,6 +213,7 @@ pub const KEYS: [&str; 13] = [
     "prompt-blend",
     "seed-blend",
     "blend-mode",
+    "lora",
 ];
 
 /// Converts a msgpack (or JSON) map into an update, checking every key, type and value.
@@ -278,6 +280,7 @@ pub fn update_from_value(value: &Value) -> Result<SettingsUpdate, String> {
             "cfg-type" => u.cfg_type = Some(CfgType::parse(&text(key, v)?.to_ascii_lowercase())?),
             "similarity-threshold" => u.similarity_threshold = Some(number(key, v)?),
             "strength" => u.strength = Some(number(key, v)?),
+            "lora" => u.lora = Some(text(key, v)?),
             "transition-frames" => {
                 let n = whole(key, v)?;
                 u.transition_frames = Some(u32::try_from(n).unwrap_or(u32::MAX));

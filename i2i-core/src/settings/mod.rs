@@ -13,6 +13,7 @@ pub mod blend;
 pub mod command;
 pub mod hub;
 pub mod limits;
+pub mod lora;
 pub mod message;
 pub mod peers;
 pub mod state;
@@ -214,6 +215,9 @@ pub struct SettingsUpdate {
     /// (a published state never carries it), a transform into its own list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
+    /// LoRA adapters, `FILE[:SCALE][,FILE[:SCALE]...]` (see [`lora`]); empty = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<String>,
 }
 
 impl SettingsUpdate {
@@ -251,7 +255,8 @@ impl SettingsUpdate {
             prompt_blend,
             seed_blend,
             blend_mode,
-            strength
+            strength,
+            lora
         );
         // A list given later replaces the one an earlier strength moved: that strength no
         // longer applies (strength is applied after the list of the same update).
@@ -280,6 +285,12 @@ impl SettingsUpdate {
             blend_mode,
             strength
         );
+        // No LoRA and an empty list are the same.
+        if let Some(l) = &self.lora
+            && *l != previous.lora.clone().unwrap_or_default()
+        {
+            d.lora = Some(l.clone());
+        }
         // No blend and an empty blend are the same: ending a blend that never began is
         // no change.
         fn blend<T: Clone + PartialEq>(
@@ -332,7 +343,8 @@ impl SettingsUpdate {
             prompt_blend => "prompt-blend",
             seed_blend => "seed-blend",
             blend_mode => "blend-mode",
-            strength => "strength"
+            strength => "strength",
+            lora => "lora"
         );
         out
     }
@@ -429,6 +441,10 @@ impl SettingsUpdate {
         if let Some(b) = &self.seed_blend {
             check_weights("seed-blend", b.iter().map(|(_, w)| *w))?;
         }
+        if let Some(l) = &self.lora {
+            check_text("lora", l)?;
+            lora::parse_lora_list(l)?;
+        }
         Ok(())
     }
 
@@ -483,6 +499,9 @@ impl SettingsUpdate {
         }
         if let Some(v) = self.strength {
             parts.push(format!("strength={v}"));
+        }
+        if let Some(v) = &self.lora {
+            parts.push(format!("lora={}", if v.is_empty() { "off" } else { v }));
         }
         if parts.is_empty() {
             "(nothing)".to_string()

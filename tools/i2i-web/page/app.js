@@ -330,6 +330,7 @@ function loadState(m) {
   if (s.delta !== undefined) setSlider("delta", s.delta);
   if (s["transition-frames"] !== undefined) $("transition").value = s["transition-frames"];
   if (s["blend-mode"]) $("blendmode").value = s["blend-mode"];
+  if (s.lora !== undefined) $("lora").value = s.lora;
   // The element's default (self) when the holder has none.
   setCfg(s["cfg-type"] || "self");
 }
@@ -378,6 +379,15 @@ $("blend-on").addEventListener("click", () => {
   settings({ "prompt-blend": [[$("prompt").value, 1 - w], [$("blend-b").value, w]] });
 });
 $("blend-off").addEventListener("click", () => settings({ "prompt-blend": [] }));
+
+// LoRA: one file at the slider's scale, or a whole list as typed (FILE:SCALE,...).
+$("lora-scale").addEventListener("input", () => { $("lora-scale-v").textContent = $("lora-scale").value; });
+$("lora-on").addEventListener("click", () => {
+  const text = $("lora").value.trim();
+  const list = text.includes(",") || /:-?[0-9.]+$/.test(text) ? text : text + ":" + $("lora-scale").value;
+  settings({ lora: list });
+});
+$("lora-off").addEventListener("click", () => settings({ lora: "off" }));
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 

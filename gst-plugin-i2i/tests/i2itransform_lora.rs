@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: MPL-2.0
+//! i2itransform's `lora` property on the tiny LoRA model (models/tiny-lora, 64x64, two
+//! steps) in real pipelines: a switch while playing changes the output within one batch
+//! and loads no session (one `i2itransform-started`), `off` gives the base frames bit for
+//! bit, a LoRA that does not fit is refused with a WARNING naming the file and the first
+//! mismatch and leaves the frames bit for bit as they were, and a model without LoRA
+//! inputs refuses `lora` at start naming what is missing.
+//!
+//! Frames are pushed one at a time, the next once all but the one in flight are out, so a
+//! change made before frame k is applied from the batch of frame k (the frame in flight,
+//! k - 1, takes its last step with it).
+
+mod pipeline_common;
+
+use gst::prelude::*;
+use pipeline_common::*;
+
+const W: u32 = 64;
+const H: u32 = 64;
+
+fn lora_model() -> String {
+    model_dir("tiny-lora", "unet/model.onnx")
+        .display()
+        .to_string()
+}
+
+fn adapter(name: &str) -> String {
+    format!("{}/loras/{name}.onnx_adapter", lora_model())
+}
+
+/// Runs `n` frames through `i2itransform model=<model> <props>`, setting `lora` to
+/// `changes[i].1` before frame `changes[i].0`; returns the run and each output's bytes.
+fn scenario(model: &str, props: &str, changes: &[(u64, String)], n: u64) -> (Run, Vec<Vec<u8>>) {
+    let desc = format!(
+        "appsrc name=src format=time ! i2itransform name=i2i model=\"{model}\" width={W} height={H} \
+         threads=1 t-index-list=32,45 {props} ! appsink name=out sync=false"
+    );
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
+    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
+    let i2i = pipeline.by_name("i2i").unwrap();
+    let samples = collect_samples(&pipeline);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let out_count = || samples.lock().unwrap().len() as u64;
+    for k in 0..n {
+        if let Some((_, lora)) = changes.iter().find(|(at, _)| *at == k) {
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while out_count() + 1 < k {
+                assert!(std::time::Instant::now() < deadline, "frames stopped");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            i2i.set_property("lora", lora.as_str());
+        }
+        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(100 * k));
+            b.set_duration(gst::ClockTime::from_mseconds(100));
+            b.set_offset(k);
+        }
+        src.push_buffer(buf).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let mut messages = Vec::new();
+    let res = wait_eos(&pipeline, &mut messages);
+    pipeline.set_state(gst::State::Null).unwrap();
+    res.unwrap();
+    let run = Run {
+        samples: std::mem::take(&mut samples.lock().unwrap()),
+        messages,
+    };
+    let frames = (0..run.samples.len()).map(|i| run.bytes(i)).collect();
+    (run, frames)
+}
+
+#[test]
+fn a_switch_changes_the_output_within_one_batch_and_loads_no_session() {
+    let a = format!("{}:0.8", adapter("style-a"));
+    let (_, base) = scenario(&lora_model(), "", &[], 9);
+    let (_, styled) = scenario(&lora_model(), &format!("lora=\"{a}\""), &[], 9);
+    let (run, out) = scenario(
+        &lora_model(),
+        "",
+        &[(3, a.clone()), (6, "off".to_string())],
+        9,
+    );
+    assert_eq!(out.len(), 9);
+    assert_ne!(base[2], styled[2], "the LoRA shows");
+    let started = run.elements("i2itransform-started");
+    assert_eq!(started.len(), 1, "one model load");
+    assert_eq!(started[0].get::<u32>("lora-projections").unwrap(), 16);
+    assert_eq!(out[..2], base[..2], "before the switch: the base");
+    // Frame 2 was in flight: its last step, in frame 3's batch, already has the LoRA.
+    assert_ne!(out[2], base[2], "the switch shows in the next batch");
+    assert_eq!(
+        out[3..5],
+        styled[3..5],
+        "frames all in style-a are style-a's"
+    );
+    // `off` before frame 6: from there the base, bit for bit.
+    assert_eq!(out[6..], base[6..], "off gives the base frames");
+    let applied = run.elements("i2i-settings-applied");
+    let lora_changes: Vec<(u64, String)> = applied
+        .iter()
+        .map(|s| {
+            (
+                s.get::<u64>("frame-index").unwrap(),
+                s.get::<String>("lora").unwrap(),
+            )
+        })
+        .collect();
+    assert!(lora_changes.contains(&(3, a.clone())), "{lora_changes:?}");
+    assert!(
+        lora_changes.contains(&(6, String::new())),
+        "{lora_changes:?}"
+    );
+    assert!(run.warnings().is_empty(), "{:?}", run.warnings());
+}
+
+#[test]
+fn a_lora_that_does_not_fit_is_refused_and_the_frames_stay() {
+    let a = format!("{}:0.8", adapter("style-a"));
+    let props = format!("lora=\"{a}\"");
+    let (_, styled) = scenario(&lora_model(), &props, &[], 7);
+    let (run, out) = scenario(
+        &lora_model(),
+        &props,
+        &[
+            (2, format!("{a},{}:0.5", adapter("wrong-shape"))),
+            (4, adapter("wrong-name")),
+            (5, adapter("wrong-dtype")),
+        ],
+        7,
+    );
+    assert_eq!(out, styled, "refused LoRAs leave every frame as it was");
+    assert_eq!(run.elements("i2itransform-started").len(), 1);
+    let warnings = run.warnings();
+    for (name, mismatch) in [
+        (
+            "wrong-shape",
+            "attn1.to_q.lora_A.weight: shape [17, 2], the UNet takes [16, r]",
+        ),
+        ("wrong-name", "has no input of that name"),
+        ("wrong-dtype", "float16, the UNet takes float32"),
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("{name}.onnx_adapter")) && w.contains(mismatch)),
+            "{name}: {warnings:?}"
+        );
+    }
+}
+
+#[test]
+fn a_model_without_lora_inputs_refuses_lora_naming_what_is_missing() {
+    let tiny = model_dir("tiny-sd15", "unet/model.onnx");
+    let err = run_launch(&format!(
+        "videotestsrc num-buffers=2 ! video/x-raw,width=64,height=64 ! i2itransform model=\"{}\" \
+         width=64 height=64 lora=\"{}\" ! appsink name=out",
+        tiny.display(),
+        adapter("style-a")
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("lora_A.weight") && err.contains("without LoRA inputs"),
+        "{err}"
+    );
+    // A list that is not one: refused when set, the property keeps its value.
+    init();
+    let e = gst::ElementFactory::make("i2itransform").build().unwrap();
+    e.set_property("lora", "a.onnx_adapter:0.5");
+    e.set_property("lora", "a.onnx_adapter:99");
+    assert_eq!(e.property::<String>("lora"), "a.onnx_adapter:0.5");
+    e.set_property("lora", "off");
+    assert_eq!(e.property::<String>("lora"), "");
+}
+
+#[test]
+fn a_refused_lora_on_the_settings_pad_keeps_the_other_keys_of_the_update() {
+    let desc = format!(
+        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
+         threads=1 t-index-list=32,45 wait-for-settings=false ! appsink name=out sync=false \
+         appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
+        lora_model()
+    );
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
+    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
+    let settings = appsrc(&pipeline, "settings");
+    let i2i = pipeline.by_name("i2i").unwrap();
+    let samples = collect_samples(&pipeline);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let push = |k: u64| {
+        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
+        buf.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(100 * k));
+        src.push_buffer(buf).unwrap();
+    };
+    for k in 0..3 {
+        push(k);
+    }
+    let json = format!(r#"{{"seed": 7, "lora": "{}"}}"#, adapter("wrong-shape"));
+    settings
+        .push_buffer(gst::Buffer::from_slice(json.into_bytes()))
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while i2i.property::<u64>("seed") != 7 {
+        assert!(std::time::Instant::now() < deadline, "settings not taken");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for k in 3..6 {
+        push(k);
+    }
+    src.end_of_stream().unwrap();
+    let mut messages = Vec::new();
+    let res = wait_eos(&pipeline, &mut messages);
+    pipeline.set_state(gst::State::Null).unwrap();
+    res.unwrap();
+    let run = Run {
+        samples: std::mem::take(&mut samples.lock().unwrap()),
+        messages,
+    };
+    assert_eq!(run.samples.len(), 6);
+    assert!(
+        run.warnings()
+            .iter()
+            .any(|w| w.contains("wrong-shape.onnx_adapter") && w.contains("shape [17, 2]")),
+        "{:?}",
+        run.warnings()
+    );
+    let applied = run.elements("i2i-settings-applied");
+    let last = applied.last().expect("the seed was applied");
+    assert_eq!(last.get::<u64>("seed").unwrap(), 7);
+    assert_eq!(last.get::<String>("lora").unwrap(), "");
+    assert_eq!(i2i.property::<u64>("seed"), 7);
+    assert_eq!(i2i.property::<String>("lora"), "");
+}
