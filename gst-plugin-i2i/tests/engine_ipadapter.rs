@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: MPL-2.0
+//! IP-Adapter in the engine against the numpy reference (tests/python/reference_style.py
+//! through reference_stream.py --ip-adapter-image): the tiny IP-Adapter, IP-Adapter Plus and
+//! SDXL IP-Adapter models, a picture, per-layer scales, and scale 0 equal to no picture.
+
+mod engine_common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use engine_common::*;
+use gsti2i::diffusion::ipadapter::{ImageSide, PictureTokens, decode_picture};
+use gsti2i::diffusion::{CfgType, Engine, StreamParams};
+
+fn params(cfg: CfgType) -> StreamParams {
+    StreamParams {
+        prompt: "a red cat in the snow".into(),
+        negative_prompt: "blurry".into(),
+        seed: 5,
+        t_index_list: vec![32, 45],
+        num_inference_steps: 50,
+        guidance_scale: 1.5,
+        delta: 0.9,
+        cfg_type: cfg,
+        add_noise: true,
+        ..Default::default()
+    }
+}
+
+/// A 48x32 picture: its short side is the tiny encoders' 32, so CLIP's resize leaves it
+/// as it is (the reference resizes with PIL) and the centre crop takes its middle.
+fn write_picture(path: &Path, k: u32) {
+    let img = image::RgbImage::from_fn(48, 32, |x, y| {
+        image::Rgb([
+            (x * 5 + k * 40) as u8,
+            (y * 7 + x) as u8,
+            ((x ^ y) * 9 + k * 90) as u8,
+        ])
+    });
+    img.save(path).unwrap();
+}
+
+fn picture(model: &str, file: &Path) -> PictureTokens {
+    let e = Engine::load(&opts(model, 1), &params(CfgType::None)).unwrap();
+    let layout = e.ip_layout().expect("an IP-Adapter model");
+    let mut side = ImageSide::load(&model_dir(model), layout, 1).unwrap();
+    let (rgb, w, h) = decode_picture(file).unwrap();
+    PictureTokens {
+        tokens: Arc::new(side.tokens(&rgb, w, h).unwrap()),
+        negative: Arc::new(side.negative_tokens().unwrap()),
+    }
+}
+
+#[test]
+fn matches_numpy_reference() {
+    let frames: Vec<Vec<u8>> = (0..5).map(frame).collect();
+    let dir = tmp("ipadapter-reference");
+    let inputs = dir.join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    for (k, f) in frames.iter().enumerate() {
+        std::fs::write(inputs.join(format!("frame_{k:03}.rgb")), f).unwrap();
+    }
+    let style = dir.join("style.png");
+    write_picture(&style, 1);
+    // (model, cfg, scale text, scale values)
+    let runs: Vec<(&'static str, CfgType, &str, Vec<f32>)> = vec![
+        ("tiny-ipadapter", CfgType::Full, "0.5,1.5", vec![0.5, 1.5]),
+        (
+            "tiny-ipadapter-plus",
+            CfgType::SelfNegative,
+            "0.8",
+            vec![0.8],
+        ),
+        ("tiny-sdxl-ipadapter", CfgType::Full, "1.2", vec![1.2]),
+    ];
+    let cases: Vec<RefCase> = runs
+        .iter()
+        .map(|(m, cfg, _, _)| RefCase {
+            model: m,
+            dir: m.to_string(),
+            params: params(*cfg),
+        })
+        .collect();
+    let extra: Vec<Vec<String>> = runs
+        .iter()
+        .map(|(_, _, s, _)| {
+            vec![
+                "--ip-adapter-image".to_string(),
+                style.display().to_string(),
+                "--ip-adapter-scale".to_string(),
+                s.to_string(),
+            ]
+        })
+        .collect();
+    run_reference_with(&cases, &extra, &inputs, &dir);
+
+    let mut worst = 0.0f32;
+    for (model, cfg, _, scale) in &runs {
+        let mut e = Engine::load(&opts(model, 1), &params(*cfg)).unwrap();
+        e.set_ip_picture(Some(picture(model, &style))).unwrap();
+        e.set_ip_scale(scale).unwrap();
+        let out = run(&mut e, &frames);
+        let mut plain = Engine::load(&opts(model, 1), &params(*cfg)).unwrap();
+        let without = run(&mut plain, &frames);
+        let mut changed = 0;
+        for (k, o) in out.iter().enumerate() {
+            let want = read_f32(&dir.join(model).join(format!("frame_{k:03}.f32")));
+            let d = max_abs(&o.pixels, &want);
+            worst = worst.max(d);
+            assert!(d <= 1e-4, "{model} frame {k}: max abs diff {d}");
+            if max_abs(&o.pixels, &without[k].pixels) > 1e-4 {
+                changed += 1;
+            }
+        }
+        assert_eq!(
+            changed,
+            frames.len(),
+            "{model}: the picture changes every frame"
+        );
+    }
+    eprintln!("worst difference to the reference with IP-Adapter: {worst:e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn scale_zero_is_no_picture_and_none_is_zero_tokens() {
+    let frames: Vec<Vec<u8>> = (0..4).map(frame).collect();
+    let dir = tmp("ipadapter-zero");
+    let style = dir.join("style.png");
+    write_picture(&style, 2);
+    let model = "tiny-ipadapter";
+    let p = params(CfgType::Full);
+    let mut plain = Engine::load(&opts(model, 1), &p).unwrap();
+    let want = run(&mut plain, &frames);
+
+    let mut e = Engine::load(&opts(model, 1), &p).unwrap();
+    e.set_ip_picture(Some(picture(model, &style))).unwrap();
+    e.set_ip_scale(&[0.0]).unwrap();
+    let zero = run(&mut e, &frames);
+    for (k, (a, b)) in zero.iter().zip(&want).enumerate() {
+        assert_eq!(a.pixels, b.pixels, "frame {k}: scale 0 is no picture");
+    }
+    e.set_ip_scale(&[1.0]).unwrap();
+    let one = run(&mut e, &frames);
+    assert!(max_abs(&one[3].pixels, &want[3].pixels) > 1e-4);
+    e.set_ip_picture(None).unwrap();
+    let none = run(&mut e, &frames);
+    for (k, (a, b)) in none.iter().zip(&want).enumerate() {
+        assert_eq!(a.pixels, b.pixels, "frame {k}: no picture is zero tokens");
+    }
+    let err = e.set_ip_scale(&[1.0, 2.0, 3.0]).unwrap_err().to_string();
+    assert!(err.contains("IP-Adapter layers"), "{err}");
+
+    let mut sd = Engine::load(&opts("tiny-sd15", 1), &p).unwrap();
+    assert!(sd.ip_layout().is_none());
+    let err = sd.set_ip_scale(&[1.0]).unwrap_err().to_string();
+    assert!(err.contains("ipadapter_scale"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
