@@ -166,6 +166,9 @@ impl LiveSettings {
             blend_mode: Some(self.params.blend_mode),
             // Relative: resolved into t-index-list, never reported.
             strength: None,
+            // The IP-Adapter's settings live beside these (ipadapter_pad.rs).
+            ip_adapter_image: None,
+            ip_adapter_scale: None,
         }
     }
 

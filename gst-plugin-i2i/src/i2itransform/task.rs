@@ -189,6 +189,7 @@ impl I2iTransform {
         }
         self.apply_live(w, index)?;
         self.apply_control(w);
+        self.apply_ip(w);
 
         let mut inputs = Vec::with_capacity(frames.len());
         for f in frames {
