@@ -330,6 +330,8 @@ function loadState(m) {
   if (s.delta !== undefined) setSlider("delta", s.delta);
   if (s["transition-frames"] !== undefined) $("transition").value = s["transition-frames"];
   if (s["blend-mode"]) $("blendmode").value = s["blend-mode"];
+  if (s["ip-adapter-image"] !== undefined) $("style").value = s["ip-adapter-image"];
+  if (Array.isArray(s["ip-adapter-scale"]) && s["ip-adapter-scale"].length) setSlider("ipscale", s["ip-adapter-scale"][0]);
   // The element's default (self) when the holder has none.
   setCfg(s["cfg-type"] || "self");
 }
@@ -378,6 +380,14 @@ $("blend-on").addEventListener("click", () => {
   settings({ "prompt-blend": [[$("prompt").value, 1 - w], [$("blend-b").value, w]] });
 });
 $("blend-off").addEventListener("click", () => settings({ "prompt-blend": [] }));
+// IP-Adapter: a picture on the transform's machine and its scale.
+const sendStyle = () => settings({ "ip-adapter-image": $("style").value.trim() });
+$("style-on").addEventListener("click", sendStyle);
+$("style").addEventListener("keydown", (e) => {
+  if (e.key === "Enter") { e.preventDefault(); sendStyle(); }
+});
+$("style-off").addEventListener("click", () => { $("style").value = ""; settings({ "ip-adapter-image": "" }); });
+slider("ipscale", (v) => settings({ "ip-adapter-scale": v }));
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 
