@@ -157,3 +157,33 @@ fn scale_zero_is_no_picture_and_none_is_zero_tokens() {
     assert!(err.contains("ipadapter_scale"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn transition_frames_fade_the_image_tokens_and_end_exactly_at_the_picture() {
+    let frames: Vec<Vec<u8>> = (0..6).map(frame).collect();
+    let dir = tmp("ipadapter-fade");
+    let style = dir.join("style.png");
+    write_picture(&style, 3);
+    let model = "tiny-ipadapter";
+    let tokens = picture(model, &style);
+    let mut p = params(CfgType::SelfNegative);
+    let mut jump = Engine::load(&opts(model, 1), &p).unwrap();
+    jump.set_ip_picture(Some(tokens.clone())).unwrap();
+    let with = run(&mut jump, &frames);
+    let mut plain = Engine::load(&opts(model, 1), &p).unwrap();
+    let without = run(&mut plain, &frames);
+
+    p.transition_frames = 3;
+    let mut e = Engine::load(&opts(model, 1), &p).unwrap();
+    e.set_ip_picture(Some(tokens)).unwrap();
+    let faded = run(&mut e, &frames);
+    // Frames 0..3 get the tokens 1/4, 2/4, 3/4 of the way; frame 3 on the picture's.
+    for k in 0..3 {
+        assert!(max_abs(&faded[k].pixels, &with[k].pixels) > 1e-5, "frame {k}");
+        assert!(max_abs(&faded[k].pixels, &without[k].pixels) > 1e-5, "frame {k}");
+    }
+    for k in 3..frames.len() {
+        assert_eq!(faded[k].pixels, with[k].pixels, "frame {k}: the fade ended");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
