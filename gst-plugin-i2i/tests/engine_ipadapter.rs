@@ -179,8 +179,14 @@ fn transition_frames_fade_the_image_tokens_and_end_exactly_at_the_picture() {
     let faded = run(&mut e, &frames);
     // Frames 0..3 get the tokens 1/4, 2/4, 3/4 of the way; frame 3 on the picture's.
     for k in 0..3 {
-        assert!(max_abs(&faded[k].pixels, &with[k].pixels) > 1e-5, "frame {k}");
-        assert!(max_abs(&faded[k].pixels, &without[k].pixels) > 1e-5, "frame {k}");
+        assert!(
+            max_abs(&faded[k].pixels, &with[k].pixels) > 1e-5,
+            "frame {k}"
+        );
+        assert!(
+            max_abs(&faded[k].pixels, &without[k].pixels) > 1e-5,
+            "frame {k}"
+        );
     }
     for k in 3..frames.len() {
         assert_eq!(faded[k].pixels, with[k].pixels, "frame {k}: the fade ended");
