@@ -9,6 +9,8 @@
 //!    inference thread goes on with frames; measured from the request to the first output
 //!    frame made with the picture's tokens.
 //!
+//! Run:
+//!
 //!     cargo run --release -p gst-plugin-i2i --example ipadapter-bench -- \
 //!         [--model models/tiny-ipadapter] [--size 64] [--frames 30] [--rounds 5] [--threads 1]
 //!
