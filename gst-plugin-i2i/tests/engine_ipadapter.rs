@@ -89,12 +89,24 @@ fn matches_numpy_reference() {
                 style.display().to_string(),
                 "--ip-adapter-scale".to_string(),
                 s.to_string(),
+                "--dump".to_string(),
             ]
         })
         .collect();
     run_reference_with(&cases, &extra, &inputs, &dir);
+    // The reference's final latents (x0 of the last step, scaled) as float32 files.
+    let python = root().join(".venv").join("bin").join("python");
+    let convert = "import sys, glob, numpy as np\n\
+        for f in glob.glob(sys.argv[1] + '/*/frame_*.npz'):\n    \
+        np.load(f)['x0_final'].astype('<f4').tofile(f[:-4] + '.x0.f32')\n";
+    let status = std::process::Command::new(&python)
+        .args(["-c", convert])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "converting the reference's latents");
 
-    let mut worst = 0.0f32;
+    let (mut worst, mut worst_latent) = (0.0f32, 0.0f32);
     for (model, cfg, _, scale) in &runs {
         let mut e = Engine::load(&opts(model, 1), &params(*cfg)).unwrap();
         e.set_ip_picture(Some(picture(model, &style))).unwrap();
@@ -117,8 +129,32 @@ fn matches_numpy_reference() {
             frames.len(),
             "{model}: the picture changes every frame"
         );
+
+        // The latents themselves: the engine's latent output (x0 / scaling factor).
+        let mut e = Engine::load(&opts(model, 1), &params(*cfg)).unwrap();
+        e.set_ip_picture(Some(picture(model, &style))).unwrap();
+        e.set_ip_scale(scale).unwrap();
+        e.set_latent_output(true);
+        let sf = e.scaling_factor();
+        let pre = e.preprocessor();
+        let mut latents = Vec::new();
+        for (k, f) in frames.iter().enumerate() {
+            let p = pre.prepare(k as u64, f, W, H).unwrap();
+            latents.extend(e.process_prepared(vec![p]).unwrap());
+        }
+        latents.extend(e.drain_decoded().unwrap());
+        assert_eq!(latents.len(), frames.len());
+        for (k, l) in latents.iter().enumerate() {
+            let x0 = read_f32(&dir.join(model).join(format!("frame_{k:03}.x0.f32")));
+            let want: Vec<f32> = x0.iter().map(|v| v / sf).collect();
+            let d = max_abs(l.decoded(), &want);
+            worst_latent = worst_latent.max(d);
+            assert!(d <= 1e-4, "{model} frame {k}: latent max abs diff {d}");
+        }
     }
-    eprintln!("worst difference to the reference with IP-Adapter: {worst:e}");
+    eprintln!(
+        "worst difference to the reference with IP-Adapter: pixels {worst:e}, latents {worst_latent:e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -245,23 +245,13 @@ fn a_new_picture_while_playing_reaches_the_output_and_a_bad_one_is_refused() {
     let _ = std::fs::remove_dir_all(&t);
 }
 
-#[test]
-fn picture_from_the_ipadapter_pad_fed_by_a_second_videotestsrc() {
-    let dir = model_dir("tiny-ipadapter", "image_encoder/model.onnx");
-    // The frame the second source gives (spokes: the same picture in every frame), as the
-    // engine-side reference.
-    let probe = run_launch(
-        "videotestsrc num-buffers=1 pattern=spokes ! video/x-raw,format=RGB,width=48,height=32 \
-         ! appsink name=out sync=false",
-    )
-    .unwrap();
-    let rgb = probe.bytes(0);
-    let frames = 10u64;
+/// `appsrc ! i2itransform ! appsink` with `frames` pictures and a second `videotestsrc`
+/// (`pad_caps`) on the `ipadapter` pad; frame 1 waits until the pad's picture is encoded.
+fn run_with_pad(dir: &Path, pad_caps: &str, frames: u64) -> Vec<Vec<u8>> {
     let desc = format!(
         "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
          ip-adapter-interval=0 {PROPS} ! video/x-raw,format=RGB ! appsink name=out sync=false \
-         videotestsrc num-buffers=5 pattern=spokes ! video/x-raw,format=RGB,width=48,height=32 \
-         ! i2i.ipadapter",
+         videotestsrc num-buffers=5 pattern=spokes ! {pad_caps} ! i2i.ipadapter",
         dir.display()
     );
     let run = run_launch_with(&desc, |pipeline| {
@@ -283,13 +273,31 @@ fn picture_from_the_ipadapter_pad_fed_by_a_second_videotestsrc() {
         src.end_of_stream().unwrap();
     })
     .unwrap();
-    let got = outputs(&run);
+    outputs(&run)
+}
+
+#[test]
+fn picture_from_the_ipadapter_pad_fed_by_a_second_videotestsrc() {
+    let dir = model_dir("tiny-ipadapter", "image_encoder/model.onnx");
+    // The frame the second source gives (spokes: the same picture in every frame), as the
+    // engine-side reference.
+    let caps = "video/x-raw,format=RGB,width=48,height=32";
+    let probe = run_launch(&format!(
+        "videotestsrc num-buffers=1 pattern=spokes ! {caps} ! appsink name=out sync=false"
+    ))
+    .unwrap();
+    let rgb = probe.bytes(0);
+    let frames = 10u64;
+    let got = run_with_pad(&dir, caps, frames);
     assert_eq!(got.len(), frames as usize);
     let with = engine_outputs(&dir, frames, Some(tokens(&dir, &rgb, 48, 32)), &[1.0]);
     let plain = engine_outputs(&dir, frames, None, &[1.0]);
     let last = frames as usize - 1;
     assert!(got[last] != plain[last], "the pad's picture acts");
     assert!(got[last] == with[last], "the pad's picture is the style");
+    // Any raw video: I420 at another size is converted on the pad and acts too.
+    let i420 = run_with_pad(&dir, "video/x-raw,format=I420,width=160,height=120", 4);
+    assert!(i420[3] != plain[3], "the I420 pad's picture acts");
 }
 
 #[test]

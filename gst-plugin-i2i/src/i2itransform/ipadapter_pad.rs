@@ -253,6 +253,16 @@ impl I2iTransform {
     pub(super) fn set_ip_property(&self, name: &str, value: &glib::Value, running: bool) {
         let text = || value.get::<Option<String>>().unwrap().unwrap_or_default();
         let mut inner = self.ip.0.lock().unwrap();
+        if running && inner.layers.is_none() && name != "ip-adapter-interval" {
+            drop(inner);
+            let model = self.settings.lock().unwrap().model.clone();
+            self.refuse(&format!(
+                "{name} refused: the model {} has no UNet input '{}' (not an IP-Adapter model)",
+                model.unwrap_or_default(),
+                ipadapter::SCALE_INPUT
+            ));
+            return;
+        }
         match name {
             "ip-adapter-image" => {
                 let t = text();
