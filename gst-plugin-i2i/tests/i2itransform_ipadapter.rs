@@ -333,3 +333,57 @@ fn the_sdxl_ip_adapter_model_runs_with_a_picture() {
     assert!(got[2] != plain[2], "the picture acts");
     let _ = std::fs::remove_dir_all(&t);
 }
+
+/// `size-from-input`: 64x64 frames, then 48x48 ones (the model loaded again); the outputs.
+fn run_resized(dir: &Path, props: &str) -> Vec<Vec<u8>> {
+    let desc = format!(
+        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" size-from-input=true \
+         {PROPS} {props} ! video/x-raw,format=RGB ! appsink name=out sync=false",
+        dir.display()
+    );
+    let run = run_launch_with(&desc, |pipeline| {
+        let src = appsrc(pipeline, "src");
+        for k in 0..6u64 {
+            let s = if k < 3 { 64 } else { 48 };
+            src.set_caps(Some(&video_caps("RGB", s, s, 1)));
+            let mut buf = gst::Buffer::from_mut_slice(picture(k, s, s));
+            {
+                let b = buf.get_mut().unwrap();
+                b.set_pts(gst::ClockTime::from_seconds(k));
+                b.set_duration(gst::ClockTime::from_seconds(1));
+            }
+            src.push_buffer(buf).unwrap();
+        }
+        src.end_of_stream().unwrap();
+    })
+    .unwrap();
+    outputs(&run)
+}
+
+#[test]
+fn the_picture_and_scale_survive_a_reload_at_another_size() {
+    let dir = model_dir("tiny-ipadapter", "image_encoder/model.onnx");
+    let t = tmp("reload");
+    let style = t.join("style.png");
+    write_style(&style, 4);
+    let with = run_resized(&dir, &format!("ip-adapter-image=\"{}\"", style.display()));
+    let plain = run_resized(&dir, "");
+    assert_eq!(with.len(), 6);
+    assert_eq!(
+        with[5].len(),
+        48 * 48 * 3,
+        "the last frames at the new size"
+    );
+    for k in [0, 5] {
+        assert!(with[k] != plain[k], "frame {k}: the picture acts");
+    }
+    let zero = run_resized(
+        &dir,
+        &format!(
+            "ip-adapter-image=\"{}\" ip-adapter-scale=0",
+            style.display()
+        ),
+    );
+    assert!(zero[5] == plain[5], "scale 0 after the reload");
+    let _ = std::fs::remove_dir_all(&t);
+}

@@ -470,7 +470,21 @@ impl Engine {
     /// zero tokens), faded in over `transition_frames` as prompts are. The tokens come
     /// from an [`ipadapter::ImageSide`] on another thread.
     pub fn set_ip_picture(&mut self, p: Option<PictureTokens>) -> Result<(), EngineError> {
-        let (frames, mode) = (self.params.transition_frames, self.params.blend_mode);
+        self.set_ip_picture_over(p, self.params.transition_frames)
+    }
+
+    /// [`Engine::set_ip_picture`] without a fade: an engine loaded again in place of
+    /// another takes up its picture at once.
+    pub fn set_ip_picture_now(&mut self, p: Option<PictureTokens>) -> Result<(), EngineError> {
+        self.set_ip_picture_over(p, 0)
+    }
+
+    fn set_ip_picture_over(
+        &mut self,
+        p: Option<PictureTokens>,
+        frames: u32,
+    ) -> Result<(), EngineError> {
+        let mode = self.params.blend_mode;
         let Some(ip) = self.ip.as_mut() else {
             return Err(not_ip_adapter(&self.model.unet.graph.file));
         };

@@ -214,6 +214,8 @@ pub(super) struct Inner {
     encoder: Option<Encoder>,
     pad: Option<IpPad>,
     warnings: Option<RateLimit>,
+    /// The picture the engine has (for an engine loaded again: `size-from-input`).
+    applied: Option<PictureTokens>,
 }
 
 impl Default for Inner {
@@ -229,6 +231,7 @@ impl Default for Inner {
             encoder: None,
             pad: None,
             warnings: None,
+            applied: None,
         }
     }
 }
@@ -356,6 +359,7 @@ impl I2iTransform {
         let mut inner = self.ip.0.lock().unwrap();
         inner.encoder = None;
         inner.layers = None;
+        inner.applied = None;
         let unet = engine.options().model_dir.join("unet").join("model.onnx");
         let fail = |msg: String| {
             gst::element_imp_error!(self, gst::LibraryError::Settings, ("{}", msg));
@@ -406,9 +410,12 @@ impl I2iTransform {
         // The picture set before start is there from the first frame on.
         if let Some(path) = inner.image.clone() {
             match side.encode(Job::File(path)) {
-                Ok(Outcome::Picture(p)) => engine
-                    .set_ip_picture(Some(p))
-                    .map_err(|e| fail(e.to_string()))?,
+                Ok(Outcome::Picture(p)) => {
+                    engine
+                        .set_ip_picture(Some(p.clone()))
+                        .map_err(|e| fail(e.to_string()))?;
+                    inner.applied = Some(p);
+                }
                 Ok(Outcome::Cleared) => (),
                 Err(e) => {
                     shared.refused.fetch_add(1, Ordering::Relaxed);
@@ -477,13 +484,33 @@ impl I2iTransform {
         {
             self.refuse(&format!("ip-adapter-scale refused: {e}"));
         }
-        let result = match outcome {
-            Some(Outcome::Picture(p)) => w.engine.set_ip_picture(Some(p)),
-            Some(Outcome::Cleared) => w.engine.set_ip_picture(None),
-            None => Ok(()),
+        let picture = match outcome {
+            Some(Outcome::Picture(p)) => Some(p),
+            Some(Outcome::Cleared) => None,
+            None => return,
         };
+        match w.engine.set_ip_picture(picture.clone()) {
+            Ok(()) => self.ip.0.lock().unwrap().applied = picture,
+            Err(e) => self.refuse(&format!("IP-Adapter picture not applied: {e}")),
+        }
+    }
+
+    /// An engine loaded again (`size-from-input`) takes up the picture and scale at once.
+    pub(super) fn restore_ip(&self, engine: &mut Engine) {
+        let (picture, scale) = {
+            let inner = self.ip.0.lock().unwrap();
+            if inner.layers.is_none() {
+                return;
+            }
+            (inner.applied.clone(), inner.scale.clone())
+        };
+        let result = engine
+            .set_ip_scale(&scale)
+            .and_then(|()| engine.set_ip_picture_now(picture));
         if let Err(e) = result {
-            self.refuse(&format!("IP-Adapter picture not applied: {e}"));
+            self.refuse(&format!(
+                "IP-Adapter settings not restored after the reload: {e}"
+            ));
         }
     }
 

@@ -91,6 +91,7 @@ impl I2iTransform {
             gst::FlowError::Error
         })?;
         w.engine.share_preprocessor(&pre);
+        self.restore_ip(&mut w.engine);
         w.engine
             .set_latent_output(self.settings.lock().unwrap().output == super::OutputMode::Latent);
         w.load = load;
