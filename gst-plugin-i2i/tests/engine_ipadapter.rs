@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
 //! IP-Adapter in the engine against the numpy reference (tests/python/reference_style.py
 //! through reference_stream.py --ip-adapter-image): the tiny IP-Adapter, IP-Adapter Plus and
-//! SDXL IP-Adapter models, a picture, per-layer scales, and scale 0 equal to no picture.
+//! SDXL IP-Adapter models, pictures as they are and resized (PIL's bicubic, bit for bit),
+//! per-layer scales, and scale 0 equal to no picture.
 
 mod engine_common;
 
@@ -62,20 +63,57 @@ fn matches_numpy_reference() {
     }
     let style = dir.join("style.png");
     write_picture(&style, 1);
-    // (model, cfg, scale text, scale values)
-    let runs: Vec<(&'static str, CfgType, &str, Vec<f32>)> = vec![
-        ("tiny-ipadapter", CfgType::Full, "0.5,1.5", vec![0.5, 1.5]),
+    // Pictures CLIP's preprocessing resizes (down and up, PIL's bicubic) before the crop.
+    let wide = dir.join("wide.png");
+    image::RgbImage::from_fn(300, 200, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 7 + x) as u8, ((x ^ y) * 9) as u8])
+    })
+    .save(&wide)
+    .unwrap();
+    let small = dir.join("small.jpg");
+    let px = image::RgbImage::from_fn(31, 45, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
+    });
+    let jpeg = turbojpeg::compress(
+        turbojpeg::Image {
+            pixels: px.as_raw().as_slice(),
+            width: 31,
+            pitch: 31 * 3,
+            height: 45,
+            format: turbojpeg::PixelFormat::RGB,
+        },
+        90,
+        turbojpeg::Subsamp::Sub2x2,
+    )
+    .unwrap();
+    std::fs::write(&small, &*jpeg).unwrap();
+    // (model, cfg, scale text, scale values, picture)
+    let runs: Vec<(&'static str, CfgType, &str, Vec<f32>, &Path)> = vec![
+        (
+            "tiny-ipadapter",
+            CfgType::Full,
+            "0.5,1.5",
+            vec![0.5, 1.5],
+            &style,
+        ),
         (
             "tiny-ipadapter-plus",
             CfgType::SelfNegative,
             "0.8",
             vec![0.8],
+            &wide,
         ),
-        ("tiny-sdxl-ipadapter", CfgType::Full, "1.2", vec![1.2]),
+        (
+            "tiny-sdxl-ipadapter",
+            CfgType::Full,
+            "1.2",
+            vec![1.2],
+            &small,
+        ),
     ];
     let cases: Vec<RefCase> = runs
         .iter()
-        .map(|(m, cfg, _, _)| RefCase {
+        .map(|(m, cfg, _, _, _)| RefCase {
             model: m,
             dir: m.to_string(),
             params: params(*cfg),
@@ -83,10 +121,10 @@ fn matches_numpy_reference() {
         .collect();
     let extra: Vec<Vec<String>> = runs
         .iter()
-        .map(|(_, _, s, _)| {
+        .map(|(_, _, s, _, pic)| {
             vec![
                 "--ip-adapter-image".to_string(),
-                style.display().to_string(),
+                pic.display().to_string(),
                 "--ip-adapter-scale".to_string(),
                 s.to_string(),
                 "--dump".to_string(),
@@ -107,9 +145,9 @@ fn matches_numpy_reference() {
     assert!(status.success(), "converting the reference's latents");
 
     let (mut worst, mut worst_latent) = (0.0f32, 0.0f32);
-    for (model, cfg, _, scale) in &runs {
+    for (model, cfg, _, scale, pic) in &runs {
         let mut e = Engine::load(&opts(model, 1), &params(*cfg)).unwrap();
-        e.set_ip_picture(Some(picture(model, &style))).unwrap();
+        e.set_ip_picture(Some(picture(model, pic))).unwrap();
         e.set_ip_scale(scale).unwrap();
         let out = run(&mut e, &frames);
         let mut plain = Engine::load(&opts(model, 1), &params(*cfg)).unwrap();
@@ -132,7 +170,7 @@ fn matches_numpy_reference() {
 
         // The latents themselves: the engine's latent output (x0 / scaling factor).
         let mut e = Engine::load(&opts(model, 1), &params(*cfg)).unwrap();
-        e.set_ip_picture(Some(picture(model, &style))).unwrap();
+        e.set_ip_picture(Some(picture(model, pic))).unwrap();
         e.set_ip_scale(scale).unwrap();
         e.set_latent_output(true);
         let sf = e.scaling_factor();

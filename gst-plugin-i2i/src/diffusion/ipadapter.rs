@@ -209,15 +209,15 @@ impl ClipPreprocess {
             .ok_or_else(|| format!("{} bytes are not a {w}x{h} RGB picture", rgb.len()))?;
         if let Some(edge) = self.resize {
             let (short, long) = if w <= h { (w, h) } else { (h, w) };
-            let new_long = (u64::from(edge) * u64::from(long) / u64::from(short.max(1))) as u32;
+            // As Python computes it: int(edge * long / short).
+            let new_long = (f64::from(edge) * f64::from(long) / f64::from(short.max(1))) as u32;
             let (nw, nh) = if w <= h {
                 (edge, new_long)
             } else {
                 (new_long, edge)
             };
             if (nw, nh) != (w, h) {
-                img =
-                    image::imageops::resize(&img, nw, nh, image::imageops::FilterType::CatmullRom);
+                img = pil_bicubic(&img, nw, nh);
             }
         }
         if let Some((ch, cw)) = self.crop {
@@ -250,6 +250,109 @@ impl ClipPreprocess {
         }
         Ok(out)
     }
+}
+
+/// PIL's bicubic kernel (a = -0.5), support 2.
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// Fixed-point bits of PIL's 8-bit resampling coefficients.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// PIL's `precompute_coeffs` for one axis, then `normalize_coeffs_8bpc`: per output pixel
+/// the first input pixel and the fixed-point weights.
+fn pil_coeffs(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i32>)> {
+    let scale = f64::from(in_size) / f64::from(out_size);
+    let filterscale = scale.max(1.0);
+    let support = 2.0 * filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (f64::from(xx) + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's (int) truncates towards zero.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size)) - xmin;
+            let mut k: Vec<f64> = (0..xmax.max(0))
+                .map(|x| bicubic(((x + xmin) as f64 - center + 0.5) * ss))
+                .collect();
+            let ww: f64 = k.iter().sum();
+            if ww != 0.0 {
+                for v in &mut k {
+                    *v /= ww;
+                }
+            }
+            let one = f64::from(1u32 << PRECISION_BITS);
+            let fixed = k
+                .iter()
+                .map(|&v| {
+                    if v < 0.0 {
+                        (-0.5 + v * one) as i32
+                    } else {
+                        (0.5 + v * one) as i32
+                    }
+                })
+                .collect();
+            (xmin as usize, fixed)
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// `PIL.Image.resize(size, BICUBIC)` on RGB8, bit for bit: a horizontal pass, then a
+/// vertical one, each rounded to 8 bits (what transformers' `CLIPImageProcessor` runs).
+fn pil_bicubic(img: &image::RgbImage, nw: u32, nh: u32) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let src = img.as_raw();
+    let round = 1i64 << (PRECISION_BITS - 1);
+    let horizontal = if nw != w {
+        let cx = pil_coeffs(w, nw);
+        let mut out = vec![0u8; (nw * h * 3) as usize];
+        for y in 0..h as usize {
+            let row = &src[y * w as usize * 3..(y + 1) * w as usize * 3];
+            for (x, (x0, k)) in cx.iter().enumerate() {
+                for c in 0..3 {
+                    let mut acc = round;
+                    for (i, &kv) in k.iter().enumerate() {
+                        acc += i64::from(row[(x0 + i) * 3 + c]) * i64::from(kv);
+                    }
+                    out[(y * nw as usize + x) * 3 + c] = clip8(acc);
+                }
+            }
+        }
+        out
+    } else {
+        src.clone()
+    };
+    let out = if nh != h {
+        let cy = pil_coeffs(h, nh);
+        let stride = nw as usize * 3;
+        let mut out = vec![0u8; nh as usize * stride];
+        for (y, (y0, k)) in cy.iter().enumerate() {
+            for i in 0..stride {
+                let mut acc = round;
+                for (j, &kv) in k.iter().enumerate() {
+                    acc += i64::from(horizontal[(y0 + j) * stride + i]) * i64::from(kv);
+                }
+                out[y * stride + i] = clip8(acc);
+            }
+        }
+        out
+    } else {
+        horizontal
+    };
+    image::RgbImage::from_raw(nw, nh, out).expect("the resized size")
 }
 
 /// The picture's side of an IP-Adapter model: `feature_extractor/`, `image_encoder/` and
@@ -433,12 +536,21 @@ impl ImageSide {
 }
 
 /// A JPEG or PNG file as packed RGB8 `(pixels, width, height)`; the error says why not.
+/// JPEG goes through libjpeg-turbo (as Pillow's does, so the pixels are the reference's),
+/// PNG through the `png` decoder of the `image` crate.
 pub fn decode_picture(path: &Path) -> Result<(Vec<u8>, u32, u32), String> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| format!("{}: cannot open ({e})", path.display()))?
-        .with_guessed_format()
-        .map_err(|e| format!("{}: cannot read ({e})", path.display()))?
-        .decode()
+    let data = std::fs::read(path).map_err(|e| format!("{}: cannot read ({e})", path.display()))?;
+    if data.starts_with(&[0xff, 0xd8]) {
+        let img = turbojpeg::decompress(&data, turbojpeg::PixelFormat::RGB)
+            .map_err(|e| format!("{}: not a JPEG picture ({e})", path.display()))?;
+        let (w, h) = (img.width as u32, img.height as u32);
+        let mut rgb = Vec::with_capacity(img.width * img.height * 3);
+        for row in img.pixels.chunks(img.pitch).take(img.height) {
+            rgb.extend_from_slice(&row[..img.width * 3]);
+        }
+        return Ok((rgb, w, h));
+    }
+    let img = image::load_from_memory_with_format(&data, image::ImageFormat::Png)
         .map_err(|e| format!("{}: not a JPEG or PNG picture ({e})", path.display()))?
         .into_rgb8();
     let (w, h) = img.dimensions();
