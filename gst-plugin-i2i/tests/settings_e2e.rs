@@ -1131,3 +1131,65 @@ fn lora_from_the_console_and_osc_switches_the_style_and_off_returns_to_the_base(
         "{warnings:?}"
     );
 }
+
+/// Pushes frames until frame `from` or a later one differs from (`differ`) or equals
+/// `reference`; returns its index.
+fn until_frame(t: &mut Transform, from: u64, reference: &[u8], differ: bool) -> u64 {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut i = from;
+    loop {
+        let f = t.frame(i);
+        if (f != reference) == differ {
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no frame up to {i} {} the reference",
+            if differ { "differs from" } else { "equals" }
+        );
+        i += 1;
+    }
+}
+
+#[test]
+fn ip_adapter_style_and_scale_from_the_console_and_osc() {
+    let ip_model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-ipadapter");
+    let dir = std::env::temp_dir().join(format!("i2i-e2e-style-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let style = dir.join("style.png");
+    image::RgbImage::from_fn(48, 32, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 7) as u8, 90])
+    })
+    .save(&style)
+    .unwrap();
+    let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
+    let mut t = Transform::start(&holder, &format!("model={}", ip_model.display()));
+    let (at, plain) = t.settle(is(FOX, 1));
+
+    // The console's /style: the picture reaches the frames.
+    holder.one_shot(&format!("/style {}", style.display()));
+    let styled_at = until_frame(&mut t, at + 1, &plain, true);
+    let styled = t.frame(styled_at);
+    assert_eq!(
+        t.i2i.property::<Option<String>>("ip-adapter-image"),
+        Some(style.display().to_string())
+    );
+    // /ipscale 0 gives the frames without a picture, bit for bit.
+    holder.one_shot("/ipscale 0");
+    let zero_at = until_frame(&mut t, styled_at + 1, &plain, false);
+    assert_eq!(t.i2i.property::<String>("ip-adapter-scale"), "0");
+    // OSC /ipscale brings the picture back.
+    osc_send(&holder, &["/ipscale", "1.0"]);
+    let back = until_frame(&mut t, zero_at + 1, &plain, true);
+    // The scale is bound to each UNet run: a frame in flight (2 steps) may have run one
+    // step at each scale; the frames entering after the change are the styled ones.
+    assert!(
+        t.frame(back + 2) == styled,
+        "scale 1 again: the styled frames"
+    );
+    // OSC /style off: no picture.
+    osc_send(&holder, &["/style", "off"]);
+    until_frame(&mut t, back + 1, &plain, false);
+    assert!(t.finish().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

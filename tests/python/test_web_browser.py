@@ -183,6 +183,16 @@ def test_control_room_in_headless_chromium():
         answered("cfg-type=none")
         assert not negative.is_displayed()
 
+        # The style picture and its scale (IP-Adapter) reach the holder.
+        browser.find_element(By.ID, "style").send_keys("styles/van-gogh.png", Keys.ENTER)
+        answered('ip-adapter-image="styles/van-gogh.png"')
+        browser.execute_script(
+            "const s = document.getElementById('ipscale'); s.value = '0.5';"
+            "s.dispatchEvent(new Event('change'));")
+        answered("ip-adapter-scale=0.5")
+        browser.find_element(By.ID, "style-off").click()
+        answered('ip-adapter-image=""')
+
         # A value the holder refuses is shown as refused.
         browser.execute_script(
             "const t = document.getElementById('transition'); t.value = '99999';"

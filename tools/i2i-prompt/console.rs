@@ -157,6 +157,7 @@ mod tests {
                 "/strength ",
                 "/similarity ",
                 "/seedblend ",
+                "/style ",
                 "/status "
             ]
         );

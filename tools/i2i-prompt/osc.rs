@@ -43,10 +43,12 @@ OSC addresses (UDP, default port 8000; i = int, f = float, s = string):
   /blend s f s f ...        prompt blend (no arguments ends it)
   /seedblend i f i f ...    seed blend (no arguments ends it)
   /lora s f s f ...         LoRA styles: file, scale pairs, or one string FILE:SCALE,...; no arguments or off ends it
-  /cfg s, /similarity f, /blendmode s";
+  /cfg s, /similarity f, /blendmode s
+  /style s                  IP-Adapter picture (a JPEG/PNG path; \"\" or off: none)
+  /ipscale f ...            IP-Adapter scale 0..2 (one, or one per layer)";
 
 /// The OSC addresses, for "did you mean".
-const ADDRESS_NAMES: [&str; 16] = [
+const ADDRESS_NAMES: [&str; 18] = [
     "/lora",
     "/prompt",
     "/negative",
@@ -63,6 +65,8 @@ const ADDRESS_NAMES: [&str; 16] = [
     "/t",
     "/blend",
     "/seedblend",
+    "/style",
+    "/ipscale",
 ];
 
 /// Receive buffer asked for the OSC socket.
@@ -308,13 +312,29 @@ pub fn message_to_update(m: &OscMessage) -> Result<SettingsUpdate, String> {
                 i2i_core::settings::lora::lora_from_command(&text)?
             });
         }
+        "/style" => {
+            let path = arg_text(addr, one(m)?)?;
+            let off = path.eq_ignore_ascii_case("off");
+            u.ip_adapter_image = Some(if off { String::new() } else { path });
+        }
+        "/ipscale" => {
+            if m.args.is_empty() {
+                return Err("/ipscale: expected one float, or one per IP-Adapter layer".into());
+            }
+            u.ip_adapter_scale = Some(
+                m.args
+                    .iter()
+                    .map(|a| arg_number(addr, a))
+                    .collect::<Result<_, _>>()?,
+            );
+        }
         _ => {
             let shown: String = addr.chars().take(60).collect();
             let hint = did_you_mean(&shown, &ADDRESS_NAMES)
                 .map(|a| format!("did you mean {a}? "))
                 .unwrap_or_default();
             return Err(format!(
-                "unknown OSC address {shown} ({hint}accepted: /prompt /negative /seed /strength /guidance /delta /t /transition /blend /seedblend /cfg /similarity /blendmode /lora)"
+                "unknown OSC address {shown} ({hint}accepted: /prompt /negative /seed /strength /guidance /delta /t /transition /blend /seedblend /cfg /similarity /blendmode /lora /style /ipscale)"
             ));
         }
     }
@@ -612,6 +632,24 @@ mod tests {
             u("/strength", vec![OscType::Float(1.5)])
                 .unwrap_err()
                 .contains("strength: 1.5 is out of range")
+        );
+        assert_eq!(
+            u("/style", vec![OscType::String("a.png".into())])
+                .unwrap()
+                .ip_adapter_image
+                .as_deref(),
+            Some("a.png")
+        );
+        assert_eq!(
+            u("/ipscale", vec![OscType::Float(0.5), OscType::Int(1)])
+                .unwrap()
+                .ip_adapter_scale,
+            Some(vec![0.5, 1.0])
+        );
+        assert!(
+            u("/ipscale", vec![OscType::Float(3.0)])
+                .unwrap_err()
+                .contains("ip-adapter-scale")
         );
     }
 

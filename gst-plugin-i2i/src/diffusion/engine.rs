@@ -8,6 +8,7 @@ use ort::memory::Allocator;
 use ort::value::Tensor;
 
 use super::conditioning::{Conditioning, emb};
+use super::ipadapter::{self, IpLayout, IpTokens, PictureTokens};
 use super::model::{Images, Model, Text, max_unet_rows};
 use super::scheduler::StepConstants;
 use super::stream::{Emb, FrameParams, Stream, rows_per_call};
@@ -205,6 +206,16 @@ fn needs_uncond(cfg: CfgType) -> bool {
     matches!(cfg, CfgType::Full | CfgType::Initialize)
 }
 
+/// The error of an IP-Adapter setting on a model without IP-Adapter inputs.
+pub(crate) fn not_ip_adapter(unet: &std::path::Path) -> EngineError {
+    EngineError::tensor(
+        unet,
+        ipadapter::SCALE_INPUT,
+        "an input of this name (an IP-Adapter model; see docs/models.md, \"IP-Adapter models\")",
+        "none",
+    )
+}
+
 /// A decoded frame's buffer and the `[0, 1]` pixels made from it.
 type LastOutput = (DecodedFrame, Arc<Vec<f32>>);
 
@@ -234,6 +245,8 @@ pub struct Engine {
     latent_feedback: f32,
     /// One scale per ControlNet for new frames (see [`Engine::set_controlnet_scales`]).
     controlnet_scales: Vec<f32>,
+    /// IP-Adapter models: the image tokens and scale (see [`Engine::set_ip_picture`]).
+    ip: Option<IpTokens>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -307,7 +320,9 @@ impl Engine {
             last_out: None,
             latent_feedback: 0.0,
             controlnet_scales: vec![1.0; controlnets],
+            ip: None,
         };
+        engine.ip = engine.model.unet.ip.map(IpTokens::new);
         engine.timings.text += text_time;
         engine.timings.text_calls += 1;
         engine.rebuild_frame_params()?;
@@ -437,15 +452,17 @@ impl Engine {
             let u = self.encode_as(&self.params.negative_prompt.clone(), true)?;
             self.uncond = Some(u);
         }
+        let uncond = if needs_uncond(cfg) {
+            self.uncond.clone()
+        } else {
+            None
+        };
+        let (cond, uncond) = self.with_image_tokens(self.conditioning.cond(), uncond);
         self.frame_params = Arc::new(FrameParams {
             steps: self.steps.clone(),
             noise: self.conditioning.noise().clone(),
-            cond: self.conditioning.cond().clone(),
-            uncond: if needs_uncond(cfg) {
-                self.uncond.clone()
-            } else {
-                None
-            },
+            cond,
+            uncond,
             cfg,
             guidance: self.params.guidance_scale,
             delta: self.params.delta,
@@ -453,6 +470,88 @@ impl Engine {
             feedback: self.latent_feedback,
             control_scales: self.controlnet_scales.clone(),
         });
+        Ok(())
+    }
+
+    /// The text rows with the IP-Adapter's image tokens after them (the positive ones on
+    /// `cond`, the negative ones on `uncond`); as they are for other models.
+    fn with_image_tokens(
+        &self,
+        cond: &Arc<Emb>,
+        uncond: Option<Arc<Emb>>,
+    ) -> (Arc<Emb>, Option<Arc<Emb>>) {
+        let Some(ip) = &self.ip else {
+            return (cond.clone(), uncond);
+        };
+        let [_, rows, e] = cond.shape;
+        let text_rows = rows - super::sdxl::pooled_rows(self.model.unet.pooled_size, e);
+        let shape = [1, rows + ip.layout.tokens, e];
+        let join = |text: &Emb, tokens: &[f32]| {
+            emb(
+                shape,
+                ipadapter::with_tokens(&text.data, text_rows, e, tokens),
+            )
+        };
+        (
+            join(cond, ip.current()),
+            uncond.map(|u| join(&u, ip.negative())),
+        )
+    }
+
+    /// The IP-Adapter layout of the UNet (`None`: not an IP-Adapter model).
+    pub fn ip_layout(&self) -> Option<IpLayout> {
+        self.ip.as_ref().map(|ip| ip.layout)
+    }
+
+    /// The IP-Adapter picture of the frames entering from the next call on (`None`: none,
+    /// zero tokens), faded in over `transition_frames` as prompts are. The tokens come
+    /// from an [`ipadapter::ImageSide`] on another thread.
+    pub fn set_ip_picture(&mut self, p: Option<PictureTokens>) -> Result<(), EngineError> {
+        self.set_ip_picture_over(p, self.params.transition_frames)
+    }
+
+    /// [`Engine::set_ip_picture`] without a fade: an engine loaded again in place of
+    /// another takes up its picture at once.
+    pub fn set_ip_picture_now(&mut self, p: Option<PictureTokens>) -> Result<(), EngineError> {
+        self.set_ip_picture_over(p, 0)
+    }
+
+    fn set_ip_picture_over(
+        &mut self,
+        p: Option<PictureTokens>,
+        frames: u32,
+    ) -> Result<(), EngineError> {
+        let mode = self.params.blend_mode;
+        let Some(ip) = self.ip.as_mut() else {
+            return Err(not_ip_adapter(&self.model.unet.graph.file));
+        };
+        let n = ip.layout.tokens * ip.layout.width;
+        if let Some(t) = &p
+            && (t.tokens.len() != n || t.negative.len() != n)
+        {
+            return Err(EngineError::argument(
+                "IP-Adapter tokens",
+                format!("{n} values ({} x {})", ip.layout.tokens, ip.layout.width),
+                format!("{} and {}", t.tokens.len(), t.negative.len()),
+            ));
+        }
+        let before = ip.generation;
+        ip.set(p, frames, mode);
+        if ip.generation != before {
+            self.rebuild_frame_params()?;
+        }
+        Ok(())
+    }
+
+    /// `ipadapter_scale` from one value or one per layer, bound from the next UNet run on.
+    pub fn set_ip_scale(&mut self, scale: &[f32]) -> Result<(), EngineError> {
+        let file = self.model.unet.graph.file.clone();
+        let Some(l) = self.model.unet.ip.map(|l| l.layers) else {
+            return Err(not_ip_adapter(&file));
+        };
+        self.model.unet.ip_scale = ipadapter::scale_vector(scale, l).map_err(|e| {
+            EngineError::argument("ip-adapter-scale", "one value or one per layer", e)
+        })?;
         Ok(())
     }
 
@@ -559,7 +658,8 @@ impl Engine {
             ));
         }
         // The frames of this call take one step of the conditioning and noise fades.
-        if self.conditioning.step(frames.len()) {
+        let ip_moved = self.ip.as_mut().is_some_and(|ip| ip.step(frames.len()));
+        if self.conditioning.step(frames.len()) | ip_moved {
             self.rebuild_frame_params()?;
         }
         if let Some(l) = self.model.unet.lora.as_mut() {

@@ -18,6 +18,7 @@ use i2i_core::settings::blend::BlendMode;
 
 mod conditioning;
 mod engine;
+pub mod ipadapter;
 pub mod lora;
 pub mod model;
 pub mod noise;

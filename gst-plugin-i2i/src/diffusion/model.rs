@@ -267,6 +267,9 @@ pub struct Unet {
     pub control: Option<UnetControl>,
     /// The LoRA inputs (`P.lora_A.weight` / `P.lora_B.weight`), bound on every call.
     pub lora: Option<UnetLora>,
+    /// IP-Adapter: the image tokens after the text rows and `ipadapter_scale` (bound each run).
+    pub ip: Option<super::ipadapter::IpLayout>,
+    pub ip_scale: Vec<f32>,
     output: String,
     latent_h: usize,
     latent_w: usize,
@@ -299,6 +302,10 @@ impl Unet {
         let lora = UnetLora::bind(&graph)?;
         if let Some(l) = &lora {
             known.extend(l.input_names());
+        }
+        let ip = super::ipadapter::IpLayout::of(&graph)?;
+        if ip.is_some() {
+            known.push(super::ipadapter::SCALE_INPUT);
         }
         graph.no_other_inputs(&known)?;
         let file = graph.file.clone();
@@ -360,6 +367,8 @@ impl Unet {
             xl,
             control,
             lora,
+            ip_scale: ip.map_or(Vec::new(), |l| vec![1.0; l.layers]),
+            ip,
             pooled_size: 0,
             output: out.name.clone(),
             graph,
@@ -464,6 +473,14 @@ impl Unet {
                         "encoder_hidden_states",
                         &h_shape[..],
                         Feed::Keyed(h_in, key),
+                    ));
+                }
+                let ip_shape = [self.ip_scale.len() as i64];
+                if self.ip.is_some() {
+                    feeds.push((
+                        super::ipadapter::SCALE_INPUT,
+                        &ip_shape[..],
+                        Feed::F32(&self.ip_scale),
                     ));
                 }
                 let c_shape = [
@@ -1243,6 +1260,19 @@ impl Model {
                 .unwrap_or(0) as usize
         } else {
             0
+        };
+        // An IP-Adapter UNet takes its N image tokens after the L text rows (fixed 77 + N).
+        let l = if trt {
+            crate::runtime::onnx_proto::graph_inputs(&files[1])
+                .ok()
+                .and_then(|ins| {
+                    ins.into_iter()
+                        .find(|d| d.name == "encoder_hidden_states")
+                        .and_then(|d| d.dims.get(1).copied().flatten())
+                })
+                .map_or(l, |rows| (rows as usize).max(l))
+        } else {
+            l
         };
         let control_part = |name| {
             (

@@ -25,6 +25,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::control::{self, ControlSettings};
+use super::ipadapter_pad;
 use super::live::{self, LiveSettings};
 use super::worker::{FirstSettings, Worker};
 use super::{OutputMode, latent_caps};
@@ -250,6 +251,8 @@ pub struct I2iTransform {
     pub(super) settings_cond: Condvar,
     /// Control images: preprocessors, control pads, the previous output (`control.rs`).
     pub(super) control: control::ControlState,
+    /// IP-Adapter: its properties, pad and encoder thread (`ipadapter_pad.rs`).
+    pub(super) ip: ipadapter_pad::IpState,
 }
 
 #[glib::object_subclass]
@@ -285,6 +288,7 @@ impl ObjectSubclass for I2iTransform {
             settingspad,
             settings: Mutex::new(Settings::default()),
             control: control::ControlState::default(),
+            ip: ipadapter_pad::IpState::default(),
             base: InferBase::new(sinkpad, srcpad),
             model_input: Mutex::new(ModelInput::default()),
             latent: AtomicBool::new(false),
@@ -335,6 +339,8 @@ impl InferElement for I2iTransform {
             .field("settings-applied", s.extra.settings_applied)
             .field("settings-rejected", s.extra.settings_rejected)
             .field("control-fallbacks", self.control.fallbacks())
+            .field("ip-adapter-pictures", self.ip.counts().0)
+            .field("ip-adapter-refused", self.ip.counts().1)
     }
 
     fn set_sink_caps(&self, caps: &gst::CapsRef) -> Result<Deferred, String> {
@@ -567,6 +573,7 @@ impl InferElement for I2iTransform {
             gst::StateChangeError
         })?;
         self.start_control(&mut engine, &s.control, (opts.width, opts.height))?;
+        self.start_ip(&mut engine)?;
         let provider = engine.provider().nick();
         let load_time = started.elapsed();
         gst::info!(
@@ -614,6 +621,7 @@ impl InferElement for I2iTransform {
     }
 
     fn unload(&self) {
+        self.stop_ip();
         *self.model_input.lock().unwrap() = ModelInput::default();
     }
 }
@@ -627,9 +635,15 @@ impl I2iTransform {
             Err(_) => Err("settings buffer cannot be read".to_string()),
         };
         let empty = update.as_ref().is_ok_and(SettingsUpdate::is_empty);
+        let ip_refused = update
+            .as_ref()
+            .map(|u| self.apply_ip_settings(u))
+            .unwrap_or_default();
         let result = update.map(|u| {
             let mut s = self.settings.lock().unwrap();
-            s.live.apply_valid(&u)
+            let (changed, mut refused) = s.live.apply_valid(&u);
+            refused.extend(ip_refused);
+            (changed, refused)
         });
         // Applied first, so the first frame has them. Even an empty or refused update
         // means the holder is there: the stream need not wait.
@@ -841,7 +855,7 @@ impl ObjectImpl for I2iTransform {
             .chain([RuntimeSettings::trt_profile_spec()])
             .chain(StreamSettings::param_specs(I2iTransform::STATS_NAME))
             .chain([stats_param_spec(
-                "frames-skipped (similarity filter), settings-applied, settings-rejected, control-fallbacks",
+                "frames-skipped (similarity filter), settings-applied, settings-rejected, control-fallbacks, ip-adapter-pictures (IP-Adapter pictures encoded), ip-adapter-refused (pictures that could not be decoded)",
             )])
             .chain(control::param_specs())
             .chain([glib::ParamSpecString::builder("lora")
@@ -850,6 +864,7 @@ impl ObjectImpl for I2iTransform {
                 .default_value(Some(""))
                 .mutable_playing()
                 .build()])
+            .chain(ipadapter_pad::param_specs())
             .collect()
         });
         PROPERTIES.as_ref()
@@ -859,6 +874,10 @@ impl ObjectImpl for I2iTransform {
         let name = pspec.name();
         if self.refused_while_running(pspec) {
             return;
+        }
+        if ipadapter_pad::PROPERTIES.contains(&name) {
+            let running = self.base.running.load(Ordering::SeqCst);
+            return self.set_ip_property(name, value, running);
         }
         let mut s = self.settings.lock().unwrap();
         gst::debug!(CAT, imp = self, "setting {name} to {value:?}");
@@ -985,6 +1004,9 @@ impl ObjectImpl for I2iTransform {
         if let Some(v) = self.base_property(name) {
             return v;
         }
+        if ipadapter_pad::PROPERTIES.contains(&name) {
+            return self.ip_property(name);
+        }
         let s = self.settings.lock().unwrap();
         if let Some(v) = s.runtime.property(name).or_else(|| s.stream.property(name)) {
             return v;
@@ -1079,6 +1101,7 @@ impl ElementImpl for I2iTransform {
                 )
                 .unwrap(),
                 I2iTransform::control_pad_template(&sink_caps),
+                I2iTransform::ip_pad_template(&sink_caps),
             ]
         });
         TEMPLATES.as_ref()
@@ -1090,10 +1113,16 @@ impl ElementImpl for I2iTransform {
         name: Option<&str>,
         _caps: Option<&gst::Caps>,
     ) -> Option<gst::Pad> {
+        if templ.name_template() == ipadapter_pad::PAD_NAME {
+            return self.request_ip_pad(templ);
+        }
         self.request_control_pad(templ, name)
     }
 
     fn release_pad(&self, pad: &gst::Pad) {
+        if self.release_ip_pad(pad) {
+            return;
+        }
         self.release_control_pad(pad);
     }
 

@@ -171,6 +171,9 @@ impl LiveSettings {
             // Relative: resolved into t-index-list, never reported.
             strength: None,
             lora: Some(p.lora.clone()),
+            // The IP-Adapter's settings live beside these (ipadapter_pad.rs).
+            ip_adapter_image: None,
+            ip_adapter_scale: None,
         }
     }
 

@@ -42,6 +42,7 @@ use gst::prelude::*;
 mod control;
 mod control_pads;
 mod imp;
+mod ipadapter_pad;
 pub mod live;
 mod output;
 mod task;

@@ -91,6 +91,7 @@ impl I2iTransform {
             gst::FlowError::Error
         })?;
         w.engine.share_preprocessor(&pre);
+        self.restore_ip(&mut w.engine);
         w.engine
             .set_latent_output(self.settings.lock().unwrap().output == super::OutputMode::Latent);
         w.load = load;
@@ -189,6 +190,7 @@ impl I2iTransform {
         }
         self.apply_live(w, index)?;
         self.apply_control(w);
+        self.apply_ip(w);
 
         let mut inputs = Vec::with_capacity(frames.len());
         for f in frames {

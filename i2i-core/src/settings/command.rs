@@ -36,12 +36,14 @@ Commands (plain text without a leading / sets the prompt):
   /blendmode linear|slerp       how blends and transitions combine
   /transition N                 fade later prompt and seed changes over N frames (0 = jump)
   /lora FILE [SCALE]            LoRA style (FILE:0.5,FILE2:0.7 for several; /lora off ends it)
+  /style PATH                   IP-Adapter picture, a JPEG or PNG file (/style off: none)
+  /ipscale S                    IP-Adapter scale 0..2 (one value, or one per layer: 0.5,1)
   /status                       show the current state
   /help                         this table";
 
 /// Command names, as `/help` lists them (aliases are accepted but not offered): what Tab
 /// completes and "did you mean" suggests.
-pub const COMMAND_NAMES: [&str; 16] = [
+pub const COMMAND_NAMES: [&str; 18] = [
     "/prompt",
     "/negative",
     "/seed",
@@ -56,6 +58,8 @@ pub const COMMAND_NAMES: [&str; 16] = [
     "/blendmode",
     "/transition",
     "/lora",
+    "/style",
+    "/ipscale",
     "/status",
     "/help",
 ];
@@ -132,6 +136,14 @@ pub fn parse_line(line: &str) -> Result<Command, String> {
             u.transition_frames = Some(arg.parse().map_err(|_| {
                 format!("/transition: \"{arg}\" is not a frame count (expected a whole number, 0 = jump)")
             })?)
+        }
+        "style" | "ip-adapter-image" => {
+            let off = arg.is_empty() || arg.eq_ignore_ascii_case("off");
+            u.ip_adapter_image = Some(if off { String::new() } else { arg.to_string() });
+        }
+        "ipscale" | "ip-adapter-scale" => {
+            u.ip_adapter_scale =
+                Some(super::parse_ip_adapter_scale(arg).map_err(|e| format!("/ipscale: {e}"))?)
         }
         "blendmode" | "blend-mode" => {
             let mode = BlendMode::parse(&arg.to_ascii_lowercase()).map_err(|_| {
@@ -371,6 +383,16 @@ mod tests {
         assert_eq!(update("/transition 30").transition_frames, Some(30));
         assert_eq!(update("/transition 0").transition_frames, Some(0));
         assert_eq!(
+            update("/style pics/van gogh.png").ip_adapter_image,
+            Some("pics/van gogh.png".into())
+        );
+        assert_eq!(update("/style off").ip_adapter_image, Some(String::new()));
+        assert_eq!(update("/ipscale 0.7").ip_adapter_scale, Some(vec![0.7]));
+        assert_eq!(
+            update("/ipscale 0.5,1.5").ip_adapter_scale,
+            Some(vec![0.5, 1.5])
+        );
+        assert_eq!(
             update("/blendmode slerp").blend_mode,
             Some(BlendMode::Slerp)
         );
@@ -451,6 +473,8 @@ mod tests {
             ("/cfg", "\"\" is not a guidance mode"),
             ("/transition -2", "\"-2\" is not a frame count"),
             ("/transition 99999", "transition-frames: 99999 is too long"),
+            ("/ipscale 3", "ip-adapter-scale"),
+            ("/ipscale x", "\"x\" is not a number"),
             ("/blendmode cubic", "\"cubic\" is not a blend mode"),
             ("/blend fox", "\"fox\" has no weight"),
             ("/blend \"a fox\"", "\"a fox\" has no weight"),

@@ -194,12 +194,14 @@ fn canonical_key(key: &str) -> Option<&'static str> {
         "blend-mode" | "blendmode" => "blend-mode",
         "strength" => "strength",
         "lora" => "lora",
+        "ip-adapter-image" | "style" => "ip-adapter-image",
+        "ip-adapter-scale" | "ipscale" => "ip-adapter-scale",
         _ => return None,
     })
 }
 
 /// The keys of a settings map (the property names; aliases are accepted too).
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 16] = [
     "prompt",
     "negative-prompt",
     "seed",
@@ -214,6 +216,8 @@ pub const KEYS: [&str; 14] = [
     "seed-blend",
     "blend-mode",
     "lora",
+    "ip-adapter-image",
+    "ip-adapter-scale",
 ];
 
 /// Converts a msgpack (or JSON) map into an update, checking every key, type and value.
@@ -281,6 +285,17 @@ pub fn update_from_value(value: &Value) -> Result<SettingsUpdate, String> {
             "similarity-threshold" => u.similarity_threshold = Some(number(key, v)?),
             "strength" => u.strength = Some(number(key, v)?),
             "lora" => u.lora = Some(text(key, v)?),
+            "ip-adapter-image" => u.ip_adapter_image = Some(text(key, v)?),
+            "ip-adapter-scale" => {
+                u.ip_adapter_scale = Some(match v {
+                    Value::String(_) => crate::settings::parse_ip_adapter_scale(&text(key, v)?)?,
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| number(key, i))
+                        .collect::<Result<_, String>>()?,
+                    other => vec![number(key, other)?],
+                })
+            }
             "transition-frames" => {
                 let n = whole(key, v)?;
                 u.transition_frames = Some(u32::try_from(n).unwrap_or(u32::MAX));

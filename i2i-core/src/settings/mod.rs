@@ -53,6 +53,10 @@ pub const MAX_T_INDEX_ENTRIES: usize = 50;
 pub const MAX_BLEND_ENTRIES: usize = 8;
 /// `strength`: 0 = the weakest change the t-index list's spacing allows, 1 = the strongest.
 pub const STRENGTH_RANGE: (f64, f64) = (0.0, 1.0);
+/// `ip-adapter-scale`: each layer's weight of the IP-Adapter picture (0 = as without one).
+pub const IP_ADAPTER_SCALE_RANGE: (f64, f64) = (0.0, 2.0);
+/// Most values in an `ip-adapter-scale` list (SDXL has 70 IP layers).
+pub const MAX_IP_ADAPTER_SCALES: usize = 256;
 /// `t-index-list` of a transform left at its default (what `strength` shifts while the
 /// holder has no list of its own; the engine's default too).
 pub const DEFAULT_T_INDEX_LIST: [u32; 2] = [32, 45];
@@ -218,6 +222,12 @@ pub struct SettingsUpdate {
     /// LoRA adapters, `FILE[:SCALE][,FILE[:SCALE]...]` (see [`lora`]); empty = none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<String>,
+    /// The IP-Adapter picture: a JPEG or PNG file on the transform's machine ("" = none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_adapter_image: Option<String>,
+    /// The IP-Adapter scale: one value, or one per IP layer (0..2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_adapter_scale: Option<Vec<f64>>,
 }
 
 impl SettingsUpdate {
@@ -256,7 +266,9 @@ impl SettingsUpdate {
             seed_blend,
             blend_mode,
             strength,
-            lora
+            lora,
+            ip_adapter_image,
+            ip_adapter_scale
         );
         // A list given later replaces the one an earlier strength moved: that strength no
         // longer applies (strength is applied after the list of the same update).
@@ -283,7 +295,9 @@ impl SettingsUpdate {
             similarity_threshold,
             transition_frames,
             blend_mode,
-            strength
+            strength,
+            ip_adapter_image,
+            ip_adapter_scale
         );
         // No LoRA and an empty list are the same.
         if let Some(l) = &self.lora
@@ -344,7 +358,9 @@ impl SettingsUpdate {
             seed_blend => "seed-blend",
             blend_mode => "blend-mode",
             strength => "strength",
-            lora => "lora"
+            lora => "lora",
+            ip_adapter_image => "ip-adapter-image",
+            ip_adapter_scale => "ip-adapter-scale"
         );
         out
     }
@@ -445,6 +461,12 @@ impl SettingsUpdate {
             check_text("lora", l)?;
             lora::parse_lora_list(l)?;
         }
+        if let Some(p) = &self.ip_adapter_image {
+            check_text("ip-adapter-image", p)?;
+        }
+        if let Some(s) = &self.ip_adapter_scale {
+            check_ip_adapter_scale(s)?;
+        }
         Ok(())
     }
 
@@ -503,12 +525,53 @@ impl SettingsUpdate {
         if let Some(v) = &self.lora {
             parts.push(format!("lora={}", if v.is_empty() { "off" } else { v }));
         }
+        if let Some(v) = &self.ip_adapter_image {
+            parts.push(format!("ip-adapter-image={v:?}"));
+        }
+        if let Some(v) = &self.ip_adapter_scale {
+            parts.push(format!("ip-adapter-scale={}", format_ip_adapter_scale(v)));
+        }
         if parts.is_empty() {
             "(nothing)".to_string()
         } else {
             parts.join(" ")
         }
     }
+}
+
+/// `ip-adapter-scale` as the property writes it: `0.7` or `0.5,1,1.5`.
+pub fn format_ip_adapter_scale(v: &[f64]) -> String {
+    v.iter().map(f64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Reads `0.7` or `0.5,1,1.5` (commas or spaces) and checks it.
+pub fn parse_ip_adapter_scale(text: &str) -> Result<Vec<f64>, String> {
+    let mut out = Vec::new();
+    for part in text.split([',', ' ']).filter(|p| !p.trim().is_empty()) {
+        let v: f64 = part.trim().parse().map_err(|_| {
+            format!(
+                "ip-adapter-scale: \"{}\" is not a number (expected e.g. 0.7 or 0.5,1)",
+                part.trim()
+            )
+        })?;
+        out.push(v);
+    }
+    check_ip_adapter_scale(&out)?;
+    Ok(out)
+}
+
+/// One to [`MAX_IP_ADAPTER_SCALES`] values in [`IP_ADAPTER_SCALE_RANGE`].
+pub fn check_ip_adapter_scale(v: &[f64]) -> Result<(), String> {
+    if v.is_empty() || v.len() > MAX_IP_ADAPTER_SCALES {
+        return Err(format!(
+            "ip-adapter-scale: {} values (give one, or one per IP-Adapter layer, at most {MAX_IP_ADAPTER_SCALES})",
+            v.len()
+        ));
+    }
+    for &x in v {
+        check_range("ip-adapter-scale", x, IP_ADAPTER_SCALE_RANGE)?;
+    }
+    Ok(())
 }
 
 /// Parses a t-index list written as "22,32,45" (spaces allowed) and checks it

@@ -331,6 +331,8 @@ function loadState(m) {
   if (s["transition-frames"] !== undefined) $("transition").value = s["transition-frames"];
   if (s["blend-mode"]) $("blendmode").value = s["blend-mode"];
   if (s.lora !== undefined) $("lora").value = s.lora;
+  if (s["ip-adapter-image"] !== undefined) $("style").value = s["ip-adapter-image"];
+  if (Array.isArray(s["ip-adapter-scale"]) && s["ip-adapter-scale"].length) setSlider("ipscale", s["ip-adapter-scale"][0]);
   // The element's default (self) when the holder has none.
   setCfg(s["cfg-type"] || "self");
 }
@@ -388,6 +390,15 @@ $("lora-on").addEventListener("click", () => {
   settings({ lora: list });
 });
 $("lora-off").addEventListener("click", () => settings({ lora: "off" }));
+
+// IP-Adapter: a picture on the transform's machine and its scale.
+const sendStyle = () => settings({ "ip-adapter-image": $("style").value.trim() });
+$("style-on").addEventListener("click", sendStyle);
+$("style").addEventListener("keydown", (e) => {
+  if (e.key === "Enter") { e.preventDefault(); sendStyle(); }
+});
+$("style-off").addEventListener("click", () => { $("style").value = ""; settings({ "ip-adapter-image": "" }); });
+slider("ipscale", (v) => settings({ "ip-adapter-scale": v }));
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 
