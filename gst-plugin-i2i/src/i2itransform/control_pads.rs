@@ -19,6 +19,7 @@ use crate::infer::convert::{InputConverter, converter_threads};
 use crate::infer::pads::InferElementExt;
 use crate::preprocess::depth::DepthModel;
 use crate::preprocess::{self, Preprocess};
+use i2i_core::infer::ResizeMode;
 use imageproc::image::{RgbImage, imageops};
 
 impl I2iTransform {
@@ -297,37 +298,48 @@ impl I2iTransform {
         let _ = self.obj().remove_pad(pad);
     }
 
+    /// The RGB converter of a side pad (`control_N`, `ipadapter`) for new `caps`, to the
+    /// size and resize mode `target` gives for the caps' video info; a negotiation ERROR
+    /// naming the pad when the caps cannot be converted.
+    pub(super) fn side_pad_converter(
+        &self,
+        pad: &gst::Pad,
+        caps: gst::Caps,
+        target: impl FnOnce(&gst_video::VideoInfo) -> (u32, u32, ResizeMode),
+    ) -> Option<InputConverter> {
+        let res = gst_video::VideoInfo::from_caps(&caps)
+            .map_err(|e| e.to_string())
+            .and_then(|info| {
+                let (w, h, mode) = target(&info);
+                InputConverter::new(&info, w, h, mode, converter_threads())
+            });
+        res.map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Negotiation,
+                ("{}: caps {} refused: {}", pad.name(), caps, e)
+            );
+        })
+        .ok()
+    }
+
     fn control_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
         match event.view() {
             gst::EventView::Caps(c) => {
-                let caps = c.caps_owned();
-                let res = gst_video::VideoInfo::from_caps(&caps)
-                    .map_err(|e| e.to_string())
-                    .and_then(|info| {
-                        let (size, mode) = {
-                            let s = self.settings.lock().unwrap();
-                            let size = self.control.0.lock().unwrap().size;
-                            (size.unwrap_or((s.width, s.height)), s.stream.resize_mode)
-                        };
-                        InputConverter::new(&info, size.0, size.1, mode, converter_threads())
-                    });
-                match res {
-                    Ok(conv) => {
-                        let mut inner = self.control.0.lock().unwrap();
-                        if let Some(slot) = inner.pads.iter_mut().find(|s| &s.pad == pad) {
-                            slot.conv = Some(conv);
-                        }
-                        true
-                    }
-                    Err(e) => {
-                        gst::element_imp_error!(
-                            self,
-                            gst::CoreError::Negotiation,
-                            ("{}: caps {} refused: {}", pad.name(), caps, e)
-                        );
-                        false
-                    }
+                let target = || {
+                    let s = self.settings.lock().unwrap();
+                    let size = self.control.0.lock().unwrap().size;
+                    let (w, h) = size.unwrap_or((s.width, s.height));
+                    (w, h, s.stream.resize_mode)
+                };
+                let Some(conv) = self.side_pad_converter(pad, c.caps_owned(), |_| target()) else {
+                    return false;
+                };
+                let mut inner = self.control.0.lock().unwrap();
+                if let Some(slot) = inner.pads.iter_mut().find(|s| &s.pad == pad) {
+                    slot.conv = Some(conv);
                 }
+                true
             }
             gst::EventView::Segment(s) => {
                 if let Ok(seg) = s.segment().clone().downcast::<gst::ClockTime>() {

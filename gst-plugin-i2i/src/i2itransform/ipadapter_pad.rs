@@ -25,7 +25,7 @@ use super::imp::{CAT, I2iTransform};
 use super::worker::Worker;
 use crate::diffusion::Engine;
 use crate::diffusion::ipadapter::{self, ImageSide, PictureTokens, decode_picture};
-use crate::infer::convert::{InputConverter, converter_threads};
+use crate::infer::convert::InputConverter;
 use crate::infer::pads::InferElementExt;
 use i2i_core::infer::ResizeMode;
 use i2i_core::rate_limit::RateLimit;
@@ -577,34 +577,16 @@ impl I2iTransform {
             // EOS, segments and the like stop here: the main stream decides.
             return true;
         };
-        let caps = c.caps_owned();
-        let res = gst_video::VideoInfo::from_caps(&caps)
-            .map_err(|e| e.to_string())
-            .and_then(|info| {
-                InputConverter::new(
-                    &info,
-                    info.width(),
-                    info.height(),
-                    ResizeMode::default(),
-                    converter_threads(),
-                )
-            });
-        match res {
-            Ok(conv) => {
-                if let Some(p) = self.ip.0.lock().unwrap().pad.as_mut() {
-                    p.conv = Some(conv);
-                }
-                true
-            }
-            Err(e) => {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Negotiation,
-                    ("{}: caps {} refused: {}", pad.name(), caps, e)
-                );
-                false
-            }
+        // The picture at its own size: the image side resizes it as CLIP does.
+        let Some(conv) = self.side_pad_converter(pad, c.caps_owned(), |info| {
+            (info.width(), info.height(), ResizeMode::default())
+        }) else {
+            return false;
+        };
+        if let Some(p) = self.ip.0.lock().unwrap().pad.as_mut() {
+            p.conv = Some(conv);
         }
+        true
     }
 
     /// A frame of the `ipadapter` pad: sent to the encoder when `ip-adapter-interval` has
