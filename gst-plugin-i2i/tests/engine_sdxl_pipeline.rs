@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 mod pipeline_common;
 
 use gst::prelude::*;
-use gsti2i::diffusion::{self, CfgType, Engine, InputFrame, LoadOptions, StreamParams};
+use gsti2i::diffusion::{self, CfgType, Engine, LoadOptions, StreamParams};
 use pipeline_common::*;
 
 const W: u32 = 64;
@@ -74,28 +74,11 @@ fn engine_outputs(name: &str, params: &[(u64, StreamParams)], frames: u64) -> Ve
         ..Default::default()
     };
     let mut engine = Engine::load(&opts, &params[0].1).unwrap();
-    let mut outs = Vec::new();
-    for k in 0..frames {
+    engine_pictures(&mut engine, frames, (W, H), |engine, k| {
         if let Some((_, p)) = params.iter().find(|(at, _)| *at == k) {
             engine.set_params(p).unwrap();
         }
-        outs.extend(
-            engine
-                .process(vec![InputFrame {
-                    tag: k,
-                    rgb: picture(k, W, H),
-                }])
-                .unwrap(),
-        );
-    }
-    outs.extend(engine.drain().unwrap());
-    outs.iter()
-        .map(|o| {
-            let mut rgb = Vec::new();
-            diffusion::to_rgb8(&o.pixels, W, H, &mut rgb);
-            rgb
-        })
-        .collect()
+    })
 }
 
 fn base_params() -> StreamParams {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 mod pipeline_common;
 
 use gst::prelude::*;
-use gsti2i::diffusion::{self, Engine, InputFrame, LoadOptions, StreamParams};
+use gsti2i::diffusion::{self, Engine, LoadOptions, StreamParams};
 use pipeline_common::*;
 
 const W: u32 = 64;
@@ -414,23 +414,10 @@ fn element_output_equals_engine_output() {
         ..Default::default()
     };
     let mut engine = Engine::load(&opts, &params).unwrap();
-    let mut outs = Vec::new();
-    for i in 0..4u64 {
-        outs.extend(
-            engine
-                .process(vec![InputFrame {
-                    tag: i,
-                    rgb: picture(i, W, H),
-                }])
-                .unwrap(),
-        );
-    }
-    outs.extend(engine.drain().unwrap());
-    assert_eq!(outs.len(), 4);
-    for (i, o) in outs.iter().enumerate() {
-        let mut rgb = Vec::new();
-        diffusion::to_rgb8(&o.pixels, W, H, &mut rgb);
-        assert_eq!(run.bytes(i), rgb, "frame {i}");
+    let want = engine_pictures(&mut engine, 4, (W, H), |_, _| {});
+    assert_eq!(want.len(), 4);
+    for (i, rgb) in want.iter().enumerate() {
+        assert_eq!(&run.bytes(i), rgb, "frame {i}");
     }
 }
 

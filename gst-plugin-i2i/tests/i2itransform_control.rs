@@ -86,19 +86,7 @@ fn engine_outputs(dir: &std::path::Path, frames: u64, set: impl Fn(&mut Engine))
     };
     let mut engine = Engine::load(&opts, &params()).unwrap();
     set(&mut engine);
-    let mut outs = Vec::new();
-    for k in 0..frames {
-        outs.extend(
-            engine
-                .process(vec![InputFrame {
-                    tag: k,
-                    rgb: picture(k, W, H),
-                }])
-                .unwrap(),
-        );
-    }
-    outs.extend(engine.drain().unwrap());
-    pictures(&outs)
+    engine_pictures(&mut engine, frames, (W, H), |_, _| {})
 }
 
 /// The engine's outputs as packed RGB pictures.

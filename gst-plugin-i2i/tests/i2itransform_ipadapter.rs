@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use gst::prelude::*;
 use gsti2i::diffusion::ipadapter::{ImageSide, PictureTokens, decode_picture};
-use gsti2i::diffusion::{self, CfgType, Engine, InputFrame, LoadOptions, StreamParams};
+use gsti2i::diffusion::{self, CfgType, Engine, LoadOptions, StreamParams};
 use pipeline_common::*;
 
 const W: u32 = 64;
@@ -73,25 +73,7 @@ fn engine_outputs(
         engine.set_ip_picture(Some(p)).unwrap();
     }
     engine.set_ip_scale(scale).unwrap();
-    let mut outs = Vec::new();
-    for k in 0..frames {
-        outs.extend(
-            engine
-                .process(vec![InputFrame {
-                    tag: k,
-                    rgb: picture(k, W, H),
-                }])
-                .unwrap(),
-        );
-    }
-    outs.extend(engine.drain().unwrap());
-    outs.iter()
-        .map(|o| {
-            let mut rgb = Vec::new();
-            diffusion::to_rgb8(&o.pixels, W, H, &mut rgb);
-            rgb
-        })
-        .collect()
+    engine_pictures(&mut engine, frames, (W, H), |_, _| {})
 }
 
 /// `appsrc ! i2itransform model=<dir> <props> ! appsink` with `frames` pictures, 1 frame/s;

@@ -239,3 +239,30 @@ pub fn run_launch_with(desc: &str, feed: impl FnOnce(&gst::Pipeline)) -> Result<
         (Err(e), None) => Err(e),
     }
 }
+
+/// The engine's frames for `frames` test pictures of `w` x `h` ([`picture`]), one per call,
+/// then drained, as packed RGB; `before(engine, k)` runs before frame `k` goes in.
+pub fn engine_pictures(
+    engine: &mut gsti2i::diffusion::Engine,
+    frames: u64,
+    (w, h): (u32, u32),
+    mut before: impl FnMut(&mut gsti2i::diffusion::Engine, u64),
+) -> Vec<Vec<u8>> {
+    let mut outs = Vec::new();
+    for k in 0..frames {
+        before(engine, k);
+        let input = vec![gsti2i::diffusion::InputFrame {
+            tag: k,
+            rgb: picture(k, w, h),
+        }];
+        outs.extend(engine.process(input).unwrap());
+    }
+    outs.extend(engine.drain().unwrap());
+    outs.iter()
+        .map(|o| {
+            let mut rgb = Vec::new();
+            gsti2i::diffusion::to_rgb8(&o.pixels, w, h, &mut rgb);
+            rgb
+        })
+        .collect()
+}
