@@ -244,6 +244,16 @@ fn a_refused_lora_on_the_settings_pad_keeps_the_other_keys_of_the_update() {
 /// the adapter's bytes are written the switch lands within a few batches, with no reload.
 #[test]
 fn the_files_of_a_switch_are_read_off_the_inference_thread() {
+    switch_to_a_fifo(false);
+}
+
+/// The same with `{"lora": ...}` on the settings pad: its streaming thread waits.
+#[test]
+fn the_files_of_a_settings_pad_switch_are_read_off_the_inference_thread() {
+    switch_to_a_fifo(true);
+}
+
+fn switch_to_a_fifo(via_settings_pad: bool) {
     const N: u64 = 14;
     let (_, base) = scenario(&lora_model(), "", &[], N);
     let (_, styled) = scenario(
@@ -252,7 +262,10 @@ fn the_files_of_a_switch_are_read_off_the_inference_thread() {
         &[],
         N,
     );
-    let dir = std::env::temp_dir().join(format!("i2i-lora-fifo-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "i2i-lora-fifo-{}-{via_settings_pad}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let fifo = dir.join("slow.onnx_adapter");
     let _ = std::fs::remove_file(&fifo);
@@ -260,9 +273,17 @@ fn the_files_of_a_switch_are_read_off_the_inference_thread() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
     let list = format!("{}:0.8", fifo.display());
 
+    let (wait, settings_src) = if via_settings_pad {
+        (
+            "wait-for-settings=false",
+            " appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
+        )
+    } else {
+        ("", "")
+    };
     let desc = format!(
         "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
-         threads=1 t-index-list=32,45 ! appsink name=out sync=false",
+         threads=1 t-index-list=32,45 {wait} ! appsink name=out sync=false{settings_src}",
         lora_model()
     );
     let pipeline = launch(&desc);
@@ -294,7 +315,21 @@ fn the_files_of_a_switch_are_read_off_the_inference_thread() {
     for k in 0..3 {
         push(k);
     }
-    let setter = {
+    let setter = if via_settings_pad {
+        // The pad's streaming thread reads the file; the property follows once it is taken.
+        let json = format!(r#"{{"lora": "{list}"}}"#);
+        appsrc(&pipeline, "settings")
+            .push_buffer(gst::Buffer::from_slice(json.into_bytes()))
+            .unwrap();
+        let (i2i, list) = (i2i.clone(), list.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while i2i.property::<String>("lora") != list {
+                assert!(std::time::Instant::now() < deadline, "settings not taken");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    } else {
         let (i2i, list) = (i2i.clone(), list.clone());
         std::thread::spawn(move || i2i.set_property("lora", list.as_str()))
     };

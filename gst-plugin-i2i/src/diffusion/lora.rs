@@ -624,3 +624,78 @@ fn fade_active(from: &Active, to: &Active, t: f64) -> Active {
         .chain(to.iter().map(|(l, s)| (l.clone(), t * s)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(rank: i64) -> Vec<u8> {
+        let a: Vec<u8> = (0..2 * rank)
+            .flat_map(|v| (v as f32).to_le_bytes())
+            .collect();
+        adapter_file::write_bytes(&[
+            ("p.lora_A.weight", &[2, rank], FLOAT32, &a),
+            ("p.lora_B.weight", &[rank, 2], FLOAT32, &a),
+        ])
+    }
+
+    #[test]
+    fn the_cache_reads_a_file_once_until_it_changes() {
+        let dir = std::env::temp_dir().join(format!("i2i-adapter-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.onnx_adapter");
+        let cache = AdapterCache::default();
+        // Missing: the engine's error, looked at again next time.
+        let e = cache.load(&path).unwrap_err().to_string();
+        assert!(e.contains("a.onnx_adapter"), "{e}");
+        assert!(cache.get(&path).is_some_and(|f| f.is_err()));
+        std::fs::write(&path, adapter(1)).unwrap();
+        let first = cache.load(&path).unwrap();
+        assert_eq!(first.get("p.lora_A.weight").unwrap().dims, vec![2, 1]);
+        let reads = cache.reads();
+        assert!(Arc::ptr_eq(&first, &cache.load(&path).unwrap()));
+        cache.load_list(&format!("{}:0.5", path.display()));
+        assert_eq!(cache.reads(), reads, "unchanged: not read again");
+        // Another size: read again.
+        std::fs::write(&path, adapter(3)).unwrap();
+        let second = cache.load(&path).unwrap();
+        assert_eq!(second.get("p.lora_A.weight").unwrap().dims, vec![2, 3]);
+        assert_eq!(cache.reads(), reads + 1);
+        // Damaged: the reader's error, naming the file.
+        let cut = dir.join("cut.onnx_adapter");
+        std::fs::write(&cut, &adapter(1)[..20]).unwrap();
+        let e = cache.load(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.onnx_adapter"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_somebody_holds_are_kept_and_others_beyond_a_few_dropped() {
+        let dir = std::env::temp_dir().join(format!("i2i-adapter-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = AdapterCache::default();
+        let paths: Vec<PathBuf> = (0..KEEP_UNUSED + 3)
+            .map(|i| {
+                let p = dir.join(format!("{i}.onnx_adapter"));
+                std::fs::write(&p, adapter(1)).unwrap();
+                p
+            })
+            .collect();
+        let held = cache.load(&paths[0]).unwrap();
+        for p in &paths[1..] {
+            cache.load(p).unwrap();
+        }
+        assert!(cache.get(&paths[0]).is_some(), "held: kept");
+        assert!(cache.get(&paths[1]).is_none(), "the oldest unused: dropped");
+        assert!(cache.get(paths.last().unwrap()).is_some());
+        drop(held);
+        // A loader thread reads what is asked, once.
+        cache.load_in_background(vec![paths[1].clone()]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while cache.get(&paths[1]).is_none() {
+            assert!(std::time::Instant::now() < deadline, "loader thread");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
