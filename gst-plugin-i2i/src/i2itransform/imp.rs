@@ -886,7 +886,7 @@ impl ObjectImpl for I2iTransform {
             .chain(control::param_specs())
             .chain([glib::ParamSpecString::builder("lora")
                 .nick("LoRA")
-                .blurb("LoRA styles for a UNet exported with LoRA inputs (docs/models.md): FILE[:SCALE][,FILE[:SCALE]...] of .onnx_adapter files, scale 1 when absent; empty or off = none. Switched while playing from the next batch, no reload; transition-frames cross-fades")
+                .blurb("LoRA styles for a UNet exported with LoRA inputs (docs/models.md): FILE[:SCALE][,FILE[:SCALE]...] of .onnx_adapter files, scale 1 when absent; empty or off = none. Switched while playing from the next batch, no reload (the files are read when set, not on the inference thread); transition-frames cross-fades")
                 .default_value(Some(""))
                 .mutable_playing()
                 .build()])
