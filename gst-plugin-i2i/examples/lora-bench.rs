@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p gst-plugin-i2i --example lora-bench -- [--model models/tiny-lora]
-//!     [--size 128] [--frames 40] [--rounds 5] [--switches 10] [--threads 1]
+//!     [--size 128] [--frames 40] [--rounds 5] [--switches 10] [--threads 1] [--rank 64]
 //! ```
 //!
 //! 1. The engine (`Engine::process`, one frame per call, `t-index-list` 32,45) with `lora`
@@ -19,15 +19,31 @@
 //!    the frames before is taken, `--switches` times: median and maximum, and in frames of
 //!    the steady frame interval. The model loads once (the `i2itransform-started`
 //!    messages are counted).
+//! 3. A LoRA of real size: an adapter with the shapes of SD 1.5's 128 attention projections
+//!    at `--rank` (64: about 51 MB of float32) is written and read + parsed 5 times
+//!    (median: what a switch costs whoever reads it). For the tiny UNet, whose shapes are
+//!    fixed, style-a's file padded with unused bytes to the same size stands in (the
+//!    format lets bytes lie unreferenced; reading it costs the read of the size, not the
+//!    parse). Two engines run side by side, style switched (padded file, then off) every 8
+//!    frames, the file's modification time moved before each switch so it is read again:
+//!    the old path, the engine reading the file when asked (`Engine::load`, on the
+//!    inference thread, as `i2itransform` did), against the new, `Engine::share_adapters`
+//!    with the file read by another thread (as the `lora` setter does) and bound at the
+//!    next call once in memory. Each reports the median and the worst CPU time of the
+//!    inference thread for one frame (switch + model call) across `--switches` switches.
+//!    Then the element with the padded file: the longest interval between output frames
+//!    over the switches against the median interval.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gsti2i::diffusion::lora::AdapterCache;
 use gsti2i::diffusion::{
     CfgType, Engine, ExecutionProvider, InputFrame, LoadOptions, StreamParams,
 };
+use gsti2i::runtime::adapter_file;
 
 mod common;
 use common::thread_cpu;
@@ -39,6 +55,7 @@ struct Args {
     rounds: usize,
     switches: usize,
     threads: usize,
+    rank: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         rounds: 5,
         switches: 10,
         threads: 1,
+        rank: 64,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -64,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
             "--rounds" => a.rounds = num(v()?)?,
             "--switches" => a.switches = num(v()?)?,
             "--threads" => a.threads = num(v()?)?,
+            "--rank" => a.rank = num(v()?)?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -148,9 +167,10 @@ fn engine_costs(a: &Args, loras: &[(&str, String)]) -> Result<(), String> {
 /// An output frame's bytes and when it came out.
 type Output = (Vec<u8>, Instant);
 
-fn switch_latency(a: &Args, style: &str) -> Result<(), String> {
+fn switch_latency(a: &Args, style: &str, touch_file: Option<&Path>) -> Result<(), String> {
     gst::init().map_err(|e| e.to_string())?;
-    gsti2i::plugin_register_static().map_err(|e| e.to_string())?;
+    // Registered once per process.
+    let _ = gsti2i::plugin_register_static();
     let desc = format!(
         "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={s} height={s} threads={} \
          t-index-list=32,45 ! appsink name=out sync=false",
@@ -238,6 +258,9 @@ fn switch_latency(a: &Args, style: &str) -> Result<(), String> {
         }
         let seen = count() as usize;
         let value = if s % 2 == 0 { style } else { "off" };
+        if let (Some(f), 0) = (touch_file, s % 2) {
+            touch(f)?;
+        }
         let t0 = Instant::now();
         i2i.set_property("lora", value);
         let changed_at = loop {
@@ -273,13 +296,228 @@ fn switch_latency(a: &Args, style: &str) -> Result<(), String> {
     let max = latencies.iter().copied().fold(0.0, f64::max);
     let med = median(latencies.clone());
     println!(
-        "element, {}x{}: LoRA switch (property set) to the first changed output frame over {} switches: median {med:.1} ms, max {max:.1} ms = {:.2} / {:.2} frame intervals ({frame:.1} ms a frame); model loads: {started}",
+        "element, {}x{}: LoRA switch to {} (property set, the file read by the setter) to the first changed output frame over {} switches: median {med:.1} ms, max {max:.1} ms = {:.2} / {:.2} frame intervals ({frame:.1} ms a frame); model loads: {started}",
         a.size,
         a.size,
+        Path::new(style)
+            .file_name()
+            .map_or(style.into(), |n| n.to_string_lossy()),
         a.switches,
         med / frame,
         max / frame
     );
+    Ok(())
+}
+
+/// The shapes of SD 1.5's attention projections: (name, in, out) for the 16 transformer
+/// blocks' attn1 and attn2 q, k, v and out (attn2's k and v take the 768 text features).
+fn sd15_projections() -> Vec<(String, usize, usize)> {
+    let mut blocks = Vec::new();
+    for (d, c) in [(0, 320), (1, 640), (2, 1280)] {
+        for a in 0..2 {
+            blocks.push((format!("down_blocks.{d}.attentions.{a}"), c));
+        }
+    }
+    blocks.push(("mid_block.attentions.0".to_string(), 1280));
+    for (u, c) in [(1, 1280), (2, 640), (3, 320)] {
+        for a in 0..3 {
+            blocks.push((format!("up_blocks.{u}.attentions.{a}"), c));
+        }
+    }
+    let mut out = Vec::new();
+    for (b, c) in blocks {
+        for attn in ["attn1", "attn2"] {
+            for p in ["to_q", "to_k", "to_v", "to_out.0"] {
+                let inp = if attn == "attn2" && (p == "to_k" || p == "to_v") {
+                    768
+                } else {
+                    c
+                };
+                out.push((format!("{b}.transformer_blocks.0.{attn}.{p}"), inp, c));
+            }
+        }
+    }
+    out
+}
+
+/// An SD 1.5-sized LoRA adapter of `rank` (float32, values that are not all alike).
+fn sd15_adapter(rank: usize) -> Vec<u8> {
+    let mut params: Vec<(String, Vec<i64>, Vec<u8>)> = Vec::new();
+    let mut x = 1u32;
+    let mut values = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((x >> 9) as f32 / (1u32 << 23) as f32 - 0.5).to_le_bytes()
+            })
+            .collect()
+    };
+    for (name, inp, out) in sd15_projections() {
+        params.push((
+            format!("{name}.lora_A.weight"),
+            vec![inp as i64, rank as i64],
+            values(inp * rank),
+        ));
+        params.push((
+            format!("{name}.lora_B.weight"),
+            vec![rank as i64, out as i64],
+            values(rank * out),
+        ));
+    }
+    let refs: Vec<(&str, &[i64], i32, &[u8])> = params
+        .iter()
+        .map(|(n, d, v)| {
+            (
+                n.as_str(),
+                d.as_slice(),
+                adapter_file::FLOAT32,
+                v.as_slice(),
+            )
+        })
+        .collect();
+    adapter_file::write_bytes(&refs)
+}
+
+/// Moves the file's modification time, so that the next load reads it again.
+fn touch(path: &Path) -> Result<(), String> {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = std::time::SystemTime::now();
+    f.set_modified(t).map_err(|e| e.to_string())
+}
+
+/// Writes the real-size adapter and the padded tiny one; times reading the real one.
+fn big_files(a: &Args, style_a: &str) -> Result<(PathBuf, PathBuf), String> {
+    let dir = std::env::temp_dir().join(format!("lora-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let real = dir.join(format!("sd15-rank{}.onnx_adapter", a.rank));
+    let bytes = sd15_adapter(a.rank);
+    std::fs::write(&real, &bytes).map_err(|e| e.to_string())?;
+    let mut padded = std::fs::read(style_a).map_err(|e| format!("{style_a}: {e}"))?;
+    padded.resize(bytes.len(), 0);
+    let pad = dir.join("style-a-padded.onnx_adapter");
+    std::fs::write(&pad, &padded).map_err(|e| e.to_string())?;
+    let cache = AdapterCache::default();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        touch(&real)?;
+        let t0 = Instant::now();
+        let f = cache.load(&real).map_err(|e| e.to_string())?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        if f.parameters.len() != 256 {
+            return Err(format!("{} parameters read back", f.parameters.len()));
+        }
+    }
+    println!(
+        "LoRA of real size: SD 1.5 attention projections (128), rank {}, float32: {:.1} MB; read + parse: median {:.1} ms of 5 (wall), off the inference thread",
+        a.rank,
+        bytes.len() as f64 / 1e6,
+        median(times)
+    );
+    Ok((dir, pad))
+}
+
+/// The inference thread's CPU time per frame across style switches to `file` (every 8
+/// frames, the file read again each time): the engine reading it itself (the old path)
+/// and the engine taking it from memory, read by another thread (the new).
+fn switch_frame_costs(a: &Args, file: &Path) -> Result<(), String> {
+    let opts = LoadOptions {
+        model_dir: a.model.clone(),
+        width: a.size,
+        height: a.size,
+        batch_size: 1,
+        execution_provider: ExecutionProvider::Cpu,
+        intra_threads: a.threads,
+        ..Default::default()
+    };
+    let style = format!("{}:0.8", file.display());
+    let pictures: Vec<Vec<u8>> = (0..8).map(|k| picture(k, a.size)).collect();
+    let mut results = Vec::new();
+    for shared in [false, true] {
+        let mut e = Engine::load(&opts, &params("")).map_err(|e| e.to_string())?;
+        let cache = AdapterCache::default();
+        if shared {
+            e.share_adapters(&cache);
+        }
+        // What the element's settings hold: set by a "setter" thread once the file is in
+        // memory (shared), or at once (the old path reads it at the next call).
+        let wanted: Arc<Mutex<String>> = Arc::default();
+        let mut setter: Option<std::thread::JoinHandle<()>> = None;
+        let (mut all, mut at_switch) = (Vec::new(), Vec::new());
+        let mut switches = 0;
+        let frames = 8 + 8 * (a.switches + 1);
+        for k in 0..frames {
+            if k >= 8 && k % 8 == 0 && switches < a.switches {
+                if let Some(h) = setter.take() {
+                    h.join().map_err(|_| "setter thread panicked")?;
+                }
+                let value = if switches % 2 == 0 {
+                    style.clone()
+                } else {
+                    String::new()
+                };
+                switches += 1;
+                if !value.is_empty() {
+                    touch(file)?;
+                }
+                if shared {
+                    let (c, w) = (cache.clone(), wanted.clone());
+                    setter = Some(std::thread::spawn(move || {
+                        c.load_list(&value);
+                        *w.lock().unwrap() = value;
+                    }));
+                } else {
+                    *wanted.lock().unwrap() = value;
+                }
+            }
+            let t0 = thread_cpu();
+            let want = wanted.lock().unwrap().clone();
+            if want != e.params().lora && e.lora_ready(&want) {
+                e.set_params(&params(&want)).map_err(|e| e.to_string())?;
+                at_switch.push(0.0);
+            }
+            let input = vec![InputFrame {
+                tag: k as u64,
+                rgb: pictures[k % pictures.len()].clone(),
+            }];
+            e.process(input).map_err(|e| e.to_string())?;
+            let ms = (thread_cpu() - t0).as_secs_f64() * 1e3;
+            if let Some(last) = at_switch.last_mut()
+                && *last == 0.0
+            {
+                *last = ms;
+            }
+            if k >= 8 {
+                all.push(ms);
+            }
+        }
+        if let Some(h) = setter.take() {
+            h.join().map_err(|_| "setter thread panicked")?;
+        }
+        let worst = at_switch.iter().copied().fold(0.0, f64::max);
+        results.push((median(all), worst, at_switch.len()));
+    }
+    println!(
+        "engine, {}x{}, switches to a {:.1} MB file (read again each time) and off, inference-thread CPU per frame:",
+        a.size,
+        a.size,
+        std::fs::metadata(file).map_or(0, |m| m.len()) as f64 / 1e6
+    );
+    for ((name, (med, worst, n)), _) in [
+        "old path (read on the inference thread)",
+        "new path (read by the setter's thread)",
+    ]
+    .iter()
+    .zip(&results)
+    .zip(0..)
+    {
+        println!(
+            "  {name:<42} median frame {med:7.2} ms, worst switch frame {worst:7.2} ms ({:.2}x the median) over {n} switches",
+            worst / med
+        );
+    }
     Ok(())
 }
 
@@ -302,7 +540,12 @@ fn main() {
             ),
         ];
         engine_costs(&a, &loras)?;
-        switch_latency(&a, &file("style-a"))
+        switch_latency(&a, &file("style-a"), None)?;
+        let (dir, padded) = big_files(&a, &file("style-a"))?;
+        let res = switch_frame_costs(&a, &padded)
+            .and_then(|()| switch_latency(&a, &padded.display().to_string(), Some(&padded)));
+        let _ = std::fs::remove_dir_all(&dir);
+        res
     };
     if let Err(e) = run() {
         eprintln!("lora-bench: {e}");

@@ -5,7 +5,8 @@
 //! side, batch 1 and 3; a live switch needs no new session and applies from the next call;
 //! `off` is the base output bit for bit; files that do not fit are refused naming the first
 //! mismatch and leave the running style as it was; a model without LoRA inputs refuses
-//! `lora`; a fade binds both sides.
+//! `lora`; a fade binds both sides; with shared adapters a switch to a file not in memory
+//! waits for a loader thread instead of reading it on the calling thread.
 
 mod engine_common;
 
@@ -301,4 +302,57 @@ fn the_adapter_reader_reads_the_exported_files() {
     assert!(p.name.ends_with(".lora_A.weight"), "{}", p.name);
     assert_eq!(p.dims[1], 3);
     assert_eq!(p.data.len(), p.dims[0] * p.dims[1]);
+}
+
+/// With shared adapters (as in `i2itransform`) the engine does not read a new file: asked
+/// whether a list is ready, it answers at once and hands the file to a loader thread. The
+/// file here is a FIFO nobody writes yet, so a read on this thread would never return;
+/// frames go on in the running style, and once the bytes are written the list is ready
+/// and the switch binds from memory.
+#[test]
+fn with_shared_adapters_a_switch_waits_for_a_loader_thread() {
+    use gsti2i::diffusion::lora::AdapterCache;
+    let frames: Vec<Vec<u8>> = (0..7).map(frame).collect();
+    let dir = tmp("lora-fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("slow.onnx_adapter");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let list = format!("{}:0.8", fifo.display());
+    let a = format!("{}:0.8", lora_file("style-a"));
+    let mut styled_e = Engine::load(&opts("tiny-lora", 1), &params(&a)).unwrap();
+    let styled = stream(&mut styled_e, &frames, |_, _| {});
+
+    let cache = AdapterCache::default();
+    let mut e = Engine::load_sharing(&opts("tiny-lora", 1), &params(""), &cache).unwrap();
+    let mut writer = None;
+    let out = stream(&mut e, &frames, |k, e| match k {
+        1 => assert!(!e.lora_ready(&list), "nothing written yet"),
+        2 => {
+            assert!(!e.lora_ready(&list), "nothing written yet");
+            let (fifo, bytes) = (fifo.clone(), std::fs::read(lora_file("style-a")).unwrap());
+            writer = Some(std::thread::spawn(move || {
+                std::fs::write(fifo, bytes).unwrap()
+            }));
+        }
+        4 => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !e.lora_ready(&list) {
+                assert!(std::time::Instant::now() < deadline, "the loader thread");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            e.set_params(&params(&list)).unwrap();
+        }
+        _ => {}
+    });
+    writer.unwrap().join().unwrap();
+    assert_eq!(e.params().lora, list);
+    assert_eq!(cache.reads(), 1, "read once, by the loader thread");
+    assert!(
+        max_abs(&out[2], &styled[2]) > 1e-4,
+        "the running style before"
+    );
+    assert_eq!(out[4..], styled[4..], "then the style's frames");
+    let _ = std::fs::remove_dir_all(&dir);
 }

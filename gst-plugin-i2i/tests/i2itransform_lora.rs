@@ -237,3 +237,146 @@ fn a_refused_lora_on_the_settings_pad_keeps_the_other_keys_of_the_update() {
     assert_eq!(i2i.property::<u64>("seed"), 7);
     assert_eq!(i2i.property::<String>("lora"), "");
 }
+
+/// The files of a switch are read off the inference thread: `lora` names a FIFO nobody
+/// writes yet, so whoever reads it waits. Frames keep coming out in the running style
+/// meanwhile (the thread that set the property waits, not the inference thread); once
+/// the adapter's bytes are written the switch lands within a few batches, with no reload.
+#[test]
+fn the_files_of_a_switch_are_read_off_the_inference_thread() {
+    switch_to_a_fifo(false);
+}
+
+/// The same with `{"lora": ...}` on the settings pad: its streaming thread waits.
+#[test]
+fn the_files_of_a_settings_pad_switch_are_read_off_the_inference_thread() {
+    switch_to_a_fifo(true);
+}
+
+fn switch_to_a_fifo(via_settings_pad: bool) {
+    const N: u64 = 14;
+    let (_, base) = scenario(&lora_model(), "", &[], N);
+    let (_, styled) = scenario(
+        &lora_model(),
+        &format!("lora=\"{}:0.8\"", adapter("style-a")),
+        &[],
+        N,
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "i2i-lora-fifo-{}-{via_settings_pad}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("slow.onnx_adapter");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let list = format!("{}:0.8", fifo.display());
+
+    let (wait, settings_src) = if via_settings_pad {
+        (
+            "wait-for-settings=false",
+            " appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
+        )
+    } else {
+        ("", "")
+    };
+    let desc = format!(
+        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
+         threads=1 t-index-list=32,45 {wait} ! appsink name=out sync=false{settings_src}",
+        lora_model()
+    );
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
+    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
+    let i2i = pipeline.by_name("i2i").unwrap();
+    let samples = collect_samples(&pipeline);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let out_count = || samples.lock().unwrap().len() as u64;
+    // Pushes frame k once all frames but the one in flight are out.
+    let push = |k: u64| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while out_count() + 1 < k {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "frames stopped at {k}: the inference thread waits for the file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(100 * k));
+            b.set_duration(gst::ClockTime::from_mseconds(100));
+            b.set_offset(k);
+        }
+        src.push_buffer(buf).unwrap();
+    };
+    for k in 0..3 {
+        push(k);
+    }
+    let setter = if via_settings_pad {
+        // The pad's streaming thread reads the file; the property follows once it is taken.
+        let json = format!(r#"{{"lora": "{list}"}}"#);
+        appsrc(&pipeline, "settings")
+            .push_buffer(gst::Buffer::from_slice(json.into_bytes()))
+            .unwrap();
+        let (i2i, list) = (i2i.clone(), list.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while i2i.property::<String>("lora") != list {
+                assert!(std::time::Instant::now() < deadline, "settings not taken");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    } else {
+        let (i2i, list) = (i2i.clone(), list.clone());
+        std::thread::spawn(move || i2i.set_property("lora", list.as_str()))
+    };
+    // Six batches while the file cannot be read: all come out, in the base style.
+    for k in 3..9 {
+        push(k);
+    }
+    push(9);
+    assert!(out_count() >= 8, "frames kept coming out");
+    assert!(!setter.is_finished(), "the file is still unread");
+    std::fs::write(&fifo, std::fs::read(adapter("style-a")).unwrap()).unwrap();
+    setter.join().unwrap();
+    for k in 10..N {
+        push(k);
+    }
+    src.end_of_stream().unwrap();
+    let mut messages = Vec::new();
+    let res = wait_eos(&pipeline, &mut messages);
+    pipeline.set_state(gst::State::Null).unwrap();
+    res.unwrap();
+    let run = Run {
+        samples: std::mem::take(&mut samples.lock().unwrap()),
+        messages,
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let out: Vec<Vec<u8>> = (0..run.samples.len()).map(|i| run.bytes(i)).collect();
+    assert_eq!(out.len() as u64, N);
+    assert_eq!(
+        out[..8],
+        base[..8],
+        "the running style while the file is read"
+    );
+    let at: Vec<u64> = run
+        .elements("i2i-settings-applied")
+        .iter()
+        .filter(|s| s.get::<String>("lora").unwrap() == list)
+        .map(|s| s.get::<u64>("frame-index").unwrap())
+        .collect();
+    assert!(
+        at.len() == 1 && (10..=12).contains(&at[0]),
+        "the switch lands within a few batches of the file's arrival: {at:?}"
+    );
+    assert_eq!(
+        out[N as usize - 1],
+        styled[N as usize - 1],
+        "then the style's frames"
+    );
+    assert_eq!(run.elements("i2itransform-started").len(), 1, "no reload");
+    assert!(run.warnings().is_empty(), "{:?}", run.warnings());
+}

@@ -9,6 +9,7 @@ use ort::value::Tensor;
 
 use super::conditioning::{Conditioning, emb};
 use super::ipadapter::{self, IpLayout, IpTokens, PictureTokens};
+use super::lora::AdapterCache;
 use super::model::{Images, Model, Text, max_unet_rows};
 use super::scheduler::StepConstants;
 use super::stream::{Emb, FrameParams, Stream, rows_per_call};
@@ -263,6 +264,25 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Loads the model directory `opts.model_dir` and prepares the stream for `params`.
     pub fn load(opts: &LoadOptions, params: &StreamParams) -> Result<Engine, EngineError> {
+        Self::load_inner(opts, params, None)
+    }
+
+    /// [`Engine::load`] with the LoRA files taken from `adapters`, where other threads
+    /// read them (see [`Engine::share_adapters`]); a file of `params.lora` not there yet
+    /// is read by this call.
+    pub fn load_sharing(
+        opts: &LoadOptions,
+        params: &StreamParams,
+        adapters: &AdapterCache,
+    ) -> Result<Engine, EngineError> {
+        Self::load_inner(opts, params, Some(adapters))
+    }
+
+    fn load_inner(
+        opts: &LoadOptions,
+        params: &StreamParams,
+        adapters: Option<&AdapterCache>,
+    ) -> Result<Engine, EngineError> {
         let n = params.t_index_list.len().max(1);
         let rows = (
             rows_per_call(
@@ -326,6 +346,9 @@ impl Engine {
         engine.timings.text += text_time;
         engine.timings.text_calls += 1;
         engine.rebuild_frame_params()?;
+        if let Some(a) = adapters {
+            engine.share_adapters(a);
+        }
         if let (Some(l), Some(u)) = (
             engine.prepare_lora(&params.lora)?,
             engine.model.unet.lora.as_mut(),
@@ -350,6 +373,26 @@ impl Engine {
                 "LoRA inputs (NAME.lora_A.weight [in, r] and NAME.lora_B.weight [r, out], docs/models.md \"LoRA models\") for lora",
                 "a UNet without LoRA inputs: unset lora or use a model exported with them (scripts/export_lora.py)",
             )),
+        }
+    }
+
+    /// From now on the LoRA files come from `adapters`, read and parsed there by other
+    /// threads ([`AdapterCache::load`]): [`Engine::set_params`] then never reads a file,
+    /// and a switch to files not in memory yet waits (see [`Engine::lora_ready`]).
+    pub fn share_adapters(&mut self, adapters: &AdapterCache) {
+        if let Some(l) = self.model.unet.lora.as_mut() {
+            l.share_adapters(adapters);
+        }
+    }
+
+    /// Whether the files of the LoRA list `text` are in memory, so that
+    /// [`Engine::set_params`] binds them without reading; with shared adapters those that
+    /// are not are handed to a loader thread, to be asked again at a later call. Always
+    /// true without shared adapters (`set_params` reads them) and for a list it refuses.
+    pub fn lora_ready(&self, text: &str) -> bool {
+        match (super::lora::parse_list(text), &self.model.unet.lora) {
+            (Ok(list), Some(l)) => l.ready(&list),
+            _ => true,
         }
     }
 

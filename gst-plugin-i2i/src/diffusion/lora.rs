@@ -13,9 +13,10 @@
 //! The rules are those of tests/python/reference_style.py (`lora_slots`, `check_adapter`,
 //! `lora_feeds`, `fade_active`; the list syntax, `parse_lora_list`, is i2i_core::settings::lora).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use i2i_core::settings::blend::Fade;
 
@@ -46,10 +47,8 @@ struct Slot {
 /// An adapter file checked against the UNet: its parameters and rank.
 #[derive(Debug)]
 struct Lora {
-    file: AdapterFile,
+    file: Arc<AdapterFile>,
     rank: usize,
-    /// The file's size and modification time when read (read again when they change).
-    stamp: (u64, Option<std::time::SystemTime>),
 }
 
 type Active = Vec<(Arc<Lora>, f64)>;
@@ -72,7 +71,13 @@ pub struct UnetLora {
     /// What the next calls bind (the target, or the fade's present mix).
     active: Active,
     fade: Option<LoraFade>,
-    cache: HashMap<PathBuf, Arc<Lora>>,
+    /// The checked files of the list bound now (checked again only when read again).
+    bound: HashMap<PathBuf, Arc<Lora>>,
+    /// Where the parsed files come from.
+    adapters: AdapterCache,
+    /// The files are read by others (see [`AdapterCache`]): [`UnetLora::ready`] asks a
+    /// loader thread for what is not in memory instead of this thread reading it.
+    shared: bool,
     /// Per slot: A `[in, R]` then B `[R, out]`, row-major; R the bound rank.
     feeds: Vec<(Vec<f32>, Vec<f32>)>,
     rank: usize,
@@ -150,7 +155,9 @@ impl UnetLora {
             list: Vec::new(),
             active: Vec::new(),
             fade: None,
-            cache: HashMap::new(),
+            bound: HashMap::new(),
+            adapters: AdapterCache::default(),
+            shared: false,
             feeds: Vec::new(),
             rank: 0,
             key: 0,
@@ -177,8 +184,38 @@ impl UnetLora {
         &self.list
     }
 
+    /// Takes the parsed files from `adapters` from now on, read there by other threads:
+    /// a file not in memory yet is asked of a loader thread by [`UnetLora::ready`].
+    pub fn share_adapters(&mut self, adapters: &AdapterCache) {
+        self.adapters = adapters.clone();
+        self.shared = true;
+    }
+
+    /// Whether every file of `list` is in memory (read, well or not), so that
+    /// [`UnetLora::prepare`] does not touch the file system. With shared adapters, the
+    /// files that are not are handed to a loader thread (the switch waits for a later
+    /// call); otherwise `prepare` reads them itself and this is always true.
+    pub fn ready(&self, list: &[(PathBuf, f32)]) -> bool {
+        if !self.shared {
+            return true;
+        }
+        let missing: Vec<PathBuf> = list
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| !self.bound.contains_key(*p) && self.adapters.get(p).is_none())
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        // Without a loader thread the next call asks again.
+        let _ = self.adapters.load_in_background(missing);
+        false
+    }
+
     /// Reads and checks the files of `list` against the UNet; changes nothing. The error
-    /// names the file and its first mismatch.
+    /// names the file and its first mismatch. With shared adapters the files come from
+    /// memory (see [`UnetLora::ready`]).
     pub fn prepare(&self, list: &[(PathBuf, f32)]) -> Result<Prepared, EngineError> {
         let mut files = Vec::new();
         let mut active = Vec::new();
@@ -211,7 +248,7 @@ impl UnetLora {
     /// `transition_frames` frames.
     pub fn commit(&mut self, p: Prepared, transition_frames: u32) {
         let from = std::mem::take(&mut self.active);
-        self.cache = p.files.into_iter().collect();
+        self.bound = p.files.into_iter().collect();
         self.list = p.list;
         if transition_frames == 0 || from.is_empty() && p.active.is_empty() {
             self.fade = None;
@@ -247,20 +284,29 @@ impl UnetLora {
         let _ = self.rebuild();
     }
 
+    /// The checked file at `path`: from the shared cache as last read there (no look at
+    /// the file system), else read here (the direct engine, or a file a loader dropped in
+    /// the instant since [`UnetLora::ready`]).
     fn load(&self, path: &Path) -> Result<Arc<Lora>, EngineError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| EngineError::missing(path, format!("a LoRA adapter file ({e})")))?;
-        let stamp = (meta.len(), meta.modified().ok());
-        if let Some(l) = self.cache.get(path)
-            && l.stamp == stamp
+        let in_memory = if self.shared {
+            self.adapters.get(path)
+        } else {
+            None
+        };
+        let file = match (in_memory, self.bound.get(path)) {
+            (Some(f), _) => f?,
+            (None, Some(l)) if self.shared => return Ok(l.clone()),
+            (None, _) => self.adapters.load(path)?,
+        };
+        if let Some(l) = self.bound.get(path)
+            && Arc::ptr_eq(&l.file, &file)
         {
             return Ok(l.clone());
         }
-        let file = adapter_file::read(path).map_err(|e| EngineError::invalid(path, e))?;
         let rank = self
             .check(&file, path)
             .map_err(|e| EngineError::invalid(path, e))?;
-        Ok(Arc::new(Lora { file, rank, stamp }))
+        Ok(Arc::new(Lora { file, rank }))
     }
 
     /// Refuses an adapter that does not fit the UNet, naming the first mismatch; returns
@@ -396,6 +442,175 @@ impl UnetLora {
     }
 }
 
+/// A file's size and modification time when read (read again when they change).
+type Stamp = (u64, Option<SystemTime>);
+
+/// What reading one file gave: its parameters, or the error naming the file.
+type Loaded = Result<Arc<AdapterFile>, EngineError>;
+
+/// Parsed adapter files shared by the threads that read them and the inference thread
+/// that binds them, keyed by path (and checked against size + modification time when
+/// read again). `i2itransform` reads a new `lora` list where it is set (the property
+/// setter's thread, the settings pad's streaming thread, or a loader thread for anything
+/// else) and its engine, given the cache with [`Engine::share_adapters`], takes the parsed
+/// files from here: the inference thread never touches the file system for a switch, a
+/// 100 MB LoRA costs it nothing but the binding.
+///
+/// [`Engine::share_adapters`]: super::Engine::share_adapters
+#[derive(Clone, Debug, Default)]
+pub struct AdapterCache {
+    inner: Arc<Mutex<CacheInner>>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    entries: HashMap<PathBuf, Entry>,
+    /// Files a loader thread reads now (asked once, not once a batch).
+    loading: HashSet<PathBuf>,
+    /// Files read so far (for tests and benchmarks).
+    reads: u64,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// None: the file could not be looked at (missing); looked at again next time.
+    stamp: Option<Stamp>,
+    file: Loaded,
+    used: u64,
+}
+
+/// Files no engine binds that the cache keeps (a show switches among a few styles).
+const KEEP_UNUSED: usize = 4;
+
+impl AdapterCache {
+    /// The file at `path`, read and parsed unless it was already with the same size and
+    /// modification time. Reads on the calling thread: never call it on the inference
+    /// thread. A missing or damaged file gives the error the engine reports, naming it.
+    pub fn load(&self, path: &Path) -> Loaded {
+        let stamp = std::fs::metadata(path).map(|m| (m.len(), m.modified().ok()));
+        {
+            let mut c = self.inner.lock().unwrap();
+            c.tick += 1;
+            let tick = c.tick;
+            if let (Ok(stamp), Some(e)) = (&stamp, c.entries.get_mut(path))
+                && e.stamp.as_ref() == Some(stamp)
+            {
+                e.used = tick;
+                return e.file.clone();
+            }
+        }
+        let (stamp, loaded) = match stamp {
+            Err(e) => (
+                None,
+                Err(EngineError::missing(
+                    path,
+                    format!("a LoRA adapter file ({e})"),
+                )),
+            ),
+            Ok(stamp) => (
+                Some(stamp),
+                adapter_file::read(path)
+                    .map(Arc::new)
+                    .map_err(|e| EngineError::invalid(path, e)),
+            ),
+        };
+        let file = loaded;
+        let mut c = self.inner.lock().unwrap();
+        c.reads += 1;
+        c.tick += 1;
+        let used = c.tick;
+        c.entries.insert(
+            path.to_path_buf(),
+            Entry {
+                stamp,
+                file: file.clone(),
+                used,
+            },
+        );
+        c.forget_unused();
+        file
+    }
+
+    /// Reads the files of a `lora` list (`FILE[:SCALE],...`) that are new or changed, on
+    /// the calling thread; a list that does not parse is left to whoever applies it.
+    pub fn load_list(&self, text: &str) {
+        if let Ok(list) = parse_list(text) {
+            for (path, _) in list {
+                let _ = self.load(&path);
+            }
+        }
+    }
+
+    /// Reads `paths` on a loader thread of their own (one at a time, each asked once
+    /// while it is read); returns at once.
+    pub fn load_in_background(&self, paths: Vec<PathBuf>) -> std::io::Result<()> {
+        let todo: Vec<PathBuf> = {
+            let mut c = self.inner.lock().unwrap();
+            paths
+                .into_iter()
+                .filter(|p| c.loading.insert(p.clone()))
+                .collect()
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let (cache, asked) = (self.clone(), todo.clone());
+        let spawned = std::thread::Builder::new()
+            .name("i2i-lora-load".into())
+            .spawn(move || {
+                for p in todo {
+                    let _ = cache.load(&p);
+                    cache.inner.lock().unwrap().loading.remove(&p);
+                }
+            });
+        if spawned.is_err() {
+            // No thread: the paths are asked again at the next batch.
+            let mut c = self.inner.lock().unwrap();
+            for p in &asked {
+                c.loading.remove(p);
+            }
+        }
+        spawned.map(|_| ())
+    }
+
+    /// The file at `path` as last read, without looking at the file system.
+    fn get(&self, path: &Path) -> Option<Loaded> {
+        let mut c = self.inner.lock().unwrap();
+        c.tick += 1;
+        let tick = c.tick;
+        c.entries.get_mut(path).map(|e| {
+            e.used = tick;
+            e.file.clone()
+        })
+    }
+
+    /// How many files were read (successfully or not) since the cache was made.
+    pub fn reads(&self) -> u64 {
+        self.inner.lock().unwrap().reads
+    }
+}
+
+impl CacheInner {
+    /// Drops the least recently used files beyond [`KEEP_UNUSED`] that nobody holds (an
+    /// engine holds the files it binds, and those it is about to).
+    fn forget_unused(&mut self) {
+        let mut unused: Vec<(u64, PathBuf)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !matches!(&e.file, Ok(f) if Arc::strong_count(f) > 1))
+            .map(|(p, e)| (e.used, p.clone()))
+            .collect();
+        if unused.len() <= KEEP_UNUSED {
+            return;
+        }
+        unused.sort();
+        for (_, p) in &unused[..unused.len() - KEEP_UNUSED] {
+            self.entries.remove(p);
+        }
+    }
+}
+
 /// The (adapter, scale) list bound at fade position t (the reference's `fade_active`).
 fn fade_active(from: &Active, to: &Active, t: f64) -> Active {
     if t >= 1.0 {
@@ -408,4 +623,79 @@ fn fade_active(from: &Active, to: &Active, t: f64) -> Active {
         .map(|(l, s)| (l.clone(), (1.0 - t) * s))
         .chain(to.iter().map(|(l, s)| (l.clone(), t * s)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(rank: i64) -> Vec<u8> {
+        let a: Vec<u8> = (0..2 * rank)
+            .flat_map(|v| (v as f32).to_le_bytes())
+            .collect();
+        adapter_file::write_bytes(&[
+            ("p.lora_A.weight", &[2, rank], FLOAT32, &a),
+            ("p.lora_B.weight", &[rank, 2], FLOAT32, &a),
+        ])
+    }
+
+    #[test]
+    fn the_cache_reads_a_file_once_until_it_changes() {
+        let dir = std::env::temp_dir().join(format!("i2i-adapter-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.onnx_adapter");
+        let cache = AdapterCache::default();
+        // Missing: the engine's error, looked at again next time.
+        let e = cache.load(&path).unwrap_err().to_string();
+        assert!(e.contains("a.onnx_adapter"), "{e}");
+        assert!(cache.get(&path).is_some_and(|f| f.is_err()));
+        std::fs::write(&path, adapter(1)).unwrap();
+        let first = cache.load(&path).unwrap();
+        assert_eq!(first.get("p.lora_A.weight").unwrap().dims, vec![2, 1]);
+        let reads = cache.reads();
+        assert!(Arc::ptr_eq(&first, &cache.load(&path).unwrap()));
+        cache.load_list(&format!("{}:0.5", path.display()));
+        assert_eq!(cache.reads(), reads, "unchanged: not read again");
+        // Another size: read again.
+        std::fs::write(&path, adapter(3)).unwrap();
+        let second = cache.load(&path).unwrap();
+        assert_eq!(second.get("p.lora_A.weight").unwrap().dims, vec![2, 3]);
+        assert_eq!(cache.reads(), reads + 1);
+        // Damaged: the reader's error, naming the file.
+        let cut = dir.join("cut.onnx_adapter");
+        std::fs::write(&cut, &adapter(1)[..20]).unwrap();
+        let e = cache.load(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.onnx_adapter"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_somebody_holds_are_kept_and_others_beyond_a_few_dropped() {
+        let dir = std::env::temp_dir().join(format!("i2i-adapter-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = AdapterCache::default();
+        let paths: Vec<PathBuf> = (0..KEEP_UNUSED + 3)
+            .map(|i| {
+                let p = dir.join(format!("{i}.onnx_adapter"));
+                std::fs::write(&p, adapter(1)).unwrap();
+                p
+            })
+            .collect();
+        let held = cache.load(&paths[0]).unwrap();
+        for p in &paths[1..] {
+            cache.load(p).unwrap();
+        }
+        assert!(cache.get(&paths[0]).is_some(), "held: kept");
+        assert!(cache.get(&paths[1]).is_none(), "the oldest unused: dropped");
+        assert!(cache.get(paths.last().unwrap()).is_some());
+        drop(held);
+        // A loader thread reads what is asked, once.
+        cache.load_in_background(vec![paths[1].clone()]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while cache.get(&paths[1]).is_none() {
+            assert!(std::time::Instant::now() < deadline, "loader thread");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -29,6 +29,7 @@ use super::ipadapter_pad;
 use super::live::{self, LiveSettings};
 use super::worker::{FirstSettings, Worker};
 use super::{OutputMode, latent_caps};
+use crate::diffusion::lora::AdapterCache;
 use crate::diffusion::{
     self, DecodedFrame, Engine, LoadOptions, PreparedFrame, Preprocessor, StreamParams,
 };
@@ -253,6 +254,8 @@ pub struct I2iTransform {
     pub(super) control: control::ControlState,
     /// IP-Adapter: its properties, pad and encoder thread (`ipadapter_pad.rs`).
     pub(super) ip: ipadapter_pad::IpState,
+    /// LoRA files read where `lora` is set, bound from memory by the inference thread.
+    pub(super) lora_files: AdapterCache,
 }
 
 #[glib::object_subclass]
@@ -294,6 +297,7 @@ impl ObjectSubclass for I2iTransform {
             latent: AtomicBool::new(false),
             settings_received: Mutex::new(FirstSettings::Waiting),
             settings_cond: Condvar::new(),
+            lora_files: AdapterCache::default(),
         }
     }
 }
@@ -563,15 +567,16 @@ impl InferElement for I2iTransform {
             );
             return Err(gst::StateChangeError);
         }
-        let mut engine = Engine::load(&opts, &s.live.params).map_err(|e| {
-            gst::element_imp_error!(
-                self,
-                gst::LibraryError::Init,
-                ("Could not load the model in {}: {}", model, e),
-                ["{:?}", e]
-            );
-            gst::StateChangeError
-        })?;
+        let mut engine =
+            Engine::load_sharing(&opts, &s.live.params, &self.lora_files).map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::LibraryError::Init,
+                    ("Could not load the model in {}: {}", model, e),
+                    ["{:?}", e]
+                );
+                gst::StateChangeError
+            })?;
         self.start_control(&mut engine, &s.control, (opts.width, opts.height))?;
         self.start_ip(&mut engine)?;
         let provider = engine.provider().nick();
@@ -627,6 +632,22 @@ impl InferElement for I2iTransform {
 }
 
 impl I2iTransform {
+    /// `lora`: the files are read and parsed here, on the setter's thread, before the list
+    /// reaches the inference thread, which binds them from memory (a 100 MB LoRA would
+    /// stall the show there); a file that does not fit is refused when bound.
+    fn set_lora(&self, value: &glib::Value) {
+        let text = value.get::<Option<String>>().unwrap().unwrap_or_default();
+        gst::debug!(CAT, imp = self, "setting lora to {text:?}");
+        match i2i_core::settings::lora::parse_lora_list(&text) {
+            Ok(l) => {
+                let list = i2i_core::settings::lora::format_lora_list(&l);
+                self.lora_files.load_list(&list);
+                self.settings.lock().unwrap().live.params.lora = list;
+            }
+            Err(e) => self.refuse(&format!("{e} (refused)")),
+        }
+    }
+
     // ---- settings pad -----------------------------------------------------------------
 
     fn settings_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -639,6 +660,11 @@ impl I2iTransform {
             .as_ref()
             .map(|u| self.apply_ip_settings(u))
             .unwrap_or_default();
+        // LoRA files are read here, on this streaming thread, so that the inference thread
+        // finds them in memory.
+        if let Ok(Some(l)) = update.as_ref().map(|u| u.lora.as_deref()) {
+            self.lora_files.load_list(l);
+        }
         let result = update.map(|u| {
             let mut s = self.settings.lock().unwrap();
             let (changed, mut refused) = s.live.apply_valid(&u);
@@ -860,7 +886,7 @@ impl ObjectImpl for I2iTransform {
             .chain(control::param_specs())
             .chain([glib::ParamSpecString::builder("lora")
                 .nick("LoRA")
-                .blurb("LoRA styles for a UNet exported with LoRA inputs (docs/models.md): FILE[:SCALE][,FILE[:SCALE]...] of .onnx_adapter files, scale 1 when absent; empty or off = none. Switched while playing from the next batch, no reload; transition-frames cross-fades")
+                .blurb("LoRA styles for a UNet exported with LoRA inputs (docs/models.md): FILE[:SCALE][,FILE[:SCALE]...] of .onnx_adapter files, scale 1 when absent; empty or off = none. Switched while playing from the next batch, no reload (the files are read when set, not on the inference thread); transition-frames cross-fades")
                 .default_value(Some(""))
                 .mutable_playing()
                 .build()])
@@ -878,6 +904,9 @@ impl ObjectImpl for I2iTransform {
         if ipadapter_pad::PROPERTIES.contains(&name) {
             let running = self.base.running.load(Ordering::SeqCst);
             return self.set_ip_property(name, value, running);
+        }
+        if name == "lora" {
+            return self.set_lora(value);
         }
         let mut s = self.settings.lock().unwrap();
         gst::debug!(CAT, imp = self, "setting {name} to {value:?}");
@@ -968,16 +997,6 @@ impl ObjectImpl for I2iTransform {
                 }
             }
             "blend-mode" => s.live.params.blend_mode = value.get::<BlendMode>().unwrap(),
-            "lora" => {
-                let text = value.get::<Option<String>>().unwrap().unwrap_or_default();
-                match i2i_core::settings::lora::parse_lora_list(&text) {
-                    Ok(l) => s.live.params.lora = i2i_core::settings::lora::format_lora_list(&l),
-                    Err(e) => {
-                        drop(s);
-                        self.refuse(&format!("{e} (refused)"));
-                    }
-                }
-            }
             "batch-size" => s.batch_size = value.get().unwrap(),
             "width" | "height" => {
                 let v: u32 = value.get().unwrap();

@@ -76,20 +76,21 @@ impl I2iTransform {
         );
         // Frames prepared on the input side keep using (and refilling) the same pool.
         let pre = w.engine.preprocessor();
-        w.engine = Engine::load(&load, &w.applied.params).map_err(|e| {
-            gst::element_imp_error!(
-                self,
-                gst::LibraryError::Init,
-                (
-                    "Could not load the model at {}x{} (size-from-input): {}",
-                    width,
-                    height,
-                    e
-                ),
-                ["Set size-from-input=false and width/height to a size the model takes"]
-            );
-            gst::FlowError::Error
-        })?;
+        w.engine =
+            Engine::load_sharing(&load, &w.applied.params, &self.lora_files).map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::LibraryError::Init,
+                    (
+                        "Could not load the model at {}x{} (size-from-input): {}",
+                        width,
+                        height,
+                        e
+                    ),
+                    ["Set size-from-input=false and width/height to a size the model takes"]
+                );
+                gst::FlowError::Error
+            })?;
         w.engine.share_preprocessor(&pre);
         self.restore_ip(&mut w.engine);
         w.engine
@@ -212,6 +213,17 @@ impl I2iTransform {
         let mut desired = self.settings.lock().unwrap().live.clone();
         if desired == w.applied {
             return Ok(());
+        }
+        if desired.params.lora != w.engine.params().lora
+            && !w.engine.lora_ready(&desired.params.lora)
+        {
+            // Its files are still being read (off this thread): the running style stays
+            // and the switch is asked again at the next batch.
+            gst::debug!(CAT, imp = self, "frame {index}: LoRA files not read yet");
+            desired.params.lora = w.engine.params().lora.clone();
+            if desired == w.applied {
+                return Ok(());
+            }
         }
         if desired.params != *w.engine.params() {
             let old = w.engine.params();

@@ -258,6 +258,74 @@ pub fn read_bytes(data: &[u8], where_: &str) -> Result<AdapterFile, String> {
     })
 }
 
+/// An adapter file's bytes (for tests and benchmarks), written by hand in the layout
+/// flatc emits: root offset, identifier, then the tables and vectors after them. Each
+/// parameter: name, dims, ONNX element type, raw little-endian data.
+pub fn write_bytes(params: &[(&str, &[i64], i32, &[u8])]) -> Vec<u8> {
+    let mut b = vec![0u8; 8];
+    b[4..8].copy_from_slice(b"TORT");
+    fn push_u32(b: &mut Vec<u8>, v: u32) {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    fn align(b: &mut Vec<u8>, a: usize) {
+        while !b.len().is_multiple_of(a) {
+            b.push(0);
+        }
+    }
+    // Root vtable (4 fields) then the root table.
+    let vt = b.len();
+    for v in [12u16, 12, 4, 0, 0, 8] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    align(&mut b, 4);
+    let root = b.len();
+    push_u32(&mut b, (root - vt) as u32);
+    push_u32(&mut b, FORMAT_VERSION as u32);
+    let params_field = b.len();
+    push_u32(&mut b, 0);
+    b[0..4].copy_from_slice(&(root as u32).to_le_bytes());
+    // The parameters vector, its offsets patched below.
+    let vec_at = b.len();
+    push_u32(&mut b, params.len() as u32);
+    let slots = b.len();
+    for _ in params {
+        push_u32(&mut b, 0);
+    }
+    let at = (vec_at - params_field) as u32;
+    b[params_field..params_field + 4].copy_from_slice(&at.to_le_bytes());
+    for (i, (name, dims, ty, raw)) in params.iter().enumerate() {
+        let vt = b.len();
+        for v in [12u16, 20, 4, 8, 12, 16] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        align(&mut b, 4);
+        let t = b.len();
+        push_u32(&mut b, (t - vt) as u32);
+        let fields = b.len();
+        for _ in 0..4 {
+            push_u32(&mut b, 0);
+        }
+        let slot = slots + 4 * i;
+        b[slot..slot + 4].copy_from_slice(&((t - slot) as u32).to_le_bytes());
+        b[fields + 8..fields + 12].copy_from_slice(&(*ty as u32).to_le_bytes());
+        let put = |b: &mut Vec<u8>, field: usize, len: u32, bytes: &[u8], al: usize| {
+            align(b, al);
+            if al == 8 && !(b.len() + 4).is_multiple_of(8) {
+                push_u32(b, 0);
+            }
+            let v = b.len();
+            push_u32(b, len);
+            b.extend_from_slice(bytes);
+            b[field..field + 4].copy_from_slice(&((v - field) as u32).to_le_bytes());
+        };
+        put(&mut b, fields, name.len() as u32, name.as_bytes(), 4);
+        let d: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+        put(&mut b, fields + 4, dims.len() as u32, &d, 8);
+        put(&mut b, fields + 12, raw.len() as u32, raw, 8);
+    }
+    b
+}
+
 /// Reads an adapter file; the error names the file and what is wrong with it.
 pub fn read(path: &Path) -> Result<AdapterFile, String> {
     let data = std::fs::read(path).map_err(|e| format!("{}: cannot read ({e})", path.display()))?;
@@ -267,73 +335,6 @@ pub fn read(path: &Path) -> Result<AdapterFile, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A minimal adapter FlatBuffer, written by hand in the layout flatc emits: root
-    /// offset, identifier, then the tables and vectors after them.
-    fn adapter_bytes(params: &[(&str, &[i64], i32, &[u8])]) -> Vec<u8> {
-        let mut b = vec![0u8; 8];
-        b[4..8].copy_from_slice(b"TORT");
-        fn push_u32(b: &mut Vec<u8>, v: u32) {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        fn align(b: &mut Vec<u8>, a: usize) {
-            while !b.len().is_multiple_of(a) {
-                b.push(0);
-            }
-        }
-        // Root vtable (4 fields) then the root table.
-        let vt = b.len();
-        for v in [12u16, 12, 4, 0, 0, 8] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        align(&mut b, 4);
-        let root = b.len();
-        push_u32(&mut b, (root - vt) as u32);
-        push_u32(&mut b, FORMAT_VERSION as u32);
-        let params_field = b.len();
-        push_u32(&mut b, 0);
-        b[0..4].copy_from_slice(&(root as u32).to_le_bytes());
-        // The parameters vector, its offsets patched below.
-        let vec_at = b.len();
-        push_u32(&mut b, params.len() as u32);
-        let slots = b.len();
-        for _ in params {
-            push_u32(&mut b, 0);
-        }
-        let at = (vec_at - params_field) as u32;
-        b[params_field..params_field + 4].copy_from_slice(&at.to_le_bytes());
-        for (i, (name, dims, ty, raw)) in params.iter().enumerate() {
-            let vt = b.len();
-            for v in [12u16, 20, 4, 8, 12, 16] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-            align(&mut b, 4);
-            let t = b.len();
-            push_u32(&mut b, (t - vt) as u32);
-            let fields = b.len();
-            for _ in 0..4 {
-                push_u32(&mut b, 0);
-            }
-            let slot = slots + 4 * i;
-            b[slot..slot + 4].copy_from_slice(&((t - slot) as u32).to_le_bytes());
-            b[fields + 8..fields + 12].copy_from_slice(&(*ty as u32).to_le_bytes());
-            let put = |b: &mut Vec<u8>, field: usize, len: u32, bytes: &[u8], al: usize| {
-                align(b, al);
-                if al == 8 && !(b.len() + 4).is_multiple_of(8) {
-                    push_u32(b, 0);
-                }
-                let v = b.len();
-                push_u32(b, len);
-                b.extend_from_slice(bytes);
-                b[field..field + 4].copy_from_slice(&((v - field) as u32).to_le_bytes());
-            };
-            put(&mut b, fields, name.len() as u32, name.as_bytes(), 4);
-            let d: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
-            put(&mut b, fields + 4, dims.len() as u32, &d, 8);
-            put(&mut b, fields + 12, raw.len() as u32, raw, 8);
-        }
-        b
-    }
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -346,7 +347,7 @@ mod tests {
             .iter()
             .flat_map(|x| f16::from_f32(*x).to_le_bytes())
             .collect();
-        let bytes = adapter_bytes(&[("x.lora_A.weight", &[3, 2], 1, &a), ("y", &[2], 10, &h)]);
+        let bytes = write_bytes(&[("x.lora_A.weight", &[3, 2], 1, &a), ("y", &[2], 10, &h)]);
         let f = read_bytes(&bytes, "t").unwrap();
         assert_eq!(f.parameters.len(), 2);
         assert_eq!(f.parameters[0].name, "x.lora_A.weight");
@@ -359,7 +360,7 @@ mod tests {
     #[test]
     fn damaged_files_are_errors_not_panics() {
         let a = f32_bytes(&[1.0, 2.0]);
-        let good = adapter_bytes(&[("p.lora_A.weight", &[1, 2], 1, &a)]);
+        let good = write_bytes(&[("p.lora_A.weight", &[1, 2], 1, &a)]);
         assert!(read_bytes(&good, "t").is_ok());
         assert!(read_bytes(b"hello", "t").unwrap_err().contains("TORT"));
         // Every truncation and every single-byte corruption: an error or a parse, never a
@@ -376,7 +377,7 @@ mod tests {
                 let _ = read_bytes(&b, "t");
             }
         }
-        let wrong = adapter_bytes(&[("p", &[3, 2], 1, &a)]);
+        let wrong = write_bytes(&[("p", &[3, 2], 1, &a)]);
         let e = read_bytes(&wrong, "w").unwrap_err();
         assert!(e.contains("8 bytes of data for shape [3, 2]"), "{e}");
     }
