@@ -83,15 +83,7 @@ impl AppPipeline {
     }
 
     fn finish(self) -> Run {
-        self.src.end_of_stream().unwrap();
-        let mut messages = Vec::new();
-        let res = wait_eos(&self.pipeline, &mut messages);
-        self.pipeline.set_state(gst::State::Null).unwrap();
-        res.unwrap();
-        Run {
-            samples: std::mem::take(&mut self.samples.lock().unwrap()),
-            messages,
-        }
+        finish_run(&self.pipeline, &self.src, &self.samples)
     }
 }
 

@@ -60,15 +60,7 @@ fn scenario(model: &str, props: &str, changes: &[(u64, String)], n: u64) -> (Run
         }
         src.push_buffer(buf).unwrap();
     }
-    src.end_of_stream().unwrap();
-    let mut messages = Vec::new();
-    let res = wait_eos(&pipeline, &mut messages);
-    pipeline.set_state(gst::State::Null).unwrap();
-    res.unwrap();
-    let run = Run {
-        samples: std::mem::take(&mut samples.lock().unwrap()),
-        messages,
-    };
+    let run = finish_run(&pipeline, &src, &samples);
     let frames = (0..run.samples.len()).map(|i| run.bytes(i)).collect();
     (run, frames)
 }
@@ -213,15 +205,7 @@ fn a_refused_lora_on_the_settings_pad_keeps_the_other_keys_of_the_update() {
     for k in 3..6 {
         push(k);
     }
-    src.end_of_stream().unwrap();
-    let mut messages = Vec::new();
-    let res = wait_eos(&pipeline, &mut messages);
-    pipeline.set_state(gst::State::Null).unwrap();
-    res.unwrap();
-    let run = Run {
-        samples: std::mem::take(&mut samples.lock().unwrap()),
-        messages,
-    };
+    let run = finish_run(&pipeline, &src, &samples);
     assert_eq!(run.samples.len(), 6);
     assert!(
         run.warnings()
@@ -345,15 +329,7 @@ fn switch_to_a_fifo(via_settings_pad: bool) {
     for k in 10..N {
         push(k);
     }
-    src.end_of_stream().unwrap();
-    let mut messages = Vec::new();
-    let res = wait_eos(&pipeline, &mut messages);
-    pipeline.set_state(gst::State::Null).unwrap();
-    res.unwrap();
-    let run = Run {
-        samples: std::mem::take(&mut samples.lock().unwrap()),
-        messages,
-    };
+    let run = finish_run(&pipeline, &src, &samples);
     let _ = std::fs::remove_dir_all(&dir);
     let out: Vec<Vec<u8>> = (0..run.samples.len()).map(|i| run.bytes(i)).collect();
     assert_eq!(out.len() as u64, N);

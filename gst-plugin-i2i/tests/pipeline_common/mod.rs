@@ -266,3 +266,21 @@ pub fn engine_pictures(
         })
         .collect()
 }
+
+/// Ends the stream of `src`, waits for EOS (an error fails the test), stops the pipeline and
+/// returns what `samples` ([`collect_samples`]) and the bus gathered.
+pub fn finish_run(
+    pipeline: &gst::Pipeline,
+    src: &gst_app::AppSrc,
+    samples: &Mutex<Vec<gst::Sample>>,
+) -> Run {
+    src.end_of_stream().unwrap();
+    let mut messages = Vec::new();
+    let res = wait_eos(pipeline, &mut messages);
+    pipeline.set_state(gst::State::Null).unwrap();
+    res.unwrap();
+    Run {
+        samples: std::mem::take(&mut samples.lock().unwrap()),
+        messages,
+    }
+}
