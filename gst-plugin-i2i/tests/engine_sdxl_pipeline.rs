@@ -34,12 +34,7 @@ fn run_pipeline(name: &str, frames: u64, change: impl Fn(&gst::Element, u64)) ->
     pipeline.set_state(gst::State::Playing).unwrap();
     for k in 0..frames {
         change(&i2i, k);
-        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
-        {
-            let b = buf.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_mseconds(100 * k));
-            b.set_duration(gst::ClockTime::from_mseconds(100));
-        }
+        let buf = timed_picture(k, (W, H), gst::ClockTime::from_mseconds(100));
         src.push_buffer(buf).unwrap();
         // One frame at a time, so that a property change lands between known frames.
         let deadline = Instant::now() + TIMEOUT;

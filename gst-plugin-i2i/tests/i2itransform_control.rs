@@ -38,12 +38,7 @@ fn run_pipeline(dir: &std::path::Path, props: &str, frames: u64) -> Vec<Vec<u8>>
     let out = collect_bytes(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
     for k in 0..frames {
-        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
-        {
-            let b = buf.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_seconds(k));
-            b.set_duration(gst::ClockTime::from_seconds(1));
-        }
+        let buf = timed_picture(k, (W, H), gst::ClockTime::SECOND);
         src.push_buffer(buf).unwrap();
     }
     src.end_of_stream().unwrap();

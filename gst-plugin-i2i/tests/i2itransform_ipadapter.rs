@@ -94,12 +94,7 @@ fn run_frames(
         src.set_caps(Some(&video_caps("RGB", W, H, 1)));
         for k in 0..frames {
             during(pipeline, k);
-            let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
-            {
-                let b = buf.get_mut().unwrap();
-                b.set_pts(gst::ClockTime::from_seconds(k));
-                b.set_duration(gst::ClockTime::from_seconds(1));
-            }
+            let buf = timed_picture(k, (W, H), gst::ClockTime::SECOND);
             src.push_buffer(buf).unwrap();
         }
         src.end_of_stream().unwrap();
@@ -244,12 +239,7 @@ fn run_with_pad(dir: &Path, pad_caps: &str, frames: u64) -> Vec<Vec<u8>> {
                 // The pad's frames reach the encoder while the stream runs.
                 wait_stat(&pipeline.by_name("i2i").unwrap(), "ip-adapter-pictures", 1);
             }
-            let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
-            {
-                let b = buf.get_mut().unwrap();
-                b.set_pts(gst::ClockTime::from_seconds(k));
-                b.set_duration(gst::ClockTime::from_seconds(1));
-            }
+            let buf = timed_picture(k, (W, H), gst::ClockTime::SECOND);
             src.push_buffer(buf).unwrap();
         }
         src.end_of_stream().unwrap();
@@ -328,12 +318,7 @@ fn run_resized(dir: &Path, props: &str) -> Vec<Vec<u8>> {
         for k in 0..6u64 {
             let s = if k < 3 { 64 } else { 48 };
             src.set_caps(Some(&video_caps("RGB", s, s, 1)));
-            let mut buf = gst::Buffer::from_mut_slice(picture(k, s, s));
-            {
-                let b = buf.get_mut().unwrap();
-                b.set_pts(gst::ClockTime::from_seconds(k));
-                b.set_duration(gst::ClockTime::from_seconds(1));
-            }
+            let buf = timed_picture(k, (s, s), gst::ClockTime::SECOND);
             src.push_buffer(buf).unwrap();
         }
         src.end_of_stream().unwrap();

@@ -51,13 +51,7 @@ fn scenario(model: &str, props: &str, changes: &[(u64, String)], n: u64) -> (Run
             }
             i2i.set_property("lora", lora.as_str());
         }
-        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
-        {
-            let b = buf.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_mseconds(100 * k));
-            b.set_duration(gst::ClockTime::from_mseconds(100));
-            b.set_offset(k);
-        }
+        let buf = timed_picture(k, (W, H), gst::ClockTime::from_mseconds(100));
         src.push_buffer(buf).unwrap();
     }
     let run = finish_run(&pipeline, &src, &samples);
@@ -287,13 +281,7 @@ fn switch_to_a_fifo(via_settings_pad: bool) {
             );
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
-        {
-            let b = buf.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_mseconds(100 * k));
-            b.set_duration(gst::ClockTime::from_mseconds(100));
-            b.set_offset(k);
-        }
+        let buf = timed_picture(k, (W, H), gst::ClockTime::from_mseconds(100));
         src.push_buffer(buf).unwrap();
     };
     for k in 0..3 {

@@ -284,3 +284,16 @@ pub fn finish_run(
         messages,
     }
 }
+
+/// Test picture `k` ([`picture`]) as a buffer of a stream of frames `frame` long: PTS
+/// `k * frame`, that duration, offset `k` (the frame index the element takes).
+pub fn timed_picture(k: u64, (w, h): (u32, u32), frame: gst::ClockTime) -> gst::Buffer {
+    let mut buf = gst::Buffer::from_mut_slice(picture(k, w, h));
+    {
+        let b = buf.get_mut().unwrap();
+        b.set_pts(frame * k);
+        b.set_duration(frame);
+        b.set_offset(k);
+    }
+    buf
+}
