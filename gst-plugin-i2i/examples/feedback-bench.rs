@@ -13,9 +13,9 @@
 
 use std::path::PathBuf;
 
-use gsti2i::diffusion::{
-    CfgType, Engine, ExecutionProvider, InputFrame, LoadOptions, StreamParams,
-};
+use gsti2i::diffusion::{CfgType, Engine, InputFrame, StreamParams};
+
+mod common;
 
 struct Args {
     model: PathBuf,
@@ -145,17 +145,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let opts = LoadOptions {
-        model_dir: a.model.clone(),
-        width: a.size,
-        height: a.size,
-        batch_size: 1,
-        execution_provider: ExecutionProvider::Cpu,
-        device_id: 0,
+    let opts = gsti2i::diffusion::LoadOptions {
         fp16: false,
-        engine_cache_dir: None,
-        intra_threads: a.threads,
-        ..Default::default()
+        ..common::cpu_options(&a.model, a.size, a.threads)
     };
     let params = StreamParams {
         prompt: "a watercolor painting of a garden".into(),

@@ -22,9 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gsti2i::diffusion::ipadapter::{ImageSide, PictureTokens, decode_picture};
-use gsti2i::diffusion::{
-    CfgType, Engine, ExecutionProvider, InputFrame, LoadOptions, StreamParams,
-};
+use gsti2i::diffusion::{CfgType, Engine, InputFrame, StreamParams};
 
 mod common;
 
@@ -106,15 +104,7 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(2)
     });
-    let opts = LoadOptions {
-        model_dir: a.model.clone(),
-        width: a.size,
-        height: a.size,
-        batch_size: 1,
-        execution_provider: ExecutionProvider::Cpu,
-        intra_threads: a.threads,
-        ..Default::default()
-    };
+    let opts = common::cpu_options(&a.model, a.size, a.threads);
     let params = StreamParams {
         prompt: "a red fox in the snow".into(),
         t_index_list: vec![32, 45],

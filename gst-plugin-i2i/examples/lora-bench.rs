@@ -40,9 +40,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use gsti2i::diffusion::lora::AdapterCache;
-use gsti2i::diffusion::{
-    CfgType, Engine, ExecutionProvider, InputFrame, LoadOptions, StreamParams,
-};
+use gsti2i::diffusion::{CfgType, Engine, InputFrame, StreamParams};
 use gsti2i::runtime::adapter_file;
 
 mod common;
@@ -119,15 +117,7 @@ fn params(lora: &str) -> StreamParams {
 }
 
 fn engine_costs(a: &Args, loras: &[(&str, String)]) -> Result<(), String> {
-    let opts = LoadOptions {
-        model_dir: a.model.clone(),
-        width: a.size,
-        height: a.size,
-        batch_size: 1,
-        execution_provider: ExecutionProvider::Cpu,
-        intra_threads: a.threads,
-        ..Default::default()
-    };
+    let opts = common::cpu_options(&a.model, a.size, a.threads);
     let mut engines = Vec::new();
     for (name, list) in loras {
         let e = Engine::load(&opts, &params(list)).map_err(|e| format!("{name}: {e}"))?;
@@ -423,15 +413,7 @@ fn big_files(a: &Args, style_a: &str) -> Result<(PathBuf, PathBuf), String> {
 /// frames, the file read again each time): the engine reading it itself (the old path)
 /// and the engine taking it from memory, read by another thread (the new).
 fn switch_frame_costs(a: &Args, file: &Path) -> Result<(), String> {
-    let opts = LoadOptions {
-        model_dir: a.model.clone(),
-        width: a.size,
-        height: a.size,
-        batch_size: 1,
-        execution_provider: ExecutionProvider::Cpu,
-        intra_threads: a.threads,
-        ..Default::default()
-    };
+    let opts = common::cpu_options(&a.model, a.size, a.threads);
     let style = format!("{}:0.8", file.display());
     let pictures: Vec<Vec<u8>> = (0..8).map(|k| picture(k, a.size)).collect();
     let mut results = Vec::new();

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gsti2i::diffusion::tokenizer::ClipTokenizer;
-use gsti2i::diffusion::{Engine, ExecutionProvider, LoadOptions, StreamParams, weights};
+use gsti2i::diffusion::{Engine, StreamParams, weights};
+
+mod common;
 
 const PLAIN: &str = "a red fox in the snow, oil painting, golden hour, detailed fur";
 const WEIGHTED: &str =
@@ -45,15 +47,7 @@ fn main() -> Result<(), String> {
             _ => return Err(format!("unknown argument {k}\n{USAGE}")),
         }
     }
-    let opts = LoadOptions {
-        model_dir: model.clone(),
-        width: 64,
-        height: 64,
-        batch_size: 1,
-        execution_provider: ExecutionProvider::Cpu,
-        intra_threads: threads,
-        ..Default::default()
-    };
+    let opts = common::cpu_options(&model, 64, threads);
     let mut engine = Engine::load(&opts, &StreamParams::default()).map_err(|e| e.to_string())?;
     let mut tok = ClipTokenizer::from_dir(&model.join("tokenizer")).map_err(|e| e.to_string())?;
     let shape = engine

@@ -28,3 +28,22 @@ pub fn process_cpu() -> Duration {
 pub fn thread_cpu() -> Duration {
     clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }
+
+/// How the engine benchmarks load a model: `size` x `size`, batch 1, on the CPU with
+/// `threads` intra-op threads.
+#[allow(dead_code)]
+pub fn cpu_options(
+    model: &std::path::Path,
+    size: u32,
+    threads: usize,
+) -> gsti2i::diffusion::LoadOptions {
+    gsti2i::diffusion::LoadOptions {
+        model_dir: model.to_path_buf(),
+        width: size,
+        height: size,
+        batch_size: 1,
+        execution_provider: gsti2i::diffusion::ExecutionProvider::Cpu,
+        intra_threads: threads,
+        ..Default::default()
+    }
+}
