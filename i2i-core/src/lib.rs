@@ -19,6 +19,7 @@
 //!   `i2i-prompt` and `i2i-web`.
 
 pub mod curve;
+pub mod files;
 pub mod infer;
 pub mod jpeg;
 pub mod protocol;

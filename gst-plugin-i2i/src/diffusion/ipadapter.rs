@@ -535,12 +535,31 @@ impl ImageSide {
     }
 }
 
+/// The largest style picture file read.
+pub const MAX_PICTURE_BYTES: u64 = 64 << 20;
+/// The most pixels a style picture may declare (4096 x 4096), checked before decoding.
+pub const MAX_PICTURE_PIXELS: u64 = 4096 * 4096;
+
 /// A JPEG or PNG file as packed RGB8 `(pixels, width, height)`; the error says why not.
 /// JPEG goes through libjpeg-turbo (as Pillow's does, so the pixels are the reference's),
-/// PNG through the `png` decoder of the `image` crate.
+/// PNG through the `png` decoder of the `image` crate. The file is read within
+/// [`MAX_PICTURE_BYTES`] and its declared size checked against [`MAX_PICTURE_PIXELS`]
+/// before anything is decoded (settings that name it may come from the network).
 pub fn decode_picture(path: &Path) -> Result<(Vec<u8>, u32, u32), String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: cannot read ({e})", path.display()))?;
+    let data = i2i_core::files::read_at_most(path, MAX_PICTURE_BYTES, "a style picture")?;
+    let too_large = |w: u64, h: u64| {
+        format!(
+            "{}: the header declares {w} x {h} pixels, over the limit of {MAX_PICTURE_PIXELS} \
+             for a style picture (it is resized to the encoder's size anyway); nothing was decoded",
+            path.display()
+        )
+    };
     if data.starts_with(&[0xff, 0xd8]) {
+        let (w, h) = i2i_core::jpeg::jpeg_size(&data, 0)
+            .map_err(|e| format!("{}: not a JPEG picture ({e})", path.display()))?;
+        if (w as u64) * (h as u64) > MAX_PICTURE_PIXELS {
+            return Err(too_large(w as u64, h as u64));
+        }
         let img = turbojpeg::decompress(&data, turbojpeg::PixelFormat::RGB)
             .map_err(|e| format!("{}: not a JPEG picture ({e})", path.display()))?;
         let (w, h) = (img.width as u32, img.height as u32);
@@ -550,9 +569,15 @@ pub fn decode_picture(path: &Path) -> Result<(Vec<u8>, u32, u32), String> {
         }
         return Ok((rgb, w, h));
     }
-    let img = image::load_from_memory_with_format(&data, image::ImageFormat::Png)
-        .map_err(|e| format!("{}: not a JPEG or PNG picture ({e})", path.display()))?
-        .into_rgb8();
+    let not_png =
+        |e: image::ImageError| format!("{}: not a JPEG or PNG picture ({e})", path.display());
+    let reader =
+        || image::ImageReader::with_format(std::io::Cursor::new(&data), image::ImageFormat::Png);
+    let (w, h) = reader().into_dimensions().map_err(not_png)?;
+    if u64::from(w) * u64::from(h) > MAX_PICTURE_PIXELS {
+        return Err(too_large(w.into(), h.into()));
+    }
+    let img = reader().decode().map_err(not_png)?.into_rgb8();
     let (w, h) = img.dimensions();
     Ok((img.into_raw(), w, h))
 }
@@ -657,6 +682,42 @@ impl IpTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pictures_declaring_too_many_pixels_are_refused_before_decoding() {
+        let dir = std::env::temp_dir().join(format!("i2i-ip-bomb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A small JPEG whose frame header is rewritten to declare 8192 x 8192.
+        let img = turbojpeg::Image {
+            pixels: vec![128u8; 8 * 8 * 3],
+            width: 8,
+            pitch: 8 * 3,
+            height: 8,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        let mut j = turbojpeg::compress(img.as_deref(), 90, turbojpeg::Subsamp::Sub2x2)
+            .unwrap()
+            .to_vec();
+        let sof = j
+            .windows(2)
+            .position(|m| m[0] == 0xff && m[1] == 0xc0)
+            .unwrap();
+        j[sof + 5..sof + 9].copy_from_slice(&[0x20, 0, 0x20, 0]);
+        let jpeg = dir.join("bomb.jpg");
+        std::fs::write(&jpeg, &j).unwrap();
+        let e = decode_picture(&jpeg).unwrap_err();
+        assert!(e.contains("bomb.jpg") && e.contains("8192 x 8192"), "{e}");
+        // A PNG of 5000 x 4000 grey pixels: 20 MB of pixels in a file of a few kB.
+        let png = dir.join("bomb.png");
+        image::GrayImage::new(5000, 4000).save(&png).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() < 1 << 20);
+        let e = decode_picture(&png).unwrap_err();
+        assert!(e.contains("bomb.png") && e.contains("5000 x 4000"), "{e}");
+        // A device is not read at all.
+        let e = decode_picture(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.contains("not a file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn scales_are_one_or_one_per_layer() {

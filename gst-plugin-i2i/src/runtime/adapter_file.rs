@@ -326,9 +326,13 @@ pub fn write_bytes(params: &[(&str, &[i64], i32, &[u8])]) -> Vec<u8> {
     b
 }
 
-/// Reads an adapter file; the error names the file and what is wrong with it.
+/// The largest adapter file read: a FlatBuffer addresses at most 2 GiB.
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
+
+/// Reads an adapter file (a regular file or a FIFO, at most [`MAX_FILE_BYTES`]); the error
+/// names the file and what is wrong with it.
 pub fn read(path: &Path) -> Result<AdapterFile, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: cannot read ({e})", path.display()))?;
+    let data = i2i_core::files::read_at_most(path, MAX_FILE_BYTES, "an adapter file")?;
     read_bytes(&data, &path.display().to_string())
 }
 
