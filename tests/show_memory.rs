@@ -1,20 +1,33 @@
 // SPDX-License-Identifier: MPL-2.0
-//! A show steered for a minute keeps its memory: a live 512x512 transform at 30 frames/s
+//! A show steered for a while keeps its memory: a live 512x512 transform at 30 frames/s
 //! (`videotestsrc is-live=true ! i2itransform model=models/demo ! zmqmsgpacksink`, as a
 //! `gst-launch-1.0` process) follows `i2i-prompt serve` through `settingssrc` while a console
 //! client sends one command every 200 ms (prompts, /seed, /guidance across 1, /t, /delta,
 //! /transition, /blend, /similarity, every /cfg, /negative), and again with an OSC sender at
-//! 30 messages/s on top. The pipeline's VmRSS, read every second, may not grow by more than
-//! 5 MiB/min after the first 10 s: the median of the slopes between every two samples
-//! (Theil-Sen), so that growth that goes on counts and one step of an allocator arena
-//! (4 MiB once, seen on a loaded machine) does not; the least-squares slope is printed
-//! beside it. It grew by about 56 MiB/min
-//! (19 with the fader) before: every switch between a guided and an unguided frame kept a
-//! latent buffer.
+//! 30 messages/s on top, for 100 s each. The pipeline's VmRSS, read every second, may not grow
+//! by more than 5 MiB/min after the first 30 s: the median of the slopes between every two
+//! samples (Theil-Sen), so that growth that goes on counts and a step of a bounded pool does
+//! not; the least-squares slope is printed beside it. It grew by about 56 MiB/min (19 with the
+//! fader) before: every switch between a guided and an unguided frame kept a latent buffer.
 //!
-//! The commands cycle every 4 s, so the first 10 s visit every setting (and every model
-//! call shape: ONNX Runtime's memory arena grows to the largest call once); memory that
-//! still grows after that grows with the show.
+//! What may still rise after the start is bounded, and the measure leaves it out:
+//! - glibc's dynamic mmap threshold: once a large block is freed, blocks of its size come from
+//!   the arena of the thread that asks, so frame-sized buffers (512 x 512 RGB: 0.75 MiB) settle
+//!   one by one into per-thread arenas and stay resident when freed (a CI run: 137.1 MiB at
+//!   10 s, steps of 0.7 to 1 MiB until 42 s, 141.1 MiB flat after; here, 300 s: 139.6 MiB at
+//!   10 s, 140.4 MiB at 300 s). The pipeline runs with the threshold fixed at glibc's default
+//!   (`MALLOC_MMAP_THRESHOLD_`), so large blocks are mapped and unmapped as they come and go
+//!   and a block never freed still counts.
+//! - the engine's spare image tensors (`POOL_BUFFERS`, 8 of 3 MiB at 512 x 512): the pool keeps
+//!   as many as were once in flight together, so a stall of a loaded machine adds one (steps
+//!   of 3 MiB, seen with the fixed threshold at 15 to 60 s in two runs of six).
+//!
+//! On a loaded 2-core machine these steps come within about the first 40 s; hence a 30 s start
+//! that is not measured and 70 s that are, where one step more cannot carry the median.
+//!
+//! The commands cycle every 4 s, so the start visits every setting many times (and every model
+//! call shape: ONNX Runtime's memory arena grows to the largest call once); memory that still
+//! grows after that grows with the show.
 //!
 //! The elements come from the plugins built beside this test (target/release), the ONNX
 //! Runtime library from `ORT_DYLIB_PATH` (`. .deps/env.sh`).
@@ -32,9 +45,16 @@ use std::time::{Duration, Instant};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const I2I_PROMPT: &str = env!("CARGO_BIN_EXE_i2i-prompt");
 
-/// How long the show runs, and the start that is not measured.
-const SHOW: Duration = Duration::from_secs(60);
-const WARM_UP: Duration = Duration::from_secs(10);
+/// How long the show runs (`I2I_SHOW_SECS` makes it longer, to see where growth ends), and
+/// the start that is not measured.
+fn show_length() -> Duration {
+    let secs = std::env::var("I2I_SHOW_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100u64);
+    Duration::from_secs(secs.max(WARM_UP.as_secs() + 20))
+}
+const WARM_UP: Duration = Duration::from_secs(30);
 /// The growth allowed after the warm-up.
 const MAX_MIB_PER_MIN: f64 = 5.0;
 
@@ -169,6 +189,9 @@ fn transform(state: &str, out_port: u16, applied: Arc<AtomicU64>) -> Proc {
         .arg("-m")
         .args(desc.split_whitespace())
         .env("GST_PLUGIN_PATH", path)
+        // glibc's mmap threshold fixed at its default (see the top of this file): what VmRSS
+        // shows is what the program holds, not what freed frames left in per-thread arenas.
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -332,7 +355,8 @@ fn show(osc: bool) {
     let (mut samples, mut refused) = (Vec::new(), Vec::new());
     let mut next_sample = Duration::ZERO;
     let mut i = 0;
-    while start.elapsed() < SHOW {
+    let show_for = show_length();
+    while start.elapsed() < show_for {
         let line = command(i);
         console.send(line.as_bytes(), 0).unwrap();
         match console.recv_string(0) {
@@ -376,14 +400,14 @@ fn show(osc: bool) {
          {slope:.2} MiB/min after the first {:.0} s (least squares: {least_squares:.2})",
         if osc { " (with OSC)" } else { "" },
         osc_sent.map_or(String::new(), |n| format!(" and {n} OSC messages")),
-        SHOW.as_secs_f64(),
+        show_for.as_secs_f64(),
         WARM_UP.as_secs_f64(),
         WARM_UP.as_secs_f64(),
     );
     // The show ran: pictures came out and the settings changed all along.
     assert!(refused.len() <= i / 10, "commands refused: {refused:?}");
-    assert!(frames >= 100, "{frames} pictures in {SHOW:?}");
-    assert!(applied >= 50, "{applied} changes applied in {SHOW:?}");
+    assert!(frames >= 100, "{frames} pictures in {show_for:?}");
+    assert!(applied >= 50, "{applied} changes applied in {show_for:?}");
     assert!(
         slope < MAX_MIB_PER_MIN,
         "the pipeline grew {slope:.2} MiB/min after the first {WARM_UP:?} (samples: {samples:?})"
