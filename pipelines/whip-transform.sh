@@ -46,6 +46,8 @@ Transform:
   --threads N          ONNX Runtime threads (default 0: all CPUs)
   --provider P         execution provider: auto (default), cpu, cuda, tensorrt
   NAME=VALUE           any other i2itransform property, e.g. latent-feedback=0.2
+                       (settings-folder=DIR: the folder /style and /lora may name
+                       files in; without it they are refused)
 Settings (the holder starts with --prompt, --negative, --seed, --t-index, --guidance):
   --settings-port N    the holder's state port (default 5556)
   --control-port N     the holder's command port (default 5560)

@@ -38,7 +38,8 @@ Options:
   -h, --help           this text
 
 Any further NAME=VALUE arguments are i2itransform properties, e.g. prompt="a fox" seed=3
-(the settings holder overrides them as soon as it publishes).
+(the settings holder overrides them as soon as it publishes); settings-folder=DIR is the
+folder whose files /style and /lora may name (without it they are refused).
 EOF
 }
 

@@ -84,9 +84,20 @@ fn run_frames(
     frames: u64,
     during: impl Fn(&gst::Pipeline, u64),
 ) -> Result<Run, String> {
+    run_frames_with(dir, props, "", frames, during)
+}
+
+/// [`run_frames`] with `more` added to the pipeline (another branch).
+fn run_frames_with(
+    dir: &Path,
+    props: &str,
+    more: &str,
+    frames: u64,
+    during: impl Fn(&gst::Pipeline, u64),
+) -> Result<Run, String> {
     let desc = format!(
         "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
-         {PROPS} {props} ! video/x-raw,format=RGB ! appsink name=out sync=false",
+         {PROPS} {props} ! video/x-raw,format=RGB ! appsink name=out sync=false {more}",
         dir.display()
     );
     run_launch_with(&desc, |pipeline| {
@@ -352,5 +363,103 @@ fn the_picture_and_scale_survive_a_reload_at_another_size() {
         ),
     );
     assert!(zero[5] == plain[5], "scale 0 after the reload");
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+/// `/style` on the settings pad (from whoever reaches the settings holder) reads a picture
+/// only under `settings-folder`: a name relative to it is applied; a path outside, a `..`
+/// escape and a link out are refused with a WARNING naming the path and the property,
+/// nothing is read (no picture encoded) and the frames go on with the picture they had.
+/// Unset, the settings pad's picture is refused while the property still applies.
+#[test]
+fn the_settings_pad_reads_style_pictures_only_under_settings_folder() {
+    let dir = model_dir("tiny-ipadapter", "image_encoder/model.onnx");
+    let t = tmp("folder");
+    std::fs::create_dir_all(t.join("show/styles")).unwrap();
+    std::fs::create_dir_all(t.join("elsewhere")).unwrap();
+    let (rgb, w, h) = write_style(&t.join("show/styles/ink.png"), 5);
+    let outside = t.join("elsewhere/other.png");
+    write_style(&outside, 6);
+    std::os::unix::fs::symlink(&outside, t.join("show/styles/link.png")).unwrap();
+    let folder = t.join("show");
+    let ink = folder.canonicalize().unwrap().join("styles/ink.png");
+    let refused = [
+        outside.display().to_string(),
+        "styles/../../elsewhere/other.png".to_string(),
+        "styles/link.png".to_string(),
+    ];
+    let frames = 7;
+    let send = |pipeline: &gst::Pipeline, path: &str| {
+        let json = format!(r#"{{"ip-adapter-image": "{path}"}}"#);
+        send_settings(pipeline, &json, "ip-adapter-image");
+    };
+    let settings_pad = "appsrc name=settings caps=application/x-i2i-settings ! i2i.settings";
+    let props = format!(
+        "wait-for-settings=false settings-folder=\"{}\"",
+        folder.display()
+    );
+    let run = run_frames_with(&dir, &props, settings_pad, frames, |pipeline, k| {
+        let i2i = pipeline.by_name("i2i").unwrap();
+        if k == 2 {
+            wait_stat(&i2i, "batches", 2);
+            send(pipeline, "styles/ink.png");
+            assert_eq!(
+                i2i.property::<Option<String>>("ip-adapter-image"),
+                Some(ink.display().to_string())
+            );
+            wait_stat(&i2i, "ip-adapter-pictures", 1);
+        }
+        if k == 3 {
+            for path in &refused {
+                send(pipeline, path);
+            }
+        }
+    })
+    .unwrap();
+    let got = outputs(&run);
+    let with = engine_outputs(&dir, frames, Some(tokens(&dir, &rgb, w, h)), &[1.0]);
+    for k in 2..frames as usize {
+        assert!(
+            got[k] == with[k],
+            "frame {k}: the picture under the folder, kept"
+        );
+    }
+    let stats = run.elements("i2itransform-stats");
+    let stats = stats.last().unwrap();
+    assert_eq!(
+        stats.get::<u64>("ip-adapter-pictures").unwrap(),
+        1,
+        "nothing else read"
+    );
+    for path in &refused {
+        assert_warned(&run, &[path, "outside settings-folder"]);
+    }
+
+    // Unset: the settings pad's picture is refused; the property still applies.
+    let run = run_frames_with(
+        &dir,
+        "wait-for-settings=false",
+        settings_pad,
+        frames,
+        |pipeline, k| {
+            let i2i = pipeline.by_name("i2i").unwrap();
+            if k == 2 {
+                wait_stat(&i2i, "batches", 2);
+                send(pipeline, ink.to_str().unwrap());
+                assert_eq!(i2i.property::<Option<String>>("ip-adapter-image"), None);
+                i2i.set_property("ip-adapter-image", ink.to_str().unwrap());
+                wait_stat(&i2i, "ip-adapter-pictures", 1);
+            }
+        },
+    )
+    .unwrap();
+    let got = outputs(&run);
+    for k in 2..frames as usize {
+        assert!(got[k] == with[k], "frame {k}: the property's picture");
+    }
+    assert_warned(
+        &run,
+        &["ink.png", "settings-folder property, which is not set"],
+    );
     let _ = std::fs::remove_dir_all(&t);
 }

@@ -164,19 +164,10 @@ fn a_model_without_lora_inputs_refuses_lora_naming_what_is_missing() {
 
 #[test]
 fn a_refused_lora_on_the_settings_pad_keeps_the_other_keys_of_the_update() {
-    let desc = format!(
-        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
-         threads=1 t-index-list=32,45 wait-for-settings=false ! appsink name=out sync=false \
-         appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
-        lora_model()
-    );
-    let pipeline = launch(&desc);
-    let src = appsrc(&pipeline, "src");
-    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
+    let (pipeline, src, samples) =
+        settings_pad_pipeline(&format!("settings-folder=\"{}/loras\"", lora_model()));
     let settings = appsrc(&pipeline, "settings");
     let i2i = pipeline.by_name("i2i").unwrap();
-    let samples = collect_samples(&pipeline);
-    pipeline.set_state(gst::State::Playing).unwrap();
     let push = |k: u64| {
         let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
         buf.get_mut()
@@ -250,14 +241,23 @@ fn switch_to_a_fifo(via_settings_pad: bool) {
     let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
     let list = format!("{}:0.8", fifo.display());
+    // The settings pad's list names the file it resolved (links followed).
+    let applied_list = if via_settings_pad {
+        format!("{}:0.8", fifo.canonicalize().unwrap().display())
+    } else {
+        list.clone()
+    };
 
     let (wait, settings_src) = if via_settings_pad {
         (
-            "wait-for-settings=false",
+            format!(
+                "wait-for-settings=false settings-folder=\"{}\"",
+                dir.display()
+            ),
             " appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
         )
     } else {
-        ("", "")
+        (String::new(), "")
     };
     let desc = format!(
         "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
@@ -293,7 +293,7 @@ fn switch_to_a_fifo(via_settings_pad: bool) {
         appsrc(&pipeline, "settings")
             .push_buffer(gst::Buffer::from_slice(json.into_bytes()))
             .unwrap();
-        let (i2i, list) = (i2i.clone(), list.clone());
+        let (i2i, list) = (i2i.clone(), applied_list.clone());
         std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + TIMEOUT;
             while i2i.property::<String>("lora") != list {
@@ -329,7 +329,7 @@ fn switch_to_a_fifo(via_settings_pad: bool) {
     let at: Vec<u64> = run
         .elements("i2i-settings-applied")
         .iter()
-        .filter(|s| s.get::<String>("lora").unwrap() == list)
+        .filter(|s| s.get::<String>("lora").unwrap() == applied_list)
         .map(|s| s.get::<u64>("frame-index").unwrap())
         .collect();
     // The file arrives once frames 0-7 are out and frame 9 is pushed: the switch lands at
@@ -346,4 +346,145 @@ fn switch_to_a_fifo(via_settings_pad: bool) {
     );
     assert_eq!(run.elements("i2itransform-started").len(), 1, "no reload");
     assert!(run.warnings().is_empty(), "{:?}", run.warnings());
+}
+
+/// `appsrc ! i2itransform <props> wait-for-settings=false ! appsink` on the tiny LoRA
+/// model with an `appsrc` named `settings` on the settings pad, playing; the frames'
+/// source and the samples collected.
+fn settings_pad_pipeline(
+    props: &str,
+) -> (
+    gst::Pipeline,
+    gst_app::AppSrc,
+    std::sync::Arc<std::sync::Mutex<Vec<gst::Sample>>>,
+) {
+    let desc = format!(
+        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
+         threads=1 t-index-list=32,45 wait-for-settings=false {props} ! appsink name=out sync=false \
+         appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
+        lora_model()
+    );
+    let pipeline = launch(&desc);
+    let src = appsrc(&pipeline, "src");
+    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
+    let samples = collect_samples(&pipeline);
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, src, samples)
+}
+
+/// Runs [`settings_pad_pipeline`]: `feed(i2i, send, push)` sends settings (returning once
+/// they are taken) and pushes frames (each once all but the one in flight are out).
+fn with_settings_pad(
+    props: &str,
+    feed: impl FnOnce(&gst::Element, &dyn Fn(&str), &dyn Fn(u64)),
+) -> Run {
+    let (pipeline, src, samples) = settings_pad_pipeline(props);
+    let i2i = pipeline.by_name("i2i").unwrap();
+    let send = |json: &str| send_settings(&pipeline, json, "lora");
+    let push = |k: u64| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while (samples.lock().unwrap().len() as u64) + 1 < k {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "frames stopped at {k}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        src.push_buffer(timed_picture(k, (W, H), gst::ClockTime::from_mseconds(100)))
+            .unwrap();
+    };
+    feed(&i2i, &send, &push);
+    finish_run(&pipeline, &src, &samples)
+}
+
+/// LoRA files named on the settings pad (from whoever reaches the settings holder) are
+/// read only under `settings-folder`: a relative name there is applied; a path outside, a
+/// `..` escape and a link out are refused with a WARNING naming the path and the property,
+/// and the frames go on in the running style; unset, every file is refused while the
+/// `lora` property (the operator's own) still applies.
+#[test]
+fn the_settings_pad_reads_lora_files_only_under_settings_folder() {
+    let t = std::env::temp_dir().join(format!("i2i-lora-folder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    std::fs::create_dir_all(t.join("show/styles")).unwrap();
+    std::fs::create_dir_all(t.join("elsewhere")).unwrap();
+    std::fs::copy(adapter("style-a"), t.join("show/styles/a.onnx_adapter")).unwrap();
+    let outside = t.join("elsewhere/b.onnx_adapter");
+    std::fs::copy(adapter("style-b"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, t.join("show/styles/link.onnx_adapter")).unwrap();
+    let folder = t.join("show");
+    let a = folder.canonicalize().unwrap().join("styles/a.onnx_adapter");
+    const N: u64 = 12;
+    let (_, styled) = scenario(
+        &lora_model(),
+        &format!("lora=\"{}:0.8\"", adapter("style-a")),
+        &[],
+        N,
+    );
+
+    let refused = [
+        outside.display().to_string(),
+        "styles/../../elsewhere/b.onnx_adapter".to_string(),
+        "styles/link.onnx_adapter".to_string(),
+    ];
+    let run = with_settings_pad(
+        &format!("settings-folder=\"{}\"", folder.display()),
+        |i2i, send, push| {
+            for k in 0..3 {
+                push(k);
+            }
+            send(r#"{"lora": "styles/a.onnx_adapter:0.8"}"#);
+            assert_eq!(
+                i2i.property::<String>("lora"),
+                format!("{}:0.8", a.display())
+            );
+            for (i, path) in refused.iter().enumerate() {
+                push(3 + i as u64);
+                send(&format!(r#"{{"lora": "{path}:0.5"}}"#));
+            }
+            for k in 6..N {
+                push(k);
+            }
+        },
+    );
+    assert_eq!(run.samples.len() as u64, N, "the stream went on");
+    for path in &refused {
+        assert_warned(&run, &[path, "outside settings-folder"]);
+    }
+    let last = run.elements("i2i-settings-applied");
+    let last = last.last().unwrap();
+    assert_eq!(
+        last.get::<String>("lora").unwrap(),
+        format!("{}:0.8", a.display())
+    );
+    assert_eq!(
+        run.bytes(N as usize - 1),
+        styled[N as usize - 1],
+        "the style read under the folder, and kept"
+    );
+
+    // Unset: the settings pad's file is refused; the property still applies.
+    let run = with_settings_pad("", |i2i, send, push| {
+        push(0);
+        send(&format!(r#"{{"lora": "{}"}}"#, adapter("style-a")));
+        assert_eq!(i2i.property::<String>("lora"), "");
+        i2i.set_property("lora", format!("{}:0.8", adapter("style-a")));
+        for k in 1..N {
+            push(k);
+        }
+    });
+    assert_eq!(run.samples.len() as u64, N);
+    assert_warned(
+        &run,
+        &[
+            "style-a.onnx_adapter",
+            "settings-folder property, which is not set",
+        ],
+    );
+    assert_eq!(
+        run.bytes(N as usize - 1),
+        styled[N as usize - 1],
+        "the property's style"
+    );
+    let _ = std::fs::remove_dir_all(&t);
 }

@@ -1056,20 +1056,18 @@ fn flood_benchmark_unpaced() {
     check_flood_end(t, last);
 }
 
-/// `models/tiny-lora` and one of its adapter files.
-fn lora_model() -> (String, impl Fn(&str) -> String) {
+/// `models/tiny-lora`, its `loras` folder (resolved: the `settings-folder`), and the
+/// name of one of its adapter files relative to that folder.
+fn lora_model() -> (String, PathBuf, impl Fn(&str) -> String) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-lora");
     assert!(
         dir.join("unet/model.onnx").exists(),
         "{} is missing: run scripts/setup.sh",
         dir.display()
     );
-    let d = dir.clone();
-    (dir.display().to_string(), move |name: &str| {
-        d.join("loras")
-            .join(format!("{name}.onnx_adapter"))
-            .display()
-            .to_string()
+    let loras = dir.join("loras").canonicalize().unwrap();
+    (dir.display().to_string(), loras, move |name: &str| {
+        format!("{name}.onnx_adapter")
     })
 }
 
@@ -1079,21 +1077,25 @@ fn lora_is(list: String) -> impl Fn(&gst::StructureRef) -> bool {
 
 #[test]
 fn lora_from_the_console_and_osc_switches_the_style_and_off_returns_to_the_base() {
-    let (model, adapter) = lora_model();
+    let (model, loras, adapter) = lora_model();
     let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
-    let mut t = Transform::start_on(&holder, &model, "");
+    // Files named by the settings are read under settings-folder, relative names there.
+    let folder = format!("settings-folder=\"{}\"", loras.display());
+    let mut t = Transform::start_on(&holder, &model, &folder);
     let (_, base) = t.settle(is(FOX, 1));
 
     let a = adapter("style-a");
+    let a_file = loras.join(&a).display().to_string();
     holder.one_shot(&format!("/lora {a} 0.8"));
-    let (_, styled) = t.settle(lora_is(format!("{a}:0.8")));
+    let (_, styled) = t.settle(lora_is(format!("{a_file}:0.8")));
     assert!(styled != base, "the LoRA did not change the frames");
-    assert_eq!(t.i2i.property::<String>("lora"), format!("{a}:0.8"));
+    assert_eq!(t.i2i.property::<String>("lora"), format!("{a_file}:0.8"));
 
     // Two at once over OSC (file, scale pairs), then off.
     let b = adapter("style-b");
+    let b_file = loras.join(&b).display().to_string();
     osc_send(&holder, &["/lora", &a, "0.8", &b, "0.5"]);
-    let (_, both) = t.settle(lora_is(format!("{a}:0.8,{b}:0.5")));
+    let (_, both) = t.settle(lora_is(format!("{a_file}:0.8,{b_file}:0.5")));
     assert!(both != styled, "style-b did not add to style-a");
     osc_send(&holder, &["/lora", "off"]);
     let (at, off) = t.settle(lora_is(String::new()));
@@ -1122,6 +1124,13 @@ fn lora_from_the_console_and_osc_switches_the_style_and_off_returns_to_the_base(
         line.contains("shape [17, 2], the UNet takes [16, r]"),
         "{line}"
     );
+    assert_eq!(t.i2i.property::<String>("lora"), "");
+    // A file outside settings-folder: refused unread, the holder told why.
+    holder.one_shot("/lora ../unet/model.onnx");
+    let line = wait_for_line(&holder.stderr, |l| {
+        l.starts_with("refused by") && l.contains("../unet/model.onnx")
+    });
+    assert!(line.contains("outside settings-folder"), "{line}");
     assert_eq!(t.i2i.property::<String>("lora"), "");
     let warnings = t.finish();
     assert!(
@@ -1163,16 +1172,23 @@ fn ip_adapter_style_and_scale_from_the_console_and_osc() {
     .save(&style)
     .unwrap();
     let holder = Holder::start(&[&format!("/prompt {FOX}"), "/seed 1"]);
-    let mut t = Transform::start(&holder, &format!("model={}", ip_model.display()));
+    let mut t = Transform::start(
+        &holder,
+        &format!(
+            "model={} settings-folder={}",
+            ip_model.display(),
+            dir.display()
+        ),
+    );
     let (at, plain) = t.settle(is(FOX, 1));
 
-    // The console's /style: the picture reaches the frames.
+    // The console's /style: the picture (under settings-folder) reaches the frames.
     holder.one_shot(&format!("/style {}", style.display()));
     let styled_at = until_frame(&mut t, at + 1, &plain, true);
     let styled = t.frame(styled_at);
     assert_eq!(
         t.i2i.property::<Option<String>>("ip-adapter-image"),
-        Some(style.display().to_string())
+        Some(style.canonicalize().unwrap().display().to_string())
     );
     // /ipscale 0 gives the frames without a picture, bit for bit.
     holder.one_shot("/ipscale 0");

@@ -3,12 +3,13 @@
 //! not read arbitrary files of the receiving machine, nor block the streaming thread.
 //!
 //! A path is read only when the user named a folder (`frame-folder`) and the path, with
-//! its links resolved, lies under it; only regular files, opened without blocking (a FIFO
+//! its links resolved, lies under it (`i2i_core::files::resolve_under`, the check
+//! i2itransform's `settings-folder` uses too); only regular files, opened without blocking (a FIFO
 //! is refused, not waited on), their size checked before reading.
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The `frame-folder` property of `zmqmsgpacksrc` and `zmqworkersrc`.
 pub fn frame_folder_pspec() -> gst::glib::ParamSpec {
@@ -45,34 +46,12 @@ impl std::fmt::Display for FrameFileError {
 /// Reads the JPEG file `path` named in a batch message, at most `limit` bytes, when it
 /// lies under `folder` (the element's `frame-folder`; `None`: paths are refused).
 pub fn read(path: &str, folder: Option<&Path>, limit: u64) -> Result<Vec<u8>, FrameFileError> {
-    let Some(folder) = folder else {
-        return Err(FrameFileError::Refused(format!(
-            "the message names the file {path:?}; files are only read under the folder set \
-             in the frame-folder property, which is not set"
-        )));
-    };
-    let refused = |why: &str| {
-        FrameFileError::Refused(format!(
-            "{path:?} {why} (frame-folder is {})",
-            folder.display()
-        ))
-    };
-    let folder: PathBuf = folder.canonicalize().map_err(|e| {
-        FrameFileError::Refused(format!(
-            "frame-folder {} cannot be resolved: {e}",
-            folder.display()
-        ))
+    use i2i_core::files::{OutsideFolder, resolve_under};
+    let resolved = resolve_under(Path::new(path), folder, "frame-folder").map_err(|e| match e {
+        OutsideFolder::Refused(t) => FrameFileError::Refused(t),
+        OutsideFolder::Missing(t) => FrameFileError::Missing(t),
     })?;
-    let full = folder.join(path);
-    let resolved = full.canonicalize().map_err(|e| {
-        FrameFileError::Missing(format!(
-            "cannot open {path:?} under {}: {e}",
-            folder.display()
-        ))
-    })?;
-    if !resolved.starts_with(&folder) {
-        return Err(refused("is outside frame-folder"));
-    }
+    let refused = |why: &str| FrameFileError::Refused(format!("{path:?} {why}"));
     // O_NONBLOCK: opening a FIFO never waits for a writer; the type is checked on the
     // opened file, so nothing can be swapped in between.
     let file = std::fs::OpenOptions::new()

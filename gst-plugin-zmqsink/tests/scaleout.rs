@@ -328,7 +328,9 @@ fn worker_source_asks_for_frames_and_survives_bad_jobs() {
     rmp::encode::write_str(&mut batch, "frames").unwrap();
     rmp::encode::write_array_len(&mut batch, 2).unwrap();
     rmp::encode::write_str(&mut batch, file.to_str().unwrap()).unwrap();
-    rmp::encode::write_str(&mut batch, "/nonexistent/i2i/f.jpg").unwrap();
+    // Missing under frame-folder (a path outside it would be refused before any look-up).
+    let gone = dir.join("gone.jpg");
+    rmp::encode::write_str(&mut batch, gone.to_str().unwrap()).unwrap();
     rmp::encode::write_str(&mut batch, "indices").unwrap();
     rmp::encode::write_array_len(&mut batch, 2).unwrap();
     rmp::encode::write_uint(&mut batch, 13).unwrap();

@@ -118,6 +118,8 @@ pub(super) struct Settings {
     pub size_multiple: u32,
     pub wait_for_settings: bool,
     pub settings_timeout_ms: u32,
+    /// `settings-folder`: the only folder whose files the settings pad may name.
+    pub settings_folder: Option<std::path::PathBuf>,
     /// Set before start and not checked yet.
     pub unchecked: Unchecked,
     /// Latent feedback and ControlNet (`control.rs`).
@@ -215,6 +217,7 @@ impl Default for Settings {
             size_multiple: DEFAULT_SIZE_MULTIPLE,
             wait_for_settings: DEFAULT_WAIT_FOR_SETTINGS,
             settings_timeout_ms: DEFAULT_SETTINGS_TIMEOUT_MS,
+            settings_folder: None,
             unchecked: Unchecked::default(),
             control: ControlSettings::default(),
         }
@@ -651,15 +654,24 @@ impl I2iTransform {
     // ---- settings pad -----------------------------------------------------------------
 
     fn settings_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let update = match buffer.map_readable() {
+        let mut update = match buffer.map_readable() {
             Ok(map) => SettingsUpdate::from_json(map.as_slice()),
             Err(_) => Err("settings buffer cannot be read".to_string()),
         };
         let empty = update.as_ref().is_ok_and(SettingsUpdate::is_empty);
-        let ip_refused = update
-            .as_ref()
-            .map(|u| self.apply_ip_settings(u))
+        // Files named here come from whoever reaches the settings holder: only those
+        // under settings-folder are read, by their resolved paths.
+        let folder = self.settings.lock().unwrap().settings_folder.clone();
+        let mut file_refused = update
+            .as_mut()
+            .map(|u| live::confine_files(u, folder.as_deref()))
             .unwrap_or_default();
+        file_refused.extend(
+            update
+                .as_ref()
+                .map(|u| self.apply_ip_settings(u))
+                .unwrap_or_default(),
+        );
         // LoRA files are read here, on this streaming thread, so that the inference thread
         // finds them in memory.
         if let Ok(Some(l)) = update.as_ref().map(|u| u.lora.as_deref()) {
@@ -668,7 +680,7 @@ impl I2iTransform {
         let result = update.map(|u| {
             let mut s = self.settings.lock().unwrap();
             let (changed, mut refused) = s.live.apply_valid(&u);
-            refused.extend(ip_refused);
+            refused.extend(file_refused);
             (changed, refused)
         });
         // Applied first, so the first frame has them. Even an empty or refused update
@@ -875,6 +887,11 @@ impl ObjectImpl for I2iTransform {
                     .default_value(DEFAULT_SETTINGS_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder(live::SETTINGS_FOLDER)
+                    .nick("Settings folder")
+                    .blurb("The only folder whose files the settings pad may name (/style pictures, /lora files): a relative path there starts at this folder, and a path that leads out of it (.., a link) is refused; unset = every file named by the settings pad is refused. The ip-adapter-image and lora properties are not confined")
+                    .mutable_playing()
+                    .build(),
             ]
             .into_iter()
             .chain(RuntimeSettings::param_specs(true))
@@ -1014,6 +1031,13 @@ impl ObjectImpl for I2iTransform {
             "size-multiple" => s.size_multiple = value.get().unwrap(),
             "wait-for-settings" => s.wait_for_settings = value.get().unwrap(),
             "settings-timeout" => s.settings_timeout_ms = value.get().unwrap(),
+            "settings-folder" => {
+                s.settings_folder = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .filter(|f| !f.is_empty())
+                    .map(std::path::PathBuf::from)
+            }
             _ => unreachable!("property {name} is not registered"),
         }
     }
@@ -1067,6 +1091,11 @@ impl ObjectImpl for I2iTransform {
             "size-multiple" => s.size_multiple.to_value(),
             "wait-for-settings" => s.wait_for_settings.to_value(),
             "settings-timeout" => s.settings_timeout_ms.to_value(),
+            "settings-folder" => s
+                .settings_folder
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .to_value(),
             name => unreachable!("property {name} is not registered"),
         }
     }

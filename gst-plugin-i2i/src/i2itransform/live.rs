@@ -8,6 +8,8 @@
 //! setting and the refused value, so that a bus warning tells the user what to fix; a
 //! refused change leaves the previous value in place.
 
+use std::path::Path;
+
 use crate::diffusion::StreamParams;
 
 use i2i_core::settings::command::{Command, parse_line};
@@ -215,6 +217,49 @@ impl LiveSettings {
     }
 }
 
+/// The property that confines the files settings name.
+pub const SETTINGS_FOLDER: &str = "settings-folder";
+
+/// Confines the files an update from the settings pad names (the style picture, the LoRA
+/// files) to `folder`, the `settings-folder` property: each path becomes the file it
+/// stands for (relative paths start at the folder), and a key naming a path that is not
+/// read (no folder, outside it, missing) is taken out of the update, with one refusal per
+/// key naming the path and the property. Empty values (`/style off`, `/lora off`) name no
+/// file. The properties, set by the operator, are not confined: only this pad's values.
+pub fn confine_files(u: &mut SettingsUpdate, folder: Option<&Path>) -> Vec<String> {
+    let resolve = |p: &Path| {
+        i2i_core::files::resolve_under(p, folder, SETTINGS_FOLDER).map_err(|e| e.to_string())
+    };
+    let mut refused = Vec::new();
+    if let Some(image) = u.ip_adapter_image.take() {
+        if image.is_empty() {
+            u.ip_adapter_image = Some(image);
+        } else {
+            match resolve(Path::new(&image)) {
+                Ok(p) => u.ip_adapter_image = Some(p.display().to_string()),
+                Err(e) => refused.push(format!("ip-adapter-image: {e}")),
+            }
+        }
+    }
+    if let Some(text) = u.lora.take() {
+        // A list that does not parse is refused, naming it, where it is applied.
+        match settings::lora::parse_lora_list(&text) {
+            Err(_) => u.lora = Some(text),
+            Ok(list) => {
+                let resolved: Result<Vec<_>, String> = list
+                    .into_iter()
+                    .map(|(p, scale)| resolve(&p).map(|p| (p, scale)))
+                    .collect();
+                match resolved {
+                    Ok(list) => u.lora = Some(settings::lora::format_lora_list(&list)),
+                    Err(e) => refused.push(format!("lora \"{text}\": {e}")),
+                }
+            }
+        }
+    }
+    refused
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +308,63 @@ mod tests {
             assert_eq!(CfgType::parse(c.nick()).unwrap(), c);
         }
         assert!(CfgType::parse("half").unwrap_err().contains("\"half\""));
+    }
+
+    #[test]
+    fn files_named_by_settings_are_confined_to_the_folder() {
+        let dir = std::env::temp_dir().join(format!("i2i-live-confine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("styles/loras")).unwrap();
+        std::fs::write(dir.join("styles/ink.png"), b"x").unwrap();
+        std::fs::write(dir.join("styles/loras/a.onnx_adapter"), b"x").unwrap();
+        std::fs::write(dir.join("secret"), b"x").unwrap();
+        let folder = dir.join("styles");
+        let root = folder.canonicalize().unwrap();
+        let update = |image: &str, lora: &str| SettingsUpdate {
+            seed: Some(3),
+            ip_adapter_image: Some(image.into()),
+            lora: Some(lora.into()),
+            ..Default::default()
+        };
+
+        let mut u = update("ink.png", "loras/a.onnx_adapter:0.5");
+        assert!(confine_files(&mut u, Some(&folder)).is_empty());
+        assert_eq!(
+            u.ip_adapter_image.unwrap(),
+            root.join("ink.png").display().to_string()
+        );
+        let a = root.join("loras/a.onnx_adapter");
+        assert_eq!(u.lora.unwrap(), format!("{}:0.5", a.display()));
+
+        // One file of the list outside: the whole list is refused; the other keys stay.
+        let mut u = update("../secret", "loras/a.onnx_adapter,../secret:0.3");
+        let refused = confine_files(&mut u, Some(&folder));
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].starts_with("ip-adapter-image: \"../secret\""));
+        assert!(refused[1].starts_with("lora \"loras/a.onnx_adapter,../secret:0.3\""));
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.contains("outside settings-folder"))
+        );
+        assert_eq!((u.ip_adapter_image, u.lora, u.seed), (None, None, Some(3)));
+
+        // No folder: every file refused, naming the property; off names no file.
+        let mut u = update("ink.png", "a.onnx_adapter");
+        let refused = confine_files(&mut u, None);
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.contains("settings-folder property, which is not set")),
+            "{refused:?}"
+        );
+        let mut u = update("", "off");
+        assert!(confine_files(&mut u, None).is_empty());
+        assert_eq!(
+            (u.ip_adapter_image.unwrap(), u.lora.unwrap()),
+            ("".into(), "".into())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

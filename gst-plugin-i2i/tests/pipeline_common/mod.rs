@@ -297,3 +297,33 @@ pub fn timed_picture(k: u64, (w, h): (u32, u32), frame: gst::ClockTime) -> gst::
     }
     buf
 }
+
+/// Pushes the settings update `json` into the appsrc named `settings` and returns once the
+/// element `i2i` took it: refused (`settings-rejected` counted) or its string property
+/// `property` changed.
+pub fn send_settings(pipeline: &gst::Pipeline, json: &str, property: &str) {
+    let i2i = pipeline.by_name("i2i").unwrap();
+    let rejected = || {
+        let s = i2i.property::<gst::Structure>("stats");
+        s.get::<u64>("settings-rejected").unwrap()
+    };
+    let value = || i2i.property::<Option<String>>(property);
+    let (r0, v0) = (rejected(), value());
+    appsrc(pipeline, "settings")
+        .push_buffer(gst::Buffer::from_slice(json.as_bytes().to_vec()))
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while rejected() == r0 && value() == v0 {
+        assert!(Instant::now() < deadline, "settings {json} not taken");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Asserts that one of the run's warnings contains every text of `all`.
+pub fn assert_warned(run: &Run, all: &[&str]) {
+    let warnings = run.warnings();
+    assert!(
+        warnings.iter().any(|w| all.iter().all(|t| w.contains(t))),
+        "no warning with {all:?}: {warnings:?}"
+    );
+}
