@@ -488,3 +488,51 @@ fn the_settings_pad_reads_lora_files_only_under_settings_folder() {
     );
     let _ = std::fs::remove_dir_all(&t);
 }
+
+/// A flood of refused settings (whoever reaches the holder may send it) costs a few bus
+/// warnings a second: every refusal is counted in `settings-rejected`, the warnings held back
+/// are counted in the next one, and the frames go on.
+#[test]
+fn refused_settings_flood_the_bus_with_a_few_warnings_a_second() {
+    const FLOOD: usize = 40;
+    let (mut rejected, mut flood) = (0, std::time::Duration::ZERO);
+    let run = with_settings_pad("", |i2i, send, push| {
+        push(0);
+        let start = std::time::Instant::now();
+        for k in 0..FLOOD {
+            send(&format!(r#"{{"lora": "/elsewhere/{k}.onnx_adapter"}}"#));
+        }
+        // One more after the second has passed: its warning says how many were held back.
+        flood = start.elapsed();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        send(r#"{"lora": "/elsewhere/last.onnx_adapter"}"#);
+        rejected = i2i
+            .property::<gst::Structure>("stats")
+            .get::<u64>("settings-rejected")
+            .unwrap();
+        for k in 1..4 {
+            push(k);
+        }
+    });
+    eprintln!("{FLOOD} refused settings in {flood:?}");
+    assert_eq!(rejected, FLOOD as u64 + 1, "every refusal counted");
+    assert_eq!(run.samples.len(), 4, "the stream went on");
+    let warnings: Vec<String> = run
+        .warnings()
+        .into_iter()
+        .filter(|w| w.contains("settings pad: refused"))
+        .collect();
+    // Five a second: the flood's seconds bound its warnings, and one for the last.
+    let allowed = 5 * (flood.as_secs() as usize + 1) + 1;
+    assert!(
+        warnings.len() <= allowed.min(FLOOD),
+        "{} warnings for {} refusals in {flood:?}: {warnings:?}",
+        warnings.len(),
+        FLOOD + 1
+    );
+    let last = warnings.last().expect("a warning for the last refusal");
+    assert!(
+        last.contains("last.onnx_adapter") && last.contains("more since the last report"),
+        "{last}"
+    );
+}

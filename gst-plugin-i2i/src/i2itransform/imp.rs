@@ -44,6 +44,7 @@ use crate::infer::input::{Deferred, InputState, Queued, RgbFrame};
 use crate::infer::pads::{InferElementExt, sink_pad_builder, src_pad_builder};
 use crate::infer::props::{RuntimeSettings, StreamSettings, stats_param_spec};
 use crate::infer::stats::Stats;
+use i2i_core::rate_limit::RateLimit;
 use i2i_core::settings::blend::BlendMode;
 use i2i_core::settings::{self, CfgType, SETTINGS_CAPS_NAME, SettingsUpdate};
 use i2i_core::tensor::LATENT_CAPS_NAME;
@@ -242,6 +243,9 @@ pub struct I2iStats {
     pub settings_rejected: u64,
 }
 
+/// Bus warnings for refused settings at most this many per second.
+const SETTINGS_REFUSALS_PER_SECOND: u32 = 5;
+
 pub struct I2iTransform {
     pub(super) settingspad: gst::Pad,
     pub(super) settings: Mutex<Settings>,
@@ -259,6 +263,9 @@ pub struct I2iTransform {
     pub(super) ip: ipadapter_pad::IpState,
     /// LoRA files read where `lora` is set, bound from memory by the inference thread.
     pub(super) lora_files: AdapterCache,
+    /// The bus warnings of refused settings (they may come from the network): a few per
+    /// second, the rest counted in `settings-rejected` and in the next warning.
+    settings_refusals: Mutex<RateLimit>,
 }
 
 #[glib::object_subclass]
@@ -301,6 +308,7 @@ impl ObjectSubclass for I2iTransform {
             settings_received: Mutex::new(FirstSettings::Waiting),
             settings_cond: Condvar::new(),
             lora_files: AdapterCache::default(),
+            settings_refusals: Mutex::new(RateLimit::per_second(SETTINGS_REFUSALS_PER_SECOND)),
         }
     }
 }
@@ -700,7 +708,11 @@ impl I2iTransform {
         };
         if !refused.is_empty() {
             self.base.stats.lock().unwrap().extra.settings_rejected += 1;
-            self.refuse(&format!("settings pad: refused {}", refused.join("; ")));
+            let text = format!("settings pad: refused {}", refused.join("; "));
+            match self.settings_refusals.lock().unwrap().message(text.clone()) {
+                Some(report) => self.refuse(&report),
+                None => gst::debug!(CAT, imp = self, "{text} (warning held back)"),
+            }
             // Upstream too: settingssrc tells the settings holder, whose consoles show it.
             let event = gst::event::CustomUpstream::new(
                 gst::Structure::builder(i2i_core::settings::state::REFUSED_EVENT)
