@@ -7,7 +7,7 @@
 //!     cargo run --release -p gst-plugin-i2i --example engine-bench -- \
 //!         [--model models/demo] [--size 512] [--batch 1] [--threads 1] [--frames 30]
 //!         [--rounds 3] [--cfg self|none|full|initialize] [--t-index-list 32,45]
-//!         [--provider cpu|cuda|tensorrt|auto] [--fp16 0|1] [--cache DIR]
+//!         [--provider cpu|cuda|tensorrt|auto] [--fp16 0|1] [--cpu-arena 0|1] [--cache DIR]
 //!
 //! Prints ms per frame for both, the ratio bare / engine (1.0 = no engine overhead), where
 //! the time goes, and the latency of a frame (it waits n calls). With `--provider cuda` or
@@ -42,12 +42,13 @@ struct Args {
     t_index: Vec<u32>,
     provider: ExecutionProvider,
     fp16: bool,
+    cpu_arena: bool,
     cache: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: engine-bench [--model DIR] [--size N] [--batch N] [--threads N] [--frames N] \
      [--rounds N] [--cfg none|self|full|initialize] [--t-index-list 32,45] \
-     [--provider cpu|cuda|tensorrt|auto] [--fp16 0|1] [--cache DIR]";
+     [--provider cpu|cuda|tensorrt|auto] [--fp16 0|1] [--cpu-arena 0|1] [--cache DIR]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -61,6 +62,7 @@ fn parse() -> Result<Args, String> {
         t_index: vec![32, 45],
         provider: ExecutionProvider::Cpu,
         fp16: true,
+        cpu_arena: true,
         cache: None,
     };
     let mut it = std::env::args().skip(1);
@@ -75,6 +77,7 @@ fn parse() -> Result<Args, String> {
             "--frames" => a.frames = num(v()?)?.max(1),
             "--rounds" => a.rounds = num(v()?)?.max(1),
             "--fp16" => a.fp16 = num(v()?)? != 0,
+            "--cpu-arena" => a.cpu_arena = num(v()?)? != 0,
             "--cache" => a.cache = Some(PathBuf::from(v()?)),
             "--cfg" => {
                 a.cfg = match v()?.as_str() {
@@ -262,6 +265,7 @@ fn main() {
         fp16: a.fp16,
         engine_cache_dir: Some(cache.join("engine")),
         intra_threads: a.threads,
+        cpu_arena: a.cpu_arena,
         ..Default::default()
     };
     let params = StreamParams {

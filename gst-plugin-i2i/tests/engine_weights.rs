@@ -243,6 +243,7 @@ fn unweighted(model: &str, text: &str) -> Vec<f32> {
         device_id: 0,
         fp16: false,
         cache_dir: None,
+        cpu_arena: true,
     };
     let run = |encoder: &str, tokenizer: &str, outputs: &[&str]| -> Vec<Vec<f32>> {
         let mut tok = ClipTokenizer::from_dir(&dir.join(tokenizer)).unwrap();

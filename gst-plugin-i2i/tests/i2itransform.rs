@@ -112,6 +112,24 @@ fn jpegdec_links_directly() {
     assert_eq!(run.bytes(0).len(), (W * H * 3) as usize);
 }
 
+/// `cpu-arena=false` (each model call frees what it used) changes memory, not pictures: the
+/// frames equal the default's byte for byte, calls of two sizes included (a last half batch).
+#[test]
+fn without_the_cpu_arena_the_frames_are_the_same() {
+    let frames = |arena: bool| {
+        let run = run_launch(&format!(
+            "videotestsrc num-buffers=5 pattern=ball ! video/x-raw,format=RGB,width={W},height={H},framerate=15/1 \
+             ! i2itransform name=i2i model=\"{}\" width={W} height={H} batch-size=2 threads=1 cpu-arena={arena} \
+             ! appsink name=out",
+            tiny()
+        ))
+        .unwrap();
+        assert_eq!(run.samples.len(), 5);
+        (0..5).map(|i| run.bytes(i)).collect::<Vec<_>>()
+    };
+    assert_eq!(frames(false), frames(true));
+}
+
 #[test]
 fn every_input_format_is_accepted() {
     // YUY2 and UYVY: USB cameras and capture cards; GRAY8: machine-vision cameras.

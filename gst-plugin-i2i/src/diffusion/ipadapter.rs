@@ -392,6 +392,7 @@ impl ImageSide {
             device_id: 0,
             fp16: false,
             cache_dir: None,
+            cpu_arena: true,
         };
         let file = |sub: &str| -> Result<PathBuf, EngineError> {
             let f = dir.join(sub).join("model.onnx");

@@ -56,6 +56,8 @@ pub struct LoadOptions {
     pub intra_threads: usize,
     /// The image sizes one TensorRT engine covers; `width` x `height` must lie within.
     pub trt_profile: TrtSizeProfile,
+    /// ONNX Runtime's CPU memory arena (`cpu-arena`): false frees each call's memory.
+    pub cpu_arena: bool,
 }
 
 /// Settings that may change while the stream runs; applied by [`Engine::set_params`]
@@ -310,6 +312,7 @@ impl Default for LoadOptions {
             engine_cache_dir: None,
             intra_threads: 0,
             trt_profile: TrtSizeProfile::default(),
+            cpu_arena: true,
         }
     }
 }

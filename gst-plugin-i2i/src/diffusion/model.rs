@@ -833,6 +833,7 @@ impl VaeDecoder {
                 device_id: opts.device_id,
                 fp16: opts.fp16,
                 cache_dir: opts.engine_cache_dir.clone(),
+                cpu_arena: opts.cpu_arena,
             };
             match factory
                 .open(&file, None)
@@ -1140,6 +1141,7 @@ impl Model {
                 device_id: opts.device_id,
                 fp16: opts.fp16,
                 cache_dir,
+                cpu_arena: opts.cpu_arena,
             };
             let text = (tokenizer.clone(), xl.clone());
             match Self::open_all(opts, &factory, &files, unet_rows, text, prompt) {

@@ -321,6 +321,7 @@ impl InferElement for I2iDecode {
                 fp16: s.runtime.fp16,
                 engine_cache_dir: None,
                 intra_threads: s.runtime.intra_threads(),
+                cpu_arena: s.runtime.cpu_arena,
                 ..LoadOptions::default()
             };
             let started = Instant::now();

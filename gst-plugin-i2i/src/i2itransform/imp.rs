@@ -564,6 +564,7 @@ impl InferElement for I2iTransform {
             engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
             intra_threads,
             trt_profile,
+            cpu_arena: s.runtime.cpu_arena,
         };
         gst::info!(CAT, imp = self, "loading {opts:?}");
         let started = Instant::now();

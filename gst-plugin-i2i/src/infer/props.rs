@@ -18,6 +18,7 @@ use i2i_core::infer::{DropFrames, ExecutionProvider, ResizeMode};
 pub const DEFAULT_DEVICE_ID: i32 = 0;
 pub const DEFAULT_FP16: bool = true;
 pub const DEFAULT_THREADS: u32 = 0;
+pub const DEFAULT_CPU_ARENA: bool = true;
 pub const DEFAULT_MAX_QUEUE: u32 = 4;
 pub const DEFAULT_STATS_INTERVAL_MS: u32 = 5000;
 
@@ -32,6 +33,8 @@ pub struct RuntimeSettings {
     pub engine_cache_dir: Option<String>,
     /// `trt-profile` (i2itransform): the image sizes one TensorRT engine covers, parsed at start.
     pub trt_profile: String,
+    /// `cpu-arena`: ONNX Runtime's CPU memory arena (see [`RuntimeSettings::param_specs`]).
+    pub cpu_arena: bool,
 }
 
 impl Default for RuntimeSettings {
@@ -43,13 +46,15 @@ impl Default for RuntimeSettings {
             threads: DEFAULT_THREADS,
             engine_cache_dir: None,
             trt_profile: crate::runtime::provider::DEFAULT_TRT_PROFILE.to_string(),
+            cpu_arena: DEFAULT_CPU_ARENA,
         }
     }
 }
 
 impl RuntimeSettings {
-    /// `execution-provider`, `device-id`, `fp16`, `threads`, and `engine-cache-dir` when
-    /// the element keeps TensorRT engines; all read when the model loads.
+    /// `execution-provider`, `device-id`, `fp16`, `threads`, `cpu-arena`, and
+    /// `engine-cache-dir` when the element keeps TensorRT engines; all read when the model
+    /// loads.
     pub fn param_specs(engine_cache_dir: bool) -> Vec<glib::ParamSpec> {
         let mut specs = vec![
             glib::ParamSpecEnum::builder_with_default(
@@ -80,6 +85,15 @@ impl RuntimeSettings {
                 .blurb("ONNX Runtime intra-op threads; 0 = the CPUs this process may use")
                 .maximum(1024)
                 .default_value(DEFAULT_THREADS)
+                .mutable_ready()
+                .build(),
+            // The arena keeps the largest call's memory for the next calls (faster); without
+            // it each call allocates what it needs and frees it (large models at batch > 1
+            // peak far lower: docs/engine.md "CPU memory").
+            glib::ParamSpecBoolean::builder("cpu-arena")
+                .nick("CPU memory arena")
+                .blurb("ONNX Runtime's CPU memory arena: keeps the largest model call's memory for reuse (faster); false = each call frees what it used (far lower peak memory for large models at batch-size > 1, a few % slower)")
+                .default_value(DEFAULT_CPU_ARENA)
                 .mutable_ready()
                 .build(),
         ];
@@ -113,6 +127,7 @@ impl RuntimeSettings {
             "device-id" => self.device_id = v.get().expect("type checked"),
             "fp16" => self.fp16 = v.get().expect("type checked"),
             "threads" => self.threads = v.get().expect("type checked"),
+            "cpu-arena" => self.cpu_arena = v.get().expect("type checked"),
             "engine-cache-dir" => self.engine_cache_dir = v.get().expect("type checked"),
             "trt-profile" => {
                 self.trt_profile = v
@@ -131,6 +146,7 @@ impl RuntimeSettings {
             "device-id" => self.device_id.to_value(),
             "fp16" => self.fp16.to_value(),
             "threads" => self.threads.to_value(),
+            "cpu-arena" => self.cpu_arena.to_value(),
             "engine-cache-dir" => self.engine_cache_dir.to_value(),
             "trt-profile" => self.trt_profile.to_value(),
             _ => return None,

@@ -323,6 +323,7 @@ impl InferElement for OnnxTransform {
             engine_cache_dir: s.runtime.engine_cache_dir.clone().map(Into::into),
             intra_threads,
             overrides: s.overrides.clone(),
+            cpu_arena: s.runtime.cpu_arena,
         };
         let started = Instant::now();
         let m = ImageModel::load(&opts).map_err(|e| {

@@ -543,6 +543,8 @@ pub struct ModelOptions {
     pub engine_cache_dir: Option<PathBuf>,
     pub intra_threads: usize,
     pub overrides: NormalizationOverrides,
+    /// ONNX Runtime's CPU memory arena (`cpu-arena`).
+    pub cpu_arena: bool,
 }
 
 /// The loaded graph with its image input and output.
@@ -640,6 +642,7 @@ impl ImageModel {
                 device_id: opts.device_id,
                 fp16: opts.fp16,
                 cache_dir,
+                cpu_arena: opts.cpu_arena,
             };
             match factory.session(file, None) {
                 Ok(session) => return Self::check(file, session, norm, layout, provider),

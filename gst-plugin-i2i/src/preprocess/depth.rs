@@ -73,6 +73,7 @@ impl DepthModel {
                 device_id,
                 fp16: false,
                 cache_dir: None,
+                cpu_arena: true,
             };
             match factory.open(file, None) {
                 Ok(g) => return Self::bind(g),

@@ -205,10 +205,22 @@ pub struct SessionFactory {
     pub device_id: i32,
     pub fp16: bool,
     pub cache_dir: Option<PathBuf>,
+    /// ONNX Runtime's CPU memory arena; false: every call frees what it allocated.
+    pub cpu_arena: bool,
 }
 
 impl SessionFactory {
     fn eps(&self, trt_profile: Option<&TrtProfile>) -> Vec<ep::ExecutionProviderDispatch> {
+        let mut eps = self.device_eps(trt_profile);
+        if !self.cpu_arena {
+            // Last: nodes no other provider takes run here, without the arena.
+            eps.push(ep::CPU::default().with_arena_allocator(false).build());
+        }
+        eps
+    }
+
+    /// The providers before the CPU, in order.
+    fn device_eps(&self, trt_profile: Option<&TrtProfile>) -> Vec<ep::ExecutionProviderDispatch> {
         match self.provider {
             ExecutionProvider::Cpu | ExecutionProvider::Auto => Vec::new(),
             ExecutionProvider::Cuda => vec![
@@ -470,6 +482,7 @@ mod tests {
             device_id: 1,
             fp16: true,
             cache_dir: Some(PathBuf::from("/cache/m")),
+            cpu_arena: true,
         };
         let profile = TrtProfile {
             min: "sample:1x4x32x32".into(),
@@ -492,10 +505,38 @@ mod tests {
         let o = SessionFactory {
             fp16: false,
             cache_dir: None,
+            cpu_arena: true,
             ..f
         }
         .trt_options(None);
         assert!(o.contains(&("trt_fp16_enable", "0".into())));
         assert!(!o.iter().any(|(k, _)| k.ends_with("cache_path")));
+    }
+
+    #[test]
+    fn without_the_cpu_arena_the_cpu_provider_comes_last_and_loads() {
+        let env =
+            crate::runtime::environment().expect("the ONNX Runtime library (scripts/setup.sh)");
+        let f = SessionFactory {
+            env,
+            provider: ExecutionProvider::Cpu,
+            intra_threads: 1,
+            device_id: 0,
+            fp16: false,
+            cache_dir: None,
+            cpu_arena: true,
+        };
+        // With the arena: ONNX Runtime's own CPU provider, nothing registered.
+        assert!(f.eps(None).is_empty());
+        let f = SessionFactory {
+            cpu_arena: false,
+            ..f
+        };
+        assert_eq!(f.eps(None).len(), 1);
+        let file =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo/vae_decoder/model.onnx");
+        assert!(file.is_file(), "{} (scripts/setup.sh)", file.display());
+        f.session(&file, None)
+            .expect("a session without the CPU arena");
     }
 }
