@@ -28,31 +28,66 @@ fn adapter(name: &str) -> String {
     format!("{}/loras/{name}.onnx_adapter", lora_model())
 }
 
-/// Runs `n` frames through `i2itransform model=<model> <props>`, setting `lora` to
-/// `changes[i].1` before frame `changes[i].0`; returns the run and each output's bytes.
-fn scenario(model: &str, props: &str, changes: &[(u64, String)], n: u64) -> (Run, Vec<Vec<u8>>) {
+type Samples = std::sync::Arc<std::sync::Mutex<Vec<gst::Sample>>>;
+
+/// `appsrc ! i2itransform <props> ! appsink` on the tiny LoRA model, playing, with an
+/// `appsrc` named `settings` on the settings pad when `settings_pad`; the frames' source
+/// and the samples collected.
+fn lora_pipeline(props: &str, settings_pad: bool) -> (gst::Pipeline, gst_app::AppSrc, Samples) {
+    let settings_src = if settings_pad {
+        " appsrc name=settings caps=application/x-i2i-settings ! i2i.settings"
+    } else {
+        ""
+    };
     let desc = format!(
-        "appsrc name=src format=time ! i2itransform name=i2i model=\"{model}\" width={W} height={H} \
-         threads=1 t-index-list=32,45 {props} ! appsink name=out sync=false"
+        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
+         threads=1 t-index-list=32,45 {props} ! appsink name=out sync=false{settings_src}",
+        lora_model()
     );
     let pipeline = launch(&desc);
     let src = appsrc(&pipeline, "src");
     src.set_caps(Some(&video_caps("RGB", W, H, 10)));
-    let i2i = pipeline.by_name("i2i").unwrap();
     let samples = collect_samples(&pipeline);
     pipeline.set_state(gst::State::Playing).unwrap();
-    let out_count = || samples.lock().unwrap().len() as u64;
+    (pipeline, src, samples)
+}
+
+/// Waits until every frame before `k` but the one in flight is out, so that what is done
+/// next lands at frame `k`.
+fn wait_out(samples: &Samples, k: u64) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while (samples.lock().unwrap().len() as u64) + 1 < k {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frames stopped at {k}: the inference thread waits"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Pushes test picture `k`.
+fn push(src: &gst_app::AppSrc, k: u64) {
+    src.push_buffer(timed_picture(k, (W, H), gst::ClockTime::from_mseconds(100)))
+        .unwrap();
+}
+
+/// Pushes test picture `k` once [`wait_out`] allows.
+fn push_in_step(src: &gst_app::AppSrc, samples: &Samples, k: u64) {
+    wait_out(samples, k);
+    push(src, k);
+}
+
+/// Runs `n` frames through `i2itransform model=<the LoRA model> <props>`, setting `lora` to
+/// `changes[i].1` before frame `changes[i].0`; returns the run and each output's bytes.
+fn scenario(props: &str, changes: &[(u64, String)], n: u64) -> (Run, Vec<Vec<u8>>) {
+    let (pipeline, src, samples) = lora_pipeline(props, false);
+    let i2i = pipeline.by_name("i2i").unwrap();
     for k in 0..n {
         if let Some((_, lora)) = changes.iter().find(|(at, _)| *at == k) {
-            let deadline = std::time::Instant::now() + TIMEOUT;
-            while out_count() + 1 < k {
-                assert!(std::time::Instant::now() < deadline, "frames stopped");
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
+            wait_out(&samples, k);
             i2i.set_property("lora", lora.as_str());
         }
-        let buf = timed_picture(k, (W, H), gst::ClockTime::from_mseconds(100));
-        src.push_buffer(buf).unwrap();
+        push(&src, k);
     }
     let run = finish_run(&pipeline, &src, &samples);
     let frames = (0..run.samples.len()).map(|i| run.bytes(i)).collect();
@@ -62,14 +97,9 @@ fn scenario(model: &str, props: &str, changes: &[(u64, String)], n: u64) -> (Run
 #[test]
 fn a_switch_changes_the_output_within_one_batch_and_loads_no_session() {
     let a = format!("{}:0.8", adapter("style-a"));
-    let (_, base) = scenario(&lora_model(), "", &[], 9);
-    let (_, styled) = scenario(&lora_model(), &format!("lora=\"{a}\""), &[], 9);
-    let (run, out) = scenario(
-        &lora_model(),
-        "",
-        &[(3, a.clone()), (6, "off".to_string())],
-        9,
-    );
+    let (_, base) = scenario("", &[], 9);
+    let (_, styled) = scenario(&format!("lora=\"{a}\""), &[], 9);
+    let (run, out) = scenario("", &[(3, a.clone()), (6, "off".to_string())], 9);
     assert_eq!(out.len(), 9);
     assert_ne!(base[2], styled[2], "the LoRA shows");
     let started = run.elements("i2itransform-started");
@@ -107,9 +137,8 @@ fn a_switch_changes_the_output_within_one_batch_and_loads_no_session() {
 fn a_lora_that_does_not_fit_is_refused_and_the_frames_stay() {
     let a = format!("{}:0.8", adapter("style-a"));
     let props = format!("lora=\"{a}\"");
-    let (_, styled) = scenario(&lora_model(), &props, &[], 7);
+    let (_, styled) = scenario(&props, &[], 7);
     let (run, out) = scenario(
-        &lora_model(),
         &props,
         &[
             (2, format!("{a},{}:0.5", adapter("wrong-shape"))),
@@ -168,15 +197,8 @@ fn a_refused_lora_on_the_settings_pad_keeps_the_other_keys_of_the_update() {
         settings_pad_pipeline(&format!("settings-folder=\"{}/loras\"", lora_model()));
     let settings = appsrc(&pipeline, "settings");
     let i2i = pipeline.by_name("i2i").unwrap();
-    let push = |k: u64| {
-        let mut buf = gst::Buffer::from_mut_slice(picture(k, W, H));
-        buf.get_mut()
-            .unwrap()
-            .set_pts(gst::ClockTime::from_mseconds(100 * k));
-        src.push_buffer(buf).unwrap();
-    };
     for k in 0..3 {
-        push(k);
+        push(&src, k);
     }
     let json = format!(r#"{{"seed": 7, "lora": "{}"}}"#, adapter("wrong-shape"));
     settings
@@ -188,7 +210,7 @@ fn a_refused_lora_on_the_settings_pad_keeps_the_other_keys_of_the_update() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     for k in 3..6 {
-        push(k);
+        push(&src, k);
     }
     let run = finish_run(&pipeline, &src, &samples);
     assert_eq!(run.samples.len(), 6);
@@ -224,13 +246,8 @@ fn the_files_of_a_settings_pad_switch_are_read_off_the_inference_thread() {
 
 fn switch_to_a_fifo(via_settings_pad: bool) {
     const N: u64 = 14;
-    let (_, base) = scenario(&lora_model(), "", &[], N);
-    let (_, styled) = scenario(
-        &lora_model(),
-        &format!("lora=\"{}:0.8\"", adapter("style-a")),
-        &[],
-        N,
-    );
+    let (_, base) = scenario("", &[], N);
+    let (_, styled) = scenario(&format!("lora=\"{}:0.8\"", adapter("style-a")), &[], N);
     let dir = std::env::temp_dir().join(format!(
         "i2i-lora-fifo-{}-{via_settings_pad}",
         std::process::id()
@@ -248,42 +265,15 @@ fn switch_to_a_fifo(via_settings_pad: bool) {
         list.clone()
     };
 
-    let (wait, settings_src) = if via_settings_pad {
-        (
-            format!(
-                "wait-for-settings=false settings-folder=\"{}\"",
-                dir.display()
-            ),
-            " appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
-        )
+    let (pipeline, src, samples) = if via_settings_pad {
+        settings_pad_pipeline(&format!("settings-folder=\"{}\"", dir.display()))
     } else {
-        (String::new(), "")
+        lora_pipeline("", false)
     };
-    let desc = format!(
-        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
-         threads=1 t-index-list=32,45 {wait} ! appsink name=out sync=false{settings_src}",
-        lora_model()
-    );
-    let pipeline = launch(&desc);
-    let src = appsrc(&pipeline, "src");
-    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
     let i2i = pipeline.by_name("i2i").unwrap();
-    let samples = collect_samples(&pipeline);
-    pipeline.set_state(gst::State::Playing).unwrap();
     let out_count = || samples.lock().unwrap().len() as u64;
     // Pushes frame k once all frames but the one in flight are out.
-    let push = |k: u64| {
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        while out_count() + 1 < k {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "frames stopped at {k}: the inference thread waits for the file"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        let buf = timed_picture(k, (W, H), gst::ClockTime::from_mseconds(100));
-        src.push_buffer(buf).unwrap();
-    };
+    let push = |k: u64| push_in_step(&src, &samples, k);
     for k in 0..3 {
         push(k);
     }
@@ -348,28 +338,9 @@ fn switch_to_a_fifo(via_settings_pad: bool) {
     assert!(run.warnings().is_empty(), "{:?}", run.warnings());
 }
 
-/// `appsrc ! i2itransform <props> wait-for-settings=false ! appsink` on the tiny LoRA
-/// model with an `appsrc` named `settings` on the settings pad, playing; the frames'
-/// source and the samples collected.
-fn settings_pad_pipeline(
-    props: &str,
-) -> (
-    gst::Pipeline,
-    gst_app::AppSrc,
-    std::sync::Arc<std::sync::Mutex<Vec<gst::Sample>>>,
-) {
-    let desc = format!(
-        "appsrc name=src format=time ! i2itransform name=i2i model=\"{}\" width={W} height={H} \
-         threads=1 t-index-list=32,45 wait-for-settings=false {props} ! appsink name=out sync=false \
-         appsrc name=settings caps=application/x-i2i-settings ! i2i.settings",
-        lora_model()
-    );
-    let pipeline = launch(&desc);
-    let src = appsrc(&pipeline, "src");
-    src.set_caps(Some(&video_caps("RGB", W, H, 10)));
-    let samples = collect_samples(&pipeline);
-    pipeline.set_state(gst::State::Playing).unwrap();
-    (pipeline, src, samples)
+/// [`lora_pipeline`] with `wait-for-settings=false` and an `appsrc` on the settings pad.
+fn settings_pad_pipeline(props: &str) -> (gst::Pipeline, gst_app::AppSrc, Samples) {
+    lora_pipeline(&format!("wait-for-settings=false {props}"), true)
 }
 
 /// Runs [`settings_pad_pipeline`]: `feed(i2i, send, push)` sends settings (returning once
@@ -381,18 +352,7 @@ fn with_settings_pad(
     let (pipeline, src, samples) = settings_pad_pipeline(props);
     let i2i = pipeline.by_name("i2i").unwrap();
     let send = |json: &str| send_settings(&pipeline, json, "lora");
-    let push = |k: u64| {
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        while (samples.lock().unwrap().len() as u64) + 1 < k {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "frames stopped at {k}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        src.push_buffer(timed_picture(k, (W, H), gst::ClockTime::from_mseconds(100)))
-            .unwrap();
-    };
+    let push = |k: u64| push_in_step(&src, &samples, k);
     feed(&i2i, &send, &push);
     finish_run(&pipeline, &src, &samples)
 }
@@ -415,12 +375,7 @@ fn the_settings_pad_reads_lora_files_only_under_settings_folder() {
     let folder = t.join("show");
     let a = folder.canonicalize().unwrap().join("styles/a.onnx_adapter");
     const N: u64 = 12;
-    let (_, styled) = scenario(
-        &lora_model(),
-        &format!("lora=\"{}:0.8\"", adapter("style-a")),
-        &[],
-        N,
-    );
+    let (_, styled) = scenario(&format!("lora=\"{}:0.8\"", adapter("style-a")), &[], N);
 
     let refused = [
         outside.display().to_string(),
