@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 mod pipeline_common;
 
 use gst::prelude::*;
-use gsti2i::diffusion::{self, CfgType, Engine, LoadOptions, StreamParams};
+use gsti2i::diffusion::{CfgType, Engine, StreamParams};
 use pipeline_common::*;
 
 const W: u32 = 64;
@@ -59,15 +59,7 @@ fn run_pipeline(name: &str, frames: u64, change: impl Fn(&gst::Element, u64)) ->
 }
 
 fn engine_outputs(name: &str, params: &[(u64, StreamParams)], frames: u64) -> Vec<Vec<u8>> {
-    let opts = LoadOptions {
-        model_dir: model_dir(name, "unet/model.onnx"),
-        width: W,
-        height: H,
-        batch_size: 1,
-        execution_provider: diffusion::ExecutionProvider::Cpu,
-        intra_threads: 1,
-        ..Default::default()
-    };
+    let opts = cpu_options(model_dir(name, "unet/model.onnx"), (W, H));
     let mut engine = Engine::load(&opts, &params[0].1).unwrap();
     engine_pictures(&mut engine, frames, (W, H), |engine, k| {
         if let Some((_, p)) = params.iter().find(|(at, _)| *at == k) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 mod pipeline_common;
 
 use gst::prelude::*;
-use gsti2i::diffusion::{self, Engine, LoadOptions, StreamParams};
+use gsti2i::diffusion::{Engine, StreamParams};
 use pipeline_common::*;
 
 const W: u32 = 64;
@@ -408,15 +408,7 @@ fn element_output_equals_engine_output() {
     assert_eq!(stats.get::<&str>("provider").unwrap(), "cpu", "{stats}");
     assert!(stats.get::<u64>("batches").unwrap() >= 4, "{stats}");
 
-    let opts = LoadOptions {
-        model_dir: model_dir("tiny-sd15", "unet/model.onnx"),
-        width: W,
-        height: H,
-        batch_size: 1,
-        execution_provider: diffusion::ExecutionProvider::Cpu,
-        intra_threads: 1,
-        ..Default::default()
-    };
+    let opts = cpu_options(model_dir("tiny-sd15", "unet/model.onnx"), (W, H));
     let params = StreamParams {
         prompt: "a red fox".into(),
         seed: 7,

@@ -13,7 +13,7 @@ use gst::glib;
 mod pipeline_common;
 
 use gst::prelude::*;
-use gsti2i::diffusion::{self, CfgType, Engine, InputFrame, LoadOptions, StreamParams};
+use gsti2i::diffusion::{self, CfgType, Engine, InputFrame, StreamParams};
 use pipeline_common::*;
 
 const W: u32 = 64;
@@ -70,15 +70,7 @@ fn params() -> StreamParams {
 
 /// The engine on the same frames, `set` applied after load.
 fn engine_outputs(dir: &std::path::Path, frames: u64, set: impl Fn(&mut Engine)) -> Vec<Vec<u8>> {
-    let opts = LoadOptions {
-        model_dir: dir.to_path_buf(),
-        width: W,
-        height: H,
-        batch_size: 1,
-        execution_provider: diffusion::ExecutionProvider::Cpu,
-        intra_threads: 1,
-        ..Default::default()
-    };
+    let opts = cpu_options(dir.to_path_buf(), (W, H));
     let mut engine = Engine::load(&opts, &params()).unwrap();
     set(&mut engine);
     engine_pictures(&mut engine, frames, (W, H), |_, _| {})
@@ -148,15 +140,7 @@ fn engine_controlled(
     scales: &[f32],
     control: impl Fn(u64) -> Vec<u8>,
 ) -> Vec<Vec<u8>> {
-    let opts = LoadOptions {
-        model_dir: dir.to_path_buf(),
-        width: W,
-        height: H,
-        batch_size: 1,
-        execution_provider: diffusion::ExecutionProvider::Cpu,
-        intra_threads: 1,
-        ..Default::default()
-    };
+    let opts = cpu_options(dir.to_path_buf(), (W, H));
     let mut engine = Engine::load(&opts, &params()).unwrap();
     engine.set_controlnet_scales(scales).unwrap();
     let mut outs = Vec::new();
@@ -411,15 +395,7 @@ fn feedback_preprocessor_blends_the_previous_output() {
 
     // The engine, one frame and a drain at a time, with control k = 0.6 * output k-1 +
     // 0.4 * frame k (the frame itself for the first).
-    let opts = LoadOptions {
-        model_dir: dir.clone(),
-        width: W,
-        height: H,
-        batch_size: 1,
-        execution_provider: diffusion::ExecutionProvider::Cpu,
-        intra_threads: 1,
-        ..Default::default()
-    };
+    let opts = cpu_options(dir.clone(), (W, H));
     let mut engine = Engine::load(&opts, &params()).unwrap();
     let mut prev: Option<Vec<u8>> = None;
     for k in 0..frames {

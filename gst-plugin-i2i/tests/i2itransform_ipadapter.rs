@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use gst::prelude::*;
 use gsti2i::diffusion::ipadapter::{ImageSide, PictureTokens, decode_picture};
-use gsti2i::diffusion::{self, CfgType, Engine, LoadOptions, StreamParams};
+use gsti2i::diffusion::{CfgType, Engine, StreamParams};
 use pipeline_common::*;
 
 const W: u32 = 64;
@@ -36,21 +36,9 @@ fn params() -> StreamParams {
     }
 }
 
-fn opts(dir: &Path) -> LoadOptions {
-    LoadOptions {
-        model_dir: dir.to_path_buf(),
-        width: W,
-        height: H,
-        batch_size: 1,
-        execution_provider: diffusion::ExecutionProvider::Cpu,
-        intra_threads: 1,
-        ..Default::default()
-    }
-}
-
 /// The tokens of a packed RGB picture.
 fn tokens(dir: &Path, rgb: &[u8], w: u32, h: u32) -> PictureTokens {
-    let layout = Engine::load(&opts(dir), &params())
+    let layout = Engine::load(&cpu_options(dir, (W, H)), &params())
         .unwrap()
         .ip_layout()
         .unwrap();
@@ -68,7 +56,7 @@ fn engine_outputs(
     picture_tokens: Option<PictureTokens>,
     scale: &[f32],
 ) -> Vec<Vec<u8>> {
-    let mut engine = Engine::load(&opts(dir), &params()).unwrap();
+    let mut engine = Engine::load(&cpu_options(dir, (W, H)), &params()).unwrap();
     if let Some(p) = picture_tokens {
         engine.set_ip_picture(Some(p)).unwrap();
     }

@@ -240,6 +240,20 @@ pub fn run_launch_with(desc: &str, feed: impl FnOnce(&gst::Pipeline)) -> Result<
     }
 }
 
+/// The engine's load options on the CPU: the model in `dir` at `w` x `h`, one frame per call,
+/// one thread (what the element does with the same properties, for tests that compare).
+pub fn cpu_options(dir: impl Into<PathBuf>, (w, h): (u32, u32)) -> gsti2i::diffusion::LoadOptions {
+    gsti2i::diffusion::LoadOptions {
+        model_dir: dir.into(),
+        width: w,
+        height: h,
+        batch_size: 1,
+        execution_provider: gsti2i::diffusion::ExecutionProvider::Cpu,
+        intra_threads: 1,
+        ..Default::default()
+    }
+}
+
 /// The engine's frames for `frames` test pictures of `w` x `h` ([`picture`]), one per call,
 /// then drained, as packed RGB; `before(engine, k)` runs before frame `k` goes in.
 pub fn engine_pictures(
