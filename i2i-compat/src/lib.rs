@@ -194,6 +194,21 @@ pub fn with_old_fields(s: &mut gst::StructureRef, renamed: &[(&str, &str)]) {
     }
 }
 
+/// An instance of each element of `plugin` that this project wrote (its author metadata),
+/// with its factory.
+fn own_elements(plugin: &str) -> Vec<(gst::ElementFactory, gst::Element)> {
+    gst::Registry::get()
+        .features_by_plugin(plugin)
+        .into_iter()
+        .filter_map(|f| f.downcast::<gst::ElementFactory>().ok())
+        .filter(|f| f.metadata(gst::ELEMENT_METADATA_AUTHOR) == Some("i2i developers"))
+        .map(|f| {
+            let e = f.create().build().unwrap();
+            (f, e)
+        })
+        .collect()
+}
+
 /// For the plugins' tests: every old name of `renamed` is flagged deprecated, still
 /// works (set and get forward to the new name) and warns once per element instance, at
 /// once in a pipeline, else at the element's first state change (`prepare` makes an
@@ -203,15 +218,7 @@ pub fn check_renamed(plugin: &str, renamed: &[ElementAlias], prepare: impl Fn(&g
     for a in renamed {
         check_one(a, &prepare);
     }
-    let registry = gst::Registry::get();
-    for feature in registry.features_by_plugin(plugin) {
-        let Ok(factory) = feature.downcast::<gst::ElementFactory>() else {
-            continue;
-        };
-        if factory.metadata(gst::ELEMENT_METADATA_AUTHOR) != Some("i2i developers") {
-            continue;
-        }
-        let e = factory.create().build().unwrap();
+    for (factory, e) in own_elements(plugin) {
         for p in e.list_properties() {
             if p.owner_type() == e.type_() && p.flags().contains(glib::ParamFlags::DEPRECATED) {
                 assert!(
@@ -231,14 +238,7 @@ pub fn check_renamed(plugin: &str, renamed: &[ElementAlias], prepare: impl Fn(&g
 /// elements is marked as plugin API, so gst-inspect-1.0 and the documentation list it.
 pub fn check_enums_are_plugin_api(plugin: &str) {
     let mut seen = 0;
-    for feature in gst::Registry::get().features_by_plugin(plugin) {
-        let Ok(factory) = feature.downcast::<gst::ElementFactory>() else {
-            continue;
-        };
-        if factory.metadata(gst::ELEMENT_METADATA_AUTHOR) != Some("i2i developers") {
-            continue;
-        }
-        let e = factory.create().build().unwrap();
+    for (factory, e) in own_elements(plugin) {
         for p in e.list_properties() {
             let t = p.value_type();
             if p.owner_type() == e.type_()
