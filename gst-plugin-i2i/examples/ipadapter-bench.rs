@@ -115,7 +115,7 @@ fn main() {
     let layout = plain
         .ip_layout()
         .expect("an IP-Adapter model (its UNet takes ipadapter_scale)");
-    let mut side = ImageSide::load(&a.model, layout, a.threads).expect("image side");
+    let mut side = ImageSide::load(&a.model, layout, a.threads, true).expect("image side");
     let dir = std::env::temp_dir().join(format!("ipadapter-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let style = dir.join("style.png");
@@ -187,7 +187,7 @@ fn main() {
         }
         let started = Instant::now();
         // The encoder thread opens its sessions at start; here too, before the request.
-        let mut side = ImageSide::load(&model, layout, threads).expect("image side");
+        let mut side = ImageSide::load(&model, layout, threads, true).expect("image side");
         let negative = Arc::new(side.negative_tokens().unwrap());
         let asked = Instant::now();
         let worker = std::thread::spawn(move || {

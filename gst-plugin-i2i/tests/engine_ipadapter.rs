@@ -44,7 +44,7 @@ fn write_picture(path: &Path, k: u32) {
 fn picture(model: &str, file: &Path) -> PictureTokens {
     let e = Engine::load(&opts(model, 1), &params(CfgType::None)).unwrap();
     let layout = e.ip_layout().expect("an IP-Adapter model");
-    let mut side = ImageSide::load(&model_dir(model), layout, 1).unwrap();
+    let mut side = ImageSide::load(&model_dir(model), layout, 1, true).unwrap();
     let (rgb, w, h) = decode_picture(file).unwrap();
     PictureTokens {
         tokens: Arc::new(side.tokens(&rgb, w, h).unwrap()),

@@ -438,6 +438,7 @@ fn depth_preprocessor_equals_the_depth_model_and_bad_models_are_refused() {
         diffusion::ExecutionProvider::Cpu,
         0,
         1,
+        true,
     )
     .unwrap();
     let maps: Vec<Vec<u8>> = (0..4)

@@ -42,7 +42,7 @@ fn tokens(dir: &Path, rgb: &[u8], w: u32, h: u32) -> PictureTokens {
         .unwrap()
         .ip_layout()
         .unwrap();
-    let mut side = ImageSide::load(dir, layout, 1).unwrap();
+    let mut side = ImageSide::load(dir, layout, 1, true).unwrap();
     PictureTokens {
         tokens: Arc::new(side.tokens(rgb, w, h).unwrap()),
         negative: Arc::new(side.negative_tokens().unwrap()),

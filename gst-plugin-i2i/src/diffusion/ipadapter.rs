@@ -382,8 +382,13 @@ impl std::fmt::Debug for ImageSide {
 
 impl ImageSide {
     /// Opens the image side of `dir` on the CPU with `threads` intra-op threads (0: ONNX
-    /// Runtime decides), for a UNet of `layout`.
-    pub fn load(dir: &Path, layout: IpLayout, threads: usize) -> Result<ImageSide, EngineError> {
+    /// Runtime decides) and the CPU arena or not (`cpu-arena`), for a UNet of `layout`.
+    pub fn load(
+        dir: &Path,
+        layout: IpLayout,
+        threads: usize,
+        cpu_arena: bool,
+    ) -> Result<ImageSide, EngineError> {
         let env = crate::runtime::environment()?;
         let factory = SessionFactory {
             env,
@@ -392,7 +397,7 @@ impl ImageSide {
             device_id: 0,
             fp16: false,
             cache_dir: None,
-            cpu_arena: true,
+            cpu_arena,
         };
         let file = |sub: &str| -> Result<PathBuf, EngineError> {
             let f = dir.join(sub).join("model.onnx");

@@ -85,6 +85,7 @@ impl I2iTransform {
                 engine.provider(),
                 o.device_id,
                 o.intra_threads,
+                o.cpu_arena,
             )
             .map_err(|e| fail(format!("depth-model: {e}")))?;
             Some(d)

@@ -393,9 +393,8 @@ impl I2iTransform {
         engine
             .set_ip_scale(&scale)
             .map_err(|e| fail(e.to_string()))?;
-        let dir = engine.options().model_dir.clone();
-        let threads = engine.options().intra_threads;
-        let mut side = ImageSide::load(&dir, layout, threads)
+        let o = engine.options();
+        let mut side = ImageSide::load(&o.model_dir, layout, o.intra_threads, o.cpu_arena)
             .map_err(|e| fail(format!("Could not load the IP-Adapter image side: {e}")))?;
         let negative = Arc::new(
             side.negative_tokens()

@@ -52,6 +52,7 @@ impl DepthModel {
         provider: ExecutionProvider,
         device_id: i32,
         intra_threads: usize,
+        cpu_arena: bool,
     ) -> Result<DepthModel, EngineError> {
         if !file.is_file() {
             return Err(EngineError::missing(file, "depth model (ONNX file)"));
@@ -73,7 +74,7 @@ impl DepthModel {
                 device_id,
                 fp16: false,
                 cache_dir: None,
-                cpu_arena: true,
+                cpu_arena,
             };
             match factory.open(file, None) {
                 Ok(g) => return Self::bind(g),
